@@ -1,0 +1,272 @@
+/* Module athena.core: the C half of `require "athena"`. lua/athena/init.lua
+ * wraps it; worker states get it preloaded by ath__openstate. */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <lualib.h>
+#include "internal.h"
+#include "lath.h"
+#include "l_json.h"
+
+/* ---------------------------------------------------------------- errors */
+
+static int error_tostring(lua_State* L) {
+  lua_getfield(L, 1, "code");
+  lua_getfield(L, 1, "message");
+  lua_pushfstring(L, "%s: %s", luaL_optstring(L, -2, "EUNKNOWN"),
+                  luaL_optstring(L, -1, ""));
+  return 1;
+}
+
+void ath__pusherror(lua_State* L, int rc, const char* message) {
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, ath_err_name(rc));
+  lua_setfield(L, -2, "code");
+  lua_pushstring(L, message ? message : ath_strerror(rc));
+  lua_setfield(L, -2, "message");
+  lua_pushboolean(L, rc == ATH_ETIMEDOUT || rc == ATH_EHANDLER || rc == ATH_EWORKERLOST);
+  lua_setfield(L, -2, "retryable");
+  lua_pushinteger(L, 0);
+  lua_setfield(L, -2, "attempt");
+  luaL_setmetatable(L, "athena.Error");
+}
+
+int ath__pushfail(lua_State* L, int rc, const char* detail) {
+  lua_pushnil(L);
+  ath__pusherror(L, rc, detail);
+  return 2;
+}
+
+int ath__raise(lua_State* L, int rc, const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  ath__pusherror(L, rc, lua_tostring(L, -1));
+  return lua_error(L);
+}
+
+void ath__newclass(lua_State* L, const char* name, const luaL_Reg* meta,
+                   const luaL_Reg* methods) {
+  luaL_newmetatable(L, name);
+  luaL_setfuncs(L, meta, 0);
+  if (methods != NULL) {
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_getfield(L, -1, "__index");
+  lua_remove(L, -2);
+}
+
+/* ------------------------------------------------------------- durations */
+
+#define MAX_DURATION 9007199254740992.0 /* 2^53 ms */
+
+int64_t ath__checkduration(lua_State* L, int idx) {
+  if (lua_type(L, idx) == LUA_TNUMBER) {
+    if (lua_isinteger(L, idx)) {
+      lua_Integer v = lua_tointeger(L, idx);
+      if (v >= 0 && (double)v <= MAX_DURATION)
+        return v;
+    } else {
+      lua_Number v = lua_tonumber(L, idx);
+      if (v >= 0 && v <= MAX_DURATION && floor(v) == v)
+        return (int64_t)v;
+    }
+  } else if (lua_type(L, idx) == LUA_TSTRING) {
+    size_t len;
+    const char* s = lua_tolstring(L, idx, &len);
+    size_t i = 0;
+    double v = 0;
+    while (i < len && s[i] >= '0' && s[i] <= '9')
+      v = v * 10 + (s[i++] - '0');
+    if (i > 0 && i < len) {
+      const char* u = s + i;
+      size_t ul = len - i;
+      double f = 0;
+      if (ul == 2 && memcmp(u, "ms", 2) == 0)
+        f = 1;
+      else if (ul == 1 && *u == 's')
+        f = 1000;
+      else if (ul == 1 && *u == 'm')
+        f = 60000;
+      else if (ul == 1 && *u == 'h')
+        f = 3600000;
+      else if (ul == 1 && *u == 'd')
+        f = 86400000;
+      if (f > 0 && v * f <= MAX_DURATION)
+        return (int64_t)(v * f);
+    }
+  }
+  luaL_tolstring(L, idx, NULL);
+  return ath__raise(L, ATH_EINVAL, "invalid duration: %s", lua_tostring(L, -1));
+}
+
+static int core_duration(lua_State* L) {
+  luaL_checkany(L, 1);
+  lua_pushinteger(L, ath__checkduration(L, 1));
+  return 1;
+}
+
+/* ----------------------------------------------------------- functions */
+
+/* athena.sleep(duration): yields inside a task, blocks elsewhere. */
+static int core_sleep(lua_State* L) {
+  luaL_checkany(L, 1);
+  int64_t ms = ath__checkduration(L, 1);
+  lua_settop(L, 0);
+  if (ath__task_sleep(L, ms) == 0)
+    return 0;
+  struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+  return 0;
+}
+
+static int core_now(lua_State* L) {
+  lua_pushinteger(L, ath__now_ms());
+  return 1;
+}
+
+/* core.define(name, handler): records the handler this state binds to
+ * `name` when it serves as a worker. */
+static int core_define(lua_State* L) {
+  luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &ath__defs_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &ath__defs_key);
+  }
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_rawset(L, -3);
+  return 0;
+}
+
+/* core.isWorker() -> true in a worker state. */
+static int core_isworker(lua_State* L) {
+  lua_pushboolean(L, ath__worker_of(L) != NULL);
+  return 1;
+}
+
+static int core_errname(lua_State* L) {
+  lua_pushstring(L, ath_err_name((int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
+/* core.encode(v [, root]) -> json | raises EINVAL naming the path. */
+static int core_encode(lua_State* L) {
+  luaL_checkany(L, 1);
+  const char* root = luaL_optstring(L, 2, "value");
+  ath_buf_t b = {0};
+  char err[256];
+  lua_settop(L, 2);
+  int rc = ath__json_encode(L, 1, root, &b, err, sizeof(err));
+  if (rc != 0) {
+    ath__buf_free(&b);
+    return ath__raise(L, rc, "%s", err);
+  }
+  lua_pushlstring(L, b.data, b.len); /* may raise: b leaks only on OOM */
+  ath__buf_free(&b);
+  return 1;
+}
+
+static const luaL_Reg core_funcs[] = {
+  {"sleep", core_sleep},
+  {"now", core_now},
+  {"define", core_define},
+  {"duration", core_duration},
+  {"isWorker", core_isworker},
+  {"errname", core_errname},
+  {"encode", core_encode},
+  {"newWorld", lath_world_new},
+  {NULL, NULL},
+};
+
+static int ctx_iscancelled(lua_State* L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  ath_worker_t* wk = ath__worker_of(L);
+  int c = wk && wk->current && atomic_load(&wk->current->interrupt) == ATH_ECANCELED;
+  lua_pushboolean(L, c);
+  return 1;
+}
+
+static const luaL_Reg ctx_methods[] = {
+  {"isCancelled", ctx_iscancelled},
+  {NULL, NULL},
+};
+
+int luaopen_athena_core(lua_State* L);
+int luaopen_athena_core(lua_State* L) {
+  static const luaL_Reg error_meta[] = {
+    {"__tostring", error_tostring},
+    {NULL, NULL},
+  };
+  static const luaL_Reg no_meta[] = {{NULL, NULL}};
+  luaL_newmetatable(L, "athena.Error");
+  luaL_setfuncs(L, error_meta, 0);
+  lua_pushliteral(L, "athena.Error");
+  lua_setfield(L, -2, "__name");
+  lua_pop(L, 1);
+  ath__newclass(L, "athena.Context", no_meta, ctx_methods);
+  lua_pop(L, 1);
+  lath_open_world(L);
+
+  luaL_newlib(L, core_funcs);
+  luaL_getmetatable(L, "athena.Error");
+  lua_setfield(L, -2, "Error");
+  luaL_getmetatable(L, "athena.World");
+  lua_getfield(L, -1, "__index");
+  lua_setfield(L, -3, "worldMethods");
+  lua_pop(L, 1);
+  luaL_getmetatable(L, "athena.Context");
+  lua_getfield(L, -1, "__index");
+  lua_setfield(L, -3, "contextMethods");
+  lua_pop(L, 1);
+  lath_open_json(L);
+  lua_setfield(L, -2, "json");
+  lua_pushstring(L, ath_version());
+  lua_setfield(L, -2, "version");
+  return 1;
+}
+
+/* Loader for the embedded lua/athena modules. */
+static int load_embedded(lua_State* L) {
+  const lath_source_t* src = lua_touserdata(L, lua_upvalueindex(1));
+  if (luaL_loadbuffer(L, src->source, src->len, src->chunk) != LUA_OK)
+    return lua_error(L);
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+/* Adds package.preload entries for athena.core and, for modules not already
+ * preloaded, the embedded Lua side. [-0, +0, m] */
+static void preload_athena(lua_State* L) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, luaopen_athena_core);
+  lua_setfield(L, -2, "athena.core");
+  for (const lath_source_t* s = lath_sources; s->name != NULL; s++) {
+    lua_pushlightuserdata(L, (void*)s);
+    lua_pushcclosure(L, load_embedded, 1);
+    lua_setfield(L, -2, s->name);
+  }
+  lua_pop(L, 1);
+}
+
+void ath__openstate(lua_State* L) {
+  luaL_openlibs(L);
+  preload_athena(L);
+}
+
+/* For the CLI: the same preparation as a worker state. */
+void lath_openstate(lua_State* L);
+void lath_openstate(lua_State* L) {
+  ath__openstate(L);
+}

@@ -1,0 +1,690 @@
+/* athena.World and athena.Handle: the engine world seen from Lua.
+ *
+ * A World userdata in a control state owns its engine world. In a worker
+ * state, athena.World.new() returns a proxy of the world that runs the
+ * worker: during the definition phase world:start() ends the phase, and
+ * afterwards tasks can execute and wait through it. */
+#include <stdlib.h>
+#include <string.h>
+#include "internal.h"
+#include "lath.h"
+
+typedef struct {
+  ath_world_t* w; /* NULL once closed */
+  int proxy;      /* a worker's view of its world: owns nothing */
+} lworld_t;
+
+typedef struct {
+  ath_task_t* t;
+} lhandle_t;
+
+/* [-0, +0, v] Returns the world at idx; raises if it is closed or not one. */
+static lworld_t* check_lworld(lua_State* L, int idx) {
+  lworld_t* lw = luaL_checkudata(L, idx, "athena.World");
+  if (lw->w == NULL)
+    luaL_error(L, "attempt to use a closed world");
+  return lw;
+}
+
+static ath_world_t* check_world(lua_State* L, int idx) {
+  return check_lworld(L, idx)->w;
+}
+
+/* __gc and __close. Shuts the world down once; later calls do nothing. */
+static int world_close(lua_State* L) {
+  lworld_t* lw = luaL_checkudata(L, 1, "athena.World");
+  ath_world_t* w = lw->w;
+  lw->w = NULL; /* detach first, so a second call finds NULL */
+  if (w != NULL && !lw->proxy)
+    ath_world_free(w); /* drains running tasks (30 s), joins threads */
+  return 0;
+}
+
+static int world_tostring(lua_State* L) {
+  lworld_t* lw = luaL_checkudata(L, 1, "athena.World");
+  lua_pushfstring(L, "athena.World (%s%p)", lw->proxy ? "worker view, " : "", (void*)lw->w);
+  return 1;
+}
+
+/* ------------------------------------------------------------ creation */
+
+static int opt_int(lua_State* L, int t, const char* k, int def) {
+  int v = def;
+  if (lua_getfield(L, t, k) != LUA_TNIL)
+    v = (int)luaL_checkinteger(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* [-0, +0, m] Collects a string array field into a NULL-terminated vector
+ * kept alive in a userdata box on the stack (so nothing leaks on raise). */
+static const char** opt_strv(lua_State* L, int t, const char* k, int zero_based) {
+  if (lua_getfield(L, t, k) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_pushnil(L); /* keep the stack shape */
+    return NULL;
+  }
+  int first = zero_based ? 0 : 1;
+  lua_Integer n = (lua_Integer)luaL_len(L, -1) + (zero_based ? 1 : 0);
+  const char** v = lua_newuserdatauv(L, (size_t)(n + 1) * sizeof(char*), 1);
+  lua_pushvalue(L, -2);
+  lua_setiuservalue(L, -2, 1); /* keeps the strings alive */
+  for (lua_Integer i = 0; i < n; i++) {
+    lua_rawgeti(L, -2, i + first);
+    v[i] = lua_tostring(L, -1);
+    lua_pop(L, 1);
+    if (v[i] == NULL)
+      luaL_error(L, "%s[%d] must be a string", k, (int)(i + first));
+  }
+  v[n] = NULL;
+  lua_remove(L, -2);
+  return v;
+}
+
+/* core.newWorld(cfg): cfg was validated by init.lua (SEMANTICS §2); here
+ * the fields are copied into the engine's config. */
+int lath_world_new(lua_State* L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  ath_worker_t* wk = ath__worker_of(L);
+  if (wk != NULL) {
+    lworld_t* lw = lua_newuserdatauv(L, sizeof(*lw), 0);
+    lw->w = ath__worker_world(wk);
+    lw->proxy = 1;
+    luaL_setmetatable(L, "athena.World");
+    return 1;
+  }
+  ath_world_config_t cfg;
+  ath_world_config_init(&cfg);
+  cfg.min_workers = opt_int(L, 1, "minWorkers", cfg.min_workers);
+  cfg.max_workers = opt_int(L, 1, "maxWorkers", cfg.max_workers);
+  cfg.default_concurrency = opt_int(L, 1, "defaultConcurrency", cfg.default_concurrency);
+  lua_getfield(L, 1, "persistence");
+  const char* p = luaL_optstring(L, -1, "hybrid");
+  cfg.persistence = strcmp(p, "memory") == 0 ? ATH_PERSIST_MEMORY
+                    : strcmp(p, "file") == 0 ? ATH_PERSIST_FILE
+                                             : ATH_PERSIST_HYBRID;
+  lua_getfield(L, 1, "persistencePath");
+  cfg.persistence_path = luaL_optstring(L, -1, ".athena");
+  lua_getfield(L, 1, "entryScript");
+  cfg.entry_script = luaL_optstring(L, -1, NULL);
+  cfg.modules = opt_strv(L, 1, "modules", 0);
+  cfg.script_args = opt_strv(L, 1, "scriptArgs", 1);
+  lworld_t* lw = lua_newuserdatauv(L, sizeof(*lw), 0);
+  lw->w = NULL;
+  lw->proxy = 0;
+  luaL_setmetatable(L, "athena.World");
+  char err[256];
+  int rc = ath_world_new(&cfg, &lw->w, err, sizeof(err));
+  if (rc != 0)
+    return ath__raise(L, rc, "%s", rc == ATH_EINVAL ? err : ath_strerror(rc));
+  /* Task queues: {name = {workers = n, concurrency = n}} */
+  if (lua_getfield(L, 1, "taskQueues") == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+      const char* name = lua_tostring(L, -2);
+      int workers = opt_int(L, lua_gettop(L), "workers", strcmp(name, "default") ? 1 : 0);
+      int conc = opt_int(L, lua_gettop(L), "concurrency", 1);
+      rc = ath_world_add_queue(lw->w, name, workers, conc);
+      if (rc != 0)
+        return ath__raise(L, rc, "invalid taskQueues.%s", name);
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  return 1;
+}
+
+/* world:_register(name, taskQueue, priority) */
+static int world_register(lua_State* L) {
+  lworld_t* lw = check_lworld(L, 1);
+  const char* name = luaL_checkstring(L, 2);
+  const char* q = luaL_optstring(L, 3, "default");
+  int prio = (int)luaL_optinteger(L, 4, 0);
+  if (lw->proxy)
+    return 0; /* a worker binds what the control world registered */
+  int rc = ath_world_register(lw->w, name, q, prio);
+  if (rc != 0)
+    return ath__raise(L, rc, "cannot register %s", name);
+  return 0;
+}
+
+/* world:_start(path, cpath, entry, args) */
+static int world_start(lua_State* L) {
+  lworld_t* lw = check_lworld(L, 1);
+  if (lw->proxy) {
+    ath_worker_t* wk = ath__worker_of(L);
+    if (wk != NULL && ath__worker_defining(wk))
+      return ath__worker_end_definitions(L);
+    return 0;
+  }
+  ath_world_t* w = lw->w;
+  /* Strings the workers need: copied now, the control state may change
+   * package.path later. The engine copies them at start(). */
+  const char* path = luaL_optstring(L, 2, NULL);
+  const char* cpath = luaL_optstring(L, 3, NULL);
+  free((char*)w->cfg.lua_path);
+  free((char*)w->cfg.lua_cpath);
+  w->cfg.lua_path = path ? strdup(path) : NULL;
+  w->cfg.lua_cpath = cpath ? strdup(cpath) : NULL;
+  char err[768];
+  int rc = ath_world_start(w, err, sizeof(err));
+  if (rc != 0)
+    return ath__raise(L, rc, "%s", err);
+  return 0;
+}
+
+/* ------------------------------------------------------------- execute */
+
+static void push_handle(lua_State* L, int world_idx, ath_task_t* t) {
+  lhandle_t* h = lua_newuserdatauv(L, sizeof(*h), 1);
+  h->t = t; /* the reference the engine gave us */
+  lua_pushvalue(L, world_idx);
+  lua_setiuservalue(L, -2, 1); /* the world outlives its handles */
+  luaL_setmetatable(L, "athena.Handle");
+}
+
+typedef struct {
+  ath_exec_opts_t o;
+  int ids_idx; /* stack index of opts.ids, or 0 */
+} exec_opts_t;
+
+/* Reads execute's opts table at idx (validated types, unknown keys raise). */
+static void check_opts(lua_State* L, int idx, exec_opts_t* eo, int many) {
+  memset(eo, 0, sizeof(*eo));
+  if (lua_isnoneornil(L, idx))
+    return;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    const char* k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+    if (k == NULL) {
+      ath__raise(L, ATH_EINVAL, "unknown option %s", luaL_tolstring(L, -2, NULL));
+    } else if (!many && strcmp(k, "id") == 0) {
+      if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+        ath__raise(L, ATH_EINVAL, "invalid id (must be a non-empty string)");
+      eo->o.id = lua_tostring(L, -1);
+    } else if (many && strcmp(k, "ids") == 0) {
+      if (lua_type(L, -1) != LUA_TTABLE)
+        ath__raise(L, ATH_EINVAL, "invalid ids (must be an array of strings)");
+      eo->ids_idx = 1; /* resolved by the caller */
+    } else if (strcmp(k, "delay") == 0) {
+      eo->o.delay_ms = ath__checkduration(L, -1);
+    } else if (strcmp(k, "priority") == 0) {
+      if (!lua_isinteger(L, -1))
+        ath__raise(L, ATH_EINVAL, "invalid priority: %s (must be an integer)", luaL_tolstring(L, -1, NULL));
+      eo->o.has_priority = 1;
+      eo->o.priority = (int)lua_tointeger(L, -1);
+    } else if (strcmp(k, "taskQueue") == 0) {
+      if (lua_type(L, -1) != LUA_TSTRING)
+        ath__raise(L, ATH_EINVAL, "invalid taskQueue (must be a string)");
+      eo->o.task_queue = lua_tostring(L, -1);
+    } else if (strcmp(k, "failureStrategy") == 0) {
+      const char* s = lua_tostring(L, -1);
+      if (lua_type(L, -1) != LUA_TSTRING ||
+          (strcmp(s, "retry") && strcmp(s, "cascade") && strcmp(s, "compensate") &&
+           strcmp(s, "ignore") && strcmp(s, "quarantine")))
+        ath__raise(L, ATH_EINVAL, "invalid failureStrategy: %s", luaL_tolstring(L, -1, NULL));
+    } else {
+      ath__raise(L, ATH_EINVAL, "unknown option %s", k);
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* Encodes the value at idx; on failure raises EINVAL naming the path, after
+ * freeing everything in `owned` (n entries). */
+static char* encode_or_raise(lua_State* L, int idx, const char* root, size_t* len,
+                             char** owned, size_t n) {
+  ath_buf_t b = {0};
+  char err[256];
+  int rc = ath__json_encode(L, idx, root, &b, err, sizeof(err));
+  if (rc != 0) {
+    ath__buf_free(&b);
+    for (size_t i = 0; i < n; i++)
+      free(owned[i]);
+    free(owned);
+    return (char*)(intptr_t)ath__raise(L, rc, "%s", err);
+  }
+  if (b.data == NULL) { /* cannot happen for a successful encode */
+    b.data = malloc(1);
+  }
+  *len = b.len;
+  return b.data;
+}
+
+static void check_started(lua_State* L, lworld_t* lw) {
+  if (lw->proxy) {
+    ath_worker_t* wk = ath__worker_of(L);
+    if (wk == NULL || ath__worker_defining(wk))
+      ath__raise(L, ATH_EINVAL, "execute before start()");
+  }
+}
+
+/* world:execute(name, input [, opts]) -> handle */
+static int world_execute(lua_State* L) {
+  lworld_t* lw = check_lworld(L, 1);
+  const char* name = luaL_checkstring(L, 2);
+  exec_opts_t eo;
+  check_opts(L, 4, &eo, 0);
+  check_started(L, lw);
+  size_t len;
+  char* json = encode_or_raise(L, 3, "input", &len, NULL, 0);
+  char** payloads = &json;
+  ath_task_t* t;
+  char err[256];
+  int rc = ath_world_execute(lw->w, name, 1, payloads, &len, NULL, &eo.o, &t, err, sizeof(err));
+  if (rc != 0)
+    return ath__raise(L, rc, "%s", err);
+  push_handle(L, 1, t);
+  return 1;
+}
+
+/* world:executeMany(name, inputs [, opts]) -> {handle...} */
+static int world_execute_many(lua_State* L) {
+  lworld_t* lw = check_lworld(L, 1);
+  const char* name = luaL_checkstring(L, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  exec_opts_t eo;
+  check_opts(L, 4, &eo, 1);
+  check_started(L, lw);
+  size_t n = lua_rawlen(L, 3);
+  const char** ids = NULL;
+  if (eo.ids_idx) {
+    lua_getfield(L, 4, "ids");
+    if (lua_rawlen(L, -1) != n)
+      ath__raise(L, ATH_EINVAL, "invalid ids (must have one id per input)");
+    ids = lua_newuserdatauv(L, (n ? n : 1) * sizeof(char*), 0);
+    for (size_t i = 0; i < n; i++) {
+      lua_rawgeti(L, -2, (lua_Integer)i + 1);
+      if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+        ath__raise(L, ATH_EINVAL, "invalid ids[%d] (must be a non-empty string)", (int)i + 1);
+      ids[i] = lua_tostring(L, -1); /* anchored by the ids table */
+      lua_pop(L, 1);
+    }
+  }
+  /* Boxes for the C arrays so a raise below leaks nothing. */
+  size_t* lens = lua_newuserdatauv(L, (n ? n : 1) * sizeof(size_t), 0);
+  ath_task_t** out = lua_newuserdatauv(L, (n ? n : 1) * sizeof(ath_task_t*), 0);
+  char** payloads = calloc(n ? n : 1, sizeof(char*));
+  if (payloads == NULL)
+    return luaL_error(L, "not enough memory");
+  char root[48];
+  for (size_t i = 0; i < n; i++) {
+    snprintf(root, sizeof(root), "inputs[%d]", (int)i + 1);
+    lua_rawgeti(L, 3, (lua_Integer)i + 1);
+    payloads[i] = encode_or_raise(L, -1, root, &lens[i], payloads, i);
+    lua_pop(L, 1);
+  }
+  if (!lua_checkstack(L, 4)) {
+    for (size_t i = 0; i < n; i++)
+      free(payloads[i]);
+    free(payloads);
+    return luaL_error(L, "stack overflow");
+  }
+  lua_createtable(L, (int)n, 0); /* before execute: a raise here loses nothing */
+  char err[256];
+  int rc = ath_world_execute(lw->w, name, n, payloads, lens, ids, &eo.o, out, err, sizeof(err));
+  free(payloads);
+  if (rc != 0)
+    return ath__raise(L, rc, "%s", err);
+  for (size_t i = 0; i < n; i++) {
+    push_handle(L, 1, out[i]); /* a memory error here would leak refs only */
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
+/* ---------------------------------------------------------------- query */
+
+static void set_int(lua_State* L, const char* k, int64_t v) {
+  lua_pushinteger(L, v);
+  lua_setfield(L, -2, k);
+}
+
+static void set_ms(lua_State* L, const char* k, int64_t v) {
+  if (v != 0)
+    set_int(L, k, v);
+}
+
+/* [-0, +1, m] Decodes JSON into a Lua value (nil for NULL). */
+static void push_json(lua_State* L, const char* json, size_t len) {
+  if (json == NULL || ath__json_decode(L, json, len) != 0) {
+    if (json != NULL)
+      lua_pop(L, 1);
+    lua_pushnil(L);
+  }
+}
+
+/* [-0, +1, m] Decodes an error JSON into an athena.Error. */
+static void push_error_json(lua_State* L, const char* json, size_t len, int code) {
+  if (json == NULL) {
+    ath__pusherror(L, code ? code : ATH_EHANDLER, NULL);
+    return;
+  }
+  push_json(L, json, len);
+  if (lua_type(L, -1) == LUA_TTABLE)
+    luaL_setmetatable(L, "athena.Error");
+}
+
+static int push_state(lua_State* L, ath_world_t* w, ath_task_t* t) {
+  ath_task_info_t info;
+  if (ath_task_snapshot(w, t, &info) != 0)
+    return luaL_error(L, "not enough memory");
+  lua_createtable(L, 0, 20);
+  lua_pushstring(L, ath_task_id(t));
+  lua_setfield(L, -2, "id");
+  lua_pushstring(L, ath_task_name(t));
+  lua_setfield(L, -2, "name");
+  lua_pushliteral(L, "activity");
+  lua_setfield(L, -2, "kind");
+  lua_pushstring(L, ath_status_name(info.status));
+  lua_setfield(L, -2, "status");
+  push_json(L, info.input, info.input_len);
+  lua_setfield(L, -2, "input");
+  push_json(L, info.result, info.result_len);
+  lua_setfield(L, -2, "result");
+  if (info.error != NULL || info.status == ATH_FAILED) {
+    push_error_json(L, info.error, info.error_len, t->err_code);
+    lua_setfield(L, -2, "error");
+  }
+  set_int(L, "attempt", info.attempt);
+  set_int(L, "maxAttempts", 1);
+  set_ms(L, "createdAt", info.created_at);
+  set_ms(L, "scheduledAt", info.scheduled_at);
+  set_ms(L, "startedAt", info.started_at);
+  set_ms(L, "completedAt", info.completed_at);
+  if (info.worker_id) {
+    lua_pushfstring(L, "worker-%d", info.worker_id);
+    lua_setfield(L, -2, "workerId");
+  }
+  lua_pushstring(L, ath_task_queue(t));
+  lua_setfield(L, -2, "taskQueue");
+  set_int(L, "priority", info.priority);
+  ath_task_snapshot_free(&info);
+  return 1;
+}
+
+/* world:query(id) -> state | nil, err (ENOTFOUND) */
+static int world_query(lua_State* L) {
+  ath_world_t* w = check_world(L, 1);
+  const char* id = luaL_checkstring(L, 2);
+  ath_task_t* t;
+  if (ath_world_find(w, id, &t) != 0)
+    return ath__pushfail(L, ATH_ENOTFOUND, lua_pushfstring(L, "no task %s", id));
+  /* hold the reference in a handle so a raise below does not leak it */
+  push_handle(L, 1, t);
+  return push_state(L, w, t);
+}
+
+/* world:getMetrics() */
+static int world_metrics(lua_State* L) {
+  ath_world_t* w = check_world(L, 1);
+  ath_metrics_t m;
+  ath_world_metrics(w, &m);
+  lua_createtable(L, 0, 8);
+  set_int(L, "uptime", m.uptime_ms);
+  lua_createtable(L, 0, 3);
+  set_int(L, "total", m.workers_total);
+  set_int(L, "idle", m.workers_idle);
+  set_int(L, "busy", m.workers_busy);
+  lua_setfield(L, -2, "workers");
+  lua_createtable(L, 0, 8);
+  set_int(L, "queued", m.queued);
+  set_int(L, "scheduled", m.scheduled);
+  set_int(L, "running", m.running);
+  set_int(L, "completed", m.completed);
+  set_int(L, "failed", m.failed);
+  set_int(L, "retried", m.retried);
+  set_int(L, "cancelled", m.cancelled);
+  set_int(L, "quarantined", m.quarantined);
+  lua_setfield(L, -2, "tasks");
+  lua_createtable(L, 0, 3);
+  set_int(L, "perSecond", m.per_second);
+  set_int(L, "perMinute", m.per_minute);
+  set_int(L, "perHour", m.per_hour);
+  lua_setfield(L, -2, "throughput");
+  lua_pushnumber(L, m.workload);
+  lua_setfield(L, -2, "workload");
+  lua_createtable(L, 0, 2);
+  const char* names[2] = {"queueWait", "run"};
+  double vals[2][3] = {{m.wait_p50, m.wait_p95, m.wait_p99}, {m.run_p50, m.run_p95, m.run_p99}};
+  for (int i = 0; i < 2; i++) {
+    lua_createtable(L, 0, 3);
+    lua_pushnumber(L, vals[i][0]);
+    lua_setfield(L, -2, "p50");
+    lua_pushnumber(L, vals[i][1]);
+    lua_setfield(L, -2, "p95");
+    lua_pushnumber(L, vals[i][2]);
+    lua_setfield(L, -2, "p99");
+    lua_setfield(L, -2, names[i]);
+  }
+  lua_setfield(L, -2, "latency");
+  /* queues[name] = {depth, running, oldestAgeMs} */
+  lua_createtable(L, 0, w->nqueues);
+  int64_t now = ath__now_ms();
+  uv_mutex_lock(&w->lock);
+  for (int i = 0; i < w->nqueues; i++) {
+    ath_queue_t* q = w->queues[i];
+    int64_t oldest = 0;
+    for (int b = 0; b < q->nbuckets; b++)
+      if (q->buckets[b].head && (oldest == 0 || q->buckets[b].head->ready_at < oldest))
+        oldest = q->buckets[b].head->ready_at;
+    int64_t depth = q->depth, running = q->running;
+    uv_mutex_unlock(&w->lock); /* no Lua allocation under the lock */
+    lua_createtable(L, 0, 3);
+    set_int(L, "depth", depth);
+    set_int(L, "running", running);
+    set_int(L, "oldestAgeMs", oldest ? (now > oldest ? now - oldest : 0) : 0);
+    lua_setfield(L, -2, q->name);
+    uv_mutex_lock(&w->lock);
+  }
+  uv_mutex_unlock(&w->lock);
+  lua_setfield(L, -2, "queues");
+  return 1;
+}
+
+/* world:getWorkers() */
+static int world_workers(lua_State* L) {
+  ath_world_t* w = check_world(L, 1);
+  int cap = 64, n;
+  ath_worker_info_t* info;
+  for (;;) {
+    info = lua_newuserdatauv(L, cap * sizeof(*info), 0);
+    n = ath_world_workers(w, info, cap);
+    if (n <= cap)
+      break;
+    lua_pop(L, 1);
+    cap = n + 16;
+  }
+  lua_createtable(L, n, 0);
+  int k = 0;
+  for (int i = 0; i < n; i++) {
+    ath_worker_info_t* o = &info[i];
+    lua_createtable(L, 0, 10);
+    lua_pushfstring(L, "worker-%d", o->id);
+    lua_setfield(L, -2, "id");
+    lua_pushstring(L, o->status);
+    lua_setfield(L, -2, "status");
+    lua_pushstring(L, o->task_queue);
+    lua_setfield(L, -2, "taskQueue");
+    set_int(L, "concurrency", o->concurrency);
+    set_int(L, "runningCount", o->running);
+    set_int(L, "lastHeartbeat", o->last_heartbeat);
+    set_int(L, "tasksCompleted", o->tasks_completed);
+    set_int(L, "tasksFailed", o->tasks_failed);
+    set_int(L, "memoryKB", o->memory_kb);
+    lua_rawseti(L, -2, ++k);
+  }
+  return 1;
+}
+
+/* world:shutdown([opts]) -> {drained, requeued} */
+static int world_shutdown(lua_State* L) {
+  lworld_t* lw = check_lworld(L, 1);
+  int64_t timeout = 30000;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, 2) != 0) {
+      if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "timeout") != 0)
+        return ath__raise(L, ATH_EINVAL, "unknown option %s", luaL_tolstring(L, -2, NULL));
+      timeout = ath__checkduration(L, -1);
+      lua_pop(L, 1);
+    }
+  }
+  if (lw->proxy)
+    return ath__raise(L, ATH_EINVAL, "shutdown is not allowed inside a worker");
+  int drained, requeued;
+  ath_world_shutdown(lw->w, timeout, &drained, &requeued);
+  lua_createtable(L, 0, 2);
+  set_int(L, "drained", drained);
+  set_int(L, "requeued", requeued);
+  return 1;
+}
+
+/* ---------------------------------------------------------------- handles */
+
+static lhandle_t* check_handle(lua_State* L, int idx) {
+  return luaL_checkudata(L, idx, "athena.Handle");
+}
+
+/* [-0, +1, -] Pushes the handle's world (its first user value). */
+static ath_world_t* handle_world(lua_State* L, int idx) {
+  lua_getiuservalue(L, idx, 1);
+  lworld_t* lw = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (lw == NULL || lw->w == NULL)
+    luaL_error(L, "attempt to use a handle of a closed world");
+  return lw->w;
+}
+
+static int handle_gc(lua_State* L) {
+  lhandle_t* h = check_handle(L, 1);
+  if (h->t != NULL) {
+    ath_task_release(h->t);
+    h->t = NULL;
+  }
+  return 0;
+}
+
+static int handle_status(lua_State* L) {
+  lhandle_t* h = check_handle(L, 1);
+  lua_pushstring(L, ath_status_name(ath_task_status(handle_world(L, 1), h->t)));
+  return 1;
+}
+
+static int handle_query(lua_State* L) {
+  lhandle_t* h = check_handle(L, 1);
+  return push_state(L, handle_world(L, 1), h->t);
+}
+
+/* Pushes result() values for a task that is terminal. */
+static int push_outcome(lua_State* L, ath_world_t* w, ath_task_t* t) {
+  ath_status_t st = ath_task_status(w, t);
+  if (st == ATH_COMPLETED) {
+    push_json(L, t->result, t->result_len);
+    return 1;
+  }
+  lua_pushnil(L);
+  if (st == ATH_CANCELLED)
+    ath__pusherror(L, ATH_ECANCELED, "task cancelled");
+  else if (st == ATH_COMPENSATED)
+    ath__pusherror(L, ATH_ECOMPENSATED, NULL);
+  else
+    push_error_json(L, t->error, t->error_len, t->err_code);
+  return 2;
+}
+
+static int handle_result_k(lua_State* L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  lhandle_t* h = check_handle(L, 1);
+  return push_outcome(L, handle_world(L, 1), h->t);
+}
+
+/* h:result([timeout]) -> result | nil, err */
+static int handle_result(lua_State* L) {
+  lhandle_t* h = check_handle(L, 1);
+  ath_world_t* w = handle_world(L, 1);
+  int64_t timeout = -1;
+  if (!lua_isnoneornil(L, 2))
+    timeout = ath__checkduration(L, 2);
+  lua_settop(L, 1);
+  if (timeout < 0) {
+    int rc = ath__task_wait(L, h->t, handle_result_k, 0);
+    if (rc == 0)
+      return handle_result_k(L, LUA_OK, 0);
+  }
+  /* The control state (or a result with a timeout): block this thread. */
+  int rc = ath_world_wait(w, h->t, timeout);
+  if (rc == ATH_ETIMEDOUT)
+    return ath__pushfail(L, rc, "timed out waiting for the result");
+  if (rc == ATH_ESHUTDOWN)
+    return ath__pushfail(L, rc, "world shut down before the task finished");
+  return push_outcome(L, w, h->t);
+}
+
+static int handle_index(lua_State* L) {
+  lhandle_t* h = check_handle(L, 1);
+  const char* k = lua_tostring(L, 2);
+  if (k != NULL && strcmp(k, "id") == 0) {
+    lua_pushstring(L, ath_task_id(h->t));
+    return 1;
+  }
+  if (k != NULL && strcmp(k, "name") == 0) {
+    lua_pushstring(L, ath_task_name(h->t));
+    return 1;
+  }
+  lua_pushvalue(L, 2);
+  lua_rawget(L, lua_upvalueindex(1));
+  return 1;
+}
+
+static int handle_tostring(lua_State* L) {
+  lhandle_t* h = check_handle(L, 1);
+  lua_pushfstring(L, "athena.Handle (%s)", ath_task_id(h->t));
+  return 1;
+}
+
+int lath_open_world(lua_State* L) {
+  static const luaL_Reg world_meta[] = {
+    {"__index", NULL},
+    {"__gc", world_close},
+    {"__close", world_close},
+    {"__tostring", world_tostring},
+    {NULL, NULL},
+  };
+  static const luaL_Reg world_methods[] = {
+    {"_register", world_register},
+    {"_start", world_start},
+    {"execute", world_execute},
+    {"executeMany", world_execute_many},
+    {"query", world_query},
+    {"getMetrics", world_metrics},
+    {"getWorkers", world_workers},
+    {"shutdown", world_shutdown},
+    {NULL, NULL},
+  };
+  static const luaL_Reg handle_meta[] = {
+    {"__gc", handle_gc},
+    {"__tostring", handle_tostring},
+    {NULL, NULL},
+  };
+  static const luaL_Reg handle_methods[] = {
+    {"result", handle_result},
+    {"status", handle_status},
+    {"query", handle_query},
+    {NULL, NULL},
+  };
+  ath__newclass(L, "athena.World", world_meta, world_methods);
+  lua_pop(L, 1);
+  ath__newclass(L, "athena.Handle", handle_meta, handle_methods);
+  /* __index is a function (for h.id and h.name) over the methods table */
+  luaL_getmetatable(L, "athena.Handle");
+  lua_pushvalue(L, -2);
+  lua_pushcclosure(L, handle_index, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 2);
+  return 0;
+}

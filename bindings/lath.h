@@ -1,0 +1,44 @@
+/* Declarations shared between binding files (module athena.core). */
+#ifndef ATHENA_LATH_H
+#define ATHENA_LATH_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <lua.h>
+#include <lauxlib.h>
+#include "athena.h"
+
+/* An embedded Lua module (generated from lua/athena by cmake/embed.cmake). */
+typedef struct {
+  const char* name;    /* module name: "athena", "athena.errors" */
+  const char* chunk;   /* chunk name for messages: "@athena/init.lua" */
+  const char* source;
+  size_t len;
+} lath_source_t;
+extern const lath_source_t lath_sources[];
+
+/* l_core.c ---------------------------------------------------------------- */
+
+/* [-0, +2, m] Pushes nil and an athena.Error {code, message} for `rc` with
+ * `detail` (or the code's description) as message. Returns 2. */
+int ath__pushfail(lua_State* L, int rc, const char* detail);
+/* [-0, +1, m] Pushes an athena.Error table. */
+void ath__pusherror(lua_State* L, int rc, const char* message);
+/* [-0, +0, v] Raises an athena.Error of code `rc`: a wrong value (EINVAL)
+ * or an unknown name (ENOTFOUND). */
+int ath__raise(lua_State* L, int rc, const char* fmt, ...);
+/* [-0, +0, v] Returns the duration at idx in ms (SEMANTICS §1.1) or raises
+ * EINVAL "invalid duration: <value>". */
+int64_t ath__checkduration(lua_State* L, int idx);
+/* [-0, +0, m] Creates a class metatable `name` with `meta` functions and
+ * `methods` as __index (or none), like liolib's createmeta; leaves the
+ * methods table on the stack. */
+void ath__newclass(lua_State* L, const char* name, const luaL_Reg* meta,
+                   const luaL_Reg* methods);
+
+/* l_world.c --------------------------------------------------------------- */
+
+int lath_open_world(lua_State* L);  /* [-0, +0, m] registers the classes */
+int lath_world_new(lua_State* L);   /* core.newWorld(cfg) */
+
+#endif

@@ -1,0 +1,264 @@
+/* Athena: a job runtime and database gateway, scripted in Lua 5.4.
+ *
+ * This is the public C API, laid out like uv.h: the error map, the opaque
+ * types, then one section per object with a contract on every function.
+ * Functions return 0 or a negative ATH_E* code; results come back through
+ * out-parameters. See docs/c-api.md for a walk-through.
+ */
+#ifndef ATHENA_H
+#define ATHENA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define ATH_EXTERN __attribute__((visibility("default")))
+#else
+#define ATH_EXTERN
+#endif
+
+/* ------------------------------------------------------------------ errors */
+
+/* Codes shared with libuv keep libuv's (negated errno) values; Athena's own
+ * codes sit below -20000. */
+#define ATH__ETIMEDOUT (-110)
+#define ATH__ECANCELED (-125)
+#define ATH__EINVAL (-22)
+#define ATH__ENOMEM (-12)
+#define ATH__EBUSY (-16)
+#define ATH__ENOSYS (-38)
+#define ATH__ENOTFOUND (-20001)
+#define ATH__EHEARTBEAT (-20002)
+#define ATH__ECOMPENSATED (-20003)
+#define ATH__EWORKERLOST (-20004)
+#define ATH__EFATAL (-20005)
+#define ATH__EHANDLER (-20006)
+#define ATH__ERETRYABLE (-20007)
+#define ATH__ENONDETERMINISM (-20008)
+#define ATH__ESHUTDOWN (-20009)
+#define ATH__ESTORE (-20010)
+
+#define ATH_ERRNO_MAP(XX)                                          \
+  XX(ETIMEDOUT, "operation timed out")                             \
+  XX(ECANCELED, "task cancelled")                                  \
+  XX(EINVAL, "invalid argument")                                   \
+  XX(ENOMEM, "out of memory")                                      \
+  XX(EBUSY, "resource busy")                                       \
+  XX(ENOSYS, "not implemented")                                    \
+  XX(ENOTFOUND, "no such job, handler or schedule")                \
+  XX(EHEARTBEAT, "heartbeat timeout")                              \
+  XX(ECOMPENSATED, "workflow failed and was compensated")          \
+  XX(EWORKERLOST, "worker lost")                                   \
+  XX(EFATAL, "fatal error")                                        \
+  XX(EHANDLER, "handler error")                                    \
+  XX(ERETRYABLE, "retryable error")                                \
+  XX(ENONDETERMINISM, "workflow replay diverged from its history") \
+  XX(ESHUTDOWN, "world is shutting down")                          \
+  XX(ESTORE, "store error")
+
+typedef enum {
+#define XX(name, _) ATH_##name = ATH__##name,
+  ATH_ERRNO_MAP(XX)
+#undef XX
+} ath_errno_t;
+
+/* Returns the code's name without the ATH_ prefix ("ETIMEDOUT"), the `code`
+ * Lua sees, or "EUNKNOWN" for a code outside the map. Thread: any. */
+ATH_EXTERN const char* ath_err_name(int err);
+/* Returns a static description of the code. Thread: any. */
+ATH_EXTERN const char* ath_strerror(int err);
+/* Returns the code whose name is `name` ("EINVAL"), or 0 if none. */
+ATH_EXTERN int ath_err_code(const char* name);
+
+/* ------------------------------------------------------------------- types */
+
+typedef struct ath_world_s ath_world_t;
+typedef struct ath_task_s ath_task_t;
+typedef struct ath_world_config_s ath_world_config_t;
+typedef struct ath_exec_opts_s ath_exec_opts_t;
+
+typedef enum {
+  ATH_PENDING = 0,
+  ATH_SCHEDULED,
+  ATH_RUNNING,
+  ATH_RETRYING,
+  ATH_COMPENSATING,
+  ATH_COMPLETED, /* first terminal state */
+  ATH_FAILED,
+  ATH_CANCELLED,
+  ATH_QUARANTINED,
+  ATH_COMPENSATED
+} ath_status_t;
+
+#define ATH_IS_TERMINAL(s) ((s) >= ATH_COMPLETED)
+
+/* Returns the state's name as SEMANTICS.md §4.1 spells it ("pending"). */
+ATH_EXTERN const char* ath_status_name(ath_status_t s);
+
+/* Returns the library version string ("0.1.0"). */
+ATH_EXTERN const char* ath_version(void);
+
+/* ------------------------------------------------------------------- world */
+
+/* World configuration. Initialise with ath_world_config_init(), which sets
+ * the SEMANTICS.md §2 defaults, then change fields. Strings are borrowed for
+ * the duration of ath_world_new(), which copies them. */
+struct ath_world_config_s {
+  int min_workers;         /* default pool size at start() (2) */
+  int max_workers;         /* default pool ceiling (10) */
+  int default_concurrency; /* slots per default worker (1) */
+  int persistence;         /* ATH_PERSIST_* (hybrid) */
+  const char* persistence_path; /* ".athena" */
+  int64_t cancel_grace_ms;      /* 5000 */
+  /* Code that worker states load: either an entry script re-run in
+   * definition mode, or modules that workers require (one of the two). */
+  const char* entry_script;
+  const char* const* modules; /* NULL-terminated, or NULL */
+  const char* const* script_args; /* arg[0..n] for the entry script */
+  const char* lua_path;       /* package.path for workers, or NULL */
+  const char* lua_cpath;      /* package.cpath for workers, or NULL */
+};
+
+enum { ATH_PERSIST_MEMORY = 0, ATH_PERSIST_FILE, ATH_PERSIST_HYBRID };
+
+/* Fills `cfg` with the defaults. Thread: any. */
+ATH_EXTERN void ath_world_config_init(ath_world_config_t* cfg);
+
+/* Creates a stopped world. Returns 0 and sets *out, or ATH_EINVAL (a bad
+ * config; `err` receives the reason when not NULL) or ATH_ENOMEM.
+ * Thread: any; the world may then be used from any thread. */
+ATH_EXTERN int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out,
+                             char* err, size_t errlen);
+
+/* Adds a task queue `name` with `workers` workers of `concurrency` slots
+ * each. Only before start(). Returns 0, ATH_EINVAL (bad name or numbers, or
+ * after start) or ATH_ENOMEM. */
+ATH_EXTERN int ath_world_add_queue(ath_world_t* w, const char* name,
+                                   int workers, int concurrency);
+
+/* Registers the activity `name` on `task_queue` (NULL: "default") with the
+ * default `priority`. Only before start(). Registering the same name with the
+ * same queue and priority again is a no-op. Returns 0 or ATH_EINVAL (taken
+ * name with another definition, unknown queue, after start). */
+ATH_EXTERN int ath_world_register(ath_world_t* w, const char* name,
+                                  const char* task_queue, int priority);
+
+/* Spawns the worker threads; each creates its Lua state, loads the handler
+ * code and binds every registered name before start() returns. Returns 0
+ * (also when already started), ATH_ENOTFOUND (a handler no worker state
+ * defines; `err` names it), ATH_EINVAL (the worker code failed to load;
+ * `err` has the message) or ATH_ESHUTDOWN (after shutdown). Thread: the
+ * thread that created the world. */
+ATH_EXTERN int ath_world_start(ath_world_t* w, char* err, size_t errlen);
+
+/* Options of one execution; zero-initialise, then set what you need. */
+struct ath_exec_opts_s {
+  const char* id;         /* explicit id (idempotent execute), or NULL */
+  int64_t delay_ms;       /* 0: ready now */
+  int has_priority;       /* when 0, the definition's priority */
+  int priority;
+  const char* task_queue; /* NULL: the definition's queue */
+};
+
+/* Queues `n` executions of `name`, one per payload, in one critical
+ * section. Takes ownership of every payloads[i] (malloc'd JSON of lens[i]
+ * bytes), even on failure. ids, when not NULL, gives an explicit id per
+ * payload (NULL entries: generated). On success sets out[i] to a reference
+ * to each task (release with ath_task_release) and returns 0; on failure
+ * nothing is queued and it returns ATH_ENOTFOUND (unknown name), ATH_EINVAL
+ * (before start, unknown queue, id in use by another name; `err` says which)
+ * or ATH_ESHUTDOWN. An existing id yields the existing task (SEMANTICS §5.3).
+ * Thread: any. */
+ATH_EXTERN int ath_world_execute(ath_world_t* w, const char* name, size_t n,
+                                 char** payloads, const size_t* lens,
+                                 const char* const* ids,
+                                 const ath_exec_opts_t* opts,
+                                 ath_task_t** out, char* err, size_t errlen);
+
+/* Looks up a task by id. Returns 0 and a new reference in *out, or
+ * ATH_ENOTFOUND. Thread: any. */
+ATH_EXTERN int ath_world_find(ath_world_t* w, const char* id, ath_task_t** out);
+
+/* Waits until `t` is terminal or `timeout_ms` passes (< 0: no limit).
+ * Returns 0 when terminal, ATH_ETIMEDOUT, or ATH_ESHUTDOWN when the world
+ * shut down with the task unfinished. Thread: any but a worker's. */
+ATH_EXTERN int ath_world_wait(ath_world_t* w, ath_task_t* t, int64_t timeout_ms);
+
+/* Stops accepting work, waits up to `timeout_ms` for running attempts,
+ * interrupts the rest (they return to pending, attempt not counted), joins
+ * every thread. Sets *drained and *requeued. Idempotent: a later call
+ * returns the first call's figures. Thread: the creating thread. */
+ATH_EXTERN int ath_world_shutdown(ath_world_t* w, int64_t timeout_ms,
+                                  int* drained, int* requeued);
+
+/* Shuts down (if needed) and frees the world. Tasks still referenced stay
+ * valid until released. Thread: the creating thread. */
+ATH_EXTERN void ath_world_free(ath_world_t* w);
+
+/* ------------------------------------------------------------------- tasks */
+
+/* Snapshot of a task, filled by ath_task_snapshot(). JSON fields are
+ * malloc'd copies owned by the snapshot; free with ath_task_snapshot_free. */
+typedef struct {
+  ath_status_t status;
+  int attempt;
+  int worker_id;   /* 0 if never run */
+  int priority;
+  int64_t created_at, scheduled_at, started_at, completed_at; /* epoch ms, 0 if unset */
+  char* input;  size_t input_len;  /* JSON */
+  char* result; size_t result_len; /* JSON or NULL */
+  char* error;  size_t error_len;  /* JSON error value or NULL */
+} ath_task_info_t;
+
+/* The task's id and activity name; valid while the reference is held. */
+ATH_EXTERN const char* ath_task_id(const ath_task_t* t);
+ATH_EXTERN const char* ath_task_name(const ath_task_t* t);
+ATH_EXTERN const char* ath_task_queue(const ath_task_t* t);
+/* Current state, read without waiting. Thread: any. */
+ATH_EXTERN ath_status_t ath_task_status(ath_world_t* w, const ath_task_t* t);
+/* Copies the task's state into *info. Returns 0 or ATH_ENOMEM. */
+ATH_EXTERN int ath_task_snapshot(ath_world_t* w, const ath_task_t* t,
+                                 ath_task_info_t* info);
+ATH_EXTERN void ath_task_snapshot_free(ath_task_info_t* info);
+/* Takes and drops a reference. Thread: any. */
+ATH_EXTERN void ath_task_retain(ath_task_t* t);
+ATH_EXTERN void ath_task_release(ath_task_t* t);
+
+/* ----------------------------------------------------------------- metrics */
+
+typedef struct {
+  int64_t uptime_ms;
+  int workers_total, workers_idle, workers_busy;
+  int64_t queued, scheduled, running;
+  int64_t completed, failed, retried, cancelled, quarantined;
+  int64_t per_second, per_minute, per_hour;
+  double workload;
+  double wait_p50, wait_p95, wait_p99; /* ms */
+  double run_p50, run_p95, run_p99;    /* ms */
+} ath_metrics_t;
+
+/* Fills *m with the world's current metrics (SEMANTICS §14.1). */
+ATH_EXTERN void ath_world_metrics(ath_world_t* w, ath_metrics_t* m);
+
+typedef struct {
+  int id;            /* n of "worker-<n>" */
+  const char* status;/* static string: idle|busy|stopping|stopped */
+  char task_queue[65];
+  int concurrency;
+  int running;
+  int64_t last_heartbeat; /* epoch ms */
+  int64_t tasks_completed, tasks_failed;
+  int64_t memory_kb;
+} ath_worker_info_t;
+
+/* Copies up to `cap` workers' info into `out`; returns how many there are. */
+ATH_EXTERN int ath_world_workers(ath_world_t* w, ath_worker_info_t* out, int cap);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ATHENA_H */

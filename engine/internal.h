@@ -1,0 +1,319 @@
+/* Declarations shared between engine files (ath__ prefix). Not installed. */
+#ifndef ATHENA_INTERNAL_H
+#define ATHENA_INTERNAL_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <lua.h>
+#include "athena.h"
+
+/* util.c ------------------------------------------------------------------ */
+
+/* A growable byte buffer; data is NUL-terminated after every append. */
+typedef struct {
+  char* data;
+  size_t len;
+  size_t cap;
+} ath_buf_t;
+
+/* Appends `n` bytes. Returns 0 or ATH_ENOMEM (the buffer is unchanged). */
+int ath__buf_append(ath_buf_t* b, const char* s, size_t n);
+/* Frees the buffer's memory and zeroes it. */
+void ath__buf_free(ath_buf_t* b);
+
+/* lua_json.c -------------------------------------------------------------- */
+
+/* Encodes the Lua value at `idx` as JSON (SEMANTICS §1.3), appending to
+ * `out`. Never raises and never calls metamethods. On failure returns
+ * ATH_EINVAL (or ATH_ENOMEM), leaves out->len as it was, and writes into
+ * `err` a message that names the path from `root`, e.g.
+ * "input.user.cb: function not serializable" or "cycle at input.a.b".
+ * Thread: the thread that owns L. */
+int ath__json_encode(lua_State* L, int idx, const char* root, ath_buf_t* out,
+                     char* err, size_t errlen);
+
+/* [-0, +1, m] Decodes `len` bytes of JSON and pushes the value (null at top
+ * level: nil; in arrays: holes; in objects: the key is absent). Integers
+ * become Lua integers, other numbers floats. Returns 0, or ATH_EINVAL and
+ * pushes an error message string instead of a value. Raises only on memory
+ * errors, leaking nothing. */
+int ath__json_decode(lua_State* L, const char* json, size_t len);
+
+/* cron.c: see engine/cron.h ----------------------------------------------- */
+
+/* world.c, queue.c, worker.c ---------------------------------------------- */
+
+#include <stdatomic.h>
+#include <uv.h>
+
+typedef struct ath_queue_s ath_queue_t;
+typedef struct ath_worker_s ath_worker_t;
+typedef struct ath_slot_s ath_slot_t;
+typedef struct ath_waiter_s ath_waiter_t;
+
+/* A registered activity. Immutable after start(). */
+typedef struct {
+  char* name;
+  ath_queue_t* queue;
+  int priority;
+} ath_def_t;
+
+/* A task lives from execute() until the world is freed (or, later, pruned).
+ * Every field below `refs` is guarded by the world lock, except the
+ * immutable ones (id, def, input, seq, created_at) and result/error, which
+ * are written once before the task turns terminal and never change after. */
+struct ath_task_s {
+  atomic_int refs;       /* handles and the world's table each hold one */
+  ath_status_t status;
+  int attempt;
+  int priority;
+  int worker_id;
+  int err_code;          /* ATH_E* of the last failure, 0 if none */
+  ath_def_t* def;
+  ath_queue_t* queue;
+  uint64_t seq;          /* creation order: the last tie-breaker */
+  int64_t ready_at;      /* wall ms: when it became (or becomes) ready */
+  uint64_t ready_mono;   /* monotonic ns of ready_at, for delay timers */
+  int64_t created_at, scheduled_at, started_at, completed_at;
+  uint64_t start_mono;   /* monotonic ns of the current attempt's start */
+  ath_task_t* qprev;     /* ready list of its priority bucket */
+  ath_task_t* qnext;
+  uint32_t heap_idx;     /* index in the delay heap, UINT32_MAX if absent */
+  ath_task_t* hnext;     /* hash chain */
+  ath_waiter_t* waiters; /* worker slots parked in handle:result() */
+  char* input;           /* JSON, owned */
+  size_t input_len;
+  char* result;          /* JSON, owned, NULL until completed */
+  size_t result_len;
+  char* error;           /* JSON error value, owned, NULL if none */
+  size_t error_len;
+  uint64_t hash;
+  char id[];             /* NUL-terminated */
+};
+
+/* One priority level of a queue: ready tasks in (ready_at, seq) order. */
+typedef struct {
+  int priority;
+  ath_task_t* head;
+  ath_task_t* tail;
+} ath_bucket_t;
+
+struct ath_queue_s {
+  char name[65];
+  int workers;           /* fixed pool size; the default queue uses min/max */
+  int concurrency;       /* slots per worker */
+  ath_bucket_t* buckets; /* sorted by priority, highest first */
+  int nbuckets;
+  int64_t depth;         /* ready tasks */
+  int64_t running;       /* tasks holding slots */
+};
+
+/* Min-heap of delayed tasks by ready_mono. */
+typedef struct {
+  ath_task_t** items;
+  uint32_t len, cap;
+} ath_heap_t;
+
+int ath__heap_push(ath_heap_t* h, ath_task_t* t);
+ath_task_t* ath__heap_peek(const ath_heap_t* h);
+ath_task_t* ath__heap_pop(ath_heap_t* h);
+void ath__heap_remove(ath_heap_t* h, ath_task_t* t);
+void ath__heap_free(ath_heap_t* h);
+
+/* Queue operations; the caller holds the world lock. */
+int ath__queue_push(ath_queue_t* q, ath_task_t* t);
+ath_task_t* ath__queue_pop(ath_queue_t* q);
+void ath__queue_remove(ath_queue_t* q, ath_task_t* t);
+void ath__queue_free(ath_queue_t* q);
+
+/* Wall-clock epoch milliseconds and monotonic nanoseconds. Thread: any. */
+int64_t ath__now_ms(void);
+uint64_t ath__mono_ns(void);
+/* Writes a random UUID v4 (36 chars + NUL) into out. Thread: any. */
+void ath__uuid4(char out[37]);
+/* FNV-1a over a NUL-terminated string. */
+uint64_t ath__hash_str(const char* s);
+
+/* Slot waits: why a task coroutine is suspended. */
+enum { ATH_WAIT_NONE = 0, ATH_WAIT_SLEEP, ATH_WAIT_RESULT };
+
+/* One coroutine slot of a worker. Touched only by its worker's thread,
+ * except `interrupt`, which any thread may set. */
+struct ath_slot_s {
+  ath_worker_t* wk;
+  ath_task_t* awaiting;  /* the task this slot waits on (ATH_WAIT_RESULT) */
+  lua_KFunction wait_k;  /* continuation of that wait */
+  ath_task_t* task;      /* NULL when free */
+  lua_State* co;         /* the task's coroutine, anchored at co_ref */
+  int co_ref;
+  int wait;              /* ATH_WAIT_* */
+  uv_timer_t timer;      /* athena.sleep */
+  atomic_int interrupt;  /* ATH_E* to raise in the task, 0 for none */
+};
+
+/* A worker slot parked in handle:result() on another task. */
+struct ath_waiter_s {
+  ath_waiter_t* next;
+  ath_slot_t* slot;
+  ath_task_t* task;      /* the task that finished (set when delivered) */
+};
+
+enum { ATH_WK_STARTING = 0, ATH_WK_RUNNING, ATH_WK_STOPPING, ATH_WK_STOPPED };
+
+/* A completed attempt waiting to be published under the world lock. */
+typedef struct {
+  ath_task_t* task;
+  ath_status_t status;   /* completed, failed, or pending (requeue) */
+  int err_code;
+} ath_outcome_t;
+
+struct ath_worker_s {
+  ath_world_t* w;
+  ath_slot_t* current;   /* the slot being resumed, for the hook */
+  int defining;          /* loading code: world:start() ends it */
+  int* free_slots;       /* stack of free slot indexes */
+  int nfree;
+  int normalize_ref;     /* athena.errors.normalize */
+  ath_buf_t buf;         /* scratch for encoding results */
+  int joined;            /* thread joined (by the world's thread) */
+  int id;                /* n of "worker-<n>" */
+  ath_queue_t* queue;
+  int concurrency;
+  uv_thread_t thread;
+  uv_loop_t loop;
+  uv_async_t async;      /* wakes the loop: work, inbox, interrupts, stop */
+  lua_State* L;          /* created, used and closed on the worker thread */
+  int* handlers;         /* registry ref of each def's handler, by def index */
+  ath_slot_t* slots;
+  ath_outcome_t* outcomes;   /* this pass's finished attempts (worker-local) */
+  int noutcomes;
+  /* Guarded by the world lock: */
+  int running;           /* slots in use */
+  int wants_work;        /* asleep with a free slot: enqueuers wake it */
+  int stop;              /* asked to stop once its slots are empty */
+  int state;             /* ATH_WK_* */
+  ath_waiter_t* inbox;   /* parked slots whose awaited task finished */
+  int64_t tasks_completed, tasks_failed;
+  /* Read by any thread: */
+  atomic_llong last_heartbeat;
+  atomic_llong memory_kb;
+  /* Start-up report, written by the worker before it signals `ready`. */
+  int start_rc;
+  char start_err[512];
+  atomic_int interrupt_all; /* ATH_E* to raise in every running task */
+};
+
+#define ATH_LAT_SAMPLES 10000
+typedef struct {
+  float ms[ATH_LAT_SAMPLES];
+  int64_t at[ATH_LAT_SAMPLES]; /* wall ms of each sample */
+  uint32_t next, len;
+} ath_lat_ring_t;
+
+enum { ATH_W_NEW = 0, ATH_W_STARTED, ATH_W_STOPPING, ATH_W_STOPPED };
+
+struct ath_world_s {
+  uv_mutex_t lock;       /* guards everything below unless noted */
+  uv_cond_t cond;        /* broadcast on terminal transitions and shutdown */
+  int cond_waiters;
+  int state;             /* ATH_W_* */
+  uv_thread_t owner;     /* creating thread */
+  ath_world_config_t cfg;/* strings below are owned copies */
+  char** modules;
+  char** script_args;
+  ath_def_t* defs;
+  int ndefs;
+  ath_queue_t** queues;  /* queues[0] is "default" */
+  int nqueues;
+  ath_worker_t** workers;
+  int nworkers;
+  int next_worker_id;
+  uv_sem_t ready;        /* workers post once their state is loaded */
+  /* Tasks by id. */
+  ath_task_t** table;
+  size_t table_cap, ntasks;
+  uint64_t next_seq;
+  /* Delayed tasks and the engine loop that makes them ready. */
+  ath_heap_t delayed;
+  uv_thread_t engine_thread;
+  uv_loop_t eloop;
+  uv_async_t easync;
+  uv_timer_t etimer;
+  int engine_stop;
+  /* Counters (SEMANTICS §14.1). */
+  int64_t started_at;
+  int64_t n_completed, n_failed, n_retried, n_cancelled, n_quarantined;
+  int64_t n_scheduled, n_running;
+  int64_t tput[3600];     /* completions per wall second, ring by second */
+  int64_t tput_sec;       /* the second tput[tput_sec % 3600] counts */
+  ath_lat_ring_t lat_wait, lat_run;
+  /* Shutdown results. */
+  int drained, requeued;
+};
+
+/* worker.c: worker threads. */
+
+/* Registry key of the table mapping activity names to handlers in a state
+ * (filled by athena.activity; read by workers when they bind). */
+extern const char ath__defs_key;
+
+/* Returns the worker that owns L's state, or NULL in a control state. */
+ath_worker_t* ath__worker_of(lua_State* L);
+/* Whether the worker is still loading its code (definition mode). */
+int ath__worker_defining(const ath_worker_t* wk);
+/* Ends a worker's definition phase from world:start() in its entry script.
+ * Does not return: yields the entry coroutine, or raises a sentinel the
+ * worker recognises when the call site cannot yield. */
+int ath__worker_end_definitions(lua_State* L);
+ath_world_t* ath__worker_world(const ath_worker_t* wk);
+
+/* Suspends the calling task for `ms` on its worker's loop. Returns -1 when
+ * L is not a task's own coroutine (the caller then blocks instead);
+ * otherwise yields and, when resumed, returns to the caller's caller (or
+ * raises the task's interrupt: cancel, shutdown). */
+int ath__task_sleep(lua_State* L, int64_t ms);
+/* Suspends the calling task until `t` is terminal, then continues in `k`.
+ * Returns -1 when L is not a task's own coroutine (the caller blocks), 0
+ * when `t` is already terminal (no yield); otherwise does not return. */
+int ath__task_wait(lua_State* L, ath_task_t* t, lua_KFunction k, lua_KContext kctx);
+
+/* bindings: prepares a new worker state (standard libraries, athena.core and
+ * the embedded Lua modules in package.preload). [-0, +0, m] */
+void ath__openstate(lua_State* L);
+
+/* Creates and starts a worker thread serving `q`. The worker loads its Lua
+ * state and posts w->ready; check start_rc afterwards. Caller holds no lock.
+ * Returns 0 or a libuv error (then nothing was started). */
+int ath__worker_spawn(ath_world_t* w, ath_queue_t* q, ath_worker_t** out);
+/* Wakes the worker's loop. Thread: any. */
+void ath__worker_wake(ath_worker_t* wk);
+/* Joins the thread and frees the worker. Call after it was asked to stop. */
+void ath__worker_join(ath_worker_t* wk);
+
+/* world.c: used by workers. The caller holds no lock. */
+
+/* Claims up to `max` ready tasks of wk's queue and publishes the worker's
+ * outcomes, in one critical section. Returns how many tasks were claimed
+ * into `out`. Sets *stop when the worker should stop. */
+int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
+                        int max, int* stop);
+/* Registers `slot` as waiting for `t` to end. Returns 1 if registered, 0 if
+ * `t` is already terminal (nothing registered). */
+int ath__world_await(ath_world_t* w, ath_task_t* t, ath_slot_t* slot);
+/* Takes the worker's inbox (delivered waiters). */
+ath_waiter_t* ath__world_take_inbox(ath_world_t* w, ath_worker_t* wk);
+/* Removes `slot`'s waiter from `t` if still there (an interrupted wait). */
+void ath__world_unawait(ath_world_t* w, ath_task_t* t, ath_slot_t* slot);
+
+/* lua_vm.c ---------------------------------------------------------------- */
+
+/* [-(nargs+1), +nresults|1, -] Calls the function below `nargs` arguments in
+ * protected mode with a message handler that adds a traceback to string
+ * errors and keeps error tables as they are. Returns the lua_pcall status;
+ * on failure the error value is on the stack. The engine's one way to call
+ * Lua from C (CI greps for others). */
+int ath__vm_call(lua_State* L, int nargs, int nresults);
+/* Resumes `co` from L (see lua_resume). The engine's one way to resume. */
+int ath__vm_resume(lua_State* co, lua_State* from, int nargs, int* nres);
+
+#endif

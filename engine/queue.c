@@ -1,0 +1,181 @@
+/* Ready queues and the delay heap. The caller holds the world lock.
+ *
+ * A queue keeps one FIFO list per priority level, highest level first. Within
+ * a level tasks are ordered by (ready_at, seq): a new task is appended, and
+ * walks back from the tail only when it became ready earlier than the tail
+ * (a delayed or recovered task), so the common push and pop are O(1). */
+#include <stdlib.h>
+#include <string.h>
+#include "internal.h"
+
+/* Returns whether `a` must be claimed before `b` within one priority. */
+static int ready_before(const ath_task_t* a, const ath_task_t* b) {
+  if (a->ready_at != b->ready_at)
+    return a->ready_at < b->ready_at;
+  return a->seq < b->seq;
+}
+
+static ath_bucket_t* bucket_for(ath_queue_t* q, int priority) {
+  int lo = 0, hi = q->nbuckets;
+  while (lo < hi) { /* buckets are sorted by priority, descending */
+    int mid = (lo + hi) / 2;
+    if (q->buckets[mid].priority == priority)
+      return &q->buckets[mid];
+    if (q->buckets[mid].priority > priority)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  ath_bucket_t* nb = realloc(q->buckets, (q->nbuckets + 1) * sizeof(*nb));
+  if (nb == NULL)
+    return NULL;
+  q->buckets = nb;
+  memmove(&nb[lo + 1], &nb[lo], (q->nbuckets - lo) * sizeof(*nb));
+  nb[lo].priority = priority;
+  nb[lo].head = nb[lo].tail = NULL;
+  q->nbuckets++;
+  return &nb[lo];
+}
+
+int ath__queue_push(ath_queue_t* q, ath_task_t* t) {
+  ath_bucket_t* b = bucket_for(q, t->priority);
+  if (b == NULL)
+    return ATH_ENOMEM;
+  ath_task_t* after = b->tail;
+  while (after != NULL && ready_before(t, after))
+    after = after->qprev;
+  t->qprev = after;
+  t->qnext = after ? after->qnext : b->head;
+  if (t->qnext)
+    t->qnext->qprev = t;
+  else
+    b->tail = t;
+  if (after)
+    after->qnext = t;
+  else
+    b->head = t;
+  q->depth++;
+  return 0;
+}
+
+static void unlink_task(ath_bucket_t* b, ath_task_t* t) {
+  if (t->qprev)
+    t->qprev->qnext = t->qnext;
+  else
+    b->head = t->qnext;
+  if (t->qnext)
+    t->qnext->qprev = t->qprev;
+  else
+    b->tail = t->qprev;
+  t->qprev = t->qnext = NULL;
+}
+
+ath_task_t* ath__queue_pop(ath_queue_t* q) {
+  for (int i = 0; i < q->nbuckets; i++) {
+    ath_task_t* t = q->buckets[i].head;
+    if (t != NULL) {
+      unlink_task(&q->buckets[i], t);
+      q->depth--;
+      return t;
+    }
+  }
+  return NULL;
+}
+
+void ath__queue_remove(ath_queue_t* q, ath_task_t* t) {
+  for (int i = 0; i < q->nbuckets; i++) {
+    if (q->buckets[i].priority == t->priority) {
+      unlink_task(&q->buckets[i], t);
+      q->depth--;
+      return;
+    }
+  }
+}
+
+void ath__queue_free(ath_queue_t* q) {
+  free(q->buckets);
+  free(q);
+}
+
+/* ------------------------------------------------------------ delay heap */
+
+static int heap_less(const ath_task_t* a, const ath_task_t* b) {
+  if (a->ready_mono != b->ready_mono)
+    return a->ready_mono < b->ready_mono;
+  return a->seq < b->seq;
+}
+
+static void heap_set(ath_heap_t* h, uint32_t i, ath_task_t* t) {
+  h->items[i] = t;
+  t->heap_idx = i;
+}
+
+static void sift_up(ath_heap_t* h, uint32_t i) {
+  ath_task_t* t = h->items[i];
+  while (i > 0) {
+    uint32_t p = (i - 1) / 2;
+    if (!heap_less(t, h->items[p]))
+      break;
+    heap_set(h, i, h->items[p]);
+    i = p;
+  }
+  heap_set(h, i, t);
+}
+
+static void sift_down(ath_heap_t* h, uint32_t i) {
+  ath_task_t* t = h->items[i];
+  for (;;) {
+    uint32_t c = 2 * i + 1;
+    if (c >= h->len)
+      break;
+    if (c + 1 < h->len && heap_less(h->items[c + 1], h->items[c]))
+      c++;
+    if (!heap_less(h->items[c], t))
+      break;
+    heap_set(h, i, h->items[c]);
+    i = c;
+  }
+  heap_set(h, i, t);
+}
+
+int ath__heap_push(ath_heap_t* h, ath_task_t* t) {
+  if (h->len == h->cap) {
+    uint32_t cap = h->cap ? h->cap * 2 : 64;
+    ath_task_t** items = realloc(h->items, cap * sizeof(*items));
+    if (items == NULL)
+      return ATH_ENOMEM;
+    h->items = items;
+    h->cap = cap;
+  }
+  heap_set(h, h->len++, t);
+  sift_up(h, h->len - 1);
+  return 0;
+}
+
+ath_task_t* ath__heap_peek(const ath_heap_t* h) {
+  return h->len ? h->items[0] : NULL;
+}
+
+void ath__heap_remove(ath_heap_t* h, ath_task_t* t) {
+  uint32_t i = t->heap_idx;
+  t->heap_idx = UINT32_MAX;
+  if (--h->len == i)
+    return;
+  ath_task_t* last = h->items[h->len];
+  heap_set(h, i, last);
+  sift_down(h, i);
+  if (h->items[i] == last) /* it did not sink: it may need to rise */
+    sift_up(h, i);
+}
+
+ath_task_t* ath__heap_pop(ath_heap_t* h) {
+  ath_task_t* t = ath__heap_peek(h);
+  if (t != NULL)
+    ath__heap_remove(h, t);
+  return t;
+}
+
+void ath__heap_free(ath_heap_t* h) {
+  free(h->items);
+  memset(h, 0, sizeof(*h));
+}

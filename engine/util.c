@@ -1,0 +1,78 @@
+/* Small helpers shared by the engine files: the error map and byte buffers. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "athena.h"
+#include "internal.h"
+
+/* ------------------------------------------------------------------ errors */
+
+const char* ath_err_name(int err) {
+  switch (err) {
+#define XX(name, _) \
+  case ATH_##name:  \
+    return #name;
+    ATH_ERRNO_MAP(XX)
+#undef XX
+  }
+  return "EUNKNOWN";
+}
+
+const char* ath_strerror(int err) {
+  switch (err) {
+#define XX(name, msg) \
+  case ATH_##name:    \
+    return msg;
+    ATH_ERRNO_MAP(XX)
+#undef XX
+  }
+  return "unknown error";
+}
+
+int ath_err_code(const char* name) {
+  if (name == NULL)
+    return 0;
+#define XX(code, _)               \
+  if (strcmp(name, #code) == 0) \
+    return ATH_##code;
+  ATH_ERRNO_MAP(XX)
+#undef XX
+  return 0;
+}
+
+/* ----------------------------------------------------------------- buffers */
+
+/* The first allocation; later ones double, so appending n bytes one at a time
+ * costs O(n) copies in all. */
+#define ATH__BUF_MIN 64
+
+int ath__buf_append(ath_buf_t* b, const char* s, size_t n) {
+  /* Invariant: cap == 0 or len < cap, so the NUL always has a byte. */
+  if (n >= b->cap - b->len) {
+    size_t need, cap;
+    char* p;
+    if (n > SIZE_MAX - 1 - b->len)
+      return ATH_ENOMEM;
+    need = b->len + n + 1;
+    cap = b->cap != 0 ? b->cap : ATH__BUF_MIN;
+    while (cap < need)
+      cap = cap <= SIZE_MAX / 2 ? cap * 2 : need;
+    p = realloc(b->data, cap);
+    if (p == NULL)
+      return ATH_ENOMEM;
+    b->data = p;
+    b->cap = cap;
+  }
+  if (n != 0)
+    memcpy(b->data + b->len, s, n); /* s may be NULL when n is 0 */
+  b->len += n;
+  b->data[b->len] = '\0';
+  return 0;
+}
+
+void ath__buf_free(ath_buf_t* b) {
+  free(b->data);
+  b->data = NULL;
+  b->len = 0;
+  b->cap = 0;
+}

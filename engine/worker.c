@@ -1,0 +1,600 @@
+/* Worker threads. Each worker owns a libuv loop and a lua_State, both
+ * created, used and closed on its own thread. A task runs as a coroutine in
+ * one of the worker's slots; a task that waits (athena.sleep, a result)
+ * yields to the loop, so one worker holds `concurrency` tasks at once.
+ *
+ * A pass of the loop (pump) publishes the attempts that ended and claims new
+ * tasks in one call into the world (one lock), then starts the claimed tasks
+ * and resumes the slots whose waits ended. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include "internal.h"
+
+const char ath__defs_key = 0;
+static const char worker_key = 0;
+static const char defs_end_key = 0; /* sentinel raised by world:start() */
+
+#define HOOK_COUNT 1000
+
+ath_worker_t* ath__worker_of(lua_State* L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &worker_key);
+  ath_worker_t* wk = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return wk;
+}
+
+int ath__worker_defining(const ath_worker_t* wk) {
+  return wk->defining;
+}
+
+ath_world_t* ath__worker_world(const ath_worker_t* wk) {
+  return wk->w;
+}
+
+int ath__worker_end_definitions(lua_State* L) {
+  if (lua_isyieldable(L))
+    return lua_yield(L, 0);
+  lua_pushlightuserdata(L, (void*)&defs_end_key);
+  return lua_error(L);
+}
+
+/* [-0, +1, m] Pushes the error value an interrupt raises. */
+static void push_interrupt(lua_State* L, int code) {
+  lua_createtable(L, 0, 3);
+  lua_pushstring(L, ath_err_name(code));
+  lua_setfield(L, -2, "code");
+  lua_pushstring(L, code == ATH_ESHUTDOWN ? "interrupted by shutdown" : ath_strerror(code));
+  lua_setfield(L, -2, "message");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "retryable");
+}
+
+static int interrupt_code(ath_worker_t* wk, ath_slot_t* s) {
+  int code = atomic_load_explicit(&s->interrupt, memory_order_relaxed);
+  if (code == 0)
+    code = atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed);
+  return code;
+}
+
+/* The count hook of every task coroutine (and coroutines they create, which
+ * inherit it): raises the task's interrupt, again and again if user code
+ * catches it, until the coroutine is dead. */
+static void task_hook(lua_State* co, lua_Debug* ar) {
+  (void)ar;
+  ath_worker_t* wk = *(ath_worker_t**)lua_getextraspace(co);
+  ath_slot_t* s = wk->current;
+  if (s == NULL)
+    return;
+  int code = interrupt_code(wk, s);
+  if (code != 0) {
+    push_interrupt(co, code);
+    lua_error(co);
+  }
+}
+
+/* Returns the slot whose own coroutine is L, or NULL. */
+static ath_slot_t* task_slot(lua_State* L) {
+  ath_worker_t* wk = ath__worker_of(L);
+  if (wk == NULL || wk->current == NULL || wk->current->co != L)
+    return NULL;
+  return wk->current;
+}
+
+/* Continuation of every task wait: raise the interrupt that ended it, if
+ * any; otherwise return to the caller. */
+static int wait_k(lua_State* L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  ath_slot_t* s = task_slot(L);
+  int code = s ? interrupt_code(s->wk, s) : 0;
+  if (code != 0) {
+    push_interrupt(L, code);
+    return lua_error(L);
+  }
+  return 0;
+}
+
+/* Continuation of handle:result() in a task: the interrupt first, then the
+ * caller's own continuation. */
+static int await_k(lua_State* L, int status, lua_KContext ctx) {
+  ath_slot_t* s = task_slot(L);
+  wait_k(L, status, ctx);
+  return s->wait_k(L, status, ctx);
+}
+
+static void resume_slot(ath_slot_t* s, int nargs);
+static void pump(ath_worker_t* wk);
+
+static void sleep_cb(uv_timer_t* h) {
+  ath_slot_t* s = h->data;
+  s->wait = ATH_WAIT_NONE;
+  resume_slot(s, 0);
+  pump(s->wk); /* publish the outcome if the task ended */
+}
+
+int ath__task_sleep(lua_State* L, int64_t ms) {
+  ath_slot_t* s = task_slot(L);
+  if (s == NULL)
+    return -1;
+  if (interrupt_code(s->wk, s) != 0)
+    return wait_k(L, LUA_OK, 0);
+  s->wait = ATH_WAIT_SLEEP;
+  uv_timer_start(&s->timer, sleep_cb, (uint64_t)ms, 0);
+  return lua_yieldk(L, 0, 0, wait_k);
+}
+
+int ath__task_wait(lua_State* L, ath_task_t* t, lua_KFunction k, lua_KContext kctx) {
+  ath_slot_t* s = task_slot(L);
+  if (s == NULL)
+    return -1;
+  if (interrupt_code(s->wk, s) != 0)
+    return wait_k(L, LUA_OK, 0);
+  int rc = ath__world_await(s->wk->w, t, s);
+  if (rc == 0)
+    return 0;
+  if (rc < 0)
+    return luaL_error(L, "cannot wait: %s", ath_strerror(rc));
+  s->wait = ATH_WAIT_RESULT;
+  s->awaiting = t;
+  s->wait_k = k;
+  return lua_yieldk(L, 0, kctx, await_k);
+}
+
+/* -------------------------------------------------------------- running */
+
+/* The body of every task coroutine: decodes the input in the coroutine, so
+ * a memory error there fails the task like any other error, then calls the
+ * handler with (ctx, input) and returns all it returns. */
+static int task_k(lua_State* co, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return lua_gettop(co);
+}
+
+static int task_main(lua_State* co) {
+  const char* json = lua_touserdata(co, 3);
+  size_t len = (size_t)lua_tointeger(co, 4);
+  lua_settop(co, 2);
+  if (ath__json_decode(co, json, len) != 0)
+    return lua_error(co); /* the message is on the stack */
+  lua_callk(co, 2, LUA_MULTRET, 0, task_k);
+  return task_k(co, LUA_OK, 0);
+}
+
+/* [-0, +1, m] Pushes ctx for `t`: {id, name, attempt} with the context
+ * methods (athena.Context metatable, set up by the bindings). */
+static void push_ctx(lua_State* co, ath_task_t* t) {
+  lua_createtable(co, 0, 3);
+  lua_pushstring(co, t->id);
+  lua_setfield(co, -2, "id");
+  lua_pushstring(co, t->def->name);
+  lua_setfield(co, -2, "name");
+  lua_pushinteger(co, t->attempt);
+  lua_setfield(co, -2, "attempt");
+  if (luaL_getmetatable(co, "athena.Context") == LUA_TTABLE)
+    lua_setmetatable(co, -2);
+  else
+    lua_pop(co, 1);
+}
+
+static void add_outcome(ath_worker_t* wk, ath_task_t* t, ath_status_t st, int code) {
+  ath_outcome_t* o = &wk->outcomes[wk->noutcomes++];
+  o->task = t;
+  o->status = st;
+  o->err_code = code;
+}
+
+/* Stores the error value on top of L's stack, normalised (SEMANTICS §1.2)
+ * by athena.errors.normalize, as t's error JSON. Returns its code. */
+static int store_error(ath_worker_t* wk, ath_task_t* t, lua_State* L,
+                       const char* traceback) {
+  int code = ATH_EHANDLER;
+  int top = lua_gettop(L) - 1;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, wk->normalize_ref);
+  lua_insert(L, -2);
+  lua_pushstring(L, traceback);
+  lua_pushinteger(L, t->attempt);
+  if (ath__vm_call(L, 3, 1) != LUA_OK) {
+    /* The normaliser itself failed (out of memory): keep the failure. */
+    lua_settop(L, top);
+    lua_createtable(L, 0, 2);
+    lua_pushliteral(L, "EHANDLER");
+    lua_setfield(L, -2, "code");
+    lua_pushliteral(L, "error while normalising a handler error");
+    lua_setfield(L, -2, "message");
+  }
+  lua_getfield(L, -1, "code");
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    int c = ath_err_code(lua_tostring(L, -1));
+    if (c != 0)
+      code = c;
+  }
+  lua_pop(L, 1);
+  char err[256];
+  wk->buf.len = 0;
+  if (ath__json_encode(L, -1, "error", &wk->buf, err, sizeof(err)) != 0) {
+    wk->buf.len = 0;
+    const char* fallback = "{\"code\":\"EHANDLER\",\"message\":\"unserializable error\",\"retryable\":true}";
+    ath__buf_append(&wk->buf, fallback, strlen(fallback));
+  }
+  lua_settop(L, top);
+  free(t->error);
+  t->error = malloc(wk->buf.len + 1);
+  if (t->error != NULL) {
+    memcpy(t->error, wk->buf.data, wk->buf.len + 1);
+    t->error_len = wk->buf.len;
+  } else {
+    t->error_len = 0;
+  }
+  return code;
+}
+
+/* Ends the attempt running in `s` with the coroutine's status `st`. */
+static void finish_slot(ath_slot_t* s, int st, int nres) {
+  ath_worker_t* wk = s->wk;
+  lua_State* co = s->co;
+  lua_State* L = wk->L;
+  ath_task_t* t = s->task;
+  int code = interrupt_code(wk, s);
+  if (code == ATH_ESHUTDOWN) {
+    add_outcome(wk, t, ATH_PENDING, 0); /* back to the queue, not counted */
+  } else if (st == LUA_OK) {
+    int base = lua_gettop(co) - nres + 1;
+    if (nres >= 2 && lua_isnil(co, base) && !lua_isnil(co, base + 1)) {
+      lua_pushvalue(co, base + 1);
+      lua_xmove(co, L, 1);
+      add_outcome(wk, t, ATH_FAILED, store_error(wk, t, L, NULL));
+      lua_pop(L, 1);
+    } else {
+      char err[256];
+      if (nres == 0)
+        lua_pushnil(co);
+      else
+        lua_pushvalue(co, base);
+      wk->buf.len = 0;
+      int rc = ath__json_encode(co, -1, "result", &wk->buf, err, sizeof(err));
+      lua_pop(co, 1);
+      char* copy = rc == 0 ? malloc(wk->buf.len + 1) : NULL;
+      if (copy != NULL) {
+        memcpy(copy, wk->buf.data, wk->buf.len + 1);
+        t->result = copy;
+        t->result_len = wk->buf.len;
+        add_outcome(wk, t, ATH_COMPLETED, 0);
+      } else {
+        /* A result that cannot cross threads fails the attempt, not retried. */
+        lua_createtable(L, 0, 3);
+        lua_pushliteral(L, "EINVAL");
+        lua_setfield(L, -2, "code");
+        lua_pushstring(L, rc == 0 ? "out of memory storing the result" : err);
+        lua_setfield(L, -2, "message");
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "retryable");
+        add_outcome(wk, t, ATH_FAILED, store_error(wk, t, L, NULL));
+        lua_pop(L, 1);
+      }
+    }
+    lua_settop(co, 0); /* the coroutine is reusable for the next task */
+  } else {
+    const char* msg = lua_type(co, -1) == LUA_TSTRING ? lua_tostring(co, -1) : NULL;
+    luaL_traceback(L, co, msg, 0);
+    lua_xmove(co, L, 1); /* error value above the traceback */
+    const char* tb = lua_tostring(L, -2);
+    add_outcome(wk, t, ATH_FAILED, store_error(wk, t, L, tb));
+    lua_pop(L, 2);
+#if LUA_VERSION_RELEASE_NUM >= 50406
+    lua_closethread(co, L);
+#else
+    lua_resetthread(co);
+#endif
+  }
+  atomic_store_explicit(&s->interrupt, 0, memory_order_relaxed);
+  s->task = NULL;
+  s->wait = ATH_WAIT_NONE;
+  s->awaiting = NULL;
+  wk->free_slots[wk->nfree++] = (int)(s - wk->slots);
+}
+
+static void resume_slot(ath_slot_t* s, int nargs) {
+  ath_worker_t* wk = s->wk;
+  int nres = 0;
+  wk->current = s;
+  int st = ath__vm_resume(s->co, wk->L, nargs, &nres);
+  wk->current = NULL;
+  if (st == LUA_YIELD) {
+    if (s->wait != ATH_WAIT_NONE)
+      return; /* parked at an athena call: a timer or inbox resumes it */
+    /* A bare coroutine.yield() in a handler has nobody to resume it. */
+    lua_settop(s->co, 0);
+    lua_pushliteral(s->co, "coroutine.yield() called in a handler outside a coroutine of its own");
+    st = LUA_ERRRUN;
+  }
+  finish_slot(s, st, nres);
+}
+
+static void start_task(ath_worker_t* wk, ath_task_t* t) {
+  ath_slot_t* s = &wk->slots[wk->free_slots[--wk->nfree]];
+  lua_State* co = s->co;
+  s->task = t;
+  lua_pushcfunction(co, task_main);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, wk->handlers[t->def - wk->w->defs]);
+  push_ctx(co, t);
+  lua_pushlightuserdata(co, t->input);
+  lua_pushinteger(co, (lua_Integer)t->input_len);
+  resume_slot(s, 4);
+}
+
+/* Resumes slots that were waiting when an interrupt (shutdown) came. */
+static void interrupt_waits(ath_worker_t* wk) {
+  for (int i = 0; i < wk->concurrency; i++) {
+    ath_slot_t* s = &wk->slots[i];
+    if (s->task == NULL || s->wait == ATH_WAIT_NONE || interrupt_code(wk, s) == 0)
+      continue;
+    if (s->wait == ATH_WAIT_SLEEP)
+      uv_timer_stop(&s->timer);
+    else if (s->wait == ATH_WAIT_RESULT)
+      ath__world_unawait(wk->w, s->awaiting, s);
+    s->wait = ATH_WAIT_NONE;
+    resume_slot(s, 0);
+  }
+}
+
+static void close_handles(ath_worker_t* wk) {
+  for (int i = 0; i < wk->concurrency; i++)
+    uv_close((uv_handle_t*)&wk->slots[i].timer, NULL);
+  uv_close((uv_handle_t*)&wk->async, NULL);
+}
+
+/* One pass: publish, claim, run; repeated while it makes progress. */
+static void pump(ath_worker_t* wk) {
+  ath_task_t* claimed[256];
+  int stop = 0;
+  for (;;) {
+    int max = wk->nfree < 256 ? wk->nfree : 256;
+    int had = wk->noutcomes;
+    int n = ath__world_exchange(wk->w, wk, claimed, max, &stop);
+    int delivered = 0;
+    ath_waiter_t* in = wk->inbox ? ath__world_take_inbox(wk->w, wk) : NULL;
+    while (in != NULL) {
+      ath_waiter_t* next = in->next;
+      ath_slot_t* s = in->slot;
+      free(in);
+      if (s->task != NULL && s->wait == ATH_WAIT_RESULT) {
+        s->wait = ATH_WAIT_NONE;
+        resume_slot(s, 0);
+        delivered++;
+      }
+      in = next;
+    }
+    for (int i = 0; i < n; i++)
+      start_task(wk, claimed[i]);
+    if (atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed))
+      interrupt_waits(wk);
+    if (n == 0 && had == 0 && delivered == 0 && wk->noutcomes == 0)
+      break;
+  }
+  atomic_store_explicit(&wk->memory_kb, lua_gc(wk->L, LUA_GCCOUNT, 0), memory_order_relaxed);
+  atomic_store_explicit(&wk->last_heartbeat, ath__now_ms(), memory_order_relaxed);
+  if (stop)
+    close_handles(wk);
+}
+
+static void async_cb(uv_async_t* h) {
+  pump(h->data);
+}
+
+/* ------------------------------------------------------------- loading */
+
+static int fail_start(ath_worker_t* wk, int rc, const char* fmt, const char* a) {
+  wk->start_rc = rc;
+  snprintf(wk->start_err, sizeof(wk->start_err), fmt, a);
+  return rc;
+}
+
+/* [-0, +0, -] Sets package.path/cpath and loads the worker's code. */
+static int load_code(ath_worker_t* wk) {
+  lua_State* L = wk->L;
+  const ath_world_config_t* cfg = &wk->w->cfg;
+  lua_getglobal(L, "package");
+  if (cfg->lua_path) {
+    lua_pushstring(L, cfg->lua_path);
+    lua_setfield(L, -2, "path");
+  }
+  if (cfg->lua_cpath) {
+    lua_pushstring(L, cfg->lua_cpath);
+    lua_setfield(L, -2, "cpath");
+  }
+  lua_pop(L, 1);
+  if (cfg->modules && cfg->modules[0]) {
+    for (const char* const* m = cfg->modules; *m; m++) {
+      lua_getglobal(L, "require");
+      lua_pushstring(L, *m);
+      if (ath__vm_call(L, 1, 0) != LUA_OK) {
+        fail_start(wk, ATH_EINVAL, "worker could not load its modules: %s",
+                   lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object)");
+        lua_pop(L, 1);
+        return wk->start_rc;
+      }
+    }
+    return 0;
+  }
+  if (cfg->entry_script == NULL)
+    return 0;
+  /* Definition mode: run the entry script with the same arg table until
+   * world:start() ends the phase (DESIGN §2). */
+  int nargs = 0;
+  lua_createtable(L, 0, 0);
+  if (cfg->script_args) {
+    for (const char* const* a = cfg->script_args; *a; a++, nargs++) {
+      lua_pushstring(L, *a);
+      lua_rawseti(L, -2, nargs);
+    }
+  }
+  lua_setglobal(L, "arg");
+  lua_State* co = lua_newthread(L);
+  if (luaL_loadfile(co, cfg->entry_script) != LUA_OK) {
+    fail_start(wk, ATH_EINVAL, "worker could not load the entry script: %s", lua_tostring(co, -1));
+    lua_pop(L, 1);
+    return wk->start_rc;
+  }
+  for (int i = 1; i < nargs; i++)
+    lua_pushstring(co, cfg->script_args[i]);
+  int nres;
+  int st = ath__vm_resume(co, L, nargs > 0 ? nargs - 1 : 0, &nres);
+  if (st != LUA_OK && st != LUA_YIELD &&
+      !(lua_touserdata(co, -1) == &defs_end_key)) {
+    const char* msg = lua_tostring(co, -1);
+    luaL_traceback(L, co, msg ? msg : "(error object)", 0);
+    fail_start(wk, ATH_EINVAL, "worker failed in the entry script: %s", lua_tostring(L, -1));
+    lua_pop(L, 2);
+    return wk->start_rc;
+  }
+  lua_pop(L, 1); /* the entry coroutine stays suspended; it is collected */
+  return 0;
+}
+
+/* Binds every registered name to the handler this state defined. */
+static int bind_handlers(ath_worker_t* wk) {
+  lua_State* L = wk->L;
+  ath_world_t* w = wk->w;
+  wk->handlers = calloc(w->ndefs ? w->ndefs : 1, sizeof(int));
+  if (wk->handlers == NULL)
+    return fail_start(wk, ATH_ENOMEM, "%s", "out of memory");
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &ath__defs_key);
+  for (int i = 0; i < w->ndefs; i++) {
+    if (lua_type(L, -1) != LUA_TTABLE ||
+        lua_getfield(L, -1, w->defs[i].name) != LUA_TFUNCTION) {
+      lua_settop(L, 0);
+      return fail_start(wk, ATH_ENOTFOUND,
+                        "activity %s is registered but the worker's code does not define it "
+                        "(define it before world:start() in the entry script, or in a module listed in modules)",
+                        w->defs[i].name);
+    }
+    wk->handlers[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  lua_settop(L, 0);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "athena.errors");
+  if (ath__vm_call(L, 1, 1) != LUA_OK || lua_getfield(L, -1, "normalize") != LUA_TFUNCTION) {
+    lua_settop(L, 0);
+    return fail_start(wk, ATH_EINVAL, "%s", "worker could not load athena.errors");
+  }
+  wk->normalize_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_settop(L, 0);
+  return 0;
+}
+
+static int setup_slots(ath_worker_t* wk) {
+  lua_State* L = wk->L;
+  wk->slots = calloc(wk->concurrency, sizeof(ath_slot_t));
+  wk->free_slots = calloc(wk->concurrency, sizeof(int));
+  wk->outcomes = calloc(wk->concurrency, sizeof(ath_outcome_t));
+  if (!wk->slots || !wk->free_slots || !wk->outcomes)
+    return fail_start(wk, ATH_ENOMEM, "%s", "out of memory");
+  for (int i = 0; i < wk->concurrency; i++) {
+    ath_slot_t* s = &wk->slots[i];
+    s->wk = wk;
+    s->co = lua_newthread(L);
+    lua_sethook(s->co, task_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    s->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    uv_timer_init(&wk->loop, &s->timer);
+    s->timer.data = s;
+    wk->free_slots[wk->nfree++] = wk->concurrency - 1 - i;
+  }
+  return 0;
+}
+
+static int protected_open(lua_State* L) {
+  ath__openstate(L);
+  return 0;
+}
+
+static void worker_main(void* arg) {
+  ath_worker_t* wk = arg;
+  ath_world_t* w = wk->w;
+  lua_State* L = luaL_newstate();
+  wk->L = L;
+  int ok = 0;
+  if (L == NULL) {
+    fail_start(wk, ATH_ENOMEM, "%s", "cannot create a Lua state");
+  } else {
+    *(ath_worker_t**)lua_getextraspace(L) = wk; /* copied into every thread */
+    lua_pushlightuserdata(L, wk);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &worker_key);
+    lua_pushcfunction(L, protected_open);
+    if (ath__vm_call(L, 0, 0) != LUA_OK) {
+      fail_start(wk, ATH_ENOMEM, "%s", "cannot open the Lua libraries");
+    } else {
+      wk->defining = 1;
+      ok = load_code(wk) == 0 && bind_handlers(wk) == 0 && setup_slots(wk) == 0;
+      wk->defining = 0;
+    }
+  }
+  uv_mutex_lock(&w->lock);
+  wk->state = ok ? ATH_WK_RUNNING : ATH_WK_STOPPED;
+  uv_mutex_unlock(&w->lock);
+  if (!ok) {
+    uv_close((uv_handle_t*)&wk->async, NULL);
+    if (wk->slots)
+      for (int i = 0; i < wk->concurrency; i++)
+        if (wk->slots[i].co)
+          uv_close((uv_handle_t*)&wk->slots[i].timer, NULL);
+    uv_run(&wk->loop, UV_RUN_DEFAULT);
+    uv_sem_post(&w->ready);
+    if (L)
+      lua_close(L);
+    wk->L = NULL;
+    return;
+  }
+  uv_sem_post(&w->ready);
+  pump(wk);
+  uv_run(&wk->loop, UV_RUN_DEFAULT);
+  lua_close(L);
+  wk->L = NULL;
+  ath__buf_free(&wk->buf);
+  uv_mutex_lock(&w->lock);
+  wk->state = ATH_WK_STOPPED;
+  uv_mutex_unlock(&w->lock);
+}
+
+int ath__worker_spawn(ath_world_t* w, ath_queue_t* q, ath_worker_t** out) {
+  ath_worker_t* wk = calloc(1, sizeof(*wk));
+  if (wk == NULL)
+    return UV_ENOMEM;
+  wk->w = w;
+  wk->queue = q;
+  wk->concurrency = q->concurrency;
+  wk->id = w->next_worker_id++;
+  atomic_init(&wk->last_heartbeat, ath__now_ms());
+  int rc = uv_loop_init(&wk->loop);
+  if (rc != 0) {
+    free(wk);
+    return rc;
+  }
+  uv_async_init(&wk->loop, &wk->async, async_cb);
+  wk->async.data = wk;
+  rc = uv_thread_create(&wk->thread, worker_main, wk);
+  if (rc != 0) {
+    uv_close((uv_handle_t*)&wk->async, NULL);
+    uv_run(&wk->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&wk->loop);
+    free(wk);
+    return rc;
+  }
+  *out = wk;
+  return 0;
+}
+
+void ath__worker_wake(ath_worker_t* wk) {
+  uv_async_send(&wk->async);
+}
+
+void ath__worker_join(ath_worker_t* wk) {
+  if (wk->joined)
+    return;
+  uv_thread_join(&wk->thread);
+  uv_loop_close(&wk->loop);
+  wk->joined = 1;
+}

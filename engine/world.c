@@ -1,0 +1,1047 @@
+/* The world: task table, queues, delay timers, the claim/publish exchange
+ * with workers, waiting, metrics, start and shutdown.
+ *
+ * One mutex (w->lock) guards the world's state. Workers take it once per
+ * pass of their loop (ath__world_exchange), publishing every attempt that
+ * ended and claiming new tasks in the same critical section, so the lock is
+ * taken per batch, not per task. The lock is never held across Lua calls. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "internal.h"
+
+#define MAX_WORKERS 1024
+
+static void set_err(char* err, size_t errlen, const char* fmt, const char* a) {
+  if (err != NULL && errlen > 0)
+    snprintf(err, errlen, fmt, a);
+}
+
+static char* xstrdup(const char* s) {
+  if (s == NULL)
+    return NULL;
+  size_t n = strlen(s) + 1;
+  char* p = malloc(n);
+  if (p != NULL)
+    memcpy(p, s, n);
+  return p;
+}
+
+static char** strv_dup(const char* const* v) {
+  if (v == NULL)
+    return NULL;
+  size_t n = 0;
+  while (v[n] != NULL)
+    n++;
+  char** out = calloc(n + 1, sizeof(char*));
+  if (out == NULL)
+    return NULL;
+  for (size_t i = 0; i < n; i++) {
+    if ((out[i] = xstrdup(v[i])) == NULL) {
+      while (i > 0)
+        free(out[--i]);
+      free(out);
+      return NULL;
+    }
+  }
+  return out;
+}
+
+static void strv_free(char** v) {
+  if (v == NULL)
+    return;
+  for (char** p = v; *p != NULL; p++)
+    free(*p);
+  free(v);
+}
+
+void ath_world_config_init(ath_world_config_t* cfg) {
+  memset(cfg, 0, sizeof(*cfg));
+  cfg->min_workers = 2;
+  cfg->max_workers = 10;
+  cfg->default_concurrency = 1;
+  cfg->persistence = ATH_PERSIST_HYBRID;
+  cfg->persistence_path = ".athena";
+  cfg->cancel_grace_ms = 5000;
+}
+
+static int valid_queue_name(const char* s) {
+  size_t n = strlen(s);
+  if (n < 1 || n > 64)
+    return 0;
+  for (; *s; s++) {
+    char c = *s;
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+          (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-'))
+      return 0;
+  }
+  return 1;
+}
+
+static ath_queue_t* queue_new(const char* name, int workers, int concurrency) {
+  ath_queue_t* q = calloc(1, sizeof(*q));
+  if (q == NULL)
+    return NULL;
+  snprintf(q->name, sizeof(q->name), "%s", name);
+  q->workers = workers;
+  q->concurrency = concurrency;
+  return q;
+}
+
+static ath_queue_t* find_queue(ath_world_t* w, const char* name) {
+  for (int i = 0; i < w->nqueues; i++)
+    if (strcmp(w->queues[i]->name, name) == 0)
+      return w->queues[i];
+  return NULL;
+}
+
+static int find_def(ath_world_t* w, const char* name) {
+  for (int i = 0; i < w->ndefs; i++)
+    if (strcmp(w->defs[i].name, name) == 0)
+      return i;
+  return -1;
+}
+
+int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
+                  size_t errlen) {
+  if (cfg->min_workers < 1 || cfg->max_workers < cfg->min_workers ||
+      cfg->max_workers > MAX_WORKERS) {
+    set_err(err, errlen, "%s", "invalid minWorkers/maxWorkers (1 <= minWorkers <= maxWorkers <= 1024)");
+    return ATH_EINVAL;
+  }
+  if (cfg->default_concurrency < 1) {
+    set_err(err, errlen, "%s", "invalid concurrency (must be >= 1)");
+    return ATH_EINVAL;
+  }
+  ath_world_t* w = calloc(1, sizeof(*w));
+  if (w == NULL)
+    return ATH_ENOMEM;
+  uv_mutex_init(&w->lock);
+  uv_cond_init(&w->cond);
+  uv_sem_init(&w->ready, 0);
+  w->cfg = *cfg;
+  w->cfg.persistence_path = xstrdup(cfg->persistence_path ? cfg->persistence_path : ".athena");
+  w->cfg.entry_script = xstrdup(cfg->entry_script);
+  w->cfg.lua_path = xstrdup(cfg->lua_path);
+  w->cfg.lua_cpath = xstrdup(cfg->lua_cpath);
+  w->modules = strv_dup(cfg->modules);
+  w->script_args = strv_dup(cfg->script_args);
+  w->cfg.modules = (const char* const*)w->modules;
+  w->cfg.script_args = (const char* const*)w->script_args;
+  w->queues = calloc(1, sizeof(ath_queue_t*));
+  w->table_cap = 1024;
+  w->table = calloc(w->table_cap, sizeof(ath_task_t*));
+  if (w->queues != NULL)
+    w->queues[0] = queue_new("default", 0, cfg->default_concurrency);
+  if (w->cfg.persistence_path == NULL || w->queues == NULL ||
+      w->queues[0] == NULL || w->table == NULL ||
+      (cfg->modules && !w->modules) || (cfg->script_args && !w->script_args) ||
+      (cfg->entry_script && !w->cfg.entry_script)) {
+    w->nqueues = w->queues ? 1 : 0;
+    ath_world_free(w);
+    return ATH_ENOMEM;
+  }
+  w->nqueues = 1;
+  w->next_worker_id = 1;
+  w->owner = uv_thread_self();
+  w->state = ATH_W_NEW;
+  *out = w;
+  return 0;
+}
+
+int ath_world_add_queue(ath_world_t* w, const char* name, int workers,
+                        int concurrency) {
+  if (w->state != ATH_W_NEW || !valid_queue_name(name) || concurrency < 1 ||
+      workers < 0 || workers > MAX_WORKERS)
+    return ATH_EINVAL;
+  ath_queue_t* q = find_queue(w, name);
+  if (q != NULL) { /* "default" may set its concurrency, not its workers */
+    if (q == w->queues[0] && workers != 0)
+      return ATH_EINVAL;
+    q->concurrency = concurrency;
+    if (q != w->queues[0])
+      q->workers = workers;
+    return 0;
+  }
+  if (workers < 1)
+    return ATH_EINVAL;
+  ath_queue_t** qs = realloc(w->queues, (w->nqueues + 1) * sizeof(*qs));
+  if (qs == NULL)
+    return ATH_ENOMEM;
+  w->queues = qs;
+  if ((qs[w->nqueues] = queue_new(name, workers, concurrency)) == NULL)
+    return ATH_ENOMEM;
+  w->nqueues++;
+  return 0;
+}
+
+int ath_world_register(ath_world_t* w, const char* name, const char* task_queue,
+                       int priority) {
+  if (w->state != ATH_W_NEW || name == NULL || name[0] == '\0')
+    return ATH_EINVAL;
+  ath_queue_t* q = find_queue(w, task_queue ? task_queue : "default");
+  if (q == NULL)
+    return ATH_EINVAL;
+  int i = find_def(w, name);
+  if (i >= 0)
+    return (w->defs[i].queue == q && w->defs[i].priority == priority) ? 0 : ATH_EINVAL;
+  ath_def_t* defs = realloc(w->defs, (w->ndefs + 1) * sizeof(*defs));
+  if (defs == NULL)
+    return ATH_ENOMEM;
+  w->defs = defs;
+  if ((defs[w->ndefs].name = xstrdup(name)) == NULL)
+    return ATH_ENOMEM;
+  defs[w->ndefs].queue = q;
+  defs[w->ndefs].priority = priority;
+  w->ndefs++;
+  return 0;
+}
+
+/* ------------------------------------------------------------ task table */
+
+static int table_grow(ath_world_t* w) {
+  size_t cap = w->table_cap * 2;
+  ath_task_t** t = calloc(cap, sizeof(*t));
+  if (t == NULL)
+    return ATH_ENOMEM;
+  for (size_t i = 0; i < w->table_cap; i++) {
+    ath_task_t* e = w->table[i];
+    while (e != NULL) {
+      ath_task_t* next = e->hnext;
+      size_t b = e->hash & (cap - 1);
+      e->hnext = t[b];
+      t[b] = e;
+      e = next;
+    }
+  }
+  free(w->table);
+  w->table = t;
+  w->table_cap = cap;
+  return 0;
+}
+
+static ath_task_t* table_get(ath_world_t* w, const char* id, uint64_t hash) {
+  for (ath_task_t* e = w->table[hash & (w->table_cap - 1)]; e; e = e->hnext)
+    if (e->hash == hash && strcmp(e->id, id) == 0)
+      return e;
+  return NULL;
+}
+
+static void table_put(ath_world_t* w, ath_task_t* t) {
+  size_t b = t->hash & (w->table_cap - 1);
+  t->hnext = w->table[b];
+  w->table[b] = t;
+  w->ntasks++;
+}
+
+static void task_free(ath_task_t* t) {
+  free(t->input);
+  free(t->result);
+  free(t->error);
+  free(t);
+}
+
+void ath_task_retain(ath_task_t* t) {
+  atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+}
+
+void ath_task_release(ath_task_t* t) {
+  if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1)
+    task_free(t);
+}
+
+const char* ath_task_id(const ath_task_t* t) {
+  return t->id;
+}
+
+const char* ath_task_name(const ath_task_t* t) {
+  return t->def->name;
+}
+
+const char* ath_task_queue(const ath_task_t* t) {
+  return t->queue->name;
+}
+
+ath_status_t ath_task_status(ath_world_t* w, const ath_task_t* t) {
+  uv_mutex_lock(&w->lock);
+  ath_status_t s = t->status;
+  uv_mutex_unlock(&w->lock);
+  return s;
+}
+
+static char* memdup(const char* p, size_t n) {
+  if (p == NULL)
+    return NULL;
+  char* c = malloc(n + 1);
+  if (c != NULL) {
+    memcpy(c, p, n);
+    c[n] = '\0';
+  }
+  return c;
+}
+
+int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info) {
+  memset(info, 0, sizeof(*info));
+  uv_mutex_lock(&w->lock);
+  info->status = t->status;
+  info->attempt = t->attempt;
+  info->worker_id = t->worker_id;
+  info->priority = t->priority;
+  info->created_at = t->created_at;
+  info->scheduled_at = t->scheduled_at;
+  info->started_at = t->started_at;
+  info->completed_at = t->completed_at;
+  int terminal = ATH_IS_TERMINAL(t->status);
+  uv_mutex_unlock(&w->lock);
+  /* Input never changes; result and error are written before the task turns
+   * terminal and never after, so they are read outside the lock. */
+  info->input = memdup(t->input, t->input_len);
+  info->input_len = t->input_len;
+  if (terminal) {
+    info->result = memdup(t->result, t->result_len);
+    info->result_len = t->result_len;
+    info->error = memdup(t->error, t->error_len);
+    info->error_len = t->error_len;
+  }
+  if (!info->input || (t->result && terminal && !info->result) ||
+      (t->error && terminal && !info->error)) {
+    ath_task_snapshot_free(info);
+    return ATH_ENOMEM;
+  }
+  return 0;
+}
+
+void ath_task_snapshot_free(ath_task_info_t* info) {
+  free(info->input);
+  free(info->result);
+  free(info->error);
+  memset(info, 0, sizeof(*info));
+}
+
+int ath_world_find(ath_world_t* w, const char* id, ath_task_t** out) {
+  uint64_t h = ath__hash_str(id);
+  uv_mutex_lock(&w->lock);
+  ath_task_t* t = table_get(w, id, h);
+  if (t != NULL)
+    ath_task_retain(t);
+  uv_mutex_unlock(&w->lock);
+  *out = t;
+  return t ? 0 : ATH_ENOTFOUND;
+}
+
+/* --------------------------------------------------------------- waking */
+
+/* Collects up to `n` sleeping workers of `q` into `out` (lock held) and
+ * clears their flags; the caller wakes them after unlocking. */
+static int pick_sleepers(ath_world_t* w, ath_queue_t* q, int64_t n,
+                         ath_worker_t** out, int cap) {
+  int k = 0;
+  for (int i = 0; i < w->nworkers && k < cap && k < n; i++) {
+    ath_worker_t* wk = w->workers[i];
+    if (wk->queue == q && wk->wants_work) {
+      wk->wants_work = 0;
+      out[k++] = wk;
+    }
+  }
+  return k;
+}
+
+static void wake_all(ath_worker_t** wks, int n) {
+  for (int i = 0; i < n; i++)
+    ath__worker_wake(wks[i]);
+}
+
+/* Moves a ready task into its queue (lock held). */
+static int make_ready(ath_world_t* w, ath_task_t* t) {
+  (void)w;
+  t->status = ATH_PENDING;
+  return ath__queue_push(t->queue, t);
+}
+
+/* ------------------------------------------------------------ execute */
+
+int ath_world_execute(ath_world_t* w, const char* name, size_t n,
+                      char** payloads, const size_t* lens,
+                      const char* const* ids, const ath_exec_opts_t* opts,
+                      ath_task_t** out, char* err, size_t errlen) {
+  ath_exec_opts_t none = {0};
+  ath_task_t** tasks = NULL;
+  size_t made = 0;
+  int rc = 0;
+  if (opts == NULL)
+    opts = &none;
+  int di = find_def(w, name); /* defs are immutable once started */
+  if (di < 0) {
+    set_err(err, errlen, "no activity named %s", name);
+    rc = ATH_ENOTFOUND;
+    goto fail;
+  }
+  ath_def_t* def = &w->defs[di];
+  ath_queue_t* q = def->queue;
+  if (opts->task_queue != NULL && (q = find_queue(w, opts->task_queue)) == NULL) {
+    set_err(err, errlen, "unknown task queue %s", opts->task_queue);
+    rc = ATH_EINVAL;
+    goto fail;
+  }
+  if (opts->delay_ms < 0) {
+    set_err(err, errlen, "%s", "invalid delay (must be >= 0)");
+    rc = ATH_EINVAL;
+    goto fail;
+  }
+  int prio = opts->has_priority ? opts->priority : def->priority;
+  size_t namelen = strlen(name);
+  tasks = malloc((n ? n : 1) * sizeof(*tasks));
+  if (tasks == NULL) {
+    rc = ATH_ENOMEM;
+    goto fail;
+  }
+  int64_t now = ath__now_ms();
+  uint64_t mono = ath__mono_ns();
+  for (made = 0; made < n; made++) {
+    const char* given = (ids && ids[made]) ? ids[made] : opts->id;
+    size_t idlen = given ? strlen(given) : namelen + 37;
+    ath_task_t* t = malloc(sizeof(*t) + idlen + 1);
+    if (t == NULL) {
+      rc = ATH_ENOMEM;
+      goto fail;
+    }
+    memset(t, 0, sizeof(*t));
+    if (given) {
+      memcpy(t->id, given, idlen + 1);
+    } else {
+      memcpy(t->id, name, namelen);
+      t->id[namelen] = '-';
+      ath__uuid4(t->id + namelen + 1);
+    }
+    atomic_init(&t->refs, 2); /* the table's and the caller's */
+    t->hash = ath__hash_str(t->id);
+    t->def = def;
+    t->queue = q;
+    t->priority = prio;
+    t->input = payloads[made];
+    t->input_len = lens[made];
+    payloads[made] = NULL;
+    t->created_at = now;
+    t->scheduled_at = t->ready_at = now + opts->delay_ms;
+    t->ready_mono = mono + (uint64_t)opts->delay_ms * 1000000u;
+    t->heap_idx = UINT32_MAX;
+    tasks[made] = t;
+  }
+
+  ath_worker_t* wake[MAX_WORKERS];
+  int nwake = 0, wake_engine = 0;
+  uv_mutex_lock(&w->lock);
+  if (w->state != ATH_W_STARTED) {
+    rc = w->state == ATH_W_NEW ? ATH_EINVAL : ATH_ESHUTDOWN;
+    set_err(err, errlen, "%s", w->state == ATH_W_NEW ? "execute before start()" : "world is shutting down");
+    uv_mutex_unlock(&w->lock);
+    goto fail;
+  }
+  /* Check every explicit id before changing anything, so a batch goes in
+   * whole or not at all. */
+  for (size_t i = 0; i < n; i++) {
+    ath_task_t* old = table_get(w, tasks[i]->id, tasks[i]->hash);
+    if (old != NULL && old->def != def) {
+      set_err(err, errlen, "id in use by %s", old->def->name);
+      rc = ATH_EINVAL;
+      uv_mutex_unlock(&w->lock);
+      goto fail;
+    }
+  }
+  while (w->ntasks + n > w->table_cap) {
+    if (table_grow(w) != 0) {
+      rc = ATH_ENOMEM;
+      uv_mutex_unlock(&w->lock);
+      goto fail;
+    }
+  }
+  int64_t ready = 0;
+  for (size_t i = 0; i < n; i++) {
+    ath_task_t* t = tasks[i];
+    ath_task_t* old = table_get(w, t->id, t->hash);
+    if (old != NULL) { /* idempotent execute: hand back the existing task */
+      ath_task_retain(old);
+      out[i] = old;
+      atomic_store(&t->refs, 0);
+      task_free(t);
+      tasks[i] = NULL;
+      continue;
+    }
+    t->seq = w->next_seq++;
+    table_put(w, t);
+    int qrc;
+    if (opts->delay_ms > 0) {
+      t->status = ATH_SCHEDULED;
+      if ((qrc = ath__heap_push(&w->delayed, t)) == 0) {
+        w->n_scheduled++;
+        wake_engine |= w->delayed.items[0] == t;
+      }
+    } else if ((qrc = make_ready(w, t)) == 0) {
+      ready++;
+    }
+    if (qrc != 0) {
+      /* No memory for the queue's index: the task is in the table already,
+       * so it fails visibly rather than vanishing. */
+      t->status = ATH_FAILED;
+      t->err_code = ATH_ENOMEM;
+      t->completed_at = now;
+      w->n_failed++;
+    }
+    out[i] = t;
+  }
+  nwake = pick_sleepers(w, q, ready, wake, MAX_WORKERS);
+  uv_mutex_unlock(&w->lock);
+  wake_all(wake, nwake);
+  if (wake_engine)
+    uv_async_send(&w->easync);
+  free(tasks);
+  return 0;
+
+fail:
+  for (size_t i = 0; i < made; i++) {
+    if (tasks[i] != NULL) {
+      free(tasks[i]->input);
+      free(tasks[i]);
+    }
+  }
+  for (size_t i = made; i < n; i++) {
+    free(payloads[i]);
+    payloads[i] = NULL;
+  }
+  free(tasks);
+  return rc;
+}
+
+/* ------------------------------------------------------ the engine loop */
+
+static void engine_timer_cb(uv_timer_t* h);
+
+/* Moves due delayed tasks to their queues and re-arms the timer for the
+ * next one. Runs on the engine thread. */
+static void engine_tick(ath_world_t* w) {
+  ath_worker_t* wake[MAX_WORKERS];
+  int nwake = 0;
+  uint64_t now = ath__mono_ns();
+  uint64_t next = 0;
+  uv_mutex_lock(&w->lock);
+  ath_task_t* t;
+  while ((t = ath__heap_peek(&w->delayed)) != NULL && t->ready_mono <= now) {
+    ath__heap_pop(&w->delayed);
+    w->n_scheduled--;
+    if (make_ready(w, t) != 0) {
+      t->status = ATH_FAILED;
+      t->err_code = ATH_ENOMEM;
+      t->completed_at = ath__now_ms();
+      w->n_failed++;
+      continue;
+    }
+    if (nwake < MAX_WORKERS)
+      nwake += pick_sleepers(w, t->queue, 1, wake + nwake, MAX_WORKERS - nwake);
+  }
+  if (t != NULL)
+    next = t->ready_mono;
+  uv_mutex_unlock(&w->lock);
+  wake_all(wake, nwake);
+  if (next != 0)
+    uv_timer_start(&w->etimer, engine_timer_cb, (next - now + 999999) / 1000000, 0);
+}
+
+static void engine_timer_cb(uv_timer_t* h) {
+  engine_tick(h->data);
+}
+
+static void engine_async_cb(uv_async_t* h) {
+  ath_world_t* w = h->data;
+  uv_mutex_lock(&w->lock);
+  int stop = w->engine_stop;
+  uv_mutex_unlock(&w->lock);
+  if (stop) {
+    uv_close((uv_handle_t*)&w->etimer, NULL);
+    uv_close((uv_handle_t*)&w->easync, NULL);
+    return;
+  }
+  engine_tick(w);
+}
+
+static void engine_main(void* arg) {
+  ath_world_t* w = arg;
+  uv_run(&w->eloop, UV_RUN_DEFAULT);
+}
+
+/* --------------------------------------------------- worker exchange */
+
+static void lat_add(ath_lat_ring_t* r, double ms, int64_t at) {
+  r->ms[r->next] = (float)ms;
+  r->at[r->next] = at;
+  r->next = (r->next + 1) % ATH_LAT_SAMPLES;
+  if (r->len < ATH_LAT_SAMPLES)
+    r->len++;
+}
+
+/* Counts a completion in the per-second ring (lock held). */
+static void tput_add(ath_world_t* w, int64_t now_ms) {
+  int64_t sec = now_ms / 1000;
+  if (sec != w->tput_sec) {
+    int64_t gap = sec - w->tput_sec;
+    if (gap < 0 || gap >= 3600)
+      memset(w->tput, 0, sizeof(w->tput));
+    else
+      for (int64_t s = w->tput_sec + 1; s <= sec; s++)
+        w->tput[s % 3600] = 0;
+    w->tput_sec = sec;
+  }
+  w->tput[sec % 3600]++;
+}
+
+/* Hands the slots waiting on `t` to their workers (lock held). */
+static int deliver_waiters(ath_task_t* t, ath_worker_t** wake, int nwake) {
+  ath_waiter_t* wt = t->waiters;
+  t->waiters = NULL;
+  while (wt != NULL) {
+    ath_waiter_t* next = wt->next;
+    ath_worker_t* wk = wt->slot->wk;
+    wt->task = t;
+    wt->next = wk->inbox;
+    wk->inbox = wt;
+    int seen = 0;
+    for (int i = 0; i < nwake; i++)
+      seen |= wake[i] == wk;
+    if (!seen && nwake < MAX_WORKERS)
+      wake[nwake++] = wk;
+    wt = next;
+  }
+  return nwake;
+}
+
+int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
+                        int max, int* stop) {
+  ath_worker_t* wake[MAX_WORKERS];
+  int nwake = 0, ended = 0, n = 0;
+  int64_t now = ath__now_ms();
+  uint64_t mono = ath__mono_ns();
+  ath_queue_t* q = wk->queue;
+
+  uv_mutex_lock(&w->lock);
+  for (int i = 0; i < wk->noutcomes; i++) {
+    ath_outcome_t* o = &wk->outcomes[i];
+    ath_task_t* t = o->task;
+    q->running--;
+    wk->running--;
+    w->n_running--;
+    ended++;
+    lat_add(&w->lat_run, (double)(mono - t->start_mono) / 1e6, now);
+    if (o->status == ATH_PENDING) { /* interrupted by shutdown: T14 */
+      t->attempt--;
+      t->ready_at = now;
+      w->requeued++;
+      if (make_ready(w, t) == 0)
+        continue;
+      o->status = ATH_FAILED;
+      o->err_code = ATH_ENOMEM;
+    }
+    t->status = o->status;
+    t->err_code = o->err_code;
+    t->completed_at = now;
+    if (o->status == ATH_COMPLETED) {
+      w->n_completed++;
+      wk->tasks_completed++;
+      tput_add(w, now);
+    } else {
+      w->n_failed++;
+      wk->tasks_failed++;
+    }
+    if (t->waiters != NULL)
+      nwake = deliver_waiters(t, wake, nwake);
+  }
+  wk->noutcomes = 0;
+
+  if (!wk->stop && w->state == ATH_W_STARTED) {
+    while (n < max) {
+      ath_task_t* t = ath__queue_pop(q);
+      if (t == NULL)
+        break;
+      t->status = ATH_RUNNING;
+      t->attempt++; /* counted before it runs, so a crash still uses a try */
+      t->started_at = now;
+      t->start_mono = mono;
+      t->worker_id = wk->id;
+      lat_add(&w->lat_wait, (double)(now - t->ready_at), now);
+      out[n++] = t;
+    }
+    q->running += n;
+    wk->running += n;
+    w->n_running += n;
+  }
+  wk->wants_work = !wk->stop && wk->running < wk->concurrency;
+  *stop = wk->stop && wk->running == 0;
+  if (ended && w->cond_waiters > 0)
+    uv_cond_broadcast(&w->cond);
+  uv_mutex_unlock(&w->lock);
+  wake_all(wake, nwake);
+  return n;
+}
+
+int ath__world_await(ath_world_t* w, ath_task_t* t, ath_slot_t* slot) {
+  uv_mutex_lock(&w->lock);
+  if (ATH_IS_TERMINAL(t->status)) {
+    uv_mutex_unlock(&w->lock);
+    return 0;
+  }
+  ath_waiter_t* wt = calloc(1, sizeof(*wt));
+  if (wt == NULL) {
+    uv_mutex_unlock(&w->lock);
+    return ATH_ENOMEM;
+  }
+  wt->slot = slot;
+  wt->next = t->waiters;
+  t->waiters = wt;
+  uv_mutex_unlock(&w->lock);
+  return 1;
+}
+
+ath_waiter_t* ath__world_take_inbox(ath_world_t* w, ath_worker_t* wk) {
+  uv_mutex_lock(&w->lock);
+  ath_waiter_t* in = wk->inbox;
+  wk->inbox = NULL;
+  uv_mutex_unlock(&w->lock);
+  return in;
+}
+
+/* --------------------------------------------------------------- waiting */
+
+int ath_world_wait(ath_world_t* w, ath_task_t* t, int64_t timeout_ms) {
+  uint64_t deadline = timeout_ms >= 0 ? ath__mono_ns() + (uint64_t)timeout_ms * 1000000u : 0;
+  int rc = 0;
+  uv_mutex_lock(&w->lock);
+  while (!ATH_IS_TERMINAL(t->status)) {
+    if (w->state == ATH_W_STOPPED) {
+      rc = ATH_ESHUTDOWN;
+      break;
+    }
+    w->cond_waiters++;
+    if (timeout_ms < 0) {
+      uv_cond_wait(&w->cond, &w->lock);
+    } else {
+      uint64_t now = ath__mono_ns();
+      if (now >= deadline) {
+        w->cond_waiters--;
+        rc = ATH_ETIMEDOUT;
+        break;
+      }
+      uv_cond_timedwait(&w->cond, &w->lock, deadline - now);
+    }
+    w->cond_waiters--;
+  }
+  uv_mutex_unlock(&w->lock);
+  return rc;
+}
+
+/* ------------------------------------------------------- start and stop */
+
+static void stop_workers(ath_world_t* w) {
+  uv_mutex_lock(&w->lock);
+  for (int i = 0; i < w->nworkers; i++)
+    w->workers[i]->stop = 1;
+  uv_mutex_unlock(&w->lock);
+  for (int i = 0; i < w->nworkers; i++)
+    ath__worker_wake(w->workers[i]);
+  for (int i = 0; i < w->nworkers; i++)
+    ath__worker_join(w->workers[i]);
+  /* workers are kept (stopped) so getWorkers() can report them */
+}
+
+static void stop_engine(ath_world_t* w) {
+  uv_mutex_lock(&w->lock);
+  w->engine_stop = 1;
+  uv_mutex_unlock(&w->lock);
+  uv_async_send(&w->easync);
+  uv_thread_join(&w->engine_thread);
+  uv_loop_close(&w->eloop);
+}
+
+static int add_worker(ath_world_t* w, ath_queue_t* q, char* err, size_t errlen) {
+  ath_worker_t** wks = realloc(w->workers, (w->nworkers + 1) * sizeof(*wks));
+  if (wks == NULL)
+    return ATH_ENOMEM;
+  w->workers = wks;
+  ath_worker_t* wk;
+  int rc = ath__worker_spawn(w, q, &wk);
+  if (rc != 0) {
+    set_err(err, errlen, "cannot start a worker thread: %s", uv_strerror(rc));
+    return ATH_ENOMEM;
+  }
+  uv_mutex_lock(&w->lock);
+  w->workers[w->nworkers++] = wk;
+  uv_mutex_unlock(&w->lock);
+  uv_sem_wait(&w->ready);
+  if (wk->start_rc != 0) {
+    set_err(err, errlen, "%s", wk->start_err);
+    return wk->start_rc;
+  }
+  return 0;
+}
+
+int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
+  if (w->state == ATH_W_STARTED)
+    return 0;
+  if (w->state != ATH_W_NEW) {
+    set_err(err, errlen, "%s", "world was shut down");
+    return ATH_ESHUTDOWN;
+  }
+  int rc = uv_loop_init(&w->eloop);
+  if (rc != 0) {
+    set_err(err, errlen, "cannot start the engine loop: %s", uv_strerror(rc));
+    return ATH_ENOMEM;
+  }
+  uv_async_init(&w->eloop, &w->easync, engine_async_cb);
+  uv_timer_init(&w->eloop, &w->etimer);
+  w->easync.data = w->etimer.data = w;
+  /* Started before the workers load, so executions from a worker's
+   * definition phase are refused the same way as in the control state. */
+  for (int i = 0; i < w->nqueues && rc == 0; i++) {
+    ath_queue_t* q = w->queues[i];
+    int n = i == 0 ? w->cfg.min_workers : q->workers;
+    for (int k = 0; k < n && rc == 0; k++)
+      rc = add_worker(w, q, err, errlen);
+  }
+  if (rc == 0)
+    rc = uv_thread_create(&w->engine_thread, engine_main, w);
+  if (rc != 0) {
+    stop_workers(w);
+    uv_close((uv_handle_t*)&w->etimer, NULL);
+    uv_close((uv_handle_t*)&w->easync, NULL);
+    uv_run(&w->eloop, UV_RUN_DEFAULT);
+    uv_loop_close(&w->eloop);
+    w->state = ATH_W_STOPPED;
+    return rc;
+  }
+  uv_mutex_lock(&w->lock);
+  w->state = ATH_W_STARTED;
+  w->started_at = ath__now_ms();
+  w->tput_sec = w->started_at / 1000;
+  uv_mutex_unlock(&w->lock);
+  for (int i = 0; i < w->nworkers; i++)
+    ath__worker_wake(w->workers[i]); /* let them claim */
+  return 0;
+}
+
+int ath_world_shutdown(ath_world_t* w, int64_t timeout_ms, int* drained,
+                       int* requeued) {
+  uv_mutex_lock(&w->lock);
+  if (w->state != ATH_W_STARTED) {
+    w->state = ATH_W_STOPPED;
+    *drained = w->drained;
+    *requeued = w->requeued;
+    uv_mutex_unlock(&w->lock);
+    return 0;
+  }
+  w->state = ATH_W_STOPPING; /* refuses execute; workers claim nothing */
+  int64_t running = w->n_running;
+  uint64_t deadline = ath__mono_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u;
+  w->cond_waiters++;
+  while (w->n_running > 0) {
+    uint64_t now = ath__mono_ns();
+    if (now >= deadline)
+      break;
+    uv_cond_timedwait(&w->cond, &w->lock, deadline - now);
+  }
+  if (w->n_running > 0) {
+    /* Past the deadline: interrupt what still runs; each attempt returns
+     * to pending, not counted (T14). */
+    for (int i = 0; i < w->nworkers; i++)
+      atomic_store(&w->workers[i]->interrupt_all, ATH_ESHUTDOWN);
+    uv_mutex_unlock(&w->lock);
+    for (int i = 0; i < w->nworkers; i++)
+      ath__worker_wake(w->workers[i]);
+    uv_mutex_lock(&w->lock);
+    while (w->n_running > 0)
+      uv_cond_wait(&w->cond, &w->lock);
+  }
+  w->cond_waiters--;
+  w->drained = (int)(running - w->requeued);
+  w->state = ATH_W_STOPPED;
+  uv_cond_broadcast(&w->cond); /* result() waiters get ESHUTDOWN */
+  uv_mutex_unlock(&w->lock);
+  stop_workers(w);
+  stop_engine(w);
+  *drained = w->drained;
+  *requeued = w->requeued;
+  return 0;
+}
+
+void ath_world_free(ath_world_t* w) {
+  if (w == NULL)
+    return;
+  if (w->state == ATH_W_STARTED) {
+    int d, r;
+    ath_world_shutdown(w, 30000, &d, &r);
+  }
+  for (int i = 0; i < w->nworkers; i++) {
+    free(w->workers[i]->slots);
+    free(w->workers[i]->outcomes);
+    free(w->workers[i]->handlers);
+    free(w->workers[i]);
+  }
+  free(w->workers);
+  if (w->table != NULL) {
+    for (size_t i = 0; i < w->table_cap; i++) {
+      ath_task_t* t = w->table[i];
+      while (t != NULL) {
+        ath_task_t* next = t->hnext;
+        for (ath_waiter_t* wt = t->waiters; wt;) {
+          ath_waiter_t* n = wt->next;
+          free(wt);
+          wt = n;
+        }
+        t->waiters = NULL;
+        ath_task_release(t);
+        t = next;
+      }
+    }
+  }
+  free(w->table);
+  ath__heap_free(&w->delayed);
+  for (int i = 0; i < w->nqueues; i++)
+    if (w->queues[i])
+      ath__queue_free(w->queues[i]);
+  free(w->queues);
+  for (int i = 0; i < w->ndefs; i++)
+    free(w->defs[i].name);
+  free(w->defs);
+  free((char*)w->cfg.persistence_path);
+  free((char*)w->cfg.entry_script);
+  free((char*)w->cfg.lua_path);
+  free((char*)w->cfg.lua_cpath);
+  strv_free(w->modules);
+  strv_free(w->script_args);
+  uv_mutex_destroy(&w->lock);
+  uv_cond_destroy(&w->cond);
+  uv_sem_destroy(&w->ready);
+  free(w);
+}
+
+/* --------------------------------------------------------------- metrics */
+
+static int cmp_float(const void* a, const void* b) {
+  float x = *(const float*)a, y = *(const float*)b;
+  return (x > y) - (x < y);
+}
+
+/* Nearest-rank percentiles over the last five minutes of samples. */
+static void percentiles(const ath_lat_ring_t* r, int64_t now, double* p50,
+                        double* p95, double* p99) {
+  static _Thread_local float buf[ATH_LAT_SAMPLES];
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < r->len; i++)
+    if (now - r->at[i] <= 300000)
+      buf[n++] = r->ms[i];
+  *p50 = *p95 = *p99 = 0;
+  if (n == 0)
+    return;
+  qsort(buf, n, sizeof(float), cmp_float);
+  double ps[3] = {0.50, 0.95, 0.99};
+  double* outs[3] = {p50, p95, p99};
+  for (int k = 0; k < 3; k++) {
+    uint32_t rank = (uint32_t)(ps[k] * n + 0.999999); /* ceil */
+    if (rank < 1)
+      rank = 1;
+    *outs[k] = buf[rank - 1];
+  }
+}
+
+void ath_world_metrics(ath_world_t* w, ath_metrics_t* m) {
+  memset(m, 0, sizeof(*m));
+  int64_t now = ath__now_ms();
+  uv_mutex_lock(&w->lock);
+  m->uptime_ms = w->started_at ? now - w->started_at : 0;
+  int slots = 0, busy = 0;
+  for (int i = 0; i < w->nworkers; i++) {
+    ath_worker_t* wk = w->workers[i];
+    if (wk->state == ATH_WK_STOPPED)
+      continue;
+    m->workers_total++;
+    if (wk->state == ATH_WK_STOPPING || wk->stop)
+      continue;
+    slots += wk->concurrency;
+    busy += wk->running;
+    if (wk->running > 0)
+      m->workers_busy++;
+    else
+      m->workers_idle++;
+  }
+  m->workload = slots ? (double)busy / slots : 0;
+  for (int i = 0; i < w->nqueues; i++)
+    m->queued += w->queues[i]->depth;
+  m->scheduled = w->n_scheduled;
+  m->running = w->n_running;
+  m->completed = w->n_completed;
+  m->failed = w->n_failed;
+  m->retried = w->n_retried;
+  m->cancelled = w->n_cancelled;
+  m->quarantined = w->n_quarantined;
+  /* Throughput: complete seconds only, so the figures are measured counts. */
+  int64_t sec = now / 1000;
+  for (int64_t back = 1; back <= 3600; back++) {
+    int64_t sc = sec - back;
+    /* a second after the ring's last move saw no completion; one more than
+     * an hour behind it was overwritten */
+    int64_t c = (sc > w->tput_sec || sc <= w->tput_sec - 3600) ? 0 : w->tput[sc % 3600];
+    if (back <= 1)
+      m->per_second += c;
+    if (back <= 60)
+      m->per_minute += c;
+    m->per_hour += c;
+  }
+  percentiles(&w->lat_wait, now, &m->wait_p50, &m->wait_p95, &m->wait_p99);
+  percentiles(&w->lat_run, now, &m->run_p50, &m->run_p95, &m->run_p99);
+  uv_mutex_unlock(&w->lock);
+}
+
+int ath_world_workers(ath_world_t* w, ath_worker_info_t* out, int cap) {
+  uv_mutex_lock(&w->lock);
+  int n = w->nworkers;
+  for (int i = 0; i < n && i < cap; i++) {
+    ath_worker_t* wk = w->workers[i];
+    ath_worker_info_t* o = &out[i];
+    o->id = wk->id;
+    if (wk->state == ATH_WK_STOPPED)
+      o->status = "stopped";
+    else if (wk->stop || wk->state == ATH_WK_STOPPING)
+      o->status = "stopping";
+    else
+      o->status = wk->running ? "busy" : "idle";
+    snprintf(o->task_queue, sizeof(o->task_queue), "%s", wk->queue->name);
+    o->concurrency = wk->concurrency;
+    o->running = wk->running;
+    o->last_heartbeat = atomic_load(&wk->last_heartbeat);
+    o->tasks_completed = wk->tasks_completed;
+    o->tasks_failed = wk->tasks_failed;
+    o->memory_kb = atomic_load(&wk->memory_kb);
+  }
+  uv_mutex_unlock(&w->lock);
+  return n;
+}
+
+void ath__world_unawait(ath_world_t* w, ath_task_t* t, ath_slot_t* slot) {
+  uv_mutex_lock(&w->lock);
+  for (ath_waiter_t** p = &t->waiters; *p; p = &(*p)->next) {
+    if ((*p)->slot == slot) {
+      ath_waiter_t* wt = *p;
+      *p = wt->next;
+      free(wt);
+      break;
+    }
+  }
+  /* Already delivered: drop it from the inbox instead. */
+  ath_worker_t* wk = slot->wk;
+  for (ath_waiter_t** p = &wk->inbox; *p; p = &(*p)->next) {
+    if ((*p)->slot == slot) {
+      ath_waiter_t* wt = *p;
+      *p = wt->next;
+      free(wt);
+      break;
+    }
+  }
+  uv_mutex_unlock(&w->lock);
+}

@@ -1,0 +1,360 @@
+-- require "athena": the Lua API (DESIGN.md §3) over the C engine in
+-- athena.core. Validation of configs and definitions lives here; the hot
+-- paths (execute, executeMany, result) are C methods of the world.
+local core = require "athena.core"
+local errors = require "athena.errors"
+
+local M = {}
+
+M.version = core.version
+M.sleep = core.sleep
+M.now = core.now
+M.json = core.json
+M.errors = errors
+M.Error = core.Error
+
+local fmt = string.format
+
+-- Programmer mistakes with a wrong type raise Lua's standard message.
+local function argerror(n, fname, expected, value)
+  error(fmt("bad argument #%d to '%s' (%s expected, got %s)", n, fname, expected,
+    type(value) == "userdata" and (getmetatable(value) or {}).__name or type(value)), 3)
+end
+
+-- Wrong values raise an EINVAL error value.
+local function invalid(msg, ...)
+  error(errors.new("EINVAL", fmt(msg, ...)), 3)
+end
+
+local function show(v)
+  if type(v) == "string" then return fmt("%q", v) end
+  return tostring(v)
+end
+
+local function isinteger(v)
+  return math.type(v) == "integer" or (math.type(v) == "float" and v == math.floor(v) and v == v
+    and v > -2^53 and v < 2^53)
+end
+
+local function duration(field, v, positive)
+  local ok, ms = pcall(core.duration, v)
+  if not ok then invalid("invalid %s: %s (must be a duration: ms or \"500ms\" \"30s\" \"5m\" \"1h\" \"1d\")", field, show(v)) end
+  if positive and ms == 0 then invalid("invalid %s: 0 (must be > 0)", field) end
+  return ms
+end
+
+local function oneof(field, v, set)
+  for _, s in ipairs(set) do
+    if v == s then return v end
+  end
+  invalid("invalid %s: %s (must be one of %s)", field, show(v), table.concat(set, ", "))
+end
+
+local STRATEGIES = { "retry", "cascade", "compensate", "ignore", "quarantine" }
+local QUEUE_NAME = "^[A-Za-z0-9_.-]+$"
+
+local function queue_name(field, v)
+  if type(v) ~= "string" or #v < 1 or #v > 64 or not v:match(QUEUE_NAME) then
+    invalid("invalid %s: %s (must match [A-Za-z0-9_.-]{1,64})", field, show(v))
+  end
+  return v
+end
+
+-------------------------------------------------------------- retry config
+
+local RETRY_KEYS = {
+  maxAttempts = true, backoff = true, initialInterval = true, maxInterval = true,
+  multiplier = true, nonRetryable = true,
+}
+
+local function check_retry(field, r)
+  if type(r) ~= "table" then invalid("invalid %s: %s (must be a table)", field, show(r)) end
+  for k in pairs(r) do
+    if not RETRY_KEYS[k] then invalid("unknown option %s.%s", field, tostring(k)) end
+  end
+  local out = {}
+  if r.maxAttempts ~= nil then
+    if not isinteger(r.maxAttempts) or r.maxAttempts < 1 then
+      invalid("invalid %s.maxAttempts: %s (must be an integer >= 1)", field, show(r.maxAttempts))
+    end
+    out.maxAttempts = math.tointeger(r.maxAttempts)
+  end
+  out.backoff = r.backoff == nil and "exponential"
+    or oneof(field .. ".backoff", r.backoff, { "exponential", "linear", "constant" })
+  out.initialInterval = r.initialInterval == nil and 1000 or duration(field .. ".initialInterval", r.initialInterval)
+  out.maxInterval = r.maxInterval == nil and 60000 or duration(field .. ".maxInterval", r.maxInterval)
+  if out.maxInterval < out.initialInterval then
+    invalid("invalid %s.maxInterval: %s (must be >= initialInterval)", field, show(r.maxInterval))
+  end
+  if r.multiplier ~= nil and (type(r.multiplier) ~= "number" or r.multiplier < 1 or r.multiplier ~= r.multiplier) then
+    invalid("invalid %s.multiplier: %s (must be a number >= 1)", field, show(r.multiplier))
+  end
+  out.multiplier = r.multiplier or 2
+  out.nonRetryable = {}
+  if r.nonRetryable ~= nil then
+    if type(r.nonRetryable) ~= "table" then
+      invalid("invalid %s.nonRetryable: %s (must be a list of strings)", field, show(r.nonRetryable))
+    end
+    for i, v in ipairs(r.nonRetryable) do
+      if type(v) ~= "string" then
+        invalid("invalid %s.nonRetryable[%d]: %s (must be a string)", field, i, show(v))
+      end
+      out.nonRetryable[i] = v
+    end
+  end
+  return out
+end
+M._checkRetry = check_retry
+
+---------------------------------------------------------------- definitions
+
+local Definition = { __name = "athena.Definition" }
+Definition.__index = Definition
+M.Definition = Definition
+
+local DEF_KEYS = {
+  retry = true, timeout = true, scheduleToClose = true, heartbeatTimeout = true,
+  taskQueue = true, priority = true, failureStrategy = true,
+}
+
+local function check_name(fname, name)
+  if type(name) ~= "string" then argerror(1, fname, "string", name) end
+  if #name < 1 or #name > 128 or name:find("[%s%c]") then
+    invalid("invalid name: %s (1-128 bytes, no whitespace or control characters)", show(name))
+  end
+end
+
+local function define(kind, name, handler, options)
+  check_name(kind, name)
+  if type(handler) ~= "function" then argerror(2, kind, "function", handler) end
+  if options ~= nil and type(options) ~= "table" then argerror(3, kind, "table", options) end
+  options = options or {}
+  local opts = {}
+  for k, v in pairs(options) do
+    if not DEF_KEYS[k] then invalid("unknown option %s", tostring(k)) end
+    opts[k] = v
+  end
+  if opts.retry ~= nil then opts.retry = check_retry("retry", opts.retry) end
+  for _, k in ipairs { "timeout", "scheduleToClose", "heartbeatTimeout" } do
+    if opts[k] ~= nil then opts[k] = duration(k, opts[k], true) end
+  end
+  if kind == "activity" and opts.timeout == nil then opts.timeout = 300000 end
+  opts.taskQueue = opts.taskQueue == nil and "default" or queue_name("taskQueue", opts.taskQueue)
+  if opts.priority ~= nil and not isinteger(opts.priority) then
+    invalid("invalid priority: %s (must be an integer)", show(opts.priority))
+  end
+  opts.priority = math.tointeger(opts.priority or 0)
+  if opts.failureStrategy ~= nil then oneof("failureStrategy", opts.failureStrategy, STRATEGIES) end
+  core.define(name, handler)
+  return setmetatable({ kind = kind, name = name, handler = handler, options = opts }, Definition)
+end
+
+--- athena.activity(name, handler, options) -> definition
+function M.activity(name, handler, options)
+  return define("activity", name, handler, options)
+end
+
+-------------------------------------------------------------------- errors
+
+--- athena.FatalError(msg): never retried.
+function M.FatalError(msg)
+  return errors.new("EFATAL", msg ~= nil and tostring(msg) or "fatal error",
+    { name = "FatalError", retryable = false })
+end
+
+--- athena.RetryableError(msg, retryAfter): retried after exactly retryAfter.
+function M.RetryableError(msg, retryAfter)
+  local ra = retryAfter ~= nil and duration("retryAfter", retryAfter) or nil
+  return errors.new("ERETRYABLE", msg ~= nil and tostring(msg) or "retryable error",
+    { name = "RetryableError", retryable = true, retryAfter = ra })
+end
+
+--------------------------------------------------------------------- world
+
+local CONFIG = {
+  minWorkers = true, maxWorkers = true, scaleThreshold = true, scaleDownThreshold = true,
+  scaleInterval = true, persistence = true, persistencePath = true, flushInterval = true,
+  retention = true, failureStrategy = true, heartbeatInterval = true, heartbeatTimeout = true,
+  cancelGrace = true, taskQueues = true, modules = true, database = true, log = true,
+  backend = true, clock = true,
+}
+local QUEUE_KEYS = { concurrency = true, workers = true, limit = true }
+
+local function int_field(field, v, lo, hi, rule)
+  if not isinteger(v) or v < lo or (hi and v > hi) then
+    invalid("invalid %s: %s (%s)", field, show(v), rule)
+  end
+  return math.tointeger(v)
+end
+
+local function check_config(config)
+  local c = {}
+  for k, v in pairs(config) do
+    if not CONFIG[k] then invalid("unknown option %s", tostring(k)) end
+    c[k] = v
+  end
+  c.minWorkers = int_field("minWorkers", c.minWorkers == nil and 2 or c.minWorkers, 1, 1024,
+    "an integer, 1 <= minWorkers <= maxWorkers <= 1024")
+  c.maxWorkers = int_field("maxWorkers", c.maxWorkers == nil and math.max(10, c.minWorkers) or c.maxWorkers,
+    c.minWorkers, 1024, "an integer, 1 <= minWorkers <= maxWorkers <= 1024")
+  for _, k in ipairs { "scaleThreshold", "scaleDownThreshold" } do
+    local v = c[k]
+    if v ~= nil and (type(v) ~= "number" or v < 0 or v > 1 or v ~= v) then
+      invalid("invalid %s: %s (a number in [0, 1])", k, show(v))
+    end
+  end
+  c.scaleThreshold = c.scaleThreshold or 0.7
+  c.scaleDownThreshold = c.scaleDownThreshold or 0.3
+  if c.scaleDownThreshold >= c.scaleThreshold then
+    invalid("invalid scaleDownThreshold: %s (must be < scaleThreshold)", show(c.scaleDownThreshold))
+  end
+  c.scaleInterval = duration("scaleInterval", c.scaleInterval == nil and 10000 or c.scaleInterval, true)
+  c.persistence = c.persistence == nil and "hybrid" or oneof("persistence", c.persistence, { "memory", "file", "hybrid" })
+  if c.persistencePath ~= nil and (type(c.persistencePath) ~= "string" or c.persistencePath == "") then
+    invalid("invalid persistencePath: %s (a non-empty string)", show(c.persistencePath))
+  end
+  c.persistencePath = c.persistencePath or ".athena"
+  c.flushInterval = duration("flushInterval", c.flushInterval == nil and 50 or c.flushInterval, true)
+  c.retention = duration("retention", c.retention == nil and "7d" or c.retention, true)
+  c.failureStrategy = c.failureStrategy == nil and "retry" or oneof("failureStrategy", c.failureStrategy, STRATEGIES)
+  c.heartbeatInterval = duration("heartbeatInterval", c.heartbeatInterval == nil and 5000 or c.heartbeatInterval, true)
+  c.heartbeatTimeout = duration("heartbeatTimeout", c.heartbeatTimeout == nil and 30000 or c.heartbeatTimeout, true)
+  if c.heartbeatTimeout <= c.heartbeatInterval then
+    invalid("invalid heartbeatTimeout: %s (must be > heartbeatInterval)", show(config.heartbeatTimeout or c.heartbeatTimeout))
+  end
+  c.cancelGrace = duration("cancelGrace", c.cancelGrace == nil and 5000 or c.cancelGrace)
+  local queues = {}
+  if c.taskQueues ~= nil then
+    if type(c.taskQueues) ~= "table" then invalid("invalid taskQueues: %s (a table)", show(c.taskQueues)) end
+    for name, q in pairs(c.taskQueues) do
+      queue_name("taskQueues key", name)
+      if type(q) ~= "table" then invalid("invalid taskQueues.%s: %s (a table)", name, show(q)) end
+      local out = {}
+      for k, v in pairs(q) do
+        if not QUEUE_KEYS[k] then invalid("unknown option taskQueues.%s.%s", name, tostring(k)) end
+        out[k] = int_field(fmt("taskQueues.%s.%s", name, k), v, 1, nil, "an integer >= 1")
+      end
+      if name == "default" and out.workers ~= nil then
+        invalid("invalid taskQueues.default.workers: %s (the default pool is sized by minWorkers/maxWorkers)", show(out.workers))
+      end
+      out.concurrency = out.concurrency or 1
+      if name ~= "default" then out.workers = out.workers or 1 end
+      queues[name] = out
+    end
+  end
+  c.taskQueues = queues
+  local modules = {}
+  if c.modules ~= nil then
+    if type(c.modules) ~= "table" then invalid("invalid modules: %s (a list of module names)", show(c.modules)) end
+    for i, m in ipairs(c.modules) do
+      if type(m) ~= "string" then invalid("invalid modules[%d]: %s (a module name)", i, show(m)) end
+      modules[i] = m
+    end
+  end
+  c.modules = modules
+  if c.log ~= nil and type(c.log) ~= "table" then invalid("invalid log: %s (a table)", show(c.log)) end
+  c.clock = c.clock == nil and "system" or oneof("clock", c.clock, { "system", "manual" })
+  if c.clock == "manual" then
+    error(errors.new("ENOSYS", "clock = \"manual\" is not implemented yet"), 3)
+  end
+  return c
+end
+M._checkConfig = check_config
+
+local World = {}
+M.World = World
+
+-- Lua-side state per world (weak keys: it goes with the world).
+local worlds = setmetatable({}, { __mode = "k" })
+local methods = core.worldMethods
+
+-- The entry script workers re-run in definition mode: the script this
+-- process runs (arg[0]), when it is a Lua file.
+local function entry_script()
+  local a = rawget(_G, "arg")
+  if type(a) == "table" and type(a[0]) == "string" and a[0]:match("%.lua$") then
+    local args, i = {}, 0
+    while a[i] ~= nil do
+      args[i] = tostring(a[i]); i = i + 1
+    end
+    return a[0], args
+  end
+end
+
+--- athena.World.new(config) -> world
+function World.new(config)
+  if config ~= nil and type(config) ~= "table" then argerror(1, "new", "table", config) end
+  local c = check_config(config or {})
+  local native = {
+    minWorkers = c.minWorkers, maxWorkers = c.maxWorkers, persistence = c.persistence,
+    persistencePath = c.persistencePath, modules = c.modules, taskQueues = {},
+  }
+  for name, q in pairs(c.taskQueues) do
+    if name == "default" then
+      native.defaultConcurrency = q.concurrency
+    else
+      native.taskQueues[name] = { workers = q.workers, concurrency = q.concurrency }
+    end
+  end
+  if #c.modules == 0 then
+    native.entryScript, native.scriptArgs = entry_script()
+  end
+  local w = core.newWorld(native)
+  worlds[w] = { config = c, defs = {}, started = false, hasCode = #c.modules > 0 or native.entryScript ~= nil }
+  return w
+end
+
+--- world:register(def, ...) registers definitions; only before start().
+function methods.register(self, ...)
+  local st = worlds[self]
+  if st == nil then argerror(1, "register", "athena.World", self) end
+  if st.started then invalid("register after start()") end
+  for i = 1, select("#", ...) do
+    local def = select(i, ...)
+    if getmetatable(def) ~= Definition then argerror(i + 1, "register", "athena definition", def) end
+    local q = def.options.taskQueue
+    if q ~= "default" and st.config.taskQueues[q] == nil then
+      invalid("unknown task queue %s", q)
+    end
+    local old = st.defs[def.name]
+    if old ~= nil and old ~= def then
+      invalid("a different definition is already registered as %s", def.name)
+    end
+    if old == nil then
+      self:_register(def.name, q, def.options.priority)
+      st.defs[def.name] = def
+    end
+  end
+  return self
+end
+
+--- world:start() spawns the workers; in a worker's definition phase it ends
+-- the phase (the rest of the entry script does not run there).
+function methods.start(self)
+  local st = worlds[self]
+  if st == nil then argerror(1, "start", "athena.World", self) end
+  if core.isWorker() then return self:_start() end
+  if st.shutdown then error(errors.new("ESHUTDOWN", "world was shut down"), 2) end
+  if st.started then return self end
+  if next(st.defs) ~= nil and not st.hasCode then
+    invalid("workers cannot load the handlers: pass modules = {...} to World.new " ..
+      "(or run the script itself with athena or lua5.4)")
+  end
+  if st.config.persistence ~= "memory" and not st.warned then
+    st.warned = true
+    io.stderr:write(fmt("athena: warning: persistence %q is not implemented yet; tasks are kept in memory only\n",
+      st.config.persistence))
+  end
+  self:_start(package.path, package.cpath)
+  st.started = true
+  return self
+end
+
+local native_shutdown = methods.shutdown
+function methods.shutdown(self, opts)
+  local st = worlds[self]
+  if st then st.shutdown = true end
+  return native_shutdown(self, opts)
+end
+
+return M
