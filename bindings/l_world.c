@@ -12,6 +12,7 @@
 typedef struct {
   ath_world_t* w; /* NULL once closed */
   int proxy;      /* a worker's view of its world: owns nothing */
+  ath_buf_t scratch; /* encoding buffer reused by execute (owning thread) */
 } lworld_t;
 
 typedef struct {
@@ -35,6 +36,7 @@ static int world_close(lua_State* L) {
   lworld_t* lw = luaL_checkudata(L, 1, "athena.World");
   ath_world_t* w = lw->w;
   lw->w = NULL; /* detach first, so a second call finds NULL */
+  ath__buf_free(&lw->scratch);
   if (w != NULL && !lw->proxy)
     ath_world_free(w); /* drains running tasks (30 s), joins threads */
   return 0;
@@ -89,6 +91,7 @@ int lath_world_new(lua_State* L) {
   ath_worker_t* wk = ath__worker_of(L);
   if (wk != NULL) {
     lworld_t* lw = lua_newuserdatauv(L, sizeof(*lw), 0);
+    memset(lw, 0, sizeof(*lw));
     lw->w = ath__worker_world(wk);
     lw->proxy = 1;
     luaL_setmetatable(L, "athena.World");
@@ -111,8 +114,7 @@ int lath_world_new(lua_State* L) {
   cfg.modules = opt_strv(L, 1, "modules", 0);
   cfg.script_args = opt_strv(L, 1, "scriptArgs", 1);
   lworld_t* lw = lua_newuserdatauv(L, sizeof(*lw), 0);
-  lw->w = NULL;
-  lw->proxy = 0;
+  memset(lw, 0, sizeof(*lw));
   luaL_setmetatable(L, "athena.World");
   char err[256];
   int rc = ath_world_new(&cfg, &lw->w, err, sizeof(err));
@@ -232,25 +234,27 @@ static void check_opts(lua_State* L, int idx, exec_opts_t* eo, int many) {
   }
 }
 
-/* Encodes the value at idx; on failure raises EINVAL naming the path, after
- * freeing everything in `owned` (n entries). */
-static char* encode_or_raise(lua_State* L, int idx, const char* root, size_t* len,
-                             char** owned, size_t n) {
-  ath_buf_t b = {0};
+/* Encodes the value at idx into an exact-size malloc'd copy (through the
+ * world's scratch buffer, so a payload costs one small allocation). On
+ * failure raises EINVAL naming the path, after freeing the `n` entries of
+ * `owned` and `owned` itself. */
+static char* encode_or_raise(lua_State* L, lworld_t* lw, int idx, const char* root,
+                             size_t* len, char** owned, size_t n) {
   char err[256];
-  int rc = ath__json_encode(L, idx, root, &b, err, sizeof(err));
-  if (rc != 0) {
-    ath__buf_free(&b);
+  lw->scratch.len = 0;
+  int rc = ath__json_encode(L, idx, root, &lw->scratch, err, sizeof(err));
+  char* copy = rc == 0 ? malloc(lw->scratch.len + 1) : NULL;
+  if (copy == NULL) {
     for (size_t i = 0; i < n; i++)
       free(owned[i]);
     free(owned);
+    if (rc == 0)
+      rc = ATH_ENOMEM, snprintf(err, sizeof(err), "out of memory");
     return (char*)(intptr_t)ath__raise(L, rc, "%s", err);
   }
-  if (b.data == NULL) { /* cannot happen for a successful encode */
-    b.data = malloc(1);
-  }
-  *len = b.len;
-  return b.data;
+  memcpy(copy, lw->scratch.data, lw->scratch.len + 1);
+  *len = lw->scratch.len;
+  return copy;
 }
 
 static void check_started(lua_State* L, lworld_t* lw) {
@@ -269,7 +273,7 @@ static int world_execute(lua_State* L) {
   check_opts(L, 4, &eo, 0);
   check_started(L, lw);
   size_t len;
-  char* json = encode_or_raise(L, 3, "input", &len, NULL, 0);
+  char* json = encode_or_raise(L, lw, 3, "input", &len, NULL, 0);
   char** payloads = &json;
   ath_task_t* t;
   char err[256];
@@ -313,7 +317,7 @@ static int world_execute_many(lua_State* L) {
   for (size_t i = 0; i < n; i++) {
     snprintf(root, sizeof(root), "inputs[%d]", (int)i + 1);
     lua_rawgeti(L, 3, (lua_Integer)i + 1);
-    payloads[i] = encode_or_raise(L, -1, root, &lens[i], payloads, i);
+    payloads[i] = encode_or_raise(L, lw, -1, root, &lens[i], payloads, i);
     lua_pop(L, 1);
   }
   if (!lua_checkstack(L, 4)) {

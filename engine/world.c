@@ -666,7 +666,7 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
       t->started_at = now;
       t->start_mono = mono;
       t->worker_id = wk->id;
-      lat_add(&w->lat_wait, (double)(now - t->ready_at), now);
+      lat_add(&w->lat_wait, mono > t->ready_mono ? (double)(mono - t->ready_mono) / 1e6 : 0, now);
       out[n++] = t;
     }
     q->running += n;
