@@ -187,8 +187,9 @@ static void add_outcome(ath_worker_t* wk, ath_task_t* t, ath_status_t st, int co
   o->err_code = code;
 }
 
-/* Stores the error value on top of L's stack, normalised (SEMANTICS §1.2)
- * by athena.errors.normalize, as t's error JSON. Returns its code. */
+/* [-1, +0, -] Pops the error value on top of L's stack and stores it,
+ * normalised (SEMANTICS §1.2) by athena.errors.normalize, as t's error
+ * JSON. Returns its code. */
 static int store_error(ath_worker_t* wk, ath_task_t* t, lua_State* L,
                        const char* traceback) {
   int code = ATH_EHANDLER;
@@ -247,7 +248,6 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
       lua_pushvalue(co, base + 1);
       lua_xmove(co, L, 1);
       add_outcome(wk, t, ATH_FAILED, store_error(wk, t, L, NULL));
-      lua_pop(L, 1);
     } else {
       char err[256];
       if (nres == 0)
@@ -273,7 +273,6 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
         lua_pushboolean(L, 0);
         lua_setfield(L, -2, "retryable");
         add_outcome(wk, t, ATH_FAILED, store_error(wk, t, L, NULL));
-        lua_pop(L, 1);
       }
     }
     lua_settop(co, 0); /* the coroutine is reusable for the next task */
@@ -283,7 +282,7 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     lua_xmove(co, L, 1); /* error value above the traceback */
     const char* tb = lua_tostring(L, -2);
     add_outcome(wk, t, ATH_FAILED, store_error(wk, t, L, tb));
-    lua_pop(L, 2);
+    lua_pop(L, 1); /* the traceback */
 #if LUA_VERSION_RELEASE_NUM >= 50406
     lua_closethread(co, L);
 #else

@@ -33,8 +33,8 @@
 #define ASSERT_LT(a, b) ASSERT_BASE(a, <, b, int64_t, "%" PRId64)
 #define ASSERT_OK(a) ASSERT_EQ(0, a)
 #define ASSERT(expr) ASSERT_NE(0, !!(expr))
-#define ASSERT_NULL(p) ASSERT_BASE((const void*)(p), ==, NULL, void*, "%p")
-#define ASSERT_NOT_NULL(p) ASSERT_BASE((const void*)(p), !=, NULL, void*, "%p")
+#define ASSERT_NULL(p) ASSERT_BASE((const void*)(p), ==, NULL, const void*, "%p")
+#define ASSERT_NOT_NULL(p) ASSERT_BASE((const void*)(p), !=, NULL, const void*, "%p")
 
 #define ASSERT_STR_EQ(a, b)                                                   \
   do {                                                                        \

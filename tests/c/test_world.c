@@ -1,0 +1,300 @@
+/* The threaded core through the public C API: payload round trips, many
+ * producer threads against two workers, routing, start/stop, bad calls.
+ * Workers load their handlers from a Lua module written to a temp dir. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+#include "athena.h"
+#include "internal.h"
+#include "task.h"
+
+static char module_dir[256];
+static char lua_path[512];
+
+static const char* jobs_lua =
+  "local athena = require 'athena'\n"
+  "athena.activity('echo', function(ctx, input) return input end)\n"
+  "athena.activity('where', function(ctx, input) return ctx.id end)\n"
+  "athena.activity('boom', function() error('boom') end)\n"
+  "athena.activity('nap', function(ctx, input) athena.sleep(input.ms) return input.ms end)\n";
+
+static void write_module(void) {
+  snprintf(module_dir, sizeof(module_dir), "/tmp/athena-ctest-%d", (int)getpid());
+  char cmd[300];
+  snprintf(cmd, sizeof(cmd), "mkdir -p %s", module_dir);
+  ASSERT_OK(system(cmd));
+  char file[300];
+  snprintf(file, sizeof(file), "%s/ctjobs.lua", module_dir);
+  FILE* f = fopen(file, "w");
+  ASSERT_NOT_NULL(f);
+  fputs(jobs_lua, f);
+  fclose(f);
+  snprintf(lua_path, sizeof(lua_path), "%s/?.lua;;", module_dir);
+}
+
+static void remove_module(void) {
+  char cmd[300];
+  snprintf(cmd, sizeof(cmd), "rm -rf %s", module_dir);
+  ASSERT_OK(system(cmd));
+}
+
+static ath_world_t* new_world(int workers, const char* const* modules) {
+  static const char* const default_modules[] = {"ctjobs", NULL};
+  ath_world_config_t cfg;
+  ath_world_config_init(&cfg);
+  cfg.min_workers = cfg.max_workers = workers;
+  cfg.persistence = ATH_PERSIST_MEMORY;
+  cfg.modules = modules ? modules : default_modules;
+  cfg.lua_path = lua_path;
+  ath_world_t* w = NULL;
+  char err[256];
+  ASSERT_OK(ath_world_new(&cfg, &w, err, sizeof(err)));
+  return w;
+}
+
+static char* dup_json(const char* s, size_t* len) {
+  *len = strlen(s);
+  char* p = malloc(*len + 1);
+  memcpy(p, s, *len + 1);
+  return p;
+}
+
+static int exec1(ath_world_t* w, const char* name, const char* json, ath_task_t** t) {
+  size_t len;
+  char* p = dup_json(json, &len);
+  char err[256];
+  return ath_world_execute(w, name, 1, &p, &len, NULL, NULL, t, err, sizeof(err));
+}
+
+TEST_IMPL(world_roundtrip) {
+  write_module();
+  ath_world_t* w = new_world(2, NULL);
+  ASSERT_OK(ath_world_register(w, "echo", NULL, 0));
+  char err[512];
+  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  enum { N = 1000 };
+  static ath_task_t* ts[N];
+  for (int i = 0; i < N; i++) {
+    char json[64];
+    /* arrays keep their order, so the bytes come back identical */
+    snprintf(json, sizeof(json), "[%d,2.5,\"\xc3\xa9\",{\"k\":[true,null,-0.0]}]", i);
+    ASSERT_OK(exec1(w, "echo", json, &ts[i]));
+  }
+  for (int i = 0; i < N; i++) {
+    ASSERT_OK(ath_world_wait(w, ts[i], 10000));
+    ath_task_info_t info;
+    ASSERT_OK(ath_task_snapshot(w, ts[i], &info));
+    ASSERT_EQ(ATH_COMPLETED, info.status);
+    ASSERT_EQ(1, info.attempt);
+    ASSERT_STR_EQ(info.input, info.result); /* same bytes back */
+    ASSERT(info.created_at <= info.started_at && info.started_at <= info.completed_at);
+    ath_task_snapshot_free(&info);
+    ath_task_release(ts[i]);
+  }
+  ath_metrics_t m;
+  ath_world_metrics(w, &m);
+  ASSERT_EQ(N, m.completed);
+  ASSERT_EQ(0, m.queued);
+  int drained, requeued;
+  ASSERT_OK(ath_world_shutdown(w, 5000, &drained, &requeued));
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
+
+/* Producers on their own threads enqueue while two workers drain. */
+enum { PRODUCERS = 4, PER_PRODUCER = 5000 };
+static ath_world_t* shared_world;
+
+static void producer(void* arg) {
+  int id = (int)(intptr_t)arg;
+  ath_task_t** ts = malloc(PER_PRODUCER * sizeof(*ts));
+  for (int i = 0; i < PER_PRODUCER; i += 50) { /* batches and singles mixed */
+    if ((i / 50) % 2 == 0) {
+      char* payloads[50];
+      size_t lens[50];
+      for (int k = 0; k < 50; k++) {
+        char json[48];
+        snprintf(json, sizeof(json), "[%d,%d]", id, i + k);
+        payloads[k] = dup_json(json, &lens[k]);
+      }
+      char err[256];
+      ASSERT_OK(ath_world_execute(shared_world, "echo", 50, payloads, lens, NULL, NULL, ts + i, err, sizeof(err)));
+    } else {
+      for (int k = 0; k < 50; k++) {
+        char json[48];
+        snprintf(json, sizeof(json), "[%d,%d]", id, i + k);
+        ASSERT_OK(exec1(shared_world, "echo", json, &ts[i + k]));
+      }
+    }
+  }
+  for (int i = 0; i < PER_PRODUCER; i++) {
+    ASSERT_OK(ath_world_wait(shared_world, ts[i], 30000));
+    ASSERT_EQ(ATH_COMPLETED, ath_task_status(shared_world, ts[i]));
+    char json[48];
+    snprintf(json, sizeof(json), "[%d,%d]", id, i);
+    ath_task_info_t info;
+    ASSERT_OK(ath_task_snapshot(shared_world, ts[i], &info));
+    ASSERT_STR_EQ(json, info.result);
+    ath_task_snapshot_free(&info);
+    ath_task_release(ts[i]);
+  }
+  free(ts);
+}
+
+TEST_IMPL(world_contention) {
+  write_module();
+  shared_world = new_world(2, NULL);
+  ASSERT_OK(ath_world_register(shared_world, "echo", NULL, 0));
+  char err[512];
+  ASSERT_OK(ath_world_start(shared_world, err, sizeof(err)));
+  uv_thread_t th[PRODUCERS];
+  for (int i = 0; i < PRODUCERS; i++)
+    ASSERT_OK(uv_thread_create(&th[i], producer, (void*)(intptr_t)i));
+  for (int i = 0; i < PRODUCERS; i++)
+    ASSERT_OK(uv_thread_join(&th[i]));
+  ath_metrics_t m;
+  ath_world_metrics(shared_world, &m);
+  ASSERT_EQ(PRODUCERS * PER_PRODUCER, m.completed);
+  ath_worker_info_t info[4];
+  ASSERT_EQ(2, ath_world_workers(shared_world, info, 4));
+  /* both workers took part */
+  ASSERT_GT(info[0].tasks_completed, 0);
+  ASSERT_GT(info[1].tasks_completed, 0);
+  ASSERT_EQ(PRODUCERS * PER_PRODUCER, info[0].tasks_completed + info[1].tasks_completed);
+  int drained, requeued;
+  ASSERT_OK(ath_world_shutdown(shared_world, 5000, &drained, &requeued));
+  ath_world_free(shared_world);
+  remove_module();
+  return 0;
+}
+
+TEST_IMPL(world_routing) {
+  write_module();
+  ath_world_t* w = new_world(1, NULL);
+  ASSERT_OK(ath_world_add_queue(w, "io", 2, 3));
+  ASSERT_EQ(ATH_EINVAL, ath_world_add_queue(w, "bad name", 1, 1));
+  ASSERT_EQ(ATH_EINVAL, ath_world_register(w, "echo", "nosuch", 0));
+  ASSERT_OK(ath_world_register(w, "echo", "io", 0));
+  ASSERT_OK(ath_world_register(w, "echo", "io", 0)); /* same again: no-op */
+  ASSERT_EQ(ATH_EINVAL, ath_world_register(w, "echo", NULL, 0));
+  ASSERT_OK(ath_world_register(w, "where", NULL, 0));
+  char err[512];
+  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  ath_worker_info_t info[8];
+  ASSERT_EQ(3, ath_world_workers(w, info, 8));
+  ASSERT_STR_EQ("default", info[0].task_queue);
+  ASSERT_STR_EQ("io", info[1].task_queue);
+  ASSERT_STR_EQ("io", info[2].task_queue);
+  ASSERT_EQ(3, info[1].concurrency);
+  for (int i = 0; i < 50; i++) {
+    ath_task_t *a, *b;
+    ASSERT_OK(exec1(w, "echo", "1", &a));
+    ASSERT_OK(exec1(w, "where", "1", &b));
+    ASSERT_OK(ath_world_wait(w, a, 5000));
+    ASSERT_OK(ath_world_wait(w, b, 5000));
+    ath_task_info_t ia, ib;
+    ASSERT_OK(ath_task_snapshot(w, a, &ia));
+    ASSERT_OK(ath_task_snapshot(w, b, &ib));
+    ASSERT(ia.worker_id == info[1].id || ia.worker_id == info[2].id);
+    ASSERT_EQ(info[0].id, ib.worker_id);
+    ath_task_snapshot_free(&ia);
+    ath_task_snapshot_free(&ib);
+    ath_task_release(a);
+    ath_task_release(b);
+  }
+  /* an explicit queue in the options overrides the definition's */
+  ath_exec_opts_t o = {0};
+  o.task_queue = "nosuch";
+  size_t len;
+  char* p = dup_json("1", &len);
+  ath_task_t* t;
+  ASSERT_EQ(ATH_EINVAL, ath_world_execute(w, "echo", 1, &p, &len, NULL, &o, &t, err, sizeof(err)));
+  ASSERT_NULL(p); /* ownership taken even on failure */
+  int drained, requeued;
+  ASSERT_OK(ath_world_shutdown(w, 5000, &drained, &requeued));
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
+
+TEST_IMPL(world_start_stop) {
+  write_module();
+  for (int round = 0; round < 10; round++) {
+    ath_world_t* w = new_world(1 + round % 3, NULL);
+    ASSERT_OK(ath_world_register(w, "nap", NULL, 0));
+    char err[512];
+    ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+    ASSERT_OK(ath_world_start(w, err, sizeof(err))); /* again: no-op */
+    ath_task_t* t;
+    ASSERT_OK(exec1(w, "nap", "{\"ms\":20}", &t));
+    int drained, requeued;
+    ASSERT_OK(ath_world_shutdown(w, 5000, &drained, &requeued));
+    /* the task was either still queued (never claimed) or drained */
+    ath_status_t st = ath_task_status(w, t);
+    ASSERT(st == ATH_COMPLETED || st == ATH_PENDING);
+    ASSERT_EQ(0, requeued);
+    ath_worker_info_t info[4];
+    int n = ath_world_workers(w, info, 4);
+    ASSERT_EQ(1 + round % 3, n);
+    for (int i = 0; i < n; i++)
+      ASSERT_STR_EQ("stopped", info[i].status);
+    /* idempotent, and no start after shutdown */
+    int d2, r2;
+    ASSERT_OK(ath_world_shutdown(w, 5000, &d2, &r2));
+    ASSERT_EQ(drained, d2);
+    ASSERT_EQ(ATH_ESHUTDOWN, ath_world_start(w, err, sizeof(err)));
+    ASSERT_EQ(ATH_ESHUTDOWN, exec1(w, "nap", "{\"ms\":1}", &t) == 0 ? 0 : ATH_ESHUTDOWN);
+    ath_task_release(t);
+    ath_world_free(w);
+  }
+  remove_module();
+  return 0;
+}
+
+TEST_IMPL(world_bad_calls) {
+  write_module();
+  ath_world_t* w = new_world(1, NULL);
+  ath_task_t* t;
+  char err[512];
+  ASSERT_OK(ath_world_register(w, "echo", NULL, 0));
+  ASSERT_EQ(ATH_ENOTFOUND, exec1(w, "nosuch", "1", &t));
+  ASSERT_EQ(ATH_EINVAL, exec1(w, "echo", "1", &t)); /* before start */
+  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  ASSERT_EQ(ATH_EINVAL, ath_world_register(w, "boom", NULL, 0)); /* after start */
+  ASSERT_EQ(ATH_ENOTFOUND, ath_world_find(w, "nosuch", &t));
+  /* an explicit id in use by another activity */
+  ath_exec_opts_t o = {0};
+  o.id = "job-1";
+  size_t len;
+  char* p = dup_json("1", &len);
+  ASSERT_OK(ath_world_execute(w, "echo", 1, &p, &len, NULL, &o, &t, err, sizeof(err)));
+  ath_task_t* again;
+  p = dup_json("2", &len);
+  ASSERT_OK(ath_world_execute(w, "echo", 1, &p, &len, NULL, &o, &again, err, sizeof(err)));
+  ASSERT(again == t); /* idempotent: the same task */
+  ath_task_release(again);
+  ath_task_release(t);
+  int drained, requeued;
+  ASSERT_OK(ath_world_shutdown(w, 5000, &drained, &requeued));
+  ASSERT_EQ(ATH_ESHUTDOWN, exec1(w, "echo", "1", &t));
+  ath_world_free(w);
+
+  /* a registered name the workers' module does not define */
+  w = new_world(1, NULL);
+  ASSERT_OK(ath_world_register(w, "missing", NULL, 0));
+  ASSERT_EQ(ATH_ENOTFOUND, ath_world_start(w, err, sizeof(err)));
+  ASSERT(strstr(err, "missing") != NULL);
+  ath_world_free(w);
+
+  /* a module that does not load */
+  static const char* const bad[] = {"no_such_module_anywhere", NULL};
+  w = new_world(2, bad);
+  ASSERT_EQ(ATH_EINVAL, ath_world_start(w, err, sizeof(err)));
+  ASSERT(strstr(err, "no_such_module_anywhere") != NULL);
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
