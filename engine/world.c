@@ -881,6 +881,7 @@ void ath_world_free(ath_world_t* w) {
     free(w->workers[i]->slots);
     free(w->workers[i]->outcomes);
     free(w->workers[i]->handlers);
+    free(w->workers[i]->free_slots);
     free(w->workers[i]);
   }
   free(w->workers);
