@@ -292,16 +292,15 @@ void ath__worker_join(ath_worker_t* wk);
 
 /* world.c: used by workers. The caller holds no lock. */
 
-/* Claims up to `max` ready tasks of wk's queue and publishes the worker's
- * outcomes, in one critical section. Returns how many tasks were claimed
- * into `out`. Sets *stop when the worker should stop. */
+/* Claims up to `max` ready tasks of wk's queue, publishes the worker's
+ * outcomes and takes its inbox (waiters whose task ended), in one critical
+ * section. Returns how many tasks were claimed into `out`. Sets *stop when
+ * the worker should stop. */
 int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
-                        int max, int* stop);
+                        int max, int* stop, ath_waiter_t** inbox);
 /* Registers `slot` as waiting for `t` to end. Returns 1 if registered, 0 if
  * `t` is already terminal (nothing registered). */
 int ath__world_await(ath_world_t* w, ath_task_t* t, ath_slot_t* slot);
-/* Takes the worker's inbox (delivered waiters). */
-ath_waiter_t* ath__world_take_inbox(ath_world_t* w, ath_worker_t* wk);
 /* Removes `slot`'s waiter from `t` if still there (an interrupted wait). */
 void ath__world_unawait(ath_world_t* w, ath_task_t* t, ath_slot_t* slot);
 

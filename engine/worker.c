@@ -353,9 +353,9 @@ static void pump(ath_worker_t* wk) {
   for (;;) {
     int max = wk->nfree < 256 ? wk->nfree : 256;
     int had = wk->noutcomes;
-    int n = ath__world_exchange(wk->w, wk, claimed, max, &stop);
+    ath_waiter_t* in;
+    int n = ath__world_exchange(wk->w, wk, claimed, max, &stop, &in);
     int delivered = 0;
-    ath_waiter_t* in = wk->inbox ? ath__world_take_inbox(wk->w, wk) : NULL;
     while (in != NULL) {
       ath_waiter_t* next = in->next;
       ath_slot_t* s = in->slot;

@@ -615,7 +615,7 @@ static int deliver_waiters(ath_task_t* t, ath_worker_t** wake, int nwake) {
 }
 
 int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
-                        int max, int* stop) {
+                        int max, int* stop, ath_waiter_t** inbox) {
   ath_worker_t* wake[MAX_WORKERS];
   int nwake = 0, ended = 0, n = 0;
   int64_t now = ath__now_ms();
@@ -675,6 +675,8 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
   }
   wk->wants_work = !wk->stop && wk->running < wk->concurrency;
   *stop = wk->stop && wk->running == 0;
+  *inbox = wk->inbox;
+  wk->inbox = NULL;
   if (ended && w->cond_waiters > 0)
     uv_cond_broadcast(&w->cond);
   uv_mutex_unlock(&w->lock);
@@ -698,14 +700,6 @@ int ath__world_await(ath_world_t* w, ath_task_t* t, ath_slot_t* slot) {
   t->waiters = wt;
   uv_mutex_unlock(&w->lock);
   return 1;
-}
-
-ath_waiter_t* ath__world_take_inbox(ath_world_t* w, ath_worker_t* wk) {
-  uv_mutex_lock(&w->lock);
-  ath_waiter_t* in = wk->inbox;
-  wk->inbox = NULL;
-  uv_mutex_unlock(&w->lock);
-  return in;
 }
 
 /* --------------------------------------------------------------- waiting */
