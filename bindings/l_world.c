@@ -513,7 +513,28 @@ static int world_workers(lua_State* L) {
     lua_pushstring(L, o->task_queue);
     lua_setfield(L, -2, "taskQueue");
     set_int(L, "concurrency", o->concurrency);
-    set_int(L, "runningCount", o->running);
+    /* running = {{id, name, startedAt}...} */
+    ath_task_t** ts = lua_newuserdatauv(L, (o->running ? o->running : 1) * sizeof(*ts), 0);
+    int nt = ath_world_worker_tasks(w, o->id, ts, o->running);
+    lua_createtable(L, nt, 0);
+    for (int j = 0; j < nt; j++) {
+      ath_task_info_t ti;
+      int ok = ath_task_snapshot(w, ts[j], &ti) == 0;
+      lua_createtable(L, 0, 3);
+      lua_pushstring(L, ath_task_id(ts[j]));
+      lua_setfield(L, -2, "id");
+      lua_pushstring(L, ath_task_name(ts[j]));
+      lua_setfield(L, -2, "name");
+      if (ok) {
+        set_int(L, "startedAt", ti.started_at);
+        ath_task_snapshot_free(&ti);
+      }
+      lua_rawseti(L, -2, j + 1);
+    }
+    for (int j = 0; j < nt; j++) /* lua_* above raise only on OOM */
+      ath_task_release(ts[j]);
+    lua_remove(L, -2); /* the box */
+    lua_setfield(L, -2, "running");
     set_int(L, "lastHeartbeat", o->last_heartbeat);
     set_int(L, "tasksCompleted", o->tasks_completed);
     set_int(L, "tasksFailed", o->tasks_failed);

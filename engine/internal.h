@@ -79,6 +79,7 @@ struct ath_task_s {
   ath_task_t* qprev;     /* ready list of its priority bucket */
   ath_task_t* qnext;
   uint32_t heap_idx;     /* index in the delay heap, UINT32_MAX if absent */
+  int run_pos;           /* index in its worker's running list */
   ath_task_t* hnext;     /* hash chain */
   ath_waiter_t* waiters; /* worker slots parked in handle:result() */
   char* input;           /* JSON, owned */
@@ -189,6 +190,7 @@ struct ath_worker_s {
   int noutcomes;
   /* Guarded by the world lock: */
   int running;           /* slots in use */
+  ath_task_t** running_tasks; /* the `running` tasks, for getWorkers() */
   int wants_work;        /* asleep with a free slot: enqueuers wake it */
   int stop;              /* asked to stop once its slots are empty */
   int state;             /* ATH_WK_* */

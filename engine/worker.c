@@ -565,10 +565,16 @@ int ath__worker_spawn(ath_world_t* w, ath_queue_t* q, ath_worker_t** out) {
   wk->w = w;
   wk->queue = q;
   wk->concurrency = q->concurrency;
+  wk->running_tasks = calloc(wk->concurrency, sizeof(ath_task_t*));
+  if (wk->running_tasks == NULL) {
+    free(wk);
+    return UV_ENOMEM;
+  }
   wk->id = w->next_worker_id++;
   atomic_init(&wk->last_heartbeat, ath__now_ms());
   int rc = uv_loop_init(&wk->loop);
   if (rc != 0) {
+    free(wk->running_tasks);
     free(wk);
     return rc;
   }
@@ -579,6 +585,7 @@ int ath__worker_spawn(ath_world_t* w, ath_queue_t* q, ath_worker_t** out) {
     uv_close((uv_handle_t*)&wk->async, NULL);
     uv_run(&wk->loop, UV_RUN_DEFAULT);
     uv_loop_close(&wk->loop);
+    free(wk->running_tasks);
     free(wk);
     return rc;
   }

@@ -627,7 +627,9 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
     ath_outcome_t* o = &wk->outcomes[i];
     ath_task_t* t = o->task;
     q->running--;
-    wk->running--;
+    ath_task_t* last = wk->running_tasks[--wk->running];
+    wk->running_tasks[t->run_pos] = last;
+    last->run_pos = t->run_pos;
     w->n_running--;
     ended++;
     lat_add(&w->lat_run, (double)(mono - t->start_mono) / 1e6, now);
@@ -666,6 +668,8 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
       t->started_at = now;
       t->start_mono = mono;
       t->worker_id = wk->id;
+      t->run_pos = wk->running + n;
+      wk->running_tasks[t->run_pos] = t;
       lat_add(&w->lat_wait, mono > t->ready_mono ? (double)(mono - t->ready_mono) / 1e6 : 0, now);
       out[n++] = t;
     }
@@ -876,6 +880,7 @@ void ath_world_free(ath_world_t* w) {
     free(w->workers[i]->outcomes);
     free(w->workers[i]->handlers);
     free(w->workers[i]->free_slots);
+    free(w->workers[i]->running_tasks);
     free(w->workers[i]);
   }
   free(w->workers);
@@ -1039,4 +1044,20 @@ void ath__world_unawait(ath_world_t* w, ath_task_t* t, ath_slot_t* slot) {
     }
   }
   uv_mutex_unlock(&w->lock);
+}
+
+int ath_world_worker_tasks(ath_world_t* w, int worker_id, ath_task_t** out, int cap) {
+  int n = 0;
+  uv_mutex_lock(&w->lock);
+  for (int i = 0; i < w->nworkers; i++) {
+    ath_worker_t* wk = w->workers[i];
+    if (wk->id != worker_id)
+      continue;
+    for (int k = 0; k < wk->running && n < cap; k++) {
+      ath_task_retain(wk->running_tasks[k]);
+      out[n++] = wk->running_tasks[k];
+    }
+  }
+  uv_mutex_unlock(&w->lock);
+  return n;
 }

@@ -258,6 +258,11 @@ typedef struct {
 /* Copies up to `cap` workers' info into `out`; returns how many there are. */
 ATH_EXTERN int ath_world_workers(ath_world_t* w, ath_worker_info_t* out, int cap);
 
+/* Stores up to `cap` references to the tasks worker `worker_id` is running
+ * (release each with ath_task_release); returns how many were stored. */
+ATH_EXTERN int ath_world_worker_tasks(ath_world_t* w, int worker_id,
+                                      ath_task_t** out, int cap);
+
 #ifdef __cplusplus
 }
 #endif
