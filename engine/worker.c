@@ -70,6 +70,10 @@ static void task_hook(lua_State* co, lua_Debug* ar) {
     return;
   int code = interrupt_code(wk, s);
   if (code != 0) {
+    /* From now on every instruction raises it: a pcall that catches it gets
+     * one instruction in its caller, so the error climbs one protected call
+     * per instruction until the coroutine is dead. */
+    lua_sethook(co, task_hook, LUA_MASKCOUNT, 1);
     push_interrupt(co, code);
     lua_error(co);
   }
@@ -290,6 +294,7 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
 #endif
   }
   atomic_store_explicit(&s->interrupt, 0, memory_order_relaxed);
+  lua_sethook(co, task_hook, LUA_MASKCOUNT, HOOK_COUNT); /* undo an interrupt's */
   s->task = NULL;
   s->wait = ATH_WAIT_NONE;
   s->awaiting = NULL;
