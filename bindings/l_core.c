@@ -189,16 +189,41 @@ static const luaL_Reg core_funcs[] = {
   {NULL, NULL},
 };
 
+/* ctx:isCancelled() -> true from the moment a cancel is accepted. */
 static int ctx_iscancelled(lua_State* L) {
   luaL_checktype(L, 1, LUA_TTABLE);
-  ath_worker_t* wk = ath__worker_of(L);
-  int c = wk && wk->current && atomic_load(&wk->current->interrupt) == ATH_ECANCELED;
-  lua_pushboolean(L, c);
+  lua_pushboolean(L, ath__task_cancelled(L));
   return 1;
+}
+
+/* ctx:heartbeat([details]): records now and details; raises ECANCELED once
+ * a cancel was accepted, EINVAL for details that are not a payload. */
+static int ctx_heartbeat(lua_State* L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 2);
+  ath_buf_t b = {0};
+  char err[256];
+  const char* json = NULL;
+  size_t len = 0;
+  if (!lua_isnil(L, 2)) {
+    int rc = ath__json_encode(L, 2, "details", &b, err, sizeof(err));
+    if (rc != 0) {
+      ath__buf_free(&b);
+      return ath__raise(L, rc, "%s", err);
+    }
+    /* keep the bytes in a Lua string so a raise below frees them */
+    lua_pushlstring(L, b.data, b.len);
+    ath__buf_free(&b);
+    json = lua_tolstring(L, -1, &len);
+  }
+  if (ath__task_heartbeat(L, json, len) < 0)
+    return ath__raise(L, ATH_EINVAL, "ctx:heartbeat called outside its task");
+  return 0;
 }
 
 static const luaL_Reg ctx_methods[] = {
   {"isCancelled", ctx_iscancelled},
+  {"heartbeat", ctx_heartbeat},
   {NULL, NULL},
 };
 

@@ -58,6 +58,29 @@ static int opt_int(lua_State* L, int t, const char* k, int def) {
   return v;
 }
 
+static const char* const strategy_names[] = {"default", "retry", "cascade", "compensate",
+                                             "ignore", "quarantine", NULL};
+
+/* [-0, +0, v] Reads the strategy name at idx (nil: default). */
+static ath_strategy_t check_strategy(lua_State* L, int idx) {
+  if (lua_isnoneornil(L, idx))
+    return ATH_STRATEGY_DEFAULT;
+  const char* s = lua_tostring(L, idx);
+  for (int i = 1; s && strategy_names[i]; i++)
+    if (strcmp(s, strategy_names[i]) == 0)
+      return (ath_strategy_t)i;
+  ath__raise(L, ATH_EINVAL, "invalid failureStrategy: %s", luaL_tolstring(L, idx, NULL));
+  return ATH_STRATEGY_DEFAULT;
+}
+
+static int64_t opt_ms(lua_State* L, int t, const char* k, int64_t def) {
+  int64_t v = def;
+  if (lua_getfield(L, t, k) != LUA_TNIL)
+    v = ath__checkduration(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
 /* [-0, +0, m] Collects a string array field into a NULL-terminated vector
  * kept alive in a userdata box on the stack (so nothing leaks on raise). */
 static const char** opt_strv(lua_State* L, int t, const char* k, int zero_based) {
@@ -111,6 +134,13 @@ int lath_world_new(lua_State* L) {
   cfg.persistence_path = luaL_optstring(L, -1, ".athena");
   lua_getfield(L, 1, "entryScript");
   cfg.entry_script = luaL_optstring(L, -1, NULL);
+  cfg.cancel_grace_ms = opt_ms(L, 1, "cancelGrace", cfg.cancel_grace_ms);
+  lua_getfield(L, 1, "failureStrategy");
+  cfg.failure_strategy = check_strategy(L, lua_gettop(L));
+  if (cfg.failure_strategy == ATH_STRATEGY_DEFAULT)
+    cfg.failure_strategy = ATH_STRATEGY_RETRY;
+  if (lua_getfield(L, 1, "memoryLimit") == LUA_TNUMBER)
+    cfg.memory_limit = (size_t)lua_tointeger(L, -1);
   cfg.modules = opt_strv(L, 1, "modules", 0);
   cfg.script_args = opt_strv(L, 1, "scriptArgs", 1);
   lworld_t* lw = lua_newuserdatauv(L, sizeof(*lw), 0);
@@ -137,15 +167,51 @@ int lath_world_new(lua_State* L) {
   return 1;
 }
 
-/* world:_register(name, taskQueue, priority) */
+/* world:_register(name, options): options as init.lua validated them. */
 static int world_register(lua_State* L) {
   lworld_t* lw = check_lworld(L, 1);
   const char* name = luaL_checkstring(L, 2);
-  const char* q = luaL_optstring(L, 3, "default");
-  int prio = (int)luaL_optinteger(L, 4, 0);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  lua_settop(L, 3);
   if (lw->proxy)
     return 0; /* a worker binds what the control world registered */
-  int rc = ath_world_register(lw->w, name, q, prio);
+  ath_activity_t a;
+  ath_activity_init(&a, name);
+  lua_getfield(L, 3, "taskQueue");
+  a.task_queue = luaL_optstring(L, -1, "default");
+  a.priority = opt_int(L, 3, "priority", 0);
+  a.timeout_ms = opt_ms(L, 3, "timeout", a.timeout_ms);
+  a.schedule_to_close_ms = opt_ms(L, 3, "scheduleToClose", 0);
+  a.heartbeat_timeout_ms = opt_ms(L, 3, "heartbeatTimeout", 0);
+  lua_getfield(L, 3, "failureStrategy");
+  a.failure_strategy = check_strategy(L, -1);
+  const char** nr = NULL;
+  if (lua_getfield(L, 3, "retry") == LUA_TTABLE) {
+    int r = lua_gettop(L);
+    a.has_retry = 1;
+    a.max_attempts = opt_int(L, r, "maxAttempts", 0);
+    lua_getfield(L, r, "backoff");
+    const char* b = luaL_optstring(L, -1, "exponential");
+    a.backoff = strcmp(b, "linear") == 0     ? ATH_BACKOFF_LINEAR
+                : strcmp(b, "constant") == 0 ? ATH_BACKOFF_CONSTANT
+                                             : ATH_BACKOFF_EXPONENTIAL;
+    a.initial_interval_ms = opt_ms(L, r, "initialInterval", a.initial_interval_ms);
+    a.max_interval_ms = opt_ms(L, r, "maxInterval", a.max_interval_ms);
+    if (lua_getfield(L, r, "multiplier") == LUA_TNUMBER)
+      a.multiplier = lua_tonumber(L, -1);
+    if (lua_getfield(L, r, "nonRetryable") == LUA_TTABLE) {
+      size_t n = lua_rawlen(L, -1);
+      nr = lua_newuserdatauv(L, (n + 1) * sizeof(char*), 0); /* strings anchored by the table */
+      for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, -2, (lua_Integer)i + 1);
+        nr[i] = lua_tostring(L, -1);
+        lua_pop(L, 1);
+      }
+      nr[n] = NULL;
+      a.non_retryable = nr;
+    }
+  }
+  int rc = ath_world_register(lw->w, &a);
   if (rc != 0)
     return ath__raise(L, rc, "cannot register %s", name);
   return 0;
@@ -222,11 +288,7 @@ static void check_opts(lua_State* L, int idx, exec_opts_t* eo, int many) {
         ath__raise(L, ATH_EINVAL, "invalid taskQueue (must be a string)");
       eo->o.task_queue = lua_tostring(L, -1);
     } else if (strcmp(k, "failureStrategy") == 0) {
-      const char* s = lua_tostring(L, -1);
-      if (lua_type(L, -1) != LUA_TSTRING ||
-          (strcmp(s, "retry") && strcmp(s, "cascade") && strcmp(s, "compensate") &&
-           strcmp(s, "ignore") && strcmp(s, "quarantine")))
-        ath__raise(L, ATH_EINVAL, "invalid failureStrategy: %s", luaL_tolstring(L, -1, NULL));
+      eo->o.failure_strategy = check_strategy(L, lua_gettop(L));
     } else {
       ath__raise(L, ATH_EINVAL, "unknown option %s", k);
     }
@@ -393,7 +455,16 @@ static int push_state(lua_State* L, ath_world_t* w, ath_task_t* t) {
     lua_setfield(L, -2, "error");
   }
   set_int(L, "attempt", info.attempt);
-  set_int(L, "maxAttempts", 1);
+  set_int(L, "maxAttempts", info.max_attempts);
+  lua_pushstring(L, strategy_names[info.failure_strategy]);
+  lua_setfield(L, -2, "failureStrategy");
+  if (info.status == ATH_RETRYING || info.status == ATH_SCHEDULED)
+    set_ms(L, "readyAt", info.ready_at);
+  set_ms(L, "lastHeartbeat", info.last_heartbeat);
+  if (info.heartbeat != NULL) {
+    push_json(L, info.heartbeat, info.heartbeat_len);
+    lua_setfield(L, -2, "heartbeatDetails");
+  }
   set_ms(L, "createdAt", info.created_at);
   set_ms(L, "scheduledAt", info.scheduled_at);
   set_ms(L, "startedAt", info.started_at);
@@ -568,6 +639,150 @@ static int world_shutdown(lua_State* L) {
   return 1;
 }
 
+/* [-0, +1, -] Looks up the task `id` names; returns NULL (and pushes
+ * nothing) if none. The reference is held by a handle pushed on the stack. */
+static ath_task_t* find_task(lua_State* L, int world_idx, const char* id) {
+  ath_task_t* t;
+  if (ath_world_find(check_world(L, world_idx), id, &t) != 0)
+    return NULL;
+  push_handle(L, world_idx, t);
+  return t;
+}
+
+/* world:cancel(id) -> true | false (terminal) | nil, err (ENOTFOUND) */
+static int world_cancel(lua_State* L) {
+  ath_world_t* w = check_world(L, 1);
+  const char* id = luaL_checkstring(L, 2);
+  ath_task_t* t = find_task(L, 1, id);
+  if (t == NULL)
+    return ath__pushfail(L, ATH_ENOTFOUND, lua_pushfstring(L, "no task %s", id));
+  lua_pushboolean(L, ath_world_cancel(w, t));
+  return 1;
+}
+
+/* world:requeue(id) / world:purge(id) -> true | nil, err */
+static int dead_letter(lua_State* L, int (*op)(ath_world_t*, ath_task_t*)) {
+  ath_world_t* w = check_world(L, 1);
+  const char* id = luaL_checkstring(L, 2);
+  ath_task_t* t = find_task(L, 1, id);
+  if (t == NULL)
+    return ath__pushfail(L, ATH_ENOTFOUND, lua_pushfstring(L, "no task %s", id));
+  int rc = op(w, t);
+  if (rc == ATH_EINVAL)
+    return ath__pushfail(L, rc, lua_pushfstring(L, "task %s is not quarantined", id));
+  if (rc != 0)
+    return ath__pushfail(L, rc, NULL);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int world_requeue(lua_State* L) {
+  return dead_letter(L, ath_world_requeue);
+}
+
+static int world_purge(lua_State* L) {
+  return dead_letter(L, ath_world_purge);
+}
+
+static int64_t opt_time(lua_State* L, int t, const char* k) {
+  int64_t v = 0;
+  if (lua_getfield(L, t, k) != LUA_TNIL) {
+    if (!lua_isinteger(L, -1))
+      ath__raise(L, ATH_EINVAL, "invalid %s: %s (epoch milliseconds)", k, luaL_tolstring(L, -1, NULL));
+    v = lua_tointeger(L, -1);
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+/* Reads a status name into its mask bit, raising on an unknown one. */
+static unsigned status_bit(lua_State* L, int idx) {
+  const char* s = lua_tostring(L, idx);
+  for (int st = ATH_PENDING; s && st <= ATH_COMPENSATED; st++)
+    if (strcmp(s, ath_status_name((ath_status_t)st)) == 0)
+      return 1u << st;
+  ath__raise(L, ATH_EINVAL, "invalid status: %s", luaL_tolstring(L, idx, NULL));
+  return 0;
+}
+
+/* world:queryTasks([filter]) -> {state...}, newest first (§10.2) */
+static int query_tasks(lua_State* L, unsigned force_mask) {
+  ath_world_t* w = check_world(L, 1);
+  ath_task_filter_t f;
+  int no_parent_match = 0;
+  memset(&f, 0, sizeof(f));
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    static const char* const keys[] = {"status", "name", "parentId", "since", "until", "limit", "offset", NULL};
+    lua_pushnil(L);
+    while (lua_next(L, 2) != 0) {
+      int known = 0;
+      for (int i = 0; keys[i] && lua_type(L, -2) == LUA_TSTRING; i++)
+        known |= strcmp(lua_tostring(L, -2), keys[i]) == 0;
+      if (!known)
+        ath__raise(L, ATH_EINVAL, "unknown option %s", luaL_tolstring(L, -2, NULL));
+      lua_pop(L, 1);
+    }
+    int st = lua_getfield(L, 2, "status");
+    if (st == LUA_TSTRING) {
+      f.status_mask = status_bit(L, -1);
+    } else if (st == LUA_TTABLE) {
+      for (lua_Integer i = 1; lua_rawgeti(L, -1, i) != LUA_TNIL; i++) {
+        f.status_mask |= status_bit(L, -1);
+        lua_pop(L, 1);
+      }
+      lua_pop(L, 1);
+    } else if (st != LUA_TNIL) {
+      ath__raise(L, ATH_EINVAL, "invalid status (a state name or a list of them)");
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 2, "name") != LUA_TNIL)
+      f.name = luaL_checkstring(L, -1); /* anchored by the filter table */
+    lua_pop(L, 1);
+    /* Only workflows (issue 9) give tasks a parent: no task matches one. */
+    no_parent_match = lua_getfield(L, 2, "parentId") != LUA_TNIL;
+    lua_pop(L, 1);
+    f.since = opt_time(L, 2, "since");
+    f.until = opt_time(L, 2, "until");
+    f.limit = opt_int(L, 2, "limit", 100);
+    f.offset = opt_int(L, 2, "offset", 0);
+    if (f.limit < 1 || f.limit > 1000 || f.offset < 0)
+      ath__raise(L, ATH_EINVAL, "invalid limit/offset (1 <= limit <= 1000, offset >= 0)");
+  }
+  if (force_mask)
+    f.status_mask = force_mask;
+  if (no_parent_match) {
+    lua_newtable(L);
+    return 1;
+  }
+  int cap = f.limit > 0 ? f.limit : 100;
+  ath_task_t** ts = lua_newuserdatauv(L, cap * sizeof(*ts), 0);
+  int n = ath_world_query_tasks(w, &f, ts);
+  if (n < 0)
+    return luaL_error(L, "not enough memory");
+  /* hold every reference in a handle first, so a raise leaks nothing */
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    push_handle(L, 1, ts[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    push_state(L, w, ts[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
+static int world_query_tasks(lua_State* L) {
+  return query_tasks(L, 0);
+}
+
+/* world:getQuarantined([filter]): queryTasks limited to quarantined. */
+static int world_get_quarantined(lua_State* L) {
+  return query_tasks(L, 1u << ATH_QUARANTINED);
+}
+
 /* ---------------------------------------------------------------- handles */
 
 static lhandle_t* check_handle(lua_State* L, int idx) {
@@ -596,6 +811,13 @@ static int handle_gc(lua_State* L) {
 static int handle_status(lua_State* L) {
   lhandle_t* h = check_handle(L, 1);
   lua_pushstring(L, ath_status_name(ath_task_status(handle_world(L, 1), h->t)));
+  return 1;
+}
+
+/* h:cancel() -> true if accepted, false if the task already ended */
+static int handle_cancel(lua_State* L) {
+  lhandle_t* h = check_handle(L, 1);
+  lua_pushboolean(L, ath_world_cancel(handle_world(L, 1), h->t));
   return 1;
 }
 
@@ -689,6 +911,11 @@ int lath_open_world(lua_State* L) {
     {"getMetrics", world_metrics},
     {"getWorkers", world_workers},
     {"shutdown", world_shutdown},
+    {"cancel", world_cancel},
+    {"requeue", world_requeue},
+    {"purge", world_purge},
+    {"queryTasks", world_query_tasks},
+    {"getQuarantined", world_get_quarantined},
     {NULL, NULL},
   };
   static const luaL_Reg handle_meta[] = {
@@ -700,6 +927,7 @@ int lath_open_world(lua_State* L) {
     {"result", handle_result},
     {"status", handle_status},
     {"query", handle_query},
+    {"cancel", handle_cancel},
     {NULL, NULL},
   };
   ath__newclass(L, "athena.World", world_meta, world_methods);

@@ -46,6 +46,10 @@ static uint64_t rng_next(void) {
   return result;
 }
 
+double ath__random01(void) {
+  return (double)(rng_next() >> 11) * (1.0 / 9007199254740992.0);
+}
+
 void ath__uuid4(char out[37]) {
   static const char hex[] = "0123456789abcdef";
   uint64_t a = rng_next(), b = rng_next();

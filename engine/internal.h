@@ -51,11 +51,13 @@ typedef struct ath_worker_s ath_worker_t;
 typedef struct ath_slot_s ath_slot_t;
 typedef struct ath_waiter_s ath_waiter_t;
 
-/* A registered activity. Immutable after start(). */
+/* A registered activity: the ath_activity_t it was registered with, its
+ * strings owned. Immutable after start(). */
 typedef struct {
   char* name;
   ath_queue_t* queue;
-  int priority;
+  ath_activity_t a;      /* a.name and a.task_queue are not used */
+  char** non_retryable;  /* owned copy of a.non_retryable */
 } ath_def_t;
 
 /* A task lives from execute() until the world is freed (or, later, pruned).
@@ -69,6 +71,13 @@ struct ath_task_s {
   int priority;
   int worker_id;
   int err_code;          /* ATH_E* of the last failure, 0 if none */
+  int max_attempts;      /* effective (§7.2) */
+  ath_strategy_t strategy; /* effective (§8) */
+  ath_worker_t* wk;      /* the worker running it, while running */
+  atomic_ullong cancel_ns; /* monotonic ns the cancel was accepted, 0 if none */
+  int64_t last_hb;       /* wall ms of the latest heartbeat */
+  char* hb;              /* its details (JSON), owned, or NULL */
+  size_t hb_len;
   ath_def_t* def;
   ath_queue_t* queue;
   uint64_t seq;          /* creation order: the last tie-breaker */
@@ -132,6 +141,8 @@ int64_t ath__now_ms(void);
 uint64_t ath__mono_ns(void);
 /* Writes a random UUID v4 (36 chars + NUL) into out. Thread: any. */
 void ath__uuid4(char out[37]);
+/* A uniform double in [0, 1) from the thread's generator. */
+double ath__random01(void);
 /* FNV-1a over a NUL-terminated string. */
 uint64_t ath__hash_str(const char* s);
 
@@ -149,6 +160,9 @@ struct ath_slot_s {
   int co_ref;
   int wait;              /* ATH_WAIT_* */
   uv_timer_t timer;      /* athena.sleep */
+  uv_timer_t dtimer;     /* the attempt's deadlines, while the task waits */
+  uint64_t deadline[3];  /* monotonic ns: timeout, heartbeat, scheduleToClose (0: none) */
+  uint64_t next_deadline;/* the earliest of them, UINT64_MAX if none */
   atomic_int interrupt;  /* ATH_E* to raise in the task, 0 for none */
 };
 
@@ -164,12 +178,16 @@ enum { ATH_WK_STARTING = 0, ATH_WK_RUNNING, ATH_WK_STOPPING, ATH_WK_STOPPED };
 /* A completed attempt waiting to be published under the world lock. */
 typedef struct {
   ath_task_t* task;
-  ath_status_t status;   /* completed, failed, or pending (requeue) */
+  ath_status_t status;   /* completed, failed, cancelled, or pending (T14) */
   int err_code;
+  int final;             /* failed: never retry (not retryable, nonRetryable) */
+  int64_t retry_after;   /* failed: exact delay from RetryableError, or -1 */
 } ath_outcome_t;
 
 struct ath_worker_s {
   ath_world_t* w;
+  size_t mem_used;       /* bytes in L's heap */
+  size_t mem_limit;      /* refused past this while a task runs */
   ath_slot_t* current;   /* the slot being resumed, for the hook */
   int defining;          /* loading code: world:start() ends it */
   int* free_slots;       /* stack of free slot indexes */
@@ -177,6 +195,7 @@ struct ath_worker_s {
   int normalize_ref;     /* athena.errors.normalize */
   ath_buf_t buf;         /* scratch for encoding results */
   int joined;            /* thread joined (by the world's thread) */
+  atomic_int poke;       /* set with a wake: check the slots for cancels */
   int id;                /* n of "worker-<n>" */
   ath_queue_t* queue;
   int concurrency;
@@ -279,6 +298,13 @@ int ath__task_sleep(lua_State* L, int64_t ms);
  * when `t` is already terminal (no yield); otherwise does not return. */
 int ath__task_wait(lua_State* L, ath_task_t* t, lua_KFunction k, lua_KContext kctx);
 
+/* ctx:heartbeat: records `json` (copied) as the running task's latest
+ * heartbeat and resets its heartbeat deadline. Raises ECANCELED once a
+ * cancel was accepted. Returns -1 outside a task. */
+int ath__task_heartbeat(lua_State* L, const char* json, size_t len);
+/* Whether L runs inside a task whose cancel was accepted. */
+int ath__task_cancelled(lua_State* L);
+
 /* bindings: prepares a new worker state (standard libraries, athena.core and
  * the embedded Lua modules in package.preload). [-0, +0, m] */
 void ath__openstate(lua_State* L);
@@ -303,6 +329,8 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
 /* Registers `slot` as waiting for `t` to end. Returns 1 if registered, 0 if
  * `t` is already terminal (nothing registered). */
 int ath__world_await(ath_world_t* w, ath_task_t* t, ath_slot_t* slot);
+/* Stores a copy of `json` as t's latest heartbeat details, time now. */
+void ath__world_heartbeat(ath_world_t* w, ath_task_t* t, const char* json, size_t len);
 /* Removes `slot`'s waiter from `t` if still there (an interrupted wait). */
 void ath__world_unawait(ath_world_t* w, ath_task_t* t, ath_slot_t* slot);
 

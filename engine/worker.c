@@ -43,32 +43,64 @@ int ath__worker_end_definitions(lua_State* L) {
 
 /* [-0, +1, m] Pushes the error value an interrupt raises. */
 static void push_interrupt(lua_State* L, int code) {
+  const char* msg = code == ATH_ESHUTDOWN     ? "interrupted by shutdown"
+                    : code == ATH_ETIMEDOUT   ? "attempt timed out"
+                    : code == ATH_EHEARTBEAT  ? "no heartbeat within heartbeatTimeout"
+                    : code == ATH_ECANCELED   ? "task cancelled"
+                                              : ath_strerror(code);
   lua_createtable(L, 0, 3);
   lua_pushstring(L, ath_err_name(code));
   lua_setfield(L, -2, "code");
-  lua_pushstring(L, code == ATH_ESHUTDOWN ? "interrupted by shutdown" : ath_strerror(code));
+  lua_pushstring(L, msg);
   lua_setfield(L, -2, "message");
-  lua_pushboolean(L, 0);
+  lua_pushboolean(L, code == ATH_ETIMEDOUT || code == ATH_EHEARTBEAT);
   lua_setfield(L, -2, "retryable");
+  luaL_setmetatable(L, "athena.Error");
 }
 
+/* The interrupt a task sees at a yield point: a deadline that passed, a
+ * shutdown, or an accepted cancel. */
 static int interrupt_code(ath_worker_t* wk, ath_slot_t* s) {
   int code = atomic_load_explicit(&s->interrupt, memory_order_relaxed);
   if (code == 0)
     code = atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed);
+  if (code == 0 && s->task && atomic_load_explicit(&s->task->cancel_ns, memory_order_relaxed))
+    code = ATH_ECANCELED;
   return code;
 }
 
+/* Which deadline of the slot has passed at `now`, as an interrupt code. */
+static int expired(ath_slot_t* s, uint64_t now) {
+  if (now < s->next_deadline)
+    return 0;
+  if (s->deadline[1] && now >= s->deadline[1])
+    return ATH_EHEARTBEAT;
+  return ATH_ETIMEDOUT; /* the attempt's timeout or scheduleToClose */
+}
+
 /* The count hook of every task coroutine (and coroutines they create, which
- * inherit it): raises the task's interrupt, again and again if user code
- * catches it, until the coroutine is dead. */
+ * inherit it). Running Lua never lets the worker's loop turn, so the hook
+ * checks the deadlines itself, and the cancel grace; once an interrupt is
+ * due it raises it, again and again if user code catches it. */
 static void task_hook(lua_State* co, lua_Debug* ar) {
   (void)ar;
   ath_worker_t* wk = *(ath_worker_t**)lua_getextraspace(co);
   ath_slot_t* s = wk->current;
   if (s == NULL)
     return;
-  int code = interrupt_code(wk, s);
+  int code = atomic_load_explicit(&s->interrupt, memory_order_relaxed);
+  if (code == 0)
+    code = atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed);
+  if (code == 0) {
+    uint64_t now = uv_hrtime();
+    uint64_t c = atomic_load_explicit(&s->task->cancel_ns, memory_order_relaxed);
+    if (c != 0 && now >= c + (uint64_t)wk->w->cfg.cancel_grace_ms * 1000000u)
+      code = ATH_ECANCELED;
+    else
+      code = expired(s, now);
+    if (code != 0)
+      atomic_store_explicit(&s->interrupt, code, memory_order_relaxed);
+  }
   if (code != 0) {
     /* From now on every instruction raises it: a pcall that catches it gets
      * one instruction in its caller, so the error climbs one protected call
@@ -149,9 +181,10 @@ int ath__task_wait(lua_State* L, ath_task_t* t, lua_KFunction k, lua_KContext kc
 
 /* -------------------------------------------------------------- running */
 
-/* The body of every task coroutine: decodes the input in the coroutine, so
- * a memory error there fails the task like any other error, then calls the
- * handler with (ctx, input) and returns all it returns. */
+/* The body of every task coroutine. Everything a task allocates happens
+ * here, inside the coroutine, so a memory error (or the memory limit) fails
+ * the task instead of the worker: builds ctx, decodes the input and the
+ * last heartbeat, calls handler(ctx, input) and returns all it returns. */
 static int task_k(lua_State* co, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
@@ -159,29 +192,27 @@ static int task_k(lua_State* co, int status, lua_KContext ctx) {
 }
 
 static int task_main(lua_State* co) {
-  const char* json = lua_touserdata(co, 3);
-  size_t len = (size_t)lua_tointeger(co, 4);
-  lua_settop(co, 2);
-  if (ath__json_decode(co, json, len) != 0)
-    return lua_error(co); /* the message is on the stack */
-  lua_callk(co, 2, LUA_MULTRET, 0, task_k);
-  return task_k(co, LUA_OK, 0);
-}
-
-/* [-0, +1, m] Pushes ctx for `t`: {id, name, attempt} with the context
- * methods (athena.Context metatable, set up by the bindings). */
-static void push_ctx(lua_State* co, ath_task_t* t) {
-  lua_createtable(co, 0, 3);
+  ath_task_t* t = lua_touserdata(co, 2);
+  const char* hb = lua_touserdata(co, 3);
+  size_t hb_len = (size_t)lua_tointeger(co, 4);
+  lua_settop(co, 1); /* the handler */
+  lua_createtable(co, 0, 4);
   lua_pushstring(co, t->id);
   lua_setfield(co, -2, "id");
   lua_pushstring(co, t->def->name);
   lua_setfield(co, -2, "name");
   lua_pushinteger(co, t->attempt);
   lua_setfield(co, -2, "attempt");
-  if (luaL_getmetatable(co, "athena.Context") == LUA_TTABLE)
-    lua_setmetatable(co, -2);
-  else
-    lua_pop(co, 1);
+  if (hb != NULL) {
+    if (ath__json_decode(co, hb, hb_len) != 0)
+      return lua_error(co);
+    lua_setfield(co, -2, "lastHeartbeat");
+  }
+  luaL_setmetatable(co, "athena.Context");
+  if (ath__json_decode(co, t->input, t->input_len) != 0)
+    return lua_error(co); /* the message is on the stack */
+  lua_callk(co, 2, LUA_MULTRET, 0, task_k);
+  return task_k(co, LUA_OK, 0);
 }
 
 static void add_outcome(ath_worker_t* wk, ath_task_t* t, ath_status_t st, int code) {
@@ -189,13 +220,42 @@ static void add_outcome(ath_worker_t* wk, ath_task_t* t, ath_status_t st, int co
   o->task = t;
   o->status = st;
   o->err_code = code;
+  o->final = 0;
+  o->retry_after = -1;
 }
 
-/* [-1, +0, -] Pops the error value on top of L's stack and stores it,
- * normalised (SEMANTICS §1.2) by athena.errors.normalize, as t's error
- * JSON. Returns its code. */
-static int store_error(ath_worker_t* wk, ath_task_t* t, lua_State* L,
-                       const char* traceback) {
+/* Whether the normalised error on top of L says "never retry" (§7.3 step
+ * 2), and its exact retryAfter. */
+static int error_is_final(ath_worker_t* wk, ath_task_t* t, lua_State* L, int64_t* retry_after) {
+  int final = 0;
+  *retry_after = -1;
+  if (lua_getfield(L, -1, "retryable") == LUA_TBOOLEAN && !lua_toboolean(L, -1))
+    final = 1;
+  lua_pop(L, 1);
+  if (lua_getfield(L, -1, "retryAfter") == LUA_TNUMBER) {
+    lua_Number ra = lua_tonumber(L, -1);
+    if (ra >= 0 && ra < 9007199254740992.0)
+      *retry_after = (int64_t)ra;
+  }
+  lua_pop(L, 1);
+  const char* const* nr = t->def->a.non_retryable;
+  for (; nr && *nr && !final; nr++) {
+    for (int k = 0; k < 2 && !final; k++) {
+      lua_getfield(L, -1, k == 0 ? "code" : "name");
+      const char* v = lua_tostring(L, -1);
+      final = v != NULL && strcmp(v, *nr) == 0;
+      lua_pop(L, 1);
+    }
+  }
+  (void)wk;
+  return final;
+}
+
+/* [-1, +0, -] Pops the error value on top of L's stack, normalises it
+ * (SEMANTICS §1.2) with athena.errors.normalize and records the failed
+ * attempt's outcome with the error stored as t's error JSON. */
+static void fail_attempt(ath_worker_t* wk, ath_task_t* t, lua_State* L,
+                         const char* traceback) {
   int code = ATH_EHANDLER;
   int top = lua_gettop(L) - 1;
   lua_rawgeti(L, LUA_REGISTRYINDEX, wk->normalize_ref);
@@ -218,6 +278,8 @@ static int store_error(ath_worker_t* wk, ath_task_t* t, lua_State* L,
       code = c;
   }
   lua_pop(L, 1);
+  int64_t retry_after;
+  int final = error_is_final(wk, t, L, &retry_after);
   char err[256];
   wk->buf.len = 0;
   if (ath__json_encode(L, -1, "error", &wk->buf, err, sizeof(err)) != 0) {
@@ -234,7 +296,36 @@ static int store_error(ath_worker_t* wk, ath_task_t* t, lua_State* L,
   } else {
     t->error_len = 0;
   }
-  return code;
+  add_outcome(wk, t, ATH_FAILED, code);
+  wk->outcomes[wk->noutcomes - 1].final = final;
+  wk->outcomes[wk->noutcomes - 1].retry_after = retry_after;
+}
+
+/* [-0, +0, m] Fails the attempt with an engine error value. */
+static void fail_with(ath_worker_t* wk, ath_task_t* t, int code, const char* message) {
+  lua_State* L = wk->L;
+  push_interrupt(L, code);
+  if (message != NULL) {
+    lua_pushstring(L, message);
+    lua_setfield(L, -2, "message");
+  }
+  fail_attempt(wk, t, L, NULL);
+}
+
+static void stop_wait(ath_slot_t* s) {
+  if (s->wait == ATH_WAIT_SLEEP)
+    uv_timer_stop(&s->timer);
+  else if (s->wait == ATH_WAIT_RESULT)
+    ath__world_unawait(s->wk->w, s->awaiting, s);
+  s->wait = ATH_WAIT_NONE;
+}
+
+/* [-0, +0, m] Gives the slot a fresh coroutine with the task hook. */
+static void new_coroutine(ath_slot_t* s) {
+  lua_State* L = s->wk->L;
+  s->co = lua_newthread(L);
+  lua_sethook(s->co, task_hook, LUA_MASKCOUNT, HOOK_COUNT);
+  s->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 /* Ends the attempt running in `s` with the coroutine's status `st`. */
@@ -243,15 +334,23 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
   lua_State* co = s->co;
   lua_State* L = wk->L;
   ath_task_t* t = s->task;
-  int code = interrupt_code(wk, s);
-  if (code == ATH_ESHUTDOWN) {
+  int irq = atomic_load_explicit(&s->interrupt, memory_order_relaxed);
+  if (irq == 0)
+    irq = atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed);
+  uv_timer_stop(&s->dtimer);
+  if (atomic_load_explicit(&t->cancel_ns, memory_order_relaxed) != 0) {
+    /* a cancel was accepted: whatever the handler did, it is cancelled */
+    add_outcome(wk, t, ATH_CANCELLED, ATH_ECANCELED);
+  } else if (irq == ATH_ESHUTDOWN) {
     add_outcome(wk, t, ATH_PENDING, 0); /* back to the queue, not counted */
+  } else if (irq != 0) {
+    fail_with(wk, t, irq, NULL); /* a deadline: the interrupting code wins */
   } else if (st == LUA_OK) {
     int base = lua_gettop(co) - nres + 1;
     if (nres >= 2 && lua_isnil(co, base) && !lua_isnil(co, base + 1)) {
       lua_pushvalue(co, base + 1);
       lua_xmove(co, L, 1);
-      add_outcome(wk, t, ATH_FAILED, store_error(wk, t, L, NULL));
+      fail_attempt(wk, t, L, NULL);
     } else {
       char err[256];
       if (nres == 0)
@@ -269,32 +368,37 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
         add_outcome(wk, t, ATH_COMPLETED, 0);
       } else {
         /* A result that cannot cross threads fails the attempt, not retried. */
-        lua_createtable(L, 0, 3);
-        lua_pushliteral(L, "EINVAL");
-        lua_setfield(L, -2, "code");
-        lua_pushstring(L, rc == 0 ? "out of memory storing the result" : err);
-        lua_setfield(L, -2, "message");
-        lua_pushboolean(L, 0);
-        lua_setfield(L, -2, "retryable");
-        add_outcome(wk, t, ATH_FAILED, store_error(wk, t, L, NULL));
+        fail_with(wk, t, rc == 0 ? ATH_ENOMEM : ATH_EINVAL,
+                  rc == 0 ? "out of memory storing the result" : err);
+        wk->outcomes[wk->noutcomes - 1].final = 1;
       }
     }
-    lua_settop(co, 0); /* the coroutine is reusable for the next task */
+  } else if (st == LUA_ERRMEM) {
+    fail_with(wk, t, ATH_ENOMEM, "the task's worker state reached its memoryLimit");
+    wk->outcomes[wk->noutcomes - 1].final = 1;
   } else {
     const char* msg = lua_type(co, -1) == LUA_TSTRING ? lua_tostring(co, -1) : NULL;
     luaL_traceback(L, co, msg, 0);
     lua_xmove(co, L, 1); /* error value above the traceback */
     const char* tb = lua_tostring(L, -2);
-    add_outcome(wk, t, ATH_FAILED, store_error(wk, t, L, tb));
+    fail_attempt(wk, t, L, tb);
     lua_pop(L, 1); /* the traceback */
+  }
+  if (st == LUA_OK) {
+    lua_settop(co, 0); /* the coroutine is reusable for the next task */
+    lua_sethook(co, task_hook, LUA_MASKCOUNT, HOOK_COUNT); /* undo an interrupt's */
+  } else {
+    /* A coroutine that died of an error is replaced, not reset: when the
+     * error came from the hook, Lua leaves the thread's hooks disabled. */
 #if LUA_VERSION_RELEASE_NUM >= 50406
     lua_closethread(co, L);
 #else
-    lua_resetthread(co);
+    lua_resetthread(co); /* runs pending __close handlers */
 #endif
+    luaL_unref(L, LUA_REGISTRYINDEX, s->co_ref);
+    new_coroutine(s);
   }
   atomic_store_explicit(&s->interrupt, 0, memory_order_relaxed);
-  lua_sethook(co, task_hook, LUA_MASKCOUNT, HOOK_COUNT); /* undo an interrupt's */
   s->task = NULL;
   s->wait = ATH_WAIT_NONE;
   s->awaiting = NULL;
@@ -318,36 +422,110 @@ static void resume_slot(ath_slot_t* s, int nargs) {
   finish_slot(s, st, nres);
 }
 
+static void deadline_cb(uv_timer_t* h);
+
+/* Arms the slot's deadline timer for the earliest deadline. */
+static void arm_deadline(ath_slot_t* s) {
+  uint64_t next = UINT64_MAX;
+  for (int i = 0; i < 3; i++)
+    if (s->deadline[i] && s->deadline[i] < next)
+      next = s->deadline[i];
+  s->next_deadline = next;
+  if (next == UINT64_MAX) {
+    uv_timer_stop(&s->dtimer);
+    return;
+  }
+  uint64_t now = uv_hrtime();
+  uv_timer_start(&s->dtimer, deadline_cb, next > now ? (next - now + 999999) / 1000000 : 0, 0);
+}
+
+/* A deadline passed while the task waited at a yield point. */
+static void deadline_cb(uv_timer_t* h) {
+  ath_slot_t* s = h->data;
+  if (s->task == NULL)
+    return;
+  int code = expired(s, uv_hrtime());
+  if (code == 0) { /* a heartbeat moved it */
+    arm_deadline(s);
+    return;
+  }
+  atomic_store_explicit(&s->interrupt, code, memory_order_relaxed);
+  if (s->wait != ATH_WAIT_NONE) {
+    stop_wait(s);
+    resume_slot(s, 0);
+    pump(s->wk);
+  }
+}
+
 static void start_task(ath_worker_t* wk, ath_task_t* t) {
   ath_slot_t* s = &wk->slots[wk->free_slots[--wk->nfree]];
   lua_State* co = s->co;
+  const ath_activity_t* a = &t->def->a;
+  uint64_t now = uv_hrtime();
   s->task = t;
+  s->deadline[0] = now + (uint64_t)a->timeout_ms * 1000000u;
+  s->deadline[1] = a->heartbeat_timeout_ms ? now + (uint64_t)a->heartbeat_timeout_ms * 1000000u : 0;
+  s->deadline[2] = 0;
+  if (a->schedule_to_close_ms) {
+    int64_t left = t->scheduled_at + a->schedule_to_close_ms - ath__now_ms();
+    s->deadline[2] = now + (uint64_t)(left > 0 ? left : 0) * 1000000u;
+  }
+  arm_deadline(s);
+  /* The heartbeat details a previous attempt left: only the thread running
+   * the task writes them, so reading them here needs no lock. */
   lua_pushcfunction(co, task_main);
   lua_rawgeti(co, LUA_REGISTRYINDEX, wk->handlers[t->def - wk->w->defs]);
-  push_ctx(co, t);
-  lua_pushlightuserdata(co, t->input);
-  lua_pushinteger(co, (lua_Integer)t->input_len);
+  lua_pushlightuserdata(co, t);
+  lua_pushlightuserdata(co, t->hb);
+  lua_pushinteger(co, (lua_Integer)t->hb_len);
   resume_slot(s, 4);
 }
 
-/* Resumes slots that were waiting when an interrupt (shutdown) came. */
+/* Resumes slots waiting at a yield point that have an interrupt due:
+ * shutdown, or a cancel accepted by another thread. */
 static void interrupt_waits(ath_worker_t* wk) {
   for (int i = 0; i < wk->concurrency; i++) {
     ath_slot_t* s = &wk->slots[i];
     if (s->task == NULL || s->wait == ATH_WAIT_NONE || interrupt_code(wk, s) == 0)
       continue;
-    if (s->wait == ATH_WAIT_SLEEP)
-      uv_timer_stop(&s->timer);
-    else if (s->wait == ATH_WAIT_RESULT)
-      ath__world_unawait(wk->w, s->awaiting, s);
-    s->wait = ATH_WAIT_NONE;
+    stop_wait(s);
     resume_slot(s, 0);
   }
 }
 
+int ath__task_heartbeat(lua_State* L, const char* json, size_t len) {
+  ath_slot_t* s = task_slot(L);
+  if (s == NULL) {
+    ath_worker_t* wk = ath__worker_of(L);
+    s = wk ? wk->current : NULL; /* a nested coroutine of the task */
+    if (s == NULL)
+      return -1;
+  }
+  int code = interrupt_code(s->wk, s);
+  if (code == ATH_ECANCELED) {
+    push_interrupt(L, code);
+    return lua_error(L);
+  }
+  ath__world_heartbeat(s->wk->w, s->task, json, len);
+  const ath_activity_t* a = &s->task->def->a;
+  if (a->heartbeat_timeout_ms) {
+    s->deadline[1] = uv_hrtime() + (uint64_t)a->heartbeat_timeout_ms * 1000000u;
+    arm_deadline(s);
+  }
+  return 0;
+}
+
+int ath__task_cancelled(lua_State* L) {
+  ath_worker_t* wk = ath__worker_of(L);
+  ath_slot_t* s = wk ? wk->current : NULL;
+  return s && s->task && atomic_load(&s->task->cancel_ns) != 0;
+}
+
 static void close_handles(ath_worker_t* wk) {
-  for (int i = 0; i < wk->concurrency; i++)
+  for (int i = 0; i < wk->concurrency; i++) {
     uv_close((uv_handle_t*)&wk->slots[i].timer, NULL);
+    uv_close((uv_handle_t*)&wk->slots[i].dtimer, NULL);
+  }
   uv_close((uv_handle_t*)&wk->async, NULL);
 }
 
@@ -374,7 +552,8 @@ static void pump(ath_worker_t* wk) {
     }
     for (int i = 0; i < n; i++)
       start_task(wk, claimed[i]);
-    if (atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed))
+    if (atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed) ||
+        atomic_exchange_explicit(&wk->poke, 0, memory_order_relaxed))
       interrupt_waits(wk);
     if (n == 0 && had == 0 && delivered == 0 && wk->noutcomes == 0)
       break;
@@ -491,7 +670,6 @@ static int bind_handlers(ath_worker_t* wk) {
 }
 
 static int setup_slots(ath_worker_t* wk) {
-  lua_State* L = wk->L;
   wk->slots = calloc(wk->concurrency, sizeof(ath_slot_t));
   wk->free_slots = calloc(wk->concurrency, sizeof(int));
   wk->outcomes = calloc(wk->concurrency, sizeof(ath_outcome_t));
@@ -500,14 +678,39 @@ static int setup_slots(ath_worker_t* wk) {
   for (int i = 0; i < wk->concurrency; i++) {
     ath_slot_t* s = &wk->slots[i];
     s->wk = wk;
-    s->co = lua_newthread(L);
-    lua_sethook(s->co, task_hook, LUA_MASKCOUNT, HOOK_COUNT);
-    s->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    new_coroutine(s);
     uv_timer_init(&wk->loop, &s->timer);
-    s->timer.data = s;
+    uv_timer_init(&wk->loop, &s->dtimer);
+    s->timer.data = s->dtimer.data = s;
     wk->free_slots[wk->nfree++] = wk->concurrency - 1 - i;
   }
   return 0;
+}
+
+/* The worker state's allocator: counts the heap and, while a task runs,
+ * refuses growth past memoryLimit. Lua turns the refusal into a memory
+ * error in that task (after an emergency collection); engine code outside
+ * tasks is never refused, so it never meets an unprotected memory error. */
+static void* limited_alloc(void* ud, void* ptr, size_t osize, size_t nsize) {
+  ath_worker_t* wk = ud;
+  size_t old = ptr ? osize : 0;
+  if (nsize == 0) {
+    free(ptr);
+    wk->mem_used -= old;
+    return NULL;
+  }
+  if (nsize > old && wk->current != NULL && wk->mem_used + (nsize - old) > wk->mem_limit)
+    return NULL;
+  void* p = realloc(ptr, nsize);
+  if (p != NULL)
+    wk->mem_used = wk->mem_used - old + nsize;
+  return p;
+}
+
+static int panic(lua_State* L) {
+  const char* msg = lua_tostring(L, -1);
+  fprintf(stderr, "athena: worker: unprotected Lua error: %s\n", msg ? msg : "(error object)");
+  return 0; /* abort() follows */
 }
 
 static int protected_open(lua_State* L) {
@@ -518,8 +721,11 @@ static int protected_open(lua_State* L) {
 static void worker_main(void* arg) {
   ath_worker_t* wk = arg;
   ath_world_t* w = wk->w;
-  lua_State* L = luaL_newstate();
+  wk->mem_limit = w->cfg.memory_limit;
+  lua_State* L = lua_newstate(limited_alloc, wk);
   wk->L = L;
+  if (L != NULL)
+    lua_atpanic(L, panic);
   int ok = 0;
   if (L == NULL) {
     fail_start(wk, ATH_ENOMEM, "%s", "cannot create a Lua state");
@@ -543,8 +749,10 @@ static void worker_main(void* arg) {
     uv_close((uv_handle_t*)&wk->async, NULL);
     if (wk->slots)
       for (int i = 0; i < wk->concurrency; i++)
-        if (wk->slots[i].co)
+        if (wk->slots[i].co) {
           uv_close((uv_handle_t*)&wk->slots[i].timer, NULL);
+          uv_close((uv_handle_t*)&wk->slots[i].dtimer, NULL);
+        }
     uv_run(&wk->loop, UV_RUN_DEFAULT);
     uv_sem_post(&w->ready);
     if (L)

@@ -6,6 +6,7 @@
  * ended and claiming new tasks in the same critical section, so the lock is
  * taken per batch, not per task. The lock is never held across Lua calls. */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +65,19 @@ void ath_world_config_init(ath_world_config_t* cfg) {
   cfg->persistence = ATH_PERSIST_HYBRID;
   cfg->persistence_path = ".athena";
   cfg->cancel_grace_ms = 5000;
+  cfg->failure_strategy = ATH_STRATEGY_RETRY;
+  cfg->memory_limit = (size_t)256 << 20;
+}
+
+void ath_activity_init(ath_activity_t* a, const char* name) {
+  memset(a, 0, sizeof(*a));
+  a->name = name;
+  a->backoff = ATH_BACKOFF_EXPONENTIAL;
+  a->initial_interval_ms = 1000;
+  a->max_interval_ms = 60000;
+  a->multiplier = 2;
+  a->timeout_ms = 300000;
+  a->failure_strategy = ATH_STRATEGY_DEFAULT;
 }
 
 static int valid_queue_name(const char* s) {
@@ -108,6 +122,10 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   if (cfg->min_workers < 1 || cfg->max_workers < cfg->min_workers ||
       cfg->max_workers > MAX_WORKERS) {
     set_err(err, errlen, "%s", "invalid minWorkers/maxWorkers (1 <= minWorkers <= maxWorkers <= 1024)");
+    return ATH_EINVAL;
+  }
+  if (cfg->failure_strategy <= ATH_STRATEGY_DEFAULT || cfg->failure_strategy > ATH_STRATEGY_QUARANTINE) {
+    set_err(err, errlen, "%s", "invalid failureStrategy");
     return ATH_EINVAL;
   }
   if (cfg->default_concurrency < 1) {
@@ -176,24 +194,37 @@ int ath_world_add_queue(ath_world_t* w, const char* name, int workers,
   return 0;
 }
 
-int ath_world_register(ath_world_t* w, const char* name, const char* task_queue,
-                       int priority) {
-  if (w->state != ATH_W_NEW || name == NULL || name[0] == '\0')
+int ath_world_register(ath_world_t* w, const ath_activity_t* a) {
+  if (w->state != ATH_W_NEW || a->name == NULL || a->name[0] == '\0' ||
+      a->timeout_ms <= 0 || a->schedule_to_close_ms < 0 ||
+      a->heartbeat_timeout_ms < 0 || a->max_attempts < 0 ||
+      a->initial_interval_ms < 0 || a->max_interval_ms < a->initial_interval_ms ||
+      !(a->multiplier >= 1) || (int)a->failure_strategy < ATH_STRATEGY_DEFAULT ||
+      a->failure_strategy > ATH_STRATEGY_QUARANTINE)
     return ATH_EINVAL;
-  ath_queue_t* q = find_queue(w, task_queue ? task_queue : "default");
+  ath_queue_t* q = find_queue(w, a->task_queue ? a->task_queue : "default");
   if (q == NULL)
     return ATH_EINVAL;
-  int i = find_def(w, name);
+  int i = find_def(w, a->name);
   if (i >= 0)
-    return (w->defs[i].queue == q && w->defs[i].priority == priority) ? 0 : ATH_EINVAL;
+    return (w->defs[i].queue == q && w->defs[i].a.priority == a->priority) ? 0 : ATH_EINVAL;
   ath_def_t* defs = realloc(w->defs, (w->ndefs + 1) * sizeof(*defs));
   if (defs == NULL)
     return ATH_ENOMEM;
   w->defs = defs;
-  if ((defs[w->ndefs].name = xstrdup(name)) == NULL)
+  ath_def_t* d = &defs[w->ndefs];
+  memset(d, 0, sizeof(*d));
+  d->a = *a;
+  d->name = xstrdup(a->name);
+  d->non_retryable = strv_dup(a->non_retryable);
+  if (d->name == NULL || (a->non_retryable && d->non_retryable == NULL)) {
+    free(d->name);
+    strv_free(d->non_retryable);
     return ATH_ENOMEM;
-  defs[w->ndefs].queue = q;
-  defs[w->ndefs].priority = priority;
+  }
+  d->a.name = d->a.task_queue = NULL;
+  d->a.non_retryable = (const char* const*)d->non_retryable;
+  d->queue = q;
   w->ndefs++;
   return 0;
 }
@@ -236,6 +267,7 @@ static void table_put(ath_world_t* w, ath_task_t* t) {
 }
 
 static void task_free(ath_task_t* t) {
+  free(t->hb);
   free(t->input);
   free(t->result);
   free(t->error);
@@ -288,6 +320,12 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
   info->attempt = t->attempt;
   info->worker_id = t->worker_id;
   info->priority = t->priority;
+  info->max_attempts = t->max_attempts;
+  info->failure_strategy = t->strategy;
+  info->ready_at = t->ready_at;
+  info->last_heartbeat = t->last_hb;
+  info->heartbeat = memdup(t->hb, t->hb_len);
+  info->heartbeat_len = t->hb ? t->hb_len : 0;
   info->created_at = t->created_at;
   info->scheduled_at = t->scheduled_at;
   info->started_at = t->started_at;
@@ -304,7 +342,7 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
     info->error = memdup(t->error, t->error_len);
     info->error_len = t->error_len;
   }
-  if (!info->input || (t->result && terminal && !info->result) ||
+  if (!info->input || (t->result && terminal && !info->result) || (info->last_heartbeat && !info->heartbeat) ||
       (t->error && terminal && !info->error)) {
     ath_task_snapshot_free(info);
     return ATH_ENOMEM;
@@ -313,6 +351,7 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
 }
 
 void ath_task_snapshot_free(ath_task_info_t* info) {
+  free(info->heartbeat);
   free(info->input);
   free(info->result);
   free(info->error);
@@ -389,7 +428,14 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
     rc = ATH_EINVAL;
     goto fail;
   }
-  int prio = opts->has_priority ? opts->priority : def->priority;
+  int prio = opts->has_priority ? opts->priority : def->a.priority;
+  /* Effective strategy and attempts (SEMANTICS §7.2, §8). */
+  ath_strategy_t strategy = opts->failure_strategy != ATH_STRATEGY_DEFAULT ? opts->failure_strategy
+                            : def->a.failure_strategy != ATH_STRATEGY_DEFAULT ? def->a.failure_strategy
+                                                                              : w->cfg.failure_strategy;
+  int max_attempts = def->a.has_retry && def->a.max_attempts > 0 ? def->a.max_attempts
+                     : strategy == ATH_STRATEGY_RETRY             ? 3
+                                                                  : 1;
   size_t namelen = strlen(name);
   tasks = malloc((n ? n : 1) * sizeof(*tasks));
   if (tasks == NULL) {
@@ -419,6 +465,8 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
     t->def = def;
     t->queue = q;
     t->priority = prio;
+    t->strategy = strategy;
+    t->max_attempts = max_attempts;
     t->input = payloads[made];
     t->input_len = lens[made];
     payloads[made] = NULL;
@@ -614,10 +662,88 @@ static int deliver_waiters(ath_task_t* t, ath_worker_t** wake, int nwake) {
   return nwake;
 }
 
+/* Moves `t` to the terminal state `st` (lock held): counters, waiters.
+ * Returns the new number of workers to wake. */
+static int finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t now,
+                       ath_worker_t** wake, int nwake) {
+  t->status = st;
+  t->completed_at = now;
+  switch (st) {
+    case ATH_COMPLETED:
+      w->n_completed++;
+      tput_add(w, now);
+      break;
+    case ATH_CANCELLED:
+      w->n_cancelled++;
+      break;
+    case ATH_QUARANTINED:
+      w->n_quarantined++;
+      break;
+    default:
+      w->n_failed++;
+      break;
+  }
+  if (t->waiters != NULL)
+    nwake = deliver_waiters(t, wake, nwake);
+  if (w->cond_waiters > 0)
+    uv_cond_broadcast(&w->cond);
+  return nwake;
+}
+
+/* Replaces t's error with {code, message, retryable = false}. Lock held;
+ * on allocation failure the task keeps err_code only. */
+static void set_error(ath_task_t* t, int code, const char* message) {
+  char buf[256];
+  int n = snprintf(buf, sizeof(buf),
+                   "{\"code\":\"%s\",\"message\":\"%s\",\"retryable\":false,\"attempt\":%d}",
+                   ath_err_name(code), message, t->attempt);
+  free(t->error);
+  t->error = memdup(buf, (size_t)n);
+  t->error_len = t->error ? (size_t)n : 0;
+  t->err_code = code;
+}
+
+/* Backoff for failed attempt n (SEMANTICS §7.4): capped, then 0-10 %
+ * additive jitter. */
+static int64_t backoff_ms(const ath_def_t* d, int n) {
+  const ath_activity_t* a = &d->a;
+  double base;
+  if (a->backoff == ATH_BACKOFF_LINEAR)
+    base = (double)a->initial_interval_ms * n;
+  else if (a->backoff == ATH_BACKOFF_CONSTANT)
+    base = (double)a->initial_interval_ms;
+  else
+    base = (double)a->initial_interval_ms * pow(a->multiplier, n - 1);
+  double dd = base < (double)a->max_interval_ms ? base : (double)a->max_interval_ms;
+  return (int64_t)llround(dd + ath__random01() * 0.1 * dd);
+}
+
+/* Decides whether failed attempt t->attempt is retried (§7.3, steps 3-6;
+ * the worker decided 1-2). Returns 0 when the task now waits to be
+ * retried, -1 when the failure is final. Lock held. */
+static int retry_task(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o,
+                      int64_t now, uint64_t mono, int* wake_engine) {
+  if (t->attempt >= t->max_attempts)
+    return -1;
+  int64_t delay = o->retry_after >= 0 ? o->retry_after : backoff_ms(t->def, t->attempt);
+  int64_t stc = t->def->a.schedule_to_close_ms;
+  if (stc > 0 && now + delay >= t->scheduled_at + stc)
+    return -1;
+  t->status = ATH_RETRYING;
+  t->ready_at = now + delay;
+  t->ready_mono = mono + (uint64_t)delay * 1000000u;
+  if (ath__heap_push(&w->delayed, t) != 0)
+    return -1;
+  w->n_scheduled++;
+  w->n_retried++;
+  *wake_engine |= w->delayed.items[0] == t;
+  return 0;
+}
+
 int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
                         int max, int* stop, ath_waiter_t** inbox) {
   ath_worker_t* wake[MAX_WORKERS];
-  int nwake = 0, ended = 0, n = 0;
+  int nwake = 0, ended = 0, n = 0, wake_engine = 0;
   int64_t now = ath__now_ms();
   uint64_t mono = ath__mono_ns();
   ath_queue_t* q = wk->queue;
@@ -631,30 +757,31 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
     wk->running_tasks[t->run_pos] = last;
     last->run_pos = t->run_pos;
     w->n_running--;
+    t->wk = NULL;
     ended++;
     lat_add(&w->lat_run, (double)(mono - t->start_mono) / 1e6, now);
+    if (o->status == ATH_COMPLETED)
+      wk->tasks_completed++;
+    else
+      wk->tasks_failed++;
     if (o->status == ATH_PENDING) { /* interrupted by shutdown: T14 */
       t->attempt--;
       t->ready_at = now;
+      t->ready_mono = mono;
       w->requeued++;
       if (make_ready(w, t) == 0)
         continue;
       o->status = ATH_FAILED;
       o->err_code = ATH_ENOMEM;
+      o->final = 1;
     }
-    t->status = o->status;
     t->err_code = o->err_code;
-    t->completed_at = now;
-    if (o->status == ATH_COMPLETED) {
-      w->n_completed++;
-      wk->tasks_completed++;
-      tput_add(w, now);
-    } else {
-      w->n_failed++;
-      wk->tasks_failed++;
+    if (o->status == ATH_FAILED) {
+      if (!o->final && retry_task(w, t, o, now, mono, &wake_engine) == 0)
+        continue;
+      o->status = t->strategy == ATH_STRATEGY_QUARANTINE ? ATH_QUARANTINED : ATH_FAILED;
     }
-    if (t->waiters != NULL)
-      nwake = deliver_waiters(t, wake, nwake);
+    nwake = finish_task(w, t, o->status, now, wake, nwake);
   }
   wk->noutcomes = 0;
 
@@ -663,11 +790,20 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
       ath_task_t* t = ath__queue_pop(q);
       if (t == NULL)
         break;
+      int64_t stc = t->def->a.schedule_to_close_ms;
+      if (stc > 0 && now >= t->scheduled_at + stc) {
+        /* expired while waiting: it fails where it is (§6.2) */
+        set_error(t, ATH_ETIMEDOUT, "scheduleToClose expired before the task could run");
+        nwake = finish_task(w, t, t->strategy == ATH_STRATEGY_QUARANTINE ? ATH_QUARANTINED : ATH_FAILED,
+                            now, wake, nwake);
+        continue;
+      }
       t->status = ATH_RUNNING;
       t->attempt++; /* counted before it runs, so a crash still uses a try */
       t->started_at = now;
       t->start_mono = mono;
       t->worker_id = wk->id;
+      t->wk = wk;
       t->run_pos = wk->running + n;
       wk->running_tasks[t->run_pos] = t;
       lat_add(&w->lat_wait, mono > t->ready_mono ? (double)(mono - t->ready_mono) / 1e6 : 0, now);
@@ -685,6 +821,8 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
     uv_cond_broadcast(&w->cond);
   uv_mutex_unlock(&w->lock);
   wake_all(wake, nwake);
+  if (wake_engine)
+    uv_async_send(&w->easync);
   return n;
 }
 
@@ -906,8 +1044,10 @@ void ath_world_free(ath_world_t* w) {
     if (w->queues[i])
       ath__queue_free(w->queues[i]);
   free(w->queues);
-  for (int i = 0; i < w->ndefs; i++)
+  for (int i = 0; i < w->ndefs; i++) {
     free(w->defs[i].name);
+    strv_free(w->defs[i].non_retryable);
+  }
   free(w->defs);
   free((char*)w->cfg.persistence_path);
   free((char*)w->cfg.entry_script);
@@ -1060,4 +1200,140 @@ int ath_world_worker_tasks(ath_world_t* w, int worker_id, ath_task_t** out, int 
   }
   uv_mutex_unlock(&w->lock);
   return n;
+}
+
+/* ------------------------------------------- cancel, dead letters, queries */
+
+int ath_world_cancel(ath_world_t* w, ath_task_t* t) {
+  ath_worker_t* wake[MAX_WORKERS];
+  int nwake = 0;
+  ath_worker_t* runner = NULL;
+  int64_t now = ath__now_ms();
+  uv_mutex_lock(&w->lock);
+  if (ATH_IS_TERMINAL(t->status) || t->status == ATH_COMPENSATING) {
+    uv_mutex_unlock(&w->lock);
+    return 0;
+  }
+  if (atomic_load(&t->cancel_ns) == 0)
+    atomic_store(&t->cancel_ns, ath__mono_ns());
+  switch (t->status) {
+    case ATH_PENDING:
+      ath__queue_remove(t->queue, t);
+      nwake = finish_task(w, t, ATH_CANCELLED, now, wake, nwake);
+      break;
+    case ATH_SCHEDULED:
+    case ATH_RETRYING:
+      ath__heap_remove(&w->delayed, t);
+      w->n_scheduled--;
+      nwake = finish_task(w, t, ATH_CANCELLED, now, wake, nwake);
+      break;
+      default: /* running: its worker interrupts it at its next yield point */
+      runner = t->wk;
+      if (runner != NULL)
+        atomic_store(&runner->poke, 1);
+      break;
+  }
+  uv_mutex_unlock(&w->lock);
+  wake_all(wake, nwake);
+  if (runner != NULL)
+    ath__worker_wake(runner);
+  return 1;
+}
+
+int ath_world_requeue(ath_world_t* w, ath_task_t* t) {
+  ath_worker_t* wake[MAX_WORKERS];
+  int nwake = 0;
+  uv_mutex_lock(&w->lock);
+  if (t->status != ATH_QUARANTINED || w->state != ATH_W_STARTED) {
+    uv_mutex_unlock(&w->lock);
+    return t->status != ATH_QUARANTINED ? ATH_EINVAL : ATH_ESHUTDOWN;
+  }
+  t->attempt = 0;
+  t->err_code = 0;
+  free(t->error);
+  t->error = NULL;
+  t->error_len = 0;
+  t->completed_at = 0;
+  t->ready_at = ath__now_ms();
+  t->ready_mono = ath__mono_ns();
+  if (make_ready(w, t) != 0) {
+    set_error(t, ATH_ENOMEM, "out of memory requeueing");
+    finish_task(w, t, ATH_QUARANTINED, ath__now_ms(), wake, 0);
+    uv_mutex_unlock(&w->lock);
+    return ATH_ENOMEM;
+  }
+  nwake = pick_sleepers(w, t->queue, 1, wake, MAX_WORKERS);
+  uv_mutex_unlock(&w->lock);
+  wake_all(wake, nwake);
+  return 0;
+}
+
+int ath_world_purge(ath_world_t* w, ath_task_t* t) {
+  uv_mutex_lock(&w->lock);
+  if (t->status != ATH_QUARANTINED) {
+    uv_mutex_unlock(&w->lock);
+    return ATH_EINVAL;
+  }
+  for (ath_task_t** p = &w->table[t->hash & (w->table_cap - 1)]; *p; p = &(*p)->hnext) {
+    if (*p == t) {
+      *p = t->hnext;
+      w->ntasks--;
+      break;
+    }
+  }
+  uv_mutex_unlock(&w->lock);
+  ath_task_release(t); /* the table's reference */
+  return 0;
+}
+
+static int newer_first(const void* a, const void* b) {
+  const ath_task_t* x = *(ath_task_t* const*)a;
+  const ath_task_t* y = *(ath_task_t* const*)b;
+  if (x->created_at != y->created_at)
+    return x->created_at > y->created_at ? -1 : 1;
+  return strcmp(x->id, y->id);
+}
+
+int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t** out) {
+  int limit = f->limit > 0 ? (f->limit > 1000 ? 1000 : f->limit) : 100;
+  uv_mutex_lock(&w->lock);
+  ath_task_t** all = malloc((w->ntasks ? w->ntasks : 1) * sizeof(*all));
+  if (all == NULL) {
+    uv_mutex_unlock(&w->lock);
+    return ATH_ENOMEM;
+  }
+  size_t n = 0;
+  for (size_t i = 0; i < w->table_cap; i++) {
+    for (ath_task_t* t = w->table[i]; t; t = t->hnext) {
+      if (f->status_mask && !(f->status_mask & (1u << t->status)))
+        continue;
+      if (f->name && strcmp(f->name, t->def->name) != 0)
+        continue;
+      if ((f->since && t->created_at < f->since) || (f->until && t->created_at > f->until))
+        continue;
+      all[n++] = t;
+    }
+  }
+  qsort(all, n, sizeof(*all), newer_first);
+  int k = 0;
+  for (size_t i = (size_t)(f->offset > 0 ? f->offset : 0); i < n && k < limit; i++) {
+    ath_task_retain(all[i]);
+    out[k++] = all[i];
+  }
+  uv_mutex_unlock(&w->lock);
+  free(all);
+  return k;
+}
+
+void ath__world_heartbeat(ath_world_t* w, ath_task_t* t, const char* json, size_t len) {
+  char* copy = json ? memdup(json, len) : NULL;
+  int64_t now = ath__now_ms();
+  uv_mutex_lock(&w->lock);
+  if (json == NULL || copy != NULL) { /* out of memory: keep the old details */
+    free(t->hb);
+    t->hb = copy;
+    t->hb_len = copy ? len : 0;
+  }
+  t->last_hb = now;
+  uv_mutex_unlock(&w->lock);
 }

@@ -107,6 +107,18 @@ ATH_EXTERN const char* ath_version(void);
 /* World configuration. Initialise with ath_world_config_init(), which sets
  * the SEMANTICS.md §2 defaults, then change fields. Strings are borrowed for
  * the duration of ath_world_new(), which copies them. */
+/* Failure strategies (SEMANTICS §8). */
+typedef enum {
+  ATH_STRATEGY_DEFAULT = 0, /* the definition's, else the world's */
+  ATH_STRATEGY_RETRY,
+  ATH_STRATEGY_CASCADE,
+  ATH_STRATEGY_COMPENSATE,
+  ATH_STRATEGY_IGNORE,
+  ATH_STRATEGY_QUARANTINE
+} ath_strategy_t;
+
+typedef enum { ATH_BACKOFF_EXPONENTIAL = 0, ATH_BACKOFF_LINEAR, ATH_BACKOFF_CONSTANT } ath_backoff_t;
+
 struct ath_world_config_s {
   int min_workers;         /* default pool size at start() (2) */
   int max_workers;         /* default pool ceiling (10) */
@@ -114,6 +126,8 @@ struct ath_world_config_s {
   int persistence;         /* ATH_PERSIST_* (hybrid) */
   const char* persistence_path; /* ".athena" */
   int64_t cancel_grace_ms;      /* 5000 */
+  ath_strategy_t failure_strategy; /* ATH_STRATEGY_RETRY */
+  size_t memory_limit;          /* bytes of Lua heap per worker state (256 MiB) */
   /* Code that worker states load: either an entry script re-run in
    * definition mode, or modules that workers require (one of the two). */
   const char* entry_script;
@@ -140,12 +154,32 @@ ATH_EXTERN int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out,
 ATH_EXTERN int ath_world_add_queue(ath_world_t* w, const char* name,
                                    int workers, int concurrency);
 
-/* Registers the activity `name` on `task_queue` (NULL: "default") with the
- * default `priority`. Only before start(). Registering the same name with the
- * same queue and priority again is a no-op. Returns 0 or ATH_EINVAL (taken
- * name with another definition, unknown queue, after start). */
-ATH_EXTERN int ath_world_register(ath_world_t* w, const char* name,
-                                  const char* task_queue, int priority);
+/* An activity definition: initialise with ath_activity_init(), then set
+ * fields. Strings are borrowed for the duration of ath_world_register. */
+typedef struct {
+  const char* name;
+  const char* task_queue;   /* NULL: "default" */
+  int priority;             /* 0 */
+  int has_retry;            /* 0: attempts follow the strategy (§7.2) */
+  int max_attempts;         /* with has_retry; 0: by the strategy */
+  ath_backoff_t backoff;    /* exponential */
+  int64_t initial_interval_ms, max_interval_ms; /* 1000, 60000 */
+  double multiplier;        /* 2 */
+  const char* const* non_retryable; /* NULL-terminated codes/names, or NULL */
+  int64_t timeout_ms;       /* per attempt (300000); always finite */
+  int64_t schedule_to_close_ms; /* 0: none */
+  int64_t heartbeat_timeout_ms; /* 0: none */
+  ath_strategy_t failure_strategy; /* ATH_STRATEGY_DEFAULT: the world's */
+} ath_activity_t;
+
+/* Fills `a` with the defaults for activity `name`. */
+ATH_EXTERN void ath_activity_init(ath_activity_t* a, const char* name);
+
+/* Registers an activity. Only before start(). Registering the same name
+ * again with the same queue and priority is a no-op (the first definition
+ * stays). Returns 0 or ATH_EINVAL (taken name with another queue or
+ * priority, unknown queue, bad numbers, after start) or ATH_ENOMEM. */
+ATH_EXTERN int ath_world_register(ath_world_t* w, const ath_activity_t* a);
 
 /* Spawns the worker threads; each creates its Lua state, loads the handler
  * code and binds every registered name before start() returns. Returns 0
@@ -162,6 +196,7 @@ struct ath_exec_opts_s {
   int has_priority;       /* when 0, the definition's priority */
   int priority;
   const char* task_queue; /* NULL: the definition's queue */
+  ath_strategy_t failure_strategy; /* ATH_STRATEGY_DEFAULT: the definition's */
 };
 
 /* Queues `n` executions of `name`, one per payload, in one critical
@@ -178,6 +213,34 @@ ATH_EXTERN int ath_world_execute(ath_world_t* w, const char* name, size_t n,
                                  const char* const* ids,
                                  const ath_exec_opts_t* opts,
                                  ath_task_t** out, char* err, size_t errlen);
+
+/* Cancels a task (SEMANTICS §6.3). Returns 1 if the cancel was accepted, 0
+ * if the task is terminal (or compensating). A queued task is cancelled at
+ * once; a running one is interrupted at its next yield point, or by the
+ * count hook after the world's cancel grace. Thread: any. */
+ATH_EXTERN int ath_world_cancel(ath_world_t* w, ath_task_t* t);
+
+/* Puts a quarantined task back in its queue with a fresh attempt count
+ * (T15). Returns 0, ATH_EINVAL (not quarantined). Thread: any. */
+ATH_EXTERN int ath_world_requeue(ath_world_t* w, ath_task_t* t);
+
+/* Deletes a quarantined task; its id may be reused. Returns 0 or
+ * ATH_EINVAL (not quarantined). Thread: any. */
+ATH_EXTERN int ath_world_purge(ath_world_t* w, ath_task_t* t);
+
+/* Filter for ath_world_query_tasks; zero-initialise. */
+typedef struct {
+  unsigned status_mask;   /* bit (1 << ath_status_t); 0: any */
+  const char* name;       /* NULL: any */
+  int64_t since, until;   /* createdAt bounds, inclusive; 0: open */
+  int limit, offset;      /* limit 0: 100; at most 1000 */
+} ath_task_filter_t;
+
+/* Stores up to filter->limit references to matching tasks, newest first
+ * (createdAt descending, then id), after skipping `offset`. Returns the
+ * count, or ATH_ENOMEM. Release each with ath_task_release. */
+ATH_EXTERN int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f,
+                                     ath_task_t** out);
 
 /* Looks up a task by id. Returns 0 and a new reference in *out, or
  * ATH_ENOTFOUND. Thread: any. */
@@ -208,7 +271,12 @@ typedef struct {
   int attempt;
   int worker_id;   /* 0 if never run */
   int priority;
+  int max_attempts;         /* effective (§7.2) */
+  ath_strategy_t failure_strategy; /* effective */
+  int64_t ready_at;         /* next attempt time while retrying */
   int64_t created_at, scheduled_at, started_at, completed_at; /* epoch ms, 0 if unset */
+  int64_t last_heartbeat;   /* epoch ms of the latest ctx:heartbeat, 0 if none */
+  char* heartbeat; size_t heartbeat_len; /* its details (JSON) or NULL */
   char* input;  size_t input_len;  /* JSON */
   char* result; size_t result_len; /* JSON or NULL */
   char* error;  size_t error_len;  /* JSON error value or NULL */

@@ -176,7 +176,7 @@ local CONFIG = {
   scaleInterval = true, persistence = true, persistencePath = true, flushInterval = true,
   retention = true, failureStrategy = true, heartbeatInterval = true, heartbeatTimeout = true,
   cancelGrace = true, taskQueues = true, modules = true, database = true, log = true,
-  backend = true, clock = true,
+  backend = true, clock = true, memoryLimit = true,
 }
 local QUEUE_KEYS = { concurrency = true, workers = true, limit = true }
 
@@ -253,6 +253,16 @@ local function check_config(config)
   end
   c.modules = modules
   if c.log ~= nil and type(c.log) ~= "table" then invalid("invalid log: %s (a table)", show(c.log)) end
+  c.memoryLimit = c.memoryLimit == nil and 256 * 1024 * 1024 or c.memoryLimit
+  if type(c.memoryLimit) == "string" then
+    local n, unit = c.memoryLimit:match("^(%d+)([KMG]B)$")
+    local f = ({ KB = 1024, MB = 1024 ^ 2, GB = 1024 ^ 3 })[unit]
+    if not n then
+      invalid("invalid memoryLimit: %s (bytes, or \"64KB\" \"256MB\" \"1GB\")", show(config.memoryLimit))
+    end
+    c.memoryLimit = math.tointeger(tonumber(n) * f)
+  end
+  c.memoryLimit = int_field("memoryLimit", c.memoryLimit, 1024 * 1024, nil, "at least 1MB")
   c.clock = c.clock == nil and "system" or oneof("clock", c.clock, { "system", "manual" })
   if c.clock == "manual" then
     error(errors.new("ENOSYS", "clock = \"manual\" is not implemented yet"), 3)
@@ -288,6 +298,7 @@ function World.new(config)
   local native = {
     minWorkers = c.minWorkers, maxWorkers = c.maxWorkers, persistence = c.persistence,
     persistencePath = c.persistencePath, modules = c.modules, taskQueues = {},
+    failureStrategy = c.failureStrategy, cancelGrace = c.cancelGrace, memoryLimit = c.memoryLimit,
   }
   for name, q in pairs(c.taskQueues) do
     if name == "default" then
@@ -321,7 +332,7 @@ function methods.register(self, ...)
       invalid("a different definition is already registered as %s", def.name)
     end
     if old == nil then
-      self:_register(def.name, q, def.options.priority)
+      self:_register(def.name, def.options)
       st.defs[def.name] = def
     end
   end

@@ -54,6 +54,15 @@ static ath_world_t* new_world(int workers, const char* const* modules) {
   return w;
 }
 
+/* Registers activity `name` on `queue` with `priority` and defaults. */
+static int reg(ath_world_t* w, const char* name, const char* queue, int priority) {
+  ath_activity_t a;
+  ath_activity_init(&a, name);
+  a.task_queue = queue;
+  a.priority = priority;
+  return ath_world_register(w, &a);
+}
+
 static char* dup_json(const char* s, size_t* len) {
   *len = strlen(s);
   char* p = malloc(*len + 1);
@@ -71,7 +80,7 @@ static int exec1(ath_world_t* w, const char* name, const char* json, ath_task_t*
 TEST_IMPL(world_roundtrip) {
   write_module();
   ath_world_t* w = new_world(2, NULL);
-  ASSERT_OK(ath_world_register(w, "echo", NULL, 0));
+  ASSERT_OK(reg(w, "echo", NULL, 0));
   char err[512];
   ASSERT_OK(ath_world_start(w, err, sizeof(err)));
   enum { N = 1000 };
@@ -147,7 +156,7 @@ static void producer(void* arg) {
 TEST_IMPL(world_contention) {
   write_module();
   shared_world = new_world(2, NULL);
-  ASSERT_OK(ath_world_register(shared_world, "echo", NULL, 0));
+  ASSERT_OK(reg(shared_world, "echo", NULL, 0));
   char err[512];
   ASSERT_OK(ath_world_start(shared_world, err, sizeof(err)));
   uv_thread_t th[PRODUCERS];
@@ -176,11 +185,11 @@ TEST_IMPL(world_routing) {
   ath_world_t* w = new_world(1, NULL);
   ASSERT_OK(ath_world_add_queue(w, "io", 2, 3));
   ASSERT_EQ(ATH_EINVAL, ath_world_add_queue(w, "bad name", 1, 1));
-  ASSERT_EQ(ATH_EINVAL, ath_world_register(w, "echo", "nosuch", 0));
-  ASSERT_OK(ath_world_register(w, "echo", "io", 0));
-  ASSERT_OK(ath_world_register(w, "echo", "io", 0)); /* same again: no-op */
-  ASSERT_EQ(ATH_EINVAL, ath_world_register(w, "echo", NULL, 0));
-  ASSERT_OK(ath_world_register(w, "where", NULL, 0));
+  ASSERT_EQ(ATH_EINVAL, reg(w, "echo", "nosuch", 0));
+  ASSERT_OK(reg(w, "echo", "io", 0));
+  ASSERT_OK(reg(w, "echo", "io", 0)); /* same again: no-op */
+  ASSERT_EQ(ATH_EINVAL, reg(w, "echo", NULL, 0));
+  ASSERT_OK(reg(w, "where", NULL, 0));
   char err[512];
   ASSERT_OK(ath_world_start(w, err, sizeof(err)));
   ath_worker_info_t info[8];
@@ -224,7 +233,7 @@ TEST_IMPL(world_start_stop) {
   write_module();
   for (int round = 0; round < 10; round++) {
     ath_world_t* w = new_world(1 + round % 3, NULL);
-    ASSERT_OK(ath_world_register(w, "nap", NULL, 0));
+    ASSERT_OK(reg(w, "nap", NULL, 0));
     char err[512];
     ASSERT_OK(ath_world_start(w, err, sizeof(err)));
     ASSERT_OK(ath_world_start(w, err, sizeof(err))); /* again: no-op */
@@ -259,11 +268,11 @@ TEST_IMPL(world_bad_calls) {
   ath_world_t* w = new_world(1, NULL);
   ath_task_t* t;
   char err[512];
-  ASSERT_OK(ath_world_register(w, "echo", NULL, 0));
+  ASSERT_OK(reg(w, "echo", NULL, 0));
   ASSERT_EQ(ATH_ENOTFOUND, exec1(w, "nosuch", "1", &t));
   ASSERT_EQ(ATH_EINVAL, exec1(w, "echo", "1", &t)); /* before start */
   ASSERT_OK(ath_world_start(w, err, sizeof(err)));
-  ASSERT_EQ(ATH_EINVAL, ath_world_register(w, "boom", NULL, 0)); /* after start */
+  ASSERT_EQ(ATH_EINVAL, reg(w, "boom", NULL, 0)); /* after start */
   ASSERT_EQ(ATH_ENOTFOUND, ath_world_find(w, "nosuch", &t));
   /* an explicit id in use by another activity */
   ath_exec_opts_t o = {0};
@@ -284,7 +293,7 @@ TEST_IMPL(world_bad_calls) {
 
   /* a registered name the workers' module does not define */
   w = new_world(1, NULL);
-  ASSERT_OK(ath_world_register(w, "missing", NULL, 0));
+  ASSERT_OK(reg(w, "missing", NULL, 0));
   ASSERT_EQ(ATH_ENOTFOUND, ath_world_start(w, err, sizeof(err)));
   ASSERT(strstr(err, "missing") != NULL);
   ath_world_free(w);

@@ -64,7 +64,7 @@ describe("athena.sleep", function()
     local firstEnd, lastStart = math.huge, 0
     for i, r in ipairs(rs) do
       assert.equals(i, r.tag)
-      assert.is_true(r.t1 - r.t0 >= 300, "each slept its 300 ms")
+      assert.is_true(r.t1 - r.t0 >= 290, ("task %d slept %d ms of its 300"):format(i, r.t1 - r.t0))
       firstEnd = math.min(firstEnd, r.t1)
       lastStart = math.max(lastStart, r.t0)
       local q = hs[i]:query()
@@ -80,6 +80,17 @@ describe("athena.sleep", function()
       maxStarted = math.max(maxStarted, q.startedAt)
     end
     assert.is_true(maxStarted < minCompleted)
+  end)
+
+  it("inside a task lasts at least the duration", function()
+    local w = S.started { minWorkers = 1, taskQueues = { default = { concurrency = 10 } } }
+    local inputs = {}
+    for i = 1, 30 do inputs[i] = { ms = 20 + i % 7, tag = i } end
+    for i, h in ipairs(w:executeMany("nap", inputs)) do
+      local r = S.result(h)
+      assert.is_true(r.t1 - r.t0 >= inputs[i].ms,
+        ("athena.sleep(%d) in a task returned after %d ms"):format(inputs[i].ms, r.t1 - r.t0))
+    end
   end)
 
   it("with the default concurrency 1, tasks on one worker run one at a time", function()
@@ -243,18 +254,33 @@ describe("result() inside a task", function()
 
   it("yields the coroutine: two fan-outs wait at once on one worker", function()
     local r1, r2, total = run_fanout(nil)
-    -- the second fan-out started while the first was still waiting
-    local first, second = r1, r2
-    if r2.t0 < r1.t0 then first, second = r2, r1 end
-    assert.is_true(second.t0 < first.t1, "the fan-outs overlap on their worker")
+    -- the second fan-out started while the first was still waiting for its
+    -- 300 ms children: a blocked worker would start it only ~300 ms later
+    assert.is_true(math.abs(r2.t0 - r1.t0) < 200,
+      ("fan-outs started %d ms apart on one worker"):format(math.abs(r2.t0 - r1.t0)))
     assert.is_true(total < 2000, "fan-outs took " .. total .. " ms")
   end)
 
   it("yields with a timeout too: result(timeout) in a task does not block the worker", function()
     local r1, r2 = run_fanout("5s")
-    local first, second = r1, r2
-    if r2.t0 < r1.t0 then first, second = r2, r1 end
-    assert.is_true(second.t0 < first.t1, "the fan-outs overlap on their worker")
+    assert.is_true(math.abs(r2.t0 - r1.t0) < 200,
+      ("fan-outs started %d ms apart on one worker"):format(math.abs(r2.t0 - r1.t0)))
+  end)
+
+  it("result(timeout) in a task expires with ETIMEDOUT, leaving the child alone", function()
+    local cfg = config()
+    local w = S.world(cfg)
+    local jobs = require "fixtures.jobs"
+    w:register(table.unpack(jobs.all()))
+    w:start()
+    local r = S.result(w:execute("awaitchild", { config = cfg, ms = 400, queue = "leaf", timeout = 50 },
+      { taskQueue = "fan" }))
+    assert.equals("ETIMEDOUT", r.code)
+    assert.is_nil(r.tag)
+    assert.is_true(r.waited >= 50 and r.waited < 400, "waited " .. r.waited .. " ms")
+    -- the child finishes normally (idempotent execute hands back its handle)
+    local child = S.result(w:execute("nap", {}, { id = r.child }))
+    assert.equals("child", child.tag)
   end)
 
   it("a task can query the world through its view; shutdown is refused there", function()

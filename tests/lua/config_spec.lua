@@ -413,7 +413,14 @@ describe("world:start", function()
       assert.matches("^worker%-%d+$", wk.id)
       assert.is_nil(ids[wk.id])
       ids[wk.id] = true
-      assert.is_true(wk.memoryKB > 0)
+    end
+  end)
+
+  it("when start() returns, every worker reports its Lua heap (memoryKB > 0)", function()
+    -- each worker has loaded its state and modules before start() returns
+    local w = S.started { minWorkers = 3, taskQueues = { io = { workers = 2 } } }
+    for _, wk in ipairs(w:getWorkers()) do
+      assert.is_true(wk.memoryKB > 0, wk.id .. " memoryKB " .. wk.memoryKB)
     end
   end)
 

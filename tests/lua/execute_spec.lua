@@ -690,11 +690,11 @@ describe("world:getWorkers", function()
       assert.equals("idle", wk.status)
       assert.is_true(wk.taskQueue == "default" or wk.taskQueue == "io")
       assert.equals(wk.taskQueue == "io" and 3 or 1, wk.concurrency)
-      for _, k in ipairs { "tasksCompleted", "tasksFailed", "memoryKB", "lastHeartbeat", "runningCount" } do
+      for _, k in ipairs { "tasksCompleted", "tasksFailed", "memoryKB", "lastHeartbeat" } do
         assert.equals("integer", math.type(wk[k]), k)
       end
       assert.is_true(wk.memoryKB > 0)
-      assert.equals(0, wk.runningCount)
+      assert.same({}, wk.running)
       assert.is_true(math.abs(wk.lastHeartbeat - before) < 60000, "lastHeartbeat is epoch ms")
     end
     assert.is_truthy(ids["worker-1"] and ids["worker-2"] and ids["worker-3"])
@@ -708,12 +708,17 @@ describe("world:getWorkers", function()
     S.result(w:execute("echo", "probe"))
     local wk = w:getWorkers()[1]
     assert.equals("busy", wk.status)
-    assert.equals(1, wk.runningCount)
     assert.equals(2, wk.concurrency)
+    -- running: one {id, name, startedAt} per task holding a slot (§12.1)
+    assert.equals(1, #wk.running)
+    assert.equals(long.id, wk.running[1].id)
+    assert.equals("nap", wk.running[1].name)
+    assert.equals("integer", math.type(wk.running[1].startedAt))
+    assert.equals(long:query().startedAt, wk.running[1].startedAt)
     S.result(long)
     wk = w:getWorkers()[1]
     assert.equals("idle", wk.status)
-    assert.equals(0, wk.runningCount)
+    assert.same({}, wk.running)
     assert.equals(2, wk.tasksCompleted)
   end)
 
