@@ -177,7 +177,48 @@ static int core_encode(lua_State* L) {
   return 1;
 }
 
+/* Continuation of core.scopeCall: ends the scope before any Lua code can
+ * run (the hook may be raising on every instruction), then returns like
+ * pcall, with an ETIMEDOUT error if the scope's deadline fired. */
+static int scope_k(lua_State* L, int status, lua_KContext ctx) {
+  if (ath__task_scope_pop(L, (uint64_t)ctx) == 1) {
+    lua_settop(L, 0);
+    lua_pushboolean(L, 0);
+    ath__pusherror(L, ATH_ETIMEDOUT, "attempt timed out");
+    return 2;
+  }
+  if (status != LUA_OK && status != LUA_YIELD) {
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  lua_insert(L, 1);
+  return lua_gettop(L);
+}
+
+/* core.scopeCall(ms, fn, ...) -> pcall's values, with fn's run bounded by
+ * a deadline `ms` from now; nothing at all outside a task's coroutine. */
+static int core_scope_call(lua_State* L) {
+  int64_t ms = ath__checkduration(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  uint64_t prev;
+  if (ath__task_scope_push(L, ms, &prev) < 0)
+    return 0;
+  lua_remove(L, 1);
+  int status = lua_pcallk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, (lua_KContext)prev, scope_k);
+  return scope_k(L, status, (lua_KContext)prev);
+}
+
+/* core.clock() -> monotonic milliseconds (float) */
+static int core_clock(lua_State* L) {
+  lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e6);
+  return 1;
+}
+
 static const luaL_Reg core_funcs[] = {
+  {"scopeCall", core_scope_call},
+  {"clock", core_clock},
   {"sleep", core_sleep},
   {"now", core_now},
   {"define", core_define},

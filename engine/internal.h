@@ -161,7 +161,8 @@ struct ath_slot_s {
   int wait;              /* ATH_WAIT_* */
   uv_timer_t timer;      /* athena.sleep */
   uv_timer_t dtimer;     /* the attempt's deadlines, while the task waits */
-  uint64_t deadline[3];  /* monotonic ns: timeout, heartbeat, scheduleToClose (0: none) */
+  uint64_t deadline[4];  /* monotonic ns: timeout, heartbeat, scheduleToClose,
+                          * and a scoped one (withRetry's per-attempt timeout); 0: none */
   uint64_t next_deadline;/* the earliest of them, UINT64_MAX if none */
   atomic_int interrupt;  /* ATH_E* to raise in the task, 0 for none */
 };
@@ -302,6 +303,12 @@ int ath__task_wait(lua_State* L, ath_task_t* t, lua_KFunction k, lua_KContext kc
  * heartbeat and resets its heartbeat deadline. Raises ECANCELED once a
  * cancel was accepted. Returns -1 outside a task. */
 int ath__task_heartbeat(lua_State* L, const char* json, size_t len);
+/* A scoped deadline (athena.withRetry's `timeout`) in the calling task:
+ * push sets it `ms` from now and returns the previous one in *prev; pop
+ * restores *prev and returns 1 if the scope's deadline fired (clearing the
+ * interrupt it raised). Both return -1 outside a task's own coroutine. */
+int ath__task_scope_push(lua_State* L, int64_t ms, uint64_t* prev);
+int ath__task_scope_pop(lua_State* L, uint64_t prev);
 /* Whether L runs inside a task whose cancel was accepted. */
 int ath__task_cancelled(lua_State* L);
 

@@ -19,6 +19,10 @@ static const char defs_end_key = 0; /* sentinel raised by world:start() */
 
 #define HOOK_COUNT 1000
 
+/* An interrupt that only ends a scope (withRetry's attempt), not the task:
+ * raised as ETIMEDOUT. */
+#define SCOPE_TIMEOUT (-29999)
+
 ath_worker_t* ath__worker_of(lua_State* L) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &worker_key);
   ath_worker_t* wk = lua_touserdata(L, -1);
@@ -43,6 +47,8 @@ int ath__worker_end_definitions(lua_State* L) {
 
 /* [-0, +1, m] Pushes the error value an interrupt raises. */
 static void push_interrupt(lua_State* L, int code) {
+  if (code == SCOPE_TIMEOUT)
+    code = ATH_ETIMEDOUT;
   const char* msg = code == ATH_ESHUTDOWN     ? "interrupted by shutdown"
                     : code == ATH_ETIMEDOUT   ? "attempt timed out"
                     : code == ATH_EHEARTBEAT  ? "no heartbeat within heartbeatTimeout"
@@ -75,7 +81,9 @@ static int expired(ath_slot_t* s, uint64_t now) {
     return 0;
   if (s->deadline[1] && now >= s->deadline[1])
     return ATH_EHEARTBEAT;
-  return ATH_ETIMEDOUT; /* the attempt's timeout or scheduleToClose */
+  if ((s->deadline[0] && now >= s->deadline[0]) || (s->deadline[2] && now >= s->deadline[2]))
+    return ATH_ETIMEDOUT; /* the attempt's timeout or scheduleToClose */
+  return SCOPE_TIMEOUT;
 }
 
 /* The count hook of every task coroutine (and coroutines they create, which
@@ -344,7 +352,8 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
   } else if (irq == ATH_ESHUTDOWN) {
     add_outcome(wk, t, ATH_PENDING, 0); /* back to the queue, not counted */
   } else if (irq != 0) {
-    fail_with(wk, t, irq, NULL); /* a deadline: the interrupting code wins */
+    /* a deadline: the interrupting code wins */
+    fail_with(wk, t, irq == SCOPE_TIMEOUT ? ATH_ETIMEDOUT : irq, NULL);
   } else if (st == LUA_OK) {
     int base = lua_gettop(co) - nres + 1;
     if (nres >= 2 && lua_isnil(co, base) && !lua_isnil(co, base + 1)) {
@@ -427,7 +436,7 @@ static void deadline_cb(uv_timer_t* h);
 /* Arms the slot's deadline timer for the earliest deadline. */
 static void arm_deadline(ath_slot_t* s) {
   uint64_t next = UINT64_MAX;
-  for (int i = 0; i < 3; i++)
+  for (int i = 0; i < 4; i++)
     if (s->deadline[i] && s->deadline[i] < next)
       next = s->deadline[i];
   s->next_deadline = next;
@@ -465,7 +474,7 @@ static void start_task(ath_worker_t* wk, ath_task_t* t) {
   s->task = t;
   s->deadline[0] = now + (uint64_t)a->timeout_ms * 1000000u;
   s->deadline[1] = a->heartbeat_timeout_ms ? now + (uint64_t)a->heartbeat_timeout_ms * 1000000u : 0;
-  s->deadline[2] = 0;
+  s->deadline[2] = s->deadline[3] = 0;
   if (a->schedule_to_close_ms) {
     int64_t left = t->scheduled_at + a->schedule_to_close_ms - ath__now_ms();
     s->deadline[2] = now + (uint64_t)(left > 0 ? left : 0) * 1000000u;
@@ -513,6 +522,30 @@ int ath__task_heartbeat(lua_State* L, const char* json, size_t len) {
     arm_deadline(s);
   }
   return 0;
+}
+
+int ath__task_scope_push(lua_State* L, int64_t ms, uint64_t* prev) {
+  ath_slot_t* s = task_slot(L);
+  if (s == NULL)
+    return -1;
+  *prev = s->deadline[3];
+  s->deadline[3] = uv_hrtime() + (uint64_t)ms * 1000000u;
+  arm_deadline(s);
+  return 0;
+}
+
+int ath__task_scope_pop(lua_State* L, uint64_t prev) {
+  ath_slot_t* s = task_slot(L);
+  if (s == NULL)
+    return -1;
+  int fired = atomic_load_explicit(&s->interrupt, memory_order_relaxed) == SCOPE_TIMEOUT;
+  if (fired) {
+    atomic_store_explicit(&s->interrupt, 0, memory_order_relaxed);
+    lua_sethook(L, task_hook, LUA_MASKCOUNT, HOOK_COUNT);
+  }
+  s->deadline[3] = prev;
+  arm_deadline(s);
+  return fired;
 }
 
 int ath__task_cancelled(lua_State* L) {

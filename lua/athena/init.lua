@@ -169,6 +169,22 @@ function M.RetryableError(msg, retryAfter)
     { name = "RetryableError", retryable = true, retryAfter = ra })
 end
 
+--------------------------------------------------------------------- retry
+
+local retry = require "athena.retry"
+M.retryPatterns = retry.patterns
+M.shouldRetryError = retry.shouldRetryError
+
+--- athena.withRetry(fn, opts) -> fn's values | nil, err
+function M.withRetry(fn, opts)
+  return retry.withRetry(fn, opts, check_retry)
+end
+
+--- athena.retryable(fn, opts) -> function
+function M.retryable(fn, opts)
+  return retry.retryable(fn, opts, check_retry)
+end
+
 --------------------------------------------------------------------- world
 
 local CONFIG = {
