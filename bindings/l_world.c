@@ -847,6 +847,8 @@ static int handle_result_k(lua_State* L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
   lhandle_t* h = check_handle(L, 1);
+  if (ath__task_wait_timed_out(L))
+    return ath__pushfail(L, ATH_ETIMEDOUT, "timed out waiting for the result");
   return push_outcome(L, handle_world(L, 1), h->t);
 }
 
@@ -858,12 +860,10 @@ static int handle_result(lua_State* L) {
   if (!lua_isnoneornil(L, 2))
     timeout = ath__checkduration(L, 2);
   lua_settop(L, 1);
-  if (timeout < 0) {
-    int rc = ath__task_wait(L, h->t, handle_result_k, 0);
-    if (rc == 0)
-      return handle_result_k(L, LUA_OK, 0);
-  }
-  /* The control state (or a result with a timeout): block this thread. */
+  int wrc = ath__task_wait(L, h->t, timeout, handle_result_k, 0);
+  if (wrc == 0)
+    return push_outcome(L, w, h->t);
+  /* Not in a task's own coroutine: block this thread. */
   int rc = ath_world_wait(w, h->t, timeout);
   if (rc == ATH_ETIMEDOUT)
     return ath__pushfail(L, rc, "timed out waiting for the result");

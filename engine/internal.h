@@ -155,6 +155,7 @@ struct ath_slot_s {
   ath_worker_t* wk;
   ath_task_t* awaiting;  /* the task this slot waits on (ATH_WAIT_RESULT) */
   lua_KFunction wait_k;  /* continuation of that wait */
+  int wait_timed_out;    /* the last result wait ended by its timeout */
   ath_task_t* task;      /* NULL when free */
   lua_State* co;         /* the task's coroutine, anchored at co_ref */
   int co_ref;
@@ -294,10 +295,14 @@ ath_world_t* ath__worker_world(const ath_worker_t* wk);
  * otherwise yields and, when resumed, returns to the caller's caller (or
  * raises the task's interrupt: cancel, shutdown). */
 int ath__task_sleep(lua_State* L, int64_t ms);
-/* Suspends the calling task until `t` is terminal, then continues in `k`.
- * Returns -1 when L is not a task's own coroutine (the caller blocks), 0
- * when `t` is already terminal (no yield); otherwise does not return. */
-int ath__task_wait(lua_State* L, ath_task_t* t, lua_KFunction k, lua_KContext kctx);
+/* Suspends the calling task until `t` is terminal or `timeout_ms` passes
+ * (< 0: no limit), then continues in `k`, where ath__task_wait_timed_out
+ * tells which. Returns -1 when L is not a task's own coroutine (the caller
+ * blocks), 0 when `t` is already terminal (no yield); otherwise does not
+ * return. */
+int ath__task_wait(lua_State* L, ath_task_t* t, int64_t timeout_ms, lua_KFunction k,
+                   lua_KContext kctx);
+int ath__task_wait_timed_out(lua_State* L);
 
 /* ctx:heartbeat: records `json` (copied) as the running task's latest
  * heartbeat and resets its heartbeat deadline. Raises ECANCELED once a

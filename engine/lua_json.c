@@ -365,27 +365,28 @@ static int enc_value(enc_t* e, int idx, enc_frame_t* f) {
   }
 }
 
-/* The table at `idx` whose first key (a string) and value are on the top. */
-static int enc_object(enc_t* e, int idx, enc_frame_t* f) {
+/* The table at `idx` whose first key (a string) and value are at `k` and
+ * k + 1, the top. */
+static int enc_object(enc_t* e, int idx, enc_frame_t* f, int k) {
   lua_State* L = e->L;
   ath_buf_t* b = e->out;
   char sep = '{';
   int rc;
   do {
     size_t klen;
-    const char* k;
-    if (lua_type(L, -2) != LUA_TSTRING) {
+    const char* key;
+    if (lua_type(L, k) != LUA_TSTRING) {
       lua_pop(L, 2);
       return enc_fail(e, ATH_EINVAL, f->up, "",
                       "mixed or non-string table keys");
     }
-    k = lua_tolstring(L, -2, &klen); /* a string: no conversion */
+    key = lua_tolstring(L, k, &klen); /* a string: no conversion */
     if (put1(b, sep) != 0) {
       lua_pop(L, 2);
       return enc_nomem(e, f->up);
     }
     sep = ',';
-    rc = enc_string(b, k, klen);
+    rc = enc_string(b, key, klen);
     if (rc == 0 && put1(b, ':') != 0)
       rc = ATH_ENOMEM;
     if (rc != 0) {
@@ -394,9 +395,9 @@ static int enc_object(enc_t* e, int idx, enc_frame_t* f) {
         return enc_fail(e, rc, f->up, "", "invalid UTF-8 in object key");
       return enc_nomem(e, f->up);
     }
-    f->key = k; /* stays valid: the key is on the stack */
+    f->key = key; /* stays valid: the key is on the stack */
     f->klen = klen;
-    rc = enc_value(e, lua_gettop(L), f);
+    rc = enc_value(e, k + 1, f);
     lua_pop(L, 1);
     if (rc != 0) {
       lua_pop(L, 1);
@@ -406,23 +407,24 @@ static int enc_object(enc_t* e, int idx, enc_frame_t* f) {
   return put1(b, '}') == 0 ? 0 : enc_nomem(e, f->up);
 }
 
-/* The table at `idx` whose first key (an integer) and value are on the top. */
-static int enc_array(enc_t* e, int idx, enc_frame_t* f) {
+/* The table at `idx` whose first key (an integer) and value are at `k` and
+ * k + 1, the top. */
+static int enc_array(enc_t* e, int idx, enc_frame_t* f, int k) {
   lua_State* L = e->L;
   ath_buf_t* b = e->out;
   lua_Integer n = 0, count = 0, i;
   int rc;
   /* First pass: every key must be a positive integer; n is the largest. */
   do {
-    lua_Integer k;
-    if (!lua_isinteger(L, -2) || (k = lua_tointeger(L, -2)) < 1) {
+    lua_Integer key;
+    if (!lua_isinteger(L, k) || (key = lua_tointeger(L, k)) < 1) {
       lua_pop(L, 2);
       return enc_fail(e, ATH_EINVAL, f->up, "",
                       "mixed or non-string table keys");
     }
     count++;
-    if (k > n)
-      n = k;
+    if (key > n)
+      n = key;
     lua_pop(L, 1);
   } while (lua_next(L, idx));
   if (n > 10 && (lua_Unsigned)n > 2 * (lua_Unsigned)count) {
@@ -438,7 +440,7 @@ static int enc_array(enc_t* e, int idx, enc_frame_t* f) {
       return enc_nomem(e, f->up);
     f->idx = i;
     lua_rawgeti(L, idx, i);
-    rc = enc_value(e, lua_gettop(L), f);
+    rc = enc_value(e, k, f);
     lua_pop(L, 1);
     if (rc != 0)
       return rc;
@@ -451,6 +453,7 @@ static int enc_table(enc_t* e, int idx, enc_frame_t* up) {
   lua_State* L = e->L;
   enc_frame_t f;
   const enc_frame_t* a;
+  int k;
   f.tbl = lua_topointer(L, idx);
   for (a = up; a != NULL; a = a->up) {
     if (a->tbl == f.tbl) /* names the table that holds the reference */
@@ -468,9 +471,10 @@ static int enc_table(enc_t* e, int idx, enc_frame_t* up) {
   lua_pushnil(L);
   if (!lua_next(L, idx))
     return put(e->out, "{}", 2) == 0 ? 0 : enc_nomem(e, up);
-  if (lua_type(L, -2) == LUA_TSTRING)
-    return enc_object(e, idx, &f);
-  return enc_array(e, idx, &f);
+  k = lua_gettop(L) - 1; /* the key; the value is above it */
+  if (lua_type(L, k) == LUA_TSTRING)
+    return enc_object(e, idx, &f, k);
+  return enc_array(e, idx, &f, k);
 }
 
 int ath__json_encode(lua_State* L, int idx, const char* root, ath_buf_t* out,
@@ -729,7 +733,12 @@ static int dec_open(json_dec_t* d, lua_Integer kind) {
    * levels this fails only when the stack cannot be reallocated. */
   if (!lua_checkstack(d->L, 4))
     return dec_stop(d, ATH_ENOMEM, "out of memory (Lua stack)");
-  lua_createtable(d->L, 0, 0);
+  /* Room for a few entries saves the first rehashes, the bulk of the cost
+   * of small tables. */
+  if (kind < 0)
+    lua_createtable(d->L, 0, 4);
+  else
+    lua_createtable(d->L, 4, 0);
   d->next[++d->depth] = kind;
   return 1;
 }

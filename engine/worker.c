@@ -166,16 +166,33 @@ int ath__task_sleep(lua_State* L, int64_t ms) {
   if (interrupt_code(s->wk, s) != 0)
     return wait_k(L, LUA_OK, 0);
   s->wait = ATH_WAIT_SLEEP;
-  uv_timer_start(&s->timer, sleep_cb, (uint64_t)ms, 0);
+  /* The loop's clock is cached and whole milliseconds: refresh it and add
+   * one, so the sleep lasts at least `ms`. */
+  uv_update_time(&s->wk->loop);
+  uv_timer_start(&s->timer, sleep_cb, (uint64_t)ms + 1, 0);
   return lua_yieldk(L, 0, 0, wait_k);
 }
 
-int ath__task_wait(lua_State* L, ath_task_t* t, lua_KFunction k, lua_KContext kctx) {
+/* The wait for a result timed out: stop waiting, resume without it. */
+static void wait_timeout_cb(uv_timer_t* h) {
+  ath_slot_t* s = h->data;
+  if (s->wait != ATH_WAIT_RESULT)
+    return;
+  ath__world_unawait(s->wk->w, s->awaiting, s);
+  s->wait = ATH_WAIT_NONE;
+  s->wait_timed_out = 1;
+  resume_slot(s, 0);
+  pump(s->wk);
+}
+
+int ath__task_wait(lua_State* L, ath_task_t* t, int64_t timeout_ms, lua_KFunction k,
+                   lua_KContext kctx) {
   ath_slot_t* s = task_slot(L);
   if (s == NULL)
     return -1;
   if (interrupt_code(s->wk, s) != 0)
     return wait_k(L, LUA_OK, 0);
+  s->wait_timed_out = 0;
   int rc = ath__world_await(s->wk->w, t, s);
   if (rc == 0)
     return 0;
@@ -184,7 +201,16 @@ int ath__task_wait(lua_State* L, ath_task_t* t, lua_KFunction k, lua_KContext kc
   s->wait = ATH_WAIT_RESULT;
   s->awaiting = t;
   s->wait_k = k;
+  if (timeout_ms >= 0) {
+    uv_update_time(&s->wk->loop);
+    uv_timer_start(&s->timer, wait_timeout_cb, (uint64_t)timeout_ms + 1, 0);
+  }
   return lua_yieldk(L, 0, kctx, await_k);
+}
+
+int ath__task_wait_timed_out(lua_State* L) {
+  ath_slot_t* s = task_slot(L);
+  return s != NULL && s->wait_timed_out;
 }
 
 /* -------------------------------------------------------------- running */
@@ -321,9 +347,8 @@ static void fail_with(ath_worker_t* wk, ath_task_t* t, int code, const char* mes
 }
 
 static void stop_wait(ath_slot_t* s) {
-  if (s->wait == ATH_WAIT_SLEEP)
-    uv_timer_stop(&s->timer);
-  else if (s->wait == ATH_WAIT_RESULT)
+  uv_timer_stop(&s->timer); /* a sleep, or a result wait's timeout */
+  if (s->wait == ATH_WAIT_RESULT)
     ath__world_unawait(s->wk->w, s->awaiting, s);
   s->wait = ATH_WAIT_NONE;
 }
@@ -578,6 +603,7 @@ static void pump(ath_worker_t* wk) {
       free(in);
       if (s->task != NULL && s->wait == ATH_WAIT_RESULT) {
         s->wait = ATH_WAIT_NONE;
+        uv_timer_stop(&s->timer); /* a result wait's timeout */
         resume_slot(s, 0);
         delivered++;
       }
@@ -793,6 +819,7 @@ static void worker_main(void* arg) {
     wk->L = NULL;
     return;
   }
+  atomic_store(&wk->memory_kb, lua_gc(L, LUA_GCCOUNT, 0));
   uv_sem_post(&w->ready);
   pump(wk);
   uv_run(&wk->loop, UV_RUN_DEFAULT);

@@ -16,9 +16,10 @@ M.Error = core.Error
 local fmt = string.format
 
 -- Programmer mistakes with a wrong type raise Lua's standard message.
-local function argerror(n, fname, expected, value)
+-- `level` defaults to 3: the caller of the function that called argerror.
+local function argerror(n, fname, expected, value, level)
   error(fmt("bad argument #%d to '%s' (%s expected, got %s)", n, fname, expected,
-    type(value) == "userdata" and (getmetatable(value) or {}).__name or type(value)), 3)
+    type(value) == "userdata" and (getmetatable(value) or {}).__name or type(value)), level or 3)
 end
 
 -- Wrong values raise an EINVAL error value.
@@ -118,7 +119,7 @@ local DEF_KEYS = {
 }
 
 local function check_name(fname, name)
-  if type(name) ~= "string" then argerror(1, fname, "string", name) end
+  if type(name) ~= "string" then argerror(1, fname, "string", name, 4) end
   if #name < 1 or #name > 128 or name:find("[%s%c]") then
     invalid("invalid name: %s (1-128 bytes, no whitespace or control characters)", show(name))
   end
@@ -338,7 +339,7 @@ function methods.register(self, ...)
   if st.started then invalid("register after start()") end
   for i = 1, select("#", ...) do
     local def = select(i, ...)
-    if getmetatable(def) ~= Definition then argerror(i + 1, "register", "athena definition", def) end
+    if getmetatable(def) ~= Definition then argerror(i, "register", "athena definition", def) end
     local q = def.options.taskQueue
     if q ~= "default" and st.config.taskQueues[q] == nil then
       invalid("unknown task queue %s", q)

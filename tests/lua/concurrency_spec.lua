@@ -39,6 +39,28 @@ describe("many tasks", function()
     assert.is_true(athena.now() - t0 < 20 * 20, "two workers share 20 x 20 ms")
   end)
 
+  it("each worker has its own Lua state", function()
+    -- "order" returns a module-level counter of the state that runs it: per
+    -- worker, the values are exactly 1..k (shared state would number 1..20)
+    local w = S.started { minWorkers = 1, taskQueues = { pair = { workers = 2, concurrency = 1 } } }
+    local inputs = {}
+    for i = 1, 20 do inputs[i] = { tag = i, ms = 10 } end
+    local seen = {}
+    for _, h in ipairs(w:executeMany("order", inputs, { taskQueue = "pair" })) do
+      local r = S.result(h)
+      local wid = h:query().workerId
+      seen[wid] = seen[wid] or {}
+      table.insert(seen[wid], r.n)
+    end
+    local nworkers = 0
+    for wid, ns in pairs(seen) do
+      nworkers = nworkers + 1
+      table.sort(ns)
+      for i, n in ipairs(ns) do assert.equals(i, n, wid) end
+    end
+    assert.equals(2, nworkers)
+  end)
+
   it("1,000 single executes with concurrency 4 all complete, each with its own input", function()
     local w = S.started { minWorkers = 2, taskQueues = { default = { concurrency = 4 } } }
     local hs = {}
