@@ -496,7 +496,14 @@ static int world_query(lua_State* L) {
 static int world_metrics(lua_State* L) {
   ath_world_t* w = check_world(L, 1);
   ath_metrics_t m;
-  ath_world_metrics(w, &m);
+  for (int cap = 16;; cap *= 4) {
+    m.queues = lua_newuserdatauv(L, cap * sizeof(ath_queue_info_t), 0);
+    m.queues_cap = cap;
+    ath_world_metrics(w, &m);
+    if (m.nqueues <= cap)
+      break;
+    lua_pop(L, 1);
+  }
   lua_createtable(L, 0, 8);
   set_int(L, "uptime", m.uptime_ms);
   lua_createtable(L, 0, 3);
@@ -536,26 +543,16 @@ static int world_metrics(lua_State* L) {
   }
   lua_setfield(L, -2, "latency");
   /* queues[name] = {depth, running, oldestAgeMs} */
-  lua_createtable(L, 0, w->nqueues);
-  int64_t now = ath__now_ms();
-  uv_mutex_lock(&w->lock);
-  for (int i = 0; i < w->nqueues; i++) {
-    ath_queue_t* q = w->queues[i];
-    int64_t oldest = 0;
-    for (int b = 0; b < q->nbuckets; b++)
-      if (q->buckets[b].head && (oldest == 0 || q->buckets[b].head->ready_at < oldest))
-        oldest = q->buckets[b].head->ready_at;
-    int64_t depth = q->depth, running = q->running;
-    uv_mutex_unlock(&w->lock); /* no Lua allocation under the lock */
+  lua_createtable(L, 0, m.nqueues);
+  for (int i = 0; i < m.nqueues && i < m.queues_cap; i++) {
     lua_createtable(L, 0, 3);
-    set_int(L, "depth", depth);
-    set_int(L, "running", running);
-    set_int(L, "oldestAgeMs", oldest ? (now > oldest ? now - oldest : 0) : 0);
-    lua_setfield(L, -2, q->name);
-    uv_mutex_lock(&w->lock);
+    set_int(L, "depth", m.queues[i].depth);
+    set_int(L, "running", m.queues[i].running);
+    set_int(L, "oldestAgeMs", m.queues[i].oldest_age_ms);
+    lua_setfield(L, -2, m.queues[i].name);
   }
-  uv_mutex_unlock(&w->lock);
   lua_setfield(L, -2, "queues");
+  lua_remove(L, -2); /* the queue figures' box */
   return 1;
 }
 

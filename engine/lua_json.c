@@ -9,7 +9,8 @@
  * The decoder feeds yajl's callback parser and builds the value directly on
  * the Lua stack. Its state lives in a userdata cached in the registry, so a
  * decode allocates nothing but the Lua values it builds: yajl takes its
- * memory from an arena inside that userdata.
+ * memory from an arena inside that userdata (malloc only for what does not
+ * fit, such as a long string with escapes).
  */
 #include <math.h>
 #include <stdint.h>
@@ -61,7 +62,6 @@ typedef struct {
   const char* root;
   char* err;
   size_t errlen;
-  int failed; /* err holds the message */
 } enc_t;
 
 /* Appends `n` bytes without the terminating NUL, which ath__json_encode
@@ -144,7 +144,6 @@ static int enc_fail(enc_t* e, int rc, const enc_frame_t* f, const char* prefix,
                     const char* what) {
   sink_t m, probe = {NULL, 0, 0};
   size_t fixed;
-  e->failed = 1;
   if (e->err == NULL || e->errlen == 0)
     return rc;
   m.p = e->err;
@@ -488,7 +487,6 @@ int ath__json_encode(lua_State* L, int idx, const char* root, ath_buf_t* out,
   e.root = root != NULL ? root : "value";
   e.err = err;
   e.errlen = errlen;
-  e.failed = 0;
   rc = enc_value(&e, lua_absindex(L, idx), NULL);
   if (rc == 0 && out->len == out->cap) /* make room for the NUL */
     rc = ath__buf_append(out, NULL, 0) == 0 ? 0 : enc_nomem(&e, NULL);

@@ -1091,9 +1091,25 @@ static void percentiles(const ath_lat_ring_t* r, int64_t now, double* p50,
 }
 
 void ath_world_metrics(ath_world_t* w, ath_metrics_t* m) {
+  ath_queue_info_t* qs = m->queues;
+  int cap = m->queues_cap;
   memset(m, 0, sizeof(*m));
+  m->queues = qs;
+  m->queues_cap = cap;
   int64_t now = ath__now_ms();
   uv_mutex_lock(&w->lock);
+  m->nqueues = w->nqueues;
+  for (int i = 0; i < w->nqueues && i < cap; i++) {
+    ath_queue_t* q = w->queues[i];
+    int64_t oldest = 0;
+    for (int b = 0; b < q->nbuckets; b++)
+      if (q->buckets[b].head && (oldest == 0 || q->buckets[b].head->ready_at < oldest))
+        oldest = q->buckets[b].head->ready_at;
+    snprintf(qs[i].name, sizeof(qs[i].name), "%s", q->name);
+    qs[i].depth = q->depth;
+    qs[i].running = q->running;
+    qs[i].oldest_age_ms = oldest && now > oldest ? now - oldest : 0;
+  }
   m->uptime_ms = w->started_at ? now - w->started_at : 0;
   int slots = 0, busy = 0;
   for (int i = 0; i < w->nworkers; i++) {

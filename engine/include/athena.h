@@ -299,6 +299,17 @@ ATH_EXTERN void ath_task_release(ath_task_t* t);
 /* ----------------------------------------------------------------- metrics */
 
 typedef struct {
+  char name[65];
+  int64_t depth;          /* ready tasks */
+  int64_t running;        /* tasks holding slots */
+  int64_t oldest_age_ms;  /* now - readyAt of the oldest ready task; 0 if none */
+} ath_queue_info_t;
+
+typedef struct {
+  /* Set by the caller: room for per-queue figures (may be NULL/0). */
+  ath_queue_info_t* queues;
+  int queues_cap;
+  int nqueues;            /* set: how many queues there are */
   int64_t uptime_ms;
   int workers_total, workers_idle, workers_busy;
   int64_t queued, scheduled, running;
@@ -309,7 +320,9 @@ typedef struct {
   double run_p50, run_p95, run_p99;    /* ms */
 } ath_metrics_t;
 
-/* Fills *m with the world's current metrics (SEMANTICS §14.1). */
+/* Fills *m with the world's current metrics (SEMANTICS §14.1), all read in
+ * one critical section, so they are consistent with each other. Set
+ * m->queues and m->queues_cap first to receive per-queue figures. */
 ATH_EXTERN void ath_world_metrics(ath_world_t* w, ath_metrics_t* m);
 
 typedef struct {

@@ -102,7 +102,7 @@ TEST_IMPL(world_roundtrip) {
     ath_task_snapshot_free(&info);
     ath_task_release(ts[i]);
   }
-  ath_metrics_t m;
+  ath_metrics_t m = {0};
   ath_world_metrics(w, &m);
   ASSERT_EQ(N, m.completed);
   ASSERT_EQ(0, m.queued);
@@ -164,7 +164,7 @@ TEST_IMPL(world_contention) {
     ASSERT_OK(uv_thread_create(&th[i], producer, (void*)(intptr_t)i));
   for (int i = 0; i < PRODUCERS; i++)
     ASSERT_OK(uv_thread_join(&th[i]));
-  ath_metrics_t m;
+  ath_metrics_t m = {0};
   ath_world_metrics(shared_world, &m);
   ASSERT_EQ(PRODUCERS * PER_PRODUCER, m.completed);
   ath_worker_info_t info[4];
