@@ -135,6 +135,8 @@ int lath_world_new(lua_State* L) {
   lua_getfield(L, 1, "entryScript");
   cfg.entry_script = luaL_optstring(L, -1, NULL);
   cfg.cancel_grace_ms = opt_ms(L, 1, "cancelGrace", cfg.cancel_grace_ms);
+  cfg.flush_interval_ms = opt_ms(L, 1, "flushInterval", cfg.flush_interval_ms);
+  cfg.retention_ms = opt_ms(L, 1, "retention", cfg.retention_ms);
   lua_getfield(L, 1, "failureStrategy");
   cfg.failure_strategy = check_strategy(L, lua_gettop(L));
   if (cfg.failure_strategy == ATH_STRATEGY_DEFAULT)
@@ -239,6 +241,7 @@ static int world_start(lua_State* L) {
   int rc = ath_world_start(w, err, sizeof(err));
   if (rc != 0)
     return ath__raise(L, rc, "%s", err);
+  /* A bad store (EBUSY, a newer schema) fails start() before any worker. */
   return 0;
 }
 

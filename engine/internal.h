@@ -50,6 +50,8 @@ typedef struct ath_queue_s ath_queue_t;
 typedef struct ath_worker_s ath_worker_t;
 typedef struct ath_slot_s ath_slot_t;
 typedef struct ath_waiter_s ath_waiter_t;
+typedef struct ath_store_s ath_store_t;
+typedef struct ath_store_vt_s ath_store_vt_t;
 
 /* A registered activity: the ath_activity_t it was registered with, its
  * strings owned. Immutable after start(). */
@@ -58,6 +60,7 @@ typedef struct {
   ath_queue_t* queue;
   ath_activity_t a;      /* a.name and a.task_queue are not used */
   char** non_retryable;  /* owned copy of a.non_retryable */
+  int ghost;             /* a recovered name nobody registered: never runs */
 } ath_def_t;
 
 /* A task lives from execute() until the world is freed (or, later, pruned).
@@ -78,6 +81,9 @@ struct ath_task_s {
   int64_t last_hb;       /* wall ms of the latest heartbeat */
   char* hb;              /* its details (JSON), owned, or NULL */
   size_t hb_len;
+  uint64_t dirty_gen;    /* store generation of its latest change */
+  int dirty;             /* in the store's pending list */
+  int purged;            /* deleted: the store deletes its row */
   ath_def_t* def;
   ath_queue_t* queue;
   uint64_t seq;          /* creation order: the last tie-breaker */
@@ -255,6 +261,9 @@ struct ath_world_s {
   /* Tasks by id. */
   ath_task_t** table;
   size_t table_cap, ntasks;
+  ath_def_t** ghost_defs; /* names of recovered tasks nobody registered */
+  int nghosts;
+  int64_t n_recovered[4];/* pending, scheduled, requeued after a crash, terminal */
   uint64_t next_seq;
   /* Delayed tasks and the engine loop that makes them ready. */
   ath_heap_t delayed;
@@ -262,6 +271,7 @@ struct ath_world_s {
   uv_loop_t eloop;
   uv_async_t easync;
   uv_timer_t etimer;
+  uv_timer_t prune_timer;/* retention, hourly */
   int engine_stop;
   /* Counters (SEMANTICS §14.1). */
   int64_t started_at;
@@ -272,6 +282,19 @@ struct ath_world_s {
   ath_lat_ring_t lat_wait, lat_run;
   /* Shutdown results. */
   int drained, requeued;
+  /* Persistence (store.c). */
+  const ath_store_vt_t* svt;
+  ath_store_t* store;
+  int lockfd;
+  uv_thread_t store_thread;
+  uv_cond_t store_cond;  /* wakes the store thread */
+  ath_task_t** dirty;    /* changed tasks, each holding a reference */
+  size_t ndirty, dirty_cap;
+  uint64_t gen;          /* generation being collected */
+  uint64_t committed_gen;/* every change up to this one is on disk */
+  int store_stop;
+  int store_ok;          /* the last commit succeeded (/healthz) */
+  char store_err[256];
 };
 
 /* worker.c: worker threads. */
@@ -345,6 +368,65 @@ int ath__world_await(ath_world_t* w, ath_task_t* t, ath_slot_t* slot);
 void ath__world_heartbeat(ath_world_t* w, ath_task_t* t, const char* json, size_t len);
 /* Removes `slot`'s waiter from `t` if still there (an interrupted wait). */
 void ath__world_unawait(ath_world_t* w, ath_task_t* t, ath_slot_t* slot);
+
+/* store.c, store_sqlite.c: persistence (SEMANTICS §13) -------------------- */
+
+/* One task's stored state. Strings are borrowed for the call they are
+ * passed to (write) or the callback (load). */
+typedef struct {
+  const char* id;
+  const char* name;
+  const char* queue;
+  int status, attempt, max_attempts, strategy, priority, worker_id;
+  uint64_t seq;
+  int64_t created_at, scheduled_at, ready_at, started_at, completed_at, last_hb;
+  const char* input;  size_t input_len;
+  const char* result; size_t result_len;
+  const char* error;  size_t error_len;
+  int keep_error;     /* write: leave the stored error as it is (running) */
+  const char* hb;     size_t hb_len;
+  int deleted;        /* write: delete the row (purge, retention) */
+} ath_row_t;
+
+typedef int (*ath_row_cb)(void* ud, const ath_row_t* row);
+
+/* A persistence provider: the Backend vtable of DESIGN §4. Every function
+ * runs on one thread at a time (start() on the world's thread, then only
+ * the store thread). Errors are ATH_ESTORE (message in err) or ATH_EINVAL
+ * (a database newer than this build, or not an Athena database). */
+struct ath_store_vt_s {
+  const char* name;
+  /* Opens (creating and migrating) the store in directory `dir`. */
+  int (*open)(const char* dir, int full_sync, ath_store_t** out, char* err, size_t errlen);
+  /* Calls cb for every stored task in creation order; stops at cb's error. */
+  int (*load)(ath_store_t* s, ath_row_cb cb, void* ud, char* err, size_t errlen);
+  /* Writes rows in one transaction: all or nothing. */
+  int (*write)(ath_store_t* s, const ath_row_t* rows, size_t n, char* err, size_t errlen);
+  /* Deletes terminal tasks except quarantined ones completed before. */
+  int (*prune)(ath_store_t* s, int64_t before_ms, char* err, size_t errlen);
+  void (*close)(ath_store_t* s);
+};
+
+extern const ath_store_vt_t ath__sqlite_store;
+
+/* Opens persistence for a starting world (lock file, store, recovery,
+ * retention pass) and starts the store thread. Called by start() before
+ * the workers, lock not held. Returns 0 or an ATH_E* with err set. */
+int ath__store_start(ath_world_t* w, char* err, size_t errlen);
+/* Final commit, stops the store thread, closes the store and the lock. */
+void ath__store_stop(ath_world_t* w);
+/* Records that t changed (lock held): the store thread writes it with the
+ * next group. No-op in memory mode. */
+void ath__store_mark(ath_world_t* w, ath_task_t* t);
+/* Waits (lock held) until everything marked up to generation `gen` is
+ * committed, in file mode; returns at once otherwise. */
+void ath__store_wait(ath_world_t* w, uint64_t gen);
+/* Drops terminal tasks past the world's retention (lock not held). */
+void ath__world_prune(ath_world_t* w);
+/* Recovery (world.c): rebuilds one stored task in memory (an ath_row_cb;
+ * `ud` is the world), then logs what was recovered. */
+int ath__world_recover_row(void* ud, const ath_row_t* r);
+void ath__world_recovered(ath_world_t* w);
 
 /* lua_vm.c ---------------------------------------------------------------- */
 

@@ -67,6 +67,8 @@ void ath_world_config_init(ath_world_config_t* cfg) {
   cfg->cancel_grace_ms = 5000;
   cfg->failure_strategy = ATH_STRATEGY_RETRY;
   cfg->memory_limit = (size_t)256 << 20;
+  cfg->flush_interval_ms = 50;
+  cfg->retention_ms = 7 * 86400000LL;
 }
 
 void ath_activity_init(ath_activity_t* a, const char* name) {
@@ -266,6 +268,20 @@ static void table_put(ath_world_t* w, ath_task_t* t) {
   w->ntasks++;
 }
 
+/* Takes t out of the table and the store (lock held); the caller drops
+ * the table's reference. */
+static void table_remove(ath_world_t* w, ath_task_t* t) {
+  for (ath_task_t** p = &w->table[t->hash & (w->table_cap - 1)]; *p; p = &(*p)->hnext) {
+    if (*p == t) {
+      *p = t->hnext;
+      w->ntasks--;
+      break;
+    }
+  }
+  t->purged = 1;
+  ath__store_mark(w, t);
+}
+
 static void task_free(ath_task_t* t) {
   free(t->hb);
   free(t->input);
@@ -393,8 +409,8 @@ static void wake_all(ath_worker_t** wks, int n) {
 
 /* Moves a ready task into its queue (lock held). */
 static int make_ready(ath_world_t* w, ath_task_t* t) {
-  (void)w;
   t->status = ATH_PENDING;
+  ath__store_mark(w, t);
   return ath__queue_push(t->queue, t);
 }
 
@@ -522,6 +538,7 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
     if (opts->delay_ms > 0) {
       t->status = ATH_SCHEDULED;
       if ((qrc = ath__heap_push(&w->delayed, t)) == 0) {
+        ath__store_mark(w, t);
         w->n_scheduled++;
         wake_engine |= w->delayed.items[0] == t;
       }
@@ -539,11 +556,17 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
     out[i] = t;
   }
   nwake = pick_sleepers(w, q, ready, wake, MAX_WORKERS);
+  uint64_t gen = w->gen;
   uv_mutex_unlock(&w->lock);
   wake_all(wake, nwake);
   if (wake_engine)
     uv_async_send(&w->easync);
   free(tasks);
+  if (w->cfg.persistence == ATH_PERSIST_FILE) { /* acknowledged once durable */
+    uv_mutex_lock(&w->lock);
+    ath__store_wait(w, gen);
+    uv_mutex_unlock(&w->lock);
+  }
   return 0;
 
 fail:
@@ -599,12 +622,17 @@ static void engine_timer_cb(uv_timer_t* h) {
   engine_tick(h->data);
 }
 
+static void prune_cb(uv_timer_t* h) {
+  ath__world_prune(h->data);
+}
+
 static void engine_async_cb(uv_async_t* h) {
   ath_world_t* w = h->data;
   uv_mutex_lock(&w->lock);
   int stop = w->engine_stop;
   uv_mutex_unlock(&w->lock);
   if (stop) {
+    uv_close((uv_handle_t*)&w->prune_timer, NULL);
     uv_close((uv_handle_t*)&w->etimer, NULL);
     uv_close((uv_handle_t*)&w->easync, NULL);
     return;
@@ -668,6 +696,7 @@ static int finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t n
                        ath_worker_t** wake, int nwake) {
   t->status = st;
   t->completed_at = now;
+  ath__store_mark(w, t);
   switch (st) {
     case ATH_COMPLETED:
       w->n_completed++;
@@ -736,6 +765,7 @@ static int retry_task(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o,
     return -1;
   w->n_scheduled++;
   w->n_retried++;
+  ath__store_mark(w, t);
   *wake_engine |= w->delayed.items[0] == t;
   return 0;
 }
@@ -804,6 +834,7 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
       t->start_mono = mono;
       t->worker_id = wk->id;
       t->wk = wk;
+      ath__store_mark(w, t);
       t->run_pos = wk->running + n;
       wk->running_tasks[t->run_pos] = t;
       lat_add(&w->lat_wait, mono > t->ready_mono ? (double)(mono - t->ready_mono) / 1e6 : 0, now);
@@ -869,6 +900,8 @@ int ath_world_wait(ath_world_t* w, ath_task_t* t, int64_t timeout_ms) {
     }
     w->cond_waiters--;
   }
+  if (rc == 0)
+    ath__store_wait(w, t->dirty_gen); /* file: the outcome is on disk */
   uv_mutex_unlock(&w->lock);
   return rc;
 }
@@ -932,19 +965,29 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
   }
   uv_async_init(&w->eloop, &w->easync, engine_async_cb);
   uv_timer_init(&w->eloop, &w->etimer);
-  w->easync.data = w->etimer.data = w;
-  /* Started before the workers load, so executions from a worker's
-   * definition phase are refused the same way as in the control state. */
+  uv_timer_init(&w->eloop, &w->prune_timer);
+  w->easync.data = w->etimer.data = w->prune_timer.data = w;
+  /* Recovery first: the workers then start with the recovered queue. */
+  rc = ath__store_start(w, err, errlen);
   for (int i = 0; i < w->nqueues && rc == 0; i++) {
     ath_queue_t* q = w->queues[i];
     int n = i == 0 ? w->cfg.min_workers : q->workers;
     for (int k = 0; k < n && rc == 0; k++)
       rc = add_worker(w, q, err, errlen);
   }
-  if (rc == 0)
-    rc = uv_thread_create(&w->engine_thread, engine_main, w);
+  if (rc == 0) {
+    uv_timer_start(&w->prune_timer, prune_cb, 3600000, 3600000);
+    uv_async_send(&w->easync); /* arm the timer for recovered delayed tasks */
+    int trc = uv_thread_create(&w->engine_thread, engine_main, w);
+    if (trc != 0) {
+      set_err(err, errlen, "cannot start the engine thread: %s", uv_strerror(trc));
+      rc = ATH_ENOMEM;
+    }
+  }
   if (rc != 0) {
     stop_workers(w);
+    ath__store_stop(w);
+    uv_close((uv_handle_t*)&w->prune_timer, NULL);
     uv_close((uv_handle_t*)&w->etimer, NULL);
     uv_close((uv_handle_t*)&w->easync, NULL);
     uv_run(&w->eloop, UV_RUN_DEFAULT);
@@ -1001,6 +1044,7 @@ int ath_world_shutdown(ath_world_t* w, int64_t timeout_ms, int* drained,
   uv_mutex_unlock(&w->lock);
   stop_workers(w);
   stop_engine(w);
+  ath__store_stop(w); /* the final commit, then the lock file */
   *drained = w->drained;
   *requeued = w->requeued;
   return 0;
@@ -1048,6 +1092,11 @@ void ath_world_free(ath_world_t* w) {
     free(w->defs[i].name);
     strv_free(w->defs[i].non_retryable);
   }
+  for (int i = 0; i < w->nghosts; i++) {
+    free(w->ghost_defs[i]->name);
+    free(w->ghost_defs[i]);
+  }
+  free(w->ghost_defs);
   free(w->defs);
   free((char*)w->cfg.persistence_path);
   free((char*)w->cfg.entry_script);
@@ -1232,6 +1281,7 @@ int ath_world_cancel(ath_world_t* w, ath_task_t* t) {
   }
   if (atomic_load(&t->cancel_ns) == 0)
     atomic_store(&t->cancel_ns, ath__mono_ns());
+  ath__store_mark(w, t);
   switch (t->status) {
     case ATH_PENDING:
       ath__queue_remove(t->queue, t);
@@ -1249,6 +1299,7 @@ int ath_world_cancel(ath_world_t* w, ath_task_t* t) {
         atomic_store(&runner->poke, 1);
       break;
   }
+  ath__store_wait(w, w->gen); /* file: the cancel is durable */
   uv_mutex_unlock(&w->lock);
   wake_all(wake, nwake);
   if (runner != NULL)
@@ -1260,9 +1311,9 @@ int ath_world_requeue(ath_world_t* w, ath_task_t* t) {
   ath_worker_t* wake[MAX_WORKERS];
   int nwake = 0;
   uv_mutex_lock(&w->lock);
-  if (t->status != ATH_QUARANTINED || w->state != ATH_W_STARTED) {
+  if (t->status != ATH_QUARANTINED || w->state != ATH_W_STARTED || t->def->ghost) {
     uv_mutex_unlock(&w->lock);
-    return t->status != ATH_QUARANTINED ? ATH_EINVAL : ATH_ESHUTDOWN;
+    return t->status != ATH_QUARANTINED || t->def->ghost ? ATH_EINVAL : ATH_ESHUTDOWN;
   }
   t->attempt = 0;
   t->err_code = 0;
@@ -1279,6 +1330,7 @@ int ath_world_requeue(ath_world_t* w, ath_task_t* t) {
     return ATH_ENOMEM;
   }
   nwake = pick_sleepers(w, t->queue, 1, wake, MAX_WORKERS);
+  ath__store_wait(w, t->dirty_gen);
   uv_mutex_unlock(&w->lock);
   wake_all(wake, nwake);
   return 0;
@@ -1290,13 +1342,8 @@ int ath_world_purge(ath_world_t* w, ath_task_t* t) {
     uv_mutex_unlock(&w->lock);
     return ATH_EINVAL;
   }
-  for (ath_task_t** p = &w->table[t->hash & (w->table_cap - 1)]; *p; p = &(*p)->hnext) {
-    if (*p == t) {
-      *p = t->hnext;
-      w->ntasks--;
-      break;
-    }
-  }
+  table_remove(w, t);
+  ath__store_wait(w, t->dirty_gen);
   uv_mutex_unlock(&w->lock);
   ath_task_release(t); /* the table's reference */
   return 0;
@@ -1351,5 +1398,142 @@ void ath__world_heartbeat(ath_world_t* w, ath_task_t* t, const char* json, size_
     t->hb_len = copy ? len : 0;
   }
   t->last_hb = now;
+  ath__store_mark(w, t);
   uv_mutex_unlock(&w->lock);
+}
+
+/* ------------------------------------------------------ recovery, pruning */
+
+/* The definition recovered tasks of `name` run under: the registered one,
+ * or a ghost that never runs (its tasks fail with ENOTFOUND). */
+static ath_def_t* recovered_def(ath_world_t* w, const char* name) {
+  int i = find_def(w, name);
+  if (i >= 0)
+    return &w->defs[i];
+  for (int k = 0; k < w->nghosts; k++)
+    if (strcmp(w->ghost_defs[k]->name, name) == 0)
+      return w->ghost_defs[k];
+  ath_def_t** gs = realloc(w->ghost_defs, (w->nghosts + 1) * sizeof(*gs));
+  ath_def_t* d = calloc(1, sizeof(*d));
+  if (gs == NULL || d == NULL || (d->name = xstrdup(name)) == NULL) {
+    free(d);
+    if (gs != NULL)
+      w->ghost_defs = gs;
+    return NULL;
+  }
+  w->ghost_defs = gs;
+  ath_activity_init(&d->a, NULL);
+  d->queue = w->queues[0];
+  d->ghost = 1;
+  gs[w->nghosts++] = d;
+  return d;
+}
+
+int ath__world_recover_row(void* ud, const ath_row_t* r) {
+  ath_world_t* w = ud;
+  size_t idlen = strlen(r->id);
+  ath_task_t* t = calloc(1, sizeof(*t) + idlen + 1);
+  if (t == NULL)
+    return ATH_ENOMEM;
+  memcpy(t->id, r->id, idlen + 1);
+  atomic_init(&t->refs, 1);
+  t->hash = ath__hash_str(t->id);
+  t->heap_idx = UINT32_MAX;
+  t->input = memdup(r->input, r->input_len);
+  t->input_len = r->input_len;
+  t->result = memdup(r->result, r->result_len);
+  t->result_len = r->result ? r->result_len : 0;
+  t->error = memdup(r->error, r->error_len);
+  t->error_len = r->error ? r->error_len : 0;
+  t->hb = memdup(r->hb, r->hb_len);
+  t->hb_len = r->hb ? r->hb_len : 0;
+  uv_mutex_lock(&w->lock);
+  t->def = recovered_def(w, r->name);
+  if (t->input == NULL || t->def == NULL || (r->result && !t->result) || (r->error && !t->error) ||
+      (r->hb && !t->hb) || (w->ntasks + 1 > w->table_cap && table_grow(w) != 0)) {
+    uv_mutex_unlock(&w->lock);
+    task_free(t);
+    return ATH_ENOMEM;
+  }
+  ath_queue_t* q = find_queue(w, r->queue);
+  t->queue = t->def->ghost ? w->queues[0] : q ? q : t->def->queue;
+  t->status = (ath_status_t)r->status;
+  t->attempt = r->attempt;
+  t->max_attempts = r->max_attempts;
+  t->strategy = (ath_strategy_t)r->strategy;
+  t->priority = r->priority;
+  t->worker_id = r->worker_id;
+  t->seq = r->seq;
+  t->created_at = r->created_at;
+  t->scheduled_at = r->scheduled_at;
+  t->ready_at = r->ready_at;
+  t->started_at = r->started_at;
+  t->completed_at = r->completed_at;
+  t->last_hb = r->last_hb;
+  if (r->seq >= w->next_seq)
+    w->next_seq = r->seq + 1;
+  table_put(w, t);
+  int64_t now = ath__now_ms();
+  uint64_t mono = ath__mono_ns();
+  int rc = 0;
+  if (ATH_IS_TERMINAL(t->status)) {
+    w->n_recovered[3]++;
+  } else if (t->def->ghost) {
+    set_error(t, ATH_ENOTFOUND, "no activity with this name is registered any more");
+    finish_task(w, t, ATH_FAILED, now, NULL, 0);
+  } else if (t->status == ATH_SCHEDULED || t->status == ATH_RETRYING) {
+    t->ready_mono = mono + (uint64_t)(t->ready_at > now ? t->ready_at - now : 0) * 1000000u;
+    rc = ath__heap_push(&w->delayed, t);
+    w->n_scheduled += rc == 0;
+    w->n_recovered[1]++;
+  } else {
+    if (t->status != ATH_PENDING) { /* running when the process died: T14 */
+      t->attempt = t->attempt > 0 ? t->attempt - 1 : 0;
+      w->n_recovered[2]++;
+    } else {
+      w->n_recovered[0]++;
+    }
+    t->ready_mono = mono - (uint64_t)(now > t->ready_at ? now - t->ready_at : 0) * 1000000u;
+    rc = make_ready(w, t);
+  }
+  uv_mutex_unlock(&w->lock);
+  return rc;
+}
+
+void ath__world_recovered(ath_world_t* w) {
+  const int64_t* n = w->n_recovered;
+  if (n[0] + n[1] + n[2] + n[3] > 0)
+    fprintf(stderr,
+            "athena: info: recovered %lld pending, %lld scheduled or retrying, %lld re-queued "
+            "(running when the process stopped), %lld finished tasks from %s\n",
+            (long long)n[0], (long long)n[1], (long long)n[2], (long long)n[3],
+            w->cfg.persistence_path);
+}
+
+void ath__world_prune(ath_world_t* w) {
+  int64_t before = ath__now_ms() - w->cfg.retention_ms;
+  ath_task_t* dead = NULL; /* chained through hnext once out of the table */
+  uv_mutex_lock(&w->lock);
+  for (size_t i = 0; i < w->table_cap; i++) {
+    ath_task_t** p = &w->table[i];
+    while (*p != NULL) {
+      ath_task_t* t = *p;
+      if (ATH_IS_TERMINAL(t->status) && t->status != ATH_QUARANTINED && t->completed_at < before) {
+        *p = t->hnext;
+        w->ntasks--;
+        t->purged = 1;
+        ath__store_mark(w, t);
+        t->hnext = dead;
+        dead = t;
+      } else {
+        p = &t->hnext;
+      }
+    }
+  }
+  uv_mutex_unlock(&w->lock);
+  while (dead != NULL) {
+    ath_task_t* next = dead->hnext;
+    ath_task_release(dead);
+    dead = next;
+  }
 }

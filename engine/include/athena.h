@@ -128,6 +128,8 @@ struct ath_world_config_s {
   int64_t cancel_grace_ms;      /* 5000 */
   ath_strategy_t failure_strategy; /* ATH_STRATEGY_RETRY */
   size_t memory_limit;          /* bytes of Lua heap per worker state (256 MiB) */
+  int64_t flush_interval_ms;    /* hybrid group-commit period (50) */
+  int64_t retention_ms;         /* terminal tasks kept this long (7 days) */
   /* Code that worker states load: either an entry script re-run in
    * definition mode, or modules that workers require (one of the two). */
   const char* entry_script;

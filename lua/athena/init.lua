@@ -316,6 +316,7 @@ function World.new(config)
     minWorkers = c.minWorkers, maxWorkers = c.maxWorkers, persistence = c.persistence,
     persistencePath = c.persistencePath, modules = c.modules, taskQueues = {},
     failureStrategy = c.failureStrategy, cancelGrace = c.cancelGrace, memoryLimit = c.memoryLimit,
+    flushInterval = c.flushInterval, retention = c.retention,
   }
   for name, q in pairs(c.taskQueues) do
     if name == "default" then
@@ -367,11 +368,6 @@ function methods.start(self)
   if next(st.defs) ~= nil and not st.hasCode then
     invalid("workers cannot load the handlers: pass modules = {...} to World.new " ..
       "(or run the script itself with athena or lua5.4)")
-  end
-  if st.config.persistence ~= "memory" and not st.warned then
-    st.warned = true
-    io.stderr:write(fmt("athena: warning: persistence %q is not implemented yet; tasks are kept in memory only\n",
-      st.config.persistence))
   end
   self:_start(package.path, package.cpath)
   st.started = true

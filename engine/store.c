@@ -1,0 +1,276 @@
+/* Persistence around the provider vtable (SEMANTICS §13): the lock file,
+ * recovery at start(), and the store thread that group-commits changes.
+ *
+ * A state change marks its task dirty under the world lock. The store
+ * thread swaps the dirty list out, snapshots the rows (still under the
+ * lock, so each row is one consistent state), and writes them in one
+ * transaction without the lock. In `file` mode acknowledgments wait for the
+ * commit of the generation their change belongs to; in `hybrid` mode the
+ * thread commits every flushInterval and nobody waits. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "internal.h"
+
+static char* copy_bytes(const char* p, size_t n) {
+  if (p == NULL)
+    return NULL;
+  char* c = malloc(n + 1);
+  if (c != NULL) {
+    memcpy(c, p, n);
+    c[n] = '\0';
+  }
+  return c;
+}
+
+void ath__store_mark(ath_world_t* w, ath_task_t* t) {
+  if (w->store == NULL)
+    return;
+  t->dirty_gen = w->gen;
+  if (!t->dirty) {
+    if (w->ndirty == w->dirty_cap) {
+      size_t cap = w->dirty_cap ? w->dirty_cap * 2 : 1024;
+      ath_task_t** d = realloc(w->dirty, cap * sizeof(*d));
+      if (d == NULL) {
+        /* Cannot queue the write: say so where /healthz looks; the next
+         * change of this task retries. */
+        w->store_ok = 0;
+        snprintf(w->store_err, sizeof(w->store_err), "%s", "out of memory queueing a write");
+        return;
+      }
+      w->dirty = d;
+      w->dirty_cap = cap;
+    }
+    t->dirty = 1;
+    ath_task_retain(t);
+    w->dirty[w->ndirty++] = t;
+  }
+  if (w->cfg.persistence == ATH_PERSIST_FILE)
+    uv_cond_signal(&w->store_cond);
+}
+
+void ath__store_wait(ath_world_t* w, uint64_t gen) {
+  if (w->store == NULL || w->cfg.persistence != ATH_PERSIST_FILE)
+    return;
+  while (w->committed_gen < gen && !(w->store_stop && w->ndirty == 0))
+    uv_cond_wait(&w->cond, &w->lock);
+}
+
+/* Snapshots t into r (lock held). Copies what another thread may change or
+ * free later (error, heartbeat); input never changes and a result never
+ * changes once written. Returns 0 or ATH_ENOMEM. */
+static int snapshot(ath_task_t* t, ath_row_t* r) {
+  memset(r, 0, sizeof(*r));
+  r->id = t->id;
+  r->name = t->def->name;
+  r->queue = t->queue->name;
+  r->status = t->status;
+  r->attempt = t->attempt;
+  r->max_attempts = t->max_attempts;
+  r->strategy = t->strategy;
+  r->priority = t->priority;
+  r->worker_id = t->worker_id;
+  r->seq = t->seq;
+  r->created_at = t->created_at;
+  r->scheduled_at = t->scheduled_at;
+  r->ready_at = t->ready_at;
+  r->started_at = t->started_at;
+  r->completed_at = t->completed_at;
+  r->last_hb = t->last_hb;
+  r->input = t->input;
+  r->input_len = t->input_len;
+  r->deleted = t->purged;
+  if (ATH_IS_TERMINAL(t->status)) {
+    r->result = t->result;
+    r->result_len = t->result_len;
+  }
+  if (t->status == ATH_RUNNING) {
+    r->keep_error = 1; /* its worker owns the error field meanwhile */
+  } else if (t->error != NULL) {
+    if ((r->error = copy_bytes(t->error, t->error_len)) == NULL)
+      return ATH_ENOMEM;
+    r->error_len = t->error_len;
+  }
+  if (t->hb != NULL) {
+    if ((r->hb = copy_bytes(t->hb, t->hb_len)) == NULL) {
+      free((char*)r->error);
+      return ATH_ENOMEM;
+    }
+    r->hb_len = t->hb_len;
+  }
+  return 0;
+}
+
+static void store_main(void* arg) {
+  ath_world_t* w = arg;
+  uint64_t flush_ns = (uint64_t)w->cfg.flush_interval_ms * 1000000u;
+  int file = w->cfg.persistence == ATH_PERSIST_FILE;
+  char err[256];
+  uv_mutex_lock(&w->lock);
+  for (;;) {
+    if (w->ndirty == 0) {
+      if (w->store_stop)
+        break;
+      if (file)
+        uv_cond_wait(&w->store_cond, &w->lock);
+      else
+        uv_cond_timedwait(&w->store_cond, &w->lock, flush_ns);
+      continue;
+    }
+    if (!file && !w->store_stop) /* hybrid: one commit per flushInterval */
+      uv_cond_timedwait(&w->store_cond, &w->lock, flush_ns);
+    ath_task_t** batch = w->dirty;
+    size_t n = w->ndirty;
+    w->dirty = NULL;
+    w->ndirty = w->dirty_cap = 0;
+    uint64_t gen = w->gen++;
+    ath_row_t* rows = malloc(n * sizeof(*rows));
+    int rc = rows ? 0 : ATH_ENOMEM;
+    size_t made = 0;
+    for (; rc == 0 && made < n; made++)
+      rc = snapshot(batch[made], &rows[made]);
+    for (size_t i = 0; i < n; i++)
+      batch[i]->dirty = 0;
+    uv_mutex_unlock(&w->lock);
+    if (rc == 0)
+      rc = w->svt->write(w->store, rows, n, err, sizeof(err));
+    else
+      snprintf(err, sizeof(err), "%s", "out of memory preparing a commit");
+    for (size_t i = 0; i < made; i++) {
+      free((char*)rows[i].error);
+      free((char*)rows[i].hb);
+    }
+    free(rows);
+    uv_mutex_lock(&w->lock);
+    if (rc != 0) {
+      /* Keep the changes and try again: nothing acknowledged is dropped. */
+      if (w->store_ok)
+        fprintf(stderr, "athena: store: commit failed, retrying: %s\n", err);
+      w->store_ok = 0;
+      snprintf(w->store_err, sizeof(w->store_err), "%s", err);
+      for (size_t i = 0; i < n; i++) {
+        ath__store_mark(w, batch[i]);
+        ath_task_release(batch[i]);
+      }
+      w->gen--; /* the failed generation is still open */
+      uv_cond_timedwait(&w->store_cond, &w->lock, 100000000u);
+      if (w->store_stop && !w->store_ok)
+        break; /* shutting down with a store that keeps failing */
+    } else {
+      if (!w->store_ok)
+        fprintf(stderr, "athena: store: commits succeed again\n");
+      w->store_ok = 1;
+      w->committed_gen = gen;
+      uv_cond_broadcast(&w->cond);
+      uv_mutex_unlock(&w->lock);
+      for (size_t i = 0; i < n; i++)
+        ath_task_release(batch[i]);
+      uv_mutex_lock(&w->lock);
+    }
+    free(batch);
+  }
+  uv_mutex_unlock(&w->lock);
+}
+
+static int take_lock(ath_world_t* w, char* err, size_t errlen) {
+  const char* dir = w->cfg.persistence_path;
+  if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+    snprintf(err, errlen, "cannot create persistencePath %s: %s", dir, strerror(errno));
+    return ATH_ESTORE;
+  }
+  char path[4096];
+  snprintf(path, sizeof(path), "%s/athena.lock", dir);
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+    return ATH_ESTORE;
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int e = errno;
+    close(fd);
+    if (e == EWOULDBLOCK) {
+      snprintf(err, errlen, "persistencePath %s is held by another world", dir);
+      return ATH_EBUSY;
+    }
+    snprintf(err, errlen, "cannot lock %s: %s", path, strerror(e));
+    return ATH_ESTORE;
+  }
+  w->lockfd = fd;
+  return 0;
+}
+
+static void drop_lock(ath_world_t* w) {
+  if (w->lockfd >= 0) {
+    close(w->lockfd); /* releases the flock */
+    w->lockfd = -1;
+  }
+}
+
+int ath__store_start(ath_world_t* w, char* err, size_t errlen) {
+  w->lockfd = -1;
+  if (w->cfg.persistence == ATH_PERSIST_MEMORY)
+    return 0;
+  int rc = take_lock(w, err, errlen);
+  if (rc != 0)
+    return rc;
+  w->svt = &ath__sqlite_store;
+  ath_store_t* st = NULL;
+  rc = w->svt->open(w->cfg.persistence_path, w->cfg.persistence == ATH_PERSIST_FILE, &st, err, errlen);
+  if (rc == 0)
+    rc = w->svt->prune(st, ath__now_ms() - w->cfg.retention_ms, err, errlen);
+  if (rc == 0) {
+    uv_cond_init(&w->store_cond);
+    w->gen = 1;
+    w->committed_gen = 0;
+    w->store_ok = 1;
+    w->store = st; /* from here on, changes are marked; recovery marks some */
+    rc = w->svt->load(st, ath__world_recover_row, w, err, errlen);
+    int trc = rc == 0 ? uv_thread_create(&w->store_thread, store_main, w) : 0;
+    if (trc != 0) {
+      snprintf(err, errlen, "cannot start the store thread: %s", uv_strerror(trc));
+      rc = ATH_ENOMEM;
+    }
+    if (rc != 0) {
+      w->store = NULL;
+      uv_cond_destroy(&w->store_cond);
+    }
+  }
+  if (rc != 0) {
+    if (st != NULL)
+      w->svt->close(st);
+    drop_lock(w);
+    return rc;
+  }
+  ath__world_recovered(w);
+  return 0;
+}
+
+void ath__store_stop(ath_world_t* w) {
+  if (w->store == NULL)
+    return;
+  uv_mutex_lock(&w->lock);
+  w->store_stop = 1;
+  uv_cond_signal(&w->store_cond);
+  uv_mutex_unlock(&w->lock);
+  uv_thread_join(&w->store_thread); /* after the final commit */
+  uv_mutex_lock(&w->lock);
+  for (size_t i = 0; i < w->ndirty; i++) { /* a store that kept failing */
+    w->dirty[i]->dirty = 0;
+    ath_task_release(w->dirty[i]);
+  }
+  free(w->dirty);
+  w->dirty = NULL;
+  w->ndirty = w->dirty_cap = 0;
+  ath_store_t* st = w->store;
+  w->store = NULL;
+  uv_cond_broadcast(&w->cond);
+  uv_mutex_unlock(&w->lock);
+  w->svt->close(st);
+  uv_cond_destroy(&w->store_cond);
+  drop_lock(w);
+}

@@ -1,0 +1,274 @@
+/* The SQLite persistence provider (SEMANTICS §13): one database in WAL
+ * mode, written only by the world's store thread, which commits each group
+ * of changes in one transaction. The queue itself lives in C memory; this
+ * is its journal, read back at start() to recover. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sqlite3.h>
+#include "internal.h"
+
+#define SCHEMA_VERSION 2
+
+struct ath_store_s {
+  sqlite3* db;
+  sqlite3_stmt* upsert;
+  sqlite3_stmt* del;
+};
+
+/* Migrations, applied in order from the database's user_version. Each moves
+ * the schema one version up; all pending ones run in one transaction. */
+static const char* const migrations[SCHEMA_VERSION] = {
+  /* 0 -> 1: tasks */
+  "CREATE TABLE tasks ("
+  " id TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL, status INTEGER NOT NULL,"
+  " attempt INTEGER NOT NULL, max_attempts INTEGER NOT NULL, strategy INTEGER NOT NULL,"
+  " priority INTEGER NOT NULL, queue TEXT NOT NULL, seq INTEGER NOT NULL,"
+  " created_at INTEGER NOT NULL, scheduled_at INTEGER NOT NULL, ready_at INTEGER NOT NULL,"
+  " started_at INTEGER, completed_at INTEGER, worker_id INTEGER,"
+  " input TEXT NOT NULL, result TEXT, error TEXT);"
+  "CREATE INDEX tasks_by_status ON tasks(status, created_at);",
+  /* 1 -> 2: heartbeat checkpoints survive restarts */
+  "ALTER TABLE tasks ADD COLUMN heartbeat TEXT;"
+  "ALTER TABLE tasks ADD COLUMN last_heartbeat INTEGER;",
+};
+
+static int fail(sqlite3* db, int rc, char* err, size_t errlen, const char* what) {
+  snprintf(err, errlen, "%s: %s", what, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+  return ATH_ESTORE;
+}
+
+static int exec(sqlite3* db, const char* sql, char* err, size_t errlen) {
+  int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+  return rc == SQLITE_OK ? 0 : fail(db, rc, err, errlen, sql);
+}
+
+static int query_int(sqlite3* db, const char* sql, int64_t* out) {
+  sqlite3_stmt* st;
+  int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+  if (rc != SQLITE_OK)
+    return rc;
+  rc = sqlite3_step(st);
+  *out = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  sqlite3_finalize(st);
+  return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static void store_close(ath_store_t* s) {
+  if (s == NULL)
+    return;
+  sqlite3_finalize(s->upsert);
+  sqlite3_finalize(s->del);
+  sqlite3_close(s->db);
+  free(s);
+}
+
+/* Brings the schema to SCHEMA_VERSION; refuses newer and foreign files. */
+static int migrate(sqlite3* db, char* err, size_t errlen) {
+  int64_t version, tables;
+  int rc = query_int(db, "PRAGMA user_version", &version);
+  if (rc != SQLITE_OK)
+    return fail(db, rc, err, errlen, "cannot read the database");
+  if (version > SCHEMA_VERSION) {
+    snprintf(err, errlen, "database schema version %lld is newer than this build (%d)",
+             (long long)version, SCHEMA_VERSION);
+    return ATH_EINVAL;
+  }
+  if (version == 0) {
+    rc = query_int(db, "SELECT count(*) FROM sqlite_master", &tables);
+    if (rc != SQLITE_OK)
+      return fail(db, rc, err, errlen, "cannot read the database");
+    if (tables > 0) {
+      snprintf(err, errlen, "%s", "not an Athena database (it has tables but no schema version)");
+      return ATH_EINVAL;
+    }
+  }
+  if (version == SCHEMA_VERSION)
+    return 0;
+  if ((rc = exec(db, "BEGIN IMMEDIATE", err, errlen)) != 0)
+    return rc;
+  for (int64_t v = version; v < SCHEMA_VERSION; v++) {
+    if ((rc = exec(db, migrations[v], err, errlen)) != 0) {
+      sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+      return rc;
+    }
+  }
+  char sql[64];
+  snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", SCHEMA_VERSION);
+  if ((rc = exec(db, sql, err, errlen)) != 0 || (rc = exec(db, "COMMIT", err, errlen)) != 0) {
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+  }
+  return 0;
+}
+
+static int store_open(const char* dir, int full_sync, ath_store_t** out, char* err,
+                      size_t errlen) {
+  char path[4096];
+  snprintf(path, sizeof(path), "%s/athena.db", dir);
+  ath_store_t* s = calloc(1, sizeof(*s));
+  if (s == NULL)
+    return ATH_ENOMEM;
+  int rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                           NULL);
+  if (rc != SQLITE_OK) {
+    rc = fail(s->db, rc, err, errlen, path);
+    store_close(s);
+    return rc;
+  }
+  sqlite3_busy_timeout(s->db, 5000);
+  rc = exec(s->db, "PRAGMA journal_mode=WAL", err, errlen);
+  if (rc == 0)
+    rc = exec(s->db, full_sync ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", err, errlen);
+  if (rc == 0)
+    rc = migrate(s->db, err, errlen);
+  if (rc == 0) {
+    static const char* upsert =
+      "INSERT INTO tasks (id, name, status, attempt, max_attempts, strategy, priority, queue, seq,"
+      " created_at, scheduled_at, ready_at, started_at, completed_at, worker_id, input, result,"
+      " error, heartbeat, last_heartbeat) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,"
+      "?16,?17,?18,?19,?20) ON CONFLICT(id) DO UPDATE SET status=?3, attempt=?4, started_at=?13,"
+      " completed_at=?14, worker_id=?15, ready_at=?12, result=?17,"
+      " error=CASE WHEN ?21 THEN error ELSE ?18 END, heartbeat=?19, last_heartbeat=?20";
+    int prc = sqlite3_prepare_v3(s->db, upsert, -1, SQLITE_PREPARE_PERSISTENT, &s->upsert, NULL);
+    if (prc == SQLITE_OK)
+      prc = sqlite3_prepare_v3(s->db, "DELETE FROM tasks WHERE id = ?1", -1,
+                               SQLITE_PREPARE_PERSISTENT, &s->del, NULL);
+    if (prc != SQLITE_OK)
+      rc = fail(s->db, prc, err, errlen, "cannot prepare statements");
+  }
+  if (rc != 0) {
+    store_close(s);
+    return rc;
+  }
+  *out = s;
+  return 0;
+}
+
+static void bind_text(sqlite3_stmt* st, int i, const char* p, size_t n) {
+  if (p == NULL)
+    sqlite3_bind_null(st, i);
+  else
+    sqlite3_bind_text(st, i, p, (int)n, SQLITE_STATIC);
+}
+
+static void bind_ms(sqlite3_stmt* st, int i, int64_t v) {
+  if (v == 0)
+    sqlite3_bind_null(st, i);
+  else
+    sqlite3_bind_int64(st, i, v);
+}
+
+static int write_row(ath_store_t* s, const ath_row_t* r) {
+  sqlite3_stmt* st = r->deleted ? s->del : s->upsert;
+  sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
+  if (!r->deleted) {
+    sqlite3_bind_text(st, 2, r->name, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 3, r->status);
+    sqlite3_bind_int(st, 4, r->attempt);
+    sqlite3_bind_int(st, 5, r->max_attempts);
+    sqlite3_bind_int(st, 6, r->strategy);
+    sqlite3_bind_int(st, 7, r->priority);
+    sqlite3_bind_text(st, 8, r->queue, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 9, (sqlite3_int64)r->seq);
+    sqlite3_bind_int64(st, 10, r->created_at);
+    sqlite3_bind_int64(st, 11, r->scheduled_at);
+    sqlite3_bind_int64(st, 12, r->ready_at);
+    bind_ms(st, 13, r->started_at);
+    bind_ms(st, 14, r->completed_at);
+    sqlite3_bind_int(st, 15, r->worker_id);
+    bind_text(st, 16, r->input, r->input_len);
+    bind_text(st, 17, r->result, r->result_len);
+    bind_text(st, 18, r->error, r->error_len);
+    bind_text(st, 19, r->hb, r->hb_len);
+    bind_ms(st, 20, r->last_hb);
+    sqlite3_bind_int(st, 21, r->keep_error);
+  }
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  return rc == SQLITE_DONE ? 0 : rc;
+}
+
+static int store_write(ath_store_t* s, const ath_row_t* rows, size_t n, char* err,
+                       size_t errlen) {
+  int rc = exec(s->db, "BEGIN", err, errlen);
+  if (rc != 0)
+    return rc;
+  for (size_t i = 0; i < n; i++) {
+    int src = write_row(s, &rows[i]);
+    if (src != 0) {
+      fail(s->db, src, err, errlen, "cannot write a task");
+      sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+      return ATH_ESTORE;
+    }
+  }
+  rc = exec(s->db, "COMMIT", err, errlen);
+  if (rc != 0)
+    sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+  return rc;
+}
+
+static const char* col_text(sqlite3_stmt* st, int i, size_t* len) {
+  const char* p = (const char*)sqlite3_column_text(st, i);
+  *len = p ? (size_t)sqlite3_column_bytes(st, i) : 0;
+  return p;
+}
+
+static int store_load(ath_store_t* s, ath_row_cb cb, void* ud, char* err, size_t errlen) {
+  sqlite3_stmt* st;
+  int rc = sqlite3_prepare_v2(s->db,
+                              "SELECT id, name, status, attempt, max_attempts, strategy, priority, queue,"
+                              " seq, created_at, scheduled_at, ready_at, started_at, completed_at,"
+                              " worker_id, input, result, error, heartbeat, last_heartbeat"
+                              " FROM tasks ORDER BY seq",
+                              -1, &st, NULL);
+  if (rc != SQLITE_OK)
+    return fail(s->db, rc, err, errlen, "cannot read tasks");
+  int crc = 0;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW && crc == 0) {
+    ath_row_t r;
+    memset(&r, 0, sizeof(r));
+    r.id = (const char*)sqlite3_column_text(st, 0);
+    r.name = (const char*)sqlite3_column_text(st, 1);
+    r.status = sqlite3_column_int(st, 2);
+    r.attempt = sqlite3_column_int(st, 3);
+    r.max_attempts = sqlite3_column_int(st, 4);
+    r.strategy = sqlite3_column_int(st, 5);
+    r.priority = sqlite3_column_int(st, 6);
+    r.queue = (const char*)sqlite3_column_text(st, 7);
+    r.seq = (uint64_t)sqlite3_column_int64(st, 8);
+    r.created_at = sqlite3_column_int64(st, 9);
+    r.scheduled_at = sqlite3_column_int64(st, 10);
+    r.ready_at = sqlite3_column_int64(st, 11);
+    r.started_at = sqlite3_column_int64(st, 12);
+    r.completed_at = sqlite3_column_int64(st, 13);
+    r.worker_id = sqlite3_column_int(st, 14);
+    r.input = col_text(st, 15, &r.input_len);
+    r.result = col_text(st, 16, &r.result_len);
+    r.error = col_text(st, 17, &r.error_len);
+    r.hb = col_text(st, 18, &r.hb_len);
+    r.last_hb = sqlite3_column_int64(st, 19);
+    if (r.id == NULL || r.name == NULL || r.queue == NULL || r.input == NULL) {
+      snprintf(err, errlen, "%s", "a stored task is missing its id, name, queue or input");
+      crc = ATH_ESTORE;
+      break;
+    }
+    crc = cb(ud, &r);
+  }
+  if (crc == 0 && rc != SQLITE_DONE)
+    crc = fail(s->db, rc, err, errlen, "cannot read tasks");
+  sqlite3_finalize(st);
+  return crc;
+}
+
+static int store_prune(ath_store_t* s, int64_t before_ms, char* err, size_t errlen) {
+  char sql[256];
+  snprintf(sql, sizeof(sql),
+           "DELETE FROM tasks WHERE status >= %d AND status <> %d AND completed_at < %lld",
+           ATH_COMPLETED, ATH_QUARANTINED, (long long)before_ms);
+  return exec(s->db, sql, err, errlen);
+}
+
+const ath_store_vt_t ath__sqlite_store = {
+  "sqlite", store_open, store_load, store_write, store_prune, store_close,
+};
