@@ -87,6 +87,17 @@ describe("timeout", function()
     assert.is_true(elapsed >= 90 and elapsed < 600, "ended after " .. elapsed .. " ms")
   end)
 
+  it("an attempt blocked in a C function past its timeout fails ETIMEDOUT once the call returns", function()
+    -- §6.2: such code "stops only when that returns"; its late value is not
+    -- a success
+    local w = U.world()
+    local h = w:execute("sem.cblock")
+    local r, err = h:result(3000)
+    assert.equals("failed", h:status())
+    assert.is_nil(r)
+    assert.equals("ETIMEDOUT", err.code)
+  end)
+
   it("a timed-out attempt is retried when the policy allows (attempt 2 completes)", function()
     local w = U.world()
     local t0 = athena.now()
