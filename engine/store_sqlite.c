@@ -19,15 +19,16 @@ struct ath_store_s {
 /* Migrations, applied in order from the database's user_version. Each moves
  * the schema one version up; all pending ones run in one transaction. */
 static const char* const migrations[SCHEMA_VERSION] = {
-  /* 0 -> 1: tasks */
+  /* 0 -> 1: tasks, keyed by creation order so that inserts append: ids
+   * are random (uuid v4) and an index on them would dirty pages all over
+   * the file on every commit. Lookups by id are served from memory. */
   "CREATE TABLE tasks ("
-  " id TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL, status INTEGER NOT NULL,"
+  " seq INTEGER PRIMARY KEY, id TEXT NOT NULL, name TEXT NOT NULL, status INTEGER NOT NULL,"
   " attempt INTEGER NOT NULL, max_attempts INTEGER NOT NULL, strategy INTEGER NOT NULL,"
-  " priority INTEGER NOT NULL, queue TEXT NOT NULL, seq INTEGER NOT NULL,"
+  " priority INTEGER NOT NULL, queue TEXT NOT NULL,"
   " created_at INTEGER NOT NULL, scheduled_at INTEGER NOT NULL, ready_at INTEGER NOT NULL,"
   " started_at INTEGER, completed_at INTEGER, worker_id INTEGER,"
-  " input TEXT NOT NULL, result TEXT, error TEXT);"
-  "CREATE INDEX tasks_by_status ON tasks(status, created_at);",
+  " input TEXT NOT NULL, result TEXT, error TEXT);",
   /* 1 -> 2: heartbeat checkpoints survive restarts */
   "ALTER TABLE tasks ADD COLUMN heartbeat TEXT;"
   "ALTER TABLE tasks ADD COLUMN last_heartbeat INTEGER;",
@@ -120,6 +121,10 @@ static int store_open(const char* dir, int full_sync, ath_store_t** out, char* e
   rc = exec(s->db, "PRAGMA journal_mode=WAL", err, errlen);
   if (rc == 0)
     rc = exec(s->db, full_sync ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", err, errlen);
+  /* A page cache big enough for the id index of a large queue: inserts by
+   * random ids otherwise read their pages back from the OS on each commit. */
+  if (rc == 0)
+    rc = exec(s->db, "PRAGMA cache_size=-65536", err, errlen);
   if (rc == 0)
     rc = migrate(s->db, err, errlen);
   if (rc == 0) {
@@ -127,12 +132,12 @@ static int store_open(const char* dir, int full_sync, ath_store_t** out, char* e
       "INSERT INTO tasks (id, name, status, attempt, max_attempts, strategy, priority, queue, seq,"
       " created_at, scheduled_at, ready_at, started_at, completed_at, worker_id, input, result,"
       " error, heartbeat, last_heartbeat) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,"
-      "?16,?17,?18,?19,?20) ON CONFLICT(id) DO UPDATE SET status=?3, attempt=?4, started_at=?13,"
+      "?16,?17,?18,?19,?20) ON CONFLICT(seq) DO UPDATE SET status=?3, attempt=?4, started_at=?13,"
       " completed_at=?14, worker_id=?15, ready_at=?12, result=?17,"
       " error=CASE WHEN ?21 THEN error ELSE ?18 END, heartbeat=?19, last_heartbeat=?20";
     int prc = sqlite3_prepare_v3(s->db, upsert, -1, SQLITE_PREPARE_PERSISTENT, &s->upsert, NULL);
     if (prc == SQLITE_OK)
-      prc = sqlite3_prepare_v3(s->db, "DELETE FROM tasks WHERE id = ?1", -1,
+      prc = sqlite3_prepare_v3(s->db, "DELETE FROM tasks WHERE seq = ?9", -1,
                                SQLITE_PREPARE_PERSISTENT, &s->del, NULL);
     if (prc != SQLITE_OK)
       rc = fail(s->db, prc, err, errlen, "cannot prepare statements");
@@ -161,8 +166,9 @@ static void bind_ms(sqlite3_stmt* st, int i, int64_t v) {
 
 static int write_row(ath_store_t* s, const ath_row_t* r) {
   sqlite3_stmt* st = r->deleted ? s->del : s->upsert;
-  sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 9, (sqlite3_int64)r->seq);
   if (!r->deleted) {
+    sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, r->name, -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 3, r->status);
     sqlite3_bind_int(st, 4, r->attempt);
@@ -170,7 +176,6 @@ static int write_row(ath_store_t* s, const ath_row_t* r) {
     sqlite3_bind_int(st, 6, r->strategy);
     sqlite3_bind_int(st, 7, r->priority);
     sqlite3_bind_text(st, 8, r->queue, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 9, (sqlite3_int64)r->seq);
     sqlite3_bind_int64(st, 10, r->created_at);
     sqlite3_bind_int64(st, 11, r->scheduled_at);
     sqlite3_bind_int64(st, 12, r->ready_at);

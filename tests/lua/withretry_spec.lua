@@ -178,6 +178,17 @@ describe("withRetry outside tasks", function()
       assert.equals(1, calls)
     end)
 
+    it("a nested withRetry with a longer timeout does not extend the outer attempt's", function()
+      local t0 = athena.now()
+      local r, err = athena.withRetry(function()
+        return athena.withRetry(function() while true do end end, { maxAttempts = 1, timeout = 1500 })
+      end, { maxAttempts = 1, timeout = 100 })
+      local elapsed = athena.now() - t0
+      assert.is_nil(r)
+      assert.equals("ETIMEDOUT", err.code)
+      assert.is_true(elapsed < 1000, "the outer 100 ms attempt ended after " .. elapsed .. " ms")
+    end)
+
     it("an attempt finishing in time keeps its values", function()
       local r, b = athena.withRetry(function() return "fast", 2 end, { timeout = 1000 })
       assert.equals("fast", r)
@@ -310,6 +321,14 @@ describe("withRetry inside a task", function()
       assert.is_true(r.elapsed >= 100 and r.elapsed < 2000, "elapsed " .. r.elapsed)
     end)
   end
+
+  it("a nested withRetry with a longer timeout does not extend the outer attempt's", function()
+    local w = U.world()
+    local r = U.result(w:execute("sem.wrNested"), 4000)
+    assert.is_nil(r.r)
+    assert.equals("ETIMEDOUT", r.code)
+    assert.is_true(r.elapsed < 1000, "the outer 100 ms attempt ended after " .. r.elapsed .. " ms")
+  end)
 
   it("the wait between attempts yields: another task runs meanwhile on the same worker", function()
     local w = U.world { taskQueues = { default = { concurrency = 2 } } }
