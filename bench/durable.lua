@@ -14,8 +14,15 @@ os.remove(dir)
 
 local function clock() return athena.now() / 1000 end
 
+-- Workers re-run this script until the first world:start(), so the side
+-- effects on the way there (deleting the directory) are for the control
+-- state only.
+local function fresh()
+  if not athena.isWorker() then os.execute("rm -rf " .. dir) end
+end
+
 local function run(mode)
-  os.execute("rm -rf " .. dir)
+  fresh()
   local w = athena.World.new{ persistence = mode, persistencePath = dir, minWorkers = 2, maxWorkers = 2 }
   w:register(noop)
   w:start()
@@ -44,7 +51,7 @@ end
 -- Bulk enqueue of 1,000,000 tasks (file mode: each batch of 10,000 is one
 -- commit), then recovery of all of them by a new world.
 local M = tonumber(arg and arg[2]) or 1000000
-os.execute("rm -rf " .. dir)
+fresh()
 local cfg = { persistence = "file", persistencePath = dir, minWorkers = 1,
   taskQueues = { parked = { workers = 1 } } }
 local w = athena.World.new(cfg)

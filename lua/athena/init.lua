@@ -12,6 +12,9 @@ M.now = core.now
 M.json = core.json
 M.errors = errors
 M.Error = core.Error
+--- athena.isWorker() -> true in a worker's Lua state. A script re-run by
+-- workers in definition mode can use it to skip side effects before start().
+M.isWorker = core.isWorker
 
 local fmt = string.format
 
