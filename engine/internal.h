@@ -124,17 +124,26 @@ struct ath_queue_s {
   int64_t running;       /* tasks holding slots */
 };
 
-/* Min-heap of delayed tasks by ready_mono. */
+/* An indexed binary min-heap: each element keeps its position in a
+ * uint32_t field at `idx_off` (UINT32_MAX when out), so it can be removed
+ * from anywhere. Used for delayed tasks and for schedules. */
 typedef struct {
-  ath_task_t** items;
+  void** items;
   uint32_t len, cap;
+  int (*less)(const void* a, const void* b);
+  size_t idx_off;
 } ath_heap_t;
 
-int ath__heap_push(ath_heap_t* h, ath_task_t* t);
-ath_task_t* ath__heap_peek(const ath_heap_t* h);
-ath_task_t* ath__heap_pop(ath_heap_t* h);
-void ath__heap_remove(ath_heap_t* h, ath_task_t* t);
+#define ATH_HEAP_INIT(less_fn, type, field) \
+  { NULL, 0, 0, less_fn, offsetof(type, field) }
+
+int ath__heap_push(ath_heap_t* h, void* e);
+void* ath__heap_peek(const ath_heap_t* h);
+void* ath__heap_pop(ath_heap_t* h);
+void ath__heap_remove(ath_heap_t* h, void* e);
 void ath__heap_free(ath_heap_t* h);
+/* The delay heap's order: ready_mono, then creation. */
+int ath__task_ready_less(const void* a, const void* b);
 
 /* Queue operations; the caller holds the world lock. */
 int ath__queue_push(ath_queue_t* q, ath_task_t* t);

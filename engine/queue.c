@@ -97,85 +97,92 @@ void ath__queue_free(ath_queue_t* q) {
   free(q);
 }
 
-/* ------------------------------------------------------------ delay heap */
+/* ---------------------------------------------------------------- heap */
 
-static int heap_less(const ath_task_t* a, const ath_task_t* b) {
-  if (a->ready_mono != b->ready_mono)
-    return a->ready_mono < b->ready_mono;
-  return a->seq < b->seq;
+int ath__task_ready_less(const void* a, const void* b) {
+  const ath_task_t* x = a;
+  const ath_task_t* y = b;
+  if (x->ready_mono != y->ready_mono)
+    return x->ready_mono < y->ready_mono;
+  return x->seq < y->seq;
 }
 
-static void heap_set(ath_heap_t* h, uint32_t i, ath_task_t* t) {
-  h->items[i] = t;
-  t->heap_idx = i;
+static uint32_t* idx_of(const ath_heap_t* h, void* e) {
+  return (uint32_t*)((char*)e + h->idx_off);
+}
+
+static void heap_set(ath_heap_t* h, uint32_t i, void* e) {
+  h->items[i] = e;
+  *idx_of(h, e) = i;
 }
 
 static void sift_up(ath_heap_t* h, uint32_t i) {
-  ath_task_t* t = h->items[i];
+  void* e = h->items[i];
   while (i > 0) {
     uint32_t p = (i - 1) / 2;
-    if (!heap_less(t, h->items[p]))
+    if (!h->less(e, h->items[p]))
       break;
     heap_set(h, i, h->items[p]);
     i = p;
   }
-  heap_set(h, i, t);
+  heap_set(h, i, e);
 }
 
 static void sift_down(ath_heap_t* h, uint32_t i) {
-  ath_task_t* t = h->items[i];
+  void* e = h->items[i];
   for (;;) {
     uint32_t c = 2 * i + 1;
     if (c >= h->len)
       break;
-    if (c + 1 < h->len && heap_less(h->items[c + 1], h->items[c]))
+    if (c + 1 < h->len && h->less(h->items[c + 1], h->items[c]))
       c++;
-    if (!heap_less(h->items[c], t))
+    if (!h->less(h->items[c], e))
       break;
     heap_set(h, i, h->items[c]);
     i = c;
   }
-  heap_set(h, i, t);
+  heap_set(h, i, e);
 }
 
-int ath__heap_push(ath_heap_t* h, ath_task_t* t) {
+int ath__heap_push(ath_heap_t* h, void* e) {
   if (h->len == h->cap) {
     uint32_t cap = h->cap ? h->cap * 2 : 64;
-    ath_task_t** items = realloc(h->items, cap * sizeof(*items));
+    void** items = realloc(h->items, cap * sizeof(*items));
     if (items == NULL)
       return ATH_ENOMEM;
     h->items = items;
     h->cap = cap;
   }
-  heap_set(h, h->len++, t);
+  heap_set(h, h->len++, e);
   sift_up(h, h->len - 1);
   return 0;
 }
 
-ath_task_t* ath__heap_peek(const ath_heap_t* h) {
+void* ath__heap_peek(const ath_heap_t* h) {
   return h->len ? h->items[0] : NULL;
 }
 
-void ath__heap_remove(ath_heap_t* h, ath_task_t* t) {
-  uint32_t i = t->heap_idx;
-  t->heap_idx = UINT32_MAX;
+void ath__heap_remove(ath_heap_t* h, void* e) {
+  uint32_t i = *idx_of(h, e);
+  *idx_of(h, e) = UINT32_MAX;
   if (--h->len == i)
     return;
-  ath_task_t* last = h->items[h->len];
+  void* last = h->items[h->len];
   heap_set(h, i, last);
   sift_down(h, i);
   if (h->items[i] == last) /* it did not sink: it may need to rise */
     sift_up(h, i);
 }
 
-ath_task_t* ath__heap_pop(ath_heap_t* h) {
-  ath_task_t* t = ath__heap_peek(h);
-  if (t != NULL)
-    ath__heap_remove(h, t);
-  return t;
+void* ath__heap_pop(ath_heap_t* h) {
+  void* e = ath__heap_peek(h);
+  if (e != NULL)
+    ath__heap_remove(h, e);
+  return e;
 }
 
 void ath__heap_free(ath_heap_t* h) {
   free(h->items);
-  memset(h, 0, sizeof(*h));
+  h->items = NULL;
+  h->len = h->cap = 0;
 }

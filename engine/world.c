@@ -164,6 +164,7 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   }
   w->nqueues = 1;
   w->next_worker_id = 1;
+  w->delayed = (ath_heap_t)ATH_HEAP_INIT(ath__task_ready_less, ath_task_t, heap_idx);
   w->owner = uv_thread_self();
   w->state = ATH_W_NEW;
   *out = w;

@@ -1,5 +1,6 @@
 /* Queue ordering (priority, then ready time, then creation) and the delay
  * heap, tested directly on engine/queue.c. */
+#include <stddef.h>
 #include <stdlib.h>
 #include "internal.h"
 #include "task.h"
@@ -82,7 +83,7 @@ TEST_IMPL(queue_remove) {
 
 TEST_IMPL(heap_order_and_remove) {
   enum { N = 2000 };
-  ath_heap_t h = {0};
+  ath_heap_t h = ATH_HEAP_INIT(ath__task_ready_less, ath_task_t, heap_idx);
   static ath_task_t* ts[N];
   srand(7);
   for (int i = 0; i < N; i++) {
