@@ -27,7 +27,9 @@ void ath__pusherror(lua_State* L, int rc, const char* message) {
   lua_setfield(L, -2, "code");
   lua_pushstring(L, message ? message : ath_strerror(rc));
   lua_setfield(L, -2, "message");
-  lua_pushboolean(L, rc == ATH_ETIMEDOUT || rc == ATH_EHANDLER || rc == ATH_EWORKERLOST);
+  /* the retryable codes of SEMANTICS §1.2 (athena.errors.RETRYABLE) */
+  lua_pushboolean(L, rc == ATH_ETIMEDOUT || rc == ATH_EHANDLER || rc == ATH_EWORKERLOST ||
+                       rc == ATH_EHEARTBEAT || rc == ATH_ERETRYABLE);
   lua_setfield(L, -2, "retryable");
   lua_pushinteger(L, 0);
   lua_setfield(L, -2, "attempt");

@@ -282,10 +282,13 @@ static void check_opts(lua_State* L, int idx, exec_opts_t* eo, int many) {
     } else if (strcmp(k, "delay") == 0) {
       eo->o.delay_ms = ath__checkduration(L, -1);
     } else if (strcmp(k, "priority") == 0) {
-      if (!lua_isinteger(L, -1))
+      lua_Integer p;
+      int isnum = 0;
+      p = lua_tointegerx(L, -1, &isnum); /* 2 and 2.0, as activity() accepts */
+      if (!isnum || lua_type(L, -1) != LUA_TNUMBER || p < INT32_MIN || p > INT32_MAX)
         ath__raise(L, ATH_EINVAL, "invalid priority: %s (must be an integer)", luaL_tolstring(L, -1, NULL));
       eo->o.has_priority = 1;
-      eo->o.priority = (int)lua_tointeger(L, -1);
+      eo->o.priority = (int)p;
     } else if (strcmp(k, "taskQueue") == 0) {
       if (lua_type(L, -1) != LUA_TSTRING)
         ath__raise(L, ATH_EINVAL, "invalid taskQueue (must be a string)");
@@ -875,6 +878,8 @@ static int handle_result(lua_State* L) {
 static int handle_index(lua_State* L) {
   lhandle_t* h = check_handle(L, 1);
   const char* k = lua_tostring(L, 2);
+  if (k != NULL && strcmp(k, "name") == 0)
+    handle_world(L, 1); /* the name lives with the world: raises once it is closed */
   if (k != NULL && strcmp(k, "id") == 0) {
     lua_pushstring(L, ath_task_id(h->t));
     return 1;

@@ -52,6 +52,7 @@ typedef struct ath_slot_s ath_slot_t;
 typedef struct ath_waiter_s ath_waiter_t;
 typedef struct ath_store_s ath_store_t;
 typedef struct ath_store_vt_s ath_store_vt_t;
+typedef struct ath_sched_s ath_sched_t;
 
 /* A registered activity: the ath_activity_t it was registered with, its
  * strings owned. Immutable after start(). */
@@ -291,6 +292,11 @@ struct ath_world_s {
   ath_lat_ring_t lat_wait, lat_run;
   /* Shutdown results. */
   int drained, requeued;
+  /* Schedules (sched.c): by id, and a heap by next due time. */
+  ath_sched_t** stable;
+  size_t stable_cap, nsched;
+  ath_heap_t sheap;
+  uv_timer_t stimer;
   /* Persistence (store.c). */
   const ath_store_vt_t* svt;
   ath_store_t* store;
@@ -299,6 +305,8 @@ struct ath_world_s {
   uv_cond_t store_cond;  /* wakes the store thread */
   ath_task_t** dirty;    /* changed tasks, each holding a reference */
   size_t ndirty, dirty_cap;
+  ath_sched_t** sdirty;  /* changed schedules, each holding a reference */
+  size_t nsdirty, sdirty_cap;
   uint64_t gen;          /* generation being collected */
   uint64_t committed_gen;/* every change up to this one is on disk */
   int store_stop;
@@ -378,7 +386,55 @@ void ath__world_heartbeat(ath_world_t* w, ath_task_t* t, const char* json, size_
 /* Removes `slot`'s waiter from `t` if still there (an interrupted wait). */
 void ath__world_unawait(ath_world_t* w, ath_task_t* t, ath_slot_t* slot);
 
+/* sched.c: schedules (SEMANTICS §11) ---------------------------------------- */
+
+#include "cron.h"
+
+struct ath_sched_s {
+  atomic_int refs;       /* the world's table and a firing in progress */
+  char* id;
+  ath_def_t* def;
+  char* input;           /* JSON */
+  size_t input_len;
+  char* cron_expr;       /* NULL: a one-off at once_at */
+  ath_cron_t cron;
+  int64_t once_at;
+  ath_schedule_opts_t o;
+  char* queue_name;      /* owned copy of o.task_queue */
+  int paused;
+  int deleted;           /* the store deletes its row */
+  int64_t next_ms;       /* next due time (wall ms), 0 if none */
+  int64_t last_ms;
+  int64_t total, skipped;
+  ath_task_t* last_task; /* the latest fired task (reference), for overlap */
+  uint32_t heap_idx;
+  int dirty;             /* in the store's pending list */
+  uint64_t hash;
+  ath_sched_t* hnext;
+};
+
+/* Fires due schedules and re-arms the schedule timer. Engine thread. */
+void ath__sched_tick(ath_world_t* w);
+/* Drops a reference to a schedule, freeing it with the last one. */
+void ath__sched_release(ath_sched_t* s);
+/* Frees every schedule (world teardown). */
+void ath__sched_free_all(ath_world_t* w);
+
 /* store.c, store_sqlite.c: persistence (SEMANTICS §13) -------------------- */
+
+/* One schedule's stored state (borrowed strings, like ath_row_t). */
+typedef struct {
+  const char* id;
+  const char* name;
+  const char* input;  size_t input_len;
+  const char* cron;   /* NULL: a one-off */
+  int64_t once_at;
+  int local_tz, catch_up, overlap_skip, paused, has_priority, priority, strategy;
+  const char* queue;  /* NULL: the definition's */
+  int64_t next_ms, last_ms, total, skipped;
+  int deleted;
+} ath_srow_t;
+typedef int (*ath_srow_cb)(void* ud, const ath_srow_t* row);
 
 /* One task's stored state. Strings are borrowed for the call they are
  * passed to (write) or the callback (load). */
@@ -409,8 +465,11 @@ struct ath_store_vt_s {
   int (*open)(const char* dir, int full_sync, ath_store_t** out, char* err, size_t errlen);
   /* Calls cb for every stored task in creation order; stops at cb's error. */
   int (*load)(ath_store_t* s, ath_row_cb cb, void* ud, char* err, size_t errlen);
-  /* Writes rows in one transaction: all or nothing. */
-  int (*write)(ath_store_t* s, const ath_row_t* rows, size_t n, char* err, size_t errlen);
+  /* Calls cb for every stored schedule. */
+  int (*load_schedules)(ath_store_t* s, ath_srow_cb cb, void* ud, char* err, size_t errlen);
+  /* Writes task and schedule rows in one transaction: all or nothing. */
+  int (*write)(ath_store_t* s, const ath_row_t* rows, size_t n, const ath_srow_t* srows,
+               size_t sn, char* err, size_t errlen);
   /* Deletes terminal tasks except quarantined ones completed before. */
   int (*prune)(ath_store_t* s, int64_t before_ms, char* err, size_t errlen);
   void (*close)(ath_store_t* s);
@@ -427,6 +486,8 @@ void ath__store_stop(ath_world_t* w);
 /* Records that t changed (lock held): the store thread writes it with the
  * next group. No-op in memory mode. */
 void ath__store_mark(ath_world_t* w, ath_task_t* t);
+/* Records that a schedule changed (lock held), like ath__store_mark. */
+void ath__store_mark_sched(ath_world_t* w, ath_sched_t* s);
 /* Waits (lock held) until everything marked up to generation `gen` is
  * committed, in file mode; returns at once otherwise. */
 void ath__store_wait(ath_world_t* w, uint64_t gen);
@@ -436,6 +497,8 @@ void ath__world_prune(ath_world_t* w);
  * `ud` is the world), then logs what was recovered. */
 int ath__world_recover_row(void* ud, const ath_row_t* r);
 void ath__world_recovered(ath_world_t* w);
+/* Rebuilds one stored schedule, applying its catchUp (an ath_srow_cb). */
+int ath__sched_recover_row(void* ud, const ath_srow_t* row);
 
 /* lua_vm.c ---------------------------------------------------------------- */
 

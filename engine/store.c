@@ -54,10 +54,67 @@ void ath__store_mark(ath_world_t* w, ath_task_t* t) {
     uv_cond_signal(&w->store_cond);
 }
 
+void ath__store_mark_sched(ath_world_t* w, ath_sched_t* sc) {
+  if (w->store == NULL)
+    return;
+  if (!sc->dirty) {
+    if (w->nsdirty == w->sdirty_cap) {
+      size_t cap = w->sdirty_cap ? w->sdirty_cap * 2 : 64;
+      ath_sched_t** d = realloc(w->sdirty, cap * sizeof(*d));
+      if (d == NULL) {
+        w->store_ok = 0;
+        snprintf(w->store_err, sizeof(w->store_err), "%s", "out of memory queueing a write");
+        return;
+      }
+      w->sdirty = d;
+      w->sdirty_cap = cap;
+    }
+    sc->dirty = 1;
+    atomic_fetch_add(&sc->refs, 1);
+    w->sdirty[w->nsdirty++] = sc;
+  }
+  if (w->cfg.persistence == ATH_PERSIST_FILE)
+    uv_cond_signal(&w->store_cond);
+}
+
+/* Snapshots a schedule (lock held); strings are copied. */
+static int sched_snapshot(ath_sched_t* sc, ath_srow_t* r) {
+  memset(r, 0, sizeof(*r));
+  r->id = copy_bytes(sc->id, strlen(sc->id));
+  r->name = sc->def->name;
+  r->input = copy_bytes(sc->input, sc->input_len);
+  r->input_len = sc->input_len;
+  r->cron = sc->cron_expr ? copy_bytes(sc->cron_expr, strlen(sc->cron_expr)) : NULL;
+  r->queue = sc->queue_name ? copy_bytes(sc->queue_name, strlen(sc->queue_name)) : NULL;
+  r->once_at = sc->once_at;
+  r->local_tz = sc->o.local_tz;
+  r->catch_up = sc->o.catch_up;
+  r->overlap_skip = sc->o.overlap_skip;
+  r->paused = sc->paused;
+  r->has_priority = sc->o.has_priority;
+  r->priority = sc->o.priority;
+  r->strategy = sc->o.failure_strategy;
+  r->next_ms = sc->next_ms;
+  r->last_ms = sc->last_ms;
+  r->total = sc->total;
+  r->skipped = sc->skipped;
+  r->deleted = sc->deleted;
+  if (!r->id || !r->input || (sc->cron_expr && !r->cron) || (sc->queue_name && !r->queue))
+    return ATH_ENOMEM;
+  return 0;
+}
+
+static void srow_free(ath_srow_t* r) {
+  free((char*)r->id);
+  free((char*)r->input);
+  free((char*)r->cron);
+  free((char*)r->queue);
+}
+
 void ath__store_wait(ath_world_t* w, uint64_t gen) {
   if (w->store == NULL || w->cfg.persistence != ATH_PERSIST_FILE)
     return;
-  while (w->committed_gen < gen && !(w->store_stop && w->ndirty == 0))
+  while (w->committed_gen < gen && !(w->store_stop && w->ndirty == 0 && w->nsdirty == 0))
     uv_cond_wait(&w->cond, &w->lock);
 }
 
@@ -113,7 +170,7 @@ static void store_main(void* arg) {
   char err[256];
   uv_mutex_lock(&w->lock);
   for (;;) {
-    if (w->ndirty == 0) {
+    if (w->ndirty == 0 && w->nsdirty == 0) {
       if (w->store_stop)
         break;
       if (file)
@@ -128,24 +185,36 @@ static void store_main(void* arg) {
     size_t n = w->ndirty;
     w->dirty = NULL;
     w->ndirty = w->dirty_cap = 0;
+    ath_sched_t** sbatch = w->sdirty;
+    size_t sn = w->nsdirty;
+    w->sdirty = NULL;
+    w->nsdirty = w->sdirty_cap = 0;
     uint64_t gen = w->gen++;
-    ath_row_t* rows = malloc(n * sizeof(*rows));
-    int rc = rows ? 0 : ATH_ENOMEM;
-    size_t made = 0;
+    ath_row_t* rows = malloc((n ? n : 1) * sizeof(*rows));
+    ath_srow_t* srows = calloc(sn ? sn : 1, sizeof(*srows));
+    int rc = rows && srows ? 0 : ATH_ENOMEM;
+    size_t made = 0, smade = 0;
     for (; rc == 0 && made < n; made++)
       rc = snapshot(batch[made], &rows[made]);
+    for (; rc == 0 && smade < sn; smade++)
+      rc = sched_snapshot(sbatch[smade], &srows[smade]);
     for (size_t i = 0; i < n; i++)
       batch[i]->dirty = 0;
+    for (size_t i = 0; i < sn; i++)
+      sbatch[i]->dirty = 0;
     uv_mutex_unlock(&w->lock);
     if (rc == 0)
-      rc = w->svt->write(w->store, rows, n, err, sizeof(err));
+      rc = w->svt->write(w->store, rows, n, srows, sn, err, sizeof(err));
     else
       snprintf(err, sizeof(err), "%s", "out of memory preparing a commit");
     for (size_t i = 0; i < made; i++) {
       free((char*)rows[i].error);
       free((char*)rows[i].hb);
     }
+    for (size_t i = 0; i < sn && srows; i++)
+      srow_free(&srows[i]);
     free(rows);
+    free(srows);
     uv_mutex_lock(&w->lock);
     if (rc != 0) {
       /* Keep the changes and try again: nothing acknowledged is dropped. */
@@ -156,6 +225,10 @@ static void store_main(void* arg) {
       for (size_t i = 0; i < n; i++) {
         ath__store_mark(w, batch[i]);
         ath_task_release(batch[i]);
+      }
+      for (size_t i = 0; i < sn; i++) {
+        ath__store_mark_sched(w, sbatch[i]);
+        ath__sched_release(sbatch[i]);
       }
       w->gen--; /* the failed generation is still open */
       uv_cond_timedwait(&w->store_cond, &w->lock, 100000000u);
@@ -170,9 +243,12 @@ static void store_main(void* arg) {
       uv_mutex_unlock(&w->lock);
       for (size_t i = 0; i < n; i++)
         ath_task_release(batch[i]);
+      for (size_t i = 0; i < sn; i++)
+        ath__sched_release(sbatch[i]);
       uv_mutex_lock(&w->lock);
     }
     free(batch);
+    free(sbatch);
   }
   uv_mutex_unlock(&w->lock);
 }
@@ -230,6 +306,8 @@ int ath__store_start(ath_world_t* w, char* err, size_t errlen) {
     w->store_ok = 1;
     w->store = st; /* from here on, changes are marked; recovery marks some */
     rc = w->svt->load(st, ath__world_recover_row, w, err, errlen);
+    if (rc == 0)
+      rc = w->svt->load_schedules(st, ath__sched_recover_row, w, err, errlen);
     int trc = rc == 0 ? uv_thread_create(&w->store_thread, store_main, w) : 0;
     if (trc != 0) {
       snprintf(err, errlen, "cannot start the store thread: %s", uv_strerror(trc));
@@ -266,6 +344,13 @@ void ath__store_stop(ath_world_t* w) {
   free(w->dirty);
   w->dirty = NULL;
   w->ndirty = w->dirty_cap = 0;
+  for (size_t i = 0; i < w->nsdirty; i++) {
+    w->sdirty[i]->dirty = 0;
+    ath__sched_release(w->sdirty[i]);
+  }
+  free(w->sdirty);
+  w->sdirty = NULL;
+  w->nsdirty = w->sdirty_cap = 0;
   ath_store_t* st = w->store;
   w->store = NULL;
   uv_cond_broadcast(&w->cond);

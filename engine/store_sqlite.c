@@ -8,12 +8,14 @@
 #include <sqlite3.h>
 #include "internal.h"
 
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 
 struct ath_store_s {
   sqlite3* db;
   sqlite3_stmt* upsert;
   sqlite3_stmt* del;
+  sqlite3_stmt* supsert;
+  sqlite3_stmt* sdel;
 };
 
 /* Migrations, applied in order from the database's user_version. Each moves
@@ -32,6 +34,13 @@ static const char* const migrations[SCHEMA_VERSION] = {
   /* 1 -> 2: heartbeat checkpoints survive restarts */
   "ALTER TABLE tasks ADD COLUMN heartbeat TEXT;"
   "ALTER TABLE tasks ADD COLUMN last_heartbeat INTEGER;",
+  /* 2 -> 3: schedules */
+  "CREATE TABLE schedules ("
+  " id TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL, input TEXT NOT NULL, cron TEXT,"
+  " once_at INTEGER, local_tz INTEGER NOT NULL, catch_up INTEGER NOT NULL,"
+  " overlap_skip INTEGER NOT NULL, paused INTEGER NOT NULL, has_priority INTEGER NOT NULL,"
+  " priority INTEGER NOT NULL, strategy INTEGER NOT NULL, queue TEXT,"
+  " next_ms INTEGER, last_ms INTEGER, total INTEGER NOT NULL, skipped INTEGER NOT NULL);",
 };
 
 static int fail(sqlite3* db, int rc, char* err, size_t errlen, const char* what) {
@@ -60,6 +69,8 @@ static void store_close(ath_store_t* s) {
     return;
   sqlite3_finalize(s->upsert);
   sqlite3_finalize(s->del);
+  sqlite3_finalize(s->supsert);
+  sqlite3_finalize(s->sdel);
   sqlite3_close(s->db);
   free(s);
 }
@@ -139,6 +150,16 @@ static int store_open(const char* dir, int full_sync, ath_store_t** out, char* e
     if (prc == SQLITE_OK)
       prc = sqlite3_prepare_v3(s->db, "DELETE FROM tasks WHERE seq = ?9", -1,
                                SQLITE_PREPARE_PERSISTENT, &s->del, NULL);
+    if (prc == SQLITE_OK)
+      prc = sqlite3_prepare_v3(s->db,
+                               "INSERT OR REPLACE INTO schedules (id, name, input, cron, once_at,"
+                               " local_tz, catch_up, overlap_skip, paused, has_priority, priority,"
+                               " strategy, queue, next_ms, last_ms, total, skipped) VALUES"
+                               " (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)",
+                               -1, SQLITE_PREPARE_PERSISTENT, &s->supsert, NULL);
+    if (prc == SQLITE_OK)
+      prc = sqlite3_prepare_v3(s->db, "DELETE FROM schedules WHERE id = ?1", -1,
+                               SQLITE_PREPARE_PERSISTENT, &s->sdel, NULL);
     if (prc != SQLITE_OK)
       rc = fail(s->db, prc, err, errlen, "cannot prepare statements");
   }
@@ -194,11 +215,45 @@ static int write_row(ath_store_t* s, const ath_row_t* r) {
   return rc == SQLITE_DONE ? 0 : rc;
 }
 
-static int store_write(ath_store_t* s, const ath_row_t* rows, size_t n, char* err,
-                       size_t errlen) {
+static int write_srow(ath_store_t* s, const ath_srow_t* r) {
+  sqlite3_stmt* st = r->deleted ? s->sdel : s->supsert;
+  sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
+  if (!r->deleted) {
+    sqlite3_bind_text(st, 2, r->name, -1, SQLITE_STATIC);
+    bind_text(st, 3, r->input, r->input_len);
+    bind_text(st, 4, r->cron, r->cron ? strlen(r->cron) : 0);
+    bind_ms(st, 5, r->once_at);
+    sqlite3_bind_int(st, 6, r->local_tz);
+    sqlite3_bind_int(st, 7, r->catch_up);
+    sqlite3_bind_int(st, 8, r->overlap_skip);
+    sqlite3_bind_int(st, 9, r->paused);
+    sqlite3_bind_int(st, 10, r->has_priority);
+    sqlite3_bind_int(st, 11, r->priority);
+    sqlite3_bind_int(st, 12, r->strategy);
+    bind_text(st, 13, r->queue, r->queue ? strlen(r->queue) : 0);
+    bind_ms(st, 14, r->next_ms);
+    bind_ms(st, 15, r->last_ms);
+    sqlite3_bind_int64(st, 16, r->total);
+    sqlite3_bind_int64(st, 17, r->skipped);
+  }
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  return rc == SQLITE_DONE ? 0 : rc;
+}
+
+static int store_write(ath_store_t* s, const ath_row_t* rows, size_t n, const ath_srow_t* srows,
+                       size_t sn, char* err, size_t errlen) {
   int rc = exec(s->db, "BEGIN", err, errlen);
   if (rc != 0)
     return rc;
+  for (size_t i = 0; i < sn; i++) {
+    int src = write_srow(s, &srows[i]);
+    if (src != 0) {
+      fail(s->db, src, err, errlen, "cannot write a schedule");
+      sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+      return ATH_ESTORE;
+    }
+  }
   for (size_t i = 0; i < n; i++) {
     int src = write_row(s, &rows[i]);
     if (src != 0) {
@@ -266,6 +321,50 @@ static int store_load(ath_store_t* s, ath_row_cb cb, void* ud, char* err, size_t
   return crc;
 }
 
+static int store_load_schedules(ath_store_t* s, ath_srow_cb cb, void* ud, char* err,
+                                size_t errlen) {
+  sqlite3_stmt* st;
+  int rc = sqlite3_prepare_v2(s->db,
+                              "SELECT id, name, input, cron, once_at, local_tz, catch_up, overlap_skip,"
+                              " paused, has_priority, priority, strategy, queue, next_ms, last_ms,"
+                              " total, skipped FROM schedules ORDER BY id",
+                              -1, &st, NULL);
+  if (rc != SQLITE_OK)
+    return fail(s->db, rc, err, errlen, "cannot read schedules");
+  int crc = 0;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW && crc == 0) {
+    ath_srow_t r;
+    memset(&r, 0, sizeof(r));
+    r.id = (const char*)sqlite3_column_text(st, 0);
+    r.name = (const char*)sqlite3_column_text(st, 1);
+    r.input = col_text(st, 2, &r.input_len);
+    r.cron = (const char*)sqlite3_column_text(st, 3);
+    r.once_at = sqlite3_column_int64(st, 4);
+    r.local_tz = sqlite3_column_int(st, 5);
+    r.catch_up = sqlite3_column_int(st, 6);
+    r.overlap_skip = sqlite3_column_int(st, 7);
+    r.paused = sqlite3_column_int(st, 8);
+    r.has_priority = sqlite3_column_int(st, 9);
+    r.priority = sqlite3_column_int(st, 10);
+    r.strategy = sqlite3_column_int(st, 11);
+    r.queue = (const char*)sqlite3_column_text(st, 12);
+    r.next_ms = sqlite3_column_int64(st, 13);
+    r.last_ms = sqlite3_column_int64(st, 14);
+    r.total = sqlite3_column_int64(st, 15);
+    r.skipped = sqlite3_column_int64(st, 16);
+    if (r.id == NULL || r.name == NULL || r.input == NULL) {
+      snprintf(err, errlen, "%s", "a stored schedule is missing its id, name or input");
+      crc = ATH_ESTORE;
+      break;
+    }
+    crc = cb(ud, &r);
+  }
+  if (crc == 0 && rc != SQLITE_DONE)
+    crc = fail(s->db, rc, err, errlen, "cannot read schedules");
+  sqlite3_finalize(st);
+  return crc;
+}
+
 static int store_prune(ath_store_t* s, int64_t before_ms, char* err, size_t errlen) {
   char sql[256];
   snprintf(sql, sizeof(sql),
@@ -275,5 +374,5 @@ static int store_prune(ath_store_t* s, int64_t before_ms, char* err, size_t errl
 }
 
 const ath_store_vt_t ath__sqlite_store = {
-  "sqlite", store_open, store_load, store_write, store_prune, store_close,
+  "sqlite", store_open, store_load, store_load_schedules, store_write, store_prune, store_close,
 };

@@ -243,8 +243,13 @@ static int task_main(lua_State* co) {
     lua_setfield(co, -2, "lastHeartbeat");
   }
   luaL_setmetatable(co, "athena.Context");
-  if (ath__json_decode(co, t->input, t->input_len) != 0)
-    return lua_error(co); /* the message is on the stack */
+  if (ath__json_decode(co, t->input, t->input_len) != 0) {
+    /* input that is not JSON can only come from a C caller: not retried */
+    push_interrupt(co, ATH_EINVAL);
+    lua_insert(co, -2);
+    lua_setfield(co, -2, "message");
+    return lua_error(co);
+  }
   lua_callk(co, 2, LUA_MULTRET, 0, task_k);
   return task_k(co, LUA_OK, 0);
 }
@@ -266,7 +271,10 @@ static int error_is_final(ath_worker_t* wk, ath_task_t* t, lua_State* L, int64_t
   if (lua_getfield(L, -1, "retryable") == LUA_TBOOLEAN && !lua_toboolean(L, -1))
     final = 1;
   lua_pop(L, 1);
-  if (lua_getfield(L, -1, "retryAfter") == LUA_TNUMBER) {
+  lua_getfield(L, -1, "code");
+  int is_retryable_error = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "ERETRYABLE") == 0;
+  lua_pop(L, 1);
+  if (lua_getfield(L, -1, "retryAfter") == LUA_TNUMBER && is_retryable_error) {
     lua_Number ra = lua_tonumber(L, -1);
     if (ra >= 0 && ra < 9007199254740992.0)
       *retry_after = (int64_t)ra;
@@ -554,7 +562,8 @@ int ath__task_scope_push(lua_State* L, int64_t ms, uint64_t* prev) {
   if (s == NULL)
     return -1;
   *prev = s->deadline[3];
-  s->deadline[3] = uv_hrtime() + (uint64_t)ms * 1000000u;
+  uint64_t d = uv_hrtime() + (uint64_t)ms * 1000000u;
+  s->deadline[3] = *prev && *prev < d ? *prev : d; /* never past an outer scope's */
   arm_deadline(s);
   return 0;
 }

@@ -130,6 +130,12 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
     set_err(err, errlen, "%s", "invalid failureStrategy");
     return ATH_EINVAL;
   }
+  if (cfg->persistence < ATH_PERSIST_MEMORY || cfg->persistence > ATH_PERSIST_HYBRID ||
+      cfg->memory_limit < ((size_t)1 << 20) || cfg->flush_interval_ms <= 0 || cfg->retention_ms <= 0 ||
+      cfg->cancel_grace_ms < 0) {
+    set_err(err, errlen, "%s", "invalid persistence, memoryLimit (>= 1 MiB), flushInterval, retention or cancelGrace");
+    return ATH_EINVAL;
+  }
   if (cfg->default_concurrency < 1) {
     set_err(err, errlen, "%s", "invalid concurrency (must be >= 1)");
     return ATH_EINVAL;
@@ -348,6 +354,9 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
   info->started_at = t->started_at;
   info->completed_at = t->completed_at;
   int terminal = ATH_IS_TERMINAL(t->status);
+  int owned = t->status == ATH_RUNNING; /* its worker may be rewriting error */
+  char* error = owned ? NULL : memdup(t->error, t->error_len);
+  size_t error_len = error ? t->error_len : 0;
   uv_mutex_unlock(&w->lock);
   /* Input never changes; result and error are written before the task turns
    * terminal and never after, so they are read outside the lock. */
@@ -356,11 +365,11 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
   if (terminal) {
     info->result = memdup(t->result, t->result_len);
     info->result_len = t->result_len;
-    info->error = memdup(t->error, t->error_len);
-    info->error_len = t->error_len;
   }
+  info->error = error;
+  info->error_len = error_len;
   if (!info->input || (t->result && terminal && !info->result) || (info->last_heartbeat && !info->heartbeat) ||
-      (t->error && terminal && !info->error)) {
+      (!owned && t->error && !info->error)) {
     ath_task_snapshot_free(info);
     return ATH_ENOMEM;
   }
@@ -462,7 +471,7 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
   int64_t now = ath__now_ms();
   uint64_t mono = ath__mono_ns();
   for (made = 0; made < n; made++) {
-    const char* given = (ids && ids[made]) ? ids[made] : opts->id;
+    const char* given = ids ? ids[made] : opts->id; /* NULL: generated */
     size_t idlen = given ? strlen(given) : namelen + 37;
     ath_task_t* t = malloc(sizeof(*t) + idlen + 1);
     if (t == NULL) {
@@ -508,7 +517,8 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
   for (size_t i = 0; i < n; i++) {
     ath_task_t* old = table_get(w, tasks[i]->id, tasks[i]->hash);
     if (old != NULL && old->def != def) {
-      set_err(err, errlen, "id in use by %s", old->def->name);
+      if (err != NULL && errlen > 0)
+        snprintf(err, errlen, "id %s is in use by %s", old->id, old->def->name);
       rc = ATH_EINVAL;
       uv_mutex_unlock(&w->lock);
       goto fail;
@@ -633,12 +643,14 @@ static void engine_async_cb(uv_async_t* h) {
   int stop = w->engine_stop;
   uv_mutex_unlock(&w->lock);
   if (stop) {
+    uv_close((uv_handle_t*)&w->stimer, NULL);
     uv_close((uv_handle_t*)&w->prune_timer, NULL);
     uv_close((uv_handle_t*)&w->etimer, NULL);
     uv_close((uv_handle_t*)&w->easync, NULL);
     return;
   }
   engine_tick(w);
+  ath__sched_tick(w);
 }
 
 static void engine_main(void* arg) {
@@ -793,7 +805,7 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
     lat_add(&w->lat_run, (double)(mono - t->start_mono) / 1e6, now);
     if (o->status == ATH_COMPLETED)
       wk->tasks_completed++;
-    else
+    else if (o->status == ATH_FAILED)
       wk->tasks_failed++;
     if (o->status == ATH_PENDING) { /* interrupted by shutdown: T14 */
       t->attempt--;
@@ -967,7 +979,8 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
   uv_async_init(&w->eloop, &w->easync, engine_async_cb);
   uv_timer_init(&w->eloop, &w->etimer);
   uv_timer_init(&w->eloop, &w->prune_timer);
-  w->easync.data = w->etimer.data = w->prune_timer.data = w;
+  uv_timer_init(&w->eloop, &w->stimer);
+  w->easync.data = w->etimer.data = w->prune_timer.data = w->stimer.data = w;
   /* Recovery first: the workers then start with the recovered queue. */
   rc = ath__store_start(w, err, errlen);
   for (int i = 0; i < w->nqueues && rc == 0; i++) {
@@ -988,6 +1001,7 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
   if (rc != 0) {
     stop_workers(w);
     ath__store_stop(w);
+    uv_close((uv_handle_t*)&w->stimer, NULL);
     uv_close((uv_handle_t*)&w->prune_timer, NULL);
     uv_close((uv_handle_t*)&w->etimer, NULL);
     uv_close((uv_handle_t*)&w->easync, NULL);
@@ -1085,6 +1099,7 @@ void ath_world_free(ath_world_t* w) {
   }
   free(w->table);
   ath__heap_free(&w->delayed);
+  ath__sched_free_all(w);
   for (int i = 0; i < w->nqueues; i++)
     if (w->queues[i])
       ath__queue_free(w->queues[i]);

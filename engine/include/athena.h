@@ -183,12 +183,16 @@ ATH_EXTERN void ath_activity_init(ath_activity_t* a, const char* name);
  * priority, unknown queue, bad numbers, after start) or ATH_ENOMEM. */
 ATH_EXTERN int ath_world_register(ath_world_t* w, const ath_activity_t* a);
 
-/* Spawns the worker threads; each creates its Lua state, loads the handler
- * code and binds every registered name before start() returns. Returns 0
- * (also when already started), ATH_ENOTFOUND (a handler no worker state
- * defines; `err` names it), ATH_EINVAL (the worker code failed to load;
- * `err` has the message) or ATH_ESHUTDOWN (after shutdown). Thread: the
- * thread that created the world. */
+/* Opens persistence (file/hybrid: locks persistencePath, opens and migrates
+ * the store, recovers tasks and schedules), then spawns the worker
+ * threads; each creates its Lua state, loads the handler code and binds
+ * every registered name before start() returns. Returns 0 (also when
+ * already started), ATH_ENOTFOUND (a handler no worker state defines; `err`
+ * names it), ATH_EINVAL (the worker code failed to load, or the database is
+ * newer than this build or not Athena's; `err` says which), ATH_EBUSY
+ * (persistencePath held by another world), ATH_ESTORE (the store cannot be
+ * opened or read) or ATH_ESHUTDOWN (after shutdown). Thread: the thread
+ * that created the world. */
 ATH_EXTERN int ath_world_start(ath_world_t* w, char* err, size_t errlen);
 
 /* Options of one execution; zero-initialise, then set what you need. */
@@ -209,7 +213,9 @@ struct ath_exec_opts_s {
  * nothing is queued and it returns ATH_ENOTFOUND (unknown name), ATH_EINVAL
  * (before start, unknown queue, id in use by another name; `err` says which)
  * or ATH_ESHUTDOWN. An existing id yields the existing task (SEMANTICS §5.3).
- * Thread: any. */
+ * Without `ids`, opts->id (if any) names the one task; with `ids`, a NULL
+ * entry gets a generated id. In file mode it returns once the batch is
+ * committed. Thread: any. */
 ATH_EXTERN int ath_world_execute(ath_world_t* w, const char* name, size_t n,
                                  char** payloads, const size_t* lens,
                                  const char* const* ids,
@@ -223,7 +229,8 @@ ATH_EXTERN int ath_world_execute(ath_world_t* w, const char* name, size_t n,
 ATH_EXTERN int ath_world_cancel(ath_world_t* w, ath_task_t* t);
 
 /* Puts a quarantined task back in its queue with a fresh attempt count
- * (T15). Returns 0, ATH_EINVAL (not quarantined). Thread: any. */
+ * (T15). Returns 0, ATH_EINVAL (not quarantined, or its activity is no
+ * longer registered), ATH_ESHUTDOWN or ATH_ENOMEM. Thread: any. */
 ATH_EXTERN int ath_world_requeue(ath_world_t* w, ath_task_t* t);
 
 /* Deletes a quarantined task; its id may be reused. Returns 0 or
@@ -284,7 +291,8 @@ typedef struct {
   char* error;  size_t error_len;  /* JSON error value or NULL */
 } ath_task_info_t;
 
-/* The task's id and activity name; valid while the reference is held. */
+/* The task's id (valid while the reference is held) and activity name and
+ * queue (valid while the reference is held and the world is not freed). */
 ATH_EXTERN const char* ath_task_id(const ath_task_t* t);
 ATH_EXTERN const char* ath_task_name(const ath_task_t* t);
 ATH_EXTERN const char* ath_task_queue(const ath_task_t* t);
@@ -297,6 +305,60 @@ ATH_EXTERN void ath_task_snapshot_free(ath_task_info_t* info);
 /* Takes and drops a reference. Thread: any. */
 ATH_EXTERN void ath_task_retain(ath_task_t* t);
 ATH_EXTERN void ath_task_release(ath_task_t* t);
+
+/* --------------------------------------------------------------- schedules */
+
+enum { ATH_CATCHUP_NONE = 0, ATH_CATCHUP_ONE, ATH_CATCHUP_ALL };
+
+/* Options of a schedule; zero-initialise, then set catch_up (the default
+ * in SEMANTICS §11 is ATH_CATCHUP_ONE; zero means NONE here). */
+typedef struct {
+  int local_tz;           /* 0: cron in UTC; 1: in the process's local zone */
+  int catch_up;           /* ATH_CATCHUP_*: missed occurrences at start() */
+  int overlap_skip;       /* 1: skip an occurrence while the last task runs */
+  int has_priority;
+  int priority;
+  const char* task_queue; /* NULL: the definition's */
+  ath_strategy_t failure_strategy;
+} ath_schedule_opts_t;
+
+/* Creates or replaces schedule `id`: activity `name` with the JSON input
+ * `payload` (ownership taken, even on failure) on cron expression `cron`.
+ * Returns 0, ATH_ENOTFOUND (unknown activity), ATH_EINVAL (bad cron, with
+ * the parser's message in err; unknown queue; before start) or
+ * ATH_ESHUTDOWN. Thread: any. */
+ATH_EXTERN int ath_world_schedule(ath_world_t* w, const char* id, const char* name,
+                                  char* payload, size_t len, const char* cron,
+                                  const ath_schedule_opts_t* o, char* err, size_t errlen);
+
+/* A one-off schedule at `at_ms` (epoch ms; a past time fires at once).
+ * Writes its id ("once-<uuid>") into id_out. Returns as ath_world_schedule. */
+ATH_EXTERN int ath_world_schedule_once(ath_world_t* w, const char* name, char* payload,
+                                       size_t len, int64_t at_ms,
+                                       const ath_schedule_opts_t* o, char id_out[64],
+                                       char* err, size_t errlen);
+
+/* Pause, resume and delete. Return 0 or ATH_ENOTFOUND. Thread: any. */
+ATH_EXTERN int ath_world_schedule_pause(ath_world_t* w, const char* id);
+ATH_EXTERN int ath_world_schedule_resume(ath_world_t* w, const char* id);
+ATH_EXTERN int ath_world_schedule_delete(ath_world_t* w, const char* id);
+
+/* A schedule as ath_world_schedules() reports it; strings are owned by the
+ * array (ath_schedules_free). */
+typedef struct {
+  char* id;
+  char* name;
+  char* input;            /* JSON */
+  char* cron;             /* NULL for a one-off */
+  int local_tz, catch_up, overlap_skip, paused;
+  int64_t total, skipped;
+  int64_t last_ms, next_ms; /* 0 if none */
+} ath_schedule_info_t;
+
+/* Copies every schedule, sorted by id, into a new array. Returns 0 or
+ * ATH_ENOMEM. */
+ATH_EXTERN int ath_world_schedules(ath_world_t* w, ath_schedule_info_t** out, size_t* n);
+ATH_EXTERN void ath_schedules_free(ath_schedule_info_t* s, size_t n);
 
 /* ----------------------------------------------------------------- metrics */
 

@@ -1,0 +1,502 @@
+/* Schedules (SEMANTICS §11): cron and one-off schedules kept by id and in a
+ * heap by next due time. The engine thread arms one libuv timer for the
+ * earliest due schedule and fires what is due when it expires: no polling.
+ * A firing executes the activity through the queue with the id
+ * "<scheduleId>@<dueMs>", so a re-fire after a crash finds the same task. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "internal.h"
+
+#define MAX_CATCH_UP 1000
+
+static int sched_less(const void* a, const void* b) {
+  const ath_sched_t* x = a;
+  const ath_sched_t* y = b;
+  if (x->next_ms != y->next_ms)
+    return x->next_ms < y->next_ms;
+  return strcmp(x->id, y->id) < 0;
+}
+
+void ath__sched_release(ath_sched_t* s) {
+  if (atomic_fetch_sub(&s->refs, 1) != 1)
+    return;
+  if (s->last_task)
+    ath_task_release(s->last_task);
+  free(s->id);
+  free(s->input);
+  free(s->cron_expr);
+  free(s->queue_name);
+  free(s);
+}
+
+static void heap_ready(ath_world_t* w) {
+  if (w->sheap.less == NULL)
+    w->sheap = (ath_heap_t)ATH_HEAP_INIT(sched_less, ath_sched_t, heap_idx);
+}
+
+/* ------------------------------------------------------------- the table */
+
+static ath_sched_t* sched_get(ath_world_t* w, const char* id) {
+  if (w->stable == NULL)
+    return NULL;
+  uint64_t h = ath__hash_str(id);
+  for (ath_sched_t* s = w->stable[h & (w->stable_cap - 1)]; s; s = s->hnext)
+    if (s->hash == h && strcmp(s->id, id) == 0)
+      return s;
+  return NULL;
+}
+
+static int sched_put(ath_world_t* w, ath_sched_t* s) {
+  if (w->nsched + 1 > w->stable_cap / 2 || w->stable == NULL) {
+    size_t cap = w->stable_cap ? w->stable_cap * 2 : 64;
+    ath_sched_t** t = calloc(cap, sizeof(*t));
+    if (t == NULL)
+      return ATH_ENOMEM;
+    for (size_t i = 0; i < w->stable_cap; i++) {
+      for (ath_sched_t* e = w->stable[i]; e;) {
+        ath_sched_t* next = e->hnext;
+        e->hnext = t[e->hash & (cap - 1)];
+        t[e->hash & (cap - 1)] = e;
+        e = next;
+      }
+    }
+    free(w->stable);
+    w->stable = t;
+    w->stable_cap = cap;
+  }
+  s->hash = ath__hash_str(s->id);
+  s->hnext = w->stable[s->hash & (w->stable_cap - 1)];
+  w->stable[s->hash & (w->stable_cap - 1)] = s;
+  w->nsched++;
+  return 0;
+}
+
+/* Takes s out of the table and the heap (lock held); drops the table's
+ * reference after marking the deletion for the store. */
+static void sched_unlink(ath_world_t* w, ath_sched_t* s) {
+  for (ath_sched_t** p = &w->stable[s->hash & (w->stable_cap - 1)]; *p; p = &(*p)->hnext) {
+    if (*p == s) {
+      *p = s->hnext;
+      w->nsched--;
+      break;
+    }
+  }
+  if (s->heap_idx != UINT32_MAX)
+    ath__heap_remove(&w->sheap, s);
+  s->deleted = 1;
+  ath__store_mark_sched(w, s);
+  ath__sched_release(s);
+}
+
+/* Computes s->next_ms after `after` and puts s in the heap (lock held). */
+static void arm(ath_world_t* w, ath_sched_t* s, int64_t after) {
+  if (s->heap_idx != UINT32_MAX)
+    ath__heap_remove(&w->sheap, s);
+  s->next_ms = 0;
+  if (s->paused)
+    return;
+  if (s->cron_expr == NULL) {
+    s->next_ms = s->once_at;
+  } else if (ath__cron_next(&s->cron, after, s->o.local_tz, &s->next_ms) != 0) {
+    s->next_ms = 0; /* no occurrence left (a pathological zone): disabled */
+    return;
+  }
+  ath__heap_push(&w->sheap, s);
+}
+
+/* ---------------------------------------------------------------- the API */
+
+static int def_index(ath_world_t* w, const char* name) {
+  for (int i = 0; i < w->ndefs; i++)
+    if (strcmp(w->defs[i].name, name) == 0)
+      return i;
+  return -1;
+}
+
+static int queue_exists(ath_world_t* w, const char* name) {
+  for (int i = 0; i < w->nqueues; i++)
+    if (strcmp(w->queues[i]->name, name) == 0)
+      return 1;
+  return 0;
+}
+
+/* Creates or replaces schedule `id` (cron may be NULL: one-off at at_ms). */
+static int put_schedule(ath_world_t* w, const char* id, const char* name, char* payload,
+                        size_t len, const char* cron, int64_t at_ms,
+                        const ath_schedule_opts_t* o, char* err, size_t errlen) {
+  ath_schedule_opts_t none = {0};
+  if (o == NULL)
+    o = &none;
+  ath_sched_t* s = NULL;
+  int rc = 0;
+  int di = def_index(w, name);
+  if (di < 0) {
+    snprintf(err, errlen, "no activity named %s", name);
+    rc = ATH_ENOTFOUND;
+  } else if (o->task_queue && !queue_exists(w, o->task_queue)) {
+    snprintf(err, errlen, "unknown task queue %s", o->task_queue);
+    rc = ATH_EINVAL;
+  } else if ((s = calloc(1, sizeof(*s))) == NULL) {
+    rc = ATH_ENOMEM;
+  } else if (cron != NULL && (rc = ath__cron_parse(cron, &s->cron, err, errlen)) != 0) {
+    rc = ATH_EINVAL;
+  }
+  if (rc == 0) {
+    atomic_init(&s->refs, 1);
+    s->id = strdup(id);
+    s->def = &w->defs[di];
+    s->input = payload;
+    s->input_len = len;
+    payload = NULL;
+    s->cron_expr = cron ? strdup(cron) : NULL;
+    s->once_at = at_ms;
+    s->o = *o;
+    s->queue_name = o->task_queue ? strdup(o->task_queue) : NULL;
+    s->o.task_queue = s->queue_name;
+    s->heap_idx = UINT32_MAX;
+    if (!s->id || (cron && !s->cron_expr) || (o->task_queue && !s->queue_name))
+      rc = ATH_ENOMEM;
+  }
+  if (rc != 0) {
+    free(payload);
+    if (s != NULL) {
+      atomic_init(&s->refs, 1);
+      s->heap_idx = UINT32_MAX;
+      ath__sched_release(s);
+    }
+    return rc;
+  }
+  heap_ready(w);
+  uv_mutex_lock(&w->lock);
+  if (w->state != ATH_W_STARTED) {
+    rc = w->state == ATH_W_NEW ? ATH_EINVAL : ATH_ESHUTDOWN;
+    snprintf(err, errlen, "%s", rc == ATH_EINVAL ? "schedule before start()" : "world is shutting down");
+  } else {
+    ath_sched_t* old = sched_get(w, id);
+    if (old != NULL) { /* replace: the counters carry over */
+      s->total = old->total;
+      s->skipped = old->skipped;
+      s->last_ms = old->last_ms;
+      if (old->last_task) {
+        ath_task_retain(old->last_task);
+        s->last_task = old->last_task;
+      }
+      old->deleted = 0;
+      for (ath_sched_t** p = &w->stable[old->hash & (w->stable_cap - 1)]; *p; p = &(*p)->hnext)
+        if (*p == old) {
+          *p = old->hnext;
+          w->nsched--;
+          break;
+        }
+      if (old->heap_idx != UINT32_MAX)
+        ath__heap_remove(&w->sheap, old);
+      ath__sched_release(old);
+    }
+    rc = sched_put(w, s);
+    if (rc == 0) {
+      arm(w, s, ath__now_ms());
+      ath__store_mark_sched(w, s);
+    }
+  }
+  uint64_t gen = w->gen;
+  if (rc == 0)
+    ath__store_wait(w, gen);
+  uv_mutex_unlock(&w->lock);
+  if (rc != 0) {
+    ath__sched_release(s);
+    return rc;
+  }
+  uv_async_send(&w->easync); /* the engine re-arms its timer */
+  return 0;
+}
+
+int ath_world_schedule(ath_world_t* w, const char* id, const char* name, char* payload,
+                       size_t len, const char* cron, const ath_schedule_opts_t* o, char* err,
+                       size_t errlen) {
+  if (cron == NULL) {
+    free(payload);
+    snprintf(err, errlen, "%s", "a schedule needs a cron expression");
+    return ATH_EINVAL;
+  }
+  return put_schedule(w, id, name, payload, len, cron, 0, o, err, errlen);
+}
+
+int ath_world_schedule_once(ath_world_t* w, const char* name, char* payload, size_t len,
+                            int64_t at_ms, const ath_schedule_opts_t* o, char id_out[64],
+                            char* err, size_t errlen) {
+  char uuid[37];
+  ath__uuid4(uuid);
+  snprintf(id_out, 64, "once-%s", uuid);
+  return put_schedule(w, id_out, name, payload, len, NULL, at_ms, o, err, errlen);
+}
+
+static int set_paused(ath_world_t* w, const char* id, int paused) {
+  uv_mutex_lock(&w->lock);
+  ath_sched_t* s = sched_get(w, id);
+  if (s == NULL) {
+    uv_mutex_unlock(&w->lock);
+    return ATH_ENOTFOUND;
+  }
+  if (s->paused != paused) {
+    s->paused = paused;
+    /* occurrences due while paused are skipped: resume looks after now
+     * (a one-off that came due meanwhile fires at once) */
+    arm(w, s, ath__now_ms());
+    ath__store_mark_sched(w, s);
+  }
+  ath__store_wait(w, w->gen);
+  uv_mutex_unlock(&w->lock);
+  uv_async_send(&w->easync);
+  return 0;
+}
+
+int ath_world_schedule_pause(ath_world_t* w, const char* id) {
+  return set_paused(w, id, 1);
+}
+
+int ath_world_schedule_resume(ath_world_t* w, const char* id) {
+  return set_paused(w, id, 0);
+}
+
+int ath_world_schedule_delete(ath_world_t* w, const char* id) {
+  uv_mutex_lock(&w->lock);
+  ath_sched_t* s = sched_get(w, id);
+  if (s != NULL) {
+    sched_unlink(w, s);
+    ath__store_wait(w, w->gen);
+  }
+  uv_mutex_unlock(&w->lock);
+  return s ? 0 : ATH_ENOTFOUND;
+}
+
+static int by_id(const void* a, const void* b) {
+  return strcmp(((const ath_schedule_info_t*)a)->id, ((const ath_schedule_info_t*)b)->id);
+}
+
+static char* dupn(const char* p, size_t n) {
+  char* c = p ? malloc(n + 1) : NULL;
+  if (c) {
+    memcpy(c, p, n);
+    c[n] = '\0';
+  }
+  return c;
+}
+
+int ath_world_schedules(ath_world_t* w, ath_schedule_info_t** out, size_t* n) {
+  uv_mutex_lock(&w->lock);
+  size_t k = 0, cap = w->nsched;
+  ath_schedule_info_t* a = calloc(cap ? cap : 1, sizeof(*a));
+  int rc = a ? 0 : ATH_ENOMEM;
+  for (size_t i = 0; rc == 0 && i < w->stable_cap; i++) {
+    for (ath_sched_t* s = w->stable[i]; s && rc == 0; s = s->hnext) {
+      ath_schedule_info_t* o = &a[k++];
+      o->id = strdup(s->id);
+      o->name = strdup(s->def->name);
+      o->input = dupn(s->input, s->input_len);
+      o->cron = s->cron_expr ? strdup(s->cron_expr) : NULL;
+      o->local_tz = s->o.local_tz;
+      o->catch_up = s->o.catch_up;
+      o->overlap_skip = s->o.overlap_skip;
+      o->paused = s->paused;
+      o->total = s->total;
+      o->skipped = s->skipped;
+      o->last_ms = s->last_ms;
+      o->next_ms = s->next_ms;
+      if (!o->id || !o->name || !o->input || (s->cron_expr && !o->cron))
+        rc = ATH_ENOMEM;
+    }
+  }
+  uv_mutex_unlock(&w->lock);
+  if (rc != 0) {
+    ath_schedules_free(a, k);
+    return rc;
+  }
+  qsort(a, k, sizeof(*a), by_id);
+  *out = a;
+  *n = k;
+  return 0;
+}
+
+void ath_schedules_free(ath_schedule_info_t* a, size_t n) {
+  for (size_t i = 0; a && i < n; i++) {
+    free(a[i].id);
+    free(a[i].name);
+    free(a[i].input);
+    free(a[i].cron);
+  }
+  free(a);
+}
+
+/* ------------------------------------------------------------------ firing */
+
+static void stimer_cb(uv_timer_t* h) {
+  ath__sched_tick(h->data);
+}
+
+void ath__sched_tick(ath_world_t* w) {
+  char err[256];
+  for (;;) {
+    int64_t now = ath__now_ms();
+    uv_mutex_lock(&w->lock);
+    heap_ready(w);
+    ath_sched_t* s = ath__heap_peek(&w->sheap);
+    if (s == NULL || s->next_ms > now || w->state != ATH_W_STARTED) {
+      int64_t next = s && w->state == ATH_W_STARTED ? s->next_ms : 0;
+      uv_mutex_unlock(&w->lock);
+      if (next != 0)
+        uv_timer_start(&w->stimer, stimer_cb, (uint64_t)(next - now), 0);
+      return;
+    }
+    ath__heap_remove(&w->sheap, s);
+    int64_t due = s->next_ms;
+    int skip = s->o.overlap_skip && s->last_task && !ATH_IS_TERMINAL(s->last_task->status);
+    char id[300];
+    char* payload = NULL;
+    if (skip) {
+      s->skipped++;
+    } else {
+      if (s->cron_expr)
+        snprintf(id, sizeof(id), "%s@%lld", s->id, (long long)due);
+      else
+        snprintf(id, sizeof(id), "%s", s->id);
+      payload = dupn(s->input, s->input_len);
+    }
+    atomic_fetch_add(&s->refs, 1); /* kept while firing outside the lock */
+    if (s->cron_expr)
+      arm(w, s, due);
+    else
+      sched_unlink(w, s); /* a one-off ends with its firing */
+    if (s->cron_expr)
+      ath__store_mark_sched(w, s);
+    uv_mutex_unlock(&w->lock);
+    if (payload != NULL) {
+      ath_exec_opts_t eo = {0};
+      eo.id = id;
+      eo.has_priority = s->o.has_priority;
+      eo.priority = s->o.priority;
+      eo.task_queue = s->o.task_queue;
+      eo.failure_strategy = s->o.failure_strategy;
+      size_t len = s->input_len;
+      ath_task_t* t = NULL;
+      int rc = ath_world_execute(w, s->def->name, 1, &payload, &len, NULL, &eo, &t, err, sizeof(err));
+      uv_mutex_lock(&w->lock);
+      if (rc == 0) {
+        s->total++;
+        s->last_ms = due;
+        if (s->last_task)
+          ath_task_release(s->last_task);
+        s->last_task = t;
+        if (!s->deleted)
+          ath__store_mark_sched(w, s);
+      } else {
+        s->skipped++;
+        fprintf(stderr, "athena: warn: schedule %s could not fire: %s\n", s->id, err);
+      }
+      uv_mutex_unlock(&w->lock);
+    }
+    ath__sched_release(s);
+  }
+}
+
+/* ---------------------------------------------------------------- recovery */
+
+int ath__sched_recover_row(void* ud, const ath_srow_t* r) {
+  ath_world_t* w = ud;
+  int di = def_index(w, r->name);
+  if (di < 0) {
+    fprintf(stderr, "athena: warn: schedule %s names %s, which is not registered: dropped\n",
+            r->id, r->name);
+    return 0;
+  }
+  ath_sched_t* s = calloc(1, sizeof(*s));
+  if (s == NULL)
+    return ATH_ENOMEM;
+  atomic_init(&s->refs, 1);
+  s->heap_idx = UINT32_MAX;
+  s->id = strdup(r->id);
+  s->def = &w->defs[di];
+  s->input = dupn(r->input, r->input_len);
+  s->input_len = r->input_len;
+  s->cron_expr = r->cron ? strdup(r->cron) : NULL;
+  s->once_at = r->once_at;
+  s->o.local_tz = r->local_tz;
+  s->o.catch_up = r->catch_up;
+  s->o.overlap_skip = r->overlap_skip;
+  s->o.has_priority = r->has_priority;
+  s->o.priority = r->priority;
+  s->o.failure_strategy = (ath_strategy_t)r->strategy;
+  s->queue_name = r->queue ? strdup(r->queue) : NULL;
+  s->o.task_queue = s->queue_name;
+  s->paused = r->paused;
+  s->next_ms = r->next_ms;
+  s->last_ms = r->last_ms;
+  s->total = r->total;
+  s->skipped = r->skipped;
+  char err[256];
+  if (!s->id || !s->input || (r->cron && !s->cron_expr) || (r->queue && !s->queue_name) ||
+      (r->cron && ath__cron_parse(r->cron, &s->cron, err, sizeof(err)) != 0)) {
+    ath__sched_release(s);
+    return ATH_ENOMEM;
+  }
+  heap_ready(w);
+  uv_mutex_lock(&w->lock);
+  int rc = sched_put(w, s);
+  if (rc == 0 && !s->paused) {
+    int64_t now = ath__now_ms();
+    if (s->cron_expr && s->next_ms != 0 && s->next_ms <= now) {
+      /* Occurrences missed while the process was down (catchUp). */
+      if (s->o.catch_up == ATH_CATCHUP_NONE) {
+        arm(w, s, now);
+      } else {
+        int64_t first = s->next_ms, latest = first, t = first;
+        int64_t ring[MAX_CATCH_UP];
+        size_t n = 0;
+        while (t != 0 && t <= now) { /* keep the last MAX_CATCH_UP */
+          ring[n % MAX_CATCH_UP] = t;
+          n++;
+          latest = t;
+          if (ath__cron_next(&s->cron, t, s->o.local_tz, &t) != 0)
+            t = 0;
+        }
+        if (s->o.catch_up == ATH_CATCHUP_ONE) {
+          s->next_ms = latest;
+        } else {
+          if (n > MAX_CATCH_UP) {
+            fprintf(stderr, "athena: warn: schedule %s missed %zu runs; the oldest %zu are skipped\n",
+                    s->id, n, n - MAX_CATCH_UP);
+            s->skipped += (int64_t)(n - MAX_CATCH_UP);
+          }
+          s->next_ms = n > MAX_CATCH_UP ? ring[n % MAX_CATCH_UP] : first;
+        }
+        ath__heap_push(&w->sheap, s); /* due: fires as soon as the engine ticks */
+      }
+    } else if (s->cron_expr == NULL) {
+      s->next_ms = s->once_at; /* a past one-off fires at once */
+      ath__heap_push(&w->sheap, s);
+    } else if (s->next_ms != 0) {
+      ath__heap_push(&w->sheap, s);
+    } else {
+      arm(w, s, now);
+    }
+    ath__store_mark_sched(w, s);
+  }
+  uv_mutex_unlock(&w->lock);
+  if (rc != 0)
+    ath__sched_release(s);
+  return rc;
+}
+
+void ath__sched_free_all(ath_world_t* w) {
+  for (size_t i = 0; i < w->stable_cap; i++) {
+    for (ath_sched_t* s = w->stable[i]; s;) {
+      ath_sched_t* next = s->hnext;
+      ath__sched_release(s);
+      s = next;
+    }
+  }
+  free(w->stable);
+  w->stable = NULL;
+  w->stable_cap = w->nsched = 0;
+  ath__heap_free(&w->sheap);
+}
