@@ -786,6 +786,146 @@ static int world_get_quarantined(lua_State* L) {
   return query_tasks(L, 1u << ATH_QUARANTINED);
 }
 
+/* ------------------------------------------------------------- schedules */
+
+/* Reads the options init.lua normalised: {localTz, catchUp (0-2),
+ * overlapSkip, priority, taskQueue, failureStrategy}. */
+static void read_sched_opts(lua_State* L, int idx, ath_schedule_opts_t* o) {
+  memset(o, 0, sizeof(*o));
+  o->catch_up = ATH_CATCHUP_ONE;
+  if (lua_isnoneornil(L, idx))
+    return;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  lua_getfield(L, idx, "localTz");
+  o->local_tz = lua_toboolean(L, -1);
+  lua_getfield(L, idx, "overlapSkip");
+  o->overlap_skip = lua_toboolean(L, -1);
+  lua_pop(L, 2);
+  o->catch_up = opt_int(L, idx, "catchUp", ATH_CATCHUP_ONE);
+  if (lua_getfield(L, idx, "priority") != LUA_TNIL) {
+    o->has_priority = 1;
+    o->priority = (int)luaL_checkinteger(L, -1);
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, idx, "taskQueue");
+  o->task_queue = lua_tostring(L, -1); /* anchored by the options table */
+  lua_pop(L, 1);
+  lua_getfield(L, idx, "failureStrategy");
+  o->failure_strategy = check_strategy(L, lua_gettop(L));
+  lua_pop(L, 1);
+}
+
+/* Encodes a schedule's input, raising EINVAL as SEMANTICS §11 words it. */
+static char* encode_schedule_input(lua_State* L, lworld_t* lw, int idx, size_t* len) {
+  char err[256];
+  lw->scratch.len = 0;
+  if (ath__json_encode(L, idx, "input", &lw->scratch, err, sizeof(err)) != 0)
+    ath__raise(L, ATH_EINVAL, "schedule input must be serializable: %s", err);
+  char* copy = malloc(lw->scratch.len + 1);
+  if (copy == NULL)
+    luaL_error(L, "not enough memory");
+  memcpy(copy, lw->scratch.data, lw->scratch.len + 1);
+  *len = lw->scratch.len;
+  return copy;
+}
+
+/* world:_schedule(id, name, input, cron, opts) -> id */
+static int world_schedule(lua_State* L) {
+  lworld_t* lw = check_lworld(L, 1);
+  const char* id = luaL_checkstring(L, 2);
+  const char* name = luaL_checkstring(L, 3);
+  const char* cron = luaL_checkstring(L, 5);
+  ath_schedule_opts_t o;
+  read_sched_opts(L, 6, &o);
+  size_t len;
+  char* json = encode_schedule_input(L, lw, 4, &len);
+  char err[512];
+  int rc = ath_world_schedule(lw->w, id, name, json, len, cron, &o, err, sizeof(err));
+  if (rc != 0)
+    return ath__raise(L, rc, "%s", err);
+  lua_pushvalue(L, 2);
+  return 1;
+}
+
+/* world:_scheduleOnce(name, input, atMs, opts) -> "once-<uuid>" */
+static int world_schedule_once(lua_State* L) {
+  lworld_t* lw = check_lworld(L, 1);
+  const char* name = luaL_checkstring(L, 2);
+  lua_Integer at = luaL_checkinteger(L, 4);
+  ath_schedule_opts_t o;
+  read_sched_opts(L, 5, &o);
+  size_t len;
+  char* json = encode_schedule_input(L, lw, 3, &len);
+  char id[64], err[512];
+  int rc = ath_world_schedule_once(lw->w, name, json, len, at, &o, id, err, sizeof(err));
+  if (rc != 0)
+    return ath__raise(L, rc, "%s", err);
+  lua_pushstring(L, id);
+  return 1;
+}
+
+static int sched_op(lua_State* L, int (*op)(ath_world_t*, const char*)) {
+  ath_world_t* w = check_world(L, 1);
+  const char* id = luaL_checkstring(L, 2);
+  if (op(w, id) != 0)
+    return ath__raise(L, ATH_ENOTFOUND, "no schedule %s", id);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int world_pause_schedule(lua_State* L) {
+  return sched_op(L, ath_world_schedule_pause);
+}
+
+static int world_resume_schedule(lua_State* L) {
+  return sched_op(L, ath_world_schedule_resume);
+}
+
+static int world_delete_schedule(lua_State* L) {
+  return sched_op(L, ath_world_schedule_delete);
+}
+
+/* world:getSchedules() -> {schedule...} sorted by id */
+static int world_get_schedules(lua_State* L) {
+  ath_world_t* w = check_world(L, 1);
+  ath_schedule_info_t* a;
+  size_t n;
+  if (ath_world_schedules(w, &a, &n) != 0)
+    return luaL_error(L, "not enough memory");
+  /* the pushes below raise only on out-of-memory (the array then leaks) */
+  lua_createtable(L, (int)n, 0);
+  static const char* const catch_up[] = {"none", "one", "all"};
+  for (size_t i = 0; i < n; i++) {
+    ath_schedule_info_t* s = &a[i];
+    lua_createtable(L, 0, 12);
+    lua_pushstring(L, s->id);
+    lua_setfield(L, -2, "id");
+    lua_pushstring(L, s->name);
+    lua_setfield(L, -2, "name");
+    push_json(L, s->input, strlen(s->input));
+    lua_setfield(L, -2, "input");
+    if (s->cron) {
+      lua_pushstring(L, s->cron);
+      lua_setfield(L, -2, "cronExpression");
+    }
+    lua_pushstring(L, s->local_tz ? "local" : "UTC");
+    lua_setfield(L, -2, "timezone");
+    lua_pushstring(L, catch_up[s->catch_up >= 0 && s->catch_up <= 2 ? s->catch_up : 1]);
+    lua_setfield(L, -2, "catchUp");
+    lua_pushstring(L, s->overlap_skip ? "skip" : "allow");
+    lua_setfield(L, -2, "overlap");
+    lua_pushboolean(L, s->paused);
+    lua_setfield(L, -2, "paused");
+    set_int(L, "totalExecutions", s->total);
+    set_int(L, "skippedExecutions", s->skipped);
+    set_ms(L, "lastExecution", s->last_ms);
+    set_ms(L, "nextExecution", s->next_ms);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  ath_schedules_free(a, n);
+  return 1;
+}
+
 /* ---------------------------------------------------------------- handles */
 
 static lhandle_t* check_handle(lua_State* L, int idx) {
@@ -920,6 +1060,12 @@ int lath_open_world(lua_State* L) {
     {"requeue", world_requeue},
     {"purge", world_purge},
     {"queryTasks", world_query_tasks},
+    {"_schedule", world_schedule},
+    {"_scheduleOnce", world_schedule_once},
+    {"pauseSchedule", world_pause_schedule},
+    {"resumeSchedule", world_resume_schedule},
+    {"deleteSchedule", world_delete_schedule},
+    {"getSchedules", world_get_schedules},
     {"getQuarantined", world_get_quarantined},
     {NULL, NULL},
   };

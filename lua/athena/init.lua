@@ -377,6 +377,91 @@ function methods.start(self)
   return self
 end
 
+------------------------------------------------------------------ schedules
+
+local SCHED_KEYS = { timezone = true, catchUp = true, overlap = true, priority = true,
+  taskQueue = true, failureStrategy = true }
+local CATCH_UP = { none = 0, one = 1, all = 2 }
+
+local function sched_opts(opts, fname)
+  if opts ~= nil and type(opts) ~= "table" then argerror(5, fname, "table", opts, 4) end
+  local o = {}
+  for k, v in pairs(opts or {}) do
+    if not SCHED_KEYS[k] then invalid("unknown option %s", tostring(k)) end
+  end
+  opts = opts or {}
+  o.localTz = oneof("timezone", opts.timezone or "UTC", { "UTC", "local" }) == "local"
+  o.catchUp = CATCH_UP[oneof("catchUp", opts.catchUp or "one", { "none", "one", "all" })]
+  o.overlapSkip = oneof("overlap", opts.overlap or "allow", { "allow", "skip" }) == "skip"
+  if opts.priority ~= nil then
+    if not isinteger(opts.priority) then invalid("invalid priority: %s (must be an integer)", show(opts.priority)) end
+    o.priority = math.tointeger(opts.priority)
+  end
+  if opts.taskQueue ~= nil then o.taskQueue = queue_name("taskQueue", opts.taskQueue) end
+  if opts.failureStrategy ~= nil then o.failureStrategy = oneof("failureStrategy", opts.failureStrategy, STRATEGIES) end
+  return o
+end
+
+-- Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar.
+local function days_from_civil(y, m, d)
+  y = m <= 2 and y - 1 or y
+  local era = (y >= 0 and y or y - 399) // 400
+  local yoe = y - era * 400
+  local doy = (153 * (m + (m > 2 and -3 or 9)) + 2) // 5 + d - 1
+  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+  return era * 146097 + doe - 719468
+end
+
+--- Parses ISO-8601 with Z or an offset ("2025-03-01T09:00:00.250+01:00")
+-- into epoch milliseconds; anything else raises EINVAL.
+local function iso_ms(s)
+  local y, mo, d, h, mi, sec, frac, zone = s:match(
+    "^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d):(%d%d)(%.?%d*)(.*)$")
+  local off
+  if zone == "Z" then
+    off = 0
+  elseif zone then
+    local sign, oh, om = zone:match("^([+-])(%d%d):(%d%d)$")
+    if sign then off = (tonumber(oh) * 60 + tonumber(om)) * (sign == "-" and -1 or 1) end
+  end
+  if not y or not off or (frac ~= "" and frac ~= nil and not frac:match("^%.%d+$")) then
+    invalid("invalid executeAt: %s (epoch ms, or ISO-8601 with Z or an offset)", show(s))
+  end
+  y, mo, d, h, mi, sec = tonumber(y), tonumber(mo), tonumber(d), tonumber(h), tonumber(mi), tonumber(sec)
+  local mdays = { 31, (y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0)) and 29 or 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }
+  if mo < 1 or mo > 12 or d < 1 or d > mdays[mo] or h > 23 or mi > 59 or sec > 59 then
+    invalid("invalid executeAt: %s (no such date or time)", show(s))
+  end
+  local ms = frac ~= "" and math.floor(tonumber("0" .. frac) * 1000 + 0.5) or 0
+  return ((days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60000 + sec * 1000 + ms - off * 60000
+end
+M._isoMs = iso_ms
+
+--- world:schedule(id, name, input, cron, opts) -> id (creates or replaces)
+function methods.schedule(self, id, name, input, cron, opts)
+  if type(id) ~= "string" then argerror(1, "schedule", "string", id) end
+  if #id < 1 or #id > 200 or id:find("[%s%c@]") then
+    invalid("invalid schedule id: %s (1-200 bytes, no whitespace, control characters or @)", show(id))
+  end
+  if type(name) ~= "string" then argerror(2, "schedule", "string", name) end
+  if type(cron) ~= "string" then argerror(4, "schedule", "string", cron) end
+  return self:_schedule(id, name, input, cron, sched_opts(opts, "schedule"))
+end
+
+--- world:scheduleOnce(name, input, executeAt[, opts]) -> "once-<uuid>"
+function methods.scheduleOnce(self, name, input, executeAt, opts)
+  if type(name) ~= "string" then argerror(1, "scheduleOnce", "string", name) end
+  local at
+  if type(executeAt) == "string" then
+    at = iso_ms(executeAt)
+  elseif math.type(executeAt) == "integer" or (math.type(executeAt) == "float" and executeAt == math.floor(executeAt)) then
+    at = math.tointeger(executeAt)
+  else
+    argerror(3, "scheduleOnce", "epoch ms or ISO-8601 string", executeAt)
+  end
+  return self:_scheduleOnce(name, input, at, sched_opts(opts, "scheduleOnce"))
+end
+
 local native_shutdown = methods.shutdown
 function methods.shutdown(self, opts)
   local st = worlds[self]
