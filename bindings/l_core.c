@@ -129,8 +129,10 @@ static int core_sleep(lua_State* L) {
   return 0;
 }
 
+/* athena.now(): epoch ms; inside a worker, its world's clock (manual or not). */
 static int core_now(lua_State* L) {
-  lua_pushinteger(L, ath__now_ms());
+  ath_worker_t* wk = ath__worker_of(L);
+  lua_pushinteger(L, wk ? ath__wall(ath__worker_world(wk)) : ath__now_ms());
   return 1;
 }
 

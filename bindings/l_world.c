@@ -136,6 +136,9 @@ int lath_world_new(lua_State* L) {
   cfg.entry_script = luaL_optstring(L, -1, NULL);
   cfg.cancel_grace_ms = opt_ms(L, 1, "cancelGrace", cfg.cancel_grace_ms);
   cfg.flush_interval_ms = opt_ms(L, 1, "flushInterval", cfg.flush_interval_ms);
+  lua_getfield(L, 1, "clock");
+  cfg.manual_clock = lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "manual") == 0;
+  lua_pop(L, 1);
   cfg.retention_ms = opt_ms(L, 1, "retention", cfg.retention_ms);
   lua_getfield(L, 1, "failureStrategy");
   cfg.failure_strategy = check_strategy(L, lua_gettop(L));
@@ -926,6 +929,24 @@ static int world_get_schedules(lua_State* L) {
   return 1;
 }
 
+/* world:advance(duration): the manual clock moves on (SEMANTICS §2). */
+static int world_advance(lua_State* L) {
+  lworld_t* lw = check_lworld(L, 1);
+  int64_t ms = ath__checkduration(L, 2);
+  if (lw->proxy)
+    return ath__raise(L, ATH_EINVAL, "advance is not allowed inside a worker");
+  int rc = ath_world_advance(lw->w, ms);
+  if (rc != 0)
+    return ath__raise(L, rc, "advance needs a started world with clock = \"manual\"");
+  return 0;
+}
+
+/* world:now() -> the world's time in epoch ms (the manual clock's, if any) */
+static int world_now(lua_State* L) {
+  lua_pushinteger(L, ath_world_now(check_world(L, 1)));
+  return 1;
+}
+
 /* ---------------------------------------------------------------- handles */
 
 static lhandle_t* check_handle(lua_State* L, int idx) {
@@ -1066,6 +1087,8 @@ int lath_open_world(lua_State* L) {
     {"resumeSchedule", world_resume_schedule},
     {"deleteSchedule", world_delete_schedule},
     {"getSchedules", world_get_schedules},
+    {"advance", world_advance},
+    {"now", world_now},
     {"getQuarantined", world_get_quarantined},
     {NULL, NULL},
   };

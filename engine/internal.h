@@ -162,6 +162,22 @@ double ath__random01(void);
 /* FNV-1a over a NUL-terminated string. */
 uint64_t ath__hash_str(const char* s);
 
+/* A worker timer on the manual clock: due in the world's vtimers heap, then
+ * handed to its worker, which runs the slot's callback. */
+typedef struct ath_vtimer_s ath_vtimer_t;
+struct ath_vtimer_s {
+  uint64_t due;          /* manual monotonic ns */
+  uint32_t heap_idx;
+  ath_slot_t* slot;
+  int which;             /* ATH_TIMER_* */
+  int fired;             /* due and not stopped since (lock held) */
+  int in_fired;          /* in its worker's fired list (lock held) */
+  ath_vtimer_t* next;
+};
+
+enum { ATH_TIMER_WAIT = 0, ATH_TIMER_DEADLINE = 1 };
+typedef void (*ath_slot_cb)(ath_slot_t* s);
+
 /* Slot waits: why a task coroutine is suspended. */
 enum { ATH_WAIT_NONE = 0, ATH_WAIT_SLEEP, ATH_WAIT_RESULT };
 
@@ -176,8 +192,12 @@ struct ath_slot_s {
   lua_State* co;         /* the task's coroutine, anchored at co_ref */
   int co_ref;
   int wait;              /* ATH_WAIT_* */
-  uv_timer_t timer;      /* athena.sleep */
-  uv_timer_t dtimer;     /* the attempt's deadlines, while the task waits */
+  /* Two timers: ATH_TIMER_WAIT (athena.sleep, a result wait's timeout)
+   * and ATH_TIMER_DEADLINE (the attempt's deadlines while it waits); libuv
+   * timers on the system clock, vtimers on the manual one. */
+  uv_timer_t uvt[2];
+  ath_vtimer_t vt[2];
+  ath_slot_cb tcb[2];
   uint64_t deadline[4];  /* monotonic ns: timeout, heartbeat, scheduleToClose,
                           * and a scoped one (withRetry's per-attempt timeout); 0: none */
   uint64_t next_deadline;/* the earliest of them, UINT64_MAX if none */
@@ -214,6 +234,11 @@ struct ath_worker_s {
   ath_buf_t buf;         /* scratch for encoding results */
   int joined;            /* thread joined (by the world's thread) */
   atomic_int poke;       /* set with a wake: check the slots for cancels */
+  ath_vtimer_t* fired;   /* manual clock: due timers (lock held) */
+  /* Manual clock: whether the worker still has work from the last step. */
+  atomic_int pending;    /* woken, not yet pumped */
+  atomic_int pumping;    /* inside a pass */
+  atomic_uint ticks;     /* hook runs: a pass that keeps ticking is spinning */
   int id;                /* n of "worker-<n>" */
   ath_queue_t* queue;
   int concurrency;
@@ -292,6 +317,12 @@ struct ath_world_s {
   ath_lat_ring_t lat_wait, lat_run;
   /* Shutdown results. */
   int drained, requeued;
+  /* The manual clock (clock = "manual"): time moves only in advance(). */
+  int manual;
+  int64_t vbase_wall;    /* epoch ms when the manual clock was made */
+  uint64_t vbase_mono;   /* its monotonic ns then */
+  atomic_ullong vmono;   /* monotonic ns now; wall time follows from it */
+  ath_heap_t vtimers;    /* workers' timers (ath_vtimer_t) by due time */
   /* Schedules (sched.c): by id, and a heap by next due time. */
   ath_sched_t** stable;
   size_t stable_cap, nsched;
@@ -313,6 +344,17 @@ struct ath_world_s {
   int store_ok;          /* the last commit succeeded (/healthz) */
   char store_err[256];
 };
+
+/* The world's clock: real time, or the manual clock's. Thread: any. */
+static inline int64_t ath__wall(ath_world_t* w) {
+  if (!w->manual)
+    return ath__now_ms();
+  uint64_t m = atomic_load_explicit(&w->vmono, memory_order_acquire);
+  return w->vbase_wall + (int64_t)((m - w->vbase_mono) / 1000000u);
+}
+static inline uint64_t ath__mono(ath_world_t* w) {
+  return w->manual ? (uint64_t)atomic_load_explicit(&w->vmono, memory_order_acquire) : uv_hrtime();
+}
 
 /* worker.c: worker threads. */
 
@@ -377,12 +419,15 @@ void ath__worker_join(ath_worker_t* wk);
  * section. Returns how many tasks were claimed into `out`. Sets *stop when
  * the worker should stop. */
 int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
-                        int max, int* stop, ath_waiter_t** inbox);
+                        int max, int* stop, ath_waiter_t** inbox, ath_vtimer_t** fired);
 /* Registers `slot` as waiting for `t` to end. Returns 1 if registered, 0 if
  * `t` is already terminal (nothing registered). */
 int ath__world_await(ath_world_t* w, ath_task_t* t, ath_slot_t* slot);
 /* Stores a copy of `json` as t's latest heartbeat details, time now. */
 void ath__world_heartbeat(ath_world_t* w, ath_task_t* t, const char* json, size_t len);
+/* Manual clock: arms or stops a worker timer (lock not held). */
+void ath__vtimer_start(ath_world_t* w, ath_vtimer_t* vt, uint64_t due);
+void ath__vtimer_stop(ath_world_t* w, ath_vtimer_t* vt);
 /* Removes `slot`'s waiter from `t` if still there (an interrupted wait). */
 void ath__world_unawait(ath_world_t* w, ath_task_t* t, ath_slot_t* slot);
 

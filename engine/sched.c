@@ -195,7 +195,7 @@ static int put_schedule(ath_world_t* w, const char* id, const char* name, char* 
     }
     rc = sched_put(w, s);
     if (rc == 0) {
-      arm(w, s, ath__now_ms());
+      arm(w, s, ath__wall(w));
       ath__store_mark_sched(w, s);
     }
   }
@@ -242,7 +242,7 @@ static int set_paused(ath_world_t* w, const char* id, int paused) {
     s->paused = paused;
     /* occurrences due while paused are skipped: resume looks after now
      * (a one-off that came due meanwhile fires at once) */
-    arm(w, s, ath__now_ms());
+    arm(w, s, ath__wall(w));
     ath__store_mark_sched(w, s);
   }
   ath__store_wait(w, w->gen);
@@ -337,14 +337,14 @@ static void stimer_cb(uv_timer_t* h) {
 void ath__sched_tick(ath_world_t* w) {
   char err[256];
   for (;;) {
-    int64_t now = ath__now_ms();
+    int64_t now = ath__wall(w);
     uv_mutex_lock(&w->lock);
     heap_ready(w);
     ath_sched_t* s = ath__heap_peek(&w->sheap);
     if (s == NULL || s->next_ms > now || w->state != ATH_W_STARTED) {
       int64_t next = s && w->state == ATH_W_STARTED ? s->next_ms : 0;
       uv_mutex_unlock(&w->lock);
-      if (next != 0)
+      if (next != 0 && !w->manual) /* the manual clock fires in advance() */
         uv_timer_start(&w->stimer, stimer_cb, (uint64_t)(next - now), 0);
       return;
     }
@@ -443,7 +443,7 @@ int ath__sched_recover_row(void* ud, const ath_srow_t* r) {
   uv_mutex_lock(&w->lock);
   int rc = sched_put(w, s);
   if (rc == 0 && !s->paused) {
-    int64_t now = ath__now_ms();
+    int64_t now = ath__wall(w);
     if (s->cron_expr && s->next_ms != 0 && s->next_ms <= now) {
       /* Occurrences missed while the process was down (catchUp). */
       if (s->o.catch_up == ATH_CATCHUP_NONE) {

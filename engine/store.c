@@ -298,7 +298,7 @@ int ath__store_start(ath_world_t* w, char* err, size_t errlen) {
   ath_store_t* st = NULL;
   rc = w->svt->open(w->cfg.persistence_path, w->cfg.persistence == ATH_PERSIST_FILE, &st, err, errlen);
   if (rc == 0)
-    rc = w->svt->prune(st, ath__now_ms() - w->cfg.retention_ms, err, errlen);
+    rc = w->svt->prune(st, ath__wall(w) - w->cfg.retention_ms, err, errlen);
   if (rc == 0) {
     uv_cond_init(&w->store_cond);
     w->gen = 1;

@@ -96,11 +96,12 @@ static void task_hook(lua_State* co, lua_Debug* ar) {
   ath_slot_t* s = wk->current;
   if (s == NULL)
     return;
+  atomic_fetch_add_explicit(&wk->ticks, 1, memory_order_relaxed);
   int code = atomic_load_explicit(&s->interrupt, memory_order_relaxed);
   if (code == 0)
     code = atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed);
   if (code == 0) {
-    uint64_t now = uv_hrtime();
+    uint64_t now = ath__mono(s->wk->w);
     uint64_t c = atomic_load_explicit(&s->task->cancel_ns, memory_order_relaxed);
     if (c != 0 && now >= c + (uint64_t)wk->w->cfg.cancel_grace_ms * 1000000u)
       code = ATH_ECANCELED;
@@ -152,11 +153,42 @@ static int await_k(lua_State* L, int status, lua_KContext ctx) {
 static void resume_slot(ath_slot_t* s, int nargs);
 static void pump(ath_worker_t* wk);
 
-static void sleep_cb(uv_timer_t* h) {
+/* ----------------------------------------------------------------- timers */
+
+/* A libuv timer of a slot: its callback, then a pass to publish what it
+ * ended. (Manual-clock timers run inside a pass already.) */
+static void uvt_cb(uv_timer_t* h) {
   ath_slot_t* s = h->data;
+  int which = h == &s->uvt[ATH_TIMER_DEADLINE];
+  s->tcb[which](s);
+  pump(s->wk);
+}
+
+/* Runs cb(s) `ms` from now on the world's clock (replacing the timer's
+ * previous arming). */
+static void timer_start(ath_slot_t* s, int which, uint64_t ms, ath_slot_cb cb) {
+  ath_world_t* w = s->wk->w;
+  s->tcb[which] = cb;
+  if (w->manual) {
+    ath__vtimer_start(w, &s->vt[which], ath__mono(w) + ms * 1000000u);
+    return;
+  }
+  /* The loop's clock is cached and whole milliseconds: refresh it and add
+   * one, so the timer never fires early. */
+  uv_update_time(&s->wk->loop);
+  uv_timer_start(&s->uvt[which], uvt_cb, ms + 1, 0);
+}
+
+static void timer_stop(ath_slot_t* s, int which) {
+  if (s->wk->w->manual)
+    ath__vtimer_stop(s->wk->w, &s->vt[which]);
+  else
+    uv_timer_stop(&s->uvt[which]);
+}
+
+static void sleep_cb(ath_slot_t* s) {
   s->wait = ATH_WAIT_NONE;
   resume_slot(s, 0);
-  pump(s->wk); /* publish the outcome if the task ended */
 }
 
 int ath__task_sleep(lua_State* L, int64_t ms) {
@@ -166,23 +198,18 @@ int ath__task_sleep(lua_State* L, int64_t ms) {
   if (interrupt_code(s->wk, s) != 0)
     return wait_k(L, LUA_OK, 0);
   s->wait = ATH_WAIT_SLEEP;
-  /* The loop's clock is cached and whole milliseconds: refresh it and add
-   * one, so the sleep lasts at least `ms`. */
-  uv_update_time(&s->wk->loop);
-  uv_timer_start(&s->timer, sleep_cb, (uint64_t)ms + 1, 0);
+  timer_start(s, ATH_TIMER_WAIT, (uint64_t)ms, sleep_cb);
   return lua_yieldk(L, 0, 0, wait_k);
 }
 
 /* The wait for a result timed out: stop waiting, resume without it. */
-static void wait_timeout_cb(uv_timer_t* h) {
-  ath_slot_t* s = h->data;
+static void wait_timeout_cb(ath_slot_t* s) {
   if (s->wait != ATH_WAIT_RESULT)
     return;
   ath__world_unawait(s->wk->w, s->awaiting, s);
   s->wait = ATH_WAIT_NONE;
   s->wait_timed_out = 1;
   resume_slot(s, 0);
-  pump(s->wk);
 }
 
 int ath__task_wait(lua_State* L, ath_task_t* t, int64_t timeout_ms, lua_KFunction k,
@@ -201,10 +228,8 @@ int ath__task_wait(lua_State* L, ath_task_t* t, int64_t timeout_ms, lua_KFunctio
   s->wait = ATH_WAIT_RESULT;
   s->awaiting = t;
   s->wait_k = k;
-  if (timeout_ms >= 0) {
-    uv_update_time(&s->wk->loop);
-    uv_timer_start(&s->timer, wait_timeout_cb, (uint64_t)timeout_ms + 1, 0);
-  }
+  if (timeout_ms >= 0)
+    timer_start(s, ATH_TIMER_WAIT, (uint64_t)timeout_ms, wait_timeout_cb);
   return lua_yieldk(L, 0, kctx, await_k);
 }
 
@@ -355,7 +380,7 @@ static void fail_with(ath_worker_t* wk, ath_task_t* t, int code, const char* mes
 }
 
 static void stop_wait(ath_slot_t* s) {
-  uv_timer_stop(&s->timer); /* a sleep, or a result wait's timeout */
+  timer_stop(s, ATH_TIMER_WAIT); /* a sleep, or a result wait's timeout */
   if (s->wait == ATH_WAIT_RESULT)
     ath__world_unawait(s->wk->w, s->awaiting, s);
   s->wait = ATH_WAIT_NONE;
@@ -378,7 +403,7 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
   int irq = atomic_load_explicit(&s->interrupt, memory_order_relaxed);
   if (irq == 0)
     irq = atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed);
-  uv_timer_stop(&s->dtimer);
+  timer_stop(s, ATH_TIMER_DEADLINE);
   if (atomic_load_explicit(&t->cancel_ns, memory_order_relaxed) != 0) {
     /* a cancel was accepted: whatever the handler did, it is cancelled */
     add_outcome(wk, t, ATH_CANCELLED, ATH_ECANCELED);
@@ -464,7 +489,7 @@ static void resume_slot(ath_slot_t* s, int nargs) {
   finish_slot(s, st, nres);
 }
 
-static void deadline_cb(uv_timer_t* h);
+static void deadline_cb(ath_slot_t* s);
 
 /* Arms the slot's deadline timer for the earliest deadline. */
 static void arm_deadline(ath_slot_t* s) {
@@ -474,19 +499,18 @@ static void arm_deadline(ath_slot_t* s) {
       next = s->deadline[i];
   s->next_deadline = next;
   if (next == UINT64_MAX) {
-    uv_timer_stop(&s->dtimer);
+    timer_stop(s, ATH_TIMER_DEADLINE);
     return;
   }
-  uint64_t now = uv_hrtime();
-  uv_timer_start(&s->dtimer, deadline_cb, next > now ? (next - now + 999999) / 1000000 : 0, 0);
+  uint64_t now = ath__mono(s->wk->w);
+  timer_start(s, ATH_TIMER_DEADLINE, next > now ? (next - now + 999999) / 1000000 : 0, deadline_cb);
 }
 
 /* A deadline passed while the task waited at a yield point. */
-static void deadline_cb(uv_timer_t* h) {
-  ath_slot_t* s = h->data;
+static void deadline_cb(ath_slot_t* s) {
   if (s->task == NULL)
     return;
-  int code = expired(s, uv_hrtime());
+  int code = expired(s, ath__mono(s->wk->w));
   if (code == 0) { /* a heartbeat moved it */
     arm_deadline(s);
     return;
@@ -495,7 +519,6 @@ static void deadline_cb(uv_timer_t* h) {
   if (s->wait != ATH_WAIT_NONE) {
     stop_wait(s);
     resume_slot(s, 0);
-    pump(s->wk);
   }
 }
 
@@ -503,13 +526,13 @@ static void start_task(ath_worker_t* wk, ath_task_t* t) {
   ath_slot_t* s = &wk->slots[wk->free_slots[--wk->nfree]];
   lua_State* co = s->co;
   const ath_activity_t* a = &t->def->a;
-  uint64_t now = uv_hrtime();
+  uint64_t now = ath__mono(s->wk->w);
   s->task = t;
   s->deadline[0] = now + (uint64_t)a->timeout_ms * 1000000u;
   s->deadline[1] = a->heartbeat_timeout_ms ? now + (uint64_t)a->heartbeat_timeout_ms * 1000000u : 0;
   s->deadline[2] = s->deadline[3] = 0;
   if (a->schedule_to_close_ms) {
-    int64_t left = t->scheduled_at + a->schedule_to_close_ms - ath__now_ms();
+    int64_t left = t->scheduled_at + a->schedule_to_close_ms - ath__wall(wk->w);
     s->deadline[2] = now + (uint64_t)(left > 0 ? left : 0) * 1000000u;
   }
   arm_deadline(s);
@@ -551,7 +574,7 @@ int ath__task_heartbeat(lua_State* L, const char* json, size_t len) {
   ath__world_heartbeat(s->wk->w, s->task, json, len);
   const ath_activity_t* a = &s->task->def->a;
   if (a->heartbeat_timeout_ms) {
-    s->deadline[1] = uv_hrtime() + (uint64_t)a->heartbeat_timeout_ms * 1000000u;
+    s->deadline[1] = ath__mono(s->wk->w) + (uint64_t)a->heartbeat_timeout_ms * 1000000u;
     arm_deadline(s);
   }
   return 0;
@@ -562,7 +585,7 @@ int ath__task_scope_push(lua_State* L, int64_t ms, uint64_t* prev) {
   if (s == NULL)
     return -1;
   *prev = s->deadline[3];
-  uint64_t d = uv_hrtime() + (uint64_t)ms * 1000000u;
+  uint64_t d = ath__mono(s->wk->w) + (uint64_t)ms * 1000000u;
   s->deadline[3] = *prev && *prev < d ? *prev : d; /* never past an outer scope's */
   arm_deadline(s);
   return 0;
@@ -590,8 +613,10 @@ int ath__task_cancelled(lua_State* L) {
 
 static void close_handles(ath_worker_t* wk) {
   for (int i = 0; i < wk->concurrency; i++) {
-    uv_close((uv_handle_t*)&wk->slots[i].timer, NULL);
-    uv_close((uv_handle_t*)&wk->slots[i].dtimer, NULL);
+    timer_stop(&wk->slots[i], ATH_TIMER_WAIT);
+    timer_stop(&wk->slots[i], ATH_TIMER_DEADLINE);
+    uv_close((uv_handle_t*)&wk->slots[i].uvt[0], NULL);
+    uv_close((uv_handle_t*)&wk->slots[i].uvt[1], NULL);
   }
   uv_close((uv_handle_t*)&wk->async, NULL);
 }
@@ -604,15 +629,28 @@ static void pump(ath_worker_t* wk) {
     int max = wk->nfree < 256 ? wk->nfree : 256;
     int had = wk->noutcomes;
     ath_waiter_t* in;
-    int n = ath__world_exchange(wk->w, wk, claimed, max, &stop, &in);
+    ath_vtimer_t* fired;
+    int n = ath__world_exchange(wk->w, wk, claimed, max, &stop, &in, &fired);
     int delivered = 0;
+    while (fired != NULL) { /* manual clock: timers that came due */
+      ath_vtimer_t* next = fired->next;
+      uv_mutex_lock(&wk->w->lock);
+      int run = fired->fired;
+      fired->fired = fired->in_fired = 0;
+      uv_mutex_unlock(&wk->w->lock);
+      if (run) {
+        fired->slot->tcb[fired->which](fired->slot);
+        delivered++;
+      }
+      fired = next;
+    }
     while (in != NULL) {
       ath_waiter_t* next = in->next;
       ath_slot_t* s = in->slot;
       free(in);
       if (s->task != NULL && s->wait == ATH_WAIT_RESULT) {
         s->wait = ATH_WAIT_NONE;
-        uv_timer_stop(&s->timer); /* a result wait's timeout */
+        timer_stop(s, ATH_TIMER_WAIT); /* a result wait's timeout */
         resume_slot(s, 0);
         delivered++;
       }
@@ -633,7 +671,11 @@ static void pump(ath_worker_t* wk) {
 }
 
 static void async_cb(uv_async_t* h) {
-  pump(h->data);
+  ath_worker_t* wk = h->data;
+  atomic_store(&wk->pumping, 1);
+  atomic_store(&wk->pending, 0);
+  pump(wk);
+  atomic_store(&wk->pumping, 0);
 }
 
 /* ------------------------------------------------------------- loading */
@@ -747,9 +789,13 @@ static int setup_slots(ath_worker_t* wk) {
     ath_slot_t* s = &wk->slots[i];
     s->wk = wk;
     new_coroutine(s);
-    uv_timer_init(&wk->loop, &s->timer);
-    uv_timer_init(&wk->loop, &s->dtimer);
-    s->timer.data = s->dtimer.data = s;
+    for (int k = 0; k < 2; k++) {
+      uv_timer_init(&wk->loop, &s->uvt[k]);
+      s->uvt[k].data = s;
+      s->vt[k].slot = s;
+      s->vt[k].which = k;
+      s->vt[k].heap_idx = UINT32_MAX;
+    }
     wk->free_slots[wk->nfree++] = wk->concurrency - 1 - i;
   }
   return 0;
@@ -818,8 +864,8 @@ static void worker_main(void* arg) {
     if (wk->slots)
       for (int i = 0; i < wk->concurrency; i++)
         if (wk->slots[i].co) {
-          uv_close((uv_handle_t*)&wk->slots[i].timer, NULL);
-          uv_close((uv_handle_t*)&wk->slots[i].dtimer, NULL);
+          uv_close((uv_handle_t*)&wk->slots[i].uvt[0], NULL);
+          uv_close((uv_handle_t*)&wk->slots[i].uvt[1], NULL);
         }
     uv_run(&wk->loop, UV_RUN_DEFAULT);
     uv_sem_post(&w->ready);
@@ -876,6 +922,7 @@ int ath__worker_spawn(ath_world_t* w, ath_queue_t* q, ath_worker_t** out) {
 }
 
 void ath__worker_wake(ath_worker_t* wk) {
+  atomic_store(&wk->pending, 1);
   uv_async_send(&wk->async);
 }
 

@@ -119,6 +119,12 @@ static int find_def(ath_world_t* w, const char* name) {
   return -1;
 }
 
+static int vtimer_less(const void* a, const void* b) {
+  const ath_vtimer_t* x = a;
+  const ath_vtimer_t* y = b;
+  return x->due < y->due;
+}
+
 int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
                   size_t errlen) {
   if (cfg->min_workers < 1 || cfg->max_workers < cfg->min_workers ||
@@ -171,6 +177,11 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   w->nqueues = 1;
   w->next_worker_id = 1;
   w->delayed = (ath_heap_t)ATH_HEAP_INIT(ath__task_ready_less, ath_task_t, heap_idx);
+  w->vtimers = (ath_heap_t)ATH_HEAP_INIT(vtimer_less, ath_vtimer_t, heap_idx);
+  w->manual = cfg->manual_clock != 0;
+  w->vbase_wall = ath__now_ms();
+  w->vbase_mono = uv_hrtime();
+  atomic_init(&w->vmono, w->vbase_mono);
   w->owner = uv_thread_self();
   w->state = ATH_W_NEW;
   *out = w;
@@ -468,8 +479,8 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
     rc = ATH_ENOMEM;
     goto fail;
   }
-  int64_t now = ath__now_ms();
-  uint64_t mono = ath__mono_ns();
+  int64_t now = ath__wall(w);
+  uint64_t mono = ath__mono(w);
   for (made = 0; made < n; made++) {
     const char* given = ids ? ids[made] : opts->id; /* NULL: generated */
     size_t idlen = given ? strlen(given) : namelen + 37;
@@ -604,7 +615,7 @@ static void engine_timer_cb(uv_timer_t* h);
 static void engine_tick(ath_world_t* w) {
   ath_worker_t* wake[MAX_WORKERS];
   int nwake = 0;
-  uint64_t now = ath__mono_ns();
+  uint64_t now = ath__mono(w);
   uint64_t next = 0;
   uv_mutex_lock(&w->lock);
   ath_task_t* t;
@@ -614,7 +625,7 @@ static void engine_tick(ath_world_t* w) {
     if (make_ready(w, t) != 0) {
       t->status = ATH_FAILED;
       t->err_code = ATH_ENOMEM;
-      t->completed_at = ath__now_ms();
+      t->completed_at = ath__wall(w);
       w->n_failed++;
       continue;
     }
@@ -625,7 +636,7 @@ static void engine_tick(ath_world_t* w) {
     next = t->ready_mono;
   uv_mutex_unlock(&w->lock);
   wake_all(wake, nwake);
-  if (next != 0)
+  if (next != 0 && !w->manual) /* the manual clock fires in advance() */
     uv_timer_start(&w->etimer, engine_timer_cb, (next - now + 999999) / 1000000, 0);
 }
 
@@ -784,11 +795,11 @@ static int retry_task(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o,
 }
 
 int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
-                        int max, int* stop, ath_waiter_t** inbox) {
+                        int max, int* stop, ath_waiter_t** inbox, ath_vtimer_t** fired) {
   ath_worker_t* wake[MAX_WORKERS];
   int nwake = 0, ended = 0, n = 0, wake_engine = 0;
-  int64_t now = ath__now_ms();
-  uint64_t mono = ath__mono_ns();
+  int64_t now = ath__wall(w);
+  uint64_t mono = ath__mono(w);
   ath_queue_t* q = wk->queue;
 
   uv_mutex_lock(&w->lock);
@@ -861,6 +872,8 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
   *stop = wk->stop && wk->running == 0;
   *inbox = wk->inbox;
   wk->inbox = NULL;
+  *fired = wk->fired;
+  wk->fired = NULL;
   if (ended && w->cond_waiters > 0)
     uv_cond_broadcast(&w->cond);
   uv_mutex_unlock(&w->lock);
@@ -1012,7 +1025,7 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
   }
   uv_mutex_lock(&w->lock);
   w->state = ATH_W_STARTED;
-  w->started_at = ath__now_ms();
+  w->started_at = ath__wall(w);
   w->tput_sec = w->started_at / 1000;
   uv_mutex_unlock(&w->lock);
   for (int i = 0; i < w->nworkers; i++)
@@ -1099,6 +1112,7 @@ void ath_world_free(ath_world_t* w) {
   }
   free(w->table);
   ath__heap_free(&w->delayed);
+  ath__heap_free(&w->vtimers);
   ath__sched_free_all(w);
   for (int i = 0; i < w->nqueues; i++)
     if (w->queues[i])
@@ -1161,7 +1175,7 @@ void ath_world_metrics(ath_world_t* w, ath_metrics_t* m) {
   memset(m, 0, sizeof(*m));
   m->queues = qs;
   m->queues_cap = cap;
-  int64_t now = ath__now_ms();
+  int64_t now = ath__wall(w);
   uv_mutex_lock(&w->lock);
   m->nqueues = w->nqueues;
   for (int i = 0; i < w->nqueues && i < cap; i++) {
@@ -1289,14 +1303,14 @@ int ath_world_cancel(ath_world_t* w, ath_task_t* t) {
   ath_worker_t* wake[MAX_WORKERS];
   int nwake = 0;
   ath_worker_t* runner = NULL;
-  int64_t now = ath__now_ms();
+  int64_t now = ath__wall(w);
   uv_mutex_lock(&w->lock);
   if (ATH_IS_TERMINAL(t->status) || t->status == ATH_COMPENSATING) {
     uv_mutex_unlock(&w->lock);
     return 0;
   }
   if (atomic_load(&t->cancel_ns) == 0)
-    atomic_store(&t->cancel_ns, ath__mono_ns());
+    atomic_store(&t->cancel_ns, ath__mono(w));
   ath__store_mark(w, t);
   switch (t->status) {
     case ATH_PENDING:
@@ -1337,11 +1351,11 @@ int ath_world_requeue(ath_world_t* w, ath_task_t* t) {
   t->error = NULL;
   t->error_len = 0;
   t->completed_at = 0;
-  t->ready_at = ath__now_ms();
-  t->ready_mono = ath__mono_ns();
+  t->ready_at = ath__wall(w);
+  t->ready_mono = ath__mono(w);
   if (make_ready(w, t) != 0) {
     set_error(t, ATH_ENOMEM, "out of memory requeueing");
-    finish_task(w, t, ATH_QUARANTINED, ath__now_ms(), wake, 0);
+    finish_task(w, t, ATH_QUARANTINED, ath__wall(w), wake, 0);
     uv_mutex_unlock(&w->lock);
     return ATH_ENOMEM;
   }
@@ -1406,7 +1420,7 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
 
 void ath__world_heartbeat(ath_world_t* w, ath_task_t* t, const char* json, size_t len) {
   char* copy = json ? memdup(json, len) : NULL;
-  int64_t now = ath__now_ms();
+  int64_t now = ath__wall(w);
   uv_mutex_lock(&w->lock);
   if (json == NULL || copy != NULL) { /* out of memory: keep the old details */
     free(t->hb);
@@ -1489,8 +1503,8 @@ int ath__world_recover_row(void* ud, const ath_row_t* r) {
   if (r->seq >= w->next_seq)
     w->next_seq = r->seq + 1;
   table_put(w, t);
-  int64_t now = ath__now_ms();
-  uint64_t mono = ath__mono_ns();
+  int64_t now = ath__wall(w);
+  uint64_t mono = ath__mono(w);
   int rc = 0;
   if (ATH_IS_TERMINAL(t->status)) {
     w->n_recovered[3]++;
@@ -1527,7 +1541,7 @@ void ath__world_recovered(ath_world_t* w) {
 }
 
 void ath__world_prune(ath_world_t* w) {
-  int64_t before = ath__now_ms() - w->cfg.retention_ms;
+  int64_t before = ath__wall(w) - w->cfg.retention_ms;
   ath_task_t* dead = NULL; /* chained through hnext once out of the table */
   uv_mutex_lock(&w->lock);
   for (size_t i = 0; i < w->table_cap; i++) {
@@ -1552,4 +1566,129 @@ void ath__world_prune(ath_world_t* w) {
     ath_task_release(dead);
     dead = next;
   }
+}
+
+/* ------------------------------------------------------------ manual clock */
+
+void ath__vtimer_start(ath_world_t* w, ath_vtimer_t* vt, uint64_t due) {
+  uv_mutex_lock(&w->lock);
+  if (vt->heap_idx != UINT32_MAX)
+    ath__heap_remove(&w->vtimers, vt);
+  vt->fired = 0; /* a stale firing waiting in the fired list is void */
+  vt->due = due;
+  if (ath__heap_push(&w->vtimers, vt) != 0)
+    fprintf(stderr, "athena: error: out of memory arming a manual-clock timer\n");
+  uv_mutex_unlock(&w->lock);
+}
+
+void ath__vtimer_stop(ath_world_t* w, ath_vtimer_t* vt) {
+  uv_mutex_lock(&w->lock);
+  if (vt->heap_idx != UINT32_MAX)
+    ath__heap_remove(&w->vtimers, vt);
+  vt->fired = 0;
+  uv_mutex_unlock(&w->lock);
+}
+
+int64_t ath_world_now(ath_world_t* w) {
+  return ath__wall(w);
+}
+
+/* The earliest manual-clock event (lock held), as manual monotonic ns, or
+ * UINT64_MAX if none: delayed tasks, schedules, worker timers. */
+static uint64_t next_event(ath_world_t* w) {
+  uint64_t next = UINT64_MAX;
+  ath_task_t* t = ath__heap_peek(&w->delayed);
+  if (t != NULL)
+    next = t->ready_mono;
+  ath_vtimer_t* vt = ath__heap_peek(&w->vtimers);
+  if (vt != NULL && vt->due < next)
+    next = vt->due;
+  ath_sched_t* s = ath__heap_peek(&w->sheap);
+  if (s != NULL) {
+    int64_t wall = ath__wall(w);
+    uint64_t mono = atomic_load(&w->vmono);
+    uint64_t due = s->next_ms <= wall ? mono : mono + (uint64_t)(s->next_ms - wall) * 1000000u;
+    if (due < next)
+      next = due;
+  }
+  return next;
+}
+
+/* Hands due worker timers to their workers (lock held); returns how many
+ * workers were collected into `wake`. */
+static int fire_vtimers(ath_world_t* w, uint64_t now, ath_worker_t** wake, int nwake) {
+  ath_vtimer_t* vt;
+  while ((vt = ath__heap_peek(&w->vtimers)) != NULL && vt->due <= now) {
+    ath__heap_pop(&w->vtimers);
+    ath_worker_t* wk = vt->slot->wk;
+    vt->fired = 1;
+    if (!vt->in_fired) {
+      vt->in_fired = 1;
+      vt->next = wk->fired;
+      wk->fired = vt;
+    }
+    int seen = 0;
+    for (int i = 0; i < nwake; i++)
+      seen |= wake[i] == wk;
+    if (!seen && nwake < MAX_WORKERS)
+      wake[nwake++] = wk;
+  }
+  return nwake;
+}
+
+/* Waits until no worker has work from this step: each is asleep in its
+ * loop with nothing pending, or has been running the same Lua code for two
+ * hook intervals (code that does not yield cannot be waited for). */
+static void settle(ath_world_t* w) {
+  unsigned ticks[MAX_WORKERS];
+  int quiet_rounds = 0;
+  for (int i = 0; i < w->nworkers && i < MAX_WORKERS; i++)
+    ticks[i] = atomic_load(&w->workers[i]->ticks);
+  while (quiet_rounds < 2) {
+    int quiet = 1;
+    for (int i = 0; i < w->nworkers && i < MAX_WORKERS; i++) {
+      ath_worker_t* wk = w->workers[i];
+      if (wk->state != ATH_WK_RUNNING)
+        continue;
+      if (atomic_load(&wk->pending)) {
+        quiet = 0;
+      } else if (atomic_load(&wk->pumping)) {
+        unsigned now = atomic_load(&wk->ticks);
+        if (now - ticks[i] < 2) /* working, not (yet) spinning */
+          quiet = 0;
+      }
+    }
+    quiet_rounds = quiet ? quiet_rounds + 1 : 0;
+    if (quiet_rounds < 2)
+      uv_sleep(1); /* workers signal nothing here: look again shortly */
+  }
+}
+
+int ath_world_advance(ath_world_t* w, int64_t ms) {
+  if (!w->manual || ms < 0)
+    return ATH_EINVAL;
+  uv_mutex_lock(&w->lock);
+  int started = w->state == ATH_W_STARTED;
+  uint64_t target = atomic_load(&w->vmono) + (uint64_t)ms * 1000000u;
+  uv_mutex_unlock(&w->lock);
+  if (!started)
+    return ATH_EINVAL;
+  settle(w);
+  for (;;) {
+    ath_worker_t* wake[MAX_WORKERS];
+    uv_mutex_lock(&w->lock);
+    uint64_t now = atomic_load(&w->vmono);
+    uint64_t next = next_event(w);
+    uint64_t to = next <= target ? (next > now ? next : now) : target;
+    atomic_store(&w->vmono, to); /* time moves to the next event (or the target) */
+    int nwake = fire_vtimers(w, to, wake, 0);
+    uv_mutex_unlock(&w->lock);
+    wake_all(wake, nwake);
+    engine_tick(w);
+    ath__sched_tick(w);
+    settle(w);
+    if (next > target)
+      break;
+  }
+  return 0;
 }

@@ -130,6 +130,7 @@ struct ath_world_config_s {
   size_t memory_limit;          /* bytes of Lua heap per worker state (256 MiB) */
   int64_t flush_interval_ms;    /* hybrid group-commit period (50) */
   int64_t retention_ms;         /* terminal tasks kept this long (7 days) */
+  int manual_clock;             /* 1: time stands still until ath_world_advance */
   /* Code that worker states load: either an entry script re-run in
    * definition mode, or modules that workers require (one of the two). */
   const char* entry_script;
@@ -259,6 +260,17 @@ ATH_EXTERN int ath_world_find(ath_world_t* w, const char* id, ath_task_t** out);
  * Returns 0 when terminal, ATH_ETIMEDOUT, or ATH_ESHUTDOWN when the world
  * shut down with the task unfinished. Thread: any but a worker's. */
 ATH_EXTERN int ath_world_wait(ath_world_t* w, ath_task_t* t, int64_t timeout_ms);
+
+/* Manual clock only: moves the world's time forward by `ms`, firing in due
+ * order every timer due in between (delays, retries, timeouts, heartbeats,
+ * sleeps, schedules), and returns once the work they started has settled:
+ * every worker is waiting, or running Lua code that does not yield (which
+ * cannot be waited for). Returns 0, or ATH_EINVAL (not a manual clock, not
+ * started, ms < 0). Thread: not a worker's. */
+ATH_EXTERN int ath_world_advance(ath_world_t* w, int64_t ms);
+
+/* The world's time in epoch ms: the manual clock's, or the system's. */
+ATH_EXTERN int64_t ath_world_now(ath_world_t* w);
 
 /* Stops accepting work, waits up to `timeout_ms` for running attempts,
  * interrupts the rest (they return to pending, attempt not counted), joins

@@ -284,9 +284,6 @@ local function check_config(config)
   end
   c.memoryLimit = int_field("memoryLimit", c.memoryLimit, 1024 * 1024, nil, "at least 1MB")
   c.clock = c.clock == nil and "system" or oneof("clock", c.clock, { "system", "manual" })
-  if c.clock == "manual" then
-    error(errors.new("ENOSYS", "clock = \"manual\" is not implemented yet"), 3)
-  end
   return c
 end
 M._checkConfig = check_config
@@ -319,7 +316,7 @@ function World.new(config)
     minWorkers = c.minWorkers, maxWorkers = c.maxWorkers, persistence = c.persistence,
     persistencePath = c.persistencePath, modules = c.modules, taskQueues = {},
     failureStrategy = c.failureStrategy, cancelGrace = c.cancelGrace, memoryLimit = c.memoryLimit,
-    flushInterval = c.flushInterval, retention = c.retention,
+    flushInterval = c.flushInterval, retention = c.retention, clock = c.clock,
   }
   for name, q in pairs(c.taskQueues) do
     if name == "default" then
