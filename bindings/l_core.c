@@ -185,7 +185,7 @@ static int core_encode(lua_State* L) {
  * run (the hook may be raising on every instruction), then returns like
  * pcall, with an ETIMEDOUT error if the scope's deadline fired. */
 static int scope_k(lua_State* L, int status, lua_KContext ctx) {
-  if (ath__task_scope_pop(L, (uint64_t)ctx) == 1) {
+  if (ath__task_scope_pop(L, (uint64_t)ctx) == 1) { /* fired, or passed meanwhile */
     lua_settop(L, 0);
     lua_pushboolean(L, 0);
     ath__pusherror(L, ATH_ETIMEDOUT, "attempt timed out");

@@ -95,6 +95,8 @@ struct ath_task_s {
   ath_task_t* qprev;     /* ready list of its priority bucket */
   ath_task_t* qnext;
   uint32_t heap_idx;     /* index in the delay heap, UINT32_MAX if absent */
+  uint32_t exp_idx;      /* index in the expiry heap, UINT32_MAX if absent */
+  uint64_t exp_mono;     /* scheduleToClose deadline, monotonic ns */
   int run_pos;           /* index in its worker's running list */
   ath_task_t* hnext;     /* hash chain */
   ath_waiter_t* waiters; /* worker slots parked in handle:result() */
@@ -302,6 +304,7 @@ struct ath_world_s {
   uint64_t next_seq;
   /* Delayed tasks and the engine loop that makes them ready. */
   ath_heap_t delayed;
+  ath_heap_t expiry;     /* tasks with a scheduleToClose, by deadline */
   uv_thread_t engine_thread;
   uv_loop_t eloop;
   uv_async_t easync;

@@ -110,14 +110,23 @@ static void task_hook(lua_State* co, lua_Debug* ar) {
     if (code != 0)
       atomic_store_explicit(&s->interrupt, code, memory_order_relaxed);
   }
-  if (code != 0) {
-    /* From now on every instruction raises it: a pcall that catches it gets
-     * one instruction in its caller, so the error climbs one protected call
-     * per instruction until the coroutine is dead. */
-    lua_sethook(co, task_hook, LUA_MASKCOUNT, 1);
-    push_interrupt(co, code);
-    lua_error(co);
+  if (code == 0)
+    return;
+  if (co == s->co && lua_isyieldable(co) && code != SCOPE_TIMEOUT) {
+    /* Stop the task where it stands: the worker closes the suspended
+     * coroutine (running its __close handlers, under this hook). No error
+     * is thrown, so no pcall can catch it and no message handler runs with
+     * hooks switched off. */
+    lua_yield(co, 0);
+    return;
   }
+  /* Not yieldable here (a C boundary, a nested coroutine, a withRetry
+   * scope): raise it, and from now on on every instruction: a pcall that
+   * catches it gets one instruction in its caller, so the error climbs one
+   * protected call per instruction until it reaches its catcher. */
+  lua_sethook(co, task_hook, LUA_MASKCOUNT, 1);
+  push_interrupt(co, code);
+  lua_error(co);
 }
 
 /* Returns the slot whose own coroutine is L, or NULL. */
@@ -403,6 +412,10 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
   int irq = atomic_load_explicit(&s->interrupt, memory_order_relaxed);
   if (irq == 0)
     irq = atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed);
+  if (irq == 0) /* a deadline that passed while the task was blocked in C */
+    irq = expired(s, ath__mono(wk->w));
+  if (irq == SCOPE_TIMEOUT)
+    irq = 0; /* only a withRetry attempt's: its scope is gone */
   timer_stop(s, ATH_TIMER_DEADLINE);
   if (atomic_load_explicit(&t->cancel_ns, memory_order_relaxed) != 0) {
     /* a cancel was accepted: whatever the handler did, it is cancelled */
@@ -455,13 +468,20 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     lua_settop(co, 0); /* the coroutine is reusable for the next task */
     lua_sethook(co, task_hook, LUA_MASKCOUNT, HOOK_COUNT); /* undo an interrupt's */
   } else {
-    /* A coroutine that died of an error is replaced, not reset: when the
-     * error came from the hook, Lua leaves the thread's hooks disabled. */
+    /* A coroutine that died of an error, or that the hook stopped, is
+     * closed and replaced, not reused: after an error from the hook, Lua
+     * leaves the thread's hooks disabled. Closing runs its pending __close
+     * handlers, each interruptible by the hook (still due). */
+    if (atomic_load_explicit(&s->interrupt, memory_order_relaxed) == 0 && irq != 0)
+      atomic_store_explicit(&s->interrupt, irq, memory_order_relaxed);
+    lua_sethook(co, task_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    wk->current = s;
 #if LUA_VERSION_RELEASE_NUM >= 50406
     lua_closethread(co, L);
 #else
-    lua_resetthread(co); /* runs pending __close handlers */
+    lua_resetthread(co);
 #endif
+    wk->current = NULL;
     luaL_unref(L, LUA_REGISTRYINDEX, s->co_ref);
     new_coroutine(s);
   }
@@ -481,10 +501,12 @@ static void resume_slot(ath_slot_t* s, int nargs) {
   if (st == LUA_YIELD) {
     if (s->wait != ATH_WAIT_NONE)
       return; /* parked at an athena call: a timer or inbox resumes it */
-    /* A bare coroutine.yield() in a handler has nobody to resume it. */
-    lua_settop(s->co, 0);
-    lua_pushliteral(s->co, "coroutine.yield() called in a handler outside a coroutine of its own");
-    st = LUA_ERRRUN;
+    if (atomic_load_explicit(&s->interrupt, memory_order_relaxed) == 0) {
+      /* A bare coroutine.yield() in a handler has nobody to resume it. */
+      lua_settop(s->co, 0);
+      lua_pushliteral(s->co, "coroutine.yield() called in a handler outside a coroutine of its own");
+      st = LUA_ERRRUN;
+    } /* else the hook stopped it: finish_slot fails it with the interrupt */
   }
   finish_slot(s, st, nres);
 }
@@ -595,7 +617,10 @@ int ath__task_scope_pop(lua_State* L, uint64_t prev) {
   ath_slot_t* s = task_slot(L);
   if (s == NULL)
     return -1;
-  int fired = atomic_load_explicit(&s->interrupt, memory_order_relaxed) == SCOPE_TIMEOUT;
+  int irq = atomic_load_explicit(&s->interrupt, memory_order_relaxed);
+  /* fired, or passed while fn was blocked in C */
+  int fired = irq == SCOPE_TIMEOUT ||
+              (irq == 0 && s->deadline[3] && ath__mono(s->wk->w) >= s->deadline[3]);
   if (fired) {
     atomic_store_explicit(&s->interrupt, 0, memory_order_relaxed);
     lua_sethook(L, task_hook, LUA_MASKCOUNT, HOOK_COUNT);

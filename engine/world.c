@@ -119,6 +119,12 @@ static int find_def(ath_world_t* w, const char* name) {
   return -1;
 }
 
+static int expiry_less(const void* a, const void* b) {
+  const ath_task_t* x = a;
+  const ath_task_t* y = b;
+  return x->exp_mono < y->exp_mono;
+}
+
 static int vtimer_less(const void* a, const void* b) {
   const ath_vtimer_t* x = a;
   const ath_vtimer_t* y = b;
@@ -178,6 +184,7 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   w->next_worker_id = 1;
   w->delayed = (ath_heap_t)ATH_HEAP_INIT(ath__task_ready_less, ath_task_t, heap_idx);
   w->vtimers = (ath_heap_t)ATH_HEAP_INIT(vtimer_less, ath_vtimer_t, heap_idx);
+  w->expiry = (ath_heap_t)ATH_HEAP_INIT(expiry_less, ath_task_t, exp_idx);
   w->manual = cfg->manual_clock != 0;
   w->vbase_wall = ath__now_ms();
   w->vbase_mono = uv_hrtime();
@@ -510,7 +517,8 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
     t->created_at = now;
     t->scheduled_at = t->ready_at = now + opts->delay_ms;
     t->ready_mono = mono + (uint64_t)opts->delay_ms * 1000000u;
-    t->heap_idx = UINT32_MAX;
+    t->heap_idx = t->exp_idx = UINT32_MAX;
+    t->exp_mono = def->a.schedule_to_close_ms ? t->ready_mono + (uint64_t)def->a.schedule_to_close_ms * 1000000u : 0;
     tasks[made] = t;
   }
 
@@ -556,6 +564,8 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
     }
     t->seq = w->next_seq++;
     table_put(w, t);
+    if (t->exp_mono && ath__heap_push(&w->expiry, t) == 0)
+      wake_engine |= w->expiry.items[0] == t;
     int qrc;
     if (opts->delay_ms > 0) {
       t->status = ATH_SCHEDULED;
@@ -609,6 +619,9 @@ fail:
 /* ------------------------------------------------------ the engine loop */
 
 static void engine_timer_cb(uv_timer_t* h);
+static void set_error(ath_task_t* t, int code, const char* message);
+static int finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t now,
+                       ath_worker_t** wake, int nwake);
 
 /* Moves due delayed tasks to their queues and re-arms the timer for the
  * next one. Runs on the engine thread. */
@@ -634,6 +647,24 @@ static void engine_tick(ath_world_t* w) {
   }
   if (t != NULL)
     next = t->ready_mono;
+  /* scheduleToClose of tasks still waiting: they fail where they are
+   * (running ones are stopped by their worker's deadline) */
+  while ((t = ath__heap_peek(&w->expiry)) != NULL && t->exp_mono <= now) {
+    ath__heap_remove(&w->expiry, t);
+    if (t->status == ATH_RUNNING || ATH_IS_TERMINAL(t->status))
+      continue;
+    if (t->status == ATH_PENDING) {
+      ath__queue_remove(t->queue, t);
+    } else if (t->heap_idx != UINT32_MAX) {
+      ath__heap_remove(&w->delayed, t);
+      w->n_scheduled--;
+    }
+    set_error(t, ATH_ETIMEDOUT, "scheduleToClose expired while the task waited");
+    nwake = finish_task(w, t, t->strategy == ATH_STRATEGY_QUARANTINE ? ATH_QUARANTINED : ATH_FAILED,
+                        ath__wall(w), wake, nwake);
+  }
+  if (t != NULL && (next == 0 || t->exp_mono < next))
+    next = t->exp_mono;
   uv_mutex_unlock(&w->lock);
   wake_all(wake, nwake);
   if (next != 0 && !w->manual) /* the manual clock fires in advance() */
@@ -721,6 +752,8 @@ static int finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t n
   t->status = st;
   t->completed_at = now;
   ath__store_mark(w, t);
+  if (t->exp_idx != UINT32_MAX)
+    ath__heap_remove(&w->expiry, t);
   switch (st) {
     case ATH_COMPLETED:
       w->n_completed++;
@@ -1113,6 +1146,7 @@ void ath_world_free(ath_world_t* w) {
   free(w->table);
   ath__heap_free(&w->delayed);
   ath__heap_free(&w->vtimers);
+  ath__heap_free(&w->expiry);
   ath__sched_free_all(w);
   for (int i = 0; i < w->nqueues; i++)
     if (w->queues[i])
@@ -1468,7 +1502,7 @@ int ath__world_recover_row(void* ud, const ath_row_t* r) {
   memcpy(t->id, r->id, idlen + 1);
   atomic_init(&t->refs, 1);
   t->hash = ath__hash_str(t->id);
-  t->heap_idx = UINT32_MAX;
+  t->heap_idx = t->exp_idx = UINT32_MAX;
   t->input = memdup(r->input, r->input_len);
   t->input_len = r->input_len;
   t->result = memdup(r->result, r->result_len);
@@ -1506,6 +1540,12 @@ int ath__world_recover_row(void* ud, const ath_row_t* r) {
   int64_t now = ath__wall(w);
   uint64_t mono = ath__mono(w);
   int rc = 0;
+  int64_t stc = t->def->a.schedule_to_close_ms;
+  if (stc && !ATH_IS_TERMINAL(t->status)) {
+    int64_t left = t->scheduled_at + stc - now;
+    t->exp_mono = mono + (uint64_t)(left > 0 ? left : 0) * 1000000u;
+    ath__heap_push(&w->expiry, t);
+  }
   if (ATH_IS_TERMINAL(t->status)) {
     w->n_recovered[3]++;
   } else if (t->def->ghost) {
@@ -1603,6 +1643,9 @@ static uint64_t next_event(ath_world_t* w) {
   ath_vtimer_t* vt = ath__heap_peek(&w->vtimers);
   if (vt != NULL && vt->due < next)
     next = vt->due;
+  ath_task_t* e = ath__heap_peek(&w->expiry);
+  if (e != NULL && e->exp_mono < next)
+    next = e->exp_mono;
   ath_sched_t* s = ath__heap_peek(&w->sheap);
   if (s != NULL) {
     int64_t wall = ath__wall(w);

@@ -115,6 +115,10 @@ local function timeout_error()
   return errors.new("ETIMEDOUT", "attempt timed out", { retryable = true })
 end
 
+-- The deadline of the innermost withRetry attempt running outside a task
+-- in this state (nil: none).
+local active_deadline
+
 -- Runs fn(...) with a per-attempt deadline. Returns pcall's values.
 local function call(fn, timeout, ...)
   if timeout == nil then return pcall(fn, ...) end
@@ -123,8 +127,12 @@ local function call(fn, timeout, ...)
     return unpack(res, 1, res.n)
   end
   -- elsewhere: a coroutine whose count hook checks the deadline, and once it
-  -- fires raises on every instruction, so a pcall in fn cannot keep it
+  -- fires raises on every instruction, so a pcall in fn cannot keep it. A
+  -- nested call never outlives the enclosing one's deadline.
+  local outer = active_deadline
   local deadline = core.clock() + timeout
+  if outer and outer < deadline then deadline = outer end
+  active_deadline = deadline
   local co = coroutine.create(fn)
   local fired = false
   local function hook()
@@ -141,7 +149,9 @@ local function call(fn, timeout, ...)
   while res[1] and coroutine.status(co) == "suspended" do -- pass user yields through
     res = pack(coroutine.resume(co, coroutine.yield(unpack(res, 2, res.n))))
   end
-  if fired then return false, timeout_error() end
+  active_deadline = outer
+  -- the hook, or a deadline that passed while fn was blocked in C
+  if fired or core.clock() >= deadline then return false, timeout_error() end
   return unpack(res, 1, res.n)
 end
 

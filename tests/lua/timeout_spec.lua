@@ -47,7 +47,9 @@ describe("timeout", function()
       local rep = U.read_report(path)
       assert.is_table(rep, "__close did not run")
       assert.is_true(rep.closed)
-      assert.equals("ETIMEDOUT", rep.code)
+      -- the attempt is stopped where it stands (the hook yields it, so no
+      -- pcall can keep it): __close runs without an error value
+      assert.is_nil(rep.code)
       assert.equals(1, U.result(w:execute("sem.echo", 1), 2000).input)
     end)
 
