@@ -144,6 +144,9 @@ int ath__heap_push(ath_heap_t* h, void* e);
 void* ath__heap_peek(const ath_heap_t* h);
 void* ath__heap_pop(ath_heap_t* h);
 void ath__heap_remove(ath_heap_t* h, void* e);
+/* Restores the order after e's key changed in place (one sift, not a
+ * remove and a push). */
+void ath__heap_fix(ath_heap_t* h, void* e);
 void ath__heap_free(ath_heap_t* h);
 /* The delay heap's order: ready_mono, then creation. */
 int ath__task_ready_less(const void* a, const void* b);
@@ -330,6 +333,7 @@ struct ath_world_s {
   ath_sched_t** stable;
   size_t stable_cap, nsched;
   ath_heap_t sheap;
+  uint64_t sched_seq;
   uv_timer_t stimer;
   /* Persistence (store.c). */
   const ath_store_vt_t* svt;
@@ -456,6 +460,7 @@ struct ath_sched_s {
   int64_t total, skipped;
   ath_task_t* last_task; /* the latest fired task (reference), for overlap */
   uint32_t heap_idx;
+  uint64_t seq;          /* creation order: the heap's tie-breaker */
   int dirty;             /* in the store's pending list */
   uint64_t hash;
   ath_sched_t* hnext;

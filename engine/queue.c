@@ -174,6 +174,13 @@ void ath__heap_remove(ath_heap_t* h, void* e) {
     sift_up(h, i);
 }
 
+void ath__heap_fix(ath_heap_t* h, void* e) {
+  uint32_t i = *idx_of(h, e);
+  sift_down(h, i);
+  if (h->items[i] == e)
+    sift_up(h, i);
+}
+
 void* ath__heap_pop(ath_heap_t* h) {
   void* e = ath__heap_peek(h);
   if (e != NULL)

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "internal.h"
 
 #define MAX_CATCH_UP 1000
@@ -15,7 +16,7 @@ static int sched_less(const void* a, const void* b) {
   const ath_sched_t* y = b;
   if (x->next_ms != y->next_ms)
     return x->next_ms < y->next_ms;
-  return strcmp(x->id, y->id) < 0;
+  return x->seq < y->seq; /* same due time: creation order */
 }
 
 void ath__sched_release(ath_sched_t* s) {
@@ -195,6 +196,7 @@ static int put_schedule(ath_world_t* w, const char* id, const char* name, char* 
     }
     rc = sched_put(w, s);
     if (rc == 0) {
+      s->seq = w->sched_seq++;
       arm(w, s, ath__wall(w));
       ath__store_mark_sched(w, s);
     }
@@ -334,69 +336,188 @@ static void stimer_cb(uv_timer_t* h) {
   ath__sched_tick(h->data);
 }
 
+/* One due occurrence, collected under the lock and fired outside it. */
+typedef struct {
+  ath_sched_t* s;        /* a reference */
+  int64_t due;
+  char* payload;         /* NULL: skipped (overlap, or no memory) */
+  size_t len;
+  char* id;              /* the task id, owned */
+  ath_task_t* task;      /* the task it created, if it did */
+} fire_t;
+
+/* Occurrences fired together must share the activity and options. */
+static int same_batch(const fire_t* a, const fire_t* b) {
+  const ath_schedule_opts_t* x = &a->s->o;
+  const ath_schedule_opts_t* y = &b->s->o;
+  return a->s->def == b->s->def && x->has_priority == y->has_priority &&
+         x->priority == y->priority && x->failure_strategy == y->failure_strategy &&
+         (x->task_queue == y->task_queue ||
+          (x->task_queue && y->task_queue && strcmp(x->task_queue, y->task_queue) == 0));
+}
+
+static int by_batch(const void* pa, const void* pb) {
+  const fire_t* a = pa;
+  const fire_t* b = pb;
+  if (a->s->def != b->s->def)
+    return a->s->def < b->s->def ? -1 : 1;
+  if (a->s->o.priority != b->s->o.priority)
+    return a->s->o.priority < b->s->o.priority ? -1 : 1;
+  return a->due < b->due ? -1 : a->due > b->due;
+}
+
+#define FIRE_BATCH 8192
+
+/* Fires every due occurrence, in batches: one executeMany (one lock, one
+ * wake per worker) per activity and options, so thousands of schedules due
+ * in the same second fire within milliseconds. */
+/* Epoch microseconds: timers are armed to the next due millisecond, not
+ * the next millisecond after it. */
+static int64_t wall_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 void ath__sched_tick(ath_world_t* w) {
+  fire_t* fires = NULL;
+  char** payloads = NULL;
+  size_t* lens = NULL;
+  const char** ids = NULL;
+  ath_task_t** tasks = NULL;
   char err[256];
   for (;;) {
     int64_t now = ath__wall(w);
+    int n = 0;
+    int64_t next = 0;
     uv_mutex_lock(&w->lock);
     heap_ready(w);
     ath_sched_t* s = ath__heap_peek(&w->sheap);
-    if (s == NULL || s->next_ms > now || w->state != ATH_W_STARTED) {
-      int64_t next = s && w->state == ATH_W_STARTED ? s->next_ms : 0;
-      uv_mutex_unlock(&w->lock);
-      if (next != 0 && !w->manual) /* the manual clock fires in advance() */
-        uv_timer_start(&w->stimer, stimer_cb, (uint64_t)(next - now), 0);
-      return;
-    }
-    ath__heap_remove(&w->sheap, s);
-    int64_t due = s->next_ms;
-    int skip = s->o.overlap_skip && s->last_task && !ATH_IS_TERMINAL(s->last_task->status);
-    char id[300];
-    char* payload = NULL;
-    if (skip) {
-      s->skipped++;
-    } else {
-      if (s->cron_expr)
-        snprintf(id, sizeof(id), "%s@%lld", s->id, (long long)due);
-      else
-        snprintf(id, sizeof(id), "%s", s->id);
-      payload = dupn(s->input, s->input_len);
-    }
-    atomic_fetch_add(&s->refs, 1); /* kept while firing outside the lock */
-    if (s->cron_expr)
-      arm(w, s, due);
-    else
-      sched_unlink(w, s); /* a one-off ends with its firing */
-    if (s->cron_expr)
-      ath__store_mark_sched(w, s);
-    uv_mutex_unlock(&w->lock);
-    if (payload != NULL) {
-      ath_exec_opts_t eo = {0};
-      eo.id = id;
-      eo.has_priority = s->o.has_priority;
-      eo.priority = s->o.priority;
-      eo.task_queue = s->o.task_queue;
-      eo.failure_strategy = s->o.failure_strategy;
-      size_t len = s->input_len;
-      ath_task_t* t = NULL;
-      int rc = ath_world_execute(w, s->def->name, 1, &payload, &len, NULL, &eo, &t, err, sizeof(err));
-      uv_mutex_lock(&w->lock);
-      if (rc == 0) {
-        s->total++;
-        s->last_ms = due;
-        if (s->last_task)
-          ath_task_release(s->last_task);
-        s->last_task = t;
-        if (!s->deleted)
-          ath__store_mark_sched(w, s);
-      } else {
-        s->skipped++;
-        fprintf(stderr, "athena: warn: schedule %s could not fire: %s\n", s->id, err);
+    if (fires == NULL && s != NULL && s->next_ms <= now) {
+      fires = malloc(FIRE_BATCH * sizeof(*fires));
+      payloads = malloc(FIRE_BATCH * sizeof(*payloads));
+      lens = malloc(FIRE_BATCH * sizeof(*lens));
+      ids = malloc(FIRE_BATCH * sizeof(*ids));
+      tasks = malloc(FIRE_BATCH * sizeof(*tasks));
+      if (!fires || !payloads || !lens || !ids || !tasks) {
+        uv_mutex_unlock(&w->lock);
+        fprintf(stderr, "athena: error: out of memory firing schedules; retrying in 100 ms\n");
+        if (!w->manual)
+          uv_timer_start(&w->stimer, stimer_cb, 100, 0);
+        break;
       }
-      uv_mutex_unlock(&w->lock);
     }
-    ath__sched_release(s);
+    while (n < FIRE_BATCH && w->state == ATH_W_STARTED &&
+           (s = ath__heap_peek(&w->sheap)) != NULL && s->next_ms <= now) {
+      fire_t* f = &fires[n++];
+      f->s = s;
+      f->due = s->next_ms;
+      f->task = NULL;
+      f->payload = NULL;
+      f->id = NULL;
+      if (!(s->o.overlap_skip && s->last_task && !ATH_IS_TERMINAL(s->last_task->status))) {
+        size_t idlen = strlen(s->id) + 24;
+        if ((f->id = malloc(idlen)) != NULL) {
+          if (s->cron_expr)
+            snprintf(f->id, idlen, "%s@%lld", s->id, (long long)f->due);
+          else
+            snprintf(f->id, idlen, "%s", s->id);
+          f->payload = dupn(s->input, s->input_len);
+          f->len = s->input_len;
+          if (f->payload == NULL) {
+            free(f->id);
+            f->id = NULL;
+          }
+        }
+      }
+      if (f->payload == NULL)
+        s->skipped++; /* overlap = "skip", or out of memory */
+      atomic_fetch_add(&s->refs, 1); /* kept while firing outside the lock */
+      if (s->cron_expr && ath__cron_next(&s->cron, f->due, s->o.local_tz, &s->next_ms) == 0) {
+        ath__heap_fix(&w->sheap, s); /* the top moves down: one sift */
+        ath__store_mark_sched(w, s);
+      } else if (s->cron_expr) {
+        ath__heap_remove(&w->sheap, s); /* no occurrence left: disabled */
+        s->next_ms = 0;
+        ath__store_mark_sched(w, s);
+      } else {
+        sched_unlink(w, s); /* a one-off ends with its firing */
+      }
+    }
+    s = ath__heap_peek(&w->sheap);
+    if (n < FIRE_BATCH && s != NULL && w->state == ATH_W_STARTED)
+      next = s->next_ms;
+    uv_mutex_unlock(&w->lock);
+
+    if (n > 0)
+      qsort(fires, n, sizeof(fire_t), by_batch);
+    for (int i = 0; i < n;) {
+      int j = i, k = 0;
+      for (; j < n && same_batch(&fires[i], &fires[j]); j++) {
+        if (fires[j].payload == NULL)
+          continue; /* skipped */
+        payloads[k] = fires[j].payload;
+        lens[k] = fires[j].len;
+        ids[k] = fires[j].id;
+        k++;
+      }
+      if (k > 0) {
+        ath_exec_opts_t eo = {0};
+        eo.has_priority = fires[i].s->o.has_priority;
+        eo.priority = fires[i].s->o.priority;
+        eo.task_queue = fires[i].s->o.task_queue;
+        eo.failure_strategy = fires[i].s->o.failure_strategy;
+        int rc = ath_world_execute(w, fires[i].s->def->name, (size_t)k, payloads, lens, ids, &eo,
+                                   tasks, err, sizeof(err));
+        int m = 0;
+        for (int x = i; x < j; x++) {
+          if (fires[x].payload == NULL)
+            continue;
+          fires[x].payload = NULL; /* taken by execute */
+          fires[x].task = rc == 0 ? tasks[m] : NULL;
+          m++;
+        }
+        if (rc != 0)
+          fprintf(stderr, "athena: warn: %d schedule firings of %s failed: %s\n", k,
+                  fires[i].s->def->name, err);
+      }
+      i = j;
+    }
+    uv_mutex_lock(&w->lock);
+    for (int i = 0; i < n; i++) {
+      fire_t* f = &fires[i];
+      if (f->task != NULL) {
+        f->s->total++;
+        f->s->last_ms = f->due;
+        if (f->s->last_task)
+          ath_task_release(f->s->last_task);
+        f->s->last_task = f->task;
+        if (!f->s->deleted)
+          ath__store_mark_sched(w, f->s);
+      } else if (f->id != NULL) {
+        f->s->skipped++; /* execute refused it (logged above) */
+      }
+    }
+    uv_mutex_unlock(&w->lock);
+    for (int i = 0; i < n; i++) {
+      free(fires[i].payload); /* only when it was never handed over */
+      free(fires[i].id);
+      ath__sched_release(fires[i].s);
+    }
+    if (n < FIRE_BATCH) {
+      if (next != 0 && !w->manual) { /* the manual clock fires in advance() */
+        int64_t wait_us = next * 1000 - wall_us();
+        uv_update_time(&w->eloop); /* the loop's cached time is stale after a tick */
+        uv_timer_start(&w->stimer, stimer_cb, wait_us > 0 ? (uint64_t)(wait_us + 999) / 1000 : 0, 0);
+      }
+      break;
+    }
   }
+  free(fires);
+  free(payloads);
+  free(lens);
+  free(ids);
+  free(tasks);
 }
 
 /* ---------------------------------------------------------------- recovery */
@@ -442,6 +563,7 @@ int ath__sched_recover_row(void* ud, const ath_srow_t* r) {
   heap_ready(w);
   uv_mutex_lock(&w->lock);
   int rc = sched_put(w, s);
+  s->seq = w->sched_seq++;
   if (rc == 0 && !s->paused) {
     int64_t now = ath__wall(w);
     if (s->cron_expr && s->next_ms != 0 && s->next_ms <= now) {
