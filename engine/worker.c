@@ -901,7 +901,9 @@ static void worker_main(void* arg) {
   }
   atomic_store(&wk->memory_kb, lua_gc(L, LUA_GCCOUNT, 0));
   uv_sem_post(&w->ready);
+  atomic_store(&wk->pumping, 1);
   pump(wk);
+  atomic_store(&wk->pumping, 0);
   uv_run(&wk->loop, UV_RUN_DEFAULT);
   lua_close(L);
   wk->L = NULL;

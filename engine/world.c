@@ -1693,13 +1693,12 @@ static void settle(ath_world_t* w) {
       ath_worker_t* wk = w->workers[i];
       if (wk->state != ATH_WK_RUNNING)
         continue;
-      if (atomic_load(&wk->pending)) {
-        quiet = 0;
-      } else if (atomic_load(&wk->pumping)) {
-        unsigned now = atomic_load(&wk->ticks);
-        if (now - ticks[i] < 2) /* working, not (yet) spinning */
-          quiet = 0;
-      }
+      int pumping = atomic_load(&wk->pumping);
+      int spinning = pumping && atomic_load(&wk->ticks) - ticks[i] >= 2;
+      if (spinning)
+        continue; /* its wakes wait for code that does not yield */
+      if (atomic_load(&wk->pending) || pumping)
+        quiet = 0; /* woken, or working (not yet known to spin) */
     }
     quiet_rounds = quiet ? quiet_rounds + 1 : 0;
     if (quiet_rounds < 2)
