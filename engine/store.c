@@ -114,7 +114,10 @@ static void srow_free(ath_srow_t* r) {
 void ath__store_wait(ath_world_t* w, uint64_t gen) {
   if (w->store == NULL || w->cfg.persistence != ATH_PERSIST_FILE)
     return;
-  while (w->committed_gen < gen && !(w->store_stop && w->ndirty == 0 && w->nsdirty == 0))
+  /* Generation `gen` is durable once committed; if it is still open with
+   * nothing marked in it, there is nothing to wait for. */
+  while (w->committed_gen < gen && !(gen >= w->gen && w->ndirty == 0 && w->nsdirty == 0) &&
+         !(w->store_stop && w->ndirty == 0 && w->nsdirty == 0))
     uv_cond_wait(&w->cond, &w->lock);
 }
 

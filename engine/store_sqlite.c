@@ -75,8 +75,9 @@ static void store_close(ath_store_t* s) {
   free(s);
 }
 
-/* Brings the schema to SCHEMA_VERSION; refuses newer and foreign files. */
-static int migrate(sqlite3* db, char* err, size_t errlen) {
+/* Refuses, without writing anything, a database newer than this build or
+ * one that is not Athena's. */
+static int check_file(sqlite3* db, char* err, size_t errlen) {
   int64_t version, tables;
   int rc = query_int(db, "PRAGMA user_version", &version);
   if (rc != SQLITE_OK)
@@ -95,6 +96,15 @@ static int migrate(sqlite3* db, char* err, size_t errlen) {
       return ATH_EINVAL;
     }
   }
+  return 0;
+}
+
+/* Brings the schema to SCHEMA_VERSION (check_file ran first). */
+static int migrate(sqlite3* db, char* err, size_t errlen) {
+  int64_t version;
+  int rc = query_int(db, "PRAGMA user_version", &version);
+  if (rc != SQLITE_OK)
+    return fail(db, rc, err, errlen, "cannot read the database");
   if (version == SCHEMA_VERSION)
     return 0;
   if ((rc = exec(db, "BEGIN IMMEDIATE", err, errlen)) != 0)
@@ -129,7 +139,9 @@ static int store_open(const char* dir, int full_sync, ath_store_t** out, char* e
     return rc;
   }
   sqlite3_busy_timeout(s->db, 5000);
-  rc = exec(s->db, "PRAGMA journal_mode=WAL", err, errlen);
+  rc = check_file(s->db, err, errlen); /* before anything writes to it */
+  if (rc == 0)
+    rc = exec(s->db, "PRAGMA journal_mode=WAL", err, errlen);
   if (rc == 0)
     rc = exec(s->db, full_sync ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", err, errlen);
   /* A page cache big enough for the id index of a large queue: inserts by
