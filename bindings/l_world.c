@@ -941,6 +941,57 @@ static int world_advance(lua_State* L) {
   return 0;
 }
 
+/* world:serve{host = "127.0.0.1", port = 8080, metrics = true,
+ * dashboard = true} -> {host, port, url} (SEMANTICS §14.3) */
+static int world_serve(lua_State* L) {
+  lworld_t* lw = check_lworld(L, 1);
+  const char* host = "127.0.0.1";
+  lua_Integer port = 8080;
+  int flags = ATH_SERVE_METRICS | ATH_SERVE_DASHBOARD;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, 2) != 0) {
+      const char* k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+      if (strcmp(k, "host") == 0) {
+        if (lua_type(L, -1) != LUA_TSTRING)
+          ath__raise(L, ATH_EINVAL, "invalid host (a string)");
+        host = lua_tostring(L, -1);
+      } else if (strcmp(k, "port") == 0) {
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 65535)
+          ath__raise(L, ATH_EINVAL, "invalid port: %s (0-65535)", luaL_tolstring(L, -1, NULL));
+        port = lua_tointeger(L, -1);
+      } else if (strcmp(k, "metrics") == 0 || strcmp(k, "dashboard") == 0) {
+        if (lua_type(L, -1) != LUA_TBOOLEAN)
+          ath__raise(L, ATH_EINVAL, "invalid %s (a boolean)", k);
+        int bit = k[0] == 'm' ? ATH_SERVE_METRICS : ATH_SERVE_DASHBOARD;
+        flags = lua_toboolean(L, -1) ? flags | bit : flags & ~bit;
+      } else if (strcmp(k, "gateway") == 0) {
+        if (!lua_isnil(L, -1))
+          ath__raise(L, ATH_ENOSYS, "the database gateway (issue 7) is not built yet");
+      } else {
+        ath__raise(L, ATH_EINVAL, "unknown option %s", luaL_tolstring(L, -2, NULL));
+      }
+      lua_pop(L, 1);
+    }
+  }
+  if (lw->proxy)
+    return ath__raise(L, ATH_EINVAL, "serve is not allowed inside a worker");
+  char err[300];
+  int bound;
+  int rc = ath_world_serve(lw->w, host, (int)port, flags, &bound, err, sizeof(err));
+  if (rc != 0)
+    return ath__raise(L, rc, "%s", err);
+  lua_createtable(L, 0, 3);
+  lua_pushstring(L, host);
+  lua_setfield(L, -2, "host");
+  lua_pushinteger(L, bound);
+  lua_setfield(L, -2, "port");
+  lua_pushfstring(L, strchr(host, ':') ? "http://[%s]:%d" : "http://%s:%d", host, bound);
+  lua_setfield(L, -2, "url");
+  return 1;
+}
+
 /* world:now() -> the world's time in epoch ms (the manual clock's, if any) */
 static int world_now(lua_State* L) {
   lua_pushinteger(L, ath_world_now(check_world(L, 1)));
@@ -1088,6 +1139,7 @@ int lath_open_world(lua_State* L) {
     {"deleteSchedule", world_delete_schedule},
     {"getSchedules", world_get_schedules},
     {"advance", world_advance},
+    {"serve", world_serve},
     {"now", world_now},
     {"getQuarantined", world_get_quarantined},
     {NULL, NULL},

@@ -53,6 +53,15 @@ typedef struct ath_waiter_s ath_waiter_t;
 typedef struct ath_store_s ath_store_t;
 typedef struct ath_store_vt_s ath_store_vt_t;
 typedef struct ath_sched_s ath_sched_t;
+typedef struct ath_http_s ath_http_t;
+
+/* A world:serve() request, carried out on the engine thread. */
+typedef struct {
+  const char* host;
+  int port, flags, bound, rc;
+  char err[256];
+  uv_sem_t done;
+} ath_serve_req_t;
 
 /* A registered activity: the ath_activity_t it was registered with, its
  * strings owned. Immutable after start(). */
@@ -329,6 +338,10 @@ struct ath_world_s {
   uint64_t vbase_mono;   /* its monotonic ns then */
   atomic_ullong vmono;   /* monotonic ns now; wall time follows from it */
   ath_heap_t vtimers;    /* workers' timers (ath_vtimer_t) by due time */
+  /* HTTP servers (http.c), created and stopped on the engine thread. */
+  ath_http_t* http[8];
+  int nhttp;
+  ath_serve_req_t* serve_req; /* pending, guarded by the lock */
   /* Schedules (sched.c): by id, and a heap by next due time. */
   ath_sched_t** stable;
   size_t stable_cap, nsched;
@@ -552,6 +565,16 @@ int ath__world_recover_row(void* ud, const ath_row_t* r);
 void ath__world_recovered(ath_world_t* w);
 /* Rebuilds one stored schedule, applying its catchUp (an ath_srow_cb). */
 int ath__sched_recover_row(void* ud, const ath_srow_t* row);
+
+/* http.c: the operations HTTP surface on the engine loop ----------------- */
+
+/* Listens on host:port (engine thread). Returns 0 and the server, or
+ * ATH_EBUSY / ATH_EINVAL with err set. */
+int ath__http_start(ath_world_t* w, const char* host, int port, int flags, int* bound,
+                    ath_http_t** out, char* err, size_t errlen);
+/* Stops listening and frees the server once its handles close (engine
+ * thread). */
+void ath__http_stop(ath_http_t* h);
 
 /* lua_vm.c ---------------------------------------------------------------- */
 

@@ -684,7 +684,26 @@ static void engine_async_cb(uv_async_t* h) {
   uv_mutex_lock(&w->lock);
   int stop = w->engine_stop;
   uv_mutex_unlock(&w->lock);
+  ath_serve_req_t* req = NULL;
+  uv_mutex_lock(&w->lock);
+  req = w->serve_req;
+  w->serve_req = NULL;
+  uv_mutex_unlock(&w->lock);
+  if (req != NULL) {
+    ath_http_t* srv = NULL;
+    req->rc = w->nhttp >= 8 || stop ? ATH_EINVAL
+                                    : ath__http_start(w, req->host, req->port, req->flags, &req->bound, &srv,
+                                                      req->err, sizeof(req->err));
+    if (req->rc == 0)
+      w->http[w->nhttp++] = srv;
+    else if (w->nhttp >= 8 || stop)
+      snprintf(req->err, sizeof(req->err), "%s", stop ? "world is shutting down" : "at most 8 servers");
+    uv_sem_post(&req->done);
+  }
   if (stop) {
+    for (int i = 0; i < w->nhttp; i++)
+      ath__http_stop(w->http[i]);
+    w->nhttp = 0;
     uv_close((uv_handle_t*)&w->stimer, NULL);
     uv_close((uv_handle_t*)&w->prune_timer, NULL);
     uv_close((uv_handle_t*)&w->etimer, NULL);
@@ -1733,4 +1752,53 @@ int ath_world_advance(ath_world_t* w, int64_t ms) {
       break;
   }
   return 0;
+}
+
+/* ------------------------------------------------------------------- HTTP */
+
+int ath_world_serve(ath_world_t* w, const char* host, int port, int flags, int* bound, char* err,
+                    size_t errlen) {
+  ath_serve_req_t req;
+  memset(&req, 0, sizeof(req));
+  req.host = host;
+  req.port = port;
+  req.flags = flags;
+  if (port < 0 || port > 65535) {
+    set_err(err, errlen, "%s", "invalid port (0-65535)");
+    return ATH_EINVAL;
+  }
+  uv_sem_init(&req.done, 0);
+  uv_mutex_lock(&w->lock);
+  if (w->state != ATH_W_STARTED || w->serve_req != NULL) {
+    int st = w->state;
+    uv_mutex_unlock(&w->lock);
+    uv_sem_destroy(&req.done);
+    set_err(err, errlen, "%s", st == ATH_W_NEW ? "serve before start()" : st != ATH_W_STARTED ? "world is shut down" : "another serve() is in progress");
+    return st == ATH_W_NEW || st == ATH_W_STARTED ? ATH_EINVAL : ATH_ESHUTDOWN;
+  }
+  w->serve_req = &req;
+  uv_mutex_unlock(&w->lock);
+  uv_async_send(&w->easync);
+  uv_sem_wait(&req.done);
+  uv_sem_destroy(&req.done);
+  if (req.rc != 0) {
+    set_err(err, errlen, "%s", req.err);
+    return req.rc;
+  }
+  *bound = req.bound;
+  return 0;
+}
+
+int ath_world_health(ath_world_t* w, char* why, size_t len) {
+  uv_mutex_lock(&w->lock);
+  int rc = 0;
+  if (w->state != ATH_W_STARTED) {
+    rc = ATH_ESHUTDOWN;
+    snprintf(why, len, "%s", w->state == ATH_W_NEW ? "not started" : "shutting down");
+  } else if (w->store != NULL && !w->store_ok) {
+    rc = ATH_ESTORE;
+    snprintf(why, len, "last commit failed: %s", w->store_err);
+  }
+  uv_mutex_unlock(&w->lock);
+  return rc;
 }

@@ -269,6 +269,22 @@ ATH_EXTERN int ath_world_wait(ath_world_t* w, ath_task_t* t, int64_t timeout_ms)
  * started, ms < 0). Thread: not a worker's. */
 ATH_EXTERN int ath_world_advance(ath_world_t* w, int64_t ms);
 
+/* What world:serve() serves besides /healthz. */
+enum { ATH_SERVE_METRICS = 1, ATH_SERVE_DASHBOARD = 2 };
+
+/* Serves the operations HTTP surface (SEMANTICS §14.3) on host:port (port
+ * 0: any free port) from the engine's loop: /healthz always, /metrics with
+ * ATH_SERVE_METRICS, the dashboard and /api/ with ATH_SERVE_DASHBOARD.
+ * Sets *bound to the port listened on. Returns 0, ATH_EBUSY (address in
+ * use), ATH_EINVAL (bad host, not started; err says which). The server
+ * stops at shutdown. Thread: not the engine's. */
+ATH_EXTERN int ath_world_serve(ath_world_t* w, const char* host, int port, int flags,
+                               int* bound, char* err, size_t errlen);
+
+/* 0 when the world is started and its last commit succeeded; otherwise
+ * ATH_ESHUTDOWN or ATH_ESTORE with the reason in `why`. Thread: any. */
+ATH_EXTERN int ath_world_health(ath_world_t* w, char* why, size_t len);
+
 /* The world's time in epoch ms: the manual clock's, or the system's. */
 ATH_EXTERN int64_t ath_world_now(ath_world_t* w);
 

@@ -1,0 +1,536 @@
+/* The operations HTTP surface (SEMANTICS §14.3) on libh2o, driven by the
+ * engine thread's libuv loop: /healthz, /metrics (Prometheus text format
+ * 0.0.4), the JSON API under /api/ and the dashboard page at /.
+ *
+ * Handlers run on the engine thread and read the world through the public
+ * C API, which takes the world lock for each read. Connections are closed
+ * after each response (the dashboard polls once a second), so shutdown
+ * never waits on idle keep-alive connections. */
+#define H2O_USE_LIBUV 1
+#include <h2o.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "internal.h"
+
+extern const char ath__dashboard_html[];
+extern const size_t ath__dashboard_html_len;
+
+struct ath_http_s {
+  ath_world_t* w;
+  h2o_globalconf_t config;
+  h2o_context_t ctx;
+  h2o_accept_ctx_t accept;
+  uv_tcp_t listener;
+  int flags;
+};
+
+/* ---------------------------------------------------------- JSON output */
+
+static void put(ath_buf_t* b, const char* s) {
+  ath__buf_append(b, s, strlen(s));
+}
+
+static void putf(ath_buf_t* b, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+static void putf(ath_buf_t* b, const char* fmt, ...) {
+  char tmp[256];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+  va_end(ap);
+  if (n > 0)
+    ath__buf_append(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+}
+
+/* Writes s as a JSON string (the engine's strings are UTF-8). */
+static void put_str(ath_buf_t* b, const char* s) {
+  ath__buf_append(b, "\"", 1);
+  for (; s && *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\') {
+      char e[2] = {'\\', (char)c};
+      ath__buf_append(b, e, 2);
+    } else if (c < 0x20) {
+      putf(b, "\\u%04x", c);
+    } else {
+      ath__buf_append(b, (const char*)&c, 1);
+    }
+  }
+  ath__buf_append(b, "\"", 1);
+}
+
+/* "key": JSON (already serialized) or null */
+static void put_raw(ath_buf_t* b, const char* key, const char* json, size_t len) {
+  putf(b, "\"%s\":", key);
+  if (json != NULL && len > 0)
+    ath__buf_append(b, json, len);
+  else
+    put(b, "null");
+}
+
+static void put_task(ath_buf_t* b, ath_world_t* w, ath_task_t* t) {
+  ath_task_info_t i;
+  if (ath_task_snapshot(w, t, &i) != 0) {
+    put(b, "null");
+    return;
+  }
+  static const char* const strategies[] = {"default", "retry", "cascade", "compensate",
+                                            "ignore", "quarantine"};
+  put(b, "{\"id\":");
+  put_str(b, ath_task_id(t));
+  put(b, ",\"name\":");
+  put_str(b, ath_task_name(t));
+  putf(b, ",\"kind\":\"activity\",\"status\":\"%s\",\"attempt\":%d,\"maxAttempts\":%d,",
+       ath_status_name(i.status), i.attempt, i.max_attempts);
+  putf(b, "\"failureStrategy\":\"%s\",\"priority\":%d,\"taskQueue\":",
+       strategies[i.failure_strategy <= ATH_STRATEGY_QUARANTINE ? i.failure_strategy : 0], i.priority);
+  put_str(b, ath_task_queue(t));
+  putf(b, ",\"createdAt\":%lld,\"scheduledAt\":%lld", (long long)i.created_at, (long long)i.scheduled_at);
+  if (i.started_at)
+    putf(b, ",\"startedAt\":%lld", (long long)i.started_at);
+  if (i.completed_at)
+    putf(b, ",\"completedAt\":%lld", (long long)i.completed_at);
+  if (i.worker_id)
+    putf(b, ",\"workerId\":\"worker-%d\"", i.worker_id);
+  if (i.last_heartbeat)
+    putf(b, ",\"lastHeartbeat\":%lld", (long long)i.last_heartbeat);
+  put(b, ",");
+  put_raw(b, "input", i.input, i.input_len);
+  put(b, ",");
+  put_raw(b, "result", i.result, i.result_len);
+  put(b, ",");
+  put_raw(b, "error", i.error, i.error_len);
+  put(b, "}");
+  ath_task_snapshot_free(&i);
+}
+
+/* ------------------------------------------------------------- responses */
+
+static void respond(h2o_req_t* req, int status, const char* reason, const char* type,
+                    const char* body, size_t len) {
+  req->res.status = status;
+  req->res.reason = reason;
+  req->http1_is_persistent = 0;
+  h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, type, strlen(type));
+  h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
+                 H2O_STRLIT("no-store"));
+  h2o_send_inline(req, body, len); /* copies the body */
+}
+
+static int respond_json(h2o_req_t* req, int status, const char* reason, ath_buf_t* b) {
+  respond(req, status, reason, "application/json", b->data ? b->data : "null", b->data ? b->len : 4);
+  ath__buf_free(b);
+  return 0;
+}
+
+static int respond_error(h2o_req_t* req, int status, const char* reason, int code,
+                         const char* message) {
+  ath_buf_t b = {0};
+  putf(&b, "{\"ok\":false,\"error\":{\"code\":\"%s\",\"message\":", ath_err_name(code));
+  put_str(&b, message);
+  put(&b, "}}");
+  return respond_json(req, status, reason, &b);
+}
+
+/* --------------------------------------------------------------- queries */
+
+/* Decodes %XX and '+' in place; returns the decoded length. */
+static size_t url_decode(char* s, size_t n) {
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c;
+    if (s[i] == '%' && i + 2 < n && h2o_hex_decode(&c, s + i + 1, 2) == 0) {
+      s[o++] = (char)c;
+      i += 2;
+    } else {
+      s[o++] = s[i] == '+' ? ' ' : s[i];
+    }
+  }
+  s[o] = '\0';
+  return o;
+}
+
+/* Copies the decoded value of query parameter `key` into out (cap bytes);
+ * returns 1 if present. */
+static int query_param(h2o_req_t* req, const char* key, char* out, size_t cap) {
+  if (req->query_at == SIZE_MAX)
+    return 0;
+  const char* q = req->path.base + req->query_at + 1;
+  const char* end = req->path.base + req->path.len;
+  size_t klen = strlen(key);
+  while (q < end) {
+    const char* amp = memchr(q, '&', (size_t)(end - q));
+    const char* stop = amp ? amp : end;
+    const char* eq = memchr(q, '=', (size_t)(stop - q));
+    if (eq && (size_t)(eq - q) == klen && memcmp(q, key, klen) == 0) {
+      size_t n = (size_t)(stop - eq - 1);
+      if (n >= cap)
+        n = cap - 1;
+      memcpy(out, eq + 1, n);
+      url_decode(out, n);
+      return 1;
+    }
+    q = stop + 1;
+  }
+  return 0;
+}
+
+static int api_tasks(h2o_req_t* req, ath_world_t* w) {
+  ath_task_filter_t f;
+  memset(&f, 0, sizeof(f));
+  char v[256];
+  if (query_param(req, "status", v, sizeof(v))) {
+    for (char* tok = strtok(v, ","); tok; tok = strtok(NULL, ",")) {
+      int st;
+      for (st = ATH_PENDING; st <= ATH_COMPENSATED; st++)
+        if (strcmp(tok, ath_status_name((ath_status_t)st)) == 0)
+          break;
+      if (st > ATH_COMPENSATED)
+        return respond_error(req, 400, "Bad Request", ATH_EINVAL, "unknown status");
+      f.status_mask |= 1u << st;
+    }
+  }
+  char name[256];
+  if (query_param(req, "name", name, sizeof(name)))
+    f.name = name;
+  if (query_param(req, "limit", v, sizeof(v)))
+    f.limit = atoi(v);
+  if (query_param(req, "offset", v, sizeof(v)))
+    f.offset = atoi(v);
+  if (query_param(req, "since", v, sizeof(v)))
+    f.since = atoll(v);
+  if (query_param(req, "until", v, sizeof(v)))
+    f.until = atoll(v);
+  if (f.limit < 0 || f.limit > 1000 || f.offset < 0)
+    return respond_error(req, 400, "Bad Request", ATH_EINVAL, "limit must be 1-1000, offset >= 0");
+  ath_task_t* ts[1000];
+  int n = ath_world_query_tasks(w, &f, ts);
+  if (n < 0)
+    return respond_error(req, 500, "Internal Server Error", n, "out of memory");
+  ath_buf_t b = {0};
+  put(&b, "[");
+  for (int i = 0; i < n; i++) {
+    if (i)
+      put(&b, ",");
+    put_task(&b, w, ts[i]);
+    ath_task_release(ts[i]);
+  }
+  put(&b, "]");
+  return respond_json(req, 200, "OK", &b);
+}
+
+/* /api/tasks/<id>[/requeue] */
+static int api_task(h2o_req_t* req, ath_world_t* w, const char* rest, size_t len) {
+  char id[512];
+  int requeue = 0;
+  if (len >= 8 && memcmp(rest + len - 8, "/requeue", 8) == 0) {
+    requeue = 1;
+    len -= 8;
+  }
+  if (len == 0 || len >= sizeof(id))
+    return respond_error(req, 404, "Not Found", ATH_ENOTFOUND, "no such task");
+  memcpy(id, rest, len);
+  id[len] = '\0';
+  ath_task_t* t;
+  if (ath_world_find(w, id, &t) != 0)
+    return respond_error(req, 404, "Not Found", ATH_ENOTFOUND, "no such task");
+  int is_get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
+  int is_post = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"));
+  int is_del = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("DELETE"));
+  int rc = 0;
+  if (requeue && is_post) {
+    rc = ath_world_requeue(w, t);
+  } else if (!requeue && is_del) {
+    rc = ath_world_purge(w, t);
+  } else if (!requeue && is_get) {
+    ath_buf_t b = {0};
+    put_task(&b, w, t);
+    ath_task_release(t);
+    return respond_json(req, 200, "OK", &b);
+  } else {
+    ath_task_release(t);
+    return respond_error(req, 405, "Method Not Allowed", ATH_EINVAL, "method not allowed here");
+  }
+  ath_task_release(t);
+  if (rc != 0)
+    return respond_error(req, 409, "Conflict", rc,
+                         rc == ATH_EINVAL ? "the task is not quarantined" : ath_strerror(rc));
+  ath_buf_t b = {0};
+  put(&b, "{\"ok\":true}");
+  return respond_json(req, 200, "OK", &b);
+}
+
+static void metrics_of(ath_world_t* w, ath_metrics_t* m, ath_queue_info_t* qs, int cap) {
+  m->queues = qs;
+  m->queues_cap = cap;
+  ath_world_metrics(w, m);
+}
+
+static int api_metrics(h2o_req_t* req, ath_world_t* w) {
+  ath_queue_info_t qs[64];
+  ath_metrics_t m;
+  metrics_of(w, &m, qs, 64);
+  ath_buf_t b = {0};
+  putf(&b, "{\"uptime\":%lld,\"workers\":{\"total\":%d,\"idle\":%d,\"busy\":%d},", (long long)m.uptime_ms,
+       m.workers_total, m.workers_idle, m.workers_busy);
+  putf(&b, "\"tasks\":{\"queued\":%lld,\"scheduled\":%lld,\"running\":%lld,\"completed\":%lld,",
+       (long long)m.queued, (long long)m.scheduled, (long long)m.running, (long long)m.completed);
+  putf(&b, "\"failed\":%lld,\"retried\":%lld,\"cancelled\":%lld,\"quarantined\":%lld},",
+       (long long)m.failed, (long long)m.retried, (long long)m.cancelled, (long long)m.quarantined);
+  putf(&b, "\"throughput\":{\"perSecond\":%lld,\"perMinute\":%lld,\"perHour\":%lld},\"workload\":%.4f,",
+       (long long)m.per_second, (long long)m.per_minute, (long long)m.per_hour, m.workload);
+  put(&b, "\"queues\":{");
+  for (int i = 0; i < m.nqueues && i < 64; i++) {
+    if (i)
+      put(&b, ",");
+    put_str(&b, qs[i].name);
+    putf(&b, ":{\"depth\":%lld,\"running\":%lld,\"oldestAgeMs\":%lld}", (long long)qs[i].depth,
+         (long long)qs[i].running, (long long)qs[i].oldest_age_ms);
+  }
+  putf(&b, "},\"latency\":{\"queueWait\":{\"p50\":%.3f,\"p95\":%.3f,\"p99\":%.3f},", m.wait_p50, m.wait_p95,
+       m.wait_p99);
+  putf(&b, "\"run\":{\"p50\":%.3f,\"p95\":%.3f,\"p99\":%.3f}}}", m.run_p50, m.run_p95, m.run_p99);
+  return respond_json(req, 200, "OK", &b);
+}
+
+static int api_workers(h2o_req_t* req, ath_world_t* w) {
+  ath_worker_info_t info[256];
+  int n = ath_world_workers(w, info, 256);
+  ath_buf_t b = {0};
+  put(&b, "[");
+  for (int i = 0; i < n && i < 256; i++) {
+    ath_worker_info_t* o = &info[i];
+    if (i)
+      put(&b, ",");
+    putf(&b, "{\"id\":\"worker-%d\",\"status\":\"%s\",\"taskQueue\":", o->id, o->status);
+    put_str(&b, o->task_queue);
+    putf(&b, ",\"concurrency\":%d,\"running\":[", o->concurrency);
+    ath_task_t* ts[64];
+    int nt = ath_world_worker_tasks(w, o->id, ts, 64);
+    for (int k = 0; k < nt; k++) {
+      ath_task_info_t ti;
+      put(&b, k ? ",{\"id\":" : "{\"id\":");
+      put_str(&b, ath_task_id(ts[k]));
+      put(&b, ",\"name\":");
+      put_str(&b, ath_task_name(ts[k]));
+      if (ath_task_snapshot(w, ts[k], &ti) == 0) {
+        putf(&b, ",\"startedAt\":%lld", (long long)ti.started_at);
+        ath_task_snapshot_free(&ti);
+      }
+      put(&b, "}");
+      ath_task_release(ts[k]);
+    }
+    putf(&b, "],\"lastHeartbeat\":%lld,\"tasksCompleted\":%lld,\"tasksFailed\":%lld,\"memoryKB\":%lld}",
+         (long long)o->last_heartbeat, (long long)o->tasks_completed, (long long)o->tasks_failed,
+         (long long)o->memory_kb);
+  }
+  put(&b, "]");
+  return respond_json(req, 200, "OK", &b);
+}
+
+static int api_schedules(h2o_req_t* req, ath_world_t* w) {
+  ath_schedule_info_t* a;
+  size_t n;
+  if (ath_world_schedules(w, &a, &n) != 0)
+    return respond_error(req, 500, "Internal Server Error", ATH_ENOMEM, "out of memory");
+  static const char* const catch_up[] = {"none", "one", "all"};
+  ath_buf_t b = {0};
+  put(&b, "[");
+  for (size_t i = 0; i < n; i++) {
+    ath_schedule_info_t* s = &a[i];
+    put(&b, i ? ",{\"id\":" : "{\"id\":");
+    put_str(&b, s->id);
+    put(&b, ",\"name\":");
+    put_str(&b, s->name);
+    put(&b, ",\"cronExpression\":");
+    if (s->cron)
+      put_str(&b, s->cron);
+    else
+      put(&b, "null");
+    put(&b, ",");
+    put_raw(&b, "input", s->input, strlen(s->input));
+    putf(&b, ",\"timezone\":\"%s\",\"catchUp\":\"%s\",\"overlap\":\"%s\",\"paused\":%s,",
+         s->local_tz ? "local" : "UTC", catch_up[s->catch_up >= 0 && s->catch_up <= 2 ? s->catch_up : 1],
+         s->overlap_skip ? "skip" : "allow", s->paused ? "true" : "false");
+    putf(&b, "\"totalExecutions\":%lld,\"skippedExecutions\":%lld", (long long)s->total,
+         (long long)s->skipped);
+    if (s->last_ms)
+      putf(&b, ",\"lastExecution\":%lld", (long long)s->last_ms);
+    if (s->next_ms)
+      putf(&b, ",\"nextExecution\":%lld", (long long)s->next_ms);
+    put(&b, "}");
+  }
+  put(&b, "]");
+  ath_schedules_free(a, n);
+  return respond_json(req, 200, "OK", &b);
+}
+
+/* Prometheus text exposition format 0.0.4 of SEMANTICS §14.1. */
+static int prometheus(h2o_req_t* req, ath_world_t* w) {
+  ath_queue_info_t qs[64];
+  ath_metrics_t m;
+  metrics_of(w, &m, qs, 64);
+  ath_buf_t b = {0};
+  putf(&b, "# HELP athena_uptime_seconds Seconds since the world started.\n"
+           "# TYPE athena_uptime_seconds gauge\nathena_uptime_seconds %.3f\n",
+       (double)m.uptime_ms / 1000);
+  putf(&b, "# HELP athena_workers Workers by status.\n# TYPE athena_workers gauge\n"
+           "athena_workers{status=\"idle\"} %d\nathena_workers{status=\"busy\"} %d\n"
+           "athena_workers{status=\"total\"} %d\n",
+       m.workers_idle, m.workers_busy, m.workers_total);
+  putf(&b, "# HELP athena_tasks Tasks by state now.\n# TYPE athena_tasks gauge\n"
+           "athena_tasks{state=\"queued\"} %lld\nathena_tasks{state=\"scheduled\"} %lld\n"
+           "athena_tasks{state=\"running\"} %lld\n",
+       (long long)m.queued, (long long)m.scheduled, (long long)m.running);
+  putf(&b, "# HELP athena_tasks_total Transitions into each outcome since start.\n"
+           "# TYPE athena_tasks_total counter\n"
+           "athena_tasks_total{outcome=\"completed\"} %lld\nathena_tasks_total{outcome=\"failed\"} %lld\n"
+           "athena_tasks_total{outcome=\"retried\"} %lld\nathena_tasks_total{outcome=\"cancelled\"} %lld\n"
+           "athena_tasks_total{outcome=\"quarantined\"} %lld\n",
+       (long long)m.completed, (long long)m.failed, (long long)m.retried, (long long)m.cancelled,
+       (long long)m.quarantined);
+  putf(&b, "# HELP athena_workload Busy slots over all slots.\n# TYPE athena_workload gauge\n"
+           "athena_workload %.4f\n", m.workload);
+  const char* names[3] = {"athena_queue_depth", "athena_queue_running", "athena_queue_oldest_age_seconds"};
+  const char* helps[3] = {"Ready tasks per queue.", "Tasks holding slots per queue.",
+                          "Age of the oldest ready task per queue."};
+  for (int k = 0; k < 3; k++) {
+    putf(&b, "# HELP %s %s\n# TYPE %s gauge\n", names[k], helps[k], names[k]);
+    for (int i = 0; i < m.nqueues && i < 64; i++) {
+      putf(&b, "%s{queue=\"", names[k]);
+      ath__buf_append(&b, qs[i].name, strlen(qs[i].name)); /* [A-Za-z0-9_.-]: no escaping */
+      if (k == 0)
+        putf(&b, "\"} %lld\n", (long long)qs[i].depth);
+      else if (k == 1)
+        putf(&b, "\"} %lld\n", (long long)qs[i].running);
+      else
+        putf(&b, "\"} %.3f\n", (double)qs[i].oldest_age_ms / 1000);
+    }
+  }
+  putf(&b, "# HELP athena_queue_wait_seconds Enqueue-to-start latency, last 5 minutes.\n"
+           "# TYPE athena_queue_wait_seconds summary\n"
+           "athena_queue_wait_seconds{quantile=\"0.5\"} %.6f\nathena_queue_wait_seconds{quantile=\"0.95\"} %.6f\n"
+           "athena_queue_wait_seconds{quantile=\"0.99\"} %.6f\n",
+       m.wait_p50 / 1000, m.wait_p95 / 1000, m.wait_p99 / 1000);
+  putf(&b, "# HELP athena_run_seconds Attempt run time, last 5 minutes.\n"
+           "# TYPE athena_run_seconds summary\n"
+           "athena_run_seconds{quantile=\"0.5\"} %.6f\nathena_run_seconds{quantile=\"0.95\"} %.6f\n"
+           "athena_run_seconds{quantile=\"0.99\"} %.6f\n",
+       m.run_p50 / 1000, m.run_p95 / 1000, m.run_p99 / 1000);
+  respond(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
+  ath__buf_free(&b);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- router */
+
+static int on_req(h2o_handler_t* self, h2o_req_t* req) {
+  ath_http_t* h = *(ath_http_t**)(self + 1);
+  ath_world_t* w = h->w;
+  const char* p = req->path_normalized.base;
+  size_t n = req->path_normalized.len;
+  int get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
+#define IS(lit) (n == sizeof(lit) - 1 && memcmp(p, lit, n) == 0)
+  if (IS("/healthz") && get) {
+    char why[300];
+    if (ath_world_health(w, why, sizeof(why)) == 0)
+      respond(req, 200, "OK", "text/plain; charset=utf-8", "ok", 2);
+    else
+      respond(req, 503, "Service Unavailable", "text/plain; charset=utf-8", why, strlen(why));
+    return 0;
+  }
+  if ((h->flags & ATH_SERVE_METRICS) && IS("/metrics") && get)
+    return prometheus(req, w);
+  if ((h->flags & ATH_SERVE_DASHBOARD) && IS("/") && get) {
+    respond(req, 200, "OK", "text/html; charset=utf-8", ath__dashboard_html, ath__dashboard_html_len);
+    return 0;
+  }
+  if (h->flags & ATH_SERVE_DASHBOARD) {
+    if (IS("/api/metrics") && get)
+      return api_metrics(req, w);
+    if (IS("/api/workers") && get)
+      return api_workers(req, w);
+    if (IS("/api/schedules") && get)
+      return api_schedules(req, w);
+    if (IS("/api/tasks") && get)
+      return api_tasks(req, w);
+    if (n > 11 && memcmp(p, "/api/tasks/", 11) == 0)
+      return api_task(req, w, p + 11, n - 11);
+  }
+#undef IS
+  return respond_error(req, 404, "Not Found", ATH_ENOTFOUND, "no such route");
+}
+
+static void on_close_conn(uv_handle_t* handle) {
+  free(handle);
+}
+
+static void on_accept(uv_stream_t* listener, int status) {
+  ath_http_t* h = listener->data;
+  if (status != 0)
+    return;
+  uv_tcp_t* conn = malloc(sizeof(*conn));
+  if (conn == NULL)
+    return;
+  uv_tcp_init(listener->loop, conn);
+  if (uv_accept(listener, (uv_stream_t*)conn) != 0) {
+    uv_close((uv_handle_t*)conn, on_close_conn);
+    return;
+  }
+  h2o_socket_t* sock = h2o_uv_socket_create((uv_stream_t*)conn, (uv_close_cb)on_close_conn);
+  h2o_accept(&h->accept, sock);
+}
+
+int ath__http_start(ath_world_t* w, const char* host, int port, int flags, int* bound,
+                    ath_http_t** out, char* err, size_t errlen) {
+  ath_http_t* h = calloc(1, sizeof(*h));
+  if (h == NULL)
+    return ATH_ENOMEM;
+  h->w = w;
+  h->flags = flags;
+  struct sockaddr_storage addr;
+  int rc = uv_ip4_addr(host, port, (struct sockaddr_in*)&addr);
+  if (rc != 0)
+    rc = uv_ip6_addr(host, port, (struct sockaddr_in6*)&addr);
+  if (rc != 0) {
+    snprintf(err, errlen, "invalid host %s: %s", host, uv_strerror(rc));
+    free(h);
+    return ATH_EINVAL;
+  }
+  uv_tcp_init(&w->eloop, &h->listener);
+  h->listener.data = h;
+  rc = uv_tcp_bind(&h->listener, (struct sockaddr*)&addr, 0);
+  if (rc == 0)
+    rc = uv_listen((uv_stream_t*)&h->listener, 128, on_accept);
+  if (rc != 0) {
+    snprintf(err, errlen, "cannot listen on %s:%d: %s", host, port, uv_strerror(rc));
+    uv_close((uv_handle_t*)&h->listener, (uv_close_cb)free);
+    return rc == UV_EADDRINUSE ? ATH_EBUSY : ATH_EINVAL;
+  }
+  struct sockaddr_storage name;
+  int namelen = sizeof(name);
+  uv_tcp_getsockname(&h->listener, (struct sockaddr*)&name, &namelen);
+  *bound = ntohs(((struct sockaddr_in*)&name)->sin_port);
+  h2o_config_init(&h->config);
+  h2o_hostconf_t* hc = h2o_config_register_host(&h->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+  h2o_pathconf_t* pc = h2o_config_register_path(hc, "/", 0);
+  h2o_handler_t* handler = h2o_create_handler(pc, sizeof(*handler) + sizeof(ath_http_t*));
+  *(ath_http_t**)(handler + 1) = h;
+  handler->on_req = on_req;
+  h2o_context_init(&h->ctx, &w->eloop, &h->config);
+  h->accept.ctx = &h->ctx;
+  h->accept.hosts = h->config.hosts;
+  *out = h;
+  return 0;
+}
+
+static void on_listener_closed(uv_handle_t* handle) {
+  ath_http_t* h = handle->data;
+  h2o_context_dispose(&h->ctx);
+  h2o_config_dispose(&h->config);
+  free(h);
+}
+
+void ath__http_stop(ath_http_t* h) {
+  uv_close((uv_handle_t*)&h->listener, on_listener_closed);
+}
