@@ -136,6 +136,14 @@ int lath_world_new(lua_State* L) {
   cfg.entry_script = luaL_optstring(L, -1, NULL);
   cfg.cancel_grace_ms = opt_ms(L, 1, "cancelGrace", cfg.cancel_grace_ms);
   cfg.flush_interval_ms = opt_ms(L, 1, "flushInterval", cfg.flush_interval_ms);
+  cfg.scale_interval_ms = opt_ms(L, 1, "scaleInterval", cfg.scale_interval_ms);
+  cfg.heartbeat_interval_ms = opt_ms(L, 1, "heartbeatInterval", cfg.heartbeat_interval_ms);
+  cfg.heartbeat_timeout_ms = opt_ms(L, 1, "heartbeatTimeout", cfg.heartbeat_timeout_ms);
+  if (lua_getfield(L, 1, "scaleThreshold") == LUA_TNUMBER)
+    cfg.scale_threshold = lua_tonumber(L, -1);
+  if (lua_getfield(L, 1, "scaleDownThreshold") == LUA_TNUMBER)
+    cfg.scale_down_threshold = lua_tonumber(L, -1);
+  lua_pop(L, 2);
   lua_getfield(L, 1, "clock");
   cfg.manual_clock = lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "manual") == 0;
   lua_pop(L, 1);

@@ -248,6 +248,8 @@ struct ath_worker_s {
   ath_buf_t buf;         /* scratch for encoding results */
   int joined;            /* thread joined (by the world's thread) */
   atomic_int poke;       /* set with a wake: check the slots for cancels */
+  atomic_int lost;       /* declared lost by the monitor: its outcomes are void */
+  uv_timer_t beat;       /* beats every heartbeatInterval from the loop */
   ath_vtimer_t* fired;   /* manual clock: due timers (lock held) */
   /* Manual clock: whether the worker still has work from the last step. */
   atomic_int pending;    /* woken, not yet pumped */
@@ -322,6 +324,10 @@ struct ath_world_s {
   uv_async_t easync;
   uv_timer_t etimer;
   uv_timer_t prune_timer;/* retention, hourly */
+  uv_timer_t scale_timer;/* the autoscaler (default pool) */
+  uv_timer_t monitor_timer; /* the heartbeat monitor */
+  ath_worker_t** retired;/* retired and lost workers, kept until free */
+  int nretired;
   int engine_stop;
   /* Counters (SEMANTICS §14.1). */
   int64_t started_at;

@@ -96,7 +96,9 @@ static void task_hook(lua_State* co, lua_Debug* ar) {
   ath_slot_t* s = wk->current;
   if (s == NULL)
     return;
-  atomic_fetch_add_explicit(&wk->ticks, 1, memory_order_relaxed);
+  /* a busy handler is alive: beat from here too, now and then */
+  if ((atomic_fetch_add_explicit(&wk->ticks, 1, memory_order_relaxed) & 63) == 0)
+    atomic_store_explicit(&wk->last_heartbeat, ath__now_ms(), memory_order_relaxed);
   int code = atomic_load_explicit(&s->interrupt, memory_order_relaxed);
   if (code == 0)
     code = atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed);
@@ -409,6 +411,20 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
   lua_State* co = s->co;
   lua_State* L = wk->L;
   ath_task_t* t = s->task;
+  if (atomic_load(&wk->lost)) {
+    /* declared lost meanwhile: the task failed and moved on; what this
+     * attempt produced is discarded, and the worker exits */
+    timer_stop(s, ATH_TIMER_DEADLINE);
+    add_outcome(wk, t, ATH_FAILED, ATH_EWORKERLOST);
+    lua_settop(co, 0);
+    luaL_unref(L, LUA_REGISTRYINDEX, s->co_ref);
+    new_coroutine(s);
+    s->task = NULL;
+    s->wait = ATH_WAIT_NONE;
+    s->awaiting = NULL;
+    wk->free_slots[wk->nfree++] = (int)(s - wk->slots);
+    return;
+  }
   int irq = atomic_load_explicit(&s->interrupt, memory_order_relaxed);
   if (irq == 0)
     irq = atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed);
@@ -637,6 +653,7 @@ int ath__task_cancelled(lua_State* L) {
 }
 
 static void close_handles(ath_worker_t* wk) {
+  uv_close((uv_handle_t*)&wk->beat, NULL);
   for (int i = 0; i < wk->concurrency; i++) {
     timer_stop(&wk->slots[i], ATH_TIMER_WAIT);
     timer_stop(&wk->slots[i], ATH_TIMER_DEADLINE);
@@ -852,6 +869,12 @@ static int panic(lua_State* L) {
   return 0; /* abort() follows */
 }
 
+/* The worker's heartbeat from its loop (SEMANTICS §12.3). */
+static void beat_cb(uv_timer_t* h) {
+  ath_worker_t* wk = h->data;
+  atomic_store_explicit(&wk->last_heartbeat, ath__now_ms(), memory_order_relaxed);
+}
+
 static int protected_open(lua_State* L) {
   ath__openstate(L);
   return 0;
@@ -886,6 +909,7 @@ static void worker_main(void* arg) {
   uv_mutex_unlock(&w->lock);
   if (!ok) {
     uv_close((uv_handle_t*)&wk->async, NULL);
+    uv_close((uv_handle_t*)&wk->beat, NULL);
     if (wk->slots)
       for (int i = 0; i < wk->concurrency; i++)
         if (wk->slots[i].co) {
@@ -900,6 +924,8 @@ static void worker_main(void* arg) {
     return;
   }
   atomic_store(&wk->memory_kb, lua_gc(L, LUA_GCCOUNT, 0));
+  uv_timer_start(&wk->beat, beat_cb, (uint64_t)w->cfg.heartbeat_interval_ms,
+                 (uint64_t)w->cfg.heartbeat_interval_ms);
   uv_sem_post(&w->ready);
   atomic_store(&wk->pumping, 1);
   pump(wk);
@@ -935,9 +961,12 @@ int ath__worker_spawn(ath_world_t* w, ath_queue_t* q, ath_worker_t** out) {
   }
   uv_async_init(&wk->loop, &wk->async, async_cb);
   wk->async.data = wk;
+  uv_timer_init(&wk->loop, &wk->beat);
+  wk->beat.data = wk;
   rc = uv_thread_create(&wk->thread, worker_main, wk);
   if (rc != 0) {
     uv_close((uv_handle_t*)&wk->async, NULL);
+    uv_close((uv_handle_t*)&wk->beat, NULL);
     uv_run(&wk->loop, UV_RUN_DEFAULT);
     uv_loop_close(&wk->loop);
     free(wk->running_tasks);

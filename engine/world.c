@@ -68,6 +68,11 @@ void ath_world_config_init(ath_world_config_t* cfg) {
   cfg->failure_strategy = ATH_STRATEGY_RETRY;
   cfg->memory_limit = (size_t)256 << 20;
   cfg->flush_interval_ms = 50;
+  cfg->scale_threshold = 0.7;
+  cfg->scale_down_threshold = 0.3;
+  cfg->scale_interval_ms = 10000;
+  cfg->heartbeat_interval_ms = 5000;
+  cfg->heartbeat_timeout_ms = 30000;
   cfg->retention_ms = 7 * 86400000LL;
 }
 
@@ -704,6 +709,8 @@ static void engine_async_cb(uv_async_t* h) {
     for (int i = 0; i < w->nhttp; i++)
       ath__http_stop(w->http[i]);
     w->nhttp = 0;
+    uv_close((uv_handle_t*)&w->scale_timer, NULL);
+    uv_close((uv_handle_t*)&w->monitor_timer, NULL);
     uv_close((uv_handle_t*)&w->stimer, NULL);
     uv_close((uv_handle_t*)&w->prune_timer, NULL);
     uv_close((uv_handle_t*)&w->etimer, NULL);
@@ -799,9 +806,10 @@ static int finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t n
  * on allocation failure the task keeps err_code only. */
 static void set_error(ath_task_t* t, int code, const char* message) {
   char buf[256];
+  int retryable = code == ATH_ETIMEDOUT || code == ATH_EWORKERLOST || code == ATH_EHEARTBEAT;
   int n = snprintf(buf, sizeof(buf),
-                   "{\"code\":\"%s\",\"message\":\"%s\",\"retryable\":false,\"attempt\":%d}",
-                   ath_err_name(code), message, t->attempt);
+                   "{\"code\":\"%s\",\"message\":\"%s\",\"retryable\":%s,\"attempt\":%d}",
+                   ath_err_name(code), message, retryable ? "true" : "false", t->attempt);
   free(t->error);
   t->error = memdup(buf, (size_t)n);
   t->error_len = t->error ? (size_t)n : 0;
@@ -855,6 +863,8 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
   ath_queue_t* q = wk->queue;
 
   uv_mutex_lock(&w->lock);
+  if (atomic_load(&wk->lost))
+    wk->noutcomes = 0; /* declared lost: its tasks were failed and moved on */
   for (int i = 0; i < wk->noutcomes; i++) {
     ath_outcome_t* o = &wk->outcomes[i];
     ath_task_t* t = o->task;
@@ -998,6 +1008,145 @@ static void stop_workers(ath_world_t* w) {
   /* workers are kept (stopped) so getWorkers() can report them */
 }
 
+static int add_worker(ath_world_t* w, ath_queue_t* q, char* err, size_t errlen);
+
+/* Takes `wk` out of the worker list (lock held); it is kept until free. */
+static void unlist_worker(ath_world_t* w, ath_worker_t* wk) {
+  for (int i = 0; i < w->nworkers; i++) {
+    if (w->workers[i] == wk) {
+      memmove(&w->workers[i], &w->workers[i + 1], (size_t)(w->nworkers - i - 1) * sizeof(*w->workers));
+      w->nworkers--;
+      break;
+    }
+  }
+  ath_worker_t** r = realloc(w->retired, (size_t)(w->nretired + 1) * sizeof(*r));
+  if (r != NULL) {
+    w->retired = r;
+    w->retired[w->nretired++] = wk;
+  } /* else it leaks: a few hundred bytes, never touched again */
+}
+
+/* The autoscaler (SEMANTICS §12.2), on the engine thread. */
+static void autoscale(ath_world_t* w) {
+  ath_queue_t* q = w->queues[0];
+  ath_worker_t* retire[MAX_WORKERS];
+  int nretire = 0, add = 0, total = 0;
+  double load = 0;
+  uv_mutex_lock(&w->lock);
+  if (w->state != ATH_W_STARTED) {
+    uv_mutex_unlock(&w->lock);
+    return;
+  }
+  int slots = 0, busy = 0;
+  for (int i = 0; i < w->nworkers; i++) {
+    ath_worker_t* wk = w->workers[i];
+    if (wk->queue != q || wk->stop || wk->state != ATH_WK_RUNNING)
+      continue;
+    total++;
+    slots += wk->concurrency;
+    busy += wk->running;
+  }
+  load = slots ? (double)busy / slots : 0;
+  if (load >= w->cfg.scale_threshold && total < w->cfg.max_workers) {
+    add = (w->cfg.max_workers - total + 1) / 2;
+  } else if (load <= w->cfg.scale_down_threshold && total > w->cfg.min_workers) {
+    int want = (total - w->cfg.min_workers) / 2;
+    if (want < 1)
+      want = 1;
+    for (int i = w->nworkers - 1; i >= 0 && nretire < want; i--) { /* newest first */
+      ath_worker_t* wk = w->workers[i];
+      if (wk->queue == q && !wk->stop && wk->state == ATH_WK_RUNNING && wk->running == 0) {
+        wk->stop = 1; /* stopping at once; claims nothing more */
+        wk->wants_work = 0;
+        retire[nretire++] = wk;
+      }
+    }
+  }
+  uv_mutex_unlock(&w->lock);
+  char err[512];
+  int added = 0;
+  for (int i = 0; i < add; i++) {
+    if (add_worker(w, q, err, sizeof(err)) != 0) {
+      fprintf(stderr, "athena: warn: autoscaler could not add a worker: %s\n", err);
+      break;
+    }
+    ath__worker_wake(w->workers[w->nworkers - 1]);
+    added++;
+  }
+  for (int i = 0; i < nretire; i++)
+    ath__worker_wake(retire[i]);
+  for (int i = 0; i < nretire; i++) {
+    uv_thread_join(&retire[i]->thread); /* idle: it exits at once */
+    retire[i]->joined = 1;
+    uv_mutex_lock(&w->lock);
+    unlist_worker(w, retire[i]);
+    uv_mutex_unlock(&w->lock);
+  }
+  if (added || nretire)
+    fprintf(stderr, "athena: info: autoscaler: %s %d worker%s total=%d workload=%.2f\n",
+            added ? "added" : "retired", added ? added : nretire, (added ? added : nretire) == 1 ? "" : "s",
+            total + added - nretire, load);
+}
+
+static void scale_cb(uv_timer_t* h) {
+  autoscale(h->data);
+}
+
+/* The heartbeat monitor (SEMANTICS §12.3), on the engine thread: a worker
+ * silent for heartbeatTimeout is lost; its attempts fail with EWORKERLOST
+ * (retried per their policy) and a replacement starts. */
+static void monitor(ath_world_t* w) {
+  ath_worker_t* lost[MAX_WORKERS];
+  ath_worker_t* wake[MAX_WORKERS];
+  int nlost = 0, nwake = 0, wake_engine = 0;
+  int64_t now = ath__now_ms(); /* liveness is real time, even on a manual clock */
+  uv_mutex_lock(&w->lock);
+  for (int i = 0; i < w->nworkers && w->state == ATH_W_STARTED; i++) {
+    ath_worker_t* wk = w->workers[i];
+    if (wk->stop || wk->state != ATH_WK_RUNNING ||
+        now - atomic_load(&wk->last_heartbeat) < w->cfg.heartbeat_timeout_ms)
+      continue;
+    atomic_store(&wk->lost, 1);
+    wk->stop = 1;
+    wk->wants_work = 0;
+    for (int k = wk->running - 1; k >= 0; k--) {
+      ath_task_t* t = wk->running_tasks[k];
+      ath_outcome_t o = {t, ATH_FAILED, ATH_EWORKERLOST, 0, -1};
+      char msg[96];
+      snprintf(msg, sizeof(msg), "worker-%d was declared lost (no heartbeat)", wk->id);
+      set_error(t, ATH_EWORKERLOST, msg);
+      t->queue->running--;
+      w->n_running--;
+      t->wk = NULL;
+      wk->running--;
+      wk->tasks_failed++;
+      if (retry_task(w, t, &o, ath__wall(w), ath__mono(w), &wake_engine) != 0)
+        nwake = finish_task(w, t, t->strategy == ATH_STRATEGY_QUARANTINE ? ATH_QUARANTINED : ATH_FAILED,
+                            ath__wall(w), wake, nwake);
+    }
+    lost[nlost++] = wk;
+  }
+  for (int i = 0; i < nlost; i++)
+    unlist_worker(w, lost[i]);
+  uv_mutex_unlock(&w->lock);
+  wake_all(wake, nwake);
+  if (wake_engine)
+    engine_tick(w);
+  char err[512];
+  for (int i = 0; i < nlost; i++) {
+    fprintf(stderr, "athena: warn: worker-%d is lost (no heartbeat for %lld ms); starting a replacement\n",
+            lost[i]->id, (long long)w->cfg.heartbeat_timeout_ms);
+    if (add_worker(w, lost[i]->queue, err, sizeof(err)) == 0)
+      ath__worker_wake(w->workers[w->nworkers - 1]);
+    else
+      fprintf(stderr, "athena: warn: could not start a replacement worker: %s\n", err);
+  }
+}
+
+static void monitor_cb(uv_timer_t* h) {
+  monitor(h->data);
+}
+
 static void stop_engine(ath_world_t* w) {
   uv_mutex_lock(&w->lock);
   w->engine_stop = 1;
@@ -1008,10 +1157,13 @@ static void stop_engine(ath_world_t* w) {
 }
 
 static int add_worker(ath_world_t* w, ath_queue_t* q, char* err, size_t errlen) {
+  uv_mutex_lock(&w->lock); /* others walk the list under the lock */
   ath_worker_t** wks = realloc(w->workers, (w->nworkers + 1) * sizeof(*wks));
+  if (wks != NULL)
+    w->workers = wks;
+  uv_mutex_unlock(&w->lock);
   if (wks == NULL)
     return ATH_ENOMEM;
-  w->workers = wks;
   ath_worker_t* wk;
   int rc = ath__worker_spawn(w, q, &wk);
   if (rc != 0) {
@@ -1045,7 +1197,10 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
   uv_timer_init(&w->eloop, &w->etimer);
   uv_timer_init(&w->eloop, &w->prune_timer);
   uv_timer_init(&w->eloop, &w->stimer);
+  uv_timer_init(&w->eloop, &w->scale_timer);
+  uv_timer_init(&w->eloop, &w->monitor_timer);
   w->easync.data = w->etimer.data = w->prune_timer.data = w->stimer.data = w;
+  w->scale_timer.data = w->monitor_timer.data = w;
   /* Recovery first: the workers then start with the recovered queue. */
   rc = ath__store_start(w, err, errlen);
   for (int i = 0; i < w->nqueues && rc == 0; i++) {
@@ -1056,6 +1211,11 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
   }
   if (rc == 0) {
     uv_timer_start(&w->prune_timer, prune_cb, 3600000, 3600000);
+    if (!w->manual && w->cfg.max_workers > w->cfg.min_workers)
+      uv_timer_start(&w->scale_timer, scale_cb, (uint64_t)w->cfg.scale_interval_ms,
+                     (uint64_t)w->cfg.scale_interval_ms);
+    uv_timer_start(&w->monitor_timer, monitor_cb, (uint64_t)w->cfg.heartbeat_interval_ms,
+                   (uint64_t)w->cfg.heartbeat_interval_ms);
     uv_async_send(&w->easync); /* arm the timer for recovered delayed tasks */
     int trc = uv_thread_create(&w->engine_thread, engine_main, w);
     if (trc != 0) {
@@ -1066,6 +1226,8 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
   if (rc != 0) {
     stop_workers(w);
     ath__store_stop(w);
+    uv_close((uv_handle_t*)&w->scale_timer, NULL);
+    uv_close((uv_handle_t*)&w->monitor_timer, NULL);
     uv_close((uv_handle_t*)&w->stimer, NULL);
     uv_close((uv_handle_t*)&w->prune_timer, NULL);
     uv_close((uv_handle_t*)&w->etimer, NULL);
@@ -1146,6 +1308,21 @@ void ath_world_free(ath_world_t* w) {
     free(w->workers[i]);
   }
   free(w->workers);
+  for (int i = 0; i < w->nretired; i++) {
+    ath_worker_t* wk = w->retired[i];
+    if (atomic_load(&wk->lost) && !wk->joined)
+      continue; /* may still be stuck in C code: it keeps its memory */
+    if (!wk->joined)
+      uv_thread_join(&wk->thread);
+    uv_loop_close(&wk->loop);
+    free(wk->slots);
+    free(wk->outcomes);
+    free(wk->handlers);
+    free(wk->free_slots);
+    free(wk->running_tasks);
+    free(wk);
+  }
+  free(w->retired);
   if (w->table != NULL) {
     for (size_t i = 0; i < w->table_cap; i++) {
       ath_task_t* t = w->table[i];

@@ -131,6 +131,11 @@ struct ath_world_config_s {
   int64_t flush_interval_ms;    /* hybrid group-commit period (50) */
   int64_t retention_ms;         /* terminal tasks kept this long (7 days) */
   int manual_clock;             /* 1: time stands still until ath_world_advance */
+  double scale_threshold;       /* add workers at this workload (0.7) */
+  double scale_down_threshold;  /* retire workers at this workload (0.3) */
+  int64_t scale_interval_ms;    /* autoscaler period (10000) */
+  int64_t heartbeat_interval_ms;/* worker beat and monitor period (5000) */
+  int64_t heartbeat_timeout_ms; /* a worker silent this long is lost (30000) */
   /* Code that worker states load: either an entry script re-run in
    * definition mode, or modules that workers require (one of the two). */
   const char* entry_script;

@@ -317,6 +317,9 @@ function World.new(config)
     persistencePath = c.persistencePath, modules = c.modules, taskQueues = {},
     failureStrategy = c.failureStrategy, cancelGrace = c.cancelGrace, memoryLimit = c.memoryLimit,
     flushInterval = c.flushInterval, retention = c.retention, clock = c.clock,
+    scaleInterval = c.scaleInterval, scaleThreshold = c.scaleThreshold,
+    scaleDownThreshold = c.scaleDownThreshold, heartbeatInterval = c.heartbeatInterval,
+    heartbeatTimeout = c.heartbeatTimeout,
   }
   for name, q in pairs(c.taskQueues) do
     if name == "default" then
