@@ -144,6 +144,10 @@ int lath_world_new(lua_State* L) {
   if (lua_getfield(L, 1, "scaleDownThreshold") == LUA_TNUMBER)
     cfg.scale_down_threshold = lua_tonumber(L, -1);
   lua_pop(L, 2);
+  lua_getfield(L, 1, "webhookUrl");
+  cfg.webhook_url = lua_tostring(L, -1); /* anchored by cfg */
+  lua_pop(L, 1);
+  cfg.webhook_events = (unsigned)opt_int(L, 1, "webhookEvents", 0);
   lua_getfield(L, 1, "clock");
   cfg.manual_clock = lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "manual") == 0;
   lua_pop(L, 1);

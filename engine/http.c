@@ -42,21 +42,8 @@ static void putf(ath_buf_t* b, const char* fmt, ...) {
     ath__buf_append(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
 }
 
-/* Writes s as a JSON string (the engine's strings are UTF-8). */
 static void put_str(ath_buf_t* b, const char* s) {
-  ath__buf_append(b, "\"", 1);
-  for (; s && *s; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c == '"' || c == '\\') {
-      char e[2] = {'\\', (char)c};
-      ath__buf_append(b, e, 2);
-    } else if (c < 0x20) {
-      putf(b, "\\u%04x", c);
-    } else {
-      ath__buf_append(b, (const char*)&c, 1);
-    }
-  }
-  ath__buf_append(b, "\"", 1);
+  ath__buf_json_str(b, s);
 }
 
 /* "key": JSON (already serialized) or null */

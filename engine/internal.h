@@ -18,6 +18,10 @@ typedef struct {
 
 /* Appends `n` bytes. Returns 0 or ATH_ENOMEM (the buffer is unchanged). */
 int ath__buf_append(ath_buf_t* b, const char* s, size_t n);
+/* Appends a string literal. */
+#define ath__buf_lit(b, lit) ath__buf_append((b), (lit), sizeof(lit) - 1)
+/* Appends `s` (UTF-8) as a JSON string literal, quotes included. */
+void ath__buf_json_str(ath_buf_t* b, const char* s);
 /* Frees the buffer's memory and zeroes it. */
 void ath__buf_free(ath_buf_t* b);
 
@@ -54,6 +58,7 @@ typedef struct ath_store_s ath_store_t;
 typedef struct ath_store_vt_s ath_store_vt_t;
 typedef struct ath_sched_s ath_sched_t;
 typedef struct ath_http_s ath_http_t;
+typedef struct ath_hook_s ath_hook_t;
 
 /* A world:serve() request, carried out on the engine thread. */
 typedef struct {
@@ -344,6 +349,7 @@ struct ath_world_s {
   uint64_t vbase_mono;   /* its monotonic ns then */
   atomic_ullong vmono;   /* monotonic ns now; wall time follows from it */
   ath_heap_t vtimers;    /* workers' timers (ath_vtimer_t) by due time */
+  ath_hook_t* hook;      /* webhooks, or NULL */
   /* HTTP servers (http.c), created and stopped on the engine thread. */
   ath_http_t* http[8];
   int nhttp;
@@ -581,6 +587,26 @@ int ath__http_start(ath_world_t* w, const char* host, int port, int flags, int* 
 /* Stops listening and frees the server once its handles close (engine
  * thread). */
 void ath__http_stop(ath_http_t* h);
+
+/* webhook.c: LocalBackend webhooks (SEMANTICS §15) ------------------------- */
+
+enum {
+  ATH_EV_TASK_COMPLETED = 0, ATH_EV_TASK_FAILED, ATH_EV_TASK_RETRYING, ATH_EV_TASK_QUARANTINED,
+  ATH_EV_TASK_CANCELLED, ATH_EV_SCHEDULE_FIRED, ATH_EV_WORKER_LOST, ATH_EV_COUNT
+};
+/* Starts the delivery thread for `url` and the events in `mask` (bit per
+ * ATH_EV_*). Returns 0 or ATH_ENOMEM with err set. */
+int ath__hook_start(const char* url, unsigned mask, ath_hook_t** out, char* err, size_t errlen);
+/* Queues an event with `data` (JSON, copied). Never blocks on I/O; drops
+ * the oldest event past the outbox bound. Thread: any (h may be NULL). */
+void ath__hook_emit(ath_hook_t* h, int kind, int64_t at, const char* data, size_t len);
+int ath__hook_wants(const ath_hook_t* h, int kind);
+/* Delivers what is due within a short grace, then stops and frees. */
+void ath__hook_stop(ath_hook_t* h);
+/* ATH_EV_* of an event name ("task.failed"), or -1. */
+int ath__hook_event(const char* name);
+uint64_t ath__hook_dropped(const ath_hook_t* h);
+uint64_t ath__hook_delivered(const ath_hook_t* h);
 
 /* lua_vm.c ---------------------------------------------------------------- */
 

@@ -8,6 +8,8 @@
 #include <inttypes.h>
 #include <math.h>
 #include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -360,7 +362,7 @@ static void fb_value(fbuf_t* b, const ath_log_field_t* f, int json) {
       fb_puts(b, f->i ? "true" : "false");
       break;
     case ATH_LOG_RAW_JSON:
-      if (f->s == NULL)
+      if (f->s == NULL || field_len(f) == 0) /* "" is no JSON value */
         fb_puts(b, "null");
       else if (json)
         fb_put(b, f->s, field_len(f));
@@ -617,6 +619,13 @@ static void report_drops(ath_log_t* lg) {
  * and nothing is left. */
 static void writer_main(void* arg) {
   ath_log_t* lg = arg;
+  sigset_t pipe_only;
+  /* A stderr pipe whose reader went away must cost lines (EPIPE, counted),
+   * not the process: a host that did not ignore SIGPIPE would die of it. The
+   * signal stays pending on this thread and goes away with it. */
+  sigemptyset(&pipe_only);
+  sigaddset(&pipe_only, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_only, NULL);
   uv_mutex_lock(&lg->mu);
   for (;;) {
     log_line_t* batch;

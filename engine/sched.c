@@ -487,6 +487,19 @@ void ath__sched_tick(ath_world_t* w) {
     for (int i = 0; i < n; i++) {
       fire_t* f = &fires[i];
       if (f->task != NULL) {
+        if (ath__hook_wants(w->hook, ATH_EV_SCHEDULE_FIRED)) {
+          ath_buf_t b = {0};
+          ath__buf_lit(&b, "{\"scheduleId\":");
+          ath__buf_json_str(&b, f->s->id);
+          ath__buf_lit(&b, ",\"taskId\":");
+          ath__buf_json_str(&b, ath_task_id(f->task));
+          char due[40];
+          int dn = snprintf(due, sizeof(due), ",\"dueAt\":%lld}", (long long)f->due);
+          ath__buf_append(&b, due, (size_t)dn);
+          if (b.data)
+            ath__hook_emit(w->hook, ATH_EV_SCHEDULE_FIRED, ath__wall(w), b.data, b.len);
+          ath__buf_free(&b);
+        }
         f->s->total++;
         f->s->last_ms = f->due;
         if (f->s->last_task)

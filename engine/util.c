@@ -76,3 +76,23 @@ void ath__buf_free(ath_buf_t* b) {
   b->len = 0;
   b->cap = 0;
 }
+
+/* ------------------------------------------------------------ JSON output */
+
+void ath__buf_json_str(ath_buf_t* b, const char* s) {
+  static const char hex[] = "0123456789abcdef";
+  ath__buf_append(b, "\"", 1);
+  for (const char* p = s; p && *p; p++) {
+    unsigned char c = (unsigned char)*p;
+    if (c == '"' || c == '\\') {
+      char e[2] = {'\\', (char)c};
+      ath__buf_append(b, e, 2);
+    } else if (c < 0x20) {
+      char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+      ath__buf_append(b, e, 6);
+    } else {
+      ath__buf_append(b, (const char*)&c, 1);
+    }
+  }
+  ath__buf_append(b, "\"", 1);
+}

@@ -168,6 +168,7 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   w->cfg.entry_script = xstrdup(cfg->entry_script);
   w->cfg.lua_path = xstrdup(cfg->lua_path);
   w->cfg.lua_cpath = xstrdup(cfg->lua_cpath);
+  w->cfg.webhook_url = xstrdup(cfg->webhook_url);
   w->modules = strv_dup(cfg->modules);
   w->script_args = strv_dup(cfg->script_args);
   w->cfg.modules = (const char* const*)w->modules;
@@ -771,6 +772,32 @@ static int deliver_waiters(ath_task_t* t, ath_worker_t** wake, int nwake) {
   return nwake;
 }
 
+/* Emits a task.* webhook event for t (lock held; t not running, so its
+ * error is settled). */
+static void emit_task(ath_world_t* w, ath_task_t* t, int kind, int64_t now) {
+  if (!ath__hook_wants(w->hook, kind))
+    return;
+  ath_buf_t b = {0};
+  ath__buf_lit(&b, "{\"id\":");
+  ath__buf_json_str(&b, t->id);
+  ath__buf_lit(&b, ",\"name\":");
+  ath__buf_json_str(&b, t->def->name);
+  char tmp[160];
+  int n = snprintf(tmp, sizeof(tmp), ",\"kind\":\"activity\",\"status\":\"%s\",\"attempt\":%d,\"taskQueue\":",
+                   ath_status_name(t->status), t->attempt);
+  ath__buf_append(&b, tmp, (size_t)n);
+  ath__buf_json_str(&b, t->queue->name);
+  ath__buf_lit(&b, ",\"parentId\":null");
+  if (t->error != NULL && t->status != ATH_COMPLETED) {
+    ath__buf_lit(&b, ",\"error\":");
+    ath__buf_append(&b, t->error, t->error_len);
+  }
+  ath__buf_lit(&b, "}");
+  if (b.data != NULL)
+    ath__hook_emit(w->hook, kind, now, b.data, b.len);
+  ath__buf_free(&b);
+}
+
 /* Moves `t` to the terminal state `st` (lock held): counters, waiters.
  * Returns the new number of workers to wake. */
 static int finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t now,
@@ -784,15 +811,19 @@ static int finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t n
     case ATH_COMPLETED:
       w->n_completed++;
       tput_add(w, now);
+      emit_task(w, t, ATH_EV_TASK_COMPLETED, now);
       break;
     case ATH_CANCELLED:
       w->n_cancelled++;
+      emit_task(w, t, ATH_EV_TASK_CANCELLED, now);
       break;
     case ATH_QUARANTINED:
       w->n_quarantined++;
+      emit_task(w, t, ATH_EV_TASK_QUARANTINED, now);
       break;
     default:
       w->n_failed++;
+      emit_task(w, t, ATH_EV_TASK_FAILED, now);
       break;
   }
   if (t->waiters != NULL)
@@ -850,6 +881,7 @@ static int retry_task(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o,
   w->n_scheduled++;
   w->n_retried++;
   ath__store_mark(w, t);
+  emit_task(w, t, ATH_EV_TASK_RETRYING, now);
   *wake_engine |= w->delayed.items[0] == t;
   return 0;
 }
@@ -1109,8 +1141,15 @@ static void monitor(ath_world_t* w) {
     atomic_store(&wk->lost, 1);
     wk->stop = 1;
     wk->wants_work = 0;
+    ath_buf_t ev = {0}; /* worker.lost {workerId, tasks = [ids]} */
+    char head[48];
+    int hn = snprintf(head, sizeof(head), "{\"workerId\":\"worker-%d\",\"tasks\":[", wk->id);
+    ath__buf_append(&ev, head, (size_t)hn);
     for (int k = wk->running - 1; k >= 0; k--) {
       ath_task_t* t = wk->running_tasks[k];
+      if (k != wk->running - 1)
+        ath__buf_lit(&ev, ",");
+      ath__buf_json_str(&ev, t->id);
       ath_outcome_t o = {t, ATH_FAILED, ATH_EWORKERLOST, 0, -1};
       char msg[96];
       snprintf(msg, sizeof(msg), "worker-%d was declared lost (no heartbeat)", wk->id);
@@ -1125,6 +1164,10 @@ static void monitor(ath_world_t* w) {
                             ath__wall(w), wake, nwake);
     }
     lost[nlost++] = wk;
+    ath__buf_lit(&ev, "]}");
+    if (ev.data != NULL)
+      ath__hook_emit(w->hook, ATH_EV_WORKER_LOST, now, ev.data, ev.len);
+    ath__buf_free(&ev);
   }
   for (int i = 0; i < nlost; i++)
     unlist_worker(w, lost[i]);
@@ -1203,6 +1246,10 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
   w->scale_timer.data = w->monitor_timer.data = w;
   /* Recovery first: the workers then start with the recovered queue. */
   rc = ath__store_start(w, err, errlen);
+  if (rc == 0 && w->cfg.webhook_url != NULL)
+    rc = ath__hook_start(w->cfg.webhook_url,
+                         w->cfg.webhook_events ? w->cfg.webhook_events : (1u << ATH_EV_COUNT) - 1, &w->hook,
+                         err, errlen);
   for (int i = 0; i < w->nqueues && rc == 0; i++) {
     ath_queue_t* q = w->queues[i];
     int n = i == 0 ? w->cfg.min_workers : q->workers;
@@ -1226,6 +1273,8 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
   if (rc != 0) {
     stop_workers(w);
     ath__store_stop(w);
+    ath__hook_stop(w->hook);
+    w->hook = NULL;
     uv_close((uv_handle_t*)&w->scale_timer, NULL);
     uv_close((uv_handle_t*)&w->monitor_timer, NULL);
     uv_close((uv_handle_t*)&w->stimer, NULL);
@@ -1287,6 +1336,8 @@ int ath_world_shutdown(ath_world_t* w, int64_t timeout_ms, int* drained,
   stop_workers(w);
   stop_engine(w);
   ath__store_stop(w); /* the final commit, then the lock file */
+  ath__hook_stop(w->hook); /* events already due go out within a short grace */
+  w->hook = NULL;
   *drained = w->drained;
   *requeued = w->requeued;
   return 0;
@@ -1362,6 +1413,7 @@ void ath_world_free(ath_world_t* w) {
   free((char*)w->cfg.entry_script);
   free((char*)w->cfg.lua_path);
   free((char*)w->cfg.lua_cpath);
+  free((char*)w->cfg.webhook_url);
   strv_free(w->modules);
   strv_free(w->script_args);
   uv_mutex_destroy(&w->lock);

@@ -136,6 +136,9 @@ struct ath_world_config_s {
   int64_t scale_interval_ms;    /* autoscaler period (10000) */
   int64_t heartbeat_interval_ms;/* worker beat and monitor period (5000) */
   int64_t heartbeat_timeout_ms; /* a worker silent this long is lost (30000) */
+  const char* webhook_url;      /* LocalBackend webhooks, or NULL */
+  unsigned webhook_events;      /* bit (1 << n) per event of SEMANTICS §15, in
+                                 * its order; 0: all */
   /* Code that worker states load: either an entry script re-run in
    * definition mode, or modules that workers require (one of the two). */
   const char* entry_script;

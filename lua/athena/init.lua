@@ -191,6 +191,48 @@ end
 
 --------------------------------------------------------------------- world
 
+------------------------------------------------------------------ backends
+
+local WEBHOOK_EVENTS = { "task.completed", "task.failed", "task.retrying", "task.quarantined",
+  "task.cancelled", "schedule.fired", "worker.lost" }
+local LocalBackend = { __name = "athena.LocalBackend" }
+LocalBackend.__index = LocalBackend
+M.LocalBackend = LocalBackend
+local BACKEND_KEYS = { path = true, webhookUrl = true, webhookEvents = true }
+
+--- athena.LocalBackend.new{path, webhookUrl, webhookEvents} (SEMANTICS §15)
+function LocalBackend.new(opts)
+  if opts ~= nil and type(opts) ~= "table" then argerror(1, "new", "table", opts) end
+  opts = opts or {}
+  local b = { events = 0 }
+  for k in pairs(opts) do
+    if not BACKEND_KEYS[k] then invalid("unknown option %s", tostring(k)) end
+  end
+  if opts.path ~= nil then
+    if type(opts.path) ~= "string" or opts.path == "" then invalid("invalid path: %s (a non-empty string)", show(opts.path)) end
+    b.path = opts.path
+  end
+  if opts.webhookUrl ~= nil then
+    if type(opts.webhookUrl) ~= "string" or not opts.webhookUrl:match("^https?://[^%s]+$") then
+      invalid("invalid webhookUrl: %s (an http:// or https:// URL)", show(opts.webhookUrl))
+    end
+    b.webhookUrl = opts.webhookUrl
+  end
+  if opts.webhookEvents ~= nil then
+    if type(opts.webhookEvents) ~= "table" then invalid("invalid webhookEvents: %s (a list of event names)", show(opts.webhookEvents)) end
+    for i, e in ipairs(opts.webhookEvents) do
+      local bit
+      for n, name in ipairs(WEBHOOK_EVENTS) do
+        if e == name then bit = n - 1 end
+      end
+      if not bit then invalid("invalid webhookEvents[%d]: %s (one of %s)", i, show(e), table.concat(WEBHOOK_EVENTS, ", ")) end
+      b.events = b.events | (1 << bit)
+    end
+    if b.events == 0 then invalid("invalid webhookEvents: {} (name at least one event)") end
+  end
+  return setmetatable(b, LocalBackend)
+end
+
 local CONFIG = {
   minWorkers = true, maxWorkers = true, scaleThreshold = true, scaleDownThreshold = true,
   scaleInterval = true, persistence = true, persistencePath = true, flushInterval = true,
@@ -273,6 +315,15 @@ local function check_config(config)
   end
   c.modules = modules
   if c.log ~= nil and type(c.log) ~= "table" then invalid("invalid log: %s (a table)", show(c.log)) end
+  if c.backend ~= nil then
+    if getmetatable(c.backend) ~= LocalBackend then
+      invalid("invalid backend: %s (athena.LocalBackend.new{...})", show(c.backend))
+    end
+    if c.backend.path and config.persistencePath and c.backend.path ~= config.persistencePath then
+      invalid("invalid backend: path %s differs from persistencePath %s", show(c.backend.path), show(config.persistencePath))
+    end
+    c.persistencePath = c.backend.path or c.persistencePath
+  end
   c.memoryLimit = c.memoryLimit == nil and 256 * 1024 * 1024 or c.memoryLimit
   if type(c.memoryLimit) == "string" then
     local n, unit = c.memoryLimit:match("^(%d+)([KMG]B)$")
@@ -320,6 +371,7 @@ function World.new(config)
     scaleInterval = c.scaleInterval, scaleThreshold = c.scaleThreshold,
     scaleDownThreshold = c.scaleDownThreshold, heartbeatInterval = c.heartbeatInterval,
     heartbeatTimeout = c.heartbeatTimeout,
+    webhookUrl = c.backend and c.backend.webhookUrl, webhookEvents = c.backend and c.backend.events,
   }
   for name, q in pairs(c.taskQueues) do
     if name == "default" then

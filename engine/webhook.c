@@ -1,0 +1,256 @@
+/* Webhooks of the LocalBackend (SEMANTICS §15): events POSTed as JSON to a
+ * URL by a thread of their own with libcurl, so a slow or dead endpoint
+ * never blocks or fails the engine.
+ *
+ * The outbox is in memory and bounded: past ATH_HOOK_MAX events the oldest
+ * is dropped and counted. A delivery is a 2xx answer within 10 s; a failed
+ * one is tried again after 1 s, 2 s, 4 s, 8 s (five attempts in all), then
+ * dropped with a warning. Order is not guaranteed. */
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "internal.h"
+
+#define ATH_HOOK_MAX 10000
+#define ATH_HOOK_ATTEMPTS 5
+#define ATH_HOOK_TIMEOUT_MS 10000
+
+static const char* const event_names[] = {
+  "task.completed", "task.failed", "task.retrying", "task.quarantined",
+  "task.cancelled", "schedule.fired", "worker.lost",
+};
+
+typedef struct ath_event_s ath_event_t;
+struct ath_event_s {
+  ath_event_t* next;
+  int kind;
+  int attempts;          /* deliveries tried */
+  int64_t due;           /* wall ms of the next try */
+  char id[37];           /* delivery id (X-Athena-Delivery) */
+  size_t len;
+  char body[];           /* {"id","event","at","data"} */
+};
+
+struct ath_hook_s {
+  char* url;
+  unsigned mask;         /* bit per ATH_EV_* */
+  uv_mutex_t lock;
+  uv_cond_t cond;
+  ath_event_t* head;     /* ready and waiting events, due order not kept */
+  ath_event_t* tail;
+  int n;
+  int stop;
+  int64_t drain_until;   /* at stop: events due before this still go out */
+  uv_thread_t thread;
+  atomic_ullong dropped; /* outbox full, or out of attempts */
+  atomic_ullong delivered;
+};
+
+int ath__hook_event(const char* name) {
+  for (int i = 0; i < (int)(sizeof(event_names) / sizeof(*event_names)); i++)
+    if (strcmp(name, event_names[i]) == 0)
+      return i;
+  return -1;
+}
+
+int ath__hook_wants(const ath_hook_t* h, int kind) {
+  return h != NULL && (h->mask & (1u << kind)) != 0;
+}
+
+uint64_t ath__hook_dropped(const ath_hook_t* h) {
+  return h ? atomic_load(&h->dropped) : 0;
+}
+
+uint64_t ath__hook_delivered(const ath_hook_t* h) {
+  return h ? atomic_load(&h->delivered) : 0;
+}
+
+void ath__hook_emit(ath_hook_t* h, int kind, int64_t at, const char* data, size_t len) {
+  if (!ath__hook_wants(h, kind))
+    return;
+  size_t cap = len + 160;
+  ath_event_t* e = malloc(sizeof(*e) + cap);
+  if (e == NULL) {
+    atomic_fetch_add(&h->dropped, 1);
+    return;
+  }
+  e->next = NULL;
+  e->kind = kind;
+  e->attempts = 0;
+  e->due = 0;
+  ath__uuid4(e->id);
+  int n = snprintf(e->body, cap, "{\"id\":\"%s\",\"event\":\"%s\",\"at\":%lld,\"data\":", e->id,
+                   event_names[kind], (long long)at);
+  memcpy(e->body + n, data, len);
+  e->body[n + len] = '}';
+  e->body[n + len + 1] = '\0';
+  e->len = (size_t)n + len + 1;
+  ath_event_t* drop = NULL;
+  uv_mutex_lock(&h->lock);
+  if (h->n >= ATH_HOOK_MAX) { /* the oldest goes */
+    drop = h->head;
+    h->head = drop->next;
+    if (h->head == NULL)
+      h->tail = NULL;
+    h->n--;
+  }
+  if (h->tail)
+    h->tail->next = e;
+  else
+    h->head = e;
+  h->tail = e;
+  h->n++;
+  uv_cond_signal(&h->cond);
+  uv_mutex_unlock(&h->lock);
+  if (drop != NULL) {
+    atomic_fetch_add(&h->dropped, 1);
+    free(drop);
+  }
+}
+
+static size_t discard(char* p, size_t size, size_t n, void* ud) {
+  (void)p;
+  (void)ud;
+  return size * n;
+}
+
+/* POSTs one event; returns 1 on a 2xx answer. */
+static int deliver(CURL* c, const char* url, ath_event_t* e) {
+  char h1[64], h2[80];
+  snprintf(h1, sizeof(h1), "X-Athena-Event: %s", event_names[e->kind]);
+  snprintf(h2, sizeof(h2), "X-Athena-Delivery: %s", e->id);
+  struct curl_slist* hs = curl_slist_append(NULL, "Content-Type: application/json");
+  hs = curl_slist_append(hs, h1);
+  hs = curl_slist_append(hs, h2);
+  hs = curl_slist_append(hs, "Expect:");
+  curl_easy_setopt(c, CURLOPT_URL, url);
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, hs);
+  const char* body = e->body;
+  curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+  curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)e->len);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)ATH_HOOK_TIMEOUT_MS);
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
+  CURLcode rc = curl_easy_perform(c);
+  long status = 0;
+  if (rc == CURLE_OK)
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+  curl_slist_free_all(hs);
+  return rc == CURLE_OK && status >= 200 && status < 300;
+}
+
+static void hook_main(void* arg) {
+  ath_hook_t* h = arg;
+  CURL* c = curl_easy_init();
+  uv_mutex_lock(&h->lock);
+  for (;;) {
+    /* the first event due now, or how long until one is */
+    int64_t now = ath__now_ms(), wait = -1;
+    if (h->stop && now >= h->drain_until)
+      break;
+    ath_event_t *e = h->head, *prev = NULL;
+    for (; e != NULL; prev = e, e = e->next) {
+      if (e->due <= now)
+        break;
+      if (wait < 0 || e->due - now < wait)
+        wait = e->due - now;
+    }
+    if (e == NULL) {
+      if (h->stop)
+        break; /* nothing due: what waits for a retry is dropped */
+      if (wait < 0)
+        uv_cond_wait(&h->cond, &h->lock);
+      else
+        uv_cond_timedwait(&h->cond, &h->lock, (uint64_t)wait * 1000000u);
+      continue;
+    }
+    if (prev)
+      prev->next = e->next;
+    else
+      h->head = e->next;
+    if (h->tail == e)
+      h->tail = prev;
+    h->n--;
+    uv_mutex_unlock(&h->lock);
+    int ok = c != NULL && deliver(c, h->url, e);
+    e->attempts++;
+    if (ok) {
+      atomic_fetch_add(&h->delivered, 1);
+      free(e);
+    } else if (e->attempts >= ATH_HOOK_ATTEMPTS) {
+      fprintf(stderr, "athena: warn: webhook %s (%s) dropped after %d attempts\n", e->id,
+              event_names[e->kind], e->attempts);
+      atomic_fetch_add(&h->dropped, 1);
+      free(e);
+    } else {
+      int64_t backoff = 1000LL << (e->attempts - 1);
+      e->due = ath__now_ms() + (backoff > 60000 ? 60000 : backoff);
+      uv_mutex_lock(&h->lock);
+      e->next = NULL;
+      if (h->tail)
+        h->tail->next = e;
+      else
+        h->head = e;
+      h->tail = e;
+      h->n++;
+      uv_mutex_unlock(&h->lock);
+    }
+    uv_mutex_lock(&h->lock);
+  }
+  uv_mutex_unlock(&h->lock);
+  if (c)
+    curl_easy_cleanup(c);
+}
+
+static void curl_init_once(void) {
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+int ath__hook_start(const char* url, unsigned mask, ath_hook_t** out, char* err, size_t errlen) {
+  static uv_once_t once = UV_ONCE_INIT;
+  uv_once(&once, curl_init_once);
+  ath_hook_t* h = calloc(1, sizeof(*h));
+  if (h == NULL || (h->url = strdup(url)) == NULL) {
+    free(h);
+    return ATH_ENOMEM;
+  }
+  h->mask = mask;
+  uv_mutex_init(&h->lock);
+  uv_cond_init(&h->cond);
+  int rc = uv_thread_create(&h->thread, hook_main, h);
+  if (rc != 0) {
+    snprintf(err, errlen, "cannot start the webhook thread: %s", uv_strerror(rc));
+    uv_mutex_destroy(&h->lock);
+    uv_cond_destroy(&h->cond);
+    free(h->url);
+    free(h);
+    return ATH_ENOMEM;
+  }
+  *out = h;
+  return 0;
+}
+
+void ath__hook_stop(ath_hook_t* h) {
+  if (h == NULL)
+    return;
+  uv_mutex_lock(&h->lock);
+  h->stop = 1;
+  h->drain_until = ath__now_ms() + 2000; /* a short grace for due events */
+  uv_cond_signal(&h->cond);
+  uv_mutex_unlock(&h->lock);
+  uv_thread_join(&h->thread);
+  int left = 0;
+  for (ath_event_t* e = h->head; e;) {
+    ath_event_t* next = e->next;
+    free(e);
+    left++;
+    e = next;
+  }
+  if (left > 0)
+    fprintf(stderr, "athena: warn: %d webhook events undelivered at shutdown\n", left);
+  uv_mutex_destroy(&h->lock);
+  uv_cond_destroy(&h->cond);
+  free(h->url);
+  free(h);
+}
