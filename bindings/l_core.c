@@ -2,6 +2,8 @@
  * wraps it; worker states get it preloaded by ath__openstate. */
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -220,7 +222,25 @@ static int core_clock(lua_State* L) {
   return 1;
 }
 
+/* core.waitForSignal() -> "SIGINT" | "SIGTERM": blocks the calling thread
+ * until one arrives (for `athena serve`). Threads started before the call
+ * may still take the signal's default action; the CLI blocks both signals
+ * before it starts anything. */
+static int core_wait_signal(lua_State* L) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  int sig = 0;
+  while (sigwait(&set, &sig) != 0) {
+  }
+  lua_pushstring(L, sig == SIGINT ? "SIGINT" : "SIGTERM");
+  return 1;
+}
+
 static const luaL_Reg core_funcs[] = {
+  {"waitForSignal", core_wait_signal},
   {"scopeCall", core_scope_call},
   {"clock", core_clock},
   {"sleep", core_sleep},

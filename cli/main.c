@@ -7,6 +7,7 @@
  *
  * A script error prints the message and a traceback to stderr and exits 1;
  * a usage error exits 2. */
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,11 +24,16 @@ static const char* progname = "athena";
 static void usage(FILE* f) {
   fprintf(f,
           "usage: %s [options] [script.lua [args...]]\n"
+          "       %s serve [--host H] [--port P] [--persistence memory|file|hybrid]\n"
+          "                    [--path DIR] [--modules a,b] [--workers N]\n"
           "  -e CODE      run CODE\n"
           "  --version    print the version\n"
           "  --help       this text\n"
-          "With a script, runs it like lua5.4 does, with `athena` preloaded.\n",
-          progname);
+          "With a script, runs it like lua5.4 does, with `athena` preloaded.\n"
+          "`serve` starts a world whose workers load the given modules, recovers\n"
+          "what --path holds, and serves /healthz, /metrics, /api and the dashboard\n"
+          "until SIGINT or SIGTERM, then shuts down gracefully.\n",
+          progname, progname);
 }
 
 /* lua.c's msghandler: a traceback for string errors, __tostring for others. */
@@ -97,6 +103,21 @@ static int pmain(lua_State* L) {
   lua_call(L, 1, 1);
   lua_setglobal(L, "athena");
 
+  if (argc >= 2 && strcmp(argv[1], "serve") == 0) {
+    create_arg(L, argv, argc, 1);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "athena.serve");
+    lua_call(L, 1, 1);
+    for (int i = 2; i < argc; i++)
+      lua_pushstring(L, argv[i]);
+    int st = docall(L, argc - 2);
+    if (report(L, st) != LUA_OK) {
+      lua_pushinteger(L, 2);
+      return 1;
+    }
+    lua_pushinteger(L, 0);
+    return 1;
+  }
   int script = 0;
   for (int i = 1; i < argc; i++) {
     const char* a = argv[i];
@@ -157,6 +178,14 @@ int main(int argc, char** argv) {
   if (argv[0] && argv[0][0])
     progname = "athena";
   signal(SIGPIPE, SIG_IGN);
+  if (argc >= 2 && strcmp(argv[1], "serve") == 0) {
+    /* block them before any thread starts, so sigwait() gets them */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+  }
   lua_State* L = luaL_newstate();
   if (L == NULL) {
     fprintf(stderr, "%s: cannot create state: not enough memory\n", progname);

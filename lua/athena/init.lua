@@ -112,6 +112,9 @@ M._checkRetry = check_retry
 
 ---------------------------------------------------------------- definitions
 
+--- Every definition made in this Lua state, by name (the latest wins).
+M.definitions = {}
+
 local Definition = { __name = "athena.Definition" }
 Definition.__index = Definition
 M.Definition = Definition
@@ -150,7 +153,9 @@ local function define(kind, name, handler, options)
   opts.priority = math.tointeger(opts.priority or 0)
   if opts.failureStrategy ~= nil then oneof("failureStrategy", opts.failureStrategy, STRATEGIES) end
   core.define(name, handler)
-  return setmetatable({ kind = kind, name = name, handler = handler, options = opts }, Definition)
+  local def = setmetatable({ kind = kind, name = name, handler = handler, options = opts }, Definition)
+  M.definitions[name] = def
+  return def
 end
 
 --- athena.activity(name, handler, options) -> definition
