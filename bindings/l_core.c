@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <lualib.h>
@@ -286,6 +287,100 @@ static int ctx_heartbeat(lua_State* L) {
   return 0;
 }
 
+static int cmp_keys(const void* a, const void* b) {
+  return strcmp(*(const char* const*)a, *(const char* const*)b);
+}
+
+/* ctx.log:<level>(msg [, fields]): a line with the task's fields (task,
+ * name, attempt, worker) and the caller's, in key order (SEMANTICS §14.2).
+ * The level is the closure's upvalue. */
+static int ctx_log(lua_State* L) {
+  ath_log_level_t level = (ath_log_level_t)lua_tointeger(L, lua_upvalueindex(1));
+  const char* msg = luaL_checkstring(L, 2);
+  if (!lua_isnoneornil(L, 3))
+    luaL_checktype(L, 3, LUA_TTABLE);
+  lua_settop(L, 3);
+  ath_worker_t* wk = ath__worker_of(L);
+  ath_slot_t* s = wk ? wk->current : NULL;
+  if (s == NULL || s->task == NULL)
+    return ath__raise(L, ATH_EINVAL, "ctx.log used outside its task");
+  ath_world_t* w = ath__worker_world(wk);
+  if (!ath__log_enabled(w->log, level))
+    return 0;
+  ath_task_t* t = s->task;
+  /* the caller's keys, sorted, so lines read the same every time */
+  const char* keys[64];
+  int nk = 0;
+  if (lua_istable(L, 3)) {
+    lua_pushnil(L);
+    while (lua_next(L, 3) != 0 && nk < 64) {
+      if (lua_type(L, -2) == LUA_TSTRING)
+        keys[nk++] = lua_tostring(L, -2); /* anchored by the table */
+      lua_pop(L, 1);
+    }
+    qsort(keys, (size_t)nk, sizeof(*keys), cmp_keys);
+  }
+  ath_log_field_t f[68];
+  char worker[24];
+  snprintf(worker, sizeof(worker), "worker-%d", wk->id);
+  f[0] = (ath_log_field_t)ATH_LOG_FSTR("task", t->id);
+  f[1] = (ath_log_field_t)ATH_LOG_FSTR("name", t->def->name);
+  f[2] = (ath_log_field_t)ATH_LOG_FINT("attempt", t->attempt);
+  f[3] = (ath_log_field_t)ATH_LOG_FSTR("worker", worker);
+  size_t n = 4;
+  ath_buf_t bufs[64];
+  int nbufs = 0;
+  char err[128];
+  for (int i = 0; i < nk; i++) {
+    lua_getfield(L, 3, keys[i]);
+    ath_log_field_t* o = &f[n];
+    memset(o, 0, sizeof(*o));
+    o->key = keys[i];
+    switch (lua_type(L, -1)) {
+      case LUA_TSTRING: {
+        size_t len;
+        o->s = lua_tolstring(L, -1, &len);
+        o->type = ATH_LOG_STR;
+        o->len = len;
+        break;
+      }
+      case LUA_TNUMBER:
+        if (lua_isinteger(L, -1)) {
+          o->type = ATH_LOG_INT;
+          o->i = lua_tointeger(L, -1);
+        } else {
+          o->type = ATH_LOG_NUM;
+          o->d = lua_tonumber(L, -1);
+        }
+        break;
+      case LUA_TBOOLEAN:
+        o->type = ATH_LOG_BOOL;
+        o->i = lua_toboolean(L, -1);
+        break;
+      default: { /* tables (and the rest) as JSON, when they are payloads */
+        ath_buf_t* b = &bufs[nbufs];
+        memset(b, 0, sizeof(*b));
+        if (ath__json_encode(L, -1, keys[i], b, err, sizeof(err)) != 0) {
+          ath__buf_free(b);
+          o->type = ATH_LOG_STR;
+          o->s = luaL_typename(L, -1);
+        } else {
+          nbufs++;
+          o->type = ATH_LOG_RAW_JSON;
+          o->s = b->data;
+          o->len = b->len;
+        }
+      }
+    }
+    n++;
+    lua_pop(L, 1); /* strings stay alive: the table holds them */
+  }
+  ath__log_write(w->log, level, msg, f, n); /* copies what it needs */
+  for (int i = 0; i < nbufs; i++)
+    ath__buf_free(&bufs[i]);
+  return 0;
+}
+
 static const luaL_Reg ctx_methods[] = {
   {"isCancelled", ctx_iscancelled},
   {"heartbeat", ctx_heartbeat},
@@ -305,6 +400,15 @@ int luaopen_athena_core(lua_State* L) {
   lua_setfield(L, -2, "__name");
   lua_pop(L, 1);
   ath__newclass(L, "athena.Context", no_meta, ctx_methods);
+  /* ctx.log: one logger table per state; its methods find the task */
+  lua_createtable(L, 0, 4);
+  static const char* const levels[4] = {"debug", "info", "warn", "error"};
+  for (int i = 0; i < 4; i++) {
+    lua_pushinteger(L, i);
+    lua_pushcclosure(L, ctx_log, 1);
+    lua_setfield(L, -2, levels[i]);
+  }
+  lua_setfield(L, -2, "log");
   lua_pop(L, 1);
   lath_open_world(L);
 

@@ -144,6 +144,15 @@ int lath_world_new(lua_State* L) {
   if (lua_getfield(L, 1, "scaleDownThreshold") == LUA_TNUMBER)
     cfg.scale_down_threshold = lua_tonumber(L, -1);
   lua_pop(L, 2);
+  cfg.log_level = opt_int(L, 1, "logLevel", cfg.log_level);
+  cfg.log_format = opt_int(L, 1, "logFormat", cfg.log_format);
+  cfg.log_max_files = opt_int(L, 1, "logMaxFiles", cfg.log_max_files);
+  if (lua_getfield(L, 1, "logMaxSize") == LUA_TNUMBER)
+    cfg.log_max_size = (size_t)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "logFile");
+  cfg.log_file = lua_tostring(L, -1); /* anchored by cfg */
+  lua_pop(L, 1);
   lua_getfield(L, 1, "webhookUrl");
   cfg.webhook_url = lua_tostring(L, -1); /* anchored by cfg */
   lua_pop(L, 1);

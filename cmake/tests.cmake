@@ -21,9 +21,13 @@ add_executable(athena_tests ${PROJECT_SOURCE_DIR}/tests/c/runner.c ${C_TEST_SOUR
 target_include_directories(athena_tests PRIVATE ${PROJECT_BINARY_DIR}/gen ${PROJECT_SOURCE_DIR}/tests/c
   $<TARGET_PROPERTY:athena_objs,INTERFACE_INCLUDE_DIRECTORIES>)
 target_link_libraries(athena_tests PRIVATE ${LUA_LINK_LIBRARIES} ${ATHENA_DEPS})
+set(SAN_ENV "")
+if(ATHENA_ASAN)
+  set(SAN_ENV "LSAN_OPTIONS=suppressions=${PROJECT_SOURCE_DIR}/tests/lsan.supp")
+endif()
 foreach(name ${C_TEST_NAMES})
   add_test(NAME c.${name} COMMAND athena_tests ${name})
-  set_tests_properties(c.${name} PROPERTIES TIMEOUT 120)
+  set_tests_properties(c.${name} PROPERTIES TIMEOUT 120 ENVIRONMENT "${SAN_ENV}")
 endforeach()
 
 # Lua specs run in a stock lua5.4 with busted, against the build tree.
@@ -64,5 +68,5 @@ foreach(ex ${EXAMPLES})
   get_filename_component(name ${ex} NAME_WE)
   add_test(NAME example.${name} COMMAND athena ${ex})
   set_tests_properties(example.${name} PROPERTIES TIMEOUT 120
-    WORKING_DIRECTORY ${PROJECT_BINARY_DIR})
+    WORKING_DIRECTORY ${PROJECT_BINARY_DIR} ENVIRONMENT "${SAN_ENV}")
 endforeach()

@@ -49,6 +49,7 @@ int ath__json_decode(lua_State* L, const char* json, size_t len);
 
 #include <stdatomic.h>
 #include <uv.h>
+#include "log.h"
 
 typedef struct ath_queue_s ath_queue_t;
 typedef struct ath_worker_s ath_worker_t;
@@ -350,6 +351,7 @@ struct ath_world_s {
   atomic_ullong vmono;   /* monotonic ns now; wall time follows from it */
   ath_heap_t vtimers;    /* workers' timers (ath_vtimer_t) by due time */
   ath_hook_t* hook;      /* webhooks, or NULL */
+  ath_log_t* log;        /* the world's logger (SEMANTICS §14.2) */
   /* HTTP servers (http.c), created and stopped on the engine thread. */
   ath_http_t* http[8];
   int nhttp;
@@ -443,6 +445,12 @@ int ath__worker_spawn(ath_world_t* w, ath_queue_t* q, ath_worker_t** out);
 void ath__worker_wake(ath_worker_t* wk);
 /* Joins the thread and frees the worker. Call after it was asked to stop. */
 void ath__worker_join(ath_worker_t* wk);
+
+/* Logs an engine message (printf-style) at `level` with optional fields.
+ * Thread: any; never blocks on I/O. Call without the world lock held when
+ * you can (formatting happens in the caller). */
+void ath__logf(ath_world_t* w, ath_log_level_t level, const ath_log_field_t* fields, size_t n,
+               const char* fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* world.c: used by workers. The caller holds no lock. */
 
@@ -596,7 +604,8 @@ enum {
 };
 /* Starts the delivery thread for `url` and the events in `mask` (bit per
  * ATH_EV_*). Returns 0 or ATH_ENOMEM with err set. */
-int ath__hook_start(const char* url, unsigned mask, ath_hook_t** out, char* err, size_t errlen);
+int ath__hook_start(const char* url, unsigned mask, ath_log_t* log, ath_hook_t** out, char* err,
+                    size_t errlen);
 /* Queues an event with `data` (JSON, copied). Never blocks on I/O; drops
  * the oldest event past the outbox bound. Thread: any (h may be NULL). */
 void ath__hook_emit(ath_hook_t* h, int kind, int64_t at, const char* data, size_t len);

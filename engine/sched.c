@@ -401,7 +401,7 @@ void ath__sched_tick(ath_world_t* w) {
       tasks = malloc(FIRE_BATCH * sizeof(*tasks));
       if (!fires || !payloads || !lens || !ids || !tasks) {
         uv_mutex_unlock(&w->lock);
-        fprintf(stderr, "athena: error: out of memory firing schedules; retrying in 100 ms\n");
+        ath__logf(w, ATH_LOG_ERROR, NULL, 0, "out of memory firing schedules; retrying in 100 ms");
         if (!w->manual)
           uv_timer_start(&w->stimer, stimer_cb, 100, 0);
         break;
@@ -478,8 +478,8 @@ void ath__sched_tick(ath_world_t* w) {
           m++;
         }
         if (rc != 0)
-          fprintf(stderr, "athena: warn: %d schedule firings of %s failed: %s\n", k,
-                  fires[i].s->def->name, err);
+          ath__logf(w, ATH_LOG_WARN, NULL, 0, "%d schedule firings of %s failed: %s", k,
+                    fires[i].s->def->name, err);
       }
       i = j;
     }
@@ -539,8 +539,8 @@ int ath__sched_recover_row(void* ud, const ath_srow_t* r) {
   ath_world_t* w = ud;
   int di = def_index(w, r->name);
   if (di < 0) {
-    fprintf(stderr, "athena: warn: schedule %s names %s, which is not registered: dropped\n",
-            r->id, r->name);
+    ath__logf(w, ATH_LOG_WARN, NULL, 0, "schedule %s names %s, which is not registered: dropped", r->id,
+              r->name);
     return 0;
   }
   ath_sched_t* s = calloc(1, sizeof(*s));
@@ -598,8 +598,8 @@ int ath__sched_recover_row(void* ud, const ath_srow_t* r) {
           s->next_ms = latest;
         } else {
           if (n > MAX_CATCH_UP) {
-            fprintf(stderr, "athena: warn: schedule %s missed %zu runs; the oldest %zu are skipped\n",
-                    s->id, n, n - MAX_CATCH_UP);
+            ath__logf(w, ATH_LOG_WARN, NULL, 0, "schedule %s missed %zu runs; the oldest %zu are skipped",
+                      s->id, n, n - MAX_CATCH_UP);
             s->skipped += (int64_t)(n - MAX_CATCH_UP);
           }
           s->next_ms = n > MAX_CATCH_UP ? ring[n % MAX_CATCH_UP] : first;

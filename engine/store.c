@@ -222,7 +222,7 @@ static void store_main(void* arg) {
     if (rc != 0) {
       /* Keep the changes and try again: nothing acknowledged is dropped. */
       if (w->store_ok)
-        fprintf(stderr, "athena: store: commit failed, retrying: %s\n", err);
+        ath__logf(w, ATH_LOG_ERROR, NULL, 0, "store commit failed, retrying: %s", err);
       w->store_ok = 0;
       snprintf(w->store_err, sizeof(w->store_err), "%s", err);
       for (size_t i = 0; i < n; i++) {
@@ -239,7 +239,7 @@ static void store_main(void* arg) {
         break; /* shutting down with a store that keeps failing */
     } else {
       if (!w->store_ok)
-        fprintf(stderr, "athena: store: commits succeed again\n");
+        ath__logf(w, ATH_LOG_INFO, NULL, 0, "store commits succeed again");
       w->store_ok = 1;
       w->committed_gen = gen;
       uv_cond_broadcast(&w->cond);

@@ -44,6 +44,7 @@ struct ath_hook_s {
   int64_t drain_until;   /* at stop: events due before this still go out */
   uv_thread_t thread;
   atomic_ullong dropped; /* outbox full, or out of attempts */
+  ath_log_t* log;
   atomic_ullong delivered;
 };
 
@@ -179,8 +180,10 @@ static void hook_main(void* arg) {
       atomic_fetch_add(&h->delivered, 1);
       free(e);
     } else if (e->attempts >= ATH_HOOK_ATTEMPTS) {
-      fprintf(stderr, "athena: warn: webhook %s (%s) dropped after %d attempts\n", e->id,
-              event_names[e->kind], e->attempts);
+      char msg[160];
+      snprintf(msg, sizeof(msg), "webhook %s (%s) dropped after %d attempts", e->id, event_names[e->kind],
+               e->attempts);
+      ath__log_write(h->log, ATH_LOG_WARN, msg, NULL, 0);
       atomic_fetch_add(&h->dropped, 1);
       free(e);
     } else {
@@ -207,7 +210,8 @@ static void curl_init_once(void) {
   curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-int ath__hook_start(const char* url, unsigned mask, ath_hook_t** out, char* err, size_t errlen) {
+int ath__hook_start(const char* url, unsigned mask, ath_log_t* log, ath_hook_t** out, char* err,
+                    size_t errlen) {
   static uv_once_t once = UV_ONCE_INIT;
   uv_once(&once, curl_init_once);
   ath_hook_t* h = calloc(1, sizeof(*h));
@@ -216,6 +220,7 @@ int ath__hook_start(const char* url, unsigned mask, ath_hook_t** out, char* err,
     return ATH_ENOMEM;
   }
   h->mask = mask;
+  h->log = log;
   uv_mutex_init(&h->lock);
   uv_cond_init(&h->cond);
   int rc = uv_thread_create(&h->thread, hook_main, h);
@@ -247,8 +252,11 @@ void ath__hook_stop(ath_hook_t* h) {
     left++;
     e = next;
   }
-  if (left > 0)
-    fprintf(stderr, "athena: warn: %d webhook events undelivered at shutdown\n", left);
+  if (left > 0) {
+    char msg[96];
+    snprintf(msg, sizeof(msg), "%d webhook events undelivered at shutdown", left);
+    ath__log_write(h->log, ATH_LOG_WARN, msg, NULL, 0);
+  }
   uv_mutex_destroy(&h->lock);
   uv_cond_destroy(&h->cond);
   free(h->url);

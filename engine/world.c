@@ -7,6 +7,7 @@
  * taken per batch, not per task. The lock is never held across Lua calls. */
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +69,9 @@ void ath_world_config_init(ath_world_config_t* cfg) {
   cfg->failure_strategy = ATH_STRATEGY_RETRY;
   cfg->memory_limit = (size_t)256 << 20;
   cfg->flush_interval_ms = 50;
+  cfg->log_level = 1;
+  cfg->log_max_size = (size_t)10 << 20;
+  cfg->log_max_files = 5;
   cfg->scale_threshold = 0.7;
   cfg->scale_down_threshold = 0.3;
   cfg->scale_interval_ms = 10000;
@@ -169,6 +173,7 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   w->cfg.lua_path = xstrdup(cfg->lua_path);
   w->cfg.lua_cpath = xstrdup(cfg->lua_cpath);
   w->cfg.webhook_url = xstrdup(cfg->webhook_url);
+  w->cfg.log_file = xstrdup(cfg->log_file);
   w->modules = strv_dup(cfg->modules);
   w->script_args = strv_dup(cfg->script_args);
   w->cfg.modules = (const char* const*)w->modules;
@@ -197,6 +202,18 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   atomic_init(&w->vmono, w->vbase_mono);
   w->owner = uv_thread_self();
   w->state = ATH_W_NEW;
+  ath_log_config_t lc;
+  ath__log_config_init(&lc);
+  lc.level = (ath_log_level_t)cfg->log_level;
+  lc.format = (ath_log_format_t)cfg->log_format;
+  lc.file = cfg->log_file;
+  lc.max_size = cfg->log_max_size;
+  lc.max_files = cfg->log_max_files;
+  int lrc = ath__log_open(&lc, &w->log, err, errlen);
+  if (lrc != 0) {
+    ath_world_free(w);
+    return lrc;
+  }
   *out = w;
   return 0;
 }
@@ -1099,7 +1116,7 @@ static void autoscale(ath_world_t* w) {
   int added = 0;
   for (int i = 0; i < add; i++) {
     if (add_worker(w, q, err, sizeof(err)) != 0) {
-      fprintf(stderr, "athena: warn: autoscaler could not add a worker: %s\n", err);
+      ath__logf(w, ATH_LOG_WARN, NULL, 0, "autoscaler could not add a worker: %s", err);
       break;
     }
     ath__worker_wake(w->workers[w->nworkers - 1]);
@@ -1114,10 +1131,11 @@ static void autoscale(ath_world_t* w) {
     unlist_worker(w, retire[i]);
     uv_mutex_unlock(&w->lock);
   }
-  if (added || nretire)
-    fprintf(stderr, "athena: info: autoscaler: %s %d worker%s total=%d workload=%.2f\n",
-            added ? "added" : "retired", added ? added : nretire, (added ? added : nretire) == 1 ? "" : "s",
-            total + added - nretire, load);
+  if (added || nretire) {
+    ath_log_field_t f[2] = {ATH_LOG_FINT("total", total + added - nretire), ATH_LOG_FNUM("workload", load)};
+    ath__logf(w, ATH_LOG_INFO, f, 2, "autoscaler %s %d worker%s", added ? "added" : "retired",
+              added ? added : nretire, (added ? added : nretire) == 1 ? "" : "s");
+  }
 }
 
 static void scale_cb(uv_timer_t* h) {
@@ -1177,12 +1195,12 @@ static void monitor(ath_world_t* w) {
     engine_tick(w);
   char err[512];
   for (int i = 0; i < nlost; i++) {
-    fprintf(stderr, "athena: warn: worker-%d is lost (no heartbeat for %lld ms); starting a replacement\n",
-            lost[i]->id, (long long)w->cfg.heartbeat_timeout_ms);
+    ath__logf(w, ATH_LOG_WARN, NULL, 0, "worker-%d is lost (no heartbeat for %lld ms); starting a replacement",
+              lost[i]->id, (long long)w->cfg.heartbeat_timeout_ms);
     if (add_worker(w, lost[i]->queue, err, sizeof(err)) == 0)
       ath__worker_wake(w->workers[w->nworkers - 1]);
     else
-      fprintf(stderr, "athena: warn: could not start a replacement worker: %s\n", err);
+      ath__logf(w, ATH_LOG_WARN, NULL, 0, "could not start a replacement worker: %s", err);
   }
 }
 
@@ -1248,8 +1266,8 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
   rc = ath__store_start(w, err, errlen);
   if (rc == 0 && w->cfg.webhook_url != NULL)
     rc = ath__hook_start(w->cfg.webhook_url,
-                         w->cfg.webhook_events ? w->cfg.webhook_events : (1u << ATH_EV_COUNT) - 1, &w->hook,
-                         err, errlen);
+                         w->cfg.webhook_events ? w->cfg.webhook_events : (1u << ATH_EV_COUNT) - 1, w->log,
+                         &w->hook, err, errlen);
   for (int i = 0; i < w->nqueues && rc == 0; i++) {
     ath_queue_t* q = w->queues[i];
     int n = i == 0 ? w->cfg.min_workers : q->workers;
@@ -1414,6 +1432,8 @@ void ath_world_free(ath_world_t* w) {
   free((char*)w->cfg.lua_path);
   free((char*)w->cfg.lua_cpath);
   free((char*)w->cfg.webhook_url);
+  free((char*)w->cfg.log_file);
+  ath__log_close(w->log); /* every thread that logs has been joined */
   strv_free(w->modules);
   strv_free(w->script_args);
   uv_mutex_destroy(&w->lock);
@@ -1820,12 +1840,12 @@ int ath__world_recover_row(void* ud, const ath_row_t* r) {
 
 void ath__world_recovered(ath_world_t* w) {
   const int64_t* n = w->n_recovered;
-  if (n[0] + n[1] + n[2] + n[3] > 0)
-    fprintf(stderr,
-            "athena: info: recovered %lld pending, %lld scheduled or retrying, %lld re-queued "
-            "(running when the process stopped), %lld finished tasks from %s\n",
-            (long long)n[0], (long long)n[1], (long long)n[2], (long long)n[3],
-            w->cfg.persistence_path);
+  if (n[0] + n[1] + n[2] + n[3] > 0) {
+    ath_log_field_t f[5] = {ATH_LOG_FINT("pending", n[0]), ATH_LOG_FINT("scheduled", n[1]),
+                            ATH_LOG_FINT("requeued", n[2]), ATH_LOG_FINT("finished", n[3]),
+                            ATH_LOG_FSTR("path", w->cfg.persistence_path)};
+    ath__logf(w, ATH_LOG_INFO, f, 5, "recovered tasks (requeued: running when the process stopped)");
+  }
 }
 
 void ath__world_prune(ath_world_t* w) {
@@ -1865,7 +1885,7 @@ void ath__vtimer_start(ath_world_t* w, ath_vtimer_t* vt, uint64_t due) {
   vt->fired = 0; /* a stale firing waiting in the fired list is void */
   vt->due = due;
   if (ath__heap_push(&w->vtimers, vt) != 0)
-    fprintf(stderr, "athena: error: out of memory arming a manual-clock timer\n");
+    ath__logf(w, ATH_LOG_ERROR, NULL, 0, "out of memory arming a manual-clock timer");
   uv_mutex_unlock(&w->lock);
 }
 
@@ -2030,4 +2050,18 @@ int ath_world_health(ath_world_t* w, char* why, size_t len) {
   }
   uv_mutex_unlock(&w->lock);
   return rc;
+}
+
+/* ------------------------------------------------------------------ logging */
+
+void ath__logf(ath_world_t* w, ath_log_level_t level, const ath_log_field_t* fields, size_t n,
+               const char* fmt, ...) {
+  if (w->log == NULL || !ath__log_enabled(w->log, level))
+    return;
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  ath__log_write(w->log, level, msg, fields, n);
 }

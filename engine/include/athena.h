@@ -136,6 +136,12 @@ struct ath_world_config_s {
   int64_t scale_interval_ms;    /* autoscaler period (10000) */
   int64_t heartbeat_interval_ms;/* worker beat and monitor period (5000) */
   int64_t heartbeat_timeout_ms; /* a worker silent this long is lost (30000) */
+  int log_level;                /* 0 debug, 1 info (default), 2 warn, 3 error */
+  int log_format;               /* 0 auto (pretty on a terminal, else logfmt), 1 logfmt,
+                                 * 2 json, 3 pretty */
+  const char* log_file;         /* NULL: stderr; else rotated by size */
+  size_t log_max_size;          /* 10 MiB */
+  int log_max_files;            /* 5 */
   const char* webhook_url;      /* LocalBackend webhooks, or NULL */
   unsigned webhook_events;      /* bit (1 << n) per event of SEMANTICS §15, in
                                  * its order; 0: all */

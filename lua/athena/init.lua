@@ -320,6 +320,29 @@ local function check_config(config)
   end
   c.modules = modules
   if c.log ~= nil and type(c.log) ~= "table" then invalid("invalid log: %s (a table)", show(c.log)) end
+  local log = c.log or {}
+  for k in pairs(log) do
+    if not ({ level = true, format = true, file = true, maxSize = true, maxFiles = true })[k] then
+      invalid("unknown option log.%s", tostring(k))
+    end
+  end
+  local LEVELS = { debug = 0, info = 1, warn = 2, error = 3 }
+  local FORMATS = { logfmt = 1, json = 2, pretty = 3 }
+  c.logLevel = LEVELS[oneof("log.level", log.level or "info", { "debug", "info", "warn", "error" })]
+  c.logFormat = log.format and FORMATS[oneof("log.format", log.format, { "logfmt", "json", "pretty" })] or 0
+  if log.file ~= nil and (type(log.file) ~= "string" or log.file == "") then
+    invalid("invalid log.file: %s (a path)", show(log.file))
+  end
+  c.logFile = log.file
+  if log.maxSize ~= nil then
+    local n, unit = tostring(log.maxSize):match("^(%d+)([KMG]?B?)$")
+    local f = ({ [""] = 1, KB = 1024, MB = 1024 ^ 2, GB = 1024 ^ 3 })[unit or "x"]
+    if not n or not f or (type(log.maxSize) ~= "string" and not isinteger(log.maxSize)) or tonumber(n) == 0 then
+      invalid("invalid log.maxSize: %s (bytes > 0, or \"10MB\")", show(log.maxSize))
+    end
+    c.logMaxSize = math.tointeger(tonumber(n) * f)
+  end
+  if log.maxFiles ~= nil then c.logMaxFiles = int_field("log.maxFiles", log.maxFiles, 1, 1000, "an integer, 1-1000") end
   if c.backend ~= nil then
     if getmetatable(c.backend) ~= LocalBackend then
       invalid("invalid backend: %s (athena.LocalBackend.new{...})", show(c.backend))
@@ -377,6 +400,8 @@ function World.new(config)
     scaleDownThreshold = c.scaleDownThreshold, heartbeatInterval = c.heartbeatInterval,
     heartbeatTimeout = c.heartbeatTimeout,
     webhookUrl = c.backend and c.backend.webhookUrl, webhookEvents = c.backend and c.backend.events,
+    logLevel = c.logLevel, logFormat = c.logFormat, logFile = c.logFile, logMaxSize = c.logMaxSize,
+    logMaxFiles = c.logMaxFiles,
   }
   for name, q in pairs(c.taskQueues) do
     if name == "default" then
