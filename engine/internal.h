@@ -379,6 +379,16 @@ struct ath_world_s {
   char store_err[256];
 };
 
+/* mono + ms, in ns, saturating: durations up to 2^53 ms (SEMANTICS §1.1)
+ * outlast uint64 nanoseconds (about 584 years). */
+static inline uint64_t ath__after(uint64_t mono, int64_t ms) {
+  if (ms <= 0)
+    return mono;
+  if ((uint64_t)ms > (UINT64_MAX - mono) / 1000000u)
+    return UINT64_MAX - 1; /* never, in practice; not the "none" of 0 */
+  return mono + (uint64_t)ms * 1000000u;
+}
+
 /* The world's clock: real time, or the manual clock's. Thread: any. */
 static inline int64_t ath__wall(ath_world_t* w) {
   if (!w->manual)

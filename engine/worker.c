@@ -105,7 +105,7 @@ static void task_hook(lua_State* co, lua_Debug* ar) {
   if (code == 0) {
     uint64_t now = ath__mono(s->wk->w);
     uint64_t c = atomic_load_explicit(&s->task->cancel_ns, memory_order_relaxed);
-    if (c != 0 && now >= c + (uint64_t)wk->w->cfg.cancel_grace_ms * 1000000u)
+    if (c != 0 && now >= ath__after(c, wk->w->cfg.cancel_grace_ms))
       code = ATH_ECANCELED;
     else
       code = expired(s, now);
@@ -181,7 +181,7 @@ static void timer_start(ath_slot_t* s, int which, uint64_t ms, ath_slot_cb cb) {
   ath_world_t* w = s->wk->w;
   s->tcb[which] = cb;
   if (w->manual) {
-    ath__vtimer_start(w, &s->vt[which], ath__mono(w) + ms * 1000000u);
+    ath__vtimer_start(w, &s->vt[which], ath__after(ath__mono(w), (int64_t)ms));
     return;
   }
   /* The loop's clock is cached and whole milliseconds: refresh it and add
@@ -566,12 +566,12 @@ static void start_task(ath_worker_t* wk, ath_task_t* t) {
   const ath_activity_t* a = &t->def->a;
   uint64_t now = ath__mono(s->wk->w);
   s->task = t;
-  s->deadline[0] = now + (uint64_t)a->timeout_ms * 1000000u;
-  s->deadline[1] = a->heartbeat_timeout_ms ? now + (uint64_t)a->heartbeat_timeout_ms * 1000000u : 0;
+  s->deadline[0] = ath__after(now, a->timeout_ms);
+  s->deadline[1] = a->heartbeat_timeout_ms ? ath__after(now, a->heartbeat_timeout_ms) : 0;
   s->deadline[2] = s->deadline[3] = 0;
   if (a->schedule_to_close_ms) {
     int64_t left = t->scheduled_at + a->schedule_to_close_ms - ath__wall(wk->w);
-    s->deadline[2] = now + (uint64_t)(left > 0 ? left : 0) * 1000000u;
+    s->deadline[2] = ath__after(now, left > 0 ? left : 0);
   }
   arm_deadline(s);
   /* The heartbeat details a previous attempt left: only the thread running
@@ -612,7 +612,7 @@ int ath__task_heartbeat(lua_State* L, const char* json, size_t len) {
   ath__world_heartbeat(s->wk->w, s->task, json, len);
   const ath_activity_t* a = &s->task->def->a;
   if (a->heartbeat_timeout_ms) {
-    s->deadline[1] = ath__mono(s->wk->w) + (uint64_t)a->heartbeat_timeout_ms * 1000000u;
+    s->deadline[1] = ath__after(ath__mono(s->wk->w), a->heartbeat_timeout_ms);
     arm_deadline(s);
   }
   return 0;
@@ -623,7 +623,7 @@ int ath__task_scope_push(lua_State* L, int64_t ms, uint64_t* prev) {
   if (s == NULL)
     return -1;
   *prev = s->deadline[3];
-  uint64_t d = ath__mono(s->wk->w) + (uint64_t)ms * 1000000u;
+  uint64_t d = ath__after(ath__mono(s->wk->w), ms);
   s->deadline[3] = *prev && *prev < d ? *prev : d; /* never past an outer scope's */
   arm_deadline(s);
   return 0;

@@ -539,9 +539,9 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
     payloads[made] = NULL;
     t->created_at = now;
     t->scheduled_at = t->ready_at = now + opts->delay_ms;
-    t->ready_mono = mono + (uint64_t)opts->delay_ms * 1000000u;
+    t->ready_mono = ath__after(mono, opts->delay_ms);
     t->heap_idx = t->exp_idx = UINT32_MAX;
-    t->exp_mono = def->a.schedule_to_close_ms ? t->ready_mono + (uint64_t)def->a.schedule_to_close_ms * 1000000u : 0;
+    t->exp_mono = def->a.schedule_to_close_ms ? ath__after(t->ready_mono, def->a.schedule_to_close_ms) : 0;
     tasks[made] = t;
   }
 
@@ -735,6 +735,8 @@ static void engine_async_cb(uv_async_t* h) {
     uv_close((uv_handle_t*)&w->easync, NULL);
     return;
   }
+  if (w->manual)
+    return; /* on a manual clock, advance() alone fires timers */
   engine_tick(w);
   ath__sched_tick(w);
 }
@@ -892,7 +894,7 @@ static int retry_task(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o,
     return -1;
   t->status = ATH_RETRYING;
   t->ready_at = now + delay;
-  t->ready_mono = mono + (uint64_t)delay * 1000000u;
+  t->ready_mono = ath__after(mono, delay);
   if (ath__heap_push(&w->delayed, t) != 0)
     return -1;
   w->n_scheduled++;
@@ -1015,7 +1017,7 @@ int ath__world_await(ath_world_t* w, ath_task_t* t, ath_slot_t* slot) {
 /* --------------------------------------------------------------- waiting */
 
 int ath_world_wait(ath_world_t* w, ath_task_t* t, int64_t timeout_ms) {
-  uint64_t deadline = timeout_ms >= 0 ? ath__mono_ns() + (uint64_t)timeout_ms * 1000000u : 0;
+  uint64_t deadline = timeout_ms >= 0 ? ath__after(ath__mono_ns(), timeout_ms) : 0;
   int rc = 0;
   uv_mutex_lock(&w->lock);
   while (!ATH_IS_TERMINAL(t->status)) {
@@ -1811,7 +1813,7 @@ int ath__world_recover_row(void* ud, const ath_row_t* r) {
   int64_t stc = t->def->a.schedule_to_close_ms;
   if (stc && !ATH_IS_TERMINAL(t->status)) {
     int64_t left = t->scheduled_at + stc - now;
-    t->exp_mono = mono + (uint64_t)(left > 0 ? left : 0) * 1000000u;
+    t->exp_mono = ath__after(mono, left);
     ath__heap_push(&w->expiry, t);
   }
   if (ATH_IS_TERMINAL(t->status)) {
@@ -1820,7 +1822,7 @@ int ath__world_recover_row(void* ud, const ath_row_t* r) {
     set_error(t, ATH_ENOTFOUND, "no activity with this name is registered any more");
     finish_task(w, t, ATH_FAILED, now, NULL, 0);
   } else if (t->status == ATH_SCHEDULED || t->status == ATH_RETRYING) {
-    t->ready_mono = mono + (uint64_t)(t->ready_at > now ? t->ready_at - now : 0) * 1000000u;
+    t->ready_mono = ath__after(mono, t->ready_at - now);
     rc = ath__heap_push(&w->delayed, t);
     w->n_scheduled += rc == 0;
     w->n_recovered[1]++;
@@ -1918,7 +1920,7 @@ static uint64_t next_event(ath_world_t* w) {
   if (s != NULL) {
     int64_t wall = ath__wall(w);
     uint64_t mono = atomic_load(&w->vmono);
-    uint64_t due = s->next_ms <= wall ? mono : mono + (uint64_t)(s->next_ms - wall) * 1000000u;
+    uint64_t due = ath__after(mono, s->next_ms - wall);
     if (due < next)
       next = due;
   }
@@ -1979,7 +1981,7 @@ int ath_world_advance(ath_world_t* w, int64_t ms) {
     return ATH_EINVAL;
   uv_mutex_lock(&w->lock);
   int started = w->state == ATH_W_STARTED;
-  uint64_t target = atomic_load(&w->vmono) + (uint64_t)ms * 1000000u;
+  uint64_t target = ath__after(atomic_load(&w->vmono), ms);
   uv_mutex_unlock(&w->lock);
   if (!started)
     return ATH_EINVAL;

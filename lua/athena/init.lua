@@ -504,7 +504,9 @@ local function iso_ms(s)
     off = 0
   elseif zone then
     local sign, oh, om = zone:match("^([+-])(%d%d):(%d%d)$")
-    if sign then off = (tonumber(oh) * 60 + tonumber(om)) * (sign == "-" and -1 or 1) end
+    if sign and tonumber(oh) <= 23 and tonumber(om) <= 59 then
+      off = (tonumber(oh) * 60 + tonumber(om)) * (sign == "-" and -1 or 1)
+    end
   end
   if not y or not off or (frac ~= "" and frac ~= nil and not frac:match("^%.%d+$")) then
     invalid("invalid executeAt: %s (epoch ms, or ISO-8601 with Z or an offset)", show(s))
@@ -536,8 +538,11 @@ function methods.scheduleOnce(self, name, input, executeAt, opts)
   local at
   if type(executeAt) == "string" then
     at = iso_ms(executeAt)
-  elseif math.type(executeAt) == "integer" or (math.type(executeAt) == "float" and executeAt == math.floor(executeAt)) then
-    at = math.tointeger(executeAt)
+  elseif type(executeAt) == "number" then
+    at = math.tointeger(executeAt) -- nil for 1.5, NaN, inf or past 2^63
+    if at == nil then
+      invalid("invalid executeAt: %s (integral epoch milliseconds)", show(executeAt))
+    end
   else
     argerror(3, "scheduleOnce", "epoch ms or ISO-8601 string", executeAt)
   end
