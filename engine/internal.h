@@ -18,6 +18,9 @@ typedef struct {
 
 /* Appends `n` bytes. Returns 0 or ATH_ENOMEM (the buffer is unchanged). */
 int ath__buf_append(ath_buf_t* b, const char* s, size_t n);
+/* Copies n bytes of p and a NUL into new memory; NULL for NULL p or when
+ * out of memory. */
+char* ath__memdup(const char* p, size_t n);
 /* Appends a string literal. */
 #define ath__buf_lit(b, lit) ath__buf_append((b), (lit), sizeof(lit) - 1)
 /* Appends `s` (UTF-8) as a JSON string literal, quotes included. */

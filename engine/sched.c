@@ -276,15 +276,6 @@ static int by_id(const void* a, const void* b) {
   return strcmp(((const ath_schedule_info_t*)a)->id, ((const ath_schedule_info_t*)b)->id);
 }
 
-static char* dupn(const char* p, size_t n) {
-  char* c = p ? malloc(n + 1) : NULL;
-  if (c) {
-    memcpy(c, p, n);
-    c[n] = '\0';
-  }
-  return c;
-}
-
 int ath_world_schedules(ath_world_t* w, ath_schedule_info_t** out, size_t* n) {
   uv_mutex_lock(&w->lock);
   size_t k = 0, cap = w->nsched;
@@ -295,7 +286,7 @@ int ath_world_schedules(ath_world_t* w, ath_schedule_info_t** out, size_t* n) {
       ath_schedule_info_t* o = &a[k++];
       o->id = strdup(s->id);
       o->name = strdup(s->def->name);
-      o->input = dupn(s->input, s->input_len);
+      o->input = ath__memdup(s->input, s->input_len);
       o->cron = s->cron_expr ? strdup(s->cron_expr) : NULL;
       o->local_tz = s->o.local_tz;
       o->catch_up = s->o.catch_up;
@@ -422,7 +413,7 @@ void ath__sched_tick(ath_world_t* w) {
             snprintf(f->id, idlen, "%s@%lld", s->id, (long long)f->due);
           else
             snprintf(f->id, idlen, "%s", s->id);
-          f->payload = dupn(s->input, s->input_len);
+          f->payload = ath__memdup(s->input, s->input_len);
           f->len = s->input_len;
           if (f->payload == NULL) {
             free(f->id);
@@ -550,7 +541,7 @@ int ath__sched_recover_row(void* ud, const ath_srow_t* r) {
   s->heap_idx = UINT32_MAX;
   s->id = strdup(r->id);
   s->def = &w->defs[di];
-  s->input = dupn(r->input, r->input_len);
+  s->input = ath__memdup(r->input, r->input_len);
   s->input_len = r->input_len;
   s->cron_expr = r->cron ? strdup(r->cron) : NULL;
   s->once_at = r->once_at;

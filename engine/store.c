@@ -17,17 +17,6 @@
 #include <unistd.h>
 #include "internal.h"
 
-static char* copy_bytes(const char* p, size_t n) {
-  if (p == NULL)
-    return NULL;
-  char* c = malloc(n + 1);
-  if (c != NULL) {
-    memcpy(c, p, n);
-    c[n] = '\0';
-  }
-  return c;
-}
-
 void ath__store_mark(ath_world_t* w, ath_task_t* t) {
   if (w->store == NULL)
     return;
@@ -80,12 +69,12 @@ void ath__store_mark_sched(ath_world_t* w, ath_sched_t* sc) {
 /* Snapshots a schedule (lock held); strings are copied. */
 static int sched_snapshot(ath_sched_t* sc, ath_srow_t* r) {
   memset(r, 0, sizeof(*r));
-  r->id = copy_bytes(sc->id, strlen(sc->id));
+  r->id = ath__memdup(sc->id, strlen(sc->id));
   r->name = sc->def->name;
-  r->input = copy_bytes(sc->input, sc->input_len);
+  r->input = ath__memdup(sc->input, sc->input_len);
   r->input_len = sc->input_len;
-  r->cron = sc->cron_expr ? copy_bytes(sc->cron_expr, strlen(sc->cron_expr)) : NULL;
-  r->queue = sc->queue_name ? copy_bytes(sc->queue_name, strlen(sc->queue_name)) : NULL;
+  r->cron = sc->cron_expr ? ath__memdup(sc->cron_expr, strlen(sc->cron_expr)) : NULL;
+  r->queue = sc->queue_name ? ath__memdup(sc->queue_name, strlen(sc->queue_name)) : NULL;
   r->once_at = sc->once_at;
   r->local_tz = sc->o.local_tz;
   r->catch_up = sc->o.catch_up;
@@ -152,12 +141,12 @@ static int snapshot(ath_task_t* t, ath_row_t* r) {
   if (t->status == ATH_RUNNING) {
     r->keep_error = 1; /* its worker owns the error field meanwhile */
   } else if (t->error != NULL) {
-    if ((r->error = copy_bytes(t->error, t->error_len)) == NULL)
+    if ((r->error = ath__memdup(t->error, t->error_len)) == NULL)
       return ATH_ENOMEM;
     r->error_len = t->error_len;
   }
   if (t->hb != NULL) {
-    if ((r->hb = copy_bytes(t->hb, t->hb_len)) == NULL) {
+    if ((r->hb = ath__memdup(t->hb, t->hb_len)) == NULL) {
       free((char*)r->error);
       return ATH_ENOMEM;
     }

@@ -77,6 +77,17 @@ void ath__buf_free(ath_buf_t* b) {
   b->cap = 0;
 }
 
+char* ath__memdup(const char* p, size_t n) {
+  if (p == NULL)
+    return NULL;
+  char* c = malloc(n + 1);
+  if (c != NULL) {
+    memcpy(c, p, n);
+    c[n] = '\0';
+  }
+  return c;
+}
+
 /* ------------------------------------------------------------ JSON output */
 
 void ath__buf_json_str(ath_buf_t* b, const char* s) {

@@ -67,6 +67,17 @@ uint64_t ath__hook_delivered(const ath_hook_t* h) {
   return h ? atomic_load(&h->delivered) : 0;
 }
 
+/* Appends e to the outbox (lock held). */
+static void outbox_push(ath_hook_t* h, ath_event_t* e) {
+  e->next = NULL;
+  if (h->tail)
+    h->tail->next = e;
+  else
+    h->head = e;
+  h->tail = e;
+  h->n++;
+}
+
 void ath__hook_emit(ath_hook_t* h, int kind, int64_t at, const char* data, size_t len) {
   if (!ath__hook_wants(h, kind))
     return;
@@ -96,12 +107,7 @@ void ath__hook_emit(ath_hook_t* h, int kind, int64_t at, const char* data, size_
       h->tail = NULL;
     h->n--;
   }
-  if (h->tail)
-    h->tail->next = e;
-  else
-    h->head = e;
-  h->tail = e;
-  h->n++;
+  outbox_push(h, e);
   uv_cond_signal(&h->cond);
   uv_mutex_unlock(&h->lock);
   if (drop != NULL) {
@@ -190,13 +196,7 @@ static void hook_main(void* arg) {
       int64_t backoff = 1000LL << (e->attempts - 1);
       e->due = ath__now_ms() + (backoff > 60000 ? 60000 : backoff);
       uv_mutex_lock(&h->lock);
-      e->next = NULL;
-      if (h->tail)
-        h->tail->next = e;
-      else
-        h->head = e;
-      h->tail = e;
-      h->n++;
+      outbox_push(h, e);
       uv_mutex_unlock(&h->lock);
     }
     uv_mutex_lock(&h->lock);

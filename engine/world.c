@@ -366,17 +366,6 @@ ath_status_t ath_task_status(ath_world_t* w, const ath_task_t* t) {
   return s;
 }
 
-static char* memdup(const char* p, size_t n) {
-  if (p == NULL)
-    return NULL;
-  char* c = malloc(n + 1);
-  if (c != NULL) {
-    memcpy(c, p, n);
-    c[n] = '\0';
-  }
-  return c;
-}
-
 int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info) {
   memset(info, 0, sizeof(*info));
   uv_mutex_lock(&w->lock);
@@ -388,7 +377,7 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
   info->failure_strategy = t->strategy;
   info->ready_at = t->ready_at;
   info->last_heartbeat = t->last_hb;
-  info->heartbeat = memdup(t->hb, t->hb_len);
+  info->heartbeat = ath__memdup(t->hb, t->hb_len);
   info->heartbeat_len = t->hb ? t->hb_len : 0;
   info->created_at = t->created_at;
   info->scheduled_at = t->scheduled_at;
@@ -396,15 +385,15 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
   info->completed_at = t->completed_at;
   int terminal = ATH_IS_TERMINAL(t->status);
   int owned = t->status == ATH_RUNNING; /* its worker may be rewriting error */
-  char* error = owned ? NULL : memdup(t->error, t->error_len);
+  char* error = owned ? NULL : ath__memdup(t->error, t->error_len);
   size_t error_len = error ? t->error_len : 0;
   uv_mutex_unlock(&w->lock);
   /* Input never changes; result and error are written before the task turns
    * terminal and never after, so they are read outside the lock. */
-  info->input = memdup(t->input, t->input_len);
+  info->input = ath__memdup(t->input, t->input_len);
   info->input_len = t->input_len;
   if (terminal) {
-    info->result = memdup(t->result, t->result_len);
+    info->result = ath__memdup(t->result, t->result_len);
     info->result_len = t->result_len;
   }
   info->error = error;
@@ -861,7 +850,7 @@ static void set_error(ath_task_t* t, int code, const char* message) {
                    "{\"code\":\"%s\",\"message\":\"%s\",\"retryable\":%s,\"attempt\":%d}",
                    ath_err_name(code), message, retryable ? "true" : "false", t->attempt);
   free(t->error);
-  t->error = memdup(buf, (size_t)n);
+  t->error = ath__memdup(buf, (size_t)n);
   t->error_len = t->error ? (size_t)n : 0;
   t->err_code = code;
 }
@@ -1723,7 +1712,7 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
 }
 
 void ath__world_heartbeat(ath_world_t* w, ath_task_t* t, const char* json, size_t len) {
-  char* copy = json ? memdup(json, len) : NULL;
+  char* copy = json ? ath__memdup(json, len) : NULL;
   int64_t now = ath__wall(w);
   uv_mutex_lock(&w->lock);
   if (json == NULL || copy != NULL) { /* out of memory: keep the old details */
@@ -1773,13 +1762,13 @@ int ath__world_recover_row(void* ud, const ath_row_t* r) {
   atomic_init(&t->refs, 1);
   t->hash = ath__hash_str(t->id);
   t->heap_idx = t->exp_idx = UINT32_MAX;
-  t->input = memdup(r->input, r->input_len);
+  t->input = ath__memdup(r->input, r->input_len);
   t->input_len = r->input_len;
-  t->result = memdup(r->result, r->result_len);
+  t->result = ath__memdup(r->result, r->result_len);
   t->result_len = r->result ? r->result_len : 0;
-  t->error = memdup(r->error, r->error_len);
+  t->error = ath__memdup(r->error, r->error_len);
   t->error_len = r->error ? r->error_len : 0;
-  t->hb = memdup(r->hb, r->hb_len);
+  t->hb = ath__memdup(r->hb, r->hb_len);
   t->hb_len = r->hb ? r->hb_len : 0;
   uv_mutex_lock(&w->lock);
   t->def = recovered_def(w, r->name);
