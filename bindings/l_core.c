@@ -425,6 +425,8 @@ int luaopen_athena_core(lua_State* L) {
   lua_pop(L, 1);
   lath_open_json(L);
   lua_setfield(L, -2, "json");
+  lath_open_http(L);
+  lua_setfield(L, -2, "http");
   lua_pushstring(L, ath_version());
   lua_setfield(L, -2, "version");
   return 1;

@@ -36,6 +36,10 @@ int64_t ath__checkduration(lua_State* L, int idx);
 void ath__newclass(lua_State* L, const char* name, const luaL_Reg* meta,
                    const luaL_Reg* methods);
 
+/* l_http.c ---------------------------------------------------------------- */
+
+int lath_open_http(lua_State* L); /* [-0, +1, m] pushes {request = f} */
+
 /* l_world.c --------------------------------------------------------------- */
 
 int lath_open_world(lua_State* L);  /* [-0, +0, m] registers the classes */

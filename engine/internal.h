@@ -202,13 +202,14 @@ enum { ATH_TIMER_WAIT = 0, ATH_TIMER_DEADLINE = 1 };
 typedef void (*ath_slot_cb)(ath_slot_t* s);
 
 /* Slot waits: why a task coroutine is suspended. */
-enum { ATH_WAIT_NONE = 0, ATH_WAIT_SLEEP, ATH_WAIT_RESULT };
+enum { ATH_WAIT_NONE = 0, ATH_WAIT_SLEEP, ATH_WAIT_RESULT, ATH_WAIT_HTTP };
 
 /* One coroutine slot of a worker. Touched only by its worker's thread,
  * except `interrupt`, which any thread may set. */
 struct ath_slot_s {
   ath_worker_t* wk;
   ath_task_t* awaiting;  /* the task this slot waits on (ATH_WAIT_RESULT) */
+  struct ath_http_req_s* http; /* the request it waits on (ATH_WAIT_HTTP) */
   lua_KFunction wait_k;  /* continuation of that wait */
   int wait_timed_out;    /* the last result wait ended by its timeout */
   ath_task_t* task;      /* NULL when free */
@@ -258,6 +259,7 @@ struct ath_worker_s {
   int joined;            /* thread joined (by the world's thread) */
   atomic_int poke;       /* set with a wake: check the slots for cancels */
   atomic_int lost;       /* declared lost by the monitor: its outcomes are void */
+  struct ath_curlm_s* curlm; /* HTTP requests of its tasks (created on first use) */
   uv_timer_t beat;       /* beats every heartbeatInterval from the loop */
   ath_vtimer_t* fired;   /* manual clock: due timers (lock held) */
   /* Manual clock: whether the worker still has work from the last step. */
@@ -598,6 +600,47 @@ int ath__world_recover_row(void* ud, const ath_row_t* r);
 void ath__world_recovered(ath_world_t* w);
 /* Rebuilds one stored schedule, applying its catchUp (an ath_srow_cb). */
 int ath__sched_recover_row(void* ud, const ath_srow_t* row);
+
+/* http_client.c: HTTP requests on libcurl --------------------------------- */
+
+typedef struct ath_curlm_s ath_curlm_t;
+typedef struct ath_http_req_s {
+  void* easy;            /* CURL* */
+  struct curl_slist* headers;
+  char* req_body;
+  ath_buf_t body;        /* the response body */
+  size_t max_body;       /* 64 MiB: past it the request fails EMSGSIZE */
+  int result;            /* CURLcode */
+  int done;
+  int in_multi;
+  ath_slot_t* slot;      /* the task waiting on it, or NULL */
+  char errbuf[256];
+} ath_http_req_t;
+
+/* Prepares a request (headers are "Name: value" lines, NULL-terminated).
+ * Returns 0, ATH_EINVAL (a URL that is not http(s)) or ATH_ENOMEM. */
+int ath__http_prepare(ath_http_req_t* r, const char* method, const char* url,
+                      const char* const* headers, const char* body, size_t blen,
+                      int64_t timeout_ms, char* err, size_t errlen);
+/* Runs it to the end on the calling thread (blocking). */
+int ath__http_perform(ath_http_req_t* r);
+void ath__http_free(ath_http_req_t* r);
+/* After it is done: the error code ("ETIMEDOUT", "ECONNREFUSED", ...) or
+ * NULL, its message, the status, and the response headers one by one. */
+const char* ath__http_error_code(const ath_http_req_t* r);
+const char* ath__http_error_message(const ath_http_req_t* r);
+long ath__http_status(const ath_http_req_t* r);
+int ath__http_next_header(const ath_http_req_t* r, void** iter, const char** name, const char** value);
+/* A curl multi handle driven by `loop`; `done` runs on that loop for each
+ * finished request. */
+int ath__curlm_new(uv_loop_t* loop, void (*done)(ath_http_req_t* r), ath_curlm_t** out);
+int ath__curlm_add(ath_curlm_t* m, ath_http_req_t* r);
+void ath__curlm_remove(ath_curlm_t* m, ath_http_req_t* r);
+void ath__curlm_close(ath_curlm_t* m);
+/* worker.c: runs r on the calling task's worker loop and yields until it
+ * ends, then continues in k. Returns -1 when L is not a task's own
+ * coroutine (the caller performs it blocking instead). */
+int ath__task_http(lua_State* L, ath_http_req_t* r, lua_KFunction k, lua_KContext kctx);
 
 /* http.c: the operations HTTP surface on the engine loop ----------------- */
 

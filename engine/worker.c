@@ -244,6 +244,36 @@ int ath__task_wait(lua_State* L, ath_task_t* t, int64_t timeout_ms, lua_KFunctio
   return lua_yieldk(L, 0, kctx, await_k);
 }
 
+/* A request of a task's finished: resume the task. */
+static void http_done(ath_http_req_t* r) {
+  ath_slot_t* s = r->slot;
+  r->slot = NULL;
+  if (s == NULL || s->wait != ATH_WAIT_HTTP)
+    return;
+  s->wait = ATH_WAIT_NONE;
+  s->http = NULL;
+  resume_slot(s, 0);
+  pump(s->wk);
+}
+
+int ath__task_http(lua_State* L, ath_http_req_t* r, lua_KFunction k, lua_KContext kctx) {
+  ath_slot_t* s = task_slot(L);
+  if (s == NULL)
+    return -1;
+  if (interrupt_code(s->wk, s) != 0)
+    return wait_k(L, LUA_OK, 0);
+  ath_worker_t* wk = s->wk;
+  if (wk->curlm == NULL && ath__curlm_new(&wk->loop, http_done, &wk->curlm) != 0)
+    return luaL_error(L, "not enough memory");
+  if (ath__curlm_add(wk->curlm, r) != 0)
+    return luaL_error(L, "not enough memory");
+  r->slot = s;
+  s->http = r;
+  s->wait = ATH_WAIT_HTTP;
+  s->wait_k = k;
+  return lua_yieldk(L, 0, kctx, await_k);
+}
+
 int ath__task_wait_timed_out(lua_State* L) {
   ath_slot_t* s = task_slot(L);
   return s != NULL && s->wait_timed_out;
@@ -394,6 +424,11 @@ static void stop_wait(ath_slot_t* s) {
   timer_stop(s, ATH_TIMER_WAIT); /* a sleep, or a result wait's timeout */
   if (s->wait == ATH_WAIT_RESULT)
     ath__world_unawait(s->wk->w, s->awaiting, s);
+  if (s->wait == ATH_WAIT_HTTP && s->http != NULL) {
+    ath__curlm_remove(s->wk->curlm, s->http); /* abandoned: the binding frees it */
+    s->http->slot = NULL;
+    s->http = NULL;
+  }
   s->wait = ATH_WAIT_NONE;
 }
 
@@ -652,7 +687,22 @@ int ath__task_cancelled(lua_State* L) {
   return s && s->task && atomic_load(&s->task->cancel_ns) != 0;
 }
 
+/* Closes what libcurl left open (poll handles of sockets it never
+ * released) so the loop can end. */
+static void leftover_closed(uv_handle_t* h) {
+  free(h->data); /* the poll's socket context, which embeds it */
+}
+
+static void close_leftover(uv_handle_t* h, void* arg) {
+  (void)arg;
+  if (h->type == UV_POLL && !uv_is_closing(h))
+    uv_close(h, leftover_closed);
+}
+
 static void close_handles(ath_worker_t* wk) {
+  ath__curlm_close(wk->curlm);
+  wk->curlm = NULL;
+  uv_walk(&wk->loop, close_leftover, NULL);
   uv_close((uv_handle_t*)&wk->beat, NULL);
   for (int i = 0; i < wk->concurrency; i++) {
     timer_stop(&wk->slots[i], ATH_TIMER_WAIT);

@@ -10,6 +10,7 @@ M.version = core.version
 M.sleep = core.sleep
 M.now = core.now
 M.json = core.json
+M.http = core.http
 M.errors = errors
 M.Error = core.Error
 --- athena.isWorker() -> true in a worker's Lua state. A script re-run by
