@@ -74,11 +74,20 @@ static int json_encode(lua_State* L) {
   return 1;
 }
 
-/* decode(s) -> v | nil, err */
+/* decode(s [, {nulls = true}]) -> v | nil, err; with nulls, JSON null in
+ * arrays and objects reads back as json.null instead of a hole. */
 static int json_decode(lua_State* L) {
   size_t len;
   const char* s = luaL_checklstring(L, 1, &len);
-  if (ath__json_decode(L, s, len) == 0)
+  int keep = 0;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_getfield(L, 2, "nulls");
+    keep = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_settop(L, 1);
+  if (ath__json_decode_nulls(L, s, len, keep) == 0)
     return 1;
   /* The message is on the top. */
   lua_pushnil(L);
@@ -98,5 +107,7 @@ static const luaL_Reg json_funcs[] = {
 
 int lath_open_json(lua_State* L) {
   luaL_newlib(L, json_funcs);
+  lua_pushlightuserdata(L, NULL);
+  lua_setfield(L, -2, "null"); /* json.null: encodes as null */
   return 1;
 }

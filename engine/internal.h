@@ -45,6 +45,9 @@ int ath__json_encode(lua_State* L, int idx, const char* root, ath_buf_t* out,
  * pushes an error message string instead of a value. Raises only on memory
  * errors, leaking nothing. */
 int ath__json_decode(lua_State* L, const char* json, size_t len);
+/* The same, with JSON null inside arrays and objects kept as athena.null (a
+ * NULL light userdata) when keep_nulls is set. */
+int ath__json_decode_nulls(lua_State* L, const char* json, size_t len, int keep_nulls);
 
 /* cron.c: see engine/cron.h ----------------------------------------------- */
 

@@ -359,7 +359,11 @@ static int enc_value(enc_t* e, int idx, enc_frame_t* f) {
       return enc_fail(e, ATH_EINVAL, f, "", "function not serializable");
     case LUA_TTHREAD:
       return enc_fail(e, ATH_EINVAL, f, "", "thread not serializable");
-    default: /* full and light userdata */
+    case LUA_TLIGHTUSERDATA:
+      if (lua_touserdata(L, idx) == NULL) /* athena.null (cjson.null too) */
+        return put(b, "null", 4) == 0 ? 0 : enc_nomem(e, f);
+      return enc_fail(e, ATH_EINVAL, f, "", "userdata not serializable");
+    default: /* full userdata */
       return enc_fail(e, ATH_EINVAL, f, "", "userdata not serializable");
   }
 }
@@ -513,6 +517,7 @@ typedef struct {
   int rc;           /* and its code: ATH_EINVAL or ATH_ENOMEM */
   size_t used;      /* arena bytes handed out */
   int depth;        /* containers open */
+  int keep_nulls;   /* nulls inside containers as athena.null (a NULL lightuserdata) */
   /* Per open container (1..depth): -1 for an object, else the index of the
    * array's last element so far. */
   lua_Integer next[JSON_MAX_DEPTH + 1];
@@ -654,6 +659,10 @@ static int dec_store(json_dec_t* d) {
 
 static int dec_null(void* ctx) {
   json_dec_t* d = ctx;
+  if (d->depth > 0 && d->keep_nulls) {
+    lua_pushlightuserdata(d->L, NULL); /* athena.null */
+    return dec_store(d);
+  }
   if (d->depth == 0)
     lua_pushnil(d->L);
   else if (d->next[d->depth] >= 0)
@@ -762,6 +771,10 @@ static const yajl_callbacks dec_callbacks = {
 };
 
 int ath__json_decode(lua_State* L, const char* json, size_t len) {
+  return ath__json_decode_nulls(L, json, len, 0);
+}
+
+int ath__json_decode_nulls(lua_State* L, const char* json, size_t len, int keep_nulls) {
   int base = lua_gettop(L);
   json_dec_t* d;
   yajl_alloc_funcs afs;
@@ -778,6 +791,7 @@ int ath__json_decode(lua_State* L, const char* json, size_t len) {
   d->rc = ATH_EINVAL;
   d->used = 0;
   d->depth = 0;
+  d->keep_nulls = keep_nulls;
   afs.malloc = dec_malloc;
   afs.realloc = dec_realloc;
   afs.free = dec_free;

@@ -11,6 +11,7 @@ M.sleep = core.sleep
 M.now = core.now
 M.json = core.json
 M.http = core.http
+M.null = core.json.null --- JSON null where a table needs a value
 M.errors = errors
 M.Error = core.Error
 --- athena.isWorker() -> true in a worker's Lua state. A script re-run by
