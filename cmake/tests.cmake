@@ -70,3 +70,30 @@ foreach(ex ${EXAMPLES})
   set_tests_properties(example.${name} PROPERTIES TIMEOUT 120
     WORKING_DIRECTORY ${PROJECT_BINARY_DIR} ENVIRONMENT "${SAN_ENV}")
 endforeach()
+
+# The cron parser under its fuzz target: the seed corpus through a plain
+# driver in every build, and libFuzzer for a bounded time when clang is
+# there (scripts/bootstrap installs it).
+add_executable(cron_corpus ${PROJECT_SOURCE_DIR}/tests/fuzz/cron_corpus_main.c
+  ${PROJECT_SOURCE_DIR}/tests/fuzz/cron_fuzz.c ${PROJECT_SOURCE_DIR}/engine/cron.c)
+target_include_directories(cron_corpus PRIVATE ${PROJECT_SOURCE_DIR}/engine/include
+  ${PROJECT_SOURCE_DIR}/engine)
+add_test(NAME fuzz.cron_corpus COMMAND cron_corpus ${PROJECT_SOURCE_DIR}/tests/fuzz/corpus/cron)
+set_tests_properties(fuzz.cron_corpus PROPERTIES TIMEOUT 60)
+
+find_program(CLANG_BIN NAMES clang clang-14)
+if(CLANG_BIN AND NOT ATHENA_TSAN)
+  set(CRON_FUZZ ${PROJECT_BINARY_DIR}/cron_fuzz)
+  add_custom_command(OUTPUT ${CRON_FUZZ}
+    COMMAND ${CLANG_BIN} -g -O1 -fsanitize=fuzzer,address,undefined
+            -I${PROJECT_SOURCE_DIR}/engine/include -I${PROJECT_SOURCE_DIR}/engine
+            ${PROJECT_SOURCE_DIR}/engine/cron.c ${PROJECT_SOURCE_DIR}/tests/fuzz/cron_fuzz.c -o ${CRON_FUZZ}
+    DEPENDS ${PROJECT_SOURCE_DIR}/engine/cron.c ${PROJECT_SOURCE_DIR}/tests/fuzz/cron_fuzz.c
+            ${PROJECT_SOURCE_DIR}/engine/cron.h
+    COMMENT "Building the cron fuzz target with clang")
+  add_custom_target(cron_fuzz_bin ALL DEPENDS ${CRON_FUZZ})
+  file(MAKE_DIRECTORY ${PROJECT_BINARY_DIR}/fuzz-corpus)
+  add_test(NAME fuzz.cron COMMAND ${CRON_FUZZ} -max_total_time=30 -rss_limit_mb=1024
+    ${PROJECT_BINARY_DIR}/fuzz-corpus ${PROJECT_SOURCE_DIR}/tests/fuzz/corpus/cron)
+  set_tests_properties(fuzz.cron PROPERTIES TIMEOUT 120)
+endif()

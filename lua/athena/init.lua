@@ -551,6 +551,19 @@ function methods.scheduleOnce(self, name, input, executeAt, opts)
   return self:_scheduleOnce(name, input, at, sched_opts(opts, "scheduleOnce"))
 end
 
+--------------------------------------------------------------- gateway
+
+-- The gateway client (GATEWAY.md §5), loaded when first used.
+setmetatable(M, { __index = function(t, k)
+  if k == "gateway" or k == "createClient" then
+    local ok, gw = pcall(require, "athena.gateway")
+    if not ok then return nil end
+    rawset(t, "gateway", gw)
+    rawset(t, "createClient", gw.createClient)
+    return rawget(t, k)
+  end
+end })
+
 local native_shutdown = methods.shutdown
 function methods.shutdown(self, opts)
   local st = worlds[self]
