@@ -33,13 +33,25 @@ static void put(ath_buf_t* b, const char* s) {
 
 static void putf(ath_buf_t* b, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 static void putf(ath_buf_t* b, const char* fmt, ...) {
-  char tmp[256];
+  char tmp[512];
   va_list ap;
   va_start(ap, fmt);
   int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
   va_end(ap);
-  if (n > 0)
-    ath__buf_append(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+  if (n < 0)
+    return;
+  if ((size_t)n < sizeof(tmp)) {
+    ath__buf_append(b, tmp, (size_t)n);
+    return;
+  }
+  char* big = malloc((size_t)n + 1); /* longer than the stack buffer */
+  if (big == NULL)
+    return;
+  va_start(ap, fmt);
+  vsnprintf(big, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  ath__buf_append(b, big, (size_t)n);
+  free(big);
 }
 
 static void put_str(ath_buf_t* b, const char* s) {
@@ -81,6 +93,10 @@ static void put_task(ath_buf_t* b, ath_world_t* w, ath_task_t* t) {
     putf(b, ",\"workerId\":\"worker-%d\"", i.worker_id);
   if (i.last_heartbeat)
     putf(b, ",\"lastHeartbeat\":%lld", (long long)i.last_heartbeat);
+  if (i.heartbeat != NULL) {
+    put(b, ",");
+    put_raw(b, "heartbeatDetails", i.heartbeat, i.heartbeat_len);
+  }
   put(b, ",");
   put_raw(b, "input", i.input, i.input_len);
   put(b, ",");
@@ -121,8 +137,9 @@ static int respond_error(h2o_req_t* req, int status, const char* reason, int cod
 
 /* --------------------------------------------------------------- queries */
 
-/* Decodes %XX and '+' in place; returns the decoded length. */
-static size_t url_decode(char* s, size_t n) {
+/* Decodes %XX (and, in query strings, '+' as a space) in place; returns
+ * the decoded length. */
+static size_t decode(char* s, size_t n, int plus) {
   size_t o = 0;
   for (size_t i = 0; i < n; i++) {
     unsigned char c;
@@ -130,11 +147,15 @@ static size_t url_decode(char* s, size_t n) {
       s[o++] = (char)c;
       i += 2;
     } else {
-      s[o++] = s[i] == '+' ? ' ' : s[i];
+      s[o++] = plus && s[i] == '+' ? ' ' : s[i];
     }
   }
   s[o] = '\0';
   return o;
+}
+
+static size_t url_decode(char* s, size_t n) {
+  return decode(s, n, 0);
 }
 
 /* Copies the decoded value of query parameter `key` into out (cap bytes);
@@ -154,7 +175,7 @@ static int query_param(h2o_req_t* req, const char* key, char* out, size_t cap) {
       if (n >= cap)
         n = cap - 1;
       memcpy(out, eq + 1, n);
-      url_decode(out, n);
+      decode(out, n, 1);
       return 1;
     }
     q = stop + 1;
@@ -180,10 +201,17 @@ static int api_tasks(h2o_req_t* req, ath_world_t* w) {
   char name[256];
   if (query_param(req, "name", name, sizeof(name)))
     f.name = name;
-  if (query_param(req, "limit", v, sizeof(v)))
-    f.limit = atoi(v);
-  if (query_param(req, "offset", v, sizeof(v)))
-    f.offset = atoi(v);
+  char* end;
+  if (query_param(req, "limit", v, sizeof(v))) {
+    f.limit = (int)strtol(v, &end, 10);
+    if (*v == '\0' || *end != '\0' || f.limit < 1)
+      return respond_error(req, 400, "Bad Request", ATH_EINVAL, "limit must be 1-1000, offset >= 0");
+  }
+  if (query_param(req, "offset", v, sizeof(v))) {
+    f.offset = (int)strtol(v, &end, 10);
+    if (*v == '\0' || *end != '\0' || f.offset < 0)
+      return respond_error(req, 400, "Bad Request", ATH_EINVAL, "limit must be 1-1000, offset >= 0");
+  }
   if (query_param(req, "since", v, sizeof(v)))
     f.since = atoll(v);
   if (query_param(req, "until", v, sizeof(v)))
@@ -206,18 +234,22 @@ static int api_tasks(h2o_req_t* req, ath_world_t* w) {
   return respond_json(req, 200, "OK", &b);
 }
 
-/* /api/tasks/<id>[/requeue] */
-static int api_task(h2o_req_t* req, ath_world_t* w, const char* rest, size_t len) {
-  char id[512];
+/* /api/tasks/<id>[/requeue]: the id comes from the raw path (percent-
+ * decoded here), so ids holding "/", "." or ".." segments stay intact. */
+static int api_task(h2o_req_t* req, ath_world_t* w) {
+  size_t plen = req->query_at != SIZE_MAX ? req->query_at : req->path.len;
+  const char* rest = req->path.base + 11; /* after "/api/tasks/" */
+  size_t len = plen > 11 ? plen - 11 : 0;
   int requeue = 0;
   if (len >= 8 && memcmp(rest + len - 8, "/requeue", 8) == 0) {
     requeue = 1;
     len -= 8;
   }
-  if (len == 0 || len >= sizeof(id))
+  if (len == 0)
     return respond_error(req, 404, "Not Found", ATH_ENOTFOUND, "no such task");
+  char* id = h2o_mem_alloc_pool(&req->pool, len + 1);
   memcpy(id, rest, len);
-  id[len] = '\0';
+  len = url_decode(id, len);
   ath_task_t* t;
   if (ath_world_find(w, id, &t) != 0)
     return respond_error(req, 404, "Not Found", ATH_ENOTFOUND, "no such task");
@@ -441,8 +473,9 @@ static int on_req(h2o_handler_t* self, h2o_req_t* req) {
       return api_schedules(req, w);
     if (IS("/api/tasks") && get)
       return api_tasks(req, w);
-    if (n > 11 && memcmp(p, "/api/tasks/", 11) == 0)
-      return api_task(req, w, p + 11, n - 11);
+    if (n > 11 && memcmp(p, "/api/tasks/", 11) == 0 && req->path.len > 11 &&
+        memcmp(req->path.base, "/api/tasks/", 11) == 0)
+      return api_task(req, w);
   }
 #undef IS
   return respond_error(req, 404, "Not Found", ATH_ENOTFOUND, "no such route");
@@ -468,6 +501,10 @@ static void on_accept(uv_stream_t* listener, int status) {
   h2o_accept(&h->accept, sock);
 }
 
+static void free_server(uv_handle_t* handle) {
+  free(handle->data); /* the server, which embeds the listener */
+}
+
 int ath__http_start(ath_world_t* w, const char* host, int port, int flags, int* bound,
                     ath_http_t** out, char* err, size_t errlen) {
   ath_http_t* h = calloc(1, sizeof(*h));
@@ -491,7 +528,7 @@ int ath__http_start(ath_world_t* w, const char* host, int port, int flags, int* 
     rc = uv_listen((uv_stream_t*)&h->listener, 128, on_accept);
   if (rc != 0) {
     snprintf(err, errlen, "cannot listen on %s:%d: %s", host, port, uv_strerror(rc));
-    uv_close((uv_handle_t*)&h->listener, (uv_close_cb)free);
+    uv_close((uv_handle_t*)&h->listener, free_server);
     return rc == UV_EADDRINUSE ? ATH_EBUSY : ATH_EINVAL;
   }
   struct sockaddr_storage name;

@@ -248,8 +248,10 @@ static int set_paused(ath_world_t* w, const char* id, int paused) {
     ath__store_mark_sched(w, s);
   }
   ath__store_wait(w, w->gen);
+  int started = w->state == ATH_W_STARTED;
   uv_mutex_unlock(&w->lock);
-  uv_async_send(&w->easync);
+  if (started) /* the engine loop is gone after shutdown */
+    uv_async_send(&w->easync);
   return 0;
 }
 

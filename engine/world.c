@@ -432,11 +432,15 @@ int ath_world_find(ath_world_t* w, const char* id, ath_task_t** out) {
 static int pick_sleepers(ath_world_t* w, ath_queue_t* q, int64_t n,
                          ath_worker_t** out, int cap) {
   int k = 0;
-  for (int i = 0; i < w->nworkers && k < cap && k < n; i++) {
-    ath_worker_t* wk = w->workers[i];
-    if (wk->queue == q && wk->wants_work) {
-      wk->wants_work = 0;
-      out[k++] = wk;
+  /* idle workers first: one running a task cannot start another until
+   * that task yields (SEMANTICS §5.2: the fewest running wins) */
+  for (int pass = 0; pass < 2; pass++) {
+    for (int i = 0; i < w->nworkers && k < cap && k < n; i++) {
+      ath_worker_t* wk = w->workers[i];
+      if (wk->queue == q && wk->wants_work && (pass == 1 || wk->running == 0)) {
+        wk->wants_work = 0;
+        out[k++] = wk;
+      }
     }
   }
   return k;

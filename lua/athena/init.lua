@@ -467,8 +467,8 @@ local SCHED_KEYS = { timezone = true, catchUp = true, overlap = true, priority =
   taskQueue = true, failureStrategy = true }
 local CATCH_UP = { none = 0, one = 1, all = 2 }
 
-local function sched_opts(opts, fname)
-  if opts ~= nil and type(opts) ~= "table" then argerror(5, fname, "table", opts, 4) end
+local function sched_opts(opts, fname, argn)
+  if opts ~= nil and type(opts) ~= "table" then argerror(argn, fname, "table", opts, 4) end
   local o = {}
   for k, v in pairs(opts or {}) do
     if not SCHED_KEYS[k] then invalid("unknown option %s", tostring(k)) end
@@ -531,7 +531,7 @@ function methods.schedule(self, id, name, input, cron, opts)
   end
   if type(name) ~= "string" then argerror(2, "schedule", "string", name) end
   if type(cron) ~= "string" then argerror(4, "schedule", "string", cron) end
-  return self:_schedule(id, name, input, cron, sched_opts(opts, "schedule"))
+  return self:_schedule(id, name, input, cron, sched_opts(opts, "schedule", 5))
 end
 
 --- world:scheduleOnce(name, input, executeAt[, opts]) -> "once-<uuid>"
@@ -548,7 +548,7 @@ function methods.scheduleOnce(self, name, input, executeAt, opts)
   else
     argerror(3, "scheduleOnce", "epoch ms or ISO-8601 string", executeAt)
   end
-  return self:_scheduleOnce(name, input, at, sched_opts(opts, "scheduleOnce"))
+  return self:_scheduleOnce(name, input, at, sched_opts(opts, "scheduleOnce", 4))
 end
 
 --------------------------------------------------------------- gateway
