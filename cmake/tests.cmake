@@ -97,3 +97,10 @@ if(CLANG_BIN AND NOT ATHENA_TSAN)
     ${PROJECT_BINARY_DIR}/fuzz-corpus ${PROJECT_SOURCE_DIR}/tests/fuzz/corpus/cron)
   set_tests_properties(fuzz.cron PROPERTIES TIMEOUT 120)
 endif()
+
+# The dashboard in headless Chromium against a mock API (tests/browser), in
+# the plain build only: it tests the page, not the engine.
+if(NOT ATHENA_ASAN AND NOT ATHENA_TSAN AND NOT ATHENA_UBSAN)
+  add_test(NAME browser.dashboard COMMAND ${PROJECT_SOURCE_DIR}/tests/browser/run.sh)
+  set_tests_properties(browser.dashboard PROPERTIES TIMEOUT 600)
+endif()
