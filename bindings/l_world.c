@@ -157,6 +157,9 @@ int lath_world_new(lua_State* L) {
   cfg.webhook_url = lua_tostring(L, -1); /* anchored by cfg */
   lua_pop(L, 1);
   cfg.webhook_events = (unsigned)opt_int(L, 1, "webhookEvents", 0);
+  lua_getfield(L, 1, "collectMetrics");
+  cfg.no_metrics = lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1);
+  lua_pop(L, 1);
   lua_getfield(L, 1, "clock");
   cfg.manual_clock = lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "manual") == 0;
   lua_pop(L, 1);

@@ -822,7 +822,8 @@ static int finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t n
   switch (st) {
     case ATH_COMPLETED:
       w->n_completed++;
-      tput_add(w, now);
+      if (!w->cfg.no_metrics)
+        tput_add(w, now);
       emit_task(w, t, ATH_EV_TASK_COMPLETED, now);
       break;
     case ATH_CANCELLED:
@@ -919,7 +920,8 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
     w->n_running--;
     t->wk = NULL;
     ended++;
-    lat_add(&w->lat_run, (double)(mono - t->start_mono) / 1e6, now);
+    if (!w->cfg.no_metrics)
+      lat_add(&w->lat_run, (double)(mono - t->start_mono) / 1e6, now);
     if (o->status == ATH_COMPLETED)
       wk->tasks_completed++;
     else if (o->status == ATH_FAILED)
@@ -967,7 +969,8 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
       ath__store_mark(w, t);
       t->run_pos = wk->running + n;
       wk->running_tasks[t->run_pos] = t;
-      lat_add(&w->lat_wait, mono > t->ready_mono ? (double)(mono - t->ready_mono) / 1e6 : 0, now);
+      if (!w->cfg.no_metrics)
+        lat_add(&w->lat_wait, mono > t->ready_mono ? (double)(mono - t->ready_mono) / 1e6 : 0, now);
       out[n++] = t;
     }
     q->running += n;

@@ -131,6 +131,8 @@ struct ath_world_config_s {
   int64_t flush_interval_ms;    /* hybrid group-commit period (50) */
   int64_t retention_ms;         /* terminal tasks kept this long (7 days) */
   int manual_clock;             /* 1: time stands still until ath_world_advance */
+  int no_metrics;               /* 1: skip the latency and throughput samples (for
+                                 * measuring what collecting them costs) */
   double scale_threshold;       /* add workers at this workload (0.7) */
   double scale_down_threshold;  /* retire workers at this workload (0.3) */
   int64_t scale_interval_ms;    /* autoscaler period (10000) */

@@ -512,7 +512,7 @@ local function parse(resp, method, path, kind, stripNulls)
   res.data = data
   if obj and type(rawget(body, "count")) == "number" then res.count = rawget(body, "count") end
   if MUTATION[kind] then
-    local n = obj and first_number(body)
+    local n = obj and first_number(body) or nil
     if n == nil and obj and is_object(rawget(body, "data")) then n = first_number(rawget(body, "data")) end
     if n == nil then n = res.count end
     res.affectedRows = n

@@ -245,7 +245,7 @@ local CONFIG = {
   scaleInterval = true, persistence = true, persistencePath = true, flushInterval = true,
   retention = true, failureStrategy = true, heartbeatInterval = true, heartbeatTimeout = true,
   cancelGrace = true, taskQueues = true, modules = true, database = true, log = true,
-  backend = true, clock = true, memoryLimit = true,
+  backend = true, clock = true, memoryLimit = true, collectMetrics = true,
 }
 local QUEUE_KEYS = { concurrency = true, workers = true, limit = true }
 
@@ -354,6 +354,9 @@ local function check_config(config)
     end
     c.persistencePath = c.backend.path or c.persistencePath
   end
+  if c.collectMetrics ~= nil and type(c.collectMetrics) ~= "boolean" then
+    invalid("invalid collectMetrics: %s (a boolean)", show(c.collectMetrics))
+  end
   c.memoryLimit = c.memoryLimit == nil and 256 * 1024 * 1024 or c.memoryLimit
   if type(c.memoryLimit) == "string" then
     local n, unit = c.memoryLimit:match("^(%d+)([KMG]B)$")
@@ -398,6 +401,7 @@ function World.new(config)
     persistencePath = c.persistencePath, modules = c.modules, taskQueues = {},
     failureStrategy = c.failureStrategy, cancelGrace = c.cancelGrace, memoryLimit = c.memoryLimit,
     flushInterval = c.flushInterval, retention = c.retention, clock = c.clock,
+    collectMetrics = c.collectMetrics,
     scaleInterval = c.scaleInterval, scaleThreshold = c.scaleThreshold,
     scaleDownThreshold = c.scaleDownThreshold, heartbeatInterval = c.heartbeatInterval,
     heartbeatTimeout = c.heartbeatTimeout,
