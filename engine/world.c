@@ -387,6 +387,7 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
   int owned = t->status == ATH_RUNNING; /* its worker may be rewriting error */
   char* error = owned ? NULL : ath__memdup(t->error, t->error_len);
   size_t error_len = error ? t->error_len : 0;
+  int lost_error = !owned && t->error != NULL && error == NULL; /* out of memory */
   uv_mutex_unlock(&w->lock);
   /* Input never changes; result and error are written before the task turns
    * terminal and never after, so they are read outside the lock. */
@@ -398,8 +399,8 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
   }
   info->error = error;
   info->error_len = error_len;
-  if (!info->input || (t->result && terminal && !info->result) || (info->last_heartbeat && !info->heartbeat) ||
-      (!owned && t->error && !info->error)) {
+  if (!info->input || (terminal && t->result && !info->result) ||
+      (info->last_heartbeat && !info->heartbeat) || lost_error) {
     ath_task_snapshot_free(info);
     return ATH_ENOMEM;
   }
