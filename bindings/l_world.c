@@ -256,19 +256,13 @@ static int world_start(lua_State* L) {
     return 0;
   }
   ath_world_t* w = lw->w;
-  /* Strings the workers need: copied now, the control state may change
-   * package.path later. The engine copies them at start(). */
-  const char* path = luaL_optstring(L, 2, NULL);
-  const char* cpath = luaL_optstring(L, 3, NULL);
-  free((char*)w->cfg.lua_path);
-  free((char*)w->cfg.lua_cpath);
-  w->cfg.lua_path = path ? strdup(path) : NULL;
-  w->cfg.lua_cpath = cpath ? strdup(cpath) : NULL;
+  /* the control state's package.path/cpath as they are now, for workers */
+  if (ath__world_set_paths(w, luaL_optstring(L, 2, NULL), luaL_optstring(L, 3, NULL)) != 0)
+    return luaL_error(L, "not enough memory");
   char err[768];
   int rc = ath_world_start(w, err, sizeof(err));
   if (rc != 0)
     return ath__raise(L, rc, "%s", err);
-  /* A bad store (EBUSY, a newer schema) fails start() before any worker. */
   return 0;
 }
 

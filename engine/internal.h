@@ -470,6 +470,10 @@ void ath__worker_join(ath_worker_t* wk);
 void ath__logf(ath_world_t* w, ath_log_level_t level, const ath_log_field_t* fields, size_t n,
                const char* fmt, ...) __attribute__((format(printf, 5, 6)));
 
+/* Sets the package.path and package.cpath worker states get (NULL: Lua's
+ * defaults). Before start() only. Returns 0 or ATH_ENOMEM. */
+int ath__world_set_paths(ath_world_t* w, const char* path, const char* cpath);
+
 /* world.c: used by workers. The caller holds no lock. */
 
 /* Claims up to `max` ready tasks of wk's queue, publishes the worker's

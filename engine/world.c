@@ -2064,3 +2064,18 @@ void ath__logf(ath_world_t* w, ath_log_level_t level, const ath_log_field_t* fie
   va_end(ap);
   ath__log_write(w->log, level, msg, fields, n);
 }
+
+int ath__world_set_paths(ath_world_t* w, const char* path, const char* cpath) {
+  char* p = path ? strdup(path) : NULL;
+  char* c = cpath ? strdup(cpath) : NULL;
+  if ((path && !p) || (cpath && !c)) {
+    free(p);
+    free(c);
+    return ATH_ENOMEM;
+  }
+  free((char*)w->cfg.lua_path);
+  free((char*)w->cfg.lua_cpath);
+  w->cfg.lua_path = p;
+  w->cfg.lua_cpath = c;
+  return 0;
+}
