@@ -5,6 +5,7 @@
  * EINVAL or EIO (network errors are retryable, per shouldRetryError). */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include "internal.h"
 #include "lath.h"
 
@@ -46,7 +47,14 @@ static int push_response(lua_State* L, ath_http_req_t* r) {
     for (const char* p = name; *p; p++)
       luaL_addchar(&b, (*p >= 'A' && *p <= 'Z') ? (char)(*p + 32) : *p);
     luaL_pushresult(&b);
-    lua_pushstring(L, value);
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, -3) == LUA_TSTRING) { /* repeated: joined, as HTTP allows */
+      lua_pushfstring(L, "%s, %s", lua_tostring(L, -1), value);
+      lua_remove(L, -2);
+    } else {
+      lua_pop(L, 1);
+      lua_pushstring(L, value);
+    }
     lua_rawset(L, -3);
   }
   lua_setfield(L, -2, "headers");
@@ -66,7 +74,7 @@ static int request_k(lua_State* L, int status, lua_KContext ctx) {
 static int http_request(lua_State* L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
-  static const char* const keys[] = {"method", "url", "headers", "body", "timeout", NULL};
+  static const char* const keys[] = {"method", "url", "headers", "body", "timeout", "cafile", NULL};
   lua_pushnil(L);
   while (lua_next(L, 1) != 0) {
     int ok = 0;
@@ -121,9 +129,15 @@ static int http_request(lua_State* L) {
         ath__raise(L, ATH_EINVAL, "invalid headers (a table of strings)");
       const char* k = lua_tostring(L, -2);
       const char* v = lua_tostring(L, -1);
-      if (strpbrk(k, ":\r\n ") || strpbrk(v, "\r\n"))
+      if (!*k || strpbrk(k, ":;\r\n ") || strpbrk(v, "\r\n"))
         ath__raise(L, ATH_EINVAL, "invalid header %s", k);
-      lua_pushfstring(L, "%s: %s", k, v);
+      if (strcasecmp(k, "content-type") == 0)
+        json_body = 0; /* the caller's Content-Type wins */
+      /* libcurl sends "Name;" as an empty header ("Name: " would drop it) */
+      if (*v)
+        lua_pushfstring(L, "%s: %s", k, v);
+      else
+        lua_pushfstring(L, "%s;", k);
       lua_rawseti(L, 6, ++n);
       lua_pop(L, 1);
     }
@@ -148,6 +162,12 @@ static int http_request(lua_State* L) {
   int rc = ath__http_prepare(r, method, url, lines, body, blen, timeout, err, sizeof(err));
   if (rc != 0)
     return ath__raise(L, rc, "%s", rc == ATH_EINVAL ? err : "not enough memory");
+  if (lua_getfield(L, 1, "cafile") != LUA_TNIL) { /* a private CA for https */
+    if (lua_type(L, -1) != LUA_TSTRING)
+      return ath__raise(L, ATH_EINVAL, "invalid cafile (a path)");
+    ath__http_set_cafile(r, lua_tostring(L, -1));
+  }
+  lua_pop(L, 1);
   int box = lua_gettop(L);
   if (ath__task_http(L, r, request_k, box) < 0) /* not in a task: block */
     ath__http_perform(r);

@@ -280,3 +280,7 @@ void ath__curlm_close(ath_curlm_t* m) {
   curl_multi_cleanup(m->multi); /* closes its sockets: CURL_POLL_REMOVE for each */
   uv_close((uv_handle_t*)&m->timer, free_multi);
 }
+
+void ath__http_set_cafile(ath_http_req_t* r, const char* path) {
+  curl_easy_setopt(r->easy, CURLOPT_CAINFO, path); /* libcurl copies it */
+}

@@ -629,6 +629,8 @@ typedef struct ath_http_req_s {
 int ath__http_prepare(ath_http_req_t* r, const char* method, const char* url,
                       const char* const* headers, const char* body, size_t blen,
                       int64_t timeout_ms, char* err, size_t errlen);
+/* Trusts the CA certificates in `path` (PEM) for this request. */
+void ath__http_set_cafile(ath_http_req_t* r, const char* path);
 /* Runs it to the end on the calling thread (blocking). */
 int ath__http_perform(ath_http_req_t* r);
 void ath__http_free(ath_http_req_t* r);

@@ -599,7 +599,7 @@ local function with_retry(spec, once)
     local e = res.error
     local fail = { code = e.code, message = e.message, status = res.status, retryable = true }
     local ra = retry_after_ms(res.headers)
-    if ra then
+    if ra and athena._checkRetry then
       if cfg == nil then
         local sub = {}
         for k, v in pairs(opts) do
@@ -610,6 +610,8 @@ local function with_retry(spec, once)
       fail.code = "ERETRYABLE"
       fail.gatewayCode = e.code
       fail.retryAfter = math.max(ra, retry.backoff(cfg, attempt))
+    elseif ra then
+      fail.code, fail.gatewayCode, fail.retryAfter = "ERETRYABLE", e.code, ra
     end
     return nil, setmetatable(fail, core.Error)
   end, opts)
@@ -642,8 +644,8 @@ function M.new(config)
   if type(config) ~= "table" then argerror(1, "new", "table", config) end
   local url = config.baseUrl
   if type(url) ~= "string" then invalid("invalid baseUrl: %s (an absolute http:// or https:// URL)", show(url)) end
-  url = url:gsub("/+$", "")
-  if not url:match("^[hH][tT][tT][pP][sS]?://[^/%s?#]+[^%s?#]*$") then
+  url = url:gsub("/+$", ""):gsub("^%a+", string.lower) -- the scheme in lower case, as libcurl wants it
+  if not url:match("^https?://[^/%s?#]+[^%s?#]*$") then
     invalid("invalid baseUrl: %s (an absolute http:// or https:// URL without query or fragment)",
       show(config.baseUrl))
   end
@@ -667,7 +669,7 @@ local function perform(self, kind, payload, opts)
   local route = ROUTES[kind]
   local method, path, fname = route[1], route[2], route[3]
   if getmetatable(self) ~= Gateway then
-    error(fmt("bad self to '%s' (athena.Gateway expected, got %s; call gw:%s(...))", fname, type(self), fname), 4)
+    error(fmt("bad self to '%s' (athena.Gateway expected, got %s; call gw:%s(...))", fname, type(self), fname), 3)
   end
   local o = call_options(self._opts, opts, fname)
   local body = prepare(kind, payload, o, fname)
