@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include "internal.h"
 
 static void curl_init_once(void) {
@@ -28,8 +29,9 @@ int ath__http_prepare(ath_http_req_t* r, const char* method, const char* url,
   uv_once(&once, curl_init_once);
   memset(r, 0, sizeof(*r));
   r->max_body = (size_t)64 << 20;
-  if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) {
-    snprintf(err, errlen, "invalid url %s (http:// or https://)", url);
+  size_t skip = strncasecmp(url, "http://", 7) == 0 ? 7 : strncasecmp(url, "https://", 8) == 0 ? 8 : 0;
+  if (skip == 0 || url[skip] == '\0' || url[skip] == '/') {
+    snprintf(err, errlen, "invalid url %s (http:// or https:// and a host)", url);
     return ATH_EINVAL;
   }
   if ((r->easy = curl_easy_init()) == NULL)

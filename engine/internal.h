@@ -262,6 +262,7 @@ struct ath_worker_s {
   int joined;            /* thread joined (by the world's thread) */
   atomic_int poke;       /* set with a wake: check the slots for cancels */
   atomic_int lost;       /* declared lost by the monitor: its outcomes are void */
+  atomic_int exited;     /* its thread has finished (set last thing) */
   struct ath_curlm_s* curlm; /* HTTP requests of its tasks (created on first use) */
   uv_timer_t beat;       /* beats every heartbeatInterval from the loop */
   ath_vtimer_t* fired;   /* manual clock: due timers (lock held) */

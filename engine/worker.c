@@ -967,10 +967,11 @@ static void worker_main(void* arg) {
           uv_close((uv_handle_t*)&wk->slots[i].uvt[1], NULL);
         }
     uv_run(&wk->loop, UV_RUN_DEFAULT);
-    uv_sem_post(&w->ready);
     if (L)
       lua_close(L);
     wk->L = NULL;
+    atomic_store(&wk->exited, 1);
+    uv_sem_post(&w->ready);
     return;
   }
   atomic_store(&wk->memory_kb, lua_gc(L, LUA_GCCOUNT, 0));
@@ -987,6 +988,7 @@ static void worker_main(void* arg) {
   uv_mutex_lock(&w->lock);
   wk->state = ATH_WK_STOPPED;
   uv_mutex_unlock(&w->lock);
+  atomic_store(&wk->exited, 1); /* nothing of the world is touched after this */
 }
 
 int ath__worker_spawn(ath_world_t* w, ath_queue_t* q, ath_worker_t** out) {

@@ -1176,7 +1176,12 @@ static void monitor(ath_world_t* w) {
       t->wk = NULL;
       wk->running--;
       wk->tasks_failed++;
-      if (retry_task(w, t, &o, ath__wall(w), ath__mono(w), &wake_engine) != 0)
+      /* the decision of §7.3, as for any failed attempt */
+      for (const char* const* nr = t->def->a.non_retryable; nr && *nr; nr++)
+        o.final |= strcmp(*nr, "EWORKERLOST") == 0;
+      if (atomic_load(&t->cancel_ns) != 0)
+        nwake = finish_task(w, t, ATH_CANCELLED, ath__wall(w), wake, nwake);
+      else if (o.final || retry_task(w, t, &o, ath__wall(w), ath__mono(w), &wake_engine) != 0)
         nwake = finish_task(w, t, t->strategy == ATH_STRATEGY_QUARANTINE ? ATH_QUARANTINED : ATH_FAILED,
                             ath__wall(w), wake, nwake);
     }
@@ -1375,11 +1380,27 @@ void ath_world_free(ath_world_t* w) {
     free(w->workers[i]->running_tasks);
     free(w->workers[i]);
   }
+  /* A lost worker's thread may still come back from the C call it was
+   * stuck in, and then touches the world on its way out: wait for it a
+   * while; if it is still stuck, the world's memory is left to it. */
+  uint64_t deadline = ath__mono_ns() + 30000000000ull;
+  for (int i = 0; i < w->nretired; i++) {
+    ath_worker_t* wk = w->retired[i];
+    if (!atomic_load(&wk->lost) || wk->joined)
+      continue;
+    while (!atomic_load(&wk->exited) && ath__mono_ns() < deadline)
+      uv_sleep(10);
+    if (!atomic_load(&wk->exited)) {
+      ath__logf(w, ATH_LOG_ERROR, NULL, 0,
+                "worker-%d is still stuck in C code at shutdown: its world is not freed", wk->id);
+      return;
+    }
+    uv_thread_join(&wk->thread);
+    wk->joined = 1;
+  }
   free(w->workers);
   for (int i = 0; i < w->nretired; i++) {
     ath_worker_t* wk = w->retired[i];
-    if (atomic_load(&wk->lost) && !wk->joined)
-      continue; /* may still be stuck in C code: it keeps its memory */
     if (!wk->joined)
       uv_thread_join(&wk->thread);
     uv_loop_close(&wk->loop);
