@@ -157,6 +157,14 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
     set_err(err, errlen, "%s", "invalid persistence, memoryLimit (>= 1 MiB), flushInterval, retention or cancelGrace");
     return ATH_EINVAL;
   }
+  if (cfg->heartbeat_interval_ms <= 0 || cfg->heartbeat_timeout_ms <= cfg->heartbeat_interval_ms ||
+      cfg->scale_interval_ms <= 0 || !(cfg->scale_threshold >= 0 && cfg->scale_threshold <= 1) ||
+      !(cfg->scale_down_threshold >= 0 && cfg->scale_down_threshold < cfg->scale_threshold) ||
+      (cfg->webhook_url && strncmp(cfg->webhook_url, "http://", 7) != 0 &&
+       strncmp(cfg->webhook_url, "https://", 8) != 0)) {
+    set_err(err, errlen, "%s", "invalid heartbeat, autoscaling or webhook settings");
+    return ATH_EINVAL;
+  }
   if (cfg->default_concurrency < 1) {
     set_err(err, errlen, "%s", "invalid concurrency (must be >= 1)");
     return ATH_EINVAL;
