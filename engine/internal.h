@@ -691,6 +691,10 @@ uint64_t ath__hook_delivered(const ath_hook_t* h);
  * on failure the error value is on the stack. The engine's one way to call
  * Lua from C (CI greps for others). */
 int ath__vm_call(lua_State* L, int nargs, int nresults);
+/* Calls the function below `nargs` arguments inside a task coroutine,
+ * which ath__vm_resume protects; it may yield, continuing in k. Raises what
+ * the function raises (the resume catches it). */
+void ath__vm_callk(lua_State* co, int nargs, int nresults, lua_KFunction k);
 /* Resumes `co` from L (see lua_resume). The engine's one way to resume. */
 int ath__vm_resume(lua_State* co, lua_State* from, int nargs, int* nres);
 

@@ -28,6 +28,10 @@ int ath__vm_call(lua_State* L, int nargs, int nresults) {
   return st;
 }
 
+void ath__vm_callk(lua_State* co, int nargs, int nresults, lua_KFunction k) {
+  lua_callk(co, nargs, nresults, 0, k);
+}
+
 int ath__vm_resume(lua_State* co, lua_State* from, int nargs, int* nres) {
   return lua_resume(co, from, nargs, nres);
 }

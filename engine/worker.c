@@ -316,7 +316,7 @@ static int task_main(lua_State* co) {
     lua_setfield(co, -2, "message");
     return lua_error(co);
   }
-  lua_callk(co, 2, LUA_MULTRET, 0, task_k);
+  ath__vm_callk(co, 2, LUA_MULTRET, task_k);
   return task_k(co, LUA_OK, 0);
 }
 
