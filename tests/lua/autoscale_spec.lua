@@ -303,7 +303,7 @@ s.serve_forever()
 ]])
     f:close()
     assert(os.execute("command -v python3 >/dev/null"), "python3 is needed for the webhook receiver")
-    os.execute(("timeout 60 python3 %s %s %s >/dev/null 2>&1 & echo $! > %s"):format(q(script), q(portf), q(log),
+    os.execute(("env -u LD_PRELOAD timeout 60 python3 %s %s %s >/dev/null 2>&1 & echo $! > %s"):format(q(script), q(portf), q(log),
       q(dir .. "/pid")))
     local pidf = io.open(dir .. "/pid")
     local pid = pidf and pidf:read("n")

@@ -63,7 +63,7 @@ end
 -- body, curl's exit code.
 local function request(method, url)
   local body = tmpname()
-  local p = io.popen(("curl -s -g --max-time 10 -o %s -w '%%{http_code} %%{content_type}' -X %s %s"):format(
+  local p = io.popen(("env -u LD_PRELOAD curl -s -g --max-time 10 -o %s -w '%%{http_code} %%{content_type}' -X %s %s"):format(
     q(body), q(method), q(url)))
   local out = p:read("a")
   local _, _, code = p:close()
@@ -739,11 +739,11 @@ local s = w:serve { port = 0 }
 print("same-world " .. code(pcall(w.serve, w, { port = s.port })))
 print("other-world " .. code(pcall(w2.serve, w2, { port = s.port })))
 athena.sleep(100) -- let the engine loops settle after the refusals
-local p = io.popen("curl -s --max-time 5 " .. s.url .. "/healthz")
+local p = io.popen("env -u LD_PRELOAD curl -s --max-time 5 " .. s.url .. "/healthz")
 print("healthz " .. p:read("a"))
 p:close()
 local s2 = w:serve { port = 0 }
-p = io.popen("curl -s --max-time 5 " .. s2.url .. "/healthz")
+p = io.popen("env -u LD_PRELOAD curl -s --max-time 5 " .. s2.url .. "/healthz")
 print("second " .. tostring(s2.port ~= s.port) .. " " .. p:read("a"))
 p:close()
 w2:shutdown()
@@ -835,7 +835,7 @@ print("done")
     local lines = {}
     for i = 1, 200 do lines[i] = s.url .. paths[(i - 1) % #paths + 1] end
     spit(list, table.concat(lines, "\n") .. "\n")
-    local p = io.popen(("xargs -P 20 -n 1 curl -s -g --max-time 10 -o /dev/null -w '%%{http_code}\\n' < %s"):format(q(list)))
+    local p = io.popen(("env -u LD_PRELOAD xargs -P 20 -n 1 curl -s -g --max-time 10 -o /dev/null -w '%%{http_code}\\n' < %s"):format(q(list)))
     local out = p:read("a")
     p:close()
     local n, ok = 0, 0
