@@ -10,87 +10,12 @@ local gateway = require "athena.gateway"
 local json, http = athena.json, athena.http
 local null = athena.null
 
-local ROOT = os.getenv("ATHENA_SRC") or "."
-local MOCK_JS = ROOT .. "/tests/gateway/mock_server.js"
 local KEY = "secret-key-1234"
 
 ------------------------------------------------------------------ the mock
 
-local Mock = {}
-Mock.__index = Mock
-
-local function sh_quote(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
-
--- Starts the mock (args: extra command-line arguments) and reads its
--- "<port> <controlPort> <pid>" line. Node is run without the ASan preload
--- that the sanitizer build sets for lua5.4.
-local function start_mock(args)
-  local cmd = "exec env -u LD_PRELOAD -u ASAN_OPTIONS node " .. sh_quote(MOCK_JS) .. " --ttl 120 " .. (args or "")
-  local p = assert(io.popen(cmd, "r"))
-  local line = p:read("l")
-  local port, cport, pid = (line or ""):match("^(%d+) (%d+) (%d+)$")
-  if not port then
-    p:close()
-    error("the mock server did not start (is node installed?): " .. tostring(line))
-  end
-  return setmetatable({
-    pipe = p, pid = pid, port = tonumber(port),
-    url = "http://127.0.0.1:" .. port, control = "http://127.0.0.1:" .. cport,
-  }, Mock)
-end
-
-function Mock:ctl(method, path, body)
-  local r, err = http.request {
-    method = method, url = self.control .. path, timeout = 5000,
-    body = body ~= nil and json.encode(body) or nil,
-  }
-  assert(r, "mock control " .. path .. ": " .. tostring(err and err.message))
-  assert(r.status == 200, "mock control " .. path .. ": " .. r.status .. " " .. r.body)
-  return json.decode(r.body, { nulls = true })
-end
-
---- Queues responses {status, headers, body, delay, close, method, path}.
-function Mock:respond(list, default)
-  return self:ctl("POST", "/__mock/respond", { responses = list, default = default })
-end
-
-function Mock:reset()
-  return self:ctl("POST", "/__mock/reset")
-end
-
---- The recorded requests; each with `json`, its body decoded (nulls kept).
-function Mock:requests()
-  local list = self:ctl("GET", "/__mock/requests")
-  for _, r in ipairs(list) do
-    if r.body ~= "" then r.json = json.decode(r.body, { nulls = true }) end
-  end
-  return list
-end
-
-function Mock:only_request()
-  local list = self:requests()
-  assert.equals(1, #list, "exactly one request")
-  return list[1]
-end
-
-function Mock:stats()
-  return self:ctl("GET", "/__mock/stats")
-end
-
-function Mock:freeport()
-  return self:ctl("GET", "/__mock/freeport").port
-end
-
---- Stops the mock: the control API, else a signal; then reaps it.
-function Mock:stop()
-  if self.stopped then return end
-  self.stopped = true
-  local ok = pcall(http.request, { method = "POST", url = self.control .. "/__mock/shutdown", timeout = 2000 })
-  if not ok then os.execute("kill " .. self.pid .. " 2>/dev/null") end
-  self.pipe:close()
-end
+local node = require "fixtures.node_server"
+local sh_quote, start_mock = node.sh_quote, node.start_mock
 
 -- JSON response helpers
 local function J(status, text, headers)

@@ -10,13 +10,9 @@ local athena = require "athena"
 
 local json, http = athena.json, athena.http
 
-local ROOT = os.getenv("ATHENA_SRC") or "."
-local MOCK_JS = ROOT .. "/tests/gateway/mock_server.js"
 local CAP = 64 * 1024 * 1024 -- the response body cap
 
-local function sh_quote(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
+local sh_quote = require("fixtures.node_server").sh_quote
 
 local function ms_since(t0)
   return athena.now() - t0
@@ -24,66 +20,8 @@ end
 
 ------------------------------------------------------------- the servers
 
-local Server = {}
-Server.__index = Server
-
--- Starts `node script args` and reads its "<port> <controlPort> <pid>"
--- line. Node runs without the sanitizer preload the ASan build sets.
-local function start_node(script, args)
-  local cmd = "exec env -u LD_PRELOAD -u ASAN_OPTIONS node " .. sh_quote(script) .. " " .. (args or "")
-  local p = assert(io.popen(cmd, "r"))
-  local line = p:read("l")
-  local port, cport, pid = (line or ""):match("^(%d+) (%d+) (%d+)$")
-  if not port then
-    p:close()
-    error("a node server did not start (is node installed?): " .. tostring(line))
-  end
-  return setmetatable({
-    pipe = p, pid = pid, port = tonumber(port),
-    url = "http://127.0.0.1:" .. port, control = "http://127.0.0.1:" .. cport,
-  }, Server)
-end
-
-local function start_mock(args)
-  return start_node(MOCK_JS, "--ttl 120 " .. (args or ""))
-end
-
-function Server:ctl(method, path, body)
-  local r, err = http.request {
-    method = method, url = self.control .. path, timeout = 10000,
-    body = body ~= nil and json.encode(body) or nil,
-  }
-  assert(r, "mock control " .. path .. ": " .. tostring(err and err.code))
-  assert(r.status == 200, "mock control " .. path .. ": " .. r.status .. " " .. r.body)
-  return json.decode(r.body, { nulls = true })
-end
-
---- Queues responses {status, headers, body, delay, close, method, path}.
-function Server:respond(list, default)
-  return self:ctl("POST", "/__mock/respond", { responses = list, default = default })
-end
-
-function Server:reset()
-  return self:ctl("POST", "/__mock/reset")
-end
-
-function Server:requests()
-  return self:ctl("GET", "/__mock/requests")
-end
-
-function Server:only_request()
-  local list = self:requests()
-  assert.equals(1, #list, "exactly one request")
-  return list[1]
-end
-
-function Server:stats()
-  return self:ctl("GET", "/__mock/stats")
-end
-
-function Server:freeport()
-  return self:ctl("GET", "/__mock/freeport").port
-end
+local node = require "fixtures.node_server"
+local start_node, start_mock = node.start, node.start_mock
 
 --- Polls pred() every 10 ms until it is truthy (returned) or `ms` pass (nil).
 local function wait_for(pred, ms)
@@ -94,15 +32,6 @@ local function wait_for(pred, ms)
     athena.sleep(10)
   until athena.now() > deadline
   return nil
-end
-
---- Stops the server (its shutdown path, else a signal) and reaps it.
-function Server:stop(path)
-  if self.stopped then return end
-  self.stopped = true
-  local ok, r = pcall(http.request, { method = "POST", url = self.control .. (path or "/__mock/shutdown"), timeout = 2000 })
-  if not (ok and r) then os.execute("kill " .. self.pid .. " 2>/dev/null") end
-  self.pipe:close()
 end
 
 -- The echo server: /echo answers the request body byte for byte
