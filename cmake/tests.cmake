@@ -62,14 +62,7 @@ foreach(spec ${LUA_SPECS})
   endforeach()
 endforeach()
 
-# Every example script runs as a test and must exit 0 on its own.
-file(GLOB EXAMPLES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/scripts/examples/*.lua)
-foreach(ex ${EXAMPLES})
-  get_filename_component(name ${ex} NAME_WE)
-  add_test(NAME example.${name} COMMAND athena ${ex})
-  set_tests_properties(example.${name} PROPERTIES TIMEOUT 120
-    WORKING_DIRECTORY ${PROJECT_BINARY_DIR} ENVIRONMENT "${SAN_ENV}")
-endforeach()
+
 
 # The cron parser under its fuzz target: the seed corpus through a plain
 # driver in every build, and libFuzzer for a bounded time when clang is
