@@ -4,6 +4,7 @@
 -- The autoscaler decides every scaleInterval with no event to wait on, so
 -- these tests poll getWorkers()/getMetrics() every 20 ms under a deadline.
 local athena = require "athena"
+local S = require "fixtures.support"
 local J = require "fixtures.tele_jobs"
 
 local WAIT = 5000
@@ -27,15 +28,7 @@ local function tmpdir()
   return d
 end
 
-local function wait_until(pred, timeout, what)
-  local t1 = athena.now() + (timeout or WAIT)
-  while true do
-    local v = pred()
-    if v then return v end
-    if athena.now() >= t1 then error("timed out waiting for " .. (what or "a condition"), 2) end
-    athena.sleep(20)
-  end
-end
+local wait_until = S.eventually
 
 local function result(h, timeout)
   local r, err = h:result(timeout or WAIT)

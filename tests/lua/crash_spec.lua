@@ -4,6 +4,7 @@
 -- moments; what they acknowledged must all be there afterwards, and tasks
 -- cut off mid-run are re-run without using up an attempt.
 local athena = require "athena"
+local S = require "fixtures.support"
 local jobs = require "fixtures.store_jobs"
 
 local BIN = assert(os.getenv("ATHENA_BIN"), "ATHENA_BIN must point at the athena binary")
@@ -25,23 +26,9 @@ local function sh(cmd)
   return out, rc
 end
 
-local function readfile(path)
-  local f = io.open(path, "rb")
-  if f == nil then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local readfile = S.readfile
 
-local function eventually(fn, ms, what)
-  local deadline = athena.now() + ms
-  while true do
-    local v = fn()
-    if v then return v end
-    if athena.now() >= deadline then error("timed out waiting for " .. what, 2) end
-    athena.sleep(5)
-  end
-end
+local eventually = S.eventually
 
 local TERMINAL = { completed = true, failed = true, cancelled = true, quarantined = true, compensated = true }
 

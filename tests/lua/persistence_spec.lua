@@ -4,6 +4,7 @@
 -- down; the database is inspected with the sqlite3 command-line tool (Debian
 -- package sqlite3, installed by scripts/bootstrap).
 local athena = require "athena"
+local S = require "fixtures.support"
 local jobs = require "fixtures.store_jobs"
 
 local WAIT = 10000
@@ -27,12 +28,7 @@ local function exists(path)
   return rc == 0
 end
 
-local function readfile(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local readfile = S.readfile
 
 local function writefile(path, s)
   local f = assert(io.open(path, "wb"))
@@ -87,24 +83,9 @@ local function result(h, timeout)
 end
 
 -- Asserts fn(...) raises an error value with `code`; returns it.
-local function raises(code, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert(not ok, "expected an error with code " .. code .. ", got none")
-  assert(type(err) == "table", "expected an error value with code " .. code .. ", got " .. tostring(err))
-  assert(err.code == code, ("expected code %s, got %s (%s)"):format(code, tostring(err.code), tostring(err.message)))
-  return err
-end
+local raises = S.raises
 
--- Polls fn() every 5 ms until it returns a true value, for at most ms.
-local function eventually(fn, ms, what)
-  local deadline = athena.now() + ms
-  while true do
-    local v = fn()
-    if v then return v end
-    if athena.now() >= deadline then error("timed out waiting for " .. what, 2) end
-    athena.sleep(5)
-  end
-end
+local eventually = S.eventually
 
 local TERMINAL = { completed = true, failed = true, cancelled = true, quarantined = true, compensated = true }
 

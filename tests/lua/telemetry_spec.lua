@@ -5,6 +5,7 @@
 -- HTTP requests go through the curl command-line tool; every server listens on
 -- port 0 (any free port) and the tests use the url serve() returns.
 local athena = require "athena"
+local S = require "fixtures.support"
 local J = require "fixtures.tele_jobs"
 
 local json = athena.json
@@ -99,26 +100,9 @@ local function json_error(ctype, body, code)
   return t.error
 end
 
---- Polls pred() every 20 ms until it returns a truthy value (returned) or
--- `timeout` ms pass (then fails the test with `what`).
-local function wait_until(pred, timeout, what)
-  local t1 = athena.now() + (timeout or WAIT)
-  while true do
-    local v = pred()
-    if v then return v end
-    if athena.now() >= t1 then error("timed out waiting for " .. (what or "a condition"), 2) end
-    athena.sleep(20)
-  end
-end
+local wait_until = S.eventually
 
-local function raises(code, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert(not ok, "expected an error with code " .. code .. ", got none")
-  assert(type(err) == "table", "expected an error value with code " .. code .. ", got " .. tostring(err))
-  assert(err.code == code, "expected code " .. code .. ", got " .. tostring(err.code) ..
-    " (" .. tostring(err.message) .. ")")
-  return err
-end
+local raises = S.raises
 
 local function result(h, timeout)
   local r, err = h:result(timeout or WAIT)
