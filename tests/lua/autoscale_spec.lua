@@ -30,13 +30,7 @@ end
 
 local wait_until = S.eventually
 
-local function result(h, timeout)
-  local r, err = h:result(timeout or WAIT)
-  if r == nil and err and err.code == "ETIMEDOUT" and h:status() ~= "failed" then
-    error("task " .. h.id .. " did not finish in time (status " .. h:status() .. ")", 2)
-  end
-  return r, err
-end
+local result = S.result
 
 local open = {}
 local function world(cfg)

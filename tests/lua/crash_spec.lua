@@ -30,17 +30,7 @@ local readfile = S.readfile
 
 local eventually = S.eventually
 
-local TERMINAL = { completed = true, failed = true, cancelled = true, quarantined = true, compensated = true }
-
--- Polls query(id) until the task is terminal; returns its state table.
-local function await(w, id, timeout)
-  local s
-  eventually(function()
-    s = w:query(id)
-    return s ~= nil and TERMINAL[s.status]
-  end, timeout or WAIT, id .. " to finish")
-  return s
-end
+local await = S.await
 
 local paths, worlds, pids = {}, {}, {}
 

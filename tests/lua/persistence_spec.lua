@@ -82,24 +82,11 @@ local function result(h, timeout)
   return r, err
 end
 
--- Asserts fn(...) raises an error value with `code`; returns it.
 local raises = S.raises
 
 local eventually = S.eventually
 
-local TERMINAL = { completed = true, failed = true, cancelled = true, quarantined = true, compensated = true }
-
--- Waits for task `id` of world w to reach a terminal state by polling
--- query() (not through execute(id) + result(): see the idempotent-execute
--- test) and returns its state table.
-local function await(w, id, timeout)
-  local s
-  eventually(function()
-    s = w:query(id)
-    return s ~= nil and TERMINAL[s.status]
-  end, timeout or WAIT, id .. " to finish")
-  return s
-end
+local await = S.await
 
 -- The schema version this build migrates to (engine/store_sqlite.c).
 local function schema_version()
@@ -120,18 +107,7 @@ local function run_child(script, args, limit)
   return sh(cmd .. " </dev/null")
 end
 
-local function ids(rows)
-  local out = {}
-  for i, r in ipairs(rows) do out[i] = r.id end
-  return out
-end
-
-local function contains(list, v)
-  for _, x in ipairs(list) do
-    if x == v then return true end
-  end
-  return false
-end
+local ids, contains = S.ids, S.contains
 
 local function cleanup()
   for i = #worlds, 1, -1 do

@@ -1,20 +1,10 @@
 -- Failure strategies for activities and dead letters (SEMANTICS §8, §4.2
 -- T9/T15, §10.2 queryTasks).
 local athena = require "athena"
+local S = require "fixtures.support"
 local U = require "fixtures.sem_util"
 
-local function ids(rows)
-  local out = {}
-  for i, r in ipairs(rows) do out[i] = r.id end
-  return out
-end
-
-local function contains(list, v)
-  for _, x in ipairs(list) do
-    if x == v then return true end
-  end
-  return false
-end
+local ids, contains = S.ids, S.contains
 
 describe("failure strategies", function()
   after_each(function()
