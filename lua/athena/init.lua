@@ -165,6 +165,12 @@ function M.activity(name, handler, options)
   return define("activity", name, handler, options)
 end
 
+--- athena.workflow(name, handler, options) -> definition (SEMANTICS §9):
+-- the handler is replayed against the workflow's history by athena.workflow.
+function M.workflow(name, handler, options)
+  return define("workflow", name, handler, options)
+end
+
 -------------------------------------------------------------------- errors
 
 --- athena.FatalError(msg): never retried.
@@ -441,7 +447,7 @@ function methods.register(self, ...)
       invalid("a different definition is already registered as %s", def.name)
     end
     if old == nil then
-      self:_register(def.name, def.options)
+      self:_register(def.name, def.options, def.kind == "workflow")
       st.defs[def.name] = def
     end
   end
