@@ -42,7 +42,7 @@ static int wf_append(lua_State* L) {
 
 /* core.wfSpawn(name, input, id, opts) -> id: starts `name` as a task the
  * workflow owns (idempotent by id, SEMANTICS §5.3). opts: taskQueue,
- * priority, failureStrategy (a name). */
+ * priority, delay, failureStrategy (a name). */
 static int wf_spawn(lua_State* L) {
   static const char* const strategies[] = {"default", "retry", "cascade", "compensate",
                                            "ignore", "quarantine", NULL};
@@ -60,6 +60,8 @@ static int wf_spawn(lua_State* L) {
     o.has_priority = 1;
     o.priority = (int)lua_tointeger(L, -1);
   }
+  if (lua_getfield(L, 4, "delay") != LUA_TNIL)
+    o.delay_ms = ath__checkduration(L, -1);
   if (lua_getfield(L, 4, "failureStrategy") == LUA_TSTRING)
     o.failure_strategy = (ath_strategy_t)luaL_checkoption(L, -1, NULL, strategies);
   ath_buf_t b = {0};

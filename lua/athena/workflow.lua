@@ -128,7 +128,7 @@ end
 
 local function spawn(ctx, name, input, id, opts, strategy)
   return core.wfSpawn(name, input, id, {
-    taskQueue = opts.taskQueue, priority = opts.priority, failureStrategy = strategy,
+    taskQueue = opts.taskQueue, priority = opts.priority, delay = opts.delay, failureStrategy = strategy,
   })
 end
 
@@ -167,7 +167,8 @@ Child.__name = "athena.ChildHandle"
 -- (id opts.id or <workflowId>/<run>/<seq>) and returns at once.
 function Ctx:executeChild(name, input, opts)
   local def
-  def, opts = check_call("ctx:executeChild", name, opts, { id = true })
+  def, opts = check_call("ctx:executeChild", name, opts, { id = true, delay = true })
+  if opts.delay ~= nil then core.duration(opts.delay) end
   core.encode(input, "input")
   local seq = next_seq(self)
   local ev = recorded(self, seq, "child.started", name)
