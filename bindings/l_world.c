@@ -211,8 +211,10 @@ static int world_register(lua_State* L) {
   a.priority = opt_int(L, 3, "priority", 0);
   a.workflow = lua_toboolean(L, 4);
   a.timeout_ms = opt_ms(L, 3, "timeout", a.workflow ? 0 : a.timeout_ms); /* workflows: no limit */
-  a.schedule_to_close_ms = opt_ms(L, 3, "scheduleToClose", 0);
-  a.heartbeat_timeout_ms = opt_ms(L, 3, "heartbeatTimeout", 0);
+  if (!a.workflow) { /* they do not apply to workflows (SEMANTICS §3) */
+    a.schedule_to_close_ms = opt_ms(L, 3, "scheduleToClose", 0);
+    a.heartbeat_timeout_ms = opt_ms(L, 3, "heartbeatTimeout", 0);
+  }
   lua_getfield(L, 3, "failureStrategy");
   a.failure_strategy = check_strategy(L, -1);
   const char** nr = NULL;

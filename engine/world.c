@@ -1336,6 +1336,9 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
       wk->tasks_completed++;
     else if (o->status == ATH_FAILED)
       wk->tasks_failed++;
+    if (t->wf != NULL && o->status == ATH_FAILED && o->err_code == ATH_ESHUTDOWN &&
+        w->state != ATH_W_STARTED)
+      o->status = ATH_PENDING; /* a command refused by the shutdown: not a failure */
     if (o->status == ATH_PENDING && t->wf != NULL && t->wf->forced != 2) {
       /* a workflow segment interrupted by shutdown: the run goes on by
        * replay, in its state (running or compensating) */
@@ -1370,6 +1373,12 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
         continue;
       }
       if (o->park_kind != ATH_PARK_NONE && o->status == ATH_RUNNING) {
+        if (atomic_load(&t->cancel_ns) != 0) { /* cancelled as it parked */
+          if (o->park_task != NULL)
+            ath_task_release(o->park_task);
+          nwake = finish_task(w, t, ATH_CANCELLED, now, wake, nwake);
+          continue;
+        }
         nwake = wf_park(w, t, o, now, mono, wake, nwake, &wake_engine);
         continue;
       }
