@@ -300,6 +300,12 @@ int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t a
       ath_task_release(t);
     return wait_k(L, LUA_OK, 0);
   }
+  if (!lua_isyieldable(L)) {
+    if (t != NULL)
+      ath_task_release(t);
+    return luaL_error(L, "a workflow cannot wait here (attempt to yield across a C-call boundary: "
+                         "a metamethod, a table.sort comparator, a gsub callback)");
+  }
   s->park_kind = kind;
   s->park_seq = seq;
   s->park_task = t;
@@ -564,7 +570,7 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
   } else if (irq != 0) {
     /* a deadline: the interrupting code wins */
     fail_with(wk, t, irq == SCOPE_TIMEOUT ? ATH_ETIMEDOUT : irq, NULL);
-  } else if (s->wait == ATH_WAIT_PARK) {
+  } else if (st == LUA_YIELD && s->wait == ATH_WAIT_PARK) {
     add_outcome(wk, t, ATH_RUNNING, 0);
     ath_outcome_t* o = &wk->outcomes[wk->noutcomes - 1];
     o->park_kind = s->park_kind;

@@ -279,6 +279,32 @@ describe("workflows", function()
     assert.same({ "EINVAL", "ENOTFOUND", "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EINVAL" }, r)
   end)
 
+  describe("hostile workflow code fails the workflow, not the engine", function()
+    local cases = {
+      { "spin", "ETIMEDOUT" },
+      { "bomb", "ENOMEM" },
+      { "raise-number", "EHANDLER", "42" },
+      { "raise-table", "EHANDLER" },
+      { "bad-result", "EINVAL", "function not serializable" },
+      { "yield", "EHANDLER", "coroutine.yield" },
+      { "nested", "EHANDLER", "own coroutine" },
+      { "sort", "EHANDLER", "yield across" },
+    }
+    for _, c in ipairs(cases) do
+      it(c[1] .. " -> " .. c[2], function()
+        local w = world { memoryLimit = "32MB" }
+        local h = w:execute("wf.hostile", { mode = c[1] })
+        local _, err = S.result(h)
+        assert.equals(c[2], err.code, tostring(err))
+        if c[3] then assert.matches(c[3], err.message, 1, true) end
+        assert.equals("failed", h:status())
+        -- the world keeps serving
+        local r = S.result(w:execute("wf.order", { order = 1 }))
+        assert.equals("ship ok 1", r[3])
+      end)
+    end
+  end)
+
   it("ctx:sleep is a durable timer on the manual clock: now/random replay unchanged", function()
     local w = world { clock = "manual" }
     local h = w:execute("wf.sleeper", { ms = 60000 })
