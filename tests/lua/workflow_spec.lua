@@ -293,7 +293,7 @@ describe("workflows", function()
     for _, c in ipairs(cases) do
       it(c[1] .. " -> " .. c[2], function()
         local w = world { memoryLimit = "32MB" }
-        local h = w:execute("wf.hostile", { mode = c[1] })
+        local h = w:execute(c[1] == "spin" and "wf.spin" or "wf.hostile", { mode = c[1] })
         local _, err = S.result(h)
         assert.equals(c[2], err.code, tostring(err))
         if c[3] then assert.matches(c[3], err.message, 1, true) end
