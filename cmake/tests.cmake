@@ -44,6 +44,16 @@ if(ATHENA_ASAN)
   list(APPEND LUA_ENV "LD_PRELOAD=${ASAN_LIB}" "ASAN_OPTIONS=detect_leaks=0")
 endif()
 
+# A throwaway PostgreSQL server (scripts/pg-test) for the specs named
+# db_pg*: fixture "pg", set up by pg.start and always torn down by pg.stop.
+# A server that cannot start fails pg.start, and ctest then reports the
+# specs that need it as not run (a failure), never as passed.
+set(PG_TEST_DIR ${PROJECT_BINARY_DIR}/pgtest)
+add_test(NAME pg.start COMMAND ${PROJECT_SOURCE_DIR}/scripts/pg-test start ${PG_TEST_DIR})
+add_test(NAME pg.stop COMMAND ${PROJECT_SOURCE_DIR}/scripts/pg-test stop ${PG_TEST_DIR})
+set_tests_properties(pg.start PROPERTIES FIXTURES_SETUP pg TIMEOUT 120)
+set_tests_properties(pg.stop PROPERTIES FIXTURES_CLEANUP pg TIMEOUT 120)
+
 file(GLOB LUA_SPECS CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/tests/lua/*_spec.lua)
 foreach(spec ${LUA_SPECS})
   get_filename_component(name ${spec} NAME_WE)
@@ -58,7 +68,10 @@ foreach(spec ${LUA_SPECS})
               -o utfTerminal ${spec}
       WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
     set_tests_properties(${tname} PROPERTIES TIMEOUT 300
-      ENVIRONMENT "${LUA_ENV};ATHENA_TEST_GC=${mode}")
+      ENVIRONMENT "${LUA_ENV};ATHENA_TEST_GC=${mode};ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url")
+    if(name MATCHES "^db_pg")
+      set_tests_properties(${tname} PROPERTIES FIXTURES_REQUIRED pg)
+    endif()
   endforeach()
 endforeach()
 
