@@ -123,6 +123,18 @@ static void conn_params(ath_db_t* db, const char** kw, const char** val) {
   kw[i] = val[i] = NULL;
 }
 
+/* Server notices (NOTICE: table does not exist, skipping) are not errors
+ * and are nobody's business on stderr. */
+static void ignore_notice(void* arg, const char* message) {
+  (void)arg;
+  (void)message;
+}
+
+/* Settings every new connection gets. */
+static void setup_conn(PGconn* pg) {
+  PQsetNoticeProcessor(pg, ignore_notice, NULL);
+}
+
 int ath__db_pg_connect(ath_db_t* db, ath_db_error_t* err) {
   const char* kw[8];
   const char* val[8];
@@ -137,6 +149,7 @@ int ath__db_pg_connect(ath_db_t* db, ath_db_error_t* err) {
     PQfinish(pg);
     return ATH_DB_ECONNLOST;
   }
+  setup_conn(pg);
   db->pg = pg;
   return 0;
 }
@@ -247,8 +260,12 @@ static int wrap_result(ath_db_t* db, PGresult* res, ath_db_res_t** out, ath_db_e
     r->names[c] = PQfname(res, c);
     r->oids[c] = PQftype(res, c);
   }
+  /* PQcmdTuples also counts what a SELECT returned: only writes change */
+  const char* cmd = PQcmdStatus(res);
   const char* tuples = PQcmdTuples(res);
-  r->changes = PQresultStatus(res) == PGRES_COMMAND_OK && *tuples ? atoll(tuples) : 0;
+  int write = strncmp(cmd, "INSERT", 6) == 0 || strncmp(cmd, "UPDATE", 6) == 0 ||
+              strncmp(cmd, "DELETE", 6) == 0 || strncmp(cmd, "MERGE", 5) == 0;
+  r->changes = write && *tuples ? atoll(tuples) : 0;
   *out = r;
   return 0;
 }
@@ -583,7 +600,8 @@ static void on_poll(uv_poll_t* h, int status, int events) {
   if (db == NULL || db->op == NULL || db->op->pp != pp)
     return; /* abandoned */
   op_t* op = db->op;
-  (void)status; /* an error shows in libpq's own reads and writes */
+  if (status < 0) /* let libpq's own read or write find out what happened */
+    events = UV_READABLE | UV_WRITABLE;
   if (op->phase == OP_CONNECT) {
     switch (PQconnectPoll(db->pg)) {
       case PGRES_POLLING_READING:
@@ -595,6 +613,7 @@ static void on_poll(uv_poll_t* h, int status, int events) {
           complete_lost(db, "cannot poll the connection");
         return;
       case PGRES_POLLING_OK: {
+        setup_conn(db->pg);
         int rc = send_now(db, &op->err);
         if (rc != 0)
           complete(db, rc);
