@@ -472,15 +472,17 @@ static void unwatch(op_t* op) {
 
 static void on_poll(uv_poll_t* h, int status, int events);
 
-/* Polls the connection's socket for `events`. libpq may change sockets
- * while it connects (one address after another), so a new socket gets a
- * new handle. Returns 0 or a libuv error. */
+/* Polls the connection's socket for `events`. While it connects, libpq
+ * may close its socket and open another (one host or address after the
+ * next), possibly with the same number, which a libuv handle that still
+ * has the old one registered would not follow: each connecting step gets
+ * a fresh handle. Returns 0 or a libuv error. */
 static int watch(ath_db_t* db, int events) {
   op_t* op = db->op;
   int fd = PQsocket(db->pg);
   if (fd < 0)
     return UV_EBADF;
-  if (op->pp != NULL && op->pp->fd != fd)
+  if (op->pp != NULL && (op->pp->fd != fd || op->phase == OP_CONNECT))
     unwatch(op);
   if (op->pp == NULL) {
     pgpoll_t* pp = calloc(1, sizeof(*pp));

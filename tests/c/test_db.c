@@ -2,6 +2,8 @@
  * rewrite, error mapping and redaction, and SQLite through typed
  * parameters and cells. (PostgreSQL runs in tests/lua/db_pg_spec.lua,
  * which has the server fixture.) */
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -141,5 +143,86 @@ TEST_IMPL(db_sqlite) {
   /* async is PostgreSQL's */
   ASSERT_EQ(ATH_ENOSYS, ath__db_exec_async(db, NULL, "select 1", NULL, 0, NULL, NULL, &e));
   ath__db_free(db);
+  return 0;
+}
+
+/* ------------------------------------------- PostgreSQL on a libuv loop */
+
+/* The URL the pg fixture wrote (ctest sets ATHENA_PG_URL_FILE for the
+ * db_pg* tests); no URL fails the test. */
+static char* pg_url(void) {
+  const char* path = getenv("ATHENA_PG_URL_FILE");
+  ASSERT_NOT_NULL(path);
+  FILE* f = fopen(path, "r");
+  ASSERT_NOT_NULL(f);
+  static char url[512];
+  ASSERT_NOT_NULL(fgets(url, sizeof(url), f));
+  fclose(f);
+  url[strcspn(url, "\r\n")] = '\0';
+  return url;
+}
+
+static int async_done;
+
+static void async_cb(ath_db_t* db, void* ud) {
+  (void)db;
+  ASSERT_EQ((intptr_t)ud, 42);
+  async_done++;
+}
+
+static void abort_cb(uv_timer_t* t) {
+  ath__db_abort(t->data);
+  uv_close((uv_handle_t*)t, NULL);
+}
+
+TEST_IMPL(db_pg_async) {
+  uv_loop_t loop;
+  ASSERT_OK(uv_loop_init(&loop));
+  ath_db_t* db = NULL;
+  ath_db_error_t e;
+  ath_db_res_t* r = NULL;
+  ASSERT_OK(ath__db_new(pg_url(), &db, &e));
+  ASSERT(ath__db_can_async(db));
+  ASSERT(!ath__db_connected(db));
+  /* connects on the loop, then runs the statement */
+  ath_db_value_t p = {.type = ATH_DB_INT, .i = 7};
+  ASSERT_OK(ath__db_exec_async(db, &loop, "select ?::int as n, pg_sleep(0.02)::text as s", &p, 1,
+                               async_cb, (void*)(intptr_t)42, &e));
+  ASSERT(ath__db_busy(db));
+  ASSERT_EQ(ATH_DB_EBUSY,
+            ath__db_exec_async(db, &loop, "select 1", NULL, 0, async_cb, NULL, &e));
+  ASSERT_OK(uv_run(&loop, UV_RUN_DEFAULT));
+  ASSERT_EQ(1, async_done);
+  ASSERT_OK(ath__db_async_result(db, &r, &e));
+  ath_db_value_t v;
+  ASSERT_OK(ath__db_res_value(r, 0, 0, &v));
+  ASSERT_EQ(ATH_DB_INT, v.type);
+  ASSERT_EQ(7, v.i);
+  ath__db_res_free(r);
+  /* an error result */
+  ASSERT_OK(ath__db_exec_async(db, &loop, "select * from nope", NULL, 0, async_cb,
+                               (void*)(intptr_t)42, &e));
+  ASSERT_OK(uv_run(&loop, UV_RUN_DEFAULT));
+  ASSERT_EQ(2, async_done);
+  ASSERT_EQ(ATH_DB_ESYNTAX, ath__db_async_result(db, &r, &e));
+  ASSERT_STR_EQ("42P01", e.sqlstate);
+  /* abandoned mid-statement: no callback, the connection is dropped, the
+   * next statement connects again */
+  ASSERT_OK(ath__db_exec_async(db, &loop, "select pg_sleep(5)", NULL, 0, async_cb,
+                               (void*)(intptr_t)42, &e));
+  uv_timer_t t;
+  uv_timer_init(&loop, &t);
+  t.data = db;
+  uv_timer_start(&t, abort_cb, 50, 0);
+  uint64_t t0 = uv_hrtime();
+  ASSERT_OK(uv_run(&loop, UV_RUN_DEFAULT));
+  ASSERT_LT(uv_hrtime() - t0, 2000000000u);
+  ASSERT_EQ(2, async_done);
+  ASSERT(!ath__db_connected(db));
+  ASSERT(!ath__db_busy(db));
+  ASSERT_OK(ath__db_exec(db, "select 1", NULL, 0, &r, &e)); /* blocking, reconnected */
+  ath__db_res_free(r);
+  ath__db_free(db);
+  ASSERT_OK(uv_loop_close(&loop));
   return 0;
 }

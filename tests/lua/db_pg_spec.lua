@@ -263,6 +263,24 @@ describe("ctx.db (PostgreSQL)", function()
       pattern)
   end
 
+  it("connects on the loop when libpq goes from one host to the next", function()
+    -- port 1 refuses: libpq closes that socket and opens another (likely
+    -- with the same number) for the second host
+    local w = S.world {
+      modules = { "fixtures.db_jobs" }, database = URL:gsub("@127%.0%.0%.1:", "@127.0.0.1:1,127.0.0.1:"),
+      minWorkers = 1, maxWorkers = 1,
+    }
+    w:register(table.unpack(dbjobs.all()))
+    w:start()
+    local r = S.result(w:execute("db.query", { sql = "select 1 as n" }))
+    assert.same({ { n = 1 } }, r.rows)
+  end)
+
+  it("is retried by withRetry with retryPatterns.database", function()
+    assert.is_true(athena.shouldRetryError({ code = "ECONNLOST", retryable = true }))
+    assert.is_false(athena.shouldRetryError({ code = "EUNIQUE", retryable = false }))
+  end)
+
   it("keeps one warm connection per worker across tasks", function()
     local w = world()
     local a = S.result(w:execute("db.query", { sql = "select pg_backend_pid() as pid" }))
