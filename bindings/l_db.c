@@ -468,6 +468,10 @@ static int finish(lua_State* L, lconn_t* c, int mode, int rc, ath_db_res_t* r,
 
 static int call_k(lua_State* L, int status, lua_KContext k);
 
+static int task_due(void* ud) {
+  return ath__task_due(ud);
+}
+
 /* Waits (in a task) for the connection, or fails when it cannot wait. */
 static int acquire(lua_State* L, lconn_t* c, int mode, int* done) {
   *done = 0;
@@ -543,10 +547,17 @@ static int run(lua_State* L, lconn_t* c, int mode) {
     return ath__task_io(L, &c->io, call_k, KCTX(mode, S_RUN));
   }
   int rc;
-  if (mode == M_OPEN)
+  if (mode == M_OPEN) {
     rc = ath__db_connect(c->db, &e);
-  else
+  } else {
+    /* in a task, a deadline or cancel stops a long SQLite statement */
+    ath_slot_t* s = ath__task_current(L);
+    if (s != NULL && ath__db_connect(c->db, &e) == 0)
+      ath__db_set_interrupt(c->db, task_due, s);
     rc = ath__db_exec(c->db, sql, params, n, &r, &e);
+    if (s != NULL)
+      ath__db_set_interrupt(c->db, NULL, NULL);
+  }
   return finish(L, c, mode, rc, r, &e, was_connected);
 }
 

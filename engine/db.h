@@ -130,6 +130,12 @@ ath_db_kind_t ath__db_kind(const ath_db_t* db);
 int ath__db_exec(ath_db_t* db, const char* sql, const ath_db_value_t* params, int n,
                  ath_db_res_t** out, ath_db_error_t* err);
 
+/* Lets a long blocking statement stop early: `check(ud)` is called now and
+ * then while SQLite works (every few thousand VM steps), and a non-zero
+ * return interrupts the statement (ETIMEDOUT). NULL removes it. No effect
+ * on PostgreSQL, whose blocking calls have statement_timeout. */
+void ath__db_set_interrupt(ath_db_t* db, int (*check)(void* ud), void* ud);
+
 /* Whether the connection can run statements on a loop (PostgreSQL). */
 int ath__db_can_async(const ath_db_t* db);
 typedef void (*ath_db_cb)(ath_db_t* db, void* ud);

@@ -81,6 +81,11 @@ int ath__db_sqlite_connect(ath_db_t* db, ath_db_error_t* err) {
   return 0;
 }
 
+void ath__db_set_interrupt(ath_db_t* db, int (*check)(void* ud), void* ud) {
+  if (db->kind == ATH_DB_SQLITE && db->sq != NULL)
+    sqlite3_progress_handler(db->sq, check ? 4000 : 0, check, ud);
+}
+
 void ath__db_sqlite_disconnect(ath_db_t* db) {
   if (db->sq != NULL) {
     sqlite3_close_v2(db->sq); /* statements are never left open */

@@ -671,6 +671,13 @@ uv_loop_t* ath__task_loop(lua_State* L);
 int ath__task_io(lua_State* L, ath_io_wait_t* io, lua_KFunction k, lua_KContext kctx);
 /* On the worker's loop: the I/O ended; resumes its task. */
 void ath__task_io_done(ath_io_wait_t* io);
+/* The running task of L's worker, for ath__task_due; NULL outside tasks. */
+ath_slot_t* ath__task_current(lua_State* L);
+/* Whether task `s` should stop now (a deadline passed, a cancel past its
+ * grace, a shutdown): the count hook's test, for C code that runs long
+ * without Lua instructions (an SQLite statement's progress handler). Marks
+ * the interrupt, so the task stops at its next yield point or hook. */
+int ath__task_due(ath_slot_t* s);
 /* bindings/l_db.c: [-0, +1, e] pushes the worker state's own connection
  * for `url` (ctx.db), made on first use; it connects when first used. */
 void ath__db_push_ctx(lua_State* L, const char* url);

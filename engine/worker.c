@@ -304,6 +304,29 @@ void ath__task_io_done(ath_io_wait_t* io) {
   pump(s->wk);
 }
 
+ath_slot_t* ath__task_current(lua_State* L) {
+  ath_worker_t* wk = ath__worker_of(L);
+  return wk != NULL && wk->current != NULL && wk->current->task != NULL ? wk->current : NULL;
+}
+
+int ath__task_due(ath_slot_t* s) {
+  ath_worker_t* wk = s->wk;
+  int code = atomic_load_explicit(&s->interrupt, memory_order_relaxed);
+  if (code == 0)
+    code = atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed);
+  if (code == 0 && s->task != NULL) {
+    uint64_t now = ath__mono(wk->w);
+    uint64_t c = atomic_load_explicit(&s->task->cancel_ns, memory_order_relaxed);
+    if (c != 0 && now >= ath__after(c, wk->w->cfg.cancel_grace_ms))
+      code = ATH_ECANCELED;
+    else
+      code = expired(s, now);
+    if (code != 0)
+      atomic_store_explicit(&s->interrupt, code, memory_order_relaxed);
+  }
+  return code != 0;
+}
+
 int ath__task_wait_timed_out(lua_State* L) {
   ath_slot_t* s = task_slot(L);
   return s != NULL && s->wait_timed_out;

@@ -380,6 +380,20 @@ describe("ctx.db (SQLite)", function()
     assert.equals("SQLITE_CONSTRAINT_PRIMARYKEY", e.sqlstate)
   end)
 
+  it("stops a long statement when the task times out; the connection stays usable", function()
+    local w = world { database = "sqlite::memory:" }
+    local h = w:execute("db.slow_timed", {
+      sql = "with recursive c(x) as (select 1 union all select x + 1 from c where x < 1000000000) select count(*) as n from c",
+    })
+    local t0 = athena.now()
+    local r, err = S.result(h)
+    assert.is_nil(r)
+    assert.equals("ETIMEDOUT", err.code)
+    assert.is_true(athena.now() - t0 < 3000) -- the statement alone takes minutes
+    local ok = S.result(w:execute("db.query", { sql = "select 2 as n" }))
+    assert.same({ { n = 2 } }, ok.rows)
+  end)
+
   it("holds the connection for a transaction that yields: other tasks wait their turn", function()
     local w = world { database = "sqlite::memory:", taskQueues = { default = { concurrency = 4 } } }
     S.result(w:execute("db.script", { { sql = "create table db_tx (v)" } }))
