@@ -394,6 +394,21 @@ describe("ctx.db (SQLite)", function()
     assert.same({ { n = 2 } }, ok.rows)
   end)
 
+  it("lets a task waiting for the connection time out, and passes the turn on", function()
+    local w = world { database = "sqlite::memory:", taskQueues = { default = { concurrency = 4 } } }
+    S.result(w:execute("db.script", { { sql = "create table db_tx (v)" } }))
+    local hold = w:execute("db.tx_hold", { value = 1, ms = 600 })
+    local waiter = w:execute("db.slow", { sql = "select 1" }) -- 300 ms timeout, waits for hold
+    local after = w:execute("db.query", { sql = "select count(*) as n from db_tx" })
+    local _, err = S.result(waiter)
+    assert.equals("ETIMEDOUT", err.code)
+    local h = S.result(hold)
+    assert.equals(1, h.n)
+    local a = S.result(after)
+    assert.same({ { n = 1 } }, a.rows) -- ran once the transaction committed
+    assert.is_true(a.t1 >= h.t0 + 600)
+  end)
+
   it("holds the connection for a transaction that yields: other tasks wait their turn", function()
     local w = world { database = "sqlite::memory:", taskQueues = { default = { concurrency = 4 } } }
     S.result(w:execute("db.script", { { sql = "create table db_tx (v)" } }))
