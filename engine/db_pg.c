@@ -602,8 +602,15 @@ static void on_poll(uv_poll_t* h, int status, int events) {
   if (db == NULL || db->op == NULL || db->op->pp != pp)
     return; /* abandoned */
   op_t* op = db->op;
-  if (status < 0) /* let libpq's own read or write find out what happened */
+  if (status < 0) {
+    /* A socket error (the server reset the connection) stops the handle
+     * in libuv. libpq may need more than one read to see the end (the
+     * server's last message, then the reset): watch on, and let libpq's
+     * own reads and writes find out what happened. */
+    uv_poll_start(&pp->poll, op->phase == OP_READ ? UV_READABLE : UV_READABLE | UV_WRITABLE,
+                  on_poll);
     events = UV_READABLE | UV_WRITABLE;
+  }
   if (op->phase == OP_CONNECT) {
     switch (PQconnectPoll(db->pg)) {
       case PGRES_POLLING_READING:
