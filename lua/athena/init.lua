@@ -369,12 +369,11 @@ local function check_config(config)
   end
   c.memoryLimit = int_field("memoryLimit", c.memoryLimit, 1024 * 1024, nil, "at least 1MB")
   c.clock = c.clock == nil and "system" or oneof("clock", c.clock, { "system", "manual" })
-  if c.database ~= nil then -- a URL athena.db can open (not connected here)
-    local ok, err = type(c.database) == "string" and core.db.check(c.database)
-    if not ok then
-      invalid("invalid database: %s (sqlite:<path>, sqlite::memory: or postgres://...)",
-        err and "unparsable URL" or show(type(c.database) == "string" and "URL" or c.database))
-    end
+  -- a URL athena.db can open (checked, not connected); never quoted, as it
+  -- may hold a password
+  if c.database ~= nil and (type(c.database) ~= "string" or not core.db.check(c.database)) then
+    invalid("invalid database: %s (sqlite:<path>, sqlite::memory: or postgres://...)",
+      type(c.database) == "string" and "not a database URL" or show(c.database))
   end
   return c
 end
