@@ -39,6 +39,9 @@ typedef struct {
   int depth;             /* open transaction levels (savepoints below 1) */
   unsigned epoch;        /* bumped when the server connection goes away:
                           * an open transaction went with it */
+  void* doomed;          /* whose transaction went away: its statements
+                          * fail (ECONNLOST) until it ends, rather than
+                          * run outside it on a new connection */
   waiter_t* wait_head;   /* tasks waiting for the connection, in order */
   waiter_t* wait_tail;
   int failures;          /* failed connection attempts in a row */
@@ -147,6 +150,8 @@ static void release(lconn_t* c) {
 
 /* The server connection went away: transactions with it. */
 static void lost(lconn_t* c) {
+  if (c->depth > 0)
+    c->doomed = c->owner;
   c->epoch++;
   c->depth = 0;
 }
@@ -511,6 +516,10 @@ static int run(lua_State* L, lconn_t* c, int mode) {
     release(c);
     return fail_msg(L, ATH_DB_ECONNLOST, "database unreachable; backing off before reconnecting");
   }
+  if (c->doomed != NULL && c->doomed == L && (mode == M_QUERY || mode == M_EXEC || mode == M_BEGIN)) {
+    release(c);
+    return fail_msg(L, ATH_DB_ECONNLOST, "connection lost during the transaction");
+  }
   char buf[96];
   const char* sql;
   int n = 0;
@@ -528,6 +537,8 @@ static int run(lua_State* L, lconn_t* c, int mode) {
        * (taking the transaction, and the depth, with it) */
       int gone = g->open;
       g->open = 0;
+      if (g->depth == 1 && c->doomed == g->owner)
+        c->doomed = NULL; /* its transaction is over */
       release(c);
       if (mode == M_ROLLBACK || !gone)
         return (lua_pushboolean(L, 1), 1);
@@ -650,6 +661,8 @@ static int guard_close(lua_State* L) {
   g->open = 0;
   lua_getiuservalue(L, 1, 1);
   lconn_t* c = luaL_testudata(L, -1, CONN);
+  if (c != NULL && g->depth == 1 && c->doomed == g->owner)
+    c->doomed = NULL; /* its transaction is over */
   if (c == NULL || c->db == NULL || c->owner != g->owner)
     return 0;
   if (g->epoch == c->epoch && ath__db_connected(c->db) && !ath__db_busy(c->db)) {

@@ -237,6 +237,26 @@ describe("conn:query and conn:exec (PostgreSQL)", function()
     assert.are_not.equal(pid, again[1].pid)
     other:close()
   end)
+
+  it("never runs a lost transaction's later statements outside it", function()
+    local other = open()
+    assert(db:exec("create table if not exists lost_tx (v int)"))
+    local r, err = db:transaction(function(tx)
+      assert(tx:exec("insert into lost_tx values (1)"))
+      local pid = tx:query("select pg_backend_pid() as pid")[1].pid
+      assert(other:query("select pg_terminate_backend(?)", pid))
+      local _, e1 = tx:exec("insert into lost_tx values (2)")
+      assert.equals("ECONNLOST", e1.code)
+      -- the transaction is gone: no new connection for it, no autocommit
+      local _, e2 = tx:exec("insert into lost_tx values (3)")
+      assert.equals("ECONNLOST", e2.code)
+      return "done"
+    end)
+    assert.is_nil(r)
+    assert.equals("ECONNLOST", err.code)
+    assert.same({ { n = 0 } }, db:query("select count(*)::int as n from lost_tx"))
+    other:close()
+  end)
 end)
 
 describe("ctx.db (PostgreSQL)", function()
