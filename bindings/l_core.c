@@ -428,6 +428,8 @@ int luaopen_athena_core(lua_State* L) {
   lua_setfield(L, -2, "json");
   lath_open_http(L);
   lua_setfield(L, -2, "http");
+  lath_open_db(L);
+  lua_setfield(L, -2, "db");
   lua_pushstring(L, ath_version());
   lua_setfield(L, -2, "version");
   return 1;

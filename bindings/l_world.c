@@ -153,6 +153,9 @@ int lath_world_new(lua_State* L) {
   lua_getfield(L, 1, "logFile");
   cfg.log_file = lua_tostring(L, -1); /* anchored by cfg */
   lua_pop(L, 1);
+  lua_getfield(L, 1, "database");
+  cfg.database = lua_tostring(L, -1); /* anchored by cfg */
+  lua_pop(L, 1);
   lua_getfield(L, 1, "webhookUrl");
   cfg.webhook_url = lua_tostring(L, -1); /* anchored by cfg */
   lua_pop(L, 1);

@@ -44,6 +44,10 @@ int lath_open_http(lua_State* L); /* [-0, +1, m] pushes {request = f} */
 
 void lath_open_workflow(lua_State* L); /* [-0, +0, m] adds core.wf* to the table on top */
 
+/* l_db.c ------------------------------------------------------------------ */
+
+int lath_open_db(lua_State* L); /* [-0, +1, m] pushes {open, check, methods} */
+
 /* l_world.c --------------------------------------------------------------- */
 
 int lath_open_world(lua_State* L);  /* [-0, +0, m] registers the classes */

@@ -226,7 +226,7 @@ enum { ATH_TIMER_WAIT = 0, ATH_TIMER_DEADLINE = 1 };
 typedef void (*ath_slot_cb)(ath_slot_t* s);
 
 /* Slot waits: why a task coroutine is suspended. */
-enum { ATH_WAIT_NONE = 0, ATH_WAIT_SLEEP, ATH_WAIT_RESULT, ATH_WAIT_HTTP, ATH_WAIT_PARK };
+enum { ATH_WAIT_NONE = 0, ATH_WAIT_SLEEP, ATH_WAIT_RESULT, ATH_WAIT_HTTP, ATH_WAIT_PARK, ATH_WAIT_IO };
 
 /* One coroutine slot of a worker. Touched only by its worker's thread,
  * except `interrupt`, which any thread may set. */
@@ -234,6 +234,7 @@ struct ath_slot_s {
   ath_worker_t* wk;
   ath_task_t* awaiting;  /* the task this slot waits on (ATH_WAIT_RESULT) */
   struct ath_http_req_s* http; /* the request it waits on (ATH_WAIT_HTTP) */
+  struct ath_io_wait_s* io; /* the I/O it waits on (ATH_WAIT_IO) */
   lua_KFunction wait_k;  /* continuation of that wait */
   int wait_timed_out;    /* the last result wait ended by its timeout */
   ath_task_t* task;      /* NULL when free */
@@ -698,6 +699,35 @@ void ath__curlm_close(ath_curlm_t* m);
  * ends, then continues in k. Returns -1 when L is not a task's own
  * coroutine (the caller performs it blocking instead). */
 int ath__task_http(lua_State* L, ath_http_req_t* r, lua_KFunction k, lua_KContext kctx);
+
+/* worker.c: other I/O a task waits for (the database) ---------------------- */
+
+/* I/O that someone else drives on the task's worker loop. `abort` runs if
+ * the task stops waiting first (cancel, timeout, shutdown): it must stop
+ * the I/O so that nothing calls ath__task_io_done for it afterwards. */
+typedef struct ath_io_wait_s {
+  void (*abort)(struct ath_io_wait_s* io);
+  ath_slot_t* slot;      /* the waiting task, NULL when none */
+} ath_io_wait_t;
+/* The loop of the worker running the task whose own coroutine is L, when L
+ * can yield; NULL anywhere else (the caller blocks instead). */
+uv_loop_t* ath__task_loop(lua_State* L);
+/* Yields the task until ath__task_io_done(io), then continues in k. Call
+ * after starting the I/O on ath__task_loop's loop. If the task has an
+ * interrupt due, calls io->abort and raises it instead. */
+int ath__task_io(lua_State* L, ath_io_wait_t* io, lua_KFunction k, lua_KContext kctx);
+/* On the worker's loop: the I/O ended; resumes its task. */
+void ath__task_io_done(ath_io_wait_t* io);
+/* The running task of L's worker, for ath__task_due; NULL outside tasks. */
+ath_slot_t* ath__task_current(lua_State* L);
+/* Whether task `s` should stop now (a deadline passed, a cancel past its
+ * grace, a shutdown): the count hook's test, for C code that runs long
+ * without Lua instructions (an SQLite statement's progress handler). Marks
+ * the interrupt, so the task stops at its next yield point or hook. */
+int ath__task_due(ath_slot_t* s);
+/* bindings/l_db.c: [-0, +1, e] pushes the worker state's own connection
+ * for `url` (ctx.db), made on first use; it connects when first used. */
+void ath__db_push_ctx(lua_State* L, const char* url);
 
 /* http.c: the operations HTTP surface on the engine loop ----------------- */
 

@@ -274,6 +274,59 @@ int ath__task_http(lua_State* L, ath_http_req_t* r, lua_KFunction k, lua_KContex
   return lua_yieldk(L, 0, kctx, await_k);
 }
 
+uv_loop_t* ath__task_loop(lua_State* L) {
+  ath_slot_t* s = task_slot(L);
+  return s != NULL && lua_isyieldable(L) ? &s->wk->loop : NULL;
+}
+
+int ath__task_io(lua_State* L, ath_io_wait_t* io, lua_KFunction k, lua_KContext kctx) {
+  ath_slot_t* s = task_slot(L);
+  if (s == NULL || interrupt_code(s->wk, s) != 0) {
+    io->slot = NULL;
+    io->abort(io);
+    return wait_k(L, LUA_OK, 0);
+  }
+  io->slot = s;
+  s->io = io;
+  s->wait = ATH_WAIT_IO;
+  s->wait_k = k;
+  return lua_yieldk(L, 0, kctx, await_k);
+}
+
+void ath__task_io_done(ath_io_wait_t* io) {
+  ath_slot_t* s = io->slot;
+  io->slot = NULL;
+  if (s == NULL || s->wait != ATH_WAIT_IO || s->io != io)
+    return;
+  s->wait = ATH_WAIT_NONE;
+  s->io = NULL;
+  resume_slot(s, 0);
+  pump(s->wk);
+}
+
+ath_slot_t* ath__task_current(lua_State* L) {
+  ath_worker_t* wk = ath__worker_of(L);
+  return wk != NULL && wk->current != NULL && wk->current->task != NULL ? wk->current : NULL;
+}
+
+int ath__task_due(ath_slot_t* s) {
+  ath_worker_t* wk = s->wk;
+  int code = atomic_load_explicit(&s->interrupt, memory_order_relaxed);
+  if (code == 0)
+    code = atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed);
+  if (code == 0 && s->task != NULL) {
+    uint64_t now = ath__mono(wk->w);
+    uint64_t c = atomic_load_explicit(&s->task->cancel_ns, memory_order_relaxed);
+    if (c != 0 && now >= ath__after(c, wk->w->cfg.cancel_grace_ms))
+      code = ATH_ECANCELED;
+    else
+      code = expired(s, now);
+    if (code != 0)
+      atomic_store_explicit(&s->interrupt, code, memory_order_relaxed);
+  }
+  return code != 0;
+}
+
 int ath__task_wait_timed_out(lua_State* L) {
   ath_slot_t* s = task_slot(L);
   return s != NULL && s->wait_timed_out;
@@ -394,6 +447,11 @@ static int task_main(lua_State* co) {
     lua_setfield(co, -2, "lastHeartbeat");
   }
   luaL_setmetatable(co, "athena.Context");
+  const char* database = ath__worker_world(ath__worker_of(co))->cfg.database;
+  if (database != NULL) { /* ctx.db: the worker's warm connection */
+    ath__db_push_ctx(co, database);
+    lua_setfield(co, -2, "db");
+  }
   if (ath__json_decode(co, t->input, t->input_len) != 0) {
     /* input that is not JSON can only come from a C caller: not retried */
     push_interrupt(co, ATH_EINVAL);
@@ -521,6 +579,12 @@ static void stop_wait(ath_slot_t* s) {
     ath__curlm_remove(s->wk->curlm, s->http); /* abandoned: the binding frees it */
     s->http->slot = NULL;
     s->http = NULL;
+  }
+  if (s->wait == ATH_WAIT_IO && s->io != NULL) {
+    ath_io_wait_t* io = s->io; /* abandoned: its owner stops the I/O */
+    s->io = NULL;
+    io->slot = NULL;
+    io->abort(io);
   }
   s->wait = ATH_WAIT_NONE;
 }

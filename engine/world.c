@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
+#include "db.h"
 
 #define MAX_WORKERS 1024
 
@@ -169,6 +170,10 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
     set_err(err, errlen, "%s", "invalid concurrency (must be >= 1)");
     return ATH_EINVAL;
   }
+  if (cfg->database && ath__db_url_kind(cfg->database) == 0) {
+    set_err(err, errlen, "%s", "invalid database (sqlite:<path> or postgres://...)");
+    return ATH_EINVAL;
+  }
   ath_world_t* w = calloc(1, sizeof(*w));
   if (w == NULL)
     return ATH_ENOMEM;
@@ -180,6 +185,7 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   w->cfg.entry_script = xstrdup(cfg->entry_script);
   w->cfg.lua_path = xstrdup(cfg->lua_path);
   w->cfg.lua_cpath = xstrdup(cfg->lua_cpath);
+  w->cfg.database = xstrdup(cfg->database);
   w->cfg.webhook_url = xstrdup(cfg->webhook_url);
   w->cfg.log_file = xstrdup(cfg->log_file);
   w->modules = strv_dup(cfg->modules);
@@ -194,7 +200,7 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   if (w->cfg.persistence_path == NULL || w->queues == NULL ||
       w->queues[0] == NULL || w->table == NULL ||
       (cfg->modules && !w->modules) || (cfg->script_args && !w->script_args) ||
-      (cfg->entry_script && !w->cfg.entry_script)) {
+      (cfg->entry_script && !w->cfg.entry_script) || (cfg->database && !w->cfg.database)) {
     w->nqueues = w->queues ? 1 : 0;
     ath_world_free(w);
     return ATH_ENOMEM;
@@ -1914,6 +1920,7 @@ void ath_world_free(ath_world_t* w) {
   free((char*)w->cfg.entry_script);
   free((char*)w->cfg.lua_path);
   free((char*)w->cfg.lua_cpath);
+  free((char*)w->cfg.database);
   free((char*)w->cfg.webhook_url);
   free((char*)w->cfg.log_file);
   ath__log_close(w->log); /* every thread that logs has been joined */

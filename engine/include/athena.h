@@ -154,6 +154,7 @@ struct ath_world_config_s {
   const char* const* script_args; /* arg[0..n] for the entry script */
   const char* lua_path;       /* package.path for workers, or NULL */
   const char* lua_cpath;      /* package.cpath for workers, or NULL */
+  const char* database;       /* ctx.db's URL (sqlite:..., postgres://...), or NULL */
 };
 
 enum { ATH_PERSIST_MEMORY = 0, ATH_PERSIST_FILE, ATH_PERSIST_HYBRID };

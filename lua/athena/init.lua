@@ -11,6 +11,7 @@ M.sleep = core.sleep
 M.now = core.now
 M.json = core.json
 M.http = core.http
+M.db = require "athena.db"
 M.null = core.json.null --- JSON null where a table needs a value
 M.errors = errors
 M.Error = core.Error
@@ -374,6 +375,12 @@ local function check_config(config)
   end
   c.memoryLimit = int_field("memoryLimit", c.memoryLimit, 1024 * 1024, nil, "at least 1MB")
   c.clock = c.clock == nil and "system" or oneof("clock", c.clock, { "system", "manual" })
+  -- a URL athena.db can open (checked, not connected); never quoted, as it
+  -- may hold a password
+  if c.database ~= nil and (type(c.database) ~= "string" or not core.db.check(c.database)) then
+    invalid("invalid database: %s (sqlite:<path>, sqlite::memory: or postgres://...)",
+      type(c.database) == "string" and "not a database URL" or show(c.database))
+  end
   return c
 end
 M._checkConfig = check_config
@@ -414,6 +421,7 @@ function World.new(config)
     webhookUrl = c.backend and c.backend.webhookUrl, webhookEvents = c.backend and c.backend.events,
     logLevel = c.logLevel, logFormat = c.logFormat, logFile = c.logFile, logMaxSize = c.logMaxSize,
     logMaxFiles = c.logMaxFiles,
+    database = c.database,
   }
   for name, q in pairs(c.taskQueues) do
     if name == "default" then
