@@ -2231,7 +2231,10 @@ static int compile_insert(cx_t* c) {
       /* One statement per row for DEFAULT VALUES; otherwise split before
        * the database's parameter limit. */
       if (ncols == 0 || (in_stmt + 1) * per_row > max_params) {
-        if (k.upsert && put_conflict(c, &st, &k, set) != 0)
+        /* SQLite has no upsert clause after DEFAULT VALUES: such a row is a
+         * plain insert there, and a conflict is a unique_violation. */
+        if (k.upsert && !(ncols == 0 && c->d == ATH_GW_SQLITE) &&
+            put_conflict(c, &st, &k, set) != 0)
           goto cleanup;
         put_frag(&st, &ret);
         if (add_stmt(c, &st, &cap) != 0)

@@ -3,7 +3,7 @@
  * cases §8 does not reach (composite key, no key, hidden column, policy
  * owner column, read-only, view, PostgreSQL arrays and schemas). Static
  * data only; included by tests/c/test_gw_plan.c and
- * tests/fuzz/gw_plan_fuzz.c. */
+ * tests/fuzz/fuzz_gw_plan.c. */
 #ifndef ATHENA_TEST_GW_CATALOG_H
 #define ATHENA_TEST_GW_CATALOG_H
 

@@ -1278,6 +1278,13 @@ TEST_IMPL(gw_insert_sql) {
      "INSERT INTO \"users\" (\"id\", \"name\") VALUES (?, ?) ON CONFLICT "
      "(\"id\") DO NOTHING", "i:10|t:Sam G"},
     {__LINE__, S, I,
+     "{\"table_name\":\"users\",\"insert_body\":{},\"on_conflict\":\"id\"}",
+     "INSERT INTO \"users\" DEFAULT VALUES", ""},
+    {__LINE__, P, I,
+     "{\"table_name\":\"users\",\"insert_body\":{},\"on_conflict\":\"id\"}",
+     "INSERT INTO \"public\".\"users\" DEFAULT VALUES ON CONFLICT (\"id\") DO "
+     "NOTHING", ""},
+    {__LINE__, S, I,
      "{\"table_name\":\"users\",\"insert_body\":{\"id\":10},\"on_conflict\":"
      "\"id\"}",
      "INSERT INTO \"users\" (\"id\") VALUES (?) ON CONFLICT (\"id\") DO "
@@ -1941,6 +1948,11 @@ TEST_IMPL(gw_exec_sqlite) {
      "9007199254740993 {\"a\":[1,2]} real"},
     {__LINE__, I, "{\"table_name\":\"logs\",\"insert_body\":[{},{}]}", "", -1,
      "SELECT count(*) FROM logs", "2"},
+    {__LINE__, I,
+     "{\"table_name\":\"kv\",\"insert_body\":[{},{\"id\":1,\"big\":5}],"
+     "\"on_conflict\":\"id\",\"columns\":\"id\"}", "8,1", -1,
+     "SELECT group_concat(id || ':' || ifnull(big, '-'), ' ') FROM (SELECT * "
+     "FROM kv ORDER BY id)", "1:5 2:- 3:- 4:- 5:- 6:- 7:- 8:-"},
     /* §8.10: upserts. */
     {__LINE__, I,
      "{\"table_name\":\"users\",\"insert_body\":{\"id\":1,\"name\":\"Sam G\"},"
