@@ -81,17 +81,20 @@ static void add_child(ath_gx_t* parent, ath_gx_t** tail, ath_gx_t* c) {
 static int parse_atom(gx_t* p, ath_gx_atom_t* a) {
   a->pos = p->i;
   if (p->i < p->n && p->s[p->i] == '"') {
-    size_t start = ++p->i, k = 0;
+    size_t start = ++p->i, end = start, k = 0;
     char* out;
-    /* Unescaped length first, then copy: quoted atoms are short. */
-    out = ath__gw_arena_alloc(p->arena, p->n - start + 1);
+    /* Find the closing quote first, so the copy is exactly as long as the
+     * atom (allocating "the rest of the string" per atom would make many
+     * short quoted atoms cost quadratic memory). */
+    while (end < p->n && p->s[end] != '"')
+      end += p->s[end] == '\\' && end + 1 < p->n ? 2 : 1;
+    if (end >= p->n)
+      return fail(p, a->pos, "unterminated quoted value");
+    out = ath__gw_arena_alloc(p->arena, end - start + 1);
     if (out == NULL)
       return oom(p);
     for (;;) {
-      char c;
-      if (p->i >= p->n)
-        return fail(p, a->pos, "unterminated quoted value");
-      c = p->s[p->i++];
+      char c = p->s[p->i++];
       if (c == '"')
         break;
       if (c == '\\' && p->i < p->n &&

@@ -1218,11 +1218,18 @@ static int add_outcol(cx_t* c, int idx, const char* alias, size_t alen,
   return 0;
 }
 
+/* All visible columns. A catalog column whose name does not match the
+ * identifier pattern cannot be named in a request either, so it is not
+ * served (it could not be quoted with the same guarantees). */
 static int add_all_cols(cx_t* c, size_t* cap) {
   size_t i;
-  for (i = 0; i < c->t->ncolumns; i++)
-    if (!c->t->columns[i].hidden && add_outcol(c, (int)i, NULL, 0, cap) != 0)
+  for (i = 0; i < c->t->ncolumns; i++) {
+    const ath_gw_column_t* col = &c->t->columns[i];
+    if (col->hidden || !ident_ok(col->name, strlen(col->name)))
+      continue;
+    if (add_outcol(c, (int)i, NULL, 0, cap) != 0)
       return ATH_ENOMEM;
+  }
   return 0;
 }
 
@@ -1705,7 +1712,9 @@ static int resolve_table(cx_t* c) {
     }
     if (!t->exposed)
       break; /* unexposed answers exactly as nonexistent */
-    if (!ident_ok(t->name, strlen(t->name)))
+    if (!ident_ok(t->name, strlen(t->name)) ||
+        (c->d == ATH_GW_PG && t->schema != NULL && t->schema[0] != '\0' &&
+         !ident_ok(t->schema, strlen(t->schema))))
       break; /* a catalog name we could not quote safely is not served */
     if ((t->ops & ATH_GW_OP_BIT(c->op)) == 0)
       return fail(c, 403, "forbidden", "%s is not allowed on this table",
@@ -2295,6 +2304,16 @@ static int has_key_eq(cx_t* c, int key) {
         continue;
       if (colv == NULL || colv->type != ATH_GJ_STRING)
         continue;
+      {
+        /* Only an eq on one value names the row; eq null or a list does
+         * not, and then resource_id still adds its predicate. */
+        const ath_gj_t* v = ath__gj_get(it, "value");
+        if (v == NULL)
+          v = ath__gj_get(it, "eq_value");
+        if (v == NULL || v->type == ATH_GJ_NULL || v->type == ATH_GJ_ARRAY ||
+            v->type == ATH_GJ_OBJECT)
+          continue;
+      }
       if (name_eq(c, kname, colv->str, colv->len) ||
           name_eq(c, "id", colv->str, colv->len) ||
           name_eq(c, "resource_id", colv->str, colv->len))
@@ -2306,6 +2325,7 @@ static int has_key_eq(cx_t* c, int key) {
   if (where != NULL && where->type == ATH_GJ_OBJECT)
     for (it = where->first; it != NULL; it = it->next)
       if (it->type != ATH_GJ_OBJECT && it->type != ATH_GJ_ARRAY &&
+          it->type != ATH_GJ_NULL &&
           (name_eq(c, kname, it->key, it->klen) ||
            name_eq(c, "id", it->key, it->klen) ||
            name_eq(c, "resource_id", it->key, it->klen)))

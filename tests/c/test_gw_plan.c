@@ -1491,6 +1491,13 @@ TEST_IMPL(gw_delete_sql) {
      "{\"table_name\":\"users\",\"resource_id\":\"2\",\"conditions\":[{"
      "\"operator\":\"gt\",\"column\":\"id\",\"value\":0}]}",
      "DELETE FROM \"users\" WHERE \"id\" > ? AND \"id\" = ?", "i:0|i:2"},
+    {__LINE__, S, D,
+     "{\"table_name\":\"users\",\"resource_id\":\"2\",\"conditions\":[{"
+     "\"eq_column\":\"id\",\"eq_value\":null}]}",
+     "DELETE FROM \"users\" WHERE \"id\" IS NULL AND \"id\" = ?", "i:2"},
+    {__LINE__, S, D,
+     "{\"table_name\":\"users\",\"resource_id\":\"2\",\"where\":{\"id\":null}}",
+     "DELETE FROM \"users\" WHERE \"id\" IS NULL AND \"id\" = ?", "i:2"},
     /* The key's type: text keys keep text, numbers become text. */
     {__LINE__, S, D, "{\"table_name\":\"tokens\",\"resource_id\":42}",
      "DELETE FROM \"tokens\" WHERE \"token\" = ?", "t:42"},
