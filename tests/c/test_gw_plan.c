@@ -2088,3 +2088,228 @@ TEST_IMPL(gw_exec_unique) {
   sqlite3_close(db);
   return 0;
 }
+
+/* ------------------------------------------------------------- injection */
+
+/* Appends `s` as a JSON string literal. */
+static void json_str(ath_gw_buf_t* b, const char* s) {
+  ath__gw_buf_putc(b, '"');
+  for (; *s != '\0'; s++) {
+    if (*s == '"' || *s == '\\') {
+      ath__gw_buf_putc(b, '\\');
+      ath__gw_buf_putc(b, *s);
+    } else if ((unsigned char)*s < 0x20) {
+      char e[8];
+      snprintf(e, sizeof e, "\\u%04x", (unsigned char)*s);
+      ath__gw_buf_puts(b, e);
+    } else {
+      ath__gw_buf_putc(b, *s);
+    }
+  }
+  ath__gw_buf_putc(b, '"');
+}
+
+/* Builds `tmpl` with every "@@" replaced by `payload` as a JSON string. */
+static void fill(ath_gw_buf_t* b, const char* tmpl, const char* payload) {
+  const char* at;
+  ath__gw_buf_puts(b, "");
+  while ((at = strstr(tmpl, "@@")) != NULL) {
+    ath__gw_buf_put(b, tmpl, (size_t)(at - tmpl));
+    json_str(b, payload);
+    tmpl = at + 2;
+  }
+  ath__gw_buf_puts(b, tmpl);
+}
+
+static const char* const payloads[] = {
+  "x\"; DROP TABLE users; --",
+  "id) OR (1=1",
+  "' OR '1'='1",
+  "id\" OR \"1\"=\"1",
+  "users--",
+  "id/**/",
+  "id::text",
+  "$1",
+  "?",
+  "id;",
+  "a b",
+  "\"nope\"",
+  "id\n--",
+  "\xc3\xa9t\xc3\xa9",
+  "1; DELETE FROM users",
+};
+
+/* Every identifier position refuses what is not an identifier; every value
+ * position binds it. Neither ever puts the text into SQL. */
+TEST_IMPL(gw_injection) {
+  static const struct {
+    ath_gw_op_t op;
+    const char* tmpl;
+  } ident_pos[] = {
+    {F, "{\"table_name\":@@}"},
+    {F, "{\"view_name\":@@}"},
+    {F, "{\"table_name\":\"users\",\"schema_name\":@@}"},
+    {F, "{\"table_name\":\"users\",\"columns\":@@}"},
+    {F, "{\"table_name\":\"users\",\"columns\":[@@]}"},
+    {F, "{\"table_name\":\"users\",\"select\":@@}"},
+    {F, "{\"table_name\":\"users\",\"conditions\":[{\"operator\":\"eq\","
+        "\"column\":@@,\"value\":1}]}"},
+    {F, "{\"table_name\":\"users\",\"conditions\":[{\"eq_column\":@@,"
+        "\"eq_value\":1}]}"},
+    {F, "{\"table_name\":\"users\",\"conditions\":[{\"operator\":@@,"
+        "\"column\":\"id\",\"value\":1}]}"},
+    {F, "{\"table_name\":\"users\",\"sort_by\":{\"field\":@@}}"},
+    {F, "{\"table_name\":\"users\",\"sort_by\":{\"field\":\"id\",\"direction\":"
+        "@@}}"},
+    {F, "{\"table_name\":\"users\",\"where\":{@@:1}}"},
+    {F, "{\"table_name\":\"users\",\"where\":{\"id\":{@@:1}}}"},
+    {F, "{\"table_name\":\"users\",\"limit\":@@}"},
+    {F, "{\"table_name\":\"users\",\"offset\":@@}"},
+    {F, "{\"table_name\":\"users\",\"count\":@@}"},
+    {I, "{\"table_name\":\"users\",\"insert_body\":{@@:1}}"},
+    {I, "{\"table_name\":\"users\",\"insert_body\":{\"id\":1},\"on_conflict\":"
+        "@@}"},
+    {I, "{\"table_name\":\"users\",\"insert_body\":{\"id\":1},\"update_body\":{"
+        "@@:1}}"},
+    {U, "{\"table_name\":\"users\",\"update_body\":{@@:1},\"resource_id\":1}"},
+    {D, "{\"table_name\":\"users\",\"resource_id\":@@}"},
+  };
+  static const struct {
+    ath_gw_op_t op;
+    const char* tmpl;
+  } value_pos[] = {
+    {F, "{\"table_name\":\"users\",\"conditions\":[{\"operator\":\"eq\","
+        "\"column\":\"name\",\"value\":@@}]}"},
+    {F, "{\"table_name\":\"users\",\"conditions\":[{\"eq_column\":\"name\","
+        "\"eq_value\":@@}]}"},
+    {F, "{\"table_name\":\"users\",\"conditions\":[{\"operator\":\"like\","
+        "\"column\":\"name\",\"value\":@@}]}"},
+    {F, "{\"table_name\":\"users\",\"conditions\":[{\"operator\":\"ilike\","
+        "\"column\":\"name\",\"value\":@@}]}"},
+    {F, "{\"table_name\":\"users\",\"conditions\":[{\"operator\":\"in\","
+        "\"column\":\"name\",\"value\":[@@,@@]}]}"},
+    {F, "{\"table_name\":\"users\",\"conditions\":[{\"operator\":\"neq\","
+        "\"column\":\"name\",\"value\":@@}]}"},
+    {F, "{\"table_name\":\"users\",\"where\":{\"name\":@@}}"},
+    {F, "{\"table_name\":\"users\",\"where\":{\"name\":{\"gt\":@@}}}"},
+    {I, "{\"table_name\":\"users\",\"insert_body\":{\"name\":@@}}"},
+    {I, "{\"table_name\":\"users\",\"insert_body\":[{\"name\":@@},{\"email\":"
+        "@@}],\"on_conflict\":\"email\",\"update_body\":{\"name\":@@}}"},
+    {U, "{\"table_name\":\"users\",\"update_body\":{\"name\":@@},"
+        "\"conditions\":[{\"operator\":\"eq\",\"column\":\"email\",\"value\":"
+        "@@}]}"},
+    {D, "{\"table_name\":\"tokens\",\"resource_id\":@@}"},
+  };
+  size_t i, j, k;
+  int d;
+  for (d = 0; d < 2; d++) {
+    ath_gw_dialect_t dia = d ? P : S;
+    for (j = 0; j < sizeof payloads / sizeof payloads[0]; j++) {
+      for (i = 0; i < sizeof ident_pos / sizeof ident_pos[0]; i++) {
+        ath_gw_buf_t b = {0};
+        ath_gw_plan_t plan;
+        fill(&b, ident_pos[i].tmpl, payloads[j]);
+        if (compile(dia, ident_pos[i].op, b.data, &plan) == 0) {
+          fprintf(stderr, "identifier position compiled: %s -> %s\n", b.data,
+                  plan.stmts[0].sql);
+          abort();
+        }
+        ASSERT(plan.status == 400 || plan.status == 404);
+        if (strstr(plan.error, payloads[j]) != NULL) {
+          fprintf(stderr, "error repeats the request: %s -> %s\n", b.data,
+                  plan.error);
+          abort();
+        }
+        ath__gw_plan_free(&plan);
+        ath__gw_buf_free(&b);
+      }
+      for (i = 0; i < sizeof value_pos / sizeof value_pos[0]; i++) {
+        ath_gw_buf_t b = {0};
+        ath_gw_plan_t plan;
+        int found = 0;
+        fill(&b, value_pos[i].tmpl, payloads[j]);
+        if (compile(dia, value_pos[i].op, b.data, &plan) != 0) {
+          fprintf(stderr, "value position failed: %s -> %s %s\n", b.data,
+                  plan.code, plan.error);
+          abort();
+        }
+        for (k = 0; k < plan.nstmts; k++) {
+          size_t m;
+          ASSERT(strstr(plan.stmts[k].sql, payloads[j]) == NULL ||
+                 strlen(payloads[j]) < 3);
+          for (m = 0; m < plan.stmts[k].nparams; m++)
+            if (plan.stmts[k].params[m].text != NULL &&
+                strcmp(plan.stmts[k].params[m].text, payloads[j]) == 0)
+              found = 1;
+        }
+        ASSERT(found);
+        ath__gw_plan_free(&plan);
+        ath__gw_buf_free(&b);
+      }
+      /* Expression strings: as a column the payload is refused; quoted as
+       * a value it is bound. */
+      {
+        ath_gw_buf_t e = {0}, b = {0};
+        ath_gw_plan_t plan;
+        const char* p;
+        ath__gw_buf_puts(&e, payloads[j]);
+        ath__gw_buf_puts(&e, ".eq.1");
+        fill(&b, "{\"table_name\":\"users\",\"conditions\":[{\"operator\":"
+                 "\"or\",\"value\":@@}]}", e.data);
+        ASSERT_EQ(ATH_EINVAL, compile(dia, F, b.data, &plan));
+        ath__gw_plan_free(&plan);
+        ath__gw_buf_free(&e);
+        ath__gw_buf_free(&b);
+        ath__gw_buf_puts(&e, "name.eq.\"");
+        for (p = payloads[j]; *p != '\0'; p++) {
+          if (*p == '"' || *p == '\\')
+            ath__gw_buf_putc(&e, '\\');
+          ath__gw_buf_putc(&e, *p);
+        }
+        ath__gw_buf_puts(&e, "\"");
+        fill(&b, "{\"table_name\":\"users\",\"conditions\":[{\"operator\":"
+                 "\"not\",\"value\":@@}]}", e.data);
+        ASSERT_OK(compile(dia, F, b.data, &plan));
+        ASSERT_EQ(3, plan.stmts[0].nparams);
+        ASSERT_STR_EQ(payloads[j], plan.stmts[0].params[0].text);
+        ath__gw_plan_free(&plan);
+        ath__gw_buf_free(&e);
+        ath__gw_buf_free(&b);
+      }
+    }
+  }
+  return 0;
+}
+
+/* §8.14: a 1500-row table without a limit gives 100 rows; limit 5000 gives
+ * 1000 and the lowered flag. */
+TEST_IMPL(gw_exec_limits) {
+  sqlite3* db = fixture_db();
+  ath_gw_plan_t plan;
+  ath_gw_buf_t ids = {0};
+  size_t n = 0, i;
+  ASSERT_EQ(SQLITE_OK,
+            sqlite3_exec(db,
+                         "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + "
+                         "1 FROM c WHERE x < 1500) INSERT INTO logs SELECT x, "
+                         "NULL FROM c;",
+                         NULL, NULL, NULL));
+  ASSERT_OK(compile(S, F, "{\"table_name\":\"logs\"}", &plan));
+  ASSERT_EQ(SQLITE_DONE, exec_stmt(db, &plan.stmts[0], &ids));
+  for (i = 0; i < ids.len; i++)
+    n += ids.data[i] == ',';
+  ASSERT_EQ(100, n + 1);
+  ath__gw_plan_free(&plan);
+  ath__gw_buf_free(&ids);
+  ASSERT_OK(compile(S, F, "{\"table_name\":\"logs\",\"limit\":5000}", &plan));
+  ASSERT_EQ(1, plan.limit_lowered);
+  ASSERT_EQ(1000, plan.limit);
+  ASSERT_EQ(SQLITE_DONE, exec_stmt(db, &plan.stmts[0], &ids));
+  for (i = 0, n = 0; i < ids.len; i++)
+    n += ids.data[i] == ',';
+  ASSERT_EQ(1000, n + 1);
+  ath__gw_plan_free(&plan);
+  ath__gw_buf_free(&ids);
+  sqlite3_close(db);
+  return 0;
+}
