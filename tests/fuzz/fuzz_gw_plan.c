@@ -1,6 +1,6 @@
 /* libFuzzer target for the gateway request compiler (engine/gw_json.c,
- * engine/gw_expr.c, engine/gw_plan.c; docs/gateway-compiler.md). Build and
- * run: tests/fuzz/README.md.
+ * engine/gw_expr.c, engine/gw_plan.c). Build and run: docs/gateway-compiler.md
+ * §3 (the CMake targets fuzz.gw_plan and fuzz.gw_plan_corpus do it too).
  *
  * Input: three ASCII-friendly header bytes, then the request body.
  *   byte 0: bit 0 = dialect (0 SQLite, 1 PostgreSQL)   e.g. '0' / '1'
