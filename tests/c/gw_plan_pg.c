@@ -458,6 +458,9 @@ static int sweep_file(PGconn* conn, const char* path, long* ran) {
                 PQresultErrorMessage(r), st->sql);
         bad = 1;
       }
+      else if (state != NULL && getenv("ATHENA_TEST_PG_VERBOSE") != NULL)
+        fprintf(stderr, "%s: tolerated %s %s", path, state,
+                PQresultErrorMessage(r));
       PQclear(r);
       if (state != NULL)
         break; /* the transaction is aborted */
