@@ -108,6 +108,49 @@ if(CLANG_BIN AND NOT ATHENA_TSAN)
   set_tests_properties(fuzz.cron PROPERTIES TIMEOUT 120)
 endif()
 
+# The gateway request compiler under its fuzz target, like the cron parser:
+# the seed corpus through the plain driver in every build, libFuzzer for 20 s
+# when clang is there.
+set(GW_PLAN_SOURCES ${PROJECT_SOURCE_DIR}/engine/gw_json.c
+  ${PROJECT_SOURCE_DIR}/engine/gw_expr.c ${PROJECT_SOURCE_DIR}/engine/gw_plan.c)
+add_executable(gw_plan_corpus ${PROJECT_SOURCE_DIR}/tests/fuzz/cron_corpus_main.c
+  ${PROJECT_SOURCE_DIR}/tests/fuzz/fuzz_gw_plan.c ${GW_PLAN_SOURCES})
+target_include_directories(gw_plan_corpus PRIVATE ${PROJECT_SOURCE_DIR}/engine/include
+  ${PROJECT_SOURCE_DIR}/engine ${PROJECT_SOURCE_DIR}/tests/c ${YAJL_INCLUDE_DIRS})
+target_link_libraries(gw_plan_corpus PRIVATE ${YAJL_LINK_LIBRARIES} m)
+add_test(NAME fuzz.gw_plan_corpus COMMAND gw_plan_corpus ${PROJECT_SOURCE_DIR}/tests/fuzz/corpus/gw_plan)
+set_tests_properties(fuzz.gw_plan_corpus PROPERTIES TIMEOUT 60)
+
+if(CLANG_BIN AND NOT ATHENA_TSAN)
+  set(GW_PLAN_FUZZ ${PROJECT_BINARY_DIR}/fuzz_gw_plan)
+  add_custom_command(OUTPUT ${GW_PLAN_FUZZ}
+    COMMAND ${CLANG_BIN} -g -O1 -fsanitize=fuzzer,address,undefined
+            -I${PROJECT_SOURCE_DIR}/engine/include -I${PROJECT_SOURCE_DIR}/engine
+            -I${PROJECT_SOURCE_DIR}/tests/c ${GW_PLAN_SOURCES}
+            ${PROJECT_SOURCE_DIR}/tests/fuzz/fuzz_gw_plan.c ${YAJL_LDFLAGS} -lm -o ${GW_PLAN_FUZZ}
+    DEPENDS ${GW_PLAN_SOURCES} ${PROJECT_SOURCE_DIR}/tests/fuzz/fuzz_gw_plan.c
+            ${PROJECT_SOURCE_DIR}/engine/gw_plan.h ${PROJECT_SOURCE_DIR}/engine/gw_json.h
+            ${PROJECT_SOURCE_DIR}/tests/c/gw_catalog.h
+    COMMENT "Building the gateway compiler fuzz target with clang")
+  add_custom_target(gw_plan_fuzz_bin ALL DEPENDS ${GW_PLAN_FUZZ})
+  file(MAKE_DIRECTORY ${PROJECT_BINARY_DIR}/fuzz-corpus-gw-plan)
+  add_test(NAME fuzz.gw_plan COMMAND ${GW_PLAN_FUZZ} -max_total_time=20 -rss_limit_mb=1024
+    -max_len=4096 ${PROJECT_BINARY_DIR}/fuzz-corpus-gw-plan ${PROJECT_SOURCE_DIR}/tests/fuzz/corpus/gw_plan)
+  set_tests_properties(fuzz.gw_plan PROPERTIES TIMEOUT 120)
+endif()
+
+# The compiler's PostgreSQL plans executed against a real server: skipped
+# (exit 77) unless ATHENA_TEST_PG holds a libpq conninfo.
+pkg_check_modules(PQ libpq)
+if(PQ_FOUND)
+  add_executable(gw_plan_pg ${PROJECT_SOURCE_DIR}/tests/c/gw_plan_pg.c ${GW_PLAN_SOURCES})
+  target_include_directories(gw_plan_pg PRIVATE ${PROJECT_SOURCE_DIR}/engine/include
+    ${PROJECT_SOURCE_DIR}/engine ${PROJECT_SOURCE_DIR}/tests/c ${YAJL_INCLUDE_DIRS} ${PQ_INCLUDE_DIRS})
+  target_link_libraries(gw_plan_pg PRIVATE ${YAJL_LINK_LIBRARIES} ${PQ_LINK_LIBRARIES} m)
+  add_test(NAME pg.gw_plan COMMAND gw_plan_pg)
+  set_tests_properties(pg.gw_plan PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77)
+endif()
+
 # The dashboard in headless Chromium against a mock API (tests/browser), in
 # the plain build only: it tests the page, not the engine.
 if(NOT ATHENA_ASAN AND NOT ATHENA_TSAN AND NOT ATHENA_UBSAN)
