@@ -8,6 +8,7 @@
 #include <string.h>
 #include "internal.h"
 #include "lath.h"
+#include "gw_server.h"
 
 typedef struct {
   ath_world_t* w; /* NULL once closed */
@@ -993,6 +994,7 @@ static int world_serve(lua_State* L) {
   const char* host = "127.0.0.1";
   lua_Integer port = 8080;
   int flags = ATH_SERVE_METRICS | ATH_SERVE_DASHBOARD;
+  int gateway = 0;
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_pushnil(L);
@@ -1012,8 +1014,7 @@ static int world_serve(lua_State* L) {
         int bit = k[0] == 'm' ? ATH_SERVE_METRICS : ATH_SERVE_DASHBOARD;
         flags = lua_toboolean(L, -1) ? flags | bit : flags & ~bit;
       } else if (strcmp(k, "gateway") == 0) {
-        if (!lua_isnil(L, -1))
-          ath__raise(L, ATH_ENOSYS, "the database gateway (issue 7) is not built yet");
+        gateway = !lua_isnil(L, -1);
       } else {
         ath__raise(L, ATH_EINVAL, "unknown option %s", luaL_tolstring(L, -2, NULL));
       }
@@ -1024,7 +1025,13 @@ static int world_serve(lua_State* L) {
     return ath__raise(L, ATH_EINVAL, "serve is not allowed inside a worker");
   char err[300];
   int bound;
-  int rc = ath_world_serve(lw->w, host, (int)port, flags, &bound, err, sizeof(err));
+  ath_gws_t* gws = NULL;
+  if (gateway) { /* introspects the databases and starts the gateway threads */
+    lua_getfield(L, 2, "gateway");
+    lath_gws_new(L, -1, lw->w, &gws);
+    lua_pop(L, 1);
+  }
+  int rc = ath__world_serve(lw->w, host, (int)port, flags, gws, &bound, err, sizeof(err));
   if (rc != 0)
     return ath__raise(L, rc, "%s", err);
   lua_createtable(L, 0, 3);

@@ -48,6 +48,14 @@ void lath_open_workflow(lua_State* L); /* [-0, +0, m] adds core.wf* to the table
 
 int lath_open_db(lua_State* L); /* [-0, +1, m] pushes {open, check, methods} */
 
+/* l_gwserve.c ------------------------------------------------------------- */
+
+struct ath_gws_s;
+/* [-0, +0, v] Builds the gateway server that `gateway` option at idx
+ * describes (raises EINVAL for a bad configuration, or the error of a
+ * database that cannot be read). */
+int lath_gws_new(lua_State* L, int idx, ath_world_t* w, struct ath_gws_s** out);
+
 /* l_world.c --------------------------------------------------------------- */
 
 int lath_open_world(lua_State* L);  /* [-0, +0, m] registers the classes */

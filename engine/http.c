@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
+#include "gw_server.h"
 
 extern const char ath__dashboard_html[];
 extern const size_t ath__dashboard_html_len;
@@ -23,7 +24,22 @@ struct ath_http_s {
   h2o_accept_ctx_t accept;
   uv_tcp_t listener;
   int flags;
+  ath_gws_t* gws;      /* the gateway on this listener, or NULL */
+  int nconns;          /* open connections: the context outlives them */
+  int closing;         /* the listener is closed (or closing) */
 };
+
+/* A connection's handle and its server. */
+typedef struct {
+  uv_tcp_t tcp;
+  ath_http_t* h;
+} conn_t;
+
+static void dispose(ath_http_t* h) {
+  h2o_context_dispose(&h->ctx);
+  h2o_config_dispose(&h->config);
+  free(h);
+}
 
 /* ---------------------------------------------------------- JSON output */
 
@@ -122,7 +138,6 @@ static void respond(h2o_req_t* req, int status, const char* reason, const char* 
                     const char* body, size_t len) {
   req->res.status = status;
   req->res.reason = reason;
-  req->http1_is_persistent = 0;
   h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, type, strlen(type));
   h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
                  H2O_STRLIT("no-store"));
@@ -148,7 +163,7 @@ static int respond_error(h2o_req_t* req, int status, const char* reason, int cod
 
 /* Decodes %XX (and, in query strings, '+' as a space) in place; returns
  * the decoded length. */
-static size_t decode(char* s, size_t n, int plus) {
+size_t ath__http_decode(char* s, size_t n, int plus) {
   size_t o = 0;
   for (size_t i = 0; i < n; i++) {
     unsigned char c;
@@ -164,7 +179,7 @@ static size_t decode(char* s, size_t n, int plus) {
 }
 
 static size_t url_decode(char* s, size_t n) {
-  return decode(s, n, 0);
+  return ath__http_decode(s, n, 0);
 }
 
 /* Copies the decoded value of query parameter `key` into out (cap bytes);
@@ -184,7 +199,7 @@ static int query_param(h2o_req_t* req, const char* key, char* out, size_t cap) {
       if (n >= cap)
         n = cap - 1;
       memcpy(out, eq + 1, n);
-      decode(out, n, 1);
+      ath__http_decode(out, n, 1);
       return 1;
     }
     q = stop + 1;
@@ -455,6 +470,9 @@ static int prometheus(h2o_req_t* req, ath_world_t* w) {
 static int on_req(h2o_handler_t* self, h2o_req_t* req) {
   ath_http_t* h = *(ath_http_t**)(self + 1);
   ath_world_t* w = h->w;
+  if (h->gws != NULL && ath__gws_handle(h->gws, req))
+    return 0; /* a gateway route (GATEWAY.md): keep-alive, answered there */
+  req->http1_is_persistent = 0;
   const char* p = req->path_normalized.base;
   size_t n = req->path_normalized.len;
   int get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
@@ -469,7 +487,7 @@ static int on_req(h2o_handler_t* self, h2o_req_t* req) {
   }
   if ((h->flags & ATH_SERVE_METRICS) && IS("/metrics") && get)
     return prometheus(req, w);
-  if ((h->flags & ATH_SERVE_DASHBOARD) && IS("/") && get) {
+  if ((h->flags & ATH_SERVE_DASHBOARD) && (IS("/") || IS("/dashboard")) && get) {
     respond(req, 200, "OK", "text/html; charset=utf-8", ath__dashboard_html, ath__dashboard_html_len);
     return 0;
   }
@@ -491,16 +509,23 @@ static int on_req(h2o_handler_t* self, h2o_req_t* req) {
 }
 
 static void on_close_conn(uv_handle_t* handle) {
-  free(handle);
+  conn_t* c = (conn_t*)handle;
+  ath_http_t* h = c->h;
+  free(c);
+  if (--h->nconns == 0 && h->closing == 2)
+    dispose(h); /* the last connection of a stopped server */
 }
 
 static void on_accept(uv_stream_t* listener, int status) {
   ath_http_t* h = listener->data;
   if (status != 0)
     return;
-  uv_tcp_t* conn = malloc(sizeof(*conn));
-  if (conn == NULL)
+  conn_t* c = malloc(sizeof(*c));
+  if (c == NULL)
     return;
+  c->h = h;
+  h->nconns++;
+  uv_tcp_t* conn = &c->tcp;
   uv_tcp_init(listener->loop, conn);
   if (uv_accept(listener, (uv_stream_t*)conn) != 0) {
     uv_close((uv_handle_t*)conn, on_close_conn);
@@ -514,11 +539,13 @@ static void free_server(uv_handle_t* handle) {
   free(handle->data); /* the server, which embeds the listener */
 }
 
-int ath__http_start(ath_world_t* w, const char* host, int port, int flags, int* bound,
-                    ath_http_t** out, char* err, size_t errlen) {
+int ath__http_start(ath_world_t* w, const char* host, int port, int flags, ath_gws_t* gws,
+                    int* bound, ath_http_t** out, char* err, size_t errlen) {
   ath_http_t* h = calloc(1, sizeof(*h));
-  if (h == NULL)
+  if (h == NULL) {
+    ath__gws_free(gws);
     return ATH_ENOMEM;
+  }
   h->w = w;
   h->flags = flags;
   struct sockaddr_storage addr;
@@ -528,6 +555,7 @@ int ath__http_start(ath_world_t* w, const char* host, int port, int flags, int* 
   if (rc != 0) {
     snprintf(err, errlen, "invalid host %s: %s", host, uv_strerror(rc));
     free(h);
+    ath__gws_free(gws);
     return ATH_EINVAL;
   }
   uv_tcp_init(&w->eloop, &h->listener);
@@ -537,6 +565,7 @@ int ath__http_start(ath_world_t* w, const char* host, int port, int flags, int* 
     rc = uv_listen((uv_stream_t*)&h->listener, 128, on_accept);
   if (rc != 0) {
     snprintf(err, errlen, "cannot listen on %s:%d: %s", host, port, uv_strerror(rc));
+    ath__gws_free(gws);
     uv_close((uv_handle_t*)&h->listener, free_server);
     return rc == UV_EADDRINUSE ? ATH_EBUSY : ATH_EINVAL;
   }
@@ -545,6 +574,15 @@ int ath__http_start(ath_world_t* w, const char* host, int port, int flags, int* 
   uv_tcp_getsockname(&h->listener, (struct sockaddr*)&name, &namelen);
   *bound = ntohs(((struct sockaddr_in*)&name)->sin_port);
   h2o_config_init(&h->config);
+  if (gws != NULL) {
+    h->config.max_request_entity_size = ath__gws_body_cap(gws);
+    if (ath__gws_attach(gws, &w->eloop) != 0) {
+      snprintf(err, errlen, "%s", "cannot start the gateway's answer handle");
+      ath__gws_free(gws);
+      gws = NULL;
+    }
+  }
+  h->gws = gws;
   h2o_hostconf_t* hc = h2o_config_register_host(&h->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
   h2o_pathconf_t* pc = h2o_config_register_path(hc, "/", 0);
   h2o_handler_t* handler = h2o_create_handler(pc, sizeof(*handler) + sizeof(ath_http_t*));
@@ -559,11 +597,15 @@ int ath__http_start(ath_world_t* w, const char* host, int port, int flags, int* 
 
 static void on_listener_closed(uv_handle_t* handle) {
   ath_http_t* h = handle->data;
-  h2o_context_dispose(&h->ctx);
-  h2o_config_dispose(&h->config);
-  free(h);
+  h->closing = 2;
+  if (h->nconns == 0)
+    dispose(h); /* else the last connection to close does it */
 }
 
 void ath__http_stop(ath_http_t* h) {
+  ath__gws_free(h->gws); /* its threads stop; waiting requests get 503 */
+  h->gws = NULL;
+  h->closing = 1;
+  h2o_context_request_shutdown(&h->ctx); /* idle keep-alive connections close */
   uv_close((uv_handle_t*)&h->listener, on_listener_closed);
 }

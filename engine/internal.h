@@ -49,6 +49,13 @@ int ath__json_decode(lua_State* L, const char* json, size_t len);
  * NULL light userdata) when keep_nulls is set. */
 int ath__json_decode_nulls(lua_State* L, const char* json, size_t len, int keep_nulls);
 
+/* Formats a finite double in the shortest text that reads back exactly
+ * (with a '.' or an exponent). Returns the length written into buf. */
+size_t ath__json_fmt_float(char* buf, size_t cap, double d);
+/* Appends n bytes (any bytes: NULs are escaped, bytes that are not UTF-8
+ * become U+FFFD) as one JSON string literal. Returns 0 or ATH_ENOMEM. */
+int ath__json_put_text(ath_buf_t* b, const char* s, size_t n);
+
 /* cron.c: see engine/cron.h ----------------------------------------------- */
 
 /* world.c, queue.c, worker.c ---------------------------------------------- */
@@ -70,6 +77,7 @@ typedef struct ath_hook_s ath_hook_t;
 /* A world:serve() request, carried out on the engine thread. */
 typedef struct {
   const char* host;
+  struct ath_gws_s* gws; /* the gateway to serve too (taken over), or NULL */
   int port, flags, bound, rc;
   char err[256];
   uv_sem_t done;
@@ -391,6 +399,7 @@ struct ath_world_s {
   atomic_ullong vmono;   /* monotonic ns now; wall time follows from it */
   ath_heap_t vtimers;    /* workers' timers (ath_vtimer_t) by due time */
   ath_hook_t* hook;      /* webhooks, or NULL */
+  struct ath_gws_s* gws; /* the gateway served (owned by its HTTP server), or NULL */
   ath_log_t* log;        /* the world's logger (SEMANTICS §14.2) */
   /* HTTP servers (http.c), created and stopped on the engine thread. */
   ath_http_t* http[8];
@@ -731,13 +740,22 @@ void ath__db_push_ctx(lua_State* L, const char* url);
 
 /* http.c: the operations HTTP surface on the engine loop ----------------- */
 
-/* Listens on host:port (engine thread). Returns 0 and the server, or
- * ATH_EBUSY / ATH_EINVAL with err set. */
-int ath__http_start(ath_world_t* w, const char* host, int port, int flags, int* bound,
-                    ath_http_t** out, char* err, size_t errlen);
+/* Listens on host:port (engine thread), with the gateway `gws` (taken
+ * over, also on failure; NULL for none) answering its routes. Returns 0
+ * and the server, or ATH_EBUSY / ATH_EINVAL with err set. */
+int ath__http_start(ath_world_t* w, const char* host, int port, int flags, struct ath_gws_s* gws,
+                    int* bound, ath_http_t** out, char* err, size_t errlen);
 /* Stops listening and frees the server once its handles close (engine
  * thread). */
 void ath__http_stop(ath_http_t* h);
+/* Decodes %XX (and, with `plus`, '+' as a space) in s in place; writes a
+ * NUL and returns the decoded length. */
+size_t ath__http_decode(char* s, size_t n, int plus);
+/* world:serve with a gateway (gws taken over, also on failure). */
+int ath__world_serve(ath_world_t* w, const char* host, int port, int flags, struct ath_gws_s* gws,
+                     int* bound, char* err, size_t errlen);
+/* The gateway a world serves (the latest), or NULL. Control thread. */
+struct ath_gws_s* ath__world_gateway(ath_world_t* w);
 
 /* webhook.c: LocalBackend webhooks (SEMANTICS §15) ------------------------- */
 

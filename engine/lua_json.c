@@ -277,10 +277,37 @@ static int enc_string(ath_buf_t* b, const char* s, size_t n) {
   return 0;
 }
 
+int ath__json_put_text(ath_buf_t* b, const char* s, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  const unsigned char* p = (const unsigned char*)s;
+  const unsigned char* end = p + n;
+  const unsigned char* run = p;
+  if (put1(b, '"') != 0)
+    return ATH_ENOMEM;
+  while (p < end) {
+    unsigned c = *p;
+    size_t k = 1;
+    if (str_class[c] == 0 || (str_class[c] == 2 && (k = utf8_seq(p, end)) != 0)) {
+      p += k;
+      continue;
+    }
+    /* a byte to escape, or one that is not UTF-8 (written as U+FFFD) */
+    char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+    if (str_class[c] == 2)
+      memcpy(esc + 2, "fffd", 4);
+    if (put(b, (const char*)run, (size_t)(p - run)) != 0 || put(b, esc, 6) != 0)
+      return ATH_ENOMEM;
+    run = ++p;
+  }
+  if (put(b, (const char*)run, (size_t)(end - run)) != 0 || put1(b, '"') != 0)
+    return ATH_ENOMEM;
+  return 0;
+}
+
 /* Formats a finite float in the shortest of %.15g/%.16g/%.17g that strtod
  * reads back bit for bit, always with a '.' or an exponent so that it reads
  * back as a float. Returns the length. */
-static size_t fmt_float(char* buf, size_t cap, double d) {
+size_t ath__json_fmt_float(char* buf, size_t cap, double d) {
   static const char* const fmts[] = {"%.15g", "%.16g", "%.17g"};
   char tmp[40];
   size_t i, n = 0, j;
@@ -340,7 +367,7 @@ static int enc_value(enc_t* e, int idx, enc_frame_t* f) {
           return enc_fail(e, ATH_EINVAL, f, "",
                           d > 0 ? "inf not serializable"
                                 : "-inf not serializable");
-        n = fmt_float(num, sizeof num, d);
+        n = ath__json_fmt_float(num, sizeof num, d);
         p = num;
       }
       return put(b, p, n) == 0 ? 0 : enc_nomem(e, f);

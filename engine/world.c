@@ -13,6 +13,7 @@
 #include <string.h>
 #include "internal.h"
 #include "db.h"
+#include "gw_server.h"
 
 #define MAX_WORKERS 1024
 
@@ -789,19 +790,26 @@ static void engine_async_cb(uv_async_t* h) {
   uv_mutex_unlock(&w->lock);
   if (req != NULL) {
     ath_http_t* srv = NULL;
-    req->rc = w->nhttp >= 8 || stop ? ATH_EINVAL
-                                    : ath__http_start(w, req->host, req->port, req->flags, &req->bound, &srv,
-                                                      req->err, sizeof(req->err));
-    if (req->rc == 0)
-      w->http[w->nhttp++] = srv;
-    else if (w->nhttp >= 8 || stop)
+    if (w->nhttp >= 8 || stop) {
+      req->rc = ATH_EINVAL;
       snprintf(req->err, sizeof(req->err), "%s", stop ? "world is shutting down" : "at most 8 servers");
+      ath__gws_free(req->gws);
+    } else {
+      req->rc = ath__http_start(w, req->host, req->port, req->flags, req->gws, &req->bound, &srv, req->err,
+                                sizeof(req->err));
+    }
+    if (req->rc == 0) {
+      w->http[w->nhttp++] = srv;
+      if (req->gws != NULL)
+        w->gws = req->gws;
+    }
     uv_sem_post(&req->done);
   }
   if (stop) {
     for (int i = 0; i < w->nhttp; i++)
       ath__http_stop(w->http[i]);
     w->nhttp = 0;
+    w->gws = NULL;
     uv_close((uv_handle_t*)&w->scale_timer, NULL);
     uv_close((uv_handle_t*)&w->monitor_timer, NULL);
     uv_close((uv_handle_t*)&w->stimer, NULL);
@@ -2496,13 +2504,27 @@ int ath_world_advance(ath_world_t* w, int64_t ms) {
 
 int ath_world_serve(ath_world_t* w, const char* host, int port, int flags, int* bound, char* err,
                     size_t errlen) {
+  return ath__world_serve(w, host, port, flags, NULL, bound, err, errlen);
+}
+
+struct ath_gws_s* ath__world_gateway(ath_world_t* w) {
+  uv_mutex_lock(&w->lock);
+  struct ath_gws_s* g = w->gws;
+  uv_mutex_unlock(&w->lock);
+  return g;
+}
+
+int ath__world_serve(ath_world_t* w, const char* host, int port, int flags, struct ath_gws_s* gws,
+                     int* bound, char* err, size_t errlen) {
   ath_serve_req_t req;
   memset(&req, 0, sizeof(req));
   req.host = host;
   req.port = port;
   req.flags = flags;
+  req.gws = gws;
   if (port < 0 || port > 65535) {
     set_err(err, errlen, "%s", "invalid port (0-65535)");
+    ath__gws_free(gws);
     return ATH_EINVAL;
   }
   uv_sem_init(&req.done, 0);
@@ -2511,6 +2533,7 @@ int ath_world_serve(ath_world_t* w, const char* host, int port, int flags, int* 
     int st = w->state;
     uv_mutex_unlock(&w->lock);
     uv_sem_destroy(&req.done);
+    ath__gws_free(gws);
     set_err(err, errlen, "%s", st == ATH_W_NEW ? "serve before start()" : st != ATH_W_STARTED ? "world is shut down" : "another serve() is in progress");
     return st == ATH_W_NEW || st == ATH_W_STARTED ? ATH_EINVAL : ATH_ESHUTDOWN;
   }

@@ -1,0 +1,899 @@
+/* A gateway thread's side of a request (GATEWAY §3, §4, §6.7, §6.8, §7):
+ * parse the body, compile it against the catalog, run the table's and the
+ * global policy in the thread's Lua state, execute the plan in one
+ * transaction on the thread's connection, and write the envelope. Also the
+ * X-Publish-Event start and the health check. */
+#include <lauxlib.h>
+#include <lualib.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include "gw_server.h"
+
+#define POLICY_BUDGET_MS 1000 /* a policy that runs longer fails closed */
+
+/* ------------------------------------------------------------- envelope */
+
+void ath__gwjob_error(ath_gwjob_t* job, int status, const char* code, const char* error,
+                      const char* hint) {
+  static const struct {
+    int status;
+    const char* message;
+  } summary[] = {
+    {400, "Bad request"},        {401, "Authentication required"}, {403, "Forbidden"},
+    {404, "Not found"},          {405, "Method not allowed"},      {409, "Conflict"},
+    {413, "Payload too large"},  {429, "Too many requests"},       {500, "Internal error"},
+    {503, "Service unavailable"}, {504, "Timed out"},
+  };
+  const char* message = "Request failed";
+  for (size_t i = 0; i < sizeof(summary) / sizeof(summary[0]); i++)
+    if (summary[i].status == status)
+      message = summary[i].message;
+  ath_buf_t* b = &job->out;
+  b->len = 0;
+  ath__buf_lit(b, "{\"status\":\"error\",\"message\":");
+  ath__buf_json_str(b, message);
+  ath__buf_lit(b, ",\"error\":");
+  ath__buf_json_str(b, error && *error ? error : message);
+  ath__buf_lit(b, ",\"code\":");
+  ath__buf_json_str(b, code);
+  if (hint != NULL && *hint) {
+    ath__buf_lit(b, ",\"hint\":");
+    ath__buf_json_str(b, hint);
+  }
+  ath__buf_lit(b, ",\"request_id\":");
+  ath__buf_json_str(b, job->request_id);
+  ath__buf_lit(b, "}");
+  job->status = status;
+}
+
+/* ---------------------------------------------------------- value mapping */
+
+#define MAX_SAFE_INT 9007199254740991LL /* 2^53 - 1 */
+
+/* Appends the cell as JSON by GATEWAY §7. */
+static void put_value(ath_buf_t* b, const ath_db_value_t* v, const ath_gw_column_t* col) {
+  static const char hex[] = "0123456789abcdef";
+  char tmp[48];
+  ath_gw_kind_t kind = col ? col->kind : ATH_GW_KIND_OTHER;
+  switch (v->type) {
+    case ATH_DB_NULL:
+      ath__buf_lit(b, "null");
+      return;
+    case ATH_DB_BOOL:
+      ath__buf_append(b, v->i ? "true" : "false", v->i ? 4 : 5);
+      return;
+    case ATH_DB_INT:
+      if (kind == ATH_GW_KIND_BOOLEAN && (v->i == 0 || v->i == 1)) {
+        ath__buf_append(b, v->i ? "true" : "false", v->i ? 4 : 5);
+      } else {
+        int n = snprintf(tmp, sizeof(tmp), "%lld", (long long)v->i);
+        int safe = v->i >= -MAX_SAFE_INT && v->i <= MAX_SAFE_INT;
+        if (!safe)
+          ath__buf_lit(b, "\"");
+        ath__buf_append(b, tmp, (size_t)n);
+        if (!safe)
+          ath__buf_lit(b, "\"");
+      }
+      return;
+    case ATH_DB_FLOAT:
+      if (isnan(v->d))
+        ath__buf_lit(b, "\"NaN\"");
+      else if (isinf(v->d))
+        ath__buf_append(b, v->d > 0 ? "\"Infinity\"" : "\"-Infinity\"", v->d > 0 ? 10 : 11);
+      else
+        ath__buf_append(b, tmp, ath__json_fmt_float(tmp, sizeof(tmp), v->d));
+      return;
+    case ATH_DB_BLOB: {
+      ath__buf_lit(b, "\"\\\\x");
+      for (size_t i = 0; i < v->len; i++) {
+        unsigned char c = (unsigned char)v->s[i];
+        char h[2] = {hex[c >> 4], hex[c & 15]};
+        ath__buf_append(b, h, 2);
+      }
+      ath__buf_lit(b, "\"");
+      return;
+    }
+    case ATH_DB_JSON: {
+      /* PostgreSQL's json is valid; SQLite's JSON column may hold anything */
+      ath_gj_doc_t* doc = NULL;
+      if (v->len > 0 && ath__gj_parse(v->s, v->len, &doc, NULL) == 0) {
+        ath_gw_buf_t g = {0};
+        ath__gj_write(&g, doc->root);
+        if (!g.oom && g.data)
+          ath__buf_append(b, g.data, g.len);
+        else
+          ath__json_put_text(b, v->s, v->len);
+        ath__gw_buf_free(&g);
+        ath__gj_free(doc);
+      } else {
+        ath__json_put_text(b, v->s, v->len);
+      }
+      return;
+    }
+    case ATH_DB_NUMERIC:
+    case ATH_DB_TEXT:
+    default:
+      if (kind == ATH_GW_KIND_JSON && v->type == ATH_DB_TEXT) {
+        ath_db_value_t j = *v;
+        j.type = ATH_DB_JSON;
+        put_value(b, &j, NULL);
+        return;
+      }
+      ath__json_put_text(b, v->s ? v->s : "", v->len);
+      return;
+  }
+}
+
+/* Appends the rows of r as objects keyed by the plan's result columns (by
+ * position), dropping null values under strip_nulls. Returns the count. */
+static int put_rows(ath_buf_t* b, ath_db_res_t* r, const ath_gw_plan_t* p, int* first) {
+  int nrows = ath__db_res_nrows(r), ncols = ath__db_res_ncols(r);
+  for (int i = 0; i < nrows; i++) {
+    ath__buf_append(b, *first ? "{" : ",{", *first ? 1 : 2);
+    *first = 0;
+    int any = 0;
+    for (int c = 0; c < ncols; c++) {
+      ath_db_value_t v;
+      if (ath__db_res_value(r, i, c, &v) != 0)
+        v.type = ATH_DB_NULL;
+      if (v.type == ATH_DB_NULL && p->strip_nulls)
+        continue;
+      const char* name = (size_t)c < p->ncols ? p->cols[c].name : ath__db_res_colname(r, c);
+      if (any)
+        ath__buf_lit(b, ",");
+      any = 1;
+      ath__buf_json_str(b, name);
+      ath__buf_lit(b, ":");
+      put_value(b, &v, (size_t)c < p->ncols ? p->cols[c].column : NULL);
+    }
+    ath__buf_lit(b, "}");
+  }
+  return nrows;
+}
+
+/* Appends full rows (every column, nulls kept) for X-Publish-Event. */
+static void put_full_rows(ath_buf_t* b, ath_db_res_t* r, const ath_gw_plan_t* p, int* first) {
+  int nrows = ath__db_res_nrows(r), ncols = ath__db_res_ncols(r);
+  for (int i = 0; i < nrows; i++) {
+    ath__buf_append(b, *first ? "{" : ",{", *first ? 1 : 2);
+    *first = 0;
+    for (int c = 0; c < ncols; c++) {
+      ath_db_value_t v;
+      if (ath__db_res_value(r, i, c, &v) != 0)
+        v.type = ATH_DB_NULL;
+      if (c > 0)
+        ath__buf_lit(b, ",");
+      ath__buf_json_str(b, (size_t)c < p->ncols ? p->cols[c].name : ath__db_res_colname(r, c));
+      ath__buf_lit(b, ":");
+      put_value(b, &v, (size_t)c < p->ncols ? p->cols[c].column : NULL);
+    }
+    ath__buf_lit(b, "}");
+  }
+}
+
+/* ------------------------------------------------------------ connections */
+
+static int due(void* ud) {
+  ath_gwt_t* t = ud;
+  return t->deadline != 0 && ath__mono_ns() >= t->deadline;
+}
+
+/* The thread's connection to database i, opened on first use. */
+static ath_db_t* conn(ath_gwt_t* t, int i, ath_db_error_t* err) {
+  ath_gws_t* s = t->s;
+  if (t->dbs[i] == NULL) {
+    if (ath__db_new(s->cfg.db_urls[i], &t->dbs[i], err) != 0)
+      return NULL;
+    ath__db_set_interrupt(t->dbs[i], due, t);
+  }
+  ath_db_t* db = t->dbs[i];
+  if (!ath__db_connected(db) && ath__db_connect(db, err) != 0)
+    return NULL;
+  if (!t->prepared[i] && ath__db_kind(db) == ATH_DB_SQLITE) {
+    /* LIKE is case-sensitive on both backends (GATEWAY §3.1) */
+    ath_db_res_t* r;
+    if (ath__db_exec(db, "PRAGMA case_sensitive_like = ON", NULL, 0, &r, err) != 0)
+      return NULL;
+    ath__db_res_free(r);
+  }
+  t->prepared[i] = 1;
+  return db;
+}
+
+static int simple(ath_db_t* db, const char* sql, ath_db_error_t* err) {
+  ath_db_res_t* r;
+  int rc = ath__db_exec(db, sql, NULL, 0, &r, err);
+  if (rc == 0)
+    ath__db_res_free(r);
+  return rc;
+}
+
+/* The plan's parameters as driver values. */
+static ath_db_value_t* params_of(const ath_gw_stmt_t* st) {
+  ath_db_value_t* v = calloc(st->nparams ? st->nparams : 1, sizeof(*v));
+  if (v == NULL)
+    return NULL;
+  for (size_t i = 0; i < st->nparams; i++) {
+    const ath_gw_param_t* p = &st->params[i];
+    switch (p->type) {
+      case ATH_GW_P_NULL: v[i].type = ATH_DB_NULL; break;
+      case ATH_GW_P_BOOL: v[i].type = ATH_DB_BOOL; v[i].i = p->i; break;
+      case ATH_GW_P_INT: v[i].type = ATH_DB_INT; v[i].i = p->i; break;
+      case ATH_GW_P_REAL: v[i].type = ATH_DB_FLOAT; v[i].d = p->d; break;
+      case ATH_GW_P_JSON: v[i].type = ATH_DB_TEXT; v[i].s = p->text; v[i].len = p->len; break;
+      default: v[i].type = ATH_DB_TEXT; v[i].s = p->text; v[i].len = p->len; break;
+    }
+  }
+  return v;
+}
+
+static int run_stmt(ath_db_t* db, const ath_gw_stmt_t* st, ath_db_res_t** out, ath_db_error_t* err) {
+  ath_db_value_t* v = params_of(st);
+  if (v == NULL) {
+    ath__db_seterr(err, ATH_ENOMEM, "", "out of memory", NULL, NULL);
+    return ATH_ENOMEM;
+  }
+  int rc = ath__db_exec(db, st->sql, v, (int)st->nparams, out, err);
+  free(v);
+  return rc;
+}
+
+/* --------------------------------------------------------------- policies */
+
+static const char* const OP_NAMES[] = {"fetch", "insert", "update", "delete"};
+
+static void policy_hook(lua_State* L, lua_Debug* ar) {
+  (void)ar;
+  ath_gwt_t** tp = lua_getextraspace(L);
+  if (ath__mono_ns() >= (*tp)->deadline)
+    luaL_error(L, "the policy ran longer than %d ms", POLICY_BUDGET_MS);
+}
+
+int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen) {
+  ath_gws_t* s = t->s;
+  t->policy_ref = t->tables_ref = LUA_NOREF;
+  t->dbs = calloc((size_t)s->cfg.ndbs, sizeof(*t->dbs));
+  t->prepared = calloc((size_t)s->cfg.ndbs, sizeof(int));
+  if (t->dbs == NULL || t->prepared == NULL) {
+    snprintf(err, errlen, "%s", "out of memory");
+    return ATH_ENOMEM;
+  }
+  if (s->cfg.config_path == NULL || !(s->cfg.global_policy || s->cfg.ntables > 0))
+    return 0;
+  lua_State* L = t->L = luaL_newstate();
+  if (L == NULL) {
+    snprintf(err, errlen, "%s", "out of memory");
+    return ATH_ENOMEM;
+  }
+  *(ath_gwt_t**)lua_getextraspace(L) = t;
+  ath__openstate(L);
+  /* the configuration file again, in this state: its policy functions */
+  if (luaL_loadfile(L, s->cfg.config_path) != LUA_OK || ath__vm_call(L, 0, 1) != LUA_OK ||
+      !lua_istable(L, -1)) {
+    snprintf(err, errlen, "gateway config %s did not load in a gateway thread: %s", s->cfg.config_path,
+             lua_isstring(L, -1) ? lua_tostring(L, -1) : "it returned no table");
+    t->load_failed = 1;
+    lua_settop(L, 0);
+    return 0; /* policies then fail closed */
+  }
+  int cfg = lua_gettop(L);
+  if (lua_getfield(L, cfg, "policy") == LUA_TFUNCTION)
+    t->policy_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  else
+    lua_pop(L, 1);
+  lua_newtable(L); /* configured table name -> policy */
+  if (lua_getfield(L, cfg, "tables") == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+      if (lua_istable(L, -1) && lua_getfield(L, -1, "policy") == LUA_TFUNCTION) {
+        const char* name = NULL;
+        if (lua_getfield(L, -2, "name") == LUA_TSTRING)
+          name = lua_tostring(L, -1);
+        else if (lua_type(L, -4) == LUA_TSTRING)
+          name = lua_tostring(L, -4);
+        if (name != NULL) {
+          lua_pushstring(L, name);
+          lua_pushvalue(L, -3);
+          lua_rawset(L, -8);
+        }
+        lua_pop(L, 2);
+      } else if (lua_istable(L, -1)) {
+        lua_pop(L, 1);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  t->tables_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_settop(L, 0);
+  return 0;
+}
+
+void ath__gwt_close(ath_gwt_t* t) {
+  if (t->L != NULL)
+    lua_close(t->L);
+  for (int i = 0; t->dbs && i < t->s->cfg.ndbs; i++)
+    if (t->dbs[i] != NULL)
+      ath__db_free(t->dbs[i]);
+  free(t->dbs);
+  free(t->prepared);
+}
+
+/* [-0, +1, m] A read-only view of table at idx (the policy's payload). */
+static int readonly_newindex(lua_State* L) {
+  return luaL_error(L, "the request payload is read-only");
+}
+
+static void push_readonly(lua_State* L, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_newtable(L);
+  lua_newtable(L);
+  lua_pushvalue(L, idx);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, readonly_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushliteral(L, "read-only");
+  lua_setfield(L, -2, "__metatable");
+  lua_setmetatable(L, -2);
+}
+
+/* [-0, +1, m] The policy's `req` (GATEWAY §6.7). */
+static void push_req(lua_State* L, ath_gwjob_t* job, const char* table, int upsert) {
+  lua_createtable(L, 0, 12);
+  if (job->key != NULL) {
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, job->key->name);
+    lua_setfield(L, -2, "name");
+    lua_pushboolean(L, job->key->server);
+    lua_setfield(L, -2, "server");
+  } else {
+    lua_createtable(L, 0, 3);
+    lua_pushliteral(L, "anonymous");
+    lua_setfield(L, -2, "name");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "server");
+  }
+  lua_newtable(L);
+  for (int op = 0, n = 0; op < 4; op++) {
+    if (job->rights & ATH_GW_OP_BIT(op)) {
+      lua_pushfstring(L, "gateway.%s", OP_NAMES[op]);
+      lua_rawseti(L, -2, ++n);
+    }
+  }
+  lua_setfield(L, -2, "rights");
+  lua_setfield(L, -2, "key");
+  lua_pushstring(L, table);
+  lua_setfield(L, -2, "table");
+  lua_pushstring(L, OP_NAMES[job->op]);
+  lua_setfield(L, -2, "operation");
+  lua_pushboolean(L, upsert);
+  lua_setfield(L, -2, "upsert");
+  static const char* const hint_names[3] = {"userId", "organizationId", "companyId"};
+  int trusted = job->key != NULL && job->key->server;
+  lua_newtable(L);
+  for (int i = 0; i < 3; i++) {
+    if (job->hint[i] == NULL)
+      continue;
+    lua_pushstring(L, job->hint[i]);
+    lua_setfield(L, trusted ? -3 : -2, hint_names[i]);
+  }
+  lua_setfield(L, -2, "hints");
+  if (ath__json_decode_nulls(L, job->body, job->body_len, 1) != 0) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+  }
+  push_readonly(L, -1);
+  lua_remove(L, -2);
+  lua_setfield(L, -2, "payload");
+  lua_pushstring(L, job->request_id);
+  lua_setfield(L, -2, "requestId");
+  lua_pushstring(L, job->ip);
+  lua_setfield(L, -2, "ip");
+}
+
+/* What the policies said: extra conditions and forced values, as JSON. */
+typedef struct {
+  ath_buf_t conds; /* items of a JSON array, comma-joined */
+  ath_buf_t set;   /* members of a JSON object, comma-joined */
+} extras_t;
+
+static void append_json_items(lua_State* L, int idx, ath_buf_t* to, int object) {
+  ath_buf_t b = {0};
+  char e[200];
+  if (ath__json_encode(L, idx, object ? "set" : "conditions", &b, e, sizeof(e)) == 0 && b.len >= 2 &&
+      b.data[0] == (object ? '{' : '[') && b.len > 2) {
+    if (to->len > 0)
+      ath__buf_lit(to, ",");
+    ath__buf_append(to, b.data + 1, b.len - 2);
+  }
+  ath__buf_free(&b);
+}
+
+/* Calls the policy at the top of L. Returns 0 (allowed, extras added), 403
+ * (denied: reason in `why`) or 500 (it raised, yielded, ran too long or
+ * answered something else: `why` says what). */
+static int call_policy(ath_gwt_t* t, ath_gwjob_t* job, const char* table, int upsert, extras_t* x,
+                       char* why, size_t whylen) {
+  lua_State* L = t->L;
+  push_req(L, job, table, upsert);
+  t->deadline = ath__after(ath__mono_ns(), POLICY_BUDGET_MS);
+  lua_sethook(L, policy_hook, LUA_MASKCOUNT, 1000);
+  int st = ath__vm_call(L, 1, 2);
+  lua_sethook(L, NULL, 0, 0);
+  t->deadline = 0;
+  if (st != LUA_OK) {
+    snprintf(why, whylen, "policy raised: %s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "(an error value)");
+    lua_settop(L, 0);
+    return 500;
+  }
+  int rc = 0;
+  if (lua_type(L, -2) == LUA_TBOOLEAN) {
+    if (!lua_toboolean(L, -2)) {
+      snprintf(why, whylen, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "denied");
+      rc = 403;
+    }
+  } else if (lua_type(L, -2) == LUA_TTABLE) {
+    lua_getfield(L, -2, "allow");
+    int allow = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (!allow) {
+      snprintf(why, whylen, "%s", "denied");
+      rc = 403;
+    } else {
+      if (lua_getfield(L, -2, "conditions") == LUA_TTABLE)
+        append_json_items(L, -1, &x->conds, 0);
+      lua_pop(L, 1);
+      if (lua_getfield(L, -2, "set") == LUA_TTABLE)
+        append_json_items(L, -1, &x->set, 1);
+      lua_pop(L, 1);
+    }
+  } else {
+    snprintf(why, whylen, "policy returned %s (true, false or a table expected)", luaL_typename(L, -2));
+    rc = 500;
+  }
+  lua_settop(L, 0);
+  return rc;
+}
+
+/* Runs the global and the table's policies (both must allow). */
+static int run_policies(ath_gwt_t* t, ath_gwjob_t* job, const ath_gw_table_t* tbl, const char* cfgname,
+                        int upsert, extras_t* x, char* why, size_t whylen) {
+  ath_gws_t* s = t->s;
+  int table_policy = 0;
+  for (int i = 0; i < s->cfg.ntables; i++)
+    if (strcmp(s->cfg.tables[i].name, cfgname) == 0)
+      table_policy = s->cfg.tables[i].policy;
+  if (!s->cfg.global_policy && !table_policy)
+    return 0;
+  if (t->L == NULL || t->load_failed) {
+    snprintf(why, whylen, "%s", "the policies did not load");
+    return 500;
+  }
+  const char* table = tbl->name;
+  if (s->cfg.global_policy) {
+    lua_rawgeti(t->L, LUA_REGISTRYINDEX, t->policy_ref);
+    if (!lua_isfunction(t->L, -1)) {
+      lua_settop(t->L, 0);
+      snprintf(why, whylen, "%s", "the global policy is missing");
+      return 500;
+    }
+    int rc = call_policy(t, job, table, upsert, x, why, whylen);
+    if (rc != 0)
+      return rc;
+  }
+  if (table_policy) {
+    lua_rawgeti(t->L, LUA_REGISTRYINDEX, t->tables_ref);
+    lua_getfield(t->L, -1, cfgname);
+    lua_remove(t->L, -2);
+    if (!lua_isfunction(t->L, -1)) {
+      lua_settop(t->L, 0);
+      snprintf(why, whylen, "the policy of %s is missing", cfgname);
+      return 500;
+    }
+    return call_policy(t, job, table, upsert, x, why, whylen);
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------- executing */
+
+static void log_failure(ath_gws_t* s, ath_gwjob_t* job, const char* table, int status,
+                        const ath_db_error_t* e, const char* sql, const char* why) {
+  ath_log_field_t f[9];
+  size_t n = 0;
+  f[n++] = (ath_log_field_t)ATH_LOG_FSTR("request_id", job->request_id);
+  f[n++] = (ath_log_field_t)ATH_LOG_FSTR("key", job->key ? job->key->name : "anonymous");
+  f[n++] = (ath_log_field_t)ATH_LOG_FSTR("database", job->db == 0 ? "default" : s->cfg.db_names[job->db]);
+  f[n++] = (ath_log_field_t)ATH_LOG_FSTR("table", table ? table : "");
+  f[n++] = (ath_log_field_t)ATH_LOG_FSTR("operation", OP_NAMES[job->op]);
+  f[n++] = (ath_log_field_t)ATH_LOG_FINT("status", status);
+  if (e != NULL)
+    f[n++] = (ath_log_field_t)ATH_LOG_FSTR("driver", e->message);
+  if (sql != NULL)
+    f[n++] = (ath_log_field_t)ATH_LOG_FSTR("sql", sql);
+  if (why != NULL)
+    f[n++] = (ath_log_field_t)ATH_LOG_FSTR("reason", why);
+  ath__logf(s->w, status >= 500 ? ATH_LOG_ERROR : ATH_LOG_WARN, f, n, "gateway request failed");
+}
+
+/* A driver failure as the answer of GATEWAY §6.8 (no driver text). */
+static void db_failure(ath_gwjob_t* job, const ath_db_error_t* e) {
+  const char* code = ath__db_err_gateway(e->code);
+  int status = 500;
+  const char* sentence = "the database could not run the request";
+  if (strcmp(code, "unique_violation") == 0) {
+    status = 409;
+    sentence = "a row with the same unique value already exists";
+  } else if (strcmp(code, "foreign_key_violation") == 0) {
+    status = 409;
+    sentence = "a referenced row does not exist, or the row is still referenced";
+  } else if (strcmp(code, "not_null_violation") == 0) {
+    status = 400;
+    sentence = "a required column has no value";
+  } else if (strcmp(code, "check_violation") == 0) {
+    status = 400;
+    sentence = "a value breaks a check constraint";
+  } else if (strcmp(code, "invalid_value") == 0) {
+    status = 400;
+    sentence = "a value does not fit its column";
+  } else if (strcmp(code, "statement_timeout") == 0) {
+    status = 504;
+    sentence = "the statement ran longer than the statement timeout";
+  } else if (strcmp(code, "database_unavailable") == 0) {
+    status = 503;
+    sentence = "the database is unavailable";
+  } else {
+    code = "internal_error";
+  }
+  ath__gwjob_error(job, status, code, sentence, NULL);
+}
+
+/* Appends a "columns":"*" member to the body so that a plan returns whole
+ * rows (for X-Publish-Event); the last duplicate key wins. */
+static int want_all_columns(ath_gj_doc_t* doc) {
+  ath_gj_t* v = ath__gw_arena_alloc(&doc->arena, sizeof(*v));
+  if (v == NULL)
+    return ATH_ENOMEM;
+  memset(v, 0, sizeof(*v));
+  v->type = ATH_GJ_STRING;
+  v->str = "*";
+  v->len = 1;
+  v->key = "columns";
+  v->klen = 7;
+  ath_gj_t* root = doc->root;
+  if (root->last)
+    root->last->next = v;
+  else
+    root->first = v;
+  root->last = v;
+  root->count++;
+  return 0;
+}
+
+static void start_event(ath_gwt_t* t, ath_gwjob_t* job, const char* table, int upsert, ath_buf_t* rows) {
+  ath_gws_t* s = t->s;
+  if (s->cfg.events != NULL) {
+    int listed = 0;
+    for (char** e = s->cfg.events; *e; e++)
+      listed |= strcmp(*e, job->event) == 0;
+    if (!listed) {
+      ath_log_field_t f[2] = {ATH_LOG_FSTR("request_id", job->request_id), ATH_LOG_FSTR("event", job->event)};
+      ath__logf(s->w, ATH_LOG_WARN, f, 2, "X-Publish-Event names an event outside the events list");
+      return;
+    }
+  }
+  ath_buf_t in = {0};
+  ath__buf_lit(&in, "{\"table\":");
+  ath__buf_json_str(&in, table);
+  ath__buf_lit(&in, ",\"operation\":");
+  ath__buf_json_str(&in, upsert ? "upsert" : OP_NAMES[job->op]);
+  ath__buf_lit(&in, ",\"rows\":[");
+  if (rows->data)
+    ath__buf_append(&in, rows->data, rows->len);
+  ath__buf_lit(&in, "]}");
+  if (in.data == NULL)
+    return;
+  char* payload = in.data;
+  size_t len = in.len;
+  ath_task_t* task;
+  char err[200] = "";
+  int rc = ath_world_execute(s->w, job->event, 1, &payload, &len, NULL, NULL, &task, err, sizeof(err));
+  if (rc != 0) {
+    ath_log_field_t f[3] = {ATH_LOG_FSTR("request_id", job->request_id), ATH_LOG_FSTR("event", job->event),
+                            ATH_LOG_FSTR("error", err)};
+    ath__logf(s->w, ATH_LOG_WARN, f, 3, "X-Publish-Event: nothing started");
+    return;
+  }
+  snprintf(job->event_id, sizeof(job->event_id), "%s", ath_task_id(task));
+  ath_task_release(task);
+}
+
+/* Compiles with the policies' extras; 0 or the plan's error answered. */
+static int compile(ath_gwt_t* t, ath_gwjob_t* job, ath_gws_cat_t* cat, const ath_gj_t* body,
+                   extras_t* x, ath_gw_plan_t* plan) {
+  ath_gw_request_t rq;
+  memset(&rq, 0, sizeof(rq));
+  rq.catalog = &cat->cat;
+  rq.limits = &t->s->cfg.limits;
+  rq.dialect = cat->dialect;
+  rq.op = job->op;
+  rq.body = body;
+  rq.strip_nulls_header = job->strip_header;
+  ath_gj_doc_t* cdoc = NULL;
+  ath_gj_doc_t* sdoc = NULL;
+  int rc = 0;
+  if (x != NULL && x->conds.len > 0) {
+    ath_buf_t j = {0};
+    ath__buf_lit(&j, "[");
+    ath__buf_append(&j, x->conds.data, x->conds.len);
+    ath__buf_lit(&j, "]");
+    rc = j.data ? ath__gj_parse(j.data, j.len, &cdoc, NULL) : ATH_ENOMEM;
+    ath__buf_free(&j);
+    rq.policy_conditions = cdoc ? cdoc->root : NULL;
+  }
+  if (rc == 0 && x != NULL && x->set.len > 0) {
+    ath_buf_t j = {0};
+    ath__buf_lit(&j, "{");
+    ath__buf_append(&j, x->set.data, x->set.len);
+    ath__buf_lit(&j, "}");
+    rc = j.data ? ath__gj_parse(j.data, j.len, &sdoc, NULL) : ATH_ENOMEM;
+    ath__buf_free(&j);
+    rq.policy_set = sdoc ? sdoc->root : NULL;
+  }
+  if (rc != 0) {
+    ath__gj_free(cdoc);
+    ath__gj_free(sdoc);
+    ath__gwjob_error(job, 500, "internal_error", "the policy's conditions could not be used", NULL);
+    return -1;
+  }
+  rc = ath__gw_compile(&rq, plan);
+  ath__gj_free(cdoc);
+  ath__gj_free(sdoc);
+  if (rc != 0) {
+    ath__gwjob_error(job, plan->status ? plan->status : 500, plan->code ? plan->code : "internal_error",
+                     plan->error, plan->hint);
+    return -1;
+  }
+  return 0;
+}
+
+/* The configured entry naming table tbl. */
+static const char* config_name(const ath_gws_t* s, const ath_gw_table_t* tbl, ath_gw_dialect_t d) {
+  for (int i = 0; i < s->cfg.ntables; i++) {
+    const char* want = s->cfg.tables[i].name;
+    const char* dot = strchr(want, '.');
+    const char* bare = dot ? dot + 1 : want;
+    if (d == ATH_GW_PG ? strcmp(bare, tbl->name) == 0 && (dot == NULL ? strcmp(tbl->schema, "public") == 0
+                                                                       : strncmp(want, tbl->schema, (size_t)(dot - want)) == 0 &&
+                                                                           strlen(tbl->schema) == (size_t)(dot - want))
+                       : strcasecmp(bare, tbl->name) == 0)
+      return want;
+  }
+  return tbl->name;
+}
+
+static int key_allows_table(const ath_gwjob_t* job, const char* cfgname, const ath_gw_table_t* tbl) {
+  if (job->key == NULL || job->key->tables == NULL)
+    return 1;
+  for (char** p = job->key->tables; *p; p++)
+    if (strcmp(*p, cfgname) == 0 || strcmp(*p, tbl->name) == 0)
+      return 1;
+  return 0;
+}
+
+static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
+  ath_gws_t* s = t->s;
+  ath_gw_plan_t perr;
+  ath_gj_doc_t* doc = NULL;
+  if (ath__gw_parse_body(job->body, job->body_len, &doc, &perr) != 0) {
+    ath__gwjob_error(job, perr.status ? perr.status : 400, perr.code ? perr.code : "invalid_json", perr.error,
+                     perr.hint);
+    ath__gw_plan_free(&perr);
+    return;
+  }
+  uv_mutex_lock(&s->mu);
+  ath_gws_cat_t* cat = s->cats[job->db];
+  uv_mutex_unlock(&s->mu);
+  ath_gw_plan_t plan, full;
+  memset(&full, 0, sizeof(full));
+  extras_t x = {{0}, {0}};
+  ath_db_res_t* r = NULL;
+  const char* table = NULL;
+  if (compile(t, job, cat, doc->root, NULL, &plan) != 0)
+    goto done;
+  table = plan.table->name;
+  const char* cfgname = config_name(s, plan.table, cat->dialect);
+  if (!key_allows_table(job, cfgname, plan.table) ||
+      (plan.upsert_may_update && !(job->rights & ATH_GW_OP_BIT(ATH_GW_UPDATE)))) {
+    ath__gwjob_error(job, 403, "forbidden",
+                     plan.upsert_may_update ? "this key may not update rows (the upsert may update)"
+                                            : "this key may not use this table",
+                     NULL);
+    goto done;
+  }
+  char why[300];
+  int prc = run_policies(t, job, plan.table, cfgname, plan.upsert, &x, why, sizeof(why));
+  if (prc == 403) {
+    log_failure(s, job, table, 403, NULL, NULL, why);
+    ath__gwjob_error(job, 403, "policy_denied", "the table's policy refused the request", NULL);
+    goto done;
+  }
+  if (prc != 0) {
+    log_failure(s, job, table, 500, NULL, NULL, why);
+    ath__gwjob_error(job, 500, "internal_error", "the request could not be authorized", NULL);
+    goto done;
+  }
+  if (x.conds.len > 0 || x.set.len > 0) {
+    ath__gw_plan_free(&plan);
+    if (compile(t, job, cat, doc->root, &x, &plan) != 0)
+      goto done;
+  }
+  /* X-Publish-Event needs the rows as stored: run a plan returning them */
+  int publish = job->event != NULL && job->op != ATH_GW_FETCH;
+  ath_gw_plan_t* exec = &plan;
+  if (publish) {
+    if (want_all_columns(doc) != 0 || compile(t, job, cat, doc->root, &x, &full) != 0) {
+      if (job->status == 0)
+        ath__gwjob_error(job, 500, "internal_error", "out of memory", NULL);
+      goto done;
+    }
+    exec = &full;
+  }
+  ath_db_error_t e;
+  memset(&e, 0, sizeof(e));
+  ath_db_t* db = conn(t, job->db, &e);
+  if (db == NULL) {
+    log_failure(s, job, table, 503, &e, NULL, NULL);
+    ath__gwjob_error(job, 503, "database_unavailable", "the database is unavailable", NULL);
+    goto done;
+  }
+  int pg = ath__db_kind(db) == ATH_DB_PG;
+  const char* failed_sql = NULL;
+  t->deadline = ath__after(ath__mono_ns(), s->cfg.statement_timeout_ms);
+  int rc = simple(db, pg || job->op == ATH_GW_FETCH ? "BEGIN" : "BEGIN IMMEDIATE", &e);
+  if (rc == 0 && pg) {
+    char sql[80];
+    snprintf(sql, sizeof(sql), "SET LOCAL statement_timeout = %lld", (long long)s->cfg.statement_timeout_ms);
+    rc = simple(db, sql, &e);
+  }
+  ath_buf_t data = {0}, rows = {0};
+  int first = 1, firstfull = 1;
+  int64_t nrows = 0, changes = 0, count = -1;
+  for (size_t i = 0; rc == 0 && i < exec->nstmts; i++) {
+    if ((rc = run_stmt(db, &exec->stmts[i], &r, &e)) != 0) {
+      failed_sql = exec->stmts[i].sql;
+      break;
+    }
+    changes += ath__db_res_changes(r);
+    if (job->op == ATH_GW_FETCH || plan.returning || publish) {
+      if (publish) {
+        put_full_rows(&rows, r, &full, &firstfull);
+        if (plan.returning) { /* the asked columns, from the whole rows */
+          int nr = ath__db_res_nrows(r);
+          for (int row = 0; row < nr; row++) {
+            ath__buf_append(&data, first ? "{" : ",{", first ? 1 : 2);
+            first = 0;
+            int any = 0;
+            for (size_t c = 0; c < plan.ncols; c++) {
+              int src = -1;
+              for (size_t k = 0; k < full.ncols; k++)
+                if (full.cols[k].column == plan.cols[c].column)
+                  src = (int)k;
+              ath_db_value_t v;
+              if (src < 0 || ath__db_res_value(r, row, src, &v) != 0)
+                v.type = ATH_DB_NULL;
+              if (v.type == ATH_DB_NULL && plan.strip_nulls)
+                continue;
+              if (any)
+                ath__buf_lit(&data, ",");
+              any = 1;
+              ath__buf_json_str(&data, plan.cols[c].name);
+              ath__buf_lit(&data, ":");
+              put_value(&data, &v, plan.cols[c].column);
+            }
+            ath__buf_lit(&data, "}");
+            nrows++;
+          }
+        }
+      } else {
+        nrows += put_rows(&data, r, &plan, &first);
+      }
+    }
+    ath__db_res_free(r);
+    r = NULL;
+  }
+  if (rc == 0 && plan.has_count) {
+    if ((rc = run_stmt(db, &plan.count, &r, &e)) == 0) {
+      ath_db_value_t v;
+      if (ath__db_res_nrows(r) == 1 && ath__db_res_value(r, 0, 0, &v) == 0)
+        count = v.type == ATH_DB_INT ? v.i : v.type == ATH_DB_TEXT ? atoll(v.s) : 0;
+      ath__db_res_free(r);
+      r = NULL;
+    } else {
+      failed_sql = plan.count.sql;
+    }
+  }
+  if (rc == 0)
+    rc = simple(db, "COMMIT", &e);
+  t->deadline = 0;
+  if (rc != 0) {
+    ath_db_error_t e2;
+    simple(db, "ROLLBACK", &e2);
+    log_failure(s, job, table, 0, &e, failed_sql, NULL);
+    db_failure(job, &e);
+    ath__buf_free(&data);
+    ath__buf_free(&rows);
+    goto done;
+  }
+  /* the envelope (GATEWAY §4) */
+  static const char* const verbs[] = {"Fetched", "Inserted", "Updated", "Deleted"};
+  int64_t affected = changes;
+  char head[160];
+  int n = snprintf(head, sizeof(head), "{\"status\":\"success\",\"message\":\"%s %lld rows\",\"data\":[",
+                   verbs[job->op], (long long)(job->op == ATH_GW_FETCH ? (plan.head ? 0 : nrows) : affected));
+  ath_buf_t* b = &job->out;
+  b->len = 0;
+  ath__buf_append(b, head, (size_t)n);
+  if (!plan.head && data.data)
+    ath__buf_append(b, data.data, data.len);
+  ath__buf_lit(b, "]");
+  if (job->op == ATH_GW_FETCH) {
+    if (count >= 0)
+      n = snprintf(head, sizeof(head), ",\"count\":%lld}", (long long)count);
+    else
+      n = snprintf(head, sizeof(head), ",\"count\":null}");
+  } else {
+    n = snprintf(head, sizeof(head), ",\"count\":%lld,\"affected_rows\":%lld}", (long long)affected,
+                 (long long)affected);
+  }
+  ath__buf_append(b, head, (size_t)n);
+  job->status = 200;
+  if (plan.limit_lowered)
+    job->limit_header = plan.limit;
+  if (publish)
+    start_event(t, job, table, plan.upsert, &rows);
+  ath__buf_free(&data);
+  ath__buf_free(&rows);
+done:
+  if (r != NULL)
+    ath__db_res_free(r);
+  ath__buf_free(&x.conds);
+  ath__buf_free(&x.set);
+  ath__gw_plan_free(&plan);
+  ath__gw_plan_free(&full);
+  ath__gj_free(doc);
+}
+
+static void run_health(ath_gwt_t* t, ath_gwjob_t* job) {
+  ath_db_error_t e;
+  ath_db_t* db = conn(t, 0, &e);
+  int ok = db != NULL && simple(db, "SELECT 1", &e) == 0;
+  ath_buf_t* b = &job->out;
+  b->len = 0;
+  ath__buf_lit(b, "{\"status\":\"");
+  ath__buf_append(b, ok ? "success" : "error", ok ? 7 : 5);
+  ath__buf_lit(b, "\",\"message\":\"");
+  if (ok)
+    ath__buf_lit(b, "athena is online");
+  else
+    ath__buf_lit(b, "the database is unreachable");
+  ath__buf_lit(b, "\",\"ok\":");
+  ath__buf_append(b, ok ? "true" : "false", ok ? 4 : 5);
+  ath__buf_lit(b, ",\"version\":");
+  ath__buf_json_str(b, ath_version());
+  ath__buf_lit(b, ",\"protocol\":{\"major\":1,\"minor\":0},\"capabilities\":{\"fetch\":true,\"insert\":true,"
+                  "\"update\":true,\"delete\":true,\"rawSql\":false,\"rpc\":false}}");
+  job->status = ok ? 200 : 503;
+}
+
+void ath__gwt_run(ath_gwt_t* t, ath_gwjob_t* job) {
+  if (job->kind == ATH_GWJ_HEALTH)
+    run_health(t, job);
+  else
+    run_op(t, job);
+  if (job->out.data == NULL) /* out of memory on the way */
+    ath__gwjob_error(job, 500, "internal_error", "out of memory", NULL);
+}

@@ -1,0 +1,871 @@
+/* The gateway server's HTTP side and lifecycle (GATEWAY §1, §2, §6): routes,
+ * methods, request ids, CORS, API keys, clients, rate limits and body
+ * limits are decided here on the engine loop, where engine/http.c hands
+ * over every request that is not the operations surface. Requests that
+ * need the database go to the gateway threads (gw_exec.c) through one
+ * queue; their answers come back through `done` and an async handle. */
+#define H2O_USE_LIBUV 1
+#include <h2o.h>
+#include <math.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include "gw_server.h"
+
+/* ---------------------------------------------------------------- config */
+
+static void strv_free(char** v) {
+  for (char** p = v; p && *p; p++)
+    free(*p);
+  free(v);
+}
+
+void ath__gws_config_free(ath_gws_config_t* c) {
+  for (int i = 0; i < c->ndbs; i++) {
+    free(c->db_names[i]);
+    free(c->db_urls[i]);
+  }
+  free(c->db_names);
+  free(c->db_urls);
+  for (int i = 0; i < c->nkeys; i++) {
+    free(c->keys[i].name);
+    strv_free(c->keys[i].tables);
+    strv_free(c->keys[i].databases);
+  }
+  free(c->keys);
+  for (int i = 0; i < c->ntables; i++) {
+    free(c->tables[i].name);
+    strv_free(c->tables[i].hidden);
+  }
+  free(c->tables);
+  free(c->config_path);
+  strv_free(c->cors_origins);
+  strv_free(c->events);
+  strv_free(c->trusted_proxies);
+  free(c->prefix);
+  memset(c, 0, sizeof(*c));
+}
+
+/* --------------------------------------------------------------- threads */
+
+static void job_free(ath_gwjob_t* j) {
+  free(j->body);
+  free(j->event);
+  for (int i = 0; i < 3; i++)
+    free(j->hint[i]);
+  ath__buf_free(&j->out);
+  free(j);
+}
+
+static void thread_main(void* arg) {
+  ath_gwt_t* t = arg;
+  ath_gws_t* s = t->s;
+  char err[400] = "";
+  ath__gwt_init(t, err, sizeof(err));
+  if (err[0])
+    ath__logf(s->w, ATH_LOG_ERROR, NULL, 0, "%s", err);
+  uv_mutex_lock(&s->mu);
+  for (;;) {
+    while (!s->stop && s->queue == NULL)
+      uv_cond_wait(&s->cond, &s->mu);
+    if (s->stop)
+      break;
+    ath_gwjob_t* j = s->queue;
+    s->queue = j->next;
+    if (s->queue == NULL)
+      s->queue_tail = NULL;
+    uv_mutex_unlock(&s->mu);
+    ath__gwt_run(t, j);
+    uv_mutex_lock(&s->mu);
+    j->next = s->done;
+    s->done = j;
+    if (s->attached)
+      uv_async_send(&s->async);
+  }
+  uv_mutex_unlock(&s->mu);
+  ath__gwt_close(t);
+}
+
+static void stop_threads(ath_gws_t* s) {
+  uv_mutex_lock(&s->mu);
+  s->stop = 1;
+  uv_cond_broadcast(&s->cond);
+  uv_mutex_unlock(&s->mu);
+  for (int i = 0; i < s->nthreads; i++)
+    uv_thread_join(&s->threads[i].tid);
+  s->nthreads = 0;
+}
+
+static void free_server(ath_gws_t* s) {
+  stop_threads(s);
+  for (ath_gwjob_t* j = s->queue; j;) {
+    ath_gwjob_t* next = j->next;
+    job_free(j);
+    j = next;
+  }
+  for (ath_gwjob_t* j = s->done; j;) {
+    ath_gwjob_t* next = j->next;
+    job_free(j);
+    j = next;
+  }
+  for (int i = 0; s->cats && i < s->cfg.ndbs; i++)
+    ath__gws_cat_free(s->cats[i]);
+  free(s->cats);
+  free(s->threads);
+  free(s->buckets);
+  ath__gws_config_free(&s->cfg);
+  uv_cond_destroy(&s->cond);
+  uv_mutex_destroy(&s->mu);
+  free(s);
+}
+
+/* Reads every database's catalog into cats (NULL entries on failure). */
+static int read_catalogs(ath_gws_t* s, ath_gws_cat_t** cats, char* err, size_t errlen) {
+  for (int i = 0; i < s->cfg.ndbs; i++) {
+    ath_db_t* db = NULL;
+    ath_db_error_t e;
+    int rc = ath__db_new(s->cfg.db_urls[i], &db, &e);
+    if (rc == 0)
+      rc = ath__db_connect(db, &e);
+    if (rc == 0)
+      rc = ath__gws_introspect(db, &s->cfg, &cats[i], &e);
+    if (db != NULL)
+      ath__db_free(db);
+    if (rc != 0) {
+      snprintf(err, errlen, "gateway database %s: %s", i == 0 ? "(default)" : s->cfg.db_names[i], e.message);
+      return rc == ATH_ENOMEM ? ATH_ENOMEM : ATH_EINVAL;
+    }
+  }
+  return 0;
+}
+
+int ath__gws_new(ath_world_t* w, ath_gws_config_t* cfg, ath_gws_t** out, char* err, size_t errlen) {
+  ath_gws_t* s = calloc(1, sizeof(*s));
+  if (s == NULL) {
+    ath__gws_config_free(cfg);
+    return ATH_ENOMEM;
+  }
+  s->w = w;
+  s->cfg = *cfg;
+  memset(cfg, 0, sizeof(*cfg));
+  uv_mutex_init(&s->mu);
+  uv_cond_init(&s->cond);
+  int n = s->cfg.threads > 0 ? s->cfg.threads : 2;
+  s->cats = calloc((size_t)s->cfg.ndbs, sizeof(*s->cats));
+  s->threads = calloc((size_t)n, sizeof(*s->threads));
+  if (s->cats == NULL || s->threads == NULL) {
+    free_server(s);
+    return ATH_ENOMEM;
+  }
+  int rc = read_catalogs(s, s->cats, err, errlen);
+  for (int i = 0; rc == 0 && i < n; i++) {
+    ath_gwt_t* t = &s->threads[i];
+    t->s = s;
+    t->index = i;
+    if (uv_thread_create(&t->tid, thread_main, t) != 0) {
+      snprintf(err, errlen, "%s", "cannot start a gateway thread");
+      rc = ATH_ENOMEM;
+      break;
+    }
+    s->nthreads++;
+  }
+  if (rc != 0) {
+    free_server(s);
+    return rc;
+  }
+  *out = s;
+  return 0;
+}
+
+int ath__gws_refresh(ath_gws_t* s, char* err, size_t errlen) {
+  ath_gws_cat_t** fresh = calloc((size_t)s->cfg.ndbs, sizeof(*fresh));
+  if (fresh == NULL)
+    return ATH_ENOMEM;
+  int rc = read_catalogs(s, fresh, err, errlen);
+  uv_mutex_lock(&s->mu);
+  for (int i = 0; i < s->cfg.ndbs; i++) {
+    if (rc == 0) { /* the old one stays readable for requests using it */
+      fresh[i]->older = s->cats[i];
+      s->cats[i] = fresh[i];
+    } else {
+      ath__gws_cat_free(fresh[i]);
+    }
+  }
+  uv_mutex_unlock(&s->mu);
+  free(fresh);
+  return rc;
+}
+
+size_t ath__gws_body_cap(const ath_gws_t* s) {
+  return s->cfg.body_limit + 64 * 1024;
+}
+
+/* ----------------------------------------------------------- HTTP helpers */
+
+static const char* reason(int status) {
+  switch (status) {
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 413: return "Payload Too Large";
+    case 429: return "Too Many Requests";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return status >= 500 ? "Internal Server Error" : "Error";
+  }
+}
+
+static void add(h2o_req_t* req, const char* lname, const char* value, size_t len) {
+  h2o_iovec_t v = h2o_strdup(&req->pool, value, len);
+  h2o_add_header_by_str(&req->pool, &req->res.headers, lname, strlen(lname), 1, NULL, v.base, v.len);
+}
+
+/* Header `lname` (lower case): every value joined, each trimmed; "" when
+ * absent. Writes at most cap-1 bytes; returns the length (0: absent or
+ * empty, as GATEWAY §2 treats them alike). */
+static size_t header(h2o_req_t* req, const char* lname, char* out, size_t cap) {
+  size_t n = 0;
+  ssize_t cur = -1;
+  while ((cur = h2o_find_header_by_str(&req->headers, lname, strlen(lname), cur)) != -1) {
+    h2o_iovec_t v = req->headers.entries[cur].value;
+    size_t a = 0, b = v.len;
+    while (a < b && (v.base[a] == ' ' || v.base[a] == '\t'))
+      a++;
+    while (b > a && (v.base[b - 1] == ' ' || v.base[b - 1] == '\t'))
+      b--;
+    if (a == b)
+      continue;
+    if (n > 0 && n + 2 < cap) {
+      out[n++] = ',';
+      out[n++] = ' ';
+    }
+    size_t k = b - a < cap - 1 - n ? b - a : cap - 1 - n;
+    memcpy(out + n, v.base + a, k);
+    n += k;
+  }
+  out[n] = '\0';
+  return n;
+}
+
+/* Splits a comma-merged value; returns 1 and the single distinct part in
+ * out (aliases of `drop` removed when given), 0 when empty, -1 when parts
+ * differ. */
+static int single_part(const char* v, char* out, size_t cap, const char* const* drop) {
+  int found = 0;
+  out[0] = '\0';
+  while (*v) {
+    while (*v == ' ' || *v == ',')
+      v++;
+    const char* e = v;
+    while (*e && *e != ',')
+      e++;
+    const char* z = e;
+    while (z > v && z[-1] == ' ')
+      z--;
+    size_t n = (size_t)(z - v);
+    int dropped = 0;
+    for (const char* const* d = drop; d && *d; d++)
+      dropped |= strlen(*d) == n && memcmp(*d, v, n) == 0;
+    if (n > 0 && !dropped) {
+      if (n >= cap)
+        return -1;
+      if (found && (strlen(out) != n || memcmp(out, v, n) != 0))
+        return -1;
+      memcpy(out, v, n);
+      out[n] = '\0';
+      found = 1;
+    }
+    v = e;
+  }
+  return found;
+}
+
+/* ------------------------------------------------------------- the answer */
+
+typedef struct {
+  ath_gwjob_t* job;
+} gw_ref_t;
+
+static void ref_dispose(void* p) {
+  gw_ref_t* r = p;
+  if (r->job != NULL)
+    r->job->req = NULL; /* the client went away: answer nobody */
+}
+
+/* Headers every answer has (GATEWAY §1, §6.6). */
+static void common_headers(h2o_req_t* req, const ath_gwjob_t* j) {
+  add(req, "x-request-id", j->request_id, strlen(j->request_id));
+  add(req, "x-athena-request-id", j->request_id, strlen(j->request_id));
+  h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
+  if (j->cors) {
+    add(req, "access-control-allow-origin", j->origin, strlen(j->origin));
+    add(req, "vary", "Origin", 6);
+    static const char expose[] = "x-request-id, x-athena-request-id, x-athena-event-id, x-athena-limit, retry-after";
+    add(req, "access-control-expose-headers", expose, sizeof(expose) - 1);
+  }
+}
+
+static void send_job(h2o_req_t* req, ath_gwjob_t* j) {
+  req->res.status = j->status;
+  req->res.reason = reason(j->status);
+  common_headers(req, j);
+  h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                 H2O_STRLIT("application/json; charset=utf-8"));
+  char tmp[32];
+  if (j->limit_header > 0) {
+    int n = snprintf(tmp, sizeof(tmp), "%lld", (long long)j->limit_header);
+    add(req, "x-athena-limit", tmp, (size_t)n);
+  }
+  if (j->event_id[0])
+    add(req, "x-athena-event-id", j->event_id, strlen(j->event_id));
+  if (j->status == 401)
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL, H2O_STRLIT("Bearer"));
+  h2o_iovec_t body = h2o_strdup(&req->pool, j->out.data ? j->out.data : "{}", j->out.data ? j->out.len : 2);
+  h2o_send_inline(req, body.base, body.len);
+}
+
+static void on_answers(uv_async_t* h) {
+  ath_gws_t* s = h->data;
+  uv_mutex_lock(&s->mu);
+  ath_gwjob_t* list = s->done;
+  s->done = NULL;
+  uv_mutex_unlock(&s->mu);
+  while (list != NULL) {
+    ath_gwjob_t* j = list;
+    list = j->next;
+    if (j->req != NULL) {
+      ((gw_ref_t*)j->ref)->job = NULL;
+      send_job(j->req, j);
+    }
+    job_free(j);
+  }
+}
+
+int ath__gws_attach(ath_gws_t* s, uv_loop_t* loop) {
+  int rc = uv_async_init(loop, &s->async, on_answers);
+  if (rc != 0)
+    return rc;
+  s->async.data = s;
+  uv_mutex_lock(&s->mu);
+  s->attached = 1;
+  if (s->done != NULL)
+    uv_async_send(&s->async);
+  uv_mutex_unlock(&s->mu);
+  return 0;
+}
+
+static void on_async_closed(uv_handle_t* h) {
+  free_server(h->data);
+}
+
+void ath__gws_free(ath_gws_t* s) {
+  if (s == NULL)
+    return;
+  stop_threads(s);
+  /* unanswered requests: their connections are being closed with the server */
+  uv_mutex_lock(&s->mu);
+  ath_gwjob_t* all[2] = {s->queue, s->done};
+  s->queue = s->queue_tail = s->done = NULL;
+  uv_mutex_unlock(&s->mu);
+  for (int k = 0; k < 2; k++) {
+    for (ath_gwjob_t* j = all[k]; j;) {
+      ath_gwjob_t* next = j->next;
+      if (j->req != NULL) { /* answered now: the connection can then close */
+        ((gw_ref_t*)j->ref)->job = NULL;
+        if (k == 0)
+          ath__gwjob_error(j, 503, "shutting_down", "the server is shutting down", NULL);
+        send_job(j->req, j);
+      }
+      job_free(j);
+      j = next;
+    }
+  }
+  if (s->attached)
+    uv_close((uv_handle_t*)&s->async, on_async_closed);
+  else
+    free_server(s);
+}
+
+/* Answers now (on the engine thread) with the error envelope. */
+static int answer_error(h2o_req_t* req, ath_gwjob_t* base, int status, const char* code, const char* error,
+                        const char* extra_name, const char* extra_value) {
+  ath__gwjob_error(base, status, code, error, NULL);
+  if (extra_name != NULL)
+    add(req, extra_name, extra_value, strlen(extra_value));
+  send_job(req, base);
+  ath__buf_free(&base->out);
+  return 1;
+}
+
+/* ------------------------------------------------------------ rate limits */
+
+typedef struct ath_gw_bucket_s {
+  char name[88];   /* "k:<key name>", "i:<ip>", "f:<ip>" (auth failures); "" free */
+  double tokens;
+  uint64_t at;     /* monotonic ns of the last refill */
+} bucket_t;
+
+static bucket_t* bucket(ath_gws_t* s, const char* name, double burst) {
+  if (s->nbuckets * 10 >= s->bucket_cap * 7) { /* full: forget everyone (a burst is allowed again) */
+    size_t cap = s->bucket_cap ? s->bucket_cap : 1024;
+    if (cap < 65536 && s->bucket_cap)
+      cap *= 2;
+    bucket_t* b = calloc(cap, sizeof(*b));
+    if (b == NULL)
+      return NULL;
+    free(s->buckets);
+    s->buckets = b;
+    s->bucket_cap = cap;
+    s->nbuckets = 0;
+  }
+  uint64_t h = ath__hash_str(name);
+  for (size_t i = h & (s->bucket_cap - 1);; i = (i + 1) & (s->bucket_cap - 1)) {
+    bucket_t* b = &s->buckets[i];
+    if (b->name[0] == '\0') {
+      snprintf(b->name, sizeof(b->name), "%s", name);
+      b->tokens = burst;
+      b->at = ath__mono_ns();
+      s->nbuckets++;
+      return b;
+    }
+    if (strcmp(b->name, name) == 0)
+      return b;
+  }
+}
+
+/* Refills b at `rate` per second up to `burst`; takes one token when
+ * `take`. Returns 0, or the seconds until a token is there (>= 1). */
+static int spend(bucket_t* b, double rate, double burst, int take) {
+  if (b == NULL || rate <= 0)
+    return 0;
+  uint64_t now = ath__mono_ns();
+  b->tokens += (double)(now - b->at) / 1e9 * rate;
+  if (b->tokens > burst)
+    b->tokens = burst;
+  b->at = now;
+  if (b->tokens >= 1) {
+    if (take)
+      b->tokens -= 1;
+    return 0;
+  }
+  int wait = (int)ceil((1 - b->tokens) / rate);
+  return wait < 1 ? 1 : wait;
+}
+
+static int limited(h2o_req_t* req, ath_gwjob_t* base, int wait) {
+  char s[16];
+  snprintf(s, sizeof(s), "%d", wait);
+  return answer_error(req, base, 429, "rate_limited", "too many requests; retry later", "retry-after", s);
+}
+
+/* ------------------------------------------------------------- the routes */
+
+static int is_path(const char* p, size_t n, const char* lit) {
+  return strlen(lit) == n && memcmp(p, lit, n) == 0;
+}
+
+static int method_is(h2o_req_t* req, const char* m) {
+  return h2o_memis(req->method.base, req->method.len, m, strlen(m));
+}
+
+/* The client's address: the socket peer, or the nearest untrusted entry
+ * of X-Forwarded-For when the peer is a trusted proxy (§6.9). */
+static void client_ip(ath_gws_t* s, h2o_req_t* req, char* out, size_t cap) {
+  struct sockaddr_storage sa;
+  out[0] = '\0';
+  socklen_t len = req->conn->callbacks->get_peername(req->conn, (struct sockaddr*)&sa);
+  if (len > 0) {
+    if (sa.ss_family == AF_INET)
+      uv_ip4_name((struct sockaddr_in*)&sa, out, cap);
+    else if (sa.ss_family == AF_INET6)
+      uv_ip6_name((struct sockaddr_in6*)&sa, out, cap);
+  }
+  if (s->cfg.trusted_proxies == NULL)
+    return;
+  char xff[512];
+  for (;;) {
+    int trusted = 0;
+    for (char** p = s->cfg.trusted_proxies; *p; p++)
+      trusted |= strcmp(*p, out) == 0;
+    if (!trusted || header(req, "x-forwarded-for", xff, sizeof(xff)) == 0)
+      return;
+    /* walk from the right: the first hop our proxies did not add */
+    char* parts[32];
+    int n = 0;
+    for (char* tok = strtok(xff, ", "); tok && n < 32; tok = strtok(NULL, ", "))
+      parts[n++] = tok;
+    for (int i = n - 1; i >= 0; i--) {
+      int t = 0;
+      for (char** p = s->cfg.trusted_proxies; *p; p++)
+        t |= strcmp(*p, parts[i]) == 0;
+      snprintf(out, cap, "%s", parts[i]);
+      if (!t)
+        return;
+    }
+    return;
+  }
+}
+
+static int origin_allowed(ath_gws_t* s, const char* origin) {
+  for (char** p = s->cfg.cors_origins; p && *p; p++)
+    if (strcmp(*p, "*") == 0 || strcmp(*p, origin) == 0)
+      return 1;
+  return 0;
+}
+
+/* The request id (§1): the caller's when well-formed, else a new one. */
+static void request_id(h2o_req_t* req, char* out, size_t cap) {
+  char v[128];
+  size_t n = header(req, "x-request-id", v, sizeof(v));
+  int ok = n >= 1 && n <= 64;
+  for (size_t i = 0; ok && i < n; i++) {
+    char c = v[i];
+    ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+  }
+  if (ok) {
+    memcpy(out, v, n + 1 <= cap ? n + 1 : cap); /* n <= 64 < cap */
+  } else {
+    char id[37];
+    ath__uuid4(id);
+    snprintf(out, cap, "%s", id);
+  }
+}
+
+static int preflight(ath_gws_t* s, h2o_req_t* req, ath_gwjob_t* base) {
+  req->res.status = 204;
+  req->res.reason = "No Content";
+  add(req, "x-request-id", base->request_id, strlen(base->request_id));
+  add(req, "x-athena-request-id", base->request_id, strlen(base->request_id));
+  if (base->cors) {
+    add(req, "access-control-allow-origin", base->origin, strlen(base->origin));
+    add(req, "vary", "Origin", 6);
+    static const char methods[] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+    add(req, "access-control-allow-methods", methods, sizeof(methods) - 1);
+    char asked[1024];
+    size_t n = header(req, "access-control-request-headers", asked, sizeof(asked));
+    if (n > 0) /* naming a header grants nothing (§6.6) */
+      add(req, "access-control-allow-headers", asked, n);
+    add(req, "access-control-max-age", "600", 3);
+  }
+  (void)s;
+  h2o_send_inline(req, "", 0);
+  return 1;
+}
+
+/* The presented key (§2): 1 found (index in *out, -1 anonymous), 0 none,
+ * -1 unknown. Compares the hash with every configured one in constant
+ * time, never stopping early. */
+static int authenticate(ath_gws_t* s, h2o_req_t* req, int* out) {
+  static const char* const names[] = {"x-athena-key", "apikey", "x-api-key", "authorization"};
+  char v[1024], key[512];
+  for (int i = 0; i < 4; i++) {
+    if (header(req, names[i], v, sizeof(v)) == 0)
+      continue;
+    char* val = v;
+    if (i == 3) { /* Bearer only; each merged part carries the scheme */
+      char cleaned[1024];
+      size_t n = 0;
+      for (char* tok = strtok(v, ","); tok; tok = strtok(NULL, ",")) {
+        while (*tok == ' ')
+          tok++;
+        if (strncasecmp(tok, "bearer ", 7) != 0)
+          continue;
+        tok += 7;
+        while (*tok == ' ')
+          tok++;
+        n += (size_t)snprintf(cleaned + n, sizeof(cleaned) - n, "%s%s", n ? "," : "", tok);
+        if (n >= sizeof(cleaned))
+          return -1;
+      }
+      if (n == 0)
+        continue; /* not a Bearer token: not a key */
+      memcpy(v, cleaned, n + 1);
+    }
+    int one = single_part(val, key, sizeof(key), NULL);
+    if (one == 0)
+      continue;
+    if (one < 0)
+      return -1;
+    unsigned char hash[32];
+    unsigned int hlen = 0;
+    if (EVP_Digest(key, strlen(key), hash, &hlen, EVP_sha256(), NULL) != 1)
+      return -1;
+    int found = -1;
+    for (int k = 0; k < s->cfg.nkeys; k++) {
+      int same = CRYPTO_memcmp(hash, s->cfg.keys[k].hash, 32) == 0;
+      found = same && found < 0 ? k : found;
+    }
+    OPENSSL_cleanse(key, sizeof(key));
+    if (found < 0)
+      return -1;
+    *out = found;
+    return 1;
+  }
+  return 0;
+}
+
+/* The database X-Athena-Client selects (§2): its index, or -1 with the
+ * error answered. */
+static int client_db(ath_gws_t* s, h2o_req_t* req, ath_gwjob_t* base, const ath_gws_key_t* key) {
+  char v[512], name[256];
+  header(req, "x-athena-client", v, sizeof(v));
+  static const char* const aliases[] = {"railway_direct", "DEFAULT_CLIENT", NULL};
+  /* an alias counts only while no configured database bears that name */
+  const char* drop[3] = {NULL, NULL, NULL};
+  int nd = 0;
+  for (int a = 0; aliases[a]; a++) {
+    int named = 0;
+    for (int i = 1; i < s->cfg.ndbs; i++)
+      named |= strcmp(s->cfg.db_names[i], aliases[a]) == 0;
+    if (!named)
+      drop[nd++] = aliases[a];
+  }
+  int one = single_part(v, name, sizeof(name), drop);
+  if (one == 0)
+    return 0;
+  int db = -1;
+  for (int i = 1; one > 0 && i < s->cfg.ndbs; i++)
+    if (strcmp(s->cfg.db_names[i], name) == 0)
+      db = i;
+  if (db < 0) {
+    answer_error(req, base, 400, "unknown_client", "X-Athena-Client names no configured database", NULL, NULL);
+    return -1;
+  }
+  if (key != NULL && key->databases != NULL) {
+    int ok = 0;
+    for (char** p = key->databases; *p; p++)
+      ok |= strcmp(*p, name) == 0;
+    if (!ok) {
+      answer_error(req, base, 403, "forbidden", "this key may not use this database", NULL, NULL);
+      return -1;
+    }
+  }
+  return db;
+}
+
+/* GET /gateway/fetch without a body: the same fields as query parameters
+ * (conditions, sort_by, where as URL-encoded JSON). Returns a JSON body. */
+static char* query_body(h2o_req_t* req, size_t* len) {
+  ath_buf_t b = {0};
+  ath__buf_lit(&b, "{");
+  if (req->query_at != SIZE_MAX) {
+    const char* q = req->path.base + req->query_at + 1;
+    const char* end = req->path.base + req->path.len;
+    int first = 1;
+    while (q < end) {
+      const char* amp = memchr(q, '&', (size_t)(end - q));
+      const char* e = amp ? amp : end;
+      const char* eq = memchr(q, '=', (size_t)(e - q));
+      if (eq != NULL && eq > q) {
+        h2o_iovec_t k = h2o_strdup(&req->pool, q, (size_t)(eq - q));
+        h2o_iovec_t v = h2o_strdup(&req->pool, eq + 1, (size_t)(e - eq - 1));
+        k.len = ath__http_decode(k.base, k.len, 1);
+        v.len = ath__http_decode(v.base, v.len, 1);
+        {
+          ath_buf_t kb = {0};
+          ath__json_put_text(&kb, k.base, k.len);
+          if (!first)
+            ath__buf_lit(&b, ",");
+          first = 0;
+          if (kb.data)
+            ath__buf_append(&b, kb.data, kb.len);
+          ath__buf_free(&kb);
+          ath__buf_lit(&b, ":");
+          int json = h2o_memis(k.base, k.len, H2O_STRLIT("conditions")) ||
+                     h2o_memis(k.base, k.len, H2O_STRLIT("sort_by")) ||
+                     h2o_memis(k.base, k.len, H2O_STRLIT("sortBy")) || h2o_memis(k.base, k.len, H2O_STRLIT("where"));
+          if (json || h2o_memis(v.base, v.len, H2O_STRLIT("true")) || h2o_memis(v.base, v.len, H2O_STRLIT("false")))
+            ath__buf_append(&b, v.len ? v.base : "null", v.len ? v.len : 4);
+          else
+            ath__json_put_text(&b, v.base, v.len);
+        }
+      }
+      q = e + 1;
+    }
+  }
+  ath__buf_lit(&b, "}");
+  *len = b.len;
+  return b.data;
+}
+
+static char* dupz(const char* s, size_t n) {
+  return n ? ath__memdup(s, n) : NULL;
+}
+
+int ath__gws_handle(ath_gws_t* s, h2o_req_t* req) {
+  const char* p = req->path_normalized.base;
+  size_t n = req->path_normalized.len;
+  size_t plen = strlen(s->cfg.prefix);
+  if (plen > 0) {
+    if (n < plen || memcmp(p, s->cfg.prefix, plen) != 0 || (n > plen && p[plen] != '/'))
+      return 0; /* outside the mount: the operations surface */
+    p += plen;
+    n -= plen;
+    if (n == 0) {
+      p = "/";
+      n = 1;
+    }
+  } else if (is_path(p, n, "/healthz") || is_path(p, n, "/metrics") || is_path(p, n, "/dashboard") ||
+             is_path(p, n, "/api") || (n > 5 && memcmp(p, "/api/", 5) == 0)) {
+    return 0;
+  }
+  if (n > 1 && p[n - 1] == '/')
+    n--; /* one trailing slash is ignored */
+  ath_gwjob_t base;
+  memset(&base, 0, sizeof(base));
+  request_id(req, base.request_id, sizeof(base.request_id));
+  base.strip_header = -1;
+  size_t olen = header(req, "origin", base.origin, sizeof(base.origin));
+  base.cors = olen > 0 && origin_allowed(s, base.origin);
+  int get = method_is(req, "GET"), headm = method_is(req, "HEAD");
+  if (method_is(req, "OPTIONS"))
+    return preflight(s, req, &base);
+  if (is_path(p, n, "/ping")) {
+    if (!get && !headm)
+      return answer_error(req, &base, 405, "method_not_allowed", "use GET or HEAD", "allow", "GET, HEAD");
+    req->res.status = 200;
+    req->res.reason = "OK";
+    common_headers(req, &base);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("text/plain; charset=utf-8"));
+    h2o_send_inline(req, H2O_STRLIT("pong"));
+    return 1;
+  }
+  int health = is_path(p, n, "/health");
+  if (health || is_path(p, n, "/")) {
+    if (!get && !headm)
+      return answer_error(req, &base, 405, "method_not_allowed", "use GET or HEAD", "allow", "GET, HEAD");
+    base.kind = ATH_GWJ_HEALTH;
+    if (!health) { /* GET / : the document, no database round trip */
+      static const char doc[] =
+        "{\"status\":\"success\",\"message\":\"athena is online\",\"ok\":true,\"version\":\"" ATHENA_VERSION
+        "\",\"protocol\":{\"major\":1,\"minor\":0},\"capabilities\":{\"fetch\":true,\"insert\":true,"
+        "\"update\":true,\"delete\":true,\"rawSql\":false,\"rpc\":false}}";
+      ath__buf_append(&base.out, doc, sizeof(doc) - 1);
+      base.status = 200;
+      send_job(req, &base);
+      ath__buf_free(&base.out);
+      return 1;
+    }
+  } else if (is_path(p, n, "/gateway/query") || is_path(p, n, "/gateway/sql")) {
+    return answer_error(req, &base, 403, "raw_sql_forbidden", "raw SQL is not available on this gateway", NULL, NULL);
+  } else if (is_path(p, n, "/gateway/rpc") || (n >= 5 && memcmp(p, "/rpc/", 5) == 0) || is_path(p, n, "/rpc")) {
+    return answer_error(req, &base, 403, "rpc_not_exposed", "no procedures are exposed on this gateway", NULL, NULL);
+  } else {
+    static const struct {
+      const char* path;
+      ath_gw_op_t op;
+      const char* m1;
+      const char* m2;
+      const char* allow;
+    } routes[] = {
+      {"/gateway/fetch", ATH_GW_FETCH, "POST", "GET", "GET, POST, OPTIONS"},
+      {"/gateway/insert", ATH_GW_INSERT, "PUT", "POST", "POST, PUT, OPTIONS"},
+      {"/gateway/update", ATH_GW_UPDATE, "POST", "PATCH", "PATCH, POST, OPTIONS"},
+      {"/gateway/delete", ATH_GW_DELETE, "DELETE", "POST", "DELETE, POST, OPTIONS"},
+    };
+    int r = -1;
+    for (int i = 0; i < 4; i++)
+      if (is_path(p, n, routes[i].path))
+        r = i;
+    if (r < 0)
+      return answer_error(req, &base, 404, "not_found", "no such route", NULL, NULL);
+    if (!method_is(req, routes[r].m1) && !method_is(req, routes[r].m2))
+      return answer_error(req, &base, 405, "method_not_allowed", "this route does not take that method", "allow",
+                          routes[r].allow);
+    base.op = routes[r].op;
+  }
+
+  /* who is asking (§2, §6.3, §6.9) */
+  client_ip(s, req, base.ip, sizeof(base.ip));
+  char bname[96];
+  snprintf(bname, sizeof(bname), "i:%s", base.ip);
+  int wait = spend(bucket(s, bname, s->cfg.ip_burst), s->cfg.ip_rate, s->cfg.ip_burst, 1);
+  if (wait)
+    return limited(req, &base, wait);
+  if (base.kind == ATH_GWJ_OP) {
+    snprintf(bname, sizeof(bname), "f:%s", base.ip);
+    double fburst = s->cfg.auth_fail_per_min, frate = s->cfg.auth_fail_per_min / 60.0;
+    bucket_t* fails = bucket(s, bname, fburst);
+    if ((wait = spend(fails, frate, fburst, 0)) != 0)
+      return limited(req, &base, wait);
+    int k = -1;
+    int found = authenticate(s, req, &k);
+    if (found <= 0 && !(found == 0 && s->cfg.anonymous)) {
+      spend(fails, frate, fburst, 1);
+      return answer_error(req, &base, 401, found == 0 ? "auth_required" : "invalid_key",
+                          found == 0 ? "an API key is required" : "the API key is not valid", NULL, NULL);
+    }
+    base.key = found > 0 ? &s->cfg.keys[k] : NULL;
+    base.rights = base.key ? base.key->rights : s->cfg.anon_rights;
+    if (base.key != NULL) {
+      snprintf(bname, sizeof(bname), "k:%s", base.key->name);
+      if ((wait = spend(bucket(s, bname, s->cfg.key_burst), s->cfg.key_rate, s->cfg.key_burst, 1)) != 0)
+        return limited(req, &base, wait);
+    }
+    if (!(base.rights & ATH_GW_OP_BIT(base.op)))
+      return answer_error(req, &base, 403, "forbidden", "this key may not use this operation", NULL, NULL);
+    if ((base.db = client_db(s, req, &base, base.key)) < 0)
+      return 1;
+    if (base.op != ATH_GW_FETCH && olen > 0 && !base.cors)
+      return answer_error(req, &base, 403, "origin_rejected", "mutations are not accepted from this origin", NULL,
+                          NULL);
+    if (req->entity.len > s->cfg.body_limit)
+      return answer_error(req, &base, 413, "payload_too_large", "the request body is larger than the limit", NULL,
+                          NULL);
+  }
+
+  ath_gwjob_t* j = calloc(1, sizeof(*j));
+  if (j == NULL)
+    return answer_error(req, &base, 500, "internal_error", "out of memory", NULL, NULL);
+  *j = base;
+  char v[512];
+  size_t vn = header(req, "x-strip-nulls", v, sizeof(v));
+  if (vn > 0) {
+    if (!strcasecmp(v, "true") || !strcmp(v, "1") || !strcasecmp(v, "yes"))
+      j->strip_header = 1;
+    else if (!strcasecmp(v, "false") || !strcmp(v, "0") || !strcasecmp(v, "no"))
+      j->strip_header = 0;
+  }
+  if (j->kind == ATH_GWJ_OP) {
+    if (req->entity.base != NULL && req->entity.len > 0) {
+      j->body = ath__memdup(req->entity.base, req->entity.len);
+      j->body_len = req->entity.len;
+    } else if (get) {
+      j->body = query_body(req, &j->body_len);
+    } else {
+      j->body = ath__memdup("", 0);
+    }
+    if ((vn = header(req, "x-publish-event", v, sizeof(v))) > 0 && base.op != ATH_GW_FETCH)
+      j->event = dupz(v, vn);
+    static const char* const hints[3] = {"x-user-id", "x-organization-id", "x-company-id"};
+    for (int i = 0; i < 3; i++)
+      if ((vn = header(req, hints[i], v, sizeof(v))) > 0)
+        j->hint[i] = dupz(v, vn);
+    if (j->body == NULL) {
+      job_free(j);
+      return answer_error(req, &base, 500, "internal_error", "out of memory", NULL, NULL);
+    }
+  }
+  gw_ref_t* ref = h2o_mem_alloc_shared(&req->pool, sizeof(*ref), ref_dispose);
+  ref->job = j;
+  j->ref = ref;
+  j->req = req;
+  j->started = ath__mono_ns();
+  uv_mutex_lock(&s->mu);
+  if (s->queue_tail)
+    s->queue_tail->next = j;
+  else
+    s->queue = j;
+  s->queue_tail = j;
+  uv_cond_signal(&s->cond);
+  uv_mutex_unlock(&s->mu);
+  return 1;
+}

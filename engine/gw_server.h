@@ -1,0 +1,186 @@
+/* The gateway server (GATEWAY.md): the HTTP side runs on the engine loop
+ * with the operations surface (engine/http.c hands it the gateway routes);
+ * requests that touch a database are compiled and executed on the
+ * gateway's own threads, each with its own Lua state (for policies) and its
+ * own connections, and answered back on the engine loop. Not installed. */
+#ifndef ATHENA_GW_SERVER_H
+#define ATHENA_GW_SERVER_H
+
+#include <stdint.h>
+#include "gw_plan.h"
+#include "internal.h"
+
+/* Rights (GATEWAY §6.3), one bit per operation. */
+#define ATH_GWR_ALL 0xfu
+
+/* An API key. */
+typedef struct {
+  char* name;                /* for logs and policies; never the key */
+  unsigned char hash[32];    /* SHA-256 of the key */
+  unsigned rights;           /* ATH_GW_OP_BIT(op) bits */
+  char** tables;             /* NULL: every exposed table */
+  char** databases;          /* NULL: every database */
+  int server;                /* a backend's key: caller hints are trusted */
+} ath_gws_key_t;
+
+/* An exposed table entry of the configuration. */
+typedef struct {
+  char* name;                /* "users" or "schema.users" */
+  unsigned ops;              /* allowed operations */
+  char** hidden;             /* columns treated as nonexistent */
+  int policy;                /* has a policy function */
+} ath_gws_table_t;
+
+/* The configuration, immutable once the server runs. */
+typedef struct {
+  char** db_names;           /* [0] is the default ("" name) */
+  char** db_urls;
+  int ndbs;
+  ath_gws_key_t* keys;
+  int nkeys;
+  int anonymous;             /* anonymous access with anon_rights */
+  unsigned anon_rights;
+  ath_gws_table_t* tables;
+  int ntables;
+  int global_policy;
+  char* config_path;         /* the file policies are loaded from, or NULL */
+  ath_gw_limits_t limits;
+  size_t body_limit;         /* bytes (1 MiB) */
+  int64_t statement_timeout_ms; /* 5000 */
+  char** cors_origins;       /* exact origins; "*" allows any */
+  char** events;             /* X-Publish-Event allowlist, NULL: any */
+  char** trusted_proxies;    /* peers whose X-Forwarded-For counts */
+  char* prefix;              /* mount prefix, "" for none */
+  double key_rate, key_burst, ip_rate, ip_burst; /* token buckets (§6.9) */
+  double auth_fail_per_min;
+  int threads;               /* gateway threads (2) */
+} ath_gws_config_t;
+
+typedef struct ath_gws_s ath_gws_t;
+
+/* Frees what a config owns (not the struct itself). */
+void ath__gws_config_free(ath_gws_config_t* c);
+
+/* Builds a server from `cfg` (taken over, even on failure): connects to
+ * every database and introspects it (blocking the caller), starts the
+ * gateway threads, each loading `config_path` for its policies. Returns 0,
+ * or ATH_EINVAL / ATH_ENOMEM / a database error with `err` set. */
+int ath__gws_new(ath_world_t* w, ath_gws_config_t* cfg, ath_gws_t** out, char* err, size_t errlen);
+
+/* Re-reads every database's catalog (SIGHUP). Returns 0 or an error. */
+int ath__gws_refresh(ath_gws_t* s, char* err, size_t errlen);
+
+/* Engine thread: binds the server's answers to `loop` (once, before the
+ * first request). */
+int ath__gws_attach(ath_gws_t* s, uv_loop_t* loop);
+
+/* Engine thread: stops the threads, drops unanswered requests and frees
+ * the server. */
+void ath__gws_free(ath_gws_t* s);
+
+/* Engine thread: answers `req` if its path is a gateway route (returns 1),
+ * else returns 0 (the operations surface takes it). */
+struct st_h2o_req_t;
+int ath__gws_handle(ath_gws_t* s, struct st_h2o_req_t* req);
+
+/* The largest request body the HTTP layer must accept for the gateway to
+ * answer 413 itself. */
+size_t ath__gws_body_cap(const ath_gws_t* s);
+
+/* ------------------------------------------------- shared by gw_*.c files */
+
+#include "db.h"
+
+/* One database's introspected catalog (gw_catalog.c). Immutable; replaced
+ * whole by a refresh (the old one lives until the server is freed). */
+typedef struct ath_gws_cat_s ath_gws_cat_t;
+struct ath_gws_cat_s {
+  ath_gw_arena_t arena;      /* every string and array below */
+  ath_gw_catalog_t cat;
+  ath_gw_dialect_t dialect;
+  ath_gws_cat_t* older;      /* the catalog this one replaced */
+};
+
+/* Introspects `db` into a catalog, applying the configuration's exposure,
+ * operations and hidden columns. Returns 0 or a database error / ENOMEM
+ * with err set. */
+int ath__gws_introspect(ath_db_t* db, const ath_gws_config_t* cfg, ath_gws_cat_t** out,
+                        ath_db_error_t* err);
+void ath__gws_cat_free(ath_gws_cat_t* c);
+
+/* A request handed to a gateway thread, and its answer. */
+typedef struct ath_gwjob_s ath_gwjob_t;
+struct ath_gwjob_s {
+  ath_gwjob_t* next;
+  /* the request (engine thread fills it, the gateway thread reads it) */
+  int kind;                  /* ATH_GWJ_OP or ATH_GWJ_HEALTH */
+  ath_gw_op_t op;
+  char* body;                /* owned; NUL-terminated */
+  size_t body_len;
+  int strip_header;          /* X-Strip-Nulls: -1 absent, 0, 1 */
+  const ath_gws_key_t* key;  /* NULL: anonymous */
+  unsigned rights;
+  int db;                    /* index into the configured databases */
+  char request_id[72];
+  char ip[64];
+  char* event;               /* X-Publish-Event, owned, or NULL */
+  char* hint[3];             /* X-User-Id, X-Organization-Id, X-Company-Id */
+  /* the answer (the gateway thread fills it) */
+  int status;
+  ath_buf_t out;             /* the JSON body */
+  int64_t limit_header;      /* > 0: x-athena-limit */
+  char event_id[200];        /* x-athena-event-id, or "" */
+  /* engine thread only */
+  struct st_h2o_req_t* req;  /* NULL once the client went away */
+  void* ref;                 /* the request's link to this job */
+  int cors;                  /* echo the allowed origin */
+  char origin[256];
+  uint64_t started;          /* monotonic ns, for the log */
+};
+enum { ATH_GWJ_OP = 0, ATH_GWJ_HEALTH };
+
+/* Runs one job on a gateway thread (gw_exec.c). */
+typedef struct ath_gwt_s ath_gwt_t;
+void ath__gwt_run(ath_gwt_t* t, ath_gwjob_t* job);
+/* Creates and frees a thread's private state (its Lua state loads the
+ * policies). Called on that thread. */
+int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen);
+void ath__gwt_close(ath_gwt_t* t);
+
+/* Writes an error envelope (GATEWAY §4) into job->out and sets status. */
+void ath__gwjob_error(ath_gwjob_t* job, int status, const char* code, const char* error,
+                      const char* hint);
+
+struct ath_gwt_s {
+  ath_gws_t* s;
+  uv_thread_t tid;
+  int index;
+  lua_State* L;              /* policies */
+  int policy_ref;            /* the global policy, or LUA_NOREF */
+  int tables_ref;            /* table name -> policy function */
+  int load_failed;           /* the config file did not load: policies fail closed */
+  ath_db_t** dbs;            /* one lazily opened connection per database */
+  int* prepared;             /* per database: connection set up (pragmas) */
+  uint64_t deadline;         /* the running statement's, monotonic ns */
+};
+
+struct ath_gws_s {
+  ath_world_t* w;
+  ath_gws_config_t cfg;
+  uv_mutex_t mu;             /* guards the queues and the catalogs */
+  uv_cond_t cond;
+  ath_gwjob_t* queue;        /* waiting requests, FIFO */
+  ath_gwjob_t* queue_tail;
+  ath_gwjob_t* done;         /* answered, for the engine thread */
+  int stop;
+  ath_gws_cat_t** cats;      /* current catalog per database */
+  ath_gwt_t* threads;
+  int nthreads;
+  uv_async_t async;          /* engine loop: answers are ready */
+  int attached;
+  /* engine thread only: rate limiting (§6.9) */
+  struct ath_gw_bucket_s* buckets;
+  size_t nbuckets, bucket_cap;
+};
+
+#endif
