@@ -223,20 +223,21 @@ static int core_clock(lua_State* L) {
   return 1;
 }
 
-/* core.waitForSignal() -> "SIGINT" | "SIGTERM": blocks the calling thread
- * until one arrives (for `athena serve`). Threads started before the call
- * may still take the signal's default action; the CLI blocks both signals
- * before it starts anything. */
+/* core.waitForSignal() -> "SIGINT" | "SIGTERM" | "SIGHUP": blocks the
+ * calling thread until one arrives (for `athena serve`; SIGHUP re-reads the
+ * gateway's catalog). Threads started before the call may still take the
+ * signal's default action; the CLI blocks them before it starts anything. */
 static int core_wait_signal(lua_State* L) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &set, NULL);
   int sig = 0;
   while (sigwait(&set, &sig) != 0) {
   }
-  lua_pushstring(L, sig == SIGINT ? "SIGINT" : "SIGTERM");
+  lua_pushstring(L, sig == SIGINT ? "SIGINT" : sig == SIGHUP ? "SIGHUP" : "SIGTERM");
   return 1;
 }
 

@@ -535,6 +535,20 @@ static int push_state(lua_State* L, ath_world_t* w, ath_task_t* t) {
   return 1;
 }
 
+/* world:refreshGateway(): re-reads the catalogs of the served gateway's
+ * databases (what SIGHUP does for `athena serve`). */
+static int world_refresh_gateway(lua_State* L) {
+  lworld_t* lw = check_lworld(L, 1);
+  ath_gws_t* g = lw->proxy ? NULL : ath__world_gateway(lw->w);
+  if (g == NULL)
+    return ath__raise(L, ATH_EINVAL, "this world serves no gateway");
+  char err[600];
+  int rc = ath__gws_refresh(g, err, sizeof(err));
+  if (rc != 0)
+    return ath__raise(L, rc, "%s", err);
+  return 0;
+}
+
 /* world:query(id) -> state | nil, err (ENOTFOUND) */
 static int world_query(lua_State* L) {
   ath_world_t* w = check_world(L, 1);
@@ -1192,6 +1206,7 @@ int lath_open_world(lua_State* L) {
     {"getSchedules", world_get_schedules},
     {"advance", world_advance},
     {"serve", world_serve},
+    {"refreshGateway", world_refresh_gateway},
     {"now", world_now},
     {"getQuarantined", world_get_quarantined},
     {NULL, NULL},

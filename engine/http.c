@@ -36,6 +36,10 @@ typedef struct {
 } conn_t;
 
 static void dispose(ath_http_t* h) {
+  /* h2o 2.2 links an HTTP/2 GOAWAY resend into a context timeout when
+   * shutdown is requested, and dispose asserts every timeout is empty */
+  if (h2o_timeout_is_linked(&h->ctx.http2._graceful_shutdown_timeout))
+    h2o_timeout_unlink(&h->ctx.http2._graceful_shutdown_timeout);
   h2o_context_dispose(&h->ctx);
   h2o_config_dispose(&h->config);
   free(h);

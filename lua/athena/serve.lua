@@ -3,12 +3,13 @@
 -- schedules), serves the operations HTTP surface, and shuts down gracefully
 -- on SIGINT or SIGTERM.
 --   athena serve --port 8080 --persistence file --path /var/lib/athena --modules app.jobs
+--   athena serve --db sqlite:app.db --config gateway.lua   (the gateway, GATEWAY.md)
 local athena = require "athena"
 local core = require "athena.core"
 
 local function usage(msg)
-  error(("athena serve: %s\nusage: athena serve [--host H] [--port P] [--persistence memory|file|hybrid]"
-    .. " [--path DIR] [--modules a,b] [--workers N]"):format(msg), 0)
+  error(("athena serve: %s\nusage: athena serve [--db URL [--config FILE]] [--host H] [--port P]"
+    .. " [--persistence memory|file|hybrid] [--path DIR] [--modules a,b] [--workers N]"):format(msg), 0)
 end
 
 return function(...)
@@ -27,6 +28,10 @@ return function(...)
       opts.path = v
     elseif a == "--modules" and v then
       for m in v:gmatch("[^,]+") do opts.modules[#opts.modules + 1] = m end
+    elseif a == "--db" and v then
+      opts.db = v
+    elseif a == "--config" and v then
+      opts.config = v
     elseif a == "--workers" and v and tonumber(v) then
       opts.workers = math.tointeger(tonumber(v)) or usage("--workers needs an integer")
     else
@@ -41,10 +46,23 @@ return function(...)
   }
   for _, def in pairs(athena.definitions) do world:register(def) end
   world:start()
-  local s = world:serve{ host = opts.host, port = opts.port }
-  io.stderr:write(("athena: info: serving %s (persistence %s at %s, modules: %s)\n"):format(
-    s.url, opts.persistence, opts.path, #opts.modules > 0 and table.concat(opts.modules, ",") or "none"))
+  if opts.config and not opts.db then usage("--config needs --db") end
+  local gateway = opts.db and { db = opts.db, config = opts.config } or nil
+  local ok, s = pcall(world.serve, world, { host = opts.host, port = opts.port, gateway = gateway })
+  if not ok then
+    world:shutdown()
+    error(s, 0)
+  end
+  io.stderr:write(("athena: info: serving %s (persistence %s at %s, modules: %s%s)\n"):format(
+    s.url, opts.persistence, opts.path, #opts.modules > 0 and table.concat(opts.modules, ",") or "none",
+    gateway and ", gateway on" or ""))
   local sig = core.waitForSignal()
+  while sig == "SIGHUP" do -- the gateway re-reads its databases' catalogs
+    local rok, rerr = pcall(world.refreshGateway, world)
+    io.stderr:write(rok and "athena: info: SIGHUP: gateway catalog refreshed\n"
+      or ("athena: warn: SIGHUP: gateway refresh failed: %s\n"):format(tostring(rerr)))
+    sig = core.waitForSignal()
+  end
   io.stderr:write(("athena: info: %s: shutting down\n"):format(sig))
   local r = world:shutdown()
   io.stderr:write(("athena: info: drained %d, requeued %d\n"):format(r.drained, r.requeued))
