@@ -26,7 +26,7 @@ if(ATHENA_ASAN)
   set(SAN_ENV "LSAN_OPTIONS=suppressions=${PROJECT_SOURCE_DIR}/tests/lsan.supp")
 endif()
 # A throwaway PostgreSQL server (scripts/pg-test) for the specs named
-# db_pg* (and C tests named db_pg*): fixture "pg", set up by pg.start and always torn down by pg.stop.
+# db_pg* and gateway_pg* (and C tests named db_pg*): fixture "pg", set up by pg.start and always torn down by pg.stop.
 # A server that cannot start fails pg.start, and ctest then reports the
 # specs that need it as not run (a failure), never as passed.
 set(PG_TEST_DIR ${PROJECT_BINARY_DIR}/pgtest)
@@ -73,7 +73,7 @@ foreach(spec ${LUA_SPECS})
       WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
     set_tests_properties(${tname} PROPERTIES TIMEOUT 300
       ENVIRONMENT "${LUA_ENV};ATHENA_TEST_GC=${mode};ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url")
-    if(name MATCHES "^db_pg")
+    if(name MATCHES "^(db_pg|gateway_pg)")
       set_tests_properties(${tname} PROPERTIES FIXTURES_REQUIRED pg)
     endif()
   endforeach()
