@@ -157,3 +157,15 @@ if(NOT ATHENA_ASAN AND NOT ATHENA_TSAN AND NOT ATHENA_UBSAN)
   add_test(NAME browser.dashboard COMMAND ${PROJECT_SOURCE_DIR}/tests/browser/run.sh)
   set_tests_properties(browser.dashboard PROPERTIES TIMEOUT 600)
 endif()
+
+# The published npm client @xylex-group/athena 0.2.1 against `athena serve`
+# (tests/gateway/run_npm_interop.sh): npm-installs the package (no network
+# is a failure, not a skip), then runs tests/gateway/npm_interop.mjs on the
+# GATEWAY.md §8 fixture in SQLite and in PostgreSQL (fixture "pg").
+add_test(NAME gateway.npm_sqlite
+  COMMAND ${PROJECT_SOURCE_DIR}/tests/gateway/run_npm_interop.sh $<TARGET_FILE:athena> sqlite)
+add_test(NAME gateway.npm_pg
+  COMMAND ${PROJECT_SOURCE_DIR}/tests/gateway/run_npm_interop.sh $<TARGET_FILE:athena> pg ${PG_TEST_DIR}/url)
+set_tests_properties(gateway.npm_sqlite gateway.npm_pg PROPERTIES TIMEOUT 300)
+set_tests_properties(gateway.npm_pg PROPERTIES FIXTURES_REQUIRED pg
+  ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url")
