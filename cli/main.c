@@ -24,15 +24,16 @@ static const char* progname = "athena";
 static void usage(FILE* f) {
   fprintf(f,
           "usage: %s [options] [script.lua [args...]]\n"
-          "       %s serve [--host H] [--port P] [--persistence memory|file|hybrid]\n"
-          "                    [--path DIR] [--modules a,b] [--workers N]\n"
+          "       %s serve [--db URL [--config FILE]] [--host H] [--port P]\n"
+          "                    [--persistence memory|file|hybrid] [--path DIR] [--modules a,b] [--workers N]\n"
           "  -e CODE      run CODE\n"
           "  --version    print the version\n"
           "  --help       this text\n"
           "With a script, runs it like lua5.4 does, with `athena` preloaded.\n"
           "`serve` starts a world whose workers load the given modules, recovers\n"
           "what --path holds, and serves /healthz, /metrics, /api and the dashboard\n"
-          "until SIGINT or SIGTERM, then shuts down gracefully.\n",
+          "(with --db, also the database gateway configured by --config) until SIGINT\n"
+          "or SIGTERM, then shuts down gracefully; SIGHUP re-reads the gateway's catalog.\n",
           progname, progname);
 }
 
