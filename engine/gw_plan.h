@@ -85,9 +85,16 @@ typedef struct {
   int64_t expr_depth;   /* nesting of and()/or()/not. (16) */
   int64_t default_limit; /* fetch without a limit (100) */
   int64_t max_limit;    /* fetch lowered to it, mutation bounds refused (1000) */
+  /* Athena additions, guarding the databases' own limits: */
+  int64_t max_terms;    /* filter terms per request (500): SQLite refuses
+                           expression trees deeper than 1000 */
+  int64_t max_params;   /* bound values per statement (32766, SQLite's
+                           default SQLITE_MAX_VARIABLE_NUMBER; PostgreSQL
+                           allows 65535). Inserts are split to fit; other
+                           statements that exceed it are limit_exceeded */
 } ath_gw_limits_t;
 
-/* Fills `l` with the defaults of GATEWAY §6.4. */
+/* Fills `l` with the defaults of GATEWAY §6.4 (and ours). */
 void ath__gw_limits_init(ath_gw_limits_t* l);
 
 /* ---------------------------------------------------------------- request */

@@ -237,6 +237,9 @@ static int run_err_cases(const err_case_t* cases, size_t n,
 #define RUN_ERR(cases) \
   run_err_cases(cases, sizeof(cases) / sizeof((cases)[0]), &no_extras)
 
+static sqlite3* fixture_db(void);
+static int exec_stmt(sqlite3* db, const ath_gw_stmt_t* s, ath_gw_buf_t* ids);
+
 #define USERS_ALL "\"id\", \"name\", \"email\", \"age\", \"active\""
 #define PAGE " LIMIT ? OFFSET ?"
 
@@ -779,6 +782,8 @@ TEST_IMPL(gw_fetch_shape) {
     ASSERT_EQ(16, lim.expr_depth);
     ASSERT_EQ(100, lim.default_limit);
     ASSERT_EQ(1000, lim.max_limit);
+    ASSERT_EQ(500, lim.max_terms);
+    ASSERT_EQ(32766, lim.max_params);
     lim.default_limit = 7;
     lim.max_limit = 8;
     ex = no_extras;
@@ -1134,6 +1139,57 @@ TEST_IMPL(gw_limits) {
   ASSERT_EQ(ATH_EINVAL, compile(S, F, b.data, &plan));
   ASSERT_STR_EQ("invalid_expression", plan.code);
   ASSERT_STR_EQ("at position 65", plan.hint);
+  ath__gw_plan_free(&plan);
+  ath__gw_buf_free(&b);
+
+  /* 500 filter terms compile and run on SQLite (whose expression trees
+   * stop at depth 1000); 501 are limit_exceeded, in conditions or where. */
+  {
+    sqlite3* db = fixture_db();
+    ath_gw_buf_t ids = {0};
+    ath__gw_buf_puts(&b, "{\"table_name\":\"users\",\"conditions\":[");
+    for (i = 0; i < 500; i++)
+      ath__gw_buf_puts(&b, i ? ",{\"operator\":\"gt\",\"column\":\"id\","
+                               "\"value\":0}"
+                             : "{\"operator\":\"or\",\"value\":\"id.gt.0,"
+                               "id.lt.0\"}");
+    ath__gw_buf_puts(&b, "]}");
+    ASSERT_OK(compile(S, F, b.data, &plan));
+    ASSERT_EQ(SQLITE_DONE, exec_stmt(db, &plan.stmts[0], &ids));
+    ASSERT_STR_EQ("1,2,3", ids.data);
+    ath__gw_plan_free(&plan);
+    ath__gw_buf_free(&ids);
+    sqlite3_close(db);
+    b.len -= 2;
+    ath__gw_buf_puts(&b, ",{\"operator\":\"gt\",\"column\":\"id\",\"value\":0}]}");
+    ASSERT_EQ(ATH_EINVAL, compile(S, F, b.data, &plan));
+    ASSERT_STR_EQ("limit_exceeded", plan.code);
+    ath__gw_plan_free(&plan);
+    ath__gw_buf_free(&b);
+    ath__gw_buf_puts(&b, "{\"table_name\":\"users\",\"where\":{\"or\":[");
+    for (i = 0; i < 501; i++)
+      ath__gw_buf_puts(&b, i ? ",{\"id\":1}" : "{\"id\":1}");
+    ath__gw_buf_puts(&b, "]}}");
+    ASSERT_EQ(ATH_EINVAL, compile(S, F, b.data, &plan));
+    ASSERT_STR_EQ("limit_exceeded", plan.code);
+    ath__gw_plan_free(&plan);
+    ath__gw_buf_free(&b);
+  }
+
+  /* More than max_params bound values in one statement: 33 full `in`
+   * lists. */
+  ath__gw_buf_puts(&b, "{\"table_name\":\"users\",\"conditions\":[");
+  for (i = 0; i < 33; i++) {
+    int j;
+    ath__gw_buf_puts(&b, i ? ",{\"operator\":\"in\",\"column\":\"id\",\"value\":[0"
+                           : "{\"operator\":\"in\",\"column\":\"id\",\"value\":[0");
+    for (j = 1; j < 1000; j++)
+      ath__gw_buf_puts(&b, ",1");
+    ath__gw_buf_puts(&b, "]}");
+  }
+  ath__gw_buf_puts(&b, "]}");
+  ASSERT_EQ(ATH_EINVAL, compile(S, F, b.data, &plan));
+  ASSERT_STR_EQ("limit_exceeded", plan.code);
   ath__gw_plan_free(&plan);
   ath__gw_buf_free(&b);
 
