@@ -1395,18 +1395,50 @@ static int compile_projection(cx_t* c, int* given) {
   return fail(c, 400, "invalid_value", "columns must be a string or an array");
 }
 
+/* Writes the columns the statements return (plan->row_cols). */
 static void put_select_list(cx_t* c, frag_t* f) {
   size_t i;
   const ath_gw_plan_t* p = c->plan;
-  for (i = 0; i < p->ncols; i++) {
+  for (i = 0; i < p->nrow_cols; i++) {
     if (i > 0)
       put(f, ", ");
-    put_ident(f, p->cols[i].column->name);
-    if (strcmp(p->cols[i].name, p->cols[i].column->name) != 0) {
+    put_ident(f, p->row_cols[i].column->name);
+    if (strcmp(p->row_cols[i].name, p->row_cols[i].column->name) != 0) {
       put(f, " AS ");
-      put_ident(f, p->cols[i].name);
+      put_ident(f, p->row_cols[i].name);
     }
   }
+}
+
+/* Decides what a mutation returns: the client's projection when it asked
+ * for rows (`want`); every visible column, under their own names, when the
+ * request wants full rows (X-Publish-Event hands handlers the rows as
+ * stored, whatever `columns` asked). */
+static int set_returning(cx_t* c, int want) {
+  ath_gw_plan_t* p = c->plan;
+  size_t i, n = 0;
+  p->data_rows = want;
+  if (!c->req->full_rows) {
+    p->row_cols = p->cols;
+    p->nrow_cols = p->ncols;
+    p->returning = want;
+    return 0;
+  }
+  p->row_cols = ath__gw_arena_alloc(
+    &p->arena_, (c->t->ncolumns ? c->t->ncolumns : 1) * sizeof *p->row_cols);
+  if (p->row_cols == NULL)
+    return nomem(c);
+  for (i = 0; i < c->t->ncolumns; i++) {
+    const ath_gw_column_t* col = &c->t->columns[i];
+    if (col->hidden || !ident_ok(col->name, strlen(col->name)))
+      continue;
+    p->row_cols[n].column = col;
+    p->row_cols[n].name = col->name;
+    n++;
+  }
+  p->nrow_cols = n;
+  p->returning = 1;
+  return 0;
 }
 
 /* ================================================================= sort */
@@ -1812,6 +1844,9 @@ static int compile_fetch(cx_t* c) {
   p->limit = limit;
   p->offset = offset;
   p->head = head;
+  p->row_cols = p->cols;
+  p->nrow_cols = p->ncols;
+  p->data_rows = !head;
   if (count || head) {
     frag_t cf = {0};
     put(&cf, "SELECT COUNT(*) FROM ");
@@ -2142,7 +2177,8 @@ static int compile_insert(cx_t* c) {
       read_bool(c, "default_to_null", &default_to_null) != 0)
     return ATH_EINVAL;
   p->head = head;
-  p->returning = given && !head;
+  if (set_returning(c, given && !head) != 0)
+    return ATH_ENOMEM;
 
   rows = ath__gw_arena_alloc(&p->arena_, nrows * sizeof *rows);
   rv = ath__gw_arena_alloc(&p->arena_, nrows * sizeof *rv);
@@ -2554,7 +2590,8 @@ static int compile_update(cx_t* c) {
       apply_set(c, &r, "update_body") != 0 ||
       compile_projection(c, &given) != 0 || read_strip_nulls(c) != 0)
     return ATH_EINVAL;
-  p->returning = given;
+  if (set_returning(c, given) != 0)
+    return ATH_ENOMEM;
   if (mutation_filter(c, &where, "unfiltered_update") != 0 ||
       mutation_bounds(c, &tail, &bounded) != 0)
     goto cleanup;
@@ -2597,7 +2634,8 @@ static int compile_delete(cx_t* c) {
 
   if (compile_projection(c, &given) != 0 || read_strip_nulls(c) != 0)
     return ATH_EINVAL;
-  p->returning = given;
+  if (set_returning(c, given) != 0)
+    return ATH_ENOMEM;
   if (mutation_filter(c, &where, "unfiltered_delete") != 0 ||
       mutation_bounds(c, &tail, &bounded) != 0)
     goto cleanup;

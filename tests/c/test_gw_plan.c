@@ -88,9 +88,10 @@ typedef struct {
   const char* policy_set;   /* JSON object or NULL */
   int header;               /* X-Strip-Nulls: -1, 0, 1 */
   const ath_gw_limits_t* limits;
+  int full_rows;            /* X-Publish-Event: mutations return full rows */
 } extras_t;
 
-static const extras_t no_extras = {NULL, NULL, -1, NULL};
+static const extras_t no_extras = {NULL, NULL, -1, NULL, 0};
 
 /* Parses and compiles; returns the compile result with *plan filled. */
 static int compile_ex(ath_gw_dialect_t d, ath_gw_op_t op, const char* body,
@@ -109,6 +110,7 @@ static int compile_ex(ath_gw_dialect_t d, ath_gw_op_t op, const char* body,
   req.op = op;
   req.body = doc->root;
   req.strip_nulls_header = ex->header;
+  req.full_rows = ex->full_rows;
   if (ex->policy_conds != NULL) {
     ASSERT_OK(ath__gj_parse(ex->policy_conds, strlen(ex->policy_conds), &pc,
                             NULL));
@@ -2367,5 +2369,62 @@ TEST_IMPL(gw_exec_limits) {
   ath__gw_plan_free(&plan);
   ath__gw_buf_free(&ids);
   sqlite3_close(db);
+  return 0;
+}
+
+/* X-Publish-Event: mutations return every visible column; the answer keeps
+ * the client's projection (cols), mapped by column from row_cols. */
+TEST_IMPL(gw_full_rows) {
+  static const sql_case_t cases[] = {
+    {__LINE__, S, D,
+     "{\"table_name\":\"users\",\"resource_id\":\"2\",\"columns\":\"x:id\"}",
+     "DELETE FROM \"users\" WHERE \"id\" = ? RETURNING " USERS_ALL, "i:2"},
+    {__LINE__, S, I, "{\"table_name\":\"notes\",\"insert_body\":{\"id\":1}}",
+     "INSERT INTO \"notes\" (\"id\") VALUES (?) RETURNING \"id\", \"owner\", "
+     "\"body\"", "i:1"},
+    {__LINE__, P, U,
+     "{\"table_name\":\"users\",\"update_body\":{\"age\":1},\"where\":{"
+     "\"id\":1},\"columns\":\"name\"}",
+     "UPDATE \"public\".\"users\" SET \"age\" = $1 WHERE \"id\" = $2 RETURNING "
+     USERS_ALL, "i:1|i:1"},
+    {__LINE__, S, F, "{\"table_name\":\"users\",\"columns\":\"id\"}",
+     "SELECT \"id\" FROM \"users\" ORDER BY \"id\"" PAGE, "i:100|i:0"},
+  };
+  extras_t ex = no_extras;
+  ath_gw_plan_t plan;
+  ex.full_rows = 1;
+  ASSERT_OK(run_sql_cases(cases, sizeof cases / sizeof cases[0], &ex));
+
+  ASSERT_OK(compile_ex(S, D,
+                       "{\"table_name\":\"users\",\"resource_id\":2,\"columns\":"
+                       "\"x:id, name\"}", &ex, &plan));
+  ASSERT_EQ(1, plan.returning);
+  ASSERT_EQ(1, plan.data_rows);
+  ASSERT_EQ(2, plan.ncols);
+  ASSERT_STR_EQ("x", plan.cols[0].name);
+  ASSERT_EQ(5, plan.nrow_cols);
+  ASSERT(plan.cols[0].column == plan.row_cols[0].column);
+  ASSERT(plan.cols[1].column == plan.row_cols[1].column);
+  ath__gw_plan_free(&plan);
+
+  /* Without columns the answer's data is [], the rows still come back. */
+  ASSERT_OK(compile_ex(S, I, "{\"table_name\":\"users\",\"insert_body\":{"
+                             "\"name\":\"x\"},\"head\":true}", &ex, &plan));
+  ASSERT_EQ(1, plan.returning);
+  ASSERT_EQ(0, plan.data_rows);
+  ASSERT_EQ(5, plan.nrow_cols);
+  ath__gw_plan_free(&plan);
+
+  /* Without full_rows, row_cols is cols. */
+  ASSERT_OK(compile(S, U, "{\"table_name\":\"users\",\"update_body\":{"
+                          "\"age\":1},\"resource_id\":1}", &plan));
+  ASSERT_EQ(0, plan.returning);
+  ASSERT_EQ(0, plan.data_rows);
+  ath__gw_plan_free(&plan);
+  ASSERT_OK(compile(S, F, "{\"table_name\":\"users\",\"columns\":\"n:name\"}",
+                    &plan));
+  ASSERT(plan.row_cols == plan.cols);
+  ASSERT_EQ(1, plan.data_rows);
+  ath__gw_plan_free(&plan);
   return 0;
 }
