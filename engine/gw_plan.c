@@ -306,7 +306,7 @@ static int parse_num(const char* s, size_t n, double* v) {
   if (!isdigit((unsigned char)s[n - 1]) && s[n - 1] != '.')
     return 0;
   errno = 0;
-  *v = strtod(s, &end);
+  *v = ath__gw_strtod(s, &end);
   return end == s + n && isfinite(*v);
 }
 
@@ -347,7 +347,7 @@ static int p_number(cx_t* c, ath_gw_param_t* p, const char* s, size_t n,
     p->type = ATH_GW_P_INT;
     p->i = i;
   } else {
-    p->d = strtod(p->text, NULL);
+    p->d = ath__gw_strtod(p->text, NULL);
   }
   return 0;
 }
