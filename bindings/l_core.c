@@ -423,10 +423,13 @@ int luaopen_athena_core(lua_State* L) {
   lua_getfield(L, -1, "__index");
   lua_setfield(L, -3, "contextMethods");
   lua_pop(L, 1);
+  lath_open_workflow(L);
   lath_open_json(L);
   lua_setfield(L, -2, "json");
   lath_open_http(L);
   lua_setfield(L, -2, "http");
+  lath_open_db(L);
+  lua_setfield(L, -2, "db");
   lua_pushstring(L, ath_version());
   lua_setfield(L, -2, "version");
   return 1;

@@ -72,6 +72,8 @@ static int request_k(lua_State* L, int status, lua_KContext ctx) {
 }
 
 static int http_request(lua_State* L) {
+  if (ath__task_workflow(L) != NULL) /* SEMANTICS §9.1: workflow code does no I/O */
+    return ath__raise(L, ATH_EINVAL, "athena.http.request: not allowed in workflow code");
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
   static const char* const keys[] = {"method", "url", "headers", "body", "timeout", "cafile", NULL};

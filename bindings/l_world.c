@@ -153,6 +153,9 @@ int lath_world_new(lua_State* L) {
   lua_getfield(L, 1, "logFile");
   cfg.log_file = lua_tostring(L, -1); /* anchored by cfg */
   lua_pop(L, 1);
+  lua_getfield(L, 1, "database");
+  cfg.database = lua_tostring(L, -1); /* anchored by cfg */
+  lua_pop(L, 1);
   lua_getfield(L, 1, "webhookUrl");
   cfg.webhook_url = lua_tostring(L, -1); /* anchored by cfg */
   lua_pop(L, 1);
@@ -201,7 +204,7 @@ static int world_register(lua_State* L) {
   lworld_t* lw = check_lworld(L, 1);
   const char* name = luaL_checkstring(L, 2);
   luaL_checktype(L, 3, LUA_TTABLE);
-  lua_settop(L, 3);
+  lua_settop(L, 4);
   if (lw->proxy)
     return 0; /* a worker binds what the control world registered */
   ath_activity_t a;
@@ -209,9 +212,12 @@ static int world_register(lua_State* L) {
   lua_getfield(L, 3, "taskQueue");
   a.task_queue = luaL_optstring(L, -1, "default");
   a.priority = opt_int(L, 3, "priority", 0);
-  a.timeout_ms = opt_ms(L, 3, "timeout", a.timeout_ms);
-  a.schedule_to_close_ms = opt_ms(L, 3, "scheduleToClose", 0);
-  a.heartbeat_timeout_ms = opt_ms(L, 3, "heartbeatTimeout", 0);
+  a.workflow = lua_toboolean(L, 4);
+  a.timeout_ms = opt_ms(L, 3, "timeout", a.workflow ? 0 : a.timeout_ms); /* workflows: no limit */
+  if (!a.workflow) { /* they do not apply to workflows (SEMANTICS §3) */
+    a.schedule_to_close_ms = opt_ms(L, 3, "scheduleToClose", 0);
+    a.heartbeat_timeout_ms = opt_ms(L, 3, "heartbeatTimeout", 0);
+  }
   lua_getfield(L, 3, "failureStrategy");
   a.failure_strategy = check_strategy(L, -1);
   const char** nr = NULL;
@@ -469,8 +475,16 @@ static int push_state(lua_State* L, ath_world_t* w, ath_task_t* t) {
   lua_setfield(L, -2, "id");
   lua_pushstring(L, ath_task_name(t));
   lua_setfield(L, -2, "name");
-  lua_pushliteral(L, "activity");
+  lua_pushstring(L, info.workflow ? "workflow" : "activity");
   lua_setfield(L, -2, "kind");
+  if (info.parent_id != NULL) {
+    lua_pushstring(L, info.parent_id);
+    lua_setfield(L, -2, "parentId");
+  }
+  if (info.history != NULL) {
+    push_json(L, info.history, info.history_len);
+    lua_setfield(L, -2, "history");
+  }
   lua_pushstring(L, ath_status_name(info.status));
   lua_setfield(L, -2, "status");
   push_json(L, info.input, info.input_len);
@@ -503,7 +517,20 @@ static int push_state(lua_State* L, ath_world_t* w, ath_task_t* t) {
   lua_pushstring(L, ath_task_queue(t));
   lua_setfield(L, -2, "taskQueue");
   set_int(L, "priority", info.priority);
+  int workflow = info.workflow;
   ath_task_snapshot_free(&info);
+  if (workflow) { /* ids of its activities, children and compensations */
+    ath_task_t* kids[256];
+    int n = ath_world_children(w, t, kids, 256);
+    int m = n < 256 ? n : 256;
+    lua_createtable(L, m, 0);
+    for (int i = 0; i < m; i++) {
+      lua_pushstring(L, ath_task_id(kids[i]));
+      ath_task_release(kids[i]);
+      lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "children");
+  }
   return 1;
 }
 
@@ -1069,9 +1096,9 @@ static int push_outcome(lua_State* L, ath_world_t* w, ath_task_t* t) {
   lua_pushnil(L);
   if (st == ATH_CANCELLED)
     ath__pusherror(L, ATH_ECANCELED, "task cancelled");
-  else if (st == ATH_COMPENSATED)
+  else if (st == ATH_COMPENSATED && t->error == NULL)
     ath__pusherror(L, ATH_ECOMPENSATED, NULL);
-  else
+  else /* compensated: ECOMPENSATED with cause and details.failed (§9.5) */
     push_error_json(L, t->error, t->error_len, t->err_code);
   return 2;
 }

@@ -40,6 +40,14 @@ void ath__newclass(lua_State* L, const char* name, const luaL_Reg* meta,
 
 int lath_open_http(lua_State* L); /* [-0, +1, m] pushes {request = f} */
 
+/* l_workflow.c ------------------------------------------------------------ */
+
+void lath_open_workflow(lua_State* L); /* [-0, +0, m] adds core.wf* to the table on top */
+
+/* l_db.c ------------------------------------------------------------------ */
+
+int lath_open_db(lua_State* L); /* [-0, +1, m] pushes {open, check, methods} */
+
 /* l_world.c --------------------------------------------------------------- */
 
 int lath_open_world(lua_State* L);  /* [-0, +0, m] registers the classes */

@@ -25,9 +25,23 @@ set(SAN_ENV "")
 if(ATHENA_ASAN)
   set(SAN_ENV "LSAN_OPTIONS=suppressions=${PROJECT_SOURCE_DIR}/tests/lsan.supp")
 endif()
+# A throwaway PostgreSQL server (scripts/pg-test) for the specs named
+# db_pg* (and C tests named db_pg*): fixture "pg", set up by pg.start and always torn down by pg.stop.
+# A server that cannot start fails pg.start, and ctest then reports the
+# specs that need it as not run (a failure), never as passed.
+set(PG_TEST_DIR ${PROJECT_BINARY_DIR}/pgtest)
+add_test(NAME pg.start COMMAND ${PROJECT_SOURCE_DIR}/scripts/pg-test start ${PG_TEST_DIR})
+add_test(NAME pg.stop COMMAND ${PROJECT_SOURCE_DIR}/scripts/pg-test stop ${PG_TEST_DIR})
+set_tests_properties(pg.start PROPERTIES FIXTURES_SETUP pg TIMEOUT 120)
+set_tests_properties(pg.stop PROPERTIES FIXTURES_CLEANUP pg TIMEOUT 120)
+
 foreach(name ${C_TEST_NAMES})
   add_test(NAME c.${name} COMMAND athena_tests ${name})
   set_tests_properties(c.${name} PROPERTIES TIMEOUT 120 ENVIRONMENT "${SAN_ENV}")
+  if(name MATCHES "^db_pg")
+    set_tests_properties(c.${name} PROPERTIES FIXTURES_REQUIRED pg
+      ENVIRONMENT "${SAN_ENV};ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url")
+  endif()
 endforeach()
 
 # Lua specs run in a stock lua5.4 with busted, against the build tree.
@@ -58,7 +72,10 @@ foreach(spec ${LUA_SPECS})
               -o utfTerminal ${spec}
       WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
     set_tests_properties(${tname} PROPERTIES TIMEOUT 300
-      ENVIRONMENT "${LUA_ENV};ATHENA_TEST_GC=${mode}")
+      ENVIRONMENT "${LUA_ENV};ATHENA_TEST_GC=${mode};ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url")
+    if(name MATCHES "^db_pg")
+      set_tests_properties(${tname} PROPERTIES FIXTURES_REQUIRED pg)
+    endif()
   endforeach()
 endforeach()
 

@@ -79,8 +79,13 @@ static void put_task(ath_buf_t* b, ath_world_t* w, ath_task_t* t) {
   put_str(b, ath_task_id(t));
   put(b, ",\"name\":");
   put_str(b, ath_task_name(t));
-  putf(b, ",\"kind\":\"activity\",\"status\":\"%s\",\"attempt\":%d,\"maxAttempts\":%d,",
-       ath_status_name(i.status), i.attempt, i.max_attempts);
+  putf(b, ",\"kind\":\"%s\",\"status\":\"%s\",\"attempt\":%d,\"maxAttempts\":%d,",
+       i.workflow ? "workflow" : "activity", ath_status_name(i.status), i.attempt, i.max_attempts);
+  if (i.parent_id != NULL) {
+    put(b, "\"parentId\":");
+    put_str(b, i.parent_id);
+    put(b, ",");
+  }
   putf(b, "\"failureStrategy\":\"%s\",\"priority\":%d,\"taskQueue\":",
        strategies[i.failure_strategy <= ATH_STRATEGY_QUARANTINE ? i.failure_strategy : 0], i.priority);
   put_str(b, ath_task_queue(t));
@@ -103,6 +108,10 @@ static void put_task(ath_buf_t* b, ath_world_t* w, ath_task_t* t) {
   put_raw(b, "result", i.result, i.result_len);
   put(b, ",");
   put_raw(b, "error", i.error, i.error_len);
+  if (i.history != NULL) {
+    put(b, ",");
+    put_raw(b, "history", i.history, i.history_len);
+  }
   put(b, "}");
   ath_task_snapshot_free(&i);
 }

@@ -85,6 +85,25 @@ typedef struct {
   int ghost;             /* a recovered name nobody registered: never runs */
 } ath_def_t;
 
+/* Where a workflow is between its Lua segments (SEMANTICS §9.4). */
+enum { ATH_WF_SLOT = 0, ATH_WF_PARKED, ATH_WF_QUEUED, ATH_WF_TIMER };
+/* What a parked workflow waits for: the event family of its outcome. */
+enum { ATH_PARK_NONE = 0, ATH_PARK_ACTIVITY, ATH_PARK_CHILD, ATH_PARK_COMP, ATH_PARK_TIMER };
+
+/* A workflow's engine-side state; NULL for activities. Guarded by the
+ * world lock. */
+typedef struct {
+  ath_buf_t hist;        /* history events: JSON objects joined by commas */
+  int where;             /* ATH_WF_* */
+  int resuming;          /* the next claim continues the run: no new attempt */
+  int wait_kind;         /* ATH_PARK_*, while parked or on a timer */
+  int64_t wait_seq;      /* the awaited command (a compensation's index) */
+  struct ath_task_s* wait_task; /* parked on this task's outcome (a reference) */
+  int forced;            /* a cascade failed it while a segment ran */
+  char* forced_err;      /* the error it ends with then (JSON), owned */
+  size_t forced_err_len;
+} ath_wf_t;
+
 /* A task lives from execute() until the world is freed (or, later, pruned).
  * Every field below `refs` is guarded by the world lock, except the
  * immutable ones (id, def, input, seq, created_at) and result/error, which
@@ -121,6 +140,8 @@ struct ath_task_s {
   int run_pos;           /* index in its worker's running list */
   ath_task_t* hnext;     /* hash chain */
   ath_waiter_t* waiters; /* worker slots parked in handle:result() */
+  struct ath_task_s* parent; /* owning workflow (a reference), or NULL */
+  ath_wf_t* wf;          /* workflow state, NULL for an activity */
   char* input;           /* JSON, owned */
   size_t input_len;
   char* result;          /* JSON, owned, NULL until completed */
@@ -205,7 +226,7 @@ enum { ATH_TIMER_WAIT = 0, ATH_TIMER_DEADLINE = 1 };
 typedef void (*ath_slot_cb)(ath_slot_t* s);
 
 /* Slot waits: why a task coroutine is suspended. */
-enum { ATH_WAIT_NONE = 0, ATH_WAIT_SLEEP, ATH_WAIT_RESULT, ATH_WAIT_HTTP };
+enum { ATH_WAIT_NONE = 0, ATH_WAIT_SLEEP, ATH_WAIT_RESULT, ATH_WAIT_HTTP, ATH_WAIT_PARK, ATH_WAIT_IO };
 
 /* One coroutine slot of a worker. Touched only by its worker's thread,
  * except `interrupt`, which any thread may set. */
@@ -213,6 +234,7 @@ struct ath_slot_s {
   ath_worker_t* wk;
   ath_task_t* awaiting;  /* the task this slot waits on (ATH_WAIT_RESULT) */
   struct ath_http_req_s* http; /* the request it waits on (ATH_WAIT_HTTP) */
+  struct ath_io_wait_s* io; /* the I/O it waits on (ATH_WAIT_IO) */
   lua_KFunction wait_k;  /* continuation of that wait */
   int wait_timed_out;    /* the last result wait ended by its timeout */
   ath_task_t* task;      /* NULL when free */
@@ -229,6 +251,11 @@ struct ath_slot_s {
                           * and a scoped one (withRetry's per-attempt timeout); 0: none */
   uint64_t next_deadline;/* the earliest of them, UINT64_MAX if none */
   atomic_int interrupt;  /* ATH_E* to raise in the task, 0 for none */
+  /* A workflow segment that parked (ATH_WAIT_PARK): what it waits for. */
+  int park_kind;         /* ATH_PARK_* */
+  int64_t park_seq;
+  int64_t park_at;       /* ATH_PARK_TIMER: wall ms it fires */
+  struct ath_task_s* park_task; /* the awaited task (a reference) */
 };
 
 /* A worker slot parked in handle:result() on another task. */
@@ -247,6 +274,9 @@ typedef struct {
   int err_code;
   int final;             /* failed: never retry (not retryable, nonRetryable) */
   int64_t retry_after;   /* failed: exact delay from RetryableError, or -1 */
+  int park_kind;         /* a workflow segment parked (status running): ATH_PARK_* */
+  int64_t park_seq, park_at;
+  struct ath_task_s* park_task; /* reference handed over from the slot */
 } ath_outcome_t;
 
 struct ath_worker_s {
@@ -258,6 +288,7 @@ struct ath_worker_s {
   int* free_slots;       /* stack of free slot indexes */
   int nfree;
   int normalize_ref;     /* athena.errors.normalize */
+  int workflow_ref;      /* athena.workflow's segment runner */
   ath_buf_t buf;         /* scratch for encoding results */
   int joined;            /* thread joined (by the world's thread) */
   atomic_int poke;       /* set with a wake: check the slots for cancels */
@@ -452,6 +483,15 @@ int ath__task_scope_pop(lua_State* L, uint64_t prev);
 /* Whether L runs inside a task whose cancel was accepted. */
 int ath__task_cancelled(lua_State* L);
 
+/* Workflow segments (SEMANTICS §9). The running workflow task of L's own
+ * coroutine, or NULL (not a task, or an activity). */
+ath_task_t* ath__task_workflow(lua_State* L);
+/* Ends the calling workflow segment: the workflow parks until `kind`'s
+ * outcome for command `seq` is recorded (task `t`, a reference the call
+ * takes over; or, for ATH_PARK_TIMER, wall time `at`). Raises the task's
+ * interrupt instead when one is due. Does not return. */
+int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t at);
+
 /* bindings: prepares a new worker state (standard libraries, athena.core and
  * the embedded Lua modules in package.preload). [-0, +0, m] */
 void ath__openstate(lua_State* L);
@@ -493,6 +533,12 @@ void ath__vtimer_start(ath_world_t* w, ath_vtimer_t* vt, uint64_t due);
 void ath__vtimer_stop(ath_world_t* w, ath_vtimer_t* vt);
 /* Removes `slot`'s waiter from `t` if still there (an interrupted wait). */
 void ath__world_unawait(ath_world_t* w, ath_task_t* t, ath_slot_t* slot);
+/* Appends one history event (a JSON object) to workflow `t`. Returns 0 or
+ * ATH_ENOMEM. */
+int ath__world_wf_append(ath_world_t* w, ath_task_t* t, const char* json, size_t len);
+/* A copy of workflow t's history as a JSON array ("[...]"), malloc'd; NULL
+ * when out of memory. *len gets its length. */
+char* ath__world_wf_history(ath_world_t* w, ath_task_t* t, size_t* len);
 
 /* sched.c: schedules (SEMANTICS §11) ---------------------------------------- */
 
@@ -559,6 +605,8 @@ typedef struct {
   const char* error;  size_t error_len;
   int keep_error;     /* write: leave the stored error as it is (running) */
   const char* hb;     size_t hb_len;
+  const char* parent_id;                 /* NULL: none */
+  const char* history; size_t history_len; /* workflows: events joined by commas */
   int deleted;        /* write: delete the row (purge, retention) */
 } ath_row_t;
 
@@ -651,6 +699,35 @@ void ath__curlm_close(ath_curlm_t* m);
  * ends, then continues in k. Returns -1 when L is not a task's own
  * coroutine (the caller performs it blocking instead). */
 int ath__task_http(lua_State* L, ath_http_req_t* r, lua_KFunction k, lua_KContext kctx);
+
+/* worker.c: other I/O a task waits for (the database) ---------------------- */
+
+/* I/O that someone else drives on the task's worker loop. `abort` runs if
+ * the task stops waiting first (cancel, timeout, shutdown): it must stop
+ * the I/O so that nothing calls ath__task_io_done for it afterwards. */
+typedef struct ath_io_wait_s {
+  void (*abort)(struct ath_io_wait_s* io);
+  ath_slot_t* slot;      /* the waiting task, NULL when none */
+} ath_io_wait_t;
+/* The loop of the worker running the task whose own coroutine is L, when L
+ * can yield; NULL anywhere else (the caller blocks instead). */
+uv_loop_t* ath__task_loop(lua_State* L);
+/* Yields the task until ath__task_io_done(io), then continues in k. Call
+ * after starting the I/O on ath__task_loop's loop. If the task has an
+ * interrupt due, calls io->abort and raises it instead. */
+int ath__task_io(lua_State* L, ath_io_wait_t* io, lua_KFunction k, lua_KContext kctx);
+/* On the worker's loop: the I/O ended; resumes its task. */
+void ath__task_io_done(ath_io_wait_t* io);
+/* The running task of L's worker, for ath__task_due; NULL outside tasks. */
+ath_slot_t* ath__task_current(lua_State* L);
+/* Whether task `s` should stop now (a deadline passed, a cancel past its
+ * grace, a shutdown): the count hook's test, for C code that runs long
+ * without Lua instructions (an SQLite statement's progress handler). Marks
+ * the interrupt, so the task stops at its next yield point or hook. */
+int ath__task_due(ath_slot_t* s);
+/* bindings/l_db.c: [-0, +1, e] pushes the worker state's own connection
+ * for `url` (ctx.db), made on first use; it connects when first used. */
+void ath__db_push_ctx(lua_State* L, const char* url);
 
 /* http.c: the operations HTTP surface on the engine loop ----------------- */
 

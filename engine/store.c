@@ -146,13 +146,22 @@ static int snapshot(ath_task_t* t, ath_row_t* r) {
     r->error_len = t->error_len;
   }
   if (t->hb != NULL) {
-    if ((r->hb = ath__memdup(t->hb, t->hb_len)) == NULL) {
-      free((char*)r->error);
-      return ATH_ENOMEM;
-    }
+    if ((r->hb = ath__memdup(t->hb, t->hb_len)) == NULL)
+      goto nomem;
     r->hb_len = t->hb_len;
   }
+  r->parent_id = t->parent ? t->parent->id : NULL; /* immutable, outlives the row */
+  if (t->wf != NULL && t->wf->hist.data != NULL) { /* appended to while we write */
+    if ((r->history = ath__memdup(t->wf->hist.data, t->wf->hist.len)) == NULL)
+      goto nomem;
+    r->history_len = t->wf->hist.len;
+  }
   return 0;
+nomem:
+  free((char*)r->error);
+  free((char*)r->hb);
+  r->error = r->hb = NULL;
+  return ATH_ENOMEM;
 }
 
 static void store_main(void* arg) {
@@ -202,6 +211,7 @@ static void store_main(void* arg) {
     for (size_t i = 0; i < made; i++) {
       free((char*)rows[i].error);
       free((char*)rows[i].hb);
+      free((char*)rows[i].history);
     }
     for (size_t i = 0; i < sn && srows; i++)
       srow_free(&srows[i]);

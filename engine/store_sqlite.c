@@ -8,7 +8,7 @@
 #include <sqlite3.h>
 #include "internal.h"
 
-#define SCHEMA_VERSION 3
+#define SCHEMA_VERSION 4
 
 struct ath_store_s {
   sqlite3* db;
@@ -41,6 +41,10 @@ static const char* const migrations[SCHEMA_VERSION] = {
   " overlap_skip INTEGER NOT NULL, paused INTEGER NOT NULL, has_priority INTEGER NOT NULL,"
   " priority INTEGER NOT NULL, strategy INTEGER NOT NULL, queue TEXT,"
   " next_ms INTEGER, last_ms INTEGER, total INTEGER NOT NULL, skipped INTEGER NOT NULL);",
+  /* 3 -> 4: workflows: the owning workflow of a task, a workflow's history
+   * (events joined by commas, as the engine keeps them) */
+  "ALTER TABLE tasks ADD COLUMN parent_id TEXT;"
+  "ALTER TABLE tasks ADD COLUMN history TEXT;",
 };
 
 static int fail(sqlite3* db, int rc, char* err, size_t errlen, const char* what) {
@@ -154,10 +158,10 @@ static int store_open(const char* dir, int full_sync, ath_store_t** out, char* e
     static const char* upsert =
       "INSERT INTO tasks (id, name, status, attempt, max_attempts, strategy, priority, queue, seq,"
       " created_at, scheduled_at, ready_at, started_at, completed_at, worker_id, input, result,"
-      " error, heartbeat, last_heartbeat) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,"
-      "?16,?17,?18,?19,?20) ON CONFLICT(seq) DO UPDATE SET status=?3, attempt=?4, started_at=?13,"
-      " completed_at=?14, worker_id=?15, ready_at=?12, result=?17,"
-      " error=CASE WHEN ?21 THEN error ELSE ?18 END, heartbeat=?19, last_heartbeat=?20";
+      " error, heartbeat, last_heartbeat, parent_id, history) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,"
+      "?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?22,?23) ON CONFLICT(seq) DO UPDATE SET status=?3,"
+      " attempt=?4, started_at=?13, completed_at=?14, worker_id=?15, ready_at=?12, result=?17,"
+      " error=CASE WHEN ?21 THEN error ELSE ?18 END, heartbeat=?19, last_heartbeat=?20, history=?23";
     int prc = sqlite3_prepare_v3(s->db, upsert, -1, SQLITE_PREPARE_PERSISTENT, &s->upsert, NULL);
     if (prc == SQLITE_OK)
       prc = sqlite3_prepare_v3(s->db, "DELETE FROM tasks WHERE seq = ?9", -1,
@@ -221,6 +225,8 @@ static int write_row(ath_store_t* s, const ath_row_t* r) {
     bind_text(st, 19, r->hb, r->hb_len);
     bind_ms(st, 20, r->last_hb);
     sqlite3_bind_int(st, 21, r->keep_error);
+    bind_text(st, 22, r->parent_id, r->parent_id ? strlen(r->parent_id) : 0);
+    bind_text(st, 23, r->history, r->history_len);
   }
   int rc = sqlite3_step(st);
   sqlite3_reset(st);
@@ -291,7 +297,7 @@ static int store_load(ath_store_t* s, ath_row_cb cb, void* ud, char* err, size_t
   int rc = sqlite3_prepare_v2(s->db,
                               "SELECT id, name, status, attempt, max_attempts, strategy, priority, queue,"
                               " seq, created_at, scheduled_at, ready_at, started_at, completed_at,"
-                              " worker_id, input, result, error, heartbeat, last_heartbeat"
+                              " worker_id, input, result, error, heartbeat, last_heartbeat, parent_id, history"
                               " FROM tasks ORDER BY seq",
                               -1, &st, NULL);
   if (rc != SQLITE_OK)
@@ -320,6 +326,8 @@ static int store_load(ath_store_t* s, ath_row_cb cb, void* ud, char* err, size_t
     r.error = col_text(st, 17, &r.error_len);
     r.hb = col_text(st, 18, &r.hb_len);
     r.last_hb = sqlite3_column_int64(st, 19);
+    r.parent_id = (const char*)sqlite3_column_text(st, 20);
+    r.history = col_text(st, 21, &r.history_len);
     if (r.id == NULL || r.name == NULL || r.queue == NULL || r.input == NULL) {
       snprintf(err, errlen, "%s", "a stored task is missing its id, name, queue or input");
       crc = ATH_ESTORE;

@@ -274,9 +274,97 @@ int ath__task_http(lua_State* L, ath_http_req_t* r, lua_KFunction k, lua_KContex
   return lua_yieldk(L, 0, kctx, await_k);
 }
 
+uv_loop_t* ath__task_loop(lua_State* L) {
+  ath_slot_t* s = task_slot(L);
+  return s != NULL && lua_isyieldable(L) ? &s->wk->loop : NULL;
+}
+
+int ath__task_io(lua_State* L, ath_io_wait_t* io, lua_KFunction k, lua_KContext kctx) {
+  ath_slot_t* s = task_slot(L);
+  if (s == NULL || interrupt_code(s->wk, s) != 0) {
+    io->slot = NULL;
+    io->abort(io);
+    return wait_k(L, LUA_OK, 0);
+  }
+  io->slot = s;
+  s->io = io;
+  s->wait = ATH_WAIT_IO;
+  s->wait_k = k;
+  return lua_yieldk(L, 0, kctx, await_k);
+}
+
+void ath__task_io_done(ath_io_wait_t* io) {
+  ath_slot_t* s = io->slot;
+  io->slot = NULL;
+  if (s == NULL || s->wait != ATH_WAIT_IO || s->io != io)
+    return;
+  s->wait = ATH_WAIT_NONE;
+  s->io = NULL;
+  resume_slot(s, 0);
+  pump(s->wk);
+}
+
+ath_slot_t* ath__task_current(lua_State* L) {
+  ath_worker_t* wk = ath__worker_of(L);
+  return wk != NULL && wk->current != NULL && wk->current->task != NULL ? wk->current : NULL;
+}
+
+int ath__task_due(ath_slot_t* s) {
+  ath_worker_t* wk = s->wk;
+  int code = atomic_load_explicit(&s->interrupt, memory_order_relaxed);
+  if (code == 0)
+    code = atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed);
+  if (code == 0 && s->task != NULL) {
+    uint64_t now = ath__mono(wk->w);
+    uint64_t c = atomic_load_explicit(&s->task->cancel_ns, memory_order_relaxed);
+    if (c != 0 && now >= ath__after(c, wk->w->cfg.cancel_grace_ms))
+      code = ATH_ECANCELED;
+    else
+      code = expired(s, now);
+    if (code != 0)
+      atomic_store_explicit(&s->interrupt, code, memory_order_relaxed);
+  }
+  return code != 0;
+}
+
 int ath__task_wait_timed_out(lua_State* L) {
   ath_slot_t* s = task_slot(L);
   return s != NULL && s->wait_timed_out;
+}
+
+ath_task_t* ath__task_workflow(lua_State* L) {
+  ath_slot_t* s = task_slot(L);
+  if (s == NULL) {
+    ath_worker_t* wk = ath__worker_of(L);
+    s = wk ? wk->current : NULL; /* a nested coroutine of the task */
+  }
+  return s != NULL && s->task != NULL && s->task->wf != NULL ? s->task : NULL;
+}
+
+int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t at) {
+  ath_slot_t* s = task_slot(L);
+  if (s == NULL || s->task->wf == NULL) {
+    if (t != NULL)
+      ath_task_release(t);
+    return luaL_error(L, "workflow commands must be called from the workflow's own coroutine");
+  }
+  if (interrupt_code(s->wk, s) != 0) {
+    if (t != NULL)
+      ath_task_release(t);
+    return wait_k(L, LUA_OK, 0);
+  }
+  if (!lua_isyieldable(L)) {
+    if (t != NULL)
+      ath_task_release(t);
+    return luaL_error(L, "a workflow cannot wait here (attempt to yield across a C-call boundary: "
+                         "a metamethod, a table.sort comparator, a gsub callback)");
+  }
+  s->park_kind = kind;
+  s->park_seq = seq;
+  s->park_task = t;
+  s->park_at = at;
+  s->wait = ATH_WAIT_PARK;
+  return lua_yield(L, 0);
 }
 
 /* -------------------------------------------------------------- running */
@@ -291,6 +379,48 @@ static int task_k(lua_State* co, int status, lua_KContext ctx) {
   return lua_gettop(co);
 }
 
+/* [-0, +1, m] Decodes JSON, raising a not-retried EINVAL if it is not. */
+static void push_decoded(lua_State* co, const char* json, size_t len) {
+  if (ath__json_decode(co, json, len) != 0) {
+    /* JSON that does not decode can only come from a C caller */
+    push_interrupt(co, ATH_EINVAL);
+    lua_insert(co, -2);
+    lua_setfield(co, -2, "message");
+    lua_error(co);
+  }
+}
+
+/* A workflow segment: athena.workflow's runner replays the handler against
+ * the history: runner(handler, ctx, input, history, compensating, error,
+ * strategy, parentId). */
+static int workflow_main(lua_State* co, ath_task_t* t) {
+  ath_worker_t* wk = ath__worker_of(co);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, wk->workflow_ref);
+  lua_insert(co, 1); /* runner, handler, ctx */
+  push_decoded(co, t->input, t->input_len);
+  size_t hlen;
+  char* hist = ath__world_wf_history(wk->w, t, &hlen);
+  if (hist == NULL)
+    luaL_error(co, "not enough memory");
+  int rc = ath__json_decode(co, hist, hlen);
+  free(hist);
+  if (rc != 0)
+    lua_error(co);
+  /* the state and error are stable: only this segment changes them now */
+  lua_pushboolean(co, t->status == ATH_COMPENSATING);
+  if (t->status == ATH_COMPENSATING && t->error != NULL)
+    push_decoded(co, t->error, t->error_len);
+  else
+    lua_pushnil(co);
+  lua_pushinteger(co, t->strategy);
+  if (t->parent != NULL)
+    lua_pushstring(co, t->parent->id);
+  else
+    lua_pushnil(co);
+  ath__vm_callk(co, 8, LUA_MULTRET, task_k);
+  return task_k(co, LUA_OK, 0);
+}
+
 static int task_main(lua_State* co) {
   ath_task_t* t = lua_touserdata(co, 2);
   const char* hb = lua_touserdata(co, 3);
@@ -303,12 +433,25 @@ static int task_main(lua_State* co) {
   lua_setfield(co, -2, "name");
   lua_pushinteger(co, t->attempt);
   lua_setfield(co, -2, "attempt");
+  if (t->parent != NULL) {
+    lua_pushstring(co, t->parent->id);
+    lua_setfield(co, -2, "workflowId");
+  }
+  if (t->wf != NULL) {
+    luaL_setmetatable(co, "athena.Context");
+    return workflow_main(co, t);
+  }
   if (hb != NULL) {
     if (ath__json_decode(co, hb, hb_len) != 0)
       return lua_error(co);
     lua_setfield(co, -2, "lastHeartbeat");
   }
   luaL_setmetatable(co, "athena.Context");
+  const char* database = ath__worker_world(ath__worker_of(co))->cfg.database;
+  if (database != NULL) { /* ctx.db: the worker's warm connection */
+    ath__db_push_ctx(co, database);
+    lua_setfield(co, -2, "db");
+  }
   if (ath__json_decode(co, t->input, t->input_len) != 0) {
     /* input that is not JSON can only come from a C caller: not retried */
     push_interrupt(co, ATH_EINVAL);
@@ -322,11 +465,19 @@ static int task_main(lua_State* co) {
 
 static void add_outcome(ath_worker_t* wk, ath_task_t* t, ath_status_t st, int code) {
   ath_outcome_t* o = &wk->outcomes[wk->noutcomes++];
+  memset(o, 0, sizeof(*o));
   o->task = t;
   o->status = st;
   o->err_code = code;
-  o->final = 0;
   o->retry_after = -1;
+}
+
+/* Drops the awaited task of a park that did not end the segment. */
+static void drop_park(ath_slot_t* s) {
+  if (s->park_task != NULL)
+    ath_task_release(s->park_task);
+  s->park_task = NULL;
+  s->park_kind = ATH_PARK_NONE;
 }
 
 /* Whether the normalised error on top of L says "never retry" (§7.3 step
@@ -429,6 +580,12 @@ static void stop_wait(ath_slot_t* s) {
     s->http->slot = NULL;
     s->http = NULL;
   }
+  if (s->wait == ATH_WAIT_IO && s->io != NULL) {
+    ath_io_wait_t* io = s->io; /* abandoned: its owner stops the I/O */
+    s->io = NULL;
+    io->slot = NULL;
+    io->abort(io);
+  }
   s->wait = ATH_WAIT_NONE;
 }
 
@@ -450,6 +607,7 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     /* declared lost meanwhile: the task failed and moved on; what this
      * attempt produced is discarded, and the worker exits */
     timer_stop(s, ATH_TIMER_DEADLINE);
+    drop_park(s);
     add_outcome(wk, t, ATH_FAILED, ATH_EWORKERLOST);
     lua_settop(co, 0);
     luaL_unref(L, LUA_REGISTRYINDEX, s->co_ref);
@@ -476,6 +634,14 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
   } else if (irq != 0) {
     /* a deadline: the interrupting code wins */
     fail_with(wk, t, irq == SCOPE_TIMEOUT ? ATH_ETIMEDOUT : irq, NULL);
+  } else if (st == LUA_YIELD && s->wait == ATH_WAIT_PARK) {
+    add_outcome(wk, t, ATH_RUNNING, 0);
+    ath_outcome_t* o = &wk->outcomes[wk->noutcomes - 1];
+    o->park_kind = s->park_kind;
+    o->park_seq = s->park_seq;
+    o->park_at = s->park_at;
+    o->park_task = s->park_task;
+    s->park_task = NULL;
   } else if (st == LUA_OK) {
     int base = lua_gettop(co) - nres + 1;
     if (nres >= 2 && lua_isnil(co, base) && !lua_isnil(co, base + 1)) {
@@ -537,6 +703,7 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     new_coroutine(s);
   }
   atomic_store_explicit(&s->interrupt, 0, memory_order_relaxed);
+  drop_park(s);
   s->task = NULL;
   s->wait = ATH_WAIT_NONE;
   s->awaiting = NULL;
@@ -550,6 +717,10 @@ static void resume_slot(ath_slot_t* s, int nargs) {
   int st = ath__vm_resume(s->co, wk->L, nargs, &nres);
   wk->current = NULL;
   if (st == LUA_YIELD) {
+    if (s->wait == ATH_WAIT_PARK) { /* a workflow segment ended: the slot is free */
+      finish_slot(s, st, 0);
+      return;
+    }
     if (s->wait != ATH_WAIT_NONE)
       return; /* parked at an athena call: a timer or inbox resumes it */
     if (atomic_load_explicit(&s->interrupt, memory_order_relaxed) == 0) {
@@ -601,7 +772,9 @@ static void start_task(ath_worker_t* wk, ath_task_t* t) {
   const ath_activity_t* a = &t->def->a;
   uint64_t now = ath__mono(s->wk->w);
   s->task = t;
-  s->deadline[0] = ath__after(now, a->timeout_ms);
+  /* a workflow's timeout limits its run, parked time included (§3) */
+  s->deadline[0] = t->wf == NULL ? ath__after(now, a->timeout_ms)
+                   : a->timeout_ms ? ath__after(t->start_mono, a->timeout_ms) : 0;
   s->deadline[1] = a->heartbeat_timeout_ms ? ath__after(now, a->heartbeat_timeout_ms) : 0;
   s->deadline[2] = s->deadline[3] = 0;
   if (a->schedule_to_close_ms) {
@@ -867,6 +1040,14 @@ static int bind_handlers(ath_worker_t* wk) {
     return fail_start(wk, ATH_EINVAL, "%s", "worker could not load athena.errors");
   }
   wk->normalize_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_settop(L, 0);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "athena.workflow");
+  if (ath__vm_call(L, 1, 1) != LUA_OK || lua_getfield(L, -1, "segment") != LUA_TFUNCTION) {
+    lua_settop(L, 0);
+    return fail_start(wk, ATH_EINVAL, "%s", "worker could not load athena.workflow");
+  }
+  wk->workflow_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_settop(L, 0);
   return 0;
 }

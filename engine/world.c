@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
+#include "db.h"
 
 #define MAX_WORKERS 1024
 
@@ -169,6 +170,10 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
     set_err(err, errlen, "%s", "invalid concurrency (must be >= 1)");
     return ATH_EINVAL;
   }
+  if (cfg->database && ath__db_url_kind(cfg->database) == 0) {
+    set_err(err, errlen, "%s", "invalid database (sqlite:<path> or postgres://...)");
+    return ATH_EINVAL;
+  }
   ath_world_t* w = calloc(1, sizeof(*w));
   if (w == NULL)
     return ATH_ENOMEM;
@@ -180,6 +185,7 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   w->cfg.entry_script = xstrdup(cfg->entry_script);
   w->cfg.lua_path = xstrdup(cfg->lua_path);
   w->cfg.lua_cpath = xstrdup(cfg->lua_cpath);
+  w->cfg.database = xstrdup(cfg->database);
   w->cfg.webhook_url = xstrdup(cfg->webhook_url);
   w->cfg.log_file = xstrdup(cfg->log_file);
   w->modules = strv_dup(cfg->modules);
@@ -194,7 +200,7 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   if (w->cfg.persistence_path == NULL || w->queues == NULL ||
       w->queues[0] == NULL || w->table == NULL ||
       (cfg->modules && !w->modules) || (cfg->script_args && !w->script_args) ||
-      (cfg->entry_script && !w->cfg.entry_script)) {
+      (cfg->entry_script && !w->cfg.entry_script) || (cfg->database && !w->cfg.database)) {
     w->nqueues = w->queues ? 1 : 0;
     ath_world_free(w);
     return ATH_ENOMEM;
@@ -254,7 +260,7 @@ int ath_world_add_queue(ath_world_t* w, const char* name, int workers,
 
 int ath_world_register(ath_world_t* w, const ath_activity_t* a) {
   if (w->state != ATH_W_NEW || a->name == NULL || a->name[0] == '\0' ||
-      a->timeout_ms <= 0 || a->schedule_to_close_ms < 0 ||
+      a->timeout_ms < (a->workflow ? 0 : 1) || a->schedule_to_close_ms < 0 ||
       a->heartbeat_timeout_ms < 0 || a->max_attempts < 0 ||
       a->initial_interval_ms < 0 || a->max_interval_ms < a->initial_interval_ms ||
       !(a->multiplier >= 1) || (int)a->failure_strategy < ATH_STRATEGY_DEFAULT ||
@@ -339,6 +345,15 @@ static void table_remove(ath_world_t* w, ath_task_t* t) {
 }
 
 static void task_free(ath_task_t* t) {
+  if (t->wf != NULL) {
+    ath__buf_free(&t->wf->hist);
+    free(t->wf->forced_err);
+    if (t->wf->wait_task != NULL)
+      ath_task_release(t->wf->wait_task);
+    free(t->wf);
+  }
+  if (t->parent != NULL)
+    ath_task_release(t->parent);
   free(t->hb);
   free(t->input);
   free(t->result);
@@ -374,6 +389,28 @@ ath_status_t ath_task_status(ath_world_t* w, const ath_task_t* t) {
   return s;
 }
 
+/* Workflow t's history as a JSON array, malloc'd (lock held). */
+static char* wf_history_locked(const ath_task_t* t, size_t* len) {
+  size_t n = t->wf->hist.len;
+  char* out = malloc(n + 3);
+  if (out == NULL)
+    return NULL;
+  out[0] = '[';
+  if (n)
+    memcpy(out + 1, t->wf->hist.data, n);
+  out[n + 1] = ']';
+  out[n + 2] = '\0';
+  *len = n + 2;
+  return out;
+}
+
+char* ath__world_wf_history(ath_world_t* w, ath_task_t* t, size_t* len) {
+  uv_mutex_lock(&w->lock);
+  char* h = wf_history_locked(t, len);
+  uv_mutex_unlock(&w->lock);
+  return h;
+}
+
 int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info) {
   memset(info, 0, sizeof(*info));
   uv_mutex_lock(&w->lock);
@@ -396,7 +433,16 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
   char* error = owned ? NULL : ath__memdup(t->error, t->error_len);
   size_t error_len = error ? t->error_len : 0;
   int lost_error = !owned && t->error != NULL && error == NULL; /* out of memory */
+  info->workflow = t->wf != NULL;
+  if (t->wf != NULL) {
+    info->history = wf_history_locked(t, &info->history_len);
+    lost_error |= info->history == NULL;
+  }
   uv_mutex_unlock(&w->lock);
+  if (t->parent != NULL) { /* immutable */
+    info->parent_id = ath__memdup(t->parent->id, strlen(t->parent->id));
+    lost_error |= info->parent_id == NULL;
+  }
   /* Input never changes; result and error are written before the task turns
    * terminal and never after, so they are read outside the lock. */
   info->input = ath__memdup(t->input, t->input_len);
@@ -416,6 +462,8 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
 }
 
 void ath_task_snapshot_free(ath_task_info_t* info) {
+  free(info->parent_id);
+  free(info->history);
   free(info->heartbeat);
   free(info->input);
   free(info->result);
@@ -503,8 +551,9 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
                             : def->a.failure_strategy != ATH_STRATEGY_DEFAULT ? def->a.failure_strategy
                                                                               : w->cfg.failure_strategy;
   int max_attempts = def->a.has_retry && def->a.max_attempts > 0 ? def->a.max_attempts
-                     : strategy == ATH_STRATEGY_RETRY             ? 3
+                     : strategy == ATH_STRATEGY_RETRY             ? (def->a.workflow ? 4 : 3)
                                                                   : 1;
+  uint64_t parent_hash = opts->parent_id ? ath__hash_str(opts->parent_id) : 0;
   size_t namelen = strlen(name);
   tasks = malloc((n ? n : 1) * sizeof(*tasks));
   if (tasks == NULL) {
@@ -544,6 +593,11 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
     t->ready_mono = ath__after(mono, opts->delay_ms);
     t->heap_idx = t->exp_idx = UINT32_MAX;
     t->exp_mono = def->a.schedule_to_close_ms ? ath__after(t->ready_mono, def->a.schedule_to_close_ms) : 0;
+    if (def->a.workflow && (t->wf = calloc(1, sizeof(*t->wf))) == NULL) {
+      free(t);
+      rc = ATH_ENOMEM;
+      goto fail;
+    }
     tasks[made] = t;
   }
 
@@ -568,6 +622,14 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
       goto fail;
     }
   }
+  ath_task_t* parent = NULL;
+  if (opts->parent_id != NULL &&
+      ((parent = table_get(w, opts->parent_id, parent_hash)) == NULL || parent->wf == NULL)) {
+    set_err(err, errlen, "no workflow %s", opts->parent_id);
+    rc = ATH_ENOTFOUND;
+    uv_mutex_unlock(&w->lock);
+    goto fail;
+  }
   while (w->ntasks + n > w->table_cap) {
     if (table_grow(w) != 0) {
       rc = ATH_ENOMEM;
@@ -588,6 +650,10 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
       continue;
     }
     t->seq = w->next_seq++;
+    if (parent != NULL) {
+      ath_task_retain(parent);
+      t->parent = parent;
+    }
     table_put(w, t);
     if (t->exp_mono && ath__heap_push(&w->expiry, t) == 0)
       wake_engine |= w->expiry.items[0] == t;
@@ -630,6 +696,7 @@ fail:
   for (size_t i = 0; i < made; i++) {
     if (tasks[i] != NULL) {
       free(tasks[i]->input);
+      free(tasks[i]->wf);
       free(tasks[i]);
     }
   }
@@ -647,6 +714,8 @@ static void engine_timer_cb(uv_timer_t* h);
 static void set_error(ath_task_t* t, int code, const char* message);
 static int finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t now,
                        ath_worker_t** wake, int nwake);
+static int wf_terminal(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** wake, int nwake);
+static int wf_timer_fired(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake);
 
 /* Moves due delayed tasks to their queues and re-arms the timer for the
  * next one. Runs on the engine thread. */
@@ -660,6 +729,10 @@ static void engine_tick(ath_world_t* w) {
   while ((t = ath__heap_peek(&w->delayed)) != NULL && t->ready_mono <= now) {
     ath__heap_pop(&w->delayed);
     w->n_scheduled--;
+    if (t->wf != NULL && t->wf->where == ATH_WF_TIMER && t->status == ATH_RUNNING) {
+      nwake = wf_timer_fired(w, t, wake, nwake);
+      continue;
+    }
     if (make_ready(w, t) != 0) {
       t->status = ATH_FAILED;
       t->err_code = ATH_ENOMEM;
@@ -804,11 +877,15 @@ static void emit_task(ath_world_t* w, ath_task_t* t, int kind, int64_t now) {
   ath__buf_lit(&b, ",\"name\":");
   ath__buf_json_str(&b, t->def->name);
   char tmp[160];
-  int n = snprintf(tmp, sizeof(tmp), ",\"kind\":\"activity\",\"status\":\"%s\",\"attempt\":%d,\"taskQueue\":",
-                   ath_status_name(t->status), t->attempt);
+  int n = snprintf(tmp, sizeof(tmp), ",\"kind\":\"%s\",\"status\":\"%s\",\"attempt\":%d,\"taskQueue\":",
+                   t->wf ? "workflow" : "activity", ath_status_name(t->status), t->attempt);
   ath__buf_append(&b, tmp, (size_t)n);
   ath__buf_json_str(&b, t->queue->name);
-  ath__buf_lit(&b, ",\"parentId\":null");
+  ath__buf_lit(&b, ",\"parentId\":");
+  if (t->parent != NULL)
+    ath__buf_json_str(&b, t->parent->id);
+  else
+    ath__buf_lit(&b, "null");
   if (t->error != NULL && t->status != ATH_COMPLETED) {
     ath__buf_lit(&b, ",\"error\":");
     ath__buf_append(&b, t->error, t->error_len);
@@ -852,6 +929,8 @@ static int finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t n
     nwake = deliver_waiters(t, wake, nwake);
   if (w->cond_waiters > 0)
     uv_cond_broadcast(&w->cond);
+  if (t->wf != NULL || t->parent != NULL)
+    nwake = wf_terminal(w, t, now, wake, nwake);
   return nwake;
 }
 
@@ -867,6 +946,46 @@ static void set_error(ath_task_t* t, int code, const char* message) {
   t->error = ath__memdup(buf, (size_t)n);
   t->error_len = t->error ? (size_t)n : 0;
   t->err_code = code;
+}
+
+/* Starts an event {"type":..,"at":..,"run":..; wf_push closes it. */
+static void ev_begin(ath_buf_t* b, const ath_task_t* t, const char* type, int64_t now) {
+  char tmp[160];
+  int n = snprintf(tmp, sizeof(tmp), "{\"type\":\"%s\",\"at\":%lld,\"run\":%d", type,
+                   (long long)now, t->attempt);
+  ath__buf_append(b, tmp, (size_t)n);
+}
+
+static void ev_int(ath_buf_t* b, const char* key, int64_t v) {
+  char tmp[96];
+  int n = snprintf(tmp, sizeof(tmp), ",\"%s\":%lld", key, (long long)v);
+  ath__buf_append(b, tmp, (size_t)n);
+}
+
+/* Adds "key":json (null when json is NULL). */
+static void ev_raw(ath_buf_t* b, const char* key, const char* json, size_t len) {
+  char tmp[64];
+  int n = snprintf(tmp, sizeof(tmp), ",\"%s\":", key);
+  ath__buf_append(b, tmp, (size_t)n);
+  if (json != NULL)
+    ath__buf_append(b, json, len);
+  else
+    ath__buf_lit(b, "null");
+}
+
+/* Appends a finished event to t's history (and consumes b). */
+static int wf_push(ath_world_t* w, ath_task_t* t, ath_buf_t* b) {
+  int rc = ath__buf_lit(b, "}");
+  if (rc == 0 && b->data != NULL) {
+    ath_buf_t* h = &t->wf->hist;
+    if (h->len > 0)
+      rc = ath__buf_lit(h, ",");
+    if (rc == 0)
+      rc = ath__buf_append(h, b->data, b->len);
+    ath__store_mark(w, t);
+  }
+  ath__buf_free(b);
+  return rc;
 }
 
 /* Backoff for failed attempt n (SEMANTICS §7.4): capped, then 0-10 %
@@ -895,6 +1014,13 @@ static int retry_task(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o,
   int64_t stc = t->def->a.schedule_to_close_ms;
   if (stc > 0 && now + delay >= t->scheduled_at + stc)
     return -1;
+  if (t->wf != NULL) { /* §9.5: the next run replays the history */
+    ath_buf_t b = {0};
+    ev_begin(&b, t, "workflow.retrying", now);
+    ev_raw(&b, "error", t->error, t->error_len);
+    ev_int(&b, "delayMs", delay);
+    wf_push(w, t, &b);
+  }
   t->status = ATH_RETRYING;
   t->ready_at = now + delay;
   t->ready_mono = ath__after(mono, delay);
@@ -906,6 +1032,287 @@ static int retry_task(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o,
   emit_task(w, t, ATH_EV_TASK_RETRYING, now);
   *wake_engine |= w->delayed.items[0] == t;
   return 0;
+}
+
+/* ------------------------------------------------------------ workflows */
+
+/* The engine's side of workflows (SEMANTICS §9): histories, parking,
+ * outcomes of awaited tasks, cascade. The Lua side (athena/workflow.lua)
+ * replays the handler against the history in each segment and parks at the
+ * first command whose outcome is not recorded; everything here runs with
+ * the world lock held. */
+
+int ath__world_wf_append(ath_world_t* w, ath_task_t* t, const char* json, size_t len) {
+  uv_mutex_lock(&w->lock);
+  ath_buf_t* h = &t->wf->hist;
+  int rc = h->len > 0 ? ath__buf_lit(h, ",") : 0;
+  if (rc == 0)
+    rc = ath__buf_append(h, json, len);
+  ath__store_mark(w, t);
+  uint64_t gen = w->gen;
+  if (w->cfg.persistence == ATH_PERSIST_FILE) /* §9.2: committed before it proceeds */
+    ath__store_wait(w, gen);
+  uv_mutex_unlock(&w->lock);
+  return rc;
+}
+
+/* The error JSON a finished task reports to its workflow. */
+static void ev_task_error(ath_buf_t* b, const ath_task_t* x) {
+  if (x->status == ATH_CANCELLED || x->error == NULL) {
+    char tmp[160];
+    int code = x->status == ATH_CANCELLED ? ATH_ECANCELED : x->err_code ? x->err_code : ATH_EHANDLER;
+    int n = snprintf(tmp, sizeof(tmp), "{\"code\":\"%s\",\"message\":\"%s\",\"retryable\":false,\"attempt\":%d}",
+                     ath_err_name(code), ath_strerror(code), x->attempt);
+    ev_raw(b, "error", tmp, (size_t)n);
+  } else {
+    ev_raw(b, "error", x->error, x->error_len);
+  }
+}
+
+/* Records the outcome of x, which workflow t awaits as its command
+ * t->wf->wait_seq, in t's history. */
+static void wf_record(ath_world_t* w, ath_task_t* t, const ath_task_t* x, int64_t now) {
+  static const char* const family[] = {"", "activity", "child", "compensation"};
+  int kind = t->wf->wait_kind;
+  int ok = x->status == ATH_COMPLETED;
+  char type[40];
+  snprintf(type, sizeof(type), "%s.%s", family[kind], ok ? "completed" : "failed");
+  ath_buf_t b = {0};
+  ev_begin(&b, t, type, now);
+  ev_int(&b, kind == ATH_PARK_COMP ? "index" : "seq", t->wf->wait_seq);
+  if (ok && kind != ATH_PARK_COMP)
+    ev_raw(&b, "result", x->result, x->result_len);
+  else if (!ok)
+    ev_task_error(&b, x);
+  wf_push(w, t, &b);
+}
+
+/* Queues a resumption of parked workflow t (its state stays running or
+ * compensating; the claim continues the run). Returns the new nwake. */
+static int wf_resume(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake) {
+  ath_wf_t* wf = t->wf;
+  if (wf->wait_task != NULL) {
+    ath_task_release(wf->wait_task);
+    wf->wait_task = NULL;
+  }
+  wf->wait_kind = ATH_PARK_NONE;
+  wf->where = ATH_WF_QUEUED;
+  wf->resuming = 1;
+  t->ready_at = ath__wall(w);
+  t->ready_mono = ath__mono(w);
+  ath__store_mark(w, t);
+  if (ath__queue_push(t->queue, t) != 0) {
+    set_error(t, ATH_ENOMEM, "out of memory resuming the workflow");
+    return finish_task(w, t, ATH_FAILED, ath__wall(w), wake, nwake);
+  }
+  if (wake != NULL && nwake < MAX_WORKERS)
+    nwake += pick_sleepers(w, t->queue, 1, wake + nwake, MAX_WORKERS - nwake);
+  return nwake;
+}
+
+/* Takes a waiting workflow (or any task not in a slot) out of its queue or
+ * heap. Returns 0, or -1 when it is in a slot. */
+static int unqueue(ath_world_t* w, ath_task_t* t) {
+  int where = t->wf ? t->wf->where : ATH_WF_SLOT;
+  if (t->status == ATH_PENDING || (t->wf && where == ATH_WF_QUEUED)) {
+    ath__queue_remove(t->queue, t);
+  } else if (t->heap_idx != UINT32_MAX) {
+    ath__heap_remove(&w->delayed, t);
+    w->n_scheduled--;
+  } else if (t->status == ATH_RUNNING || t->status == ATH_COMPENSATING) {
+    if (t->wf == NULL || where == ATH_WF_SLOT)
+      return -1;
+  }
+  if (t->wf != NULL && t->wf->wait_task != NULL) {
+    ath_task_release(t->wf->wait_task);
+    t->wf->wait_task = NULL;
+  }
+  return 0;
+}
+
+static int wake_runner(ath_task_t* t, ath_worker_t** wake, int nwake) {
+  ath_worker_t* wk = t->wk;
+  if (wk == NULL)
+    return nwake;
+  atomic_store(&wk->poke, 1);
+  if (wake == NULL)
+    return nwake;
+  for (int i = 0; i < nwake; i++)
+    if (wake[i] == wk)
+      return nwake;
+  if (nwake < MAX_WORKERS)
+    wake[nwake++] = wk;
+  return nwake;
+}
+
+/* Cancels t (lock held): at once unless a slot runs it, then at its next
+ * yield point. Returns the new nwake; 0 in *accepted when refused. */
+static int cancel_locked(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** wake,
+                         int nwake, int* accepted) {
+  *accepted = 0;
+  if (ATH_IS_TERMINAL(t->status) || t->status == ATH_COMPENSATING)
+    return nwake;
+  *accepted = 1;
+  if (atomic_load(&t->cancel_ns) == 0)
+    atomic_store(&t->cancel_ns, ath__mono(w));
+  ath__store_mark(w, t);
+  if (t->wf != NULL) {
+    ath_buf_t b = {0};
+    ev_begin(&b, t, "cancel.requested", now);
+    wf_push(w, t, &b);
+  }
+  if (unqueue(w, t) == 0)
+    return finish_task(w, t, ATH_CANCELLED, now, wake, nwake);
+  return wake_runner(t, wake, nwake); /* its worker interrupts it */
+}
+
+/* Cancels t's non-terminal children except `keep`. */
+static int cancel_children(ath_world_t* w, ath_task_t* t, const ath_task_t* keep, int64_t now,
+                           ath_worker_t** wake, int nwake) {
+  for (size_t b = 0; b < w->table_cap; b++) {
+    for (ath_task_t* c = w->table[b]; c != NULL; c = c->hnext) {
+      int accepted;
+      if (c->parent == t && c != keep && !ATH_IS_TERMINAL(c->status))
+        nwake = cancel_locked(w, c, now, wake, nwake, &accepted);
+    }
+  }
+  return nwake;
+}
+
+/* Child x failed under `cascade`: its parent t fails with x's error (no
+ * retry, no compensation) and t's other children are cancelled (§8). */
+static int wf_cascade(ath_world_t* w, ath_task_t* t, ath_task_t* x, int64_t now,
+                      ath_worker_t** wake, int nwake) {
+  ath_buf_t e = {0};
+  ev_task_error(&e, x); /* ,"error":{...} */
+  const char* json = e.data ? strchr(e.data, ':') + 1 : NULL;
+  t->wf->forced = 1;
+  nwake = cancel_children(w, t, x, now, wake, nwake);
+  if (unqueue(w, t) != 0) {
+    /* a segment is running: stop it at its next yield point; the outcome
+     * then becomes this failure (ath__world_exchange) */
+    free(t->wf->forced_err);
+    t->wf->forced_err = json ? ath__memdup(json, e.len - (size_t)(json - e.data)) : NULL;
+    t->wf->forced_err_len = t->wf->forced_err ? e.len - (size_t)(json - e.data) : 0;
+    t->wf->forced = 2; /* 2: pending; 1: applied */
+    if (atomic_load(&t->cancel_ns) == 0)
+      atomic_store(&t->cancel_ns, ath__mono(w));
+    ath__buf_free(&e);
+    return wake_runner(t, wake, nwake);
+  }
+  free(t->error);
+  t->error = json ? ath__memdup(json, e.len - (size_t)(json - e.data)) : NULL;
+  t->error_len = t->error ? e.len - (size_t)(json - e.data) : 0;
+  t->err_code = x->err_code ? x->err_code : ATH_ECANCELED;
+  ath__buf_free(&e);
+  return finish_task(w, t, ATH_FAILED, now, wake, nwake);
+}
+
+/* t turned terminal (called by finish_task): its history, its children on
+ * cancel or cascade, and its parent (an awaited outcome or a cascade). */
+static int wf_terminal(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** wake, int nwake) {
+  if (t->wf != NULL) {
+    static const char* const names[] = {
+      [ATH_COMPLETED] = "workflow.completed", [ATH_FAILED] = "workflow.failed",
+      [ATH_CANCELLED] = "workflow.cancelled", [ATH_QUARANTINED] = "workflow.failed",
+      [ATH_COMPENSATED] = "workflow.compensated"};
+    ath_buf_t b = {0};
+    ev_begin(&b, t, names[t->status], now);
+    if (t->status == ATH_COMPLETED)
+      ev_raw(&b, "result", t->result, t->result_len);
+    else if (t->status != ATH_CANCELLED)
+      ev_raw(&b, "error", t->error, t->error_len);
+    wf_push(w, t, &b);
+    if (t->wf->wait_task != NULL) {
+      ath_task_release(t->wf->wait_task);
+      t->wf->wait_task = NULL;
+    }
+    if (t->status == ATH_CANCELLED || t->wf->forced)
+      nwake = cancel_children(w, t, NULL, now, wake, nwake);
+  }
+  ath_task_t* p = t->parent;
+  if (p == NULL || ATH_IS_TERMINAL(p->status) || p->wf->forced)
+    return nwake;
+  if (t->status == ATH_FAILED && t->strategy == ATH_STRATEGY_CASCADE && p->status != ATH_COMPENSATING)
+    return wf_cascade(w, p, t, now, wake, nwake);
+  if (p->wf->wait_task == t && p->wf->where == ATH_WF_PARKED) {
+    wf_record(w, p, t, now);
+    nwake = wf_resume(w, p, wake, nwake);
+  }
+  return nwake;
+}
+
+/* A segment of t parked (from its outcome o): record what it waits for,
+ * or resume it at once when the outcome is already there. */
+static int wf_park(ath_world_t* w, ath_task_t* t, ath_outcome_t* o, int64_t now, uint64_t mono,
+                   ath_worker_t** wake, int nwake, int* wake_engine) {
+  ath_wf_t* wf = t->wf;
+  wf->wait_kind = o->park_kind;
+  wf->wait_seq = o->park_seq;
+  ath__store_mark(w, t);
+  if (o->park_kind == ATH_PARK_TIMER) {
+    if (o->park_at > now) {
+      wf->where = ATH_WF_TIMER;
+      t->ready_at = o->park_at;
+      t->ready_mono = ath__after(mono, o->park_at - now);
+      if (ath__heap_push(&w->delayed, t) == 0) {
+        w->n_scheduled++;
+        *wake_engine |= w->delayed.items[0] == t;
+        return nwake;
+      }
+    }
+    ath_buf_t b = {0};
+    ev_begin(&b, t, "timer.fired", now);
+    ev_int(&b, "seq", o->park_seq);
+    wf_push(w, t, &b);
+    return wf_resume(w, t, wake, nwake);
+  }
+  ath_task_t* x = o->park_task;
+  o->park_task = NULL;
+  if (ATH_IS_TERMINAL(x->status)) {
+    wf_record(w, t, x, now);
+    ath_task_release(x);
+    return wf_resume(w, t, wake, nwake);
+  }
+  wf->where = ATH_WF_PARKED;
+  wf->wait_task = x; /* the outcome's reference */
+  return nwake;
+}
+
+/* A due timer of a workflow parked in ctx:sleep (engine tick). */
+static int wf_timer_fired(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake) {
+  ath_buf_t b = {0};
+  ev_begin(&b, t, "timer.fired", ath__wall(w));
+  ev_int(&b, "seq", t->wf->wait_seq);
+  wf_push(w, t, &b);
+  return wf_resume(w, t, wake, nwake);
+}
+
+int ath_world_children(ath_world_t* w, const ath_task_t* t, ath_task_t** out, int cap) {
+  int n = 0;
+  uv_mutex_lock(&w->lock);
+  for (size_t b = 0; b < w->table_cap; b++) {
+    for (ath_task_t* c = w->table[b]; c != NULL; c = c->hnext) {
+      if (c->parent != t)
+        continue;
+      if (n < cap) {
+        ath_task_retain(c);
+        out[n] = c;
+      }
+      n++;
+    }
+  }
+  uv_mutex_unlock(&w->lock);
+  /* creation order */
+  int m = n < cap ? n : cap;
+  for (int i = 1; i < m; i++) {
+    ath_task_t* c = out[i];
+    int j = i - 1;
+    for (; j >= 0 && out[j]->seq > c->seq; j--)
+      out[j + 1] = out[j];
+    out[j + 1] = c;
+  }
+  return n;
 }
 
 int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
@@ -935,6 +1342,18 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
       wk->tasks_completed++;
     else if (o->status == ATH_FAILED)
       wk->tasks_failed++;
+    if (t->wf != NULL && o->status == ATH_FAILED && o->err_code == ATH_ESHUTDOWN &&
+        w->state != ATH_W_STARTED)
+      o->status = ATH_PENDING; /* a command refused by the shutdown: not a failure */
+    if (o->status == ATH_PENDING && t->wf != NULL && t->wf->forced != 2) {
+      /* a workflow segment interrupted by shutdown: the run goes on by
+       * replay, in its state (running or compensating) */
+      if (o->park_task != NULL)
+        ath_task_release(o->park_task);
+      w->requeued++;
+      nwake = wf_resume(w, t, wake, nwake);
+      continue;
+    }
     if (o->status == ATH_PENDING) { /* interrupted by shutdown: T14 */
       t->attempt--;
       t->ready_at = now;
@@ -946,10 +1365,46 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
       o->err_code = ATH_ENOMEM;
       o->final = 1;
     }
+    if (t->wf != NULL) {
+      ath_wf_t* wf = t->wf;
+      if (wf->forced == 2) { /* a cascade failed it meanwhile (§8) */
+        wf->forced = 1;
+        if (o->park_task != NULL)
+          ath_task_release(o->park_task);
+        free(t->error);
+        t->error = wf->forced_err;
+        t->error_len = wf->forced_err_len;
+        wf->forced_err = NULL;
+        nwake = finish_task(w, t, ATH_FAILED, now, wake, nwake);
+        continue;
+      }
+      if (o->park_kind != ATH_PARK_NONE && o->status == ATH_RUNNING) {
+        if (atomic_load(&t->cancel_ns) != 0) { /* cancelled as it parked */
+          if (o->park_task != NULL)
+            ath_task_release(o->park_task);
+          nwake = finish_task(w, t, ATH_CANCELLED, now, wake, nwake);
+          continue;
+        }
+        nwake = wf_park(w, t, o, now, mono, wake, nwake, &wake_engine);
+        continue;
+      }
+      if (t->status == ATH_COMPENSATING) { /* the compensation segment ended (§9.5) */
+        t->err_code = o->err_code;
+        nwake = finish_task(w, t, o->err_code == ATH_ECOMPENSATED ? ATH_COMPENSATED : ATH_FAILED,
+                            now, wake, nwake);
+        continue;
+      }
+    }
     t->err_code = o->err_code;
     if (o->status == ATH_FAILED) {
       if (!o->final && retry_task(w, t, o, now, mono, &wake_engine) == 0)
         continue;
+      if (t->wf != NULL && t->strategy == ATH_STRATEGY_COMPENSATE) {
+        /* T10: compensations run in segments of their own */
+        t->status = ATH_COMPENSATING;
+        nwake = wf_resume(w, t, wake, nwake);
+        continue;
+      }
       o->status = t->strategy == ATH_STRATEGY_QUARANTINE ? ATH_QUARANTINED : ATH_FAILED;
     }
     nwake = finish_task(w, t, o->status, now, wake, nwake);
@@ -969,10 +1424,16 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
                             now, wake, nwake);
         continue;
       }
-      t->status = ATH_RUNNING;
-      t->attempt++; /* counted before it runs, so a crash still uses a try */
-      t->started_at = now;
-      t->start_mono = mono;
+      if (t->wf != NULL && t->wf->resuming) {
+        t->wf->resuming = 0; /* the run goes on: same state, same attempt */
+      } else {
+        t->status = ATH_RUNNING;
+        t->attempt++; /* counted before it runs, so a crash still uses a try */
+        t->started_at = now;
+        t->start_mono = mono;
+      }
+      if (t->wf != NULL)
+        t->wf->where = ATH_WF_SLOT;
       t->worker_id = wk->id;
       t->wk = wk;
       ath__store_mark(w, t);
@@ -1175,7 +1636,7 @@ static void monitor(ath_world_t* w) {
       if (k != wk->running - 1)
         ath__buf_lit(&ev, ",");
       ath__buf_json_str(&ev, t->id);
-      ath_outcome_t o = {t, ATH_FAILED, ATH_EWORKERLOST, 0, -1};
+      ath_outcome_t o = {.task = t, .status = ATH_FAILED, .err_code = ATH_EWORKERLOST, .retry_after = -1};
       char msg[96];
       snprintf(msg, sizeof(msg), "worker-%d was declared lost (no heartbeat)", wk->id);
       set_error(t, ATH_EWORKERLOST, msg);
@@ -1459,6 +1920,7 @@ void ath_world_free(ath_world_t* w) {
   free((char*)w->cfg.entry_script);
   free((char*)w->cfg.lua_path);
   free((char*)w->cfg.lua_cpath);
+  free((char*)w->cfg.database);
   free((char*)w->cfg.webhook_url);
   free((char*)w->cfg.log_file);
   ath__log_close(w->log); /* every thread that logs has been joined */
@@ -1632,39 +2094,15 @@ int ath_world_worker_tasks(ath_world_t* w, int worker_id, ath_task_t** out, int 
 int ath_world_cancel(ath_world_t* w, ath_task_t* t) {
   ath_worker_t* wake[MAX_WORKERS];
   int nwake = 0;
-  ath_worker_t* runner = NULL;
   int64_t now = ath__wall(w);
   uv_mutex_lock(&w->lock);
-  if (ATH_IS_TERMINAL(t->status) || t->status == ATH_COMPENSATING) {
-    uv_mutex_unlock(&w->lock);
-    return 0;
-  }
-  if (atomic_load(&t->cancel_ns) == 0)
-    atomic_store(&t->cancel_ns, ath__mono(w));
-  ath__store_mark(w, t);
-  switch (t->status) {
-    case ATH_PENDING:
-      ath__queue_remove(t->queue, t);
-      nwake = finish_task(w, t, ATH_CANCELLED, now, wake, nwake);
-      break;
-    case ATH_SCHEDULED:
-    case ATH_RETRYING:
-      ath__heap_remove(&w->delayed, t);
-      w->n_scheduled--;
-      nwake = finish_task(w, t, ATH_CANCELLED, now, wake, nwake);
-      break;
-      default: /* running: its worker interrupts it at its next yield point */
-      runner = t->wk;
-      if (runner != NULL)
-        atomic_store(&runner->poke, 1);
-      break;
-  }
-  ath__store_wait(w, w->gen); /* file: the cancel is durable */
+  int accepted;
+  nwake = cancel_locked(w, t, now, wake, nwake, &accepted);
+  if (accepted)
+    ath__store_wait(w, w->gen); /* file: the cancel is durable */
   uv_mutex_unlock(&w->lock);
   wake_all(wake, nwake);
-  if (runner != NULL)
-    ath__worker_wake(runner);
-  return 1;
+  return accepted;
 }
 
 int ath_world_requeue(ath_world_t* w, ath_task_t* t) {
@@ -1815,6 +2253,21 @@ int ath__world_recover_row(void* ud, const ath_row_t* r) {
     task_free(t);
     return ATH_ENOMEM;
   }
+  if (t->def->a.workflow && !t->def->ghost) {
+    if ((t->wf = calloc(1, sizeof(*t->wf))) == NULL ||
+        (r->history && ath__buf_append(&t->wf->hist, r->history, r->history_len) != 0)) {
+      uv_mutex_unlock(&w->lock);
+      task_free(t);
+      return ATH_ENOMEM;
+    }
+  }
+  if (r->parent_id != NULL) { /* created before its children: already loaded */
+    ath_task_t* p = table_get(w, r->parent_id, ath__hash_str(r->parent_id));
+    if (p != NULL && p->wf != NULL) {
+      ath_task_retain(p);
+      t->parent = p;
+    }
+  }
   ath_queue_t* q = find_queue(w, r->queue);
   t->queue = t->def->ghost ? w->queues[0] : q ? q : t->def->queue;
   t->status = (ath_status_t)r->status;
@@ -1852,6 +2305,14 @@ int ath__world_recover_row(void* ud, const ath_row_t* r) {
     rc = ath__heap_push(&w->delayed, t);
     w->n_scheduled += rc == 0;
     w->n_recovered[1]++;
+  } else if (t->wf != NULL && t->status != ATH_PENDING) {
+    /* a workflow in flight (running, parked or compensating): it resumes
+     * by replaying its history, in the same run (§9.3) */
+    w->n_recovered[2]++;
+    t->wf->resuming = 1;
+    t->wf->where = ATH_WF_QUEUED;
+    t->ready_mono = mono;
+    rc = ath__queue_push(t->queue, t);
   } else {
     if (t->status != ATH_PENDING) { /* running when the process died: T14 */
       t->attempt = t->attempt > 0 ? t->attempt - 1 : 0;

@@ -154,6 +154,7 @@ struct ath_world_config_s {
   const char* const* script_args; /* arg[0..n] for the entry script */
   const char* lua_path;       /* package.path for workers, or NULL */
   const char* lua_cpath;      /* package.cpath for workers, or NULL */
+  const char* database;       /* ctx.db's URL (sqlite:..., postgres://...), or NULL */
 };
 
 enum { ATH_PERSIST_MEMORY = 0, ATH_PERSIST_FILE, ATH_PERSIST_HYBRID };
@@ -189,6 +190,9 @@ typedef struct {
   int64_t schedule_to_close_ms; /* 0: none */
   int64_t heartbeat_timeout_ms; /* 0: none */
   ath_strategy_t failure_strategy; /* ATH_STRATEGY_DEFAULT: the world's */
+  int workflow;             /* 1: a workflow (SEMANTICS §9): its handler runs
+                             * through athena.workflow's replay runtime, timeout_ms
+                             * 0 means no run limit, 4 attempts under retry */
 } ath_activity_t;
 
 /* Fills `a` with the defaults for activity `name`. */
@@ -220,6 +224,8 @@ struct ath_exec_opts_s {
   int priority;
   const char* task_queue; /* NULL: the definition's queue */
   ath_strategy_t failure_strategy; /* ATH_STRATEGY_DEFAULT: the definition's */
+  const char* parent_id;  /* the owning workflow (a child, an activity of
+                           * ctx:run or a compensation), or NULL */
 };
 
 /* Queues `n` executions of `name`, one per payload, in one critical
@@ -271,6 +277,11 @@ ATH_EXTERN int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f,
 /* Looks up a task by id. Returns 0 and a new reference in *out, or
  * ATH_ENOTFOUND. Thread: any. */
 ATH_EXTERN int ath_world_find(ath_world_t* w, const char* id, ath_task_t** out);
+
+/* Fills out[0..cap) with new references to the tasks whose parent is `t`
+ * (a workflow's activities, children and compensations), in creation
+ * order, and returns how many there are (which may exceed cap). */
+ATH_EXTERN int ath_world_children(ath_world_t* w, const ath_task_t* t, ath_task_t** out, int cap);
 
 /* Waits until `t` is terminal or `timeout_ms` passes (< 0: no limit).
  * Returns 0 when terminal, ATH_ETIMEDOUT, or ATH_ESHUTDOWN when the world
@@ -333,6 +344,9 @@ typedef struct {
   char* input;  size_t input_len;  /* JSON */
   char* result; size_t result_len; /* JSON or NULL */
   char* error;  size_t error_len;  /* JSON error value or NULL */
+  int workflow;                    /* 1 for a workflow */
+  char* parent_id;                 /* the owning workflow's id, or NULL */
+  char* history; size_t history_len; /* workflows: the events as a JSON array */
 } ath_task_info_t;
 
 /* The task's id (valid while the reference is held) and activity name and

@@ -11,6 +11,7 @@ M.sleep = core.sleep
 M.now = core.now
 M.json = core.json
 M.http = core.http
+M.db = require "athena.db"
 M.null = core.json.null --- JSON null where a table needs a value
 M.errors = errors
 M.Error = core.Error
@@ -163,6 +164,12 @@ end
 --- athena.activity(name, handler, options) -> definition
 function M.activity(name, handler, options)
   return define("activity", name, handler, options)
+end
+
+--- athena.workflow(name, handler, options) -> definition (SEMANTICS §9):
+-- the handler is replayed against the workflow's history by athena.workflow.
+function M.workflow(name, handler, options)
+  return define("workflow", name, handler, options)
 end
 
 -------------------------------------------------------------------- errors
@@ -368,6 +375,12 @@ local function check_config(config)
   end
   c.memoryLimit = int_field("memoryLimit", c.memoryLimit, 1024 * 1024, nil, "at least 1MB")
   c.clock = c.clock == nil and "system" or oneof("clock", c.clock, { "system", "manual" })
+  -- a URL athena.db can open (checked, not connected); never quoted, as it
+  -- may hold a password
+  if c.database ~= nil and (type(c.database) ~= "string" or not core.db.check(c.database)) then
+    invalid("invalid database: %s (sqlite:<path>, sqlite::memory: or postgres://...)",
+      type(c.database) == "string" and "not a database URL" or show(c.database))
+  end
   return c
 end
 M._checkConfig = check_config
@@ -408,6 +421,7 @@ function World.new(config)
     webhookUrl = c.backend and c.backend.webhookUrl, webhookEvents = c.backend and c.backend.events,
     logLevel = c.logLevel, logFormat = c.logFormat, logFile = c.logFile, logMaxSize = c.logMaxSize,
     logMaxFiles = c.logMaxFiles,
+    database = c.database,
   }
   for name, q in pairs(c.taskQueues) do
     if name == "default" then
@@ -441,7 +455,7 @@ function methods.register(self, ...)
       invalid("a different definition is already registered as %s", def.name)
     end
     if old == nil then
-      self:_register(def.name, def.options)
+      self:_register(def.name, def.options, def.kind == "workflow")
       st.defs[def.name] = def
     end
   end

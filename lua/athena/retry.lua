@@ -35,6 +35,7 @@ end
 
 local NETWORK_CODES = {
   ETIMEDOUT = true, ECONNREFUSED = true, ECONNRESET = true, ECONNABORTED = true,
+  ECONNLOST = true, -- athena.db: the database connection failed or went away
   EHOSTUNREACH = true, ENETUNREACH = true, EPIPE = true, EAI_AGAIN = true,
 }
 local NEVER = { EFATAL = true, ECANCELED = true, EINVAL = true }

@@ -1,0 +1,119 @@
+/* The C side of workflow segments (athena/workflow.lua): appending history
+ * events, starting the tasks a workflow owns, and parking. Every function
+ * works only in the running workflow's own task and raises elsewhere. */
+#include <string.h>
+#include "internal.h"
+#include "lath.h"
+
+static ath_task_t* check_workflow(lua_State* L) {
+  ath_task_t* t = ath__task_workflow(L);
+  if (t == NULL)
+    ath__raise(L, ATH_EINVAL, "workflow commands are only allowed in workflow code");
+  return t;
+}
+
+static ath_world_t* world_of(lua_State* L) {
+  return ath__worker_world(ath__worker_of(L));
+}
+
+/* [-0, +0, v] Encodes the value at idx into b, raising EINVAL naming
+ * `root` when it is not a payload. */
+static void encode(lua_State* L, int idx, const char* root, ath_buf_t* b) {
+  char err[256];
+  int rc = ath__json_encode(L, idx, root, b, err, sizeof(err));
+  if (rc != 0) {
+    ath__buf_free(b);
+    ath__raise(L, rc, "%s", err);
+  }
+}
+
+/* core.wfAppend(event): appends the event table to the history. */
+static int wf_append(lua_State* L) {
+  ath_task_t* t = check_workflow(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  ath_buf_t b = {0};
+  encode(L, 1, "event", &b);
+  int rc = ath__world_wf_append(world_of(L), t, b.data, b.len);
+  ath__buf_free(&b);
+  if (rc != 0)
+    return ath__raise(L, rc, "cannot record a workflow event");
+  return 0;
+}
+
+/* core.wfSpawn(name, input, id, opts) -> id: starts `name` as a task the
+ * workflow owns (idempotent by id, SEMANTICS §5.3). opts: taskQueue,
+ * priority, delay, failureStrategy (a name). */
+static int wf_spawn(lua_State* L) {
+  static const char* const strategies[] = {"default", "retry", "cascade", "compensate",
+                                           "ignore", "quarantine", NULL};
+  ath_task_t* t = check_workflow(L);
+  const char* name = luaL_checkstring(L, 1);
+  const char* id = luaL_checkstring(L, 3);
+  luaL_checktype(L, 4, LUA_TTABLE);
+  ath_exec_opts_t o;
+  memset(&o, 0, sizeof(o));
+  o.id = id;
+  o.parent_id = ath_task_id(t);
+  if (lua_getfield(L, 4, "taskQueue") == LUA_TSTRING)
+    o.task_queue = lua_tostring(L, -1);
+  if (lua_getfield(L, 4, "priority") == LUA_TNUMBER) {
+    o.has_priority = 1;
+    o.priority = (int)lua_tointeger(L, -1);
+  }
+  if (lua_getfield(L, 4, "delay") != LUA_TNIL)
+    o.delay_ms = ath__checkduration(L, -1);
+  if (lua_getfield(L, 4, "failureStrategy") == LUA_TSTRING)
+    o.failure_strategy = (ath_strategy_t)luaL_checkoption(L, -1, NULL, strategies);
+  ath_buf_t b = {0};
+  encode(L, 2, "input", &b);
+  char* payload = b.data ? b.data : ath__memdup("null", 4);
+  size_t len = b.data ? b.len : 4;
+  ath_task_t* out;
+  char err[256] = "";
+  int rc = ath_world_execute(world_of(L), name, 1, &payload, &len, NULL, &o, &out, err, sizeof(err));
+  if (rc != 0)
+    return ath__raise(L, rc, "%s", err[0] ? err : ath_strerror(rc));
+  lua_pushstring(L, ath_task_id(out));
+  ath_task_release(out);
+  return 1;
+}
+
+/* core.wfPark(kind, seq, taskId | fireAt): ends the segment until the
+ * outcome of command `seq` is recorded. Does not return. */
+static int wf_park(lua_State* L) {
+  static const char* const kinds[] = {"none", "activity", "child", "compensation", "timer", NULL};
+  check_workflow(L);
+  int kind = luaL_checkoption(L, 1, NULL, kinds);
+  lua_Integer seq = luaL_checkinteger(L, 2);
+  if (kind == ATH_PARK_NONE)
+    return ath__raise(L, ATH_EINVAL, "invalid park kind");
+  if (kind == ATH_PARK_TIMER)
+    return ath__task_park(L, kind, seq, NULL, (int64_t)luaL_checkinteger(L, 3));
+  ath_task_t* x;
+  const char* id = luaL_checkstring(L, 3);
+  if (ath_world_find(world_of(L), id, &x) != 0)
+    return ath__raise(L, ATH_ENOTFOUND, "no task %s", id);
+  return ath__task_park(L, kind, seq, x, 0);
+}
+
+/* core.uuid() -> a random UUID v4 string. */
+static int wf_uuid(lua_State* L) {
+  char id[37];
+  ath__uuid4(id);
+  lua_pushstring(L, id);
+  return 1;
+}
+
+/* core.inWorkflow() -> whether the caller runs in workflow code. */
+static int wf_inside(lua_State* L) {
+  lua_pushboolean(L, ath__task_workflow(L) != NULL);
+  return 1;
+}
+
+void lath_open_workflow(lua_State* L) {
+  static const luaL_Reg funcs[] = {
+    {"wfAppend", wf_append}, {"wfSpawn", wf_spawn}, {"wfPark", wf_park},
+    {"uuid", wf_uuid},       {"inWorkflow", wf_inside}, {NULL, NULL},
+  };
+  luaL_setfuncs(L, funcs, 0);
+}

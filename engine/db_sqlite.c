@@ -1,0 +1,310 @@
+/* SQLite connections ("sqlite:<path>", "sqlite::memory:"). Statements run
+ * on the calling thread, also inside tasks: SQLite does no network I/O,
+ * and a busy database is waited for up to the busy timeout, then EBUSY. */
+#include <ctype.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include "athena.h"
+#include "db.h"
+
+#define BUSY_TIMEOUT_MS 5000
+
+/* The name of an extended result code, as err.sqlstate shows it. */
+static const char* code_name(int xrc, char* buf, size_t len) {
+  static const struct {
+    int rc;
+    const char* name;
+  } names[] = {
+    {SQLITE_CONSTRAINT_UNIQUE, "SQLITE_CONSTRAINT_UNIQUE"},
+    {SQLITE_CONSTRAINT_PRIMARYKEY, "SQLITE_CONSTRAINT_PRIMARYKEY"},
+    {SQLITE_CONSTRAINT_FOREIGNKEY, "SQLITE_CONSTRAINT_FOREIGNKEY"},
+    {SQLITE_CONSTRAINT_NOTNULL, "SQLITE_CONSTRAINT_NOTNULL"},
+    {SQLITE_CONSTRAINT_CHECK, "SQLITE_CONSTRAINT_CHECK"},
+    {SQLITE_CONSTRAINT_TRIGGER, "SQLITE_CONSTRAINT_TRIGGER"},
+    {SQLITE_CONSTRAINT_ROWID, "SQLITE_CONSTRAINT_ROWID"},
+    {SQLITE_CONSTRAINT, "SQLITE_CONSTRAINT"},
+    {SQLITE_ERROR, "SQLITE_ERROR"},
+    {SQLITE_BUSY, "SQLITE_BUSY"},
+    {SQLITE_BUSY_SNAPSHOT, "SQLITE_BUSY_SNAPSHOT"},
+    {SQLITE_LOCKED, "SQLITE_LOCKED"},
+    {SQLITE_INTERRUPT, "SQLITE_INTERRUPT"},
+    {SQLITE_READONLY, "SQLITE_READONLY"},
+    {SQLITE_IOERR, "SQLITE_IOERR"},
+    {SQLITE_CORRUPT, "SQLITE_CORRUPT"},
+    {SQLITE_FULL, "SQLITE_FULL"},
+    {SQLITE_CANTOPEN, "SQLITE_CANTOPEN"},
+    {SQLITE_MISMATCH, "SQLITE_MISMATCH"},
+    {SQLITE_RANGE, "SQLITE_RANGE"},
+    {SQLITE_TOOBIG, "SQLITE_TOOBIG"},
+    {SQLITE_NOMEM, "SQLITE_NOMEM"},
+    {SQLITE_MISUSE, "SQLITE_MISUSE"},
+#ifdef SQLITE_CONSTRAINT_DATATYPE
+    {SQLITE_CONSTRAINT_DATATYPE, "SQLITE_CONSTRAINT_DATATYPE"},
+#endif
+  };
+  for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+    if (names[i].rc == xrc)
+      return names[i].name;
+  snprintf(buf, len, "SQLITE_%d", xrc);
+  return buf;
+}
+
+/* Fills err from the connection's last error. */
+static int fail(ath_db_t* db, int xrc, int prepare, ath_db_error_t* err) {
+  char buf[32];
+  int code = ath__db_map_sqlite(xrc, prepare);
+  ath__db_seterr(err, code, code_name(xrc, buf, sizeof(buf)),
+                 db->sq ? sqlite3_errmsg(db->sq) : sqlite3_errstr(xrc), NULL, NULL);
+  return code;
+}
+
+int ath__db_sqlite_connect(ath_db_t* db, ath_db_error_t* err) {
+  const char* path = db->url + 7; /* after "sqlite:" */
+  sqlite3* sq = NULL;
+  int rc = sqlite3_open_v2(path, &sq,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI |
+                             SQLITE_OPEN_NOMUTEX,
+                           NULL);
+  if (rc != SQLITE_OK) {
+    /* the path is the user's own, but the message stays path-free */
+    ath__db_seterr(err, ATH_DB_ECONNLOST, code_name(rc, (char[32]){0}, 32),
+                   sq ? sqlite3_errmsg(sq) : sqlite3_errstr(rc), db->url, path);
+    sqlite3_close(sq);
+    return ATH_DB_ECONNLOST;
+  }
+  sqlite3_extended_result_codes(sq, 1);
+  sqlite3_busy_timeout(sq, BUSY_TIMEOUT_MS);
+  db->sq = sq;
+  return 0;
+}
+
+void ath__db_set_interrupt(ath_db_t* db, int (*check)(void* ud), void* ud) {
+  if (db->kind == ATH_DB_SQLITE && db->sq != NULL)
+    sqlite3_progress_handler(db->sq, check ? 4000 : 0, check, ud);
+}
+
+void ath__db_sqlite_disconnect(ath_db_t* db) {
+  if (db->sq != NULL) {
+    sqlite3_close_v2(db->sq); /* statements are never left open */
+    db->sq = NULL;
+  }
+}
+
+/* Column flags from the declared type: booleans and JSON. */
+enum { COL_BOOL = 1, COL_JSON = 2 };
+
+static int decl_flags(const char* decl) {
+  if (decl == NULL)
+    return 0;
+  char up[32];
+  size_t i = 0;
+  for (; decl[i] && i < sizeof(up) - 1; i++)
+    up[i] = (char)toupper((unsigned char)decl[i]);
+  up[i] = '\0';
+  if (strcmp(up, "BOOLEAN") == 0 || strcmp(up, "BOOL") == 0)
+    return COL_BOOL;
+  if (strcmp(up, "JSON") == 0 || strcmp(up, "JSONB") == 0)
+    return COL_JSON;
+  return 0;
+}
+
+/* Binds params to stmt: by position, or by number for "$n" / "?n" names. */
+static int bind_params(ath_db_t* db, sqlite3_stmt* st, const ath_db_value_t* params, int n,
+                       ath_db_error_t* err) {
+  int count = sqlite3_bind_parameter_count(st);
+  if (count != n) {
+    char msg[96];
+    snprintf(msg, sizeof(msg), "the statement has %d placeholder%s, %d value%s given", count,
+             count == 1 ? "" : "s", n, n == 1 ? "" : "s");
+    ath__db_seterr(err, ATH_DB_EINVAL, NULL, msg, NULL, NULL);
+    return ATH_DB_EINVAL;
+  }
+  for (int i = 1; i <= count; i++) {
+    const char* name = sqlite3_bind_parameter_name(st, i);
+    int k = i;
+    if (name != NULL && (name[0] == '$' || name[0] == '?') && isdigit((unsigned char)name[1]))
+      k = atoi(name + 1);
+    if (k < 1 || k > n) {
+      ath__db_seterr(err, ATH_DB_EINVAL, NULL, "placeholder number out of range", NULL, NULL);
+      return ATH_DB_EINVAL;
+    }
+    const ath_db_value_t* v = &params[k - 1];
+    int rc;
+    switch (v->type) {
+      case ATH_DB_NULL:
+        rc = sqlite3_bind_null(st, i);
+        break;
+      case ATH_DB_BOOL:
+      case ATH_DB_INT:
+        rc = sqlite3_bind_int64(st, i, v->i);
+        break;
+      case ATH_DB_FLOAT:
+        rc = sqlite3_bind_double(st, i, v->d);
+        break;
+      case ATH_DB_BLOB:
+        rc = sqlite3_bind_blob64(st, i, v->s, v->len, SQLITE_TRANSIENT);
+        break;
+      default: /* text, JSON and numeric text */
+        rc = sqlite3_bind_text64(st, i, v->s, v->len, SQLITE_TRANSIENT, SQLITE_UTF8);
+        break;
+    }
+    if (rc != SQLITE_OK)
+      return fail(db, sqlite3_extended_errcode(db->sq), 0, err);
+  }
+  return 0;
+}
+
+/* Copies the current row of st into r. */
+static int add_row(ath_db_res_t* r, sqlite3_stmt* st, const int* flags) {
+  if ((size_t)r->nrows == r->cells_cap) {
+    size_t cap = r->cells_cap ? r->cells_cap * 2 : 16;
+    ath_db_value_t* cells = realloc(r->cells, cap * (size_t)r->ncols * sizeof(*cells));
+    if (cells == NULL)
+      return ATH_ENOMEM;
+    r->cells = cells;
+    r->cells_cap = cap;
+  }
+  ath_db_value_t* row = r->cells + (size_t)r->nrows * (size_t)r->ncols;
+  for (int c = 0; c < r->ncols; c++) {
+    ath_db_value_t* v = &row[c];
+    memset(v, 0, sizeof(*v));
+    switch (sqlite3_column_type(st, c)) {
+      case SQLITE_NULL:
+        v->type = ATH_DB_NULL;
+        break;
+      case SQLITE_INTEGER:
+        v->i = sqlite3_column_int64(st, c);
+        v->type = (flags[c] & COL_BOOL) && (v->i == 0 || v->i == 1) ? ATH_DB_BOOL : ATH_DB_INT;
+        break;
+      case SQLITE_FLOAT:
+        v->type = ATH_DB_FLOAT;
+        v->d = sqlite3_column_double(st, c);
+        break;
+      default: { /* text and blobs: copied, with a NUL after them */
+        int blob = sqlite3_column_type(st, c) == SQLITE_BLOB;
+        const void* p = blob ? sqlite3_column_blob(st, c) : (const void*)sqlite3_column_text(st, c);
+        size_t len = (size_t)sqlite3_column_bytes(st, c);
+        char* copy = ath__db_res_alloc(r, len + 1);
+        if (copy == NULL)
+          return ATH_ENOMEM;
+        if (len)
+          memcpy(copy, p, len);
+        copy[len] = '\0';
+        v->s = copy;
+        v->len = len;
+        v->type = blob ? ATH_DB_BLOB : (flags[c] & COL_JSON) ? ATH_DB_JSON : ATH_DB_TEXT;
+      }
+    }
+  }
+  r->nrows++;
+  return 0;
+}
+
+/* Runs one prepared statement to its end, reading its rows into a new
+ * result. */
+static int run_stmt(ath_db_t* db, sqlite3_stmt* st, ath_db_res_t** out, ath_db_error_t* err) {
+  ath_db_res_t* r = ath__db_res_new(ATH_DB_SQLITE);
+  int ncols = sqlite3_column_count(st);
+  int* flags = calloc((size_t)ncols + 1, sizeof(int));
+  if (r == NULL || flags == NULL)
+    goto nomem;
+  r->ncols = ncols;
+  r->names = (char**)ath__db_res_alloc(r, sizeof(char*) * ((size_t)ncols + 1));
+  if (r->names == NULL)
+    goto nomem;
+  for (int c = 0; c < ncols; c++) {
+    const char* name = sqlite3_column_name(st, c);
+    size_t len = strlen(name);
+    if ((r->names[c] = ath__db_res_alloc(r, len + 1)) == NULL)
+      goto nomem;
+    memcpy(r->names[c], name, len + 1);
+    flags[c] = decl_flags(sqlite3_column_decltype(st, c));
+  }
+  int rc;
+  sqlite3_int64 before = sqlite3_total_changes64(db->sq);
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if (add_row(r, st, flags) != 0)
+      goto nomem;
+  }
+  free(flags);
+  if (rc != SQLITE_DONE) {
+    ath__db_res_free(r);
+    return fail(db, sqlite3_extended_errcode(db->sq), 0, err);
+  }
+  /* sqlite3_changes keeps the last INSERT/UPDATE/DELETE's count: a SELECT
+   * or CREATE after it would report it again */
+  r->changes = sqlite3_total_changes64(db->sq) != before ? sqlite3_changes64(db->sq) : 0;
+  r->last_id = sqlite3_last_insert_rowid(db->sq);
+  r->has_last_id = 1;
+  *out = r;
+  return 0;
+nomem:
+  free(flags);
+  ath__db_res_free(r);
+  ath__db_seterr(err, ATH_ENOMEM, NULL, "out of memory", NULL, NULL);
+  return ATH_ENOMEM;
+}
+
+/* Whether the text holds only white space and comments. */
+static int blank(const char* p) {
+  for (;;) {
+    while (isspace((unsigned char)*p) || *p == ';')
+      p++;
+    if (p[0] == '-' && p[1] == '-') {
+      while (*p && *p != '\n')
+        p++;
+    } else if (p[0] == '/' && p[1] == '*') {
+      const char* e = strstr(p + 2, "*/");
+      p = e ? e + 2 : p + strlen(p);
+    } else {
+      return *p == '\0';
+    }
+  }
+}
+
+int ath__db_sqlite_exec(ath_db_t* db, const char* sql, const ath_db_value_t* params, int n,
+                        ath_db_res_t** out, ath_db_error_t* err) {
+  /* Several statements run one after the other (a schema, say); the result
+   * is the last one's. Parameters go with a single statement only. */
+  const char* tail = sql;
+  ath_db_res_t* last = NULL;
+  int first = 1;
+  while (first || !blank(tail)) {
+    sqlite3_stmt* st = NULL;
+    const char* next = NULL;
+    int rc = sqlite3_prepare_v2(db->sq, tail, -1, &st, &next);
+    if (rc != SQLITE_OK) {
+      ath__db_res_free(last);
+      return fail(db, sqlite3_extended_errcode(db->sq), 1, err);
+    }
+    if (st == NULL) /* only comments or white space */
+      break;
+    if (first && n > 0 && !blank(next)) {
+      sqlite3_finalize(st);
+      ath__db_seterr(err, ATH_DB_EINVAL, NULL, "parameters need a single statement", NULL, NULL);
+      return ATH_DB_EINVAL;
+    }
+    rc = bind_params(db, st, params, first ? n : 0, err);
+    if (rc == 0) {
+      ath__db_res_free(last);
+      last = NULL;
+      rc = run_stmt(db, st, &last, err);
+    }
+    sqlite3_finalize(st);
+    if (rc != 0) {
+      ath__db_res_free(last);
+      return rc;
+    }
+    first = 0;
+    tail = next;
+  }
+  if (last == NULL && (last = ath__db_res_new(ATH_DB_SQLITE)) == NULL) {
+    ath__db_seterr(err, ATH_ENOMEM, NULL, "out of memory", NULL, NULL);
+    return ATH_ENOMEM;
+  }
+  *out = last;
+  return 0;
+}

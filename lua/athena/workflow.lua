@@ -1,0 +1,337 @@
+-- Workflow segments (SEMANTICS §9). A workflow's handler is run from the
+-- start against its history each time it continues: a command whose
+-- outcome is recorded returns it with no side effect; the first command
+-- without one executes (starts a task, arms a timer, records a marker)
+-- and, when it has to wait, parks the workflow: the segment ends, the
+-- worker slot is free, and the engine queues the next segment once the
+-- outcome is in the history (engine/world.c, "workflows").
+local core = require "athena.core"
+local errors = require "athena.errors"
+
+local M = {}
+
+local STRATEGIES = { "retry", "cascade", "compensate", "ignore", "quarantine" }
+local STRATEGY_SET = {}
+for _, s in ipairs(STRATEGIES) do STRATEGY_SET[s] = true end
+
+-- Events that record a command (the others record outcomes).
+local COMMAND = {
+  ["activity.scheduled"] = true, ["child.started"] = true, ["timer.started"] = true,
+  marker = true, ["compensation.added"] = true,
+}
+
+local function invalid(fmt, ...)
+  error(errors.new("EINVAL", string.format(fmt, ...)), 3)
+end
+
+local function definitions()
+  return require("athena").definitions
+end
+
+-- The history by command: sched[seq] = the command's latest event,
+-- done[seq] = its outcome (failures only from this run: a re-run executes
+-- them again, §9.3), and the compensations in registration order.
+local function index(history, run)
+  local ix = { sched = {}, done = {}, comps = {}, compStarted = {}, compDone = {}, maxSeq = 0 }
+  for _, ev in ipairs(history) do
+    local ty = ev.type
+    if COMMAND[ty] then
+      ix.sched[ev.seq] = ev
+      if ev.seq > ix.maxSeq then ix.maxSeq = ev.seq end
+      if ty == "compensation.added" then ix.comps[#ix.comps + 1] = ev end
+    elseif ty == "compensation.started" then
+      ix.compStarted[ev.index] = ev
+    elseif ty == "compensation.completed" or ty == "compensation.failed" then
+      ix.compDone[ev.index] = ev
+    elseif ty == "activity.completed" or ty == "child.completed" or ty == "timer.fired" then
+      ix.done[ev.seq] = ev
+    elseif ty == "activity.failed" or ty == "child.failed" then
+      if ev.run == run then ix.done[ev.seq] = ev end
+    elseif ty == "workflow.started" and ev.run == run then
+      ix.started = ev
+    end
+  end
+  return ix
+end
+
+local Ctx = {}
+Ctx.__index = Ctx
+Ctx.__name = "athena.WorkflowContext"
+
+local function next_seq(ctx)
+  ctx._seq = ctx._seq + 1
+  return ctx._seq
+end
+
+local function describe(ev)
+  return ev.name and (ev.type .. " " .. ev.name) or (ev.kind and (ev.type .. " " .. ev.kind)) or ev.type
+end
+
+-- The recorded command at seq, checked against the one being issued.
+local function recorded(ctx, seq, ty, name)
+  local ev = ctx._ix.sched[seq]
+  if ev ~= nil and (ev.type ~= ty or (name ~= nil and ev.name ~= name)) then
+    local now = name and (ty .. " " .. name) or ty
+    error(errors.new("ENONDETERMINISM", string.format(
+      "workflow %s replay diverged at command %d: the code issued %s, the history has %s",
+      ctx.workflowId, seq, now, describe(ev))), 0)
+  end
+  return ev
+end
+
+local function record(ctx, ev)
+  ev.at = core.now()
+  ev.run = ctx._run
+  core.wfAppend(ev)
+end
+
+-- A recorded outcome: true, result | false, error.
+local function outcome(ev)
+  if ev.type:sub(-10) == ".completed" then return true, ev.result end
+  return false, setmetatable(ev.error or {}, core.Error)
+end
+
+local RUN_OPTS = { taskQueue = true, priority = true, failureStrategy = true }
+local UNSUPPORTED = { timeout = true, retry = true, scheduleToClose = true, heartbeatTimeout = true }
+
+local function check_call(fname, name, opts, extra)
+  if type(name) ~= "string" then invalid("%s: name must be a string, got %s", fname, type(name)) end
+  local def = definitions()[name]
+  if def == nil then
+    error(errors.new("ENOTFOUND", string.format("%s: no activity or workflow named %s", fname, name)), 3)
+  end
+  if opts == nil then return def, {} end
+  if type(opts) ~= "table" then invalid("%s: options must be a table, got %s", fname, type(opts)) end
+  for k, v in pairs(opts) do
+    if UNSUPPORTED[k] then
+      invalid("%s: option %s is taken from the definition of %s (per-call values are not supported)",
+        fname, tostring(k), name)
+    elseif not RUN_OPTS[k] and not (extra and extra[k]) then
+      invalid("%s: unknown option %s", fname, tostring(k))
+    end
+    if k == "failureStrategy" and not STRATEGY_SET[v] then
+      invalid("invalid failureStrategy: %s", tostring(v))
+    elseif k == "priority" and math.type(v) ~= "integer" then
+      invalid("invalid priority: %s (must be an integer)", tostring(v))
+    elseif (k == "taskQueue" or k == "id") and type(v) ~= "string" then
+      invalid("invalid %s: %s (must be a string)", k, tostring(v))
+    end
+  end
+  return def, opts
+end
+
+-- What a task the workflow starts fails with: its call's, else its
+-- definition's, else the workflow's own strategy.
+local function strategy_of(ctx, def, opts)
+  return opts.failureStrategy or def.options.failureStrategy or ctx._strategy
+end
+
+local function spawn(ctx, name, input, id, opts, strategy)
+  return core.wfSpawn(name, input, id, {
+    taskQueue = opts.taskQueue, priority = opts.priority, delay = opts.delay, failureStrategy = strategy,
+  })
+end
+
+--- ctx:run(name, input, opts): runs `name` through the queue and returns
+-- its result; its error is raised (returned as nil, err under `ignore`).
+function Ctx:run(name, input, opts)
+  local def
+  def, opts = check_call("ctx:run", name, opts)
+  core.encode(input, "input")
+  local seq = next_seq(self)
+  local ev = recorded(self, seq, "activity.scheduled", name)
+  local strategy = strategy_of(self, def, opts)
+  local done = self._ix.done[seq]
+  if done ~= nil then
+    local ok, v = outcome(done)
+    if ok then return v end
+    if strategy == "ignore" then return nil, v end
+    error(v, 0)
+  end
+  local id
+  if ev ~= nil and ev.run == self._run then
+    id = ev.taskId
+  else
+    id = string.format("%s/%d/%d", self.workflowId, self._run, seq)
+    spawn(self, name, input, id, opts, strategy)
+    record(self, { type = "activity.scheduled", seq = seq, name = name, taskId = id })
+  end
+  core.wfPark("activity", seq, id)
+end
+
+local Child = {}
+Child.__index = Child
+Child.__name = "athena.ChildHandle"
+
+--- ctx:executeChild(name, input, opts) -> handle: starts `name` as a child
+-- (id opts.id or <workflowId>/<run>/<seq>) and returns at once.
+function Ctx:executeChild(name, input, opts)
+  local def
+  def, opts = check_call("ctx:executeChild", name, opts, { id = true, delay = true })
+  if opts.delay ~= nil then core.duration(opts.delay) end
+  core.encode(input, "input")
+  local seq = next_seq(self)
+  local ev = recorded(self, seq, "child.started", name)
+  local id
+  if ev ~= nil then
+    id = ev.childId
+  else
+    id = opts.id or string.format("%s/%d/%d", self.workflowId, self._run, seq)
+    spawn(self, name, input, id, opts, strategy_of(self, def, opts))
+    record(self, { type = "child.started", seq = seq, name = name, childId = id })
+  end
+  return setmetatable({ id = id, name = name, _ctx = self }, Child)
+end
+
+--- handle:result() -> result | nil, err: waits (parked) for the child.
+function Child:result()
+  local ctx = self._ctx
+  local seq = next_seq(ctx)
+  recorded(ctx, seq, "child.result")
+  local done = ctx._ix.done[seq]
+  if done ~= nil then
+    local ok, v = outcome(done)
+    if ok then return v end
+    return nil, v
+  end
+  core.wfPark("child", seq, self.id)
+end
+
+--- ctx:sleep(duration): a durable timer; parks until it fires.
+function Ctx:sleep(duration)
+  local ms = core.duration(duration)
+  local seq = next_seq(self)
+  local ev = recorded(self, seq, "timer.started")
+  if self._ix.done[seq] ~= nil then return end
+  local fireAt = ev and ev.fireAt
+  if fireAt == nil then
+    fireAt = core.now() + ms
+    record(self, { type = "timer.started", seq = seq, fireAt = fireAt })
+  end
+  core.wfPark("timer", seq, fireAt)
+end
+
+local function marker(ctx, kind, make)
+  local seq = next_seq(ctx)
+  local ev = recorded(ctx, seq, "marker")
+  if ev ~= nil then
+    if ev.kind ~= kind then
+      error(errors.new("ENONDETERMINISM", string.format(
+        "workflow %s replay diverged at command %d: the code asked for %s, the history has %s",
+        ctx.workflowId, seq, kind, ev.kind)), 0)
+    end
+    return ev.value
+  end
+  local v = make()
+  record(ctx, { type = "marker", seq = seq, kind = kind, value = v })
+  return v
+end
+
+--- ctx:now() -> epoch ms, recorded on first run and replayed after.
+function Ctx:now()
+  return marker(self, "now", core.now)
+end
+
+--- ctx:random(m, n) -> as math.random(m, n), recorded and replayed.
+function Ctx:random(m, n)
+  local argc = (m ~= nil and 1 or 0) + (n ~= nil and 1 or 0)
+  local ok, v = pcall(function()
+    if argc == 0 then return math.random() elseif argc == 1 then return math.random(m) end
+    return math.random(m, n)
+  end)
+  if not ok then invalid("ctx:random: %s", tostring(v)) end
+  return marker(self, "random", function() return v end)
+end
+
+--- ctx:addCompensation(name, input): records activity `name` to run with
+-- `input` if the workflow ends compensated (§9.5).
+function Ctx:addCompensation(name, input)
+  local def = check_call("ctx:addCompensation", name, nil)
+  if def.kind ~= "activity" then invalid("ctx:addCompensation: %s is not an activity", name) end
+  core.encode(input, "input")
+  local seq = next_seq(self)
+  if recorded(self, seq, "compensation.added", name) == nil then
+    record(self, { type = "compensation.added", seq = seq, name = name, input = input })
+  end
+end
+
+function Ctx:isCancelled()
+  return self._base:isCancelled()
+end
+
+function Ctx:getMetadata()
+  local def = definitions()[self._name]
+  return {
+    workflowId = self.workflowId, runId = self.runId, parentId = self.parentId,
+    name = self._name, attempt = self._run,
+    startedAt = self._ix.started and self._ix.started.at,
+    taskQueue = def and def.options.taskQueue or "default",
+    historyLength = self._historyLength,
+  }
+end
+
+-- ctx.log: the task's logger, silent while the segment replays commands
+-- an earlier segment already ran (§9.1).
+local function logger(ctx, base)
+  local log = {}
+  for _, level in ipairs { "debug", "info", "warn", "error" } do
+    log[level] = function(_, ...)
+      if ctx._seq < ctx._ix.maxSeq then return end
+      return base.log[level](base.log, ...)
+    end
+  end
+  return log
+end
+
+-- The compensation segment: compensations in reverse order of
+-- registration, one at a time, each as an activity task; one that does
+-- not complete is recorded and the next runs (§9.5).
+local function compensate(ctx, err)
+  local ix = ctx._ix
+  local failed = {}
+  for i = #ix.comps, 1, -1 do
+    local done = ix.compDone[i]
+    if done == nil then
+      local id = string.format("%s/comp/%d", ctx.workflowId, i)
+      if ix.compStarted[i] == nil then
+        local c = ix.comps[i]
+        local def = definitions()[c.name]
+        -- for compensations, compensate acts as retry and cascade as ignore (§8)
+        local s = def and def.options.failureStrategy or "retry"
+        s = s == "compensate" and "retry" or s == "cascade" and "ignore" or s
+        core.wfSpawn(c.name, c.input, id, { failureStrategy = s })
+        record(ctx, { type = "compensation.started", index = i, taskId = id })
+      end
+      core.wfPark("compensation", i, id)
+    elseif done.type == "compensation.failed" then
+      table.insert(failed, 1, i)
+    end
+  end
+  local message = type(err) == "table" and type(err.message) == "string" and err.message
+    or "workflow failed"
+  return nil, errors.new("ECOMPENSATED", message, { cause = err, details = { failed = failed } })
+end
+
+--- Runs one segment (called by the worker, engine/worker.c).
+function M.segment(handler, base, input, history, compensating, err, strategy, parentId)
+  local run = base.attempt
+  local ix = index(history, run)
+  local ctx = setmetatable({
+    workflowId = base.id, parentId = parentId,
+    _base = base, _ix = ix, _seq = 0, _run = run, _name = base.name,
+    _strategy = STRATEGIES[strategy] or "retry", _historyLength = #history,
+  }, Ctx)
+  if compensating then return compensate(ctx, err) end
+  local started = ix.started
+  if started == nil then
+    started = { type = "workflow.started", input = input, runId = core.uuid() }
+    record(ctx, started)
+    ix.started = started
+  end
+  ctx.runId = started.runId
+  ctx.log = logger(ctx, base)
+  return handler(ctx, input)
+end
+
+M.Context = Ctx
+return M

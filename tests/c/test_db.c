@@ -1,0 +1,228 @@
+/* The database layer's C API without Lua (engine/db.h): the placeholder
+ * rewrite, error mapping and redaction, and SQLite through typed
+ * parameters and cells. (PostgreSQL runs in tests/lua/db_pg_spec.lua,
+ * which has the server fixture.) */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "athena.h"
+#include "db.h"
+#include "task.h"
+
+static void rewrites(const char* in, const char* want, int want_n) {
+  int n = -1;
+  char* out = ath__db_rewrite_placeholders(in, &n);
+  ASSERT_NOT_NULL(out);
+  ASSERT_STR_EQ(want, out);
+  ASSERT_EQ(want_n, n);
+  free(out);
+}
+
+TEST_IMPL(db_placeholders) {
+  rewrites("select ?", "select $1", 1);
+  rewrites("select ?, ?,?", "select $1, $2,$3", 3);
+  rewrites("select '?', ?", "select '?', $1", 1);
+  rewrites("select 'it''s ?', ?", "select 'it''s ?', $1", 1);
+  rewrites("select E'\\'?', ?", "select E'\\'?', $1", 1);
+  rewrites("select \"a?\" from t where x = ?", "select \"a?\" from t where x = $1", 1);
+  rewrites("select ? -- ?\n, ?", "select $1 -- ?\n, $2", 2);
+  rewrites("select /* ? /* ? */ ? */ ?", "select /* ? /* ? */ ? */ $1", 1);
+  rewrites("select $$?$$, $tag$ ? $x$ ?$tag$, ?", "select $$?$$, $tag$ ? $x$ ?$tag$, $1", 1);
+  /* written-out $n: left alone, and ? stays an operator */
+  rewrites("select j ? 'a', $2, $1", "select j ? 'a', $2, $1", 2);
+  /* a$1 is a name, not a parameter */
+  rewrites("select a$1, ?", "select a$1, $1", 1);
+  /* unterminated runs end at the end */
+  rewrites("select ?, 'abc ?", "select $1, 'abc ?", 1);
+  rewrites("select ?, /* ?", "select $1, /* ?", 1);
+  return 0;
+}
+
+TEST_IMPL(db_error_map) {
+  ASSERT_EQ(ATH_DB_EUNIQUE, ath__db_map_sqlstate("23505"));
+  ASSERT_EQ(ATH_DB_EFOREIGNKEY, ath__db_map_sqlstate("23503"));
+  ASSERT_EQ(ATH_DB_ENOTNULL, ath__db_map_sqlstate("23502"));
+  ASSERT_EQ(ATH_DB_ECHECK, ath__db_map_sqlstate("23514"));
+  ASSERT_EQ(ATH_DB_ESYNTAX, ath__db_map_sqlstate("42601"));
+  ASSERT_EQ(ATH_DB_ESYNTAX, ath__db_map_sqlstate("42P01"));
+  ASSERT_EQ(ATH_DB_EINVAL, ath__db_map_sqlstate("42804"));
+  ASSERT_EQ(ATH_DB_EINVAL, ath__db_map_sqlstate("42883"));
+  ASSERT_EQ(ATH_DB_EINVAL, ath__db_map_sqlstate("22P02"));
+  ASSERT_EQ(ATH_DB_EINVAL, ath__db_map_sqlstate("22008"));
+  ASSERT_EQ(ATH_DB_ETIMEDOUT, ath__db_map_sqlstate("57014"));
+  ASSERT_EQ(ATH_DB_ECONNLOST, ath__db_map_sqlstate("08006"));
+  ASSERT_EQ(ATH_DB_ECONNLOST, ath__db_map_sqlstate("57P01"));
+  ASSERT_EQ(ATH_DB_EDB, ath__db_map_sqlstate("XX000"));
+  ASSERT_EQ(ATH_DB_EDB, ath__db_map_sqlstate(NULL));
+  ASSERT_EQ(ATH_DB_EUNIQUE, ath__db_map_sqlite(2067, 0));
+  ASSERT_EQ(ATH_DB_EUNIQUE, ath__db_map_sqlite(1555, 0));
+  ASSERT_EQ(ATH_DB_EFOREIGNKEY, ath__db_map_sqlite(787, 0));
+  ASSERT_EQ(ATH_DB_ENOTNULL, ath__db_map_sqlite(1299, 0));
+  ASSERT_EQ(ATH_DB_ECHECK, ath__db_map_sqlite(275, 0));
+  ASSERT_EQ(ATH_DB_ESYNTAX, ath__db_map_sqlite(1, 1));
+  ASSERT_EQ(ATH_DB_EDB, ath__db_map_sqlite(1, 0));
+  ASSERT_EQ(ATH_DB_EBUSY, ath__db_map_sqlite(5, 0));
+  ASSERT_EQ(ATH_DB_ETIMEDOUT, ath__db_map_sqlite(9, 0));
+  ASSERT_STR_EQ("EUNIQUE", ath__db_err_name(ATH_DB_EUNIQUE));
+  ASSERT_STR_EQ("ECONNLOST", ath__db_err_name(ATH_DB_ECONNLOST));
+  ASSERT_STR_EQ("EINVAL", ath__db_err_name(ATH_EINVAL)); /* shares the engine's value */
+  ASSERT_STR_EQ("unique_violation", ath__db_err_gateway(ATH_DB_EUNIQUE));
+  ASSERT_STR_EQ("invalid_value", ath__db_err_gateway(ATH_DB_EINVAL));
+  ASSERT_STR_EQ("statement_timeout", ath__db_err_gateway(ATH_DB_ETIMEDOUT));
+  ASSERT_STR_EQ("database_unavailable", ath__db_err_gateway(ATH_DB_ECONNLOST));
+  ASSERT_STR_EQ("database_unavailable", ath__db_err_gateway(ATH_DB_EBUSY));
+  ASSERT(ath__db_err_retryable(ATH_DB_ECONNLOST));
+  ASSERT(!ath__db_err_retryable(ATH_DB_EUNIQUE));
+  return 0;
+}
+
+TEST_IMPL(db_redaction) {
+  ath_db_error_t e;
+  const char* url = "postgres://bob:pw123@db.example/x";
+  ath__db_seterr(&e, ATH_DB_ECONNLOST, NULL,
+                 "cannot connect to postgres://bob:pw123@db.example/x: password pw123 wrong\n",
+                 url, "pw123");
+  ASSERT_STR_EQ("cannot connect to ***: password *** wrong", e.message);
+  ASSERT_NULL(strstr(e.message, "pw123"));
+  ath_db_t* db = NULL;
+  ASSERT_EQ(ATH_DB_EINVAL, ath__db_new("mysql://x", &db, &e));
+  ASSERT_EQ(ATH_DB_EINVAL, ath__db_new("postgres://u:secret@h/db?bogus=1", &db, &e));
+  ASSERT_NULL(strstr(e.message, "secret"));
+  ASSERT_NULL(db);
+  return 0;
+}
+
+TEST_IMPL(db_sqlite) {
+  ath_db_t* db = NULL;
+  ath_db_error_t e;
+  ath_db_res_t* r = NULL;
+  ASSERT_OK(ath__db_new("sqlite::memory:", &db, &e));
+  ASSERT_EQ(ATH_DB_SQLITE, ath__db_kind(db));
+  ASSERT(!ath__db_can_async(db));
+  ASSERT_OK(ath__db_exec(db, "create table t (id integer primary key, ok bool, j json, b blob, s text)",
+                         NULL, 0, &r, &e));
+  ath__db_res_free(r);
+  ath_db_value_t p[4] = {
+    {.type = ATH_DB_BOOL, .i = 1},
+    {.type = ATH_DB_JSON, .s = "{\"a\":1}", .len = 7},
+    {.type = ATH_DB_BLOB, .s = "\0\1", .len = 2},
+    {.type = ATH_DB_TEXT, .s = "x\0y", .len = 3},
+  };
+  ASSERT_OK(ath__db_exec(db, "insert into t (ok, j, b, s) values (?, ?, ?, ?)", p, 4, &r, &e));
+  ASSERT_EQ(1, ath__db_res_changes(r));
+  int64_t id = 0;
+  ASSERT(ath__db_res_last_id(r, &id));
+  ASSERT_EQ(1, id);
+  ath__db_res_free(r);
+  ASSERT_OK(ath__db_exec(db, "select ok, j, b, s, null as z from t", NULL, 0, &r, &e));
+  ASSERT_EQ(1, ath__db_res_nrows(r));
+  ASSERT_EQ(5, ath__db_res_ncols(r));
+  ASSERT_STR_EQ("j", ath__db_res_colname(r, 1));
+  ath_db_value_t v;
+  ASSERT_OK(ath__db_res_value(r, 0, 0, &v));
+  ASSERT_EQ(ATH_DB_BOOL, v.type);
+  ASSERT_EQ(1, v.i);
+  ASSERT_OK(ath__db_res_value(r, 0, 1, &v));
+  ASSERT_EQ(ATH_DB_JSON, v.type);
+  ASSERT_OK(ath__db_res_value(r, 0, 2, &v));
+  ASSERT_EQ(ATH_DB_BLOB, v.type);
+  ASSERT_EQ(2, v.len);
+  ASSERT_OK(memcmp(v.s, "\0\1", 2));
+  ASSERT_OK(ath__db_res_value(r, 0, 3, &v));
+  ASSERT_EQ(ATH_DB_TEXT, v.type);
+  ASSERT_EQ(3, v.len);
+  ASSERT_OK(ath__db_res_value(r, 0, 4, &v));
+  ASSERT_EQ(ATH_DB_NULL, v.type);
+  ath__db_res_free(r);
+  ASSERT_EQ(ATH_DB_ESYNTAX, ath__db_exec(db, "selec 1", NULL, 0, &r, &e));
+  ASSERT_NULL(r);
+  ASSERT_STR_EQ("SQLITE_ERROR", e.sqlstate);
+  ASSERT_EQ(ATH_DB_EINVAL, ath__db_exec(db, "select ?", NULL, 0, &r, &e));
+  /* async is PostgreSQL's */
+  ASSERT_EQ(ATH_ENOSYS, ath__db_exec_async(db, NULL, "select 1", NULL, 0, NULL, NULL, &e));
+  ath__db_free(db);
+  return 0;
+}
+
+/* ------------------------------------------- PostgreSQL on a libuv loop */
+
+/* The URL the pg fixture wrote (ctest sets ATHENA_PG_URL_FILE for the
+ * db_pg* tests); no URL fails the test. */
+static char* pg_url(void) {
+  const char* path = getenv("ATHENA_PG_URL_FILE");
+  ASSERT_NOT_NULL(path);
+  FILE* f = fopen(path, "r");
+  ASSERT_NOT_NULL(f);
+  static char url[512];
+  ASSERT_NOT_NULL(fgets(url, sizeof(url), f));
+  fclose(f);
+  url[strcspn(url, "\r\n")] = '\0';
+  return url;
+}
+
+static int async_done;
+
+static void async_cb(ath_db_t* db, void* ud) {
+  (void)db;
+  ASSERT_EQ((intptr_t)ud, 42);
+  async_done++;
+}
+
+static void abort_cb(uv_timer_t* t) {
+  ath__db_abort(t->data);
+  uv_close((uv_handle_t*)t, NULL);
+}
+
+TEST_IMPL(db_pg_async) {
+  uv_loop_t loop;
+  ASSERT_OK(uv_loop_init(&loop));
+  ath_db_t* db = NULL;
+  ath_db_error_t e;
+  ath_db_res_t* r = NULL;
+  ASSERT_OK(ath__db_new(pg_url(), &db, &e));
+  ASSERT(ath__db_can_async(db));
+  ASSERT(!ath__db_connected(db));
+  /* connects on the loop, then runs the statement */
+  ath_db_value_t p = {.type = ATH_DB_INT, .i = 7};
+  ASSERT_OK(ath__db_exec_async(db, &loop, "select ?::int as n, pg_sleep(0.02)::text as s", &p, 1,
+                               async_cb, (void*)(intptr_t)42, &e));
+  ASSERT(ath__db_busy(db));
+  ASSERT_EQ(ATH_DB_EBUSY,
+            ath__db_exec_async(db, &loop, "select 1", NULL, 0, async_cb, NULL, &e));
+  ASSERT_OK(uv_run(&loop, UV_RUN_DEFAULT));
+  ASSERT_EQ(1, async_done);
+  ASSERT_OK(ath__db_async_result(db, &r, &e));
+  ath_db_value_t v;
+  ASSERT_OK(ath__db_res_value(r, 0, 0, &v));
+  ASSERT_EQ(ATH_DB_INT, v.type);
+  ASSERT_EQ(7, v.i);
+  ath__db_res_free(r);
+  /* an error result */
+  ASSERT_OK(ath__db_exec_async(db, &loop, "select * from nope", NULL, 0, async_cb,
+                               (void*)(intptr_t)42, &e));
+  ASSERT_OK(uv_run(&loop, UV_RUN_DEFAULT));
+  ASSERT_EQ(2, async_done);
+  ASSERT_EQ(ATH_DB_ESYNTAX, ath__db_async_result(db, &r, &e));
+  ASSERT_STR_EQ("42P01", e.sqlstate);
+  /* abandoned mid-statement: no callback, the connection is dropped, the
+   * next statement connects again */
+  ASSERT_OK(ath__db_exec_async(db, &loop, "select pg_sleep(5)", NULL, 0, async_cb,
+                               (void*)(intptr_t)42, &e));
+  uv_timer_t t;
+  uv_timer_init(&loop, &t);
+  t.data = db;
+  uv_timer_start(&t, abort_cb, 50, 0);
+  uint64_t t0 = uv_hrtime();
+  ASSERT_OK(uv_run(&loop, UV_RUN_DEFAULT));
+  ASSERT_LT(uv_hrtime() - t0, 2000000000u);
+  ASSERT_EQ(2, async_done);
+  ASSERT(!ath__db_connected(db));
+  ASSERT(!ath__db_busy(db));
+  ASSERT_OK(ath__db_exec(db, "select 1", NULL, 0, &r, &e)); /* blocking, reconnected */
+  ath__db_res_free(r);
+  ath__db_free(db);
+  ASSERT_OK(uv_loop_close(&loop));
+  return 0;
+}

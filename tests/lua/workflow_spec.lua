@@ -1,0 +1,348 @@
+-- Workflows and sagas (SEMANTICS §8, §9): replayed segments, parking,
+-- compensate / cascade / retry / ignore, durable timers, history, children,
+-- non-determinism.
+local athena = require "athena"
+local S = require "fixtures.support"
+local wf = require "fixtures.wf_jobs"
+
+local files = {}
+local function tmpname()
+  local p = os.tmpname()
+  os.remove(p)
+  files[#files + 1] = p
+  return p
+end
+
+local function lines(path)
+  local out = {}
+  for l in (S.readfile(path) or ""):gmatch("[^\n]+") do out[#out + 1] = l end
+  return out
+end
+
+local function count(path, line)
+  local n = 0
+  for _, l in ipairs(lines(path)) do n = n + (l == line and 1 or 0) end
+  return n
+end
+
+local function types(history)
+  local out = {}
+  for _, ev in ipairs(history) do out[#out + 1] = ev.type end
+  return out
+end
+
+local function started(cfg)
+  local w = S.world(S.config(cfg and cfg or {}))
+  return w
+end
+
+local function world(cfg)
+  local c = { modules = { "fixtures.wf_jobs" }, minWorkers = 2, maxWorkers = 2 }
+  for k, v in pairs(cfg or {}) do c[k] = v end
+  local w = started(c)
+  w:register(wf.all())
+  w:start()
+  return w
+end
+
+describe("workflows", function()
+  after_each(function()
+    S.cleanup()
+    for i = #files, 1, -1 do
+      os.remove(files[i])
+      files[i] = nil
+    end
+  end)
+
+  describe("the order saga", function()
+    it("completes: every step runs once, no compensation, history and children recorded", function()
+      local w = world()
+      local log = tmpname()
+      local h = w:execute("wf.order", { log = log, order = 7 })
+      local r, err = S.result(h)
+      assert.is_nil(err)
+      assert.same({ "charge ok 7", "reserve ok 7", "ship ok 7" }, r)
+      assert.same({ "charge 7", "reserve 7", "ship 7" }, lines(log))
+      local q = h:query()
+      assert.equals("workflow", q.kind)
+      assert.equals("completed", q.status)
+      assert.same({ "workflow.started", "activity.scheduled", "activity.completed", "compensation.added",
+        "activity.scheduled", "activity.completed", "compensation.added", "activity.scheduled",
+        "activity.completed", "workflow.completed" }, types(q.history))
+      assert.same({ h.id .. "/1/1", h.id .. "/1/3", h.id .. "/1/5" }, q.children)
+      local a = w:query(h.id .. "/1/1")
+      assert.equals(h.id, a.parentId)
+      assert.equals("activity", a.kind)
+      assert.equals("charge ok 7", q.history[3].result)
+    end)
+
+    -- wf.order's definition allows 2 runs: under compensate the failed run is
+    -- re-run once (replaying the completed steps), then compensated.
+    it("compensate: refunds and releases LIFO, ends compensated, result() is ECOMPENSATED", function()
+      local w = world()
+      local log = tmpname()
+      local h = w:execute("wf.order", { log = log, order = 1, fail = "ship" },
+        { failureStrategy = "compensate" })
+      local r, err = S.result(h)
+      assert.is_nil(r)
+      assert.equals("ECOMPENSATED", err.code)
+      assert.equals("ship failed", err.message)
+      assert.equals("ESHIP", err.cause.code)
+      assert.same({}, err.details.failed)
+      assert.equals("compensated", h:status())
+      assert.same({ "charge 1", "reserve 1", "ship 1", "ship 1", "release 1", "refund 1" }, lines(log))
+      local q = h:query()
+      assert.truthy(w:query(h.id .. "/comp/1"))
+      assert.equals("completed", w:query(h.id .. "/comp/2").status)
+      local t = types(q.history)
+      assert.equals("workflow.compensated", t[#t])
+      assert.is_false(h:cancel()) -- terminal
+    end)
+
+    it("compensate: a failing compensation is recorded and the next still runs", function()
+      local w = world()
+      local log = tmpname()
+      local h = w:execute("wf.order", { log = log, order = 2, fail = "ship", failComp = "release" },
+        { failureStrategy = "compensate" })
+      local _, err = S.result(h)
+      assert.equals("ECOMPENSATED", err.code)
+      assert.same({ 2 }, err.details.failed) -- release was registered second
+      assert.same({ "charge 2", "reserve 2", "ship 2", "ship 2", "release 2", "refund 2" }, lines(log))
+      local failed
+      for _, ev in ipairs(h:query().history) do
+        if ev.type == "compensation.failed" then failed = ev end
+      end
+      assert.equals(2, failed.index)
+      assert.equals("ECOMP", failed.error.code)
+    end)
+
+    it("compensate: only the compensations registered before the failure run", function()
+      local w = world()
+      local log = tmpname()
+      local h = w:execute("wf.order", { log = log, order = 3, fail = "reserve" },
+        { failureStrategy = "compensate" })
+      local _, err = S.result(h)
+      assert.equals("ECOMPENSATED", err.code)
+      assert.same({ "charge 3", "reserve 3", "reserve 3", "refund 3" }, lines(log))
+    end)
+
+    it("retry: the re-run replays completed steps and executes the failed one again", function()
+      local w = world()
+      local log = tmpname()
+      local h = w:execute("wf.order", { log = log, order = 4, fail = "ship" })
+      local _, err = S.result(h)
+      assert.equals("ESHIP", err.code)
+      assert.equals("failed", h:status())
+      assert.equals(2, h:query().attempt)
+      assert.same({ "charge 4", "reserve 4", "ship 4", "ship 4" }, lines(log))
+      local t = types(h:query().history)
+      assert.truthy(S.contains(t, "workflow.retrying"))
+      assert.is_false(S.contains(t, "compensation.started"))
+    end)
+
+    it("ignore: ctx:run returns nil, err and the workflow decides", function()
+      local w = world()
+      local log = tmpname()
+      local r, err = S.result(w:execute("wf.ignoring", { log = log }))
+      assert.is_nil(err)
+      assert.equals("ECHARGE", r.code)
+      assert.equals("ship ok 2", r.after)
+    end)
+
+    it("quarantine: the failed workflow is a dead letter", function()
+      local w = world()
+      local h = w:execute("wf.order", { log = tmpname(), order = 5, fail = "charge" },
+        { failureStrategy = "quarantine" })
+      local _, err = S.result(h)
+      assert.equals("ECHARGE", err.code)
+      assert.equals("quarantined", h:status())
+      assert.truthy(S.contains(S.ids(w:getQuarantined()), h.id))
+    end)
+  end)
+
+  it("a re-run gets a new runId and succeeds without re-running completed steps", function()
+    local w = world()
+    local log, gate = tmpname(), tmpname()
+    local h = w:execute("wf.rerun", { log = log, gate = gate })
+    local r, err = S.result(h)
+    assert.is_nil(err)
+    assert.same({ "charge 1", "flaky", "flaky" }, lines(log))
+    assert.equals("charge ok 1", r[1])
+    local runIds = {}
+    for _, ev in ipairs(h:query().history) do
+      if ev.type == "workflow.started" then runIds[#runIds + 1] = ev.runId end
+    end
+    assert.equals(2, #runIds)
+    assert.are_not.equal(runIds[1], runIds[2])
+    assert.equals(runIds[2], r[3])
+  end)
+
+  it("cascade across three levels: the leaf's failure fails mid and top, siblings are cancelled", function()
+    local w = world()
+    local log = tmpname()
+    local h = w:execute("wf.top", { log = log })
+    local _, err = S.result(h)
+    assert.equals("EBOOM", err.code)
+    assert.equals("failed", h:status())
+    local top = h:query()
+    local mid = w:query(top.children[1])
+    local slowwf = w:query(top.children[2])
+    assert.equals("wf.mid", mid.name)
+    assert.equals("failed", mid.status)
+    assert.equals("EBOOM", mid.error.code)
+    -- the leaf failed, mid's other child (a 10-minute sleeper) was cancelled
+    local leaf = w:query(mid.children[1])
+    assert.equals("failed", leaf.status)
+    assert.equals("cancelled", w:query(mid.children[2]).status)
+    -- top's other child and its running activity were cancelled
+    assert.equals("cancelled", slowwf.status)
+    local slow = S.eventually(function()
+      local q = w:query(slowwf.children[1])
+      return q and q.status == "cancelled" and q
+    end, S.WAIT, "the sibling's activity to be cancelled")
+    assert.equals("wf.slow", slow.name)
+    assert.equals(0, count(log, "slow end sibling"))
+  end)
+
+  it("a child's result is recorded through its handle; getMetadata describes the run", function()
+    local w = world()
+    local log = tmpname()
+    local h = w:execute("wf.parentOk", { log = log, order = 9, childId = "child-of-9" })
+    local r, err = S.result(h)
+    assert.is_nil(err)
+    assert.equals("child-of-9", r.child)
+    assert.same({ "charge ok 9", "reserve ok 9", "ship ok 9" }, r.r)
+    assert.equals(h.id, w:query("child-of-9").parentId)
+    assert.equals(h.id, r.meta.workflowId)
+    assert.equals("wf.parentOk", r.meta.name)
+    assert.equals(1, r.meta.attempt)
+    assert.equals("string", type(r.meta.runId))
+    local t = types(h:query().history)
+    assert.truthy(S.contains(t, "child.started"))
+    assert.truthy(S.contains(t, "child.completed"))
+  end)
+
+  it("the operations API shows a workflow's kind and history, and its activities' parent", function()
+    local w = world()
+    local h = w:execute("wf.order", { log = tmpname(), order = 11 })
+    S.result(h)
+    local s = w:serve { port = 0 }
+    local function get(id)
+      local res = assert(athena.http.request { url = s.url .. "/api/tasks/" .. id })
+      assert.equals(200, res.status)
+      return athena.json.decode(res.body)
+    end
+    local t = get(h.id)
+    assert.equals("workflow", t.kind)
+    assert.equals("workflow.started", t.history[1].type)
+    assert.equals("workflow.completed", t.history[#t.history].type)
+    local a = get(h.id .. "%2F1%2F1")
+    assert.equals("activity", a.kind)
+    assert.equals(h.id, a.parentId)
+  end)
+
+  it("cancel stops a parked workflow at once, and its running children", function()
+    local w = world()
+    local log = tmpname()
+    local h = w:execute("wf.hold", { log = log }) -- parks on its child and its activity
+    local top = S.eventually(function()
+      local q = h:query()
+      return #q.children == 2 and count(log, "slow start own") == 1 and q
+    end, S.WAIT, "the child and the activity to start")
+    assert.is_true(h:cancel())
+    local _, err = S.result(h)
+    assert.equals("ECANCELED", err.code)
+    for _, id in ipairs(top.children) do
+      S.eventually(function() return w:query(id).status == "cancelled" end, S.WAIT, id .. " cancelled")
+    end
+    local child = w:query(top.children[1])
+    S.eventually(function() return w:query(child.children[1]).status == "cancelled" end, S.WAIT,
+      "the child's activity cancelled")
+    assert.equals(0, count(log, "slow end own"))
+  end)
+
+  it("non-determinism: a replay that issues another command fails with ENONDETERMINISM, not retried", function()
+    local w = world()
+    local h = w:execute("wf.nondet", { flip = tmpname() })
+    local _, err = S.result(h)
+    assert.equals("ENONDETERMINISM", err.code)
+    assert.matches("wf.ship", err.message, 1, true)
+    assert.equals(1, h:query().attempt)
+  end)
+
+  it("workflow code may not do I/O; bad command arguments raise clear errors", function()
+    local w = world()
+    local _, err = S.result(w:execute("wf.io"))
+    assert.equals("EINVAL", err.code)
+    assert.matches("not allowed in workflow code", err.message, 1, true)
+    _, err = S.result(w:execute("wf.dbio"))
+    assert.equals("EINVAL", err.code)
+    assert.matches("not allowed in workflow code", err.message, 1, true)
+    local r = S.result(w:execute("wf.badcalls"))
+    assert.same({ "EINVAL", "ENOTFOUND", "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EINVAL" }, r)
+  end)
+
+  describe("hostile workflow code fails the workflow, not the engine", function()
+    local cases = {
+      { "spin", "ETIMEDOUT" },
+      { "bomb", "ENOMEM" },
+      { "raise-number", "EHANDLER", "42" },
+      { "raise-table", "EHANDLER" },
+      { "bad-result", "EINVAL", "function not serializable" },
+      { "yield", "EHANDLER", "coroutine.yield" },
+      { "nested", "EHANDLER", "own coroutine" },
+      { "sort", "EHANDLER", "yield across" },
+    }
+    for _, c in ipairs(cases) do
+      it(c[1] .. " -> " .. c[2], function()
+        local w = world { memoryLimit = "32MB" }
+        local h = w:execute(c[1] == "spin" and "wf.spin" or "wf.hostile", { mode = c[1] })
+        local _, err = S.result(h)
+        assert.equals(c[2], err.code, tostring(err))
+        if c[3] then assert.matches(c[3], err.message, 1, true) end
+        assert.equals("failed", h:status())
+        -- the world keeps serving
+        local r = S.result(w:execute("wf.order", { order = 1 }))
+        assert.equals("ship ok 1", r[3])
+      end)
+    end
+  end)
+
+  it("ctx:sleep is a durable timer on the manual clock: now/random replay unchanged", function()
+    local w = world { clock = "manual" }
+    local h = w:execute("wf.sleeper", { ms = 60000 })
+    local q = S.eventually(function()
+      local q = h:query()
+      return S.contains(types(q.history), "timer.started") and q
+    end, S.WAIT, "the timer to start")
+    assert.equals("running", q.status)
+    w:advance(59999)
+    assert.equals("running", h:status())
+    w:advance(1)
+    local r, err = S.result(h)
+    assert.is_nil(err)
+    assert.equals(60000, r.after - r.before)
+    assert.is_true(r.random >= 1 and r.random <= 1000000)
+  end)
+
+  it("a workflow parked on a timer resumes after a restart (file mode, manual clock)", function()
+    local path = tmpname()
+    local w = world { clock = "manual", persistence = "file", persistencePath = path }
+    local h = w:execute("wf.sleeper", { ms = 3600000 }, { id = "sleepy" })
+    S.eventually(function() return S.contains(types(h:query().history), "timer.started") end,
+      S.WAIT, "the timer to start")
+    local before = h:query().history
+    w:shutdown()
+    local w2 = world { clock = "manual", persistence = "file", persistencePath = path }
+    local h2 = assert(w2:query("sleepy"))
+    assert.equals("running", h2.status)
+    local fireAt
+    for _, ev in ipairs(before) do if ev.type == "timer.started" then fireAt = ev.fireAt end end
+    w2:advance(fireAt - w2:now() + 1)
+    local q2 = S.await(w2, "sleepy")
+    assert.equals("completed", q2.status)
+    assert.equals(before[2].value, q2.result.before) -- the marker recorded before the restart
+    assert.equals(3600000, q2.result.after - q2.result.before)
+    os.execute("rm -rf '" .. path .. "'")
+  end)
+end)
