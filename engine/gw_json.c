@@ -2,6 +2,7 @@
  * builds it into an arena, so freeing a document is one walk over its
  * chunks and a 1 MiB `[[[[...` costs nothing past depth 64, where the parse
  * stops. */
+#include <locale.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -390,7 +391,7 @@ int ath__gj_equal(const ath_gj_t* a, const ath_gj_t* b) {
       if (a->integral && b->integral)
         return 0; /* integer literals that differ in text differ in value,
                      unless written with leading zeros, which JSON forbids */
-      return strtod(a->str, NULL) == strtod(b->str, NULL);
+      return ath__gw_strtod(a->str, NULL) == ath__gw_strtod(b->str, NULL);
     case ATH_GJ_STRING:
       return a->len == b->len && memcmp(a->str, b->str, a->len) == 0;
     case ATH_GJ_ARRAY:
@@ -433,6 +434,28 @@ int ath__gj_equal(const ath_gj_t* a, const ath_gj_t* b) {
     }
   }
   return 0;
+}
+
+double ath__gw_strtod(const char* s, char** end) {
+  char* stop;
+  double d = strtod(s, &stop);
+  const char* pt;
+  if (*stop == '.' && (pt = localeconv()->decimal_point) != NULL &&
+      pt[0] != '\0' && pt[0] != '.' && pt[1] == '\0') {
+    size_t n = strlen(s);
+    char* copy = malloc(n + 1);
+    if (copy != NULL) {
+      char* e2;
+      memcpy(copy, s, n + 1);
+      copy[stop - s] = pt[0];
+      d = strtod(copy, &e2);
+      stop = (char*)s + (e2 - copy);
+      free(copy);
+    }
+  }
+  if (end != NULL)
+    *end = stop;
+  return d;
 }
 
 /* --------------------------------------------------------------- output */

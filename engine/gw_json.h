@@ -115,4 +115,10 @@ void ath__gj_write(ath_gw_buf_t* b, const ath_gj_t* v);
  * members (last duplicate wins), arrays item by item. */
 int ath__gj_equal(const ath_gj_t* a, const ath_gj_t* b);
 
+/* strtod() for JSON's '.' whatever LC_NUMERIC says (a host may have called
+ * setlocale, e.g. through Lua's os.setlocale): like Lua's l_str2d, when the
+ * conversion stops at a '.', it retries with the locale's decimal point.
+ * Thread: any (reads localeconv(), as Lua does). */
+double ath__gw_strtod(const char* s, char** end);
+
 #endif

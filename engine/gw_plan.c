@@ -21,12 +21,6 @@
 
 #define PH '\x01' /* a parameter's place in a fragment */
 
-/* Bound parameters per statement before an insert is split: SQLite's
- * default SQLITE_MAX_VARIABLE_NUMBER is 32766, PostgreSQL's protocol limit
- * is 65535. */
-#define SQLITE_MAX_PARAMS 32766
-#define PG_MAX_PARAMS 65535
-
 /* Paging values above this are clamped (limits) before any arithmetic, so
  * products cannot overflow int64. */
 #define PAGE_MAX ((int64_t)1 << 53)
@@ -38,6 +32,8 @@ void ath__gw_limits_init(ath_gw_limits_t* l) {
   l->expr_depth = 16;
   l->default_limit = 100;
   l->max_limit = 1000;
+  l->max_terms = 500;
+  l->max_params = 32766;
 }
 
 const char* ath__gw_op_name(ath_gw_op_t op) {
@@ -133,6 +129,7 @@ typedef struct {
   int qualify;        /* write columns as "table"."col" (upsert WHERE) */
   int in_policy;      /* compiling the policy's values: errors are ours */
   int64_t nfilters;   /* expression filters so far */
+  int64_t terms;      /* filter terms so far (limits.max_terms) */
   int oom;            /* an allocation failed: the result is ATH_ENOMEM */
 } cx_t;
 
@@ -309,7 +306,7 @@ static int parse_num(const char* s, size_t n, double* v) {
   if (!isdigit((unsigned char)s[n - 1]) && s[n - 1] != '.')
     return 0;
   errno = 0;
-  *v = strtod(s, &end);
+  *v = ath__gw_strtod(s, &end);
   return end == s + n && isfinite(*v);
 }
 
@@ -350,7 +347,7 @@ static int p_number(cx_t* c, ath_gw_param_t* p, const char* s, size_t n,
     p->type = ATH_GW_P_INT;
     p->i = i;
   } else {
-    p->d = strtod(p->text, NULL);
+    p->d = ath__gw_strtod(p->text, NULL);
   }
   return 0;
 }
@@ -877,10 +874,26 @@ static int parse_expr(cx_t* c, const char* s, size_t n, const char* where,
 static int compile_where_obj(cx_t* c, frag_t* f, const ath_gj_t* obj,
                              const char* where, int* nterms);
 
-/* Appends " AND " between terms. */
-static void and_sep(frag_t* f, int* nterms) {
+/* Counts a filter term against limits.max_terms: SQLite parses a chain of
+ * n ANDed (or ORed) terms into an expression tree n deep and refuses more
+ * than 1000 levels, so a request must not reach that. */
+static int count_term(cx_t* c) {
+  if (c->in_policy)
+    return 0; /* the operator's terms are few, and may repeat per statement */
+  if (++c->terms > c->lim.max_terms)
+    return fail(c, 400, "limit_exceeded",
+                "the request has more than %lld filter terms",
+                (long long)c->lim.max_terms);
+  return 0;
+}
+
+/* Starts a term: counts it and appends " AND " after the first. */
+static int and_sep(cx_t* c, frag_t* f, int* nterms) {
+  if (count_term(c) != 0)
+    return ATH_EINVAL;
   if ((*nterms)++ > 0)
     put(f, " AND ");
+  return 0;
 }
 
 /* Applies operator `op` to column `tg` with the JSON value `v` (NULL when
@@ -1048,7 +1061,8 @@ static int compile_conds(cx_t* c, frag_t* f, const ath_gj_t* arr,
     return fail(c, 400, "invalid_value", "%s must be an array", name);
   for (it = arr->first; it != NULL; it = it->next, i++) {
     path_t pw = pathf("%s[%zu]", name, i);
-    and_sep(f, nterms);
+    if (and_sep(c, f, nterms) != 0)
+      return ATH_EINVAL;
     if (compile_cond(c, f, it, pw.s) != 0)
       return ATH_EINVAL;
   }
@@ -1069,7 +1083,8 @@ static int compile_where_member(cx_t* c, frag_t* f, const ath_gj_t* m,
     if (m->type != ATH_GJ_ARRAY)
       return fail(c, 400, "invalid_value", "%s.%s must be an array", where,
                   is_or ? "or" : "and");
-    and_sep(f, nterms);
+    if (and_sep(c, f, nterms) != 0)
+      return ATH_EINVAL;
     if (m->count == 0) {
       put(f, is_or ? "1 = 0" : "1 = 1");
       return 0;
@@ -1078,6 +1093,8 @@ static int compile_where_member(cx_t* c, frag_t* f, const ath_gj_t* m,
     for (it = m->first; it != NULL; it = it->next, i++) {
       int inner = 0;
       pw = pathf("%s.%s[%zu]", where, is_or ? "or" : "and", i);
+      if (count_term(c) != 0)
+        return ATH_EINVAL;
       if (i > 0)
         put(f, is_or ? " OR " : " AND ");
       if (it->type != ATH_GJ_OBJECT)
@@ -1097,7 +1114,8 @@ static int compile_where_member(cx_t* c, frag_t* f, const ath_gj_t* m,
     pw = pathf("%s.not", where);
     if (m->type != ATH_GJ_OBJECT)
       return fail(c, 400, "invalid_value", "%s must be an object", pw.s);
-    and_sep(f, nterms);
+    if (and_sep(c, f, nterms) != 0)
+      return ATH_EINVAL;
     put(f, "NOT (");
     if (compile_where_obj(c, f, m, pw.s, &inner) != 0)
       return ATH_EINVAL;
@@ -1113,7 +1131,8 @@ static int compile_where_member(cx_t* c, frag_t* f, const ath_gj_t* m,
       return ATH_EINVAL;
     pw = pathf("%s.%s", where, col_at(c, tg.idx)->name);
     if (m->type != ATH_GJ_OBJECT) {
-      and_sep(f, nterms);
+      if (and_sep(c, f, nterms) != 0)
+        return ATH_EINVAL;
       if (m->type == ATH_GJ_NULL)
         return emit_is(c, f, &tg, NULL, 0, 1, pw.s);
       return emit_json_op(c, f, OP_EQ, &tg, m, pw.s);
@@ -1135,8 +1154,8 @@ static int compile_where_member(cx_t* c, frag_t* f, const ath_gj_t* m,
         return fail(c, 400, "unsupported_operator",
                     "%s uses an unsupported operator", pw.s);
       }
-      and_sep(f, nterms);
-      if (emit_json_op(c, f, op, &tg, it, po.s) != 0) {
+      if (and_sep(c, f, nterms) != 0 ||
+          emit_json_op(c, f, op, &tg, it, po.s) != 0) {
         free(win);
         return ATH_EINVAL;
       }
@@ -1376,18 +1395,50 @@ static int compile_projection(cx_t* c, int* given) {
   return fail(c, 400, "invalid_value", "columns must be a string or an array");
 }
 
+/* Writes the columns the statements return (plan->row_cols). */
 static void put_select_list(cx_t* c, frag_t* f) {
   size_t i;
   const ath_gw_plan_t* p = c->plan;
-  for (i = 0; i < p->ncols; i++) {
+  for (i = 0; i < p->nrow_cols; i++) {
     if (i > 0)
       put(f, ", ");
-    put_ident(f, p->cols[i].column->name);
-    if (strcmp(p->cols[i].name, p->cols[i].column->name) != 0) {
+    put_ident(f, p->row_cols[i].column->name);
+    if (strcmp(p->row_cols[i].name, p->row_cols[i].column->name) != 0) {
       put(f, " AS ");
-      put_ident(f, p->cols[i].name);
+      put_ident(f, p->row_cols[i].name);
     }
   }
+}
+
+/* Decides what a mutation returns: the client's projection when it asked
+ * for rows (`want`); every visible column, under their own names, when the
+ * request wants full rows (X-Publish-Event hands handlers the rows as
+ * stored, whatever `columns` asked). */
+static int set_returning(cx_t* c, int want) {
+  ath_gw_plan_t* p = c->plan;
+  size_t i, n = 0;
+  p->data_rows = want;
+  if (!c->req->full_rows) {
+    p->row_cols = p->cols;
+    p->nrow_cols = p->ncols;
+    p->returning = want;
+    return 0;
+  }
+  p->row_cols = ath__gw_arena_alloc(
+    &p->arena_, (c->t->ncolumns ? c->t->ncolumns : 1) * sizeof *p->row_cols);
+  if (p->row_cols == NULL)
+    return nomem(c);
+  for (i = 0; i < c->t->ncolumns; i++) {
+    const ath_gw_column_t* col = &c->t->columns[i];
+    if (col->hidden || !ident_ok(col->name, strlen(col->name)))
+      continue;
+    p->row_cols[n].column = col;
+    p->row_cols[n].name = col->name;
+    n++;
+  }
+  p->nrow_cols = n;
+  p->returning = 1;
+  return 0;
 }
 
 /* ================================================================= sort */
@@ -1578,6 +1629,12 @@ static int finish(cx_t* c, frag_t* f, ath_gw_stmt_t* st) {
   if (out.oom) {
     ath__gw_buf_free(&out);
     return nomem(c);
+  }
+  if ((int64_t)k > c->lim.max_params) {
+    ath__gw_buf_free(&out);
+    return fail(c, 400, "limit_exceeded",
+                "the request binds more than %lld values in one statement",
+                (long long)c->lim.max_params);
   }
   if (k != f->n) {
     ath__gw_buf_free(&out);
@@ -1787,6 +1844,9 @@ static int compile_fetch(cx_t* c) {
   p->limit = limit;
   p->offset = offset;
   p->head = head;
+  p->row_cols = p->cols;
+  p->nrow_cols = p->ncols;
+  p->data_rows = !head;
   if (count || head) {
     frag_t cf = {0};
     put(&cf, "SELECT COUNT(*) FROM ");
@@ -2091,7 +2151,7 @@ static int compile_insert(cx_t* c) {
   unsigned char *sets = NULL, *done = NULL;
   size_t nrows = 0, i, j, nc = c->t->ncolumns, cap = 0;
   int given, default_to_null = 0, count, head, present, rc = ATH_EINVAL;
-  size_t max_params = c->d == ATH_GW_SQLITE ? SQLITE_MAX_PARAMS : PG_MAX_PARAMS;
+  size_t max_params = (size_t)(c->lim.max_params > 0 ? c->lim.max_params : 1);
 
   memset(&k, 0, sizeof k);
   if (ubv != NULL && ubv->type == ATH_GJ_NULL)
@@ -2117,7 +2177,8 @@ static int compile_insert(cx_t* c) {
       read_bool(c, "default_to_null", &default_to_null) != 0)
     return ATH_EINVAL;
   p->head = head;
-  p->returning = given && !head;
+  if (set_returning(c, given && !head) != 0)
+    return ATH_ENOMEM;
 
   rows = ath__gw_arena_alloc(&p->arena_, nrows * sizeof *rows);
   rv = ath__gw_arena_alloc(&p->arena_, nrows * sizeof *rv);
@@ -2529,7 +2590,8 @@ static int compile_update(cx_t* c) {
       apply_set(c, &r, "update_body") != 0 ||
       compile_projection(c, &given) != 0 || read_strip_nulls(c) != 0)
     return ATH_EINVAL;
-  p->returning = given;
+  if (set_returning(c, given) != 0)
+    return ATH_ENOMEM;
   if (mutation_filter(c, &where, "unfiltered_update") != 0 ||
       mutation_bounds(c, &tail, &bounded) != 0)
     goto cleanup;
@@ -2572,7 +2634,8 @@ static int compile_delete(cx_t* c) {
 
   if (compile_projection(c, &given) != 0 || read_strip_nulls(c) != 0)
     return ATH_EINVAL;
-  p->returning = given;
+  if (set_returning(c, given) != 0)
+    return ATH_ENOMEM;
   if (mutation_filter(c, &where, "unfiltered_delete") != 0 ||
       mutation_bounds(c, &tail, &bounded) != 0)
     goto cleanup;

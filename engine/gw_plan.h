@@ -85,9 +85,16 @@ typedef struct {
   int64_t expr_depth;   /* nesting of and()/or()/not. (16) */
   int64_t default_limit; /* fetch without a limit (100) */
   int64_t max_limit;    /* fetch lowered to it, mutation bounds refused (1000) */
+  /* Athena additions, guarding the databases' own limits: */
+  int64_t max_terms;    /* filter terms per request (500): SQLite refuses
+                           expression trees deeper than 1000 */
+  int64_t max_params;   /* bound values per statement (32766, SQLite's
+                           default SQLITE_MAX_VARIABLE_NUMBER; PostgreSQL
+                           allows 65535). Inserts are split to fit; other
+                           statements that exceed it are limit_exceeded */
 } ath_gw_limits_t;
 
-/* Fills `l` with the defaults of GATEWAY §6.4. */
+/* Fills `l` with the defaults of GATEWAY §6.4 (and ours). */
 void ath__gw_limits_init(ath_gw_limits_t* l);
 
 /* ---------------------------------------------------------------- request */
@@ -102,6 +109,9 @@ typedef struct {
   const ath_gj_t* policy_conditions; /* array in §3.1 format */
   const ath_gj_t* policy_set;        /* object: column -> value */
   int strip_nulls_header;        /* X-Strip-Nulls: -1 absent, 0, 1 */
+  int full_rows;                 /* mutations return every visible column
+                                    (X-Publish-Event, §2), whatever
+                                    `columns` asked */
 } ath_gw_request_t;
 
 /* ------------------------------------------------------------------- plan */
@@ -133,7 +143,7 @@ typedef struct {
   size_t nparams;
 } ath_gw_stmt_t;
 
-/* A column of the rows the plan returns. */
+/* A column of the rows the plan returns, or of the answer's rows. */
 typedef struct {
   const char* name;              /* the JSON key: alias or column name */
   const ath_gw_column_t* column; /* in the catalog: kind for §7 mapping */
@@ -152,8 +162,17 @@ typedef struct {
   int has_count;           /* fetch with count or head: run `count` too */
   ath_gw_stmt_t count;     /* SELECT COUNT(*), same WHERE, no paging */
   int head;                /* only the count; data is [] */
-  ath_gw_outcol_t* cols;   /* result columns (fetch, RETURNING) */
+  ath_gw_outcol_t* cols;   /* the answer's keys: the client's projection
+                              (alias, column); meaningful when data_rows */
   size_t ncols;
+  ath_gw_outcol_t* row_cols; /* what each statement row holds, in order
+                              (the SELECT or RETURNING list): `cols`
+                              itself, or every visible column with
+                              full_rows; an answer row takes, per `cols`
+                              entry, the row_cols value of the same
+                              column (pointer equality) */
+  size_t nrow_cols;
+  int data_rows;           /* the answer's data holds rows (else []) */
   int returning;           /* mutation statements end in RETURNING */
   int strip_nulls;         /* drop null-valued keys from returned rows */
   int64_t limit;           /* fetch (and bounded mutations): -1 none */

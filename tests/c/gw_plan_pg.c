@@ -1,9 +1,10 @@
 /* The gateway compiler's PostgreSQL plans, executed (engine/gw_plan.c).
  *
- * A separate program (it needs libpq, which the engine does not link yet):
- * `gw_plan_pg` connects to ATHENA_TEST_PG (a libpq conninfo, e.g.
- * "host=/tmp/pg port=5432 user=postgres"); without it the test is skipped
- * (exit 77). Each case runs in its own transaction that creates §8's fixture
+ * A separate program, so that its sweep mode can take files: `gw_plan_pg`
+ * connects to ATHENA_TEST_PG (a libpq conninfo or URL, e.g.
+ * "host=/tmp/pg port=5432 user=postgres"), else to the URL in the file
+ * ATHENA_PG_URL_FILE names (ctest's fixture "pg", scripts/pg-test, sets
+ * it); with neither it exits 77 (skipped). Each case runs in its own transaction that creates §8's fixture
  * as PostgreSQL tables (bigint, boolean, jsonb, bytea, text[]), compiles the
  * body for PostgreSQL, runs every statement with PQexecParams (text
  * parameters, types inferred, as the server will), checks the ids returned
@@ -502,14 +503,36 @@ static int sweep(PGconn* conn, int argc, char** argv) {
   return bad != 0;
 }
 
-int main(int argc, char** argv) {
+/* The conninfo: ATHENA_TEST_PG, else the first line of the file named by
+ * ATHENA_PG_URL_FILE (into `buf`); NULL when neither is set. A named file
+ * that cannot be read is a failure, not a skip. */
+static const char* conninfo(char* buf, size_t len) {
   const char* info = getenv("ATHENA_TEST_PG");
+  const char* file = getenv("ATHENA_PG_URL_FILE");
+  FILE* f;
+  if (info != NULL && info[0] != '\0')
+    return info;
+  if (file == NULL || file[0] == '\0')
+    return NULL;
+  f = fopen(file, "r");
+  if (f == NULL || fgets(buf, (int)len, f) == NULL) {
+    fprintf(stderr, "gw_plan_pg: cannot read the URL in %s\n", file);
+    exit(1);
+  }
+  fclose(f);
+  buf[strcspn(buf, "\r\n")] = '\0';
+  return buf;
+}
+
+int main(int argc, char** argv) {
+  char url[1024];
+  const char* info = conninfo(url, sizeof url);
   PGconn* conn;
   size_t i;
   int bad = 0;
   PGresult* r;
-  if (info == NULL || info[0] == '\0') {
-    printf("skipped: ATHENA_TEST_PG is not set\n");
+  if (info == NULL) {
+    printf("skipped: neither ATHENA_TEST_PG nor ATHENA_PG_URL_FILE is set\n");
     return 77;
   }
   conn = PQconnectdb(info);

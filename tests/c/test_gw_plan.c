@@ -88,9 +88,10 @@ typedef struct {
   const char* policy_set;   /* JSON object or NULL */
   int header;               /* X-Strip-Nulls: -1, 0, 1 */
   const ath_gw_limits_t* limits;
+  int full_rows;            /* X-Publish-Event: mutations return full rows */
 } extras_t;
 
-static const extras_t no_extras = {NULL, NULL, -1, NULL};
+static const extras_t no_extras = {NULL, NULL, -1, NULL, 0};
 
 /* Parses and compiles; returns the compile result with *plan filled. */
 static int compile_ex(ath_gw_dialect_t d, ath_gw_op_t op, const char* body,
@@ -109,6 +110,7 @@ static int compile_ex(ath_gw_dialect_t d, ath_gw_op_t op, const char* body,
   req.op = op;
   req.body = doc->root;
   req.strip_nulls_header = ex->header;
+  req.full_rows = ex->full_rows;
   if (ex->policy_conds != NULL) {
     ASSERT_OK(ath__gj_parse(ex->policy_conds, strlen(ex->policy_conds), &pc,
                             NULL));
@@ -236,6 +238,9 @@ static int run_err_cases(const err_case_t* cases, size_t n,
   run_sql_cases(cases, sizeof(cases) / sizeof((cases)[0]), &no_extras)
 #define RUN_ERR(cases) \
   run_err_cases(cases, sizeof(cases) / sizeof((cases)[0]), &no_extras)
+
+static sqlite3* fixture_db(void);
+static int exec_stmt(sqlite3* db, const ath_gw_stmt_t* s, ath_gw_buf_t* ids);
 
 #define USERS_ALL "\"id\", \"name\", \"email\", \"age\", \"active\""
 #define PAGE " LIMIT ? OFFSET ?"
@@ -779,6 +784,8 @@ TEST_IMPL(gw_fetch_shape) {
     ASSERT_EQ(16, lim.expr_depth);
     ASSERT_EQ(100, lim.default_limit);
     ASSERT_EQ(1000, lim.max_limit);
+    ASSERT_EQ(500, lim.max_terms);
+    ASSERT_EQ(32766, lim.max_params);
     lim.default_limit = 7;
     lim.max_limit = 8;
     ex = no_extras;
@@ -1134,6 +1141,57 @@ TEST_IMPL(gw_limits) {
   ASSERT_EQ(ATH_EINVAL, compile(S, F, b.data, &plan));
   ASSERT_STR_EQ("invalid_expression", plan.code);
   ASSERT_STR_EQ("at position 65", plan.hint);
+  ath__gw_plan_free(&plan);
+  ath__gw_buf_free(&b);
+
+  /* 500 filter terms compile and run on SQLite (whose expression trees
+   * stop at depth 1000); 501 are limit_exceeded, in conditions or where. */
+  {
+    sqlite3* db = fixture_db();
+    ath_gw_buf_t ids = {0};
+    ath__gw_buf_puts(&b, "{\"table_name\":\"users\",\"conditions\":[");
+    for (i = 0; i < 500; i++)
+      ath__gw_buf_puts(&b, i ? ",{\"operator\":\"gt\",\"column\":\"id\","
+                               "\"value\":0}"
+                             : "{\"operator\":\"or\",\"value\":\"id.gt.0,"
+                               "id.lt.0\"}");
+    ath__gw_buf_puts(&b, "]}");
+    ASSERT_OK(compile(S, F, b.data, &plan));
+    ASSERT_EQ(SQLITE_DONE, exec_stmt(db, &plan.stmts[0], &ids));
+    ASSERT_STR_EQ("1,2,3", ids.data);
+    ath__gw_plan_free(&plan);
+    ath__gw_buf_free(&ids);
+    sqlite3_close(db);
+    b.len -= 2;
+    ath__gw_buf_puts(&b, ",{\"operator\":\"gt\",\"column\":\"id\",\"value\":0}]}");
+    ASSERT_EQ(ATH_EINVAL, compile(S, F, b.data, &plan));
+    ASSERT_STR_EQ("limit_exceeded", plan.code);
+    ath__gw_plan_free(&plan);
+    ath__gw_buf_free(&b);
+    ath__gw_buf_puts(&b, "{\"table_name\":\"users\",\"where\":{\"or\":[");
+    for (i = 0; i < 501; i++)
+      ath__gw_buf_puts(&b, i ? ",{\"id\":1}" : "{\"id\":1}");
+    ath__gw_buf_puts(&b, "]}}");
+    ASSERT_EQ(ATH_EINVAL, compile(S, F, b.data, &plan));
+    ASSERT_STR_EQ("limit_exceeded", plan.code);
+    ath__gw_plan_free(&plan);
+    ath__gw_buf_free(&b);
+  }
+
+  /* More than max_params bound values in one statement: 33 full `in`
+   * lists. */
+  ath__gw_buf_puts(&b, "{\"table_name\":\"users\",\"conditions\":[");
+  for (i = 0; i < 33; i++) {
+    int j;
+    ath__gw_buf_puts(&b, i ? ",{\"operator\":\"in\",\"column\":\"id\",\"value\":[0"
+                           : "{\"operator\":\"in\",\"column\":\"id\",\"value\":[0");
+    for (j = 1; j < 1000; j++)
+      ath__gw_buf_puts(&b, ",1");
+    ath__gw_buf_puts(&b, "]}");
+  }
+  ath__gw_buf_puts(&b, "]}");
+  ASSERT_EQ(ATH_EINVAL, compile(S, F, b.data, &plan));
+  ASSERT_STR_EQ("limit_exceeded", plan.code);
   ath__gw_plan_free(&plan);
   ath__gw_buf_free(&b);
 
@@ -2311,5 +2369,62 @@ TEST_IMPL(gw_exec_limits) {
   ath__gw_plan_free(&plan);
   ath__gw_buf_free(&ids);
   sqlite3_close(db);
+  return 0;
+}
+
+/* X-Publish-Event: mutations return every visible column; the answer keeps
+ * the client's projection (cols), mapped by column from row_cols. */
+TEST_IMPL(gw_full_rows) {
+  static const sql_case_t cases[] = {
+    {__LINE__, S, D,
+     "{\"table_name\":\"users\",\"resource_id\":\"2\",\"columns\":\"x:id\"}",
+     "DELETE FROM \"users\" WHERE \"id\" = ? RETURNING " USERS_ALL, "i:2"},
+    {__LINE__, S, I, "{\"table_name\":\"notes\",\"insert_body\":{\"id\":1}}",
+     "INSERT INTO \"notes\" (\"id\") VALUES (?) RETURNING \"id\", \"owner\", "
+     "\"body\"", "i:1"},
+    {__LINE__, P, U,
+     "{\"table_name\":\"users\",\"update_body\":{\"age\":1},\"where\":{"
+     "\"id\":1},\"columns\":\"name\"}",
+     "UPDATE \"public\".\"users\" SET \"age\" = $1 WHERE \"id\" = $2 RETURNING "
+     USERS_ALL, "i:1|i:1"},
+    {__LINE__, S, F, "{\"table_name\":\"users\",\"columns\":\"id\"}",
+     "SELECT \"id\" FROM \"users\" ORDER BY \"id\"" PAGE, "i:100|i:0"},
+  };
+  extras_t ex = no_extras;
+  ath_gw_plan_t plan;
+  ex.full_rows = 1;
+  ASSERT_OK(run_sql_cases(cases, sizeof cases / sizeof cases[0], &ex));
+
+  ASSERT_OK(compile_ex(S, D,
+                       "{\"table_name\":\"users\",\"resource_id\":2,\"columns\":"
+                       "\"x:id, name\"}", &ex, &plan));
+  ASSERT_EQ(1, plan.returning);
+  ASSERT_EQ(1, plan.data_rows);
+  ASSERT_EQ(2, plan.ncols);
+  ASSERT_STR_EQ("x", plan.cols[0].name);
+  ASSERT_EQ(5, plan.nrow_cols);
+  ASSERT(plan.cols[0].column == plan.row_cols[0].column);
+  ASSERT(plan.cols[1].column == plan.row_cols[1].column);
+  ath__gw_plan_free(&plan);
+
+  /* Without columns the answer's data is [], the rows still come back. */
+  ASSERT_OK(compile_ex(S, I, "{\"table_name\":\"users\",\"insert_body\":{"
+                             "\"name\":\"x\"},\"head\":true}", &ex, &plan));
+  ASSERT_EQ(1, plan.returning);
+  ASSERT_EQ(0, plan.data_rows);
+  ASSERT_EQ(5, plan.nrow_cols);
+  ath__gw_plan_free(&plan);
+
+  /* Without full_rows, row_cols is cols. */
+  ASSERT_OK(compile(S, U, "{\"table_name\":\"users\",\"update_body\":{"
+                          "\"age\":1},\"resource_id\":1}", &plan));
+  ASSERT_EQ(0, plan.returning);
+  ASSERT_EQ(0, plan.data_rows);
+  ath__gw_plan_free(&plan);
+  ASSERT_OK(compile(S, F, "{\"table_name\":\"users\",\"columns\":\"n:name\"}",
+                    &plan));
+  ASSERT(plan.row_cols == plan.cols);
+  ASSERT_EQ(1, plan.data_rows);
+  ath__gw_plan_free(&plan);
   return 0;
 }

@@ -6,7 +6,8 @@
  *   byte 0: bit 0 = dialect (0 SQLite, 1 PostgreSQL)   e.g. '0' / '1'
  *   byte 1: bits 0-1 = operation (fetch insert update delete)  '0'..'3'
  *   byte 2: bit 0 = apply a policy (conditions + set on owner),
- *           bit 1 = X-Strip-Nulls present, bit 2 = its value      '0'..'7'
+ *           bit 1 = X-Strip-Nulls present, bit 2 = its value,
+ *           bit 3 = full rows (X-Publish-Event)                  '0'..'?'
  * The body goes through ath__gw_parse_body and, when it parses, through
  * ath__gw_compile against tests/c/gw_catalog.h. Invariants, beyond "no
  * crash, no leak, no sanitizer report":
@@ -178,6 +179,7 @@ static int compile_once(ath_gw_dialect_t d, ath_gw_op_t op, int flags,
   req.op = op;
   req.body = body;
   req.strip_nulls_header = (flags & 2) ? (flags >> 2) & 1 : -1;
+  req.full_rows = (flags >> 3) & 1;
   if (flags & 1) {
     req.policy_conditions = pc;
     req.policy_set = ps;
@@ -214,7 +216,7 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   g_size = size;
   d = (data[0] & 1) ? ATH_GW_PG : ATH_GW_SQLITE;
   op = (ath_gw_op_t)(data[1] & 3);
-  flags = data[2] & 7;
+  flags = data[2] & 15;
   /* The policy applies to `notes`; on other tables it names an unknown
    * column and must fail closed (500), which the code check accepts. */
   pc = g_pc->root;
@@ -234,6 +236,16 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       fail("fetch without exactly one statement", NULL);
     if (op != ATH_GW_FETCH && plan.nstmts == 0)
       fail("mutation without statements", NULL);
+    for (i = 0; plan.data_rows && i < plan.ncols; i++) {
+      size_t j;
+      for (j = 0; j < plan.nrow_cols; j++)
+        if (plan.row_cols[j].column == plan.cols[i].column)
+          break;
+      if (j == plan.nrow_cols)
+        fail("an answer column the statements do not return", NULL);
+    }
+    if (op != ATH_GW_FETCH && plan.returning && plan.nrow_cols == 0)
+      fail("RETURNING nothing", NULL);
     for (i = 0; i < plan.nstmts; i++)
       check_stmt(&plan.stmts[i], d);
     if (plan.has_count)
