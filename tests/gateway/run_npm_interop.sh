@@ -26,6 +26,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 script=$here/npm_interop.mjs
 
 die() { echo "run_npm_interop: $*" >&2; exit 1; }
+# psql, quiet, stopping at the first error; no NOTICEs for IF EXISTS (set
+# for psql only: libpq in the server would read PGOPTIONS too)
+pgsql() { PGOPTIONS="-c client_min_messages=warning" psql "$@" -v ON_ERROR_STOP=1 -q; }
 
 [ -x "$athena_bin" ] || die "no athena binary at $athena_bin"
 athena_bin=$(cd "$(dirname "$athena_bin")" && pwd)/$(basename "$athena_bin")
@@ -59,7 +62,7 @@ cleanup() {
     cat "$work/server.log" >&2
   fi
   if [ -n "$pg_admin_url" ]; then
-    psql "$pg_admin_url" -v ON_ERROR_STOP=1 -q \
+    pgsql "$pg_admin_url" \
       -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" >/dev/null 2>&1 || true
   fi
   rm -rf "$work"
@@ -107,10 +110,10 @@ SQL
     case "$authority_path" in */*) ;; *) die "cannot find the database name in the URL from $pg_url_file" ;; esac
     pg_admin_url=$base_url
     db_url="${no_query%/*}/$pg_db$query"
-    psql "$pg_admin_url" -v ON_ERROR_STOP=1 -q \
+    pgsql "$pg_admin_url" \
       -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" \
       -c "CREATE DATABASE $pg_db" >/dev/null || die "cannot create the database $pg_db"
-    psql "$db_url" -v ON_ERROR_STOP=1 -q <<'SQL' >/dev/null || die "cannot create the PostgreSQL fixture"
+    pgsql "$db_url" <<'SQL' >/dev/null || die "cannot create the PostgreSQL fixture"
 DROP TABLE IF EXISTS users, kv, secrets;
 CREATE TABLE users(id bigint PRIMARY KEY, name text NOT NULL, email text UNIQUE, age bigint, active boolean);
 INSERT INTO users VALUES (1,'Frodo','frodo@shire',50,true), (2,'Bilbo','bilbo@shire',111,true), (3,'Sam',NULL,38,false);
