@@ -44,6 +44,8 @@ int ath__db_map_sqlstate(const char* st) {
     {"57014", ATH_DB_ETIMEDOUT}, {"57P01", ATH_DB_ECONNLOST},   {"57P02", ATH_DB_ECONNLOST},
     {"57P03", ATH_DB_ECONNLOST}, {"40001", ATH_DB_EBUSY},       {"40P01", ATH_DB_EBUSY},
     {"55P03", ATH_DB_EBUSY},
+    {"21000", ATH_DB_EINVAL}, /* one statement would change a row twice (an upsert batch
+                               * with a duplicate key): the request's values */
   };
   for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++)
     if (memcmp(st, exact[i].state, 5) == 0)

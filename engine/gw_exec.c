@@ -127,48 +127,57 @@ static void put_value(ath_buf_t* b, const ath_db_value_t* v, const ath_gw_column
   }
 }
 
-/* Appends the rows of r as objects keyed by the plan's result columns (by
- * position), dropping null values under strip_nulls. Returns the count. */
+/* Appends the answer rows of r: per `cols` entry, the value of the
+ * row_cols column it names (pointer equality), dropping nulls under
+ * strip_nulls. Returns the count. */
 static int put_rows(ath_buf_t* b, ath_db_res_t* r, const ath_gw_plan_t* p, int* first) {
-  int nrows = ath__db_res_nrows(r), ncols = ath__db_res_ncols(r);
+  int nrows = ath__db_res_nrows(r);
+  int src[256];
+  size_t ncols = p->ncols < 256 ? p->ncols : 256;
+  for (size_t c = 0; c < ncols; c++) {
+    src[c] = -1;
+    for (size_t k = 0; k < p->nrow_cols && src[c] < 0; k++)
+      if (p->row_cols[k].column == p->cols[c].column)
+        src[c] = (int)k;
+  }
   for (int i = 0; i < nrows; i++) {
     ath__buf_append(b, *first ? "{" : ",{", *first ? 1 : 2);
     *first = 0;
     int any = 0;
-    for (int c = 0; c < ncols; c++) {
+    for (size_t c = 0; c < ncols; c++) {
       ath_db_value_t v;
-      if (ath__db_res_value(r, i, c, &v) != 0)
+      if (src[c] < 0 || ath__db_res_value(r, i, src[c], &v) != 0)
         v.type = ATH_DB_NULL;
       if (v.type == ATH_DB_NULL && p->strip_nulls)
         continue;
-      const char* name = (size_t)c < p->ncols ? p->cols[c].name : ath__db_res_colname(r, c);
       if (any)
         ath__buf_lit(b, ",");
       any = 1;
-      ath__buf_json_str(b, name);
+      ath__buf_json_str(b, p->cols[c].name);
       ath__buf_lit(b, ":");
-      put_value(b, &v, (size_t)c < p->ncols ? p->cols[c].column : NULL);
+      put_value(b, &v, p->cols[c].column);
     }
     ath__buf_lit(b, "}");
   }
   return nrows;
 }
 
-/* Appends full rows (every column, nulls kept) for X-Publish-Event. */
+/* Appends whole rows (every row_cols column, nulls kept) for
+ * X-Publish-Event. */
 static void put_full_rows(ath_buf_t* b, ath_db_res_t* r, const ath_gw_plan_t* p, int* first) {
   int nrows = ath__db_res_nrows(r), ncols = ath__db_res_ncols(r);
   for (int i = 0; i < nrows; i++) {
     ath__buf_append(b, *first ? "{" : ",{", *first ? 1 : 2);
     *first = 0;
-    for (int c = 0; c < ncols; c++) {
+    for (int c = 0; c < ncols && (size_t)c < p->nrow_cols; c++) {
       ath_db_value_t v;
       if (ath__db_res_value(r, i, c, &v) != 0)
         v.type = ATH_DB_NULL;
       if (c > 0)
         ath__buf_lit(b, ",");
-      ath__buf_json_str(b, (size_t)c < p->ncols ? p->cols[c].name : ath__db_res_colname(r, c));
+      ath__buf_json_str(b, p->row_cols[c].name);
       ath__buf_lit(b, ":");
-      put_value(b, &v, (size_t)c < p->ncols ? p->cols[c].column : NULL);
+      put_value(b, &v, p->row_cols[c].column);
     }
     ath__buf_lit(b, "}");
   }
@@ -551,28 +560,6 @@ static void db_failure(ath_gwjob_t* job, const ath_db_error_t* e) {
   ath__gwjob_error(job, status, code, sentence, NULL);
 }
 
-/* Appends a "columns":"*" member to the body so that a plan returns whole
- * rows (for X-Publish-Event); the last duplicate key wins. */
-static int want_all_columns(ath_gj_doc_t* doc) {
-  ath_gj_t* v = ath__gw_arena_alloc(&doc->arena, sizeof(*v));
-  if (v == NULL)
-    return ATH_ENOMEM;
-  memset(v, 0, sizeof(*v));
-  v->type = ATH_GJ_STRING;
-  v->str = "*";
-  v->len = 1;
-  v->key = "columns";
-  v->klen = 7;
-  ath_gj_t* root = doc->root;
-  if (root->last)
-    root->last->next = v;
-  else
-    root->first = v;
-  root->last = v;
-  root->count++;
-  return 0;
-}
-
 static void start_event(ath_gwt_t* t, ath_gwjob_t* job, const char* table, int upsert, ath_buf_t* rows) {
   ath_gws_t* s = t->s;
   if (s->cfg.events != NULL) {
@@ -614,6 +601,8 @@ static void start_event(ath_gwt_t* t, ath_gwjob_t* job, const char* table, int u
 /* Compiles with the policies' extras; 0 or the plan's error answered. */
 static int compile(ath_gwt_t* t, ath_gwjob_t* job, ath_gws_cat_t* cat, const ath_gj_t* body,
                    extras_t* x, ath_gw_plan_t* plan) {
+  /* X-Publish-Event needs the rows as stored, whatever `columns` asked */
+  int full_rows = job->event != NULL && job->op != ATH_GW_FETCH;
   ath_gw_request_t rq;
   memset(&rq, 0, sizeof(rq));
   rq.catalog = &cat->cat;
@@ -622,6 +611,7 @@ static int compile(ath_gwt_t* t, ath_gwjob_t* job, ath_gws_cat_t* cat, const ath
   rq.op = job->op;
   rq.body = body;
   rq.strip_nulls_header = job->strip_header;
+  rq.full_rows = full_rows;
   ath_gj_doc_t* cdoc = NULL;
   ath_gj_doc_t* sdoc = NULL;
   int rc = 0;
@@ -697,8 +687,7 @@ static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
   uv_mutex_lock(&s->mu);
   ath_gws_cat_t* cat = s->cats[job->db];
   uv_mutex_unlock(&s->mu);
-  ath_gw_plan_t plan, full;
-  memset(&full, 0, sizeof(full));
+  ath_gw_plan_t plan;
   extras_t x = {{0}, {0}};
   ath_db_res_t* r = NULL;
   const char* table = NULL;
@@ -731,17 +720,8 @@ static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
     if (compile(t, job, cat, doc->root, &x, &plan) != 0)
       goto done;
   }
-  /* X-Publish-Event needs the rows as stored: run a plan returning them */
   int publish = job->event != NULL && job->op != ATH_GW_FETCH;
   ath_gw_plan_t* exec = &plan;
-  if (publish) {
-    if (want_all_columns(doc) != 0 || compile(t, job, cat, doc->root, &x, &full) != 0) {
-      if (job->status == 0)
-        ath__gwjob_error(job, 500, "internal_error", "out of memory", NULL);
-      goto done;
-    }
-    exec = &full;
-  }
   ath_db_error_t e;
   memset(&e, 0, sizeof(e));
   ath_db_t* db = conn(t, job->db, &e);
@@ -768,40 +748,10 @@ static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
       break;
     }
     changes += ath__db_res_changes(r);
-    if (job->op == ATH_GW_FETCH || plan.returning || publish) {
-      if (publish) {
-        put_full_rows(&rows, r, &full, &firstfull);
-        if (plan.returning) { /* the asked columns, from the whole rows */
-          int nr = ath__db_res_nrows(r);
-          for (int row = 0; row < nr; row++) {
-            ath__buf_append(&data, first ? "{" : ",{", first ? 1 : 2);
-            first = 0;
-            int any = 0;
-            for (size_t c = 0; c < plan.ncols; c++) {
-              int src = -1;
-              for (size_t k = 0; k < full.ncols; k++)
-                if (full.cols[k].column == plan.cols[c].column)
-                  src = (int)k;
-              ath_db_value_t v;
-              if (src < 0 || ath__db_res_value(r, row, src, &v) != 0)
-                v.type = ATH_DB_NULL;
-              if (v.type == ATH_DB_NULL && plan.strip_nulls)
-                continue;
-              if (any)
-                ath__buf_lit(&data, ",");
-              any = 1;
-              ath__buf_json_str(&data, plan.cols[c].name);
-              ath__buf_lit(&data, ":");
-              put_value(&data, &v, plan.cols[c].column);
-            }
-            ath__buf_lit(&data, "}");
-            nrows++;
-          }
-        }
-      } else {
-        nrows += put_rows(&data, r, &plan, &first);
-      }
-    }
+    if (publish)
+      put_full_rows(&rows, r, &plan, &firstfull);
+    if (plan.data_rows)
+      nrows += put_rows(&data, r, &plan, &first);
     ath__db_res_free(r);
     r = NULL;
   }
@@ -863,7 +813,6 @@ done:
   ath__buf_free(&x.conds);
   ath__buf_free(&x.set);
   ath__gw_plan_free(&plan);
-  ath__gw_plan_free(&full);
   ath__gj_free(doc);
 }
 
