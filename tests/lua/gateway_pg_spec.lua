@@ -5,4 +5,5 @@ local S = require "fixtures.support"
 local url_file = os.getenv("ATHENA_PG_URL_FILE")
 local URL = url_file and S.readfile(url_file)
 assert(URL, "no PostgreSQL URL in ATHENA_PG_URL_FILE (" .. tostring(url_file) .. "): run through ctest (fixture pg)")
-require("fixtures.gws_checklist").run("pg", (URL:gsub("%s+$", "")), _ENV)
+URL = URL:gsub("%s+$", "")
+require("fixtures.gws_checklist").run("pg", URL, _ENV, URL)

@@ -3,4 +3,5 @@
 local dir = os.tmpname()
 os.remove(dir)
 os.execute("mkdir -p '" .. dir .. "'")
-require("fixtures.gws_checklist").run("sqlite", "sqlite:" .. dir .. "/gateway.db", _ENV)
+require("fixtures.gws_checklist").run("sqlite", "sqlite:" .. dir .. "/gateway.db", _ENV,
+  "sqlite:" .. dir .. "/other.db")
