@@ -24,19 +24,27 @@ typedef struct {
   size_t n, cap;
 } builder_t;
 
+/* Makes room for one more element in *items (n used of *cap). */
+static int grow(void* items, size_t n, size_t* cap, size_t size, size_t first) {
+  void** p = items;
+  if (n < *cap)
+    return 0;
+  size_t ncap = *cap ? *cap * 2 : first;
+  void* q = realloc(*p, ncap * size);
+  if (q == NULL)
+    return ATH_ENOMEM;
+  *p = q;
+  *cap = ncap;
+  return 0;
+}
+
 static char* dup(ath_gws_cat_t* c, const char* s, size_t n) {
   return ath__gw_arena_strdup(&c->arena, s ? s : "", s ? n : 0);
 }
 
 static draft_t* add_table(builder_t* b, const char* schema, const char* name, int is_view) {
-  if (b->n == b->cap) {
-    size_t cap = b->cap ? b->cap * 2 : 16;
-    draft_t* d = realloc(b->d, cap * sizeof(*d));
-    if (d == NULL)
-      return NULL;
-    b->d = d;
-    b->cap = cap;
-  }
+  if (grow(&b->d, b->n, &b->cap, sizeof(*b->d), 16) != 0)
+    return NULL;
   draft_t* d = &b->d[b->n];
   memset(d, 0, sizeof(*d));
   d->t.schema = schema ? dup(b->c, schema, strlen(schema)) : NULL;
@@ -59,14 +67,8 @@ static draft_t* find_draft(builder_t* b, const char* schema, const char* name) {
 
 static int add_column(builder_t* b, draft_t* d, const char* name, const char* type, ath_gw_kind_t kind,
                       const char* elem) {
-  if (d->ncols == d->capcols) {
-    size_t cap = d->capcols ? d->capcols * 2 : 8;
-    ath_gw_column_t* c = realloc(d->cols, cap * sizeof(*c));
-    if (c == NULL)
-      return ATH_ENOMEM;
-    d->cols = c;
-    d->capcols = cap;
-  }
+  if (grow(&d->cols, d->ncols, &d->capcols, sizeof(*d->cols), 8) != 0)
+    return ATH_ENOMEM;
   ath_gw_column_t* c = &d->cols[d->ncols];
   memset(c, 0, sizeof(*c));
   c->name = dup(b->c, name, strlen(name));
@@ -118,14 +120,8 @@ static int add_unique(builder_t* b, draft_t* d, const char* list) {
   int rc = keyset(b, d, list, &ks);
   if (rc != 0)
     return rc == -1 ? 0 : rc;
-  if (d->nuniq == d->capuniq) {
-    size_t cap = d->capuniq ? d->capuniq * 2 : 4;
-    ath_gw_keyset_t* u = realloc(d->uniq, cap * sizeof(*u));
-    if (u == NULL)
-      return ATH_ENOMEM;
-    d->uniq = u;
-    d->capuniq = cap;
-  }
+  if (grow(&d->uniq, d->nuniq, &d->capuniq, sizeof(*d->uniq), 4) != 0)
+    return ATH_ENOMEM;
   d->uniq[d->nuniq++] = ks;
   return 0;
 }

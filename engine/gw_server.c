@@ -17,12 +17,6 @@
 
 /* ---------------------------------------------------------------- config */
 
-static void strv_free(char** v) {
-  for (char** p = v; p && *p; p++)
-    free(*p);
-  free(v);
-}
-
 void ath__gws_config_free(ath_gws_config_t* c) {
   for (int i = 0; i < c->ndbs; i++) {
     free(c->db_names[i]);
@@ -32,19 +26,19 @@ void ath__gws_config_free(ath_gws_config_t* c) {
   free(c->db_urls);
   for (int i = 0; i < c->nkeys; i++) {
     free(c->keys[i].name);
-    strv_free(c->keys[i].tables);
-    strv_free(c->keys[i].databases);
+    ath__strv_free(c->keys[i].tables);
+    ath__strv_free(c->keys[i].databases);
   }
   free(c->keys);
   for (int i = 0; i < c->ntables; i++) {
     free(c->tables[i].name);
-    strv_free(c->tables[i].hidden);
+    ath__strv_free(c->tables[i].hidden);
   }
   free(c->tables);
   free(c->config_path);
-  strv_free(c->cors_origins);
-  strv_free(c->events);
-  strv_free(c->trusted_proxies);
+  ath__strv_free(c->cors_origins);
+  ath__strv_free(c->events);
+  ath__strv_free(c->trusted_proxies);
   free(c->prefix);
   memset(c, 0, sizeof(*c));
 }

@@ -27,6 +27,10 @@ char* ath__memdup(const char* p, size_t n);
 void ath__buf_json_str(ath_buf_t* b, const char* s);
 /* Frees the buffer's memory and zeroes it. */
 void ath__buf_free(ath_buf_t* b);
+/* A copy of a NULL-terminated string array (NULL for NULL, and when out of
+ * memory), and its release (NULL is fine). */
+char** ath__strv_dup(const char* const* v);
+void ath__strv_free(char** v);
 
 /* lua_json.c -------------------------------------------------------------- */
 

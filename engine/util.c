@@ -107,3 +107,31 @@ void ath__buf_json_str(ath_buf_t* b, const char* s) {
   }
   ath__buf_append(b, "\"", 1);
 }
+
+char** ath__strv_dup(const char* const* v) {
+  if (v == NULL)
+    return NULL;
+  size_t n = 0;
+  while (v[n] != NULL)
+    n++;
+  char** out = calloc(n + 1, sizeof(char*));
+  if (out == NULL)
+    return NULL;
+  for (size_t i = 0; i < n; i++) {
+    if ((out[i] = ath__memdup(v[i], strlen(v[i]))) == NULL) {
+      while (i > 0)
+        free(out[--i]);
+      free(out);
+      return NULL;
+    }
+  }
+  return out;
+}
+
+void ath__strv_free(char** v) {
+  if (v == NULL)
+    return;
+  for (char** p = v; *p != NULL; p++)
+    free(*p);
+  free(v);
+}

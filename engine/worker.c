@@ -1013,6 +1013,20 @@ static int load_code(ath_worker_t* wk) {
   return 0;
 }
 
+/* Keeps function `field` of module `name` in the registry (*ref). */
+static int module_ref(ath_worker_t* wk, const char* name, const char* field, int* ref) {
+  lua_State* L = wk->L;
+  lua_getglobal(L, "require");
+  lua_pushstring(L, name);
+  if (ath__vm_call(L, 1, 1) != LUA_OK || lua_getfield(L, -1, field) != LUA_TFUNCTION) {
+    lua_settop(L, 0);
+    return fail_start(wk, ATH_EINVAL, "worker could not load %s", name);
+  }
+  *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_settop(L, 0);
+  return 0;
+}
+
 /* Binds every registered name to the handler this state defined. */
 static int bind_handlers(ath_worker_t* wk) {
   lua_State* L = wk->L;
@@ -1033,22 +1047,9 @@ static int bind_handlers(ath_worker_t* wk) {
     wk->handlers[i] = luaL_ref(L, LUA_REGISTRYINDEX);
   }
   lua_settop(L, 0);
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "athena.errors");
-  if (ath__vm_call(L, 1, 1) != LUA_OK || lua_getfield(L, -1, "normalize") != LUA_TFUNCTION) {
-    lua_settop(L, 0);
-    return fail_start(wk, ATH_EINVAL, "%s", "worker could not load athena.errors");
-  }
-  wk->normalize_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_settop(L, 0);
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "athena.workflow");
-  if (ath__vm_call(L, 1, 1) != LUA_OK || lua_getfield(L, -1, "segment") != LUA_TFUNCTION) {
-    lua_settop(L, 0);
-    return fail_start(wk, ATH_EINVAL, "%s", "worker could not load athena.workflow");
-  }
-  wk->workflow_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_settop(L, 0);
+  if (module_ref(wk, "athena.errors", "normalize", &wk->normalize_ref) != 0 ||
+      module_ref(wk, "athena.workflow", "segment", &wk->workflow_ref) != 0)
+    return wk->start_rc;
   return 0;
 }
 

@@ -32,33 +32,6 @@ static char* xstrdup(const char* s) {
   return p;
 }
 
-static char** strv_dup(const char* const* v) {
-  if (v == NULL)
-    return NULL;
-  size_t n = 0;
-  while (v[n] != NULL)
-    n++;
-  char** out = calloc(n + 1, sizeof(char*));
-  if (out == NULL)
-    return NULL;
-  for (size_t i = 0; i < n; i++) {
-    if ((out[i] = xstrdup(v[i])) == NULL) {
-      while (i > 0)
-        free(out[--i]);
-      free(out);
-      return NULL;
-    }
-  }
-  return out;
-}
-
-static void strv_free(char** v) {
-  if (v == NULL)
-    return;
-  for (char** p = v; *p != NULL; p++)
-    free(*p);
-  free(v);
-}
 
 void ath_world_config_init(ath_world_config_t* cfg) {
   memset(cfg, 0, sizeof(*cfg));
@@ -189,8 +162,8 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   w->cfg.database = xstrdup(cfg->database);
   w->cfg.webhook_url = xstrdup(cfg->webhook_url);
   w->cfg.log_file = xstrdup(cfg->log_file);
-  w->modules = strv_dup(cfg->modules);
-  w->script_args = strv_dup(cfg->script_args);
+  w->modules = ath__strv_dup(cfg->modules);
+  w->script_args = ath__strv_dup(cfg->script_args);
   w->cfg.modules = (const char* const*)w->modules;
   w->cfg.script_args = (const char* const*)w->script_args;
   w->queues = calloc(1, sizeof(ath_queue_t*));
@@ -281,10 +254,10 @@ int ath_world_register(ath_world_t* w, const ath_activity_t* a) {
   memset(d, 0, sizeof(*d));
   d->a = *a;
   d->name = xstrdup(a->name);
-  d->non_retryable = strv_dup(a->non_retryable);
+  d->non_retryable = ath__strv_dup(a->non_retryable);
   if (d->name == NULL || (a->non_retryable && d->non_retryable == NULL)) {
     free(d->name);
-    strv_free(d->non_retryable);
+    ath__strv_free(d->non_retryable);
     return ATH_ENOMEM;
   }
   d->a.name = d->a.task_queue = NULL;
@@ -1916,7 +1889,7 @@ void ath_world_free(ath_world_t* w) {
   free(w->queues);
   for (int i = 0; i < w->ndefs; i++) {
     free(w->defs[i].name);
-    strv_free(w->defs[i].non_retryable);
+    ath__strv_free(w->defs[i].non_retryable);
   }
   for (int i = 0; i < w->nghosts; i++) {
     free(w->ghost_defs[i]->name);
@@ -1932,8 +1905,8 @@ void ath_world_free(ath_world_t* w) {
   free((char*)w->cfg.webhook_url);
   free((char*)w->cfg.log_file);
   ath__log_close(w->log); /* every thread that logs has been joined */
-  strv_free(w->modules);
-  strv_free(w->script_args);
+  ath__strv_free(w->modules);
+  ath__strv_free(w->script_args);
   uv_mutex_destroy(&w->lock);
   uv_cond_destroy(&w->cond);
   uv_sem_destroy(&w->ready);

@@ -5,13 +5,7 @@ local athena = require "athena"
 local S = require "fixtures.support"
 local wf = require "fixtures.wf_jobs"
 
-local files = {}
-local function tmpname()
-  local p = os.tmpname()
-  os.remove(p)
-  files[#files + 1] = p
-  return p
-end
+local tmpname = S.tmpname
 
 local function lines(path)
   local out = {}
@@ -48,10 +42,7 @@ end
 describe("workflows", function()
   after_each(function()
     S.cleanup()
-    for i = #files, 1, -1 do
-      os.remove(files[i])
-      files[i] = nil
-    end
+    S.cleanup_files()
   end)
 
   describe("the order saga", function()
@@ -343,6 +334,5 @@ describe("workflows", function()
     assert.equals("completed", q2.status)
     assert.equals(before[2].value, q2.result.before) -- the marker recorded before the restart
     assert.equals(3600000, q2.result.after - q2.result.before)
-    os.execute("rm -rf '" .. path .. "'")
   end)
 end)
