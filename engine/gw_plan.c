@@ -1402,8 +1402,16 @@ static void put_select_list(cx_t* c, frag_t* f) {
   for (i = 0; i < p->nrow_cols; i++) {
     if (i > 0)
       put(f, ", ");
-    put_ident(f, p->row_cols[i].column->name);
-    if (strcmp(p->row_cols[i].name, p->row_cols[i].column->name) != 0) {
+    const ath_gw_column_t* col = p->row_cols[i].column;
+    /* PostgreSQL arrays answer as JSON arrays (GATEWAY §7), which the
+     * server then writes as they come */
+    int as_json = c->req->dialect == ATH_GW_PG && col->kind == ATH_GW_KIND_ARRAY;
+    if (as_json)
+      put(f, "to_json(");
+    put_ident(f, col->name);
+    if (as_json)
+      put(f, ")");
+    if (as_json || strcmp(p->row_cols[i].name, col->name) != 0) {
       put(f, " AS ");
       put_ident(f, p->row_cols[i].name);
     }

@@ -79,7 +79,7 @@ static const char* const words[] = {
   "FIRST", "LAST", "LIMIT", "OFFSET", "COUNT", "INSERT", "INTO", "VALUES",
   "DEFAULT", "ON", "CONFLICT", "DO", "UPDATE", "SET", "NOTHING", "RETURNING",
   "DELETE", "AS", "lower", "CASE", "WHEN", "THEN", "ELSE", "END", "EXISTS",
-  "json_valid", "json_type", "json_each", "a", "b", "value", "type",
+  "json_valid", "to_json", "json_type", "json_each", "a", "b", "value", "type",
   "excluded", "ARRAY", "jsonb_array_elements_text", "jsonb", "json", "text",
   "uuid", "int", "integer", "bigint", "boolean", "bool", "numeric", "float",
   "double", "precision", "date", "timestamp", "timestamptz", NULL,
