@@ -261,6 +261,26 @@ static void policy_hook(lua_State* L, lua_Debug* ar) {
     luaL_error(L, "the policy ran longer than %d ms", POLICY_BUDGET_MS);
 }
 
+#define POLICY_HEAP (64u << 20) /* a policy state's Lua heap: past it, allocations fail */
+
+/* The policy state's allocator: a memory bomb in a policy fails that
+ * request (ENOMEM raised in the policy: 500), not the process. */
+static void* policy_alloc(void* ud, void* ptr, size_t osize, size_t nsize) {
+  ath_gwt_t* t = ud;
+  size_t old = ptr ? osize : 0;
+  if (nsize == 0) {
+    free(ptr);
+    t->heap -= old;
+    return NULL;
+  }
+  if (nsize > old && t->heap + (nsize - old) > POLICY_HEAP)
+    return NULL;
+  void* p = realloc(ptr, nsize);
+  if (p != NULL)
+    t->heap = t->heap - old + nsize;
+  return p;
+}
+
 int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen) {
   ath_gws_t* s = t->s;
   t->policy_ref = t->tables_ref = LUA_NOREF;
@@ -272,7 +292,7 @@ int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen) {
   }
   if (s->cfg.config_path == NULL || !(s->cfg.global_policy || s->cfg.ntables > 0))
     return 0;
-  lua_State* L = t->L = luaL_newstate();
+  lua_State* L = t->L = lua_newstate(policy_alloc, t);
   if (L == NULL) {
     snprintf(err, errlen, "%s", "out of memory");
     return ATH_ENOMEM;

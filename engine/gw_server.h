@@ -162,6 +162,7 @@ struct ath_gwt_s {
   ath_db_t** dbs;            /* one lazily opened connection per database */
   int* prepared;             /* per database: connection set up (pragmas) */
   uint64_t deadline;         /* the running statement's, monotonic ns */
+  size_t heap;               /* bytes in L's heap (policy_alloc) */
 };
 
 struct ath_gws_s {
