@@ -3,7 +3,8 @@
 #
 # Starts `athena serve` on a fresh SQLite database in a temp dir
 # (items(id INTEGER PRIMARY KEY, cat INTEGER, name TEXT, price REAL), 100,000
-# rows, index items_cat, 25 rows per cat value), then drives it with wrk
+# rows, index items_cat, 25 rows per cat value; cat = (id - 1) % 4000, so a
+# cat's rows lie on 25 different table pages), then drives it with wrk
 # (bench/gateway.lua) at 64 connections and 2 wrk threads for each run:
 #   healthz  GET /healthz, the operations health check (the HTTP-layer
 #            baseline; note it answers `Connection: close`, so wrk reconnects
@@ -23,7 +24,7 @@
 #
 # Environment (all optional):
 #   BENCH_CONNECTIONS=64 BENCH_WRK_THREADS=2   wrk -c / -t
-#   BENCH_ROWS=100000                           rows (25 per cat)
+#   BENCH_ROWS=100000                           rows, a multiple of 25
 #   BENCH_WARMUP=2                              seconds of fetch before the runs
 #   BENCH_RUNS="healthz ping fetch mix insert"  which runs, in this order
 #   BENCH_INSERT_PERCENT=10                     insert share of the mix run
@@ -60,8 +61,13 @@ if [ -n "${BENCH_PERF:-}" ]; then command -v perf >/dev/null || die "BENCH_PERF 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/athena-gwbench.XXXXXX")
 spid=""
 perf_pid=""
+wrk_pid=""
 cleanup() {
   local rc=$?
+  if [ -n "$wrk_pid" ]; then
+    kill -TERM "$wrk_pid" 2>/dev/null || true
+    wait "$wrk_pid" 2>/dev/null || true
+  fi
   if [ -n "$perf_pid" ] && kill -0 "$perf_pid" 2>/dev/null; then
     kill -INT "$perf_pid" 2>/dev/null || true
     wait "$perf_pid" 2>/dev/null || true
@@ -155,9 +161,14 @@ run() { # name mode path extra-args...
   local m0 m1
   m0=$(busy_ticks)
   local start=$EPOCHREALTIME
-  TIMEFORMAT='%U %S'
-  { time wrk -t"$wthreads" -c"$conns" -d"${secs}s" --timeout 5s -s "$here/gateway.lua" \
-      "$base$path" -- "$mode" "$cats" "$key" "$@" >"$tmp/wrk-$name.out" 2>&1 || true; } 2>"$tmp/time-$name"
+  times >"$tmp/times0-$name"
+  # in the background, so that a signal's trap runs at once (and stops it)
+  wrk -t"$wthreads" -c"$conns" -d"${secs}s" --timeout 5s -s "$here/gateway.lua" \
+    "$base$path" -- "$mode" "$cats" "$key" "$@" >"$tmp/wrk-$name.out" 2>&1 &
+  wrk_pid=$!
+  wait "$wrk_pid" || true
+  wrk_pid=""
+  times >"$tmp/times1-$name"
   local wall
   wall=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN{print b-a}')
   t1=$(cpu_ticks "$spid")
@@ -166,7 +177,11 @@ run() { # name mode path extra-args...
   line=$(grep '^RESULT ' "$tmp/wrk-$name.out") || { cat "$tmp/wrk-$name.out" >&2; die "wrk run $name printed no result"; }
   for kv in ${line#RESULT }; do R[$name.${kv%%=*}]=${kv#*=}; done
   R[$name.srv_cores]=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v w="$wall" 'BEGIN{printf "%.2f", t/hz/w}')
-  R[$name.wrk_cores]=$(awk -v w="$wall" '{printf "%.2f", ($1+$2)/w}' "$tmp/time-$name")
+  # children's user + system time (wrk's, bar a few tiny subshells) from `times`
+  R[$name.wrk_cores]=$(cat "$tmp/times0-$name" "$tmp/times1-$name" | awk -v w="$wall" '
+    function sec(t) { split(t, p, "m"); return p[1] * 60 + p[2] }
+    NR == 2 { a = sec($1) + sec($2) } NR == 4 { b = sec($1) + sec($2) }
+    END { printf "%.2f", (b - a) / w }')
   R[$name.rest_cores]=$(awk -v m=$((m1 - m0)) -v hz="$hz" -v w="$wall" -v s="${R[$name.srv_cores]}" \
     -v k="${R[$name.wrk_cores]}" 'BEGIN{r = m/hz/w - s - k; printf "%.2f", (r < 0 ? 0 : r)}')
 }
