@@ -217,6 +217,7 @@ struct ath_db_s {
   void* sq;              /* sqlite3* */
   void* pg;              /* PGconn* */
   struct ath_db_async_s* op; /* PostgreSQL: the statement in flight, or NULL */
+  struct ath_db_stmts_s* stmts; /* SQLite: prepared statements kept by SQL text */
 };
 int ath__db_sqlite_connect(ath_db_t* db, ath_db_error_t* err);
 void ath__db_sqlite_disconnect(ath_db_t* db);

@@ -108,6 +108,9 @@ static void free_server(ath_gws_t* s) {
   for (int i = 0; s->cats && i < s->cfg.ndbs; i++)
     ath__gws_cat_free(s->cats[i]);
   free(s->cats);
+  for (int i = 0; s->writers && i < s->cfg.ndbs; i++)
+    uv_mutex_destroy(&s->writers[i]);
+  free(s->writers);
   free(s->threads);
   free(s->buckets);
   ath__gws_config_free(&s->cfg);
@@ -150,10 +153,15 @@ int ath__gws_new(ath_world_t* w, ath_gws_config_t* cfg, ath_gws_t** out, char* e
   int n = s->cfg.threads > 0 ? s->cfg.threads : 2;
   s->cats = calloc((size_t)s->cfg.ndbs, sizeof(*s->cats));
   s->threads = calloc((size_t)n, sizeof(*s->threads));
-  if (s->cats == NULL || s->threads == NULL) {
+  s->writers = calloc((size_t)s->cfg.ndbs, sizeof(*s->writers));
+  if (s->cats == NULL || s->threads == NULL || s->writers == NULL) {
+    free(s->writers);
+    s->writers = NULL;
     free_server(s);
     return ATH_ENOMEM;
   }
+  for (int i = 0; i < s->cfg.ndbs; i++)
+    uv_mutex_init(&s->writers[i]);
   int rc = read_catalogs(s, s->cats, err, errlen);
   for (int i = 0; rc == 0 && i < n; i++) {
     ath_gwt_t* t = &s->threads[i];

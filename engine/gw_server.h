@@ -175,6 +175,7 @@ struct ath_gws_s {
   ath_gwjob_t* done;         /* answered, for the engine thread */
   int stop;
   ath_gws_cat_t** cats;      /* current catalog per database */
+  uv_mutex_t* writers;       /* per database: SQLite writers take turns */
   ath_gwt_t* threads;
   int nthreads;
   uv_async_t async;          /* engine loop: answers are ready */
