@@ -68,14 +68,22 @@ static void put_value(ath_buf_t* b, const ath_db_value_t* v, const ath_gw_column
     case ATH_DB_INT:
       if (kind == ATH_GW_KIND_BOOLEAN && (v->i == 0 || v->i == 1)) {
         ath__buf_append(b, v->i ? "true" : "false", v->i ? 4 : 5);
-      } else {
-        int n = snprintf(tmp, sizeof(tmp), "%lld", (long long)v->i);
+      } else { /* by hand: snprintf was a tenth of an answer's cost */
         int safe = v->i >= -MAX_SAFE_INT && v->i <= MAX_SAFE_INT;
+        char* e = tmp + sizeof(tmp);
+        char* p = e;
+        uint64_t u = v->i < 0 ? 0 - (uint64_t)v->i : (uint64_t)v->i;
         if (!safe)
-          ath__buf_lit(b, "\"");
-        ath__buf_append(b, tmp, (size_t)n);
+          *--p = '"';
+        do {
+          *--p = (char)('0' + u % 10);
+          u /= 10;
+        } while (u != 0);
+        if (v->i < 0)
+          *--p = '-';
         if (!safe)
-          ath__buf_lit(b, "\"");
+          *--p = '"';
+        ath__buf_append(b, p, (size_t)(e - p));
       }
       return;
     case ATH_DB_FLOAT:

@@ -307,7 +307,54 @@ int ath__json_put_text(ath_buf_t* b, const char* s, size_t n) {
 /* Formats a finite float in the shortest of %.15g/%.16g/%.17g that strtod
  * reads back bit for bit, always with a '.' or an exponent so that it reads
  * back as a float. Returns the length. */
+/* The common case by hand: a value in [1e-4, 1e15) (where %g is fixed
+ * notation) whose shortest form has at most 6 decimals, written from its
+ * scaled integer and checked by strtod; snprintf was the costliest step of
+ * a gateway answer full of prices. Returns the length, or 0 to fall back. */
+static size_t fmt_fixed(char* buf, size_t cap, double d) {
+  static const double p10[] = {1, 10, 100, 1e3, 1e4, 1e5, 1e6};
+  double a = d < 0 ? -d : d;
+  if (!(a >= 1e-4 && a < 1e15) || cap < 32)
+    return 0;
+  for (int k = 0; k <= 6; k++) {
+    double m = a * p10[k];
+    double r = nearbyint(m);
+    /* at most 15 significant digits, the %.15g case, so the text is the
+     * same; a product far from an integer needs more decimals */
+    if (r >= 1e15)
+      return 0;
+    if (fabs(m - r) > 1e-6 * (r > 1 ? r : 1))
+      continue;
+    char digits[24];
+    int nd = 0;
+    uint64_t v = (uint64_t)r;
+    do {
+      digits[nd++] = (char)('0' + v % 10);
+      v /= 10;
+    } while (v != 0);
+    while (nd <= k)
+      digits[nd++] = '0'; /* 0.05: the leading zeros of the fraction */
+    size_t n = 0;
+    if (d < 0)
+      buf[n++] = '-';
+    for (int i = nd - 1; i >= k; i--)
+      buf[n++] = digits[i];
+    buf[n++] = '.';
+    if (k == 0)
+      buf[n++] = '0';
+    for (int i = k - 1; i >= 0; i--)
+      buf[n++] = digits[i];
+    buf[n] = '\0';
+    if (strtod(buf, NULL) == d)
+      return n; /* the fewest decimals that read back: the shortest text */
+  }
+  return 0;
+}
+
 size_t ath__json_fmt_float(char* buf, size_t cap, double d) {
+  size_t fast = fmt_fixed(buf, cap, d);
+  if (fast > 0)
+    return fast;
   static const char* const fmts[] = {"%.15g", "%.16g", "%.17g"};
   char tmp[40];
   size_t i, n = 0, j;

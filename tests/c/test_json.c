@@ -219,6 +219,42 @@ TEST_IMPL(json_integers) {
   return 0;
 }
 
+/* The hand-written fixed notation (fmt_fixed in lua_json.c) against the
+ * %.15g/%.16g/%.17g path: the same text wherever both apply, and every
+ * output reads back bit for bit. */
+TEST_IMPL(json_float_text_matches_printf) {
+  static const char* const fmts[] = {"%.15g", "%.16g", "%.17g"};
+  uint64_t x = 88172645463325252ull; /* xorshift64 */
+  for (int n = 0; n < 200000; n++) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    double d;
+    switch (n % 4) {
+      case 0: d = (double)(int64_t)(x % 100000000) / 100.0; break;   /* prices */
+      case 1: d = (double)(int64_t)(x % 2000000) / 1e6 - 1.0; break; /* 6 decimals */
+      case 2: d = ldexp((double)(x >> 11), -(int)(x % 80)); break;    /* any bits */
+      default: d = (double)(x % 100000) * 0.1; break;                  /* inexact products */
+    }
+    char got[48], want[48];
+    size_t n1 = ath__json_fmt_float(got, sizeof got, d);
+    got[n1] = '\0';
+    ASSERT_EQ(0, memcmp(&(double){strtod(got, NULL)}, &d, sizeof d));
+    char tmp[48];
+    for (int i = 0; i < 3; i++) {
+      snprintf(tmp, sizeof tmp, fmts[i], d);
+      if (strtod(tmp, NULL) == d)
+        break;
+    }
+    size_t tl = strlen(tmp);
+    memcpy(want, tmp, tl + 1);
+    if (!strpbrk(tmp, ".e"))
+      memcpy(want + tl, ".0", 3);
+    ASSERT_STR_EQ(want, got);
+  }
+  return 0;
+}
+
 TEST_IMPL(json_floats) {
   static const struct {
     const char* chunk;
