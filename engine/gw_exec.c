@@ -33,6 +33,7 @@ void ath__gwjob_error(ath_gwjob_t* job, int status, const char* code, const char
       message = summary[i].message;
   ath_buf_t* b = &job->out;
   b->len = 0;
+  job->out_off = 0;
   ath__buf_lit(b, "{\"status\":\"error\",\"message\":");
   ath__buf_json_str(b, message);
   ath__buf_lit(b, ",\"error\":");
@@ -777,7 +778,15 @@ static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
   if (writer)
     uv_mutex_lock(&s->writers[job->db]);
   int rc = txn ? simple(db, pg || job->op == ATH_GW_FETCH ? "BEGIN" : "BEGIN IMMEDIATE", &e) : 0;
-  ath_buf_t data = {0}, rows = {0};
+  /* rows go straight into the answer, after room for its head (written
+   * once the count is known, right-aligned: the answer starts at out_off) */
+  enum { HEAD_ROOM = 128 };
+  ath_buf_t* data = &job->out;
+  data->len = 0;
+  char room[HEAD_ROOM];
+  memset(room, ' ', sizeof(room));
+  ath__buf_append(data, room, sizeof(room));
+  ath_buf_t rows = {0};
   int first = 1, firstfull = 1;
   int64_t nrows = 0, changes = 0, count = -1;
   for (size_t i = 0; rc == 0 && i < exec->nstmts; i++) {
@@ -788,8 +797,8 @@ static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
     changes += ath__db_res_changes(r);
     if (publish)
       put_full_rows(&rows, r, &plan, &firstfull);
-    if (plan.data_rows)
-      nrows += put_rows(&data, r, &plan, &first);
+    if (plan.data_rows && !plan.head)
+      nrows += put_rows(data, r, &plan, &first);
     ath__db_res_free(r);
     r = NULL;
   }
@@ -816,7 +825,6 @@ static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
   if (rc != 0) {
     log_failure(s, job, table, 0, &e, failed_sql, NULL);
     db_failure(job, &e);
-    ath__buf_free(&data);
     ath__buf_free(&rows);
     goto done;
   }
@@ -827,10 +835,13 @@ static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
   int n = snprintf(head, sizeof(head), "{\"status\":\"success\",\"message\":\"%s %lld rows\",\"data\":[",
                    verbs[job->op], (long long)(job->op == ATH_GW_FETCH ? (plan.head ? 0 : nrows) : affected));
   ath_buf_t* b = &job->out;
-  b->len = 0;
-  ath__buf_append(b, head, (size_t)n);
-  if (!plan.head && data.data)
-    ath__buf_append(b, data.data, data.len);
+  if (b->data == NULL || n >= HEAD_ROOM) {
+    ath__gwjob_error(job, 500, "internal_error", "out of memory", NULL);
+    ath__buf_free(&rows);
+    goto done;
+  }
+  job->out_off = HEAD_ROOM - (size_t)n;
+  memcpy(b->data + job->out_off, head, (size_t)n);
   ath__buf_lit(b, "]");
   if (job->op == ATH_GW_FETCH) {
     if (count >= 0)
@@ -847,7 +858,6 @@ static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
     job->limit_header = plan.limit;
   if (publish)
     start_event(t, job, table, plan.upsert, &rows);
-  ath__buf_free(&data);
   ath__buf_free(&rows);
 done:
   if (r != NULL)
@@ -864,6 +874,7 @@ static void run_health(ath_gwt_t* t, ath_gwjob_t* job) {
   int ok = db != NULL && simple(db, "SELECT 1", &e) == 0;
   ath_buf_t* b = &job->out;
   b->len = 0;
+  job->out_off = 0;
   ath__buf_lit(b, "{\"status\":\"");
   ath__buf_append(b, ok ? "success" : "error", ok ? 7 : 5);
   ath__buf_lit(b, "\",\"message\":\"");

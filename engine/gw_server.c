@@ -330,8 +330,10 @@ static void send_job(h2o_req_t* req, ath_gwjob_t* j) {
     add(req, "x-athena-event-id", j->event_id, strlen(j->event_id));
   if (j->status == 401)
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL, H2O_STRLIT("Bearer"));
-  h2o_iovec_t body = h2o_strdup(&req->pool, j->out.data ? j->out.data : "{}", j->out.data ? j->out.len : 2);
-  h2o_send_inline(req, body.base, body.len);
+  if (j->out.data != NULL) /* h2o_send_inline copies it */
+    h2o_send_inline(req, j->out.data + j->out_off, j->out.len - j->out_off);
+  else
+    h2o_send_inline(req, H2O_STRLIT("{}"));
 }
 
 static void on_answers(uv_async_t* h) {

@@ -127,7 +127,8 @@ struct ath_gwjob_s {
   char* hint[3];             /* X-User-Id, X-Organization-Id, X-Company-Id */
   /* the answer (the gateway thread fills it) */
   int status;
-  ath_buf_t out;             /* the JSON body */
+  ath_buf_t out;             /* the JSON body, from out.data + out_off */
+  size_t out_off;
   int64_t limit_header;      /* > 0: x-athena-limit */
   char event_id[200];        /* x-athena-event-id, or "" */
   /* engine thread only */
