@@ -1410,7 +1410,9 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
       } else {
         t->status = ATH_RUNNING;
         t->attempt++; /* counted before it runs, so a crash still uses a try */
-        t->started_at = now;
+        /* `now` was read before the lock: a task enqueued meanwhile must not
+         * start before it was created */
+        t->started_at = now < t->created_at ? t->created_at : now;
         t->start_mono = mono;
       }
       if (t->wf != NULL)
