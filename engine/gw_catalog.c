@@ -314,7 +314,10 @@ static int introspect_pg(ath_db_t* db, builder_t* b, ath_db_error_t* err) {
     const char* cat = cell(r, i, 6);
     if (!schema || !name || !kind || !col || !type || !typname || !cat)
       continue;
-    draft_t* d = find_draft(b, schema, name);
+    /* rows come table by table: the last table is nearly always the one */
+    draft_t* d = b->n > 0 && strcmp(b->d[b->n - 1].t.name, name) == 0 && strcmp(b->d[b->n - 1].t.schema, schema) == 0
+                   ? &b->d[b->n - 1]
+                   : find_draft(b, schema, name);
     if (d == NULL && (d = add_table(b, schema, name, kind[0] == 'v' || kind[0] == 'm')) == NULL) {
       rc = ATH_ENOMEM;
       break;
