@@ -7,11 +7,7 @@ local dbjobs = require "fixtures.db_jobs"
 
 local null = athena.null
 
-local url_file = os.getenv("ATHENA_PG_URL_FILE")
-local URL = url_file and S.readfile(url_file)
-assert(URL, "no PostgreSQL URL in ATHENA_PG_URL_FILE (" .. tostring(url_file) ..
-  "): run through ctest (fixture pg, scripts/pg-test start DIR)")
-URL = URL:gsub("%s+$", "")
+local URL = S.pg_database("athena_db_spec")
 local PASSWORD = assert(URL:match("^postgres://[^:]+:([^@]+)@"), "the test URL carries a password")
 
 local function open()
