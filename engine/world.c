@@ -690,6 +690,8 @@ static int finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t n
                        ath_worker_t** wake, int nwake);
 static int wf_terminal(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** wake, int nwake);
 static int wf_timer_fired(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake);
+static int wf_run_timed_out(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake);
+static int wf_resume(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake);
 
 /* Moves due delayed tasks to their queues and re-arms the timer for the
  * next one. Runs on the engine thread. */
@@ -717,12 +719,16 @@ static void engine_tick(ath_world_t* w) {
     if (nwake < MAX_WORKERS)
       nwake += pick_sleepers(w, t->queue, 1, wake + nwake, MAX_WORKERS - nwake);
   }
-  if (t != NULL)
-    next = t->ready_mono;
   /* scheduleToClose of tasks still waiting: they fail where they are
-   * (running ones are stopped by their worker's deadline) */
+   * (running ones are stopped by their worker's deadline); and the run
+   * limit of workflows parked between segments */
   while ((t = ath__heap_peek(&w->expiry)) != NULL && t->exp_mono <= now) {
     ath__heap_remove(&w->expiry, t);
+    if (t->wf != NULL) { /* in a slot, the segment's deadline stops it */
+      if (t->status == ATH_RUNNING && t->wf->where != ATH_WF_SLOT)
+        nwake = wf_run_timed_out(w, t, wake, nwake);
+      continue;
+    }
     if (t->status == ATH_RUNNING || ATH_IS_TERMINAL(t->status))
       continue;
     if (t->status == ATH_PENDING) {
@@ -735,7 +741,10 @@ static void engine_tick(ath_world_t* w) {
     nwake = finish_task(w, t, t->strategy == ATH_STRATEGY_QUARANTINE ? ATH_QUARANTINED : ATH_FAILED,
                         ath__wall(w), wake, nwake);
   }
-  if (t != NULL && (next == 0 || t->exp_mono < next))
+  /* after both loops: a timed-out workflow may wait for a retry now */
+  if ((t = ath__heap_peek(&w->delayed)) != NULL)
+    next = t->ready_mono;
+  if ((t = ath__heap_peek(&w->expiry)) != NULL && (next == 0 || t->exp_mono < next))
     next = t->exp_mono;
   uv_mutex_unlock(&w->lock);
   wake_all(wake, nwake);
@@ -1015,6 +1024,21 @@ static int retry_task(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o,
   return 0;
 }
 
+/* A failed attempt (or workflow run): retried (§7.3), compensated (T10),
+ * or final. Returns the new nwake. */
+static int attempt_failed(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o, int64_t now,
+                          uint64_t mono, ath_worker_t** wake, int nwake, int* wake_engine) {
+  if (!o->final && retry_task(w, t, o, now, mono, wake_engine) == 0)
+    return nwake;
+  if (t->wf != NULL && t->strategy == ATH_STRATEGY_COMPENSATE) {
+    /* T10: compensations run in segments of their own */
+    t->status = ATH_COMPENSATING;
+    return wf_resume(w, t, wake, nwake);
+  }
+  return finish_task(w, t, t->strategy == ATH_STRATEGY_QUARANTINE ? ATH_QUARANTINED : ATH_FAILED, now,
+                     wake, nwake);
+}
+
 /* ------------------------------------------------------------ workflows */
 
 /* The engine's side of workflows (SEMANTICS §9): histories, parking,
@@ -1269,6 +1293,20 @@ static int wf_timer_fired(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, in
   return wf_resume(w, t, wake, nwake);
 }
 
+/* The run of a workflow parked between segments outlived its `timeout`
+ * (§3: parked time counts): the run fails with ETIMEDOUT like an attempt,
+ * so it is re-run, compensated or final by its strategy. (A run that is in
+ * a slot is stopped by the slot's own deadline.) */
+static int wf_run_timed_out(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake) {
+  int64_t now = ath__wall(w);
+  int wake_engine = 0; /* the tick re-arms its timer itself */
+  unqueue(w, t);
+  t->wf->wait_kind = ATH_PARK_NONE;
+  set_error(t, ATH_ETIMEDOUT, "the workflow run exceeded its timeout");
+  ath_outcome_t o = {.task = t, .status = ATH_FAILED, .err_code = ATH_ETIMEDOUT, .retry_after = -1};
+  return attempt_failed(w, t, &o, now, ath__mono(w), wake, nwake, &wake_engine);
+}
+
 int ath_world_children(ath_world_t* w, const ath_task_t* t, ath_task_t** out, int cap) {
   int n = 0;
   uv_mutex_lock(&w->lock);
@@ -1377,18 +1415,10 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
       }
     }
     t->err_code = o->err_code;
-    if (o->status == ATH_FAILED) {
-      if (!o->final && retry_task(w, t, o, now, mono, &wake_engine) == 0)
-        continue;
-      if (t->wf != NULL && t->strategy == ATH_STRATEGY_COMPENSATE) {
-        /* T10: compensations run in segments of their own */
-        t->status = ATH_COMPENSATING;
-        nwake = wf_resume(w, t, wake, nwake);
-        continue;
-      }
-      o->status = t->strategy == ATH_STRATEGY_QUARANTINE ? ATH_QUARANTINED : ATH_FAILED;
-    }
-    nwake = finish_task(w, t, o->status, now, wake, nwake);
+    if (o->status == ATH_FAILED)
+      nwake = attempt_failed(w, t, o, now, mono, wake, nwake, &wake_engine);
+    else
+      nwake = finish_task(w, t, o->status, now, wake, nwake);
   }
   wk->noutcomes = 0;
 
@@ -1414,6 +1444,11 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
          * start before it was created */
         t->started_at = now < t->created_at ? t->created_at : now;
         t->start_mono = mono;
+        if (t->wf != NULL && t->def->a.timeout_ms > 0) { /* the run's limit, parked time too */
+          t->exp_mono = ath__after(mono, t->def->a.timeout_ms);
+          if (t->exp_idx == UINT32_MAX ? ath__heap_push(&w->expiry, t) == 0 : (ath__heap_fix(&w->expiry, t), 1))
+            wake_engine |= w->expiry.items[0] == t;
+        }
       }
       if (t->wf != NULL)
         t->wf->where = ATH_WF_SLOT;

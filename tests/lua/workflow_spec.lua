@@ -316,6 +316,35 @@ describe("workflows", function()
     assert.is_true(r.random >= 1 and r.random <= 1000000)
   end)
 
+  it("a workflow's timeout counts parked time: the run fails ETIMEDOUT while it waits", function()
+    local w = world { clock = "manual" }
+    local h = w:execute("wf.limited")
+    S.eventually(function() return S.contains(types(h:query().history), "timer.started") end,
+      S.WAIT, "the timer to start")
+    w:advance(999)
+    assert.equals("running", h:status())
+    w:advance(1)
+    local _, err = S.result(h)
+    assert.equals("ETIMEDOUT", err.code)
+    assert.equals("failed", h:status())
+    -- with a second run allowed, the timed-out run is re-run (and times out again)
+    local h2 = w:execute("wf.limited2")
+    S.eventually(function() return S.contains(types(h2:query().history), "timer.started") end,
+      S.WAIT, "the timer to start")
+    w:advance(1000)
+    S.eventually(function() return h2:status() == "retrying" or h2:query().attempt == 2 end, S.WAIT, "a re-run")
+    w:advance(2)
+    S.eventually(function() -- run 2 is claimed: its limit is armed
+      for _, ev in ipairs(h2:query().history) do
+        if ev.type == "workflow.started" and ev.run == 2 then return true end
+      end
+    end, S.WAIT, "the second run to start")
+    w:advance(1000)
+    _, err = S.result(h2)
+    assert.equals("ETIMEDOUT", err.code)
+    assert.equals(2, h2:query().attempt)
+  end)
+
   it("a workflow parked on a timer resumes after a restart (file mode, manual clock)", function()
     local path = tmpname()
     local w = world { clock = "manual", persistence = "file", persistencePath = path }
