@@ -285,18 +285,7 @@ static void policy_hook(lua_State* L, lua_Debug* ar) {
  * request (ENOMEM raised in the policy: 500), not the process. */
 static void* policy_alloc(void* ud, void* ptr, size_t osize, size_t nsize) {
   ath_gwt_t* t = ud;
-  size_t old = ptr ? osize : 0;
-  if (nsize == 0) {
-    free(ptr);
-    t->heap -= old;
-    return NULL;
-  }
-  if (nsize > old && t->heap + (nsize - old) > POLICY_HEAP)
-    return NULL;
-  void* p = realloc(ptr, nsize);
-  if (p != NULL)
-    t->heap = t->heap - old + nsize;
-  return p;
+  return ath__metered_alloc(&t->heap, POLICY_HEAP, ptr, osize, nsize);
 }
 
 int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen) {

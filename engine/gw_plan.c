@@ -2582,6 +2582,17 @@ static void put_mutation_where(cx_t* c, frag_t* st, const frag_t* where,
   put(st, ")");
 }
 
+/* The common end of an UPDATE or DELETE: its WHERE (and bounds), its
+ * RETURNING list, and the statement added to the plan. */
+static int end_mutation(cx_t* c, frag_t* st, frag_t* where, frag_t* tail, int bounded, size_t* cap) {
+  put_mutation_where(c, st, where, tail, bounded);
+  if (c->plan->returning) {
+    put(st, " RETURNING ");
+    put_select_list(c, st);
+  }
+  return add_stmt(c, st, cap) != 0 ? ATH_EINVAL : 0;
+}
+
 static int compile_update(cx_t* c) {
   ath_gw_plan_t* p = c->plan;
   const ath_gj_t* ub = ath__gj_field(c->req->body, "update_body");
@@ -2619,14 +2630,7 @@ static int compile_update(cx_t* c) {
     if (put_value(c, &st, (int)i, r.val[i], pw.s) != 0)
       goto cleanup;
   }
-  put_mutation_where(c, &st, &where, &tail, bounded);
-  if (p->returning) {
-    put(&st, " RETURNING ");
-    put_select_list(c, &st);
-  }
-  if (add_stmt(c, &st, &cap) != 0)
-    goto cleanup;
-  rc = 0;
+  rc = end_mutation(c, &st, &where, &tail, bounded, &cap);
 cleanup:
   frag_free(&st);
   frag_free(&where);
@@ -2650,14 +2654,7 @@ static int compile_delete(cx_t* c) {
   p->bounded = bounded;
   put(&st, "DELETE FROM ");
   put_table(c, &st);
-  put_mutation_where(c, &st, &where, &tail, bounded);
-  if (p->returning) {
-    put(&st, " RETURNING ");
-    put_select_list(c, &st);
-  }
-  if (add_stmt(c, &st, &cap) != 0)
-    goto cleanup;
-  rc = 0;
+  rc = end_mutation(c, &st, &where, &tail, bounded, &cap);
 cleanup:
   frag_free(&st);
   frag_free(&where);

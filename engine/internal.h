@@ -459,6 +459,10 @@ static inline uint64_t ath__mono(ath_world_t* w) {
  * (filled by athena.activity; read by workers when they bind). */
 extern const char ath__defs_key;
 
+/* A lua_Alloc body that keeps *used up to date and refuses growth past
+ * `limit` (Lua then raises a memory error in the code that asked). */
+void* ath__metered_alloc(size_t* used, size_t limit, void* ptr, size_t osize, size_t nsize);
+
 /* Returns the worker that owns L's state, or NULL in a control state. */
 ath_worker_t* ath__worker_of(lua_State* L);
 /* Whether the worker is still loading its code (definition mode). */

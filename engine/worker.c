@@ -1081,17 +1081,22 @@ static int setup_slots(ath_worker_t* wk) {
  * tasks is never refused, so it never meets an unprotected memory error. */
 static void* limited_alloc(void* ud, void* ptr, size_t osize, size_t nsize) {
   ath_worker_t* wk = ud;
+  return ath__metered_alloc(&wk->mem_used, wk->current != NULL ? wk->mem_limit : SIZE_MAX, ptr, osize,
+                            nsize);
+}
+
+void* ath__metered_alloc(size_t* used, size_t limit, void* ptr, size_t osize, size_t nsize) {
   size_t old = ptr ? osize : 0;
   if (nsize == 0) {
     free(ptr);
-    wk->mem_used -= old;
+    *used -= old;
     return NULL;
   }
-  if (nsize > old && wk->current != NULL && wk->mem_used + (nsize - old) > wk->mem_limit)
+  if (nsize > old && *used + (nsize - old) > limit)
     return NULL;
   void* p = realloc(ptr, nsize);
   if (p != NULL)
-    wk->mem_used = wk->mem_used - old + nsize;
+    *used = *used - old + nsize;
   return p;
 }
 
