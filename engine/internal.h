@@ -34,6 +34,9 @@ void ath__strv_free(char** v);
 
 /* lua_json.c -------------------------------------------------------------- */
 
+/* The largest payload (JSON bytes) a task holds: its lengths are 32-bit. */
+#define ATH_PAYLOAD_MAX ((size_t)UINT32_MAX)
+
 /* Encodes the Lua value at `idx` as JSON (SEMANTICS §1.3), appending to
  * `out`. Never raises and never calls metamethods. On failure returns
  * ATH_EINVAL (or ATH_ENOMEM), leaves out->len as it was, and writes into
@@ -129,14 +132,14 @@ struct ath_task_s {
   int err_code;          /* ATH_E* of the last failure, 0 if none */
   int max_attempts;      /* effective (§7.2) */
   ath_strategy_t strategy; /* effective (§8) */
+  int run_pos;           /* index in its worker's running list */
+  unsigned dirty : 1;    /* in the store's pending list */
+  unsigned purged : 1;   /* deleted: the store deletes its row */
   ath_worker_t* wk;      /* the worker running it, while running */
   atomic_ullong cancel_ns; /* monotonic ns the cancel was accepted, 0 if none */
   int64_t last_hb;       /* wall ms of the latest heartbeat */
   char* hb;              /* its details (JSON), owned, or NULL */
-  size_t hb_len;
   uint64_t dirty_gen;    /* store generation of its latest change */
-  int dirty;             /* in the store's pending list */
-  int purged;            /* deleted: the store deletes its row */
   ath_def_t* def;
   ath_queue_t* queue;
   uint64_t seq;          /* creation order: the last tie-breaker */
@@ -149,17 +152,16 @@ struct ath_task_s {
   uint32_t heap_idx;     /* index in the delay heap, UINT32_MAX if absent */
   uint32_t exp_idx;      /* index in the expiry heap, UINT32_MAX if absent */
   uint64_t exp_mono;     /* scheduleToClose deadline, monotonic ns */
-  int run_pos;           /* index in its worker's running list */
   ath_task_t* hnext;     /* hash chain */
   ath_waiter_t* waiters; /* worker slots parked in handle:result() */
   struct ath_task_s* parent; /* owning workflow (a reference), or NULL */
   ath_wf_t* wf;          /* workflow state, NULL for an activity */
   char* input;           /* JSON, owned */
-  size_t input_len;
   char* result;          /* JSON, owned, NULL until completed */
-  size_t result_len;
   char* error;           /* JSON error value, owned, NULL if none */
-  size_t error_len;
+  /* their lengths: 32 bits keep a million queued tasks in a smaller
+   * malloc size class (payloads are far below 4 GiB) */
+  uint32_t input_len, result_len, error_len, hb_len;
   uint64_t hash;
   char id[];             /* NUL-terminated */
 };

@@ -566,6 +566,11 @@ int ath__json_encode(lua_State* L, int idx, const char* root, ath_buf_t* out,
   e.err = err;
   e.errlen = errlen;
   rc = enc_value(&e, lua_absindex(L, idx), NULL);
+  if (rc == 0 && out->len - len0 > ATH_PAYLOAD_MAX) { /* tasks keep 32-bit lengths */
+    if (err != NULL && errlen > 0)
+      snprintf(err, errlen, "%s: payload larger than 4 GiB", e.root);
+    rc = ATH_EINVAL;
+  }
   if (rc == 0 && out->len == out->cap) /* make room for the NUL */
     rc = ath__buf_append(out, NULL, 0) == 0 ? 0 : enc_nomem(&e, NULL);
   if (rc != 0) {

@@ -537,6 +537,11 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
   int64_t now = ath__wall(w);
   uint64_t mono = ath__mono(w);
   for (made = 0; made < n; made++) {
+    if (lens[made] > ATH_PAYLOAD_MAX) {
+      set_err(err, errlen, "%s", "input larger than 4 GiB");
+      rc = ATH_EINVAL;
+      goto fail;
+    }
     const char* given = ids ? ids[made] : opts->id; /* NULL: generated */
     size_t idlen = given ? strlen(given) : namelen + 37;
     ath_task_t* t = malloc(sizeof(*t) + idlen + 1);

@@ -234,7 +234,8 @@ struct ath_exec_opts_s {
  * payload (NULL entries: generated). On success sets out[i] to a reference
  * to each task (release with ath_task_release) and returns 0; on failure
  * nothing is queued and it returns ATH_ENOTFOUND (unknown name), ATH_EINVAL
- * (before start, unknown queue, id in use by another name; `err` says which)
+ * (before start, unknown queue, id in use by another name, a payload over
+ * 4 GiB; `err` says which)
  * or ATH_ESHUTDOWN. An existing id yields the existing task (SEMANTICS §5.3).
  * Without `ids`, opts->id (if any) names the one task; with `ids`, a NULL
  * entry gets a generated id. In file mode it returns once the batch is
