@@ -886,10 +886,19 @@ static void close_handles(ath_worker_t* wk) {
   uv_close((uv_handle_t*)&wk->async, NULL);
 }
 
-/* One pass: publish, claim, run; repeated while it makes progress. */
+/* A pass ends after this long even while it still makes progress, so that
+ * the loop's timers (sleeps, result timeouts, deadlines of waiting slots),
+ * curl and database I/O and the heartbeat timer run between passes: libuv's
+ * own uv_run bounds its immediate callbacks the same way. */
+#define PASS_BUDGET_NS 1000000u
+
+/* One pass: publish, claim, run; repeated while it makes progress, for at
+ * most PASS_BUDGET_NS. A pass cut short wakes the loop again, so the work
+ * left continues after one turn of the loop. */
 static void pump(ath_worker_t* wk) {
   ath_task_t* claimed[256];
   int stop = 0;
+  uint64_t until = uv_hrtime() + PASS_BUDGET_NS;
   for (;;) {
     int max = wk->nfree < 256 ? wk->nfree : 256;
     int had = wk->noutcomes;
@@ -928,6 +937,11 @@ static void pump(ath_worker_t* wk) {
       interrupt_waits(wk);
     if (n == 0 && had == 0 && delivered == 0 && wk->noutcomes == 0)
       break;
+    if (uv_hrtime() >= until) {
+      if (!stop)
+        ath__worker_wake(wk); /* the rest after a turn of the loop */
+      break;
+    }
   }
   atomic_store_explicit(&wk->memory_kb, lua_gc(wk->L, LUA_GCCOUNT, 0), memory_order_relaxed);
   atomic_store_explicit(&wk->last_heartbeat, ath__now_ms(), memory_order_relaxed);

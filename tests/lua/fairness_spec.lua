@@ -1,0 +1,39 @@
+-- Fair worker loops (issue 15): a worker pass is bounded, so the loop's
+-- timers and heartbeats run while a backlog drains on the same worker.
+local S = require "fixtures.support"
+
+-- One worker with 4 slots, N no-ops queued, then a napping task claimed
+-- first; returns the world, the nap's result and the last no-op's handle.
+local function backlog(N, cfg)
+  local c = { minWorkers = 1, maxWorkers = 1, taskQueues = { default = { concurrency = 4 } } }
+  for k, v in pairs(cfg or {}) do c[k] = v end
+  local w = S.started(c)
+  local inputs = {}
+  for i = 1, N do inputs[i] = i end
+  local hs = w:executeMany("square", inputs)
+  local nap = w:execute("nap", { ms = 10 }, { priority = 10 })
+  return w, nap, hs[N]
+end
+
+describe("a worker draining a backlog", function()
+  after_each(S.cleanup)
+
+  it("wakes a sleeping task on its own loop before the backlog is drained", function()
+    local w, nap, last = backlog(200000)
+    local r = assert(S.result(nap, 60000))
+    assert(S.result(last, 60000))
+    local done = w:query(last.id).completedAt
+    -- Before passes were bounded, the nap's 10 ms timer only fired once the
+    -- worker had run every queued no-op: it woke after the last one.
+    assert.is_true(r.t1 < done, ("the nap woke at %d, the backlog drained at %d"):format(r.t1, done))
+  end)
+
+  it("keeps beating: no healthy worker is declared lost", function()
+    local w, _, last = backlog(300000, { heartbeatInterval = 50, heartbeatTimeout = 250 })
+    assert(S.result(last, 60000))
+    local ws = w:getWorkers()
+    assert.equals(1, #ws)
+    assert.equals("worker-1", ws[1].id, "worker-1 was replaced (declared lost)")
+    assert.equals(300001, w:getMetrics().tasks.completed)
+  end)
+end)
