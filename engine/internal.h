@@ -337,9 +337,11 @@ struct ath_worker_s {
   /* Read by any thread: */
   atomic_llong last_heartbeat;
   atomic_llong memory_kb;
-  /* Start-up report, written by the worker before it signals `ready`. */
+  /* Start-up report, written by the worker before it signals `ready` (or,
+   * started without a waiter, before its state leaves STARTING). */
   int start_rc;
   char start_err[512];
+  int no_waiter;         /* started off the engine loop's path: posts nothing */
   atomic_int interrupt_all; /* ATH_E* to raise in every running task */
 };
 
@@ -385,6 +387,7 @@ struct ath_world_s {
   uv_timer_t etimer;
   uv_timer_t prune_timer;/* retention, hourly */
   uv_timer_t scale_timer;/* the autoscaler (default pool) */
+  uint64_t scaled_up_at; /* engine-loop ms of the autoscaler's latest add */
   uv_timer_t monitor_timer; /* the heartbeat monitor */
   ath_worker_t** retired;/* retired and lost workers, kept until free */
   int nretired;
@@ -516,9 +519,11 @@ int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t a
 void ath__openstate(lua_State* L);
 
 /* Creates and starts a worker thread serving `q`. The worker loads its Lua
- * state and posts w->ready; check start_rc afterwards. Caller holds no lock.
+ * state and then, with `wait`, posts w->ready (check start_rc afterwards);
+ * without, nobody waits: its state leaves ATH_WK_STARTING when it is loaded
+ * (RUNNING, or STOPPED with start_rc set). Caller holds no lock.
  * Returns 0 or a libuv error (then nothing was started). */
-int ath__worker_spawn(ath_world_t* w, ath_queue_t* q, ath_worker_t** out);
+int ath__worker_spawn(ath_world_t* w, ath_queue_t* q, int wait, ath_worker_t** out);
 /* Wakes the worker's loop. Thread: any. */
 void ath__worker_wake(ath_worker_t* wk);
 /* Joins the thread and frees the worker. Call after it was asked to stop. */

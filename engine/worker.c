@@ -1172,13 +1172,15 @@ static void worker_main(void* arg) {
       lua_close(L);
     wk->L = NULL;
     atomic_store(&wk->exited, 1);
-    uv_sem_post(&w->ready);
+    if (!wk->no_waiter)
+      uv_sem_post(&w->ready);
     return;
   }
   atomic_store(&wk->memory_kb, lua_gc(L, LUA_GCCOUNT, 0));
   uv_timer_start(&wk->beat, beat_cb, (uint64_t)w->cfg.heartbeat_interval_ms,
                  (uint64_t)w->cfg.heartbeat_interval_ms);
-  uv_sem_post(&w->ready);
+  if (!wk->no_waiter)
+    uv_sem_post(&w->ready);
   atomic_store(&wk->pumping, 1);
   pump(wk);
   atomic_store(&wk->pumping, 0);
@@ -1192,11 +1194,12 @@ static void worker_main(void* arg) {
   atomic_store(&wk->exited, 1); /* nothing of the world is touched after this */
 }
 
-int ath__worker_spawn(ath_world_t* w, ath_queue_t* q, ath_worker_t** out) {
+int ath__worker_spawn(ath_world_t* w, ath_queue_t* q, int wait, ath_worker_t** out) {
   ath_worker_t* wk = calloc(1, sizeof(*wk));
   if (wk == NULL)
     return UV_ENOMEM;
   wk->w = w;
+  wk->no_waiter = !wait;
   wk->queue = q;
   wk->concurrency = q->concurrency;
   wk->running_tasks = calloc(wk->concurrency, sizeof(ath_task_t*));

@@ -1548,7 +1548,7 @@ static void stop_workers(ath_world_t* w) {
   /* workers are kept (stopped) so getWorkers() can report them */
 }
 
-static int add_worker(ath_world_t* w, ath_queue_t* q, char* err, size_t errlen);
+static int add_worker(ath_world_t* w, ath_queue_t* q, int wait, char* err, size_t errlen);
 
 /* Takes `wk` out of the worker list (lock held); it is kept until free. */
 static void unlist_worker(ath_world_t* w, ath_worker_t* wk) {
@@ -1566,12 +1566,40 @@ static void unlist_worker(ath_world_t* w, ath_worker_t* wk) {
   } /* else it leaks: a few hundred bytes, never touched again */
 }
 
-/* The autoscaler (SEMANTICS §12.2), on the engine thread. */
+/* Workers started without a waiter (by the autoscaler or the monitor) whose
+ * Lua state failed to load: joined, logged and taken off the list. On the
+ * engine thread. */
+static void reap_failed_starts(ath_world_t* w) {
+  ath_worker_t* failed[MAX_WORKERS];
+  int n = 0;
+  uv_mutex_lock(&w->lock);
+  for (int i = 0; i < w->nworkers && n < MAX_WORKERS; i++) {
+    ath_worker_t* wk = w->workers[i];
+    if (wk->no_waiter && wk->state == ATH_WK_STOPPED && wk->start_rc != 0)
+      failed[n++] = wk;
+  }
+  for (int i = 0; i < n; i++)
+    unlist_worker(w, failed[i]);
+  uv_mutex_unlock(&w->lock);
+  for (int i = 0; i < n; i++) {
+    ath__worker_join(failed[i]);
+    ath__logf(w, ATH_LOG_WARN, NULL, 0, "could not start worker-%d: %s", failed[i]->id,
+              failed[i]->start_err);
+  }
+}
+
+/* The autoscaler (SEMANTICS §12.2), on the engine thread. New workers start
+ * off this thread's path (their entry script may take seconds); while one of
+ * the pool is still loading, the autoscaler decides nothing, and it retires
+ * none for two intervals after adding (no add-then-retire flapping over the
+ * fresh, empty slots). */
 static void autoscale(ath_world_t* w) {
   ath_queue_t* q = w->queues[0];
   ath_worker_t* retire[MAX_WORKERS];
-  int nretire = 0, add = 0, total = 0;
+  int nretire = 0, add = 0, total = 0, starting = 0;
   double load = 0;
+  reap_failed_starts(w);
+  uint64_t now = uv_now(&w->eloop);
   uv_mutex_lock(&w->lock);
   if (w->state != ATH_W_STARTED) {
     uv_mutex_unlock(&w->lock);
@@ -1580,16 +1608,22 @@ static void autoscale(ath_world_t* w) {
   int slots = 0, busy = 0;
   for (int i = 0; i < w->nworkers; i++) {
     ath_worker_t* wk = w->workers[i];
-    if (wk->queue != q || wk->stop || wk->state != ATH_WK_RUNNING)
+    if (wk->queue != q || wk->stop)
+      continue;
+    starting += wk->state == ATH_WK_STARTING;
+    if (wk->state != ATH_WK_RUNNING)
       continue;
     total++;
     slots += wk->concurrency;
     busy += wk->running;
   }
   load = slots ? (double)busy / slots : 0;
-  if (load >= w->cfg.scale_threshold && total < w->cfg.max_workers) {
+  int cooling = now - w->scaled_up_at < 2 * (uint64_t)w->cfg.scale_interval_ms;
+  if (starting > 0) {
+    /* decide once the new workers serve */
+  } else if (load >= w->cfg.scale_threshold && total < w->cfg.max_workers) {
     add = (w->cfg.max_workers - total + 1) / 2;
-  } else if (load <= w->cfg.scale_down_threshold && total > w->cfg.min_workers) {
+  } else if (load <= w->cfg.scale_down_threshold && total > w->cfg.min_workers && !cooling) {
     int want = (total - w->cfg.min_workers) / 2;
     if (want < 1)
       want = 1;
@@ -1606,13 +1640,14 @@ static void autoscale(ath_world_t* w) {
   char err[512];
   int added = 0;
   for (int i = 0; i < add; i++) {
-    if (add_worker(w, q, err, sizeof(err)) != 0) {
+    if (add_worker(w, q, 0, err, sizeof(err)) != 0) {
       ath__logf(w, ATH_LOG_WARN, NULL, 0, "autoscaler could not add a worker: %s", err);
       break;
     }
-    ath__worker_wake(w->workers[w->nworkers - 1]);
     added++;
   }
+  if (added)
+    w->scaled_up_at = now;
   for (int i = 0; i < nretire; i++)
     ath__worker_wake(retire[i]);
   for (int i = 0; i < nretire; i++) {
@@ -1693,11 +1728,10 @@ static void monitor(ath_world_t* w) {
   for (int i = 0; i < nlost; i++) {
     ath__logf(w, ATH_LOG_WARN, NULL, 0, "worker-%d is lost (no heartbeat for %lld ms); starting a replacement",
               lost[i]->id, (long long)w->cfg.heartbeat_timeout_ms);
-    if (add_worker(w, lost[i]->queue, err, sizeof(err)) == 0)
-      ath__worker_wake(w->workers[w->nworkers - 1]);
-    else
+    if (add_worker(w, lost[i]->queue, 0, err, sizeof(err)) != 0)
       ath__logf(w, ATH_LOG_WARN, NULL, 0, "could not start a replacement worker: %s", err);
   }
+  reap_failed_starts(w);
 }
 
 static void monitor_cb(uv_timer_t* h) {
@@ -1713,7 +1747,10 @@ static void stop_engine(ath_world_t* w) {
   uv_loop_close(&w->eloop);
 }
 
-static int add_worker(ath_world_t* w, ath_queue_t* q, char* err, size_t errlen) {
+/* Starts a worker for `q`. With `wait`, returns once its Lua state is loaded
+ * (start_rc reported); without, at once: the worker joins the pool when
+ * loaded, and a failed load is reaped by reap_failed_starts. */
+static int add_worker(ath_world_t* w, ath_queue_t* q, int wait, char* err, size_t errlen) {
   uv_mutex_lock(&w->lock); /* others walk the list under the lock */
   ath_worker_t** wks = realloc(w->workers, (w->nworkers + 1) * sizeof(*wks));
   if (wks != NULL)
@@ -1722,7 +1759,7 @@ static int add_worker(ath_world_t* w, ath_queue_t* q, char* err, size_t errlen) 
   if (wks == NULL)
     return ATH_ENOMEM;
   ath_worker_t* wk;
-  int rc = ath__worker_spawn(w, q, &wk);
+  int rc = ath__worker_spawn(w, q, wait, &wk);
   if (rc != 0) {
     set_err(err, errlen, "cannot start a worker thread: %s", uv_strerror(rc));
     return ATH_ENOMEM;
@@ -1730,6 +1767,8 @@ static int add_worker(ath_world_t* w, ath_queue_t* q, char* err, size_t errlen) 
   uv_mutex_lock(&w->lock);
   w->workers[w->nworkers++] = wk;
   uv_mutex_unlock(&w->lock);
+  if (!wait)
+    return 0;
   uv_sem_wait(&w->ready);
   if (wk->start_rc != 0) {
     set_err(err, errlen, "%s", wk->start_err);
@@ -1768,7 +1807,7 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
     ath_queue_t* q = w->queues[i];
     int n = i == 0 ? w->cfg.min_workers : q->workers;
     for (int k = 0; k < n && rc == 0; k++)
-      rc = add_worker(w, q, err, errlen);
+      rc = add_worker(w, q, 1, err, errlen);
   }
   if (rc == 0) {
     uv_timer_start(&w->prune_timer, prune_cb, 3600000, 3600000);
@@ -2059,6 +2098,8 @@ int ath_world_workers(ath_world_t* w, ath_worker_info_t* out, int cap) {
       o->status = "stopped";
     else if (wk->stop || wk->state == ATH_WK_STOPPING)
       o->status = "stopping";
+    else if (wk->state == ATH_WK_STARTING)
+      o->status = "starting";
     else
       o->status = wk->running ? "busy" : "idle";
     snprintf(o->task_queue, sizeof(o->task_queue), "%s", wk->queue->name);

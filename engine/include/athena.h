@@ -450,7 +450,7 @@ ATH_EXTERN void ath_world_metrics(ath_world_t* w, ath_metrics_t* m);
 
 typedef struct {
   int id;            /* n of "worker-<n>" */
-  const char* status;/* static string: idle|busy|stopping|stopped */
+  const char* status;/* static string: starting|idle|busy|stopping|stopped */
   char task_queue[65];
   int concurrency;
   int running;

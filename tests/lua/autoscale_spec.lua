@@ -127,6 +127,30 @@ describe("autoscaling (default pool)", function()
     assert.equals(1, m2.workers.idle)
   end)
 
+  it("starts a worker off the engine loop: timers fire while its entry script loads", function()
+    -- Every worker state of this world takes 2 s to load. worker-1 has 5 slots; 4 long naps
+    -- make the load 0.8, so the autoscaler adds worker-2, which loads for 2 s.
+    local w = athena.World.new { persistence = "memory", modules = { "fixtures.slow_jobs" },
+      minWorkers = 1, maxWorkers = 3, scaleInterval = 50,
+      taskQueues = { default = { concurrency = 5 } } }
+    open[#open + 1] = w
+    local SJ = require "fixtures.slow_jobs"
+    w:register(SJ.all())
+    w:start()
+    for _ = 1, 4 do w:execute("slow.nap", { ms = 10000 }) end
+    wait_until(function() return #w:getWorkers() == 2 end, WAIT, "the autoscaler to add worker-2")
+    -- A delayed task, due long before worker-2 has loaded, runs in worker-1's free slot. Before
+    -- workers started off the engine loop, the engine waited for worker-2's load, and the
+    -- task's timer could only fire after it.
+    result(w:execute("slow.now", {}, { delay = 100 }))
+    local wk2 = w:getWorkers()[2]
+    assert.equals("worker-2", wk2.id)
+    assert.equals("starting", wk2.status)
+    -- and while it loads, the autoscaler adds no third worker (it waits for the new one)
+    assert.equals(2, #w:getWorkers())
+    wait_until(function() return w:getWorkers()[2].status == "idle" end, WAIT, "worker-2 to serve")
+  end)
+
   it("never reuses a worker id: scaling up again brings new ids", function()
     local w = world { minWorkers = 1, maxWorkers = 3, scaleInterval = 100 }
     local everSeen = {}
@@ -178,8 +202,8 @@ describe("autoscaling (default pool)", function()
       for _, id in ipairs(l) do
         if set[id].status == "busy" then busy = busy + 1 end
       end
-      return #l == 4 and busy == 3
-    end, 3000, "4 workers, 3 busy")
+      return #l == 4 and busy == 3 and set[l[4]].status ~= "starting"
+    end, 3000, "4 workers, 3 busy, the newest loaded")
     local _, set = ids(w)
     assert.equals("idle", set["worker-4"].status)
     local long = w:execute("tele.gate", { file = gateB })
