@@ -151,6 +151,48 @@ describe("autoscaling (default pool)", function()
     wait_until(function() return w:getWorkers()[2].status == "idle" end, WAIT, "worker-2 to serve")
   end)
 
+  it("reaps a worker whose Lua state fails to load, logs why, and scales again later", function()
+    local dir = tmpdir()
+    local mod = assert(io.open(dir .. "/failload.lua", "w"))
+    mod:write(([[
+local athena = require "athena"
+if athena.isWorker() then
+  local f = io.open(%q)
+  if f then f:close(); error("failload: this state refuses to load") end
+end
+return { nap = athena.activity("fl.nap", function(_, input) athena.sleep(input.ms) return true end) }
+]]):format(dir .. "/fail"))
+    mod:close()
+    local w = athena.World.new { persistence = "memory", modules = { "failload" },
+      minWorkers = 1, maxWorkers = 2, scaleInterval = 50, log = { file = dir .. "/log" } }
+    open[#open + 1] = w
+    local saved = package.path
+    package.path = dir .. "/?.lua;" .. package.path -- workers take the path at start()
+    local ok, err = pcall(function()
+      w:register(require("failload").nap)
+      w:start()
+    end)
+    package.path = saved
+    assert(ok, err)
+    touch(dir .. "/fail")
+    local long = w:execute("fl.nap", { ms = 10000 }) -- load 1: the autoscaler adds a worker
+    wait_until(function()
+      local text = S.readfile(dir .. "/log") or ""
+      return text:find("could not start worker%-2: .*failload: this state refuses to load")
+    end, WAIT, "the failed start to be logged")
+    wait_until(function() return #w:getWorkers() == 1 end, WAIT, "the failed worker to leave the list")
+    -- once its modules load again, the autoscaler adds a worker with a fresh id
+    os.remove(dir .. "/fail")
+    local added
+    wait_until(function()
+      local l, set = ids(w)
+      added = l[2] and set[l[2]]
+      return added and added.status == "idle"
+    end, WAIT, "a worker to be added after the failures")
+    assert.is_true(num(added.id) > 2, added.id)
+    w:cancel(long.id)
+  end)
+
   it("never reuses a worker id: scaling up again brings new ids", function()
     local w = world { minWorkers = 1, maxWorkers = 3, scaleInterval = 100 }
     local everSeen = {}
