@@ -168,6 +168,9 @@ int lath_world_new(lua_State* L) {
   cfg.manual_clock = lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "manual") == 0;
   lua_pop(L, 1);
   cfg.retention_ms = opt_ms(L, 1, "retention", cfg.retention_ms);
+  if (lua_getfield(L, 1, "retainTerminal") == LUA_TNUMBER)
+    cfg.retain_terminal = lua_tointeger(L, -1);
+  lua_pop(L, 1);
   lua_getfield(L, 1, "failureStrategy");
   cfg.failure_strategy = check_strategy(L, lua_gettop(L));
   if (cfg.failure_strategy == ATH_STRATEGY_DEFAULT)

@@ -135,6 +135,7 @@ struct ath_task_s {
   int run_pos;           /* index in its worker's running list */
   unsigned dirty : 1;    /* in the store's pending list */
   unsigned purged : 1;   /* deleted: the store deletes its row */
+  unsigned in_term : 1;  /* in the world's list of recent terminal tasks */
   ath_worker_t* wk;      /* the worker running it, while running */
   atomic_ullong cancel_ns; /* monotonic ns the cancel was accepted, 0 if none */
   int64_t last_hb;       /* wall ms of the latest heartbeat */
@@ -147,8 +148,8 @@ struct ath_task_s {
   uint64_t ready_mono;   /* monotonic ns of ready_at, for delay timers */
   int64_t created_at, scheduled_at, started_at, completed_at;
   uint64_t start_mono;   /* monotonic ns of the current attempt's start */
-  ath_task_t* qprev;     /* ready list of its priority bucket */
-  ath_task_t* qnext;
+  ath_task_t* qprev;     /* ready list of its priority bucket; once terminal, */
+  ath_task_t* qnext;     /* the world's list of recent terminal tasks */
   uint32_t heap_idx;     /* index in the delay heap, UINT32_MAX if absent */
   uint32_t exp_idx;      /* index in the expiry heap, UINT32_MAX if absent */
   uint64_t exp_mono;     /* scheduleToClose deadline, monotonic ns */
@@ -342,6 +343,7 @@ struct ath_worker_s {
   int start_rc;
   char start_err[512];
   int no_waiter;         /* started off the engine loop's path: posts nothing */
+  int nlost_refs;        /* declared lost: running_tasks[0..n) hold references */
   atomic_int interrupt_all; /* ATH_E* to raise in every running task */
 };
 
@@ -374,6 +376,10 @@ struct ath_world_s {
   /* Tasks by id. */
   ath_task_t** table;
   size_t table_cap, ntasks;
+  /* Terminal tasks still in RAM (dead letters aside), oldest first. */
+  ath_task_t* term_head;
+  ath_task_t* term_tail;
+  int64_t nterm;
   ath_def_t** ghost_defs; /* names of recovered tasks nobody registered */
   int nghosts;
   int64_t n_recovered[4];/* pending, scheduled, requeued after a crash, terminal */
@@ -677,6 +683,10 @@ void ath__world_prune(ath_world_t* w);
 /* Recovery (world.c): rebuilds one stored task in memory (an ath_row_cb;
  * `ud` is the world), then logs what was recovered. */
 int ath__world_recover_row(void* ud, const ath_row_t* r);
+/* Takes out of RAM the terminal tasks that must leave it (lock held),
+ * chained through hnext; ath__world_term_free drops them after unlocking. */
+ath_task_t* ath__world_term_trim(ath_world_t* w);
+void ath__world_term_free(ath_task_t* dead);
 void ath__world_recovered(ath_world_t* w);
 /* Rebuilds one stored schedule, applying its catchUp (an ath_srow_cb). */
 int ath__sched_recover_row(void* ud, const ath_srow_t* row);

@@ -53,6 +53,7 @@ void ath_world_config_init(ath_world_config_t* cfg) {
   cfg->heartbeat_interval_ms = 5000;
   cfg->heartbeat_timeout_ms = 30000;
   cfg->retention_ms = 7 * 86400000LL;
+  cfg->retain_terminal = 10000;
 }
 
 void ath_activity_init(ath_activity_t* a, const char* name) {
@@ -127,7 +128,7 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
     return ATH_EINVAL;
   }
   if (cfg->persistence < ATH_PERSIST_MEMORY || cfg->persistence > ATH_PERSIST_HYBRID ||
-      cfg->memory_limit < ((size_t)1 << 20) || cfg->flush_interval_ms <= 0 || cfg->retention_ms <= 0 ||
+      cfg->memory_limit < ((size_t)1 << 20) || cfg->flush_interval_ms <= 0 || cfg->retention_ms <= 0 || cfg->retain_terminal < 0 ||
       cfg->cancel_grace_ms < 0) {
     set_err(err, errlen, "%s", "invalid persistence, memoryLimit (>= 1 MiB), flushInterval, retention or cancelGrace");
     return ATH_EINVAL;
@@ -304,9 +305,33 @@ static void table_put(ath_world_t* w, ath_task_t* t) {
   w->ntasks++;
 }
 
-/* Takes t out of the table and the store (lock held); the caller drops
- * the table's reference. */
-static void table_remove(ath_world_t* w, ath_task_t* t) {
+/* ------------------------------------------------- recent terminal tasks
+ *
+ * Terminal tasks (dead letters aside: they wait for requeue or purge) are
+ * listed in the order they ended, through qprev/qnext, which only ready
+ * tasks use otherwise. RAM is not the archive: in memory mode at most
+ * retain_terminal of them stay, oldest evicted first; with a store, each
+ * leaves RAM once its final state is committed. An evicted task is out of
+ * the table (query() no longer finds it in RAM) but lives on while a
+ * handle, a waiter or a workflow holds a reference. Lock held throughout. */
+
+static void term_unlink(ath_world_t* w, ath_task_t* t) {
+  if (!t->in_term)
+    return;
+  if (t->qprev)
+    t->qprev->qnext = t->qnext;
+  else
+    w->term_head = t->qnext;
+  if (t->qnext)
+    t->qnext->qprev = t->qprev;
+  else
+    w->term_tail = t->qprev;
+  t->qprev = t->qnext = NULL;
+  t->in_term = 0;
+  w->nterm--;
+}
+
+static void table_unlink(ath_world_t* w, ath_task_t* t) {
   for (ath_task_t** p = &w->table[t->hash & (w->table_cap - 1)]; *p; p = &(*p)->hnext) {
     if (*p == t) {
       *p = t->hnext;
@@ -314,6 +339,56 @@ static void table_remove(ath_world_t* w, ath_task_t* t) {
       break;
     }
   }
+  term_unlink(w, t);
+}
+
+/* Takes the terminal tasks that must leave RAM out of the table, chained
+ * through hnext; the caller drops their table references with term_free
+ * after unlocking. Evictions happen only here, at the end of a critical
+ * section, so no code holding a bare task pointer sees its task freed. In
+ * memory mode the oldest beyond retain_terminal go; with a store, every
+ * task whose final state is committed (no newer change pending). */
+ath_task_t* ath__world_term_trim(ath_world_t* w) {
+  ath_task_t* dead = NULL;
+  if (w->store != NULL)
+    return NULL; /* TODO(#15): drop committed tasks once reads fall back to the store */
+  for (ath_task_t* t = w->term_head; t != NULL; t = w->term_head) {
+    if (w->store == NULL ? w->nterm <= w->cfg.retain_terminal
+                         : t->dirty || t->dirty_gen > w->committed_gen)
+      break;
+    table_unlink(w, t);
+    t->hnext = dead;
+    dead = t;
+  }
+  return dead;
+}
+
+void ath__world_term_free(ath_task_t* dead) {
+  while (dead != NULL) {
+    ath_task_t* next = dead->hnext;
+    ath_task_release(dead);
+    dead = next;
+  }
+}
+
+static void term_push(ath_world_t* w, ath_task_t* t) {
+  if (t->in_term || t->status == ATH_QUARANTINED)
+    return;
+  t->qnext = NULL;
+  t->qprev = w->term_tail;
+  if (w->term_tail)
+    w->term_tail->qnext = t;
+  else
+    w->term_head = t;
+  w->term_tail = t;
+  t->in_term = 1;
+  w->nterm++;
+}
+
+/* Takes t out of the table and the store (lock held); the caller drops
+ * the table's reference. */
+static void table_remove(ath_world_t* w, ath_task_t* t) {
+  table_unlink(w, t);
   t->purged = 1;
   ath__store_mark(w, t);
 }
@@ -751,7 +826,9 @@ static void engine_tick(ath_world_t* w) {
     next = t->ready_mono;
   if ((t = ath__heap_peek(&w->expiry)) != NULL && (next == 0 || t->exp_mono < next))
     next = t->exp_mono;
+  ath_task_t* dead = ath__world_term_trim(w);
   uv_mutex_unlock(&w->lock);
+  ath__world_term_free(dead);
   wake_all(wake, nwake);
   if (next != 0 && !w->manual) /* the manual clock fires in advance() */
     uv_timer_start(&w->etimer, engine_timer_cb, (next - now + 999999) / 1000000, 0);
@@ -926,6 +1003,7 @@ static int finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t n
     uv_cond_broadcast(&w->cond);
   if (t->wf != NULL || t->parent != NULL)
     nwake = wf_terminal(w, t, now, wake, nwake);
+  term_push(w, t);
   return nwake;
 }
 
@@ -1478,7 +1556,9 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
   wk->fired = NULL;
   if (ended && w->cond_waiters > 0)
     uv_cond_broadcast(&w->cond);
+  ath_task_t* dead = ended ? ath__world_term_trim(w) : NULL;
   uv_mutex_unlock(&w->lock);
+  ath__world_term_free(dead);
   wake_all(wake, nwake);
   if (wake_engine)
     uv_async_send(&w->easync);
@@ -1689,8 +1769,13 @@ static void monitor(ath_world_t* w) {
     char head[48];
     int hn = snprintf(head, sizeof(head), "{\"workerId\":\"worker-%d\",\"tasks\":[", wk->id);
     ath__buf_append(&ev, head, (size_t)hn);
+    /* Its slots still point at these tasks, and its thread may come back
+     * and run their handlers on: keep them alive until the worker is freed,
+     * although they move on (and may end and leave RAM) meanwhile. */
+    wk->nlost_refs = wk->running;
     for (int k = wk->running - 1; k >= 0; k--) {
       ath_task_t* t = wk->running_tasks[k];
+      ath_task_retain(t);
       if (k != wk->running - 1)
         ath__buf_lit(&ev, ",");
       ath__buf_json_str(&ev, t->id);
@@ -1935,6 +2020,8 @@ void ath_world_free(ath_world_t* w) {
     if (!wk->joined)
       uv_thread_join(&wk->thread);
     uv_loop_close(&wk->loop);
+    for (int k = 0; k < wk->nlost_refs; k++)
+      ath_task_release(wk->running_tasks[k]);
     free(wk->slots);
     free(wk->outcomes);
     free(wk->handlers);
@@ -2164,7 +2251,9 @@ int ath_world_cancel(ath_world_t* w, ath_task_t* t) {
   nwake = cancel_locked(w, t, now, wake, nwake, &accepted);
   if (accepted)
     ath__store_wait(w, w->gen); /* file: the cancel is durable */
+  ath_task_t* dead = ath__world_term_trim(w);
   uv_mutex_unlock(&w->lock);
+  ath__world_term_free(dead);
   wake_all(wake, nwake);
   return accepted;
 }
@@ -2412,6 +2501,7 @@ void ath__world_prune(ath_world_t* w) {
       if (ATH_IS_TERMINAL(t->status) && t->status != ATH_QUARANTINED && t->completed_at < before) {
         *p = t->hnext;
         w->ntasks--;
+        term_unlink(w, t);
         t->purged = 1;
         ath__store_mark(w, t);
         t->hnext = dead;

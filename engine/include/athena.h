@@ -130,6 +130,10 @@ struct ath_world_config_s {
   size_t memory_limit;          /* bytes of Lua heap per worker state (256 MiB) */
   int64_t flush_interval_ms;    /* hybrid group-commit period (50) */
   int64_t retention_ms;         /* terminal tasks kept this long (7 days) */
+  int64_t retain_terminal;      /* memory mode: at most this many terminal tasks
+                                 * (dead letters aside) stay in RAM, oldest
+                                 * evicted first (10000); with a store, a
+                                 * terminal task leaves RAM once committed */
   int manual_clock;             /* 1: time stands still until ath_world_advance */
   int no_metrics;               /* 1: skip the latency and throughput samples (for
                                  * measuring what collecting them costs) */

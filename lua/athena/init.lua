@@ -250,7 +250,7 @@ end
 local CONFIG = {
   minWorkers = true, maxWorkers = true, scaleThreshold = true, scaleDownThreshold = true,
   scaleInterval = true, persistence = true, persistencePath = true, flushInterval = true,
-  retention = true, failureStrategy = true, heartbeatInterval = true, heartbeatTimeout = true,
+  retention = true, retain = true, failureStrategy = true, heartbeatInterval = true, heartbeatTimeout = true,
   cancelGrace = true, taskQueues = true, modules = true, database = true, log = true,
   backend = true, clock = true, memoryLimit = true, collectMetrics = true,
 }
@@ -292,6 +292,18 @@ local function check_config(config)
   c.persistencePath = c.persistencePath or ".athena"
   c.flushInterval = duration("flushInterval", c.flushInterval == nil and 50 or c.flushInterval, true)
   c.retention = duration("retention", c.retention == nil and "7d" or c.retention, true)
+  if c.retain ~= nil and type(c.retain) ~= "table" then
+    invalid("invalid retain: %s (a table: { terminal = n })", show(c.retain))
+  end
+  for k in pairs(c.retain or {}) do
+    if k ~= "terminal" then invalid("unknown option retain.%s (allowed: terminal)", tostring(k)) end
+  end
+  local keep = (c.retain or {}).terminal
+  if keep == nil then keep = 10000 end
+  if math.type(keep) ~= "integer" or keep < 0 then
+    invalid("invalid retain.terminal: %s (an integer >= 0)", show(keep))
+  end
+  c.retain = { terminal = keep }
   c.failureStrategy = c.failureStrategy == nil and "retry" or oneof("failureStrategy", c.failureStrategy, STRATEGIES)
   c.heartbeatInterval = duration("heartbeatInterval", c.heartbeatInterval == nil and 5000 or c.heartbeatInterval, true)
   c.heartbeatTimeout = duration("heartbeatTimeout", c.heartbeatTimeout == nil and 30000 or c.heartbeatTimeout, true)
@@ -414,6 +426,7 @@ function World.new(config)
     persistencePath = c.persistencePath, modules = c.modules, taskQueues = {},
     failureStrategy = c.failureStrategy, cancelGrace = c.cancelGrace, memoryLimit = c.memoryLimit,
     flushInterval = c.flushInterval, retention = c.retention, clock = c.clock,
+    retainTerminal = c.retain.terminal,
     collectMetrics = c.collectMetrics,
     scaleInterval = c.scaleInterval, scaleThreshold = c.scaleThreshold,
     scaleDownThreshold = c.scaleDownThreshold, heartbeatInterval = c.heartbeatInterval,
