@@ -1,0 +1,65 @@
+-- Memory over a long run (issue 15): athena bench/memory.lua [N] [persistence]
+-- N no-ops (default 1,000,000) through a world in rounds of 10,000
+-- (executeMany, then every result), handles dropped after each round. Prints
+-- RSS after warm-up (the first 100k) and at every tenth of the run, the
+-- growth after warm-up (target < 100 MB), tasks/s per tenth (flat per-task
+-- cost), and how long queryTasks{status="completed", limit=20} takes at the
+-- end (target < 50 ms).
+local athena = require "athena"
+local noop = athena.activity("noop", function(ctx, input) return input end)
+
+local N = tonumber(arg and arg[1]) or 1000000
+local mode = arg and arg[2] or "memory"
+local dir
+if mode ~= "memory" then
+  local p = io.popen("mktemp -d /tmp/athena-bench-memory-XXXXXX")
+  dir = p:read("l")
+  p:close()
+end
+
+local function rss_mb()
+  local f = io.open("/proc/self/status")
+  local s = f:read("a")
+  f:close()
+  return tonumber(s:match("VmRSS:%s+(%d+)")) / 1024
+end
+
+local w = athena.World.new { persistence = mode, persistencePath = dir, minWorkers = 2, maxWorkers = 2,
+  log = { level = "warn" } }
+w:register(noop)
+w:start()
+local ROUND = 10000
+local chunk = {}
+for i = 1, ROUND do chunk[i] = { i = i } end
+local rounds = N // ROUND
+local tenth = math.max(1, rounds // 10)
+local warm, warm_rss = math.max(1, rounds // 10), nil
+local t0 = athena.now()
+local lines = {}
+for r = 1, rounds do
+  local hs = w:executeMany("noop", chunk)
+  for i = 1, #hs do hs[i]:result() end
+  hs = nil
+  if r == warm then
+    collectgarbage(); collectgarbage()
+    warm_rss = rss_mb()
+  end
+  if r % tenth == 0 then
+    collectgarbage(); collectgarbage()
+    local now = athena.now()
+    lines[#lines + 1] = string.format("  %8d tasks: RSS %6.1f MB, %.0f tasks/s over the last tenth",
+      r * ROUND, rss_mb(), tenth * ROUND / ((now - t0) / 1000))
+    t0 = now
+  end
+end
+for _, l in ipairs(lines) do print(l) end
+collectgarbage(); collectgarbage()
+local final = rss_mb()
+local q0 = athena.now()
+local got = w:queryTasks { status = "completed", limit = 20 }
+local qms = athena.now() - q0
+print(string.format("%s, %d no-ops: RSS after warm-up %.1f MB, at the end %.1f MB: growth %.1f MB " ..
+  "(target < 100); queryTasks{completed, limit 20}: %d ms, %d rows (target < 50 ms); completed %d",
+  mode, rounds * ROUND, warm_rss, final, final - warm_rss, qms, #got, w:getMetrics().tasks.completed))
+w:shutdown()
+if dir then os.execute("rm -rf " .. dir) end
