@@ -73,6 +73,31 @@ describe("issue 14 bugs", function()
     assert.equals("hi you true\n", stdout)
   end)
 
+  it("gateway policy states have the global athena too (a policy using it without require)", function()
+    local dir = S.tmpname()
+    assert(os.execute("mkdir " .. q(dir)))
+    local db = assert(athena.db.open("sqlite:" .. dir .. "/g.db"))
+    assert(db:exec("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)"))
+    assert(db:exec("INSERT INTO notes VALUES (1, 'a')"))
+    db:close()
+    local cfg = dir .. "/gateway.lua"
+    local f = assert(io.open(cfg, "w"))
+    f:write([[
+      return { keys = { K = { rights = "*" } },
+               tables = { { name = "notes", policy = function(req)
+                 return athena.json.decode(athena.json.encode({ allow = true })).allow
+               end } } }
+    ]])
+    f:close()
+    local w = world()
+    local base = w:serve { port = 0, gateway = { db = "sqlite:" .. dir .. "/g.db", config = cfg } }.url
+    local res = assert(athena.http.request { method = "POST", url = base .. "/gateway/fetch",
+      headers = { apikey = "K", ["x-api-key"] = "K", ["Content-Type"] = "application/json" },
+      body = athena.json.encode { table_name = "notes" } })
+    assert.equals(200, res.status, res.body)
+    assert.equals(1, #athena.json.decode(res.body).data)
+  end)
+
   it("getWorkers() reports a worker draining at shutdown as stopping, not busy", function()
     local w = world { minWorkers = 1 }
     local h = w:execute("conf.watch", { ms = 5000 })
