@@ -71,7 +71,7 @@ void ath__newclass(lua_State* L, const char* name, const luaL_Reg* meta,
 
 #define MAX_DURATION 9007199254740992.0 /* 2^53 ms */
 
-int64_t ath__checkduration(lua_State* L, int idx) {
+int64_t ath__checkduration(lua_State* L, int idx, const char* what) {
   if (lua_type(L, idx) == LUA_TNUMBER) {
     if (lua_isinteger(L, idx)) {
       lua_Integer v = lua_tointeger(L, idx);
@@ -108,12 +108,44 @@ int64_t ath__checkduration(lua_State* L, int idx) {
     }
   }
   luaL_tolstring(L, idx, NULL);
-  return ath__raise(L, ATH_EINVAL, "invalid duration: %s", lua_tostring(L, -1));
+  return ath__raise(L, ATH_EINVAL,
+                    "invalid %s: %s (a duration: integer ms >= 0, or \"500ms\" \"30s\" \"5m\" \"1h\" \"1d\")",
+                    what, lua_tostring(L, -1));
+}
+
+/* ---------------------------------------------------- failure strategies */
+
+const char* const ath__strategy_names[] = {"default", "retry", "cascade", "compensate",
+                                           "ignore", "quarantine", NULL};
+
+ath_strategy_t ath__checkstrategy(lua_State* L, int idx, const char* what) {
+  idx = lua_absindex(L, idx);
+  if (lua_isnoneornil(L, idx))
+    return ATH_STRATEGY_DEFAULT;
+  const char* s = lua_type(L, idx) == LUA_TSTRING ? lua_tostring(L, idx) : NULL;
+  for (int i = 1; s && ath__strategy_names[i]; i++)
+    if (strcmp(s, ath__strategy_names[i]) == 0)
+      return (ath_strategy_t)i;
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (int i = 1; ath__strategy_names[i]; i++) {
+    luaL_addstring(&b, ath__strategy_names[i]);
+    if (ath__strategy_names[i + 1])
+      luaL_addstring(&b, ", ");
+  }
+  luaL_pushresult(&b);
+  const char* list = lua_tostring(L, -1);
+  if (lua_type(L, idx) == LUA_TSTRING)
+    lua_pushfstring(L, "\"%s\"", lua_tostring(L, idx));
+  else
+    luaL_tolstring(L, idx, NULL);
+  ath__raise(L, ATH_EINVAL, "invalid %s: %s (must be one of %s)", what, lua_tostring(L, -1), list);
+  return ATH_STRATEGY_DEFAULT;
 }
 
 static int core_duration(lua_State* L) {
   luaL_checkany(L, 1);
-  lua_pushinteger(L, ath__checkduration(L, 1));
+  lua_pushinteger(L, ath__checkduration(L, 1, "duration"));
   return 1;
 }
 
@@ -122,7 +154,7 @@ static int core_duration(lua_State* L) {
 /* athena.sleep(duration): yields inside a task, blocks elsewhere. */
 static int core_sleep(lua_State* L) {
   luaL_checkany(L, 1);
-  int64_t ms = ath__checkduration(L, 1);
+  int64_t ms = ath__checkduration(L, 1, "duration");
   lua_settop(L, 0);
   if (ath__task_sleep(L, ms) == 0)
     return 0;
@@ -207,7 +239,7 @@ static int scope_k(lua_State* L, int status, lua_KContext ctx) {
 /* core.scopeCall(ms, fn, ...) -> pcall's values, with fn's run bounded by
  * a deadline `ms` from now; nothing at all outside a task's coroutine. */
 static int core_scope_call(lua_State* L) {
-  int64_t ms = ath__checkduration(L, 1);
+  int64_t ms = ath__checkduration(L, 1, "duration");
   luaL_checktype(L, 2, LUA_TFUNCTION);
   uint64_t prev;
   if (ath__task_scope_push(L, ms, &prev) < 0)
@@ -241,8 +273,17 @@ static int core_wait_signal(lua_State* L) {
   return 1;
 }
 
+/* core.checkStrategy(value, what) -> value: the one validator of strategy
+ * names, for init.lua's options as for execute's. */
+static int core_check_strategy(lua_State* L) {
+  ath__checkstrategy(L, 1, luaL_checkstring(L, 2));
+  lua_settop(L, 1);
+  return 1;
+}
+
 static const luaL_Reg core_funcs[] = {
   {"waitForSignal", core_wait_signal},
+  {"checkStrategy", core_check_strategy},
   {"scopeCall", core_scope_call},
   {"clock", core_clock},
   {"sleep", core_sleep},
@@ -463,6 +504,12 @@ static void preload_athena(lua_State* L) {
 void ath__openstate(lua_State* L) {
   luaL_openlibs(L);
   preload_athena(L);
+  /* the global `athena`, as the athena command's main state has it: code
+   * a worker or a gateway thread loads runs as it does there */
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "athena");
+  lua_call(L, 1, 1);
+  lua_setglobal(L, "athena");
 }
 
 /* For the CLI: the same preparation as a worker state. */

@@ -96,7 +96,7 @@ static int http_request(lua_State* L) {
     ath__raise(L, ATH_EINVAL, "invalid method (an upper-case HTTP method)");
   int64_t timeout = 30000;
   if (lua_getfield(L, 1, "timeout") != LUA_TNIL) /* 4 */
-    timeout = ath__checkduration(L, 4);
+    timeout = ath__checkduration(L, 4, "timeout");
   if (timeout == 0)
     ath__raise(L, ATH_EINVAL, "invalid timeout: 0 (must be > 0)");
   /* body: a string as is; a table as JSON */

@@ -44,8 +44,6 @@ static int wf_append(lua_State* L) {
  * workflow owns (idempotent by id, SEMANTICS §5.3). opts: taskQueue,
  * priority, delay, failureStrategy (a name). */
 static int wf_spawn(lua_State* L) {
-  static const char* const strategies[] = {"default", "retry", "cascade", "compensate",
-                                           "ignore", "quarantine", NULL};
   ath_task_t* t = check_workflow(L);
   const char* name = luaL_checkstring(L, 1);
   const char* id = luaL_checkstring(L, 3);
@@ -61,9 +59,9 @@ static int wf_spawn(lua_State* L) {
     o.priority = (int)lua_tointeger(L, -1);
   }
   if (lua_getfield(L, 4, "delay") != LUA_TNIL)
-    o.delay_ms = ath__checkduration(L, -1);
-  if (lua_getfield(L, 4, "failureStrategy") == LUA_TSTRING)
-    o.failure_strategy = (ath_strategy_t)luaL_checkoption(L, -1, NULL, strategies);
+    o.delay_ms = ath__checkduration(L, -1, "delay");
+  if (lua_getfield(L, 4, "failureStrategy") != LUA_TNIL)
+    o.failure_strategy = ath__checkstrategy(L, -1, "failureStrategy");
   ath_buf_t b = {0};
   encode(L, 2, "input", &b);
   char* payload = b.data ? b.data : ath__memdup("null", 4);

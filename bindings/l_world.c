@@ -59,25 +59,15 @@ static int opt_int(lua_State* L, int t, const char* k, int def) {
   return v;
 }
 
-static const char* const strategy_names[] = {"default", "retry", "cascade", "compensate",
-                                             "ignore", "quarantine", NULL};
-
 /* [-0, +0, v] Reads the strategy name at idx (nil: default). */
 static ath_strategy_t check_strategy(lua_State* L, int idx) {
-  if (lua_isnoneornil(L, idx))
-    return ATH_STRATEGY_DEFAULT;
-  const char* s = lua_tostring(L, idx);
-  for (int i = 1; s && strategy_names[i]; i++)
-    if (strcmp(s, strategy_names[i]) == 0)
-      return (ath_strategy_t)i;
-  ath__raise(L, ATH_EINVAL, "invalid failureStrategy: %s", luaL_tolstring(L, idx, NULL));
-  return ATH_STRATEGY_DEFAULT;
+  return ath__checkstrategy(L, idx, "failureStrategy");
 }
 
 static int64_t opt_ms(lua_State* L, int t, const char* k, int64_t def) {
   int64_t v = def;
   if (lua_getfield(L, t, k) != LUA_TNIL)
-    v = ath__checkduration(L, -1);
+    v = ath__checkduration(L, -1, k);
   lua_pop(L, 1);
   return v;
 }
@@ -311,7 +301,7 @@ static void check_opts(lua_State* L, int idx, exec_opts_t* eo, int many) {
         ath__raise(L, ATH_EINVAL, "invalid ids (must be an array of strings)");
       eo->ids_idx = 1; /* resolved by the caller */
     } else if (strcmp(k, "delay") == 0) {
-      eo->o.delay_ms = ath__checkduration(L, -1);
+      eo->o.delay_ms = ath__checkduration(L, -1, "delay");
     } else if (strcmp(k, "priority") == 0) {
       lua_Integer p;
       int isnum = 0;
@@ -356,6 +346,27 @@ static char* encode_or_raise(lua_State* L, lworld_t* lw, int idx, const char* ro
   return copy;
 }
 
+/* [-0, +0, v] The activity name at idx: a string, or an athena.activity or
+ * athena.workflow definition (its `name`). Anything else raises EINVAL:
+ * looking a number up as a name would only report ENOTFOUND. */
+static const char* check_activity_name(lua_State* L, int idx, const char* fname) {
+  if (lua_type(L, idx) == LUA_TSTRING)
+    return lua_tostring(L, idx);
+  if (lua_type(L, idx) == LUA_TTABLE && luaL_getmetafield(L, idx, "__name") != LUA_TNIL) {
+    int def = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "athena.Definition") == 0;
+    lua_pop(L, 1);
+    if (def && lua_getfield(L, idx, "name") == LUA_TSTRING) {
+      lua_replace(L, idx); /* the definition's name, anchored in its slot */
+      return lua_tostring(L, idx);
+    }
+    if (def)
+      lua_pop(L, 1);
+  }
+  return (const char*)(intptr_t)ath__raise(
+    L, ATH_EINVAL, "bad argument #1 to '%s' (the activity's name expected: a string or a definition of "
+    "athena.activity/athena.workflow, got %s)", fname, luaL_typename(L, idx));
+}
+
 static void check_started(lua_State* L, lworld_t* lw) {
   if (lw->proxy) {
     ath_worker_t* wk = ath__worker_of(L);
@@ -367,7 +378,7 @@ static void check_started(lua_State* L, lworld_t* lw) {
 /* world:execute(name, input [, opts]) -> handle */
 static int world_execute(lua_State* L) {
   lworld_t* lw = check_lworld(L, 1);
-  const char* name = luaL_checkstring(L, 2);
+  const char* name = check_activity_name(L, 2, "execute");
   exec_opts_t eo;
   check_opts(L, 4, &eo, 0);
   check_started(L, lw);
@@ -386,7 +397,7 @@ static int world_execute(lua_State* L) {
 /* world:executeMany(name, inputs [, opts]) -> {handle...} */
 static int world_execute_many(lua_State* L) {
   lworld_t* lw = check_lworld(L, 1);
-  const char* name = luaL_checkstring(L, 2);
+  const char* name = check_activity_name(L, 2, "executeMany");
   luaL_checktype(L, 3, LUA_TTABLE);
   exec_opts_t eo;
   check_opts(L, 4, &eo, 1);
@@ -501,7 +512,7 @@ static int push_state(lua_State* L, ath_world_t* w, ath_task_t* t) {
   }
   set_int(L, "attempt", info.attempt);
   set_int(L, "maxAttempts", info.max_attempts);
-  lua_pushstring(L, strategy_names[info.failure_strategy]);
+  lua_pushstring(L, ath__strategy_names[info.failure_strategy]);
   lua_setfield(L, -2, "failureStrategy");
   if (info.status == ATH_RETRYING || info.status == ATH_SCHEDULED)
     set_ms(L, "readyAt", info.ready_at);
@@ -694,17 +705,18 @@ static int world_shutdown(lua_State* L) {
     while (lua_next(L, 2) != 0) {
       if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "timeout") != 0)
         return ath__raise(L, ATH_EINVAL, "unknown option %s", luaL_tolstring(L, -2, NULL));
-      timeout = ath__checkduration(L, -1);
+      timeout = ath__checkduration(L, -1, "timeout");
       lua_pop(L, 1);
     }
   }
   if (lw->proxy)
     return ath__raise(L, ATH_EINVAL, "shutdown is not allowed inside a worker");
-  int drained, requeued;
-  ath_world_shutdown(lw->w, timeout, &drained, &requeued);
-  lua_createtable(L, 0, 2);
+  int drained, requeued, abandoned;
+  ath_world_shutdown(lw->w, timeout, &drained, &requeued, &abandoned);
+  lua_createtable(L, 0, 3);
   set_int(L, "drained", drained);
   set_int(L, "requeued", requeued);
+  set_int(L, "abandoned", abandoned);
   return 1;
 }
 
@@ -778,7 +790,6 @@ static unsigned status_bit(lua_State* L, int idx) {
 static int query_tasks(lua_State* L, unsigned force_mask) {
   ath_world_t* w = check_world(L, 1);
   ath_task_filter_t f;
-  int no_parent_match = 0;
   memset(&f, 0, sizeof(f));
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -808,8 +819,11 @@ static int query_tasks(lua_State* L, unsigned force_mask) {
     if (lua_getfield(L, 2, "name") != LUA_TNIL)
       f.name = luaL_checkstring(L, -1); /* anchored by the filter table */
     lua_pop(L, 1);
-    /* Only workflows (issue 9) give tasks a parent: no task matches one. */
-    no_parent_match = lua_getfield(L, 2, "parentId") != LUA_TNIL;
+    int pt = lua_getfield(L, 2, "parentId");
+    if (pt == LUA_TSTRING)
+      f.parent_id = lua_tostring(L, -1); /* anchored by the filter table */
+    else if (pt != LUA_TNIL)
+      ath__raise(L, ATH_EINVAL, "invalid parentId: %s (a workflow's task id)", luaL_tolstring(L, -1, NULL));
     lua_pop(L, 1);
     f.since = opt_time(L, 2, "since");
     f.until = opt_time(L, 2, "until");
@@ -820,10 +834,6 @@ static int query_tasks(lua_State* L, unsigned force_mask) {
   }
   if (force_mask)
     f.status_mask = force_mask;
-  if (no_parent_match) {
-    lua_newtable(L);
-    return 1;
-  }
   int cap = f.limit > 0 ? f.limit : 100;
   ath_task_t** ts = lua_newuserdatauv(L, cap * sizeof(*ts), 0);
   int n = ath_world_query_tasks(w, &f, ts);
@@ -995,7 +1005,7 @@ static int world_get_schedules(lua_State* L) {
 /* world:advance(duration): the manual clock moves on (SEMANTICS §2). */
 static int world_advance(lua_State* L) {
   lworld_t* lw = check_lworld(L, 1);
-  int64_t ms = ath__checkduration(L, 2);
+  int64_t ms = ath__checkduration(L, 2, "duration");
   if (lw->proxy)
     return ath__raise(L, ATH_EINVAL, "advance is not allowed inside a worker");
   int rc = ath_world_advance(lw->w, ms);
@@ -1142,7 +1152,7 @@ static int handle_result(lua_State* L) {
   ath_world_t* w = handle_world(L, 1);
   int64_t timeout = -1;
   if (!lua_isnoneornil(L, 2))
-    timeout = ath__checkduration(L, 2);
+    timeout = ath__checkduration(L, 2, "timeout");
   lua_settop(L, 1);
   int wrc = ath__task_wait(L, h->t, timeout, handle_result_k, 0);
   if (wrc == 0)

@@ -28,8 +28,15 @@ void ath__pusherror(lua_State* L, int rc, const char* message);
  * or an unknown name (ENOTFOUND). */
 int ath__raise(lua_State* L, int rc, const char* fmt, ...);
 /* [-0, +0, v] Returns the duration at idx in ms (SEMANTICS §1.1) or raises
- * EINVAL "invalid duration: <value>". */
-int64_t ath__checkduration(lua_State* L, int idx);
+ * EINVAL "invalid <what>: <value> (a duration: ...)", `what` naming the
+ * option or argument. */
+int64_t ath__checkduration(lua_State* L, int idx, const char* what);
+/* The failure strategy names by ath_strategy_t, from ATH_STRATEGY_RETRY
+ * (index 1; index 0 is the default) to a NULL. */
+extern const char* const ath__strategy_names[];
+/* [-0, +0, v] Returns the strategy named at idx (nil: the default), or
+ * raises EINVAL "invalid <what>: <value> (must be one of retry, ...)". */
+ath_strategy_t ath__checkstrategy(lua_State* L, int idx, const char* what);
 /* [-0, +0, m] Creates a class metatable `name` with `meta` functions and
  * `methods` as __index (or none), like liolib's createmeta; leaves the
  * methods table on the stack. */

@@ -356,6 +356,7 @@ typedef struct {
 
 enum { ATH_W_NEW = 0, ATH_W_STARTED, ATH_W_STOPPING, ATH_W_STOPPED };
 
+
 struct ath_world_s {
   uv_mutex_t lock;       /* guards everything below unless noted */
   uv_cond_t cond;        /* broadcast on terminal transitions and shutdown */
@@ -404,9 +405,14 @@ struct ath_world_s {
   int64_t n_scheduled, n_running;
   int64_t tput[3600];     /* completions per wall second, ring by second */
   int64_t tput_sec;       /* the second tput[tput_sec % 3600] counts */
+  int64_t tput_ds[20];    /* completions per 100 ms, ring by tenth (perSecond) */
+  int64_t tput_dsec;      /* the tenth tput_ds[tput_dsec % 20] counts */
   ath_lat_ring_t lat_wait, lat_run;
-  /* Shutdown results. */
-  int drained, requeued;
+  /* Shutdown: while `draining`, workers still claim queued tasks (and a
+   * workflow's steps are still accepted); then the results. */
+  int draining;
+  int drained, requeued, abandoned;
+  void (*start_hook)(ath_world_t* w); /* tests only: see ath__world_set_start_hook */
   /* The manual clock (clock = "manual"): time moves only in advance(). */
   int manual;
   int64_t vbase_wall;    /* epoch ms when the manual clock was made */
@@ -544,6 +550,11 @@ void ath__logf(ath_world_t* w, ath_log_level_t level, const ath_log_field_t* fie
 /* Sets the package.path and package.cpath worker states get (NULL: Lua's
  * defaults). Before start() only. Returns 0 or ATH_ENOMEM. */
 int ath__world_set_paths(ath_world_t* w, const char* path, const char* cpath);
+
+/* For tests only: `fn` runs inside ath_world_start after the engine thread
+ * started and before the world is marked started, so a test can widen that
+ * window (it must not call back into the world). Before start() only. */
+void ath__world_set_start_hook(ath_world_t* w, void (*fn)(ath_world_t* w));
 
 /* world.c: used by workers. The caller holds no lock. */
 

@@ -658,7 +658,9 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
   ath_worker_t* wake[MAX_WORKERS];
   int nwake = 0, wake_engine = 0;
   uv_mutex_lock(&w->lock);
-  if (w->state != ATH_W_STARTED) {
+  /* While shutdown drains the queues, runs under way still take their
+   * steps (a workflow's activities and children); nothing else gets in. */
+  if (w->state != ATH_W_STARTED && !(w->draining && opts->parent_id != NULL)) {
     rc = w->state == ATH_W_NEW ? ATH_EINVAL : ATH_ESHUTDOWN;
     set_err(err, errlen, "%s", w->state == ATH_W_NEW ? "execute before start()" : "world is shutting down");
     uv_mutex_unlock(&w->lock);
@@ -903,19 +905,36 @@ static void lat_add(ath_lat_ring_t* r, double ms, int64_t at) {
     r->len++;
 }
 
-/* Counts a completion in the per-second ring (lock held). */
-static void tput_add(ath_world_t* w, int64_t now_ms) {
-  int64_t sec = now_ms / 1000;
-  if (sec != w->tput_sec) {
-    int64_t gap = sec - w->tput_sec;
-    if (gap < 0 || gap >= 3600)
-      memset(w->tput, 0, sizeof(w->tput));
+/* Counts one event in ring `r` of `n` slots at slot `slot` (a time divided
+ * by the slot's length); `*last` is the slot the ring moved to last. Slots
+ * skipped since then are cleared first. */
+static void rate_add(int64_t* r, int64_t n, int64_t* last, int64_t slot) {
+  if (slot != *last) {
+    int64_t gap = slot - *last;
+    if (gap < 0 || gap >= n)
+      memset(r, 0, (size_t)n * sizeof(*r));
     else
-      for (int64_t s = w->tput_sec + 1; s <= sec; s++)
-        w->tput[s % 3600] = 0;
-    w->tput_sec = sec;
+      for (int64_t s = *last + 1; s <= slot; s++)
+        r[s % n] = 0;
+    *last = slot;
   }
-  w->tput[sec % 3600]++;
+  r[slot % n]++;
+}
+
+/* The events of the `k` slots up to and including `slot` (the current,
+ * partial one and k - 1 whole ones before it). */
+static int64_t rate_sum(const int64_t* r, int64_t n, int64_t last, int64_t slot, int64_t k) {
+  int64_t sum = 0;
+  for (int64_t s = slot - k + 1; s <= slot; s++)
+    if (s <= last && s > last - n) /* after `last` nothing counted; before, overwritten */
+      sum += r[s % n];
+  return sum;
+}
+
+/* Counts a completion for the throughput figures (lock held). */
+static void tput_add(ath_world_t* w, int64_t now_ms) {
+  rate_add(w->tput, 3600, &w->tput_sec, now_ms / 1000);
+  rate_add(w->tput_ds, 20, &w->tput_dsec, now_ms / 100);
 }
 
 /* Hands the slots waiting on `t` to their workers (lock held). */
@@ -1428,6 +1447,7 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
   uv_mutex_lock(&w->lock);
   if (atomic_load(&wk->lost))
     wk->noutcomes = 0; /* declared lost: its tasks were failed and moved on */
+  int requeued_before = w->requeued;
   for (int i = 0; i < wk->noutcomes; i++) {
     ath_outcome_t* o = &wk->outcomes[i];
     ath_task_t* t = o->task;
@@ -1504,8 +1524,10 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
       nwake = finish_task(w, t, o->status, now, wake, nwake);
   }
   wk->noutcomes = 0;
+  if (w->state == ATH_W_STOPPING) /* attempts that ended during the shutdown */
+    w->drained += ended - (w->requeued - requeued_before);
 
-  if (!wk->stop && w->state == ATH_W_STARTED) {
+  if (!wk->stop && (w->state == ATH_W_STARTED || w->draining)) {
     while (n < max) {
       ath_task_t* t = ath__queue_pop(q);
       if (t == NULL)
@@ -1901,7 +1923,6 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
                      (uint64_t)w->cfg.scale_interval_ms);
     uv_timer_start(&w->monitor_timer, monitor_cb, (uint64_t)w->cfg.heartbeat_interval_ms,
                    (uint64_t)w->cfg.heartbeat_interval_ms);
-    uv_async_send(&w->easync); /* arm the timer for recovered delayed tasks */
     int trc = uv_thread_create(&w->engine_thread, engine_main, w);
     if (trc != 0) {
       set_err(err, errlen, "cannot start the engine thread: %s", uv_strerror(trc));
@@ -1924,36 +1945,76 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
     w->state = ATH_W_STOPPED;
     return rc;
   }
+  if (w->start_hook != NULL)
+    w->start_hook(w);
   uv_mutex_lock(&w->lock);
   w->state = ATH_W_STARTED;
   w->started_at = ath__wall(w);
   w->tput_sec = w->started_at / 1000;
+  w->tput_dsec = w->started_at / 100;
   uv_mutex_unlock(&w->lock);
+  /* Only now: the engine's first tick arms the timers of recovered delayed
+   * tasks and schedules, and the scheduler neither fires nor re-arms before
+   * the world is started (a tick before that left schedules stuck). */
+  uv_async_send(&w->easync);
   for (int i = 0; i < w->nworkers; i++)
     ath__worker_wake(w->workers[i]); /* let them claim */
   return 0;
 }
 
-int ath_world_shutdown(ath_world_t* w, int64_t timeout_ms, int* drained,
-                       int* requeued) {
+void ath__world_set_start_hook(ath_world_t* w, void (*fn)(ath_world_t* w)) {
+  w->start_hook = fn;
+}
+
+/* Tasks waiting in the queues (lock held). */
+static int64_t queued_locked(ath_world_t* w) {
+  int64_t n = 0;
+  for (int i = 0; i < w->nqueues; i++)
+    n += w->queues[i]->depth;
+  return n;
+}
+
+/* Unfinished tasks (lock held): what a memory world loses when it goes. */
+static int unfinished_locked(ath_world_t* w) {
+  int n = 0;
+  for (size_t i = 0; i < w->table_cap; i++)
+    for (ath_task_t* t = w->table[i]; t; t = t->hnext)
+      n += !ATH_IS_TERMINAL(t->status);
+  return n;
+}
+
+static void shutdown_results(ath_world_t* w, int* drained, int* requeued, int* abandoned) {
+  if (drained != NULL)
+    *drained = w->drained;
+  if (requeued != NULL)
+    *requeued = w->requeued;
+  if (abandoned != NULL)
+    *abandoned = w->abandoned;
+}
+
+int ath_world_shutdown(ath_world_t* w, int64_t timeout_ms, int* drained, int* requeued,
+                       int* abandoned) {
   uv_mutex_lock(&w->lock);
   if (w->state != ATH_W_STARTED) {
     w->state = ATH_W_STOPPED;
-    *drained = w->drained;
-    *requeued = w->requeued;
+    shutdown_results(w, drained, requeued, abandoned);
     uv_mutex_unlock(&w->lock);
     return 0;
   }
-  w->state = ATH_W_STOPPING; /* refuses execute; workers claim nothing */
-  int64_t running = w->n_running;
+  /* Refuses execute (but a workflow's own steps while draining); the
+   * workers go on with what is queued until the queues are empty or the
+   * deadline passes. Delayed tasks are not waited for. */
+  w->state = ATH_W_STOPPING;
+  w->draining = timeout_ms > 0;
   uint64_t deadline = ath__mono_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u;
   w->cond_waiters++;
-  while (w->n_running > 0) {
+  while (w->n_running > 0 || (w->draining && queued_locked(w) > 0)) {
     uint64_t now = ath__mono_ns();
     if (now >= deadline)
       break;
     uv_cond_timedwait(&w->cond, &w->lock, deadline - now);
   }
+  w->draining = 0; /* from here on nothing is claimed */
   if (w->n_running > 0) {
     /* Past the deadline: interrupt what still runs; each attempt returns
      * to pending, not counted (T14). */
@@ -1967,27 +2028,35 @@ int ath_world_shutdown(ath_world_t* w, int64_t timeout_ms, int* drained,
       uv_cond_wait(&w->cond, &w->lock);
   }
   w->cond_waiters--;
-  w->drained = (int)(running - w->requeued);
   w->state = ATH_W_STOPPED;
   uv_cond_broadcast(&w->cond); /* result() waiters get ESHUTDOWN */
   uv_mutex_unlock(&w->lock);
   stop_workers(w);
   stop_engine(w);
+  uv_mutex_lock(&w->lock);
+  int left = unfinished_locked(w);
+  if (w->cfg.persistence == ATH_PERSIST_MEMORY)
+    w->abandoned = left;
+  uv_mutex_unlock(&w->lock);
+  if (w->abandoned > 0)
+    ath__logf(w, ATH_LOG_WARN, NULL, 0,
+              "shutdown abandoned %d unfinished task%s (persistence = memory keeps nothing)",
+              w->abandoned, w->abandoned == 1 ? "" : "s");
+  else if (left > 0)
+    ath__logf(w, ATH_LOG_INFO, NULL, 0, "%d unfinished task%s stay in the store for the next start",
+              left, left == 1 ? "" : "s");
   ath__store_stop(w); /* the final commit, then the lock file */
   ath__hook_stop(w->hook); /* events already due go out within a short grace */
   w->hook = NULL;
-  *drained = w->drained;
-  *requeued = w->requeued;
+  shutdown_results(w, drained, requeued, abandoned);
   return 0;
 }
 
 void ath_world_free(ath_world_t* w) {
   if (w == NULL)
     return;
-  if (w->state == ATH_W_STARTED) {
-    int d, r;
-    ath_world_shutdown(w, 30000, &d, &r);
-  }
+  if (w->state == ATH_W_STARTED)
+    ath_world_shutdown(w, 30000, NULL, NULL, NULL);
   for (int i = 0; i < w->nworkers; i++) {
     free(w->workers[i]->slots);
     free(w->workers[i]->outcomes);
@@ -2110,6 +2179,12 @@ static void percentiles(const ath_lat_ring_t* r, int64_t now, double* p50,
   }
 }
 
+/* A worker being retired, or finishing its tasks and the queue during a
+ * shutdown (lock held; it is not stopped yet). */
+static int worker_stopping(const ath_world_t* w, const ath_worker_t* wk) {
+  return wk->stop || wk->state == ATH_WK_STOPPING || w->state >= ATH_W_STOPPING;
+}
+
 void ath_world_metrics(ath_world_t* w, ath_metrics_t* m) {
   ath_queue_info_t* qs = m->queues;
   int cap = m->queues_cap;
@@ -2137,7 +2212,7 @@ void ath_world_metrics(ath_world_t* w, ath_metrics_t* m) {
     if (wk->state == ATH_WK_STOPPED)
       continue;
     m->workers_total++;
-    if (wk->state == ATH_WK_STOPPING || wk->stop)
+    if (worker_stopping(w, wk))
       continue;
     slots += wk->concurrency;
     busy += wk->running;
@@ -2156,19 +2231,12 @@ void ath_world_metrics(ath_world_t* w, ath_metrics_t* m) {
   m->retried = w->n_retried;
   m->cancelled = w->n_cancelled;
   m->quarantined = w->n_quarantined;
-  /* Throughput: complete seconds only, so the figures are measured counts. */
-  int64_t sec = now / 1000;
-  for (int64_t back = 1; back <= 3600; back++) {
-    int64_t sc = sec - back;
-    /* a second after the ring's last move saw no completion; one more than
-     * an hour behind it was overwritten */
-    int64_t c = (sc > w->tput_sec || sc <= w->tput_sec - 3600) ? 0 : w->tput[sc % 3600];
-    if (back <= 1)
-      m->per_second += c;
-    if (back <= 60)
-      m->per_minute += c;
-    m->per_hour += c;
-  }
+  /* Throughput over windows that end now: the current, partial slot and
+   * the whole slots before it (10 tenths of a second, 60 or 3600 seconds),
+   * so a window spans at most its length and a burst shows at once. */
+  m->per_second = rate_sum(w->tput_ds, 20, w->tput_dsec, now / 100, 10);
+  m->per_minute = rate_sum(w->tput, 3600, w->tput_sec, now / 1000, 60);
+  m->per_hour = rate_sum(w->tput, 3600, w->tput_sec, now / 1000, 3600);
   percentiles(&w->lat_wait, now, &m->wait_p50, &m->wait_p95, &m->wait_p99);
   percentiles(&w->lat_run, now, &m->run_p50, &m->run_p95, &m->run_p99);
   uv_mutex_unlock(&w->lock);
@@ -2183,7 +2251,7 @@ int ath_world_workers(ath_world_t* w, ath_worker_info_t* out, int cap) {
     o->id = wk->id;
     if (wk->state == ATH_WK_STOPPED)
       o->status = "stopped";
-    else if (wk->stop || wk->state == ATH_WK_STOPPING)
+    else if (worker_stopping(w, wk))
       o->status = "stopping";
     else if (wk->state == ATH_WK_STARTING)
       o->status = "starting";
@@ -2317,8 +2385,12 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
     return ATH_ENOMEM;
   }
   size_t n = 0;
-  for (size_t i = 0; i < w->table_cap; i++) {
+  /* parentId: one lookup, then a pointer compare per task of the scan */
+  const ath_task_t* parent = f->parent_id ? table_get(w, f->parent_id, ath__hash_str(f->parent_id)) : NULL;
+  for (size_t i = 0; i < w->table_cap && !(f->parent_id && parent == NULL); i++) {
     for (ath_task_t* t = w->table[i]; t; t = t->hnext) {
+      if (f->parent_id && t->parent != parent)
+        continue;
       if (f->status_mask && !(f->status_mask & (1u << t->status)))
         continue;
       if (f->name && strcmp(f->name, t->def->name) != 0)

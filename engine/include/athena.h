@@ -271,6 +271,7 @@ typedef struct {
   const char* name;       /* NULL: any */
   int64_t since, until;   /* createdAt bounds, inclusive; 0: open */
   int limit, offset;      /* limit 0: 100; at most 1000 */
+  const char* parent_id;  /* the owning workflow's id; NULL: any */
 } ath_task_filter_t;
 
 /* Stores up to filter->limit references to matching tasks, newest first
@@ -320,12 +321,16 @@ ATH_EXTERN int ath_world_health(ath_world_t* w, char* why, size_t len);
 /* The world's time in epoch ms: the manual clock's, or the system's. */
 ATH_EXTERN int64_t ath_world_now(ath_world_t* w);
 
-/* Stops accepting work, waits up to `timeout_ms` for running attempts,
- * interrupts the rest (they return to pending, attempt not counted), joins
- * every thread. Sets *drained and *requeued. Idempotent: a later call
- * returns the first call's figures. Thread: the creating thread. */
+/* Stops accepting work, then for up to `timeout_ms` lets the workers finish
+ * their attempts and work off the queued tasks (delayed ones are not waited
+ * for); past that, interrupts what still runs (back to pending, attempt not
+ * counted) and joins every thread. Sets *drained (attempts that ended during
+ * the shutdown), *requeued (attempts interrupted) and *abandoned (memory
+ * persistence: unfinished tasks lost with the world; 0 otherwise); each may
+ * be NULL. Idempotent: a later call returns the first call's figures.
+ * Thread: the creating thread. */
 ATH_EXTERN int ath_world_shutdown(ath_world_t* w, int64_t timeout_ms,
-                                  int* drained, int* requeued);
+                                  int* drained, int* requeued, int* abandoned);
 
 /* Shuts down (if needed) and frees the world. Tasks still referenced stay
  * valid until released. Thread: the creating thread. */

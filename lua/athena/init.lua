@@ -57,7 +57,12 @@ local function oneof(field, v, set)
   invalid("invalid %s: %s (must be one of %s)", field, show(v), table.concat(set, ", "))
 end
 
-local STRATEGIES = { "retry", "cascade", "compensate", "ignore", "quarantine" }
+-- Failure strategy names: one validator (C, shared with execute's options).
+local function strategy(field, v)
+  local ok, err = pcall(core.checkStrategy, v, field)
+  if not ok then error(err, 3) end
+  return v
+end
 local QUEUE_NAME = "^[A-Za-z0-9_.-]+$"
 
 local function queue_name(field, v)
@@ -154,7 +159,7 @@ local function define(kind, name, handler, options)
     invalid("invalid priority: %s (must be an integer)", show(opts.priority))
   end
   opts.priority = math.tointeger(opts.priority or 0)
-  if opts.failureStrategy ~= nil then oneof("failureStrategy", opts.failureStrategy, STRATEGIES) end
+  if opts.failureStrategy ~= nil then strategy("failureStrategy", opts.failureStrategy) end
   core.define(name, handler)
   local def = setmetatable({ kind = kind, name = name, handler = handler, options = opts }, Definition)
   M.definitions[name] = def
@@ -269,8 +274,13 @@ local function check_config(config)
     if not CONFIG[k] then invalid("unknown option %s", tostring(k)) end
     c[k] = v
   end
+  local minGiven = c.minWorkers ~= nil
   c.minWorkers = int_field("minWorkers", c.minWorkers == nil and 2 or c.minWorkers, 1, 1024,
     "an integer, 1 <= minWorkers <= maxWorkers <= 1024")
+  if not minGiven and isinteger(c.maxWorkers) and c.maxWorkers >= 1 and c.maxWorkers < c.minWorkers then
+    invalid("invalid maxWorkers: %s (must be >= minWorkers, which defaults to 2: set minWorkers = %s too)",
+      show(c.maxWorkers), show(c.maxWorkers))
+  end
   c.maxWorkers = int_field("maxWorkers", c.maxWorkers == nil and math.max(10, c.minWorkers) or c.maxWorkers,
     c.minWorkers, 1024, "an integer, 1 <= minWorkers <= maxWorkers <= 1024")
   for _, k in ipairs { "scaleThreshold", "scaleDownThreshold" } do
@@ -304,7 +314,7 @@ local function check_config(config)
     invalid("invalid retain.terminal: %s (an integer >= 0)", show(keep))
   end
   c.retain = { terminal = keep }
-  c.failureStrategy = c.failureStrategy == nil and "retry" or oneof("failureStrategy", c.failureStrategy, STRATEGIES)
+  c.failureStrategy = c.failureStrategy == nil and "retry" or strategy("failureStrategy", c.failureStrategy)
   c.heartbeatInterval = duration("heartbeatInterval", c.heartbeatInterval == nil and 5000 or c.heartbeatInterval, true)
   c.heartbeatTimeout = duration("heartbeatTimeout", c.heartbeatTimeout == nil and 30000 or c.heartbeatTimeout, true)
   if c.heartbeatTimeout <= c.heartbeatInterval then
@@ -366,7 +376,8 @@ local function check_config(config)
   if log.maxFiles ~= nil then c.logMaxFiles = int_field("log.maxFiles", log.maxFiles, 1, 1000, "an integer, 1-1000") end
   if c.backend ~= nil then
     if getmetatable(c.backend) ~= LocalBackend then
-      invalid("invalid backend: %s (athena.LocalBackend.new{...})", show(c.backend))
+      invalid("invalid backend: %s (the backends are: athena.LocalBackend.new{ path, webhookUrl, webhookEvents }; " ..
+        "a plain table is not one)", type(c.backend) == "table" and "a plain table" or show(c.backend))
     end
     if c.backend.path and config.persistencePath and c.backend.path ~= config.persistencePath then
       invalid("invalid backend: path %s differs from persistencePath %s", show(c.backend.path), show(config.persistencePath))
@@ -513,7 +524,7 @@ local function sched_opts(opts, fname, argn)
     o.priority = math.tointeger(opts.priority)
   end
   if opts.taskQueue ~= nil then o.taskQueue = queue_name("taskQueue", opts.taskQueue) end
-  if opts.failureStrategy ~= nil then o.failureStrategy = oneof("failureStrategy", opts.failureStrategy, STRATEGIES) end
+  if opts.failureStrategy ~= nil then o.failureStrategy = strategy("failureStrategy", opts.failureStrategy) end
   return o
 end
 
@@ -596,7 +607,15 @@ setmetatable(M, { __index = function(t, k)
 end })
 
 local native_shutdown = methods.shutdown
+--- world:shutdown([opts]) -> {drained, requeued, abandoned}; opts is
+-- {timeout = duration}, or the timeout itself ("5s", 5000).
 function methods.shutdown(self, opts)
+  local t = type(opts)
+  if t == "number" or t == "string" then
+    opts = { timeout = opts }
+  elseif opts ~= nil and t ~= "table" then
+    argerror(1, "shutdown", "{ timeout = duration } or a duration", opts, 3)
+  end
   local st = worlds[self]
   if st then st.shutdown = true end
   return native_shutdown(self, opts)

@@ -10,9 +10,7 @@ local errors = require "athena.errors"
 
 local M = {}
 
-local STRATEGIES = { "retry", "cascade", "compensate", "ignore", "quarantine" }
-local STRATEGY_SET = {}
-for _, s in ipairs(STRATEGIES) do STRATEGY_SET[s] = true end
+local STRATEGIES = { "retry", "cascade", "compensate", "ignore", "quarantine" } -- by ath_strategy_t
 
 -- Events that record a command (the others record outcomes).
 local COMMAND = {
@@ -109,8 +107,8 @@ local function check_call(fname, name, opts, extra)
     elseif not RUN_OPTS[k] and not (extra and extra[k]) then
       invalid("%s: unknown option %s", fname, tostring(k))
     end
-    if k == "failureStrategy" and not STRATEGY_SET[v] then
-      invalid("invalid failureStrategy: %s", tostring(v))
+    if k == "failureStrategy" then
+      core.checkStrategy(v, "failureStrategy") -- the one validator: raises EINVAL listing the names
     elseif k == "priority" and math.type(v) ~= "integer" then
       invalid("invalid priority: %s (must be an integer)", tostring(v))
     elseif (k == "taskQueue" or k == "id") and type(v) ~= "string" then

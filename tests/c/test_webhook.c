@@ -188,7 +188,7 @@ static void run(ath_world_t* w, const char* name, const char* json) {
 
 static void finish(ath_world_t* w, uv_thread_t* th) {
   int d, r;
-  ath_world_shutdown(w, 5000, &d, &r);
+  ath_world_shutdown(w, 5000, &d, &r, NULL);
   ath_world_free(w);
   stop_receiver(th);
   char cmd[128];
@@ -269,7 +269,7 @@ TEST_IMPL(webhook_unreachable_never_blocks) {
     run(w, "ok", "1");
   ASSERT_LT((int64_t)((uv_hrtime() - t0) / 1000000u), 5000);
   int d, r;
-  ath_world_shutdown(w, 5000, &d, &r);
+  ath_world_shutdown(w, 5000, &d, &r, NULL);
   ath_world_free(w);
   uv_cond_destroy(&cv);
   uv_mutex_destroy(&mu);
