@@ -603,6 +603,7 @@ static int world_metrics(lua_State* L) {
   set_int(L, "retried", m.retried);
   set_int(L, "cancelled", m.cancelled);
   set_int(L, "quarantined", m.quarantined);
+  set_int(L, "resident", m.resident);
   lua_setfield(L, -2, "tasks");
   lua_createtable(L, 0, 3);
   set_int(L, "perSecond", m.per_second);

@@ -348,6 +348,7 @@ struct ath_worker_s {
 };
 
 #define ATH_LAT_SAMPLES 10000
+#define ATH_EVICTED_RING 1024
 typedef struct {
   float ms[ATH_LAT_SAMPLES];
   int64_t at[ATH_LAT_SAMPLES]; /* wall ms of each sample */
@@ -381,6 +382,12 @@ struct ath_world_s {
   ath_task_t* term_head;
   ath_task_t* term_tail;
   int64_t nterm;
+  uint64_t nevicted;     /* tasks that left RAM so far */
+  uint64_t evicted_hash[ATH_EVICTED_RING]; /* id hashes of the latest of them */
+  int64_t prune_before;  /* a retention pass the store thread owes, or 0 */
+  /* The store, for reads from any thread (set at start, closed when the
+   * world is freed; unguarded: it does not change meanwhile). */
+  ath_store_t* reads;
   ath_def_t** ghost_defs; /* names of recovered tasks nobody registered */
   int nghosts;
   int64_t n_recovered[4];/* pending, scheduled, requeued after a crash, terminal */
@@ -653,6 +660,17 @@ typedef struct {
 
 typedef int (*ath_row_cb)(void* ud, const ath_row_t* row);
 
+/* A read of stored tasks (ath_store_vt_t.query). */
+typedef struct {
+  unsigned status_mask;  /* 1 << ATH_* of the statuses wanted; 0: any */
+  const char* name;      /* exact activity name, or NULL */
+  const char* parent_id; /* owning workflow, or NULL */
+  int64_t since, until;  /* bounds on created_at, 0: none */
+  int64_t limit;
+  int by_seq;            /* 1: creation order; 0: newest first (created_at
+                          * descending, then id) */
+} ath_store_query_t;
+
 /* A persistence provider: the Backend vtable of DESIGN §4. Every function
  * runs on one thread at a time (start() on the world's thread, then only
  * the store thread). Errors are ATH_ESTORE (message in err) or ATH_EINVAL
@@ -671,6 +689,13 @@ struct ath_store_vt_s {
   /* Deletes terminal tasks except quarantined ones completed before. */
   int (*prune)(ath_store_t* s, int64_t before_ms, char* err, size_t errlen);
   void (*close)(ath_store_t* s);
+  /* Reads, from any thread, concurrently with the writer and each other
+   * (each on a connection of its own): what is committed. */
+  /* Calls cb with task `id`'s row; ATH_ENOTFOUND when there is none. */
+  int (*get)(ath_store_t* s, const char* id, ath_row_cb cb, void* ud, char* err, size_t errlen);
+  /* Calls cb for the rows that match `q`, in its order, at most q->limit. */
+  int (*query)(ath_store_t* s, const ath_store_query_t* q, ath_row_cb cb, void* ud, char* err,
+               size_t errlen);
 };
 
 extern const ath_store_vt_t ath__sqlite_store;
@@ -679,8 +704,10 @@ extern const ath_store_vt_t ath__sqlite_store;
  * retention pass) and starts the store thread. Called by start() before
  * the workers, lock not held. Returns 0 or an ATH_E* with err set. */
 int ath__store_start(ath_world_t* w, char* err, size_t errlen);
-/* Final commit, stops the store thread, closes the store and the lock. */
+/* Final commit, stops the store thread and drops the lock file; the store
+ * stays open for reads until ath__store_free (from ath_world_free). */
 void ath__store_stop(ath_world_t* w);
+void ath__store_free(ath_world_t* w);
 /* Records that t changed (lock held): the store thread writes it with the
  * next group. No-op in memory mode. */
 void ath__store_mark(ath_world_t* w, ath_task_t* t);

@@ -171,6 +171,14 @@ static void store_main(void* arg) {
   char err[256];
   uv_mutex_lock(&w->lock);
   for (;;) {
+    if (w->prune_before != 0) { /* retention, hourly: finished tasks live here */
+      int64_t before = w->prune_before;
+      w->prune_before = 0;
+      uv_mutex_unlock(&w->lock);
+      if (w->svt->prune(w->store, before, err, sizeof(err)) != 0)
+        ath__logf(w, ATH_LOG_WARN, NULL, 0, "store retention pass failed: %s", err);
+      uv_mutex_lock(&w->lock);
+    }
     if (w->ndirty == 0 && w->nsdirty == 0) {
       if (w->store_stop)
         break;
@@ -242,7 +250,9 @@ static void store_main(void* arg) {
       w->store_ok = 1;
       w->committed_gen = gen;
       uv_cond_broadcast(&w->cond);
+      ath_task_t* dead = ath__world_term_trim(w); /* committed: they leave RAM */
       uv_mutex_unlock(&w->lock);
+      ath__world_term_free(dead);
       for (size_t i = 0; i < n; i++)
         ath_task_release(batch[i]);
       for (size_t i = 0; i < sn; i++)
@@ -307,6 +317,7 @@ int ath__store_start(ath_world_t* w, char* err, size_t errlen) {
     w->committed_gen = 0;
     w->store_ok = 1;
     w->store = st; /* from here on, changes are marked; recovery marks some */
+    w->reads = st; /* and finished tasks are read back from it */
     rc = w->svt->load(st, ath__world_recover_row, w, err, errlen);
     if (rc == 0)
       rc = w->svt->load_schedules(st, ath__sched_recover_row, w, err, errlen);
@@ -316,7 +327,7 @@ int ath__store_start(ath_world_t* w, char* err, size_t errlen) {
       rc = ATH_ENOMEM;
     }
     if (rc != 0) {
-      w->store = NULL;
+      w->store = w->reads = NULL;
       uv_cond_destroy(&w->store_cond);
     }
   }
@@ -353,11 +364,15 @@ void ath__store_stop(ath_world_t* w) {
   free(w->sdirty);
   w->sdirty = NULL;
   w->nsdirty = w->sdirty_cap = 0;
-  ath_store_t* st = w->store;
-  w->store = NULL;
+  w->store = NULL; /* no more writes; reads go on until the world is freed */
   uv_cond_broadcast(&w->cond);
   uv_mutex_unlock(&w->lock);
-  w->svt->close(st);
   uv_cond_destroy(&w->store_cond);
   drop_lock(w);
+}
+
+void ath__store_free(ath_world_t* w) {
+  if (w->reads != NULL)
+    w->svt->close(w->reads);
+  w->reads = NULL;
 }

@@ -8,7 +8,14 @@
 #include <sqlite3.h>
 #include "internal.h"
 
-#define SCHEMA_VERSION 4
+#define SCHEMA_VERSION 5
+#define MAX_READERS 8
+
+/* A read-only connection, with its lookup by id prepared. */
+typedef struct {
+  sqlite3* db;
+  sqlite3_stmt* get;
+} reader_t;
 
 struct ath_store_s {
   sqlite3* db;
@@ -16,7 +23,18 @@ struct ath_store_s {
   sqlite3_stmt* del;
   sqlite3_stmt* supsert;
   sqlite3_stmt* sdel;
+  /* Idle read connections, taken by one reader at a time. */
+  uv_mutex_t rlock;
+  reader_t* idle[MAX_READERS];
+  int nidle;
+  char path[4096];
 };
+
+#define TASK_COLUMNS                                                                   \
+  "id, name, status, attempt, max_attempts, strategy, priority, queue, seq, created_at," \
+  " scheduled_at, ready_at, started_at, completed_at, worker_id, input, result, error,"  \
+  " heartbeat, last_heartbeat, parent_id, history"
+
 
 /* Migrations, applied in order from the database's user_version. Each moves
  * the schema one version up; all pending ones run in one transaction. */
@@ -45,6 +63,12 @@ static const char* const migrations[SCHEMA_VERSION] = {
    * (events joined by commas, as the engine keeps them) */
   "ALTER TABLE tasks ADD COLUMN parent_id TEXT;"
   "ALTER TABLE tasks ADD COLUMN history TEXT;",
+  /* 4 -> 5: finished tasks leave RAM once committed, and are read from
+   * here: by id, by status or name newest first, by workflow */
+  "CREATE INDEX tasks_id ON tasks (id);"
+  "CREATE INDEX tasks_status ON tasks (status, created_at);"
+  "CREATE INDEX tasks_name ON tasks (name, created_at);"
+  "CREATE INDEX tasks_parent ON tasks (parent_id, seq) WHERE parent_id IS NOT NULL;",
 };
 
 static int fail(sqlite3* db, int rc, char* err, size_t errlen, const char* what) {
@@ -68,9 +92,18 @@ static int query_int(sqlite3* db, const char* sql, int64_t* out) {
   return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+static void reader_close(reader_t* r) {
+  sqlite3_finalize(r->get);
+  sqlite3_close(r->db);
+  free(r);
+}
+
 static void store_close(ath_store_t* s) {
   if (s == NULL)
     return;
+  for (int i = 0; i < s->nidle; i++)
+    reader_close(s->idle[i]);
+  uv_mutex_destroy(&s->rlock);
   sqlite3_finalize(s->upsert);
   sqlite3_finalize(s->del);
   sqlite3_finalize(s->supsert);
@@ -133,8 +166,11 @@ static int store_open(const char* dir, int full_sync, ath_store_t** out, char* e
   char path[4096];
   snprintf(path, sizeof(path), "%s/athena.db", dir);
   ath_store_t* s = calloc(1, sizeof(*s));
-  if (s == NULL)
+  if (s == NULL || uv_mutex_init(&s->rlock) != 0) {
+    free(s);
     return ATH_ENOMEM;
+  }
+  snprintf(s->path, sizeof(s->path), "%s", path);
   int rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                            NULL);
   if (rc != SQLITE_OK) {
@@ -148,7 +184,7 @@ static int store_open(const char* dir, int full_sync, ath_store_t** out, char* e
     rc = exec(s->db, "PRAGMA journal_mode=WAL", err, errlen);
   if (rc == 0)
     rc = exec(s->db, full_sync ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", err, errlen);
-  /* A page cache big enough for the id index of a large queue: inserts by
+  /* A page cache big enough for the indexes of a large queue: inserts by
    * random ids otherwise read their pages back from the OS on each commit. */
   if (rc == 0)
     rc = exec(s->db, "PRAGMA cache_size=-65536", err, errlen);
@@ -292,18 +328,14 @@ static const char* col_text(sqlite3_stmt* st, int i, size_t* len) {
   return p;
 }
 
-static int store_load(ath_store_t* s, ath_row_cb cb, void* ud, char* err, size_t errlen) {
-  sqlite3_stmt* st;
-  int rc = sqlite3_prepare_v2(s->db,
-                              "SELECT id, name, status, attempt, max_attempts, strategy, priority, queue,"
-                              " seq, created_at, scheduled_at, ready_at, started_at, completed_at,"
-                              " worker_id, input, result, error, heartbeat, last_heartbeat, parent_id, history"
-                              " FROM tasks ORDER BY seq",
-                              -1, &st, NULL);
-  if (rc != SQLITE_OK)
-    return fail(s->db, rc, err, errlen, "cannot read tasks");
-  int crc = 0;
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW && crc == 0) {
+/* Calls cb for each row `st` (selecting TASK_COLUMNS) yields, while it
+ * returns 0, counting them in *count; `db` names the connection for
+ * errors. */
+static int each_row(sqlite3* db, sqlite3_stmt* st, ath_row_cb cb, void* ud, int64_t* count,
+                    char* err, size_t errlen) {
+  int rc, crc = 0;
+  while (crc == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    ++*count;
     ath_row_t r;
     memset(&r, 0, sizeof(r));
     r.id = (const char*)sqlite3_column_text(st, 0);
@@ -330,15 +362,125 @@ static int store_load(ath_store_t* s, ath_row_cb cb, void* ud, char* err, size_t
     r.history = col_text(st, 21, &r.history_len);
     if (r.id == NULL || r.name == NULL || r.queue == NULL || r.input == NULL) {
       snprintf(err, errlen, "%s", "a stored task is missing its id, name, queue or input");
-      crc = ATH_ESTORE;
-      break;
+      return ATH_ESTORE;
     }
     crc = cb(ud, &r);
   }
   if (crc == 0 && rc != SQLITE_DONE)
-    crc = fail(s->db, rc, err, errlen, "cannot read tasks");
-  sqlite3_finalize(st);
+    crc = fail(db, rc, err, errlen, "cannot read tasks");
   return crc;
+}
+
+static int store_load(ath_store_t* s, ath_row_cb cb, void* ud, char* err, size_t errlen) {
+  sqlite3_stmt* st;
+  int rc = sqlite3_prepare_v2(s->db, "SELECT " TASK_COLUMNS " FROM tasks ORDER BY seq", -1, &st, NULL);
+  if (rc != SQLITE_OK)
+    return fail(s->db, rc, err, errlen, "cannot read tasks");
+  int64_t n = 0;
+  rc = each_row(s->db, st, cb, ud, &n, err, errlen);
+  sqlite3_finalize(st);
+  return rc;
+}
+
+/* ------------------------------------------------------------- readers */
+
+/* An idle read connection, or a new one (NULL with err set). */
+static reader_t* reader_take(ath_store_t* s, char* err, size_t errlen) {
+  uv_mutex_lock(&s->rlock);
+  reader_t* r = s->nidle > 0 ? s->idle[--s->nidle] : NULL;
+  uv_mutex_unlock(&s->rlock);
+  if (r != NULL)
+    return r;
+  if ((r = calloc(1, sizeof(*r))) == NULL) {
+    snprintf(err, errlen, "%s", "out of memory opening a read connection");
+    return NULL;
+  }
+  int rc = sqlite3_open_v2(s->path, &r->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_busy_timeout(r->db, 5000);
+    rc = sqlite3_prepare_v3(r->db, "SELECT " TASK_COLUMNS " FROM tasks WHERE id = ?1 ORDER BY seq DESC LIMIT 1",
+                            -1, SQLITE_PREPARE_PERSISTENT, &r->get, NULL);
+  }
+  if (rc != SQLITE_OK) {
+    fail(r->db, rc, err, errlen, "cannot open a read connection");
+    reader_close(r);
+    return NULL;
+  }
+  return r;
+}
+
+static void reader_give(ath_store_t* s, reader_t* r) {
+  uv_mutex_lock(&s->rlock);
+  if (s->nidle < MAX_READERS) {
+    s->idle[s->nidle++] = r;
+    r = NULL;
+  }
+  uv_mutex_unlock(&s->rlock);
+  if (r != NULL)
+    reader_close(r);
+}
+
+static int store_get(ath_store_t* s, const char* id, ath_row_cb cb, void* ud, char* err,
+                     size_t errlen) {
+  reader_t* r = reader_take(s, err, errlen);
+  if (r == NULL)
+    return ATH_ESTORE;
+  int64_t found = 0;
+  sqlite3_bind_text(r->get, 1, id, -1, SQLITE_STATIC);
+  int rc = each_row(r->db, r->get, cb, ud, &found, err, errlen);
+  sqlite3_reset(r->get);
+  sqlite3_clear_bindings(r->get);
+  reader_give(s, r);
+  return rc != 0 ? rc : found ? 0 : ATH_ENOTFOUND;
+}
+
+static int store_query(ath_store_t* s, const ath_store_query_t* q, ath_row_cb cb, void* ud,
+                       char* err, size_t errlen) {
+  char sql[1024];
+  size_t n = (size_t)snprintf(sql, sizeof(sql), "SELECT " TASK_COLUMNS " FROM tasks WHERE 1");
+  if (q->status_mask) {
+    n += (size_t)snprintf(sql + n, sizeof(sql) - n, " AND status IN (");
+    const char* sep = "";
+    for (int st = 0; st < 32; st++) {
+      if (q->status_mask & (1u << st)) {
+        n += (size_t)snprintf(sql + n, sizeof(sql) - n, "%s%d", sep, st);
+        sep = ",";
+      }
+    }
+    n += (size_t)snprintf(sql + n, sizeof(sql) - n, ")");
+  }
+  if (q->name)
+    n += (size_t)snprintf(sql + n, sizeof(sql) - n, " AND name = ?1");
+  if (q->parent_id)
+    n += (size_t)snprintf(sql + n, sizeof(sql) - n, " AND parent_id = ?2");
+  if (q->since)
+    n += (size_t)snprintf(sql + n, sizeof(sql) - n, " AND created_at >= ?3");
+  if (q->until)
+    n += (size_t)snprintf(sql + n, sizeof(sql) - n, " AND created_at <= ?4");
+  snprintf(sql + n, sizeof(sql) - n, "%s LIMIT ?5",
+           q->by_seq ? " ORDER BY seq" : " ORDER BY created_at DESC, id");
+  reader_t* r = reader_take(s, err, errlen);
+  if (r == NULL)
+    return ATH_ESTORE;
+  sqlite3_stmt* st;
+  int rc = sqlite3_prepare_v2(r->db, sql, -1, &st, NULL);
+  if (rc != SQLITE_OK) {
+    rc = fail(r->db, rc, err, errlen, "cannot read tasks");
+    reader_give(s, r);
+    return rc;
+  }
+  if (q->name)
+    sqlite3_bind_text(st, 1, q->name, -1, SQLITE_STATIC);
+  if (q->parent_id)
+    sqlite3_bind_text(st, 2, q->parent_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, q->since);
+  sqlite3_bind_int64(st, 4, q->until);
+  sqlite3_bind_int64(st, 5, q->limit);
+  int64_t count = 0;
+  rc = each_row(r->db, st, cb, ud, &count, err, errlen);
+  sqlite3_finalize(st);
+  reader_give(s, r);
+  return rc;
 }
 
 static int store_load_schedules(ath_store_t* s, ath_srow_cb cb, void* ud, char* err,
@@ -395,4 +537,5 @@ static int store_prune(ath_store_t* s, int64_t before_ms, char* err, size_t errl
 
 const ath_store_vt_t ath__sqlite_store = {
   "sqlite", store_open, store_load, store_load_schedules, store_write, store_prune, store_close,
+  store_get, store_query,
 };

@@ -350,13 +350,13 @@ static void table_unlink(ath_world_t* w, ath_task_t* t) {
  * task whose final state is committed (no newer change pending). */
 ath_task_t* ath__world_term_trim(ath_world_t* w) {
   ath_task_t* dead = NULL;
-  if (w->store != NULL)
-    return NULL; /* TODO(#15): drop committed tasks once reads fall back to the store */
+  int memory = w->cfg.persistence == ATH_PERSIST_MEMORY;
   for (ath_task_t* t = w->term_head; t != NULL; t = w->term_head) {
-    if (w->store == NULL ? w->nterm <= w->cfg.retain_terminal
-                         : t->dirty || t->dirty_gen > w->committed_gen)
+    if (memory ? w->nterm <= w->cfg.retain_terminal
+               : w->reads == NULL || t->dirty || t->dirty_gen > w->committed_gen)
       break;
     table_unlink(w, t);
+    w->evicted_hash[w->nevicted++ % ATH_EVICTED_RING] = t->hash;
     t->hnext = dead;
     dead = t;
   }
@@ -520,6 +520,98 @@ void ath_task_snapshot_free(ath_task_info_t* info) {
   memset(info, 0, sizeof(*info));
 }
 
+/* ------------------------------------------------- tasks out of RAM
+ *
+ * With a store, a finished task leaves RAM once committed; these read it
+ * back as a *stored* task: a task object in no table, built from its row
+ * (terminal, so it never changes), which handles and snapshots use like
+ * any other. Reads take a connection of their own, never the world lock. */
+
+/* The finished statuses a store holds once they left RAM (dead letters
+ * never leave it). */
+#define STORED_MASK ((1u << ATH_COMPLETED) | (1u << ATH_FAILED) | (1u << ATH_CANCELLED))
+
+typedef struct {
+  ath_world_t* w;
+  ath_task_t** out;
+  int64_t n, cap;
+} rows_t;
+
+static ath_task_t* task_from_row(ath_world_t* w, const ath_row_t* r, ath_task_t* parent);
+static ath_task_t* row_parent(ath_world_t* w, const ath_row_t* r);
+
+/* ath_row_cb: appends the row's task, unless RAM has it (its state there
+ * is newer, or the same). */
+static int collect_row(void* ud, const ath_row_t* r) {
+  rows_t* c = ud;
+  if (c->n == c->cap)
+    return 0;
+  uv_mutex_lock(&c->w->lock);
+  int in_ram = table_get(c->w, r->id, ath__hash_str(r->id)) != NULL;
+  uv_mutex_unlock(&c->w->lock);
+  if (in_ram)
+    return 0;
+  ath_task_t* t = task_from_row(c->w, r, row_parent(c->w, r));
+  if (t == NULL)
+    return ATH_ENOMEM;
+  c->out[c->n++] = t;
+  return 0;
+}
+
+/* Stored tasks matching q (at most q->limit, fewer when RAM has some of
+ * them), as new references in out. Returns the count or an ATH_E*. */
+static int64_t stored_tasks(ath_world_t* w, const ath_store_query_t* q, ath_task_t** out) {
+  rows_t c = {w, out, 0, q->limit};
+  char err[256];
+  int rc = w->svt->query(w->reads, q, collect_row, &c, err, sizeof(err));
+  if (rc != 0) {
+    while (c.n > 0)
+      ath_task_release(out[--c.n]);
+    ath__logf(w, ATH_LOG_WARN, NULL, 0, "reading stored tasks failed: %s", err);
+    return rc;
+  }
+  return c.n;
+}
+
+static int find_row(void* ud, const ath_row_t* r) {
+  rows_t* c = ud;
+  c->out[0] = task_from_row(c->w, r, row_parent(c->w, r));
+  return c->out[0] == NULL ? ATH_ENOMEM : 0;
+}
+
+/* Releases the references in a[0..n) (NULLs skipped) and frees a. */
+static void release_all(ath_task_t** a, size_t n) {
+  for (size_t i = 0; a != NULL && i < n; i++)
+    if (a[i] != NULL)
+      ath_task_release(a[i]);
+  free(a);
+}
+
+/* Task `id` as stored: 0 and a new reference in *out, ATH_ENOTFOUND, or a
+ * failure to read (logged). */
+static int find_stored(ath_world_t* w, const char* id, ath_task_t** out) {
+  *out = NULL;
+  rows_t c = {w, out, 0, 1};
+  char err[256];
+  int rc = w->svt->get(w->reads, id, find_row, &c, err, sizeof(err));
+  if (rc == 0 || rc == ATH_ENOTFOUND)
+    return rc;
+  ath__logf(w, ATH_LOG_WARN, NULL, 0, "reading a stored task failed: %s", err);
+  *out = NULL;
+  return rc == ATH_ENOMEM ? rc : ATH_ESTORE;
+}
+
+/* Whether a task with id hash `h` may have left RAM since nevicted read
+ * `since` (lock held): the ring remembers the latest evictions. */
+static int evicted_since(const ath_world_t* w, uint64_t since, uint64_t h) {
+  if (w->nevicted - since > ATH_EVICTED_RING)
+    return 1; /* too many to tell */
+  for (uint64_t i = since; i < w->nevicted; i++)
+    if (w->evicted_hash[i % ATH_EVICTED_RING] == h)
+      return 1;
+  return 0;
+}
+
 int ath_world_find(ath_world_t* w, const char* id, ath_task_t** out) {
   uint64_t h = ath__hash_str(id);
   uv_mutex_lock(&w->lock);
@@ -528,7 +620,11 @@ int ath_world_find(ath_world_t* w, const char* id, ath_task_t** out) {
     ath_task_retain(t);
   uv_mutex_unlock(&w->lock);
   *out = t;
-  return t ? 0 : ATH_ENOTFOUND;
+  /* Not in RAM: it never was, or it left once committed (so the store
+   * has it): one look there settles it. */
+  if (t != NULL || w->reads == NULL)
+    return t ? 0 : ATH_ENOTFOUND;
+  return find_stored(w, id, out);
 }
 
 /* --------------------------------------------------------------- waking */
@@ -572,6 +668,7 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
                       ath_task_t** out, char* err, size_t errlen) {
   ath_exec_opts_t none = {0};
   ath_task_t** tasks = NULL;
+  ath_task_t** stored = NULL; /* the tasks of explicit ids found in the store */
   size_t made = 0;
   int rc = 0;
   if (opts == NULL)
@@ -655,6 +752,22 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
     tasks[made] = t;
   }
 
+  /* With a store, an explicit id may name a task that finished and left
+   * RAM: look there first, without the lock. Under the lock, a task that
+   * left RAM since then shows in the ring of evicted ids. */
+  uint64_t evicted0 = 0;
+  if (w->reads != NULL && (ids != NULL || opts->id != NULL)) {
+    if ((stored = calloc(n ? n : 1, sizeof(*stored))) == NULL) {
+      rc = ATH_ENOMEM;
+      goto fail;
+    }
+    uv_mutex_lock(&w->lock);
+    evicted0 = w->nevicted;
+    uv_mutex_unlock(&w->lock);
+    for (size_t i = 0; i < n; i++)
+      find_stored(w, tasks[i]->id, &stored[i]);
+  }
+
   ath_worker_t* wake[MAX_WORKERS];
   int nwake = 0, wake_engine = 0;
   uv_mutex_lock(&w->lock);
@@ -670,6 +783,11 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
    * whole or not at all. */
   for (size_t i = 0; i < n; i++) {
     ath_task_t* old = table_get(w, tasks[i]->id, tasks[i]->hash);
+    if (old == NULL && stored != NULL && stored[i] == NULL &&
+        evicted_since(w, evicted0, tasks[i]->hash))
+      find_stored(w, tasks[i]->id, &stored[i]); /* rare: under the lock */
+    if (old == NULL && stored != NULL)
+      old = stored[i];
     if (old != NULL && old->def != def) {
       if (err != NULL && errlen > 0)
         snprintf(err, errlen, "id %s is in use by %s", old->id, old->def->name);
@@ -697,8 +815,13 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
   for (size_t i = 0; i < n; i++) {
     ath_task_t* t = tasks[i];
     ath_task_t* old = table_get(w, t->id, t->hash);
-    if (old != NULL) { /* idempotent execute: hand back the existing task */
+    if (old == NULL && stored != NULL && stored[i] != NULL) {
+      old = stored[i]; /* its reference is handed over */
+      stored[i] = NULL;
+    } else if (old != NULL) {
       ath_task_retain(old);
+    }
+    if (old != NULL) { /* idempotent execute: hand back the existing task */
       out[i] = old;
       atomic_store(&t->refs, 0);
       task_free(t);
@@ -741,6 +864,7 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
   if (wake_engine)
     uv_async_send(&w->easync);
   free(tasks);
+  release_all(stored, n);
   if (w->cfg.persistence == ATH_PERSIST_FILE) { /* acknowledged once durable */
     uv_mutex_lock(&w->lock);
     ath__store_wait(w, gen);
@@ -761,6 +885,7 @@ fail:
     payloads[i] = NULL;
   }
   free(tasks);
+  release_all(stored, n);
   return rc;
 }
 
@@ -1409,12 +1534,44 @@ static int wf_run_timed_out(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, 
   return attempt_failed(w, t, &o, now, ath__mono(w), wake, nwake, &wake_engine);
 }
 
+static int older_first(const void* a, const void* b) {
+  const ath_task_t* x = *(ath_task_t* const*)a;
+  const ath_task_t* y = *(ath_task_t* const*)b;
+  return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Merges the stored children of t (finished ones that left RAM) into
+ * out[0..n), the ones found in RAM, keeping creation order; returns the new
+ * count (which may exceed cap, as ath_world_children's). */
+static int stored_children(ath_world_t* w, const ath_task_t* t, ath_task_t** out, int n, int cap) {
+  ath_task_t** got = malloc((size_t)cap * sizeof(*got));
+  ath_store_query_t q = {STORED_MASK, NULL, t->id, 0, 0, cap, 1};
+  int64_t ns = got != NULL ? stored_tasks(w, &q, got) : 0;
+  int kept = n < cap ? n : cap;
+  for (int64_t i = 0; i < ns; i++) {
+    int dup = 0; /* it left RAM after the scan */
+    for (int k = 0; k < kept && !dup; k++)
+      dup = out[k]->seq == got[i]->seq;
+    if (dup || kept == cap) {
+      n += !dup;
+      ath_task_release(got[i]);
+      continue;
+    }
+    out[kept++] = got[i];
+    n++;
+  }
+  free(got);
+  qsort(out, (size_t)kept, sizeof(*out), older_first);
+  return n;
+}
+
 int ath_world_children(ath_world_t* w, const ath_task_t* t, ath_task_t** out, int cap) {
   int n = 0;
   uv_mutex_lock(&w->lock);
   for (size_t b = 0; b < w->table_cap; b++) {
     for (ath_task_t* c = w->table[b]; c != NULL; c = c->hnext) {
-      if (c->parent != t)
+      /* t may be the stored copy of a workflow that left RAM */
+      if (c->parent != t && (c->parent == NULL || strcmp(c->parent->id, t->id) != 0))
         continue;
       if (n < cap) {
         ath_task_retain(c);
@@ -1424,15 +1581,9 @@ int ath_world_children(ath_world_t* w, const ath_task_t* t, ath_task_t** out, in
     }
   }
   uv_mutex_unlock(&w->lock);
-  /* creation order */
-  int m = n < cap ? n : cap;
-  for (int i = 1; i < m; i++) {
-    ath_task_t* c = out[i];
-    int j = i - 1;
-    for (; j >= 0 && out[j]->seq > c->seq; j--)
-      out[j + 1] = out[j];
-    out[j + 1] = c;
-  }
+  if (w->reads != NULL && t->wf != NULL && cap > 0)
+    return stored_children(w, t, out, n, cap);
+  qsort(out, (size_t)(n < cap ? n : cap), sizeof(*out), older_first); /* creation order */
   return n;
 }
 
@@ -2144,6 +2295,7 @@ void ath_world_free(ath_world_t* w) {
   ath__log_close(w->log); /* every thread that logs has been joined */
   ath__strv_free(w->modules);
   ath__strv_free(w->script_args);
+  ath__store_free(w);
   uv_mutex_destroy(&w->lock);
   uv_cond_destroy(&w->cond);
   uv_sem_destroy(&w->ready);
@@ -2227,6 +2379,7 @@ void ath_world_metrics(ath_world_t* w, ath_metrics_t* m) {
   m->scheduled = w->n_scheduled;
   m->running = w->n_running;
   m->completed = w->n_completed;
+  m->resident = (int64_t)w->ntasks;
   m->failed = w->n_failed;
   m->retried = w->n_retried;
   m->cancelled = w->n_cancelled;
@@ -2378,6 +2531,9 @@ static int newer_first(const void* a, const void* b) {
 
 int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t** out) {
   int limit = f->limit > 0 ? (f->limit > 1000 ? 1000 : f->limit) : 100;
+  size_t want = (size_t)(f->offset > 0 ? f->offset : 0) + (size_t)limit;
+  /* From RAM: a scan of the tasks there (the live ones, and finished ones
+   * not yet committed or, in memory mode, retained). */
   uv_mutex_lock(&w->lock);
   ath_task_t** all = malloc((w->ntasks ? w->ntasks : 1) * sizeof(*all));
   if (all == NULL) {
@@ -2385,11 +2541,9 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
     return ATH_ENOMEM;
   }
   size_t n = 0;
-  /* parentId: one lookup, then a pointer compare per task of the scan */
-  const ath_task_t* parent = f->parent_id ? table_get(w, f->parent_id, ath__hash_str(f->parent_id)) : NULL;
-  for (size_t i = 0; i < w->table_cap && !(f->parent_id && parent == NULL); i++) {
+  for (size_t i = 0; i < w->table_cap; i++) {
     for (ath_task_t* t = w->table[i]; t; t = t->hnext) {
-      if (f->parent_id && t->parent != parent)
+      if (f->parent_id && (t->parent == NULL || strcmp(t->parent->id, f->parent_id) != 0))
         continue;
       if (f->status_mask && !(f->status_mask & (1u << t->status)))
         continue;
@@ -2401,13 +2555,51 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
     }
   }
   qsort(all, n, sizeof(*all), newer_first);
-  int k = 0;
-  for (size_t i = (size_t)(f->offset > 0 ? f->offset : 0); i < n && k < limit; i++) {
+  if (n > want)
+    n = want;
+  for (size_t i = 0; i < n; i++)
     ath_task_retain(all[i]);
-    out[k++] = all[i];
-  }
   uv_mutex_unlock(&w->lock);
+  /* From the store: finished tasks that left RAM, newest first, without
+   * the world lock. */
+  ath_task_t** stored = NULL;
+  int64_t ns = 0;
+  unsigned mask = (f->status_mask ? f->status_mask : ~0u) & STORED_MASK;
+  if (w->reads != NULL && mask != 0) {
+    ath_store_query_t q = {mask, f->name, f->parent_id, f->since, f->until, (int64_t)want, 0};
+    if ((stored = malloc(want * sizeof(*stored))) == NULL)
+      ns = ATH_ENOMEM;
+    else
+      ns = stored_tasks(w, &q, stored);
+    if (ns < 0) {
+      for (size_t i = 0; i < n; i++)
+        ath_task_release(all[i]);
+      free(all);
+      free(stored);
+      return (int)ns;
+    }
+  }
+  /* Merged in order; a task seen in both (it left RAM between the two
+   * reads) counts once. */
+  size_t skip = (size_t)(f->offset > 0 ? f->offset : 0), a = 0, b = 0;
+  int k = 0;
+  while (a < n || b < (size_t)ns) {
+    ath_task_t* t;
+    int c = a == n ? 1 : b == (size_t)ns ? -1 : newer_first(&all[a], &stored[b]);
+    if (c == 0) {
+      ath_task_release(stored[b++]);
+      continue;
+    }
+    t = c < 0 ? all[a++] : stored[b++];
+    if (skip > 0 || k == limit) {
+      skip -= skip > 0;
+      ath_task_release(t);
+    } else {
+      out[k++] = t;
+    }
+  }
   free(all);
+  free(stored);
   return k;
 }
 
@@ -2452,14 +2644,19 @@ static ath_def_t* recovered_def(ath_world_t* w, const char* name) {
   return d;
 }
 
-int ath__world_recover_row(void* ud, const ath_row_t* r) {
-  ath_world_t* w = ud;
+/* A task rebuilt from its stored row, in no table, queue or heap, with
+ * one reference (the caller's), or NULL when out of memory. Its payloads
+ * are copied before the lock is taken; `parent`, when given, is a new
+ * reference the task takes over. */
+static ath_task_t* task_from_row(ath_world_t* w, const ath_row_t* r, ath_task_t* parent) {
   size_t idlen = strlen(r->id);
   ath_task_t* t = calloc(1, sizeof(*t) + idlen + 1);
   if (t == NULL)
-    return ATH_ENOMEM;
+    goto nomem;
   memcpy(t->id, r->id, idlen + 1);
   atomic_init(&t->refs, 1);
+  t->parent = parent;
+  parent = NULL;
   t->hash = ath__hash_str(t->id);
   t->heap_idx = t->exp_idx = UINT32_MAX;
   t->input = ath__memdup(r->input, r->input_len);
@@ -2470,30 +2667,19 @@ int ath__world_recover_row(void* ud, const ath_row_t* r) {
   t->error_len = r->error ? r->error_len : 0;
   t->hb = ath__memdup(r->hb, r->hb_len);
   t->hb_len = r->hb ? r->hb_len : 0;
+  if (t->input == NULL || (r->result && !t->result) || (r->error && !t->error) || (r->hb && !t->hb))
+    goto nomem;
   uv_mutex_lock(&w->lock);
   t->def = recovered_def(w, r->name);
-  if (t->input == NULL || t->def == NULL || (r->result && !t->result) || (r->error && !t->error) ||
-      (r->hb && !t->hb) || (w->ntasks + 1 > w->table_cap && table_grow(w) != 0)) {
-    uv_mutex_unlock(&w->lock);
-    task_free(t);
-    return ATH_ENOMEM;
-  }
+  ath_queue_t* q = find_queue(w, r->queue);
+  uv_mutex_unlock(&w->lock);
+  if (t->def == NULL)
+    goto nomem;
   if (t->def->a.workflow && !t->def->ghost) {
     if ((t->wf = calloc(1, sizeof(*t->wf))) == NULL ||
-        (r->history && ath__buf_append(&t->wf->hist, r->history, r->history_len) != 0)) {
-      uv_mutex_unlock(&w->lock);
-      task_free(t);
-      return ATH_ENOMEM;
-    }
+        (r->history && ath__buf_append(&t->wf->hist, r->history, r->history_len) != 0))
+      goto nomem;
   }
-  if (r->parent_id != NULL) { /* created before its children: already loaded */
-    ath_task_t* p = table_get(w, r->parent_id, ath__hash_str(r->parent_id));
-    if (p != NULL && p->wf != NULL) {
-      ath_task_retain(p);
-      t->parent = p;
-    }
-  }
-  ath_queue_t* q = find_queue(w, r->queue);
   t->queue = t->def->ghost ? w->queues[0] : q ? q : t->def->queue;
   t->status = (ath_status_t)r->status;
   t->attempt = r->attempt;
@@ -2508,8 +2694,44 @@ int ath__world_recover_row(void* ud, const ath_row_t* r) {
   t->started_at = r->started_at;
   t->completed_at = r->completed_at;
   t->last_hb = r->last_hb;
+  return t;
+nomem:
+  if (parent != NULL)
+    ath_task_release(parent);
+  if (t != NULL)
+    task_free(t);
+  return NULL;
+}
+
+/* The parent workflow of a stored row: in RAM, or as stored. NULL when it
+ * has none, or it is gone (pruned). */
+static ath_task_t* row_parent(ath_world_t* w, const ath_row_t* r) {
+  ath_task_t* p = NULL;
+  if (r->parent_id != NULL && ath_world_find(w, r->parent_id, &p) == 0 && p->wf == NULL) {
+    ath_task_release(p); /* not a workflow (a ghost, renamed since) */
+    p = NULL;
+  }
+  return p;
+}
+
+int ath__world_recover_row(void* ud, const ath_row_t* r) {
+  ath_world_t* w = ud;
   if (r->seq >= w->next_seq)
     w->next_seq = r->seq + 1;
+  if (ATH_IS_TERMINAL(r->status) && r->status != ATH_QUARANTINED) {
+    w->n_recovered[3]++; /* finished: read from the store when asked for */
+    return 0;
+  }
+  /* created before its children: the parent is loaded already, or stored */
+  ath_task_t* t = task_from_row(w, r, row_parent(w, r));
+  if (t == NULL)
+    return ATH_ENOMEM;
+  uv_mutex_lock(&w->lock);
+  if (w->ntasks + 1 > w->table_cap && table_grow(w) != 0) {
+    uv_mutex_unlock(&w->lock);
+    task_free(t);
+    return ATH_ENOMEM;
+  }
   table_put(w, t);
   int64_t now = ath__wall(w);
   uint64_t mono = ath__mono(w);
@@ -2566,6 +2788,10 @@ void ath__world_prune(ath_world_t* w) {
   int64_t before = ath__wall(w) - w->cfg.retention_ms;
   ath_task_t* dead = NULL; /* chained through hnext once out of the table */
   uv_mutex_lock(&w->lock);
+  if (w->store != NULL) { /* and in the store, where finished tasks live */
+    w->prune_before = before;
+    uv_cond_signal(&w->store_cond);
+  }
   for (size_t i = 0; i < w->table_cap; i++) {
     ath_task_t** p = &w->table[i];
     while (*p != NULL) {

@@ -446,6 +446,9 @@ typedef struct {
   int workers_total, workers_idle, workers_busy;
   int64_t queued, scheduled, running;
   int64_t completed, failed, retried, cancelled, quarantined;
+  int64_t resident;       /* tasks held in RAM: live ones, dead letters and
+                           * finished ones not yet committed or (memory mode)
+                           * retained */
   int64_t per_second, per_minute, per_hour;
   double workload;
   double wait_p50, wait_p95, wait_p99; /* ms */
