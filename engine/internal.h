@@ -418,6 +418,8 @@ struct ath_world_s {
   /* Shutdown: while `draining`, workers still claim queued tasks (and a
    * workflow's steps are still accepted); then the results. */
   int draining;
+  struct ath_task_s** held; /* workflows a shutdown refused a command: queued when it ends */
+  int nheld, held_cap;
   int drained, requeued, abandoned;
   void (*start_hook)(ath_world_t* w); /* tests only: see ath__world_set_start_hook */
   /* The manual clock (clock = "manual"): time moves only in advance(). */

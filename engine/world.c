@@ -1587,6 +1587,23 @@ int ath_world_children(ath_world_t* w, const ath_task_t* t, ath_task_t** out, in
   return n;
 }
 
+/* Keeps workflow t, whose segment a draining shutdown refused a command,
+ * out of the queue until the drain ends (lock held). Returns 0 or
+ * ATH_ENOMEM. */
+static int hold_workflow(ath_world_t* w, ath_task_t* t) {
+  if (w->nheld == w->held_cap) {
+    int cap = w->held_cap ? w->held_cap * 2 : 16;
+    ath_task_t** h = realloc(w->held, (size_t)cap * sizeof(*h));
+    if (h == NULL)
+      return ATH_ENOMEM;
+    w->held = h;
+    w->held_cap = cap;
+  }
+  t->wf->where = ATH_WF_PARKED; /* out of any queue: cancel and cascade find it so */
+  w->held[w->nheld++] = t;
+  return 0;
+}
+
 int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
                         int max, int* stop, ath_waiter_t** inbox, ath_vtimer_t** fired) {
   ath_worker_t* wake[MAX_WORKERS];
@@ -1624,6 +1641,8 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
       if (o->park_task != NULL)
         ath_task_release(o->park_task);
       w->requeued++;
+      if (w->draining && hold_workflow(w, t) == 0)
+        continue; /* claimed again, it would only be refused again */
       nwake = wf_resume(w, t, wake, nwake);
       continue;
     }
@@ -2166,6 +2185,10 @@ int ath_world_shutdown(ath_world_t* w, int64_t timeout_ms, int* drained, int* re
     uv_cond_timedwait(&w->cond, &w->lock, deadline - now);
   }
   w->draining = 0; /* from here on nothing is claimed */
+  for (int i = 0; i < w->nheld; i++) /* queued as at a deadline: the next start replays them */
+    if (!ATH_IS_TERMINAL(w->held[i]->status))
+      wf_resume(w, w->held[i], NULL, 0);
+  w->nheld = 0;
   if (w->n_running > 0) {
     /* Past the deadline: interrupt what still runs; each attempt returns
      * to pending, not counted (T14). */
@@ -2250,6 +2273,7 @@ void ath_world_free(ath_world_t* w) {
     free(wk);
   }
   free(w->retired);
+  free(w->held);
   if (w->table != NULL) {
     for (size_t i = 0; i < w->table_cap; i++) {
       ath_task_t* t = w->table[i];

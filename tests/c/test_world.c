@@ -323,24 +323,24 @@ static void slow_start(ath_world_t* w) {
 TEST_IMPL(world_schedule_restart) {
   write_module();
   char path[300], err[512];
-  snprintf(path, sizeof(path), "%s/store", module_dir);
   static const char* const mods[] = {"ctjobs", NULL};
-  for (int round = 0; round < 2; round++) {
+  for (int round = 0; round < 4; round++) { /* A then B, with file then hybrid */
+    snprintf(path, sizeof(path), "%s/store-%d", module_dir, round / 2);
     ath_world_config_t cfg;
     ath_world_config_init(&cfg);
     cfg.min_workers = cfg.max_workers = 1;
-    cfg.persistence = ATH_PERSIST_FILE;
+    cfg.persistence = round < 2 ? ATH_PERSIST_FILE : ATH_PERSIST_HYBRID;
     cfg.persistence_path = path;
     cfg.modules = mods;
     cfg.lua_path = lua_path;
     ath_world_t* w = NULL;
     ASSERT_OK(ath_world_new(&cfg, &w, err, sizeof(err)));
     ASSERT_OK(reg(w, "echo", NULL, 0));
-    if (round == 1)
+    if (round % 2 == 1)
       ath__world_set_start_hook(w, slow_start);
     int64_t started = ath_world_now(w);
     ASSERT_OK(ath_world_start(w, err, sizeof(err)));
-    if (round == 0) { /* world A: schedules every second, then goes */
+    if (round % 2 == 0) { /* world A: schedules every second, then goes */
       size_t len;
       char* p = dup_json("1", &len);
       ath_schedule_opts_t o = {0};

@@ -149,6 +149,20 @@ describe("issue 14 bugs", function()
       S.raises("ESHUTDOWN", w.execute, w, "echo", 1)
     end)
 
+    it("a workflow segment refused by the shutdown waits for the next start instead of running again", function()
+      local log = S.tmpname()
+      local w = world { minWorkers = 1 }
+      local blocker = w:execute("nap", { ms = 200 })
+      S.eventually(function() return blocker:status() == "running" end, S.WAIT, "the nap to run")
+      local h = w:execute("conf.outside", { log = log })
+      local r = w:shutdown { timeout = 1000 }
+      assert.equals(1, r.requeued) -- the refused segment
+      local runs = select(2, (S.readfile(log) or ""):gsub("segment\n", ""))
+      assert.equals(1, runs) -- once: the drain did not claim it again and again
+      assert.equals("running", h:status()) -- its run goes on at the next start (file, hybrid)
+      assert.equals("completed", blocker:status())
+    end)
+
     it("file: queued tasks left at the timeout stay queued in the store and run after a restart", function()
       local path = S.tmpname()
       local cfg = { persistence = "file", persistencePath = path, minWorkers = 1 }
@@ -231,7 +245,8 @@ describe("issue 14 errors name the option and what is allowed", function()
     S.raises("ENOTFOUND", w.execute, w, "nope", {}) -- a string that names nothing
     -- a definition stands for its name
     assert.equals(5, S.result(w:execute(jobs.add, { a = 2, b = 3 })))
-    assert.same({ 1, 4 }, { S.result(w:executeMany(jobs.square, { 1, 2 })[1]), S.result(w:executeMany(jobs.square, { 2 })[1]) })
+    local hs = w:executeMany(jobs.square, { 1, 2 })
+    assert.same({ 1, 4 }, { S.result(hs[1]), S.result(hs[2]) })
   end)
 
   it("every failureStrategy option lists the valid names, from one validator", function()
