@@ -322,8 +322,9 @@ static int api_metrics(h2o_req_t* req, ath_world_t* w) {
        m.workers_total, m.workers_idle, m.workers_busy);
   putf(&b, "\"tasks\":{\"queued\":%lld,\"scheduled\":%lld,\"running\":%lld,\"completed\":%lld,",
        (long long)m.queued, (long long)m.scheduled, (long long)m.running, (long long)m.completed);
-  putf(&b, "\"failed\":%lld,\"retried\":%lld,\"cancelled\":%lld,\"quarantined\":%lld},",
-       (long long)m.failed, (long long)m.retried, (long long)m.cancelled, (long long)m.quarantined);
+  putf(&b, "\"failed\":%lld,\"retried\":%lld,\"cancelled\":%lld,\"quarantined\":%lld,\"resident\":%lld},",
+       (long long)m.failed, (long long)m.retried, (long long)m.cancelled, (long long)m.quarantined,
+       (long long)m.resident);
   putf(&b, "\"throughput\":{\"perSecond\":%lld,\"perMinute\":%lld,\"perHour\":%lld},\"workload\":%.4f,",
        (long long)m.per_second, (long long)m.per_minute, (long long)m.per_hour, m.workload);
   put(&b, "\"queues\":{");
@@ -436,6 +437,8 @@ static int prometheus(h2o_req_t* req, ath_world_t* w) {
            "athena_tasks_total{outcome=\"quarantined\"} %lld\n",
        (long long)m.completed, (long long)m.failed, (long long)m.retried, (long long)m.cancelled,
        (long long)m.quarantined);
+  putf(&b, "# HELP athena_tasks_resident Tasks held in RAM (finished ones leave once stored).\n"
+           "# TYPE athena_tasks_resident gauge\nathena_tasks_resident %lld\n", (long long)m.resident);
   putf(&b, "# HELP athena_workload Busy slots over all slots.\n# TYPE athena_workload gauge\n"
            "athena_workload %.4f\n", m.workload);
   const char* names[3] = {"athena_queue_depth", "athena_queue_running", "athena_queue_oldest_age_seconds"};

@@ -340,7 +340,7 @@ describe("HTTP surface (world:serve)", function()
     assert.is_true(m.uptime > 0)
     assert.same({ total = 1, idle = 1, busy = 0 }, m.workers)
     assert.same({ queued = 0, scheduled = 1, running = 0, completed = 4, failed = 2, retried = 1,
-      cancelled = 1, quarantined = 1 }, m.tasks)
+      cancelled = 1, quarantined = 1, resident = 9 }, m.tasks) -- memory mode retains all 9
     assert.is_table(m.throughput, raw)
     for _, k in ipairs { "perSecond", "perMinute", "perHour" } do
       assert.equals("integer", math.type(m.throughput[k]), k)
@@ -879,7 +879,7 @@ describe("world:getMetrics()", function()
     assert.same({ depth = 0, running = 0, oldestAgeMs = 0 }, m.queues.default)
     assert.same({ depth = 0, running = 0, oldestAgeMs = 0 }, m.queues.io)
     assert.same({ queued = 0, scheduled = 0, running = 0, completed = 0, failed = 0, retried = 0, cancelled = 0,
-      quarantined = 0 }, m.tasks)
+      quarantined = 0, resident = 0 }, m.tasks)
     assert.same({ perSecond = 0, perMinute = 0, perHour = 0 }, m.throughput)
     assert.same({ p50 = 0, p95 = 0, p99 = 0 }, m.latency.run)
     assert.same({ p50 = 0, p95 = 0, p99 = 0 }, m.latency.queueWait)
