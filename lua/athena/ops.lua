@@ -246,7 +246,7 @@ local function print_table(header, rows, widths, tty)
     for c = 1, #header do
       out[c] = c < #header and r[c] .. string.rep(" ", width[c] - (utf8.len(r[c]) or #r[c])) or r[c]
     end
-    io.write(table.concat(out, "  "), "\n")
+    io.write((table.concat(out, "  "):gsub("%s+$", "")), "\n")
   end
 end
 
