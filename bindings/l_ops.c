@@ -7,11 +7,9 @@
  *   core.ops.progressWatch(world) -> boolean
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/file.h>
 #include <time.h>
 #include <unistd.h>
 #include "internal.h"
@@ -35,33 +33,18 @@ static int storelock_release(lua_State* L) {
 }
 
 /* core.ops.lockStore(dir) -> lock | nil, err. Takes <dir>/athena.lock as a
- * world's start() does (engine/store.c: flock, exclusive, non-blocking), so
- * that no world can start on the store while the lock is held. EBUSY while
- * a world holds it; ESTORE when the file cannot be opened or locked. */
+ * world's start() does (ath__store_lock), so that no world can start on the
+ * store while the lock is held: EBUSY while a world holds it, ESTORE when
+ * the file cannot be opened or locked. */
 static int ops_lockstore(lua_State* L) {
   const char* dir = luaL_checkstring(L, 1);
   lstorelock_t* l = lua_newuserdatauv(L, sizeof(*l), 0);
   l->fd = -1;
   luaL_setmetatable(L, "athena.StoreLock");
-  char path[4096];
   char why[4200];
-  snprintf(path, sizeof(path), "%s/athena.lock", dir);
-  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    snprintf(why, sizeof(why), "cannot open %s: %s", path, strerror(errno));
-    return ath__pushfail(L, ATH_ESTORE, why);
-  }
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    int e = errno;
-    close(fd);
-    if (e == EWOULDBLOCK) {
-      snprintf(why, sizeof(why), "%s is held by a running world", dir);
-      return ath__pushfail(L, ATH_EBUSY, why);
-    }
-    snprintf(why, sizeof(why), "cannot lock %s: %s", path, strerror(e));
-    return ath__pushfail(L, ATH_ESTORE, why);
-  }
-  l->fd = fd;
+  int rc = ath__store_lock(dir, &l->fd, why, sizeof(why));
+  if (rc != 0)
+    return ath__pushfail(L, rc, why);
   return 1;
 }
 

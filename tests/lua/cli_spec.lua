@@ -474,7 +474,7 @@ describe("athena tasks/show/requeue/purge/schedules", function()
     local code, out, err = sh("env FAIL=1 HOLD=" .. q(hold) .. " " .. q(BIN) .. " " .. q(store_script) .. " " .. q(dir))
     assert.equals(0, code, err)
     assert.matches('^code=1\n%[{.-"id":"t%-bad".-}%]\n', out) -- the read worked, the requeue did not
-    assert.matches("athena requeue: EBUSY: .- is held by a running world", out)
+    assert.matches("athena requeue: EBUSY: persistencePath .- is held by another world: requeue the task through that world", out)
     assert.matches("POST /api/tasks/<id>/requeue", out)
     assert.matches("\nt%-bad is quarantined\n$", out) -- nothing changed behind the world's back
     assert.equals("quarantined", ops_json("show t-bad --path " .. q(dir)).status)
