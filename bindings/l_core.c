@@ -472,6 +472,8 @@ int luaopen_athena_core(lua_State* L) {
   lua_setfield(L, -2, "http");
   lath_open_db(L);
   lua_setfield(L, -2, "db");
+  lath_open_ops(L);
+  lua_setfield(L, -2, "ops");
   lua_pushstring(L, ath_version());
   lua_setfield(L, -2, "version");
   return 1;

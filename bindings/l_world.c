@@ -38,8 +38,10 @@ static int world_close(lua_State* L) {
   ath_world_t* w = lw->w;
   lw->w = NULL; /* detach first, so a second call finds NULL */
   ath__buf_free(&lw->scratch);
-  if (w != NULL && !lw->proxy)
+  if (w != NULL && !lw->proxy) {
+    lath_progress_forget(w); /* l_ops.c: off the --progress line first */
     ath_world_free(w); /* drains running tasks (30 s), joins threads */
+  }
   return 0;
 }
 
@@ -1247,4 +1249,9 @@ int lath_open_world(lua_State* L) {
   lua_setfield(L, -2, "__index");
   lua_pop(L, 2);
   return 0;
+}
+
+/* For bindings/l_ops.c (the --progress line). */
+ath_world_t* lath_checkworld(lua_State* L, int idx) {
+  return check_world(L, idx);
 }

@@ -67,5 +67,17 @@ int lath_gws_new(lua_State* L, int idx, ath_world_t* w, struct ath_gws_s** out);
 
 int lath_open_world(lua_State* L);  /* [-0, +0, m] registers the classes */
 int lath_world_new(lua_State* L);   /* core.newWorld(cfg) */
+/* [-0, +0, v] The world at idx; raises if it is closed or not one. */
+ath_world_t* lath_checkworld(lua_State* L, int idx);
+
+/* l_ops.c ----------------------------------------------------------------- */
+
+int lath_open_ops(lua_State* L); /* [-0, +1, m] pushes {lockStore, isatty, progressWatch} */
+/* Takes a world off the --progress line; world_close calls it before it
+ * frees the world. Thread: any. */
+void lath_progress_forget(ath_world_t* w);
+/* Draws the line a last time (with a newline) and joins its thread, if it
+ * runs; the `athena` executable calls it before closing its state. */
+void lath_progress_stop(void);
 
 #endif

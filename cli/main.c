@@ -3,6 +3,9 @@
  *
  *   athena script.lua [args...]   run a script (global `arg` as lua sets it)
  *   athena -e CODE                run a chunk
+ *   athena --progress ...         a live status line on stderr (a TTY)
+ *   athena serve [options]        lua/athena/serve.lua
+ *   athena tasks|show|requeue|purge|schedules ...   lua/athena/ops.lua
  *   athena --version | --help
  *
  * A script error prints the message and a traceback to stderr and exits 1;
@@ -18,23 +21,54 @@
 #include "athena.h"
 
 void lath_openstate(lua_State* L);
+void lath_progress_stop(void);
 
 static const char* progname = "athena";
 
 static void usage(FILE* f) {
   fprintf(f,
           "usage: %s [options] [script.lua [args...]]\n"
-          "       %s serve [--db URL [--config FILE]] [--host H] [--port P]\n"
+          "       %s serve [--db URL [--config FILE]] [--host H] [--port P] [--progress]\n"
           "                    [--persistence memory|file|hybrid] [--path DIR] [--modules a,b] [--workers N]\n"
+          "       %s tasks [--status S] [--name N] [--limit K] [--json] --path DIR\n"
+          "       %s show ID [--json] --path DIR\n"
+          "       %s requeue ID --path DIR | purge ID --path DIR\n"
+          "       %s schedules [--json] --path DIR\n"
           "  -e CODE      run CODE\n"
+          "  --progress   a live status line on stderr when it is a terminal\n"
           "  --version    print the version\n"
           "  --help       this text\n"
           "With a script, runs it like lua5.4 does, with `athena` preloaded.\n"
           "`serve` starts a world whose workers load the given modules, recovers\n"
           "what --path holds, and serves /healthz, /metrics, /api and the dashboard\n"
           "(with --db, also the database gateway configured by --config) until SIGINT\n"
-          "or SIGTERM, then shuts down gracefully; SIGHUP re-reads the gateway's catalog.\n",
-          progname, progname);
+          "or SIGTERM, then shuts down gracefully; SIGHUP re-reads the gateway's catalog.\n"
+          "`tasks`, `show` and `schedules` read the store of a file or hybrid world\n"
+          "(also while it runs); `requeue` and `purge` change a quarantined task of a\n"
+          "store that no running world holds.\n",
+          progname, progname, progname, progname, progname, progname);
+}
+
+/* Subcommands: the Lua module whose function runs them, whether it gets
+ * the command's name as first argument, and the exit status of a raise. */
+typedef struct {
+  const char* name;
+  const char* module;
+  int with_name;
+  int error_status;
+} command_t;
+
+static const command_t commands[] = {
+  {"serve", "athena.serve", 0, 2},  {"tasks", "athena.ops", 1, 1},
+  {"show", "athena.ops", 1, 1},     {"requeue", "athena.ops", 1, 1},
+  {"purge", "athena.ops", 1, 1},    {"schedules", "athena.ops", 1, 1},
+};
+
+static const command_t* find_command(const char* name) {
+  for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+    if (strcmp(commands[i].name, name) == 0)
+      return &commands[i];
+  return NULL;
 }
 
 /* lua.c's msghandler: a traceback for string errors, __tostring for others. */
@@ -104,19 +138,25 @@ static int pmain(lua_State* L) {
   lua_call(L, 1, 1);
   lua_setglobal(L, "athena");
 
-  if (argc >= 2 && strcmp(argv[1], "serve") == 0) {
+  const command_t* cmd = argc >= 2 ? find_command(argv[1]) : NULL;
+  if (cmd != NULL) {
     create_arg(L, argv, argc, 1);
     lua_getglobal(L, "require");
-    lua_pushliteral(L, "athena.serve");
+    lua_pushstring(L, cmd->module);
     lua_call(L, 1, 1);
-    for (int i = 2; i < argc; i++)
+    int first = cmd->with_name ? 1 : 2;
+    luaL_checkstack(L, argc, "too many arguments");
+    for (int i = first; i < argc; i++)
       lua_pushstring(L, argv[i]);
-    int st = docall(L, argc - 2);
+    int base = lua_gettop(L) - (argc - first) - 1;
+    lua_pushcfunction(L, msghandler);
+    lua_insert(L, base + 1);
+    int st = lua_pcall(L, argc - first, 1, base + 1);
     if (report(L, st) != LUA_OK) {
-      lua_pushinteger(L, 2);
+      lua_pushinteger(L, cmd->error_status);
       return 1;
     }
-    lua_pushinteger(L, 0);
+    lua_pushinteger(L, lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0);
     return 1;
   }
   int script = 0;
@@ -147,6 +187,13 @@ static int pmain(lua_State* L) {
       }
       i++;
       script = -1; /* ran something */
+    } else if (strcmp(a, "--progress") == 0) {
+      lua_getglobal(L, "require"); /* World.new then watches each world */
+      lua_pushliteral(L, "athena.ops");
+      lua_call(L, 1, 1);
+      lua_getfield(L, -1, "enableProgress");
+      lua_call(L, 0, 0);
+      lua_pop(L, 1);
     } else if (strcmp(a, "--") == 0) {
       if (i + 1 < argc)
         script = i + 1;
@@ -202,6 +249,7 @@ int main(int argc, char** argv) {
     rc = (int)lua_tointeger(L, -1);
   else
     report(L, status);
+  lath_progress_stop(); /* the last status line, before the worlds close */
   lua_close(L); /* closes worlds: they drain and join their threads */
   return rc;
 }

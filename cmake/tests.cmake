@@ -156,6 +156,15 @@ if(NOT ATHENA_ASAN AND NOT ATHENA_TSAN AND NOT ATHENA_UBSAN)
   set_tests_properties(browser.dashboard PROPERTIES TIMEOUT 600)
 endif()
 
+# The Lua module as a rock: `luarocks make` of the rockspec into a temporary
+# Lua 5.4 tree, then `require "athena"` and the quick start example from a
+# stock lua5.4 with only that tree's paths (tests/pkg/luarocks.sh). It makes
+# a Release build of its own, so it runs in the plain build only.
+if(NOT ATHENA_ASAN AND NOT ATHENA_TSAN AND NOT ATHENA_UBSAN)
+  add_test(NAME pkg.luarocks COMMAND ${PROJECT_SOURCE_DIR}/tests/pkg/luarocks.sh ${PROJECT_SOURCE_DIR})
+  set_tests_properties(pkg.luarocks PROPERTIES TIMEOUT 600)
+endif()
+
 # The published npm client @xylex-group/athena 0.2.1 against `athena serve`
 # (tests/gateway/run_npm_interop.sh): npm-installs the package (no network
 # is a failure, not a skip), then runs tests/gateway/npm_interop.mjs on the

@@ -265,12 +265,7 @@ static void store_main(void* arg) {
   uv_mutex_unlock(&w->lock);
 }
 
-static int take_lock(ath_world_t* w, char* err, size_t errlen) {
-  const char* dir = w->cfg.persistence_path;
-  if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-    snprintf(err, errlen, "cannot create persistencePath %s: %s", dir, strerror(errno));
-    return ATH_ESTORE;
-  }
+int ath__store_lock(const char* dir, int* fd_out, char* err, size_t errlen) {
   char path[4096];
   snprintf(path, sizeof(path), "%s/athena.lock", dir);
   int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -288,8 +283,17 @@ static int take_lock(ath_world_t* w, char* err, size_t errlen) {
     snprintf(err, errlen, "cannot lock %s: %s", path, strerror(e));
     return ATH_ESTORE;
   }
-  w->lockfd = fd;
+  *fd_out = fd;
   return 0;
+}
+
+static int take_lock(ath_world_t* w, char* err, size_t errlen) {
+  const char* dir = w->cfg.persistence_path;
+  if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+    snprintf(err, errlen, "cannot create persistencePath %s: %s", dir, strerror(errno));
+    return ATH_ESTORE;
+  }
+  return ath__store_lock(dir, &w->lockfd, err, errlen);
 }
 
 static void drop_lock(ath_world_t* w) {

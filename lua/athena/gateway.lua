@@ -656,6 +656,36 @@ function M.new(config)
   return gw
 end
 
+--- athena.useAthenaGateway([config]) -> client
+-- The published hook's name for gateway.new. config is optional: baseUrl
+-- defaults to $ATHENA_GATEWAY_URL and apiKey to $ATHENA_API_KEY (an empty
+-- variable counts as unset); with neither a baseUrl nor the variable it
+-- raises EINVAL naming both.
+function M.useAthenaGateway(config)
+  if config ~= nil and type(config) ~= "table" then argerror(1, "useAthenaGateway", "table", config) end
+  local cfg = config and copy(config) or {}
+  local from_env = false
+  if cfg.baseUrl == nil then
+    local url = os.getenv("ATHENA_GATEWAY_URL")
+    if url == nil or url == "" then
+      invalid("useAthenaGateway: no gateway URL: pass config.baseUrl or set ATHENA_GATEWAY_URL")
+    end
+    cfg.baseUrl, from_env = url, true
+  end
+  if cfg.apiKey == nil then
+    local key = os.getenv("ATHENA_API_KEY")
+    if key ~= nil and key ~= "" then cfg.apiKey = key end
+  end
+  local ok, gw = pcall(M.new, cfg)
+  if not ok then
+    if from_env and type(gw) == "table" and gw.code == "EINVAL" then
+      invalid("ATHENA_GATEWAY_URL: %s", gw.message)
+    end
+    error(gw, 0)
+  end
+  return gw
+end
+
 -- Decrements the in-flight count when a call ends, however it ends.
 local Busy = {
   __close = function(b)

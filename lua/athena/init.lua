@@ -597,11 +597,12 @@ end
 
 -- The gateway client (GATEWAY.md §5), loaded when first used.
 setmetatable(M, { __index = function(t, k)
-  if k == "gateway" or k == "createClient" then
+  if k == "gateway" or k == "createClient" or k == "useAthenaGateway" then
     local ok, gw = pcall(require, "athena.gateway")
     if not ok then return nil end
     rawset(t, "gateway", gw)
     rawset(t, "createClient", gw.createClient)
+    rawset(t, "useAthenaGateway", gw.useAthenaGateway)
     return rawget(t, k)
   end
 end })

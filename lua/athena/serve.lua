@@ -4,11 +4,12 @@
 -- on SIGINT or SIGTERM.
 --   athena serve --port 8080 --persistence file --path /var/lib/athena --modules app.jobs
 --   athena serve --db sqlite:app.db --config gateway.lua   (the gateway, GATEWAY.md)
+--   --progress: a live status line on stderr when it is a terminal (bindings/l_ops.c)
 local athena = require "athena"
 local core = require "athena.core"
 
 local function usage(msg)
-  error(("athena serve: %s\nusage: athena serve [--db URL [--config FILE]] [--host H] [--port P]"
+  error(("athena serve: %s\nusage: athena serve [--db URL [--config FILE]] [--host H] [--port P] [--progress]"
     .. " [--persistence memory|file|hybrid] [--path DIR] [--modules a,b] [--workers N]"):format(msg), 0)
 end
 
@@ -18,7 +19,10 @@ return function(...)
   local i = 1
   while i <= #args do
     local a, v = args[i], args[i + 1]
-    if a == "--host" and v then
+    if a == "--progress" then -- a flag: takes no value
+      opts.progress = true
+      i = i - 1
+    elseif a == "--host" and v then
       opts.host = v
     elseif a == "--port" and v and tonumber(v) then
       opts.port = math.tointeger(tonumber(v)) or usage("--port needs an integer")
@@ -56,14 +60,16 @@ return function(...)
   io.stderr:write(("athena: info: serving %s (persistence %s at %s, modules: %s%s)\n"):format(
     s.url, opts.persistence, opts.path, #opts.modules > 0 and table.concat(opts.modules, ",") or "none",
     gateway and ", gateway on" or ""))
+  -- the status line (only when stderr is a terminal); lines below clear it first
+  local clear = opts.progress and core.ops.progressWatch(world) and "\r\27[K" or ""
   local sig = core.waitForSignal()
   while sig == "SIGHUP" do -- the gateway re-reads its databases' catalogs
     local rok, rerr = pcall(world.refreshGateway, world)
-    io.stderr:write(rok and "athena: info: SIGHUP: gateway catalog refreshed\n"
+    io.stderr:write(clear, rok and "athena: info: SIGHUP: gateway catalog refreshed\n"
       or ("athena: warn: SIGHUP: gateway refresh failed: %s\n"):format(tostring(rerr)))
     sig = core.waitForSignal()
   end
-  io.stderr:write(("athena: info: %s: shutting down\n"):format(sig))
+  io.stderr:write(clear, ("athena: info: %s: shutting down\n"):format(sig))
   local r = world:shutdown()
   io.stderr:write(("athena: info: drained %d, requeued %d\n"):format(r.drained, r.requeued))
 end

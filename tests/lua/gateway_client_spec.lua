@@ -113,6 +113,73 @@ describe("athena.gateway", function()
     end)
   end)
 
+  ------------------------------------------------------- useAthenaGateway
+
+  describe("useAthenaGateway", function()
+    -- Runs a chunk in a stock lua5.4 with `env` settings (VAR=value or
+    -- -u VAR) and returns its stdout; the chunk sees `athena` and `url`.
+    local function run_with_env(env, chunk)
+      local src = "local athena = require 'athena'; local url = " .. string.format("%q", mock.url) .. "\n" .. chunk
+      local p = assert(io.popen("env -u ATHENA_GATEWAY_URL -u ATHENA_API_KEY " .. env ..
+        " timeout -k 2 30 lua5.4 -e " .. sh_quote(src) .. " 2>&1"))
+      local out = p:read("a")
+      p:close()
+      return out
+    end
+
+    it("is athena.useAthenaGateway, and with a config it is gateway.new", function()
+      assert.equals(gateway.useAthenaGateway, athena.useAthenaGateway)
+      local gw = athena.useAthenaGateway { baseUrl = mock.url .. "/", apiKey = KEY, client = "app" }
+      assert.equals(mock.url, gw.baseUrl)
+      assert.is_true(gw:fetchGateway { table_name = "users" }.ok)
+      local h = mock:only_request().headers
+      assert.equals(KEY, h["x-athena-key"])
+      assert.equals("app", h["x-athena-client"])
+    end)
+
+    it("without a config takes ATHENA_GATEWAY_URL and ATHENA_API_KEY from the environment", function()
+      local out = run_with_env("ATHENA_GATEWAY_URL=" .. sh_quote(mock.url) .. " ATHENA_API_KEY=env-key-9876",
+        "local gw = athena.useAthenaGateway(); print(gw.baseUrl, gw:fetchGateway{ table_name = 'users' }.ok)")
+      assert.equals(mock.url .. "\ttrue\n", out)
+      local h = mock:only_request().headers
+      assert.equals("env-key-9876", h["x-athena-key"])
+      assert.equals("Bearer env-key-9876", h["authorization"])
+    end)
+
+    it("a config's baseUrl and apiKey win over the environment; a missing apiKey comes from it", function()
+      local out = run_with_env("ATHENA_GATEWAY_URL=http://127.0.0.1:9 ATHENA_API_KEY=env-key",
+        "print(athena.useAthenaGateway{ baseUrl = url, apiKey = 'cfg-key' }:fetchGateway{ table_name = 't' }.ok)" ..
+        " print(athena.useAthenaGateway{ baseUrl = url }:fetchGateway{ table_name = 't' }.ok)")
+      assert.equals("true\ntrue\n", out)
+      local reqs = mock:requests()
+      assert.equals(2, #reqs)
+      assert.equals("cfg-key", reqs[1].headers["x-athena-key"])
+      assert.equals("env-key", reqs[2].headers["x-athena-key"])
+    end)
+
+    it("without a config or ATHENA_GATEWAY_URL raises EINVAL naming both; no key header when unset", function()
+      local out = run_with_env("",
+        "local ok, e = pcall(athena.useAthenaGateway); print(ok, e.code, e.message)" ..
+        " local gw = athena.useAthenaGateway{ baseUrl = url }; gw:fetchGateway{ table_name = 't' }")
+      assert.matches("^false\tEINVAL\t", out)
+      assert.matches("config%.baseUrl", out)
+      assert.matches("ATHENA_GATEWAY_URL", out)
+      assert.is_nil(mock:only_request().headers["x-athena-key"])
+      out = run_with_env("ATHENA_GATEWAY_URL=", "print(pcall(athena.useAthenaGateway))")
+      assert.matches("^false\tEINVAL: .*ATHENA_GATEWAY_URL", out)
+    end)
+
+    it("a bad ATHENA_GATEWAY_URL raises EINVAL naming the variable; a non-table config is a bad argument", function()
+      local out = run_with_env("ATHENA_GATEWAY_URL=ftp://x", "print(pcall(athena.useAthenaGateway))")
+      assert.matches("^false\tEINVAL: ATHENA_GATEWAY_URL: invalid baseUrl", out)
+      local ok, err = pcall(athena.useAthenaGateway, "http://x")
+      assert.is_false(ok)
+      assert.matches("bad argument #1 to 'useAthenaGateway' %(table expected, got string%)", err)
+      raises_einval(athena.useAthenaGateway, { baseUrl = mock.url, nope = 1 })
+      assert.equals(0, #mock:requests())
+    end)
+  end)
+
   ----------------------------------------------------------------- headers
 
   describe("headers", function()
