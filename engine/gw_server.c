@@ -162,7 +162,9 @@ int ath__gws_new(ath_world_t* w, ath_gws_config_t* cfg, ath_gws_t** out, char* e
   }
   for (int i = 0; i < s->cfg.ndbs; i++)
     uv_mutex_init(&s->writers[i]);
-  int rc = read_catalogs(s, s->cats, err, errlen);
+  int rc = ath__gws_check_tables(&s->cfg, err, errlen);
+  if (rc == 0)
+    rc = read_catalogs(s, s->cats, err, errlen);
   for (int i = 0; rc == 0 && i < n; i++) {
     ath_gwt_t* t = &s->threads[i];
     t->s = s;
