@@ -298,6 +298,14 @@ int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen) {
     snprintf(err, errlen, "%s", "out of memory");
     return ATH_ENOMEM;
   }
+  /* connections now, while the files are the ones just introspected: a
+   * file deleted later is then noticed (ath__db_file_moved) instead of
+   * being created again, empty, by a first connection. One that fails
+   * here is retried when a request needs it. */
+  for (int i = 0; i < s->cfg.ndbs; i++) {
+    ath_db_error_t e;
+    conn(t, i, &e);
+  }
   if (s->cfg.config_path == NULL || !(s->cfg.global_policy || s->cfg.ntables > 0))
     return 0;
   lua_State* L = t->L = lua_newstate(policy_alloc, t);

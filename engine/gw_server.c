@@ -62,6 +62,8 @@ static void thread_main(void* arg) {
   if (err[0])
     ath__logf(s->w, ATH_LOG_ERROR, NULL, 0, "%s", err);
   uv_mutex_lock(&s->mu);
+  s->ready++; /* ath__gws_new waits for every thread's connections */
+  uv_cond_broadcast(&s->cond);
   for (;;) {
     while (!s->stop && s->queue == NULL)
       uv_cond_wait(&s->cond, &s->mu);
@@ -180,6 +182,10 @@ int ath__gws_new(ath_world_t* w, ath_gws_config_t* cfg, ath_gws_t** out, char* e
     free_server(s);
     return rc;
   }
+  uv_mutex_lock(&s->mu);
+  while (s->ready < s->nthreads)
+    uv_cond_wait(&s->cond, &s->mu);
+  uv_mutex_unlock(&s->mu);
   *out = s;
   return 0;
 }

@@ -195,6 +195,7 @@ struct ath_gws_s {
   ath_gwjob_t* queue_tail;
   ath_gwjob_t* done;         /* answered, for the engine thread */
   int stop;
+  int ready;                 /* threads that finished ath__gwt_init */
   ath_gws_cat_t** cats;      /* current catalog per database */
   uv_mutex_t* writers;       /* per database: SQLite writers take turns */
   ath_gwt_t* threads;
