@@ -63,7 +63,8 @@ void ath__gws_config_free(ath_gws_config_t* c);
 
 /* Builds a server from `cfg` (taken over, even on failure): connects to
  * every database and introspects it (blocking the caller), starts the
- * gateway threads, each loading `config_path` for its policies. Returns 0,
+ * gateway threads, each loading `config_path` for its policies and opening
+ * its connections, and returns once they all have. Returns 0,
  * or ATH_EINVAL / ATH_ENOMEM / a database error with `err` set. */
 int ath__gws_new(ath_world_t* w, ath_gws_config_t* cfg, ath_gws_t** out, char* err, size_t errlen);
 
