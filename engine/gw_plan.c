@@ -1077,7 +1077,8 @@ static int empty_group(cx_t* c, const char* what) {
   if (c->op != ATH_GW_UPDATE && c->op != ATH_GW_DELETE)
     return 0;
   return fail(c, 400,
-              c->op == ATH_GW_UPDATE ? "unfiltered_update" : "unfiltered_delete",
+              c->op == ATH_GW_UPDATE ? "unfiltered_update"
+                                     : "unfiltered_delete",
               "%s is empty, and an empty filter is no filter", what);
 }
 

@@ -300,7 +300,7 @@ describe("gateway hardening: input and execution", function()
     -- row's text: several seconds each without a timeout) and one fast
     -- fetch, written on five connections in that order by a Python client
     -- that reads the five answers as they come.
-    local SLOW_ROWS = 8000
+    local SLOW_ROWS = 12000
     local CLIENT = [[
 import json, selectors, socket, sys, time
 port, slow_body, fast_body = int(sys.argv[1]), open(sys.argv[2], "rb").read(), open(sys.argv[3], "rb").read()
