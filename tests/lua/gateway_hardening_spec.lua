@@ -152,6 +152,38 @@ describe("gateway hardening: input and execution", function()
     end
   end)
 
+  describe("1: a policy input that cannot be built", function()
+    it("fails closed: 500, and the SQL does not run", function()
+      -- the policy state holds 44 MB of its 64 MB heap, so a body of
+      -- 330000 empty objects (some 30 MB as Lua tables) cannot become one
+      local cfg = S.tmpname()
+      write(cfg, [[
+local ballast = {}
+for i = 1, 44 do ballast[i] = string.rep("x", 1 << 20) .. i end
+return { keys = { K = { rights = "*" } },
+  tables = { { name = "accounts", policy = function() return #ballast == 44 end } } }
+]])
+      local b = world:serve { port = 0, gateway = { db = url, config = cfg } }.url
+      local st, data = call(b, "PUT", "/gateway/insert", { table_name = "accounts", insert_body = { id = 50 } })
+      assert.equals(200, st, json.encode(data)) -- the policy state loaded, the policy allows
+      local pad = string.rep("{},", 330000) .. "{}"
+      st, data = call(b, "PUT", "/gateway/insert",
+        '{"table_name":"accounts","insert_body":{"id":51,"name":"x"},"pad":[' .. pad .. ']}',
+        { ["X-Request-Id"] = "payload-bomb" })
+      assert.equals(500, st)
+      assert.equals("internal_error", data.code)
+      local line = S.eventually(function()
+        for l in (S.readfile(logfile) or ""):gmatch("[^\n]+") do
+          if l:find("request_id=payload-bomb", 1, true) then return l end
+        end
+      end, nil, "the failure's log line")
+      assert.matches("input could not be built", line, 1, true)
+      assert.equals(0, #assert(db:query("SELECT id FROM accounts WHERE id = 51")))
+      st = call(b, "PUT", "/gateway/insert", { table_name = "accounts", insert_body = { id = 52 } })
+      assert.equals(200, st) -- the thread keeps serving
+    end)
+  end)
+
   describe("4: table entries without a policy", function()
     local function serve(tables_src)
       local cfg = S.tmpname()
