@@ -59,7 +59,20 @@ local function call(base, method, path, body, headers)
 end
 
 describe("gateway hardening: input and execution", function()
-  local dir, url, db, world, base, logfile
+  local dir, url, db, base, logfile
+  local world, servers = nil, 8
+
+  -- world:serve{gateway = ...}.url, on a world with room for another server
+  -- (a world runs at most 8); every world logs into `logfile`.
+  local function serve(gateway)
+    if servers == 8 then
+      world = S.world { log = { file = logfile, level = "info" } }
+      world:start()
+      servers = 0
+    end
+    servers = servers + 1
+    return world:serve { port = 0, gateway = gateway }.url
+  end
 
   setup(function()
     dir = S.tmpname()
@@ -70,11 +83,9 @@ describe("gateway hardening: input and execution", function()
     assert(db:exec("CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT, password_hash TEXT)"))
     assert(db:exec("CREATE TABLE items(id INTEGER PRIMARY KEY, v INTEGER, t TEXT UNIQUE)"))
     logfile = dir .. "/athena.log"
-    world = S.world { log = { file = logfile, level = "info" } }
-    world:start()
     local cfg = dir .. "/gateway.lua"
     write(cfg, CONFIG)
-    base = world:serve { port = 0, gateway = { db = url, config = cfg } }.url
+    base = serve { db = url, config = cfg }
   end)
 
   teardown(function()
@@ -163,7 +174,7 @@ for i = 1, 44 do ballast[i] = string.rep("x", 1 << 20) .. i end
 return { keys = { K = { rights = "*" } },
   tables = { { name = "accounts", policy = function() return #ballast == 44 end } } }
 ]])
-      local b = world:serve { port = 0, gateway = { db = url, config = cfg } }.url
+      local b = serve { db = url, config = cfg }
       local st, data = call(b, "PUT", "/gateway/insert", { table_name = "accounts", insert_body = { id = 50 } })
       assert.equals(200, st, json.encode(data)) -- the policy state loaded, the policy allows
       local pad = string.rep("{},", 330000) .. "{}"
@@ -185,14 +196,14 @@ return { keys = { K = { rights = "*" } },
   end)
 
   describe("4: table entries without a policy", function()
-    local function serve(tables_src)
+    local function serve_tables(tables_src)
       local cfg = S.tmpname()
       write(cfg, "return { keys = { K = { rights = '*' } }, tables = " .. tables_src .. " }")
-      return world:serve { port = 0, gateway = { db = url, config = cfg } }.url
+      return serve { db = url, config = cfg }
     end
 
     it("starts with { name, hidden } and hides the column", function()
-      local b = serve('{ { name = "users", hidden = { "password_hash" } } }')
+      local b = serve_tables('{ { name = "users", hidden = { "password_hash" } } }')
       assert(db:exec("DELETE FROM users"))
       assert(db:exec("INSERT INTO users VALUES (1, 'ann', 'secret')"))
       local st, data = call(b, "POST", "/gateway/fetch", { table_name = "users" })
@@ -202,7 +213,7 @@ return { keys = { K = { rights = "*" } },
     end)
 
     it("starts with { name, ops } and keeps to the operations", function()
-      local b = serve('{ { name = "items", ops = { "fetch" } } }')
+      local b = serve_tables('{ { name = "items", ops = { "fetch" } } }')
       assert.equals(200, (call(b, "POST", "/gateway/fetch", { table_name = "items" })))
       local st, data = call(b, "POST", "/gateway/delete", { table_name = "items", resource_id = 1 })
       assert.equals(403, st)
@@ -211,7 +222,7 @@ return { keys = { K = { rights = "*" } },
     end)
 
     it("mixes entries with and without policies, in list and map form, and keeps each policy", function()
-      local b = serve([[{
+      local b = serve_tables([[{
         { name = "users", hidden = { "password_hash" } },
         "items",
         { name = "accounts", policy = function() return false, "no" end },
@@ -221,7 +232,7 @@ return { keys = { K = { rights = "*" } },
       local st, data = call(b, "POST", "/gateway/fetch", { table_name = "accounts" })
       assert.equals(403, st)
       assert.equals("policy_denied", data.code)
-      b = serve([[{
+      b = serve_tables([[{
         users = { hidden = { "password_hash" } },
         accounts = { policy = function() return false, "no" end },
         items = { ops = { "fetch" } },
@@ -239,7 +250,7 @@ return { keys = { K = { rights = "*" } },
       write(cfg, "local deny = function() return false end\n" ..
         "return { keys = { K = { rights = '*' } }, tables = " .. tables_src .. " }")
       local err = S.raises("EINVAL", function()
-        world:serve { port = 0, gateway = { db = url, config = cfg } }
+        serve { db = url, config = cfg }
       end)
       assert.matches("listed twice", err.message, 1, true)
       assert.matches(name, err.message, 1, true)
@@ -255,7 +266,7 @@ return { keys = { K = { rights = "*" } },
     it("different tables are fine", function()
       local cfg = S.tmpname()
       write(cfg, "return { keys = { K = { rights = '*' } }, tables = { 'accounts', 'items', 'users' } }")
-      local b = world:serve { port = 0, gateway = { db = url, config = cfg } }.url
+      local b = serve { db = url, config = cfg }
       assert.equals(200, (call(b, "POST", "/gateway/fetch", { table_name = "items" })))
     end)
   end)
@@ -374,7 +385,7 @@ for c in conns:
       local cfg = S.tmpname()
       write(cfg, "return { keys = { K = { rights = '*' } }, tables = { 'big', 'items' }," ..
         " limits = { statementTimeout = '300ms' }, threads = 2 }")
-      local b = world:serve { port = 0, gateway = { db = url, config = cfg } }.url
+      local b = serve { db = url, config = cfg }
       local conds = {}
       for i = 1, 100 do conds[i] = { column = "t", operator = "like", value = "%aab" } end
       local slow, fast, py = S.tmpname(), S.tmpname(), S.tmpname()
@@ -419,7 +430,7 @@ for c in conns:
       m:close()
       local cfg = S.tmpname()
       write(cfg, "return { keys = { K = { rights = '*' } }, tables = { 'items' } }")
-      local b = world:serve { port = 0, gateway = { db = "sqlite:" .. path, config = cfg } }.url
+      local b = serve { db = "sqlite:" .. path, config = cfg }
       local st, data = call(b, "GET", "/health")
       assert.equals(200, st)
       assert.is_true(data.ok)
