@@ -430,7 +430,9 @@ for c in conns:
       m:close()
       local cfg = S.tmpname()
       write(cfg, "return { keys = { K = { rights = '*' } }, tables = { 'items' } }")
-      local b = serve { db = "sqlite:" .. path, config = cfg }
+      local w = S.world { log = { file = logfile, level = "info" } } -- its own, for refreshGateway
+      w:start()
+      local b = w:serve { port = 0, gateway = { db = "sqlite:" .. path, config = cfg } }.url
       local st, data = call(b, "GET", "/health")
       assert.equals(200, st)
       assert.is_true(data.ok)
@@ -459,6 +461,11 @@ for c in conns:
         assert.equals("database_moved", data.code)
         assert.equals(503, (call(b, "GET", "/health")))
       end
+      -- a catalog refresh (SIGHUP) does not create it again, empty
+      local err = S.raises("EINVAL", function() w:refreshGateway() end)
+      assert.matches("the database file is gone", err.message, 1, true)
+      assert.is_nil(io.open(path))
+      assert.equals(503, (call(b, "GET", "/health")))
     end)
   end)
 
