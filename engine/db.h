@@ -136,6 +136,12 @@ int ath__db_exec(ath_db_t* db, const char* sql, const ath_db_value_t* params, in
  * on PostgreSQL, whose blocking calls have statement_timeout. */
 void ath__db_set_interrupt(ath_db_t* db, int (*check)(void* ud), void* ud);
 
+/* Whether the file of an open SQLite connection was deleted, renamed or
+ * replaced since it was opened (the connection then reads and writes a
+ * file that is no longer the database its URL names). Two stat calls; 0 on
+ * PostgreSQL, for in-memory databases and when not connected. */
+int ath__db_file_moved(ath_db_t* db);
+
 /* Whether the connection can run statements on a loop (PostgreSQL). */
 int ath__db_can_async(const ath_db_t* db);
 typedef void (*ath_db_cb)(ath_db_t* db, void* ud);

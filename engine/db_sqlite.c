@@ -86,6 +86,18 @@ void ath__db_set_interrupt(ath_db_t* db, int (*check)(void* ud), void* ud) {
     sqlite3_progress_handler(db->sq, check ? 4000 : 0, check, ud);
 }
 
+int ath__db_file_moved(ath_db_t* db) {
+  int moved = 0;
+  if (db->kind != ATH_DB_SQLITE || db->sq == NULL)
+    return 0;
+  /* the unix VFS compares the open file with what its path names now
+   * (deleted: no links; moved or replaced: another inode); in-memory and
+   * temporary databases never move */
+  if (sqlite3_file_control(db->sq, "main", SQLITE_FCNTL_HAS_MOVED, &moved) != SQLITE_OK)
+    return 0;
+  return moved != 0;
+}
+
 /* Prepared statements kept per connection, by SQL text (least recently
  * used goes first): the gateway runs the same few shapes of statement over
  * and over, and preparing was a fifth of a fetch's time. */

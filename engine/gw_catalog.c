@@ -360,20 +360,53 @@ static int introspect_pg(ath_db_t* db, builder_t* b, ath_db_error_t* err) {
   return rc;
 }
 
-/* Whether configured table name `want` names table t of this dialect:
- * exact on PostgreSQL ("name" means public.name), case-insensitive on
- * SQLite (which drops "main."). */
-static int names(const ath_gw_table_t* t, const char* want, ath_gw_dialect_t dialect) {
+/* Whether configured table name `want` names the table `schema`.`name` of
+ * this dialect: exact on PostgreSQL ("name" means public.name),
+ * case-insensitive on SQLite (which drops "main."). */
+static int names_in(const char* schema, const char* name, const char* want, ath_gw_dialect_t dialect) {
   if (dialect == ATH_GW_PG) {
     const char* dot = strchr(want, '.');
     if (dot == NULL)
-      return strcmp(t->schema, "public") == 0 && strcmp(t->name, want) == 0;
-    return strlen(t->schema) == (size_t)(dot - want) && memcmp(t->schema, want, (size_t)(dot - want)) == 0 &&
-           strcmp(t->name, dot + 1) == 0;
+      return strcmp(schema, "public") == 0 && strcmp(name, want) == 0;
+    return strlen(schema) == (size_t)(dot - want) && memcmp(schema, want, (size_t)(dot - want)) == 0 &&
+           strcmp(name, dot + 1) == 0;
   }
   if (strncasecmp(want, "main.", 5) == 0)
     want += 5;
-  return strcasecmp(t->name, want) == 0;
+  return strcasecmp(name, want) == 0;
+}
+
+int ath__gws_names(const ath_gw_table_t* t, const char* want, ath_gw_dialect_t dialect) {
+  return names_in(t->schema ? t->schema : "main", t->name, want, dialect);
+}
+
+int ath__gws_check_tables(const ath_gws_config_t* cfg, char* err, size_t errlen) {
+  for (int d = 0; d < cfg->ndbs; d++) {
+    ath_gw_dialect_t dialect = strncmp(cfg->db_urls[d], "sqlite:", 7) == 0 ? ATH_GW_SQLITE : ATH_GW_PG;
+    for (int i = 0; i < cfg->ntables; i++) {
+      /* entry i as the table it would name: SQLite "main.x" is x */
+      const char* want = cfg->tables[i].name;
+      const char* dot = strchr(want, '.');
+      char schema[256];
+      const char* name = want;
+      if (dialect == ATH_GW_PG) {
+        snprintf(schema, sizeof(schema), "%.*s", dot ? (int)(dot - want) : 6, dot ? want : "public");
+        name = dot ? dot + 1 : want;
+      } else {
+        snprintf(schema, sizeof(schema), "main");
+        if (strncasecmp(want, "main.", 5) == 0)
+          name = want + 5;
+      }
+      for (int k = 0; k < i; k++) {
+        if (names_in(schema, name, cfg->tables[k].name, dialect)) {
+          snprintf(err, errlen, "invalid gateway config: table %s is listed twice (as %s and %s)", name,
+                   cfg->tables[k].name, want);
+          return ATH_EINVAL;
+        }
+      }
+    }
+  }
+  return 0;
 }
 
 static int in_list(char** list, const char* s, int nocase) {
@@ -414,7 +447,7 @@ int ath__gws_introspect(ath_db_t* db, const ath_gws_config_t* cfg, ath_gws_cat_t
     t->nuniques = d->nuniq;
     for (int k = 0; k < cfg->ntables; k++) {
       const ath_gws_table_t* e = &cfg->tables[k];
-      if (!names(t, e->name, c->dialect))
+      if (!ath__gws_names(t, e->name, c->dialect))
         continue;
       t->exposed = 1;
       t->ops = e->ops;

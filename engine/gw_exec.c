@@ -13,6 +13,7 @@
 #include "gw_server.h"
 
 #define POLICY_BUDGET_MS 1000 /* a policy that runs longer fails closed */
+#define FILE_MOVED "the database file was deleted or moved since the server opened it"
 
 /* ------------------------------------------------------------- envelope */
 
@@ -202,14 +203,14 @@ static int due(void* ud) {
 /* The thread's connection to database i, opened on first use. */
 static ath_db_t* conn(ath_gwt_t* t, int i, ath_db_error_t* err) {
   ath_gws_t* s = t->s;
-  if (t->dbs[i] == NULL) {
-    if (ath__db_new(s->cfg.db_urls[i], &t->dbs[i], err) != 0)
-      return NULL;
-    ath__db_set_interrupt(t->dbs[i], due, t);
-  }
+  if (t->dbs[i] == NULL && ath__db_new(s->cfg.db_urls[i], &t->dbs[i], err) != 0)
+    return NULL;
   ath_db_t* db = t->dbs[i];
   if (!ath__db_connected(db) && ath__db_connect(db, err) != 0)
     return NULL;
+  /* SQLite's statementTimeout: the handler belongs to the open connection
+   * (a reconnect opens a new one), so it is set after connecting */
+  ath__db_set_interrupt(db, due, t);
   if (!t->prepared[i]) {
     char sql[200];
     if (ath__db_kind(db) == ATH_DB_SQLITE) {
@@ -297,6 +298,14 @@ int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen) {
     snprintf(err, errlen, "%s", "out of memory");
     return ATH_ENOMEM;
   }
+  /* connections now, while the files are the ones just introspected: a
+   * file deleted later is then noticed (ath__db_file_moved) instead of
+   * being created again, empty, by a first connection. One that fails
+   * here is retried when a request needs it. */
+  for (int i = 0; i < s->cfg.ndbs; i++) {
+    ath_db_error_t e;
+    conn(t, i, &e);
+  }
   if (s->cfg.config_path == NULL || !(s->cfg.global_policy || s->cfg.ntables > 0))
     return 0;
   lua_State* L = t->L = lua_newstate(policy_alloc, t);
@@ -321,28 +330,26 @@ int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen) {
   else
     lua_pop(L, 1);
   lua_newtable(L); /* configured table name -> policy */
+  int map = lua_gettop(L);
   if (lua_getfield(L, cfg, "tables") == LUA_TTABLE) {
     lua_pushnil(L);
-    while (lua_next(L, -2) != 0) {
-      if (lua_istable(L, -1) && lua_getfield(L, -1, "policy") == LUA_TFUNCTION) {
-        const char* name = NULL;
-        if (lua_getfield(L, -2, "name") == LUA_TSTRING)
-          name = lua_tostring(L, -1);
-        else if (lua_type(L, -4) == LUA_TSTRING)
-          name = lua_tostring(L, -4);
-        if (name != NULL) {
-          lua_pushstring(L, name);
-          lua_pushvalue(L, -3);
-          lua_rawset(L, -8);
+    while (lua_next(L, map + 1) != 0) { /* map+2: key, map+3: entry */
+      /* entries are "name", {name = ..., policy = ...} or name = {...};
+       * gwserve.lua validated them, a table without a policy is common */
+      if (lua_istable(L, map + 3) && lua_getfield(L, map + 3, "policy") == LUA_TFUNCTION) {
+        if (lua_getfield(L, map + 3, "name") != LUA_TSTRING) {
+          lua_pop(L, 1);
+          lua_pushvalue(L, map + 2); /* the map form: the key is the name */
         }
-        lua_pop(L, 2);
-      } else if (lua_istable(L, -1)) {
-        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TSTRING) {
+          lua_pushvalue(L, map + 4); /* the policy */
+          lua_rawset(L, map);
+        }
       }
-      lua_pop(L, 1);
+      lua_settop(L, map + 2); /* the key, for lua_next */
     }
   }
-  lua_pop(L, 1);
+  lua_settop(L, map);
   t->tables_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_settop(L, 0);
   return 0;
@@ -376,8 +383,45 @@ static void push_readonly(lua_State* L, int idx) {
   lua_setmetatable(L, -2);
 }
 
-/* [-0, +1, m] The policy's `req` (GATEWAY §6.7). */
-static void push_req(lua_State* L, ath_gwjob_t* job, const char* table, int upsert) {
+void ath__gwt_push_json(lua_State* L, const ath_gj_t* v) {
+  luaL_checkstack(L, 3, "request payload");
+  switch (v->type) {
+    case ATH_GJ_NULL:
+      lua_pushlightuserdata(L, NULL); /* athena.null */
+      return;
+    case ATH_GJ_BOOL:
+      lua_pushboolean(L, v->boolean);
+      return;
+    case ATH_GJ_NUMBER: /* integers that fit, else floats: as the codec does */
+      if (lua_stringtonumber(L, v->str) == 0)
+        luaL_error(L, "the number %s does not convert", v->str);
+      return;
+    case ATH_GJ_STRING:
+      lua_pushlstring(L, v->str, v->len);
+      return;
+    case ATH_GJ_ARRAY: {
+      lua_Integer i = 0;
+      lua_createtable(L, v->count < 1024 ? (int)v->count : 1024, 0);
+      for (const ath_gj_t* it = v->first; it != NULL; it = it->next) {
+        ath__gwt_push_json(L, it);
+        lua_rawseti(L, -2, ++i);
+      }
+      return;
+    }
+    case ATH_GJ_OBJECT:
+      lua_createtable(L, 0, v->count < 1024 ? (int)v->count : 1024);
+      for (const ath_gj_t* it = v->first; it != NULL; it = it->next) {
+        lua_pushlstring(L, it->key, it->klen);
+        ath__gwt_push_json(L, it);
+        lua_rawset(L, -3); /* in document order: the last duplicate wins */
+      }
+      return;
+  }
+}
+
+/* [-0, +1, m] The policy's `req` (GATEWAY §6.7); `body` is the request's
+ * parsed body, the very tree the compiler reads. */
+static void push_req(lua_State* L, ath_gwjob_t* job, const ath_gj_t* body, const char* table, int upsert) {
   lua_createtable(L, 0, 12);
   if (job->key != NULL) {
     lua_createtable(L, 0, 3);
@@ -417,10 +461,7 @@ static void push_req(lua_State* L, ath_gwjob_t* job, const char* table, int upse
     lua_setfield(L, trusted ? -3 : -2, hint_names[i]);
   }
   lua_setfield(L, -2, "hints");
-  if (ath__json_decode_nulls(L, job->body, job->body_len, 1) != 0) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-  }
+  ath__gwt_push_json(L, body);
   push_readonly(L, -1);
   lua_remove(L, -2);
   lua_setfield(L, -2, "payload");
@@ -448,13 +489,35 @@ static void append_json_items(lua_State* L, int idx, ath_buf_t* to, int object) 
   ath__buf_free(&b);
 }
 
+typedef struct {
+  ath_gwjob_t* job;
+  const ath_gj_t* body;
+  const char* table;
+  int upsert;
+} req_args_t;
+
+/* lua_CFunction: push_req() in protected mode (its argument: req_args_t). */
+static int build_req(lua_State* L) {
+  const req_args_t* a = lua_touserdata(L, 1);
+  push_req(L, a->job, a->body, a->table, a->upsert);
+  return 1;
+}
+
 /* Calls the policy at the top of L. Returns 0 (allowed, extras added), 403
  * (denied: reason in `why`) or 500 (it raised, yielded, ran too long or
  * answered something else: `why` says what). */
-static int call_policy(ath_gwt_t* t, ath_gwjob_t* job, const char* table, int upsert, extras_t* x,
-                       char* why, size_t whylen) {
+static int call_policy(ath_gwt_t* t, ath_gwjob_t* job, const ath_gj_t* body, const char* table, int upsert,
+                       extras_t* x, char* why, size_t whylen) {
   lua_State* L = t->L;
-  push_req(L, job, table, upsert);
+  req_args_t a = {job, body, table, upsert};
+  lua_pushcfunction(L, build_req);
+  lua_pushlightuserdata(L, &a);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) { /* no input, no policy: fail closed */
+    snprintf(why, whylen, "the policy's input could not be built: %s",
+             lua_isstring(L, -1) ? lua_tostring(L, -1) : "(an error value)");
+    lua_settop(L, 0);
+    return 500;
+  }
   t->deadline = ath__after(ath__mono_ns(), POLICY_BUDGET_MS);
   lua_sethook(L, policy_hook, LUA_MASKCOUNT, 1000);
   int st = ath__vm_call(L, 1, 2);
@@ -495,8 +558,8 @@ static int call_policy(ath_gwt_t* t, ath_gwjob_t* job, const char* table, int up
 }
 
 /* Runs the global and the table's policies (both must allow). */
-static int run_policies(ath_gwt_t* t, ath_gwjob_t* job, const ath_gw_table_t* tbl, const char* cfgname,
-                        int upsert, extras_t* x, char* why, size_t whylen) {
+static int run_policies(ath_gwt_t* t, ath_gwjob_t* job, const ath_gj_t* body, const ath_gw_table_t* tbl,
+                        const char* cfgname, int upsert, extras_t* x, char* why, size_t whylen) {
   ath_gws_t* s = t->s;
   int table_policy = 0;
   for (int i = 0; i < s->cfg.ntables; i++)
@@ -516,7 +579,7 @@ static int run_policies(ath_gwt_t* t, ath_gwjob_t* job, const ath_gw_table_t* tb
       snprintf(why, whylen, "%s", "the global policy is missing");
       return 500;
     }
-    int rc = call_policy(t, job, table, upsert, x, why, whylen);
+    int rc = call_policy(t, job, body, table, upsert, x, why, whylen);
     if (rc != 0)
       return rc;
   }
@@ -529,7 +592,7 @@ static int run_policies(ath_gwt_t* t, ath_gwjob_t* job, const ath_gw_table_t* tb
       snprintf(why, whylen, "the policy of %s is missing", cfgname);
       return 500;
     }
-    return call_policy(t, job, table, upsert, x, why, whylen);
+    return call_policy(t, job, body, table, upsert, x, why, whylen);
   }
   return 0;
 }
@@ -679,16 +742,9 @@ static int compile(ath_gwt_t* t, ath_gwjob_t* job, ath_gws_cat_t* cat, const ath
 
 /* The configured entry naming table tbl. */
 static const char* config_name(const ath_gws_t* s, const ath_gw_table_t* tbl, ath_gw_dialect_t d) {
-  for (int i = 0; i < s->cfg.ntables; i++) {
-    const char* want = s->cfg.tables[i].name;
-    const char* dot = strchr(want, '.');
-    const char* bare = dot ? dot + 1 : want;
-    if (d == ATH_GW_PG ? strcmp(bare, tbl->name) == 0 && (dot == NULL ? strcmp(tbl->schema, "public") == 0
-                                                                       : strncmp(want, tbl->schema, (size_t)(dot - want)) == 0 &&
-                                                                           strlen(tbl->schema) == (size_t)(dot - want))
-                       : strcasecmp(bare, tbl->name) == 0)
-      return want;
-  }
+  for (int i = 0; i < s->cfg.ntables; i++)
+    if (ath__gws_names(tbl, s->cfg.tables[i].name, d))
+      return s->cfg.tables[i].name;
   return tbl->name;
 }
 
@@ -731,7 +787,7 @@ static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
     goto done;
   }
   char why[300];
-  int prc = run_policies(t, job, plan.table, cfgname, plan.upsert, &x, why, sizeof(why));
+  int prc = run_policies(t, job, doc->root, plan.table, cfgname, plan.upsert, &x, why, sizeof(why));
   if (prc == 403) {
     log_failure(s, job, table, 403, NULL, NULL, why);
     ath__gwjob_error(job, 403, "policy_denied", "the table's policy refused the request", NULL);
@@ -755,6 +811,11 @@ static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
   if (db == NULL) {
     log_failure(s, job, table, 503, &e, NULL, NULL);
     ath__gwjob_error(job, 503, "database_unavailable", "the database is unavailable", NULL);
+    goto done;
+  }
+  if (ath__db_file_moved(db)) {
+    log_failure(s, job, table, 503, NULL, NULL, FILE_MOVED);
+    ath__gwjob_error(job, 503, "database_moved", FILE_MOVED, "restore the file, or restart the server");
     goto done;
   }
   int pg = ath__db_kind(db) == ATH_DB_PG;
@@ -812,8 +873,8 @@ static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
   if (writer)
     uv_mutex_unlock(&s->writers[job->db]);
   if (rc != 0) {
-    log_failure(s, job, table, 0, &e, failed_sql, NULL);
     db_failure(job, &e);
+    log_failure(s, job, table, job->status, &e, failed_sql, NULL); /* the status sent */
     ath__buf_free(&rows);
     goto done;
   }
@@ -860,7 +921,8 @@ done:
 static void run_health(ath_gwt_t* t, ath_gwjob_t* job) {
   ath_db_error_t e;
   ath_db_t* db = conn(t, 0, &e);
-  int ok = db != NULL && simple(db, "SELECT 1", &e) == 0;
+  int moved = db != NULL && ath__db_file_moved(db);
+  int ok = db != NULL && !moved && simple(db, "SELECT 1", &e) == 0;
   ath_buf_t* b = &job->out;
   b->len = 0;
   job->out_off = 0;
@@ -869,6 +931,8 @@ static void run_health(ath_gwt_t* t, ath_gwjob_t* job) {
   ath__buf_lit(b, "\",\"message\":\"");
   if (ok)
     ath__buf_lit(b, "athena is online");
+  else if (moved)
+    ath__buf_lit(b, FILE_MOVED);
   else
     ath__buf_lit(b, "the database is unreachable");
   ath__buf_lit(b, "\",\"ok\":");

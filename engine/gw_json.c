@@ -10,6 +10,7 @@
 
 #include "athena.h"
 #include "gw_json.h"
+#include "utf8.h"
 
 /* ---------------------------------------------------------------- arena */
 
@@ -275,6 +276,10 @@ int ath__gj_parse(const char* text, size_t len, ath_gj_doc_t** out,
     }
     *out = doc;
     return 0;
+  }
+  if (!ath__json_text_check(text, len, err_at)) {
+    ath__gj_free(doc); /* invalid UTF-8, or a lone surrogate escape */
+    return ATH_EINVAL;
   }
   h = yajl_alloc(&gj_callbacks, NULL, &p);
   if (h == NULL) {

@@ -83,7 +83,8 @@ typedef struct {
 
 /* Parses `len` bytes of JSON into a new document. An empty or all-blank text
  * is `{}` (GATEWAY §1). Returns 0 and sets *out, ATH_EINVAL when the text is
- * not one JSON value, holds invalid UTF-8 or nests deeper than
+ * not one JSON value, holds invalid UTF-8 (utf8.h: bytes that are not
+ * strict RFC 3629 UTF-8, or a lone surrogate escape) or nests deeper than
  * ATH_GJ_MAX_DEPTH (the parse stops at the first level too deep, so depth
  * costs neither stack nor memory), or ATH_ENOMEM. On failure *out is NULL
  * and `*err_at` (when not NULL) is the byte offset where parsing stopped.

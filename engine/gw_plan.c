@@ -130,6 +130,7 @@ typedef struct {
   int in_policy;      /* compiling the policy's values: errors are ours */
   int64_t nfilters;   /* expression filters so far */
   int64_t terms;      /* filter terms so far (limits.max_terms) */
+  int64_t groups;     /* and/or/not groups open in `where` (expr_depth) */
   int oom;            /* an allocation failed: the result is ATH_ENOMEM */
 } cx_t;
 
@@ -1069,6 +1070,29 @@ static int compile_conds(cx_t* c, frag_t* f, const ath_gj_t* arr,
   return 0;
 }
 
+/* An update or delete refuses an empty group (`and: []`, `or: []`,
+ * `not: {}`, `{}` in a group, `column: {}`) anywhere in `where`: an empty
+ * filter is no filter (`{"or": [{"id": 1}, {}]}` would match every row). */
+static int empty_group(cx_t* c, const char* what) {
+  if (c->op != ATH_GW_UPDATE && c->op != ATH_GW_DELETE)
+    return 0;
+  return fail(c, 400,
+              c->op == ATH_GW_UPDATE ? "unfiltered_update"
+                                     : "unfiltered_delete",
+              "%s is empty, and an empty filter is no filter", what);
+}
+
+/* Opens an and/or/not group of `where`: they nest at most
+ * limits.expr_depth deep, as in expression strings (SQLite's parser stack
+ * overflows on deep parentheses). The caller closes it (c->groups--). */
+static int open_group(cx_t* c, const char* where) {
+  if (++c->groups > c->lim.expr_depth)
+    return fail(c, 400, "limit_exceeded",
+                "%s: and/or/not groups nest deeper than %lld", where,
+                (long long)c->lim.expr_depth);
+  return 0;
+}
+
 /* One member `m` of a `where` object: column -> scalar (eq), array (in) or
  * {op: value}; `and`/`or` arrays of where objects; `not` object. */
 static int compile_where_member(cx_t* c, frag_t* f, const ath_gj_t* m,
@@ -1080,13 +1104,16 @@ static int compile_where_member(cx_t* c, frag_t* f, const ath_gj_t* m,
   if ((m->klen == 3 && memcmp(m->key, "and", 3) == 0) ||
       (m->klen == 2 && memcmp(m->key, "or", 2) == 0)) {
     int is_or = m->klen == 2;
+    pw = pathf("%s.%s", where, is_or ? "or" : "and");
     if (m->type != ATH_GJ_ARRAY)
-      return fail(c, 400, "invalid_value", "%s.%s must be an array", where,
-                  is_or ? "or" : "and");
-    if (and_sep(c, f, nterms) != 0)
+      return fail(c, 400, "invalid_value", "%s must be an array", pw.s);
+    if (open_group(c, pw.s) != 0 || and_sep(c, f, nterms) != 0)
       return ATH_EINVAL;
     if (m->count == 0) {
+      if (empty_group(c, pw.s) != 0)
+        return ATH_EINVAL;
       put(f, is_or ? "1 = 0" : "1 = 1");
+      c->groups--;
       return 0;
     }
     put(f, "(");
@@ -1102,11 +1129,14 @@ static int compile_where_member(cx_t* c, frag_t* f, const ath_gj_t* m,
       put(f, "(");
       if (compile_where_obj(c, f, it, pw.s, &inner) != 0)
         return ATH_EINVAL;
+      if (inner == 0 && empty_group(c, pw.s) != 0)
+        return ATH_EINVAL;
       if (inner == 0)
         put(f, "1 = 1");
       put(f, ")");
     }
     put(f, ")");
+    c->groups--;
     return 0;
   }
   if (m->klen == 3 && memcmp(m->key, "not", 3) == 0) {
@@ -1114,14 +1144,17 @@ static int compile_where_member(cx_t* c, frag_t* f, const ath_gj_t* m,
     pw = pathf("%s.not", where);
     if (m->type != ATH_GJ_OBJECT)
       return fail(c, 400, "invalid_value", "%s must be an object", pw.s);
-    if (and_sep(c, f, nterms) != 0)
+    if (open_group(c, pw.s) != 0 || and_sep(c, f, nterms) != 0)
       return ATH_EINVAL;
     put(f, "NOT (");
     if (compile_where_obj(c, f, m, pw.s, &inner) != 0)
       return ATH_EINVAL;
+    if (inner == 0 && empty_group(c, pw.s) != 0)
+      return ATH_EINVAL;
     if (inner == 0)
       put(f, "1 = 1");
     put(f, ")");
+    c->groups--;
     return 0;
   }
   {
@@ -1130,6 +1163,8 @@ static int compile_where_member(cx_t* c, frag_t* f, const ath_gj_t* m,
     if (find_col(c, m->key, m->klen, pw.s, &tg.idx) != 0)
       return ATH_EINVAL;
     pw = pathf("%s.%s", where, col_at(c, tg.idx)->name);
+    if (m->type == ATH_GJ_OBJECT && m->count == 0 && empty_group(c, pw.s) != 0)
+      return ATH_EINVAL;
     if (m->type != ATH_GJ_OBJECT) {
       if (and_sep(c, f, nterms) != 0)
         return ATH_EINVAL;
@@ -2755,7 +2790,8 @@ int ath__gw_parse_body(const char* text, size_t len, ath_gj_doc_t** doc,
     err->status = 400;
     err->code = "invalid_json";
     snprintf(err->error, sizeof err->error,
-             "the request body is not valid JSON (or nests deeper than %d)",
+             "the request body is not valid JSON in UTF-8 (or nests deeper "
+             "than %d)",
              ATH_GJ_MAX_DEPTH);
     snprintf(err->hint, sizeof err->hint, "at byte %zu", at);
     return ATH_EINVAL;

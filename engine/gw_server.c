@@ -62,6 +62,8 @@ static void thread_main(void* arg) {
   if (err[0])
     ath__logf(s->w, ATH_LOG_ERROR, NULL, 0, "%s", err);
   uv_mutex_lock(&s->mu);
+  s->ready++; /* ath__gws_new waits for every thread's connections */
+  uv_cond_broadcast(&s->cond);
   for (;;) {
     while (!s->stop && s->queue == NULL)
       uv_cond_wait(&s->cond, &s->mu);
@@ -119,12 +121,26 @@ static void free_server(ath_gws_t* s) {
   free(s);
 }
 
-/* Reads every database's catalog into cats (NULL entries on failure). */
-static int read_catalogs(ath_gws_t* s, ath_gws_cat_t** cats, char* err, size_t errlen) {
+/* Reads every database's catalog into cats (NULL entries on failure). A
+ * refresh (`again`) refuses a SQLite file that is no longer there rather
+ * than create it empty and serve its empty catalog. */
+static int read_catalogs(ath_gws_t* s, ath_gws_cat_t** cats, int again, char* err, size_t errlen) {
   for (int i = 0; i < s->cfg.ndbs; i++) {
     ath_db_t* db = NULL;
     ath_db_error_t e;
-    int rc = ath__db_new(s->cfg.db_urls[i], &db, &e);
+    const char* url = s->cfg.db_urls[i];
+    uv_fs_t st;
+    if (again && strncmp(url, "sqlite:", 7) == 0 && strncmp(url + 7, "file:", 5) != 0 &&
+        strcmp(url + 7, ":memory:") != 0) {
+      int gone = uv_fs_stat(NULL, &st, url + 7, NULL) != 0;
+      uv_fs_req_cleanup(&st);
+      if (gone) {
+        snprintf(err, errlen, "gateway database %s: the database file is gone",
+                 i == 0 ? "(default)" : s->cfg.db_names[i]);
+        return ATH_EINVAL;
+      }
+    }
+    int rc = ath__db_new(url, &db, &e);
     if (rc == 0)
       rc = ath__db_connect(db, &e);
     if (rc == 0)
@@ -162,7 +178,9 @@ int ath__gws_new(ath_world_t* w, ath_gws_config_t* cfg, ath_gws_t** out, char* e
   }
   for (int i = 0; i < s->cfg.ndbs; i++)
     uv_mutex_init(&s->writers[i]);
-  int rc = read_catalogs(s, s->cats, err, errlen);
+  int rc = ath__gws_check_tables(&s->cfg, err, errlen);
+  if (rc == 0)
+    rc = read_catalogs(s, s->cats, 0, err, errlen);
   for (int i = 0; rc == 0 && i < n; i++) {
     ath_gwt_t* t = &s->threads[i];
     t->s = s;
@@ -178,6 +196,10 @@ int ath__gws_new(ath_world_t* w, ath_gws_config_t* cfg, ath_gws_t** out, char* e
     free_server(s);
     return rc;
   }
+  uv_mutex_lock(&s->mu);
+  while (s->ready < s->nthreads)
+    uv_cond_wait(&s->cond, &s->mu);
+  uv_mutex_unlock(&s->mu);
   *out = s;
   return 0;
 }
@@ -186,7 +208,7 @@ int ath__gws_refresh(ath_gws_t* s, char* err, size_t errlen) {
   ath_gws_cat_t** fresh = calloc((size_t)s->cfg.ndbs, sizeof(*fresh));
   if (fresh == NULL)
     return ATH_ENOMEM;
-  int rc = read_catalogs(s, fresh, err, errlen);
+  int rc = read_catalogs(s, fresh, 1, err, errlen);
   uv_mutex_lock(&s->mu);
   for (int i = 0; i < s->cfg.ndbs; i++) {
     if (rc == 0) { /* the old one stays readable for requests using it */

@@ -63,7 +63,8 @@ void ath__gws_config_free(ath_gws_config_t* c);
 
 /* Builds a server from `cfg` (taken over, even on failure): connects to
  * every database and introspects it (blocking the caller), starts the
- * gateway threads, each loading `config_path` for its policies. Returns 0,
+ * gateway threads, each loading `config_path` for its policies and opening
+ * its connections, and returns once they all have. Returns 0,
  * or ATH_EINVAL / ATH_ENOMEM / a database error with `err` set. */
 int ath__gws_new(ath_world_t* w, ath_gws_config_t* cfg, ath_gws_t** out, char* err, size_t errlen);
 
@@ -108,6 +109,18 @@ int ath__gws_introspect(ath_db_t* db, const ath_gws_config_t* cfg, ath_gws_cat_t
                         ath_db_error_t* err);
 void ath__gws_cat_free(ath_gws_cat_t* c);
 
+/* Whether configured table name `want` names catalog table t: exact on
+ * PostgreSQL ("name" means public.name), case-insensitive on SQLite, where
+ * "main." is dropped. */
+int ath__gws_names(const ath_gw_table_t* t, const char* want, ath_gw_dialect_t dialect);
+
+/* Refuses (ATH_EINVAL, err naming the table) a configuration that lists a
+ * table twice, by the names' meaning on each configured database's dialect
+ * ("posts", "POSTS" and "main.posts" on SQLite; "t" and "public.t" on
+ * PostgreSQL): the second entry would silently replace the first one's
+ * policy, operations and hidden columns. Returns 0 otherwise. */
+int ath__gws_check_tables(const ath_gws_config_t* cfg, char* err, size_t errlen);
+
 /* A request handed to a gateway thread, and its answer. */
 typedef struct ath_gwjob_s ath_gwjob_t;
 struct ath_gwjob_s {
@@ -148,6 +161,14 @@ void ath__gwt_run(ath_gwt_t* t, ath_gwjob_t* job);
 int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen);
 void ath__gwt_close(ath_gwt_t* t);
 
+/* [-0, +1, m] Pushes request-body value `v` as a policy's `req.payload`
+ * sees it: objects and arrays as tables (the last duplicate key wins, as in
+ * the compiler), null as athena.null, numbers as the payload codec reads
+ * them. The payload is built from the tree the compiler reads, never from a
+ * second parse of the body. Raises on memory errors (callers run it
+ * protected, and refuse the request when it fails). */
+void ath__gwt_push_json(lua_State* L, const ath_gj_t* v);
+
 /* Writes an error envelope (GATEWAY §4) into job->out and sets status. */
 void ath__gwjob_error(ath_gwjob_t* job, int status, const char* code, const char* error,
                       const char* hint);
@@ -175,6 +196,7 @@ struct ath_gws_s {
   ath_gwjob_t* queue_tail;
   ath_gwjob_t* done;         /* answered, for the engine thread */
   int stop;
+  int ready;                 /* threads that finished ath__gwt_init */
   ath_gws_cat_t** cats;      /* current catalog per database */
   uv_mutex_t* writers;       /* per database: SQLite writers take turns */
   ath_gwt_t* threads;

@@ -48,7 +48,9 @@ int ath__json_encode(lua_State* L, int idx, const char* root, ath_buf_t* out,
 
 /* [-0, +1, m] Decodes `len` bytes of JSON and pushes the value (null at top
  * level: nil; in arrays: holes; in objects: the key is absent). Integers
- * become Lua integers, other numbers floats. Returns 0, or ATH_EINVAL and
+ * become Lua integers, other numbers floats. Text that is not strict UTF-8
+ * or holds a lone surrogate escape ("\ud800") is invalid (utf8.h: the
+ * gateway's request tree accepts the same). Returns 0, or ATH_EINVAL and
  * pushes an error message string instead of a value. Raises only on memory
  * errors, leaking nothing. */
 int ath__json_decode(lua_State* L, const char* json, size_t len);

@@ -23,6 +23,7 @@
 #include <yajl/yajl_parse.h>
 
 #include "internal.h"
+#include "utf8.h"
 
 /* Deepest nesting of tables (encode) or containers (decode) accepted; the
  * outermost table counts as depth 1, so depth 1001 is the first rejected. */
@@ -197,34 +198,6 @@ static const unsigned char str_class[256] = {
   2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
 };
 
-#define IS_CONT(c) (((c) & 0xC0) == 0x80)
-
-/* Returns the length of the well-formed UTF-8 sequence at p (RFC 3629: no
- * overlong forms, surrogates or code points above U+10FFFF), or 0. */
-static size_t utf8_seq(const unsigned char* p, const unsigned char* end) {
-  unsigned c = p[0];
-  size_t left = (size_t)(end - p);
-  if (c < 0xC2) /* a continuation byte, or an overlong 2-byte lead */
-    return 0;
-  if (c < 0xE0)
-    return left >= 2 && IS_CONT(p[1]) ? 2 : 0;
-  if (c < 0xF0) {
-    if (left < 3 || !IS_CONT(p[1]) || !IS_CONT(p[2]))
-      return 0;
-    if ((c == 0xE0 && p[1] < 0xA0) || (c == 0xED && p[1] > 0x9F))
-      return 0; /* overlong, or a surrogate */
-    return 3;
-  }
-  if (c < 0xF5) {
-    if (left < 4 || !IS_CONT(p[1]) || !IS_CONT(p[2]) || !IS_CONT(p[3]))
-      return 0;
-    if ((c == 0xF0 && p[1] < 0x90) || (c == 0xF4 && p[1] > 0x8F))
-      return 0; /* overlong, or above U+10FFFF */
-    return 4;
-  }
-  return 0;
-}
-
 /* Appends `s` as a JSON string. Returns 0, ATH_EINVAL (invalid UTF-8) or
  * ATH_ENOMEM. */
 static int enc_string(ath_buf_t* b, const char* s, size_t n) {
@@ -241,7 +214,7 @@ static int enc_string(ath_buf_t* b, const char* s, size_t n) {
         p++;
         continue;
       case 2: {
-        size_t k = utf8_seq(p, end);
+        size_t k = ath__utf8_seq(p, end);
         if (k == 0)
           return ATH_EINVAL;
         p += k;
@@ -287,7 +260,7 @@ int ath__json_put_text(ath_buf_t* b, const char* s, size_t n) {
   while (p < end) {
     unsigned c = *p;
     size_t k = 1;
-    if (str_class[c] == 0 || (str_class[c] == 2 && (k = utf8_seq(p, end)) != 0)) {
+    if (str_class[c] == 0 || (str_class[c] == 2 && (k = ath__utf8_seq(p, end)) != 0)) {
       p += k;
       continue;
     }
@@ -778,36 +751,14 @@ static int dec_number(void* ctx, const char* s, size_t n) {
   return dec_store(d);
 }
 
-/* yajl checks only the shape of UTF-8 sequences; this also rejects what it
- * lets through (overlong forms, surrogates, code points above U+10FFFF, a
- * lone low surrogate escape), so every decoded string encodes again. */
-static int utf8_valid(const unsigned char* p, size_t n) {
-  const unsigned char* end = p + n;
-  while (p < end) {
-    if (*p < 0x80) {
-      p++;
-    } else {
-      size_t k = utf8_seq(p, end);
-      if (k == 0)
-        return 0;
-      p += k;
-    }
-  }
-  return 1;
-}
-
 static int dec_string(void* ctx, const unsigned char* s, size_t n) {
   json_dec_t* d = ctx;
-  if (!utf8_valid(s, n))
-    return dec_stop(d, ATH_EINVAL, "invalid UTF-8 in string");
   lua_pushlstring(d->L, (const char*)s, n);
   return dec_store(d);
 }
 
 static int dec_key_cb(void* ctx, const unsigned char* s, size_t n) {
   json_dec_t* d = ctx;
-  if (!utf8_valid(s, n))
-    return dec_stop(d, ATH_EINVAL, "invalid UTF-8 in object key");
   lua_pushlstring(d->L, (const char*)s, n);
   return 1;
 }
@@ -863,6 +814,11 @@ int ath__json_decode_nulls(lua_State* L, const char* json, size_t len, int keep_
   char msg[256];
 
   luaL_checkstack(L, 6, "JSON decode");
+  if (!ath__json_text_check(json, len, &at)) {
+    /* the same check as the gateway's request tree (utf8.h) */
+    lua_pushfstring(L, "invalid JSON at byte %I: invalid UTF-8 or a lone surrogate escape", (lua_Integer)at);
+    return ATH_EINVAL;
+  }
   lua_pushnil(L); /* base + 1: the result */
   d = dec_box(L); /* base + 2: keeps the box alive during the parse */
   d->L = L;

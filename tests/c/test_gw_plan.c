@@ -1570,6 +1570,53 @@ TEST_IMPL(gw_delete_sql) {
   return RUN_SQL(cases);
 }
 
+/* `where` groups nest at most expr_depth (16) deep, on both dialects and
+ * every operation: 16 compile, 17 are limit_exceeded (issue 13: 60 nested
+ * `not` overflowed SQLite's parser stack, a 500). */
+TEST_IMPL(gw_where_depth) {
+  static const char* const kinds[] = {"not", "and", "or"};
+  for (int k = 0; k < 3; k++) {
+    for (int depth = 15; depth <= 17; depth++) {
+      for (int op = ATH_GW_FETCH; op <= ATH_GW_DELETE; op++) {
+        if (op == ATH_GW_INSERT)
+          continue;
+        ath_gw_buf_t b = {0};
+        ath__gw_buf_puts(&b, "{\"table_name\":\"users\",");
+        if (op == ATH_GW_UPDATE)
+          ath__gw_buf_puts(&b, "\"update_body\":{\"name\":\"X\"},");
+        ath__gw_buf_puts(&b, "\"where\":");
+        for (int i = 0; i < depth; i++) {
+          ath__gw_buf_puts(&b, "{\"");
+          ath__gw_buf_puts(&b, kinds[k]);
+          ath__gw_buf_puts(&b, k == 0 ? "\":" : "\":[");
+        }
+        ath__gw_buf_puts(&b, "{\"id\":1}");
+        for (int i = 0; i < depth; i++)
+          ath__gw_buf_puts(&b, k == 0 ? "}" : ",{\"id\":2}]}");
+        ath__gw_buf_puts(&b, "}");
+        ASSERT(!b.oom);
+        for (int d = 0; d < 2; d++) {
+          ath_gw_plan_t plan;
+          int rc = compile_ex(d ? P : S, (ath_gw_op_t)op, b.data, &no_extras,
+                              &plan);
+          if (depth <= 16) {
+            if (rc != 0)
+              fprintf(stderr, "%s\n%s\n", b.data, plan.error);
+            ASSERT_OK(rc);
+          } else {
+            ASSERT_EQ(ATH_EINVAL, rc);
+            ASSERT_EQ(400, plan.status);
+            ASSERT_STR_EQ("limit_exceeded", plan.code);
+          }
+          ath__gw_plan_free(&plan);
+        }
+        ath__gw_buf_free(&b);
+      }
+    }
+  }
+  return 0;
+}
+
 TEST_IMPL(gw_delete_errors) {
   static const err_case_t cases[] = {
     {__LINE__, S, D, "{\"table_name\":\"users\"}", 400, "unfiltered_delete"},
@@ -1595,6 +1642,21 @@ TEST_IMPL(gw_delete_errors) {
      "resource_id_unsupported"},
     {__LINE__, S, D, "{\"table_name\":\"users\",\"where\":{\"id\":1},"
                      "\"page_size\":1001}", 400, "limit_exceeded"},
+    /* An empty group anywhere is no filter (issue 13). */
+    {__LINE__, S, D, "{\"table_name\":\"users\",\"where\":{\"and\":[]}}", 400,
+     "unfiltered_delete"},
+    {__LINE__, P, D, "{\"table_name\":\"users\",\"where\":{\"or\":[]}}", 400,
+     "unfiltered_delete"},
+    {__LINE__, P, D, "{\"table_name\":\"users\",\"where\":{\"or\":[{\"id\":1},"
+                     "{}]}}", 400, "unfiltered_delete"},
+    {__LINE__, S, D, "{\"table_name\":\"users\",\"where\":{\"not\":{}}}", 400,
+     "unfiltered_delete"},
+    {__LINE__, P, U, "{\"table_name\":\"users\",\"update_body\":{\"name\":\"X\"},"
+                     "\"where\":{\"id\":1,\"or\":[{\"id\":{}}]}}", 400,
+     "unfiltered_update"},
+    {__LINE__, S, U, "{\"table_name\":\"users\",\"update_body\":{\"name\":\"X\"},"
+                     "\"where\":{\"and\":[{\"and\":[]}]}}", 400,
+     "unfiltered_update"},
   };
   return RUN_ERR(cases);
 }
