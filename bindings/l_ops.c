@@ -185,5 +185,7 @@ int lath_open_ops(lua_State* L) {
   ath__newclass(L, "athena.StoreLock", lock_meta, lock_methods);
   lua_pop(L, 1);
   luaL_newlib(L, funcs);
+  lua_pushinteger(L, ath__store_schema_version);
+  lua_setfield(L, -2, "storeSchemaVersion");
   return 1;
 }

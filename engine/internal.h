@@ -703,6 +703,8 @@ struct ath_store_vt_s {
 };
 
 extern const ath_store_vt_t ath__sqlite_store;
+/* The SQLite store's schema version (what `athena tasks` and friends read). */
+extern const int ath__store_schema_version;
 
 /* Takes <dir>/athena.lock (created if missing): an exclusive, non-blocking
  * flock, released by closing *fd_out. Returns 0, ATH_EBUSY while another

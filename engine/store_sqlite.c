@@ -9,6 +9,7 @@
 #include "internal.h"
 
 #define SCHEMA_VERSION 5
+const int ath__store_schema_version = SCHEMA_VERSION;
 #define MAX_READERS 8
 
 /* A read-only connection, with its lookup by id prepared. */

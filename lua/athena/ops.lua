@@ -30,7 +30,7 @@ local M = {}
 
 --- The store schema this build reads: SCHEMA_VERSION of engine/store_sqlite.c
 -- (tests/lua/cli_spec.lua checks that a new store has it).
-M.SCHEMA_VERSION = 4
+M.SCHEMA_VERSION = core.ops.storeSchemaVersion
 
 -- ath_status_t, ath_strategy_t and the catch-up modes, by stored number.
 local STATUS = { [0] = "pending", "scheduled", "running", "retrying", "compensating",
