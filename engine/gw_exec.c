@@ -512,7 +512,7 @@ static int call_policy(ath_gwt_t* t, ath_gwjob_t* job, const ath_gj_t* body, con
   req_args_t a = {job, body, table, upsert};
   lua_pushcfunction(L, build_req);
   lua_pushlightuserdata(L, &a);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK) { /* no input, no policy: fail closed */
+  if (ath__vm_call(L, 1, 1) != LUA_OK) { /* no input, no policy: fail closed */
     snprintf(why, whylen, "the policy's input could not be built: %s",
              lua_isstring(L, -1) ? lua_tostring(L, -1) : "(an error value)");
     lua_settop(L, 0);
