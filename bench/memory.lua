@@ -47,8 +47,8 @@ for r = 1, rounds do
   if r % tenth == 0 then
     collectgarbage(); collectgarbage()
     local now = athena.now()
-    lines[#lines + 1] = string.format("  %8d tasks: RSS %6.1f MB, %.0f tasks/s over the last tenth",
-      r * ROUND, rss_mb(), tenth * ROUND / ((now - t0) / 1000))
+    lines[#lines + 1] = string.format("  %8d tasks: RSS %6.1f MB, %7d tasks in RAM, %.0f tasks/s over the last tenth",
+      r * ROUND, rss_mb(), w:getMetrics().tasks.resident, tenth * ROUND / ((now - t0) / 1000))
     t0 = now
   end
 end

@@ -570,8 +570,11 @@ static int world_query(lua_State* L) {
   ath_world_t* w = check_world(L, 1);
   const char* id = luaL_checkstring(L, 2);
   ath_task_t* t;
-  if (ath_world_find(w, id, &t) != 0)
+  int rc = ath_world_find(w, id, &t);
+  if (rc == ATH_ENOTFOUND)
     return ath__pushfail(L, ATH_ENOTFOUND, lua_pushfstring(L, "no task %s", id));
+  if (rc != 0)
+    return ath__pushfail(L, rc, lua_pushfstring(L, "cannot read task %s from the store (see the log)", id));
   /* hold the reference in a handle so a raise below does not leak it */
   push_handle(L, 1, t);
   return push_state(L, w, t);
@@ -840,8 +843,10 @@ static int query_tasks(lua_State* L, unsigned force_mask) {
   int cap = f.limit > 0 ? f.limit : 100;
   ath_task_t** ts = lua_newuserdatauv(L, cap * sizeof(*ts), 0);
   int n = ath_world_query_tasks(w, &f, ts);
-  if (n < 0)
+  if (n == ATH_ENOMEM)
     return luaL_error(L, "not enough memory");
+  if (n < 0)
+    return ath__raise(L, n, "cannot read finished tasks from the store (see the log)");
   /* hold every reference in a handle first, so a raise leaks nothing */
   lua_createtable(L, n, 0);
   for (int i = 0; i < n; i++) {

@@ -50,16 +50,8 @@ double ath__random01(void) {
   return (double)(rng_next() >> 11) * (1.0 / 9007199254740992.0);
 }
 
-void ath__uuid4(char out[37]) {
+static void uuid_text(unsigned char u[16], char out[37]) {
   static const char hex[] = "0123456789abcdef";
-  uint64_t a = rng_next(), b = rng_next();
-  unsigned char u[16];
-  for (int i = 0; i < 8; i++) {
-    u[i] = (unsigned char)(a >> (i * 8));
-    u[8 + i] = (unsigned char)(b >> (i * 8));
-  }
-  u[6] = (u[6] & 0x0f) | 0x40; /* version 4 */
-  u[8] = (u[8] & 0x3f) | 0x80; /* variant 10 */
   char* p = out;
   for (int i = 0; i < 16; i++) {
     if (i == 4 || i == 6 || i == 8 || i == 10)
@@ -68,6 +60,48 @@ void ath__uuid4(char out[37]) {
     *p++ = hex[u[i] & 15];
   }
   *p = '\0';
+}
+
+static void random_bytes(unsigned char u[16]) {
+  uint64_t a = rng_next(), b = rng_next();
+  for (int i = 0; i < 8; i++) {
+    u[i] = (unsigned char)(a >> (i * 8));
+    u[8 + i] = (unsigned char)(b >> (i * 8));
+  }
+}
+
+void ath__uuid4(char out[37]) {
+  unsigned char u[16];
+  random_bytes(u);
+  u[6] = (u[6] & 0x0f) | 0x40; /* version 4 */
+  u[8] = (u[8] & 0x3f) | 0x80; /* variant 10 */
+  uuid_text(u, out);
+}
+
+/* RFC 9562 version 7: 48 bits of Unix ms, then a 12-bit counter that keeps
+ * the ids one thread makes within a millisecond in order (it starts at a
+ * random value below 2048 each millisecond), then 62 random bits. Ids made
+ * one after another sort by time, so an index on them grows at its end. */
+void ath__uuid7(char out[37]) {
+  static _Thread_local uint64_t last_ms;
+  static _Thread_local unsigned counter;
+  uint64_t ms = (uint64_t)ath__now_ms();
+  unsigned char u[16];
+  random_bytes(u);
+  if (ms > last_ms) {
+    last_ms = ms;
+    counter = (unsigned)(rng_next() & 0x7ff);
+  } else if (++counter > 0xfff) { /* 2,048+ ids this millisecond: borrow the next one */
+    last_ms++;
+    counter = 0;
+  }
+  ms = last_ms;
+  for (int i = 0; i < 6; i++)
+    u[i] = (unsigned char)(ms >> (40 - 8 * i));
+  u[6] = (unsigned char)(0x70 | (counter >> 8)); /* version 7 */
+  u[7] = (unsigned char)(counter & 0xff);
+  u[8] = (u[8] & 0x3f) | 0x80; /* variant 10 */
+  uuid_text(u, out);
 }
 
 uint64_t ath__hash_str(const char* s) {

@@ -249,7 +249,8 @@ static int api_tasks(h2o_req_t* req, ath_world_t* w) {
   ath_task_t* ts[1000];
   int n = ath_world_query_tasks(w, &f, ts);
   if (n < 0)
-    return respond_error(req, 500, "Internal Server Error", n, "out of memory");
+    return n == ATH_ENOMEM ? respond_error(req, 500, "Internal Server Error", n, "out of memory")
+                           : respond_error(req, 503, "Service Unavailable", n, "cannot read finished tasks from the store");
   ath_buf_t b = {0};
   put(&b, "[");
   for (int i = 0; i < n; i++) {
@@ -279,8 +280,11 @@ static int api_task(h2o_req_t* req, ath_world_t* w) {
   memcpy(id, rest, len);
   len = url_decode(id, len);
   ath_task_t* t;
-  if (ath_world_find(w, id, &t) != 0)
+  int frc = ath_world_find(w, id, &t);
+  if (frc == ATH_ENOTFOUND)
     return respond_error(req, 404, "Not Found", ATH_ENOTFOUND, "no such task");
+  if (frc != 0)
+    return respond_error(req, 503, "Service Unavailable", frc, "cannot read the task from the store");
   int is_get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
   int is_post = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"));
   int is_del = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("DELETE"));

@@ -221,6 +221,7 @@ int64_t ath__now_ms(void);
 uint64_t ath__mono_ns(void);
 /* Writes a random UUID v4 (36 chars + NUL) into out. Thread: any. */
 void ath__uuid4(char out[37]);
+void ath__uuid7(char out[37]);
 /* A uniform double in [0, 1) from the thread's generator. */
 double ath__random01(void);
 /* FNV-1a over a NUL-terminated string. */
@@ -724,6 +725,11 @@ void ath__store_free(ath_world_t* w);
 void ath__store_mark(ath_world_t* w, ath_task_t* t);
 /* Records that a schedule changed (lock held), like ath__store_mark. */
 void ath__store_mark_sched(ath_world_t* w, ath_sched_t* s);
+/* Hybrid mode's bound on changes not yet committed: past it, producers wait
+ * for the store (ath__store_throttle) instead of piling work up in RAM, and
+ * the store thread commits at once instead of at the end of its interval. */
+#define ATH_HYBRID_BACKLOG 65536
+void ath__store_throttle(ath_world_t* w);
 /* Waits (lock held) until everything marked up to generation `gen` is
  * committed, in file mode; returns at once otherwise. */
 void ath__store_wait(ath_world_t* w, uint64_t gen);

@@ -110,6 +110,14 @@ void ath__store_wait(ath_world_t* w, uint64_t gen) {
     uv_cond_wait(&w->cond, &w->lock);
 }
 
+void ath__store_throttle(ath_world_t* w) {
+  if (w->store == NULL || w->cfg.persistence != ATH_PERSIST_HYBRID || w->ndirty < ATH_HYBRID_BACKLOG)
+    return;
+  uv_cond_signal(&w->store_cond); /* commit now, not at the end of the interval */
+  while (w->store != NULL && w->ndirty >= ATH_HYBRID_BACKLOG && !w->store_stop)
+    uv_cond_wait(&w->cond, &w->lock);
+}
+
 /* Snapshots t into r (lock held). Copies what another thread may change or
  * free later (error, heartbeat); input never changes and a result never
  * changes once written. Returns 0 or ATH_ENOMEM. */
@@ -188,7 +196,7 @@ static void store_main(void* arg) {
         uv_cond_timedwait(&w->store_cond, &w->lock, flush_ns);
       continue;
     }
-    if (!file && !w->store_stop) /* hybrid: one commit per flushInterval */
+    if (!file && !w->store_stop && w->ndirty < ATH_HYBRID_BACKLOG) /* hybrid: one commit per flushInterval */
       uv_cond_timedwait(&w->store_cond, &w->lock, flush_ns);
     ath_task_t** batch = w->dirty;
     size_t n = w->ndirty;
@@ -249,7 +257,7 @@ static void store_main(void* arg) {
         ath__logf(w, ATH_LOG_INFO, NULL, 0, "store commits succeed again");
       w->store_ok = 1;
       w->committed_gen = gen;
-      uv_cond_broadcast(&w->cond);
+      uv_cond_broadcast(&w->cond); /* file-mode acknowledgments, throttled producers */
       ath_task_t* dead = ath__world_term_trim(w); /* committed: they leave RAM */
       uv_mutex_unlock(&w->lock);
       ath__world_term_free(dead);

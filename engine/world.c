@@ -727,7 +727,7 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
     } else {
       memcpy(t->id, name, namelen);
       t->id[namelen] = '-';
-      ath__uuid4(t->id + namelen + 1);
+      ath__uuid7(t->id + namelen + 1); /* time-ordered: the store's id index appends */
     }
     atomic_init(&t->refs, 2); /* the table's and the caller's */
     t->hash = ath__hash_str(t->id);
@@ -868,6 +868,10 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
   if (w->cfg.persistence == ATH_PERSIST_FILE) { /* acknowledged once durable */
     uv_mutex_lock(&w->lock);
     ath__store_wait(w, gen);
+    uv_mutex_unlock(&w->lock);
+  } else if (w->cfg.persistence == ATH_PERSIST_HYBRID) { /* the store keeps up */
+    uv_mutex_lock(&w->lock);
+    ath__store_throttle(w);
     uv_mutex_unlock(&w->lock);
   }
   return 0;

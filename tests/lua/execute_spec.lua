@@ -3,7 +3,7 @@
 local athena = require "athena"
 local S = require "fixtures.support"
 
-local UUID = "%x%x%x%x%x%x%x%x%-%x%x%x%x%-4%x%x%x%-[89ab]%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x"
+local UUID = "%x%x%x%x%x%x%x%x%-%x%x%x%x%-7%x%x%x%-[89ab]%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x"
 
 describe("world:execute", function()
   local w
@@ -22,6 +22,15 @@ describe("world:execute", function()
     local q = h:query()
     assert.equals(h.id, q.id)
     assert.equals("completed", q.status)
+  end)
+
+  it("makes ids that sort by creation time (uuid v7: their ms timestamp, then a counter)", function()
+    local ids, before = {}, athena.now()
+    for i = 1, 3000 do ids[i] = w:execute("echo", i).id end
+    local after = athena.now()
+    for i = 2, #ids do assert.is_true(ids[i - 1] < ids[i], ids[i - 1] .. " >= " .. ids[i]) end
+    local ms = tonumber(ids[1]:sub(6, 13) .. ids[1]:sub(15, 18), 16) -- echo-xxxxxxxx-xxxx-7...
+    assert.is_true(ms >= before - 1 and ms <= after + 1, "timestamp " .. ms)
   end)
 
   it("gives every task its own id", function()
