@@ -3,9 +3,9 @@
  * server to come, which needs no Lua state to use it.
  *
  * A connection (ath_db_t) belongs to one thread. Statements run either
- * blocking (ath__db_exec, every backend) or driven by a libuv loop
- * (ath__db_exec_async, PostgreSQL only: ath__db_can_async tells), the way a
- * worker runs them for its tasks. A statement's rows are read in full into
+ * blocking (ath__db_exec) or driven by a libuv loop (ath__db_exec_async:
+ * PostgreSQL's socket on the loop, SQLite on the loop's thread pool), the
+ * way a worker runs them for its tasks. A statement's rows are read in full into
  * an ath_db_res_t, whose cells come back typed by the value mapping of
  * GATEWAY.md §7 (ath__db_res_value).
  *
@@ -142,24 +142,26 @@ void ath__db_set_interrupt(ath_db_t* db, int (*check)(void* ud), void* ud);
  * PostgreSQL, for in-memory databases and when not connected. */
 int ath__db_file_moved(ath_db_t* db);
 
-/* Whether the connection can run statements on a loop (PostgreSQL). */
+/* Whether the connection can run statements on a loop (both backends). */
 int ath__db_can_async(const ath_db_t* db);
 typedef void (*ath_db_cb)(ath_db_t* db, void* ud);
 /* Starts the same as ath__db_exec on `loop` (connecting first when needed,
  * without blocking) and returns; `cb(db, ud)` runs on the loop's thread once
  * it has ended, and ath__db_async_result then gives the outcome. The SQL
  * and parameters are copied. One statement at a time per connection.
- * Returns 0, or a failure found before any wait (ENOSYS for SQLite, EBUSY
- * when one is in flight, ENOMEM, a bad parameter count, a connection that
- * fails at once) with err set, and then cb never runs. */
+ * Returns 0, or a failure found before any wait (EBUSY when one is in
+ * flight, ENOMEM, a bad parameter count, a connection that fails at once)
+ * with err set, and then cb never runs. */
 int ath__db_exec_async(ath_db_t* db, uv_loop_t* loop, const char* sql,
                        const ath_db_value_t* params, int n, ath_db_cb cb, void* ud,
                        ath_db_error_t* err);
 /* After cb: the outcome, as ath__db_exec returns it. */
 int ath__db_async_result(ath_db_t* db, ath_db_res_t** out, ath_db_error_t* err);
-/* Gives up on the statement in flight: asks the server to cancel it and
- * drops the connection (so no half-read reply can confuse the next
- * statement, which connects again); cb never runs. No-op when idle. */
+/* Gives up on the statement in flight; cb never runs. PostgreSQL: asks
+ * the server to cancel it and drops the connection (so no half-read reply
+ * can confuse the next statement, which connects again). SQLite: interrupts
+ * it and waits for it to stop (a step), then drops the connection only if
+ * a transaction is left open. No-op when idle. */
 void ath__db_abort(ath_db_t* db);
 /* Whether a statement is in flight. */
 int ath__db_busy(const ath_db_t* db);
@@ -224,7 +226,16 @@ struct ath_db_s {
   void* pg;              /* PGconn* */
   struct ath_db_async_s* op; /* PostgreSQL: the statement in flight, or NULL */
   struct ath_db_stmts_s* stmts; /* SQLite: prepared statements kept by SQL text */
+  struct ath_db_sqop_s* sqop;   /* SQLite: the statement on the thread pool, or NULL */
 };
+typedef struct ath_db_sqop_s ath_db_sqop_t;
+int ath__db_sqlite_busy(const ath_db_t* db);
+int ath__db_sqlite_exec_async(ath_db_t* db, uv_loop_t* loop, const char* sql,
+                              const ath_db_value_t* params, int n, ath_db_cb cb, void* ud,
+                              ath_db_error_t* err);
+int ath__db_sqlite_async_result(ath_db_t* db, ath_db_res_t** out, ath_db_error_t* err);
+void ath__db_sqlite_abort(ath_db_t* db);
+void ath__db_sqlite_drop_outcome(ath_db_t* db);
 int ath__db_sqlite_connect(ath_db_t* db, ath_db_error_t* err);
 void ath__db_sqlite_disconnect(ath_db_t* db);
 int ath__db_sqlite_exec(ath_db_t* db, const char* sql, const ath_db_value_t* params, int n,

@@ -451,10 +451,13 @@ int ath__db_pg_exec(ath_db_t* db, const char* sql, const ath_db_value_t* params,
 /* ------------------------------------------------------- on a libuv loop */
 
 int ath__db_can_async(const ath_db_t* db) {
-  return db->kind == ATH_DB_PG;
+  (void)db;
+  return 1; /* PostgreSQL on the loop, SQLite on the thread pool */
 }
 
 int ath__db_busy(const ath_db_t* db) {
+  if (db->kind == ATH_DB_SQLITE)
+    return ath__db_sqlite_busy(db);
   return db->op != NULL && db->op->phase != OP_DONE;
 }
 
@@ -651,10 +654,8 @@ static void on_poll(uv_poll_t* h, int status, int events) {
 int ath__db_exec_async(ath_db_t* db, uv_loop_t* loop, const char* sql,
                        const ath_db_value_t* params, int n, ath_db_cb cb, void* ud,
                        ath_db_error_t* err) {
-  if (db->kind != ATH_DB_PG) {
-    ath__db_seterr(err, ATH_ENOSYS, NULL, "SQLite statements run blocking", NULL, NULL);
-    return ATH_ENOSYS;
-  }
+  if (db->kind == ATH_DB_SQLITE)
+    return ath__db_sqlite_exec_async(db, loop, sql, params, n, cb, ud, err);
   if (ath__db_busy(db)) {
     ath__db_seterr(err, ATH_DB_EBUSY, NULL, "another statement is in flight on this connection",
                    NULL, NULL);
@@ -715,6 +716,8 @@ int ath__db_exec_async(ath_db_t* db, uv_loop_t* loop, const char* sql,
 }
 
 int ath__db_async_result(ath_db_t* db, ath_db_res_t** out, ath_db_error_t* err) {
+  if (db->kind == ATH_DB_SQLITE)
+    return ath__db_sqlite_async_result(db, out, err);
   op_t* op = db->op;
   *out = NULL;
   if (op == NULL || op->phase != OP_DONE) {
@@ -729,6 +732,10 @@ int ath__db_async_result(ath_db_t* db, ath_db_res_t** out, ath_db_error_t* err) 
 }
 
 void ath__db_abort(ath_db_t* db) {
+  if (db->kind == ATH_DB_SQLITE) {
+    ath__db_sqlite_abort(db);
+    return;
+  }
   op_t* op = db->op;
   if (op == NULL)
     return;

@@ -1,6 +1,7 @@
 /* SQLite connections ("sqlite:<path>", "sqlite::memory:"). Statements run
- * on the calling thread, also inside tasks: SQLite does no network I/O,
- * and a busy database is waited for up to the busy timeout, then EBUSY. */
+ * on the calling thread (ath__db_exec), or, inside tasks, on libuv's thread
+ * pool while the task yields (ath__db_exec_async, at the end of this file).
+ * A busy database is waited for up to the busy timeout, then EBUSY. */
 #include <ctype.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -393,4 +394,170 @@ int ath__db_sqlite_exec(ath_db_t* db, const char* sql, const ath_db_value_t* par
   }
   *out = last;
   return 0;
+}
+
+/* ------------------------------------------------- off the loop's thread
+ *
+ * Inside a task, a statement runs on libuv's thread pool while the task
+ * waits at a yield point, so the worker's loop goes on (other tasks, timers,
+ * heartbeats). One statement at a time per connection; the connection is
+ * used by one thread at a time (SQLITE_OPEN_NOMUTEX allows that). */
+
+struct ath_db_sqop_s {
+  uv_work_t req;
+  ath_db_t* db;
+  char* sql;
+  ath_db_value_t* params; /* copies, strings after them in the same block */
+  int n;
+  ath_db_res_t* out;
+  ath_db_error_t err;
+  int rc;
+  ath_db_cb cb;
+  void* ud;
+  int ended;              /* after_work ran: the outcome is there */
+  int aborted;            /* given up: after_work frees it, cb never runs */
+  uv_mutex_t m;           /* `ran`, for an abort waiting on a running statement */
+  uv_cond_t c;
+  int ran;
+};
+
+static void sqop_free(ath_db_sqop_t* op) {
+  ath__db_res_free(op->out);
+  uv_cond_destroy(&op->c);
+  uv_mutex_destroy(&op->m);
+  free(op->sql);
+  free(op->params);
+  free(op);
+}
+
+static void sqop_work(uv_work_t* req) {
+  ath_db_sqop_t* op = req->data;
+  op->rc = ath__db_sqlite_exec(op->db, op->sql, op->params, op->n, &op->out, &op->err);
+  uv_mutex_lock(&op->m);
+  op->ran = 1;
+  uv_cond_signal(&op->c);
+  uv_mutex_unlock(&op->m);
+}
+
+static void sqop_after(uv_work_t* req, int status) {
+  ath_db_sqop_t* op = req->data;
+  if (op->aborted) {
+    sqop_free(op);
+    return;
+  }
+  if (status != 0) { /* cancelled by libuv itself: not by us */
+    op->rc = ATH_DB_EDB;
+    ath__db_seterr(&op->err, ATH_DB_EDB, NULL, "the statement was cancelled", NULL, NULL);
+  }
+  op->ended = 1;
+  op->cb(op->db, op->ud);
+}
+
+int ath__db_sqlite_busy(const ath_db_t* db) {
+  return db->sqop != NULL && !db->sqop->ended;
+}
+
+int ath__db_sqlite_exec_async(ath_db_t* db, uv_loop_t* loop, const char* sql,
+                              const ath_db_value_t* params, int n, ath_db_cb cb, void* ud,
+                              ath_db_error_t* err) {
+  if (ath__db_sqlite_busy(db)) {
+    ath__db_seterr(err, ATH_DB_EBUSY, NULL, "another statement is in flight on this connection", NULL, NULL);
+    return ATH_DB_EBUSY;
+  }
+  int rc = ath__db_connect(db, err); /* opening a file: quick, and errors come at once */
+  if (rc != 0)
+    return rc;
+  ath__db_sqlite_drop_outcome(db);
+  size_t bytes = (size_t)n * sizeof(ath_db_value_t);
+  for (int i = 0; i < n; i++)
+    if (params[i].s != NULL)
+      bytes += params[i].len + 1;
+  ath_db_sqop_t* op = calloc(1, sizeof(*op));
+  if (op != NULL) {
+    op->sql = strdup(sql);
+    op->params = n > 0 ? malloc(bytes) : NULL;
+  }
+  if (op == NULL || op->sql == NULL || (n > 0 && op->params == NULL) || uv_mutex_init(&op->m) != 0) {
+    if (op != NULL) {
+      free(op->sql);
+      free(op->params);
+    }
+    free(op);
+    ath__db_seterr(err, ATH_ENOMEM, NULL, "out of memory", NULL, NULL);
+    return ATH_ENOMEM;
+  }
+  uv_cond_init(&op->c);
+  char* strings = (char*)(op->params + n);
+  for (int i = 0; i < n; i++) {
+    op->params[i] = params[i];
+    if (params[i].s != NULL) {
+      memcpy(strings, params[i].s, params[i].len);
+      strings[params[i].len] = '\0';
+      op->params[i].s = strings;
+      strings += params[i].len + 1;
+    }
+  }
+  op->n = n;
+  op->db = db;
+  op->cb = cb;
+  op->ud = ud;
+  op->req.data = op;
+  if ((rc = uv_queue_work(loop, &op->req, sqop_work, sqop_after)) != 0) {
+    sqop_free(op);
+    ath__db_seterr(err, ATH_DB_EDB, NULL, uv_strerror(rc), NULL, NULL);
+    return ATH_DB_EDB;
+  }
+  db->sqop = op;
+  return 0;
+}
+
+int ath__db_sqlite_async_result(ath_db_t* db, ath_db_res_t** out, ath_db_error_t* err) {
+  ath_db_sqop_t* op = db->sqop;
+  *out = NULL;
+  if (op == NULL || !op->ended) {
+    ath__db_seterr(err, ATH_DB_EBUSY, NULL, "no statement has ended", NULL, NULL);
+    return ATH_DB_EBUSY;
+  }
+  *out = op->out;
+  op->out = NULL;
+  int rc = op->rc;
+  if (rc != 0)
+    *err = op->err;
+  db->sqop = NULL;
+  sqop_free(op);
+  return rc;
+}
+
+void ath__db_sqlite_drop_outcome(ath_db_t* db) {
+  if (db->sqop != NULL && db->sqop->ended) { /* an outcome nobody took */
+    sqop_free(db->sqop);
+    db->sqop = NULL;
+  }
+}
+
+/* Gives up on the statement in flight: one that has not started never
+ * will; one that runs is interrupted and waited for (SQLite stops at its
+ * next step). If a transaction is still open then, the connection is
+ * dropped, taking the transaction with it, as a PostgreSQL abort does;
+ * otherwise it stays, warm (an in-memory database keeps its data). The
+ * work's memory goes when libuv is done with it. */
+void ath__db_sqlite_abort(ath_db_t* db) {
+  ath_db_sqop_t* op = db->sqop;
+  if (op == NULL)
+    return;
+  db->sqop = NULL;
+  if (op->ended) {
+    sqop_free(op);
+    return;
+  }
+  op->aborted = 1;
+  if (uv_cancel((uv_req_t*)&op->req) == 0)
+    return; /* never ran: the connection is as it was */
+  sqlite3_interrupt(db->sq);
+  uv_mutex_lock(&op->m);
+  while (!op->ran)
+    uv_cond_wait(&op->c, &op->m);
+  uv_mutex_unlock(&op->m);
+  if (db->sq != NULL && !sqlite3_get_autocommit(db->sq))
+    ath__db_sqlite_disconnect(db);
 }

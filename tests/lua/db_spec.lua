@@ -394,6 +394,35 @@ describe("ctx.db (SQLite)", function()
     assert.same({ { n = 2 } }, ok.rows)
   end)
 
+  it("does not block the worker's loop while a statement runs: a sleep on the same worker wakes first", function()
+    local dir = tmpdir()
+    local w = world { database = "sqlite:" .. dir .. "/slow.db", taskQueues = { default = { concurrency = 4 } } }
+    -- a statement of about a second (counting to 3e7 in a recursive CTE)
+    local slow = w:execute("db.query", {
+      sql = "with recursive c(x) as (select 1 union all select x + 1 from c where x < 30000000) select count(*) as n from c",
+    })
+    S.eventually(function() return slow:status() == "running" end, nil, "the slow statement to start")
+    local tick = S.result(w:execute("db.tick", { ms = 10 }))
+    local s = S.result(slow)
+    assert.is_nil(s.code)
+    assert.equals(30000000, s.rows[1].n)
+    -- before SQLite statements left the worker thread, the tick could only
+    -- start once the statement had returned
+    assert.is_true(tick.t1 < s.t1, ("tick woke at %d, the statement ended at %d"):format(tick.t1, s.t1))
+    os.execute("rm -rf " .. dir)
+  end)
+
+  it("keeps an idle in-memory database when a statement outside a transaction times out", function()
+    local w = world { database = "sqlite::memory:" }
+    S.result(w:execute("db.script", { { sql = "create table keep (v)" }, { sql = "insert into keep values (7)" } }))
+    local _, err = S.result(w:execute("db.slow", {
+      sql = "with recursive c(x) as (select 1 union all select x + 1 from c where x < 1000000000) select count(*) as n from c",
+    }))
+    assert.equals("ETIMEDOUT", err.code)
+    local r = S.result(w:execute("db.query", { sql = "select v from keep" }))
+    assert.same({ { v = 7 } }, r.rows)
+  end)
+
   it("lets a task waiting for the connection time out, and passes the turn on", function()
     local w = world { database = "sqlite::memory:", taskQueues = { default = { concurrency = 4 } } }
     S.result(w:execute("db.script", { { sql = "create table db_tx (v)" } }))
