@@ -210,6 +210,11 @@ void ath__heap_free(ath_heap_t* h);
 /* The delay heap's order: ready_mono, then creation. */
 int ath__task_ready_less(const void* a, const void* b);
 
+/* A task list through qprev/qnext (a bucket's ready tasks, the world's
+ * finished ones); the caller holds the world lock. */
+void ath__list_append(ath_bucket_t* b, ath_task_t* t);
+void ath__list_unlink(ath_bucket_t* b, ath_task_t* t);
+
 /* Queue operations; the caller holds the world lock. */
 int ath__queue_push(ath_queue_t* q, ath_task_t* t);
 ath_task_t* ath__queue_pop(ath_queue_t* q);
@@ -382,8 +387,7 @@ struct ath_world_s {
   ath_task_t** table;
   size_t table_cap, ntasks;
   /* Terminal tasks still in RAM (dead letters aside), oldest first. */
-  ath_task_t* term_head;
-  ath_task_t* term_tail;
+  ath_bucket_t term;
   int64_t nterm;
   uint64_t nevicted;     /* tasks that left RAM so far */
   uint64_t evicted_hash[ATH_EVICTED_RING]; /* id hashes of the latest of them */

@@ -58,7 +58,17 @@ int ath__queue_push(ath_queue_t* q, ath_task_t* t) {
   return 0;
 }
 
-static void unlink_task(ath_bucket_t* b, ath_task_t* t) {
+void ath__list_append(ath_bucket_t* b, ath_task_t* t) {
+  t->qnext = NULL;
+  t->qprev = b->tail;
+  if (b->tail)
+    b->tail->qnext = t;
+  else
+    b->head = t;
+  b->tail = t;
+}
+
+void ath__list_unlink(ath_bucket_t* b, ath_task_t* t) {
   if (t->qprev)
     t->qprev->qnext = t->qnext;
   else
@@ -74,7 +84,7 @@ ath_task_t* ath__queue_pop(ath_queue_t* q) {
   for (int i = 0; i < q->nbuckets; i++) {
     ath_task_t* t = q->buckets[i].head;
     if (t != NULL) {
-      unlink_task(&q->buckets[i], t);
+      ath__list_unlink(&q->buckets[i], t);
       q->depth--;
       return t;
     }
@@ -85,7 +95,7 @@ ath_task_t* ath__queue_pop(ath_queue_t* q) {
 void ath__queue_remove(ath_queue_t* q, ath_task_t* t) {
   for (int i = 0; i < q->nbuckets; i++) {
     if (q->buckets[i].priority == t->priority) {
-      unlink_task(&q->buckets[i], t);
+      ath__list_unlink(&q->buckets[i], t);
       q->depth--;
       return;
     }

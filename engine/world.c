@@ -318,15 +318,7 @@ static void table_put(ath_world_t* w, ath_task_t* t) {
 static void term_unlink(ath_world_t* w, ath_task_t* t) {
   if (!t->in_term)
     return;
-  if (t->qprev)
-    t->qprev->qnext = t->qnext;
-  else
-    w->term_head = t->qnext;
-  if (t->qnext)
-    t->qnext->qprev = t->qprev;
-  else
-    w->term_tail = t->qprev;
-  t->qprev = t->qnext = NULL;
+  ath__list_unlink(&w->term, t);
   t->in_term = 0;
   w->nterm--;
 }
@@ -351,7 +343,7 @@ static void table_unlink(ath_world_t* w, ath_task_t* t) {
 ath_task_t* ath__world_term_trim(ath_world_t* w) {
   ath_task_t* dead = NULL;
   int memory = w->cfg.persistence == ATH_PERSIST_MEMORY;
-  for (ath_task_t* t = w->term_head; t != NULL; t = w->term_head) {
+  for (ath_task_t* t = w->term.head; t != NULL; t = w->term.head) {
     if (memory ? w->nterm <= w->cfg.retain_terminal
                : w->reads == NULL || t->dirty || t->dirty_gen > w->committed_gen)
       break;
@@ -374,13 +366,7 @@ void ath__world_term_free(ath_task_t* dead) {
 static void term_push(ath_world_t* w, ath_task_t* t) {
   if (t->in_term || t->status == ATH_QUARANTINED)
     return;
-  t->qnext = NULL;
-  t->qprev = w->term_tail;
-  if (w->term_tail)
-    w->term_tail->qnext = t;
-  else
-    w->term_head = t;
-  w->term_tail = t;
+  ath__list_append(&w->term, t);
   t->in_term = 1;
   w->nterm++;
 }
