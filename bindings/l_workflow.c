@@ -33,11 +33,13 @@ static int wf_append(lua_State* L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   ath_buf_t b = {0};
   encode(L, 1, "event", &b);
-  int rc = ath__world_wf_append(world_of(L), t, b.data, b.len);
+  uint64_t gen;
+  int rc = ath__world_wf_append(world_of(L), t, b.data, b.len, &gen);
   ath__buf_free(&b);
   if (rc != 0)
     return ath__raise(L, rc, "cannot record a workflow event");
-  return 0;
+  lua_pushnil(L); /* what it returns, once durable */
+  return gen != 0 ? ath__task_await_commit(L, world_of(L), gen) : 1;
 }
 
 /* core.wfSpawn(name, input, id, opts) -> id: starts `name` as a task the
@@ -68,12 +70,13 @@ static int wf_spawn(lua_State* L) {
   size_t len = b.data ? b.len : 4;
   ath_task_t* out;
   char err[256] = "";
-  int rc = ath_world_execute(world_of(L), name, 1, &payload, &len, NULL, &o, &out, err, sizeof(err));
+  uint64_t gen;
+  int rc = ath__world_execute(world_of(L), name, 1, &payload, &len, NULL, &o, &out, &gen, err, sizeof(err));
   if (rc != 0)
     return ath__raise(L, rc, "%s", err[0] ? err : ath_strerror(rc));
   lua_pushstring(L, ath_task_id(out));
   ath_task_release(out);
-  return 1;
+  return gen != 0 ? ath__task_await_commit(L, world_of(L), gen) : 1;
 }
 
 /* core.wfPark(kind, seq, taskId | fireAt): ends the segment until the

@@ -389,11 +389,13 @@ static int world_execute(lua_State* L) {
   char** payloads = &json;
   ath_task_t* t;
   char err[256];
-  int rc = ath_world_execute(lw->w, name, 1, payloads, &len, NULL, &eo.o, &t, err, sizeof(err));
+  uint64_t gen;
+  int rc = ath__world_execute(lw->w, name, 1, payloads, &len, NULL, &eo.o, &t, &gen, err, sizeof(err));
   if (rc != 0)
     return ath__raise(L, rc, "%s", err);
   push_handle(L, 1, t);
-  return 1;
+  /* file mode: acknowledged once durable; a task yields for it meanwhile */
+  return gen != 0 ? ath__task_await_commit(L, lw->w, gen) : 1;
 }
 
 /* world:executeMany(name, inputs [, opts]) -> {handle...} */
@@ -440,7 +442,8 @@ static int world_execute_many(lua_State* L) {
   }
   lua_createtable(L, (int)n, 0); /* before execute: a raise here loses nothing */
   char err[256];
-  int rc = ath_world_execute(lw->w, name, n, payloads, lens, ids, &eo.o, out, err, sizeof(err));
+  uint64_t gen;
+  int rc = ath__world_execute(lw->w, name, n, payloads, lens, ids, &eo.o, out, &gen, err, sizeof(err));
   free(payloads);
   if (rc != 0)
     return ath__raise(L, rc, "%s", err);
@@ -448,7 +451,7 @@ static int world_execute_many(lua_State* L) {
     push_handle(L, 1, out[i]); /* a memory error here would leak refs only */
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
-  return 1;
+  return gen != 0 ? ath__task_await_commit(L, lw->w, gen) : 1;
 }
 
 /* ---------------------------------------------------------------- query */

@@ -249,7 +249,8 @@ enum { ATH_TIMER_WAIT = 0, ATH_TIMER_DEADLINE = 1 };
 typedef void (*ath_slot_cb)(ath_slot_t* s);
 
 /* Slot waits: why a task coroutine is suspended. */
-enum { ATH_WAIT_NONE = 0, ATH_WAIT_SLEEP, ATH_WAIT_RESULT, ATH_WAIT_HTTP, ATH_WAIT_PARK, ATH_WAIT_IO };
+enum { ATH_WAIT_NONE = 0, ATH_WAIT_SLEEP, ATH_WAIT_RESULT, ATH_WAIT_HTTP, ATH_WAIT_PARK, ATH_WAIT_IO,
+       ATH_WAIT_COMMIT };
 
 /* One coroutine slot of a worker. Touched only by its worker's thread,
  * except `interrupt`, which any thread may set. */
@@ -281,11 +282,13 @@ struct ath_slot_s {
   struct ath_task_s* park_task; /* the awaited task (a reference) */
 };
 
-/* A worker slot parked in handle:result() on another task. */
+/* A worker slot parked in handle:result() on another task, or (file
+ * mode) on the commit of a store generation. */
 struct ath_waiter_s {
   ath_waiter_t* next;
   ath_slot_t* slot;
   ath_task_t* task;      /* the task that finished (set when delivered) */
+  uint64_t gen;          /* ATH_WAIT_COMMIT: the generation awaited */
 };
 
 enum { ATH_WK_STARTING = 0, ATH_WK_RUNNING, ATH_WK_STOPPING, ATH_WK_STOPPED };
@@ -355,6 +358,7 @@ struct ath_worker_s {
   atomic_int interrupt_all; /* ATH_E* to raise in every running task */
 };
 
+#define MAX_WORKERS 1024 /* per world */
 #define ATH_LAT_SAMPLES 10000
 #define ATH_EVICTED_RING 1024
 typedef struct {
@@ -390,6 +394,7 @@ struct ath_world_s {
   ath_bucket_t term;
   int64_t nterm;
   uint64_t nevicted;     /* tasks that left RAM so far */
+  ath_waiter_t* commit_waiters; /* slots waiting for a commit (file mode) */
   uint64_t evicted_hash[ATH_EVICTED_RING]; /* id hashes of the latest of them */
   int64_t prune_before;  /* a retention pass the store thread owes, or 0 */
   /* The store, for reads from any thread (set at start, closed when the
@@ -520,6 +525,19 @@ int ath__task_wait(lua_State* L, ath_task_t* t, int64_t timeout_ms, lua_KFunctio
                    lua_KContext kctx);
 int ath__task_wait_timed_out(lua_State* L);
 
+/* Returns, as a C function does, the 1 value on top of L once store
+ * generation `gen` of `w` is durable (file mode; at once otherwise). In a
+ * task of `w` the task yields meanwhile (the worker's loop goes on);
+ * anywhere else the thread blocks. An interrupt (timeout, cancel) while
+ * waiting is raised. Use as `return ath__task_await_commit(L, w, gen);`. */
+int ath__task_await_commit(lua_State* L, ath_world_t* w, uint64_t gen);
+
+/* ath_world_execute without the wait of file mode: *gen is set to the
+ * store generation to wait for (ath__task_await_commit), 0 for none. */
+int ath__world_execute(ath_world_t* w, const char* name, size_t n, char** payloads,
+                       const size_t* lens, const char* const* ids, const ath_exec_opts_t* opts,
+                       ath_task_t** out, uint64_t* gen, char* err, size_t errlen);
+
 /* ctx:heartbeat: records `json` (copied) as the running task's latest
  * heartbeat and resets its heartbeat deadline. Raises ECANCELED once a
  * cancel was accepted. Returns -1 outside a task. */
@@ -591,8 +609,9 @@ void ath__vtimer_stop(ath_world_t* w, ath_vtimer_t* vt);
 /* Removes `slot`'s waiter from `t` if still there (an interrupted wait). */
 void ath__world_unawait(ath_world_t* w, ath_task_t* t, ath_slot_t* slot);
 /* Appends one history event (a JSON object) to workflow `t`. Returns 0 or
- * ATH_ENOMEM. */
-int ath__world_wf_append(ath_world_t* w, ath_task_t* t, const char* json, size_t len);
+ * ATH_ENOMEM; *gen gets the store generation that makes it durable, to
+ * wait for before the workflow proceeds (0: none, not file mode). */
+int ath__world_wf_append(ath_world_t* w, ath_task_t* t, const char* json, size_t len, uint64_t* gen);
 /* A copy of workflow t's history as a JSON array ("[...]"), malloc'd; NULL
  * when out of memory. *len gets its length. */
 char* ath__world_wf_history(ath_world_t* w, ath_task_t* t, size_t* len);
@@ -734,6 +753,16 @@ void ath__store_mark_sched(ath_world_t* w, ath_sched_t* s);
  * the store thread commits at once instead of at the end of its interval. */
 #define ATH_HYBRID_BACKLOG 65536
 void ath__store_throttle(ath_world_t* w);
+/* A task's wait for generation `gen` to be durable, without blocking its
+ * worker (file mode): returns 0 when there is nothing to wait for, 1 when
+ * `slot` was queued (the store thread hands it to the worker's inbox once
+ * committed), or ATH_ENOMEM. Lock not held. */
+int ath__store_await(ath_world_t* w, uint64_t gen, ath_slot_t* slot);
+/* Takes `slot`'s commit wait back (interrupted). Lock not held. */
+void ath__store_unawait(ath_world_t* w, ath_slot_t* slot);
+/* Hands a waiter to its worker's inbox (lock held) and adds the worker to
+ * wake[0..nwake) when not there yet; returns the new nwake. */
+int ath__waiter_deliver(ath_waiter_t* wt, ath_worker_t** wake, int nwake);
 /* Waits (lock held) until everything marked up to generation `gen` is
  * committed, in file mode; returns at once otherwise. */
 void ath__store_wait(ath_world_t* w, uint64_t gen);

@@ -100,14 +100,73 @@ static void srow_free(ath_srow_t* r) {
   free((char*)r->queue);
 }
 
+/* Whether acknowledging generation `gen` must wait (lock held): it is
+ * durable once committed; if it is still open with nothing marked in it,
+ * there is nothing to wait for. */
+static int must_wait(const ath_world_t* w, uint64_t gen) {
+  return w->store != NULL && w->cfg.persistence == ATH_PERSIST_FILE && w->committed_gen < gen &&
+         !(gen >= w->gen && w->ndirty == 0 && w->nsdirty == 0) &&
+         !(w->store_stop && w->ndirty == 0 && w->nsdirty == 0);
+}
+
 void ath__store_wait(ath_world_t* w, uint64_t gen) {
-  if (w->store == NULL || w->cfg.persistence != ATH_PERSIST_FILE)
-    return;
-  /* Generation `gen` is durable once committed; if it is still open with
-   * nothing marked in it, there is nothing to wait for. */
-  while (w->committed_gen < gen && !(gen >= w->gen && w->ndirty == 0 && w->nsdirty == 0) &&
-         !(w->store_stop && w->ndirty == 0 && w->nsdirty == 0))
+  while (must_wait(w, gen))
     uv_cond_wait(&w->cond, &w->lock);
+}
+
+int ath__store_await(ath_world_t* w, uint64_t gen, ath_slot_t* slot) {
+  uv_mutex_lock(&w->lock);
+  int rc = 0;
+  if (must_wait(w, gen)) {
+    ath_waiter_t* wt = calloc(1, sizeof(*wt));
+    if (wt == NULL) {
+      rc = ATH_ENOMEM;
+    } else {
+      wt->slot = slot;
+      wt->gen = gen;
+      wt->next = w->commit_waiters;
+      w->commit_waiters = wt;
+      rc = 1;
+    }
+  }
+  uv_mutex_unlock(&w->lock);
+  return rc;
+}
+
+/* Unlinks slot's waiter from *list; returns whether it was there. */
+static int drop_waiter(ath_waiter_t** list, ath_slot_t* slot) {
+  for (ath_waiter_t** p = list; *p; p = &(*p)->next) {
+    if ((*p)->slot == slot) {
+      ath_waiter_t* wt = *p;
+      *p = wt->next;
+      free(wt);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+void ath__store_unawait(ath_world_t* w, ath_slot_t* slot) {
+  uv_mutex_lock(&w->lock);
+  if (!drop_waiter(&w->commit_waiters, slot))
+    drop_waiter(&slot->wk->inbox, slot); /* delivered already */
+  uv_mutex_unlock(&w->lock);
+}
+
+/* Hands the commit waiters whose wait is over to their workers (lock
+ * held); the caller wakes wake[0..n) after unlocking. */
+static int deliver_commits(ath_world_t* w, ath_worker_t** wake) {
+  int nwake = 0;
+  for (ath_waiter_t** p = &w->commit_waiters; *p;) {
+    ath_waiter_t* wt = *p;
+    if (must_wait(w, wt->gen)) {
+      p = &wt->next;
+      continue;
+    }
+    *p = wt->next;
+    nwake = ath__waiter_deliver(wt, wake, nwake);
+  }
+  return nwake;
 }
 
 void ath__store_throttle(ath_world_t* w) {
@@ -259,7 +318,11 @@ static void store_main(void* arg) {
       w->committed_gen = gen;
       uv_cond_broadcast(&w->cond); /* file-mode acknowledgments, throttled producers */
       ath_task_t* dead = ath__world_term_trim(w); /* committed: they leave RAM */
+      ath_worker_t* wake[MAX_WORKERS];
+      int nwake = w->commit_waiters != NULL ? deliver_commits(w, wake) : 0;
       uv_mutex_unlock(&w->lock);
+      for (int i = 0; i < nwake; i++)
+        ath__worker_wake(wake[i]);
       ath__world_term_free(dead);
       for (size_t i = 0; i < n; i++)
         ath_task_release(batch[i]);
@@ -377,6 +440,11 @@ void ath__store_stop(ath_world_t* w) {
   w->sdirty = NULL;
   w->nsdirty = w->sdirty_cap = 0;
   w->store = NULL; /* no more writes; reads go on until the world is freed */
+  while (w->commit_waiters != NULL) { /* their workers have stopped */
+    ath_waiter_t* wt = w->commit_waiters;
+    w->commit_waiters = wt->next;
+    free(wt);
+  }
   uv_cond_broadcast(&w->cond);
   uv_mutex_unlock(&w->lock);
   uv_cond_destroy(&w->store_cond);

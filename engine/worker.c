@@ -244,6 +244,32 @@ int ath__task_wait(lua_State* L, ath_task_t* t, int64_t timeout_ms, lua_KFunctio
   return lua_yieldk(L, 0, kctx, await_k);
 }
 
+/* Continuation of a commit wait: the interrupt that ended it, if any;
+ * otherwise the caller's result, left on top of the stack. */
+static int commit_k(lua_State* L, int status, lua_KContext ctx) {
+  wait_k(L, status, ctx);
+  return 1;
+}
+
+int ath__task_await_commit(lua_State* L, ath_world_t* w, uint64_t gen) {
+  ath_slot_t* s = task_slot(L);
+  if (s == NULL || s->wk->w != w || !lua_isyieldable(L)) {
+    uv_mutex_lock(&w->lock); /* not a task of this world's: block */
+    ath__store_wait(w, gen);
+    uv_mutex_unlock(&w->lock);
+    return 1;
+  }
+  if (interrupt_code(s->wk, s) != 0)
+    return wait_k(L, LUA_OK, 0);
+  int rc = ath__store_await(w, gen, s);
+  if (rc == 0)
+    return 1;
+  if (rc < 0)
+    return luaL_error(L, "cannot wait for the commit: %s", ath_strerror(rc));
+  s->wait = ATH_WAIT_COMMIT;
+  return lua_yieldk(L, 0, 0, commit_k);
+}
+
 /* A request of a task's finished: resume the task. */
 static void http_done(ath_http_req_t* r) {
   ath_slot_t* s = r->slot;
@@ -575,6 +601,8 @@ static void stop_wait(ath_slot_t* s) {
   timer_stop(s, ATH_TIMER_WAIT); /* a sleep, or a result wait's timeout */
   if (s->wait == ATH_WAIT_RESULT)
     ath__world_unawait(s->wk->w, s->awaiting, s);
+  if (s->wait == ATH_WAIT_COMMIT)
+    ath__store_unawait(s->wk->w, s);
   if (s->wait == ATH_WAIT_HTTP && s->http != NULL) {
     ath__curlm_remove(s->wk->curlm, s->http); /* abandoned: the binding frees it */
     s->http->slot = NULL;
@@ -922,7 +950,7 @@ static void pump(ath_worker_t* wk) {
       ath_waiter_t* next = in->next;
       ath_slot_t* s = in->slot;
       free(in);
-      if (s->task != NULL && s->wait == ATH_WAIT_RESULT) {
+      if (s->task != NULL && (s->wait == ATH_WAIT_RESULT || s->wait == ATH_WAIT_COMMIT)) {
         s->wait = ATH_WAIT_NONE;
         timer_stop(s, ATH_TIMER_WAIT); /* a result wait's timeout */
         resume_slot(s, 0);

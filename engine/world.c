@@ -15,7 +15,6 @@
 #include "db.h"
 #include "gw_server.h"
 
-#define MAX_WORKERS 1024
 
 static void set_err(char* err, size_t errlen, const char* fmt, const char* a) {
   if (err != NULL && errlen > 0)
@@ -652,6 +651,20 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
                       char** payloads, const size_t* lens,
                       const char* const* ids, const ath_exec_opts_t* opts,
                       ath_task_t** out, char* err, size_t errlen) {
+  uint64_t gen = 0;
+  int rc = ath__world_execute(w, name, n, payloads, lens, ids, opts, out, &gen, err, errlen);
+  if (rc == 0 && gen != 0) { /* file: acknowledged once durable */
+    uv_mutex_lock(&w->lock);
+    ath__store_wait(w, gen);
+    uv_mutex_unlock(&w->lock);
+  }
+  return rc;
+}
+
+int ath__world_execute(ath_world_t* w, const char* name, size_t n, char** payloads,
+                       const size_t* lens, const char* const* ids, const ath_exec_opts_t* opts,
+                       ath_task_t** out, uint64_t* gen_out, char* err, size_t errlen) {
+  *gen_out = 0;
   ath_exec_opts_t none = {0};
   ath_task_t** tasks = NULL;
   ath_task_t** stored = NULL; /* the tasks of explicit ids found in the store */
@@ -852,9 +865,7 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
   free(tasks);
   release_all(stored, n);
   if (w->cfg.persistence == ATH_PERSIST_FILE) { /* acknowledged once durable */
-    uv_mutex_lock(&w->lock);
-    ath__store_wait(w, gen);
-    uv_mutex_unlock(&w->lock);
+    *gen_out = gen;
   } else if (w->cfg.persistence == ATH_PERSIST_HYBRID) { /* the store keeps up */
     uv_mutex_lock(&w->lock);
     ath__store_throttle(w);
@@ -1053,20 +1064,25 @@ static void tput_add(ath_world_t* w, int64_t now_ms) {
 }
 
 /* Hands the slots waiting on `t` to their workers (lock held). */
+int ath__waiter_deliver(ath_waiter_t* wt, ath_worker_t** wake, int nwake) {
+  ath_worker_t* wk = wt->slot->wk;
+  wt->next = wk->inbox;
+  wk->inbox = wt;
+  int seen = 0;
+  for (int i = 0; i < nwake; i++)
+    seen |= wake[i] == wk;
+  if (!seen && nwake < MAX_WORKERS)
+    wake[nwake++] = wk;
+  return nwake;
+}
+
 static int deliver_waiters(ath_task_t* t, ath_worker_t** wake, int nwake) {
   ath_waiter_t* wt = t->waiters;
   t->waiters = NULL;
   while (wt != NULL) {
     ath_waiter_t* next = wt->next;
-    ath_worker_t* wk = wt->slot->wk;
     wt->task = t;
-    wt->next = wk->inbox;
-    wk->inbox = wt;
-    int seen = 0;
-    for (int i = 0; i < nwake; i++)
-      seen |= wake[i] == wk;
-    if (!seen && nwake < MAX_WORKERS)
-      wake[nwake++] = wk;
+    nwake = ath__waiter_deliver(wt, wake, nwake);
     wt = next;
   }
   return nwake;
@@ -1264,16 +1280,15 @@ static int attempt_failed(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o,
  * first command whose outcome is not recorded; everything here runs with
  * the world lock held. */
 
-int ath__world_wf_append(ath_world_t* w, ath_task_t* t, const char* json, size_t len) {
+int ath__world_wf_append(ath_world_t* w, ath_task_t* t, const char* json, size_t len, uint64_t* gen) {
   uv_mutex_lock(&w->lock);
   ath_buf_t* h = &t->wf->hist;
   int rc = h->len > 0 ? ath__buf_lit(h, ",") : 0;
   if (rc == 0)
     rc = ath__buf_append(h, json, len);
   ath__store_mark(w, t);
-  uint64_t gen = w->gen;
-  if (w->cfg.persistence == ATH_PERSIST_FILE) /* §9.2: committed before it proceeds */
-    ath__store_wait(w, gen);
+  /* §9.2: committed before it proceeds (the caller waits, yielding) */
+  *gen = w->cfg.persistence == ATH_PERSIST_FILE ? w->gen : 0;
   uv_mutex_unlock(&w->lock);
   return rc;
 }

@@ -100,7 +100,7 @@ TEST_IMPL(db_sqlite) {
   ath_db_res_t* r = NULL;
   ASSERT_OK(ath__db_new("sqlite::memory:", &db, &e));
   ASSERT_EQ(ATH_DB_SQLITE, ath__db_kind(db));
-  ASSERT(!ath__db_can_async(db));
+  ASSERT(ath__db_can_async(db)); /* on the thread pool: db_sqlite_async */
   ASSERT_OK(ath__db_exec(db, "create table t (id integer primary key, ok bool, j json, b blob, s text)",
                          NULL, 0, &r, &e));
   ath__db_res_free(r);
@@ -140,8 +140,6 @@ TEST_IMPL(db_sqlite) {
   ASSERT_NULL(r);
   ASSERT_STR_EQ("SQLITE_ERROR", e.sqlstate);
   ASSERT_EQ(ATH_DB_EINVAL, ath__db_exec(db, "select ?", NULL, 0, &r, &e));
-  /* async is PostgreSQL's */
-  ASSERT_EQ(ATH_ENOSYS, ath__db_exec_async(db, NULL, "select 1", NULL, 0, NULL, NULL, &e));
   ath__db_free(db);
   return 0;
 }
@@ -173,6 +171,67 @@ static void async_cb(ath_db_t* db, void* ud) {
 static void abort_cb(uv_timer_t* t) {
   ath__db_abort(t->data);
   uv_close((uv_handle_t*)t, NULL);
+}
+
+/* SQLite statements on the loop's thread pool: the outcome comes back on
+ * the loop; an abort interrupts a running statement and keeps an idle
+ * connection (and its in-memory database). */
+TEST_IMPL(db_sqlite_async) {
+  uv_loop_t loop;
+  ASSERT_OK(uv_loop_init(&loop));
+  ath_db_t* db = NULL;
+  ath_db_error_t e;
+  ath_db_res_t* r = NULL;
+  async_done = 0;
+  ASSERT_OK(ath__db_new("sqlite::memory:", &db, &e));
+  ASSERT_OK(ath__db_exec(db, "create table kept (v)", NULL, 0, &r, &e));
+  ath__db_res_free(r);
+  char text[] = "copied";
+  ath_db_value_t p[2] = {{.type = ATH_DB_INT, .i = 7}, {.type = ATH_DB_TEXT, .s = text, .len = 6}};
+  ASSERT_OK(ath__db_exec_async(db, &loop, "insert into kept values (?) returning v, ? as s", p, 2, async_cb,
+                               (void*)(intptr_t)42, &e));
+  memcpy(text, "XXXXXX", 6); /* the parameters were copied */
+  ASSERT(ath__db_busy(db));
+  ASSERT_EQ(ATH_DB_EBUSY, ath__db_exec_async(db, &loop, "select 1", NULL, 0, async_cb, NULL, &e));
+  ASSERT_OK(uv_run(&loop, UV_RUN_DEFAULT));
+  ASSERT_EQ(1, async_done);
+  ASSERT(!ath__db_busy(db));
+  ASSERT_OK(ath__db_async_result(db, &r, &e));
+  ath_db_value_t v;
+  ASSERT_OK(ath__db_res_value(r, 0, 0, &v));
+  ASSERT_EQ(7, v.i);
+  ASSERT_OK(ath__db_res_value(r, 0, 1, &v));
+  ASSERT_EQ(6, (int)v.len);
+  ASSERT_OK(memcmp(v.s, "copied", 6));
+  ath__db_res_free(r);
+  /* an error result */
+  ASSERT_OK(ath__db_exec_async(db, &loop, "select * from nope", NULL, 0, async_cb, (void*)(intptr_t)42, &e));
+  ASSERT_OK(uv_run(&loop, UV_RUN_DEFAULT));
+  ASSERT_EQ(2, async_done);
+  ASSERT_EQ(ATH_DB_ESYNTAX, ath__db_async_result(db, &r, &e));
+  /* abandoned mid-statement (minutes of counting): no callback, stopped at
+   * once, the idle connection kept with its table */
+  ASSERT_OK(ath__db_exec_async(db, &loop,
+                               "with recursive c(x) as (select 1 union all select x + 1 from c"
+                               " where x < 1000000000) select count(*) from c",
+                               NULL, 0, async_cb, (void*)(intptr_t)42, &e));
+  uv_timer_t t;
+  uv_timer_init(&loop, &t);
+  t.data = db;
+  uv_timer_start(&t, abort_cb, 50, 0);
+  uint64_t t0 = uv_hrtime();
+  ASSERT_OK(uv_run(&loop, UV_RUN_DEFAULT));
+  ASSERT_LT(uv_hrtime() - t0, 5000000000u);
+  ASSERT_EQ(2, async_done);
+  ASSERT(!ath__db_busy(db));
+  ASSERT(ath__db_connected(db));
+  ASSERT_OK(ath__db_exec(db, "select count(*) from kept", NULL, 0, &r, &e));
+  ASSERT_OK(ath__db_res_value(r, 0, 0, &v));
+  ASSERT_EQ(1, v.i);
+  ath__db_res_free(r);
+  ath__db_free(db);
+  ASSERT_OK(uv_loop_close(&loop));
+  return 0;
 }
 
 TEST_IMPL(db_pg_async) {

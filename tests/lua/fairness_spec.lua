@@ -37,3 +37,29 @@ describe("a worker draining a backlog", function()
     assert.equals(300001, w:getMetrics().tasks.completed)
   end)
 end)
+
+describe("a task in a file-mode world", function()
+  after_each(function()
+    S.cleanup()
+    S.cleanup_files()
+  end)
+
+  it("yields while its execute waits for the commit: other tasks of its worker go on", function()
+    local path = S.tmpname()
+    local cfg = { persistence = "file", persistencePath = path, minWorkers = 1, maxWorkers = 1,
+      taskQueues = { default = { concurrency = 2 } } }
+    local w = S.started(cfg)
+    -- 300 executes one after another, each acknowledged once committed
+    local spawn = w:execute("spawner", { n = 300, config = S.config(cfg) })
+    local nap = w:execute("nap", { ms = 10 })
+    local s = assert(S.result(spawn, 60000))
+    local n = assert(S.result(nap))
+    assert.is_true(s.t1 - s.t0 > 30, "the commits took " .. (s.t1 - s.t0) .. " ms: too quick to tell")
+    -- before commits were waited for by yielding, the worker's loop stood
+    -- still until the spawner returned, and the nap woke only then
+    assert.is_true(n.t1 < s.t1, ("the nap woke at %d, the spawner ended at %d"):format(n.t1, s.t1))
+    -- and every spawned task runs
+    S.eventually(function() return w:getMetrics().tasks.completed == 302 end, S.WAIT,
+      "the 300 echoes, the spawner and the nap to complete")
+  end)
+end)
