@@ -24,12 +24,7 @@ void ath__gws_config_free(ath_gws_config_t* c) {
   }
   free(c->db_names);
   free(c->db_urls);
-  for (int i = 0; i < c->nkeys; i++) {
-    free(c->keys[i].name);
-    ath__strv_free(c->keys[i].tables);
-    ath__strv_free(c->keys[i].databases);
-  }
-  free(c->keys);
+  ath__gws_keys_free(c->keys, c->nkeys);
   for (int i = 0; i < c->ntables; i++) {
     free(c->tables[i].name);
     ath__strv_free(c->tables[i].hidden);
@@ -203,6 +198,36 @@ int ath__gws_refresh(ath_gws_t* s, char* err, size_t errlen) {
 
 size_t ath__gws_body_cap(const ath_gws_t* s) {
   return s->cfg.body_limit + 64 * 1024;
+}
+
+void ath__gws_keys_free(ath_gws_key_t* keys, int n) {
+  for (int i = 0; i < n; i++) {
+    free(keys[i].name);
+    ath__strv_free(keys[i].tables);
+    ath__strv_free(keys[i].databases);
+  }
+  free(keys);
+}
+
+int ath__gws_copy_ops_keys(const ath_gws_t* s, ath_gws_key_t** keys, int* n) {
+  for (int i = 0; i < s->cfg.nkeys; i++) {
+    const ath_gws_key_t* k = &s->cfg.keys[i];
+    if (!(k->rights & (ATH_GWR_OPS_READ | ATH_GWR_OPS_WRITE)))
+      continue;
+    ath_gws_key_t* grown = realloc(*keys, (size_t)(*n + 1) * sizeof(*grown));
+    if (grown == NULL)
+      return ATH_ENOMEM;
+    *keys = grown;
+    ath_gws_key_t* c = &grown[*n];
+    memset(c, 0, sizeof(*c));
+    c->name = ath__memdup(k->name, strlen(k->name));
+    if (c->name == NULL)
+      return ATH_ENOMEM;
+    memcpy(c->hash, k->hash, sizeof(c->hash));
+    c->rights = k->rights;
+    (*n)++;
+  }
+  return 0;
 }
 
 /* ----------------------------------------------------------- HTTP helpers */
@@ -564,10 +589,10 @@ static int preflight(ath_gws_t* s, h2o_req_t* req, ath_gwjob_t* base) {
   return 1;
 }
 
-/* The presented key (§2): 1 found (index in *out, -1 anonymous), 0 none,
- * -1 unknown. Compares the hash with every configured one in constant
- * time, never stopping early. */
-static int authenticate(ath_gws_t* s, h2o_req_t* req, int* out) {
+/* The presented key (§2): 1 found (index in *out), 0 none, -1 unknown.
+ * Compares the hash with every configured one in constant time, never
+ * stopping early. */
+int ath__gws_authenticate(const ath_gws_key_t* keys, int nkeys, h2o_req_t* req, int* out) {
   static const char* const names[] = {"x-athena-key", "apikey", "x-api-key", "authorization"};
   char v[1024], key[512];
   for (int i = 0; i < 4; i++) {
@@ -603,8 +628,8 @@ static int authenticate(ath_gws_t* s, h2o_req_t* req, int* out) {
     if (EVP_Digest(key, strlen(key), hash, &hlen, EVP_sha256(), NULL) != 1)
       return -1;
     int found = -1;
-    for (int k = 0; k < s->cfg.nkeys; k++) {
-      int same = CRYPTO_memcmp(hash, s->cfg.keys[k].hash, 32) == 0;
+    for (int k = 0; k < nkeys; k++) {
+      int same = CRYPTO_memcmp(hash, keys[k].hash, 32) == 0;
       found = same && found < 0 ? k : found;
     }
     OPENSSL_cleanse(key, sizeof(key));
@@ -801,7 +826,7 @@ int ath__gws_handle(ath_gws_t* s, h2o_req_t* req) {
     if ((wait = spend(fails, frate, fburst, 0)) != 0)
       return limited(req, &base, wait);
     int k = -1;
-    int found = authenticate(s, req, &k);
+    int found = ath__gws_authenticate(s->cfg.keys, s->cfg.nkeys, req, &k);
     if (found <= 0 && !(found == 0 && s->cfg.anonymous)) {
       spend(fails, frate, fburst, 1);
       return answer_error(req, &base, 401, found == 0 ? "auth_required" : "invalid_key",

@@ -10,11 +10,14 @@
 #include "gw_plan.h"
 #include "internal.h"
 
-/* Rights (GATEWAY §6.3), one bit per operation. */
+/* Rights (GATEWAY §6.3), one bit per operation; the operations surface's
+ * (docs/operations.md) beside them. */
 #define ATH_GWR_ALL 0xfu
+#define ATH_GWR_OPS_READ 0x10u
+#define ATH_GWR_OPS_WRITE 0x20u
 
 /* An API key. */
-typedef struct {
+typedef struct ath_gws_key_s {
   char* name;                /* for logs and policies; never the key */
   unsigned char hash[32];    /* SHA-256 of the key */
   unsigned rights;           /* ATH_GW_OP_BIT(op) bits */
@@ -82,6 +85,16 @@ void ath__gws_free(ath_gws_t* s);
  * else returns 0 (the operations surface takes it). */
 struct st_h2o_req_t;
 int ath__gws_handle(ath_gws_t* s, struct st_h2o_req_t* req);
+
+/* Engine thread: the presented key (GATEWAY §2) among keys[0..n): 1
+ * found (its index in *out), 0 none presented, -1 unknown. Compares with
+ * every key in constant time. */
+int ath__gws_authenticate(const ath_gws_key_t* keys, int n, struct st_h2o_req_t* req, int* out);
+
+/* Appends to *keys (n entries, grown) a copy of each of the server's keys
+ * with operations rights. Returns 0 or ATH_ENOMEM. */
+int ath__gws_copy_ops_keys(const ath_gws_t* s, ath_gws_key_t** keys, int* n);
+void ath__gws_keys_free(ath_gws_key_t* keys, int n);
 
 /* The largest request body the HTTP layer must accept for the gateway to
  * answer 413 itself. */
