@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <arpa/inet.h>
 #include "gw_server.h"
 
 /* ---------------------------------------------------------------- config */
@@ -108,6 +109,7 @@ static void free_server(ath_gws_t* s) {
   free(s->writers);
   free(s->threads);
   free(s->buckets);
+  free(s->bucket_heads);
   ath__gws_config_free(&s->cfg);
   uv_cond_destroy(&s->cond);
   uv_mutex_destroy(&s->mu);
@@ -436,57 +438,176 @@ static int answer_error(h2o_req_t* req, ath_gwjob_t* base, int status, const cha
 
 /* ------------------------------------------------------------ rate limits */
 
+/* One token bucket per key, per client address (IPv6: per /64) and per
+ * address's failed keys, in a table of at most BUCKETS_MAX. A full table
+ * forgets its least recently used bucket that is back to a full burst
+ * (forgetting it changes nothing); failing that, the least recently used
+ * one that is not holding a lockout; failing that, the newcomer gets no
+ * bucket and is refused (429): filling the table never lifts a limit. */
+#define BUCKETS_MAX 65536u
+#define NONE UINT32_MAX
+
 typedef struct ath_gw_bucket_s {
-  char name[88];   /* "k:<key name>", "i:<ip>", "f:<ip>" (auth failures); "" free */
+  char name[88];   /* "k:<key name>", "i:<ip>", "f:<ip>" (auth failures) */
   double tokens;
+  double rate, burst;
   uint64_t at;     /* monotonic ns of the last refill */
+  uint32_t chain;  /* next in its hash chain */
+  uint32_t older, newer;
 } bucket_t;
 
-static bucket_t* bucket(ath_gws_t* s, const char* name, double burst) {
-  if (s->nbuckets * 10 >= s->bucket_cap * 7) { /* full: forget everyone (a burst is allowed again) */
-    size_t cap = s->bucket_cap ? s->bucket_cap : 1024;
-    if (cap < 65536 && s->bucket_cap)
-      cap *= 2;
-    bucket_t* b = calloc(cap, sizeof(*b));
-    if (b == NULL)
-      return NULL;
-    free(s->buckets);
-    s->buckets = b;
-    s->bucket_cap = cap;
-    s->nbuckets = 0;
-  }
-  uint64_t h = ath__hash_str(name);
-  for (size_t i = h & (s->bucket_cap - 1);; i = (i + 1) & (s->bucket_cap - 1)) {
-    bucket_t* b = &s->buckets[i];
-    if (b->name[0] == '\0') {
-      snprintf(b->name, sizeof(b->name), "%s", name);
-      b->tokens = burst;
-      b->at = ath__mono_ns();
-      s->nbuckets++;
-      return b;
-    }
-    if (strcmp(b->name, name) == 0)
-      return b;
-  }
+static void refill(bucket_t* b, uint64_t now) {
+  b->tokens += (double)(now - b->at) / 1e9 * b->rate;
+  if (b->tokens > b->burst)
+    b->tokens = b->burst;
+  b->at = now;
 }
 
-/* Refills b at `rate` per second up to `burst`; takes one token when
- * `take`. Returns 0, or the seconds until a token is there (>= 1). */
-static int spend(bucket_t* b, double rate, double burst, int take) {
-  if (b == NULL || rate <= 0)
-    return 0;
+static void lru_unlink(ath_gws_t* s, uint32_t i) {
+  bucket_t* b = &s->buckets[i];
+  if (b->older != NONE)
+    s->buckets[b->older].newer = b->newer;
+  else
+    s->lru_old = b->newer;
+  if (b->newer != NONE)
+    s->buckets[b->newer].older = b->older;
+  else
+    s->lru_new = b->older;
+}
+
+static void lru_push(ath_gws_t* s, uint32_t i) {
+  bucket_t* b = &s->buckets[i];
+  b->older = s->lru_new;
+  b->newer = NONE;
+  if (s->lru_new != NONE)
+    s->buckets[s->lru_new].newer = i;
+  else
+    s->lru_old = i;
+  s->lru_new = i;
+}
+
+static uint32_t* chain_of(ath_gws_t* s, const char* name) {
+  return &s->bucket_heads[ath__hash_str(name) & (s->bucket_cap - 1)];
+}
+
+/* Doubles the table (up to BUCKETS_MAX). Returns 0 or -1. */
+static int grow(ath_gws_t* s) {
+  size_t cap = s->bucket_cap ? s->bucket_cap * 2 : 1024;
+  bucket_t* b = realloc(s->buckets, cap * sizeof(*b));
+  if (b == NULL)
+    return -1;
+  s->buckets = b;
+  uint32_t* heads = realloc(s->bucket_heads, cap * sizeof(*heads));
+  if (heads == NULL)
+    return -1;
+  s->bucket_heads = heads;
+  if (s->bucket_cap == 0)
+    s->lru_old = s->lru_new = NONE;
+  s->bucket_cap = cap;
+  for (size_t i = 0; i < cap; i++)
+    heads[i] = NONE;
+  for (uint32_t i = 0; i < s->nbuckets; i++) {
+    uint32_t* head = chain_of(s, b[i].name);
+    b[i].chain = *head;
+    *head = i;
+  }
+  return 0;
+}
+
+/* The slot of a bucket the full table can forget, unlinked, or NONE. */
+static uint32_t evict(ath_gws_t* s, uint64_t now) {
+  uint32_t victim = NONE, spare = NONE;
+  int seen = 0;
+  for (uint32_t i = s->lru_old; i != NONE && seen < 16; i = s->buckets[i].newer, seen++) {
+    bucket_t* b = &s->buckets[i];
+    refill(b, now);
+    if (b->tokens >= b->burst) {
+      victim = i;
+      break;
+    }
+    if (spare == NONE && !(b->name[0] == 'f' && b->tokens < 1))
+      spare = i;
+  }
+  if (victim == NONE)
+    victim = spare;
+  if (victim == NONE)
+    return NONE;
+  lru_unlink(s, victim);
+  uint32_t* p = chain_of(s, s->buckets[victim].name);
+  while (*p != victim)
+    p = &s->buckets[*p].chain;
+  *p = s->buckets[victim].chain;
+  return victim;
+}
+
+/* The bucket called `name` (made full when new), now the most recently
+ * used; NULL when the table can take no more. */
+static bucket_t* bucket(ath_gws_t* s, const char* name, double rate, double burst) {
+  if (s->bucket_cap) {
+    for (uint32_t i = *chain_of(s, name); i != NONE; i = s->buckets[i].chain)
+      if (strcmp(s->buckets[i].name, name) == 0) {
+        lru_unlink(s, i);
+        lru_push(s, i);
+        return &s->buckets[i];
+      }
+  }
   uint64_t now = ath__mono_ns();
-  b->tokens += (double)(now - b->at) / 1e9 * rate;
-  if (b->tokens > burst)
-    b->tokens = burst;
+  uint32_t i;
+  if (s->nbuckets < s->bucket_cap) {
+    i = (uint32_t)s->nbuckets++;
+  } else if (s->bucket_cap < BUCKETS_MAX && grow(s) == 0) {
+    i = (uint32_t)s->nbuckets++;
+  } else if ((i = evict(s, now)) == NONE) {
+    return NULL;
+  }
+  bucket_t* b = &s->buckets[i];
+  snprintf(b->name, sizeof(b->name), "%s", name);
+  b->tokens = b->burst = burst;
+  b->rate = rate;
   b->at = now;
+  uint32_t* head = chain_of(s, name);
+  b->chain = *head;
+  *head = i;
+  lru_push(s, i);
+  return b;
+}
+
+/* Refills b up to its burst; takes one token when `take`. Returns 0, or
+ * the seconds until a token is there (>= 1); a client the table has no
+ * room for waits a second. */
+static int spend(bucket_t* b, int take) {
+  if (b == NULL)
+    return 1;
+  if (b->rate <= 0)
+    return 0;
+  refill(b, ath__mono_ns());
   if (b->tokens >= 1) {
     if (take)
       b->tokens -= 1;
     return 0;
   }
-  int wait = (int)ceil((1 - b->tokens) / rate);
+  int wait = (int)ceil((1 - b->tokens) / b->rate);
   return wait < 1 ? 1 : wait;
+}
+
+/* The bucket name of a client address: IPv6 addresses by their /64 (one
+ * host is handed a whole /64), IPv4 (mapped or not) as they are. */
+static void client_bucket(const char* kind, const char* ip, char* out, size_t cap) {
+  unsigned char a[16];
+  char text[INET6_ADDRSTRLEN];
+  if (strchr(ip, ':') != NULL && inet_pton(AF_INET6, ip, a) == 1) {
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (memcmp(a, mapped, 12) == 0) {
+      inet_ntop(AF_INET, a + 12, text, sizeof(text));
+      snprintf(out, cap, "%s%s", kind, text);
+      return;
+    }
+    memset(a + 8, 0, 8);
+    inet_ntop(AF_INET6, a, text, sizeof(text));
+    snprintf(out, cap, "%s%s/64", kind, text);
+    return;
+  }
+  snprintf(out, cap, "%s%s", kind, ip);
 }
 
 static int limited(h2o_req_t* req, ath_gwjob_t* base, int wait) {
@@ -658,6 +779,21 @@ static int client_db(ath_gws_t* s, h2o_req_t* req, ath_gwjob_t* base, const ath_
       drop[nd++] = aliases[a];
   }
   int one = single_part(v, name, sizeof(name), drop);
+  if (one == 0 && key != NULL && key->databases != NULL) {
+    /* a key kept from the default database names its one other, or must ask */
+    int n = 0, def = 0;
+    for (char** p = key->databases; *p; p++, n++)
+      def |= strcmp(*p, "default") == 0;
+    if (def)
+      return 0;
+    if (n != 1) {
+      answer_error(req, base, 400, "client_required",
+                   "this key may use several databases: name one with X-Athena-Client", NULL, NULL);
+      return -1;
+    }
+    snprintf(name, sizeof(name), "%s", key->databases[0]);
+    one = 1;
+  }
   if (one == 0)
     return 0;
   int db = -1;
@@ -815,20 +951,20 @@ int ath__gws_handle(ath_gws_t* s, h2o_req_t* req) {
   /* who is asking (§2, §6.3, §6.9) */
   client_ip(s, req, base.ip, sizeof(base.ip));
   char bname[96];
-  snprintf(bname, sizeof(bname), "i:%s", base.ip);
-  int wait = spend(bucket(s, bname, s->cfg.ip_burst), s->cfg.ip_rate, s->cfg.ip_burst, 1);
+  client_bucket("i:", base.ip, bname, sizeof(bname));
+  int wait = spend(bucket(s, bname, s->cfg.ip_rate, s->cfg.ip_burst), 1);
   if (wait)
     return limited(req, &base, wait);
   if (base.kind == ATH_GWJ_OP) {
-    snprintf(bname, sizeof(bname), "f:%s", base.ip);
-    double fburst = s->cfg.auth_fail_per_min, frate = s->cfg.auth_fail_per_min / 60.0;
-    bucket_t* fails = bucket(s, bname, fburst);
-    if ((wait = spend(fails, frate, fburst, 0)) != 0)
-      return limited(req, &base, wait);
     int k = -1;
     int found = ath__gws_authenticate(s->cfg.keys, s->cfg.nkeys, req, &k);
     if (found <= 0 && !(found == 0 && s->cfg.anonymous)) {
-      spend(fails, frate, fburst, 1);
+      /* failed keys lock the address out; valid keys from it still work */
+      client_bucket("f:", base.ip, bname, sizeof(bname));
+      double frate = s->cfg.auth_fail_per_min / 60.0;
+      bucket_t* fails = bucket(s, bname, frate, s->cfg.auth_fail_per_min);
+      if ((wait = spend(fails, 1)) != 0)
+        return limited(req, &base, wait);
       return answer_error(req, &base, 401, found == 0 ? "auth_required" : "invalid_key",
                           found == 0 ? "an API key is required" : "the API key is not valid", NULL, NULL);
     }
@@ -836,7 +972,7 @@ int ath__gws_handle(ath_gws_t* s, h2o_req_t* req) {
     base.rights = base.key ? base.key->rights : s->cfg.anon_rights;
     if (base.key != NULL) {
       snprintf(bname, sizeof(bname), "k:%s", base.key->name);
-      if ((wait = spend(bucket(s, bname, s->cfg.key_burst), s->cfg.key_rate, s->cfg.key_burst, 1)) != 0)
+      if ((wait = spend(bucket(s, bname, s->cfg.key_rate, s->cfg.key_burst), 1)) != 0)
         return limited(req, &base, wait);
     }
     if (!(base.rights & ATH_GW_OP_BIT(base.op)))

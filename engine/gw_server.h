@@ -194,9 +194,11 @@ struct ath_gws_s {
   int nthreads;
   uv_async_t async;          /* engine loop: answers are ready */
   int attached;
-  /* engine thread only: rate limiting (§6.9) */
+  /* engine thread only: rate limiting (§6.9), least recently used first out */
   struct ath_gw_bucket_s* buckets;
+  uint32_t* bucket_heads;    /* hash chains, bucket_cap of them */
   size_t nbuckets, bucket_cap;
+  uint32_t lru_old, lru_new; /* the least and the most recently used bucket */
 };
 
 #endif

@@ -60,12 +60,19 @@ local function enc(s)
   return (s:gsub("[^A-Za-z0-9_.~-]", function(c) return ("%%%02X"):format(c:byte()) end))
 end
 
---- request(method, url) -> status (number; 0 if no response), content type,
--- body, curl's exit code.
-local function request(method, url)
+--- request(method, url[, headers]) -> status (number; 0 if no response),
+-- content type, body, curl's exit code. Mutations declare a JSON body, as
+-- the operations surface asks of them (no simple cross-site requests);
+-- headers ({name = value}) replace or (false) drop that.
+local function request(method, url, headers)
   local body = tmpname()
-  local p = io.popen(("env -u LD_PRELOAD curl -s -g --max-time 10 -o %s -w '%%{http_code} %%{content_type}' -X %s %s"):format(
-    q(body), q(method), q(url)))
+  local h = {}
+  if method ~= "GET" and method ~= "HEAD" then h["Content-Type"] = "application/json" end
+  for k, v in pairs(headers or {}) do h[k] = v or nil end
+  local hs = {}
+  for k, v in pairs(h) do hs[#hs + 1] = "-H " .. q(k .. ": " .. v) end
+  local p = io.popen(("env -u LD_PRELOAD curl -s -g --max-time 10 -o %s -w '%%{http_code} %%{content_type}' -X %s %s %s"):format(
+    q(body), q(method), table.concat(hs, " "), q(url)))
   local out = p:read("a")
   local _, _, code = p:close()
   local b = slurp(body) or ""
