@@ -1143,7 +1143,7 @@ static int world_serve(lua_State* L) {
       return lua_error(L);
     }
   }
-  if (ops_port >= 0 && o.gws != NULL && ath__gws_copy_ops_keys(o.gws, &ops.keys, &ops.nkeys) != 0)
+  if (ops_port >= 0 && o.gws != NULL && ath__gws_copy_keys(o.gws, &ops.keys, &ops.nkeys) != 0)
     rc = ATH_ENOMEM;
   int bound = 0, ops_bound = 0;
   if (rc == 0)

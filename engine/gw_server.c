@@ -211,11 +211,9 @@ void ath__gws_keys_free(ath_gws_key_t* keys, int n) {
   free(keys);
 }
 
-int ath__gws_copy_ops_keys(const ath_gws_t* s, ath_gws_key_t** keys, int* n) {
+int ath__gws_copy_keys(const ath_gws_t* s, ath_gws_key_t** keys, int* n) {
   for (int i = 0; i < s->cfg.nkeys; i++) {
     const ath_gws_key_t* k = &s->cfg.keys[i];
-    if (!(k->rights & (ATH_GWR_OPS_READ | ATH_GWR_OPS_WRITE)))
-      continue;
     ath_gws_key_t* grown = realloc(*keys, (size_t)(*n + 1) * sizeof(*grown));
     if (grown == NULL)
       return ATH_ENOMEM;

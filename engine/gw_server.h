@@ -92,8 +92,9 @@ int ath__gws_handle(ath_gws_t* s, struct st_h2o_req_t* req);
 int ath__gws_authenticate(const ath_gws_key_t* keys, int n, struct st_h2o_req_t* req, int* out);
 
 /* Appends to *keys (n entries, grown) a copy of each of the server's keys
- * with operations rights. Returns 0 or ATH_ENOMEM. */
-int ath__gws_copy_ops_keys(const ath_gws_t* s, ath_gws_key_t** keys, int* n);
+ * (name, hash, rights) for the operations surface, which answers 403 to
+ * those without operations rights. Returns 0 or ATH_ENOMEM. */
+int ath__gws_copy_keys(const ath_gws_t* s, ath_gws_key_t** keys, int* n);
 void ath__gws_keys_free(ath_gws_key_t* keys, int n);
 
 /* The largest request body the HTTP layer must accept for the gateway to

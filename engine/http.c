@@ -805,7 +805,7 @@ int ath__http_start(ath_world_t* w, const char* host, int port, ath_serve_opts_t
   h->o = *o;
   memset(o, 0, sizeof(*o));
   h->gws = h->o.gws;
-  if (h->gws != NULL && ath__gws_copy_ops_keys(h->gws, &h->o.keys, &h->o.nkeys) != 0) {
+  if (h->gws != NULL && ath__gws_copy_keys(h->gws, &h->o.keys, &h->o.nkeys) != 0) {
     ath__serve_opts_free(&h->o);
     free(h);
     return ATH_ENOMEM;
