@@ -341,6 +341,12 @@ function createMockServer(options = {}) {
         .map(taskView);
       return json(res, 200, list);
     }
+    // like the real server (docs/operations.md): mutations must say JSON,
+    // which a cross-site form cannot without a preflight
+    if (p.startsWith('/api/') && req.method !== 'GET' && req.method !== 'HEAD' &&
+        !/^application\/json\b/i.test(req.headers['content-type'] || '')) {
+      return fail(res, 403, 'cross_site', 'a mutation needs Content-Type: application/json');
+    }
     const m = /^\/api\/tasks\/([^/]+)(\/requeue)?$/.exec(p);
     if (m) {
       let id;

@@ -258,7 +258,7 @@ for i in range(8):
         pass
     conns.append(s)
 closed = 0
-deadline = time.time() + 15
+deadline = time.time() + 6  # h2o's own 10 s request timeout must not be what closes them
 live = list(conns)
 while live and closed < 6 and time.time() < deadline:
     ready, _, _ = select.select(live, [], [], max(0.01, deadline - time.time()))
