@@ -608,7 +608,16 @@ static void client_bucket(const char* kind, const char* ip, char* out, size_t ca
   snprintf(out, cap, "%s%s", kind, ip);
 }
 
+/* A refused request that came with a body: its connection closes after
+ * the answer, so the buffer h2o read the body into (h2o 2.2 reads it all
+ * before the handler runs) is freed at once. */
+static void drop_body(h2o_req_t* req) {
+  if (req->entity.len > 0)
+    req->http1_is_persistent = 0;
+}
+
 static int limited(h2o_req_t* req, ath_gwjob_t* base, int wait) {
+  drop_body(req);
   char s[16];
   snprintf(s, sizeof(s), "%d", wait);
   return answer_error(req, base, 429, "rate_limited", "too many requests; retry later", "retry-after", s);
@@ -963,6 +972,7 @@ int ath__gws_handle(ath_gws_t* s, h2o_req_t* req) {
       bucket_t* fails = bucket(s, bname, frate, s->cfg.auth_fail_per_min);
       if ((wait = spend(fails, 1)) != 0)
         return limited(req, &base, wait);
+      drop_body(req);
       return answer_error(req, &base, 401, found == 0 ? "auth_required" : "invalid_key",
                           found == 0 ? "an API key is required" : "the API key is not valid", NULL, NULL);
     }

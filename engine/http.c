@@ -17,6 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include "internal.h"
 #include "gw_server.h"
 
@@ -48,6 +51,8 @@ struct ath_http_s {
   int handles;         /* open handles of our own (listener, check) */
   int closing;         /* the listener is closed (or closing) */
   uint64_t shed;       /* connections shut down by the buffer cap */
+  size_t peak;         /* most bytes buffered since the last trim */
+  uint64_t trimmed;    /* loop time (ms) of the last trim */
 };
 
 void ath__serve_opts_free(ath_serve_opts_t* o) {
@@ -715,6 +720,17 @@ static void on_check(uv_check_t* check) {
   for (conn_t* c = h->conns; c; c = c->next)
     if (!c->shed)
       total += conn_buffered(c);
+#ifdef __GLIBC__
+  /* large buffers freed stay in malloc's arenas: hand 16 MiB and more
+   * back to the system, at most once a second */
+  if (total > h->peak)
+    h->peak = total;
+  if (h->peak - total >= ((size_t)16 << 20) && uv_now(check->loop) - h->trimmed >= 1000) {
+    malloc_trim(0);
+    h->trimmed = uv_now(check->loop);
+    h->peak = total;
+  }
+#endif
   while (total > h->o.max_buffered) {
     conn_t* big = NULL;
     for (conn_t* c = h->conns; c; c = c->next)
