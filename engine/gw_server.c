@@ -355,10 +355,14 @@ static void send_job(h2o_req_t* req, ath_gwjob_t* j) {
     add(req, "x-athena-event-id", j->event_id, strlen(j->event_id));
   if (j->status == 401)
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL, H2O_STRLIT("Bearer"));
-  if (j->out.data != NULL) /* h2o_send_inline copies it */
+  /* a known length: HTTP/1.1 needs neither chunks nor a close to end it */
+  if (j->out.data != NULL) { /* h2o_send_inline copies it */
+    req->res.content_length = j->out.len - j->out_off;
     h2o_send_inline(req, j->out.data + j->out_off, j->out.len - j->out_off);
-  else
+  } else {
+    req->res.content_length = 2;
     h2o_send_inline(req, H2O_STRLIT("{}"));
+  }
 }
 
 static void on_answers(uv_async_t* h) {
@@ -608,11 +612,12 @@ static void client_bucket(const char* kind, const char* ip, char* out, size_t ca
   snprintf(out, cap, "%s%s", kind, ip);
 }
 
-/* A refused request that came with a body: its connection closes after
- * the answer, so the buffer h2o read the body into (h2o 2.2 reads it all
- * before the handler runs) is freed at once. */
+/* A refused request that came with a large body: its connection closes
+ * after the answer, so the buffer h2o read the body into (h2o 2.2 reads
+ * it all before the handler runs) is freed at once. Small ones keep the
+ * connection: a refusal must stay cheaper than a fetch. */
 static void drop_body(h2o_req_t* req) {
-  if (req->entity.len > 0)
+  if (req->entity.len > 64 * 1024)
     req->http1_is_persistent = 0;
 }
 

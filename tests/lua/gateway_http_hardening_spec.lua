@@ -368,6 +368,38 @@ describe("rate limits", function()
   end)
 end)
 
+describe("refusals are cheap", function()
+  after_each(S.cleanup)
+
+  it("401 and 429 carry a Content-Length and keep the connection (no reconnect per refusal)", function()
+    local w = started()
+    local s = w:serve { port = 0, gateway = gateway { rateLimits = { authFailures = 2 } } }
+    local lines = python([[
+import socket, sys
+port = int(sys.argv[1])
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+req = b"POST /gateway/fetch HTTP/1.1\r\nHost: localhost\r\napikey: wrong\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+f = s.makefile("rb")
+for i in range(4):
+    s.sendall(req)
+    status = f.readline().split(b" ")[1].decode()
+    n, close = None, False
+    while True:
+        line = f.readline().strip().lower()
+        if not line:
+            break
+        if line.startswith(b"content-length:"):
+            n = int(line.split(b":")[1])
+        if line == b"connection: close":
+            close = True
+    f.read(n or 0)
+    print(status, "length" if n is not None else "no-length", "close" if close else "keep-alive")
+]], port_of(s.url))
+    assert.same({ "401 length keep-alive", "401 length keep-alive", "429 length keep-alive",
+      "429 length keep-alive" }, lines)
+  end)
+end)
+
 describe("ambiguous request framing", function()
   after_each(S.cleanup)
 
