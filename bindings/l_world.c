@@ -1118,7 +1118,7 @@ static int world_serve(lua_State* L) {
   }
   ath_serve_opts_t ops = o; /* the operations listener (opsPort) */
   ops.http2 = 0;
-  ops.allowed_hosts = o.allowed_hosts ? ath__strv_dup((const char* const*)o.allowed_hosts) : NULL;
+  ops.allowed_hosts = o.allowed_hosts && ops_port >= 0 ? ath__strv_dup((const char* const*)o.allowed_hosts) : NULL;
   if (ops_port >= 0)
     o.flags = 0; /* the main listener: /healthz and the gateway */
   /* protected: what is built is freed when building raises */
