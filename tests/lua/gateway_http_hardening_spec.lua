@@ -279,6 +279,23 @@ print(closed)
   end)
 end)
 
+describe("bodies on a listener without a gateway", function()
+  after_each(S.cleanup)
+
+  it("over 64 KiB are refused (413) from the headers, before any byte of them is read", function()
+    local w = started()
+    local s = w:serve { port = 0 }
+    local lines = python([[
+import socket, sys
+port = int(sys.argv[1])
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+s.sendall(b"POST /api/tasks/x/requeue HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n")
+print(s.recv(12).decode("latin-1"))
+]], port_of(s.url))
+    assert.equals("HTTP/1.1 413", lines[1])
+  end)
+end)
+
 describe("HTTP/2 cleartext and the Server header", function()
   after_each(S.cleanup)
 
