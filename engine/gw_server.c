@@ -108,8 +108,7 @@ static void free_server(ath_gws_t* s) {
     uv_mutex_destroy(&s->writers[i]);
   free(s->writers);
   free(s->threads);
-  free(s->buckets);
-  free(s->bucket_heads);
+  ath__gw_limiter_free(&s->lim);
   ath__gws_config_free(&s->cfg);
   uv_cond_destroy(&s->cond);
   uv_mutex_destroy(&s->mu);
@@ -465,7 +464,7 @@ static void refill(bucket_t* b, uint64_t now) {
   b->at = now;
 }
 
-static void lru_unlink(ath_gws_t* s, uint32_t i) {
+static void lru_unlink(ath_gw_limiter_t* s, uint32_t i) {
   bucket_t* b = &s->buckets[i];
   if (b->older != NONE)
     s->buckets[b->older].newer = b->newer;
@@ -477,7 +476,7 @@ static void lru_unlink(ath_gws_t* s, uint32_t i) {
     s->lru_new = b->older;
 }
 
-static void lru_push(ath_gws_t* s, uint32_t i) {
+static void lru_push(ath_gw_limiter_t* s, uint32_t i) {
   bucket_t* b = &s->buckets[i];
   b->older = s->lru_new;
   b->newer = NONE;
@@ -488,12 +487,12 @@ static void lru_push(ath_gws_t* s, uint32_t i) {
   s->lru_new = i;
 }
 
-static uint32_t* chain_of(ath_gws_t* s, const char* name) {
+static uint32_t* chain_of(ath_gw_limiter_t* s, const char* name) {
   return &s->bucket_heads[ath__hash_str(name) & (s->bucket_cap - 1)];
 }
 
 /* Doubles the table (up to BUCKETS_MAX). Returns 0 or -1. */
-static int grow(ath_gws_t* s) {
+static int grow(ath_gw_limiter_t* s) {
   size_t cap = s->bucket_cap ? s->bucket_cap * 2 : 1024;
   bucket_t* b = realloc(s->buckets, cap * sizeof(*b));
   if (b == NULL)
@@ -517,7 +516,7 @@ static int grow(ath_gws_t* s) {
 }
 
 /* The slot of a bucket the full table can forget, unlinked, or NONE. */
-static uint32_t evict(ath_gws_t* s, uint64_t now) {
+static uint32_t evict(ath_gw_limiter_t* s, uint64_t now) {
   uint32_t victim = NONE, spare = NONE;
   int seen = 0;
   for (uint32_t i = s->lru_old; i != NONE && seen < 16; i = s->buckets[i].newer, seen++) {
@@ -544,7 +543,7 @@ static uint32_t evict(ath_gws_t* s, uint64_t now) {
 
 /* The bucket called `name` (made full when new), now the most recently
  * used; NULL when the table can take no more. */
-static bucket_t* bucket(ath_gws_t* s, const char* name, double rate, double burst) {
+static bucket_t* bucket(ath_gw_limiter_t* s, const char* name, double rate, double burst) {
   if (s->bucket_cap) {
     for (uint32_t i = *chain_of(s, name); i != NONE; i = s->buckets[i].chain)
       if (strcmp(s->buckets[i].name, name) == 0) {
@@ -612,6 +611,23 @@ static void client_bucket(const char* kind, const char* ip, char* out, size_t ca
   snprintf(out, cap, "%s%s", kind, ip);
 }
 
+void ath__gw_limiter_free(ath_gw_limiter_t* l) {
+  free(l->buckets);
+  free(l->bucket_heads);
+  memset(l, 0, sizeof(*l));
+}
+
+int ath__gw_auth_failure(ath_gw_limiter_t* l, const char* ip, double per_min) {
+  char name[96];
+  client_bucket("f:", ip, name, sizeof(name));
+  return spend(bucket(l, name, per_min / 60.0, per_min), 1);
+}
+
+ath_gw_limiter_t* ath__gws_limiter(ath_gws_t* s, double* per_min) {
+  *per_min = s->cfg.auth_fail_per_min;
+  return &s->lim;
+}
+
 /* A refused request that came with a large body: its connection closes
  * after the answer, so the buffer h2o read the body into (h2o 2.2 reads
  * it all before the handler runs) is freed at once. Small ones keep the
@@ -640,7 +656,7 @@ static int method_is(h2o_req_t* req, const char* m) {
 
 /* The client's address: the socket peer, or the nearest untrusted entry
  * of X-Forwarded-For when the peer is a trusted proxy (§6.9). */
-static void client_ip(ath_gws_t* s, h2o_req_t* req, char* out, size_t cap) {
+void ath__gws_client_ip(const ath_gws_t* s, h2o_req_t* req, char* out, size_t cap) {
   struct sockaddr_storage sa;
   out[0] = '\0';
   socklen_t len = req->conn->callbacks->get_peername(req->conn, (struct sockaddr*)&sa);
@@ -650,7 +666,7 @@ static void client_ip(ath_gws_t* s, h2o_req_t* req, char* out, size_t cap) {
     else if (sa.ss_family == AF_INET6)
       uv_ip6_name((struct sockaddr_in6*)&sa, out, cap);
   }
-  if (s->cfg.trusted_proxies == NULL)
+  if (s == NULL || s->cfg.trusted_proxies == NULL)
     return;
   char xff[512];
   for (;;) {
@@ -961,10 +977,10 @@ int ath__gws_handle(ath_gws_t* s, h2o_req_t* req) {
   }
 
   /* who is asking (§2, §6.3, §6.9) */
-  client_ip(s, req, base.ip, sizeof(base.ip));
+  ath__gws_client_ip(s, req, base.ip, sizeof(base.ip));
   char bname[96];
   client_bucket("i:", base.ip, bname, sizeof(bname));
-  int wait = spend(bucket(s, bname, s->cfg.ip_rate, s->cfg.ip_burst), 1);
+  int wait = spend(bucket(&s->lim, bname, s->cfg.ip_rate, s->cfg.ip_burst), 1);
   if (wait)
     return limited(req, &base, wait);
   if (base.kind == ATH_GWJ_OP) {
@@ -972,10 +988,7 @@ int ath__gws_handle(ath_gws_t* s, h2o_req_t* req) {
     int found = ath__gws_authenticate(s->cfg.keys, s->cfg.nkeys, req, &k);
     if (found <= 0 && !(found == 0 && s->cfg.anonymous)) {
       /* failed keys lock the address out; valid keys from it still work */
-      client_bucket("f:", base.ip, bname, sizeof(bname));
-      double frate = s->cfg.auth_fail_per_min / 60.0;
-      bucket_t* fails = bucket(s, bname, frate, s->cfg.auth_fail_per_min);
-      if ((wait = spend(fails, 1)) != 0)
+      if ((wait = ath__gw_auth_failure(&s->lim, base.ip, s->cfg.auth_fail_per_min)) != 0)
         return limited(req, &base, wait);
       drop_body(req);
       return answer_error(req, &base, 401, found == 0 ? "auth_required" : "invalid_key",
@@ -985,7 +998,7 @@ int ath__gws_handle(ath_gws_t* s, h2o_req_t* req) {
     base.rights = base.key ? base.key->rights : s->cfg.anon_rights;
     if (base.key != NULL) {
       snprintf(bname, sizeof(bname), "k:%s", base.key->name);
-      if ((wait = spend(bucket(s, bname, s->cfg.key_rate, s->cfg.key_burst), 1)) != 0)
+      if ((wait = spend(bucket(&s->lim, bname, s->cfg.key_rate, s->cfg.key_burst), 1)) != 0)
         return limited(req, &base, wait);
     }
     if (!(base.rights & ATH_GW_OP_BIT(base.op)))

@@ -61,6 +61,20 @@ typedef struct {
 
 typedef struct ath_gws_s ath_gws_t;
 
+/* Token buckets by name (gw_server.c), least recently used first out.
+ * Engine thread only. Zeroed is empty. */
+typedef struct {
+  struct ath_gw_bucket_s* buckets;
+  uint32_t* bucket_heads;    /* hash chains, bucket_cap of them */
+  size_t nbuckets, bucket_cap;
+  uint32_t lru_old, lru_new; /* the least and the most recently used bucket */
+} ath_gw_limiter_t;
+void ath__gw_limiter_free(ath_gw_limiter_t* l);
+/* Counts a missing or invalid key from client address `ip` (IPv6 by /64)
+ * against `per_min` a minute. Returns 0, or the seconds to wait when the
+ * address is locked out (answer 429). */
+int ath__gw_auth_failure(ath_gw_limiter_t* l, const char* ip, double per_min);
+
 /* Frees what a config owns (not the struct itself). */
 void ath__gws_config_free(ath_gws_config_t* c);
 
@@ -90,6 +104,12 @@ int ath__gws_handle(ath_gws_t* s, struct st_h2o_req_t* req);
  * found (its index in *out), 0 none presented, -1 unknown. Compares with
  * every key in constant time. */
 int ath__gws_authenticate(const ath_gws_key_t* keys, int n, struct st_h2o_req_t* req, int* out);
+
+/* The client address of req (§6.9): the peer, or with s's trusted
+ * proxies the nearest untrusted X-Forwarded-For entry. s may be NULL. */
+void ath__gws_client_ip(const ath_gws_t* s, struct st_h2o_req_t* req, char* out, size_t cap);
+/* The server's buckets, and its authFailures per minute. */
+ath_gw_limiter_t* ath__gws_limiter(ath_gws_t* s, double* per_min);
 
 /* Appends to *keys (n entries, grown) a copy of each of the server's keys
  * (name, hash, rights) for the operations surface, which answers 403 to
@@ -195,11 +215,7 @@ struct ath_gws_s {
   int nthreads;
   uv_async_t async;          /* engine loop: answers are ready */
   int attached;
-  /* engine thread only: rate limiting (§6.9), least recently used first out */
-  struct ath_gw_bucket_s* buckets;
-  uint32_t* bucket_heads;    /* hash chains, bucket_cap of them */
-  size_t nbuckets, bucket_cap;
-  uint32_t lru_old, lru_new; /* the least and the most recently used bucket */
+  ath_gw_limiter_t lim;      /* engine thread only: rate limiting (§6.9) */
 };
 
 #endif

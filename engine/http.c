@@ -50,6 +50,7 @@ struct ath_http_s {
   int nconns;          /* open connections: the context outlives them */
   int handles;         /* open handles of our own (listener, check) */
   int closing;         /* the listener is closed (or closing) */
+  ath_gw_limiter_t lim; /* failed keys per address, without a gateway */
   uint64_t shed;       /* connections shut down by the buffer cap */
   size_t peak;         /* most bytes buffered since the last trim */
   uint64_t trimmed;    /* loop time (ms) of the last trim */
@@ -76,6 +77,7 @@ static void dispose(ath_http_t* h) {
   h2o_config_dispose(&h->config);
   ath__serve_opts_free(&h->o);
   ath__strv_free(h->hosts);
+  ath__gw_limiter_free(&h->lim);
   free(h);
 }
 
@@ -597,6 +599,22 @@ static int ops_key(ath_http_t* h, h2o_req_t* req, unsigned right) {
   int k = -1;
   int found = ath__gws_authenticate(h->o.keys, h->o.nkeys, req, &k);
   if (found <= 0) {
+    /* failures count against the address as on the gateway (with its
+     * buckets and authFailures when there is one): a locked-out address
+     * gets 429, and valid keys from it still work */
+    double per_min = 10;
+    ath_gw_limiter_t* lim = h->gws != NULL ? ath__gws_limiter(h->gws, &per_min) : &h->lim;
+    char ip[64];
+    ath__gws_client_ip(h->gws, req, ip, sizeof(ip));
+    int wait = ath__gw_auth_failure(lim, ip, per_min);
+    if (wait) {
+      char v[16];
+      int n = snprintf(v, sizeof(v), "%d", wait);
+      h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, h2o_strdup(&req->pool, v, (size_t)n).base,
+                     (size_t)n);
+      respond_err(req, 429, "Too Many Requests", "rate_limited", "too many failed keys; retry later");
+      return 0;
+    }
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL, H2O_STRLIT("Bearer"));
     respond_err(req, 401, "Unauthorized", found == 0 ? "auth_required" : "invalid_key",
                 found == 0 ? "the operations surface needs a key with operations rights"

@@ -197,6 +197,25 @@ describe("operations surface: who may do what", function()
     assert.equals(200, (call("GET", "http://127.0.0.1:" .. s2.port .. "/healthz")))
   end)
 
+  it("failed keys on the operations surface lock the address out, shared with the gateway's", function()
+    local w = started()
+    local s = w:serve { port = 0, gateway = gateway { rateLimits = { authFailures = 3 } } }
+    for _ = 1, 3 do assert.equals(401, (call("GET", s.url .. "/api/tasks", { apikey = "guess" }))) end
+    local st, data, hd = call("GET", s.url .. "/api/tasks", { apikey = "guess" })
+    assert.equals(429, st)
+    assert.equals("rate_limited", data.error.code)
+    assert.is_string(hd["retry-after"])
+    -- the gateway's lockout is the same one
+    assert.equals(429, (call("POST", s.url .. "/gateway/fetch", { apikey = "guess2",
+      ["Content-Type"] = "application/json" }, json.encode { table_name = "users" })))
+    assert.equals(200, (call("GET", s.url .. "/api/tasks", { apikey = "OPSR" }))) -- valid keys still work
+    -- without a gateway: 10 failures a minute
+    local s2 = w:serve { port = 0, auth = { keys = { K = { rights = "ops.read" } } } }
+    for _ = 1, 10 do assert.equals(401, (call("GET", s2.url .. "/metrics"))) end
+    assert.equals(429, (call("GET", s2.url .. "/metrics")))
+    assert.equals(200, (call("GET", s2.url .. "/metrics", { apikey = "K" })))
+  end)
+
   it("opsPort moves the operations surface to its own loopback listener", function()
     local w = started()
     local s = w:serve { port = 0, opsPort = 0, gateway = gateway() }
