@@ -186,6 +186,11 @@ describe("operations surface: who may do what", function()
     assert.matches("needs auth", err.message)
     S.raises("EINVAL", w.serve, w, { port = 0, auth = { keys = { K = { rights = "gateway.*" } } } })
     S.raises("EINVAL", w.serve, w, { port = 0, auth = { K = { rights = "*" } } })
+    for _, bad in ipairs { { maxBuffered = 1000 }, { maxBuffered = "lots" }, { allowedHosts = {} },
+      { allowedHosts = "x" }, { http2 = "yes" }, { opsPort = -1 }, { opsHost = 1 } } do
+      bad.port = 0
+      S.raises("EINVAL", w.serve, w, bad)
+    end
     local s = w:serve { host = "0.0.0.0", port = 0, auth = { keys = { K = { rights = { "ops.read" } } } },
       allowedHosts = { "127.0.0.1" } }
     local url = "http://127.0.0.1:" .. s.port
