@@ -1086,15 +1086,19 @@ static int world_serve(lua_State* L) {
         if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 65535)
           ath__raise(L, ATH_EINVAL, "invalid %s: %s (0-65535)", k, luaL_tolstring(L, -1, NULL));
         *(k[0] == 'p' ? &port : &ops_port) = lua_tointeger(L, -1);
-      } else if (strcmp(k, "metrics") == 0 || strcmp(k, "dashboard") == 0 || strcmp(k, "http2") == 0) {
+      } else if (strcmp(k, "http2") == 0) {
+        /* true: 1000 streams a second per connection; or that number */
+        if (lua_type(L, -1) == LUA_TBOOLEAN)
+          o.http2 = lua_toboolean(L, -1) ? 1000 : 0;
+        else if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 1 && lua_tointeger(L, -1) <= 1000000)
+          o.http2 = (int)lua_tointeger(L, -1);
+        else
+          ath__raise(L, ATH_EINVAL, "invalid http2 (a boolean, or streams a second per connection)");
+      } else if (strcmp(k, "metrics") == 0 || strcmp(k, "dashboard") == 0) {
         if (lua_type(L, -1) != LUA_TBOOLEAN)
           ath__raise(L, ATH_EINVAL, "invalid %s (a boolean)", k);
-        if (k[0] == 'h') {
-          o.http2 = lua_toboolean(L, -1);
-        } else {
-          int bit = k[0] == 'm' ? ATH_SERVE_METRICS : ATH_SERVE_DASHBOARD;
-          o.flags = lua_toboolean(L, -1) ? o.flags | bit : o.flags & ~bit;
-        }
+        int bit = k[0] == 'm' ? ATH_SERVE_METRICS : ATH_SERVE_DASHBOARD;
+        o.flags = lua_toboolean(L, -1) ? o.flags | bit : o.flags & ~bit;
       } else if (strcmp(k, "maxBuffered") == 0) {
         o.max_buffered = serve_bytes(L, -1);
       } else if (strcmp(k, "gateway") == 0) {

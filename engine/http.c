@@ -32,7 +32,9 @@ typedef struct conn_s {
   struct ath_http_s* h;
   h2o_socket_t* sock;         /* h2o's socket over tcp */
   struct conn_s *prev, *next; /* the server's open connections */
-  int shed;                   /* shut down by the buffer cap */
+  int shed;                   /* shut down (buffer cap, HTTP/2 stream rate) */
+  uint64_t h2_window;         /* HTTP/2: loop ms the current second began */
+  uint32_t h2_streams;        /* HTTP/2: requests in it */
 } conn_t;
 
 struct ath_http_s {
@@ -663,9 +665,38 @@ static int same_site_write(h2o_req_t* req) {
 
 /* ---------------------------------------------------------------- router */
 
+static void shed(conn_t* c);
+
+/* HTTP/2 (only with o.http2): a connection opening more than o.http2
+ * streams in a second is shut down. libh2o 2.2.5 does not bound stream
+ * resets (CVE-2023-44487, "rapid reset"); every HEADERS that ends its
+ * stream reaches this handler, so its rate is bounded here. 1 when the
+ * request was answered. */
+static int h2_flood(ath_http_t* h, h2o_req_t* req) {
+  if (req->version < 0x200 || req->conn->callbacks->get_socket == NULL)
+    return 0;
+  h2o_socket_t* sock = req->conn->callbacks->get_socket(req->conn);
+  conn_t* c = sock != NULL ? sock->on_close.data : NULL;
+  if (c == NULL || c->h != h)
+    return 0;
+  uint64_t now = uv_now(h->ctx.loop);
+  if (now - c->h2_window >= 1000) {
+    c->h2_window = now;
+    c->h2_streams = 0;
+  }
+  if (++c->h2_streams <= (uint32_t)h->o.http2)
+    return 0;
+  if (!c->shed)
+    shed(c);
+  respond_err(req, 429, "Too Many Requests", "rate_limited", "too many HTTP/2 streams on this connection");
+  return 1;
+}
+
 static int on_req(h2o_handler_t* self, h2o_req_t* req) {
   ath_http_t* h = *(ath_http_t**)(self + 1);
   ath_world_t* w = h->w;
+  if (h2_flood(h, req))
+    return 0;
   if (ambiguous_framing(req)) {
     req->http1_is_persistent = 0;
     return respond_err(req, 400, "Bad Request", "bad_framing",
@@ -732,6 +763,15 @@ static size_t conn_buffered(const conn_t* c) {
   return in != NULL && in->bytes != NULL ? in->capacity : 0;
 }
 
+/* Shuts c down: h2o reads EOF and closes it, freeing what it holds. */
+static void shed(conn_t* c) {
+  uv_os_fd_t fd;
+  c->shed = 1;
+  c->h->shed++;
+  if (uv_fileno((uv_handle_t*)&c->tcp, &fd) == 0)
+    shutdown(fd, SHUT_RDWR);
+}
+
 static void on_check(uv_check_t* check) {
   ath_http_t* h = check->data;
   size_t total = 0;
@@ -754,13 +794,10 @@ static void on_check(uv_check_t* check) {
     for (conn_t* c = h->conns; c; c = c->next)
       if (!c->shed && (big == NULL || conn_buffered(c) > conn_buffered(big)))
         big = c;
-    uv_os_fd_t fd;
-    if (big == NULL || uv_fileno((uv_handle_t*)&big->tcp, &fd) != 0)
+    if (big == NULL)
       break;
     total -= conn_buffered(big);
-    big->shed = 1;
-    h->shed++;
-    shutdown(fd, SHUT_RDWR);
+    shed(big);
   }
 }
 
@@ -803,6 +840,7 @@ static void on_accept(uv_stream_t* listener, int status) {
     return;
   }
   c->sock = h2o_uv_socket_create((uv_stream_t*)conn, (uv_close_cb)on_close_conn);
+  c->sock->on_close.data = c; /* the owner's field (no callback): h2_flood finds c */
   h2o_accept(&h->accept, c->sock);
 }
 
@@ -888,7 +926,7 @@ int ath__http_start(ath_world_t* w, const char* host, int port, ath_serve_opts_t
   *bound = ntohs(((struct sockaddr_in*)&name)->sin_port);
   h2o_config_init(&h->config);
   h->config.server_name = h2o_iovec_init(H2O_STRLIT("athena")); /* no version */
-  h->config.http1.upgrade_to_http2 = h->o.http2;
+  h->config.http1.upgrade_to_http2 = h->o.http2 > 0;
   h->config.max_request_entity_size = 64 * 1024; /* the operations surface takes no bodies */
   if (h->gws != NULL) {
     h->config.max_request_entity_size = ath__gws_body_cap(h->gws);

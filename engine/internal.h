@@ -761,7 +761,7 @@ typedef struct ath_serve_opts_s {
   int nkeys;
   int auth;                   /* `auth` given: the operations surface needs a key */
   char** allowed_hosts;       /* Host names accepted, NULL: the default */
-  int http2;                  /* HTTP/2 cleartext (h2c) accepted */
+  int http2;                  /* > 0: HTTP/2 cleartext (h2c) accepted, at most this many streams a second per connection */
   size_t max_buffered;        /* request bytes buffered across connections (0: default) */
 } ath_serve_opts_t;
 void ath__serve_opts_free(ath_serve_opts_t* o);

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -813,6 +814,14 @@ static void engine_async_cb(uv_async_t* h) {
 
 static void engine_main(void* arg) {
   ath_world_t* w = arg;
+  /* The HTTP servers write to sockets whose clients may be gone (or that
+   * the buffer cap shut down): that must be EPIPE on the write, not a
+   * SIGPIPE that kills a host which does not ignore it (lua5.4). The
+   * signal stays pending on this thread and goes away with it. */
+  sigset_t pipe_only;
+  sigemptyset(&pipe_only);
+  sigaddset(&pipe_only, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_only, NULL);
   uv_run(&w->eloop, UV_RUN_DEFAULT);
 }
 

@@ -351,6 +351,44 @@ print(s.recv(12).decode("latin-1"))
     assert.equals("athena", hd.server)
   end)
 
+  it("with http2 on, a connection opening streams faster than allowed is closed (rapid reset)", function()
+    local w = started()
+    local s = w:serve { port = 0, http2 = 50 }
+    -- HEADERS (GET /healthz, ending the stream) + RST_STREAM (CANCEL), 400 times on one connection
+    local lines = python([[
+import socket, struct, sys, time
+port = int(sys.argv[1])
+def frame(kind, flags, stream, payload):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b"")
+block = bytes([0x82, 0x86, 0x04, 0x08]) + b"/healthz"  # :method GET, :scheme http, :path /healthz
+for i in range(400):
+    sid = 2 * i + 1
+    out += frame(1, 0x5, sid, block) + frame(3, 0, sid, struct.pack(">I", 8))
+try:
+    s.sendall(out)
+except OSError:
+    pass
+got, ended = b"", "open"
+deadline = time.time() + 8
+try:
+    while time.time() < deadline:
+        d = s.recv(65536)
+        if not d:
+            ended = "closed"
+            break
+        got += d
+except socket.timeout:
+    pass
+except OSError:
+    ended = "closed"
+print(ended)
+]], port_of(s.url))
+    assert.equals("closed", lines[#lines])
+    assert.equals(200, (call("GET", s.url .. "/healthz"))) -- other connections are served
+  end)
+
   it("http2 = true turns h2c on", function()
     local w = started()
     local s = w:serve { port = 0, http2 = true }
