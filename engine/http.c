@@ -512,6 +512,56 @@ static int prometheus(h2o_req_t* req, ath_world_t* w) {
   return 0;
 }
 
+/* ----------------------------------------------------- buffered requests */
+
+/* h2o 2.2 reads a request's whole body before the handler sees it, so
+ * what unauthenticated clients make the server hold is bounded here:
+ * after each poll, while the connections' input buffers together exceed
+ * o.max_buffered, the connection holding the most is shut down (h2o then
+ * reads EOF and closes it, freeing its buffer). */
+static size_t conn_buffered(const conn_t* c) {
+  h2o_buffer_t* in = c->sock != NULL ? c->sock->input : NULL;
+  return in != NULL && in->bytes != NULL ? in->capacity : 0;
+}
+
+/* Shuts c down: h2o reads EOF and closes it, freeing what it holds. */
+static void shed(conn_t* c) {
+  uv_os_fd_t fd;
+  c->shed = 1;
+  c->h->shed++;
+  if (uv_fileno((uv_handle_t*)&c->tcp, &fd) == 0)
+    shutdown(fd, SHUT_RDWR);
+}
+
+static void on_check(uv_check_t* check) {
+  ath_http_t* h = check->data;
+  size_t total = 0;
+  for (conn_t* c = h->conns; c; c = c->next)
+    if (!c->shed)
+      total += conn_buffered(c);
+#ifdef __GLIBC__
+  /* large buffers freed stay in malloc's arenas: hand 16 MiB and more
+   * back to the system, at most once a second */
+  if (total > h->peak)
+    h->peak = total;
+  if (h->peak - total >= ((size_t)16 << 20) && uv_now(check->loop) - h->trimmed >= 1000) {
+    malloc_trim(0);
+    h->trimmed = uv_now(check->loop);
+    h->peak = total;
+  }
+#endif
+  while (total > h->o.max_buffered) {
+    conn_t* big = NULL;
+    for (conn_t* c = h->conns; c; c = c->next)
+      if (!c->shed && (big == NULL || conn_buffered(c) > conn_buffered(big)))
+        big = c;
+    if (big == NULL)
+      break;
+    total -= conn_buffered(big);
+    shed(big);
+  }
+}
+
 /* ------------------------------------------------------------- the gate */
 
 /* picohttpparser, inside libh2o (its header is not installed): the
@@ -665,8 +715,6 @@ static int same_site_write(h2o_req_t* req) {
 
 /* ---------------------------------------------------------------- router */
 
-static void shed(conn_t* c);
-
 /* HTTP/2 (only with o.http2): a connection opening more than o.http2
  * streams in a second is shut down. libh2o 2.2.5 does not bound stream
  * resets (CVE-2023-44487, "rapid reset"); every HEADERS that ends its
@@ -749,56 +797,6 @@ static int on_req(h2o_handler_t* self, h2o_req_t* req) {
   }
 #undef IS
   return respond_error(req, 404, "Not Found", ATH_ENOTFOUND, "no such route");
-}
-
-/* ----------------------------------------------------- buffered requests */
-
-/* h2o 2.2 reads a request's whole body before the handler sees it, so
- * what unauthenticated clients make the server hold is bounded here:
- * after each poll, while the connections' input buffers together exceed
- * o.max_buffered, the connection holding the most is shut down (h2o then
- * reads EOF and closes it, freeing its buffer). */
-static size_t conn_buffered(const conn_t* c) {
-  h2o_buffer_t* in = c->sock != NULL ? c->sock->input : NULL;
-  return in != NULL && in->bytes != NULL ? in->capacity : 0;
-}
-
-/* Shuts c down: h2o reads EOF and closes it, freeing what it holds. */
-static void shed(conn_t* c) {
-  uv_os_fd_t fd;
-  c->shed = 1;
-  c->h->shed++;
-  if (uv_fileno((uv_handle_t*)&c->tcp, &fd) == 0)
-    shutdown(fd, SHUT_RDWR);
-}
-
-static void on_check(uv_check_t* check) {
-  ath_http_t* h = check->data;
-  size_t total = 0;
-  for (conn_t* c = h->conns; c; c = c->next)
-    if (!c->shed)
-      total += conn_buffered(c);
-#ifdef __GLIBC__
-  /* large buffers freed stay in malloc's arenas: hand 16 MiB and more
-   * back to the system, at most once a second */
-  if (total > h->peak)
-    h->peak = total;
-  if (h->peak - total >= ((size_t)16 << 20) && uv_now(check->loop) - h->trimmed >= 1000) {
-    malloc_trim(0);
-    h->trimmed = uv_now(check->loop);
-    h->peak = total;
-  }
-#endif
-  while (total > h->o.max_buffered) {
-    conn_t* big = NULL;
-    for (conn_t* c = h->conns; c; c = c->next)
-      if (!c->shed && (big == NULL || conn_buffered(c) > conn_buffered(big)))
-        big = c;
-    if (big == NULL)
-      break;
-    total -= conn_buffered(big);
-    shed(big);
-  }
 }
 
 static void release(ath_http_t* h) {
