@@ -491,9 +491,15 @@ static uint32_t* chain_of(ath_gw_limiter_t* s, const char* name) {
   return &s->bucket_heads[ath__hash_str(name) & (s->bucket_cap - 1)];
 }
 
-/* Doubles the table (up to BUCKETS_MAX). Returns 0 or -1. */
+static size_t most(const ath_gw_limiter_t* s) {
+  return s->max ? s->max : BUCKETS_MAX;
+}
+
+/* Doubles the table (up to most(s)). Returns 0 or -1. */
 static int grow(ath_gw_limiter_t* s) {
   size_t cap = s->bucket_cap ? s->bucket_cap * 2 : 1024;
+  if (cap > most(s))
+    cap = most(s);
   bucket_t* b = realloc(s->buckets, cap * sizeof(*b));
   if (b == NULL)
     return -1;
@@ -556,7 +562,7 @@ static bucket_t* bucket(ath_gw_limiter_t* s, const char* name, double rate, doub
   uint32_t i;
   if (s->nbuckets < s->bucket_cap) {
     i = (uint32_t)s->nbuckets++;
-  } else if (s->bucket_cap < BUCKETS_MAX && grow(s) == 0) {
+  } else if (s->bucket_cap < most(s) && grow(s) == 0) {
     i = (uint32_t)s->nbuckets++;
   } else if ((i = evict(s, now)) == NONE) {
     return NULL;
@@ -614,7 +620,9 @@ static void client_bucket(const char* kind, const char* ip, char* out, size_t ca
 void ath__gw_limiter_free(ath_gw_limiter_t* l) {
   free(l->buckets);
   free(l->bucket_heads);
+  size_t max = l->max;
   memset(l, 0, sizeof(*l));
+  l->max = max;
 }
 
 int ath__gw_auth_failure(ath_gw_limiter_t* l, const char* ip, double per_min) {

@@ -68,6 +68,7 @@ typedef struct {
   uint32_t* bucket_heads;    /* hash chains, bucket_cap of them */
   size_t nbuckets, bucket_cap;
   uint32_t lru_old, lru_new; /* the least and the most recently used bucket */
+  size_t max;                /* most buckets, a power of two (0: 65536) */
 } ath_gw_limiter_t;
 void ath__gw_limiter_free(ath_gw_limiter_t* l);
 /* Counts a missing or invalid key from client address `ip` (IPv6 by /64)
