@@ -631,6 +631,10 @@ int ath__gw_auth_failure(ath_gw_limiter_t* l, const char* ip, double per_min) {
   return spend(bucket(l, name, per_min / 60.0, per_min), 1);
 }
 
+int ath__gws_anonymous(const ath_gws_t* s) {
+  return s->cfg.anonymous;
+}
+
 ath_gw_limiter_t* ath__gws_limiter(ath_gws_t* s, double* per_min) {
   *per_min = s->cfg.auth_fail_per_min;
   return &s->lim;

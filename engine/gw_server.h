@@ -109,6 +109,8 @@ int ath__gws_authenticate(const ath_gws_key_t* keys, int n, struct st_h2o_req_t*
 /* The client address of req (§6.9): the peer, or with s's trusted
  * proxies the nearest untrusted X-Forwarded-For entry. s may be NULL. */
 void ath__gws_client_ip(const ath_gws_t* s, struct st_h2o_req_t* req, char* out, size_t cap);
+/* Whether requests without a key are served (anonymous rights). */
+int ath__gws_anonymous(const ath_gws_t* s);
 /* The server's buckets, and its authFailures per minute. */
 ath_gw_limiter_t* ath__gws_limiter(ath_gws_t* s, double* per_min);
 

@@ -33,6 +33,7 @@ typedef struct conn_s {
   h2o_socket_t* sock;         /* h2o's socket over tcp */
   struct conn_s *prev, *next; /* the server's open connections */
   int shed;                   /* shut down (buffer cap, HTTP/2 stream rate) */
+  int vetted;                 /* the body being read had its head checked */
   uint64_t h2_window;         /* HTTP/2: loop ms the current second began */
   uint32_t h2_streams;        /* HTTP/2: requests in it */
 } conn_t;
@@ -54,7 +55,8 @@ struct ath_http_s {
   int closing;         /* the listener is closed (or closing) */
   ath_gw_limiter_t lim; /* failed keys per address, without a gateway */
   uint64_t shed;       /* connections shut down by the buffer cap */
-  size_t peak;         /* most bytes buffered since the last trim */
+  size_t last_total;   /* bytes buffered at the last check */
+  size_t freed;        /* bytes let go of since the last trim */
   uint64_t trimmed;    /* loop time (ms) of the last trim */
 };
 
@@ -512,6 +514,18 @@ static int prometheus(h2o_req_t* req, ath_world_t* w) {
   return 0;
 }
 
+/* picohttpparser, inside libh2o (its header is not installed): the
+ * parser h2o read the request with. */
+struct phr_header {
+  const char* name;
+  size_t name_len;
+  const char* value;
+  size_t value_len;
+};
+int phr_parse_request(const char* buf, size_t len, const char** method, size_t* method_len, const char** path,
+                      size_t* path_len, int* minor_version, struct phr_header* headers, size_t* num_headers,
+                      size_t last_len);
+
 /* ----------------------------------------------------- buffered requests */
 
 /* h2o 2.2 reads a request's whole body before the handler sees it, so
@@ -533,21 +547,59 @@ static void shed(conn_t* c) {
     shutdown(fd, SHUT_RDWR);
 }
 
+/* A body of more than VET_AT bytes on its way to a gateway listener: its
+ * HTTP/1 head (at the start of the socket's input while h2o reads the
+ * body) is checked for a key now, since h2o 2.2 would call the handler
+ * only once the whole body is in. Without a valid key (of any right) and
+ * without anonymous access it would be refused: the connection is shut
+ * down at once instead of buffering the rest. Returns 1 when it was. */
+#define VET_AT (64 * 1024)
+static int vet(ath_http_t* h, conn_t* c) {
+  h2o_buffer_t* in = c->sock->input;
+  if (in == NULL || in->bytes == NULL || in->size < VET_AT) {
+    c->vetted = 0; /* no body in flight: the next one is checked afresh */
+    return 0;
+  }
+  if (c->vetted || h->gws == NULL || ath__gws_anonymous(h->gws))
+    return 0;
+  c->vetted = 1;
+  const char *m, *p;
+  size_t mlen, plen, nh = 100;
+  int minor;
+  struct phr_header hs[100];
+  if (phr_parse_request(in->bytes, in->size, &m, &mlen, &p, &plen, &minor, hs, &nh, 0) <= 0)
+    return 0; /* not an HTTP/1 head (HTTP/2, or h2o's business) */
+  h2o_req_t head; /* only its headers, for the key lookup */
+  memset(&head, 0, sizeof(head));
+  h2o_mem_init_pool(&head.pool);
+  for (size_t i = 0; i < nh; i++)
+    h2o_add_header_by_str(&head.pool, &head.headers, hs[i].name, hs[i].name_len, 1, NULL, hs[i].value,
+                          hs[i].value_len);
+  int k;
+  int found = ath__gws_authenticate(h->o.keys, h->o.nkeys, &head, &k);
+  h2o_mem_clear_pool(&head.pool);
+  if (found > 0)
+    return 0;
+  shed(c);
+  return 1;
+}
+
 static void on_check(uv_check_t* check) {
   ath_http_t* h = check->data;
   size_t total = 0;
   for (conn_t* c = h->conns; c; c = c->next)
-    if (!c->shed)
+    if (!c->shed && c->sock != NULL && !vet(h, c))
       total += conn_buffered(c);
 #ifdef __GLIBC__
-  /* large buffers freed stay in malloc's arenas: hand 16 MiB and more
-   * back to the system, at most once a second */
-  if (total > h->peak)
-    h->peak = total;
-  if (h->peak - total >= ((size_t)16 << 20) && uv_now(check->loop) - h->trimmed >= 1000) {
+  /* large buffers freed stay in malloc's arenas: once 16 MiB have been
+   * let go of, hand them back to the system, at most once a second */
+  if (total < h->last_total)
+    h->freed += h->last_total - total;
+  h->last_total = total;
+  if (h->freed >= ((size_t)16 << 20) && uv_now(check->loop) - h->trimmed >= 1000) {
     malloc_trim(0);
     h->trimmed = uv_now(check->loop);
-    h->peak = total;
+    h->freed = 0;
   }
 #endif
   while (total > h->o.max_buffered) {
@@ -563,18 +615,6 @@ static void on_check(uv_check_t* check) {
 }
 
 /* ------------------------------------------------------------- the gate */
-
-/* picohttpparser, inside libh2o (its header is not installed): the
- * parser h2o read the request with. */
-struct phr_header {
-  const char* name;
-  size_t name_len;
-  const char* value;
-  size_t value_len;
-};
-int phr_parse_request(const char* buf, size_t len, const char** method, size_t* method_len, const char** path,
-                      size_t* path_len, int* minor_version, struct phr_header* headers, size_t* num_headers,
-                      size_t last_len);
 
 /* Content-Length given twice with different values, or beside
  * Transfer-Encoding: a proxy in front may frame the body otherwise than

@@ -268,14 +268,14 @@ describe("buffered request bodies", function()
   it("connections holding more than maxBuffered are shut down; the server keeps serving", function()
     local w = started()
     local s = w:serve { port = 0, gateway = gateway(), maxBuffered = 1024 * 1024 }
-    -- 8 clients without a key each send the headers and 600 KB of a 1 MB body, then wait
+    -- 8 clients with a key each send the headers and 600 KB of a 1 MB body, then wait
     local lines = python([[
 import select, socket, sys, time
 port = int(sys.argv[1])
 conns = []
 for i in range(8):
     s = socket.create_connection(("127.0.0.1", port), timeout=20)
-    s.sendall(b"POST /gateway/insert HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+    s.sendall(b"POST /gateway/insert HTTP/1.1\r\nHost: localhost\r\napikey: GW\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
     try:
         s.sendall(b"x" * 600000)
     except OSError:
@@ -299,6 +299,39 @@ print(closed)
     local closed = tonumber(lines[#lines])
     assert.is_number(closed, table.concat(lines, "\n"))
     assert.is_true(closed >= 6, "closed " .. tostring(closed) .. " of 8")
+    assert.equals(200, (call("GET", s.url .. "/ping")))
+  end)
+end)
+
+describe("bodies without a key", function()
+  after_each(S.cleanup)
+
+  it("are cut off once 64 KiB are in (the head is checked then), while a keyed one keeps coming", function()
+    local w = started()
+    local s = w:serve { port = 0, gateway = gateway() }
+    local lines = python([[
+import socket, sys, time
+port = int(sys.argv[1])
+def start(key):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"POST /gateway/insert HTTP/1.1\r\nHost: localhost\r\n" + key + b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+    try:
+        s.sendall(b"x" * 200000)
+    except OSError:
+        pass
+    return s
+def state(s, wait):
+    s.settimeout(wait)
+    try:
+        return "closed" if s.recv(100) == b"" else "answered"
+    except socket.timeout:
+        return "open"
+    except OSError:
+        return "closed"
+anon, bad, keyed = start(b""), start(b"apikey: wrong\r\n"), start(b"apikey: GW\r\n")
+print(state(anon, 6), state(bad, 6), state(keyed, 1))
+]], port_of(s.url))
+    assert.equals("closed closed open", lines[#lines])
     assert.equals(200, (call("GET", s.url .. "/ping")))
   end)
 end)
