@@ -49,6 +49,45 @@ static int hexval(char c) {
   return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
+/* Reads the key list at index t (athena.gwserve's M.keys) into *out (n
+ * entries; a one-entry array when empty). Returns 0 or nonzero when out
+ * of memory (then what was read stays in *out for the caller to free). */
+static int read_keys(lua_State* L, int t, ath_gws_key_t** out, int* nkeys) {
+  int rc = 0;
+  int n = (int)lua_rawlen(L, t);
+  ath_gws_key_t* keys = calloc((size_t)(n ? n : 1), sizeof(*keys));
+  *out = keys;
+  *nkeys = keys ? n : 0;
+  for (int i = 0; keys && i < n; i++) {
+    ath_gws_key_t* k = &keys[i];
+    lua_rawgeti(L, t, i + 1);
+    int e = lua_gettop(L);
+    lua_getfield(L, e, "name");
+    k->name = dupstr(L, -1);
+    lua_pop(L, 1);
+    k->rights = (unsigned)int_field(L, e, "rights", 0);
+    k->tables = strv(L, e, "tables");
+    k->databases = strv(L, e, "databases");
+    lua_getfield(L, e, "server");
+    k->server = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    size_t len;
+    if (lua_getfield(L, e, "key") == LUA_TSTRING) {
+      const char* key = lua_tolstring(L, -1, &len);
+      unsigned int hl = 0;
+      rc |= EVP_Digest(key, len, k->hash, &hl, EVP_sha256(), NULL) != 1;
+    } else if (lua_getfield(L, e, "sha256") == LUA_TSTRING) {
+      const char* hex = lua_tolstring(L, -1, &len);
+      for (size_t j = 0; j < 32 && 2 * j + 1 < len; j++)
+        k->hash[j] = (unsigned char)(hexval(hex[2 * j]) << 4 | hexval(hex[2 * j + 1]));
+      lua_pop(L, 1);
+    }
+    lua_settop(L, e - 1);
+    rc |= k->name == NULL;
+  }
+  return rc || keys == NULL;
+}
+
 /* Reads normalized description d (absolute index) into c. Returns 0 or
  * ATH_ENOMEM. */
 static int read_config(lua_State* L, int d, ath_gws_config_t* c) {
@@ -72,35 +111,7 @@ static int read_config(lua_State* L, int d, ath_gws_config_t* c) {
     return ATH_ENOMEM;
 
   lua_getfield(L, d, "keys");
-  c->nkeys = (int)lua_rawlen(L, -1);
-  c->keys = calloc((size_t)(c->nkeys ? c->nkeys : 1), sizeof(*c->keys));
-  for (int i = 0; c->keys && i < c->nkeys; i++) {
-    ath_gws_key_t* k = &c->keys[i];
-    lua_rawgeti(L, -1, i + 1);
-    int e = lua_gettop(L);
-    lua_getfield(L, e, "name");
-    k->name = dupstr(L, -1);
-    lua_pop(L, 1);
-    k->rights = (unsigned)int_field(L, e, "rights", 0);
-    k->tables = strv(L, e, "tables");
-    k->databases = strv(L, e, "databases");
-    lua_getfield(L, e, "server");
-    k->server = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    size_t n;
-    if (lua_getfield(L, e, "key") == LUA_TSTRING) {
-      const char* key = lua_tolstring(L, -1, &n);
-      unsigned int hl = 0;
-      rc |= EVP_Digest(key, n, k->hash, &hl, EVP_sha256(), NULL) != 1;
-    } else if (lua_getfield(L, e, "sha256") == LUA_TSTRING) {
-      const char* hex = lua_tolstring(L, -1, &n);
-      for (size_t j = 0; j < 32 && 2 * j + 1 < n; j++)
-        k->hash[j] = (unsigned char)(hexval(hex[2 * j]) << 4 | hexval(hex[2 * j + 1]));
-      lua_pop(L, 1);
-    }
-    lua_settop(L, e - 1);
-    rc |= k->name == NULL;
-  }
+  rc |= read_keys(L, lua_gettop(L), &c->keys, &c->nkeys);
   lua_pop(L, 1);
   if (c->keys == NULL)
     return ATH_ENOMEM;
@@ -185,5 +196,42 @@ int lath_gws_new(lua_State* L, int idx, ath_world_t* w, ath_gws_t** out) {
   rc = ath__gws_new(w, &cfg, out, err, sizeof(err));
   if (rc != 0)
     return ath__raise(L, rc, "%s", err);
+  return 0;
+}
+
+int lath_serve_auth(lua_State* L, int idx, ath_serve_opts_t* o) {
+  idx = lua_absindex(L, idx);
+  if (lua_type(L, idx) != LUA_TTABLE)
+    return ath__raise(L, ATH_EINVAL, "invalid auth (a table {keys = {[key] = {rights = ...}}})");
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "keys") != 0)
+      return ath__raise(L, ATH_EINVAL, "auth: unknown field %s", luaL_tolstring(L, -2, NULL));
+    lua_pop(L, 1);
+  }
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "athena.gwserve");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "keys");
+  lua_getfield(L, idx, "keys");
+  lua_pushliteral(L, "auth.keys");
+  lua_call(L, 2, 1); /* raises EINVAL for a bad key */
+  ath_gws_key_t* keys = NULL;
+  int n = 0;
+  int rc = read_keys(L, lua_gettop(L), &keys, &n);
+  lua_pop(L, 2);
+  for (int i = 0; rc == 0 && i < n; i++)
+    if (!(keys[i].rights & (ATH_GWR_OPS_READ | ATH_GWR_OPS_WRITE)) || keys[i].tables || keys[i].databases) {
+      ath__gws_keys_free(keys, n);
+      return ath__raise(L, ATH_EINVAL, "auth.keys: each key needs rights ops.read, ops.write or * "
+                        "(and no tables or databases)");
+    }
+  if (rc != 0) {
+    ath__gws_keys_free(keys, n);
+    return ath__raise(L, ATH_ENOMEM, "cannot read auth");
+  }
+  o->keys = keys;
+  o->nkeys = n;
+  o->auth = 1;
   return 0;
 }

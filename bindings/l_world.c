@@ -1025,34 +1025,112 @@ static int world_advance(lua_State* L) {
   return 0;
 }
 
+/* maxBuffered: bytes (>= 64 KiB) or "64MB"-style text. */
+static size_t serve_bytes(lua_State* L, int idx) {
+  lua_Integer v = -1;
+  if (lua_isinteger(L, idx)) {
+    v = lua_tointeger(L, idx);
+  } else if (lua_type(L, idx) == LUA_TSTRING) {
+    char unit[3] = "";
+    long long n;
+    if (sscanf(lua_tostring(L, idx), "%lld%2s", &n, unit) == 2 && n > 0 && n < (1LL << 40))
+      v = !strcmp(unit, "KB") ? n << 10 : !strcmp(unit, "MB") ? n << 20 : !strcmp(unit, "GB") ? n << 30 : -1;
+  }
+  if (v < 65536)
+    ath__raise(L, ATH_EINVAL, "invalid maxBuffered (bytes >= 65536, or \"64MB\")");
+  return (size_t)v;
+}
+
+/* [-0, +0, v] The list of strings at idx (allowedHosts), owned. */
+static char** serve_hosts(lua_State* L, int idx) {
+  if (lua_type(L, idx) != LUA_TTABLE || lua_rawlen(L, idx) == 0)
+    ath__raise(L, ATH_EINVAL, "invalid allowedHosts (a list of host names)");
+  size_t n = lua_rawlen(L, idx);
+  for (size_t i = 1; i <= n; i++) {
+    lua_rawgeti(L, idx, (lua_Integer)i);
+    if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0 || lua_rawlen(L, -1) > 255)
+      ath__raise(L, ATH_EINVAL, "invalid allowedHosts[%d] (a host name)", (int)i);
+    lua_pop(L, 1);
+  }
+  char** v = calloc(n + 1, sizeof(char*));
+  for (size_t i = 0; v && i < n; i++) {
+    lua_rawgeti(L, idx, (lua_Integer)i + 1);
+    v[i] = ath__memdup(lua_tostring(L, -1), lua_rawlen(L, -1));
+    lua_pop(L, 1);
+  }
+  return v;
+}
+
+/* The protected part of world:serve: builds the gateway (lath_gws_new
+ * raises on a bad configuration) and the auth keys, so that what was
+ * allocated can be freed when either raises. */
+static int serve_build(lua_State* L) {
+  ath_serve_opts_t* o = lua_touserdata(L, 1);
+  ath_world_t* w = lua_touserdata(L, 2);
+  if (!lua_isnil(L, 4))
+    lath_serve_auth(L, 4, o);
+  if (!lua_isnil(L, 3))
+    lath_gws_new(L, 3, w, &o->gws); /* introspects the databases and starts the gateway threads */
+  return 0;
+}
+
+static void serve_result(lua_State* L, const char* prefix, const char* host, int bound) {
+  char k[16];
+  lua_pushinteger(L, bound);
+  snprintf(k, sizeof(k), "%s", *prefix ? "opsPort" : "port");
+  lua_setfield(L, -2, k);
+  lua_pushfstring(L, strchr(host, ':') ? "http://[%s]:%d" : "http://%s:%d", host, bound);
+  snprintf(k, sizeof(k), "%s", *prefix ? "opsUrl" : "url");
+  lua_setfield(L, -2, k);
+}
+
 /* world:serve{host = "127.0.0.1", port = 8080, metrics = true,
- * dashboard = true} -> {host, port, url} (SEMANTICS §14.3) */
+ * dashboard = true, gateway, auth, allowedHosts, http2 = false,
+ * maxBuffered = "64MB", opsPort, opsHost = "127.0.0.1"} -> {host, port,
+ * url[, opsPort, opsUrl]} (SEMANTICS §14.3, docs/operations.md) */
 static int world_serve(lua_State* L) {
   lworld_t* lw = check_lworld(L, 1);
   const char* host = "127.0.0.1";
-  lua_Integer port = 8080;
-  int flags = ATH_SERVE_METRICS | ATH_SERVE_DASHBOARD;
-  int gateway = 0;
+  const char* ops_host = "127.0.0.1";
+  lua_Integer port = 8080, ops_port = -1;
+  ath_serve_opts_t o;
+  memset(&o, 0, sizeof(o));
+  o.flags = ATH_SERVE_METRICS | ATH_SERVE_DASHBOARD;
+  int gateway = 0, auth = 0, hosts = 0;
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_pushnil(L);
     while (lua_next(L, 2) != 0) {
       const char* k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
-      if (strcmp(k, "host") == 0) {
+      if (strcmp(k, "host") == 0 || strcmp(k, "opsHost") == 0) {
         if (lua_type(L, -1) != LUA_TSTRING)
-          ath__raise(L, ATH_EINVAL, "invalid host (a string)");
-        host = lua_tostring(L, -1);
-      } else if (strcmp(k, "port") == 0) {
+          ath__raise(L, ATH_EINVAL, "invalid %s (a string)", k);
+        *(k[0] == 'h' ? &host : &ops_host) = lua_tostring(L, -1);
+      } else if (strcmp(k, "port") == 0 || strcmp(k, "opsPort") == 0) {
         if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 65535)
-          ath__raise(L, ATH_EINVAL, "invalid port: %s (0-65535)", luaL_tolstring(L, -1, NULL));
-        port = lua_tointeger(L, -1);
+          ath__raise(L, ATH_EINVAL, "invalid %s: %s (0-65535)", k, luaL_tolstring(L, -1, NULL));
+        *(k[0] == 'p' ? &port : &ops_port) = lua_tointeger(L, -1);
+      } else if (strcmp(k, "http2") == 0) {
+        /* true: 1000 streams a second per connection; or that number */
+        if (lua_type(L, -1) == LUA_TBOOLEAN)
+          o.http2 = lua_toboolean(L, -1) ? 1000 : 0;
+        else if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 1 && lua_tointeger(L, -1) <= 1000000)
+          o.http2 = (int)lua_tointeger(L, -1);
+        else
+          ath__raise(L, ATH_EINVAL, "invalid http2 (a boolean, or streams a second per connection)");
       } else if (strcmp(k, "metrics") == 0 || strcmp(k, "dashboard") == 0) {
         if (lua_type(L, -1) != LUA_TBOOLEAN)
           ath__raise(L, ATH_EINVAL, "invalid %s (a boolean)", k);
         int bit = k[0] == 'm' ? ATH_SERVE_METRICS : ATH_SERVE_DASHBOARD;
-        flags = lua_toboolean(L, -1) ? flags | bit : flags & ~bit;
+        o.flags = lua_toboolean(L, -1) ? o.flags | bit : o.flags & ~bit;
+      } else if (strcmp(k, "maxBuffered") == 0) {
+        o.max_buffered = serve_bytes(L, -1);
       } else if (strcmp(k, "gateway") == 0) {
         gateway = !lua_isnil(L, -1);
+      } else if (strcmp(k, "auth") == 0) {
+        auth = !lua_isnil(L, -1);
+      } else if (strcmp(k, "allowedHosts") == 0) {
+        hosts = !lua_isnil(L, -1);
       } else {
         ath__raise(L, ATH_EINVAL, "unknown option %s", luaL_tolstring(L, -2, NULL));
       }
@@ -1061,24 +1139,58 @@ static int world_serve(lua_State* L) {
   }
   if (lw->proxy)
     return ath__raise(L, ATH_EINVAL, "serve is not allowed inside a worker");
-  char err[300];
-  int bound;
-  ath_gws_t* gws = NULL;
-  if (gateway) { /* introspects the databases and starts the gateway threads */
-    lua_getfield(L, 2, "gateway");
-    lath_gws_new(L, -1, lw->w, &gws);
+  if (hosts) {
+    lua_getfield(L, 2, "allowedHosts");
+    o.allowed_hosts = serve_hosts(L, -1); /* raises before anything else is built */
     lua_pop(L, 1);
   }
-  int rc = ath__world_serve(lw->w, host, (int)port, flags, gws, &bound, err, sizeof(err));
-  if (rc != 0)
-    return ath__raise(L, rc, "%s", err);
-  lua_createtable(L, 0, 3);
+  ath_serve_opts_t ops = o; /* the operations listener (opsPort) */
+  ops.http2 = 0;
+  ops.allowed_hosts = o.allowed_hosts && ops_port >= 0 ? ath__strv_dup((const char* const*)o.allowed_hosts) : NULL;
+  if (ops_port >= 0)
+    o.flags = 0; /* the main listener: /healthz and the gateway */
+  /* protected: what is built is freed when building raises */
+  int rc = 0;
+  char err[300];
+  for (int pass = 0; pass < (ops_port >= 0 ? 2 : 1); pass++) {
+    ath_serve_opts_t* cur = pass ? &ops : &o;
+    lua_pushcfunction(L, serve_build);
+    lua_pushlightuserdata(L, cur);
+    lua_pushlightuserdata(L, lw->w);
+    if (gateway && !pass)
+      lua_getfield(L, 2, "gateway");
+    else
+      lua_pushnil(L);
+    if (auth)
+      lua_getfield(L, 2, "auth");
+    else
+      lua_pushnil(L);
+    if (lua_pcall(L, 4, 0, 0) != LUA_OK) {
+      ath__serve_opts_free(&o);
+      ath__serve_opts_free(&ops);
+      return lua_error(L);
+    }
+  }
+  if (ops_port >= 0 && o.gws != NULL && ath__gws_copy_keys(o.gws, &ops.keys, &ops.nkeys) != 0)
+    rc = ATH_ENOMEM;
+  int bound = 0, ops_bound = 0;
+  if (rc == 0)
+    rc = ath__world_serve(lw->w, host, (int)port, &o, &bound, err, sizeof(err));
+  else
+    ath__serve_opts_free(&o);
+  if (rc != 0) {
+    ath__serve_opts_free(&ops);
+    return ath__raise(L, rc, "%s", rc == ATH_ENOMEM ? "out of memory" : err);
+  }
+  if (ops_port >= 0 && (rc = ath__world_serve(lw->w, ops_host, (int)ops_port, &ops, &ops_bound, err,
+                                              sizeof(err))) != 0)
+    return ath__raise(L, rc, "opsPort: %s", err);
+  lua_createtable(L, 0, 5);
   lua_pushstring(L, host);
   lua_setfield(L, -2, "host");
-  lua_pushinteger(L, bound);
-  lua_setfield(L, -2, "port");
-  lua_pushfstring(L, strchr(host, ':') ? "http://[%s]:%d" : "http://%s:%d", host, bound);
-  lua_setfield(L, -2, "url");
+  serve_result(L, "", host, bound);
+  if (ops_port >= 0)
+    serve_result(L, "ops", ops_host, ops_bound);
   return 1;
 }
 

@@ -62,6 +62,10 @@ struct ath_gws_s;
  * describes (raises EINVAL for a bad configuration, or the error of a
  * database that cannot be read). */
 int lath_gws_new(lua_State* L, int idx, ath_world_t* w, struct ath_gws_s** out);
+struct ath_serve_opts_s;
+/* [-0, +0, v] Reads world:serve's `auth` option at idx ({keys = {[key] =
+ * {rights = ...}}}, rights ops.read / ops.write / *) into o's keys. */
+int lath_serve_auth(lua_State* L, int idx, struct ath_serve_opts_s* o);
 
 /* l_world.c --------------------------------------------------------------- */
 

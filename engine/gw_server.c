@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <arpa/inet.h>
 #include "gw_server.h"
 
 /* ---------------------------------------------------------------- config */
@@ -24,12 +25,7 @@ void ath__gws_config_free(ath_gws_config_t* c) {
   }
   free(c->db_names);
   free(c->db_urls);
-  for (int i = 0; i < c->nkeys; i++) {
-    free(c->keys[i].name);
-    ath__strv_free(c->keys[i].tables);
-    ath__strv_free(c->keys[i].databases);
-  }
-  free(c->keys);
+  ath__gws_keys_free(c->keys, c->nkeys);
   for (int i = 0; i < c->ntables; i++) {
     free(c->tables[i].name);
     ath__strv_free(c->tables[i].hidden);
@@ -114,7 +110,7 @@ static void free_server(ath_gws_t* s) {
     uv_mutex_destroy(&s->writers[i]);
   free(s->writers);
   free(s->threads);
-  free(s->buckets);
+  ath__gw_limiter_free(&s->lim);
   ath__gws_config_free(&s->cfg);
   uv_cond_destroy(&s->cond);
   uv_mutex_destroy(&s->mu);
@@ -225,6 +221,34 @@ int ath__gws_refresh(ath_gws_t* s, char* err, size_t errlen) {
 
 size_t ath__gws_body_cap(const ath_gws_t* s) {
   return s->cfg.body_limit + 64 * 1024;
+}
+
+void ath__gws_keys_free(ath_gws_key_t* keys, int n) {
+  for (int i = 0; i < n; i++) {
+    free(keys[i].name);
+    ath__strv_free(keys[i].tables);
+    ath__strv_free(keys[i].databases);
+  }
+  free(keys);
+}
+
+int ath__gws_copy_keys(const ath_gws_t* s, ath_gws_key_t** keys, int* n) {
+  for (int i = 0; i < s->cfg.nkeys; i++) {
+    const ath_gws_key_t* k = &s->cfg.keys[i];
+    ath_gws_key_t* grown = realloc(*keys, (size_t)(*n + 1) * sizeof(*grown));
+    if (grown == NULL)
+      return ATH_ENOMEM;
+    *keys = grown;
+    ath_gws_key_t* c = &grown[*n];
+    memset(c, 0, sizeof(*c));
+    c->name = ath__memdup(k->name, strlen(k->name));
+    if (c->name == NULL)
+      return ATH_ENOMEM;
+    memcpy(c->hash, k->hash, sizeof(c->hash));
+    c->rights = k->rights;
+    (*n)++;
+  }
+  return 0;
 }
 
 /* ----------------------------------------------------------- HTTP helpers */
@@ -352,10 +376,14 @@ static void send_job(h2o_req_t* req, ath_gwjob_t* j) {
     add(req, "x-athena-event-id", j->event_id, strlen(j->event_id));
   if (j->status == 401)
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL, H2O_STRLIT("Bearer"));
-  if (j->out.data != NULL) /* h2o_send_inline copies it */
+  /* a known length: HTTP/1.1 needs neither chunks nor a close to end it */
+  if (j->out.data != NULL) { /* h2o_send_inline copies it */
+    req->res.content_length = j->out.len - j->out_off;
     h2o_send_inline(req, j->out.data + j->out_off, j->out.len - j->out_off);
-  else
+  } else {
+    req->res.content_length = 2;
     h2o_send_inline(req, H2O_STRLIT("{}"));
+  }
 }
 
 static void on_answers(uv_async_t* h) {
@@ -433,60 +461,218 @@ static int answer_error(h2o_req_t* req, ath_gwjob_t* base, int status, const cha
 
 /* ------------------------------------------------------------ rate limits */
 
+/* One token bucket per key, per client address (IPv6: per /64) and per
+ * address's failed keys, in a table of at most BUCKETS_MAX. A full table
+ * forgets its least recently used bucket that is back to a full burst
+ * (forgetting it changes nothing); failing that, the least recently used
+ * one that is not holding a lockout; failing that, the newcomer gets no
+ * bucket and is refused (429): filling the table never lifts a limit. */
+#define BUCKETS_MAX 65536u
+#define NONE UINT32_MAX
+
 typedef struct ath_gw_bucket_s {
-  char name[88];   /* "k:<key name>", "i:<ip>", "f:<ip>" (auth failures); "" free */
+  char name[88];   /* "k:<key name>", "i:<ip>", "f:<ip>" (auth failures) */
   double tokens;
+  double rate, burst;
   uint64_t at;     /* monotonic ns of the last refill */
+  uint32_t chain;  /* next in its hash chain */
+  uint32_t older, newer;
 } bucket_t;
 
-static bucket_t* bucket(ath_gws_t* s, const char* name, double burst) {
-  if (s->nbuckets * 10 >= s->bucket_cap * 7) { /* full: forget everyone (a burst is allowed again) */
-    size_t cap = s->bucket_cap ? s->bucket_cap : 1024;
-    if (cap < 65536 && s->bucket_cap)
-      cap *= 2;
-    bucket_t* b = calloc(cap, sizeof(*b));
-    if (b == NULL)
-      return NULL;
-    free(s->buckets);
-    s->buckets = b;
-    s->bucket_cap = cap;
-    s->nbuckets = 0;
-  }
-  uint64_t h = ath__hash_str(name);
-  for (size_t i = h & (s->bucket_cap - 1);; i = (i + 1) & (s->bucket_cap - 1)) {
-    bucket_t* b = &s->buckets[i];
-    if (b->name[0] == '\0') {
-      snprintf(b->name, sizeof(b->name), "%s", name);
-      b->tokens = burst;
-      b->at = ath__mono_ns();
-      s->nbuckets++;
-      return b;
-    }
-    if (strcmp(b->name, name) == 0)
-      return b;
-  }
+static void refill(bucket_t* b, uint64_t now) {
+  b->tokens += (double)(now - b->at) / 1e9 * b->rate;
+  if (b->tokens > b->burst)
+    b->tokens = b->burst;
+  b->at = now;
 }
 
-/* Refills b at `rate` per second up to `burst`; takes one token when
- * `take`. Returns 0, or the seconds until a token is there (>= 1). */
-static int spend(bucket_t* b, double rate, double burst, int take) {
-  if (b == NULL || rate <= 0)
-    return 0;
+static void lru_unlink(ath_gw_limiter_t* s, uint32_t i) {
+  bucket_t* b = &s->buckets[i];
+  if (b->older != NONE)
+    s->buckets[b->older].newer = b->newer;
+  else
+    s->lru_old = b->newer;
+  if (b->newer != NONE)
+    s->buckets[b->newer].older = b->older;
+  else
+    s->lru_new = b->older;
+}
+
+static void lru_push(ath_gw_limiter_t* s, uint32_t i) {
+  bucket_t* b = &s->buckets[i];
+  b->older = s->lru_new;
+  b->newer = NONE;
+  if (s->lru_new != NONE)
+    s->buckets[s->lru_new].newer = i;
+  else
+    s->lru_old = i;
+  s->lru_new = i;
+}
+
+static uint32_t* chain_of(ath_gw_limiter_t* s, const char* name) {
+  return &s->bucket_heads[ath__hash_str(name) & (s->bucket_cap - 1)];
+}
+
+static size_t most(const ath_gw_limiter_t* s) {
+  return s->max ? s->max : BUCKETS_MAX;
+}
+
+/* Doubles the table (up to most(s)). Returns 0 or -1. */
+static int grow(ath_gw_limiter_t* s) {
+  size_t cap = s->bucket_cap ? s->bucket_cap * 2 : 1024;
+  if (cap > most(s))
+    cap = most(s);
+  bucket_t* b = realloc(s->buckets, cap * sizeof(*b));
+  if (b == NULL)
+    return -1;
+  s->buckets = b;
+  uint32_t* heads = realloc(s->bucket_heads, cap * sizeof(*heads));
+  if (heads == NULL)
+    return -1;
+  s->bucket_heads = heads;
+  if (s->bucket_cap == 0)
+    s->lru_old = s->lru_new = NONE;
+  s->bucket_cap = cap;
+  for (size_t i = 0; i < cap; i++)
+    heads[i] = NONE;
+  for (uint32_t i = 0; i < s->nbuckets; i++) {
+    uint32_t* head = chain_of(s, b[i].name);
+    b[i].chain = *head;
+    *head = i;
+  }
+  return 0;
+}
+
+/* The slot of a bucket the full table can forget, unlinked, or NONE. */
+static uint32_t evict(ath_gw_limiter_t* s, uint64_t now) {
+  uint32_t victim = NONE, spare = NONE;
+  int seen = 0;
+  for (uint32_t i = s->lru_old; i != NONE && seen < 16; i = s->buckets[i].newer, seen++) {
+    bucket_t* b = &s->buckets[i];
+    refill(b, now);
+    if (b->tokens >= b->burst) {
+      victim = i;
+      break;
+    }
+    if (spare == NONE && !(b->name[0] == 'f' && b->tokens < 1))
+      spare = i;
+  }
+  if (victim == NONE)
+    victim = spare;
+  if (victim == NONE)
+    return NONE;
+  lru_unlink(s, victim);
+  uint32_t* p = chain_of(s, s->buckets[victim].name);
+  while (*p != victim)
+    p = &s->buckets[*p].chain;
+  *p = s->buckets[victim].chain;
+  return victim;
+}
+
+/* The bucket called `name` (made full when new), now the most recently
+ * used; NULL when the table can take no more. */
+static bucket_t* bucket(ath_gw_limiter_t* s, const char* name, double rate, double burst) {
+  if (s->bucket_cap) {
+    for (uint32_t i = *chain_of(s, name); i != NONE; i = s->buckets[i].chain)
+      if (strcmp(s->buckets[i].name, name) == 0) {
+        lru_unlink(s, i);
+        lru_push(s, i);
+        return &s->buckets[i];
+      }
+  }
   uint64_t now = ath__mono_ns();
-  b->tokens += (double)(now - b->at) / 1e9 * rate;
-  if (b->tokens > burst)
-    b->tokens = burst;
+  uint32_t i;
+  if (s->nbuckets < s->bucket_cap) {
+    i = (uint32_t)s->nbuckets++;
+  } else if (s->bucket_cap < most(s) && grow(s) == 0) {
+    i = (uint32_t)s->nbuckets++;
+  } else if ((i = evict(s, now)) == NONE) {
+    return NULL;
+  }
+  bucket_t* b = &s->buckets[i];
+  snprintf(b->name, sizeof(b->name), "%s", name);
+  b->tokens = b->burst = burst;
+  b->rate = rate;
   b->at = now;
+  uint32_t* head = chain_of(s, name);
+  b->chain = *head;
+  *head = i;
+  lru_push(s, i);
+  return b;
+}
+
+/* Refills b up to its burst; takes one token when `take`. Returns 0, or
+ * the seconds until a token is there (>= 1); a client the table has no
+ * room for waits a second. */
+static int spend(bucket_t* b, int take) {
+  if (b == NULL)
+    return 1;
+  if (b->rate <= 0)
+    return 0;
+  refill(b, ath__mono_ns());
   if (b->tokens >= 1) {
     if (take)
       b->tokens -= 1;
     return 0;
   }
-  int wait = (int)ceil((1 - b->tokens) / rate);
+  int wait = (int)ceil((1 - b->tokens) / b->rate);
   return wait < 1 ? 1 : wait;
 }
 
+/* The bucket name of a client address: IPv6 addresses by their /64 (one
+ * host is handed a whole /64), IPv4 (mapped or not) as they are. */
+static void client_bucket(const char* kind, const char* ip, char* out, size_t cap) {
+  unsigned char a[16];
+  char text[INET6_ADDRSTRLEN];
+  if (strchr(ip, ':') != NULL && inet_pton(AF_INET6, ip, a) == 1) {
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (memcmp(a, mapped, 12) == 0) {
+      inet_ntop(AF_INET, a + 12, text, sizeof(text));
+      snprintf(out, cap, "%s%s", kind, text);
+      return;
+    }
+    memset(a + 8, 0, 8);
+    inet_ntop(AF_INET6, a, text, sizeof(text));
+    snprintf(out, cap, "%s%s/64", kind, text);
+    return;
+  }
+  snprintf(out, cap, "%s%s", kind, ip);
+}
+
+void ath__gw_limiter_free(ath_gw_limiter_t* l) {
+  free(l->buckets);
+  free(l->bucket_heads);
+  size_t max = l->max;
+  memset(l, 0, sizeof(*l));
+  l->max = max;
+}
+
+int ath__gw_auth_failure(ath_gw_limiter_t* l, const char* ip, double per_min) {
+  char name[96];
+  client_bucket("f:", ip, name, sizeof(name));
+  return spend(bucket(l, name, per_min / 60.0, per_min), 1);
+}
+
+int ath__gws_anonymous(const ath_gws_t* s) {
+  return s->cfg.anonymous;
+}
+
+ath_gw_limiter_t* ath__gws_limiter(ath_gws_t* s, double* per_min) {
+  *per_min = s->cfg.auth_fail_per_min;
+  return &s->lim;
+}
+
+/* A refused request that came with a large body: its connection closes
+ * after the answer, so the buffer h2o read the body into (h2o 2.2 reads
+ * it all before the handler runs) is freed at once. Small ones keep the
+ * connection: a refusal must stay cheaper than a fetch. */
+static void drop_body(h2o_req_t* req) {
+  if (req->entity.len > 64 * 1024)
+    req->http1_is_persistent = 0;
+}
+
 static int limited(h2o_req_t* req, ath_gwjob_t* base, int wait) {
+  drop_body(req);
   char s[16];
   snprintf(s, sizeof(s), "%d", wait);
   return answer_error(req, base, 429, "rate_limited", "too many requests; retry later", "retry-after", s);
@@ -504,7 +690,7 @@ static int method_is(h2o_req_t* req, const char* m) {
 
 /* The client's address: the socket peer, or the nearest untrusted entry
  * of X-Forwarded-For when the peer is a trusted proxy (§6.9). */
-static void client_ip(ath_gws_t* s, h2o_req_t* req, char* out, size_t cap) {
+void ath__gws_client_ip(const ath_gws_t* s, h2o_req_t* req, char* out, size_t cap) {
   struct sockaddr_storage sa;
   out[0] = '\0';
   socklen_t len = req->conn->callbacks->get_peername(req->conn, (struct sockaddr*)&sa);
@@ -514,7 +700,7 @@ static void client_ip(ath_gws_t* s, h2o_req_t* req, char* out, size_t cap) {
     else if (sa.ss_family == AF_INET6)
       uv_ip6_name((struct sockaddr_in6*)&sa, out, cap);
   }
-  if (s->cfg.trusted_proxies == NULL)
+  if (s == NULL || s->cfg.trusted_proxies == NULL)
     return;
   char xff[512];
   for (;;) {
@@ -586,10 +772,10 @@ static int preflight(ath_gws_t* s, h2o_req_t* req, ath_gwjob_t* base) {
   return 1;
 }
 
-/* The presented key (§2): 1 found (index in *out, -1 anonymous), 0 none,
- * -1 unknown. Compares the hash with every configured one in constant
- * time, never stopping early. */
-static int authenticate(ath_gws_t* s, h2o_req_t* req, int* out) {
+/* The presented key (§2): 1 found (index in *out), 0 none, -1 unknown.
+ * Compares the hash with every configured one in constant time, never
+ * stopping early. */
+int ath__gws_authenticate(const ath_gws_key_t* keys, int nkeys, h2o_req_t* req, int* out) {
   static const char* const names[] = {"x-athena-key", "apikey", "x-api-key", "authorization"};
   char v[1024], key[512];
   for (int i = 0; i < 4; i++) {
@@ -625,8 +811,8 @@ static int authenticate(ath_gws_t* s, h2o_req_t* req, int* out) {
     if (EVP_Digest(key, strlen(key), hash, &hlen, EVP_sha256(), NULL) != 1)
       return -1;
     int found = -1;
-    for (int k = 0; k < s->cfg.nkeys; k++) {
-      int same = CRYPTO_memcmp(hash, s->cfg.keys[k].hash, 32) == 0;
+    for (int k = 0; k < nkeys; k++) {
+      int same = CRYPTO_memcmp(hash, keys[k].hash, 32) == 0;
       found = same && found < 0 ? k : found;
     }
     OPENSSL_cleanse(key, sizeof(key));
@@ -655,6 +841,21 @@ static int client_db(ath_gws_t* s, h2o_req_t* req, ath_gwjob_t* base, const ath_
       drop[nd++] = aliases[a];
   }
   int one = single_part(v, name, sizeof(name), drop);
+  if (one == 0 && key != NULL && key->databases != NULL) {
+    /* a key kept from the default database names its one other, or must ask */
+    int n = 0, def = 0;
+    for (char** p = key->databases; *p; p++, n++)
+      def |= strcmp(*p, "default") == 0;
+    if (def)
+      return 0;
+    if (n != 1) {
+      answer_error(req, base, 400, "client_required",
+                   "this key may use several databases: name one with X-Athena-Client", NULL, NULL);
+      return -1;
+    }
+    snprintf(name, sizeof(name), "%s", key->databases[0]);
+    one = 1;
+  }
   if (one == 0)
     return 0;
   int db = -1;
@@ -810,22 +1011,20 @@ int ath__gws_handle(ath_gws_t* s, h2o_req_t* req) {
   }
 
   /* who is asking (§2, §6.3, §6.9) */
-  client_ip(s, req, base.ip, sizeof(base.ip));
+  ath__gws_client_ip(s, req, base.ip, sizeof(base.ip));
   char bname[96];
-  snprintf(bname, sizeof(bname), "i:%s", base.ip);
-  int wait = spend(bucket(s, bname, s->cfg.ip_burst), s->cfg.ip_rate, s->cfg.ip_burst, 1);
+  client_bucket("i:", base.ip, bname, sizeof(bname));
+  int wait = spend(bucket(&s->lim, bname, s->cfg.ip_rate, s->cfg.ip_burst), 1);
   if (wait)
     return limited(req, &base, wait);
   if (base.kind == ATH_GWJ_OP) {
-    snprintf(bname, sizeof(bname), "f:%s", base.ip);
-    double fburst = s->cfg.auth_fail_per_min, frate = s->cfg.auth_fail_per_min / 60.0;
-    bucket_t* fails = bucket(s, bname, fburst);
-    if ((wait = spend(fails, frate, fburst, 0)) != 0)
-      return limited(req, &base, wait);
     int k = -1;
-    int found = authenticate(s, req, &k);
+    int found = ath__gws_authenticate(s->cfg.keys, s->cfg.nkeys, req, &k);
     if (found <= 0 && !(found == 0 && s->cfg.anonymous)) {
-      spend(fails, frate, fburst, 1);
+      /* failed keys lock the address out; valid keys from it still work */
+      if ((wait = ath__gw_auth_failure(&s->lim, base.ip, s->cfg.auth_fail_per_min)) != 0)
+        return limited(req, &base, wait);
+      drop_body(req);
       return answer_error(req, &base, 401, found == 0 ? "auth_required" : "invalid_key",
                           found == 0 ? "an API key is required" : "the API key is not valid", NULL, NULL);
     }
@@ -833,7 +1032,7 @@ int ath__gws_handle(ath_gws_t* s, h2o_req_t* req) {
     base.rights = base.key ? base.key->rights : s->cfg.anon_rights;
     if (base.key != NULL) {
       snprintf(bname, sizeof(bname), "k:%s", base.key->name);
-      if ((wait = spend(bucket(s, bname, s->cfg.key_burst), s->cfg.key_rate, s->cfg.key_burst, 1)) != 0)
+      if ((wait = spend(bucket(&s->lim, bname, s->cfg.key_rate, s->cfg.key_burst), 1)) != 0)
         return limited(req, &base, wait);
     }
     if (!(base.rights & ATH_GW_OP_BIT(base.op)))

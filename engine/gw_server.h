@@ -10,11 +10,14 @@
 #include "gw_plan.h"
 #include "internal.h"
 
-/* Rights (GATEWAY §6.3), one bit per operation. */
+/* Rights (GATEWAY §6.3), one bit per operation; the operations surface's
+ * (docs/operations.md) beside them. */
 #define ATH_GWR_ALL 0xfu
+#define ATH_GWR_OPS_READ 0x10u
+#define ATH_GWR_OPS_WRITE 0x20u
 
 /* An API key. */
-typedef struct {
+typedef struct ath_gws_key_s {
   char* name;                /* for logs and policies; never the key */
   unsigned char hash[32];    /* SHA-256 of the key */
   unsigned rights;           /* ATH_GW_OP_BIT(op) bits */
@@ -58,6 +61,21 @@ typedef struct {
 
 typedef struct ath_gws_s ath_gws_t;
 
+/* Token buckets by name (gw_server.c), least recently used first out.
+ * Engine thread only. Zeroed is empty. */
+typedef struct {
+  struct ath_gw_bucket_s* buckets;
+  uint32_t* bucket_heads;    /* hash chains, bucket_cap of them */
+  size_t nbuckets, bucket_cap;
+  uint32_t lru_old, lru_new; /* the least and the most recently used bucket */
+  size_t max;                /* most buckets, a power of two (0: 65536) */
+} ath_gw_limiter_t;
+void ath__gw_limiter_free(ath_gw_limiter_t* l);
+/* Counts a missing or invalid key from client address `ip` (IPv6 by /64)
+ * against `per_min` a minute. Returns 0, or the seconds to wait when the
+ * address is locked out (answer 429). */
+int ath__gw_auth_failure(ath_gw_limiter_t* l, const char* ip, double per_min);
+
 /* Frees what a config owns (not the struct itself). */
 void ath__gws_config_free(ath_gws_config_t* c);
 
@@ -83,6 +101,25 @@ void ath__gws_free(ath_gws_t* s);
  * else returns 0 (the operations surface takes it). */
 struct st_h2o_req_t;
 int ath__gws_handle(ath_gws_t* s, struct st_h2o_req_t* req);
+
+/* Engine thread: the presented key (GATEWAY §2) among keys[0..n): 1
+ * found (its index in *out), 0 none presented, -1 unknown. Compares with
+ * every key in constant time. */
+int ath__gws_authenticate(const ath_gws_key_t* keys, int n, struct st_h2o_req_t* req, int* out);
+
+/* The client address of req (§6.9): the peer, or with s's trusted
+ * proxies the nearest untrusted X-Forwarded-For entry. s may be NULL. */
+void ath__gws_client_ip(const ath_gws_t* s, struct st_h2o_req_t* req, char* out, size_t cap);
+/* Whether requests without a key are served (anonymous rights). */
+int ath__gws_anonymous(const ath_gws_t* s);
+/* The server's buckets, and its authFailures per minute. */
+ath_gw_limiter_t* ath__gws_limiter(ath_gws_t* s, double* per_min);
+
+/* Appends to *keys (n entries, grown) a copy of each of the server's keys
+ * (name, hash, rights) for the operations surface, which answers 403 to
+ * those without operations rights. Returns 0 or ATH_ENOMEM. */
+int ath__gws_copy_keys(const ath_gws_t* s, ath_gws_key_t** keys, int* n);
+void ath__gws_keys_free(ath_gws_key_t* keys, int n);
 
 /* The largest request body the HTTP layer must accept for the gateway to
  * answer 413 itself. */
@@ -203,9 +240,7 @@ struct ath_gws_s {
   int nthreads;
   uv_async_t async;          /* engine loop: answers are ready */
   int attached;
-  /* engine thread only: rate limiting (§6.9) */
-  struct ath_gw_bucket_s* buckets;
-  size_t nbuckets, bucket_cap;
+  ath_gw_limiter_t lim;      /* engine thread only: rate limiting (§6.9) */
 };
 
 #endif

@@ -5,17 +5,38 @@
  * Handlers run on the engine thread and read the world through the public
  * C API, which takes the world lock for each read. Connections are closed
  * after each response (the dashboard polls once a second), so shutdown
- * never waits on idle keep-alive connections. */
+ * never waits on idle keep-alive connections.
+ *
+ * Who may do what (docs/operations.md): every request is checked here
+ * first for ambiguous framing; the operations surface then needs an
+ * allowed Host, a key with operations rights when the listener has keys
+ * or a gateway, and mutations refuse simple cross-site requests. */
 #define H2O_USE_LIBUV 1
 #include <h2o.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include "internal.h"
 #include "gw_server.h"
 
 extern const char ath__dashboard_html[];
 extern const size_t ath__dashboard_html_len;
+
+/* A connection's handle and its server. */
+typedef struct conn_s {
+  uv_tcp_t tcp;
+  struct ath_http_s* h;
+  h2o_socket_t* sock;         /* h2o's socket over tcp */
+  struct conn_s *prev, *next; /* the server's open connections */
+  int shed;                   /* shut down (buffer cap, HTTP/2 stream rate) */
+  int vetted;                 /* the body being read had its head checked */
+  uint64_t h2_window;         /* HTTP/2: loop ms the current second began */
+  uint32_t h2_streams;        /* HTTP/2: requests in it */
+} conn_t;
 
 struct ath_http_s {
   ath_world_t* w;
@@ -23,17 +44,33 @@ struct ath_http_s {
   h2o_context_t ctx;
   h2o_accept_ctx_t accept;
   uv_tcp_t listener;
-  int flags;
-  ath_gws_t* gws;      /* the gateway on this listener, or NULL */
+  uv_check_t check;    /* after each poll: the buffered-bytes cap */
+  ath_serve_opts_t o;  /* flags, gateway, keys, hosts, caps */
+  ath_gws_t* gws;      /* o.gws */
+  int need_key;        /* the operations surface needs a key */
+  char** hosts;        /* the allowed Host names (o.allowed_hosts or the default), NULL: any */
+  conn_t* conns;       /* open connections */
   int nconns;          /* open connections: the context outlives them */
+  int handles;         /* open handles of our own (listener, check) */
   int closing;         /* the listener is closed (or closing) */
+  ath_gw_limiter_t lim; /* failed keys per address, without a gateway */
+  uint64_t shed;       /* connections shut down by the buffer cap */
+  size_t last_total;   /* bytes buffered at the last check */
+  size_t freed;        /* bytes let go of since the last trim */
+  uint64_t trimmed;    /* loop time (ms) of the last trim */
 };
 
-/* A connection's handle and its server. */
-typedef struct {
-  uv_tcp_t tcp;
-  ath_http_t* h;
-} conn_t;
+void ath__serve_opts_free(ath_serve_opts_t* o) {
+  if (o == NULL)
+    return;
+  ath__gws_free(o->gws);
+  ath__gws_keys_free(o->keys, o->nkeys);
+  ath__strv_free(o->allowed_hosts);
+  o->gws = NULL;
+  o->keys = NULL;
+  o->nkeys = 0;
+  o->allowed_hosts = NULL;
+}
 
 static void dispose(ath_http_t* h) {
   /* h2o 2.2 links an HTTP/2 GOAWAY resend into a context timeout when
@@ -42,6 +79,9 @@ static void dispose(ath_http_t* h) {
     h2o_timeout_unlink(&h->ctx.http2._graceful_shutdown_timeout);
   h2o_context_dispose(&h->ctx);
   h2o_config_dispose(&h->config);
+  ath__serve_opts_free(&h->o);
+  ath__strv_free(h->hosts);
+  ath__gw_limiter_free(&h->lim);
   free(h);
 }
 
@@ -154,13 +194,18 @@ static int respond_json(h2o_req_t* req, int status, const char* reason, ath_buf_
   return 0;
 }
 
-static int respond_error(h2o_req_t* req, int status, const char* reason, int code,
-                         const char* message) {
+static int respond_err(h2o_req_t* req, int status, const char* reason, const char* code,
+                       const char* message) {
   ath_buf_t b = {0};
-  putf(&b, "{\"ok\":false,\"error\":{\"code\":\"%s\",\"message\":", ath_err_name(code));
+  putf(&b, "{\"ok\":false,\"error\":{\"code\":\"%s\",\"message\":", code);
   put_str(&b, message);
   put(&b, "}}");
   return respond_json(req, status, reason, &b);
+}
+
+static int respond_error(h2o_req_t* req, int status, const char* reason, int code,
+                         const char* message) {
+  return respond_err(req, status, reason, ath_err_name(code), message);
 }
 
 /* --------------------------------------------------------------- queries */
@@ -476,14 +521,290 @@ static int prometheus(h2o_req_t* req, ath_world_t* w) {
   return 0;
 }
 
+/* picohttpparser, inside libh2o (its header is not installed): the
+ * parser h2o read the request with. */
+struct phr_header {
+  const char* name;
+  size_t name_len;
+  const char* value;
+  size_t value_len;
+};
+int phr_parse_request(const char* buf, size_t len, const char** method, size_t* method_len, const char** path,
+                      size_t* path_len, int* minor_version, struct phr_header* headers, size_t* num_headers,
+                      size_t last_len);
+
+/* ----------------------------------------------------- buffered requests */
+
+/* h2o 2.2 reads a request's whole body before the handler sees it, so
+ * what unauthenticated clients make the server hold is bounded here:
+ * after each poll, while the connections' input buffers together exceed
+ * o.max_buffered, the connection holding the most is shut down (h2o then
+ * reads EOF and closes it, freeing its buffer). */
+static size_t conn_buffered(const conn_t* c) {
+  h2o_buffer_t* in = c->sock != NULL ? c->sock->input : NULL;
+  return in != NULL && in->bytes != NULL ? in->capacity : 0;
+}
+
+/* Shuts c down: h2o reads EOF and closes it, freeing what it holds. */
+static void shed(conn_t* c) {
+  uv_os_fd_t fd;
+  c->shed = 1;
+  c->h->shed++;
+  if (uv_fileno((uv_handle_t*)&c->tcp, &fd) == 0)
+    shutdown(fd, SHUT_RDWR);
+}
+
+/* A body of more than VET_AT bytes on its way to a gateway listener: its
+ * HTTP/1 head (at the start of the socket's input while h2o reads the
+ * body) is checked for a key now, since h2o 2.2 would call the handler
+ * only once the whole body is in. Without a valid key (of any right) and
+ * without anonymous access it would be refused: the connection is shut
+ * down at once instead of buffering the rest. Returns 1 when it was. */
+#define VET_AT (64 * 1024)
+static int vet(ath_http_t* h, conn_t* c) {
+  h2o_buffer_t* in = c->sock->input;
+  if (in == NULL || in->bytes == NULL || in->size < VET_AT) {
+    c->vetted = 0; /* no body in flight: the next one is checked afresh */
+    return 0;
+  }
+  if (c->vetted || h->gws == NULL || ath__gws_anonymous(h->gws))
+    return 0;
+  c->vetted = 1;
+  const char *m, *p;
+  size_t mlen, plen, nh = 100;
+  int minor;
+  struct phr_header hs[100];
+  if (phr_parse_request(in->bytes, in->size, &m, &mlen, &p, &plen, &minor, hs, &nh, 0) <= 0)
+    return 0; /* not an HTTP/1 head (HTTP/2, or h2o's business) */
+  h2o_req_t head; /* only its headers, for the key lookup */
+  memset(&head, 0, sizeof(head));
+  h2o_mem_init_pool(&head.pool);
+  for (size_t i = 0; i < nh; i++)
+    h2o_add_header_by_str(&head.pool, &head.headers, hs[i].name, hs[i].name_len, 1, NULL, hs[i].value,
+                          hs[i].value_len);
+  int k;
+  int found = ath__gws_authenticate(h->o.keys, h->o.nkeys, &head, &k);
+  h2o_mem_clear_pool(&head.pool);
+  if (found > 0)
+    return 0;
+  shed(c);
+  return 1;
+}
+
+static void on_check(uv_check_t* check) {
+  ath_http_t* h = check->data;
+  size_t total = 0;
+  for (conn_t* c = h->conns; c; c = c->next)
+    if (!c->shed && c->sock != NULL && !vet(h, c))
+      total += conn_buffered(c);
+#ifdef __GLIBC__
+  /* large buffers freed stay in malloc's arenas: once 16 MiB have been
+   * let go of, hand them back to the system, at most once a second */
+  if (total < h->last_total)
+    h->freed += h->last_total - total;
+  h->last_total = total;
+  if (h->freed >= ((size_t)16 << 20) && uv_now(check->loop) - h->trimmed >= 1000) {
+    malloc_trim(0);
+    h->trimmed = uv_now(check->loop);
+    h->freed = 0;
+  }
+#endif
+  while (total > h->o.max_buffered) {
+    conn_t* big = NULL;
+    for (conn_t* c = h->conns; c; c = c->next)
+      if (!c->shed && (big == NULL || conn_buffered(c) > conn_buffered(big)))
+        big = c;
+    if (big == NULL)
+      break;
+    total -= conn_buffered(big);
+    shed(big);
+  }
+}
+
+/* ------------------------------------------------------------- the gate */
+
+/* Content-Length given twice with different values, or beside
+ * Transfer-Encoding: a proxy in front may frame the body otherwise than
+ * h2o did (request smuggling), so the request is refused. h2o 2.2 keeps
+ * only the framing header it chose, so the HTTP/1 head (still at the
+ * start of the socket's input while the request is handled) is parsed
+ * again by the same parser for the ones it dropped. */
+static int ambiguous_framing(h2o_req_t* req) {
+  if (req->entity.base == NULL || req->version >= 0x200 || req->conn->callbacks->get_socket == NULL)
+    return 0; /* no body, or HTTP/2 (which has no such headers) */
+  h2o_socket_t* sock = req->conn->callbacks->get_socket(req->conn);
+  if (sock == NULL || sock->input == NULL || sock->input->bytes == NULL)
+    return 0;
+  const char *m, *p;
+  size_t mlen, plen, nh = 100;
+  int minor;
+  struct phr_header hs[100];
+  if (phr_parse_request(sock->input->bytes, sock->input->size, &m, &mlen, &p, &plen, &minor, hs, &nh, 0) <= 0)
+    return 1; /* h2o parsed it: anything else is not this request's head */
+  int te = 0, cl = 0;
+  const char* first = NULL;
+  size_t first_len = 0;
+  for (size_t i = 0; i < nh; i++) {
+    if (h2o_lcstris(hs[i].name, hs[i].name_len, H2O_STRLIT("transfer-encoding"))) {
+      te = 1;
+    } else if (h2o_lcstris(hs[i].name, hs[i].name_len, H2O_STRLIT("content-length"))) {
+      if (cl && (first_len != hs[i].value_len || memcmp(first, hs[i].value, first_len) != 0))
+        return 1;
+      cl = 1;
+      first = hs[i].value;
+      first_len = hs[i].value_len;
+      if (memchr(first, ',', first_len) != NULL)
+        return 1;
+    }
+  }
+  return te && cl;
+}
+
+/* The Host header's name (no port, no brackets) is one of h->hosts. A
+ * request without Host (HTTP/1.0, never a browser) names no site a
+ * browser could have been tricked into, and passes. */
+static int host_allowed(ath_http_t* h, h2o_req_t* req) {
+  if (h->hosts == NULL || req->authority.len == 0 || h2o_memis(req->authority.base, req->authority.len, H2O_STRLIT("default")))
+    return 1; /* no Host: h2o names the request after our only host entry */
+  const char* a = req->authority.base;
+  size_t n = req->authority.len;
+  if (a[0] == '[') { /* [v6]:port */
+    const char* close = memchr(a, ']', n);
+    if (close == NULL)
+      return 0;
+    n = (size_t)(close - a) - 1;
+    a++;
+  } else {
+    const char* colon = memchr(a, ':', n);
+    if (colon != NULL)
+      n = (size_t)(colon - a);
+  }
+  for (char** p = h->hosts; *p; p++)
+    if (strcmp(*p, "*") == 0 || (strlen(*p) == n && strncasecmp(*p, a, n) == 0))
+      return 1;
+  return 0;
+}
+
+static int misdirected(h2o_req_t* req) {
+  req->http1_is_persistent = 0;
+  return respond_err(req, 421, "Misdirected Request", "host_not_allowed",
+                     "this server does not answer for that Host (allowedHosts)");
+}
+
+/* A key with `right` when the listener needs one (1), else answered (0). */
+static int ops_key(ath_http_t* h, h2o_req_t* req, unsigned right) {
+  if (!h->need_key)
+    return 1;
+  int k = -1;
+  int found = ath__gws_authenticate(h->o.keys, h->o.nkeys, req, &k);
+  if (found <= 0) {
+    /* failures count against the address as on the gateway (with its
+     * buckets and authFailures when there is one): a locked-out address
+     * gets 429, and valid keys from it still work */
+    double per_min = 10;
+    ath_gw_limiter_t* lim = h->gws != NULL ? ath__gws_limiter(h->gws, &per_min) : &h->lim;
+    char ip[64];
+    ath__gws_client_ip(h->gws, req, ip, sizeof(ip));
+    int wait = ath__gw_auth_failure(lim, ip, per_min);
+    if (wait) {
+      char v[16];
+      int n = snprintf(v, sizeof(v), "%d", wait);
+      h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, h2o_strdup(&req->pool, v, (size_t)n).base,
+                     (size_t)n);
+      respond_err(req, 429, "Too Many Requests", "rate_limited", "too many failed keys; retry later");
+      return 0;
+    }
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL, H2O_STRLIT("Bearer"));
+    respond_err(req, 401, "Unauthorized", found == 0 ? "auth_required" : "invalid_key",
+                found == 0 ? "the operations surface needs a key with operations rights"
+                           : "the key is not valid");
+    return 0;
+  }
+  if (!(h->o.keys[k].rights & right)) {
+    respond_err(req, 403, "Forbidden", "forbidden",
+                right == ATH_GWR_OPS_WRITE ? "this key lacks ops.write" : "this key lacks ops.read");
+    return 0;
+  }
+  return 1;
+}
+
+/* A mutation a browser could not have sent cross-site without a
+ * preflight (which this surface never grants): Content-Type
+ * application/json, and Origin and Sec-Fetch-Site, when sent, say the
+ * request comes from this very site. 1 yes, else answered (0). */
+static int same_site_write(h2o_req_t* req) {
+  const char* why = NULL;
+  ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_CONTENT_TYPE, -1);
+  h2o_iovec_t ct = i >= 0 ? req->headers.entries[i].value : h2o_iovec_init(NULL, 0);
+  if (ct.len < 16 || strncasecmp(ct.base, "application/json", 16) != 0 ||
+      (ct.len > 16 && ct.base[16] != ';' && ct.base[16] != ' '))
+    why = "a mutation needs Content-Type: application/json";
+  i = h2o_find_header_by_str(&req->headers, H2O_STRLIT("sec-fetch-site"), -1);
+  if (why == NULL && i >= 0) {
+    h2o_iovec_t v = req->headers.entries[i].value;
+    if (!h2o_memis(v.base, v.len, H2O_STRLIT("same-origin")) && !h2o_memis(v.base, v.len, H2O_STRLIT("none")))
+      why = "cross-site mutations are refused";
+  }
+  i = h2o_find_header_by_str(&req->headers, H2O_STRLIT("origin"), -1);
+  if (why == NULL && i >= 0) {
+    h2o_iovec_t v = req->headers.entries[i].value;
+    const char* sep = v.len > 3 ? memchr(v.base, ':', v.len) : NULL;
+    /* "scheme://authority" must name the Host this request was sent to */
+    if (sep == NULL || (size_t)(v.base + v.len - sep) < 3 || memcmp(sep, "://", 3) != 0 ||
+        !h2o_memis(sep + 3, (size_t)(v.base + v.len - sep - 3), req->authority.base, req->authority.len))
+      why = "cross-origin mutations are refused";
+  }
+  if (why == NULL)
+    return 1;
+  respond_err(req, 403, "Forbidden", "cross_site", why);
+  return 0;
+}
+
 /* ---------------------------------------------------------------- router */
+
+/* HTTP/2 (only with o.http2): a connection opening more than o.http2
+ * streams in a second is shut down. libh2o 2.2.5 does not bound stream
+ * resets (CVE-2023-44487, "rapid reset"); every HEADERS that ends its
+ * stream reaches this handler, so its rate is bounded here. 1 when the
+ * request was answered. */
+static int h2_flood(ath_http_t* h, h2o_req_t* req) {
+  if (req->version < 0x200 || req->conn->callbacks->get_socket == NULL)
+    return 0;
+  h2o_socket_t* sock = req->conn->callbacks->get_socket(req->conn);
+  conn_t* c = sock != NULL ? sock->on_close.data : NULL;
+  if (c == NULL || c->h != h)
+    return 0;
+  uint64_t now = uv_now(h->ctx.loop);
+  if (now - c->h2_window >= 1000) {
+    c->h2_window = now;
+    c->h2_streams = 0;
+  }
+  if (++c->h2_streams <= (uint32_t)h->o.http2)
+    return 0;
+  if (!c->shed)
+    shed(c);
+  respond_err(req, 429, "Too Many Requests", "rate_limited", "too many HTTP/2 streams on this connection");
+  return 1;
+}
 
 static int on_req(h2o_handler_t* self, h2o_req_t* req) {
   ath_http_t* h = *(ath_http_t**)(self + 1);
   ath_world_t* w = h->w;
+  if (h2_flood(h, req))
+    return 0;
+  if (ambiguous_framing(req)) {
+    req->http1_is_persistent = 0;
+    return respond_err(req, 400, "Bad Request", "bad_framing",
+                       "Content-Length repeated with different values or beside Transfer-Encoding");
+  }
+  int host_ok = host_allowed(h, req);
+  if (!host_ok && h->o.allowed_hosts != NULL)
+    return misdirected(req); /* configured: every route */
   if (h->gws != NULL && ath__gws_handle(h->gws, req))
     return 0; /* a gateway route (GATEWAY.md): keep-alive, answered there */
   req->http1_is_persistent = 0;
+  if (!host_ok)
+    return misdirected(req);
   const char* p = req->path_normalized.base;
   size_t n = req->path_normalized.len;
   int get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
@@ -496,13 +817,19 @@ static int on_req(h2o_handler_t* self, h2o_req_t* req) {
       respond(req, 503, "Service Unavailable", "text/plain; charset=utf-8", why, strlen(why));
     return 0;
   }
-  if ((h->flags & ATH_SERVE_METRICS) && IS("/metrics") && get)
-    return prometheus(req, w);
-  if ((h->flags & ATH_SERVE_DASHBOARD) && (IS("/") || IS("/dashboard")) && get) {
+  if ((h->o.flags & ATH_SERVE_METRICS) && IS("/metrics") && get)
+    return ops_key(h, req, ATH_GWR_OPS_READ) ? prometheus(req, w) : 0;
+  if ((h->o.flags & ATH_SERVE_DASHBOARD) && (IS("/") || IS("/dashboard")) && get) {
+    /* the page holds no data: it asks /api with the key it is given */
     respond(req, 200, "OK", "text/html; charset=utf-8", ath__dashboard_html, ath__dashboard_html_len);
     return 0;
   }
-  if (h->flags & ATH_SERVE_DASHBOARD) {
+  if ((h->o.flags & ATH_SERVE_DASHBOARD) && (IS("/api") || (n > 5 && memcmp(p, "/api/", 5) == 0))) {
+    int write = !get && !h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"));
+    if (!ops_key(h, req, write ? ATH_GWR_OPS_WRITE : ATH_GWR_OPS_READ))
+      return 0;
+    if (write && !same_site_write(req))
+      return 0;
     if (IS("/api/metrics") && get)
       return api_metrics(req, w);
     if (IS("/api/workers") && get)
@@ -519,22 +846,37 @@ static int on_req(h2o_handler_t* self, h2o_req_t* req) {
   return respond_error(req, 404, "Not Found", ATH_ENOTFOUND, "no such route");
 }
 
+static void release(ath_http_t* h) {
+  if (h->closing == 2 && h->nconns == 0 && h->handles == 0)
+    dispose(h); /* the last connection or handle of a stopped server */
+}
+
 static void on_close_conn(uv_handle_t* handle) {
   conn_t* c = (conn_t*)handle;
   ath_http_t* h = c->h;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    h->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
   free(c);
-  if (--h->nconns == 0 && h->closing == 2)
-    dispose(h); /* the last connection of a stopped server */
+  h->nconns--;
+  release(h);
 }
 
 static void on_accept(uv_stream_t* listener, int status) {
   ath_http_t* h = listener->data;
   if (status != 0)
     return;
-  conn_t* c = malloc(sizeof(*c));
+  conn_t* c = calloc(1, sizeof(*c));
   if (c == NULL)
     return;
   c->h = h;
+  c->next = h->conns;
+  if (h->conns)
+    h->conns->prev = c;
+  h->conns = c;
   h->nconns++;
   uv_tcp_t* conn = &c->tcp;
   uv_tcp_init(listener->loop, conn);
@@ -542,31 +884,73 @@ static void on_accept(uv_stream_t* listener, int status) {
     uv_close((uv_handle_t*)conn, on_close_conn);
     return;
   }
-  h2o_socket_t* sock = h2o_uv_socket_create((uv_stream_t*)conn, (uv_close_cb)on_close_conn);
-  h2o_accept(&h->accept, sock);
+  c->sock = h2o_uv_socket_create((uv_stream_t*)conn, (uv_close_cb)on_close_conn);
+  c->sock->on_close.data = c; /* the owner's field (no callback): h2_flood finds c */
+  h2o_accept(&h->accept, c->sock);
 }
 
 static void free_server(uv_handle_t* handle) {
   free(handle->data); /* the server, which embeds the listener */
 }
 
-int ath__http_start(ath_world_t* w, const char* host, int port, int flags, ath_gws_t* gws,
-                    int* bound, ath_http_t** out, char* err, size_t errlen) {
+static int is_loopback(const char* host) {
+  return strcmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0;
+}
+
+static int is_wildcard(const char* host) {
+  return strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0;
+}
+
+/* The Host names accepted without allowedHosts: the loopback names and
+ * the listened address; any on a wildcard address (no name to hold a
+ * request to; the operations surface there needs keys). */
+static char** default_hosts(const char* host) {
+  if (is_wildcard(host))
+    return NULL;
+  const char* names[] = {"localhost", "127.0.0.1", "::1", host, NULL};
+  return ath__strv_dup(names);
+}
+
+int ath__http_start(ath_world_t* w, const char* host, int port, ath_serve_opts_t* o, int* bound,
+                    ath_http_t** out, char* err, size_t errlen) {
   ath_http_t* h = calloc(1, sizeof(*h));
   if (h == NULL) {
-    ath__gws_free(gws);
+    ath__serve_opts_free(o);
     return ATH_ENOMEM;
   }
   h->w = w;
-  h->flags = flags;
+  h->o = *o;
+  memset(o, 0, sizeof(*o));
+  h->gws = h->o.gws;
+  if (h->gws != NULL && ath__gws_copy_keys(h->gws, &h->o.keys, &h->o.nkeys) != 0) {
+    ath__serve_opts_free(&h->o);
+    free(h);
+    return ATH_ENOMEM;
+  }
+  h->need_key = h->o.auth || h->o.nkeys > 0 || h->gws != NULL;
+  if (h->o.max_buffered == 0)
+    h->o.max_buffered = (size_t)64 << 20;
+  int ops = h->o.flags & (ATH_SERVE_METRICS | ATH_SERVE_DASHBOARD);
+  if (ops && !h->need_key && !is_loopback(host)) {
+    snprintf(err, errlen,
+             "serving the operations surface on %s needs auth (keys with ops rights); "
+             "without it serve loopback only, or set metrics = false, dashboard = false",
+             host);
+    ath__serve_opts_free(&h->o);
+    free(h);
+    return ATH_EINVAL;
+  }
+  h->hosts = h->o.allowed_hosts != NULL ? ath__strv_dup((const char* const*)h->o.allowed_hosts)
+                                        : default_hosts(host);
   struct sockaddr_storage addr;
   int rc = uv_ip4_addr(host, port, (struct sockaddr_in*)&addr);
   if (rc != 0)
     rc = uv_ip6_addr(host, port, (struct sockaddr_in6*)&addr);
   if (rc != 0) {
     snprintf(err, errlen, "invalid host %s: %s", host, uv_strerror(rc));
+    ath__serve_opts_free(&h->o);
+    ath__strv_free(h->hosts);
     free(h);
-    ath__gws_free(gws);
     return ATH_EINVAL;
   }
   uv_tcp_init(&w->eloop, &h->listener);
@@ -576,7 +960,8 @@ int ath__http_start(ath_world_t* w, const char* host, int port, int flags, ath_g
     rc = uv_listen((uv_stream_t*)&h->listener, 128, on_accept);
   if (rc != 0) {
     snprintf(err, errlen, "cannot listen on %s:%d: %s", host, port, uv_strerror(rc));
-    ath__gws_free(gws);
+    ath__serve_opts_free(&h->o);
+    ath__strv_free(h->hosts);
     uv_close((uv_handle_t*)&h->listener, free_server);
     return rc == UV_EADDRINUSE ? ATH_EBUSY : ATH_EINVAL;
   }
@@ -585,15 +970,17 @@ int ath__http_start(ath_world_t* w, const char* host, int port, int flags, ath_g
   uv_tcp_getsockname(&h->listener, (struct sockaddr*)&name, &namelen);
   *bound = ntohs(((struct sockaddr_in*)&name)->sin_port);
   h2o_config_init(&h->config);
-  if (gws != NULL) {
-    h->config.max_request_entity_size = ath__gws_body_cap(gws);
-    if (ath__gws_attach(gws, &w->eloop) != 0) {
+  h->config.server_name = h2o_iovec_init(H2O_STRLIT("athena")); /* no version */
+  h->config.http1.upgrade_to_http2 = h->o.http2 > 0;
+  h->config.max_request_entity_size = 64 * 1024; /* the operations surface takes no bodies */
+  if (h->gws != NULL) {
+    h->config.max_request_entity_size = ath__gws_body_cap(h->gws);
+    if (ath__gws_attach(h->gws, &w->eloop) != 0) {
       snprintf(err, errlen, "%s", "cannot start the gateway's answer handle");
-      ath__gws_free(gws);
-      gws = NULL;
+      ath__gws_free(h->gws);
+      h->gws = h->o.gws = NULL;
     }
   }
-  h->gws = gws;
   h2o_hostconf_t* hc = h2o_config_register_host(&h->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
   h2o_pathconf_t* pc = h2o_config_register_path(hc, "/", 0);
   h2o_handler_t* handler = h2o_create_handler(pc, sizeof(*handler) + sizeof(ath_http_t*));
@@ -602,21 +989,26 @@ int ath__http_start(ath_world_t* w, const char* host, int port, int flags, ath_g
   h2o_context_init(&h->ctx, &w->eloop, &h->config);
   h->accept.ctx = &h->ctx;
   h->accept.hosts = h->config.hosts;
+  uv_check_init(&w->eloop, &h->check);
+  h->check.data = h;
+  uv_check_start(&h->check, on_check);
+  h->handles = 2;
   *out = h;
   return 0;
 }
 
-static void on_listener_closed(uv_handle_t* handle) {
+static void on_handle_closed(uv_handle_t* handle) {
   ath_http_t* h = handle->data;
   h->closing = 2;
-  if (h->nconns == 0)
-    dispose(h); /* else the last connection to close does it */
+  h->handles--;
+  release(h);
 }
 
 void ath__http_stop(ath_http_t* h) {
   ath__gws_free(h->gws); /* its threads stop; waiting requests get 503 */
-  h->gws = NULL;
+  h->gws = h->o.gws = NULL;
   h->closing = 1;
   h2o_context_request_shutdown(&h->ctx); /* idle keep-alive connections close */
-  uv_close((uv_handle_t*)&h->listener, on_listener_closed);
+  uv_close((uv_handle_t*)&h->listener, on_handle_closed);
+  uv_close((uv_handle_t*)&h->check, on_handle_closed);
 }

@@ -86,8 +86,8 @@ typedef struct ath_hook_s ath_hook_t;
 /* A world:serve() request, carried out on the engine thread. */
 typedef struct {
   const char* host;
-  struct ath_gws_s* gws; /* the gateway to serve too (taken over), or NULL */
-  int port, flags, bound, rc;
+  void* opts;            /* ath_serve_opts_t, taken over */
+  int port, bound, rc;
   char err[256];
   uv_sem_t done;
 } ath_serve_req_t;
@@ -853,10 +853,26 @@ void ath__db_push_ctx(lua_State* L, const char* url);
 
 /* http.c: the operations HTTP surface on the engine loop ----------------- */
 
-/* Listens on host:port (engine thread), with the gateway `gws` (taken
- * over, also on failure; NULL for none) answering its routes. Returns 0
- * and the server, or ATH_EBUSY / ATH_EINVAL with err set. */
-int ath__http_start(ath_world_t* w, const char* host, int port, int flags, struct ath_gws_s* gws,
+/* How one listener serves (world:serve options, docs/operations.md
+ * "Operations surface: who may do what"). Owned by the listener once
+ * handed over (ath__serve_opts_free). */
+struct ath_gws_key_s;
+typedef struct ath_serve_opts_s {
+  int flags;                  /* ATH_SERVE_* */
+  struct ath_gws_s* gws;      /* the gateway on this listener, or NULL */
+  struct ath_gws_key_s* keys; /* keys with operations rights (serve's auth) */
+  int nkeys;
+  int auth;                   /* `auth` given: the operations surface needs a key */
+  char** allowed_hosts;       /* Host names accepted, NULL: the default */
+  int http2;                  /* > 0: HTTP/2 cleartext (h2c) accepted, at most this many streams a second per connection */
+  size_t max_buffered;        /* request bytes buffered across connections (0: default) */
+} ath_serve_opts_t;
+void ath__serve_opts_free(ath_serve_opts_t* o);
+
+/* Listens on host:port (engine thread) as `o` says (taken over, also on
+ * failure). Returns 0 and the server, or ATH_EBUSY / ATH_EINVAL with err
+ * set. */
+int ath__http_start(ath_world_t* w, const char* host, int port, ath_serve_opts_t* o,
                     int* bound, ath_http_t** out, char* err, size_t errlen);
 /* Stops listening and frees the server once its handles close (engine
  * thread). */
@@ -864,8 +880,8 @@ void ath__http_stop(ath_http_t* h);
 /* Decodes %XX (and, with `plus`, '+' as a space) in s in place; writes a
  * NUL and returns the decoded length. */
 size_t ath__http_decode(char* s, size_t n, int plus);
-/* world:serve with a gateway (gws taken over, also on failure). */
-int ath__world_serve(ath_world_t* w, const char* host, int port, int flags, struct ath_gws_s* gws,
+/* world:serve (o taken over, also on failure). */
+int ath__world_serve(ath_world_t* w, const char* host, int port, ath_serve_opts_t* o,
                      int* bound, char* err, size_t errlen);
 /* The gateway a world serves (the latest), or NULL. Control thread. */
 struct ath_gws_s* ath__world_gateway(ath_world_t* w);

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -985,16 +986,16 @@ static void engine_async_cb(uv_async_t* h) {
     if (w->nhttp >= 8 || stop) {
       req->rc = ATH_EINVAL;
       snprintf(req->err, sizeof(req->err), "%s", stop ? "world is shutting down" : "at most 8 servers");
-      ath__gws_free(req->gws);
+      ath__serve_opts_free(req->opts);
     } else {
-      req->rc = ath__http_start(w, req->host, req->port, req->flags, req->gws, &req->bound, &srv, req->err,
+      struct ath_gws_s* gws = ((ath_serve_opts_t*)req->opts)->gws;
+      req->rc = ath__http_start(w, req->host, req->port, req->opts, &req->bound, &srv, req->err,
                                 sizeof(req->err));
+      if (req->rc == 0 && gws != NULL)
+        w->gws = gws;
     }
-    if (req->rc == 0) {
+    if (req->rc == 0)
       w->http[w->nhttp++] = srv;
-      if (req->gws != NULL)
-        w->gws = req->gws;
-    }
     uv_sem_post(&req->done);
   }
   if (stop) {
@@ -1018,6 +1019,14 @@ static void engine_async_cb(uv_async_t* h) {
 
 static void engine_main(void* arg) {
   ath_world_t* w = arg;
+  /* The HTTP servers write to sockets whose clients may be gone (or that
+   * the buffer cap shut down): that must be EPIPE on the write, not a
+   * SIGPIPE that kills a host which does not ignore it (lua5.4). The
+   * signal stays pending on this thread and goes away with it. */
+  sigset_t pipe_only;
+  sigemptyset(&pipe_only);
+  sigaddset(&pipe_only, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_only, NULL);
   uv_run(&w->eloop, UV_RUN_DEFAULT);
 }
 
@@ -2977,7 +2986,10 @@ int ath_world_advance(ath_world_t* w, int64_t ms) {
 
 int ath_world_serve(ath_world_t* w, const char* host, int port, int flags, int* bound, char* err,
                     size_t errlen) {
-  return ath__world_serve(w, host, port, flags, NULL, bound, err, errlen);
+  ath_serve_opts_t o;
+  memset(&o, 0, sizeof(o));
+  o.flags = flags;
+  return ath__world_serve(w, host, port, &o, bound, err, errlen);
 }
 
 struct ath_gws_s* ath__world_gateway(ath_world_t* w) {
@@ -2987,17 +2999,16 @@ struct ath_gws_s* ath__world_gateway(ath_world_t* w) {
   return g;
 }
 
-int ath__world_serve(ath_world_t* w, const char* host, int port, int flags, struct ath_gws_s* gws,
+int ath__world_serve(ath_world_t* w, const char* host, int port, ath_serve_opts_t* o,
                      int* bound, char* err, size_t errlen) {
   ath_serve_req_t req;
   memset(&req, 0, sizeof(req));
   req.host = host;
   req.port = port;
-  req.flags = flags;
-  req.gws = gws;
+  req.opts = o;
   if (port < 0 || port > 65535) {
     set_err(err, errlen, "%s", "invalid port (0-65535)");
-    ath__gws_free(gws);
+    ath__serve_opts_free(o);
     return ATH_EINVAL;
   }
   uv_sem_init(&req.done, 0);
@@ -3006,7 +3017,7 @@ int ath__world_serve(ath_world_t* w, const char* host, int port, int flags, stru
     int st = w->state;
     uv_mutex_unlock(&w->lock);
     uv_sem_destroy(&req.done);
-    ath__gws_free(gws);
+    ath__serve_opts_free(o);
     set_err(err, errlen, "%s", st == ATH_W_NEW ? "serve before start()" : st != ATH_W_STARTED ? "world is shut down" : "another serve() is in progress");
     return st == ATH_W_NEW || st == ATH_W_STARTED ? ATH_EINVAL : ATH_ESHUTDOWN;
   }

@@ -308,9 +308,11 @@ enum { ATH_SERVE_METRICS = 1, ATH_SERVE_DASHBOARD = 2 };
 /* Serves the operations HTTP surface (SEMANTICS §14.3) on host:port (port
  * 0: any free port) from the engine's loop: /healthz always, /metrics with
  * ATH_SERVE_METRICS, the dashboard and /api/ with ATH_SERVE_DASHBOARD.
- * Sets *bound to the port listened on. Returns 0, ATH_EBUSY (address in
- * use), ATH_EINVAL (bad host, not started; err says which). The server
- * stops at shutdown. Thread: not the engine's. */
+ * Without keys (world:serve's `auth`), so only on a loopback address when
+ * it serves /metrics or /api/ (docs/operations.md "Operations surface: who
+ * may do what"). Sets *bound to the port listened on. Returns 0, ATH_EBUSY
+ * (address in use), ATH_EINVAL (bad host, not loopback, not started; err
+ * says which). The server stops at shutdown. Thread: not the engine's. */
 ATH_EXTERN int ath_world_serve(ath_world_t* w, const char* host, int port, int flags,
                                int* bound, char* err, size_t errlen);
 

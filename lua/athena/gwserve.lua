@@ -35,12 +35,21 @@ local function strings(v, what)
   return out
 end
 
--- "*", "gateway.*", "gateway.fetch", ... (a string or a list) -> bits
+-- "*", "gateway.*", "gateway.fetch", ..., "ops.read", "ops.write" (a
+-- string or a list) -> bits. "*" is every right, the operations surface's
+-- too (docs/operations.md); "ops.write" includes "ops.read".
+local OPS_READ, OPS_WRITE = 16, 32
 local function rights(v, what)
   local bits = 0
   for _, r in ipairs(strings(v, what) or {}) do
-    if r == "*" or r == "gateway.*" then
-      bits = ALL
+    if r == "*" then
+      bits = ALL | OPS_READ | OPS_WRITE
+    elseif r == "gateway.*" then
+      bits = bits | ALL
+    elseif r == "ops.read" then
+      bits = bits | OPS_READ
+    elseif r == "ops.write" then
+      bits = bits | OPS_READ | OPS_WRITE
     else
       local op = r:match("^gateway%.(%a+)$")
       if not op or not OPS[op] then invalid("%s: unknown right %s", what, r) end
@@ -97,6 +106,40 @@ local function has_function(t, seen)
   return false
 end
 
+--- The C side's list of API keys from `keys` ({[key] = {rights, name,
+-- tables, databases, server}}), `what` naming the field in errors. Shared
+-- by the gateway's keys and world:serve's `auth.keys`.
+function M.keys(keys, what)
+  local out = {}
+  if keys == nil then return out end
+  if type(keys) ~= "table" then invalid("%s must map keys to {rights = ...}", what) end
+  local list = {}
+  for key, spec in pairs(keys) do list[#list + 1] = { key = key, spec = spec } end
+  table.sort(list, function(a, b) return tostring(a.key) < tostring(b.key) end)
+  for i, e in ipairs(list) do
+    local key, spec = e.key, e.spec
+    if type(key) ~= "string" or key == "" then invalid("%s: a key must be a non-empty string", what) end
+    if type(spec) ~= "table" then invalid("%s[...] must be a table {rights = ...}", what) end
+    local name = spec.name or ("key-" .. i)
+    if type(name) ~= "string" then invalid("%s[...].name must be a string", what) end
+    local k = {
+      name = name, rights = rights(spec.rights, what .. "." .. name .. ".rights"),
+      tables = strings(spec.tables, what .. "." .. name .. ".tables"),
+      databases = strings(spec.databases, what .. "." .. name .. ".databases"),
+      server = spec.server == true,
+    }
+    local hex = key:match("^sha256:(%x+)$")
+    if hex then
+      if #hex ~= 64 then invalid("%s: sha256: needs 64 hex digits", what) end
+      k.sha256 = hex:lower()
+    else
+      k.key = key
+    end
+    out[#out + 1] = k
+  end
+  return out
+end
+
 --- Returns the C side's description of gateway option `g`.
 function M.normalize(g)
   local path
@@ -145,37 +188,11 @@ function M.normalize(g)
   out.databases = dbs
 
   -- keys
-  out.keys = {}
-  if cfg.keys ~= nil then
-    if type(cfg.keys) ~= "table" then invalid("keys must map keys to {rights = ...}") end
-    local list = {}
-    for key, spec in pairs(cfg.keys) do list[#list + 1] = { key = key, spec = spec } end
-    table.sort(list, function(a, b) return tostring(a.key) < tostring(b.key) end)
-    for i, e in ipairs(list) do
-      local key, spec = e.key, e.spec
-      if type(key) ~= "string" or key == "" then invalid("keys: a key must be a non-empty string") end
-      if type(spec) ~= "table" then invalid("keys[...] must be a table {rights = ...}") end
-      local name = spec.name or ("key-" .. i)
-      if type(name) ~= "string" then invalid("keys[...].name must be a string") end
-      local k = {
-        name = name, rights = rights(spec.rights, "keys." .. name .. ".rights"),
-        tables = strings(spec.tables, "keys." .. name .. ".tables"),
-        databases = strings(spec.databases, "keys." .. name .. ".databases"),
-        server = spec.server == true,
-      }
-      local hex = key:match("^sha256:(%x+)$")
-      if hex then
-        if #hex ~= 64 then invalid("keys: sha256: needs 64 hex digits") end
-        k.sha256 = hex:lower()
-      else
-        k.key = key
-      end
-      out.keys[#out.keys + 1] = k
-    end
-  end
+  out.keys = M.keys(cfg.keys, "keys")
   if cfg.anonymous ~= nil then
     if type(cfg.anonymous) ~= "table" then invalid("anonymous must be {rights = ...}") end
-    out.anonymous = rights(cfg.anonymous.rights, "anonymous.rights")
+    -- the operations surface always needs a key: anonymous gets none of it
+    out.anonymous = rights(cfg.anonymous.rights, "anonymous.rights") & ALL
   end
 
   -- tables: "name", {name = ..., ops, hidden, policy} or name = {...}

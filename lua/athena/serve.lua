@@ -4,12 +4,15 @@
 -- on SIGINT or SIGTERM.
 --   athena serve --port 8080 --persistence file --path /var/lib/athena --modules app.jobs
 --   athena serve --db sqlite:app.db --config gateway.lua   (the gateway, GATEWAY.md)
+--   athena serve --host 0.0.0.0 --auth ops-keys.lua         (keys for the operations surface)
 --   --progress: a live status line on stderr when it is a terminal (bindings/l_ops.c)
+-- Who may use the operations surface: docs/operations.md.
 local athena = require "athena"
 local core = require "athena.core"
 
 local function usage(msg)
-  error(("athena serve: %s\nusage: athena serve [--db URL [--config FILE]] [--host H] [--port P] [--progress]"
+  error(("athena serve: %s\nusage: athena serve [--db URL [--config FILE]] [--host H] [--port P]"
+    .. " [--ops-port P [--ops-host H]] [--auth FILE] [--allowed-hosts a,b] [--http2] [--progress]"
     .. " [--persistence memory|file|hybrid] [--path DIR] [--modules a,b] [--workers N]"):format(msg), 0)
 end
 
@@ -22,8 +25,22 @@ return function(...)
     if a == "--progress" then -- a flag: takes no value
       opts.progress = true
       i = i - 1
+    elseif a == "--http2" then -- a flag: no value
+      opts.http2 = true
+      i = i - 1
     elseif a == "--host" and v then
       opts.host = v
+    elseif a == "--ops-host" and v then
+      opts.opsHost = v
+    elseif a == "--ops-port" and v and tonumber(v) then
+      opts.opsPort = math.tointeger(tonumber(v)) or usage("--ops-port needs an integer")
+    elseif a == "--auth" and v then
+      local chunk, err = loadfile(v)
+      if not chunk then usage("cannot load --auth " .. v .. ": " .. tostring(err)) end
+      opts.auth = chunk()
+    elseif a == "--allowed-hosts" and v then
+      opts.allowedHosts = {}
+      for h in v:gmatch("[^,]+") do opts.allowedHosts[#opts.allowedHosts + 1] = h end
     elseif a == "--port" and v and tonumber(v) then
       opts.port = math.tointeger(tonumber(v)) or usage("--port needs an integer")
     elseif a == "--persistence" and v then
@@ -52,14 +69,16 @@ return function(...)
   world:start()
   if opts.config and not opts.db then usage("--config needs --db") end
   local gateway = opts.db and { db = opts.db, config = opts.config } or nil
-  local ok, s = pcall(world.serve, world, { host = opts.host, port = opts.port, gateway = gateway })
+  local ok, s = pcall(world.serve, world, { host = opts.host, port = opts.port, gateway = gateway,
+    auth = opts.auth, allowedHosts = opts.allowedHosts, http2 = opts.http2, opsPort = opts.opsPort,
+    opsHost = opts.opsHost })
   if not ok then
     world:shutdown()
     error(s, 0)
   end
-  io.stderr:write(("athena: info: serving %s (persistence %s at %s, modules: %s%s)\n"):format(
+  io.stderr:write(("athena: info: serving %s (persistence %s at %s, modules: %s%s%s)\n"):format(
     s.url, opts.persistence, opts.path, #opts.modules > 0 and table.concat(opts.modules, ",") or "none",
-    gateway and ", gateway on" or ""))
+    gateway and ", gateway on" or "", s.opsUrl and (", operations on " .. s.opsUrl) or ""))
   -- the status line (only when stderr is a terminal); lines below clear it first
   local clear = opts.progress and core.ops.progressWatch(world) and "\r\27[K" or ""
   local sig = core.waitForSignal()

@@ -316,6 +316,35 @@ describe('Athena dashboard (assets/dashboard.html) against the mock server', { t
     assert.ok(await page.isHidden('#panel-workers [data-error]'));
   });
 
+  it('asks for a key on a server with keys, then sends it from #key= on every request', async () => {
+    expectNetworkErrors = true; // the 401s log console errors
+    mock.setKey('s3cret key');
+    await page.evaluate(() => window.athenaDashboard.pollNow());
+    await page.waitForFunction(() => !document.getElementById('banner').hidden, null, { timeout: 4000 });
+    assert.match(await page.textContent('#banner'), /Key needed.*#key=/s);
+    await page.goto('about:blank'); // a fresh load, as opening the link is (not a same-page hash change)
+    await page.goto(mock.url + '#key=' + encodeURIComponent('s3cret key'), { waitUntil: 'load' });
+    await page.waitForFunction(() => document.getElementById('banner').hidden, null, { timeout: 8000 });
+    assert.equal(await page.evaluate(() => location.hash), '', 'the key leaves the address bar');
+    const since = mock.requests.length;
+    await page.evaluate(() => window.athenaDashboard.pollNow());
+    await page.waitForFunction(() => document.getElementById('banner').hidden, null, { timeout: 4000 });
+    const api = mock.requests.slice(since).filter((r) => r.url.startsWith('/api/'));
+    assert.ok(api.length > 0);
+    assert.ok(api.every((r) => r.authorization === 'Bearer s3cret key'), 'every /api request carries the key');
+    // a reload keeps it (sessionStorage), and a mutation carries it with its JSON type
+    await page.reload({ waitUntil: 'load' });
+    await page.waitForFunction(() => document.getElementById('banner').hidden, null, { timeout: 8000 });
+    const pageSent = mock.requests.slice();
+    const status = await page.evaluate(() => fetch('/api/tasks/nope/requeue', { method: 'POST' }).then((r) => r.status));
+    assert.equal(status, 401, 'a request without the key is refused');
+    mock.setKey(null);
+    expectNetworkErrors = false;
+    const mutations = pageSent.filter((r) => r.method !== 'GET');
+    assert.ok(mutations.length >= 2, 'the requeue and purge tests above sent mutations');
+    assert.ok(mutations.every((r) => /^application\/json/.test(r.contentType || '')), 'every mutation the page sent said JSON');
+  });
+
   it('loads nothing from other origins', () => {
     assert.deepEqual(foreignRequests, []);
   });

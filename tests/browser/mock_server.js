@@ -59,6 +59,7 @@ function createMockServer(options = {}) {
   const queueDepth = { default: 6, emails: 2, reports: 0, webhooks: 14 };
   const requests = []; // {method, url} log for tests
   let mode = 'normal';
+  let opsKey = null; // setKey(k): /api and /metrics answer 401 without `Authorization: Bearer k`
   let server = null;
   let ticker = null;
   let port = 0;
@@ -307,11 +308,16 @@ function createMockServer(options = {}) {
   const fail = (res, status, code, message) => json(res, status, { ok: false, error: { code, message } });
 
   function handler(req, res) {
-    requests.push({ method: req.method, url: req.url, at: Date.now() });
+    requests.push({ method: req.method, url: req.url, at: Date.now(), authorization: req.headers.authorization,
+      contentType: req.headers['content-type'] });
     if (requests.length > 5000) requests.splice(0, 1000);
     if (mode === 'hang') { hung.add(res); res.on('close', () => hung.delete(res)); return; } // never answer
     const url = new URL(req.url, 'http://mock');
     const p = url.pathname;
+    // like a real server with keys (docs/operations.md): /api and /metrics need one
+    if (opsKey && (p === '/metrics' || p.startsWith('/api/')) && req.headers.authorization !== 'Bearer ' + opsKey) {
+      return fail(res, 401, req.headers.authorization ? 'invalid_key' : 'auth_required', 'the operations surface needs a key');
+    }
     if (p === '/' || p === '/index.html') {
       if (req.method !== 'GET' && req.method !== 'HEAD') return fail(res, 405, 'EINVAL', 'method not allowed');
       let html;
@@ -340,6 +346,12 @@ function createMockServer(options = {}) {
         .slice(offset, offset + limit)
         .map(taskView);
       return json(res, 200, list);
+    }
+    // like the real server (docs/operations.md): mutations must say JSON,
+    // which a cross-site form cannot without a preflight
+    if (p.startsWith('/api/') && req.method !== 'GET' && req.method !== 'HEAD' &&
+        !/^application\/json\b/i.test(req.headers['content-type'] || '')) {
+      return fail(res, 403, 'cross_site', 'a mutation needs Content-Type: application/json');
     }
     const m = /^\/api\/tasks\/([^/]+)(\/requeue)?$/.exec(p);
     if (m) {
@@ -403,6 +415,7 @@ function createMockServer(options = {}) {
       mode = m;
       if (m !== 'hang') { for (const r of hung) { try { r.destroy(); } catch (e) { /* gone */ } } hung.clear(); }
     },
+    setKey(k) { opsKey = k; },
     get port() { return port; },
     get url() { return `http://127.0.0.1:${port}/`; },
     getTask: (id) => tasks.get(id) && taskView(tasks.get(id)),

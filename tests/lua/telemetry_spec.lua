@@ -60,12 +60,19 @@ local function enc(s)
   return (s:gsub("[^A-Za-z0-9_.~-]", function(c) return ("%%%02X"):format(c:byte()) end))
 end
 
---- request(method, url) -> status (number; 0 if no response), content type,
--- body, curl's exit code.
-local function request(method, url)
+--- request(method, url[, headers]) -> status (number; 0 if no response),
+-- content type, body, curl's exit code. Mutations declare a JSON body, as
+-- the operations surface asks of them (no simple cross-site requests);
+-- headers ({name = value}) replace or (false) drop that.
+local function request(method, url, headers)
   local body = tmpname()
-  local p = io.popen(("env -u LD_PRELOAD curl -s -g --max-time 10 -o %s -w '%%{http_code} %%{content_type}' -X %s %s"):format(
-    q(body), q(method), q(url)))
+  local h = {}
+  if method ~= "GET" and method ~= "HEAD" then h["Content-Type"] = "application/json" end
+  for k, v in pairs(headers or {}) do h[k] = v or nil end
+  local hs = {}
+  for k, v in pairs(h) do hs[#hs + 1] = "-H " .. q(k .. ": " .. v) end
+  local p = io.popen(("env -u LD_PRELOAD curl -s -g --max-time 10 -o %s -w '%%{http_code} %%{content_type}' -X %s %s %s"):format(
+    q(body), q(method), table.concat(hs, " "), q(url)))
   local out = p:read("a")
   local _, _, code = p:close()
   local b = slurp(body) or ""
@@ -972,6 +979,24 @@ describe("athena serve", function()
     local st, _, _, code = get(url .. "/healthz")
     assert.equals(0, st)
     assert.equals(7, code)
+  end)
+
+  it("--host 0.0.0.0 needs --auth; with it /api needs the key, and --ops-port serves it on loopback", function()
+    local c = start_serve("--host 0.0.0.0 --port 0 --persistence memory")
+    assert.equals(2, exit_code(c))
+    assert.matches("needs auth", slurp(c.err))
+    local keys = tmpname()
+    spit(keys, 'return { keys = { ["tele-ops-key"] = { rights = { "ops.read" } } } }')
+    c = start_serve("--host 0.0.0.0 --port 0 --persistence memory --auth " .. q(keys))
+    local url = url_of(c):gsub("0%.0%.0%.0", "127.0.0.1")
+    assert.equals(401, (get(url .. "/api/workers")))
+    assert.equals(200, (request("GET", url .. "/api/workers", { apikey = "tele-ops-key" })))
+    assert.equals(200, (get(url .. "/healthz")))
+    c = start_serve("--port 0 --persistence memory --ops-port 0")
+    local ops = wait_until(function() return (slurp(c.err) or ""):match("operations on (http://[%d.]+:%d+)") end,
+      10000, "the operations url")
+    assert.equals(404, (get(url_of(c) .. "/api/workers")))
+    assert.equals(200, (get(ops .. "/api/workers")))
   end)
 
   it("exits 0 on SIGINT too", function()
