@@ -770,6 +770,7 @@ int ath__world_execute(ath_world_t* w, const char* name, size_t n, char** payloa
 
   ath_worker_t* wake[MAX_WORKERS];
   int nwake = 0, wake_engine = 0;
+relock:
   uv_mutex_lock(&w->lock);
   /* While shutdown drains the queues, runs under way still take their
    * steps (a workflow's activities and children); nothing else gets in. */
@@ -784,8 +785,14 @@ int ath__world_execute(ath_world_t* w, const char* name, size_t n, char** payloa
   for (size_t i = 0; i < n; i++) {
     ath_task_t* old = table_get(w, tasks[i]->id, tasks[i]->hash);
     if (old == NULL && stored != NULL && stored[i] == NULL &&
-        evicted_since(w, evicted0, tasks[i]->hash))
-      find_stored(w, tasks[i]->id, &stored[i]); /* rare: under the lock */
+        evicted_since(w, evicted0, tasks[i]->hash)) {
+      /* Rare: look again (reads take the lock themselves), then check all
+       * over; evictions from now on are caught the same way. */
+      evicted0 = w->nevicted;
+      uv_mutex_unlock(&w->lock);
+      find_stored(w, tasks[i]->id, &stored[i]);
+      goto relock;
+    }
     if (old == NULL && stored != NULL)
       old = stored[i];
     if (old != NULL && old->def != def) {
