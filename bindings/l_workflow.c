@@ -39,7 +39,9 @@ static int wf_append(lua_State* L) {
   if (rc != 0)
     return ath__raise(L, rc, "cannot record a workflow event");
   lua_pushnil(L); /* what it returns, once durable */
-  return gen != 0 ? ath__task_await_commit(L, world_of(L), gen) : 1;
+  if (gen != 0)
+    ath__task_await_commit(L, world_of(L), gen, NULL);
+  return 1;
 }
 
 /* core.wfSpawn(name, input, id, opts) -> id: starts `name` as a task the
@@ -76,7 +78,9 @@ static int wf_spawn(lua_State* L) {
     return ath__raise(L, rc, "%s", err[0] ? err : ath_strerror(rc));
   lua_pushstring(L, ath_task_id(out));
   ath_task_release(out);
-  return gen != 0 ? ath__task_await_commit(L, world_of(L), gen) : 1;
+  if (gen != 0)
+    ath__task_await_commit(L, world_of(L), gen, NULL);
+  return 1;
 }
 
 /* core.wfPark(kind, seq, taskId | fireAt): ends the segment until the

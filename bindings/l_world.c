@@ -395,7 +395,9 @@ static int world_execute(lua_State* L) {
     return ath__raise(L, rc, "%s", err);
   push_handle(L, 1, t);
   /* file mode: acknowledged once durable; a task yields for it meanwhile */
-  return gen != 0 ? ath__task_await_commit(L, lw->w, gen) : 1;
+  if (gen != 0)
+    ath__task_await_commit(L, lw->w, gen, NULL);
+  return 1;
 }
 
 /* world:executeMany(name, inputs [, opts]) -> {handle...} */
@@ -451,7 +453,9 @@ static int world_execute_many(lua_State* L) {
     push_handle(L, 1, out[i]); /* a memory error here would leak refs only */
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
-  return gen != 0 ? ath__task_await_commit(L, lw->w, gen) : 1;
+  if (gen != 0)
+    ath__task_await_commit(L, lw->w, gen, NULL);
+  return 1;
 }
 
 /* ---------------------------------------------------------------- query */
@@ -1260,13 +1264,28 @@ static int push_outcome(lua_State* L, ath_world_t* w, ath_task_t* t) {
   return 2;
 }
 
+static int handle_outcome_k(lua_State* L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return push_outcome(L, handle_world(L, 1), check_handle(L, 1)->t);
+}
+
+/* The outcome of a finished task, once it is durable (file mode: a task
+ * yields for the commit, SEMANTICS §6.1). */
+static int durable_outcome(lua_State* L, ath_world_t* w, ath_task_t* t) {
+  uint64_t gen = ath__world_commit_gen(w, t);
+  if (gen != 0)
+    ath__task_await_commit(L, w, gen, handle_outcome_k);
+  return push_outcome(L, w, t);
+}
+
 static int handle_result_k(lua_State* L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
   lhandle_t* h = check_handle(L, 1);
   if (ath__task_wait_timed_out(L))
     return ath__pushfail(L, ATH_ETIMEDOUT, "timed out waiting for the result");
-  return push_outcome(L, handle_world(L, 1), h->t);
+  return durable_outcome(L, handle_world(L, 1), h->t);
 }
 
 /* h:result([timeout]) -> result | nil, err */
@@ -1279,7 +1298,7 @@ static int handle_result(lua_State* L) {
   lua_settop(L, 1);
   int wrc = ath__task_wait(L, h->t, timeout, handle_result_k, 0);
   if (wrc == 0)
-    return push_outcome(L, w, h->t);
+    return durable_outcome(L, w, h->t);
   /* Not in a task's own coroutine: block this thread. */
   int rc = ath_world_wait(w, h->t, timeout);
   if (rc == ATH_ETIMEDOUT)

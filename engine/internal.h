@@ -397,6 +397,7 @@ struct ath_world_s {
   ath_waiter_t* commit_waiters; /* slots waiting for a commit (file mode) */
   uint64_t evicted_hash[ATH_EVICTED_RING]; /* id hashes of the latest of them */
   int64_t prune_before;  /* a retention pass the store thread owes, or 0 */
+  int commit_delay_ms;   /* tests only: $ATHENA_TEST_COMMIT_DELAY_MS */
   /* The store, for reads from any thread (set at start, closed when the
    * world is freed; unguarded: it does not change meanwhile). */
   ath_store_t* reads;
@@ -525,12 +526,16 @@ int ath__task_wait(lua_State* L, ath_task_t* t, int64_t timeout_ms, lua_KFunctio
                    lua_KContext kctx);
 int ath__task_wait_timed_out(lua_State* L);
 
-/* Returns, as a C function does, the 1 value on top of L once store
- * generation `gen` of `w` is durable (file mode; at once otherwise). In a
- * task of `w` the task yields meanwhile (the worker's loop goes on);
- * anywhere else the thread blocks. An interrupt (timeout, cancel) while
- * waiting is raised. Use as `return ath__task_await_commit(L, w, gen);`. */
-int ath__task_await_commit(lua_State* L, ath_world_t* w, uint64_t gen);
+/* Waits until store generation `gen` of `w` is durable (file mode). In a
+ * task of `w` the task yields meanwhile (the worker's loop goes on) and
+ * continues in `k` (NULL: returns the 1 value on top of the stack); an
+ * interrupt (timeout, cancel) while waiting is raised. Anywhere else, or
+ * when there is nothing to wait for, returns 0 (after blocking the thread
+ * if need be) and the caller goes on. */
+int ath__task_await_commit(lua_State* L, ath_world_t* w, uint64_t gen, lua_KFunction k);
+/* The store generation that makes t's latest change durable (file mode),
+ * or 0. */
+uint64_t ath__world_commit_gen(ath_world_t* w, const ath_task_t* t);
 
 /* ath_world_execute without the wait of file mode: *gen is set to the
  * store generation to wait for (ath__task_await_commit), 0 for none. */

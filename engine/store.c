@@ -279,6 +279,8 @@ static void store_main(void* arg) {
     for (size_t i = 0; i < sn; i++)
       sbatch[i]->dirty = 0;
     uv_mutex_unlock(&w->lock);
+    if (w->commit_delay_ms > 0) /* tests: a slow disk */
+      uv_sleep((unsigned)w->commit_delay_ms);
     if (rc == 0)
       rc = w->svt->write(w->store, rows, n, srows, sn, err, sizeof(err));
     else
@@ -381,6 +383,10 @@ int ath__store_start(ath_world_t* w, char* err, size_t errlen) {
   int rc = take_lock(w, err, errlen);
   if (rc != 0)
     return rc;
+  /* Tests only: every commit waits this long first, as on a slow disk,
+   * which widens the window between a change and its commit. */
+  const char* delay = getenv("ATHENA_TEST_COMMIT_DELAY_MS");
+  w->commit_delay_ms = delay ? atoi(delay) : 0;
   w->svt = &ath__sqlite_store;
   ath_store_t* st = NULL;
   rc = w->svt->open(w->cfg.persistence_path, w->cfg.persistence == ATH_PERSIST_FILE, &st, err, errlen);

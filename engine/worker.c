@@ -244,30 +244,32 @@ int ath__task_wait(lua_State* L, ath_task_t* t, int64_t timeout_ms, lua_KFunctio
   return lua_yieldk(L, 0, kctx, await_k);
 }
 
-/* Continuation of a commit wait: the interrupt that ended it, if any;
- * otherwise the caller's result, left on top of the stack. */
-static int commit_k(lua_State* L, int status, lua_KContext ctx) {
-  wait_k(L, status, ctx);
+/* The default continuation of a commit wait: the value on top. */
+static int top_k(lua_State* L, int status, lua_KContext ctx) {
+  (void)L;
+  (void)status;
+  (void)ctx;
   return 1;
 }
 
-int ath__task_await_commit(lua_State* L, ath_world_t* w, uint64_t gen) {
+int ath__task_await_commit(lua_State* L, ath_world_t* w, uint64_t gen, lua_KFunction k) {
   ath_slot_t* s = task_slot(L);
   if (s == NULL || s->wk->w != w || !lua_isyieldable(L)) {
     uv_mutex_lock(&w->lock); /* not a task of this world's: block */
     ath__store_wait(w, gen);
     uv_mutex_unlock(&w->lock);
-    return 1;
+    return 0;
   }
   if (interrupt_code(s->wk, s) != 0)
-    return wait_k(L, LUA_OK, 0);
+    return wait_k(L, LUA_OK, 0); /* raises it */
   int rc = ath__store_await(w, gen, s);
   if (rc == 0)
-    return 1;
+    return 0;
   if (rc < 0)
     return luaL_error(L, "cannot wait for the commit: %s", ath_strerror(rc));
   s->wait = ATH_WAIT_COMMIT;
-  return lua_yieldk(L, 0, 0, commit_k);
+  s->wait_k = k ? k : top_k;
+  return lua_yieldk(L, 0, 0, await_k); /* the interrupt, then s->wait_k */
 }
 
 /* A request of a task's finished: resume the task. */

@@ -1798,6 +1798,15 @@ int ath__world_await(ath_world_t* w, ath_task_t* t, ath_slot_t* slot) {
 
 /* --------------------------------------------------------------- waiting */
 
+uint64_t ath__world_commit_gen(ath_world_t* w, const ath_task_t* t) {
+  if (w->cfg.persistence != ATH_PERSIST_FILE)
+    return 0;
+  uv_mutex_lock(&w->lock);
+  uint64_t gen = t->dirty_gen;
+  uv_mutex_unlock(&w->lock);
+  return gen;
+}
+
 int ath_world_wait(ath_world_t* w, ath_task_t* t, int64_t timeout_ms) {
   uint64_t deadline = timeout_ms >= 0 ? ath__after(ath__mono_ns(), timeout_ms) : 0;
   int rc = 0;

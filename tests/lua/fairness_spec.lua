@@ -44,6 +44,35 @@ describe("a task in a file-mode world", function()
     S.cleanup_files()
   end)
 
+  it("gets a result only once the outcome is committed, also when it yields for it", function()
+    -- In a child process whose store takes 100 ms per commit (a slow disk), a task awaits
+    -- a child task's result (a 150 ms nap: it ends after its creation was snapshotted for
+    -- a commit), then reads the child's row from the database at once.
+    local path, script, out = S.tmpname(), S.tmpname() .. ".lua", S.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write(([[
+      package.path = %q .. "/tests/lua/?.lua;" .. package.path
+      local jobs = require "fixtures.jobs"
+      local cfg = { persistence = "file", persistencePath = %q, minWorkers = 2,
+        modules = { "fixtures.jobs" } }
+      local w = athena.World.new(cfg)
+      w:register(table.unpack(jobs.all()))
+      w:start()
+      local r = assert(w:execute("awaitstored", { v = 5, ms = 150, path = %q, config = cfg }):result(30000))
+      print(r.r, r.committed)
+      w:shutdown()
+    ]]):format(os.getenv("ATHENA_SRC"), path, path))
+    f:close()
+    local ok = os.execute(("ATHENA_TEST_COMMIT_DELAY_MS=100 timeout -k 2 60 %s %s >%s 2>&1 </dev/null"):format(
+      os.getenv("ATHENA_BIN"), script, out))
+    local text = S.readfile(out) or ""
+    os.remove(script)
+    assert.is_true(ok, text)
+    -- before result() waited for the commit by yielding, it returned with the row still
+    -- "running" on disk
+    assert.equals("5\ttrue\n", text)
+  end)
+
   it("yields while its execute waits for the commit: other tasks of its worker go on", function()
     local path = S.tmpname()
     local cfg = { persistence = "file", persistencePath = path, minWorkers = 1, maxWorkers = 1,
