@@ -31,6 +31,7 @@ void ath__sched_release(ath_sched_t* s) {
   free(s);
 }
 
+/* Sets the schedule heap up on first use (lock held). */
 static void heap_ready(ath_world_t* w) {
   if (w->sheap.less == NULL)
     w->sheap = (ath_heap_t)ATH_HEAP_INIT(sched_less, ath_sched_t, heap_idx);
@@ -168,8 +169,8 @@ static int put_schedule(ath_world_t* w, const char* id, const char* name, char* 
     }
     return rc;
   }
-  heap_ready(w);
   uv_mutex_lock(&w->lock);
+  heap_ready(w); /* under the lock: the engine's tick reads it */
   if (w->state != ATH_W_STARTED) {
     rc = w->state == ATH_W_NEW ? ATH_EINVAL : ATH_ESHUTDOWN;
     snprintf(err, errlen, "%s", rc == ATH_EINVAL ? "schedule before start()" : "world is shutting down");
@@ -566,8 +567,8 @@ int ath__sched_recover_row(void* ud, const ath_srow_t* r) {
     ath__sched_release(s);
     return ATH_ENOMEM;
   }
-  heap_ready(w);
   uv_mutex_lock(&w->lock);
+  heap_ready(w);
   int rc = sched_put(w, s);
   s->seq = w->sched_seq++;
   if (rc == 0 && !s->paused) {
