@@ -2620,18 +2620,32 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
   int64_t ns = 0;
   unsigned mask = (f->status_mask ? f->status_mask : ~0u) & STORED_MASK;
   if (w->reads != NULL && mask != 0) {
-    ath_store_query_t q = {mask, f->name, f->parent_id, f->since, f->until, (int64_t)want, 0};
-    if ((stored = malloc(want * sizeof(*stored))) == NULL)
-      ns = ATH_ENOMEM;
-    else
-      ns = stored_tasks(w, &q, stored);
-    if (ns < 0) {
+    /* One read per status: each walks the (status, created_at) index in
+     * order and stops after `want` rows, where one read of several
+     * statuses would sort every matching row. */
+    int64_t rc = 0;
+    if ((stored = malloc(3 * want * sizeof(*stored))) == NULL) /* STORED_MASK: 3 statuses */
+      rc = ATH_ENOMEM;
+    for (int st = ATH_COMPLETED; st < 32 && rc == 0; st++) {
+      if (!(mask & (1u << st)))
+        continue;
+      ath_store_query_t q = {1u << st, f->name, f->parent_id, f->since, f->until, (int64_t)want, 0};
+      int64_t got = stored_tasks(w, &q, stored + ns);
+      if (got < 0)
+        rc = got;
+      else
+        ns += got;
+    }
+    if (rc != 0) {
       for (size_t i = 0; i < n; i++)
         ath_task_release(all[i]);
       free(all);
-      free(stored);
-      return (int)ns;
+      release_all(stored, (size_t)ns);
+      return (int)rc;
     }
+    qsort(stored, (size_t)ns, sizeof(*stored), newer_first);
+    while ((size_t)ns > want)
+      ath_task_release(stored[--ns]);
   }
   /* Merged in order; a task seen in both (it left RAM between the two
    * reads) counts once. */
