@@ -282,6 +282,13 @@ struct ath_slot_s {
   struct ath_task_s* park_task; /* the awaited task (a reference) */
 };
 
+/* A thread blocked in ath_world_wait on one task. */
+typedef struct ath_bwait_s {
+  struct ath_bwait_s* next;
+  const ath_task_t* task;
+  uv_cond_t cond;
+} ath_bwait_t;
+
 /* A worker slot parked in handle:result() on another task, or (file
  * mode) on the commit of a store generation. */
 struct ath_waiter_s {
@@ -372,8 +379,12 @@ enum { ATH_W_NEW = 0, ATH_W_STARTED, ATH_W_STOPPING, ATH_W_STOPPED };
 
 struct ath_world_s {
   uv_mutex_t lock;       /* guards everything below unless noted */
-  uv_cond_t cond;        /* broadcast on terminal transitions and shutdown */
-  int cond_waiters;
+  uv_cond_t cond;        /* broadcast when attempts end (for shutdown), commits, shutdown */
+  int cond_waiters;      /* threads waiting on `cond` for attempts to end (shutdown) */
+  /* Threads blocked in ath_world_wait, each on a condition of its own,
+   * signalled when its task ends (no other completion wakes it). */
+  struct ath_bwait_s* bwaiters;
+  int64_t bwait_wakes;   /* how often they woke (a test reads it) */
   int state;             /* ATH_W_* */
   uv_thread_t owner;     /* creating thread */
   ath_world_config_t cfg;/* strings below are owned copies */

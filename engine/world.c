@@ -1092,6 +1092,14 @@ int ath__waiter_deliver(ath_waiter_t* wt, ath_worker_t** wake, int nwake) {
   return nwake;
 }
 
+/* Wakes the threads blocked on t, or on any task when t is NULL (lock
+ * held). */
+static void wake_blocked(ath_world_t* w, const ath_task_t* t) {
+  for (ath_bwait_t* b = w->bwaiters; b != NULL; b = b->next)
+    if (t == NULL || b->task == t)
+      uv_cond_signal(&b->cond);
+}
+
 static int deliver_waiters(ath_task_t* t, ath_worker_t** wake, int nwake) {
   ath_waiter_t* wt = t->waiters;
   t->waiters = NULL;
@@ -1165,6 +1173,8 @@ static int finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t n
   }
   if (t->waiters != NULL)
     nwake = deliver_waiters(t, wake, nwake);
+  if (w->bwaiters != NULL)
+    wake_blocked(w, t);
   if (w->cond_waiters > 0)
     uv_cond_broadcast(&w->cond);
   if (t->wf != NULL || t->parent != NULL)
@@ -1810,29 +1820,39 @@ uint64_t ath__world_commit_gen(ath_world_t* w, const ath_task_t* t) {
 int ath_world_wait(ath_world_t* w, ath_task_t* t, int64_t timeout_ms) {
   uint64_t deadline = timeout_ms >= 0 ? ath__after(ath__mono_ns(), timeout_ms) : 0;
   int rc = 0;
+  ath_bwait_t me = {.task = t};
+  if (uv_cond_init(&me.cond) != 0)
+    return ATH_ENOMEM;
   uv_mutex_lock(&w->lock);
+  me.next = w->bwaiters;
+  w->bwaiters = &me;
   while (!ATH_IS_TERMINAL(t->status)) {
     if (w->state == ATH_W_STOPPED) {
       rc = ATH_ESHUTDOWN;
       break;
     }
-    w->cond_waiters++;
     if (timeout_ms < 0) {
-      uv_cond_wait(&w->cond, &w->lock);
+      uv_cond_wait(&me.cond, &w->lock);
     } else {
       uint64_t now = ath__mono_ns();
       if (now >= deadline) {
-        w->cond_waiters--;
         rc = ATH_ETIMEDOUT;
         break;
       }
-      uv_cond_timedwait(&w->cond, &w->lock, deadline - now);
+      uv_cond_timedwait(&me.cond, &w->lock, deadline - now);
     }
-    w->cond_waiters--;
+    w->bwait_wakes++;
+  }
+  for (ath_bwait_t** p = &w->bwaiters; *p; p = &(*p)->next) {
+    if (*p == &me) {
+      *p = me.next;
+      break;
+    }
   }
   if (rc == 0)
     ath__store_wait(w, t->dirty_gen); /* file: the outcome is on disk */
   uv_mutex_unlock(&w->lock);
+  uv_cond_destroy(&me.cond);
   return rc;
 }
 
@@ -2233,7 +2253,8 @@ int ath_world_shutdown(ath_world_t* w, int64_t timeout_ms, int* drained, int* re
   }
   w->cond_waiters--;
   w->state = ATH_W_STOPPED;
-  uv_cond_broadcast(&w->cond); /* result() waiters get ESHUTDOWN */
+  uv_cond_broadcast(&w->cond);
+  wake_blocked(w, NULL); /* result() waiters get ESHUTDOWN */
   uv_mutex_unlock(&w->lock);
   stop_workers(w);
   stop_engine(w);

@@ -370,3 +370,65 @@ TEST_IMPL(world_schedule_restart) {
   remove_module();
   return 0;
 }
+
+/* A thread blocked on one task's result is woken by that task only: a
+ * stream of other completions does not wake it (issue 15: waiters are
+ * woken per task, not by a broadcast on every finished task). */
+static ath_task_t* napper;
+static int napper_rc = -1;
+
+static void wait_napper(void* arg) {
+  napper_rc = ath_world_wait(arg, napper, 30000);
+}
+
+TEST_IMPL(world_waiters_per_task) {
+  write_module();
+  ath_world_t* w = new_world(2, NULL);
+  ASSERT_OK(reg(w, "echo", NULL, 0));
+  ASSERT_OK(reg(w, "nap", NULL, 0));
+  char err[512];
+  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  ASSERT_OK(exec1(w, "nap", "{\"ms\":2000}", &napper));
+  uv_thread_t th;
+  ASSERT_OK(uv_thread_create(&th, wait_napper, w));
+  /* the waiter is registered before the others start finishing */
+  for (;;) {
+    uv_mutex_lock(&w->lock);
+    int in = w->bwaiters != NULL;
+    uv_mutex_unlock(&w->lock);
+    if (in)
+      break;
+    uv_sleep(1); /* polls a flag no event announces; bounded by the test timeout */
+  }
+  /* 2,000 other tasks end while it sleeps; this thread watches the
+   * metrics rather than wait on them, so the napper is the only waiter */
+  enum { N = 2000 };
+  static ath_task_t* ts[N];
+  for (int i = 0; i < N; i++)
+    ASSERT_OK(exec1(w, "echo", "1", &ts[i]));
+  for (;;) {
+    ath_metrics_t m = {0};
+    ath_world_metrics(w, &m);
+    if (m.completed >= N)
+      break;
+    ASSERT(ath_task_status(w, napper) != ATH_COMPLETED); /* still asleep: the check is fair */
+    uv_sleep(1);
+  }
+  for (int i = 0; i < N; i++)
+    ath_task_release(ts[i]);
+  uv_thread_join(&th);
+  ASSERT_OK(napper_rc);
+  ASSERT_EQ(ATH_COMPLETED, ath_task_status(w, napper));
+  /* Before, every completion broadcast to every waiter; now it woke for its
+   * own task (a spurious wake-up is allowed by condition variables, so a
+   * few are tolerated). */
+  uv_mutex_lock(&w->lock);
+  int64_t napper_wakes = w->bwait_wakes;
+  uv_mutex_unlock(&w->lock);
+  ASSERT(napper_wakes <= 3);
+  ath_task_release(napper);
+  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
