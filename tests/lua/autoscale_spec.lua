@@ -193,6 +193,29 @@ return { nap = athena.activity("fl.nap", function(_, input) athena.sleep(input.m
     w:cancel(long.id)
   end)
 
+  it("retires nothing for two intervals after adding (no add-then-retire flapping)", function()
+    local dir = tmpdir()
+    local w = world { minWorkers = 1, maxWorkers = 3, scaleInterval = 50, log = { file = dir .. "/log" } }
+    local gate = w:execute("tele.gate", { file = dir .. "/open" }) -- worker-1's one slot: load 1
+    wait_until(function()
+      local l, set = ids(w)
+      return #l == 2 and set[l[2]].status == "idle"
+    end, WAIT, "the autoscaler to add a worker that serves")
+    touch(dir .. "/open") -- load 0 from now on: the next step may retire
+    result(gate)
+    wait_until(function() return #w:getWorkers() == 1 end, WAIT, "the added worker to retire")
+    -- the log's timestamps (ts=...T08:16:42.186Z) of the two steps
+    local function at(what)
+      local text = S.readfile(dir .. "/log") or ""
+      local h, m, s, ms = text:match("ts=%d+%-%d+%-%d+T(%d+):(%d+):(%d+)%.(%d+)Z[^\n]*" .. what)
+      assert(h, "no '" .. what .. "' in the log:\n" .. text)
+      return ((tonumber(h) * 60 + tonumber(m)) * 60 + tonumber(s)) * 1000 + tonumber(ms)
+    end
+    local gap = at("autoscaler retired") - at("autoscaler added")
+    if gap < 0 then gap = gap + 86400000 end -- across midnight
+    assert.is_true(gap >= 95, "retired " .. gap .. " ms after adding; two intervals are 100 ms")
+  end)
+
   it("never reuses a worker id: scaling up again brings new ids", function()
     local w = world { minWorkers = 1, maxWorkers = 3, scaleInterval = 100 }
     local everSeen = {}
