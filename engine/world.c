@@ -1080,16 +1080,21 @@ static void tput_add(ath_world_t* w, int64_t now_ms) {
 }
 
 /* Hands the slots waiting on `t` to their workers (lock held). */
+/* Adds wk to wake[0..nwake) unless it is there; returns the new nwake. */
+static int add_wake(ath_worker_t** wake, int nwake, ath_worker_t* wk) {
+  for (int i = 0; i < nwake; i++)
+    if (wake[i] == wk)
+      return nwake;
+  if (nwake < MAX_WORKERS)
+    wake[nwake++] = wk;
+  return nwake;
+}
+
 int ath__waiter_deliver(ath_waiter_t* wt, ath_worker_t** wake, int nwake) {
   ath_worker_t* wk = wt->slot->wk;
   wt->next = wk->inbox;
   wk->inbox = wt;
-  int seen = 0;
-  for (int i = 0; i < nwake; i++)
-    seen |= wake[i] == wk;
-  if (!seen && nwake < MAX_WORKERS)
-    wake[nwake++] = wk;
-  return nwake;
+  return add_wake(wake, nwake, wk);
 }
 
 /* Wakes the threads blocked on t, or on any task when t is NULL (lock
@@ -1398,14 +1403,7 @@ static int wake_runner(ath_task_t* t, ath_worker_t** wake, int nwake) {
   if (wk == NULL)
     return nwake;
   atomic_store(&wk->poke, 1);
-  if (wake == NULL)
-    return nwake;
-  for (int i = 0; i < nwake; i++)
-    if (wake[i] == wk)
-      return nwake;
-  if (nwake < MAX_WORKERS)
-    wake[nwake++] = wk;
-  return nwake;
+  return wake == NULL ? nwake : add_wake(wake, nwake, wk);
 }
 
 /* Cancels t (lock held): at once unless a slot runs it, then at its next
@@ -2968,11 +2966,7 @@ static int fire_vtimers(ath_world_t* w, uint64_t now, ath_worker_t** wake, int n
       vt->next = wk->fired;
       wk->fired = vt;
     }
-    int seen = 0;
-    for (int i = 0; i < nwake; i++)
-      seen |= wake[i] == wk;
-    if (!seen && nwake < MAX_WORKERS)
-      wake[nwake++] = wk;
+    nwake = add_wake(wake, nwake, wk);
   }
   return nwake;
 }

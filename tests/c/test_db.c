@@ -173,6 +173,18 @@ static void abort_cb(uv_timer_t* t) {
   uv_close((uv_handle_t*)t, NULL);
 }
 
+/* Runs the loop with an abort of db's statement after 50 ms; returns how
+ * long the loop ran, in ns. */
+static uint64_t run_aborting(uv_loop_t* loop, ath_db_t* db) {
+  uv_timer_t t;
+  uv_timer_init(loop, &t);
+  t.data = db;
+  uv_timer_start(&t, abort_cb, 50, 0);
+  uint64_t t0 = uv_hrtime();
+  ASSERT_OK(uv_run(loop, UV_RUN_DEFAULT));
+  return uv_hrtime() - t0;
+}
+
 /* SQLite statements on the loop's thread pool: the outcome comes back on
  * the loop; an abort interrupts a running statement and keeps an idle
  * connection (and its in-memory database). */
@@ -215,13 +227,7 @@ TEST_IMPL(db_sqlite_async) {
                                "with recursive c(x) as (select 1 union all select x + 1 from c"
                                " where x < 1000000000) select count(*) from c",
                                NULL, 0, async_cb, (void*)(intptr_t)42, &e));
-  uv_timer_t t;
-  uv_timer_init(&loop, &t);
-  t.data = db;
-  uv_timer_start(&t, abort_cb, 50, 0);
-  uint64_t t0 = uv_hrtime();
-  ASSERT_OK(uv_run(&loop, UV_RUN_DEFAULT));
-  ASSERT_LT(uv_hrtime() - t0, 5000000000u);
+  ASSERT_LT(run_aborting(&loop, db), 5000000000u);
   ASSERT_EQ(2, async_done);
   ASSERT(!ath__db_busy(db));
   ASSERT(ath__db_connected(db));
@@ -269,13 +275,7 @@ TEST_IMPL(db_pg_async) {
    * next statement connects again */
   ASSERT_OK(ath__db_exec_async(db, &loop, "select pg_sleep(5)", NULL, 0, async_cb,
                                (void*)(intptr_t)42, &e));
-  uv_timer_t t;
-  uv_timer_init(&loop, &t);
-  t.data = db;
-  uv_timer_start(&t, abort_cb, 50, 0);
-  uint64_t t0 = uv_hrtime();
-  ASSERT_OK(uv_run(&loop, UV_RUN_DEFAULT));
-  ASSERT_LT(uv_hrtime() - t0, 2000000000u);
+  ASSERT_LT(run_aborting(&loop, db), 2000000000u);
   ASSERT_EQ(2, async_done);
   ASSERT(!ath__db_connected(db));
   ASSERT(!ath__db_busy(db));
