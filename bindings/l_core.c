@@ -1,5 +1,5 @@
 /* Module athena.core: the C half of `require "athena"`. lua/athena/init.lua
- * wraps it; worker states get it preloaded by ath__openstate. */
+ * wraps it; worker states get it preloaded by open_state (the runtime hooks, ath_lua_runtime). */
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -429,8 +429,15 @@ static const luaL_Reg ctx_methods[] = {
   {NULL, NULL},
 };
 
+static void open_state(lua_State* L);
+static const ath_runtime_hooks_t lua_runtime = {
+  .open_state = open_state,
+  .push_db = lath_db_push_ctx,
+};
+
 int luaopen_athena_core(lua_State* L);
 int luaopen_athena_core(lua_State* L) {
+  ath_runtime_install(&lua_runtime); /* worker and gateway states are made like this one */
   static const luaL_Reg error_meta[] = {
     {"__tostring", error_tostring},
     {NULL, NULL},
@@ -503,7 +510,7 @@ static void preload_athena(lua_State* L) {
   lua_pop(L, 1);
 }
 
-void ath__openstate(lua_State* L) {
+static void open_state(lua_State* L) {
   luaL_openlibs(L);
   preload_athena(L);
   /* the global `athena`, as the athena command's main state has it: code
@@ -514,8 +521,14 @@ void ath__openstate(lua_State* L) {
   lua_setglobal(L, "athena");
 }
 
+
+const ath_runtime_hooks_t* ath_lua_runtime(void) {
+  return &lua_runtime;
+}
+
 /* For the CLI: the same preparation as a worker state. */
 void lath_openstate(lua_State* L);
 void lath_openstate(lua_State* L) {
-  ath__openstate(L);
+  ath_runtime_install(&lua_runtime);
+  open_state(L);
 }

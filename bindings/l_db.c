@@ -1,4 +1,4 @@
-/* athena.db: database connections for Lua (engine/db.h underneath).
+/* athena.db: database connections for Lua (engine/db/db.h underneath).
  *
  *   athena.db.open(url) -> conn | nil, err        (bad URL: raises EINVAL)
  *   conn:query(sql, ...) -> rows | nil, err       rows[i].column
@@ -724,7 +724,7 @@ static int db_check(lua_State* L) {
 
 static const char worker_conn_key = 0;
 
-void ath__db_push_ctx(lua_State* L, const char* url) {
+void lath_db_push_ctx(lua_State* L, const char* url) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &worker_conn_key) == LUA_TUSERDATA)
     return;
   lua_pop(L, 1);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "gw_server.h"
+#include "http.h"
 #include "lath.h"
 
 static char* dupstr(lua_State* L, int idx) {

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <strings.h>
 #include "internal.h"
+#include "http.h"
 #include "lath.h"
 
 /* The request lives in a userdata so that a raise or an abandoned coroutine

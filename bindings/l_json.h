@@ -1,4 +1,4 @@
-/* The payload codec as a Lua module (engine/lua_json.c does the work). */
+/* The payload codec as a Lua module (engine/runtime/lua_json.c does the work). */
 #ifndef ATHENA_L_JSON_H
 #define ATHENA_L_JSON_H
 

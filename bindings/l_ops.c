@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "internal.h"
+#include "store.h"
 #include "lath.h"
 
 /* ------------------------------------------------------------ store lock */

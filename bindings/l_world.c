@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
+#include "http.h"
 #include "lath.h"
 #include "gw_server.h"
 

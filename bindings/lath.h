@@ -54,6 +54,9 @@ void lath_open_workflow(lua_State* L); /* [-0, +0, m] adds core.wf* to the table
 /* l_db.c ------------------------------------------------------------------ */
 
 int lath_open_db(lua_State* L); /* [-0, +1, m] pushes {open, check, methods} */
+/* [-0, +1, e] Pushes the worker state's own connection for `url` (ctx.db),
+ * made on first use; it connects when first used (the runtime's push_db). */
+void lath_db_push_ctx(lua_State* L, const char* url);
 
 /* l_gwserve.c ------------------------------------------------------------- */
 

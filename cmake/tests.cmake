@@ -85,9 +85,13 @@ endforeach()
 # driver in every build, and libFuzzer for a bounded time when clang is
 # there (scripts/bootstrap installs it).
 add_executable(cron_corpus ${PROJECT_SOURCE_DIR}/tests/fuzz/cron_corpus_main.c
-  ${PROJECT_SOURCE_DIR}/tests/fuzz/cron_fuzz.c ${PROJECT_SOURCE_DIR}/engine/cron.c)
+  ${PROJECT_SOURCE_DIR}/tests/fuzz/cron_fuzz.c ${PROJECT_SOURCE_DIR}/engine/runtime/cron.c)
 target_include_directories(cron_corpus PRIVATE ${PROJECT_SOURCE_DIR}/engine/include
-  ${PROJECT_SOURCE_DIR}/engine)
+  ${PROJECT_SOURCE_DIR}/engine/runtime)
+# The layout's rule (README "Layout"): engine objects never use a bindings
+# symbol, util objects nothing above util.
+add_test(NAME layout.deps COMMAND ${PROJECT_SOURCE_DIR}/scripts/check-layout
+  ${PROJECT_BINARY_DIR}/CMakeFiles/athena_objs.dir)
 add_test(NAME fuzz.cron_corpus COMMAND cron_corpus ${PROJECT_SOURCE_DIR}/tests/fuzz/corpus/cron)
 set_tests_properties(fuzz.cron_corpus PROPERTIES TIMEOUT 60)
 
@@ -96,10 +100,10 @@ if(CLANG_BIN AND NOT ATHENA_TSAN)
   set(CRON_FUZZ ${PROJECT_BINARY_DIR}/cron_fuzz)
   add_custom_command(OUTPUT ${CRON_FUZZ}
     COMMAND ${CLANG_BIN} -g -O1 -fsanitize=fuzzer,address,undefined
-            -I${PROJECT_SOURCE_DIR}/engine/include -I${PROJECT_SOURCE_DIR}/engine
-            ${PROJECT_SOURCE_DIR}/engine/cron.c ${PROJECT_SOURCE_DIR}/tests/fuzz/cron_fuzz.c -o ${CRON_FUZZ}
-    DEPENDS ${PROJECT_SOURCE_DIR}/engine/cron.c ${PROJECT_SOURCE_DIR}/tests/fuzz/cron_fuzz.c
-            ${PROJECT_SOURCE_DIR}/engine/cron.h
+            -I${PROJECT_SOURCE_DIR}/engine/include -I${PROJECT_SOURCE_DIR}/engine/runtime
+            ${PROJECT_SOURCE_DIR}/engine/runtime/cron.c ${PROJECT_SOURCE_DIR}/tests/fuzz/cron_fuzz.c -o ${CRON_FUZZ}
+    DEPENDS ${PROJECT_SOURCE_DIR}/engine/runtime/cron.c ${PROJECT_SOURCE_DIR}/tests/fuzz/cron_fuzz.c
+            ${PROJECT_SOURCE_DIR}/engine/runtime/cron.h
     COMMENT "Building the cron fuzz target with clang")
   add_custom_target(cron_fuzz_bin ALL DEPENDS ${CRON_FUZZ})
   file(MAKE_DIRECTORY ${PROJECT_BINARY_DIR}/fuzz-corpus)
@@ -111,12 +115,12 @@ endif()
 # The gateway request compiler under its fuzz target, like the cron parser:
 # the seed corpus through the plain driver in every build, libFuzzer for 20 s
 # when clang is there.
-set(GW_PLAN_SOURCES ${PROJECT_SOURCE_DIR}/engine/gw_json.c
-  ${PROJECT_SOURCE_DIR}/engine/gw_expr.c ${PROJECT_SOURCE_DIR}/engine/gw_plan.c)
+set(GW_PLAN_SOURCES ${PROJECT_SOURCE_DIR}/engine/gateway/gw_json.c
+  ${PROJECT_SOURCE_DIR}/engine/gateway/gw_expr.c ${PROJECT_SOURCE_DIR}/engine/gateway/gw_plan.c)
 add_executable(gw_plan_corpus ${PROJECT_SOURCE_DIR}/tests/fuzz/cron_corpus_main.c
   ${PROJECT_SOURCE_DIR}/tests/fuzz/fuzz_gw_plan.c ${GW_PLAN_SOURCES})
 target_include_directories(gw_plan_corpus PRIVATE ${PROJECT_SOURCE_DIR}/engine/include
-  ${PROJECT_SOURCE_DIR}/engine ${PROJECT_SOURCE_DIR}/tests/c ${YAJL_INCLUDE_DIRS})
+  ${PROJECT_SOURCE_DIR}/engine/gateway ${PROJECT_SOURCE_DIR}/engine/util ${PROJECT_SOURCE_DIR}/tests/c ${YAJL_INCLUDE_DIRS})
 target_link_libraries(gw_plan_corpus PRIVATE ${YAJL_LINK_LIBRARIES} m)
 add_test(NAME fuzz.gw_plan_corpus COMMAND gw_plan_corpus ${PROJECT_SOURCE_DIR}/tests/fuzz/corpus/gw_plan)
 set_tests_properties(fuzz.gw_plan_corpus PROPERTIES TIMEOUT 60)
@@ -125,11 +129,11 @@ if(CLANG_BIN AND NOT ATHENA_TSAN)
   set(GW_PLAN_FUZZ ${PROJECT_BINARY_DIR}/fuzz_gw_plan)
   add_custom_command(OUTPUT ${GW_PLAN_FUZZ}
     COMMAND ${CLANG_BIN} -g -O1 -fsanitize=fuzzer,address,undefined
-            -I${PROJECT_SOURCE_DIR}/engine/include -I${PROJECT_SOURCE_DIR}/engine
-            -I${PROJECT_SOURCE_DIR}/tests/c ${GW_PLAN_SOURCES}
+            -I${PROJECT_SOURCE_DIR}/engine/include -I${PROJECT_SOURCE_DIR}/engine/gateway
+            -I${PROJECT_SOURCE_DIR}/engine/util -I${PROJECT_SOURCE_DIR}/tests/c ${GW_PLAN_SOURCES}
             ${PROJECT_SOURCE_DIR}/tests/fuzz/fuzz_gw_plan.c ${YAJL_LDFLAGS} -lm -o ${GW_PLAN_FUZZ}
     DEPENDS ${GW_PLAN_SOURCES} ${PROJECT_SOURCE_DIR}/tests/fuzz/fuzz_gw_plan.c
-            ${PROJECT_SOURCE_DIR}/engine/gw_plan.h ${PROJECT_SOURCE_DIR}/engine/gw_json.h
+            ${PROJECT_SOURCE_DIR}/engine/gateway/gw_plan.h ${PROJECT_SOURCE_DIR}/engine/gateway/gw_json.h
             ${PROJECT_SOURCE_DIR}/tests/c/gw_catalog.h
     COMMENT "Building the gateway compiler fuzz target with clang")
   add_custom_target(gw_plan_fuzz_bin ALL DEPENDS ${GW_PLAN_FUZZ})
@@ -143,7 +147,7 @@ endif()
 # fixture "pg" (run by hand it takes ATHENA_TEST_PG, a libpq conninfo).
 add_executable(gw_plan_pg ${PROJECT_SOURCE_DIR}/tests/c/gw_plan_pg.c ${GW_PLAN_SOURCES})
 target_include_directories(gw_plan_pg PRIVATE ${PROJECT_SOURCE_DIR}/engine/include
-  ${PROJECT_SOURCE_DIR}/engine ${PROJECT_SOURCE_DIR}/tests/c ${YAJL_INCLUDE_DIRS} ${PQ_INCLUDE_DIRS})
+  ${PROJECT_SOURCE_DIR}/engine/gateway ${PROJECT_SOURCE_DIR}/engine/util ${PROJECT_SOURCE_DIR}/tests/c ${YAJL_INCLUDE_DIRS} ${PQ_INCLUDE_DIRS})
 target_link_libraries(gw_plan_pg PRIVATE ${YAJL_LINK_LIBRARIES} ${PQ_LINK_LIBRARIES} m)
 add_test(NAME pg.gw_plan COMMAND gw_plan_pg)
 set_tests_properties(pg.gw_plan PROPERTIES TIMEOUT 120 FIXTURES_REQUIRED pg

@@ -163,6 +163,29 @@ struct ath_world_config_s {
 
 enum { ATH_PERSIST_MEMORY = 0, ATH_PERSIST_FILE, ATH_PERSIST_HYBRID };
 
+/* The Lua runtime a world's worker states and gateway threads are made
+ * with: the engine creates the states, the host says how to prepare them.
+ * The `athena.core` Lua module installs its own when it is opened (the
+ * `athena` command, `require "athena"`); a C host that links libathena
+ * installs it before starting a world:
+ *   ath_runtime_install(ath_lua_runtime());
+ * Starting a world with none installed fails with ATH_EINVAL. */
+struct lua_State;
+typedef struct ath_runtime_hooks_s {
+  /* Prepares a new worker or gateway state: standard libraries, the
+   * athena modules, the global `athena`. May raise (a memory error). */
+  void (*open_state)(struct lua_State* L);
+  /* [-0, +1, e] Pushes the state's connection for `url` (a task's ctx.db),
+   * made on first use. */
+  void (*push_db)(struct lua_State* L, const char* url);
+} ath_runtime_hooks_t;
+
+/* Installs the hooks (process-wide; `h` must outlive every world; NULL
+ * removes them). Thread: any, before the worlds that use them start. */
+ATH_EXTERN void ath_runtime_install(const ath_runtime_hooks_t* h);
+/* The Lua bindings' hooks (bindings/l_core.c). */
+ATH_EXTERN const ath_runtime_hooks_t* ath_lua_runtime(void);
+
 /* Fills `cfg` with the defaults. Thread: any. */
 ATH_EXTERN void ath_world_config_init(ath_world_config_t* cfg);
 

@@ -1,4 +1,4 @@
--- athena.db: database connections (bindings/l_db.c, engine/db.h). This
+-- athena.db: database connections (bindings/l_db.c, engine/db/db.h). This
 -- half adds conn:transaction, which needs pcall and a to-be-closed guard.
 local core = require "athena.core"
 

@@ -1,6 +1,6 @@
 -- The operator commands of the `athena` executable (cli/main.c), on the
 -- store of a world with persistence "file" or "hybrid" (its persistencePath:
--- athena.db, written by engine/store_sqlite.c):
+-- athena.db, written by engine/storage/store_sqlite.c):
 --
 --   athena tasks [--status S] [--name N] [--limit K] [--json] --path DIR
 --   athena show ID [--json] --path DIR
@@ -28,7 +28,7 @@ local fmt = string.format
 
 local M = {}
 
---- The store schema this build reads: SCHEMA_VERSION of engine/store_sqlite.c
+--- The store schema this build reads: SCHEMA_VERSION of engine/storage/store_sqlite.c
 -- (tests/lua/cli_spec.lua checks that a new store has it).
 M.SCHEMA_VERSION = core.ops.storeSchemaVersion
 

@@ -4,7 +4,7 @@
 -- without one executes (starts a task, arms a timer, records a marker)
 -- and, when it has to wait, parks the workflow: the segment ends, the
 -- worker slot is free, and the engine queues the next segment once the
--- outcome is in the history (engine/world.c, "workflows").
+-- outcome is in the history (engine/runtime/world.c, "workflows").
 local core = require "athena.core"
 local errors = require "athena.errors"
 
@@ -310,7 +310,7 @@ local function compensate(ctx, err)
   return nil, errors.new("ECOMPENSATED", message, { cause = err, details = { failed = failed } })
 end
 
---- Runs one segment (called by the worker, engine/worker.c).
+--- Runs one segment (called by the worker, engine/runtime/worker.c).
 function M.segment(handler, base, input, history, compensating, err, strategy, parentId)
   local run = base.attempt
   local ix = index(history, run)

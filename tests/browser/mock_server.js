@@ -2,7 +2,7 @@
 // A fake Athena HTTP server for testing assets/dashboard.html without the C
 // engine. Node.js built-ins only.
 //
-// It serves the dashboard at / and the same JSON API as engine/http.c, with
+// It serves the dashboard at / and the same JSON API as engine/http/http.c, with
 // data that changes on its own (a small simulation ticking every 250 ms):
 //   GET    /api/metrics  /api/workers  /api/schedules
 //   GET    /api/tasks?status=&name=&limit=&offset=   (newest first)

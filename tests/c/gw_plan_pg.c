@@ -1,4 +1,4 @@
-/* The gateway compiler's PostgreSQL plans, executed (engine/gw_plan.c).
+/* The gateway compiler's PostgreSQL plans, executed (engine/gateway/gw_plan.c).
  *
  * A separate program, so that its sweep mode can take files: `gw_plan_pg`
  * connects to ATHENA_TEST_PG (a libpq conninfo or URL, e.g.

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #define TEST_ENTRY(name) int run_test_##name(void);
+#include "athena.h"
 #include "test_list.h"
 #undef TEST_ENTRY
 
@@ -13,6 +14,7 @@ typedef struct {
 
 static const test_entry_t tests[] = {
 #define TEST_ENTRY(name) {#name, run_test_##name},
+#include "athena.h"
 #include "test_list.h"
 #undef TEST_ENTRY
   {NULL, NULL},
@@ -20,6 +22,7 @@ static const test_entry_t tests[] = {
 
 int main(int argc, char** argv) {
   const test_entry_t* t;
+  ath_runtime_install(ath_lua_runtime()); /* as a C host does before starting worlds */
   if (argc < 2) {
     for (t = tests; t->name != NULL; t++)
       printf("%s\n", t->name);

@@ -1,4 +1,4 @@
-/* Cron parser and next-occurrence tests (engine/cron.c, docs/cron.md). */
+/* Cron parser and next-occurrence tests (engine/runtime/cron.c, docs/cron.md). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,4 +1,4 @@
-/* The database layer's C API without Lua (engine/db.h): the placeholder
+/* The database layer's C API without Lua (engine/db/db.h): the placeholder
  * rewrite, error mapping and redaction, and SQLite through typed
  * parameters and cells. (PostgreSQL runs in tests/lua/db_pg_spec.lua,
  * which has the server fixture.) */

@@ -1,4 +1,4 @@
-/* The gateway's rate-limit table (engine/gw_server.c, issue 13): a full
+/* The gateway's rate-limit table (engine/gateway/gw_server.c, issue 13): a full
  * table forgets buckets that are back to a full burst first, never an
  * active lockout (a newcomer is refused instead), and counts IPv6 clients
  * by /64. A table of 4 buckets stands for the 65,536 of a server. */

@@ -1,5 +1,5 @@
-/* The gateway request compiler (engine/gw_plan.c, engine/gw_expr.c,
- * engine/gw_json.c; GATEWAY §3, §4, §7, §8).
+/* The gateway request compiler (engine/gateway/gw_plan.c, engine/gateway/gw_expr.c,
+ * engine/gateway/gw_json.c; GATEWAY §3, §4, §7, §8).
  *
  * Table-driven: (dialect, operation, body) -> the exact SQL and parameters,
  * or -> status and code. Parameters print as `n` (NULL), `b:1`, `i:42`,

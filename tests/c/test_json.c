@@ -1,4 +1,4 @@
-/* The payload codec (engine/lua_json.c, bindings/l_json.c): SEMANTICS §1.3.
+/* The payload codec (engine/runtime/lua_json.c, bindings/l_json.c): SEMANTICS §1.3.
  *
  * Error messages are "<path>: <reason>", the path being the root ("input")
  * followed by ".key" for object keys and "[i]" for array indices (Lua's,

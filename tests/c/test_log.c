@@ -1,4 +1,4 @@
-/* Logger tests (engine/log.c, docs/logging.md). Each test logs into its own
+/* Logger tests (engine/util/log.c, docs/logging.md). Each test logs into its own
  * directory under /tmp and reads the files back after ath__log_close(),
  * which has written everything by the time it returns. The clock is
  * injected, so lines are compared as exact text. */

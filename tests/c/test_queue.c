@@ -1,5 +1,5 @@
 /* Queue ordering (priority, then ready time, then creation) and the delay
- * heap, tested directly on engine/queue.c. */
+ * heap, tested directly on engine/runtime/queue.c. */
 #include <stddef.h>
 #include <stdlib.h>
 #include "internal.h"

@@ -3,8 +3,8 @@
  * every regular file in each directory named there (not recursive), so gcc
  * can build the seed corpus into an ordinary test:
  *
- *   gcc -std=c11 -g -O1 -Iengine/include -Iengine \
- *       engine/cron.c tests/fuzz/cron_fuzz.c tests/fuzz/cron_corpus_main.c -o cron_corpus
+ *   gcc -std=c11 -g -O1 -Iengine/include -Iengine/runtime \
+ *       engine/runtime/cron.c tests/fuzz/cron_fuzz.c tests/fuzz/cron_corpus_main.c -o cron_corpus
  *   ./cron_corpus tests/fuzz/corpus/cron
  *
  * An invariant violation aborts (non-zero exit) after printing the

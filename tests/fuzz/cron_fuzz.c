@@ -1,5 +1,5 @@
 /* libFuzzer target for the cron parser and next-occurrence calculator
- * (engine/cron.c, docs/cron.md). Build and run: tests/fuzz/README.md.
+ * (engine/runtime/cron.c, docs/cron.md). Build and run: tests/fuzz/README.md.
  *
  * Each input is copied and NUL-terminated (so it ends at its first NUL, like
  * any C string handed to ath__cron_parse) and parsed. Invariants checked:

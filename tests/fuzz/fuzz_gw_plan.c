@@ -1,5 +1,5 @@
-/* libFuzzer target for the gateway request compiler (engine/gw_json.c,
- * engine/gw_expr.c, engine/gw_plan.c). Build and run: docs/gateway-compiler.md
+/* libFuzzer target for the gateway request compiler (engine/gateway/gw_json.c,
+ * engine/gateway/gw_expr.c, engine/gateway/gw_plan.c). Build and run: docs/gateway-compiler.md
  * §3 (the CMake targets fuzz.gw_plan and fuzz.gw_plan_corpus do it too).
  *
  * Input: three ASCII-friendly header bytes, then the request body.

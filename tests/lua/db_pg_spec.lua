@@ -1,4 +1,4 @@
--- athena.db against PostgreSQL (engine/db_pg.c): the server is the ctest
+-- athena.db against PostgreSQL (engine/db/db_pg.c): the server is the ctest
 -- fixture "pg" (scripts/pg-test), whose URL is in $ATHENA_PG_URL_FILE. No
 -- server means this spec fails: it never skips.
 local athena = require "athena"

@@ -1,4 +1,4 @@
--- athena.db against SQLite (engine/db_sqlite.c, bindings/l_db.c,
+-- athena.db against SQLite (engine/db/db_sqlite.c, bindings/l_db.c,
 -- lua/athena/db.lua): open, query, exec, parameters of every type, the
 -- value mapping, transactions with savepoints, every error code SQLite can
 -- produce, programmer errors, and ctx.db in tasks.

@@ -1,4 +1,4 @@
--- athena.http.request (bindings/l_http.c, engine/http_client.c), called
+-- athena.http.request (bindings/l_http.c, engine/http/http_client.c), called
 -- directly: blocking outside tasks, yielding on the worker's loop (curl
 -- multi) inside them. The receiving side is tests/gateway/mock_server.js,
 -- which records every request. Two things it cannot show (it keeps only the

@@ -88,11 +88,11 @@ local eventually = S.eventually
 
 local await = S.await
 
--- The schema version this build migrates to (engine/store_sqlite.c).
+-- The schema version this build migrates to (engine/storage/store_sqlite.c).
 local function schema_version()
   local src = assert(os.getenv("ATHENA_SRC"), "ATHENA_SRC must point at the source tree")
-  local v = readfile(src .. "/engine/store_sqlite.c"):match("#define SCHEMA_VERSION (%d+)")
-  return assert(tonumber(v), "SCHEMA_VERSION not found in engine/store_sqlite.c")
+  local v = readfile(src .. "/engine/storage/store_sqlite.c"):match("#define SCHEMA_VERSION (%d+)")
+  return assert(tonumber(v), "SCHEMA_VERSION not found in engine/storage/store_sqlite.c")
 end
 
 -- Runs a Lua script (text) with the athena binary, killed after `limit` s;
@@ -121,7 +121,7 @@ local function cleanup()
 end
 
 -- Version-1 `tasks` tables by hand. The current migrations[0] of
--- engine/store_sqlite.c (tasks keyed by seq, since commit 14c7ae6) ...
+-- engine/storage/store_sqlite.c (tasks keyed by seq, since commit 14c7ae6) ...
 local V1_SCHEMA = "CREATE TABLE tasks ("
   .. " seq INTEGER PRIMARY KEY, id TEXT NOT NULL, name TEXT NOT NULL, status INTEGER NOT NULL,"
   .. " attempt INTEGER NOT NULL, max_attempts INTEGER NOT NULL, strategy INTEGER NOT NULL,"

@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "athena.h"
-#include "internal.h"
+#include "util.h"
 
 /* ------------------------------------------------------------------ errors */
 

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 #include "internal.h"
+#include "store.h"
 
 #define MAX_CATCH_UP 1000
 

@@ -12,6 +12,8 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include "internal.h"
+#include "http.h"
+#include "store.h"
 
 const char ath__defs_key = 0;
 static const char worker_key = 0;
@@ -477,7 +479,7 @@ static int task_main(lua_State* co) {
   luaL_setmetatable(co, "athena.Context");
   const char* database = ath__worker_world(ath__worker_of(co))->cfg.database;
   if (database != NULL) { /* ctx.db: the worker's warm connection */
-    ath__db_push_ctx(co, database);
+    ath__runtime_hooks()->push_db(co, database);
     lua_setfield(co, -2, "db");
   }
   if (ath__json_decode(co, t->input, t->input_len) != 0) {
@@ -1157,7 +1159,7 @@ static void beat_cb(uv_timer_t* h) {
 }
 
 static int protected_open(lua_State* L) {
-  ath__openstate(L);
+  ath__runtime_hooks()->open_state(L);
   return 0;
 }
 

@@ -1,6 +1,6 @@
 /* The gateway server's HTTP side and lifecycle (GATEWAY §1, §2, §6): routes,
  * methods, request ids, CORS, API keys, clients, rate limits and body
- * limits are decided here on the engine loop, where engine/http.c hands
+ * limits are decided here on the engine loop, where engine/http/http.c hands
  * over every request that is not the operations surface. Requests that
  * need the database go to the gateway threads (gw_exec.c) through one
  * queue; their answers come back through `done` and an async handle. */
@@ -15,6 +15,7 @@
 #include <strings.h>
 #include <arpa/inet.h>
 #include "gw_server.h"
+#include "http.h"
 
 /* ---------------------------------------------------------------- config */
 

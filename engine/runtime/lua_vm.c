@@ -35,3 +35,14 @@ void ath__vm_callk(lua_State* co, int nargs, int nresults, lua_KFunction k) {
 int ath__vm_resume(lua_State* co, lua_State* from, int nargs, int* nres) {
   return lua_resume(co, from, nargs, nres);
 }
+
+/* The host's hooks (ath_runtime_install): how new states are prepared. */
+static _Atomic(const ath_runtime_hooks_t*) runtime_hooks;
+
+void ath_runtime_install(const ath_runtime_hooks_t* h) {
+  atomic_store(&runtime_hooks, h);
+}
+
+const ath_runtime_hooks_t* ath__runtime_hooks(void) {
+  return atomic_load(&runtime_hooks);
+}

@@ -1,4 +1,4 @@
-/* The request-body JSON tree (engine/gw_json.h): yajl's callback parser
+/* The request-body JSON tree (engine/gateway/gw_json.h): yajl's callback parser
  * builds it into an arena, so freeing a document is one walk over its
  * chunks and a 1 MiB `[[[[...` costs nothing past depth 64, where the parse
  * stops. */

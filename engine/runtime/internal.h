@@ -7,30 +7,7 @@
 #include <lua.h>
 #include "athena.h"
 
-/* util.c ------------------------------------------------------------------ */
-
-/* A growable byte buffer; data is NUL-terminated after every append. */
-typedef struct {
-  char* data;
-  size_t len;
-  size_t cap;
-} ath_buf_t;
-
-/* Appends `n` bytes. Returns 0 or ATH_ENOMEM (the buffer is unchanged). */
-int ath__buf_append(ath_buf_t* b, const char* s, size_t n);
-/* Copies n bytes of p and a NUL into new memory; NULL for NULL p or when
- * out of memory. */
-char* ath__memdup(const char* p, size_t n);
-/* Appends a string literal. */
-#define ath__buf_lit(b, lit) ath__buf_append((b), (lit), sizeof(lit) - 1)
-/* Appends `s` (UTF-8) as a JSON string literal, quotes included. */
-void ath__buf_json_str(ath_buf_t* b, const char* s);
-/* Frees the buffer's memory and zeroes it. */
-void ath__buf_free(ath_buf_t* b);
-/* A copy of a NULL-terminated string array (NULL for NULL, and when out of
- * memory), and its release (NULL is fine). */
-char** ath__strv_dup(const char* const* v);
-void ath__strv_free(char** v);
+#include "util.h"
 
 /* lua_json.c -------------------------------------------------------------- */
 
@@ -65,7 +42,7 @@ size_t ath__json_fmt_float(char* buf, size_t cap, double d);
  * become U+FFFD) as one JSON string literal. Returns 0 or ATH_ENOMEM. */
 int ath__json_put_text(ath_buf_t* b, const char* s, size_t n);
 
-/* cron.c: see engine/cron.h ----------------------------------------------- */
+/* cron.c: see engine/runtime/cron.h ----------------------------------------------- */
 
 /* world.c, queue.c, worker.c ---------------------------------------------- */
 
@@ -220,17 +197,6 @@ int ath__queue_push(ath_queue_t* q, ath_task_t* t);
 ath_task_t* ath__queue_pop(ath_queue_t* q);
 void ath__queue_remove(ath_queue_t* q, ath_task_t* t);
 void ath__queue_free(ath_queue_t* q);
-
-/* Wall-clock epoch milliseconds and monotonic nanoseconds. Thread: any. */
-int64_t ath__now_ms(void);
-uint64_t ath__mono_ns(void);
-/* Writes a random UUID v4 (36 chars + NUL) into out. Thread: any. */
-void ath__uuid4(char out[37]);
-void ath__uuid7(char out[37]);
-/* A uniform double in [0, 1) from the thread's generator. */
-double ath__random01(void);
-/* FNV-1a over a NUL-terminated string. */
-uint64_t ath__hash_str(const char* s);
 
 /* A worker timer on the manual clock: due in the world's vtimers heap, then
  * handed to its worker, which runs the slot's callback. */
@@ -576,9 +542,8 @@ ath_task_t* ath__task_workflow(lua_State* L);
  * interrupt instead when one is due. Does not return. */
 int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t at);
 
-/* bindings: prepares a new worker state (standard libraries, athena.core and
- * the embedded Lua modules in package.preload). [-0, +0, m] */
-void ath__openstate(lua_State* L);
+/* The runtime hooks ath_runtime_install() set, or NULL. Thread: any. */
+const ath_runtime_hooks_t* ath__runtime_hooks(void);
 
 /* Creates and starts a worker thread serving `q`. The worker loads its Lua
  * state and then, with `wait`, posts w->ready (check start_rc afterwards);
@@ -667,177 +632,6 @@ void ath__sched_release(ath_sched_t* s);
 /* Frees every schedule (world teardown). */
 void ath__sched_free_all(ath_world_t* w);
 
-/* store.c, store_sqlite.c: persistence (SEMANTICS §13) -------------------- */
-
-/* One schedule's stored state (borrowed strings, like ath_row_t). */
-typedef struct {
-  const char* id;
-  const char* name;
-  const char* input;  size_t input_len;
-  const char* cron;   /* NULL: a one-off */
-  int64_t once_at;
-  int local_tz, catch_up, overlap_skip, paused, has_priority, priority, strategy;
-  const char* queue;  /* NULL: the definition's */
-  int64_t next_ms, last_ms, total, skipped;
-  int deleted;
-} ath_srow_t;
-typedef int (*ath_srow_cb)(void* ud, const ath_srow_t* row);
-
-/* One task's stored state. Strings are borrowed for the call they are
- * passed to (write) or the callback (load). */
-typedef struct {
-  const char* id;
-  const char* name;
-  const char* queue;
-  int status, attempt, max_attempts, strategy, priority, worker_id;
-  uint64_t seq;
-  int64_t created_at, scheduled_at, ready_at, started_at, completed_at, last_hb;
-  const char* input;  size_t input_len;
-  const char* result; size_t result_len;
-  const char* error;  size_t error_len;
-  int keep_error;     /* write: leave the stored error as it is (running) */
-  const char* hb;     size_t hb_len;
-  const char* parent_id;                 /* NULL: none */
-  const char* history; size_t history_len; /* workflows: events joined by commas */
-  int deleted;        /* write: delete the row (purge, retention) */
-} ath_row_t;
-
-typedef int (*ath_row_cb)(void* ud, const ath_row_t* row);
-
-/* A read of stored tasks (ath_store_vt_t.query). */
-typedef struct {
-  unsigned status_mask;  /* 1 << ATH_* of the statuses wanted; 0: any */
-  const char* name;      /* exact activity name, or NULL */
-  const char* parent_id; /* owning workflow, or NULL */
-  int64_t since, until;  /* bounds on created_at, 0: none */
-  int64_t limit;
-  int by_seq;            /* 1: creation order; 0: newest first (created_at
-                          * descending, then id) */
-} ath_store_query_t;
-
-/* A persistence provider: the Backend vtable of DESIGN §4. Every function
- * runs on one thread at a time (start() on the world's thread, then only
- * the store thread). Errors are ATH_ESTORE (message in err) or ATH_EINVAL
- * (a database newer than this build, or not an Athena database). */
-struct ath_store_vt_s {
-  const char* name;
-  /* Opens (creating and migrating) the store in directory `dir`. */
-  int (*open)(const char* dir, int full_sync, ath_store_t** out, char* err, size_t errlen);
-  /* Calls cb for every stored task in creation order; stops at cb's error. */
-  int (*load)(ath_store_t* s, ath_row_cb cb, void* ud, char* err, size_t errlen);
-  /* Calls cb for every stored schedule. */
-  int (*load_schedules)(ath_store_t* s, ath_srow_cb cb, void* ud, char* err, size_t errlen);
-  /* Writes task and schedule rows in one transaction: all or nothing. */
-  int (*write)(ath_store_t* s, const ath_row_t* rows, size_t n, const ath_srow_t* srows,
-               size_t sn, char* err, size_t errlen);
-  /* Deletes terminal tasks except quarantined ones completed before. */
-  int (*prune)(ath_store_t* s, int64_t before_ms, char* err, size_t errlen);
-  void (*close)(ath_store_t* s);
-  /* Reads, from any thread, concurrently with the writer and each other
-   * (each on a connection of its own): what is committed. */
-  /* Calls cb with task `id`'s row; ATH_ENOTFOUND when there is none. */
-  int (*get)(ath_store_t* s, const char* id, ath_row_cb cb, void* ud, char* err, size_t errlen);
-  /* Calls cb for the rows that match `q`, in its order, at most q->limit. */
-  int (*query)(ath_store_t* s, const ath_store_query_t* q, ath_row_cb cb, void* ud, char* err,
-               size_t errlen);
-};
-
-extern const ath_store_vt_t ath__sqlite_store;
-/* The SQLite store's schema version (what `athena tasks` and friends read). */
-extern const int ath__store_schema_version;
-
-/* Takes <dir>/athena.lock (created if missing): an exclusive, non-blocking
- * flock, released by closing *fd_out. Returns 0, ATH_EBUSY while another
- * process or world holds it, or ATH_ESTORE, with err set. The directory
- * must exist. Thread: any. */
-int ath__store_lock(const char* dir, int* fd_out, char* err, size_t errlen);
-/* Opens persistence for a starting world (lock file, store, recovery,
- * retention pass) and starts the store thread. Called by start() before
- * the workers, lock not held. Returns 0 or an ATH_E* with err set. */
-int ath__store_start(ath_world_t* w, char* err, size_t errlen);
-/* Final commit, stops the store thread and drops the lock file; the store
- * stays open for reads until ath__store_free (from ath_world_free). */
-void ath__store_stop(ath_world_t* w);
-void ath__store_free(ath_world_t* w);
-/* Records that t changed (lock held): the store thread writes it with the
- * next group. No-op in memory mode. */
-void ath__store_mark(ath_world_t* w, ath_task_t* t);
-/* Records that a schedule changed (lock held), like ath__store_mark. */
-void ath__store_mark_sched(ath_world_t* w, ath_sched_t* s);
-/* Hybrid mode's bound on changes not yet committed: past it, producers wait
- * for the store (ath__store_throttle) instead of piling work up in RAM, and
- * the store thread commits at once instead of at the end of its interval. */
-#define ATH_HYBRID_BACKLOG 65536
-void ath__store_throttle(ath_world_t* w);
-/* A task's wait for generation `gen` to be durable, without blocking its
- * worker (file mode): returns 0 when there is nothing to wait for, 1 when
- * `slot` was queued (the store thread hands it to the worker's inbox once
- * committed), or ATH_ENOMEM. Lock not held. */
-int ath__store_await(ath_world_t* w, uint64_t gen, ath_slot_t* slot);
-/* Takes `slot`'s commit wait back (interrupted). Lock not held. */
-void ath__store_unawait(ath_world_t* w, ath_slot_t* slot);
-/* Hands a waiter to its worker's inbox (lock held) and adds the worker to
- * wake[0..nwake) when not there yet; returns the new nwake. */
-int ath__waiter_deliver(ath_waiter_t* wt, ath_worker_t** wake, int nwake);
-/* Waits (lock held) until everything marked up to generation `gen` is
- * committed, in file mode; returns at once otherwise. */
-void ath__store_wait(ath_world_t* w, uint64_t gen);
-/* Drops terminal tasks past the world's retention (lock not held). */
-void ath__world_prune(ath_world_t* w);
-/* Recovery (world.c): rebuilds one stored task in memory (an ath_row_cb;
- * `ud` is the world), then logs what was recovered. */
-int ath__world_recover_row(void* ud, const ath_row_t* r);
-/* Takes out of RAM the terminal tasks that must leave it (lock held),
- * chained through hnext; ath__world_term_free drops them after unlocking. */
-ath_task_t* ath__world_term_trim(ath_world_t* w);
-void ath__world_term_free(ath_task_t* dead);
-void ath__world_recovered(ath_world_t* w);
-/* Rebuilds one stored schedule, applying its catchUp (an ath_srow_cb). */
-int ath__sched_recover_row(void* ud, const ath_srow_t* row);
-
-/* http_client.c: HTTP requests on libcurl --------------------------------- */
-
-typedef struct ath_curlm_s ath_curlm_t;
-typedef struct ath_http_req_s {
-  void* easy;            /* CURL* */
-  struct curl_slist* headers;
-  char* req_body;
-  ath_buf_t body;        /* the response body */
-  size_t max_body;       /* 64 MiB: past it the request fails EMSGSIZE */
-  int result;            /* CURLcode */
-  int done;
-  int in_multi;
-  ath_slot_t* slot;      /* the task waiting on it, or NULL */
-  char errbuf[256];
-} ath_http_req_t;
-
-/* Prepares a request (headers are "Name: value" lines, NULL-terminated).
- * Returns 0, ATH_EINVAL (a URL that is not http(s)) or ATH_ENOMEM. */
-int ath__http_prepare(ath_http_req_t* r, const char* method, const char* url,
-                      const char* const* headers, const char* body, size_t blen,
-                      int64_t timeout_ms, char* err, size_t errlen);
-/* Trusts the CA certificates in `path` (PEM) for this request. */
-void ath__http_set_cafile(ath_http_req_t* r, const char* path);
-/* Runs it to the end on the calling thread (blocking). */
-int ath__http_perform(ath_http_req_t* r);
-void ath__http_free(ath_http_req_t* r);
-/* After it is done: the error code ("ETIMEDOUT", "ECONNREFUSED", ...) or
- * NULL, its message, the status, and the response headers one by one. */
-const char* ath__http_error_code(const ath_http_req_t* r);
-const char* ath__http_error_message(const ath_http_req_t* r);
-long ath__http_status(const ath_http_req_t* r);
-int ath__http_next_header(const ath_http_req_t* r, void** iter, const char** name, const char** value);
-/* A curl multi handle driven by `loop`; `done` runs on that loop for each
- * finished request. */
-int ath__curlm_new(uv_loop_t* loop, void (*done)(ath_http_req_t* r), ath_curlm_t** out);
-int ath__curlm_add(ath_curlm_t* m, ath_http_req_t* r);
-void ath__curlm_remove(ath_curlm_t* m, ath_http_req_t* r);
-void ath__curlm_close(ath_curlm_t* m);
-/* worker.c: runs r on the calling task's worker loop and yields until it
- * ends, then continues in k. Returns -1 when L is not a task's own
- * coroutine (the caller performs it blocking instead). */
-int ath__task_http(lua_State* L, ath_http_req_t* r, lua_KFunction k, lua_KContext kctx);
-
 /* worker.c: other I/O a task waits for (the database) ---------------------- */
 
 /* I/O that someone else drives on the task's worker loop. `abort` runs if
@@ -863,44 +657,6 @@ ath_slot_t* ath__task_current(lua_State* L);
  * without Lua instructions (an SQLite statement's progress handler). Marks
  * the interrupt, so the task stops at its next yield point or hook. */
 int ath__task_due(ath_slot_t* s);
-/* bindings/l_db.c: [-0, +1, e] pushes the worker state's own connection
- * for `url` (ctx.db), made on first use; it connects when first used. */
-void ath__db_push_ctx(lua_State* L, const char* url);
-
-/* http.c: the operations HTTP surface on the engine loop ----------------- */
-
-/* How one listener serves (world:serve options, docs/operations.md
- * "Operations surface: who may do what"). Owned by the listener once
- * handed over (ath__serve_opts_free). */
-struct ath_gws_key_s;
-typedef struct ath_serve_opts_s {
-  int flags;                  /* ATH_SERVE_* */
-  struct ath_gws_s* gws;      /* the gateway on this listener, or NULL */
-  struct ath_gws_key_s* keys; /* keys with operations rights (serve's auth) */
-  int nkeys;
-  int auth;                   /* `auth` given: the operations surface needs a key */
-  char** allowed_hosts;       /* Host names accepted, NULL: the default */
-  int http2;                  /* > 0: HTTP/2 cleartext (h2c) accepted, at most this many streams a second per connection */
-  size_t max_buffered;        /* request bytes buffered across connections (0: default) */
-} ath_serve_opts_t;
-void ath__serve_opts_free(ath_serve_opts_t* o);
-
-/* Listens on host:port (engine thread) as `o` says (taken over, also on
- * failure). Returns 0 and the server, or ATH_EBUSY / ATH_EINVAL with err
- * set. */
-int ath__http_start(ath_world_t* w, const char* host, int port, ath_serve_opts_t* o,
-                    int* bound, ath_http_t** out, char* err, size_t errlen);
-/* Stops listening and frees the server once its handles close (engine
- * thread). */
-void ath__http_stop(ath_http_t* h);
-/* Decodes %XX (and, with `plus`, '+' as a space) in s in place; writes a
- * NUL and returns the decoded length. */
-size_t ath__http_decode(char* s, size_t n, int plus);
-/* world:serve (o taken over, also on failure). */
-int ath__world_serve(ath_world_t* w, const char* host, int port, ath_serve_opts_t* o,
-                     int* bound, char* err, size_t errlen);
-/* The gateway a world serves (the latest), or NULL. Control thread. */
-struct ath_gws_s* ath__world_gateway(ath_world_t* w);
 
 /* webhook.c: LocalBackend webhooks (SEMANTICS §15) ------------------------- */
 

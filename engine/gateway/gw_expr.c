@@ -1,5 +1,5 @@
 /* Expression strings of `or`/`not` conditions (GATEWAY §3.2), parsed into a
- * tree (engine/gw_plan.h). Recursive descent whose depth is bounded by
+ * tree (engine/gateway/gw_plan.h). Recursive descent whose depth is bounded by
  * `max_depth`; the meaning (columns, types, SQL) is gw_plan.c's business.
  *
  *   list    = item *( "," item )

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 #include "internal.h"
+#include "http.h"
 
 static void curl_init_once(void) {
   curl_global_init(CURL_GLOBAL_DEFAULT);

@@ -1,5 +1,5 @@
 /* The gateway server (GATEWAY.md): the HTTP side runs on the engine loop
- * with the operations surface (engine/http.c hands it the gateway routes);
+ * with the operations surface (engine/http/http.c hands it the gateway routes);
  * requests that touch a database are compiled and executed on the
  * gateway's own threads, each with its own Lua state (for policies) and its
  * own connections, and answered back on the engine loop. Not installed. */

@@ -292,6 +292,10 @@ static void* policy_alloc(void* ud, void* ptr, size_t osize, size_t nsize) {
 int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen) {
   ath_gws_t* s = t->s;
   t->policy_ref = t->tables_ref = LUA_NOREF;
+  if (ath__runtime_hooks() == NULL) {
+    snprintf(err, errlen, "%s", "no Lua runtime installed: call ath_runtime_install(ath_lua_runtime()) first");
+    return ATH_EINVAL;
+  }
   t->dbs = calloc((size_t)s->cfg.ndbs, sizeof(*t->dbs));
   t->prepared = calloc((size_t)s->cfg.ndbs, sizeof(int));
   if (t->dbs == NULL || t->prepared == NULL) {
@@ -314,7 +318,7 @@ int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen) {
     return ATH_ENOMEM;
   }
   *(ath_gwt_t**)lua_getextraspace(L) = t;
-  ath__openstate(L);
+  ath__runtime_hooks()->open_state(L);
   /* the configuration file again, in this state: its policy functions */
   if (luaL_loadfile(L, s->cfg.config_path) != LUA_OK || ath__vm_call(L, 0, 1) != LUA_OK ||
       !lua_istable(L, -1)) {

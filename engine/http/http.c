@@ -21,6 +21,7 @@
 #include <malloc.h>
 #endif
 #include "internal.h"
+#include "http.h"
 #include "gw_server.h"
 
 extern const char ath__dashboard_html[];

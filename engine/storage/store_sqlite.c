@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sqlite3.h>
 #include "internal.h"
+#include "store.h"
 
 #define SCHEMA_VERSION 5
 const int ath__store_schema_version = SCHEMA_VERSION;

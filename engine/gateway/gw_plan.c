@@ -1,4 +1,4 @@
-/* The gateway request compiler (engine/gw_plan.h, GATEWAY §3).
+/* The gateway request compiler (engine/gateway/gw_plan.h, GATEWAY §3).
  *
  * SQL is built in "fragments": text in which every bound value is the byte
  * PH (0x01), plus the parameters in the order of their markers. Fragments

@@ -3,7 +3,8 @@
 #include <stdio.h>
 #include <sys/random.h>
 #include <time.h>
-#include "internal.h"
+#include <uv.h>
+#include "util.h"
 
 int64_t ath__now_ms(void) {
   struct timespec ts;

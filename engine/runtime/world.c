@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
+#include "http.h"
+#include "store.h"
 #include "db.h"
 #include "gw_server.h"
 
@@ -2108,6 +2110,11 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
   if (w->state != ATH_W_NEW) {
     set_err(err, errlen, "%s", "world was shut down");
     return ATH_ESHUTDOWN;
+  }
+  if (ath__runtime_hooks() == NULL) {
+    set_err(err, errlen, "%s",
+            "no Lua runtime installed: call ath_runtime_install(ath_lua_runtime()) first");
+    return ATH_EINVAL;
   }
   int rc = uv_loop_init(&w->eloop);
   if (rc != 0) {

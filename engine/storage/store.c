@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "internal.h"
+#include "store.h"
 
 void ath__store_mark(ath_world_t* w, ath_task_t* t) {
   if (w->store == NULL)

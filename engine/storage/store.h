@@ -1,0 +1,137 @@
+/* The storage subsystem: the persistence provider interface, the store
+ * thread and recovery (SEMANTICS §13). Built on the runtime's task and
+ * world records (internal.h). Not installed. */
+#ifndef ATHENA_STORE_H
+#define ATHENA_STORE_H
+
+#include "internal.h"
+
+/* store.c, store_sqlite.c: persistence (SEMANTICS §13) -------------------- */
+
+/* One schedule's stored state (borrowed strings, like ath_row_t). */
+typedef struct {
+  const char* id;
+  const char* name;
+  const char* input;  size_t input_len;
+  const char* cron;   /* NULL: a one-off */
+  int64_t once_at;
+  int local_tz, catch_up, overlap_skip, paused, has_priority, priority, strategy;
+  const char* queue;  /* NULL: the definition's */
+  int64_t next_ms, last_ms, total, skipped;
+  int deleted;
+} ath_srow_t;
+typedef int (*ath_srow_cb)(void* ud, const ath_srow_t* row);
+
+/* One task's stored state. Strings are borrowed for the call they are
+ * passed to (write) or the callback (load). */
+typedef struct {
+  const char* id;
+  const char* name;
+  const char* queue;
+  int status, attempt, max_attempts, strategy, priority, worker_id;
+  uint64_t seq;
+  int64_t created_at, scheduled_at, ready_at, started_at, completed_at, last_hb;
+  const char* input;  size_t input_len;
+  const char* result; size_t result_len;
+  const char* error;  size_t error_len;
+  int keep_error;     /* write: leave the stored error as it is (running) */
+  const char* hb;     size_t hb_len;
+  const char* parent_id;                 /* NULL: none */
+  const char* history; size_t history_len; /* workflows: events joined by commas */
+  int deleted;        /* write: delete the row (purge, retention) */
+} ath_row_t;
+
+typedef int (*ath_row_cb)(void* ud, const ath_row_t* row);
+
+/* A read of stored tasks (ath_store_vt_t.query). */
+typedef struct {
+  unsigned status_mask;  /* 1 << ATH_* of the statuses wanted; 0: any */
+  const char* name;      /* exact activity name, or NULL */
+  const char* parent_id; /* owning workflow, or NULL */
+  int64_t since, until;  /* bounds on created_at, 0: none */
+  int64_t limit;
+  int by_seq;            /* 1: creation order; 0: newest first (created_at
+                          * descending, then id) */
+} ath_store_query_t;
+
+/* A persistence provider: the Backend vtable of DESIGN §4. Every function
+ * runs on one thread at a time (start() on the world's thread, then only
+ * the store thread). Errors are ATH_ESTORE (message in err) or ATH_EINVAL
+ * (a database newer than this build, or not an Athena database). */
+struct ath_store_vt_s {
+  const char* name;
+  /* Opens (creating and migrating) the store in directory `dir`. */
+  int (*open)(const char* dir, int full_sync, ath_store_t** out, char* err, size_t errlen);
+  /* Calls cb for every stored task in creation order; stops at cb's error. */
+  int (*load)(ath_store_t* s, ath_row_cb cb, void* ud, char* err, size_t errlen);
+  /* Calls cb for every stored schedule. */
+  int (*load_schedules)(ath_store_t* s, ath_srow_cb cb, void* ud, char* err, size_t errlen);
+  /* Writes task and schedule rows in one transaction: all or nothing. */
+  int (*write)(ath_store_t* s, const ath_row_t* rows, size_t n, const ath_srow_t* srows,
+               size_t sn, char* err, size_t errlen);
+  /* Deletes terminal tasks except quarantined ones completed before. */
+  int (*prune)(ath_store_t* s, int64_t before_ms, char* err, size_t errlen);
+  void (*close)(ath_store_t* s);
+  /* Reads, from any thread, concurrently with the writer and each other
+   * (each on a connection of its own): what is committed. */
+  /* Calls cb with task `id`'s row; ATH_ENOTFOUND when there is none. */
+  int (*get)(ath_store_t* s, const char* id, ath_row_cb cb, void* ud, char* err, size_t errlen);
+  /* Calls cb for the rows that match `q`, in its order, at most q->limit. */
+  int (*query)(ath_store_t* s, const ath_store_query_t* q, ath_row_cb cb, void* ud, char* err,
+               size_t errlen);
+};
+
+extern const ath_store_vt_t ath__sqlite_store;
+/* The SQLite store's schema version (what `athena tasks` and friends read). */
+extern const int ath__store_schema_version;
+
+/* Takes <dir>/athena.lock (created if missing): an exclusive, non-blocking
+ * flock, released by closing *fd_out. Returns 0, ATH_EBUSY while another
+ * process or world holds it, or ATH_ESTORE, with err set. The directory
+ * must exist. Thread: any. */
+int ath__store_lock(const char* dir, int* fd_out, char* err, size_t errlen);
+/* Opens persistence for a starting world (lock file, store, recovery,
+ * retention pass) and starts the store thread. Called by start() before
+ * the workers, lock not held. Returns 0 or an ATH_E* with err set. */
+int ath__store_start(ath_world_t* w, char* err, size_t errlen);
+/* Final commit, stops the store thread and drops the lock file; the store
+ * stays open for reads until ath__store_free (from ath_world_free). */
+void ath__store_stop(ath_world_t* w);
+void ath__store_free(ath_world_t* w);
+/* Records that t changed (lock held): the store thread writes it with the
+ * next group. No-op in memory mode. */
+void ath__store_mark(ath_world_t* w, ath_task_t* t);
+/* Records that a schedule changed (lock held), like ath__store_mark. */
+void ath__store_mark_sched(ath_world_t* w, ath_sched_t* s);
+/* Hybrid mode's bound on changes not yet committed: past it, producers wait
+ * for the store (ath__store_throttle) instead of piling work up in RAM, and
+ * the store thread commits at once instead of at the end of its interval. */
+#define ATH_HYBRID_BACKLOG 65536
+void ath__store_throttle(ath_world_t* w);
+/* A task's wait for generation `gen` to be durable, without blocking its
+ * worker (file mode): returns 0 when there is nothing to wait for, 1 when
+ * `slot` was queued (the store thread hands it to the worker's inbox once
+ * committed), or ATH_ENOMEM. Lock not held. */
+int ath__store_await(ath_world_t* w, uint64_t gen, ath_slot_t* slot);
+/* Takes `slot`'s commit wait back (interrupted). Lock not held. */
+void ath__store_unawait(ath_world_t* w, ath_slot_t* slot);
+/* Hands a waiter to its worker's inbox (lock held) and adds the worker to
+ * wake[0..nwake) when not there yet; returns the new nwake. */
+int ath__waiter_deliver(ath_waiter_t* wt, ath_worker_t** wake, int nwake);
+/* Waits (lock held) until everything marked up to generation `gen` is
+ * committed, in file mode; returns at once otherwise. */
+void ath__store_wait(ath_world_t* w, uint64_t gen);
+/* Drops terminal tasks past the world's retention (lock not held). */
+void ath__world_prune(ath_world_t* w);
+/* Recovery (world.c): rebuilds one stored task in memory (an ath_row_cb;
+ * `ud` is the world), then logs what was recovered. */
+int ath__world_recover_row(void* ud, const ath_row_t* r);
+/* Takes out of RAM the terminal tasks that must leave it (lock held),
+ * chained through hnext; ath__world_term_free drops them after unlocking. */
+ath_task_t* ath__world_term_trim(ath_world_t* w);
+void ath__world_term_free(ath_task_t* dead);
+void ath__world_recovered(ath_world_t* w);
+/* Rebuilds one stored schedule, applying its catchUp (an ath_srow_cb). */
+int ath__sched_recover_row(void* ud, const ath_srow_t* row);
+
+#endif
