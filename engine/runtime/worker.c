@@ -767,13 +767,20 @@ static void resume_slot(ath_slot_t* s, int nargs) {
 
 static void deadline_cb(ath_slot_t* s);
 
-/* Arms the slot's deadline timer for the earliest deadline. */
-static void arm_deadline(ath_slot_t* s) {
+/* The earliest of the slot's deadlines (UINT64_MAX: none): what the count
+ * hook checks while the task runs. */
+static uint64_t next_deadline(ath_slot_t* s) {
   uint64_t next = UINT64_MAX;
   for (int i = 0; i < 4; i++)
     if (s->deadline[i] && s->deadline[i] < next)
       next = s->deadline[i];
   s->next_deadline = next;
+  return next;
+}
+
+/* Arms the slot's deadline timer for the earliest deadline. */
+static void arm_deadline(ath_slot_t* s) {
+  uint64_t next = next_deadline(s);
   if (next == UINT64_MAX) {
     timer_stop(s, ATH_TIMER_DEADLINE);
     return;
@@ -813,7 +820,11 @@ static void start_task(ath_worker_t* wk, ath_task_t* t) {
     int64_t left = t->scheduled_at + a->schedule_to_close_ms - ath__wall(wk->w);
     s->deadline[2] = ath__after(now, left > 0 ? left : 0);
   }
-  arm_deadline(s);
+  /* While the task runs, the count hook checks the deadlines; the timer is
+   * armed only if it stops at a yield point (most tasks end first, and a
+   * timer armed and stopped per task costs two clock reads and two heap
+   * operations on the loop). */
+  next_deadline(s);
   /* The heartbeat details a previous attempt left: only the thread running
    * the task writes them, so reading them here needs no lock. */
   lua_pushcfunction(co, task_main);
@@ -822,6 +833,8 @@ static void start_task(ath_worker_t* wk, ath_task_t* t) {
   lua_pushlightuserdata(co, t->hb);
   lua_pushinteger(co, (lua_Integer)t->hb_len);
   resume_slot(s, 4);
+  if (s->task == t && s->wait != ATH_WAIT_NONE)
+    arm_deadline(s); /* it waits: its deadlines need the loop's timer now */
 }
 
 /* Resumes slots waiting at a yield point that have an interrupt due:
