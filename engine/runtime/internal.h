@@ -671,6 +671,12 @@ int ath__hook_start(const char* url, unsigned mask, ath_log_t* log, ath_hook_t**
 /* Queues an event with `data` (JSON, copied). Never blocks on I/O; drops
  * the oldest event past the outbox bound. Thread: any (h may be NULL). */
 void ath__hook_emit(ath_hook_t* h, int kind, int64_t at, const char* data, size_t len);
+/* Queues a task event (lock held is fine: it copies the error, takes a
+ * reference to t and writes no JSON; the webhook thread writes the body
+ * from t's id, name, kind, queue and parent and the status, attempt and
+ * error recorded now). */
+void ath__hook_emit_task(ath_hook_t* h, int kind, int64_t at, ath_task_t* t, const char* error,
+                         size_t error_len);
 int ath__hook_wants(const ath_hook_t* h, int kind);
 /* Delivers what is due within a short grace, then stops and frees. */
 void ath__hook_stop(ath_hook_t* h);

@@ -27,9 +27,18 @@ struct ath_event_s {
   int kind;
   int attempts;          /* deliveries tried */
   int64_t due;           /* wall ms of the next try */
+  int64_t at;            /* wall ms of the event */
   char id[37];           /* delivery id (X-Athena-Delivery) */
   size_t len;
-  char body[];           /* {"id","event","at","data"} */
+  char* body;            /* {"id","event","at","data"}, owned; NULL until built */
+  /* A task event, recorded under the world lock without any JSON: the
+   * task (a reference) and the state it had. The webhook thread writes the
+   * body from them before the first delivery. */
+  ath_task_t* task;
+  ath_status_t status;
+  int attempt;
+  char* error;           /* the error value's JSON (a copy), or NULL */
+  size_t error_len;
 };
 
 struct ath_hook_s {
@@ -78,26 +87,62 @@ static void outbox_push(ath_hook_t* h, ath_event_t* e) {
   h->n++;
 }
 
-void ath__hook_emit(ath_hook_t* h, int kind, int64_t at, const char* data, size_t len) {
-  if (!ath__hook_wants(h, kind))
-    return;
+static void event_free(ath_event_t* e) {
+  if (e->task != NULL)
+    ath_task_release(e->task);
+  free(e->error);
+  free(e->body);
+  free(e);
+}
+
+/* Writes the body around `data` (the event's "data" JSON). Returns 0 or
+ * ATH_ENOMEM. */
+static int event_body(ath_event_t* e, const char* data, size_t len) {
   size_t cap = len + 160;
-  ath_event_t* e = malloc(sizeof(*e) + cap);
-  if (e == NULL) {
-    atomic_fetch_add(&h->dropped, 1);
-    return;
-  }
-  e->next = NULL;
-  e->kind = kind;
-  e->attempts = 0;
-  e->due = 0;
-  ath__uuid4(e->id);
+  e->body = malloc(cap);
+  if (e->body == NULL)
+    return ATH_ENOMEM;
   int n = snprintf(e->body, cap, "{\"id\":\"%s\",\"event\":\"%s\",\"at\":%lld,\"data\":", e->id,
-                   event_names[kind], (long long)at);
+                   event_names[e->kind], (long long)e->at);
   memcpy(e->body + n, data, len);
   e->body[n + len] = '}';
   e->body[n + len + 1] = '\0';
   e->len = (size_t)n + len + 1;
+  return 0;
+}
+
+/* A task event's body (SEMANTICS §15: the task's id, name, kind, status,
+ * attempt, queue, parent and error), on the webhook thread: the fields read
+ * from the task never change once it exists; the others were recorded. */
+static int task_body(ath_event_t* e) {
+  const ath_task_t* t = e->task;
+  ath_buf_t b = {0};
+  ath__buf_lit(&b, "{\"id\":");
+  ath__buf_json_str(&b, t->id);
+  ath__buf_lit(&b, ",\"name\":");
+  ath__buf_json_str(&b, t->def->name);
+  char tmp[160];
+  int n = snprintf(tmp, sizeof(tmp), ",\"kind\":\"%s\",\"status\":\"%s\",\"attempt\":%d,\"taskQueue\":",
+                   t->wf ? "workflow" : "activity", ath_status_name(e->status), e->attempt);
+  ath__buf_append(&b, tmp, (size_t)n);
+  ath__buf_json_str(&b, t->queue->name);
+  ath__buf_lit(&b, ",\"parentId\":");
+  if (t->parent != NULL)
+    ath__buf_json_str(&b, t->parent->id);
+  else
+    ath__buf_lit(&b, "null");
+  if (e->error != NULL) {
+    ath__buf_lit(&b, ",\"error\":");
+    ath__buf_append(&b, e->error, e->error_len);
+  }
+  ath__buf_lit(&b, "}");
+  int rc = b.data != NULL ? event_body(e, b.data, b.len) : ATH_ENOMEM;
+  ath__buf_free(&b);
+  return rc;
+}
+
+/* Queues e, dropping the oldest event when the outbox is full. */
+static void outbox_add(ath_hook_t* h, ath_event_t* e) {
   ath_event_t* drop = NULL;
   uv_mutex_lock(&h->lock);
   if (h->n >= ATH_HOOK_MAX) { /* the oldest goes */
@@ -112,8 +157,54 @@ void ath__hook_emit(ath_hook_t* h, int kind, int64_t at, const char* data, size_
   uv_mutex_unlock(&h->lock);
   if (drop != NULL) {
     atomic_fetch_add(&h->dropped, 1);
-    free(drop);
+    event_free(drop);
   }
+}
+
+static ath_event_t* event_new(ath_hook_t* h, int kind, int64_t at) {
+  ath_event_t* e = calloc(1, sizeof(*e));
+  if (e == NULL) {
+    atomic_fetch_add(&h->dropped, 1);
+    return NULL;
+  }
+  e->kind = kind;
+  e->at = at;
+  ath__uuid4(e->id);
+  return e;
+}
+
+void ath__hook_emit(ath_hook_t* h, int kind, int64_t at, const char* data, size_t len) {
+  if (!ath__hook_wants(h, kind))
+    return;
+  ath_event_t* e = event_new(h, kind, at);
+  if (e == NULL)
+    return;
+  if (event_body(e, data, len) != 0) {
+    atomic_fetch_add(&h->dropped, 1);
+    event_free(e);
+    return;
+  }
+  outbox_add(h, e);
+}
+
+void ath__hook_emit_task(ath_hook_t* h, int kind, int64_t at, ath_task_t* t, const char* error,
+                         size_t error_len) {
+  if (!ath__hook_wants(h, kind))
+    return;
+  ath_event_t* e = event_new(h, kind, at);
+  if (e == NULL)
+    return;
+  if (error != NULL && (e->error = ath__memdup(error, error_len)) == NULL) {
+    atomic_fetch_add(&h->dropped, 1);
+    free(e);
+    return;
+  }
+  e->error_len = error_len;
+  e->status = t->status;
+  e->attempt = t->attempt;
+  ath_task_retain(t);
+  e->task = t;
+  outbox_add(h, e);
 }
 
 static size_t discard(char* p, size_t size, size_t n, void* ud) {
@@ -180,18 +271,28 @@ static void hook_main(void* arg) {
       h->tail = prev;
     h->n--;
     uv_mutex_unlock(&h->lock);
+    if (e->body == NULL && task_body(e) != 0) {
+      atomic_fetch_add(&h->dropped, 1); /* out of memory writing it */
+      event_free(e);
+      uv_mutex_lock(&h->lock);
+      continue;
+    }
+    if (e->task != NULL) { /* written: the task is no longer needed */
+      ath_task_release(e->task);
+      e->task = NULL;
+    }
     int ok = c != NULL && deliver(c, h->url, e);
     e->attempts++;
     if (ok) {
       atomic_fetch_add(&h->delivered, 1);
-      free(e);
+      event_free(e);
     } else if (e->attempts >= ATH_HOOK_ATTEMPTS) {
       char msg[160];
       snprintf(msg, sizeof(msg), "webhook %s (%s) dropped after %d attempts", e->id, event_names[e->kind],
                e->attempts);
       ath__log_write(h->log, ATH_LOG_WARN, msg, NULL, 0);
       atomic_fetch_add(&h->dropped, 1);
-      free(e);
+      event_free(e);
     } else {
       int64_t backoff = 1000LL << (e->attempts - 1);
       e->due = ath__now_ms() + (backoff > 60000 ? 60000 : backoff);
@@ -248,7 +349,7 @@ void ath__hook_stop(ath_hook_t* h) {
   int left = 0;
   for (ath_event_t* e = h->head; e;) {
     ath_event_t* next = e->next;
-    free(e);
+    event_free(e);
     left++;
     e = next;
   }

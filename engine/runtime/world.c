@@ -1121,32 +1121,11 @@ static int deliver_waiters(ath_task_t* t, ath_worker_t** wake, int nwake) {
 
 /* Emits a task.* webhook event for t (lock held; t not running, so its
  * error is settled). */
+/* Records a task event for the webhooks (lock held): the task and its
+ * state, no JSON; the webhook thread writes the body. */
 static void emit_task(ath_world_t* w, ath_task_t* t, int kind, int64_t now) {
-  if (!ath__hook_wants(w->hook, kind))
-    return;
-  ath_buf_t b = {0};
-  ath__buf_lit(&b, "{\"id\":");
-  ath__buf_json_str(&b, t->id);
-  ath__buf_lit(&b, ",\"name\":");
-  ath__buf_json_str(&b, t->def->name);
-  char tmp[160];
-  int n = snprintf(tmp, sizeof(tmp), ",\"kind\":\"%s\",\"status\":\"%s\",\"attempt\":%d,\"taskQueue\":",
-                   t->wf ? "workflow" : "activity", ath_status_name(t->status), t->attempt);
-  ath__buf_append(&b, tmp, (size_t)n);
-  ath__buf_json_str(&b, t->queue->name);
-  ath__buf_lit(&b, ",\"parentId\":");
-  if (t->parent != NULL)
-    ath__buf_json_str(&b, t->parent->id);
-  else
-    ath__buf_lit(&b, "null");
-  if (t->error != NULL && t->status != ATH_COMPLETED) {
-    ath__buf_lit(&b, ",\"error\":");
-    ath__buf_append(&b, t->error, t->error_len);
-  }
-  ath__buf_lit(&b, "}");
-  if (b.data != NULL)
-    ath__hook_emit(w->hook, kind, now, b.data, b.len);
-  ath__buf_free(&b);
+  int err = t->error != NULL && t->status != ATH_COMPLETED;
+  ath__hook_emit_task(w->hook, kind, now, t, err ? t->error : NULL, err ? t->error_len : 0);
 }
 
 /* Moves `t` to the terminal state `st` (lock held): counters, waiters.

@@ -146,7 +146,7 @@ static ath_world_t* webhook_world(unsigned events) {
   FILE* f = fopen(file, "w");
   fputs("local athena = require 'athena'\n"
         "athena.activity('ok', function(ctx, i) return i end)\n"
-        "athena.activity('bad', function() error('nope') end)\n", f);
+        "athena.activity('bad', function(ctx) error('nope on attempt ' .. ctx.attempt) end)\n", f);
   fclose(f);
   static char path[128], url[128];
   snprintf(path, sizeof(path), "%s/?.lua;;", dir);
@@ -225,9 +225,14 @@ TEST_IMPL(webhook_events_delivered) {
       failed++;
       ASSERT(strstr(hits[i].body, "\"attempt\":2") != NULL);
       ASSERT(strstr(hits[i].body, "\"code\":\"EHANDLER\"") != NULL);
+      ASSERT(strstr(hits[i].body, "nope on attempt 2") != NULL);
     } else if (strcmp(hits[i].event, "task.retrying") == 0) {
+      /* the state the task had when the event happened, although the
+       * body is written later, by when attempt 2 may have failed too */
       retrying++;
       ASSERT(strstr(hits[i].body, "\"status\":\"retrying\"") != NULL);
+      ASSERT(strstr(hits[i].body, "\"attempt\":1") != NULL);
+      ASSERT(strstr(hits[i].body, "nope on attempt 1") != NULL);
     }
   }
   ASSERT_EQ(1, completed);
