@@ -102,6 +102,9 @@ typedef struct {
  * Every field below `refs` is guarded by the world lock, except the
  * immutable ones (id, def, input, seq, created_at) and result/error, which
  * are written once before the task turns terminal and never change after. */
+/* Inputs up to this many bytes are kept in the task's own allocation. */
+#define ATH_INLINE_INPUT 64
+
 struct ath_task_s {
   atomic_int refs;       /* handles and the world's table each hold one */
   ath_status_t status;
@@ -115,6 +118,7 @@ struct ath_task_s {
   unsigned dirty : 1;    /* in the store's pending list */
   unsigned purged : 1;   /* deleted: the store deletes its row */
   unsigned in_term : 1;  /* in the world's list of recent terminal tasks */
+  unsigned input_inline : 1; /* `input` is in this block, after the id */
   ath_worker_t* wk;      /* the worker running it, while running */
   atomic_ullong cancel_ns; /* monotonic ns the cancel was accepted, 0 if none */
   int64_t last_hb;       /* wall ms of the latest heartbeat */
@@ -136,7 +140,7 @@ struct ath_task_s {
   ath_waiter_t* waiters; /* worker slots parked in handle:result() */
   struct ath_task_s* parent; /* owning workflow (a reference), or NULL */
   ath_wf_t* wf;          /* workflow state, NULL for an activity */
-  char* input;           /* JSON, owned */
+  char* input;           /* JSON, owned (or inline: input_inline) */
   char* result;          /* JSON, owned, NULL until completed */
   char* error;           /* JSON error value, owned, NULL if none */
   /* their lengths: 32 bits keep a million queued tasks in a smaller
