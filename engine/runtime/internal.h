@@ -294,6 +294,10 @@ struct ath_worker_s {
   int workflow_ref;      /* athena.workflow's segment runner */
   ath_buf_t buf;         /* scratch for encoding results */
   int joined;            /* thread joined (by the world's thread) */
+  int loop_closed;       /* its loop closed (no wake may reach it after) */
+  /* Wake arrays holding it: collected under the world lock, woken after
+   * it (ath__wake_all). A retired worker is freed once none holds it. */
+  atomic_int wakes_held;
   atomic_int poke;       /* set with a wake: check the slots for cancels */
   atomic_int lost;       /* declared lost by the monitor: its outcomes are void */
   atomic_int exited;     /* its thread has finished (set last thing) */
@@ -397,8 +401,14 @@ struct ath_world_s {
   uv_timer_t scale_timer;/* the autoscaler (default pool) */
   uint64_t scaled_up_at; /* engine-loop ms of the autoscaler's latest add */
   uv_timer_t monitor_timer; /* the heartbeat monitor */
-  ath_worker_t** retired;/* retired and lost workers, kept until free */
+  ath_worker_t** retired;/* lost workers, kept until free (their thread may
+                          * still come back from the C call it was stuck in) */
   int nretired;
+  /* Retired workers, joined, freed by the engine thread once no wake can
+   * reach them any more (wakes_held): the pool may grow and shrink for weeks
+   * without keeping a loop or a struct per retired worker. */
+  ath_worker_t** graveyard;
+  int ngrave;
   int engine_stop;
   /* Counters (SEMANTICS §14.1). */
   int64_t started_at;
@@ -557,8 +567,15 @@ const ath_runtime_hooks_t* ath__runtime_hooks(void);
 int ath__worker_spawn(ath_world_t* w, ath_queue_t* q, int wait, ath_worker_t** out);
 /* Wakes the worker's loop. Thread: any. */
 void ath__worker_wake(ath_worker_t* wk);
-/* Joins the thread and frees the worker. Call after it was asked to stop. */
+/* Joins the thread and closes its loop. Call after it was asked to stop,
+ * once no wake can reach it. */
 void ath__worker_join(ath_worker_t* wk);
+/* Joins it if need be, closes its loop and frees it (with the task
+ * references a lost worker kept). */
+void ath__worker_free(ath_worker_t* wk);
+/* Wakes the workers a critical section collected into wks[0..n) (lock not
+ * held; see wakes_held). */
+void ath__wake_all(ath_worker_t** wks, int n);
 
 /* Logs an engine message (printf-style) at `level` with optional fields.
  * Thread: any; never blocks on I/O. Call without the world lock held when

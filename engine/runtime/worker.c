@@ -1284,9 +1284,24 @@ void ath__worker_wake(ath_worker_t* wk) {
 }
 
 void ath__worker_join(ath_worker_t* wk) {
-  if (wk->joined)
-    return;
-  uv_thread_join(&wk->thread);
-  uv_loop_close(&wk->loop);
+  if (!wk->joined)
+    uv_thread_join(&wk->thread);
   wk->joined = 1;
+  if (!wk->loop_closed)
+    uv_loop_close(&wk->loop);
+  wk->loop_closed = 1;
+}
+
+void ath__worker_free(ath_worker_t* wk) {
+  if (wk == NULL)
+    return;
+  ath__worker_join(wk);
+  for (int k = 0; k < wk->nlost_refs; k++)
+    ath_task_release(wk->running_tasks[k]);
+  free(wk->slots);
+  free(wk->outcomes);
+  free(wk->handlers);
+  free(wk->free_slots);
+  free(wk->running_tasks);
+  free(wk);
 }

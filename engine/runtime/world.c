@@ -630,6 +630,7 @@ static int pick_sleepers(ath_world_t* w, ath_queue_t* q, int64_t n,
       ath_worker_t* wk = w->workers[i];
       if (wk->queue == q && wk->wants_work && (pass == 1 || wk->running == 0)) {
         wk->wants_work = 0;
+        atomic_fetch_add_explicit(&wk->wakes_held, 1, memory_order_relaxed);
         out[k++] = wk;
       }
     }
@@ -637,10 +638,16 @@ static int pick_sleepers(ath_world_t* w, ath_queue_t* q, int64_t n,
   return k;
 }
 
-static void wake_all(ath_worker_t** wks, int n) {
-  for (int i = 0; i < n; i++)
+/* Wakes the workers a critical section collected (lock not held). Each
+ * collection counted the worker in wakes_held, so a retired worker is
+ * freed only once no such wake can still reach it. */
+void ath__wake_all(ath_worker_t** wks, int n) {
+  for (int i = 0; i < n; i++) {
     ath__worker_wake(wks[i]);
+    atomic_fetch_sub_explicit(&wks[i]->wakes_held, 1, memory_order_release);
+  }
 }
+#define wake_all ath__wake_all
 
 /* Moves a ready task into its queue (lock held). */
 static int make_ready(ath_world_t* w, ath_task_t* t) {
@@ -1100,8 +1107,10 @@ static int add_wake(ath_worker_t** wake, int nwake, ath_worker_t* wk) {
   for (int i = 0; i < nwake; i++)
     if (wake[i] == wk)
       return nwake;
-  if (nwake < MAX_WORKERS)
+  if (nwake < MAX_WORKERS) {
+    atomic_fetch_add_explicit(&wk->wakes_held, 1, memory_order_relaxed);
     wake[nwake++] = wk;
+  }
   return nwake;
 }
 
@@ -1864,7 +1873,19 @@ static void stop_workers(ath_world_t* w) {
 
 static int add_worker(ath_world_t* w, ath_queue_t* q, int wait, char* err, size_t errlen);
 
-/* Takes `wk` out of the worker list (lock held); it is kept until free. */
+/* Appends wk to the list *v of *n workers. Returns 0, or -1 when out of
+ * memory (then the worker is never freed: a leak, never a crash). */
+static int keep_worker(ath_worker_t*** v, int* n, ath_worker_t* wk) {
+  ath_worker_t** r = realloc(*v, (size_t)(*n + 1) * sizeof(*r));
+  if (r == NULL)
+    return -1;
+  *v = r;
+  r[(*n)++] = wk;
+  return 0;
+}
+
+/* Takes `wk` out of the worker list (lock held). A lost worker is kept
+ * until the world is freed; any other goes to the graveyard. */
 static void unlist_worker(ath_world_t* w, ath_worker_t* wk) {
   for (int i = 0; i < w->nworkers; i++) {
     if (w->workers[i] == wk) {
@@ -1873,11 +1894,24 @@ static void unlist_worker(ath_world_t* w, ath_worker_t* wk) {
       break;
     }
   }
-  ath_worker_t** r = realloc(w->retired, (size_t)(w->nretired + 1) * sizeof(*r));
-  if (r != NULL) {
-    w->retired = r;
-    w->retired[w->nretired++] = wk;
-  } /* else it leaks: a few hundred bytes, never touched again */
+  if (atomic_load(&wk->lost))
+    keep_worker(&w->retired, &w->nretired, wk);
+  else
+    keep_worker(&w->graveyard, &w->ngrave, wk);
+}
+
+/* Frees the workers of the graveyard that no wake array holds any more
+ * (engine thread; their threads were joined). */
+static void reap_graveyard(ath_world_t* w) {
+  int keep = 0;
+  for (int i = 0; i < w->ngrave; i++) {
+    ath_worker_t* wk = w->graveyard[i];
+    if (atomic_load_explicit(&wk->wakes_held, memory_order_acquire) == 0)
+      ath__worker_free(wk);
+    else
+      w->graveyard[keep++] = wk;
+  }
+  w->ngrave = keep;
 }
 
 /* Workers started without a waiter (by the autoscaler or the monitor) whose
@@ -1913,6 +1947,7 @@ static void autoscale(ath_world_t* w) {
   int nretire = 0, add = 0, total = 0, starting = 0;
   double load = 0;
   reap_failed_starts(w);
+  reap_graveyard(w);
   uint64_t now = uv_now(&w->eloop);
   uv_mutex_lock(&w->lock);
   if (w->state != ATH_W_STARTED) {
@@ -2279,14 +2314,11 @@ void ath_world_free(ath_world_t* w) {
     return;
   if (w->state == ATH_W_STARTED)
     ath_world_shutdown(w, 30000, NULL, NULL, NULL);
-  for (int i = 0; i < w->nworkers; i++) {
-    free(w->workers[i]->slots);
-    free(w->workers[i]->outcomes);
-    free(w->workers[i]->handlers);
-    free(w->workers[i]->free_slots);
-    free(w->workers[i]->running_tasks);
-    free(w->workers[i]);
-  }
+  for (int i = 0; i < w->nworkers; i++)
+    ath__worker_free(w->workers[i]);
+  for (int i = 0; i < w->ngrave; i++)
+    ath__worker_free(w->graveyard[i]);
+  free(w->graveyard);
   /* A lost worker's thread may still come back from the C call it was
    * stuck in, and then touches the world on its way out: wait for it a
    * while; if it is still stuck, the world's memory is left to it. */
@@ -2306,20 +2338,8 @@ void ath_world_free(ath_world_t* w) {
     wk->joined = 1;
   }
   free(w->workers);
-  for (int i = 0; i < w->nretired; i++) {
-    ath_worker_t* wk = w->retired[i];
-    if (!wk->joined)
-      uv_thread_join(&wk->thread);
-    uv_loop_close(&wk->loop);
-    for (int k = 0; k < wk->nlost_refs; k++)
-      ath_task_release(wk->running_tasks[k]);
-    free(wk->slots);
-    free(wk->outcomes);
-    free(wk->handlers);
-    free(wk->free_slots);
-    free(wk->running_tasks);
-    free(wk);
-  }
+  for (int i = 0; i < w->nretired; i++)
+    ath__worker_free(w->retired[i]);
   free(w->retired);
   free(w->held);
   if (w->table != NULL) {

@@ -324,8 +324,7 @@ static void store_main(void* arg) {
       ath_worker_t* wake[MAX_WORKERS];
       int nwake = w->commit_waiters != NULL ? deliver_commits(w, wake) : 0;
       uv_mutex_unlock(&w->lock);
-      for (int i = 0; i < nwake; i++)
-        ath__worker_wake(wake[i]);
+      ath__wake_all(wake, nwake);
       ath__world_term_free(dead);
       for (size_t i = 0; i < n; i++)
         ath_task_release(batch[i]);

@@ -432,3 +432,73 @@ TEST_IMPL(world_waiters_per_task) {
   remove_module();
   return 0;
 }
+
+/* Open file descriptors of this process. */
+static int count_fds(void) {
+  uv_fs_t req;
+  int n = uv_fs_scandir(NULL, &req, "/proc/self/fd", 0, NULL);
+  uv_fs_req_cleanup(&req);
+  return n;
+}
+
+/* Waits (deadline 10 s) until the world has `want` workers. */
+static void await_workers(ath_world_t* w, int want, const char* what) {
+  uint64_t deadline = uv_hrtime() + 10000000000ull;
+  ath_worker_info_t info[16];
+  for (;;) {
+    int n = ath_world_workers(w, info, 16);
+    if (n == want)
+      return;
+    if (uv_hrtime() > deadline) {
+      fprintf(stderr, "%s: %d workers, want %d\n", what, n, want);
+      ASSERT(0);
+    }
+    uv_sleep(2); /* polls the autoscaler, which announces nothing */
+  }
+}
+
+/* A pool that grows and shrinks for a long time keeps nothing of the
+ * workers it retired: no loop (an epoll and an event fd each), no struct.
+ * Before, each retired worker's loop stayed open until the world was
+ * freed: the process ran out of descriptors after enough cycles. */
+TEST_IMPL(world_autoscale_frees_retired) {
+  write_module();
+  static const char* const mods[] = {"ctjobs", NULL};
+  ath_world_config_t cfg;
+  ath_world_config_init(&cfg);
+  cfg.min_workers = 1;
+  cfg.max_workers = 4;
+  cfg.scale_interval_ms = 20;
+  cfg.persistence = ATH_PERSIST_MEMORY;
+  cfg.modules = mods;
+  cfg.lua_path = lua_path;
+  ath_world_t* w = NULL;
+  char err[512];
+  ASSERT_OK(ath_world_new(&cfg, &w, err, sizeof(err)));
+  ASSERT_OK(reg(w, "nap", NULL, 0));
+  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  int fds_after_first = 0;
+  enum { CYCLES = 20, TASKS = 8 };
+  for (int c = 0; c < CYCLES; c++) {
+    ath_task_t* ts[TASKS];
+    for (int i = 0; i < TASKS; i++)
+      ASSERT_OK(exec1(w, "nap", "{\"ms\":80}", &ts[i]));
+    for (int i = 0; i < TASKS; i++) {
+      ASSERT_OK(ath_world_wait(w, ts[i], 10000));
+      ath_task_release(ts[i]);
+    }
+    await_workers(w, 1, "after a burst the pool shrinks back");
+    if (c == 0)
+      fds_after_first = count_fds();
+  }
+  int grown = count_fds() - fds_after_first;
+  ath_metrics_t m = {0};
+  ath_world_metrics(w, &m);
+  fprintf(stderr, "%d cycles: descriptors %+d since the first\n", CYCLES, grown);
+  ASSERT_EQ(CYCLES * TASKS, m.completed);
+  ASSERT(grown <= 4); /* 2 per retired worker before: 19 cycles retired dozens */
+  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
