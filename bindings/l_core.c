@@ -115,9 +115,6 @@ int64_t ath__checkduration(lua_State* L, int idx, const char* what) {
 
 /* ---------------------------------------------------- failure strategies */
 
-const char* const ath__strategy_names[] = {"default", "retry", "cascade", "compensate",
-                                           "ignore", "quarantine", NULL};
-
 ath_strategy_t ath__checkstrategy(lua_State* L, int idx, const char* what) {
   idx = lua_absindex(L, idx);
   if (lua_isnoneornil(L, idx))
@@ -462,6 +459,8 @@ int luaopen_athena_core(lua_State* L) {
   lath_open_world(L);
 
   luaL_newlib(L, core_funcs);
+  lath_push_config_map(L);
+  lua_setfield(L, -2, "configMap");
   luaL_getmetatable(L, "athena.Error");
   lua_setfield(L, -2, "Error");
   luaL_getmetatable(L, "athena.World");

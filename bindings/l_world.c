@@ -100,6 +100,113 @@ static const char** opt_strv(lua_State* L, int t, const char* k, int zero_based)
   return v;
 }
 
+/* [-0, +0, v] Reads the options of the config map (config.c) from table t,
+ * by their names ("log.level"), into cfg; an absent one keeps its value.
+ * Values are as the Lua side checked them: durations in ms, sizes in
+ * bytes, enums by name. Strings stay anchored by the table. */
+static void read_options(lua_State* L, int t, ath_world_config_t* cfg) {
+  for (int i = 0; i < ath__config_map_len; i++) {
+    const ath_cfg_opt_t* o = &ath__config_map[i];
+    char* p = (char*)cfg + o->offset;
+    int type = lua_getfield(L, t, o->name);
+    if (type != LUA_TNIL) {
+      switch (o->kind) {
+      case ATH_CFG_INT:
+        *(int*)p = (int)luaL_checkinteger(L, -1);
+        break;
+      case ATH_CFG_COUNT:
+      case ATH_CFG_MS:
+        *(int64_t*)p = (int64_t)luaL_checkinteger(L, -1);
+        break;
+      case ATH_CFG_NUM:
+        *(double*)p = luaL_checknumber(L, -1);
+        break;
+      case ATH_CFG_BOOL:
+        *(int*)p = lua_toboolean(L, -1) ? !o->negated : o->negated;
+        break;
+      case ATH_CFG_STR:
+        *(const char**)p = luaL_checkstring(L, -1);
+        break;
+      case ATH_CFG_BYTES:
+        *(size_t*)p = (size_t)luaL_checkinteger(L, -1);
+        break;
+      case ATH_CFG_ENUM: {
+        const char* name = luaL_checkstring(L, -1);
+        int k = 0;
+        while (o->values[k] != NULL && strcmp(o->values[k], name) != 0)
+          k++;
+        if (o->values[k] == NULL)
+          ath__raise(L, ATH_EINVAL, "invalid %s: %s (%s)", o->name, name, o->rule);
+        *(int*)p = k;
+        break;
+      }
+      }
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* core.configMap: the options of config.c as Lua tables {name, kind,
+ * default, min, max, values, rule} (init.lua validates with them). */
+void lath_push_config_map(lua_State* L) {
+  static const char* const kinds[] = {"int", "count", "ms", "number", "boolean", "string", "enum", "bytes"};
+  lua_createtable(L, ath__config_map_len, 0);
+  for (int i = 0; i < ath__config_map_len; i++) {
+    const ath_cfg_opt_t* o = &ath__config_map[i];
+    lua_createtable(L, 0, 7);
+    lua_pushstring(L, o->name);
+    lua_setfield(L, -2, "name");
+    lua_pushstring(L, kinds[o->kind]);
+    lua_setfield(L, -2, "kind");
+    switch (o->kind) {
+    case ATH_CFG_NUM:
+      lua_pushnumber(L, o->def);
+      break;
+    case ATH_CFG_BOOL:
+      lua_pushboolean(L, o->def != 0);
+      break;
+    case ATH_CFG_STR:
+      if (o->sdef != NULL)
+        lua_pushstring(L, o->sdef);
+      else
+        lua_pushnil(L);
+      break;
+    case ATH_CFG_ENUM: /* a default no user may write (log.format's automatic choice): none */
+      if (o->def >= o->min)
+        lua_pushstring(L, o->values[(int)o->def]);
+      else
+        lua_pushnil(L);
+      break;
+    default:
+      lua_pushinteger(L, (lua_Integer)o->def);
+    }
+    lua_setfield(L, -2, "default");
+    if (o->kind == ATH_CFG_NUM)
+      lua_pushnumber(L, o->min);
+    else
+      lua_pushinteger(L, (lua_Integer)o->min);
+    lua_setfield(L, -2, "min");
+    if (o->max != 0) {
+      if (o->kind == ATH_CFG_NUM)
+        lua_pushnumber(L, o->max);
+      else
+        lua_pushinteger(L, (lua_Integer)o->max);
+      lua_setfield(L, -2, "max");
+    }
+    if (o->kind == ATH_CFG_ENUM) { /* the names a user may write */
+      lua_newtable(L);
+      for (int k = (int)o->min, n = 1; k <= (int)o->max; k++, n++) {
+        lua_pushstring(L, o->values[k]);
+        lua_rawseti(L, -2, n);
+      }
+      lua_setfield(L, -2, "values");
+    }
+    lua_pushstring(L, o->rule);
+    lua_setfield(L, -2, "rule");
+    lua_rawseti(L, -2, i + 1);
+  }
+}
+
 /* core.newWorld(cfg): cfg was validated by init.lua (SEMANTICS §2); here
  * the fields are copied into the engine's config. */
 int lath_world_new(lua_State* L) {
@@ -116,60 +223,16 @@ int lath_world_new(lua_State* L) {
   }
   ath_world_config_t cfg;
   ath_world_config_init(&cfg);
-  cfg.min_workers = opt_int(L, 1, "minWorkers", cfg.min_workers);
-  cfg.max_workers = opt_int(L, 1, "maxWorkers", cfg.max_workers);
+  read_options(L, 1, &cfg);
   cfg.default_concurrency = opt_int(L, 1, "defaultConcurrency", cfg.default_concurrency);
-  lua_getfield(L, 1, "persistence");
-  const char* p = luaL_optstring(L, -1, "hybrid");
-  cfg.persistence = strcmp(p, "memory") == 0 ? ATH_PERSIST_MEMORY
-                    : strcmp(p, "file") == 0 ? ATH_PERSIST_FILE
-                                             : ATH_PERSIST_HYBRID;
-  lua_getfield(L, 1, "persistencePath");
-  cfg.persistence_path = luaL_optstring(L, -1, ".athena");
   lua_getfield(L, 1, "entryScript");
   cfg.entry_script = luaL_optstring(L, -1, NULL);
-  cfg.cancel_grace_ms = opt_ms(L, 1, "cancelGrace", cfg.cancel_grace_ms);
-  cfg.flush_interval_ms = opt_ms(L, 1, "flushInterval", cfg.flush_interval_ms);
-  cfg.scale_interval_ms = opt_ms(L, 1, "scaleInterval", cfg.scale_interval_ms);
-  cfg.heartbeat_interval_ms = opt_ms(L, 1, "heartbeatInterval", cfg.heartbeat_interval_ms);
-  cfg.heartbeat_timeout_ms = opt_ms(L, 1, "heartbeatTimeout", cfg.heartbeat_timeout_ms);
-  if (lua_getfield(L, 1, "scaleThreshold") == LUA_TNUMBER)
-    cfg.scale_threshold = lua_tonumber(L, -1);
-  if (lua_getfield(L, 1, "scaleDownThreshold") == LUA_TNUMBER)
-    cfg.scale_down_threshold = lua_tonumber(L, -1);
-  lua_pop(L, 2);
-  cfg.log_level = opt_int(L, 1, "logLevel", cfg.log_level);
-  cfg.log_format = opt_int(L, 1, "logFormat", cfg.log_format);
-  cfg.log_max_files = opt_int(L, 1, "logMaxFiles", cfg.log_max_files);
-  if (lua_getfield(L, 1, "logMaxSize") == LUA_TNUMBER)
-    cfg.log_max_size = (size_t)lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  lua_getfield(L, 1, "logFile");
-  cfg.log_file = lua_tostring(L, -1); /* anchored by cfg */
-  lua_pop(L, 1);
   lua_getfield(L, 1, "database");
-  cfg.database = lua_tostring(L, -1); /* anchored by cfg */
-  lua_pop(L, 1);
+  cfg.database = lua_tostring(L, -1); /* anchored by the table */
   lua_getfield(L, 1, "webhookUrl");
-  cfg.webhook_url = lua_tostring(L, -1); /* anchored by cfg */
-  lua_pop(L, 1);
+  cfg.webhook_url = lua_tostring(L, -1); /* anchored by the table */
+  lua_pop(L, 3);
   cfg.webhook_events = (unsigned)opt_int(L, 1, "webhookEvents", 0);
-  lua_getfield(L, 1, "collectMetrics");
-  cfg.no_metrics = lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  lua_getfield(L, 1, "clock");
-  cfg.manual_clock = lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "manual") == 0;
-  lua_pop(L, 1);
-  cfg.retention_ms = opt_ms(L, 1, "retention", cfg.retention_ms);
-  if (lua_getfield(L, 1, "retainTerminal") == LUA_TNUMBER)
-    cfg.retain_terminal = lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  lua_getfield(L, 1, "failureStrategy");
-  cfg.failure_strategy = check_strategy(L, lua_gettop(L));
-  if (cfg.failure_strategy == ATH_STRATEGY_DEFAULT)
-    cfg.failure_strategy = ATH_STRATEGY_RETRY;
-  if (lua_getfield(L, 1, "memoryLimit") == LUA_TNUMBER)
-    cfg.memory_limit = (size_t)lua_tointeger(L, -1);
   cfg.modules = opt_strv(L, 1, "modules", 0);
   cfg.script_args = opt_strv(L, 1, "scriptArgs", 1);
   lworld_t* lw = lua_newuserdatauv(L, sizeof(*lw), 0);

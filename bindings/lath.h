@@ -7,6 +7,7 @@
 #include <lua.h>
 #include <lauxlib.h>
 #include "athena.h"
+#include "config.h"
 
 /* An embedded Lua module (generated from lua/athena by cmake/embed.cmake). */
 typedef struct {
@@ -31,9 +32,6 @@ int ath__raise(lua_State* L, int rc, const char* fmt, ...);
  * EINVAL "invalid <what>: <value> (a duration: ...)", `what` naming the
  * option or argument. */
 int64_t ath__checkduration(lua_State* L, int idx, const char* what);
-/* The failure strategy names by ath_strategy_t, from ATH_STRATEGY_RETRY
- * (index 1; index 0 is the default) to a NULL. */
-extern const char* const ath__strategy_names[];
 /* [-0, +0, v] Returns the strategy named at idx (nil: the default), or
  * raises EINVAL "invalid <what>: <value> (must be one of retry, ...)". */
 ath_strategy_t ath__checkstrategy(lua_State* L, int idx, const char* what);
@@ -74,6 +72,8 @@ int lath_serve_auth(lua_State* L, int idx, struct ath_serve_opts_s* o);
 
 int lath_open_world(lua_State* L);  /* [-0, +0, m] registers the classes */
 int lath_world_new(lua_State* L);   /* core.newWorld(cfg) */
+/* [-0, +1, m] Pushes core.configMap: the world's options (config.c). */
+void lath_push_config_map(lua_State* L);
 /* [-0, +0, v] The world at idx; raises if it is closed or not one. */
 ath_world_t* lath_checkworld(lua_State* L, int idx);
 

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
+#include "config.h"
 #include "http.h"
 #include "store.h"
 #include "db.h"
@@ -37,25 +38,8 @@ static char* xstrdup(const char* s) {
 
 void ath_world_config_init(ath_world_config_t* cfg) {
   memset(cfg, 0, sizeof(*cfg));
-  cfg->min_workers = 2;
-  cfg->max_workers = 10;
+  ath__config_defaults(cfg); /* the scalar options: config.c */
   cfg->default_concurrency = 1;
-  cfg->persistence = ATH_PERSIST_HYBRID;
-  cfg->persistence_path = ".athena";
-  cfg->cancel_grace_ms = 5000;
-  cfg->failure_strategy = ATH_STRATEGY_RETRY;
-  cfg->memory_limit = (size_t)256 << 20;
-  cfg->flush_interval_ms = 50;
-  cfg->log_level = 1;
-  cfg->log_max_size = (size_t)10 << 20;
-  cfg->log_max_files = 5;
-  cfg->scale_threshold = 0.7;
-  cfg->scale_down_threshold = 0.3;
-  cfg->scale_interval_ms = 10000;
-  cfg->heartbeat_interval_ms = 5000;
-  cfg->heartbeat_timeout_ms = 30000;
-  cfg->retention_ms = 7 * 86400000LL;
-  cfg->retain_terminal = 10000;
 }
 
 void ath_activity_init(ath_activity_t* a, const char* name) {
@@ -120,27 +104,12 @@ static int vtimer_less(const void* a, const void* b) {
 
 int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
                   size_t errlen) {
-  if (cfg->min_workers < 1 || cfg->max_workers < cfg->min_workers ||
-      cfg->max_workers > MAX_WORKERS) {
-    set_err(err, errlen, "%s", "invalid minWorkers/maxWorkers (1 <= minWorkers <= maxWorkers <= 1024)");
-    return ATH_EINVAL;
-  }
-  if (cfg->failure_strategy <= ATH_STRATEGY_DEFAULT || cfg->failure_strategy > ATH_STRATEGY_QUARANTINE) {
-    set_err(err, errlen, "%s", "invalid failureStrategy");
-    return ATH_EINVAL;
-  }
-  if (cfg->persistence < ATH_PERSIST_MEMORY || cfg->persistence > ATH_PERSIST_HYBRID ||
-      cfg->memory_limit < ((size_t)1 << 20) || cfg->flush_interval_ms <= 0 || cfg->retention_ms <= 0 || cfg->retain_terminal < 0 ||
-      cfg->cancel_grace_ms < 0) {
-    set_err(err, errlen, "%s", "invalid persistence, memoryLimit (>= 1 MiB), flushInterval, retention or cancelGrace");
-    return ATH_EINVAL;
-  }
-  if (cfg->heartbeat_interval_ms <= 0 || cfg->heartbeat_timeout_ms <= cfg->heartbeat_interval_ms ||
-      cfg->scale_interval_ms <= 0 || !(cfg->scale_threshold >= 0 && cfg->scale_threshold <= 1) ||
-      !(cfg->scale_down_threshold >= 0 && cfg->scale_down_threshold < cfg->scale_threshold) ||
-      (cfg->webhook_url && strncmp(cfg->webhook_url, "http://", 7) != 0 &&
-       strncmp(cfg->webhook_url, "https://", 8) != 0)) {
-    set_err(err, errlen, "%s", "invalid heartbeat, autoscaling or webhook settings");
+  int crc = ath__config_check(cfg, err, errlen);
+  if (crc != 0)
+    return crc;
+  if (cfg->webhook_url && strncmp(cfg->webhook_url, "http://", 7) != 0 &&
+      strncmp(cfg->webhook_url, "https://", 8) != 0) {
+    set_err(err, errlen, "%s", "invalid webhook URL (http:// or https://)");
     return ATH_EINVAL;
   }
   if (cfg->default_concurrency < 1) {

@@ -252,13 +252,23 @@ function LocalBackend.new(opts)
   return setmetatable(b, LocalBackend)
 end
 
-local CONFIG = {
-  minWorkers = true, maxWorkers = true, scaleThreshold = true, scaleDownThreshold = true,
-  scaleInterval = true, persistence = true, persistencePath = true, flushInterval = true,
-  retention = true, retain = true, failureStrategy = true, heartbeatInterval = true, heartbeatTimeout = true,
-  cancelGrace = true, taskQueues = true, modules = true, database = true, log = true,
-  backend = true, clock = true, memoryLimit = true, collectMetrics = true,
-}
+-- The scalar options are described once, in C (engine/runtime/config.c):
+-- name, kind, default, range and what a valid value is. core.configMap
+-- hands that table over; the options with structure follow it here.
+local OPTIONS = core.configMap
+local STRUCTURED = { taskQueues = true, modules = true, database = true, backend = true }
+local CONFIG, GROUPS = {}, {} -- top-level keys; "log" -> { level = option, ... }
+for _, o in ipairs(OPTIONS) do
+  local group, key = o.name:match("^(%w+)%.(%w+)$")
+  if group then
+    GROUPS[group] = GROUPS[group] or {}
+    GROUPS[group][key] = o
+    CONFIG[group] = true
+  else
+    CONFIG[o.name] = true
+  end
+end
+for k in pairs(STRUCTURED) do CONFIG[k] = true end
 local QUEUE_KEYS = { concurrency = true, workers = true, limit = true }
 
 local function int_field(field, v, lo, hi, rule)
@@ -268,63 +278,80 @@ local function int_field(field, v, lo, hi, rule)
   return math.tointeger(v)
 end
 
+-- Bytes: an integer, or "<n>B" "<n>KB" "<n>MB" "<n>GB".
+local UNITS = { B = 1, KB = 1024, MB = 1024 ^ 2, GB = 1024 ^ 3 }
+local function bytes(v)
+  if isinteger(v) then return math.tointeger(v) end
+  if type(v) ~= "string" then return nil end
+  local n, unit = v:match("^(%d+)([KMG]?B)$")
+  return n and math.tointeger(tonumber(n) * UNITS[unit])
+end
+
+-- Checks one option's value (nil: its default); returns what C reads.
+local function check_option(o, v)
+  if v == nil then return o.default end
+  local k = o.kind
+  if k == "int" or k == "count" then
+    return int_field(o.name, v, o.min, o.max, o.rule)
+  elseif k == "ms" then
+    return duration(o.name, v, o.min > 0)
+  elseif k == "enum" then
+    return oneof(o.name, v, o.values)
+  end
+  local ok
+  if k == "number" then
+    ok = type(v) == "number" and v == v and v >= o.min and (o.max == nil or v <= o.max)
+  elseif k == "boolean" then
+    ok = type(v) == "boolean"
+  elseif k == "string" then
+    ok = type(v) == "string" and v ~= ""
+  elseif k == "bytes" then
+    local n = bytes(v)
+    ok = n ~= nil and n >= o.min
+    if ok then return n end
+  end
+  if not ok then invalid("invalid %s: %s (%s)", o.name, show(v), o.rule) end
+  return v
+end
+
 local function check_config(config)
   local c = {}
   for k, v in pairs(config) do
     if not CONFIG[k] then invalid("unknown option %s", tostring(k)) end
-    c[k] = v
-  end
-  local minGiven = c.minWorkers ~= nil
-  c.minWorkers = int_field("minWorkers", c.minWorkers == nil and 2 or c.minWorkers, 1, 1024,
-    "an integer, 1 <= minWorkers <= maxWorkers <= 1024")
-  if not minGiven and isinteger(c.maxWorkers) and c.maxWorkers >= 1 and c.maxWorkers < c.minWorkers then
-    invalid("invalid maxWorkers: %s (must be >= minWorkers, which defaults to 2: set minWorkers = %s too)",
-      show(c.maxWorkers), show(c.maxWorkers))
-  end
-  c.maxWorkers = int_field("maxWorkers", c.maxWorkers == nil and math.max(10, c.minWorkers) or c.maxWorkers,
-    c.minWorkers, 1024, "an integer, 1 <= minWorkers <= maxWorkers <= 1024")
-  for _, k in ipairs { "scaleThreshold", "scaleDownThreshold" } do
-    local v = c[k]
-    if v ~= nil and (type(v) ~= "number" or v < 0 or v > 1 or v ~= v) then
-      invalid("invalid %s: %s (a number in [0, 1])", k, show(v))
+    if GROUPS[k] ~= nil then
+      if type(v) ~= "table" then invalid("invalid %s: %s (a table)", k, show(v)) end
+      for sub in pairs(v) do
+        if not GROUPS[k][sub] then invalid("unknown option %s.%s", k, tostring(sub)) end
+      end
     end
   end
-  c.scaleThreshold = c.scaleThreshold or 0.7
-  c.scaleDownThreshold = c.scaleDownThreshold or 0.3
+  -- C's options, by their names ("log.level"): defaults, then checks
+  for _, o in ipairs(OPTIONS) do
+    local group, key = o.name:match("^(%w+)%.(%w+)$")
+    local v
+    if group then v = (config[group] or {})[key] else v = config[o.name] end
+    if o.name == "maxWorkers" and v == nil then
+      v = math.max(o.default, c.minWorkers) -- the default pool grows past minWorkers
+    end
+    c[o.name] = check_option(o, v)
+  end
+  if c.maxWorkers < c.minWorkers then
+    if config.minWorkers == nil then
+      invalid("invalid maxWorkers: %s (must be >= minWorkers, which defaults to 2: set minWorkers = %s too)",
+        show(c.maxWorkers), show(c.maxWorkers))
+    end
+    invalid("invalid maxWorkers: %s (must be >= minWorkers)", show(c.maxWorkers))
+  end
   if c.scaleDownThreshold >= c.scaleThreshold then
     invalid("invalid scaleDownThreshold: %s (must be < scaleThreshold)", show(c.scaleDownThreshold))
   end
-  c.scaleInterval = duration("scaleInterval", c.scaleInterval == nil and 10000 or c.scaleInterval, true)
-  c.persistence = c.persistence == nil and "hybrid" or oneof("persistence", c.persistence, { "memory", "file", "hybrid" })
-  if c.persistencePath ~= nil and (type(c.persistencePath) ~= "string" or c.persistencePath == "") then
-    invalid("invalid persistencePath: %s (a non-empty string)", show(c.persistencePath))
-  end
-  c.persistencePath = c.persistencePath or ".athena"
-  c.flushInterval = duration("flushInterval", c.flushInterval == nil and 50 or c.flushInterval, true)
-  c.retention = duration("retention", c.retention == nil and "7d" or c.retention, true)
-  if c.retain ~= nil and type(c.retain) ~= "table" then
-    invalid("invalid retain: %s (a table: { terminal = n })", show(c.retain))
-  end
-  for k in pairs(c.retain or {}) do
-    if k ~= "terminal" then invalid("unknown option retain.%s (allowed: terminal)", tostring(k)) end
-  end
-  local keep = (c.retain or {}).terminal
-  if keep == nil then keep = 10000 end
-  if math.type(keep) ~= "integer" or keep < 0 then
-    invalid("invalid retain.terminal: %s (an integer >= 0)", show(keep))
-  end
-  c.retain = { terminal = keep }
-  c.failureStrategy = c.failureStrategy == nil and "retry" or strategy("failureStrategy", c.failureStrategy)
-  c.heartbeatInterval = duration("heartbeatInterval", c.heartbeatInterval == nil and 5000 or c.heartbeatInterval, true)
-  c.heartbeatTimeout = duration("heartbeatTimeout", c.heartbeatTimeout == nil and 30000 or c.heartbeatTimeout, true)
   if c.heartbeatTimeout <= c.heartbeatInterval then
     invalid("invalid heartbeatTimeout: %s (must be > heartbeatInterval)", show(config.heartbeatTimeout or c.heartbeatTimeout))
   end
-  c.cancelGrace = duration("cancelGrace", c.cancelGrace == nil and 5000 or c.cancelGrace)
   local queues = {}
-  if c.taskQueues ~= nil then
-    if type(c.taskQueues) ~= "table" then invalid("invalid taskQueues: %s (a table)", show(c.taskQueues)) end
-    for name, q in pairs(c.taskQueues) do
+  if config.taskQueues ~= nil then
+    if type(config.taskQueues) ~= "table" then invalid("invalid taskQueues: %s (a table)", show(config.taskQueues)) end
+    for name, q in pairs(config.taskQueues) do
       queue_name("taskQueues key", name)
       if type(q) ~= "table" then invalid("invalid taskQueues.%s: %s (a table)", name, show(q)) end
       local out = {}
@@ -342,68 +369,33 @@ local function check_config(config)
   end
   c.taskQueues = queues
   local modules = {}
-  if c.modules ~= nil then
-    if type(c.modules) ~= "table" then invalid("invalid modules: %s (a list of module names)", show(c.modules)) end
-    for i, m in ipairs(c.modules) do
+  if config.modules ~= nil then
+    if type(config.modules) ~= "table" then invalid("invalid modules: %s (a list of module names)", show(config.modules)) end
+    for i, m in ipairs(config.modules) do
       if type(m) ~= "string" then invalid("invalid modules[%d]: %s (a module name)", i, show(m)) end
       modules[i] = m
     end
   end
   c.modules = modules
-  if c.log ~= nil and type(c.log) ~= "table" then invalid("invalid log: %s (a table)", show(c.log)) end
-  local log = c.log or {}
-  for k in pairs(log) do
-    if not ({ level = true, format = true, file = true, maxSize = true, maxFiles = true })[k] then
-      invalid("unknown option log.%s", tostring(k))
-    end
-  end
-  local LEVELS = { debug = 0, info = 1, warn = 2, error = 3 }
-  local FORMATS = { logfmt = 1, json = 2, pretty = 3 }
-  c.logLevel = LEVELS[oneof("log.level", log.level or "info", { "debug", "info", "warn", "error" })]
-  c.logFormat = log.format and FORMATS[oneof("log.format", log.format, { "logfmt", "json", "pretty" })] or 0
-  if log.file ~= nil and (type(log.file) ~= "string" or log.file == "") then
-    invalid("invalid log.file: %s (a path)", show(log.file))
-  end
-  c.logFile = log.file
-  if log.maxSize ~= nil then
-    local n, unit = tostring(log.maxSize):match("^(%d+)([KMG]?B?)$")
-    local f = ({ [""] = 1, KB = 1024, MB = 1024 ^ 2, GB = 1024 ^ 3 })[unit or "x"]
-    if not n or not f or (type(log.maxSize) ~= "string" and not isinteger(log.maxSize)) or tonumber(n) == 0 then
-      invalid("invalid log.maxSize: %s (bytes > 0, or \"10MB\")", show(log.maxSize))
-    end
-    c.logMaxSize = math.tointeger(tonumber(n) * f)
-  end
-  if log.maxFiles ~= nil then c.logMaxFiles = int_field("log.maxFiles", log.maxFiles, 1, 1000, "an integer, 1-1000") end
-  if c.backend ~= nil then
-    if getmetatable(c.backend) ~= LocalBackend then
+  if config.backend ~= nil then
+    local b = config.backend
+    if getmetatable(b) ~= LocalBackend then
       invalid("invalid backend: %s (the backends are: athena.LocalBackend.new{ path, webhookUrl, webhookEvents }; " ..
-        "a plain table is not one)", type(c.backend) == "table" and "a plain table" or show(c.backend))
+        "a plain table is not one)", type(b) == "table" and "a plain table" or show(b))
     end
-    if c.backend.path and config.persistencePath and c.backend.path ~= config.persistencePath then
-      invalid("invalid backend: path %s differs from persistencePath %s", show(c.backend.path), show(config.persistencePath))
+    if b.path and config.persistencePath and b.path ~= config.persistencePath then
+      invalid("invalid backend: path %s differs from persistencePath %s", show(b.path), show(config.persistencePath))
     end
-    c.persistencePath = c.backend.path or c.persistencePath
+    c.persistencePath = b.path or c.persistencePath
+    c.backend = b
   end
-  if c.collectMetrics ~= nil and type(c.collectMetrics) ~= "boolean" then
-    invalid("invalid collectMetrics: %s (a boolean)", show(c.collectMetrics))
-  end
-  c.memoryLimit = c.memoryLimit == nil and 256 * 1024 * 1024 or c.memoryLimit
-  if type(c.memoryLimit) == "string" then
-    local n, unit = c.memoryLimit:match("^(%d+)([KMG]B)$")
-    local f = ({ KB = 1024, MB = 1024 ^ 2, GB = 1024 ^ 3 })[unit]
-    if not n then
-      invalid("invalid memoryLimit: %s (bytes, or \"64KB\" \"256MB\" \"1GB\")", show(config.memoryLimit))
-    end
-    c.memoryLimit = math.tointeger(tonumber(n) * f)
-  end
-  c.memoryLimit = int_field("memoryLimit", c.memoryLimit, 1024 * 1024, nil, "at least 1MB")
-  c.clock = c.clock == nil and "system" or oneof("clock", c.clock, { "system", "manual" })
   -- a URL athena.db can open (checked, not connected); never quoted, as it
   -- may hold a password
-  if c.database ~= nil and (type(c.database) ~= "string" or not core.db.check(c.database)) then
+  if config.database ~= nil and (type(config.database) ~= "string" or not core.db.check(config.database)) then
     invalid("invalid database: %s (sqlite:<path>, sqlite::memory: or postgres://...)",
-      type(c.database) == "string" and "not a database URL" or show(c.database))
+      type(config.database) == "string" and "not a database URL" or show(config.database))
   end
+  c.database = config.database
   return c
 end
 M._checkConfig = check_config
@@ -432,21 +424,10 @@ end
 function World.new(config)
   if config ~= nil and type(config) ~= "table" then argerror(1, "new", "table", config) end
   local c = check_config(config or {})
-  local native = {
-    minWorkers = c.minWorkers, maxWorkers = c.maxWorkers, persistence = c.persistence,
-    persistencePath = c.persistencePath, modules = c.modules, taskQueues = {},
-    failureStrategy = c.failureStrategy, cancelGrace = c.cancelGrace, memoryLimit = c.memoryLimit,
-    flushInterval = c.flushInterval, retention = c.retention, clock = c.clock,
-    retainTerminal = c.retain.terminal,
-    collectMetrics = c.collectMetrics,
-    scaleInterval = c.scaleInterval, scaleThreshold = c.scaleThreshold,
-    scaleDownThreshold = c.scaleDownThreshold, heartbeatInterval = c.heartbeatInterval,
-    heartbeatTimeout = c.heartbeatTimeout,
-    webhookUrl = c.backend and c.backend.webhookUrl, webhookEvents = c.backend and c.backend.events,
-    logLevel = c.logLevel, logFormat = c.logFormat, logFile = c.logFile, logMaxSize = c.logMaxSize,
-    logMaxFiles = c.logMaxFiles,
-    database = c.database,
-  }
+  -- what core.newWorld reads: the options of the map by name, then the rest
+  local native = { taskQueues = {}, modules = c.modules, database = c.database,
+    webhookUrl = c.backend and c.backend.webhookUrl, webhookEvents = c.backend and c.backend.events }
+  for _, o in ipairs(OPTIONS) do native[o.name] = c[o.name] end
   for name, q in pairs(c.taskQueues) do
     if name == "default" then
       native.defaultConcurrency = q.concurrency

@@ -59,6 +59,33 @@ describe("athena.World.new", function()
     S.raises("EINVAL", athena.World.new, c)
   end)
 
+  -- The scalar options are described once (engine/runtime/config.c) and
+  -- handed to Lua as core.configMap: each one is checked by its entry.
+  describe("every option of the config map", function()
+    local core = require "athena.core"
+    local function nested(name, v)
+      local group, key = name:match("^(%w+)%.(%w+)$")
+      if group then return { [group] = { [key] = v } } end
+      return { [name] = v }
+    end
+    for _, o in ipairs(core.configMap) do
+      it(o.name .. " (" .. o.kind .. "): its default is accepted, a wrong type and an out-of-range value are refused", function()
+        if o.default ~= nil and o.name ~= "persistencePath" then
+          athena.World.new(cfg(nested(o.name, o.default))):shutdown()
+        end
+        local wrong = (o.kind == "string" or o.kind == "enum") and 42 or {}
+        bad_config(nested(o.name, wrong), o.name)
+        if o.kind == "enum" then
+          bad_config(nested(o.name, "no-such-" .. o.kind), o.name)
+        elseif o.kind ~= "string" and o.kind ~= "boolean" then
+          local below = o.kind == "number" and o.min - 0.5 or o.min - 1
+          if o.kind ~= "ms" or o.min > 0 then bad_config(nested(o.name, below), o.name) end
+          if o.max then bad_config(nested(o.name, o.kind == "number" and o.max + 0.5 or o.max + 1), o.name) end
+        end
+      end)
+    end
+  end)
+
   describe("minWorkers / maxWorkers", function()
     for _, v in ipairs { 0, -1, 1.5, 1025, "2", true } do
       it("rejects minWorkers = " .. tostring(v), function()
