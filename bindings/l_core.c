@@ -10,7 +10,7 @@
 #include <string.h>
 #include <time.h>
 #include <lualib.h>
-#include "internal.h"
+#include "runtime.h"
 #include "lath.h"
 #include "l_json.h"
 
@@ -164,7 +164,7 @@ static int core_sleep(lua_State* L) {
 /* athena.now(): epoch ms; inside a worker, its world's clock (manual or not). */
 static int core_now(lua_State* L) {
   ath_worker_t* wk = ath__worker_of(L);
-  lua_pushinteger(L, wk ? ath__wall(ath__worker_world(wk)) : ath__now_ms());
+  lua_pushinteger(L, wk ? ath_world_now(ath__worker_world(wk)) : ath__now_ms());
   return 1;
 }
 
@@ -339,14 +339,11 @@ static int ctx_log(lua_State* L) {
   if (!lua_isnoneornil(L, 3))
     luaL_checktype(L, 3, LUA_TTABLE);
   lua_settop(L, 3);
-  ath_worker_t* wk = ath__worker_of(L);
-  ath_slot_t* s = wk ? wk->current : NULL;
-  if (s == NULL || s->task == NULL)
+  ath_task_log_t t;
+  if (ath__task_log_context(L, &t) != 0)
     return ath__raise(L, ATH_EINVAL, "ctx.log used outside its task");
-  ath_world_t* w = ath__worker_world(wk);
-  if (!ath__log_enabled(w->log, level))
+  if (!ath__log_enabled(t.log, level))
     return 0;
-  ath_task_t* t = s->task;
   /* the caller's keys, sorted, so lines read the same every time */
   const char* keys[64];
   int nk = 0;
@@ -361,10 +358,10 @@ static int ctx_log(lua_State* L) {
   }
   ath_log_field_t f[68];
   char worker[24];
-  snprintf(worker, sizeof(worker), "worker-%d", wk->id);
-  f[0] = (ath_log_field_t)ATH_LOG_FSTR("task", t->id);
-  f[1] = (ath_log_field_t)ATH_LOG_FSTR("name", t->def->name);
-  f[2] = (ath_log_field_t)ATH_LOG_FINT("attempt", t->attempt);
+  snprintf(worker, sizeof(worker), "worker-%d", t.worker_id);
+  f[0] = (ath_log_field_t)ATH_LOG_FSTR("task", t.id);
+  f[1] = (ath_log_field_t)ATH_LOG_FSTR("name", t.name);
+  f[2] = (ath_log_field_t)ATH_LOG_FINT("attempt", t.attempt);
   f[3] = (ath_log_field_t)ATH_LOG_FSTR("worker", worker);
   size_t n = 4;
   ath_buf_t bufs[64];
@@ -414,7 +411,7 @@ static int ctx_log(lua_State* L) {
     n++;
     lua_pop(L, 1); /* strings stay alive: the table holds them */
   }
-  ath__log_write(w->log, level, msg, f, n); /* copies what it needs */
+  ath__log_write(t.log, level, msg, f, n); /* copies what it needs */
   for (int i = 0; i < nbufs; i++)
     ath__buf_free(&bufs[i]);
   return 0;

@@ -18,7 +18,7 @@
  * failing fast with ECONNLOST meanwhile. */
 #include <stdlib.h>
 #include <string.h>
-#include "internal.h"
+#include "runtime.h"
 #include "lath.h"
 #include "db.h"
 

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include "internal.h"
+#include "runtime.h"
 #include "http.h"
 #include "lath.h"
 

@@ -2,7 +2,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
-#include "internal.h"
+#include "runtime.h"
 #include "l_json.h"
 
 #define BUF_META "athena.json.buf"

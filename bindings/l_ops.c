@@ -12,8 +12,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include "internal.h"
-#include "store.h"
+#include "runtime.h"
 #include "lath.h"
 
 /* ------------------------------------------------------------ store lock */

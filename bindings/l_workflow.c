@@ -2,7 +2,7 @@
  * events, starting the tasks a workflow owns, and parking. Every function
  * works only in the running workflow's own task and raises elsewhere. */
 #include <string.h>
-#include "internal.h"
+#include "runtime.h"
 #include "lath.h"
 
 static ath_task_t* check_workflow(lua_State* L) {

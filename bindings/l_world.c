@@ -6,7 +6,7 @@
  * afterwards tasks can execute and wait through it. */
 #include <stdlib.h>
 #include <string.h>
-#include "internal.h"
+#include "runtime.h"
 #include "http.h"
 #include "lath.h"
 #include "gw_server.h"
@@ -580,7 +580,7 @@ static int push_state(lua_State* L, ath_world_t* w, ath_task_t* t) {
   push_json(L, info.result, info.result_len);
   lua_setfield(L, -2, "result");
   if (info.error != NULL || info.status == ATH_FAILED) {
-    push_error_json(L, info.error, info.error_len, t->err_code);
+    push_error_json(L, info.error, info.error_len, ath__task_err_code(w, t));
     lua_setfield(L, -2, "error");
   }
   set_int(L, "attempt", info.attempt);
@@ -1314,17 +1314,19 @@ static int handle_query(lua_State* L) {
 /* Pushes result() values for a task that is terminal. */
 static int push_outcome(lua_State* L, ath_world_t* w, ath_task_t* t) {
   ath_status_t st = ath_task_status(w, t);
+  ath_task_end_t end;
+  ath__task_end(t, &end);
   if (st == ATH_COMPLETED) {
-    push_json(L, t->result, t->result_len);
+    push_json(L, end.result, end.result_len);
     return 1;
   }
   lua_pushnil(L);
   if (st == ATH_CANCELLED)
     ath__pusherror(L, ATH_ECANCELED, "task cancelled");
-  else if (st == ATH_COMPENSATED && t->error == NULL)
+  else if (st == ATH_COMPENSATED && end.error == NULL)
     ath__pusherror(L, ATH_ECOMPENSATED, NULL);
   else /* compensated: ECOMPENSATED with cause and details.failed (§9.5) */
-    push_error_json(L, t->error, t->error_len, t->err_code);
+    push_error_json(L, end.error, end.error_len, end.err_code);
   return 2;
 }
 

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include "internal.h"
 #include "gw_server.h"
 
 /* A table being collected: columns and key sets grow as rows arrive. */

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include "internal.h"
 #include "gw_server.h"
 
 #define POLICY_BUDGET_MS 1000 /* a policy that runs longer fails closed */

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 #include <arpa/inet.h>
+#include "internal.h"
 #include "gw_server.h"
 #include "http.h"
 

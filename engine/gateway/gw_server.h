@@ -8,7 +8,7 @@
 
 #include <stdint.h>
 #include "gw_plan.h"
-#include "internal.h"
+#include "runtime.h"
 
 /* Rights (GATEWAY §6.3), one bit per operation; the operations surface's
  * (docs/operations.md) beside them. */

@@ -4,7 +4,9 @@
 #ifndef ATHENA_HTTP_H
 #define ATHENA_HTTP_H
 
-#include "internal.h"
+#include "runtime.h"
+
+typedef struct ath_http_s ath_http_t;
 
 /* http_client.c: HTTP requests on libcurl --------------------------------- */
 

@@ -40,6 +40,20 @@ ath_world_t* ath__worker_world(const ath_worker_t* wk) {
   return wk->w;
 }
 
+int ath__task_log_context(lua_State* L, ath_task_log_t* out) {
+  ath_worker_t* wk = ath__worker_of(L);
+  ath_slot_t* s = wk ? wk->current : NULL;
+  if (s == NULL || s->task == NULL)
+    return -1;
+  ath_task_t* t = s->task; /* the running task: only this thread changes these */
+  out->log = wk->w->log;
+  out->id = t->id;
+  out->name = t->def->name;
+  out->attempt = t->attempt;
+  out->worker_id = wk->id;
+  return 0;
+}
+
 int ath__worker_end_definitions(lua_State* L) {
   if (lua_isyieldable(L))
     return lua_yield(L, 0);

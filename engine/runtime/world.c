@@ -377,6 +377,21 @@ void ath_task_release(ath_task_t* t) {
     task_free(t);
 }
 
+void ath__task_end(const ath_task_t* t, ath_task_end_t* out) {
+  out->result = t->result;
+  out->result_len = t->result_len;
+  out->error = t->error;
+  out->error_len = t->error_len;
+  out->err_code = t->err_code;
+}
+
+int ath__task_err_code(ath_world_t* w, const ath_task_t* t) {
+  uv_mutex_lock(&w->lock);
+  int code = t->err_code;
+  uv_mutex_unlock(&w->lock);
+  return code;
+}
+
 const char* ath_task_id(const ath_task_t* t) {
   return t->id;
 }

@@ -82,14 +82,6 @@ struct ath_store_vt_s {
 };
 
 extern const ath_store_vt_t ath__sqlite_store;
-/* The SQLite store's schema version (what `athena tasks` and friends read). */
-extern const int ath__store_schema_version;
-
-/* Takes <dir>/athena.lock (created if missing): an exclusive, non-blocking
- * flock, released by closing *fd_out. Returns 0, ATH_EBUSY while another
- * process or world holds it, or ATH_ESTORE, with err set. The directory
- * must exist. Thread: any. */
-int ath__store_lock(const char* dir, int* fd_out, char* err, size_t errlen);
 /* Opens persistence for a starting world (lock file, store, recovery,
  * retention pass) and starts the store thread. Called by start() before
  * the workers, lock not held. Returns 0 or an ATH_E* with err set. */
