@@ -138,6 +138,10 @@ struct ath_task_s {
   unsigned dirty : 1;    /* in the store's pending list */
   unsigned purged : 1;   /* deleted: the store deletes its row */
   unsigned in_term : 1;  /* in the world's list of recent terminal tasks */
+  unsigned unborn : 1;   /* file mode: its enqueue is not committed yet, so
+                          * no worker claims it (ath__queue_pop) */
+  unsigned withdrawn : 1;/* its enqueue could not be stored: out of the
+                          * world, failed with err_code (ath__world_withdraw) */
   ath_worker_t* wk;      /* the worker running it, while running */
   atomic_ullong cancel_ns; /* monotonic ns the cancel was accepted, 0 if none */
   int64_t last_hb;       /* wall ms of the latest heartbeat */
@@ -217,6 +221,9 @@ void ath__list_unlink(ath_bucket_t* b, ath_task_t* t);
 
 /* Queue operations; the caller holds the world lock. */
 int ath__queue_push(ath_queue_t* q, ath_task_t* t);
+/* Takes the first ready task out, or returns NULL when there is none or
+ * when the first one is unborn (file mode: a task runs only once its
+ * enqueue is committed; the store thread wakes the queue's workers then). */
 ath_task_t* ath__queue_pop(ath_queue_t* q);
 void ath__queue_remove(ath_queue_t* q, ath_task_t* t);
 void ath__queue_free(ath_queue_t* q);
@@ -294,7 +301,9 @@ typedef struct ath_bwait_s {
 struct ath_waiter_s {
   ath_waiter_t* next;
   ath_slot_t* slot;
-  ath_task_t* task;      /* the task that finished (set when delivered) */
+  ath_task_t* task;      /* the task that finished (set when delivered); with
+                          * ATH_WAIT_COMMIT, a task whose enqueue it
+                          * acknowledges (withdrawn: the wait ends), or NULL */
   uint64_t gen;          /* ATH_WAIT_COMMIT: the generation awaited */
 };
 
@@ -479,6 +488,8 @@ struct ath_world_s {
   uint64_t committed_gen;/* every change up to this one is on disk */
   int store_stop;
   int store_ok;          /* the last commit succeeded (/healthz) */
+  int store_fault;       /* degraded: the code execute gets (ATH_ENOSPC,
+                          * ATH_EIO, ...) until a commit succeeds again */
   char store_err[256];
 };
 
@@ -544,6 +555,12 @@ int ath__task_wait_timed_out(lua_State* L);
  * when there is nothing to wait for, returns 0 (after blocking the thread
  * if need be) and the caller goes on. */
 int ath__task_await_commit(lua_State* L, ath_world_t* w, uint64_t gen, lua_KFunction k);
+/* The same wait for the enqueues of one execute, tasks[0..n): it ends
+ * early when they are withdrawn (the commit failed), which `k` (or, when
+ * this returns without yielding, the caller) learns from
+ * ath__store_enqueue_result. */
+int ath__task_await_enqueue(lua_State* L, ath_world_t* w, uint64_t gen, ath_task_t* const* tasks,
+                            size_t n, lua_KFunction k);
 /* The store generation that makes t's latest change durable (file mode),
  * or 0. */
 uint64_t ath__world_commit_gen(ath_world_t* w, const ath_task_t* t);
@@ -718,7 +735,10 @@ typedef struct {
 /* A persistence provider: the Backend vtable of DESIGN §4. Every function
  * runs on one thread at a time (start() on the world's thread, then only
  * the store thread). Errors are ATH_ESTORE (message in err) or ATH_EINVAL
- * (a database newer than this build, or not an Athena database). */
+ * (a database newer than this build, or not an Athena database); writes
+ * also fail with ATH_ENOSPC (the disk is full) or ATH_EIO (a read, write or
+ * fsync failed: the file may not hold what the connection believes, so the
+ * store thread calls reopen before it trusts it again). */
 struct ath_store_vt_s {
   const char* name;
   /* Opens (creating and migrating) the store in directory `dir`. */
@@ -740,6 +760,13 @@ struct ath_store_vt_s {
   /* Calls cb for the rows that match `q`, in its order, at most q->limit. */
   int (*query)(ath_store_t* s, const ath_store_query_t* q, ath_row_cb cb, void* ud, char* err,
                size_t errlen);
+  /* Commits a transaction that writes without changing anything: whether
+   * the store takes writes again (a degraded store with nothing queued). */
+  int (*probe)(ath_store_t* s, char* err, size_t errlen);
+  /* After ATH_EIO: drops every connection and cached page, opens the file
+   * again and verifies it (PRAGMA quick_check). ATH_ESTORE when the file
+   * fails the check (the store then takes no more writes). */
+  int (*reopen)(ath_store_t* s, char* err, size_t errlen);
 };
 
 extern const ath_store_vt_t ath__sqlite_store;
@@ -773,7 +800,25 @@ void ath__store_throttle(ath_world_t* w);
  * worker (file mode): returns 0 when there is nothing to wait for, 1 when
  * `slot` was queued (the store thread hands it to the worker's inbox once
  * committed), or ATH_ENOMEM. Lock not held. */
-int ath__store_await(ath_world_t* w, uint64_t gen, ath_slot_t* slot);
+int ath__store_await(ath_world_t* w, uint64_t gen, ath_task_t* enq, ath_slot_t* slot);
+/* The enqueues of one execute, tasks[0..n) (file mode): the first task
+ * whose enqueue is not committed (or was withdrawn), to wait on, or NULL;
+ * and, once the wait is over, 0 or the code that withdrew them. */
+ath_task_t* ath__store_unborn(ath_task_t* const* tasks, size_t n);
+int ath__store_enqueue_result(ath_task_t* const* tasks, size_t n);
+/* Waits (lock held) until the enqueues of tasks[0..n), marked up to
+ * generation `gen`, are committed (returns 0) or withdrawn because the
+ * commit failed (returns its code: ATH_ENOSPC, ATH_EIO, ...). */
+int ath__store_wait_enqueue(ath_world_t* w, uint64_t gen, ath_task_t* const* tasks, size_t n);
+/* A commit failed (lock held): takes unborn task t back out of the world
+ * (*withdrawn = 1; the table's reference is dropped) unless it is a
+ * workflow's step. Returns the new nwake (result waiters to wake). */
+int ath__world_withdraw(ath_world_t* w, ath_task_t* t, int code, ath_worker_t** wake,
+                        int nwake, int* withdrawn);
+/* A commit succeeded (lock held): the unborn tasks of batch[0..n) may run;
+ * adds sleeping workers of their queues to wake. Returns the new nwake. */
+int ath__world_born(ath_world_t* w, ath_task_t* const* batch, size_t n, ath_worker_t** wake,
+                    int nwake);
 /* Takes `slot`'s commit wait back (interrupted). Lock not held. */
 void ath__store_unawait(ath_world_t* w, ath_slot_t* slot);
 /* Hands a waiter to its worker's inbox (lock held) and adds the worker to

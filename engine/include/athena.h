@@ -31,6 +31,8 @@ extern "C" {
 #define ATH__ENOMEM (-12)
 #define ATH__EBUSY (-16)
 #define ATH__ENOSYS (-38)
+#define ATH__ENOSPC (-28)
+#define ATH__EIO (-5)
 #define ATH__ENOTFOUND (-20001)
 #define ATH__EHEARTBEAT (-20002)
 #define ATH__ECOMPENSATED (-20003)
@@ -49,6 +51,8 @@ extern "C" {
   XX(ENOMEM, "out of memory")                                      \
   XX(EBUSY, "resource busy")                                       \
   XX(ENOSYS, "not implemented")                                    \
+  XX(ENOSPC, "no space left on the disk")                          \
+  XX(EIO, "input/output error")                                    \
   XX(ENOTFOUND, "no such job, handler or schedule")                \
   XX(EHEARTBEAT, "heartbeat timeout")                              \
   XX(ECOMPENSATED, "workflow failed and was compensated")          \
