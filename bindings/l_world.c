@@ -379,6 +379,10 @@ static void check_started(lua_State* L, lworld_t* lw) {
 
 static lhandle_t* check_handle(lua_State* L, int idx);
 
+/* A store that cannot take the enqueue (SEMANTICS §13): execute returns
+ * nil, err, as a failed commit does, instead of raising. */
+#define STORE_FAULT(rc) ((rc) == ATH_ENOSPC || (rc) == ATH_EIO || (rc) == ATH_ESTORE)
+
 /* The end of a file-mode execute (world at 1): the handle, or the table of
  * handles, on top, unless the commit failed and withdrew the enqueue: then
  * nil, err (ENOSPC, EIO, ...), and the tasks never run (SEMANTICS §13). */
@@ -420,6 +424,8 @@ static int world_execute(lua_State* L) {
   char err[256];
   uint64_t gen;
   int rc = ath__world_execute(lw->w, name, 1, payloads, &len, NULL, &eo.o, &t, &gen, err, sizeof(err));
+  if (STORE_FAULT(rc))
+    return ath__pushfail(L, rc, err);
   if (rc != 0)
     return ath__raise(L, rc, "%s", err);
   push_handle(L, 1, t);
@@ -477,6 +483,8 @@ static int world_execute_many(lua_State* L) {
   uint64_t gen;
   int rc = ath__world_execute(lw->w, name, n, payloads, lens, ids, &eo.o, out, &gen, err, sizeof(err));
   free(payloads);
+  if (STORE_FAULT(rc))
+    return ath__pushfail(L, rc, err);
   if (rc != 0)
     return ath__raise(L, rc, "%s", err);
   for (size_t i = 0; i < n; i++) {

@@ -259,8 +259,11 @@ nomem:
 /* A commit failed with `rc` (lock held): the store is degraded until one
  * succeeds. Every enqueue not committed yet is withdrawn, so its execute
  * answers rc instead of waiting for a disk that may not come back (file
- * mode; SEMANTICS §13); everything else stays queued and is retried.
- * batch[0..n) is the failed group, its references handed over. */
+ * mode; SEMANTICS §13); everything else stays queued and is retried. A
+ * withdrawn task stays queued as a delete of its row: after an fsync error
+ * the commit that reported failure may be in the WAL after all, and the
+ * next commit takes it out again. batch[0..n) is the failed group, its
+ * references handed over. */
 static void store_failed(ath_world_t* w, int rc, const char* err, ath_task_t** batch, size_t n) {
   if (w->store_fault == 0)
     ath__logf(w, ATH_LOG_ERROR, NULL, 0,
@@ -270,22 +273,11 @@ static void store_failed(ath_world_t* w, int rc, const char* err, ath_task_t** b
   snprintf(w->store_err, sizeof(w->store_err), "%s", err);
   ath_worker_t* wake[MAX_WORKERS];
   int nwake = 0, out;
-  size_t k = 0;
-  for (size_t i = 0; i < w->ndirty; i++) { /* changed while it failed */
-    ath_task_t* t = w->dirty[i];
-    nwake = ath__world_withdraw(w, t, rc, wake, nwake, &out);
-    if (out) {
-      t->dirty = 0;
-      ath_task_release(t);
-    } else {
-      w->dirty[k++] = t;
-    }
-  }
-  w->ndirty = k;
+  for (size_t i = 0; i < w->ndirty; i++) /* changed while it failed */
+    nwake = ath__world_withdraw(w, w->dirty[i], rc, wake, nwake, &out);
   for (size_t i = 0; i < n; i++) {
     nwake = ath__world_withdraw(w, batch[i], rc, wake, nwake, &out);
-    if (!out)
-      ath__store_mark(w, batch[i]); /* kept: written by the next attempt */
+    ath__store_mark(w, batch[i]); /* written (or deleted) by the next attempt */
     ath_task_release(batch[i]);
   }
   uv_cond_broadcast(&w->cond); /* blocked execute calls, throttled producers */
@@ -298,15 +290,16 @@ static void store_failed(ath_world_t* w, int rc, const char* err, ath_task_t** b
 
 /* Before a degraded store writes again (lock not held): after an I/O
  * error, the connection is dropped and the file verified (the provider's
- * reopen); *broken is set when it fails the check, and the store then
- * takes no more writes. */
-static int store_heal(ath_world_t* w, int* reopen, int* broken, char* err, size_t errlen) {
+ * reopen; *reopened is set when it did); *broken is set when the file
+ * fails the check, and the store then takes no more writes. */
+static int store_heal(ath_world_t* w, int* reopen, int* reopened, int* broken, char* err,
+                      size_t errlen) {
   if (!*reopen)
     return 0;
   int rc = w->svt->reopen(w->store, err, errlen);
   if (rc == 0) {
     *reopen = 0;
-    ath__logf(w, ATH_LOG_INFO, NULL, 0, "store reopened after an I/O error; quick_check ok");
+    *reopened = 1;
   } else if (rc == ATH_ESTORE) {
     *broken = 1;
     ath__logf(w, ATH_LOG_ERROR, NULL, 0, "store stopped taking writes (restart to recover): %s", err);
@@ -315,9 +308,11 @@ static int store_heal(ath_world_t* w, int* reopen, int* broken, char* err, size_
 }
 
 /* A commit succeeded (lock held). */
-static void store_healthy(ath_world_t* w) {
+static void store_healthy(ath_world_t* w, int* reopened) {
   if (!w->store_ok)
-    ath__logf(w, ATH_LOG_INFO, NULL, 0, "store commits succeed again");
+    ath__logf(w, ATH_LOG_INFO, NULL, 0, "store commits succeed again%s",
+              *reopened ? " (reopened, PRAGMA quick_check ok)" : "");
+  *reopened = 0;
   w->store_ok = 1;
   w->store_fault = 0;
 }
@@ -326,7 +321,7 @@ static void store_main(void* arg) {
   ath_world_t* w = arg;
   uint64_t flush_ns = (uint64_t)w->cfg.flush_interval_ms * 1000000u;
   int file = w->cfg.persistence == ATH_PERSIST_FILE;
-  int reopen = 0, broken = 0;
+  int reopen = 0, reopened = 0, broken = 0;
   char err[256];
   uv_mutex_lock(&w->lock);
   for (;;) {
@@ -352,14 +347,14 @@ static void store_main(void* arg) {
         if (w->ndirty != 0 || w->nsdirty != 0 || w->store_stop)
           continue;
         uv_mutex_unlock(&w->lock);
-        int rc = store_heal(w, &reopen, &broken, err, sizeof(err));
+        int rc = store_heal(w, &reopen, &reopened, &broken, err, sizeof(err));
         if (rc == 0)
           rc = w->svt->probe(w->store, err, sizeof(err));
         if (rc == ATH_EIO)
           reopen = 1;
         uv_mutex_lock(&w->lock);
         if (rc == 0) {
-          store_healthy(w);
+          store_healthy(w, &reopened);
         } else {
           w->store_fault = broken ? ATH_ESTORE : rc;
           snprintf(w->store_err, sizeof(w->store_err), "%s", err);
@@ -401,7 +396,7 @@ static void store_main(void* arg) {
     if (rc != 0)
       snprintf(err, sizeof(err), "%s", "out of memory preparing a commit");
     if (rc == 0)
-      rc = store_heal(w, &reopen, &broken, err, sizeof(err));
+      rc = store_heal(w, &reopen, &reopened, &broken, err, sizeof(err));
     if (rc == 0)
       rc = w->svt->write(w->store, rows, n, srows, sn, err, sizeof(err));
     if (rc == ATH_EIO)
@@ -430,7 +425,7 @@ static void store_main(void* arg) {
       if (w->store_stop && !w->store_ok)
         break; /* shutting down with a store that keeps failing */
     } else {
-      store_healthy(w);
+      store_healthy(w, &reopened);
       w->committed_gen = gen;
       uv_cond_broadcast(&w->cond); /* file-mode acknowledgments, throttled producers */
       ath_task_t* dead = ath__world_term_trim(w); /* committed: they leave RAM */

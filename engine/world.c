@@ -1230,6 +1230,7 @@ int ath__world_withdraw(ath_world_t* w, ath_task_t* t, int code, ath_worker_t** 
     ath__heap_remove(&w->expiry, t);
   table_unlink(w, t);
   t->withdrawn = 1;
+  t->purged = 1; /* its row is deleted, should a failed commit have stored it */
   t->err_code = code;
   if (t->waiters != NULL)
     nwake = deliver_waiters(t, wake, nwake);
@@ -3156,6 +3157,10 @@ int ath_world_health(ath_world_t* w, char* why, size_t len) {
   if (w->state != ATH_W_STARTED) {
     rc = ATH_ESHUTDOWN;
     snprintf(why, len, "%s", w->state == ATH_W_NEW ? "not started" : "shutting down");
+  } else if (w->store != NULL && w->store_fault != 0) {
+    rc = ATH_ESTORE;
+    snprintf(why, len, "store degraded (%s), execute refused until a commit succeeds: %s",
+             ath_err_name(w->store_fault), w->store_err);
   } else if (w->store != NULL && !w->store_ok) {
     rc = ATH_ESTORE;
     snprintf(why, len, "last commit failed: %s", w->store_err);
