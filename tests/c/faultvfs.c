@@ -49,6 +49,7 @@ static unsigned cut_seed;
 static int cut_keep_none;
 static atomic_int write_rc, sync_rc;
 static atomic_llong refused;
+static void (*_Atomic sync_hook)(void);
 
 static int is_store_file(const char* name) {
   size_t n = name ? strlen(name) : 0;
@@ -253,6 +254,9 @@ static int f_sync(sqlite3_file* file, int flags) {
   if (rc == SQLITE_OK)
     forget(f->path);
   pthread_mutex_unlock(&mu);
+  void (*hook)(void) = atomic_load(&sync_hook);
+  if (rc == SQLITE_OK && hook != NULL)
+    hook();
   return rc;
 }
 
@@ -450,6 +454,10 @@ int64_t faultvfs_ops(void) {
   int64_t n = ops;
   pthread_mutex_unlock(&mu);
   return n;
+}
+
+void faultvfs_on_sync(void (*fn)(void)) {
+  atomic_store(&sync_hook, fn);
 }
 
 void faultvfs_cut_now(void) {

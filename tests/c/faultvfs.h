@@ -31,6 +31,9 @@ int64_t faultvfs_refused(void);
 void faultvfs_arm_cut(int64_t cut, unsigned seed, int keep_none);
 /* Operations counted so far (writes, syncs, truncates of the store's files). */
 int64_t faultvfs_ops(void);
+/* Calls fn after each sync of the store's files that succeeded (on the
+ * syncing thread, no lock of the VFS held). */
+void faultvfs_on_sync(void (*fn)(void));
 /* Cuts the power now (as if operation `cut` had come): does not return. */
 void faultvfs_cut_now(void);
 
