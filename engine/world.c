@@ -1221,6 +1221,8 @@ int ath__world_withdraw(ath_world_t* w, ath_task_t* t, int code, ath_worker_t** 
   if (!t->unborn || t->withdrawn || t->parent != NULL)
     return nwake;
   *withdrawn = 1;
+  if (t->status == ATH_PENDING && nwake < MAX_WORKERS) /* the born tasks behind it */
+    nwake += pick_sleepers(w, t->queue, 1, wake + nwake, MAX_WORKERS - nwake);
   if (!ATH_IS_TERMINAL(t->status)) {
     unqueue(w, t);
     set_error(t, code, "its enqueue could not be stored");
