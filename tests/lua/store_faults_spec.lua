@@ -35,6 +35,25 @@ local function teardown()
   mnt = nil
 end
 
+-- Mounts a 1 MB tmpfs at `mnt`; false (the test reported pending, with
+-- the reason) when that cannot be done here.
+local function mount_small()
+  if not root() then
+    pending("needs root to mount a tmpfs (CI runs as root)")
+    return false
+  end
+  mnt = S.tmpname()
+  assert(os.execute("mkdir -p " .. mnt))
+  local out, rc = sh("mount -t tmpfs -o size=1m tmpfs " .. mnt)
+  if rc ~= 0 then
+    os.execute("rmdir " .. mnt)
+    mnt = nil
+    pending("cannot mount a tmpfs here: " .. out)
+    return false
+  end
+  return true
+end
+
 describe("a full disk (tmpfs)", function()
   after_each(function()
     S.cleanup()
@@ -42,19 +61,7 @@ describe("a full disk (tmpfs)", function()
   end)
 
   it("file mode: execute returns nil, ENOSPC promptly once commits fail; after a remount with more space the world recovers alone and every acknowledged task completes", function()
-    if not root() then
-      pending("needs root to mount a tmpfs (CI runs as root)")
-      return
-    end
-    mnt = S.tmpname()
-    assert(os.execute("mkdir -p " .. mnt))
-    local out, rc = sh("mount -t tmpfs -o size=1m tmpfs " .. mnt)
-    if rc ~= 0 then
-      os.execute("rmdir " .. mnt)
-      mnt = nil
-      pending("cannot mount a tmpfs here: " .. out)
-      return
-    end
+    if not mount_small() then return end
     local log = S.tmpname() -- not on the small disk
     world = S.started { persistence = "file", persistencePath = mnt .. "/store", minWorkers = 2,
       maxWorkers = 2, log = { file = log } }
@@ -119,5 +126,46 @@ describe("a full disk (tmpfs)", function()
     local _, recovered = text:gsub("store commits succeed again", "")
     assert.equals(1, degraded, text)
     assert.equals(1, recovered, text)
+  end)
+
+  it("gateway writes on a full SQLite disk answer 503 disk_full and leave no partial rows; after a remount they work", function()
+    if not mount_small() then return end
+    local url = "sqlite:" .. mnt .. "/gw.db"
+    local db = assert(athena.db.open(url))
+    assert(db:exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)"))
+    local cfg = S.tmpname()
+    local f = assert(io.open(cfg, "w"))
+    f:write('return { keys = { K = { rights = "*" } }, tables = { "t" } }')
+    f:close()
+    world = S.started {}
+    local base = world:serve { port = 0, gateway = { db = url, config = cfg } }.url
+    local text = string.rep("y", 4000)
+    local function insert(first)
+      local rows = {}
+      for i = 0, 19 do rows[#rows + 1] = { id = first + i, v = text } end
+      local res = assert(athena.http.request { method = "PUT", url = base .. "/gateway/insert",
+        headers = { apikey = "K", ["Content-Type"] = "application/json" },
+        body = athena.json.encode { table_name = "t", insert_body = rows } })
+      return res.status, athena.json.decode(res.body)
+    end
+    local status, data, first
+    for batch = 0, 200 do
+      first = batch * 20 + 1
+      status, data = insert(first)
+      if status ~= 200 then break end
+    end
+    assert.equals(503, status, athena.json.encode(data))
+    assert.equals("disk_full", data.code)
+    assert.equals("the database's disk is full", data.error)
+    -- the failed batch left nothing behind: all of it or none of it
+    local n = assert(db:query(("SELECT count(*) AS n FROM t WHERE id >= %d AND id < %d"):format(first, first + 20)))
+    assert.equals(0, n[1].n)
+    local _, grc = sh("mount -o remount,size=64m " .. mnt)
+    assert.equals(0, grc)
+    status, data = insert(first)
+    assert.equals(200, status, athena.json.encode(data))
+    n = assert(db:query(("SELECT count(*) AS n FROM t WHERE id >= %d AND id < %d"):format(first, first + 20)))
+    assert.equals(20, n[1].n)
+    db:close()
   end)
 end)
