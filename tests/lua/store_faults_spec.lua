@@ -168,4 +168,29 @@ describe("a full disk (tmpfs)", function()
     assert.equals(20, n[1].n)
     db:close()
   end)
+
+  it("the log file on a full disk: tasks that log run on without waiting for it, rotation included; the lost lines are counted and reported once there is space", function()
+    if not mount_small() then return end
+    local jobs = require "fixtures.store_jobs"
+    local log = mnt .. "/athena.log"
+    -- fill the disk but for a few KB: the log gets a little, then nothing
+    sh("dd if=/dev/zero of=" .. mnt .. "/filler bs=4k count=250")
+    world = S.world { modules = { "fixtures.store_jobs" }, minWorkers = 2, maxWorkers = 2,
+      log = { file = log, maxSize = 16384, maxFiles = 2 } }
+    world:register(jobs.chatty)
+    world:start()
+    local hs = {}
+    for i = 1, 40 do hs[i] = world:execute("st.chatty", 500) end
+    local t0 = athena.now()
+    for _, h in ipairs(hs) do assert.equals(500, S.result(h)) end
+    local ms = athena.now() - t0
+    assert(ms < 10000, ("20,000 log lines on a full disk took %d ms"):format(ms))
+    local _, grc = sh("mount -o remount,size=64m " .. mnt)
+    assert.equals(0, grc)
+    world:execute("st.chatty", 1) -- the writer reports the drops once it caught up
+    S.eventually(function()
+      local all = (S.readfile(log) or "") .. (S.readfile(log .. ".1") or "") .. (S.readfile(log .. ".2") or "")
+      return all:find("logger dropped %d+ lines")
+    end, 10000, "the drop report")
+  end)
 end)
