@@ -660,7 +660,8 @@ static void writer_main(void* arg) {
     uv_mutex_lock(&lg->mu);
     lg->queued -= bytes;
     idle = lg->head == NULL;
-    if (idle || uv_hrtime() - lg->last_report_ns >= LOG_REPORT_NS) {
+    /* at close, a report the sink just refused is not tried again */
+    if ((idle && !(closing && lg->report_failed)) || uv_hrtime() - lg->last_report_ns >= LOG_REPORT_NS) {
       uv_mutex_unlock(&lg->mu);
       report_drops(lg);
       uv_mutex_lock(&lg->mu);
