@@ -27,7 +27,9 @@ void ath__store_mark(ath_world_t* w, ath_task_t* t) {
       ath_task_t** d = realloc(w->dirty, cap * sizeof(*d));
       if (d == NULL) {
         /* Cannot queue the write: say so where /healthz looks; the next
-         * change of this task retries. */
+         * change of this task retries. A new task runs unstored rather
+         * than never (nothing would commit its enqueue). */
+        t->unborn = 0;
         w->store_ok = 0;
         snprintf(w->store_err, sizeof(w->store_err), "%s", "out of memory queueing a write");
         return;

@@ -1230,6 +1230,7 @@ int ath__world_withdraw(ath_world_t* w, ath_task_t* t, int code, ath_worker_t** 
   }
   if (t->exp_idx != UINT32_MAX)
     ath__heap_remove(&w->expiry, t);
+  int listed = table_get(w, t->id, t->hash) == t;
   table_unlink(w, t);
   t->withdrawn = 1;
   t->purged = 1; /* its row is deleted, should a failed commit have stored it */
@@ -1238,7 +1239,8 @@ int ath__world_withdraw(ath_world_t* w, ath_task_t* t, int code, ath_worker_t** 
     nwake = deliver_waiters(t, wake, nwake);
   if (w->bwaiters != NULL)
     wake_blocked(w, t);
-  ath_task_release(t); /* the table's; the caller's and the store's remain */
+  if (listed)
+    ath_task_release(t); /* the table's; the caller's and the store's remain */
   return nwake;
 }
 
