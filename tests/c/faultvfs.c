@@ -165,6 +165,14 @@ static void count_op(void) {
     power_cut();
 }
 
+/* The code an injected fault refuses a write or sync with (counted), or 0. */
+static int refusal(atomic_int* rc) {
+  int code = atomic_load(rc);
+  if (code != 0)
+    atomic_fetch_add(&refused, 1);
+  return code;
+}
+
 static int64_t size_of(ffile_t* f) {
   sqlite3_int64 sz = 0;
   if (f->real->pMethods->xFileSize(f->real, &sz) != SQLITE_OK)
@@ -186,11 +194,9 @@ static int f_write(sqlite3_file* file, const void* buf, int amt, sqlite3_int64 o
   ffile_t* f = (ffile_t*)file;
   if (f->path < 0)
     return f->real->pMethods->xWrite(f->real, buf, amt, off);
-  int rc = atomic_load(&write_rc);
-  if (rc != 0) {
-    atomic_fetch_add(&refused, 1);
+  int rc = refusal(&write_rc);
+  if (rc != 0)
     return rc;
-  }
   pthread_mutex_lock(&mu);
   count_op();
   rec_t* r = calloc(1, sizeof(*r));
@@ -243,11 +249,9 @@ static int f_sync(sqlite3_file* file, int flags) {
   ffile_t* f = (ffile_t*)file;
   if (f->path < 0)
     return f->real->pMethods->xSync(f->real, flags);
-  int rc = atomic_load(&sync_rc);
-  if (rc != 0) {
-    atomic_fetch_add(&refused, 1);
+  int rc = refusal(&sync_rc);
+  if (rc != 0)
     return rc;
-  }
   pthread_mutex_lock(&mu);
   count_op();
   rc = f->real->pMethods->xSync(f->real, flags);

@@ -21,13 +21,11 @@
 #include "athena.h"
 #include "faultvfs.h"
 #include "internal.h"
+#include "store_fixture.h"
 #include "task.h"
 
-static char dir[256];
-static char lua_path[512];
-static char store_path[512];
-static char ack_path[512];
-static char log_path[512];
+static store_fixture_t fx;
+static char ack_path[600];
 static unsigned seed;
 
 /* Per cut at most this many executes; the cut falls within the first
@@ -60,52 +58,16 @@ static void synced(void) {
 }
 
 static void setup(void) {
-  snprintf(dir, sizeof(dir), "/tmp/athena-powerloss-%d", (int)getpid());
-  char cmd[600];
-  snprintf(cmd, sizeof(cmd), "rm -rf %s && mkdir -p %s", dir, dir);
-  ASSERT_OK(system(cmd));
-  char file[512];
-  snprintf(file, sizeof(file), "%s/pljobs.lua", dir);
-  FILE* f = fopen(file, "w");
-  ASSERT_NOT_NULL(f);
-  fputs("require('athena').activity('echo', function(ctx, input) return input end)\n", f);
-  fclose(f);
-  snprintf(lua_path, sizeof(lua_path), "%s/?.lua;;", dir);
-  snprintf(store_path, sizeof(store_path), "%s/store", dir);
-  snprintf(ack_path, sizeof(ack_path), "%s/acks", dir);
-  snprintf(log_path, sizeof(log_path), "%s/athena.log", dir);
+  store_fixture_setup(&fx, "powerloss", "pljobs",
+                      "require('athena').activity('echo', function(ctx, input) return input end)\n");
+  snprintf(ack_path, sizeof(ack_path), "%s/acks", fx.dir);
   const char* s = getenv("ATHENA_POWERLOSS_SEED");
   seed = s ? (unsigned)strtoul(s, NULL, 10) : (unsigned)time(NULL) ^ (unsigned)getpid();
 }
 
-static void teardown(void) {
-  char cmd[600];
-  snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-  ASSERT_OK(system(cmd));
-}
-
 static int open_world(int mode, ath_world_t** out, char* err, size_t errlen) {
-  static const char* const modules[] = {"pljobs", NULL};
-  ath_world_config_t cfg;
-  ath_world_config_init(&cfg);
-  cfg.min_workers = cfg.max_workers = 2;
-  cfg.persistence = mode;
-  cfg.persistence_path = store_path;
-  cfg.modules = modules;
-  cfg.lua_path = lua_path;
-  cfg.log_file = log_path;
-  ath_world_t* w = NULL;
-  int rc = ath_world_new(&cfg, &w, err, errlen);
-  ath_activity_t a;
-  ath_activity_init(&a, "echo");
-  if (rc == 0)
-    rc = ath_world_register(w, &a);
-  if (rc == 0)
-    rc = ath_world_start(w, err, errlen);
-  if (rc != 0 && w != NULL)
-    ath_world_free(w);
-  *out = rc == 0 ? w : NULL;
-  return rc;
+  static const char* const names[] = {"echo"};
+  return store_fixture_world(&fx, mode, names, 1, out, err, errlen);
 }
 
 /* The child: a producer on a world whose disk loses power at operation
@@ -170,7 +132,7 @@ static void child(int mode, int round, int64_t cut, unsigned cut_seed, int keep_
 
 static void integrity_ok(int round) {
   char path[600];
-  snprintf(path, sizeof(path), "%s/athena.db", store_path);
+  snprintf(path, sizeof(path), "%s/athena.db", fx.store_path);
   sqlite3* db;
   ASSERT_EQ(SQLITE_OK, sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL));
   sqlite3_stmt* st;
@@ -283,7 +245,7 @@ static void power_loss(int mode, int default_cuts) {
   ASSERT_OK(ath_world_shutdown(w, 5000, &drained, &requeued, NULL));
   ath_world_free(w);
   integrity_ok(0);
-  teardown();
+  store_fixture_teardown(&fx);
 }
 
 TEST_IMPL(store_power_loss_file) {

@@ -13,13 +13,11 @@
 #include "athena.h"
 #include "faultvfs.h"
 #include "internal.h"
+#include "store_fixture.h"
 #include "task.h"
 
-static char dir[256];
-static char lua_path[512];
-static char store_path[512];
-static char log_path[512];
-static char flag_path[512];
+static store_fixture_t fx;
+static char flag_path[600];
 
 /* Activities: `spawn` runs world:execute (or executeMany) from inside a
  * task once the test creates its flag file, and returns what it got. */
@@ -44,49 +42,16 @@ static const char* jobs_lua =
   "end)\n";
 
 static void setup(void) {
-  snprintf(dir, sizeof(dir), "/tmp/athena-faults-%d", (int)getpid());
-  char cmd[600];
-  snprintf(cmd, sizeof(cmd), "rm -rf %s && mkdir -p %s", dir, dir);
-  ASSERT_OK(system(cmd));
-  char file[512];
-  snprintf(file, sizeof(file), "%s/ftjobs.lua", dir);
-  FILE* f = fopen(file, "w");
-  ASSERT_NOT_NULL(f);
-  fputs(jobs_lua, f);
-  fclose(f);
-  snprintf(lua_path, sizeof(lua_path), "%s/?.lua;;", dir);
-  snprintf(store_path, sizeof(store_path), "%s/store", dir);
-  snprintf(log_path, sizeof(log_path), "%s/athena.log", dir);
-  snprintf(flag_path, sizeof(flag_path), "%s/flag", dir);
+  store_fixture_setup(&fx, "faults", "ftjobs", jobs_lua);
+  snprintf(flag_path, sizeof(flag_path), "%s/flag", fx.dir);
   faultvfs_install();
 }
 
-static void teardown(void) {
-  char cmd[600];
-  snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-  ASSERT_OK(system(cmd));
-}
-
 static ath_world_t* open_world(void) {
-  static const char* const modules[] = {"ftjobs", NULL};
-  ath_world_config_t cfg;
-  ath_world_config_init(&cfg);
-  cfg.min_workers = cfg.max_workers = 2;
-  cfg.persistence = ATH_PERSIST_FILE;
-  cfg.persistence_path = store_path;
-  cfg.modules = modules;
-  cfg.lua_path = lua_path;
-  cfg.log_file = log_path;
-  ath_world_t* w = NULL;
+  static const char* const names[] = {"echo", "gate", "spawn"};
+  ath_world_t* w;
   char err[512];
-  ASSERT_OK(ath_world_new(&cfg, &w, err, sizeof(err)));
-  const char* names[] = {"echo", "gate", "spawn"};
-  for (int i = 0; i < 3; i++) {
-    ath_activity_t a;
-    ath_activity_init(&a, names[i]);
-    ASSERT_OK(ath_world_register(w, &a));
-  }
-  if (ath_world_start(w, err, sizeof(err)) != 0) {
+  if (store_fixture_world(&fx, ATH_PERSIST_FILE, names, 3, &w, err, sizeof(err)) != 0) {
     fprintf(stderr, "start: %s\n", err);
     abort();
   }
@@ -241,7 +206,7 @@ TEST_IMPL(store_fault_full_disk) {
   ath_task_t* before = exec_ok(w, "echo", "\"before\"", "before");
   ASSERT_OK(ath_world_wait(w, before, 10000));
   ath_task_release(before);
-  char input[400];
+  char input[1024];
   snprintf(input, sizeof(input), "{\"flag\":\"%s\"}", flag_path);
   ath_task_t* running = exec_ok(w, "gate", input, "running");
   wait_status(w, running, ATH_RUNNING);
@@ -315,9 +280,9 @@ TEST_IMPL(store_fault_full_disk) {
   for (size_t i = 0; i < sizeof(gone) / sizeof(*gone); i++)
     assert_absent(w, gone[i]);
   close_world(w);
-  ASSERT_EQ(3, count_lines(log_path, "store degraded"));
-  ASSERT_EQ(3, count_lines(log_path, "store commits succeed again"));
-  teardown();
+  ASSERT_EQ(3, count_lines(fx.log_path, "store degraded"));
+  ASSERT_EQ(3, count_lines(fx.log_path, "store commits succeed again"));
+  store_fixture_teardown(&fx);
   return 0;
 }
 
@@ -348,14 +313,14 @@ TEST_IMPL(store_fault_fsync_reopens) {
   wait_healthy(w);
   ath_task_release(exec_ok(w, "echo", "\"after\"", "after"));
   close_world(w);
-  ASSERT_EQ(1, count_lines(log_path, "store degraded, execute answers EIO"));
-  ASSERT_EQ(1, count_lines(log_path, "succeed again (reopened, PRAGMA quick_check ok)"));
+  ASSERT_EQ(1, count_lines(fx.log_path, "store degraded, execute answers EIO"));
+  ASSERT_EQ(1, count_lines(fx.log_path, "succeed again (reopened, PRAGMA quick_check ok)"));
 
   w = open_world();
   assert_completed(w, "before", "before");
   assert_completed(w, "after", "after");
   assert_absent(w, "fsync-lost");
   close_world(w);
-  teardown();
+  store_fixture_teardown(&fx);
   return 0;
 }

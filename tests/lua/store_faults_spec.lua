@@ -8,12 +8,7 @@
 local athena = require "athena"
 local S = require "fixtures.support"
 
-local function sh(cmd)
-  local p = io.popen(cmd .. " 2>&1")
-  local out = p:read("a")
-  local _, _, rc = p:close()
-  return out, rc
-end
+local sh = S.sh
 
 local function root()
   local out = sh("id -u")
