@@ -5,6 +5,7 @@
  * runs; running tasks go on; the store says it is degraded (health, one log
  * line) and recovers by itself; nothing acknowledged is lost. */
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -321,6 +322,51 @@ TEST_IMPL(store_fault_fsync_reopens) {
   assert_completed(w, "after", "after");
   assert_absent(w, "fsync-lost");
   close_world(w);
+  store_fixture_teardown(&fx);
+  return 0;
+}
+
+static ath_world_t* slow_world;
+static atomic_int slow_done;
+
+static void slow_exec(void* arg) {
+  (void)arg;
+  ath_task_release(exec_ok(slow_world, "echo", "\"slow\"", "slow-1"));
+  atomic_store(&slow_done, 1);
+}
+
+/* File mode: a task is not claimed before its enqueue is committed (so a
+ * failed commit can withdraw it: it never ran). Every commit waits 300 ms
+ * first (ATHENA_TEST_COMMIT_DELAY_MS): whatever is seen of the task until
+ * 300 ms after execute began was seen before its commit, and is pending. */
+TEST_IMPL(store_unborn_not_claimed) {
+  setup();
+  setenv("ATHENA_TEST_COMMIT_DELAY_MS", "300", 1);
+  slow_world = open_world();
+  unsetenv("ATHENA_TEST_COMMIT_DELAY_MS");
+  uv_thread_t th;
+  uint64_t t0 = uv_hrtime();
+  ASSERT_OK(uv_thread_create(&th, slow_exec, NULL));
+  int seen = 0;
+  while (!atomic_load(&slow_done)) {
+    ath_task_t* t = NULL;
+    if (ath_world_find(slow_world, "slow-1", &t) == 0) {
+      ath_status_t st = ath_task_status(slow_world, t);
+      ath_task_release(t);
+      if (ms_since(t0) < 300) {
+        seen++;
+        if (st != ATH_PENDING) {
+          fprintf(stderr, "slow-1 is %s before its enqueue was committed\n", ath_status_name(st));
+          abort();
+        }
+      }
+    }
+    uv_sleep(1);
+  }
+  uv_thread_join(&th);
+  ASSERT_GT(seen, 0);
+  assert_completed(slow_world, "slow-1", "slow");
+  close_world(slow_world);
   store_fixture_teardown(&fx);
   return 0;
 }
