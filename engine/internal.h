@@ -490,6 +490,8 @@ struct ath_world_s {
   int store_ok;          /* the last commit succeeded (/healthz) */
   int store_fault;       /* degraded: the code execute gets (ATH_ENOSPC,
                           * ATH_EIO, ...) until a commit succeeds again */
+  int store_broken;      /* the file failed quick_check after an I/O error:
+                          * no more writes until a restart */
   char store_err[256];
 };
 
@@ -737,8 +739,9 @@ typedef struct {
  * the store thread). Errors are ATH_ESTORE (message in err) or ATH_EINVAL
  * (a database newer than this build, or not an Athena database); writes
  * also fail with ATH_ENOSPC (the disk is full) or ATH_EIO (a read, write or
- * fsync failed: the file may not hold what the connection believes, so the
- * store thread calls reopen before it trusts it again). */
+ * fsync failed, or the file reads back corrupt: it may not hold what the
+ * connection believes, so the store thread calls reopen before it trusts it
+ * again). */
 struct ath_store_vt_s {
   const char* name;
   /* Opens (creating and migrating) the store in directory `dir`. */

@@ -359,6 +359,7 @@ static void store_main(void* arg) {
           store_healthy(w, &reopened);
         } else {
           w->store_fault = broken ? ATH_ESTORE : rc;
+          w->store_broken = broken;
           snprintf(w->store_err, sizeof(w->store_err), "%s", err);
         }
         continue;
@@ -416,6 +417,7 @@ static void store_main(void* arg) {
     if (rc != 0) {
       /* Keep the changes and try again: nothing acknowledged is dropped;
        * what was not acknowledged yet is withdrawn. */
+      w->store_broken = broken;
       store_failed(w, broken ? ATH_ESTORE : rc, err, batch, n);
       for (size_t i = 0; i < sn; i++) {
         ath__store_mark_sched(w, sbatch[i]);

@@ -311,14 +311,15 @@ static int write_srow(ath_store_t* s, const ath_srow_t* r) {
 }
 
 /* A failed write's code: a full disk (SQLITE_FULL) and I/O errors
- * (SQLITE_IOERR_*: a write, an fsync, the WAL index) apart from the rest. */
+ * (SQLITE_IOERR_*: a write, an fsync, the WAL index; and a file that reads
+ * back corrupt) apart from the rest. */
 static int write_fault(sqlite3* db, int rc, char* err, size_t errlen, const char* what) {
   fail(db, rc, err, errlen, what);
   if ((rc & 0xff) == SQLITE_FULL)
     return ATH_ENOSPC;
   if (rc == SQLITE_IOERR_NOMEM)
     return ATH_ENOMEM;
-  if ((rc & 0xff) == SQLITE_IOERR)
+  if ((rc & 0xff) == SQLITE_IOERR || (rc & 0xff) == SQLITE_CORRUPT || rc == SQLITE_NOTADB)
     return ATH_EIO;
   return ATH_ESTORE;
 }

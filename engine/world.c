@@ -822,7 +822,9 @@ relock:
    * wait for the store (SEMANTICS §13, docs/operations.md). */
   if (w->store_fault != 0 && opts->parent_id == NULL) {
     rc = w->store_fault;
-    if (err != NULL && errlen > 0)
+    if (err != NULL && errlen > 0 && w->store_broken)
+      snprintf(err, errlen, "the store stopped taking writes (restart to recover): %s", w->store_err);
+    else if (err != NULL && errlen > 0)
       snprintf(err, errlen, "the store is degraded: %s", w->store_err);
     uv_mutex_unlock(&w->lock);
     goto fail;
@@ -3161,6 +3163,9 @@ int ath_world_health(ath_world_t* w, char* why, size_t len) {
   if (w->state != ATH_W_STARTED) {
     rc = ATH_ESHUTDOWN;
     snprintf(why, len, "%s", w->state == ATH_W_NEW ? "not started" : "shutting down");
+  } else if (w->store != NULL && w->store_broken) {
+    rc = ATH_ESTORE;
+    snprintf(why, len, "store stopped taking writes (restart to recover): %s", w->store_err);
   } else if (w->store != NULL && w->store_fault != 0) {
     rc = ATH_ESTORE;
     snprintf(why, len, "store degraded (%s), execute refused until a commit succeeds: %s",

@@ -370,3 +370,54 @@ TEST_IMPL(store_unborn_not_claimed) {
   store_fixture_teardown(&fx);
   return 0;
 }
+
+/* After an fsync error the store reopens the file and verifies it; a file
+ * that fails PRAGMA quick_check then is not written again: the store stops
+ * taking writes and says so (health, log, execute answers ESTORE), like
+ * PostgreSQL after an fsync failure, until a restart. */
+TEST_IMPL(store_fault_check_fails_stops) {
+  setup();
+  ath_world_t* w = open_world();
+  for (int i = 0; i < 300; i++) { /* enough rows for the tasks table to span pages */
+    char id[32];
+    snprintf(id, sizeof(id), "fill-%d", i);
+    ath_task_release(exec_ok(w, "echo", "\"a fairly long input to take some room in the pages\"", id));
+  }
+  ath_task_t* last = exec_ok(w, "echo", "\"last\"", "last");
+  ASSERT_OK(ath_world_wait(w, last, 10000));
+  ath_task_release(last);
+  /* everything in the main file, then page 2 (the tasks table's root) ruined */
+  char db_path[700];
+  snprintf(db_path, sizeof(db_path), "%s/athena.db", fx.store_path);
+  sqlite3* db;
+  ASSERT_EQ(SQLITE_OK, sqlite3_open(db_path, &db));
+  ASSERT_EQ(SQLITE_OK, sqlite3_exec(db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL));
+  sqlite3_close(db);
+  FILE* f = fopen(db_path, "r+b");
+  ASSERT_NOT_NULL(f);
+  char junk[4096];
+  memset(junk, 0x5a, sizeof(junk));
+  ASSERT_OK(fseek(f, 4096, SEEK_SET));
+  ASSERT_EQ(1, fwrite(junk, sizeof(junk), 1, f));
+  fclose(f);
+
+  faultvfs_fail_syncs(SQLITE_IOERR_FSYNC);
+  ath_task_t* t;
+  char err[512];
+  ASSERT_EQ(ATH_EIO, exec_id(w, "echo", "1", "refused", &t, err, sizeof(err)));
+  faultvfs_fail_syncs(0); /* the disk answers again, but the file is bad */
+  char why[512];
+  uint64_t t0 = uv_hrtime();
+  while (ath_world_health(w, why, sizeof(why)) != ATH_ESTORE || strstr(why, "stopped") == NULL) {
+    ASSERT_LT(ms_since(t0), 10000);
+    uv_sleep(1);
+  }
+  ASSERT_NOT_NULL(strstr(why, "store stopped taking writes (restart to recover)"));
+  ASSERT_NOT_NULL(strstr(why, "quick_check"));
+  ASSERT_EQ(ATH_ESTORE, exec_id(w, "echo", "1", "after", &t, err, sizeof(err)));
+  ASSERT_NOT_NULL(strstr(err, "stopped taking writes"));
+  close_world(w);
+  ASSERT_EQ(1, count_lines(fx.log_path, "store stopped taking writes (restart to recover)"));
+  store_fixture_teardown(&fx);
+  return 0;
+}
