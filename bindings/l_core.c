@@ -32,7 +32,8 @@ void ath__pusherror(lua_State* L, int rc, const char* message) {
   lua_setfield(L, -2, "message");
   /* the retryable codes of SEMANTICS §1.2 (athena.errors.RETRYABLE) */
   lua_pushboolean(L, rc == ATH_ETIMEDOUT || rc == ATH_EHANDLER || rc == ATH_EWORKERLOST ||
-                       rc == ATH_EHEARTBEAT || rc == ATH_ERETRYABLE);
+                       rc == ATH_EHEARTBEAT || rc == ATH_ERETRYABLE || rc == ATH_ENOSPC ||
+                       rc == ATH_EIO);
   lua_setfield(L, -2, "retryable");
   lua_pushinteger(L, 0);
   lua_setfield(L, -2, "attempt");

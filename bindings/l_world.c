@@ -441,6 +441,35 @@ static void check_started(lua_State* L, lworld_t* lw) {
   }
 }
 
+static lhandle_t* check_handle(lua_State* L, int idx);
+
+/* A store that cannot take the enqueue (SEMANTICS §13): execute returns
+ * nil, err, as a failed commit does, instead of raising. */
+#define STORE_FAULT(rc) ((rc) == ATH_ENOSPC || (rc) == ATH_EIO || (rc) == ATH_ESTORE)
+
+/* The end of a file-mode execute (world at 1): the handle, or the table of
+ * handles, on top, unless the commit failed and withdrew the enqueue: then
+ * nil, err (ENOSPC, EIO, ...), and the tasks never run (SEMANTICS §13). */
+static int execute_k(lua_State* L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  ath_world_t* w = check_lworld(L, 1)->w;
+  int many = lua_type(L, -1) == LUA_TTABLE;
+  lua_Integer n = many ? (lua_Integer)lua_rawlen(L, -1) : 1;
+  int rc = 0;
+  char msg[320];
+  for (lua_Integer i = 1; rc == 0 && i <= n; i++) {
+    if (many)
+      lua_rawgeti(L, -1, i);
+    else
+      lua_pushvalue(L, -1);
+    ath_task_t* t = check_handle(L, -1)->t;
+    lua_pop(L, 1);
+    rc = ath__world_enqueue_error(w, &t, 1, msg, sizeof(msg));
+  }
+  return rc == 0 ? 1 : ath__pushfail(L, rc, msg);
+}
+
 /* world:execute(name, input [, opts]) -> handle */
 static int world_execute(lua_State* L) {
   lworld_t* lw = check_lworld(L, 1);
@@ -455,13 +484,16 @@ static int world_execute(lua_State* L) {
   char err[256];
   uint64_t gen;
   int rc = ath__world_execute(lw->w, name, 1, payloads, &len, NULL, &eo.o, &t, &gen, err, sizeof(err));
+  if (STORE_FAULT(rc))
+    return ath__pushfail(L, rc, err);
   if (rc != 0)
     return ath__raise(L, rc, "%s", err);
   push_handle(L, 1, t);
   /* file mode: acknowledged once durable; a task yields for it meanwhile */
-  if (gen != 0)
-    ath__task_await_commit(L, lw->w, gen, NULL);
-  return 1;
+  if (gen == 0)
+    return 1;
+  ath__task_await_enqueue(L, lw->w, gen, &t, 1, execute_k);
+  return execute_k(L, LUA_OK, 0);
 }
 
 /* world:executeMany(name, inputs [, opts]) -> {handle...} */
@@ -511,15 +543,18 @@ static int world_execute_many(lua_State* L) {
   uint64_t gen;
   int rc = ath__world_execute(lw->w, name, n, payloads, lens, ids, &eo.o, out, &gen, err, sizeof(err));
   free(payloads);
+  if (STORE_FAULT(rc))
+    return ath__pushfail(L, rc, err);
   if (rc != 0)
     return ath__raise(L, rc, "%s", err);
   for (size_t i = 0; i < n; i++) {
     push_handle(L, 1, out[i]); /* a memory error here would leak refs only */
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
-  if (gen != 0)
-    ath__task_await_commit(L, lw->w, gen, NULL);
-  return 1;
+  if (gen == 0)
+    return 1;
+  ath__task_await_enqueue(L, lw->w, gen, out, n, execute_k);
+  return execute_k(L, LUA_OK, 0);
 }
 
 /* ---------------------------------------------------------------- query */

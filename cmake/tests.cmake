@@ -17,6 +17,7 @@ file(WRITE ${PROJECT_BINARY_DIR}/gen/test_list.h.tmp "${list_h}")
 file(COPY_FILE ${PROJECT_BINARY_DIR}/gen/test_list.h.tmp ${PROJECT_BINARY_DIR}/gen/test_list.h ONLY_IF_DIFFERENT)
 
 add_executable(athena_tests ${PROJECT_SOURCE_DIR}/tests/c/runner.c ${C_TEST_SOURCES}
+  ${PROJECT_SOURCE_DIR}/tests/c/faultvfs.c ${PROJECT_SOURCE_DIR}/tests/c/store_fixture.c
   $<TARGET_OBJECTS:athena_objs>)
 target_include_directories(athena_tests PRIVATE ${PROJECT_BINARY_DIR}/gen ${PROJECT_SOURCE_DIR}/tests/c
   $<TARGET_PROPERTY:athena_objs,INTERFACE_INCLUDE_DIRECTORIES>)

@@ -43,7 +43,8 @@ int ath__db_map_sqlstate(const char* st) {
     {"23514", ATH_DB_ECHECK},    {"42804", ATH_DB_EINVAL},      {"42883", ATH_DB_EINVAL},
     {"57014", ATH_DB_ETIMEDOUT}, {"57P01", ATH_DB_ECONNLOST},   {"57P02", ATH_DB_ECONNLOST},
     {"57P03", ATH_DB_ECONNLOST}, {"40001", ATH_DB_EBUSY},       {"40P01", ATH_DB_EBUSY},
-    {"55P03", ATH_DB_EBUSY},
+    {"55P03", ATH_DB_EBUSY},     {"53100", ATH_DB_ENOSPC}, /* disk_full */
+    {"58030", ATH_DB_EIO}, /* io_error */
     {"21000", ATH_DB_EINVAL}, /* one statement would change a row twice (an upsert batch
                                * with a duplicate key): the request's values */
   };
@@ -88,6 +89,10 @@ int ath__db_map_sqlite(int xrc, int prepare) {
     case 5: /* SQLITE_BUSY */
     case 6: /* SQLITE_LOCKED */
       return ATH_DB_EBUSY;
+    case 13: /* SQLITE_FULL */
+      return ATH_DB_ENOSPC;
+    case 10: /* SQLITE_IOERR_* */
+      return xrc == 3082 /* SQLITE_IOERR_NOMEM */ ? ATH_DB_EDB : ATH_DB_EIO;
     case 1: /* SQLITE_ERROR: from prepare, SQL that does not parse or names
              * nothing */
       return prepare ? ATH_DB_ESYNTAX : ATH_DB_EDB;

@@ -24,8 +24,8 @@
 
 /* Database error codes: the `code` Lua sees (err.code), and the gateway's
  * machine code (GATEWAY.md §6.8) for each. They sit below -21000, apart
- * from the engine's ATH_E* (EINVAL, ETIMEDOUT and EBUSY keep the engine's
- * values, so ath_err_name works on them too). */
+ * from the engine's ATH_E* (EINVAL, ETIMEDOUT, EBUSY, ENOSPC and EIO keep
+ * the engine's values, so ath_err_name works on them too). */
 #define ATH_DB_ERRNO_MAP(XX)                                                 \
   XX(EINVAL, -22, "invalid_value", "invalid value or argument")              \
   XX(ETIMEDOUT, -110, "statement_timeout", "statement timed out")            \
@@ -36,6 +36,8 @@
   XX(ECHECK, -21004, "check_violation", "check constraint violated")         \
   XX(ESYNTAX, -21005, "syntax_error", "syntax error or unknown name")        \
   XX(ECONNLOST, -21006, "database_unavailable", "database connection lost")  \
+  XX(ENOSPC, -28, "disk_full", "the database's disk is full")                \
+  XX(EIO, -5, "database_io_error", "the database's disk failed")             \
   XX(EDB, -21007, "database_error", "database error")
 
 typedef enum {

@@ -649,6 +649,12 @@ static void db_failure(ath_gwjob_t* job, const ath_db_error_t* e) {
   } else if (strcmp(code, "database_unavailable") == 0) {
     status = 503;
     sentence = "the database is unavailable";
+  } else if (strcmp(code, "disk_full") == 0) {
+    status = 503; /* nothing was written: the statement rolled back whole */
+    sentence = "the database's disk is full";
+  } else if (strcmp(code, "database_io_error") == 0) {
+    status = 503;
+    sentence = "the database could not read or write its disk";
   } else {
     code = "internal_error";
   }

@@ -811,7 +811,7 @@ static int on_req(h2o_handler_t* self, h2o_req_t* req) {
   int get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
 #define IS(lit) (n == sizeof(lit) - 1 && memcmp(p, lit, n) == 0)
   if (IS("/healthz") && get) {
-    char why[300];
+    char why[512];
     if (ath_world_health(w, why, sizeof(why)) == 0)
       respond(req, 200, "OK", "text/plain; charset=utf-8", "ok", 2);
     else

@@ -31,6 +31,8 @@ extern "C" {
 #define ATH__ENOMEM (-12)
 #define ATH__EBUSY (-16)
 #define ATH__ENOSYS (-38)
+#define ATH__ENOSPC (-28)
+#define ATH__EIO (-5)
 #define ATH__ENOTFOUND (-20001)
 #define ATH__EHEARTBEAT (-20002)
 #define ATH__ECOMPENSATED (-20003)
@@ -49,6 +51,8 @@ extern "C" {
   XX(ENOMEM, "out of memory")                                      \
   XX(EBUSY, "resource busy")                                       \
   XX(ENOSYS, "not implemented")                                    \
+  XX(ENOSPC, "no space left on the disk")                          \
+  XX(EIO, "input/output error")                                    \
   XX(ENOTFOUND, "no such job, handler or schedule")                \
   XX(EHEARTBEAT, "heartbeat timeout")                              \
   XX(ECOMPENSATED, "workflow failed and was compensated")          \
@@ -263,10 +267,12 @@ struct ath_exec_opts_s {
  * nothing is queued and it returns ATH_ENOTFOUND (unknown name), ATH_EINVAL
  * (before start, unknown queue, id in use by another name, a payload over
  * 4 GiB; `err` says which)
- * or ATH_ESHUTDOWN. An existing id yields the existing task (SEMANTICS §5.3).
- * Without `ids`, opts->id (if any) names the one task; with `ids`, a NULL
- * entry gets a generated id. In file mode it returns once the batch is
- * committed. Thread: any. */
+ * or ATH_ESHUTDOWN; ATH_ENOSPC, ATH_EIO or ATH_ESTORE when the store cannot
+ * keep the batch (its commit failed, or the store is degraded): then none of
+ * its tasks exists or runs. An existing id yields the existing task
+ * (SEMANTICS §5.3). Without `ids`, opts->id (if any) names the one task;
+ * with `ids`, a NULL entry gets a generated id. In file mode it returns once
+ * the batch is committed. Thread: any. */
 ATH_EXTERN int ath_world_execute(ath_world_t* w, const char* name, size_t n,
                                  char** payloads, const size_t* lens,
                                  const char* const* ids,
@@ -340,7 +346,8 @@ ATH_EXTERN int ath_world_serve(ath_world_t* w, const char* host, int port, int f
                                int* bound, char* err, size_t errlen);
 
 /* 0 when the world is started and its last commit succeeded; otherwise
- * ATH_ESHUTDOWN or ATH_ESTORE with the reason in `why`. Thread: any. */
+ * ATH_ESHUTDOWN or ATH_ESTORE (the store is degraded) with the reason in
+ * `why`. Thread: any. */
 ATH_EXTERN int ath_world_health(ath_world_t* w, char* why, size_t len);
 
 /* The world's time in epoch ms: the manual clock's, or the system's. */

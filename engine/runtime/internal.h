@@ -92,6 +92,10 @@ struct ath_task_s {
   unsigned purged : 1;   /* deleted: the store deletes its row */
   unsigned in_term : 1;  /* in the world's list of recent terminal tasks */
   unsigned input_inline : 1; /* `input` is in this block, after the id */
+  unsigned unborn : 1;   /* file mode: its enqueue is not committed yet, so
+                          * no worker claims it (ath__queue_pop) */
+  unsigned withdrawn : 1;/* its enqueue could not be stored: out of the
+                          * world, failed with err_code (ath__world_withdraw) */
   ath_worker_t* wk;      /* the worker running it, while running */
   atomic_ullong cancel_ns; /* monotonic ns the cancel was accepted, 0 if none */
   int64_t last_hb;       /* wall ms of the latest heartbeat */
@@ -171,6 +175,9 @@ void ath__list_unlink(ath_bucket_t* b, ath_task_t* t);
 
 /* Queue operations; the caller holds the world lock. */
 int ath__queue_push(ath_queue_t* q, ath_task_t* t);
+/* Takes the first ready task out, or returns NULL when there is none or
+ * when the first one is unborn (file mode: a task runs only once its
+ * enqueue is committed; the store thread wakes the queue's workers then). */
 ath_task_t* ath__queue_pop(ath_queue_t* q);
 void ath__queue_remove(ath_queue_t* q, ath_task_t* t);
 void ath__queue_free(ath_queue_t* q);
@@ -237,7 +244,9 @@ typedef struct ath_bwait_s {
 struct ath_waiter_s {
   ath_waiter_t* next;
   ath_slot_t* slot;
-  ath_task_t* task;      /* the task that finished (set when delivered) */
+  ath_task_t* task;      /* the task that finished (set when delivered); with
+                          * ATH_WAIT_COMMIT, a task whose enqueue it
+                          * acknowledges (withdrawn: the wait ends), or NULL */
   uint64_t gen;          /* ATH_WAIT_COMMIT: the generation awaited */
 };
 
@@ -432,6 +441,10 @@ struct ath_world_s {
   uint64_t committed_gen;/* every change up to this one is on disk */
   int store_stop;
   int store_ok;          /* the last commit succeeded (/healthz) */
+  int store_fault;       /* degraded: the code execute gets (ATH_ENOSPC,
+                          * ATH_EIO, ...) until a commit succeeds again */
+  int store_broken;      /* the file failed quick_check after an I/O error:
+                          * no more writes until a restart */
   char store_err[256];
 };
 

@@ -83,6 +83,8 @@ void ath__list_unlink(ath_bucket_t* b, ath_task_t* t) {
 ath_task_t* ath__queue_pop(ath_queue_t* q) {
   for (int i = 0; i < q->nbuckets; i++) {
     ath_task_t* t = q->buckets[i].head;
+    if (t != NULL && t->unborn)
+      return NULL;
     if (t != NULL) {
       ath__list_unlink(&q->buckets[i], t);
       q->depth--;

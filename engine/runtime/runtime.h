@@ -87,6 +87,12 @@ int ath__task_wait_timed_out(lua_State* L);
  * when there is nothing to wait for, returns 0 (after blocking the thread
  * if need be) and the caller goes on. */
 int ath__task_await_commit(lua_State* L, ath_world_t* w, uint64_t gen, lua_KFunction k);
+/* The same wait for the enqueues of one execute, tasks[0..n): it ends
+ * early when they are withdrawn (the commit failed), which `k` (or, when
+ * this returns without yielding, the caller) learns from
+ * ath__store_enqueue_result. */
+int ath__task_await_enqueue(lua_State* L, ath_world_t* w, uint64_t gen, ath_task_t* const* tasks,
+                            size_t n, lua_KFunction k);
 /* The store generation that makes t's latest change durable (file mode),
  * or 0. */
 uint64_t ath__world_commit_gen(ath_world_t* w, const ath_task_t* t);
@@ -181,7 +187,16 @@ int ath__world_set_paths(ath_world_t* w, const char* path, const char* cpath);
  * ATH_ENOMEM; *gen gets the store generation that makes it durable, to
  * wait for before the workflow proceeds (0: none, not file mode). */
 int ath__world_wf_append(ath_world_t* w, ath_task_t* t, const char* json, size_t len, uint64_t* gen);
-/* store.c, for the operator commands ---------------------------------------- */
+/* store.c ------------------------------------------------------------------- */
+
+/* After a file-mode execute's wait (ath__task_await_enqueue): 0 when the
+ * enqueues of tasks[0..n) are stored, else the code that withdrew them
+ * (ATH_ENOSPC, ATH_EIO, ...) with a message naming the store's error in
+ * msg. Lock not held. */
+int ath__world_enqueue_error(ath_world_t* w, ath_task_t* const* tasks, size_t n, char* msg,
+                             size_t msglen);
+
+/* For the operator commands: */
 
 /* The SQLite store's schema version (what `athena tasks` and friends read). */
 extern const int ath__store_schema_version;

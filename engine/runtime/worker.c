@@ -269,16 +269,24 @@ static int top_k(lua_State* L, int status, lua_KContext ctx) {
 }
 
 int ath__task_await_commit(lua_State* L, ath_world_t* w, uint64_t gen, lua_KFunction k) {
+  return ath__task_await_enqueue(L, w, gen, NULL, 0, k);
+}
+
+int ath__task_await_enqueue(lua_State* L, ath_world_t* w, uint64_t gen, ath_task_t* const* tasks,
+                            size_t n, lua_KFunction k) {
   ath_slot_t* s = task_slot(L);
   if (s == NULL || s->wk->w != w || !lua_isyieldable(L)) {
     uv_mutex_lock(&w->lock); /* not a task of this world's: block */
-    ath__store_wait(w, gen);
+    ath__store_wait_enqueue(w, gen, tasks, n);
     uv_mutex_unlock(&w->lock);
     return 0;
   }
   if (interrupt_code(s->wk, s) != 0)
     return wait_k(L, LUA_OK, 0); /* raises it */
-  int rc = ath__store_await(w, gen, s);
+  uv_mutex_lock(&w->lock);
+  ath_task_t* enq = ath__store_unborn(tasks, n);
+  uv_mutex_unlock(&w->lock);
+  int rc = ath__store_await(w, gen, enq, s);
   if (rc == 0)
     return 0;
   if (rc < 0)

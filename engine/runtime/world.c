@@ -650,8 +650,14 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
   int rc = ath__world_execute(w, name, n, payloads, lens, ids, opts, out, &gen, err, errlen);
   if (rc == 0 && gen != 0) { /* file: acknowledged once durable */
     uv_mutex_lock(&w->lock);
-    ath__store_wait(w, gen);
+    rc = ath__store_wait_enqueue(w, gen, out, n);
+    if (rc != 0) /* the commit failed: withdrawn, never ran */
+      set_err(err, errlen, "the task could not be stored: %s", w->store_err);
     uv_mutex_unlock(&w->lock);
+    for (size_t i = 0; rc != 0 && i < n; i++) {
+      ath_task_release(out[i]);
+      out[i] = NULL;
+    }
   }
   return rc;
 }
@@ -816,6 +822,20 @@ relock:
     uv_mutex_unlock(&w->lock);
     goto fail;
   }
+  /* A degraded store refuses new work up front (the enqueues it held when
+   * the commit failed were withdrawn); a workflow's steps still get in and
+   * wait for the store (SEMANTICS §13, docs/operations.md). */
+  if (w->store_fault != 0 && opts->parent_id == NULL) {
+    rc = w->store_fault;
+    if (err != NULL && errlen > 0 && w->store_broken)
+      snprintf(err, errlen, "the store stopped taking writes (restart to recover): %s", w->store_err);
+    else if (err != NULL && errlen > 0)
+      snprintf(err, errlen, "the store is degraded: %s", w->store_err);
+    uv_mutex_unlock(&w->lock);
+    goto fail;
+  }
+  /* file: nothing runs before its enqueue is committed (ath__queue_pop) */
+  int unborn = w->store != NULL && w->cfg.persistence == ATH_PERSIST_FILE;
   while (w->ntasks + n > w->table_cap) {
     if (table_grow(w) != 0) {
       rc = ATH_ENOMEM;
@@ -841,6 +861,7 @@ relock:
       continue;
     }
     t->seq = w->next_seq++;
+    t->unborn = unborn;
     if (parent != NULL) {
       ath_task_retain(parent);
       t->parent = parent;
@@ -869,7 +890,7 @@ relock:
     }
     out[i] = t;
   }
-  nwake = pick_sleepers(w, q, ready, wake, MAX_WORKERS);
+  nwake = unborn ? 0 : pick_sleepers(w, q, ready, wake, MAX_WORKERS); /* unborn: once committed */
   uint64_t gen = w->gen;
   uv_mutex_unlock(&w->lock);
   wake_all(wake, nwake);
@@ -914,6 +935,7 @@ static int wf_terminal(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t*
 static int wf_timer_fired(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake);
 static int wf_run_timed_out(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake);
 static int wf_resume(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake);
+static int unqueue(ath_world_t* w, ath_task_t* t);
 
 /* Moves due delayed tasks to their queues and re-arms the timer for the
  * next one. Runs on the engine thread. */
@@ -1172,6 +1194,62 @@ static int finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t n
   if (t->wf != NULL || t->parent != NULL)
     nwake = wf_terminal(w, t, now, wake, nwake);
   term_push(w, t);
+  return nwake;
+}
+
+/* Takes an unborn task back out of the world (lock held): its enqueue
+ * could not be committed, so execute answers `code` instead of a handle.
+ * It never ran (unborn tasks are not claimed); it leaves its queue or the
+ * delay heap and the table, and ends as failed with `code` for anyone who
+ * saw it meanwhile (a query, an idempotent execute). A workflow's child is
+ * not withdrawn: its workflow runs on, and waits for the store. Returns
+ * the new nwake. */
+int ath__world_withdraw(ath_world_t* w, ath_task_t* t, int code, ath_worker_t** wake,
+                        int nwake, int* withdrawn) {
+  *withdrawn = 0;
+  if (!t->unborn || t->withdrawn || t->parent != NULL)
+    return nwake;
+  *withdrawn = 1;
+  if (t->status == ATH_PENDING && nwake < MAX_WORKERS) /* the born tasks behind it */
+    nwake += pick_sleepers(w, t->queue, 1, wake + nwake, MAX_WORKERS - nwake);
+  if (!ATH_IS_TERMINAL(t->status)) {
+    unqueue(w, t);
+    set_error(t, code, "its enqueue could not be stored");
+    t->status = ATH_FAILED;
+  }
+  if (t->exp_idx != UINT32_MAX)
+    ath__heap_remove(&w->expiry, t);
+  int listed = table_get(w, t->id, t->hash) == t;
+  table_unlink(w, t);
+  t->withdrawn = 1;
+  t->purged = 1; /* its row is deleted, should a failed commit have stored it */
+  t->err_code = code;
+  if (t->waiters != NULL)
+    nwake = deliver_waiters(t, wake, nwake);
+  if (w->bwaiters != NULL)
+    wake_blocked(w, t);
+  if (listed)
+    ath_task_release(t); /* the table's; the caller's and the store's remain */
+  return nwake;
+}
+
+/* The enqueues of batch[0..n) are committed (lock held): their tasks may
+ * run now; wakes sleeping workers of their queues. Returns the new nwake. */
+int ath__world_born(ath_world_t* w, ath_task_t* const* batch, size_t n, ath_worker_t** wake,
+                    int nwake) {
+  ath_queue_t* none = NULL; /* the last queue found without sleepers */
+  for (size_t i = 0; i < n; i++) {
+    ath_task_t* t = batch[i];
+    if (!t->unborn)
+      continue;
+    t->unborn = 0;
+    if (t->status != ATH_PENDING || t->queue == none || nwake >= MAX_WORKERS)
+      continue;
+    int k = pick_sleepers(w, t->queue, 1, wake + nwake, MAX_WORKERS - nwake);
+    if (k == 0)
+      none = t->queue;
+    nwake += k;
+  }
   return nwake;
 }
 
@@ -3088,6 +3166,13 @@ int ath_world_health(ath_world_t* w, char* why, size_t len) {
   if (w->state != ATH_W_STARTED) {
     rc = ATH_ESHUTDOWN;
     snprintf(why, len, "%s", w->state == ATH_W_NEW ? "not started" : "shutting down");
+  } else if (w->store != NULL && w->store_broken) {
+    rc = ATH_ESTORE;
+    snprintf(why, len, "store stopped taking writes (restart to recover): %s", w->store_err);
+  } else if (w->store != NULL && w->store_fault != 0) {
+    rc = ATH_ESTORE;
+    snprintf(why, len, "store degraded (%s), execute refused until a commit succeeds: %s",
+             ath_err_name(w->store_fault), w->store_err);
   } else if (w->store != NULL && !w->store_ok) {
     rc = ATH_ESTORE;
     snprintf(why, len, "last commit failed: %s", w->store_err);

@@ -28,7 +28,9 @@ void ath__store_mark(ath_world_t* w, ath_task_t* t) {
       ath_task_t** d = realloc(w->dirty, cap * sizeof(*d));
       if (d == NULL) {
         /* Cannot queue the write: say so where /healthz looks; the next
-         * change of this task retries. */
+         * change of this task retries. A new task runs unstored rather
+         * than never (nothing would commit its enqueue). */
+        t->unborn = 0;
         w->store_ok = 0;
         snprintf(w->store_err, sizeof(w->store_err), "%s", "out of memory queueing a write");
         return;
@@ -115,15 +117,48 @@ void ath__store_wait(ath_world_t* w, uint64_t gen) {
     uv_cond_wait(&w->cond, &w->lock);
 }
 
-int ath__store_await(ath_world_t* w, uint64_t gen, ath_slot_t* slot) {
+ath_task_t* ath__store_unborn(ath_task_t* const* tasks, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (tasks[i] != NULL && (tasks[i]->unborn || tasks[i]->withdrawn))
+      return tasks[i];
+  return NULL;
+}
+
+int ath__world_enqueue_error(ath_world_t* w, ath_task_t* const* tasks, size_t n, char* msg,
+                             size_t msglen) {
+  uv_mutex_lock(&w->lock);
+  int rc = ath__store_enqueue_result(tasks, n);
+  if (rc != 0)
+    snprintf(msg, msglen, "the task could not be stored: %s", w->store_err);
+  uv_mutex_unlock(&w->lock);
+  return rc;
+}
+
+int ath__store_enqueue_result(ath_task_t* const* tasks, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (tasks[i] != NULL && tasks[i]->withdrawn)
+      return tasks[i]->err_code;
+  return 0;
+}
+
+int ath__store_wait_enqueue(ath_world_t* w, uint64_t gen, ath_task_t* const* tasks, size_t n) {
+  /* Enqueues of one execute are committed, or withdrawn, together. */
+  ath_task_t* rep = ath__store_unborn(tasks, n);
+  while (must_wait(w, gen) && !(rep != NULL && rep->withdrawn))
+    uv_cond_wait(&w->cond, &w->lock);
+  return ath__store_enqueue_result(tasks, n);
+}
+
+int ath__store_await(ath_world_t* w, uint64_t gen, ath_task_t* enq, ath_slot_t* slot) {
   uv_mutex_lock(&w->lock);
   int rc = 0;
-  if (must_wait(w, gen)) {
+  if (must_wait(w, gen) && !(enq != NULL && enq->withdrawn)) {
     ath_waiter_t* wt = calloc(1, sizeof(*wt));
     if (wt == NULL) {
       rc = ATH_ENOMEM;
     } else {
       wt->slot = slot;
+      wt->task = enq;
       wt->gen = gen;
       wt->next = w->commit_waiters;
       w->commit_waiters = wt;
@@ -156,11 +191,10 @@ void ath__store_unawait(ath_world_t* w, ath_slot_t* slot) {
 
 /* Hands the commit waiters whose wait is over to their workers (lock
  * held); the caller wakes wake[0..n) after unlocking. */
-static int deliver_commits(ath_world_t* w, ath_worker_t** wake) {
-  int nwake = 0;
+static int deliver_commits(ath_world_t* w, ath_worker_t** wake, int nwake) {
   for (ath_waiter_t** p = &w->commit_waiters; *p;) {
     ath_waiter_t* wt = *p;
-    if (must_wait(w, wt->gen)) {
+    if (must_wait(w, wt->gen) && !(wt->task != NULL && wt->task->withdrawn)) {
       p = &wt->next;
       continue;
     }
@@ -174,7 +208,7 @@ void ath__store_throttle(ath_world_t* w) {
   if (w->store == NULL || w->cfg.persistence != ATH_PERSIST_HYBRID || w->ndirty < ATH_HYBRID_BACKLOG)
     return;
   uv_cond_signal(&w->store_cond); /* commit now, not at the end of the interval */
-  while (w->store != NULL && w->ndirty >= ATH_HYBRID_BACKLOG && !w->store_stop)
+  while (w->store != NULL && w->ndirty >= ATH_HYBRID_BACKLOG && !w->store_stop && w->store_fault == 0)
     uv_cond_wait(&w->cond, &w->lock);
 }
 
@@ -232,14 +266,85 @@ nomem:
   return ATH_ENOMEM;
 }
 
+/* How long a degraded store waits between attempts to commit again. */
+#define RETRY_NS 100000000u
+
+/* A commit failed with `rc` (lock held): the store is degraded until one
+ * succeeds. Every enqueue not committed yet is withdrawn, so its execute
+ * answers rc instead of waiting for a disk that may not come back (file
+ * mode; SEMANTICS §13); everything else stays queued and is retried. A
+ * withdrawn task stays queued as a delete of its row: after an fsync error
+ * the commit that reported failure may be in the WAL after all, and the
+ * next commit takes it out again. batch[0..n) is the failed group, its
+ * references handed over. */
+static void store_failed(ath_world_t* w, int rc, const char* err, ath_task_t** batch, size_t n) {
+  if (w->store_fault == 0)
+    ath__logf(w, ATH_LOG_ERROR, NULL, 0,
+              "store degraded, execute answers %s until a commit succeeds: %s", ath_err_name(rc), err);
+  w->store_ok = 0;
+  w->store_fault = rc;
+  snprintf(w->store_err, sizeof(w->store_err), "%s", err);
+  ath_worker_t* wake[MAX_WORKERS];
+  int nwake = 0, out;
+  for (size_t i = 0; i < w->ndirty; i++) /* changed while it failed */
+    nwake = ath__world_withdraw(w, w->dirty[i], rc, wake, nwake, &out);
+  for (size_t i = 0; i < n; i++) {
+    nwake = ath__world_withdraw(w, batch[i], rc, wake, nwake, &out);
+    ath__store_mark(w, batch[i]); /* written (or deleted) by the next attempt */
+    ath_task_release(batch[i]);
+  }
+  uv_cond_broadcast(&w->cond); /* blocked execute calls, throttled producers */
+  nwake = w->commit_waiters != NULL ? deliver_commits(w, wake, nwake) : nwake;
+  uv_mutex_unlock(&w->lock);
+  for (int i = 0; i < nwake; i++)
+    ath__worker_wake(wake[i]);
+  uv_mutex_lock(&w->lock);
+}
+
+/* Before a degraded store writes again (lock not held): after an I/O
+ * error, the connection is dropped and the file verified (the provider's
+ * reopen; *reopened is set when it did); *broken is set when the file
+ * fails the check, and the store then takes no more writes. */
+static int store_heal(ath_world_t* w, int* reopen, int* reopened, int* broken, char* err,
+                      size_t errlen) {
+  if (!*reopen)
+    return 0;
+  int rc = w->svt->reopen(w->store, err, errlen);
+  if (rc == 0) {
+    *reopen = 0;
+    *reopened = 1;
+  } else if (rc == ATH_ESTORE) {
+    *broken = 1;
+    ath__logf(w, ATH_LOG_ERROR, NULL, 0, "store stopped taking writes (restart to recover): %s", err);
+  }
+  return rc;
+}
+
+/* A commit succeeded (lock held). */
+static void store_healthy(ath_world_t* w, int* reopened) {
+  if (!w->store_ok)
+    ath__logf(w, ATH_LOG_INFO, NULL, 0, "store commits succeed again%s",
+              *reopened ? " (reopened, PRAGMA quick_check ok)" : "");
+  *reopened = 0;
+  w->store_ok = 1;
+  w->store_fault = 0;
+}
+
 static void store_main(void* arg) {
   ath_world_t* w = arg;
   uint64_t flush_ns = (uint64_t)w->cfg.flush_interval_ms * 1000000u;
   int file = w->cfg.persistence == ATH_PERSIST_FILE;
+  int reopen = 0, reopened = 0, broken = 0;
   char err[256];
   uv_mutex_lock(&w->lock);
   for (;;) {
-    if (w->prune_before != 0) { /* retention, hourly: finished tasks live here */
+    if (broken) { /* nothing is written again: shutdown keeps what it has in RAM */
+      if (w->store_stop)
+        break;
+      uv_cond_wait(&w->store_cond, &w->lock);
+      continue;
+    }
+    if (w->prune_before != 0 && w->store_fault == 0) { /* retention, hourly: finished tasks live here */
       int64_t before = w->prune_before;
       w->prune_before = 0;
       uv_mutex_unlock(&w->lock);
@@ -250,6 +355,26 @@ static void store_main(void* arg) {
     if (w->ndirty == 0 && w->nsdirty == 0) {
       if (w->store_stop)
         break;
+      if (w->store_fault != 0) { /* degraded with nothing to write: does the disk take writes? */
+        uv_cond_timedwait(&w->store_cond, &w->lock, RETRY_NS);
+        if (w->ndirty != 0 || w->nsdirty != 0 || w->store_stop)
+          continue;
+        uv_mutex_unlock(&w->lock);
+        int rc = store_heal(w, &reopen, &reopened, &broken, err, sizeof(err));
+        if (rc == 0)
+          rc = w->svt->probe(w->store, err, sizeof(err));
+        if (rc == ATH_EIO)
+          reopen = 1;
+        uv_mutex_lock(&w->lock);
+        if (rc == 0) {
+          store_healthy(w, &reopened);
+        } else {
+          w->store_fault = broken ? ATH_ESTORE : rc;
+          w->store_broken = broken;
+          snprintf(w->store_err, sizeof(w->store_err), "%s", err);
+        }
+        continue;
+      }
       if (file)
         uv_cond_wait(&w->store_cond, &w->lock);
       else
@@ -282,10 +407,14 @@ static void store_main(void* arg) {
     uv_mutex_unlock(&w->lock);
     if (w->commit_delay_ms > 0) /* tests: a slow disk */
       uv_sleep((unsigned)w->commit_delay_ms);
+    if (rc != 0)
+      snprintf(err, sizeof(err), "%s", "out of memory preparing a commit");
+    if (rc == 0)
+      rc = store_heal(w, &reopen, &reopened, &broken, err, sizeof(err));
     if (rc == 0)
       rc = w->svt->write(w->store, rows, n, srows, sn, err, sizeof(err));
-    else
-      snprintf(err, sizeof(err), "%s", "out of memory preparing a commit");
+    if (rc == ATH_EIO)
+      reopen = 1; /* the file may not hold what the connection believes */
     for (size_t i = 0; i < made; i++) {
       free((char*)rows[i].error);
       free((char*)rows[i].hb);
@@ -297,32 +426,27 @@ static void store_main(void* arg) {
     free(srows);
     uv_mutex_lock(&w->lock);
     if (rc != 0) {
-      /* Keep the changes and try again: nothing acknowledged is dropped. */
-      if (w->store_ok)
-        ath__logf(w, ATH_LOG_ERROR, NULL, 0, "store commit failed, retrying: %s", err);
-      w->store_ok = 0;
-      snprintf(w->store_err, sizeof(w->store_err), "%s", err);
-      for (size_t i = 0; i < n; i++) {
-        ath__store_mark(w, batch[i]);
-        ath_task_release(batch[i]);
-      }
+      /* Keep the changes and try again: nothing acknowledged is dropped;
+       * what was not acknowledged yet is withdrawn. */
+      w->store_broken = broken;
+      store_failed(w, broken ? ATH_ESTORE : rc, err, batch, n);
       for (size_t i = 0; i < sn; i++) {
         ath__store_mark_sched(w, sbatch[i]);
         ath__sched_release(sbatch[i]);
       }
       w->gen--; /* the failed generation is still open */
-      uv_cond_timedwait(&w->store_cond, &w->lock, 100000000u);
+      if (!w->store_stop)
+        uv_cond_timedwait(&w->store_cond, &w->lock, RETRY_NS);
       if (w->store_stop && !w->store_ok)
         break; /* shutting down with a store that keeps failing */
     } else {
-      if (!w->store_ok)
-        ath__logf(w, ATH_LOG_INFO, NULL, 0, "store commits succeed again");
-      w->store_ok = 1;
+      store_healthy(w, &reopened);
       w->committed_gen = gen;
       uv_cond_broadcast(&w->cond); /* file-mode acknowledgments, throttled producers */
       ath_task_t* dead = ath__world_term_trim(w); /* committed: they leave RAM */
       ath_worker_t* wake[MAX_WORKERS];
-      int nwake = w->commit_waiters != NULL ? deliver_commits(w, wake) : 0;
+      int nwake = w->commit_waiters != NULL ? deliver_commits(w, wake, 0) : 0;
+      nwake = ath__world_born(w, batch, n, wake, nwake); /* their tasks may run now */
       uv_mutex_unlock(&w->lock);
       ath__wake_all(wake, nwake);
       ath__world_term_free(dead);
@@ -389,7 +513,12 @@ int ath__store_start(ath_world_t* w, char* err, size_t errlen) {
   w->commit_delay_ms = delay ? atoi(delay) : 0;
   w->svt = &ath__sqlite_store;
   ath_store_t* st = NULL;
-  rc = w->svt->open(w->cfg.persistence_path, w->cfg.persistence == ATH_PERSIST_FILE, &st, err, errlen);
+  /* synchronous=FULL in both modes: each commit syncs the WAL, so a power
+   * cut costs hybrid no more than a crash does (its last flushInterval);
+   * with NORMAL it lost every commit since the last checkpoint. Hybrid
+   * commits at most every flushInterval, so that is one fsync per
+   * interval, off the producers' path. */
+  rc = w->svt->open(w->cfg.persistence_path, 1, &st, err, errlen);
   if (rc == 0)
     rc = w->svt->prune(st, ath__wall(w) - w->cfg.retention_ms, err, errlen);
   if (rc == 0) {

@@ -57,7 +57,11 @@ typedef struct {
 /* A persistence provider: the Backend vtable of DESIGN §4. Every function
  * runs on one thread at a time (start() on the world's thread, then only
  * the store thread). Errors are ATH_ESTORE (message in err) or ATH_EINVAL
- * (a database newer than this build, or not an Athena database). */
+ * (a database newer than this build, or not an Athena database); writes
+ * also fail with ATH_ENOSPC (the disk is full) or ATH_EIO (a read, write or
+ * fsync failed, or the file reads back corrupt: it may not hold what the
+ * connection believes, so the store thread calls reopen before it trusts it
+ * again). */
 struct ath_store_vt_s {
   const char* name;
   /* Opens (creating and migrating) the store in directory `dir`. */
@@ -79,6 +83,13 @@ struct ath_store_vt_s {
   /* Calls cb for the rows that match `q`, in its order, at most q->limit. */
   int (*query)(ath_store_t* s, const ath_store_query_t* q, ath_row_cb cb, void* ud, char* err,
                size_t errlen);
+  /* Commits a transaction that writes without changing anything: whether
+   * the store takes writes again (a degraded store with nothing queued). */
+  int (*probe)(ath_store_t* s, char* err, size_t errlen);
+  /* After ATH_EIO: drops every connection and cached page, opens the file
+   * again and verifies it (PRAGMA quick_check). ATH_ESTORE when the file
+   * fails the check (the store then takes no more writes). */
+  int (*reopen)(ath_store_t* s, char* err, size_t errlen);
 };
 
 extern const ath_store_vt_t ath__sqlite_store;
@@ -104,7 +115,25 @@ void ath__store_throttle(ath_world_t* w);
  * worker (file mode): returns 0 when there is nothing to wait for, 1 when
  * `slot` was queued (the store thread hands it to the worker's inbox once
  * committed), or ATH_ENOMEM. Lock not held. */
-int ath__store_await(ath_world_t* w, uint64_t gen, ath_slot_t* slot);
+int ath__store_await(ath_world_t* w, uint64_t gen, ath_task_t* enq, ath_slot_t* slot);
+/* The enqueues of one execute, tasks[0..n) (file mode): the first task
+ * whose enqueue is not committed (or was withdrawn), to wait on, or NULL;
+ * and, once the wait is over, 0 or the code that withdrew them. */
+ath_task_t* ath__store_unborn(ath_task_t* const* tasks, size_t n);
+int ath__store_enqueue_result(ath_task_t* const* tasks, size_t n);
+/* Waits (lock held) until the enqueues of tasks[0..n), marked up to
+ * generation `gen`, are committed (returns 0) or withdrawn because the
+ * commit failed (returns its code: ATH_ENOSPC, ATH_EIO, ...). */
+int ath__store_wait_enqueue(ath_world_t* w, uint64_t gen, ath_task_t* const* tasks, size_t n);
+/* A commit failed (lock held): takes unborn task t back out of the world
+ * (*withdrawn = 1; the table's reference is dropped) unless it is a
+ * workflow's step. Returns the new nwake (result waiters to wake). */
+int ath__world_withdraw(ath_world_t* w, ath_task_t* t, int code, ath_worker_t** wake,
+                        int nwake, int* withdrawn);
+/* A commit succeeded (lock held): the unborn tasks of batch[0..n) may run;
+ * adds sleeping workers of their queues to wake. Returns the new nwake. */
+int ath__world_born(ath_world_t* w, ath_task_t* const* batch, size_t n, ath_worker_t** wake,
+                    int nwake);
 /* Takes `slot`'s commit wait back (interrupted). Lock not held. */
 void ath__store_unawait(ath_world_t* w, ath_slot_t* slot);
 /* Hands a waiter to its worker's inbox (lock held) and adds the worker to

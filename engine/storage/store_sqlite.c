@@ -29,6 +29,7 @@ struct ath_store_s {
   uv_mutex_t rlock;
   reader_t* idle[MAX_READERS];
   int nidle;
+  int full_sync;
   char path[4096];
 };
 
@@ -100,17 +101,15 @@ static void reader_close(reader_t* r) {
   free(r);
 }
 
+static void disconnect_db(ath_store_t* s);
+
 static void store_close(ath_store_t* s) {
   if (s == NULL)
     return;
   for (int i = 0; i < s->nidle; i++)
     reader_close(s->idle[i]);
   uv_mutex_destroy(&s->rlock);
-  sqlite3_finalize(s->upsert);
-  sqlite3_finalize(s->del);
-  sqlite3_finalize(s->supsert);
-  sqlite3_finalize(s->sdel);
-  sqlite3_close(s->db);
+  disconnect_db(s);
   free(s);
 }
 
@@ -163,29 +162,20 @@ static int migrate(sqlite3* db, char* err, size_t errlen) {
   return 0;
 }
 
-static int store_open(const char* dir, int full_sync, ath_store_t** out, char* err,
-                      size_t errlen) {
-  char path[4096];
-  snprintf(path, sizeof(path), "%s/athena.db", dir);
-  ath_store_t* s = calloc(1, sizeof(*s));
-  if (s == NULL || uv_mutex_init(&s->rlock) != 0) {
-    free(s);
-    return ATH_ENOMEM;
-  }
-  snprintf(s->path, sizeof(s->path), "%s", path);
-  int rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+/* Opens s->db on s->path and makes it ready to write: pragmas, schema,
+ * statements. */
+static int connect_db(ath_store_t* s, char* err, size_t errlen) {
+  int rc = sqlite3_open_v2(s->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                            NULL);
-  if (rc != SQLITE_OK) {
-    rc = fail(s->db, rc, err, errlen, path);
-    store_close(s);
-    return rc;
-  }
+  if (rc != SQLITE_OK)
+    return fail(s->db, rc, err, errlen, s->path);
+  sqlite3_extended_result_codes(s->db, 1); /* a full disk and I/O errors apart (store_fault) */
   sqlite3_busy_timeout(s->db, 5000);
   rc = check_file(s->db, err, errlen); /* before anything writes to it */
   if (rc == 0)
     rc = exec(s->db, "PRAGMA journal_mode=WAL", err, errlen);
   if (rc == 0)
-    rc = exec(s->db, full_sync ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", err, errlen);
+    rc = exec(s->db, s->full_sync ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", err, errlen);
   /* A page cache big enough for the indexes of a large queue: inserts by
    * random ids otherwise read their pages back from the OS on each commit. */
   if (rc == 0)
@@ -217,6 +207,30 @@ static int store_open(const char* dir, int full_sync, ath_store_t** out, char* e
     if (prc != SQLITE_OK)
       rc = fail(s->db, prc, err, errlen, "cannot prepare statements");
   }
+  return rc;
+}
+
+/* Closes the write connection and its statements. */
+static void disconnect_db(ath_store_t* s) {
+  sqlite3_finalize(s->upsert);
+  sqlite3_finalize(s->del);
+  sqlite3_finalize(s->supsert);
+  sqlite3_finalize(s->sdel);
+  sqlite3_close(s->db);
+  s->upsert = s->del = s->supsert = s->sdel = NULL;
+  s->db = NULL;
+}
+
+static int store_open(const char* dir, int full_sync, ath_store_t** out, char* err,
+                      size_t errlen) {
+  ath_store_t* s = calloc(1, sizeof(*s));
+  if (s == NULL || uv_mutex_init(&s->rlock) != 0) {
+    free(s);
+    return ATH_ENOMEM;
+  }
+  snprintf(s->path, sizeof(s->path), "%s/athena.db", dir);
+  s->full_sync = full_sync;
+  int rc = connect_db(s, err, errlen);
   if (rc != 0) {
     store_close(s);
     return rc;
@@ -297,31 +311,88 @@ static int write_srow(ath_store_t* s, const ath_srow_t* r) {
   return rc == SQLITE_DONE ? 0 : rc;
 }
 
+/* A failed write's code: a full disk (SQLITE_FULL) and I/O errors
+ * (SQLITE_IOERR_*: a write, an fsync, the WAL index; and a file that reads
+ * back corrupt) apart from the rest. */
+static int write_fault(sqlite3* db, int rc, char* err, size_t errlen, const char* what) {
+  fail(db, rc, err, errlen, what);
+  if ((rc & 0xff) == SQLITE_FULL)
+    return ATH_ENOSPC;
+  if (rc == SQLITE_IOERR_NOMEM)
+    return ATH_ENOMEM;
+  if ((rc & 0xff) == SQLITE_IOERR || (rc & 0xff) == SQLITE_CORRUPT || rc == SQLITE_NOTADB)
+    return ATH_EIO;
+  return ATH_ESTORE;
+}
+
+/* Runs `sql` in a transaction of the writer; codes as write_fault. */
+static int write_exec(ath_store_t* s, const char* sql, char* err, size_t errlen) {
+  int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+  return rc == SQLITE_OK ? 0 : write_fault(s->db, rc, err, errlen, sql);
+}
+
 static int store_write(ath_store_t* s, const ath_row_t* rows, size_t n, const ath_srow_t* srows,
                        size_t sn, char* err, size_t errlen) {
-  int rc = exec(s->db, "BEGIN", err, errlen);
-  if (rc != 0)
-    return rc;
-  for (size_t i = 0; i < sn; i++) {
+  if (s->db == NULL) {
+    snprintf(err, errlen, "%s", "the database is closed after an I/O error");
+    return ATH_EIO;
+  }
+  int rc = write_exec(s, "BEGIN", err, errlen);
+  for (size_t i = 0; rc == 0 && i < sn; i++) {
     int src = write_srow(s, &srows[i]);
-    if (src != 0) {
-      fail(s->db, src, err, errlen, "cannot write a schedule");
-      sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
-      return ATH_ESTORE;
-    }
+    if (src != 0)
+      rc = write_fault(s->db, src, err, errlen, "cannot write a schedule");
   }
-  for (size_t i = 0; i < n; i++) {
+  for (size_t i = 0; rc == 0 && i < n; i++) {
     int src = write_row(s, &rows[i]);
-    if (src != 0) {
-      fail(s->db, src, err, errlen, "cannot write a task");
-      sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
-      return ATH_ESTORE;
-    }
+    if (src != 0)
+      rc = write_fault(s->db, src, err, errlen, "cannot write a task");
   }
-  rc = exec(s->db, "COMMIT", err, errlen);
-  if (rc != 0)
+  if (rc == 0)
+    rc = write_exec(s, "COMMIT", err, errlen);
+  if (rc != 0 && !sqlite3_get_autocommit(s->db)) /* SQLite may have rolled back already */
     sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
   return rc;
+}
+
+static int store_probe(ath_store_t* s, char* err, size_t errlen) {
+  if (s->db == NULL)
+    return store_write(s, NULL, 0, NULL, 0, err, errlen);
+  char sql[96];
+  snprintf(sql, sizeof(sql), "BEGIN IMMEDIATE; PRAGMA user_version = %d; COMMIT", SCHEMA_VERSION);
+  int rc = write_exec(s, sql, err, errlen);
+  if (rc != 0 && !sqlite3_get_autocommit(s->db))
+    sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+  return rc;
+}
+
+/* After an I/O error nothing cached is trusted (an fsync that failed may
+ * have left the kernel's pages clean but the disk without them): every
+ * connection goes, a new one reads the file again, and quick_check must
+ * pass before the store takes writes. */
+static int store_reopen(ath_store_t* s, char* err, size_t errlen) {
+  uv_mutex_lock(&s->rlock);
+  for (int i = 0; i < s->nidle; i++)
+    reader_close(s->idle[i]);
+  s->nidle = 0;
+  uv_mutex_unlock(&s->rlock);
+  disconnect_db(s);
+  if (connect_db(s, err, errlen) != 0) {
+    disconnect_db(s); /* store_write refuses until a reopen succeeds */
+    return ATH_EIO;
+  }
+  sqlite3_stmt* st;
+  int rc = sqlite3_prepare_v2(s->db, "PRAGMA quick_check", -1, &st, NULL);
+  if (rc != SQLITE_OK)
+    return write_fault(s->db, rc, err, errlen, "cannot verify the database");
+  rc = sqlite3_step(st);
+  const char* res = rc == SQLITE_ROW ? (const char*)sqlite3_column_text(st, 0) : NULL;
+  int ok = res != NULL && strcmp(res, "ok") == 0;
+  if (!ok && res != NULL)
+    snprintf(err, errlen, "the database fails PRAGMA quick_check: %s", res);
+  int code = ok ? 0 : res != NULL ? ATH_ESTORE : write_fault(s->db, rc, err, errlen, "cannot verify the database");
+  sqlite3_finalize(st);
+  return code;
 }
 
 static const char* col_text(sqlite3_stmt* st, int i, size_t* len) {
@@ -539,5 +610,5 @@ static int store_prune(ath_store_t* s, int64_t before_ms, char* err, size_t errl
 
 const ath_store_vt_t ath__sqlite_store = {
   "sqlite", store_open, store_load, store_load_schedules, store_write, store_prune, store_close,
-  store_get, store_query,
+  store_get, store_query, store_probe, store_reopen,
 };

@@ -55,6 +55,9 @@ struct ath_log_s {
   size_t name_cap;
   uint64_t reported;       /* drops already reported */
   uint64_t last_report_ns; /* uv_hrtime() of the last report */
+  int write_failed;        /* the last sink_flush could not write */
+  int report_failed;       /* the last report could not be written (a full
+                            * disk): it is tried again once a second */
 
   /* Guarded by mu. */
   uv_mutex_t mu;
@@ -547,7 +550,8 @@ static void sink_flush(ath_log_t* lg, struct iovec* iov, int n, size_t bytes,
     sink_open(lg);
   if (lg->before_write != NULL)
     lg->before_write(lg->before_write_arg);
-  if (lg->fd >= 0 && write_all(lg->fd, iov, n) == 0)
+  lg->write_failed = !(lg->fd >= 0 && write_all(lg->fd, iov, n) == 0);
+  if (!lg->write_failed)
     lg->size += bytes;
   else if (count)
     atomic_fetch_add_explicit(&lg->dropped, (uint64_t)n, memory_order_relaxed);
@@ -602,15 +606,20 @@ static void report_drops(ath_log_t* lg) {
   log_line_t* line;
   if (n == 0)
     return;
-  lg->reported = d;
   lg->last_report_ns = uv_hrtime();
   snprintf(msg, sizeof(msg), "logger dropped %" PRIu64 " lines", n);
   {
     ath_log_field_t f = ATH_LOG_FINT("dropped", n);
     line = make_line(lg, ATH_LOG_WARN, msg, &f, 1);
   }
+  lg->write_failed = line == NULL;
   if (line != NULL)
     sink_lines(lg, line, 0);
+  /* A report the sink refused (a full disk) is not lost: the drops stay
+   * unreported and a later report, with the count grown, tries again. */
+  lg->report_failed = lg->write_failed;
+  if (!lg->report_failed)
+    lg->reported = d;
 }
 
 /* The writer thread: takes the whole queue at once, writes it without the
@@ -631,10 +640,14 @@ static void writer_main(void* arg) {
     log_line_t* batch;
     size_t bytes = 0;
     int closing, idle;
-    while (lg->head == NULL && !lg->closing &&
-           atomic_load_explicit(&lg->dropped, memory_order_relaxed) ==
-             lg->reported)
-      uv_cond_wait(&lg->cond, &lg->mu);
+    while (lg->head == NULL && !lg->closing) {
+      if (atomic_load_explicit(&lg->dropped, memory_order_relaxed) == lg->reported) {
+        uv_cond_wait(&lg->cond, &lg->mu);
+      } else if (!lg->report_failed ||
+                 uv_cond_timedwait(&lg->cond, &lg->mu, LOG_REPORT_NS) == UV_ETIMEDOUT) {
+        break; /* a report to write, or to try again */
+      }
+    }
     batch = lg->head;
     lg->head = NULL;
     lg->tailp = &lg->head;
@@ -647,7 +660,8 @@ static void writer_main(void* arg) {
     uv_mutex_lock(&lg->mu);
     lg->queued -= bytes;
     idle = lg->head == NULL;
-    if (idle || uv_hrtime() - lg->last_report_ns >= LOG_REPORT_NS) {
+    /* at close, a report the sink just refused is not tried again */
+    if ((idle && !(closing && lg->report_failed)) || uv_hrtime() - lg->last_report_ns >= LOG_REPORT_NS) {
       uv_mutex_unlock(&lg->mu);
       report_drops(lg);
       uv_mutex_lock(&lg->mu);

@@ -9,7 +9,7 @@ local Error = core.Error
 -- Codes whose errors are retried unless they say otherwise.
 local RETRYABLE = {
   ETIMEDOUT = true, EHEARTBEAT = true, EWORKERLOST = true, EHANDLER = true,
-  ERETRYABLE = true,
+  ERETRYABLE = true, ENOSPC = true, EIO = true,
 }
 M.RETRYABLE = RETRYABLE
 

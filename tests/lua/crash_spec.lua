@@ -19,12 +19,7 @@ local function q(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
-local function sh(cmd)
-  local p = io.popen(cmd .. " 2>&1")
-  local out = p:read("a")
-  local _, _, rc = p:close()
-  return out, rc
-end
+local sh = S.sh
 
 local readfile = S.readfile
 

@@ -15,13 +15,7 @@ local function q(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
--- Runs a shell command; returns its output (stdout and stderr) and exit code.
-local function sh(cmd)
-  local p = io.popen(cmd .. " 2>&1")
-  local out = p:read("a")
-  local _, _, rc = p:close()
-  return out, rc
-end
+local sh = S.sh
 
 local function exists(path)
   local _, rc = sh("test -e " .. q(path))
