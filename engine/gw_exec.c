@@ -767,9 +767,7 @@ static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
     ath__gw_plan_free(&perr);
     return;
   }
-  uv_mutex_lock(&s->mu);
-  ath_gws_cat_t* cat = s->cats[job->db];
-  uv_mutex_unlock(&s->mu);
+  ath_gws_cat_t* cat = __atomic_load_n(&s->cats[job->db], __ATOMIC_ACQUIRE); /* a refresh swaps it */
   ath_gw_plan_t plan;
   extras_t x = {{0}, {0}};
   ath_db_res_t* r = NULL;
