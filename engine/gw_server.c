@@ -160,6 +160,29 @@ static void free_server(ath_gws_t* s) {
   free(s);
 }
 
+/* One line at start when a SQLite file is not in WAL mode: readers then
+ * wait for writers and take the file locks on every read, and fetches
+ * serve about half as fast (docs/gateway-server.md). The file's mode is the
+ * operator's to change: this only reads it. */
+static void wal_hint(ath_gws_t* s, ath_db_t* db, int i) {
+  ath_db_res_t* r = NULL;
+  ath_db_error_t e;
+  ath_db_value_t v;
+  if (ath__db_kind(db) != ATH_DB_SQLITE || ath__db_exec(db, "PRAGMA journal_mode", NULL, 0, &r, &e) != 0)
+    return;
+  if (ath__db_res_nrows(r) == 1 && ath__db_res_value(r, 0, 0, &v) == 0 && v.type == ATH_DB_TEXT &&
+      !(v.len == 3 && strncasecmp(v.s, "wal", 3) == 0) && !(v.len == 6 && strncasecmp(v.s, "memory", 6) == 0)) {
+    char mode[16];
+    snprintf(mode, sizeof(mode), "%.*s", (int)(v.len < 15 ? v.len : 15), v.s);
+    ath_log_field_t f[2] = {ATH_LOG_FSTR("database", i == 0 ? "default" : s->cfg.db_names[i]),
+                            ATH_LOG_FSTR("journal_mode", mode)};
+    ath__logf(s->w, ATH_LOG_WARN, f, 2,
+              "gateway database is not in WAL mode: reads serve about half as fast and wait for writers "
+              "(PRAGMA journal_mode = WAL on the file changes it; the server never does)");
+  }
+  ath__db_res_free(r);
+}
+
 /* Reads every database's catalog into cats (NULL entries on failure). A
  * refresh (`again`) refuses a SQLite file that is no longer there rather
  * than create it empty and serve its empty catalog. */
@@ -182,6 +205,8 @@ static int read_catalogs(ath_gws_t* s, ath_gws_cat_t** cats, int again, char* er
     int rc = ath__db_new(url, &db, &e);
     if (rc == 0)
       rc = ath__db_connect(db, &e);
+    if (rc == 0 && !again)
+      wal_hint(s, db, i);
     if (rc == 0)
       rc = ath__gws_introspect(db, &s->cfg, &cats[i], &e);
     if (db != NULL)
