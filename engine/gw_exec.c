@@ -137,60 +137,72 @@ static void put_value(ath_buf_t* b, const ath_db_value_t* v, const ath_gw_column
   }
 }
 
-/* Appends the answer rows of r: per `cols` entry, the value of the
- * row_cols column it names (pointer equality), dropping nulls under
- * strip_nulls. Returns the count. */
-static int put_rows(ath_buf_t* b, ath_db_res_t* r, const ath_gw_plan_t* p, int* first) {
-  int nrows = ath__db_res_nrows(r);
-  int src[256];
-  size_t ncols = p->ncols < 256 ? p->ncols : 256;
-  for (size_t c = 0; c < ncols; c++) {
-    src[c] = -1;
-    for (size_t k = 0; k < p->nrow_cols && src[c] < 0; k++)
-      if (p->row_cols[k].column == p->cols[c].column)
-        src[c] = (int)k;
+/* Where a statement's rows go: the answer's `data` (per `cols` entry,
+ * the value of the row_cols column it names, nulls dropped under
+ * strip_nulls) and, for X-Publish-Event, whole rows (every row_cols
+ * column, nulls kept). Written straight from the driver's row. */
+typedef struct {
+  const ath_gw_plan_t* p;
+  ath_buf_t* data;           /* or NULL */
+  ath_buf_t* full;           /* or NULL */
+  int src[256];              /* cols[c]'s row column, or -1 */
+  size_t ncols;
+  int first, firstfull;
+  int64_t nrows;
+} sink_t;
+
+static void sink_init(sink_t* k, const ath_gw_plan_t* p, ath_buf_t* data, ath_buf_t* full) {
+  memset(k, 0, sizeof(*k));
+  k->p = p;
+  k->data = data;
+  k->full = full;
+  k->first = k->firstfull = 1;
+  k->ncols = p->ncols < 256 ? p->ncols : 256;
+  for (size_t c = 0; c < k->ncols; c++) {
+    k->src[c] = -1;
+    for (size_t r = 0; r < p->nrow_cols && k->src[c] < 0; r++)
+      if (p->row_cols[r].column == p->cols[c].column)
+        k->src[c] = (int)r;
   }
-  for (int i = 0; i < nrows; i++) {
-    ath__buf_append(b, *first ? "{" : ",{", *first ? 1 : 2);
-    *first = 0;
+}
+
+static int sink_row(void* ud, const ath_db_value_t* row, int n) {
+  sink_t* k = ud;
+  const ath_gw_plan_t* p = k->p;
+  static const ath_db_value_t null = {ATH_DB_NULL, 0, 0, NULL, 0};
+  if (k->full != NULL) {
+    ath_buf_t* b = k->full;
+    ath__buf_append(b, k->firstfull ? "{" : ",{", k->firstfull ? 1 : 2);
+    k->firstfull = 0;
+    for (int c = 0; c < n && (size_t)c < p->nrow_cols; c++) {
+      if (c > 0)
+        ath__buf_lit(b, ",");
+      ath__buf_json_str(b, p->row_cols[c].name);
+      ath__buf_lit(b, ":");
+      put_value(b, &row[c], p->row_cols[c].column);
+    }
+    ath__buf_lit(b, "}");
+  }
+  if (k->data != NULL) {
+    ath_buf_t* b = k->data;
+    ath__buf_append(b, k->first ? "{" : ",{", k->first ? 1 : 2);
+    k->first = 0;
     int any = 0;
-    for (size_t c = 0; c < ncols; c++) {
-      ath_db_value_t v;
-      if (src[c] < 0 || ath__db_res_value(r, i, src[c], &v) != 0)
-        v.type = ATH_DB_NULL;
-      if (v.type == ATH_DB_NULL && p->strip_nulls)
+    for (size_t c = 0; c < k->ncols; c++) {
+      const ath_db_value_t* v = k->src[c] >= 0 && k->src[c] < n ? &row[k->src[c]] : &null;
+      if (v->type == ATH_DB_NULL && p->strip_nulls)
         continue;
       if (any)
         ath__buf_lit(b, ",");
       any = 1;
       ath__buf_json_str(b, p->cols[c].name);
       ath__buf_lit(b, ":");
-      put_value(b, &v, p->cols[c].column);
+      put_value(b, v, p->cols[c].column);
     }
     ath__buf_lit(b, "}");
+    k->nrows++;
   }
-  return nrows;
-}
-
-/* Appends whole rows (every row_cols column, nulls kept) for
- * X-Publish-Event. */
-static void put_full_rows(ath_buf_t* b, ath_db_res_t* r, const ath_gw_plan_t* p, int* first) {
-  int nrows = ath__db_res_nrows(r), ncols = ath__db_res_ncols(r);
-  for (int i = 0; i < nrows; i++) {
-    ath__buf_append(b, *first ? "{" : ",{", *first ? 1 : 2);
-    *first = 0;
-    for (int c = 0; c < ncols && (size_t)c < p->nrow_cols; c++) {
-      ath_db_value_t v;
-      if (ath__db_res_value(r, i, c, &v) != 0)
-        v.type = ATH_DB_NULL;
-      if (c > 0)
-        ath__buf_lit(b, ",");
-      ath__buf_json_str(b, p->row_cols[c].name);
-      ath__buf_lit(b, ":");
-      put_value(b, &v, p->row_cols[c].column);
-    }
-    ath__buf_lit(b, "}");
-  }
+  return 0;
 }
 
 /* ------------------------------------------------------------ connections */
@@ -239,9 +251,9 @@ static int simple(ath_db_t* db, const char* sql, ath_db_error_t* err) {
   return rc;
 }
 
-/* The plan's parameters as driver values. */
-static ath_db_value_t* params_of(const ath_gw_stmt_t* st) {
-  ath_db_value_t* v = calloc(st->nparams ? st->nparams : 1, sizeof(*v));
+/* The plan's parameters as driver values, in `small` when they fit. */
+static ath_db_value_t* params_of(const ath_gw_stmt_t* st, ath_db_value_t* small, size_t nsmall) {
+  ath_db_value_t* v = st->nparams <= nsmall ? small : calloc(st->nparams, sizeof(*v));
   if (v == NULL)
     return NULL;
   for (size_t i = 0; i < st->nparams; i++) {
@@ -258,14 +270,19 @@ static ath_db_value_t* params_of(const ath_gw_stmt_t* st) {
   return v;
 }
 
-static int run_stmt(ath_db_t* db, const ath_gw_stmt_t* st, ath_db_res_t** out, ath_db_error_t* err) {
-  ath_db_value_t* v = params_of(st);
+/* Runs st: into *out, or (out NULL) its rows into sink k and *changes. */
+static int run_stmt(ath_db_t* db, const ath_gw_stmt_t* st, ath_db_res_t** out, sink_t* k, int64_t* changes,
+                    ath_db_error_t* err) {
+  ath_db_value_t small[32];
+  ath_db_value_t* v = params_of(st, small, 32);
   if (v == NULL) {
     ath__db_seterr(err, ATH_ENOMEM, "", "out of memory", NULL, NULL);
     return ATH_ENOMEM;
   }
-  int rc = ath__db_exec(db, st->sql, v, (int)st->nparams, out, err);
-  free(v);
+  int rc = out != NULL ? ath__db_exec(db, st->sql, v, (int)st->nparams, out, err)
+                       : ath__db_exec_rows(db, st->sql, v, (int)st->nparams, sink_row, k, changes, err);
+  if (v != small)
+    free(v);
   return rc;
 }
 
@@ -835,23 +852,20 @@ static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
   memset(room, ' ', sizeof(room));
   ath__buf_append(data, room, sizeof(room));
   ath_buf_t rows = {0};
-  int first = 1, firstfull = 1;
   int64_t nrows = 0, changes = 0, count = -1;
+  sink_t k;
+  sink_init(&k, &plan, plan.data_rows && !plan.head ? data : NULL, publish ? &rows : NULL);
   for (size_t i = 0; rc == 0 && i < exec->nstmts; i++) {
-    if ((rc = run_stmt(db, &exec->stmts[i], &r, &e)) != 0) {
+    int64_t n = 0;
+    if ((rc = run_stmt(db, &exec->stmts[i], NULL, &k, &n, &e)) != 0) {
       failed_sql = exec->stmts[i].sql;
       break;
     }
-    changes += ath__db_res_changes(r);
-    if (publish)
-      put_full_rows(&rows, r, &plan, &firstfull);
-    if (plan.data_rows && !plan.head)
-      nrows += put_rows(data, r, &plan, &first);
-    ath__db_res_free(r);
-    r = NULL;
+    changes += n;
   }
+  nrows = k.nrows;
   if (rc == 0 && plan.has_count) {
-    if ((rc = run_stmt(db, &plan.count, &r, &e)) == 0) {
+    if ((rc = run_stmt(db, &plan.count, &r, NULL, NULL, &e)) == 0) {
       ath_db_value_t v;
       if (ath__db_res_nrows(r) == 1 && ath__db_res_value(r, 0, 0, &v) == 0)
         count = v.type == ATH_DB_INT ? v.i : v.type == ATH_DB_TEXT ? atoll(v.s) : 0;
