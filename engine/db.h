@@ -236,6 +236,7 @@ struct ath_db_s {
   void* pg;              /* PGconn* */
   struct ath_db_async_s* op; /* PostgreSQL: the statement in flight, or NULL */
   struct ath_db_stmts_s* stmts; /* SQLite: prepared statements kept by SQL text */
+  struct ath_db_pgstmts_s* pgstmts; /* PostgreSQL: statements prepared on this session */
   struct ath_db_sqop_s* sqop;   /* SQLite: the statement on the thread pool, or NULL */
 };
 typedef struct ath_db_sqop_s ath_db_sqop_t;
