@@ -445,6 +445,51 @@ static void send_job(h2o_req_t* req, ath_gwjob_t* j) {
   }
 }
 
+typedef struct {
+  ath_gwjob_t* job;
+} gw_ref_t;
+
+static void ref_dispose(void* p) {
+  gw_ref_t* r = p;
+  if (r->job != NULL)
+    r->job->req = NULL; /* the client went away: answer nobody */
+}
+
+static void job_free(ath_gwjob_t* j) {
+  free(j->owned_body);
+  free(j->event);
+  for (int i = 0; i < 3; i++)
+    free(j->hint[i]);
+  ath__buf_free(&j->out);
+  free(j);
+}
+
+ath_gwjob_t* ath__gws_hold(ath_gwjob_t* job, h2o_req_t* req) {
+  ath_gwjob_t* j = malloc(sizeof(*j));
+  if (j == NULL)
+    return NULL;
+  gw_ref_t* ref = h2o_mem_alloc_shared(&req->pool, sizeof(*ref), ref_dispose);
+  *j = *job;
+  j->body = NULL; /* parsed already; h2o's bytes are not kept */
+  j->body_len = 0;
+  ref->job = j;
+  j->ref = ref;
+  j->req = req;
+  /* what job owned is j's now */
+  job->owned_body = job->event = NULL;
+  memset(job->hint, 0, sizeof(job->hint));
+  memset(&job->out, 0, sizeof(job->out));
+  return j;
+}
+
+void ath__gws_finish(ath_gwjob_t* j) {
+  if (j->req != NULL) {
+    ((gw_ref_t*)j->ref)->job = NULL;
+    send_job(j->req, j);
+  }
+  job_free(j);
+}
+
 void ath__gws_free(ath_gws_t* s) {
   if (s != NULL)
     free_server(s); /* stops the threads first: their connections close */
@@ -1091,7 +1136,8 @@ int ath__gws_handle(ath_gws_t* s, ath_gwt_t* t, h2o_req_t* req) {
   j->out = t->spare; /* the last answer's buffer, emptied */
   j->out.len = 0;
   memset(&t->spare, 0, sizeof(t->spare));
-  ath__gwt_run(t, j);
+  if (ath__gwt_run(t, j, req) != 0)
+    return 1; /* off the loop: answered when done (j's parts were taken over) */
   send_job(req, j); /* h2o copied the answer: its buffer serves the next one */
   t->spare = j->out;
   if (t->spare.cap > ((size_t)1 << 20)) /* a large answer's buffer is not kept */

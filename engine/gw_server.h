@@ -200,11 +200,24 @@ struct ath_gwjob_s {
   char event_id[200];        /* x-athena-event-id, or "" */
   int cors;                  /* echo the allowed origin */
   char origin[256];
+  /* held jobs (off the loop) */
+  struct st_h2o_req_t* req;  /* NULL once the client went away */
+  void* ref;                 /* the request's link to this job */
 };
 enum { ATH_GWJ_OP = 0, ATH_GWJ_HEALTH };
 
-/* Runs one job on a gateway thread (gw_exec.c). */
-void ath__gwt_run(ath_gwt_t* t, ath_gwjob_t* job);
+/* Runs one job on gateway thread t (gw_exec.c): returns 0 with the
+ * answer in job, or 1 when its statements went off the loop (PostgreSQL,
+ * SQLite mutations; req not NULL): job was then taken over
+ * (ath__gws_hold) and is answered later on t's loop (ath__gws_finish). */
+int ath__gwt_run(ath_gwt_t* t, ath_gwjob_t* job, struct st_h2o_req_t* req);
+/* gw_server.c: a heap copy of job that takes over what it owns (job keeps
+ * nothing to free), answered on req when it is done unless the client
+ * went away first. NULL when out of memory (job unchanged). */
+ath_gwjob_t* ath__gws_hold(ath_gwjob_t* job, struct st_h2o_req_t* req);
+/* gw_server.c, on the job's gateway thread: answers a held job (if its
+ * client is still there) and frees it. */
+void ath__gws_finish(ath_gwjob_t* job);
 /* Creates and frees a thread's private state (its Lua state loads the
  * policies). Called on that thread. */
 int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen);
@@ -222,6 +235,17 @@ void ath__gwt_push_json(lua_State* L, const ath_gj_t* v);
 void ath__gwjob_error(ath_gwjob_t* job, int status, const char* code, const char* error,
                       const char* hint);
 
+/* A connection of a gateway thread (gw_exec.c), with its statement's
+ * deadline. */
+typedef struct ath_gwconn_s ath_gwconn_t;
+struct ath_gwconn_s {
+  ath_db_t* db;              /* opened on first use */
+  int prepared;              /* set up (pragmas, statement_timeout) */
+  uint64_t deadline;         /* the running statement's, monotonic ns */
+  ath_gwconn_t* next;        /* idle list */
+};
+typedef struct ath_gwtask_s ath_gwtask_t;
+
 struct ath_gwt_s {
   ath_gws_t* s;
   uv_thread_t tid;
@@ -237,9 +261,11 @@ struct ath_gwt_s {
   int policy_ref;            /* the global policy, or LUA_NOREF */
   int tables_ref;            /* table name -> policy function */
   int load_failed;           /* the config file did not load: policies fail closed */
-  ath_db_t** dbs;            /* one lazily opened connection per database */
-  int* prepared;             /* per database: connection set up (pragmas) */
-  uint64_t deadline;         /* the running statement's, monotonic ns */
+  ath_gwconn_t* conns;       /* per database: the thread's own connection */
+  ath_gwconn_t** idle;       /* per database: idle off-loop connections */
+  int* nmade;                /* per database: off-loop connections made */
+  ath_gwtask_t* waiting;     /* off-loop requests waiting for a connection */
+  uint64_t deadline;         /* the running policy's, monotonic ns */
   size_t heap;               /* bytes in L's heap (policy_alloc) */
 };
 
