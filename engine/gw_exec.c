@@ -147,6 +147,8 @@ typedef struct {
   ath_buf_t* full;           /* or NULL */
   int src[256];              /* cols[c]'s row column, or -1 */
   size_t ncols;
+  ath_buf_t keys;            /* each cols[c] as `"name":`, escaped once */
+  uint32_t key_at[257];      /* cols[c]'s in keys: [key_at[c], key_at[c + 1]) */
   int first, firstfull;
   int64_t nrows;
 } sink_t;
@@ -163,7 +165,11 @@ static void sink_init(sink_t* k, const ath_gw_plan_t* p, ath_buf_t* data, ath_bu
     for (size_t r = 0; r < p->nrow_cols && k->src[c] < 0; r++)
       if (p->row_cols[r].column == p->cols[c].column)
         k->src[c] = (int)r;
+    k->key_at[c] = (uint32_t)k->keys.len;
+    ath__buf_json_str(&k->keys, p->cols[c].name);
+    ath__buf_lit(&k->keys, ":");
   }
+  k->key_at[k->ncols] = (uint32_t)k->keys.len;
 }
 
 static int sink_row(void* ud, const ath_db_value_t* row, int n) {
@@ -195,8 +201,12 @@ static int sink_row(void* ud, const ath_db_value_t* row, int n) {
       if (any)
         ath__buf_lit(b, ",");
       any = 1;
-      ath__buf_json_str(b, p->cols[c].name);
-      ath__buf_lit(b, ":");
+      if (k->keys.data != NULL) {
+        ath__buf_append(b, k->keys.data + k->key_at[c], k->key_at[c + 1] - k->key_at[c]);
+      } else { /* out of memory for them: one at a time */
+        ath__buf_json_str(b, p->cols[c].name);
+        ath__buf_lit(b, ":");
+      }
       put_value(b, v, p->cols[c].column);
     }
     ath__buf_lit(b, "}");
@@ -909,6 +919,7 @@ static void execute(ath_gws_t* s, ath_gwconn_t* c, ath_gwjob_t* job, prep_t* p) 
     changes += n;
   }
   nrows = k.nrows;
+  ath__buf_free(&k.keys);
   if (rc == 0 && plan.has_count) {
     if ((rc = run_stmt(db, &plan.count, &r, NULL, NULL, &e)) == 0) {
       ath_db_value_t v;
