@@ -425,15 +425,49 @@ void ath__db_free(ath_db_t* db) {
   free(db);
 }
 
-int ath__db_exec(ath_db_t* db, const char* sql, const ath_db_value_t* params, int n,
-                 ath_db_res_t** out, ath_db_error_t* err) {
-  *out = NULL;
+/* A statement may run (none in flight): connected, or err set. */
+static int ready(ath_db_t* db, ath_db_error_t* err) {
   if (ath__db_busy(db)) {
     ath__db_seterr(err, ATH_DB_EBUSY, NULL, "another statement is in flight on this connection",
                    NULL, NULL);
     return ATH_DB_EBUSY;
   }
-  int rc = ath__db_connect(db, err);
+  return ath__db_connect(db, err);
+}
+
+int ath__db_exec_rows(ath_db_t* db, const char* sql, const ath_db_value_t* params, int n, ath_db_row_fn fn,
+                      void* ud, int64_t* changes, ath_db_error_t* err) {
+  *changes = 0;
+  int rc = ready(db, err);
+  if (rc != 0)
+    return rc;
+  if (db->kind == ATH_DB_SQLITE)
+    return ath__db_sqlite_exec_rows(db, sql, params, n, fn, ud, changes, err);
+  ath_db_res_t* r;
+  if ((rc = ath__db_pg_exec(db, sql, params, n, &r, err)) != 0)
+    return rc;
+  int ncols = ath__db_res_ncols(r), nrows = ath__db_res_nrows(r);
+  ath_db_value_t* row = calloc(ncols > 0 ? (size_t)ncols : 1, sizeof(*row));
+  for (int i = 0; row != NULL && rc == 0 && i < nrows; i++) {
+    for (int c = 0; rc == 0 && c < ncols; c++)
+      rc = ath__db_res_value(r, i, c, &row[c]);
+    if (rc == 0 && fn(ud, row, ncols) != 0)
+      rc = ATH_ENOMEM;
+  }
+  if (row == NULL || rc != 0) {
+    rc = ATH_ENOMEM;
+    ath__db_seterr(err, ATH_ENOMEM, NULL, "out of memory", NULL, NULL);
+  }
+  *changes = ath__db_res_changes(r);
+  free(row);
+  ath__db_res_free(r);
+  return rc;
+}
+
+int ath__db_exec(ath_db_t* db, const char* sql, const ath_db_value_t* params, int n,
+                 ath_db_res_t** out, ath_db_error_t* err) {
+  *out = NULL;
+  int rc = ready(db, err);
   if (rc != 0)
     return rc;
   if (db->kind == ATH_DB_PG)

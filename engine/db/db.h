@@ -132,6 +132,16 @@ ath_db_kind_t ath__db_kind(const ath_db_t* db);
 int ath__db_exec(ath_db_t* db, const char* sql, const ath_db_value_t* params, int n,
                  ath_db_res_t** out, ath_db_error_t* err);
 
+/* Receives the rows of ath__db_exec_rows one at a time; row[0..ncols) is
+ * valid during the call only (text may point into the driver's memory).
+ * Returns 0, or non-zero to stop the statement (ATH_ENOMEM). */
+typedef int (*ath_db_row_fn)(void* ud, const ath_db_value_t* row, int ncols);
+/* As ath__db_exec for one statement, with its rows handed to `fn` as they
+ * come instead of kept: SQLite reads them straight from the statement,
+ * PostgreSQL from its result. *changes gets the rows it changed. */
+int ath__db_exec_rows(ath_db_t* db, const char* sql, const ath_db_value_t* params, int n, ath_db_row_fn fn,
+                      void* ud, int64_t* changes, ath_db_error_t* err);
+
 /* Lets a long blocking statement stop early: `check(ud)` is called now and
  * then while SQLite works (every few thousand VM steps), and a non-zero
  * return interrupts the statement (ETIMEDOUT). NULL removes it. No effect
@@ -228,6 +238,7 @@ struct ath_db_s {
   void* pg;              /* PGconn* */
   struct ath_db_async_s* op; /* PostgreSQL: the statement in flight, or NULL */
   struct ath_db_stmts_s* stmts; /* SQLite: prepared statements kept by SQL text */
+  struct ath_db_pgstmts_s* pgstmts; /* PostgreSQL: statements prepared on this session */
   struct ath_db_sqop_s* sqop;   /* SQLite: the statement on the thread pool, or NULL */
 };
 typedef struct ath_db_sqop_s ath_db_sqop_t;
@@ -242,6 +253,8 @@ int ath__db_sqlite_connect(ath_db_t* db, ath_db_error_t* err);
 void ath__db_sqlite_disconnect(ath_db_t* db);
 int ath__db_sqlite_exec(ath_db_t* db, const char* sql, const ath_db_value_t* params, int n,
                         ath_db_res_t** out, ath_db_error_t* err);
+int ath__db_sqlite_exec_rows(ath_db_t* db, const char* sql, const ath_db_value_t* params, int n,
+                             ath_db_row_fn fn, void* ud, int64_t* changes, ath_db_error_t* err);
 int ath__db_pg_check_url(ath_db_t* db, ath_db_error_t* err);
 int ath__db_pg_connect(ath_db_t* db, ath_db_error_t* err);
 void ath__db_pg_disconnect(ath_db_t* db);

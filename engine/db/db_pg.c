@@ -130,6 +130,8 @@ static void ignore_notice(void* arg, const char* message) {
   (void)message;
 }
 
+static void forget_prepared(ath_db_t* db);
+
 /* Settings every new connection gets. */
 static void setup_conn(PGconn* pg) {
   PQsetNoticeProcessor(pg, ignore_notice, NULL);
@@ -150,11 +152,13 @@ int ath__db_pg_connect(ath_db_t* db, ath_db_error_t* err) {
     return ATH_DB_ECONNLOST;
   }
   setup_conn(pg);
+  forget_prepared(db);
   db->pg = pg;
   return 0;
 }
 
 void ath__db_pg_disconnect(ath_db_t* db) {
+  forget_prepared(db); /* they belong to the session */
   if (db->pg != NULL) {
     PQfinish(db->pg);
     db->pg = NULL;
@@ -427,6 +431,81 @@ static int finish_result(ath_db_t* db, PGresult* res, ath_db_res_t** out, ath_db
   return rc;
 }
 
+/* Statements with parameters run prepared, once per SQL text and session
+ * (the gateway runs the same few shapes over and over, and PostgreSQL then
+ * parses and plans them once): named ath_<serial>, the least recently used
+ * deallocated past PG_STMTS. */
+#define PG_STMTS 64
+
+typedef struct {
+  char* sql;
+  char name[24];
+  uint64_t used;
+} pgstmt_t;
+
+struct ath_db_pgstmts_s {
+  pgstmt_t slot[PG_STMTS];
+  uint64_t tick, serial;
+};
+
+static void forget_prepared(ath_db_t* db) {
+  if (db->pgstmts == NULL)
+    return;
+  for (int i = 0; i < PG_STMTS; i++)
+    free(db->pgstmts->slot[i].sql);
+  free(db->pgstmts);
+  db->pgstmts = NULL;
+}
+
+/* Runs q (n > 0 parameters) as a statement prepared on this session. A
+ * statement the schema changed under (its result columns' types) is
+ * prepared again and, outside a transaction, run again at once. */
+static PGresult* exec_prepared(ath_db_t* db, const char* q, int n, char** values, int* lengths, int* formats,
+                               int again) {
+  struct ath_db_pgstmts_s* c = db->pgstmts;
+  if (c == NULL && (c = db->pgstmts = calloc(1, sizeof(*c))) == NULL)
+    return PQexecParams(db->pg, q, n, NULL, (const char* const*)values, lengths, formats, 0);
+  int at = -1, victim = 0;
+  for (int i = 0; i < PG_STMTS && at < 0; i++) {
+    if (c->slot[i].sql != NULL && strcmp(c->slot[i].sql, q) == 0)
+      at = i;
+    else if (c->slot[i].used < c->slot[victim].used)
+      victim = i;
+  }
+  if (at < 0) {
+    pgstmt_t* v = &c->slot[victim];
+    if (v->sql != NULL) {
+      char sql[48];
+      snprintf(sql, sizeof(sql), "DEALLOCATE %s", v->name);
+      PQclear(PQexec(db->pg, sql));
+      free(v->sql);
+      v->sql = NULL;
+    }
+    snprintf(v->name, sizeof(v->name), "ath_%llu", (unsigned long long)++c->serial);
+    PGresult* p = PQprepare(db->pg, v->name, q, n, NULL);
+    if (p == NULL || PQresultStatus(p) != PGRES_COMMAND_OK)
+      return p; /* the statement's error, as running it would give */
+    PQclear(p);
+    if ((v->sql = strdup(q)) == NULL)
+      return PQexecPrepared(db->pg, v->name, n, (const char* const*)values, lengths, formats, 0);
+    at = victim;
+  }
+  c->slot[at].used = ++c->tick;
+  PGresult* res = PQexecPrepared(db->pg, c->slot[at].name, n, (const char* const*)values, lengths, formats, 0);
+  const char* state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+  if (state != NULL && (strcmp(state, "0A000") == 0 || strcmp(state, "26000") == 0)) {
+    /* the schema changed under it (or it is gone): prepared again */
+    free(c->slot[at].sql);
+    c->slot[at].sql = NULL;
+    c->slot[at].used = 0;
+    if (again && PQtransactionStatus(db->pg) == PQTRANS_IDLE) {
+      PQclear(res);
+      return exec_prepared(db, q, n, values, lengths, formats, 0);
+    }
+  }
+  return res;
+}
+
 int ath__db_pg_exec(ath_db_t* db, const char* sql, const ath_db_value_t* params, int n,
                     ath_db_res_t** out, ath_db_error_t* err) {
   char* q = prepare_sql(sql, n, err);
@@ -440,9 +519,7 @@ int ath__db_pg_exec(ath_db_t* db, const char* sql, const ath_db_value_t* params,
     return ATH_ENOMEM;
   }
   PQsetnonblocking(db->pg, 0);
-  PGresult* res = n > 0 ? PQexecParams(db->pg, q, n, NULL, (const char* const*)values, lengths,
-                                       formats, 0)
-                        : PQexec(db->pg, q);
+  PGresult* res = n > 0 ? exec_prepared(db, q, n, values, lengths, formats, 1) : PQexec(db->pg, q);
   free(q);
   free(values);
   return finish_result(db, res, out, err);
@@ -687,6 +764,7 @@ int ath__db_exec_async(ath_db_t* db, uv_loop_t* loop, const char* sql,
     const char* kw[8];
     const char* val[8];
     conn_params(db, kw, val);
+    forget_prepared(db);
     db->pg = PQconnectStartParams(kw, val, 1);
     if (db->pg == NULL) {
       conn_fail(db, ATH_ENOMEM, "out of memory", err);

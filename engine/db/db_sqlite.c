@@ -233,18 +233,10 @@ static int bind_params(ath_db_t* db, sqlite3_stmt* st, const ath_db_value_t* par
   return 0;
 }
 
-/* Copies the current row of st into r. */
-static int add_row(ath_db_res_t* r, sqlite3_stmt* st, const int* flags) {
-  if ((size_t)r->nrows == r->cells_cap) {
-    size_t cap = r->cells_cap ? r->cells_cap * 2 : 16;
-    ath_db_value_t* cells = realloc(r->cells, cap * (size_t)r->ncols * sizeof(*cells));
-    if (cells == NULL)
-      return ATH_ENOMEM;
-    r->cells = cells;
-    r->cells_cap = cap;
-  }
-  ath_db_value_t* row = r->cells + (size_t)r->nrows * (size_t)r->ncols;
-  for (int c = 0; c < r->ncols; c++) {
+/* The current row of st as values: text and blobs point into st's memory,
+ * valid until its next step. */
+static void row_values(sqlite3_stmt* st, const int* flags, ath_db_value_t* row, int ncols) {
+  for (int c = 0; c < ncols; c++) {
     ath_db_value_t* v = &row[c];
     memset(v, 0, sizeof(*v));
     switch (sqlite3_column_type(st, c)) {
@@ -259,69 +251,132 @@ static int add_row(ath_db_res_t* r, sqlite3_stmt* st, const int* flags) {
         v->type = ATH_DB_FLOAT;
         v->d = sqlite3_column_double(st, c);
         break;
-      default: { /* text and blobs: copied, with a NUL after them */
-        int blob = sqlite3_column_type(st, c) == SQLITE_BLOB;
-        const void* p = blob ? sqlite3_column_blob(st, c) : (const void*)sqlite3_column_text(st, c);
-        size_t len = (size_t)sqlite3_column_bytes(st, c);
-        char* copy = ath__db_res_alloc(r, len + 1);
-        if (copy == NULL)
-          return ATH_ENOMEM;
-        if (len)
-          memcpy(copy, p, len);
-        copy[len] = '\0';
-        v->s = copy;
-        v->len = len;
-        v->type = blob ? ATH_DB_BLOB : (flags[c] & COL_JSON) ? ATH_DB_JSON : ATH_DB_TEXT;
-      }
+      case SQLITE_BLOB:
+        v->s = sqlite3_column_blob(st, c);
+        v->len = (size_t)sqlite3_column_bytes(st, c);
+        v->type = ATH_DB_BLOB;
+        break;
+      default:
+        v->s = (const char*)sqlite3_column_text(st, c);
+        v->len = (size_t)sqlite3_column_bytes(st, c);
+        v->type = (flags[c] & COL_JSON) ? ATH_DB_JSON : ATH_DB_TEXT;
+    }
+    if (v->s == NULL && (v->type == ATH_DB_TEXT || v->type == ATH_DB_JSON || v->type == ATH_DB_BLOB))
+      v->s = ""; /* an empty blob */
+  }
+}
+
+/* A row sink that copies each row into the result ud (text and blobs
+ * with a NUL after them). */
+static int add_row(void* ud, const ath_db_value_t* src, int ncols) {
+  ath_db_res_t* r = ud;
+  if ((size_t)r->nrows == r->cells_cap) {
+    size_t cap = r->cells_cap ? r->cells_cap * 2 : 16;
+    ath_db_value_t* cells = realloc(r->cells, cap * (size_t)r->ncols * sizeof(*cells));
+    if (cells == NULL)
+      return ATH_ENOMEM;
+    r->cells = cells;
+    r->cells_cap = cap;
+  }
+  ath_db_value_t* row = r->cells + (size_t)r->nrows * (size_t)r->ncols;
+  for (int c = 0; c < ncols; c++) {
+    row[c] = src[c];
+    if (src[c].type == ATH_DB_TEXT || src[c].type == ATH_DB_JSON || src[c].type == ATH_DB_BLOB) {
+      char* copy = ath__db_res_alloc(r, src[c].len + 1);
+      if (copy == NULL)
+        return ATH_ENOMEM;
+      if (src[c].len)
+        memcpy(copy, src[c].s, src[c].len);
+      copy[src[c].len] = '\0';
+      row[c].s = copy;
     }
   }
   r->nrows++;
   return 0;
 }
 
-/* Runs one prepared statement to its end, reading its rows into a new
- * result. */
-static int run_stmt(ath_db_t* db, sqlite3_stmt* st, ath_db_res_t** out, ath_db_error_t* err) {
+/* A new result for st's columns (names copied). NULL when out of memory. */
+static ath_db_res_t* res_for(sqlite3_stmt* st) {
   ath_db_res_t* r = ath__db_res_new(ATH_DB_SQLITE);
   int ncols = sqlite3_column_count(st);
-  int* flags = calloc((size_t)ncols + 1, sizeof(int));
-  if (r == NULL || flags == NULL)
-    goto nomem;
+  if (r == NULL)
+    return NULL;
   r->ncols = ncols;
   r->names = (char**)ath__db_res_alloc(r, sizeof(char*) * ((size_t)ncols + 1));
-  if (r->names == NULL)
-    goto nomem;
+  if (r->names == NULL) {
+    ath__db_res_free(r);
+    return NULL;
+  }
   for (int c = 0; c < ncols; c++) {
     const char* name = sqlite3_column_name(st, c);
     size_t len = strlen(name);
-    if ((r->names[c] = ath__db_res_alloc(r, len + 1)) == NULL)
-      goto nomem;
+    if ((r->names[c] = ath__db_res_alloc(r, len + 1)) == NULL) {
+      ath__db_res_free(r);
+      return NULL;
+    }
     memcpy(r->names[c], name, len + 1);
+  }
+  return r;
+}
+
+/* Runs one prepared statement to its end, handing each row to fn (a
+ * non-zero return stops it: out of memory); *changes gets the rows it
+ * changed. */
+static int run_stmt(ath_db_t* db, sqlite3_stmt* st, ath_db_row_fn fn, void* ud, int64_t* changes,
+                    ath_db_error_t* err) {
+  int ncols = sqlite3_column_count(st);
+  int flags_small[32];
+  ath_db_value_t row_small[32];
+  int* flags = flags_small;
+  ath_db_value_t* row = row_small;
+  if (ncols > 32) {
+    flags = calloc((size_t)ncols, sizeof(int));
+    row = calloc((size_t)ncols, sizeof(*row));
+  }
+  int rc = flags != NULL && row != NULL ? 0 : ATH_ENOMEM;
+  for (int c = 0; rc == 0 && c < ncols; c++)
     flags[c] = decl_flags(sqlite3_column_decltype(st, c));
-  }
-  int rc;
   sqlite3_int64 before = sqlite3_total_changes64(db->sq);
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    if (add_row(r, st, flags) != 0)
-      goto nomem;
+  int src = SQLITE_DONE;
+  while (rc == 0 && (src = sqlite3_step(st)) == SQLITE_ROW) {
+    row_values(st, flags, row, ncols);
+    if (fn(ud, row, ncols) != 0)
+      rc = ATH_ENOMEM;
   }
-  free(flags);
-  if (rc != SQLITE_DONE) {
-    ath__db_res_free(r);
+  if (flags != flags_small)
+    free(flags);
+  if (row != row_small)
+    free(row);
+  if (rc != 0) {
+    ath__db_seterr(err, ATH_ENOMEM, NULL, "out of memory", NULL, NULL);
+    return ATH_ENOMEM;
+  }
+  if (src != SQLITE_DONE)
     return fail(db, sqlite3_extended_errcode(db->sq), 0, err);
-  }
   /* sqlite3_changes keeps the last INSERT/UPDATE/DELETE's count: a SELECT
    * or CREATE after it would report it again */
-  r->changes = sqlite3_total_changes64(db->sq) != before ? sqlite3_changes64(db->sq) : 0;
+  *changes = sqlite3_total_changes64(db->sq) != before ? sqlite3_changes64(db->sq) : 0;
+  return 0;
+}
+
+/* Runs st into a new result (*out). */
+static int run_into(ath_db_t* db, sqlite3_stmt* st, ath_db_res_t** out, ath_db_error_t* err) {
+  ath_db_res_t* r = res_for(st);
+  if (r == NULL) {
+    ath__db_seterr(err, ATH_ENOMEM, NULL, "out of memory", NULL, NULL);
+    return ATH_ENOMEM;
+  }
+  int64_t changes = 0;
+  int rc = run_stmt(db, st, add_row, r, &changes, err);
+  if (rc != 0) {
+    ath__db_res_free(r);
+    return rc;
+  }
+  r->changes = changes;
   r->last_id = sqlite3_last_insert_rowid(db->sq);
   r->has_last_id = 1;
   *out = r;
   return 0;
-nomem:
-  free(flags);
-  ath__db_res_free(r);
-  ath__db_seterr(err, ATH_ENOMEM, NULL, "out of memory", NULL, NULL);
-  return ATH_ENOMEM;
 }
 
 /* Whether the text holds only white space and comments. */
@@ -341,8 +396,11 @@ static int blank(const char* p) {
   }
 }
 
-int ath__db_sqlite_exec(ath_db_t* db, const char* sql, const ath_db_value_t* params, int n,
-                        ath_db_res_t** out, ath_db_error_t* err) {
+/* Runs sql: its statements one after the other, into a result each (the
+ * last one's is kept in *out), or, with fn, its single statement's rows
+ * handed to fn and *changes set. */
+static int exec_sql(ath_db_t* db, const char* sql, const ath_db_value_t* params, int n, ath_db_res_t** out,
+                    ath_db_row_fn fn, void* ud, int64_t* changes, ath_db_error_t* err) {
   /* Several statements run one after the other (a schema, say); the result
    * is the last one's. Parameters go with a single statement only. */
   const char* tail = sql;
@@ -362,7 +420,7 @@ int ath__db_sqlite_exec(ath_db_t* db, const char* sql, const ath_db_value_t* par
       }
       if (st == NULL) /* only comments or white space */
         break;
-      if (first && n > 0 && !blank(next)) {
+      if (first && (n > 0 || fn != NULL) && !blank(next)) {
         sqlite3_finalize(st);
         ath__db_seterr(err, ATH_DB_EINVAL, NULL, "parameters need a single statement", NULL, NULL);
         return ATH_DB_EINVAL;
@@ -370,10 +428,12 @@ int ath__db_sqlite_exec(ath_db_t* db, const char* sql, const ath_db_value_t* par
       kept = first && blank(next) && keep(db, sql, st);
     }
     int rc = bind_params(db, st, params, first ? n : 0, err);
-    if (rc == 0) {
+    if (rc == 0 && fn != NULL) {
+      rc = run_stmt(db, st, fn, ud, changes, err);
+    } else if (rc == 0) {
       ath__db_res_free(last);
       last = NULL;
-      rc = run_stmt(db, st, &last, err);
+      rc = run_into(db, st, &last, err);
     }
     if (kept) {
       sqlite3_reset(st); /* ready for the next call, locks released */
@@ -388,12 +448,25 @@ int ath__db_sqlite_exec(ath_db_t* db, const char* sql, const ath_db_value_t* par
     first = 0;
     tail = next;
   }
+  if (fn != NULL)
+    return 0;
   if (last == NULL && (last = ath__db_res_new(ATH_DB_SQLITE)) == NULL) {
     ath__db_seterr(err, ATH_ENOMEM, NULL, "out of memory", NULL, NULL);
     return ATH_ENOMEM;
   }
   *out = last;
   return 0;
+}
+
+int ath__db_sqlite_exec(ath_db_t* db, const char* sql, const ath_db_value_t* params, int n,
+                        ath_db_res_t** out, ath_db_error_t* err) {
+  return exec_sql(db, sql, params, n, out, NULL, NULL, NULL, err);
+}
+
+int ath__db_sqlite_exec_rows(ath_db_t* db, const char* sql, const ath_db_value_t* params, int n,
+                             ath_db_row_fn fn, void* ud, int64_t* changes, ath_db_error_t* err) {
+  *changes = 0;
+  return exec_sql(db, sql, params, n, NULL, fn, ud, changes, err);
 }
 
 /* ------------------------------------------------- off the loop's thread

@@ -138,87 +138,111 @@ static void put_value(ath_buf_t* b, const ath_db_value_t* v, const ath_gw_column
   }
 }
 
-/* Appends the answer rows of r: per `cols` entry, the value of the
- * row_cols column it names (pointer equality), dropping nulls under
- * strip_nulls. Returns the count. */
-static int put_rows(ath_buf_t* b, ath_db_res_t* r, const ath_gw_plan_t* p, int* first) {
-  int nrows = ath__db_res_nrows(r);
-  int src[256];
-  size_t ncols = p->ncols < 256 ? p->ncols : 256;
-  for (size_t c = 0; c < ncols; c++) {
-    src[c] = -1;
-    for (size_t k = 0; k < p->nrow_cols && src[c] < 0; k++)
-      if (p->row_cols[k].column == p->cols[c].column)
-        src[c] = (int)k;
+/* Where a statement's rows go: the answer's `data` (per `cols` entry,
+ * the value of the row_cols column it names, nulls dropped under
+ * strip_nulls) and, for X-Publish-Event, whole rows (every row_cols
+ * column, nulls kept). Written straight from the driver's row. */
+typedef struct {
+  const ath_gw_plan_t* p;
+  ath_buf_t* data;           /* or NULL */
+  ath_buf_t* full;           /* or NULL */
+  int src[256];              /* cols[c]'s row column, or -1 */
+  size_t ncols;
+  ath_buf_t keys;            /* each cols[c] as `"name":`, escaped once */
+  uint32_t key_at[257];      /* cols[c]'s in keys: [key_at[c], key_at[c + 1]) */
+  int first, firstfull;
+  int64_t nrows;
+} sink_t;
+
+static void sink_init(sink_t* k, const ath_gw_plan_t* p, ath_buf_t* data, ath_buf_t* full) {
+  memset(k, 0, sizeof(*k));
+  k->p = p;
+  k->data = data;
+  k->full = full;
+  k->first = k->firstfull = 1;
+  k->ncols = p->ncols < 256 ? p->ncols : 256;
+  for (size_t c = 0; c < k->ncols; c++) {
+    k->src[c] = -1;
+    for (size_t r = 0; r < p->nrow_cols && k->src[c] < 0; r++)
+      if (p->row_cols[r].column == p->cols[c].column)
+        k->src[c] = (int)r;
+    k->key_at[c] = (uint32_t)k->keys.len;
+    ath__buf_json_str(&k->keys, p->cols[c].name);
+    ath__buf_lit(&k->keys, ":");
   }
-  for (int i = 0; i < nrows; i++) {
-    ath__buf_append(b, *first ? "{" : ",{", *first ? 1 : 2);
-    *first = 0;
-    int any = 0;
-    for (size_t c = 0; c < ncols; c++) {
-      ath_db_value_t v;
-      if (src[c] < 0 || ath__db_res_value(r, i, src[c], &v) != 0)
-        v.type = ATH_DB_NULL;
-      if (v.type == ATH_DB_NULL && p->strip_nulls)
-        continue;
-      if (any)
-        ath__buf_lit(b, ",");
-      any = 1;
-      ath__buf_json_str(b, p->cols[c].name);
-      ath__buf_lit(b, ":");
-      put_value(b, &v, p->cols[c].column);
-    }
-    ath__buf_lit(b, "}");
-  }
-  return nrows;
+  k->key_at[k->ncols] = (uint32_t)k->keys.len;
 }
 
-/* Appends whole rows (every row_cols column, nulls kept) for
- * X-Publish-Event. */
-static void put_full_rows(ath_buf_t* b, ath_db_res_t* r, const ath_gw_plan_t* p, int* first) {
-  int nrows = ath__db_res_nrows(r), ncols = ath__db_res_ncols(r);
-  for (int i = 0; i < nrows; i++) {
-    ath__buf_append(b, *first ? "{" : ",{", *first ? 1 : 2);
-    *first = 0;
-    for (int c = 0; c < ncols && (size_t)c < p->nrow_cols; c++) {
-      ath_db_value_t v;
-      if (ath__db_res_value(r, i, c, &v) != 0)
-        v.type = ATH_DB_NULL;
+static int sink_row(void* ud, const ath_db_value_t* row, int n) {
+  sink_t* k = ud;
+  const ath_gw_plan_t* p = k->p;
+  static const ath_db_value_t null = {ATH_DB_NULL, 0, 0, NULL, 0};
+  if (k->full != NULL) {
+    ath_buf_t* b = k->full;
+    ath__buf_append(b, k->firstfull ? "{" : ",{", k->firstfull ? 1 : 2);
+    k->firstfull = 0;
+    for (int c = 0; c < n && (size_t)c < p->nrow_cols; c++) {
       if (c > 0)
         ath__buf_lit(b, ",");
       ath__buf_json_str(b, p->row_cols[c].name);
       ath__buf_lit(b, ":");
-      put_value(b, &v, p->row_cols[c].column);
+      put_value(b, &row[c], p->row_cols[c].column);
     }
     ath__buf_lit(b, "}");
   }
+  if (k->data != NULL) {
+    ath_buf_t* b = k->data;
+    ath__buf_append(b, k->first ? "{" : ",{", k->first ? 1 : 2);
+    k->first = 0;
+    int any = 0;
+    for (size_t c = 0; c < k->ncols; c++) {
+      const ath_db_value_t* v = k->src[c] >= 0 && k->src[c] < n ? &row[k->src[c]] : &null;
+      if (v->type == ATH_DB_NULL && p->strip_nulls)
+        continue;
+      if (any)
+        ath__buf_lit(b, ",");
+      any = 1;
+      if (k->keys.data != NULL) {
+        ath__buf_append(b, k->keys.data + k->key_at[c], k->key_at[c + 1] - k->key_at[c]);
+      } else { /* out of memory for them: one at a time */
+        ath__buf_json_str(b, p->cols[c].name);
+        ath__buf_lit(b, ":");
+      }
+      put_value(b, v, p->cols[c].column);
+    }
+    ath__buf_lit(b, "}");
+    k->nrows++;
+  }
+  return 0;
 }
 
 /* ------------------------------------------------------------ connections */
 
 static int due(void* ud) {
-  ath_gwt_t* t = ud;
-  return t->deadline != 0 && ath__mono_ns() >= t->deadline;
+  ath_gwconn_t* c = ud;
+  return c->deadline != 0 && ath__mono_ns() >= c->deadline;
 }
 
-/* The thread's connection to database i, opened on first use. */
-static ath_db_t* conn(ath_gwt_t* t, int i, ath_db_error_t* err) {
-  ath_gws_t* s = t->s;
-  if (t->dbs[i] == NULL && ath__db_new(s->cfg.db_urls[i], &t->dbs[i], err) != 0)
+/* Connection c to database i, opened on first use. */
+static ath_db_t* conn(ath_gws_t* s, ath_gwconn_t* c, int i, ath_db_error_t* err) {
+  if (c->db == NULL && ath__db_new(s->cfg.db_urls[i], &c->db, err) != 0)
     return NULL;
-  ath_db_t* db = t->dbs[i];
+  ath_db_t* db = c->db;
   if (!ath__db_connected(db) && ath__db_connect(db, err) != 0)
     return NULL;
   /* SQLite's statementTimeout: the handler belongs to the open connection
    * (a reconnect opens a new one), so it is set after connecting */
-  ath__db_set_interrupt(db, due, t);
-  if (!t->prepared[i]) {
+  ath__db_set_interrupt(db, due, c);
+  if (!c->prepared) {
     char sql[200];
     if (ath__db_kind(db) == ATH_DB_SQLITE) {
       /* LIKE is case-sensitive on both backends (GATEWAY §3.1); reads come
-       * from a 16 MiB cache and a memory map rather than pread */
-      snprintf(sql, sizeof(sql), "%s", "PRAGMA case_sensitive_like = ON; PRAGMA cache_size = -16384;"
-                                       " PRAGMA mmap_size = 268435456");
+       * from a 16 MiB cache and a memory map rather than pread. A writer
+       * (a mutation finds a few pages) reads through its cache only: SQLite
+       * drops a connection's whole map each time it finds that another
+       * connection wrote, which for a writer is at almost every write */
+      snprintf(sql, sizeof(sql), "PRAGMA case_sensitive_like = ON; PRAGMA cache_size = -16384;"
+                                 " PRAGMA mmap_size = %s", c->writer ? "0" : "268435456");
     } else {
       /* the session's limit, so that one statement needs no transaction */
       snprintf(sql, sizeof(sql), "SET statement_timeout = %lld", (long long)s->cfg.statement_timeout_ms);
@@ -228,7 +252,7 @@ static ath_db_t* conn(ath_gwt_t* t, int i, ath_db_error_t* err) {
       return NULL;
     ath__db_res_free(r);
   }
-  t->prepared[i] = 1;
+  c->prepared = 1;
   return db;
 }
 
@@ -240,9 +264,9 @@ static int simple(ath_db_t* db, const char* sql, ath_db_error_t* err) {
   return rc;
 }
 
-/* The plan's parameters as driver values. */
-static ath_db_value_t* params_of(const ath_gw_stmt_t* st) {
-  ath_db_value_t* v = calloc(st->nparams ? st->nparams : 1, sizeof(*v));
+/* The plan's parameters as driver values, in `small` when they fit. */
+static ath_db_value_t* params_of(const ath_gw_stmt_t* st, ath_db_value_t* small, size_t nsmall) {
+  ath_db_value_t* v = st->nparams <= nsmall ? small : calloc(st->nparams, sizeof(*v));
   if (v == NULL)
     return NULL;
   for (size_t i = 0; i < st->nparams; i++) {
@@ -259,14 +283,19 @@ static ath_db_value_t* params_of(const ath_gw_stmt_t* st) {
   return v;
 }
 
-static int run_stmt(ath_db_t* db, const ath_gw_stmt_t* st, ath_db_res_t** out, ath_db_error_t* err) {
-  ath_db_value_t* v = params_of(st);
+/* Runs st: into *out, or (out NULL) its rows into sink k and *changes. */
+static int run_stmt(ath_db_t* db, const ath_gw_stmt_t* st, ath_db_res_t** out, sink_t* k, int64_t* changes,
+                    ath_db_error_t* err) {
+  ath_db_value_t small[32];
+  ath_db_value_t* v = params_of(st, small, 32);
   if (v == NULL) {
     ath__db_seterr(err, ATH_ENOMEM, "", "out of memory", NULL, NULL);
     return ATH_ENOMEM;
   }
-  int rc = ath__db_exec(db, st->sql, v, (int)st->nparams, out, err);
-  free(v);
+  int rc = out != NULL ? ath__db_exec(db, st->sql, v, (int)st->nparams, out, err)
+                       : ath__db_exec_rows(db, st->sql, v, (int)st->nparams, sink_row, k, changes, err);
+  if (v != small)
+    free(v);
   return rc;
 }
 
@@ -297,9 +326,10 @@ int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen) {
     snprintf(err, errlen, "%s", "no Lua runtime installed: call ath_runtime_install(ath_lua_runtime()) first");
     return ATH_EINVAL;
   }
-  t->dbs = calloc((size_t)s->cfg.ndbs, sizeof(*t->dbs));
-  t->prepared = calloc((size_t)s->cfg.ndbs, sizeof(int));
-  if (t->dbs == NULL || t->prepared == NULL) {
+  t->conns = calloc((size_t)s->cfg.ndbs, sizeof(*t->conns));
+  t->idle = calloc((size_t)s->cfg.ndbs, sizeof(*t->idle));
+  t->nmade = calloc((size_t)s->cfg.ndbs, sizeof(int));
+  if (t->conns == NULL || t->idle == NULL || t->nmade == NULL) {
     snprintf(err, errlen, "%s", "out of memory");
     return ATH_ENOMEM;
   }
@@ -309,7 +339,16 @@ int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen) {
    * here is retried when a request needs it. */
   for (int i = 0; i < s->cfg.ndbs; i++) {
     ath_db_error_t e;
-    conn(t, i, &e);
+    conn(s, &t->conns[i], i, &e);
+    /* SQLite's mutations run off the loop on a connection of their own,
+     * opened now for the same reason (writers take turns anyway: one) */
+    ath_gwconn_t* c;
+    if (ath__db_url_kind(s->cfg.db_urls[i]) == ATH_DB_SQLITE && (c = calloc(1, sizeof(*c))) != NULL) {
+      c->writer = 1;
+      conn(s, c, i, &e);
+      t->idle[i] = c;
+      t->nmade[i] = 1;
+    }
   }
   if (s->cfg.config_path == NULL || !(s->cfg.global_policy || s->cfg.ntables > 0))
     return 0;
@@ -363,11 +402,20 @@ int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen) {
 void ath__gwt_close(ath_gwt_t* t) {
   if (t->L != NULL)
     lua_close(t->L);
-  for (int i = 0; t->dbs && i < t->s->cfg.ndbs; i++)
-    if (t->dbs[i] != NULL)
-      ath__db_free(t->dbs[i]);
-  free(t->dbs);
-  free(t->prepared);
+  for (int i = 0; t->conns && t->idle && i < t->s->cfg.ndbs; i++) {
+    if (t->conns[i].db != NULL)
+      ath__db_free(t->conns[i].db);
+    for (ath_gwconn_t* c = t->idle[i]; c;) { /* every off-loop one is back by now */
+      ath_gwconn_t* next = c->next;
+      if (c->db != NULL)
+        ath__db_free(c->db);
+      free(c);
+      c = next;
+    }
+  }
+  free(t->conns);
+  free(t->idle);
+  free(t->nmade);
 }
 
 /* [-0, +1, m] A read-only view of table at idx (the policy's payload). */
@@ -661,8 +709,7 @@ static void db_failure(ath_gwjob_t* job, const ath_db_error_t* e) {
   ath__gwjob_error(job, status, code, sentence, NULL);
 }
 
-static void start_event(ath_gwt_t* t, ath_gwjob_t* job, const char* table, int upsert, ath_buf_t* rows) {
-  ath_gws_t* s = t->s;
+static void start_event(ath_gws_t* s, ath_gwjob_t* job, const char* table, int upsert, ath_buf_t* rows) {
   if (s->cfg.events != NULL) {
     int listed = 0;
     for (char** e = s->cfg.events; *e; e++)
@@ -768,26 +815,43 @@ static int key_allows_table(const ath_gwjob_t* job, const char* cfgname, const a
   return 0;
 }
 
-static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
+/* A request between its two halves: the plan (its compile, with the
+ * policies' extras) and what it points into. */
+typedef struct {
+  ath_gj_doc_t* doc;
+  ath_gw_plan_t plan;
+  int compiled;              /* plan is to be freed */
+  extras_t x;
+} prep_t;
+
+static void prep_free(prep_t* p) {
+  ath__buf_free(&p->x.conds);
+  ath__buf_free(&p->x.set);
+  if (p->compiled)
+    ath__gw_plan_free(&p->plan);
+  ath__gj_free(p->doc);
+}
+
+/* The first half, on the request's gateway thread: the body's one parse,
+ * the compile, the key's table rights and the policies (the thread's Lua
+ * state). 0 with p ready to execute, or -1 with the answer in job. */
+static int prepare(ath_gwt_t* t, ath_gwjob_t* job, prep_t* p) {
   ath_gws_t* s = t->s;
   ath_gw_plan_t perr;
-  ath_gj_doc_t* doc = NULL;
-  if (ath__gw_parse_body(job->body, job->body_len, &doc, &perr) != 0) {
+  memset(p, 0, sizeof(*p));
+  if (ath__gw_parse_body(job->body, job->body_len, &p->doc, &perr) != 0) {
     ath__gwjob_error(job, perr.status ? perr.status : 400, perr.code ? perr.code : "invalid_json", perr.error,
                      perr.hint);
     ath__gw_plan_free(&perr);
-    return;
+    return -1;
   }
-  uv_mutex_lock(&s->mu);
-  ath_gws_cat_t* cat = s->cats[job->db];
-  uv_mutex_unlock(&s->mu);
-  ath_gw_plan_t plan;
-  extras_t x = {{0}, {0}};
-  ath_db_res_t* r = NULL;
-  const char* table = NULL;
-  if (compile(t, job, cat, doc->root, NULL, &plan) != 0)
-    goto done;
-  table = plan.table->name;
+  ath_gws_cat_t* cat = __atomic_load_n(&s->cats[job->db], __ATOMIC_ACQUIRE); /* a refresh swaps it */
+  ath_gj_doc_t* doc = p->doc;
+  p->compiled = 1;
+  if (compile(t, job, cat, doc->root, NULL, &p->plan) != 0)
+    return -1;
+  ath_gw_plan_t plan = p->plan; /* read-only view below; p->plan stays the owner */
+  const char* table = plan.table->name;
   const char* cfgname = config_name(s, plan.table, cat->dialect);
   if (!key_allows_table(job, cfgname, plan.table) ||
       (plan.upsert_may_update && !(job->rights & ATH_GW_OP_BIT(ATH_GW_UPDATE)))) {
@@ -795,30 +859,40 @@ static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
                      plan.upsert_may_update ? "this key may not update rows (the upsert may update)"
                                             : "this key may not use this table",
                      NULL);
-    goto done;
+    return -1;
   }
   char why[300];
-  int prc = run_policies(t, job, doc->root, plan.table, cfgname, plan.upsert, &x, why, sizeof(why));
+  int prc = run_policies(t, job, doc->root, plan.table, cfgname, plan.upsert, &p->x, why, sizeof(why));
   if (prc == 403) {
     log_failure(s, job, table, 403, NULL, NULL, why);
     ath__gwjob_error(job, 403, "policy_denied", "the table's policy refused the request", NULL);
-    goto done;
+    return -1;
   }
   if (prc != 0) {
     log_failure(s, job, table, 500, NULL, NULL, why);
     ath__gwjob_error(job, 500, "internal_error", "the request could not be authorized", NULL);
-    goto done;
+    return -1;
   }
-  if (x.conds.len > 0 || x.set.len > 0) {
-    ath__gw_plan_free(&plan);
-    if (compile(t, job, cat, doc->root, &x, &plan) != 0)
-      goto done;
+  if (p->x.conds.len > 0 || p->x.set.len > 0) {
+    ath__gw_plan_free(&p->plan);
+    if (compile(t, job, cat, doc->root, &p->x, &p->plan) != 0)
+      return -1;
   }
+  return 0;
+}
+
+/* The second half, on the gateway thread or (off the loop) a pool
+ * thread: the plan in one transaction on connection c, and the envelope
+ * written from the statements' rows into job->out. */
+static void execute(ath_gws_t* s, ath_gwconn_t* c, ath_gwjob_t* job, prep_t* p) {
+  ath_gw_plan_t plan = p->plan; /* read-only copy: p owns it */
+  const char* table = plan.table->name;
+  ath_db_res_t* r = NULL;
   int publish = job->event != NULL && job->op != ATH_GW_FETCH;
   ath_gw_plan_t* exec = &plan;
   ath_db_error_t e;
   memset(&e, 0, sizeof(e));
-  ath_db_t* db = conn(t, job->db, &e);
+  ath_db_t* db = conn(s, c, job->db, &e);
   if (db == NULL) {
     log_failure(s, job, table, 503, &e, NULL, NULL);
     ath__gwjob_error(job, 503, "database_unavailable", "the database is unavailable", NULL);
@@ -831,7 +905,7 @@ static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
   }
   int pg = ath__db_kind(db) == ATH_DB_PG;
   const char* failed_sql = NULL;
-  t->deadline = ath__after(ath__mono_ns(), s->cfg.statement_timeout_ms);
+  c->deadline = ath__after(ath__mono_ns(), s->cfg.statement_timeout_ms);
   /* one transaction per request; a lone SELECT is one by itself. SQLite
    * writers of this process take turns here instead of in the busy handler */
   int txn = !(job->op == ATH_GW_FETCH && exec->nstmts <= 1 && !plan.has_count);
@@ -848,23 +922,21 @@ static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
   memset(room, ' ', sizeof(room));
   ath__buf_append(data, room, sizeof(room));
   ath_buf_t rows = {0};
-  int first = 1, firstfull = 1;
   int64_t nrows = 0, changes = 0, count = -1;
+  sink_t k;
+  sink_init(&k, &plan, plan.data_rows && !plan.head ? data : NULL, publish ? &rows : NULL);
   for (size_t i = 0; rc == 0 && i < exec->nstmts; i++) {
-    if ((rc = run_stmt(db, &exec->stmts[i], &r, &e)) != 0) {
+    int64_t n = 0;
+    if ((rc = run_stmt(db, &exec->stmts[i], NULL, &k, &n, &e)) != 0) {
       failed_sql = exec->stmts[i].sql;
       break;
     }
-    changes += ath__db_res_changes(r);
-    if (publish)
-      put_full_rows(&rows, r, &plan, &firstfull);
-    if (plan.data_rows && !plan.head)
-      nrows += put_rows(data, r, &plan, &first);
-    ath__db_res_free(r);
-    r = NULL;
+    changes += n;
   }
+  nrows = k.nrows;
+  ath__buf_free(&k.keys);
   if (rc == 0 && plan.has_count) {
-    if ((rc = run_stmt(db, &plan.count, &r, &e)) == 0) {
+    if ((rc = run_stmt(db, &plan.count, &r, NULL, NULL, &e)) == 0) {
       ath_db_value_t v;
       if (ath__db_res_nrows(r) == 1 && ath__db_res_value(r, 0, 0, &v) == 0)
         count = v.type == ATH_DB_INT ? v.i : v.type == ATH_DB_TEXT ? atoll(v.s) : 0;
@@ -876,7 +948,7 @@ static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
   }
   if (rc == 0 && txn)
     rc = simple(db, "COMMIT", &e);
-  t->deadline = 0;
+  c->deadline = 0;
   if (rc != 0 && txn) {
     ath_db_error_t e2;
     simple(db, "ROLLBACK", &e2);
@@ -918,20 +990,16 @@ static void run_op(ath_gwt_t* t, ath_gwjob_t* job) {
   if (plan.limit_lowered)
     job->limit_header = plan.limit;
   if (publish)
-    start_event(t, job, table, plan.upsert, &rows);
+    start_event(s, job, table, plan.upsert, &rows);
   ath__buf_free(&rows);
 done:
   if (r != NULL)
     ath__db_res_free(r);
-  ath__buf_free(&x.conds);
-  ath__buf_free(&x.set);
-  ath__gw_plan_free(&plan);
-  ath__gj_free(doc);
 }
 
 static void run_health(ath_gwt_t* t, ath_gwjob_t* job) {
   ath_db_error_t e;
-  ath_db_t* db = conn(t, 0, &e);
+  ath_db_t* db = conn(t->s, &t->conns[0], 0, &e);
   int moved = db != NULL && ath__db_file_moved(db);
   int ok = db != NULL && !moved && simple(db, "SELECT 1", &e) == 0;
   ath_buf_t* b = &job->out;
@@ -955,11 +1023,131 @@ static void run_health(ath_gwt_t* t, ath_gwjob_t* job) {
   job->status = ok ? 200 : 503;
 }
 
-void ath__gwt_run(ath_gwt_t* t, ath_gwjob_t* job) {
-  if (job->kind == ATH_GWJ_HEALTH)
+/* ------------------------------------------------------------ off the loop
+ *
+ * A request whose statements wait on something else than this process's
+ * CPU runs its second half on libuv's thread pool, so that the gateway
+ * thread goes on serving its other connections: PostgreSQL (libpq waits for
+ * the server) and SQLite mutations (the commit waits for the disk, and for
+ * the other writers). Its HTTP side stays on the gateway thread, which
+ * answers it when the pool is done. Each gateway thread keeps at most
+ * OFF_LOOP_CONNS such connections per PostgreSQL database (opened on first
+ * use) and one per SQLite database (opened at start; writers take turns
+ * anyway); more requests wait for one in order. SQLite reads run where
+ * they are. */
+#define OFF_LOOP_CONNS 4
+
+struct ath_gwtask_s {
+  uv_work_t work;
+  ath_gwt_t* t;
+  ath_gwjob_t* job;          /* held by gw_server.c until answered */
+  prep_t p;
+  ath_gwconn_t* c;
+  ath_gwtask_t* next;        /* waiting for a connection */
+};
+
+static int off_loop(const ath_gws_t* s, const ath_gwjob_t* job) {
+  return job->op != ATH_GW_FETCH || ath__db_url_kind(s->cfg.db_urls[job->db]) == ATH_DB_PG;
+}
+
+static void task_work(uv_work_t* w) {
+  ath_gwtask_t* k = w->data;
+  execute(k->t->s, k->c, k->job, &k->p);
+}
+
+static void task_done(uv_work_t* w, int status);
+
+static void task_start(ath_gwtask_t* k) {
+  k->work.data = k;
+  int rc = uv_queue_work(&k->t->loop, &k->work, task_work, task_done);
+  if (rc != 0) { /* never fails on a live loop; answered at once if it did */
+    ath__gwjob_error(k->job, 500, "internal_error", "the request could not be scheduled", NULL);
+    task_done(&k->work, 0);
+  }
+}
+
+static void task_done(uv_work_t* w, int status) {
+  (void)status;
+  ath_gwtask_t* k = w->data;
+  ath_gwt_t* t = k->t;
+  int i = k->job->db;
+  prep_free(&k->p);
+  /* the connection: to the next request waiting for one, else spare */
+  ath_gwtask_t** q = &t->waiting;
+  while (*q != NULL && (*q)->job->db != i)
+    q = &(*q)->next;
+  ath_gwtask_t* next = *q;
+  if (next != NULL) {
+    *q = next->next;
+    next->c = k->c;
+    task_start(next);
+  } else {
+    k->c->next = t->idle[i];
+    t->idle[i] = k->c;
+  }
+  if (k->job->out.data == NULL) /* out of memory on the way */
+    ath__gwjob_error(k->job, 500, "internal_error", "out of memory", NULL);
+  ath__gws_finish(k->job);
+  free(k);
+}
+
+/* Starts job's second half off the loop; 0, or -1 (out of memory: it
+ * then runs here). */
+static int go_off_loop(ath_gwt_t* t, ath_gwjob_t* job, prep_t* p, struct st_h2o_req_t* req) {
+  int i = job->db;
+  ath_gwconn_t* c = t->idle[i];
+  int fresh = 0;
+  if (ath__db_url_kind(t->s->cfg.db_urls[i]) == ATH_DB_SQLITE) {
+    if (t->nmade[i] == 0)
+      return -1; /* never opened late: the file may be gone (see ath__gwt_init) */
+  } else if (c == NULL && t->nmade[i] < OFF_LOOP_CONNS) {
+    if ((c = calloc(1, sizeof(*c))) != NULL) {
+      t->nmade[i]++;
+      fresh = 1;
+    } else if (t->nmade[i] == 0) {
+      return -1; /* none would ever come back to wait for */
+    }
+  }
+  ath_gwtask_t* k = calloc(1, sizeof(*k));
+  ath_gwjob_t* held = k != NULL ? ath__gws_hold(job, req) : NULL;
+  if (held == NULL) {
+    free(k);
+    if (fresh) { /* kept for later */
+      c->next = t->idle[i];
+      t->idle[i] = c;
+    }
+    return -1;
+  }
+  if (c != NULL && !fresh)
+    t->idle[i] = c->next;
+  k->t = t;
+  k->job = held;
+  k->p = *p;
+  k->c = c;
+  if (c != NULL) {
+    task_start(k);
+  } else { /* every connection busy: in order, after the others */
+    ath_gwtask_t** q = &t->waiting;
+    while (*q != NULL)
+      q = &(*q)->next;
+    *q = k;
+  }
+  return 0;
+}
+
+int ath__gwt_run(ath_gwt_t* t, ath_gwjob_t* job, struct st_h2o_req_t* req) {
+  if (job->kind == ATH_GWJ_HEALTH) {
     run_health(t, job);
-  else
-    run_op(t, job);
+  } else {
+    prep_t p;
+    if (prepare(t, job, &p) == 0) {
+      if (req != NULL && off_loop(t->s, job) && go_off_loop(t, job, &p, req) == 0)
+        return 1;
+      execute(t->s, &t->conns[job->db], job, &p);
+    }
+    prep_free(&p);
+  }
   if (job->out.data == NULL) /* out of memory on the way */
     ath__gwjob_error(job, 500, "internal_error", "out of memory", NULL);
+  return 0;
 }

@@ -14,6 +14,8 @@
 #include <string.h>
 #include <strings.h>
 #include <arpa/inet.h>
+#include <pthread.h>
+#include <signal.h>
 #include "internal.h"
 #include "gw_server.h"
 #include "http.h"
@@ -43,68 +45,108 @@ void ath__gws_config_free(ath_gws_config_t* c) {
 
 /* --------------------------------------------------------------- threads */
 
-static void job_free(ath_gwjob_t* j) {
-  free(j->body);
-  free(j->event);
-  for (int i = 0; i < 3; i++)
-    free(j->hint[i]);
-  ath__buf_free(&j->out);
-  free(j);
+enum { GWT_NONE = 0, GWT_OPEN, GWT_STOP };
+
+/* The thread's command (ath__gws_serve, stop_threads). */
+static void on_wake(uv_async_t* h) {
+  ath_gwt_t* t = h->data;
+  ath_gws_t* s = t->s;
+  uv_mutex_lock(&s->mu);
+  int cmd = t->cmd;
+  t->cmd = GWT_NONE;
+  uv_mutex_unlock(&s->mu);
+  if (cmd == GWT_OPEN) {
+    t->hl = ath__http_loop_open(t->http, &t->loop, t, t->index + 1);
+    uv_mutex_lock(&s->mu);
+    t->opened = t->hl != NULL ? 1 : -1;
+    uv_cond_broadcast(&s->cond);
+    uv_mutex_unlock(&s->mu);
+  } else if (cmd == GWT_STOP) {
+    if (t->hl != NULL)
+      ath__http_loop_close(t->hl); /* it frees itself once its connections closed */
+    t->hl = NULL;
+    uv_close((uv_handle_t*)&t->wake, NULL);
+  }
 }
 
 static void thread_main(void* arg) {
   ath_gwt_t* t = arg;
   ath_gws_t* s = t->s;
+  /* writes to sockets whose clients are gone must be EPIPE, not a SIGPIPE
+   * that kills a host which does not ignore it (as on the engine thread) */
+  sigset_t pipe_only;
+  sigemptyset(&pipe_only);
+  sigaddset(&pipe_only, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_only, NULL);
   char err[400] = "";
   ath__gwt_init(t, err, sizeof(err));
   if (err[0])
     ath__logf(s->w, ATH_LOG_ERROR, NULL, 0, "%s", err);
+  int rc = uv_loop_init(&t->loop);
+  if (rc == 0 && (rc = uv_async_init(&t->loop, &t->wake, on_wake)) != 0)
+    uv_loop_close(&t->loop);
+  t->wake.data = t;
   uv_mutex_lock(&s->mu);
   s->ready++; /* ath__gws_new waits for every thread's connections */
+  t->opened = rc == 0 ? 0 : -1;
   uv_cond_broadcast(&s->cond);
-  for (;;) {
-    while (!s->stop && s->queue == NULL)
-      uv_cond_wait(&s->cond, &s->mu);
-    if (s->stop)
-      break;
-    ath_gwjob_t* j = s->queue;
-    s->queue = j->next;
-    if (s->queue == NULL)
-      s->queue_tail = NULL;
-    uv_mutex_unlock(&s->mu);
-    ath__gwt_run(t, j);
-    uv_mutex_lock(&s->mu);
-    j->next = s->done;
-    s->done = j;
-    if (s->attached)
-      uv_async_send(&s->async);
-  }
   uv_mutex_unlock(&s->mu);
+  if (rc == 0) {
+    uv_run(&t->loop, UV_RUN_DEFAULT); /* until GWT_STOP closed everything */
+    uv_loop_close(&t->loop);
+  }
+  ath__buf_free(&t->spare);
   ath__gwt_close(t);
 }
 
-static void stop_threads(ath_gws_t* s) {
+/* Gives every thread the command; OPEN waits until each one answered. */
+static int command(ath_gws_t* s, int cmd, ath_http_t* h) {
+  int failed = 0;
   uv_mutex_lock(&s->mu);
-  s->stop = 1;
-  uv_cond_broadcast(&s->cond);
+  for (int i = 0; i < s->nthreads; i++) {
+    ath_gwt_t* t = &s->threads[i];
+    if (t->opened < 0) {
+      failed = 1;
+      continue; /* its loop never started */
+    }
+    t->cmd = cmd;
+    t->http = h;
+    uv_async_send(&t->wake);
+  }
+  if (cmd == GWT_OPEN)
+    for (int i = 0; i < s->nthreads; i++) {
+      while (s->threads[i].opened == 0)
+        uv_cond_wait(&s->cond, &s->mu);
+      failed |= s->threads[i].opened < 0;
+    }
   uv_mutex_unlock(&s->mu);
+  return failed ? ATH_ENOMEM : 0;
+}
+
+static void stop_threads(ath_gws_t* s) {
+  command(s, GWT_STOP, NULL);
   for (int i = 0; i < s->nthreads; i++)
     uv_thread_join(&s->threads[i].tid);
   s->nthreads = 0;
 }
 
+int ath__gws_serve(ath_gws_t* s, ath_http_t* h, char* err, size_t errlen) {
+  int rc = command(s, GWT_OPEN, h);
+  if (rc != 0)
+    snprintf(err, errlen, "%s", "a gateway thread could not start its HTTP loop");
+  return rc;
+}
+
+int ath__gws_nthreads(const ath_gws_t* s) {
+  return s->nthreads;
+}
+
+struct ath_http_loop_s* ath__gws_loop(ath_gws_t* s, int i) {
+  return s->threads[i].hl;
+}
+
 static void free_server(ath_gws_t* s) {
   stop_threads(s);
-  for (ath_gwjob_t* j = s->queue; j;) {
-    ath_gwjob_t* next = j->next;
-    job_free(j);
-    j = next;
-  }
-  for (ath_gwjob_t* j = s->done; j;) {
-    ath_gwjob_t* next = j->next;
-    job_free(j);
-    j = next;
-  }
   for (int i = 0; s->cats && i < s->cfg.ndbs; i++)
     ath__gws_cat_free(s->cats[i]);
   free(s->cats);
@@ -116,7 +158,31 @@ static void free_server(ath_gws_t* s) {
   ath__gws_config_free(&s->cfg);
   uv_cond_destroy(&s->cond);
   uv_mutex_destroy(&s->mu);
+  uv_mutex_destroy(&s->lim_mu);
   free(s);
+}
+
+/* One line at start when a SQLite file is not in WAL mode: readers then
+ * wait for writers and take the file locks on every read, and fetches
+ * serve about half as fast (docs/gateway-server.md). The file's mode is the
+ * operator's to change: this only reads it. */
+static void wal_hint(ath_gws_t* s, ath_db_t* db, int i) {
+  ath_db_res_t* r = NULL;
+  ath_db_error_t e;
+  ath_db_value_t v;
+  if (ath__db_kind(db) != ATH_DB_SQLITE || ath__db_exec(db, "PRAGMA journal_mode", NULL, 0, &r, &e) != 0)
+    return;
+  if (ath__db_res_nrows(r) == 1 && ath__db_res_value(r, 0, 0, &v) == 0 && v.type == ATH_DB_TEXT &&
+      !(v.len == 3 && strncasecmp(v.s, "wal", 3) == 0) && !(v.len == 6 && strncasecmp(v.s, "memory", 6) == 0)) {
+    char mode[16];
+    snprintf(mode, sizeof(mode), "%.*s", (int)(v.len < 15 ? v.len : 15), v.s);
+    ath_log_field_t f[2] = {ATH_LOG_FSTR("database", i == 0 ? "default" : s->cfg.db_names[i]),
+                            ATH_LOG_FSTR("journal_mode", mode)};
+    ath__logf(s->w, ATH_LOG_WARN, f, 2,
+              "gateway database is not in WAL mode: reads serve about half as fast and wait for writers "
+              "(PRAGMA journal_mode = WAL on the file changes it; the server never does)");
+  }
+  ath__db_res_free(r);
 }
 
 /* Reads every database's catalog into cats (NULL entries on failure). A
@@ -141,6 +207,8 @@ static int read_catalogs(ath_gws_t* s, ath_gws_cat_t** cats, int again, char* er
     int rc = ath__db_new(url, &db, &e);
     if (rc == 0)
       rc = ath__db_connect(db, &e);
+    if (rc == 0 && !again)
+      wal_hint(s, db, i);
     if (rc == 0)
       rc = ath__gws_introspect(db, &s->cfg, &cats[i], &e);
     if (db != NULL)
@@ -163,6 +231,7 @@ int ath__gws_new(ath_world_t* w, ath_gws_config_t* cfg, ath_gws_t** out, char* e
   s->cfg = *cfg;
   memset(cfg, 0, sizeof(*cfg));
   uv_mutex_init(&s->mu);
+  uv_mutex_init(&s->lim_mu);
   uv_cond_init(&s->cond);
   int n = s->cfg.threads > 0 ? s->cfg.threads : 2;
   s->cats = calloc((size_t)s->cfg.ndbs, sizeof(*s->cats));
@@ -190,14 +259,14 @@ int ath__gws_new(ath_world_t* w, ath_gws_config_t* cfg, ath_gws_t** out, char* e
     }
     s->nthreads++;
   }
+  uv_mutex_lock(&s->mu); /* each thread's loop is ready for commands */
+  while (s->ready < s->nthreads)
+    uv_cond_wait(&s->cond, &s->mu);
+  uv_mutex_unlock(&s->mu);
   if (rc != 0) {
     free_server(s);
     return rc;
   }
-  uv_mutex_lock(&s->mu);
-  while (s->ready < s->nthreads)
-    uv_cond_wait(&s->cond, &s->mu);
-  uv_mutex_unlock(&s->mu);
   *out = s;
   return 0;
 }
@@ -207,11 +276,11 @@ int ath__gws_refresh(ath_gws_t* s, char* err, size_t errlen) {
   if (fresh == NULL)
     return ATH_ENOMEM;
   int rc = read_catalogs(s, fresh, 1, err, errlen);
-  uv_mutex_lock(&s->mu);
+  uv_mutex_lock(&s->mu); /* one refresh at a time */
   for (int i = 0; i < s->cfg.ndbs; i++) {
     if (rc == 0) { /* the old one stays readable for requests using it */
       fresh[i]->older = s->cats[i];
-      s->cats[i] = fresh[i];
+      __atomic_store_n(&s->cats[i], fresh[i], __ATOMIC_RELEASE);
     } else {
       ath__gws_cat_free(fresh[i]);
     }
@@ -340,16 +409,6 @@ static int single_part(const char* v, char* out, size_t cap, const char* const* 
 
 /* ------------------------------------------------------------- the answer */
 
-typedef struct {
-  ath_gwjob_t* job;
-} gw_ref_t;
-
-static void ref_dispose(void* p) {
-  gw_ref_t* r = p;
-  if (r->job != NULL)
-    r->job->req = NULL; /* the client went away: answer nobody */
-}
-
 /* Headers every answer has (GATEWAY §1, §6.6). */
 static void common_headers(h2o_req_t* req, const ath_gwjob_t* j) {
   add(req, "x-request-id", j->request_id, strlen(j->request_id));
@@ -388,69 +447,57 @@ static void send_job(h2o_req_t* req, ath_gwjob_t* j) {
   }
 }
 
-static void on_answers(uv_async_t* h) {
-  ath_gws_t* s = h->data;
-  uv_mutex_lock(&s->mu);
-  ath_gwjob_t* list = s->done;
-  s->done = NULL;
-  uv_mutex_unlock(&s->mu);
-  while (list != NULL) {
-    ath_gwjob_t* j = list;
-    list = j->next;
-    if (j->req != NULL) {
-      ((gw_ref_t*)j->ref)->job = NULL;
-      send_job(j->req, j);
-    }
-    job_free(j);
+typedef struct {
+  ath_gwjob_t* job;
+} gw_ref_t;
+
+static void ref_dispose(void* p) {
+  gw_ref_t* r = p;
+  if (r->job != NULL)
+    r->job->req = NULL; /* the client went away: answer nobody */
+}
+
+static void job_free(ath_gwjob_t* j) {
+  free(j->owned_body);
+  free(j->event);
+  for (int i = 0; i < 3; i++)
+    free(j->hint[i]);
+  ath__buf_free(&j->out);
+  free(j);
+}
+
+ath_gwjob_t* ath__gws_hold(ath_gwjob_t* job, h2o_req_t* req) {
+  ath_gwjob_t* j = malloc(sizeof(*j));
+  if (j == NULL)
+    return NULL;
+  gw_ref_t* ref = h2o_mem_alloc_shared(&req->pool, sizeof(*ref), ref_dispose);
+  *j = *job;
+  j->body = NULL; /* parsed already; h2o's bytes are not kept */
+  j->body_len = 0;
+  ref->job = j;
+  j->ref = ref;
+  j->req = req;
+  /* what job owned is j's now */
+  job->owned_body = job->event = NULL;
+  memset(job->hint, 0, sizeof(job->hint));
+  memset(&job->out, 0, sizeof(job->out));
+  return j;
+}
+
+void ath__gws_finish(ath_gwjob_t* j) {
+  if (j->req != NULL) {
+    ((gw_ref_t*)j->ref)->job = NULL;
+    send_job(j->req, j);
   }
-}
-
-int ath__gws_attach(ath_gws_t* s, uv_loop_t* loop) {
-  int rc = uv_async_init(loop, &s->async, on_answers);
-  if (rc != 0)
-    return rc;
-  s->async.data = s;
-  uv_mutex_lock(&s->mu);
-  s->attached = 1;
-  if (s->done != NULL)
-    uv_async_send(&s->async);
-  uv_mutex_unlock(&s->mu);
-  return 0;
-}
-
-static void on_async_closed(uv_handle_t* h) {
-  free_server(h->data);
+  job_free(j);
 }
 
 void ath__gws_free(ath_gws_t* s) {
-  if (s == NULL)
-    return;
-  stop_threads(s);
-  /* unanswered requests: their connections are being closed with the server */
-  uv_mutex_lock(&s->mu);
-  ath_gwjob_t* all[2] = {s->queue, s->done};
-  s->queue = s->queue_tail = s->done = NULL;
-  uv_mutex_unlock(&s->mu);
-  for (int k = 0; k < 2; k++) {
-    for (ath_gwjob_t* j = all[k]; j;) {
-      ath_gwjob_t* next = j->next;
-      if (j->req != NULL) { /* answered now: the connection can then close */
-        ((gw_ref_t*)j->ref)->job = NULL;
-        if (k == 0)
-          ath__gwjob_error(j, 503, "shutting_down", "the server is shutting down", NULL);
-        send_job(j->req, j);
-      }
-      job_free(j);
-      j = next;
-    }
-  }
-  if (s->attached)
-    uv_close((uv_handle_t*)&s->async, on_async_closed);
-  else
-    free_server(s);
+  if (s != NULL)
+    free_server(s); /* stops the threads first: their connections close */
 }
 
-/* Answers now (on the engine thread) with the error envelope. */
+/* Answers now with the error envelope. */
 static int answer_error(h2o_req_t* req, ath_gwjob_t* base, int status, const char* code, const char* error,
                         const char* extra_name, const char* extra_value) {
   ath__gwjob_error(base, status, code, error, NULL);
@@ -659,9 +706,20 @@ int ath__gws_anonymous(const ath_gws_t* s) {
   return s->cfg.anonymous;
 }
 
-ath_gw_limiter_t* ath__gws_limiter(ath_gws_t* s, double* per_min) {
-  *per_min = s->cfg.auth_fail_per_min;
-  return &s->lim;
+int ath__gws_auth_failure(ath_gws_t* s, const char* ip) {
+  uv_mutex_lock(&s->lim_mu);
+  int wait = ath__gw_auth_failure(&s->lim, ip, s->cfg.auth_fail_per_min);
+  uv_mutex_unlock(&s->lim_mu);
+  return wait;
+}
+
+/* Takes a token from the bucket `name` (made with rate and burst when
+ * new): 0, or the seconds to wait. */
+static int take(ath_gws_t* s, const char* name, double rate, double burst) {
+  uv_mutex_lock(&s->lim_mu);
+  int wait = spend(bucket(&s->lim, name, rate, burst), 1);
+  uv_mutex_unlock(&s->lim_mu);
+  return wait;
 }
 
 /* A refused request that came with a large body: its connection closes
@@ -929,7 +987,7 @@ static char* dupz(const char* s, size_t n) {
   return n ? ath__memdup(s, n) : NULL;
 }
 
-int ath__gws_handle(ath_gws_t* s, h2o_req_t* req) {
+int ath__gws_handle(ath_gws_t* s, ath_gwt_t* t, h2o_req_t* req) {
   const char* p = req->path_normalized.base;
   size_t n = req->path_normalized.len;
   size_t plen = strlen(s->cfg.prefix);
@@ -1016,7 +1074,7 @@ int ath__gws_handle(ath_gws_t* s, h2o_req_t* req) {
   ath__gws_client_ip(s, req, base.ip, sizeof(base.ip));
   char bname[96];
   client_bucket("i:", base.ip, bname, sizeof(bname));
-  int wait = spend(bucket(&s->lim, bname, s->cfg.ip_rate, s->cfg.ip_burst), 1);
+  int wait = take(s, bname, s->cfg.ip_rate, s->cfg.ip_burst);
   if (wait)
     return limited(req, &base, wait);
   if (base.kind == ATH_GWJ_OP) {
@@ -1024,7 +1082,7 @@ int ath__gws_handle(ath_gws_t* s, h2o_req_t* req) {
     int found = ath__gws_authenticate(s->cfg.keys, s->cfg.nkeys, req, &k);
     if (found <= 0 && !(found == 0 && s->cfg.anonymous)) {
       /* failed keys lock the address out; valid keys from it still work */
-      if ((wait = ath__gw_auth_failure(&s->lim, base.ip, s->cfg.auth_fail_per_min)) != 0)
+      if ((wait = ath__gws_auth_failure(s, base.ip)) != 0)
         return limited(req, &base, wait);
       drop_body(req);
       return answer_error(req, &base, 401, found == 0 ? "auth_required" : "invalid_key",
@@ -1034,7 +1092,7 @@ int ath__gws_handle(ath_gws_t* s, h2o_req_t* req) {
     base.rights = base.key ? base.key->rights : s->cfg.anon_rights;
     if (base.key != NULL) {
       snprintf(bname, sizeof(bname), "k:%s", base.key->name);
-      if ((wait = spend(bucket(&s->lim, bname, s->cfg.key_rate, s->cfg.key_burst), 1)) != 0)
+      if ((wait = take(s, bname, s->cfg.key_rate, s->cfg.key_burst)) != 0)
         return limited(req, &base, wait);
     }
     if (!(base.rights & ATH_GW_OP_BIT(base.op)))
@@ -1049,10 +1107,8 @@ int ath__gws_handle(ath_gws_t* s, h2o_req_t* req) {
                           NULL);
   }
 
-  ath_gwjob_t* j = calloc(1, sizeof(*j));
-  if (j == NULL)
-    return answer_error(req, &base, 500, "internal_error", "out of memory", NULL, NULL);
-  *j = base;
+  /* the rest is answered here, on this thread, from h2o's own bytes */
+  ath_gwjob_t* j = &base;
   char v[512];
   size_t vn = header(req, "x-strip-nulls", v, sizeof(v));
   if (vn > 0) {
@@ -1063,12 +1119,14 @@ int ath__gws_handle(ath_gws_t* s, h2o_req_t* req) {
   }
   if (j->kind == ATH_GWJ_OP) {
     if (req->entity.base != NULL && req->entity.len > 0) {
-      j->body = ath__memdup(req->entity.base, req->entity.len);
+      j->body = req->entity.base;
       j->body_len = req->entity.len;
     } else if (get) {
-      j->body = query_body(req, &j->body_len);
+      j->body = j->owned_body = query_body(req, &j->body_len);
+      if (j->body == NULL)
+        return answer_error(req, &base, 500, "internal_error", "out of memory", NULL, NULL);
     } else {
-      j->body = ath__memdup("", 0);
+      j->body = "";
     }
     if ((vn = header(req, "x-publish-event", v, sizeof(v))) > 0 && base.op != ATH_GW_FETCH)
       j->event = dupz(v, vn);
@@ -1076,23 +1134,19 @@ int ath__gws_handle(ath_gws_t* s, h2o_req_t* req) {
     for (int i = 0; i < 3; i++)
       if ((vn = header(req, hints[i], v, sizeof(v))) > 0)
         j->hint[i] = dupz(v, vn);
-    if (j->body == NULL) {
-      job_free(j);
-      return answer_error(req, &base, 500, "internal_error", "out of memory", NULL, NULL);
-    }
   }
-  gw_ref_t* ref = h2o_mem_alloc_shared(&req->pool, sizeof(*ref), ref_dispose);
-  ref->job = j;
-  j->ref = ref;
-  j->req = req;
-  j->started = ath__mono_ns();
-  uv_mutex_lock(&s->mu);
-  if (s->queue_tail)
-    s->queue_tail->next = j;
-  else
-    s->queue = j;
-  s->queue_tail = j;
-  uv_cond_signal(&s->cond);
-  uv_mutex_unlock(&s->mu);
+  j->out = t->spare; /* the last answer's buffer, emptied */
+  j->out.len = 0;
+  memset(&t->spare, 0, sizeof(t->spare));
+  if (ath__gwt_run(t, j, req) != 0)
+    return 1; /* off the loop: answered when done (j's parts were taken over) */
+  send_job(req, j); /* h2o copied the answer: its buffer serves the next one */
+  t->spare = j->out;
+  if (t->spare.cap > ((size_t)1 << 20)) /* a large answer's buffer is not kept */
+    ath__buf_free(&t->spare);
+  free(j->owned_body);
+  free(j->event);
+  for (int i = 0; i < 3; i++)
+    free(j->hint[i]);
   return 1;
 }

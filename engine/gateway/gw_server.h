@@ -1,14 +1,17 @@
-/* The gateway server (GATEWAY.md): the HTTP side runs on the engine loop
- * with the operations surface (engine/http/http.c hands it the gateway routes);
- * requests that touch a database are compiled and executed on the
- * gateway's own threads, each with its own Lua state (for policies) and its
- * own connections, and answered back on the engine loop. Not installed. */
+/* The gateway server (GATEWAY.md): each gateway thread runs its own libuv
+ * loop with an h2o context (engine/http/http.c hands it accepted connections),
+ * and answers every request of its connections where it reads them:
+ * routes, keys, CORS and limits, then the compile, the policies (its own
+ * Lua state) and the SQL on its own connections. A request never crosses
+ * threads. Not installed. */
 #ifndef ATHENA_GW_SERVER_H
 #define ATHENA_GW_SERVER_H
 
 #include <stdint.h>
 #include "gw_plan.h"
 #include "runtime.h"
+
+typedef struct ath_http_s ath_http_t;
 
 /* Rights (GATEWAY §6.3), one bit per operation; the operations surface's
  * (docs/operations.md) beside them. */
@@ -62,7 +65,8 @@ typedef struct {
 typedef struct ath_gws_s ath_gws_t;
 
 /* Token buckets by name (gw_server.c), least recently used first out.
- * Engine thread only. Zeroed is empty. */
+ * Not locked: one thread at a time (the server's buckets are behind its
+ * lim_mu). Zeroed is empty. */
 typedef struct {
   struct ath_gw_bucket_s* buckets;
   uint32_t* bucket_heads;    /* hash chains, bucket_cap of them */
@@ -89,18 +93,32 @@ int ath__gws_new(ath_world_t* w, ath_gws_config_t* cfg, ath_gws_t** out, char* e
 /* Re-reads every database's catalog (SIGHUP). Returns 0 or an error. */
 int ath__gws_refresh(ath_gws_t* s, char* err, size_t errlen);
 
-/* Engine thread: binds the server's answers to `loop` (once, before the
- * first request). */
-int ath__gws_attach(ath_gws_t* s, uv_loop_t* loop);
+/* Engine thread: has every gateway thread open its HTTP loop on
+ * listener `h` (ath__http_loop_open) and returns once they all have: 0, or
+ * an error with err set. The loops are then ath__gws_loop(s, i) for i in
+ * [0, ath__gws_nthreads(s)). */
+struct ath_http_loop_s;
+int ath__gws_serve(ath_gws_t* s, ath_http_t* h, char* err, size_t errlen);
+int ath__gws_nthreads(const ath_gws_t* s);
+struct ath_http_loop_s* ath__gws_loop(ath_gws_t* s, int i);
 
-/* Engine thread: stops the threads, drops unanswered requests and frees
- * the server. */
+/* Engine thread: stops the threads (each closes its HTTP loop, its
+ * connections then close) and frees the server. */
 void ath__gws_free(ath_gws_t* s);
 
-/* Engine thread: answers `req` if its path is a gateway route (returns 1),
- * else returns 0 (the operations surface takes it). */
+/* Gateway thread t: answers `req` if its path is a gateway route (returns
+ * 1), else returns 0 (the operations surface takes it). */
 struct st_h2o_req_t;
-int ath__gws_handle(ath_gws_t* s, struct st_h2o_req_t* req);
+typedef struct ath_gwt_s ath_gwt_t;
+int ath__gws_handle(ath_gws_t* s, ath_gwt_t* t, struct st_h2o_req_t* req);
+
+/* http.c, on gateway thread t: serves connections handed to the returned
+ * loop (ath__http_loop_give) with h's routes on `loop`. NULL when out of
+ * memory. ath__http_loop_close, on the same thread, closes it; its
+ * connections close (idle ones at once, busy ones after a grace second)
+ * and it frees itself, so that the thread's uv_run returns. */
+struct ath_http_loop_s* ath__http_loop_open(ath_http_t* h, uv_loop_t* loop, ath_gwt_t* t, int index);
+void ath__http_loop_close(struct ath_http_loop_s* l);
 
 /* Engine thread: the presented key (GATEWAY §2) among keys[0..n): 1
  * found (its index in *out), 0 none presented, -1 unknown. Compares with
@@ -112,8 +130,9 @@ int ath__gws_authenticate(const ath_gws_key_t* keys, int n, struct st_h2o_req_t*
 void ath__gws_client_ip(const ath_gws_t* s, struct st_h2o_req_t* req, char* out, size_t cap);
 /* Whether requests without a key are served (anonymous rights). */
 int ath__gws_anonymous(const ath_gws_t* s);
-/* The server's buckets, and its authFailures per minute. */
-ath_gw_limiter_t* ath__gws_limiter(ath_gws_t* s, double* per_min);
+/* Counts a failed key from `ip` on the server's buckets (any thread);
+ * returns 0 or the seconds to wait (answer 429). */
+int ath__gws_auth_failure(ath_gws_t* s, const char* ip);
 
 /* Appends to *keys (n entries, grown) a copy of each of the server's keys
  * (name, hash, rights) for the operations surface, which answers 403 to
@@ -158,15 +177,15 @@ int ath__gws_names(const ath_gw_table_t* t, const char* want, ath_gw_dialect_t d
  * policy, operations and hidden columns. Returns 0 otherwise. */
 int ath__gws_check_tables(const ath_gws_config_t* cfg, char* err, size_t errlen);
 
-/* A request handed to a gateway thread, and its answer. */
+/* A request on its gateway thread, and its answer. */
 typedef struct ath_gwjob_s ath_gwjob_t;
 struct ath_gwjob_s {
-  ath_gwjob_t* next;
-  /* the request (engine thread fills it, the gateway thread reads it) */
+  /* the request (ath__gws_handle fills it, ath__gwt_run reads it) */
   int kind;                  /* ATH_GWJ_OP or ATH_GWJ_HEALTH */
   ath_gw_op_t op;
-  char* body;                /* owned; NUL-terminated */
+  const char* body;          /* the request's bytes (h2o's or owned_body) */
   size_t body_len;
+  char* owned_body;          /* GET: the query parameters as a body */
   int strip_header;          /* X-Strip-Nulls: -1 absent, 0, 1 */
   const ath_gws_key_t* key;  /* NULL: anonymous */
   unsigned rights;
@@ -181,18 +200,26 @@ struct ath_gwjob_s {
   size_t out_off;
   int64_t limit_header;      /* > 0: x-athena-limit */
   char event_id[200];        /* x-athena-event-id, or "" */
-  /* engine thread only */
-  struct st_h2o_req_t* req;  /* NULL once the client went away */
-  void* ref;                 /* the request's link to this job */
   int cors;                  /* echo the allowed origin */
   char origin[256];
-  uint64_t started;          /* monotonic ns, for the log */
+  /* held jobs (off the loop) */
+  struct st_h2o_req_t* req;  /* NULL once the client went away */
+  void* ref;                 /* the request's link to this job */
 };
 enum { ATH_GWJ_OP = 0, ATH_GWJ_HEALTH };
 
-/* Runs one job on a gateway thread (gw_exec.c). */
-typedef struct ath_gwt_s ath_gwt_t;
-void ath__gwt_run(ath_gwt_t* t, ath_gwjob_t* job);
+/* Runs one job on gateway thread t (gw_exec.c): returns 0 with the
+ * answer in job, or 1 when its statements went off the loop (PostgreSQL,
+ * SQLite mutations; req not NULL): job was then taken over
+ * (ath__gws_hold) and is answered later on t's loop (ath__gws_finish). */
+int ath__gwt_run(ath_gwt_t* t, ath_gwjob_t* job, struct st_h2o_req_t* req);
+/* gw_server.c: a heap copy of job that takes over what it owns (job keeps
+ * nothing to free), answered on req when it is done unless the client
+ * went away first. NULL when out of memory (job unchanged). */
+ath_gwjob_t* ath__gws_hold(ath_gwjob_t* job, struct st_h2o_req_t* req);
+/* gw_server.c, on the job's gateway thread: answers a held job (if its
+ * client is still there) and frees it. */
+void ath__gws_finish(ath_gwjob_t* job);
 /* Creates and frees a thread's private state (its Lua state loads the
  * policies). Called on that thread. */
 int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen);
@@ -210,37 +237,53 @@ void ath__gwt_push_json(lua_State* L, const ath_gj_t* v);
 void ath__gwjob_error(ath_gwjob_t* job, int status, const char* code, const char* error,
                       const char* hint);
 
+/* A connection of a gateway thread (gw_exec.c), with its statement's
+ * deadline. */
+typedef struct ath_gwconn_s ath_gwconn_t;
+struct ath_gwconn_s {
+  ath_db_t* db;              /* opened on first use */
+  int prepared;              /* set up (pragmas, statement_timeout) */
+  int writer;                /* SQLite: for mutations only (no memory map) */
+  uint64_t deadline;         /* the running statement's, monotonic ns */
+  ath_gwconn_t* next;        /* idle list */
+};
+typedef struct ath_gwtask_s ath_gwtask_t;
+
 struct ath_gwt_s {
   ath_gws_t* s;
   uv_thread_t tid;
   int index;
+  uv_loop_t loop;            /* the thread's loop: its HTTP connections */
+  uv_async_t wake;           /* cmd is set */
+  int cmd;                   /* GWT_OPEN, GWT_STOP (under s->mu) */
+  int opened;                /* 1 open, -1 failed (under s->mu) */
+  ath_http_t* http;          /* the listener GWT_OPEN serves */
+  struct ath_http_loop_s* hl; /* this thread's HTTP loop, or NULL */
+  ath_buf_t spare;           /* an answer buffer kept between requests */
   lua_State* L;              /* policies */
   int policy_ref;            /* the global policy, or LUA_NOREF */
   int tables_ref;            /* table name -> policy function */
   int load_failed;           /* the config file did not load: policies fail closed */
-  ath_db_t** dbs;            /* one lazily opened connection per database */
-  int* prepared;             /* per database: connection set up (pragmas) */
-  uint64_t deadline;         /* the running statement's, monotonic ns */
+  ath_gwconn_t* conns;       /* per database: the thread's own connection */
+  ath_gwconn_t** idle;       /* per database: idle off-loop connections */
+  int* nmade;                /* per database: off-loop connections made */
+  ath_gwtask_t* waiting;     /* off-loop requests waiting for a connection */
+  uint64_t deadline;         /* the running policy's, monotonic ns */
   size_t heap;               /* bytes in L's heap (policy_alloc) */
 };
 
 struct ath_gws_s {
   ath_world_t* w;
   ath_gws_config_t cfg;
-  uv_mutex_t mu;             /* guards the queues and the catalogs */
+  uv_mutex_t mu;             /* guards the threads' commands and states */
   uv_cond_t cond;
-  ath_gwjob_t* queue;        /* waiting requests, FIFO */
-  ath_gwjob_t* queue_tail;
-  ath_gwjob_t* done;         /* answered, for the engine thread */
-  int stop;
   int ready;                 /* threads that finished ath__gwt_init */
-  ath_gws_cat_t** cats;      /* current catalog per database */
+  ath_gws_cat_t** cats;      /* current catalog per database (atomic pointers) */
   uv_mutex_t* writers;       /* per database: SQLite writers take turns */
   ath_gwt_t* threads;
   int nthreads;
-  uv_async_t async;          /* engine loop: answers are ready */
-  int attached;
-  ath_gw_limiter_t lim;      /* engine thread only: rate limiting (§6.9) */
+  uv_mutex_t lim_mu;         /* guards lim */
+  ath_gw_limiter_t lim;      /* rate limiting (§6.9), shared by the threads */
 };
 
 #endif

@@ -16,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -27,38 +29,63 @@
 extern const char ath__dashboard_html[];
 extern const size_t ath__dashboard_html_len;
 
-/* A connection's handle and its server. */
+/* A connection's handle and its loop. */
 typedef struct conn_s {
   uv_tcp_t tcp;
-  struct ath_http_s* h;
+  struct ath_http_loop_s* l;
   h2o_socket_t* sock;         /* h2o's socket over tcp */
-  struct conn_s *prev, *next; /* the server's open connections */
+  struct conn_s *prev, *next; /* the loop's open connections */
   int shed;                   /* shut down (buffer cap, HTTP/2 stream rate) */
   int vetted;                 /* the body being read had its head checked */
   uint64_t h2_window;         /* HTTP/2: loop ms the current second began */
   uint32_t h2_streams;        /* HTTP/2: requests in it */
 } conn_t;
 
+/* One loop serving connections: the engine loop (index 0), or a gateway
+ * thread's (index i > 0), which answers its requests itself. Each has its
+ * own h2o context over the listener's shared configuration. */
+typedef struct ath_http_loop_s {
+  struct ath_http_s* h;
+  int index;
+  ath_gwt_t* gwt;      /* the gateway thread running it, or NULL */
+  h2o_context_t ctx;
+  h2o_accept_ctx_t accept;
+  uv_check_t check;    /* after each poll: the buffered-bytes cap */
+  uv_async_t inbox;    /* gateway loops: connections handed over */
+  uv_timer_t grace;    /* closing: busy connections are shut down after it */
+  uv_mutex_t mu;       /* guards fds */
+  uv_os_sock_t* fds;   /* accepted sockets handed over, not yet served */
+  size_t nfds, capfds;
+  conn_t* conns;       /* open connections */
+  int nconns;          /* open connections: the context outlives them */
+  int handles;         /* open handles of our own (check, inbox, grace) */
+  int closing;         /* 1 closing, 2 closed: dispose with the last one */
+  size_t last_total;   /* bytes buffered at the last check */
+  size_t freed;        /* bytes let go of since the last trim */
+  uint64_t trimmed;    /* loop time (ms) of the last trim */
+} http_loop_t;
+
+#define MAX_LOOPS 65 /* the engine loop and up to 64 gateway threads */
+
 struct ath_http_s {
   ath_world_t* w;
   h2o_globalconf_t config;
-  h2o_context_t ctx;
-  h2o_accept_ctx_t accept;
-  uv_tcp_t listener;
-  uv_check_t check;    /* after each poll: the buffered-bytes cap */
+  http_loop_t main;    /* the engine loop's */
+  uv_tcp_t listener;   /* without gateway threads */
+  int threaded;        /* the gateway threads serve every connection */
+  int nloops;          /* gateway loops, in loops[1..nloops] */
+  http_loop_t* loops[MAX_LOOPS];
+  unsigned next_loop;  /* round robin over the gateway loops */
+  /* per loop: bytes its connections buffer, and the most one of them
+   * does, as of its last check (the cap is over all loops) */
+  size_t buffered[MAX_LOOPS], biggest[MAX_LOOPS];
   ath_serve_opts_t o;  /* flags, gateway, keys, hosts, caps */
   ath_gws_t* gws;      /* o.gws */
   int need_key;        /* the operations surface needs a key */
   char** hosts;        /* the allowed Host names (o.allowed_hosts or the default), NULL: any */
-  conn_t* conns;       /* open connections */
-  int nconns;          /* open connections: the context outlives them */
-  int handles;         /* open handles of our own (listener, check) */
+  int handles;         /* open handles of our own (the listener) */
   int closing;         /* the listener is closed (or closing) */
   ath_gw_limiter_t lim; /* failed keys per address, without a gateway */
-  uint64_t shed;       /* connections shut down by the buffer cap */
-  size_t last_total;   /* bytes buffered at the last check */
-  size_t freed;        /* bytes let go of since the last trim */
-  uint64_t trimmed;    /* loop time (ms) of the last trim */
 };
 
 void ath__serve_opts_free(ath_serve_opts_t* o) {
@@ -73,12 +100,16 @@ void ath__serve_opts_free(ath_serve_opts_t* o) {
   o->allowed_hosts = NULL;
 }
 
-static void dispose(ath_http_t* h) {
+static void dispose_ctx(h2o_context_t* ctx) {
   /* h2o 2.2 links an HTTP/2 GOAWAY resend into a context timeout when
    * shutdown is requested, and dispose asserts every timeout is empty */
-  if (h2o_timeout_is_linked(&h->ctx.http2._graceful_shutdown_timeout))
-    h2o_timeout_unlink(&h->ctx.http2._graceful_shutdown_timeout);
-  h2o_context_dispose(&h->ctx);
+  if (h2o_timeout_is_linked(&ctx->http2._graceful_shutdown_timeout))
+    h2o_timeout_unlink(&ctx->http2._graceful_shutdown_timeout);
+  h2o_context_dispose(ctx);
+}
+
+static void dispose(ath_http_t* h) {
+  dispose_ctx(&h->main.ctx);
   h2o_config_dispose(&h->config);
   ath__serve_opts_free(&h->o);
   ath__strv_free(h->hosts);
@@ -550,7 +581,6 @@ static size_t conn_buffered(const conn_t* c) {
 static void shed(conn_t* c) {
   uv_os_fd_t fd;
   c->shed = 1;
-  c->h->shed++;
   if (uv_fileno((uv_handle_t*)&c->tcp, &fd) == 0)
     shutdown(fd, SHUT_RDWR);
 }
@@ -592,33 +622,57 @@ static int vet(ath_http_t* h, conn_t* c) {
   return 1;
 }
 
+/* The cap is over every loop's connections: each loop publishes what its
+ * connections hold and sheds its own biggest while the total is over and
+ * no other loop holds a bigger one (that loop sheds it at its own check). */
 static void on_check(uv_check_t* check) {
-  ath_http_t* h = check->data;
-  size_t total = 0;
-  for (conn_t* c = h->conns; c; c = c->next)
-    if (!c->shed && c->sock != NULL && !vet(h, c))
-      total += conn_buffered(c);
+  http_loop_t* l = check->data;
+  ath_http_t* h = l->h;
+  size_t total = 0, big_size = 0;
+  conn_t* big = NULL;
+  for (conn_t* c = l->conns; c; c = c->next)
+    if (!c->shed && c->sock != NULL && !vet(h, c)) {
+      size_t n = conn_buffered(c);
+      total += n;
+      if (big == NULL || n > big_size) {
+        big = c;
+        big_size = n;
+      }
+    }
 #ifdef __GLIBC__
   /* large buffers freed stay in malloc's arenas: once 16 MiB have been
    * let go of, hand them back to the system, at most once a second */
-  if (total < h->last_total)
-    h->freed += h->last_total - total;
-  h->last_total = total;
-  if (h->freed >= ((size_t)16 << 20) && uv_now(check->loop) - h->trimmed >= 1000) {
+  if (total < l->last_total)
+    l->freed += l->last_total - total;
+  l->last_total = total;
+  if (l->freed >= ((size_t)16 << 20) && uv_now(check->loop) - l->trimmed >= 1000) {
     malloc_trim(0);
-    h->trimmed = uv_now(check->loop);
-    h->freed = 0;
+    l->trimmed = uv_now(check->loop);
+    l->freed = 0;
   }
 #endif
-  while (total > h->o.max_buffered) {
-    conn_t* big = NULL;
-    for (conn_t* c = h->conns; c; c = c->next)
-      if (!c->shed && (big == NULL || conn_buffered(c) > conn_buffered(big)))
-        big = c;
-    if (big == NULL)
+  for (;;) {
+    __atomic_store_n(&h->buffered[l->index], total, __ATOMIC_RELAXED);
+    __atomic_store_n(&h->biggest[l->index], big_size, __ATOMIC_RELAXED);
+    size_t all = total, other_big = 0;
+    for (int i = 0; i <= h->nloops; i++) {
+      if (i == l->index)
+        continue;
+      all += __atomic_load_n(&h->buffered[i], __ATOMIC_RELAXED);
+      size_t b = __atomic_load_n(&h->biggest[i], __ATOMIC_RELAXED);
+      other_big = b > other_big ? b : other_big;
+    }
+    if (all <= h->o.max_buffered || big == NULL || big_size < other_big)
       break;
-    total -= conn_buffered(big);
+    total -= big_size;
     shed(big);
+    big = NULL;
+    big_size = 0;
+    for (conn_t* c = l->conns; c; c = c->next)
+      if (!c->shed && c->sock != NULL && (big == NULL || conn_buffered(c) > big_size)) {
+        big = c;
+        big_size = conn_buffered(c);
+      }
   }
 }
 
@@ -702,11 +756,9 @@ static int ops_key(ath_http_t* h, h2o_req_t* req, unsigned right) {
     /* failures count against the address as on the gateway (with its
      * buckets and authFailures when there is one): a locked-out address
      * gets 429, and valid keys from it still work */
-    double per_min = 10;
-    ath_gw_limiter_t* lim = h->gws != NULL ? ath__gws_limiter(h->gws, &per_min) : &h->lim;
     char ip[64];
     ath__gws_client_ip(h->gws, req, ip, sizeof(ip));
-    int wait = ath__gw_auth_failure(lim, ip, per_min);
+    int wait = h->gws != NULL ? ath__gws_auth_failure(h->gws, ip) : ath__gw_auth_failure(&h->lim, ip, 10);
     if (wait) {
       char v[16];
       int n = snprintf(v, sizeof(v), "%d", wait);
@@ -773,9 +825,9 @@ static int h2_flood(ath_http_t* h, h2o_req_t* req) {
     return 0;
   h2o_socket_t* sock = req->conn->callbacks->get_socket(req->conn);
   conn_t* c = sock != NULL ? sock->on_close.data : NULL;
-  if (c == NULL || c->h != h)
+  if (c == NULL || c->l->h != h)
     return 0;
-  uint64_t now = uv_now(h->ctx.loop);
+  uint64_t now = uv_now(c->l->ctx.loop);
   if (now - c->h2_window >= 1000) {
     c->h2_window = now;
     c->h2_streams = 0;
@@ -790,6 +842,7 @@ static int h2_flood(ath_http_t* h, h2o_req_t* req) {
 
 static int on_req(h2o_handler_t* self, h2o_req_t* req) {
   ath_http_t* h = *(ath_http_t**)(self + 1);
+  http_loop_t* l = H2O_STRUCT_FROM_MEMBER(http_loop_t, ctx, req->conn->ctx);
   ath_world_t* w = h->w;
   if (h2_flood(h, req))
     return 0;
@@ -801,8 +854,8 @@ static int on_req(h2o_handler_t* self, h2o_req_t* req) {
   int host_ok = host_allowed(h, req);
   if (!host_ok && h->o.allowed_hosts != NULL)
     return misdirected(req); /* configured: every route */
-  if (h->gws != NULL && ath__gws_handle(h->gws, req))
-    return 0; /* a gateway route (GATEWAY.md): keep-alive, answered there */
+  if (h->gws != NULL && l->gwt != NULL && ath__gws_handle(h->gws, l->gwt, req))
+    return 0; /* a gateway route (GATEWAY.md): keep-alive, answered on this thread */
   req->http1_is_persistent = 0;
   if (!host_ok)
     return misdirected(req);
@@ -847,47 +900,199 @@ static int on_req(h2o_handler_t* self, h2o_req_t* req) {
   return respond_error(req, 404, "Not Found", ATH_ENOTFOUND, "no such route");
 }
 
-static void release(ath_http_t* h) {
-  if (h->closing == 2 && h->nconns == 0 && h->handles == 0)
-    dispose(h); /* the last connection or handle of a stopped server */
+static void release(http_loop_t* l);
+
+static void on_loop_handle_closed(uv_handle_t* handle) {
+  http_loop_t* l = handle->data;
+  l->handles--;
+  release(l);
+}
+
+/* Frees a stopped loop once its last connection and handle closed: the
+ * engine loop's frees the server; a gateway loop's first ends its grace
+ * timer. */
+static void release(http_loop_t* l) {
+  if (l->index == 0) {
+    ath_http_t* h = l->h;
+    if (h->closing == 2 && l->nconns == 0 && l->handles == 0 && h->handles == 0)
+      dispose(h); /* the last connection or handle of a stopped server */
+    return;
+  }
+  if (l->closing != 1 || l->nconns > 0)
+    return;
+  if (!uv_is_closing((uv_handle_t*)&l->grace)) {
+    uv_close((uv_handle_t*)&l->grace, on_loop_handle_closed);
+    return;
+  }
+  if (l->handles > 0)
+    return;
+  l->closing = 2;
+  dispose_ctx(&l->ctx);
+  uv_mutex_destroy(&l->mu);
+  free(l->fds);
+  free(l);
 }
 
 static void on_close_conn(uv_handle_t* handle) {
   conn_t* c = (conn_t*)handle;
-  ath_http_t* h = c->h;
+  http_loop_t* l = c->l;
   if (c->prev)
     c->prev->next = c->next;
   else
-    h->conns = c->next;
+    l->conns = c->next;
   if (c->next)
     c->next->prev = c->prev;
   free(c);
-  h->nconns--;
-  release(h);
+  l->nconns--;
+  release(l);
+}
+
+/* A new connection on loop l, over the accepted socket fd (or, fd < 0,
+ * accepted from listener now). */
+static void serve_conn(http_loop_t* l, uv_stream_t* listener, uv_os_sock_t fd) {
+  conn_t* c = calloc(1, sizeof(*c));
+  if (c == NULL) {
+    if (fd >= 0)
+      close(fd);
+    return;
+  }
+  c->l = l;
+  c->next = l->conns;
+  if (l->conns)
+    l->conns->prev = c;
+  l->conns = c;
+  l->nconns++;
+  uv_tcp_t* conn = &c->tcp;
+  uv_tcp_init(l->ctx.loop, conn);
+  if ((fd >= 0 ? uv_tcp_open(conn, fd) : uv_accept(listener, (uv_stream_t*)conn)) != 0) {
+    if (fd >= 0)
+      close(fd);
+    uv_close((uv_handle_t*)conn, on_close_conn);
+    return;
+  }
+  c->sock = h2o_uv_socket_create((uv_stream_t*)conn, (uv_close_cb)on_close_conn);
+  c->sock->on_close.data = c; /* the owner's field (no callback): h2_flood finds c */
+  h2o_accept(&l->accept, c->sock);
+}
+
+static void on_tmp_closed(uv_handle_t* handle) {
+  free(handle);
+}
+
+/* With gateway threads the engine only accepts: each connection goes to
+ * the next gateway loop, which serves all of its requests. */
+static void hand_over(ath_http_t* h, uv_stream_t* listener) {
+  uv_tcp_t* tmp = malloc(sizeof(*tmp));
+  if (tmp == NULL)
+    return;
+  uv_tcp_init(listener->loop, tmp);
+  uv_os_fd_t fd;
+  int dup = -1;
+  if (uv_accept(listener, (uv_stream_t*)tmp) == 0 && uv_fileno((uv_handle_t*)tmp, &fd) == 0)
+    dup = fcntl(fd, F_DUPFD_CLOEXEC, 0); /* this one outlives tmp's close */
+  uv_close((uv_handle_t*)tmp, on_tmp_closed);
+  if (dup < 0)
+    return;
+  http_loop_t* l = h->loops[1 + h->next_loop++ % (unsigned)h->nloops];
+  uv_mutex_lock(&l->mu);
+  if (l->nfds == l->capfds) {
+    size_t cap = l->capfds ? l->capfds * 2 : 16;
+    uv_os_sock_t* grown = realloc(l->fds, cap * sizeof(*grown));
+    if (grown == NULL) {
+      uv_mutex_unlock(&l->mu);
+      close(dup);
+      return;
+    }
+    l->fds = grown;
+    l->capfds = cap;
+  }
+  l->fds[l->nfds++] = dup;
+  uv_mutex_unlock(&l->mu);
+  uv_async_send(&l->inbox);
 }
 
 static void on_accept(uv_stream_t* listener, int status) {
   ath_http_t* h = listener->data;
   if (status != 0)
     return;
-  conn_t* c = calloc(1, sizeof(*c));
-  if (c == NULL)
-    return;
-  c->h = h;
-  c->next = h->conns;
-  if (h->conns)
-    h->conns->prev = c;
-  h->conns = c;
-  h->nconns++;
-  uv_tcp_t* conn = &c->tcp;
-  uv_tcp_init(listener->loop, conn);
-  if (uv_accept(listener, (uv_stream_t*)conn) != 0) {
-    uv_close((uv_handle_t*)conn, on_close_conn);
-    return;
-  }
-  c->sock = h2o_uv_socket_create((uv_stream_t*)conn, (uv_close_cb)on_close_conn);
-  c->sock->on_close.data = c; /* the owner's field (no callback): h2_flood finds c */
-  h2o_accept(&h->accept, c->sock);
+  if (h->threaded)
+    hand_over(h, listener);
+  else
+    serve_conn(&h->main, listener, -1);
+}
+
+/* A gateway loop: the connections the engine handed over. */
+static void on_inbox(uv_async_t* a) {
+  http_loop_t* l = a->data;
+  uv_mutex_lock(&l->mu);
+  size_t n = l->nfds;
+  uv_os_sock_t some[64];
+  if (n > 64)
+    n = 64;
+  memcpy(some, l->fds, n * sizeof(*some));
+  memmove(l->fds, l->fds + n, (l->nfds - n) * sizeof(*some));
+  l->nfds -= n;
+  int more = l->nfds > 0;
+  uv_mutex_unlock(&l->mu);
+  for (size_t i = 0; i < n; i++)
+    serve_conn(l, NULL, some[i]);
+  if (more)
+    uv_async_send(a);
+}
+
+static void loop_init(http_loop_t* l, ath_http_t* h, uv_loop_t* loop, ath_gwt_t* t, int index) {
+  l->h = h;
+  l->index = index;
+  l->gwt = t;
+  h2o_context_init(&l->ctx, loop, &h->config);
+  l->accept.ctx = &l->ctx;
+  l->accept.hosts = h->config.hosts;
+  uv_check_init(loop, &l->check);
+  l->check.data = l;
+  uv_check_start(&l->check, on_check);
+  l->handles = 1;
+}
+
+http_loop_t* ath__http_loop_open(ath_http_t* h, uv_loop_t* loop, ath_gwt_t* t, int index) {
+  if (index <= 0 || index >= MAX_LOOPS)
+    return NULL;
+  http_loop_t* l = calloc(1, sizeof(*l));
+  if (l == NULL)
+    return NULL;
+  loop_init(l, h, loop, t, index);
+  uv_mutex_init(&l->mu);
+  uv_async_init(loop, &l->inbox, on_inbox);
+  l->inbox.data = l;
+  uv_timer_init(loop, &l->grace);
+  l->grace.data = l;
+  l->handles = 3;
+  return l;
+}
+
+static void on_grace(uv_timer_t* timer) {
+  http_loop_t* l = timer->data;
+  for (conn_t* c = l->conns; c; c = c->next)
+    if (!c->shed)
+      shed(c); /* h2o reads EOF and closes it */
+  uv_close((uv_handle_t*)timer, on_loop_handle_closed);
+}
+
+#define GRACE_MS 1000 /* stopping: how long an answer being written may take */
+
+void ath__http_loop_close(http_loop_t* l) {
+  l->closing = 1;
+  uv_mutex_lock(&l->mu);
+  for (size_t i = 0; i < l->nfds; i++)
+    close(l->fds[i]); /* handed over, never served */
+  l->nfds = 0;
+  uv_mutex_unlock(&l->mu);
+  uv_close((uv_handle_t*)&l->inbox, on_loop_handle_closed);
+  uv_close((uv_handle_t*)&l->check, on_loop_handle_closed);
+  h2o_context_request_shutdown(&l->ctx); /* idle keep-alive connections close */
+  if (l->nconns > 0)
+    uv_timer_start(&l->grace, on_grace, GRACE_MS, 0);
+  else
+    uv_close((uv_handle_t*)&l->grace, on_loop_handle_closed);
 }
 
 static void free_server(uv_handle_t* handle) {
@@ -974,26 +1179,30 @@ int ath__http_start(ath_world_t* w, const char* host, int port, ath_serve_opts_t
   h->config.server_name = h2o_iovec_init(H2O_STRLIT("athena")); /* no version */
   h->config.http1.upgrade_to_http2 = h->o.http2 > 0;
   h->config.max_request_entity_size = 64 * 1024; /* the operations surface takes no bodies */
-  if (h->gws != NULL) {
+  if (h->gws != NULL)
     h->config.max_request_entity_size = ath__gws_body_cap(h->gws);
-    if (ath__gws_attach(h->gws, &w->eloop) != 0) {
-      snprintf(err, errlen, "%s", "cannot start the gateway's answer handle");
-      ath__gws_free(h->gws);
-      h->gws = h->o.gws = NULL;
-    }
-  }
   h2o_hostconf_t* hc = h2o_config_register_host(&h->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
   h2o_pathconf_t* pc = h2o_config_register_path(hc, "/", 0);
   h2o_handler_t* handler = h2o_create_handler(pc, sizeof(*handler) + sizeof(ath_http_t*));
   *(ath_http_t**)(handler + 1) = h;
   handler->on_req = on_req;
-  h2o_context_init(&h->ctx, &w->eloop, &h->config);
-  h->accept.ctx = &h->ctx;
-  h->accept.hosts = h->config.hosts;
-  uv_check_init(&w->eloop, &h->check);
-  h->check.data = h;
-  uv_check_start(&h->check, on_check);
-  h->handles = 2;
+  loop_init(&h->main, h, &w->eloop, NULL, 0);
+  h->loops[0] = &h->main;
+  h->handles = 1;
+  if (h->gws != NULL) {
+    /* the gateway threads serve every connection, each on its own loop */
+    int n = ath__gws_nthreads(h->gws);
+    h->nloops = n < MAX_LOOPS ? n : MAX_LOOPS - 1;
+    if (ath__gws_serve(h->gws, h, err, errlen) != 0) {
+      ath__gws_free(h->gws);
+      h->gws = h->o.gws = NULL;
+      h->nloops = 0;
+    } else {
+      for (int i = 0; i < h->nloops; i++)
+        h->loops[i + 1] = ath__gws_loop(h->gws, i);
+      h->threaded = h->nloops > 0;
+    }
+  }
   *out = h;
   return 0;
 }
@@ -1002,14 +1211,25 @@ static void on_handle_closed(uv_handle_t* handle) {
   ath_http_t* h = handle->data;
   h->closing = 2;
   h->handles--;
-  release(h);
+  release(&h->main);
+}
+
+static void on_main_check_closed(uv_handle_t* handle) {
+  http_loop_t* l = handle->data;
+  l->h->closing = 2;
+  l->handles--;
+  release(l);
 }
 
 void ath__http_stop(ath_http_t* h) {
-  ath__gws_free(h->gws); /* its threads stop; waiting requests get 503 */
-  h->gws = h->o.gws = NULL;
   h->closing = 1;
-  h2o_context_request_shutdown(&h->ctx); /* idle keep-alive connections close */
-  uv_close((uv_handle_t*)&h->listener, on_handle_closed);
-  uv_close((uv_handle_t*)&h->check, on_handle_closed);
+  uv_close((uv_handle_t*)&h->listener, on_handle_closed); /* nothing more is handed over */
+  /* the gateway threads close their loops: idle connections at once, busy
+   * ones after a grace second */
+  ath__gws_free(h->gws);
+  h->gws = h->o.gws = NULL;
+  h->threaded = 0;
+  h->nloops = 0;
+  h2o_context_request_shutdown(&h->main.ctx); /* idle keep-alive connections close */
+  uv_close((uv_handle_t*)&h->main.check, on_main_check_closed);
 }

@@ -167,6 +167,18 @@ describe("conn:query and conn:exec (PostgreSQL)", function()
     assert.equals(1, r.changes)
   end)
 
+  it("runs a statement again after its columns change type (prepared once per session)", function()
+    assert(db:exec("drop table if exists reshaped; create table reshaped (id int primary key, v int)"))
+    assert(db:exec("insert into reshaped values (1, 7)"))
+    local q = "select v from reshaped where id = ?"
+    assert.same({ { v = 7 } }, db:query(q, 1))
+    assert.same({ { v = 7 } }, db:query(q, 1)) -- the prepared statement
+    assert(db:exec("alter table reshaped alter column v type text"))
+    assert.same({ { v = "7" } }, db:query(q, 1))
+    assert(db:exec("alter table reshaped alter column v type int using v::int"))
+    assert.same({ { v = 7 } }, db:query(q, 1))
+  end)
+
   it("maps errors to codes with the SQLSTATE", function()
     local function fails(code, state, sql, ...)
       local r, err = db:exec(sql, ...)

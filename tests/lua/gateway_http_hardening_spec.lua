@@ -469,6 +469,32 @@ describe("rate limits", function()
     assert.equals(429, (fetch(s.url, "::ffff:10.2.2.2", "wrong")))
   end)
 
+  -- Connections are handed to the gateway threads in turn, so two opened
+  -- one after the other are answered by different threads: a lockout
+  -- counted per thread would let 2 x authFailures guesses through.
+  local TWO_CONNS = [[
+import http.client, sys
+a = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+b = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+a.connect(); b.connect()
+def fetch(c, key):
+    h = {"Content-Type": "application/json", "X-Forwarded-For": "10.4.4.4"}
+    if key: h["apikey"] = key
+    c.request("POST", "/gateway/fetch", body='{"table_name":"users"}', headers=h)
+    r = c.getresponse(); r.read()
+    return str(r.status)
+print(" ".join([fetch(a, "wrong"), fetch(b, "wrong"), fetch(a, "wrong"), fetch(b, "wrong"),
+                fetch(a, "wrong"), fetch(b, "GW"), fetch(a, "GW")]))
+]]
+
+  it("failed keys count across the gateway threads: one lockout whichever thread answers", function()
+    local w = started()
+    local s = w:serve { port = 0, gateway = gateway { threads = 2, trustedProxies = { "127.0.0.1" },
+      rateLimits = { authFailures = 3, ip = { rate = 1000, burst = 1000 } } } }
+    local lines = python(TWO_CONNS, port_of(s.url))
+    assert.equals("401 401 401 429 429 200 200", lines[1])
+  end)
+
   it("valid keys keep working from a locked-out address; failed ones stay locked out", function()
     local s = served()
     lock_out(s.url, "10.3.3.3")
