@@ -46,7 +46,9 @@ static int wf_append(lua_State* L) {
 
 /* core.wfSpawn(name, input, id, opts) -> id: starts `name` as a task the
  * workflow owns (idempotent by id, SEMANTICS §5.3). opts: taskQueue,
- * priority, delay, failureStrategy (a name). */
+ * priority, delay, failureStrategy (a name), limits (per-call timeout,
+ * scheduleToClose, heartbeatTimeout in ms and retry, as workflow.lua
+ * normalised them). */
 static int wf_spawn(lua_State* L) {
   ath_task_t* t = check_workflow(L);
   const char* name = luaL_checkstring(L, 1);
@@ -66,14 +68,27 @@ static int wf_spawn(lua_State* L) {
     o.delay_ms = ath__checkduration(L, -1, "delay");
   if (lua_getfield(L, 4, "failureStrategy") != LUA_TNIL)
     o.failure_strategy = ath__checkstrategy(L, -1, "failureStrategy");
+  ath_buf_t lim = {0};
+  if (lua_getfield(L, 4, "limits") == LUA_TTABLE) {
+    encode(L, -1, "limits", &lim);
+    o.limits = lim.data;
+    o.limits_len = lim.len;
+  }
   ath_buf_t b = {0};
-  encode(L, 2, "input", &b);
+  char jerr[256];
+  int jrc = ath__json_encode(L, 2, "input", &b, jerr, sizeof(jerr));
+  if (jrc != 0) {
+    ath__buf_free(&b);
+    ath__buf_free(&lim);
+    return ath__raise(L, jrc, "%s", jerr);
+  }
   char* payload = b.data ? b.data : ath__memdup("null", 4);
   size_t len = b.data ? b.len : 4;
   ath_task_t* out;
   char err[256] = "";
   uint64_t gen;
   int rc = ath__world_execute(world_of(L), name, 1, &payload, &len, NULL, &o, &out, &gen, err, sizeof(err));
+  ath__buf_free(&lim);
   if (rc != 0)
     return ath__raise(L, rc, "%s", err[0] ? err : ath_strerror(rc));
   lua_pushstring(L, ath_task_id(out));

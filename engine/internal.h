@@ -121,6 +121,21 @@ typedef struct {
   size_t forced_err_len;
 } ath_wf_t;
 
+/* Per-call limits of a task a workflow started (ctx:run's timeout, retry,
+ * scheduleToClose, heartbeatTimeout; SEMANTICS §9.1): its definition's
+ * with those replaced (`retry` replaces the whole policy). Immutable, one
+ * allocation owned by the task; `json` ({timeout, scheduleToClose,
+ * heartbeatTimeout, retry}, ms numbers) is what the store keeps. */
+typedef struct {
+  ath_activity_t a;
+  char* json;
+  size_t json_len;
+} ath_call_t;
+
+/* workflow.c: builds the limits `json` gives over `def`. Returns 0,
+ * ATH_EINVAL (not such an object) or ATH_ENOMEM. Thread: any. */
+int ath__call_new(const ath_activity_t* def, const char* json, size_t len, ath_call_t** out);
+
 /* A task lives from execute() until the world is freed (or, later, pruned).
  * Every field below `refs` is guarded by the world lock, except the
  * immutable ones (id, def, input, seq, created_at) and result/error, which
@@ -159,6 +174,7 @@ struct ath_task_s {
   ath_waiter_t* waiters; /* worker slots parked in handle:result() */
   struct ath_task_s* parent; /* owning workflow (a reference), or NULL */
   ath_wf_t* wf;          /* workflow state, NULL for an activity */
+  ath_call_t* call;      /* per-call limits (owned), NULL: the definition's */
   char* input;           /* JSON, owned */
   char* result;          /* JSON, owned, NULL until completed */
   char* error;           /* JSON error value, owned, NULL if none */
@@ -168,6 +184,11 @@ struct ath_task_s {
   uint64_t hash;
   char id[];             /* NUL-terminated */
 };
+
+/* The limits that apply to t: its call's, else its definition's. */
+static inline const ath_activity_t* ath__task_limits(const ath_task_t* t) {
+  return t->call != NULL ? &t->call->a : &t->def->a;
+}
 
 /* One priority level of a queue: ready tasks in (ready_at, seq) order. */
 typedef struct {
@@ -699,6 +720,7 @@ typedef struct {
   const char* hb;     size_t hb_len;
   const char* parent_id;                 /* NULL: none */
   const char* history; size_t history_len; /* workflows: events joined by commas */
+  const char* call;   size_t call_len;   /* per-call limits (JSON), NULL: none */
   int deleted;        /* write: delete the row (purge, retention) */
 } ath_row_t;
 

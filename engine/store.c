@@ -218,6 +218,10 @@ static int snapshot(ath_task_t* t, ath_row_t* r) {
     r->hb_len = t->hb_len;
   }
   r->parent_id = t->parent ? t->parent->id : NULL; /* immutable, outlives the row */
+  if (t->call != NULL) { /* immutable, as long as the task */
+    r->call = t->call->json;
+    r->call_len = t->call->json_len;
+  }
   if (t->wf != NULL && t->wf->hist.data != NULL) { /* appended to while we write */
     if ((r->history = ath__memdup(t->wf->hist.data, t->wf->hist.len)) == NULL)
       goto nomem;

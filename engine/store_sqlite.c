@@ -8,7 +8,7 @@
 #include <sqlite3.h>
 #include "internal.h"
 
-#define SCHEMA_VERSION 5
+#define SCHEMA_VERSION 6
 const int ath__store_schema_version = SCHEMA_VERSION;
 #define MAX_READERS 8
 
@@ -34,7 +34,7 @@ struct ath_store_s {
 #define TASK_COLUMNS                                                                   \
   "id, name, status, attempt, max_attempts, strategy, priority, queue, seq, created_at," \
   " scheduled_at, ready_at, started_at, completed_at, worker_id, input, result, error,"  \
-  " heartbeat, last_heartbeat, parent_id, history"
+  " heartbeat, last_heartbeat, parent_id, history, call"
 
 
 /* Migrations, applied in order from the database's user_version. Each moves
@@ -70,6 +70,8 @@ static const char* const migrations[SCHEMA_VERSION] = {
   "CREATE INDEX tasks_status ON tasks (status, created_at);"
   "CREATE INDEX tasks_name ON tasks (name, created_at);"
   "CREATE INDEX tasks_parent ON tasks (parent_id, seq) WHERE parent_id IS NOT NULL;",
+  /* 5 -> 6: per-call limits of the tasks a workflow starts (JSON) */
+  "ALTER TABLE tasks ADD COLUMN call TEXT;",
 };
 
 static int fail(sqlite3* db, int rc, char* err, size_t errlen, const char* what) {
@@ -195,8 +197,8 @@ static int store_open(const char* dir, int full_sync, ath_store_t** out, char* e
     static const char* upsert =
       "INSERT INTO tasks (id, name, status, attempt, max_attempts, strategy, priority, queue, seq,"
       " created_at, scheduled_at, ready_at, started_at, completed_at, worker_id, input, result,"
-      " error, heartbeat, last_heartbeat, parent_id, history) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,"
-      "?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?22,?23) ON CONFLICT(seq) DO UPDATE SET status=?3,"
+      " error, heartbeat, last_heartbeat, parent_id, history, call) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,"
+      "?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?22,?23,?24) ON CONFLICT(seq) DO UPDATE SET status=?3,"
       " attempt=?4, started_at=?13, completed_at=?14, worker_id=?15, ready_at=?12, result=?17,"
       " error=CASE WHEN ?21 THEN error ELSE ?18 END, heartbeat=?19, last_heartbeat=?20, history=?23";
     int prc = sqlite3_prepare_v3(s->db, upsert, -1, SQLITE_PREPARE_PERSISTENT, &s->upsert, NULL);
@@ -264,6 +266,7 @@ static int write_row(ath_store_t* s, const ath_row_t* r) {
     sqlite3_bind_int(st, 21, r->keep_error);
     bind_text(st, 22, r->parent_id, r->parent_id ? strlen(r->parent_id) : 0);
     bind_text(st, 23, r->history, r->history_len);
+    bind_text(st, 24, r->call, r->call_len);
   }
   int rc = sqlite3_step(st);
   sqlite3_reset(st);
@@ -361,6 +364,7 @@ static int each_row(sqlite3* db, sqlite3_stmt* st, ath_row_cb cb, void* ud, int6
     r.last_hb = sqlite3_column_int64(st, 19);
     r.parent_id = (const char*)sqlite3_column_text(st, 20);
     r.history = col_text(st, 21, &r.history_len);
+    r.call = col_text(st, 22, &r.call_len);
     if (r.id == NULL || r.name == NULL || r.queue == NULL || r.input == NULL) {
       snprintf(err, errlen, "%s", "a stored task is missing its id, name, queue or input");
       return ATH_ESTORE;

@@ -525,7 +525,7 @@ static int error_is_final(ath_worker_t* wk, ath_task_t* t, lua_State* L, int64_t
       *retry_after = (int64_t)ra;
   }
   lua_pop(L, 1);
-  const char* const* nr = t->def->a.non_retryable;
+  const char* const* nr = ath__task_limits(t)->non_retryable;
   for (; nr && *nr && !final; nr++) {
     for (int k = 0; k < 2 && !final; k++) {
       lua_getfield(L, -1, k == 0 ? "code" : "name");
@@ -799,7 +799,7 @@ static void deadline_cb(ath_slot_t* s) {
 static void start_task(ath_worker_t* wk, ath_task_t* t) {
   ath_slot_t* s = &wk->slots[wk->free_slots[--wk->nfree]];
   lua_State* co = s->co;
-  const ath_activity_t* a = &t->def->a;
+  const ath_activity_t* a = ath__task_limits(t);
   uint64_t now = ath__mono(s->wk->w);
   s->task = t;
   /* a workflow's timeout limits its run, parked time included (§3) */
@@ -848,7 +848,7 @@ int ath__task_heartbeat(lua_State* L, const char* json, size_t len) {
     return lua_error(L);
   }
   ath__world_heartbeat(s->wk->w, s->task, json, len);
-  const ath_activity_t* a = &s->task->def->a;
+  const ath_activity_t* a = ath__task_limits(s->task);
   if (a->heartbeat_timeout_ms) {
     s->deadline[1] = ath__after(ath__mono(s->wk->w), a->heartbeat_timeout_ms);
     arm_deadline(s);

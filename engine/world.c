@@ -380,6 +380,7 @@ static void table_remove(ath_world_t* w, ath_task_t* t) {
 }
 
 static void task_free(ath_task_t* t) {
+  free(t->call);
   if (t->wf != NULL) {
     ath__buf_free(&t->wf->hist);
     free(t->wf->forced_err);
@@ -669,6 +670,7 @@ int ath__world_execute(ath_world_t* w, const char* name, size_t n, char** payloa
   ath_exec_opts_t none = {0};
   ath_task_t** tasks = NULL;
   ath_task_t** stored = NULL; /* the tasks of explicit ids found in the store */
+  ath_call_t* call = NULL; /* per-call limits, checked once; each task gets its copy */
   size_t made = 0;
   int rc = 0;
   if (opts == NULL)
@@ -696,9 +698,14 @@ int ath__world_execute(ath_world_t* w, const char* name, size_t n, char** payloa
   ath_strategy_t strategy = opts->failure_strategy != ATH_STRATEGY_DEFAULT ? opts->failure_strategy
                             : def->a.failure_strategy != ATH_STRATEGY_DEFAULT ? def->a.failure_strategy
                                                                               : w->cfg.failure_strategy;
-  int max_attempts = def->a.has_retry && def->a.max_attempts > 0 ? def->a.max_attempts
-                     : strategy == ATH_STRATEGY_RETRY             ? (def->a.workflow ? 4 : 3)
-                                                                  : 1;
+  if (opts->limits != NULL && (rc = ath__call_new(&def->a, opts->limits, opts->limits_len, &call)) != 0) {
+    set_err(err, errlen, "%s", rc == ATH_EINVAL ? "invalid per-call limits" : "out of memory");
+    goto fail;
+  }
+  const ath_activity_t* lim = call ? &call->a : &def->a;
+  int max_attempts = lim->has_retry && lim->max_attempts > 0 ? lim->max_attempts
+                     : strategy == ATH_STRATEGY_RETRY         ? (def->a.workflow ? 4 : 3)
+                                                              : 1;
   uint64_t parent_hash = opts->parent_id ? ath__hash_str(opts->parent_id) : 0;
   size_t namelen = strlen(name);
   tasks = malloc((n ? n : 1) * sizeof(*tasks));
@@ -743,8 +750,10 @@ int ath__world_execute(ath_world_t* w, const char* name, size_t n, char** payloa
     t->scheduled_at = t->ready_at = now + opts->delay_ms;
     t->ready_mono = ath__after(mono, opts->delay_ms);
     t->heap_idx = t->exp_idx = UINT32_MAX;
-    t->exp_mono = def->a.schedule_to_close_ms ? ath__after(t->ready_mono, def->a.schedule_to_close_ms) : 0;
-    if (def->a.workflow && (t->wf = calloc(1, sizeof(*t->wf))) == NULL) {
+    t->exp_mono = lim->schedule_to_close_ms ? ath__after(t->ready_mono, lim->schedule_to_close_ms) : 0;
+    if ((def->a.workflow && (t->wf = calloc(1, sizeof(*t->wf))) == NULL) ||
+        (call != NULL && ath__call_new(&def->a, call->json, call->json_len, &t->call) != 0)) {
+      free(t->wf);
       free(t);
       rc = ATH_ENOMEM;
       goto fail;
@@ -871,6 +880,7 @@ relock:
   if (wake_engine)
     uv_async_send(&w->easync);
   free(tasks);
+  free(call);
   release_all(stored, n);
   if (w->cfg.persistence == ATH_PERSIST_FILE) { /* acknowledged once durable */
     *gen_out = gen;
@@ -886,6 +896,7 @@ fail:
     if (tasks[i] != NULL) {
       free(tasks[i]->input);
       free(tasks[i]->wf);
+      free(tasks[i]->call);
       free(tasks[i]);
     }
   }
@@ -894,6 +905,7 @@ fail:
     payloads[i] = NULL;
   }
   free(tasks);
+  free(call);
   release_all(stored, n);
   return rc;
 }
@@ -1244,8 +1256,7 @@ static int wf_push(ath_world_t* w, ath_task_t* t, ath_buf_t* b) {
 
 /* Backoff for failed attempt n (SEMANTICS §7.4): capped, then 0-10 %
  * additive jitter. */
-static int64_t backoff_ms(const ath_def_t* d, int n) {
-  const ath_activity_t* a = &d->a;
+static int64_t backoff_ms(const ath_activity_t* a, int n) {
   double base;
   if (a->backoff == ATH_BACKOFF_LINEAR)
     base = (double)a->initial_interval_ms * n;
@@ -1264,8 +1275,8 @@ static int retry_task(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o,
                       int64_t now, uint64_t mono, int* wake_engine) {
   if (t->attempt >= t->max_attempts)
     return -1;
-  int64_t delay = o->retry_after >= 0 ? o->retry_after : backoff_ms(t->def, t->attempt);
-  int64_t stc = t->def->a.schedule_to_close_ms;
+  int64_t delay = o->retry_after >= 0 ? o->retry_after : backoff_ms(ath__task_limits(t), t->attempt);
+  int64_t stc = ath__task_limits(t)->schedule_to_close_ms;
   if (stc > 0 && now + delay >= t->scheduled_at + stc)
     return -1;
   if (t->wf != NULL) { /* §9.5: the next run replays the history */
@@ -1731,7 +1742,7 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
       ath_task_t* t = ath__queue_pop(q);
       if (t == NULL)
         break;
-      int64_t stc = t->def->a.schedule_to_close_ms;
+      int64_t stc = ath__task_limits(t)->schedule_to_close_ms;
       if (stc > 0 && now >= t->scheduled_at + stc) {
         /* expired while waiting: it fails where it is (§6.2) */
         set_error(t, ATH_ETIMEDOUT, "scheduleToClose expired before the task could run");
@@ -1748,8 +1759,8 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
          * start before it was created */
         t->started_at = now < t->created_at ? t->created_at : now;
         t->start_mono = mono;
-        if (t->wf != NULL && t->def->a.timeout_ms > 0) { /* the run's limit, parked time too */
-          t->exp_mono = ath__after(mono, t->def->a.timeout_ms);
+        if (t->wf != NULL && ath__task_limits(t)->timeout_ms > 0) { /* the run's limit, parked time too */
+          t->exp_mono = ath__after(mono, ath__task_limits(t)->timeout_ms);
           if (t->exp_idx == UINT32_MAX ? ath__heap_push(&w->expiry, t) == 0 : (ath__heap_fix(&w->expiry, t), 1))
             wake_engine |= w->expiry.items[0] == t;
         }
@@ -2029,7 +2040,7 @@ static void monitor(ath_world_t* w) {
       wk->running--;
       wk->tasks_failed++;
       /* the decision of §7.3, as for any failed attempt */
-      for (const char* const* nr = t->def->a.non_retryable; nr && *nr; nr++)
+      for (const char* const* nr = ath__task_limits(t)->non_retryable; nr && *nr; nr++)
         o.final |= strcmp(*nr, "EWORKERLOST") == 0;
       if (atomic_load(&t->cancel_ns) != 0)
         nwake = finish_task(w, t, ATH_CANCELLED, ath__wall(w), wake, nwake);
@@ -2767,6 +2778,10 @@ static ath_task_t* task_from_row(ath_world_t* w, const ath_row_t* r, ath_task_t*
         (r->history && ath__buf_append(&t->wf->hist, r->history, r->history_len) != 0))
       goto nomem;
   }
+  /* limits that do not parse (written by a newer build?) leave the definition's */
+  if (r->call != NULL && !t->def->ghost &&
+      ath__call_new(&t->def->a, r->call, r->call_len, &t->call) == ATH_ENOMEM)
+    goto nomem;
   t->queue = t->def->ghost ? w->queues[0] : q ? q : t->def->queue;
   t->status = (ath_status_t)r->status;
   t->attempt = r->attempt;
@@ -2823,7 +2838,7 @@ int ath__world_recover_row(void* ud, const ath_row_t* r) {
   int64_t now = ath__wall(w);
   uint64_t mono = ath__mono(w);
   int rc = 0;
-  int64_t stc = t->def->a.schedule_to_close_ms;
+  int64_t stc = ath__task_limits(t)->schedule_to_close_ms;
   if (stc && !ATH_IS_TERMINAL(t->status)) {
     int64_t left = t->scheduled_at + stc - now;
     t->exp_mono = ath__after(mono, left);

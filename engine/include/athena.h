@@ -230,6 +230,11 @@ struct ath_exec_opts_s {
   ath_strategy_t failure_strategy; /* ATH_STRATEGY_DEFAULT: the definition's */
   const char* parent_id;  /* the owning workflow (a child, an activity of
                            * ctx:run or a compensation), or NULL */
+  const char* limits;     /* per-call limits replacing the definition's, as
+                           * JSON {timeout, scheduleToClose, heartbeatTimeout,
+                           * retry} (ms; retry as the Lua option, replacing the
+                           * whole policy), or NULL */
+  size_t limits_len;
 };
 
 /* Queues `n` executions of `name`, one per payload, in one critical

@@ -117,6 +117,7 @@ local function check_retry(field, r)
   return out
 end
 M._checkRetry = check_retry
+M._checkDuration = duration
 
 ---------------------------------------------------------------- definitions
 

@@ -90,7 +90,27 @@ local function outcome(ev)
 end
 
 local RUN_OPTS = { taskQueue = true, priority = true, failureStrategy = true }
-local UNSUPPORTED = { timeout = true, retry = true, scheduleToClose = true, heartbeatTimeout = true }
+-- ctx:run's per-call limits (they replace the definition's for that call)
+local LIMITS = { timeout = true, retry = true, scheduleToClose = true, heartbeatTimeout = true }
+local ACTIVITY_ONLY = { scheduleToClose = true, heartbeatTimeout = true } -- SEMANTICS §3
+
+-- The per-call limits in opts, checked and normalised (durations in ms,
+-- retry as a definition's), or nil when there are none.
+local function check_limits(fname, name, def, opts)
+  local out
+  for k in pairs(LIMITS) do
+    local v = opts[k]
+    if v ~= nil then
+      if ACTIVITY_ONLY[k] and def.kind == "workflow" then
+        invalid("%s: option %s does not apply to workflow %s", fname, k, name)
+      end
+      local athena = require "athena"
+      out = out or {}
+      out[k] = k == "retry" and athena._checkRetry("retry", v) or athena._checkDuration(k, v, true)
+    end
+  end
+  return out
+end
 
 local function check_call(fname, name, opts, extra)
   if type(name) ~= "string" then invalid("%s: name must be a string, got %s", fname, type(name)) end
@@ -101,8 +121,8 @@ local function check_call(fname, name, opts, extra)
   if opts == nil then return def, {} end
   if type(opts) ~= "table" then invalid("%s: options must be a table, got %s", fname, type(opts)) end
   for k, v in pairs(opts) do
-    if UNSUPPORTED[k] then
-      invalid("%s: option %s is taken from the definition of %s (per-call values are not supported)",
+    if LIMITS[k] and not (extra and extra[k]) then
+      invalid("%s: option %s is taken from the definition of %s (per-call values are only for ctx:run)",
         fname, tostring(k), name)
     elseif not RUN_OPTS[k] and not (extra and extra[k]) then
       invalid("%s: unknown option %s", fname, tostring(k))
@@ -124,9 +144,10 @@ local function strategy_of(ctx, def, opts)
   return opts.failureStrategy or def.options.failureStrategy or ctx._strategy
 end
 
-local function spawn(ctx, name, input, id, opts, strategy)
+local function spawn(ctx, name, input, id, opts, strategy, limits)
   return core.wfSpawn(name, input, id, {
     taskQueue = opts.taskQueue, priority = opts.priority, delay = opts.delay, failureStrategy = strategy,
+    limits = limits,
   })
 end
 
@@ -134,7 +155,8 @@ end
 -- its result; its error is raised (returned as nil, err under `ignore`).
 function Ctx:run(name, input, opts)
   local def
-  def, opts = check_call("ctx:run", name, opts)
+  def, opts = check_call("ctx:run", name, opts, LIMITS)
+  local limits = check_limits("ctx:run", name, def, opts)
   core.encode(input, "input")
   local seq = next_seq(self)
   local ev = recorded(self, seq, "activity.scheduled", name)
@@ -151,8 +173,8 @@ function Ctx:run(name, input, opts)
     id = ev.taskId
   else
     id = string.format("%s/%d/%d", self.workflowId, self._run, seq)
-    spawn(self, name, input, id, opts, strategy)
-    record(self, { type = "activity.scheduled", seq = seq, name = name, taskId = id })
+    spawn(self, name, input, id, opts, strategy, limits)
+    record(self, { type = "activity.scheduled", seq = seq, name = name, taskId = id, limits = limits })
   end
   core.wfPark("activity", seq, id)
 end

@@ -269,8 +269,72 @@ describe("workflows", function()
     _, err = S.result(w:execute("wf.dbio"))
     assert.equals("EINVAL", err.code)
     assert.matches("not allowed in workflow code", err.message, 1, true)
-    local r = S.result(w:execute("wf.badcalls"))
-    assert.same({ "EINVAL", "ENOTFOUND", "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EINVAL" }, r)
+    local r, err = S.result(w:execute("wf.badcalls"))
+    assert.is_nil(err)
+    assert.same({ "EINVAL", "ENOTFOUND", "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EINVAL",
+      "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EINVAL" }, r)
+  end)
+
+  describe("per-call limits of ctx:run override the definition's for that call", function()
+    local function limits(w, name, input, opts)
+      local h = w:execute("wf.limits", { name = name, input = input, opts = opts })
+      local r, err = S.result(h)
+      assert.is_nil(err)
+      return r, h
+    end
+
+    it("timeout and retry: each attempt is cut at the call's timeout, as often as its retry says", function()
+      local w = world()
+      local log = tmpname()
+      -- wf.slow's definition: 1 attempt, the default 5-minute timeout
+      local r, h = limits(w, "wf.slow", { ms = 60000, log = log },
+        { timeout = "100ms", retry = { maxAttempts = 2, initialInterval = 1 } })
+      assert.equals("ETIMEDOUT", r.code)
+      assert.equals(2, r.attempt)
+      assert.equals(2, count(log, "slow start nil"))
+      -- recorded with the command, normalised (ms), so a replay sees what ran
+      local sched
+      for _, ev in ipairs(h:query().history) do
+        if ev.type == "activity.scheduled" then sched = ev end
+      end
+      assert.equals(100, sched.limits.timeout)
+      assert.equals(2, sched.limits.retry.maxAttempts)
+      assert.equals(2, w:query(sched.taskId).attempt)
+    end)
+
+    it("retry: a failing step is tried as often as the call says, not its definition", function()
+      local w = world()
+      local log = tmpname()
+      local r = limits(w, "wf.boom", { log = log }, { retry = { maxAttempts = 3, initialInterval = 1 } })
+      assert.equals("EBOOM", r.code)
+      assert.equals(3, r.attempt)
+      assert.equals(3, count(log, "boom"))
+    end)
+
+    it("heartbeatTimeout and scheduleToClose apply to the call's task", function()
+      local w = world()
+      local r = limits(w, "wf.slow", { ms = 60000 }, { heartbeatTimeout = "100ms" })
+      assert.equals("EHEARTBEAT", r.code)
+      r = limits(w, "wf.slow", { ms = 60000 }, { scheduleToClose = "150ms" })
+      assert.equals("ETIMEDOUT", r.code)
+      -- without limits, the definition's apply: it completes
+      r = limits(w, "wf.slow", { ms = 1 }, {})
+      assert.equals("slept", r.result)
+    end)
+
+    it("survive a restart with the task (file mode): the recovered attempt keeps the call's timeout", function()
+      local path = tmpname()
+      local w = world { persistence = "file", persistencePath = path }
+      local log = tmpname()
+      local h = w:execute("wf.limits", { name = "wf.slow", input = { ms = 60000, log = log },
+        opts = { timeout = "400ms", retry = { maxAttempts = 2, initialInterval = 1 } } }, { id = "lim" })
+      S.eventually(function() return count(log, "slow start nil") == 1 end, S.WAIT, "the step to start")
+      w:shutdown { timeout = 1 } -- the running attempt is interrupted and requeued (T14)
+      local w2 = world { persistence = "file", persistencePath = path }
+      local q = S.await(w2, "lim")
+      assert.equals("completed", q.status, h.id)
+      assert.equals("ETIMEDOUT", q.result.code)
+    end)
   end)
 
   describe("hostile workflow code fails the workflow, not the engine", function()

@@ -1,0 +1,97 @@
+/* Workflow engine pieces that need no world lock (SEMANTICS §9): the
+ * per-call limits of the tasks a workflow starts. The histories, parking
+ * and outcomes live in world.c ("workflows"). */
+#include <stdlib.h>
+#include <string.h>
+#include "internal.h"
+#include "gw_json.h"
+
+/* A number member of obj as milliseconds (or a count), or `dflt` when
+ * absent. -1 when present but not a non-negative number. */
+static double num_field(const ath_gj_t* obj, const char* key, double dflt) {
+  const ath_gj_t* v = ath__gj_field(obj, key);
+  if (v == NULL)
+    return dflt;
+  if (v->type != ATH_GJ_NUMBER)
+    return -1;
+  double d = ath__gw_strtod(v->str, NULL);
+  return d >= 0 && d < 9007199254740992.0 ? d : -1;
+}
+
+int ath__call_new(const ath_activity_t* def, const char* json, size_t len, ath_call_t** out) {
+  *out = NULL;
+  ath_gj_doc_t* doc;
+  int rc = ath__gj_parse(json, len, &doc, NULL);
+  if (rc != 0)
+    return rc;
+  const ath_gj_t* root = doc->root;
+  const ath_gj_t* retry = ath__gj_field(root, "retry");
+  const ath_gj_t* nr = retry ? ath__gj_field(retry, "nonRetryable") : NULL;
+  rc = root->type == ATH_GJ_OBJECT && (retry == NULL || retry->type == ATH_GJ_OBJECT) &&
+           (nr == NULL || nr->type == ATH_GJ_ARRAY || (nr->type == ATH_GJ_OBJECT && nr->count == 0))
+       ? 0 : ATH_EINVAL; /* an empty list may be encoded as {} */
+  size_t nnr = 0, strbytes = 0;
+  for (const ath_gj_t* s = nr ? nr->first : NULL; s != NULL && rc == 0; s = s->next) {
+    if (s->type != ATH_GJ_STRING)
+      rc = ATH_EINVAL;
+    nnr++;
+    strbytes += s->len + 1;
+  }
+  ath_call_t* c = NULL;
+  if (rc == 0) {
+    size_t size = sizeof(*c) + (nnr + 1) * sizeof(char*) + strbytes + len + 1;
+    if ((c = calloc(1, size)) == NULL)
+      rc = ATH_ENOMEM;
+  }
+  if (rc != 0) {
+    ath__gj_free(doc);
+    return rc;
+  }
+  c->a = *def;
+  ath_activity_t* a = &c->a;
+  double v[3] = {num_field(root, "timeout", (double)a->timeout_ms),
+                 num_field(root, "scheduleToClose", (double)a->schedule_to_close_ms),
+                 num_field(root, "heartbeatTimeout", (double)a->heartbeat_timeout_ms)};
+  a->timeout_ms = (int64_t)v[0];
+  a->schedule_to_close_ms = (int64_t)v[1];
+  a->heartbeat_timeout_ms = (int64_t)v[2];
+  rc = v[0] < 0 || v[1] < 0 || v[2] < 0 ? ATH_EINVAL : 0;
+  char** list = (char**)(c + 1);
+  char* strs = (char*)(list + nnr + 1);
+  if (retry != NULL && rc == 0) { /* replaces the definition's policy whole */
+    const ath_gj_t* b = ath__gj_field(retry, "backoff");
+    double ma = num_field(retry, "maxAttempts", 0);
+    double ii = num_field(retry, "initialInterval", 1000);
+    double mi = num_field(retry, "maxInterval", 60000);
+    double mu = num_field(retry, "multiplier", 2);
+    a->has_retry = 1;
+    a->max_attempts = (int)ma;
+    a->backoff = b == NULL || b->type != ATH_GJ_STRING ? ATH_BACKOFF_EXPONENTIAL
+                 : strcmp(b->str, "linear") == 0       ? ATH_BACKOFF_LINEAR
+                 : strcmp(b->str, "constant") == 0     ? ATH_BACKOFF_CONSTANT
+                                                       : ATH_BACKOFF_EXPONENTIAL;
+    a->initial_interval_ms = (int64_t)ii;
+    a->max_interval_ms = (int64_t)mi;
+    a->multiplier = mu;
+    rc = ma < 0 || ma > 1e9 || ii < 0 || mi < 0 || mu < 1 ? ATH_EINVAL : 0;
+    size_t i = 0;
+    for (const ath_gj_t* s = nr ? nr->first : NULL; s != NULL; s = s->next) {
+      memcpy(strs, s->str, s->len + 1);
+      list[i++] = strs;
+      strs += s->len + 1;
+    }
+    list[i] = NULL;
+    a->non_retryable = (const char* const*)list;
+  }
+  c->json = strs;
+  memcpy(c->json, json, len);
+  c->json[len] = '\0';
+  c->json_len = len;
+  ath__gj_free(doc);
+  if (rc != 0) {
+    free(c);
+    return rc;
+  }
+  *out = c;
+  return 0;
+}
