@@ -119,7 +119,18 @@ typedef struct {
   int forced;            /* a cascade failed it while a segment ran */
   char* forced_err;      /* the error it ends with then (JSON), owned */
   size_t forced_err_len;
+  /* The tasks it owns that are in the world's table, in creation order
+   * (weak: each leaves the list as it leaves the table), so nothing scans
+   * the table for them; [kids_lo, nkids) may hold NULLs of removed ones.
+   * kids_lost: an append failed (no memory), so the list is incomplete. */
+  struct ath_task_s** kids;
+  uint32_t nkids, kids_cap, kids_lo;
+  int kids_lost;
 } ath_wf_t;
+
+/* workflow.c: a workflow's list of owned tasks (lock held). */
+void ath__wf_kid_add(ath_wf_t* wf, struct ath_task_s* c);
+void ath__wf_kid_remove(ath_wf_t* wf, const struct ath_task_s* c);
 
 /* Per-call limits of a task a workflow started (ctx:run's timeout, retry,
  * scheduleToClose, heartbeatTimeout; SEMANTICS §9.1): its definition's
@@ -735,6 +746,7 @@ typedef struct {
   int64_t limit;
   int by_seq;            /* 1: creation order; 0: newest first (created_at
                           * descending, then id) */
+  uint64_t after_seq;    /* by_seq: only tasks created after this one; 0: any */
 } ath_store_query_t;
 
 /* A persistence provider: the Backend vtable of DESIGN §4. Every function

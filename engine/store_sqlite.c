@@ -462,6 +462,8 @@ static int store_query(ath_store_t* s, const ath_store_query_t* q, ath_row_cb cb
     n += (size_t)snprintf(sql + n, sizeof(sql) - n, " AND created_at >= ?3");
   if (q->until)
     n += (size_t)snprintf(sql + n, sizeof(sql) - n, " AND created_at <= ?4");
+  if (q->after_seq)
+    n += (size_t)snprintf(sql + n, sizeof(sql) - n, " AND seq > ?6");
   snprintf(sql + n, sizeof(sql) - n, "%s LIMIT ?5",
            q->by_seq ? " ORDER BY seq" : " ORDER BY created_at DESC, id");
   reader_t* r = reader_take(s, err, errlen);
@@ -481,6 +483,7 @@ static int store_query(ath_store_t* s, const ath_store_query_t* q, ath_row_cb cb
   sqlite3_bind_int64(st, 3, q->since);
   sqlite3_bind_int64(st, 4, q->until);
   sqlite3_bind_int64(st, 5, q->limit);
+  sqlite3_bind_int64(st, 6, (sqlite3_int64)q->after_seq);
   int64_t count = 0;
   rc = each_row(r->db, st, cb, ud, &count, err, errlen);
   sqlite3_finalize(st);

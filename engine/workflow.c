@@ -95,3 +95,42 @@ int ath__call_new(const ath_activity_t* def, const char* json, size_t len, ath_c
   *out = c;
   return 0;
 }
+
+/* ------------------------------------------------------- owned tasks */
+
+void ath__wf_kid_add(ath_wf_t* wf, ath_task_t* c) {
+  if (wf->nkids == wf->kids_cap) {
+    if (wf->kids_lo > wf->nkids / 2) { /* mostly removed ones: compact */
+      uint32_t k = 0;
+      for (uint32_t i = wf->kids_lo; i < wf->nkids; i++)
+        if (wf->kids[i] != NULL)
+          wf->kids[k++] = wf->kids[i];
+      wf->nkids = k;
+      wf->kids_lo = 0;
+    } else {
+      uint32_t cap = wf->kids_cap ? wf->kids_cap * 2 : 8;
+      ath_task_t** k = realloc(wf->kids, cap * sizeof(*k));
+      if (k == NULL) {
+        wf->kids_lost = 1;
+        return;
+      }
+      wf->kids = k;
+      wf->kids_cap = cap;
+    }
+  }
+  wf->kids[wf->nkids++] = c;
+}
+
+void ath__wf_kid_remove(ath_wf_t* wf, const ath_task_t* c) {
+  /* they mostly leave oldest first: the search starts at the oldest left */
+  for (uint32_t i = wf->kids_lo; i < wf->nkids; i++) {
+    if (wf->kids[i] != c)
+      continue;
+    wf->kids[i] = NULL;
+    while (wf->kids_lo < wf->nkids && wf->kids[wf->kids_lo] == NULL)
+      wf->kids_lo++;
+    if (wf->kids_lo == wf->nkids)
+      wf->kids_lo = wf->nkids = 0;
+    return;
+  }
+}

@@ -303,6 +303,8 @@ static void table_put(ath_world_t* w, ath_task_t* t) {
   t->hnext = w->table[b];
   w->table[b] = t;
   w->ntasks++;
+  if (t->parent != NULL && t->parent->wf != NULL)
+    ath__wf_kid_add(t->parent->wf, t);
 }
 
 /* ------------------------------------------------- recent terminal tasks
@@ -328,6 +330,8 @@ static void table_unlink(ath_world_t* w, ath_task_t* t) {
     if (*p == t) {
       *p = t->hnext;
       w->ntasks--;
+      if (t->parent != NULL && t->parent->wf != NULL)
+        ath__wf_kid_remove(t->parent->wf, t);
       break;
     }
   }
@@ -383,6 +387,7 @@ static void task_free(ath_task_t* t) {
   free(t->call);
   if (t->wf != NULL) {
     ath__buf_free(&t->wf->hist);
+    free(t->wf->kids);
     free(t->wf->forced_err);
     if (t->wf->wait_task != NULL)
       ath_task_release(t->wf->wait_task);
@@ -1441,12 +1446,23 @@ static int cancel_locked(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_
 /* Cancels t's non-terminal children except `keep`. */
 static int cancel_children(ath_world_t* w, ath_task_t* t, const ath_task_t* keep, int64_t now,
                            ath_worker_t** wake, int nwake) {
-  for (size_t b = 0; b < w->table_cap; b++) {
-    for (ath_task_t* c = w->table[b]; c != NULL; c = c->hnext) {
-      int accepted;
-      if (c->parent == t && c != keep && !ATH_IS_TERMINAL(c->status))
-        nwake = cancel_locked(w, c, now, wake, nwake, &accepted);
+  ath_wf_t* wf = t->wf;
+  if (wf->kids_lost) { /* the list is incomplete: scan the table */
+    for (size_t b = 0; b < w->table_cap; b++) {
+      for (ath_task_t* c = w->table[b]; c != NULL; c = c->hnext) {
+        int accepted;
+        if (c->parent == t && c != keep && !ATH_IS_TERMINAL(c->status))
+          nwake = cancel_locked(w, c, now, wake, nwake, &accepted);
+      }
     }
+    return nwake;
+  }
+  /* nothing leaves the table before the critical section ends */
+  for (uint32_t i = wf->kids_lo; i < wf->nkids; i++) {
+    ath_task_t* c = wf->kids[i];
+    int accepted;
+    if (c != NULL && c != keep && !ATH_IS_TERMINAL(c->status))
+      nwake = cancel_locked(w, c, now, wake, nwake, &accepted);
   }
   return nwake;
 }
@@ -1580,51 +1596,98 @@ static int older_first(const void* a, const void* b) {
   return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
-/* Merges the stored children of t (finished ones that left RAM) into
- * out[0..n), the ones found in RAM, keeping creation order; returns the new
- * count (which may exceed cap, as ath_world_children's). */
-static int stored_children(ath_world_t* w, const ath_task_t* t, ath_task_t** out, int n, int cap) {
-  ath_task_t** got = malloc((size_t)cap * sizeof(*got));
-  ath_store_query_t q = {STORED_MASK, NULL, t->id, 0, 0, cap, 1};
-  int64_t ns = got != NULL ? stored_tasks(w, &q, got) : 0;
-  int kept = n < cap ? n : cap;
-  for (int64_t i = 0; i < ns; i++) {
-    int dup = 0; /* it left RAM after the scan */
-    for (int k = 0; k < kept && !dup; k++)
-      dup = out[k]->seq == got[i]->seq;
-    if (dup || kept == cap) {
-      n += !dup;
-      ath_task_release(got[i]);
-      continue;
-    }
-    out[kept++] = got[i];
-    n++;
-  }
-  free(got);
-  qsort(out, (size_t)kept, sizeof(*out), older_first);
-  return n;
-}
-
-int ath_world_children(ath_world_t* w, const ath_task_t* t, ath_task_t** out, int cap) {
-  int n = 0;
+/* The tasks t owns that are in RAM with seq > after, as new references in
+ * *out (malloc'd), in no order; returns the count, or -1 when out of
+ * memory. t may be the stored copy of a workflow that left RAM: its owned
+ * tasks still in RAM point at the original, so the table is scanned then
+ * (as when t's list is incomplete). */
+static int ram_children(ath_world_t* w, const ath_task_t* t, uint64_t after, ath_task_t*** out) {
   uv_mutex_lock(&w->lock);
-  for (size_t b = 0; b < w->table_cap; b++) {
-    for (ath_task_t* c = w->table[b]; c != NULL; c = c->hnext) {
-      /* t may be the stored copy of a workflow that left RAM */
-      if (c->parent != t && (c->parent == NULL || strcmp(c->parent->id, t->id) != 0))
-        continue;
-      if (n < cap) {
+  ath_task_t* in_table = table_get(w, t->id, t->hash);
+  ath_wf_t* wf = in_table == t && t->wf != NULL && !t->wf->kids_lost ? t->wf : NULL;
+  size_t cap = wf != NULL ? wf->nkids - wf->kids_lo : 64, n = 0;
+  ath_task_t** a = malloc((cap ? cap : 1) * sizeof(*a));
+  if (a != NULL && wf != NULL) {
+    for (uint32_t i = wf->kids_lo; i < wf->nkids; i++) {
+      ath_task_t* c = wf->kids[i];
+      if (c != NULL && c->seq > after) {
         ath_task_retain(c);
-        out[n] = c;
+        a[n++] = c;
       }
-      n++;
+    }
+  } else if (a != NULL) {
+    for (size_t b = 0; b < w->table_cap && a != NULL; b++) {
+      for (ath_task_t* c = w->table[b]; c != NULL; c = c->hnext) {
+        if (c->seq <= after || c->parent == NULL ||
+            (c->parent != t && strcmp(c->parent->id, t->id) != 0))
+          continue;
+        if (n == cap) {
+          ath_task_t** g = realloc(a, cap * 2 * sizeof(*a));
+          if (g == NULL) {
+            release_all(a, n);
+            a = NULL;
+            break;
+          }
+          a = g;
+          cap *= 2;
+        }
+        ath_task_retain(c);
+        a[n++] = c;
+      }
     }
   }
   uv_mutex_unlock(&w->lock);
-  if (w->reads != NULL && t->wf != NULL && cap > 0)
-    return stored_children(w, t, out, n, cap);
-  qsort(out, (size_t)(n < cap ? n : cap), sizeof(*out), older_first); /* creation order */
-  return n;
+  *out = a;
+  return a != NULL ? (int)n : -1;
+}
+
+int ath_world_children_after(ath_world_t* w, const ath_task_t* t, uint64_t after, ath_task_t** out,
+                             int cap) {
+  if (cap <= 0 || t->wf == NULL)
+    return 0;
+  ath_task_t** ram;
+  int n = ram_children(w, t, after, &ram);
+  if (n < 0)
+    return ATH_ENOMEM;
+  ath_task_t** stored = NULL;
+  int64_t ns = 0;
+  if (w->reads != NULL) { /* finished ones that left RAM (read with no lock) */
+    ath_store_query_t q = {STORED_MASK, NULL, t->id, 0, 0, cap, 1, after};
+    stored = malloc((size_t)cap * sizeof(*stored));
+    ns = stored != NULL ? stored_tasks(w, &q, stored) : 0;
+    ns = ns < 0 ? 0 : ns;
+  }
+  /* merged in creation order, each once (one may have left RAM meanwhile) */
+  ath_task_t** all = malloc(((size_t)n + (size_t)ns + 1) * sizeof(*all));
+  if (all == NULL) {
+    release_all(ram, (size_t)n);
+    release_all(stored, (size_t)ns);
+    return ATH_ENOMEM;
+  }
+  memcpy(all, ram, (size_t)n * sizeof(*all));
+  if (ns > 0)
+    memcpy(all + n, stored, (size_t)ns * sizeof(*all));
+  free(ram);
+  free(stored);
+  size_t m = (size_t)n + (size_t)ns, k = 0;
+  qsort(all, m, sizeof(*all), older_first);
+  for (size_t i = 0; i < m; i++) {
+    if ((k > 0 && out[k - 1]->seq == all[i]->seq) || k == (size_t)cap)
+      ath_task_release(all[i]);
+    else
+      out[k++] = all[i];
+  }
+  free(all);
+  return (int)k;
+}
+
+int ath_world_children(ath_world_t* w, const ath_task_t* t, ath_task_t** out, int cap) {
+  int n = ath_world_children_after(w, t, 0, out, cap);
+  return n < 0 ? 0 : n;
+}
+
+uint64_t ath_task_seq(const ath_task_t* t) {
+  return t->seq;
 }
 
 /* Keeps workflow t, whose segment a draining shutdown refused a command,
@@ -2659,7 +2722,7 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
     for (int st = ATH_COMPLETED; st < 32 && rc == 0; st++) {
       if (!(mask & (1u << st)))
         continue;
-      ath_store_query_t q = {1u << st, f->name, f->parent_id, f->since, f->until, (int64_t)want, 0};
+      ath_store_query_t q = {1u << st, f->name, f->parent_id, f->since, f->until, (int64_t)want, 0, 0};
       int64_t got = stored_tasks(w, &q, stored + ns);
       if (got < 0)
         rc = got;

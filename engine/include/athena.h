@@ -289,10 +289,19 @@ ATH_EXTERN int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f,
  * ATH_ENOTFOUND. Thread: any. */
 ATH_EXTERN int ath_world_find(ath_world_t* w, const char* id, ath_task_t** out);
 
-/* Fills out[0..cap) with new references to the tasks whose parent is `t`
- * (a workflow's activities, children and compensations), in creation
- * order, and returns how many there are (which may exceed cap). */
+/* Fills out[0..cap) with new references to the first tasks whose parent
+ * is `t` (a workflow's activities, children and compensations), in
+ * creation order, and returns how many it stored (cap: there may be more;
+ * page on with ath_world_children_after). */
 ATH_EXTERN int ath_world_children(ath_world_t* w, const ath_task_t* t, ath_task_t** out, int cap);
+/* As ath_world_children, for the tasks created after the one whose
+ * ath_task_seq is `after` (0: from the first): a page. Returns the count
+ * stored, or ATH_ENOMEM. Thread: any. */
+ATH_EXTERN int ath_world_children_after(ath_world_t* w, const ath_task_t* t, uint64_t after,
+                                        ath_task_t** out, int cap);
+/* A task's creation number (unique in its world, increasing): the cursor
+ * of ath_world_children_after. */
+ATH_EXTERN uint64_t ath_task_seq(const ath_task_t* t);
 
 /* Waits until `t` is terminal or `timeout_ms` passes (< 0: no limit).
  * Returns 0 when terminal, ATH_ETIMEDOUT, or ATH_ESHUTDOWN when the world

@@ -612,6 +612,49 @@ describe("scheduler", function()
       assert.equal(7, s.totalExecutions)
       assert.equal(0, s.skippedExecutions)
     end)
+
+    -- The same with a workflow as the target: parked on its 12 s timer it
+    -- holds no slot, but it is running, so skip still waits for it to end.
+    it("skip with a workflow target: occurrences while the workflow runs (parked) are skipped", function()
+      local w = world()
+      local t0 = w:now()
+      w:schedule("wsk", "slowflow", { ms = 12000 }, "*/5 * * * * *", { overlap = "skip" })
+      local m1 = (t0 // (5 * SEC) + 1) * (5 * SEC)
+      w:advance(m1 + 30 * SEC - t0)
+      local got = tasks(w, "slowflow", "wsk")
+      assert.same(with_prefix("wsk", { m1, m1 + 15 * SEC, m1 + 30 * SEC }), ids(got))
+      assert.equal("completed", got[1].status)
+      assert.equal("workflow", got[1].kind)
+      assert.equal(m1, got[1].result.t0)
+      assert.equal(m1 + 12 * SEC, got[1].result.t1)
+      assert.equal(1, #w:query(got[1].id).children) -- its tick step
+      assert.equal("completed", got[2].status)
+      assert.equal("running", got[3].status)
+      local s = sched(w, "wsk")
+      assert.equal(3, s.totalExecutions)
+      assert.equal(4, s.skippedExecutions)
+    end)
+
+    it("allow with a workflow target: occurrences run concurrently, parked, on one slot", function()
+      local w = world() -- one worker, one slot: parked workflows do not hold it
+      local t0 = w:now()
+      w:schedule("wal", "slowflow", { ms = 12000 }, "*/5 * * * * *")
+      local m1 = (t0 // (5 * SEC) + 1) * (5 * SEC)
+      w:advance(m1 + 11 * SEC - t0)
+      assert.equal(3, #w:queryTasks { name = "slowflow", status = "running" })
+      w:advance(19 * SEC) -- to m1+30
+      local got = tasks(w, "slowflow", "wal")
+      local expect = marks(t0, m1 + 30 * SEC, 5 * SEC)
+      assert.same(with_prefix("wal", expect), ids(got))
+      for i = 1, 4 do
+        assert.equal("completed", got[i].status)
+        assert.equal(due_of(got[i].id), got[i].result.t0)
+        assert.equal(due_of(got[i].id) + 12 * SEC, got[i].result.t1)
+      end
+      local s = sched(w, "wal")
+      assert.equal(7, s.totalExecutions)
+      assert.equal(0, s.skippedExecutions)
+    end)
   end)
 
   --------------------------------------------------------------- timezone

@@ -275,6 +275,40 @@ describe("workflows", function()
       "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EINVAL" }, r)
   end)
 
+  it("children are not capped: query gives the first 1000 and a cursor, world:children pages the rest", function()
+    local w = world()
+    local h = w:execute("wf.fanout", { n = 1205 })
+    assert.equals(1205, S.result(h))
+    local q = h:query()
+    assert.equals(1000, #q.children)
+    assert.equals(h.id .. "/1/1", q.children[1])
+    assert.equals(h.id .. "/1/1000", q.children[1000])
+    assert.is_not_nil(q.childrenNext)
+    local page = assert(w:children(h.id, { after = q.childrenNext }))
+    assert.equals(205, #page.ids)
+    assert.equals(h.id .. "/1/1001", page.ids[1])
+    assert.equals(h.id .. "/1/1205", page.ids[205])
+    assert.is_nil(page.next)
+    -- small pages walk the same list
+    local all, after = {}, nil
+    repeat
+      page = w:children(h.id, { after = after, limit = 100 })
+      for _, id in ipairs(page.ids) do all[#all + 1] = id end
+      after = page.next
+    until after == nil
+    assert.equals(1205, #all)
+    for i = 1, 1205 do assert.equals(h.id .. "/1/" .. i, all[i]) end
+    -- an activity owns nothing; bad options are refused; unknown ids are ENOTFOUND
+    assert.same({}, w:children(all[1]).ids)
+    S.raises("EINVAL", w.children, w, h.id, { limit = 0 })
+    S.raises("EINVAL", w.children, w, h.id, { limit = 10001 })
+    S.raises("EINVAL", w.children, w, h.id, { after = "x" })
+    S.raises("EINVAL", w.children, w, h.id, { page = 1 })
+    local none, err = w:children("nope")
+    assert.is_nil(none)
+    assert.equals("ENOTFOUND", err.code)
+  end)
+
   describe("per-call limits of ctx:run override the definition's for that call", function()
     local function limits(w, name, input, opts)
       local h = w:execute("wf.limits", { name = name, input = input, opts = opts })
