@@ -107,10 +107,21 @@ enum { ATH_WF_SLOT = 0, ATH_WF_PARKED, ATH_WF_QUEUED, ATH_WF_TIMER };
 /* What a parked workflow waits for: the event family of its outcome. */
 enum { ATH_PARK_NONE = 0, ATH_PARK_ACTIVITY, ATH_PARK_CHILD, ATH_PARK_COMP, ATH_PARK_TIMER };
 
+/* One history event: a JSON object, immutable once made, shared by
+ * reference between the workflow, the store and workers (so the history is
+ * never copied under the world lock). */
+typedef struct {
+  atomic_int refs;
+  uint32_t len;
+  char json[];           /* NUL-terminated */
+} ath_wfev_t;
+
 /* A workflow's engine-side state; NULL for activities. Guarded by the
  * world lock. */
 typedef struct {
-  ath_buf_t hist;        /* history events: JSON objects joined by commas */
+  ath_wfev_t** ev;       /* the history, append-only: ev[0..nev) */
+  uint32_t nev, evcap;
+  uint32_t stored_n;     /* ev[0..stored_n) are handed to the store */
   int where;             /* ATH_WF_* */
   int resuming;          /* the next claim continues the run: no new attempt */
   int wait_kind;         /* ATH_PARK_*, while parked or on a timer */
@@ -127,6 +138,26 @@ typedef struct {
   uint32_t nkids, kids_cap, kids_lo;
   int kids_lost;
 } ath_wf_t;
+
+/* workflow.c: history events. ath__wfev_new copies `len` bytes of json
+ * (NULL when out of memory); ath__wf_push appends (lock held) taking the
+ * event's reference, or releases it and returns ATH_ENOMEM;
+ * ath__wf_events_join returns "[e1,e2,...]" (malloc'd, NULL when out of
+ * memory); ath__wf_load parses events separated by ATH_WFEV_SEP (a
+ * stored history) into a new workflow's list. */
+#define ATH_WFEV_SEP '\x1e' /* never in JSON text: controls are escaped */
+ath_wfev_t* ath__wfev_new(const char* json, size_t len);
+void ath__wfev_retain(ath_wfev_t* e);
+void ath__wfev_release(ath_wfev_t* e);
+void ath__wfev_release_all(ath_wfev_t** evs, size_t n); /* and frees evs */
+int ath__wf_push(ath_wf_t* wf, ath_wfev_t* e);
+char* ath__wf_events_join(ath_wfev_t* const* evs, size_t n, size_t* len);
+int ath__wf_load(ath_wf_t* wf, const char* text, size_t len);
+/* New references to ev[from..nev) in a malloc'd array (lock held); *n gets
+ * the count. NULL with *n = 0 when there are none; NULL with *n > 0 when
+ * out of memory. */
+ath_wfev_t** ath__wf_events_from(const ath_wf_t* wf, uint32_t from, size_t* n);
+void ath__wf_free(ath_wf_t* wf);
 
 /* workflow.c: a workflow's list of owned tasks (lock held). */
 void ath__wf_kid_add(ath_wf_t* wf, struct ath_task_s* c);
@@ -660,9 +691,10 @@ void ath__world_unawait(ath_world_t* w, ath_task_t* t, ath_slot_t* slot);
  * ATH_ENOMEM; *gen gets the store generation that makes it durable, to
  * wait for before the workflow proceeds (0: none, not file mode). */
 int ath__world_wf_append(ath_world_t* w, ath_task_t* t, const char* json, size_t len, uint64_t* gen);
-/* A copy of workflow t's history as a JSON array ("[...]"), malloc'd; NULL
- * when out of memory. *len gets its length. */
-char* ath__world_wf_history(ath_world_t* w, ath_task_t* t, size_t* len);
+/* New references to workflow t's history events from index `from` (see
+ * ath__wf_events_from); *total gets the history's length. */
+ath_wfev_t** ath__world_wf_events(ath_world_t* w, ath_task_t* t, uint32_t from, size_t* n,
+                                  uint32_t* total);
 
 /* sched.c: schedules (SEMANTICS §11) ---------------------------------------- */
 
@@ -730,7 +762,9 @@ typedef struct {
   int keep_error;     /* write: leave the stored error as it is (running) */
   const char* hb;     size_t hb_len;
   const char* parent_id;                 /* NULL: none */
-  const char* history; size_t history_len; /* workflows: events joined by commas */
+  const char* history; size_t history_len; /* read: a workflow's events separated by ATH_WFEV_SEP */
+  ath_wfev_t** events; size_t nevents;   /* write: events to append, numbered from ev_from */
+  uint32_t ev_from;
   const char* call;   size_t call_len;   /* per-call limits (JSON), NULL: none */
   int deleted;        /* write: delete the row (purge, retention) */
 } ath_row_t;

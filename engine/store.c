@@ -222,10 +222,11 @@ static int snapshot(ath_task_t* t, ath_row_t* r) {
     r->call = t->call->json;
     r->call_len = t->call->json_len;
   }
-  if (t->wf != NULL && t->wf->hist.data != NULL) { /* appended to while we write */
-    if ((r->history = ath__memdup(t->wf->hist.data, t->wf->hist.len)) == NULL)
+  if (t->wf != NULL && t->wf->stored_n < t->wf->nev) { /* only the new events, by reference */
+    r->ev_from = t->wf->stored_n;
+    if ((r->events = ath__wf_events_from(t->wf, r->ev_from, &r->nevents)) == NULL)
       goto nomem;
-    r->history_len = t->wf->hist.len;
+    t->wf->stored_n = t->wf->nev;
   }
   return 0;
 nomem:
@@ -292,7 +293,7 @@ static void store_main(void* arg) {
     for (size_t i = 0; i < made; i++) {
       free((char*)rows[i].error);
       free((char*)rows[i].hb);
-      free((char*)rows[i].history);
+      ath__wfev_release_all(rows[i].events, rows[i].nevents);
     }
     for (size_t i = 0; i < sn && srows; i++)
       srow_free(&srows[i]);
@@ -306,6 +307,8 @@ static void store_main(void* arg) {
       w->store_ok = 0;
       snprintf(w->store_err, sizeof(w->store_err), "%s", err);
       for (size_t i = 0; i < n; i++) {
+        if (batch[i]->wf != NULL) /* its events go again (the insert ignores those that made it) */
+          batch[i]->wf->stored_n = 0;
         ath__store_mark(w, batch[i]);
         ath_task_release(batch[i]);
       }

@@ -418,6 +418,19 @@ static void push_decoded(lua_State* co, const char* json, size_t len) {
   }
 }
 
+/* Workflow t's history events from index `from` as a JSON array,
+ * malloc'd (NULL when out of memory): the events are shared with the
+ * engine by reference and joined here, with no lock held. *total gets the
+ * history's length. */
+static char* wf_events_json(ath_worker_t* wk, ath_task_t* t, uint32_t from, size_t* len,
+                            uint32_t* total) {
+  size_t n;
+  ath_wfev_t** evs = ath__world_wf_events(wk->w, t, from, &n, total);
+  char* json = evs == NULL && n > 0 ? NULL : ath__wf_events_join(evs, n, len);
+  ath__wfev_release_all(evs, evs != NULL ? n : 0);
+  return json;
+}
+
 /* A workflow segment: athena.workflow's runner replays the handler against
  * the history: runner(handler, ctx, input, history, compensating, error,
  * strategy, parentId). */
@@ -427,7 +440,8 @@ static int workflow_main(lua_State* co, ath_task_t* t) {
   lua_insert(co, 1); /* runner, handler, ctx */
   push_decoded(co, t->input, t->input_len);
   size_t hlen;
-  char* hist = ath__world_wf_history(wk->w, t, &hlen);
+  uint32_t total;
+  char* hist = wf_events_json(wk, t, 0, &hlen, &total);
   if (hist == NULL)
     luaL_error(co, "not enough memory");
   int rc = ath__json_decode(co, hist, hlen);

@@ -134,3 +134,106 @@ void ath__wf_kid_remove(ath_wf_t* wf, const ath_task_t* c) {
     return;
   }
 }
+
+/* ----------------------------------------------------------- history */
+
+ath_wfev_t* ath__wfev_new(const char* json, size_t len) {
+  if (len > UINT32_MAX - 1)
+    return NULL;
+  ath_wfev_t* e = malloc(sizeof(*e) + len + 1);
+  if (e == NULL)
+    return NULL;
+  atomic_init(&e->refs, 1);
+  e->len = (uint32_t)len;
+  memcpy(e->json, json, len);
+  e->json[len] = '\0';
+  return e;
+}
+
+void ath__wfev_retain(ath_wfev_t* e) {
+  atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+}
+
+void ath__wfev_release(ath_wfev_t* e) {
+  if (e != NULL && atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1)
+    free(e);
+}
+
+void ath__wfev_release_all(ath_wfev_t** evs, size_t n) {
+  for (size_t i = 0; evs != NULL && i < n; i++)
+    ath__wfev_release(evs[i]);
+  free(evs);
+}
+
+int ath__wf_push(ath_wf_t* wf, ath_wfev_t* e) {
+  if (wf->nev == wf->evcap) {
+    uint32_t cap = wf->evcap ? wf->evcap * 2 : 16;
+    ath_wfev_t** v = cap > wf->evcap ? realloc(wf->ev, cap * sizeof(*v)) : NULL;
+    if (v == NULL) {
+      ath__wfev_release(e);
+      return ATH_ENOMEM;
+    }
+    wf->ev = v;
+    wf->evcap = cap;
+  }
+  wf->ev[wf->nev++] = e;
+  return 0;
+}
+
+ath_wfev_t** ath__wf_events_from(const ath_wf_t* wf, uint32_t from, size_t* n) {
+  *n = from < wf->nev ? wf->nev - from : 0;
+  if (*n == 0)
+    return NULL;
+  ath_wfev_t** out = malloc(*n * sizeof(*out));
+  for (size_t i = 0; out != NULL && i < *n; i++) {
+    out[i] = wf->ev[from + i];
+    ath__wfev_retain(out[i]);
+  }
+  return out;
+}
+
+char* ath__wf_events_join(ath_wfev_t* const* evs, size_t n, size_t* len) {
+  size_t total = 2 + (n ? n - 1 : 0);
+  for (size_t i = 0; i < n; i++)
+    total += evs[i]->len;
+  char* out = malloc(total + 1);
+  if (out == NULL)
+    return NULL;
+  char* p = out;
+  *p++ = '[';
+  for (size_t i = 0; i < n; i++) {
+    if (i > 0)
+      *p++ = ',';
+    memcpy(p, evs[i]->json, evs[i]->len);
+    p += evs[i]->len;
+  }
+  *p++ = ']';
+  *p = '\0';
+  *len = total;
+  return out;
+}
+
+int ath__wf_load(ath_wf_t* wf, const char* text, size_t len) {
+  const char* end = text + len;
+  while (text < end) {
+    const char* sep = memchr(text, ATH_WFEV_SEP, (size_t)(end - text));
+    const char* stop = sep != NULL ? sep : end;
+    if (stop > text) {
+      ath_wfev_t* e = ath__wfev_new(text, (size_t)(stop - text));
+      if (e == NULL || ath__wf_push(wf, e) != 0)
+        return ATH_ENOMEM;
+    }
+    text = stop + (sep != NULL);
+  }
+  wf->stored_n = wf->nev;
+  return 0;
+}
+
+void ath__wf_free(ath_wf_t* wf) {
+  for (uint32_t i = 0; i < wf->nev; i++)
+    ath__wfev_release(wf->ev[i]);
+  free(wf->ev);
+  free(wf->kids);
+  free(wf->forced_err);
+  free(wf);
+}

@@ -386,12 +386,9 @@ static void table_remove(ath_world_t* w, ath_task_t* t) {
 static void task_free(ath_task_t* t) {
   free(t->call);
   if (t->wf != NULL) {
-    ath__buf_free(&t->wf->hist);
-    free(t->wf->kids);
-    free(t->wf->forced_err);
     if (t->wf->wait_task != NULL)
       ath_task_release(t->wf->wait_task);
-    free(t->wf);
+    ath__wf_free(t->wf);
   }
   if (t->parent != NULL)
     ath_task_release(t->parent);
@@ -430,26 +427,13 @@ ath_status_t ath_task_status(ath_world_t* w, const ath_task_t* t) {
   return s;
 }
 
-/* Workflow t's history as a JSON array, malloc'd (lock held). */
-static char* wf_history_locked(const ath_task_t* t, size_t* len) {
-  size_t n = t->wf->hist.len;
-  char* out = malloc(n + 3);
-  if (out == NULL)
-    return NULL;
-  out[0] = '[';
-  if (n)
-    memcpy(out + 1, t->wf->hist.data, n);
-  out[n + 1] = ']';
-  out[n + 2] = '\0';
-  *len = n + 2;
-  return out;
-}
-
-char* ath__world_wf_history(ath_world_t* w, ath_task_t* t, size_t* len) {
+ath_wfev_t** ath__world_wf_events(ath_world_t* w, ath_task_t* t, uint32_t from, size_t* n,
+                                  uint32_t* total) {
   uv_mutex_lock(&w->lock);
-  char* h = wf_history_locked(t, len);
+  ath_wfev_t** evs = ath__wf_events_from(t->wf, from, n);
+  *total = t->wf->nev;
   uv_mutex_unlock(&w->lock);
-  return h;
+  return evs;
 }
 
 int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info) {
@@ -475,11 +459,15 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
   size_t error_len = error ? t->error_len : 0;
   int lost_error = !owned && t->error != NULL && error == NULL; /* out of memory */
   info->workflow = t->wf != NULL;
-  if (t->wf != NULL) {
-    info->history = wf_history_locked(t, &info->history_len);
+  size_t nev = 0; /* the history: references taken here, joined unlocked */
+  ath_wfev_t** evs = t->wf != NULL ? ath__wf_events_from(t->wf, 0, &nev) : NULL;
+  lost_error |= evs == NULL && nev > 0;
+  uv_mutex_unlock(&w->lock);
+  if (t->wf != NULL && !lost_error) {
+    info->history = ath__wf_events_join(evs, nev, &info->history_len);
     lost_error |= info->history == NULL;
   }
-  uv_mutex_unlock(&w->lock);
+  ath__wfev_release_all(evs, evs != NULL ? nev : 0);
   if (t->parent != NULL) { /* immutable */
     info->parent_id = ath__memdup(t->parent->id, strlen(t->parent->id));
     lost_error |= info->parent_id == NULL;
@@ -1248,11 +1236,8 @@ static void ev_raw(ath_buf_t* b, const char* key, const char* json, size_t len) 
 static int wf_push(ath_world_t* w, ath_task_t* t, ath_buf_t* b) {
   int rc = ath__buf_lit(b, "}");
   if (rc == 0 && b->data != NULL) {
-    ath_buf_t* h = &t->wf->hist;
-    if (h->len > 0)
-      rc = ath__buf_lit(h, ",");
-    if (rc == 0)
-      rc = ath__buf_append(h, b->data, b->len);
+    ath_wfev_t* e = ath__wfev_new(b->data, b->len);
+    rc = e != NULL ? ath__wf_push(t->wf, e) : ATH_ENOMEM;
     ath__store_mark(w, t);
   }
   ath__buf_free(b);
@@ -1328,11 +1313,9 @@ static int attempt_failed(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o,
  * the world lock held. */
 
 int ath__world_wf_append(ath_world_t* w, ath_task_t* t, const char* json, size_t len, uint64_t* gen) {
+  ath_wfev_t* e = ath__wfev_new(json, len); /* made before the lock */
   uv_mutex_lock(&w->lock);
-  ath_buf_t* h = &t->wf->hist;
-  int rc = h->len > 0 ? ath__buf_lit(h, ",") : 0;
-  if (rc == 0)
-    rc = ath__buf_append(h, json, len);
+  int rc = e != NULL ? ath__wf_push(t->wf, e) : ATH_ENOMEM;
   ath__store_mark(w, t);
   /* §9.2: committed before it proceeds (the caller waits, yielding) */
   *gen = w->cfg.persistence == ATH_PERSIST_FILE ? w->gen : 0;
@@ -2838,7 +2821,7 @@ static ath_task_t* task_from_row(ath_world_t* w, const ath_row_t* r, ath_task_t*
     goto nomem;
   if (t->def->a.workflow && !t->def->ghost) {
     if ((t->wf = calloc(1, sizeof(*t->wf))) == NULL ||
-        (r->history && ath__buf_append(&t->wf->hist, r->history, r->history_len) != 0))
+        (r->history && ath__wf_load(t->wf, r->history, r->history_len) != 0))
       goto nomem;
   }
   /* limits that do not parse (written by a newer build?) leave the definition's */
