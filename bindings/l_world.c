@@ -169,6 +169,7 @@ int lath_world_new(lua_State* L) {
     cfg.failure_strategy = ATH_STRATEGY_RETRY;
   if (lua_getfield(L, 1, "memoryLimit") == LUA_TNUMBER)
     cfg.memory_limit = (size_t)lua_tointeger(L, -1);
+  cfg.workflow_cache = opt_int(L, 1, "workflowCache", cfg.workflow_cache);
   cfg.modules = opt_strv(L, 1, "modules", 0);
   cfg.script_args = opt_strv(L, 1, "scriptArgs", 1);
   lworld_t* lw = lua_newuserdatauv(L, sizeof(*lw), 0);

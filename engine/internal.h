@@ -103,7 +103,8 @@ typedef struct {
 } ath_def_t;
 
 /* Where a workflow is between its Lua segments (SEMANTICS §9.4). */
-enum { ATH_WF_SLOT = 0, ATH_WF_PARKED, ATH_WF_QUEUED, ATH_WF_TIMER };
+enum { ATH_WF_SLOT = 0, ATH_WF_PARKED, ATH_WF_QUEUED, ATH_WF_TIMER,
+       ATH_WF_HOME /* queued on its home worker's resumes list */ };
 /* What a parked workflow waits for: the event family of its outcome. */
 enum { ATH_PARK_NONE = 0, ATH_PARK_ACTIVITY, ATH_PARK_CHILD, ATH_PARK_COMP, ATH_PARK_TIMER };
 
@@ -122,6 +123,10 @@ typedef struct {
   ath_wfev_t** ev;       /* the history, append-only: ev[0..nev) */
   uint32_t nev, evcap;
   uint32_t stored_n;     /* ev[0..stored_n) are handed to the store */
+  uint32_t segs;         /* segments claimed so far (a worker's cached
+                          * coroutine is current when it ran the last one) */
+  struct ath_worker_s* home; /* parked, its coroutine cached there: resumed
+                              * there, with only the new events; or NULL */
   int where;             /* ATH_WF_* */
   int resuming;          /* the next claim continues the run: no new attempt */
   int wait_kind;         /* ATH_PARK_*, while parked or on a timer */
@@ -158,6 +163,27 @@ int ath__wf_load(ath_wf_t* wf, const char* text, size_t len);
  * out of memory. */
 ath_wfev_t** ath__wf_events_from(const ath_wf_t* wf, uint32_t from, size_t* n);
 void ath__wf_free(ath_wf_t* wf);
+
+/* wf_cache.c: a worker's parked workflow coroutines (worker thread only).
+ * An entry holds a reference to its task and the coroutine (a registry
+ * ref), with what makes it current: the workflow's segment count, run and
+ * state when it parked, and how many history events it has seen. */
+typedef struct ath_wfc_entry_s {
+  struct ath_task_s* task;
+  lua_State* co;
+  int co_ref;
+  int run, status;
+  uint32_t segs, nev;
+  struct ath_wfc_entry_s *hnext, *newer, *older;
+} ath_wfc_entry_t;
+typedef struct ath_wfcache_s ath_wfcache_t;
+ath_wfcache_t* ath__wfc_new(int cap);
+void ath__wfc_free(ath_wfcache_t* c);
+int ath__wfc_count(const ath_wfcache_t* c);
+int ath__wfc_full(const ath_wfcache_t* c);
+void ath__wfc_put(ath_wfcache_t* c, ath_wfc_entry_t* e);   /* as the most recent */
+ath_wfc_entry_t* ath__wfc_take(ath_wfcache_t* c, const struct ath_task_s* t); /* or NULL */
+ath_wfc_entry_t* ath__wfc_take_lru(ath_wfcache_t* c);      /* or NULL when empty */
 
 /* workflow.c: a workflow's list of owned tasks (lock held). */
 void ath__wf_kid_add(ath_wf_t* wf, struct ath_task_s* c);
@@ -343,6 +369,7 @@ struct ath_slot_s {
   int64_t park_seq;
   int64_t park_at;       /* ATH_PARK_TIMER: wall ms it fires */
   struct ath_task_s* park_task; /* the awaited task (a reference) */
+  uint32_t wf_nev;       /* workflow: history events its coroutine has seen */
 };
 
 /* A thread blocked in ath_world_wait on one task. */
@@ -373,6 +400,7 @@ typedef struct {
   int park_kind;         /* a workflow segment parked (status running): ATH_PARK_* */
   int64_t park_seq, park_at;
   struct ath_task_s* park_task; /* reference handed over from the slot */
+  struct ath_worker_s* home;    /* parked: the worker that cached its coroutine, or NULL */
 } ath_outcome_t;
 
 struct ath_worker_s {
@@ -385,6 +413,8 @@ struct ath_worker_s {
   int nfree;
   int normalize_ref;     /* athena.errors.normalize */
   int workflow_ref;      /* athena.workflow's segment runner */
+  ath_wfcache_t* wfc;    /* parked workflow coroutines (wf_cache.c), worker-local;
+                          * NULL: workflowCache = 0 */
   ath_buf_t buf;         /* scratch for encoding results */
   int joined;            /* thread joined (by the world's thread) */
   atomic_int poke;       /* set with a wake: check the slots for cancels */
@@ -415,6 +445,8 @@ struct ath_worker_s {
   int stop;              /* asked to stop once its slots are empty */
   int state;             /* ATH_WK_* */
   ath_waiter_t* inbox;   /* parked slots whose awaited task finished */
+  ath_bucket_t resumes;  /* workflows whose coroutine it caches, due to resume
+                          * here (counted in its queue's depth) */
   int64_t tasks_completed, tasks_failed;
   /* Read by any thread: */
   atomic_llong last_heartbeat;

@@ -369,6 +369,21 @@ ath_task_t* ath__task_workflow(lua_State* L) {
   return s != NULL && s->task != NULL && s->task->wf != NULL ? s->task : NULL;
 }
 
+/* Continuation of a park whose coroutine stayed cached (wf_cache.c): the
+ * next segment resumed it with the history's new events (a JSON array)
+ * and its length; returns them decoded, and the length. */
+static int park_k(lua_State* L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  size_t len;
+  const char* json = lua_tolstring(L, -2, &len);
+  lua_Integer total = lua_tointeger(L, -1);
+  if (json == NULL || ath__json_decode(L, json, len) != 0)
+    return luaL_error(L, "workflow resumed without its new events");
+  lua_pushinteger(L, total);
+  return 2;
+}
+
 int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t at) {
   ath_slot_t* s = task_slot(L);
   if (s == NULL || s->task->wf == NULL) {
@@ -392,7 +407,7 @@ int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t a
   s->park_task = t;
   s->park_at = at;
   s->wait = ATH_WAIT_PARK;
-  return lua_yield(L, 0);
+  return lua_yieldk(L, 0, 0, park_k);
 }
 
 /* -------------------------------------------------------------- running */
@@ -444,6 +459,7 @@ static int workflow_main(lua_State* co, ath_task_t* t) {
   char* hist = wf_events_json(wk, t, 0, &hlen, &total);
   if (hist == NULL)
     luaL_error(co, "not enough memory");
+  wk->current->wf_nev = total; /* what a cached coroutine has seen */
   int rc = ath__json_decode(co, hist, hlen);
   free(hist);
   if (rc != 0)
@@ -641,6 +657,66 @@ static void new_coroutine(ath_slot_t* s) {
   s->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
+/* ------------------------------------------------- parked workflows */
+
+/* Closes a cached coroutine (running its pending __close handlers) and
+ * drops the entry. */
+static void uncache(ath_worker_t* wk, ath_wfc_entry_t* e) {
+  lua_State* L = wk->L;
+#if LUA_VERSION_RELEASE_NUM >= 50406
+  lua_closethread(e->co, L);
+#else
+  lua_resetthread(e->co);
+#endif
+  luaL_unref(L, LUA_REGISTRYINDEX, e->co_ref);
+  ath_task_release(e->task);
+  free(e);
+}
+
+/* Moves the coroutine of the workflow segment that just parked in `s` into
+ * the worker's cache, evicting the least recently parked ones past the
+ * count and above half the memory limit. Returns 0 when it is not kept
+ * (no cache, out of memory): the caller closes it. */
+static int cache_parked(ath_slot_t* s) {
+  ath_worker_t* wk = s->wk;
+  ath_wfc_entry_t* e = wk->wfc != NULL ? malloc(sizeof(*e)) : NULL;
+  if (e == NULL)
+    return 0;
+  ath_task_t* t = s->task;
+  while (ath__wfc_full(wk->wfc) || (wk->mem_used > wk->mem_limit / 2 && ath__wfc_count(wk->wfc) > 0))
+    uncache(wk, ath__wfc_take_lru(wk->wfc));
+  ath_task_retain(t);
+  /* segs, attempt and status change only under the lock while no slot has
+   * the task: stable while this one does */
+  *e = (ath_wfc_entry_t){.task = t, .co = s->co, .co_ref = s->co_ref, .run = t->attempt,
+                         .status = (int)t->status, .segs = t->wf->segs, .nev = s->wf_nev};
+  ath__wfc_put(wk->wfc, e);
+  return 1;
+}
+
+/* The cached coroutine of workflow t when it is current (nobody ran a
+ * segment since it parked here, same run and state), taken out of the
+ * cache; NULL otherwise (a stale one is closed). */
+static ath_wfc_entry_t* cached_segment(ath_worker_t* wk, ath_task_t* t) {
+  ath_wfc_entry_t* e = wk->wfc != NULL ? ath__wfc_take(wk->wfc, t) : NULL;
+  if (e != NULL && (e->segs + 1 != t->wf->segs || e->run != t->attempt || e->status != (int)t->status)) {
+    uncache(wk, e);
+    e = NULL;
+  }
+  return e;
+}
+
+/* Closes every cached coroutine (the worker stops). */
+static void uncache_all(ath_worker_t* wk) {
+  if (wk->wfc == NULL)
+    return;
+  ath_wfc_entry_t* e;
+  while ((e = ath__wfc_take_lru(wk->wfc)) != NULL)
+    uncache(wk, e);
+  ath__wfc_free(wk->wfc);
+  wk->wfc = NULL;
+}
+
 /* Ends the attempt running in `s` with the coroutine's status `st`. */
 static void finish_slot(ath_slot_t* s, int st, int nres) {
   ath_worker_t* wk = s->wk;
@@ -662,6 +738,7 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     wk->free_slots[wk->nfree++] = (int)(s - wk->slots);
     return;
   }
+  int cached = 0;
   int irq = atomic_load_explicit(&s->interrupt, memory_order_relaxed);
   if (irq == 0)
     irq = atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed);
@@ -686,6 +763,10 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     o->park_at = s->park_at;
     o->park_task = s->park_task;
     s->park_task = NULL;
+    if (cache_parked(s)) {
+      o->home = wk; /* the next segment resumes it here */
+      cached = 1;
+    }
   } else if (st == LUA_OK) {
     int base = lua_gettop(co) - nres + 1;
     if (nres >= 2 && lua_isnil(co, base) && !lua_isnil(co, base + 1)) {
@@ -725,7 +806,9 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     fail_attempt(wk, t, L, tb);
     lua_pop(L, 1); /* the traceback */
   }
-  if (st == LUA_OK) {
+  if (cached) {
+    new_coroutine(s); /* the parked one went to the cache */
+  } else if (st == LUA_OK) {
     lua_settop(co, 0); /* the coroutine is reusable for the next task */
     lua_sethook(co, task_hook, LUA_MASKCOUNT, HOOK_COUNT); /* undo an interrupt's */
   } else {
@@ -826,6 +909,28 @@ static void start_task(ath_worker_t* wk, ath_task_t* t) {
     s->deadline[2] = ath__after(now, left > 0 ? left : 0);
   }
   arm_deadline(s);
+  ath_wfc_entry_t* e = t->wf != NULL ? cached_segment(wk, t) : NULL;
+  if (e != NULL) {
+    /* Sticky: its parked coroutine goes on, given only the events added
+     * since it last saw the history (no replay). */
+    size_t len;
+    uint32_t total;
+    char* json = wf_events_json(wk, t, e->nev, &len, &total);
+    if (json != NULL) {
+      luaL_unref(wk->L, LUA_REGISTRYINDEX, s->co_ref); /* the slot's idle one */
+      s->co = e->co;
+      s->co_ref = e->co_ref;
+      s->wf_nev = total;
+      lua_pushlstring(s->co, json, len);
+      lua_pushinteger(s->co, (lua_Integer)total);
+      free(json);
+      ath_task_release(e->task);
+      free(e);
+      resume_slot(s, 2);
+      return;
+    }
+    uncache(wk, e); /* out of memory: replay */
+  }
   /* The heartbeat details a previous attempt left: only the thread running
    * the task writes them, so reading them here needs no lock. */
   lua_pushcfunction(co, task_main);
@@ -1197,6 +1302,8 @@ static void worker_main(void* arg) {
       wk->defining = 1;
       ok = load_code(wk) == 0 && bind_handlers(wk) == 0 && setup_slots(wk) == 0;
       wk->defining = 0;
+      if (ok && w->cfg.workflow_cache > 0) /* none (every segment replays) when out of memory */
+        wk->wfc = ath__wfc_new(w->cfg.workflow_cache);
     }
   }
   uv_mutex_lock(&w->lock);
@@ -1229,6 +1336,7 @@ static void worker_main(void* arg) {
   pump(wk);
   atomic_store(&wk->pumping, 0);
   uv_run(&wk->loop, UV_RUN_DEFAULT);
+  uncache_all(wk);
   lua_close(L);
   wk->L = NULL;
   ath__buf_free(&wk->buf);

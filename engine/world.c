@@ -43,6 +43,7 @@ void ath_world_config_init(ath_world_config_t* cfg) {
   cfg->cancel_grace_ms = 5000;
   cfg->failure_strategy = ATH_STRATEGY_RETRY;
   cfg->memory_limit = (size_t)256 << 20;
+  cfg->workflow_cache = 1000;
   cfg->flush_interval_ms = 50;
   cfg->log_level = 1;
   cfg->log_max_size = (size_t)10 << 20;
@@ -129,8 +130,9 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   }
   if (cfg->persistence < ATH_PERSIST_MEMORY || cfg->persistence > ATH_PERSIST_HYBRID ||
       cfg->memory_limit < ((size_t)1 << 20) || cfg->flush_interval_ms <= 0 || cfg->retention_ms <= 0 || cfg->retain_terminal < 0 ||
-      cfg->cancel_grace_ms < 0) {
-    set_err(err, errlen, "%s", "invalid persistence, memoryLimit (>= 1 MiB), flushInterval, retention or cancelGrace");
+      cfg->cancel_grace_ms < 0 || cfg->workflow_cache < 0) {
+    set_err(err, errlen, "%s",
+            "invalid persistence, memoryLimit (>= 1 MiB), flushInterval, retention, cancelGrace or workflowCache");
     return ATH_EINVAL;
   }
   if (cfg->heartbeat_interval_ms <= 0 || cfg->heartbeat_timeout_ms <= cfg->heartbeat_interval_ms ||
@@ -1354,8 +1356,16 @@ static void wf_record(ath_world_t* w, ath_task_t* t, const ath_task_t* x, int64_
   wf_push(w, t, &b);
 }
 
+/* Whether worker wk can take resumptions of the workflows it caches. */
+static int home_open(const ath_world_t* w, const ath_worker_t* wk) {
+  return wk->state == ATH_WK_RUNNING && !wk->stop && !atomic_load(&wk->lost) &&
+         (w->state == ATH_W_STARTED || w->draining);
+}
+
 /* Queues a resumption of parked workflow t (its state stays running or
- * compensating; the claim continues the run). Returns the new nwake. */
+ * compensating; the claim continues the run): on its home worker, which
+ * still has its coroutine, else in its queue for any worker (which
+ * replays the history). Returns the new nwake. */
 static int wf_resume(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake) {
   ath_wf_t* wf = t->wf;
   if (wf->wait_task != NULL) {
@@ -1363,11 +1373,23 @@ static int wf_resume(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwa
     wf->wait_task = NULL;
   }
   wf->wait_kind = ATH_PARK_NONE;
-  wf->where = ATH_WF_QUEUED;
   wf->resuming = 1;
   t->ready_at = ath__wall(w);
   t->ready_mono = ath__mono(w);
   ath__store_mark(w, t);
+  ath_worker_t* home = wf->home;
+  if (home != NULL && wake != NULL && home_open(w, home)) {
+    wf->where = ATH_WF_HOME;
+    ath__list_append(&home->resumes, t);
+    t->queue->depth++;
+    if (home->wants_work) {
+      home->wants_work = 0;
+      nwake = add_wake(wake, nwake, home);
+    }
+    return nwake;
+  }
+  wf->home = NULL;
+  wf->where = ATH_WF_QUEUED;
   if (ath__queue_push(t->queue, t) != 0) {
     set_error(t, ATH_ENOMEM, "out of memory resuming the workflow");
     return finish_task(w, t, ATH_FAILED, ath__wall(w), wake, nwake);
@@ -1377,11 +1399,37 @@ static int wf_resume(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwa
   return nwake;
 }
 
+/* Moves the resumptions queued on worker wk (stopping, or lost) to their
+ * queues, for any worker (lock held). Returns the new nwake. */
+static int wf_unhome(ath_world_t* w, ath_worker_t* wk, ath_worker_t** wake, int nwake) {
+  for (ath_task_t* t = wk->resumes.head; t != NULL; t = wk->resumes.head) {
+    ath__list_unlink(&wk->resumes, t);
+    t->queue->depth--;
+    t->wf->home = NULL;
+    nwake = wf_resume(w, t, wake, nwake);
+  }
+  return nwake;
+}
+
+/* The next workflow due to resume on wk (lock held), or NULL. */
+static ath_task_t* wf_pop_home(ath_worker_t* wk) {
+  ath_task_t* t = wk->resumes.head;
+  if (t != NULL) {
+    ath__list_unlink(&wk->resumes, t);
+    t->queue->depth--;
+  }
+  return t;
+}
+
 /* Takes a waiting workflow (or any task not in a slot) out of its queue or
  * heap. Returns 0, or -1 when it is in a slot. */
 static int unqueue(ath_world_t* w, ath_task_t* t) {
   int where = t->wf ? t->wf->where : ATH_WF_SLOT;
-  if (t->status == ATH_PENDING || (t->wf && where == ATH_WF_QUEUED)) {
+  if (t->wf && where == ATH_WF_HOME) {
+    ath__list_unlink(&t->wf->home->resumes, t);
+    t->queue->depth--;
+    t->wf->where = ATH_WF_PARKED;
+  } else if (t->status == ATH_PENDING || (t->wf && where == ATH_WF_QUEUED)) {
     ath__queue_remove(t->queue, t);
   } else if (t->heap_idx != UINT32_MAX) {
     ath__heap_remove(&w->delayed, t);
@@ -1520,6 +1568,7 @@ static int wf_park(ath_world_t* w, ath_task_t* t, ath_outcome_t* o, int64_t now,
   ath_wf_t* wf = t->wf;
   wf->wait_kind = o->park_kind;
   wf->wait_seq = o->park_seq;
+  wf->home = o->home; /* its coroutine waits there */
   ath__store_mark(w, t);
   if (o->park_kind == ATH_PARK_TIMER) {
     if (o->park_at > now) {
@@ -1548,6 +1597,13 @@ static int wf_park(ath_world_t* w, ath_task_t* t, ath_outcome_t* o, int64_t now,
   wf->where = ATH_WF_PARKED;
   wf->wait_task = x; /* the outcome's reference */
   return nwake;
+}
+
+/* A segment of workflow t was claimed (lock held). */
+static void wf_claimed(ath_task_t* t) {
+  t->wf->where = ATH_WF_SLOT;
+  t->wf->home = NULL;
+  t->wf->segs++;
 }
 
 /* A due timer of a workflow parked in ctx:sleep (engine tick). */
@@ -1785,7 +1841,7 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
 
   if (!wk->stop && (w->state == ATH_W_STARTED || w->draining)) {
     while (n < max) {
-      ath_task_t* t = ath__queue_pop(q);
+      ath_task_t* t = wk->resumes.head != NULL ? wf_pop_home(wk) : ath__queue_pop(q);
       if (t == NULL)
         break;
       int64_t stc = ath__task_limits(t)->schedule_to_close_ms;
@@ -1812,7 +1868,7 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
         }
       }
       if (t->wf != NULL)
-        t->wf->where = ATH_WF_SLOT;
+        wf_claimed(t);
       t->worker_id = wk->id;
       t->wk = wk;
       ath__store_mark(w, t);
@@ -1826,6 +1882,8 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
     wk->running += n;
     w->n_running += n;
   }
+  if (wk->resumes.head != NULL && (wk->stop || !home_open(w, wk)))
+    nwake = wf_unhome(w, wk, wake, nwake); /* no more segments here */
   wk->wants_work = !wk->stop && wk->running < wk->concurrency;
   *stop = wk->stop && wk->running == 0;
   *inbox = wk->inbox;
@@ -2062,6 +2120,7 @@ static void monitor(ath_world_t* w) {
     atomic_store(&wk->lost, 1);
     wk->stop = 1;
     wk->wants_work = 0;
+    nwake = wf_unhome(w, wk, wake, nwake); /* its cached workflows replay elsewhere */
     ath_buf_t ev = {0}; /* worker.lost {workerId, tasks = [ids]} */
     char head[48];
     int hn = snprintf(head, sizeof(head), "{\"workerId\":\"worker-%d\",\"tasks\":[", wk->id);

@@ -258,7 +258,7 @@ local CONFIG = {
   scaleInterval = true, persistence = true, persistencePath = true, flushInterval = true,
   retention = true, retain = true, failureStrategy = true, heartbeatInterval = true, heartbeatTimeout = true,
   cancelGrace = true, taskQueues = true, modules = true, database = true, log = true,
-  backend = true, clock = true, memoryLimit = true, collectMetrics = true,
+  backend = true, clock = true, memoryLimit = true, collectMetrics = true, workflowCache = true,
 }
 local QUEUE_KEYS = { concurrency = true, workers = true, limit = true }
 
@@ -398,6 +398,8 @@ local function check_config(config)
     c.memoryLimit = math.tointeger(tonumber(n) * f)
   end
   c.memoryLimit = int_field("memoryLimit", c.memoryLimit, 1024 * 1024, nil, "at least 1MB")
+  c.workflowCache = int_field("workflowCache", c.workflowCache == nil and 1000 or c.workflowCache, 0,
+    1000000, "an integer 0-1000000")
   c.clock = c.clock == nil and "system" or oneof("clock", c.clock, { "system", "manual" })
   -- a URL athena.db can open (checked, not connected); never quoted, as it
   -- may hold a password
@@ -437,7 +439,7 @@ function World.new(config)
     minWorkers = c.minWorkers, maxWorkers = c.maxWorkers, persistence = c.persistence,
     persistencePath = c.persistencePath, modules = c.modules, taskQueues = {},
     failureStrategy = c.failureStrategy, cancelGrace = c.cancelGrace, memoryLimit = c.memoryLimit,
-    flushInterval = c.flushInterval, retention = c.retention, clock = c.clock,
+    workflowCache = c.workflowCache, flushInterval = c.flushInterval, retention = c.retention, clock = c.clock,
     retainTerminal = c.retain.terminal,
     collectMetrics = c.collectMetrics,
     scaleInterval = c.scaleInterval, scaleThreshold = c.scaleThreshold,

@@ -253,12 +253,15 @@ describe("workflows", function()
   end)
 
   it("non-determinism: a replay that issues another command fails with ENONDETERMINISM, not retried", function()
-    local w = world()
+    local w = world { workflowCache = 0 } -- every segment replays
     local h = w:execute("wf.nondet", { flip = tmpname() })
     local _, err = S.result(h)
     assert.equals("ENONDETERMINISM", err.code)
     assert.matches("wf.ship", err.message, 1, true)
     assert.equals(1, h:query().attempt)
+    -- with the parked coroutine kept, nothing is replayed: the run goes on
+    local w2 = world()
+    assert.equals("done", S.result(w2:execute("wf.nondet", { flip = tmpname() })))
   end)
 
   it("workflow code may not do I/O; bad command arguments raise clear errors", function()
@@ -307,6 +310,80 @@ describe("workflows", function()
     local none, err = w:children("nope")
     assert.is_nil(none)
     assert.equals("ENOTFOUND", err.code)
+  end)
+
+  describe("the sticky cache: parked coroutines stay on their worker", function()
+    -- A history without what differs between two executions: times, run
+    -- ids, inputs (rerun's gate is a fresh file per world).
+    local function shape(history)
+      local out = {}
+      for _, ev in ipairs(history) do
+        local e = {}
+        for k, v in pairs(ev) do
+          if k ~= "at" and k ~= "runId" and k ~= "fireAt" and k ~= "input" then e[k] = v end
+        end
+        out[#out + 1] = e
+      end
+      return out
+    end
+
+    -- Runs the same workflows in a world with the given cache size; returns
+    -- their results and history shapes by key, and the handler starts.
+    local function run_all(cache)
+      local w = world { workflowCache = cache }
+      local log = tmpname()
+      local hs = {
+        counted = w:execute("wf.counted", { log = log, tag = "c", steps = 5 }, { id = "counted" }),
+        order = w:execute("wf.order", { order = 7 }, { id = "order" }),
+        comp = w:execute("wf.order", { order = 1, fail = "ship" }, { id = "comp", failureStrategy = "compensate" }),
+        rerun = w:execute("wf.rerun", { gate = tmpname() }, { id = "rerun" }),
+        ignoring = w:execute("wf.ignoring", {}, { id = "ignoring" }),
+      }
+      local out = {}
+      for k, h in pairs(hs) do
+        local r, err = S.result(h)
+        local q = h:query()
+        out[k] = { r = r, code = err and err.code, status = q.status, history = shape(q.history),
+          children = q.children }
+      end
+      out.counted.r.pick = nil
+      out.rerun.r[3] = nil -- its runId, also in its last event
+      out.rerun.history[#out.rerun.history].result[3] = nil
+      return out, count(log, "start c")
+    end
+
+    it("cache on and cache 0 give the same results and histories; the cache runs each handler once", function()
+      local on, starts_on = run_all(1000)
+      local off, starts_off = run_all(0)
+      for k in pairs(off) do
+        for i = 1, math.max(#off[k].history, #on[k].history) do
+          assert.same(off[k].history[i], on[k].history[i], k .. " event " .. i)
+        end
+      end
+      assert.same(off, on)
+      assert.equals("completed", on.counted.status)
+      assert.equals("compensated", on.comp.status)
+      assert.equals(1, starts_on) -- one run, never replayed
+      -- replayed: one start per segment (5 steps, the child, the timer, the start)
+      assert.equals(8, starts_off)
+    end)
+
+    it("a cache of one: parked workflows evict each other and replay, with the same outcomes", function()
+      local w = world { workflowCache = 1 }
+      local log = tmpname()
+      local hs = {}
+      for i = 1, 6 do
+        hs[i] = w:execute("wf.counted", { log = log, tag = "c", steps = 3 })
+      end
+      for _, h in ipairs(hs) do
+        local r, err = S.result(h)
+        assert.is_nil(err)
+        assert.equals(3 * #"charge ok 1", r.sum)
+        assert.equals("reserve ok 3", r.child)
+      end
+      local starts = count(log, "start c")
+      assert.is_true(starts >= 6 and starts <= 6 * 6, tostring(starts))
+    end)
   end)
 
   describe("per-call limits of ctx:run override the definition's for that call", function()
