@@ -46,7 +46,8 @@ static int wf_append(lua_State* L) {
 
 /* core.wfSpawn(name, input, id, opts) -> id: starts `name` as a task the
  * workflow owns (idempotent by id, SEMANTICS §5.3). opts: taskQueue,
- * priority, delay, failureStrategy (a name), limits (per-call timeout,
+ * priority, delay, failureStrategy (a name), encoded (input is its JSON
+ * already), limits (per-call timeout,
  * scheduleToClose, heartbeatTimeout in ms and retry, as workflow.lua
  * normalised them). */
 static int wf_spawn(lua_State* L) {
@@ -76,7 +77,15 @@ static int wf_spawn(lua_State* L) {
   }
   ath_buf_t b = {0};
   char jerr[256];
-  int jrc = ath__json_encode(L, 2, "input", &b, jerr, sizeof(jerr));
+  int jrc = 0;
+  if (lua_getfield(L, 4, "encoded") == LUA_TBOOLEAN && lua_toboolean(L, -1)) {
+    size_t n; /* JSON workflow.lua encoded (and so checked) already */
+    const char* json = luaL_checklstring(L, 2, &n);
+    jrc = ath__buf_append(&b, json, n);
+    snprintf(jerr, sizeof(jerr), "%s", "not enough memory");
+  } else {
+    jrc = ath__json_encode(L, 2, "input", &b, jerr, sizeof(jerr));
+  }
   if (jrc != 0) {
     ath__buf_free(&b);
     ath__buf_free(&lim);

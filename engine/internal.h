@@ -125,6 +125,10 @@ typedef struct {
   uint32_t stored_n;     /* ev[0..stored_n) are handed to the store */
   uint32_t segs;         /* segments claimed so far (a worker's cached
                           * coroutine is current when it ran the last one) */
+  uint32_t park_nev;     /* history length when the last segment parked: a
+                          * cached coroutine has seen every event before it
+                          * that its index needs (only cancel.requested, which
+                          * it ignores, comes from elsewhere meanwhile) */
   struct ath_worker_s* home; /* parked, its coroutine cached there: resumed
                               * there, with only the new events; or NULL */
   int where;             /* ATH_WF_* */
@@ -167,13 +171,14 @@ void ath__wf_free(ath_wf_t* wf);
 /* wf_cache.c: a worker's parked workflow coroutines (worker thread only).
  * An entry holds a reference to its task and the coroutine (a registry
  * ref), with what makes it current: the workflow's segment count, run and
- * state when it parked, and how many history events it has seen. */
+ * state when it parked. */
 typedef struct ath_wfc_entry_s {
   struct ath_task_s* task;
   lua_State* co;
   int co_ref;
   int run, status;
-  uint32_t segs, nev;
+  uint32_t segs;
+  uint64_t parked_ns;    /* monotonic, when it parked */
   struct ath_wfc_entry_s *hnext, *newer, *older;
 } ath_wfc_entry_t;
 typedef struct ath_wfcache_s ath_wfcache_t;
@@ -184,6 +189,7 @@ int ath__wfc_full(const ath_wfcache_t* c);
 void ath__wfc_put(ath_wfcache_t* c, ath_wfc_entry_t* e);   /* as the most recent */
 ath_wfc_entry_t* ath__wfc_take(ath_wfcache_t* c, const struct ath_task_s* t); /* or NULL */
 ath_wfc_entry_t* ath__wfc_take_lru(ath_wfcache_t* c);      /* or NULL when empty */
+const ath_wfc_entry_t* ath__wfc_lru(const ath_wfcache_t* c); /* the next out, or NULL */
 
 /* workflow.c: a workflow's list of owned tasks (lock held). */
 void ath__wf_kid_add(ath_wf_t* wf, struct ath_task_s* c);
@@ -369,7 +375,6 @@ struct ath_slot_s {
   int64_t park_seq;
   int64_t park_at;       /* ATH_PARK_TIMER: wall ms it fires */
   struct ath_task_s* park_task; /* the awaited task (a reference) */
-  uint32_t wf_nev;       /* workflow: history events its coroutine has seen */
 };
 
 /* A thread blocked in ath_world_wait on one task. */

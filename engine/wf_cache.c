@@ -97,6 +97,10 @@ ath_wfc_entry_t* ath__wfc_take(ath_wfcache_t* c, const ath_task_t* t) {
   return NULL;
 }
 
+const ath_wfc_entry_t* ath__wfc_lru(const ath_wfcache_t* c) {
+  return c->lru;
+}
+
 ath_wfc_entry_t* ath__wfc_take_lru(ath_wfcache_t* c) {
   ath_wfc_entry_t* e = c->lru;
   if (e != NULL)

@@ -459,7 +459,6 @@ static int workflow_main(lua_State* co, ath_task_t* t) {
   char* hist = wf_events_json(wk, t, 0, &hlen, &total);
   if (hist == NULL)
     luaL_error(co, "not enough memory");
-  wk->current->wf_nev = total; /* what a cached coroutine has seen */
   int rc = ath__json_decode(co, hist, hlen);
   free(hist);
   if (rc != 0)
@@ -673,23 +672,43 @@ static void uncache(ath_worker_t* wk, ath_wfc_entry_t* e) {
   free(e);
 }
 
+/* A full cache makes room by evicting its least recently parked coroutine
+ * only when that one has waited this long: when more workflows are parked
+ * at once than the cache holds, evicting the oldest would evict the next
+ * ones to resume, every time (each a replay, plus the eviction); keeping
+ * them and not caching the newcomer keeps the hit rate at the cache's
+ * share of the workflows. */
+#define WFC_MIN_AGE_NS 1000000000u
+
 /* Moves the coroutine of the workflow segment that just parked in `s` into
- * the worker's cache, evicting the least recently parked ones past the
- * count and above half the memory limit. Returns 0 when it is not kept
- * (no cache, out of memory): the caller closes it. */
+ * the worker's cache: past the count, the least recently parked one is
+ * evicted if it has waited WFC_MIN_AGE_NS, else this one is not kept;
+ * above half the memory limit, the least recently parked ones are
+ * evicted. Returns 0 when it is not kept (no cache, full, out of memory):
+ * the caller closes it. */
 static int cache_parked(ath_slot_t* s) {
   ath_worker_t* wk = s->wk;
-  ath_wfc_entry_t* e = wk->wfc != NULL ? malloc(sizeof(*e)) : NULL;
+  if (wk->wfc == NULL)
+    return 0;
+  while (wk->mem_used > wk->mem_limit / 2 && ath__wfc_count(wk->wfc) > 0)
+    uncache(wk, ath__wfc_take_lru(wk->wfc));
+  uint64_t now = uv_hrtime();
+  if (ath__wfc_full(wk->wfc)) {
+    const ath_wfc_entry_t* old = ath__wfc_lru(wk->wfc);
+    if (old == NULL || now - old->parked_ns < WFC_MIN_AGE_NS)
+      return 0;
+    uncache(wk, ath__wfc_take_lru(wk->wfc));
+  }
+  ath_wfc_entry_t* e = malloc(sizeof(*e));
   if (e == NULL)
     return 0;
   ath_task_t* t = s->task;
-  while (ath__wfc_full(wk->wfc) || (wk->mem_used > wk->mem_limit / 2 && ath__wfc_count(wk->wfc) > 0))
-    uncache(wk, ath__wfc_take_lru(wk->wfc));
   ath_task_retain(t);
   /* segs, attempt and status change only under the lock while no slot has
    * the task: stable while this one does */
   *e = (ath_wfc_entry_t){.task = t, .co = s->co, .co_ref = s->co_ref, .run = t->attempt,
-                         .status = (int)t->status, .segs = t->wf->segs, .nev = s->wf_nev};
+                         .status = (int)t->status, .segs = t->wf->segs,
+                         .parked_ns = now};
   ath__wfc_put(wk->wfc, e);
   return 1;
 }
@@ -912,15 +931,15 @@ static void start_task(ath_worker_t* wk, ath_task_t* t) {
   ath_wfc_entry_t* e = t->wf != NULL ? cached_segment(wk, t) : NULL;
   if (e != NULL) {
     /* Sticky: its parked coroutine goes on, given only the events added
-     * since it last saw the history (no replay). */
+     * since it parked (no replay). park_nev was written under the lock
+     * before this claim, and nothing changes it while a slot has t. */
     size_t len;
     uint32_t total;
-    char* json = wf_events_json(wk, t, e->nev, &len, &total);
+    char* json = wf_events_json(wk, t, t->wf->park_nev, &len, &total);
     if (json != NULL) {
       luaL_unref(wk->L, LUA_REGISTRYINDEX, s->co_ref); /* the slot's idle one */
       s->co = e->co;
       s->co_ref = e->co_ref;
-      s->wf_nev = total;
       lua_pushlstring(s->co, json, len);
       lua_pushinteger(s->co, (lua_Integer)total);
       free(json);

@@ -1569,6 +1569,7 @@ static int wf_park(ath_world_t* w, ath_task_t* t, ath_outcome_t* o, int64_t now,
   wf->wait_kind = o->park_kind;
   wf->wait_seq = o->park_seq;
   wf->home = o->home; /* its coroutine waits there */
+  wf->park_nev = wf->nev;
   ath__store_mark(w, t);
   if (o->park_kind == ATH_PARK_TIMER) {
     if (o->park_at > now) {

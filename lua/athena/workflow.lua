@@ -127,7 +127,10 @@ local ACTIVITY_ONLY = { scheduleToClose = true, heartbeatTimeout = true } -- SEM
 
 -- The per-call limits in opts, checked and normalised (durations in ms,
 -- retry as a definition's), or nil when there are none.
+local NOOPTS = setmetatable({}, { __newindex = function() error("read-only", 2) end })
+
 local function check_limits(fname, name, def, opts)
+  if opts == NOOPTS then return nil end
   local out
   for k in pairs(LIMITS) do
     local v = opts[k]
@@ -149,7 +152,7 @@ local function check_call(fname, name, opts, extra)
   if def == nil then
     error(errors.new("ENOTFOUND", string.format("%s: no activity or workflow named %s", fname, name)), 3)
   end
-  if opts == nil then return def, {} end
+  if opts == nil then return def, NOOPTS end
   if type(opts) ~= "table" then invalid("%s: options must be a table, got %s", fname, type(opts)) end
   for k, v in pairs(opts) do
     if LIMITS[k] and not (extra and extra[k]) then
@@ -175,10 +178,11 @@ local function strategy_of(ctx, def, opts)
   return opts.failureStrategy or def.options.failureStrategy or ctx._strategy
 end
 
-local function spawn(ctx, name, input, id, opts, strategy, limits)
+-- input: a value, or its JSON when `encoded`.
+local function spawn(ctx, name, input, id, opts, strategy, limits, encoded)
   return core.wfSpawn(name, input, id, {
     taskQueue = opts.taskQueue, priority = opts.priority, delay = opts.delay, failureStrategy = strategy,
-    limits = limits,
+    limits = limits, encoded = encoded,
   })
 end
 
@@ -188,7 +192,8 @@ function Ctx:run(name, input, opts)
   local def
   def, opts = check_call("ctx:run", name, opts, LIMITS)
   local limits = check_limits("ctx:run", name, def, opts)
-  core.encode(input, "input")
+  -- checked (and encoded) once, when it is issued: not when replayed
+  local payload = self._ix.done[self._seq + 1] == nil and core.encode(input, "input")
   local seq = next_seq(self)
   local ev = recorded(self, seq, "activity.scheduled", name)
   local strategy = strategy_of(self, def, opts)
@@ -199,7 +204,7 @@ function Ctx:run(name, input, opts)
       id = ev.taskId
     else
       id = string.format("%s/%d/%d", self.workflowId, self._run, seq)
-      spawn(self, name, input, id, opts, strategy, limits)
+      spawn(self, name, payload, id, opts, strategy, limits, true)
       record(self, { type = "activity.scheduled", seq = seq, name = name, taskId = id, limits = limits })
     end
     park(self, "activity", seq, id)
