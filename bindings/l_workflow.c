@@ -101,7 +101,7 @@ static int wf_spawn(lua_State* L) {
   if (rc != 0)
     return ath__raise(L, rc, "%s", err[0] ? err : ath_strerror(rc));
   lua_pushstring(L, ath_task_id(out));
-  ath_task_release(out);
+  ath__task_keep_spawned(L, out); /* for the park that usually follows */
   if (gen != 0)
     ath__task_await_commit(L, world_of(L), gen, NULL);
   return 1;
@@ -118,9 +118,9 @@ static int wf_park(lua_State* L) {
     return ath__raise(L, ATH_EINVAL, "invalid park kind");
   if (kind == ATH_PARK_TIMER)
     return ath__task_park(L, kind, seq, NULL, (int64_t)luaL_checkinteger(L, 3));
-  ath_task_t* x;
   const char* id = luaL_checkstring(L, 3);
-  if (ath_world_find(world_of(L), id, &x) != 0)
+  ath_task_t* x = ath__task_spawned(L, id);
+  if (x == NULL && ath_world_find(world_of(L), id, &x) != 0)
     return ath__raise(L, ATH_ENOTFOUND, "no task %s", id);
   return ath__task_park(L, kind, seq, x, 0);
 }

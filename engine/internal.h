@@ -375,6 +375,7 @@ struct ath_slot_s {
   int64_t park_seq;
   int64_t park_at;       /* ATH_PARK_TIMER: wall ms it fires */
   struct ath_task_s* park_task; /* the awaited task (a reference) */
+  struct ath_task_s* spawned;   /* the task the segment started last (a reference) */
 };
 
 /* A thread blocked in ath_world_wait on one task. */
@@ -420,6 +421,9 @@ struct ath_worker_s {
   int workflow_ref;      /* athena.workflow's segment runner */
   ath_wfcache_t* wfc;    /* parked workflow coroutines (wf_cache.c), worker-local;
                           * NULL: workflowCache = 0 */
+  int* spare_refs;       /* idle coroutines (registry refs) for slots whose
+                          * coroutine went to the cache; `concurrency` at most */
+  int nspare;
   ath_buf_t buf;         /* scratch for encoding results */
   int joined;            /* thread joined (by the world's thread) */
   atomic_int poke;       /* set with a wake: check the slots for cancels */
@@ -675,6 +679,12 @@ ath_task_t* ath__task_workflow(lua_State* L);
  * takes over; or, for ATH_PARK_TIMER, wall time `at`). Raises the task's
  * interrupt instead when one is due. Does not return. */
 int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t at);
+/* The task the running workflow segment started last (wfSpawn keeps it,
+ * taking over the reference `t`), so that parking on it needs no lookup;
+ * ath__task_spawned returns it (the reference) if its id is `id`, else
+ * NULL. The slot drops what is left when the segment ends. */
+void ath__task_keep_spawned(lua_State* L, ath_task_t* t);
+ath_task_t* ath__task_spawned(lua_State* L, const char* id);
 
 /* bindings: prepares a new worker state (standard libraries, athena.core and
  * the embedded Lua modules in package.preload). [-0, +0, m] */

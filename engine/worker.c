@@ -410,6 +410,28 @@ int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t a
   return lua_yieldk(L, 0, 0, park_k);
 }
 
+void ath__task_keep_spawned(lua_State* L, ath_task_t* t) {
+  ath_worker_t* wk = ath__worker_of(L);
+  ath_slot_t* s = wk ? wk->current : NULL;
+  if (s == NULL || s->task == NULL) {
+    ath_task_release(t);
+    return;
+  }
+  if (s->spawned != NULL)
+    ath_task_release(s->spawned);
+  s->spawned = t;
+}
+
+ath_task_t* ath__task_spawned(lua_State* L, const char* id) {
+  ath_worker_t* wk = ath__worker_of(L);
+  ath_slot_t* s = wk ? wk->current : NULL;
+  ath_task_t* t = s != NULL ? s->spawned : NULL;
+  if (t == NULL || strcmp(ath_task_id(t), id) != 0)
+    return NULL;
+  s->spawned = NULL;
+  return t;
+}
+
 /* -------------------------------------------------------------- running */
 
 /* The body of every task coroutine. Everything a task allocates happens
@@ -529,12 +551,16 @@ static void add_outcome(ath_worker_t* wk, ath_task_t* t, ath_status_t st, int co
   o->retry_after = -1;
 }
 
-/* Drops the awaited task of a park that did not end the segment. */
+/* Drops the awaited task of a park that did not end the segment, and the
+ * task it started last. */
 static void drop_park(ath_slot_t* s) {
   if (s->park_task != NULL)
     ath_task_release(s->park_task);
   s->park_task = NULL;
   s->park_kind = ATH_PARK_NONE;
+  if (s->spawned != NULL)
+    ath_task_release(s->spawned);
+  s->spawned = NULL;
 }
 
 /* Whether the normalised error on top of L says "never retry" (§7.3 step
@@ -650,10 +676,28 @@ static void stop_wait(ath_slot_t* s) {
 
 /* [-0, +0, m] Gives the slot a fresh coroutine with the task hook. */
 static void new_coroutine(ath_slot_t* s) {
-  lua_State* L = s->wk->L;
+  ath_worker_t* wk = s->wk;
+  lua_State* L = wk->L;
+  if (wk->nspare > 0) { /* an idle one a cached coroutine displaced */
+    s->co_ref = wk->spare_refs[--wk->nspare];
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->co_ref);
+    s->co = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    return;
+  }
   s->co = lua_newthread(L);
   lua_sethook(s->co, task_hook, LUA_MASKCOUNT, HOOK_COUNT);
   s->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* Keeps the slot's idle coroutine (fresh, or finished and cleared) for
+ * new_coroutine, as its slot takes a cached one. */
+static void spare_coroutine(ath_slot_t* s) {
+  ath_worker_t* wk = s->wk;
+  if (wk->spare_refs != NULL && wk->nspare < wk->concurrency)
+    wk->spare_refs[wk->nspare++] = s->co_ref;
+  else
+    luaL_unref(wk->L, LUA_REGISTRYINDEX, s->co_ref);
 }
 
 /* ------------------------------------------------- parked workflows */
@@ -734,6 +778,9 @@ static void uncache_all(ath_worker_t* wk) {
     uncache(wk, e);
   ath__wfc_free(wk->wfc);
   wk->wfc = NULL;
+  free(wk->spare_refs); /* the coroutines go with the state */
+  wk->spare_refs = NULL;
+  wk->nspare = 0;
 }
 
 /* Ends the attempt running in `s` with the coroutine's status `st`. */
@@ -937,7 +984,7 @@ static void start_task(ath_worker_t* wk, ath_task_t* t) {
     uint32_t total;
     char* json = wf_events_json(wk, t, t->wf->park_nev, &len, &total);
     if (json != NULL) {
-      luaL_unref(wk->L, LUA_REGISTRYINDEX, s->co_ref); /* the slot's idle one */
+      spare_coroutine(s); /* the slot's idle one */
       s->co = e->co;
       s->co_ref = e->co_ref;
       lua_pushlstring(s->co, json, len);
@@ -1321,8 +1368,10 @@ static void worker_main(void* arg) {
       wk->defining = 1;
       ok = load_code(wk) == 0 && bind_handlers(wk) == 0 && setup_slots(wk) == 0;
       wk->defining = 0;
-      if (ok && w->cfg.workflow_cache > 0) /* none (every segment replays) when out of memory */
+      if (ok && w->cfg.workflow_cache > 0) { /* none (every segment replays) when out of memory */
         wk->wfc = ath__wfc_new(w->cfg.workflow_cache);
+        wk->spare_refs = wk->wfc != NULL ? malloc((size_t)wk->concurrency * sizeof(int)) : NULL;
+      }
     }
   }
   uv_mutex_lock(&w->lock);
