@@ -43,7 +43,7 @@ void ath_world_config_init(ath_world_config_t* cfg) {
   cfg->cancel_grace_ms = 5000;
   cfg->failure_strategy = ATH_STRATEGY_RETRY;
   cfg->memory_limit = (size_t)256 << 20;
-  cfg->workflow_cache = 1000;
+  cfg->workflow_cache = 10000;
   cfg->flush_interval_ms = 50;
   cfg->log_level = 1;
   cfg->log_max_size = (size_t)10 << 20;

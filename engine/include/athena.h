@@ -129,7 +129,7 @@ struct ath_world_config_s {
   ath_strategy_t failure_strategy; /* ATH_STRATEGY_RETRY */
   size_t memory_limit;          /* bytes of Lua heap per worker state (256 MiB) */
   int workflow_cache;           /* parked workflow coroutines each worker keeps
-                                 * for its next segment, LRU (1000); 0: none,
+                                 * for its next segment, LRU (10000); 0: none,
                                  * every segment replays the history */
   int64_t flush_interval_ms;    /* hybrid group-commit period (50) */
   int64_t retention_ms;         /* terminal tasks kept this long (7 days) */

@@ -398,7 +398,7 @@ local function check_config(config)
     c.memoryLimit = math.tointeger(tonumber(n) * f)
   end
   c.memoryLimit = int_field("memoryLimit", c.memoryLimit, 1024 * 1024, nil, "at least 1MB")
-  c.workflowCache = int_field("workflowCache", c.workflowCache == nil and 1000 or c.workflowCache, 0,
+  c.workflowCache = int_field("workflowCache", c.workflowCache == nil and 10000 or c.workflowCache, 0,
     1000000, "an integer 0-1000000")
   c.clock = c.clock == nil and "system" or oneof("clock", c.clock, { "system", "manual" })
   -- a URL athena.db can open (checked, not connected); never quoted, as it
