@@ -593,19 +593,25 @@ static int world_refresh_gateway(lua_State* L) {
   return 0;
 }
 
-/* world:query(id) -> state | nil, err (ENOTFOUND) */
-static int world_query(lua_State* L) {
-  ath_world_t* w = check_world(L, 1);
-  const char* id = luaL_checkstring(L, 2);
-  ath_task_t* t;
-  int rc = ath_world_find(w, id, &t);
+/* [-0, +1 or +2, m] Finds task `id`: 0 with its handle pushed (holding
+ * the reference, so a raise after it does not leak it) and *t set, or the
+ * count of the `nil, err` it pushed (ENOTFOUND, or a store read failure). */
+static int find_handle(lua_State* L, ath_world_t* w, const char* id, ath_task_t** t) {
+  int rc = ath_world_find(w, id, t);
   if (rc == ATH_ENOTFOUND)
     return ath__pushfail(L, ATH_ENOTFOUND, lua_pushfstring(L, "no task %s", id));
   if (rc != 0)
     return ath__pushfail(L, rc, lua_pushfstring(L, "cannot read task %s from the store (see the log)", id));
-  /* hold the reference in a handle so a raise below does not leak it */
-  push_handle(L, 1, t);
-  return push_state(L, w, t);
+  push_handle(L, 1, *t);
+  return 0;
+}
+
+/* world:query(id) -> state | nil, err (ENOTFOUND) */
+static int world_query(lua_State* L) {
+  ath_world_t* w = check_world(L, 1);
+  ath_task_t* t;
+  int failed = find_handle(L, w, luaL_checkstring(L, 2), &t);
+  return failed ? failed : push_state(L, w, t);
 }
 
 /* world:children(id [, {after = cursor, limit = n}]) -> {ids = {...}, next = cursor | nil}
@@ -633,12 +639,9 @@ static int world_children(lua_State* L) {
     }
   }
   ath_task_t* t;
-  int rc = ath_world_find(w, id, &t);
-  if (rc == ATH_ENOTFOUND)
-    return ath__pushfail(L, ATH_ENOTFOUND, lua_pushfstring(L, "no task %s", id));
-  if (rc != 0)
-    return ath__pushfail(L, rc, lua_pushfstring(L, "cannot read task %s from the store (see the log)", id));
-  push_handle(L, 1, t); /* holds the reference */
+  int failed = find_handle(L, w, id, &t);
+  if (failed)
+    return failed;
   lua_createtable(L, 0, 2);
   push_children(L, w, t, (uint64_t)after, (int)limit, "ids", "next");
   return 1;
