@@ -489,6 +489,7 @@ struct ath_world_s {
    * signalled when its task ends (no other completion wakes it). */
   struct ath_bwait_s* bwaiters;
   int64_t bwait_wakes;   /* how often they woke (a test reads it) */
+  int64_t kid_scans;     /* table scans for a workflow's tasks (a test reads it) */
   int state;             /* ATH_W_* */
   uv_thread_t owner;     /* creating thread */
   ath_world_config_t cfg;/* strings below are owned copies */

@@ -1479,6 +1479,7 @@ static int cancel_children(ath_world_t* w, ath_task_t* t, const ath_task_t* keep
                            ath_worker_t** wake, int nwake) {
   ath_wf_t* wf = t->wf;
   if (wf->kids_lost) { /* the list is incomplete: scan the table */
+    w->kid_scans++;
     for (size_t b = 0; b < w->table_cap; b++) {
       for (ath_task_t* c = w->table[b]; c != NULL; c = c->hnext) {
         int accepted;
@@ -1656,6 +1657,7 @@ static int ram_children(ath_world_t* w, const ath_task_t* t, uint64_t after, ath
       }
     }
   } else if (a != NULL) {
+    w->kid_scans++;
     for (size_t b = 0; b < w->table_cap && a != NULL; b++) {
       for (ath_task_t* c = w->table[b]; c != NULL; c = c->hnext) {
         if (c->seq <= after || c->parent == NULL ||
