@@ -424,6 +424,7 @@ struct ath_worker_s {
   int* spare_refs;       /* idle coroutines (registry refs) for slots whose
                           * coroutine went to the cache; `concurrency` at most */
   int nspare;
+  unsigned wfc_parks;    /* parks into the cache: every 16th sweeps it */
   ath_buf_t buf;         /* scratch for encoding results */
   int joined;            /* thread joined (by the world's thread) */
   atomic_int poke;       /* set with a wake: check the slots for cancels */

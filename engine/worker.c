@@ -724,16 +724,35 @@ static void uncache(ath_worker_t* wk, ath_wfc_entry_t* e) {
  * share of the workflows. */
 #define WFC_MIN_AGE_NS 1000000000u
 
+/* Closes the cached coroutines of workflows that ended meanwhile (a cancel,
+ * a cascade, a run timeout while parked), among the least recently
+ * parked: live workflows move back to the recent end each time they park
+ * again, so ended ones sink to where this looks. */
+static void sweep_ended(ath_worker_t* wk) {
+  ath_task_t* ended[16];
+  int n = 0;
+  uv_mutex_lock(&wk->w->lock); /* status is guarded by it */
+  const ath_wfc_entry_t* e = ath__wfc_lru(wk->wfc);
+  for (int k = 0; e != NULL && k < 16; k++, e = e->newer)
+    if (ATH_IS_TERMINAL(e->task->status))
+      ended[n++] = e->task;
+  uv_mutex_unlock(&wk->w->lock);
+  for (int i = 0; i < n; i++)
+    uncache(wk, ath__wfc_take(wk->wfc, ended[i]));
+}
+
 /* Moves the coroutine of the workflow segment that just parked in `s` into
  * the worker's cache: past the count, the least recently parked one is
  * evicted if it has waited WFC_MIN_AGE_NS, else this one is not kept;
  * above half the memory limit, the least recently parked ones are
- * evicted. Returns 0 when it is not kept (no cache, full, out of memory):
+ * evicted; every 16th park sweeps out the coroutines of ended workflows. Returns 0 when it is not kept (no cache, full, out of memory):
  * the caller closes it. */
 static int cache_parked(ath_slot_t* s) {
   ath_worker_t* wk = s->wk;
   if (wk->wfc == NULL)
     return 0;
+  if ((++wk->wfc_parks & 15) == 0)
+    sweep_ended(wk);
   while (wk->mem_used > wk->mem_limit / 2 && ath__wfc_count(wk->wfc) > 0)
     uncache(wk, ath__wfc_take_lru(wk->wfc));
   uint64_t now = uv_hrtime();

@@ -368,6 +368,20 @@ describe("workflows", function()
       assert.equals(8, starts_off)
     end)
 
+    it("a workflow cancelled while parked has its kept coroutine closed soon after (its __close runs)", function()
+      local w = world { minWorkers = 1, maxWorkers = 1 } -- one cache
+      local log = tmpname()
+      local h = w:execute("wf.closing", { log = log })
+      -- one worker: its step starts once the workflow's segment parked
+      S.eventually(function() return count(log, "slow start nil") == 1 end, S.WAIT, "the workflow to park")
+      assert.is_true(h:cancel())
+      assert.equals(0, count(log, "closed")) -- kept, not closed by the park
+      -- others park on the same worker: its cache sweeps out the ended one
+      assert.equals(20 * #"charge ok 1" + 11, S.result(w:execute("wf.counted", { steps = 20 })).sum)
+      S.eventually(function() return count(log, "closed") == 1 end, S.WAIT,
+        "the cancelled workflow's coroutine to be closed")
+    end)
+
     it("a cache of one: parked workflows evict each other and replay, with the same outcomes", function()
       local w = world { workflowCache = 1 }
       local log = tmpname()
