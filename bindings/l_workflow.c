@@ -46,7 +46,10 @@ static int wf_append(lua_State* L) {
 
 /* core.wfSpawn(name, input, id, opts) -> id: starts `name` as a task the
  * workflow owns (idempotent by id, SEMANTICS §5.3). opts: taskQueue,
- * priority, delay, failureStrategy (a name). */
+ * priority, delay, failureStrategy (a name), encoded (input is its JSON
+ * already), limits (per-call timeout,
+ * scheduleToClose, heartbeatTimeout in ms and retry, as workflow.lua
+ * normalised them). */
 static int wf_spawn(lua_State* L) {
   ath_task_t* t = check_workflow(L);
   const char* name = luaL_checkstring(L, 1);
@@ -66,18 +69,39 @@ static int wf_spawn(lua_State* L) {
     o.delay_ms = ath__checkduration(L, -1, "delay");
   if (lua_getfield(L, 4, "failureStrategy") != LUA_TNIL)
     o.failure_strategy = ath__checkstrategy(L, -1, "failureStrategy");
+  ath_buf_t lim = {0};
+  if (lua_getfield(L, 4, "limits") == LUA_TTABLE) {
+    encode(L, -1, "limits", &lim);
+    o.limits = lim.data;
+    o.limits_len = lim.len;
+  }
   ath_buf_t b = {0};
-  encode(L, 2, "input", &b);
+  char jerr[256];
+  int jrc = 0;
+  if (lua_getfield(L, 4, "encoded") == LUA_TBOOLEAN && lua_toboolean(L, -1)) {
+    size_t n; /* JSON workflow.lua encoded (and so checked) already */
+    const char* json = luaL_checklstring(L, 2, &n);
+    jrc = ath__buf_append(&b, json, n);
+    snprintf(jerr, sizeof(jerr), "%s", "not enough memory");
+  } else {
+    jrc = ath__json_encode(L, 2, "input", &b, jerr, sizeof(jerr));
+  }
+  if (jrc != 0) {
+    ath__buf_free(&b);
+    ath__buf_free(&lim);
+    return ath__raise(L, jrc, "%s", jerr);
+  }
   char* payload = b.data ? b.data : ath__memdup("null", 4);
   size_t len = b.data ? b.len : 4;
   ath_task_t* out;
   char err[256] = "";
   uint64_t gen;
   int rc = ath__world_execute(world_of(L), name, 1, &payload, &len, NULL, &o, &out, &gen, err, sizeof(err));
+  ath__buf_free(&lim);
   if (rc != 0)
     return ath__raise(L, rc, "%s", err[0] ? err : ath_strerror(rc));
   lua_pushstring(L, ath_task_id(out));
-  ath_task_release(out);
+  ath__task_keep_spawned(L, out); /* for the park that usually follows */
   if (gen != 0)
     ath__task_await_commit(L, world_of(L), gen, NULL);
   return 1;
@@ -94,9 +118,9 @@ static int wf_park(lua_State* L) {
     return ath__raise(L, ATH_EINVAL, "invalid park kind");
   if (kind == ATH_PARK_TIMER)
     return ath__task_park(L, kind, seq, NULL, (int64_t)luaL_checkinteger(L, 3));
-  ath_task_t* x;
   const char* id = luaL_checkstring(L, 3);
-  if (ath_world_find(world_of(L), id, &x) != 0)
+  ath_task_t* x = ath__task_spawned(L, id);
+  if (x == NULL && ath_world_find(world_of(L), id, &x) != 0)
     return ath__raise(L, ATH_ENOTFOUND, "no task %s", id);
   return ath__task_park(L, kind, seq, x, 0);
 }

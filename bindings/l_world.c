@@ -589,6 +589,36 @@ static void push_error_json(lua_State* L, const char* json, size_t len, int code
     luaL_setmetatable(L, "athena.Error");
 }
 
+#define CHILDREN_PAGE 1000
+#define CHILDREN_PAGE_MAX 10000
+
+/* [-0, +0, m] Sets field `key` of the table on top to the ids of the next
+ * `limit` tasks t owns after cursor `after` (creation order), and field
+ * `next_key` to the cursor of the page after them when there are more. */
+static void push_children(lua_State* L, ath_world_t* w, ath_task_t* t, uint64_t after, int limit,
+                          const char* key, const char* next_key) {
+  ath_task_t** kids = lua_newuserdatauv(L, ((size_t)limit + 1) * sizeof(*kids), 0);
+  int n = ath_world_children_after(w, t, after, kids, limit + 1); /* one more: is there a next? */
+  if (n < 0)
+    luaL_error(L, "not enough memory");
+  int m = n < limit ? n : limit;
+  uint64_t last = m > 0 ? ath_task_seq(kids[m - 1]) : 0;
+  lua_createtable(L, m, 0);
+  for (int i = 0; i < n; i++) { /* no raise until every reference is dropped */
+    if (i < m && lua_checkstack(L, 1)) {
+      lua_pushstring(L, ath_task_id(kids[i]));
+      lua_rawseti(L, -2, i + 1);
+    }
+    ath_task_release(kids[i]);
+  }
+  lua_setfield(L, -3, key);
+  lua_pop(L, 1); /* the array */
+  if (n > limit) {
+    lua_pushinteger(L, (lua_Integer)last);
+    lua_setfield(L, -2, next_key);
+  }
+}
+
 static int push_state(lua_State* L, ath_world_t* w, ath_task_t* t) {
   ath_task_info_t info;
   if (ath_task_snapshot(w, t, &info) != 0)
@@ -642,18 +672,8 @@ static int push_state(lua_State* L, ath_world_t* w, ath_task_t* t) {
   set_int(L, "priority", info.priority);
   int workflow = info.workflow;
   ath_task_snapshot_free(&info);
-  if (workflow) { /* ids of its activities, children and compensations */
-    ath_task_t* kids[256];
-    int n = ath_world_children(w, t, kids, 256);
-    int m = n < 256 ? n : 256;
-    lua_createtable(L, m, 0);
-    for (int i = 0; i < m; i++) {
-      lua_pushstring(L, ath_task_id(kids[i]));
-      ath_task_release(kids[i]);
-      lua_rawseti(L, -2, i + 1);
-    }
-    lua_setfield(L, -2, "children");
-  }
+  if (workflow) /* ids of its activities, children and compensations: the first page */
+    push_children(L, w, t, 0, CHILDREN_PAGE, "children", "childrenNext");
   return 1;
 }
 
@@ -671,19 +691,58 @@ static int world_refresh_gateway(lua_State* L) {
   return 0;
 }
 
-/* world:query(id) -> state | nil, err (ENOTFOUND) */
-static int world_query(lua_State* L) {
-  ath_world_t* w = check_world(L, 1);
-  const char* id = luaL_checkstring(L, 2);
-  ath_task_t* t;
-  int rc = ath_world_find(w, id, &t);
+/* [-0, +1 or +2, m] Finds task `id`: 0 with its handle pushed (holding
+ * the reference, so a raise after it does not leak it) and *t set, or the
+ * count of the `nil, err` it pushed (ENOTFOUND, or a store read failure). */
+static int find_handle(lua_State* L, ath_world_t* w, const char* id, ath_task_t** t) {
+  int rc = ath_world_find(w, id, t);
   if (rc == ATH_ENOTFOUND)
     return ath__pushfail(L, ATH_ENOTFOUND, lua_pushfstring(L, "no task %s", id));
   if (rc != 0)
     return ath__pushfail(L, rc, lua_pushfstring(L, "cannot read task %s from the store (see the log)", id));
-  /* hold the reference in a handle so a raise below does not leak it */
-  push_handle(L, 1, t);
-  return push_state(L, w, t);
+  push_handle(L, 1, *t);
+  return 0;
+}
+
+/* world:query(id) -> state | nil, err (ENOTFOUND) */
+static int world_query(lua_State* L) {
+  ath_world_t* w = check_world(L, 1);
+  ath_task_t* t;
+  int failed = find_handle(L, w, luaL_checkstring(L, 2), &t);
+  return failed ? failed : push_state(L, w, t);
+}
+
+/* world:children(id [, {after = cursor, limit = n}]) -> {ids = {...}, next = cursor | nil}
+ * | nil, err (ENOTFOUND): a page of the tasks workflow `id` owns, in
+ * creation order. */
+static int world_children(lua_State* L) {
+  ath_world_t* w = check_world(L, 1);
+  const char* id = luaL_checkstring(L, 2);
+  lua_Integer after = 0, limit = CHILDREN_PAGE;
+  if (!lua_isnoneornil(L, 3)) {
+    luaL_checktype(L, 3, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, 3) != 0) {
+      const char* k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+      if (k == NULL || (strcmp(k, "after") != 0 && strcmp(k, "limit") != 0))
+        return ath__raise(L, ATH_EINVAL, "world:children: unknown option %s", luaL_tolstring(L, -2, NULL));
+      int ok = lua_isinteger(L, -1);
+      lua_Integer v = lua_tointeger(L, -1);
+      if (strcmp(k, "after") == 0 && (!ok || v < 0))
+        return ath__raise(L, ATH_EINVAL, "world:children: invalid after (a cursor from a previous page)");
+      if (strcmp(k, "limit") == 0 && (!ok || v < 1 || v > CHILDREN_PAGE_MAX))
+        return ath__raise(L, ATH_EINVAL, "world:children: invalid limit (an integer 1-%d)", CHILDREN_PAGE_MAX);
+      *(strcmp(k, "after") == 0 ? &after : &limit) = v;
+      lua_pop(L, 1);
+    }
+  }
+  ath_task_t* t;
+  int failed = find_handle(L, w, id, &t);
+  if (failed)
+    return failed;
+  lua_createtable(L, 0, 2);
+  push_children(L, w, t, (uint64_t)after, (int)limit, "ids", "next");
+  return 1;
 }
 
 /* world:getMetrics() */
@@ -1447,6 +1506,7 @@ int lath_open_world(lua_State* L) {
     {"execute", world_execute},
     {"executeMany", world_execute_many},
     {"query", world_query},
+    {"children", world_children},
     {"getMetrics", world_metrics},
     {"getWorkers", world_workers},
     {"shutdown", world_shutdown},

@@ -132,6 +132,9 @@ struct ath_world_config_s {
   int64_t cancel_grace_ms;      /* 5000 */
   ath_strategy_t failure_strategy; /* ATH_STRATEGY_RETRY */
   size_t memory_limit;          /* bytes of Lua heap per worker state (256 MiB) */
+  int workflow_cache;           /* parked workflow coroutines each worker keeps
+                                 * for its next segment, LRU (10000); 0: none,
+                                 * every segment replays the history */
   int64_t flush_interval_ms;    /* hybrid group-commit period (50) */
   int64_t retention_ms;         /* terminal tasks kept this long (7 days) */
   int64_t retain_terminal;      /* memory mode: at most this many terminal tasks
@@ -257,6 +260,11 @@ struct ath_exec_opts_s {
   ath_strategy_t failure_strategy; /* ATH_STRATEGY_DEFAULT: the definition's */
   const char* parent_id;  /* the owning workflow (a child, an activity of
                            * ctx:run or a compensation), or NULL */
+  const char* limits;     /* per-call limits replacing the definition's, as
+                           * JSON {timeout, scheduleToClose, heartbeatTimeout,
+                           * retry} (ms; retry as the Lua option, replacing the
+                           * whole policy), or NULL */
+  size_t limits_len;
 };
 
 /* Queues `n` executions of `name`, one per payload, in one critical
@@ -313,10 +321,19 @@ ATH_EXTERN int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f,
  * ATH_ENOTFOUND. Thread: any. */
 ATH_EXTERN int ath_world_find(ath_world_t* w, const char* id, ath_task_t** out);
 
-/* Fills out[0..cap) with new references to the tasks whose parent is `t`
- * (a workflow's activities, children and compensations), in creation
- * order, and returns how many there are (which may exceed cap). */
+/* Fills out[0..cap) with new references to the first tasks whose parent
+ * is `t` (a workflow's activities, children and compensations), in
+ * creation order, and returns how many it stored (cap: there may be more;
+ * page on with ath_world_children_after). */
 ATH_EXTERN int ath_world_children(ath_world_t* w, const ath_task_t* t, ath_task_t** out, int cap);
+/* As ath_world_children, for the tasks created after the one whose
+ * ath_task_seq is `after` (0: from the first): a page. Returns the count
+ * stored, or ATH_ENOMEM. Thread: any. */
+ATH_EXTERN int ath_world_children_after(ath_world_t* w, const ath_task_t* t, uint64_t after,
+                                        ath_task_t** out, int cap);
+/* A task's creation number (unique in its world, increasing): the cursor
+ * of ath_world_children_after. */
+ATH_EXTERN uint64_t ath_task_seq(const ath_task_t* t);
 
 /* Waits until `t` is terminal or `timeout_ms` passes (< 0: no limit).
  * Returns 0 when terminal, ATH_ETIMEDOUT, or ATH_ESHUTDOWN when the world

@@ -42,6 +42,8 @@ static const char* const format_names[] = {"auto", "logfmt", "json", "pretty", N
   X("cancelGrace", ATH_CFG_MS, cancel_grace_ms, 5000, NULL, 0, 0, NULL, 0, "a duration")             \
   X("memoryLimit", ATH_CFG_BYTES, memory_limit, 256 * MIB, NULL, MIB, 0, NULL, 0,                    \
     "at least 1MB: bytes, or \"64KB\" \"256MB\" \"1GB\"")                                            \
+  X("workflowCache", ATH_CFG_INT, workflow_cache, 10000, NULL, 0, 1000000, NULL, 0,                \
+    "an integer 0-1000000")                                                                          \
   X("clock", ATH_CFG_ENUM, manual_clock, 0, NULL, 0, 1, clock_names, 0, "system or manual")         \
   X("collectMetrics", ATH_CFG_BOOL, no_metrics, 1, NULL, 0, 1, NULL, 1, "a boolean")                 \
   X("log.level", ATH_CFG_ENUM, log_level, 1, NULL, 0, 3, level_names, 0,                            \

@@ -54,13 +54,33 @@ typedef struct {
 } ath_def_t;
 
 /* Where a workflow is between its Lua segments (SEMANTICS §9.4). */
-enum { ATH_WF_SLOT = 0, ATH_WF_PARKED, ATH_WF_QUEUED, ATH_WF_TIMER };
+enum { ATH_WF_SLOT = 0, ATH_WF_PARKED, ATH_WF_QUEUED, ATH_WF_TIMER,
+       ATH_WF_HOME /* queued on its home worker's resumes list */ };
 /* What a parked workflow waits for: the event family of its outcome. */
+
+/* One history event: a JSON object, immutable once made, shared by
+ * reference between the workflow, the store and workers (so the history is
+ * never copied under the world lock). */
+typedef struct {
+  atomic_int refs;
+  uint32_t len;
+  char json[];           /* NUL-terminated */
+} ath_wfev_t;
 
 /* A workflow's engine-side state; NULL for activities. Guarded by the
  * world lock. */
 typedef struct {
-  ath_buf_t hist;        /* history events: JSON objects joined by commas */
+  ath_wfev_t** ev;       /* the history, append-only: ev[0..nev) */
+  uint32_t nev, evcap;
+  uint32_t stored_n;     /* ev[0..stored_n) are handed to the store */
+  uint32_t segs;         /* segments claimed so far (a worker's cached
+                          * coroutine is current when it ran the last one) */
+  uint32_t park_nev;     /* history length when the last segment parked: a
+                          * cached coroutine has seen every event before it
+                          * that its index needs (only cancel.requested, which
+                          * it ignores, comes from elsewhere meanwhile) */
+  struct ath_worker_s* home; /* parked, its coroutine cached there: resumed
+                              * there, with only the new events; or NULL */
   int where;             /* ATH_WF_* */
   int resuming;          /* the next claim continues the run: no new attempt */
   int wait_kind;         /* ATH_PARK_*, while parked or on a timer */
@@ -69,7 +89,76 @@ typedef struct {
   int forced;            /* a cascade failed it while a segment ran */
   char* forced_err;      /* the error it ends with then (JSON), owned */
   size_t forced_err_len;
+  /* The tasks it owns that are in the world's table, in creation order
+   * (weak: each leaves the list as it leaves the table), so nothing scans
+   * the table for them; [kids_lo, nkids) may hold NULLs of removed ones.
+   * kids_lost: an append failed (no memory), so the list is incomplete. */
+  struct ath_task_s** kids;
+  uint32_t nkids, kids_cap, kids_lo;
+  int kids_lost;
 } ath_wf_t;
+
+/* workflow.c: history events. ath__wfev_new copies `len` bytes of json
+ * (NULL when out of memory); ath__wf_push appends (lock held) taking the
+ * event's reference, or releases it and returns ATH_ENOMEM;
+ * ath__wf_events_join returns "[e1,e2,...]" (malloc'd, NULL when out of
+ * memory); ath__wf_load parses events separated by ATH_WFEV_SEP (a
+ * stored history) into a new workflow's list. */
+#define ATH_WFEV_SEP '\x1e' /* never in JSON text: controls are escaped */
+ath_wfev_t* ath__wfev_new(const char* json, size_t len);
+void ath__wfev_retain(ath_wfev_t* e);
+void ath__wfev_release(ath_wfev_t* e);
+void ath__wfev_release_all(ath_wfev_t** evs, size_t n); /* and frees evs */
+int ath__wf_push(ath_wf_t* wf, ath_wfev_t* e);
+char* ath__wf_events_join(ath_wfev_t* const* evs, size_t n, size_t* len);
+int ath__wf_load(ath_wf_t* wf, const char* text, size_t len);
+/* New references to ev[from..nev) in a malloc'd array (lock held); *n gets
+ * the count. NULL with *n = 0 when there are none; NULL with *n > 0 when
+ * out of memory. */
+ath_wfev_t** ath__wf_events_from(const ath_wf_t* wf, uint32_t from, size_t* n);
+void ath__wf_free(ath_wf_t* wf);
+
+/* wf_cache.c: a worker's parked workflow coroutines (worker thread only).
+ * An entry holds a reference to its task and the coroutine (a registry
+ * ref), with what makes it current: the workflow's segment count, run and
+ * state when it parked. */
+typedef struct ath_wfc_entry_s {
+  struct ath_task_s* task;
+  lua_State* co;
+  int co_ref;
+  int run, status;
+  uint32_t segs;
+  uint64_t parked_ns;    /* monotonic, when it parked */
+  struct ath_wfc_entry_s *hnext, *newer, *older;
+} ath_wfc_entry_t;
+typedef struct ath_wfcache_s ath_wfcache_t;
+ath_wfcache_t* ath__wfc_new(int cap);
+void ath__wfc_free(ath_wfcache_t* c);
+int ath__wfc_count(const ath_wfcache_t* c);
+int ath__wfc_full(const ath_wfcache_t* c);
+void ath__wfc_put(ath_wfcache_t* c, ath_wfc_entry_t* e);   /* as the most recent */
+ath_wfc_entry_t* ath__wfc_take(ath_wfcache_t* c, const struct ath_task_s* t); /* or NULL */
+ath_wfc_entry_t* ath__wfc_take_lru(ath_wfcache_t* c);      /* or NULL when empty */
+const ath_wfc_entry_t* ath__wfc_lru(const ath_wfcache_t* c); /* the next out, or NULL */
+
+/* workflow.c: a workflow's list of owned tasks (lock held). */
+void ath__wf_kid_add(ath_wf_t* wf, struct ath_task_s* c);
+void ath__wf_kid_remove(ath_wf_t* wf, const struct ath_task_s* c);
+
+/* Per-call limits of a task a workflow started (ctx:run's timeout, retry,
+ * scheduleToClose, heartbeatTimeout; SEMANTICS §9.1): its definition's
+ * with those replaced (`retry` replaces the whole policy). Immutable, one
+ * allocation owned by the task; `json` ({timeout, scheduleToClose,
+ * heartbeatTimeout, retry}, ms numbers) is what the store keeps. */
+typedef struct {
+  ath_activity_t a;
+  char* json;
+  size_t json_len;
+} ath_call_t;
+
+/* workflow.c: builds the limits `json` gives over `def`. Returns 0,
+ * ATH_EINVAL (not such an object) or ATH_ENOMEM. Thread: any. */
+int ath__call_new(const ath_activity_t* def, const char* json, size_t len, ath_call_t** out);
 
 /* A task lives from execute() until the world is freed (or, later, pruned).
  * Every field below `refs` is guarded by the world lock, except the
@@ -117,6 +206,7 @@ struct ath_task_s {
   ath_waiter_t* waiters; /* worker slots parked in handle:result() */
   struct ath_task_s* parent; /* owning workflow (a reference), or NULL */
   ath_wf_t* wf;          /* workflow state, NULL for an activity */
+  ath_call_t* call;      /* per-call limits (owned), NULL: the definition's */
   char* input;           /* JSON, owned (or inline: input_inline) */
   char* result;          /* JSON, owned, NULL until completed */
   char* error;           /* JSON error value, owned, NULL if none */
@@ -126,6 +216,11 @@ struct ath_task_s {
   uint64_t hash;
   char id[];             /* NUL-terminated */
 };
+
+/* The limits that apply to t: its call's, else its definition's. */
+static inline const ath_activity_t* ath__task_limits(const ath_task_t* t) {
+  return t->call != NULL ? &t->call->a : &t->def->a;
+}
 
 /* One priority level of a queue: ready tasks in (ready_at, seq) order. */
 typedef struct {
@@ -230,6 +325,7 @@ struct ath_slot_s {
   int64_t park_seq;
   int64_t park_at;       /* ATH_PARK_TIMER: wall ms it fires */
   struct ath_task_s* park_task; /* the awaited task (a reference) */
+  struct ath_task_s* spawned;   /* the task the segment started last (a reference) */
 };
 
 /* A thread blocked in ath_world_wait on one task. */
@@ -262,6 +358,7 @@ typedef struct {
   int park_kind;         /* a workflow segment parked (status running): ATH_PARK_* */
   int64_t park_seq, park_at;
   struct ath_task_s* park_task; /* reference handed over from the slot */
+  struct ath_worker_s* home;    /* parked: the worker that cached its coroutine, or NULL */
 } ath_outcome_t;
 
 struct ath_worker_s {
@@ -274,6 +371,12 @@ struct ath_worker_s {
   int nfree;
   int normalize_ref;     /* athena.errors.normalize */
   int workflow_ref;      /* athena.workflow's segment runner */
+  ath_wfcache_t* wfc;    /* parked workflow coroutines (wf_cache.c), worker-local;
+                          * NULL: workflowCache = 0 */
+  int* spare_refs;       /* idle coroutines (registry refs) for slots whose
+                          * coroutine went to the cache; `concurrency` at most */
+  int nspare;
+  unsigned wfc_parks;    /* parks into the cache: every 16th sweeps it */
   ath_buf_t buf;         /* scratch for encoding results */
   int joined;            /* thread joined (by the world's thread) */
   int loop_closed;       /* its loop closed (no wake may reach it after) */
@@ -308,6 +411,8 @@ struct ath_worker_s {
   int stop;              /* asked to stop once its slots are empty */
   int state;             /* ATH_WK_* */
   ath_waiter_t* inbox;   /* parked slots whose awaited task finished */
+  ath_bucket_t resumes;  /* workflows whose coroutine it caches, due to resume
+                          * here (counted in its queue's depth) */
   int64_t tasks_completed, tasks_failed;
   /* Read by any thread: */
   atomic_llong last_heartbeat;
@@ -341,6 +446,7 @@ struct ath_world_s {
    * signalled when its task ends (no other completion wakes it). */
   struct ath_bwait_s* bwaiters;
   int64_t bwait_wakes;   /* how often they woke (a test reads it) */
+  int64_t kid_scans;     /* table scans for a workflow's tasks (a test reads it) */
   int state;             /* ATH_W_* */
   uv_thread_t owner;     /* creating thread */
   ath_world_config_t cfg;/* strings below are owned copies */
@@ -525,9 +631,10 @@ void ath__vtimer_start(ath_world_t* w, ath_vtimer_t* vt, uint64_t due);
 void ath__vtimer_stop(ath_world_t* w, ath_vtimer_t* vt);
 /* Removes `slot`'s waiter from `t` if still there (an interrupted wait). */
 void ath__world_unawait(ath_world_t* w, ath_task_t* t, ath_slot_t* slot);
-/* A copy of workflow t's history as a JSON array ("[...]"), malloc'd; NULL
- * when out of memory. *len gets its length. */
-char* ath__world_wf_history(ath_world_t* w, ath_task_t* t, size_t* len);
+/* New references to workflow t's history events from index `from` (see
+ * ath__wf_events_from); *total gets the history's length. */
+ath_wfev_t** ath__world_wf_events(ath_world_t* w, ath_task_t* t, uint32_t from, size_t* n,
+                                  uint32_t* total);
 
 /* sched.c: schedules (SEMANTICS §11) ---------------------------------------- */
 

@@ -124,6 +124,12 @@ ath_task_t* ath__task_workflow(lua_State* L);
  * takes over; or, for ATH_PARK_TIMER, wall time `at`). Raises the task's
  * interrupt instead when one is due. Does not return. */
 int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t at);
+/* The task the running workflow segment started last (wfSpawn keeps it,
+ * taking over the reference `t`), so that parking on it needs no lookup;
+ * ath__task_spawned returns it (the reference) if its id is `id`, else
+ * NULL. The slot drops what is left when the segment ends. */
+void ath__task_keep_spawned(lua_State* L, ath_task_t* t);
+ath_task_t* ath__task_spawned(lua_State* L, const char* id);
 
 /* What a workflow segment waits for when it parks (ath__task_park). */
 enum { ATH_PARK_NONE = 0, ATH_PARK_ACTIVITY, ATH_PARK_CHILD, ATH_PARK_COMP, ATH_PARK_TIMER };

@@ -393,6 +393,21 @@ ath_task_t* ath__task_workflow(lua_State* L) {
   return s != NULL && s->task != NULL && s->task->wf != NULL ? s->task : NULL;
 }
 
+/* Continuation of a park whose coroutine stayed cached (wf_cache.c): the
+ * next segment resumed it with the history's new events (a JSON array)
+ * and its length; returns them decoded, and the length. */
+static int park_k(lua_State* L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  size_t len;
+  const char* json = lua_tolstring(L, -2, &len);
+  lua_Integer total = lua_tointeger(L, -1);
+  if (json == NULL || ath__json_decode(L, json, len) != 0)
+    return luaL_error(L, "workflow resumed without its new events");
+  lua_pushinteger(L, total);
+  return 2;
+}
+
 int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t at) {
   ath_slot_t* s = task_slot(L);
   if (s == NULL || s->task->wf == NULL) {
@@ -416,7 +431,29 @@ int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t a
   s->park_task = t;
   s->park_at = at;
   s->wait = ATH_WAIT_PARK;
-  return lua_yield(L, 0);
+  return lua_yieldk(L, 0, 0, park_k);
+}
+
+void ath__task_keep_spawned(lua_State* L, ath_task_t* t) {
+  ath_worker_t* wk = ath__worker_of(L);
+  ath_slot_t* s = wk ? wk->current : NULL;
+  if (s == NULL || s->task == NULL) {
+    ath_task_release(t);
+    return;
+  }
+  if (s->spawned != NULL)
+    ath_task_release(s->spawned);
+  s->spawned = t;
+}
+
+ath_task_t* ath__task_spawned(lua_State* L, const char* id) {
+  ath_worker_t* wk = ath__worker_of(L);
+  ath_slot_t* s = wk ? wk->current : NULL;
+  ath_task_t* t = s != NULL ? s->spawned : NULL;
+  if (t == NULL || strcmp(ath_task_id(t), id) != 0)
+    return NULL;
+  s->spawned = NULL;
+  return t;
 }
 
 /* -------------------------------------------------------------- running */
@@ -442,6 +479,19 @@ static void push_decoded(lua_State* co, const char* json, size_t len) {
   }
 }
 
+/* Workflow t's history events from index `from` as a JSON array,
+ * malloc'd (NULL when out of memory): the events are shared with the
+ * engine by reference and joined here, with no lock held. *total gets the
+ * history's length. */
+static char* wf_events_json(ath_worker_t* wk, ath_task_t* t, uint32_t from, size_t* len,
+                            uint32_t* total) {
+  size_t n;
+  ath_wfev_t** evs = ath__world_wf_events(wk->w, t, from, &n, total);
+  char* json = evs == NULL && n > 0 ? NULL : ath__wf_events_join(evs, n, len);
+  ath__wfev_release_all(evs, evs != NULL ? n : 0);
+  return json;
+}
+
 /* A workflow segment: athena.workflow's runner replays the handler against
  * the history: runner(handler, ctx, input, history, compensating, error,
  * strategy, parentId). */
@@ -451,7 +501,8 @@ static int workflow_main(lua_State* co, ath_task_t* t) {
   lua_insert(co, 1); /* runner, handler, ctx */
   push_decoded(co, t->input, t->input_len);
   size_t hlen;
-  char* hist = ath__world_wf_history(wk->w, t, &hlen);
+  uint32_t total;
+  char* hist = wf_events_json(wk, t, 0, &hlen, &total);
   if (hist == NULL)
     luaL_error(co, "not enough memory");
   int rc = ath__json_decode(co, hist, hlen);
@@ -524,12 +575,16 @@ static void add_outcome(ath_worker_t* wk, ath_task_t* t, ath_status_t st, int co
   o->retry_after = -1;
 }
 
-/* Drops the awaited task of a park that did not end the segment. */
+/* Drops the awaited task of a park that did not end the segment, and the
+ * task it started last. */
 static void drop_park(ath_slot_t* s) {
   if (s->park_task != NULL)
     ath_task_release(s->park_task);
   s->park_task = NULL;
   s->park_kind = ATH_PARK_NONE;
+  if (s->spawned != NULL)
+    ath_task_release(s->spawned);
+  s->spawned = NULL;
 }
 
 /* Whether the normalised error on top of L says "never retry" (§7.3 step
@@ -549,7 +604,7 @@ static int error_is_final(ath_worker_t* wk, ath_task_t* t, lua_State* L, int64_t
       *retry_after = (int64_t)ra;
   }
   lua_pop(L, 1);
-  const char* const* nr = t->def->a.non_retryable;
+  const char* const* nr = ath__task_limits(t)->non_retryable;
   for (; nr && *nr && !final; nr++) {
     for (int k = 0; k < 2 && !final; k++) {
       lua_getfield(L, -1, k == 0 ? "code" : "name");
@@ -645,10 +700,130 @@ static void stop_wait(ath_slot_t* s) {
 
 /* [-0, +0, m] Gives the slot a fresh coroutine with the task hook. */
 static void new_coroutine(ath_slot_t* s) {
-  lua_State* L = s->wk->L;
+  ath_worker_t* wk = s->wk;
+  lua_State* L = wk->L;
+  if (wk->nspare > 0) { /* an idle one a cached coroutine displaced */
+    s->co_ref = wk->spare_refs[--wk->nspare];
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->co_ref);
+    s->co = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    return;
+  }
   s->co = lua_newthread(L);
   lua_sethook(s->co, task_hook, LUA_MASKCOUNT, HOOK_COUNT);
   s->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* Keeps the slot's idle coroutine (fresh, or finished and cleared) for
+ * new_coroutine, as its slot takes a cached one. */
+static void spare_coroutine(ath_slot_t* s) {
+  ath_worker_t* wk = s->wk;
+  if (wk->spare_refs != NULL && wk->nspare < wk->concurrency)
+    wk->spare_refs[wk->nspare++] = s->co_ref;
+  else
+    luaL_unref(wk->L, LUA_REGISTRYINDEX, s->co_ref);
+}
+
+/* ------------------------------------------------- parked workflows */
+
+/* Closes a cached coroutine (running its pending __close handlers) and
+ * drops the entry. */
+static void uncache(ath_worker_t* wk, ath_wfc_entry_t* e) {
+  lua_State* L = wk->L;
+#if LUA_VERSION_RELEASE_NUM >= 50406
+  lua_closethread(e->co, L);
+#else
+  lua_resetthread(e->co);
+#endif
+  luaL_unref(L, LUA_REGISTRYINDEX, e->co_ref);
+  ath_task_release(e->task);
+  free(e);
+}
+
+/* A full cache makes room by evicting its least recently parked coroutine
+ * only when that one has waited this long: when more workflows are parked
+ * at once than the cache holds, evicting the oldest would evict the next
+ * ones to resume, every time (each a replay, plus the eviction); keeping
+ * them and not caching the newcomer keeps the hit rate at the cache's
+ * share of the workflows. */
+#define WFC_MIN_AGE_NS 1000000000u
+
+/* Closes the cached coroutines of workflows that ended meanwhile (a cancel,
+ * a cascade, a run timeout while parked), among the least recently
+ * parked: live workflows move back to the recent end each time they park
+ * again, so ended ones sink to where this looks. */
+static void sweep_ended(ath_worker_t* wk) {
+  ath_task_t* ended[16];
+  int n = 0;
+  uv_mutex_lock(&wk->w->lock); /* status is guarded by it */
+  const ath_wfc_entry_t* e = ath__wfc_lru(wk->wfc);
+  for (int k = 0; e != NULL && k < 16; k++, e = e->newer)
+    if (ATH_IS_TERMINAL(e->task->status))
+      ended[n++] = e->task;
+  uv_mutex_unlock(&wk->w->lock);
+  for (int i = 0; i < n; i++)
+    uncache(wk, ath__wfc_take(wk->wfc, ended[i]));
+}
+
+/* Moves the coroutine of the workflow segment that just parked in `s` into
+ * the worker's cache: past the count, the least recently parked one is
+ * evicted if it has waited WFC_MIN_AGE_NS, else this one is not kept;
+ * above half the memory limit, the least recently parked ones are
+ * evicted; every 16th park sweeps out the coroutines of ended workflows. Returns 0 when it is not kept (no cache, full, out of memory):
+ * the caller closes it. */
+static int cache_parked(ath_slot_t* s) {
+  ath_worker_t* wk = s->wk;
+  if (wk->wfc == NULL)
+    return 0;
+  if ((++wk->wfc_parks & 15) == 0)
+    sweep_ended(wk);
+  while (wk->mem_used > wk->mem_limit / 2 && ath__wfc_count(wk->wfc) > 0)
+    uncache(wk, ath__wfc_take_lru(wk->wfc));
+  uint64_t now = uv_hrtime();
+  if (ath__wfc_full(wk->wfc)) {
+    const ath_wfc_entry_t* old = ath__wfc_lru(wk->wfc);
+    if (old == NULL || now - old->parked_ns < WFC_MIN_AGE_NS)
+      return 0;
+    uncache(wk, ath__wfc_take_lru(wk->wfc));
+  }
+  ath_wfc_entry_t* e = malloc(sizeof(*e));
+  if (e == NULL)
+    return 0;
+  ath_task_t* t = s->task;
+  ath_task_retain(t);
+  /* segs, attempt and status change only under the lock while no slot has
+   * the task: stable while this one does */
+  *e = (ath_wfc_entry_t){.task = t, .co = s->co, .co_ref = s->co_ref, .run = t->attempt,
+                         .status = (int)t->status, .segs = t->wf->segs,
+                         .parked_ns = now};
+  ath__wfc_put(wk->wfc, e);
+  return 1;
+}
+
+/* The cached coroutine of workflow t when it is current (nobody ran a
+ * segment since it parked here, same run and state), taken out of the
+ * cache; NULL otherwise (a stale one is closed). */
+static ath_wfc_entry_t* cached_segment(ath_worker_t* wk, ath_task_t* t) {
+  ath_wfc_entry_t* e = wk->wfc != NULL ? ath__wfc_take(wk->wfc, t) : NULL;
+  if (e != NULL && (e->segs + 1 != t->wf->segs || e->run != t->attempt || e->status != (int)t->status)) {
+    uncache(wk, e);
+    e = NULL;
+  }
+  return e;
+}
+
+/* Closes every cached coroutine (the worker stops). */
+static void uncache_all(ath_worker_t* wk) {
+  if (wk->wfc == NULL)
+    return;
+  ath_wfc_entry_t* e;
+  while ((e = ath__wfc_take_lru(wk->wfc)) != NULL)
+    uncache(wk, e);
+  ath__wfc_free(wk->wfc);
+  wk->wfc = NULL;
+  free(wk->spare_refs); /* the coroutines go with the state */
+  wk->spare_refs = NULL;
+  wk->nspare = 0;
 }
 
 /* Ends the attempt running in `s` with the coroutine's status `st`. */
@@ -672,6 +847,7 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     wk->free_slots[wk->nfree++] = (int)(s - wk->slots);
     return;
   }
+  int cached = 0;
   int irq = atomic_load_explicit(&s->interrupt, memory_order_relaxed);
   if (irq == 0)
     irq = atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed);
@@ -696,6 +872,10 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     o->park_at = s->park_at;
     o->park_task = s->park_task;
     s->park_task = NULL;
+    if (cache_parked(s)) {
+      o->home = wk; /* the next segment resumes it here */
+      cached = 1;
+    }
   } else if (st == LUA_OK) {
     int base = lua_gettop(co) - nres + 1;
     if (nres >= 2 && lua_isnil(co, base) && !lua_isnil(co, base + 1)) {
@@ -735,7 +915,9 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     fail_attempt(wk, t, L, tb);
     lua_pop(L, 1); /* the traceback */
   }
-  if (st == LUA_OK) {
+  if (cached) {
+    new_coroutine(s); /* the parked one went to the cache */
+  } else if (st == LUA_OK) {
     lua_settop(co, 0); /* the coroutine is reusable for the next task */
     lua_sethook(co, task_hook, LUA_MASKCOUNT, HOOK_COUNT); /* undo an interrupt's */
   } else {
@@ -830,7 +1012,7 @@ static void deadline_cb(ath_slot_t* s) {
 static void start_task(ath_worker_t* wk, ath_task_t* t) {
   ath_slot_t* s = &wk->slots[wk->free_slots[--wk->nfree]];
   lua_State* co = s->co;
-  const ath_activity_t* a = &t->def->a;
+  const ath_activity_t* a = ath__task_limits(t);
   uint64_t now = ath__mono(s->wk->w);
   s->task = t;
   /* a workflow's timeout limits its run, parked time included (§3) */
@@ -847,6 +1029,30 @@ static void start_task(ath_worker_t* wk, ath_task_t* t) {
    * timer armed and stopped per task costs two clock reads and two heap
    * operations on the loop). */
   next_deadline(s);
+  ath_wfc_entry_t* e = t->wf != NULL ? cached_segment(wk, t) : NULL;
+  if (e != NULL) {
+    /* Sticky: its parked coroutine goes on, given only the events added
+     * since it parked (no replay). park_nev was written under the lock
+     * before this claim, and nothing changes it while a slot has t. */
+    size_t len;
+    uint32_t total;
+    char* json = wf_events_json(wk, t, t->wf->park_nev, &len, &total);
+    if (json != NULL) {
+      spare_coroutine(s); /* the slot's idle one */
+      s->co = e->co;
+      s->co_ref = e->co_ref;
+      lua_pushlstring(s->co, json, len);
+      lua_pushinteger(s->co, (lua_Integer)total);
+      free(json);
+      ath_task_release(e->task);
+      free(e);
+      resume_slot(s, 2);
+      if (s->task == t && s->wait != ATH_WAIT_NONE)
+        arm_deadline(s); /* it waits: its deadlines need the loop's timer now */
+      return;
+    }
+    uncache(wk, e); /* out of memory: replay */
+  }
   /* The heartbeat details a previous attempt left: only the thread running
    * the task writes them, so reading them here needs no lock. */
   lua_pushcfunction(co, task_main);
@@ -885,7 +1091,7 @@ int ath__task_heartbeat(lua_State* L, const char* json, size_t len) {
     return lua_error(L);
   }
   ath__world_heartbeat(s->wk->w, s->task, json, len);
-  const ath_activity_t* a = &s->task->def->a;
+  const ath_activity_t* a = ath__task_limits(s->task);
   if (a->heartbeat_timeout_ms) {
     s->deadline[1] = ath__after(ath__mono(s->wk->w), a->heartbeat_timeout_ms);
     arm_deadline(s);
@@ -1220,6 +1426,10 @@ static void worker_main(void* arg) {
       wk->defining = 1;
       ok = load_code(wk) == 0 && bind_handlers(wk) == 0 && setup_slots(wk) == 0;
       wk->defining = 0;
+      if (ok && w->cfg.workflow_cache > 0) { /* none (every segment replays) when out of memory */
+        wk->wfc = ath__wfc_new(w->cfg.workflow_cache);
+        wk->spare_refs = wk->wfc != NULL ? malloc((size_t)wk->concurrency * sizeof(int)) : NULL;
+      }
     }
   }
   uv_mutex_lock(&w->lock);
@@ -1252,6 +1462,7 @@ static void worker_main(void* arg) {
   pump(wk);
   atomic_store(&wk->pumping, 0);
   uv_run(&wk->loop, UV_RUN_DEFAULT);
+  uncache_all(wk);
   lua_close(L);
   wk->L = NULL;
   ath__buf_free(&wk->buf);

@@ -274,6 +274,8 @@ static void table_put(ath_world_t* w, ath_task_t* t) {
   t->hnext = w->table[b];
   w->table[b] = t;
   w->ntasks++;
+  if (t->parent != NULL && t->parent->wf != NULL)
+    ath__wf_kid_add(t->parent->wf, t);
 }
 
 /* ------------------------------------------------- recent terminal tasks
@@ -299,6 +301,8 @@ static void table_unlink(ath_world_t* w, ath_task_t* t) {
     if (*p == t) {
       *p = t->hnext;
       w->ntasks--;
+      if (t->parent != NULL && t->parent->wf != NULL)
+        ath__wf_kid_remove(t->parent->wf, t);
       break;
     }
   }
@@ -351,12 +355,11 @@ static void table_remove(ath_world_t* w, ath_task_t* t) {
 }
 
 static void task_free(ath_task_t* t) {
+  free(t->call);
   if (t->wf != NULL) {
-    ath__buf_free(&t->wf->hist);
-    free(t->wf->forced_err);
     if (t->wf->wait_task != NULL)
       ath_task_release(t->wf->wait_task);
-    free(t->wf);
+    ath__wf_free(t->wf);
   }
   if (t->parent != NULL)
     ath_task_release(t->parent);
@@ -411,26 +414,13 @@ ath_status_t ath_task_status(ath_world_t* w, const ath_task_t* t) {
   return s;
 }
 
-/* Workflow t's history as a JSON array, malloc'd (lock held). */
-static char* wf_history_locked(const ath_task_t* t, size_t* len) {
-  size_t n = t->wf->hist.len;
-  char* out = malloc(n + 3);
-  if (out == NULL)
-    return NULL;
-  out[0] = '[';
-  if (n)
-    memcpy(out + 1, t->wf->hist.data, n);
-  out[n + 1] = ']';
-  out[n + 2] = '\0';
-  *len = n + 2;
-  return out;
-}
-
-char* ath__world_wf_history(ath_world_t* w, ath_task_t* t, size_t* len) {
+ath_wfev_t** ath__world_wf_events(ath_world_t* w, ath_task_t* t, uint32_t from, size_t* n,
+                                  uint32_t* total) {
   uv_mutex_lock(&w->lock);
-  char* h = wf_history_locked(t, len);
+  ath_wfev_t** evs = ath__wf_events_from(t->wf, from, n);
+  *total = t->wf->nev;
   uv_mutex_unlock(&w->lock);
-  return h;
+  return evs;
 }
 
 int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info) {
@@ -456,11 +446,15 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
   size_t error_len = error ? t->error_len : 0;
   int lost_error = !owned && t->error != NULL && error == NULL; /* out of memory */
   info->workflow = t->wf != NULL;
-  if (t->wf != NULL) {
-    info->history = wf_history_locked(t, &info->history_len);
+  size_t nev = 0; /* the history: references taken here, joined unlocked */
+  ath_wfev_t** evs = t->wf != NULL ? ath__wf_events_from(t->wf, 0, &nev) : NULL;
+  lost_error |= evs == NULL && nev > 0;
+  uv_mutex_unlock(&w->lock);
+  if (t->wf != NULL && !lost_error) {
+    info->history = ath__wf_events_join(evs, nev, &info->history_len);
     lost_error |= info->history == NULL;
   }
-  uv_mutex_unlock(&w->lock);
+  ath__wfev_release_all(evs, evs != NULL ? nev : 0);
   if (t->parent != NULL) { /* immutable */
     info->parent_id = ath__memdup(t->parent->id, strlen(t->parent->id));
     lost_error |= info->parent_id == NULL;
@@ -669,6 +663,7 @@ int ath__world_execute(ath_world_t* w, const char* name, size_t n, char** payloa
   ath_exec_opts_t none = {0};
   ath_task_t** tasks = NULL;
   ath_task_t** stored = NULL; /* the tasks of explicit ids found in the store */
+  ath_call_t* call = NULL; /* per-call limits, checked once; each task gets its copy */
   size_t made = 0;
   int rc = 0;
   if (opts == NULL)
@@ -696,9 +691,14 @@ int ath__world_execute(ath_world_t* w, const char* name, size_t n, char** payloa
   ath_strategy_t strategy = opts->failure_strategy != ATH_STRATEGY_DEFAULT ? opts->failure_strategy
                             : def->a.failure_strategy != ATH_STRATEGY_DEFAULT ? def->a.failure_strategy
                                                                               : w->cfg.failure_strategy;
-  int max_attempts = def->a.has_retry && def->a.max_attempts > 0 ? def->a.max_attempts
-                     : strategy == ATH_STRATEGY_RETRY             ? (def->a.workflow ? 4 : 3)
-                                                                  : 1;
+  if (opts->limits != NULL && (rc = ath__call_new(&def->a, opts->limits, opts->limits_len, &call)) != 0) {
+    set_err(err, errlen, "%s", rc == ATH_EINVAL ? "invalid per-call limits" : "out of memory");
+    goto fail;
+  }
+  const ath_activity_t* lim = call ? &call->a : &def->a;
+  int max_attempts = lim->has_retry && lim->max_attempts > 0 ? lim->max_attempts
+                     : strategy == ATH_STRATEGY_RETRY         ? (def->a.workflow ? 4 : 3)
+                                                              : 1;
   uint64_t parent_hash = opts->parent_id ? ath__hash_str(opts->parent_id) : 0;
   size_t namelen = strlen(name);
   tasks = malloc((n ? n : 1) * sizeof(*tasks));
@@ -754,8 +754,10 @@ int ath__world_execute(ath_world_t* w, const char* name, size_t n, char** payloa
     t->scheduled_at = t->ready_at = now + opts->delay_ms;
     t->ready_mono = ath__after(mono, opts->delay_ms);
     t->heap_idx = t->exp_idx = UINT32_MAX;
-    t->exp_mono = def->a.schedule_to_close_ms ? ath__after(t->ready_mono, def->a.schedule_to_close_ms) : 0;
-    if (def->a.workflow && (t->wf = calloc(1, sizeof(*t->wf))) == NULL) {
+    t->exp_mono = lim->schedule_to_close_ms ? ath__after(t->ready_mono, lim->schedule_to_close_ms) : 0;
+    if ((def->a.workflow && (t->wf = calloc(1, sizeof(*t->wf))) == NULL) ||
+        (call != NULL && ath__call_new(&def->a, call->json, call->json_len, &t->call) != 0)) {
+      free(t->wf);
       free(t);
       rc = ATH_ENOMEM;
       goto fail;
@@ -897,6 +899,7 @@ relock:
   if (wake_engine)
     uv_async_send(&w->easync);
   free(tasks);
+  free(call);
   release_all(stored, n);
   if (w->cfg.persistence == ATH_PERSIST_FILE) { /* acknowledged once durable */
     *gen_out = gen;
@@ -913,6 +916,7 @@ fail:
       if (!tasks[i]->input_inline)
         free(tasks[i]->input);
       free(tasks[i]->wf);
+      free(tasks[i]->call);
       free(tasks[i]);
     }
   }
@@ -921,6 +925,7 @@ fail:
     payloads[i] = NULL;
   }
   free(tasks);
+  free(call);
   release_all(stored, n);
   return rc;
 }
@@ -1296,11 +1301,8 @@ static void ev_raw(ath_buf_t* b, const char* key, const char* json, size_t len) 
 static int wf_push(ath_world_t* w, ath_task_t* t, ath_buf_t* b) {
   int rc = ath__buf_lit(b, "}");
   if (rc == 0 && b->data != NULL) {
-    ath_buf_t* h = &t->wf->hist;
-    if (h->len > 0)
-      rc = ath__buf_lit(h, ",");
-    if (rc == 0)
-      rc = ath__buf_append(h, b->data, b->len);
+    ath_wfev_t* e = ath__wfev_new(b->data, b->len);
+    rc = e != NULL ? ath__wf_push(t->wf, e) : ATH_ENOMEM;
     ath__store_mark(w, t);
   }
   ath__buf_free(b);
@@ -1309,8 +1311,7 @@ static int wf_push(ath_world_t* w, ath_task_t* t, ath_buf_t* b) {
 
 /* Backoff for failed attempt n (SEMANTICS §7.4): capped, then 0-10 %
  * additive jitter. */
-static int64_t backoff_ms(const ath_def_t* d, int n) {
-  const ath_activity_t* a = &d->a;
+static int64_t backoff_ms(const ath_activity_t* a, int n) {
   double base;
   if (a->backoff == ATH_BACKOFF_LINEAR)
     base = (double)a->initial_interval_ms * n;
@@ -1329,8 +1330,8 @@ static int retry_task(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o,
                       int64_t now, uint64_t mono, int* wake_engine) {
   if (t->attempt >= t->max_attempts)
     return -1;
-  int64_t delay = o->retry_after >= 0 ? o->retry_after : backoff_ms(t->def, t->attempt);
-  int64_t stc = t->def->a.schedule_to_close_ms;
+  int64_t delay = o->retry_after >= 0 ? o->retry_after : backoff_ms(ath__task_limits(t), t->attempt);
+  int64_t stc = ath__task_limits(t)->schedule_to_close_ms;
   if (stc > 0 && now + delay >= t->scheduled_at + stc)
     return -1;
   if (t->wf != NULL) { /* §9.5: the next run replays the history */
@@ -1377,11 +1378,9 @@ static int attempt_failed(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o,
  * the world lock held. */
 
 int ath__world_wf_append(ath_world_t* w, ath_task_t* t, const char* json, size_t len, uint64_t* gen) {
+  ath_wfev_t* e = ath__wfev_new(json, len); /* made before the lock */
   uv_mutex_lock(&w->lock);
-  ath_buf_t* h = &t->wf->hist;
-  int rc = h->len > 0 ? ath__buf_lit(h, ",") : 0;
-  if (rc == 0)
-    rc = ath__buf_append(h, json, len);
+  int rc = e != NULL ? ath__wf_push(t->wf, e) : ATH_ENOMEM;
   ath__store_mark(w, t);
   /* §9.2: committed before it proceeds (the caller waits, yielding) */
   *gen = w->cfg.persistence == ATH_PERSIST_FILE ? w->gen : 0;
@@ -1420,8 +1419,16 @@ static void wf_record(ath_world_t* w, ath_task_t* t, const ath_task_t* x, int64_
   wf_push(w, t, &b);
 }
 
+/* Whether worker wk can take resumptions of the workflows it caches. */
+static int home_open(const ath_world_t* w, const ath_worker_t* wk) {
+  return wk->state == ATH_WK_RUNNING && !wk->stop && !atomic_load(&wk->lost) &&
+         (w->state == ATH_W_STARTED || w->draining);
+}
+
 /* Queues a resumption of parked workflow t (its state stays running or
- * compensating; the claim continues the run). Returns the new nwake. */
+ * compensating; the claim continues the run): on its home worker, which
+ * still has its coroutine, else in its queue for any worker (which
+ * replays the history). Returns the new nwake. */
 static int wf_resume(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake) {
   ath_wf_t* wf = t->wf;
   if (wf->wait_task != NULL) {
@@ -1429,11 +1436,23 @@ static int wf_resume(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwa
     wf->wait_task = NULL;
   }
   wf->wait_kind = ATH_PARK_NONE;
-  wf->where = ATH_WF_QUEUED;
   wf->resuming = 1;
   t->ready_at = ath__wall(w);
   t->ready_mono = ath__mono(w);
   ath__store_mark(w, t);
+  ath_worker_t* home = wf->home;
+  if (home != NULL && wake != NULL && home_open(w, home)) {
+    wf->where = ATH_WF_HOME;
+    ath__list_append(&home->resumes, t);
+    t->queue->depth++;
+    if (home->wants_work) {
+      home->wants_work = 0;
+      nwake = add_wake(wake, nwake, home);
+    }
+    return nwake;
+  }
+  wf->home = NULL;
+  wf->where = ATH_WF_QUEUED;
   if (ath__queue_push(t->queue, t) != 0) {
     set_error(t, ATH_ENOMEM, "out of memory resuming the workflow");
     return finish_task(w, t, ATH_FAILED, ath__wall(w), wake, nwake);
@@ -1443,11 +1462,37 @@ static int wf_resume(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwa
   return nwake;
 }
 
+/* Moves the resumptions queued on worker wk (stopping, or lost) to their
+ * queues, for any worker (lock held). Returns the new nwake. */
+static int wf_unhome(ath_world_t* w, ath_worker_t* wk, ath_worker_t** wake, int nwake) {
+  for (ath_task_t* t = wk->resumes.head; t != NULL; t = wk->resumes.head) {
+    ath__list_unlink(&wk->resumes, t);
+    t->queue->depth--;
+    t->wf->home = NULL;
+    nwake = wf_resume(w, t, wake, nwake);
+  }
+  return nwake;
+}
+
+/* The next workflow due to resume on wk (lock held), or NULL. */
+static ath_task_t* wf_pop_home(ath_worker_t* wk) {
+  ath_task_t* t = wk->resumes.head;
+  if (t != NULL) {
+    ath__list_unlink(&wk->resumes, t);
+    t->queue->depth--;
+  }
+  return t;
+}
+
 /* Takes a waiting workflow (or any task not in a slot) out of its queue or
  * heap. Returns 0, or -1 when it is in a slot. */
 static int unqueue(ath_world_t* w, ath_task_t* t) {
   int where = t->wf ? t->wf->where : ATH_WF_SLOT;
-  if (t->status == ATH_PENDING || (t->wf && where == ATH_WF_QUEUED)) {
+  if (t->wf && where == ATH_WF_HOME) {
+    ath__list_unlink(&t->wf->home->resumes, t);
+    t->queue->depth--;
+    t->wf->where = ATH_WF_PARKED;
+  } else if (t->status == ATH_PENDING || (t->wf && where == ATH_WF_QUEUED)) {
     ath__queue_remove(t->queue, t);
   } else if (t->heap_idx != UINT32_MAX) {
     ath__heap_remove(&w->delayed, t);
@@ -1495,12 +1540,24 @@ static int cancel_locked(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_
 /* Cancels t's non-terminal children except `keep`. */
 static int cancel_children(ath_world_t* w, ath_task_t* t, const ath_task_t* keep, int64_t now,
                            ath_worker_t** wake, int nwake) {
-  for (size_t b = 0; b < w->table_cap; b++) {
-    for (ath_task_t* c = w->table[b]; c != NULL; c = c->hnext) {
-      int accepted;
-      if (c->parent == t && c != keep && !ATH_IS_TERMINAL(c->status))
-        nwake = cancel_locked(w, c, now, wake, nwake, &accepted);
+  ath_wf_t* wf = t->wf;
+  if (wf->kids_lost) { /* the list is incomplete: scan the table */
+    w->kid_scans++;
+    for (size_t b = 0; b < w->table_cap; b++) {
+      for (ath_task_t* c = w->table[b]; c != NULL; c = c->hnext) {
+        int accepted;
+        if (c->parent == t && c != keep && !ATH_IS_TERMINAL(c->status))
+          nwake = cancel_locked(w, c, now, wake, nwake, &accepted);
+      }
     }
+    return nwake;
+  }
+  /* nothing leaves the table before the critical section ends */
+  for (uint32_t i = wf->kids_lo; i < wf->nkids; i++) {
+    ath_task_t* c = wf->kids[i];
+    int accepted;
+    if (c != NULL && c != keep && !ATH_IS_TERMINAL(c->status))
+      nwake = cancel_locked(w, c, now, wake, nwake, &accepted);
   }
   return nwake;
 }
@@ -1575,6 +1632,8 @@ static int wf_park(ath_world_t* w, ath_task_t* t, ath_outcome_t* o, int64_t now,
   ath_wf_t* wf = t->wf;
   wf->wait_kind = o->park_kind;
   wf->wait_seq = o->park_seq;
+  wf->home = o->home; /* its coroutine waits there */
+  wf->park_nev = wf->nev;
   ath__store_mark(w, t);
   if (o->park_kind == ATH_PARK_TIMER) {
     if (o->park_at > now) {
@@ -1603,6 +1662,13 @@ static int wf_park(ath_world_t* w, ath_task_t* t, ath_outcome_t* o, int64_t now,
   wf->where = ATH_WF_PARKED;
   wf->wait_task = x; /* the outcome's reference */
   return nwake;
+}
+
+/* A segment of workflow t was claimed (lock held). */
+static void wf_claimed(ath_task_t* t) {
+  t->wf->where = ATH_WF_SLOT;
+  t->wf->home = NULL;
+  t->wf->segs++;
 }
 
 /* A due timer of a workflow parked in ctx:sleep (engine tick). */
@@ -1634,51 +1700,99 @@ static int older_first(const void* a, const void* b) {
   return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
-/* Merges the stored children of t (finished ones that left RAM) into
- * out[0..n), the ones found in RAM, keeping creation order; returns the new
- * count (which may exceed cap, as ath_world_children's). */
-static int stored_children(ath_world_t* w, const ath_task_t* t, ath_task_t** out, int n, int cap) {
-  ath_task_t** got = malloc((size_t)cap * sizeof(*got));
-  ath_store_query_t q = {STORED_MASK, NULL, t->id, 0, 0, cap, 1};
-  int64_t ns = got != NULL ? stored_tasks(w, &q, got) : 0;
-  int kept = n < cap ? n : cap;
-  for (int64_t i = 0; i < ns; i++) {
-    int dup = 0; /* it left RAM after the scan */
-    for (int k = 0; k < kept && !dup; k++)
-      dup = out[k]->seq == got[i]->seq;
-    if (dup || kept == cap) {
-      n += !dup;
-      ath_task_release(got[i]);
-      continue;
-    }
-    out[kept++] = got[i];
-    n++;
-  }
-  free(got);
-  qsort(out, (size_t)kept, sizeof(*out), older_first);
-  return n;
-}
-
-int ath_world_children(ath_world_t* w, const ath_task_t* t, ath_task_t** out, int cap) {
-  int n = 0;
+/* The tasks t owns that are in RAM with seq > after, as new references in
+ * *out (malloc'd), in no order; returns the count, or -1 when out of
+ * memory. t may be the stored copy of a workflow that left RAM: its owned
+ * tasks still in RAM point at the original, so the table is scanned then
+ * (as when t's list is incomplete). */
+static int ram_children(ath_world_t* w, const ath_task_t* t, uint64_t after, ath_task_t*** out) {
   uv_mutex_lock(&w->lock);
-  for (size_t b = 0; b < w->table_cap; b++) {
-    for (ath_task_t* c = w->table[b]; c != NULL; c = c->hnext) {
-      /* t may be the stored copy of a workflow that left RAM */
-      if (c->parent != t && (c->parent == NULL || strcmp(c->parent->id, t->id) != 0))
-        continue;
-      if (n < cap) {
+  ath_task_t* in_table = table_get(w, t->id, t->hash);
+  ath_wf_t* wf = in_table == t && t->wf != NULL && !t->wf->kids_lost ? t->wf : NULL;
+  size_t cap = wf != NULL ? wf->nkids - wf->kids_lo : 64, n = 0;
+  ath_task_t** a = malloc((cap ? cap : 1) * sizeof(*a));
+  if (a != NULL && wf != NULL) {
+    for (uint32_t i = wf->kids_lo; i < wf->nkids; i++) {
+      ath_task_t* c = wf->kids[i];
+      if (c != NULL && c->seq > after) {
         ath_task_retain(c);
-        out[n] = c;
+        a[n++] = c;
       }
-      n++;
+    }
+  } else if (a != NULL) {
+    w->kid_scans++;
+    for (size_t b = 0; b < w->table_cap && a != NULL; b++) {
+      for (ath_task_t* c = w->table[b]; c != NULL; c = c->hnext) {
+        if (c->seq <= after || c->parent == NULL ||
+            (c->parent != t && strcmp(c->parent->id, t->id) != 0))
+          continue;
+        if (n == cap) {
+          ath_task_t** g = realloc(a, cap * 2 * sizeof(*a));
+          if (g == NULL) {
+            release_all(a, n);
+            a = NULL;
+            break;
+          }
+          a = g;
+          cap *= 2;
+        }
+        ath_task_retain(c);
+        a[n++] = c;
+      }
     }
   }
   uv_mutex_unlock(&w->lock);
-  if (w->reads != NULL && t->wf != NULL && cap > 0)
-    return stored_children(w, t, out, n, cap);
-  qsort(out, (size_t)(n < cap ? n : cap), sizeof(*out), older_first); /* creation order */
-  return n;
+  *out = a;
+  return a != NULL ? (int)n : -1;
+}
+
+int ath_world_children_after(ath_world_t* w, const ath_task_t* t, uint64_t after, ath_task_t** out,
+                             int cap) {
+  if (cap <= 0 || t->wf == NULL)
+    return 0;
+  ath_task_t** ram;
+  int n = ram_children(w, t, after, &ram);
+  if (n < 0)
+    return ATH_ENOMEM;
+  ath_task_t** stored = NULL;
+  int64_t ns = 0;
+  if (w->reads != NULL) { /* finished ones that left RAM (read with no lock) */
+    ath_store_query_t q = {STORED_MASK, NULL, t->id, 0, 0, cap, 1, after};
+    stored = malloc((size_t)cap * sizeof(*stored));
+    ns = stored != NULL ? stored_tasks(w, &q, stored) : 0;
+    ns = ns < 0 ? 0 : ns;
+  }
+  /* merged in creation order, each once (one may have left RAM meanwhile) */
+  ath_task_t** all = malloc(((size_t)n + (size_t)ns + 1) * sizeof(*all));
+  if (all == NULL) {
+    release_all(ram, (size_t)n);
+    release_all(stored, (size_t)ns);
+    return ATH_ENOMEM;
+  }
+  memcpy(all, ram, (size_t)n * sizeof(*all));
+  if (ns > 0)
+    memcpy(all + n, stored, (size_t)ns * sizeof(*all));
+  free(ram);
+  free(stored);
+  size_t m = (size_t)n + (size_t)ns, k = 0;
+  qsort(all, m, sizeof(*all), older_first);
+  for (size_t i = 0; i < m; i++) {
+    if ((k > 0 && out[k - 1]->seq == all[i]->seq) || k == (size_t)cap)
+      ath_task_release(all[i]);
+    else
+      out[k++] = all[i];
+  }
+  free(all);
+  return (int)k;
+}
+
+int ath_world_children(ath_world_t* w, const ath_task_t* t, ath_task_t** out, int cap) {
+  int n = ath_world_children_after(w, t, 0, out, cap);
+  return n < 0 ? 0 : n;
+}
+
+uint64_t ath_task_seq(const ath_task_t* t) {
+  return t->seq;
 }
 
 /* Keeps workflow t, whose segment a draining shutdown refused a command,
@@ -1793,10 +1907,10 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
 
   if (!wk->stop && (w->state == ATH_W_STARTED || w->draining)) {
     while (n < max) {
-      ath_task_t* t = ath__queue_pop(q);
+      ath_task_t* t = wk->resumes.head != NULL ? wf_pop_home(wk) : ath__queue_pop(q);
       if (t == NULL)
         break;
-      int64_t stc = t->def->a.schedule_to_close_ms;
+      int64_t stc = ath__task_limits(t)->schedule_to_close_ms;
       if (stc > 0 && now >= t->scheduled_at + stc) {
         /* expired while waiting: it fails where it is (§6.2) */
         set_error(t, ATH_ETIMEDOUT, "scheduleToClose expired before the task could run");
@@ -1813,14 +1927,14 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
          * start before it was created */
         t->started_at = now < t->created_at ? t->created_at : now;
         t->start_mono = mono;
-        if (t->wf != NULL && t->def->a.timeout_ms > 0) { /* the run's limit, parked time too */
-          t->exp_mono = ath__after(mono, t->def->a.timeout_ms);
+        if (t->wf != NULL && ath__task_limits(t)->timeout_ms > 0) { /* the run's limit, parked time too */
+          t->exp_mono = ath__after(mono, ath__task_limits(t)->timeout_ms);
           if (t->exp_idx == UINT32_MAX ? ath__heap_push(&w->expiry, t) == 0 : (ath__heap_fix(&w->expiry, t), 1))
             wake_engine |= w->expiry.items[0] == t;
         }
       }
       if (t->wf != NULL)
-        t->wf->where = ATH_WF_SLOT;
+        wf_claimed(t);
       t->worker_id = wk->id;
       t->wk = wk;
       ath__store_mark(w, t);
@@ -1834,6 +1948,8 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
     wk->running += n;
     w->n_running += n;
   }
+  if (wk->resumes.head != NULL && (wk->stop || !home_open(w, wk)))
+    nwake = wf_unhome(w, wk, wake, nwake); /* no more segments here */
   wk->wants_work = !wk->stop && wk->running < wk->concurrency;
   *stop = wk->stop && wk->running == 0;
   *inbox = wk->inbox;
@@ -2096,6 +2212,7 @@ static void monitor(ath_world_t* w) {
     atomic_store(&wk->lost, 1);
     wk->stop = 1;
     wk->wants_work = 0;
+    nwake = wf_unhome(w, wk, wake, nwake); /* its cached workflows replay elsewhere */
     ath_buf_t ev = {0}; /* worker.lost {workerId, tasks = [ids]} */
     char head[48];
     int hn = snprintf(head, sizeof(head), "{\"workerId\":\"worker-%d\",\"tasks\":[", wk->id);
@@ -2120,7 +2237,7 @@ static void monitor(ath_world_t* w) {
       wk->running--;
       wk->tasks_failed++;
       /* the decision of §7.3, as for any failed attempt */
-      for (const char* const* nr = t->def->a.non_retryable; nr && *nr; nr++)
+      for (const char* const* nr = ath__task_limits(t)->non_retryable; nr && *nr; nr++)
         o.final |= strcmp(*nr, "EWORKERLOST") == 0;
       if (atomic_load(&t->cancel_ns) != 0)
         nwake = finish_task(w, t, ATH_CANCELLED, ath__wall(w), wake, nwake);
@@ -2729,7 +2846,7 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
     for (int st = ATH_COMPLETED; st < 32 && rc == 0; st++) {
       if (!(mask & (1u << st)))
         continue;
-      ath_store_query_t q = {1u << st, f->name, f->parent_id, f->since, f->until, (int64_t)want, 0};
+      ath_store_query_t q = {1u << st, f->name, f->parent_id, f->since, f->until, (int64_t)want, 0, 0};
       int64_t got = stored_tasks(w, &q, stored + ns);
       if (got < 0)
         rc = got;
@@ -2845,9 +2962,13 @@ static ath_task_t* task_from_row(ath_world_t* w, const ath_row_t* r, ath_task_t*
     goto nomem;
   if (t->def->a.workflow && !t->def->ghost) {
     if ((t->wf = calloc(1, sizeof(*t->wf))) == NULL ||
-        (r->history && ath__buf_append(&t->wf->hist, r->history, r->history_len) != 0))
+        (r->history && ath__wf_load(t->wf, r->history, r->history_len) != 0))
       goto nomem;
   }
+  /* limits that do not parse (written by a newer build?) leave the definition's */
+  if (r->call != NULL && !t->def->ghost &&
+      ath__call_new(&t->def->a, r->call, r->call_len, &t->call) == ATH_ENOMEM)
+    goto nomem;
   t->queue = t->def->ghost ? w->queues[0] : q ? q : t->def->queue;
   t->status = (ath_status_t)r->status;
   t->attempt = r->attempt;
@@ -2904,7 +3025,7 @@ int ath__world_recover_row(void* ud, const ath_row_t* r) {
   int64_t now = ath__wall(w);
   uint64_t mono = ath__mono(w);
   int rc = 0;
-  int64_t stc = t->def->a.schedule_to_close_ms;
+  int64_t stc = ath__task_limits(t)->schedule_to_close_ms;
   if (stc && !ATH_IS_TERMINAL(t->status)) {
     int64_t left = t->scheduled_at + stc - now;
     t->exp_mono = ath__after(mono, left);

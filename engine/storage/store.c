@@ -253,10 +253,15 @@ static int snapshot(ath_task_t* t, ath_row_t* r) {
     r->hb_len = t->hb_len;
   }
   r->parent_id = t->parent ? t->parent->id : NULL; /* immutable, outlives the row */
-  if (t->wf != NULL && t->wf->hist.data != NULL) { /* appended to while we write */
-    if ((r->history = ath__memdup(t->wf->hist.data, t->wf->hist.len)) == NULL)
+  if (t->call != NULL) { /* immutable, as long as the task */
+    r->call = t->call->json;
+    r->call_len = t->call->json_len;
+  }
+  if (t->wf != NULL && t->wf->stored_n < t->wf->nev) { /* only the new events, by reference */
+    r->ev_from = t->wf->stored_n;
+    if ((r->events = ath__wf_events_from(t->wf, r->ev_from, &r->nevents)) == NULL)
       goto nomem;
-    r->history_len = t->wf->hist.len;
+    t->wf->stored_n = t->wf->nev;
   }
   return 0;
 nomem:
@@ -290,14 +295,15 @@ static void store_failed(ath_world_t* w, int rc, const char* err, ath_task_t** b
     nwake = ath__world_withdraw(w, w->dirty[i], rc, wake, nwake, &out);
   for (size_t i = 0; i < n; i++) {
     nwake = ath__world_withdraw(w, batch[i], rc, wake, nwake, &out);
+    if (batch[i]->wf != NULL) /* its events go again (the insert ignores those that made it) */
+      batch[i]->wf->stored_n = 0;
     ath__store_mark(w, batch[i]); /* written (or deleted) by the next attempt */
     ath_task_release(batch[i]);
   }
   uv_cond_broadcast(&w->cond); /* blocked execute calls, throttled producers */
   nwake = w->commit_waiters != NULL ? deliver_commits(w, wake, nwake) : nwake;
   uv_mutex_unlock(&w->lock);
-  for (int i = 0; i < nwake; i++)
-    ath__worker_wake(wake[i]);
+  ath__wake_all(wake, nwake);
   uv_mutex_lock(&w->lock);
 }
 
@@ -418,7 +424,7 @@ static void store_main(void* arg) {
     for (size_t i = 0; i < made; i++) {
       free((char*)rows[i].error);
       free((char*)rows[i].hb);
-      free((char*)rows[i].history);
+      ath__wfev_release_all(rows[i].events, rows[i].nevents);
     }
     for (size_t i = 0; i < sn && srows; i++)
       srow_free(&srows[i]);

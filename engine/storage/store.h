@@ -37,7 +37,10 @@ typedef struct {
   int keep_error;     /* write: leave the stored error as it is (running) */
   const char* hb;     size_t hb_len;
   const char* parent_id;                 /* NULL: none */
-  const char* history; size_t history_len; /* workflows: events joined by commas */
+  const char* history; size_t history_len; /* read: a workflow's events separated by ATH_WFEV_SEP */
+  ath_wfev_t** events; size_t nevents;   /* write: events to append, numbered from ev_from */
+  uint32_t ev_from;
+  const char* call;   size_t call_len;   /* per-call limits (JSON), NULL: none */
   int deleted;        /* write: delete the row (purge, retention) */
 } ath_row_t;
 
@@ -52,6 +55,7 @@ typedef struct {
   int64_t limit;
   int by_seq;            /* 1: creation order; 0: newest first (created_at
                           * descending, then id) */
+  uint64_t after_seq;    /* by_seq: only tasks created after this one; 0: any */
 } ath_store_query_t;
 
 /* A persistence provider: the Backend vtable of DESIGN §4. Every function

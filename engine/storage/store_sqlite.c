@@ -9,7 +9,7 @@
 #include "internal.h"
 #include "store.h"
 
-#define SCHEMA_VERSION 5
+#define SCHEMA_VERSION 6
 const int ath__store_schema_version = SCHEMA_VERSION;
 #define MAX_READERS 8
 
@@ -25,6 +25,7 @@ struct ath_store_s {
   sqlite3_stmt* del;
   sqlite3_stmt* supsert;
   sqlite3_stmt* sdel;
+  sqlite3_stmt* event;   /* appends one workflow event */
   /* Idle read connections, taken by one reader at a time. */
   uv_mutex_t rlock;
   reader_t* idle[MAX_READERS];
@@ -36,7 +37,9 @@ struct ath_store_s {
 #define TASK_COLUMNS                                                                   \
   "id, name, status, attempt, max_attempts, strategy, priority, queue, seq, created_at," \
   " scheduled_at, ready_at, started_at, completed_at, worker_id, input, result, error,"  \
-  " heartbeat, last_heartbeat, parent_id, history"
+  " heartbeat, last_heartbeat, parent_id,"                                             \
+  " (SELECT group_concat(event, char(30)) FROM (SELECT event FROM workflow_events e"   \
+  "   WHERE e.task_seq = tasks.seq ORDER BY e.n)), call"
 
 
 /* Migrations, applied in order from the database's user_version. Each moves
@@ -72,6 +75,18 @@ static const char* const migrations[SCHEMA_VERSION] = {
   "CREATE INDEX tasks_status ON tasks (status, created_at);"
   "CREATE INDEX tasks_name ON tasks (name, created_at);"
   "CREATE INDEX tasks_parent ON tasks (parent_id, seq) WHERE parent_id IS NOT NULL;",
+  /* 5 -> 6: per-call limits of the tasks a workflow starts (JSON); a
+   * workflow's history becomes one row per event, appended, never
+   * rewritten (the history column is moved there and left NULL); a deleted
+   * task takes its events along */
+  "ALTER TABLE tasks ADD COLUMN call TEXT;"
+  "CREATE TABLE workflow_events (task_seq INTEGER NOT NULL, n INTEGER NOT NULL,"
+  " event TEXT NOT NULL, PRIMARY KEY (task_seq, n)) WITHOUT ROWID;"
+  "INSERT INTO workflow_events SELECT t.seq, j.key, j.value FROM tasks t,"
+  " json_each('[' || t.history || ']') j WHERE t.history IS NOT NULL AND t.history <> '';"
+  "UPDATE tasks SET history = NULL WHERE history IS NOT NULL;"
+  "CREATE TRIGGER tasks_events AFTER DELETE ON tasks BEGIN"
+  " DELETE FROM workflow_events WHERE task_seq = old.seq; END;",
 };
 
 static int fail(sqlite3* db, int rc, char* err, size_t errlen, const char* what) {
@@ -186,8 +201,8 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
     static const char* upsert =
       "INSERT INTO tasks (id, name, status, attempt, max_attempts, strategy, priority, queue, seq,"
       " created_at, scheduled_at, ready_at, started_at, completed_at, worker_id, input, result,"
-      " error, heartbeat, last_heartbeat, parent_id, history) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,"
-      "?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?22,?23) ON CONFLICT(seq) DO UPDATE SET status=?3,"
+      " error, heartbeat, last_heartbeat, parent_id, history, call) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,"
+      "?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?22,?23,?24) ON CONFLICT(seq) DO UPDATE SET status=?3,"
       " attempt=?4, started_at=?13, completed_at=?14, worker_id=?15, ready_at=?12, result=?17,"
       " error=CASE WHEN ?21 THEN error ELSE ?18 END, heartbeat=?19, last_heartbeat=?20, history=?23";
     int prc = sqlite3_prepare_v3(s->db, upsert, -1, SQLITE_PREPARE_PERSISTENT, &s->upsert, NULL);
@@ -204,6 +219,10 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
     if (prc == SQLITE_OK)
       prc = sqlite3_prepare_v3(s->db, "DELETE FROM schedules WHERE id = ?1", -1,
                                SQLITE_PREPARE_PERSISTENT, &s->sdel, NULL);
+    if (prc == SQLITE_OK) /* OR IGNORE: a batch written again after a failed commit */
+      prc = sqlite3_prepare_v3(s->db,
+                               "INSERT OR IGNORE INTO workflow_events (task_seq, n, event) VALUES (?1,?2,?3)",
+                               -1, SQLITE_PREPARE_PERSISTENT, &s->event, NULL);
     if (prc != SQLITE_OK)
       rc = fail(s->db, prc, err, errlen, "cannot prepare statements");
   }
@@ -216,8 +235,9 @@ static void disconnect_db(ath_store_t* s) {
   sqlite3_finalize(s->del);
   sqlite3_finalize(s->supsert);
   sqlite3_finalize(s->sdel);
+  sqlite3_finalize(s->event);
   sqlite3_close(s->db);
-  s->upsert = s->del = s->supsert = s->sdel = NULL;
+  s->upsert = s->del = s->supsert = s->sdel = s->event = NULL;
   s->db = NULL;
 }
 
@@ -278,11 +298,23 @@ static int write_row(ath_store_t* s, const ath_row_t* r) {
     bind_ms(st, 20, r->last_hb);
     sqlite3_bind_int(st, 21, r->keep_error);
     bind_text(st, 22, r->parent_id, r->parent_id ? strlen(r->parent_id) : 0);
-    bind_text(st, 23, r->history, r->history_len);
+    sqlite3_bind_null(st, 23); /* the history is in workflow_events */
+    bind_text(st, 24, r->call, r->call_len);
   }
   int rc = sqlite3_step(st);
   sqlite3_reset(st);
-  return rc == SQLITE_DONE ? 0 : rc;
+  if (rc != SQLITE_DONE)
+    return rc;
+  for (size_t i = 0; i < r->nevents && !r->deleted; i++) { /* the new events only */
+    sqlite3_bind_int64(s->event, 1, (sqlite3_int64)r->seq);
+    sqlite3_bind_int64(s->event, 2, (sqlite3_int64)r->ev_from + (sqlite3_int64)i);
+    sqlite3_bind_text(s->event, 3, r->events[i]->json, (int)r->events[i]->len, SQLITE_STATIC);
+    rc = sqlite3_step(s->event);
+    sqlite3_reset(s->event);
+    if (rc != SQLITE_DONE)
+      return rc;
+  }
+  return 0;
 }
 
 static int write_srow(ath_store_t* s, const ath_srow_t* r) {
@@ -433,6 +465,7 @@ static int each_row(sqlite3* db, sqlite3_stmt* st, ath_row_cb cb, void* ud, int6
     r.last_hb = sqlite3_column_int64(st, 19);
     r.parent_id = (const char*)sqlite3_column_text(st, 20);
     r.history = col_text(st, 21, &r.history_len);
+    r.call = col_text(st, 22, &r.call_len);
     if (r.id == NULL || r.name == NULL || r.queue == NULL || r.input == NULL) {
       snprintf(err, errlen, "%s", "a stored task is missing its id, name, queue or input");
       return ATH_ESTORE;
@@ -530,6 +563,8 @@ static int store_query(ath_store_t* s, const ath_store_query_t* q, ath_row_cb cb
     n += (size_t)snprintf(sql + n, sizeof(sql) - n, " AND created_at >= ?3");
   if (q->until)
     n += (size_t)snprintf(sql + n, sizeof(sql) - n, " AND created_at <= ?4");
+  if (q->after_seq)
+    n += (size_t)snprintf(sql + n, sizeof(sql) - n, " AND seq > ?6");
   snprintf(sql + n, sizeof(sql) - n, "%s LIMIT ?5",
            q->by_seq ? " ORDER BY seq" : " ORDER BY created_at DESC, id");
   reader_t* r = reader_take(s, err, errlen);
@@ -549,6 +584,7 @@ static int store_query(ath_store_t* s, const ath_store_query_t* q, ath_row_cb cb
   sqlite3_bind_int64(st, 3, q->since);
   sqlite3_bind_int64(st, 4, q->until);
   sqlite3_bind_int64(st, 5, q->limit);
+  sqlite3_bind_int64(st, 6, (sqlite3_int64)q->after_seq);
   int64_t count = 0;
   rc = each_row(r->db, st, cb, ud, &count, err, errlen);
   sqlite3_finalize(st);

@@ -117,6 +117,7 @@ local function check_retry(field, r)
   return out
 end
 M._checkRetry = check_retry
+M._checkDuration = duration
 
 ---------------------------------------------------------------- definitions
 
@@ -172,7 +173,7 @@ function M.activity(name, handler, options)
 end
 
 --- athena.workflow(name, handler, options) -> definition (SEMANTICS §9):
--- the handler is replayed against the workflow's history by athena.workflow.
+-- the handler runs as segments (kept parked, or replayed against its history) by athena.workflow.
 function M.workflow(name, handler, options)
   return define("workflow", name, handler, options)
 end

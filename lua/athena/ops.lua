@@ -146,9 +146,12 @@ local function open_store(dir, write)
   return conn
 end
 
+-- (a workflow's history: its rows of workflow_events, joined by commas)
 local TASK_COLUMNS = "seq, id, name, status, attempt, max_attempts, strategy, priority, queue,"
   .. " created_at, scheduled_at, ready_at, started_at, completed_at, worker_id, input, result,"
-  .. " error, heartbeat, last_heartbeat, parent_id, history"
+  .. " error, heartbeat, last_heartbeat, parent_id,"
+  .. " (SELECT group_concat(event, ',') FROM (SELECT event FROM workflow_events e"
+  .. "  WHERE e.task_seq = tasks.seq ORDER BY e.n)) AS history"
 
 local function value(v)
   if v == null then return nil end
@@ -184,7 +187,7 @@ local function task_state(r, full)
   if full then
     s.input, s.result = decoded(r.input), decoded(r.result)
     s.heartbeatDetails, s.lastHeartbeat = decoded(r.heartbeat), ms(r.last_heartbeat)
-    local h = value(r.history) -- the engine's events, joined by commas
+    local h = value(r.history) -- the events, joined by commas
     if h ~= nil then s.history = decoded("[" .. h .. "]") end
   end
   return s

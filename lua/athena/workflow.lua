@@ -1,10 +1,12 @@
--- Workflow segments (SEMANTICS §9). A workflow's handler is run from the
--- start against its history each time it continues: a command whose
--- outcome is recorded returns it with no side effect; the first command
--- without one executes (starts a task, arms a timer, records a marker)
--- and, when it has to wait, parks the workflow: the segment ends, the
--- worker slot is free, and the engine queues the next segment once the
--- outcome is in the history (engine/runtime/world.c, "workflows").
+-- Workflow segments (SEMANTICS §9). A command whose outcome is recorded
+-- returns it with no side effect; the first command without one executes
+-- (starts a task, arms a timer, records a marker) and, when it has to
+-- wait, parks the workflow: the segment ends, the worker slot is free, and
+-- the engine queues the next segment once the outcome is in the history
+-- (engine/runtime/world.c, "workflows"). The worker keeps the parked coroutine
+-- (engine/runtime/wf_cache.c) and the next segment resumes it with only the new
+-- events; when it no longer has it (evicted, a restart, another worker),
+-- the handler is run again from the start against the whole history.
 local core = require "athena.core"
 local errors = require "athena.errors"
 
@@ -26,29 +28,36 @@ local function definitions()
   return require("athena").definitions
 end
 
--- The history by command: sched[seq] = the command's latest event,
--- done[seq] = its outcome (failures only from this run: a re-run executes
--- them again, §9.3), and the compensations in registration order.
-local function index(history, run)
-  local ix = { sched = {}, done = {}, comps = {}, compStarted = {}, compDone = {}, maxSeq = 0 }
-  for _, ev in ipairs(history) do
-    local ty = ev.type
-    if COMMAND[ty] then
-      ix.sched[ev.seq] = ev
-      if ev.seq > ix.maxSeq then ix.maxSeq = ev.seq end
-      if ty == "compensation.added" then ix.comps[#ix.comps + 1] = ev end
-    elseif ty == "compensation.started" then
-      ix.compStarted[ev.index] = ev
-    elseif ty == "compensation.completed" or ty == "compensation.failed" then
-      ix.compDone[ev.index] = ev
-    elseif ty == "activity.completed" or ty == "child.completed" or ty == "timer.fired" then
-      ix.done[ev.seq] = ev
-    elseif ty == "activity.failed" or ty == "child.failed" then
-      if ev.run == run then ix.done[ev.seq] = ev end
-    elseif ty == "workflow.started" and ev.run == run then
-      ix.started = ev
+-- Adds history event ev to the index by command: sched[seq] = the
+-- command's latest event, done[seq] = its outcome (failures only from this
+-- run: a re-run executes them again, §9.3), and the compensations in
+-- registration order. Adding an event twice changes nothing (a cached
+-- segment is given back the events it recorded itself).
+local function add(ix, ev, run)
+  local ty = ev.type
+  if COMMAND[ty] then
+    ix.sched[ev.seq] = ev
+    if ev.seq > ix.maxSeq then ix.maxSeq = ev.seq end
+    if ty == "compensation.added" and not ix.compSeqs[ev.seq] then
+      ix.compSeqs[ev.seq] = true
+      ix.comps[#ix.comps + 1] = ev
     end
+  elseif ty == "compensation.started" then
+    ix.compStarted[ev.index] = ev
+  elseif ty == "compensation.completed" or ty == "compensation.failed" then
+    ix.compDone[ev.index] = ev
+  elseif ty == "activity.completed" or ty == "child.completed" or ty == "timer.fired" then
+    ix.done[ev.seq] = ev
+  elseif ty == "activity.failed" or ty == "child.failed" then
+    if ev.run == run then ix.done[ev.seq] = ev end
+  elseif ty == "workflow.started" and ev.run == run then
+    ix.started = ev
   end
+end
+
+local function index(history, run)
+  local ix = { sched = {}, done = {}, comps = {}, compSeqs = {}, compStarted = {}, compDone = {}, maxSeq = 0 }
+  for _, ev in ipairs(history) do add(ix, ev, run) end
   return ix
 end
 
@@ -83,6 +92,28 @@ local function record(ctx, ev)
   core.wfAppend(ev)
 end
 
+-- Parks the workflow until the outcome of command `seq` (a compensation's
+-- index) is in the history. When its worker keeps the parked coroutine
+-- (the sticky cache), the next segment resumes it here with only the new
+-- events, added to the index; otherwise the next segment replays the
+-- workflow from the start and this call never returns.
+local function park(ctx, kind, seq, x)
+  local evs, total = core.wfPark(kind, seq, x)
+  local ix, run = ctx._ix, ctx._run
+  for i = 1, #evs do add(ix, evs[i], run) end
+  ctx._historyLength = total
+end
+
+-- The outcome event of command seq after a park (always there: the engine
+-- resumes a workflow once it is recorded).
+local function awaited(ctx, done, seq)
+  if done == nil then
+    error(errors.new("EINVAL", string.format("workflow %s resumed without the outcome of command %d",
+      ctx.workflowId, seq)), 0)
+  end
+  return done
+end
+
 -- A recorded outcome: true, result | false, error.
 local function outcome(ev)
   if ev.type:sub(-10) == ".completed" then return true, ev.result end
@@ -90,7 +121,30 @@ local function outcome(ev)
 end
 
 local RUN_OPTS = { taskQueue = true, priority = true, failureStrategy = true }
-local UNSUPPORTED = { timeout = true, retry = true, scheduleToClose = true, heartbeatTimeout = true }
+-- ctx:run's per-call limits (they replace the definition's for that call)
+local LIMITS = { timeout = true, retry = true, scheduleToClose = true, heartbeatTimeout = true }
+local ACTIVITY_ONLY = { scheduleToClose = true, heartbeatTimeout = true } -- SEMANTICS §3
+
+-- The per-call limits in opts, checked and normalised (durations in ms,
+-- retry as a definition's), or nil when there are none.
+local NOOPTS = setmetatable({}, { __newindex = function() error("read-only", 2) end })
+
+local function check_limits(fname, name, def, opts)
+  if opts == NOOPTS then return nil end
+  local out
+  for k in pairs(LIMITS) do
+    local v = opts[k]
+    if v ~= nil then
+      if ACTIVITY_ONLY[k] and def.kind == "workflow" then
+        invalid("%s: option %s does not apply to workflow %s", fname, k, name)
+      end
+      local athena = require "athena"
+      out = out or {}
+      out[k] = k == "retry" and athena._checkRetry("retry", v) or athena._checkDuration(k, v, true)
+    end
+  end
+  return out
+end
 
 local function check_call(fname, name, opts, extra)
   if type(name) ~= "string" then invalid("%s: name must be a string, got %s", fname, type(name)) end
@@ -98,11 +152,11 @@ local function check_call(fname, name, opts, extra)
   if def == nil then
     error(errors.new("ENOTFOUND", string.format("%s: no activity or workflow named %s", fname, name)), 3)
   end
-  if opts == nil then return def, {} end
+  if opts == nil then return def, NOOPTS end
   if type(opts) ~= "table" then invalid("%s: options must be a table, got %s", fname, type(opts)) end
   for k, v in pairs(opts) do
-    if UNSUPPORTED[k] then
-      invalid("%s: option %s is taken from the definition of %s (per-call values are not supported)",
+    if LIMITS[k] and not (extra and extra[k]) then
+      invalid("%s: option %s is taken from the definition of %s (per-call values are only for ctx:run)",
         fname, tostring(k), name)
     elseif not RUN_OPTS[k] and not (extra and extra[k]) then
       invalid("%s: unknown option %s", fname, tostring(k))
@@ -124,9 +178,11 @@ local function strategy_of(ctx, def, opts)
   return opts.failureStrategy or def.options.failureStrategy or ctx._strategy
 end
 
-local function spawn(ctx, name, input, id, opts, strategy)
+-- input: a value, or its JSON when `encoded`.
+local function spawn(ctx, name, input, id, opts, strategy, limits, encoded)
   return core.wfSpawn(name, input, id, {
     taskQueue = opts.taskQueue, priority = opts.priority, delay = opts.delay, failureStrategy = strategy,
+    limits = limits, encoded = encoded,
   })
 end
 
@@ -134,27 +190,30 @@ end
 -- its result; its error is raised (returned as nil, err under `ignore`).
 function Ctx:run(name, input, opts)
   local def
-  def, opts = check_call("ctx:run", name, opts)
-  core.encode(input, "input")
+  def, opts = check_call("ctx:run", name, opts, LIMITS)
+  local limits = check_limits("ctx:run", name, def, opts)
+  -- checked (and encoded) once, when it is issued: not when replayed
+  local payload = self._ix.done[self._seq + 1] == nil and core.encode(input, "input")
   local seq = next_seq(self)
   local ev = recorded(self, seq, "activity.scheduled", name)
   local strategy = strategy_of(self, def, opts)
   local done = self._ix.done[seq]
-  if done ~= nil then
-    local ok, v = outcome(done)
-    if ok then return v end
-    if strategy == "ignore" then return nil, v end
-    error(v, 0)
+  if done == nil then
+    local id
+    if ev ~= nil and ev.run == self._run then
+      id = ev.taskId
+    else
+      id = string.format("%s/%d/%d", self.workflowId, self._run, seq)
+      spawn(self, name, payload, id, opts, strategy, limits, true)
+      record(self, { type = "activity.scheduled", seq = seq, name = name, taskId = id, limits = limits })
+    end
+    park(self, "activity", seq, id)
+    done = awaited(self, self._ix.done[seq], seq)
   end
-  local id
-  if ev ~= nil and ev.run == self._run then
-    id = ev.taskId
-  else
-    id = string.format("%s/%d/%d", self.workflowId, self._run, seq)
-    spawn(self, name, input, id, opts, strategy)
-    record(self, { type = "activity.scheduled", seq = seq, name = name, taskId = id })
-  end
-  core.wfPark("activity", seq, id)
+  local ok, v = outcome(done)
+  if ok then return v end
+  if strategy == "ignore" then return nil, v end
+  error(v, 0)
 end
 
 local Child = {}
@@ -187,12 +246,13 @@ function Child:result()
   local seq = next_seq(ctx)
   recorded(ctx, seq, "child.result")
   local done = ctx._ix.done[seq]
-  if done ~= nil then
-    local ok, v = outcome(done)
-    if ok then return v end
-    return nil, v
+  if done == nil then
+    park(ctx, "child", seq, self.id)
+    done = awaited(ctx, ctx._ix.done[seq], seq)
   end
-  core.wfPark("child", seq, self.id)
+  local ok, v = outcome(done)
+  if ok then return v end
+  return nil, v
 end
 
 --- ctx:sleep(duration): a durable timer; parks until it fires.
@@ -206,7 +266,8 @@ function Ctx:sleep(duration)
     fireAt = core.now() + ms
     record(self, { type = "timer.started", seq = seq, fireAt = fireAt })
   end
-  core.wfPark("timer", seq, fireAt)
+  park(self, "timer", seq, fireAt)
+  awaited(self, self._ix.done[seq], seq)
 end
 
 local function marker(ctx, kind, make)
@@ -300,8 +361,10 @@ local function compensate(ctx, err)
         core.wfSpawn(c.name, c.input, id, { failureStrategy = s })
         record(ctx, { type = "compensation.started", index = i, taskId = id })
       end
-      core.wfPark("compensation", i, id)
-    elseif done.type == "compensation.failed" then
+      park(ctx, "compensation", i, id)
+      done = awaited(ctx, ix.compDone[i], i)
+    end
+    if done.type == "compensation.failed" then
       table.insert(failed, 1, i)
     end
   end

@@ -18,7 +18,11 @@ static const char* jobs_lua =
   "athena.activity('echo', function(ctx, input) return input end)\n"
   "athena.activity('where', function(ctx, input) return ctx.id end)\n"
   "athena.activity('boom', function() error('boom') end)\n"
-  "athena.activity('nap', function(ctx, input) athena.sleep(input.ms) return input.ms end)\n";
+  "athena.activity('nap', function(ctx, input) athena.sleep(input.ms) return input.ms end)\n"
+  "athena.workflow('fan', function(ctx, input)\n"
+  "  for i = 1, input.n do ctx:executeChild('echo', i) end\n"
+  "  return ctx:run('nap', { ms = 60000 })\n"
+  "end)\n";
 
 static void write_module(void) {
   snprintf(module_dir, sizeof(module_dir), "/tmp/athena-ctest-%d", (int)getpid());
@@ -497,6 +501,66 @@ TEST_IMPL(world_autoscale_frees_retired) {
   fprintf(stderr, "%d cycles: descriptors %+d since the first\n", CYCLES, grown);
   ASSERT_EQ(CYCLES * TASKS, m.completed);
   ASSERT(grown <= 4); /* 2 per retired worker before: 19 cycles retired dozens */
+  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
+
+/* A workflow's tasks come from its own list: listing and cancelling them
+ * never scans the task table (issue 17), however many other tasks it
+ * holds. */
+TEST_IMPL(world_children_list) {
+  write_module();
+  ath_world_t* w = new_world(2, NULL);
+  ASSERT_OK(reg(w, "echo", NULL, 0));
+  ASSERT_OK(reg(w, "nap", NULL, 0));
+  ath_activity_t a;
+  ath_activity_init(&a, "fan");
+  a.workflow = 1;
+  ASSERT_OK(ath_world_register(w, &a));
+  char err[512];
+  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  enum { OTHERS = 2000, KIDS = 50 };
+  static ath_task_t* others[OTHERS];
+  for (int i = 0; i < OTHERS; i++)
+    ASSERT_OK(exec1(w, "echo", "1", &others[i]));
+  ath_task_t* fan;
+  ASSERT_OK(exec1(w, "fan", "{\"n\":50}", &fan));
+  static ath_task_t* kids[KIDS + 2];
+  int n;
+  for (;;) { /* its last task, the nap, is started once the 50 echoes are */
+    n = ath_world_children(w, fan, kids, KIDS + 2);
+    for (int i = 0; i < n; i++)
+      ath_task_release(kids[i]);
+    if (n == KIDS + 1)
+      break;
+    ASSERT(!ATH_IS_TERMINAL(ath_task_status(w, fan)));
+    uv_sleep(1); /* polls the workflow's progress; bounded by the test timeout */
+  }
+  /* pages, in creation order */
+  ASSERT_EQ(20, ath_world_children_after(w, fan, 0, kids, 20));
+  uint64_t after = ath_task_seq(kids[19]);
+  ASSERT_STR_EQ(strrchr(ath_task_id(kids[0]), '/'), "/1");
+  for (int i = 0; i < 20; i++)
+    ath_task_release(kids[i]);
+  ASSERT_EQ(KIDS + 1 - 20, ath_world_children_after(w, fan, after, kids, KIDS + 2));
+  ASSERT_STR_EQ(strrchr(ath_task_id(kids[0]), '/'), "/21");
+  ath_task_t* nap = kids[KIDS - 20];
+  ASSERT_STR_EQ(ath_task_name(nap), "nap");
+  for (int i = 0; i < KIDS + 1 - 20; i++)
+    ath_task_release(kids[i]);
+  /* cancelling the workflow cancels its running nap through the list */
+  ASSERT_EQ(1, ath_world_cancel(w, fan));
+  ASSERT_OK(ath_world_wait(w, fan, 10000));
+  ASSERT_EQ(ATH_CANCELLED, ath_task_status(w, fan));
+  uv_mutex_lock(&w->lock);
+  int64_t scans = w->kid_scans;
+  uv_mutex_unlock(&w->lock);
+  ASSERT_EQ(0, scans);
+  ath_task_release(fan);
+  for (int i = 0; i < OTHERS; i++)
+    ath_task_release(others[i]);
   ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
   ath_world_free(w);
   remove_module();

@@ -367,6 +367,28 @@ describe("athena tasks/show/requeue/purge/schedules", function()
     assert.equals("[]\n", out)
   end)
 
+  it("show --json gives a workflow's history from its workflow_events rows", function()
+    local dir = tmpdir() .. "/wfstore"
+    local src = script([[
+local athena = require "athena"
+local ok = athena.activity("ok", function(ctx, x) return x * 2 end)
+local flow = athena.workflow("flow", function(ctx, x) return ctx:run("ok", x) + ctx:run("ok", x) end)
+local w = athena.World.new{ persistence = "file", persistencePath = arg[1], minWorkers = 1, maxWorkers = 1 }
+w:register(ok); w:register(flow)
+w:start()
+assert(w:execute("flow", 3, { id = "wf-1" }):result(10000) == 12)
+w:shutdown()
+]])
+    local code, _, err = sh(q(BIN) .. " " .. q(src) .. " " .. q(dir))
+    assert.equals(0, code, err)
+    local t = ops_json("show wf-1 --path " .. q(dir))
+    local types = {}
+    for i, ev in ipairs(t.history) do types[i] = ev.type end
+    assert.same({ "workflow.started", "activity.scheduled", "activity.completed", "activity.scheduled",
+      "activity.completed", "workflow.completed" }, types)
+    assert.equals(6, t.history[3].result)
+  end)
+
   it("show --json gives one task with its input, result and error", function()
     local dir = make_store()
     local t = ops_json("show t-ok --path " .. q(dir))

@@ -86,6 +86,18 @@ describe("athena.World.new", function()
     end
   end)
 
+  describe("workflowCache", function()
+    it("rejects a value that is not an integer 0-1000000, naming it", function()
+      for _, v in ipairs { -1, 1.5, 1000001, "10", true } do
+        bad_config({ workflowCache = v }, "workflowCache")
+      end
+    end)
+    it("accepts 0 and the bound", function()
+      athena.World.new(cfg { workflowCache = 0 }):shutdown()
+      athena.World.new(cfg { workflowCache = 1000000 }):shutdown()
+    end)
+  end)
+
   describe("minWorkers / maxWorkers", function()
     for _, v in ipairs { 0, -1, 1.5, 1025, "2", true } do
       it("rejects minWorkers = " .. tostring(v), function()

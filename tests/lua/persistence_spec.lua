@@ -557,6 +557,80 @@ describe("persistence", function()
       end)
 
 
+      it("migrates a version-5 database: histories move to workflow_events, a parked workflow resumes from them", function()
+        local path = tmppath()
+        assert(os.execute("mkdir -m 700 " .. q(path)))
+        local db = path .. "/athena.db"
+        local now = athena.now()
+        -- version 5 by hand: migrations 0-4 of engine/storage/store_sqlite.c
+        local V5 = V1_SCHEMA
+          .. "ALTER TABLE tasks ADD COLUMN heartbeat TEXT; ALTER TABLE tasks ADD COLUMN last_heartbeat INTEGER;"
+          .. "CREATE TABLE schedules (id TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL, input TEXT NOT NULL,"
+          .. " cron TEXT, once_at INTEGER, local_tz INTEGER NOT NULL, catch_up INTEGER NOT NULL,"
+          .. " overlap_skip INTEGER NOT NULL, paused INTEGER NOT NULL, has_priority INTEGER NOT NULL,"
+          .. " priority INTEGER NOT NULL, strategy INTEGER NOT NULL, queue TEXT, next_ms INTEGER, last_ms INTEGER,"
+          .. " total INTEGER NOT NULL, skipped INTEGER NOT NULL);"
+          .. "ALTER TABLE tasks ADD COLUMN parent_id TEXT; ALTER TABLE tasks ADD COLUMN history TEXT;"
+          .. "CREATE INDEX tasks_id ON tasks (id); CREATE INDEX tasks_status ON tasks (status, created_at);"
+          .. "CREATE INDEX tasks_name ON tasks (name, created_at);"
+          .. "CREATE INDEX tasks_parent ON tasks (parent_id, seq) WHERE parent_id IS NOT NULL;"
+        -- wf-old: st.flow {n = 2}, parked after its first step completed
+        -- (a running workflow: recovery resumes it by replay)
+        local hist = ('{"type":"workflow.started","at":%d,"run":1,"input":{"n":2},"runId":"r-1"},'
+          .. '{"type":"activity.scheduled","at":%d,"run":1,"seq":1,"name":"st.echo","taskId":"wf-old/1/1"},'
+          .. '{"type":"activity.completed","at":%d,"run":1,"seq":1,"result":1}'):format(now - 900, now - 900, now - 800)
+        -- wf-done: a finished one, its history kept as it was
+        local done = ('{"type":"workflow.started","at":%d,"run":1,"input":{"n":0},"runId":"r-2"},'
+          .. '{"type":"workflow.completed","at":%d,"run":1,"result":0}'):format(now - 500, now - 400)
+        sql(db, V5
+          .. ("INSERT INTO tasks (seq, id, name, status, attempt, max_attempts, strategy, priority, queue,"
+            .. " created_at, scheduled_at, ready_at, started_at, completed_at, worker_id, input, result, error,"
+            .. " history) VALUES (3, 'wf-old', 'st.flow', 2, 1, 4, 1, 0, 'default', %d, %d, %d, %d, NULL, 1,"
+            .. " '{\"n\":2}', NULL, NULL, '%s');"):format(now - 1000, now - 1000, now - 1000, now - 900, hist)
+          .. ("INSERT INTO tasks (seq, id, name, status, attempt, max_attempts, strategy, priority, queue,"
+            .. " created_at, scheduled_at, ready_at, started_at, completed_at, worker_id, input, result, error,"
+            .. " history) VALUES (4, 'wf-done', 'st.flow', 5, 1, 4, 1, 0, 'default', %d, %d, %d, %d, %d, 1,"
+            .. " '{\"n\":0}', '0', NULL, '%s');"):format(now - 500, now - 500, now - 500, now - 500, now - 400, done)
+          .. "PRAGMA user_version = 5;")
+
+        local w = started(mode, path)
+        local q1 = await(w, "wf-old")
+        assert.equals("completed", q1.status)
+        assert.equals(3, q1.result) -- step 1 from the migrated history (not run), step 2 run now
+        assert.equals("r-1", q1.history[1].runId)
+        assert.equals("workflow.completed", q1.history[#q1.history].type)
+        assert.equals(1, #q1.children) -- wf-old/1/2: step 1 was not run again
+        assert.equals("wf-old/1/2", q1.children[1])
+        local q2 = assert(w:query("wf-done"))
+        assert.same({ "workflow.started", "workflow.completed" },
+          { q2.history[1].type, q2.history[2].type })
+        assert.equals(tostring(schema_version()), sql(db, "PRAGMA user_version"))
+        w:shutdown()
+        -- one row per event; no history column left to rewrite
+        assert.equals("0", sql(db, "SELECT count(*) FROM tasks WHERE history IS NOT NULL"))
+        assert.equals("2", sql(db, "SELECT count(*) FROM workflow_events WHERE task_seq = 4"))
+        assert.equals(tostring(#q1.history), sql(db, "SELECT count(*) FROM workflow_events WHERE task_seq = 3"))
+        assert.equals("activity.completed", sql(db,
+          "SELECT json_extract(event, '$.type') FROM workflow_events WHERE task_seq = 3 AND n = 2"))
+        local w2 = started(mode, path)
+        assert.same(q1.history, w2:query("wf-old").history)
+      end)
+
+      it("workflow histories are appended one row per event, never rewritten; a purge takes them along", function()
+        local path = tmppath()
+        local w = started(mode, path)
+        local h = w:execute("st.flow", { n = 3 }, { id = "wf-ev" })
+        assert.equals(6, result(h))
+        local n = #h:query().history
+        w:shutdown()
+        local db = path .. "/athena.db"
+        local seq = sql(db, "SELECT seq FROM tasks WHERE id = 'wf-ev'")
+        assert.equals(tostring(n), sql(db, "SELECT count(*) FROM workflow_events WHERE task_seq = " .. seq))
+        assert.equals("0", sql(db, "SELECT count(*) FROM tasks WHERE history IS NOT NULL"))
+        sql(db, "DELETE FROM tasks WHERE id = 'wf-ev'")
+        assert.equals("0", sql(db, "SELECT count(*) FROM workflow_events WHERE task_seq = " .. seq))
+      end)
+
       it("retention: terminal tasks older than `retention` are pruned at start; quarantined and unfinished ones are kept", function()
         local path = tmppath()
         local w1 = started(mode, path)

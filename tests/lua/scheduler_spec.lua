@@ -566,52 +566,63 @@ describe("scheduler", function()
 
   ---------------------------------------------------------------- overlap
   describe("overlap", function()
-    -- "slow" sleeps 12 s; occurrences every 5 s at m1, m1+5, ..., m1+30.
-    it("skip: occurrences while the previous task runs are skipped and counted", function()
-      local w = world { taskQueues = { default = { concurrency = 4 } } }
-      local t0 = w:now()
-      w:schedule("sk", "slow", { ms = 12000 }, "*/5 * * * * *", { overlap = "skip" })
-      local m1 = (t0 // (5 * SEC) + 1) * (5 * SEC)
-      w:advance(m1 + 30 * SEC - t0)
-      -- m1 runs until m1+12: m1+5, m1+10 skipped; m1+15 runs until m1+27:
-      -- m1+20, m1+25 skipped; m1+30 fires.
-      local got = tasks(w, "slow", "sk")
-      assert.same(with_prefix("sk", { m1, m1 + 15 * SEC, m1 + 30 * SEC }), ids(got))
-      assert.equal("completed", got[1].status)
-      assert.equal(m1, got[1].result.t0)
-      assert.equal(m1 + 12 * SEC, got[1].result.t1)
-      assert.equal("completed", got[2].status)
-      assert.equal("running", got[3].status)
-      local s = sched(w, "sk")
-      assert.equal(3, s.totalExecutions)
-      assert.equal(4, s.skippedExecutions)
-      assert.equal(m1 + 30 * SEC, s.lastExecution)
-      assert.equal(m1 + 35 * SEC, s.nextExecution)
-    end)
+    -- "slow" sleeps 12 s; "slowflow" is a workflow parked 12 s on a durable
+    -- timer (holding no slot, but running, so skip still waits for it).
+    -- Occurrences every 5 s at m1, m1+5, ..., m1+30.
+    local targets = {
+      { name = "slow", prefix = "", kind = "activity", cfg = { taskQueues = { default = { concurrency = 4 } } } },
+      { name = "slowflow", prefix = "w", kind = "workflow", cfg = {} }, -- one slot is enough
+    }
+    for _, tg in ipairs(targets) do
+      it(tg.kind .. " target, skip: occurrences while the previous task runs are skipped and counted", function()
+        local w = world(tg.cfg)
+        local t0 = w:now()
+        local id = tg.prefix .. "sk"
+        w:schedule(id, tg.name, { ms = 12000 }, "*/5 * * * * *", { overlap = "skip" })
+        local m1 = (t0 // (5 * SEC) + 1) * (5 * SEC)
+        w:advance(m1 + 30 * SEC - t0)
+        -- m1 runs until m1+12: m1+5, m1+10 skipped; m1+15 runs until m1+27:
+        -- m1+20, m1+25 skipped; m1+30 fires.
+        local got = tasks(w, tg.name, id)
+        assert.same(with_prefix(id, { m1, m1 + 15 * SEC, m1 + 30 * SEC }), ids(got))
+        assert.equal("completed", got[1].status)
+        assert.equal(tg.kind, got[1].kind)
+        assert.equal(m1, got[1].result.t0)
+        assert.equal(m1 + 12 * SEC, got[1].result.t1)
+        assert.equal("completed", got[2].status)
+        assert.equal("running", got[3].status)
+        local s = sched(w, id)
+        assert.equal(3, s.totalExecutions)
+        assert.equal(4, s.skippedExecutions)
+        assert.equal(m1 + 30 * SEC, s.lastExecution)
+        assert.equal(m1 + 35 * SEC, s.nextExecution)
+      end)
 
-    it("allow: occurrences run concurrently", function()
-      local w = world { taskQueues = { default = { concurrency = 4 } } }
-      local t0 = w:now()
-      w:schedule("al", "slow", { ms = 12000 }, "*/5 * * * * *") -- overlap "allow" by default
-      local m1 = (t0 // (5 * SEC) + 1) * (5 * SEC)
-      w:advance(m1 + 11 * SEC - t0)
-      -- m1, m1+5 and m1+10 all running at once
-      local running = w:queryTasks { name = "slow", status = "running" }
-      assert.equal(3, #running)
-      w:advance(19 * SEC) -- to m1+30
-      local got = tasks(w, "slow", "al")
-      local expect = marks(t0, m1 + 30 * SEC, 5 * SEC)
-      assert.equal(7, #expect)
-      assert.same(with_prefix("al", expect), ids(got))
-      for i = 1, 4 do -- the first four have slept their 12 s (the last ends at m1+27)
-        assert.equal("completed", got[i].status)
-        assert.equal(due_of(got[i].id), got[i].result.t0)
-        assert.equal(due_of(got[i].id) + 12 * SEC, got[i].result.t1)
-      end
-      local s = sched(w, "al")
-      assert.equal(7, s.totalExecutions)
-      assert.equal(0, s.skippedExecutions)
-    end)
+      it(tg.kind .. " target, allow: occurrences run concurrently", function()
+        local w = world(tg.cfg)
+        local t0 = w:now()
+        local id = tg.prefix .. "al"
+        w:schedule(id, tg.name, { ms = 12000 }, "*/5 * * * * *") -- overlap "allow" by default
+        local m1 = (t0 // (5 * SEC) + 1) * (5 * SEC)
+        w:advance(m1 + 11 * SEC - t0)
+        -- m1, m1+5 and m1+10 all running at once
+        local running = w:queryTasks { name = tg.name, status = "running" }
+        assert.equal(3, #running)
+        w:advance(19 * SEC) -- to m1+30
+        local got = tasks(w, tg.name, id)
+        local expect = marks(t0, m1 + 30 * SEC, 5 * SEC)
+        assert.equal(7, #expect)
+        assert.same(with_prefix(id, expect), ids(got))
+        for i = 1, 4 do -- the first four have slept their 12 s (the last ends at m1+27)
+          assert.equal("completed", got[i].status)
+          assert.equal(due_of(got[i].id), got[i].result.t0)
+          assert.equal(due_of(got[i].id) + 12 * SEC, got[i].result.t1)
+        end
+        local s = sched(w, id)
+        assert.equal(7, s.totalExecutions)
+        assert.equal(0, s.skippedExecutions)
+      end)
+    end
   end)
 
   --------------------------------------------------------------- timezone

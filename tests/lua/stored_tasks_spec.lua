@@ -111,6 +111,26 @@ for _, mode in ipairs { "file", "hybrid" } do
       assert.equals("completed", w:query(q.children[1]).status)
     end)
 
+    it("a workflow's children are paged in creation order, the stored and the resident merged", function()
+      local w = started(mode, S.tmpname())
+      local h = w:execute("st.fanflow", { n = 9 })
+      S.eventually(function() return #w:query(h.id).children == 10 end, S.WAIT, "the delayed child")
+      settled(w, 2) -- the workflow and its delayed child; the 9 steps are stored
+      local all, after, pages = {}, nil, 0
+      repeat
+        local page = assert(w:children(h.id, { after = after, limit = 4 }))
+        for _, id in ipairs(page.ids) do all[#all + 1] = id end
+        after, pages = page.next, pages + 1
+      until after == nil
+      assert.equals(3, pages)
+      assert.equals(10, #all)
+      for i = 1, 9 do assert.equals(h.id .. "/1/" .. i, all[i]) end
+      assert.equals(h.id .. "/1/10", all[10]) -- the resident child, last
+      local q = w:query(h.id)
+      assert.same(all, q.children)
+      assert.is_nil(q.childrenNext)
+    end)
+
     it("after a restart, finished tasks stay in the store, not in RAM", function()
       local path = S.tmpname()
       local w = started(mode, path)

@@ -253,12 +253,15 @@ describe("workflows", function()
   end)
 
   it("non-determinism: a replay that issues another command fails with ENONDETERMINISM, not retried", function()
-    local w = world()
+    local w = world { workflowCache = 0 } -- every segment replays
     local h = w:execute("wf.nondet", { flip = tmpname() })
     local _, err = S.result(h)
     assert.equals("ENONDETERMINISM", err.code)
     assert.matches("wf.ship", err.message, 1, true)
     assert.equals(1, h:query().attempt)
+    -- with the parked coroutine kept, nothing is replayed: the run goes on
+    local w2 = world()
+    assert.equals("done", S.result(w2:execute("wf.nondet", { flip = tmpname() })))
   end)
 
   it("workflow code may not do I/O; bad command arguments raise clear errors", function()
@@ -269,8 +272,194 @@ describe("workflows", function()
     _, err = S.result(w:execute("wf.dbio"))
     assert.equals("EINVAL", err.code)
     assert.matches("not allowed in workflow code", err.message, 1, true)
-    local r = S.result(w:execute("wf.badcalls"))
-    assert.same({ "EINVAL", "ENOTFOUND", "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EINVAL" }, r)
+    local r, err = S.result(w:execute("wf.badcalls"))
+    assert.is_nil(err)
+    assert.same({ "EINVAL", "ENOTFOUND", "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EINVAL",
+      "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EINVAL" }, r)
+  end)
+
+  it("children are not capped: query gives the first 1000 and a cursor, world:children pages the rest", function()
+    local w = world()
+    local h = w:execute("wf.fanout", { n = 1205 })
+    assert.equals(1205, S.result(h))
+    local q = h:query()
+    assert.equals(1000, #q.children)
+    assert.equals(h.id .. "/1/1", q.children[1])
+    assert.equals(h.id .. "/1/1000", q.children[1000])
+    assert.is_not_nil(q.childrenNext)
+    local page = assert(w:children(h.id, { after = q.childrenNext }))
+    assert.equals(205, #page.ids)
+    assert.equals(h.id .. "/1/1001", page.ids[1])
+    assert.equals(h.id .. "/1/1205", page.ids[205])
+    assert.is_nil(page.next)
+    -- small pages walk the same list
+    local all, after = {}, nil
+    repeat
+      page = w:children(h.id, { after = after, limit = 100 })
+      for _, id in ipairs(page.ids) do all[#all + 1] = id end
+      after = page.next
+    until after == nil
+    assert.equals(1205, #all)
+    for i = 1, 1205 do assert.equals(h.id .. "/1/" .. i, all[i]) end
+    -- an activity owns nothing; bad options are refused; unknown ids are ENOTFOUND
+    assert.same({}, w:children(all[1]).ids)
+    S.raises("EINVAL", w.children, w, h.id, { limit = 0 })
+    S.raises("EINVAL", w.children, w, h.id, { limit = 10001 })
+    S.raises("EINVAL", w.children, w, h.id, { after = "x" })
+    S.raises("EINVAL", w.children, w, h.id, { page = 1 })
+    local none, err = w:children("nope")
+    assert.is_nil(none)
+    assert.equals("ENOTFOUND", err.code)
+  end)
+
+  describe("the sticky cache: parked coroutines stay on their worker", function()
+    -- A history without what differs between two executions: times, run
+    -- ids, inputs (rerun's gate is a fresh file per world).
+    local function shape(history)
+      local out = {}
+      for _, ev in ipairs(history) do
+        local e = {}
+        for k, v in pairs(ev) do
+          if k ~= "at" and k ~= "runId" and k ~= "fireAt" and k ~= "input" then e[k] = v end
+        end
+        out[#out + 1] = e
+      end
+      return out
+    end
+
+    -- Runs the same workflows in a world with the given cache size; returns
+    -- their results and history shapes by key, and the handler starts.
+    local function run_all(cache)
+      local w = world { workflowCache = cache }
+      local log = tmpname()
+      local hs = {
+        counted = w:execute("wf.counted", { log = log, tag = "c", steps = 5 }, { id = "counted" }),
+        order = w:execute("wf.order", { order = 7 }, { id = "order" }),
+        comp = w:execute("wf.order", { order = 1, fail = "ship" }, { id = "comp", failureStrategy = "compensate" }),
+        rerun = w:execute("wf.rerun", { gate = tmpname() }, { id = "rerun" }),
+        ignoring = w:execute("wf.ignoring", {}, { id = "ignoring" }),
+      }
+      local out = {}
+      for k, h in pairs(hs) do
+        local r, err = S.result(h)
+        local q = h:query()
+        out[k] = { r = r, code = err and err.code, status = q.status, history = shape(q.history),
+          children = q.children }
+      end
+      out.counted.r.pick = nil
+      out.rerun.r[3] = nil -- its runId, also in its last event
+      out.rerun.history[#out.rerun.history].result[3] = nil
+      return out, count(log, "start c")
+    end
+
+    it("cache on and cache 0 give the same results and histories; the cache runs each handler once", function()
+      local on, starts_on = run_all(1000)
+      local off, starts_off = run_all(0)
+      for k in pairs(off) do
+        for i = 1, math.max(#off[k].history, #on[k].history) do
+          assert.same(off[k].history[i], on[k].history[i], k .. " event " .. i)
+        end
+      end
+      assert.same(off, on)
+      assert.equals("completed", on.counted.status)
+      assert.equals("compensated", on.comp.status)
+      assert.equals(1, starts_on) -- one run, never replayed
+      -- replayed: one start per segment (5 steps, the child, the timer, the start)
+      assert.equals(8, starts_off)
+    end)
+
+    it("a workflow cancelled while parked has its kept coroutine closed soon after (its __close runs)", function()
+      local w = world { minWorkers = 1, maxWorkers = 1 } -- one cache
+      local log = tmpname()
+      local h = w:execute("wf.closing", { log = log })
+      -- one worker: its step starts once the workflow's segment parked
+      S.eventually(function() return count(log, "slow start nil") == 1 end, S.WAIT, "the workflow to park")
+      assert.is_true(h:cancel())
+      assert.equals(0, count(log, "closed")) -- kept, not closed by the park
+      -- others park on the same worker: its cache sweeps out the ended one
+      assert.equals(20 * #"charge ok 1" + 11, S.result(w:execute("wf.counted", { steps = 20 })).sum)
+      S.eventually(function() return count(log, "closed") == 1 end, S.WAIT,
+        "the cancelled workflow's coroutine to be closed")
+    end)
+
+    it("a cache of one: parked workflows evict each other and replay, with the same outcomes", function()
+      local w = world { workflowCache = 1 }
+      local log = tmpname()
+      local hs = {}
+      for i = 1, 6 do
+        hs[i] = w:execute("wf.counted", { log = log, tag = "c", steps = 3 })
+      end
+      for _, h in ipairs(hs) do
+        local r, err = S.result(h)
+        assert.is_nil(err)
+        assert.equals(3 * #"charge ok 1", r.sum)
+        assert.equals("reserve ok 3", r.child)
+      end
+      local starts = count(log, "start c")
+      assert.is_true(starts >= 6 and starts <= 6 * 6, tostring(starts))
+    end)
+  end)
+
+  describe("per-call limits of ctx:run override the definition's for that call", function()
+    local function limits(w, name, input, opts)
+      local h = w:execute("wf.limits", { name = name, input = input, opts = opts })
+      local r, err = S.result(h)
+      assert.is_nil(err)
+      return r, h
+    end
+
+    it("timeout and retry: each attempt is cut at the call's timeout, as often as its retry says", function()
+      local w = world()
+      local log = tmpname()
+      -- wf.slow's definition: 1 attempt, the default 5-minute timeout
+      local r, h = limits(w, "wf.slow", { ms = 60000, log = log },
+        { timeout = "100ms", retry = { maxAttempts = 2, initialInterval = 1 } })
+      assert.equals("ETIMEDOUT", r.code)
+      assert.equals(2, r.attempt)
+      assert.equals(2, count(log, "slow start nil"))
+      -- recorded with the command, normalised (ms), so a replay sees what ran
+      local sched
+      for _, ev in ipairs(h:query().history) do
+        if ev.type == "activity.scheduled" then sched = ev end
+      end
+      assert.equals(100, sched.limits.timeout)
+      assert.equals(2, sched.limits.retry.maxAttempts)
+      assert.equals(2, w:query(sched.taskId).attempt)
+    end)
+
+    it("retry: a failing step is tried as often as the call says, not its definition", function()
+      local w = world()
+      local log = tmpname()
+      local r = limits(w, "wf.boom", { log = log }, { retry = { maxAttempts = 3, initialInterval = 1 } })
+      assert.equals("EBOOM", r.code)
+      assert.equals(3, r.attempt)
+      assert.equals(3, count(log, "boom"))
+    end)
+
+    it("heartbeatTimeout and scheduleToClose apply to the call's task", function()
+      local w = world()
+      local r = limits(w, "wf.slow", { ms = 60000 }, { heartbeatTimeout = "100ms" })
+      assert.equals("EHEARTBEAT", r.code)
+      r = limits(w, "wf.slow", { ms = 60000 }, { scheduleToClose = "150ms" })
+      assert.equals("ETIMEDOUT", r.code)
+      -- without limits, the definition's apply: it completes
+      r = limits(w, "wf.slow", { ms = 1 }, {})
+      assert.equals("slept", r.result)
+    end)
+
+    it("survive a restart with the task (file mode): the recovered attempt keeps the call's timeout", function()
+      local path = tmpname()
+      local w = world { persistence = "file", persistencePath = path }
+      local log = tmpname()
+      local h = w:execute("wf.limits", { name = "wf.slow", input = { ms = 60000, log = log },
+        opts = { timeout = "400ms", retry = { maxAttempts = 2, initialInterval = 1 } } }, { id = "lim" })
+      S.eventually(function() return count(log, "slow start nil") == 1 end, S.WAIT, "the step to start")
+      w:shutdown { timeout = 1 } -- the running attempt is interrupted and requeued (T14)
+      local w2 = world { persistence = "file", persistencePath = path }
+      local q = S.await(w2, "lim")
+      assert.equals("completed", q.status, h.id)
+      assert.equals("ETIMEDOUT", q.result.code)
+    end)
   end)
 
   describe("hostile workflow code fails the workflow, not the engine", function()
