@@ -268,6 +268,8 @@ static int res_err(ath_qpg_t* q, PGresult* r) {
   else
     set_err(q, PQresultErrorMessage(r), PQresultErrorField(r, PG_DIAG_SQLSTATE));
   PQclear(r);
+  if (PQstatus(q->conn) == CONNECTION_BAD) /* whatever the server said last: reset */
+    snprintf(q->sqlstate, sizeof(q->sqlstate), "08006");
   return ATH_ESTORE;
 }
 
@@ -302,6 +304,19 @@ static int exec_ok(ath_qpg_t* q, const char* sql, int n, const char* const* v) {
   PGresult* r = exec1(q, sql, n, v);
   ExecStatusType s = PQresultStatus(r);
   if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK)
+    return res_err(q, r);
+  PQclear(r);
+  return 0;
+}
+
+/* The session settings of every provider connection: Athena's own
+ * sessions never pin the xmin horizon for long (§7.4); keepalives bound a
+ * silent partition. */
+static int session_setup(ath_qpg_t* q) {
+  PGresult* r = PQexec(q->conn, "SET idle_in_transaction_session_timeout = 60000;"
+                                " SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2;"
+                                " SET tcp_keepalives_count = 3; SET client_min_messages = warning");
+  if (PQresultStatus(r) != PGRES_COMMAND_OK)
     return res_err(q, r);
   PQclear(r);
   return 0;
@@ -350,14 +365,8 @@ int ath__qpg_open(const char* conninfo, const char* schema, int notify, ath_qpg_
     }
   }
   /* Athena's own sessions never pin the xmin horizon for long (§7.4). */
-  PGresult* r = PQexec(q->conn, "SET idle_in_transaction_session_timeout = 60000;"
-                                " SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2;"
-                                " SET tcp_keepalives_count = 3; SET client_min_messages = warning");
-  if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-    rc = res_err(q, r);
+  if ((rc = session_setup(q)) < 0)
     goto fail;
-  }
-  PQclear(r);
   if (PQsetnonblocking(q->conn, 1) != 0) {
     conn_err(q);
     rc = ATH_ESTORE;
@@ -369,6 +378,19 @@ fail:
   if (errlen > 0)
     snprintf(err, errlen, "%s", rc == ATH_ENOMEM ? "out of memory" : q->err);
   ath__qpg_close(q);
+  return rc;
+}
+
+int ath__qpg_reset(ath_qpg_t* q) {
+  q->err[0] = q->sqlstate[0] = '\0';
+  q->prepared = 0;
+  q->head = q->tail = 0;
+  PQreset(q->conn);
+  if (PQstatus(q->conn) != CONNECTION_OK)
+    return conn_err(q);
+  int rc = session_setup(q);
+  if (rc == 0 && PQsetnonblocking(q->conn, 1) != 0)
+    rc = conn_err(q);
   return rc;
 }
 
@@ -471,8 +493,20 @@ static PGresult* pl_read_item(ath_qpg_t* q, int* kind) {
   PGresult* r = get_result(q);
   if (r == NULL)
     return NULL;
-  if (k == IT_SYNC)
-    return r; /* PGRES_PIPELINE_SYNC (no NULL follows it) */
+  if (k == IT_SYNC) {
+    /* PGRES_PIPELINE_SYNC (no NULL follows it); an error at the commit
+     * itself comes first: return that one, the sync consumed */
+    PGresult* s = r;
+    while (s != NULL && PQresultStatus(s) != PGRES_PIPELINE_SYNC) {
+      if ((s = get_result(q)) == NULL) {
+        PQclear(r);
+        return NULL;
+      }
+    }
+    if (s != r)
+      PQclear(s);
+    return r;
+  }
   PGresult* extra;
   while ((extra = get_result(q)) != NULL) /* the NULL that ends this item */
     PQclear(extra);
@@ -502,15 +536,13 @@ static PGresult* pl_next(ath_qpg_t* q) {
 
 /* Takes the next query's result and checks it returned rows. */
 static int pl_rows(ath_qpg_t* q, PGresult** out) {
-  char keep[sizeof(q->err)];
-  snprintf(keep, sizeof(keep), "%s", q->err);
   PGresult* r = pl_next(q);
   *out = NULL;
   if (r != NULL && PQresultStatus(r) == PGRES_TUPLES_OK) {
     *out = r;
     return 0;
   }
-  if (r != NULL && PQresultStatus(r) == PGRES_PIPELINE_ABORTED && keep[0] != '\0') {
+  if (r != NULL && PQresultStatus(r) == PGRES_PIPELINE_ABORTED && q->err[0] != '\0') {
     PQclear(r); /* the earlier error is the reason */
     return ATH_ESTORE;
   }
@@ -532,6 +564,9 @@ static int pl_end(ath_qpg_t* q, int rc) {
   q->head = q->tail = 0;
   if (PQpipelineStatus(q->conn) != PQ_PIPELINE_OFF && PQexitPipelineMode(q->conn) == 0)
     rc = rc < 0 ? rc : conn_err(q);
+  /* the session is gone (an operator intervention 57P0x ends it too) */
+  if (rc < 0 && (PQstatus(q->conn) == CONNECTION_BAD || strncmp(q->sqlstate, "57P0", 4) == 0))
+    snprintf(q->sqlstate, sizeof(q->sqlstate), "08006");
   return rc;
 }
 
@@ -784,8 +819,9 @@ static int send_claim(ath_qpg_t* q, int64_t lease, const ath_qpg_claim_t* c) {
   return pl_send(q, ST_CLAIM, 3, v);
 }
 
-int ath__qpg_cycle(ath_qpg_t* q, const ath_qpg_cycle_t* c) {
+int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c) {
   q->err[0] = q->sqlstate[0] = '\0';
+  c->committed = 0;
   for (size_t i = 0; i < c->n_claims; i++) {
     memset(c->claims[i].out, 0, sizeof(*c->claims[i].out));
     if (c->claims[i].queue == NULL || c->claims[i].n <= 0)
@@ -814,10 +850,24 @@ int ath__qpg_cycle(ath_qpg_t* q, const ath_qpg_cycle_t* c) {
     ath__qpg_inserted_clear(c->inserted, c->n_inserts);
     return pl_end(q, rc);
   }
+  if (writes) {
+    int kind;
+    PGresult* r = pl_read_item(q, &kind);
+    if (r == NULL || PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
+      rc = res_err(q, r); /* the commit failed, or its outcome is unknown */
+      ath__qpg_inserted_clear(c->inserted, c->n_inserts);
+      return pl_end(q, rc);
+    }
+    PQclear(r);
+    c->committed = 1;
+  }
   for (size_t i = 0; i < c->n_claims; i++) {
     PGresult* r;
-    if ((rc = pl_rows(q, &r)) < 0 || (rc = decode_tasks(r, c->claims[i].out)) < 0)
+    if ((rc = pl_rows(q, &r)) < 0 || (rc = decode_tasks(r, c->claims[i].out)) < 0) {
+      while (i-- > 0)
+        ath__qpg_tasks_free(c->claims[i].out);
       break;
+    }
   }
   return pl_end(q, rc);
 }

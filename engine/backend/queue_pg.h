@@ -37,6 +37,10 @@ typedef struct ath_qpg_s ath_qpg_t;
  * reason in err (when errlen > 0) and *out NULL. */
 int ath__qpg_open(const char* conninfo, const char* schema, int notify, ath_qpg_t** out, char* err,
                   size_t errlen);
+/* Reconnects after ATH_ESTORE with SQLSTATE 08006 (the connection broke):
+ * blocking; statements are prepared again on use. LISTENs and the leader
+ * lock of the old session are gone (listen / try again). */
+int ath__qpg_reset(ath_qpg_t* q);
 /* Closes the connection (session locks and LISTENs end with it). NULL ok. */
 void ath__qpg_close(ath_qpg_t* q);
 /* The last error's message and SQLSTATE ("" when none). */
@@ -162,9 +166,11 @@ typedef struct {
 
 /* One cycle of the backend loop in one round trip (libpq pipeline mode):
  * inserts and finishes commit together (one transaction, with the NOTIFYs of
- * what they made ready), then each claim commits on its own. The first
- * failing part aborts what follows it: on error nothing of the write part
- * is committed. Any part may be empty. */
+ * what they made ready), then each claim commits on its own. A failing part
+ * aborts what follows it. On error, `committed` says whether the write part
+ * committed (then `inserted` / `applied` are valid and inserted must still
+ * be cleared); claims that failed hold no rows (nothing to free). Any part
+ * may be empty. */
 typedef struct {
   const ath_qpg_insert_t* inserts;
   size_t n_inserts;
@@ -175,9 +181,10 @@ typedef struct {
   int64_t lease;                  /* the incarnation claiming and finishing */
   const ath_qpg_claim_t* claims;
   size_t n_claims;
+  int committed;                  /* out: the inserts and finishes committed */
 } ath_qpg_cycle_t;
 
-int ath__qpg_cycle(ath_qpg_t* q, const ath_qpg_cycle_t* c);
+int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c);
 /* One-part cycles. */
 int ath__qpg_insert(ath_qpg_t* q, const ath_qpg_insert_t* rows, size_t n, ath_qpg_inserted_t* out);
 int ath__qpg_claim(ath_qpg_t* q, int64_t lease, const char* queue, int n, ath_qpg_tasks_t* out);

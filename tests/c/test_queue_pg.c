@@ -462,6 +462,10 @@ TEST_IMPL(db_pg_queue_lease) {
   ASSERT(!l.lost);
   ASSERT(!ath__qpg_lease_fenced(&l, 3499 * ms));
   ASSERT(ath__qpg_lease_fenced(&l, 3500 * ms));
+  ASSERT_STR_EQ("08006", ath__qpg_sqlstate(q));
+  ASSERT_OK(ath__qpg_reset(q)); /* reconnected, statements prepared again */
+  ASSERT_OK(ath__qpg_node_renew(q, &l, 3400 * ms, NULL));
+  ASSERT(!ath__qpg_lease_fenced(&l, 4899 * ms));
   ath__qpg_close(q);
   /* release: the row goes when it leases nothing */
   q = open_q("qpg_lease");
@@ -801,6 +805,8 @@ TEST_IMPL(db_pg_queue_cycle) {
                        .n_claims = 2};
   ASSERT_EQ(ATH_ESTORE, ath__qpg_cycle(q, &c));
   ASSERT_STR_EQ("22021", ath__qpg_sqlstate(q));
+  ASSERT(!c.committed);
+  ASSERT_EQ(0, got[0].n); /* the claims after it did not run */
   PGconn* a = admin();
   ASSERT_EQ(0, sql_int(a, "SELECT count(*) FROM qpg_cycle.tasks WHERE status = 5"));
   /* the connection still works: a full cycle */
@@ -809,6 +815,7 @@ TEST_IMPL(db_pg_queue_cycle) {
   c.n_inserts = 2;
   c.n_outcomes = 3;
   ASSERT_OK(ath__qpg_cycle(q, &c));
+  ASSERT(c.committed);
   ASSERT(ins[0].created && ins[1].created);
   ASSERT(ap[0] && ap[1] && ap[2]);
   ASSERT_EQ(1, got[0].n);
