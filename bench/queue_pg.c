@@ -5,13 +5,15 @@
  * each, "hosts") drain them, each cycle finishing the previous batch and
  * claiming the next one.
  *
- *   build/bench_queue_pg [-n tasks] [-b batch] [-t threads] [-q] [URL]
+ *   build/bench_queue_pg [-n tasks] [-b batch] [-t threads] [-r rounds] [-q] [URL]
  *
  * URL: a libpq conninfo / postgres:// URL, else the file named by
  * ATHENA_PG_URL_FILE (scripts/pg-test writes one). -q: no NOTIFY (poll-only).
- * Each mode runs on a fresh schema "qpg_bench":
- *   pipelined   finish(previous batch) + claim(next) in one round trip
- *   separate    finish, then claim: two round trips per cycle
+ * Each mode runs on a fresh schema "qpg_bench", -r rounds of the three:
+ *   pipelined   finish(previous batch) + claim(next) in one round trip,
+ *               two commits (the writes', then the claim's)
+ *   one-commit  the same in one transaction: one round trip, one commit
+ *   separate    finish, then claim: two round trips, two commits
  * and prints tasks/s processed (claimed and finished, fenced). */
 #include <inttypes.h>
 #include <libpq-fe.h>
@@ -26,7 +28,8 @@
 #include "util.h"
 
 static const char* url;
-static int n_tasks = 200000, batch = 256, n_threads = 3, notify = 1;
+static int n_tasks = 200000, batch = 256, n_threads = 3, notify = 1, rounds = 1;
+static const char* const MODES[] = {"pipelined", "one-commit", "separate"};
 
 static void die(const char* what, ath_qpg_t* q) {
   fprintf(stderr, "bench_queue_pg: %s: %s\n", what, q ? ath__qpg_errmsg(q) : "");
@@ -81,7 +84,7 @@ static double setup(void) {
 }
 
 typedef struct {
-  int pipelined;
+  int mode; /* index in MODES */
   int done, lost;
   pthread_barrier_t* start;
 } host_t;
@@ -103,9 +106,10 @@ static void* host(void* arg) {
     ath_qpg_tasks_t t;
     ath_qpg_claim_t cl = {.queue = "default", .n = batch, .out = &t};
     int rc;
-    if (h->pipelined) {
+    if (h->mode < 2) {
       ath_qpg_cycle_t c = {.outcomes = o, .n_outcomes = pending, .applied = applied,
-                           .lease = lease.incarnation, .claims = &cl, .n_claims = 1};
+                           .lease = lease.incarnation, .claims = &cl, .n_claims = 1,
+                           .one_commit = h->mode == 1};
       rc = ath__qpg_cycle(q, &c);
     } else {
       rc = ath__qpg_finish(q, lease.incarnation, o, pending, applied);
@@ -132,14 +136,14 @@ static void* host(void* arg) {
   return NULL;
 }
 
-static void run(int pipelined) {
+static void run(int mode) {
   double enq = setup();
   pthread_barrier_t start;
   pthread_barrier_init(&start, NULL, (unsigned)n_threads + 1);
   host_t* h = calloc((size_t)n_threads, sizeof(*h));
   pthread_t* th = calloc((size_t)n_threads, sizeof(*th));
   for (int i = 0; i < n_threads; i++) {
-    h[i] = (host_t){.pipelined = pipelined, .start = &start};
+    h[i] = (host_t){.mode = mode, .start = &start};
     pthread_create(&th[i], NULL, host, &h[i]);
   }
   pthread_barrier_wait(&start);
@@ -152,9 +156,9 @@ static void run(int pipelined) {
   }
   double s = (double)(ath__mono_ns() - t0) / 1e9;
   pthread_barrier_destroy(&start);
-  printf("%-9s %d tasks, %d hosts, batch %d, notify %s: enqueue %.0f/s, processed %.0f tasks/s"
+  printf("%-10s %d tasks, %d hosts, batch %d, notify %s: enqueue %.0f/s, processed %.0f tasks/s"
          " (%.2f s)%s\n",
-         pipelined ? "pipelined" : "separate", done, n_threads, batch, notify ? "on" : "off",
+         MODES[mode], done, n_threads, batch, notify ? "on" : "off",
          n_tasks / enq, done / s, s, lost || done != n_tasks ? "  MISMATCH" : "");
   if (lost || done != n_tasks)
     exit(1);
@@ -164,14 +168,15 @@ static void run(int pipelined) {
 
 int main(int argc, char** argv) {
   int opt;
-  while ((opt = getopt(argc, argv, "n:b:t:q")) != -1) {
+  while ((opt = getopt(argc, argv, "n:b:t:r:q")) != -1) {
     switch (opt) {
       case 'n': n_tasks = atoi(optarg); break;
       case 'b': batch = atoi(optarg); break;
       case 't': n_threads = atoi(optarg); break;
+      case 'r': rounds = atoi(optarg); break;
       case 'q': notify = 0; break;
       default:
-        fprintf(stderr, "usage: %s [-n tasks] [-b batch] [-t threads] [-q] [URL]\n", argv[0]);
+        fprintf(stderr, "usage: %s [-n tasks] [-b batch] [-t threads] [-r rounds] [-q] [URL]\n", argv[0]);
         return 2;
     }
   }
@@ -193,7 +198,8 @@ int main(int argc, char** argv) {
   }
   if (n_tasks <= 0 || batch <= 0 || n_threads <= 0)
     return 2;
-  run(1);
-  run(0);
+  for (int r = 0; r < rounds; r++)
+    for (int m = 0; m < 3; m++)
+      run(m);
   return 0;
 }

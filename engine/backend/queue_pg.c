@@ -25,15 +25,13 @@ static const char* const MIGRATIONS[ATH_QPG_SCHEMA_VERSION] = {
   /* 1 */
   "CREATE FUNCTION {S}.now_ms() RETURNS bigint LANGUAGE sql VOLATILE PARALLEL SAFE"
   "  AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;"
-  "CREATE SEQUENCE {S}.incarnation_seq;"
   "CREATE TABLE {S}.nodes ("
-  "  incarnation bigint PRIMARY KEY, node_id text NOT NULL, host text NOT NULL, pid int NOT NULL,"
+  "  incarnation bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, node_id text NOT NULL, host text NOT NULL, pid int NOT NULL,"
   "  started_at bigint NOT NULL, beat_at bigint NOT NULL, expires_at bigint NOT NULL,"
   "  queues text[] NOT NULL, slots int NOT NULL, leader boolean NOT NULL DEFAULT false, metrics text);"
   "CREATE INDEX nodes_node_id ON {S}.nodes (node_id);"
-  "CREATE SEQUENCE {S}.task_seq;"
   "CREATE TABLE {S}.tasks ("
-  "  seq bigint PRIMARY KEY DEFAULT nextval('{S}.task_seq'), id text NOT NULL UNIQUE,"
+  "  seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, id text NOT NULL UNIQUE,"
   "  name text NOT NULL, kind smallint NOT NULL, queue text NOT NULL, status smallint NOT NULL,"
   "  priority int NOT NULL DEFAULT 0, attempt int NOT NULL DEFAULT 0, max_attempts int NOT NULL,"
   "  strategy smallint NOT NULL, created_at bigint NOT NULL, scheduled_at bigint NOT NULL,"
@@ -194,9 +192,8 @@ static const char* const STMTS[ST_COUNT] = {
     "DELETE FROM {S}.nodes n WHERE n.expires_at < {S}.now_ms() - $1"
     " AND NOT EXISTS (SELECT 1 FROM {S}.tasks t WHERE t.lease = n.incarnation)",
   [ST_REGISTER] =
-    "INSERT INTO {S}.nodes (incarnation, node_id, host, pid, started_at, beat_at, expires_at,"
-    "   queues, slots)"
-    " VALUES (nextval('{S}.incarnation_seq'), $1, $2, $3, {S}.now_ms(), {S}.now_ms(),"
+    "INSERT INTO {S}.nodes (node_id, host, pid, started_at, beat_at, expires_at, queues, slots)"
+    " VALUES ($1, $2, $3, {S}.now_ms(), {S}.now_ms(),"
     "   {S}.now_ms() + $4, $5::text[], $6) RETURNING incarnation, expires_at",
   [ST_RENEW] =
     "UPDATE {S}.nodes SET beat_at = {S}.now_ms(), expires_at = {S}.now_ms() + $2, metrics = $3"
@@ -240,7 +237,7 @@ struct ath_qpg_s {
   /* the pipeline's items not read yet */
   struct {
     int kind, st;
-  } items[32];
+  } items[256];
   int head, tail;
   char err[512];
   char sqlstate[6];
@@ -364,7 +361,6 @@ int ath__qpg_open(const char* conninfo, const char* schema, int notify, ath_qpg_
       goto fail;
     }
   }
-  /* Athena's own sessions never pin the xmin horizon for long (§7.4). */
   if ((rc = session_setup(q)) < 0)
     goto fail;
   if (PQsetnonblocking(q->conn, 1) != 0) {
@@ -819,6 +815,16 @@ static int send_claim(ath_qpg_t* q, int64_t lease, const ath_qpg_claim_t* c) {
   return pl_send(q, ST_CLAIM, 3, v);
 }
 
+/* Reads a commit point: 0 when its transaction committed. */
+static int read_sync(ath_qpg_t* q) {
+  int kind;
+  PGresult* r = pl_read_item(q, &kind);
+  if (r == NULL || kind != IT_SYNC || PQresultStatus(r) != PGRES_PIPELINE_SYNC)
+    return res_err(q, r); /* the commit failed, or its outcome is unknown */
+  PQclear(r);
+  return 0;
+}
+
 int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c) {
   q->err[0] = q->sqlstate[0] = '\0';
   c->committed = 0;
@@ -827,48 +833,57 @@ int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c) {
     if (c->claims[i].queue == NULL || c->claims[i].n <= 0)
       return ATH_EINVAL;
   }
+  int writes = c->n_inserts > 0 || c->n_outcomes > 0;
   int rc = pl_begin(q);
   if (rc < 0)
     return rc;
-  int writes = c->n_inserts > 0 || c->n_outcomes > 0;
+  /* send: [insert][finish] sync, then [claim] sync per claim (one_commit:
+   * a single sync at the end) */
   if (c->n_inserts > 0 && (rc = send_insert(q, c->inserts, c->n_inserts)) < 0)
     return pl_end(q, rc);
   if (c->n_outcomes > 0 && (rc = send_finish(q, c->lease, c->outcomes, c->n_outcomes)) < 0)
     return pl_end(q, rc);
-  if (writes && (rc = pl_sync(q)) < 0)
+  if (writes && !c->one_commit && (rc = pl_sync(q)) < 0)
     return pl_end(q, rc);
   for (size_t i = 0; i < c->n_claims; i++) {
-    if ((rc = send_claim(q, c->lease, &c->claims[i])) < 0 || (rc = pl_sync(q)) < 0)
+    if ((rc = send_claim(q, c->lease, &c->claims[i])) < 0 ||
+        (!c->one_commit && (rc = pl_sync(q)) < 0))
       return pl_end(q, rc);
   }
-  if ((rc = pl_flush(q)) < 0)
+  if ((c->one_commit && (rc = pl_sync(q)) < 0) || (rc = pl_flush(q)) < 0)
     return pl_end(q, rc);
   /* one round trip: the results come back in order */
   if (c->n_inserts > 0 && (rc = read_insert(q, c->n_inserts, c->inserted)) < 0)
     return pl_end(q, rc);
-  if (c->n_outcomes > 0 && (rc = read_finish(q, c->n_outcomes, c->applied)) < 0) {
-    ath__qpg_inserted_clear(c->inserted, c->n_inserts);
-    return pl_end(q, rc);
-  }
-  if (writes) {
-    int kind;
-    PGresult* r = pl_read_item(q, &kind);
-    if (r == NULL || PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
-      rc = res_err(q, r); /* the commit failed, or its outcome is unknown */
-      ath__qpg_inserted_clear(c->inserted, c->n_inserts);
-      return pl_end(q, rc);
-    }
-    PQclear(r);
+  if (c->n_outcomes > 0 && (rc = read_finish(q, c->n_outcomes, c->applied)) < 0)
+    goto fail_writes;
+  if (writes && !c->one_commit) {
+    if ((rc = read_sync(q)) < 0)
+      goto fail_writes;
     c->committed = 1;
   }
   for (size_t i = 0; i < c->n_claims; i++) {
     PGresult* r;
-    if ((rc = pl_rows(q, &r)) < 0 || (rc = decode_tasks(r, c->claims[i].out)) < 0) {
-      while (i-- > 0)
-        ath__qpg_tasks_free(c->claims[i].out);
-      break;
+    if ((rc = pl_rows(q, &r)) < 0 || (rc = decode_tasks(r, c->claims[i].out)) < 0 ||
+        (!c->one_commit && (rc = read_sync(q)) < 0)) {
+      /* claims before it committed: their rows stay with the caller */
+      ath__qpg_tasks_free(c->claims[i].out);
+      if (!c->one_commit)
+        return pl_end(q, rc);
+      goto fail_claims;
     }
   }
+  if (c->one_commit) {
+    if ((rc = read_sync(q)) < 0)
+      goto fail_claims;
+    c->committed = writes;
+  }
+  return pl_end(q, 0);
+fail_claims: /* one commit: nothing of it happened */
+  for (size_t i = 0; i < c->n_claims; i++)
+    ath__qpg_tasks_free(c->claims[i].out);
+fail_writes:
+  ath__qpg_inserted_clear(c->inserted, c->n_inserts);
   return pl_end(q, rc);
 }
 

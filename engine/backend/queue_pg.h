@@ -78,8 +78,9 @@ typedef struct {
   int lost;             /* the database said it expired: fenced for good */
 } ath_qpg_lease_t;
 
-/* Registers a new incarnation (nextval of incarnation_seq, random per
- * start) valid for ttl_ms from now; now_ns is the caller's monotonic clock. */
+/* Registers a new incarnation (an identity column: every start gets a new
+ * one, never reused in the schema) valid for ttl_ms from now; now_ns is
+ * the caller's monotonic clock. */
 int ath__qpg_node_register(ath_qpg_t* q, const ath_qpg_node_t* n, uint64_t now_ns,
                            ath_qpg_lease_t* lease);
 /* Renews the lease (one UPDATE; `metrics` JSON text or NULL is stored with
@@ -166,11 +167,13 @@ typedef struct {
 
 /* One cycle of the backend loop in one round trip (libpq pipeline mode):
  * inserts and finishes commit together (one transaction, with the NOTIFYs of
- * what they made ready), then each claim commits on its own. A failing part
- * aborts what follows it. On error, `committed` says whether the write part
- * committed (then `inserted` / `applied` are valid and inserted must still
- * be cleared); claims that failed hold no rows (nothing to free). Any part
- * may be empty. */
+ * what they made ready), then each claim commits on its own; with
+ * one_commit, everything is one transaction (one commit per cycle). A
+ * failing part aborts what follows it. On error, `committed` says whether
+ * the write part committed (then `inserted` / `applied` are valid and
+ * inserted must still be cleared). Claim outputs are always the caller's to
+ * free: a claim that committed before a later one failed keeps its rows
+ * (they are leased); others are empty. Any part may be empty. */
 typedef struct {
   const ath_qpg_insert_t* inserts;
   size_t n_inserts;
@@ -181,6 +184,7 @@ typedef struct {
   int64_t lease;                  /* the incarnation claiming and finishing */
   const ath_qpg_claim_t* claims;
   size_t n_claims;
+  int one_commit;                 /* claims in the writes' transaction */
   int committed;                  /* out: the inserts and finishes committed */
 } ath_qpg_cycle_t;
 

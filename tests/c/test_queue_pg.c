@@ -136,15 +136,23 @@ TEST_IMPL(db_pg_queue_migrate) {
   ASSERT_EQ(0, sql_int(c, "SELECT count(*) FROM pg_tables WHERE schemaname = 'qpg_foreign'"
                           " AND tablename <> 'users'"));
   ath__qpg_close(q);
-  /* quoting: a name with a quote, a space and a semicolon */
-  sql_ok(c, "DROP SCHEMA IF EXISTS \"we\"\"ird; s\" CASCADE");
-  q = open_q("we\"ird; s");
+  /* quoting: a name with both quotes, a space and a semicolon */
+  sql_ok(c, "DROP SCHEMA IF EXISTS \"we\"\"ird; s'x\" CASCADE");
+  q = open_q("we\"ird; s'x");
   ASSERT_OK(ath__qpg_migrate(q, &ver));
   ASSERT_EQ(0, ver);
   ath_qpg_insert_t row = task_row("t1", "default", 0, "{}");
   ath_qpg_inserted_t out;
   ASSERT_OK(ath__qpg_insert(q, &row, 1, &out));
-  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM \"we\"\"ird; s\".tasks"));
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM \"we\"\"ird; s'x\".tasks"));
+  ath_qpg_lease_t l = node(q, "n");
+  ath_qpg_tasks_t t;
+  ASSERT_OK(ath__qpg_claim(q, l.incarnation, "default", 1, &t));
+  ASSERT_EQ(1, t.n);
+  ath__qpg_tasks_free(&t);
+  int held;
+  ASSERT_OK(ath__qpg_leader_try(q, &held));
+  ASSERT(held);
   ath__qpg_close(q);
   PQfinish(c);
   return 0;
@@ -826,6 +834,23 @@ TEST_IMPL(db_pg_queue_cycle) {
   ath__qpg_tasks_free(&got[1]);
   ASSERT_EQ(3, sql_int(a, "SELECT count(*) FROM qpg_cycle.tasks WHERE status = 5"));
   ASSERT_EQ(2, sql_int(a, "SELECT count(*) FROM qpg_cycle.tasks WHERE status = 2"));
+  /* one_commit: a failing insert takes the claims of its cycle back too */
+  ath_qpg_insert_t more[2] = {task_row("z1", "default", 0, "{}"), task_row("z2", "default", 0, "{}")};
+  ASSERT_OK(ath__qpg_insert(q, more, 2, ins));
+  ath_qpg_cycle_t one = {.inserts = &bad, .n_inserts = 1, .inserted = ins, .lease = n.incarnation,
+                         .claims = cl, .n_claims = 1, .one_commit = 1};
+  ASSERT_EQ(ATH_ESTORE, ath__qpg_cycle(q, &one));
+  ASSERT(!one.committed);
+  ASSERT_EQ(0, got[0].n);
+  ASSERT_EQ(2, sql_int(a, "SELECT count(*) FROM qpg_cycle.ready"));
+  one.inserts = &more[0]; /* an existing id: nothing new, the claim commits with it */
+  ASSERT_OK(ath__qpg_cycle(q, &one));
+  ASSERT(one.committed);
+  ASSERT(!ins[0].created);
+  ASSERT_EQ(2, got[0].n);
+  ath__qpg_inserted_clear(ins, 1);
+  ath__qpg_tasks_free(&got[0]);
+  ASSERT_EQ(0, sql_int(a, "SELECT count(*) FROM qpg_cycle.ready"));
   PQfinish(a);
   ath__qpg_close(q);
   return 0;
