@@ -377,6 +377,18 @@ fail:
   return rc;
 }
 
+const char* ath__qpg_statement(const ath_qpg_t* q, const char* name) {
+  static const struct {
+    const char* name;
+    int st;
+  } names[] = {{"insert", ST_INSERT}, {"claim", ST_CLAIM}, {"finish", ST_FINISH},
+               {"stage", ST_STAGE}, {"rescue", ST_RESCUE}};
+  for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+    if (strcmp(names[i].name, name) == 0)
+      return q->sql[names[i].st];
+  return NULL;
+}
+
 int ath__qpg_reset(ath_qpg_t* q) {
   q->err[0] = q->sqlstate[0] = '\0';
   q->prepared = 0;

@@ -244,6 +244,10 @@ int ath__qpg_schedule_put(ath_qpg_t* q, const ath_qpg_schedule_t* s, int* change
 int ath__qpg_cron_fire(ath_qpg_t* q, const char* id, int64_t at, int64_t next, const char* queue,
                        int priority, int strategy, int max_attempts, int* advanced, int* created);
 
+/* The SQL of a statement as this connection runs it ("claim", "finish",
+ * "insert", "stage", "rescue"), for EXPLAIN checks; NULL for another name. */
+const char* ath__qpg_statement(const ath_qpg_t* q, const char* name);
+
 /* ------------------------------------------------------------ notifications */
 
 /* LISTENs to the NULL-terminated channels (athena_ready, athena_done, ...). */

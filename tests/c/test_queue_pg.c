@@ -262,11 +262,19 @@ TEST_IMPL(db_pg_queue_order) {
             " WHERE t.seq = r.seq AND t.id = 'b'");
   ASSERT_EQ(1, sql_int(c, "SELECT status FROM qpg_order.tasks WHERE id = 'later'"));
   ath_qpg_tasks_t t;
-  ASSERT_OK(ath__qpg_claim(q, l.incarnation, "default", 10, &t));
+  /* the selection follows the order (one at a time), and a batch comes
+   * back in it */
   const char* want[] = {"d", "b", "a", "c", "e"};
-  ASSERT_EQ(5, t.n);
-  for (int i = 0; i < 5; i++)
-    ASSERT_STR_EQ(want[i], t.rows[i].id);
+  for (int i = 0; i < 3; i++) {
+    ASSERT_OK(ath__qpg_claim(q, l.incarnation, "default", 1, &t));
+    ASSERT_EQ(1, t.n);
+    ASSERT_STR_EQ(want[i], t.rows[0].id);
+    ath__qpg_tasks_free(&t);
+  }
+  ASSERT_OK(ath__qpg_claim(q, l.incarnation, "default", 10, &t));
+  ASSERT_EQ(2, t.n);
+  ASSERT_STR_EQ(want[3], t.rows[0].id);
+  ASSERT_STR_EQ(want[4], t.rows[1].id);
   ath__qpg_tasks_free(&t);
   /* not due: staging by seq does nothing; once due (set by hand) it stages */
   int staged = -1;
@@ -474,6 +482,19 @@ TEST_IMPL(db_pg_queue_lease) {
   ASSERT_OK(ath__qpg_reset(q)); /* reconnected, statements prepared again */
   ASSERT_OK(ath__qpg_node_renew(q, &l, 3400 * ms, NULL));
   ASSERT(!ath__qpg_lease_fenced(&l, 4899 * ms));
+  /* expired while the row stays (nobody reaped it): the renew refuses */
+  snprintf(sql, sizeof(sql), "UPDATE qpg_lease.nodes SET expires_at = qpg_lease.now_ms() - 1"
+                             " WHERE incarnation = %" PRId64, l.incarnation);
+  sql_ok(c, sql);
+  ASSERT_EQ(ATH_EWORKERLOST, ath__qpg_node_renew(q, &l, 3500 * ms, NULL));
+  ASSERT(l.lost);
+  ASSERT(ath__qpg_lease_fenced(&l, 3500 * ms));
+  snprintf(sql, sizeof(sql), "SELECT expires_at < qpg_lease.now_ms() FROM qpg_lease.nodes"
+                             " WHERE incarnation = %" PRId64, l.incarnation);
+  /* the row is still there, still expired */
+  PGresult* still = PQexec(c, sql);
+  ASSERT_STR_EQ("t", PQgetvalue(still, 0, 0));
+  PQclear(still);
   ath__qpg_close(q);
   /* release: the row goes when it leases nothing */
   q = open_q("qpg_lease");
@@ -852,6 +873,86 @@ TEST_IMPL(db_pg_queue_cycle) {
   ath__qpg_tasks_free(&got[0]);
   ASSERT_EQ(0, sql_int(a, "SELECT count(*) FROM qpg_cycle.ready"));
   PQfinish(a);
+  ath__qpg_close(q);
+  return 0;
+}
+
+/* ------------------------------------------------------------ plans */
+
+/* EXPLAIN of `stmt` EXECUTEd with `args` under plan_cache_mode `mode`, as
+ * JSON text (the caller frees). */
+static char* explain(PGconn* c, const char* mode, const char* stmt, const char* args) {
+  char sql[64];
+  snprintf(sql, sizeof(sql), "SET plan_cache_mode = %s", mode);
+  sql_ok(c, sql);
+  ath_buf_t b = {0};
+  ath__buf_lit(&b, "EXPLAIN (FORMAT JSON) EXECUTE ");
+  ath__buf_append(&b, stmt, strlen(stmt));
+  ath__buf_lit(&b, "(");
+  ath__buf_append(&b, args, strlen(args));
+  ath__buf_lit(&b, ")");
+  PGresult* r = PQexec(c, b.data);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK)
+    fprintf(stderr, "%s: %s\n", b.data, PQresultErrorMessage(r));
+  ath__buf_free(&b);
+  ASSERT_EQ(PGRES_TUPLES_OK, PQresultStatus(r));
+  char* plan = strdup(PQgetvalue(r, 0, 0));
+  PQclear(r);
+  return plan;
+}
+
+/* The plan guard (distributed.md §4.3, §6 item 10) on a seeded schema
+ * (50,000 finished rows, 2,000 leased, 10,000 ready): the finish joins by
+ * primary key, never driven from tasks_leased (the trap that cost 4x), and
+ * the claim reads ready through ready_order; custom and generic plans. */
+TEST_IMPL(db_pg_queue_plans) {
+  ath_qpg_t* q = fresh("qpg_plans");
+  PGconn* c = admin();
+  sql_ok(c, "INSERT INTO qpg_plans.tasks (id, name, kind, queue, status, max_attempts, strategy,"
+            " created_at, scheduled_at, ready_at, completed_at, lease, input)"
+            " SELECT 't' || i, 'noop', 0, 'default', CASE WHEN i <= 50000 THEN 5 WHEN i <= 52000"
+            " THEN 2 ELSE 0 END, 3, 0, i, i, i, CASE WHEN i <= 50000 THEN i END,"
+            " CASE WHEN i > 50000 AND i <= 52000 THEN 7 END, '{}'"
+            " FROM generate_series(1, 62000) i;"
+            " INSERT INTO qpg_plans.ready SELECT seq, queue, priority, ready_at"
+            " FROM qpg_plans.tasks WHERE status = 0;"
+            " ANALYZE qpg_plans.tasks; ANALYZE qpg_plans.ready");
+  ath_buf_t sql = {0};
+  ath__buf_lit(&sql, "PREPARE fin AS ");
+  ath__buf_append(&sql, ath__qpg_statement(q, "finish"), strlen(ath__qpg_statement(q, "finish")));
+  sql_ok(c, sql.data);
+  ath__buf_free(&sql);
+  ath__buf_lit(&sql, "PREPARE cl AS ");
+  ath__buf_append(&sql, ath__qpg_statement(q, "claim"), strlen(ath__qpg_statement(q, "claim")));
+  sql_ok(c, sql.data);
+  ath__buf_free(&sql);
+  /* a 256-row batch of leased seqs */
+  ath_buf_t seqs = {0};
+  ath__buf_lit(&seqs, "7, '{");
+  for (int i = 0; i < 256; i++) {
+    char n[16];
+    ath__buf_append(&seqs, n, (size_t)snprintf(n, sizeof(n), "%s%d", i ? "," : "", 50001 + i));
+  }
+  ath__buf_lit(&seqs, "}',"
+    " array_fill(1, ARRAY[256]), array_fill(5::smallint, ARRAY[256]), array_fill(0::bigint, ARRAY[256]),"
+    " array_fill(NULL::text, ARRAY[256]), array_fill(NULL::text, ARRAY[256]), array_fill(0, ARRAY[256]), true");
+  const char* fin_args = seqs.data;
+  const char* modes[] = {"force_custom_plan", "force_generic_plan"};
+  for (int i = 0; i < 2; i++) {
+    char* plan = explain(c, modes[i], "fin", fin_args);
+    if (strstr(plan, "tasks_leased") != NULL)
+      fprintf(stderr, "%s\n", plan);
+    ASSERT_NULL(strstr(plan, "tasks_leased"));
+    ASSERT_NOT_NULL(strstr(plan, "tasks_pkey"));
+    free(plan);
+    plan = explain(c, modes[i], "cl", "'default', 256, 8");
+    if (strstr(plan, "ready_order") == NULL)
+      fprintf(stderr, "%s\n", plan);
+    ASSERT_NOT_NULL(strstr(plan, "ready_order"));
+    free(plan);
+  }
+  ath__buf_free(&seqs);
+  PQfinish(c);
   ath__qpg_close(q);
   return 0;
 }
