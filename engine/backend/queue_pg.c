@@ -580,58 +580,58 @@ static int pl_end(ath_qpg_t* q, int rc) {
 
 /* ------------------------------------------------------------ values */
 
-/* Appends a text-array element: quoted, `"` and `\` escaped; NULL as NULL. */
-static void arr_str(ath_buf_t* b, const char* s) {
-  if (b->len > 1)
-    ath__buf_lit(b, ",");
-  if (s == NULL) {
-    ath__buf_lit(b, "NULL");
-    return;
-  }
-  ath__buf_lit(b, "\"");
-  const char* p = s;
-  for (const char* c = s; *c; c++) {
-    if (*c == '"' || *c == '\\') {
-      ath__buf_append(b, p, (size_t)(c - p));
-      ath__buf_lit(b, "\\");
-      p = c;
-    }
-  }
-  ath__buf_append(b, p, strlen(p));
-  ath__buf_lit(b, "\"");
-}
-
-static void arr_int(ath_buf_t* b, int64_t v) {
-  char t[24];
-  int n = snprintf(t, sizeof(t), "%s%" PRId64, b->len > 1 ? "," : "", v);
-  ath__buf_append(b, t, (size_t)n);
-}
-
-/* Arrays are built as {…} literals; one buffer per parameter. */
+/* Arrays are built as {…} literals; one buffer per parameter. An append
+ * that fails marks the set (params_done reports it). */
 typedef struct {
   ath_buf_t b[13];
   int n;
-  char num[4][24];
+  int failed;
 } params_t;
+
+/* Appends a text-array element to parameter i: quoted, `"` and `\`
+ * escaped; NULL as NULL. */
+static void arr_str(params_t* p, int i, const char* s) {
+  ath_buf_t* b = &p->b[i];
+  int rc = 0;
+  if (b->len > 1)
+    rc |= ath__buf_lit(b, ",");
+  if (s == NULL) {
+    p->failed |= rc | ath__buf_lit(b, "NULL");
+    return;
+  }
+  rc |= ath__buf_lit(b, "\"");
+  const char* from = s;
+  for (const char* c = s; *c; c++) {
+    if (*c == '"' || *c == '\\') {
+      rc |= ath__buf_append(b, from, (size_t)(c - from));
+      rc |= ath__buf_lit(b, "\\");
+      from = c;
+    }
+  }
+  rc |= ath__buf_append(b, from, strlen(from));
+  p->failed |= rc | ath__buf_lit(b, "\"");
+}
+
+static void arr_int(params_t* p, int i, int64_t v) {
+  char t[24];
+  int n = snprintf(t, sizeof(t), "%s%" PRId64, p->b[i].len > 1 ? "," : "", v);
+  p->failed |= ath__buf_append(&p->b[i], t, (size_t)n);
+}
 
 static void params_init(params_t* p, int n) {
   memset(p, 0, sizeof(*p));
   p->n = n;
   for (int i = 0; i < n; i++)
-    ath__buf_lit(&p->b[i], "{");
+    p->failed |= ath__buf_lit(&p->b[i], "{");
 }
 
-/* Closes the arrays; 0, or ATH_ENOMEM when an append failed (a buffer that
- * lost an append has no closing brace). */
+/* Closes the arrays into v; 0, or ATH_ENOMEM when an append failed. */
 static int params_done(params_t* p, const char** v) {
-  int rc = 0;
   for (int i = 0; i < p->n; i++) {
-    size_t before = p->b[i].len;
-    if (ath__buf_lit(&p->b[i], "}") < 0 || before == 0)
-      rc = ATH_ENOMEM;
+    p->failed |= ath__buf_lit(&p->b[i], "}");
     v[i] = p->b[i].data;
   }
-  return rc;
+  return p->failed ? ATH_ENOMEM : 0;
 }
 
 static void params_free(params_t* p) {
@@ -732,18 +732,18 @@ static int send_insert(ath_qpg_t* q, const ath_qpg_insert_t* rows, size_t n) {
       set_err(q, "insert: id, name, queue and input are required", "");
       return ATH_EINVAL;
     }
-    arr_str(&p.b[0], x->id);
-    arr_str(&p.b[1], x->name);
-    arr_int(&p.b[2], x->kind);
-    arr_str(&p.b[3], x->queue);
-    arr_int(&p.b[4], x->priority);
-    arr_int(&p.b[5], x->max_attempts);
-    arr_int(&p.b[6], x->strategy);
-    arr_int(&p.b[7], x->delay_ms);
-    arr_int(&p.b[8], x->close_after_ms);
-    arr_str(&p.b[9], x->input);
-    arr_str(&p.b[10], x->parent_id);
-    arr_str(&p.b[11], x->notify ? "t" : "f");
+    arr_str(&p, 0, x->id);
+    arr_str(&p, 1, x->name);
+    arr_int(&p, 2, x->kind);
+    arr_str(&p, 3, x->queue);
+    arr_int(&p, 4, x->priority);
+    arr_int(&p, 5, x->max_attempts);
+    arr_int(&p, 6, x->strategy);
+    arr_int(&p, 7, x->delay_ms);
+    arr_int(&p, 8, x->close_after_ms);
+    arr_str(&p, 9, x->input);
+    arr_str(&p, 10, x->parent_id);
+    arr_str(&p, 11, x->notify ? "t" : "f");
   }
   int rc = params_done(&p, v);
   v[12] = q->notify ? "t" : "f";
@@ -786,13 +786,13 @@ static int send_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, 
   snprintf(lease_s, sizeof(lease_s), "%" PRId64, lease);
   params_init(&p, 7);
   for (size_t i = 0; i < n; i++) {
-    arr_int(&p.b[0], o[i].seq);
-    arr_int(&p.b[1], o[i].attempt);
-    arr_int(&p.b[2], o[i].status);
-    arr_int(&p.b[3], o[i].delay_ms);
-    arr_str(&p.b[4], o[i].result);
-    arr_str(&p.b[5], o[i].error);
-    arr_int(&p.b[6], o[i].worker_id);
+    arr_int(&p, 0, o[i].seq);
+    arr_int(&p, 1, o[i].attempt);
+    arr_int(&p, 2, o[i].status);
+    arr_int(&p, 3, o[i].delay_ms);
+    arr_str(&p, 4, o[i].result);
+    arr_str(&p, 5, o[i].error);
+    arr_int(&p, 6, o[i].worker_id);
   }
   v[0] = lease_s;
   int rc = params_done(&p, v + 1);
@@ -944,7 +944,7 @@ int ath__qpg_stage(ath_qpg_t* q, const int64_t* seqs, size_t n, int64_t late_ms,
     const char* v[2];
     params_init(&p, 1);
     for (size_t i = 0; i < n; i++)
-      arr_int(&p.b[0], seqs[i]);
+      arr_int(&p, 0, seqs[i]);
     rc = params_done(&p, v);
     v[1] = flag;
     if (rc == 0)
@@ -1010,7 +1010,7 @@ int ath__qpg_node_register(ath_qpg_t* q, const ath_qpg_node_t* n, uint64_t now_n
   const char* qv[1];
   params_init(&p, 1);
   for (const char* const* s = n->queues; s != NULL && *s != NULL; s++)
-    arr_str(&p.b[0], *s);
+    arr_str(&p, 0, *s);
   int rc = params_done(&p, qv);
   PGresult* r = NULL;
   if (rc == 0) {
