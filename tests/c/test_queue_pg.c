@@ -794,6 +794,8 @@ TEST_IMPL(db_pg_queue_notify) {
   ASSERT_EQ(1, staged);
   ath__qpg_tasks_free(&t);
   ASSERT_OK(ath__qpg_insert(q, &marker, 1, out)); /* existing id: nothing ready, no notify */
+  ASSERT(!out[0].created);
+  ath__qpg_inserted_clear(out, 1);
   ath_qpg_insert_t m2 = task_row("7", "marker", 0, "{}");
   ASSERT_OK(ath__qpg_insert(q, &m2, 1, out));
   hear(l, &h, 5);
