@@ -737,9 +737,11 @@ typedef struct {
 
 static void heard(const char* channel, const char* payload, void* ud) {
   heard_t* h = ud;
-  ASSERT_STR_EQ("athena_ready", channel);
   ASSERT_LT(h->n, 16);
-  snprintf(h->got[h->n++], 32, "%s", payload);
+  if (strcmp(channel, "athena_done") == 0)
+    snprintf(h->got[h->n++], 32, "done:%s", payload);
+  else
+    snprintf(h->got[h->n++], 32, "%s", payload); /* athena_ready */
 }
 
 /* Reads notifications until `want` arrived (deadline 10 s). */
@@ -761,7 +763,7 @@ TEST_IMPL(db_pg_queue_notify) {
   ath_qpg_t* quiet = NULL;
   char err[128];
   ASSERT_OK(ath__qpg_open(test_pg_url(), "qpg_notify", 0, &quiet, err, sizeof(err)));
-  const char* ch[] = {"athena_ready", NULL};
+  const char* ch[] = {"athena_ready", "athena_done", NULL};
   ASSERT_OK(ath__qpg_listen(l, ch));
   heard_t h = {0};
   ASSERT_EQ(0, ath__qpg_notifies(l, heard, &h)); /* nothing yet, and no blocking */
@@ -802,6 +804,24 @@ TEST_IMPL(db_pg_queue_notify) {
   ASSERT_EQ(5, h.n);
   ASSERT_STR_EQ("a", h.got[3]);
   ASSERT_STR_EQ("marker", h.got[4]);
+  /* a watched task (notify = 1) that ends: athena_done with its seq; the
+   * unwatched ones above sent none */
+  ath_qpg_insert_t w[2] = {task_row("w1", "w", 0, "{}"), task_row("w2", "w", 0, "{}")};
+  w[0].notify = 1;
+  ath_qpg_inserted_t wo[2];
+  ASSERT_OK(ath__qpg_insert(q, w, 2, wo));
+  ASSERT_OK(ath__qpg_claim(q, n.incarnation, "w", 2, &t));
+  ASSERT_EQ(2, t.n);
+  ath_qpg_outcome_t wf[2] = {{.seq = t.rows[0].seq, .attempt = 1, .status = ATH_COMPLETED},
+                             {.seq = t.rows[1].seq, .attempt = 1, .status = ATH_FAILED}};
+  ath__qpg_tasks_free(&t);
+  ASSERT_OK(ath__qpg_finish(q, n.incarnation, wf, 2, ap));
+  hear(l, &h, 7);
+  ASSERT_EQ(7, h.n);
+  ASSERT_STR_EQ("w", h.got[5]);
+  char done[32];
+  snprintf(done, sizeof(done), "done:%" PRId64, wo[0].seq);
+  ASSERT_STR_EQ(done, h.got[6]);
   ath__qpg_close(quiet);
   ath__qpg_close(l);
   ath__qpg_close(q);
