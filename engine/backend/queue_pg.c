@@ -123,6 +123,9 @@ static const char* const STMTS[ST_COUNT] = {
     " ORDER BY s.i",
   [ST_CLAIM] =
     "WITH c AS MATERIALIZED (SELECT seq FROM {S}.ready WHERE queue = $1"
+    /* an expired incarnation claims nothing (its claims would only be rescued) */
+    "   AND EXISTS (SELECT 1 FROM {S}.nodes WHERE incarnation = $3"
+    "     AND expires_at > {S}.now_ms())"
     "   ORDER BY priority DESC, ready_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED),"
     " was AS (SELECT t.seq, coalesce(t.wf_where = 2, false) AS resumed"
     "   FROM {S}.tasks t JOIN c USING (seq)),"

@@ -375,7 +375,7 @@ TEST_IMPL(db_pg_queue_rescue) {
   ath_qpg_lease_t a = node(qa, "a");
   ath_qpg_lease_t b = node(q, "b");
   ath_qpg_lease_t leader = node(q, "leader");
-  insert_many(q, "r", 4);
+  insert_many(q, "r", 5); /* one stays ready */
   ath_qpg_tasks_t t;
   ASSERT_OK(ath__qpg_claim(qa, a.incarnation, "default", 3, &t));
   ASSERT_EQ(3, t.n);
@@ -394,6 +394,9 @@ TEST_IMPL(db_pg_queue_rescue) {
   snprintf(sql, sizeof(sql), "UPDATE qpg_rescue.nodes SET expires_at = 0 WHERE incarnation = %" PRId64,
            a.incarnation);
   sql_ok(c, sql);
+  ASSERT_OK(ath__qpg_claim(qa, a.incarnation, "default", 10, &t)); /* expired: claims nothing */
+  ASSERT_EQ(0, t.n);
+  ath__qpg_tasks_free(&t);
   ath_qpg_tasks_t r;
   ASSERT_OK(ath__qpg_rescue(q, leader.incarnation, 100, 0, &r));
   ASSERT_EQ(3, r.n);
@@ -430,10 +433,11 @@ TEST_IMPL(db_pg_queue_rescue) {
   ASSERT_OK(ath__qpg_stage(q, NULL, 0, 0, 100, &staged)); /* the leader's sweep */
   ASSERT_EQ(3, staged);
   ASSERT_OK(ath__qpg_claim(q, b.incarnation, "default", 10, &t));
-  ASSERT_EQ(3, t.n); /* the rescued ones (b's own stays b's) */
+  ASSERT_EQ(4, t.n); /* the 3 rescued and the one left (b's own stays b's) */
   int second = 0;
   for (size_t i = 0; i < t.n; i++)
-    second += t.rows[i].attempt == 2 && strstr(t.rows[i].error, "EWORKERLOST") != NULL;
+    second += t.rows[i].attempt == 2 && t.rows[i].error != NULL &&
+              strstr(t.rows[i].error, "EWORKERLOST") != NULL;
   ASSERT_EQ(3, second);
   ath__qpg_tasks_free(&t);
   /* the live node's task was never touched */
