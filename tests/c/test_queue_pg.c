@@ -288,6 +288,17 @@ TEST_IMPL(db_pg_queue_order) {
   ASSERT_OK(ath__qpg_claim(q, l.incarnation, "default", 10, &t));
   ASSERT_EQ(1, t.n);
   ASSERT_STR_EQ("later", t.rows[0].id);
+  /* a retry re-staged an hour ahead: due (and ready_at) in the future, not
+   * stageable until then */
+  ath_qpg_outcome_t retry = {.seq = t.rows[0].seq, .attempt = 1, .status = ATH_RETRYING,
+                             .delay_ms = 3600000};
+  uint8_t ap;
+  ASSERT_OK(ath__qpg_finish(q, l.incarnation, &retry, 1, &ap));
+  ASSERT(ap);
+  ASSERT_OK(ath__qpg_stage(q, &retry.seq, 1, 0, 0, &staged));
+  ASSERT_EQ(0, staged);
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_order.tasks WHERE id = 'later' AND status = 3"
+                          " AND due_at = ready_at AND due_at > qpg_order.now_ms() + 3590000"));
   ath__qpg_tasks_free(&t);
   PQfinish(c);
   ath__qpg_close(q);
