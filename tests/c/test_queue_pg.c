@@ -997,3 +997,56 @@ TEST_IMPL(db_pg_queue_plans) {
   ath__qpg_close(q);
   return 0;
 }
+
+/* A large cycle: 20,000 inserts and 20,000 finishes (~4 MB of array
+ * parameters, 40,000 result rows) in one pipeline, then a claim of 20,000:
+ * every per-row answer in order. (The flush reads while it writes, libpq's
+ * advice against a full-buffer deadlock; loopback's socket buffers absorb
+ * this size even without it, so this does not prove that part.) */
+TEST_IMPL(db_pg_queue_big_cycle) {
+  enum { BIG = 20000 };
+  ath_qpg_t* q = fresh("qpg_big");
+  ath_qpg_lease_t l = node(q, "n");
+  insert_many(q, "old", BIG);
+  ath_qpg_tasks_t claimed;
+  ASSERT_OK(ath__qpg_claim(q, l.incarnation, "default", BIG, &claimed));
+  ASSERT_EQ(BIG, claimed.n);
+  ath_qpg_insert_t* rows = calloc(BIG, sizeof(*rows));
+  ath_qpg_inserted_t* ins = calloc(BIG, sizeof(*ins));
+  ath_qpg_outcome_t* o = calloc(BIG, sizeof(*o));
+  uint8_t* ap = calloc(BIG, 1);
+  char(*ids)[16] = calloc(BIG, 16);
+  ASSERT(rows && ins && o && ap && ids);
+  /* ~4 MB of parameters (200-byte payloads as inputs and results) */
+  for (int i = 0; i < BIG; i++) {
+    snprintf(ids[i], 16, "new%d", i);
+    rows[i] = task_row(ids[i], "default", 0, "{\"pad\":\"................................................................................................................................................................................\"}");
+    o[i] = (ath_qpg_outcome_t){.seq = claimed.rows[i].seq, .attempt = 1, .status = ATH_COMPLETED,
+                               .result = rows[i].input};
+  }
+  ath_qpg_tasks_t got;
+  ath_qpg_claim_t cl = {.queue = "default", .n = BIG, .out = &got};
+  ath_qpg_cycle_t c = {.inserts = rows, .n_inserts = BIG, .inserted = ins, .outcomes = o,
+                       .n_outcomes = BIG, .applied = ap, .lease = l.incarnation, .claims = &cl,
+                       .n_claims = 1};
+  ASSERT_OK(ath__qpg_cycle(q, &c));
+  ASSERT(c.committed);
+  for (int i = 0; i < BIG; i++) {
+    ASSERT(ins[i].created);
+    ASSERT(ap[i]);
+  }
+  ASSERT_EQ(BIG, got.n);
+  ath__qpg_tasks_free(&got);
+  ath__qpg_tasks_free(&claimed);
+  PGconn* a = admin();
+  ASSERT_EQ(BIG, sql_int(a, "SELECT count(*) FROM qpg_big.tasks WHERE status = 5"));
+  ASSERT_EQ(BIG, sql_int(a, "SELECT count(*) FROM qpg_big.tasks WHERE status = 2"));
+  PQfinish(a);
+  free(rows);
+  free(ins);
+  free(o);
+  free(ap);
+  free(ids);
+  ath__qpg_close(q);
+  return 0;
+}
