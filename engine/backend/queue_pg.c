@@ -187,9 +187,11 @@ static const char* const STMTS[ST_COUNT] = {
     " t AS (SELECT seq FROM {S}.tasks"
     "   WHERE lease IN (SELECT incarnation FROM dead)"
     "      OR (lease IS NOT NULL AND lease NOT IN (SELECT incarnation FROM {S}.nodes))"
+    "      OR lease = $1" /* our own control leases still open: an earlier pass's, lost */
     "   LIMIT $2 FOR UPDATE SKIP LOCKED),"
-    " x AS (UPDATE {S}.tasks x SET lease = $1, rescues = x.rescues + 1 FROM t"
-    "   WHERE x.seq = t.seq RETURNING x.*)"
+    " x AS (UPDATE {S}.tasks x SET lease = $1,"
+    "   rescues = x.rescues + CASE WHEN x.lease = $1 THEN 0 ELSE 1 END"
+    "   FROM t WHERE x.seq = t.seq RETURNING x.*)"
     " SELECT " TASK_COLS("x") " FROM x ORDER BY x.seq",
   [ST_REAP] =
     "DELETE FROM {S}.nodes n WHERE n.expires_at < {S}.now_ms() - $1"
@@ -984,14 +986,14 @@ int ath__qpg_rescue(ath_qpg_t* q, int64_t leader, int limit, int64_t grace_ms,
       (rc = pl_send(q, ST_REAP, 1, g)) < 0 || (rc = pl_sync(q)) < 0 || (rc = pl_flush(q)) < 0)
     return pl_end(q, rc);
   PGresult* r;
-  if ((rc = pl_rows(q, &r)) == 0)
-    rc = decode_tasks(r, out);
-  rc = pl_end(q, rc); /* a failed reap leaves rows for the next pass; the rescue stands */
-  if (rc < 0 && out->res_ != NULL && strcmp(q->sqlstate, "08006") != 0)
-    rc = 0;
+  if ((rc = pl_rows(q, &r)) == 0 && (rc = decode_tasks(r, out)) == 0 && (rc = read_sync(q)) < 0)
+    ath__qpg_tasks_free(out); /* not known to be committed: the next pass takes them again */
   if (rc < 0)
-    ath__qpg_tasks_free(out);
-  return rc;
+    return pl_end(q, rc);
+  /* the rescue committed: its rows are the caller's whatever the reap did
+   * (a failed reap leaves dead rows for the next pass) */
+  pl_end(q, 0);
+  return 0;
 }
 
 /* ------------------------------------------------------------ node lease */

@@ -203,10 +203,14 @@ int ath__qpg_stage(ath_qpg_t* q, const int64_t* seqs, size_t n, int64_t late_ms,
                    int* staged);
 
 /* Rescue (leader): takes the leases of tasks held by expired or unknown
- * incarnations under the leader's own incarnation (rescues + 1), at most
- * `limit`; the caller decides each one (EWORKERLOST: retry or fail per
- * policy) and writes it with ath__qpg_finish(leader incarnation, ...). Also
- * deletes node rows expired for more than grace_ms that lease nothing. */
+ * incarnations under `leader` (rescues + 1), at most `limit`; the caller
+ * decides each one (EWORKERLOST: retry or fail per policy) and writes it
+ * with ath__qpg_finish(leader, ...). `leader` must be an incarnation that
+ * holds control leases only (the leader registers one for its duties, not
+ * the one its workers claim with): tasks still under it from an earlier pass
+ * whose outcome was never written (a lost connection) come back again,
+ * without counting another rescue. Also deletes node rows expired for more
+ * than grace_ms that lease nothing. On error nothing is the caller's. */
 int ath__qpg_rescue(ath_qpg_t* q, int64_t leader, int limit, int64_t grace_ms,
                     ath_qpg_tasks_t* out);
 

@@ -423,6 +423,16 @@ TEST_IMPL(db_pg_queue_rescue) {
   snprintf(sql, sizeof(sql), "SELECT count(*) FROM qpg_rescue.nodes WHERE incarnation = %" PRId64,
            a.incarnation);
   ASSERT_EQ(0, sql_int(c, sql));
+  /* a second pass before the leader wrote anything: the same rows again
+   * (its own open control leases), not counted as another rescue */
+  ath_qpg_tasks_t again;
+  ASSERT_OK(ath__qpg_rescue(q, leader.incarnation, 100, 0, &again));
+  ASSERT_EQ(3, again.n);
+  for (size_t i = 0; i < again.n; i++) {
+    ASSERT_EQ(r.rows[i].seq, again.rows[i].seq);
+    ASSERT_EQ(1, again.rows[i].rescues);
+  }
+  ath__qpg_tasks_free(&again);
   /* a comes back: its renew says lost, its outcome is discarded */
   ASSERT_EQ(ATH_EWORKERLOST, ath__qpg_node_renew(qa, &a, 1, NULL));
   ASSERT(a.lost);
