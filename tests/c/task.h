@@ -48,4 +48,18 @@
     }                                                                         \
   } while (0)
 
+/* The URL the pg fixture wrote (ctest sets ATHENA_PG_URL_FILE for the
+ * db_pg* tests); no URL fails the test. */
+static inline const char* test_pg_url(void) {
+  const char* path = getenv("ATHENA_PG_URL_FILE");
+  ASSERT_NOT_NULL(path);
+  FILE* f = fopen(path, "r");
+  ASSERT_NOT_NULL(f);
+  static char url[512];
+  ASSERT_NOT_NULL(fgets(url, sizeof(url), f));
+  fclose(f);
+  url[strcspn(url, "\r\n")] = '\0';
+  return url;
+}
+
 #endif

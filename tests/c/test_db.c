@@ -146,20 +146,6 @@ TEST_IMPL(db_sqlite) {
 
 /* ------------------------------------------- PostgreSQL on a libuv loop */
 
-/* The URL the pg fixture wrote (ctest sets ATHENA_PG_URL_FILE for the
- * db_pg* tests); no URL fails the test. */
-static char* pg_url(void) {
-  const char* path = getenv("ATHENA_PG_URL_FILE");
-  ASSERT_NOT_NULL(path);
-  FILE* f = fopen(path, "r");
-  ASSERT_NOT_NULL(f);
-  static char url[512];
-  ASSERT_NOT_NULL(fgets(url, sizeof(url), f));
-  fclose(f);
-  url[strcspn(url, "\r\n")] = '\0';
-  return url;
-}
-
 static int async_done;
 
 static void async_cb(ath_db_t* db, void* ud) {
@@ -246,7 +232,7 @@ TEST_IMPL(db_pg_async) {
   ath_db_t* db = NULL;
   ath_db_error_t e;
   ath_db_res_t* r = NULL;
-  ASSERT_OK(ath__db_new(pg_url(), &db, &e));
+  ASSERT_OK(ath__db_new(test_pg_url(), &db, &e));
   ASSERT(ath__db_can_async(db));
   ASSERT(!ath__db_connected(db));
   /* connects on the loop, then runs the statement */

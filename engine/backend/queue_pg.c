@@ -1,0 +1,1346 @@
+/* The PostgreSQL queue provider: schema, node leases, insert / claim /
+ * finish / stage / rescue, leader lock, cron CAS, NOTIFY/LISTEN, and the
+ * pipelined cycle. Contracts in queue_pg.h; the SQL is distributed.md §3.4's.
+ *
+ * Statements name the schema as {S}; ath__qpg_open substitutes the quoted
+ * identifier once. They are prepared on first use per connection (the
+ * prepare travels in the same pipeline as the first execution). */
+#include "queue_pg.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <libpq-fe.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "athena.h"
+#include "util.h"
+
+/* ------------------------------------------------------------ schema v1 */
+
+static const char* const MIGRATIONS[ATH_QPG_SCHEMA_VERSION] = {
+  /* 1 */
+  "CREATE FUNCTION {S}.now_ms() RETURNS bigint LANGUAGE sql VOLATILE PARALLEL SAFE"
+  "  AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;"
+  "CREATE TABLE {S}.nodes ("
+  "  incarnation bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, node_id text NOT NULL, host text NOT NULL, pid int NOT NULL,"
+  "  started_at bigint NOT NULL, beat_at bigint NOT NULL, expires_at bigint NOT NULL,"
+  "  queues text[] NOT NULL, slots int NOT NULL, leader boolean NOT NULL DEFAULT false, metrics text);"
+  "CREATE INDEX nodes_node_id ON {S}.nodes (node_id);"
+  "CREATE TABLE {S}.tasks ("
+  "  seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, id text NOT NULL UNIQUE,"
+  "  name text NOT NULL, kind smallint NOT NULL, queue text NOT NULL, status smallint NOT NULL,"
+  "  priority int NOT NULL DEFAULT 0, attempt int NOT NULL DEFAULT 0, max_attempts int NOT NULL,"
+  "  strategy smallint NOT NULL, created_at bigint NOT NULL, scheduled_at bigint NOT NULL,"
+  "  ready_at bigint NOT NULL, due_at bigint, started_at bigint, completed_at bigint,"
+  "  close_by bigint, lease bigint, worker_id int, rescues smallint NOT NULL DEFAULT 0,"
+  "  cancel_at bigint, notify boolean NOT NULL DEFAULT false, parent_id text,"
+  "  wf_where smallint, wait_kind smallint, wait_seq bigint, wait_task text,"
+  "  wake int NOT NULL DEFAULT 0, hist_n int NOT NULL DEFAULT 0, last_hb bigint, hb text,"
+  "  input text NOT NULL, result text, error text"
+  ") WITH (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.02,"
+  "  autovacuum_vacuum_insert_scale_factor = 0.05, autovacuum_vacuum_cost_delay = 0);"
+  "CREATE INDEX tasks_due ON {S}.tasks (due_at) WHERE due_at IS NOT NULL;"
+  "CREATE INDEX tasks_leased ON {S}.tasks (lease) WHERE lease IS NOT NULL;"
+  "CREATE INDEX tasks_parent ON {S}.tasks (parent_id) WHERE parent_id IS NOT NULL;"
+  "CREATE INDEX tasks_close ON {S}.tasks (close_by) WHERE close_by IS NOT NULL;"
+  "CREATE INDEX tasks_done ON {S}.tasks (completed_at) WHERE completed_at IS NOT NULL;"
+  "CREATE INDEX tasks_created ON {S}.tasks (created_at DESC, id);"
+  "CREATE TABLE {S}.ready ("
+  "  seq bigint PRIMARY KEY, queue text NOT NULL, priority int NOT NULL, ready_at bigint NOT NULL"
+  ") WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0,"
+  "  autovacuum_vacuum_threshold = 10000, autovacuum_vacuum_cost_delay = 0);"
+  "CREATE INDEX ready_order ON {S}.ready (queue, priority DESC, ready_at, seq);"
+  "CREATE TABLE {S}.history ("
+  "  task_seq bigint NOT NULL, n int NOT NULL, event text NOT NULL, PRIMARY KEY (task_seq, n));"
+  "CREATE TABLE {S}.schedules ("
+  "  id text PRIMARY KEY, name text NOT NULL, input text NOT NULL, cron text, once_at bigint,"
+  "  local_tz boolean NOT NULL DEFAULT false, catch_up smallint NOT NULL DEFAULT 1,"
+  "  overlap_skip boolean NOT NULL DEFAULT false, paused boolean NOT NULL DEFAULT false,"
+  "  priority int, strategy smallint NOT NULL, queue text, next_ms bigint, last_ms bigint,"
+  "  total bigint NOT NULL DEFAULT 0, skipped bigint NOT NULL DEFAULT 0, last_task text,"
+  "  definition text NOT NULL, updated_at bigint NOT NULL);"
+  "CREATE TABLE {S}.queue_limits ("
+  "  queue text PRIMARY KEY, lim int NOT NULL, running int NOT NULL DEFAULT 0);",
+};
+
+/* ------------------------------------------------------------ statements */
+
+/* The columns ath_qpg_task_t is decoded from (by name; absent ones stay
+ * at their defaults). */
+#define TASK_COLS(t)                                                                           \
+  t ".seq, " t ".id, " t ".name, " t ".kind, " t ".queue, " t ".status, " t ".priority, " t \
+  ".attempt, " t ".max_attempts, " t ".strategy, " t ".rescues, " t ".wake, " t ".hist_n, " t \
+  ".created_at, " t ".ready_at, " t ".started_at, " t ".close_by, " t ".cancel_at, " t        \
+  ".last_hb, " t ".parent_id, " t ".input, " t ".error, " t ".hb"
+
+/* What a commit made ready: one NOTIFY athena_ready per queue ($n = notify). */
+#define NOTIFY_READY(cte, flag) \
+  "SELECT pg_notify('athena_ready', q) FROM (SELECT DISTINCT queue AS q FROM " cte ") x WHERE " flag
+
+enum {
+  ST_INSERT,
+  ST_CLAIM,
+  ST_FINISH,
+  ST_STAGE,
+  ST_SWEEP,
+  ST_RESCUE,
+  ST_REAP,
+  ST_REGISTER,
+  ST_RENEW,
+  ST_SCHED_PUT,
+  ST_FIRE,
+  ST_COUNT
+};
+
+static const char* const STMTS[ST_COUNT] = {
+  [ST_INSERT] =
+    "WITH spec AS (SELECT * FROM unnest($1::text[], $2::text[], $3::smallint[], $4::text[],"
+    "   $5::int[], $6::int[], $7::smallint[], $8::bigint[], $9::bigint[], $10::text[],"
+    "   $11::text[], $12::boolean[]) WITH ORDINALITY"
+    "   AS s(id, name, kind, queue, priority, max_attempts, strategy, delay, close_after,"
+    "        input, parent_id, notify, i)),"
+    " ins AS (INSERT INTO {S}.tasks (id, name, kind, queue, status, priority, max_attempts,"
+    "   strategy, created_at, scheduled_at, ready_at, due_at, close_by, input, parent_id, notify)"
+    "   SELECT s.id, s.name, s.kind, s.queue, CASE WHEN s.delay > 0 THEN 1 ELSE 0 END,"
+    "     s.priority, s.max_attempts, s.strategy, {S}.now_ms(),"
+    "     {S}.now_ms() + greatest(s.delay, 0), {S}.now_ms() + greatest(s.delay, 0),"
+    "     CASE WHEN s.delay > 0 THEN {S}.now_ms() + s.delay END,"
+    "     CASE WHEN s.close_after > 0 THEN {S}.now_ms() + greatest(s.delay, 0) + s.close_after END,"
+    "     s.input, s.parent_id, s.notify"
+    "   FROM spec s ORDER BY s.i ON CONFLICT (id) DO NOTHING"
+    "   RETURNING seq, id, queue, priority, ready_at, status, created_at),"
+    " rdy AS (INSERT INTO {S}.ready SELECT seq, queue, priority, ready_at FROM ins"
+    "   WHERE status = 0 RETURNING queue),"
+    " n AS (" NOTIFY_READY("rdy", "$13") ")"
+    " SELECT coalesce(i.seq, t.seq), i.seq IS NOT NULL, coalesce(i.created_at, t.created_at),"
+    "   t.name, (SELECT count(*) FROM n)"
+    " FROM spec s LEFT JOIN ins i ON i.id = s.id"
+    "   LEFT JOIN {S}.tasks t ON i.seq IS NULL AND t.id = s.id"
+    " ORDER BY s.i",
+  [ST_CLAIM] =
+    "WITH c AS MATERIALIZED (SELECT seq FROM {S}.ready WHERE queue = $1"
+    /* an expired incarnation claims nothing (its claims would only be rescued) */
+    "   AND EXISTS (SELECT 1 FROM {S}.nodes WHERE incarnation = $3"
+    "     AND expires_at > {S}.now_ms())"
+    "   ORDER BY priority DESC, ready_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED),"
+    " was AS (SELECT t.seq, coalesce(t.wf_where = 2, false) AS resumed"
+    "   FROM {S}.tasks t JOIN c USING (seq)),"
+    " d AS (DELETE FROM {S}.ready r USING c WHERE r.seq = c.seq RETURNING r.seq),"
+    " u AS (UPDATE {S}.tasks t SET lease = $3,"
+    "   status = CASE WHEN t.wf_where = 2 THEN t.status ELSE 2 END,"
+    "   attempt = CASE WHEN t.wf_where = 2 THEN t.attempt ELSE t.attempt + 1 END,"
+    "   started_at = CASE WHEN t.wf_where = 2 THEN t.started_at ELSE {S}.now_ms() END,"
+    "   wf_where = CASE WHEN t.kind = 1 THEN 0 END"
+    "   FROM d WHERE t.seq = d.seq RETURNING t.*)"
+    " SELECT was.resumed, " TASK_COLS("u") ","
+    "   CASE WHEN u.kind = 1 THEN (SELECT string_agg(h.event, ',' ORDER BY h.n)"
+    "     FROM {S}.history h WHERE h.task_seq = u.seq) END AS history"
+    " FROM u JOIN was USING (seq) ORDER BY u.priority DESC, u.ready_at, u.seq",
+  /* The fence is written `IS NOT DISTINCT FROM` so the planner cannot drive
+   * the join from tasks_leased (§4.3). */
+  [ST_FINISH] =
+    "WITH o AS (SELECT * FROM unnest($2::bigint[], $3::int[], $4::smallint[], $5::bigint[],"
+    "   $6::text[], $7::text[], $8::int[]) WITH ORDINALITY"
+    "   AS o(seq, attempt, status, delay, result, error, worker_id, i)),"
+    " f AS (UPDATE {S}.tasks t SET status = o.status, result = o.result,"
+    "   error = coalesce(o.error, t.error),"
+    "   attempt = CASE WHEN o.status = 0 THEN t.attempt - 1 ELSE t.attempt END,"
+    "   due_at = CASE WHEN o.status IN (1, 3) THEN {S}.now_ms() + greatest(o.delay, 0) END,"
+    "   ready_at = CASE WHEN o.status IN (1, 3) THEN {S}.now_ms() + greatest(o.delay, 0)"
+    "     ELSE t.ready_at END,"
+    "   completed_at = CASE WHEN o.status >= 5 THEN {S}.now_ms() END,"
+    "   close_by = CASE WHEN o.status >= 5 THEN NULL ELSE t.close_by END,"
+    "   lease = NULL, worker_id = o.worker_id, wf_where = NULL"
+    "   FROM o WHERE t.seq = o.seq AND t.lease IS NOT DISTINCT FROM $1 AND t.attempt = o.attempt"
+    "   RETURNING t.seq, t.status, t.notify, t.queue, t.priority, t.ready_at),"
+    " r AS (INSERT INTO {S}.ready (seq, queue, priority, ready_at)"
+    "   SELECT seq, queue, priority, ready_at FROM f WHERE status = 0"
+    "   ON CONFLICT (seq) DO NOTHING RETURNING queue),"
+    " n AS (SELECT pg_notify('athena_done', string_agg(seq::text, ','))"
+    "   FROM (SELECT seq, (row_number() OVER ()) / 350 AS g FROM f WHERE notify AND status >= 5) x"
+    "   WHERE $9 GROUP BY g"
+    "   UNION ALL " NOTIFY_READY("r", "$9") ")"
+    " SELECT o.seq, f.seq IS NOT NULL, (SELECT count(*) FROM n)"
+    " FROM o LEFT JOIN f ON f.seq = o.seq ORDER BY o.i",
+#define STAGE_TAIL(flag)                                                                   \
+  " u AS (UPDATE {S}.tasks t SET due_at = NULL,"                                           \
+  "   status = CASE WHEN t.status IN (1, 3) THEN 0 ELSE t.status END,"                     \
+  "   wf_where = CASE WHEN t.wf_where = 3 THEN 2 ELSE t.wf_where END"                      \
+  "   FROM s WHERE t.seq = s.seq AND t.lease IS NULL AND t.due_at IS NOT NULL"             \
+  "   RETURNING t.seq, t.queue, t.priority, t.ready_at),"                                  \
+  " r AS (INSERT INTO {S}.ready SELECT seq, queue, priority, ready_at FROM u"              \
+  "   ON CONFLICT (seq) DO NOTHING RETURNING queue),"                                      \
+  " n AS (" NOTIFY_READY("r", flag) ")"                                                    \
+  " SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM n)"
+  [ST_STAGE] =
+    "WITH s AS (SELECT seq FROM {S}.tasks WHERE seq = ANY($1::bigint[])"
+    "   AND due_at <= {S}.now_ms() FOR UPDATE SKIP LOCKED)," STAGE_TAIL("$2"),
+  [ST_SWEEP] =
+    "WITH s AS (SELECT seq FROM {S}.tasks WHERE due_at <= {S}.now_ms() - $1"
+    "   ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED)," STAGE_TAIL("$3"),
+  [ST_RESCUE] =
+    "WITH dead AS (SELECT incarnation FROM {S}.nodes WHERE expires_at < {S}.now_ms()),"
+    " t AS (SELECT seq FROM {S}.tasks"
+    "   WHERE lease IN (SELECT incarnation FROM dead)"
+    "      OR (lease IS NOT NULL AND lease NOT IN (SELECT incarnation FROM {S}.nodes))"
+    "      OR lease = $1" /* our own control leases still open: an earlier pass's, lost */
+    "   LIMIT $2 FOR UPDATE SKIP LOCKED),"
+    " x AS (UPDATE {S}.tasks x SET lease = $1,"
+    "   rescues = x.rescues + CASE WHEN x.lease = $1 THEN 0 ELSE 1 END"
+    "   FROM t WHERE x.seq = t.seq RETURNING x.*)"
+    " SELECT " TASK_COLS("x") " FROM x ORDER BY x.seq",
+  [ST_REAP] =
+    "DELETE FROM {S}.nodes n WHERE n.expires_at < {S}.now_ms() - $1"
+    " AND NOT EXISTS (SELECT 1 FROM {S}.tasks t WHERE t.lease = n.incarnation)",
+  [ST_REGISTER] =
+    "INSERT INTO {S}.nodes (node_id, host, pid, started_at, beat_at, expires_at, queues, slots)"
+    " VALUES ($1, $2, $3, {S}.now_ms(), {S}.now_ms(),"
+    "   {S}.now_ms() + $4, $5::text[], $6) RETURNING incarnation, expires_at",
+  [ST_RENEW] =
+    "UPDATE {S}.nodes SET beat_at = {S}.now_ms(), expires_at = {S}.now_ms() + $2, metrics = $3"
+    " WHERE incarnation = $1 AND expires_at > {S}.now_ms() RETURNING expires_at",
+  [ST_SCHED_PUT] =
+    "INSERT INTO {S}.schedules AS s (id, name, input, cron, queue, priority, strategy, next_ms,"
+    "   definition, updated_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {S}.now_ms())"
+    " ON CONFLICT (id) DO UPDATE SET name = excluded.name, input = excluded.input,"
+    "   cron = excluded.cron, queue = excluded.queue, priority = excluded.priority,"
+    "   strategy = excluded.strategy, next_ms = excluded.next_ms,"
+    "   definition = excluded.definition, updated_at = excluded.updated_at"
+    " WHERE s.definition IS DISTINCT FROM excluded.definition RETURNING s.id",
+  [ST_FIRE] =
+    "WITH s AS (UPDATE {S}.schedules SET last_ms = $2, next_ms = $3, total = total + 1,"
+    "   last_task = id || '@' || $2, updated_at = {S}.now_ms()"
+    "   WHERE id = $1 AND next_ms = $2 AND NOT paused"
+    "   RETURNING id, name, input, coalesce(queue, $4) AS queue,"
+    "     coalesce(priority, $5) AS priority),"
+    " t AS (INSERT INTO {S}.tasks (id, name, kind, queue, status, priority, max_attempts,"
+    "   strategy, created_at, scheduled_at, ready_at, input)"
+    "   SELECT s.id || '@' || $2, s.name, 0, s.queue, 0, s.priority, $7, $6,"
+    "     {S}.now_ms(), {S}.now_ms(), {S}.now_ms(), s.input FROM s"
+    "   ON CONFLICT (id) DO NOTHING RETURNING seq, queue, priority, ready_at),"
+    " r AS (INSERT INTO {S}.ready SELECT seq, queue, priority, ready_at FROM t RETURNING queue),"
+    " n AS (" NOTIFY_READY("r", "$8") ")"
+    " SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM t), (SELECT count(*) FROM n)",
+};
+
+/* ------------------------------------------------------------ connection */
+
+enum { IT_PREP, IT_QUERY, IT_SYNC };
+
+struct ath_qpg_s {
+  PGconn* conn;
+  char* schema;         /* as given (the lock key hashes it) */
+  char* qschema;        /* quoted as an identifier */
+  char* sql[ST_COUNT];  /* {S} substituted */
+  uint32_t prepared;    /* bit per statement */
+  int notify;
+  /* the pipeline's items not read yet */
+  struct {
+    int kind, st;
+  } items[256];
+  int head, tail;
+  char err[512];
+  char sqlstate[6];
+};
+
+static void set_err(ath_qpg_t* q, const char* msg, const char* state) {
+  snprintf(q->err, sizeof(q->err), "%s", msg ? msg : "");
+  size_t n = strlen(q->err);
+  while (n > 0 && (q->err[n - 1] == '\n' || q->err[n - 1] == ' '))
+    q->err[--n] = '\0';
+  snprintf(q->sqlstate, sizeof(q->sqlstate), "%s", state ? state : "");
+}
+
+static int conn_err(ath_qpg_t* q) {
+  set_err(q, PQerrorMessage(q->conn), "08006");
+  return ATH_ESTORE;
+}
+
+/* Records a failed result (and clears it). */
+static int res_err(ath_qpg_t* q, PGresult* r) {
+  if (r == NULL)
+    return conn_err(q);
+  if (PQresultStatus(r) == PGRES_PIPELINE_ABORTED)
+    set_err(q, "pipeline aborted by an earlier error", "");
+  else
+    set_err(q, PQresultErrorMessage(r), PQresultErrorField(r, PG_DIAG_SQLSTATE));
+  PQclear(r);
+  if (PQstatus(q->conn) == CONNECTION_BAD) /* whatever the server said last: reset */
+    snprintf(q->sqlstate, sizeof(q->sqlstate), "08006");
+  return ATH_ESTORE;
+}
+
+const char* ath__qpg_errmsg(const ath_qpg_t* q) { return q->err; }
+const char* ath__qpg_sqlstate(const ath_qpg_t* q) { return q->sqlstate; }
+int ath__qpg_socket(const ath_qpg_t* q) { return PQstatus(q->conn) == CONNECTION_OK ? PQsocket(q->conn) : -1; }
+
+/* `tmpl` with every {S} replaced by `rep`. */
+static char* subst(const char* tmpl, const char* rep) {
+  ath_buf_t b = {0};
+  const char* p = tmpl;
+  const char* m;
+  while ((m = strstr(p, "{S}")) != NULL) {
+    if (ath__buf_append(&b, p, (size_t)(m - p)) < 0 || ath__buf_append(&b, rep, strlen(rep)) < 0)
+      goto oom;
+    p = m + 3;
+  }
+  if (ath__buf_append(&b, p, strlen(p)) < 0)
+    goto oom;
+  return b.data;
+oom:
+  ath__buf_free(&b);
+  return NULL;
+}
+
+/* A blocking statement outside any pipeline (setup, locks, LISTEN). */
+static PGresult* exec1(ath_qpg_t* q, const char* sql, int n, const char* const* v) {
+  return PQexecParams(q->conn, sql, n, NULL, v, NULL, NULL, 0);
+}
+
+static int exec_ok(ath_qpg_t* q, const char* sql, int n, const char* const* v) {
+  PGresult* r = exec1(q, sql, n, v);
+  ExecStatusType s = PQresultStatus(r);
+  if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK)
+    return res_err(q, r);
+  PQclear(r);
+  return 0;
+}
+
+/* The session settings of every provider connection: Athena's own
+ * sessions never pin the xmin horizon for long (§7.4); keepalives bound a
+ * silent partition. */
+static int session_setup(ath_qpg_t* q) {
+  PGresult* r = PQexec(q->conn, "SET idle_in_transaction_session_timeout = 60000;"
+                                " SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2;"
+                                " SET tcp_keepalives_count = 3; SET client_min_messages = warning");
+  if (PQresultStatus(r) != PGRES_COMMAND_OK)
+    return res_err(q, r);
+  PQclear(r);
+  return 0;
+}
+
+int ath__qpg_open(const char* conninfo, const char* schema, int notify, ath_qpg_t** out, char* err,
+                  size_t errlen) {
+  *out = NULL;
+  if (schema == NULL)
+    schema = "athena";
+  if (conninfo == NULL || schema[0] == '\0' || strlen(schema) > 63) {
+    if (errlen > 0)
+      snprintf(err, errlen, "%s", conninfo == NULL ? "no conninfo" : "bad schema name");
+    return ATH_EINVAL;
+  }
+  ath_qpg_t* q = calloc(1, sizeof(*q));
+  if (q == NULL)
+    return ATH_ENOMEM;
+  q->notify = notify != 0;
+  q->schema = ath__memdup(schema, strlen(schema));
+  q->conn = PQconnectdb(conninfo);
+  int rc = ATH_ESTORE;
+  if (q->schema == NULL) {
+    rc = ATH_ENOMEM;
+    goto fail;
+  }
+  if (PQstatus(q->conn) != CONNECTION_OK) {
+    conn_err(q);
+    goto fail;
+  }
+  char* quoted = PQescapeIdentifier(q->conn, schema, strlen(schema));
+  if (quoted == NULL) {
+    conn_err(q);
+    goto fail;
+  }
+  q->qschema = ath__memdup(quoted, strlen(quoted));
+  PQfreemem(quoted);
+  if (q->qschema == NULL) {
+    rc = ATH_ENOMEM;
+    goto fail;
+  }
+  for (int i = 0; i < ST_COUNT; i++) {
+    if ((q->sql[i] = subst(STMTS[i], q->qschema)) == NULL) {
+      rc = ATH_ENOMEM;
+      goto fail;
+    }
+  }
+  if ((rc = session_setup(q)) < 0)
+    goto fail;
+  if (PQsetnonblocking(q->conn, 1) != 0) {
+    conn_err(q);
+    rc = ATH_ESTORE;
+    goto fail;
+  }
+  *out = q;
+  return 0;
+fail:
+  if (errlen > 0)
+    snprintf(err, errlen, "%s", rc == ATH_ENOMEM ? "out of memory" : q->err);
+  ath__qpg_close(q);
+  return rc;
+}
+
+const char* ath__qpg_statement(const ath_qpg_t* q, const char* name) {
+  static const struct {
+    const char* name;
+    int st;
+  } names[] = {{"insert", ST_INSERT}, {"claim", ST_CLAIM}, {"finish", ST_FINISH},
+               {"stage", ST_STAGE}, {"rescue", ST_RESCUE}};
+  for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+    if (strcmp(names[i].name, name) == 0)
+      return q->sql[names[i].st];
+  return NULL;
+}
+
+int ath__qpg_reset(ath_qpg_t* q) {
+  q->err[0] = q->sqlstate[0] = '\0';
+  q->prepared = 0;
+  q->head = q->tail = 0;
+  PQreset(q->conn);
+  if (PQstatus(q->conn) != CONNECTION_OK)
+    return conn_err(q);
+  int rc = session_setup(q);
+  if (rc == 0 && PQsetnonblocking(q->conn, 1) != 0)
+    rc = conn_err(q);
+  return rc;
+}
+
+void ath__qpg_close(ath_qpg_t* q) {
+  if (q == NULL)
+    return;
+  PQfinish(q->conn);
+  for (int i = 0; i < ST_COUNT; i++)
+    free(q->sql[i]);
+  free(q->schema);
+  free(q->qschema);
+  free(q);
+}
+
+/* ------------------------------------------------------------ pipeline */
+
+/* Waits until the socket is readable or writable (as asked). */
+static int wait_sock(ath_qpg_t* q, short events) {
+  struct pollfd p = {.fd = PQsocket(q->conn), .events = events};
+  if (p.fd < 0)
+    return conn_err(q);
+  while (poll(&p, 1, -1) < 0) {
+    if (errno != EINTR) {
+      set_err(q, strerror(errno), "");
+      return ATH_ESTORE;
+    }
+  }
+  return 0;
+}
+
+/* Sends everything buffered, reading what the server answers meanwhile so
+ * neither side blocks on a full socket (libpq's pipeline advice). */
+static int pl_flush(ath_qpg_t* q) {
+  int rc;
+  while ((rc = PQflush(q->conn)) == 1) {
+    if (wait_sock(q, POLLIN | POLLOUT) < 0)
+      return ATH_ESTORE;
+    if (PQconsumeInput(q->conn) == 0)
+      return conn_err(q);
+  }
+  return rc == 0 ? 0 : conn_err(q);
+}
+
+static int pl_push(ath_qpg_t* q, int kind, int st) {
+  if (q->tail == (int)(sizeof(q->items) / sizeof(q->items[0]))) {
+    set_err(q, "too many statements in one cycle", "");
+    return ATH_EINVAL;
+  }
+  q->items[q->tail].kind = kind;
+  q->items[q->tail].st = st;
+  q->tail++;
+  return 0;
+}
+
+static int pl_begin(ath_qpg_t* q) {
+  q->head = q->tail = 0;
+  if (PQenterPipelineMode(q->conn) == 0)
+    return conn_err(q);
+  return 0;
+}
+
+/* Queues statement `st` (preparing it first on this connection if needed). */
+static int pl_send(ath_qpg_t* q, int st, int n, const char* const* v) {
+  char name[16];
+  snprintf(name, sizeof(name), "ath_qpg_%d", st);
+  if (!(q->prepared & (1u << st))) {
+    if (PQsendPrepare(q->conn, name, q->sql[st], 0, NULL) == 0)
+      return conn_err(q);
+    if (pl_push(q, IT_PREP, st) < 0)
+      return ATH_EINVAL;
+  }
+  if (PQsendQueryPrepared(q->conn, name, n, v, NULL, NULL, 0) == 0)
+    return conn_err(q);
+  return pl_push(q, IT_QUERY, st);
+}
+
+/* A commit point: what was sent since the last one is one transaction. */
+static int pl_sync(ath_qpg_t* q) {
+  if (PQpipelineSync(q->conn) == 0)
+    return conn_err(q);
+  return pl_push(q, IT_SYNC, -1);
+}
+
+static PGresult* get_result(ath_qpg_t* q) {
+  while (PQisBusy(q->conn)) {
+    if (wait_sock(q, POLLIN) < 0 || PQconsumeInput(q->conn) == 0)
+      return NULL;
+  }
+  return PQgetResult(q->conn);
+}
+
+/* Reads the next item; for a query, returns its result (the caller clears
+ * it) after consuming the NULL that ends it. NULL when the connection broke. */
+static PGresult* pl_read_item(ath_qpg_t* q, int* kind) {
+  if (q->head == q->tail)
+    return NULL;
+  int k = q->items[q->head].kind, st = q->items[q->head].st;
+  q->head++;
+  *kind = k;
+  PGresult* r = get_result(q);
+  if (r == NULL)
+    return NULL;
+  if (k == IT_SYNC) {
+    /* PGRES_PIPELINE_SYNC (no NULL follows it); an error at the commit
+     * itself comes first: return that one, the sync consumed */
+    PGresult* s = r;
+    while (s != NULL && PQresultStatus(s) != PGRES_PIPELINE_SYNC) {
+      if ((s = get_result(q)) == NULL) {
+        PQclear(r);
+        return NULL;
+      }
+    }
+    if (s != r)
+      PQclear(s);
+    return r;
+  }
+  PGresult* extra;
+  while ((extra = get_result(q)) != NULL) /* the NULL that ends this item */
+    PQclear(extra);
+  if (k == IT_PREP && PQresultStatus(r) == PGRES_COMMAND_OK)
+    q->prepared |= 1u << st;
+  return r;
+}
+
+/* The next query's result, skipping prepares and syncs; NULL on a broken
+ * connection (q->err set). */
+static PGresult* pl_next(ath_qpg_t* q) {
+  int kind;
+  PGresult* r;
+  while ((r = pl_read_item(q, &kind)) != NULL) {
+    if (kind == IT_QUERY)
+      return r;
+    if (kind == IT_PREP && PQresultStatus(r) == PGRES_FATAL_ERROR) {
+      res_err(q, r); /* keep the reason: the query after it is aborted */
+      continue;
+    }
+    PQclear(r);
+  }
+  if (q->err[0] == '\0')
+    conn_err(q);
+  return NULL;
+}
+
+/* Takes the next query's result and checks it returned rows. */
+static int pl_rows(ath_qpg_t* q, PGresult** out) {
+  PGresult* r = pl_next(q);
+  *out = NULL;
+  if (r != NULL && PQresultStatus(r) == PGRES_TUPLES_OK) {
+    *out = r;
+    return 0;
+  }
+  if (r != NULL && PQresultStatus(r) == PGRES_PIPELINE_ABORTED && q->err[0] != '\0') {
+    PQclear(r); /* the earlier error is the reason */
+    return ATH_ESTORE;
+  }
+  return res_err(q, r);
+}
+
+/* Reads what is left and leaves pipeline mode; rolls back a failed
+ * transaction. rc passes through (or becomes ATH_ESTORE). */
+static int pl_end(ath_qpg_t* q, int rc) {
+  int kind;
+  PGresult* r;
+  while (q->head < q->tail) {
+    if ((r = pl_read_item(q, &kind)) == NULL) {
+      rc = rc < 0 ? rc : conn_err(q);
+      break;
+    }
+    PQclear(r);
+  }
+  q->head = q->tail = 0;
+  if (PQpipelineStatus(q->conn) != PQ_PIPELINE_OFF && PQexitPipelineMode(q->conn) == 0)
+    rc = rc < 0 ? rc : conn_err(q);
+  /* the session is gone (an operator intervention 57P0x ends it too) */
+  if (rc < 0 && (PQstatus(q->conn) == CONNECTION_BAD || strncmp(q->sqlstate, "57P0", 4) == 0))
+    snprintf(q->sqlstate, sizeof(q->sqlstate), "08006");
+  return rc;
+}
+
+/* ------------------------------------------------------------ values */
+
+/* Arrays are built as {…} literals; one buffer per parameter. An append
+ * that fails marks the set (params_done reports it). */
+typedef struct {
+  ath_buf_t b[13];
+  int n;
+  int failed;
+} params_t;
+
+/* Appends a text-array element to parameter i: quoted, `"` and `\`
+ * escaped; NULL as NULL. */
+static void arr_str(params_t* p, int i, const char* s) {
+  ath_buf_t* b = &p->b[i];
+  int rc = 0;
+  if (b->len > 1)
+    rc |= ath__buf_lit(b, ",");
+  if (s == NULL) {
+    p->failed |= rc | ath__buf_lit(b, "NULL");
+    return;
+  }
+  rc |= ath__buf_lit(b, "\"");
+  const char* from = s;
+  for (const char* c = s; *c; c++) {
+    if (*c == '"' || *c == '\\') {
+      rc |= ath__buf_append(b, from, (size_t)(c - from));
+      rc |= ath__buf_lit(b, "\\");
+      from = c;
+    }
+  }
+  rc |= ath__buf_append(b, from, strlen(from));
+  p->failed |= rc | ath__buf_lit(b, "\"");
+}
+
+static void arr_int(params_t* p, int i, int64_t v) {
+  char t[24];
+  int n = snprintf(t, sizeof(t), "%s%" PRId64, p->b[i].len > 1 ? "," : "", v);
+  p->failed |= ath__buf_append(&p->b[i], t, (size_t)n);
+}
+
+static void params_init(params_t* p, int n) {
+  memset(p, 0, sizeof(*p));
+  p->n = n;
+  for (int i = 0; i < n; i++)
+    p->failed |= ath__buf_lit(&p->b[i], "{");
+}
+
+/* Closes the arrays into v; 0, or ATH_ENOMEM when an append failed. */
+static int params_done(params_t* p, const char** v) {
+  for (int i = 0; i < p->n; i++) {
+    p->failed |= ath__buf_lit(&p->b[i], "}");
+    v[i] = p->b[i].data;
+  }
+  return p->failed ? ATH_ENOMEM : 0;
+}
+
+static void params_free(params_t* p) {
+  for (int i = 0; i < p->n; i++)
+    ath__buf_free(&p->b[i]);
+}
+
+static int64_t get_i64(const PGresult* r, int row, int col) {
+  if (col < 0 || PQgetisnull(r, row, col))
+    return -1;
+  return strtoll(PQgetvalue(r, row, col), NULL, 10);
+}
+
+static const char* get_str(const PGresult* r, int row, int col) {
+  if (col < 0 || PQgetisnull(r, row, col))
+    return NULL;
+  return PQgetvalue(r, row, col);
+}
+
+static int get_bool(const PGresult* r, int row, int col) {
+  return col >= 0 && !PQgetisnull(r, row, col) && PQgetvalue(r, row, col)[0] == 't';
+}
+
+/* ------------------------------------------------------------ rows */
+
+void ath__qpg_tasks_free(ath_qpg_tasks_t* t) {
+  if (t == NULL)
+    return;
+  free(t->rows);
+  PQclear(t->res_);
+  memset(t, 0, sizeof(*t));
+}
+
+void ath__qpg_inserted_clear(ath_qpg_inserted_t* r, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    free(r[i].existing_name);
+    r[i].existing_name = NULL;
+  }
+}
+
+/* Decodes task rows by column name; takes the result. */
+static int decode_tasks(PGresult* r, ath_qpg_tasks_t* out) {
+  memset(out, 0, sizeof(*out));
+  int n = PQntuples(r);
+  if (n > 0 && (out->rows = calloc((size_t)n, sizeof(*out->rows))) == NULL) {
+    PQclear(r);
+    return ATH_ENOMEM;
+  }
+#define COL(name) int c_##name = PQfnumber(r, #name)
+  COL(seq); COL(id); COL(name); COL(kind); COL(queue); COL(status); COL(priority); COL(attempt);
+  COL(max_attempts); COL(strategy); COL(rescues); COL(wake); COL(hist_n); COL(resumed);
+  COL(created_at); COL(ready_at); COL(started_at); COL(close_by); COL(cancel_at); COL(last_hb);
+  COL(parent_id); COL(input); COL(error); COL(hb); COL(history);
+#undef COL
+  for (int i = 0; i < n; i++) {
+    ath_qpg_task_t* t = &out->rows[i];
+    t->seq = get_i64(r, i, c_seq);
+    t->id = get_str(r, i, c_id);
+    t->name = get_str(r, i, c_name);
+    t->queue = get_str(r, i, c_queue);
+    t->kind = (int)get_i64(r, i, c_kind);
+    t->status = (int)get_i64(r, i, c_status);
+    t->priority = (int)get_i64(r, i, c_priority);
+    t->attempt = (int)get_i64(r, i, c_attempt);
+    t->max_attempts = (int)get_i64(r, i, c_max_attempts);
+    t->strategy = (int)get_i64(r, i, c_strategy);
+    t->rescues = (int)get_i64(r, i, c_rescues);
+    t->wake = (int)get_i64(r, i, c_wake);
+    t->hist_n = (int)get_i64(r, i, c_hist_n);
+    t->resumed = get_bool(r, i, c_resumed);
+    t->created_at = get_i64(r, i, c_created_at);
+    t->ready_at = get_i64(r, i, c_ready_at);
+    t->started_at = get_i64(r, i, c_started_at);
+    t->close_by = get_i64(r, i, c_close_by);
+    t->cancel_at = get_i64(r, i, c_cancel_at);
+    t->last_hb = get_i64(r, i, c_last_hb);
+    t->parent_id = get_str(r, i, c_parent_id);
+    t->input = get_str(r, i, c_input);
+    t->error = get_str(r, i, c_error);
+    t->hb = get_str(r, i, c_hb);
+    t->history = get_str(r, i, c_history);
+  }
+  out->n = (size_t)n;
+  out->res_ = r;
+  return 0;
+}
+
+/* ------------------------------------------------------------ cycle */
+
+static int send_insert(ath_qpg_t* q, const ath_qpg_insert_t* rows, size_t n) {
+  params_t p;
+  const char* v[13];
+  params_init(&p, 12);
+  for (size_t i = 0; i < n; i++) {
+    const ath_qpg_insert_t* x = &rows[i];
+    if (x->id == NULL || x->name == NULL || x->queue == NULL || x->input == NULL) {
+      params_free(&p);
+      set_err(q, "insert: id, name, queue and input are required", "");
+      return ATH_EINVAL;
+    }
+    arr_str(&p, 0, x->id);
+    arr_str(&p, 1, x->name);
+    arr_int(&p, 2, x->kind);
+    arr_str(&p, 3, x->queue);
+    arr_int(&p, 4, x->priority);
+    arr_int(&p, 5, x->max_attempts);
+    arr_int(&p, 6, x->strategy);
+    arr_int(&p, 7, x->delay_ms);
+    arr_int(&p, 8, x->close_after_ms);
+    arr_str(&p, 9, x->input);
+    arr_str(&p, 10, x->parent_id);
+    arr_str(&p, 11, x->notify ? "t" : "f");
+  }
+  int rc = params_done(&p, v);
+  v[12] = q->notify ? "t" : "f";
+  if (rc == 0)
+    rc = pl_send(q, ST_INSERT, 13, v); /* libpq copies the values */
+  params_free(&p);
+  return rc;
+}
+
+static int read_insert(ath_qpg_t* q, size_t n, ath_qpg_inserted_t* out) {
+  PGresult* r;
+  int rc = pl_rows(q, &r);
+  if (rc < 0)
+    return rc;
+  if ((size_t)PQntuples(r) != n) {
+    set_err(q, "insert: row count mismatch", "");
+    PQclear(r);
+    return ATH_ESTORE;
+  }
+  for (size_t i = 0; i < n; i++) {
+    out[i].seq = get_i64(r, (int)i, 0);
+    out[i].created = get_bool(r, (int)i, 1);
+    out[i].created_at = get_i64(r, (int)i, 2);
+    out[i].existing_name = NULL;
+    const char* name = get_str(r, (int)i, 3);
+    if (!out[i].created && name != NULL &&
+        (out[i].existing_name = ath__memdup(name, strlen(name))) == NULL)
+      rc = ATH_ENOMEM;
+  }
+  PQclear(r);
+  if (rc < 0)
+    ath__qpg_inserted_clear(out, n);
+  return rc;
+}
+
+static int send_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, size_t n) {
+  params_t p;
+  const char* v[9];
+  char lease_s[24];
+  snprintf(lease_s, sizeof(lease_s), "%" PRId64, lease);
+  params_init(&p, 7);
+  for (size_t i = 0; i < n; i++) {
+    arr_int(&p, 0, o[i].seq);
+    arr_int(&p, 1, o[i].attempt);
+    arr_int(&p, 2, o[i].status);
+    arr_int(&p, 3, o[i].delay_ms);
+    arr_str(&p, 4, o[i].result);
+    arr_str(&p, 5, o[i].error);
+    arr_int(&p, 6, o[i].worker_id);
+  }
+  v[0] = lease_s;
+  int rc = params_done(&p, v + 1);
+  v[8] = q->notify ? "t" : "f";
+  if (rc == 0)
+    rc = pl_send(q, ST_FINISH, 9, v);
+  params_free(&p);
+  return rc;
+}
+
+static int read_finish(ath_qpg_t* q, size_t n, uint8_t* applied) {
+  PGresult* r;
+  int rc = pl_rows(q, &r);
+  if (rc < 0)
+    return rc;
+  if ((size_t)PQntuples(r) != n) {
+    set_err(q, "finish: row count mismatch", "");
+    PQclear(r);
+    return ATH_ESTORE;
+  }
+  for (size_t i = 0; i < n; i++)
+    applied[i] = (uint8_t)get_bool(r, (int)i, 1);
+  PQclear(r);
+  return 0;
+}
+
+static int send_claim(ath_qpg_t* q, int64_t lease, const ath_qpg_claim_t* c) {
+  char n_s[16], lease_s[24];
+  snprintf(n_s, sizeof(n_s), "%d", c->n);
+  snprintf(lease_s, sizeof(lease_s), "%" PRId64, lease);
+  const char* v[3] = {c->queue, n_s, lease_s};
+  return pl_send(q, ST_CLAIM, 3, v);
+}
+
+/* Reads a commit point: 0 when its transaction committed. */
+static int read_sync(ath_qpg_t* q) {
+  int kind;
+  PGresult* r = pl_read_item(q, &kind);
+  if (r == NULL || kind != IT_SYNC || PQresultStatus(r) != PGRES_PIPELINE_SYNC)
+    return res_err(q, r); /* the commit failed, or its outcome is unknown */
+  PQclear(r);
+  return 0;
+}
+
+int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c) {
+  q->err[0] = q->sqlstate[0] = '\0';
+  c->committed = 0;
+  for (size_t i = 0; i < c->n_claims; i++) {
+    memset(c->claims[i].out, 0, sizeof(*c->claims[i].out));
+    if (c->claims[i].queue == NULL || c->claims[i].n <= 0)
+      return ATH_EINVAL;
+  }
+  int writes = c->n_inserts > 0 || c->n_outcomes > 0;
+  int rc = pl_begin(q);
+  if (rc < 0)
+    return rc;
+  /* send: [insert][finish] sync, then [claim] sync per claim (one_commit:
+   * a single sync at the end) */
+  if (c->n_inserts > 0 && (rc = send_insert(q, c->inserts, c->n_inserts)) < 0)
+    return pl_end(q, rc);
+  if (c->n_outcomes > 0 && (rc = send_finish(q, c->lease, c->outcomes, c->n_outcomes)) < 0)
+    return pl_end(q, rc);
+  if (writes && !c->one_commit && (rc = pl_sync(q)) < 0)
+    return pl_end(q, rc);
+  for (size_t i = 0; i < c->n_claims; i++) {
+    if ((rc = send_claim(q, c->lease, &c->claims[i])) < 0 ||
+        (!c->one_commit && (rc = pl_sync(q)) < 0))
+      return pl_end(q, rc);
+  }
+  if ((c->one_commit && (rc = pl_sync(q)) < 0) || (rc = pl_flush(q)) < 0)
+    return pl_end(q, rc);
+  /* one round trip: the results come back in order */
+  if (c->n_inserts > 0 && (rc = read_insert(q, c->n_inserts, c->inserted)) < 0)
+    return pl_end(q, rc);
+  if (c->n_outcomes > 0 && (rc = read_finish(q, c->n_outcomes, c->applied)) < 0)
+    goto fail_writes;
+  if (writes && !c->one_commit) {
+    if ((rc = read_sync(q)) < 0)
+      goto fail_writes;
+    c->committed = 1;
+  }
+  for (size_t i = 0; i < c->n_claims; i++) {
+    PGresult* r;
+    if ((rc = pl_rows(q, &r)) < 0 || (rc = decode_tasks(r, c->claims[i].out)) < 0 ||
+        (!c->one_commit && (rc = read_sync(q)) < 0)) {
+      /* claims before it committed: their rows stay with the caller */
+      ath__qpg_tasks_free(c->claims[i].out);
+      if (!c->one_commit)
+        return pl_end(q, rc);
+      goto fail_claims;
+    }
+  }
+  if (c->one_commit) {
+    if ((rc = read_sync(q)) < 0)
+      goto fail_claims;
+    c->committed = writes;
+  }
+  return pl_end(q, 0);
+fail_claims: /* one commit: nothing of it happened */
+  for (size_t i = 0; i < c->n_claims; i++)
+    ath__qpg_tasks_free(c->claims[i].out);
+fail_writes:
+  ath__qpg_inserted_clear(c->inserted, c->n_inserts);
+  return pl_end(q, rc);
+}
+
+int ath__qpg_insert(ath_qpg_t* q, const ath_qpg_insert_t* rows, size_t n, ath_qpg_inserted_t* out) {
+  ath_qpg_cycle_t c = {.inserts = rows, .n_inserts = n, .inserted = out};
+  return n == 0 ? 0 : ath__qpg_cycle(q, &c);
+}
+
+int ath__qpg_claim(ath_qpg_t* q, int64_t lease, const char* queue, int n, ath_qpg_tasks_t* out) {
+  ath_qpg_claim_t cl = {.queue = queue, .n = n, .out = out};
+  ath_qpg_cycle_t c = {.lease = lease, .claims = &cl, .n_claims = 1};
+  return ath__qpg_cycle(q, &c);
+}
+
+int ath__qpg_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, size_t n,
+                    uint8_t* applied) {
+  ath_qpg_cycle_t c = {.outcomes = o, .n_outcomes = n, .applied = applied, .lease = lease};
+  return n == 0 ? 0 : ath__qpg_cycle(q, &c);
+}
+
+/* Runs one prepared statement in its own pipeline (one transaction) and
+ * returns its rows. */
+static int run1(ath_qpg_t* q, int st, int n, const char* const* v, PGresult** out) {
+  q->err[0] = q->sqlstate[0] = '\0';
+  int rc = pl_begin(q);
+  if (rc < 0)
+    return rc;
+  if ((rc = pl_send(q, st, n, v)) < 0 || (rc = pl_sync(q)) < 0 || (rc = pl_flush(q)) < 0)
+    return pl_end(q, rc);
+  rc = pl_rows(q, out);
+  rc = pl_end(q, rc);
+  if (rc < 0 && *out != NULL) {
+    PQclear(*out);
+    *out = NULL;
+  }
+  return rc;
+}
+
+int ath__qpg_stage(ath_qpg_t* q, const int64_t* seqs, size_t n, int64_t late_ms, int limit,
+                   int* staged) {
+  PGresult* r = NULL;
+  int rc;
+  const char* flag = q->notify ? "t" : "f";
+  if (seqs != NULL) {
+    params_t p;
+    const char* v[2];
+    params_init(&p, 1);
+    for (size_t i = 0; i < n; i++)
+      arr_int(&p, 0, seqs[i]);
+    rc = params_done(&p, v);
+    v[1] = flag;
+    if (rc == 0)
+      rc = run1(q, ST_STAGE, 2, v, &r);
+    params_free(&p);
+  } else {
+    char late_s[24], limit_s[16];
+    snprintf(late_s, sizeof(late_s), "%" PRId64, late_ms);
+    snprintf(limit_s, sizeof(limit_s), "%d", limit);
+    const char* v[3] = {late_s, limit_s, flag};
+    rc = run1(q, ST_SWEEP, 3, v, &r);
+  }
+  if (rc == 0 && staged != NULL)
+    *staged = (int)get_i64(r, 0, 0);
+  PQclear(r);
+  return rc;
+}
+
+int ath__qpg_rescue(ath_qpg_t* q, int64_t leader, int limit, int64_t grace_ms,
+                    ath_qpg_tasks_t* out) {
+  char leader_s[24], limit_s[16], grace_s[24];
+  snprintf(leader_s, sizeof(leader_s), "%" PRId64, leader);
+  snprintf(limit_s, sizeof(limit_s), "%d", limit);
+  snprintf(grace_s, sizeof(grace_s), "%" PRId64, grace_ms);
+  const char* v[2] = {leader_s, limit_s};
+  const char* g[1] = {grace_s};
+  memset(out, 0, sizeof(*out));
+  q->err[0] = q->sqlstate[0] = '\0';
+  int rc = pl_begin(q);
+  if (rc < 0)
+    return rc;
+  /* take the leases, then (own transaction) drop dead rows with none left */
+  if ((rc = pl_send(q, ST_RESCUE, 2, v)) < 0 || (rc = pl_sync(q)) < 0 ||
+      (rc = pl_send(q, ST_REAP, 1, g)) < 0 || (rc = pl_sync(q)) < 0 || (rc = pl_flush(q)) < 0)
+    return pl_end(q, rc);
+  PGresult* r;
+  if ((rc = pl_rows(q, &r)) == 0 && (rc = decode_tasks(r, out)) == 0 && (rc = read_sync(q)) < 0)
+    ath__qpg_tasks_free(out); /* not known to be committed: the next pass takes them again */
+  if (rc < 0)
+    return pl_end(q, rc);
+  /* the rescue committed: its rows are the caller's whatever the reap did
+   * (a failed reap leaves dead rows for the next pass) */
+  pl_end(q, 0);
+  return 0;
+}
+
+/* ------------------------------------------------------------ node lease */
+
+int ath__qpg_node_register(ath_qpg_t* q, const ath_qpg_node_t* n, uint64_t now_ns,
+                           ath_qpg_lease_t* lease) {
+  if (n->node_id == NULL || n->ttl_ms <= 0 || n->interval_ms <= 0)
+    return ATH_EINVAL;
+  char host[256] = "";
+  if (n->host != NULL)
+    snprintf(host, sizeof(host), "%s", n->host);
+  else if (gethostname(host, sizeof(host) - 1) != 0)
+    snprintf(host, sizeof(host), "unknown");
+  char pid_s[16], ttl_s[24], slots_s[16];
+  snprintf(pid_s, sizeof(pid_s), "%d", n->pid ? n->pid : (int)getpid());
+  snprintf(ttl_s, sizeof(ttl_s), "%" PRId64, n->ttl_ms);
+  snprintf(slots_s, sizeof(slots_s), "%d", n->slots);
+  params_t p;
+  const char* qv[1];
+  params_init(&p, 1);
+  for (const char* const* s = n->queues; s != NULL && *s != NULL; s++)
+    arr_str(&p, 0, *s);
+  int rc = params_done(&p, qv);
+  PGresult* r = NULL;
+  if (rc == 0) {
+    const char* v[6] = {n->node_id, host, pid_s, ttl_s, qv[0], slots_s};
+    rc = run1(q, ST_REGISTER, 6, v, &r);
+  }
+  params_free(&p);
+  if (rc < 0)
+    return rc;
+  memset(lease, 0, sizeof(*lease));
+  lease->incarnation = get_i64(r, 0, 0);
+  lease->expires_at = get_i64(r, 0, 1);
+  lease->ttl_ms = n->ttl_ms;
+  lease->interval_ms = n->interval_ms;
+  lease->renewed_ns = now_ns;
+  PQclear(r);
+  return 0;
+}
+
+int ath__qpg_node_renew(ath_qpg_t* q, ath_qpg_lease_t* lease, uint64_t now_ns, const char* metrics) {
+  char inc_s[24], ttl_s[24];
+  snprintf(inc_s, sizeof(inc_s), "%" PRId64, lease->incarnation);
+  snprintf(ttl_s, sizeof(ttl_s), "%" PRId64, lease->ttl_ms);
+  const char* v[3] = {inc_s, ttl_s, metrics};
+  PGresult* r = NULL;
+  int rc = run1(q, ST_RENEW, 3, v, &r);
+  if (rc < 0)
+    return rc;
+  if (PQntuples(r) == 0) {
+    lease->lost = 1;
+    PQclear(r);
+    set_err(q, "node lease expired", "");
+    return ATH_EWORKERLOST;
+  }
+  lease->expires_at = get_i64(r, 0, 0);
+  lease->renewed_ns = now_ns;
+  PQclear(r);
+  return 0;
+}
+
+int ath__qpg_lease_fenced(const ath_qpg_lease_t* lease, uint64_t now_ns) {
+  if (lease->lost)
+    return 1;
+  int64_t margin = 2 * lease->interval_ms;
+  if (margin < 5000)
+    margin = 5000;
+  if (margin > lease->ttl_ms / 2)
+    margin = lease->ttl_ms / 2;
+  uint64_t deadline = lease->renewed_ns + (uint64_t)(lease->ttl_ms - margin) * 1000000u;
+  return now_ns >= deadline;
+}
+
+int ath__qpg_node_release(ath_qpg_t* q, ath_qpg_lease_t* lease) {
+  char inc_s[24];
+  snprintf(inc_s, sizeof(inc_s), "%" PRId64, lease->incarnation);
+  const char* v[1] = {inc_s};
+  /* expire the row; delete it when it leases nothing */
+  char* sql = subst("WITH d AS (DELETE FROM {S}.nodes WHERE incarnation = $1"
+                    " AND NOT EXISTS (SELECT 1 FROM {S}.tasks t WHERE t.lease = $1)"
+                    " RETURNING incarnation)"
+                    " UPDATE {S}.nodes SET expires_at = 0 WHERE incarnation = $1"
+                    " AND NOT EXISTS (SELECT 1 FROM d)",
+                    q->qschema);
+  if (sql == NULL)
+    return ATH_ENOMEM;
+  int rc = exec_ok(q, sql, 1, v);
+  free(sql);
+  if (rc == 0)
+    lease->lost = 1; /* nothing may be claimed under it any more */
+  return rc;
+}
+
+/* ------------------------------------------------------------ migrations */
+
+/* A single-row, single-value query; *out NULL for no row or NULL. */
+static int query_value(ath_qpg_t* q, const char* sql, int n, const char* const* v, char** out) {
+  *out = NULL;
+  PGresult* r = exec1(q, sql, n, v);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK)
+    return res_err(q, r);
+  if (PQntuples(r) > 0 && !PQgetisnull(r, 0, 0)) {
+    const char* s = PQgetvalue(r, 0, 0);
+    if ((*out = ath__memdup(s, strlen(s))) == NULL) {
+      PQclear(r);
+      return ATH_ENOMEM;
+    }
+  }
+  PQclear(r);
+  return 0;
+}
+
+int ath__qpg_migrate(ath_qpg_t* q, int* version) {
+  q->err[0] = q->sqlstate[0] = '\0';
+  char key_s[16];
+  snprintf(key_s, sizeof(key_s), "%d", ATH_QPG_LOCK_MIGRATE);
+  const char* lv[2] = {key_s, q->schema};
+  const char* qs = q->qschema;
+  size_t qlen = strlen(qs);
+  int rc, found = 0;
+  char* v = NULL;
+  char* sql = NULL;
+  if ((rc = exec_ok(q, "BEGIN", 0, NULL)) < 0)
+    goto out;
+  if ((rc = exec_ok(q, "SELECT pg_advisory_xact_lock($1::int, hashtext($2))", 2, lv)) < 0)
+    goto rollback;
+  sql = subst("CREATE SCHEMA IF NOT EXISTS {S}", qs);
+  if (sql == NULL || (rc = exec_ok(q, sql, 0, NULL)) < 0)
+    goto rollback;
+  free(sql);
+  sql = NULL;
+  /* to_regclass takes the quoted name as a literal */
+  {
+    PGresult* r;
+    char* lit = PQescapeLiteral(q->conn, qs, qlen);
+    if (lit == NULL) {
+      rc = conn_err(q);
+      goto rollback;
+    }
+    ath_buf_t b = {0};
+    ath__buf_lit(&b, "SELECT to_regclass(");
+    ath__buf_append(&b, lit, strlen(lit));
+    ath__buf_lit(&b, " || '.meta') IS NOT NULL, (SELECT count(*) FROM pg_tables WHERE schemaname = $1)");
+    PQfreemem(lit);
+    if (b.data == NULL) {
+      rc = ATH_ENOMEM;
+      goto rollback;
+    }
+    r = exec1(q, b.data, 1, (const char* const*)&q->schema);
+    ath__buf_free(&b);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+      rc = res_err(q, r);
+      goto rollback;
+    }
+    int has_meta = PQgetvalue(r, 0, 0)[0] == 't';
+    long tables = strtol(PQgetvalue(r, 0, 1), NULL, 10);
+    PQclear(r);
+    if (!has_meta && tables > 0) {
+      set_err(q, "the schema holds tables but is not Athena's (no meta table)", "");
+      rc = ATH_EINVAL;
+      goto rollback;
+    }
+    if (has_meta) {
+      sql = subst("SELECT value FROM {S}.meta WHERE key = 'schema_version'", qs);
+      if (sql == NULL || (rc = query_value(q, sql, 0, NULL, &v)) < 0)
+        goto rollback;
+      found = v != NULL ? atoi(v) : 0;
+      if (found <= 0) {
+        set_err(q, "the meta table has no schema_version", "");
+        rc = ATH_EINVAL;
+        goto rollback;
+      }
+      free(sql);
+      sql = NULL;
+    } else {
+      sql = subst("CREATE TABLE {S}.meta (key text PRIMARY KEY, value text NOT NULL)", qs);
+      if (sql == NULL || (rc = exec_ok(q, sql, 0, NULL)) < 0)
+        goto rollback;
+      free(sql);
+      sql = NULL;
+    }
+  }
+  if (found > ATH_QPG_SCHEMA_VERSION) {
+    snprintf(q->err, sizeof(q->err), "schema version %d is newer than this build's (%d)", found,
+             ATH_QPG_SCHEMA_VERSION);
+    rc = ATH_EINVAL;
+    goto rollback;
+  }
+  for (int ver = found + 1; ver <= ATH_QPG_SCHEMA_VERSION; ver++) {
+    sql = subst(MIGRATIONS[ver - 1], qs);
+    if (sql == NULL) {
+      rc = ATH_ENOMEM;
+      goto rollback;
+    }
+    PGresult* r = PQexec(q->conn, sql); /* several statements: simple protocol */
+    free(sql);
+    sql = NULL;
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+      rc = res_err(q, r);
+      goto rollback;
+    }
+    PQclear(r);
+  }
+  if (found < ATH_QPG_SCHEMA_VERSION) {
+    char ver_s[16];
+    snprintf(ver_s, sizeof(ver_s), "%d", ATH_QPG_SCHEMA_VERSION);
+    const char* vv[1] = {ver_s};
+    sql = subst("INSERT INTO {S}.meta VALUES ('schema_version', $1)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                qs);
+    if (sql == NULL || (rc = exec_ok(q, sql, 1, vv)) < 0)
+      goto rollback;
+  }
+  rc = exec_ok(q, "COMMIT", 0, NULL);
+  goto out;
+rollback:
+  if (rc == 0)
+    rc = ATH_ENOMEM;
+  {
+    char keep[sizeof(q->err)], state[6];
+    memcpy(keep, q->err, sizeof(keep));
+    memcpy(state, q->sqlstate, sizeof(state));
+    PQclear(PQexec(q->conn, "ROLLBACK"));
+    memcpy(q->err, keep, sizeof(keep));
+    memcpy(q->sqlstate, state, sizeof(state));
+  }
+out:
+  if (version != NULL)
+    *version = found;
+  free(sql);
+  free(v);
+  return rc;
+}
+
+/* ------------------------------------------------------------ leader */
+
+static int leader_query(ath_qpg_t* q, const char* sql, int* held) {
+  char key_s[16];
+  snprintf(key_s, sizeof(key_s), "%d", ATH_QPG_LOCK_LEADER);
+  const char* v[2] = {key_s, q->schema};
+  q->err[0] = q->sqlstate[0] = '\0';
+  PGresult* r = exec1(q, sql, 2, v);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK)
+    return res_err(q, r);
+  if (held != NULL)
+    *held = PQntuples(r) > 0 && PQgetvalue(r, 0, 0)[0] == 't';
+  PQclear(r);
+  return 0;
+}
+
+int ath__qpg_leader_try(ath_qpg_t* q, int* held) {
+  int rc = ath__qpg_leader_holds(q, held);
+  if (rc < 0 || *held)
+    return rc; /* session locks stack: never take it twice */
+  return leader_query(q, "SELECT pg_try_advisory_lock($1::int, hashtext($2))", held);
+}
+
+int ath__qpg_leader_holds(ath_qpg_t* q, int* held) {
+  /* a two-int advisory lock is (classid, objid, objsubid 2), the ints as oids */
+  return leader_query(q,
+                      "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
+                      " AND pid = pg_backend_pid() AND granted AND objsubid = 2"
+                      " AND classid = ($1::int::bigint & 4294967295)::oid"
+                      " AND objid = (hashtext($2)::bigint & 4294967295)::oid)",
+                      held);
+}
+
+int ath__qpg_leader_resign(ath_qpg_t* q) {
+  int rc = leader_query(q, "SELECT pg_advisory_unlock($1::int, hashtext($2))", NULL);
+  if (rc == 0 && q->notify)
+    rc = exec_ok(q, "SELECT pg_notify('athena_leader', 'resigned')", 0, NULL);
+  return rc;
+}
+
+/* ------------------------------------------------------------ cron */
+
+int ath__qpg_schedule_put(ath_qpg_t* q, const ath_qpg_schedule_t* s, int* changed) {
+  if (s->id == NULL || s->name == NULL || s->input == NULL || s->definition == NULL)
+    return ATH_EINVAL;
+  char prio_s[16], strat_s[16], next_s[24];
+  snprintf(prio_s, sizeof(prio_s), "%d", s->priority);
+  snprintf(strat_s, sizeof(strat_s), "%d", s->strategy);
+  snprintf(next_s, sizeof(next_s), "%" PRId64, s->next_ms);
+  const char* v[9] = {s->id, s->name, s->input, s->cron, s->queue, prio_s, strat_s, next_s,
+                      s->definition};
+  PGresult* r = NULL;
+  int rc = run1(q, ST_SCHED_PUT, 9, v, &r);
+  if (rc == 0 && changed != NULL)
+    *changed = PQntuples(r) > 0;
+  PQclear(r);
+  return rc;
+}
+
+int ath__qpg_cron_fire(ath_qpg_t* q, const char* id, int64_t at, int64_t next, const char* queue,
+                       int priority, int strategy, int max_attempts, int* advanced, int* created) {
+  char at_s[24], next_s[24], prio_s[16], strat_s[16], max_s[16];
+  snprintf(at_s, sizeof(at_s), "%" PRId64, at);
+  snprintf(next_s, sizeof(next_s), "%" PRId64, next);
+  snprintf(prio_s, sizeof(prio_s), "%d", priority);
+  snprintf(strat_s, sizeof(strat_s), "%d", strategy);
+  snprintf(max_s, sizeof(max_s), "%d", max_attempts);
+  const char* v[8] = {id, at_s, next_s, queue ? queue : "default", prio_s, strat_s, max_s,
+                      q->notify ? "t" : "f"};
+  PGresult* r = NULL;
+  int rc = run1(q, ST_FIRE, 8, v, &r);
+  if (rc == 0) {
+    if (advanced != NULL)
+      *advanced = (int)get_i64(r, 0, 0);
+    if (created != NULL)
+      *created = (int)get_i64(r, 0, 1);
+  }
+  PQclear(r);
+  return rc;
+}
+
+/* ------------------------------------------------------------ LISTEN */
+
+int ath__qpg_listen(ath_qpg_t* q, const char* const* channels) {
+  q->err[0] = q->sqlstate[0] = '\0';
+  for (const char* const* c = channels; c != NULL && *c != NULL; c++) {
+    char* id = PQescapeIdentifier(q->conn, *c, strlen(*c));
+    if (id == NULL)
+      return conn_err(q);
+    ath_buf_t b = {0};
+    ath__buf_lit(&b, "LISTEN ");
+    ath__buf_append(&b, id, strlen(id));
+    PQfreemem(id);
+    if (b.data == NULL)
+      return ATH_ENOMEM;
+    int rc = exec_ok(q, b.data, 0, NULL);
+    ath__buf_free(&b);
+    if (rc < 0)
+      return rc;
+  }
+  return 0;
+}
+
+int ath__qpg_notifies(ath_qpg_t* q, ath_qpg_notify_cb cb, void* ud) {
+  if (PQconsumeInput(q->conn) == 0)
+    return conn_err(q);
+  int n = 0;
+  PGnotify* m;
+  while ((m = PQnotifies(q->conn)) != NULL) {
+    cb(m->relname, m->extra, ud);
+    PQfreemem(m);
+    n++;
+  }
+  return n;
+}

@@ -1,0 +1,264 @@
+/* The PostgreSQL queue provider (docs/backend-postgres.md, design in
+ * ../shared/design/distributed.md §3): N athena processes share one queue in
+ * a PostgreSQL schema. This header is the provider's C seam; it knows
+ * nothing of the world (no internal.h): rows and outcomes are plain structs.
+ *
+ * Threading: an ath_qpg_t is one libpq connection, used by one thread at a
+ * time. The engine's backend thread (§3.6) owns a writer connection (cycles:
+ * inserts, finishes, claims, stagings, node lease), a leader connection
+ * (advisory lock, cron, rescue) and a listener connection (LISTEN). Every
+ * call but ath__qpg_notifies blocks its thread for one network round trip;
+ * ath__qpg_notifies never blocks (for a uv_poll on ath__qpg_socket).
+ *
+ * Errors: 0, or ATH_ESTORE (the database refused or the connection broke;
+ * ath__qpg_errmsg / ath__qpg_sqlstate tell why), ATH_EINVAL (bad arguments,
+ * a schema newer than this build or not Athena's), ATH_ENOMEM.
+ *
+ * Times are epoch milliseconds of the database clock ({schema}.now_ms()).
+ * Not wired into the world yet: nothing in runtime/ or storage/ calls this. */
+#ifndef ATHENA_QUEUE_PG_H
+#define ATHENA_QUEUE_PG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The schema version this build creates and understands. */
+#define ATH_QPG_SCHEMA_VERSION 1
+/* Advisory lock keys (first int; the second is hashtext(<schema>)). */
+#define ATH_QPG_LOCK_LEADER 1096042062  /* session lock: the leader */
+#define ATH_QPG_LOCK_MIGRATE 1096042063 /* transaction lock: migrations */
+
+typedef struct ath_qpg_s ath_qpg_t;
+
+/* Opens a connection (libpq conninfo or postgres:// URL) to work in
+ * `schema` (NULL: "athena"; any name, quoted as an identifier). notify = 0
+ * sends no NOTIFY (poll-only clusters). Sets session limits (idle in
+ * transaction 60 s, keepalives). On failure returns ATH_ESTORE with the
+ * reason in err (when errlen > 0) and *out NULL. */
+int ath__qpg_open(const char* conninfo, const char* schema, int notify, ath_qpg_t** out, char* err,
+                  size_t errlen);
+/* Reconnects after ATH_ESTORE with SQLSTATE 08006 (the connection broke):
+ * blocking; statements are prepared again on use. LISTENs and the leader
+ * lock of the old session are gone (listen / try again). */
+int ath__qpg_reset(ath_qpg_t* q);
+/* Closes the connection (session locks and LISTENs end with it). NULL ok. */
+void ath__qpg_close(ath_qpg_t* q);
+/* The last error's message and SQLSTATE ("" when none). */
+const char* ath__qpg_errmsg(const ath_qpg_t* q);
+const char* ath__qpg_sqlstate(const ath_qpg_t* q);
+/* The connection's socket (for uv_poll_init_socket), -1 when broken. */
+int ath__qpg_socket(const ath_qpg_t* q);
+
+/* Creates the schema or brings it to ATH_QPG_SCHEMA_VERSION, in one
+ * transaction under the migrate advisory lock (concurrent nodes wait, then
+ * find it done). ATH_EINVAL when the schema is newer than this build or holds
+ * tables without Athena's meta table. *version (may be NULL) gets the version
+ * found before migrating (0: none). */
+int ath__qpg_migrate(ath_qpg_t* q, int* version);
+
+/* ------------------------------------------------------------ node lease */
+
+typedef struct {
+  const char* node_id;       /* configured nodeId */
+  const char* host;          /* NULL: gethostname */
+  int pid;                   /* 0: getpid() */
+  const char* const* queues; /* NULL-terminated; the queues it claims */
+  int slots;
+  int64_t ttl_ms;      /* heartbeatTimeout: the lease lasts this long per renew */
+  int64_t interval_ms; /* heartbeatInterval: how often the owner renews */
+} ath_qpg_node_t;
+
+/* A node's lease as its owner tracks it. Monotonic times (ns) come from the
+ * caller so tests can pass their own. */
+typedef struct {
+  int64_t incarnation;  /* tasks.lease of everything this node holds */
+  int64_t ttl_ms, interval_ms;
+  uint64_t renewed_ns;  /* monotonic time at which the last successful renew was sent */
+  int64_t expires_at;   /* database time the lease lasts until */
+  int lost;             /* the database said it expired: fenced for good */
+} ath_qpg_lease_t;
+
+/* Registers a new incarnation (an identity column: every start gets a new
+ * one, never reused in the schema) valid for ttl_ms from now; now_ns is
+ * the caller's monotonic clock. */
+int ath__qpg_node_register(ath_qpg_t* q, const ath_qpg_node_t* n, uint64_t now_ns,
+                           ath_qpg_lease_t* lease);
+/* Renews the lease (one UPDATE; `metrics` JSON text or NULL is stored with
+ * it). ATH_EWORKERLOST when the row had already expired or is gone (the
+ * node must fence itself and register again: lease->lost = 1); ATH_ESTORE
+ * when the database did not answer (the lease keeps its old deadline). */
+int ath__qpg_node_renew(ath_qpg_t* q, ath_qpg_lease_t* lease, uint64_t now_ns, const char* metrics);
+/* 1 when the owner must stop claiming and interrupt its attempts: the
+ * database declared the lease lost, or no renew succeeded for
+ * ttl - margin, margin = min(max(2 * interval, 5 s), ttl / 2) (§3.8). */
+int ath__qpg_lease_fenced(const ath_qpg_lease_t* lease, uint64_t now_ns);
+/* Releases the lease at shutdown: the row expires now (the leader rescues
+ * whatever it still leases) and is deleted when it leases nothing. */
+int ath__qpg_node_release(ath_qpg_t* q, ath_qpg_lease_t* lease);
+
+/* ------------------------------------------------------------ tasks */
+
+/* Statuses are ath_status_t (0 pending, 1 scheduled, 2 running, 3 retrying,
+ * 5 completed, 6 failed, 7 cancelled, 8 quarantined, ...). */
+typedef struct {
+  const char* id;        /* unique; an existing id is not inserted again */
+  const char* name;
+  const char* queue;
+  const char* input;     /* JSON text, stored verbatim */
+  const char* parent_id; /* NULL: none */
+  int kind;              /* 0 activity, 1 workflow */
+  int priority, max_attempts, strategy;
+  int64_t delay_ms;       /* > 0: scheduled (due later), else ready now */
+  int64_t close_after_ms; /* > 0: scheduleToClose */
+  int notify;             /* NOTIFY athena_done when it ends */
+} ath_qpg_insert_t;
+
+typedef struct {
+  int64_t seq;
+  int created;         /* 0: the id existed (idempotent insert) */
+  int64_t created_at;
+  char* existing_name; /* created == 0: the existing task's name (malloc'd) */
+} ath_qpg_inserted_t;
+
+/* One attempt's outcome, fenced by (seq, lease, attempt). */
+typedef struct {
+  int64_t seq;
+  int attempt;         /* the claimed attempt */
+  int status;          /* >= 5 terminal; 3 retrying / 1 scheduled: due after
+                          delay_ms (then ath__qpg_stage); 0: returned unrun
+                          (attempt not counted, back in ready) */
+  int64_t delay_ms;
+  const char* result;  /* JSON text or NULL */
+  const char* error;   /* JSON text or NULL (keeps the previous error) */
+  int worker_id;
+} ath_qpg_outcome_t;
+
+/* A claimed (or rescued) task. Strings point into the result and live until
+ * ath__qpg_tasks_free; NULL for SQL NULL. */
+typedef struct {
+  int64_t seq;
+  const char* id;
+  const char* name;
+  const char* queue;
+  int kind, status, priority, attempt, max_attempts, strategy, rescues, wake, hist_n;
+  int resumed; /* a workflow resumption (attempt unchanged) */
+  int64_t created_at, ready_at, started_at, close_by, cancel_at, last_hb; /* -1: NULL */
+  const char* parent_id;
+  const char* input;
+  const char* error;
+  const char* hb;
+  const char* history; /* workflows: the events, comma-joined */
+} ath_qpg_task_t;
+
+typedef struct {
+  ath_qpg_task_t* rows;
+  size_t n;
+  void* res_; /* private */
+} ath_qpg_tasks_t;
+
+void ath__qpg_tasks_free(ath_qpg_tasks_t* t);
+void ath__qpg_inserted_clear(ath_qpg_inserted_t* r, size_t n);
+
+typedef struct {
+  const char* queue;
+  int n;                  /* at most this many, priority DESC, ready_at, seq */
+  ath_qpg_tasks_t* out;   /* receives the rows */
+} ath_qpg_claim_t;
+
+/* One cycle of the backend loop in one round trip (libpq pipeline mode):
+ * inserts and finishes commit together (one transaction, with the NOTIFYs of
+ * what they made ready), then each claim commits on its own; with
+ * one_commit, everything is one transaction (one commit per cycle). A
+ * failing part aborts what follows it. On error, `committed` says whether
+ * the write part committed (then `inserted` / `applied` are valid and
+ * inserted must still be cleared). Claim outputs are always the caller's to
+ * free: a claim that committed before a later one failed keeps its rows
+ * (they are leased); others are empty. Any part may be empty. */
+typedef struct {
+  const ath_qpg_insert_t* inserts;
+  size_t n_inserts;
+  ath_qpg_inserted_t* inserted;   /* n_inserts rows, in input order */
+  const ath_qpg_outcome_t* outcomes;
+  size_t n_outcomes;
+  uint8_t* applied;               /* n_outcomes flags: 0 = fenced out, discard */
+  int64_t lease;                  /* the incarnation claiming and finishing */
+  const ath_qpg_claim_t* claims;
+  size_t n_claims;
+  int one_commit;                 /* claims in the writes' transaction */
+  int committed;                  /* out: the inserts and finishes committed */
+} ath_qpg_cycle_t;
+
+int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c);
+/* One-part cycles. */
+int ath__qpg_insert(ath_qpg_t* q, const ath_qpg_insert_t* rows, size_t n, ath_qpg_inserted_t* out);
+int ath__qpg_claim(ath_qpg_t* q, int64_t lease, const char* queue, int n, ath_qpg_tasks_t* out);
+int ath__qpg_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, size_t n,
+                    uint8_t* applied);
+
+/* Makes due, unleased tasks (scheduled / retrying) ready again, keeping
+ * their ready_at: by seq (the node that armed the timer), or every task due
+ * for more than late_ms when seqs is NULL (the leader's sweep, at most
+ * `limit`). *staged (may be NULL) gets the count. */
+int ath__qpg_stage(ath_qpg_t* q, const int64_t* seqs, size_t n, int64_t late_ms, int limit,
+                   int* staged);
+
+/* Rescue (leader): takes the leases of tasks held by expired or unknown
+ * incarnations under `leader` (rescues + 1), at most `limit`; the caller
+ * decides each one (EWORKERLOST: retry or fail per policy) and writes it
+ * with ath__qpg_finish(leader, ...). `leader` must be an incarnation that
+ * holds control leases only (the leader registers one for its duties, not
+ * the one its workers claim with): tasks still under it from an earlier pass
+ * whose outcome was never written (a lost connection) come back again,
+ * without counting another rescue. Also deletes node rows expired for more
+ * than grace_ms that lease nothing. On error nothing is the caller's. */
+int ath__qpg_rescue(ath_qpg_t* q, int64_t leader, int limit, int64_t grace_ms,
+                    ath_qpg_tasks_t* out);
+
+/* ------------------------------------------------------------ leader */
+
+/* Tries the leader lock (session advisory lock on this connection);
+ * *held = 1 when this session holds it (also when it already did). */
+int ath__qpg_leader_try(ath_qpg_t* q, int* held);
+/* Asks the server whether this session holds the leader lock. */
+int ath__qpg_leader_holds(ath_qpg_t* q, int* held);
+/* Gives the lock up and NOTIFY athena_leader 'resigned'. */
+int ath__qpg_leader_resign(ath_qpg_t* q);
+
+/* ------------------------------------------------------------ cron */
+
+typedef struct {
+  const char* id;
+  const char* name;
+  const char* input;
+  const char* cron;       /* NULL: one-off */
+  const char* queue;      /* NULL: the fire's default */
+  const char* definition; /* hash of what defines it: unchanged = left alone */
+  int64_t next_ms;        /* the first occurrence */
+  int priority;
+  int strategy;
+} ath_qpg_schedule_t;
+
+/* Upserts a schedule; *changed = 1 when it was created or its definition
+ * changed (then next_ms and the rest are replaced), 0 when left alone. */
+int ath__qpg_schedule_put(ath_qpg_t* q, const ath_qpg_schedule_t* s, int* changed);
+/* Fires occurrence `at` of schedule `id` exactly once cluster-wide: one
+ * transaction advances next_ms from `at` to `next` (compare-and-set) and
+ * inserts task "<id>@<at>" ON CONFLICT DO NOTHING (ready at once).
+ * *advanced / *created: what this call did (0 when another leader did it). */
+int ath__qpg_cron_fire(ath_qpg_t* q, const char* id, int64_t at, int64_t next, const char* queue,
+                       int priority, int strategy, int max_attempts, int* advanced, int* created);
+
+/* The SQL of a statement as this connection runs it ("claim", "finish",
+ * "insert", "stage", "rescue"), for EXPLAIN checks; NULL for another name. */
+const char* ath__qpg_statement(const ath_qpg_t* q, const char* name);
+
+/* ------------------------------------------------------------ notifications */
+
+/* LISTENs to the NULL-terminated channels (athena_ready, athena_done, ...). */
+int ath__qpg_listen(ath_qpg_t* q, const char* const* channels);
+typedef void (*ath_qpg_notify_cb)(const char* channel, const char* payload, void* ud);
+/* Reads what the socket has without blocking and calls cb per notification.
+ * Returns how many, or ATH_ESTORE when the connection broke. */
+int ath__qpg_notifies(ath_qpg_t* q, ath_qpg_notify_cb cb, void* ud);
+
+#endif
