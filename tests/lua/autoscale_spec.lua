@@ -204,6 +204,9 @@ return { nap = athena.activity("fl.nap", function(_, input) athena.sleep(input.m
     touch(dir .. "/open") -- load 0 from now on: the next step may retire
     result(gate)
     wait_until(function() return #w:getWorkers() == 1 end, WAIT, "the added worker to retire")
+    -- the line is logged after the worker leaves the list, by the log's thread
+    wait_until(function() return (S.readfile(dir .. "/log") or ""):find("autoscaler retired", 1, true) end,
+      WAIT, "the retirement's log line")
     -- the log's timestamps (ts=...T08:16:42.186Z) of the two steps
     local function at(what)
       local text = S.readfile(dir .. "/log") or ""
