@@ -426,8 +426,11 @@ static void store_main(void* arg) {
       w->gen--; /* the failed generation is still open */
       if (!w->store_stop)
         uv_cond_timedwait(&w->store_cond, &w->lock, RETRY_NS);
-      if (w->store_stop && !w->store_ok)
+      if (w->store_stop && !w->store_ok) {
+        free(batch);
+        free(sbatch);
         break; /* shutting down with a store that keeps failing */
+      }
     } else {
       store_healthy(w, &reopened);
       w->committed_gen = gen;
