@@ -6,7 +6,14 @@
  * lock, so each row is one consistent state), and writes them in one
  * transaction without the lock. In `file` mode acknowledgments wait for the
  * commit of the generation their change belongs to; in `hybrid` mode the
- * thread commits every flushInterval and nobody waits. */
+ * thread commits every flushInterval and nobody waits.
+ *
+ * A commit that fails (a full disk, an I/O error) degrades the store until
+ * one succeeds: the enqueues it held are withdrawn (file mode: their tasks
+ * were never claimed, see ath__queue_pop) and their execute calls answer
+ * the error; new work is refused; everything else is retried every 100 ms.
+ * After an I/O error the provider reopens and verifies the file first
+ * (docs/lua-api.md "When the disk fails"). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
