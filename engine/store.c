@@ -431,8 +431,9 @@ static void store_main(void* arg) {
         ath__sched_release(sbatch[i]);
       }
       w->gen--; /* the failed generation is still open */
-      if (!w->store_stop)
-        uv_cond_timedwait(&w->store_cond, &w->lock, RETRY_NS);
+      /* the full interval, however many changes signal meanwhile */
+      for (uint64_t until = uv_hrtime() + RETRY_NS, now; !w->store_stop && (now = uv_hrtime()) < until;)
+        uv_cond_timedwait(&w->store_cond, &w->lock, until - now);
       if (w->store_stop && !w->store_ok) {
         free(batch);
         free(sbatch);
