@@ -6,7 +6,14 @@
  * lock, so each row is one consistent state), and writes them in one
  * transaction without the lock. In `file` mode acknowledgments wait for the
  * commit of the generation their change belongs to; in `hybrid` mode the
- * thread commits every flushInterval and nobody waits. */
+ * thread commits every flushInterval and nobody waits.
+ *
+ * A commit that fails (a full disk, an I/O error) degrades the store until
+ * one succeeds: the enqueues it held are withdrawn (file mode: their tasks
+ * were never claimed, see ath__queue_pop) and their execute calls answer
+ * the error; new work is refused; everything else is retried every 100 ms.
+ * After an I/O error the provider reopens and verifies the file first
+ * (docs/lua-api.md "When the disk fails"). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -441,10 +448,14 @@ static void store_main(void* arg) {
         ath__sched_release(sbatch[i]);
       }
       w->gen--; /* the failed generation is still open */
-      if (!w->store_stop)
-        uv_cond_timedwait(&w->store_cond, &w->lock, RETRY_NS);
-      if (w->store_stop && !w->store_ok)
+      /* the full interval, however many changes signal meanwhile */
+      for (uint64_t until = uv_hrtime() + RETRY_NS, now; !w->store_stop && (now = uv_hrtime()) < until;)
+        uv_cond_timedwait(&w->store_cond, &w->lock, until - now);
+      if (w->store_stop && !w->store_ok) {
+        free(batch);
+        free(sbatch);
         break; /* shutting down with a store that keeps failing */
+      }
     } else {
       store_healthy(w, &reopened);
       w->committed_gen = gen;

@@ -45,6 +45,8 @@ static int npaths;
 static rec_t* head; /* oldest first */
 static rec_t* tail;
 static int64_t ops, cut_at;
+static int64_t fail_at; /* faultvfs_fail_once: the operation that fails */
+static int fail_at_rc;
 static unsigned cut_seed;
 static int cut_keep_none;
 static atomic_int write_rc, sync_rc;
@@ -158,11 +160,17 @@ static void power_cut(void) {
   _exit(0);
 }
 
-/* Counts an operation of a store file; the one armed cuts the power. Lock
- * held. */
-static void count_op(void) {
+/* Counts an operation of a store file; the one armed cuts the power.
+ * Returns the code the operation fails with (faultvfs_fail_once), or 0.
+ * Lock held. */
+static int count_op(int fail_rc) {
   if (++ops == cut_at)
     power_cut();
+  if (fail_at == 0 || ops < fail_at || fail_rc == 0)
+    return 0; /* a truncate passes: the next write or sync fails */
+  fail_at = 0;
+  atomic_fetch_add(&refused, 1);
+  return fail_rc;
 }
 
 /* The code an injected fault refuses a write or sync with (counted), or 0. */
@@ -198,7 +206,10 @@ static int f_write(sqlite3_file* file, const void* buf, int amt, sqlite3_int64 o
   if (rc != 0)
     return rc;
   pthread_mutex_lock(&mu);
-  count_op();
+  if ((rc = count_op(fail_at_rc)) != 0) {
+    pthread_mutex_unlock(&mu);
+    return rc;
+  }
   rec_t* r = calloc(1, sizeof(*r));
   r->path = f->path;
   r->kind = REC_WRITE;
@@ -238,7 +249,7 @@ static int f_truncate(sqlite3_file* file, sqlite3_int64 size) {
   if (f->path < 0)
     return f->real->pMethods->xTruncate(f->real, size);
   pthread_mutex_lock(&mu);
-  count_op();
+  count_op(0);
   append(size_rec(f, size));
   int rc = f->real->pMethods->xTruncate(f->real, size);
   pthread_mutex_unlock(&mu);
@@ -253,7 +264,10 @@ static int f_sync(sqlite3_file* file, int flags) {
   if (rc != 0)
     return rc;
   pthread_mutex_lock(&mu);
-  count_op();
+  if ((rc = count_op(SQLITE_IOERR_FSYNC)) != 0) {
+    pthread_mutex_unlock(&mu);
+    return rc;
+  }
   rc = f->real->pMethods->xSync(f->real, flags);
   if (rc == SQLITE_OK)
     forget(f->path);
@@ -290,7 +304,7 @@ static int f_file_control(sqlite3_file* file, int op, void* arg) {
     return f->real->pMethods->xFileControl(f->real, op, arg);
   /* the unix VFS grows the file itself here: record it like a truncate */
   pthread_mutex_lock(&mu);
-  count_op();
+  count_op(0);
   rec_t* r = size_rec(f, size_of(f));
   int rc = f->real->pMethods->xFileControl(f->real, op, arg);
   r->off = size_of(f);
@@ -439,6 +453,13 @@ void faultvfs_fail_writes(int sqlite_rc) {
 
 void faultvfs_fail_syncs(int sqlite_rc) {
   atomic_store(&sync_rc, sqlite_rc);
+}
+
+void faultvfs_fail_once(int64_t n, int rc) {
+  pthread_mutex_lock(&mu);
+  fail_at = ops + n;
+  fail_at_rc = rc;
+  pthread_mutex_unlock(&mu);
 }
 
 int64_t faultvfs_refused(void) {

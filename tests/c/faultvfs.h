@@ -24,6 +24,9 @@ void faultvfs_install(void);
  * 0 lets them through again. */
 void faultvfs_fail_writes(int sqlite_rc);
 void faultvfs_fail_syncs(int sqlite_rc);
+/* The `n`th write or sync of the store's files from now (n >= 1) fails,
+ * once: a write with `rc`, a sync with SQLITE_IOERR_FSYNC. */
+void faultvfs_fail_once(int64_t n, int rc);
 /* Writes and syncs refused so far. */
 int64_t faultvfs_refused(void);
 /* Arms a power cut at operation `cut` (0: none); `seed` picks what of the

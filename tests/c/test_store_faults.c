@@ -422,3 +422,54 @@ TEST_IMPL(store_fault_check_fails_stops) {
   store_fixture_teardown(&fx);
   return 0;
 }
+
+/* A fault at every write and sync in turn (one at a time, as SQLite's own
+ * I/O error tests do): the 1st, 2nd, ... 40th operation from some point
+ * fails once, with a full disk or an I/O error (a write's, an fsync's),
+ * while a producer executes. Each execute either returns a handle, and its
+ * task is there after a restart and completes, or answers ENOSPC / EIO,
+ * and its task is nowhere; the store recovers alone each time. */
+TEST_IMPL(store_fault_every_write) {
+  setup();
+  ath_world_t* w = open_world();
+  enum { K = 40, CAP = 2000 };
+  static char acked[CAP][32], refused[CAP][32];
+  int nacked = 0, nrefused = 0, seq = 0;
+  for (int k = 1; k <= K; k++) {
+    int64_t before = faultvfs_refused();
+    faultvfs_fail_once(k, k % 2 ? SQLITE_FULL : SQLITE_IOERR_WRITE);
+    uint64_t t0 = uv_hrtime();
+    char why[512];
+    while (faultvfs_refused() == before || ath_world_health(w, why, sizeof(why)) != 0) {
+      ASSERT_LT(ms_since(t0), 10000);
+      ASSERT_LT(nacked, CAP);
+      ASSERT_LT(nrefused, CAP);
+      char id[32], err[512];
+      snprintf(id, sizeof(id), "w%d-%d", k, seq++);
+      ath_task_t* t;
+      int rc = exec_id(w, "echo", "1", id, &t, err, sizeof(err));
+      if (rc == 0) {
+        ath_task_release(t);
+        snprintf(acked[nacked++], 32, "%s", id);
+        continue;
+      }
+      if (rc != ATH_ENOSPC && rc != ATH_EIO) {
+        fprintf(stderr, "fault at operation %d: execute %s: %s: %s\n", k, id, ath_err_name(rc), err);
+        abort();
+      }
+      snprintf(refused[nrefused++], 32, "%s", id);
+      wait_healthy(w);
+    }
+  }
+  close_world(w);
+  fprintf(stderr, "faults at operations 1..%d: %d executes acknowledged, %d refused\n", K, nacked, nrefused);
+  ASSERT_GT(nrefused, 0);
+  w = open_world();
+  for (int i = 0; i < nacked; i++)
+    assert_completed(w, acked[i], NULL);
+  for (int i = 0; i < nrefused; i++)
+    assert_absent(w, refused[i]);
+  close_world(w);
+  store_fixture_teardown(&fx);
+  return 0;
+}

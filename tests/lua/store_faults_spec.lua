@@ -81,6 +81,13 @@ describe("a full disk (tmpfs)", function()
     assert(#acked > 0, "nothing was acknowledged before the disk filled")
     assert.is_nil(world:query(refused.id)) -- withdrawn: never runs
 
+    -- /healthz says so, and why
+    local url = world:serve { port = 0, metrics = false, dashboard = false }.url
+    local res = assert(athena.http.request { url = url .. "/healthz" })
+    assert.equals(503, res.status)
+    assert.matches("store degraded %(ENOSPC%)", res.body)
+    assert.matches("full", res.body)
+
     -- degraded: refused up front, at once
     local ms, r = S.timed(world.execute, world, "echo", 1, { id = "while-full" })
     assert.is_nil(r[1])
@@ -98,6 +105,9 @@ describe("a full disk (tmpfs)", function()
       return (world:execute("echo", "after", { id = "after" }))
     end, 10000, "execute to work again after the remount")
     assert.equals("after", S.result(h))
+    res = assert(athena.http.request { url = url .. "/healthz" })
+    assert.equals(200, res.status)
+    assert.equals("ok", res.body)
     for _, id in ipairs(acked) do
       local s = S.await(world, id, 20000)
       assert.equals("completed", s.status, id)
