@@ -671,6 +671,63 @@ void ath__sched_release(ath_sched_t* s);
 /* Frees every schedule (world teardown). */
 void ath__sched_free_all(ath_world_t* w);
 
+
+/* A task's end: what ath__finish_task hands to each consumer. */
+typedef struct {
+  ath_task_t* t;
+  ath_status_t st;       /* the terminal state */
+  int64_t now;           /* wall ms */
+} ath_term_ev_t;
+
+/* world.c, exchange.c, retry.c, workflow.c, telemetry.c, vclock.c: the
+ * world's parts calling each other (lock held unless noted) ------------- */
+
+/* exchange.c */
+int ath__add_wake(ath_worker_t** wake, int nwake, ath_worker_t* wk);
+int ath__cancel_locked(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** wake, int nwake, int* accepted);
+void ath__emit_task(ath_world_t* w, ath_task_t* t, int kind, int64_t now);
+int ath__finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t now, ath_worker_t** wake, int nwake);
+int ath__make_ready(ath_world_t* w, ath_task_t* t);
+int ath__pick_sleepers(ath_world_t* w, ath_queue_t* q, int64_t n, ath_worker_t** out, int cap);
+void ath__set_error(ath_task_t* t, int code, const char* message);
+int ath__unqueue(ath_world_t* w, ath_task_t* t);
+void ath__wake_blocked(ath_world_t* w, const ath_task_t* t);
+int ath__wake_runner(ath_task_t* t, ath_worker_t** wake, int nwake);
+/* retry.c */
+int ath__attempt_failed(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o, int64_t now, uint64_t mono, ath_worker_t** wake, int nwake, int* wake_engine);
+int ath__retry_task(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o, int64_t now, uint64_t mono, int* wake_engine);
+/* telemetry.c */
+int ath__add_worker(ath_world_t* w, ath_queue_t* q, int wait, char* err, size_t errlen);
+void ath__lat_add(ath_lat_ring_t* r, double ms, int64_t at);
+void ath__monitor_cb(uv_timer_t* h);
+void ath__scale_cb(uv_timer_t* h);
+void ath__tput_add(ath_world_t* w, int64_t now_ms);
+int ath__telemetry_on_end(ath_world_t* w, const ath_term_ev_t* ev, ath_worker_t** wake, int nwake);
+/* vclock.c */
+int ath__vtimer_less(const void* a, const void* b);
+/* workflow.c */
+void ath__ev_begin(ath_buf_t* b, const ath_task_t* t, const char* type, int64_t now);
+void ath__ev_int(ath_buf_t* b, const char* key, int64_t v);
+void ath__ev_raw(ath_buf_t* b, const char* key, const char* json, size_t len);
+int ath__hold_workflow(ath_world_t* w, ath_task_t* t);
+int ath__home_open(const ath_world_t* w, const ath_worker_t* wk);
+void ath__wf_claimed(ath_task_t* t);
+int ath__wf_park(ath_world_t* w, ath_task_t* t, ath_outcome_t* o, int64_t now, uint64_t mono, ath_worker_t** wake, int nwake, int* wake_engine);
+ath_task_t* ath__wf_pop_home(ath_worker_t* wk);
+int ath__wf_push_buf(ath_world_t* w, ath_task_t* t, ath_buf_t* b);
+int ath__wf_resume(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake);
+int ath__wf_run_timed_out(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake);
+int ath__wf_terminal(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** wake, int nwake);
+int ath__wf_timer_fired(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake);
+int ath__wf_unhome(ath_world_t* w, ath_worker_t* wk, ath_worker_t** wake, int nwake);
+/* world.c */
+void ath__engine_tick(ath_world_t* w);
+void ath__release_all(ath_task_t** a, size_t n);
+void ath__set_err(char* err, size_t errlen, const char* fmt, const char* a);
+ath_task_t* ath__table_get(ath_world_t* w, const char* id, uint64_t hash);
+void ath__table_unlink(ath_world_t* w, ath_task_t* t);
+void ath__term_push(ath_world_t* w, ath_task_t* t);
+
 /* webhook.c: LocalBackend webhooks (SEMANTICS §15) ------------------------- */
 
 enum {

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
+#include "store.h"
 #include "gw_json.h"
 
 /* A number member of obj as milliseconds (or a count), or `dflt` when
@@ -236,4 +237,439 @@ void ath__wf_free(ath_wf_t* wf) {
   free(wf->kids);
   free(wf->forced_err);
   free(wf);
+}
+
+/* ------------------------------------------------ the engine's side
+ *
+ * Histories, parking, outcomes of awaited tasks, cascade (SEMANTICS §9).
+ * The Lua side (athena/workflow.lua) replays the handler against the
+ * history in each segment and parks at the first command whose outcome is
+ * not recorded; everything here runs with the world lock held. */
+
+ath_wfev_t** ath__world_wf_events(ath_world_t* w, ath_task_t* t, uint32_t from, size_t* n,
+                                  uint32_t* total) {
+  uv_mutex_lock(&w->lock);
+  ath_wfev_t** evs = ath__wf_events_from(t->wf, from, n);
+  *total = t->wf->nev;
+  uv_mutex_unlock(&w->lock);
+  return evs;
+}
+
+/* Starts an event {"type":..,"at":..,"run":..; ath__wf_push_buf closes it. */
+void ath__ev_begin(ath_buf_t* b, const ath_task_t* t, const char* type, int64_t now) {
+  char tmp[160];
+  int n = snprintf(tmp, sizeof(tmp), "{\"type\":\"%s\",\"at\":%lld,\"run\":%d", type,
+                   (long long)now, t->attempt);
+  ath__buf_append(b, tmp, (size_t)n);
+}
+
+void ath__ev_int(ath_buf_t* b, const char* key, int64_t v) {
+  char tmp[96];
+  int n = snprintf(tmp, sizeof(tmp), ",\"%s\":%lld", key, (long long)v);
+  ath__buf_append(b, tmp, (size_t)n);
+}
+
+/* Adds "key":json (null when json is NULL). */
+void ath__ev_raw(ath_buf_t* b, const char* key, const char* json, size_t len) {
+  char tmp[64];
+  int n = snprintf(tmp, sizeof(tmp), ",\"%s\":", key);
+  ath__buf_append(b, tmp, (size_t)n);
+  if (json != NULL)
+    ath__buf_append(b, json, len);
+  else
+    ath__buf_lit(b, "null");
+}
+
+/* Appends a finished event to t's history (and consumes b). */
+int ath__wf_push_buf(ath_world_t* w, ath_task_t* t, ath_buf_t* b) {
+  int rc = ath__buf_lit(b, "}");
+  if (rc == 0 && b->data != NULL) {
+    ath_wfev_t* e = ath__wfev_new(b->data, b->len);
+    rc = e != NULL ? ath__wf_push(t->wf, e) : ATH_ENOMEM;
+    ath__store_mark(w, t);
+  }
+  ath__buf_free(b);
+  return rc;
+}
+
+int ath__world_wf_append(ath_world_t* w, ath_task_t* t, const char* json, size_t len, uint64_t* gen) {
+  ath_wfev_t* e = ath__wfev_new(json, len); /* made before the lock */
+  uv_mutex_lock(&w->lock);
+  int rc = e != NULL ? ath__wf_push(t->wf, e) : ATH_ENOMEM;
+  ath__store_mark(w, t);
+  /* §9.2: committed before it proceeds (the caller waits, yielding) */
+  *gen = w->cfg.persistence == ATH_PERSIST_FILE ? w->gen : 0;
+  uv_mutex_unlock(&w->lock);
+  return rc;
+}
+
+/* The error JSON a finished task reports to its workflow. */
+static void ev_task_error(ath_buf_t* b, const ath_task_t* x) {
+  if (x->status == ATH_CANCELLED || x->error == NULL) {
+    char tmp[160];
+    int code = x->status == ATH_CANCELLED ? ATH_ECANCELED : x->err_code ? x->err_code : ATH_EHANDLER;
+    int n = snprintf(tmp, sizeof(tmp), "{\"code\":\"%s\",\"message\":\"%s\",\"retryable\":false,\"attempt\":%d}",
+                     ath_err_name(code), ath_strerror(code), x->attempt);
+    ath__ev_raw(b, "error", tmp, (size_t)n);
+  } else {
+    ath__ev_raw(b, "error", x->error, x->error_len);
+  }
+}
+
+/* Records the outcome of x, which workflow t awaits as its command
+ * t->wf->wait_seq, in t's history. */
+static void wf_record(ath_world_t* w, ath_task_t* t, const ath_task_t* x, int64_t now) {
+  static const char* const family[] = {"", "activity", "child", "compensation"};
+  int kind = t->wf->wait_kind;
+  int ok = x->status == ATH_COMPLETED;
+  char type[40];
+  snprintf(type, sizeof(type), "%s.%s", family[kind], ok ? "completed" : "failed");
+  ath_buf_t b = {0};
+  ath__ev_begin(&b, t, type, now);
+  ath__ev_int(&b, kind == ATH_PARK_COMP ? "index" : "seq", t->wf->wait_seq);
+  if (ok && kind != ATH_PARK_COMP)
+    ath__ev_raw(&b, "result", x->result, x->result_len);
+  else if (!ok)
+    ev_task_error(&b, x);
+  ath__wf_push_buf(w, t, &b);
+}
+
+/* Whether worker wk can take resumptions of the workflows it caches. */
+int ath__home_open(const ath_world_t* w, const ath_worker_t* wk) {
+  return wk->state == ATH_WK_RUNNING && !wk->stop && !atomic_load(&wk->lost) &&
+         (w->state == ATH_W_STARTED || w->draining);
+}
+
+/* Queues a resumption of parked workflow t (its state stays running or
+ * compensating; the claim continues the run): on its home worker, which
+ * still has its coroutine, else in its queue for any worker (which
+ * replays the history). Returns the new nwake. */
+int ath__wf_resume(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake) {
+  ath_wf_t* wf = t->wf;
+  if (wf->wait_task != NULL) {
+    ath_task_release(wf->wait_task);
+    wf->wait_task = NULL;
+  }
+  wf->wait_kind = ATH_PARK_NONE;
+  wf->resuming = 1;
+  t->ready_at = ath__wall(w);
+  t->ready_mono = ath__mono(w);
+  ath__store_mark(w, t);
+  ath_worker_t* home = wf->home;
+  if (home != NULL && wake != NULL && ath__home_open(w, home)) {
+    wf->where = ATH_WF_HOME;
+    ath__list_append(&home->resumes, t);
+    t->queue->depth++;
+    if (home->wants_work) {
+      home->wants_work = 0;
+      nwake = ath__add_wake(wake, nwake, home);
+    }
+    return nwake;
+  }
+  wf->home = NULL;
+  wf->where = ATH_WF_QUEUED;
+  if (ath__queue_push(t->queue, t) != 0) {
+    ath__set_error(t, ATH_ENOMEM, "out of memory resuming the workflow");
+    return ath__finish_task(w, t, ATH_FAILED, ath__wall(w), wake, nwake);
+  }
+  if (wake != NULL && nwake < MAX_WORKERS)
+    nwake += ath__pick_sleepers(w, t->queue, 1, wake + nwake, MAX_WORKERS - nwake);
+  return nwake;
+}
+
+/* Moves the resumptions queued on worker wk (stopping, or lost) to their
+ * queues, for any worker (lock held). Returns the new nwake. */
+int ath__wf_unhome(ath_world_t* w, ath_worker_t* wk, ath_worker_t** wake, int nwake) {
+  for (ath_task_t* t = wk->resumes.head; t != NULL; t = wk->resumes.head) {
+    ath__list_unlink(&wk->resumes, t);
+    t->queue->depth--;
+    t->wf->home = NULL;
+    nwake = ath__wf_resume(w, t, wake, nwake);
+  }
+  return nwake;
+}
+
+/* The next workflow due to resume on wk (lock held), or NULL. */
+ath_task_t* ath__wf_pop_home(ath_worker_t* wk) {
+  ath_task_t* t = wk->resumes.head;
+  if (t != NULL) {
+    ath__list_unlink(&wk->resumes, t);
+    t->queue->depth--;
+  }
+  return t;
+}
+
+/* Cancels t's non-terminal children except `keep`. */
+static int cancel_children(ath_world_t* w, ath_task_t* t, const ath_task_t* keep, int64_t now,
+                           ath_worker_t** wake, int nwake) {
+  ath_wf_t* wf = t->wf;
+  if (wf->kids_lost) { /* the list is incomplete: scan the table */
+    w->kid_scans++;
+    for (size_t b = 0; b < w->table_cap; b++) {
+      for (ath_task_t* c = w->table[b]; c != NULL; c = c->hnext) {
+        int accepted;
+        if (c->parent == t && c != keep && !ATH_IS_TERMINAL(c->status))
+          nwake = ath__cancel_locked(w, c, now, wake, nwake, &accepted);
+      }
+    }
+    return nwake;
+  }
+  /* nothing leaves the table before the critical section ends */
+  for (uint32_t i = wf->kids_lo; i < wf->nkids; i++) {
+    ath_task_t* c = wf->kids[i];
+    int accepted;
+    if (c != NULL && c != keep && !ATH_IS_TERMINAL(c->status))
+      nwake = ath__cancel_locked(w, c, now, wake, nwake, &accepted);
+  }
+  return nwake;
+}
+
+/* Child x failed under `cascade`: its parent t fails with x's error (no
+ * retry, no compensation) and t's other children are cancelled (§8). */
+static int wf_cascade(ath_world_t* w, ath_task_t* t, ath_task_t* x, int64_t now,
+                      ath_worker_t** wake, int nwake) {
+  ath_buf_t e = {0};
+  ev_task_error(&e, x); /* ,"error":{...} */
+  const char* json = e.data ? strchr(e.data, ':') + 1 : NULL;
+  t->wf->forced = 1;
+  nwake = cancel_children(w, t, x, now, wake, nwake);
+  if (ath__unqueue(w, t) != 0) {
+    /* a segment is running: stop it at its next yield point; the outcome
+     * then becomes this failure (ath__world_exchange) */
+    free(t->wf->forced_err);
+    t->wf->forced_err = json ? ath__memdup(json, e.len - (size_t)(json - e.data)) : NULL;
+    t->wf->forced_err_len = t->wf->forced_err ? e.len - (size_t)(json - e.data) : 0;
+    t->wf->forced = 2; /* 2: pending; 1: applied */
+    if (atomic_load(&t->cancel_ns) == 0)
+      atomic_store(&t->cancel_ns, ath__mono(w));
+    ath__buf_free(&e);
+    return ath__wake_runner(t, wake, nwake);
+  }
+  free(t->error);
+  t->error = json ? ath__memdup(json, e.len - (size_t)(json - e.data)) : NULL;
+  t->error_len = t->error ? e.len - (size_t)(json - e.data) : 0;
+  t->err_code = x->err_code ? x->err_code : ATH_ECANCELED;
+  ath__buf_free(&e);
+  return ath__finish_task(w, t, ATH_FAILED, now, wake, nwake);
+}
+
+/* t turned terminal (called by ath__finish_task): its history, its children on
+ * cancel or cascade, and its parent (an awaited outcome or a cascade). */
+int ath__wf_terminal(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** wake, int nwake) {
+  if (t->wf != NULL) {
+    static const char* const names[] = {
+      [ATH_COMPLETED] = "workflow.completed", [ATH_FAILED] = "workflow.failed",
+      [ATH_CANCELLED] = "workflow.cancelled", [ATH_QUARANTINED] = "workflow.failed",
+      [ATH_COMPENSATED] = "workflow.compensated"};
+    ath_buf_t b = {0};
+    ath__ev_begin(&b, t, names[t->status], now);
+    if (t->status == ATH_COMPLETED)
+      ath__ev_raw(&b, "result", t->result, t->result_len);
+    else if (t->status != ATH_CANCELLED)
+      ath__ev_raw(&b, "error", t->error, t->error_len);
+    ath__wf_push_buf(w, t, &b);
+    if (t->wf->wait_task != NULL) {
+      ath_task_release(t->wf->wait_task);
+      t->wf->wait_task = NULL;
+    }
+    if (t->status == ATH_CANCELLED || t->wf->forced)
+      nwake = cancel_children(w, t, NULL, now, wake, nwake);
+  }
+  ath_task_t* p = t->parent;
+  if (p == NULL || ATH_IS_TERMINAL(p->status) || p->wf->forced)
+    return nwake;
+  if (t->status == ATH_FAILED && t->strategy == ATH_STRATEGY_CASCADE && p->status != ATH_COMPENSATING)
+    return wf_cascade(w, p, t, now, wake, nwake);
+  if (p->wf->wait_task == t && p->wf->where == ATH_WF_PARKED) {
+    wf_record(w, p, t, now);
+    nwake = ath__wf_resume(w, p, wake, nwake);
+  }
+  return nwake;
+}
+
+/* A segment of t parked (from its outcome o): record what it waits for,
+ * or resume it at once when the outcome is already there. */
+int ath__wf_park(ath_world_t* w, ath_task_t* t, ath_outcome_t* o, int64_t now, uint64_t mono,
+                   ath_worker_t** wake, int nwake, int* wake_engine) {
+  ath_wf_t* wf = t->wf;
+  wf->wait_kind = o->park_kind;
+  wf->wait_seq = o->park_seq;
+  wf->home = o->home; /* its coroutine waits there */
+  wf->park_nev = wf->nev;
+  ath__store_mark(w, t);
+  if (o->park_kind == ATH_PARK_TIMER) {
+    if (o->park_at > now) {
+      wf->where = ATH_WF_TIMER;
+      t->ready_at = o->park_at;
+      t->ready_mono = ath__after(mono, o->park_at - now);
+      if (ath__heap_push(&w->delayed, t) == 0) {
+        w->n_scheduled++;
+        *wake_engine |= w->delayed.items[0] == t;
+        return nwake;
+      }
+    }
+    ath_buf_t b = {0};
+    ath__ev_begin(&b, t, "timer.fired", now);
+    ath__ev_int(&b, "seq", o->park_seq);
+    ath__wf_push_buf(w, t, &b);
+    return ath__wf_resume(w, t, wake, nwake);
+  }
+  ath_task_t* x = o->park_task;
+  o->park_task = NULL;
+  if (ATH_IS_TERMINAL(x->status)) {
+    wf_record(w, t, x, now);
+    ath_task_release(x);
+    return ath__wf_resume(w, t, wake, nwake);
+  }
+  wf->where = ATH_WF_PARKED;
+  wf->wait_task = x; /* the outcome's reference */
+  return nwake;
+}
+
+/* A segment of workflow t was claimed (lock held). */
+void ath__wf_claimed(ath_task_t* t) {
+  t->wf->where = ATH_WF_SLOT;
+  t->wf->home = NULL;
+  t->wf->segs++;
+}
+
+/* A due timer of a workflow parked in ctx:sleep (engine tick). */
+int ath__wf_timer_fired(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake) {
+  ath_buf_t b = {0};
+  ath__ev_begin(&b, t, "timer.fired", ath__wall(w));
+  ath__ev_int(&b, "seq", t->wf->wait_seq);
+  ath__wf_push_buf(w, t, &b);
+  return ath__wf_resume(w, t, wake, nwake);
+}
+
+/* The run of a workflow parked between segments outlived its `timeout`
+ * (§3: parked time counts): the run fails with ETIMEDOUT like an attempt,
+ * so it is re-run, compensated or final by its strategy. (A run that is in
+ * a slot is stopped by the slot's own deadline.) */
+int ath__wf_run_timed_out(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake) {
+  int64_t now = ath__wall(w);
+  int wake_engine = 0; /* the tick re-arms its timer itself */
+  ath__unqueue(w, t);
+  t->wf->wait_kind = ATH_PARK_NONE;
+  ath__set_error(t, ATH_ETIMEDOUT, "the workflow run exceeded its timeout");
+  ath_outcome_t o = {.task = t, .status = ATH_FAILED, .err_code = ATH_ETIMEDOUT, .retry_after = -1};
+  return ath__attempt_failed(w, t, &o, now, ath__mono(w), wake, nwake, &wake_engine);
+}
+
+static int older_first(const void* a, const void* b) {
+  const ath_task_t* x = *(ath_task_t* const*)a;
+  const ath_task_t* y = *(ath_task_t* const*)b;
+  return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* The tasks t owns that are in RAM with seq > after, as new references in
+ * *out (malloc'd), in no order; returns the count, or -1 when out of
+ * memory. t may be the stored copy of a workflow that left RAM: its owned
+ * tasks still in RAM point at the original, so the table is scanned then
+ * (as when t's list is incomplete). */
+static int ram_children(ath_world_t* w, const ath_task_t* t, uint64_t after, ath_task_t*** out) {
+  uv_mutex_lock(&w->lock);
+  ath_task_t* in_table = ath__table_get(w, t->id, t->hash);
+  ath_wf_t* wf = in_table == t && t->wf != NULL && !t->wf->kids_lost ? t->wf : NULL;
+  size_t cap = wf != NULL ? wf->nkids - wf->kids_lo : 64, n = 0;
+  ath_task_t** a = malloc((cap ? cap : 1) * sizeof(*a));
+  if (a != NULL && wf != NULL) {
+    for (uint32_t i = wf->kids_lo; i < wf->nkids; i++) {
+      ath_task_t* c = wf->kids[i];
+      if (c != NULL && c->seq > after) {
+        ath_task_retain(c);
+        a[n++] = c;
+      }
+    }
+  } else if (a != NULL) {
+    w->kid_scans++;
+    for (size_t b = 0; b < w->table_cap && a != NULL; b++) {
+      for (ath_task_t* c = w->table[b]; c != NULL; c = c->hnext) {
+        if (c->seq <= after || c->parent == NULL ||
+            (c->parent != t && strcmp(c->parent->id, t->id) != 0))
+          continue;
+        if (n == cap) {
+          ath_task_t** g = realloc(a, cap * 2 * sizeof(*a));
+          if (g == NULL) {
+            ath__release_all(a, n);
+            a = NULL;
+            break;
+          }
+          a = g;
+          cap *= 2;
+        }
+        ath_task_retain(c);
+        a[n++] = c;
+      }
+    }
+  }
+  uv_mutex_unlock(&w->lock);
+  *out = a;
+  return a != NULL ? (int)n : -1;
+}
+
+int ath_world_children_after(ath_world_t* w, const ath_task_t* t, uint64_t after, ath_task_t** out,
+                             int cap) {
+  if (cap <= 0 || t->wf == NULL)
+    return 0;
+  ath_task_t** ram;
+  int n = ram_children(w, t, after, &ram);
+  if (n < 0)
+    return ATH_ENOMEM;
+  ath_task_t** stored = NULL;
+  int64_t ns = 0;
+  if (w->reads != NULL) { /* finished ones that left RAM (read with no lock) */
+    ath_store_query_t q = {STORED_MASK, NULL, t->id, 0, 0, cap, 1, after};
+    stored = malloc((size_t)cap * sizeof(*stored));
+    ns = stored != NULL ? ath__stored_tasks(w, &q, stored) : 0;
+    ns = ns < 0 ? 0 : ns;
+  }
+  /* merged in creation order, each once (one may have left RAM meanwhile) */
+  ath_task_t** all = malloc(((size_t)n + (size_t)ns + 1) * sizeof(*all));
+  if (all == NULL) {
+    ath__release_all(ram, (size_t)n);
+    ath__release_all(stored, (size_t)ns);
+    return ATH_ENOMEM;
+  }
+  memcpy(all, ram, (size_t)n * sizeof(*all));
+  if (ns > 0)
+    memcpy(all + n, stored, (size_t)ns * sizeof(*all));
+  free(ram);
+  free(stored);
+  size_t m = (size_t)n + (size_t)ns, k = 0;
+  qsort(all, m, sizeof(*all), older_first);
+  for (size_t i = 0; i < m; i++) {
+    if ((k > 0 && out[k - 1]->seq == all[i]->seq) || k == (size_t)cap)
+      ath_task_release(all[i]);
+    else
+      out[k++] = all[i];
+  }
+  free(all);
+  return (int)k;
+}
+
+int ath_world_children(ath_world_t* w, const ath_task_t* t, ath_task_t** out, int cap) {
+  int n = ath_world_children_after(w, t, 0, out, cap);
+  return n < 0 ? 0 : n;
+}
+
+uint64_t ath_task_seq(const ath_task_t* t) {
+  return t->seq;
+}
+
+/* Keeps workflow t, whose segment a draining shutdown refused a command,
+ * out of the queue until the drain ends (lock held). Returns 0 or
+ * ATH_ENOMEM. */
+int ath__hold_workflow(ath_world_t* w, ath_task_t* t) {
+  if (w->nheld == w->held_cap) {
+    int cap = w->held_cap ? w->held_cap * 2 : 16;
+    ath_task_t** h = realloc(w->held, (size_t)cap * sizeof(*h));
+    if (h == NULL)
+      return ATH_ENOMEM;
+    w->held = h;
+    w->held_cap = cap;
+  }
+  t->wf->where = ATH_WF_PARKED; /* out of any queue: cancel and cascade find it so */
+  w->held[w->nheld++] = t;
+  return 0;
 }

@@ -159,4 +159,12 @@ void ath__world_recovered(ath_world_t* w);
 /* Rebuilds one stored schedule, applying its catchUp (an ath_srow_cb). */
 int ath__sched_recover_row(void* ud, const ath_srow_t* row);
 
+/* The finished statuses a store holds once they left RAM (dead letters
+ * never leave it). */
+#define STORED_MASK ((1u << ATH_COMPLETED) | (1u << ATH_FAILED) | (1u << ATH_CANCELLED))
+/* world.c: up to q->limit stored tasks matching q, as new references in
+ * out (rebuilt from their rows, in no table); returns how many, or an
+ * ATH_E*. Lock not held. */
+int64_t ath__stored_tasks(ath_world_t* w, const ath_store_query_t* q, ath_task_t** out);
+
 #endif

@@ -1,0 +1,530 @@
+/* The executor: the claim/publish exchange with workers, the end of a
+ * task (one terminal event, consumed by the store, telemetry, webhooks,
+ * waiters, workflows and retention), waking workers and waiters. Runs
+ * with the world lock held unless noted. */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "internal.h"
+#include "config.h"
+#include "http.h"
+#include "store.h"
+#include "db.h"
+#include "gw_server.h"
+
+/* Collects up to `n` sleeping workers of `q` into `out` (lock held) and
+ * clears their flags; the caller wakes them after unlocking. */
+int ath__pick_sleepers(ath_world_t* w, ath_queue_t* q, int64_t n,
+                         ath_worker_t** out, int cap) {
+  int k = 0;
+  /* idle workers first: one running a task cannot start another until
+   * that task yields (SEMANTICS §5.2: the fewest running wins) */
+  for (int pass = 0; pass < 2; pass++) {
+    for (int i = 0; i < w->nworkers && k < cap && k < n; i++) {
+      ath_worker_t* wk = w->workers[i];
+      if (wk->queue == q && wk->wants_work && (pass == 1 || wk->running == 0)) {
+        wk->wants_work = 0;
+        atomic_fetch_add_explicit(&wk->wakes_held, 1, memory_order_relaxed);
+        out[k++] = wk;
+      }
+    }
+  }
+  return k;
+}
+
+/* Wakes the workers a critical section collected (lock not held). Each
+ * collection counted the worker in wakes_held, so a retired worker is
+ * freed only once no such wake can still reach it. */
+void ath__wake_all(ath_worker_t** wks, int n) {
+  for (int i = 0; i < n; i++) {
+    ath__worker_wake(wks[i]);
+    atomic_fetch_sub_explicit(&wks[i]->wakes_held, 1, memory_order_release);
+  }
+}
+
+/* Moves a ready task into its queue (lock held). */
+int ath__make_ready(ath_world_t* w, ath_task_t* t) {
+  t->status = ATH_PENDING;
+  ath__store_mark(w, t);
+  return ath__queue_push(t->queue, t);
+}
+
+/* Hands the slots waiting on `t` to their workers (lock held). */
+/* Adds wk to wake[0..nwake) unless it is there; returns the new nwake. */
+int ath__add_wake(ath_worker_t** wake, int nwake, ath_worker_t* wk) {
+  for (int i = 0; i < nwake; i++)
+    if (wake[i] == wk)
+      return nwake;
+  if (nwake < MAX_WORKERS) {
+    atomic_fetch_add_explicit(&wk->wakes_held, 1, memory_order_relaxed);
+    wake[nwake++] = wk;
+  }
+  return nwake;
+}
+
+int ath__waiter_deliver(ath_waiter_t* wt, ath_worker_t** wake, int nwake) {
+  ath_worker_t* wk = wt->slot->wk;
+  wt->next = wk->inbox;
+  wk->inbox = wt;
+  return ath__add_wake(wake, nwake, wk);
+}
+
+/* Wakes the threads blocked on t, or on any task when t is NULL (lock
+ * held). */
+void ath__wake_blocked(ath_world_t* w, const ath_task_t* t) {
+  for (ath_bwait_t* b = w->bwaiters; b != NULL; b = b->next)
+    if (t == NULL || b->task == t)
+      uv_cond_signal(&b->cond);
+}
+
+static int deliver_waiters(ath_task_t* t, ath_worker_t** wake, int nwake) {
+  ath_waiter_t* wt = t->waiters;
+  t->waiters = NULL;
+  while (wt != NULL) {
+    ath_waiter_t* next = wt->next;
+    wt->task = t;
+    nwake = ath__waiter_deliver(wt, wake, nwake);
+    wt = next;
+  }
+  return nwake;
+}
+
+/* Records a task event for the webhooks (lock held): the task and its
+ * state, no JSON; the webhook thread writes the body. */
+void ath__emit_task(ath_world_t* w, ath_task_t* t, int kind, int64_t now) {
+  int err = t->error != NULL && t->status != ATH_COMPLETED;
+  ath__hook_emit_task(w->hook, kind, now, t, err ? t->error : NULL, err ? t->error_len : 0);
+}
+
+/* The end of a task (lock held): finishing it records one terminal event,
+ * and each part of the engine that cares consumes it, in this order: the
+ * store (its row), the expiry heap, telemetry (counters, throughput), the
+ * webhooks, the task's waiters, its workflow (parent or its own), and the
+ * recent-terminal list (retention). Each returns the new nwake. */
+static int end_store(ath_world_t* w, const ath_term_ev_t* ev, ath_worker_t** wake, int nwake) {
+  (void)wake;
+  ath__store_mark(w, ev->t);
+  if (ev->t->exp_idx != UINT32_MAX)
+    ath__heap_remove(&w->expiry, ev->t);
+  return nwake;
+}
+
+static int end_webhooks(ath_world_t* w, const ath_term_ev_t* ev, ath_worker_t** wake, int nwake) {
+  (void)wake;
+  static const int kinds[] = {
+    [ATH_COMPLETED] = ATH_EV_TASK_COMPLETED, [ATH_FAILED] = ATH_EV_TASK_FAILED,
+    [ATH_CANCELLED] = ATH_EV_TASK_CANCELLED, [ATH_QUARANTINED] = ATH_EV_TASK_QUARANTINED,
+    [ATH_COMPENSATED] = ATH_EV_TASK_FAILED,
+  };
+  ath__emit_task(w, ev->t, kinds[ev->st], ev->now);
+  return nwake;
+}
+
+static int end_waiters(ath_world_t* w, const ath_term_ev_t* ev, ath_worker_t** wake, int nwake) {
+  if (ev->t->waiters != NULL)
+    nwake = deliver_waiters(ev->t, wake, nwake);
+  if (w->bwaiters != NULL)
+    ath__wake_blocked(w, ev->t);
+  if (w->cond_waiters > 0)
+    uv_cond_broadcast(&w->cond);
+  return nwake;
+}
+
+static int end_workflow(ath_world_t* w, const ath_term_ev_t* ev, ath_worker_t** wake, int nwake) {
+  if (ev->t->wf != NULL || ev->t->parent != NULL)
+    nwake = ath__wf_terminal(w, ev->t, ev->now, wake, nwake);
+  return nwake;
+}
+
+static int end_retention(ath_world_t* w, const ath_term_ev_t* ev, ath_worker_t** wake, int nwake) {
+  (void)wake;
+  ath__term_push(w, ev->t);
+  return nwake;
+}
+
+static int (*const term_consumers[])(ath_world_t*, const ath_term_ev_t*, ath_worker_t**, int) = {
+  end_store, ath__telemetry_on_end, end_webhooks, end_waiters, end_workflow, end_retention,
+};
+
+/* Moves `t` to the terminal state `st` (lock held) and hands the event to
+ * the consumers above. Returns the new number of workers to wake. */
+int ath__finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t now,
+                     ath_worker_t** wake, int nwake) {
+  t->status = st;
+  t->completed_at = now;
+  ath_term_ev_t ev = {t, st, now};
+  for (size_t i = 0; i < sizeof(term_consumers) / sizeof(term_consumers[0]); i++)
+    nwake = term_consumers[i](w, &ev, wake, nwake);
+  return nwake;
+}
+
+/* Takes an unborn task back out of the world (lock held): its enqueue
+ * could not be committed, so execute answers `code` instead of a handle.
+ * It never ran (unborn tasks are not claimed); it leaves its queue or the
+ * delay heap and the table, and ends as failed with `code` for anyone who
+ * saw it meanwhile (a query, an idempotent execute). A workflow's child is
+ * not withdrawn: its workflow runs on, and waits for the store. Returns
+ * the new nwake. */
+int ath__world_withdraw(ath_world_t* w, ath_task_t* t, int code, ath_worker_t** wake,
+                        int nwake, int* withdrawn) {
+  *withdrawn = 0;
+  if (!t->unborn || t->withdrawn || t->parent != NULL)
+    return nwake;
+  *withdrawn = 1;
+  if (t->status == ATH_PENDING && nwake < MAX_WORKERS) /* the born tasks behind it */
+    nwake += ath__pick_sleepers(w, t->queue, 1, wake + nwake, MAX_WORKERS - nwake);
+  if (!ATH_IS_TERMINAL(t->status)) {
+    ath__unqueue(w, t);
+    ath__set_error(t, code, "its enqueue could not be stored");
+    t->status = ATH_FAILED;
+  }
+  if (t->exp_idx != UINT32_MAX)
+    ath__heap_remove(&w->expiry, t);
+  int listed = ath__table_get(w, t->id, t->hash) == t;
+  ath__table_unlink(w, t);
+  t->withdrawn = 1;
+  t->purged = 1; /* its row is deleted, should a failed commit have stored it */
+  t->err_code = code;
+  if (t->waiters != NULL)
+    nwake = deliver_waiters(t, wake, nwake);
+  if (w->bwaiters != NULL)
+    ath__wake_blocked(w, t);
+  if (listed)
+    ath_task_release(t); /* the table's; the caller's and the store's remain */
+  return nwake;
+}
+
+/* The enqueues of batch[0..n) are committed (lock held): their tasks may
+ * run now; wakes sleeping workers of their queues. Returns the new nwake. */
+int ath__world_born(ath_world_t* w, ath_task_t* const* batch, size_t n, ath_worker_t** wake,
+                    int nwake) {
+  ath_queue_t* none = NULL; /* the last queue found without sleepers */
+  for (size_t i = 0; i < n; i++) {
+    ath_task_t* t = batch[i];
+    if (!t->unborn)
+      continue;
+    t->unborn = 0;
+    if (t->status != ATH_PENDING || t->queue == none || nwake >= MAX_WORKERS)
+      continue;
+    int k = ath__pick_sleepers(w, t->queue, 1, wake + nwake, MAX_WORKERS - nwake);
+    if (k == 0)
+      none = t->queue;
+    nwake += k;
+  }
+  return nwake;
+}
+
+/* Replaces t's error with {code, message, retryable = false}. Lock held;
+ * on allocation failure the task keeps err_code only. */
+void ath__set_error(ath_task_t* t, int code, const char* message) {
+  char buf[256];
+  int retryable = code == ATH_ETIMEDOUT || code == ATH_EWORKERLOST || code == ATH_EHEARTBEAT;
+  int n = snprintf(buf, sizeof(buf),
+                   "{\"code\":\"%s\",\"message\":\"%s\",\"retryable\":%s,\"attempt\":%d}",
+                   ath_err_name(code), message, retryable ? "true" : "false", t->attempt);
+  free(t->error);
+  t->error = ath__memdup(buf, (size_t)n);
+  t->error_len = t->error ? (size_t)n : 0;
+  t->err_code = code;
+}
+
+/* Takes a waiting workflow (or any task not in a slot) out of its queue or
+ * heap. Returns 0, or -1 when it is in a slot. */
+int ath__unqueue(ath_world_t* w, ath_task_t* t) {
+  int where = t->wf ? t->wf->where : ATH_WF_SLOT;
+  if (t->wf && where == ATH_WF_HOME) {
+    ath__list_unlink(&t->wf->home->resumes, t);
+    t->queue->depth--;
+    t->wf->where = ATH_WF_PARKED;
+  } else if (t->status == ATH_PENDING || (t->wf && where == ATH_WF_QUEUED)) {
+    ath__queue_remove(t->queue, t);
+  } else if (t->heap_idx != UINT32_MAX) {
+    ath__heap_remove(&w->delayed, t);
+    w->n_scheduled--;
+  } else if (t->status == ATH_RUNNING || t->status == ATH_COMPENSATING) {
+    if (t->wf == NULL || where == ATH_WF_SLOT)
+      return -1;
+  }
+  if (t->wf != NULL && t->wf->wait_task != NULL) {
+    ath_task_release(t->wf->wait_task);
+    t->wf->wait_task = NULL;
+  }
+  return 0;
+}
+
+int ath__wake_runner(ath_task_t* t, ath_worker_t** wake, int nwake) {
+  ath_worker_t* wk = t->wk;
+  if (wk == NULL)
+    return nwake;
+  atomic_store(&wk->poke, 1);
+  return wake == NULL ? nwake : ath__add_wake(wake, nwake, wk);
+}
+
+/* Cancels t (lock held): at once unless a slot runs it, then at its next
+ * yield point. Returns the new nwake; 0 in *accepted when refused. */
+int ath__cancel_locked(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** wake,
+                         int nwake, int* accepted) {
+  *accepted = 0;
+  if (ATH_IS_TERMINAL(t->status) || t->status == ATH_COMPENSATING)
+    return nwake;
+  *accepted = 1;
+  if (atomic_load(&t->cancel_ns) == 0)
+    atomic_store(&t->cancel_ns, ath__mono(w));
+  ath__store_mark(w, t);
+  if (t->wf != NULL) {
+    ath_buf_t b = {0};
+    ath__ev_begin(&b, t, "cancel.requested", now);
+    ath__wf_push_buf(w, t, &b);
+  }
+  if (ath__unqueue(w, t) == 0)
+    return ath__finish_task(w, t, ATH_CANCELLED, now, wake, nwake);
+  return ath__wake_runner(t, wake, nwake); /* its worker interrupts it */
+}
+
+int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
+                        int max, int* stop, ath_waiter_t** inbox, ath_vtimer_t** fired) {
+  ath_worker_t* wake[MAX_WORKERS];
+  int nwake = 0, ended = 0, n = 0, wake_engine = 0;
+  int64_t now = ath__wall(w);
+  uint64_t mono = ath__mono(w);
+  ath_queue_t* q = wk->queue;
+
+  uv_mutex_lock(&w->lock);
+  if (atomic_load(&wk->lost))
+    wk->noutcomes = 0; /* declared lost: its tasks were failed and moved on */
+  int requeued_before = w->requeued;
+  for (int i = 0; i < wk->noutcomes; i++) {
+    ath_outcome_t* o = &wk->outcomes[i];
+    ath_task_t* t = o->task;
+    q->running--;
+    ath_task_t* last = wk->running_tasks[--wk->running];
+    wk->running_tasks[t->run_pos] = last;
+    last->run_pos = t->run_pos;
+    w->n_running--;
+    t->wk = NULL;
+    ended++;
+    if (!w->cfg.no_metrics)
+      ath__lat_add(&w->lat_run, (double)(mono - t->start_mono) / 1e6, now);
+    if (o->status == ATH_COMPLETED)
+      wk->tasks_completed++;
+    else if (o->status == ATH_FAILED)
+      wk->tasks_failed++;
+    if (t->wf != NULL && o->status == ATH_FAILED && o->err_code == ATH_ESHUTDOWN &&
+        w->state != ATH_W_STARTED)
+      o->status = ATH_PENDING; /* a command refused by the shutdown: not a failure */
+    if (o->status == ATH_PENDING && t->wf != NULL && t->wf->forced != 2) {
+      /* a workflow segment interrupted by shutdown: the run goes on by
+       * replay, in its state (running or compensating) */
+      if (o->park_task != NULL)
+        ath_task_release(o->park_task);
+      w->requeued++;
+      if (w->draining && ath__hold_workflow(w, t) == 0)
+        continue; /* claimed again, it would only be refused again */
+      nwake = ath__wf_resume(w, t, wake, nwake);
+      continue;
+    }
+    if (o->status == ATH_PENDING) { /* interrupted by shutdown: T14 */
+      t->attempt--;
+      t->ready_at = now;
+      t->ready_mono = mono;
+      w->requeued++;
+      if (ath__make_ready(w, t) == 0)
+        continue;
+      o->status = ATH_FAILED;
+      o->err_code = ATH_ENOMEM;
+      o->final = 1;
+    }
+    if (t->wf != NULL) {
+      ath_wf_t* wf = t->wf;
+      if (wf->forced == 2) { /* a cascade failed it meanwhile (§8) */
+        wf->forced = 1;
+        if (o->park_task != NULL)
+          ath_task_release(o->park_task);
+        free(t->error);
+        t->error = wf->forced_err;
+        t->error_len = wf->forced_err_len;
+        wf->forced_err = NULL;
+        nwake = ath__finish_task(w, t, ATH_FAILED, now, wake, nwake);
+        continue;
+      }
+      if (o->park_kind != ATH_PARK_NONE && o->status == ATH_RUNNING) {
+        if (atomic_load(&t->cancel_ns) != 0) { /* cancelled as it parked */
+          if (o->park_task != NULL)
+            ath_task_release(o->park_task);
+          nwake = ath__finish_task(w, t, ATH_CANCELLED, now, wake, nwake);
+          continue;
+        }
+        nwake = ath__wf_park(w, t, o, now, mono, wake, nwake, &wake_engine);
+        continue;
+      }
+      if (t->status == ATH_COMPENSATING) { /* the compensation segment ended (§9.5) */
+        t->err_code = o->err_code;
+        nwake = ath__finish_task(w, t, o->err_code == ATH_ECOMPENSATED ? ATH_COMPENSATED : ATH_FAILED,
+                            now, wake, nwake);
+        continue;
+      }
+    }
+    t->err_code = o->err_code;
+    if (o->status == ATH_FAILED)
+      nwake = ath__attempt_failed(w, t, o, now, mono, wake, nwake, &wake_engine);
+    else
+      nwake = ath__finish_task(w, t, o->status, now, wake, nwake);
+  }
+  wk->noutcomes = 0;
+  if (w->state == ATH_W_STOPPING) /* attempts that ended during the shutdown */
+    w->drained += ended - (w->requeued - requeued_before);
+
+  if (!wk->stop && (w->state == ATH_W_STARTED || w->draining)) {
+    while (n < max) {
+      ath_task_t* t = wk->resumes.head != NULL ? ath__wf_pop_home(wk) : ath__queue_pop(q);
+      if (t == NULL)
+        break;
+      int64_t stc = ath__task_limits(t)->schedule_to_close_ms;
+      if (stc > 0 && now >= t->scheduled_at + stc) {
+        /* expired while waiting: it fails where it is (§6.2) */
+        ath__set_error(t, ATH_ETIMEDOUT, "scheduleToClose expired before the task could run");
+        nwake = ath__finish_task(w, t, t->strategy == ATH_STRATEGY_QUARANTINE ? ATH_QUARANTINED : ATH_FAILED,
+                            now, wake, nwake);
+        continue;
+      }
+      if (t->wf != NULL && t->wf->resuming) {
+        t->wf->resuming = 0; /* the run goes on: same state, same attempt */
+      } else {
+        t->status = ATH_RUNNING;
+        t->attempt++; /* counted before it runs, so a crash still uses a try */
+        /* `now` was read before the lock: a task enqueued meanwhile must not
+         * start before it was created */
+        t->started_at = now < t->created_at ? t->created_at : now;
+        t->start_mono = mono;
+        if (t->wf != NULL && ath__task_limits(t)->timeout_ms > 0) { /* the run's limit, parked time too */
+          t->exp_mono = ath__after(mono, ath__task_limits(t)->timeout_ms);
+          if (t->exp_idx == UINT32_MAX ? ath__heap_push(&w->expiry, t) == 0 : (ath__heap_fix(&w->expiry, t), 1))
+            wake_engine |= w->expiry.items[0] == t;
+        }
+      }
+      if (t->wf != NULL)
+        ath__wf_claimed(t);
+      t->worker_id = wk->id;
+      t->wk = wk;
+      ath__store_mark(w, t);
+      t->run_pos = wk->running + n;
+      wk->running_tasks[t->run_pos] = t;
+      if (!w->cfg.no_metrics)
+        ath__lat_add(&w->lat_wait, mono > t->ready_mono ? (double)(mono - t->ready_mono) / 1e6 : 0, now);
+      out[n++] = t;
+    }
+    q->running += n;
+    wk->running += n;
+    w->n_running += n;
+  }
+  if (wk->resumes.head != NULL && (wk->stop || !ath__home_open(w, wk)))
+    nwake = ath__wf_unhome(w, wk, wake, nwake); /* no more segments here */
+  wk->wants_work = !wk->stop && wk->running < wk->concurrency;
+  *stop = wk->stop && wk->running == 0;
+  *inbox = wk->inbox;
+  wk->inbox = NULL;
+  *fired = wk->fired;
+  wk->fired = NULL;
+  if (ended && w->cond_waiters > 0)
+    uv_cond_broadcast(&w->cond);
+  ath_task_t* dead = ended ? ath__world_term_trim(w) : NULL;
+  uv_mutex_unlock(&w->lock);
+  ath__world_term_free(dead);
+  ath__wake_all(wake, nwake);
+  if (wake_engine)
+    uv_async_send(&w->easync);
+  return n;
+}
+
+int ath__world_await(ath_world_t* w, ath_task_t* t, ath_slot_t* slot) {
+  uv_mutex_lock(&w->lock);
+  if (ATH_IS_TERMINAL(t->status)) {
+    uv_mutex_unlock(&w->lock);
+    return 0;
+  }
+  ath_waiter_t* wt = calloc(1, sizeof(*wt));
+  if (wt == NULL) {
+    uv_mutex_unlock(&w->lock);
+    return ATH_ENOMEM;
+  }
+  wt->slot = slot;
+  wt->next = t->waiters;
+  t->waiters = wt;
+  uv_mutex_unlock(&w->lock);
+  return 1;
+}
+
+uint64_t ath__world_commit_gen(ath_world_t* w, const ath_task_t* t) {
+  if (w->cfg.persistence != ATH_PERSIST_FILE)
+    return 0;
+  uv_mutex_lock(&w->lock);
+  uint64_t gen = t->dirty_gen;
+  uv_mutex_unlock(&w->lock);
+  return gen;
+}
+
+int ath_world_wait(ath_world_t* w, ath_task_t* t, int64_t timeout_ms) {
+  uint64_t deadline = timeout_ms >= 0 ? ath__after(ath__mono_ns(), timeout_ms) : 0;
+  int rc = 0;
+  ath_bwait_t me = {.task = t};
+  if (uv_cond_init(&me.cond) != 0)
+    return ATH_ENOMEM;
+  uv_mutex_lock(&w->lock);
+  me.next = w->bwaiters;
+  w->bwaiters = &me;
+  while (!ATH_IS_TERMINAL(t->status)) {
+    if (w->state == ATH_W_STOPPED) {
+      rc = ATH_ESHUTDOWN;
+      break;
+    }
+    if (timeout_ms < 0) {
+      uv_cond_wait(&me.cond, &w->lock);
+    } else {
+      uint64_t now = ath__mono_ns();
+      if (now >= deadline) {
+        rc = ATH_ETIMEDOUT;
+        break;
+      }
+      uv_cond_timedwait(&me.cond, &w->lock, deadline - now);
+    }
+    w->bwait_wakes++;
+  }
+  for (ath_bwait_t** p = &w->bwaiters; *p; p = &(*p)->next) {
+    if (*p == &me) {
+      *p = me.next;
+      break;
+    }
+  }
+  if (rc == 0)
+    ath__store_wait(w, t->dirty_gen); /* file: the outcome is on disk */
+  uv_mutex_unlock(&w->lock);
+  uv_cond_destroy(&me.cond);
+  return rc;
+}
+
+void ath__world_unawait(ath_world_t* w, ath_task_t* t, ath_slot_t* slot) {
+  uv_mutex_lock(&w->lock);
+  for (ath_waiter_t** p = &t->waiters; *p; p = &(*p)->next) {
+    if ((*p)->slot == slot) {
+      ath_waiter_t* wt = *p;
+      *p = wt->next;
+      free(wt);
+      break;
+    }
+  }
+  /* Already delivered: drop it from the inbox instead. */
+  ath_worker_t* wk = slot->wk;
+  for (ath_waiter_t** p = &wk->inbox; *p; p = &(*p)->next) {
+    if ((*p)->slot == slot) {
+      ath_waiter_t* wt = *p;
+      *p = wt->next;
+      free(wt);
+      break;
+    }
+  }
+  uv_mutex_unlock(&w->lock);
+}
