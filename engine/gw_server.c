@@ -86,6 +86,7 @@ static void thread_main(void* arg) {
   t->wake.data = t;
   uv_mutex_lock(&s->mu);
   s->ready++; /* ath__gws_new waits for every thread's connections */
+  t->looping = rc == 0;
   t->opened = rc == 0 ? 0 : -1;
   uv_cond_broadcast(&s->cond);
   uv_mutex_unlock(&s->mu);
@@ -103,7 +104,7 @@ static int command(ath_gws_t* s, int cmd, ath_http_t* h) {
   uv_mutex_lock(&s->mu);
   for (int i = 0; i < s->nthreads; i++) {
     ath_gwt_t* t = &s->threads[i];
-    if (t->opened < 0) {
+    if (!t->looping || (cmd == GWT_OPEN && t->opened < 0)) {
       failed = 1;
       continue; /* its loop never started */
     }

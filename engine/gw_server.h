@@ -254,6 +254,7 @@ struct ath_gwt_s {
   uv_loop_t loop;            /* the thread's loop: its HTTP connections */
   uv_async_t wake;           /* cmd is set */
   int cmd;                   /* GWT_OPEN, GWT_STOP (under s->mu) */
+  int looping;               /* its loop runs: it takes commands (under s->mu) */
   int opened;                /* 1 open, -1 failed (under s->mu) */
   ath_http_t* http;          /* the listener GWT_OPEN serves */
   struct ath_http_loop_s* hl; /* this thread's HTTP loop, or NULL */
