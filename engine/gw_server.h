@@ -241,7 +241,6 @@ typedef struct ath_gwconn_s ath_gwconn_t;
 struct ath_gwconn_s {
   ath_db_t* db;              /* opened on first use */
   int prepared;              /* set up (pragmas, statement_timeout) */
-  int writer;                /* SQLite: for mutations only (no memory map) */
   uint64_t deadline;         /* the running statement's, monotonic ns */
   ath_gwconn_t* next;        /* idle list */
 };
