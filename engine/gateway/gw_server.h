@@ -243,7 +243,6 @@ typedef struct ath_gwconn_s ath_gwconn_t;
 struct ath_gwconn_s {
   ath_db_t* db;              /* opened on first use */
   int prepared;              /* set up (pragmas, statement_timeout) */
-  int writer;                /* SQLite: for mutations only (no memory map) */
   uint64_t deadline;         /* the running statement's, monotonic ns */
   ath_gwconn_t* next;        /* idle list */
 };
@@ -256,6 +255,7 @@ struct ath_gwt_s {
   uv_loop_t loop;            /* the thread's loop: its HTTP connections */
   uv_async_t wake;           /* cmd is set */
   int cmd;                   /* GWT_OPEN, GWT_STOP (under s->mu) */
+  int looping;               /* its loop runs: it takes commands (under s->mu) */
   int opened;                /* 1 open, -1 failed (under s->mu) */
   ath_http_t* http;          /* the listener GWT_OPEN serves */
   struct ath_http_loop_s* hl; /* this thread's HTTP loop, or NULL */

@@ -1,11 +1,15 @@
-/* The operations HTTP surface (SEMANTICS §14.3) on libh2o, driven by the
- * engine thread's libuv loop: /healthz, /metrics (Prometheus text format
- * 0.0.4), the JSON API under /api/ and the dashboard page at /.
+/* The operations HTTP surface (SEMANTICS §14.3) on libh2o: /healthz,
+ * /metrics (Prometheus text format 0.0.4), the JSON API under /api/ and the
+ * dashboard page at /, and the gateway's routes (gw_server.c).
  *
- * Handlers run on the engine thread and read the world through the public
- * C API, which takes the world lock for each read. Connections are closed
- * after each response (the dashboard polls once a second), so shutdown
- * never waits on idle keep-alive connections.
+ * Without a gateway the engine thread's libuv loop serves every
+ * connection. With one, the engine loop only accepts: each connection is
+ * handed, in turn, to a gateway thread's loop (ath__http_loop_open), which
+ * answers all of its requests, the operations surface's too. Handlers read
+ * the world through the public C API, which takes the world lock for each
+ * read. Operations answers close their connection (the dashboard polls
+ * once a second), so shutdown never waits on idle keep-alive connections;
+ * gateway answers keep theirs, and a stopping gateway loop closes them.
  *
  * Who may do what (docs/operations.md): every request is checked here
  * first for ambiguous framing; the operations surface then needs an

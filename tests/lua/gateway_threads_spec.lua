@@ -66,4 +66,13 @@ describe("gateway threads", function()
     assert.equals(2, #assert(db:query("SELECT id FROM items")))
     db:close()
   end)
+
+  it("are 1 to 64 (one HTTP loop each)", function()
+    local w = S.world {}
+    w:start()
+    local err = S.raises("EINVAL", function()
+      w:serve { port = 0, gateway = { db = "sqlite::memory:", keys = { K = { rights = "*" } }, threads = 65 } }
+    end)
+    assert.matches("threads must be at most 64", err.message, 1, true)
+  end)
 end)
