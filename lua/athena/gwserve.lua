@@ -253,7 +253,7 @@ function M.normalize(g)
     authFailures = number(r.authFailures, "rateLimits.authFailures", 10),
   }
   out.threads = positive(cfg.threads, "threads", 2)
-  if out.threads > 64 then invalid("threads must be at most 64") end -- one HTTP loop each (engine/http.c)
+  if out.threads > 64 then invalid("threads must be at most 64") end -- one HTTP loop each (engine/http/http.c)
   return out
 end
 
