@@ -89,33 +89,35 @@ double ath__config_value(const ath_world_config_t* cfg, const ath_cfg_opt_t* o) 
   return 0;
 }
 
-void ath__config_defaults(ath_world_config_t* cfg) {
-  for (int i = 0; i < ath__config_map_len; i++) {
-    const ath_cfg_opt_t* o = &ath__config_map[i];
-    char* p = (char*)cfg + o->offset;
-    switch (o->kind) {
-    case ATH_CFG_INT:
-    case ATH_CFG_ENUM:
-      *(int*)p = (int)o->def;
-      break;
-    case ATH_CFG_BOOL:
-      *(int*)p = o->negated ? !(int)o->def : (int)o->def;
-      break;
-    case ATH_CFG_COUNT:
-    case ATH_CFG_MS:
-      *(int64_t*)p = (int64_t)o->def;
-      break;
-    case ATH_CFG_NUM:
-      *(double*)p = o->def;
-      break;
-    case ATH_CFG_BYTES:
-      *(size_t*)p = (size_t)o->def;
-      break;
-    case ATH_CFG_STR:
-      *(const char**)p = o->sdef;
-      break;
-    }
+void ath__config_set(ath_world_config_t* cfg, const ath_cfg_opt_t* o, double v) {
+  char* p = (char*)cfg + o->offset;
+  switch (o->kind) {
+  case ATH_CFG_INT:
+  case ATH_CFG_ENUM:
+    *(int*)p = (int)v;
+    break;
+  case ATH_CFG_BOOL:
+    *(int*)p = o->negated ? !(int)v : (int)v;
+    break;
+  case ATH_CFG_COUNT:
+  case ATH_CFG_MS:
+    *(int64_t*)p = (int64_t)v;
+    break;
+  case ATH_CFG_NUM:
+    *(double*)p = v;
+    break;
+  case ATH_CFG_BYTES:
+    *(size_t*)p = (size_t)v;
+    break;
+  case ATH_CFG_STR:
+    *(const char**)p = o->sdef;
+    break;
   }
+}
+
+void ath__config_defaults(ath_world_config_t* cfg) {
+  for (int i = 0; i < ath__config_map_len; i++)
+    ath__config_set(cfg, &ath__config_map[i], ath__config_map[i].def);
 }
 
 int ath__config_check(const ath_world_config_t* cfg, char* err, size_t errlen) {

@@ -43,6 +43,9 @@ extern const int ath__config_map_len;
  * NULL. */
 extern const char* const ath__strategy_names[];
 
+/* Sets option o to the number v (a BOOL as the option reads; a string
+ * option to its default). */
+void ath__config_set(ath_world_config_t* cfg, const ath_cfg_opt_t* o, double v);
 /* Sets every option of the map to its default. */
 void ath__config_defaults(ath_world_config_t* cfg);
 /* Checks every option of the map against its range, then the rules that

@@ -102,6 +102,27 @@ static int expired(ath_slot_t* s, uint64_t now) {
   return SCOPE_TIMEOUT;
 }
 
+/* The interrupt due for slot s's running task: one already marked (an
+ * accepted cancel's grace, a deadline, a shutdown), else a cancel past its
+ * grace or a deadline that passed, which it marks. 0: none. */
+static int due_code(ath_slot_t* s) {
+  ath_worker_t* wk = s->wk;
+  int code = atomic_load_explicit(&s->interrupt, memory_order_relaxed);
+  if (code == 0)
+    code = atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed);
+  if (code == 0) {
+    uint64_t now = ath__mono(wk->w);
+    uint64_t c = atomic_load_explicit(&s->task->cancel_ns, memory_order_relaxed);
+    if (c != 0 && now >= ath__after(c, wk->w->cfg.cancel_grace_ms))
+      code = ATH_ECANCELED;
+    else
+      code = expired(s, now);
+    if (code != 0)
+      atomic_store_explicit(&s->interrupt, code, memory_order_relaxed);
+  }
+  return code;
+}
+
 /* The count hook of every task coroutine (and coroutines they create, which
  * inherit it). Running Lua never lets the worker's loop turn, so the hook
  * checks the deadlines itself, and the cancel grace; once an interrupt is
@@ -115,19 +136,7 @@ static void task_hook(lua_State* co, lua_Debug* ar) {
   /* a busy handler is alive: beat from here too, now and then */
   if ((atomic_fetch_add_explicit(&wk->ticks, 1, memory_order_relaxed) & 63) == 0)
     atomic_store_explicit(&wk->last_heartbeat, ath__now_ms(), memory_order_relaxed);
-  int code = atomic_load_explicit(&s->interrupt, memory_order_relaxed);
-  if (code == 0)
-    code = atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed);
-  if (code == 0) {
-    uint64_t now = ath__mono(s->wk->w);
-    uint64_t c = atomic_load_explicit(&s->task->cancel_ns, memory_order_relaxed);
-    if (c != 0 && now >= ath__after(c, wk->w->cfg.cancel_grace_ms))
-      code = ATH_ECANCELED;
-    else
-      code = expired(s, now);
-    if (code != 0)
-      atomic_store_explicit(&s->interrupt, code, memory_order_relaxed);
-  }
+  int code = due_code(s);
   if (code == 0)
     return;
   if (co == s->co && lua_isyieldable(co) && code != SCOPE_TIMEOUT) {
@@ -362,21 +371,7 @@ ath_slot_t* ath__task_current(lua_State* L) {
 }
 
 int ath__task_due(ath_slot_t* s) {
-  ath_worker_t* wk = s->wk;
-  int code = atomic_load_explicit(&s->interrupt, memory_order_relaxed);
-  if (code == 0)
-    code = atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed);
-  if (code == 0 && s->task != NULL) {
-    uint64_t now = ath__mono(wk->w);
-    uint64_t c = atomic_load_explicit(&s->task->cancel_ns, memory_order_relaxed);
-    if (c != 0 && now >= ath__after(c, wk->w->cfg.cancel_grace_ms))
-      code = ATH_ECANCELED;
-    else
-      code = expired(s, now);
-    if (code != 0)
-      atomic_store_explicit(&s->interrupt, code, memory_order_relaxed);
-  }
-  return code != 0;
+  return s->task != NULL && due_code(s) != 0;
 }
 
 int ath__task_wait_timed_out(lua_State* L) {

@@ -8,30 +8,6 @@
 #include "config.h"
 #include "task.h"
 
-/* Sets option o's field to the number v (its kind's type). */
-static void set(ath_world_config_t* cfg, const ath_cfg_opt_t* o, double v) {
-  char* p = (char*)cfg + o->offset;
-  switch (o->kind) {
-  case ATH_CFG_INT:
-  case ATH_CFG_ENUM:
-  case ATH_CFG_BOOL:
-    *(int*)p = (int)v;
-    break;
-  case ATH_CFG_COUNT:
-  case ATH_CFG_MS:
-    *(int64_t*)p = (int64_t)v;
-    break;
-  case ATH_CFG_NUM:
-    *(double*)p = v;
-    break;
-  case ATH_CFG_BYTES:
-    *(size_t*)p = (size_t)v;
-    break;
-  case ATH_CFG_STR:
-    break;
-  }
-}
-
 TEST_IMPL(config_map_defaults_and_ranges) {
   ASSERT(ath__config_map_len >= 20);
   char err[256];
@@ -56,7 +32,7 @@ TEST_IMPL(config_map_defaults_and_ranges) {
     double below = o->kind == ATH_CFG_NUM ? o->min - 0.01 : o->min - 1;
     if (o->kind != ATH_CFG_BYTES || o->min > 0) {
       ath_world_config_t c = cfg;
-      set(&c, o, below);
+      ath__config_set(&c, o, below);
       if (!(o->kind == ATH_CFG_ENUM && below == o->def)) { /* log.format's unnamed default */
         ASSERT_EQ(ATH_EINVAL, ath__config_check(&c, err, sizeof(err)));
         if (strstr(err, o->name) == NULL)
@@ -66,7 +42,7 @@ TEST_IMPL(config_map_defaults_and_ranges) {
     }
     if (o->max != 0) { /* just above */
       ath_world_config_t c = cfg;
-      set(&c, o, o->kind == ATH_CFG_NUM ? o->max + 0.01 : o->max + 1);
+      ath__config_set(&c, o, o->kind == ATH_CFG_NUM ? o->max + 0.01 : o->max + 1);
       ASSERT_EQ(ATH_EINVAL, ath__config_check(&c, err, sizeof(err)));
       ASSERT(strstr(err, o->name) != NULL);
     }
