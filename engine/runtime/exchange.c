@@ -232,12 +232,25 @@ void ath__set_error(ath_task_t* t, int code, const char* message) {
   t->err_code = code;
 }
 
+/* The listed (serving, not retired or lost) worker of this id, or NULL
+ * (lock held). */
+ath_worker_t* ath__worker_by_id(ath_world_t* w, int id) {
+  for (int i = 0; id != 0 && i < w->nworkers; i++)
+    if (w->workers[i]->id == id)
+      return w->workers[i];
+  return NULL;
+}
+
 /* Takes a waiting workflow (or any task not in a slot) out of its queue or
  * heap. Returns 0, or -1 when it is in a slot. */
 int ath__unqueue(ath_world_t* w, ath_task_t* t) {
   int where = t->wf ? t->wf->where : ATH_WF_SLOT;
   if (t->wf && where == ATH_WF_HOME) {
-    ath__list_unlink(&t->wf->home->resumes, t);
+    /* its home still serves (a worker that stops or is lost hands its
+     * resumptions back first), so it is listed */
+    ath_worker_t* home = ath__worker_by_id(w, t->wf->home);
+    if (home != NULL)
+      ath__list_unlink(&home->resumes, t);
     t->queue->depth--;
     t->wf->where = ATH_WF_PARKED;
   } else if (t->status == ATH_PENDING || (t->wf && where == ATH_WF_QUEUED)) {

@@ -79,8 +79,10 @@ typedef struct {
                           * cached coroutine has seen every event before it
                           * that its index needs (only cancel.requested, which
                           * it ignores, comes from elsewhere meanwhile) */
-  struct ath_worker_s* home; /* parked, its coroutine cached there: resumed
-                              * there, with only the new events; or NULL */
+  int home;              /* parked, its coroutine cached on the worker of this
+                          * id: resumed there, with only the new events, if
+                          * that worker still serves; 0: none. An id, not a
+                          * pointer: a retired worker is freed. */
   int where;             /* ATH_WF_* */
   int resuming;          /* the next claim continues the run: no new attempt */
   int wait_kind;         /* ATH_PARK_*, while parked or on a timer */
@@ -684,6 +686,7 @@ typedef struct {
 
 /* exchange.c */
 int ath__add_wake(ath_worker_t** wake, int nwake, ath_worker_t* wk);
+ath_worker_t* ath__worker_by_id(ath_world_t* w, int id);
 int ath__cancel_locked(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** wake, int nwake, int* accepted);
 void ath__emit_task(ath_world_t* w, ath_task_t* t, int kind, int64_t now);
 int ath__finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t now, ath_worker_t** wake, int nwake);

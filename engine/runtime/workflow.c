@@ -355,7 +355,7 @@ int ath__wf_resume(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake
   t->ready_at = ath__wall(w);
   t->ready_mono = ath__mono(w);
   ath__store_mark(w, t);
-  ath_worker_t* home = wf->home;
+  ath_worker_t* home = ath__worker_by_id(w, wf->home); /* NULL once retired or lost */
   if (home != NULL && wake != NULL && ath__home_open(w, home)) {
     wf->where = ATH_WF_HOME;
     ath__list_append(&home->resumes, t);
@@ -366,7 +366,7 @@ int ath__wf_resume(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake
     }
     return nwake;
   }
-  wf->home = NULL;
+  wf->home = 0;
   wf->where = ATH_WF_QUEUED;
   if (ath__queue_push(t->queue, t) != 0) {
     ath__set_error(t, ATH_ENOMEM, "out of memory resuming the workflow");
@@ -383,7 +383,7 @@ int ath__wf_unhome(ath_world_t* w, ath_worker_t* wk, ath_worker_t** wake, int nw
   for (ath_task_t* t = wk->resumes.head; t != NULL; t = wk->resumes.head) {
     ath__list_unlink(&wk->resumes, t);
     t->queue->depth--;
-    t->wf->home = NULL;
+    t->wf->home = 0;
     nwake = ath__wf_resume(w, t, wake, nwake);
   }
   return nwake;
@@ -494,7 +494,7 @@ int ath__wf_park(ath_world_t* w, ath_task_t* t, ath_outcome_t* o, int64_t now, u
   ath_wf_t* wf = t->wf;
   wf->wait_kind = o->park_kind;
   wf->wait_seq = o->park_seq;
-  wf->home = o->home; /* its coroutine waits there */
+  wf->home = o->home != NULL ? o->home->id : 0; /* its coroutine waits there */
   wf->park_nev = wf->nev;
   ath__store_mark(w, t);
   if (o->park_kind == ATH_PARK_TIMER) {
@@ -529,7 +529,7 @@ int ath__wf_park(ath_world_t* w, ath_task_t* t, ath_outcome_t* o, int64_t now, u
 /* A segment of workflow t was claimed (lock held). */
 void ath__wf_claimed(ath_task_t* t) {
   t->wf->where = ATH_WF_SLOT;
-  t->wf->home = NULL;
+  t->wf->home = 0;
   t->wf->segs++;
 }
 

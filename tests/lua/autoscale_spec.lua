@@ -219,6 +219,35 @@ return { nap = athena.activity("fl.nap", function(_, input) athena.sleep(input.m
     assert.is_true(gap >= 95, "retired " .. gap .. " ms after adding; two intervals are 100 ms")
   end)
 
+  it("a workflow parked on a worker that retires resumes on another one", function()
+    local dir = tmpdir()
+    local w = world { minWorkers = 1, maxWorkers = 2, scaleInterval = 20 }
+    local gate = w:execute("tele.gate", { file = dir .. "/open" }) -- worker-1's one slot
+    wait_until(function()
+      local l, set = ids(w)
+      return #l == 2 and set[l[2]].status == "idle"
+    end, WAIT, "the autoscaler to add a worker that serves")
+    -- they run on the added worker (worker-1 is busy) and park there, their
+    -- coroutines cached on it
+    local hs = {}
+    for i = 1, 6 do hs[i] = w:execute("tele.parked", { ms = 1500 }) end
+    wait_until(function()
+      for _, h in ipairs(hs) do if #h:query().history < 2 then return false end end
+      return true
+    end, WAIT, "the workflows to park")
+    touch(dir .. "/open")
+    result(gate)
+    wait_until(function() return #w:getWorkers() == 1 end, WAIT, "the added worker to retire")
+    for _, h in ipairs(hs) do assert.equals("running", h:status()) end -- still parked
+    -- their timers fire after the retirement: each resumes on worker-1,
+    -- which replays its history (the worker that cached it is gone)
+    for _, h in ipairs(hs) do
+      local v, err = h:result(10000)
+      assert.is_nil(err)
+      assert.is_string(v)
+    end
+  end)
+
   it("never reuses a worker id: scaling up again brings new ids", function()
     local w = world { minWorkers = 1, maxWorkers = 3, scaleInterval = 100 }
     local everSeen = {}
