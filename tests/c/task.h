@@ -55,7 +55,7 @@ static inline const char* test_pg_url(void) {
   ASSERT_NOT_NULL(path);
   FILE* f = fopen(path, "r");
   ASSERT_NOT_NULL(f);
-  static char url[512];
+  static _Thread_local char url[512]; /* threads of one test read it too */
   ASSERT_NOT_NULL(fgets(url, sizeof(url), f));
   fclose(f);
   url[strcspn(url, "\r\n")] = '\0';
