@@ -79,7 +79,7 @@ static const char* const MIGRATIONS[ATH_QPG_SCHEMA_VERSION] = {
 
 /* What a commit made ready: one NOTIFY athena_ready per queue ($n = notify). */
 #define NOTIFY_READY(cte, flag) \
-  "SELECT pg_notify('athena_ready', q) FROM (SELECT DISTINCT queue AS q FROM " cte ") x WHERE " flag
+  "SELECT pg_notify('athena_ready{H}', q) FROM (SELECT DISTINCT queue AS q FROM " cte ") x WHERE " flag
 
 enum {
   ST_INSERT,
@@ -160,7 +160,7 @@ static const char* const STMTS[ST_COUNT] = {
     " r AS (INSERT INTO {S}.ready (seq, queue, priority, ready_at)"
     "   SELECT seq, queue, priority, ready_at FROM f WHERE status = 0"
     "   ON CONFLICT (seq) DO NOTHING RETURNING queue),"
-    " n AS (SELECT pg_notify('athena_done', string_agg(seq::text, ','))"
+    " n AS (SELECT pg_notify('athena_done{H}', string_agg(seq::text, ','))"
     "   FROM (SELECT seq, (row_number() OVER ()) / 350 AS g FROM f WHERE notify AND status >= 5) x"
     "   WHERE $9 GROUP BY g"
     "   UNION ALL " NOTIFY_READY("r", "$9") ")"
@@ -236,6 +236,7 @@ struct ath_qpg_s {
   PGconn* conn;
   char* schema;         /* as given (the lock key hashes it) */
   char* qschema;        /* quoted as an identifier */
+  char suffix[10];      /* of its channels (channel_suffix) */
   char* sql[ST_COUNT];  /* {S} substituted */
   uint32_t prepared;    /* bit per statement */
   int notify;
@@ -280,12 +281,29 @@ const char* ath__qpg_sqlstate(const ath_qpg_t* q) { return q->sqlstate; }
 int ath__qpg_socket(const ath_qpg_t* q) { return PQstatus(q->conn) == CONNECTION_OK ? PQsocket(q->conn) : -1; }
 
 /* `tmpl` with every {S} replaced by `rep`. */
-static char* subst(const char* tmpl, const char* rep) {
+/* The channels' suffix of this schema: "_" and 8 hex digits of a hash of
+ * its name, so that two schemas in one database (two clusters, or tests
+ * side by side) never hear each other's notifications (channel names are
+ * database-wide). */
+static void channel_suffix(const char* schema, char out[10]) {
+  snprintf(out, 10, "_%08x", (unsigned)(ath__hash_str(schema) & 0xffffffffu));
+}
+
+/* tmpl with {S} replaced by the quoted schema and {H} by the channels'
+ * suffix (NULL: none). */
+static char* subst2(const char* tmpl, const char* rep, const char* suffix) {
   ath_buf_t b = {0};
   const char* p = tmpl;
   const char* m;
-  while ((m = strstr(p, "{S}")) != NULL) {
-    if (ath__buf_append(&b, p, (size_t)(m - p)) < 0 || ath__buf_append(&b, rep, strlen(rep)) < 0)
+  while ((m = strpbrk(p, "{")) != NULL) {
+    const char* with = strncmp(m, "{S}", 3) == 0 ? rep : strncmp(m, "{H}", 3) == 0 ? suffix : NULL;
+    if (with == NULL) { /* a brace of the SQL itself */
+      if (ath__buf_append(&b, p, (size_t)(m - p) + 1) < 0)
+        goto oom;
+      p = m + 1;
+      continue;
+    }
+    if (ath__buf_append(&b, p, (size_t)(m - p)) < 0 || ath__buf_append(&b, with, strlen(with)) < 0)
       goto oom;
     p = m + 3;
   }
@@ -295,6 +313,10 @@ static char* subst(const char* tmpl, const char* rep) {
 oom:
   ath__buf_free(&b);
   return NULL;
+}
+
+static char* subst(const char* tmpl, const char* rep) {
+  return subst2(tmpl, rep, "");
 }
 
 /* A blocking statement outside any pipeline (setup, locks, LISTEN). */
@@ -349,6 +371,7 @@ int ath__qpg_open(const char* conninfo, const char* schema, int notify, ath_qpg_
     conn_err(q);
     goto fail;
   }
+  channel_suffix(schema, q->suffix);
   char* quoted = PQescapeIdentifier(q->conn, schema, strlen(schema));
   if (quoted == NULL) {
     conn_err(q);
@@ -361,7 +384,7 @@ int ath__qpg_open(const char* conninfo, const char* schema, int notify, ath_qpg_
     goto fail;
   }
   for (int i = 0; i < ST_COUNT; i++) {
-    if ((q->sql[i] = subst(STMTS[i], q->qschema)) == NULL) {
+    if ((q->sql[i] = subst2(STMTS[i], q->qschema, q->suffix)) == NULL) {
       rc = ATH_ENOMEM;
       goto fail;
     }
@@ -1264,8 +1287,12 @@ int ath__qpg_leader_holds(ath_qpg_t* q, int* held) {
 
 int ath__qpg_leader_resign(ath_qpg_t* q) {
   int rc = leader_query(q, "SELECT pg_advisory_unlock($1::int, hashtext($2))", NULL);
-  if (rc == 0 && q->notify)
-    rc = exec_ok(q, "SELECT pg_notify('athena_leader', 'resigned')", 0, NULL);
+  if (rc == 0 && q->notify) {
+    char ch[32];
+    snprintf(ch, sizeof(ch), "athena_leader%s", q->suffix);
+    const char* v[1] = {ch};
+    rc = exec_ok(q, "SELECT pg_notify($1, 'resigned')", 1, v);
+  }
   return rc;
 }
 
@@ -1315,7 +1342,9 @@ int ath__qpg_cron_fire(ath_qpg_t* q, const char* id, int64_t at, int64_t next, c
 int ath__qpg_listen(ath_qpg_t* q, const char* const* channels) {
   q->err[0] = q->sqlstate[0] = '\0';
   for (const char* const* c = channels; c != NULL && *c != NULL; c++) {
-    char* id = PQescapeIdentifier(q->conn, *c, strlen(*c));
+    char ch[96];
+    snprintf(ch, sizeof(ch), "%s%s", *c, q->suffix); /* this schema's */
+    char* id = PQescapeIdentifier(q->conn, ch, strlen(ch));
     if (id == NULL)
       return conn_err(q);
     ath_buf_t b = {0};
@@ -1338,6 +1367,10 @@ int ath__qpg_notifies(ath_qpg_t* q, ath_qpg_notify_cb cb, void* ud) {
   int n = 0;
   PGnotify* m;
   while ((m = PQnotifies(q->conn)) != NULL) {
+    /* the name a caller listened for: without this schema's suffix */
+    size_t len = strlen(m->relname), sl = strlen(q->suffix);
+    if (len > sl && strcmp(m->relname + len - sl, q->suffix) == 0)
+      m->relname[len - sl] = '\0';
     cb(m->relname, m->extra, ud);
     PQfreemem(m);
     n++;
