@@ -878,6 +878,17 @@ fail:
 
 /* Moves due delayed tasks to their queues and re-arms the timer for the
  * next one. Runs on the engine thread. */
+/* Closes the engine loop's own handles (on the engine thread; the loop
+ * then runs their close callbacks). */
+static void close_engine_handles(ath_world_t* w) {
+  uv_close((uv_handle_t*)&w->scale_timer, NULL);
+  uv_close((uv_handle_t*)&w->monitor_timer, NULL);
+  uv_close((uv_handle_t*)&w->stimer, NULL);
+  uv_close((uv_handle_t*)&w->prune_timer, NULL);
+  uv_close((uv_handle_t*)&w->etimer, NULL);
+  uv_close((uv_handle_t*)&w->easync, NULL);
+}
+
 static void engine_timer_cb(uv_timer_t* h);
 
 void ath__engine_tick(ath_world_t* w) {
@@ -979,12 +990,7 @@ static void engine_async_cb(uv_async_t* h) {
       ath__http_stop(w->http[i]);
     w->nhttp = 0;
     w->gws = NULL;
-    uv_close((uv_handle_t*)&w->scale_timer, NULL);
-    uv_close((uv_handle_t*)&w->monitor_timer, NULL);
-    uv_close((uv_handle_t*)&w->stimer, NULL);
-    uv_close((uv_handle_t*)&w->prune_timer, NULL);
-    uv_close((uv_handle_t*)&w->etimer, NULL);
-    uv_close((uv_handle_t*)&w->easync, NULL);
+    close_engine_handles(w);
     return;
   }
   if (w->manual)
@@ -1084,12 +1090,7 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
     ath__store_stop(w);
     ath__hook_stop(w->hook);
     w->hook = NULL;
-    uv_close((uv_handle_t*)&w->scale_timer, NULL);
-    uv_close((uv_handle_t*)&w->monitor_timer, NULL);
-    uv_close((uv_handle_t*)&w->stimer, NULL);
-    uv_close((uv_handle_t*)&w->prune_timer, NULL);
-    uv_close((uv_handle_t*)&w->etimer, NULL);
-    uv_close((uv_handle_t*)&w->easync, NULL);
+    close_engine_handles(w);
     uv_run(&w->eloop, UV_RUN_DEFAULT);
     uv_loop_close(&w->eloop);
     w->state = ATH_W_STOPPED;
