@@ -107,40 +107,25 @@ static const char** opt_strv(lua_State* L, int t, const char* k, int zero_based)
 static void read_options(lua_State* L, int t, ath_world_config_t* cfg) {
   for (int i = 0; i < ath__config_map_len; i++) {
     const ath_cfg_opt_t* o = &ath__config_map[i];
-    char* p = (char*)cfg + o->offset;
-    int type = lua_getfield(L, t, o->name);
-    if (type != LUA_TNIL) {
-      switch (o->kind) {
-      case ATH_CFG_INT:
-        *(int*)p = (int)luaL_checkinteger(L, -1);
-        break;
-      case ATH_CFG_COUNT:
-      case ATH_CFG_MS:
-        *(int64_t*)p = (int64_t)luaL_checkinteger(L, -1);
-        break;
-      case ATH_CFG_NUM:
-        *(double*)p = luaL_checknumber(L, -1);
-        break;
-      case ATH_CFG_BOOL:
-        *(int*)p = lua_toboolean(L, -1) ? !o->negated : o->negated;
-        break;
-      case ATH_CFG_STR:
-        *(const char**)p = luaL_checkstring(L, -1);
-        break;
-      case ATH_CFG_BYTES:
-        *(size_t*)p = (size_t)luaL_checkinteger(L, -1);
-        break;
-      case ATH_CFG_ENUM: {
-        const char* name = luaL_checkstring(L, -1);
-        int k = 0;
-        while (o->values[k] != NULL && strcmp(o->values[k], name) != 0)
-          k++;
-        if (o->values[k] == NULL)
-          ath__raise(L, ATH_EINVAL, "invalid %s: %s (%s)", o->name, name, o->rule);
-        *(int*)p = k;
-        break;
-      }
-      }
+    if (lua_getfield(L, t, o->name) == LUA_TNIL) {
+      lua_pop(L, 1);
+      continue;
+    }
+    if (o->kind == ATH_CFG_STR) {
+      *(const char**)((char*)cfg + o->offset) = luaL_checkstring(L, -1);
+    } else if (o->kind == ATH_CFG_ENUM) {
+      const char* name = luaL_checkstring(L, -1);
+      int k = 0;
+      while (o->values[k] != NULL && strcmp(o->values[k], name) != 0)
+        k++;
+      if (o->values[k] == NULL)
+        ath__raise(L, ATH_EINVAL, "invalid %s: %s (%s)", o->name, name, o->rule);
+      ath__config_set(cfg, o, k);
+    } else { /* numbers; durations and counts are below 2^53, exact as doubles */
+      double v = o->kind == ATH_CFG_NUM    ? luaL_checknumber(L, -1)
+                 : o->kind == ATH_CFG_BOOL ? lua_toboolean(L, -1)
+                                           : (double)luaL_checkinteger(L, -1);
+      ath__config_set(cfg, o, v);
     }
     lua_pop(L, 1);
   }

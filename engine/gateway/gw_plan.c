@@ -2033,6 +2033,18 @@ static int keyset_eq(const ath_gw_keyset_t* k, const int* cols, size_t n) {
   return 1;
 }
 
+/* Adds column idx to out[0..*ncols) unless it is there. Returns 0, or
+ * ATH_EINVAL (the answer set) when there is no room. */
+static int add_conflict_col(cx_t* c, int* out, size_t* ncols, size_t cap, int idx) {
+  for (size_t i = 0; i < *ncols; i++)
+    if (out[i] == idx)
+      return 0;
+  if (*ncols + 1 >= cap)
+    return fail(c, 400, "invalid_on_conflict", "on_conflict names too many columns");
+  out[(*ncols)++] = idx;
+  return 0;
+}
+
 /* Reads `on_conflict` into cols/ncols (arena); *present when given. */
 static int read_on_conflict(cx_t* c, int** cols, size_t* ncols,
                             int* present) {
@@ -2058,17 +2070,9 @@ static int read_on_conflict(cx_t* c, int** cols, size_t* ncols,
           s++;
         while (e > s && isspace((unsigned char)v->str[e - 1]))
           e--;
-        if (find_col(c, v->str + s, e - s, "on_conflict", &idx) != 0)
+        if (find_col(c, v->str + s, e - s, "on_conflict", &idx) != 0 ||
+            add_conflict_col(c, out, ncols, cap, idx) != 0)
           return ATH_EINVAL;
-        for (i = 0; i < *ncols; i++)
-          if (out[i] == idx)
-            break;
-        if (i == *ncols) {
-          if (*ncols + 1 >= cap)
-            return fail(c, 400, "invalid_on_conflict",
-                        "on_conflict names too many columns");
-          out[(*ncols)++] = idx;
-        }
         a = k + 1;
       }
     }
@@ -2081,17 +2085,9 @@ static int read_on_conflict(cx_t* c, int** cols, size_t* ncols,
       if (it->type != ATH_GJ_STRING)
         return fail(c, 400, "invalid_identifier",
                     "%s is not a valid column name", pw.s);
-      if (find_col(c, it->str, it->len, pw.s, &idx) != 0)
+      if (find_col(c, it->str, it->len, pw.s, &idx) != 0 ||
+          add_conflict_col(c, out, ncols, cap, idx) != 0)
         return ATH_EINVAL;
-      for (i = 0; i < *ncols; i++)
-        if (out[i] == idx)
-          break;
-      if (i == *ncols) {
-        if (*ncols + 1 >= cap)
-          return fail(c, 400, "invalid_on_conflict",
-                      "on_conflict names too many columns");
-        out[(*ncols)++] = idx;
-      }
     }
   } else {
     return fail(c, 400, "invalid_on_conflict",

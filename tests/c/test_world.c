@@ -566,3 +566,26 @@ TEST_IMPL(world_children_list) {
   remove_module();
   return 0;
 }
+
+/* A C host that starts a world without installing the Lua runtime gets a
+ * clear EINVAL (no worker starts, nothing crashes); installed, it starts. */
+TEST_IMPL(world_start_without_runtime) {
+  write_module();
+  ath_world_t* w = new_world(1, NULL);
+  ASSERT_OK(reg(w, "echo", NULL, 0));
+  char err[512] = "";
+  ath_runtime_install(NULL);
+  ASSERT_EQ(ATH_EINVAL, ath_world_start(w, err, sizeof(err)));
+  ASSERT(strstr(err, "ath_runtime_install") != NULL);
+  ath_runtime_install(ath_lua_runtime());
+  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  ath_task_t* t;
+  ASSERT_OK(exec1(w, "echo", "{\"a\":1}", &t));
+  ASSERT_OK(ath_world_wait(w, t, 10000));
+  ASSERT_EQ(ATH_COMPLETED, ath_task_status(w, t));
+  ath_task_release(t);
+  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}

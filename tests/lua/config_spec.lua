@@ -86,6 +86,15 @@ describe("athena.World.new", function()
     end
   end)
 
+  it("sizes take an integer or a string with a unit, one syntax for memoryLimit and log.maxSize", function()
+    for _, v in ipairs { "10", "10 MB", "10mb", "1.5MB", "MB", 0, -1, 1.5, true } do
+      bad_config({ log = { maxSize = v } }, "log.maxSize")
+    end
+    athena.World.new(cfg { log = { maxSize = "10MB" }, memoryLimit = "64MB" }):shutdown()
+    athena.World.new(cfg { log = { maxSize = 4096 }, memoryLimit = 67108864 }):shutdown()
+    athena.World.new(cfg { log = { maxSize = "4096B" } }):shutdown()
+  end)
+
   describe("workflowCache", function()
     it("rejects a value that is not an integer 0-1000000, naming it", function()
       for _, v in ipairs { -1, 1.5, 1000001, "10", true } do
