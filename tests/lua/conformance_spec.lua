@@ -101,10 +101,12 @@ describe("issue 14 bugs", function()
   it("getWorkers() reports a worker draining at shutdown as stopping, not busy", function()
     local w = world { minWorkers = 1 }
     local h = w:execute("conf.watch", { ms = 5000 })
+    -- the watcher itself must have seen "busy" before the shutdown begins
+    -- (a claimed task can still wait for its worker to run it)
     S.eventually(function()
-      local ws = w:getWorkers()
-      return ws[1].status == "busy" and #ws[1].running == 1
-    end, S.WAIT, "the watcher to run")
+      local d = h:query().heartbeatDetails
+      return d and d[1] == "busy"
+    end, S.WAIT, "the watcher to see its worker busy")
     local t0 = athena.now()
     local r = w:shutdown { timeout = "10s" }
     assert.equals(1, r.drained)
