@@ -243,6 +243,7 @@ static int snapshot(ath_task_t* t, ath_row_t* r) {
   r->input = t->input;
   r->input_len = t->input_len;
   r->deleted = t->purged;
+  r->stored = t->stored;
   if (ATH_IS_TERMINAL(t->status)) {
     r->result = t->result;
     r->result_len = t->result_len;
@@ -459,6 +460,8 @@ static void store_main(void* arg) {
     } else {
       store_healthy(w, &reopened);
       w->committed_gen = gen;
+      for (size_t i = 0; i < n; i++)
+        batch[i]->stored = 1;
       uv_cond_broadcast(&w->cond); /* file-mode acknowledgments, throttled producers */
       ath_task_t* dead = ath__world_term_trim(w); /* committed: they leave RAM */
       ath_worker_t* wake[MAX_WORKERS];

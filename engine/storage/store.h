@@ -42,6 +42,7 @@ typedef struct {
   uint32_t ev_from;
   const char* call;   size_t call_len;   /* per-call limits (JSON), NULL: none */
   int deleted;        /* write: delete the row (purge, retention) */
+  int stored;         /* write: a commit wrote the row before (load: 1) */
 } ath_row_t;
 
 typedef int (*ath_row_cb)(void* ud, const ath_row_t* row);
@@ -82,7 +83,9 @@ struct ath_store_vt_s {
   void (*close)(ath_store_t* s);
   /* Reads, from any thread, concurrently with the writer and each other
    * (each on a connection of its own): what is committed. */
-  /* Calls cb with task `id`'s row; ATH_ENOTFOUND when there is none. */
+  /* Reads serve tasks that left RAM, which are finished: they see finished
+   * rows only (a live task is in RAM). */
+  /* Calls cb with finished task `id`'s row; ATH_ENOTFOUND when there is none. */
   int (*get)(ath_store_t* s, const char* id, ath_row_cb cb, void* ud, char* err, size_t errlen);
   /* Calls cb for the rows that match `q`, in its order, at most q->limit. */
   int (*query)(ath_store_t* s, const ath_store_query_t* q, ath_row_cb cb, void* ud, char* err,
