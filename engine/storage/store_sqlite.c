@@ -98,11 +98,11 @@ static const char* const migrations[SCHEMA_VERSION] = {
    * read of the store is of tasks that left RAM, which are finished, so a
    * queued or running row is written to the table alone, and an index
    * entry is written once, when its task finishes, instead of on every
-   * change of status. */
+   * change of status. tasks_name goes: every read names one status, and
+   * SQLite chose tasks_status for each of them, name or not. */
   "DROP INDEX tasks_id; DROP INDEX tasks_status; DROP INDEX tasks_name; DROP INDEX tasks_parent;"
   "CREATE INDEX tasks_id ON tasks (id) WHERE " TERMINAL_ROW ";"
   "CREATE INDEX tasks_status ON tasks (status, created_at) WHERE " TERMINAL_ROW ";"
-  "CREATE INDEX tasks_name ON tasks (name, created_at) WHERE " TERMINAL_ROW ";"
   "CREATE INDEX tasks_parent ON tasks (parent_id, seq) WHERE parent_id IS NOT NULL AND " TERMINAL_ROW ";",
 };
 
