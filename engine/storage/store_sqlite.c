@@ -22,6 +22,7 @@ typedef struct {
 struct ath_store_s {
   sqlite3* db;
   sqlite3_stmt* upsert;
+  sqlite3_stmt* insert;  /* a new row (the upsert when it turns out not to be) */
   sqlite3_stmt* update;  /* a row a commit wrote before: what changes */
   sqlite3_stmt* del;
   sqlite3_stmt* supsert;
@@ -220,13 +221,16 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
 #define CHANGING_COLUMNS                                                                   \
   "status=?3, attempt=?4, started_at=?13, completed_at=?14, worker_id=?15, ready_at=?12,"  \
   " result=?17, error=CASE WHEN ?21 THEN error ELSE ?18 END, heartbeat=?19, last_heartbeat=?20"
-    static const char* upsert =
-      "INSERT INTO tasks (id, name, status, attempt, max_attempts, strategy, priority, queue, seq,"
-      " created_at, scheduled_at, ready_at, started_at, completed_at, worker_id, input, result,"
-      " error, heartbeat, last_heartbeat, parent_id, history, call) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,"
-      "?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?22,NULL,?24) ON CONFLICT(seq) DO UPDATE SET "
-      CHANGING_COLUMNS;
-    int prc = sqlite3_prepare_v3(s->db, upsert, -1, SQLITE_PREPARE_PERSISTENT, &s->upsert, NULL);
+#define INSERT_ROW                                                                            \
+  "INSERT INTO tasks (id, name, status, attempt, max_attempts, strategy, priority, queue, seq,"      \
+  " created_at, scheduled_at, ready_at, started_at, completed_at, worker_id, input, result,"         \
+  " error, heartbeat, last_heartbeat, parent_id, history, call) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9," \
+  "?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?22,NULL,?24)"
+    int prc = sqlite3_prepare_v3(s->db, INSERT_ROW " ON CONFLICT(seq) DO UPDATE SET " CHANGING_COLUMNS,
+                                 -1, SQLITE_PREPARE_PERSISTENT, &s->upsert, NULL);
+    if (prc == SQLITE_OK)
+      prc = sqlite3_prepare_v3(s->db, INSERT_ROW, -1, SQLITE_PREPARE_PERSISTENT, &s->insert, NULL);
+#undef INSERT_ROW
     if (prc == SQLITE_OK)
       prc = sqlite3_prepare_v3(s->db, "UPDATE tasks SET " CHANGING_COLUMNS " WHERE seq = ?9", -1,
                                SQLITE_PREPARE_PERSISTENT, &s->update, NULL);
@@ -257,13 +261,14 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
 /* Closes the write connection and its statements. */
 static void disconnect_db(ath_store_t* s) {
   sqlite3_finalize(s->upsert);
+  sqlite3_finalize(s->insert);
   sqlite3_finalize(s->update);
   sqlite3_finalize(s->del);
   sqlite3_finalize(s->supsert);
   sqlite3_finalize(s->sdel);
   sqlite3_finalize(s->event);
   sqlite3_close(s->db);
-  s->upsert = s->update = s->del = s->supsert = s->sdel = s->event = NULL;
+  s->upsert = s->insert = s->update = s->del = s->supsert = s->sdel = s->event = NULL;
   s->db = NULL;
 }
 
@@ -316,7 +321,7 @@ static int step_row(ath_store_t* s, sqlite3_stmt* st, const ath_row_t* r) {
     bind_ms(st, 20, r->last_hb);
     sqlite3_bind_int(st, 21, r->keep_error);
   }
-  if (st == s->upsert) {
+  if (st == s->upsert || st == s->insert) {
     sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, r->name, -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 5, r->max_attempts);
@@ -345,7 +350,11 @@ static int write_row(ath_store_t* s, const ath_row_t* r) {
     if (rc == 0 && sqlite3_changes(s->db) == 0)
       rc = step_row(s, s->upsert, r);
   } else {
-    rc = step_row(s, s->upsert, r);
+    /* A plain insert costs less than the upsert; the row may be there
+     * after all (a commit that failed after reaching the WAL, retried). */
+    rc = step_row(s, s->insert, r);
+    if ((rc & 0xff) == SQLITE_CONSTRAINT) /* extended codes are on */
+      rc = step_row(s, s->upsert, r);
   }
   if (rc != 0)
     return rc;
