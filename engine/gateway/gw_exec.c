@@ -14,6 +14,7 @@
 #include "gw_server.h"
 
 #define POLICY_BUDGET_MS 1000 /* a policy that runs longer fails closed */
+#define PLAN_CACHE 256        /* plans a gateway thread keeps by shape */
 #define FILE_MOVED "the database file was deleted or moved since the server opened it"
 
 /* ------------------------------------------------------------- envelope */
@@ -334,6 +335,7 @@ int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen) {
     snprintf(err, errlen, "%s", "out of memory");
     return ATH_ENOMEM;
   }
+  t->plans = ath__gwpc_new(PLAN_CACHE); /* NULL: every request compiles */
   /* connections now, while the files are the ones just introspected: a
    * file deleted later is then noticed (ath__db_file_moved) instead of
    * being created again, empty, by a first connection. One that fails
@@ -402,6 +404,7 @@ int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen) {
 void ath__gwt_close(ath_gwt_t* t) {
   if (t->L != NULL)
     lua_close(t->L);
+  ath__gwpc_free(t->plans);
   for (int i = 0; t->conns && t->idle && i < t->s->cfg.ndbs; i++) {
     if (t->conns[i].db != NULL)
       ath__db_free(t->conns[i].db);
@@ -746,11 +749,15 @@ static void start_event(ath_gws_t* s, ath_gwjob_t* job, const char* table, int u
   ath_task_release(task);
 }
 
+/* X-Publish-Event needs the rows as stored, whatever `columns` asked. */
+static int full_rows_of(const ath_gwjob_t* job) {
+  return job->event != NULL && job->op != ATH_GW_FETCH;
+}
+
 /* Compiles with the policies' extras; 0 or the plan's error answered. */
 static int compile(ath_gwt_t* t, ath_gwjob_t* job, ath_gws_cat_t* cat, const ath_gj_t* body,
                    extras_t* x, ath_gw_plan_t* plan) {
-  /* X-Publish-Event needs the rows as stored, whatever `columns` asked */
-  int full_rows = job->event != NULL && job->op != ATH_GW_FETCH;
+  int full_rows = full_rows_of(job);
   ath_gw_request_t rq;
   memset(&rq, 0, sizeof(rq));
   rq.catalog = &cat->cat;
@@ -816,20 +823,64 @@ static int key_allows_table(const ath_gwjob_t* job, const char* cfgname, const a
 }
 
 /* A request between its two halves: the plan (its compile, with the
- * policies' extras) and what it points into. */
+ * policies' extras, or a cached plan with its values bound) and what it
+ * points into. */
 typedef struct {
   ath_gj_doc_t* doc;
   ath_gw_plan_t plan;
   int compiled;              /* plan is to be freed */
+  ath_gwpc_t* pc;            /* the thread's plan cache, when entry is set */
+  ath_gwpe_t* entry;         /* the cached plan that plan binds */
+  void* bound;               /* plan's statements when bound */
   extras_t x;
 } prep_t;
+
+static void plan_drop(prep_t* p) {
+  if (p->compiled)
+    ath__gw_plan_free(&p->plan);
+  p->compiled = 0;
+  free(p->bound);
+  p->bound = NULL;
+  if (p->entry != NULL)
+    ath__gwpc_release(p->pc, p->entry);
+  p->entry = NULL;
+}
 
 static void prep_free(prep_t* p) {
   ath__buf_free(&p->x.conds);
   ath__buf_free(&p->x.set);
-  if (p->compiled)
-    ath__gw_plan_free(&p->plan);
+  plan_drop(p);
   ath__gj_free(p->doc);
+}
+
+/* The request's plan into p: the thread's cached plan of its shape with
+ * its values bound, else compiled (and then kept for the next request of
+ * the shape). 0, or -1 with the compile's error answered. */
+static int plan_for(ath_gwt_t* t, ath_gwjob_t* job, ath_gws_cat_t* cat, const ath_gj_t* body, extras_t* x,
+                    prep_t* p) {
+  ath_gwpc_t* pc = t->plans;
+  if (pc != NULL) {
+    ath_gwpc_key_t k = {cat,
+                        cat->dialect,
+                        job->op,
+                        job->db,
+                        job->strip_header,
+                        full_rows_of(job),
+                        x != NULL ? x->conds.data : NULL,
+                        x != NULL ? x->conds.len : 0,
+                        x != NULL ? x->set.data : NULL,
+                        x != NULL ? x->set.len : 0};
+    ath__gwpc_shape(pc, &k, body);
+    p->pc = pc;
+    if ((p->entry = ath__gwpc_get(pc, &p->plan, &p->bound)) != NULL)
+      return 0;
+  }
+  p->compiled = 1;
+  if (compile(t, job, cat, body, x, &p->plan) != 0)
+    return -1;
+  if (pc != NULL && (p->entry = ath__gwpc_put(pc, &p->plan, &p->bound)) != NULL)
+    p->compiled = 0; /* the cache's now */
+  return 0;
 }
 
 /* The first half, on the request's gateway thread: the body's one parse,
@@ -845,10 +896,16 @@ static int prepare(ath_gwt_t* t, ath_gwjob_t* job, prep_t* p) {
     ath__gw_plan_free(&perr);
     return -1;
   }
-  ath_gws_cat_t* cat = __atomic_load_n(&s->cats[job->db], __ATOMIC_ACQUIRE); /* a refresh swaps it */
+  /* a refresh swaps the catalog, then counts: cached plans name the
+   * catalog they were compiled against, and the count empties the cache */
+  unsigned gen = __atomic_load_n(&s->cat_gen, __ATOMIC_ACQUIRE);
+  if (t->plans != NULL && gen != t->plans_gen) {
+    ath__gwpc_clear(t->plans);
+    t->plans_gen = gen;
+  }
+  ath_gws_cat_t* cat = __atomic_load_n(&s->cats[job->db], __ATOMIC_ACQUIRE);
   ath_gj_doc_t* doc = p->doc;
-  p->compiled = 1;
-  if (compile(t, job, cat, doc->root, NULL, &p->plan) != 0)
+  if (plan_for(t, job, cat, doc->root, NULL, p) != 0)
     return -1;
   ath_gw_plan_t plan = p->plan; /* read-only view below; p->plan stays the owner */
   const char* table = plan.table->name;
@@ -874,8 +931,8 @@ static int prepare(ath_gwt_t* t, ath_gwjob_t* job, prep_t* p) {
     return -1;
   }
   if (p->x.conds.len > 0 || p->x.set.len > 0) {
-    ath__gw_plan_free(&p->plan);
-    if (compile(t, job, cat, doc->root, &p->x, &p->plan) != 0)
+    plan_drop(p);
+    if (plan_for(t, job, cat, doc->root, &p->x, p) != 0)
       return -1;
   }
   return 0;

@@ -287,6 +287,8 @@ int ath__gws_refresh(ath_gws_t* s, char* err, size_t errlen) {
       ath__gws_cat_free(fresh[i]);
     }
   }
+  if (rc == 0) /* the threads' plan caches empty themselves */
+    __atomic_add_fetch(&s->cat_gen, 1, __ATOMIC_RELEASE);
   uv_mutex_unlock(&s->mu);
   free(fresh);
   return rc;
