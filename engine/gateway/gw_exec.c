@@ -938,6 +938,71 @@ static int prepare(ath_gwt_t* t, ath_gwjob_t* job, prep_t* p) {
   return 0;
 }
 
+/* The answer is written where the rows come in: straight into job->out,
+ * after room for its head (written once the count is known, right-aligned:
+ * the answer starts at out_off). */
+enum { HEAD_ROOM = 128 };
+
+/* Readies job->out and sink k for the plan's rows (and, when rows is not
+ * NULL, whole rows for X-Publish-Event). */
+static void answer_start(ath_gwjob_t* job, const ath_gw_plan_t* plan, sink_t* k, ath_buf_t* rows) {
+  ath_buf_t* data = &job->out;
+  data->len = 0;
+  char room[HEAD_ROOM];
+  memset(room, ' ', sizeof(room));
+  ath__buf_append(data, room, sizeof(room));
+  sink_init(k, plan, plan->data_rows && !plan->head ? data : NULL, rows);
+}
+
+/* Ends the answer once the statements ran (rc, e and failed_sql: how):
+ * the envelope (GATEWAY §4) around the rows in job->out, or the error.
+ * Frees what k and rows hold; starts the X-Publish-Event task. */
+static void answer_end(ath_gws_t* s, ath_gwjob_t* job, const ath_gw_plan_t* plan, sink_t* k, int rc,
+                       const ath_db_error_t* e, const char* failed_sql, int64_t changes, int64_t count,
+                       ath_buf_t* rows) {
+  const char* table = plan->table->name;
+  ath__buf_free(&k->keys);
+  if (rc != 0) {
+    db_failure(job, e);
+    log_failure(s, job, table, job->status, e, failed_sql, NULL); /* the status sent */
+    if (rows != NULL)
+      ath__buf_free(rows);
+    return;
+  }
+  static const char* const verbs[] = {"Fetched", "Inserted", "Updated", "Deleted"};
+  int64_t affected = changes;
+  char head[160];
+  int n = snprintf(head, sizeof(head), "{\"status\":\"success\",\"message\":\"%s %lld rows\",\"data\":[",
+                   verbs[job->op], (long long)(job->op == ATH_GW_FETCH ? (plan->head ? 0 : k->nrows) : affected));
+  ath_buf_t* b = &job->out;
+  if (b->data == NULL || n >= HEAD_ROOM) {
+    ath__gwjob_error(job, 500, "internal_error", "out of memory", NULL);
+    if (rows != NULL)
+      ath__buf_free(rows);
+    return;
+  }
+  job->out_off = HEAD_ROOM - (size_t)n;
+  memcpy(b->data + job->out_off, head, (size_t)n);
+  ath__buf_lit(b, "]");
+  if (job->op == ATH_GW_FETCH) {
+    if (count >= 0)
+      n = snprintf(head, sizeof(head), ",\"count\":%lld}", (long long)count);
+    else
+      n = snprintf(head, sizeof(head), ",\"count\":null}");
+  } else {
+    n = snprintf(head, sizeof(head), ",\"count\":%lld,\"affected_rows\":%lld}", (long long)affected,
+                 (long long)affected);
+  }
+  ath__buf_append(b, head, (size_t)n);
+  job->status = 200;
+  if (plan->limit_lowered)
+    job->limit_header = plan->limit;
+  if (rows != NULL) {
+    start_event(s, job, table, plan->upsert, rows);
+    ath__buf_free(rows);
+  }
+}
+
 /* The second half, on the gateway thread or (off the loop) a pool
  * thread: the plan in one transaction on connection c, and the envelope
  * written from the statements' rows into job->out. */
@@ -970,18 +1035,10 @@ static void execute(ath_gws_t* s, ath_gwconn_t* c, ath_gwjob_t* job, prep_t* p) 
   if (writer)
     uv_mutex_lock(&s->writers[job->db]);
   int rc = txn ? simple(db, pg || job->op == ATH_GW_FETCH ? "BEGIN" : "BEGIN IMMEDIATE", &e) : 0;
-  /* rows go straight into the answer, after room for its head (written
-   * once the count is known, right-aligned: the answer starts at out_off) */
-  enum { HEAD_ROOM = 128 };
-  ath_buf_t* data = &job->out;
-  data->len = 0;
-  char room[HEAD_ROOM];
-  memset(room, ' ', sizeof(room));
-  ath__buf_append(data, room, sizeof(room));
   ath_buf_t rows = {0};
-  int64_t nrows = 0, changes = 0, count = -1;
+  int64_t changes = 0, count = -1;
   sink_t k;
-  sink_init(&k, &plan, plan.data_rows && !plan.head ? data : NULL, publish ? &rows : NULL);
+  answer_start(job, &plan, &k, publish ? &rows : NULL);
   for (size_t i = 0; rc == 0 && i < exec->nstmts; i++) {
     int64_t n = 0;
     if ((rc = run_stmt(db, &exec->stmts[i], NULL, &k, &n, &e)) != 0) {
@@ -990,8 +1047,6 @@ static void execute(ath_gws_t* s, ath_gwconn_t* c, ath_gwjob_t* job, prep_t* p) 
     }
     changes += n;
   }
-  nrows = k.nrows;
-  ath__buf_free(&k.keys);
   if (rc == 0 && plan.has_count) {
     if ((rc = run_stmt(db, &plan.count, &r, NULL, NULL, &e)) == 0) {
       ath_db_value_t v;
@@ -1012,43 +1067,7 @@ static void execute(ath_gws_t* s, ath_gwconn_t* c, ath_gwjob_t* job, prep_t* p) 
   }
   if (writer)
     uv_mutex_unlock(&s->writers[job->db]);
-  if (rc != 0) {
-    db_failure(job, &e);
-    log_failure(s, job, table, job->status, &e, failed_sql, NULL); /* the status sent */
-    ath__buf_free(&rows);
-    goto done;
-  }
-  /* the envelope (GATEWAY §4) */
-  static const char* const verbs[] = {"Fetched", "Inserted", "Updated", "Deleted"};
-  int64_t affected = changes;
-  char head[160];
-  int n = snprintf(head, sizeof(head), "{\"status\":\"success\",\"message\":\"%s %lld rows\",\"data\":[",
-                   verbs[job->op], (long long)(job->op == ATH_GW_FETCH ? (plan.head ? 0 : nrows) : affected));
-  ath_buf_t* b = &job->out;
-  if (b->data == NULL || n >= HEAD_ROOM) {
-    ath__gwjob_error(job, 500, "internal_error", "out of memory", NULL);
-    ath__buf_free(&rows);
-    goto done;
-  }
-  job->out_off = HEAD_ROOM - (size_t)n;
-  memcpy(b->data + job->out_off, head, (size_t)n);
-  ath__buf_lit(b, "]");
-  if (job->op == ATH_GW_FETCH) {
-    if (count >= 0)
-      n = snprintf(head, sizeof(head), ",\"count\":%lld}", (long long)count);
-    else
-      n = snprintf(head, sizeof(head), ",\"count\":null}");
-  } else {
-    n = snprintf(head, sizeof(head), ",\"count\":%lld,\"affected_rows\":%lld}", (long long)affected,
-                 (long long)affected);
-  }
-  ath__buf_append(b, head, (size_t)n);
-  job->status = 200;
-  if (plan.limit_lowered)
-    job->limit_header = plan.limit;
-  if (publish)
-    start_event(s, job, table, plan.upsert, &rows);
-  ath__buf_free(&rows);
+  answer_end(s, job, &plan, &k, rc, &e, failed_sql, changes, count, publish ? &rows : NULL);
 done:
   if (r != NULL)
     ath__db_res_free(r);
@@ -1114,8 +1133,50 @@ static void task_work(uv_work_t* w) {
 
 static void task_done(uv_work_t* w, int status);
 
+/* A PostgreSQL read of one statement on a connection that is set up runs
+ * on the thread's own loop: libpq non-blocking (ath__db_exec_async, the
+ * session's prepared statement of the SQL), answered in pg_done. A
+ * connection to open (which blocks), a transaction, several statements
+ * and writes go to the pool. */
+static int on_loop(const ath_gwtask_t* k) {
+  const ath_gw_plan_t* p = &k->p.plan;
+  const ath_gwconn_t* c = k->c;
+  return k->job->op == ATH_GW_FETCH && p->nstmts == 1 && !p->has_count && c->db != NULL && c->prepared &&
+         ath__db_kind(c->db) == ATH_DB_PG && ath__db_connected(c->db);
+}
+
+static void pg_done(ath_db_t* db, void* ud) {
+  ath_gwtask_t* k = ud;
+  const ath_gw_plan_t* plan = &k->p.plan;
+  ath_db_res_t* r = NULL;
+  ath_db_error_t e;
+  memset(&e, 0, sizeof(e));
+  sink_t sk;
+  answer_start(k->job, plan, &sk, NULL);
+  int rc = ath__db_async_result(db, &r, &e);
+  if (rc == 0)
+    rc = ath__db_res_rows(r, sink_row, &sk, &e);
+  ath__db_res_free(r);
+  answer_end(k->t->s, k->job, plan, &sk, rc, &e, rc != 0 ? plan->stmts[0].sql : NULL, 0, -1, NULL);
+  task_done(&k->work, 0);
+}
+
 static void task_start(ath_gwtask_t* k) {
   k->work.data = k;
+  if (on_loop(k)) {
+    const ath_gw_stmt_t* st = &k->p.plan.stmts[0];
+    ath_db_value_t small[32];
+    ath_db_value_t* v = params_of(st, small, 32);
+    ath_db_error_t e;
+    int started = v != NULL && ath__db_exec_async(k->c->db, &k->t->loop, st->sql, v, (int)st->nparams, pg_done,
+                                                  k, &e) == 0;
+    if (v != small)
+      free(v);
+    if (started)
+      return;
+    /* not started (out of memory, the connection failed at once): the
+     * pool's way, which connects again */
+  }
   int rc = uv_queue_work(&k->t->loop, &k->work, task_work, task_done);
   if (rc != 0) { /* never fails on a live loop; answered at once if it did */
     ath__gwjob_error(k->job, 500, "internal_error", "the request could not be scheduled", NULL);
