@@ -229,8 +229,11 @@ static ath_db_t* conn(ath_gws_t* s, ath_gwconn_t* c, int i, ath_db_error_t* err)
   if (c->db == NULL && ath__db_new(s->cfg.db_urls[i], &c->db, err) != 0)
     return NULL;
   ath_db_t* db = c->db;
-  if (!ath__db_connected(db) && ath__db_connect(db, err) != 0)
-    return NULL;
+  if (!ath__db_connected(db)) {
+    if (ath__db_connect(db, err) != 0)
+      return NULL;
+    c->prepared = 0; /* a new session (a reconnect): set up again */
+  }
   /* SQLite's statementTimeout: the handler belongs to the open connection
    * (a reconnect opens a new one), so it is set after connecting */
   ath__db_set_interrupt(db, due, c);
