@@ -79,6 +79,12 @@ typedef struct {
                           * cached coroutine has seen every event before it
                           * that its index needs (only cancel.requested, which
                           * it ignores, comes from elsewhere meanwhile) */
+  /* Claimed from its home worker's resumes list: new references to the
+   * events its cached coroutine has not seen, ev[park_nev..nev) at the
+   * claim, taken in that exchange (so the resume needs no lock); the
+   * claiming worker drops them. NULL with ntail 0: none taken. */
+  ath_wfev_t** tail;
+  uint32_t ntail;
   int home;              /* parked, its coroutine cached on the worker of this
                           * id: resumed there, with only the new events, if
                           * that worker still serves; 0: none. An id, not a
@@ -328,6 +334,15 @@ struct ath_slot_s {
   int64_t park_at;       /* ATH_PARK_TIMER: wall ms it fires */
   struct ath_task_s* park_task; /* the awaited task (a reference) */
   struct ath_task_s* spawned;   /* the task the segment started last (a reference) */
+  /* Events the running workflow segment recorded (memory and hybrid
+   * modes): they travel with its outcome and enter the history in the
+   * exchange that publishes it, in order (one lock per segment, not one
+   * per command). File mode appends each at once and waits for its commit. */
+  ath_wfev_t** rec;
+  uint32_t nrec, rec_cap;
+  /* The task the segment started without waking a worker (a reference;
+   * ath__world_execute_step), handed to its outcome. */
+  struct ath_task_s* held;
 };
 
 /* A thread blocked in ath_world_wait on one task. */
@@ -361,6 +376,14 @@ typedef struct {
   int64_t park_seq, park_at;
   struct ath_task_s* park_task; /* reference handed over from the slot */
   struct ath_worker_s* home;    /* parked: the worker that cached its coroutine, or NULL */
+  /* A workflow segment's recorded events (references, from its slot's
+   * `rec`), added to the history first when the outcome is published. The
+   * array stays with the outcome entry from one use to the next. */
+  ath_wfev_t** evs;
+  uint32_t nevs, evs_cap;
+  /* The slot's `held` task (a reference): the exchange wakes a worker for
+   * it unless it claims it itself. */
+  struct ath_task_s* held;
 } ath_outcome_t;
 
 struct ath_worker_s {
@@ -715,6 +738,7 @@ void ath__ev_raw(ath_buf_t* b, const char* key, const char* json, size_t len);
 int ath__hold_workflow(ath_world_t* w, ath_task_t* t);
 int ath__home_open(const ath_world_t* w, const ath_worker_t* wk);
 void ath__wf_claimed(ath_task_t* t);
+void ath__wf_publish(ath_world_t* w, ath_task_t* t, ath_outcome_t* o);
 int ath__wf_park(ath_world_t* w, ath_task_t* t, ath_outcome_t* o, int64_t now, uint64_t mono, ath_worker_t** wake, int nwake, int* wake_engine);
 ath_task_t* ath__wf_pop_home(ath_worker_t* wk);
 int ath__wf_push_buf(ath_world_t* w, ath_task_t* t, ath_buf_t* b);
@@ -724,6 +748,8 @@ int ath__wf_terminal(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** 
 int ath__wf_timer_fired(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake);
 int ath__wf_unhome(ath_world_t* w, ath_worker_t* wk, ath_worker_t** wake, int nwake);
 /* world.c */
+int ath__world_execute_by(ath_worker_t* wk, const char* name, char* payload, size_t len,
+                          const ath_exec_opts_t* opts, ath_task_t** out, char* err, size_t errlen);
 void ath__engine_tick(ath_world_t* w);
 void ath__release_all(ath_task_t** a, size_t n);
 void ath__set_err(char* err, size_t errlen, const char* fmt, const char* a);

@@ -40,6 +40,10 @@ ath_world_t* ath__worker_world(const ath_worker_t* wk) {
   return wk->w;
 }
 
+int ath__worker_durable(const ath_worker_t* wk) {
+  return wk->w->cfg.persistence == ATH_PERSIST_FILE;
+}
+
 int ath__task_log_context(lua_State* L, ath_task_log_t* out) {
   ath_worker_t* wk = ath__worker_of(L);
   ath_slot_t* s = wk ? wk->current : NULL;
@@ -429,6 +433,42 @@ int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t a
   return lua_yieldk(L, 0, 0, park_k);
 }
 
+int ath__task_wf_scheduled(lua_State* L, ath_task_t* t, int64_t seq, const char* name,
+                           const char* task_id, const char* limits, size_t limits_len, uint64_t* gen) {
+  ath_worker_t* wk = ath__worker_of(L);
+  ath_buf_t* b = &wk->buf; /* free while a segment runs: results use it after */
+  char head[160]; /* the fields of ath__ev_begin, then seq */
+  int n = snprintf(head, sizeof(head), "{\"type\":\"activity.scheduled\",\"at\":%lld,\"run\":%d,\"seq\":%lld,\"name\":",
+                   (long long)ath__wall(wk->w), t->attempt, (long long)seq);
+  b->len = 0;
+  int rc = ath__buf_append(b, head, (size_t)n);
+  rc |= ath__json_put_text(b, name, strlen(name));
+  rc |= ath__buf_lit(b, ",\"taskId\":");
+  rc |= ath__json_put_text(b, task_id, strlen(task_id));
+  if (limits != NULL) {
+    rc |= ath__buf_lit(b, ",\"limits\":");
+    rc |= ath__buf_append(b, limits, limits_len);
+  }
+  rc |= ath__buf_lit(b, "}");
+  return rc != 0 ? ATH_ENOMEM : ath__task_wf_record(L, t, b->data, b->len, gen);
+}
+
+int ath__task_execute_step(lua_State* L, const char* name, char* payload, size_t len,
+                           const ath_exec_opts_t* opts, ath_task_t** out, char* err, size_t errlen) {
+  ath_worker_t* wk = ath__worker_of(L);
+  ath_slot_t* s = wk->current;
+  if (s == NULL || s->held != NULL) { /* one held per segment (a park refused, caught) */
+    uint64_t gen;
+    return ath__world_execute(wk->w, name, 1, &payload, &len, NULL, opts, out, &gen, err, errlen);
+  }
+  int rc = ath__world_execute_by(wk, name, payload, len, opts, out, err, errlen);
+  if (rc == 0) {
+    ath_task_retain(*out);
+    s->held = *out;
+  }
+  return rc;
+}
+
 void ath__task_keep_spawned(lua_State* L, ath_task_t* t) {
   ath_worker_t* wk = ath__worker_of(L);
   ath_slot_t* s = wk ? wk->current : NULL;
@@ -563,11 +603,57 @@ static int task_main(lua_State* co) {
 
 static void add_outcome(ath_worker_t* wk, ath_task_t* t, ath_status_t st, int code) {
   ath_outcome_t* o = &wk->outcomes[wk->noutcomes++];
+  ath_wfev_t** evs = o->evs; /* the entry's array, kept for its next use */
+  uint32_t cap = o->evs_cap;
   memset(o, 0, sizeof(*o));
+  o->evs = evs;
+  o->evs_cap = cap;
   o->task = t;
   o->status = st;
   o->err_code = code;
   o->retry_after = -1;
+}
+
+/* Hands the events the segment in `s` recorded to its outcome `o` (the
+ * exchange adds them to the history first). When the outcome's array
+ * cannot grow (out of memory) they are dropped: a replay records them
+ * again, as after a lost worker. */
+static void hand_events(ath_slot_t* s, ath_outcome_t* o) {
+  if (s->nrec > o->evs_cap) {
+    ath_wfev_t** a = realloc(o->evs, s->nrec * sizeof(*a));
+    if (a == NULL) {
+      for (uint32_t i = 0; i < s->nrec; i++)
+        ath__wfev_release(s->rec[i]);
+      s->nrec = 0;
+      return;
+    }
+    o->evs = a;
+    o->evs_cap = s->nrec;
+  }
+  memcpy(o->evs, s->rec, s->nrec * sizeof(*s->rec));
+  o->nevs = s->nrec;
+  s->nrec = 0;
+}
+
+int ath__task_wf_record(lua_State* L, ath_task_t* t, const char* json, size_t len, uint64_t* gen) {
+  ath_worker_t* wk = ath__worker_of(L);
+  ath_slot_t* s = wk->current;
+  *gen = 0;
+  if (s == NULL || s->task != t || wk->w->cfg.persistence == ATH_PERSIST_FILE)
+    return ath__world_wf_append(wk->w, t, json, len, gen); /* §9.2: durable before it goes on */
+  if (s->nrec == s->rec_cap) {
+    uint32_t cap = s->rec_cap ? s->rec_cap * 2 : 4;
+    ath_wfev_t** a = realloc(s->rec, cap * sizeof(*a));
+    if (a == NULL)
+      return ATH_ENOMEM;
+    s->rec = a;
+    s->rec_cap = cap;
+  }
+  ath_wfev_t* e = ath__wfev_new(json, len);
+  if (e == NULL)
+    return ATH_ENOMEM;
+  s->rec[s->nrec++] = e;
+  return 0;
 }
 
 /* Drops the awaited task of a park that did not end the segment, and the
@@ -833,6 +919,9 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     timer_stop(s, ATH_TIMER_DEADLINE);
     drop_park(s);
     add_outcome(wk, t, ATH_FAILED, ATH_EWORKERLOST);
+    hand_events(s, &wk->outcomes[wk->noutcomes - 1]); /* the exchange drops them */
+    wk->outcomes[wk->noutcomes - 1].held = s->held;
+    s->held = NULL;
     lua_settop(co, 0);
     luaL_unref(L, LUA_REGISTRYINDEX, s->co_ref);
     new_coroutine(s);
@@ -910,6 +999,10 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     fail_attempt(wk, t, L, tb);
     lua_pop(L, 1); /* the traceback */
   }
+  if (s->nrec > 0)
+    hand_events(s, &wk->outcomes[wk->noutcomes - 1]);
+  wk->outcomes[wk->noutcomes - 1].held = s->held;
+  s->held = NULL;
   if (cached) {
     new_coroutine(s); /* the parked one went to the cache */
   } else if (st == LUA_OK) {
@@ -1526,6 +1619,10 @@ void ath__worker_free(ath_worker_t* wk) {
   ath__worker_join(wk);
   for (int k = 0; k < wk->nlost_refs; k++)
     ath_task_release(wk->running_tasks[k]);
+  for (int i = 0; wk->slots != NULL && i < wk->concurrency; i++)
+    ath__wfev_release_all(wk->slots[i].rec, wk->slots[i].nrec);
+  for (int i = 0; wk->outcomes != NULL && i < wk->concurrency; i++)
+    free(wk->outcomes[i].evs); /* empty: each exchange published them */
   free(wk->slots);
   free(wk->outcomes);
   free(wk->handlers);

@@ -292,6 +292,19 @@ int ath__wf_push_buf(ath_world_t* w, ath_task_t* t, ath_buf_t* b) {
   return rc;
 }
 
+/* Adds the events segment outcome o of workflow t recorded to its history,
+ * in order, with one store mark (lock held). An event that finds no
+ * memory is dropped with the ones after it: a replay records them again. */
+void ath__wf_publish(ath_world_t* w, ath_task_t* t, ath_outcome_t* o) {
+  uint32_t i = 0;
+  while (i < o->nevs && ath__wf_push(t->wf, o->evs[i]) == 0)
+    i++;
+  for (uint32_t k = i + 1; k < o->nevs; k++) /* ath__wf_push released evs[i] */
+    ath__wfev_release(o->evs[k]);
+  o->nevs = 0;
+  ath__store_mark(w, t);
+}
+
 int ath__world_wf_append(ath_world_t* w, ath_task_t* t, const char* json, size_t len, uint64_t* gen) {
   ath_wfev_t* e = ath__wfev_new(json, len); /* made before the lock */
   uv_mutex_lock(&w->lock);

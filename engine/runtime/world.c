@@ -600,9 +600,14 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
   return rc;
 }
 
-int ath__world_execute(ath_world_t* w, const char* name, size_t n, char** payloads,
-                       const size_t* lens, const char* const* ids, const ath_exec_opts_t* opts,
-                       ath_task_t** out, uint64_t* gen_out, char* err, size_t errlen) {
+/* `by`: the worker whose workflow segment starts the tasks and parks next;
+ * when they are in its queue, no sleeping worker is woken for them here:
+ * the exchange that publishes the park claims them on `by` when they come
+ * next in the queue and it has a free slot, and wakes a worker otherwise. */
+static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
+                   const size_t* lens, const char* const* ids, const ath_exec_opts_t* opts,
+                   ath_task_t** out, uint64_t* gen_out, char* err, size_t errlen,
+                   const ath_worker_t* by) {
   *gen_out = 0;
   ath_exec_opts_t none = {0};
   ath_task_t** tasks = NULL;
@@ -836,7 +841,8 @@ relock:
     }
     out[i] = t;
   }
-  nwake = unborn ? 0 : ath__pick_sleepers(w, q, ready, wake, MAX_WORKERS); /* unborn: once committed */
+  int held = by != NULL && by->queue == q; /* see above */
+  nwake = unborn || held ? 0 : ath__pick_sleepers(w, q, ready, wake, MAX_WORKERS); /* unborn: once committed */
   uint64_t gen = w->gen;
   uv_mutex_unlock(&w->lock);
   ath__wake_all(wake, nwake);
@@ -872,6 +878,18 @@ fail:
   free(call);
   ath__release_all(stored, n);
   return rc;
+}
+
+int ath__world_execute(ath_world_t* w, const char* name, size_t n, char** payloads,
+                       const size_t* lens, const char* const* ids, const ath_exec_opts_t* opts,
+                       ath_task_t** out, uint64_t* gen, char* err, size_t errlen) {
+  return execute(w, name, n, payloads, lens, ids, opts, out, gen, err, errlen, NULL);
+}
+
+int ath__world_execute_by(ath_worker_t* wk, const char* name, char* payload, size_t len,
+                          const ath_exec_opts_t* opts, ath_task_t** out, char* err, size_t errlen) {
+  uint64_t gen;
+  return execute(wk->w, name, 1, &payload, &len, NULL, opts, out, &gen, err, errlen, wk);
 }
 
 /* ------------------------------------------------------ the engine loop */

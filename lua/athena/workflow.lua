@@ -97,11 +97,14 @@ end
 -- (the sticky cache), the next segment resumes it here with only the new
 -- events, added to the index; otherwise the next segment replays the
 -- workflow from the start and this call never returns.
-local function park(ctx, kind, seq, x)
-  local evs, total = core.wfPark(kind, seq, x)
+local function resumed(ctx, evs, total)
   local ix, run = ctx._ix, ctx._run
   for i = 1, #evs do add(ix, evs[i], run) end
   ctx._historyLength = total
+end
+
+local function park(ctx, kind, seq, x)
+  resumed(ctx, core.wfPark(kind, seq, x))
 end
 
 -- The outcome event of command seq after a park (always there: the engine
@@ -199,15 +202,18 @@ function Ctx:run(name, input, opts)
   local strategy = strategy_of(self, def, opts)
   local done = self._ix.done[seq]
   if done == nil then
-    local id
     if ev ~= nil and ev.run == self._run then
-      id = ev.taskId
-    else
-      id = string.format("%s/%d/%d", self.workflowId, self._run, seq)
+      park(self, "activity", seq, ev.taskId)
+    elseif self._durable then -- file mode: each command durable before the next
+      local id = string.format("%s/%d/%d", self.workflowId, self._run, seq)
       spawn(self, name, payload, id, opts, strategy, limits, true)
       record(self, { type = "activity.scheduled", seq = seq, name = name, taskId = id, limits = limits })
+      park(self, "activity", seq, id)
+    else -- the three in one call; the event travels with the park
+      resumed(self, core.wfRun(name, payload, self._run, seq, {
+        taskQueue = opts.taskQueue, priority = opts.priority, failureStrategy = strategy, limits = limits,
+      }))
     end
-    park(self, "activity", seq, id)
     done = awaited(self, self._ix.done[seq], seq)
   end
   local ok, v = outcome(done)
@@ -381,6 +387,7 @@ function M.segment(handler, base, input, history, compensating, err, strategy, p
     workflowId = base.id, parentId = parentId,
     _base = base, _ix = ix, _seq = 0, _run = run, _name = base.name,
     _strategy = STRATEGIES[strategy] or "retry", _historyLength = #history,
+    _durable = core.wfDurable(),
   }, Ctx)
   if compensating then return compensate(ctx, err) end
   local started = ix.started
