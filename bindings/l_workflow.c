@@ -51,26 +51,26 @@ static int wf_append(lua_State* L) {
  * already), limits (per-call timeout,
  * scheduleToClose, heartbeatTimeout in ms and retry, as workflow.lua
  * normalised them). */
-/* [-0, +k, v] Reads the options of a task workflow t starts from the
- * table at idx (taskQueue, priority, delay, failureStrategy (a name),
+/* [-0, +0, v] Reads the options of a task workflow t starts from the
+ * stack, at i: taskQueue, priority, delay, failureStrategy (a name),
  * limits (per-call timeout, scheduleToClose, heartbeatTimeout in ms and
- * retry, as workflow.lua normalised them)) into o, limits encoded in lim.
- * The strings stay on the stack. */
-static void spawn_opts(lua_State* L, int idx, ath_task_t* t, ath_exec_opts_t* o, ath_buf_t* lim) {
+ * retry, as workflow.lua normalised them); nil: the default. Into o, the
+ * limits encoded in lim. */
+static void spawn_opts(lua_State* L, int i, ath_task_t* t, ath_exec_opts_t* o, ath_buf_t* lim) {
   memset(o, 0, sizeof(*o));
   o->parent_id = ath_task_id(t);
-  if (lua_getfield(L, idx, "taskQueue") == LUA_TSTRING)
-    o->task_queue = lua_tostring(L, -1);
-  if (lua_getfield(L, idx, "priority") == LUA_TNUMBER) {
+  if (lua_type(L, i) == LUA_TSTRING)
+    o->task_queue = lua_tostring(L, i);
+  if (lua_type(L, i + 1) == LUA_TNUMBER) {
     o->has_priority = 1;
-    o->priority = (int)lua_tointeger(L, -1);
+    o->priority = (int)lua_tointeger(L, i + 1);
   }
-  if (lua_getfield(L, idx, "delay") != LUA_TNIL)
-    o->delay_ms = ath__checkduration(L, -1, "delay");
-  if (lua_getfield(L, idx, "failureStrategy") != LUA_TNIL)
-    o->failure_strategy = ath__checkstrategy(L, -1, "failureStrategy");
-  if (lua_getfield(L, idx, "limits") == LUA_TTABLE) {
-    encode(L, -1, "limits", lim);
+  if (!lua_isnil(L, i + 2))
+    o->delay_ms = ath__checkduration(L, i + 2, "delay");
+  if (!lua_isnil(L, i + 3))
+    o->failure_strategy = ath__checkstrategy(L, i + 3, "failureStrategy");
+  if (lua_type(L, i + 4) == LUA_TTABLE) {
+    encode(L, i + 4, "limits", lim);
     o->limits = lim->data;
     o->limits_len = lim->len;
   }
@@ -83,7 +83,11 @@ static int wf_spawn(lua_State* L) {
   luaL_checktype(L, 4, LUA_TTABLE);
   ath_exec_opts_t o;
   ath_buf_t lim = {0};
-  spawn_opts(L, 4, t, &o, &lim);
+  static const char* const keys[] = {"taskQueue", "priority", "delay", "failureStrategy", "limits"};
+  lua_settop(L, 4);
+  for (int k = 0; k < 5; k++)
+    lua_getfield(L, 4, keys[k]);
+  spawn_opts(L, 5, t, &o, &lim);
   o.id = id;
   ath_buf_t b = {0};
   char jerr[256];
@@ -135,13 +139,13 @@ static int wf_park(lua_State* L) {
   return ath__task_park(L, kind, seq, x, 0);
 }
 
-/* core.wfRun(name, payload, run, seq, opts) -> events, historyLength:
- * ctx:run's command in one call, in memory and hybrid modes (file mode
- * takes wfSpawn, wfAppend and wfPark, each durable before the next):
- * starts `name` with `payload` (its JSON, checked) as the workflow's task
- * <workflowId>/<run>/<seq> with opts as wfSpawn's, records
- * activity.scheduled{seq, name, taskId, limits} and parks on the task
- * (wfPark's results). */
+/* core.wfRun(name, payload, run, seq, taskQueue, priority, failureStrategy,
+ * limits) -> events, historyLength: ctx:run's command in one call, in
+ * memory and hybrid modes (file mode takes wfSpawn, wfAppend and wfPark,
+ * each durable before the next): starts `name` with `payload` (its JSON,
+ * checked) as the workflow's task <workflowId>/<run>/<seq> with the
+ * options as wfSpawn's, records activity.scheduled{seq, name, taskId,
+ * limits} and parks on the task (wfPark's results). */
 static int wf_run(lua_State* L) {
   ath_task_t* t = check_workflow(L);
   const char* name = luaL_checkstring(L, 1);
@@ -149,11 +153,15 @@ static int wf_run(lua_State* L) {
   const char* json = luaL_checklstring(L, 2, &len);
   lua_Integer run = luaL_checkinteger(L, 3);
   lua_Integer seq = luaL_checkinteger(L, 4);
-  luaL_checktype(L, 5, LUA_TTABLE);
+  lua_settop(L, 8);
+  lua_pushnil(L); /* no delay */
+  lua_insert(L, 7);
   ath_exec_opts_t o;
   ath_buf_t lim = {0};
   spawn_opts(L, 5, t, &o, &lim);
-  o.id = lua_pushfstring(L, "%s/%I/%I", ath_task_id(t), run, seq);
+  char idbuf[160]; /* most ids: no string for it */
+  int idlen = snprintf(idbuf, sizeof(idbuf), "%s/%lld/%lld", ath_task_id(t), (long long)run, (long long)seq);
+  o.id = idlen < (int)sizeof(idbuf) ? idbuf : lua_pushfstring(L, "%s/%I/%I", ath_task_id(t), run, seq);
   char* payload = ath__memdup(json, len);
   if (payload == NULL) {
     ath__buf_free(&lim);

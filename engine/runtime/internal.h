@@ -82,9 +82,12 @@ typedef struct {
   /* Claimed from its home worker's resumes list: new references to the
    * events its cached coroutine has not seen, ev[park_nev..nev) at the
    * claim, taken in that exchange (so the resume needs no lock); the
-   * claiming worker drops them. NULL with ntail 0: none taken. */
+   * claiming worker takes them over. has_tail: taken (tail is NULL when
+   * there are none). */
   ath_wfev_t** tail;
   uint32_t ntail;
+  int has_tail;
+  ath_wfev_t* tail1;     /* a tail of one event: `tail` points here */
   int home;              /* parked, its coroutine cached on the worker of this
                           * id: resumed there, with only the new events, if
                           * that worker still serves; 0: none. An id, not a
@@ -124,6 +127,9 @@ int ath__wf_load(ath_wf_t* wf, const char* text, size_t len);
  * the count. NULL with *n = 0 when there are none; NULL with *n > 0 when
  * out of memory. */
 ath_wfev_t** ath__wf_events_from(const ath_wf_t* wf, uint32_t from, size_t* n);
+/* Releases a resume's events evs[0..n) (wf->tail, or an array of
+ * ath__wf_events_from) and frees the array unless it is wf->tail1. */
+void ath__wf_tail_release(ath_wf_t* wf, ath_wfev_t** evs, size_t n);
 void ath__wf_free(ath_wf_t* wf);
 
 /* wf_cache.c: a worker's parked workflow coroutines (worker thread only).
@@ -144,6 +150,9 @@ ath_wfcache_t* ath__wfc_new(int cap);
 void ath__wfc_free(ath_wfcache_t* c);
 int ath__wfc_count(const ath_wfcache_t* c);
 int ath__wfc_full(const ath_wfcache_t* c);
+/* An entry to fill (reused when one was freed), or NULL; and its end. */
+ath_wfc_entry_t* ath__wfc_entry_new(ath_wfcache_t* c);
+void ath__wfc_entry_free(ath_wfcache_t* c, ath_wfc_entry_t* e); /* c may be NULL */
 void ath__wfc_put(ath_wfcache_t* c, ath_wfc_entry_t* e);   /* as the most recent */
 ath_wfc_entry_t* ath__wfc_take(ath_wfcache_t* c, const struct ath_task_s* t); /* or NULL */
 ath_wfc_entry_t* ath__wfc_take_lru(ath_wfcache_t* c);      /* or NULL when empty */
@@ -536,6 +545,7 @@ struct ath_world_s {
    * workflow's steps are still accepted); then the results. */
   int draining;
   struct ath_task_s** held; /* workflows a shutdown refused a command: queued when it ends */
+  ath_buf_t evbuf;       /* scratch for the outcome events workflows record (workflow.c) */
   int nheld, held_cap;
   int drained, requeued, abandoned;
   void (*start_hook)(ath_world_t* w); /* tests only: see ath__world_set_start_hook */

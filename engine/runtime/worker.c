@@ -393,16 +393,22 @@ ath_task_t* ath__task_workflow(lua_State* L) {
 }
 
 /* Continuation of a park whose coroutine stayed cached (wf_cache.c): the
- * next segment resumed it with the history's new events (a JSON array)
- * and its length; returns them decoded, and the length. */
+ * next segment resumed it with the history's new events (an array of
+ * ath_wfev_t references, which the resumer keeps until this returns), their
+ * count and the history's length; returns the events decoded (a list),
+ * and the length. */
 static int park_k(lua_State* L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
-  size_t len;
-  const char* json = lua_tolstring(L, -2, &len);
+  ath_wfev_t* const* evs = lua_touserdata(L, -3);
+  lua_Integer n = lua_tointeger(L, -2);
   lua_Integer total = lua_tointeger(L, -1);
-  if (json == NULL || ath__json_decode(L, json, len) != 0)
-    return luaL_error(L, "workflow resumed without its new events");
+  lua_createtable(L, (int)n, 0);
+  for (lua_Integer i = 0; i < n; i++) {
+    if (evs == NULL || ath__json_decode(L, evs[i]->json, evs[i]->len) != 0)
+      return luaL_error(L, "workflow resumed without its new events");
+    lua_rawseti(L, -2, i + 1);
+  }
   lua_pushinteger(L, total);
   return 2;
 }
@@ -818,7 +824,7 @@ static void uncache(ath_worker_t* wk, ath_wfc_entry_t* e) {
 #endif
   luaL_unref(L, LUA_REGISTRYINDEX, e->co_ref);
   ath_task_release(e->task);
-  free(e);
+  ath__wfc_entry_free(wk->wfc, e);
 }
 
 /* A full cache makes room by evicting its least recently parked coroutine
@@ -867,7 +873,7 @@ static int cache_parked(ath_slot_t* s) {
       return 0;
     uncache(wk, ath__wfc_take_lru(wk->wfc));
   }
-  ath_wfc_entry_t* e = malloc(sizeof(*e));
+  ath_wfc_entry_t* e = ath__wfc_entry_new(wk->wfc);
   if (e == NULL)
     return 0;
   ath_task_t* t = s->task;
@@ -1122,24 +1128,36 @@ static void start_task(ath_worker_t* wk, ath_task_t* t) {
     /* Sticky: its parked coroutine goes on, given only the events added
      * since it parked (no replay). park_nev was written under the lock
      * before this claim, and nothing changes it while a slot has t. */
-    size_t len;
-    uint32_t total;
-    char* json = wf_events_json(wk, t, t->wf->park_nev, &len, &total);
-    if (json != NULL) {
+    ath_wf_t* wf = t->wf;
+    size_t n = wf->ntail;
+    uint32_t total = wf->park_nev + wf->ntail;
+    ath_wfev_t** evs = wf->tail; /* taken in the claim, when from its home list */
+    if (!wf->has_tail)
+      evs = ath__world_wf_events(wk->w, t, wf->park_nev, &n, &total);
+    wf->tail = NULL;
+    wf->ntail = 0;
+    wf->has_tail = 0;
+    if (evs != NULL || n == 0) {
       spare_coroutine(s); /* the slot's idle one */
       s->co = e->co;
       s->co_ref = e->co_ref;
-      lua_pushlstring(s->co, json, len);
+      lua_pushlightuserdata(s->co, evs);
+      lua_pushinteger(s->co, (lua_Integer)n);
       lua_pushinteger(s->co, (lua_Integer)total);
-      free(json);
       ath_task_release(e->task);
-      free(e);
-      resume_slot(s, 2);
+      ath__wfc_entry_free(wk->wfc, e);
+      resume_slot(s, 3); /* park_k decodes them */
+      ath__wf_tail_release(wf, evs, n); /* t is still ours: the slot's or the table's */
       if (s->task == t && s->wait != ATH_WAIT_NONE)
         arm_deadline(s); /* it waits: its deadlines need the loop's timer now */
       return;
     }
     uncache(wk, e); /* out of memory: replay */
+  } else if (t->wf != NULL && t->wf->has_tail) { /* not here after all: replay */
+    ath__wf_tail_release(t->wf, t->wf->tail, t->wf->ntail);
+    t->wf->tail = NULL;
+    t->wf->ntail = 0;
+    t->wf->has_tail = 0;
   }
   /* The heartbeat details a previous attempt left: only the thread running
    * the task writes them, so reading them here needs no lock. */

@@ -193,6 +193,13 @@ ath_wfev_t** ath__wf_events_from(const ath_wf_t* wf, uint32_t from, size_t* n) {
   return out;
 }
 
+void ath__wf_tail_release(ath_wf_t* wf, ath_wfev_t** evs, size_t n) {
+  for (size_t i = 0; evs != NULL && i < n; i++)
+    ath__wfev_release(evs[i]);
+  if (evs != &wf->tail1)
+    free(evs);
+}
+
 char* ath__wf_events_join(ath_wfev_t* const* evs, size_t n, size_t* len) {
   size_t total = 2 + (n ? n - 1 : 0);
   for (size_t i = 0; i < n; i++)
@@ -233,6 +240,7 @@ int ath__wf_load(ath_wf_t* wf, const char* text, size_t len) {
 void ath__wf_free(ath_wf_t* wf) {
   for (uint32_t i = 0; i < wf->nev; i++)
     ath__wfev_release(wf->ev[i]);
+  ath__wf_tail_release(wf, wf->tail, wf->ntail);
   free(wf->ev);
   free(wf->kids);
   free(wf->forced_err);
@@ -280,14 +288,20 @@ void ath__ev_raw(ath_buf_t* b, const char* key, const char* json, size_t len) {
     ath__buf_lit(b, "null");
 }
 
-/* Appends a finished event to t's history (and consumes b). */
-int ath__wf_push_buf(ath_world_t* w, ath_task_t* t, ath_buf_t* b) {
+/* Closes the event in b and appends it to t's history (b keeps its memory). */
+static int push_event(ath_world_t* w, ath_task_t* t, ath_buf_t* b) {
   int rc = ath__buf_lit(b, "}");
   if (rc == 0 && b->data != NULL) {
     ath_wfev_t* e = ath__wfev_new(b->data, b->len);
     rc = e != NULL ? ath__wf_push(t->wf, e) : ATH_ENOMEM;
     ath__store_mark(w, t);
   }
+  return rc;
+}
+
+/* Appends a finished event to t's history (and consumes b). */
+int ath__wf_push_buf(ath_world_t* w, ath_task_t* t, ath_buf_t* b) {
+  int rc = push_event(w, t, b);
   ath__buf_free(b);
   return rc;
 }
@@ -337,14 +351,15 @@ static void wf_record(ath_world_t* w, ath_task_t* t, const ath_task_t* x, int64_
   int ok = x->status == ATH_COMPLETED;
   char type[40];
   snprintf(type, sizeof(type), "%s.%s", family[kind], ok ? "completed" : "failed");
-  ath_buf_t b = {0};
-  ath__ev_begin(&b, t, type, now);
-  ath__ev_int(&b, kind == ATH_PARK_COMP ? "index" : "seq", t->wf->wait_seq);
+  ath_buf_t* b = &w->evbuf; /* one per step: the world's scratch, not a new buffer */
+  b->len = 0;
+  ath__ev_begin(b, t, type, now);
+  ath__ev_int(b, kind == ATH_PARK_COMP ? "index" : "seq", t->wf->wait_seq);
   if (ok && kind != ATH_PARK_COMP)
-    ath__ev_raw(&b, "result", x->result, x->result_len);
+    ath__ev_raw(b, "result", x->result, x->result_len);
   else if (!ok)
-    ev_task_error(&b, x);
-  ath__wf_push_buf(w, t, &b);
+    ev_task_error(b, x);
+  push_event(w, t, b);
 }
 
 /* Whether worker wk can take resumptions of the workflows it caches. */
@@ -408,6 +423,19 @@ ath_task_t* ath__wf_pop_home(ath_worker_t* wk) {
   if (t != NULL) {
     ath__list_unlink(&wk->resumes, t);
     t->queue->depth--;
+    ath_wf_t* wf = t->wf; /* what its cached coroutine has not seen yet */
+    size_t n;
+    ath__wf_tail_release(wf, wf->tail, wf->ntail);
+    if (wf->nev == wf->park_nev + 1) { /* the usual: the outcome alone */
+      wf->tail1 = wf->ev[wf->park_nev];
+      ath__wfev_retain(wf->tail1);
+      wf->tail = &wf->tail1;
+      n = 1;
+    } else {
+      wf->tail = ath__wf_events_from(wf, wf->park_nev, &n);
+    }
+    wf->has_tail = wf->tail != NULL || n == 0; /* else out of memory: read later */
+    wf->ntail = wf->tail != NULL ? (uint32_t)n : 0;
   }
   return t;
 }

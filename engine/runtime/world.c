@@ -610,6 +610,7 @@ static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
                    const ath_worker_t* by) {
   *gen_out = 0;
   ath_exec_opts_t none = {0};
+  ath_task_t* one[1]; /* a single execute (a workflow's step) allocates no list */
   ath_task_t** tasks = NULL;
   ath_task_t** stored = NULL; /* the tasks of explicit ids found in the store */
   ath_call_t* call = NULL; /* per-call limits, checked once; each task gets its copy */
@@ -650,7 +651,7 @@ static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
                                                               : 1;
   uint64_t parent_hash = opts->parent_id ? ath__hash_str(opts->parent_id) : 0;
   size_t namelen = strlen(name);
-  tasks = malloc((n ? n : 1) * sizeof(*tasks));
+  tasks = n <= 1 ? one : malloc(n * sizeof(*tasks));
   if (tasks == NULL) {
     rc = ATH_ENOMEM;
     goto fail;
@@ -848,7 +849,8 @@ relock:
   ath__wake_all(wake, nwake);
   if (wake_engine)
     uv_async_send(&w->easync);
-  free(tasks);
+  if (tasks != one)
+    free(tasks);
   free(call);
   ath__release_all(stored, n);
   if (w->cfg.persistence == ATH_PERSIST_FILE) { /* acknowledged once durable */
@@ -874,7 +876,8 @@ fail:
     free(payloads[i]);
     payloads[i] = NULL;
   }
-  free(tasks);
+  if (tasks != one)
+    free(tasks);
   free(call);
   ath__release_all(stored, n);
   return rc;
@@ -1259,6 +1262,7 @@ void ath_world_free(ath_world_t* w) {
     ath__worker_free(w->retired[i]);
   free(w->retired);
   free(w->held);
+  ath__buf_free(&w->evbuf);
   if (w->table != NULL) {
     for (size_t i = 0; i < w->table_cap; i++) {
       ath_task_t* t = w->table[i];

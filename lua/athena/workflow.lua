@@ -210,9 +210,7 @@ function Ctx:run(name, input, opts)
       record(self, { type = "activity.scheduled", seq = seq, name = name, taskId = id, limits = limits })
       park(self, "activity", seq, id)
     else -- the three in one call; the event travels with the park
-      resumed(self, core.wfRun(name, payload, self._run, seq, {
-        taskQueue = opts.taskQueue, priority = opts.priority, failureStrategy = strategy, limits = limits,
-      }))
+      resumed(self, core.wfRun(name, payload, self._run, seq, opts.taskQueue, opts.priority, strategy, limits))
     end
     done = awaited(self, self._ix.done[seq], seq)
   end
