@@ -24,8 +24,10 @@ local function invalid(fmt, ...)
   error(errors.new("EINVAL", string.format(fmt, ...)), 3)
 end
 
+local defs -- athena.definitions (required late: athena requires this module)
 local function definitions()
-  return require("athena").definitions
+  defs = defs or require("athena").definitions
+  return defs
 end
 
 -- Adds history event ev to the index by command: sched[seq] = the
@@ -118,8 +120,9 @@ local function awaited(ctx, done, seq)
 end
 
 -- A recorded outcome: true, result | false, error.
+local COMPLETED = { ["activity.completed"] = true, ["child.completed"] = true, ["compensation.completed"] = true }
 local function outcome(ev)
-  if ev.type:sub(-10) == ".completed" then return true, ev.result end
+  if COMPLETED[ev.type] then return true, ev.result end
   return false, setmetatable(ev.error or {}, core.Error)
 end
 
