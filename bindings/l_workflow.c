@@ -121,8 +121,10 @@ static int wf_spawn(lua_State* L) {
   return 1;
 }
 
-/* core.wfPark(kind, seq, taskId | fireAt): ends the segment until the
- * outcome of command `seq` is recorded. Does not return. */
+/* core.wfPark(kind, seq, taskId | fireAt) -> historyLength, events...:
+ * ends the segment until the outcome of command `seq` is recorded. Returns
+ * only when its worker kept the coroutine (the sticky cache): with the
+ * history's length and the events recorded since the park. */
 static int wf_park(lua_State* L) {
   static const char* const kinds[] = {"none", "activity", "child", "compensation", "timer", NULL};
   check_workflow(L);
@@ -140,12 +142,12 @@ static int wf_park(lua_State* L) {
 }
 
 /* core.wfRun(name, payload, run, seq, taskQueue, priority, failureStrategy,
- * limits) -> events, historyLength: ctx:run's command in one call, in
+ * limits) -> historyLength, events...: ctx:run's command in one call, in
  * memory and hybrid modes (file mode takes wfSpawn, wfAppend and wfPark,
  * each durable before the next): starts `name` with `payload` (its JSON,
  * checked) as the workflow's task <workflowId>/<run>/<seq> with the
  * options as wfSpawn's, records activity.scheduled{seq, name, taskId,
- * limits} and parks on the task (wfPark's results). */
+ * limits} and parks on the task (returns as wfPark). */
 static int wf_run(lua_State* L) {
   ath_task_t* t = check_workflow(L);
   const char* name = luaL_checkstring(L, 1);

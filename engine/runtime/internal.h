@@ -67,6 +67,19 @@ typedef struct {
   char json[];           /* NUL-terminated */
 } ath_wfev_t;
 
+/* An outcome event the engine recorded (activity.completed, child.failed,
+ * ...), described so that a resume can build its Lua table from these
+ * fields and decode only the value, not the whole event. */
+typedef struct {
+  const ath_wfev_t* ev;  /* the event described (in the history), or NULL */
+  const char* type;      /* static */
+  int run;
+  int index;             /* its number is "index" (a compensation), not "seq" */
+  int64_t seq, at;
+  const char* key;       /* "result" or "error" at json[voff..voff+vlen), or NULL */
+  uint32_t voff, vlen;
+} ath_wf_outev_t;
+
 /* A workflow's engine-side state; NULL for activities. Guarded by the
  * world lock. */
 typedef struct {
@@ -88,6 +101,8 @@ typedef struct {
   uint32_t ntail;
   int has_tail;
   ath_wfev_t* tail1;     /* a tail of one event: `tail` points here */
+  ath_wf_outev_t last_out; /* the latest outcome event recorded */
+  int tail_out;          /* the tail is last_out's event alone */
   int home;              /* parked, its coroutine cached on the worker of this
                           * id: resumed there, with only the new events, if
                           * that worker still serves; 0: none. An id, not a

@@ -392,25 +392,50 @@ ath_task_t* ath__task_workflow(lua_State* L) {
   return s != NULL && s->task != NULL && s->task->wf != NULL ? s->task : NULL;
 }
 
+/* [-0, +1, m] Pushes outcome event m as the table its JSON decodes to,
+ * decoding only its value. Returns 0, or ATH_EINVAL (an error message
+ * pushed instead). */
+static int push_outcome(lua_State* L, const ath_wf_outev_t* m) {
+  lua_createtable(L, 0, 6);
+  lua_pushstring(L, m->type);
+  lua_setfield(L, -2, "type");
+  lua_pushinteger(L, m->at);
+  lua_setfield(L, -2, "at");
+  lua_pushinteger(L, m->run);
+  lua_setfield(L, -2, "run");
+  lua_pushinteger(L, m->seq);
+  lua_setfield(L, -2, m->index ? "index" : "seq");
+  if (m->key != NULL) {
+    if (ath__json_decode(L, m->ev->json + m->voff, m->vlen) != 0)
+      return ATH_EINVAL;
+    lua_setfield(L, -2, m->key); /* null: absent, as decoded whole */
+  }
+  return 0;
+}
+
 /* Continuation of a park whose coroutine stayed cached (wf_cache.c): the
  * next segment resumed it with the history's new events (an array of
  * ath_wfev_t references, which the resumer keeps until this returns), their
- * count and the history's length; returns the events decoded (a list),
- * and the length. */
+ * count, the history's length and, when the events are one outcome the
+ * engine recorded, its description (or NULL); returns the length and the
+ * events decoded. */
 static int park_k(lua_State* L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
-  ath_wfev_t* const* evs = lua_touserdata(L, -3);
-  lua_Integer n = lua_tointeger(L, -2);
-  lua_Integer total = lua_tointeger(L, -1);
-  lua_createtable(L, (int)n, 0);
-  for (lua_Integer i = 0; i < n; i++) {
-    if (evs == NULL || ath__json_decode(L, evs[i]->json, evs[i]->len) != 0)
-      return luaL_error(L, "workflow resumed without its new events");
-    lua_rawseti(L, -2, i + 1);
-  }
+  ath_wfev_t* const* evs = lua_touserdata(L, -4);
+  int n = (int)lua_tointeger(L, -3);
+  lua_Integer total = lua_tointeger(L, -2);
+  const ath_wf_outev_t* out = lua_touserdata(L, -1);
+  lua_settop(L, 0);
+  if (!lua_checkstack(L, n + 1))
+    return luaL_error(L, "not enough memory");
   lua_pushinteger(L, total);
-  return 2;
+  for (int i = 0; i < n; i++) {
+    int rc = out != NULL ? push_outcome(L, out) : ath__json_decode(L, evs[i]->json, evs[i]->len);
+    if (rc != 0)
+      return luaL_error(L, "workflow resumed without its new events");
+  }
+  return n + 1;
 }
 
 int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t at) {
@@ -1132,6 +1157,8 @@ static void start_task(ath_worker_t* wk, ath_task_t* t) {
     size_t n = wf->ntail;
     uint32_t total = wf->park_nev + wf->ntail;
     ath_wfev_t** evs = wf->tail; /* taken in the claim, when from its home list */
+    ath_wf_outev_t out = wf->last_out; /* stable: written before the tail was taken */
+    int has_out = wf->has_tail && wf->tail_out;
     if (!wf->has_tail)
       evs = ath__world_wf_events(wk->w, t, wf->park_nev, &n, &total);
     wf->tail = NULL;
@@ -1144,9 +1171,10 @@ static void start_task(ath_worker_t* wk, ath_task_t* t) {
       lua_pushlightuserdata(s->co, evs);
       lua_pushinteger(s->co, (lua_Integer)n);
       lua_pushinteger(s->co, (lua_Integer)total);
+      lua_pushlightuserdata(s->co, has_out ? &out : NULL);
       ath_task_release(e->task);
       ath__wfc_entry_free(wk->wfc, e);
-      resume_slot(s, 3); /* park_k decodes them */
+      resume_slot(s, 4); /* park_k decodes them */
       ath__wf_tail_release(wf, evs, n); /* t is still ours: the slot's or the table's */
       if (s->task == t && s->wait != ATH_WAIT_NONE)
         arm_deadline(s); /* it waits: its deadlines need the loop's timer now */

@@ -346,20 +346,35 @@ static void ev_task_error(ath_buf_t* b, const ath_task_t* x) {
 /* Records the outcome of x, which workflow t awaits as its command
  * t->wf->wait_seq, in t's history. */
 static void wf_record(ath_world_t* w, ath_task_t* t, const ath_task_t* x, int64_t now) {
-  static const char* const family[] = {"", "activity", "child", "compensation"};
-  int kind = t->wf->wait_kind;
+  static const char* const types[][2] = {
+    {"", ""}, {"activity.failed", "activity.completed"}, {"child.failed", "child.completed"},
+    {"compensation.failed", "compensation.completed"}};
+  ath_wf_t* wf = t->wf;
+  int kind = wf->wait_kind;
   int ok = x->status == ATH_COMPLETED;
-  char type[40];
-  snprintf(type, sizeof(type), "%s.%s", family[kind], ok ? "completed" : "failed");
+  ath_wf_outev_t m = {.type = types[kind][ok], .run = t->attempt, .index = kind == ATH_PARK_COMP,
+                      .seq = wf->wait_seq, .at = now};
   ath_buf_t* b = &w->evbuf; /* one per step: the world's scratch, not a new buffer */
   b->len = 0;
-  ath__ev_begin(b, t, type, now);
-  ath__ev_int(b, kind == ATH_PARK_COMP ? "index" : "seq", t->wf->wait_seq);
-  if (ok && kind != ATH_PARK_COMP)
+  ath__ev_begin(b, t, m.type, now);
+  ath__ev_int(b, m.index ? "index" : "seq", m.seq);
+  size_t at = b->len;
+  if (ok && kind != ATH_PARK_COMP) {
     ath__ev_raw(b, "result", x->result, x->result_len);
-  else if (!ok)
+    m.key = "result";
+  } else if (!ok) {
     ev_task_error(b, x);
-  push_event(w, t, b);
+    m.key = "error";
+  }
+  if (m.key != NULL) { /* ,"key":value */
+    m.voff = (uint32_t)(at + strlen(m.key) + 4);
+    m.vlen = (uint32_t)(b->len - m.voff);
+  }
+  wf->last_out.ev = NULL;
+  if (push_event(w, t, b) == 0) {
+    m.ev = wf->ev[wf->nev - 1];
+    wf->last_out = m;
+  }
 }
 
 /* Whether worker wk can take resumptions of the workflows it caches. */
@@ -426,10 +441,12 @@ ath_task_t* ath__wf_pop_home(ath_worker_t* wk) {
     ath_wf_t* wf = t->wf; /* what its cached coroutine has not seen yet */
     size_t n;
     ath__wf_tail_release(wf, wf->tail, wf->ntail);
+    wf->tail_out = 0;
     if (wf->nev == wf->park_nev + 1) { /* the usual: the outcome alone */
       wf->tail1 = wf->ev[wf->park_nev];
       ath__wfev_retain(wf->tail1);
       wf->tail = &wf->tail1;
+      wf->tail_out = wf->tail1 == wf->last_out.ev;
       n = 1;
     } else {
       wf->tail = ath__wf_events_from(wf, wf->park_nev, &n);

@@ -96,12 +96,13 @@ end
 
 -- Parks the workflow until the outcome of command `seq` (a compensation's
 -- index) is in the history. When its worker keeps the parked coroutine
--- (the sticky cache), the next segment resumes it here with only the new
--- events, added to the index; otherwise the next segment replays the
--- workflow from the start and this call never returns.
-local function resumed(ctx, evs, total)
+-- (the sticky cache), the next segment resumes it here with the history's
+-- length and only the new events, added to the index; otherwise the next
+-- segment replays the workflow from the start and this call never returns.
+local function resumed(ctx, total, ev, ...)
   local ix, run = ctx._ix, ctx._run
-  for i = 1, #evs do add(ix, evs[i], run) end
+  if ev ~= nil then add(ix, ev, run) end -- usually the one outcome
+  for i = 1, select("#", ...) do add(ix, (select(i, ...)), run) end
   ctx._historyLength = total
 end
 
