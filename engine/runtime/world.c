@@ -649,7 +649,9 @@ static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
   int max_attempts = lim->has_retry && lim->max_attempts > 0 ? lim->max_attempts
                      : strategy == ATH_STRATEGY_RETRY         ? (def->a.workflow ? 4 : 3)
                                                               : 1;
-  uint64_t parent_hash = opts->parent_id ? ath__hash_str(opts->parent_id) : 0;
+  /* a step's parent is the workflow its worker runs: no lookup by id */
+  ath_task_t* known = by != NULL && by->current != NULL ? by->current->task : NULL;
+  uint64_t parent_hash = opts->parent_id && known == NULL ? ath__hash_str(opts->parent_id) : 0;
   size_t namelen = strlen(name);
   tasks = n <= 1 ? one : malloc(n * sizeof(*tasks));
   if (tasks == NULL) {
@@ -768,7 +770,8 @@ relock:
   }
   ath_task_t* parent = NULL;
   if (opts->parent_id != NULL &&
-      ((parent = ath__table_get(w, opts->parent_id, parent_hash)) == NULL || parent->wf == NULL)) {
+      ((parent = known ? known : ath__table_get(w, opts->parent_id, parent_hash)) == NULL ||
+       parent->wf == NULL)) {
     ath__set_err(err, errlen, "no workflow %s", opts->parent_id);
     rc = ATH_ENOTFOUND;
     uv_mutex_unlock(&w->lock);
