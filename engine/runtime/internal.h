@@ -433,6 +433,7 @@ struct ath_worker_s {
    * it (ath__wake_all). A retired worker is freed once none holds it. */
   atomic_int wakes_held;
   atomic_int poke;       /* set with a wake: check the slots for cancels */
+  atomic_uint wakes;     /* ath__worker_wake calls (a test reads it) */
   atomic_int lost;       /* declared lost by the monitor: its outcomes are void */
   atomic_int exited;     /* its thread has finished (set last thing) */
   struct ath_curlm_s* curlm; /* HTTP requests of its tasks (created on first use) */
@@ -757,8 +758,8 @@ int ath__telemetry_on_end(ath_world_t* w, const ath_term_ev_t* ev, ath_worker_t*
 /* vclock.c */
 int ath__vtimer_less(const void* a, const void* b);
 /* workflow.c */
-void ath__ev_begin(ath_buf_t* b, const ath_task_t* t, const char* type, int64_t now);
-void ath__ev_int(ath_buf_t* b, const char* key, int64_t v);
+int ath__ev_begin(ath_buf_t* b, const ath_task_t* t, const char* type, int64_t now);
+int ath__ev_int(ath_buf_t* b, const char* key, int64_t v);
 void ath__ev_raw(ath_buf_t* b, const char* key, const char* json, size_t len);
 int ath__hold_workflow(ath_world_t* w, ath_task_t* t);
 int ath__home_open(const ath_world_t* w, const ath_worker_t* wk);

@@ -468,11 +468,10 @@ int ath__task_wf_scheduled(lua_State* L, ath_task_t* t, int64_t seq, const char*
                            const char* task_id, const char* limits, size_t limits_len, uint64_t* gen) {
   ath_worker_t* wk = ath__worker_of(L);
   ath_buf_t* b = &wk->buf; /* free while a segment runs: results use it after */
-  char head[160]; /* the fields of ath__ev_begin, then seq */
-  int n = snprintf(head, sizeof(head), "{\"type\":\"activity.scheduled\",\"at\":%lld,\"run\":%d,\"seq\":%lld,\"name\":",
-                   (long long)ath__wall(wk->w), t->attempt, (long long)seq);
   b->len = 0;
-  int rc = ath__buf_append(b, head, (size_t)n);
+  int rc = ath__ev_begin(b, t, "activity.scheduled", ath__wall(wk->w));
+  rc |= ath__ev_int(b, "seq", seq);
+  rc |= ath__buf_lit(b, ",\"name\":");
   rc |= ath__json_put_text(b, name, strlen(name));
   rc |= ath__buf_lit(b, ",\"taskId\":");
   rc |= ath__json_put_text(b, task_id, strlen(task_id));
@@ -1646,6 +1645,7 @@ int ath__worker_spawn(ath_world_t* w, ath_queue_t* q, int wait, ath_worker_t** o
 }
 
 void ath__worker_wake(ath_worker_t* wk) {
+  atomic_fetch_add_explicit(&wk->wakes, 1, memory_order_relaxed);
   atomic_store(&wk->pending, 1);
   uv_async_send(&wk->async);
 }

@@ -263,18 +263,22 @@ ath_wfev_t** ath__world_wf_events(ath_world_t* w, ath_task_t* t, uint32_t from, 
   return evs;
 }
 
-/* Starts an event {"type":..,"at":..,"run":..; ath__wf_push_buf closes it. */
-void ath__ev_begin(ath_buf_t* b, const ath_task_t* t, const char* type, int64_t now) {
-  char tmp[160];
-  int n = snprintf(tmp, sizeof(tmp), "{\"type\":\"%s\",\"at\":%lld,\"run\":%d", type,
-                   (long long)now, t->attempt);
-  ath__buf_append(b, tmp, (size_t)n);
+/* Starts an event {"type":..,"at":..,"run":..; ath__wf_push_buf closes it.
+ * These return 0, or ATH_ENOMEM when a piece could not be appended. */
+int ath__ev_begin(ath_buf_t* b, const ath_task_t* t, const char* type, int64_t now) {
+  int rc = ath__buf_lit(b, "{\"type\":\"");
+  rc |= ath__buf_append(b, type, strlen(type));
+  rc |= ath__buf_lit(b, "\",\"at\":");
+  rc |= ath__buf_i64(b, now);
+  rc |= ath__buf_lit(b, ",\"run\":");
+  return rc | ath__buf_i64(b, t->attempt);
 }
 
-void ath__ev_int(ath_buf_t* b, const char* key, int64_t v) {
-  char tmp[96];
-  int n = snprintf(tmp, sizeof(tmp), ",\"%s\":%lld", key, (long long)v);
-  ath__buf_append(b, tmp, (size_t)n);
+int ath__ev_int(ath_buf_t* b, const char* key, int64_t v) {
+  int rc = ath__buf_lit(b, ",\"");
+  rc |= ath__buf_append(b, key, strlen(key));
+  rc |= ath__buf_lit(b, "\":");
+  return rc | ath__buf_i64(b, v);
 }
 
 /* Adds "key":json (null when json is NULL). */
