@@ -72,6 +72,14 @@ static int reg(ath_world_t* w, const char* name, const char* queue, int priority
   return ath_world_register(w, &a);
 }
 
+/* Registers workflow `name` with defaults. */
+static int reg_workflow(ath_world_t* w, const char* name) {
+  ath_activity_t a;
+  ath_activity_init(&a, name);
+  a.workflow = 1;
+  return ath_world_register(w, &a);
+}
+
 static char* dup_json(const char* s, size_t* len) {
   *len = strlen(s);
   char* p = malloc(*len + 1);
@@ -520,10 +528,7 @@ TEST_IMPL(world_children_list) {
   ath_world_t* w = new_world(2, NULL);
   ASSERT_OK(reg(w, "echo", NULL, 0));
   ASSERT_OK(reg(w, "nap", NULL, 0));
-  ath_activity_t a;
-  ath_activity_init(&a, "fan");
-  a.workflow = 1;
-  ASSERT_OK(ath_world_register(w, &a));
+  ASSERT_OK(reg_workflow(w, "fan"));
   char err[512];
   ASSERT_OK(ath_world_start(w, err, sizeof(err)));
   enum { OTHERS = 2000, KIDS = 50 };
@@ -581,10 +586,7 @@ TEST_IMPL(world_workflow_step_stays_on_its_worker) {
   write_module();
   ath_world_t* w = new_world(2, NULL);
   ASSERT_OK(reg(w, "echo", NULL, 0));
-  ath_activity_t a;
-  ath_activity_init(&a, "steps");
-  a.workflow = 1;
-  ASSERT_OK(ath_world_register(w, &a));
+  ASSERT_OK(reg_workflow(w, "steps"));
   char err[512];
   ASSERT_OK(ath_world_start(w, err, sizeof(err)));
   unsigned before[2];
