@@ -199,12 +199,13 @@ function Ctx:run(name, input, opts)
   local def
   def, opts = check_call("ctx:run", name, opts, LIMITS)
   local limits = check_limits("ctx:run", name, def, opts)
+  local seq = self._seq + 1
+  local done = self._ix.done[seq]
   -- checked (and encoded) once, when it is issued: not when replayed
-  local payload = self._ix.done[self._seq + 1] == nil and core.encode(input, "input")
-  local seq = next_seq(self)
+  local payload = done == nil and core.encode(input, "input")
+  self._seq = seq
   local ev = recorded(self, seq, "activity.scheduled", name)
   local strategy = strategy_of(self, def, opts)
-  local done = self._ix.done[seq]
   if done == nil then
     if ev ~= nil and ev.run == self._run then
       park(self, "activity", seq, ev.taskId)
