@@ -150,6 +150,8 @@ static int wf_park(lua_State* L) {
  * limits} and parks on the task (returns as wfPark). */
 static int wf_run(lua_State* L) {
   ath_task_t* t = check_workflow(L);
+  if (ath__worker_durable(ath__worker_of(L)))
+    return ath__raise(L, ATH_EINVAL, "%s", "wfRun does not wait for commits: not for file mode");
   const char* name = luaL_checkstring(L, 1);
   size_t len;
   const char* json = luaL_checklstring(L, 2, &len);
