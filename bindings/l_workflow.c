@@ -177,9 +177,10 @@ static int wf_run(lua_State* L) {
   if (rc == 0) {
     uint64_t gen;
     rc = ath__task_wf_scheduled(L, t, seq, name, ath_task_id(x), lim.data, lim.len, &gen);
-    if (rc != 0)
+    if (rc != 0) {
       ath_task_release(x);
-    snprintf(err, sizeof(err), "%s", "cannot record a workflow event");
+      snprintf(err, sizeof(err), "%s", "cannot record a workflow event");
+    }
   }
   ath__buf_free(&lim);
   if (rc != 0)
