@@ -747,8 +747,9 @@ relock:
   }
   /* Check every explicit id before changing anything, so a batch goes in
    * whole or not at all. */
+  ath_task_t* first = NULL; /* a single task's lookup, for the loop below */
   for (size_t i = 0; i < n; i++) {
-    ath_task_t* old = ath__table_get(w, tasks[i]->id, tasks[i]->hash);
+    ath_task_t* old = first = ath__table_get(w, tasks[i]->id, tasks[i]->hash);
     if (old == NULL && stored != NULL && stored[i] == NULL &&
         evicted_since(w, evicted0, tasks[i]->hash)) {
       /* Rare: look again (reads take the lock themselves), then check all
@@ -801,7 +802,8 @@ relock:
   int64_t ready = 0;
   for (size_t i = 0; i < n; i++) {
     ath_task_t* t = tasks[i];
-    ath_task_t* old = ath__table_get(w, t->id, t->hash);
+    /* (a batch looks again: an earlier task of it may have the same id) */
+    ath_task_t* old = n == 1 ? first : ath__table_get(w, t->id, t->hash);
     if (old == NULL && stored != NULL && stored[i] != NULL) {
       old = stored[i]; /* its reference is handed over */
       stored[i] = NULL;
