@@ -198,13 +198,14 @@ end
 function Ctx:run(name, input, opts)
   local def
   def, opts = check_call("ctx:run", name, opts, LIMITS)
-  local limits = check_limits("ctx:run", name, def, opts)
-  local seq = self._seq + 1
-  local done = self._ix.done[seq]
+  -- (the hot path of a workflow: a step calls as few functions as it can)
+  local limits = opts ~= NOOPTS and check_limits("ctx:run", name, def, opts) or nil
+  local ix, seq = self._ix, self._seq + 1
+  local done = ix.done[seq]
   -- checked (and encoded) once, when it is issued: not when replayed
   local payload = done == nil and core.encode(input, "input")
   self._seq = seq
-  local ev = recorded(self, seq, "activity.scheduled", name)
+  local ev = ix.sched[seq] and recorded(self, seq, "activity.scheduled", name)
   local strategy = strategy_of(self, def, opts)
   if done == nil then
     if ev ~= nil and ev.run == self._run then
@@ -217,10 +218,10 @@ function Ctx:run(name, input, opts)
     else -- the three in one call; the event travels with the park
       resumed(self, core.wfRun(name, payload, self._run, seq, opts.taskQueue, opts.priority, strategy, limits))
     end
-    done = awaited(self, self._ix.done[seq], seq)
+    done = ix.done[seq] or awaited(self, nil, seq)
   end
-  local ok, v = outcome(done)
-  if ok then return v end
+  if COMPLETED[done.type] then return done.result end
+  local _, v = outcome(done)
   if strategy == "ignore" then return nil, v end
   error(v, 0)
 end
