@@ -288,11 +288,8 @@ int ath__cancel_locked(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t*
   if (atomic_load(&t->cancel_ns) == 0)
     atomic_store(&t->cancel_ns, ath__mono(w));
   ath__store_mark(w, t);
-  if (t->wf != NULL) {
-    ath_buf_t b = {0};
-    ath__ev_begin(&b, t, "cancel.requested", now);
-    ath__wf_push_buf(w, t, &b);
-  }
+  if (t->wf != NULL)
+    ath__wf_cancel_requested(w, t, now);
   if (ath__unqueue(w, t) == 0)
     return ath__finish_task(w, t, ATH_CANCELLED, now, wake, nwake);
   return ath__wake_runner(t, wake, nwake); /* its worker interrupts it */
@@ -336,7 +333,7 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
       wk->tasks_completed++;
     else if (o->status == ATH_FAILED)
       wk->tasks_failed++;
-    if (o->nevs > 0) /* what the segment recorded comes first in its history */
+    if (t->wf != NULL) /* what the segment recorded comes first in its history */
       ath__wf_publish(w, t, o);
     if (t->wf != NULL && o->status == ATH_FAILED && o->err_code == ATH_ESHUTDOWN &&
         w->state != ATH_W_STARTED)

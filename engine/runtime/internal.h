@@ -102,6 +102,9 @@ typedef struct {
   int has_tail;
   ath_wfev_t* tail1;     /* a tail of one event: `tail` points here */
   ath_wf_outev_t last_out; /* the latest outcome event recorded */
+  int64_t cancel_at;     /* wall ms of a cancel accepted while a segment ran
+                          * (memory, hybrid): its cancel.requested follows the
+                          * events that segment records; 0: none pending */
   int tail_out;          /* the tail is last_out's event alone */
   int home;              /* parked, its coroutine cached on the worker of this
                           * id: resumed there, with only the new events, if
@@ -765,6 +768,7 @@ int ath__hold_workflow(ath_world_t* w, ath_task_t* t);
 int ath__home_open(const ath_world_t* w, const ath_worker_t* wk);
 void ath__wf_claimed(ath_task_t* t);
 void ath__wf_publish(ath_world_t* w, ath_task_t* t, ath_outcome_t* o);
+void ath__wf_cancel_requested(ath_world_t* w, ath_task_t* t, int64_t now);
 int ath__wf_park(ath_world_t* w, ath_task_t* t, ath_outcome_t* o, int64_t now, uint64_t mono, ath_worker_t** wake, int nwake, int* wake_engine);
 ath_task_t* ath__wf_pop_home(ath_worker_t* wk);
 int ath__wf_push_buf(ath_world_t* w, ath_task_t* t, ath_buf_t* b);

@@ -310,9 +310,34 @@ int ath__wf_push_buf(ath_world_t* w, ath_task_t* t, ath_buf_t* b) {
   return rc;
 }
 
+/* Records the cancel.requested a cancel accepted while a segment ran put
+ * off (lock held). */
+static void flush_cancel(ath_world_t* w, ath_task_t* t) {
+  if (t->wf->cancel_at == 0)
+    return;
+  ath_buf_t b = {0};
+  ath__ev_begin(&b, t, "cancel.requested", t->wf->cancel_at);
+  ath__wf_push_buf(w, t, &b);
+  t->wf->cancel_at = 0;
+}
+
+/* A cancel of workflow t was accepted (lock held): cancel.requested goes
+ * in its history now, or, while a segment runs and its events travel with
+ * its outcome (memory, hybrid), after them. */
+void ath__wf_cancel_requested(ath_world_t* w, ath_task_t* t, int64_t now) {
+  if (t->wk != NULL && w->cfg.persistence != ATH_PERSIST_FILE) {
+    if (t->wf->cancel_at == 0)
+      t->wf->cancel_at = now;
+    return;
+  }
+  t->wf->cancel_at = now;
+  flush_cancel(w, t);
+}
+
 /* Adds the events segment outcome o of workflow t recorded to its history,
- * in order, with one store mark (lock held). An event that finds no
- * memory is dropped with the ones after it: a replay records them again. */
+ * in order, then a cancel.requested put off meanwhile, with one store mark
+ * (lock held). An event that finds no memory is dropped with the ones
+ * after it: a replay records them again. */
 void ath__wf_publish(ath_world_t* w, ath_task_t* t, ath_outcome_t* o) {
   uint32_t i = 0;
   while (i < o->nevs && ath__wf_push(t->wf, o->evs[i]) == 0)
@@ -320,6 +345,7 @@ void ath__wf_publish(ath_world_t* w, ath_task_t* t, ath_outcome_t* o) {
   for (uint32_t k = i + 1; k < o->nevs; k++) /* ath__wf_push released evs[i] */
     ath__wfev_release(o->evs[k]);
   o->nevs = 0;
+  flush_cancel(w, t);
   ath__store_mark(w, t);
 }
 
@@ -519,6 +545,7 @@ static int wf_cascade(ath_world_t* w, ath_task_t* t, ath_task_t* x, int64_t now,
  * cancel or cascade, and its parent (an awaited outcome or a cascade). */
 int ath__wf_terminal(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** wake, int nwake) {
   if (t->wf != NULL) {
+    flush_cancel(w, t); /* a lost worker's segment never published */
     static const char* const names[] = {
       [ATH_COMPLETED] = "workflow.completed", [ATH_FAILED] = "workflow.failed",
       [ATH_CANCELLED] = "workflow.cancelled", [ATH_QUARANTINED] = "workflow.failed",

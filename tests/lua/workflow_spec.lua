@@ -471,6 +471,24 @@ describe("workflows", function()
       assert.equals(0, count(log, "slow end nil"))
     end)
 
+    it("a cancel while a segment runs is recorded after the events that segment records", function()
+      local w = world { cancelGrace = 300 } -- the segment records its marker well within it
+      local h = w:execute("wf.busy")
+      S.eventually(function()
+        for _, wk in ipairs(w:getWorkers()) do
+          for _, r in ipairs(wk.running) do
+            if r.id == h.id then return true end
+          end
+        end
+        return false
+      end, S.WAIT, "the segment to run")
+      assert.is_true(h:cancel())
+      local _, err = S.result(h)
+      assert.equals("ECANCELED", err.code)
+      assert.same({ "workflow.started", "marker", "cancel.requested", "workflow.cancelled" },
+        types(h:query().history))
+    end)
+
     it("a step that fails and is retried completes once, and its workflow goes on", function()
       local w = world()
       local log = tmpname()
