@@ -121,10 +121,11 @@ static int wf_spawn(lua_State* L) {
   return 1;
 }
 
-/* core.wfPark(kind, seq, taskId | fireAt) -> historyLength, events...:
+/* core.wfPark(kind, seq, taskId | fireAt) -> historyLength, event, others:
  * ends the segment until the outcome of command `seq` is recorded. Returns
  * only when its worker kept the coroutine (the sticky cache): with the
- * history's length and the events recorded since the park. */
+ * history's length and the events recorded since the park (the first,
+ * and a list of the others when there are more). */
 static int wf_park(lua_State* L) {
   static const char* const kinds[] = {"none", "activity", "child", "compensation", "timer", NULL};
   check_workflow(L);
@@ -142,7 +143,7 @@ static int wf_park(lua_State* L) {
 }
 
 /* core.wfRun(name, payload, run, seq, taskQueue, priority, failureStrategy,
- * limits) -> historyLength, events...: ctx:run's command in one call, in
+ * limits) -> historyLength, event, others: ctx:run's command in one call, in
  * memory and hybrid modes (file mode takes wfSpawn, wfAppend and wfPark,
  * each durable before the next): starts `name` with `payload` (its JSON,
  * checked) as the workflow's task <workflowId>/<run>/<seq> with the

@@ -417,8 +417,9 @@ static int push_outcome(lua_State* L, const ath_wf_outev_t* m) {
  * next segment resumed it with the history's new events (an array of
  * ath_wfev_t references, which the resumer keeps until this returns), their
  * count, the history's length and, when the events are one outcome the
- * engine recorded, its description (or NULL); returns the length and the
- * events decoded. */
+ * engine recorded, its description (or NULL); returns the length, the
+ * first event decoded (nil when none) and, when there are more, a list of
+ * the others. */
 static int park_k(lua_State* L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
@@ -427,15 +428,19 @@ static int park_k(lua_State* L, int status, lua_KContext ctx) {
   lua_Integer total = lua_tointeger(L, -2);
   const ath_wf_outev_t* out = lua_touserdata(L, -1);
   lua_settop(L, 0);
-  if (!lua_checkstack(L, n + 1))
-    return luaL_error(L, "not enough memory");
   lua_pushinteger(L, total);
+  if (n > 1)
+    lua_createtable(L, n - 1, 0);
   for (int i = 0; i < n; i++) {
     int rc = out != NULL ? push_outcome(L, out) : ath__json_decode(L, evs[i]->json, evs[i]->len);
     if (rc != 0)
       return luaL_error(L, "workflow resumed without its new events");
+    if (i > 0)
+      lua_rawseti(L, 2, i);
   }
-  return n + 1;
+  if (n > 1)
+    lua_rotate(L, 2, -1); /* total, first, others */
+  return n == 0 ? 1 : n == 1 ? 2 : 3;
 }
 
 int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t at) {

@@ -99,10 +99,12 @@ end
 -- (the sticky cache), the next segment resumes it here with the history's
 -- length and only the new events, added to the index; otherwise the next
 -- segment replays the workflow from the start and this call never returns.
-local function resumed(ctx, total, ev, ...)
+local function resumed(ctx, total, ev, others)
   local ix, run = ctx._ix, ctx._run
   if ev ~= nil then add(ix, ev, run) end -- usually the one outcome
-  for i = 1, select("#", ...) do add(ix, (select(i, ...)), run) end
+  if others ~= nil then
+    for i = 1, #others do add(ix, others[i], run) end
+  end
   ctx._historyLength = total
 end
 
