@@ -13,17 +13,25 @@
 -- process, every thread): on a shared, loaded machine wall-clock rates
 -- swing by 2-3x between runs, CPU per step much less.
 -- WFCACHE=<n> sets workflowCache (default: the world's, 10000 per worker).
+-- STEP=now|sleep makes each step ctx:now() (a recorded marker) or
+-- ctx:sleep(0) (a park and resume, no activity) instead of ctx:run, to see
+-- what the parts of a step cost (with ONLY=<mode>:<len>).
 local athena = require "athena"
 
 local STEPS = tonumber(arg and arg[1]) or 20000
 local REPS = tonumber(arg and arg[2]) or 3
 local CACHE = tonumber(os.getenv("WFCACHE"))
+local STEP = os.getenv("STEP") or "run"
 
 local noop = athena.activity("noop", function(_, input) return input end)
 local chain = athena.workflow("chain", function(ctx, input)
   local sum = 0
-  for i = 1, input.steps do sum = sum + ctx:run("noop", i) end
-  return sum
+  for i = 1, input.steps do
+    if STEP == "now" then ctx:now()
+    elseif STEP == "sleep" then ctx:sleep(0)
+    else sum = sum + ctx:run("noop", i) end
+  end
+  return STEP == "run" and sum or input.steps * (input.steps + 1) // 2
 end)
 
 local dir = os.tmpname()

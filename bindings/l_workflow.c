@@ -27,14 +27,15 @@ static void encode(lua_State* L, int idx, const char* root, ath_buf_t* b) {
   }
 }
 
-/* core.wfAppend(event): appends the event table to the history. */
+/* core.wfAppend(event): records the event table in the history (with
+ * the segment's outcome; file mode: at once, durable before it returns). */
 static int wf_append(lua_State* L) {
   ath_task_t* t = check_workflow(L);
   luaL_checktype(L, 1, LUA_TTABLE);
   ath_buf_t b = {0};
   encode(L, 1, "event", &b);
   uint64_t gen;
-  int rc = ath__world_wf_append(world_of(L), t, b.data, b.len, &gen);
+  int rc = ath__task_wf_record(L, t, b.data, b.len, &gen);
   ath__buf_free(&b);
   if (rc != 0)
     return ath__raise(L, rc, "cannot record a workflow event");
@@ -50,31 +51,44 @@ static int wf_append(lua_State* L) {
  * already), limits (per-call timeout,
  * scheduleToClose, heartbeatTimeout in ms and retry, as workflow.lua
  * normalised them). */
+/* [-0, +0, v] Reads the options of a task workflow t starts from the
+ * stack, at i: taskQueue, priority, delay, failureStrategy (a name),
+ * limits (per-call timeout, scheduleToClose, heartbeatTimeout in ms and
+ * retry, as workflow.lua normalised them); nil: the default. Into o, the
+ * limits encoded in lim. */
+static void spawn_opts(lua_State* L, int i, ath_task_t* t, ath_exec_opts_t* o, ath_buf_t* lim) {
+  memset(o, 0, sizeof(*o));
+  o->parent_id = ath_task_id(t);
+  if (lua_type(L, i) == LUA_TSTRING)
+    o->task_queue = lua_tostring(L, i);
+  if (lua_type(L, i + 1) == LUA_TNUMBER) {
+    o->has_priority = 1;
+    o->priority = (int)lua_tointeger(L, i + 1);
+  }
+  if (!lua_isnil(L, i + 2))
+    o->delay_ms = ath__checkduration(L, i + 2, "delay");
+  if (!lua_isnil(L, i + 3))
+    o->failure_strategy = ath__checkstrategy(L, i + 3, "failureStrategy");
+  if (lua_type(L, i + 4) == LUA_TTABLE) {
+    encode(L, i + 4, "limits", lim);
+    o->limits = lim->data;
+    o->limits_len = lim->len;
+  }
+}
+
 static int wf_spawn(lua_State* L) {
   ath_task_t* t = check_workflow(L);
   const char* name = luaL_checkstring(L, 1);
   const char* id = luaL_checkstring(L, 3);
   luaL_checktype(L, 4, LUA_TTABLE);
   ath_exec_opts_t o;
-  memset(&o, 0, sizeof(o));
-  o.id = id;
-  o.parent_id = ath_task_id(t);
-  if (lua_getfield(L, 4, "taskQueue") == LUA_TSTRING)
-    o.task_queue = lua_tostring(L, -1);
-  if (lua_getfield(L, 4, "priority") == LUA_TNUMBER) {
-    o.has_priority = 1;
-    o.priority = (int)lua_tointeger(L, -1);
-  }
-  if (lua_getfield(L, 4, "delay") != LUA_TNIL)
-    o.delay_ms = ath__checkduration(L, -1, "delay");
-  if (lua_getfield(L, 4, "failureStrategy") != LUA_TNIL)
-    o.failure_strategy = ath__checkstrategy(L, -1, "failureStrategy");
   ath_buf_t lim = {0};
-  if (lua_getfield(L, 4, "limits") == LUA_TTABLE) {
-    encode(L, -1, "limits", &lim);
-    o.limits = lim.data;
-    o.limits_len = lim.len;
-  }
+  static const char* const keys[] = {"taskQueue", "priority", "delay", "failureStrategy", "limits"};
+  lua_settop(L, 4);
+  for (int k = 0; k < 5; k++)
+    lua_getfield(L, 4, keys[k]);
+  spawn_opts(L, 5, t, &o, &lim);
+  o.id = id;
   ath_buf_t b = {0};
   char jerr[256];
   int jrc = 0;
@@ -107,8 +121,11 @@ static int wf_spawn(lua_State* L) {
   return 1;
 }
 
-/* core.wfPark(kind, seq, taskId | fireAt): ends the segment until the
- * outcome of command `seq` is recorded. Does not return. */
+/* core.wfPark(kind, seq, taskId | fireAt) -> historyLength, event, others:
+ * ends the segment until the outcome of command `seq` is recorded. Returns
+ * only when its worker kept the coroutine (the sticky cache): with the
+ * history's length and the events recorded since the park (the first,
+ * and a list of the others when there are more). */
 static int wf_park(lua_State* L) {
   static const char* const kinds[] = {"none", "activity", "child", "compensation", "timer", NULL};
   check_workflow(L);
@@ -123,6 +140,60 @@ static int wf_park(lua_State* L) {
   if (x == NULL && ath_world_find(world_of(L), id, &x) != 0)
     return ath__raise(L, ATH_ENOTFOUND, "no task %s", id);
   return ath__task_park(L, kind, seq, x, 0);
+}
+
+/* core.wfRun(name, payload, run, seq, taskQueue, priority, failureStrategy,
+ * limits) -> historyLength, event, others: ctx:run's command in one call, in
+ * memory and hybrid modes (file mode takes wfSpawn, wfAppend and wfPark,
+ * each durable before the next): starts `name` with `payload` (its JSON,
+ * checked) as the workflow's task <workflowId>/<run>/<seq> with the
+ * options as wfSpawn's, records activity.scheduled{seq, name, taskId,
+ * limits} and parks on the task (returns as wfPark). */
+static int wf_run(lua_State* L) {
+  ath_task_t* t = check_workflow(L);
+  if (ath__worker_durable(ath__worker_of(L)))
+    return ath__raise(L, ATH_EINVAL, "%s", "wfRun does not wait for commits: not for file mode");
+  const char* name = luaL_checkstring(L, 1);
+  size_t len;
+  const char* json = luaL_checklstring(L, 2, &len);
+  lua_Integer run = luaL_checkinteger(L, 3);
+  lua_Integer seq = luaL_checkinteger(L, 4);
+  lua_settop(L, 8);
+  lua_pushnil(L); /* no delay */
+  lua_insert(L, 7);
+  ath_exec_opts_t o;
+  ath_buf_t lim = {0};
+  spawn_opts(L, 5, t, &o, &lim);
+  char idbuf[160]; /* most ids: no string for it */
+  int idlen = snprintf(idbuf, sizeof(idbuf), "%s/%lld/%lld", ath_task_id(t), (long long)run, (long long)seq);
+  o.id = idlen < (int)sizeof(idbuf) ? idbuf : lua_pushfstring(L, "%s/%I/%I", ath_task_id(t), run, seq);
+  char* payload = ath__memdup(json, len);
+  if (payload == NULL) {
+    ath__buf_free(&lim);
+    return ath__raise(L, ATH_ENOMEM, "%s", "not enough memory");
+  }
+  ath_task_t* x;
+  char err[256] = "";
+  int rc = ath__task_execute_step(L, name, payload, len, &o, &x, err, sizeof(err));
+  if (rc == 0) {
+    uint64_t gen;
+    rc = ath__task_wf_scheduled(L, t, seq, name, ath_task_id(x), lim.data, lim.len, &gen);
+    if (rc != 0) {
+      ath_task_release(x);
+      snprintf(err, sizeof(err), "%s", "cannot record a workflow event");
+    }
+  }
+  ath__buf_free(&lim);
+  if (rc != 0)
+    return ath__raise(L, rc, "%s", err[0] ? err : ath_strerror(rc));
+  return ath__task_park(L, ATH_PARK_ACTIVITY, seq, x, 0);
+}
+
+/* core.wfDurable() -> whether each workflow command must be committed
+ * before the workflow goes on (file mode: wfRun is not for it). */
+static int wf_durable(lua_State* L) {
+  lua_pushboolean(L, ath__worker_durable(ath__worker_of(L)));
+  return 1;
 }
 
 /* core.uuid() -> a random UUID v4 string. */
@@ -142,6 +213,7 @@ static int wf_inside(lua_State* L) {
 void lath_open_workflow(lua_State* L) {
   static const luaL_Reg funcs[] = {
     {"wfAppend", wf_append}, {"wfSpawn", wf_spawn}, {"wfPark", wf_park},
+    {"wfRun", wf_run},       {"wfDurable", wf_durable},
     {"uuid", wf_uuid},       {"inWorkflow", wf_inside}, {NULL, NULL},
   };
   luaL_setfuncs(L, funcs, 0);

@@ -288,11 +288,8 @@ int ath__cancel_locked(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t*
   if (atomic_load(&t->cancel_ns) == 0)
     atomic_store(&t->cancel_ns, ath__mono(w));
   ath__store_mark(w, t);
-  if (t->wf != NULL) {
-    ath_buf_t b = {0};
-    ath__ev_begin(&b, t, "cancel.requested", now);
-    ath__wf_push_buf(w, t, &b);
-  }
+  if (t->wf != NULL)
+    ath__wf_cancel_requested(w, t, now);
   if (ath__unqueue(w, t) == 0)
     return ath__finish_task(w, t, ATH_CANCELLED, now, wake, nwake);
   return ath__wake_runner(t, wake, nwake); /* its worker interrupts it */
@@ -307,8 +304,18 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
   ath_queue_t* q = wk->queue;
 
   uv_mutex_lock(&w->lock);
-  if (atomic_load(&wk->lost))
-    wk->noutcomes = 0; /* declared lost: its tasks were failed and moved on */
+  int nout = wk->noutcomes; /* their held tasks are seen to after the claims */
+  if (atomic_load(&wk->lost)) { /* declared lost: its tasks were failed and moved on */
+    for (int i = 0; i < wk->noutcomes; i++) {
+      ath_outcome_t* o = &wk->outcomes[i];
+      if (o->park_task != NULL)
+        ath_task_release(o->park_task);
+      for (uint32_t k = 0; k < o->nevs; k++)
+        ath__wfev_release(o->evs[k]);
+      o->nevs = 0;
+    }
+    wk->noutcomes = 0;
+  }
   int requeued_before = w->requeued;
   for (int i = 0; i < wk->noutcomes; i++) {
     ath_outcome_t* o = &wk->outcomes[i];
@@ -326,6 +333,8 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
       wk->tasks_completed++;
     else if (o->status == ATH_FAILED)
       wk->tasks_failed++;
+    if (t->wf != NULL) /* what the segment recorded comes first in its history */
+      ath__wf_publish(w, t, o);
     if (t->wf != NULL && o->status == ATH_FAILED && o->err_code == ATH_ESHUTDOWN &&
         w->state != ATH_W_STARTED)
       o->status = ATH_PENDING; /* a command refused by the shutdown: not a failure */
@@ -433,6 +442,17 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
     q->running += n;
     wk->running += n;
     w->n_running += n;
+  }
+  for (int i = 0; i < nout; i++) {
+    /* a task a segment started for this worker to claim: if it did not
+     * (others came first, no free slot, stopping), another worker may */
+    ath_task_t* h = wk->outcomes[i].held;
+    if (h == NULL)
+      continue;
+    wk->outcomes[i].held = NULL;
+    if (h->status == ATH_PENDING && nwake < MAX_WORKERS)
+      nwake += ath__pick_sleepers(w, h->queue, 1, wake + nwake, MAX_WORKERS - nwake);
+    ath_task_release(h);
   }
   if (wk->resumes.head != NULL && (wk->stop || !ath__home_open(w, wk)))
     nwake = ath__wf_unhome(w, wk, wake, nwake); /* no more segments here */

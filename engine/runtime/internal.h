@@ -67,6 +67,19 @@ typedef struct {
   char json[];           /* NUL-terminated */
 } ath_wfev_t;
 
+/* An outcome event the engine recorded (activity.completed, child.failed,
+ * ...), described so that a resume can build its Lua table from these
+ * fields and decode only the value, not the whole event. */
+typedef struct {
+  const ath_wfev_t* ev;  /* the event described (in the history), or NULL */
+  const char* type;      /* static */
+  int run;
+  int index;             /* its number is "index" (a compensation), not "seq" */
+  int64_t seq, at;
+  const char* key;       /* "result" or "error" at json[voff..voff+vlen), or NULL */
+  uint32_t voff, vlen;
+} ath_wf_outev_t;
+
 /* A workflow's engine-side state; NULL for activities. Guarded by the
  * world lock. */
 typedef struct {
@@ -79,6 +92,20 @@ typedef struct {
                           * cached coroutine has seen every event before it
                           * that its index needs (only cancel.requested, which
                           * it ignores, comes from elsewhere meanwhile) */
+  /* Claimed from its home worker's resumes list: new references to the
+   * events its cached coroutine has not seen, ev[park_nev..nev) at the
+   * claim, taken in that exchange (so the resume needs no lock); the
+   * claiming worker takes them over. has_tail: taken (tail is NULL when
+   * there are none). */
+  ath_wfev_t** tail;
+  uint32_t ntail;
+  int has_tail;
+  ath_wfev_t* tail1;     /* a tail of one event: `tail` points here */
+  ath_wf_outev_t last_out; /* the latest outcome event recorded */
+  int64_t cancel_at;     /* wall ms of a cancel accepted while a segment ran
+                          * (memory, hybrid): its cancel.requested follows the
+                          * events that segment records; 0: none pending */
+  int tail_out;          /* the tail is last_out's event alone */
   int home;              /* parked, its coroutine cached on the worker of this
                           * id: resumed there, with only the new events, if
                           * that worker still serves; 0: none. An id, not a
@@ -118,6 +145,9 @@ int ath__wf_load(ath_wf_t* wf, const char* text, size_t len);
  * the count. NULL with *n = 0 when there are none; NULL with *n > 0 when
  * out of memory. */
 ath_wfev_t** ath__wf_events_from(const ath_wf_t* wf, uint32_t from, size_t* n);
+/* Releases a resume's events evs[0..n) (wf->tail, or an array of
+ * ath__wf_events_from) and frees the array unless it is wf->tail1. */
+void ath__wf_tail_release(ath_wf_t* wf, ath_wfev_t** evs, size_t n);
 void ath__wf_free(ath_wf_t* wf);
 
 /* wf_cache.c: a worker's parked workflow coroutines (worker thread only).
@@ -138,6 +168,9 @@ ath_wfcache_t* ath__wfc_new(int cap);
 void ath__wfc_free(ath_wfcache_t* c);
 int ath__wfc_count(const ath_wfcache_t* c);
 int ath__wfc_full(const ath_wfcache_t* c);
+/* An entry to fill (reused when one was freed), or NULL; and its end. */
+ath_wfc_entry_t* ath__wfc_entry_new(ath_wfcache_t* c);
+void ath__wfc_entry_free(ath_wfcache_t* c, ath_wfc_entry_t* e); /* c may be NULL */
 void ath__wfc_put(ath_wfcache_t* c, ath_wfc_entry_t* e);   /* as the most recent */
 ath_wfc_entry_t* ath__wfc_take(ath_wfcache_t* c, const struct ath_task_s* t); /* or NULL */
 ath_wfc_entry_t* ath__wfc_take_lru(ath_wfcache_t* c);      /* or NULL when empty */
@@ -330,6 +363,15 @@ struct ath_slot_s {
   int64_t park_at;       /* ATH_PARK_TIMER: wall ms it fires */
   struct ath_task_s* park_task; /* the awaited task (a reference) */
   struct ath_task_s* spawned;   /* the task the segment started last (a reference) */
+  /* Events the running workflow segment recorded (memory and hybrid
+   * modes): they travel with its outcome and enter the history in the
+   * exchange that publishes it, in order (one lock per segment, not one
+   * per command). File mode appends each at once and waits for its commit. */
+  ath_wfev_t** rec;
+  uint32_t nrec, rec_cap;
+  /* The task the segment started without waking a worker (a reference;
+   * ath__world_execute_step), handed to its outcome. */
+  struct ath_task_s* held;
 };
 
 /* A thread blocked in ath_world_wait on one task. */
@@ -363,6 +405,14 @@ typedef struct {
   int64_t park_seq, park_at;
   struct ath_task_s* park_task; /* reference handed over from the slot */
   struct ath_worker_s* home;    /* parked: the worker that cached its coroutine, or NULL */
+  /* A workflow segment's recorded events (references, from its slot's
+   * `rec`), added to the history first when the outcome is published. The
+   * array stays with the outcome entry from one use to the next. */
+  ath_wfev_t** evs;
+  uint32_t nevs, evs_cap;
+  /* The slot's `held` task (a reference): the exchange wakes a worker for
+   * it unless it claims it itself. */
+  struct ath_task_s* held;
 } ath_outcome_t;
 
 struct ath_worker_s {
@@ -388,6 +438,7 @@ struct ath_worker_s {
    * it (ath__wake_all). A retired worker is freed once none holds it. */
   atomic_int wakes_held;
   atomic_int poke;       /* set with a wake: check the slots for cancels */
+  atomic_uint wakes;     /* ath__worker_wake calls (a test reads it) */
   atomic_int lost;       /* declared lost by the monitor: its outcomes are void */
   atomic_int exited;     /* its thread has finished (set last thing) */
   struct ath_curlm_s* curlm; /* HTTP requests of its tasks (created on first use) */
@@ -515,6 +566,7 @@ struct ath_world_s {
    * workflow's steps are still accepted); then the results. */
   int draining;
   struct ath_task_s** held; /* workflows a shutdown refused a command: queued when it ends */
+  ath_buf_t evbuf;       /* scratch for the outcome events workflows record (workflow.c) */
   int nheld, held_cap;
   int drained, requeued, abandoned;
   void (*start_hook)(ath_world_t* w); /* tests only: see ath__world_set_start_hook */
@@ -711,12 +763,14 @@ int ath__telemetry_on_end(ath_world_t* w, const ath_term_ev_t* ev, ath_worker_t*
 /* vclock.c */
 int ath__vtimer_less(const void* a, const void* b);
 /* workflow.c */
-void ath__ev_begin(ath_buf_t* b, const ath_task_t* t, const char* type, int64_t now);
-void ath__ev_int(ath_buf_t* b, const char* key, int64_t v);
+int ath__ev_begin(ath_buf_t* b, const ath_task_t* t, const char* type, int64_t now);
+int ath__ev_int(ath_buf_t* b, const char* key, int64_t v);
 void ath__ev_raw(ath_buf_t* b, const char* key, const char* json, size_t len);
 int ath__hold_workflow(ath_world_t* w, ath_task_t* t);
 int ath__home_open(const ath_world_t* w, const ath_worker_t* wk);
 void ath__wf_claimed(ath_task_t* t);
+void ath__wf_publish(ath_world_t* w, ath_task_t* t, ath_outcome_t* o);
+void ath__wf_cancel_requested(ath_world_t* w, ath_task_t* t, int64_t now);
 int ath__wf_park(ath_world_t* w, ath_task_t* t, ath_outcome_t* o, int64_t now, uint64_t mono, ath_worker_t** wake, int nwake, int* wake_engine);
 ath_task_t* ath__wf_pop_home(ath_worker_t* wk);
 int ath__wf_push_buf(ath_world_t* w, ath_task_t* t, ath_buf_t* b);
@@ -726,6 +780,8 @@ int ath__wf_terminal(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** 
 int ath__wf_timer_fired(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake);
 int ath__wf_unhome(ath_world_t* w, ath_worker_t* wk, ath_worker_t** wake, int nwake);
 /* world.c */
+int ath__world_execute_by(ath_worker_t* wk, const char* name, char* payload, size_t len,
+                          const ath_exec_opts_t* opts, ath_task_t** out, char* err, size_t errlen);
 void ath__engine_tick(ath_world_t* w);
 void ath__release_all(ath_task_t** a, size_t n);
 void ath__set_err(char* err, size_t errlen, const char* fmt, const char* a);

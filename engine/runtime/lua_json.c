@@ -32,15 +32,7 @@
 
 /* Formats `v` in decimal, ending at `end`; returns the first character. */
 static char* fmt_int(char* end, lua_Integer v) {
-  lua_Unsigned u = v < 0 ? 0u - (lua_Unsigned)v : (lua_Unsigned)v;
-  char* p = end;
-  do {
-    *--p = (char)('0' + u % 10);
-    u /= 10;
-  } while (u != 0);
-  if (v < 0)
-    *--p = '-';
-  return p;
+  return ath__fmt_i64(end, (int64_t)v);
 }
 
 /* ================================================================ encoder */

@@ -65,6 +65,9 @@ int ath__worker_defining(const ath_worker_t* wk);
  * worker recognises when the call site cannot yield. */
 int ath__worker_end_definitions(lua_State* L);
 ath_world_t* ath__worker_world(const ath_worker_t* wk);
+/* Whether its world commits each workflow command before the workflow
+ * goes on (file mode, SEMANTICS §9.2). */
+int ath__worker_durable(const ath_worker_t* wk);
 
 /* Suspends the calling task for `ms` on its worker's loop. Returns -1 when
  * L is not a task's own coroutine (the caller then blocks instead);
@@ -103,6 +106,16 @@ int ath__world_execute(ath_world_t* w, const char* name, size_t n, char** payloa
                        const size_t* lens, const char* const* ids, const ath_exec_opts_t* opts,
                        ath_task_t** out, uint64_t* gen, char* err, size_t errlen);
 
+/* ath__world_execute of one activity that the workflow segment L runs
+ * starts and parks on next (ctx:run; memory and hybrid modes: it does not
+ * wait for a commit). When the activity is in the queue of the segment's
+ * worker, no sleeping worker is woken for it: that worker claims it when
+ * it publishes the park if the activity comes next in the queue and it
+ * has a free slot, and wakes a worker otherwise (the segment keeps a
+ * reference to it until then). */
+int ath__task_execute_step(lua_State* L, const char* name, char* payload, size_t len,
+                           const ath_exec_opts_t* opts, ath_task_t** out, char* err, size_t errlen);
+
 /* ctx:heartbeat: records `json` (copied) as the running task's latest
  * heartbeat and resets its heartbeat deadline. Raises ECANCELED once a
  * cancel was accepted. Returns -1 outside a task. */
@@ -130,6 +143,18 @@ int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t a
  * NULL. The slot drops what is left when the segment ends. */
 void ath__task_keep_spawned(lua_State* L, ath_task_t* t);
 ath_task_t* ath__task_spawned(lua_State* L, const char* id);
+
+/* Records history event `json` (an object) of workflow `t`, whose segment
+ * L runs: in memory and hybrid modes it travels with the segment's outcome
+ * (the history gets it, in order, when the outcome is published; *gen is
+ * 0); in file mode it is appended at once and *gen is the store generation
+ * to wait for before the workflow proceeds (§9.2). Returns 0 or ATH_ENOMEM. */
+int ath__task_wf_record(lua_State* L, ath_task_t* t, const char* json, size_t len, uint64_t* gen);
+
+/* Records ctx:run's command event for workflow t, as ath__task_wf_record:
+ * activity.scheduled{seq, name, taskId, limits (JSON, or NULL: none)}. */
+int ath__task_wf_scheduled(lua_State* L, ath_task_t* t, int64_t seq, const char* name,
+                           const char* task_id, const char* limits, size_t limits_len, uint64_t* gen);
 
 /* What a workflow segment waits for when it parks (ath__task_park). */
 enum { ATH_PARK_NONE = 0, ATH_PARK_ACTIVITY, ATH_PARK_CHILD, ATH_PARK_COMP, ATH_PARK_TIMER };

@@ -11,7 +11,13 @@ struct ath_wfcache_s {
   int n, cap;
   ath_wfc_entry_t* mru;      /* most recently parked; ->older towards lru */
   ath_wfc_entry_t* lru;
+  ath_wfc_entry_t* spare;    /* freed entries for reuse (through hnext) */
+  int nspare;
 };
+
+/* Entries freed are kept for the next parks, up to this many: a step
+ * takes one out and puts one back. */
+#define WFC_SPARE 64
 
 static size_t bucket_of(const ath_wfcache_t* c, const ath_task_t* t) {
   uintptr_t h = (uintptr_t)t;
@@ -37,9 +43,34 @@ ath_wfcache_t* ath__wfc_new(int cap) {
 }
 
 void ath__wfc_free(ath_wfcache_t* c) {
-  if (c != NULL)
+  if (c != NULL) {
     free(c->buckets);
+    while (c->spare != NULL) {
+      ath_wfc_entry_t* e = c->spare;
+      c->spare = e->hnext;
+      free(e);
+    }
+  }
   free(c);
+}
+
+ath_wfc_entry_t* ath__wfc_entry_new(ath_wfcache_t* c) {
+  ath_wfc_entry_t* e = c->spare;
+  if (e == NULL)
+    return malloc(sizeof(*e));
+  c->spare = e->hnext;
+  c->nspare--;
+  return e;
+}
+
+void ath__wfc_entry_free(ath_wfcache_t* c, ath_wfc_entry_t* e) {
+  if (c == NULL || c->nspare >= WFC_SPARE) {
+    free(e);
+    return;
+  }
+  e->hnext = c->spare;
+  c->spare = e;
+  c->nspare++;
 }
 
 int ath__wfc_count(const ath_wfcache_t* c) {

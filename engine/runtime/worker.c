@@ -40,6 +40,10 @@ ath_world_t* ath__worker_world(const ath_worker_t* wk) {
   return wk->w;
 }
 
+int ath__worker_durable(const ath_worker_t* wk) {
+  return wk->w->cfg.persistence == ATH_PERSIST_FILE;
+}
+
 int ath__task_log_context(lua_State* L, ath_task_log_t* out) {
   ath_worker_t* wk = ath__worker_of(L);
   ath_slot_t* s = wk ? wk->current : NULL;
@@ -388,19 +392,55 @@ ath_task_t* ath__task_workflow(lua_State* L) {
   return s != NULL && s->task != NULL && s->task->wf != NULL ? s->task : NULL;
 }
 
+/* [-0, +1, m] Pushes outcome event m as the table its JSON decodes to,
+ * decoding only its value. Returns 0, or ATH_EINVAL (an error message
+ * pushed instead). */
+static int push_outcome(lua_State* L, const ath_wf_outev_t* m) {
+  lua_createtable(L, 0, 6);
+  lua_pushstring(L, m->type);
+  lua_setfield(L, -2, "type");
+  lua_pushinteger(L, m->at);
+  lua_setfield(L, -2, "at");
+  lua_pushinteger(L, m->run);
+  lua_setfield(L, -2, "run");
+  lua_pushinteger(L, m->seq);
+  lua_setfield(L, -2, m->index ? "index" : "seq");
+  if (m->key != NULL) {
+    if (ath__json_decode(L, m->ev->json + m->voff, m->vlen) != 0)
+      return ATH_EINVAL;
+    lua_setfield(L, -2, m->key); /* null: absent, as decoded whole */
+  }
+  return 0;
+}
+
 /* Continuation of a park whose coroutine stayed cached (wf_cache.c): the
- * next segment resumed it with the history's new events (a JSON array)
- * and its length; returns them decoded, and the length. */
+ * next segment resumed it with the history's new events (an array of
+ * ath_wfev_t references, which the resumer keeps until this returns), their
+ * count, the history's length and, when the events are one outcome the
+ * engine recorded, its description (or NULL); returns the length, the
+ * first event decoded (nil when none) and, when there are more, a list of
+ * the others. */
 static int park_k(lua_State* L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
-  size_t len;
-  const char* json = lua_tolstring(L, -2, &len);
-  lua_Integer total = lua_tointeger(L, -1);
-  if (json == NULL || ath__json_decode(L, json, len) != 0)
-    return luaL_error(L, "workflow resumed without its new events");
+  ath_wfev_t* const* evs = lua_touserdata(L, -4);
+  int n = (int)lua_tointeger(L, -3);
+  lua_Integer total = lua_tointeger(L, -2);
+  const ath_wf_outev_t* out = lua_touserdata(L, -1);
+  lua_settop(L, 0);
   lua_pushinteger(L, total);
-  return 2;
+  if (n > 1)
+    lua_createtable(L, n - 1, 0);
+  for (int i = 0; i < n; i++) {
+    int rc = out != NULL ? push_outcome(L, out) : ath__json_decode(L, evs[i]->json, evs[i]->len);
+    if (rc != 0)
+      return luaL_error(L, "workflow resumed without its new events");
+    if (i > 0)
+      lua_rawseti(L, 2, i);
+  }
+  if (n > 1)
+    lua_rotate(L, 2, -1); /* total, first, others */
+  return n == 0 ? 1 : n == 1 ? 2 : 3;
 }
 
 int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t at) {
@@ -427,6 +467,41 @@ int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t a
   s->park_at = at;
   s->wait = ATH_WAIT_PARK;
   return lua_yieldk(L, 0, 0, park_k);
+}
+
+int ath__task_wf_scheduled(lua_State* L, ath_task_t* t, int64_t seq, const char* name,
+                           const char* task_id, const char* limits, size_t limits_len, uint64_t* gen) {
+  ath_worker_t* wk = ath__worker_of(L);
+  ath_buf_t* b = &wk->buf; /* free while a segment runs: results use it after */
+  b->len = 0;
+  int rc = ath__ev_begin(b, t, "activity.scheduled", ath__wall(wk->w));
+  rc |= ath__ev_int(b, "seq", seq);
+  rc |= ath__buf_lit(b, ",\"name\":");
+  rc |= ath__json_put_text(b, name, strlen(name));
+  rc |= ath__buf_lit(b, ",\"taskId\":");
+  rc |= ath__json_put_text(b, task_id, strlen(task_id));
+  if (limits != NULL) {
+    rc |= ath__buf_lit(b, ",\"limits\":");
+    rc |= ath__buf_append(b, limits, limits_len);
+  }
+  rc |= ath__buf_lit(b, "}");
+  return rc != 0 ? ATH_ENOMEM : ath__task_wf_record(L, t, b->data, b->len, gen);
+}
+
+int ath__task_execute_step(lua_State* L, const char* name, char* payload, size_t len,
+                           const ath_exec_opts_t* opts, ath_task_t** out, char* err, size_t errlen) {
+  ath_worker_t* wk = ath__worker_of(L);
+  ath_slot_t* s = wk->current;
+  if (s == NULL || s->held != NULL) { /* one held per segment (a park refused, caught) */
+    uint64_t gen;
+    return ath__world_execute(wk->w, name, 1, &payload, &len, NULL, opts, out, &gen, err, errlen);
+  }
+  int rc = ath__world_execute_by(wk, name, payload, len, opts, out, err, errlen);
+  if (rc == 0) {
+    ath_task_retain(*out);
+    s->held = *out;
+  }
+  return rc;
 }
 
 void ath__task_keep_spawned(lua_State* L, ath_task_t* t) {
@@ -563,11 +638,57 @@ static int task_main(lua_State* co) {
 
 static void add_outcome(ath_worker_t* wk, ath_task_t* t, ath_status_t st, int code) {
   ath_outcome_t* o = &wk->outcomes[wk->noutcomes++];
+  ath_wfev_t** evs = o->evs; /* the entry's array, kept for its next use */
+  uint32_t cap = o->evs_cap;
   memset(o, 0, sizeof(*o));
+  o->evs = evs;
+  o->evs_cap = cap;
   o->task = t;
   o->status = st;
   o->err_code = code;
   o->retry_after = -1;
+}
+
+/* Hands the events the segment in `s` recorded to its outcome `o` (the
+ * exchange adds them to the history first). When the outcome's array
+ * cannot grow (out of memory) they are dropped: a replay records them
+ * again, as after a lost worker. */
+static void hand_events(ath_slot_t* s, ath_outcome_t* o) {
+  if (s->nrec > o->evs_cap) {
+    ath_wfev_t** a = realloc(o->evs, s->nrec * sizeof(*a));
+    if (a == NULL) {
+      for (uint32_t i = 0; i < s->nrec; i++)
+        ath__wfev_release(s->rec[i]);
+      s->nrec = 0;
+      return;
+    }
+    o->evs = a;
+    o->evs_cap = s->nrec;
+  }
+  memcpy(o->evs, s->rec, s->nrec * sizeof(*s->rec));
+  o->nevs = s->nrec;
+  s->nrec = 0;
+}
+
+int ath__task_wf_record(lua_State* L, ath_task_t* t, const char* json, size_t len, uint64_t* gen) {
+  ath_worker_t* wk = ath__worker_of(L);
+  ath_slot_t* s = wk->current;
+  *gen = 0;
+  if (s == NULL || s->task != t || wk->w->cfg.persistence == ATH_PERSIST_FILE)
+    return ath__world_wf_append(wk->w, t, json, len, gen); /* §9.2: durable before it goes on */
+  if (s->nrec == s->rec_cap) {
+    uint32_t cap = s->rec_cap ? s->rec_cap * 2 : 4;
+    ath_wfev_t** a = realloc(s->rec, cap * sizeof(*a));
+    if (a == NULL)
+      return ATH_ENOMEM;
+    s->rec = a;
+    s->rec_cap = cap;
+  }
+  ath_wfev_t* e = ath__wfev_new(json, len);
+  if (e == NULL)
+    return ATH_ENOMEM;
+  s->rec[s->nrec++] = e;
+  return 0;
 }
 
 /* Drops the awaited task of a park that did not end the segment, and the
@@ -732,7 +853,7 @@ static void uncache(ath_worker_t* wk, ath_wfc_entry_t* e) {
 #endif
   luaL_unref(L, LUA_REGISTRYINDEX, e->co_ref);
   ath_task_release(e->task);
-  free(e);
+  ath__wfc_entry_free(wk->wfc, e);
 }
 
 /* A full cache makes room by evicting its least recently parked coroutine
@@ -781,7 +902,7 @@ static int cache_parked(ath_slot_t* s) {
       return 0;
     uncache(wk, ath__wfc_take_lru(wk->wfc));
   }
-  ath_wfc_entry_t* e = malloc(sizeof(*e));
+  ath_wfc_entry_t* e = ath__wfc_entry_new(wk->wfc);
   if (e == NULL)
     return 0;
   ath_task_t* t = s->task;
@@ -833,6 +954,9 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     timer_stop(s, ATH_TIMER_DEADLINE);
     drop_park(s);
     add_outcome(wk, t, ATH_FAILED, ATH_EWORKERLOST);
+    hand_events(s, &wk->outcomes[wk->noutcomes - 1]); /* the exchange drops them */
+    wk->outcomes[wk->noutcomes - 1].held = s->held;
+    s->held = NULL;
     lua_settop(co, 0);
     luaL_unref(L, LUA_REGISTRYINDEX, s->co_ref);
     new_coroutine(s);
@@ -910,6 +1034,10 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     fail_attempt(wk, t, L, tb);
     lua_pop(L, 1); /* the traceback */
   }
+  if (s->nrec > 0)
+    hand_events(s, &wk->outcomes[wk->noutcomes - 1]);
+  wk->outcomes[wk->noutcomes - 1].held = s->held;
+  s->held = NULL;
   if (cached) {
     new_coroutine(s); /* the parked one went to the cache */
   } else if (st == LUA_OK) {
@@ -1029,24 +1157,39 @@ static void start_task(ath_worker_t* wk, ath_task_t* t) {
     /* Sticky: its parked coroutine goes on, given only the events added
      * since it parked (no replay). park_nev was written under the lock
      * before this claim, and nothing changes it while a slot has t. */
-    size_t len;
-    uint32_t total;
-    char* json = wf_events_json(wk, t, t->wf->park_nev, &len, &total);
-    if (json != NULL) {
+    ath_wf_t* wf = t->wf;
+    size_t n = wf->ntail;
+    uint32_t total = wf->park_nev + wf->ntail;
+    ath_wfev_t** evs = wf->tail; /* taken in the claim, when from its home list */
+    ath_wf_outev_t out = wf->last_out; /* stable: written before the tail was taken */
+    int has_out = wf->has_tail && wf->tail_out;
+    if (!wf->has_tail)
+      evs = ath__world_wf_events(wk->w, t, wf->park_nev, &n, &total);
+    wf->tail = NULL;
+    wf->ntail = 0;
+    wf->has_tail = 0;
+    if (evs != NULL || n == 0) {
       spare_coroutine(s); /* the slot's idle one */
       s->co = e->co;
       s->co_ref = e->co_ref;
-      lua_pushlstring(s->co, json, len);
+      lua_pushlightuserdata(s->co, evs);
+      lua_pushinteger(s->co, (lua_Integer)n);
       lua_pushinteger(s->co, (lua_Integer)total);
-      free(json);
+      lua_pushlightuserdata(s->co, has_out ? &out : NULL);
       ath_task_release(e->task);
-      free(e);
-      resume_slot(s, 2);
+      ath__wfc_entry_free(wk->wfc, e);
+      resume_slot(s, 4); /* park_k decodes them */
+      ath__wf_tail_release(wf, evs, n); /* t is still ours: the slot's or the table's */
       if (s->task == t && s->wait != ATH_WAIT_NONE)
         arm_deadline(s); /* it waits: its deadlines need the loop's timer now */
       return;
     }
     uncache(wk, e); /* out of memory: replay */
+  } else if (t->wf != NULL && t->wf->has_tail) { /* not here after all: replay */
+    ath__wf_tail_release(t->wf, t->wf->tail, t->wf->ntail);
+    t->wf->tail = NULL;
+    t->wf->ntail = 0;
+    t->wf->has_tail = 0;
   }
   /* The heartbeat details a previous attempt left: only the thread running
    * the task writes them, so reading them here needs no lock. */
@@ -1507,6 +1650,7 @@ int ath__worker_spawn(ath_world_t* w, ath_queue_t* q, int wait, ath_worker_t** o
 }
 
 void ath__worker_wake(ath_worker_t* wk) {
+  atomic_fetch_add_explicit(&wk->wakes, 1, memory_order_relaxed);
   atomic_store(&wk->pending, 1);
   uv_async_send(&wk->async);
 }
@@ -1526,6 +1670,10 @@ void ath__worker_free(ath_worker_t* wk) {
   ath__worker_join(wk);
   for (int k = 0; k < wk->nlost_refs; k++)
     ath_task_release(wk->running_tasks[k]);
+  for (int i = 0; wk->slots != NULL && i < wk->concurrency; i++)
+    ath__wfev_release_all(wk->slots[i].rec, wk->slots[i].nrec);
+  for (int i = 0; wk->outcomes != NULL && i < wk->concurrency; i++)
+    free(wk->outcomes[i].evs); /* empty: each exchange published them */
   free(wk->slots);
   free(wk->outcomes);
   free(wk->handlers);

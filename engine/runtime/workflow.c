@@ -193,6 +193,13 @@ ath_wfev_t** ath__wf_events_from(const ath_wf_t* wf, uint32_t from, size_t* n) {
   return out;
 }
 
+void ath__wf_tail_release(ath_wf_t* wf, ath_wfev_t** evs, size_t n) {
+  for (size_t i = 0; evs != NULL && i < n; i++)
+    ath__wfev_release(evs[i]);
+  if (evs != &wf->tail1)
+    free(evs);
+}
+
 char* ath__wf_events_join(ath_wfev_t* const* evs, size_t n, size_t* len) {
   size_t total = 2 + (n ? n - 1 : 0);
   for (size_t i = 0; i < n; i++)
@@ -233,6 +240,7 @@ int ath__wf_load(ath_wf_t* wf, const char* text, size_t len) {
 void ath__wf_free(ath_wf_t* wf) {
   for (uint32_t i = 0; i < wf->nev; i++)
     ath__wfev_release(wf->ev[i]);
+  ath__wf_tail_release(wf, wf->tail, wf->ntail);
   free(wf->ev);
   free(wf->kids);
   free(wf->forced_err);
@@ -255,18 +263,22 @@ ath_wfev_t** ath__world_wf_events(ath_world_t* w, ath_task_t* t, uint32_t from, 
   return evs;
 }
 
-/* Starts an event {"type":..,"at":..,"run":..; ath__wf_push_buf closes it. */
-void ath__ev_begin(ath_buf_t* b, const ath_task_t* t, const char* type, int64_t now) {
-  char tmp[160];
-  int n = snprintf(tmp, sizeof(tmp), "{\"type\":\"%s\",\"at\":%lld,\"run\":%d", type,
-                   (long long)now, t->attempt);
-  ath__buf_append(b, tmp, (size_t)n);
+/* Starts an event {"type":..,"at":..,"run":..; ath__wf_push_buf closes it.
+ * These return 0, or ATH_ENOMEM when a piece could not be appended. */
+int ath__ev_begin(ath_buf_t* b, const ath_task_t* t, const char* type, int64_t now) {
+  int rc = ath__buf_lit(b, "{\"type\":\"");
+  rc |= ath__buf_append(b, type, strlen(type));
+  rc |= ath__buf_lit(b, "\",\"at\":");
+  rc |= ath__buf_i64(b, now);
+  rc |= ath__buf_lit(b, ",\"run\":");
+  return rc | ath__buf_i64(b, t->attempt);
 }
 
-void ath__ev_int(ath_buf_t* b, const char* key, int64_t v) {
-  char tmp[96];
-  int n = snprintf(tmp, sizeof(tmp), ",\"%s\":%lld", key, (long long)v);
-  ath__buf_append(b, tmp, (size_t)n);
+int ath__ev_int(ath_buf_t* b, const char* key, int64_t v) {
+  int rc = ath__buf_lit(b, ",\"");
+  rc |= ath__buf_append(b, key, strlen(key));
+  rc |= ath__buf_lit(b, "\":");
+  return rc | ath__buf_i64(b, v);
 }
 
 /* Adds "key":json (null when json is NULL). */
@@ -280,16 +292,61 @@ void ath__ev_raw(ath_buf_t* b, const char* key, const char* json, size_t len) {
     ath__buf_lit(b, "null");
 }
 
-/* Appends a finished event to t's history (and consumes b). */
-int ath__wf_push_buf(ath_world_t* w, ath_task_t* t, ath_buf_t* b) {
+/* Closes the event in b and appends it to t's history (b keeps its memory). */
+static int push_event(ath_world_t* w, ath_task_t* t, ath_buf_t* b) {
   int rc = ath__buf_lit(b, "}");
   if (rc == 0 && b->data != NULL) {
     ath_wfev_t* e = ath__wfev_new(b->data, b->len);
     rc = e != NULL ? ath__wf_push(t->wf, e) : ATH_ENOMEM;
     ath__store_mark(w, t);
   }
+  return rc;
+}
+
+/* Appends a finished event to t's history (and consumes b). */
+int ath__wf_push_buf(ath_world_t* w, ath_task_t* t, ath_buf_t* b) {
+  int rc = push_event(w, t, b);
   ath__buf_free(b);
   return rc;
+}
+
+/* Records the cancel.requested a cancel accepted while a segment ran put
+ * off (lock held). */
+static void flush_cancel(ath_world_t* w, ath_task_t* t) {
+  if (t->wf->cancel_at == 0)
+    return;
+  ath_buf_t b = {0};
+  ath__ev_begin(&b, t, "cancel.requested", t->wf->cancel_at);
+  ath__wf_push_buf(w, t, &b);
+  t->wf->cancel_at = 0;
+}
+
+/* A cancel of workflow t was accepted (lock held): cancel.requested goes
+ * in its history now, or, while a segment runs and its events travel with
+ * its outcome (memory, hybrid), after them. */
+void ath__wf_cancel_requested(ath_world_t* w, ath_task_t* t, int64_t now) {
+  if (t->wk != NULL && w->cfg.persistence != ATH_PERSIST_FILE) {
+    if (t->wf->cancel_at == 0)
+      t->wf->cancel_at = now;
+    return;
+  }
+  t->wf->cancel_at = now;
+  flush_cancel(w, t);
+}
+
+/* Adds the events segment outcome o of workflow t recorded to its history,
+ * in order, then a cancel.requested put off meanwhile, with one store mark
+ * (lock held). An event that finds no memory is dropped with the ones
+ * after it: a replay records them again. */
+void ath__wf_publish(ath_world_t* w, ath_task_t* t, ath_outcome_t* o) {
+  uint32_t i = 0;
+  while (i < o->nevs && ath__wf_push(t->wf, o->evs[i]) == 0)
+    i++;
+  for (uint32_t k = i + 1; k < o->nevs; k++) /* ath__wf_push released evs[i] */
+    ath__wfev_release(o->evs[k]);
+  o->nevs = 0;
+  flush_cancel(w, t);
+  ath__store_mark(w, t);
 }
 
 int ath__world_wf_append(ath_world_t* w, ath_task_t* t, const char* json, size_t len, uint64_t* gen) {
@@ -319,19 +376,35 @@ static void ev_task_error(ath_buf_t* b, const ath_task_t* x) {
 /* Records the outcome of x, which workflow t awaits as its command
  * t->wf->wait_seq, in t's history. */
 static void wf_record(ath_world_t* w, ath_task_t* t, const ath_task_t* x, int64_t now) {
-  static const char* const family[] = {"", "activity", "child", "compensation"};
-  int kind = t->wf->wait_kind;
+  static const char* const types[][2] = {
+    {"", ""}, {"activity.failed", "activity.completed"}, {"child.failed", "child.completed"},
+    {"compensation.failed", "compensation.completed"}};
+  ath_wf_t* wf = t->wf;
+  int kind = wf->wait_kind;
   int ok = x->status == ATH_COMPLETED;
-  char type[40];
-  snprintf(type, sizeof(type), "%s.%s", family[kind], ok ? "completed" : "failed");
-  ath_buf_t b = {0};
-  ath__ev_begin(&b, t, type, now);
-  ath__ev_int(&b, kind == ATH_PARK_COMP ? "index" : "seq", t->wf->wait_seq);
-  if (ok && kind != ATH_PARK_COMP)
-    ath__ev_raw(&b, "result", x->result, x->result_len);
-  else if (!ok)
-    ev_task_error(&b, x);
-  ath__wf_push_buf(w, t, &b);
+  ath_wf_outev_t m = {.type = types[kind][ok], .run = t->attempt, .index = kind == ATH_PARK_COMP,
+                      .seq = wf->wait_seq, .at = now};
+  ath_buf_t* b = &w->evbuf; /* one per step: the world's scratch, not a new buffer */
+  b->len = 0;
+  ath__ev_begin(b, t, m.type, now);
+  ath__ev_int(b, m.index ? "index" : "seq", m.seq);
+  size_t at = b->len;
+  if (ok && kind != ATH_PARK_COMP) {
+    ath__ev_raw(b, "result", x->result, x->result_len);
+    m.key = "result";
+  } else if (!ok) {
+    ev_task_error(b, x);
+    m.key = "error";
+  }
+  if (m.key != NULL) { /* ,"key":value */
+    m.voff = (uint32_t)(at + strlen(m.key) + 4);
+    m.vlen = (uint32_t)(b->len - m.voff);
+  }
+  wf->last_out.ev = NULL;
+  if (push_event(w, t, b) == 0) {
+    m.ev = wf->ev[wf->nev - 1];
+    wf->last_out = m;
+  }
 }
 
 /* Whether worker wk can take resumptions of the workflows it caches. */
@@ -395,6 +468,21 @@ ath_task_t* ath__wf_pop_home(ath_worker_t* wk) {
   if (t != NULL) {
     ath__list_unlink(&wk->resumes, t);
     t->queue->depth--;
+    ath_wf_t* wf = t->wf; /* what its cached coroutine has not seen yet */
+    size_t n;
+    ath__wf_tail_release(wf, wf->tail, wf->ntail);
+    wf->tail_out = 0;
+    if (wf->nev == wf->park_nev + 1) { /* the usual: the outcome alone */
+      wf->tail1 = wf->ev[wf->park_nev];
+      ath__wfev_retain(wf->tail1);
+      wf->tail = &wf->tail1;
+      wf->tail_out = wf->tail1 == wf->last_out.ev;
+      n = 1;
+    } else {
+      wf->tail = ath__wf_events_from(wf, wf->park_nev, &n);
+    }
+    wf->has_tail = wf->tail != NULL || n == 0; /* else out of memory: read later */
+    wf->ntail = wf->tail != NULL ? (uint32_t)n : 0;
   }
   return t;
 }
@@ -457,6 +545,7 @@ static int wf_cascade(ath_world_t* w, ath_task_t* t, ath_task_t* x, int64_t now,
  * cancel or cascade, and its parent (an awaited outcome or a cascade). */
 int ath__wf_terminal(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** wake, int nwake) {
   if (t->wf != NULL) {
+    flush_cancel(w, t); /* a lost worker's segment never published */
     static const char* const names[] = {
       [ATH_COMPLETED] = "workflow.completed", [ATH_FAILED] = "workflow.failed",
       [ATH_CANCELLED] = "workflow.cancelled", [ATH_QUARANTINED] = "workflow.failed",

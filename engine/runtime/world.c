@@ -600,11 +600,17 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
   return rc;
 }
 
-int ath__world_execute(ath_world_t* w, const char* name, size_t n, char** payloads,
-                       const size_t* lens, const char* const* ids, const ath_exec_opts_t* opts,
-                       ath_task_t** out, uint64_t* gen_out, char* err, size_t errlen) {
+/* `by`: the worker whose workflow segment starts the tasks and parks next;
+ * when they are in its queue, no sleeping worker is woken for them here:
+ * the exchange that publishes the park claims them on `by` when they come
+ * next in the queue and it has a free slot, and wakes a worker otherwise. */
+static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
+                   const size_t* lens, const char* const* ids, const ath_exec_opts_t* opts,
+                   ath_task_t** out, uint64_t* gen_out, char* err, size_t errlen,
+                   const ath_worker_t* by) {
   *gen_out = 0;
   ath_exec_opts_t none = {0};
+  ath_task_t* one[1]; /* a single execute (a workflow's step) allocates no list */
   ath_task_t** tasks = NULL;
   ath_task_t** stored = NULL; /* the tasks of explicit ids found in the store */
   ath_call_t* call = NULL; /* per-call limits, checked once; each task gets its copy */
@@ -643,9 +649,11 @@ int ath__world_execute(ath_world_t* w, const char* name, size_t n, char** payloa
   int max_attempts = lim->has_retry && lim->max_attempts > 0 ? lim->max_attempts
                      : strategy == ATH_STRATEGY_RETRY         ? (def->a.workflow ? 4 : 3)
                                                               : 1;
-  uint64_t parent_hash = opts->parent_id ? ath__hash_str(opts->parent_id) : 0;
+  /* a step's parent is the workflow its worker runs: no lookup by id */
+  ath_task_t* known = by != NULL && by->current != NULL ? by->current->task : NULL;
+  uint64_t parent_hash = opts->parent_id && known == NULL ? ath__hash_str(opts->parent_id) : 0;
   size_t namelen = strlen(name);
-  tasks = malloc((n ? n : 1) * sizeof(*tasks));
+  tasks = n <= 1 ? one : malloc(n * sizeof(*tasks));
   if (tasks == NULL) {
     rc = ATH_ENOMEM;
     goto fail;
@@ -739,8 +747,9 @@ relock:
   }
   /* Check every explicit id before changing anything, so a batch goes in
    * whole or not at all. */
+  ath_task_t* first = NULL; /* a single task's lookup, for the loop below */
   for (size_t i = 0; i < n; i++) {
-    ath_task_t* old = ath__table_get(w, tasks[i]->id, tasks[i]->hash);
+    ath_task_t* old = first = ath__table_get(w, tasks[i]->id, tasks[i]->hash);
     if (old == NULL && stored != NULL && stored[i] == NULL &&
         evicted_since(w, evicted0, tasks[i]->hash)) {
       /* Rare: look again (reads take the lock themselves), then check all
@@ -762,7 +771,8 @@ relock:
   }
   ath_task_t* parent = NULL;
   if (opts->parent_id != NULL &&
-      ((parent = ath__table_get(w, opts->parent_id, parent_hash)) == NULL || parent->wf == NULL)) {
+      ((parent = known ? known : ath__table_get(w, opts->parent_id, parent_hash)) == NULL ||
+       parent->wf == NULL)) {
     ath__set_err(err, errlen, "no workflow %s", opts->parent_id);
     rc = ATH_ENOTFOUND;
     uv_mutex_unlock(&w->lock);
@@ -792,7 +802,8 @@ relock:
   int64_t ready = 0;
   for (size_t i = 0; i < n; i++) {
     ath_task_t* t = tasks[i];
-    ath_task_t* old = ath__table_get(w, t->id, t->hash);
+    /* (a batch looks again: an earlier task of it may have the same id) */
+    ath_task_t* old = n == 1 ? first : ath__table_get(w, t->id, t->hash);
     if (old == NULL && stored != NULL && stored[i] != NULL) {
       old = stored[i]; /* its reference is handed over */
       stored[i] = NULL;
@@ -836,13 +847,15 @@ relock:
     }
     out[i] = t;
   }
-  nwake = unborn ? 0 : ath__pick_sleepers(w, q, ready, wake, MAX_WORKERS); /* unborn: once committed */
+  int held = by != NULL && by->queue == q; /* see above */
+  nwake = unborn || held ? 0 : ath__pick_sleepers(w, q, ready, wake, MAX_WORKERS); /* unborn: once committed */
   uint64_t gen = w->gen;
   uv_mutex_unlock(&w->lock);
   ath__wake_all(wake, nwake);
   if (wake_engine)
     uv_async_send(&w->easync);
-  free(tasks);
+  if (tasks != one)
+    free(tasks);
   free(call);
   ath__release_all(stored, n);
   if (w->cfg.persistence == ATH_PERSIST_FILE) { /* acknowledged once durable */
@@ -868,10 +881,23 @@ fail:
     free(payloads[i]);
     payloads[i] = NULL;
   }
-  free(tasks);
+  if (tasks != one)
+    free(tasks);
   free(call);
   ath__release_all(stored, n);
   return rc;
+}
+
+int ath__world_execute(ath_world_t* w, const char* name, size_t n, char** payloads,
+                       const size_t* lens, const char* const* ids, const ath_exec_opts_t* opts,
+                       ath_task_t** out, uint64_t* gen, char* err, size_t errlen) {
+  return execute(w, name, n, payloads, lens, ids, opts, out, gen, err, errlen, NULL);
+}
+
+int ath__world_execute_by(ath_worker_t* wk, const char* name, char* payload, size_t len,
+                          const ath_exec_opts_t* opts, ath_task_t** out, char* err, size_t errlen) {
+  uint64_t gen;
+  return execute(wk->w, name, 1, &payload, &len, NULL, opts, out, &gen, err, errlen, wk);
 }
 
 /* ------------------------------------------------------ the engine loop */
@@ -1241,6 +1267,7 @@ void ath_world_free(ath_world_t* w) {
     ath__worker_free(w->retired[i]);
   free(w->retired);
   free(w->held);
+  ath__buf_free(&w->evbuf);
   if (w->table != NULL) {
     for (size_t i = 0; i < w->table_cap; i++) {
       ath_task_t* t = w->table[i];

@@ -46,6 +46,24 @@ int ath_err_code(const char* name) {
  * costs O(n) copies in all. */
 #define ATH__BUF_MIN 64
 
+char* ath__fmt_i64(char* end, int64_t v) {
+  uint64_t u = v < 0 ? 0u - (uint64_t)v : (uint64_t)v;
+  char* p = end;
+  do {
+    *--p = (char)('0' + u % 10);
+    u /= 10;
+  } while (u != 0);
+  if (v < 0)
+    *--p = '-';
+  return p;
+}
+
+int ath__buf_i64(ath_buf_t* b, int64_t v) {
+  char num[24];
+  char* p = ath__fmt_i64(num + sizeof(num), v);
+  return ath__buf_append(b, p, (size_t)(num + sizeof(num) - p));
+}
+
 int ath__buf_append(ath_buf_t* b, const char* s, size_t n) {
   /* Invariant: cap == 0 or len < cap, so the NUL always has a byte. */
   if (n >= b->cap - b->len) {

@@ -26,6 +26,11 @@ char* ath__memdup(const char* p, size_t n);
 #define ath__buf_lit(b, lit) ath__buf_append((b), (lit), sizeof(lit) - 1)
 /* Appends `s` (UTF-8) as a JSON string literal, quotes included. */
 void ath__buf_json_str(ath_buf_t* b, const char* s);
+/* Formats v in decimal ending at `end` (at most 20 characters before it);
+ * returns the first character. */
+char* ath__fmt_i64(char* end, int64_t v);
+/* Appends v in decimal. Returns 0 or ATH_ENOMEM. */
+int ath__buf_i64(ath_buf_t* b, int64_t v);
 /* Frees the buffer's memory and zeroes it. */
 void ath__buf_free(ath_buf_t* b);
 /* A copy of a NULL-terminated string array (NULL for NULL, and when out of

@@ -24,8 +24,10 @@ local function invalid(fmt, ...)
   error(errors.new("EINVAL", string.format(fmt, ...)), 3)
 end
 
+local defs -- athena.definitions (required late: athena requires this module)
 local function definitions()
-  return require("athena").definitions
+  defs = defs or require("athena").definitions
+  return defs
 end
 
 -- Adds history event ev to the index by command: sched[seq] = the
@@ -94,14 +96,20 @@ end
 
 -- Parks the workflow until the outcome of command `seq` (a compensation's
 -- index) is in the history. When its worker keeps the parked coroutine
--- (the sticky cache), the next segment resumes it here with only the new
--- events, added to the index; otherwise the next segment replays the
--- workflow from the start and this call never returns.
-local function park(ctx, kind, seq, x)
-  local evs, total = core.wfPark(kind, seq, x)
+-- (the sticky cache), the next segment resumes it here with the history's
+-- length and only the new events, added to the index; otherwise the next
+-- segment replays the workflow from the start and this call never returns.
+local function resumed(ctx, total, ev, others)
   local ix, run = ctx._ix, ctx._run
-  for i = 1, #evs do add(ix, evs[i], run) end
+  if ev ~= nil then add(ix, ev, run) end -- usually the one outcome
+  if others ~= nil then
+    for i = 1, #others do add(ix, others[i], run) end
+  end
   ctx._historyLength = total
+end
+
+local function park(ctx, kind, seq, x)
+  resumed(ctx, core.wfPark(kind, seq, x))
 end
 
 -- The outcome event of command seq after a park (always there: the engine
@@ -115,8 +123,9 @@ local function awaited(ctx, done, seq)
 end
 
 -- A recorded outcome: true, result | false, error.
+local COMPLETED = { ["activity.completed"] = true, ["child.completed"] = true, ["compensation.completed"] = true }
 local function outcome(ev)
-  if ev.type:sub(-10) == ".completed" then return true, ev.result end
+  if COMPLETED[ev.type] then return true, ev.result end
   return false, setmetatable(ev.error or {}, core.Error)
 end
 
@@ -191,27 +200,30 @@ end
 function Ctx:run(name, input, opts)
   local def
   def, opts = check_call("ctx:run", name, opts, LIMITS)
-  local limits = check_limits("ctx:run", name, def, opts)
+  -- (the hot path of a workflow: a step calls as few functions as it can)
+  local limits = opts ~= NOOPTS and check_limits("ctx:run", name, def, opts) or nil
+  local ix, seq = self._ix, self._seq + 1
+  local done = ix.done[seq]
   -- checked (and encoded) once, when it is issued: not when replayed
-  local payload = self._ix.done[self._seq + 1] == nil and core.encode(input, "input")
-  local seq = next_seq(self)
-  local ev = recorded(self, seq, "activity.scheduled", name)
+  local payload = done == nil and core.encode(input, "input")
+  self._seq = seq
+  local ev = ix.sched[seq] and recorded(self, seq, "activity.scheduled", name)
   local strategy = strategy_of(self, def, opts)
-  local done = self._ix.done[seq]
   if done == nil then
-    local id
     if ev ~= nil and ev.run == self._run then
-      id = ev.taskId
-    else
-      id = string.format("%s/%d/%d", self.workflowId, self._run, seq)
+      park(self, "activity", seq, ev.taskId)
+    elseif self._durable then -- file mode: each command durable before the next
+      local id = string.format("%s/%d/%d", self.workflowId, self._run, seq)
       spawn(self, name, payload, id, opts, strategy, limits, true)
       record(self, { type = "activity.scheduled", seq = seq, name = name, taskId = id, limits = limits })
+      park(self, "activity", seq, id)
+    else -- the three in one call; the event travels with the park
+      resumed(self, core.wfRun(name, payload, self._run, seq, opts.taskQueue, opts.priority, strategy, limits))
     end
-    park(self, "activity", seq, id)
-    done = awaited(self, self._ix.done[seq], seq)
+    done = ix.done[seq] or awaited(self, nil, seq)
   end
-  local ok, v = outcome(done)
-  if ok then return v end
+  if COMPLETED[done.type] then return done.result end
+  local _, v = outcome(done)
   if strategy == "ignore" then return nil, v end
   error(v, 0)
 end
@@ -381,6 +393,7 @@ function M.segment(handler, base, input, history, compensating, err, strategy, p
     workflowId = base.id, parentId = parentId,
     _base = base, _ix = ix, _seq = 0, _run = run, _name = base.name,
     _strategy = STRATEGIES[strategy] or "retry", _historyLength = #history,
+    _durable = core.wfDurable(),
   }, Ctx)
   if compensating then return compensate(ctx, err) end
   local started = ix.started

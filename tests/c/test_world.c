@@ -19,6 +19,11 @@ static const char* jobs_lua =
   "athena.activity('where', function(ctx, input) return ctx.id end)\n"
   "athena.activity('boom', function() error('boom') end)\n"
   "athena.activity('nap', function(ctx, input) athena.sleep(input.ms) return input.ms end)\n"
+  "athena.workflow('steps', function(ctx, input)\n"
+  "  local sum = 0\n"
+  "  for i = 1, input.n do sum = sum + ctx:run('echo', i) end\n"
+  "  return sum\n"
+  "end)\n"
   "athena.workflow('fan', function(ctx, input)\n"
   "  for i = 1, input.n do ctx:executeChild('echo', i) end\n"
   "  return ctx:run('nap', { ms = 60000 })\n"
@@ -64,6 +69,14 @@ static int reg(ath_world_t* w, const char* name, const char* queue, int priority
   ath_activity_init(&a, name);
   a.task_queue = queue;
   a.priority = priority;
+  return ath_world_register(w, &a);
+}
+
+/* Registers workflow `name` with defaults. */
+static int reg_workflow(ath_world_t* w, const char* name) {
+  ath_activity_t a;
+  ath_activity_init(&a, name);
+  a.workflow = 1;
   return ath_world_register(w, &a);
 }
 
@@ -515,10 +528,7 @@ TEST_IMPL(world_children_list) {
   ath_world_t* w = new_world(2, NULL);
   ASSERT_OK(reg(w, "echo", NULL, 0));
   ASSERT_OK(reg(w, "nap", NULL, 0));
-  ath_activity_t a;
-  ath_activity_init(&a, "fan");
-  a.workflow = 1;
-  ASSERT_OK(ath_world_register(w, &a));
+  ASSERT_OK(reg_workflow(w, "fan"));
   char err[512];
   ASSERT_OK(ath_world_start(w, err, sizeof(err)));
   enum { OTHERS = 2000, KIDS = 50 };
@@ -561,6 +571,50 @@ TEST_IMPL(world_children_list) {
   ath_task_release(fan);
   for (int i = 0; i < OTHERS; i++)
     ath_task_release(others[i]);
+  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
+
+/* A workflow's step (ctx:run) wakes no other worker: the workflow's worker
+ * claims the activity when it publishes the park, runs it, and resumes the
+ * workflow with its outcome, all on that worker; the other worker, idle,
+ * is never woken (before: every step's execute woke the idle one, which
+ * then raced the workflow's worker for the activity). */
+TEST_IMPL(world_workflow_step_stays_on_its_worker) {
+  write_module();
+  ath_world_t* w = new_world(2, NULL);
+  ASSERT_OK(reg(w, "echo", NULL, 0));
+  ASSERT_OK(reg_workflow(w, "steps"));
+  char err[512];
+  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  unsigned before[2];
+  for (int ready = 0; !ready; uv_sleep(1)) { /* both idle, asking for work (first pass done) */
+    uv_mutex_lock(&w->lock);
+    ASSERT_EQ(2, w->nworkers);
+    ready = w->workers[0]->wants_work && w->workers[1]->wants_work;
+    for (int i = 0; i < 2; i++)
+      before[i] = atomic_load(&w->workers[i]->wakes);
+    uv_mutex_unlock(&w->lock);
+  }
+  ath_task_t* t;
+  ASSERT_OK(exec1(w, "steps", "{\"n\":100}", &t));
+  ASSERT_OK(ath_world_wait(w, t, 10000));
+  ASSERT_EQ(ATH_COMPLETED, ath_task_status(w, t));
+  ath_task_end_t end;
+  ath__task_end(t, &end);
+  ASSERT_STR_EQ("5050", end.result);
+  uv_mutex_lock(&w->lock);
+  int home = w->workers[0]->tasks_completed > 0 ? 0 : 1;
+  int64_t home_done = w->workers[home]->tasks_completed;
+  int64_t other_done = w->workers[1 - home]->tasks_completed;
+  unsigned other_wakes = atomic_load(&w->workers[1 - home]->wakes) - before[1 - home];
+  uv_mutex_unlock(&w->lock);
+  ASSERT_EQ(101, home_done); /* the 100 steps and the workflow */
+  ASSERT_EQ(0, other_done);
+  ASSERT_EQ(0, other_wakes); /* the workflow's execute woke workers[0], both being idle */
+  ath_task_release(t);
   ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
   ath_world_free(w);
   remove_module();

@@ -400,6 +400,119 @@ describe("workflows", function()
     end)
   end)
 
+  describe("a step's activity runs on its workflow's worker when it comes next in the queue", function()
+    -- The workers of a workflow's steps, and of the workflow (its segments
+    -- all run on one worker: the cache keeps its coroutine there).
+    local function workers(w, h)
+      local q = h:query()
+      local out = {}
+      for i, id in ipairs(q.children) do out[i] = w:query(id).workerId end
+      return q.workerId, out
+    end
+
+    it("each step's activity runs where the workflow runs, with the results and history of a replay", function()
+      local runs = {}
+      for _, cache in ipairs { 1000, 0 } do
+        local w = world { workflowCache = cache } -- two workers
+        local log = tmpname()
+        local h = w:execute("wf.steps", { n = 20, log = log })
+        local r, err = S.result(h)
+        assert.is_nil(err)
+        local q = h:query()
+        runs[cache] = { r = r, history = types(q.history) }
+        assert.equals(20, #lines(log)) -- each step ran once
+        if cache > 0 then
+          -- nothing woke the other worker for a step: its worker claimed it
+          local home, steps = workers(w, h)
+          for i = 1, 20 do assert.equals(home, steps[i], "step " .. i) end
+        end
+        w:shutdown()
+      end
+      assert.same(runs[0], runs[1000])
+      local t = runs[1000].history
+      assert.equals(2 + 2 * 20, #t)
+      for i = 1, 20 do
+        assert.equals("activity.scheduled", t[2 * i], i)
+        assert.equals("activity.completed", t[2 * i + 1], i)
+      end
+    end)
+
+    it("a step on another queue goes through it, and resumes the workflow where it is kept", function()
+      local w = world { taskQueues = { other = { workers = 1 } } }
+      local h = w:execute("wf.steps", { n = 10, queue = "other" })
+      local r, err = S.result(h)
+      assert.is_nil(err)
+      assert.equals("charge ok 1", r:match("^[^,]+"))
+      local home, steps = workers(w, h)
+      for i = 1, 10 do assert.not_equals(home, steps[i], "step " .. i) end
+      local other = w:query(h:query().children[1])
+      assert.equals("other", other.taskQueue)
+      -- the same history as with every segment replayed
+      local w0 = world { taskQueues = { other = { workers = 1 } }, workflowCache = 0 }
+      local h0 = w0:execute("wf.steps", { n = 10, queue = "other" })
+      assert.equals(r, (S.result(h0)))
+      assert.same(types(h0:query().history), types(h:query().history))
+    end)
+
+    it("cancelling the workflow while its step runs on its worker cancels the step; nothing is recorded after", function()
+      local w = world()
+      local log = tmpname()
+      local h = w:execute("wf.closing", { log = log })
+      S.eventually(function() return count(log, "slow start nil") == 1 end, S.WAIT, "the step to start")
+      local home, steps = workers(w, h)
+      assert.equals(home, steps[1]) -- on the fast path
+      assert.is_true(h:cancel())
+      local _, err = S.result(h)
+      assert.equals("ECANCELED", err.code)
+      local step = h:query().children[1]
+      S.eventually(function() return w:query(step).status == "cancelled" end, S.WAIT, "the step cancelled")
+      assert.same({ "workflow.started", "activity.scheduled", "cancel.requested", "workflow.cancelled" },
+        types(h:query().history))
+      assert.equals(0, count(log, "slow end nil"))
+    end)
+
+    it("a cancel while a segment runs is recorded after the events that segment records", function()
+      local w = world { cancelGrace = 300 } -- the segment records its marker well within it
+      local h = w:execute("wf.busy")
+      S.eventually(function()
+        for _, wk in ipairs(w:getWorkers()) do
+          for _, r in ipairs(wk.running) do
+            if r.id == h.id then return true end
+          end
+        end
+        return false
+      end, S.WAIT, "the segment to run")
+      assert.is_true(h:cancel())
+      local _, err = S.result(h)
+      assert.equals("ECANCELED", err.code)
+      assert.same({ "workflow.started", "marker", "cancel.requested", "workflow.cancelled" },
+        types(h:query().history))
+    end)
+
+    it("a step that fails and is retried completes once, and its workflow goes on", function()
+      local w = world()
+      local log = tmpname()
+      local h = w:execute("wf.retried", { log = log })
+      local r, err = S.result(h)
+      assert.is_nil(err)
+      assert.same({ "charge ok 1", "attempt 2", "charge ok 3" }, r)
+      assert.same({ "second 1", "second 2" }, lines(log))
+      local q = h:query()
+      assert.equals(2, w:query(q.children[2]).attempt)
+      assert.same({ "workflow.started", "activity.scheduled", "activity.completed", "activity.scheduled",
+        "activity.completed", "activity.scheduled", "activity.completed", "workflow.completed" }, types(q.history))
+      assert.equals("attempt 2", q.history[5].result)
+    end)
+
+    it("a step never goes ahead of a queued task of a higher priority", function()
+      -- one slot: the park frees it, and the queue decides what takes it
+      local w = world { minWorkers = 1, maxWorkers = 1, taskQueues = { default = { concurrency = 1 } } }
+      local log = tmpname()
+      assert.equals("low", S.result(w:execute("wf.prio", { log = log })))
+      assert.same({ "high", "low" }, lines(log))
+    end)
+  end)
+
   describe("per-call limits of ctx:run override the definition's for that call", function()
     local function limits(w, name, input, opts)
       local h = w:execute("wf.limits", { name = name, input = input, opts = opts })
