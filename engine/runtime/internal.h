@@ -29,7 +29,7 @@ typedef struct ath_worker_s ath_worker_t;
 typedef struct ath_slot_s ath_slot_t;
 typedef struct ath_waiter_s ath_waiter_t;
 typedef struct ath_store_s ath_store_t;
-typedef struct ath_store_vt_s ath_store_vt_t;
+typedef struct ath_store_provider_s ath_store_vt_t; /* athena.h: ath_store_provider_t */
 typedef struct ath_sched_s ath_sched_t;
 typedef struct ath_http_s ath_http_t;
 typedef struct ath_hook_s ath_hook_t;
@@ -106,7 +106,7 @@ typedef struct {
  * ath__wf_events_join returns "[e1,e2,...]" (malloc'd, NULL when out of
  * memory); ath__wf_load parses events separated by ATH_WFEV_SEP (a
  * stored history) into a new workflow's list. */
-#define ATH_WFEV_SEP '\x1e' /* never in JSON text: controls are escaped */
+#define ATH_WFEV_SEP ATH_STORE_EVENT_SEP /* never in JSON text: controls are escaped */
 ath_wfev_t* ath__wfev_new(const char* json, size_t len);
 void ath__wfev_retain(ath_wfev_t* e);
 void ath__wfev_release(ath_wfev_t* e);

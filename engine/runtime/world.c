@@ -117,6 +117,11 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
     ath__set_err(err, errlen, "%s", "invalid database (sqlite:<path> or postgres://...)");
     return ATH_EINVAL;
   }
+  char serr[256];
+  if (ath__store_check(cfg, serr, sizeof(serr)) != 0) {
+    ath__set_err(err, errlen, "%s", serr);
+    return ATH_EINVAL;
+  }
   ath_world_t* w = calloc(1, sizeof(*w));
   if (w == NULL)
     return ATH_ENOMEM;
@@ -314,7 +319,8 @@ void ath__table_unlink(ath_world_t* w, ath_task_t* t) {
  * task whose final state is committed (no newer change pending). */
 ath_task_t* ath__world_term_trim(ath_world_t* w) {
   ath_task_t* dead = NULL;
-  int memory = w->cfg.persistence == ATH_PERSIST_MEMORY;
+  /* a store without reads (get/query) keeps them as memory mode does */
+  int memory = w->cfg.persistence == ATH_PERSIST_MEMORY || w->reads == NULL;
   for (ath_task_t* t = w->term.head; t != NULL; t = w->term.head) {
     if (memory ? w->nterm <= w->cfg.retain_terminal
                : w->reads == NULL || t->dirty || t->dirty_gen > w->committed_gen)
