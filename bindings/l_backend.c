@@ -17,9 +17,6 @@
 #include "lath.h"
 #include "runtime.h"
 
-/* What one call may take before it is interrupted. */
-#define CALL_LIMIT_MS 10000
-
 typedef struct {
   ath_store_provider_t p;
   char* module;           /* or NULL: the chunks */
@@ -30,6 +27,7 @@ typedef struct {
   char* lua_path;
   char* lua_cpath;
   size_t mem_limit, mem_used;
+  int64_t limit_ms;       /* what one call may take before it is interrupted */
   uint64_t deadline;      /* ns, of the call running; 0: none */
   lua_State* L;
   int fn_ref[2];          /* persist, load */
@@ -56,18 +54,20 @@ static void* backend_alloc(void* ud, void* ptr, size_t osize, size_t nsize) {
   return p;
 }
 
-/* Interrupts a call past its deadline, again at every count until it
- * returns (a pcall inside the function cannot swallow it). */
+/* Interrupts a call past its deadline, then again at every instruction
+ * until it returns: a pcall inside the function cannot swallow it. */
 static void backend_hook(lua_State* L, lua_Debug* ar) {
   (void)ar;
   lbackend_t* b = *(lbackend_t**)lua_getextraspace(L);
-  if (b->deadline != 0 && ath__mono_ns() > b->deadline)
-    luaL_error(L, "the backend function ran past its time limit (%d ms)", CALL_LIMIT_MS);
+  if (b->deadline != 0 && ath__mono_ns() > b->deadline) {
+    lua_sethook(L, backend_hook, LUA_MASKCOUNT, 1); /* at every instruction from here on */
+    luaL_error(L, "the backend function ran past its time limit (%d ms)", (int)b->limit_ms);
+  }
 }
 
 /* Calls the function below nargs arguments under the time limit. */
 static int limited_call(lbackend_t* b, int nargs, int nresults) {
-  b->deadline = ath__mono_ns() + (uint64_t)CALL_LIMIT_MS * 1000000u;
+  b->deadline = ath__mono_ns() + (uint64_t)b->limit_ms * 1000000u;
   lua_sethook(b->L, backend_hook, LUA_MASKCOUNT, 1000);
   int st = lua_pcall(b->L, nargs, nresults, 0);
   lua_sethook(b->L, NULL, 0, 0);
@@ -525,6 +525,9 @@ ath_store_provider_t* lath_backend_provider(lua_State* L, int idx, size_t mem_li
   b->chunk[1] = opt_dup(L, idx, "load", &b->chunk_len[1]);
   b->config = opt_dup(L, idx, "config", &b->config_len);
   b->mem_limit = mem_limit;
+  lua_getfield(L, idx, "timeoutMs");
+  b->limit_ms = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 10000;
+  lua_pop(L, 1);
   return &b->p;
 }
 

@@ -260,7 +260,7 @@ local Backend = { __name = "athena.Backend" }
 Backend.__index = Backend
 M.Backend = Backend
 local BACKEND_FUNCTIONS = { "persist", "load" }
-local CUSTOM_KEYS = { module = true, persist = true, load = true, config = true }
+local CUSTOM_KEYS = { module = true, persist = true, load = true, config = true, timeout = true }
 
 local function carry(name, fn)
   if type(fn) ~= "function" then invalid("invalid %s: %s (a function)", name, show(fn)) end
@@ -307,6 +307,7 @@ function Backend.new(opts)
     if not ok then invalid("invalid config: %s", tostring(type(text) == "table" and text.message or text)) end
     b.config = text
   end
+  b.timeoutMs = opts.timeout ~= nil and duration("timeout", opts.timeout, true) or 10000
   return setmetatable(b, Backend)
 end
 

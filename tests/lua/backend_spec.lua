@@ -1,0 +1,264 @@
+-- athena.Backend (docs/lua-api.md "Custom backends: athena.Backend"):
+-- persistence through Lua functions that run in the backend's own state.
+-- Wrong inputs raise clear errors; a backend that fails, hangs, eats
+-- memory or raises odd values degrades the world or fails its start, and
+-- the engine keeps serving.
+local athena = require "athena"
+local S = require "fixtures.support"
+
+-- The journal functions of scripts/examples/custom_backend.lua in short:
+-- one JSON line per row; load folds them. No upvalues: they travel as
+-- bytecode. info.config.flag, when it names an existing file, makes
+-- persist fail (returns nil) while it exists.
+local function persist(batch, info)
+  local json = require("athena").json
+  local flag = info.config.flag and io.open(info.config.flag)
+  if flag then flag:close(); return nil end
+  local f = assert(io.open(info.config.file, "a"))
+  for _, row in ipairs(batch.tasks) do f:write(json.encode({ task = row }), "\n") end
+  for _, row in ipairs(batch.schedules) do f:write(json.encode({ schedule = row }), "\n") end
+  f:close()
+  return true
+end
+
+local function load(info)
+  local json = require("athena").json
+  local f = io.open(info.config.file)
+  if not f then return nil end
+  local tasks, order, scheds = {}, {}, {}
+  for line in f:lines() do
+    local rec = json.decode(line)
+    local row = rec.task or rec.schedule
+    if rec.task then
+      local old = tasks[row.seq]
+      if row.deleted then tasks[row.seq] = nil
+      else
+        if not old then order[#order + 1] = row.seq end
+        if row.keepError and old then row.error = old.error end
+        local ev = old and old.events or {}
+        for i, e in ipairs(row.events or {}) do ev[row.eventsFrom + i] = e end
+        row.events = ev
+        tasks[row.seq] = row
+      end
+    else
+      scheds[row.id] = not row.deleted and row or nil
+    end
+  end
+  f:close()
+  table.sort(order)
+  local out = { tasks = {}, schedules = {} }
+  for _, seq in ipairs(order) do out.tasks[#out.tasks + 1] = tasks[seq] end
+  for _, s in pairs(scheds) do out.schedules[#out.schedules + 1] = s end
+  return out
+end
+
+local function world_on(backend, extra)
+  local cfg = { persistence = "file", persistencePath = S.tmpname(), backend = backend }
+  for k, v in pairs(extra or {}) do cfg[k] = v end
+  return S.started(cfg)
+end
+
+after_each(function()
+  S.cleanup()
+  S.cleanup_files()
+end)
+
+describe("athena.Backend.new", function()
+  it("refuses wrong inputs with EINVAL naming them", function()
+    local e = S.raised(athena.Backend.new, nil)
+    assert.matches("bad argument #1 to 'new' %(table expected, got nil%)", e)
+    e = S.raises("EINVAL", athena.Backend.new, { persist = persist, load = load, flush = 1 })
+    assert.matches("unknown option flush", e.message)
+    e = S.raises("EINVAL", athena.Backend.new, { persist = 42, load = load })
+    assert.matches("invalid persist: 42 %(a function%)", e.message)
+    e = S.raises("EINVAL", athena.Backend.new, { persist = persist })
+    assert.matches("missing load", e.message)
+    e = S.raises("EINVAL", athena.Backend.new, { module = "a.b", persist = persist })
+    assert.matches("module and functions are exclusive", e.message)
+    e = S.raises("EINVAL", athena.Backend.new, { module = "../etc" })
+    assert.matches("invalid module", e.message)
+    e = S.raises("EINVAL", athena.Backend.new, { persist = print, load = load })
+    assert.matches("a C function cannot be carried", e.message)
+    e = S.raises("EINVAL", athena.Backend.new, { persist = persist, load = load, config = "x" })
+    assert.matches("invalid config: \"x\" %(a table of JSON values%)", e.message)
+    e = S.raises("EINVAL", athena.Backend.new, { persist = persist, load = load, config = { f = print } })
+    assert.matches("invalid config", e.message)
+    e = S.raises("EINVAL", athena.Backend.new, { persist = persist, load = load, timeout = "soon" })
+    assert.matches("invalid timeout", e.message)
+  end)
+
+  it("refuses a closure with upvalues: it could not run in the backend's state", function()
+    local file = "/tmp/x"
+    local e = S.raises("EINVAL", athena.Backend.new, {
+      persist = function() return file ~= nil end, load = load })
+    assert.matches("invalid persist: a closure with the upvalue file", e.message)
+  end)
+
+  it("says authorize and stream are not implemented yet (ENOSYS), rather than ignoring them", function()
+    local e = S.raises("ENOSYS", athena.Backend.new, { persist = persist, load = load, authorize = persist })
+    assert.matches("authorize is not implemented", e.message)
+    S.raises("ENOSYS", athena.Backend.new, { persist = persist, load = load, stream = persist })
+  end)
+
+  it("is the only table World.new takes as a custom backend", function()
+    local e = S.raises("EINVAL", athena.World.new, { backend = { persist = persist, load = load } })
+    assert.matches("athena.Backend.new", e.message)
+    local b = athena.Backend.new { persist = persist, load = load, config = { file = "/nonexistent/x" } }
+    e = S.raises("EINVAL", athena.World.new, { persistence = "memory", backend = b })
+    assert.matches("memory persistence keeps no journal", e.message)
+  end)
+end)
+
+describe("a world on an athena.Backend", function()
+  it("journals through persist and recovers queued tasks and schedules through load", function()
+    local dir = S.tmpname()
+    local b = athena.Backend.new { persist = persist, load = load, config = { file = dir .. ".jsonl" } }
+    local w = world_on(b, { persistencePath = dir })
+    assert.equals(7, S.result(w:execute("echo", 7, { id = "now" })))
+    w:execute("echo", { n = 1 }, { id = "later", delay = "1h" })
+    w:schedule("nightly", "echo", 1, "0 3 * * *")
+    w:shutdown()
+    local text = S.readfile(dir .. ".jsonl")
+    assert.matches('"id":"later"', text)
+    assert.matches('"status":"completed"', text)
+    assert.matches('"schedule":{', text)
+
+    local again = world_on(b, { persistencePath = dir })
+    local s = again:query("later")
+    assert.equals("scheduled", s.status)
+    assert.same({ n = 1 }, s.input)
+    local found = false
+    for _, sc in ipairs(again:getSchedules()) do found = found or sc.id == "nightly" end
+    assert.is_true(found)
+    again:shutdown()
+    os.remove(dir .. ".jsonl")
+  end)
+
+  it("requires the backend module in its own state (module = name)", function()
+    local dir = S.tmpname()
+    os.execute("mkdir -p " .. dir .. "/lib/myapp")
+    local f = assert(io.open(dir .. "/lib/myapp/backend.lua", "w"))
+    f:write([[
+      local M, rows = {}, {}
+      function M.persist(batch) for _, r in ipairs(batch.tasks) do rows[#rows + 1] = r end return true end
+      function M.load(info) return { tasks = {}, schedules = {} } end
+      return M
+    ]])
+    f:close()
+    local saved = package.path
+    package.path = dir .. "/lib/?.lua;" .. package.path -- workers and the backend get it at start
+    local ok, err = pcall(function()
+      local w = world_on(athena.Backend.new { module = "myapp.backend" }, { persistencePath = dir .. "/store" })
+      assert.equals(3, S.result(w:execute("echo", 3)))
+    end)
+    package.path = saved
+    assert(ok, tostring(err))
+  end)
+
+  it("fails start with EINVAL when the module cannot give persist and load", function()
+    local dir = S.tmpname()
+    os.execute("mkdir -p " .. dir .. "/lib")
+    local f = assert(io.open(dir .. "/lib/halfbackend.lua", "w"))
+    f:write("return { persist = function() return true end, load = 'no' }")
+    f:close()
+    local saved = package.path
+    package.path = dir .. "/lib/?.lua;" .. package.path
+    local e = S.raises("EINVAL", world_on, athena.Backend.new { module = "halfbackend" }, { persistencePath = dir .. "/s" })
+    assert.matches("module halfbackend: load is a string %(a function expected%)", e.message)
+    e = S.raises("EINVAL", world_on, athena.Backend.new { module = "no.such.backend" }, { persistencePath = dir .. "/s" })
+    assert.matches("module 'no.such.backend' not found", e.message)
+    package.path = saved
+  end)
+
+  it("fails start with ESTORE when load returns what cannot be recovered", function()
+    local function b(fn) return athena.Backend.new { persist = persist, load = fn } end
+    local e = S.raises("ESTORE", world_on, b(function() return 42 end))
+    assert.matches("backend load returned a number", e.message)
+    e = S.raises("ESTORE", world_on, b(function() return { tasks = { { id = "x", seq = "one" } } } end))
+    assert.matches("tasks%[1%] with an invalid seq %(an integer%)", e.message)
+    e = S.raises("ESTORE", world_on, b(function() return { tasks = { { id = "x", status = "sleeping" } } } end))
+    assert.matches("invalid status %(a status name%)", e.message)
+    e = S.raises("ESTORE", world_on, b(function() return { tasks = { { id = "x", seq = 1, status = "pending" } } } end))
+    assert.matches("lacks its id, name, queue or input", e.message)
+    e = S.raises("ESTORE", world_on, b(function() return { tasks = "all" } end))
+    assert.matches("tasks as a string %(a list expected%)", e.message)
+  end)
+
+  it("reports load's errors, whatever their value, without running their metamethods", function()
+    local function b(fn) return athena.Backend.new { persist = persist, load = fn } end
+    local e = S.raises("ESTORE", world_on, b(function() error({ message = "no disk" }) end))
+    assert.matches("backend load raised: no disk", e.message)
+    e = S.raises("ESTORE", world_on, b(function()
+      error(setmetatable({}, { __tostring = function() while true do end end, __index = function() error("x") end }))
+    end))
+    assert.matches("backend load raised: %(a table error value%)", e.message)
+  end)
+
+  it("interrupts a load that never returns, even one that pcalls the interruption away", function()
+    local b = athena.Backend.new { persist = persist, timeout = "100ms", load = function()
+      while true do pcall(function() while true do end end) end
+    end }
+    local ms, r = S.timed(pcall, world_on, b)
+    assert.is_false(r[1])
+    assert.equals("ESTORE", r[2].code)
+    assert.matches("time limit %(100 ms%)", r[2].message)
+    assert(ms < 5000, ms .. " ms")
+  end)
+
+  it("stops a load that eats memory at the world's memoryLimit", function()
+    local b = athena.Backend.new { persist = persist, load = function()
+      local t = {}
+      for i = 1, math.huge do t[i] = string.rep("x", 1024) .. i end
+    end }
+    local e = S.raises("ESTORE", world_on, b, { memoryLimit = "32MB" })
+    assert.matches("out of memory", e.message)
+  end)
+
+  it("degrades the world while persist fails (nil, errors, hangs) and heals when it succeeds", function()
+    local dir = S.tmpname()
+    local flag = dir .. ".flag"
+    local b = athena.Backend.new { persist = persist, load = load, timeout = "200ms",
+      config = { file = dir .. ".jsonl", flag = flag } }
+    local w = world_on(b, { persistencePath = dir })
+    local url = w:serve { port = 0, metrics = false, dashboard = false }.url
+    io.open(flag, "w"):close()
+    local h, err = w:execute("echo", 1, { id = "refused" })
+    assert.is_nil(h)
+    assert.equals("ESTORE", err.code)
+    assert.matches("backend persist returned nil %(true expected once the batch is durable%)", err.message)
+    assert.is_nil(w:query("refused"))
+    local res = assert(athena.http.request { url = url .. "/healthz" })
+    assert.equals(503, res.status)
+    assert.matches("store degraded %(ESTORE%)", res.body)
+    os.remove(flag)
+    h = S.eventually(function() return (w:execute("echo", 2, { id = "accepted" })) end, 10000,
+      "execute to work again")
+    assert.equals(2, S.result(h))
+    res = assert(athena.http.request { url = url .. "/healthz" })
+    assert.equals(200, res.status)
+    os.remove(dir .. ".jsonl")
+  end)
+
+  it("maps a persist error's code ENOSPC, and interrupts a persist that hangs", function()
+    local full = athena.Backend.new { load = load, config = { file = "/nonexistent" },
+      persist = function() error({ code = "ENOSPC", message = "quota exceeded" }) end }
+    local w = world_on(full)
+    local h, err = w:execute("echo", 1)
+    assert.is_nil(h)
+    assert.equals("ENOSPC", err.code)
+    assert.matches("backend persist raised: quota exceeded", err.message)
+    w:shutdown()
+
+    local hang = athena.Backend.new { load = load, config = { file = "/nonexistent" }, timeout = "100ms",
+      persist = function() while true do end end }
+    w = world_on(hang)
+    local ms, r = S.timed(w.execute, w, "echo", 1)
+    assert.is_nil(r[1])
+    assert.equals("ESTORE", r[2].code)
+    assert.matches("time limit", r[2].message)
+    assert(ms < 5000, ms .. " ms")
+    -- the engine keeps serving: metrics answer, shutdown returns
+    assert.is_table(w:getMetrics())
+    w:shutdown { timeout = 1000 }
+  end)
+end)
