@@ -1,11 +1,11 @@
 /* athena.Backend: a store provider (athena.h "store providers") whose
- * persist and load are Lua functions (docs/lua-api.md "Custom backends:
- * athena.Backend").
+ * persist and load are Lua functions, and an event sink whose stream is
+ * one (docs/lua-api.md "Custom backends: athena.Backend").
  *
- * The functions run in the backend's own Lua state, made when the world
- * opens its store and used by one thread at a time: the starting thread
- * (load), then the store thread (persist), then the one that closes the
- * world. Functions cannot cross states, so they come either as a module
+ * The functions run in the backend's own Lua states, used by one thread at
+ * a time. The store's is made when the world opens its store: the starting
+ * thread (load), then the store thread (persist), then the one that closes
+ * the world. The sink's is made on the event thread at the first event. Functions cannot cross states, so they come either as a module
  * the state requires, or as bytecode (string.dump) of functions without
  * upvalues, which init.lua checks. Every call runs under a time limit (a
  * count hook, re-armed so a pcall cannot swallow it) and the state under a
@@ -17,40 +17,52 @@
 #include "lath.h"
 #include "runtime.h"
 
+typedef struct lbackend_s lbackend_t;
+
+/* One of the backend's Lua states: the store's (persist, load) or the
+ * event sink's (stream), each used by one thread at a time. */
 typedef struct {
+  lbackend_t* b;
+  lua_State* L;
+  size_t mem_used;
+  uint64_t deadline;      /* ns, of the call running; 0: none */
+  int fn_ref[3];          /* persist, load, stream (LUA_NOREF: absent) */
+  int info_ref;           /* {dir, config}: the functions' last argument */
+} bstate_t;
+
+struct lbackend_s {
   ath_store_provider_t p;
+  ath_event_sink_t sink;
   char* module;           /* or NULL: the chunks */
-  char* chunk[2];         /* bytecode of persist, load */
-  size_t chunk_len[2];
+  char* chunk[3];         /* bytecode of persist, load, stream (or NULL) */
+  size_t chunk_len[3];
   char* config;           /* JSON of Backend.new's config, or NULL */
   size_t config_len;
   char* lua_path;
   char* lua_cpath;
-  size_t mem_limit, mem_used;
+  char* dir;              /* persistencePath, from open */
+  size_t mem_limit;       /* per state */
   int64_t limit_ms;       /* what one call may take before it is interrupted */
-  uint64_t deadline;      /* ns, of the call running; 0: none */
-  lua_State* L;
-  int fn_ref[2];          /* persist, load */
-  int info_ref;           /* {dir, config}: the functions' last argument */
-} lbackend_t;
+  bstate_t store, stream;
+};
 
-enum { FN_PERSIST = 0, FN_LOAD };
-static const char* const fn_name[] = {"persist", "load"};
+enum { FN_PERSIST = 0, FN_LOAD, FN_STREAM };
+static const char* const fn_name[] = {"persist", "load", "stream"};
 
 /* The state's heap, up to mem_limit (Lua then raises a memory error). */
 static void* backend_alloc(void* ud, void* ptr, size_t osize, size_t nsize) {
-  lbackend_t* b = ud;
+  bstate_t* s = ud;
   size_t old = ptr ? osize : 0;
   if (nsize == 0) {
     free(ptr);
-    b->mem_used -= old;
+    s->mem_used -= old;
     return NULL;
   }
-  if (nsize > old && b->mem_used + (nsize - old) > b->mem_limit)
+  if (nsize > old && s->mem_used + (nsize - old) > s->b->mem_limit)
     return NULL;
   void* p = realloc(ptr, nsize);
   if (p != NULL)
-    b->mem_used = b->mem_used - old + nsize;
+    s->mem_used = s->mem_used - old + nsize;
   return p;
 }
 
@@ -58,20 +70,20 @@ static void* backend_alloc(void* ud, void* ptr, size_t osize, size_t nsize) {
  * until it returns: a pcall inside the function cannot swallow it. */
 static void backend_hook(lua_State* L, lua_Debug* ar) {
   (void)ar;
-  lbackend_t* b = *(lbackend_t**)lua_getextraspace(L);
-  if (b->deadline != 0 && ath__mono_ns() > b->deadline) {
+  bstate_t* s = *(bstate_t**)lua_getextraspace(L);
+  if (s->deadline != 0 && ath__mono_ns() > s->deadline) {
     lua_sethook(L, backend_hook, LUA_MASKCOUNT, 1); /* at every instruction from here on */
-    luaL_error(L, "the backend function ran past its time limit (%d ms)", (int)b->limit_ms);
+    luaL_error(L, "the backend function ran past its time limit (%d ms)", (int)s->b->limit_ms);
   }
 }
 
 /* Calls the function below nargs arguments under the time limit. */
-static int limited_call(lbackend_t* b, int nargs, int nresults) {
-  b->deadline = ath__mono_ns() + (uint64_t)b->limit_ms * 1000000u;
-  lua_sethook(b->L, backend_hook, LUA_MASKCOUNT, 1000);
-  int st = lua_pcall(b->L, nargs, nresults, 0);
-  lua_sethook(b->L, NULL, 0, 0);
-  b->deadline = 0;
+static int limited_call(bstate_t* s, int nargs, int nresults) {
+  s->deadline = ath__mono_ns() + (uint64_t)s->b->limit_ms * 1000000u;
+  lua_sethook(s->L, backend_hook, LUA_MASKCOUNT, 1000);
+  int st = lua_pcall(s->L, nargs, nresults, 0);
+  lua_sethook(s->L, NULL, 0, 0);
+  s->deadline = 0;
   return st;
 }
 
@@ -114,12 +126,12 @@ static void error_text(lua_State* L, int status, char* err, size_t errlen, int* 
 /* Calls the function `fn` with the nargs values on top, then the info
  * table, under the limits. Returns LUA_OK with its one result on top, or
  * the status with the message in err (and *code). */
-static int backend_call(lbackend_t* b, int fn, int nargs, char* err, size_t errlen, int* code) {
-  lua_State* L = b->L;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, b->fn_ref[fn]);
+static int backend_call(bstate_t* s, int fn, int nargs, char* err, size_t errlen, int* code) {
+  lua_State* L = s->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->fn_ref[fn]);
   lua_insert(L, -nargs - 1);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, b->info_ref);
-  int st = limited_call(b, nargs + 1, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->info_ref);
+  int st = limited_call(s, nargs + 1, 1);
   if (st != LUA_OK) {
     char msg[400];
     error_text(L, st, msg, sizeof(msg), code);
@@ -263,54 +275,55 @@ static int read_row(lua_State* L, int idx, void* row, const field_t* fields, siz
 
 /* ------------------------------------------------------- the provider */
 
-static int open_fail(lbackend_t* b, int rc, char* err, size_t errlen, const char* fmt,
-                     const char* a) {
-  snprintf(err, errlen, fmt, a);
-  if (b->L != NULL)
-    lua_close(b->L);
-  b->L = NULL;
-  return rc;
-}
-
-/* [-0, +1, -] Runs `code` in the state (protected): luaL_loadbuffer and friends. */
+/* [-0, +0, e] In a new state (protected; upvalue 1: dir; argument 1:
+ * the bstate, 2: which functions it needs, a bit per FN_*): gets the
+ * functions, from the module or the bytecode, and makes the info table. */
 static int load_functions(lua_State* L) {
-  lbackend_t* b = lua_touserdata(L, 1);
+  bstate_t* s = lua_touserdata(L, 1);
+  unsigned need = (unsigned)lua_tointeger(L, 2);
+  lbackend_t* b = s->b;
   lua_settop(L, 0);
   if (b->module != NULL) {
     lua_getglobal(L, "require");
     lua_pushstring(L, b->module);
     lua_call(L, 1, 1);
-    if (!lua_istable(L, -1))
+    if (!lua_istable(L, 1))
       return luaL_error(L, "module %s returned a %s (a table of persist and load expected)", b->module,
-                        luaL_typename(L, -1));
-    for (int i = 0; i < 2; i++) {
-      if (lua_getfield(L, 1, fn_name[i]) != LUA_TFUNCTION)
-        return luaL_error(L, "module %s: %s is a %s (a function expected)", b->module, fn_name[i],
-                          luaL_typename(L, -1));
-      b->fn_ref[i] = luaL_ref(L, LUA_REGISTRYINDEX);
-    }
-  } else {
-    for (int i = 0; i < 2; i++) {
+                        luaL_typename(L, 1));
+  }
+  for (int i = 0; i < 3; i++) {
+    int t = LUA_TNIL;
+    if (b->module != NULL) {
+      lua_pushstring(L, fn_name[i]);
+      t = lua_rawget(L, 1);
+    } else if (b->chunk[i] != NULL) {
       if (luaL_loadbufferx(L, b->chunk[i], b->chunk_len[i], fn_name[i], "b") != LUA_OK)
         return lua_error(L);
-      b->fn_ref[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+      t = LUA_TFUNCTION;
     }
+    if (t == LUA_TFUNCTION) {
+      s->fn_ref[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+      continue;
+    }
+    if ((need & (1u << i)) || t != LUA_TNIL)
+      return luaL_error(L, "module %s: %s is a %s (a function expected)", b->module ? b->module : "?", fn_name[i],
+                        luaL_typename(L, -1));
+    lua_pop(L, 1);
   }
   /* the info table: {dir, config} */
   lua_createtable(L, 0, 2);
-  lua_pushstring(L, lua_tostring(L, lua_upvalueindex(1)));
+  lua_pushvalue(L, lua_upvalueindex(1));
   lua_setfield(L, -2, "dir");
   if (b->config != NULL) {
     lua_getglobal(L, "athena"); /* open_state's global: its JSON codec */
     lua_getfield(L, -1, "json");
     lua_getfield(L, -1, "decode");
-    lua_remove(L, -2);
     lua_pushlstring(L, b->config, b->config_len);
     lua_call(L, 1, 1);
-    lua_setfield(L, -3, "config");
-    lua_pop(L, 1);
+    lua_setfield(L, -4, "config");
+    lua_pop(L, 2);
   }
-  b->info_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  s->info_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
 }
 
@@ -319,16 +332,30 @@ static int open_libs(lua_State* L) {
   return 0;
 }
 
-static int b_open(void* ud, const char* dir, void** store, char* err, size_t errlen) {
-  lbackend_t* b = ud;
-  b->mem_used = 0;
-  lua_State* L = b->L = lua_newstate(backend_alloc, b);
-  if (L == NULL)
-    return open_fail(b, ATH_ENOMEM, err, errlen, "%s", "cannot create the backend's Lua state");
-  *(lbackend_t**)lua_getextraspace(L) = b;
+static void state_close(bstate_t* s) {
+  if (s->L != NULL)
+    lua_close(s->L);
+  s->L = NULL;
+}
+
+/* Makes state s with the functions of `need` (bits per FN_*). Returns 0,
+ * or ATH_ENOMEM or ATH_EINVAL with err set. */
+static int state_open(lbackend_t* b, bstate_t* s, unsigned need, char* err, size_t errlen) {
+  s->b = b;
+  s->mem_used = 0;
+  s->fn_ref[0] = s->fn_ref[1] = s->fn_ref[2] = s->info_ref = LUA_NOREF;
+  lua_State* L = s->L = lua_newstate(backend_alloc, s);
+  if (L == NULL) {
+    snprintf(err, errlen, "%s", "cannot create the backend's Lua state");
+    return ATH_ENOMEM;
+  }
+  *(bstate_t**)lua_getextraspace(L) = s;
   lua_pushcfunction(L, open_libs);
-  if (lua_pcall(L, 0, 0, 0) != LUA_OK)
-    return open_fail(b, ATH_ENOMEM, err, errlen, "%s", "cannot open the Lua libraries in the backend's state");
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+    snprintf(err, errlen, "%s", "cannot open the Lua libraries in the backend's state");
+    state_close(s);
+    return ATH_ENOMEM;
+  }
   if (lua_getglobal(L, "package") == LUA_TTABLE) {
     if (b->lua_path != NULL) {
       lua_pushstring(L, b->lua_path);
@@ -340,16 +367,32 @@ static int b_open(void* ud, const char* dir, void** store, char* err, size_t err
     }
   }
   lua_settop(L, 0);
-  lua_pushstring(L, dir);
+  lua_pushstring(L, b->dir ? b->dir : "");
   lua_pushcclosure(L, load_functions, 1);
-  lua_pushlightuserdata(L, b);
-  int st = limited_call(b, 1, 0);
+  lua_pushlightuserdata(L, s);
+  lua_pushinteger(L, need);
+  int st = limited_call(s, 2, 0);
   if (st != LUA_OK) {
     char msg[400];
     int code;
     error_text(L, st, msg, sizeof(msg), &code);
-    return open_fail(b, ATH_EINVAL, err, errlen, "backend functions did not load: %s", msg);
+    snprintf(err, errlen, "backend functions did not load: %s", msg);
+    state_close(s);
+    return ATH_EINVAL;
   }
+  return 0;
+}
+
+static int b_open(void* ud, const char* dir, void** store, char* err, size_t errlen) {
+  lbackend_t* b = ud;
+  free(b->dir);
+  if ((b->dir = strdup(dir)) == NULL)
+    return ATH_ENOMEM;
+  int rc = state_open(b, &b->store, (1u << FN_PERSIST) | (1u << FN_LOAD), err, errlen);
+  if (rc != 0)
+    return rc;
+  if (b->store.fn_ref[FN_STREAM] == LUA_NOREF) /* a module without stream: no events */
+    b->sink.deliver = NULL;
   *store = b;
   return 0;
 }
@@ -357,9 +400,9 @@ static int b_open(void* ud, const char* dir, void** store, char* err, size_t err
 static int b_load(void* store, ath_store_task_cb task_cb, ath_store_schedule_cb sched_cb,
                   void* cbud, char* err, size_t errlen) {
   lbackend_t* b = store;
-  lua_State* L = b->L;
+  lua_State* L = b->store.L;
   int code;
-  if (backend_call(b, FN_LOAD, 0, err, errlen, &code) != LUA_OK)
+  if (backend_call(&b->store, FN_LOAD, 0, err, errlen, &code) != LUA_OK)
     return ATH_ESTORE;
   int res = lua_gettop(L), rc = 0;
   if (lua_isnil(L, res)) { /* nothing stored */
@@ -461,7 +504,7 @@ static int push_batch(lua_State* L) {
 static int b_persist(void* store, const ath_store_task_t* tasks, size_t n,
                      const ath_store_schedule_t* scheds, size_t sn, char* err, size_t errlen) {
   lbackend_t* b = store;
-  lua_State* L = b->L;
+  lua_State* L = b->store.L;
   int code = ATH_ESTORE;
   lua_pushcfunction(L, push_batch);
   lua_pushlightuserdata(L, (void*)tasks);
@@ -475,7 +518,7 @@ static int b_persist(void* store, const ath_store_task_t* tasks, size_t n,
     snprintf(err, errlen, "%s", "out of memory building the backend's batch");
     return ATH_ENOMEM;
   }
-  if (backend_call(b, FN_PERSIST, 1, err, errlen, &code) != LUA_OK)
+  if (backend_call(&b->store, FN_PERSIST, 1, err, errlen, &code) != LUA_OK)
     return code;
   int ok = lua_type(L, -1) == LUA_TBOOLEAN && lua_toboolean(L, -1);
   if (!ok)
@@ -487,9 +530,32 @@ static int b_persist(void* store, const ath_store_task_t* tasks, size_t n,
 
 static void b_close(void* store) {
   lbackend_t* b = store;
-  if (b->L != NULL)
-    lua_close(b->L);
-  b->L = NULL;
+  state_close(&b->store);
+}
+
+/* The event sink: stream(event, info) in a state of its own, made on the
+ * event thread at the first event (again after a failure to make it). */
+static int b_deliver(void* ud, const char* json, size_t len, char* err, size_t errlen) {
+  lbackend_t* b = ud;
+  bstate_t* s = &b->stream;
+  int code;
+  if (s->L == NULL && state_open(b, s, 1u << FN_STREAM, err, errlen) != 0)
+    return ATH_EINVAL;
+  lua_State* L = s->L;
+  if (ath__json_decode(L, json, len) != 0) { /* the engine's own JSON: only out of memory */
+    snprintf(err, errlen, "cannot decode the event: %s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return ATH_ENOMEM;
+  }
+  int st = backend_call(s, FN_STREAM, 1, err, errlen, &code);
+  if (st == LUA_OK)
+    lua_pop(L, 1);
+  return st == LUA_OK ? 0 : ATH_EHANDLER;
+}
+
+static void b_sink_close(void* ud) {
+  lbackend_t* b = ud;
+  state_close(&b->stream);
 }
 
 /* ---------------------------------------------------------- from Lua */
@@ -521,8 +587,13 @@ ath_store_provider_t* lath_backend_provider(lua_State* L, int idx, size_t mem_li
   b->p.persist = b_persist;
   b->p.close = b_close;
   b->module = opt_dup(L, idx, "module", NULL);
-  b->chunk[0] = opt_dup(L, idx, "persist", &b->chunk_len[0]);
-  b->chunk[1] = opt_dup(L, idx, "load", &b->chunk_len[1]);
+  for (int i = 0; i < 3; i++)
+    b->chunk[i] = opt_dup(L, idx, fn_name[i], &b->chunk_len[i]);
+  b->sink.size = sizeof(b->sink);
+  b->sink.ud = b;
+  b->sink.close = b_sink_close;
+  if (b->module != NULL || b->chunk[FN_STREAM] != NULL) /* a module's is known at open */
+    b->sink.deliver = b_deliver;
   b->config = opt_dup(L, idx, "config", &b->config_len);
   b->mem_limit = mem_limit;
   lua_getfield(L, idx, "timeoutMs");
@@ -540,14 +611,21 @@ int lath_backend_paths(ath_store_provider_t* p, const char* lua_path, const char
   return (lua_path && !b->lua_path) || (lua_cpath && !b->lua_cpath) ? ATH_ENOMEM : 0;
 }
 
+const ath_event_sink_t* lath_backend_sink(ath_store_provider_t* p) {
+  lbackend_t* b = p->ud;
+  return b->sink.deliver != NULL ? &b->sink : NULL;
+}
+
 void lath_backend_free(ath_store_provider_t* p) {
   if (p == NULL)
     return;
   lbackend_t* b = p->ud;
-  b_close(b);
+  state_close(&b->store);
+  state_close(&b->stream);
   free(b->module);
-  free(b->chunk[0]);
-  free(b->chunk[1]);
+  for (int i = 0; i < 3; i++)
+    free(b->chunk[i]);
+  free(b->dir);
   free(b->config);
   free(b->lua_path);
   free(b->lua_cpath);

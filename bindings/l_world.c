@@ -231,6 +231,7 @@ int lath_world_new(lua_State* L) {
     if ((lw->backend = lath_backend_provider(L, lua_gettop(L), cfg.memory_limit)) == NULL)
       return luaL_error(L, "not enough memory");
     cfg.store = lw->backend;
+    cfg.event_sink = lath_backend_sink(lw->backend);
   }
   lua_pop(L, 1);
   char err[256];

@@ -85,6 +85,7 @@ typedef struct ath_task_s ath_task_t;
 typedef struct ath_world_config_s ath_world_config_t;
 typedef struct ath_exec_opts_s ath_exec_opts_t;
 typedef struct ath_store_provider_s ath_store_provider_t;
+typedef struct ath_event_sink_s ath_event_sink_t;
 
 typedef enum {
   ATH_PENDING = 0,
@@ -171,6 +172,11 @@ struct ath_world_config_s {
    * section below); NULL: the built-in SQLite store. Borrowed: it must
    * outlive the world. */
   const ath_store_provider_t* store;
+  /* Where the events of SEMANTICS §15 go instead of a webhook URL (the
+   * event sink section below), or NULL. webhook_events filters them as it
+   * does webhooks. Borrowed: it must outlive the world. Exclusive with
+   * webhook_url. */
+  const ath_event_sink_t* event_sink;
 };
 
 enum { ATH_PERSIST_MEMORY = 0, ATH_PERSIST_FILE, ATH_PERSIST_HYBRID };
@@ -617,6 +623,28 @@ struct ath_store_provider_s {
 
 /* The built-in SQLite store (<persistencePath>/athena.db), the default. */
 ATH_EXTERN const ath_store_provider_t* ath_sqlite_store(void);
+
+/* -------------------------------------------------------------- event sinks */
+
+/* An event sink receives the events webhooks POST (SEMANTICS §15:
+ * task.completed, task.failed, task.retrying, task.quarantined,
+ * task.cancelled, schedule.fired, worker.lost), each as the webhook's JSON
+ * body {"id","event","at","data"}, on a thread of its own (the event
+ * thread), one event at a time. The engine never waits for it: events
+ * queue in a bounded outbox (10,000; past it the oldest is dropped and
+ * counted). An event that fails is tried again after 1 s, 2 s, 4 s and
+ * 8 s, then dropped with a warning in the log; order is not guaranteed.
+ * Fill with zeros, then set size = sizeof(ath_event_sink_t). */
+struct ath_event_sink_s {
+  size_t size;
+  void* ud;
+  /* Delivers one event (json[0..len), NUL-terminated). Returns 0, or an
+   * ATH_E* code with a message in err: the event is retried. NULL when
+   * the world starts: no events are made. */
+  int (*deliver)(void* ud, const char* json, size_t len, char* err, size_t errlen);
+  /* Optional: called on the event thread after its last delivery. */
+  void (*close)(void* ud);
+};
 
 /* ----------------------------------------------------------------- metrics */
 

@@ -737,10 +737,11 @@ enum {
   ATH_EV_TASK_COMPLETED = 0, ATH_EV_TASK_FAILED, ATH_EV_TASK_RETRYING, ATH_EV_TASK_QUARANTINED,
   ATH_EV_TASK_CANCELLED, ATH_EV_SCHEDULE_FIRED, ATH_EV_WORKER_LOST, ATH_EV_COUNT
 };
-/* Starts the delivery thread for `url` and the events in `mask` (bit per
- * ATH_EV_*). Returns 0 or ATH_ENOMEM with err set. */
-int ath__hook_start(const char* url, unsigned mask, ath_log_t* log, ath_hook_t** out, char* err,
-                    size_t errlen);
+/* Starts the delivery thread for `url` (or `sink`, when not NULL) and the
+ * events in `mask` (bit per ATH_EV_*). Returns 0 or ATH_ENOMEM with err
+ * set. */
+int ath__hook_start(const char* url, const ath_event_sink_t* sink, unsigned mask, ath_log_t* log,
+                    ath_hook_t** out, char* err, size_t errlen);
 /* Queues an event with `data` (JSON, copied). Never blocks on I/O; drops
  * the oldest event past the outbox bound. Thread: any (h may be NULL). */
 void ath__hook_emit(ath_hook_t* h, int kind, int64_t at, const char* data, size_t len);

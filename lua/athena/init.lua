@@ -260,7 +260,7 @@ local Backend = { __name = "athena.Backend" }
 Backend.__index = Backend
 M.Backend = Backend
 local BACKEND_FUNCTIONS = { "persist", "load" }
-local CUSTOM_KEYS = { module = true, persist = true, load = true, config = true, timeout = true }
+local CUSTOM_KEYS = { module = true, persist = true, load = true, stream = true, config = true, timeout = true }
 
 local function carry(name, fn)
   if type(fn) ~= "function" then invalid("invalid %s: %s (a function)", name, show(fn)) end
@@ -277,12 +277,12 @@ local function carry(name, fn)
   return code
 end
 
---- athena.Backend.new{module = name} or {persist = fn, load = fn, config = table}
+--- athena.Backend.new{module = name} or {persist = fn, load = fn, stream = fn}, and {config, timeout}
 function Backend.new(opts)
   if type(opts) ~= "table" then argerror(1, "new", "table", opts) end
   for k in pairs(opts) do
-    if k == "authorize" or k == "stream" then
-      error(errors.new("ENOSYS", fmt("Backend option %s is not implemented yet (persist and load are)", k)), 2)
+    if k == "authorize" then
+      error(errors.new("ENOSYS", "Backend option authorize is not implemented yet (persist, load and stream are)"), 2)
     end
     if not CUSTOM_KEYS[k] then invalid("unknown option %s", tostring(k)) end
   end
@@ -291,7 +291,7 @@ function Backend.new(opts)
     if type(opts.module) ~= "string" or not opts.module:match("^[%w_%-]+[%w_%.%-]*$") then
       invalid("invalid module: %s (a module name, as require takes it)", show(opts.module))
     end
-    for _, f in ipairs(BACKEND_FUNCTIONS) do
+    for _, f in ipairs({ "persist", "load", "stream" }) do
       if opts[f] ~= nil then invalid("invalid %s: module and functions are exclusive (the module's table has them)", f) end
     end
     b.module = opts.module
@@ -300,6 +300,7 @@ function Backend.new(opts)
       if opts[f] == nil then invalid("missing %s (a function, or module = \"...\")", f) end
       b[f] = carry(f, opts[f])
     end
+    if opts.stream ~= nil then b.stream = carry("stream", opts.stream) end
   end
   if opts.config ~= nil then
     if type(opts.config) ~= "table" then invalid("invalid config: %s (a table of JSON values)", show(opts.config)) end

@@ -409,3 +409,91 @@ TEST_IMPL(store_provider_refused) {
   store_fixture_teardown(&fx);
   return 0;
 }
+
+/* ------------------------------------------------------------ event sink */
+
+typedef struct {
+  uv_mutex_t lock;
+  char seen[4096];
+  int calls, fail_first, closed;
+} sink_state_t;
+
+static int sink_deliver(void* ud, const char* json, size_t len, char* err, size_t errlen) {
+  sink_state_t* st = ud;
+  uv_mutex_lock(&st->lock);
+  int fail = st->calls++ < st->fail_first;
+  if (!fail && strlen(st->seen) + len + 2 < sizeof(st->seen)) {
+    strncat(st->seen, json, len);
+    strcat(st->seen, "\n");
+  }
+  uv_mutex_unlock(&st->lock);
+  if (fail) {
+    snprintf(err, errlen, "%s", "not yet");
+    return ATH_EIO;
+  }
+  return 0;
+}
+
+static void sink_close(void* ud) {
+  ((sink_state_t*)ud)->closed = 1;
+}
+
+static int sink_saw(sink_state_t* st, const char* what) {
+  uv_mutex_lock(&st->lock);
+  int yes = strstr(st->seen, what) != NULL;
+  uv_mutex_unlock(&st->lock);
+  return yes;
+}
+
+/* A host's event sink gets the webhook events (the same JSON bodies) on
+ * the event thread; one that fails is retried; close comes after the last
+ * delivery; a sink and a webhook URL together are refused. */
+TEST_IMPL(event_sink_delivers) {
+  store_fixture_setup(&fx, "sink", "pvjobs", jobs_lua);
+  sink_state_t st;
+  memset(&st, 0, sizeof(st));
+  uv_mutex_init(&st.lock);
+  st.fail_first = 1; /* the first delivery fails, its retry succeeds (1 s later) */
+  ath_event_sink_t sink;
+  memset(&sink, 0, sizeof(sink));
+  sink.size = sizeof(sink);
+  sink.ud = &st;
+  sink.deliver = sink_deliver;
+  sink.close = sink_close;
+  const char* modules[] = {fx.module, NULL};
+  ath_world_config_t cfg;
+  ath_world_config_init(&cfg);
+  cfg.min_workers = cfg.max_workers = 1;
+  cfg.persistence = ATH_PERSIST_MEMORY;
+  cfg.modules = modules;
+  cfg.lua_path = fx.lua_path;
+  cfg.log_file = fx.log_path;
+  cfg.event_sink = &sink;
+  cfg.webhook_url = "http://127.0.0.1:1/";
+  char err[512];
+  ath_world_t* w;
+  ASSERT_EQ(ATH_EINVAL, ath_world_new(&cfg, &w, err, sizeof(err)));
+  ASSERT_NOT_NULL(strstr(err, "exclusive"));
+  cfg.webhook_url = NULL;
+  ASSERT_OK(ath_world_new(&cfg, &w, err, sizeof(err)));
+  ath_activity_t a;
+  ath_activity_init(&a, "echo");
+  ASSERT_OK(ath_world_register(w, &a));
+  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  ath_task_t* t;
+  ASSERT_OK(exec_echo(w, "1", "sunk", 0, &t, err, sizeof(err)));
+  ASSERT_OK(ath_world_wait(w, t, 10000));
+  ath_task_release(t);
+  uint64_t t0 = uv_hrtime();
+  while (!sink_saw(&st, "\"event\":\"task.completed\"")) {
+    ASSERT_LT((uv_hrtime() - t0) / 1000000, 10000);
+    uv_sleep(5);
+  }
+  ASSERT(sink_saw(&st, "\"id\":\"sunk\""));
+  ASSERT_EQ(2, st.calls); /* failed once, then delivered */
+  close_world(w);
+  ASSERT_EQ(1, st.closed);
+  uv_mutex_destroy(&st.lock);
+  store_fixture_teardown(&fx);
+  return 0;
+}
