@@ -289,10 +289,10 @@ describe("a world on an athena.Backend", function()
       end }
     local w = world_on(b, { persistencePath = dir })
     S.result(w:execute("echo", 1, { id = "ok-1" }))
-    S.result(w:execute("fail", { kind = "runtime" }, { id = "bad-1" }))
+    S.result(w:execute("fail", { kind = "fatal" }, { id = "bad-1" })) -- never retried
     local text = S.eventually(function()
       local t = S.readfile(dir .. ".events") or ""
-      return t:find("bad-1", 1, true) and t:find("ok-1", 1, true) and t
+      return t:find("task.failed bad-1", 1, true) and t:find("ok-1", 1, true) and t
     end, 10000, "both events")
     assert.matches("task.completed ok%-1 completed", text)
     assert.matches("task.failed bad%-1 failed", text)
