@@ -26,16 +26,17 @@ typedef struct {
   lua_State* L;
   size_t mem_used;
   uint64_t deadline;      /* ns, of the call running; 0: none */
-  int fn_ref[3];          /* persist, load, stream (LUA_NOREF: absent) */
+  int fn_ref[4];          /* persist, load, stream, authorize (LUA_NOREF: absent) */
   int info_ref;           /* {dir, config}: the functions' last argument */
 } bstate_t;
 
 struct lbackend_s {
   ath_store_provider_t p;
   ath_event_sink_t sink;
+  ath_authorizer_t authz;
   char* module;           /* or NULL: the chunks */
-  char* chunk[3];         /* bytecode of persist, load, stream (or NULL) */
-  size_t chunk_len[3];
+  char* chunk[4];         /* bytecode of persist, load, stream, authorize (or NULL) */
+  size_t chunk_len[4];
   char* config;           /* JSON of Backend.new's config, or NULL */
   size_t config_len;
   char* lua_path;
@@ -44,10 +45,12 @@ struct lbackend_s {
   size_t mem_limit;       /* per state */
   int64_t limit_ms;       /* what one call may take before it is interrupted */
   bstate_t store, stream;
+  bstate_t auth;          /* authorize's, used by any HTTP thread under auth_lock */
+  uv_mutex_t auth_lock;
 };
 
-enum { FN_PERSIST = 0, FN_LOAD, FN_STREAM };
-static const char* const fn_name[] = {"persist", "load", "stream"};
+enum { FN_PERSIST = 0, FN_LOAD, FN_STREAM, FN_AUTHORIZE, NFN };
+static const char* const fn_name[] = {"persist", "load", "stream", "authorize"};
 
 /* The state's heap, up to mem_limit (Lua then raises a memory error). */
 static void* backend_alloc(void* ud, void* ptr, size_t osize, size_t nsize) {
@@ -126,12 +129,13 @@ static void error_text(lua_State* L, int status, char* err, size_t errlen, int* 
 /* Calls the function `fn` with the nargs values on top, then the info
  * table, under the limits. Returns LUA_OK with its one result on top, or
  * the status with the message in err (and *code). */
-static int backend_call(bstate_t* s, int fn, int nargs, char* err, size_t errlen, int* code) {
+static int backend_call(bstate_t* s, int fn, int nargs, int nresults, char* err, size_t errlen,
+                        int* code) {
   lua_State* L = s->L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->fn_ref[fn]);
   lua_insert(L, -nargs - 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->info_ref);
-  int st = limited_call(s, nargs + 1, 1);
+  int st = limited_call(s, nargs + 1, nresults);
   if (st != LUA_OK) {
     char msg[400];
     error_text(L, st, msg, sizeof(msg), code);
@@ -291,8 +295,8 @@ static int load_functions(lua_State* L) {
       return luaL_error(L, "module %s returned a %s (a table of persist and load expected)", b->module,
                         luaL_typename(L, 1));
   }
-  for (int i = 0; i < 3; i++) {
-    int t = LUA_TNIL;
+  for (int i = 0; i < NFN; i++) {
+    int t = LUA_TNONE; /* nothing pushed */
     if (b->module != NULL) {
       lua_pushstring(L, fn_name[i]);
       t = lua_rawget(L, 1);
@@ -305,10 +309,11 @@ static int load_functions(lua_State* L) {
       s->fn_ref[i] = luaL_ref(L, LUA_REGISTRYINDEX);
       continue;
     }
-    if ((need & (1u << i)) || t != LUA_TNIL)
+    if ((need & (1u << i)) || (t != LUA_TNIL && t != LUA_TNONE))
       return luaL_error(L, "module %s: %s is a %s (a function expected)", b->module ? b->module : "?", fn_name[i],
-                        luaL_typename(L, -1));
-    lua_pop(L, 1);
+                        t == LUA_TNONE ? "nil" : luaL_typename(L, -1));
+    if (b->module != NULL)
+      lua_pop(L, 1); /* the nil rawget pushed */
   }
   /* the info table: {dir, config} */
   lua_createtable(L, 0, 2);
@@ -343,7 +348,9 @@ static void state_close(bstate_t* s) {
 static int state_open(lbackend_t* b, bstate_t* s, unsigned need, char* err, size_t errlen) {
   s->b = b;
   s->mem_used = 0;
-  s->fn_ref[0] = s->fn_ref[1] = s->fn_ref[2] = s->info_ref = LUA_NOREF;
+  for (int i = 0; i < NFN; i++)
+    s->fn_ref[i] = LUA_NOREF;
+  s->info_ref = LUA_NOREF;
   lua_State* L = s->L = lua_newstate(backend_alloc, s);
   if (L == NULL) {
     snprintf(err, errlen, "%s", "cannot create the backend's Lua state");
@@ -393,6 +400,8 @@ static int b_open(void* ud, const char* dir, void** store, char* err, size_t err
     return rc;
   if (b->store.fn_ref[FN_STREAM] == LUA_NOREF) /* a module without stream: no events */
     b->sink.deliver = NULL;
+  if (b->store.fn_ref[FN_AUTHORIZE] == LUA_NOREF) /* nor authorize: no further checks */
+    b->authz.authorize = NULL;
   *store = b;
   return 0;
 }
@@ -402,7 +411,7 @@ static int b_load(void* store, ath_store_task_cb task_cb, ath_store_schedule_cb 
   lbackend_t* b = store;
   lua_State* L = b->store.L;
   int code;
-  if (backend_call(&b->store, FN_LOAD, 0, err, errlen, &code) != LUA_OK)
+  if (backend_call(&b->store, FN_LOAD, 0, 1, err, errlen, &code) != LUA_OK)
     return ATH_ESTORE;
   int res = lua_gettop(L), rc = 0;
   if (lua_isnil(L, res)) { /* nothing stored */
@@ -518,7 +527,7 @@ static int b_persist(void* store, const ath_store_task_t* tasks, size_t n,
     snprintf(err, errlen, "%s", "out of memory building the backend's batch");
     return ATH_ENOMEM;
   }
-  if (backend_call(&b->store, FN_PERSIST, 1, err, errlen, &code) != LUA_OK)
+  if (backend_call(&b->store, FN_PERSIST, 1, 1, err, errlen, &code) != LUA_OK)
     return code;
   int ok = lua_type(L, -1) == LUA_TBOOLEAN && lua_toboolean(L, -1);
   if (!ok)
@@ -547,7 +556,7 @@ static int b_deliver(void* ud, const char* json, size_t len, char* err, size_t e
     lua_pop(L, 1);
     return ATH_ENOMEM;
   }
-  int st = backend_call(s, FN_STREAM, 1, err, errlen, &code);
+  int st = backend_call(s, FN_STREAM, 1, 1, err, errlen, &code);
   if (st == LUA_OK)
     lua_pop(L, 1);
   return st == LUA_OK ? 0 : ATH_EHANDLER;
@@ -556,6 +565,52 @@ static int b_deliver(void* ud, const char* json, size_t len, char* err, size_t e
 static void b_sink_close(void* ud) {
   lbackend_t* b = ud;
   state_close(&b->stream);
+}
+
+/* authorize(request, info) -> true | false [, reason], in a state of its
+ * own made at the first request; HTTP threads take turns on it. Anything
+ * but a boolean, an error or a timeout denies (fail closed). */
+static int authorize_locked(lbackend_t* b, const ath_auth_request_t* r, char* why, size_t whylen) {
+  bstate_t* s = &b->auth;
+  if (s->L == NULL && state_open(b, s, 1u << FN_AUTHORIZE, why, whylen) != 0)
+    return ATH_EINVAL;
+  lua_State* L = s->L;
+  if (!lua_checkstack(L, 8)) {
+    snprintf(why, whylen, "%s", "out of memory");
+    return ATH_ENOMEM;
+  }
+  lua_createtable(L, 0, 6);
+  const char* keys[] = {"surface", "method", "path", "key", "ip", "operation"};
+  const char* vals[] = {r->surface, r->method, r->path, r->key, r->ip, r->operation};
+  for (int i = 0; i < 6; i++) {
+    if (vals[i] == NULL)
+      continue;
+    lua_pushstring(L, vals[i]);
+    lua_setfield(L, -2, keys[i]);
+  }
+  int code;
+  if (backend_call(s, FN_AUTHORIZE, 1, 2, why, whylen, &code) != LUA_OK)
+    return ATH_EHANDLER;
+  int rc;
+  if (lua_type(L, -2) != LUA_TBOOLEAN) {
+    snprintf(why, whylen, "backend authorize returned a %s (a boolean expected)", luaL_typename(L, -2));
+    rc = ATH_EINVAL;
+  } else if (lua_toboolean(L, -2)) {
+    rc = 1;
+  } else {
+    snprintf(why, whylen, "%s", lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "denied by the backend's authorize");
+    rc = 0;
+  }
+  lua_pop(L, 2);
+  return rc;
+}
+
+static int b_authorize(void* ud, const ath_auth_request_t* r, char* why, size_t whylen) {
+  lbackend_t* b = ud;
+  uv_mutex_lock(&b->auth_lock);
+  int rc = authorize_locked(b, r, why, whylen);
+  uv_mutex_unlock(&b->auth_lock);
+  return rc;
 }
 
 /* ---------------------------------------------------------- from Lua */
@@ -587,8 +642,13 @@ ath_store_provider_t* lath_backend_provider(lua_State* L, int idx, size_t mem_li
   b->p.persist = b_persist;
   b->p.close = b_close;
   b->module = opt_dup(L, idx, "module", NULL);
-  for (int i = 0; i < 3; i++)
+  for (int i = 0; i < NFN; i++)
     b->chunk[i] = opt_dup(L, idx, fn_name[i], &b->chunk_len[i]);
+  b->authz.size = sizeof(b->authz);
+  b->authz.ud = b;
+  if (b->module != NULL || b->chunk[FN_AUTHORIZE] != NULL)
+    b->authz.authorize = b_authorize;
+  uv_mutex_init(&b->auth_lock);
   b->sink.size = sizeof(b->sink);
   b->sink.ud = b;
   b->sink.close = b_sink_close;
@@ -611,6 +671,11 @@ int lath_backend_paths(ath_store_provider_t* p, const char* lua_path, const char
   return (lua_path && !b->lua_path) || (lua_cpath && !b->lua_cpath) ? ATH_ENOMEM : 0;
 }
 
+const ath_authorizer_t* lath_backend_authorizer(ath_store_provider_t* p) {
+  lbackend_t* b = p->ud;
+  return b->authz.authorize != NULL ? &b->authz : NULL;
+}
+
 const ath_event_sink_t* lath_backend_sink(ath_store_provider_t* p) {
   lbackend_t* b = p->ud;
   return b->sink.deliver != NULL ? &b->sink : NULL;
@@ -622,8 +687,10 @@ void lath_backend_free(ath_store_provider_t* p) {
   lbackend_t* b = p->ud;
   state_close(&b->store);
   state_close(&b->stream);
+  state_close(&b->auth);
+  uv_mutex_destroy(&b->auth_lock);
   free(b->module);
-  for (int i = 0; i < 3; i++)
+  for (int i = 0; i < NFN; i++)
     free(b->chunk[i]);
   free(b->dir);
   free(b->config);

@@ -232,6 +232,7 @@ int lath_world_new(lua_State* L) {
       return luaL_error(L, "not enough memory");
     cfg.store = lw->backend;
     cfg.event_sink = lath_backend_sink(lw->backend);
+    cfg.authorizer = lath_backend_authorizer(lw->backend);
   }
   lua_pop(L, 1);
   char err[256];

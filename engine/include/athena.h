@@ -86,6 +86,7 @@ typedef struct ath_world_config_s ath_world_config_t;
 typedef struct ath_exec_opts_s ath_exec_opts_t;
 typedef struct ath_store_provider_s ath_store_provider_t;
 typedef struct ath_event_sink_s ath_event_sink_t;
+typedef struct ath_authorizer_s ath_authorizer_t;
 
 typedef enum {
   ATH_PENDING = 0,
@@ -177,6 +178,9 @@ struct ath_world_config_s {
    * does webhooks. Borrowed: it must outlive the world. Exclusive with
    * webhook_url. */
   const ath_event_sink_t* event_sink;
+  /* The HTTP surface's last access decision (the authorizer section
+   * below), or NULL. Borrowed: it must outlive the world. */
+  const ath_authorizer_t* authorizer;
 };
 
 enum { ATH_PERSIST_MEMORY = 0, ATH_PERSIST_FILE, ATH_PERSIST_HYBRID };
@@ -644,6 +648,34 @@ struct ath_event_sink_s {
   int (*deliver)(void* ud, const char* json, size_t len, char* err, size_t errlen);
   /* Optional: called on the event thread after its last delivery. */
   void (*close)(void* ud);
+};
+
+/* -------------------------------------------------------------- authorizers */
+
+/* One request to the HTTP surface, as an authorizer sees it. Strings are
+ * NUL-terminated and borrowed for the call. */
+typedef struct {
+  const char* surface;   /* "gateway" or "operations" */
+  const char* method;    /* "GET", "POST", ... */
+  const char* path;      /* as sent, with its query string */
+  const char* key;       /* the name of the key presented, or NULL (none needed) */
+  const char* ip;        /* the client's address (trusted proxies applied) */
+  const char* operation; /* gateway: "fetch", "insert", "update", "delete", ...;
+                          * operations: "read" or "write" */
+} ath_auth_request_t;
+
+/* An authorizer decides, after the key checks passed, whether a request
+ * to the gateway's routes or the operations surface (/metrics and /api/...) is
+ * served; /healthz and the dashboard page (which holds no data) are not
+ * asked about. It can only deny further. It runs on the HTTP thread that
+ * serves the request, possibly on several at once, and that thread waits
+ * for it: keep it fast. Fill with zeros, then set size. */
+struct ath_authorizer_s {
+  size_t size;  /* sizeof(ath_authorizer_t) */
+  void* ud;
+  /* Returns 1: allowed; 0: denied (403, the reason in why); anything else
+   * is an error, and the request is denied too (fail closed). */
+  int (*authorize)(void* ud, const ath_auth_request_t* r, char* why, size_t whylen);
 };
 
 /* ----------------------------------------------------------------- metrics */

@@ -260,7 +260,8 @@ local Backend = { __name = "athena.Backend" }
 Backend.__index = Backend
 M.Backend = Backend
 local BACKEND_FUNCTIONS = { "persist", "load" }
-local CUSTOM_KEYS = { module = true, persist = true, load = true, stream = true, config = true, timeout = true }
+local CUSTOM_KEYS = { module = true, persist = true, load = true, stream = true, authorize = true,
+  config = true, timeout = true }
 
 local function carry(name, fn)
   if type(fn) ~= "function" then invalid("invalid %s: %s (a function)", name, show(fn)) end
@@ -277,13 +278,10 @@ local function carry(name, fn)
   return code
 end
 
---- athena.Backend.new{module = name} or {persist = fn, load = fn, stream = fn}, and {config, timeout}
+--- athena.Backend.new{module = name} or {persist, load, stream, authorize = fn}, and {config, timeout}
 function Backend.new(opts)
   if type(opts) ~= "table" then argerror(1, "new", "table", opts) end
   for k in pairs(opts) do
-    if k == "authorize" then
-      error(errors.new("ENOSYS", "Backend option authorize is not implemented yet (persist, load and stream are)"), 2)
-    end
     if not CUSTOM_KEYS[k] then invalid("unknown option %s", tostring(k)) end
   end
   local b = {}
@@ -291,7 +289,7 @@ function Backend.new(opts)
     if type(opts.module) ~= "string" or not opts.module:match("^[%w_%-]+[%w_%.%-]*$") then
       invalid("invalid module: %s (a module name, as require takes it)", show(opts.module))
     end
-    for _, f in ipairs({ "persist", "load", "stream" }) do
+    for _, f in ipairs({ "persist", "load", "stream", "authorize" }) do
       if opts[f] ~= nil then invalid("invalid %s: module and functions are exclusive (the module's table has them)", f) end
     end
     b.module = opts.module
@@ -301,6 +299,7 @@ function Backend.new(opts)
       b[f] = carry(f, opts[f])
     end
     if opts.stream ~= nil then b.stream = carry("stream", opts.stream) end
+    if opts.authorize ~= nil then b.authorize = carry("authorize", opts.authorize) end
   end
   if opts.config ~= nil then
     if type(opts.config) ~= "table" then invalid("invalid config: %s (a table of JSON values)", show(opts.config)) end

@@ -94,9 +94,12 @@ describe("athena.Backend.new", function()
     assert.matches("invalid persist: a closure with the upvalue file", e.message)
   end)
 
-  it("says authorize is not implemented yet (ENOSYS), rather than ignoring it", function()
-    local e = S.raises("ENOSYS", athena.Backend.new, { persist = persist, load = load, authorize = persist })
-    assert.matches("authorize is not implemented", e.message)
+  it("refuses an authorize that is not an upvalue-free function", function()
+    local e = S.raises("EINVAL", athena.Backend.new, { persist = persist, load = load, authorize = true })
+    assert.matches("invalid authorize: true %(a function%)", e.message)
+    local allowed = true
+    e = S.raises("EINVAL", athena.Backend.new, { persist = persist, load = load, authorize = function() return allowed end })
+    assert.matches("invalid authorize: a closure with the upvalue allowed", e.message)
   end)
 
   it("refuses a stream that is not an upvalue-free function", function()
@@ -329,5 +332,86 @@ describe("a world on an athena.Backend", function()
     os.remove(dir .. ".jsonl")
     os.remove(dir .. ".events")
     os.remove(dir .. ".seen")
+  end)
+
+end)
+
+describe("athena.Backend's authorize", function()
+  -- A world on a backend with `authorize`, serving the operations surface
+  -- (and a gateway when `gateway` is given); returns the world and its URL.
+  local function serving(authorize, extra, gateway)
+    local opts = { persist = persist, load = load, authorize = authorize, config = { file = "/nonexistent/x" } }
+    for k, v in pairs(extra or {}) do opts[k] = v end
+    local w = world_on(athena.Backend.new(opts), { persistence = "hybrid" })
+    return w, w:serve { port = 0, metrics = true, dashboard = true, gateway = gateway }.url
+  end
+
+  local function get(url, headers)
+    return assert(athena.http.request { url = url, headers = headers })
+  end
+
+  it("can deny what the keys allow, with its reason; /healthz is not asked", function()
+    local _, url = serving(function(r) return r.path ~= "/metrics", "metrics are private here" end)
+    local res = get(url .. "/metrics")
+    assert.equals(403, res.status)
+    assert.matches("metrics are private here", res.body)
+    assert.equals(200, get(url .. "/api/metrics").status)
+    assert.equals(200, get(url .. "/healthz").status)
+  end)
+
+  it("sees the request: surface, method, path, key, address and operation", function()
+    local _, url = serving(function(r)
+      return false, table.concat({ r.surface, r.method, r.path, r.operation, r.ip, tostring(r.key) }, " ")
+    end)
+    local res = get(url .. "/api/tasks?limit=1")
+    assert.equals(403, res.status)
+    assert.matches("operations GET /api/tasks%?limit=1 read 127.0.0.1 nil", res.body)
+  end)
+
+  it("fails closed: an error, a non-boolean or a function that never returns denies", function()
+    local _, url = serving(function(r) return "yes" end)
+    local res = get(url .. "/api/metrics")
+    assert.equals(403, res.status)
+    assert.matches("authorization failed %(EINVAL%): backend authorize returned a string %(a boolean expected%)", res.body)
+
+    _, url = serving(function() error(setmetatable({}, { __index = function() error("hostile") end })) end)
+    res = get(url .. "/api/metrics")
+    assert.equals(403, res.status)
+    assert.matches("backend authorize raised: %(a table error value%)", res.body)
+
+    _, url = serving(function() while true do end end, { timeout = "100ms" })
+    local ms, r = S.timed(get, url .. "/api/metrics")
+    assert.equals(403, r[1].status)
+    assert.matches("time limit", r[1].body)
+    assert(ms < 5000, ms .. " ms")
+    assert.equals(200, get(url .. "/healthz").status) -- the server goes on
+
+    _, url = serving(function() local t = {} for i = 1, math.huge do t[i] = ("x"):rep(4096) .. i end end)
+    res = get(url .. "/api/metrics")
+    assert.equals(403, res.status)
+    assert.matches("out of memory", res.body)
+  end)
+
+  it("decides on gateway requests after the key checks", function()
+    local dir = S.tmpname()
+    os.execute("mkdir -p " .. dir)
+    local dburl = "sqlite:" .. dir .. "/g.db"
+    local db = assert(athena.db.open(dburl))
+    assert(db:exec("CREATE TABLE t(id INTEGER PRIMARY KEY)"))
+    db:close()
+    local _, url = serving(function(r)
+      if r.surface ~= "gateway" then return true end
+      return r.operation == "fetch" and r.key == "reader", "only reader may fetch"
+    end, nil, { db = dburl, keys = { reader = { name = "reader", rights = "*" }, writer = { name = "writer", rights = "*" } }, tables = { "t" } })
+    local function fetch(key)
+      return assert(athena.http.request { method = "POST", url = url .. "/gateway/fetch",
+        headers = { apikey = key }, body = '{"table_name":"t"}' })
+    end
+    local ok = fetch("reader")
+    assert.equals(200, ok.status, ok.body)
+    local res = fetch("writer")
+    assert.equals(403, res.status)
+    assert.matches("only reader may fetch", res.body)
+    assert.equals(401, fetch("nobody").status) -- the keys come first: authorize is not asked
   end)
 end)
