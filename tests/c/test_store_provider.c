@@ -1,9 +1,11 @@
-/* A host's own store provider (athena.h "store providers", docs/c-api.md
- * "Store providers"): a tiny provider that keeps its "disk" in this
- * process's memory, outside any world, so a second world on it is a
- * restart. Queued tasks and schedules come back; a provider that fails
+/* A host's own providers (athena.h "store providers", "event sinks",
+ * "authorizers"; docs/c-api.md). The store provider keeps its "disk" in
+ * this process's memory, outside any world, so a second world on it is a
+ * restart: queued tasks and schedules come back; a provider that fails
  * degrades the world like the SQLite store; bad providers and bad rows are
- * refused with a clear error. */
+ * refused with a clear error. An event sink gets the webhook events; an
+ * authorizer denies HTTP requests the keys allow, failing closed. */
+#include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -493,6 +495,113 @@ TEST_IMPL(event_sink_delivers) {
   ASSERT_EQ(2, st.calls); /* failed once, then delivered */
   close_world(w);
   ASSERT_EQ(1, st.closed);
+  uv_mutex_destroy(&st.lock);
+  store_fixture_teardown(&fx);
+  return 0;
+}
+
+/* ------------------------------------------------------------ authorizer */
+
+typedef struct {
+  uv_mutex_t lock;    /* the HTTP thread writes, the test reads */
+  int calls;
+  int error;          /* authorize answers this error instead */
+  char last[256];     /* what it saw last */
+} authz_state_t;
+
+static int authz_cb(void* ud, const ath_auth_request_t* r, char* why, size_t whylen) {
+  authz_state_t* st = ud;
+  uv_mutex_lock(&st->lock);
+  st->calls++;
+  snprintf(st->last, sizeof(st->last), "%s %s %s %s %s", r->surface, r->method, r->path, r->operation,
+           r->key ? r->key : "-");
+  int error = st->error;
+  uv_mutex_unlock(&st->lock);
+  if (error != 0) {
+    snprintf(why, whylen, "%s", "the policy service is down");
+    return error;
+  }
+  if (strcmp(r->path, "/metrics") == 0) {
+    snprintf(why, whylen, "%s", "metrics are private");
+    return 0;
+  }
+  return 1;
+}
+
+static size_t collect(char* p, size_t size, size_t n, void* ud) {
+  char* body = ud;
+  size_t have = strlen(body), add = size * n;
+  if (have + add < 1024) {
+    memcpy(body + have, p, add);
+    body[have + add] = '\0';
+  }
+  return size * n;
+}
+
+/* GET http://127.0.0.1:port/path: the status, and the body in body[1024]. */
+static long http_get(int port, const char* path, char* body) {
+  char url[128];
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
+  body[0] = '\0';
+  CURL* c = curl_easy_init();
+  ASSERT_NOT_NULL(c);
+  curl_easy_setopt(c, CURLOPT_URL, url);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, body);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
+  ASSERT_EQ(CURLE_OK, curl_easy_perform(c));
+  long status = 0;
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_cleanup(c);
+  return status;
+}
+
+/* A host's authorizer is asked after the key checks about the operations
+ * routes (not /healthz), denies with its reason, and an authorizer error
+ * denies too (fail closed). */
+TEST_IMPL(authorizer_denies) {
+  store_fixture_setup(&fx, "authz", "pvjobs", jobs_lua);
+  authz_state_t st;
+  memset(&st, 0, sizeof(st));
+  uv_mutex_init(&st.lock);
+  ath_authorizer_t az;
+  memset(&az, 0, sizeof(az));
+  az.size = sizeof(az);
+  az.ud = &st;
+  az.authorize = authz_cb;
+  const char* modules[] = {fx.module, NULL};
+  ath_world_config_t cfg;
+  ath_world_config_init(&cfg);
+  cfg.min_workers = cfg.max_workers = 1;
+  cfg.persistence = ATH_PERSIST_MEMORY;
+  cfg.modules = modules;
+  cfg.lua_path = fx.lua_path;
+  cfg.log_file = fx.log_path;
+  cfg.authorizer = &az;
+  char err[512], body[1024];
+  ath_world_t* w;
+  ASSERT_OK(ath_world_new(&cfg, &w, err, sizeof(err)));
+  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  int port;
+  ASSERT_OK(ath_world_serve(w, "127.0.0.1", 0, ATH_SERVE_METRICS | ATH_SERVE_DASHBOARD, &port, err,
+                            sizeof(err)));
+  ASSERT_EQ(403, http_get(port, "/metrics", body));
+  ASSERT_NOT_NULL(strstr(body, "metrics are private"));
+  uv_mutex_lock(&st.lock);
+  ASSERT_STR_EQ("operations GET /metrics read -", st.last);
+  uv_mutex_unlock(&st.lock);
+  ASSERT_EQ(200, http_get(port, "/api/metrics", body));
+  uv_mutex_lock(&st.lock);
+  int calls = st.calls;
+  uv_mutex_unlock(&st.lock);
+  ASSERT_EQ(200, http_get(port, "/healthz", body)); /* not asked */
+  uv_mutex_lock(&st.lock);
+  ASSERT_EQ(calls, st.calls);
+  st.error = ATH_EIO;
+  uv_mutex_unlock(&st.lock);
+  ASSERT_EQ(403, http_get(port, "/api/metrics", body));
+  ASSERT_NOT_NULL(strstr(body, "authorization failed (EIO): the policy service is down"));
+  close_world(w);
   uv_mutex_destroy(&st.lock);
   store_fixture_teardown(&fx);
   return 0;
