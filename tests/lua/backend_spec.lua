@@ -146,6 +146,45 @@ describe("a world on an athena.Backend", function()
     os.remove(dir .. ".jsonl")
   end)
 
+  it("carries a workflow's history through persist's events and load's: it resumes after a restart", function()
+    local wf = require "fixtures.wf_jobs"
+    local dir = S.tmpname()
+    local b = athena.Backend.new { persist = persist, load = load, config = { file = dir .. ".jsonl" } }
+    local function wworld()
+      local w = S.world { modules = { "fixtures.wf_jobs" }, clock = "manual", persistence = "file",
+        persistencePath = dir, backend = b, minWorkers = 2, maxWorkers = 2 }
+      w:register(wf.all())
+      w:start()
+      return w
+    end
+    local w = wworld()
+    local h = w:execute("wf.sleeper", { ms = 3600000 }, { id = "sleepy" })
+    local before = S.eventually(function()
+      local hist = h:query().history
+      for _, ev in ipairs(hist) do if ev.type == "timer.started" then return hist end end
+    end, S.WAIT, "the timer to start")
+    w:shutdown()
+    -- the journal holds the events, each once, numbered from eventsFrom
+    local n = 0
+    for line in io.lines(dir .. ".jsonl") do
+      local rec = athena.json.decode(line)
+      if rec.task and rec.task.id == "sleepy" then n = n + #(rec.task.events or {}) end
+    end
+    assert.equals(#before, n)
+
+    local w2 = wworld()
+    local q = assert(w2:query("sleepy"))
+    assert.equals("running", q.status)
+    assert.equals(#before, #q.history)
+    local fireAt
+    for _, ev in ipairs(before) do if ev.type == "timer.started" then fireAt = ev.fireAt end end
+    w2:advance(fireAt - w2:now() + 1)
+    local done = S.await(w2, "sleepy")
+    assert.equals("completed", done.status)
+    assert.equals(before[2].value, done.result.before) -- recorded before the restart, replayed
+    os.remove(dir .. ".jsonl")
+  end)
+
   it("requires the backend module in its own state (module = name)", function()
     local dir = S.tmpname()
     os.execute("mkdir -p " .. dir .. "/lib/myapp")
