@@ -168,7 +168,7 @@ static const field_t task_fields[] = {
   TF("completedAt", F_I64, completed_at), TF("lastHeartbeat", F_I64, last_hb),
   TJ("input", input), TJ("result", result), TJ("error", error), TJ("heartbeat", hb),
   TF("keepError", F_BOOL, keep_error), TF("parentId", F_STR, parent_id), TJ("call", call),
-  TF("deleted", F_BOOL, deleted),
+  TF("deleted", F_BOOL, deleted), TF("stored", F_BOOL, stored),
 };
 #define SF(k, kind, f) {k, kind, offsetof(ath_store_schedule_t, f), 0}
 static const field_t sched_fields[] = {

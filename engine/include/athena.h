@@ -534,6 +534,9 @@ typedef struct {
   uint32_t ev_from;
   const char* call;   size_t call_len;    /* per-call limits (JSON), NULL: none */
   int deleted;              /* persist: remove the task (seq) and its events */
+  int stored;               /* persist: an earlier persist wrote this task (an
+                             * update, not an insert; a hint: the row may be
+                             * gone, as after a restore from a backup) */
 } ath_store_task_t;
 
 #define ATH_STORE_EVENT_SEP '\x1e'
@@ -608,9 +611,10 @@ struct ath_store_provider_s {
    * concurrently with persist and each other. With them a terminal task
    * leaves RAM once committed and is read back from the store; without
    * them terminal tasks stay in RAM up to retain_terminal, as in memory
-   * mode. get calls cb with task `id`'s row (the newest by seq) or returns
-   * ATH_ENOTFOUND; query calls cb for the rows matching q, in its order, at
-   * most q->limit. */
+   * mode. They serve tasks that left RAM, which are finished: they need
+   * to see finished rows only. get calls cb with finished task `id`'s row
+   * (the newest by seq) or returns ATH_ENOTFOUND; query calls cb for the
+   * finished rows matching q, in its order, at most q->limit. */
   int (*get)(void* store, const char* id, ath_store_task_cb cb, void* cbud, char* err,
              size_t errlen);
   int (*query)(void* store, const ath_store_query_t* q, ath_store_task_cb cb, void* cbud,

@@ -187,6 +187,8 @@ struct ath_task_s {
                           * no worker claims it (ath__queue_pop) */
   unsigned withdrawn : 1;/* its enqueue could not be stored: out of the
                           * world, failed with err_code (ath__world_withdraw) */
+  unsigned stored : 1;   /* a commit wrote its row (or it was loaded from
+                          * one): the store updates the row, not inserts it */
   ath_worker_t* wk;      /* the worker running it, while running */
   atomic_ullong cancel_ns; /* monotonic ns the cancel was accepted, 0 if none */
   int64_t last_hb;       /* wall ms of the latest heartbeat */

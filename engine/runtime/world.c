@@ -1520,6 +1520,7 @@ static ath_task_t* task_from_row(ath_world_t* w, const ath_row_t* r, ath_task_t*
   parent = NULL;
   t->hash = ath__hash_str(t->id);
   t->heap_idx = t->exp_idx = UINT32_MAX;
+  t->stored = 1;
   t->input = ath__memdup(r->input, r->input_len);
   t->input_len = r->input_len;
   t->result = ath__memdup(r->result, r->result_len);

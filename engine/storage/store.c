@@ -245,6 +245,7 @@ static int snapshot(ath_task_t* t, ath_row_t* r, ath_wfev_t*** held) {
   r->input = t->input;
   r->input_len = t->input_len;
   r->deleted = t->purged;
+  r->stored = t->stored;
   if (ATH_IS_TERMINAL(t->status)) {
     r->result = t->result;
     r->result_len = t->result_len;
@@ -484,6 +485,8 @@ static void store_main(void* arg) {
     } else {
       store_healthy(w, &reopened);
       w->committed_gen = gen;
+      for (size_t i = 0; i < n; i++)
+        batch[i]->stored = 1;
       uv_cond_broadcast(&w->cond); /* file-mode acknowledgments, throttled producers */
       ath_task_t* dead = ath__world_term_trim(w); /* committed: they leave RAM */
       ath_worker_t* wake[MAX_WORKERS];

@@ -9,7 +9,7 @@
 #include "internal.h"
 #include "store.h"
 
-#define SCHEMA_VERSION 6
+#define SCHEMA_VERSION 7
 const int ath__store_schema_version = SCHEMA_VERSION;
 #define MAX_READERS 8
 
@@ -22,6 +22,8 @@ typedef struct {
 struct ath_store_s {
   sqlite3* db;
   sqlite3_stmt* upsert;
+  sqlite3_stmt* insert;  /* a new row (the upsert when it turns out not to be) */
+  sqlite3_stmt* update;  /* a row a commit wrote before: what changes */
   sqlite3_stmt* del;
   sqlite3_stmt* supsert;
   sqlite3_stmt* sdel;
@@ -44,6 +46,12 @@ struct ath_store_s {
 
 /* Migrations, applied in order from the database's user_version. Each moves
  * the schema one version up; all pending ones run in one transaction. */
+/* The condition of the read indexes, repeated word for word in every read
+ * (SQLite uses a partial index only for a query whose WHERE holds its terms). */
+#define TERMINAL_ROW "status >= 5"
+_Static_assert(ATH_COMPLETED == 5 && ATH_IS_TERMINAL(5) && !ATH_IS_TERMINAL(4),
+               "TERMINAL_ROW names the first terminal status");
+
 static const char* const migrations[SCHEMA_VERSION] = {
   /* 0 -> 1: tasks, keyed by creation order so that inserts append: ids
    * are random (uuid v4) and an index on them would dirty pages all over
@@ -87,6 +95,16 @@ static const char* const migrations[SCHEMA_VERSION] = {
   "UPDATE tasks SET history = NULL WHERE history IS NOT NULL;"
   "CREATE TRIGGER tasks_events AFTER DELETE ON tasks BEGIN"
   " DELETE FROM workflow_events WHERE task_seq = old.seq; END;",
+  /* 6 -> 7: the read indexes hold finished rows only (TERMINAL_ROW): every
+   * read of the store is of tasks that left RAM, which are finished, so a
+   * queued or running row is written to the table alone, and an index
+   * entry is written once, when its task finishes, instead of on every
+   * change of status. tasks_name goes: every read names one status, and
+   * SQLite chose tasks_status for each of them, name or not. */
+  "DROP INDEX tasks_id; DROP INDEX tasks_status; DROP INDEX tasks_name; DROP INDEX tasks_parent;"
+  "CREATE INDEX tasks_id ON tasks (id) WHERE " TERMINAL_ROW ";"
+  "CREATE INDEX tasks_status ON tasks (status, created_at) WHERE " TERMINAL_ROW ";"
+  "CREATE INDEX tasks_parent ON tasks (parent_id, seq) WHERE parent_id IS NOT NULL AND " TERMINAL_ROW ";",
 };
 
 static int fail(sqlite3* db, int rc, char* err, size_t errlen, const char* what) {
@@ -199,14 +217,25 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
   if (rc == 0)
     rc = migrate(s->db, err, errlen);
   if (rc == 0) {
-    static const char* upsert =
-      "INSERT INTO tasks (id, name, status, attempt, max_attempts, strategy, priority, queue, seq,"
-      " created_at, scheduled_at, ready_at, started_at, completed_at, worker_id, input, result,"
-      " error, heartbeat, last_heartbeat, parent_id, history, call) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,"
-      "?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?22,?23,?24) ON CONFLICT(seq) DO UPDATE SET status=?3,"
-      " attempt=?4, started_at=?13, completed_at=?14, worker_id=?15, ready_at=?12, result=?17,"
-      " error=CASE WHEN ?21 THEN error ELSE ?18 END, heartbeat=?19, last_heartbeat=?20, history=?23";
-    int prc = sqlite3_prepare_v3(s->db, upsert, -1, SQLITE_PREPARE_PERSISTENT, &s->upsert, NULL);
+    /* The columns that change after the insert: ?3, ?4, ?12-?15 and ?17-?21
+     * (write_row binds these for both statements). */
+#define CHANGING_COLUMNS                                                                   \
+  "status=?3, attempt=?4, started_at=?13, completed_at=?14, worker_id=?15, ready_at=?12,"  \
+  " result=?17, error=CASE WHEN ?21 THEN error ELSE ?18 END, heartbeat=?19, last_heartbeat=?20"
+#define INSERT_ROW                                                                            \
+  "INSERT INTO tasks (id, name, status, attempt, max_attempts, strategy, priority, queue, seq,"      \
+  " created_at, scheduled_at, ready_at, started_at, completed_at, worker_id, input, result,"         \
+  " error, heartbeat, last_heartbeat, parent_id, history, call) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9," \
+  "?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?22,NULL,?24)"
+    int prc = sqlite3_prepare_v3(s->db, INSERT_ROW " ON CONFLICT(seq) DO UPDATE SET " CHANGING_COLUMNS,
+                                 -1, SQLITE_PREPARE_PERSISTENT, &s->upsert, NULL);
+    if (prc == SQLITE_OK)
+      prc = sqlite3_prepare_v3(s->db, INSERT_ROW, -1, SQLITE_PREPARE_PERSISTENT, &s->insert, NULL);
+#undef INSERT_ROW
+    if (prc == SQLITE_OK)
+      prc = sqlite3_prepare_v3(s->db, "UPDATE tasks SET " CHANGING_COLUMNS " WHERE seq = ?9", -1,
+                               SQLITE_PREPARE_PERSISTENT, &s->update, NULL);
+#undef CHANGING_COLUMNS
     if (prc == SQLITE_OK)
       prc = sqlite3_prepare_v3(s->db, "DELETE FROM tasks WHERE seq = ?9", -1,
                                SQLITE_PREPARE_PERSISTENT, &s->del, NULL);
@@ -233,12 +262,14 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
 /* Closes the write connection and its statements. */
 static void disconnect_db(ath_store_t* s) {
   sqlite3_finalize(s->upsert);
+  sqlite3_finalize(s->insert);
+  sqlite3_finalize(s->update);
   sqlite3_finalize(s->del);
   sqlite3_finalize(s->supsert);
   sqlite3_finalize(s->sdel);
   sqlite3_finalize(s->event);
   sqlite3_close(s->db);
-  s->upsert = s->del = s->supsert = s->sdel = s->event = NULL;
+  s->upsert = s->insert = s->update = s->del = s->supsert = s->sdel = s->event = NULL;
   s->db = NULL;
 }
 
@@ -279,37 +310,59 @@ static void bind_ms(sqlite3_stmt* st, int i, int64_t v) {
     sqlite3_bind_int64(st, i, v);
 }
 
-static int write_row(ath_store_t* s, const ath_row_t* r) {
-  sqlite3_stmt* st = r->deleted ? s->del : s->upsert;
+/* Writes r's row with `st`: the upsert binds every column, the update
+ * only those that change after the insert. */
+static int step_row(ath_store_t* s, sqlite3_stmt* st, const ath_row_t* r) {
   sqlite3_bind_int64(st, 9, (sqlite3_int64)r->seq);
-  if (!r->deleted) {
-    sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, r->name, -1, SQLITE_STATIC);
+  if (st != s->del) {
     sqlite3_bind_int(st, 3, r->status);
     sqlite3_bind_int(st, 4, r->attempt);
+    sqlite3_bind_int64(st, 12, r->ready_at);
+    bind_ms(st, 13, r->started_at);
+    bind_ms(st, 14, r->completed_at);
+    sqlite3_bind_int(st, 15, r->worker_id);
+    bind_text(st, 17, r->result, r->result_len);
+    bind_text(st, 18, r->error, r->error_len);
+    bind_text(st, 19, r->hb, r->hb_len);
+    bind_ms(st, 20, r->last_hb);
+    sqlite3_bind_int(st, 21, r->keep_error);
+  }
+  if (st == s->upsert || st == s->insert) {
+    sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, r->name, -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 5, r->max_attempts);
     sqlite3_bind_int(st, 6, r->strategy);
     sqlite3_bind_int(st, 7, r->priority);
     sqlite3_bind_text(st, 8, r->queue, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 10, r->created_at);
     sqlite3_bind_int64(st, 11, r->scheduled_at);
-    sqlite3_bind_int64(st, 12, r->ready_at);
-    bind_ms(st, 13, r->started_at);
-    bind_ms(st, 14, r->completed_at);
-    sqlite3_bind_int(st, 15, r->worker_id);
     bind_text(st, 16, r->input, r->input_len);
-    bind_text(st, 17, r->result, r->result_len);
-    bind_text(st, 18, r->error, r->error_len);
-    bind_text(st, 19, r->hb, r->hb_len);
-    bind_ms(st, 20, r->last_hb);
-    sqlite3_bind_int(st, 21, r->keep_error);
     bind_text(st, 22, r->parent_id, r->parent_id ? strlen(r->parent_id) : 0);
-    sqlite3_bind_null(st, 23); /* the history is in workflow_events */
     bind_text(st, 24, r->call, r->call_len);
   }
   int rc = sqlite3_step(st);
   sqlite3_reset(st);
-  if (rc != SQLITE_DONE)
+  return rc == SQLITE_DONE ? 0 : rc;
+}
+
+static int write_row(ath_store_t* s, const ath_row_t* r) {
+  int rc;
+  if (r->deleted) {
+    rc = step_row(s, s->del, r);
+  } else if (r->stored) {
+    /* The update; should the row be gone after all (a file restored from
+     * a backup), the upsert writes it whole. */
+    rc = step_row(s, s->update, r);
+    if (rc == 0 && sqlite3_changes(s->db) == 0)
+      rc = step_row(s, s->upsert, r);
+  } else {
+    /* A plain insert costs less than the upsert; the row may be there
+     * after all (a commit that failed after reaching the WAL, retried). */
+    rc = step_row(s, s->insert, r);
+    if ((rc & 0xff) == SQLITE_CONSTRAINT) /* extended codes are on */
+      rc = step_row(s, s->upsert, r);
+  }
+  if (rc != 0)
     return rc;
   for (size_t i = 0; i < r->nevents && !r->deleted; i++) { /* the new events only */
     sqlite3_bind_int64(s->event, 1, (sqlite3_int64)r->seq);
@@ -513,7 +566,8 @@ static reader_t* reader_take(ath_store_t* s, char* err, size_t errlen) {
   int rc = sqlite3_open_v2(s->path, &r->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
   if (rc == SQLITE_OK) {
     sqlite3_busy_timeout(r->db, 5000);
-    rc = sqlite3_prepare_v3(r->db, "SELECT " TASK_COLUMNS " FROM tasks WHERE id = ?1 ORDER BY seq DESC LIMIT 1",
+    rc = sqlite3_prepare_v3(r->db, "SELECT " TASK_COLUMNS " FROM tasks WHERE id = ?1 AND " TERMINAL_ROW
+                            " ORDER BY seq DESC LIMIT 1",
                             -1, SQLITE_PREPARE_PERSISTENT, &r->get, NULL);
   }
   if (rc != SQLITE_OK) {
@@ -554,7 +608,7 @@ static int store_query(void* self, const ath_store_query_t* q, ath_row_cb cb, vo
                        char* err, size_t errlen) {
   ath_store_t* s = self;
   char sql[1024];
-  size_t n = (size_t)snprintf(sql, sizeof(sql), "SELECT " TASK_COLUMNS " FROM tasks WHERE 1");
+  size_t n = (size_t)snprintf(sql, sizeof(sql), "SELECT " TASK_COLUMNS " FROM tasks WHERE " TERMINAL_ROW);
   if (q->status_mask) {
     n += (size_t)snprintf(sql + n, sizeof(sql) - n, " AND status IN (");
     const char* sep = "";

@@ -327,6 +327,43 @@ TEST_IMPL(store_fault_fsync_reopens) {
   return 0;
 }
 
+/* Hybrid mode keeps a failed commit's changes and writes them again. A
+ * commit whose fsync failed may be in the WAL anyway, so the rows it
+ * inserted can be there when the retry inserts them again: the store then
+ * writes them whole over the old (its plain insert meets the row, and the
+ * upsert takes over). Every acknowledged task is there after a restart. */
+TEST_IMPL(store_fault_fsync_hybrid_rewrites) {
+  setup();
+  static const char* const names[] = {"echo", "gate", "spawn"};
+  ath_world_t* w;
+  char err[512];
+  ASSERT_OK(store_fixture_world(&fx, ATH_PERSIST_HYBRID, names, 3, &w, err, sizeof(err)));
+  faultvfs_fail_syncs(SQLITE_IOERR_FSYNC);
+  ath_task_t* t[3];
+  t[0] = exec_ok(w, "echo", "\"one\"", "hy-1"); /* hybrid: acknowledged at once */
+  t[1] = exec_ok(w, "echo", "\"two\"", "hy-2");
+  ASSERT_OK(ath_world_wait(w, t[0], 10000));
+  ASSERT_OK(ath_world_wait(w, t[1], 10000));
+  wait_refusals(2); /* a commit of them failed at its fsync, and again */
+  char why[512];
+  ASSERT_EQ(ATH_ESTORE, ath_world_health(w, why, sizeof(why)));
+  faultvfs_fail_syncs(0);
+  wait_healthy(w);
+  t[2] = exec_ok(w, "echo", "\"three\"", "hy-3");
+  ASSERT_OK(ath_world_wait(w, t[2], 10000));
+  for (int i = 0; i < 3; i++)
+    ath_task_release(t[i]);
+  close_world(w);
+
+  w = open_world();
+  assert_completed(w, "hy-1", "one");
+  assert_completed(w, "hy-2", "two");
+  assert_completed(w, "hy-3", "three");
+  close_world(w);
+  store_fixture_teardown(&fx);
+  return 0;
+}
+
 static ath_world_t* slow_world;
 static atomic_int slow_done;
 

@@ -616,6 +616,44 @@ describe("persistence", function()
         assert.same(q1.history, w2:query("wf-old").history)
       end)
 
+      it("a live row is updated in place; one that vanished under the store is written whole again; the read indexes hold finished rows", function()
+        local path = tmppath()
+        local db = path .. "/athena.db"
+        local w = started(mode, path)
+        result(w:execute("st.echo", "done", { id = "idx-done" }))
+        w:execute("st.echo", "later", { id = "idx-live", delay = "1h" })
+        w:execute("st.echo", "later", { id = "idx-gone", delay = "1h" })
+        eventually(function()
+          return sql(db, "SELECT count(*) FROM tasks WHERE id IN ('idx-live', 'idx-gone') AND status = 1") == "2"
+        end, WAIT, "the scheduled rows to be committed")
+        local seq = sql(db, "SELECT seq FROM tasks WHERE id = 'idx-live'")
+        -- a row deleted behind the store's back (say, a file restored from a backup)
+        sql(db, "DELETE FROM tasks WHERE id = 'idx-gone'")
+        assert.is_true(w:cancel("idx-live"))
+        assert.is_true(w:cancel("idx-gone"))
+        eventually(function()
+          return sql(db, "SELECT count(*) FROM tasks WHERE id IN ('idx-live', 'idx-gone') AND status = 7") == "2"
+        end, WAIT, "the cancellations to be committed")
+        assert.equals(seq, sql(db, "SELECT seq FROM tasks WHERE id = 'idx-live'")) -- the same row
+        assert.equals('"later"', sql(db, "SELECT input FROM tasks WHERE id = 'idx-gone'")) -- whole again
+        assert.equals("1", sql(db, "SELECT count(*) FROM tasks WHERE id = 'idx-gone'"))
+        w:shutdown()
+        -- every read index is partial on finished rows, and the reads use them
+        for _, name in ipairs { "tasks_id", "tasks_status", "tasks_parent" } do
+          assert.matches("status >= 5", sql(db, ("SELECT sql FROM sqlite_master WHERE name = '%s'"):format(name)), 1, true)
+        end
+        assert.matches("USING INDEX tasks_id", sql(db,
+          "EXPLAIN QUERY PLAN SELECT * FROM tasks WHERE id = 'x' AND status >= 5 ORDER BY seq DESC LIMIT 1"), 1, true)
+        assert.matches("USING INDEX tasks_status", sql(db,
+          "EXPLAIN QUERY PLAN SELECT * FROM tasks WHERE status >= 5 AND status IN (5) ORDER BY created_at DESC, id LIMIT 20"), 1, true)
+        assert.matches("USING INDEX tasks_status", sql(db, "EXPLAIN QUERY PLAN SELECT * FROM tasks WHERE status >= 5"
+          .. " AND status IN (5) AND name = 'st.echo' ORDER BY created_at DESC, id LIMIT 20"), 1, true)
+        local w2 = started(mode, path)
+        assert.equals("completed", w2:query("idx-done").status)
+        assert.equals("cancelled", w2:query("idx-gone").status)
+        assert.equals("cancelled", w2:query("idx-live").status)
+      end)
+
       it("workflow histories are appended one row per event, never rewritten; a purge takes them along", function()
         local path = tmppath()
         local w = started(mode, path)
