@@ -185,6 +185,18 @@ describe("a world on an athena.Backend", function()
     os.remove(dir .. ".jsonl")
   end)
 
+  it("keeps at most retain.terminal finished tasks in RAM: a Backend has no reads to find them later", function()
+    local dir = S.tmpname()
+    local b = athena.Backend.new { persist = persist, load = load, config = { file = dir .. ".jsonl" } }
+    local w = world_on(b, { persistencePath = dir, retain = { terminal = 2 } })
+    for i = 1, 5 do S.result(w:execute("echo", i, { id = "r" .. i })) end
+    S.eventually(function() return w:query("r1") == nil end, S.WAIT, "r1 to leave RAM")
+    assert.is_nil(w:query("r2"))
+    assert.equals("completed", w:query("r5").status)
+    assert(w:getMetrics().tasks.resident <= 2)
+    os.remove(dir .. ".jsonl")
+  end)
+
   it("requires the backend module in its own state (module = name)", function()
     local dir = S.tmpname()
     os.execute("mkdir -p " .. dir .. "/lib/myapp")
