@@ -1,16 +1,21 @@
 /* athena.Backend: a store provider (athena.h "store providers") whose
- * persist and load are Lua functions, and an event sink whose stream is
- * one (docs/lua-api.md "Custom backends: athena.Backend").
+ * persist and load are Lua functions, an event sink whose deliver is
+ * stream, and an authorizer whose authorize is one (docs/lua-api.md
+ * "Custom backends: athena.Backend").
  *
- * The functions run in the backend's own Lua states, used by one thread at
- * a time. The store's is made when the world opens its store: the starting
- * thread (load), then the store thread (persist), then the one that closes
- * the world. The sink's is made on the event thread at the first event. Functions cannot cross states, so they come either as a module
- * the state requires, or as bytecode (string.dump) of functions without
- * upvalues, which init.lua checks. Every call runs under a time limit (a
- * count hook, re-armed so a pcall cannot swallow it) and the state under a
- * heap limit; an error or a bad return is a failed persist (the world
- * degrades and retries, SEMANTICS §13) or a failed start (load). */
+ * The functions run in the backend's own Lua states, one thread at a time
+ * each. The store's is made when the world opens its store and used by the
+ * starting thread (load), then the store thread (persist), then the one
+ * that closes the world. The sink's is made on the event thread at the
+ * first event; the authorizer's at the first request, and the HTTP threads
+ * take turns on it. Functions cannot cross states, so they come either as
+ * a module each state requires, or as bytecode (string.dump) of functions
+ * without upvalues, which init.lua checks. Every call runs under a time
+ * limit (a count hook, re-armed so a pcall cannot swallow it) and each
+ * state under a heap limit; what could raise outside a call runs
+ * protected too. An error or a bad return is a failed persist (the world
+ * degrades and retries, SEMANTICS §13), a failed start (load), a retried
+ * event (stream) or a denied request (authorize). */
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,8 +24,8 @@
 
 typedef struct lbackend_s lbackend_t;
 
-/* One of the backend's Lua states: the store's (persist, load) or the
- * event sink's (stream), each used by one thread at a time. */
+/* One of the backend's Lua states: the store's (persist, load), the event
+ * sink's (stream) or the authorizer's (authorize). */
 typedef struct {
   lbackend_t* b;
   lua_State* L;
@@ -287,6 +292,17 @@ static int load_functions(lua_State* L) {
   unsigned need = (unsigned)lua_tointeger(L, 2);
   lbackend_t* b = s->b;
   lua_settop(L, 0);
+  if (lua_getglobal(L, "package") == LUA_TTABLE) { /* as workers get them */
+    if (b->lua_path != NULL) {
+      lua_pushstring(L, b->lua_path);
+      lua_setfield(L, -2, "path");
+    }
+    if (b->lua_cpath != NULL) {
+      lua_pushstring(L, b->lua_cpath);
+      lua_setfield(L, -2, "cpath");
+    }
+  }
+  lua_settop(L, 0);
   if (b->module != NULL) {
     lua_getglobal(L, "require");
     lua_pushstring(L, b->module);
@@ -363,16 +379,6 @@ static int state_open(lbackend_t* b, bstate_t* s, unsigned need, char* err, size
     state_close(s);
     return ATH_ENOMEM;
   }
-  if (lua_getglobal(L, "package") == LUA_TTABLE) {
-    if (b->lua_path != NULL) {
-      lua_pushstring(L, b->lua_path);
-      lua_setfield(L, -2, "path");
-    }
-    if (b->lua_cpath != NULL) {
-      lua_pushstring(L, b->lua_cpath);
-      lua_setfield(L, -2, "cpath");
-    }
-  }
   lua_settop(L, 0);
   lua_pushstring(L, b->dir ? b->dir : "");
   lua_pushcclosure(L, load_functions, 1);
@@ -406,27 +412,27 @@ static int b_open(void* ud, const char* dir, void** store, char* err, size_t err
   return 0;
 }
 
-static int b_load(void* store, ath_store_task_cb task_cb, ath_store_schedule_cb sched_cb,
-                  void* cbud, char* err, size_t errlen) {
-  lbackend_t* b = store;
-  lua_State* L = b->store.L;
-  int code;
-  if (backend_call(&b->store, FN_LOAD, 0, 1, err, errlen, &code) != LUA_OK)
-    return ATH_ESTORE;
-  int res = lua_gettop(L), rc = 0;
-  if (lua_isnil(L, res)) { /* nothing stored */
-    lua_pop(L, 1);
-    return 0;
-  }
-  if (!lua_istable(L, res)) {
-    snprintf(err, errlen, "backend load returned a %s ({tasks = {...}, schedules = {...}} or nil expected)",
-             luaL_typename(L, res));
-    lua_pop(L, 1);
-    return ATH_ESTORE;
-  }
+/* What load_rows hands the engine's recovery, and its verdict. */
+typedef struct {
+  ath_store_task_cb task_cb;
+  ath_store_schedule_cb sched_cb;
+  void* cbud;
+  char* err;
+  size_t errlen;
+  int rc;
+} load_ctx_t;
+
+/* [-0, +0, m] Protected: reads load's result (argument 1) row by row into
+ * the recovery callbacks (argument 2: the load_ctx_t); a row of the wrong
+ * shape sets rc and err. Memory errors raise (caught by the caller). */
+static int load_rows(lua_State* L) {
+  load_ctx_t* c = lua_touserdata(L, 2);
+  char* err = c->err;
+  size_t errlen = c->errlen;
+  int rc = 0;
   luaL_Buffer hist;
   for (int part = 0; part < 2 && rc == 0; part++) {
-    int t = rawfield(L, res, part == 0 ? "tasks" : "schedules");
+    int t = rawfield(L, 1, part == 0 ? "tasks" : "schedules");
     if (t != LUA_TNIL && t != LUA_TTABLE) {
       snprintf(err, errlen, "backend load returned %s as a %s (a list expected)",
                part == 0 ? "tasks" : "schedules", luaL_typename(L, -1));
@@ -460,20 +466,50 @@ static int b_load(void* store, ath_store_task_cb task_cb, ath_store_schedule_cb 
           r.history = lua_tolstring(L, -1, &r.history_len);
         }
         if (rc == 0)
-          rc = task_cb(cbud, &r);
+          rc = c->task_cb(c->cbud, &r);
         lua_settop(L, row);
       } else {
         ath_store_schedule_t r;
         memset(&r, 0, sizeof(r));
         rc = read_row(L, lua_gettop(L), &r, sched_fields, NFIELDS(sched_fields), what, err, errlen);
         if (rc == 0)
-          rc = sched_cb(cbud, &r);
+          rc = c->sched_cb(c->cbud, &r);
       }
       lua_pop(L, 1);
     }
     lua_pop(L, 1);
   }
-  lua_settop(L, res - 1);
+  c->rc = rc;
+  return 0;
+}
+
+static int b_load(void* store, ath_store_task_cb task_cb, ath_store_schedule_cb sched_cb,
+                  void* cbud, char* err, size_t errlen) {
+  lbackend_t* b = store;
+  lua_State* L = b->store.L;
+  int code;
+  if (backend_call(&b->store, FN_LOAD, 0, 1, err, errlen, &code) != LUA_OK)
+    return ATH_ESTORE;
+  int rc = 0;
+  if (lua_isnil(L, -1)) { /* nothing stored */
+  } else if (!lua_istable(L, -1)) {
+    snprintf(err, errlen, "backend load returned a %s ({tasks = {...}, schedules = {...}} or nil expected)",
+             luaL_typename(L, -1));
+    rc = ATH_ESTORE;
+  } else {
+    load_ctx_t c = {task_cb, sched_cb, cbud, err, errlen, 0};
+    lua_pushcfunction(L, load_rows);
+    lua_insert(L, -2);
+    lua_pushlightuserdata(L, &c);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+      snprintf(err, errlen, "%s", "out of memory reading what backend load returned");
+      rc = ATH_ESTORE;
+    } else {
+      rc = c.rc;
+    }
+    lua_pushnil(L); /* balances the pop below */
+  }
+  lua_pop(L, 1);
   lua_gc(L, LUA_GCCOLLECT);
   return rc;
 }
@@ -542,6 +578,13 @@ static void b_close(void* store) {
   state_close(&b->store);
 }
 
+/* [-0, +1, m] Decodes the event (argument 1: its JSON, 2: its length);
+ * the engine wrote it, so only memory can fail (a message then). */
+static int decode_event(lua_State* L) {
+  ath__json_decode(L, lua_touserdata(L, 1), (size_t)lua_tointeger(L, 2));
+  return 1;
+}
+
 /* The event sink: stream(event, info) in a state of its own, made on the
  * event thread at the first event (again after a failure to make it). */
 static int b_deliver(void* ud, const char* json, size_t len, char* err, size_t errlen) {
@@ -551,8 +594,12 @@ static int b_deliver(void* ud, const char* json, size_t len, char* err, size_t e
   if (s->L == NULL && state_open(b, s, 1u << FN_STREAM, err, errlen) != 0)
     return ATH_EINVAL;
   lua_State* L = s->L;
-  if (ath__json_decode(L, json, len) != 0) { /* the engine's own JSON: only out of memory */
-    snprintf(err, errlen, "cannot decode the event: %s", lua_tostring(L, -1));
+  lua_pushcfunction(L, decode_event);
+  lua_pushlightuserdata(L, (void*)json);
+  lua_pushinteger(L, (lua_Integer)len);
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK || lua_type(L, -1) == LUA_TSTRING) {
+    snprintf(err, errlen, "cannot decode the event: %s", lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                                                                                       : "out of memory");
     lua_pop(L, 1);
     return ATH_ENOMEM;
   }
@@ -567,18 +614,9 @@ static void b_sink_close(void* ud) {
   state_close(&b->stream);
 }
 
-/* authorize(request, info) -> true | false [, reason], in a state of its
- * own made at the first request; HTTP threads take turns on it. Anything
- * but a boolean, an error or a timeout denies (fail closed). */
-static int authorize_locked(lbackend_t* b, const ath_auth_request_t* r, char* why, size_t whylen) {
-  bstate_t* s = &b->auth;
-  if (s->L == NULL && state_open(b, s, 1u << FN_AUTHORIZE, why, whylen) != 0)
-    return ATH_EINVAL;
-  lua_State* L = s->L;
-  if (!lua_checkstack(L, 8)) {
-    snprintf(why, whylen, "%s", "out of memory");
-    return ATH_ENOMEM;
-  }
+/* [-0, +1, m] Pushes the request table of the ath_auth_request_t at 1. */
+static int push_request(lua_State* L) {
+  const ath_auth_request_t* r = lua_touserdata(L, 1);
   lua_createtable(L, 0, 6);
   const char* keys[] = {"surface", "method", "path", "key", "ip", "operation"};
   const char* vals[] = {r->surface, r->method, r->path, r->key, r->ip, r->operation};
@@ -587,6 +625,24 @@ static int authorize_locked(lbackend_t* b, const ath_auth_request_t* r, char* wh
       continue;
     lua_pushstring(L, vals[i]);
     lua_setfield(L, -2, keys[i]);
+  }
+  return 1;
+}
+
+/* authorize(request, info) -> true | false [, reason], in a state of its
+ * own made at the first request; HTTP threads take turns on it. Anything
+ * but a boolean, an error or a timeout denies (fail closed). */
+static int authorize_locked(lbackend_t* b, const ath_auth_request_t* r, char* why, size_t whylen) {
+  bstate_t* s = &b->auth;
+  if (s->L == NULL && state_open(b, s, 1u << FN_AUTHORIZE, why, whylen) != 0)
+    return ATH_EINVAL;
+  lua_State* L = s->L;
+  lua_pushcfunction(L, push_request);
+  lua_pushlightuserdata(L, (void*)r);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    snprintf(why, whylen, "%s", "out of memory (the backend state's heap limit)");
+    return ATH_ENOMEM;
   }
   int code;
   if (backend_call(s, FN_AUTHORIZE, 1, 2, why, whylen, &code) != LUA_OK)
