@@ -309,7 +309,7 @@ describe("a world on an athena.Backend", function()
     os.remove(dir .. ".jsonl")
   end)
 
-  it("maps a persist error's code ENOSPC, and interrupts a persist that hangs", function()
+  it("maps a persist error's code ENOSPC, interrupts a persist that hangs, stops one that eats memory", function()
     local full = athena.Backend.new { load = load, config = { file = "/nonexistent" },
       persist = function() error({ code = "ENOSPC", message = "quota exceeded" }) end }
     local w = world_on(full)
@@ -329,6 +329,15 @@ describe("a world on an athena.Backend", function()
     assert(ms < 5000, ms .. " ms")
     -- the engine keeps serving: metrics answer, shutdown returns
     assert.is_table(w:getMetrics())
+    w:shutdown { timeout = 1000 }
+
+    local bomb = athena.Backend.new { load = load, config = { file = "/nonexistent" },
+      persist = function() local t = {} for i = 1, math.huge do t[i] = ("x"):rep(4096) .. i end end }
+    w = world_on(bomb, { memoryLimit = "32MB" })
+    h, err = w:execute("echo", 1)
+    assert.is_nil(h)
+    assert.equals("ESTORE", err.code)
+    assert.matches("out of memory", err.message)
     w:shutdown { timeout = 1000 }
   end)
 
