@@ -446,6 +446,14 @@ int ath__db_exec_rows(ath_db_t* db, const char* sql, const ath_db_value_t* param
   ath_db_res_t* r;
   if ((rc = ath__db_pg_exec(db, sql, params, n, &r, err)) != 0)
     return rc;
+  rc = ath__db_res_rows(r, fn, ud, err);
+  *changes = ath__db_res_changes(r);
+  ath__db_res_free(r);
+  return rc;
+}
+
+int ath__db_res_rows(ath_db_res_t* r, ath_db_row_fn fn, void* ud, ath_db_error_t* err) {
+  int rc = 0;
   int ncols = ath__db_res_ncols(r), nrows = ath__db_res_nrows(r);
   ath_db_value_t* row = calloc(ncols > 0 ? (size_t)ncols : 1, sizeof(*row));
   for (int i = 0; row != NULL && rc == 0 && i < nrows; i++) {
@@ -458,9 +466,7 @@ int ath__db_exec_rows(ath_db_t* db, const char* sql, const ath_db_value_t* param
     rc = ATH_ENOMEM;
     ath__db_seterr(err, ATH_ENOMEM, NULL, "out of memory", NULL, NULL);
   }
-  *changes = ath__db_res_changes(r);
   free(row);
-  ath__db_res_free(r);
   return rc;
 }
 

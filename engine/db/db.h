@@ -189,6 +189,9 @@ const char* ath__db_res_colname(const ath_db_res_t* r, int col);
 int ath__db_res_value(ath_db_res_t* r, int row, int col, ath_db_value_t* v);
 /* Rows the statement changed (INSERT, UPDATE, DELETE), else 0. */
 int64_t ath__db_res_changes(const ath_db_res_t* r);
+/* Hands each row of r to fn, as ath__db_exec_rows does. 0, or ENOMEM
+ * (out of memory, or fn said so) with err set. */
+int ath__db_res_rows(ath_db_res_t* r, ath_db_row_fn fn, void* ud, ath_db_error_t* err);
 /* SQLite: the rowid of the last insert, with 1 returned; PostgreSQL has no
  * such thing (use RETURNING): returns 0. */
 int ath__db_res_last_id(const ath_db_res_t* r, int64_t* id);

@@ -55,6 +55,8 @@ typedef struct ath_db_async_s {
   int* lengths;
   int* formats;
   PGresult* res;         /* the result kept (the error one, if any) */
+  int slot;              /* preparing the statement in this pgstmts slot, or -1 */
+  int again;             /* may prepare again once (schema changed under it) */
   int rc;                /* outcome, once OP_DONE */
   ath_db_res_t* out;
   ath_db_error_t err;
@@ -613,19 +615,57 @@ static void complete_lost(ath_db_t* db, const char* msg) {
   complete(db, ATH_DB_ECONNLOST);
 }
 
+/* Sends what the statement needs next: with parameters, like the blocking
+ * path, the session's prepared statement of that SQL text, or first its
+ * PREPARE into a free slot (then, once that is read, the statement: see
+ * read_results); without a free slot, unprepared. Keeps the SQL and values
+ * until the statement ends. */
+static int send_op(ath_db_t* db) {
+  op_t* op = db->op;
+  struct ath_db_pgstmts_s* c = db->pgstmts;
+  op->slot = -1;
+  if (op->n == 0)
+    return PQsendQuery(db->pg, op->sql);
+  if (c == NULL && (c = db->pgstmts = calloc(1, sizeof(*c))) == NULL)
+    return 0;
+  int at = -1, free_slot = -1;
+  for (int i = 0; i < PG_STMTS && at < 0; i++) {
+    if (c->slot[i].sql != NULL && strcmp(c->slot[i].sql, op->sql) == 0)
+      at = i;
+    else if (c->slot[i].sql == NULL && free_slot < 0)
+      free_slot = i;
+  }
+  if (at >= 0) {
+    c->slot[at].used = ++c->tick;
+    return PQsendQueryPrepared(db->pg, c->slot[at].name, op->n, (const char* const*)op->values, op->lengths,
+                               op->formats, 0);
+  }
+  if (free_slot >= 0 && (c->slot[free_slot].sql = strdup(op->sql)) != NULL) {
+    pgstmt_t* v = &c->slot[free_slot];
+    snprintf(v->name, sizeof(v->name), "ath_%llu", (unsigned long long)++c->serial);
+    v->used = ++c->tick;
+    op->slot = free_slot;
+    return PQsendPrepare(db->pg, v->name, op->sql, op->n, NULL);
+  }
+  return PQsendQueryParams(db->pg, op->sql, op->n, NULL, (const char* const*)op->values, op->lengths,
+                           op->formats, 0);
+}
+
+/* Forgets the prepared statement of slot i (it failed, or is stale). */
+static void drop_slot(ath_db_t* db, int i) {
+  if (db->pgstmts == NULL || i < 0)
+    return;
+  free(db->pgstmts->slot[i].sql);
+  db->pgstmts->slot[i].sql = NULL;
+  db->pgstmts->slot[i].used = 0;
+}
+
 /* Sends the statement and starts watching the socket. Returns 0, or a
  * failure with err set (a lost connection is dropped). Never calls cb. */
 static int send_now(ath_db_t* db, ath_db_error_t* err) {
   op_t* op = db->op;
   PQsetnonblocking(db->pg, 1);
-  int ok = op->n > 0 ? PQsendQueryParams(db->pg, op->sql, op->n, NULL,
-                                         (const char* const*)op->values, op->lengths,
-                                         op->formats, 0)
-                     : PQsendQuery(db->pg, op->sql);
-  free(op->sql); /* libpq has copied them into its buffer */
-  op->sql = NULL;
-  free(op->values);
-  op->values = NULL;
+  int ok = send_op(db);
   int rc = ok ? PQflush(db->pg) : -1;
   if (rc < 0) {
     int lost = PQstatus(db->pg) == CONNECTION_BAD || ok;
@@ -655,6 +695,28 @@ static void read_results(ath_db_t* db) {
     if (res == NULL) { /* the statement is over */
       PGresult* last = op->res;
       op->res = NULL;
+      const char* state = last != NULL ? PQresultErrorField(last, PG_DIAG_SQLSTATE) : NULL;
+      int stale = state != NULL && (strcmp(state, "0A000") == 0 || strcmp(state, "26000") == 0);
+      int prepared = op->slot >= 0 && last != NULL && PQresultStatus(last) == PGRES_COMMAND_OK;
+      if (op->slot >= 0 && !prepared)
+        drop_slot(db, op->slot); /* its PREPARE failed: the error is the statement's */
+      if (stale && op->slot < 0 && db->pgstmts != NULL) {
+        /* the schema changed under the prepared statement: prepared again
+         * and, outside a transaction, run again at once (as blocking) */
+        for (int i = 0; i < PG_STMTS; i++)
+          if (db->pgstmts->slot[i].sql != NULL && strcmp(db->pgstmts->slot[i].sql, op->sql) == 0)
+            drop_slot(db, i);
+        prepared = op->again && PQtransactionStatus(db->pg) == PQTRANS_IDLE;
+        op->again = 0;
+      }
+      if (prepared) { /* now the statement itself */
+        PQclear(last);
+        ath_db_error_t* err = &op->err;
+        int rc = send_now(db, err);
+        if (rc != 0)
+          return complete(db, rc);
+        return; /* its results come next */
+      }
       int rc = finish_result(db, last, &op->out, &op->err);
       return complete(db, rc);
     }
@@ -757,6 +819,8 @@ int ath__db_exec_async(ath_db_t* db, uv_loop_t* loop, const char* sql,
   op->loop = loop;
   op->cb = cb;
   op->ud = ud;
+  op->slot = -1;
+  op->again = 1;
   int rc;
   if (db->pg != NULL) {
     rc = send_now(db, err);

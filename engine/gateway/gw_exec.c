@@ -14,6 +14,7 @@
 #include "gw_server.h"
 
 #define POLICY_BUDGET_MS 1000 /* a policy that runs longer fails closed */
+#define PLAN_CACHE 256        /* plans a gateway thread keeps by shape */
 #define FILE_MOVED "the database file was deleted or moved since the server opened it"
 
 /* ------------------------------------------------------------- envelope */
@@ -228,8 +229,11 @@ static ath_db_t* conn(ath_gws_t* s, ath_gwconn_t* c, int i, ath_db_error_t* err)
   if (c->db == NULL && ath__db_new(s->cfg.db_urls[i], &c->db, err) != 0)
     return NULL;
   ath_db_t* db = c->db;
-  if (!ath__db_connected(db) && ath__db_connect(db, err) != 0)
-    return NULL;
+  if (!ath__db_connected(db)) {
+    if (ath__db_connect(db, err) != 0)
+      return NULL;
+    c->prepared = 0; /* a new session (a reconnect): set up again */
+  }
   /* SQLite's statementTimeout: the handler belongs to the open connection
    * (a reconnect opens a new one), so it is set after connecting */
   ath__db_set_interrupt(db, due, c);
@@ -334,6 +338,7 @@ int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen) {
     snprintf(err, errlen, "%s", "out of memory");
     return ATH_ENOMEM;
   }
+  t->plans = ath__gwpc_new(PLAN_CACHE); /* NULL: every request compiles */
   /* connections now, while the files are the ones just introspected: a
    * file deleted later is then noticed (ath__db_file_moved) instead of
    * being created again, empty, by a first connection. One that fails
@@ -402,6 +407,7 @@ int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen) {
 void ath__gwt_close(ath_gwt_t* t) {
   if (t->L != NULL)
     lua_close(t->L);
+  ath__gwpc_free(t->plans);
   for (int i = 0; t->conns && t->idle && i < t->s->cfg.ndbs; i++) {
     if (t->conns[i].db != NULL)
       ath__db_free(t->conns[i].db);
@@ -746,11 +752,15 @@ static void start_event(ath_gws_t* s, ath_gwjob_t* job, const char* table, int u
   ath_task_release(task);
 }
 
+/* X-Publish-Event needs the rows as stored, whatever `columns` asked. */
+static int full_rows_of(const ath_gwjob_t* job) {
+  return job->event != NULL && job->op != ATH_GW_FETCH;
+}
+
 /* Compiles with the policies' extras; 0 or the plan's error answered. */
 static int compile(ath_gwt_t* t, ath_gwjob_t* job, ath_gws_cat_t* cat, const ath_gj_t* body,
                    extras_t* x, ath_gw_plan_t* plan) {
-  /* X-Publish-Event needs the rows as stored, whatever `columns` asked */
-  int full_rows = job->event != NULL && job->op != ATH_GW_FETCH;
+  int full_rows = full_rows_of(job);
   ath_gw_request_t rq;
   memset(&rq, 0, sizeof(rq));
   rq.catalog = &cat->cat;
@@ -816,20 +826,64 @@ static int key_allows_table(const ath_gwjob_t* job, const char* cfgname, const a
 }
 
 /* A request between its two halves: the plan (its compile, with the
- * policies' extras) and what it points into. */
+ * policies' extras, or a cached plan with its values bound) and what it
+ * points into. */
 typedef struct {
   ath_gj_doc_t* doc;
   ath_gw_plan_t plan;
   int compiled;              /* plan is to be freed */
+  ath_gwpc_t* pc;            /* the thread's plan cache, when entry is set */
+  ath_gwpe_t* entry;         /* the cached plan that plan binds */
+  void* bound;               /* plan's statements when bound */
   extras_t x;
 } prep_t;
+
+static void plan_drop(prep_t* p) {
+  if (p->compiled)
+    ath__gw_plan_free(&p->plan);
+  p->compiled = 0;
+  free(p->bound);
+  p->bound = NULL;
+  if (p->entry != NULL)
+    ath__gwpc_release(p->pc, p->entry);
+  p->entry = NULL;
+}
 
 static void prep_free(prep_t* p) {
   ath__buf_free(&p->x.conds);
   ath__buf_free(&p->x.set);
-  if (p->compiled)
-    ath__gw_plan_free(&p->plan);
+  plan_drop(p);
   ath__gj_free(p->doc);
+}
+
+/* The request's plan into p: the thread's cached plan of its shape with
+ * its values bound, else compiled (and then kept for the next request of
+ * the shape). 0, or -1 with the compile's error answered. */
+static int plan_for(ath_gwt_t* t, ath_gwjob_t* job, ath_gws_cat_t* cat, const ath_gj_t* body, extras_t* x,
+                    prep_t* p) {
+  ath_gwpc_t* pc = t->plans;
+  if (pc != NULL) {
+    ath_gwpc_key_t k = {cat,
+                        cat->dialect,
+                        job->op,
+                        job->db,
+                        job->strip_header,
+                        full_rows_of(job),
+                        x != NULL ? x->conds.data : NULL,
+                        x != NULL ? x->conds.len : 0,
+                        x != NULL ? x->set.data : NULL,
+                        x != NULL ? x->set.len : 0};
+    ath__gwpc_shape(pc, &k, body);
+    p->pc = pc;
+    if ((p->entry = ath__gwpc_get(pc, &p->plan, &p->bound)) != NULL)
+      return 0;
+  }
+  p->compiled = 1;
+  if (compile(t, job, cat, body, x, &p->plan) != 0)
+    return -1;
+  if (pc != NULL && (p->entry = ath__gwpc_put(pc, &p->plan, &p->bound)) != NULL)
+    p->compiled = 0; /* the cache's now */
+  return 0;
 }
 
 /* The first half, on the request's gateway thread: the body's one parse,
@@ -845,10 +899,16 @@ static int prepare(ath_gwt_t* t, ath_gwjob_t* job, prep_t* p) {
     ath__gw_plan_free(&perr);
     return -1;
   }
-  ath_gws_cat_t* cat = __atomic_load_n(&s->cats[job->db], __ATOMIC_ACQUIRE); /* a refresh swaps it */
+  /* a refresh swaps the catalog, then counts: cached plans name the
+   * catalog they were compiled against, and the count empties the cache */
+  unsigned gen = __atomic_load_n(&s->cat_gen, __ATOMIC_ACQUIRE);
+  if (t->plans != NULL && gen != t->plans_gen) {
+    ath__gwpc_clear(t->plans);
+    t->plans_gen = gen;
+  }
+  ath_gws_cat_t* cat = __atomic_load_n(&s->cats[job->db], __ATOMIC_ACQUIRE);
   ath_gj_doc_t* doc = p->doc;
-  p->compiled = 1;
-  if (compile(t, job, cat, doc->root, NULL, &p->plan) != 0)
+  if (plan_for(t, job, cat, doc->root, NULL, p) != 0)
     return -1;
   ath_gw_plan_t plan = p->plan; /* read-only view below; p->plan stays the owner */
   const char* table = plan.table->name;
@@ -874,11 +934,76 @@ static int prepare(ath_gwt_t* t, ath_gwjob_t* job, prep_t* p) {
     return -1;
   }
   if (p->x.conds.len > 0 || p->x.set.len > 0) {
-    ath__gw_plan_free(&p->plan);
-    if (compile(t, job, cat, doc->root, &p->x, &p->plan) != 0)
+    plan_drop(p);
+    if (plan_for(t, job, cat, doc->root, &p->x, p) != 0)
       return -1;
   }
   return 0;
+}
+
+/* The answer is written where the rows come in: straight into job->out,
+ * after room for its head (written once the count is known, right-aligned:
+ * the answer starts at out_off). */
+enum { HEAD_ROOM = 128 };
+
+/* Readies job->out and sink k for the plan's rows (and, when rows is not
+ * NULL, whole rows for X-Publish-Event). */
+static void answer_start(ath_gwjob_t* job, const ath_gw_plan_t* plan, sink_t* k, ath_buf_t* rows) {
+  ath_buf_t* data = &job->out;
+  data->len = 0;
+  char room[HEAD_ROOM];
+  memset(room, ' ', sizeof(room));
+  ath__buf_append(data, room, sizeof(room));
+  sink_init(k, plan, plan->data_rows && !plan->head ? data : NULL, rows);
+}
+
+/* Ends the answer once the statements ran (rc, e and failed_sql: how):
+ * the envelope (GATEWAY §4) around the rows in job->out, or the error.
+ * Frees what k and rows hold; starts the X-Publish-Event task. */
+static void answer_end(ath_gws_t* s, ath_gwjob_t* job, const ath_gw_plan_t* plan, sink_t* k, int rc,
+                       const ath_db_error_t* e, const char* failed_sql, int64_t changes, int64_t count,
+                       ath_buf_t* rows) {
+  const char* table = plan->table->name;
+  ath__buf_free(&k->keys);
+  if (rc != 0) {
+    db_failure(job, e);
+    log_failure(s, job, table, job->status, e, failed_sql, NULL); /* the status sent */
+    if (rows != NULL)
+      ath__buf_free(rows);
+    return;
+  }
+  static const char* const verbs[] = {"Fetched", "Inserted", "Updated", "Deleted"};
+  int64_t affected = changes;
+  char head[160];
+  int n = snprintf(head, sizeof(head), "{\"status\":\"success\",\"message\":\"%s %lld rows\",\"data\":[",
+                   verbs[job->op], (long long)(job->op == ATH_GW_FETCH ? (plan->head ? 0 : k->nrows) : affected));
+  ath_buf_t* b = &job->out;
+  if (b->data == NULL || n >= HEAD_ROOM) {
+    ath__gwjob_error(job, 500, "internal_error", "out of memory", NULL);
+    if (rows != NULL)
+      ath__buf_free(rows);
+    return;
+  }
+  job->out_off = HEAD_ROOM - (size_t)n;
+  memcpy(b->data + job->out_off, head, (size_t)n);
+  ath__buf_lit(b, "]");
+  if (job->op == ATH_GW_FETCH) {
+    if (count >= 0)
+      n = snprintf(head, sizeof(head), ",\"count\":%lld}", (long long)count);
+    else
+      n = snprintf(head, sizeof(head), ",\"count\":null}");
+  } else {
+    n = snprintf(head, sizeof(head), ",\"count\":%lld,\"affected_rows\":%lld}", (long long)affected,
+                 (long long)affected);
+  }
+  ath__buf_append(b, head, (size_t)n);
+  job->status = 200;
+  if (plan->limit_lowered)
+    job->limit_header = plan->limit;
+  if (rows != NULL) {
+    start_event(s, job, table, plan->upsert, rows);
+    ath__buf_free(rows);
+  }
 }
 
 /* The second half, on the gateway thread or (off the loop) a pool
@@ -913,18 +1038,10 @@ static void execute(ath_gws_t* s, ath_gwconn_t* c, ath_gwjob_t* job, prep_t* p) 
   if (writer)
     uv_mutex_lock(&s->writers[job->db]);
   int rc = txn ? simple(db, pg || job->op == ATH_GW_FETCH ? "BEGIN" : "BEGIN IMMEDIATE", &e) : 0;
-  /* rows go straight into the answer, after room for its head (written
-   * once the count is known, right-aligned: the answer starts at out_off) */
-  enum { HEAD_ROOM = 128 };
-  ath_buf_t* data = &job->out;
-  data->len = 0;
-  char room[HEAD_ROOM];
-  memset(room, ' ', sizeof(room));
-  ath__buf_append(data, room, sizeof(room));
   ath_buf_t rows = {0};
-  int64_t nrows = 0, changes = 0, count = -1;
+  int64_t changes = 0, count = -1;
   sink_t k;
-  sink_init(&k, &plan, plan.data_rows && !plan.head ? data : NULL, publish ? &rows : NULL);
+  answer_start(job, &plan, &k, publish ? &rows : NULL);
   for (size_t i = 0; rc == 0 && i < exec->nstmts; i++) {
     int64_t n = 0;
     if ((rc = run_stmt(db, &exec->stmts[i], NULL, &k, &n, &e)) != 0) {
@@ -933,8 +1050,6 @@ static void execute(ath_gws_t* s, ath_gwconn_t* c, ath_gwjob_t* job, prep_t* p) 
     }
     changes += n;
   }
-  nrows = k.nrows;
-  ath__buf_free(&k.keys);
   if (rc == 0 && plan.has_count) {
     if ((rc = run_stmt(db, &plan.count, &r, NULL, NULL, &e)) == 0) {
       ath_db_value_t v;
@@ -955,43 +1070,7 @@ static void execute(ath_gws_t* s, ath_gwconn_t* c, ath_gwjob_t* job, prep_t* p) 
   }
   if (writer)
     uv_mutex_unlock(&s->writers[job->db]);
-  if (rc != 0) {
-    db_failure(job, &e);
-    log_failure(s, job, table, job->status, &e, failed_sql, NULL); /* the status sent */
-    ath__buf_free(&rows);
-    goto done;
-  }
-  /* the envelope (GATEWAY §4) */
-  static const char* const verbs[] = {"Fetched", "Inserted", "Updated", "Deleted"};
-  int64_t affected = changes;
-  char head[160];
-  int n = snprintf(head, sizeof(head), "{\"status\":\"success\",\"message\":\"%s %lld rows\",\"data\":[",
-                   verbs[job->op], (long long)(job->op == ATH_GW_FETCH ? (plan.head ? 0 : nrows) : affected));
-  ath_buf_t* b = &job->out;
-  if (b->data == NULL || n >= HEAD_ROOM) {
-    ath__gwjob_error(job, 500, "internal_error", "out of memory", NULL);
-    ath__buf_free(&rows);
-    goto done;
-  }
-  job->out_off = HEAD_ROOM - (size_t)n;
-  memcpy(b->data + job->out_off, head, (size_t)n);
-  ath__buf_lit(b, "]");
-  if (job->op == ATH_GW_FETCH) {
-    if (count >= 0)
-      n = snprintf(head, sizeof(head), ",\"count\":%lld}", (long long)count);
-    else
-      n = snprintf(head, sizeof(head), ",\"count\":null}");
-  } else {
-    n = snprintf(head, sizeof(head), ",\"count\":%lld,\"affected_rows\":%lld}", (long long)affected,
-                 (long long)affected);
-  }
-  ath__buf_append(b, head, (size_t)n);
-  job->status = 200;
-  if (plan.limit_lowered)
-    job->limit_header = plan.limit;
-  if (publish)
-    start_event(s, job, table, plan.upsert, &rows);
-  ath__buf_free(&rows);
+  answer_end(s, job, &plan, &k, rc, &e, failed_sql, changes, count, publish ? &rows : NULL);
 done:
   if (r != NULL)
     ath__db_res_free(r);
@@ -1057,8 +1136,50 @@ static void task_work(uv_work_t* w) {
 
 static void task_done(uv_work_t* w, int status);
 
+/* A PostgreSQL read of one statement on a connection that is set up runs
+ * on the thread's own loop: libpq non-blocking (ath__db_exec_async, the
+ * session's prepared statement of the SQL), answered in pg_done. A
+ * connection to open (which blocks), a transaction, several statements
+ * and writes go to the pool. */
+static int on_loop(const ath_gwtask_t* k) {
+  const ath_gw_plan_t* p = &k->p.plan;
+  const ath_gwconn_t* c = k->c;
+  return k->job->op == ATH_GW_FETCH && p->nstmts == 1 && !p->has_count && c->db != NULL && c->prepared &&
+         ath__db_kind(c->db) == ATH_DB_PG && ath__db_connected(c->db);
+}
+
+static void pg_done(ath_db_t* db, void* ud) {
+  ath_gwtask_t* k = ud;
+  const ath_gw_plan_t* plan = &k->p.plan;
+  ath_db_res_t* r = NULL;
+  ath_db_error_t e;
+  memset(&e, 0, sizeof(e));
+  sink_t sk;
+  answer_start(k->job, plan, &sk, NULL);
+  int rc = ath__db_async_result(db, &r, &e);
+  if (rc == 0)
+    rc = ath__db_res_rows(r, sink_row, &sk, &e);
+  ath__db_res_free(r);
+  answer_end(k->t->s, k->job, plan, &sk, rc, &e, rc != 0 ? plan->stmts[0].sql : NULL, 0, -1, NULL);
+  task_done(&k->work, 0);
+}
+
 static void task_start(ath_gwtask_t* k) {
   k->work.data = k;
+  if (on_loop(k)) {
+    const ath_gw_stmt_t* st = &k->p.plan.stmts[0];
+    ath_db_value_t small[32];
+    ath_db_value_t* v = params_of(st, small, 32);
+    ath_db_error_t e;
+    int started = v != NULL && ath__db_exec_async(k->c->db, &k->t->loop, st->sql, v, (int)st->nparams, pg_done,
+                                                  k, &e) == 0;
+    if (v != small)
+      free(v);
+    if (started)
+      return;
+    /* not started (out of memory, the connection failed at once): the
+     * pool's way, which connects again */
+  }
   int rc = uv_queue_work(&k->t->loop, &k->work, task_work, task_done);
   if (rc != 0) { /* never fails on a live loop; answered at once if it did */
     ath__gwjob_error(k->job, 500, "internal_error", "the request could not be scheduled", NULL);

@@ -337,19 +337,26 @@ static void p_bool(ath_gw_param_t* p, int b) {
   p->len = strlen(p->text);
 }
 
-/* A number literal (`s` is NUL-terminated and valid): INTEGER when integral
- * within int64, else REAL; PostgreSQL binds the text as received (§7). */
-static int p_number(cx_t* c, ath_gw_param_t* p, const char* s, size_t n,
-                    int integral) {
+/* Types number parameter p from its text (NUL-terminated, valid): INTEGER
+ * when integral within int64, else REAL; PostgreSQL binds the text as
+ * received (§7). */
+static void number_type(ath_gw_param_t* p, int integral) {
   int64_t i;
-  if (p_text(c, p, ATH_GW_P_REAL, s, n) != 0)
-    return ATH_ENOMEM;
   if (integral && parse_i64(p->text, &i)) {
     p->type = ATH_GW_P_INT;
     p->i = i;
   } else {
+    p->type = ATH_GW_P_REAL;
     p->d = ath__gw_strtod(p->text, NULL);
   }
+}
+
+/* A number literal (`s` is NUL-terminated and valid). */
+static int p_number(cx_t* c, ath_gw_param_t* p, const char* s, size_t n,
+                    int integral) {
+  if (p_text(c, p, ATH_GW_P_REAL, s, n) != 0)
+    return ATH_ENOMEM;
+  number_type(p, integral);
   return 0;
 }
 
@@ -375,6 +382,53 @@ static int p_json(cx_t* c, ath_gw_param_t* p, const ath_gj_t* v,
   return rc;
 }
 
+/* Scalar `v` as a parameter whose text points into `v`, its `src`; -1 when
+ * it is no scalar, or text PostgreSQL cannot hold (a NUL). The one
+ * conversion of request scalars: the compiler's and the plan cache's. */
+static int scalar_param(ath_gw_dialect_t d, const ath_gj_t* v,
+                        ath_gw_param_t* p) {
+  switch (v->type) {
+    case ATH_GJ_NULL:
+      p_null(p);
+      break;
+    case ATH_GJ_BOOL:
+      p_bool(p, v->boolean);
+      break;
+    case ATH_GJ_NUMBER:
+    case ATH_GJ_STRING:
+      /* PostgreSQL text cannot hold NUL (JSON "\u0000") */
+      if (v->type == ATH_GJ_STRING && d == ATH_GW_PG &&
+          memchr(v->str, '\0', v->len) != NULL)
+        return -1;
+      memset(p, 0, sizeof *p);
+      p->type = ATH_GW_P_TEXT;
+      p->text = v->str;
+      p->len = v->len;
+      if (v->type == ATH_GJ_NUMBER)
+        number_type(p, v->integral);
+      break;
+    default:
+      return -1;
+  }
+  p->src = v;
+  return 0;
+}
+
+int ath__gw_param_rebind(ath_gw_dialect_t d, const ath_gw_param_t* tmpl,
+                         const ath_gj_t* v, ath_gw_param_t* out) {
+  if (scalar_param(d, v, out) != 0)
+    return -1;
+  out->src = NULL;
+  if (tmpl->type == ATH_GW_P_TEXT &&
+      (out->type == ATH_GW_P_INT || out->type == ATH_GW_P_REAL))
+    out->type = ATH_GW_P_TEXT; /* `like`: a number pattern is text */
+  if ((tmpl->type == ATH_GW_P_NULL) != (out->type == ATH_GW_P_NULL) ||
+      (tmpl->type == ATH_GW_P_BOOL) != (out->type == ATH_GW_P_BOOL) ||
+      (tmpl->type == ATH_GW_P_TEXT) != (out->type == ATH_GW_P_TEXT))
+    return -1; /* another JSON type than the plan's: compiled anew */
+  return 0;
+}
+
 /* Converts a JSON value bound against column `col` (§7). Objects and arrays
  * become JSON text; on PostgreSQL only json/jsonb columns take them (array
  * columns are handled by put_value). */
@@ -382,17 +436,16 @@ static int json_param(cx_t* c, const ath_gj_t* v, const ath_gw_column_t* col,
                       const char* where, ath_gw_param_t* p) {
   switch (v->type) {
     case ATH_GJ_NULL:
-      p_null(p);
-      return 0;
     case ATH_GJ_BOOL:
-      p_bool(p, v->boolean);
-      return 0;
     case ATH_GJ_NUMBER:
-      return p_number(c, p, v->str, v->len, v->integral);
     case ATH_GJ_STRING:
-      if (text_ok(c, v->str, v->len, where) != 0)
-        return ATH_EINVAL;
-      return p_text(c, p, ATH_GW_P_TEXT, v->str, v->len);
+      if (scalar_param(c->d, v, p) != 0)
+        return text_ok(c, v->str, v->len, where) != 0 ? ATH_EINVAL : nomem(c);
+      /* the plan owns its values: the request's text is copied */
+      if (p->text != NULL && p->type != ATH_GW_P_BOOL &&
+          (p->text = arena_copy(c, v->str, v->len)) == NULL)
+        return nomem(c);
+      return 0;
     case ATH_GJ_ARRAY:
     case ATH_GJ_OBJECT:
       if (c->d == ATH_GW_PG && col != NULL && col->kind != ATH_GW_KIND_JSON)
@@ -979,6 +1032,8 @@ static int emit_json_op(cx_t* c, frag_t* f, op_t op, const target_t* tg,
     return fail(c, 400, "invalid_value", "%s needs a scalar value", where);
   if (json_param(c, v, col, where, &p) != 0)
     return ATH_EINVAL;
+  if (op == OP_IN && v->type == ATH_GJ_STRING)
+    p.src = NULL; /* its text chose between this and the "(a,b)" list */
   return emit_values(c, f, op, tg, &p, 1, op == OP_IN ? 1 : 0, where);
 }
 

@@ -135,6 +135,11 @@ typedef struct {
   const char* text; /* NUL-terminated; NULL only for ATH_GW_P_NULL. INT and
                        REAL: the literal as received; BOOL: "true"/"false" */
   size_t len;
+  const ath_gj_t* src; /* the request's scalar this value was converted
+                          from, when the statement depends on nothing of
+                          it but its JSON type (the plan cache binds
+                          another request's value there); else NULL. Only
+                          valid while that request's document lives. */
 } ath_gw_param_t;
 
 typedef struct {
@@ -198,6 +203,15 @@ typedef struct {
  * it does not refer to `req->body` or the policy values afterwards. Free it
  * with ath__gw_plan_free() whatever the result. Thread: any; no globals. */
 int ath__gw_compile(const ath_gw_request_t* req, ath_gw_plan_t* plan);
+
+/* The plan cache's binding (gw_cache.c): the parameter that scalar `v`
+ * converts to where `tmpl` was (a parameter that had its `src` set, of a
+ * plan compiled from a body of the same shape; its `src` itself is not
+ * read), exactly as the compiler would convert it there; its text points
+ * into `v`. Returns 0, or -1 when the compiler would not have made the same
+ * kind of parameter of it (the caller then compiles the request). */
+int ath__gw_param_rebind(ath_gw_dialect_t d, const ath_gw_param_t* tmpl,
+                         const ath_gj_t* v, ath_gw_param_t* out);
 
 /* Frees what a plan owns and zeroes it; safe to repeat. */
 void ath__gw_plan_free(ath_gw_plan_t* plan);

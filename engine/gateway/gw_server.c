@@ -287,6 +287,8 @@ int ath__gws_refresh(ath_gws_t* s, char* err, size_t errlen) {
       ath__gws_cat_free(fresh[i]);
     }
   }
+  if (rc == 0) /* the threads' plan caches empty themselves */
+    __atomic_add_fetch(&s->cat_gen, 1, __ATOMIC_RELEASE);
   uv_mutex_unlock(&s->mu);
   free(fresh);
   return rc;
@@ -837,6 +839,18 @@ static int preflight(ath_gws_t* s, h2o_req_t* req, ath_gwjob_t* base) {
 /* The presented key (§2): 1 found (index in *out), 0 none, -1 unknown.
  * Compares the hash with every configured one in constant time, never
  * stopping early. */
+/* SHA-256, fetched from OpenSSL's providers once: EVP_sha256() makes
+ * EVP_Digest fetch it again on every call (a third of a key's check). */
+static EVP_MD* sha256_md;
+static void fetch_sha256(void) {
+  sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+static const EVP_MD* sha256(void) {
+  static uv_once_t once = UV_ONCE_INIT;
+  uv_once(&once, fetch_sha256);
+  return sha256_md != NULL ? sha256_md : EVP_sha256();
+}
+
 int ath__gws_authenticate(const ath_gws_key_t* keys, int nkeys, h2o_req_t* req, int* out) {
   static const char* const names[] = {"x-athena-key", "apikey", "x-api-key", "authorization"};
   char v[1024], key[512];
@@ -870,7 +884,7 @@ int ath__gws_authenticate(const ath_gws_key_t* keys, int nkeys, h2o_req_t* req, 
       return -1;
     unsigned char hash[32];
     unsigned int hlen = 0;
-    if (EVP_Digest(key, strlen(key), hash, &hlen, EVP_sha256(), NULL) != 1)
+    if (EVP_Digest(key, strlen(key), hash, &hlen, sha256(), NULL) != 1)
       return -1;
     int found = -1;
     for (int k = 0; k < nkeys; k++) {

@@ -237,6 +237,50 @@ void ath__gwt_push_json(lua_State* L, const ath_gj_t* v);
 void ath__gwjob_error(ath_gwjob_t* job, int status, const char* code, const char* error,
                       const char* hint);
 
+/* ------------------------------------------ plan cache (gw_cache.c) */
+
+/* One gateway thread's plans by request shape (gw_cache.c has the why).
+ * Not locked: its thread only. */
+typedef struct ath_gwpc_s ath_gwpc_t;
+typedef struct ath_gwpe_s ath_gwpe_t;
+/* What a plan depends on besides the body. */
+typedef struct {
+  const void* cat;           /* the catalog compiled against */
+  ath_gw_dialect_t dialect;
+  ath_gw_op_t op;
+  int db, strip_header, full_rows;
+  const char* conds;         /* the policies' extras, as compiled */
+  size_t conds_len;
+  const char* set;
+  size_t set_len;
+} ath_gwpc_key_t;
+typedef struct {
+  uint64_t hits, misses, cleared;
+  size_t entries;
+} ath_gwpc_stats_t;
+
+/* A cache of at most `cap` plans; NULL when out of memory. */
+ath_gwpc_t* ath__gwpc_new(size_t cap);
+void ath__gwpc_free(ath_gwpc_t* pc);
+/* Forgets every plan (a catalog was read again); plans in use are freed
+ * when released. */
+void ath__gwpc_clear(ath_gwpc_t* pc);
+/* Reads the shape of a request: call before get and put, which are about
+ * that request (whose body must outlive its plan's use). */
+void ath__gwpc_shape(ath_gwpc_t* pc, const ath_gwpc_key_t* k, const ath_gj_t* body);
+/* A plan of the shaped request's shape with its values bound: *out (read
+ * only; refers to the entry and to the request's body) and *bound (free()
+ * it after use), and the entry, to release after use. NULL: not cached
+ * (compile, then put). */
+ath_gwpe_t* ath__gwpc_get(ath_gwpc_t* pc, ath_gw_plan_t* out, void** bound);
+/* Keeps `plan`, the shaped request's successful compile: on success it
+ * becomes the entry's, *plan is replaced by its bound copy (as from get)
+ * and the entry is returned; NULL (too large to cache, out of memory)
+ * leaves *plan the caller's. */
+ath_gwpe_t* ath__gwpc_put(ath_gwpc_t* pc, ath_gw_plan_t* plan, void** bound);
+void ath__gwpc_release(ath_gwpc_t* pc, ath_gwpe_t* e);
+ath_gwpc_stats_t ath__gwpc_stats(const ath_gwpc_t* pc);
+
 /* A connection of a gateway thread (gw_exec.c), with its statement's
  * deadline. */
 typedef struct ath_gwconn_s ath_gwconn_t;
@@ -270,6 +314,8 @@ struct ath_gwt_s {
   ath_gwtask_t* waiting;     /* off-loop requests waiting for a connection */
   uint64_t deadline;         /* the running policy's, monotonic ns */
   size_t heap;               /* bytes in L's heap (policy_alloc) */
+  ath_gwpc_t* plans;         /* plans by request shape, or NULL */
+  unsigned plans_gen;        /* s->cat_gen they were compiled at */
 };
 
 struct ath_gws_s {
@@ -279,6 +325,7 @@ struct ath_gws_s {
   uv_cond_t cond;
   int ready;                 /* threads that finished ath__gwt_init */
   ath_gws_cat_t** cats;      /* current catalog per database (atomic pointers) */
+  unsigned cat_gen;          /* counts refreshes (atomic): plan caches empty */
   uv_mutex_t* writers;       /* per database: SQLite writers take turns */
   ath_gwt_t* threads;
   int nthreads;

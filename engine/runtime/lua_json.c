@@ -282,7 +282,7 @@ int ath__json_put_text(ath_buf_t* b, const char* s, size_t n) {
  * back as a float. Returns the length. */
 /* The common case by hand: a value in [1e-4, 1e15) (where %g is fixed
  * notation) whose shortest form has at most 6 decimals, written from its
- * scaled integer and checked by strtod; snprintf was the costliest step of
+ * scaled integer and checked by reading it back; snprintf was the costliest step of
  * a gateway answer full of prices. Returns the length, or 0 to fall back. */
 static size_t fmt_fixed(char* buf, size_t cap, double d) {
   static const double p10[] = {1, 10, 100, 1e3, 1e4, 1e5, 1e6};
@@ -318,7 +318,10 @@ static size_t fmt_fixed(char* buf, size_t cap, double d) {
     for (int i = k - 1; i >= 0; i--)
       buf[n++] = digits[i];
     buf[n] = '\0';
-    if (strtod(buf, NULL) == d)
+    /* the text is r / 10^k exactly; strtod would round that to the nearest
+     * double, which the division of these two exact doubles (r < 2^53,
+     * 10^k <= 1e6) also is, so it reads back as d iff this holds */
+    if (r / p10[k] == a)
       return n; /* the fewest decimals that read back: the shortest text */
   }
   return 0;

@@ -226,6 +226,85 @@ TEST_IMPL(db_sqlite_async) {
   return 0;
 }
 
+/* The count of this session's prepared statements naming `like`. */
+static int64_t prepared_count(ath_db_t* db, const char* like) {
+  ath_db_res_t* r = NULL;
+  ath_db_error_t e;
+  ath_db_value_t p = {.type = ATH_DB_TEXT, .s = like, .len = strlen(like)};
+  ath_db_value_t v;
+  if (ath__db_exec(db, "select count(*) from pg_prepared_statements where statement like ?", &p, 1, &r, &e) != 0 ||
+      ath__db_res_value(r, 0, 0, &v) != 0)
+    v.i = -1;
+  ath__db_res_free(r);
+  return v.i;
+}
+
+/* One statement on the loop; its first value as an integer (or -1). */
+static int64_t async_int(uv_loop_t* loop, ath_db_t* db, const char* sql, int64_t arg, int* rc) {
+  ath_db_error_t e;
+  ath_db_res_t* r = NULL;
+  ath_db_value_t p = {.type = ATH_DB_INT, .i = arg}, v = {.type = ATH_DB_NULL};
+  *rc = ath__db_exec_async(db, loop, sql, &p, 1, async_cb, (void*)(intptr_t)42, &e);
+  if (*rc != 0)
+    return -1;
+  uv_run(loop, UV_RUN_DEFAULT);
+  *rc = ath__db_async_result(db, &r, &e);
+  if (*rc == 0 && ath__db_res_value(r, 0, 0, &v) == 0 && v.type == ATH_DB_TEXT)
+    v.i = atoll(v.s);
+  ath__db_res_free(r);
+  return *rc == 0 ? v.i : -1;
+}
+
+/* Statements with parameters on a loop run prepared once per session, as
+ * blocking ones do (the gateway's PostgreSQL reads): prepared on first use,
+ * run prepared after, prepared again when the schema changed under them; a
+ * PREPARE that fails is the statement's error and leaves no name behind. */
+TEST_IMPL(db_pg_async_prepared) {
+  uv_loop_t loop;
+  ASSERT_OK(uv_loop_init(&loop));
+  ath_db_t* db = NULL;
+  ath_db_error_t e;
+  ath_db_res_t* r = NULL;
+  int rc;
+  ASSERT_OK(ath__db_new(test_pg_url(), &db, &e));
+  ASSERT_OK(ath__db_exec(db, "drop table if exists reshaped_async; create table reshaped_async (id int primary key, "
+                             "v int); insert into reshaped_async values (1, 7), (2, 8)",
+                         NULL, 0, &r, &e));
+  ath__db_res_free(r);
+  const char* q = "select v from reshaped_async where id = ?";
+  ASSERT_EQ(0, prepared_count(db, "%reshaped_async%"));
+  ASSERT_EQ(7, async_int(&loop, db, q, 1, &rc));
+  ASSERT_OK(rc);
+  ASSERT_EQ(1, prepared_count(db, "%reshaped_async%"));
+  ASSERT_EQ(8, async_int(&loop, db, q, 2, &rc)); /* the prepared one, another value */
+  ASSERT_EQ(1, prepared_count(db, "%reshaped_async%"));
+  /* the blocking path finds it too */
+  ath_db_value_t p = {.type = ATH_DB_INT, .i = 1};
+  ASSERT_OK(ath__db_exec(db, q, &p, 1, &r, &e));
+  ath__db_res_free(r);
+  ASSERT_EQ(1, prepared_count(db, "%reshaped_async%"));
+  /* the column changes type under it: prepared again, answered */
+  ASSERT_OK(ath__db_exec(db, "alter table reshaped_async alter column v type text", NULL, 0, &r, &e));
+  ath__db_res_free(r);
+  ASSERT_EQ(7, async_int(&loop, db, q, 1, &rc)); /* text now: read back by atoll */
+  ASSERT_OK(rc);
+  /* a new name; the stale one stays on the server until the session ends
+   * (as on the blocking path) */
+  ASSERT_EQ(2, prepared_count(db, "%reshaped_async%"));
+  ASSERT_EQ(8, async_int(&loop, db, q, 2, &rc)); /* the new one, no third */
+  ASSERT_EQ(2, prepared_count(db, "%reshaped_async%"));
+  /* a PREPARE that fails: the statement's error, no name kept; then fine */
+  ASSERT_EQ(-1, async_int(&loop, db, "select nope from reshaped_async where id = ?", 1, &rc));
+  ASSERT_EQ(ATH_DB_ESYNTAX, rc);
+  ASSERT_EQ(0, prepared_count(db, "%nope%"));
+  ASSERT_EQ(8, async_int(&loop, db, q, 2, &rc));
+  ASSERT_OK(ath__db_exec(db, "drop table reshaped_async", NULL, 0, &r, &e));
+  ath__db_res_free(r);
+  ath__db_free(db);
+  ASSERT_OK(uv_loop_close(&loop));
+  return 0;
+}
+
 TEST_IMPL(db_pg_async) {
   uv_loop_t loop;
   ASSERT_OK(uv_loop_init(&loop));

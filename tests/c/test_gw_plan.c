@@ -11,6 +11,7 @@
 
 #include "gw_catalog.h"
 #include "gw_plan.h"
+#include "gw_server.h"
 #include "task.h"
 
 #define S ATH_GW_SQLITE
@@ -168,6 +169,199 @@ typedef struct {
   const char* params;
 } sql_case_t;
 
+/* ------------------------------------------------- the plan cache's rule
+ *
+ * The gateway's plan cache (engine/gateway/gw_cache.c) hands a request the
+ * plan of an earlier request of the same shape with the new values bound.
+ * Its rule, checked on every case of this file: whenever it hands out a
+ * plan, the compiler, given that request, compiles it to the same SQL and
+ * parameters (and succeeds). Each case's body is varied one scalar at a
+ * time (other strings, numbers, booleans, injection attempts, NUL, the
+ * `in` list syntax) and looked up in a cache holding the case's plan. */
+
+static long cache_hits, cache_lookups;
+
+/* The statements and the count, as render() writes them. */
+static void render_all(const ath_gw_plan_t* plan, ath_gw_buf_t* out) {
+  ath_gw_buf_t sql = {0}, params = {0};
+  render(plan, &sql, &params);
+  ath__gw_buf_puts(out, sql.data);
+  ath__gw_buf_puts(out, " [");
+  ath__gw_buf_puts(out, params.data);
+  ath__gw_buf_puts(out, "] count: ");
+  ath__gw_buf_puts(out, plan->count.sql ? plan->count.sql : "-");
+  ath__gw_buf_puts(out, " [");
+  render_params(out, &plan->count);
+  ath__gw_buf_puts(out, "]");
+  ath__gw_buf_free(&sql);
+  ath__gw_buf_free(&params);
+}
+
+/* A request kept parsed (the cache binds into its document). */
+typedef struct {
+  ath_gj_doc_t *doc, *pc, *ps;
+  ath_gw_request_t req;
+} parsed_t;
+
+static int parse_req(ath_gw_dialect_t d, ath_gw_op_t op, const char* body,
+                     const extras_t* ex, parsed_t* r) {
+  ath_gw_plan_t err;
+  memset(r, 0, sizeof *r);
+  if (ath__gw_parse_body(body, strlen(body), &r->doc, &err) != 0) {
+    ath__gw_plan_free(&err);
+    return -1;
+  }
+  r->req.catalog = &gwc_catalog;
+  r->req.limits = ex->limits;
+  r->req.dialect = d;
+  r->req.op = op;
+  r->req.body = r->doc->root;
+  r->req.strip_nulls_header = ex->header;
+  r->req.full_rows = ex->full_rows;
+  if (ex->policy_conds != NULL &&
+      ath__gj_parse(ex->policy_conds, strlen(ex->policy_conds), &r->pc, NULL) == 0)
+    r->req.policy_conditions = r->pc->root;
+  if (ex->policy_set != NULL &&
+      ath__gj_parse(ex->policy_set, strlen(ex->policy_set), &r->ps, NULL) == 0)
+    r->req.policy_set = r->ps->root;
+  return 0;
+}
+
+static void parsed_free(parsed_t* r) {
+  ath__gj_free(r->doc);
+  ath__gj_free(r->pc);
+  ath__gj_free(r->ps);
+}
+
+static void shape_req(ath_gwpc_t* pc, const parsed_t* r, const extras_t* ex) {
+  ath_gwpc_key_t k = {&gwc_catalog, r->req.dialect, r->req.op, 0,
+                      ex->header, ex->full_rows,
+                      ex->policy_conds,
+                      ex->policy_conds ? strlen(ex->policy_conds) : 0,
+                      ex->policy_set,
+                      ex->policy_set ? strlen(ex->policy_set) : 0};
+  ath__gwpc_shape(pc, &k, r->req.body);
+}
+
+static void put_json_str(ath_gw_buf_t* b, const char* s, size_t n) {
+  ath_gj_t v;
+  memset(&v, 0, sizeof v);
+  v.type = ATH_GJ_STRING;
+  v.str = s;
+  v.len = n;
+  ath__gj_write(b, &v);
+}
+
+/* Writes v with its scalar number `target` (document order) replaced by
+ * the JSON text `with`. */
+static void write_varied(ath_gw_buf_t* b, const ath_gj_t* v, long* at,
+                         long target, const char* with) {
+  const ath_gj_t* it;
+  if (v->type == ATH_GJ_OBJECT || v->type == ATH_GJ_ARRAY) {
+    ath__gw_buf_putc(b, v->type == ATH_GJ_OBJECT ? '{' : '[');
+    for (it = v->first; it != NULL; it = it->next) {
+      if (it != v->first)
+        ath__gw_buf_putc(b, ',');
+      if (v->type == ATH_GJ_OBJECT) {
+        put_json_str(b, it->key, it->klen);
+        ath__gw_buf_putc(b, ':');
+      }
+      write_varied(b, it, at, target, with);
+    }
+    ath__gw_buf_putc(b, v->type == ATH_GJ_OBJECT ? '}' : ']');
+    return;
+  }
+  if ((*at)++ == target)
+    ath__gw_buf_puts(b, with);
+  else
+    ath__gj_write(b, v);
+}
+
+/* The plan cache's rule on one successful case. */
+static int cache_rule(ath_gw_dialect_t d, ath_gw_op_t op, const char* body,
+                      const extras_t* ex, int line) {
+  static const char* const variants[] = {
+    "\"zz\"", "\"x' OR '1'='1\"", "\"1; DROP TABLE users --\"", "\"(1,2)\"",
+    "\"\"", "\"%_a\"", "\"id\"", "\"a\\u0000b\"", "\"not_null\"", "\"true\"",
+    "0", "-7", "12345678901234567890123", "2.5", "1e2", "true", "false", "null",
+  };
+  ath_gwpc_t* pc = ath__gwpc_new(4);
+  parsed_t a, b;
+  ath_gw_plan_t plan, bound;
+  void* mem = NULL;
+  ath_gwpe_t* e;
+  long leaves = 0, target;
+  size_t v;
+  ASSERT_NOT_NULL(pc);
+  ASSERT_OK(parse_req(d, op, body, ex, &a));
+  ASSERT_OK(ath__gw_compile(&a.req, &plan));
+  shape_req(pc, &a, ex);
+  ASSERT_NULL(ath__gwpc_get(pc, &bound, &mem));
+  e = ath__gwpc_put(pc, &plan, &mem);
+  if (e == NULL) { /* too large to keep: compiled each time */
+    ath__gw_plan_free(&plan);
+    parsed_free(&a);
+    ath__gwpc_free(pc);
+    return 0;
+  }
+  ath__gwpc_release(pc, e);
+  free(mem);
+  { /* count the scalars */
+    ath_gw_buf_t tmp = {0};
+    write_varied(&tmp, a.doc->root, &leaves, -1, "");
+    ath__gw_buf_free(&tmp);
+  }
+  for (target = 0; target < leaves; target++) {
+    for (v = 0; v < sizeof variants / sizeof variants[0]; v++) {
+      ath_gw_buf_t text = {0}, got = {0}, want = {0};
+      ath_gw_plan_t fresh;
+      long at = 0;
+      int rc;
+      write_varied(&text, a.doc->root, &at, target, variants[v]);
+      ASSERT(!text.oom);
+      if (parse_req(d, op, text.data, ex, &b) != 0) {
+        ath__gw_buf_free(&text);
+        continue;
+      }
+      rc = ath__gw_compile(&b.req, &fresh);
+      shape_req(pc, &b, ex);
+      cache_lookups++;
+      e = ath__gwpc_get(pc, &bound, &mem);
+      if (e != NULL) {
+        cache_hits++;
+        if (rc != 0) {
+          fprintf(stderr, "line %d: cached plan for a body the compiler refuses (%s): %s\n",
+                  line, fresh.code, text.data);
+          return -1;
+        }
+        render_all(&bound, &got);
+        render_all(&fresh, &want);
+        if (strcmp(got.data, want.data) != 0) {
+          fprintf(stderr, "line %d: %s\n  cached   %s\n  compiled %s\n", line,
+                  text.data, got.data, want.data);
+          return -1;
+        }
+        ath__gwpc_release(pc, e);
+        free(mem);
+      }
+      ath__gw_plan_free(&fresh);
+      parsed_free(&b);
+      ath__gw_buf_free(&text);
+      ath__gw_buf_free(&got);
+      ath__gw_buf_free(&want);
+    }
+  }
+  /* the same body again is a hit */
+  shape_req(pc, &a, ex);
+  e = ath__gwpc_get(pc, &bound, &mem);
+  ASSERT_NOT_NULL(e);
+  ath__gwpc_release(pc, e);
+  free(mem);
+  parsed_free(&a);
+  ath__gwpc_free(pc);
+  return 0;
+}
+
 static int run_sql_cases(const sql_case_t* cases, size_t n,
                          const extras_t* ex) {
   size_t i;
@@ -188,12 +382,16 @@ static int run_sql_cases(const sql_case_t* cases, size_t n,
                 "line %d:\n  want %s\n       [%s]\n  got  %s\n       [%s]\n",
                 k->line, k->sql, k->params, sql.data, params.data);
         bad++;
+      } else if (cache_rule(k->d, k->op, k->body, ex, k->line) != 0) {
+        bad++;
       }
     }
     ath__gw_buf_free(&sql);
     ath__gw_buf_free(&params);
     ath__gw_plan_free(&plan);
   }
+  if (getenv("GW_CACHE_STATS") != NULL)
+    fprintf(stderr, "plan cache rule: %ld hits of %ld lookups\n", cache_hits, cache_lookups);
   ASSERT_EQ(0, bad);
   return 0;
 }
@@ -456,6 +654,19 @@ TEST_IMPL(gw_fetch_sql) {
      "\"operator\":\"in\",\"column\":\"id\",\"value\":\"(1,\\\"2\\\",null)\"}]}",
      "SELECT \"id\" FROM \"users\" WHERE (\"id\" IN (?, ?) OR \"id\" IS NULL) "
      "ORDER BY \"id\"" PAGE, "i:1|t:2|i:100|i:0"},
+    /* a plain string with `in`: one value (the plan cache must not bind
+     * "(1,2)" there: its text chooses the list syntax) */
+    {__LINE__, S, F,
+     "{\"table_name\":\"users\",\"columns\":\"id\",\"conditions\":[{"
+     "\"operator\":\"in\",\"column\":\"name\",\"value\":\"abc\"}]}",
+     "SELECT \"id\" FROM \"users\" WHERE \"name\" IN (?) ORDER BY \"id\"" PAGE,
+     "t:abc|i:100|i:0"},
+    /* a number pattern is text (so is any number bound there later) */
+    {__LINE__, S, F,
+     "{\"table_name\":\"users\",\"columns\":\"id\",\"conditions\":[{"
+     "\"operator\":\"like\",\"column\":\"name\",\"value\":5}]}",
+     "SELECT \"id\" FROM \"users\" WHERE \"name\" LIKE ? ESCAPE '\\' ORDER BY \"id\"" PAGE,
+     "t:5|i:100|i:0"},
     {__LINE__, S, F,
      "{\"table_name\":\"users\",\"columns\":\"id\",\"conditions\":[{"
      "\"operator\":\"eq\",\"column\":\"id\",\"value\":[1,2]}]}",
@@ -2488,5 +2699,104 @@ TEST_IMPL(gw_full_rows) {
   ASSERT(plan.row_cols == plan.cols);
   ASSERT_EQ(1, plan.data_rows);
   ath__gw_plan_free(&plan);
+  return 0;
+}
+
+/* The plan cache (engine/gateway/gw_cache.c) by hand: values of one shape
+ * share a plan and stay bound values, the cache is bounded, and clearing
+ * it or another catalog misses. */
+TEST_IMPL(gw_plan_cache) {
+  static const char* const shape =
+    "{\"table_name\":\"users\",\"columns\":\"id, email\",\"conditions\":[{"
+    "\"operator\":\"eq\",\"column\":\"email\",\"value\":\"%s\"}],\"limit\":%d}";
+  ath_gwpc_t* pc = ath__gwpc_new(4);
+  parsed_t r;
+  ath_gw_plan_t plan, bound;
+  void *mem = NULL, *inuse = NULL;
+  ath_gwpe_t *e, *held;
+  char body[512];
+  const ath_gw_catalog_t other = gwc_catalog; /* another catalog's address */
+  ath_gwpc_key_t k = {&gwc_catalog, S, F, 0, -1, 0, NULL, 0, NULL, 0};
+  int i;
+  ASSERT_NOT_NULL(pc);
+  snprintf(body, sizeof body, shape, "a@x.io", 10);
+  ASSERT_OK(parse_req(S, F, body, &no_extras, &r));
+  ASSERT_OK(ath__gw_compile(&r.req, &plan));
+  ath__gwpc_shape(pc, &k, r.req.body);
+  ASSERT_NULL(ath__gwpc_get(pc, &bound, &mem));
+  held = ath__gwpc_put(pc, &plan, &mem);
+  ASSERT_NOT_NULL(held);
+  ASSERT_EQ(1, (long)plan.stmts[0].nparams == 3);
+  ASSERT_EQ(0, strcmp(plan.stmts[0].params[0].text, "a@x.io"));
+  free(mem);
+  parsed_free(&r);
+
+  /* another value, an injection attempt: the same SQL, the text bound */
+  snprintf(body, sizeof body, shape, "x' OR '1'='1", 10);
+  ASSERT_OK(parse_req(S, F, body, &no_extras, &r));
+  ath__gwpc_shape(pc, &k, r.req.body);
+  e = ath__gwpc_get(pc, &bound, &mem);
+  ASSERT(e == held);
+  ASSERT_EQ(0, strcmp(bound.stmts[0].sql, "SELECT \"id\", \"email\" FROM \"users\" WHERE \"email\" = ? "
+                                          "ORDER BY \"id\" LIMIT ? OFFSET ?"));
+  ASSERT_EQ(ATH_GW_P_TEXT, bound.stmts[0].params[0].type);
+  ASSERT_EQ(0, strcmp(bound.stmts[0].params[0].text, "x' OR '1'='1"));
+  ASSERT_EQ(10, bound.stmts[0].params[1].i);
+  ath__gwpc_release(pc, e);
+  free(mem);
+  /* ... on another catalog: not this plan */
+  k.cat = &other;
+  ath__gwpc_shape(pc, &k, r.req.body);
+  ASSERT_NULL(ath__gwpc_get(pc, &bound, &mem));
+  k.cat = &gwc_catalog;
+  /* held by a request (bound, inuse) across what follows */
+  ath__gwpc_shape(pc, &k, r.req.body);
+  ASSERT(ath__gwpc_get(pc, &bound, &inuse) == held);
+  ath__gwpc_release(pc, held); /* the put's reference */
+  parsed_t kept = r;            /* inuse's values point into it */
+
+  /* bounded: four plans, the least recently used goes; one still in use
+   * (held) stays readable until released */
+  for (i = 1; i <= 6; i++) {
+    snprintf(body, sizeof body, shape, "b@x.io", i); /* the limit is literal */
+    ASSERT_OK(parse_req(S, F, body, &no_extras, &r));
+    ASSERT_OK(ath__gw_compile(&r.req, &plan));
+    ath__gwpc_shape(pc, &k, r.req.body);
+    ASSERT_NULL(ath__gwpc_get(pc, &bound, &mem));
+    e = ath__gwpc_put(pc, &plan, &mem);
+    ASSERT_NOT_NULL(e);
+    ath__gwpc_release(pc, e);
+    free(mem);
+    parsed_free(&r);
+    ASSERT_LE((long)ath__gwpc_stats(pc).entries, 4);
+  }
+  ASSERT_EQ(4, (long)ath__gwpc_stats(pc).entries);
+  /* evicted while in use: still whole, freed by the release */
+  ASSERT_EQ(0, strcmp(bound.stmts[0].sql, "SELECT \"id\", \"email\" FROM \"users\" WHERE \"email\" = ? "
+                                          "ORDER BY \"id\" LIMIT ? OFFSET ?"));
+  ASSERT_EQ(0, strcmp(bound.cols[1].name, "email"));
+  ath__gwpc_release(pc, held);
+  free(inuse);
+  parsed_free(&kept);
+  snprintf(body, sizeof body, shape, "c@x.io", 1);
+  ASSERT_OK(parse_req(S, F, body, &no_extras, &r));
+  ath__gwpc_shape(pc, &k, r.req.body);
+  ASSERT_NULL(ath__gwpc_get(pc, &bound, &mem)); /* limit 1: evicted */
+  parsed_free(&r);
+  snprintf(body, sizeof body, shape, "c@x.io", 6);
+  ASSERT_OK(parse_req(S, F, body, &no_extras, &r));
+  ath__gwpc_shape(pc, &k, r.req.body);
+  e = ath__gwpc_get(pc, &bound, &mem);
+  ASSERT_NOT_NULL(e);
+  ASSERT_EQ(0, strcmp(bound.stmts[0].params[0].text, "c@x.io"));
+  ath__gwpc_release(pc, e);
+  free(mem);
+  /* emptied (a catalog refresh): a miss */
+  ath__gwpc_clear(pc);
+  ASSERT_EQ(0, (long)ath__gwpc_stats(pc).entries);
+  ath__gwpc_shape(pc, &k, r.req.body);
+  ASSERT_NULL(ath__gwpc_get(pc, &bound, &mem));
+  parsed_free(&r);
+  ath__gwpc_free(pc);
   return 0;
 }

@@ -1,0 +1,80 @@
+-- The gateway on PostgreSQL after its connections are lost (issue 18): a
+-- reconnected session is set up again, so statementTimeout still stops a
+-- slow read, on the pool's path and on the gateway thread's own loop
+-- (PostgreSQL fetches run there once their connection is open). Needs the
+-- ctest fixture "pg"; no server means this spec fails.
+local athena = require "athena"
+local S = require "fixtures.support"
+
+local json = athena.json
+local URL = S.pg_database("athena_gateway_reconnect_spec")
+
+local function call(base, body)
+  local res = assert(athena.http.request { method = "POST", url = base .. "/gateway/fetch",
+    headers = { apikey = "K", ["Content-Type"] = "application/json" }, body = json.encode(body), timeout = "60s" })
+  local data
+  if res.body:sub(1, 1) == "{" then data = json.decode(res.body, { nulls = true }) end
+  return res.status, data
+end
+
+describe("gateway on PostgreSQL, reconnected", function()
+  local db, world, base
+
+  setup(function()
+    db = assert(athena.db.open(URL))
+    assert(db:exec("DROP VIEW IF EXISTS slow; DROP TABLE IF EXISTS fast"))
+    assert(db:exec("CREATE TABLE fast(id bigint PRIMARY KEY, v text)"))
+    assert(db:exec("INSERT INTO fast VALUES (1, 'a'), (2, 'b')"))
+    -- one second per row read: far past the timeout below
+    assert(db:exec("CREATE VIEW slow AS SELECT id, pg_sleep(1)::text AS s FROM fast"))
+    local cfg = S.tmpname()
+    local f = assert(io.open(cfg, "w"))
+    f:write([[return { keys = { K = { rights = "*" } }, tables = { "fast", "slow" },
+      limits = { statementTimeout = "200ms" } }]])
+    f:close()
+    world = S.world {}
+    world:start()
+    base = world:serve { port = 0, gateway = { db = URL, config = cfg } }.url
+  end)
+
+  teardown(function()
+    S.cleanup()
+    db:close()
+    S.cleanup_files()
+  end)
+
+  -- a slow read: 504 statement_timeout, or 503 on a connection found lost;
+  -- never the rows (which would mean the session ran without the timeout)
+  local function slow_read()
+    local st, data = call(base, { view_name = "slow", conditions = { { operator = "eq", column = "id", value = 1 } } })
+    assert.is_true(st == 504 or st == 503, ("status %d: %s"):format(st, json.encode(data)))
+    if st == 504 then assert.equals("statement_timeout", data.code) end
+    return st
+  end
+
+  it("keeps the statement timeout on a reconnected session", function()
+    -- every connection a thread may use (4 per thread, 2 threads) in use once
+    local timeouts = 0
+    for _ = 1, 12 do
+      if slow_read() == 504 then timeouts = timeouts + 1 end
+      assert.equals(200, (call(base, { table_name = "fast" })))
+    end
+    assert.is_true(timeouts > 0)
+    -- the server ends the gateway's sessions
+    local mine = assert(db:query("SELECT pg_backend_pid() AS pid"))[1].pid
+    assert(db:query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'athena' " ..
+      "AND datname = current_database() AND pid <> ?", mine))
+    S.eventually(function()
+      return assert(db:query("SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'athena' " ..
+        "AND datname = current_database() AND pid <> ?", mine))[1].n == 0
+    end, 5000, "the gateway's sessions to end")
+    -- each connection finds out, connects again, and is set up again
+    timeouts = 0
+    for _ = 1, 24 do
+      if slow_read() == 504 then timeouts = timeouts + 1 end
+      local st = call(base, { table_name = "fast" })
+      assert.is_true(st == 200 or st == 503, "fast read: " .. st)
+    end
+    assert.is_true(timeouts >= 8, "timeouts after the reconnects: " .. timeouts)
+  end)
+end)
