@@ -15,6 +15,7 @@ typedef struct {
   ath_world_t* w; /* NULL once closed */
   int proxy;      /* a worker's view of its world: owns nothing */
   ath_buf_t scratch; /* encoding buffer reused by execute (owning thread) */
+  ath_store_provider_t* backend; /* athena.Backend's provider, or NULL */
 } lworld_t;
 
 typedef struct {
@@ -43,6 +44,9 @@ static int world_close(lua_State* L) {
     lath_progress_forget(w); /* l_ops.c: off the --progress line first */
     ath_world_free(w); /* drains running tasks (30 s), joins threads */
   }
+  if (!lw->proxy) /* after the world that used it */
+    lath_backend_free(lw->backend);
+  lw->backend = NULL;
   return 0;
 }
 
@@ -223,6 +227,14 @@ int lath_world_new(lua_State* L) {
   lworld_t* lw = lua_newuserdatauv(L, sizeof(*lw), 0);
   memset(lw, 0, sizeof(*lw));
   luaL_setmetatable(L, "athena.World");
+  if (lua_getfield(L, 1, "backend") == LUA_TTABLE) { /* athena.Backend's fields */
+    if ((lw->backend = lath_backend_provider(L, lua_gettop(L), cfg.memory_limit)) == NULL)
+      return luaL_error(L, "not enough memory");
+    cfg.store = lw->backend;
+    cfg.event_sink = lath_backend_sink(lw->backend);
+    cfg.authorizer = lath_backend_authorizer(lw->backend);
+  }
+  lua_pop(L, 1);
   char err[256];
   int rc = ath_world_new(&cfg, &lw->w, err, sizeof(err));
   if (rc != 0)
@@ -308,7 +320,9 @@ static int world_start(lua_State* L) {
   }
   ath_world_t* w = lw->w;
   /* the control state's package.path/cpath as they are now, for workers */
-  if (ath__world_set_paths(w, luaL_optstring(L, 2, NULL), luaL_optstring(L, 3, NULL)) != 0)
+  if (ath__world_set_paths(w, luaL_optstring(L, 2, NULL), luaL_optstring(L, 3, NULL)) != 0 ||
+      (lw->backend && lath_backend_paths(lw->backend, luaL_optstring(L, 2, NULL),
+                                         luaL_optstring(L, 3, NULL)) != 0))
     return luaL_error(L, "not enough memory");
   char err[768];
   int rc = ath_world_start(w, err, sizeof(err));

@@ -70,6 +70,19 @@ int lath_serve_auth(lua_State* L, int idx, struct ath_serve_opts_s* o);
 
 /* l_world.c --------------------------------------------------------------- */
 
+/* l_backend.c: athena.Backend as a store provider. Made from the table at
+ * idx ({module} or {persist, load} as bytecode, {config} as JSON; init.lua
+ * checked them); NULL when out of memory. Freed with lath_backend_free
+ * after the world that uses it. */
+ath_store_provider_t* lath_backend_provider(lua_State* L, int idx, size_t mem_limit);
+/* The package.path/cpath its state gets (at start, as workers). */
+int lath_backend_paths(ath_store_provider_t* p, const char* lua_path, const char* lua_cpath);
+/* Its authorizer (authorize), or NULL when it has none. */
+const ath_authorizer_t* lath_backend_authorizer(ath_store_provider_t* p);
+/* Its event sink (stream), or NULL when it has none. */
+const ath_event_sink_t* lath_backend_sink(ath_store_provider_t* p);
+void lath_backend_free(ath_store_provider_t* p);
+
 int lath_open_world(lua_State* L);  /* [-0, +0, m] registers the classes */
 int lath_world_new(lua_State* L);   /* core.newWorld(cfg) */
 /* [-0, +1, m] Pushes core.configMap: the world's options (config.c). */

@@ -1113,6 +1113,10 @@ int ath__gws_handle(ath_gws_t* s, ath_gwt_t* t, h2o_req_t* req) {
     }
     if (!(base.rights & ATH_GW_OP_BIT(base.op)))
       return answer_error(req, &base, 403, "forbidden", "this key may not use this operation", NULL, NULL);
+    char why[512];
+    if (!ath__http_authorize(s->w, req, "gateway", base.key ? base.key->name : NULL, base.ip,
+                             ath__gw_op_name(base.op), why, sizeof(why)))
+      return answer_error(req, &base, 403, "forbidden", why, NULL, NULL);
     if ((base.db = client_db(s, req, &base, base.key)) < 0)
       return 1;
     if (base.op != ATH_GW_FETCH && olen > 0 && !base.cors)

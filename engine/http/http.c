@@ -19,6 +19,7 @@
 #include <h2o.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 #include <fcntl.h>
 #include <sys/socket.h>
@@ -750,10 +751,51 @@ static int misdirected(h2o_req_t* req) {
                      "this server does not answer for that Host (allowedHosts)");
 }
 
-/* A key with `right` when the listener needs one (1), else answered (0). */
+int ath__http_authorize(ath_world_t* w, h2o_req_t* req, const char* surface, const char* key,
+                        const char* ip, const char* operation, char* why, size_t whylen) {
+  const ath_authorizer_t* a = w != NULL ? w->cfg.authorizer : NULL;
+  if (a == NULL || a->size < offsetof(ath_authorizer_t, authorize) + sizeof(a->authorize) ||
+      a->authorize == NULL)
+    return 1;
+  ath_auth_request_t r;
+  memset(&r, 0, sizeof(r));
+  r.surface = surface;
+  r.method = h2o_strdup(&req->pool, req->method.base, req->method.len).base;
+  r.path = h2o_strdup(&req->pool, req->path.base, req->path.len).base;
+  r.key = key;
+  r.ip = ip;
+  r.operation = operation;
+  why[0] = '\0';
+  int rc = a->authorize(a->ud, &r, why, whylen);
+  if (rc == 1)
+    return 1;
+  if (rc != 0) { /* fail closed */
+    char msg[300];
+    snprintf(msg, sizeof(msg), "authorization failed (%s): %s", ath_err_name(rc), why[0] ? why : "no reason given");
+    snprintf(why, whylen, "%s", msg);
+  } else if (why[0] == '\0') {
+    snprintf(why, whylen, "%s", "denied by the authorizer");
+  }
+  return 0;
+}
+
+/* The authorizer's word on an operations request that passed the keys
+ * (1), else answered 403 (0). */
+static int ops_authorize(ath_http_t* h, h2o_req_t* req, const char* key, unsigned right) {
+  char ip[64], why[512];
+  ath__gws_client_ip(h->gws, req, ip, sizeof(ip));
+  if (ath__http_authorize(h->w, req, "operations", key, ip, right == ATH_GWR_OPS_WRITE ? "write" : "read", why,
+                          sizeof(why)))
+    return 1;
+  respond_err(req, 403, "Forbidden", "forbidden", why);
+  return 0;
+}
+
+/* A key with `right` when the listener needs one, and the authorizer's
+ * yes (1), else answered (0). */
 static int ops_key(ath_http_t* h, h2o_req_t* req, unsigned right) {
   if (!h->need_key)
-    return 1;
+    return ops_authorize(h, req, NULL, right);
   int k = -1;
   int found = ath__gws_authenticate(h->o.keys, h->o.nkeys, req, &k);
   if (found <= 0) {
@@ -782,7 +824,7 @@ static int ops_key(ath_http_t* h, h2o_req_t* req, unsigned right) {
                 right == ATH_GWR_OPS_WRITE ? "this key lacks ops.write" : "this key lacks ops.read");
     return 0;
   }
-  return 1;
+  return ops_authorize(h, req, h->o.keys[k].name, right);
 }
 
 /* A mutation a browser could not have sent cross-site without a

@@ -80,6 +80,12 @@ void ath__http_stop(ath_http_t* h);
 /* Decodes %XX (and, with `plus`, '+' as a space) in s in place; writes a
  * NUL and returns the decoded length. */
 size_t ath__http_decode(char* s, size_t n, int plus);
+/* Asks w's authorizer (athena.h) about req after its key checks passed:
+ * 1 allowed (also without an authorizer), 0 denied with the reason in why
+ * (an authorizer error denies too). Thread: the request's. */
+struct st_h2o_req_t;
+int ath__http_authorize(ath_world_t* w, struct st_h2o_req_t* req, const char* surface, const char* key,
+                        const char* ip, const char* operation, char* why, size_t whylen);
 /* world:serve (o taken over, also on failure). */
 int ath__world_serve(ath_world_t* w, const char* host, int port, ath_serve_opts_t* o,
                      int* bound, char* err, size_t errlen);

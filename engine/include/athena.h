@@ -84,6 +84,9 @@ typedef struct ath_world_s ath_world_t;
 typedef struct ath_task_s ath_task_t;
 typedef struct ath_world_config_s ath_world_config_t;
 typedef struct ath_exec_opts_s ath_exec_opts_t;
+typedef struct ath_store_provider_s ath_store_provider_t;
+typedef struct ath_event_sink_s ath_event_sink_t;
+typedef struct ath_authorizer_s ath_authorizer_t;
 
 typedef enum {
   ATH_PENDING = 0,
@@ -166,6 +169,18 @@ struct ath_world_config_s {
   const char* lua_path;       /* package.path for workers, or NULL */
   const char* lua_cpath;      /* package.cpath for workers, or NULL */
   const char* database;       /* ctx.db's URL (sqlite:..., postgres://...), or NULL */
+  /* The persistence provider of file and hybrid persistence (the store
+   * section below); NULL: the built-in SQLite store. Borrowed: it must
+   * outlive the world. */
+  const ath_store_provider_t* store;
+  /* Where the events of SEMANTICS §15 go instead of a webhook URL (the
+   * event sink section below), or NULL. webhook_events filters them as it
+   * does webhooks. Borrowed: it must outlive the world. Exclusive with
+   * webhook_url. */
+  const ath_event_sink_t* event_sink;
+  /* The HTTP surface's last access decision (the authorizer section
+   * below), or NULL. Borrowed: it must outlive the world. */
+  const ath_authorizer_t* authorizer;
 };
 
 enum { ATH_PERSIST_MEMORY = 0, ATH_PERSIST_FILE, ATH_PERSIST_HYBRID };
@@ -476,6 +491,196 @@ typedef struct {
  * ATH_ENOMEM. */
 ATH_EXTERN int ath_world_schedules(ath_world_t* w, ath_schedule_info_t** out, size_t* n);
 ATH_EXTERN void ath_schedules_free(ath_schedule_info_t* s, size_t n);
+
+/* ---------------------------------------------------------- store providers */
+
+/* A persistence provider: where file and hybrid persistence keep the
+ * journal (SEMANTICS §13). The built-in SQLite store is one; a host passes
+ * its own as ath_world_config_t.store. The queue itself stays in the
+ * engine's memory: a provider journals what happens to it and gives it
+ * back at start; it does not claim or hand out tasks (the shared-queue
+ * operations are the PostgreSQL backend's, docs/backend-postgres.md).
+ * docs/c-api.md "Store providers" walks through one. */
+
+/* One task's stored state. Strings are borrowed for the call (persist) or
+ * the callback (load, get, query) they are passed to; JSON texts are not
+ * NUL-terminated (use the lengths). */
+typedef struct {
+  const char* id;
+  const char* name;         /* the activity */
+  const char* queue;        /* the task queue */
+  int status;               /* ath_status_t */
+  int attempt, max_attempts;
+  int strategy;             /* ath_strategy_t */
+  int priority, worker_id;
+  uint64_t seq;             /* creation number, unique and increasing: the key
+                             * a provider stores the task under (ids may repeat
+                             * once a task is purged) */
+  int64_t created_at, scheduled_at, ready_at, started_at, completed_at, last_hb;
+  const char* input;  size_t input_len;   /* JSON */
+  const char* result; size_t result_len;  /* JSON, NULL until terminal */
+  const char* error;  size_t error_len;   /* JSON error value, or NULL */
+  int keep_error;           /* persist: leave the stored error as it is (a
+                             * running task's worker owns it meanwhile) */
+  const char* hb;     size_t hb_len;      /* last heartbeat's details (JSON) or NULL */
+  const char* parent_id;    /* the owning workflow, or NULL */
+  /* load/get/query: a workflow's history, its events (JSON objects) each
+   * followed or separated by the byte ATH_STORE_EVENT_SEP; NULL: none. */
+  const char* history; size_t history_len;
+  /* persist: a workflow's new events, to store as its events number
+   * ev_from, ev_from + 1, ... (events are appended, never rewritten; one
+   * already stored under its number stays as it is). */
+  const char* const* events; const size_t* event_lens; size_t nevents;
+  uint32_t ev_from;
+  const char* call;   size_t call_len;    /* per-call limits (JSON), NULL: none */
+  int deleted;              /* persist: remove the task (seq) and its events */
+  int stored;               /* persist: an earlier persist wrote this task (an
+                             * update, not an insert; a hint: the row may be
+                             * gone, as after a restore from a backup) */
+} ath_store_task_t;
+
+#define ATH_STORE_EVENT_SEP '\x1e'
+
+/* One schedule's stored state (borrowed strings, as ath_store_task_t). */
+typedef struct {
+  const char* id;           /* the key */
+  const char* name;         /* the activity */
+  const char* input;  size_t input_len;
+  const char* cron;         /* NULL: a one-off at once_at */
+  int64_t once_at;
+  int local_tz, catch_up, overlap_skip, paused, has_priority, priority, strategy;
+  const char* queue;        /* NULL: the definition's */
+  int64_t next_ms, last_ms, total, skipped;
+  int deleted;              /* persist: remove the schedule */
+} ath_store_schedule_t;
+
+/* Callbacks a provider calls with each row; a non-zero return stops the
+ * read, and the provider returns that code. */
+typedef int (*ath_store_task_cb)(void* cbud, const ath_store_task_t* row);
+typedef int (*ath_store_schedule_cb)(void* cbud, const ath_store_schedule_t* row);
+
+/* A read of stored tasks (query). */
+typedef struct {
+  unsigned status_mask;  /* 1 << ath_status_t of the statuses wanted; 0: any */
+  const char* name;      /* exact activity name, or NULL */
+  const char* parent_id; /* owning workflow, or NULL */
+  int64_t since, until;  /* bounds on created_at (inclusive), 0: none */
+  int64_t limit;
+  int by_seq;            /* 1: creation order; 0: newest first (created_at
+                          * descending, then id) */
+  uint64_t after_seq;    /* by_seq: only tasks created after this one; 0: any */
+} ath_store_query_t;
+
+/* The provider. Fill with zeros, set `size` to sizeof(ath_store_provider_t)
+ * (the ABI: fields added later go at the end, and the engine reads only
+ * the fields a provider's size covers), then the functions. Errors: return
+ * an ATH_E* code with a message in err[0..errlen). open, load and close run
+ * on the thread that starts the world; persist, prune, probe and reopen on
+ * the store thread, one call at a time. */
+struct ath_store_provider_s {
+  size_t size;
+  const char* name;           /* for logs: "sqlite" */
+  void* ud;                   /* passed to open */
+  /* Opens the store for a world whose persistencePath is `dir` (the engine
+   * has created it and holds its lock file) and sets *store, the handle
+   * every other call gets. Required. */
+  int (*open)(void* ud, const char* dir, void** store, char* err, size_t errlen);
+  /* Recovery at start: calls task_cb for every stored task in creation
+   * (seq) order, then sched_cb for every stored schedule. Tasks that are
+   * terminal may be left out (they are not recovered into RAM). Returning
+   * an error fails ath_world_start with it. Required. */
+  int (*load)(void* store, ath_store_task_cb task_cb, ath_store_schedule_cb sched_cb, void* cbud,
+              char* err, size_t errlen);
+  /* Writes one group commit, all or nothing: tasks[0..n) (a row replaces
+   * the stored row of its seq, or deletes it) and schedules[0..sn) (by
+   * id). Returns once the group is durable. On failure nothing of the
+   * group may count as stored; the engine degrades (/healthz answers 503,
+   * execute answers the code) and calls persist again with the group every
+   * 100 ms until it succeeds. ATH_ENOSPC: the disk is full; ATH_EIO: a
+   * write or sync failed and the store may not hold what the provider
+   * believes (reopen is called before the next persist); any other code:
+   * retried the same way. Required. */
+  int (*persist)(void* store, const ath_store_task_t* tasks, size_t n,
+                 const ath_store_schedule_t* schedules, size_t sn, char* err, size_t errlen);
+  /* Closes the store (after the final persist). Required. */
+  void (*close)(void* store);
+  /* Optional (NULL: nothing is pruned). Deletes terminal tasks, except
+   * quarantined ones, completed before `before_ms` (retention). */
+  int (*prune)(void* store, int64_t before_ms, char* err, size_t errlen);
+  /* Optional, both or neither. Reads of committed state, from any thread,
+   * concurrently with persist and each other. With them a terminal task
+   * leaves RAM once committed and is read back from the store; without
+   * them terminal tasks stay in RAM up to retain_terminal, as in memory
+   * mode. They serve tasks that left RAM, which are finished: they need
+   * to see finished rows only. get calls cb with finished task `id`'s row
+   * (the newest by seq) or returns ATH_ENOTFOUND; query calls cb for the
+   * finished rows matching q, in its order, at most q->limit. */
+  int (*get)(void* store, const char* id, ath_store_task_cb cb, void* cbud, char* err,
+             size_t errlen);
+  int (*query)(void* store, const ath_store_query_t* q, ath_store_task_cb cb, void* cbud,
+               char* err, size_t errlen);
+  /* Optional (NULL: a persist of nothing). Whether a degraded store takes
+   * writes again, when nothing is queued to retry. */
+  int (*probe)(void* store, char* err, size_t errlen);
+  /* Optional (NULL: nothing to do). After ATH_EIO, before the next
+   * persist: drop caches and connections and verify the store. ATH_ESTORE
+   * means it is broken: the world then takes no more writes until
+   * restarted; other codes are retried. */
+  int (*reopen)(void* store, char* err, size_t errlen);
+};
+
+/* The built-in SQLite store (<persistencePath>/athena.db), the default. */
+ATH_EXTERN const ath_store_provider_t* ath_sqlite_store(void);
+
+/* -------------------------------------------------------------- event sinks */
+
+/* An event sink receives the events webhooks POST (SEMANTICS §15:
+ * task.completed, task.failed, task.retrying, task.quarantined,
+ * task.cancelled, schedule.fired, worker.lost), each as the webhook's JSON
+ * body {"id","event","at","data"}, on a thread of its own (the event
+ * thread), one event at a time. The engine never waits for it: events
+ * queue in a bounded outbox (10,000; past it the oldest is dropped and
+ * counted). An event that fails is tried again after 1 s, 2 s, 4 s and
+ * 8 s, then dropped with a warning in the log; order is not guaranteed.
+ * Fill with zeros, then set size = sizeof(ath_event_sink_t). */
+struct ath_event_sink_s {
+  size_t size;
+  void* ud;
+  /* Delivers one event (json[0..len), NUL-terminated). Returns 0, or an
+   * ATH_E* code with a message in err: the event is retried. NULL when
+   * the world starts: no events are made. */
+  int (*deliver)(void* ud, const char* json, size_t len, char* err, size_t errlen);
+  /* Optional: called on the event thread after its last delivery. */
+  void (*close)(void* ud);
+};
+
+/* -------------------------------------------------------------- authorizers */
+
+/* One request to the HTTP surface, as an authorizer sees it. Strings are
+ * NUL-terminated and borrowed for the call. */
+typedef struct {
+  const char* surface;   /* "gateway" or "operations" */
+  const char* method;    /* "GET", "POST", ... */
+  const char* path;      /* as sent, with its query string */
+  const char* key;       /* the name of the key presented, or NULL (none needed) */
+  const char* ip;        /* the client's address (trusted proxies applied) */
+  const char* operation; /* gateway: "fetch", "insert", "update", "delete", ...;
+                          * operations: "read" or "write" */
+} ath_auth_request_t;
+
+/* An authorizer decides, after the key checks passed, whether a request
+ * to the gateway's routes or the operations surface (/metrics and /api/...) is
+ * served; /healthz and the dashboard page (which holds no data) are not
+ * asked about. It can only deny further. It runs on the HTTP thread that
+ * serves the request, possibly on several at once, and that thread waits
+ * for it: keep it fast. Fill with zeros, then set size. */
+struct ath_authorizer_s {
+  size_t size;  /* sizeof(ath_authorizer_t) */
+  void* ud;
+  /* Returns 1: allowed; 0: denied (403, the reason in why); anything else
+   * is an error, and the request is denied too (fail closed). */
+  int (*authorize)(void* ud, const ath_auth_request_t* r, char* why, size_t whylen);
+};
 
 /* ----------------------------------------------------------------- metrics */
 

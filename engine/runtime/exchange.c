@@ -26,7 +26,8 @@ int ath__pick_sleepers(ath_world_t* w, ath_queue_t* q, int64_t n,
   for (int pass = 0; pass < 2; pass++) {
     for (int i = 0; i < w->nworkers && k < cap && k < n; i++) {
       ath_worker_t* wk = w->workers[i];
-      if (wk->queue == q && wk->wants_work && (pass == 1 || wk->running == 0)) {
+      if (wk->queue == q && wk->wants_work && wk->state != ATH_WK_STOPPED &&
+          (pass == 1 || wk->running == 0)) {
         wk->wants_work = 0;
         atomic_fetch_add_explicit(&wk->wakes_held, 1, memory_order_relaxed);
         out[k++] = wk;
@@ -59,7 +60,7 @@ int ath__add_wake(ath_worker_t** wake, int nwake, ath_worker_t* wk) {
   for (int i = 0; i < nwake; i++)
     if (wake[i] == wk)
       return nwake;
-  if (nwake < MAX_WORKERS) {
+  if (nwake < MAX_WORKERS && wk->state != ATH_WK_STOPPED) { /* its loop may be closed */
     atomic_fetch_add_explicit(&wk->wakes_held, 1, memory_order_relaxed);
     wake[nwake++] = wk;
   }

@@ -29,7 +29,7 @@ typedef struct ath_worker_s ath_worker_t;
 typedef struct ath_slot_s ath_slot_t;
 typedef struct ath_waiter_s ath_waiter_t;
 typedef struct ath_store_s ath_store_t;
-typedef struct ath_store_vt_s ath_store_vt_t;
+typedef struct ath_store_provider_s ath_store_vt_t; /* athena.h: ath_store_provider_t */
 typedef struct ath_sched_s ath_sched_t;
 typedef struct ath_http_s ath_http_t;
 typedef struct ath_hook_s ath_hook_t;
@@ -133,7 +133,7 @@ typedef struct {
  * ath__wf_events_join returns "[e1,e2,...]" (malloc'd, NULL when out of
  * memory); ath__wf_load parses events separated by ATH_WFEV_SEP (a
  * stored history) into a new workflow's list. */
-#define ATH_WFEV_SEP '\x1e' /* never in JSON text: controls are escaped */
+#define ATH_WFEV_SEP ATH_STORE_EVENT_SEP /* never in JSON text: controls are escaped */
 ath_wfev_t* ath__wfev_new(const char* json, size_t len);
 void ath__wfev_retain(ath_wfev_t* e);
 void ath__wfev_release(ath_wfev_t* e);
@@ -795,10 +795,11 @@ enum {
   ATH_EV_TASK_COMPLETED = 0, ATH_EV_TASK_FAILED, ATH_EV_TASK_RETRYING, ATH_EV_TASK_QUARANTINED,
   ATH_EV_TASK_CANCELLED, ATH_EV_SCHEDULE_FIRED, ATH_EV_WORKER_LOST, ATH_EV_COUNT
 };
-/* Starts the delivery thread for `url` and the events in `mask` (bit per
- * ATH_EV_*). Returns 0 or ATH_ENOMEM with err set. */
-int ath__hook_start(const char* url, unsigned mask, ath_log_t* log, ath_hook_t** out, char* err,
-                    size_t errlen);
+/* Starts the delivery thread for `url` (or `sink`, when not NULL) and the
+ * events in `mask` (bit per ATH_EV_*). Returns 0 or ATH_ENOMEM with err
+ * set. */
+int ath__hook_start(const char* url, const ath_event_sink_t* sink, unsigned mask, ath_log_t* log,
+                    ath_hook_t** out, char* err, size_t errlen);
 /* Queues an event with `data` (JSON, copied). Never blocks on I/O; drops
  * the oldest event past the outbox bound. Thread: any (h may be NULL). */
 void ath__hook_emit(ath_hook_t* h, int kind, int64_t at, const char* data, size_t len);

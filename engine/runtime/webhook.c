@@ -1,12 +1,14 @@
 /* Webhooks of the LocalBackend (SEMANTICS §15): events POSTed as JSON to a
  * URL by a thread of their own with libcurl, so a slow or dead endpoint
- * never blocks or fails the engine.
+ * never blocks or fails the engine. An event sink (athena.h) takes the
+ * URL's place: the same events, outbox and retries, delivered by a call.
  *
  * The outbox is in memory and bounded: past ATH_HOOK_MAX events the oldest
  * is dropped and counted. A delivery is a 2xx answer within 10 s; a failed
  * one is tried again after 1 s, 2 s, 4 s, 8 s (five attempts in all), then
  * dropped with a warning. Order is not guaranteed. */
 #include <curl/curl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,7 +44,8 @@ struct ath_event_s {
 };
 
 struct ath_hook_s {
-  char* url;
+  char* url;             /* or NULL: the sink */
+  const ath_event_sink_t* sink;
   unsigned mask;         /* bit per ATH_EV_* */
   uv_mutex_t lock;
   uv_cond_t cond;
@@ -240,7 +243,7 @@ static int deliver(CURL* c, const char* url, ath_event_t* e) {
 
 static void hook_main(void* arg) {
   ath_hook_t* h = arg;
-  CURL* c = curl_easy_init();
+  CURL* c = h->url != NULL ? curl_easy_init() : NULL;
   uv_mutex_lock(&h->lock);
   for (;;) {
     /* the first event due now, or how long until one is */
@@ -281,15 +284,17 @@ static void hook_main(void* arg) {
       ath_task_release(e->task);
       e->task = NULL;
     }
-    int ok = c != NULL && deliver(c, h->url, e);
+    char why[256] = "";
+    int ok = h->sink != NULL ? h->sink->deliver(h->sink->ud, e->body, e->len, why, sizeof(why)) == 0
+                             : c != NULL && deliver(c, h->url, e);
     e->attempts++;
     if (ok) {
       atomic_fetch_add(&h->delivered, 1);
       event_free(e);
     } else if (e->attempts >= ATH_HOOK_ATTEMPTS) {
-      char msg[160];
-      snprintf(msg, sizeof(msg), "webhook %s (%s) dropped after %d attempts", e->id, event_names[e->kind],
-               e->attempts);
+      char msg[400];
+      snprintf(msg, sizeof(msg), "%s %s (%s) dropped after %d attempts%s%s", h->sink ? "event" : "webhook",
+               e->id, event_names[e->kind], e->attempts, why[0] ? ": " : "", why);
       ath__log_write(h->log, ATH_LOG_WARN, msg, NULL, 0);
       atomic_fetch_add(&h->dropped, 1);
       event_free(e);
@@ -305,21 +310,27 @@ static void hook_main(void* arg) {
   uv_mutex_unlock(&h->lock);
   if (c)
     curl_easy_cleanup(c);
+  if (h->sink != NULL && h->sink->size >= offsetof(ath_event_sink_t, close) + sizeof(h->sink->close) &&
+      h->sink->close != NULL)
+    h->sink->close(h->sink->ud);
 }
 
 static void curl_init_once(void) {
   curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-int ath__hook_start(const char* url, unsigned mask, ath_log_t* log, ath_hook_t** out, char* err,
-                    size_t errlen) {
+int ath__hook_start(const char* url, const ath_event_sink_t* sink, unsigned mask, ath_log_t* log,
+                    ath_hook_t** out, char* err, size_t errlen) {
   static uv_once_t once = UV_ONCE_INIT;
   uv_once(&once, curl_init_once);
   ath_hook_t* h = calloc(1, sizeof(*h));
-  if (h == NULL || (h->url = strdup(url)) == NULL) {
+  if (sink != NULL)
+    url = NULL;
+  if (h == NULL || (url != NULL && (h->url = strdup(url)) == NULL)) {
     free(h);
     return ATH_ENOMEM;
   }
+  h->sink = sink;
   h->mask = mask;
   h->log = log;
   uv_mutex_init(&h->lock);
@@ -355,7 +366,7 @@ void ath__hook_stop(ath_hook_t* h) {
   }
   if (left > 0) {
     char msg[96];
-    snprintf(msg, sizeof(msg), "%d webhook events undelivered at shutdown", left);
+    snprintf(msg, sizeof(msg), "%d %s events undelivered at shutdown", left, h->sink ? "event-sink" : "webhook");
     ath__log_write(h->log, ATH_LOG_WARN, msg, NULL, 0);
   }
   uv_mutex_destroy(&h->lock);

@@ -1659,6 +1659,10 @@ void ath__worker_join(ath_worker_t* wk) {
   if (!wk->joined)
     uv_thread_join(&wk->thread);
   wk->joined = 1;
+  /* Stopped, it is collected for no more wakes (ath__add_wake); one
+   * collected before may still be on its way to the loop's async fd. */
+  while (atomic_load_explicit(&wk->wakes_held, memory_order_acquire) != 0)
+    uv_sleep(0);
   if (!wk->loop_closed)
     uv_loop_close(&wk->loop);
   wk->loop_closed = 1;

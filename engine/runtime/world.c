@@ -11,6 +11,7 @@
  * ended and claiming new tasks in the same critical section, so the lock is
  * taken per batch, not per task. The lock is never held across Lua calls. */
 #include <errno.h>
+#include <stddef.h>
 #include <math.h>
 #include <stdarg.h>
 #include <signal.h>
@@ -115,6 +116,15 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   }
   if (cfg->database && ath__db_url_kind(cfg->database) == 0) {
     ath__set_err(err, errlen, "%s", "invalid database (sqlite:<path> or postgres://...)");
+    return ATH_EINVAL;
+  }
+  if (cfg->event_sink && cfg->webhook_url) {
+    ath__set_err(err, errlen, "%s", "webhook_url and event_sink are exclusive");
+    return ATH_EINVAL;
+  }
+  char serr[256];
+  if (ath__store_check(cfg, serr, sizeof(serr)) != 0) {
+    ath__set_err(err, errlen, "%s", serr);
     return ATH_EINVAL;
   }
   ath_world_t* w = calloc(1, sizeof(*w));
@@ -314,7 +324,8 @@ void ath__table_unlink(ath_world_t* w, ath_task_t* t) {
  * task whose final state is committed (no newer change pending). */
 ath_task_t* ath__world_term_trim(ath_world_t* w) {
   ath_task_t* dead = NULL;
-  int memory = w->cfg.persistence == ATH_PERSIST_MEMORY;
+  /* a store without reads (get/query) keeps them as memory mode does */
+  int memory = w->cfg.persistence == ATH_PERSIST_MEMORY || w->reads == NULL;
   for (ath_task_t* t = w->term.head; t != NULL; t = w->term.head) {
     if (memory ? w->nterm <= w->cfg.retain_terminal
                : w->reads == NULL || t->dirty || t->dirty_gen > w->committed_gen)
@@ -1088,8 +1099,12 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
   w->scale_timer.data = w->monitor_timer.data = w;
   /* Recovery first: the workers then start with the recovered queue. */
   rc = ath__store_start(w, err, errlen);
-  if (rc == 0 && w->cfg.webhook_url != NULL)
-    rc = ath__hook_start(w->cfg.webhook_url,
+  const ath_event_sink_t* sink = w->cfg.event_sink; /* deliver read now */
+  if (sink != NULL && (sink->size < offsetof(ath_event_sink_t, deliver) + sizeof(sink->deliver) ||
+                       sink->deliver == NULL))
+    sink = NULL;
+  if (rc == 0 && (w->cfg.webhook_url != NULL || sink != NULL))
+    rc = ath__hook_start(w->cfg.webhook_url, sink,
                          w->cfg.webhook_events ? w->cfg.webhook_events : (1u << ATH_EV_COUNT) - 1, w->log,
                          &w->hook, err, errlen);
   for (int i = 0; i < w->nqueues && rc == 0; i++) {

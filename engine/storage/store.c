@@ -15,6 +15,7 @@
  * After an I/O error the provider reopens and verifies the file first
  * (docs/lua-api.md "When the disk fails"). */
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -222,8 +223,9 @@ void ath__store_throttle(ath_world_t* w) {
 /* Snapshots t into r (lock held). Copies what another thread may change or
  * free later (error, heartbeat); input never changes and a result never
  * changes once written. Returns 0 or ATH_ENOMEM. */
-static int snapshot(ath_task_t* t, ath_row_t* r) {
+static int snapshot(ath_task_t* t, ath_row_t* r, ath_wfev_t*** held) {
   memset(r, 0, sizeof(*r));
+  *held = NULL;
   r->id = t->id;
   r->name = t->def->name;
   r->queue = t->queue->name;
@@ -267,8 +269,22 @@ static int snapshot(ath_task_t* t, ath_row_t* r) {
   }
   if (t->wf != NULL && t->wf->stored_n < t->wf->nev) { /* only the new events, by reference */
     r->ev_from = t->wf->stored_n;
-    if ((r->events = ath__wf_events_from(t->wf, r->ev_from, &r->nevents)) == NULL)
+    if ((*held = ath__wf_events_from(t->wf, r->ev_from, &r->nevents)) == NULL)
       goto nomem;
+    /* the provider's view: texts and lengths, in one block */
+    const char** texts = malloc(r->nevents * (sizeof(*texts) + sizeof(size_t)));
+    if (texts == NULL) {
+      ath__wfev_release_all(*held, r->nevents);
+      *held = NULL;
+      goto nomem;
+    }
+    size_t* lens = (size_t*)(texts + r->nevents);
+    for (size_t i = 0; i < r->nevents; i++) {
+      texts[i] = (*held)[i]->json;
+      lens[i] = (*held)[i]->len;
+    }
+    r->events = texts;
+    r->event_lens = lens;
     t->wf->stored_n = t->wf->nev;
   }
   return 0;
@@ -276,7 +292,16 @@ nomem:
   free((char*)r->error);
   free((char*)r->hb);
   r->error = r->hb = NULL;
+  r->nevents = 0;
   return ATH_ENOMEM;
+}
+
+/* Frees what snapshot made for r. */
+static void row_free(ath_row_t* r, ath_wfev_t** held) {
+  free((char*)r->error);
+  free((char*)r->hb);
+  free((void*)r->events);
+  ath__wfev_release_all(held, r->nevents);
 }
 
 /* How long a degraded store waits between attempts to commit again. */
@@ -323,7 +348,7 @@ static int store_heal(ath_world_t* w, int* reopen, int* reopened, int* broken, c
                       size_t errlen) {
   if (!*reopen)
     return 0;
-  int rc = w->svt->reopen(w->store, err, errlen);
+  int rc = ATH_STORE_HAS(w->svt, reopen) ? w->svt->reopen(w->store, err, errlen) : 0;
   if (rc == 0) {
     *reopen = 0;
     *reopened = 1;
@@ -362,7 +387,7 @@ static void store_main(void* arg) {
       int64_t before = w->prune_before;
       w->prune_before = 0;
       uv_mutex_unlock(&w->lock);
-      if (w->svt->prune(w->store, before, err, sizeof(err)) != 0)
+      if (ATH_STORE_HAS(w->svt, prune) && w->svt->prune(w->store, before, err, sizeof(err)) != 0)
         ath__logf(w, ATH_LOG_WARN, NULL, 0, "store retention pass failed: %s", err);
       uv_mutex_lock(&w->lock);
     }
@@ -376,7 +401,8 @@ static void store_main(void* arg) {
         uv_mutex_unlock(&w->lock);
         int rc = store_heal(w, &reopen, &reopened, &broken, err, sizeof(err));
         if (rc == 0)
-          rc = w->svt->probe(w->store, err, sizeof(err));
+          rc = ATH_STORE_HAS(w->svt, probe) ? w->svt->probe(w->store, err, sizeof(err))
+                                            : w->svt->persist(w->store, NULL, 0, NULL, 0, err, sizeof(err));
         if (rc == ATH_EIO)
           reopen = 1;
         uv_mutex_lock(&w->lock);
@@ -407,11 +433,12 @@ static void store_main(void* arg) {
     w->nsdirty = w->sdirty_cap = 0;
     uint64_t gen = w->gen++;
     ath_row_t* rows = malloc((n ? n : 1) * sizeof(*rows));
+    ath_wfev_t*** held = malloc((n ? n : 1) * sizeof(*held));
     ath_srow_t* srows = calloc(sn ? sn : 1, sizeof(*srows));
-    int rc = rows && srows ? 0 : ATH_ENOMEM;
+    int rc = rows && held && srows ? 0 : ATH_ENOMEM;
     size_t made = 0, smade = 0;
     for (; rc == 0 && made < n; made++)
-      rc = snapshot(batch[made], &rows[made]);
+      rc = snapshot(batch[made], &rows[made], &held[made]);
     for (; rc == 0 && smade < sn; smade++)
       rc = sched_snapshot(sbatch[smade], &srows[smade]);
     for (size_t i = 0; i < n; i++)
@@ -426,17 +453,15 @@ static void store_main(void* arg) {
     if (rc == 0)
       rc = store_heal(w, &reopen, &reopened, &broken, err, sizeof(err));
     if (rc == 0)
-      rc = w->svt->write(w->store, rows, n, srows, sn, err, sizeof(err));
+      rc = w->svt->persist(w->store, rows, n, srows, sn, err, sizeof(err));
     if (rc == ATH_EIO)
       reopen = 1; /* the file may not hold what the connection believes */
-    for (size_t i = 0; i < made; i++) {
-      free((char*)rows[i].error);
-      free((char*)rows[i].hb);
-      ath__wfev_release_all(rows[i].events, rows[i].nevents);
-    }
+    for (size_t i = 0; i < made; i++)
+      row_free(&rows[i], held[i]);
     for (size_t i = 0; i < sn && srows; i++)
       srow_free(&srows[i]);
     free(rows);
+    free(held);
     free(srows);
     uv_mutex_lock(&w->lock);
     if (rc != 0) {
@@ -520,6 +545,54 @@ static void drop_lock(ath_world_t* w) {
   }
 }
 
+int ath__store_check(const ath_world_config_t* cfg, char* err, size_t errlen) {
+  const ath_store_provider_t* p = cfg->store;
+  if (p == NULL)
+    return 0;
+  const char* why = NULL;
+  if (p->size < offsetof(ath_store_provider_t, close) + sizeof(p->close))
+    why = "its size is smaller than the fields every provider has (set size = sizeof(ath_store_provider_t))";
+  else if (!p->open || !p->load || !p->persist || !p->close)
+    why = "open, load, persist and close are required";
+  else if (ATH_STORE_HAS(p, get) != ATH_STORE_HAS(p, query))
+    why = "get and query go together (both or neither)";
+  else if (cfg->persistence == ATH_PERSIST_MEMORY)
+    why = "memory persistence keeps no journal (use file or hybrid)";
+  if (why == NULL)
+    return 0;
+  snprintf(err, errlen, "invalid store provider %s: %s", p->name ? p->name : "(unnamed)", why);
+  return ATH_EINVAL;
+}
+
+/* Recovery's checks on what a provider gives back, before it rebuilds a
+ * task or schedule: the fields recovery reads must be there and in range. */
+typedef struct {
+  ath_world_t* w;
+  char* err;
+  size_t errlen;
+} recovery_t;
+
+static int recover_task(void* ud, const ath_row_t* r) {
+  recovery_t* rc = ud;
+  if (r->id == NULL || r->name == NULL || r->queue == NULL || r->input == NULL ||
+      r->status < ATH_PENDING || r->status > ATH_COMPENSATED) {
+    snprintf(rc->err, rc->errlen, "store provider %s: a loaded task lacks its id, name, queue or "
+             "input, or has no valid status (%d)", rc->w->svt->name ? rc->w->svt->name : "", r->status);
+    return ATH_ESTORE;
+  }
+  return ath__world_recover_row(rc->w, r);
+}
+
+static int recover_sched(void* ud, const ath_srow_t* r) {
+  recovery_t* rc = ud;
+  if (r->id == NULL || r->name == NULL || r->input == NULL) {
+    snprintf(rc->err, rc->errlen, "store provider %s: a loaded schedule lacks its id, name or input",
+             rc->w->svt->name ? rc->w->svt->name : "");
+    return ATH_ESTORE;
+  }
+  return ath__sched_recover_row(rc->w, r);
+}
+
 int ath__store_start(ath_world_t* w, char* err, size_t errlen) {
   w->lockfd = -1;
   if (w->cfg.persistence == ATH_PERSIST_MEMORY)
@@ -531,15 +604,15 @@ int ath__store_start(ath_world_t* w, char* err, size_t errlen) {
    * which widens the window between a change and its commit. */
   const char* delay = getenv("ATHENA_TEST_COMMIT_DELAY_MS");
   w->commit_delay_ms = delay ? atoi(delay) : 0;
-  w->svt = &ath__sqlite_store;
-  ath_store_t* st = NULL;
-  /* synchronous=FULL in both modes: each commit syncs the WAL, so a power
-   * cut costs hybrid no more than a crash does (its last flushInterval);
-   * with NORMAL it lost every commit since the last checkpoint. Hybrid
-   * commits at most every flushInterval, so that is one fsync per
-   * interval, off the producers' path. */
-  rc = w->svt->open(w->cfg.persistence_path, 1, &st, err, errlen);
-  if (rc == 0)
+  w->svt = w->cfg.store != NULL ? w->cfg.store : &ath__sqlite_store;
+  void* st = NULL;
+  err[0] = '\0';
+  rc = w->svt->open(w->svt->ud, w->cfg.persistence_path, &st, err, errlen);
+  if (rc == 0 && st == NULL) {
+    snprintf(err, errlen, "store provider %s: open returned no store", w->svt->name ? w->svt->name : "");
+    rc = ATH_ESTORE;
+  }
+  if (rc == 0 && ATH_STORE_HAS(w->svt, prune))
     rc = w->svt->prune(st, ath__wall(w) - w->cfg.retention_ms, err, errlen);
   if (rc == 0) {
     uv_cond_init(&w->store_cond);
@@ -547,10 +620,10 @@ int ath__store_start(ath_world_t* w, char* err, size_t errlen) {
     w->committed_gen = 0;
     w->store_ok = 1;
     w->store = st; /* from here on, changes are marked; recovery marks some */
-    w->reads = st; /* and finished tasks are read back from it */
-    rc = w->svt->load(st, ath__world_recover_row, w, err, errlen);
-    if (rc == 0)
-      rc = w->svt->load_schedules(st, ath__sched_recover_row, w, err, errlen);
+    /* and finished tasks are read back from it, when it can */
+    w->reads = ATH_STORE_HAS(w->svt, get) ? st : NULL;
+    recovery_t rec = { w, err, errlen };
+    rc = w->svt->load(st, recover_task, recover_sched, &rec, err, errlen);
     int trc = rc == 0 ? uv_thread_create(&w->store_thread, store_main, w) : 0;
     if (trc != 0) {
       snprintf(err, errlen, "cannot start the store thread: %s", uv_strerror(trc));
@@ -562,6 +635,9 @@ int ath__store_start(ath_world_t* w, char* err, size_t errlen) {
     }
   }
   if (rc != 0) {
+    if (err[0] == '\0')
+      snprintf(err, errlen, "store provider %s failed to open or load (%s)",
+               w->svt->name ? w->svt->name : "", ath_err_name(rc));
     if (st != NULL)
       w->svt->close(st);
     drop_lock(w);
@@ -594,6 +670,7 @@ void ath__store_stop(ath_world_t* w) {
   free(w->sdirty);
   w->sdirty = NULL;
   w->nsdirty = w->sdirty_cap = 0;
+  ath_store_t* st = w->store;
   w->store = NULL; /* no more writes; reads go on until the world is freed */
   while (w->commit_waiters != NULL) { /* their workers have stopped */
     ath_waiter_t* wt = w->commit_waiters;
@@ -603,6 +680,8 @@ void ath__store_stop(ath_world_t* w) {
   uv_cond_broadcast(&w->cond);
   uv_mutex_unlock(&w->lock);
   uv_cond_destroy(&w->store_cond);
+  if (st != w->reads) /* a provider without reads: nothing reads it later */
+    w->svt->close(st);
   drop_lock(w);
 }
 

@@ -8,101 +8,23 @@
 
 /* store.c, store_sqlite.c: persistence (SEMANTICS §13) -------------------- */
 
-/* One schedule's stored state (borrowed strings, like ath_row_t). */
-typedef struct {
-  const char* id;
-  const char* name;
-  const char* input;  size_t input_len;
-  const char* cron;   /* NULL: a one-off */
-  int64_t once_at;
-  int local_tz, catch_up, overlap_skip, paused, has_priority, priority, strategy;
-  const char* queue;  /* NULL: the definition's */
-  int64_t next_ms, last_ms, total, skipped;
-  int deleted;
-} ath_srow_t;
-typedef int (*ath_srow_cb)(void* ud, const ath_srow_t* row);
-
-/* One task's stored state. Strings are borrowed for the call they are
- * passed to (write) or the callback (load). */
-typedef struct {
-  const char* id;
-  const char* name;
-  const char* queue;
-  int status, attempt, max_attempts, strategy, priority, worker_id;
-  uint64_t seq;
-  int64_t created_at, scheduled_at, ready_at, started_at, completed_at, last_hb;
-  const char* input;  size_t input_len;
-  const char* result; size_t result_len;
-  const char* error;  size_t error_len;
-  int keep_error;     /* write: leave the stored error as it is (running) */
-  const char* hb;     size_t hb_len;
-  const char* parent_id;                 /* NULL: none */
-  const char* history; size_t history_len; /* read: a workflow's events separated by ATH_WFEV_SEP */
-  ath_wfev_t** events; size_t nevents;   /* write: events to append, numbered from ev_from */
-  uint32_t ev_from;
-  const char* call;   size_t call_len;   /* per-call limits (JSON), NULL: none */
-  int deleted;        /* write: delete the row (purge, retention) */
-  int stored;         /* write: a commit wrote the row before (load: 1) */
-} ath_row_t;
-
-typedef int (*ath_row_cb)(void* ud, const ath_row_t* row);
-
-/* A read of stored tasks (ath_store_vt_t.query). */
-typedef struct {
-  unsigned status_mask;  /* 1 << ATH_* of the statuses wanted; 0: any */
-  const char* name;      /* exact activity name, or NULL */
-  const char* parent_id; /* owning workflow, or NULL */
-  int64_t since, until;  /* bounds on created_at, 0: none */
-  int64_t limit;
-  int by_seq;            /* 1: creation order; 0: newest first (created_at
-                          * descending, then id) */
-  uint64_t after_seq;    /* by_seq: only tasks created after this one; 0: any */
-} ath_store_query_t;
-
-/* A persistence provider: the Backend vtable of DESIGN §4. Every function
- * runs on one thread at a time (start() on the world's thread, then only
- * the store thread). Errors are ATH_ESTORE (message in err) or ATH_EINVAL
- * (a database newer than this build, or not an Athena database); writes
- * also fail with ATH_ENOSPC (the disk is full) or ATH_EIO (a read, write or
- * fsync failed, or the file reads back corrupt: it may not hold what the
- * connection believes, so the store thread calls reopen before it trusts it
- * again). */
-struct ath_store_vt_s {
-  const char* name;
-  /* Opens (creating and migrating) the store in directory `dir`. */
-  int (*open)(const char* dir, int full_sync, ath_store_t** out, char* err, size_t errlen);
-  /* Calls cb for every stored task in creation order; stops at cb's error. */
-  int (*load)(ath_store_t* s, ath_row_cb cb, void* ud, char* err, size_t errlen);
-  /* Calls cb for every stored schedule. */
-  int (*load_schedules)(ath_store_t* s, ath_srow_cb cb, void* ud, char* err, size_t errlen);
-  /* Writes task and schedule rows in one transaction: all or nothing. */
-  int (*write)(ath_store_t* s, const ath_row_t* rows, size_t n, const ath_srow_t* srows,
-               size_t sn, char* err, size_t errlen);
-  /* Deletes terminal tasks except quarantined ones completed before. */
-  int (*prune)(ath_store_t* s, int64_t before_ms, char* err, size_t errlen);
-  void (*close)(ath_store_t* s);
-  /* Reads, from any thread, concurrently with the writer and each other
-   * (each on a connection of its own): what is committed. */
-  /* Reads serve tasks that left RAM, which are finished: they see finished
-   * rows only (a live task is in RAM). */
-  /* Calls cb with finished task `id`'s row; ATH_ENOTFOUND when there is none. */
-  int (*get)(ath_store_t* s, const char* id, ath_row_cb cb, void* ud, char* err, size_t errlen);
-  /* Calls cb for the rows that match `q`, in its order, at most q->limit. */
-  int (*query)(ath_store_t* s, const ath_store_query_t* q, ath_row_cb cb, void* ud, char* err,
-               size_t errlen);
-  /* Commits a transaction that writes without changing anything: whether
-   * the store takes writes again (a degraded store with nothing queued). */
-  int (*probe)(ath_store_t* s, char* err, size_t errlen);
-  /* After ATH_EIO: drops every connection and cached page, opens the file
-   * again and verifies it (PRAGMA quick_check). ATH_ESTORE when the file
-   * fails the check (the store then takes no more writes). */
-  int (*reopen)(ath_store_t* s, char* err, size_t errlen);
-};
+/* The provider interface is public (athena.h, "store providers"); these
+ * are its internal names. */
+typedef ath_store_schedule_t ath_srow_t;
+typedef ath_store_schedule_cb ath_srow_cb;
+typedef ath_store_task_t ath_row_t;
+typedef ath_store_task_cb ath_row_cb;
 
 extern const ath_store_vt_t ath__sqlite_store;
+/* Whether provider p (of p->size bytes) has function `f`. */
+#define ATH_STORE_HAS(p, f) \
+  ((p)->size >= offsetof(ath_store_provider_t, f) + sizeof((p)->f) && (p)->f != NULL)
 /* Opens persistence for a starting world (lock file, store, recovery,
  * retention pass) and starts the store thread. Called by start() before
  * the workers, lock not held. Returns 0 or an ATH_E* with err set. */
+/* Checks a world config's store provider (ath_world_new): ATH_EINVAL with
+ * the reason in err, or 0. */
+int ath__store_check(const ath_world_config_t* cfg, char* err, size_t errlen);
 int ath__store_start(ath_world_t* w, char* err, size_t errlen);
 /* Final commit, stops the store thread and drops the lock file; the store
  * stays open for reads until ath__store_free (from ath_world_free). */

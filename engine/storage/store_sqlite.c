@@ -136,7 +136,8 @@ static void reader_close(reader_t* r) {
 
 static void disconnect_db(ath_store_t* s);
 
-static void store_close(ath_store_t* s) {
+static void store_close(void* self) {
+  ath_store_t* s = self;
   if (s == NULL)
     return;
   for (int i = 0; i < s->nidle; i++)
@@ -272,15 +273,20 @@ static void disconnect_db(ath_store_t* s) {
   s->db = NULL;
 }
 
-static int store_open(const char* dir, int full_sync, ath_store_t** out, char* err,
-                      size_t errlen) {
+/* synchronous=FULL: each commit syncs the WAL, so a power cut costs hybrid
+ * no more than a crash does (its last flushInterval); with NORMAL it lost
+ * every commit since the last checkpoint. Hybrid commits at most every
+ * flushInterval, so that is one fsync per interval, off the producers'
+ * path. */
+static int store_open(void* ud, const char* dir, void** out, char* err, size_t errlen) {
+  (void)ud;
   ath_store_t* s = calloc(1, sizeof(*s));
   if (s == NULL || uv_mutex_init(&s->rlock) != 0) {
     free(s);
     return ATH_ENOMEM;
   }
   snprintf(s->path, sizeof(s->path), "%s/athena.db", dir);
-  s->full_sync = full_sync;
+  s->full_sync = 1;
   int rc = connect_db(s, err, errlen);
   if (rc != 0) {
     store_close(s);
@@ -361,7 +367,7 @@ static int write_row(ath_store_t* s, const ath_row_t* r) {
   for (size_t i = 0; i < r->nevents && !r->deleted; i++) { /* the new events only */
     sqlite3_bind_int64(s->event, 1, (sqlite3_int64)r->seq);
     sqlite3_bind_int64(s->event, 2, (sqlite3_int64)r->ev_from + (sqlite3_int64)i);
-    sqlite3_bind_text(s->event, 3, r->events[i]->json, (int)r->events[i]->len, SQLITE_STATIC);
+    sqlite3_bind_text(s->event, 3, r->events[i], (int)r->event_lens[i], SQLITE_STATIC);
     rc = sqlite3_step(s->event);
     sqlite3_reset(s->event);
     if (rc != SQLITE_DONE)
@@ -416,8 +422,9 @@ static int write_exec(ath_store_t* s, const char* sql, char* err, size_t errlen)
   return rc == SQLITE_OK ? 0 : write_fault(s->db, rc, err, errlen, sql);
 }
 
-static int store_write(ath_store_t* s, const ath_row_t* rows, size_t n, const ath_srow_t* srows,
+static int store_write(void* self, const ath_row_t* rows, size_t n, const ath_srow_t* srows,
                        size_t sn, char* err, size_t errlen) {
+  ath_store_t* s = self;
   if (s->db == NULL) {
     snprintf(err, errlen, "%s", "the database is closed after an I/O error");
     return ATH_EIO;
@@ -440,7 +447,8 @@ static int store_write(ath_store_t* s, const ath_row_t* rows, size_t n, const at
   return rc;
 }
 
-static int store_probe(ath_store_t* s, char* err, size_t errlen) {
+static int store_probe(void* self, char* err, size_t errlen) {
+  ath_store_t* s = self;
   if (s->db == NULL)
     return store_write(s, NULL, 0, NULL, 0, err, errlen);
   char sql[96];
@@ -455,7 +463,8 @@ static int store_probe(ath_store_t* s, char* err, size_t errlen) {
  * have left the kernel's pages clean but the disk without them): every
  * connection goes, a new one reads the file again, and quick_check must
  * pass before the store takes writes. */
-static int store_reopen(ath_store_t* s, char* err, size_t errlen) {
+static int store_reopen(void* self, char* err, size_t errlen) {
+  ath_store_t* s = self;
   uv_mutex_lock(&s->rlock);
   for (int i = 0; i < s->nidle; i++)
     reader_close(s->idle[i]);
@@ -530,7 +539,7 @@ static int each_row(sqlite3* db, sqlite3_stmt* st, ath_row_cb cb, void* ud, int6
   return crc;
 }
 
-static int store_load(ath_store_t* s, ath_row_cb cb, void* ud, char* err, size_t errlen) {
+static int load_tasks(ath_store_t* s, ath_row_cb cb, void* ud, char* err, size_t errlen) {
   sqlite3_stmt* st;
   int rc = sqlite3_prepare_v2(s->db, "SELECT " TASK_COLUMNS " FROM tasks ORDER BY seq", -1, &st, NULL);
   if (rc != SQLITE_OK)
@@ -580,8 +589,9 @@ static void reader_give(ath_store_t* s, reader_t* r) {
     reader_close(r);
 }
 
-static int store_get(ath_store_t* s, const char* id, ath_row_cb cb, void* ud, char* err,
+static int store_get(void* self, const char* id, ath_row_cb cb, void* ud, char* err,
                      size_t errlen) {
+  ath_store_t* s = self;
   reader_t* r = reader_take(s, err, errlen);
   if (r == NULL)
     return ATH_ESTORE;
@@ -594,8 +604,9 @@ static int store_get(ath_store_t* s, const char* id, ath_row_cb cb, void* ud, ch
   return rc != 0 ? rc : found ? 0 : ATH_ENOTFOUND;
 }
 
-static int store_query(ath_store_t* s, const ath_store_query_t* q, ath_row_cb cb, void* ud,
+static int store_query(void* self, const ath_store_query_t* q, ath_row_cb cb, void* ud,
                        char* err, size_t errlen) {
+  ath_store_t* s = self;
   char sql[1024];
   size_t n = (size_t)snprintf(sql, sizeof(sql), "SELECT " TASK_COLUMNS " FROM tasks WHERE " TERMINAL_ROW);
   if (q->status_mask) {
@@ -646,8 +657,7 @@ static int store_query(ath_store_t* s, const ath_store_query_t* q, ath_row_cb cb
   return rc;
 }
 
-static int store_load_schedules(ath_store_t* s, ath_srow_cb cb, void* ud, char* err,
-                                size_t errlen) {
+static int load_schedules(ath_store_t* s, ath_srow_cb cb, void* ud, char* err, size_t errlen) {
   sqlite3_stmt* st;
   int rc = sqlite3_prepare_v2(s->db,
                               "SELECT id, name, input, cron, once_at, local_tz, catch_up, overlap_skip,"
@@ -690,7 +700,8 @@ static int store_load_schedules(ath_store_t* s, ath_srow_cb cb, void* ud, char* 
   return crc;
 }
 
-static int store_prune(ath_store_t* s, int64_t before_ms, char* err, size_t errlen) {
+static int store_prune(void* self, int64_t before_ms, char* err, size_t errlen) {
+  ath_store_t* s = self;
   char sql[256];
   snprintf(sql, sizeof(sql),
            "DELETE FROM tasks WHERE status >= %d AND status <> %d AND completed_at < %lld",
@@ -698,7 +709,27 @@ static int store_prune(ath_store_t* s, int64_t before_ms, char* err, size_t errl
   return exec(s->db, sql, err, errlen);
 }
 
+/* Recovery: the tasks in creation order, then the schedules. */
+static int store_load(void* self, ath_row_cb cb, ath_srow_cb scb, void* ud, char* err,
+                      size_t errlen) {
+  int rc = load_tasks(self, cb, ud, err, errlen);
+  return rc != 0 ? rc : load_schedules(self, scb, ud, err, errlen);
+}
+
 const ath_store_vt_t ath__sqlite_store = {
-  "sqlite", store_open, store_load, store_load_schedules, store_write, store_prune, store_close,
-  store_get, store_query, store_probe, store_reopen,
+  .size = sizeof(ath_store_provider_t),
+  .name = "sqlite",
+  .open = store_open,
+  .load = store_load,
+  .persist = store_write,
+  .close = store_close,
+  .prune = store_prune,
+  .get = store_get,
+  .query = store_query,
+  .probe = store_probe,
+  .reopen = store_reopen,
 };
+
+const ath_store_provider_t* ath_sqlite_store(void) {
+  return &ath__sqlite_store;
+}

@@ -253,6 +253,64 @@ function LocalBackend.new(opts)
   return setmetatable(b, LocalBackend)
 end
 
+-- athena.Backend: persistence through Lua functions (bindings/l_backend.c).
+-- They run in the backend's own Lua state, so they travel as a module name
+-- or as bytecode of functions without upvalues.
+local Backend = { __name = "athena.Backend" }
+Backend.__index = Backend
+M.Backend = Backend
+local BACKEND_FUNCTIONS = { "persist", "load" }
+local CUSTOM_KEYS = { module = true, persist = true, load = true, stream = true, authorize = true,
+  config = true, timeout = true }
+
+local function carry(name, fn)
+  if type(fn) ~= "function" then invalid("invalid %s: %s (a function)", name, show(fn)) end
+  for i = 1, math.huge do
+    local up = debug.getupvalue(fn, i)
+    if up == nil then break end
+    if up ~= "_ENV" then
+      invalid("invalid %s: a closure with the upvalue %s (the function runs in the backend's own Lua state, " ..
+        "where upvalues cannot follow it: use globals, the config option, or module = \"...\")", name, up)
+    end
+  end
+  local ok, code = pcall(string.dump, fn)
+  if not ok then invalid("invalid %s: a C function cannot be carried to the backend's state", name) end
+  return code
+end
+
+--- athena.Backend.new{module = name} or {persist, load, stream, authorize = fn}, and {config, timeout}
+function Backend.new(opts)
+  if type(opts) ~= "table" then argerror(1, "new", "table", opts) end
+  for k in pairs(opts) do
+    if not CUSTOM_KEYS[k] then invalid("unknown option %s", tostring(k)) end
+  end
+  local b = {}
+  if opts.module ~= nil then
+    if type(opts.module) ~= "string" or not opts.module:match("^[%w_%-]+[%w_%.%-]*$") then
+      invalid("invalid module: %s (a module name, as require takes it)", show(opts.module))
+    end
+    for _, f in ipairs({ "persist", "load", "stream", "authorize" }) do
+      if opts[f] ~= nil then invalid("invalid %s: module and functions are exclusive (the module's table has them)", f) end
+    end
+    b.module = opts.module
+  else
+    for _, f in ipairs(BACKEND_FUNCTIONS) do
+      if opts[f] == nil then invalid("missing %s (a function, or module = \"...\")", f) end
+      b[f] = carry(f, opts[f])
+    end
+    if opts.stream ~= nil then b.stream = carry("stream", opts.stream) end
+    if opts.authorize ~= nil then b.authorize = carry("authorize", opts.authorize) end
+  end
+  if opts.config ~= nil then
+    if type(opts.config) ~= "table" then invalid("invalid config: %s (a table of JSON values)", show(opts.config)) end
+    local ok, text = pcall(core.json.encode, opts.config)
+    if not ok then invalid("invalid config: %s", tostring(type(text) == "table" and text.message or text)) end
+    b.config = text
+  end
+  b.timeoutMs = opts.timeout ~= nil and duration("timeout", opts.timeout, true) or 10000
+  return setmetatable(b, Backend)
+end
+
 -- The scalar options are described once, in C (engine/runtime/config.c):
 -- name, kind, default, range and what a valid value is. core.configMap
 -- hands that table over; the options with structure follow it here.
@@ -380,9 +438,10 @@ local function check_config(config)
   c.modules = modules
   if config.backend ~= nil then
     local b = config.backend
-    if getmetatable(b) ~= LocalBackend then
-      invalid("invalid backend: %s (the backends are: athena.LocalBackend.new{ path, webhookUrl, webhookEvents }; " ..
-        "a plain table is not one)", type(b) == "table" and "a plain table" or show(b))
+    if getmetatable(b) ~= LocalBackend and getmetatable(b) ~= Backend then
+      invalid("invalid backend: %s (the backends are: athena.LocalBackend.new{ path, webhookUrl, webhookEvents } " ..
+        "and athena.Backend.new{ module } or { persist, load }; a plain table is not one)",
+        type(b) == "table" and "a plain table" or show(b))
     end
     if b.path and config.persistencePath and b.path ~= config.persistencePath then
       invalid("invalid backend: path %s differs from persistencePath %s", show(b.path), show(config.persistencePath))
@@ -427,7 +486,8 @@ function World.new(config)
   local c = check_config(config or {})
   -- what core.newWorld reads: the options of the map by name, then the rest
   local native = { taskQueues = {}, modules = c.modules, database = c.database,
-    webhookUrl = c.backend and c.backend.webhookUrl, webhookEvents = c.backend and c.backend.events }
+    webhookUrl = c.backend and c.backend.webhookUrl, webhookEvents = c.backend and c.backend.events,
+    backend = getmetatable(c.backend) == Backend and c.backend or nil }
   for _, o in ipairs(OPTIONS) do native[o.name] = c[o.name] end
   for name, q in pairs(c.taskQueues) do
     if name == "default" then
