@@ -162,6 +162,15 @@ int ath__finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t now
   return nwake;
 }
 
+int ath__finish_remote(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t now,
+                       ath_worker_t** wake, int nwake) {
+  t->status = st;
+  t->completed_at = now;
+  ath_term_ev_t ev = {t, st, now};
+  nwake = end_waiters(w, &ev, wake, nwake);
+  return end_retention(w, &ev, wake, nwake);
+}
+
 /* Takes an unborn task back out of the world (lock held): its enqueue
  * could not be committed, so execute answers `code` instead of a handle.
  * It never ran (unborn tasks are not claimed); it leaves its queue or the
@@ -244,6 +253,8 @@ ath_worker_t* ath__worker_by_id(ath_world_t* w, int id) {
 /* Takes a waiting workflow (or any task not in a slot) out of its queue or
  * heap. Returns 0, or -1 when it is in a slot. */
 int ath__unqueue(ath_world_t* w, ath_task_t* t) {
+  if (t->remote)
+    return 0; /* a proxy of a shared row: in no queue or heap here */
   int where = t->wf ? t->wf->where : ATH_WF_SLOT;
   if (t->wf && where == ATH_WF_HOME) {
     /* its home still serves (a worker that stops or is lost hands its
