@@ -81,10 +81,15 @@ local function scalar(sql, ...)
   return v
 end
 
-teardown(function()
+-- Each test stops its nodes and worlds: every one holds four connections.
+after_each(function()
   for _, pid in ipairs(pids) do os.execute("kill -9 " .. pid .. " 2>/dev/null") end
   for _, w in ipairs(worlds) do pcall(w.shutdown, w) end
   for _, p in ipairs(tmp) do os.execute("rm -f " .. q(p) .. " " .. q(p) .. ".*") end
+  pids, worlds, tmp = {}, {}, {}
+end)
+
+teardown(function()
   admin:close()
 end)
 
@@ -218,6 +223,38 @@ describe("athena.PostgresBackend", function()
         end
       end
     end
+  end)
+
+  it("fences a paused node: its late outcomes are discarded, the rescue's stand", function()
+    local sch = schema()
+    local ctl = world(sch)
+    node(sch, "a", { DIST_CONC = "4" })
+    local pb, lb = node(sch, "b", { DIST_CONC = "4" })
+    local inputs = {}
+    for i = 1, 16 do inputs[i] = { ms = 1000 } end
+    local hs = ctl:executeMany("dist.sleep", inputs)
+    S.eventually(function() return #lines(lb) >= 2 end, WAIT, "node b to run tasks")
+    os.execute("kill -STOP " .. pb)
+    -- paused past heartbeatTimeout (3 s): the leader rescues what b held
+    S.eventually(function()
+      return scalar(("select count(*) as n from %s.tasks where rescues > 0"):format(sch)) > 0
+    end, WAIT, "b's tasks to be rescued")
+    os.execute("kill -CONT " .. pb)
+    for _, h in ipairs(hs) do assert.is_nil(select(2, h:result(WAIT))) end
+    -- every task b started and had rescued ended on a, as attempt 2
+    local rescued = assert(admin:query(("select id, attempt, result from %s.tasks where rescues > 0"):format(sch)))
+    assert.is_true(#rescued >= 1)
+    for _, r in ipairs(rescued) do
+      assert.equals(2, r.attempt)
+      assert.equals('"a"', r.result)
+    end
+    -- b came back, noticed, and registered a new incarnation
+    local err = S.readfile(lb:gsub("%.b$", "") .. ".err")
+    S.eventually(function()
+      err = S.readfile(lb:gsub("%.b$", "") .. ".err") or ""
+      return err:find("registered again", 1, true) ~= nil
+    end, WAIT, "b to register again")
+    assert.truthy(err:find("lease lost", 1, true) or err:find("discarded", 1, true))
   end)
 
   it("cancels from another node and wakes result() on every node", function()
