@@ -82,6 +82,15 @@ endforeach()
 
 
 
+# The PostgreSQL backend across processes (scripts/dist-test, fixture "pg"):
+# 3 nodes and a controller; a kill -9 mid-run, then poll-only without one.
+add_test(NAME dist.kill9 COMMAND ${PROJECT_SOURCE_DIR}/scripts/dist-test $<TARGET_FILE:athena>)
+add_test(NAME dist.poll_only COMMAND ${PROJECT_SOURCE_DIR}/scripts/dist-test $<TARGET_FILE:athena>)
+set_tests_properties(dist.kill9 dist.poll_only PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED pg)
+set_tests_properties(dist.kill9 PROPERTIES ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url")
+set_tests_properties(dist.poll_only PROPERTIES
+  ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url;DIST_NOTIFY=0;DIST_KILL=0;DIST_TASKS=2000")
+
 # The cron parser under its fuzz target: the seed corpus through a plain
 # driver in every build, and libFuzzer for a bounded time when clang is
 # there (scripts/bootstrap installs it).
