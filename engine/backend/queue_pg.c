@@ -1385,6 +1385,19 @@ int ath__qpg_cron_fire(ath_qpg_t* q, const char* id, int64_t at, int64_t next, c
   return rc;
 }
 
+int ath__qpg_vacuum_ready(ath_qpg_t* q) {
+  char* sql = subst("VACUUM (SKIP_LOCKED) {S}.ready", q->qschema);
+  if (sql == NULL)
+    return ATH_ENOMEM;
+  q->err[0] = q->sqlstate[0] = '\0';
+  PGresult* r = PQexec(q->conn, sql);
+  free(sql);
+  if (PQresultStatus(r) != PGRES_COMMAND_OK)
+    return res_err(q, r);
+  PQclear(r);
+  return 0;
+}
+
 /* ------------------------------------------------------------ reads */
 
 int ath__qpg_read(ath_qpg_t* q, const int64_t* seqs, size_t n, int ended_only, ath_qpg_tasks_t* out) {

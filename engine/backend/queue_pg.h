@@ -256,6 +256,10 @@ int ath__qpg_cron_fire(ath_qpg_t* q, const char* id, int64_t at, int64_t next, c
  * "insert", "stage", "rescue"), for EXPLAIN checks; NULL for another name. */
 const char* ath__qpg_statement(const ath_qpg_t* q, const char* name);
 
+/* VACUUM (SKIP_LOCKED) of the ready table (the leader, every few seconds:
+ * claims leave dead entries at the head of its index). */
+int ath__qpg_vacuum_ready(ath_qpg_t* q);
+
 /* ------------------------------------------------------------ reads, cancel */
 
 /* The rows of seqs[0..n) (all, or only those that ended), by seq. */

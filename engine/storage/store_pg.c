@@ -752,6 +752,7 @@ static void lead(ath_world_t* w, struct ath_dq_s* dq) {
     ath__qpg_tasks_free(&rows);
   }
   ath__qpg_stage(dq->ldr, NULL, 0, 1000, 1000, NULL); /* late: their node died */
+  ath__qpg_vacuum_ready(dq->ldr); /* the claims' dead entries (distributed.md §3.9) */
 }
 
 /* The poll (lock not held): stage what is due, re-read watched proxies. */
