@@ -15,7 +15,7 @@
  * a schema newer than this build or not Athena's), ATH_ENOMEM.
  *
  * Times are epoch milliseconds of the database clock ({schema}.now_ms()).
- * Not wired into the world yet: nothing in runtime/ or storage/ calls this. */
+ * The world uses it through storage/store_pg.c (the backend loop). */
 #ifndef ATHENA_QUEUE_PG_H
 #define ATHENA_QUEUE_PG_H
 

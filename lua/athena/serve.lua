@@ -86,8 +86,10 @@ return function(...)
     world:shutdown()
     error(s, 0)
   end
-  io.stderr:write(("athena: info: serving %s (persistence %s at %s, modules: %s%s%s)\n"):format(
-    s.url, opts.persistence, opts.path, #opts.modules > 0 and table.concat(opts.modules, ",") or "none",
+  local where = opts.backend and ("PostgreSQL backend, schema %s"):format(opts.schema or "athena")
+    or ("at " .. opts.path)
+  io.stderr:write(("athena: info: serving %s (persistence %s %s, modules: %s%s%s)\n"):format(
+    s.url, opts.persistence, where, #opts.modules > 0 and table.concat(opts.modules, ",") or "none",
     gateway and ", gateway on" or "", s.opsUrl and (", operations on " .. s.opsUrl) or ""))
   -- the status line (only when stderr is a terminal); lines below clear it first
   local clear = opts.progress and core.ops.progressWatch(world) and "\r\27[K" or ""
