@@ -6,6 +6,10 @@
 #               from their start until the last row completed
 #   end to end: the 3 nodes running, a controller enqueues N (executeMany,
 #               1,000 per call) and waits for every result
+# GRAPHILE=1: then the same two runs with graphile-worker 0.17 on the same
+# server (bench/graphile_bench.js; 3 worker processes, concurrency 24,
+# localQueue 500, batched completions; npm installs it into a temporary
+# directory, so it needs node, npm and the npm registry).
 # usage: bench/distributed.sh [N] [ATHENA_BIN]   (N = 100000; the server is
 # started with scripts/pg-test and ATHENA_PG_DURABLE=1 unless ATHENA_PG_URL is set)
 set -euo pipefail
@@ -59,3 +63,26 @@ for n in a b c; do
 done
 "$bin" "$root/bench/dist_bench.lua" e2e "$N"
 stop_nodes
+
+if [ "${GRAPHILE:-0}" = 1 ]; then
+  (cd "$work" && npm install --silent --no-audit --no-fund --prefix "$work/gw" graphile-worker@0.17 >/dev/null)
+  export NODE_PATH=$work/gw/node_modules
+  gw() { node "$root/bench/graphile_bench.js" "$@"; }
+  gw_workers() {
+    for n in 1 2 3; do gw worker >"$work/gw$n.log" 2>&1 & pids+=($!); done
+  }
+  echo "== graphile-worker 0.17: processed ($N jobs queued, then 3 workers)"
+  export GW_SCHEMA=gw_p_$$
+  gw enqueue "$N"
+  t0=$(date +%s%3N)
+  gw_workers
+  gw wait "$N" "$t0"
+  stop_nodes
+  echo "== graphile-worker 0.17: end to end (3 workers running)"
+  export GW_SCHEMA=gw_e_$$
+  gw enqueue 1 >/dev/null # the schema, before the workers start
+  gw_workers
+  sleep 1
+  N=$N gw e2e "$N"
+  stop_nodes
+fi
