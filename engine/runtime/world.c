@@ -425,6 +425,8 @@ const char* ath_task_queue(const ath_task_t* t) {
 }
 
 ath_status_t ath_task_status(ath_world_t* w, const ath_task_t* t) {
+  if (w->dq != NULL) /* a proxy of a task another node runs: as its row says */
+    ath__dq_refresh(w, (ath_task_t*)t);
   uv_mutex_lock(&w->lock);
   ath_status_t s = t->status;
   uv_mutex_unlock(&w->lock);
@@ -433,6 +435,8 @@ ath_status_t ath_task_status(ath_world_t* w, const ath_task_t* t) {
 
 int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info) {
   memset(info, 0, sizeof(*info));
+  if (w->dq != NULL)
+    ath__dq_refresh(w, (ath_task_t*)t);
   uv_mutex_lock(&w->lock);
   info->status = t->status;
   info->attempt = t->attempt;

@@ -180,6 +180,10 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen);
 void ath__pgstore_stopped(ath_world_t* w);
 /* A proxy's row (seq) whose end this node waits to hear of (lock held). */
 void ath__dq_watch(ath_world_t* w, int64_t seq);
+/* Reads the row of remote proxy t and brings the proxy up to it (lock not
+ * held): query() and status() of a task another node runs. No-op for any
+ * other task. */
+void ath__dq_refresh(ath_world_t* w, ath_task_t* t);
 /* Cancels a task this node does not lease, through its row (lock not
  * held): 1 when accepted, 0 when refused (it had ended). */
 int ath__dq_cancel(ath_world_t* w, ath_task_t* t);

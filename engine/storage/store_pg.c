@@ -539,6 +539,63 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
 
 /* ------------------------------------------------------------ results of other nodes */
 
+/* Brings remote proxy t up to its row r (lock held): its state, attempt
+ * and error; a row that ended ends the proxy (its waiters wake). Returns
+ * the new nwake. */
+static int sync_proxy(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r, ath_worker_t** wake,
+                      int nwake) {
+  if (!t->remote || ATH_IS_TERMINAL(t->status))
+    return nwake;
+  t->attempt = r->attempt;
+  if (r->started_at > 0)
+    t->started_at = r->started_at;
+  if (r->error != NULL) {
+    char* e = ath__memdup(r->error, strlen(r->error));
+    if (e != NULL) {
+      free(t->error);
+      t->error = e;
+      t->error_len = (uint32_t)strlen(e);
+    }
+  }
+  if (!ATH_IS_TERMINAL(r->status)) {
+    t->status = (ath_status_t)r->status;
+    return nwake;
+  }
+  seq_del(&w->dq->watch, r->seq);
+  if (r->result != NULL && t->result == NULL && (t->result = ath__memdup(r->result, strlen(r->result))))
+    t->result_len = (uint32_t)strlen(r->result);
+  if (r->status == ATH_CANCELLED)
+    t->err_code = ATH_ECANCELED;
+  return ath__finish_remote(w, t, (ath_status_t)r->status, r->completed_at, wake, nwake);
+}
+
+void ath__dq_refresh(ath_world_t* w, ath_task_t* t) {
+  struct ath_dq_s* dq = w->dq;
+  if (dq == NULL)
+    return;
+  uv_mutex_lock(&w->lock);
+  int64_t seq = t->remote && !ATH_IS_TERMINAL(t->status) ? t->dq_seq : 0;
+  uv_mutex_unlock(&w->lock);
+  if (seq <= 0)
+    return;
+  ath_qpg_tasks_t rows;
+  uv_mutex_lock(&dq->rd_lock);
+  int rc = ath__qpg_read(dq->rd, &seq, 1, 0, &rows);
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__qpg_reset(dq->rd) == 0)
+    rc = ath__qpg_read(dq->rd, &seq, 1, 0, &rows);
+  uv_mutex_unlock(&dq->rd_lock);
+  if (rc != 0)
+    return; /* what this node knows stands */
+  ath_worker_t* wake[MAX_WORKERS];
+  int nwake = 0;
+  uv_mutex_lock(&w->lock);
+  if (rows.n == 1)
+    nwake = sync_proxy(w, t, &rows.rows[0], wake, 0);
+  uv_mutex_unlock(&w->lock);
+  ath__wake_all(wake, nwake);
+  ath__qpg_tasks_free(&rows);
+}
+
 /* Reads the rows of seqs[0..n) that ended and ends their local proxies
  * (lock not held). */
 static void read_ended(ath_world_t* w, struct ath_dq_s* dq, const int64_t* seqs, size_t n) {
@@ -552,22 +609,8 @@ static void read_ended(ath_world_t* w, struct ath_dq_s* dq, const int64_t* seqs,
     const ath_qpg_task_t* r = &rows.rows[i];
     seq_del(&dq->watch, r->seq);
     ath_task_t* t = ath__table_get(w, r->id, ath__hash_str(r->id));
-    if (t == NULL || !t->remote || ATH_IS_TERMINAL(t->status))
-      continue;
-    t->attempt = r->attempt;
-    if (r->result != NULL && t->result == NULL && (t->result = ath__memdup(r->result, strlen(r->result))))
-      t->result_len = (uint32_t)strlen(r->result);
-    if (r->error != NULL) {
-      char* e = ath__memdup(r->error, strlen(r->error));
-      if (e != NULL) {
-        free(t->error);
-        t->error = e;
-        t->error_len = (uint32_t)strlen(e);
-      }
-    }
-    if (r->status == ATH_CANCELLED)
-      t->err_code = ATH_ECANCELED;
-    nwake = ath__finish_remote(w, t, (ath_status_t)r->status, r->completed_at, wake, nwake);
+    if (t != NULL)
+      nwake = sync_proxy(w, t, r, wake, nwake);
   }
   ath_task_t* dead = ath__world_term_trim(w);
   uv_mutex_unlock(&w->lock);
