@@ -368,6 +368,31 @@ static void classify(ath_world_t* w, struct ath_dq_s* dq, ath_task_t** batch, si
   }
 }
 
+/* The store row of a database row (strings borrowed from r). */
+static void row_of(const ath_qpg_task_t* r, ath_row_t* row) {
+  memset(row, 0, sizeof(*row));
+  row->id = r->id;
+  row->name = r->name;
+  row->queue = r->queue;
+  row->status = r->status;
+  row->attempt = r->attempt;
+  row->max_attempts = r->max_attempts;
+  row->strategy = r->strategy;
+  row->priority = r->priority;
+  row->seq = (uint64_t)r->seq; /* the row's: world.c dq_watch reads it there */
+  row->created_at = r->created_at;
+  row->scheduled_at = r->scheduled_at;
+  row->ready_at = r->ready_at;
+  row->started_at = r->started_at > 0 ? r->started_at : 0;
+  row->completed_at = r->completed_at > 0 ? r->completed_at : 0;
+  row->input = r->input ? r->input : "null";
+  row->input_len = strlen(row->input);
+  row->result = r->result;
+  row->result_len = r->result ? strlen(r->result) : 0;
+  row->error = r->error;
+  row->error_len = r->error ? strlen(r->error) : 0;
+}
+
 /* Makes claimed rows local tasks (lock not held on entry or exit). */
 static void adopt_claims(ath_world_t* w, struct ath_dq_s* dq, cycle_t* c) {
   ath_worker_t* wake[MAX_WORKERS];
@@ -378,22 +403,10 @@ static void adopt_claims(ath_world_t* w, struct ath_dq_s* dq, cycle_t* c) {
     int64_t pushed = 0;
     for (size_t i = 0; i < rows->n; i++) {
       const ath_qpg_task_t* r = &rows->rows[i];
-      ath_row_t row = {0};
-      row.id = r->id;
-      row.name = r->name;
-      row.queue = r->queue;
-      row.status = ATH_PENDING;
+      ath_row_t row;
+      row_of(r, &row);
+      row.status = ATH_PENDING; /* claimed, not started: the worker's claim counts the attempt */
       row.attempt = r->attempt - 1;
-      row.max_attempts = r->max_attempts;
-      row.strategy = r->strategy;
-      row.priority = r->priority;
-      row.created_at = r->created_at;
-      row.scheduled_at = r->scheduled_at;
-      row.ready_at = r->ready_at;
-      row.input = r->input ? r->input : "null";
-      row.input_len = strlen(row.input);
-      row.error = r->error;
-      row.error_len = r->error ? strlen(r->error) : 0;
       ath_task_t* t = ath__world_adopt_row(w, &row);
       uv_mutex_lock(&w->lock);
       if (t == NULL) { /* no memory: the row stays leased, rescued when this node ends */
@@ -955,28 +968,8 @@ static int pg_get(ath_store_t* s, const char* id, ath_row_cb cb, void* ud, char*
     ath__qpg_tasks_free(&rows);
     return ATH_ENOTFOUND;
   }
-  const ath_qpg_task_t* r = &rows.rows[0];
-  ath_row_t row = {0};
-  row.id = r->id;
-  row.name = r->name;
-  row.queue = r->queue;
-  row.status = r->status;
-  row.attempt = r->attempt;
-  row.max_attempts = r->max_attempts;
-  row.strategy = r->strategy;
-  row.priority = r->priority;
-  row.seq = (uint64_t)r->seq; /* the row's: world.c dq_watch reads it there */
-  row.created_at = r->created_at;
-  row.scheduled_at = r->scheduled_at;
-  row.ready_at = r->ready_at;
-  row.started_at = r->started_at > 0 ? r->started_at : 0;
-  row.completed_at = r->completed_at > 0 ? r->completed_at : 0;
-  row.input = r->input ? r->input : "null";
-  row.input_len = strlen(row.input);
-  row.result = r->result;
-  row.result_len = r->result ? strlen(r->result) : 0;
-  row.error = r->error;
-  row.error_len = r->error ? strlen(r->error) : 0;
+  ath_row_t row;
+  row_of(&rows.rows[0], &row);
   rc = cb(ud, &row);
   ath__qpg_tasks_free(&rows);
   return rc;

@@ -56,7 +56,9 @@ local function node(sch, id, env)
   local pid = tonumber(p:read("l"))
   p:close()
   pids[#pids + 1] = pid
-  S.eventually(function() return (S.readfile(log .. ".out") or ""):find("started") end, WAIT, "node " .. id .. " to start")
+  local ok, err = pcall(S.eventually, function() return (S.readfile(log .. ".out") or ""):find("started") end, WAIT,
+    "node " .. id .. " to start")
+  assert(ok, tostring(err) .. ": " .. tostring(S.readfile(log .. ".err")))
   return pid, vars.DIST_LOG .. "." .. id
 end
 
@@ -73,6 +75,23 @@ local function lines(path)
     out[#out + 1] = { what = what, id = id, attempt = tonumber(attempt), node = n }
   end
   return out
+end
+
+-- Checks that each (task, attempt) started once across the logs; returns
+-- the node of each "id#attempt" and the starts per node.
+local function once_each(paths)
+  local ran, per = {}, {}
+  for _, path in ipairs(paths) do
+    for _, l in ipairs(lines(path)) do
+      if l.what == "start" then
+        local k = l.id .. "#" .. l.attempt
+        assert.is_nil(ran[k], "ran twice: " .. k)
+        ran[k] = l.node
+        per[l.node] = (per[l.node] or 0) + 1
+      end
+    end
+  end
+  return ran, per
 end
 
 local function scalar(sql, ...)
@@ -162,17 +181,8 @@ describe("athena.PostgresBackend", function()
     local fl = ctl:executeMany("dist.flaky", { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 })
     for i, h in ipairs(hs) do assert.equals(i, h:result(WAIT)) end
     for _, h in ipairs(fl) do assert.equals(2, h:result(WAIT)) end
-    local seen, per = {}, { a = 0, b = 0 }
-    for _, path in ipairs({ la, lb }) do
-      for _, l in ipairs(lines(path)) do
-        if l.what == "start" then
-          local k = l.id .. "#" .. l.attempt
-          assert.is_nil(seen[k], "ran twice: " .. k)
-          seen[k] = true
-          per[l.node] = per[l.node] + 1
-        end
-      end
-    end
+    local _, per = once_each({ la, lb })
+    per.a, per.b = per.a or 0, per.b or 0
     assert.equals(3000 + 20, per.a + per.b)
     assert.is_true(per.a > 0 and per.b > 0, ("a ran %d, b %d"):format(per.a, per.b))
     local names = {}
@@ -213,16 +223,7 @@ describe("athena.PostgresBackend", function()
       assert.truthy(row.error:find("EWORKERLOST", 1, true))
     end
     assert.is_true(cut >= 1)
-    local seen = {}
-    for _, path in ipairs({ la, lb }) do
-      for _, l in ipairs(lines(path)) do
-        if l.what == "start" then
-          local k = l.id .. "#" .. l.attempt
-          assert.is_nil(seen[k], "ran twice: " .. k)
-          seen[k] = true
-        end
-      end
-    end
+    once_each({ la, lb })
   end)
 
   it("fences a paused node: its late outcomes are discarded, the rescue's stand", function()
@@ -243,12 +244,7 @@ describe("athena.PostgresBackend", function()
     for _, h in ipairs(hs) do assert.is_nil(select(2, h:result(WAIT))) end
     -- every rescued task's recorded outcome is its last attempt's (a later
     -- one than b's first), never b's discarded one
-    local ran = {}
-    for _, path in ipairs({ la, lb }) do
-      for _, l in ipairs(lines(path)) do
-        if l.what == "start" then ran[l.id .. "#" .. l.attempt] = l.node end
-      end
-    end
+    local ran = once_each({ la, lb })
     local rescued = assert(admin:query(("select id, attempt, result from %s.tasks where rescues > 0"):format(sch)))
     assert.is_true(#rescued >= 1)
     for _, r in ipairs(rescued) do
