@@ -4,15 +4,15 @@
 -- invariants of distributed.md §6.1 against the nodes' activity logs and
 -- the database. Exits 1 with "FAIL ..." lines when one does not hold.
 -- Environment: ATHENA_PG_URL, DIST_SCHEMA, DIST_LOG (the nodes' log prefix),
--- DIST_NODES ("a,b,c"), DIST_TASKS (5000), DIST_KILL_PID (the node to kill,
--- optional), DIST_KILL_NODE (its name).
+-- DIST_NODES ("a,b,c"), DIST_TASKS (5000), DIST_KILL: the node to kill -9
+-- ("b", or "leader": whichever node holds the leader lock; unset: none).
 local athena = require "athena"
 local jobs = require "dist_jobs"
 local env = os.getenv
 
 local N = tonumber(env("DIST_TASKS") or "5000")
 local SCHEMA = assert(env("DIST_SCHEMA"))
-local KILL_PID, KILL_NODE = env("DIST_KILL_PID"), env("DIST_KILL_NODE")
+local KILL = env("DIST_KILL")
 local failed = 0
 local function fail(fmt, ...)
   failed = failed + 1
@@ -55,15 +55,23 @@ while left > 0 do
 end
 local t_enq = athena.now()
 
-if KILL_PID then -- once the node runs long tasks
+local KILL_PID, KILL_NODE
+if KILL then -- the node, found by getNodes(); killed once it runs long tasks
+  for _, n in ipairs(w:getNodes()) do
+    if n.alive and (n.nodeId == KILL or (KILL == "leader" and n.leader)) then KILL_NODE, KILL_PID = n.nodeId, n.pid end
+  end
+  if KILL_PID == nil then fail("no live node %s to kill", KILL) end
   local deadline = athena.now() + 20000
-  while athena.now() < deadline do
+  while KILL_PID and athena.now() < deadline do
     local n = scalar("select count(*) as n from {S}.tasks t join {S}.nodes n on n.incarnation = t.lease" ..
       " where n.node_id = $1 and t.name = 'dist.sleep'", KILL_NODE)
     if n >= 3 then break end
   end
-  os.execute("kill -9 " .. KILL_PID)
-  print(("killed node %s (pid %s) at %d ms"):format(KILL_NODE, KILL_PID, athena.now() - t0))
+  if KILL_PID then
+    os.execute("kill -9 " .. KILL_PID)
+    print(("killed node %s (pid %s%s) at %d ms"):format(KILL_NODE, KILL_PID, KILL == "leader" and ", the leader" or "",
+      athena.now() - t0))
+  end
 end
 
 for i, h in ipairs(handles) do
@@ -114,6 +122,9 @@ local leased = scalar("select count(*) as n from {S}.tasks where lease is not nu
 if ready ~= 0 or leased ~= 0 then fail("I5: %d ready and %d leased rows left", ready, leased) end
 if KILL_PID then
   if rescued == 0 then fail("the killed node's tasks were not rescued") end
+  local leaders = 0
+  for _, n in ipairs(w:getNodes()) do leaders = leaders + (n.alive and n.leader and 1 or 0) end
+  if leaders ~= 1 then fail("%d live leaders after the kill", leaders) end
   if lost_err ~= rescued then fail("%d rescued tasks, %d with EWORKERLOST", rescued, lost_err) end
 end
 local counts = {}
