@@ -49,7 +49,7 @@ void ath__store_mark(ath_world_t* w, ath_task_t* t) {
     ath_task_retain(t);
     w->dirty[w->ndirty++] = t;
   }
-  if (w->cfg.persistence == ATH_PERSIST_FILE)
+  if (w->cfg.persistence == ATH_PERSIST_FILE || w->dq != NULL) /* PostgreSQL: hybrid too */
     uv_cond_signal(&w->store_cond);
 }
 

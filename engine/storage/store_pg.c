@@ -867,6 +867,7 @@ static void backend_main(void* arg) {
   struct ath_dq_s* dq = w->dq;
   uint64_t poll_ns = (uint64_t)w->cfg.poll_interval_ms * 1000000u;
   uint64_t beat_ns = (uint64_t)w->cfg.heartbeat_interval_ms * 1000000u;
+  uint64_t flush_ns = (uint64_t)w->cfg.flush_interval_ms * 1000000u;
   uint64_t next_poll = uv_hrtime(), next_beat = uv_hrtime() + beat_ns, next_lead = uv_hrtime();
   uv_mutex_lock(&w->lock);
   for (;;) {
@@ -944,6 +945,8 @@ static void backend_main(void* arg) {
     }
     if (w->state == ATH_W_NEW && until > now + 20000000u)
       until = now + 20000000u; /* its workers are starting: claim as soon as they are up */
+    if (w->cfg.persistence != ATH_PERSIST_FILE && until > now + flush_ns)
+      until = now + flush_ns; /* hybrid: changes do not signal, they are collected every flushInterval */
     if (until > now)
       uv_cond_timedwait(&w->store_cond, &w->lock, until - now);
   }
