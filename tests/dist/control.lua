@@ -50,7 +50,7 @@ while left > 0 do
     if i % 100 == 0 then flaky[#flaky + 1] = i else noop[#noop + 1] = i end
   end
   for j, h in ipairs(w:executeMany("dist.noop", noop)) do handles[#handles + 1] = h; expect[#expect + 1] = noop[j] end
-  for _, h in ipairs(w:executeMany("dist.flaky", flaky)) do handles[#handles + 1] = h; expect[#expect + 1] = 2 end
+  for _, h in ipairs(w:executeMany("dist.flaky", flaky)) do handles[#handles + 1] = h; expect[#expect + 1] = "flaky" end
   left = left - k
 end
 local t_enq = athena.now()
@@ -80,6 +80,11 @@ for i, h in ipairs(handles) do
     fail("task %s: %s", h.id, tostring(err))
   elseif expect[i] == "node" then
     if type(r) ~= "string" then fail("task %s returned %s", h.id, tostring(r)) end
+  elseif expect[i] == "flaky" then -- its attempt: 2, or later when a kill cost it one
+    local row = assert(db:query(("select attempt, rescues from %s.tasks where id = $1"):format(SCHEMA), h.id))[1]
+    if r ~= row.attempt or r < 2 or (r > 2 and row.rescues == 0) then
+      fail("task %s returned %s (attempt %s, rescued %s times)", h.id, tostring(r), row.attempt, row.rescues)
+    end
   elseif r ~= expect[i] then
     fail("task %s returned %s, expected %s", h.id, tostring(r), tostring(expect[i]))
   end
