@@ -98,6 +98,7 @@ enum {
   ST_CANCEL,
   ST_CANCELLED,
   ST_NODES,
+  ST_LEASED,
   ST_COUNT
 };
 
@@ -259,6 +260,8 @@ static const char* const STMTS[ST_COUNT] = {
   [ST_CANCELLED] =
     "SELECT seq FROM {S}.tasks WHERE lease IS NOT DISTINCT FROM $1 AND cancel_at IS NOT NULL"
     " AND status < 5",
+  /* One incarnation's leases (by the lease index: no join here, §4.3). */
+  [ST_LEASED] = "SELECT " TASK_COLS("t") " FROM {S}.tasks t WHERE t.lease = $1 ORDER BY t.seq",
   [ST_NODES] =
     "SELECT coalesce(json_agg(json_build_object('nodeId', n.node_id,"
     "   'incarnation', n.incarnation, 'host', n.host, 'pid', n.pid, 'startedAt', n.started_at,"
@@ -1457,6 +1460,16 @@ int ath__qpg_cancelled(ath_qpg_t* q, int64_t lease, int64_t** seqs, size_t* n) {
   *n = (size_t)k;
   PQclear(r);
   return 0;
+}
+
+int ath__qpg_leased(ath_qpg_t* q, int64_t lease, ath_qpg_tasks_t* out) {
+  char inc_s[24];
+  snprintf(inc_s, sizeof(inc_s), "%" PRId64, lease);
+  const char* v[1] = {inc_s};
+  PGresult* r = NULL;
+  memset(out, 0, sizeof(*out));
+  int rc = run1(q, ST_LEASED, 1, v, &r);
+  return rc < 0 ? rc : decode_tasks(r, out);
 }
 
 int ath__qpg_nodes(ath_qpg_t* q, char** json) {

@@ -274,6 +274,9 @@ int ath__qpg_cancel(ath_qpg_t* q, int64_t seq, int* how);
 /* The seqs of unfinished tasks `lease` holds whose cancel was accepted
  * (malloc'd, *n of them): the poll's catch-up for a missed athena_cancel. */
 int ath__qpg_cancelled(ath_qpg_t* q, int64_t lease, int64_t** seqs, size_t* n);
+/* The rows `lease` holds (after a lost connection: a claim may have
+ * committed without its answer arriving). */
+int ath__qpg_leased(ath_qpg_t* q, int64_t lease, ath_qpg_tasks_t* out);
 /* The live and expired worker nodes as a JSON array (malloc'd text):
  * nodeId, incarnation, host, pid, startedAt, beatAt, expiresAt, alive,
  * queues, slots, leader. */

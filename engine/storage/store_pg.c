@@ -451,6 +451,39 @@ static void adopt_claims(ath_world_t* w, struct ath_dq_s* dq, cycle_t* c) {
   ath__wake_all(wake, nwake);
 }
 
+/* After the writer's connection broke in a cycle (lock not held): a claim
+ * may have committed without its answer arriving, leaving rows leased to
+ * this live incarnation that no task here holds (nobody would ever rescue
+ * them). They go back unrun (T14). */
+static void audit_leases(ath_world_t* w, struct ath_dq_s* dq) {
+  ath_qpg_tasks_t rows;
+  uv_mutex_lock(&w->lock);
+  int64_t inc = dq->incarnation;
+  uv_mutex_unlock(&w->lock);
+  if (inc <= 0 || ath__qpg_leased(dq->wr, inc, &rows) != 0)
+    return;
+  ath_qpg_outcome_t* o = calloc(rows.n ? rows.n : 1, sizeof(*o));
+  uint8_t* applied = calloc(rows.n ? rows.n : 1, 1);
+  size_t n = 0;
+  uv_mutex_lock(&w->lock);
+  for (size_t i = 0; o && applied && i < rows.n; i++) {
+    const ath_qpg_task_t* r = &rows.rows[i];
+    ath_task_t* t = ath__table_get(w, r->id, ath__hash_str(r->id));
+    if (t != NULL && t->dq_seq == r->seq && t->dq_attempt == r->attempt)
+      continue; /* held here */
+    o[n].seq = r->seq;
+    o[n].attempt = r->attempt;
+    o[n].status = ATH_PENDING;
+    n++;
+  }
+  uv_mutex_unlock(&w->lock);
+  if (n > 0 && ath__qpg_finish(dq->wr, inc, o, n, applied) == 0)
+    ath__logf(w, ATH_LOG_WARN, NULL, 0, "%zu task(s) claimed by a cycle whose answer was lost went back unrun", n);
+  free(o);
+  free(applied);
+  ath__qpg_tasks_free(&rows);
+}
+
 /* One cycle (lock held on entry and exit). Returns 0, or the provider's
  * error (the batch was handed back to the dirty list). */
 static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
@@ -486,6 +519,15 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
                         .outcomes = c.outs, .n_outcomes = c.nouts, .applied = c.applied,
                         .lease = lease, .claims = c.claims, .n_claims = c.nclaims, .one_commit = 1};
   int rc = c.nins + c.nouts + c.nclaims > 0 ? ath__qpg_cycle(dq->wr, &pc) : 0;
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->wr) && ath__qpg_reset(dq->wr) == 0) {
+    /* the connection broke (a restart, a terminated session): once more on a
+     * new one. Inserts are idempotent and finishes fenced; claims that may
+     * have committed unanswered go back first. */
+    audit_leases(w, dq);
+    for (size_t i = 0; i < c.nclaims; i++)
+      ath__qpg_tasks_free(&c.claimed[i]);
+    rc = ath__qpg_cycle(dq->wr, &pc);
+  }
   if (rc == 0 && c.nclaims > 0)
     adopt_claims(w, dq, &c);
   uv_mutex_lock(&w->lock);
@@ -921,10 +963,14 @@ static void backend_main(void* arg) {
     if (w->ndirty > 0 || hungry) {
       int rc = run_cycle(w, dq, claiming);
       if (rc != 0) {
-        if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->wr)) {
+        if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->wr)) { /* reconnect; the database takes writes again */
           uv_mutex_unlock(&w->lock);
-          ath__qpg_reset(dq->wr);
+          int ok = ath__qpg_reset(dq->wr) == 0;
+          if (ok)
+            audit_leases(w, dq);
           uv_mutex_lock(&w->lock);
+          if (ok)
+            healthy(w);
         }
         if (w->store_stop && !w->store_ok)
           break; /* shutting down with a database that keeps failing */

@@ -290,6 +290,21 @@ describe("athena.PostgresBackend", function()
     assert.equals("ECANCELED", select(2, idle:result(WAIT)).code)
   end)
 
+  it("carries on when the database ends its sessions (a restart, an operator)", function()
+    local sch = schema()
+    local w = world(sch, { serve = true })
+    assert.equals(1, w:execute("dist.noop", 1):result(WAIT))
+    local n = admin:query("select count(pg_terminate_backend(pid)) as n from pg_stat_activity" ..
+      " where datname = current_database() and pid <> pg_backend_pid() and backend_type = 'client backend'")[1].n
+    assert.is_true(n >= 4) -- the world's four connections
+    local h, err = w:execute("dist.noop", 2) -- the writer finds its connection gone: a new one
+    assert.is_nil(err)
+    assert.equals(2, h:result(WAIT))
+    for i, x in ipairs(w:executeMany("dist.noop", { 1, 2, 3 })) do assert.equals(i, x:result(WAIT)) end
+    assert.equals(1, #w:getNodes()) -- the reader too
+    assert.equals(0, scalar(("select count(*) as n from %s.ready"):format(sch)))
+  end)
+
   it("works by polling alone (notify = false)", function()
     local sch = schema()
     local ctl = world(sch, { pollOnly = true })
