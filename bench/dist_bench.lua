@@ -3,7 +3,9 @@
 -- (the nodes are not running: the processing run then measures claims and
 -- finishes alone). mode "wait": wait until N tasks of the schema completed
 -- and print the rate since DIST_T0 (epoch ms). mode "e2e": with the nodes
--- running, executeMany N tasks and wait for every result.
+-- running, executeMany N tasks and wait for every result. mode "latency":
+-- after enqueueing N, one task at a time (N of them), each run by a node:
+-- the time from execute to result.
 local athena = require "athena"
 local jobs = require "dist_jobs"
 local env = os.getenv
@@ -38,6 +40,17 @@ for _ = 1, N // 1000 do
 end
 local t1 = athena.now()
 print(("enqueued %d no-op tasks in %d ms: %.0f tasks/s"):format(N, t1 - t0, N / ((t1 - t0) / 1000)))
+if mode == "latency" then -- one task at a time, run by another node: execute -> result
+  local ms = {}
+  for i = 1, N do
+    local t = athena.now()
+    assert(w:execute("dist.noop", i):result(10000) == i)
+    ms[i] = athena.now() - t
+  end
+  table.sort(ms)
+  print(("cross-node execute -> result, %d tasks one at a time: p50 %d ms, p90 %d ms, p99 %d ms, max %d ms")
+    :format(N, ms[N // 2], ms[N * 9 // 10], ms[math.max(1, N * 99 // 100)], ms[N]))
+end
 if mode == "e2e" then
   for _, h in ipairs(hs) do assert(h:result(600000)) end
   local t2 = athena.now()

@@ -6,6 +6,7 @@
 #               from their start until the last row completed
 #   end to end: the 3 nodes running, a controller enqueues N (executeMany,
 #               1,000 per call) and waits for every result
+#   latency:    one task at a time, execute -> result across nodes (500)
 # GRAPHILE=1: then the same two runs with graphile-worker 0.17 on the same
 # server (bench/graphile_bench.js; 3 worker processes, concurrency 24,
 # localQueue 500, batched completions; npm installs it into a temporary
@@ -62,6 +63,8 @@ for n in a b c; do
   for _ in $(seq 200); do grep -q started "$work/$n.out" 2>/dev/null && break; sleep 0.1; done
 done
 "$bin" "$root/bench/dist_bench.lua" e2e "$N"
+echo "== latency (the same 3 nodes, 500 tasks one at a time)"
+"$bin" "$root/bench/dist_bench.lua" latency 500 | grep cross-node
 stop_nodes
 
 if [ "${GRAPHILE:-0}" = 1 ]; then

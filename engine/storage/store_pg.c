@@ -77,6 +77,8 @@ struct ath_dq_s {
   int64_t* cancels;        /* athena_cancel seqs leased here */
   size_t ncancel, cancel_cap;
   seqset_t watch;
+  seqset_t early;          /* athena_done seqs not watched (yet): an end heard before
+                            * this node's own insert answer was read; cleared past 65536 */
   int64_t n_lost, n_rescued, n_claimed, n_notified;
   /* the listener thread */
   uv_thread_t lis_thread;
@@ -145,11 +147,6 @@ static void seq_del(seqset_t* s, int64_t v) {
   }
 }
 
-void ath__dq_watch(ath_world_t* w, int64_t seq) {
-  if (w->dq != NULL && seq > 0)
-    seq_add(&w->dq->watch, seq);
-}
-
 static int push_seq(int64_t** a, size_t* n, size_t* cap, int64_t v) {
   if (*n == *cap) {
     size_t c = *cap ? *cap * 2 : 256;
@@ -162,6 +159,19 @@ static int push_seq(int64_t** a, size_t* n, size_t* cap, int64_t v) {
   (*a)[(*n)++] = v;
   return 0;
 }
+
+void ath__dq_watch(ath_world_t* w, int64_t seq) {
+  struct ath_dq_s* dq = w->dq;
+  if (dq == NULL || seq <= 0)
+    return;
+  seq_add(&dq->watch, seq);
+  if (seq_has(&dq->early, seq)) { /* it ended before it was watched */
+    seq_del(&dq->early, seq);
+    push_seq(&dq->done, &dq->ndone, &dq->done_cap, seq);
+    uv_cond_signal(&w->store_cond);
+  }
+}
+
 
 /* ------------------------------------------------------------ listener */
 
@@ -193,8 +203,15 @@ static void heard(const char* channel, const char* payload, void* ud) {
       int64_t seq = strtoll(p, &end, 10);
       if (end == p)
         break;
-      if (seq_has(&dq->watch, seq))
+      if (seq_has(&dq->watch, seq)) {
         push_seq(&dq->done, &dq->ndone, &dq->done_cap, seq);
+      } else {
+        if (dq->early.n >= 65536) { /* older ones: the poll finds them */
+          memset(dq->early.slots, 0, dq->early.cap * sizeof(*dq->early.slots));
+          dq->early.n = 0;
+        }
+        seq_add(&dq->early, seq);
+      }
       p = *end == ',' ? end + 1 : end;
     }
   } else if (strcmp(channel, "athena_cancel") == 0) {
@@ -567,7 +584,7 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
       continue;
     }
     if (t->remote && !ATH_IS_TERMINAL(t->status))
-      seq_add(&dq->watch, r->seq);
+      ath__dq_watch(w, r->seq);
     if (r->created && t->status == ATH_SCHEDULED && (dq->stage_at == 0 || t->ready_at < dq->stage_at))
       dq->stage_at = t->ready_at;
   }
@@ -1044,6 +1061,7 @@ static void dq_free(struct ath_dq_s* dq) {
   free(dq->done);
   free(dq->cancels);
   free(dq->watch.slots);
+  free(dq->early.slots);
   free(dq);
 }
 

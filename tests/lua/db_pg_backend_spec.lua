@@ -29,7 +29,7 @@ local worlds, pids, tmp = {}, {}, {}
 local function world(sch, extra)
   local cfg = {
     backend = athena.PostgresBackend.new { url = URL, nodeId = "ctl-" .. sch .. "-" .. #worlds, schema = sch,
-      pollInterval = 200, notify = not (extra and extra.pollOnly) },
+      pollInterval = extra and extra.pollInterval or 200, notify = not (extra and extra.pollOnly) },
     modules = { "dist_jobs" }, minWorkers = 1, maxWorkers = 1,
     taskQueues = { dist = { workers = extra and extra.serve and 1 or 0, concurrency = 8 } },
     heartbeatInterval = 500, heartbeatTimeout = 3000, persistence = "file", -- result() once committed
@@ -288,6 +288,17 @@ describe("athena.PostgresBackend", function()
     assert.is_true(idle:cancel())
     assert.equals(7, scalar(("select status from %s.tasks where id = $1"):format(sch), idle.id))
     assert.equals("ECANCELED", select(2, idle:result(WAIT)).code)
+  end)
+
+  it("hears every end from another node without polling, even one heard before its own insert's answer", function()
+    local sch = schema()
+    local ctl = world(sch, { pollInterval = 600000 }) -- a missed notification would wait 10 min
+    node(sch, "a")
+    for i = 1, 300 do
+      local r, err = ctl:execute("dist.noop", i):result(5000)
+      assert.is_nil(err)
+      assert.equals(i, r)
+    end
   end)
 
   it("carries on when the database ends its sessions (a restart, an operator)", function()
