@@ -178,6 +178,9 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen);
 /* After the backend thread ended (ath__store_stop): releases the node
  * lease and the leader lock, stops listening. */
 void ath__pgstore_stopped(ath_world_t* w);
+/* The outcome of an attempt whose lease this node lost (lock held): it is
+ * discarded, the task becomes a proxy of its row (the rescue decides). */
+void ath__dq_discard(ath_world_t* w, ath_task_t* t);
 /* A proxy's row (seq) whose end this node waits to hear of (lock held). */
 void ath__dq_watch(ath_world_t* w, int64_t seq);
 /* Reads the row of remote proxy t and brings the proxy up to it (lock not

@@ -173,6 +173,15 @@ void ath__dq_watch(ath_world_t* w, int64_t seq) {
 }
 
 
+void ath__dq_discard(ath_world_t* w, ath_task_t* t) {
+  w->dq->n_lost++;
+  t->dq_attempt = 0;
+  t->remote = 1;
+  t->status = ATH_RUNNING; /* as far as this node knows; its row tells the rest */
+  ath__dq_watch(w, t->dq_seq);
+  ath__logf(w, ATH_LOG_WARN, NULL, 0, "outcome of %s discarded: this node's lease was lost", t->id);
+}
+
 /* ------------------------------------------------------------ listener */
 
 static int queue_index(ath_world_t* w, const char* name) {
