@@ -334,7 +334,7 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
     if (!w->cfg.no_metrics)
       ath__lat_add(&w->lat_run, (double)(mono - t->start_mono) / 1e6, now);
     if (t->dq_attempt < 0) { /* PostgreSQL: this node's lease was lost meanwhile */
-      ath__dq_discard(w, t);
+      nwake = ath__dq_discard(w, t, wake, nwake);
       continue;
     }
     if (o->status == ATH_COMPLETED)

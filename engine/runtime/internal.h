@@ -194,6 +194,9 @@ struct ath_task_s {
                           * discarded) */
   int64_t dq_seq;        /* PostgreSQL backend: the row's seq (0: not
                           * inserted; -1: its insert is in flight) */
+  int dq_claimed;        /* PostgreSQL backend: an attempt claimed while a
+                          * fenced one still ran here (0: none); it starts
+                          * once that one ends */
   ath_worker_t* wk;      /* the worker running it, while running */
   atomic_ullong cancel_ns; /* monotonic ns the cancel was accepted, 0 if none */
   int64_t last_hb;       /* wall ms of the latest heartbeat */

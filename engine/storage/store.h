@@ -179,8 +179,9 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen);
  * lease and the leader lock, stops listening. */
 void ath__pgstore_stopped(ath_world_t* w);
 /* The outcome of an attempt whose lease this node lost (lock held): it is
- * discarded, the task becomes a proxy of its row (the rescue decides). */
-void ath__dq_discard(ath_world_t* w, ath_task_t* t);
+ * discarded, the task becomes a proxy of its row (the rescue decides), or
+ * runs the attempt this node claimed meanwhile. Returns the new nwake. */
+int ath__dq_discard(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake);
 /* A proxy's row (seq) whose end this node waits to hear of (lock held). */
 void ath__dq_watch(ath_world_t* w, int64_t seq);
 /* Reads the row of remote proxy t and brings the proxy up to it (lock not

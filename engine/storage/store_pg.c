@@ -173,13 +173,39 @@ void ath__dq_watch(ath_world_t* w, int64_t seq) {
 }
 
 
-void ath__dq_discard(ath_world_t* w, ath_task_t* t) {
+/* Makes claimed attempt `attempt` of t a local task in its queue's bucket
+ * (lock held): it waits for a worker, whose claim counts the attempt.
+ * Returns how many were queued (0: no memory; t is handed back). */
+static int64_t queue_claimed(ath_world_t* w, ath_task_t* t, int attempt, int64_t ready_at) {
+  t->dq_attempt = attempt;
+  t->remote = 0;
+  t->unborn = 0;
+  t->attempt = attempt - 1;
+  t->status = ATH_PENDING;
+  t->ready_at = ready_at;
+  t->ready_mono = ath__mono(w);
+  if (ath__queue_push(t->queue, t) == 0)
+    return 1;
+  t->remote = 1; /* handed back (T14) */
+  ath__store_mark(w, t);
+  return 0;
+}
+
+int ath__dq_discard(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake) {
   w->dq->n_lost++;
+  ath__logf(w, ATH_LOG_WARN, NULL, 0, "outcome of %s discarded: this node's lease was lost", t->id);
+  if (t->dq_claimed > 0) { /* claimed again meanwhile: that attempt runs now */
+    int attempt = t->dq_claimed;
+    t->dq_claimed = 0;
+    if (queue_claimed(w, t, attempt, t->ready_at) > 0 && nwake < MAX_WORKERS)
+      nwake += ath__pick_sleepers(w, t->queue, 1, wake + nwake, MAX_WORKERS - nwake);
+    return nwake;
+  }
   t->dq_attempt = 0;
   t->remote = 1;
   t->status = ATH_RUNNING; /* as far as this node knows; its row tells the rest */
   ath__dq_watch(w, t->dq_seq);
-  ath__logf(w, ATH_LOG_WARN, NULL, 0, "outcome of %s discarded: this node's lease was lost", t->id);
+  return nwake;
 }
 
 /* ------------------------------------------------------------ listener */
@@ -441,6 +467,14 @@ static void adopt_claims(ath_world_t* w, struct ath_dq_s* dq, cycle_t* c) {
       }
       seq_del(&dq->watch, r->seq);
       t->dq_seq = r->seq;
+      if (t->wk != NULL || t->dq_attempt < 0) {
+        /* an attempt fenced by a lost lease still runs on this very task:
+         * the new one starts once it ended (ath__dq_discard) */
+        t->dq_claimed = r->attempt;
+        uv_mutex_unlock(&w->lock);
+        ath_task_release(t);
+        continue;
+      }
       t->dq_attempt = r->attempt;
       if (ATH_IS_TERMINAL(t->status)) { /* cannot happen: a row ended is never ready */
         t->remote = 1; /* handed back */
@@ -451,20 +485,9 @@ static void adopt_claims(ath_world_t* w, struct ath_dq_s* dq, cycle_t* c) {
         ath__set_error(t, ATH_ENOTFOUND, "no activity with this name is registered on this node");
         nwake = ath__finish_task(w, t, ATH_FAILED, ath__wall(w), wake, nwake);
       } else {
-        t->remote = 0;
-        t->unborn = 0;
-        t->attempt = r->attempt - 1; /* the worker's claim counts it */
-        t->status = ATH_PENDING;
-        t->ready_at = r->ready_at;
-        t->ready_mono = ath__mono(w);
         if (r->cancel_at >= 0 && atomic_load(&t->cancel_ns) == 0)
           atomic_store(&t->cancel_ns, ath__mono(w));
-        if (ath__queue_push(t->queue, t) == 0) {
-          pushed++;
-        } else { /* no memory for the bucket: hand it back */
-          t->remote = 1;
-          ath__store_mark(w, t);
-        }
+        pushed += queue_claimed(w, t, r->attempt, r->ready_at);
       }
       uv_mutex_unlock(&w->lock);
       ath_task_release(t);
@@ -729,6 +752,10 @@ static void self_fence(ath_world_t* w, struct ath_dq_s* dq) {
   int64_t held = 0;
   for (size_t b = 0; b < w->table_cap; b++) {
     for (ath_task_t* t = w->table[b]; t != NULL; t = t->hnext) {
+      if (t->dq_claimed > 0) { /* a claim under the incarnation lost now: the rescue's */
+        t->dq_claimed = 0;
+        held++;
+      }
       if (t->dq_attempt <= 0)
         continue;
       held++;

@@ -261,6 +261,20 @@ describe("athena.PostgresBackend", function()
     assert.truthy(err:find("lease lost", 1, true) or err:find("discarded", 1, true))
   end)
 
+  it("a node whose lease expired discards its late outcome; its handle shows the rescued attempt's", function()
+    local sch = schema()
+    local w = world(sch, { serve = true }) -- also the leader: it rescues its own old incarnation
+    local h = w:execute("dist.sleep", { ms = 1500 })
+    S.eventually(function() return h:status() == "running" end, WAIT, "the task to run")
+    assert(admin:exec(("update %s.nodes set expires_at = 0 where not leader"):format(sch)))
+    local r, err = h:result(WAIT)
+    assert.is_nil(err)
+    assert.is_string(r)
+    assert.equals(2, h:query().attempt) -- attempt 1 ended after the loss: discarded
+    assert.equals(2, scalar(("select attempt from %s.tasks where id = $1"):format(sch), h.id))
+    assert.equals(1, scalar(("select rescues from %s.tasks where id = $1"):format(sch), h.id))
+  end)
+
   it("cancels from another node and wakes result() on every node", function()
     local sch = schema()
     local ctl = world(sch)
