@@ -416,6 +416,13 @@ static void classify(ath_world_t* w, struct ath_dq_s* dq, ath_task_t** batch, si
       dq->n_lost++;
       t->dq_attempt = 0;
       t->remote = t->status == ATH_RETRYING;
+      if (t->dq_claimed > 0) { /* claimed again meanwhile (ended by the worker monitor): back, unrun */
+        t->dq_attempt = t->dq_claimed;
+        t->dq_claimed = 0;
+        add_outcome(c, t, ATH_PENDING, now);
+        t->dq_attempt = 0;
+        t->remote = 1;
+      }
     }
   }
 }
