@@ -128,6 +128,16 @@ describe("athena.PostgresBackend", function()
     S.raises("EINVAL", athena.World.new, { taskQueues = { dist = { workers = 0 } } })
   end)
 
+  it("fails start() with ESTORE when the database cannot be reached, without the password", function()
+    local password = assert(URL:match("^postgres://[^:]+:([^@]+)@"))
+    local dead = URL:gsub("@127%.0%.0%.1:%d+/", "@127.0.0.1:1/")
+    local w = athena.World.new { backend = athena.PostgresBackend.new { url = dead, schema = schema() },
+      modules = { "dist_jobs" }, taskQueues = { dist = { workers = 1 } } }
+    w:register(table.unpack(jobs.all))
+    local err = S.raises("ESTORE", w.start, w)
+    assert.is_nil(err.message:find(password, 1, true))
+  end)
+
   it("refuses workflows and schedules (not on this backend yet) with a clear error", function()
     local sch = schema()
     local w = athena.World.new { backend = athena.PostgresBackend.new { url = URL, schema = sch },
