@@ -21,7 +21,7 @@ work=$(mktemp -d /tmp/athena-bench.XXXXXX)
 pids=()
 own_pg=0
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   [ $own_pg = 1 ] && "$root/scripts/pg-test" stop "$work/pg" >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -43,6 +43,13 @@ nodes() {
 }
 stop_nodes() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for _ in $(seq 50); do # up to 5 s for a graceful exit, then SIGKILL
+    alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 0.1
+  done
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait "${pids[@]}" 2>/dev/null || true
   pids=()
 }
@@ -72,7 +79,7 @@ if [ "${GRAPHILE:-0}" = 1 ]; then
   export NODE_PATH=$work/gw/node_modules
   gw() { node "$root/bench/graphile_bench.js" "$@"; }
   gw_workers() {
-    for n in 1 2 3; do gw worker >"$work/gw$n.log" 2>&1 & pids+=($!); done
+    for n in 1 2 3; do node "$root/bench/graphile_bench.js" worker >"$work/gw$n.log" 2>&1 & pids+=($!); done
   }
   echo "== graphile-worker 0.17: processed ($N jobs queued, then 3 workers)"
   export GW_SCHEMA=gw_p_$$
