@@ -221,6 +221,17 @@ int lath_world_new(lua_State* L) {
   lua_getfield(L, 1, "webhookUrl");
   cfg.webhook_url = lua_tostring(L, -1); /* anchored by the table */
   lua_pop(L, 3);
+  lua_getfield(L, 1, "backendUrl"); /* athena.PostgresBackend, checked by init.lua */
+  cfg.backend_url = lua_tostring(L, -1);
+  lua_getfield(L, 1, "backendSchema");
+  cfg.backend_schema = lua_tostring(L, -1);
+  lua_getfield(L, 1, "nodeId");
+  cfg.node_id = lua_tostring(L, -1);
+  lua_pop(L, 3);
+  cfg.poll_interval_ms = opt_ms(L, 1, "pollInterval", cfg.poll_interval_ms);
+  lua_getfield(L, 1, "pollOnly");
+  cfg.backend_poll_only = lua_toboolean(L, -1);
+  lua_pop(L, 1);
   cfg.webhook_events = (unsigned)opt_int(L, 1, "webhookEvents", 0);
   cfg.modules = opt_strv(L, 1, "modules", 0);
   cfg.script_args = opt_strv(L, 1, "scriptArgs", 1);
@@ -304,6 +315,8 @@ static int world_register(lua_State* L) {
     }
   }
   int rc = ath_world_register(lw->w, &a);
+  if (rc == ATH_ENOSYS)
+    return ath__raise(L, rc, "cannot register workflow %s: workflows are not supported on the PostgreSQL backend yet", name);
   if (rc != 0)
     return ath__raise(L, rc, "cannot register %s", name);
   return 0;
@@ -806,6 +819,21 @@ static int world_metrics(lua_State* L) {
   }
   lua_setfield(L, -2, "queues");
   lua_remove(L, -2); /* the queue figures' box */
+  return 1;
+}
+
+/* world:getNodes(): the PostgreSQL backend's nodes (docs/backend-postgres.md) */
+static int world_nodes(lua_State* L) {
+  ath_world_t* w = check_world(L, 1);
+  char* json = NULL;
+  char err[512];
+  int rc = ath__world_nodes(w, &json, err, sizeof(err));
+  if (rc != 0)
+    return ath__raise(L, rc, "%s", err);
+  rc = ath__json_decode(L, json, strlen(json));
+  free(json);
+  if (rc != 0)
+    return ath__raise(L, ATH_ESTORE, "%s", "getNodes: the database's answer is not JSON");
   return 1;
 }
 
@@ -1508,6 +1536,7 @@ int lath_open_world(lua_State* L) {
     {"children", world_children},
     {"getMetrics", world_metrics},
     {"getWorkers", world_workers},
+    {"getNodes", world_nodes},
     {"shutdown", world_shutdown},
     {"cancel", world_cancel},
     {"requeue", world_requeue},

@@ -82,6 +82,22 @@ endforeach()
 
 
 
+# The PostgreSQL backend across processes (scripts/dist-test, fixture "pg"):
+# 3 nodes and a controller; a kill -9 of a node mid-run, of the leader, then
+# poll-only without one.
+add_test(NAME dist.kill9 COMMAND ${PROJECT_SOURCE_DIR}/scripts/dist-test $<TARGET_FILE:athena>)
+add_test(NAME dist.kill_leader COMMAND ${PROJECT_SOURCE_DIR}/scripts/dist-test $<TARGET_FILE:athena>)
+add_test(NAME dist.poll_only COMMAND ${PROJECT_SOURCE_DIR}/scripts/dist-test $<TARGET_FILE:athena>)
+set_tests_properties(dist.kill9 dist.kill_leader dist.poll_only PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED pg)
+set_tests_properties(dist.kill_leader PROPERTIES ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url;DIST_KILL=leader")
+# Each node holds four connections and the fixture allows 50: the tests that
+# start nodes run one at a time.
+set_tests_properties(dist.kill9 dist.kill_leader dist.poll_only lua.db_pg_backend lua.gc.db_pg_backend
+  PROPERTIES RESOURCE_LOCK pg_nodes)
+set_tests_properties(dist.kill9 PROPERTIES ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url")
+set_tests_properties(dist.poll_only PROPERTIES
+  ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url;DIST_NOTIFY=0;DIST_KILL=0;DIST_TASKS=2000")
+
 # The cron parser under its fuzz target: the seed corpus through a plain
 # driver in every build, and libFuzzer for a bounded time when clang is
 # there (scripts/bootstrap installs it).

@@ -75,7 +75,7 @@ static const char* const MIGRATIONS[ATH_QPG_SCHEMA_VERSION] = {
   t ".seq, " t ".id, " t ".name, " t ".kind, " t ".queue, " t ".status, " t ".priority, " t \
   ".attempt, " t ".max_attempts, " t ".strategy, " t ".rescues, " t ".wake, " t ".hist_n, " t \
   ".created_at, " t ".ready_at, " t ".started_at, " t ".close_by, " t ".cancel_at, " t        \
-  ".last_hb, " t ".parent_id, " t ".input, " t ".error, " t ".hb"
+  ".last_hb, " t ".parent_id, " t ".input, " t ".error, " t ".hb, " t ".scheduled_at"
 
 /* What a commit made ready: one NOTIFY athena_ready per queue ($n = notify). */
 #define NOTIFY_READY(cte, flag) \
@@ -93,6 +93,12 @@ enum {
   ST_RENEW,
   ST_SCHED_PUT,
   ST_FIRE,
+  ST_READ,
+  ST_GET,
+  ST_CANCEL,
+  ST_CANCELLED,
+  ST_NODES,
+  ST_LEASED,
   ST_COUNT
 };
 
@@ -197,9 +203,10 @@ static const char* const STMTS[ST_COUNT] = {
     "DELETE FROM {S}.nodes n WHERE n.expires_at < {S}.now_ms() - $1"
     " AND NOT EXISTS (SELECT 1 FROM {S}.tasks t WHERE t.lease = n.incarnation)",
   [ST_REGISTER] =
-    "INSERT INTO {S}.nodes (node_id, host, pid, started_at, beat_at, expires_at, queues, slots)"
+    "INSERT INTO {S}.nodes (node_id, host, pid, started_at, beat_at, expires_at, queues, slots,"
+    "   leader)"
     " VALUES ($1, $2, $3, {S}.now_ms(), {S}.now_ms(),"
-    "   {S}.now_ms() + $4, $5::text[], $6) RETURNING incarnation, expires_at",
+    "   {S}.now_ms() + $4, $5::text[], $6, $7) RETURNING incarnation, expires_at",
   [ST_RENEW] =
     "UPDATE {S}.nodes SET beat_at = {S}.now_ms(), expires_at = {S}.now_ms() + $2, metrics = $3"
     " WHERE incarnation = $1 AND expires_at > {S}.now_ms() RETURNING expires_at",
@@ -226,6 +233,43 @@ static const char* const STMTS[ST_COUNT] = {
     " r AS (INSERT INTO {S}.ready SELECT seq, queue, priority, ready_at FROM t RETURNING queue),"
     " n AS (" NOTIFY_READY("r", "$8") ")"
     " SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM t), (SELECT count(*) FROM n)",
+  /* Rows by seq: every one ($2), or only those that ended. */
+  [ST_READ] =
+    "SELECT " TASK_COLS("t") ", t.result, t.completed_at FROM {S}.tasks t"
+    " WHERE t.seq = ANY($1::bigint[]) AND ($2 OR t.status >= 5) ORDER BY t.seq",
+  [ST_GET] =
+    "SELECT " TASK_COLS("t") ", t.result, t.completed_at FROM {S}.tasks t"
+    " WHERE t.id = $1",
+  /* Cancel (an activity): at once when nobody leases it (T12), else the
+   * lease holder hears athena_cancel '<incarnation>:<seq>' (T13). */
+  [ST_CANCEL] =
+    "WITH t AS (SELECT seq, status, lease, notify FROM {S}.tasks WHERE seq = $1 FOR UPDATE),"
+    " simple AS (UPDATE {S}.tasks x SET status = 7, completed_at = {S}.now_ms(),"
+    "   cancel_at = {S}.now_ms(), due_at = NULL, close_by = NULL"
+    "   FROM t WHERE x.seq = t.seq AND t.status IN (0, 1, 3) AND t.lease IS NULL"
+    "   RETURNING x.seq, x.notify),"
+    " unready AS (DELETE FROM {S}.ready r USING simple s WHERE r.seq = s.seq),"
+    " flagged AS (UPDATE {S}.tasks x SET cancel_at = coalesce(x.cancel_at, {S}.now_ms())"
+    "   FROM t WHERE x.seq = t.seq AND t.lease IS NOT NULL AND t.status IN (0, 1, 2, 3)"
+    "   RETURNING x.seq, x.lease),"
+    " n AS (SELECT pg_notify('athena_cancel{H}', lease || ':' || seq) FROM flagged WHERE $2"
+    "   UNION ALL SELECT pg_notify('athena_done{H}', seq::text) FROM simple WHERE notify AND $2)"
+    " SELECT CASE WHEN EXISTS (SELECT 1 FROM simple) THEN 1"
+    "   WHEN EXISTS (SELECT 1 FROM flagged) THEN 2 ELSE 0 END, (SELECT count(*) FROM n)",
+  /* Cancels accepted for tasks this incarnation leases (the poll's catch-up). */
+  [ST_CANCELLED] =
+    "SELECT seq FROM {S}.tasks WHERE lease IS NOT DISTINCT FROM $1 AND cancel_at IS NOT NULL"
+    " AND status < 5",
+  /* One incarnation's leases (by the lease index: no join here, §4.3). */
+  [ST_LEASED] = "SELECT " TASK_COLS("t") " FROM {S}.tasks t WHERE t.lease = $1 ORDER BY t.seq",
+  [ST_NODES] =
+    "SELECT coalesce(json_agg(json_build_object('nodeId', n.node_id,"
+    "   'incarnation', n.incarnation, 'host', n.host, 'pid', n.pid, 'startedAt', n.started_at,"
+    "   'beatAt', n.beat_at, 'expiresAt', n.expires_at, 'alive', n.expires_at > {S}.now_ms(),"
+    "   'queues', n.queues, 'slots', n.slots,"
+    "   'leader', EXISTS (SELECT 1 FROM {S}.nodes l WHERE l.leader AND l.node_id = n.node_id"
+    "     AND l.pid = n.pid AND l.expires_at > {S}.now_ms()))"
+    "   ORDER BY n.incarnation), '[]')::text FROM {S}.nodes n WHERE NOT n.leader",
 };
 
 /* ------------------------------------------------------------ connection */
@@ -239,6 +283,7 @@ struct ath_qpg_s {
   char suffix[10];      /* of its channels (channel_suffix) */
   char* sql[ST_COUNT];  /* {S} substituted */
   uint32_t prepared;    /* bit per statement */
+  uint32_t preparing;   /* bit per statement whose prepare this pipeline sent */
   int notify;
   /* the pipeline's items not read yet */
   struct {
@@ -483,6 +528,7 @@ static int pl_push(ath_qpg_t* q, int kind, int st) {
 
 static int pl_begin(ath_qpg_t* q) {
   q->head = q->tail = 0;
+  q->preparing = 0;
   if (PQenterPipelineMode(q->conn) == 0)
     return conn_err(q);
   return 0;
@@ -492,11 +538,12 @@ static int pl_begin(ath_qpg_t* q) {
 static int pl_send(ath_qpg_t* q, int st, int n, const char* const* v) {
   char name[16];
   snprintf(name, sizeof(name), "ath_qpg_%d", st);
-  if (!(q->prepared & (1u << st))) {
+  if (!((q->prepared | q->preparing) & (1u << st))) { /* once per pipeline, even used twice */
     if (PQsendPrepare(q->conn, name, q->sql[st], 0, NULL) == 0)
       return conn_err(q);
     if (pl_push(q, IT_PREP, st) < 0)
       return ATH_EINVAL;
+    q->preparing |= 1u << st;
   }
   if (PQsendQueryPrepared(q->conn, name, n, v, NULL, NULL, 0) == 0)
     return conn_err(q);
@@ -712,7 +759,8 @@ static int decode_tasks(PGresult* r, ath_qpg_tasks_t* out) {
   COL(seq); COL(id); COL(name); COL(kind); COL(queue); COL(status); COL(priority); COL(attempt);
   COL(max_attempts); COL(strategy); COL(rescues); COL(wake); COL(hist_n); COL(resumed);
   COL(created_at); COL(ready_at); COL(started_at); COL(close_by); COL(cancel_at); COL(last_hb);
-  COL(parent_id); COL(input); COL(error); COL(hb); COL(history);
+  COL(parent_id); COL(input); COL(error); COL(hb); COL(history); COL(result); COL(completed_at);
+  COL(scheduled_at);
 #undef COL
   for (int i = 0; i < n; i++) {
     ath_qpg_task_t* t = &out->rows[i];
@@ -741,6 +789,9 @@ static int decode_tasks(PGresult* r, ath_qpg_tasks_t* out) {
     t->error = get_str(r, i, c_error);
     t->hb = get_str(r, i, c_hb);
     t->history = get_str(r, i, c_history);
+    t->result = get_str(r, i, c_result);
+    t->completed_at = get_i64(r, i, c_completed_at);
+    t->scheduled_at = get_i64(r, i, c_scheduled_at);
   }
   out->n = (size_t)n;
   out->res_ = r;
@@ -1042,8 +1093,8 @@ int ath__qpg_node_register(ath_qpg_t* q, const ath_qpg_node_t* n, uint64_t now_n
   int rc = params_done(&p, qv);
   PGresult* r = NULL;
   if (rc == 0) {
-    const char* v[6] = {n->node_id, host, pid_s, ttl_s, qv[0], slots_s};
-    rc = run1(q, ST_REGISTER, 6, v, &r);
+    const char* v[7] = {n->node_id, host, pid_s, ttl_s, qv[0], slots_s, n->leader ? "t" : "f"};
+    rc = run1(q, ST_REGISTER, 7, v, &r);
   }
   params_free(&p);
   if (rc < 0)
@@ -1335,6 +1386,102 @@ int ath__qpg_cron_fire(ath_qpg_t* q, const char* id, int64_t at, int64_t next, c
   }
   PQclear(r);
   return rc;
+}
+
+int ath__qpg_vacuum_ready(ath_qpg_t* q) {
+  char* sql = subst("VACUUM (SKIP_LOCKED) {S}.ready", q->qschema);
+  if (sql == NULL)
+    return ATH_ENOMEM;
+  q->err[0] = q->sqlstate[0] = '\0';
+  PGresult* r = PQexec(q->conn, sql);
+  free(sql);
+  if (PQresultStatus(r) != PGRES_COMMAND_OK)
+    return res_err(q, r);
+  PQclear(r);
+  return 0;
+}
+
+/* ------------------------------------------------------------ reads */
+
+int ath__qpg_read(ath_qpg_t* q, const int64_t* seqs, size_t n, int ended_only, ath_qpg_tasks_t* out) {
+  memset(out, 0, sizeof(*out));
+  params_t p;
+  const char* v[2];
+  params_init(&p, 1);
+  for (size_t i = 0; i < n; i++)
+    arr_int(&p, 0, seqs[i]);
+  int rc = params_done(&p, v);
+  v[1] = ended_only ? "f" : "t";
+  PGresult* r = NULL;
+  if (rc == 0)
+    rc = run1(q, ST_READ, 2, v, &r);
+  params_free(&p);
+  return rc < 0 ? rc : decode_tasks(r, out);
+}
+
+int ath__qpg_get(ath_qpg_t* q, const char* id, ath_qpg_tasks_t* out) {
+  memset(out, 0, sizeof(*out));
+  const char* v[1] = {id};
+  PGresult* r = NULL;
+  int rc = run1(q, ST_GET, 1, v, &r);
+  return rc < 0 ? rc : decode_tasks(r, out);
+}
+
+int ath__qpg_cancel(ath_qpg_t* q, int64_t seq, int* how) {
+  char seq_s[24];
+  snprintf(seq_s, sizeof(seq_s), "%" PRId64, seq);
+  const char* v[2] = {seq_s, q->notify ? "t" : "f"};
+  PGresult* r = NULL;
+  int rc = run1(q, ST_CANCEL, 2, v, &r);
+  if (rc < 0)
+    return rc;
+  *how = PQntuples(r) > 0 ? (int)get_i64(r, 0, 0) : 0;
+  PQclear(r);
+  return 0;
+}
+
+int ath__qpg_cancelled(ath_qpg_t* q, int64_t lease, int64_t** seqs, size_t* n) {
+  char inc_s[24];
+  snprintf(inc_s, sizeof(inc_s), "%" PRId64, lease);
+  const char* v[1] = {inc_s};
+  PGresult* r = NULL;
+  *seqs = NULL;
+  *n = 0;
+  int rc = run1(q, ST_CANCELLED, 1, v, &r);
+  if (rc < 0)
+    return rc;
+  int k = PQntuples(r);
+  if (k > 0 && (*seqs = malloc((size_t)k * sizeof(**seqs))) == NULL) {
+    PQclear(r);
+    return ATH_ENOMEM;
+  }
+  for (int i = 0; i < k; i++)
+    (*seqs)[i] = get_i64(r, i, 0);
+  *n = (size_t)k;
+  PQclear(r);
+  return 0;
+}
+
+int ath__qpg_leased(ath_qpg_t* q, int64_t lease, ath_qpg_tasks_t* out) {
+  char inc_s[24];
+  snprintf(inc_s, sizeof(inc_s), "%" PRId64, lease);
+  const char* v[1] = {inc_s};
+  PGresult* r = NULL;
+  memset(out, 0, sizeof(*out));
+  int rc = run1(q, ST_LEASED, 1, v, &r);
+  return rc < 0 ? rc : decode_tasks(r, out);
+}
+
+int ath__qpg_nodes(ath_qpg_t* q, char** json) {
+  PGresult* r = NULL;
+  *json = NULL;
+  int rc = run1(q, ST_NODES, 0, NULL, &r);
+  if (rc < 0)
+    return rc;
+  const char* s = get_str(r, 0, 0);
+  *json = ath__memdup(s ? s : "[]", strlen(s ? s : "[]"));
+  PQclear(r);
+  return *json ? 0 : ATH_ENOMEM;
 }
 
 /* ------------------------------------------------------------ LISTEN */

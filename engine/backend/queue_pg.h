@@ -15,7 +15,7 @@
  * a schema newer than this build or not Athena's), ATH_ENOMEM.
  *
  * Times are epoch milliseconds of the database clock ({schema}.now_ms()).
- * Not wired into the world yet: nothing in runtime/ or storage/ calls this. */
+ * The world uses it through storage/store_pg.c (the backend loop). */
 #ifndef ATHENA_QUEUE_PG_H
 #define ATHENA_QUEUE_PG_H
 
@@ -66,6 +66,7 @@ typedef struct {
   int slots;
   int64_t ttl_ms;      /* heartbeatTimeout: the lease lasts this long per renew */
   int64_t interval_ms; /* heartbeatInterval: how often the owner renews */
+  int leader;          /* the leader's control incarnation (not listed as a node) */
 } ath_qpg_node_t;
 
 /* A node's lease as its owner tracks it. Monotonic times (ns) come from the
@@ -148,6 +149,9 @@ typedef struct {
   const char* error;
   const char* hb;
   const char* history; /* workflows: the events, comma-joined */
+  const char* result;  /* reads only (ath__qpg_read, ath__qpg_get) */
+  int64_t completed_at; /* reads only; -1: NULL */
+  int64_t scheduled_at;
 } ath_qpg_task_t;
 
 typedef struct {
@@ -251,6 +255,32 @@ int ath__qpg_cron_fire(ath_qpg_t* q, const char* id, int64_t at, int64_t next, c
 /* The SQL of a statement as this connection runs it ("claim", "finish",
  * "insert", "stage", "rescue"), for EXPLAIN checks; NULL for another name. */
 const char* ath__qpg_statement(const ath_qpg_t* q, const char* name);
+
+/* VACUUM (SKIP_LOCKED) of the ready table (the leader, every few seconds:
+ * claims leave dead entries at the head of its index). */
+int ath__qpg_vacuum_ready(ath_qpg_t* q);
+
+/* ------------------------------------------------------------ reads, cancel */
+
+/* The rows of seqs[0..n) (all, or only those that ended), by seq. */
+int ath__qpg_read(ath_qpg_t* q, const int64_t* seqs, size_t n, int ended_only, ath_qpg_tasks_t* out);
+/* Task `id`'s row (out->n = 0 when there is none). */
+int ath__qpg_get(ath_qpg_t* q, const char* id, ath_qpg_tasks_t* out);
+/* Cancels task `seq` (an activity): *how = 1 cancelled at once (nobody
+ * leased it: T12), 2 accepted (its lease holder is told through
+ * athena_cancel '<incarnation>:<seq>' and ends it, T13), 0 refused (it had
+ * ended, or no such row). */
+int ath__qpg_cancel(ath_qpg_t* q, int64_t seq, int* how);
+/* The seqs of unfinished tasks `lease` holds whose cancel was accepted
+ * (malloc'd, *n of them): the poll's catch-up for a missed athena_cancel. */
+int ath__qpg_cancelled(ath_qpg_t* q, int64_t lease, int64_t** seqs, size_t* n);
+/* The rows `lease` holds (after a lost connection: a claim may have
+ * committed without its answer arriving). */
+int ath__qpg_leased(ath_qpg_t* q, int64_t lease, ath_qpg_tasks_t* out);
+/* The live and expired worker nodes as a JSON array (malloc'd text):
+ * nodeId, incarnation, host, pid, startedAt, beatAt, expiresAt, alive,
+ * queues, slots, leader. */
+int ath__qpg_nodes(ath_qpg_t* q, char** json);
 
 /* ------------------------------------------------------------ notifications */
 

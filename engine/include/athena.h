@@ -181,6 +181,13 @@ struct ath_world_config_s {
   /* The HTTP surface's last access decision (the authorizer section
    * below), or NULL. Borrowed: it must outlive the world. */
   const ath_authorizer_t* authorizer;
+  /* The PostgreSQL backend (docs/backend-postgres.md): several processes
+   * share one queue in a PostgreSQL schema. NULL: none (the local store). */
+  const char* backend_url;    /* postgres://... or a libpq conninfo */
+  const char* backend_schema; /* NULL: "athena" */
+  const char* node_id;        /* NULL: "<hostname>:<pid>" */
+  int64_t poll_interval_ms;   /* claims and result checks without NOTIFY (1000) */
+  int backend_poll_only;      /* 1: send and use no NOTIFY (poll only) */
 };
 
 enum { ATH_PERSIST_MEMORY = 0, ATH_PERSIST_FILE, ATH_PERSIST_HYBRID };

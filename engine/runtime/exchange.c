@@ -163,6 +163,15 @@ int ath__finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t now
   return nwake;
 }
 
+int ath__finish_remote(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t now,
+                       ath_worker_t** wake, int nwake) {
+  t->status = st;
+  t->completed_at = now;
+  ath_term_ev_t ev = {t, st, now};
+  nwake = end_waiters(w, &ev, wake, nwake);
+  return end_retention(w, &ev, wake, nwake);
+}
+
 /* Takes an unborn task back out of the world (lock held): its enqueue
  * could not be committed, so execute answers `code` instead of a handle.
  * It never ran (unborn tasks are not claimed); it leaves its queue or the
@@ -245,6 +254,8 @@ ath_worker_t* ath__worker_by_id(ath_world_t* w, int id) {
 /* Takes a waiting workflow (or any task not in a slot) out of its queue or
  * heap. Returns 0, or -1 when it is in a slot. */
 int ath__unqueue(ath_world_t* w, ath_task_t* t) {
+  if (t->remote)
+    return 0; /* a proxy of a shared row: in no queue or heap here */
   int where = t->wf ? t->wf->where : ATH_WF_SLOT;
   if (t->wf && where == ATH_WF_HOME) {
     /* its home still serves (a worker that stops or is lost hands its
@@ -330,6 +341,10 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
     ended++;
     if (!w->cfg.no_metrics)
       ath__lat_add(&w->lat_run, (double)(mono - t->start_mono) / 1e6, now);
+    if (t->dq_attempt < 0) { /* PostgreSQL: this node's lease was lost meanwhile */
+      nwake = ath__dq_discard(w, t, wake, nwake);
+      continue;
+    }
     if (o->status == ATH_COMPLETED)
       wk->tasks_completed++;
     else if (o->status == ATH_FAILED)

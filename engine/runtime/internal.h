@@ -222,6 +222,16 @@ struct ath_task_s {
                           * world, failed with err_code (ath__world_withdraw) */
   unsigned stored : 1;   /* a commit wrote its row (or it was loaded from
                           * one): the store updates the row, not inserts it */
+  unsigned remote : 1;   /* PostgreSQL backend: a proxy of a row this node
+                          * does not lease (in no queue or heap here) */
+  int dq_attempt;        /* PostgreSQL backend: the attempt this node leases
+                          * (0: none; -1: the lease was lost, its outcome is
+                          * discarded) */
+  int64_t dq_seq;        /* PostgreSQL backend: the row's seq (0: not
+                          * inserted; -1: its insert is in flight) */
+  int dq_claimed;        /* PostgreSQL backend: an attempt claimed while a
+                          * fenced one still ran here (0: none); it starts
+                          * once that one ends */
   ath_worker_t* wk;      /* the worker running it, while running */
   atomic_ullong cancel_ns; /* monotonic ns the cancel was accepted, 0 if none */
   int64_t last_hb;       /* wall ms of the latest heartbeat */
@@ -608,6 +618,7 @@ struct ath_world_s {
   int store_broken;      /* the file failed quick_check after an I/O error:
                           * no more writes until a restart */
   char store_err[256];
+  struct ath_dq_s* dq;   /* the PostgreSQL backend (storage/store_pg.c), or NULL */
 };
 
 /* mono + ms, in ns, saturating: durations up to 2^53 ms (SEMANTICS §1.1)
@@ -744,6 +755,9 @@ ath_worker_t* ath__worker_by_id(ath_world_t* w, int id);
 int ath__cancel_locked(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** wake, int nwake, int* accepted);
 void ath__emit_task(ath_world_t* w, ath_task_t* t, int kind, int64_t now);
 int ath__finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t now, ath_worker_t** wake, int nwake);
+/* A task another node ran ended (PostgreSQL backend): only its waiters
+ * and retention here hear of it (no counters, webhooks or store write). */
+int ath__finish_remote(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t now, ath_worker_t** wake, int nwake);
 int ath__make_ready(ath_world_t* w, ath_task_t* t);
 int ath__pick_sleepers(ath_world_t* w, ath_queue_t* q, int64_t n, ath_worker_t** out, int cap);
 void ath__set_error(ath_task_t* t, int code, const char* message);
@@ -751,6 +765,7 @@ int ath__unqueue(ath_world_t* w, ath_task_t* t);
 void ath__wake_blocked(ath_world_t* w, const ath_task_t* t);
 int ath__wake_runner(ath_task_t* t, ath_worker_t** wake, int nwake);
 /* retry.c */
+int64_t ath__backoff_ms(const ath_activity_t* a, int n);
 int ath__attempt_failed(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o, int64_t now, uint64_t mono, ath_worker_t** wake, int nwake, int* wake_engine);
 int ath__retry_task(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o, int64_t now, uint64_t mono, int* wake_engine);
 /* telemetry.c */

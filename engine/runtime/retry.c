@@ -17,7 +17,7 @@
 
 /* Backoff for failed attempt n (SEMANTICS §7.4): capped, then 0-10 %
  * additive jitter. */
-static int64_t backoff_ms(const ath_activity_t* a, int n) {
+int64_t ath__backoff_ms(const ath_activity_t* a, int n) {
   double base;
   if (a->backoff == ATH_BACKOFF_LINEAR)
     base = (double)a->initial_interval_ms * n;
@@ -36,7 +36,7 @@ int ath__retry_task(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o,
                       int64_t now, uint64_t mono, int* wake_engine) {
   if (t->attempt >= t->max_attempts)
     return -1;
-  int64_t delay = o->retry_after >= 0 ? o->retry_after : backoff_ms(ath__task_limits(t), t->attempt);
+  int64_t delay = o->retry_after >= 0 ? o->retry_after : ath__backoff_ms(ath__task_limits(t), t->attempt);
   int64_t stc = ath__task_limits(t)->schedule_to_close_ms;
   if (stc > 0 && now + delay >= t->scheduled_at + stc)
     return -1;
@@ -50,6 +50,12 @@ int ath__retry_task(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o,
   t->status = ATH_RETRYING;
   t->ready_at = now + delay;
   t->ready_mono = ath__after(mono, delay);
+  if (w->dq != NULL) { /* PostgreSQL: the row waits (due_at), any node runs it next */
+    w->n_retried++;
+    ath__store_mark(w, t);
+    ath__emit_task(w, t, ATH_EV_TASK_RETRYING, now);
+    return 0;
+  }
   if (ath__heap_push(&w->delayed, t) != 0)
     return -1;
   w->n_scheduled++;

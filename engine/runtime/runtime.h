@@ -237,5 +237,8 @@ extern const int ath__store_schema_version;
  * process or world holds it, or ATH_ESTORE, with err set. The directory
  * must exist. Thread: any. */
 int ath__store_lock(const char* dir, int* fd_out, char* err, size_t errlen);
+/* The PostgreSQL backend's nodes (storage/store_pg.c) as a JSON array
+ * (malloc'd); ATH_EINVAL without that backend. Thread: any. */
+int ath__world_nodes(ath_world_t* w, char** json, char* err, size_t errlen);
 
 #endif

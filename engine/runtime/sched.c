@@ -134,7 +134,10 @@ static int put_schedule(ath_world_t* w, const char* id, const char* name, char* 
   ath_sched_t* s = NULL;
   int rc = 0;
   int di = def_index(w, name);
-  if (di < 0) {
+  if (w->cfg.backend_url != NULL) { /* phase 2 of the PostgreSQL backend */
+    snprintf(err, errlen, "%s", "schedules are not supported on the PostgreSQL backend yet");
+    rc = ATH_ENOSYS;
+  } else if (di < 0) {
     snprintf(err, errlen, "no activity named %s", name);
     rc = ATH_ENOTFOUND;
   } else if (o->task_queue && !queue_exists(w, o->task_queue)) {

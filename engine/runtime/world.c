@@ -44,6 +44,7 @@ void ath_world_config_init(ath_world_config_t* cfg) {
   memset(cfg, 0, sizeof(*cfg));
   ath__config_defaults(cfg); /* the scalar options: config.c */
   cfg->default_concurrency = 1;
+  cfg->poll_interval_ms = 1000;
 }
 
 void ath_activity_init(ath_activity_t* a, const char* name) {
@@ -127,6 +128,22 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
     ath__set_err(err, errlen, "%s", serr);
     return ATH_EINVAL;
   }
+  if (cfg->backend_url != NULL && cfg->store != NULL) {
+    ath__set_err(err, errlen, "%s", "invalid backend: a store provider and the PostgreSQL backend are exclusive");
+    return ATH_EINVAL;
+  }
+  if (cfg->backend_url != NULL) { /* the PostgreSQL backend (storage/store_pg.c) */
+    const char* bad = cfg->persistence == ATH_PERSIST_MEMORY
+                          ? "invalid backend: persistence = \"memory\" keeps nothing in PostgreSQL (use file or hybrid)"
+                      : cfg->manual_clock ? "invalid backend: the manual clock cannot drive a shared queue (time cannot stand still in a database)"
+                      : cfg->poll_interval_ms < 1 ? "invalid pollInterval (a duration > 0)"
+                      : cfg->backend_url[0] == '\0' ? "invalid backend url (postgres://...)"
+                                                     : NULL;
+    if (bad != NULL) {
+      ath__set_err(err, errlen, "%s", bad);
+      return ATH_EINVAL;
+    }
+  }
   ath_world_t* w = calloc(1, sizeof(*w));
   if (w == NULL)
     return ATH_ENOMEM;
@@ -141,6 +158,9 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   w->cfg.database = xstrdup(cfg->database);
   w->cfg.webhook_url = xstrdup(cfg->webhook_url);
   w->cfg.log_file = xstrdup(cfg->log_file);
+  w->cfg.backend_url = xstrdup(cfg->backend_url);
+  w->cfg.backend_schema = xstrdup(cfg->backend_schema);
+  w->cfg.node_id = xstrdup(cfg->node_id);
   w->modules = ath__strv_dup(cfg->modules);
   w->script_args = ath__strv_dup(cfg->script_args);
   w->cfg.modules = (const char* const*)w->modules;
@@ -153,7 +173,9 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   if (w->cfg.persistence_path == NULL || w->queues == NULL ||
       w->queues[0] == NULL || w->table == NULL ||
       (cfg->modules && !w->modules) || (cfg->script_args && !w->script_args) ||
-      (cfg->entry_script && !w->cfg.entry_script) || (cfg->database && !w->cfg.database)) {
+      (cfg->entry_script && !w->cfg.entry_script) || (cfg->database && !w->cfg.database) ||
+      (cfg->backend_url && !w->cfg.backend_url) || (cfg->backend_schema && !w->cfg.backend_schema) ||
+      (cfg->node_id && !w->cfg.node_id)) {
     w->nqueues = w->queues ? 1 : 0;
     ath_world_free(w);
     return ATH_ENOMEM;
@@ -199,7 +221,7 @@ int ath_world_add_queue(ath_world_t* w, const char* name, int workers,
       q->workers = workers;
     return 0;
   }
-  if (workers < 1)
+  if (workers < (w->cfg.backend_url != NULL ? 0 : 1)) /* 0: declared, served by other nodes */
     return ATH_EINVAL;
   ath_queue_t** qs = realloc(w->queues, (w->nqueues + 1) * sizeof(*qs));
   if (qs == NULL)
@@ -219,6 +241,8 @@ int ath_world_register(ath_world_t* w, const ath_activity_t* a) {
       !(a->multiplier >= 1) || (int)a->failure_strategy < ATH_STRATEGY_DEFAULT ||
       a->failure_strategy > ATH_STRATEGY_QUARANTINE)
     return ATH_EINVAL;
+  if (a->workflow && w->cfg.backend_url != NULL)
+    return ATH_ENOSYS; /* phase 1 of the PostgreSQL backend: activities only */
   ath_queue_t* q = find_queue(w, a->task_queue ? a->task_queue : "default");
   if (q == NULL)
     return ATH_EINVAL;
@@ -416,6 +440,8 @@ const char* ath_task_queue(const ath_task_t* t) {
 }
 
 ath_status_t ath_task_status(ath_world_t* w, const ath_task_t* t) {
+  if (w->dq != NULL) /* a proxy of a task another node runs: as its row says */
+    ath__dq_refresh(w, (ath_task_t*)t);
   uv_mutex_lock(&w->lock);
   ath_status_t s = t->status;
   uv_mutex_unlock(&w->lock);
@@ -424,6 +450,8 @@ ath_status_t ath_task_status(ath_world_t* w, const ath_task_t* t) {
 
 int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info) {
   memset(info, 0, sizeof(*info));
+  if (w->dq != NULL)
+    ath__dq_refresh(w, (ath_task_t*)t);
   uv_mutex_lock(&w->lock);
   info->status = t->status;
   info->attempt = t->attempt;
@@ -574,6 +602,22 @@ static int evicted_since(const ath_world_t* w, uint64_t since, uint64_t h) {
   return 0;
 }
 
+/* PostgreSQL backend (lock held): a task read from the database that has not
+ * ended joins the table as a remote proxy (a new reference), so its waiters
+ * hear when it ends (storage/store_pg.c). */
+static void dq_watch(ath_world_t* w, ath_task_t* t) {
+  if (w->dq == NULL || ATH_IS_TERMINAL(t->status) || t->remote)
+    return;
+  if (w->ntasks + 1 > w->table_cap && table_grow(w) != 0)
+    return; /* stays a snapshot: result() then waits for the poll */
+  t->remote = 1;
+  t->dq_seq = (int64_t)t->seq; /* the row's seq, as read */
+  t->seq = w->next_seq++;
+  ath__dq_watch(w, t->dq_seq);
+  ath_task_retain(t);
+  table_put(w, t);
+}
+
 int ath_world_find(ath_world_t* w, const char* id, ath_task_t** out) {
   uint64_t h = ath__hash_str(id);
   uv_mutex_lock(&w->lock);
@@ -586,7 +630,20 @@ int ath_world_find(ath_world_t* w, const char* id, ath_task_t** out) {
    * has it): one look there settles it. */
   if (t != NULL || w->reads == NULL)
     return t ? 0 : ATH_ENOTFOUND;
-  return find_stored(w, id, out);
+  int rc = find_stored(w, id, out);
+  if (rc == 0 && w->dq != NULL) {
+    uv_mutex_lock(&w->lock);
+    ath_task_t* again = ath__table_get(w, id, h); /* another thread adopted it meanwhile */
+    if (again != NULL) {
+      ath_task_retain(again);
+      ath_task_release(*out);
+      *out = again;
+    } else {
+      dq_watch(w, *out);
+    }
+    uv_mutex_unlock(&w->lock);
+  }
+  return rc;
 }
 
 /* ------------------------------------------------------------ execute */
@@ -818,6 +875,7 @@ relock:
     if (old == NULL && stored != NULL && stored[i] != NULL) {
       old = stored[i]; /* its reference is handed over */
       stored[i] = NULL;
+      dq_watch(w, old);
     } else if (old != NULL) {
       ath_task_retain(old);
     }
@@ -835,6 +893,13 @@ relock:
       t->parent = parent;
     }
     table_put(w, t);
+    if (w->dq != NULL) { /* PostgreSQL: a proxy, its row inserted by the backend loop */
+      t->remote = 1;
+      t->status = opts->delay_ms > 0 ? ATH_SCHEDULED : ATH_PENDING;
+      ath__store_mark(w, t);
+      out[i] = t;
+      continue;
+    }
     if (t->exp_mono && ath__heap_push(&w->expiry, t) == 0)
       wake_engine |= w->expiry.items[0] == t;
     int qrc;
@@ -1325,6 +1390,9 @@ void ath_world_free(ath_world_t* w) {
   free((char*)w->cfg.database);
   free((char*)w->cfg.webhook_url);
   free((char*)w->cfg.log_file);
+  free((char*)w->cfg.backend_url);
+  free((char*)w->cfg.backend_schema);
+  free((char*)w->cfg.node_id);
   ath__log_close(w->log); /* every thread that logs has been joined */
   ath__strv_free(w->modules);
   ath__strv_free(w->script_args);
@@ -1341,6 +1409,8 @@ int ath_world_cancel(ath_world_t* w, ath_task_t* t) {
   ath_worker_t* wake[MAX_WORKERS];
   int nwake = 0;
   int64_t now = ath__wall(w);
+  if (w->dq != NULL && t->remote)
+    return ath__dq_cancel(w, t); /* its row decides (storage/store_pg.c) */
   uv_mutex_lock(&w->lock);
   int accepted;
   nwake = ath__cancel_locked(w, t, now, wake, nwake, &accepted);
@@ -1356,6 +1426,8 @@ int ath_world_cancel(ath_world_t* w, ath_task_t* t) {
 int ath_world_requeue(ath_world_t* w, ath_task_t* t) {
   ath_worker_t* wake[MAX_WORKERS];
   int nwake = 0;
+  if (w->dq != NULL)
+    return ATH_ENOSYS; /* not on the PostgreSQL backend yet */
   uv_mutex_lock(&w->lock);
   if (t->status != ATH_QUARANTINED || w->state != ATH_W_STARTED || t->def->ghost) {
     uv_mutex_unlock(&w->lock);
@@ -1383,6 +1455,8 @@ int ath_world_requeue(ath_world_t* w, ath_task_t* t) {
 }
 
 int ath_world_purge(ath_world_t* w, ath_task_t* t) {
+  if (w->dq != NULL)
+    return ATH_ENOSYS; /* not on the PostgreSQL backend yet */
   uv_mutex_lock(&w->lock);
   if (t->status != ATH_QUARANTINED) {
     uv_mutex_unlock(&w->lock);
@@ -1605,6 +1679,38 @@ static ath_task_t* row_parent(ath_world_t* w, const ath_row_t* r) {
     p = NULL;
   }
   return p;
+}
+
+ath_task_t* ath__world_adopt_row(ath_world_t* w, const ath_row_t* r) {
+  uint64_t h = ath__hash_str(r->id);
+  uv_mutex_lock(&w->lock);
+  ath_task_t* t = ath__table_get(w, r->id, h);
+  if (t != NULL) {
+    ath_task_retain(t);
+    uv_mutex_unlock(&w->lock);
+    return t;
+  }
+  uv_mutex_unlock(&w->lock);
+  ath_task_t* made = task_from_row(w, r, NULL);
+  if (made == NULL)
+    return NULL;
+  uv_mutex_lock(&w->lock);
+  if ((t = ath__table_get(w, r->id, h)) != NULL) { /* adopted meanwhile */
+    ath_task_retain(t);
+  } else if (w->ntasks + 1 > w->table_cap && table_grow(w) != 0) {
+    t = NULL;
+  } else {
+    t = made;
+    made = NULL;
+    t->remote = 1;
+    t->seq = w->next_seq++;
+    ath_task_retain(t); /* the table's */
+    table_put(w, t);
+  }
+  uv_mutex_unlock(&w->lock);
+  if (made != NULL)
+    task_free(made);
+  return t;
 }
 
 int ath__world_recover_row(void* ud, const ath_row_t* r) {

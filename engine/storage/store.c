@@ -50,7 +50,7 @@ void ath__store_mark(ath_world_t* w, ath_task_t* t) {
     ath_task_retain(t);
     w->dirty[w->ndirty++] = t;
   }
-  if (w->cfg.persistence == ATH_PERSIST_FILE)
+  if (w->cfg.persistence == ATH_PERSIST_FILE || w->dq != NULL) /* PostgreSQL: hybrid too */
     uv_cond_signal(&w->store_cond);
 }
 
@@ -304,6 +304,22 @@ static void row_free(ath_row_t* r, ath_wfev_t** held) {
   ath__wfev_release_all(held, r->nevents);
 }
 
+void ath__store_committed(ath_world_t* w, uint64_t gen, ath_task_t* const* batch, size_t n,
+                          ath_worker_t** wake, int nwake) {
+  w->committed_gen = gen;
+  uv_cond_broadcast(&w->cond); /* file-mode acknowledgments, throttled producers */
+  ath_task_t* dead = ath__world_term_trim(w); /* committed: they leave RAM */
+  if (w->commit_waiters != NULL)
+    nwake = deliver_commits(w, wake, nwake);
+  nwake = ath__world_born(w, batch, n, wake, nwake); /* their tasks may run now */
+  uv_mutex_unlock(&w->lock);
+  ath__wake_all(wake, nwake);
+  ath__world_term_free(dead);
+  for (size_t i = 0; i < n; i++)
+    ath_task_release(batch[i]);
+  uv_mutex_lock(&w->lock);
+}
+
 /* How long a degraded store waits between attempts to commit again. */
 #define RETRY_NS 100000000u
 
@@ -315,7 +331,7 @@ static void row_free(ath_row_t* r, ath_wfev_t** held) {
  * the commit that reported failure may be in the WAL after all, and the
  * next commit takes it out again. batch[0..n) is the failed group, its
  * references handed over. */
-static void store_failed(ath_world_t* w, int rc, const char* err, ath_task_t** batch, size_t n) {
+void ath__store_failed(ath_world_t* w, int rc, const char* err, ath_task_t** batch, size_t n) {
   if (w->store_fault == 0)
     ath__logf(w, ATH_LOG_ERROR, NULL, 0,
               "store degraded, execute answers %s until a commit succeeds: %s", ath_err_name(rc), err);
@@ -468,7 +484,7 @@ static void store_main(void* arg) {
       /* Keep the changes and try again: nothing acknowledged is dropped;
        * what was not acknowledged yet is withdrawn. */
       w->store_broken = broken;
-      store_failed(w, broken ? ATH_ESTORE : rc, err, batch, n);
+      ath__store_failed(w, broken ? ATH_ESTORE : rc, err, batch, n);
       for (size_t i = 0; i < sn; i++) {
         ath__store_mark_sched(w, sbatch[i]);
         ath__sched_release(sbatch[i]);
@@ -484,19 +500,11 @@ static void store_main(void* arg) {
       }
     } else {
       store_healthy(w, &reopened);
-      w->committed_gen = gen;
       for (size_t i = 0; i < n; i++)
         batch[i]->stored = 1;
-      uv_cond_broadcast(&w->cond); /* file-mode acknowledgments, throttled producers */
-      ath_task_t* dead = ath__world_term_trim(w); /* committed: they leave RAM */
       ath_worker_t* wake[MAX_WORKERS];
-      int nwake = w->commit_waiters != NULL ? deliver_commits(w, wake, 0) : 0;
-      nwake = ath__world_born(w, batch, n, wake, nwake); /* their tasks may run now */
+      ath__store_committed(w, gen, batch, n, wake, 0);
       uv_mutex_unlock(&w->lock);
-      ath__wake_all(wake, nwake);
-      ath__world_term_free(dead);
-      for (size_t i = 0; i < n; i++)
-        ath_task_release(batch[i]);
       for (size_t i = 0; i < sn; i++)
         ath__sched_release(sbatch[i]);
       uv_mutex_lock(&w->lock);
@@ -595,6 +603,8 @@ static int recover_sched(void* ud, const ath_srow_t* r) {
 
 int ath__store_start(ath_world_t* w, char* err, size_t errlen) {
   w->lockfd = -1;
+  if (w->cfg.backend_url != NULL) /* the shared queue: storage/store_pg.c */
+    return ath__pgstore_start(w, err, errlen);
   if (w->cfg.persistence == ATH_PERSIST_MEMORY)
     return 0;
   int rc = take_lock(w, err, errlen);
@@ -655,6 +665,7 @@ void ath__store_stop(ath_world_t* w) {
   uv_cond_signal(&w->store_cond);
   uv_mutex_unlock(&w->lock);
   uv_thread_join(&w->store_thread); /* after the final commit */
+  ath__pgstore_stopped(w); /* the PostgreSQL backend: lease, leader, listener */
   uv_mutex_lock(&w->lock);
   for (size_t i = 0; i < w->ndirty; i++) { /* a store that kept failing */
     w->dirty[i]->dirty = 0;

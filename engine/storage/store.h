@@ -84,6 +84,43 @@ void ath__world_recovered(ath_world_t* w);
 /* Rebuilds one stored schedule, applying its catchUp (an ath_srow_cb). */
 int ath__sched_recover_row(void* ud, const ath_srow_t* row);
 
+/* store.c, shared with the PostgreSQL backend loop: generation `gen` and
+ * the tasks of batch[0..n) are committed (lock held; it is released while
+ * waking wake[0..nwake) and the commit waiters, and taken again); drops
+ * the batch's references. */
+void ath__store_committed(ath_world_t* w, uint64_t gen, ath_task_t* const* batch, size_t n,
+                          ath_worker_t** wake, int nwake);
+/* A commit failed with `rc` (lock held): degraded until one succeeds; the
+ * enqueues not committed are withdrawn, batch[0..n) is marked again (its
+ * references handed over). */
+void ath__store_failed(ath_world_t* w, int rc, const char* err, ath_task_t** batch, size_t n);
+
+/* store_pg.c: the PostgreSQL backend (docs/backend-postgres.md) --------- */
+
+/* Connects, migrates, registers this node and starts the backend loop (the
+ * store thread) and its listener; called by ath__store_start. */
+int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen);
+/* After the backend thread ended (ath__store_stop): releases the node
+ * lease and the leader lock, stops listening. */
+void ath__pgstore_stopped(ath_world_t* w);
+/* The outcome of an attempt whose lease this node lost (lock held): it is
+ * discarded, the task becomes a proxy of its row (the rescue decides), or
+ * runs the attempt this node claimed meanwhile. Returns the new nwake. */
+int ath__dq_discard(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake);
+/* A proxy's row (seq) whose end this node waits to hear of (lock held). */
+void ath__dq_watch(ath_world_t* w, int64_t seq);
+/* Reads the row of remote proxy t and brings the proxy up to it (lock not
+ * held): query() and status() of a task another node runs. No-op for any
+ * other task. */
+void ath__dq_refresh(ath_world_t* w, ath_task_t* t);
+/* Cancels a task this node does not lease, through its row (lock not
+ * held): 1 when accepted, 0 when refused (it had ended). */
+int ath__dq_cancel(ath_world_t* w, ath_task_t* t);
+/* world.c: the local task of a row this node claimed: the proxy in the
+ * table, or a new one built from r (marked remote, in the table) — a new
+ * reference, or NULL when out of memory. Lock not held. */
+ath_task_t* ath__world_adopt_row(ath_world_t* w, const ath_row_t* r);
+
 /* The finished statuses a store holds once they left RAM (dead letters
  * never leave it). */
 #define STORED_MASK ((1u << ATH_COMPLETED) | (1u << ATH_FAILED) | (1u << ATH_CANCELLED))

@@ -311,6 +311,36 @@ function Backend.new(opts)
   return setmetatable(b, Backend)
 end
 
+-- athena.PostgresBackend.new{ url, nodeId, schema, pollInterval, notify }:
+-- several processes share one queue in PostgreSQL (docs/backend-postgres.md).
+local PostgresBackend = { __name = "athena.PostgresBackend" }
+PostgresBackend.__index = PostgresBackend
+M.PostgresBackend = PostgresBackend
+local PG_KEYS = { url = true, nodeId = true, schema = true, pollInterval = true, notify = true }
+
+function PostgresBackend.new(opts)
+  if type(opts) ~= "table" then argerror(1, "new", "table", opts) end
+  for k in pairs(opts) do
+    if not PG_KEYS[k] then invalid("unknown option %s (PostgresBackend takes url, nodeId, schema, pollInterval, notify)", tostring(k)) end
+  end
+  if type(opts.url) ~= "string" or not (opts.url:match("^postgres://") or opts.url:match("^postgresql://")) then
+    invalid("invalid url: %s (postgres://user:password@host:port/database)",
+      type(opts.url) == "string" and "not a postgres:// URL" or show(opts.url))
+  end
+  local b = { url = opts.url }
+  for _, k in ipairs({ "nodeId", "schema" }) do
+    local v = opts[k]
+    if v ~= nil then
+      if type(v) ~= "string" or v == "" or #v > 200 then invalid("invalid %s: %s (a non-empty string)", k, show(v)) end
+      b[k] = v
+    end
+  end
+  b.pollInterval = opts.pollInterval ~= nil and duration("pollInterval", opts.pollInterval, true) or 1000
+  if opts.notify ~= nil and type(opts.notify) ~= "boolean" then invalid("invalid notify: %s (a boolean)", show(opts.notify)) end
+  b.notify = opts.notify ~= false
+  return setmetatable(b, PostgresBackend)
+end
+
 -- The scalar options are described once, in C (engine/runtime/config.c):
 -- name, kind, default, range and what a valid value is. core.configMap
 -- hands that table over; the options with structure follow it here.
@@ -416,7 +446,11 @@ local function check_config(config)
       local out = {}
       for k, v in pairs(q) do
         if not QUEUE_KEYS[k] then invalid("unknown option taskQueues.%s.%s", name, tostring(k)) end
-        out[k] = int_field(fmt("taskQueues.%s.%s", name, k), v, 1, nil, "an integer >= 1")
+        if k == "workers" and getmetatable(config.backend) == PostgresBackend then -- 0: served by other nodes
+          out[k] = int_field(fmt("taskQueues.%s.%s", name, k), v, 0, nil, "an integer >= 0")
+        else
+          out[k] = int_field(fmt("taskQueues.%s.%s", name, k), v, 1, nil, "an integer >= 1")
+        end
       end
       if name == "default" and out.workers ~= nil then
         invalid("invalid taskQueues.default.workers: %s (the default pool is sized by minWorkers/maxWorkers)", show(out.workers))
@@ -436,11 +470,21 @@ local function check_config(config)
     end
   end
   c.modules = modules
-  if config.backend ~= nil then
+  if config.backend ~= nil and getmetatable(config.backend) == PostgresBackend then
+    if config.persistence == "memory" then
+      invalid("invalid persistence: \"memory\" with a PostgresBackend (it keeps nothing in PostgreSQL: use file or hybrid)")
+    end
+    if c.clock == "manual" then
+      invalid("invalid clock: \"manual\" with a PostgresBackend (time cannot stand still in a shared database)")
+    end
+    if config.persistence == nil then c.persistence = "file" end -- acknowledged once committed
+    c.backend = config.backend
+  elseif config.backend ~= nil then
     local b = config.backend
     if getmetatable(b) ~= LocalBackend and getmetatable(b) ~= Backend then
-      invalid("invalid backend: %s (the backends are: athena.LocalBackend.new{ path, webhookUrl, webhookEvents } " ..
-        "and athena.Backend.new{ module } or { persist, load }; a plain table is not one)",
+      invalid("invalid backend: %s (the backends are: athena.LocalBackend.new{ path, webhookUrl, webhookEvents }, " ..
+        "athena.Backend.new{ module } or { persist, load }, " ..
+        "athena.PostgresBackend.new{ url, nodeId, schema, pollInterval, notify }; a plain table is not one)",
         type(b) == "table" and "a plain table" or show(b))
     end
     if b.path and config.persistencePath and b.path ~= config.persistencePath then
@@ -488,6 +532,11 @@ function World.new(config)
   local native = { taskQueues = {}, modules = c.modules, database = c.database,
     webhookUrl = c.backend and c.backend.webhookUrl, webhookEvents = c.backend and c.backend.events,
     backend = getmetatable(c.backend) == Backend and c.backend or nil }
+  if getmetatable(c.backend) == PostgresBackend then
+    local b = c.backend
+    native.backendUrl, native.nodeId, native.backendSchema = b.url, b.nodeId, b.schema
+    native.pollInterval, native.pollOnly = b.pollInterval, not b.notify
+  end
   for _, o in ipairs(OPTIONS) do native[o.name] = c[o.name] end
   for name, q in pairs(c.taskQueues) do
     if name == "default" then

@@ -13,7 +13,8 @@ local core = require "athena.core"
 local function usage(msg)
   error(("athena serve: %s\nusage: athena serve [--db URL [--config FILE]] [--host H] [--port P]"
     .. " [--ops-port P [--ops-host H]] [--auth FILE] [--allowed-hosts a,b] [--http2] [--progress]"
-    .. " [--persistence memory|file|hybrid] [--path DIR] [--modules a,b] [--workers N]"):format(msg), 0)
+    .. " [--persistence memory|file|hybrid] [--path DIR] [--modules a,b] [--workers N]"
+    .. " [--backend postgres://... [--node-id ID] [--schema NAME]]"):format(msg), 0)
 end
 
 return function(...)
@@ -53,6 +54,12 @@ return function(...)
       opts.db = v
     elseif a == "--config" and v then
       opts.config = v
+    elseif a == "--backend" and v then
+      opts.backend = v
+    elseif a == "--node-id" and v then
+      opts.nodeId = v
+    elseif a == "--schema" and v then
+      opts.schema = v
     elseif a == "--workers" and v and tonumber(v) then
       opts.workers = math.tointeger(tonumber(v)) or usage("--workers needs an integer")
     else
@@ -61,9 +68,12 @@ return function(...)
     i = i + 2
   end
   for _, m in ipairs(opts.modules) do require(m) end -- defines the activities
+  if (opts.nodeId or opts.schema) and not opts.backend then usage("--node-id and --schema need --backend") end
+  local backend = opts.backend and athena.PostgresBackend.new{ url = opts.backend, nodeId = opts.nodeId,
+    schema = opts.schema }
   local world = athena.World.new{
     persistence = opts.persistence, persistencePath = opts.path, modules = opts.modules,
-    minWorkers = opts.workers, maxWorkers = math.max(opts.workers, 10),
+    minWorkers = opts.workers, maxWorkers = math.max(opts.workers, 10), backend = backend,
   }
   for _, def in pairs(athena.definitions) do world:register(def) end
   world:start()
@@ -76,8 +86,10 @@ return function(...)
     world:shutdown()
     error(s, 0)
   end
-  io.stderr:write(("athena: info: serving %s (persistence %s at %s, modules: %s%s%s)\n"):format(
-    s.url, opts.persistence, opts.path, #opts.modules > 0 and table.concat(opts.modules, ",") or "none",
+  local where = opts.backend and ("PostgreSQL backend, schema %s"):format(opts.schema or "athena")
+    or ("at " .. opts.path)
+  io.stderr:write(("athena: info: serving %s (persistence %s %s, modules: %s%s%s)\n"):format(
+    s.url, opts.persistence, where, #opts.modules > 0 and table.concat(opts.modules, ",") or "none",
     gateway and ", gateway on" or "", s.opsUrl and (", operations on " .. s.opsUrl) or ""))
   -- the status line (only when stderr is a terminal); lines below clear it first
   local clear = opts.progress and core.ops.progressWatch(world) and "\r\27[K" or ""

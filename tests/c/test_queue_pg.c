@@ -928,6 +928,31 @@ TEST_IMPL(db_pg_queue_cycle) {
   return 0;
 }
 
+/* A connection's first cycle that uses one statement twice (a claim per
+ * queue): it is prepared once (a second prepare of the same name failed the
+ * whole cycle, "prepared statement already exists"). */
+TEST_IMPL(db_pg_queue_prepare_once) {
+  ath_qpg_t* q = fresh("qpg_prep");
+  ath_qpg_lease_t n = node(q, "n");
+  ath__qpg_close(q);
+  q = open_q("qpg_prep"); /* a new connection: nothing prepared on it */
+  ath_qpg_insert_t rows[2] = {task_row("x", "default", 0, "{}"), task_row("y", "other", 0, "{}")};
+  ath_qpg_inserted_t ins[2];
+  ath_qpg_tasks_t got[2];
+  ath_qpg_claim_t cl[2] = {{.queue = "default", .n = 10, .out = &got[0]},
+                           {.queue = "other", .n = 10, .out = &got[1]}};
+  ath_qpg_cycle_t c = {.inserts = rows, .n_inserts = 2, .inserted = ins, .lease = n.incarnation,
+                       .claims = cl, .n_claims = 2, .one_commit = 1};
+  ASSERT_OK(ath__qpg_cycle(q, &c));
+  ASSERT_EQ(1, got[0].n);
+  ASSERT_EQ(1, got[1].n);
+  ath__qpg_tasks_free(&got[0]);
+  ath__qpg_tasks_free(&got[1]);
+  ath__qpg_inserted_clear(ins, 2);
+  ath__qpg_close(q);
+  return 0;
+}
+
 /* ------------------------------------------------------------ plans */
 
 /* EXPLAIN of `stmt` EXECUTEd with `args` under plan_cache_mode `mode`, as

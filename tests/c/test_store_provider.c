@@ -391,6 +391,15 @@ TEST_IMPL(store_provider_refused) {
   p = mem_provider();
   ASSERT_EQ(ATH_EINVAL, open_world(&p, ATH_PERSIST_MEMORY, 0, &w, err, sizeof(err)));
   ASSERT_NOT_NULL(strstr(err, "memory persistence keeps no journal"));
+  { /* a provider and the PostgreSQL backend (two places for one queue) */
+    ath_world_config_t cfg;
+    ath_world_config_init(&cfg);
+    cfg.persistence = ATH_PERSIST_FILE;
+    cfg.store = &p;
+    cfg.backend_url = "postgres://athena@127.0.0.1:1/none";
+    ASSERT_EQ(ATH_EINVAL, ath_world_new(&cfg, &w, err, sizeof(err)));
+    ASSERT_NOT_NULL(strstr(err, "a store provider and the PostgreSQL backend are exclusive"));
+  }
   ASSERT_EQ(0, disk.opens);
 
   /* a stored task without input */

@@ -1,0 +1,1294 @@
+/* The PostgreSQL backend (docs/backend-postgres.md; design in
+ * ../shared/design/distributed.md §3.5-3.8, §3.12): several athena
+ * processes share one queue in a PostgreSQL schema through the provider of
+ * engine/backend/queue_pg.c. Phase 1: activities only.
+ *
+ * The store thread becomes the backend loop. It keeps the store's
+ * dirty-list and generation machinery (store.c), so `file` acknowledgments
+ * and commit waits work as with SQLite, and classifies each changed task:
+ *  - a proxy made by execute (remote, no row yet): an insert;
+ *  - a task this node leases (dq_attempt > 0) that ended or waits for a
+ *    retry: a fenced finish of that attempt (applied = false: discarded);
+ *  - a leased task handed back unrun (remote again): a T14 finish;
+ *  - anything else (a claim by a worker, a heartbeat): nothing to write.
+ * One cycle sends inserts, finishes and a claim per hungry queue in one
+ * round trip and one transaction (ath__qpg_cycle, one_commit). Claimed
+ * rows become local tasks in the queue buckets, where workers take them as
+ * ever (ath__world_exchange); nothing on the worker path touches the
+ * network.
+ *
+ * Around the cycle, on the same thread: the node lease (renewed every
+ * heartbeatInterval; lost or stale -> self-fence and a new incarnation),
+ * the leader (advisory lock on its own connection: rescue of expired
+ * nodes' tasks with EWORKERLOST, retried per policy; the late-staging
+ * sweep), the poll (every pollInterval: stage due retries and delays,
+ * claim, re-read watched proxies and missed cancels) and the results of
+ * tasks other nodes ran (athena_done). A listener thread LISTENs and only
+ * sets flags; the poll alone is correct (notify = false: no listener). */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "internal.h"
+#include "store.h"
+#include "queue_pg.h"
+
+#define MAX_CLAIM 500      /* rows per claim */
+#define MIN_PREFETCH 32    /* after a full claim (§3.5) */
+#define RESCUE_LIMIT 500   /* rows per rescue pass */
+#define WATCH_POLL 5000    /* watched proxies re-read per poll */
+#define RETRY_NS 100000000u
+/* The last call on q failed because its connection broke. */
+#define PQSTATUS_BAD(q) (strncmp(ath__qpg_sqlstate(q), "08", 2) == 0)
+
+/* A set of int64 (the seqs of proxies whose end this node waits to hear),
+ * open addressing, linear probing, 0 = empty. */
+typedef struct {
+  int64_t* slots;
+  size_t cap, n;
+  size_t cursor; /* where the poll's next batch starts */
+} seqset_t;
+
+struct ath_dq_s {
+  ath_world_t* w;
+  ath_qpg_t* wr;  /* the backend thread's: cycles, lease, stage, reads */
+  ath_qpg_t* ldr; /* the leader's (backend thread) */
+  ath_qpg_t* lis; /* the listener thread's, NULL: poll only */
+  ath_qpg_t* rd;  /* reads from any thread, under rd_lock */
+  uv_mutex_t rd_lock;
+  int notify;
+  char node_id[256];
+  const char** queue_names; /* served queues, NULL-terminated */
+  int slots;
+  ath_qpg_lease_t lease;   /* backend thread */
+  ath_qpg_lease_t llease;  /* the leader's control incarnation, when leader */
+  int leader;
+  /* Guarded by the world lock: */
+  int64_t incarnation;     /* the claiming incarnation (the listener reads it) */
+  int* more;               /* per queue index: claim when it has room (a
+                            * notification, the poll, a full last claim) */
+  int* full;               /* per queue index: the last claim was full (prefetch) */
+  int64_t stage_at;        /* wall ms a retry or delay this node wrote is due, 0: none */
+  int64_t* done;           /* athena_done seqs to look up */
+  size_t ndone, done_cap;
+  int64_t* cancels;        /* athena_cancel seqs leased here */
+  size_t ncancel, cancel_cap;
+  seqset_t watch;
+  seqset_t early;          /* athena_done seqs not watched (yet): an end heard before
+                            * this node's own insert answer was read; cleared past 65536 */
+  int64_t n_lost, n_rescued, n_claimed, n_notified;
+  /* the listener thread */
+  uv_thread_t lis_thread;
+  int lis_pipe[2];
+  int lis_started;
+};
+
+/* ------------------------------------------------------------ seq set */
+
+static size_t seq_slot(const seqset_t* s, int64_t v) {
+  return (size_t)(((uint64_t)v * 0x9E3779B97F4A7C15ull) >> 7) & (s->cap - 1);
+}
+
+static int seq_add(seqset_t* s, int64_t v) {
+  if ((s->n + 1) * 2 > s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 1024;
+    int64_t* sl = calloc(cap, sizeof(*sl));
+    if (sl == NULL)
+      return ATH_ENOMEM;
+    seqset_t ns = {sl, cap, 0, 0};
+    for (size_t i = 0; i < s->cap; i++)
+      if (s->slots[i] != 0)
+        seq_add(&ns, s->slots[i]);
+    free(s->slots);
+    *s = ns;
+  }
+  size_t i = seq_slot(s, v);
+  while (s->slots[i] != 0) {
+    if (s->slots[i] == v)
+      return 0;
+    i = (i + 1) & (s->cap - 1);
+  }
+  s->slots[i] = v;
+  s->n++;
+  return 0;
+}
+
+static int seq_has(const seqset_t* s, int64_t v) {
+  if (s->cap == 0)
+    return 0;
+  for (size_t i = seq_slot(s, v); s->slots[i] != 0; i = (i + 1) & (s->cap - 1))
+    if (s->slots[i] == v)
+      return 1;
+  return 0;
+}
+
+static void seq_del(seqset_t* s, int64_t v) {
+  if (s->cap == 0)
+    return;
+  size_t i = seq_slot(s, v);
+  while (s->slots[i] != v) {
+    if (s->slots[i] == 0)
+      return;
+    i = (i + 1) & (s->cap - 1);
+  }
+  s->slots[i] = 0;
+  s->n--;
+  /* backward shift: entries after it that probed past it move back */
+  for (size_t j = (i + 1) & (s->cap - 1); s->slots[j] != 0; j = (j + 1) & (s->cap - 1)) {
+    size_t home = seq_slot(s, s->slots[j]);
+    if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
+      s->slots[i] = s->slots[j];
+      s->slots[j] = 0;
+      i = j;
+    }
+  }
+}
+
+static int push_seq(int64_t** a, size_t* n, size_t* cap, int64_t v) {
+  if (*n == *cap) {
+    size_t c = *cap ? *cap * 2 : 256;
+    int64_t* b = realloc(*a, c * sizeof(*b));
+    if (b == NULL)
+      return ATH_ENOMEM;
+    *a = b;
+    *cap = c;
+  }
+  (*a)[(*n)++] = v;
+  return 0;
+}
+
+void ath__dq_watch(ath_world_t* w, int64_t seq) {
+  struct ath_dq_s* dq = w->dq;
+  if (dq == NULL || seq <= 0)
+    return;
+  seq_add(&dq->watch, seq);
+  if (seq_has(&dq->early, seq)) { /* it ended before it was watched */
+    seq_del(&dq->early, seq);
+    push_seq(&dq->done, &dq->ndone, &dq->done_cap, seq);
+    uv_cond_signal(&w->store_cond);
+  }
+}
+
+
+/* Makes claimed attempt `attempt` of t a local task in its queue's bucket
+ * (lock held): it waits for a worker, whose claim counts the attempt.
+ * Returns how many were queued (0: no memory; t is handed back). */
+static int64_t queue_claimed(ath_world_t* w, ath_task_t* t, int attempt, int64_t ready_at) {
+  t->dq_attempt = attempt;
+  t->remote = 0;
+  t->unborn = 0;
+  t->attempt = attempt - 1;
+  t->status = ATH_PENDING;
+  t->ready_at = ready_at;
+  t->ready_mono = ath__mono(w);
+  if (ath__queue_push(t->queue, t) == 0)
+    return 1;
+  t->remote = 1; /* handed back (T14) */
+  ath__store_mark(w, t);
+  return 0;
+}
+
+int ath__dq_discard(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake) {
+  w->dq->n_lost++;
+  ath__logf(w, ATH_LOG_WARN, NULL, 0, "outcome of %s discarded: this node's lease was lost", t->id);
+  if (t->dq_claimed > 0) { /* claimed again meanwhile: that attempt runs now */
+    int attempt = t->dq_claimed;
+    t->dq_claimed = 0;
+    if (queue_claimed(w, t, attempt, t->ready_at) > 0 && nwake < MAX_WORKERS)
+      nwake += ath__pick_sleepers(w, t->queue, 1, wake + nwake, MAX_WORKERS - nwake);
+    return nwake;
+  }
+  t->dq_attempt = 0;
+  t->remote = 1;
+  t->status = ATH_RUNNING; /* as far as this node knows; its row tells the rest */
+  ath__dq_watch(w, t->dq_seq);
+  return nwake;
+}
+
+/* ------------------------------------------------------------ listener */
+
+static int queue_index(ath_world_t* w, const char* name) {
+  for (int i = 0; i < w->nqueues; i++)
+    if (strcmp(w->queues[i]->name, name) == 0)
+      return i;
+  return -1;
+}
+
+/* Every served queue claims when it has room (lock held). */
+static void want_all(ath_world_t* w, struct ath_dq_s* dq) {
+  for (int i = 0; i < w->nqueues; i++)
+    dq->more[i] = 1;
+}
+
+/* One notification (world lock held): flags for the backend loop. */
+static void heard(const char* channel, const char* payload, void* ud) {
+  struct ath_dq_s* dq = ud;
+  ath_world_t* w = dq->w;
+  dq->n_notified++;
+  if (strcmp(channel, "athena_ready") == 0) {
+    int i = queue_index(w, payload);
+    if (i >= 0)
+      dq->more[i] = 1;
+  } else if (strcmp(channel, "athena_done") == 0) {
+    for (const char* p = payload; *p;) {
+      char* end;
+      int64_t seq = strtoll(p, &end, 10);
+      if (end == p)
+        break;
+      if (seq_has(&dq->watch, seq)) {
+        push_seq(&dq->done, &dq->ndone, &dq->done_cap, seq);
+      } else {
+        if (dq->early.n >= 65536) { /* older ones: the poll finds them */
+          memset(dq->early.slots, 0, dq->early.cap * sizeof(*dq->early.slots));
+          dq->early.n = 0;
+        }
+        seq_add(&dq->early, seq);
+      }
+      p = *end == ',' ? end + 1 : end;
+    }
+  } else if (strcmp(channel, "athena_cancel") == 0) {
+    char* end;
+    int64_t inc = strtoll(payload, &end, 10);
+    if (*end == ':' && inc == dq->incarnation)
+      push_seq(&dq->cancels, &dq->ncancel, &dq->cancel_cap, strtoll(end + 1, NULL, 10));
+  }
+}
+
+static const char* const CHANNELS[] = {"athena_ready", "athena_done", "athena_cancel", NULL};
+
+static void listener_main(void* arg) {
+  struct ath_dq_s* dq = arg;
+  ath_world_t* w = dq->w;
+  int broken = 0;
+  for (;;) {
+    struct pollfd p[2] = {{ath__qpg_socket(dq->lis), POLLIN, 0}, {dq->lis_pipe[0], POLLIN, 0}};
+    int r = poll(p, 2, broken ? 1000 : -1);
+    if (r < 0 && errno != EINTR)
+      break;
+    if (p[1].revents)
+      break; /* stop */
+    if (broken || p[0].fd < 0) { /* reconnect; meanwhile the poll carries on */
+      broken = ath__qpg_reset(dq->lis) != 0 || ath__qpg_listen(dq->lis, CHANNELS) != 0;
+      if (!broken) {
+        uv_mutex_lock(&w->lock);
+        want_all(w, dq); /* what was missed: claimed at once */
+        uv_cond_signal(&w->store_cond);
+        uv_mutex_unlock(&w->lock);
+      }
+      continue;
+    }
+    if (!(p[0].revents & (POLLIN | POLLERR | POLLHUP)))
+      continue;
+    uv_mutex_lock(&w->lock);
+    int n = ath__qpg_notifies(dq->lis, heard, dq);
+    if (n > 0)
+      uv_cond_signal(&w->store_cond);
+    uv_mutex_unlock(&w->lock);
+    if (n < 0) {
+      broken = 1;
+      ath__logf(w, ATH_LOG_WARN, NULL, 0, "PostgreSQL listener lost its connection (polling meanwhile): %s",
+                ath__qpg_errmsg(dq->lis));
+    }
+  }
+}
+
+/* ------------------------------------------------------------ the cycle */
+
+/* The claim a queue wants now (lock held): free slots of its workers plus
+ * the prefetch, 0 when it has no room or no reason to ask. */
+static int claim_size(ath_world_t* w, struct ath_dq_s* dq, int qi) {
+  ath_queue_t* q = w->queues[qi];
+  if (!dq->more[qi])
+    return 0;
+  int64_t cap = 0;
+  for (int i = 0; i < w->nworkers; i++) {
+    ath_worker_t* wk = w->workers[i];
+    if (wk->queue == q && !wk->stop && wk->state != ATH_WK_STOPPED)
+      cap += wk->concurrency;
+  }
+  int64_t free_slots = cap - q->running - q->depth;
+  if (free_slots <= 0)
+    return 0;
+  int64_t prefetch = dq->full[qi] ? (cap > MIN_PREFETCH ? cap : MIN_PREFETCH) : 0;
+  int64_t n = free_slots + prefetch;
+  return (int)(n > MAX_CLAIM ? MAX_CLAIM : n);
+}
+
+typedef struct {
+  ath_qpg_insert_t* ins;
+  ath_task_t** ins_t;
+  ath_qpg_inserted_t* inserted;
+  size_t nins;
+  ath_qpg_outcome_t* outs;
+  ath_task_t** out_t;
+  char** out_err; /* copies */
+  uint8_t* applied;
+  size_t nouts;
+  ath_qpg_claim_t claims[64];
+  ath_qpg_tasks_t claimed[64];
+  int claim_q[64];
+  size_t nclaims;
+} cycle_t;
+
+static void cycle_free(cycle_t* c) {
+  for (size_t i = 0; i < c->nouts; i++)
+    free(c->out_err[i]);
+  for (size_t i = 0; i < c->nclaims; i++)
+    ath__qpg_tasks_free(&c->claimed[i]);
+  if (c->inserted != NULL)
+    ath__qpg_inserted_clear(c->inserted, c->nins);
+  free(c->ins);
+  free(c->ins_t);
+  free(c->inserted);
+  free(c->outs);
+  free(c->out_t);
+  free(c->out_err);
+  free(c->applied);
+  memset(c, 0, sizeof(*c));
+}
+
+static int cycle_alloc(cycle_t* c, size_t n) {
+  memset(c, 0, sizeof(*c));
+  size_t k = n ? n : 1;
+  c->ins = calloc(k, sizeof(*c->ins));
+  c->ins_t = calloc(k, sizeof(*c->ins_t));
+  c->inserted = calloc(k, sizeof(*c->inserted));
+  c->outs = calloc(k, sizeof(*c->outs));
+  c->out_t = calloc(k, sizeof(*c->out_t));
+  c->out_err = calloc(k, sizeof(*c->out_err));
+  c->applied = calloc(k, 1);
+  if (!c->ins || !c->ins_t || !c->inserted || !c->outs || !c->out_t || !c->out_err || !c->applied) {
+    cycle_free(c);
+    return ATH_ENOMEM;
+  }
+  return 0;
+}
+
+/* Adds t's outcome (lock held): the attempt it leases, ended as it is now. */
+static void add_outcome(cycle_t* c, ath_task_t* t, int status, int64_t now) {
+  ath_qpg_outcome_t* o = &c->outs[c->nouts];
+  o->seq = t->dq_seq;
+  o->attempt = t->dq_attempt;
+  o->status = status;
+  o->delay_ms = status == ATH_RETRYING ? t->ready_at - now : 0;
+  o->result = status == ATH_COMPLETED ? t->result : NULL;
+  c->out_err[c->nouts] = status != ATH_COMPLETED && t->error ? ath__memdup(t->error, t->error_len) : NULL;
+  o->error = c->out_err[c->nouts];
+  o->worker_id = t->worker_id;
+  c->out_t[c->nouts++] = t;
+}
+
+/* Sorts the changed tasks of a batch into inserts and finishes (lock held);
+ * see the file comment. */
+static void classify(ath_world_t* w, struct ath_dq_s* dq, ath_task_t** batch, size_t n, cycle_t* c) {
+  int64_t now = ath__wall(w);
+  for (size_t i = 0; i < n; i++) {
+    ath_task_t* t = batch[i];
+    t->dirty = 0;
+    if (t->withdrawn || t->purged)
+      continue;
+    int ended = ATH_IS_TERMINAL(t->status) || t->status == ATH_RETRYING;
+    if (t->remote && t->dq_seq == 0) {
+      ath_qpg_insert_t* x = &c->ins[c->nins];
+      x->id = t->id;
+      x->name = t->def->name;
+      x->queue = t->queue->name;
+      x->input = t->input; /* NUL-terminated: inline, or a JSON encoder's buffer */
+      x->priority = t->priority;
+      x->max_attempts = t->max_attempts;
+      x->strategy = t->strategy;
+      x->delay_ms = t->scheduled_at - t->created_at;
+      x->close_after_ms = ath__task_limits(t)->schedule_to_close_ms;
+      x->notify = 1;
+      t->dq_seq = -1;
+      c->ins_t[c->nins++] = t;
+    } else if (t->dq_attempt > 0 && t->remote) { /* handed back unrun: T14 */
+      add_outcome(c, t, ATH_PENDING, now);
+      t->dq_attempt = 0;
+    } else if (t->dq_attempt > 0 && ended) {
+      add_outcome(c, t, t->status, now);
+      t->dq_attempt = 0;
+      t->remote = t->status == ATH_RETRYING; /* its row waits; any node runs it next */
+    } else if (t->dq_attempt < 0 && ended) { /* the lease was lost: discarded */
+      dq->n_lost++;
+      t->dq_attempt = 0;
+      t->remote = t->status == ATH_RETRYING;
+      if (t->dq_claimed > 0) { /* claimed again meanwhile (ended by the worker monitor): back, unrun */
+        t->dq_attempt = t->dq_claimed;
+        t->dq_claimed = 0;
+        add_outcome(c, t, ATH_PENDING, now);
+        t->dq_attempt = 0;
+        t->remote = 1;
+      }
+    }
+  }
+}
+
+/* The store row of a database row (strings borrowed from r). */
+static void row_of(const ath_qpg_task_t* r, ath_row_t* row) {
+  memset(row, 0, sizeof(*row));
+  row->id = r->id;
+  row->name = r->name;
+  row->queue = r->queue;
+  row->status = r->status;
+  row->attempt = r->attempt;
+  row->max_attempts = r->max_attempts;
+  row->strategy = r->strategy;
+  row->priority = r->priority;
+  row->seq = (uint64_t)r->seq; /* the row's: world.c dq_watch reads it there */
+  row->created_at = r->created_at;
+  row->scheduled_at = r->scheduled_at;
+  row->ready_at = r->ready_at;
+  row->started_at = r->started_at > 0 ? r->started_at : 0;
+  row->completed_at = r->completed_at > 0 ? r->completed_at : 0;
+  row->input = r->input ? r->input : "null";
+  row->input_len = strlen(row->input);
+  row->result = r->result;
+  row->result_len = r->result ? strlen(r->result) : 0;
+  row->error = r->error;
+  row->error_len = r->error ? strlen(r->error) : 0;
+}
+
+/* Makes claimed rows local tasks (lock not held on entry or exit). */
+static void adopt_claims(ath_world_t* w, struct ath_dq_s* dq, cycle_t* c) {
+  ath_worker_t* wake[MAX_WORKERS];
+  int nwake = 0;
+  for (size_t k = 0; k < c->nclaims; k++) {
+    ath_qpg_tasks_t* rows = &c->claimed[k];
+    ath_queue_t* q = w->queues[c->claim_q[k]];
+    int64_t pushed = 0;
+    for (size_t i = 0; i < rows->n; i++) {
+      const ath_qpg_task_t* r = &rows->rows[i];
+      ath_row_t row;
+      row_of(r, &row);
+      row.status = ATH_PENDING; /* claimed, not started: the worker's claim counts the attempt */
+      row.attempt = r->attempt - 1;
+      ath_task_t* t = ath__world_adopt_row(w, &row);
+      uv_mutex_lock(&w->lock);
+      if (t == NULL) { /* no memory: the row stays leased, rescued when this node ends */
+        uv_mutex_unlock(&w->lock);
+        continue;
+      }
+      seq_del(&dq->watch, r->seq);
+      t->dq_seq = r->seq;
+      if (t->wk != NULL || t->dq_attempt < 0) {
+        /* an attempt fenced by a lost lease still runs on this very task:
+         * the new one starts once it ended (ath__dq_discard) */
+        t->dq_claimed = r->attempt;
+        uv_mutex_unlock(&w->lock);
+        ath_task_release(t);
+        continue;
+      }
+      t->dq_attempt = r->attempt;
+      if (ATH_IS_TERMINAL(t->status)) { /* cannot happen: a row ended is never ready */
+        t->remote = 1; /* handed back */
+        ath__store_mark(w, t);
+      } else if (t->def->ghost) { /* no activity of that name here: it fails, as at recovery */
+        t->remote = 0;
+        t->attempt = r->attempt;
+        ath__set_error(t, ATH_ENOTFOUND, "no activity with this name is registered on this node");
+        nwake = ath__finish_task(w, t, ATH_FAILED, ath__wall(w), wake, nwake);
+      } else {
+        if (r->cancel_at >= 0 && atomic_load(&t->cancel_ns) == 0)
+          atomic_store(&t->cancel_ns, ath__mono(w));
+        pushed += queue_claimed(w, t, r->attempt, r->ready_at);
+      }
+      uv_mutex_unlock(&w->lock);
+      ath_task_release(t);
+    }
+    dq->n_claimed += (int64_t)rows->n;
+    uv_mutex_lock(&w->lock);
+    nwake += ath__pick_sleepers(w, q, pushed, wake + nwake, MAX_WORKERS - nwake);
+    uv_mutex_unlock(&w->lock);
+  }
+  ath__wake_all(wake, nwake);
+}
+
+/* After the writer's connection broke in a cycle (lock not held): a claim
+ * may have committed without its answer arriving, leaving rows leased to
+ * this live incarnation that no task here holds (nobody would ever rescue
+ * them). They go back unrun (T14). */
+static void audit_leases(ath_world_t* w, struct ath_dq_s* dq) {
+  ath_qpg_tasks_t rows;
+  uv_mutex_lock(&w->lock);
+  int64_t inc = dq->incarnation;
+  uv_mutex_unlock(&w->lock);
+  if (inc <= 0 || ath__qpg_leased(dq->wr, inc, &rows) != 0)
+    return;
+  ath_qpg_outcome_t* o = calloc(rows.n ? rows.n : 1, sizeof(*o));
+  uint8_t* applied = calloc(rows.n ? rows.n : 1, 1);
+  size_t n = 0;
+  uv_mutex_lock(&w->lock);
+  for (size_t i = 0; o && applied && i < rows.n; i++) {
+    const ath_qpg_task_t* r = &rows.rows[i];
+    ath_task_t* t = ath__table_get(w, r->id, ath__hash_str(r->id));
+    if (t != NULL && t->dq_seq == r->seq && t->dq_attempt == r->attempt)
+      continue; /* held here */
+    o[n].seq = r->seq;
+    o[n].attempt = r->attempt;
+    o[n].status = ATH_PENDING;
+    n++;
+  }
+  uv_mutex_unlock(&w->lock);
+  if (n > 0 && ath__qpg_finish(dq->wr, inc, o, n, applied) == 0)
+    ath__logf(w, ATH_LOG_WARN, NULL, 0, "%zu task(s) claimed by a cycle whose answer was lost went back unrun", n);
+  free(o);
+  free(applied);
+  ath__qpg_tasks_free(&rows);
+}
+
+/* One cycle (lock held on entry and exit). Returns 0, or the provider's
+ * error (the batch was handed back to the dirty list). */
+static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
+  ath_task_t** batch = w->dirty;
+  size_t n = w->ndirty;
+  w->dirty = NULL;
+  w->ndirty = w->dirty_cap = 0;
+  uint64_t gen = w->gen++;
+  cycle_t c;
+  if (cycle_alloc(&c, n) != 0) {
+    ath__store_failed(w, ATH_ENOMEM, "out of memory preparing a commit", batch, n);
+    w->gen--;
+    free(batch);
+    return ATH_ENOMEM;
+  }
+  classify(w, dq, batch, n, &c);
+  int asked[64] = {0};
+  for (int i = 0; claiming && i < w->nqueues && c.nclaims < 64; i++) {
+    int k = claim_size(w, dq, i);
+    if (k == 0)
+      continue;
+    asked[c.nclaims] = k;
+    c.claim_q[c.nclaims] = i;
+    c.claims[c.nclaims].queue = w->queues[i]->name;
+    c.claims[c.nclaims].n = k;
+    c.claims[c.nclaims].out = &c.claimed[c.nclaims];
+    c.nclaims++;
+    dq->more[i] = 0;
+  }
+  int64_t lease = dq->incarnation;
+  uv_mutex_unlock(&w->lock);
+  ath_qpg_cycle_t pc = {.inserts = c.ins, .n_inserts = c.nins, .inserted = c.inserted,
+                        .outcomes = c.outs, .n_outcomes = c.nouts, .applied = c.applied,
+                        .lease = lease, .claims = c.claims, .n_claims = c.nclaims, .one_commit = 1};
+  int rc = c.nins + c.nouts + c.nclaims > 0 ? ath__qpg_cycle(dq->wr, &pc) : 0;
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->wr) && ath__qpg_reset(dq->wr) == 0) {
+    /* the connection broke (a restart, a terminated session): once more on a
+     * new one. Inserts are idempotent and finishes fenced; claims that may
+     * have committed unanswered go back first. */
+    audit_leases(w, dq);
+    for (size_t i = 0; i < c.nclaims; i++)
+      ath__qpg_tasks_free(&c.claimed[i]);
+    rc = ath__qpg_cycle(dq->wr, &pc);
+  }
+  if (rc == 0 && c.nclaims > 0)
+    adopt_claims(w, dq, &c);
+  uv_mutex_lock(&w->lock);
+  if (rc != 0) {
+    /* nothing committed: the writes go again, as before the cycle */
+    for (size_t i = 0; i < c.nins; i++)
+      c.ins_t[i]->dq_seq = 0;
+    for (size_t i = 0; i < c.nouts; i++) {
+      ath_task_t* t = c.out_t[i];
+      t->dq_attempt = c.outs[i].attempt;
+      if (c.outs[i].status == ATH_RETRYING)
+        t->remote = 0;
+    }
+    for (size_t i = 0; i < c.nclaims; i++)
+      dq->more[c.claim_q[i]] = 1;
+    char err[256];
+    snprintf(err, sizeof(err), "PostgreSQL: %s", ath__qpg_errmsg(dq->wr));
+    ath__store_failed(w, ATH_ESTORE, err, batch, n);
+    w->gen--;
+    free(batch);
+    cycle_free(&c);
+    return rc;
+  }
+  int64_t now = ath__wall(w);
+  ath_worker_t* wake[MAX_WORKERS];
+  int nwake = 0;
+  for (size_t i = 0; i < c.nins; i++) {
+    ath_task_t* t = c.ins_t[i];
+    const ath_qpg_inserted_t* r = &c.inserted[i];
+    t->dq_seq = r->seq;
+    if (!r->created && r->existing_name && strcmp(r->existing_name, t->def->name) != 0) {
+      int out; /* the id names another activity's task: execute answers EINVAL */
+      ath__set_error(t, ATH_EINVAL, "id in use by another activity");
+      nwake = ath__world_withdraw(w, t, ATH_EINVAL, wake, nwake, &out);
+      if (!out && t->remote && !ATH_IS_TERMINAL(t->status))
+        nwake = ath__finish_remote(w, t, ATH_FAILED, now, wake, nwake);
+      continue;
+    }
+    if (t->remote && !ATH_IS_TERMINAL(t->status))
+      ath__dq_watch(w, r->seq);
+    if (r->created && t->status == ATH_SCHEDULED && (dq->stage_at == 0 || t->ready_at < dq->stage_at))
+      dq->stage_at = t->ready_at;
+  }
+  for (size_t i = 0; i < c.nouts; i++) {
+    ath_task_t* t = c.out_t[i];
+    if (!c.applied[i]) {
+      dq->n_lost++;
+      ath__logf(w, ATH_LOG_WARN, NULL, 0, "outcome of %s attempt %d discarded: its lease was lost",
+                t->id, c.outs[i].attempt);
+    } else if (c.outs[i].status == ATH_RETRYING && (dq->stage_at == 0 || t->ready_at < dq->stage_at)) {
+      dq->stage_at = t->ready_at;
+    }
+  }
+  for (size_t i = 0; i < c.nclaims; i++) {
+    int qi = c.claim_q[i];
+    dq->full[qi] = (int)c.claimed[i].n >= asked[i];
+    dq->more[qi] |= dq->full[qi]; /* a deep queue: claim again as slots free */
+  }
+  cycle_free(&c);
+  ath__store_committed(w, gen, batch, n, wake, nwake); /* drops the batch's references */
+  free(batch);
+  return 0;
+}
+
+/* ------------------------------------------------------------ results of other nodes */
+
+/* Brings remote proxy t up to its row r (lock held): its state, attempt
+ * and error; a row that ended ends the proxy (its waiters wake). Returns
+ * the new nwake. */
+static int sync_proxy(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r, ath_worker_t** wake,
+                      int nwake) {
+  if (!t->remote || ATH_IS_TERMINAL(t->status))
+    return nwake;
+  t->attempt = r->attempt;
+  if (r->started_at > 0)
+    t->started_at = r->started_at;
+  if (r->error != NULL) {
+    char* e = ath__memdup(r->error, strlen(r->error));
+    if (e != NULL) {
+      free(t->error);
+      t->error = e;
+      t->error_len = (uint32_t)strlen(e);
+    }
+  }
+  if (!ATH_IS_TERMINAL(r->status)) {
+    t->status = (ath_status_t)r->status;
+    return nwake;
+  }
+  seq_del(&w->dq->watch, r->seq);
+  if (r->result != NULL && t->result == NULL && (t->result = ath__memdup(r->result, strlen(r->result))))
+    t->result_len = (uint32_t)strlen(r->result);
+  if (r->status == ATH_CANCELLED)
+    t->err_code = ATH_ECANCELED;
+  return ath__finish_remote(w, t, (ath_status_t)r->status, r->completed_at, wake, nwake);
+}
+
+void ath__dq_refresh(ath_world_t* w, ath_task_t* t) {
+  struct ath_dq_s* dq = w->dq;
+  if (dq == NULL)
+    return;
+  uv_mutex_lock(&w->lock);
+  int64_t seq = t->remote && !ATH_IS_TERMINAL(t->status) ? t->dq_seq : 0;
+  uv_mutex_unlock(&w->lock);
+  if (seq <= 0)
+    return;
+  ath_qpg_tasks_t rows;
+  uv_mutex_lock(&dq->rd_lock);
+  int rc = ath__qpg_read(dq->rd, &seq, 1, 0, &rows);
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__qpg_reset(dq->rd) == 0)
+    rc = ath__qpg_read(dq->rd, &seq, 1, 0, &rows);
+  uv_mutex_unlock(&dq->rd_lock);
+  if (rc != 0)
+    return; /* what this node knows stands */
+  ath_worker_t* wake[MAX_WORKERS];
+  int nwake = 0;
+  uv_mutex_lock(&w->lock);
+  if (rows.n == 1)
+    nwake = sync_proxy(w, t, &rows.rows[0], wake, 0);
+  uv_mutex_unlock(&w->lock);
+  ath__wake_all(wake, nwake);
+  ath__qpg_tasks_free(&rows);
+}
+
+/* Reads the rows of seqs[0..n) that ended and ends their local proxies
+ * (lock not held). */
+static void read_ended(ath_world_t* w, struct ath_dq_s* dq, const int64_t* seqs, size_t n) {
+  ath_qpg_tasks_t rows;
+  if (n == 0 || ath__qpg_read(dq->wr, seqs, n, 1, &rows) != 0)
+    return;
+  ath_worker_t* wake[MAX_WORKERS];
+  int nwake = 0;
+  uv_mutex_lock(&w->lock);
+  for (size_t i = 0; i < rows.n; i++) {
+    const ath_qpg_task_t* r = &rows.rows[i];
+    seq_del(&dq->watch, r->seq);
+    ath_task_t* t = ath__table_get(w, r->id, ath__hash_str(r->id));
+    if (t != NULL)
+      nwake = sync_proxy(w, t, r, wake, nwake);
+  }
+  ath_task_t* dead = ath__world_term_trim(w);
+  uv_mutex_unlock(&w->lock);
+  ath__world_term_free(dead);
+  ath__wake_all(wake, nwake);
+  ath__qpg_tasks_free(&rows);
+}
+
+/* Cancels accepted elsewhere for tasks this node leases (lock held). */
+static int apply_cancels(ath_world_t* w, const int64_t* seqs, size_t n, ath_worker_t** wake, int nwake) {
+  if (n == 0)
+    return nwake;
+  int64_t now = ath__wall(w);
+  for (size_t b = 0; b < w->table_cap; b++) {
+    for (ath_task_t* t = w->table[b]; t != NULL; t = t->hnext) {
+      if (t->dq_attempt <= 0 || t->remote)
+        continue;
+      for (size_t i = 0; i < n; i++) {
+        if (seqs[i] == t->dq_seq) {
+          int accepted;
+          nwake = ath__cancel_locked(w, t, now, wake, nwake, &accepted);
+          break;
+        }
+      }
+    }
+  }
+  return nwake;
+}
+
+/* ------------------------------------------------------------ lease, leader, poll */
+
+/* The lease was lost (lock held): nothing buffered here may start (the rows
+ * go to the rescue), and what runs finishes with its outcome discarded. */
+static void self_fence(ath_world_t* w, struct ath_dq_s* dq) {
+  int64_t held = 0;
+  for (size_t b = 0; b < w->table_cap; b++) {
+    for (ath_task_t* t = w->table[b]; t != NULL; t = t->hnext) {
+      if (t->dq_claimed > 0) { /* a claim under the incarnation lost now: the rescue's */
+        t->dq_claimed = 0;
+        held++;
+      }
+      if (t->dq_attempt <= 0)
+        continue;
+      held++;
+      if (t->status == ATH_PENDING && !t->remote) { /* buffered */
+        ath__queue_remove(t->queue, t);
+        t->remote = 1;
+        t->dq_attempt = 0;
+      } else {
+        t->dq_attempt = -1;
+      }
+    }
+  }
+  ath__logf(w, ATH_LOG_WARN, NULL, 0,
+            "node lease lost (incarnation %" PRId64 "): stopped claiming; %" PRId64
+            " leased task(s) left to the rescue, their outcomes are discarded",
+            dq->incarnation, held);
+}
+
+static void node_desc(struct ath_dq_s* dq, ath_world_t* w, ath_qpg_node_t* n, int leader) {
+  memset(n, 0, sizeof(*n));
+  n->node_id = dq->node_id;
+  n->queues = leader ? NULL : dq->queue_names;
+  n->slots = leader ? 0 : dq->slots;
+  n->ttl_ms = w->cfg.heartbeat_timeout_ms;
+  n->interval_ms = w->cfg.heartbeat_interval_ms;
+  n->leader = leader;
+}
+
+/* A commit or a renew succeeded (lock held): writes are taken again. */
+static void healthy(ath_world_t* w) {
+  if (!w->store_ok)
+    ath__logf(w, ATH_LOG_INFO, NULL, 0, "%s", "PostgreSQL commits succeed again");
+  w->store_ok = 1;
+  w->store_fault = 0;
+}
+
+/* Renews the lease; registers a new incarnation after a loss (lock not held). */
+static void beat(ath_world_t* w, struct ath_dq_s* dq) {
+  if (!dq->lease.lost) {
+    int rc = ath__qpg_node_renew(dq->wr, &dq->lease, uv_hrtime(), NULL);
+    if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->wr))
+      ath__qpg_reset(dq->wr);
+    if (rc == 0 && w->store_fault != 0) {
+      uv_mutex_lock(&w->lock);
+      healthy(w);
+      uv_mutex_unlock(&w->lock);
+    }
+    if (rc != ATH_EWORKERLOST && !ath__qpg_lease_fenced(&dq->lease, uv_hrtime()))
+      return;
+    uv_mutex_lock(&w->lock);
+    self_fence(w, dq);
+    dq->incarnation = 0; /* claims nothing until registered again */
+    uv_mutex_unlock(&w->lock);
+    dq->lease.lost = 1;
+  }
+  ath_qpg_node_t n;
+  node_desc(dq, w, &n, 0);
+  ath_qpg_lease_t nl;
+  if (ath__qpg_node_register(dq->wr, &n, uv_hrtime(), &nl) == 0) {
+    uv_mutex_lock(&w->lock);
+    dq->lease = nl;
+    dq->incarnation = nl.incarnation;
+    want_all(w, dq);
+    uv_mutex_unlock(&w->lock);
+    ath__logf(w, ATH_LOG_INFO, NULL, 0, "node %s registered again as incarnation %" PRId64, dq->node_id,
+              nl.incarnation);
+  }
+}
+
+/* The EWORKERLOST decision for a rescued attempt (SEMANTICS §12.3, §7.3). */
+static void rescue_decide(ath_world_t* w, struct ath_dq_s* dq, const ath_qpg_task_t* r,
+                          ath_qpg_outcome_t* o, char* err, size_t errlen) {
+  const ath_def_t* def = NULL;
+  for (int i = 0; i < w->ndefs; i++) /* immutable once started */
+    if (strcmp(w->defs[i].name, r->name) == 0)
+      def = &w->defs[i];
+  int final = def == NULL || r->attempt >= r->max_attempts;
+  for (char** nr = def ? def->non_retryable : NULL; nr && *nr && !final; nr++)
+    final = strcmp(*nr, "EWORKERLOST") == 0;
+  snprintf(err, errlen,
+           "{\"code\":\"EWORKERLOST\",\"message\":\"its node was declared lost (no heartbeat)\","
+           "\"retryable\":true,\"attempt\":%d}",
+           r->attempt);
+  memset(o, 0, sizeof(*o));
+  o->seq = r->seq;
+  o->attempt = r->attempt;
+  o->error = err;
+  if (final) {
+    o->status = r->strategy == ATH_STRATEGY_QUARANTINE ? ATH_QUARANTINED : ATH_FAILED;
+  } else {
+    o->status = ATH_RETRYING;
+    o->delay_ms = ath__backoff_ms(&def->a, r->attempt);
+  }
+  (void)dq;
+}
+
+/* The leader's duties (lock not held): take or keep the lock, rescue the
+ * tasks of expired nodes, stage what is late. */
+static void lead(ath_world_t* w, struct ath_dq_s* dq) {
+  int held = 0;
+  if (ath__qpg_leader_try(dq->ldr, &held) != 0) {
+    if (dq->leader)
+      ath__logf(w, ATH_LOG_WARN, NULL, 0, "leader connection failed, stepping down: %s", ath__qpg_errmsg(dq->ldr));
+    dq->leader = 0;
+    ath__qpg_reset(dq->ldr);
+    return;
+  }
+  if (!held) {
+    dq->leader = 0;
+    return;
+  }
+  uint64_t now = uv_hrtime();
+  if (!dq->leader || dq->llease.lost ||
+      ath__qpg_node_renew(dq->ldr, &dq->llease, now, NULL) != 0) {
+    ath_qpg_node_t n;
+    node_desc(dq, w, &n, 1);
+    if (ath__qpg_node_register(dq->ldr, &n, now, &dq->llease) != 0)
+      return;
+    if (!dq->leader)
+      ath__logf(w, ATH_LOG_INFO, NULL, 0, "node %s is the leader", dq->node_id);
+    dq->leader = 1;
+  }
+  ath_qpg_tasks_t rows;
+  int64_t grace = 10 * w->cfg.heartbeat_timeout_ms;
+  if (ath__qpg_rescue(dq->ldr, dq->llease.incarnation, RESCUE_LIMIT, grace, &rows) == 0) {
+    if (rows.n > 0) {
+      ath_qpg_outcome_t* o = calloc(rows.n, sizeof(*o));
+      char(*errs)[192] = calloc(rows.n, sizeof(*errs));
+      uint8_t* applied = calloc(rows.n, 1);
+      if (o && errs && applied) {
+        for (size_t i = 0; i < rows.n; i++)
+          rescue_decide(w, dq, &rows.rows[i], &o[i], errs[i], sizeof(errs[i]));
+        if (ath__qpg_finish(dq->ldr, dq->llease.incarnation, o, rows.n, applied) == 0) {
+          uv_mutex_lock(&w->lock);
+          dq->n_rescued += (int64_t)rows.n;
+          uv_mutex_unlock(&w->lock);
+          ath_log_field_t f[1] = {ATH_LOG_FINT("tasks", (int64_t)rows.n)};
+          ath__logf(w, ATH_LOG_WARN, f, 1, "rescued the tasks of expired nodes (EWORKERLOST)");
+        }
+      }
+      free(o);
+      free(errs);
+      free(applied);
+    }
+    ath__qpg_tasks_free(&rows);
+  }
+  ath__qpg_stage(dq->ldr, NULL, 0, 1000, 1000, NULL); /* late: their node died */
+  ath__qpg_vacuum_ready(dq->ldr); /* the claims' dead entries (distributed.md §3.9) */
+}
+
+/* The poll (lock not held): stage what is due, re-read watched proxies. */
+static void poll_once(ath_world_t* w, struct ath_dq_s* dq) {
+  ath__qpg_stage(dq->wr, NULL, 0, 0, 1000, NULL);
+  int64_t* seqs = NULL;
+  size_t n = 0;
+  uv_mutex_lock(&w->lock);
+  seqset_t* s = &dq->watch;
+  if (s->n > 0 && (seqs = malloc(WATCH_POLL * sizeof(*seqs))) != NULL) {
+    for (size_t k = 0; k < s->cap && n < WATCH_POLL; k++) {
+      size_t i = (s->cursor + k) & (s->cap - 1);
+      if (s->slots[i] != 0)
+        seqs[n++] = s->slots[i];
+      if (n == WATCH_POLL)
+        s->cursor = i + 1;
+    }
+  }
+  int64_t inc = dq->incarnation;
+  uv_mutex_unlock(&w->lock);
+  read_ended(w, dq, seqs, n);
+  free(seqs);
+  int64_t* cs = NULL;
+  size_t nc = 0;
+  if (inc > 0 && ath__qpg_cancelled(dq->wr, inc, &cs, &nc) == 0 && nc > 0) {
+    ath_worker_t* wake[MAX_WORKERS];
+    uv_mutex_lock(&w->lock);
+    int nwake = apply_cancels(w, cs, nc, wake, 0);
+    uv_mutex_unlock(&w->lock);
+    ath__wake_all(wake, nwake);
+  }
+  free(cs);
+}
+
+/* At shutdown (lock held): buffered tasks go back unrun (T14). */
+static void hand_back(ath_world_t* w) {
+  for (int qi = 0; qi < w->nqueues; qi++) {
+    ath_queue_t* q = w->queues[qi];
+    for (int b = 0; b < q->nbuckets; b++) {
+      for (ath_task_t* t = q->buckets[b].head; t != NULL; t = q->buckets[b].head) {
+        ath__list_unlink(&q->buckets[b], t);
+        q->depth--;
+        t->remote = 1;
+        ath__store_mark(w, t);
+      }
+    }
+  }
+}
+
+static uint64_t jittered(uint64_t ns) {
+  return ns + (uint64_t)(ath__random01() * 0.1 * (double)ns);
+}
+
+static void backend_main(void* arg) {
+  ath_world_t* w = arg;
+  struct ath_dq_s* dq = w->dq;
+  uint64_t poll_ns = (uint64_t)w->cfg.poll_interval_ms * 1000000u;
+  uint64_t beat_ns = (uint64_t)w->cfg.heartbeat_interval_ms * 1000000u;
+  uint64_t flush_ns = (uint64_t)w->cfg.flush_interval_ms * 1000000u;
+  uint64_t next_poll = uv_hrtime(), next_beat = uv_hrtime() + beat_ns, next_lead = uv_hrtime();
+  uv_mutex_lock(&w->lock);
+  for (;;) {
+    uint64_t now = uv_hrtime();
+    int stopping = w->store_stop;
+    if (!stopping && (now >= next_beat || now >= next_lead || now >= next_poll || dq->ndone > 0 ||
+                      dq->ncancel > 0 || (dq->stage_at != 0 && ath__wall(w) >= dq->stage_at))) {
+      int do_beat = now >= next_beat, do_lead = now >= next_lead, do_poll = now >= next_poll;
+      int do_stage = dq->stage_at != 0 && ath__wall(w) >= dq->stage_at;
+      if (do_stage)
+        dq->stage_at = 0;
+      int64_t* done = dq->done;
+      size_t ndone = dq->ndone;
+      dq->done = NULL;
+      dq->ndone = dq->done_cap = 0;
+      ath_worker_t* wake[MAX_WORKERS];
+      int nwake = apply_cancels(w, dq->cancels, dq->ncancel, wake, 0);
+      dq->ncancel = 0;
+      if (do_poll)
+        want_all(w, dq); /* the claims ride on the next cycle */
+      uv_mutex_unlock(&w->lock);
+      ath__wake_all(wake, nwake);
+      if (do_beat) {
+        beat(w, dq);
+        next_beat = uv_hrtime() + beat_ns;
+      }
+      if (do_lead && dq->ldr != NULL) {
+        lead(w, dq);
+        next_lead = uv_hrtime() + jittered(beat_ns);
+      }
+      if (do_poll) {
+        poll_once(w, dq);
+        next_poll = uv_hrtime() + jittered(poll_ns);
+      } else if (do_stage) {
+        ath__qpg_stage(dq->wr, NULL, 0, 0, 1000, NULL);
+      }
+      read_ended(w, dq, done, ndone);
+      free(done);
+      uv_mutex_lock(&w->lock);
+      continue;
+    }
+    if (stopping && w->ndirty == 0) {
+      hand_back(w); /* buffered tasks: T14, in one last cycle */
+      if (w->ndirty == 0)
+        break;
+    }
+    int claiming = !stopping && w->state == ATH_W_STARTED && dq->incarnation > 0;
+    int hungry = 0;
+    for (int i = 0; claiming && i < w->nqueues && !hungry; i++)
+      hungry = claim_size(w, dq, i) > 0;
+    if (w->ndirty > 0 || hungry) {
+      int rc = run_cycle(w, dq, claiming);
+      if (rc != 0) {
+        if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->wr)) { /* reconnect; the database takes writes again */
+          uv_mutex_unlock(&w->lock);
+          int ok = ath__qpg_reset(dq->wr) == 0;
+          if (ok)
+            audit_leases(w, dq);
+          uv_mutex_lock(&w->lock);
+          if (ok)
+            healthy(w);
+        }
+        if (w->store_stop && !w->store_ok)
+          break; /* shutting down with a database that keeps failing */
+        uv_cond_timedwait(&w->store_cond, &w->lock, RETRY_NS);
+      } else {
+        healthy(w);
+      }
+      continue;
+    }
+    uint64_t until = next_poll < next_beat ? next_poll : next_beat;
+    if (dq->ldr != NULL && next_lead < until)
+      until = next_lead;
+    if (dq->stage_at != 0) {
+      int64_t left = dq->stage_at - ath__wall(w);
+      uint64_t at = now + (uint64_t)(left > 0 ? left : 0) * 1000000u;
+      if (at < until)
+        until = at;
+    }
+    if (w->state == ATH_W_NEW && until > now + 20000000u)
+      until = now + 20000000u; /* its workers are starting: claim as soon as they are up */
+    if (w->cfg.persistence != ATH_PERSIST_FILE && until > now + flush_ns)
+      until = now + flush_ns; /* hybrid: changes do not signal, they are collected every flushInterval */
+    if (until > now)
+      uv_cond_timedwait(&w->store_cond, &w->lock, until - now);
+  }
+  uv_mutex_unlock(&w->lock);
+}
+
+/* ------------------------------------------------------------ reads (the store vtable) */
+
+static int pg_get(ath_store_t* s, const char* id, ath_row_cb cb, void* ud, char* err, size_t errlen) {
+  struct ath_dq_s* dq = (struct ath_dq_s*)s;
+  ath_qpg_tasks_t rows;
+  uv_mutex_lock(&dq->rd_lock);
+  int rc = ath__qpg_get(dq->rd, id, &rows);
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__qpg_reset(dq->rd) == 0)
+    rc = ath__qpg_get(dq->rd, id, &rows);
+  if (rc != 0)
+    snprintf(err, errlen, "PostgreSQL: %s", ath__qpg_errmsg(dq->rd));
+  uv_mutex_unlock(&dq->rd_lock);
+  if (rc != 0)
+    return rc;
+  if (rows.n == 0) {
+    ath__qpg_tasks_free(&rows);
+    return ATH_ENOTFOUND;
+  }
+  ath_row_t row;
+  row_of(&rows.rows[0], &row);
+  rc = cb(ud, &row);
+  ath__qpg_tasks_free(&rows);
+  return rc;
+}
+
+static int pg_query(ath_store_t* s, const ath_store_query_t* q, ath_row_cb cb, void* ud, char* err,
+                    size_t errlen) {
+  (void)s, (void)q, (void)cb, (void)ud, (void)err, (void)errlen;
+  return 0; /* phase 1: queryTasks lists what this node holds in RAM */
+}
+
+static void dq_free(struct ath_dq_s* dq) {
+  if (dq == NULL)
+    return;
+  ath__qpg_close(dq->wr);
+  ath__qpg_close(dq->ldr);
+  ath__qpg_close(dq->lis);
+  ath__qpg_close(dq->rd);
+  uv_mutex_destroy(&dq->rd_lock);
+  free(dq->queue_names);
+  free(dq->more);
+  free(dq->full);
+  free(dq->done);
+  free(dq->cancels);
+  free(dq->watch.slots);
+  free(dq->early.slots);
+  free(dq);
+}
+
+static void pg_close(ath_store_t* s) {
+  struct ath_dq_s* dq = (struct ath_dq_s*)s;
+  ath_world_t* w = dq->w;
+  dq_free(dq);
+  w->dq = NULL;
+}
+
+static const ath_store_vt_t pg_reads = {
+  .name = "postgres", .get = pg_get, .query = pg_query, .close = pg_close,
+};
+
+/* ------------------------------------------------------------ start, stop */
+
+static int open_conn(ath_world_t* w, int notify, ath_qpg_t** out, char* err, size_t errlen) {
+  return ath__qpg_open(w->cfg.backend_url, w->cfg.backend_schema, notify, out, err, errlen);
+}
+
+static void stop_listener(struct ath_dq_s* dq) {
+  if (!dq->lis_started)
+    return;
+  ssize_t k = write(dq->lis_pipe[1], "x", 1);
+  (void)k;
+  uv_thread_join(&dq->lis_thread);
+  close(dq->lis_pipe[0]);
+  close(dq->lis_pipe[1]);
+  dq->lis_started = 0;
+}
+
+/* After the backend thread ended (ath__store_stop): give up the lease and
+ * the leader lock, stop listening. The reader stays for the world's reads. */
+void ath__pgstore_stopped(ath_world_t* w) {
+  struct ath_dq_s* dq = w->dq;
+  if (dq == NULL)
+    return;
+  stop_listener(dq);
+  if (dq->incarnation > 0)
+    ath__qpg_node_release(dq->wr, &dq->lease);
+  if (dq->leader) {
+    ath__qpg_node_release(dq->ldr, &dq->llease);
+    ath__qpg_leader_resign(dq->ldr);
+  }
+  ath__qpg_close(dq->wr);
+  ath__qpg_close(dq->ldr);
+  ath__qpg_close(dq->lis);
+  dq->wr = dq->ldr = dq->lis = NULL;
+  ath_log_field_t f[4] = {ATH_LOG_FINT("claimed", dq->n_claimed), ATH_LOG_FINT("lost", dq->n_lost),
+                          ATH_LOG_FINT("rescued", dq->n_rescued), ATH_LOG_FINT("notifications", dq->n_notified)};
+  ath__logf(w, ATH_LOG_INFO, f, 4, "PostgreSQL backend stopped");
+}
+
+int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
+  struct ath_dq_s* dq = calloc(1, sizeof(*dq));
+  if (dq == NULL)
+    return ATH_ENOMEM;
+  dq->w = w;
+  dq->notify = !w->cfg.backend_poll_only;
+  uv_mutex_init(&dq->rd_lock);
+  dq->lis_pipe[0] = dq->lis_pipe[1] = -1;
+  char host[200] = "localhost";
+  gethostname(host, sizeof(host) - 1);
+  if (w->cfg.node_id != NULL)
+    snprintf(dq->node_id, sizeof(dq->node_id), "%s", w->cfg.node_id);
+  else
+    snprintf(dq->node_id, sizeof(dq->node_id), "%s:%d", host, (int)getpid());
+  dq->more = calloc((size_t)w->nqueues, sizeof(int));
+  dq->full = calloc((size_t)w->nqueues, sizeof(int));
+  dq->queue_names = calloc((size_t)w->nqueues + 1, sizeof(char*));
+  int rc = dq->more && dq->full && dq->queue_names ? 0 : ATH_ENOMEM;
+  for (int i = 0, k = 0; rc == 0 && i < w->nqueues; i++) {
+    ath_queue_t* q = w->queues[i];
+    int workers = i == 0 ? w->cfg.min_workers : q->workers;
+    if (workers > 0)
+      dq->queue_names[k++] = q->name;
+    dq->slots += workers * q->concurrency;
+  }
+  if (rc == 0)
+    rc = open_conn(w, dq->notify, &dq->wr, err, errlen);
+  if (rc == 0)
+    rc = open_conn(w, dq->notify, &dq->ldr, err, errlen);
+  if (rc == 0)
+    rc = open_conn(w, dq->notify, &dq->rd, err, errlen);
+  if (rc == 0 && dq->notify)
+    rc = open_conn(w, 0, &dq->lis, err, errlen);
+  if (rc == 0 && (rc = ath__qpg_migrate(dq->wr, NULL)) != 0)
+    snprintf(err, errlen, "PostgreSQL backend: %s", ath__qpg_errmsg(dq->wr));
+  if (rc == 0 && dq->lis != NULL && (rc = ath__qpg_listen(dq->lis, CHANNELS)) != 0)
+    snprintf(err, errlen, "PostgreSQL backend: LISTEN: %s", ath__qpg_errmsg(dq->lis));
+  ath_qpg_node_t n;
+  node_desc(dq, w, &n, 0);
+  if (rc == 0 && (rc = ath__qpg_node_register(dq->wr, &n, uv_hrtime(), &dq->lease)) != 0)
+    snprintf(err, errlen, "PostgreSQL backend: registering node %s: %s", dq->node_id, ath__qpg_errmsg(dq->wr));
+  if (rc == 0 && dq->lis != NULL && pipe(dq->lis_pipe) != 0) {
+    snprintf(err, errlen, "cannot make a pipe: %s", strerror(errno));
+    rc = ATH_ENOMEM;
+  }
+  if (rc != 0) {
+    if (dq->lis_pipe[0] >= 0) {
+      close(dq->lis_pipe[0]);
+      close(dq->lis_pipe[1]);
+    }
+    dq_free(dq);
+    return rc == ATH_EINVAL ? rc : ATH_ESTORE;
+  }
+  dq->incarnation = dq->lease.incarnation;
+  uv_cond_init(&w->store_cond);
+  w->dq = dq;
+  w->svt = &pg_reads;
+  w->gen = 1;
+  w->committed_gen = 0;
+  w->store_ok = 1;
+  w->store = (ath_store_t*)dq; /* changes are marked from here on */
+  w->reads = (ath_store_t*)dq; /* and tasks read back from the database */
+  if (dq->lis != NULL) {
+    if (uv_thread_create(&dq->lis_thread, listener_main, dq) == 0)
+      dq->lis_started = 1;
+  }
+  int trc = uv_thread_create(&w->store_thread, backend_main, w);
+  if (trc != 0) {
+    snprintf(err, errlen, "cannot start the backend thread: %s", uv_strerror(trc));
+    stop_listener(dq);
+    w->store = w->reads = NULL;
+    w->dq = NULL;
+    uv_cond_destroy(&w->store_cond);
+    dq_free(dq);
+    return ATH_ENOMEM;
+  }
+  ath_log_field_t f[3] = {ATH_LOG_FSTR("node", dq->node_id), ATH_LOG_FINT("incarnation", dq->incarnation),
+                          ATH_LOG_FSTR("schema", w->cfg.backend_schema ? w->cfg.backend_schema : "athena")};
+  ath__logf(w, ATH_LOG_INFO, f, 3, "PostgreSQL backend started");
+  return 0;
+}
+
+int ath__dq_cancel(ath_world_t* w, ath_task_t* t) {
+  struct ath_dq_s* dq = w->dq;
+  uv_mutex_lock(&w->lock);
+  /* its insert has not committed yet (hybrid): wait for it */
+  while (t->dq_seq <= 0 && !t->withdrawn && w->store != NULL && !ATH_IS_TERMINAL(t->status)) {
+    uv_cond_signal(&w->store_cond);
+    uv_cond_wait(&w->cond, &w->lock);
+  }
+  int64_t seq = t->dq_seq;
+  int ended = ATH_IS_TERMINAL(t->status);
+  uv_mutex_unlock(&w->lock);
+  if (ended || seq <= 0)
+    return 0;
+  int how = 0;
+  uv_mutex_lock(&dq->rd_lock);
+  int rc = ath__qpg_cancel(dq->rd, seq, &how);
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__qpg_reset(dq->rd) == 0)
+    rc = ath__qpg_cancel(dq->rd, seq, &how);
+  uv_mutex_unlock(&dq->rd_lock);
+  if (rc != 0)
+    return 0;
+  if (how == 1) { /* cancelled at once: its waiters here hear it now */
+    ath_worker_t* wake[MAX_WORKERS];
+    uv_mutex_lock(&w->lock);
+    int nwake = 0;
+    if (t->remote && !ATH_IS_TERMINAL(t->status)) {
+      seq_del(&dq->watch, seq);
+      t->err_code = ATH_ECANCELED;
+      nwake = ath__finish_remote(w, t, ATH_CANCELLED, ath__wall(w), wake, 0);
+    }
+    uv_mutex_unlock(&w->lock);
+    ath__wake_all(wake, nwake);
+  }
+  return how != 0;
+}
+
+int ath__world_nodes(ath_world_t* w, char** json, char* err, size_t errlen) {
+  struct ath_dq_s* dq = w->dq;
+  *json = NULL;
+  if (dq == NULL) {
+    snprintf(err, errlen, "%s", "getNodes needs the PostgreSQL backend");
+    return ATH_EINVAL;
+  }
+  uv_mutex_lock(&dq->rd_lock);
+  int rc = ath__qpg_nodes(dq->rd, json);
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__qpg_reset(dq->rd) == 0)
+    rc = ath__qpg_nodes(dq->rd, json);
+  if (rc != 0)
+    snprintf(err, errlen, "PostgreSQL: %s", ath__qpg_errmsg(dq->rd));
+  uv_mutex_unlock(&dq->rd_lock);
+  return rc;
+}

@@ -1,0 +1,54 @@
+-- Activities of the distributed tests (scripts/dist-test, tests/lua/db_pg_backend_spec.lua),
+-- all on task queue "dist". Every run appends "start <id> <attempt> <node>" when it starts
+-- and "end <id> <attempt> <node>" when it returns to $DIST_LOG.<node> (when DIST_LOG is
+-- set): one write(2) per line in append mode, so a kill -9 loses no line written.
+local athena = require "athena"
+
+local M = {}
+local node = os.getenv("DIST_NODE") or "?"
+local logf
+
+local function log(what, ctx)
+  if logf == nil then
+    local p = os.getenv("DIST_LOG")
+    if p == nil then return end
+    logf = assert(io.open(p .. "." .. node, "a"))
+    logf:setvbuf("line")
+  end
+  logf:write(what, " ", ctx.id, " ", ctx.attempt, " ", node, "\n")
+end
+
+local OPTS = { taskQueue = "dist", retry = { maxAttempts = 5, initialInterval = "10ms", maxInterval = "100ms" } }
+
+--- dist.noop(x) -> x
+M.noop = athena.activity("dist.noop", function(ctx, x)
+  log("start", ctx)
+  log("end", ctx)
+  return x
+end, OPTS)
+
+--- dist.sleep{ms} -> node: sleeps ms (a yield point every 50 ms)
+M.sleep = athena.activity("dist.sleep", function(ctx, x)
+  log("start", ctx)
+  local left = x.ms
+  while left > 0 do
+    athena.sleep(left > 50 and 50 or left)
+    left = left - 50
+  end
+  log("end", ctx)
+  return node
+end, OPTS)
+
+--- dist.flaky(x) -> attempt: fails its first attempt with a retryable error
+M.flaky = athena.activity("dist.flaky", function(ctx, x)
+  log("start", ctx)
+  if ctx.attempt == 1 then
+    log("end", ctx)
+    error(athena.RetryableError("first attempt fails", "10ms"))
+  end
+  log("end", ctx)
+  return ctx.attempt
+end, OPTS)
+
+M.all = { M.noop, M.sleep, M.flaky }
+return M

@@ -1,0 +1,350 @@
+-- The PostgreSQL backend (docs/backend-postgres.md, storage/store_pg.c):
+-- worlds in this process and `athena` child processes (tests/dist/node.lua)
+-- share one queue in a PostgreSQL schema. The server is the ctest fixture
+-- "pg" (scripts/pg-test); no server means this spec fails, never skips.
+local athena = require "athena"
+local S = require "fixtures.support"
+
+local BIN = assert(os.getenv("ATHENA_BIN"), "ATHENA_BIN must point at the athena binary")
+local SRC = os.getenv("ATHENA_SRC") or "."
+package.path = SRC .. "/tests/dist/?.lua;" .. package.path
+local jobs = require "dist_jobs"
+
+local URL = S.pg_database("athena_backend_spec")
+local admin = assert(athena.db.open(URL))
+local WAIT = 20000
+
+local function q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local schemas = 0
+local function schema()
+  schemas = schemas + 1
+  return "bk" .. schemas
+end
+
+local worlds, pids, tmp = {}, {}, {}
+
+local function world(sch, extra)
+  local cfg = {
+    backend = athena.PostgresBackend.new { url = URL, nodeId = "ctl-" .. sch .. "-" .. #worlds, schema = sch,
+      pollInterval = extra and extra.pollInterval or 200, notify = not (extra and extra.pollOnly) },
+    modules = { "dist_jobs" }, minWorkers = 1, maxWorkers = 1,
+    taskQueues = { dist = { workers = extra and extra.serve and 1 or 0, concurrency = 8 } },
+    heartbeatInterval = 500, heartbeatTimeout = 3000, persistence = "file", -- result() once committed
+  }
+  local w = athena.World.new(cfg)
+  w:register(table.unpack(jobs.all))
+  w:start()
+  worlds[#worlds + 1] = w
+  return w
+end
+
+-- Starts tests/dist/node.lua as node `id`; returns its pid.
+local function node(sch, id, env)
+  local log = os.tmpname()
+  tmp[#tmp + 1] = log
+  local vars = { ATHENA_PG_URL = URL, DIST_SCHEMA = sch, DIST_NODE = id, DIST_LOG = log,
+    LUA_PATH = SRC .. "/tests/dist/?.lua;" .. (os.getenv("LUA_PATH") or ";;") }
+  for k, v in pairs(env or {}) do vars[k] = v end
+  local e = {}
+  for k, v in pairs(vars) do e[#e + 1] = k .. "=" .. q(v) end
+  local cmd = ("env %s %s %s/tests/dist/node.lua >%s.out 2>%s.err </dev/null & echo $!"):format(
+    table.concat(e, " "), q(BIN), q(SRC), q(log), q(log))
+  local p = io.popen(cmd)
+  local pid = tonumber(p:read("l"))
+  p:close()
+  pids[#pids + 1] = pid
+  local ok, err = pcall(S.eventually, function() return (S.readfile(log .. ".out") or ""):find("started") end, WAIT,
+    "node " .. id .. " to start")
+  assert(ok, tostring(err) .. ": " .. tostring(S.readfile(log .. ".err")))
+  return pid, vars.DIST_LOG .. "." .. id
+end
+
+local function alive(pid)
+  local s = S.readfile("/proc/" .. pid .. "/stat")
+  return s ~= nil and not s:match("^%d+ %b() [ZX]")
+end
+
+-- "start"/"end" lines of a node's activity log: { {what, id, attempt, node}, ... }
+local function lines(path)
+  local out = {}
+  for l in ((S.readfile(path) or "")):gmatch("[^\n]+") do
+    local what, id, attempt, n = l:match("^(%a+) (%S+) (%d+) (%S+)$")
+    out[#out + 1] = { what = what, id = id, attempt = tonumber(attempt), node = n }
+  end
+  return out
+end
+
+-- Checks that each (task, attempt) started once across the logs; returns
+-- the node of each "id#attempt" and the starts per node.
+local function once_each(paths)
+  local ran, per = {}, {}
+  for _, path in ipairs(paths) do
+    for _, l in ipairs(lines(path)) do
+      if l.what == "start" then
+        local k = l.id .. "#" .. l.attempt
+        assert.is_nil(ran[k], "ran twice: " .. k)
+        ran[k] = l.node
+        per[l.node] = (per[l.node] or 0) + 1
+      end
+    end
+  end
+  return ran, per
+end
+
+local function scalar(sql, ...)
+  local rows = assert(admin:query(sql, ...))
+  local _, v = next(rows[1])
+  return v
+end
+
+-- Each test stops its nodes and worlds: every one holds four connections.
+after_each(function()
+  for _, pid in ipairs(pids) do os.execute("kill -9 " .. pid .. " 2>/dev/null") end
+  for _, w in ipairs(worlds) do pcall(w.shutdown, w) end
+  for _, p in ipairs(tmp) do os.execute("rm -f " .. q(p) .. " " .. q(p) .. ".*") end
+  pids, worlds, tmp = {}, {}, {}
+end)
+
+teardown(function()
+  admin:close()
+end)
+
+describe("athena.PostgresBackend", function()
+  it("validates its options and the world's", function()
+    S.raises("EINVAL", athena.PostgresBackend.new, { url = URL, nosuch = 1 })
+    S.raises("EINVAL", athena.PostgresBackend.new, { url = "sqlite:x.db" })
+    S.raises("EINVAL", athena.PostgresBackend.new, { url = URL, pollInterval = 0 })
+    S.raises("EINVAL", athena.PostgresBackend.new, { url = URL, notify = "yes" })
+    S.raises("EINVAL", athena.PostgresBackend.new, { url = URL, nodeId = "" })
+    local b = athena.PostgresBackend.new { url = URL }
+    local err = S.raises("EINVAL", athena.World.new, { backend = b, persistence = "memory" })
+    assert.truthy(err.message:find("memory", 1, true))
+    err = S.raises("EINVAL", athena.World.new, { backend = b, clock = "manual" })
+    assert.truthy(err.message:find("manual", 1, true))
+    -- a queue with no workers here is only for a PostgreSQL world
+    S.raises("EINVAL", athena.World.new, { taskQueues = { dist = { workers = 0 } } })
+  end)
+
+  it("fails start() with ESTORE when the database cannot be reached, without the password", function()
+    local password = assert(URL:match("^postgres://[^:]+:([^@]+)@"))
+    local dead = URL:gsub("@127%.0%.0%.1:%d+/", "@127.0.0.1:1/")
+    local w = athena.World.new { backend = athena.PostgresBackend.new { url = dead, schema = schema() },
+      modules = { "dist_jobs" }, taskQueues = { dist = { workers = 1 } } }
+    w:register(table.unpack(jobs.all))
+    local err = S.raises("ESTORE", w.start, w)
+    assert.is_nil(err.message:find(password, 1, true))
+  end)
+
+  it("refuses workflows and schedules (not on this backend yet) with a clear error", function()
+    local sch = schema()
+    local w = athena.World.new { backend = athena.PostgresBackend.new { url = URL, schema = sch },
+      modules = { "dist_jobs" }, taskQueues = { dist = { workers = 1 } } }
+    local wf = athena.workflow("bk.wf", function() return 1 end)
+    local err = S.raises("ENOSYS", w.register, w, wf)
+    assert.truthy(err.message:find("workflows are not supported on the PostgreSQL backend", 1, true))
+    w:register(table.unpack(jobs.all))
+    w:start()
+    worlds[#worlds + 1] = w
+    err = S.raises("ENOSYS", w.schedule, w, "tick", "dist.noop", {}, "* * * * *")
+    assert.truthy(err.message:find("schedules are not supported", 1, true))
+    w:shutdown()
+  end)
+
+  it("runs tasks and retries through the database; the rows hold the truth", function()
+    local sch = schema()
+    local w = world(sch, { serve = true })
+    local hs = w:executeMany("dist.noop", { 1, 2.0, "x", { a = -0.0 } })
+    assert.equals(1, hs[1]:result())
+    assert.equals(2.0, hs[2]:result())
+    assert.equals("x", hs[3]:result())
+    assert.same({ a = -0.0 }, hs[4]:result())
+    local f = w:execute("dist.flaky", {})
+    assert.equals(2, f:result(WAIT)) -- the retry was staged from the row's due_at
+    assert.equals(5, scalar(("select count(*) as n from %s.tasks where status = 5"):format(sch)))
+    assert.equals(2, scalar(("select attempt from %s.tasks where id = $1"):format(sch), f.id))
+    assert.equals(0, scalar(("select count(*) as n from %s.ready"):format(sch)))
+    assert.equals("2.0", scalar(("select input from %s.tasks where id = $1"):format(sch), hs[2].id))
+    -- an explicit id is idempotent; another activity's id is refused
+    local a = w:execute("dist.noop", 7, { id = "same" })
+    local b = w:execute("dist.noop", 8, { id = "same" })
+    assert.equals(7, a:result())
+    assert.equals(7, b:result())
+    local nodes = w:getNodes()
+    assert.equals(1, #nodes)
+    assert.is_true(nodes[1].alive)
+    assert.is_true(nodes[1].leader)
+    w:shutdown()
+    assert.equals(0, scalar(("select count(*) as n from %s.tasks where lease is not null"):format(sch)))
+  end)
+
+  it("shares one queue between processes: each (task, attempt) runs once, on both nodes", function()
+    local sch = schema()
+    local ctl = world(sch)
+    local _, la = node(sch, "a")
+    local _, lb = node(sch, "b")
+    local inputs = {}
+    for i = 1, 3000 do inputs[i] = i end
+    local hs = ctl:executeMany("dist.noop", inputs)
+    local fl = ctl:executeMany("dist.flaky", { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 })
+    for i, h in ipairs(hs) do assert.equals(i, h:result(WAIT)) end
+    for _, h in ipairs(fl) do assert.equals(2, h:result(WAIT)) end
+    local _, per = once_each({ la, lb })
+    per.a, per.b = per.a or 0, per.b or 0
+    assert.equals(3000 + 20, per.a + per.b)
+    assert.is_true(per.a > 0 and per.b > 0, ("a ran %d, b %d"):format(per.a, per.b))
+    local names = {}
+    for _, n in ipairs(ctl:getNodes()) do names[n.nodeId] = n.alive end
+    assert.is_true(names.a and names.b)
+  end)
+
+  it("rescues a killed node's tasks (EWORKERLOST, retried) and returns results across nodes", function()
+    local sch = schema()
+    local ctl = world(sch) -- the first node: the leader
+    local _, la = node(sch, "a", { DIST_CONC = "4" })
+    local pb, lb = node(sch, "b", { DIST_CONC = "4" })
+    local inputs = {}
+    for i = 1, 24 do inputs[i] = { ms = 1500 } end
+    local hs = ctl:executeMany("dist.sleep", inputs)
+    S.eventually(function()
+      local n = 0
+      for _, l in ipairs(lines(lb)) do n = n + (l.what == "start" and 1 or 0) end
+      return n >= 3
+    end, WAIT, "node b to run tasks")
+    os.execute("kill -9 " .. pb)
+    S.eventually(function() return not alive(pb) end, WAIT, "node b to die")
+    local started_b = {}
+    for _, l in ipairs(lines(lb)) do
+      if l.what == "start" then started_b[l.id] = true elseif l.what == "end" then started_b[l.id] = nil end
+    end
+    for _, h in ipairs(hs) do
+      local r, e = h:result(WAIT)
+      assert.is_nil(e)
+      assert.is_true(r == "a" or r == "b")
+    end
+    local cut = 0
+    for id in pairs(started_b) do
+      cut = cut + 1
+      local row = assert(admin:query(("select attempt, error, status from %s.tasks where id = $1"):format(sch), id))[1]
+      assert.equals(5, row.status)
+      assert.is_true(row.attempt >= 2) -- 2, unless a loaded machine fenced the other node too
+      assert.truthy(row.error:find("EWORKERLOST", 1, true))
+    end
+    assert.is_true(cut >= 1)
+    once_each({ la, lb })
+  end)
+
+  it("fences a paused node: its late outcomes are discarded, the rescue's stand", function()
+    local sch = schema()
+    local ctl = world(sch)
+    local _, la = node(sch, "a", { DIST_CONC = "4" })
+    local pb, lb = node(sch, "b", { DIST_CONC = "4" })
+    local inputs = {}
+    for i = 1, 16 do inputs[i] = { ms = 1000 } end
+    local hs = ctl:executeMany("dist.sleep", inputs)
+    S.eventually(function() return #lines(lb) >= 2 end, WAIT, "node b to run tasks")
+    os.execute("kill -STOP " .. pb)
+    -- paused past heartbeatTimeout (3 s): the leader rescues what b held
+    S.eventually(function()
+      return scalar(("select count(*) as n from %s.tasks where rescues > 0"):format(sch)) > 0
+    end, WAIT, "b's tasks to be rescued")
+    os.execute("kill -CONT " .. pb)
+    for _, h in ipairs(hs) do assert.is_nil(select(2, h:result(WAIT))) end
+    -- every rescued task's recorded outcome is its last attempt's (a later
+    -- one than b's first), never b's discarded one
+    local ran = once_each({ la, lb })
+    local rescued = assert(admin:query(("select id, attempt, result from %s.tasks where rescues > 0"):format(sch)))
+    assert.is_true(#rescued >= 1)
+    for _, r in ipairs(rescued) do
+      assert.is_true(r.attempt >= 2)
+      assert.equals("b", ran[r.id .. "#1"])
+      assert.equals('"' .. ran[r.id .. "#" .. r.attempt] .. '"', r.result)
+    end
+    -- b came back, noticed, and registered a new incarnation
+    local err = S.readfile(lb:gsub("%.b$", "") .. ".err")
+    S.eventually(function()
+      err = S.readfile(lb:gsub("%.b$", "") .. ".err") or ""
+      return err:find("registered again", 1, true) ~= nil
+    end, WAIT, "b to register again")
+    assert.truthy(err:find("lease lost", 1, true) or err:find("discarded", 1, true))
+  end)
+
+  it("a node whose lease expired discards its late outcome; its handle shows the rescued attempt's", function()
+    local sch = schema()
+    local w = world(sch, { serve = true }) -- also the leader: it rescues its own old incarnation
+    local h = w:execute("dist.sleep", { ms = 1500 })
+    S.eventually(function() return h:status() == "running" end, WAIT, "the task to run")
+    assert(admin:exec(("update %s.nodes set expires_at = 0 where not leader"):format(sch)))
+    local r, err = h:result(WAIT)
+    assert.is_nil(err)
+    assert.is_string(r)
+    assert.equals(2, h:query().attempt) -- attempt 1 ended after the loss: discarded
+    assert.equals(2, scalar(("select attempt from %s.tasks where id = $1"):format(sch), h.id))
+    assert.equals(1, scalar(("select rescues from %s.tasks where id = $1"):format(sch), h.id))
+  end)
+
+  it("cancels from another node and wakes result() on every node", function()
+    local sch = schema()
+    local ctl = world(sch)
+    local other = world(sch)
+    local _, la = node(sch, "a")
+    local h = ctl:execute("dist.sleep", { ms = 20000 }, { id = "long-1" })
+    S.eventually(function() return #lines(la) >= 1 end, WAIT, "the task to start on a")
+    -- the executing world's handle reads the row: another node runs it
+    assert.equals("running", h:status())
+    assert.equals("running", ctl:query("long-1").status)
+    assert.equals(1, ctl:query("long-1").attempt)
+    local seen = other:execute("dist.sleep", { ms = 1 }, { id = "long-1" }) -- the same task
+    assert.equals("running", other:query("long-1").status)
+    local accepted, e = other:cancel("long-1") -- a leases it: a is told, and ends it
+    assert.is_nil(e)
+    assert.is_true(accepted, "the cancel was refused")
+    local r, err = h:result(WAIT)
+    assert.is_nil(r)
+    assert.equals("ECANCELED", err.code)
+    r, err = seen:result(WAIT)
+    assert.equals("ECANCELED", err.code)
+    assert.equals(7, scalar(("select status from %s.tasks where id = 'long-1'"):format(sch)))
+    -- a queued task nobody leases is cancelled at once
+    local idle = ctl:execute("dist.noop", 1, { delay = 60000 })
+    assert.is_true(idle:cancel())
+    assert.equals(7, scalar(("select status from %s.tasks where id = $1"):format(sch), idle.id))
+    assert.equals("ECANCELED", select(2, idle:result(WAIT)).code)
+  end)
+
+  it("hears every end from another node without polling, even one heard before its own insert's answer", function()
+    local sch = schema()
+    local ctl = world(sch, { pollInterval = 600000 }) -- a missed notification would wait 10 min
+    node(sch, "a")
+    for i = 1, 300 do
+      local r, err = ctl:execute("dist.noop", i):result(5000)
+      assert.is_nil(err)
+      assert.equals(i, r)
+    end
+  end)
+
+  it("carries on when the database ends its sessions (a restart, an operator)", function()
+    local sch = schema()
+    local w = world(sch, { serve = true })
+    assert.equals(1, w:execute("dist.noop", 1):result(WAIT))
+    local n = admin:query("select count(pg_terminate_backend(pid)) as n from pg_stat_activity" ..
+      " where datname = current_database() and pid <> pg_backend_pid() and backend_type = 'client backend'")[1].n
+    assert.is_true(n >= 4) -- the world's four connections
+    local h, err = w:execute("dist.noop", 2) -- the writer finds its connection gone: a new one
+    assert.is_nil(err)
+    assert.equals(2, h:result(WAIT))
+    for i, x in ipairs(w:executeMany("dist.noop", { 1, 2, 3 })) do assert.equals(i, x:result(WAIT)) end
+    assert.equals(1, #w:getNodes()) -- the reader too
+    assert.equals(0, scalar(("select count(*) as n from %s.ready"):format(sch)))
+  end)
+
+  it("works by polling alone (notify = false)", function()
+    local sch = schema()
+    local ctl = world(sch, { pollOnly = true })
+    node(sch, "a", { DIST_NOTIFY = "0" })
+    local hs = ctl:executeMany("dist.noop", { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 })
+    for i, h in ipairs(hs) do assert.equals(i, h:result(WAIT)) end
+  end)
+end)
