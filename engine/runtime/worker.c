@@ -665,7 +665,8 @@ static void hand_events(ath_slot_t* s, ath_outcome_t* o) {
     o->evs = a;
     o->evs_cap = s->nrec;
   }
-  memcpy(o->evs, s->rec, s->nrec * sizeof(*s->rec));
+  if (s->nrec > 0) /* o->evs may be NULL then: memcpy's arguments must not be */
+    memcpy(o->evs, s->rec, s->nrec * sizeof(*s->rec));
   o->nevs = s->nrec;
   s->nrec = 0;
 }

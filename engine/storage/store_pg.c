@@ -1061,7 +1061,7 @@ static void backend_main(void* arg) {
 
 /* ------------------------------------------------------------ reads (the store vtable) */
 
-static int pg_get(ath_store_t* s, const char* id, ath_row_cb cb, void* ud, char* err, size_t errlen) {
+static int pg_get(void* s, const char* id, ath_row_cb cb, void* ud, char* err, size_t errlen) {
   struct ath_dq_s* dq = (struct ath_dq_s*)s;
   ath_qpg_tasks_t rows;
   uv_mutex_lock(&dq->rd_lock);
@@ -1084,7 +1084,7 @@ static int pg_get(ath_store_t* s, const char* id, ath_row_cb cb, void* ud, char*
   return rc;
 }
 
-static int pg_query(ath_store_t* s, const ath_store_query_t* q, ath_row_cb cb, void* ud, char* err,
+static int pg_query(void* s, const ath_store_query_t* q, ath_row_cb cb, void* ud, char* err,
                     size_t errlen) {
   (void)s, (void)q, (void)cb, (void)ud, (void)err, (void)errlen;
   return 0; /* phase 1: queryTasks lists what this node holds in RAM */
@@ -1108,7 +1108,7 @@ static void dq_free(struct ath_dq_s* dq) {
   free(dq);
 }
 
-static void pg_close(ath_store_t* s) {
+static void pg_close(void* s) {
   struct ath_dq_s* dq = (struct ath_dq_s*)s;
   ath_world_t* w = dq->w;
   dq_free(dq);
@@ -1116,7 +1116,7 @@ static void pg_close(ath_store_t* s) {
 }
 
 static const ath_store_vt_t pg_reads = {
-  .name = "postgres", .get = pg_get, .query = pg_query, .close = pg_close,
+  .size = sizeof(ath_store_provider_t), .name = "postgres", .get = pg_get, .query = pg_query, .close = pg_close,
 };
 
 /* ------------------------------------------------------------ start, stop */
