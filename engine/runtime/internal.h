@@ -204,14 +204,16 @@ int ath__call_new(const ath_activity_t* def, const char* json, size_t len, ath_c
 
 struct ath_task_s {
   atomic_int refs;       /* handles and the world's table each hold one */
-  ath_status_t status;
   int attempt;
   int priority;
   int worker_id;
   int err_code;          /* ATH_E* of the last failure, 0 if none */
   int max_attempts;      /* effective (§7.2) */
-  ath_strategy_t strategy; /* effective (§8) */
   int run_pos;           /* index in its worker's running list */
+  /* The state and the flags share one word (a million queued tasks are a
+   * million records: issue 15's memory target). */
+  ath_status_t status : 8;
+  ath_strategy_t strategy : 8; /* effective (§8) */
   unsigned dirty : 1;    /* in the store's pending list */
   unsigned purged : 1;   /* deleted: the store deletes its row */
   unsigned in_term : 1;  /* in the world's list of recent terminal tasks */
@@ -227,11 +229,11 @@ struct ath_task_s {
   int dq_attempt;        /* PostgreSQL backend: the attempt this node leases
                           * (0: none; -1: the lease was lost, its outcome is
                           * discarded) */
-  int64_t dq_seq;        /* PostgreSQL backend: the row's seq (0: not
-                          * inserted; -1: its insert is in flight) */
   int dq_claimed;        /* PostgreSQL backend: an attempt claimed while a
                           * fenced one still ran here (0: none); it starts
                           * once that one ends */
+  int64_t dq_seq;        /* PostgreSQL backend: the row's seq (0: not
+                          * inserted; -1: its insert is in flight) */
   ath_worker_t* wk;      /* the worker running it, while running */
   atomic_ullong cancel_ns; /* monotonic ns the cancel was accepted, 0 if none */
   int64_t last_hb;       /* wall ms of the latest heartbeat */
