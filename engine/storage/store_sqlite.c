@@ -23,6 +23,7 @@ struct ath_store_s {
   sqlite3* db;
   sqlite3_stmt* upsert;
   sqlite3_stmt* insert;  /* a new row (the upsert when it turns out not to be) */
+  sqlite3_stmt* insert_many; /* ROWS_PER_INSERT new rows in one statement */
   sqlite3_stmt* update;  /* a row a commit wrote before: what changes */
   sqlite3_stmt* del;
   sqlite3_stmt* supsert;
@@ -115,6 +116,37 @@ static int fail(sqlite3* db, int rc, char* err, size_t errlen, const char* what)
 static int exec(sqlite3* db, const char* sql, char* err, size_t errlen) {
   int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
   return rc == SQLITE_OK ? 0 : fail(db, rc, err, errlen, sql);
+}
+
+/* Each task row binds ROW_PARAMS parameters, numbered from 1 (row k's
+ * from k * ROW_PARAMS + 1): ?1 id, ?2 name, ?3 status, ?4 attempt,
+ * ?5 max_attempts, ?6 strategy, ?7 priority, ?8 queue, ?9 seq, ?10
+ * created_at, ?11 scheduled_at, ?12 ready_at, ?13 started_at, ?14
+ * completed_at, ?15 worker_id, ?16 input, ?17 result, ?18 error, ?19
+ * heartbeat, ?20 last_heartbeat, ?21 keep_error (the update's), ?22
+ * parent_id, ?24 call. New rows are inserted ROWS_PER_INSERT to a
+ * statement when they come in such runs: a statement's fixed cost (cursor
+ * setup on the table and its indexes) is then paid once per run. */
+#define ROW_PARAMS 24
+#define ROWS_PER_INSERT 32
+
+/* Writes into sql an INSERT of `rows` task rows, then `tail`. */
+static void insert_sql(char* sql, size_t cap, int rows, const char* tail) {
+  size_t n = (size_t)snprintf(sql, cap,
+                              "INSERT INTO tasks (id, name, status, attempt, max_attempts, strategy,"
+                              " priority, queue, seq, created_at, scheduled_at, ready_at, started_at,"
+                              " completed_at, worker_id, input, result, error, heartbeat, last_heartbeat,"
+                              " parent_id, history, call) VALUES ");
+  for (int k = 0; k < rows && n < cap; k++) {
+    int o = k * ROW_PARAMS;
+    n += (size_t)snprintf(sql + n, cap - n, "%s(", k ? "," : "");
+    for (int i = 1; i <= 20 && n < cap; i++)
+      n += (size_t)snprintf(sql + n, cap - n, "?%d,", o + i);
+    if (n < cap)
+      n += (size_t)snprintf(sql + n, cap - n, "?%d,NULL,?%d)", o + 22, o + 24);
+  }
+  if (n < cap)
+    snprintf(sql + n, cap - n, "%s", tail);
 }
 
 static int query_int(sqlite3* db, const char* sql, int64_t* out) {
@@ -222,16 +254,17 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
 #define CHANGING_COLUMNS                                                                   \
   "status=?3, attempt=?4, started_at=?13, completed_at=?14, worker_id=?15, ready_at=?12,"  \
   " result=?17, error=CASE WHEN ?21 THEN error ELSE ?18 END, heartbeat=?19, last_heartbeat=?20"
-#define INSERT_ROW                                                                            \
-  "INSERT INTO tasks (id, name, status, attempt, max_attempts, strategy, priority, queue, seq,"      \
-  " created_at, scheduled_at, ready_at, started_at, completed_at, worker_id, input, result,"         \
-  " error, heartbeat, last_heartbeat, parent_id, history, call) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9," \
-  "?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?22,NULL,?24)"
-    int prc = sqlite3_prepare_v3(s->db, INSERT_ROW " ON CONFLICT(seq) DO UPDATE SET " CHANGING_COLUMNS,
-                                 -1, SQLITE_PREPARE_PERSISTENT, &s->upsert, NULL);
-    if (prc == SQLITE_OK)
-      prc = sqlite3_prepare_v3(s->db, INSERT_ROW, -1, SQLITE_PREPARE_PERSISTENT, &s->insert, NULL);
-#undef INSERT_ROW
+    char sql[ROWS_PER_INSERT * 160 + 512];
+    insert_sql(sql, sizeof(sql), 1, " ON CONFLICT(seq) DO UPDATE SET " CHANGING_COLUMNS);
+    int prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->upsert, NULL);
+    if (prc == SQLITE_OK) {
+      insert_sql(sql, sizeof(sql), 1, "");
+      prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->insert, NULL);
+    }
+    if (prc == SQLITE_OK) {
+      insert_sql(sql, sizeof(sql), ROWS_PER_INSERT, "");
+      prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->insert_many, NULL);
+    }
     if (prc == SQLITE_OK)
       prc = sqlite3_prepare_v3(s->db, "UPDATE tasks SET " CHANGING_COLUMNS " WHERE seq = ?9", -1,
                                SQLITE_PREPARE_PERSISTENT, &s->update, NULL);
@@ -263,13 +296,14 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
 static void disconnect_db(ath_store_t* s) {
   sqlite3_finalize(s->upsert);
   sqlite3_finalize(s->insert);
+  sqlite3_finalize(s->insert_many);
   sqlite3_finalize(s->update);
   sqlite3_finalize(s->del);
   sqlite3_finalize(s->supsert);
   sqlite3_finalize(s->sdel);
   sqlite3_finalize(s->event);
   sqlite3_close(s->db);
-  s->upsert = s->insert = s->update = s->del = s->supsert = s->sdel = s->event = NULL;
+  s->upsert = s->insert = s->insert_many = s->update = s->del = s->supsert = s->sdel = s->event = NULL;
   s->db = NULL;
 }
 
@@ -310,39 +344,55 @@ static void bind_ms(sqlite3_stmt* st, int i, int64_t v) {
     sqlite3_bind_int64(st, i, v);
 }
 
-/* Writes r's row with `st`: the upsert binds every column, the update
- * only those that change after the insert. */
-static int step_row(ath_store_t* s, sqlite3_stmt* st, const ath_row_t* r) {
-  sqlite3_bind_int64(st, 9, (sqlite3_int64)r->seq);
-  if (st != s->del) {
-    sqlite3_bind_int(st, 3, r->status);
-    sqlite3_bind_int(st, 4, r->attempt);
-    sqlite3_bind_int64(st, 12, r->ready_at);
-    bind_ms(st, 13, r->started_at);
-    bind_ms(st, 14, r->completed_at);
-    sqlite3_bind_int(st, 15, r->worker_id);
-    bind_text(st, 17, r->result, r->result_len);
-    bind_text(st, 18, r->error, r->error_len);
-    bind_text(st, 19, r->hb, r->hb_len);
-    bind_ms(st, 20, r->last_hb);
-    sqlite3_bind_int(st, 21, r->keep_error);
-  }
-  if (st == s->upsert || st == s->insert) {
-    sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, r->name, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 5, r->max_attempts);
-    sqlite3_bind_int(st, 6, r->strategy);
-    sqlite3_bind_int(st, 7, r->priority);
-    sqlite3_bind_text(st, 8, r->queue, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 10, r->created_at);
-    sqlite3_bind_int64(st, 11, r->scheduled_at);
-    bind_text(st, 16, r->input, r->input_len);
-    bind_text(st, 22, r->parent_id, r->parent_id ? strlen(r->parent_id) : 0);
-    bind_text(st, 24, r->call, r->call_len);
-  }
+/* Binds r's values to `st` from parameter off + 1 on (each row has
+ * ROW_PARAMS): the upsert and the inserts every column, the update only
+ * those that change after the insert, the delete the seq. */
+static void bind_row(ath_store_t* s, sqlite3_stmt* st, int off, const ath_row_t* r) {
+  sqlite3_bind_int64(st, off + 9, (sqlite3_int64)r->seq);
+  if (st == s->del)
+    return;
+  sqlite3_bind_int(st, off + 3, r->status);
+  sqlite3_bind_int(st, off + 4, r->attempt);
+  sqlite3_bind_int64(st, off + 12, r->ready_at);
+  bind_ms(st, off + 13, r->started_at);
+  bind_ms(st, off + 14, r->completed_at);
+  sqlite3_bind_int(st, off + 15, r->worker_id);
+  bind_text(st, off + 17, r->result, r->result_len);
+  bind_text(st, off + 18, r->error, r->error_len);
+  bind_text(st, off + 19, r->hb, r->hb_len);
+  bind_ms(st, off + 20, r->last_hb);
+  if (st == s->update || st == s->upsert)
+    sqlite3_bind_int(st, off + 21, r->keep_error);
+  if (st == s->update)
+    return;
+  sqlite3_bind_text(st, off + 1, r->id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, off + 2, r->name, -1, SQLITE_STATIC);
+  sqlite3_bind_int(st, off + 5, r->max_attempts);
+  sqlite3_bind_int(st, off + 6, r->strategy);
+  sqlite3_bind_int(st, off + 7, r->priority);
+  sqlite3_bind_text(st, off + 8, r->queue, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, off + 10, r->created_at);
+  sqlite3_bind_int64(st, off + 11, r->scheduled_at);
+  bind_text(st, off + 16, r->input, r->input_len);
+  bind_text(st, off + 22, r->parent_id, r->parent_id ? strlen(r->parent_id) : 0);
+  bind_text(st, off + 24, r->call, r->call_len);
+}
+
+static int step(sqlite3_stmt* st) {
   int rc = sqlite3_step(st);
   sqlite3_reset(st);
   return rc == SQLITE_DONE ? 0 : rc;
+}
+
+/* Writes r's row with `st`. */
+static int step_row(ath_store_t* s, sqlite3_stmt* st, const ath_row_t* r) {
+  bind_row(s, st, 0, r);
+  return step(st);
+}
+
+/* A row no commit wrote yet, with no events to append after it. */
+static int is_new_row(const ath_row_t* r) {
+  return !r->deleted && !r->stored && r->nevents == 0;
 }
 
 static int write_row(ath_store_t* s, const ath_row_t* r) {
@@ -435,10 +485,29 @@ static int store_write(void* self, const ath_row_t* rows, size_t n, const ath_sr
     if (src != 0)
       rc = write_fault(s->db, src, err, errlen, "cannot write a schedule");
   }
-  for (size_t i = 0; rc == 0 && i < n; i++) {
-    int src = write_row(s, &rows[i]);
-    if (src != 0)
-      rc = write_fault(s->db, src, err, errlen, "cannot write a task");
+  for (size_t i = 0; rc == 0 && i < n;) {
+    size_t run = 0; /* new rows from i on, up to a statement's worth */
+    while (run < ROWS_PER_INSERT && i + run < n && is_new_row(&rows[i + run]))
+      run++;
+    if (run == ROWS_PER_INSERT) {
+      for (size_t k = 0; k < run; k++)
+        bind_row(s, s->insert_many, (int)k * ROW_PARAMS, &rows[i + k]);
+      int src = step(s->insert_many);
+      if (src == 0) {
+        i += run;
+        continue;
+      }
+      if ((src & 0xff) != SQLITE_CONSTRAINT) {
+        rc = write_fault(s->db, src, err, errlen, "cannot write a task");
+        break;
+      }
+      /* one of them is there after all (see write_row): row by row */
+    }
+    for (size_t end = i + (run ? run : 1); rc == 0 && i < end; i++) {
+      int src = write_row(s, &rows[i]);
+      if (src != 0)
+        rc = write_fault(s->db, src, err, errlen, "cannot write a task");
+    }
   }
   if (rc == 0)
     rc = write_exec(s, "COMMIT", err, errlen);

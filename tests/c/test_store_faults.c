@@ -339,26 +339,36 @@ TEST_IMPL(store_fault_fsync_hybrid_rewrites) {
   char err[512];
   ASSERT_OK(store_fixture_world(&fx, ATH_PERSIST_HYBRID, names, 3, &w, err, sizeof(err)));
   faultvfs_fail_syncs(SQLITE_IOERR_FSYNC);
-  ath_task_t* t[3];
-  t[0] = exec_ok(w, "echo", "\"one\"", "hy-1"); /* hybrid: acknowledged at once */
-  t[1] = exec_ok(w, "echo", "\"two\"", "hy-2");
-  ASSERT_OK(ath_world_wait(w, t[0], 10000));
-  ASSERT_OK(ath_world_wait(w, t[1], 10000));
+  /* more than one multi-row insert's worth (ROWS_PER_INSERT, 32): the
+   * retry meets rows of the failed commit in one of those too */
+  enum { N = 80 };
+  ath_task_t* t[N + 1];
+  char id[32], json[32];
+  for (int i = 0; i < N; i++) {
+    snprintf(id, sizeof(id), "hy-%d", i);
+    snprintf(json, sizeof(json), "\"r%d\"", i);
+    t[i] = exec_ok(w, "echo", json, id); /* hybrid: acknowledged at once */
+  }
+  for (int i = 0; i < N; i++)
+    ASSERT_OK(ath_world_wait(w, t[i], 10000));
   wait_refusals(2); /* a commit of them failed at its fsync, and again */
   char why[512];
   ASSERT_EQ(ATH_ESTORE, ath_world_health(w, why, sizeof(why)));
   faultvfs_fail_syncs(0);
   wait_healthy(w);
-  t[2] = exec_ok(w, "echo", "\"three\"", "hy-3");
-  ASSERT_OK(ath_world_wait(w, t[2], 10000));
-  for (int i = 0; i < 3; i++)
+  t[N] = exec_ok(w, "echo", "\"after\"", "hy-after");
+  ASSERT_OK(ath_world_wait(w, t[N], 10000));
+  for (int i = 0; i <= N; i++)
     ath_task_release(t[i]);
   close_world(w);
 
   w = open_world();
-  assert_completed(w, "hy-1", "one");
-  assert_completed(w, "hy-2", "two");
-  assert_completed(w, "hy-3", "three");
+  for (int i = 0; i < N; i++) {
+    snprintf(id, sizeof(id), "hy-%d", i);
+    snprintf(json, sizeof(json), "r%d\"", i);
+    assert_completed(w, id, json);
+  }
+  assert_completed(w, "hy-after", "after");
   close_world(w);
   store_fixture_teardown(&fx);
   return 0;
