@@ -93,7 +93,7 @@ set_tests_properties(dist.kill_leader PROPERTIES ENVIRONMENT "ATHENA_PG_URL_FILE
 # Each node holds four connections and the fixture allows 50: the tests that
 # start nodes run one at a time.
 set_tests_properties(dist.kill9 dist.kill_leader dist.poll_only lua.db_pg_backend lua.gc.db_pg_backend
-  PROPERTIES RESOURCE_LOCK pg_nodes)
+  lua.db_pg_schedules lua.gc.db_pg_schedules PROPERTIES RESOURCE_LOCK pg_nodes)
 set_tests_properties(dist.kill9 PROPERTIES ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url")
 set_tests_properties(dist.poll_only PROPERTIES
   ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url;DIST_NOTIFY=0;DIST_KILL=0;DIST_TASKS=2000")
