@@ -1,0 +1,140 @@
+-- The schedules scenario of scripts/dist-test (DIST_SCENARIO=cron, nodes
+-- started with DIST_CRON=1): every node registers the same two schedules,
+-- every second, "tick" (catchUp "all") and "tick1" (catchUp "one"). The
+-- controller (a node serving no queue) lets them fire, kill -9s the leader
+-- halfway, lets them fire DIST_CRON_SECONDS (8) occurrences in all, pauses
+-- them, waits for every task, and checks (docs/backend-postgres.md
+-- "Schedules"):
+--  - "tick": one task per second from its first occurrence to its last, no
+--    second missing (the new leader caught every missed one up);
+--  - "tick1": the same except one gap across the kill, of at most
+--    FAILOVER_MS, after which only the latest missed occurrence fired;
+--  - each occurrence's task ran once per attempt across the nodes' logs and
+--    completed; none was created before its time; totalExecutions = tasks;
+--  - one live leader remains, not the killed node.
+-- Exits 1 with "FAIL ..." lines when one does not hold.
+local athena = require "athena"
+local jobs = require "dist_jobs"
+local env = os.getenv
+
+local SECONDS = tonumber(env("DIST_CRON_SECONDS") or "8")
+local SCHEMA = assert(env("DIST_SCHEMA"))
+-- The longest time with no leader: the killed leader's session ends at
+-- once (EOF), the others try the lock every heartbeatInterval (500 ms
+-- + 10 %) and take the lead in one more round trip; 3 s leaves room for a
+-- loaded machine. A gap of g ms misses g / 1000 - 1 occurrences.
+local FAILOVER_MS = 3000
+local failed = 0
+local function fail(fmt, ...)
+  failed = failed + 1
+  print("FAIL " .. fmt:format(...))
+end
+
+local w = athena.World.new {
+  backend = athena.PostgresBackend.new { url = env("ATHENA_PG_URL"), nodeId = "ctl", schema = SCHEMA,
+    pollInterval = 200 },
+  modules = { "dist_jobs" }, minWorkers = 1, maxWorkers = 1, taskQueues = { dist = { workers = 0 } },
+  heartbeatInterval = 500, heartbeatTimeout = 3000,
+}
+w:register(table.unpack(jobs.all))
+w:start()
+local db = assert(athena.db.open(env("ATHENA_PG_URL")))
+local function scalar(sql, ...)
+  local rows = assert(db:query(sql:gsub("{S}", SCHEMA), ...))
+  local _, v = next(rows[1])
+  return v
+end
+local function count(id)
+  return scalar("select count(*) as n from {S}.tasks where id like $1", id .. "@%")
+end
+-- Waits (polling the database, deadline) until pred() holds.
+local function wait(pred, ms, what)
+  local deadline = athena.now() + ms
+  while not pred() do
+    if athena.now() > deadline then
+      fail("timed out waiting for %s", what)
+      return false
+    end
+    athena.sleep(50)
+  end
+  return true
+end
+
+local t0 = athena.now()
+wait(function() return count("tick") >= SECONDS // 2 end, SECONDS * 1000 + 20000, "the first half of the ticks")
+local kill_pid, kill_node
+for _, n in ipairs(w:getNodes()) do
+  if n.alive and n.leader and n.nodeId ~= "ctl" then kill_node, kill_pid = n.nodeId, n.pid end
+end
+if kill_pid == nil then fail("no live node leads") end
+local kill_at = scalar("select {S}.now_ms() as t")
+if kill_pid then
+  os.execute("kill -9 " .. kill_pid)
+  print(("killed the leader %s (pid %s) at %d ms, %d ticks"):format(kill_node, kill_pid, athena.now() - t0, count("tick")))
+end
+wait(function() return count("tick") >= SECONDS and count("tick1") >= 2 end, SECONDS * 1000 + 20000, "every tick")
+assert(w:pauseSchedule("tick"))
+assert(w:pauseSchedule("tick1"))
+wait(function() return scalar("select count(*) as n from {S}.tasks where status <> 5") == 0 end, 60000,
+  "every fired task to complete")
+
+-- The occurrences fired, per schedule, ascending.
+local function occurrences(id)
+  local rows = assert(db:query(("select id from %s.tasks where id like $1"):format(SCHEMA), id .. "@%"))
+  local ts = {}
+  for _, r in ipairs(rows) do ts[#ts + 1] = tonumber(r.id:match("@(%d+)$")) end
+  table.sort(ts)
+  return ts
+end
+local tick, tick1 = occurrences("tick"), occurrences("tick1")
+for i = 2, #tick do
+  if tick[i] - tick[i - 1] ~= 1000 then fail("tick: %d then %d (catchUp all misses nothing)", tick[i - 1], tick[i]) end
+end
+local gaps = 0
+for i = 2, #tick1 do
+  local g = tick1[i] - tick1[i - 1]
+  if g ~= 1000 then
+    gaps = gaps + 1
+    if g > FAILOVER_MS or tick1[i] < kill_at or tick1[i - 1] > kill_at + FAILOVER_MS then
+      fail("tick1: a gap %d -> %d (%d ms) not within the failover after the kill at %d", tick1[i - 1], tick1[i], g, kill_at)
+    end
+  end
+end
+if gaps > 1 then fail("tick1: %d gaps, at most one (the failover)", gaps) end
+if #tick == 0 or tick[#tick] < kill_at + 1000 then fail("no tick fired after the kill") end
+-- totals, and no fire before its time
+for _, id in ipairs { "tick", "tick1" } do
+  local total = scalar("select total from {S}.schedules where id = $1", id)
+  if total ~= count(id) then fail("%s: totalExecutions %d, %d tasks", id, total, count(id)) end
+end
+local early = scalar("select count(*) as n from {S}.tasks where created_at < substring(id from '@(\\d+)$')::bigint")
+if early ~= 0 then fail("%d tasks created before their occurrence", early) end
+-- each (task, attempt) started once across the logs; the row's attempt is the last logged
+local starts, last = {}, {}
+for name in (env("DIST_NODES") or "a,b,c"):gmatch("[^,]+") do
+  local f = io.open(env("DIST_LOG") .. "." .. name)
+  for line in (f and f:lines() or function() end) do
+    local what, id, attempt = line:match("^(%a+) (%S+) (%d+)")
+    attempt = tonumber(attempt)
+    if what == "start" then
+      if starts[id .. "#" .. attempt] then fail("%s attempt %d ran twice", id, attempt) end
+      starts[id .. "#" .. attempt] = name
+      last[id] = math.max(last[id] or 0, attempt)
+    end
+  end
+  if f then f:close() end
+end
+for _, r in ipairs(assert(db:query(("select id, attempt from %s.tasks"):format(SCHEMA)))) do
+  if last[r.id] ~= r.attempt then fail("%s: attempt %s in the row, %s in the logs", r.id, r.attempt, tostring(last[r.id])) end
+end
+local leaders = {}
+for _, n in ipairs(w:getNodes()) do
+  if n.alive and n.leader then leaders[#leaders + 1] = n.nodeId end
+end
+if #leaders ~= 1 or leaders[1] == kill_node then fail("live leaders after the kill: %s", table.concat(leaders, ",")) end
+print(("cron: %d ticks (catchUp all), %d tick1 (catchUp one, %d gap(s)) in %d ms; leader %s killed, now %s")
+  :format(#tick, #tick1, gaps, athena.now() - t0, tostring(kill_node), table.concat(leaders, ",")))
+db:close()
+w:shutdown()
+print(failed == 0 and "PASS" or ("FAILED: %d"):format(failed))
+os.exit(failed == 0 and 0 or 1)
