@@ -1023,6 +1023,8 @@ static void backend_main(void* arg) {
         int catchup = dq->sched_catchup;
         if (ath__pgsched_fire(w, dq->ldr, catchup, &dq->sched_at_ns) == 0)
           dq->sched_catchup = 0;
+        else
+          dq->sched_at_ns = 0; /* not a busy loop: the next poll or lead tries again */
       } else if (!dq->leader) {
         dq->sched_at_ns = 0;
       }
