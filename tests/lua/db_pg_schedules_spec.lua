@@ -204,6 +204,21 @@ describe("schedules on the PostgreSQL backend", function()
     assert.truthy(scalar(("select count(*) as n from %s.tasks where status < 5"):format(sch)) <= 1)
   end)
 
+  it("carries on when the database ends its sessions: the calls reconnect, the leader fires again", function()
+    local sch = schema()
+    local w = world(sch, true)
+    w:schedule("s", "dist.noop", {}, "0 0 1 1 *")
+    local n = admin:query("select count(pg_terminate_backend(pid)) as n from pg_stat_activity" ..
+      " where datname = current_database() and pid <> pg_backend_pid() and backend_type = 'client backend'")[1].n
+    assert.is_true(n >= 4) -- the world's four connections
+    assert.equals(1, #w:getSchedules()) -- the reader finds its connection gone: a new one
+    assert.is_true(w:pauseSchedule("s"))
+    local id = w:scheduleOnce("dist.noop", 5, dbnow(sch))
+    S.eventually(function()
+      return scalar(("select count(*) as n from %s.tasks where id = $1 and status = 5"):format(sch), id) == 1
+    end, WAIT, "the one-off, fired by the leader on a new session")
+  end)
+
   it("catches up on taking the lead: none, one, all", function()
     local sch = schema()
     local a = world(sch)
