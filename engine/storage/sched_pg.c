@@ -80,18 +80,24 @@ int ath__pgsched_put(ath_world_t* w, const ath_sched_t* s, char* err, size_t err
   ath_strategy_t strategy;
   int max_attempts;
   ath__task_policy(w, s->def, &s->def->a, s->o.failure_strategy, &strategy, &max_attempts);
+  char* input = ath__memdup(s->input, s->input_len); /* a C host's payload need not end in NUL */
+  if (input == NULL)
+    return ATH_ENOMEM;
   ath_qpg_schedule_t row = {
-    .id = s->id, .name = s->def->name, .input = s->input, .cron = s->cron_expr,
+    .id = s->id, .name = s->def->name, .input = input, .cron = s->cron_expr,
     .queue = s->queue_name ? s->queue_name : s->def->queue->name, .once_at = s->once_at,
     .local_tz = s->o.local_tz, .catch_up = s->o.catch_up, .overlap_skip = s->o.overlap_skip,
     .priority = s->o.has_priority ? s->o.priority : s->def->a.priority, .strategy = (int)strategy,
     .max_attempts = max_attempts, .close_after_ms = s->def->a.schedule_to_close_ms};
   char def[17];
-  if (definition(&row, def) != 0)
+  if (definition(&row, def) != 0) {
+    free(input);
     return ATH_ENOMEM;
+  }
   row.definition = def;
   ath_qpg_t* rd = ath__dq_reader(w);
   if (rd == NULL) {
+    free(input);
     snprintf(err, errlen, "%s", "world is shutting down");
     return ATH_ESHUTDOWN;
   }
@@ -107,6 +113,7 @@ int ath__pgsched_put(ath_world_t* w, const ath_sched_t* s, char* err, size_t err
   }
   rc = store_err(rd, rc, err, errlen);
   ath__dq_reader_done(w);
+  free(input);
   return rc;
 }
 
