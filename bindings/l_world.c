@@ -1143,8 +1143,11 @@ static int world_schedule_once(lua_State* L) {
 static int sched_op(lua_State* L, int (*op)(ath_world_t*, const char*)) {
   ath_world_t* w = check_world(L, 1);
   const char* id = luaL_checkstring(L, 2);
-  if (op(w, id) != 0)
+  int rc = op(w, id);
+  if (rc == ATH_ENOTFOUND)
     return ath__raise(L, ATH_ENOTFOUND, "no schedule %s", id);
+  if (rc != 0) /* the PostgreSQL backend: the database failed (logged) */
+    return ath__raise(L, rc, "schedule %s: the database failed", id);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -1166,7 +1169,10 @@ static int world_get_schedules(lua_State* L) {
   ath_world_t* w = check_world(L, 1);
   ath_schedule_info_t* a;
   size_t n;
-  if (ath_world_schedules(w, &a, &n) != 0)
+  int rc = ath_world_schedules(w, &a, &n);
+  if (rc == ATH_ESTORE) /* the PostgreSQL backend: the database failed (logged) */
+    return ath__raise(L, rc, "%s", "getSchedules: the database failed");
+  if (rc != 0)
     return luaL_error(L, "not enough memory");
   /* the pushes below raise only on out-of-memory (the array then leaks) */
   lua_createtable(L, (int)n, 0);

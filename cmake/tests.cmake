@@ -92,8 +92,13 @@ set_tests_properties(dist.kill9 dist.kill_leader dist.poll_only PROPERTIES TIMEO
 set_tests_properties(dist.kill_leader PROPERTIES ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url;DIST_KILL=leader")
 # Each node holds four connections and the fixture allows 50: the tests that
 # start nodes run one at a time.
-set_tests_properties(dist.kill9 dist.kill_leader dist.poll_only lua.db_pg_backend lua.gc.db_pg_backend
-  PROPERTIES RESOURCE_LOCK pg_nodes)
+# Schedules: a cron every second on 3 nodes, the leader killed mid-run
+# (tests/dist/cron.lua; DIST_CRON_SECONDS=30 or more for the long mode).
+add_test(NAME dist.cron_kill_leader COMMAND ${PROJECT_SOURCE_DIR}/scripts/dist-test $<TARGET_FILE:athena>)
+set_tests_properties(dist.cron_kill_leader PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED pg
+  ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url;DIST_SCENARIO=cron;DIST_CRON=1;DIST_HB=2000;DIST_HBT=12000")
+set_tests_properties(dist.kill9 dist.kill_leader dist.poll_only dist.cron_kill_leader lua.db_pg_backend
+  lua.gc.db_pg_backend lua.db_pg_schedules lua.gc.db_pg_schedules PROPERTIES RESOURCE_LOCK pg_nodes)
 set_tests_properties(dist.kill9 PROPERTIES ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url")
 set_tests_properties(dist.poll_only PROPERTIES
   ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url;DIST_NOTIFY=0;DIST_KILL=0;DIST_TASKS=2000")

@@ -65,6 +65,11 @@ static const char* const MIGRATIONS[ATH_QPG_SCHEMA_VERSION] = {
   "  definition text NOT NULL, updated_at bigint NOT NULL);"
   "CREATE TABLE {S}.queue_limits ("
   "  queue text PRIMARY KEY, lim int NOT NULL, running int NOT NULL DEFAULT 0);",
+  /* 2: schedules fired by the leader (a fire makes the task from the row
+   * alone: attempts and scheduleToClose are stored; due rows by index) */
+  "ALTER TABLE {S}.schedules ADD COLUMN max_attempts int NOT NULL DEFAULT 1,"
+  "  ADD COLUMN close_after bigint;"
+  "CREATE INDEX schedules_due ON {S}.schedules (next_ms) WHERE NOT paused AND next_ms IS NOT NULL;",
 };
 
 /* ------------------------------------------------------------ statements */
@@ -92,7 +97,12 @@ enum {
   ST_REGISTER,
   ST_RENEW,
   ST_SCHED_PUT,
-  ST_FIRE,
+  ST_SCHED_FIRE,
+  ST_SCHED_LIST,
+  ST_SCHED_DUE,
+  ST_SCHED_PAUSE,
+  ST_SCHED_RESUME,
+  ST_SCHED_DELETE,
   ST_READ,
   ST_GET,
   ST_CANCEL,
@@ -101,6 +111,8 @@ enum {
   ST_LEASED,
   ST_COUNT
 };
+
+_Static_assert(ST_COUNT <= 64, "one prepared bit per statement");
 
 static const char* const STMTS[ST_COUNT] = {
   [ST_INSERT] =
@@ -210,29 +222,85 @@ static const char* const STMTS[ST_COUNT] = {
   [ST_RENEW] =
     "UPDATE {S}.nodes SET beat_at = {S}.now_ms(), expires_at = {S}.now_ms() + $2, metrics = $3"
     " WHERE incarnation = $1 AND expires_at > {S}.now_ms() RETURNING expires_at",
+  /* Schedules (SEMANTICS §11 across nodes, distributed.md §3.10). An
+   * unchanged definition leaves the row alone (N nodes registering the same
+   * schedule keep its counters, pause and next occurrence); a changed one
+   * replaces it, counters kept, unpaused. Every change NOTIFYs athena_sched. */
   [ST_SCHED_PUT] =
-    "INSERT INTO {S}.schedules AS s (id, name, input, cron, queue, priority, strategy, next_ms,"
-    "   definition, updated_at)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {S}.now_ms())"
+    "WITH u AS (INSERT INTO {S}.schedules AS s (id, name, input, cron, once_at, local_tz,"
+    "   catch_up, overlap_skip, paused, priority, strategy, max_attempts, close_after, queue,"
+    "   next_ms, definition, updated_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false, $9, $10, $11, $12, $13, $14, $15,"
+    "   {S}.now_ms())"
     " ON CONFLICT (id) DO UPDATE SET name = excluded.name, input = excluded.input,"
-    "   cron = excluded.cron, queue = excluded.queue, priority = excluded.priority,"
-    "   strategy = excluded.strategy, next_ms = excluded.next_ms,"
+    "   cron = excluded.cron, once_at = excluded.once_at, local_tz = excluded.local_tz,"
+    "   catch_up = excluded.catch_up, overlap_skip = excluded.overlap_skip, paused = false,"
+    "   priority = excluded.priority, strategy = excluded.strategy,"
+    "   max_attempts = excluded.max_attempts, close_after = excluded.close_after,"
+    "   queue = excluded.queue, next_ms = excluded.next_ms,"
     "   definition = excluded.definition, updated_at = excluded.updated_at"
-    " WHERE s.definition IS DISTINCT FROM excluded.definition RETURNING s.id",
-  [ST_FIRE] =
-    "WITH s AS (UPDATE {S}.schedules SET last_ms = $2, next_ms = $3, total = total + 1,"
-    "   last_task = id || '@' || $2, updated_at = {S}.now_ms()"
-    "   WHERE id = $1 AND next_ms = $2 AND NOT paused"
-    "   RETURNING id, name, input, coalesce(queue, $4) AS queue,"
-    "     coalesce(priority, $5) AS priority),"
+    " WHERE s.definition IS DISTINCT FROM excluded.definition RETURNING s.id),"
+    " n AS (SELECT pg_notify('athena_sched{H}', id) FROM u WHERE $16)"
+    " SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM n)",
+  /* One occurrence, one transaction: the compare-and-set on next_ms ($2)
+   * advances the row to $4 (NULL: none left) and inserts the task of
+   * occurrence $3 ("<id>@<$3>"; a one-off: its own id, and the row goes)
+   * ON CONFLICT DO NOTHING, so two leaders make one task. $5 = false only
+   * advances (catch-up "none"); overlap_skip with the last task not ended
+   * skips it (skipped + 1); $6 more are counted skipped (catch-up "all"
+   * beyond its bound). */
+  [ST_SCHED_FIRE] =
+    "WITH c AS (SELECT s.id, s.cron IS NULL AS once, $5::boolean AND NOT (s.overlap_skip"
+    "     AND EXISTS (SELECT 1 FROM {S}.tasks t WHERE t.id = s.last_task AND t.status < 5)) AS go"
+    "   FROM {S}.schedules s WHERE s.id = $1 AND s.next_ms = $2 AND NOT s.paused FOR UPDATE),"
+    " u AS (UPDATE {S}.schedules x SET next_ms = $4,"
+    "   last_ms = CASE WHEN c.go THEN $3 ELSE x.last_ms END,"
+    "   total = x.total + CASE WHEN c.go THEN 1 ELSE 0 END,"
+    "   skipped = x.skipped + $6 + CASE WHEN $5 AND NOT c.go THEN 1 ELSE 0 END,"
+    "   last_task = CASE WHEN c.go THEN x.id || '@' || $3 ELSE x.last_task END,"
+    "   updated_at = {S}.now_ms()"
+    "   FROM c WHERE x.id = c.id AND NOT c.once RETURNING x.id),"
+    " d AS (DELETE FROM {S}.schedules x USING c WHERE x.id = c.id AND c.once RETURNING x.id),"
     " t AS (INSERT INTO {S}.tasks (id, name, kind, queue, status, priority, max_attempts,"
-    "   strategy, created_at, scheduled_at, ready_at, input)"
-    "   SELECT s.id || '@' || $2, s.name, 0, s.queue, 0, s.priority, $7, $6,"
-    "     {S}.now_ms(), {S}.now_ms(), {S}.now_ms(), s.input FROM s"
+    "   strategy, created_at, scheduled_at, ready_at, close_by, input)"
+    "   SELECT CASE WHEN c.once THEN s.id ELSE s.id || '@' || $3 END, s.name, 0,"
+    "     coalesce(s.queue, 'default'), 0, coalesce(s.priority, 0), s.max_attempts, s.strategy,"
+    "     {S}.now_ms(), {S}.now_ms(), {S}.now_ms(),"
+    "     CASE WHEN s.close_after > 0 THEN {S}.now_ms() + s.close_after END, s.input"
+    "   FROM c JOIN {S}.schedules s ON s.id = c.id WHERE c.go"
     "   ON CONFLICT (id) DO NOTHING RETURNING seq, queue, priority, ready_at),"
     " r AS (INSERT INTO {S}.ready SELECT seq, queue, priority, ready_at FROM t RETURNING queue),"
-    " n AS (" NOTIFY_READY("r", "$8") ")"
-    " SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM t), (SELECT count(*) FROM n)",
+    " n AS (" NOTIFY_READY("r", "$7") ")"
+    " SELECT (SELECT count(*) FROM u) + (SELECT count(*) FROM d),"
+    "   (SELECT count(*) FROM t), (SELECT count(*) FROM c WHERE NOT go AND $5),"
+    "   (SELECT count(*) FROM n)",
+#define SCHED_COLS                                                                          \
+  "s.id, s.name, s.input, s.cron, s.once_at, s.local_tz, s.catch_up, s.overlap_skip,"     \
+  " s.paused, s.priority, s.strategy, s.max_attempts, s.close_after, s.queue, s.next_ms," \
+  " s.last_ms, s.total, s.skipped, s.last_task"
+  /* Every schedule by id ($1 NULL), or one; with the database's time. */
+  [ST_SCHED_LIST] =
+    "SELECT " SCHED_COLS ", {S}.now_ms() AS now FROM {S}.schedules s"
+    " WHERE $1::text IS NULL OR s.id = $1 ORDER BY s.id",
+  /* The leader's scan: the $1 earliest armed schedules, due or not. */
+  [ST_SCHED_DUE] =
+    "SELECT " SCHED_COLS ", {S}.now_ms() AS now FROM {S}.schedules s"
+    " WHERE NOT s.paused AND s.next_ms IS NOT NULL ORDER BY s.next_ms, s.id LIMIT $1",
+  [ST_SCHED_PAUSE] =
+    "WITH u AS (UPDATE {S}.schedules SET paused = true, next_ms = NULL, updated_at = {S}.now_ms()"
+    "   WHERE id = $1 RETURNING id),"
+    " n AS (SELECT pg_notify('athena_sched{H}', id) FROM u WHERE $2)"
+    " SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM n)",
+  /* $2: the next occurrence after now, computed from the row by the caller */
+  [ST_SCHED_RESUME] =
+    "WITH u AS (UPDATE {S}.schedules SET paused = false, next_ms = $2, updated_at = {S}.now_ms()"
+    "   WHERE id = $1 AND paused RETURNING id),"
+    " n AS (SELECT pg_notify('athena_sched{H}', id) FROM u WHERE $3)"
+    " SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM n)",
+  [ST_SCHED_DELETE] =
+    "WITH u AS (DELETE FROM {S}.schedules WHERE id = $1 RETURNING id),"
+    " n AS (SELECT pg_notify('athena_sched{H}', id) FROM u WHERE $2)"
+    " SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM n)",
   /* Rows by seq: every one ($2), or only those that ended. */
   [ST_READ] =
     "SELECT " TASK_COLS("t") ", t.result, t.completed_at FROM {S}.tasks t"
@@ -282,8 +350,8 @@ struct ath_qpg_s {
   char* qschema;        /* quoted as an identifier */
   char suffix[10];      /* of its channels (channel_suffix) */
   char* sql[ST_COUNT];  /* {S} substituted */
-  uint32_t prepared;    /* bit per statement */
-  uint32_t preparing;   /* bit per statement whose prepare this pipeline sent */
+  uint64_t prepared;    /* bit per statement */
+  uint64_t preparing;   /* bit per statement whose prepare this pipeline sent */
   int notify;
   /* the pipeline's items not read yet */
   struct {
@@ -538,12 +606,12 @@ static int pl_begin(ath_qpg_t* q) {
 static int pl_send(ath_qpg_t* q, int st, int n, const char* const* v) {
   char name[16];
   snprintf(name, sizeof(name), "ath_qpg_%d", st);
-  if (!((q->prepared | q->preparing) & (1u << st))) { /* once per pipeline, even used twice */
+  if (!((q->prepared | q->preparing) & (1ull << st))) { /* once per pipeline, even used twice */
     if (PQsendPrepare(q->conn, name, q->sql[st], 0, NULL) == 0)
       return conn_err(q);
     if (pl_push(q, IT_PREP, st) < 0)
       return ATH_EINVAL;
-    q->preparing |= 1u << st;
+    q->preparing |= 1ull << st;
   }
   if (PQsendQueryPrepared(q->conn, name, n, v, NULL, NULL, 0) == 0)
     return conn_err(q);
@@ -594,7 +662,7 @@ static PGresult* pl_read_item(ath_qpg_t* q, int* kind) {
   while ((extra = get_result(q)) != NULL) /* the NULL that ends this item */
     PQclear(extra);
   if (k == IT_PREP && PQresultStatus(r) == PGRES_COMMAND_OK)
-    q->prepared |= 1u << st;
+    q->prepared |= 1ull << st;
   return r;
 }
 
@@ -1347,44 +1415,156 @@ int ath__qpg_leader_resign(ath_qpg_t* q) {
   return rc;
 }
 
-/* ------------------------------------------------------------ cron */
+/* ------------------------------------------------------------ schedules */
 
-int ath__qpg_schedule_put(ath_qpg_t* q, const ath_qpg_schedule_t* s, int* changed) {
-  if (s->id == NULL || s->name == NULL || s->input == NULL || s->definition == NULL)
-    return ATH_EINVAL;
-  char prio_s[16], strat_s[16], next_s[24];
-  snprintf(prio_s, sizeof(prio_s), "%d", s->priority);
-  snprintf(strat_s, sizeof(strat_s), "%d", s->strategy);
-  snprintf(next_s, sizeof(next_s), "%" PRId64, s->next_ms);
-  const char* v[9] = {s->id, s->name, s->input, s->cron, s->queue, prio_s, strat_s, next_s,
-                      s->definition};
+/* Runs a schedule statement whose answer is (changed rows, notified). */
+static int sched_count(ath_qpg_t* q, int st, int n, const char* const* v, int* count) {
   PGresult* r = NULL;
-  int rc = run1(q, ST_SCHED_PUT, 9, v, &r);
-  if (rc == 0 && changed != NULL)
-    *changed = PQntuples(r) > 0;
+  int rc = run1(q, st, n, v, &r);
+  if (rc == 0 && count != NULL)
+    *count = (int)get_i64(r, 0, 0);
   PQclear(r);
   return rc;
 }
 
-int ath__qpg_cron_fire(ath_qpg_t* q, const char* id, int64_t at, int64_t next, const char* queue,
-                       int priority, int strategy, int max_attempts, int* advanced, int* created) {
-  char at_s[24], next_s[24], prio_s[16], strat_s[16], max_s[16];
-  snprintf(at_s, sizeof(at_s), "%" PRId64, at);
-  snprintf(next_s, sizeof(next_s), "%" PRId64, next);
-  snprintf(prio_s, sizeof(prio_s), "%d", priority);
-  snprintf(strat_s, sizeof(strat_s), "%d", strategy);
-  snprintf(max_s, sizeof(max_s), "%d", max_attempts);
-  const char* v[8] = {id, at_s, next_s, queue ? queue : "default", prio_s, strat_s, max_s,
+static void i64_or_null(char* buf, size_t len, int64_t v, const char** out) {
+  snprintf(buf, len, "%" PRId64, v);
+  *out = v >= 0 ? buf : NULL;
+}
+
+int ath__qpg_schedule_put(ath_qpg_t* q, const ath_qpg_schedule_t* s, int* changed) {
+  if (s->id == NULL || s->name == NULL || s->input == NULL || s->definition == NULL)
+    return ATH_EINVAL;
+  char once_s[24], catch_s[8], prio_s[16], strat_s[16], max_s[16], close_s[24], next_s[24];
+  const char *once_v, *close_v, *next_v;
+  i64_or_null(once_s, sizeof(once_s), s->cron ? -1 : s->once_at, &once_v);
+  i64_or_null(close_s, sizeof(close_s), s->close_after_ms > 0 ? s->close_after_ms : -1, &close_v);
+  i64_or_null(next_s, sizeof(next_s), s->next_ms > 0 ? s->next_ms : -1, &next_v);
+  snprintf(catch_s, sizeof(catch_s), "%d", s->catch_up);
+  snprintf(prio_s, sizeof(prio_s), "%d", s->priority);
+  snprintf(strat_s, sizeof(strat_s), "%d", s->strategy);
+  snprintf(max_s, sizeof(max_s), "%d", s->max_attempts > 0 ? s->max_attempts : 1);
+  const char* v[16] = {s->id, s->name, s->input, s->cron, once_v, s->local_tz ? "t" : "f",
+                       catch_s, s->overlap_skip ? "t" : "f", prio_s, strat_s, max_s, close_v,
+                       s->queue, next_v, s->definition, q->notify ? "t" : "f"};
+  return sched_count(q, ST_SCHED_PUT, 16, v, changed);
+}
+
+int ath__qpg_schedule_fire(ath_qpg_t* q, const ath_qpg_fire_t* f, int* advanced, int* created,
+                           int* skipped) {
+  char expect_s[24], at_s[24], next_s[24], skip_s[24];
+  const char* next_v;
+  snprintf(expect_s, sizeof(expect_s), "%" PRId64, f->expect);
+  snprintf(at_s, sizeof(at_s), "%" PRId64, f->at);
+  i64_or_null(next_s, sizeof(next_s), f->next > 0 ? f->next : -1, &next_v);
+  snprintf(skip_s, sizeof(skip_s), "%" PRId64, f->skip);
+  const char* v[7] = {f->id, expect_s, at_s, next_v, f->fire ? "t" : "f", skip_s,
                       q->notify ? "t" : "f"};
   PGresult* r = NULL;
-  int rc = run1(q, ST_FIRE, 8, v, &r);
+  int rc = run1(q, ST_SCHED_FIRE, 7, v, &r);
   if (rc == 0) {
     if (advanced != NULL)
       *advanced = (int)get_i64(r, 0, 0);
     if (created != NULL)
       *created = (int)get_i64(r, 0, 1);
+    if (skipped != NULL)
+      *skipped = (int)get_i64(r, 0, 2);
   }
   PQclear(r);
+  return rc;
+}
+
+/* Decodes schedule rows (SCHED_COLS, now); takes the result. */
+static int decode_scheds(PGresult* r, ath_qpg_scheds_t* out) {
+  memset(out, 0, sizeof(*out));
+  int n = PQntuples(r);
+  if (n > 0 && (out->rows = calloc((size_t)n, sizeof(*out->rows))) == NULL) {
+    PQclear(r);
+    return ATH_ENOMEM;
+  }
+  for (int i = 0; i < n; i++) {
+    ath_qpg_sched_row_t* s = &out->rows[i];
+    s->id = get_str(r, i, 0);
+    s->name = get_str(r, i, 1);
+    s->input = get_str(r, i, 2);
+    s->cron = get_str(r, i, 3);
+    s->once_at = get_i64(r, i, 4);
+    s->local_tz = get_bool(r, i, 5);
+    s->catch_up = (int)get_i64(r, i, 6);
+    s->overlap_skip = get_bool(r, i, 7);
+    s->paused = get_bool(r, i, 8);
+    s->priority = (int)get_i64(r, i, 9);
+    s->strategy = (int)get_i64(r, i, 10);
+    s->max_attempts = (int)get_i64(r, i, 11);
+    s->close_after_ms = get_i64(r, i, 12);
+    s->queue = get_str(r, i, 13);
+    s->next_ms = get_i64(r, i, 14);
+    s->last_ms = get_i64(r, i, 15);
+    s->total = get_i64(r, i, 16);
+    s->skipped = get_i64(r, i, 17);
+    s->last_task = get_str(r, i, 18);
+  }
+  out->n = (size_t)n;
+  out->now = n > 0 ? get_i64(r, 0, 19) : -1;
+  out->res_ = r;
+  return 0;
+}
+
+void ath__qpg_scheds_free(ath_qpg_scheds_t* s) {
+  if (s == NULL)
+    return;
+  free(s->rows);
+  PQclear(s->res_);
+  memset(s, 0, sizeof(*s));
+}
+
+int ath__qpg_schedules(ath_qpg_t* q, const char* id, ath_qpg_scheds_t* out) {
+  memset(out, 0, sizeof(*out));
+  const char* v[1] = {id};
+  PGresult* r = NULL;
+  int rc = run1(q, ST_SCHED_LIST, 1, v, &r);
+  return rc < 0 ? rc : decode_scheds(r, out);
+}
+
+int ath__qpg_schedules_due(ath_qpg_t* q, int limit, ath_qpg_scheds_t* out) {
+  memset(out, 0, sizeof(*out));
+  char limit_s[16];
+  snprintf(limit_s, sizeof(limit_s), "%d", limit);
+  const char* v[1] = {limit_s};
+  PGresult* r = NULL;
+  int rc = run1(q, ST_SCHED_DUE, 1, v, &r);
+  return rc < 0 ? rc : decode_scheds(r, out);
+}
+
+int ath__qpg_schedule_pause(ath_qpg_t* q, const char* id, int* found) {
+  const char* v[2] = {id, q->notify ? "t" : "f"};
+  return sched_count(q, ST_SCHED_PAUSE, 2, v, found);
+}
+
+int ath__qpg_schedule_resume(ath_qpg_t* q, const char* id, int64_t next_ms, int* resumed) {
+  char next_s[24];
+  const char* next_v;
+  i64_or_null(next_s, sizeof(next_s), next_ms > 0 ? next_ms : -1, &next_v);
+  const char* v[3] = {id, next_v, q->notify ? "t" : "f"};
+  return sched_count(q, ST_SCHED_RESUME, 3, v, resumed);
+}
+
+int ath__qpg_schedule_delete(ath_qpg_t* q, const char* id, int* found) {
+  const char* v[2] = {id, q->notify ? "t" : "f"};
+  return sched_count(q, ST_SCHED_DELETE, 2, v, found);
+}
+
+int ath__qpg_now(ath_qpg_t* q, int64_t* now) {
+  char* sql = subst("SELECT {S}.now_ms()", q->qschema);
+  if (sql == NULL)
+    return ATH_ENOMEM;
+  char* v = NULL;
+  q->err[0] = q->sqlstate[0] = '\0';
+  int rc = query_value(q, sql, 0, NULL, &v);
+  free(sql);
+  if (rc == 0)
+    *now = v ? strtoll(v, NULL, 10) : 0;
+  free(v);
   return rc;
 }
 

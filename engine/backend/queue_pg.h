@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 /* The schema version this build creates and understands. */
-#define ATH_QPG_SCHEMA_VERSION 1
+#define ATH_QPG_SCHEMA_VERSION 2
 /* Advisory lock keys (first int; the second is hashtext(<schema>)). */
 #define ATH_QPG_LOCK_LEADER 1096042062  /* session lock: the leader */
 #define ATH_QPG_LOCK_MIGRATE 1096042063 /* transaction lock: migrations */
@@ -228,29 +228,84 @@ int ath__qpg_leader_holds(ath_qpg_t* q, int* held);
 /* Gives the lock up and NOTIFY athena_leader 'resigned'. */
 int ath__qpg_leader_resign(ath_qpg_t* q);
 
-/* ------------------------------------------------------------ cron */
+/* ------------------------------------------------------------ schedules */
 
+/* A schedule as a node registers it (distributed.md §3.10). The task
+ * fields are the effective ones (what the fired task gets). */
+typedef struct {
+  const char* id;
+  const char* name;
+  const char* input;      /* JSON text */
+  const char* cron;       /* NULL: one-off at once_at */
+  const char* queue;      /* the task queue of its tasks */
+  const char* definition; /* hash of what defines it: unchanged = left alone */
+  int64_t once_at;
+  int64_t next_ms;        /* the first occurrence (0: none) */
+  int local_tz, catch_up, overlap_skip;
+  int priority, strategy, max_attempts;
+  int64_t close_after_ms; /* > 0: scheduleToClose of its tasks */
+} ath_qpg_schedule_t;
+
+/* Upserts a schedule and NOTIFYs athena_sched '<id>' when it changed;
+ * *changed = 1 when it was created or its definition changed (then it is
+ * replaced: unpaused, next_ms the given one, counters kept), 0 when the
+ * row was left alone (same definition: pause, next_ms and counters stay). */
+int ath__qpg_schedule_put(ath_qpg_t* q, const ath_qpg_schedule_t* s, int* changed);
+
+/* One occurrence of a schedule (the leader's fire). */
+typedef struct {
+  const char* id;
+  int64_t expect; /* the row's next_ms now: the compare-and-set key */
+  int64_t at;     /* the occurrence fired: task "<id>@<at>" (one-off: "<id>") */
+  int64_t next;   /* next_ms afterwards (0: none left; a one-off's row is deleted) */
+  int fire;       /* 0: only advance (catch-up "none") */
+  int64_t skip;   /* added to skipped (occurrences dropped by catch-up "all") */
+} ath_qpg_fire_t;
+
+/* Fires occurrence f->at exactly once cluster-wide, in one transaction:
+ * advances next_ms from f->expect to f->next (compare-and-set; a paused row
+ * does not match) and inserts the task ON CONFLICT (id) DO NOTHING (ready
+ * at once), so two leaders racing make one task. With overlap_skip, an
+ * occurrence whose last task has not ended advances without a task
+ * (skipped + 1). *advanced: this call moved the row; *created: it inserted
+ * the task; *skipped: overlap skipped it (each may be NULL). */
+int ath__qpg_schedule_fire(ath_qpg_t* q, const ath_qpg_fire_t* f, int* advanced, int* created,
+                           int* skipped);
+
+/* A stored schedule. Strings point into the result (NULL for SQL NULL);
+ * times -1 for NULL. */
 typedef struct {
   const char* id;
   const char* name;
   const char* input;
-  const char* cron;       /* NULL: one-off */
-  const char* queue;      /* NULL: the fire's default */
-  const char* definition; /* hash of what defines it: unchanged = left alone */
-  int64_t next_ms;        /* the first occurrence */
-  int priority;
-  int strategy;
-} ath_qpg_schedule_t;
+  const char* cron;
+  const char* queue;
+  const char* last_task;
+  int64_t once_at, next_ms, last_ms, total, skipped, close_after_ms;
+  int local_tz, catch_up, overlap_skip, paused, priority, strategy, max_attempts;
+} ath_qpg_sched_row_t;
 
-/* Upserts a schedule; *changed = 1 when it was created or its definition
- * changed (then next_ms and the rest are replaced), 0 when left alone. */
-int ath__qpg_schedule_put(ath_qpg_t* q, const ath_qpg_schedule_t* s, int* changed);
-/* Fires occurrence `at` of schedule `id` exactly once cluster-wide: one
- * transaction advances next_ms from `at` to `next` (compare-and-set) and
- * inserts task "<id>@<at>" ON CONFLICT DO NOTHING (ready at once).
- * *advanced / *created: what this call did (0 when another leader did it). */
-int ath__qpg_cron_fire(ath_qpg_t* q, const char* id, int64_t at, int64_t next, const char* queue,
-                       int priority, int strategy, int max_attempts, int* advanced, int* created);
+typedef struct {
+  ath_qpg_sched_row_t* rows;
+  size_t n;
+  int64_t now; /* the database's time of the read (-1 when no row) */
+  void* res_;  /* private */
+} ath_qpg_scheds_t;
+
+void ath__qpg_scheds_free(ath_qpg_scheds_t* s);
+/* Every schedule by id (id NULL), or the one named. */
+int ath__qpg_schedules(ath_qpg_t* q, const char* id, ath_qpg_scheds_t* out);
+/* The leader's scan: the `limit` unpaused schedules with the earliest
+ * next_ms, due or not (the first not due tells when to look again). */
+int ath__qpg_schedules_due(ath_qpg_t* q, int limit, ath_qpg_scheds_t* out);
+/* Pause (next_ms NULL: nothing fires), resume (next_ms = the given next
+ * occurrence; *resumed 0 when it was not paused), delete; each NOTIFYs
+ * athena_sched when it changed a row. *found / *resumed: rows changed. */
+int ath__qpg_schedule_pause(ath_qpg_t* q, const char* id, int* found);
+int ath__qpg_schedule_resume(ath_qpg_t* q, const char* id, int64_t next_ms, int* resumed);
+int ath__qpg_schedule_delete(ath_qpg_t* q, const char* id, int* found);
+/* The database's clock ({schema}.now_ms()). */
+int ath__qpg_now(ath_qpg_t* q, int64_t* now);
 
 /* The SQL of a statement as this connection runs it ("claim", "finish",
  * "insert", "stage", "rescue"), for EXPLAIN checks; NULL for another name. */

@@ -267,6 +267,11 @@ struct ath_task_s {
 };
 
 /* The limits that apply to t: its call's, else its definition's. */
+/* The effective failure strategy and attempts of a task of def with limits
+ * lim, asked for `asked` (SEMANTICS §7.2, §8): execute's and a schedule's. */
+void ath__task_policy(const ath_world_t* w, const ath_def_t* def, const ath_activity_t* lim,
+                      ath_strategy_t asked, ath_strategy_t* strategy, int* max_attempts);
+
 static inline const ath_activity_t* ath__task_limits(const ath_task_t* t) {
   return t->call != NULL ? &t->call->a : &t->def->a;
 }
@@ -732,6 +737,16 @@ struct ath_sched_s {
   uint64_t hash;
   ath_sched_t* hnext;
 };
+
+/* The occurrences of c from `first` up to `now` to fire per catch_up
+ * (SEMANTICS §11): none → none; one → the latest; all → each in order, at
+ * most ATH_MAX_CATCH_UP (the older ones counted in *dropped). Fills out
+ * (ATH_MAX_CATCH_UP entries), oldest first; returns how many. */
+#define ATH_MAX_CATCH_UP 1000
+size_t ath__sched_missed(const ath_cron_t* c, int local_tz, int64_t first, int64_t now, int catch_up,
+                         int64_t out[ATH_MAX_CATCH_UP], int64_t* dropped);
+/* Emits schedule.fired{scheduleId, taskId, dueAt} (lock held). */
+void ath__sched_fired(ath_world_t* w, const char* sched_id, const char* task_id, int64_t due);
 
 /* Fires due schedules and re-arms the schedule timer. Engine thread. */
 void ath__sched_tick(ath_world_t* w);

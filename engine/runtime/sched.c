@@ -10,7 +10,6 @@
 #include "internal.h"
 #include "store.h"
 
-#define MAX_CATCH_UP 1000
 
 static int sched_less(const void* a, const void* b) {
   const ath_sched_t* x = a;
@@ -134,10 +133,7 @@ static int put_schedule(ath_world_t* w, const char* id, const char* name, char* 
   ath_sched_t* s = NULL;
   int rc = 0;
   int di = def_index(w, name);
-  if (w->cfg.backend_url != NULL) { /* phase 2 of the PostgreSQL backend */
-    snprintf(err, errlen, "%s", "schedules are not supported on the PostgreSQL backend yet");
-    rc = ATH_ENOSYS;
-  } else if (di < 0) {
+  if (di < 0) {
     snprintf(err, errlen, "no activity named %s", name);
     rc = ATH_ENOTFOUND;
   } else if (o->task_queue && !queue_exists(w, o->task_queue)) {
@@ -171,6 +167,11 @@ static int put_schedule(ath_world_t* w, const char* id, const char* name, char* 
       s->heap_idx = UINT32_MAX;
       ath__sched_release(s);
     }
+    return rc;
+  }
+  if (w->cfg.backend_url != NULL) { /* a row in the schema; the leader fires it */
+    rc = ath__pgsched_put(w, s, err, errlen);
+    ath__sched_release(s);
     return rc;
   }
   uv_mutex_lock(&w->lock);
@@ -239,6 +240,8 @@ int ath_world_schedule_once(ath_world_t* w, const char* name, char* payload, siz
 }
 
 static int set_paused(ath_world_t* w, const char* id, int paused) {
+  if (w->dq != NULL)
+    return ath__pgsched_pause(w, id, paused);
   uv_mutex_lock(&w->lock);
   ath_sched_t* s = sched_get(w, id);
   if (s == NULL) {
@@ -269,6 +272,8 @@ int ath_world_schedule_resume(ath_world_t* w, const char* id) {
 }
 
 int ath_world_schedule_delete(ath_world_t* w, const char* id) {
+  if (w->dq != NULL)
+    return ath__pgsched_delete(w, id);
   uv_mutex_lock(&w->lock);
   ath_sched_t* s = sched_get(w, id);
   if (s != NULL) {
@@ -284,6 +289,8 @@ static int by_id(const void* a, const void* b) {
 }
 
 int ath_world_schedules(ath_world_t* w, ath_schedule_info_t** out, size_t* n) {
+  if (w->dq != NULL)
+    return ath__pgsched_list(w, out, n);
   uv_mutex_lock(&w->lock);
   size_t k = 0, cap = w->nsched;
   ath_schedule_info_t* a = calloc(cap ? cap : 1, sizeof(*a));
@@ -332,6 +339,22 @@ void ath_schedules_free(ath_schedule_info_t* a, size_t n) {
 
 static void stimer_cb(uv_timer_t* h) {
   ath__sched_tick(h->data);
+}
+
+void ath__sched_fired(ath_world_t* w, const char* sched_id, const char* task_id, int64_t due) {
+  if (!ath__hook_wants(w->hook, ATH_EV_SCHEDULE_FIRED))
+    return;
+  ath_buf_t b = {0};
+  ath__buf_lit(&b, "{\"scheduleId\":");
+  ath__buf_json_str(&b, sched_id);
+  ath__buf_lit(&b, ",\"taskId\":");
+  ath__buf_json_str(&b, task_id);
+  char d[40];
+  int dn = snprintf(d, sizeof(d), ",\"dueAt\":%lld}", (long long)due);
+  ath__buf_append(&b, d, (size_t)dn);
+  if (b.data)
+    ath__hook_emit(w->hook, ATH_EV_SCHEDULE_FIRED, ath__wall(w), b.data, b.len);
+  ath__buf_free(&b);
 }
 
 /* One due occurrence, collected under the lock and fired outside it. */
@@ -485,19 +508,7 @@ void ath__sched_tick(ath_world_t* w) {
     for (int i = 0; i < n; i++) {
       fire_t* f = &fires[i];
       if (f->task != NULL) {
-        if (ath__hook_wants(w->hook, ATH_EV_SCHEDULE_FIRED)) {
-          ath_buf_t b = {0};
-          ath__buf_lit(&b, "{\"scheduleId\":");
-          ath__buf_json_str(&b, f->s->id);
-          ath__buf_lit(&b, ",\"taskId\":");
-          ath__buf_json_str(&b, ath_task_id(f->task));
-          char due[40];
-          int dn = snprintf(due, sizeof(due), ",\"dueAt\":%lld}", (long long)f->due);
-          ath__buf_append(&b, due, (size_t)dn);
-          if (b.data)
-            ath__hook_emit(w->hook, ATH_EV_SCHEDULE_FIRED, ath__wall(w), b.data, b.len);
-          ath__buf_free(&b);
-        }
+        ath__sched_fired(w, f->s->id, ath_task_id(f->task), f->due);
         f->s->total++;
         f->s->last_ms = f->due;
         if (f->s->last_task)
@@ -532,6 +543,33 @@ void ath__sched_tick(ath_world_t* w) {
 }
 
 /* ---------------------------------------------------------------- recovery */
+
+size_t ath__sched_missed(const ath_cron_t* c, int local_tz, int64_t first, int64_t now, int catch_up,
+                         int64_t out[ATH_MAX_CATCH_UP], int64_t* dropped) {
+  int64_t t = first;
+  size_t n = 0;
+  *dropped = 0;
+  while (t != 0 && t <= now) { /* keep the last ATH_MAX_CATCH_UP */
+    out[n % ATH_MAX_CATCH_UP] = t;
+    n++;
+    if (ath__cron_next(c, t, local_tz, &t) != 0)
+      t = 0;
+  }
+  if (n == 0 || catch_up == ATH_CATCHUP_NONE)
+    return 0;
+  if (catch_up == ATH_CATCHUP_ONE) {
+    out[0] = out[(n - 1) % ATH_MAX_CATCH_UP];
+    return 1;
+  }
+  if (n <= ATH_MAX_CATCH_UP)
+    return n;
+  *dropped = (int64_t)(n - ATH_MAX_CATCH_UP);
+  int64_t tmp[ATH_MAX_CATCH_UP]; /* oldest first */
+  for (size_t i = 0; i < ATH_MAX_CATCH_UP; i++)
+    tmp[i] = out[(n + i) % ATH_MAX_CATCH_UP];
+  memcpy(out, tmp, sizeof(tmp));
+  return ATH_MAX_CATCH_UP;
+}
 
 int ath__sched_recover_row(void* ud, const ath_srow_t* r) {
   ath_world_t* w = ud;
@@ -582,25 +620,16 @@ int ath__sched_recover_row(void* ud, const ath_srow_t* r) {
       if (s->o.catch_up == ATH_CATCHUP_NONE) {
         arm(w, s, now);
       } else {
-        int64_t first = s->next_ms, latest = first, t = first;
-        int64_t ring[MAX_CATCH_UP];
-        size_t n = 0;
-        while (t != 0 && t <= now) { /* keep the last MAX_CATCH_UP */
-          ring[n % MAX_CATCH_UP] = t;
-          n++;
-          latest = t;
-          if (ath__cron_next(&s->cron, t, s->o.local_tz, &t) != 0)
-            t = 0;
-        }
-        if (s->o.catch_up == ATH_CATCHUP_ONE) {
-          s->next_ms = latest;
-        } else {
-          if (n > MAX_CATCH_UP) {
-            ath__logf(w, ATH_LOG_WARN, NULL, 0, "schedule %s missed %zu runs; the oldest %zu are skipped",
-                      s->id, n, n - MAX_CATCH_UP);
-            s->skipped += (int64_t)(n - MAX_CATCH_UP);
-          }
-          s->next_ms = n > MAX_CATCH_UP ? ring[n % MAX_CATCH_UP] : first;
+        int64_t* occ = malloc(ATH_MAX_CATCH_UP * sizeof(*occ));
+        int64_t dropped = 0;
+        if (occ != NULL && ath__sched_missed(&s->cron, s->o.local_tz, s->next_ms, now, s->o.catch_up, occ,
+                                             &dropped) > 0)
+          s->next_ms = occ[0]; /* "all": the tick fires the later ones, due too */
+        free(occ);
+        if (dropped > 0) {
+          ath__logf(w, ATH_LOG_WARN, NULL, 0, "schedule %s missed %lld runs; the oldest %lld are skipped",
+                    s->id, (long long)(dropped + ATH_MAX_CATCH_UP), (long long)dropped);
+          s->skipped += dropped;
         }
         ath__heap_push(&w->sheap, s); /* due: fires as soon as the engine ticks */
       }

@@ -668,6 +668,16 @@ int ath_world_execute(ath_world_t* w, const char* name, size_t n,
   return rc;
 }
 
+void ath__task_policy(const ath_world_t* w, const ath_def_t* def, const ath_activity_t* lim,
+                      ath_strategy_t asked, ath_strategy_t* strategy, int* max_attempts) {
+  *strategy = asked != ATH_STRATEGY_DEFAULT                   ? asked
+              : def->a.failure_strategy != ATH_STRATEGY_DEFAULT ? def->a.failure_strategy
+                                                                : w->cfg.failure_strategy;
+  *max_attempts = lim->has_retry && lim->max_attempts > 0 ? lim->max_attempts
+                  : *strategy == ATH_STRATEGY_RETRY       ? (def->a.workflow ? 4 : 3)
+                                                          : 1;
+}
+
 /* `by`: the worker whose workflow segment starts the tasks and parks next;
  * when they are in its queue, no sleeping worker is woken for them here:
  * the exchange that publishes the park claims them on `by` when they come
@@ -705,18 +715,14 @@ static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
     goto fail;
   }
   int prio = opts->has_priority ? opts->priority : def->a.priority;
-  /* Effective strategy and attempts (SEMANTICS §7.2, §8). */
-  ath_strategy_t strategy = opts->failure_strategy != ATH_STRATEGY_DEFAULT ? opts->failure_strategy
-                            : def->a.failure_strategy != ATH_STRATEGY_DEFAULT ? def->a.failure_strategy
-                                                                              : w->cfg.failure_strategy;
   if (opts->limits != NULL && (rc = ath__call_new(&def->a, opts->limits, opts->limits_len, &call)) != 0) {
     ath__set_err(err, errlen, "%s", rc == ATH_EINVAL ? "invalid per-call limits" : "out of memory");
     goto fail;
   }
   const ath_activity_t* lim = call ? &call->a : &def->a;
-  int max_attempts = lim->has_retry && lim->max_attempts > 0 ? lim->max_attempts
-                     : strategy == ATH_STRATEGY_RETRY         ? (def->a.workflow ? 4 : 3)
-                                                              : 1;
+  ath_strategy_t strategy;
+  int max_attempts;
+  ath__task_policy(w, def, lim, opts->failure_strategy, &strategy, &max_attempts);
   /* a step's parent is the workflow its worker runs: no lookup by id */
   ath_task_t* known = by != NULL && by->current != NULL ? by->current->task : NULL;
   uint64_t parent_hash = opts->parent_id && known == NULL ? ath__hash_str(opts->parent_id) : 0;

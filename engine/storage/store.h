@@ -116,6 +116,28 @@ void ath__dq_refresh(ath_world_t* w, ath_task_t* t);
 /* Cancels a task this node does not lease, through its row (lock not
  * held): 1 when accepted, 0 when refused (it had ended). */
 int ath__dq_cancel(ath_world_t* w, ath_task_t* t);
+/* The reader connection for control threads (lock not held), under its
+ * mutex until ath__dq_reader_done; NULL without the backend. */
+struct ath_qpg_s* ath__dq_reader(ath_world_t* w);
+void ath__dq_reader_done(ath_world_t* w);
+
+/* sched_pg.c: schedules on the PostgreSQL backend (rows in the schema,
+ * fired by the leader; docs/backend-postgres.md "Schedules") ------------ */
+
+/* Creates or replaces schedule s (validated by sched.c; not taken). */
+int ath__pgsched_put(ath_world_t* w, const ath_sched_t* s, char* err, size_t errlen);
+/* Pause / resume: 0 or ATH_ENOTFOUND (or ATH_ESTORE). */
+int ath__pgsched_pause(ath_world_t* w, const char* id, int paused);
+/* 0, or ATH_ENOTFOUND when there was no such schedule (or ATH_ESTORE). */
+int ath__pgsched_delete(ath_world_t* w, const char* id);
+/* Every schedule's row, as ath_world_schedules. */
+int ath__pgsched_list(ath_world_t* w, ath_schedule_info_t** out, size_t* n);
+/* The leader's pass on its connection (backend thread): fires every due
+ * occurrence (catch_up: the first pass after taking the lock, missed
+ * occurrences per catchUp) and sets *next_ns to the monotonic time of the
+ * next one (0: none). 0, or the provider's error (the next pass retries). */
+int ath__pgsched_fire(ath_world_t* w, struct ath_qpg_s* ldr, int catch_up, uint64_t* next_ns);
+
 /* world.c: the local task of a row this node claimed: the proxy in the
  * table, or a new one built from r (marked remote, in the table) — a new
  * reference, or NULL when out of memory. Lock not held. */

@@ -66,12 +66,15 @@ struct ath_dq_s {
   ath_qpg_lease_t lease;   /* backend thread */
   ath_qpg_lease_t llease;  /* the leader's control incarnation, when leader */
   int leader;
+  int sched_catchup;       /* the leader's next schedule pass catches up (sched_pg.c) */
+  uint64_t sched_at_ns;    /* monotonic time of the next due occurrence, 0: none */
   /* Guarded by the world lock: */
   int64_t incarnation;     /* the claiming incarnation (the listener reads it) */
   int* more;               /* per queue index: claim when it has room (a
                             * notification, the poll, a full last claim) */
   int* full;               /* per queue index: the last claim was full (prefetch) */
   int64_t stage_at;        /* wall ms a retry or delay this node wrote is due, 0: none */
+  int sched_scan;          /* athena_sched heard: the leader looks at the schedules again */
   int64_t* done;           /* athena_done seqs to look up */
   size_t ndone, done_cap;
   int64_t* cancels;        /* athena_cancel seqs leased here */
@@ -249,6 +252,8 @@ static void heard(const char* channel, const char* payload, void* ud) {
       }
       p = *end == ',' ? end + 1 : end;
     }
+  } else if (strcmp(channel, "athena_sched") == 0) {
+    dq->sched_scan = 1;
   } else if (strcmp(channel, "athena_cancel") == 0) {
     char* end;
     int64_t inc = strtoll(payload, &end, 10);
@@ -257,7 +262,8 @@ static void heard(const char* channel, const char* payload, void* ud) {
   }
 }
 
-static const char* const CHANNELS[] = {"athena_ready", "athena_done", "athena_cancel", NULL};
+static const char* const CHANNELS[] = {"athena_ready", "athena_done", "athena_cancel", "athena_sched",
+                                       NULL};
 
 static void listener_main(void* arg) {
   struct ath_dq_s* dq = arg;
@@ -881,8 +887,10 @@ static void lead(ath_world_t* w, struct ath_dq_s* dq) {
     node_desc(dq, w, &n, 1);
     if (ath__qpg_node_register(dq->ldr, &n, now, &dq->llease) != 0)
       return;
-    if (!dq->leader)
+    if (!dq->leader) {
       ath__logf(w, ATH_LOG_INFO, NULL, 0, "node %s is the leader", dq->node_id);
+      dq->sched_catchup = 1; /* what came due without a leader (sched_pg.c) */
+    }
     dq->leader = 1;
   }
   ath_qpg_tasks_t rows;
@@ -975,9 +983,11 @@ static void backend_main(void* arg) {
   for (;;) {
     uint64_t now = uv_hrtime();
     int stopping = w->store_stop;
+    int do_sched = dq->leader && (dq->sched_scan || (dq->sched_at_ns != 0 && now >= dq->sched_at_ns));
     if (!stopping && (now >= next_beat || now >= next_lead || now >= next_poll || dq->ndone > 0 ||
-                      dq->ncancel > 0 || (dq->stage_at != 0 && ath__wall(w) >= dq->stage_at))) {
+                      dq->ncancel > 0 || do_sched || (dq->stage_at != 0 && ath__wall(w) >= dq->stage_at))) {
       int do_beat = now >= next_beat, do_lead = now >= next_lead, do_poll = now >= next_poll;
+      dq->sched_scan = 0;
       int do_stage = dq->stage_at != 0 && ath__wall(w) >= dq->stage_at;
       if (do_stage)
         dq->stage_at = 0;
@@ -1005,6 +1015,18 @@ static void backend_main(void* arg) {
         next_poll = uv_hrtime() + jittered(poll_ns);
       } else if (do_stage) {
         ath__qpg_stage(dq->wr, NULL, 0, 0, 1000, NULL);
+      }
+      /* the schedules: when one is due, on athena_sched, at the poll (the
+       * correctness path), and at once on taking the lead (catch-up; a
+       * failed pass is tried again with the next lead or poll) */
+      if (dq->leader && (do_sched || do_poll || (do_lead && dq->sched_catchup))) {
+        int catchup = dq->sched_catchup;
+        if (ath__pgsched_fire(w, dq->ldr, catchup, &dq->sched_at_ns) == 0)
+          dq->sched_catchup = 0;
+        else
+          dq->sched_at_ns = 0; /* not a busy loop: the next poll or lead tries again */
+      } else if (!dq->leader) {
+        dq->sched_at_ns = 0;
       }
       read_ended(w, dq, done, ndone);
       free(done);
@@ -1043,6 +1065,8 @@ static void backend_main(void* arg) {
     uint64_t until = next_poll < next_beat ? next_poll : next_beat;
     if (dq->ldr != NULL && next_lead < until)
       until = next_lead;
+    if (dq->leader && dq->sched_at_ns != 0 && dq->sched_at_ns < until)
+      until = dq->sched_at_ns;
     if (dq->stage_at != 0) {
       int64_t left = dq->stage_at - ath__wall(w);
       uint64_t at = now + (uint64_t)(left > 0 ? left : 0) * 1000000u;
@@ -1274,6 +1298,18 @@ int ath__dq_cancel(ath_world_t* w, ath_task_t* t) {
     ath__wake_all(wake, nwake);
   }
   return how != 0;
+}
+
+ath_qpg_t* ath__dq_reader(ath_world_t* w) {
+  struct ath_dq_s* dq = w->dq;
+  if (dq == NULL)
+    return NULL;
+  uv_mutex_lock(&dq->rd_lock);
+  return dq->rd;
+}
+
+void ath__dq_reader_done(ath_world_t* w) {
+  uv_mutex_unlock(&w->dq->rd_lock);
 }
 
 int ath__world_nodes(ath_world_t* w, char** json, char* err, size_t errlen) {

@@ -110,16 +110,29 @@ static void insert_many(ath_qpg_t* q, const char* prefix, int n) {
 
 /* ------------------------------------------------------------ schema */
 
-/* Migrations: a fresh schema gets version 1 (and meta says so), a second
- * run finds it done, a newer version and a foreign schema are refused, and
- * a name that needs quoting works. */
+/* Migrations: a fresh schema gets version 2 (and meta says so), a second
+ * run finds it done, a version 1 schema is brought to 2 (schedule columns
+ * and index), a newer version and a foreign schema are refused, and a name
+ * that needs quoting works. */
 TEST_IMPL(db_pg_queue_migrate) {
   ath_qpg_t* q = fresh("qpg_migrate");
   int ver = -1;
   ASSERT_OK(ath__qpg_migrate(q, &ver));
-  ASSERT_EQ(1, ver);
+  ASSERT_EQ(2, ver);
   PGconn* c = admin();
-  ASSERT_EQ(1, sql_int(c, "SELECT value::int FROM qpg_migrate.meta WHERE key = 'schema_version'"));
+  ASSERT_EQ(2, sql_int(c, "SELECT value::int FROM qpg_migrate.meta WHERE key = 'schema_version'"));
+  /* back to what version 1 made: migrating again adds version 2 */
+  sql_ok(c, "DROP INDEX qpg_migrate.schedules_due; ALTER TABLE qpg_migrate.schedules"
+            " DROP COLUMN max_attempts, DROP COLUMN close_after;"
+            " UPDATE qpg_migrate.meta SET value = '1' WHERE key = 'schema_version'");
+  ASSERT_OK(ath__qpg_migrate(q, &ver));
+  ASSERT_EQ(1, ver);
+  ASSERT_EQ(2, sql_int(c, "SELECT value::int FROM qpg_migrate.meta WHERE key = 'schema_version'"));
+  ASSERT_EQ(2, sql_int(c, "SELECT count(*) FROM information_schema.columns WHERE table_schema ="
+                          " 'qpg_migrate' AND table_name = 'schedules'"
+                          " AND column_name IN ('max_attempts', 'close_after')"));
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM pg_indexes WHERE schemaname = 'qpg_migrate'"
+                          " AND indexname = 'schedules_due'"));
   ASSERT_EQ(0, sql_int(c, "SELECT count(*) FROM information_schema.columns WHERE table_schema ="
                           " 'qpg_migrate' AND data_type = 'jsonb'"));
   sql_ok(c, "UPDATE qpg_migrate.meta SET value = '99' WHERE key = 'schema_version'");
@@ -701,9 +714,9 @@ typedef struct {
 static void* firer(void* arg) {
   firer_t* f = arg;
   ath_qpg_t* q = open_q(f->schema);
+  ath_qpg_fire_t one = {.id = "tick", .expect = 60000, .at = 60000, .next = 120000, .fire = 1};
   pthread_barrier_wait(f->start);
-  ASSERT_OK(ath__qpg_cron_fire(q, "tick", 60000, 120000, "default", 0, 0, 3, &f->advanced,
-                               &f->created));
+  ASSERT_OK(ath__qpg_schedule_fire(q, &one, &f->advanced, &f->created, NULL));
   ath__qpg_close(q);
   return NULL;
 }
@@ -715,7 +728,8 @@ static void* firer(void* arg) {
 TEST_IMPL(db_pg_queue_cron_once) {
   ath_qpg_t* q = fresh("qpg_cron");
   ath_qpg_schedule_t s = {.id = "tick", .name = "noop", .input = "{\"t\":1.0}", .cron = "* * * * *",
-                          .definition = "h1", .next_ms = 60000};
+                          .queue = "default", .definition = "h1", .next_ms = 60000,
+                          .max_attempts = 3, .close_after_ms = 5000};
   int changed;
   ASSERT_OK(ath__qpg_schedule_put(q, &s, &changed));
   ASSERT(changed);
@@ -737,16 +751,23 @@ TEST_IMPL(db_pg_queue_cron_once) {
   ASSERT_EQ(1, f[0].created + f[1].created);
   PGconn* c = admin();
   ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_cron.tasks WHERE id = 'tick@60000'"
-                          " AND input = '{\"t\":1.0}' AND status = 0"));
+                          " AND input = '{\"t\":1.0}' AND status = 0 AND max_attempts = 3"
+                          " AND close_by = created_at + 5000"));
   ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_cron.ready"));
-  ASSERT_EQ(120000, sql_int(c, "SELECT next_ms FROM qpg_cron.schedules WHERE total = 1"));
+  ASSERT_EQ(120000, sql_int(c, "SELECT next_ms FROM qpg_cron.schedules WHERE total = 1"
+                               " AND last_ms = 60000 AND last_task = 'tick@60000'"));
   /* the second guard: CAS passes again (next_ms put back), no second task */
   sql_ok(c, "UPDATE qpg_cron.schedules SET next_ms = 60000");
+  ath_qpg_fire_t again = {.id = "tick", .expect = 60000, .at = 60000, .next = 120000, .fire = 1};
   int adv, cre;
-  ASSERT_OK(ath__qpg_cron_fire(q, "tick", 60000, 120000, "default", 0, 0, 3, &adv, &cre));
+  ASSERT_OK(ath__qpg_schedule_fire(q, &again, &adv, &cre, NULL));
   ASSERT_EQ(1, adv);
   ASSERT_EQ(0, cre);
   ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_cron.tasks"));
+  /* a stale CAS (the row moved on) does nothing */
+  ASSERT_OK(ath__qpg_schedule_fire(q, &again, &adv, &cre, NULL));
+  ASSERT_EQ(0, adv);
+  ASSERT_EQ(0, cre);
   /* a changed definition replaces the schedule */
   s.definition = "h2";
   ASSERT_OK(ath__qpg_schedule_put(q, &s, &changed));
@@ -1082,6 +1103,129 @@ TEST_IMPL(db_pg_queue_big_cycle) {
   free(o);
   free(ap);
   free(ids);
+  ath__qpg_close(q);
+  return 0;
+}
+
+/* ------------------------------------------------------------ schedules */
+
+/* The schedule operations the world uses: list, pause (a fire no longer
+ * matches), resume (CAS on paused), overlap skip while the last task runs,
+ * catch-up advance without a task, dropped occurrences counted, a one-off
+ * fired under its own id and deleted, delete; changes NOTIFY athena_sched
+ * with the id, and an unchanged re-registration does not. */
+TEST_IMPL(db_pg_queue_sched) {
+  ath_qpg_t* q = fresh("qpg_sched");
+  ath_qpg_t* l = open_q("qpg_sched");
+  const char* ch[] = {"athena_sched", NULL};
+  ASSERT_OK(ath__qpg_listen(l, ch));
+  PGconn* c = admin();
+  int64_t now;
+  ASSERT_OK(ath__qpg_now(q, &now));
+  ASSERT_GT(now, 1700000000000LL);
+  ath_qpg_schedule_t s = {.id = "b", .name = "noop", .input = "[1]", .cron = "*/5 * * * * *",
+                          .queue = "q1", .definition = "d", .next_ms = 5000, .catch_up = 2,
+                          .overlap_skip = 1, .priority = 7, .strategy = 1, .max_attempts = 2};
+  int k;
+  ASSERT_OK(ath__qpg_schedule_put(q, &s, &k));
+  ASSERT_EQ(1, k);
+  ASSERT_OK(ath__qpg_schedule_put(q, &s, &k)); /* unchanged: no NOTIFY */
+  ASSERT_EQ(0, k);
+  ath_qpg_schedule_t o = {.id = "a-once", .name = "noop", .input = "{}", .queue = "q1",
+                          .definition = "o", .once_at = 7000, .next_ms = 7000, .catch_up = 1};
+  ASSERT_OK(ath__qpg_schedule_put(q, &o, &k));
+  ath_qpg_scheds_t rows;
+  ASSERT_OK(ath__qpg_schedules(q, NULL, &rows));
+  ASSERT_EQ(2, rows.n);
+  ASSERT_STR_EQ("a-once", rows.rows[0].id);
+  ASSERT(rows.rows[0].cron == NULL);
+  ASSERT_EQ(7000, rows.rows[0].once_at);
+  const ath_qpg_sched_row_t* b = &rows.rows[1];
+  ASSERT_STR_EQ("*/5 * * * * *", b->cron);
+  ASSERT_STR_EQ("[1]", b->input);
+  ASSERT_STR_EQ("q1", b->queue);
+  ASSERT(b->overlap_skip && !b->local_tz && !b->paused);
+  ASSERT_EQ(2, b->catch_up);
+  ASSERT_EQ(7, b->priority);
+  ASSERT_EQ(2, b->max_attempts);
+  ASSERT_EQ(5000, b->next_ms);
+  ASSERT_EQ(-1, b->last_ms);
+  ASSERT_GE(rows.now, now);
+  ath__qpg_scheds_free(&rows);
+  /* the leader's scan: earliest first */
+  ASSERT_OK(ath__qpg_schedules_due(q, 10, &rows));
+  ASSERT_EQ(2, rows.n);
+  ASSERT_STR_EQ("b", rows.rows[0].id);
+  ath__qpg_scheds_free(&rows);
+  /* paused: the fire's CAS does not match; resume only a paused row */
+  ASSERT_OK(ath__qpg_schedule_pause(q, "b", &k));
+  ASSERT_EQ(1, k);
+  ath_qpg_fire_t f = {.id = "b", .expect = 5000, .at = 5000, .next = 10000, .fire = 1};
+  int adv, cre, skp;
+  ASSERT_OK(ath__qpg_schedule_fire(q, &f, &adv, &cre, &skp));
+  ASSERT_EQ(0, adv);
+  ASSERT_OK(ath__qpg_schedules_due(q, 10, &rows));
+  ASSERT_EQ(1, rows.n); /* only the one-off is armed */
+  ath__qpg_scheds_free(&rows);
+  ASSERT_OK(ath__qpg_schedule_resume(q, "b", 5000, &k));
+  ASSERT_EQ(1, k);
+  ASSERT_OK(ath__qpg_schedule_resume(q, "b", 6000, &k));
+  ASSERT_EQ(0, k); /* not paused: left alone */
+  ASSERT_OK(ath__qpg_schedule_pause(q, "nope", &k));
+  ASSERT_EQ(0, k);
+  /* fire 5000, then 10000 while its task has not ended: overlap skip */
+  ASSERT_OK(ath__qpg_schedule_fire(q, &f, &adv, &cre, &skp));
+  ASSERT_EQ(1, adv);
+  ASSERT_EQ(1, cre);
+  ASSERT_EQ(0, skp);
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_sched.tasks WHERE id = 'b@5000' AND queue = 'q1'"
+                          " AND priority = 7 AND strategy = 1 AND max_attempts = 2 AND input = '[1]'"
+                          " AND close_by IS NULL"));
+  f = (ath_qpg_fire_t){.id = "b", .expect = 10000, .at = 10000, .next = 15000, .fire = 1};
+  ASSERT_OK(ath__qpg_schedule_fire(q, &f, &adv, &cre, &skp));
+  ASSERT_EQ(1, adv);
+  ASSERT_EQ(0, cre);
+  ASSERT_EQ(1, skp);
+  sql_ok(c, "UPDATE qpg_sched.tasks SET status = 5 WHERE id = 'b@5000'");
+  /* catch-up: advance only (none), and an "all" fire that dropped 3 */
+  f = (ath_qpg_fire_t){.id = "b", .expect = 15000, .at = 15000, .next = 30000, .fire = 0};
+  ASSERT_OK(ath__qpg_schedule_fire(q, &f, &adv, &cre, &skp));
+  ASSERT_EQ(1, adv);
+  ASSERT_EQ(0, cre);
+  ASSERT_EQ(0, skp);
+  f = (ath_qpg_fire_t){.id = "b", .expect = 30000, .at = 45000, .next = 50000, .fire = 1, .skip = 3};
+  ASSERT_OK(ath__qpg_schedule_fire(q, &f, &adv, &cre, &skp));
+  ASSERT_EQ(1, cre);
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_sched.schedules WHERE id = 'b' AND total = 2"
+                          " AND skipped = 4 AND last_ms = 45000 AND next_ms = 50000"
+                          " AND last_task = 'b@45000'"));
+  /* a one-off: its own id, the row goes */
+  f = (ath_qpg_fire_t){.id = "a-once", .expect = 7000, .at = 7000, .fire = 1};
+  ASSERT_OK(ath__qpg_schedule_fire(q, &f, &adv, &cre, &skp));
+  ASSERT_EQ(1, adv);
+  ASSERT_EQ(1, cre);
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_sched.tasks WHERE id = 'a-once'"));
+  ASSERT_EQ(0, sql_int(c, "SELECT count(*) FROM qpg_sched.schedules WHERE id = 'a-once'"));
+  ASSERT_EQ(3, sql_int(c, "SELECT count(*) FROM qpg_sched.ready"));
+  /* no row left to fire: the cron ends (next NULL) */
+  f = (ath_qpg_fire_t){.id = "b", .expect = 50000, .at = 50000, .next = 0, .fire = 1};
+  ASSERT_OK(ath__qpg_schedule_fire(q, &f, &adv, &cre, &skp));
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_sched.schedules WHERE id = 'b' AND next_ms IS NULL"));
+  ASSERT_OK(ath__qpg_schedule_delete(q, "b", &k));
+  ASSERT_EQ(1, k);
+  ASSERT_OK(ath__qpg_schedule_delete(q, "b", &k));
+  ASSERT_EQ(0, k);
+  /* the notifications, in commit order: put b, put a-once, pause b,
+   * resume b, delete b (the unchanged put, the second resume, the unknown
+   * pause and the second delete sent none) */
+  heard_t h = {0};
+  hear(l, &h, 5);
+  ASSERT_EQ(5, h.n);
+  const char* want[5] = {"b", "a-once", "b", "b", "b"};
+  for (int i = 0; i < 5; i++)
+    ASSERT_STR_EQ(want[i], h.got[i]);
+  PQfinish(c);
+  ath__qpg_close(l);
   ath__qpg_close(q);
   return 0;
 }

@@ -643,3 +643,39 @@ TEST_IMPL(world_start_without_runtime) {
   remove_module();
   return 0;
 }
+
+/* The PostgreSQL backend: a C host's schedule payload is its `len` bytes,
+ * not a C string (the row kept what followed them before the fix). */
+TEST_IMPL(db_pg_world_schedule_payload) {
+  write_module();
+  char err[512];
+  static const char* const mods[] = {"ctjobs", NULL};
+  ath_world_config_t cfg;
+  ath_world_config_init(&cfg);
+  cfg.min_workers = cfg.max_workers = 1;
+  cfg.persistence = ATH_PERSIST_FILE;
+  cfg.backend_url = test_pg_url();
+  cfg.backend_schema = "cw_sched_payload";
+  cfg.modules = mods;
+  cfg.lua_path = lua_path;
+  ath_world_t* w = NULL;
+  ASSERT_OK(ath_world_new(&cfg, &w, err, sizeof(err)));
+  ASSERT_OK(reg(w, "echo", NULL, 0));
+  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  char* p = malloc(8);
+  ASSERT_NOT_NULL(p);
+  memcpy(p, "[1]XYZ", 7); /* 3 bytes of JSON, then something else */
+  ath_schedule_opts_t o = {0};
+  ASSERT_OK(ath_world_schedule(w, "s", "echo", p, 3, "0 0 1 1 *", &o, err, sizeof(err)));
+  ath_schedule_info_t* list;
+  size_t n;
+  ASSERT_OK(ath_world_schedules(w, &list, &n));
+  ASSERT_EQ(1, n);
+  ASSERT_STR_EQ("[1]", list[0].input);
+  ath_schedules_free(list, n);
+  ASSERT_OK(ath_world_schedule_delete(w, "s"));
+  ASSERT_EQ(ATH_ENOTFOUND, ath_world_schedule_delete(w, "s"));
+  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
+  ath_world_free(w);
+  return 0;
+}

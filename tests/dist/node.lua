@@ -4,7 +4,8 @@
 -- (activity logs, see dist_jobs.lua), DIST_CONC (slots per worker, 16),
 -- DIST_WORKERS (2), DIST_POLL (pollInterval ms, 200), DIST_NOTIFY ("0":
 -- poll only), DIST_HB / DIST_HBT (heartbeatInterval / heartbeatTimeout ms,
--- 500 / 3000). Prints "started <incarnation>" once it claims.
+-- 500 / 3000), DIST_CRON ("1": registers the schedules of tests/dist/cron.lua,
+-- the same definitions on every node). Prints "started" once it claims.
 local athena = require "athena"
 local core = require "athena.core"
 local jobs = require "dist_jobs"
@@ -23,6 +24,10 @@ local w = athena.World.new {
 }
 w:register(table.unpack(jobs.all))
 w:start()
+if env("DIST_CRON") == "1" then -- every second: "tick" catches up every missed one, "tick1" the latest
+  w:schedule("tick", "dist.noop", {}, "* * * * * *", { catchUp = "all" })
+  w:schedule("tick1", "dist.noop", {}, "* * * * * *", { catchUp = "one" })
+end
 io.stdout:write("started\n")
 io.stdout:flush()
 local sig = core.waitForSignal()
