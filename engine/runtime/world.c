@@ -371,7 +371,9 @@ void ath__world_term_free(ath_task_t* dead) {
 }
 
 void ath__term_push(ath_world_t* w, ath_task_t* t) {
-  if (t->in_term || t->status == ATH_QUARANTINED)
+  /* dead letters stay in RAM, except on the PostgreSQL backend: their row
+   * is the cluster's truth (getQuarantined reads it) */
+  if (t->in_term || (t->status == ATH_QUARANTINED && w->dq == NULL))
     return;
   ath__list_append(&w->term, t);
   t->in_term = 1;
@@ -530,6 +532,14 @@ typedef struct {
   int64_t n, cap;
 } rows_t;
 
+/* PostgreSQL backend (lock held): t is a proxy of a row that other nodes
+ * run or ran, so the row is at least as new as t, and reads take the row.
+ * Any other task in RAM (leased here, or its insert not committed yet) is
+ * newer than its row. */
+static int row_is_newer(const ath_world_t* w, const ath_task_t* t) {
+  return w->dq != NULL && t->remote && t->dq_seq > 0;
+}
+
 /* ath_row_cb: appends the row's task, unless RAM has it (its state there
  * is newer, or the same). */
 static int collect_row(void* ud, const ath_row_t* r) {
@@ -537,7 +547,8 @@ static int collect_row(void* ud, const ath_row_t* r) {
   if (c->n == c->cap)
     return 0;
   uv_mutex_lock(&c->w->lock);
-  int in_ram = ath__table_get(c->w, r->id, ath__hash_str(r->id)) != NULL;
+  ath_task_t* held = ath__table_get(c->w, r->id, ath__hash_str(r->id));
+  int in_ram = held != NULL && !row_is_newer(c->w, held);
   uv_mutex_unlock(&c->w->lock);
   if (in_ram)
     return 0;
@@ -1423,11 +1434,63 @@ int ath_world_cancel(ath_world_t* w, ath_task_t* t) {
   return accepted;
 }
 
+/* PostgreSQL backend: a dead letter's requeue or purge goes through its
+ * row, which any node may change (storage/store_pg.c); then what this node
+ * holds of the task follows. A requeued task's object (the one in the
+ * table, else t) becomes a proxy of the row, so its handles wait for the
+ * new run; a purged one leaves the table. */
+static int dq_dead_letter(ath_world_t* w, ath_task_t* t, int purge) {
+  int64_t seq = 0;
+  int how = 0;
+  uv_mutex_lock(&w->lock);
+  int running = w->state == ATH_W_STARTED;
+  uv_mutex_unlock(&w->lock);
+  if (!running && !purge)
+    return ATH_ESHUTDOWN;
+  int rc = ath__dq_dead_letter(w, t->id, purge, &seq, &how);
+  if (rc != 0 || how != 1)
+    return rc != 0 ? rc : how < 0 ? ATH_ENOTFOUND : ATH_EINVAL;
+  ath_task_t* drop = NULL;
+  uv_mutex_lock(&w->lock);
+  ath_task_t* held = ath__table_get(w, t->id, t->hash);
+  ath_task_t* x = held != NULL ? held : t;
+  if (purge) {
+    if (held != NULL && ATH_IS_TERMINAL(held->status)) {
+      ath__table_unlink(w, held);
+      drop = held; /* the table's reference */
+    }
+  } else if (ATH_IS_TERMINAL(x->status)) {
+    term_unlink(w, x);
+    x->status = ATH_PENDING;
+    x->attempt = 0;
+    x->err_code = 0;
+    free(x->error);
+    free(x->result);
+    x->error = x->result = NULL;
+    x->error_len = x->result_len = 0;
+    x->completed_at = 0;
+    x->ready_at = ath__wall(w);
+    if (x == held) { /* a proxy again */
+      x->remote = 1;
+      x->dq_attempt = 0;
+      x->dq_seq = seq;
+      ath__dq_watch(w, seq);
+    } else {
+      x->seq = (uint64_t)seq; /* dq_watch reads the row's seq there */
+      dq_watch(w, x);
+    }
+  }
+  uv_mutex_unlock(&w->lock);
+  if (drop != NULL)
+    ath_task_release(drop);
+  return 0;
+}
+
 int ath_world_requeue(ath_world_t* w, ath_task_t* t) {
   ath_worker_t* wake[MAX_WORKERS];
   int nwake = 0;
   if (w->dq != NULL)
-    return ATH_ENOSYS; /* not on the PostgreSQL backend yet */
+    return dq_dead_letter(w, t, 0);
   uv_mutex_lock(&w->lock);
   if (t->status != ATH_QUARANTINED || w->state != ATH_W_STARTED || t->def->ghost) {
     uv_mutex_unlock(&w->lock);
@@ -1456,7 +1519,7 @@ int ath_world_requeue(ath_world_t* w, ath_task_t* t) {
 
 int ath_world_purge(ath_world_t* w, ath_task_t* t) {
   if (w->dq != NULL)
-    return ATH_ENOSYS; /* not on the PostgreSQL backend yet */
+    return dq_dead_letter(w, t, 1);
   uv_mutex_lock(&w->lock);
   if (t->status != ATH_QUARANTINED) {
     uv_mutex_unlock(&w->lock);
@@ -1488,9 +1551,12 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
     uv_mutex_unlock(&w->lock);
     return ATH_ENOMEM;
   }
-  size_t n = 0;
+  size_t n = 0, shadowed = 0; /* shadowed: RAM's tasks whose row is older */
   for (size_t i = 0; i < w->table_cap; i++) {
     for (ath_task_t* t = w->table[i]; t; t = t->hnext) {
+      if (row_is_newer(w, t))
+        continue; /* read from the database below */
+      shadowed += w->dq != NULL && t->dq_seq > 0;
       if (f->parent_id && (t->parent == NULL || strcmp(t->parent->id, f->parent_id) != 0))
         continue;
       if (f->status_mask && !(f->status_mask & (1u << t->status)))
@@ -1513,7 +1579,28 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
   ath_task_t** stored = NULL;
   int64_t ns = 0;
   unsigned mask = (f->status_mask ? f->status_mask : ~0u) & STORED_MASK;
-  if (w->reads != NULL && mask != 0) {
+  if (w->dq != NULL) {
+    /* PostgreSQL: every task of the cluster has a row, in any state: one
+     * read of them all. The rows of tasks RAM holds newer are skipped
+     * (collect_row), so `shadowed` more are asked for: what is left still
+     * holds the first `want` of the others. */
+    ath_store_query_t q = {f->status_mask, f->name, f->parent_id, f->since, f->until,
+                           (int64_t)(want + shadowed), 0, 0};
+    if ((stored = malloc((want + shadowed) * sizeof(*stored))) == NULL)
+      ns = ATH_ENOMEM;
+    else
+      ns = ath__stored_tasks(w, &q, stored);
+    if (ns < 0) {
+      for (size_t i = 0; i < n; i++)
+        ath_task_release(all[i]);
+      free(all);
+      free(stored);
+      return (int)ns;
+    }
+    qsort(stored, (size_t)ns, sizeof(*stored), newer_first);
+    while ((size_t)ns > want)
+      ath_task_release(stored[--ns]);
+  } else if (w->reads != NULL && mask != 0) {
     /* One read per status: each walks the (status, created_at) index in
      * order and stops after `want` rows, where one read of several
      * statuses would sort every matching row. */

@@ -116,6 +116,10 @@ void ath__dq_refresh(ath_world_t* w, ath_task_t* t);
 /* Cancels a task this node does not lease, through its row (lock not
  * held): 1 when accepted, 0 when refused (it had ended). */
 int ath__dq_cancel(ath_world_t* w, ath_task_t* t);
+/* A dead letter's requeue (purge = 0) or purge through its row, from any
+ * node (lock not held): *how = 1 done, 0 the row is not quarantined, -1 no
+ * such row; *seq is the row's. Returns 0 or ATH_ESTORE (logged). */
+int ath__dq_dead_letter(ath_world_t* w, const char* id, int purge, int64_t* seq, int* how);
 /* world.c: the local task of a row this node claimed: the proxy in the
  * table, or a new one built from r (marked remote, in the table) — a new
  * reference, or NULL when out of memory. Lock not held. */

@@ -614,6 +614,7 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
     ath_task_t* t = c.ins_t[i];
     const ath_qpg_inserted_t* r = &c.inserted[i];
     t->dq_seq = r->seq;
+    t->created_at = r->created_at; /* the row's (the database clock): queries merge on it */
     if (!r->created && r->existing_name && strcmp(r->existing_name, t->def->name) != 0) {
       int out; /* the id names another activity's task: execute answers EINVAL */
       ath__set_error(t, ATH_EINVAL, "id in use by another activity");
@@ -1084,10 +1085,28 @@ static int pg_get(void* s, const char* id, ath_row_cb cb, void* ud, char* err, s
   return rc;
 }
 
+/* Every status, not only the finished ones: the database is the cluster's
+ * truth, and world.c merges what this node holds newer (ath_world_query_tasks). */
 static int pg_query(void* s, const ath_store_query_t* q, ath_row_cb cb, void* ud, char* err,
                     size_t errlen) {
-  (void)s, (void)q, (void)cb, (void)ud, (void)err, (void)errlen;
-  return 0; /* phase 1: queryTasks lists what this node holds in RAM */
+  struct ath_dq_s* dq = (struct ath_dq_s*)s;
+  ath_qpg_query_t f = {q->status_mask, q->name, q->parent_id, q->since, q->until, q->limit,
+                       q->by_seq, (int64_t)q->after_seq};
+  ath_qpg_tasks_t rows;
+  uv_mutex_lock(&dq->rd_lock);
+  int rc = ath__qpg_query(dq->rd, &f, &rows);
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__qpg_reset(dq->rd) == 0)
+    rc = ath__qpg_query(dq->rd, &f, &rows);
+  if (rc != 0)
+    snprintf(err, errlen, "PostgreSQL: %s", ath__qpg_errmsg(dq->rd));
+  uv_mutex_unlock(&dq->rd_lock);
+  for (size_t i = 0; rc == 0 && i < rows.n; i++) {
+    ath_row_t row;
+    row_of(&rows.rows[i], &row);
+    rc = cb(ud, &row);
+  }
+  ath__qpg_tasks_free(&rows);
+  return rc;
 }
 
 static void dq_free(struct ath_dq_s* dq) {
@@ -1274,6 +1293,27 @@ int ath__dq_cancel(ath_world_t* w, ath_task_t* t) {
     ath__wake_all(wake, nwake);
   }
   return how != 0;
+}
+
+int ath__dq_dead_letter(ath_world_t* w, const char* id, int purge, int64_t* seq, int* how) {
+  struct ath_dq_s* dq = w->dq;
+  int status;
+  int (*op)(ath_qpg_t*, const char*, int64_t*, int*, int*) = purge ? ath__qpg_purge : ath__qpg_requeue;
+  uv_mutex_lock(&dq->rd_lock);
+  int rc = op(dq->rd, id, seq, &status, how);
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__qpg_reset(dq->rd) == 0)
+    rc = op(dq->rd, id, seq, &status, how);
+  if (rc != 0)
+    ath__logf(w, ATH_LOG_WARN, NULL, 0, "%s of %s failed: PostgreSQL: %s", purge ? "purge" : "requeue", id,
+              ath__qpg_errmsg(dq->rd));
+  uv_mutex_unlock(&dq->rd_lock);
+  if (rc == 0 && *how == 1 && !purge) { /* this node may serve its queue: claim now */
+    uv_mutex_lock(&w->lock);
+    want_all(w, dq);
+    uv_cond_signal(&w->store_cond);
+    uv_mutex_unlock(&w->lock);
+  }
+  return rc;
 }
 
 int ath__world_nodes(ath_world_t* w, char** json, char* err, size_t errlen) {
