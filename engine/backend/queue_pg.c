@@ -1606,6 +1606,76 @@ int ath__qpg_purge(ath_qpg_t* q, const char* id, int64_t* seq, int* status, int*
   return dead_letter(q, PURGE_SQL, id, seq, status, how);
 }
 
+/* ------------------------------------------------------------ cluster counts */
+
+static const char* const COUNTS_SQL =
+  "WITH c AS (SELECT queue, sum(q)::bigint AS depth, min(o) AS oldest, sum(s)::bigint AS scheduled,"
+  "   sum(r)::bigint AS running FROM ("
+  "     SELECT queue, 1 AS q, ready_at AS o, 0 AS s, 0 AS r FROM {S}.ready"
+  "     UNION ALL SELECT queue, 0, NULL, 1, 0 FROM {S}.tasks WHERE due_at IS NOT NULL"
+  "     UNION ALL SELECT queue, 0, NULL, 0, 1 FROM {S}.tasks WHERE lease IS NOT NULL AND status = 2"
+  "   ) x GROUP BY queue)"
+  " SELECT c.queue, c.depth, greatest({S}.now_ms() - c.oldest, 0), c.scheduled, c.running,"
+  "   (SELECT count(*) FROM {S}.nodes WHERE NOT leader AND expires_at > {S}.now_ms()),"
+  "   (SELECT node_id FROM {S}.nodes WHERE leader AND expires_at > {S}.now_ms()"
+  "     ORDER BY incarnation DESC LIMIT 1)"
+  " FROM (SELECT 1) one LEFT JOIN c ON true ORDER BY c.queue COLLATE \"C\"";
+
+void ath__qpg_counts_free(ath_qpg_counts_t* c) {
+  if (c == NULL)
+    return;
+  for (size_t i = 0; i < c->nqueues; i++)
+    free(c->queues[i].queue);
+  free(c->queues);
+  free(c->leader);
+  memset(c, 0, sizeof(*c));
+}
+
+char* ath__qpg_counts_sql(const ath_qpg_t* q) {
+  return subst(COUNTS_SQL, q->qschema);
+}
+
+int ath__qpg_counts(ath_qpg_t* q, ath_qpg_counts_t* out) {
+  memset(out, 0, sizeof(*out));
+  q->err[0] = q->sqlstate[0] = '\0';
+  char* sql = ath__qpg_counts_sql(q);
+  if (sql == NULL)
+    return ATH_ENOMEM;
+  PGresult* r = exec1(q, sql, 0, NULL);
+  free(sql);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK)
+    return res_err(q, r);
+  int n = PQntuples(r), rc = 0;
+  if (n > 0 && (out->queues = calloc((size_t)n, sizeof(*out->queues))) == NULL)
+    rc = ATH_ENOMEM;
+  for (int i = 0; rc == 0 && i < n; i++) {
+    out->nodes = get_i64(r, i, 5);
+    const char* leader = get_str(r, i, 6);
+    if (i == 0 && leader != NULL && (out->leader = ath__memdup(leader, strlen(leader))) == NULL)
+      rc = ATH_ENOMEM;
+    const char* name = get_str(r, i, 0);
+    if (name == NULL)
+      continue; /* no queue holds anything */
+    ath_qpg_qcount_t* c = &out->queues[out->nqueues];
+    if ((c->queue = ath__memdup(name, strlen(name))) == NULL) {
+      rc = ATH_ENOMEM;
+      break;
+    }
+    out->nqueues++;
+    c->depth = get_i64(r, i, 1);
+    c->oldest_age_ms = c->depth > 0 ? get_i64(r, i, 2) : 0;
+    c->scheduled = get_i64(r, i, 3);
+    c->running = get_i64(r, i, 4);
+    out->queued += c->depth;
+    out->scheduled += c->scheduled;
+    out->running += c->running;
+  }
+  PQclear(r);
+  if (rc != 0)
+    ath__qpg_counts_free(out);
+  return rc;
+}
+
 /* ------------------------------------------------------------ LISTEN */
 
 int ath__qpg_listen(ath_qpg_t* q, const char* const* channels) {

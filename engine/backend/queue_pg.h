@@ -316,6 +316,33 @@ char* ath__qpg_query_sql(const ath_qpg_t* q, const ath_qpg_query_t* f, char buf[
 int ath__qpg_requeue(ath_qpg_t* q, const char* id, int64_t* seq, int* status, int* how);
 int ath__qpg_purge(ath_qpg_t* q, const char* id, int64_t* seq, int* status, int* how);
 
+/* ------------------------------------------------------------ cluster counts */
+
+/* What the cluster holds now, per queue (getMetrics().cluster, /metrics). */
+typedef struct {
+  char* queue;
+  int64_t depth;         /* in ready */
+  int64_t oldest_age_ms; /* of the oldest in ready (database clock), 0: none */
+  int64_t scheduled;     /* waiting for a time: scheduled, retrying (due_at) */
+  int64_t running;       /* leased and running (claimed by a node: running or buffered there) */
+} ath_qpg_qcount_t;
+
+typedef struct {
+  int64_t queued, scheduled, running; /* sums over the queues */
+  int64_t nodes;                      /* worker nodes whose lease is alive */
+  char* leader;                       /* nodeId of the live leader, NULL: none */
+  ath_qpg_qcount_t* queues;           /* by name */
+  size_t nqueues;
+} ath_qpg_counts_t;
+
+/* One statement: counts of ready (ready_order), tasks_due and
+ * tasks_leased, grouped by queue, and the live nodes and leader; never a
+ * scan of the tasks table. */
+int ath__qpg_counts(ath_qpg_t* q, ath_qpg_counts_t* out);
+/* Its SQL (malloc'd), for EXPLAIN checks. */
+char* ath__qpg_counts_sql(const ath_qpg_t* q);
+void ath__qpg_counts_free(ath_qpg_counts_t* c);
+
 /* ------------------------------------------------------------ notifications */
 
 /* LISTENs to the NULL-terminated channels (athena_ready, athena_done, ...). */

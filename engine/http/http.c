@@ -423,7 +423,16 @@ static int api_metrics(h2o_req_t* req, ath_world_t* w) {
   }
   putf(&b, "},\"latency\":{\"queueWait\":{\"p50\":%.3f,\"p95\":%.3f,\"p99\":%.3f},", m.wait_p50, m.wait_p95,
        m.wait_p99);
-  putf(&b, "\"run\":{\"p50\":%.3f,\"p95\":%.3f,\"p99\":%.3f}}}", m.run_p50, m.run_p95, m.run_p99);
+  putf(&b, "\"run\":{\"p50\":%.3f,\"p95\":%.3f,\"p99\":%.3f}}", m.run_p50, m.run_p95, m.run_p99);
+  char* cluster = NULL;
+  char err[256];
+  if (ath__world_cluster(w, &cluster, err, sizeof(err)) == 0) /* the PostgreSQL backend */
+  {
+    put(&b, ",");
+    put_raw(&b, "cluster", cluster, strlen(cluster));
+  }
+  free(cluster);
+  put(&b, "}");
   return respond_json(req, 200, "OK", &b);
 }
 
@@ -553,6 +562,7 @@ static int prometheus(h2o_req_t* req, ath_world_t* w) {
            "athena_run_seconds{quantile=\"0.5\"} %.6f\nathena_run_seconds{quantile=\"0.95\"} %.6f\n"
            "athena_run_seconds{quantile=\"0.99\"} %.6f\n",
        m.run_p50 / 1000, m.run_p95 / 1000, m.run_p99 / 1000);
+  ath__world_cluster_prom(w, &b); /* the PostgreSQL backend's */
   respond(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
   ath__buf_free(&b);
   return 0;

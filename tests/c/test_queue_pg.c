@@ -1273,3 +1273,88 @@ TEST_IMPL(db_pg_queue_dead_letters) {
   ath__qpg_close(q);
   return 0;
 }
+
+/* The cluster's counts (getMetrics().cluster): per queue, ready entries
+ * with the oldest's age, tasks waiting for a time, leased running tasks;
+ * the live worker nodes and leader. On 50,000 finished rows the plan reads
+ * tasks only through tasks_due and tasks_leased, never a scan of it. */
+TEST_IMPL(db_pg_queue_counts) {
+  ath_qpg_t* q = fresh("qpg_counts");
+  PGconn* c = admin();
+  ath_qpg_counts_t n;
+  ASSERT_OK(ath__qpg_counts(q, &n)); /* empty: no queue, no node */
+  ASSERT_EQ(0, n.nqueues);
+  ASSERT_EQ(0, n.nodes);
+  ASSERT_NULL(n.leader);
+  ath__qpg_counts_free(&n);
+  sql_ok(c, "INSERT INTO qpg_counts.tasks (id, name, kind, queue, status, max_attempts, strategy,"
+            " created_at, scheduled_at, ready_at, completed_at, input)"
+            " SELECT 'f' || i, 'noop', 0, 'default', 5, 3, 0, i, i, i, i, '{}'"
+            " FROM generate_series(1, 50000) i; ANALYZE qpg_counts.tasks");
+  ath_qpg_lease_t a = node(q, "a");
+  ath_qpg_lease_t b = node(q, "b");
+  sql_ok(c, "UPDATE qpg_counts.nodes SET expires_at = 0 WHERE node_id = 'b'"); /* b is dead */
+  ath_qpg_insert_t rows[5] = {task_row("1", "a", 0, "{}"), task_row("2", "a", 0, "{}"),
+                              task_row("3", "a", 0, "{}"), task_row("4", "b", 0, "{}"),
+                              task_row("5", "b", 0, "{}")};
+  rows[4].delay_ms = 600000; /* scheduled */
+  ath_qpg_inserted_t ins[5];
+  ASSERT_OK(ath__qpg_insert(q, rows, 5, ins));
+  ath__qpg_inserted_clear(ins, 5);
+  ath_qpg_tasks_t t;
+  ASSERT_OK(ath__qpg_claim(q, a.incarnation, "a", 1, &t)); /* one of a running */
+  ASSERT_EQ(1, t.n);
+  ath__qpg_tasks_free(&t);
+  sql_ok(c, "UPDATE qpg_counts.ready SET ready_at = ready_at - 5000 WHERE queue = 'b'");
+  ASSERT_OK(ath__qpg_counts(q, &n));
+  ASSERT_EQ(2, n.nqueues);
+  ASSERT_STR_EQ("a", n.queues[0].queue);
+  ASSERT_EQ(2, n.queues[0].depth);
+  ASSERT_EQ(1, n.queues[0].running);
+  ASSERT_EQ(0, n.queues[0].scheduled);
+  ASSERT_STR_EQ("b", n.queues[1].queue);
+  ASSERT_EQ(1, n.queues[1].depth);
+  ASSERT_EQ(1, n.queues[1].scheduled);
+  ASSERT_GE(n.queues[1].oldest_age_ms, 5000);
+  ASSERT_EQ(3, n.queued);
+  ASSERT_EQ(1, n.scheduled);
+  ASSERT_EQ(1, n.running);
+  ASSERT_EQ(1, n.nodes); /* b expired */
+  ASSERT_NULL(n.leader);
+  ath__qpg_counts_free(&n);
+  /* a leader's control incarnation names the leader */
+  const char* queues[] = {NULL};
+  ath_qpg_node_t ln = {.node_id = "a", .host = "test", .pid = 1, .queues = queues, .ttl_ms = 600000,
+                       .interval_ms = 5000, .leader = 1};
+  ath_qpg_lease_t ll;
+  ASSERT_OK(ath__qpg_node_register(q, &ln, 0, &ll));
+  ASSERT_OK(ath__qpg_counts(q, &n));
+  ASSERT_STR_EQ("a", n.leader);
+  ASSERT_EQ(1, n.nodes);
+  ath__qpg_counts_free(&n);
+  (void)b;
+  /* the plan: no sequential scan of tasks */
+  char* sql = ath__qpg_counts_sql(q);
+  ath_buf_t e = {0};
+  ath__buf_lit(&e, "EXPLAIN (FORMAT JSON) ");
+  ath__buf_append(&e, sql, strlen(sql));
+  free(sql);
+  PGresult* r = PQexec(c, e.data);
+  ath__buf_free(&e);
+  ASSERT_EQ(PGRES_TUPLES_OK, PQresultStatus(r));
+  const char* plan = PQgetvalue(r, 0, 0);
+  if (strstr(plan, "tasks_due") == NULL || strstr(plan, "tasks_leased") == NULL)
+    fprintf(stderr, "%s\n", plan);
+  ASSERT_NOT_NULL(strstr(plan, "tasks_due"));
+  ASSERT_NOT_NULL(strstr(plan, "tasks_leased"));
+  /* every "Seq Scan" is of ready or nodes, never tasks */
+  for (const char* p = strstr(plan, "\"Seq Scan\""); p != NULL; p = strstr(p + 1, "\"Seq Scan\"")) {
+    const char* rel = strstr(p, "\"Relation Name\": \"");
+    ASSERT_NOT_NULL(rel);
+    ASSERT(strncmp(rel + 18, "tasks\"", 6) != 0);
+  }
+  PQclear(r);
+  PQfinish(c);
+  ath__qpg_close(q);
+  return 0;
+}

@@ -463,6 +463,71 @@ describe("athena.PostgresBackend", function()
     assert.equals("alive", a:execute("dist.dead", { flag = flag }, { id = "dead-2" }):result(WAIT))
   end)
 
+  it("counts the cluster from the database: getMetrics().cluster, /api/metrics and /metrics", function()
+    local sch = schema()
+    local a = world(sch) -- neither serves queue dist: what they execute stays queued
+    local b = world(sch)
+    a:executeMany("dist.noop", { 1, 2, 3, 4 })
+    b:execute("dist.noop", 5)
+    b:execute("dist.noop", 6, { delay = 600000 })
+    local c = b:getMetrics().cluster
+    assert.equals(5, c.tasks.queued)
+    assert.equals(1, c.tasks.scheduled)
+    assert.equals(0, c.tasks.running)
+    assert.equals(5, c.queues.dist.depth)
+    assert.equals(1, c.queues.dist.scheduled)
+    assert.is_true(c.queues.dist.oldestAgeMs >= 0)
+    assert.equals(2, c.nodes)
+    assert.equals("ctl-" .. sch .. "-1", c.node)
+    local names = { ["ctl-" .. sch .. "-0"] = true, ["ctl-" .. sch .. "-1"] = true }
+    assert.is_true(names[c.leader], tostring(c.leader))
+    -- the same on the other node; its own queue figures stay this node's
+    local ca = a:getMetrics()
+    assert.equals("ctl-" .. sch .. "-0", ca.cluster.node)
+    assert.equals(0, ca.queues.default.depth)
+    -- a node that serves the queue runs them: counted as running, then gone
+    local s = world(sch, { serve = true })
+    local long = s:execute("dist.sleep", { ms = 20000 })
+    S.eventually(function()
+      local x = b:getMetrics().cluster -- at most a second old
+      return x.tasks.queued == 0 and x.tasks.running == 1 and x.nodes == 3
+    end, WAIT, "the queue to drain and the sleeper to run")
+    -- the operations surface
+    local url = b:serve { port = 0, metrics = true, dashboard = true }.url
+    local res = assert(athena.http.request { url = url .. "/api/metrics" })
+    assert.equals(200, res.status)
+    local m = athena.json.decode(res.body)
+    assert.equals(1, m.cluster.tasks.running)
+    assert.equals(1, m.cluster.tasks.scheduled)
+    res = assert(athena.http.request { url = url .. "/metrics" })
+    assert.equals(200, res.status)
+    assert.matches('athena_node_info{node="ctl%-' .. sch .. '%-1"} 1', res.body)
+    assert.matches('athena_cluster_tasks{state="running"} 1', res.body)
+    assert.matches('athena_cluster_tasks{state="scheduled"} 1', res.body)
+    assert.matches('athena_cluster_queue_scheduled{queue="dist"} 1', res.body)
+    assert.matches("athena_cluster_nodes 3", res.body)
+    res = assert(athena.http.request { url = url .. "/api/tasks?status=running" })
+    assert.equals(200, res.status)
+    local ts = athena.json.decode(res.body)
+    assert.equals(1, #ts)
+    assert.equals(long.id, ts[1].id)
+    assert.is_true(long:cancel())
+    -- a node id cannot forge exposition lines: label values are escaped
+    local evil = athena.World.new { backend = athena.PostgresBackend.new { url = URL, schema = sch,
+      nodeId = 'e"} 1\nathena_forged 1\\' }, taskQueues = { dist = { workers = 0 } } }
+    evil:start()
+    worlds[#worlds + 1] = evil
+    res = assert(athena.http.request { url = evil:serve { port = 0, metrics = true }.url .. "/metrics" })
+    assert.equals(200, res.status)
+    assert.truthy(res.body:find('athena_node_info{node="e\\"} 1\\nathena_forged 1\\\\"} 1\n', 1, true))
+    assert.is_nil(res.body:find("\nathena_forged", 1, true))
+    -- without the backend there is no cluster
+    local plain = athena.World.new { persistence = "memory" }
+    plain:start()
+    assert.is_nil(plain:getMetrics().cluster)
+    plain:shutdown()
+  end)
+
   it("works by polling alone (notify = false)", function()
     local sch = schema()
     local ctl = world(sch, { pollOnly = true })
