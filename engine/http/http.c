@@ -508,6 +508,21 @@ static int api_schedules(h2o_req_t* req, ath_world_t* w) {
   return respond_json(req, 200, "OK", &b);
 }
 
+/* The PostgreSQL backend's nodes (world:getNodes()); 404 without it. */
+static int api_nodes(h2o_req_t* req, ath_world_t* w) {
+  char* json = NULL;
+  char err[512];
+  int rc = ath__world_nodes(w, &json, err, sizeof(err));
+  if (rc == ATH_EINVAL)
+    return respond_error(req, 404, "Not Found", ATH_ENOTFOUND, "no such route (nodes need the PostgreSQL backend)");
+  if (rc != 0)
+    return respond_error(req, 503, "Service Unavailable", rc, "the database did not answer");
+  ath_buf_t b = {0};
+  put(&b, json);
+  free(json);
+  return respond_json(req, 200, "OK", &b);
+}
+
 /* Prometheus text exposition format 0.0.4 of SEMANTICS §14.1. */
 static int prometheus(h2o_req_t* req, ath_world_t* w) {
   ath_queue_info_t qs[64];
@@ -946,6 +961,8 @@ static int on_req(h2o_handler_t* self, h2o_req_t* req) {
       return api_workers(req, w);
     if (IS("/api/schedules") && get)
       return api_schedules(req, w);
+    if (IS("/api/nodes") && get)
+      return api_nodes(req, w);
     if (IS("/api/tasks") && get)
       return api_tasks(req, w);
     if (n > 11 && memcmp(p, "/api/tasks/", 11) == 0 && req->path.len > 11 &&
