@@ -1556,7 +1556,7 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
     for (ath_task_t* t = w->table[i]; t; t = t->hnext) {
       if (row_is_newer(w, t))
         continue; /* read from the database below */
-      shadowed += w->dq != NULL && t->dq_seq > 0;
+      shadowed += w->dq != NULL && t->dq_seq != 0; /* has a row, or its insert is in flight */
       if (f->parent_id && (t->parent == NULL || strcmp(t->parent->id, f->parent_id) != 0))
         continue;
       if (f->status_mask && !(f->status_mask & (1u << t->status)))

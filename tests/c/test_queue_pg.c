@@ -1088,12 +1088,9 @@ TEST_IMPL(db_pg_queue_big_cycle) {
 
 /* ------------------------------------------------------------ cluster reads, dead letters */
 
-/* EXPLAIN of the read ath__qpg_query runs for f, as JSON text (freed by the caller). */
-static char* explain_query(PGconn* c, ath_qpg_t* q, const ath_qpg_query_t* f) {
-  char buf[8][32];
-  const char* v[8];
-  int n;
-  char* sql = ath__qpg_query_sql(q, f, buf, v, &n);
+/* EXPLAIN of `sql` (taken: freed here) with parameters v[0..n), as JSON
+ * text (freed by the caller). */
+static char* explain_sql(PGconn* c, char* sql, int n, const char* const* v) {
   ASSERT_NOT_NULL(sql);
   ath_buf_t b = {0};
   ath__buf_lit(&b, "EXPLAIN (FORMAT JSON) ");
@@ -1107,6 +1104,15 @@ static char* explain_query(PGconn* c, ath_qpg_t* q, const ath_qpg_query_t* f) {
   char* plan = strdup(PQgetvalue(r, 0, 0));
   PQclear(r);
   return plan;
+}
+
+/* EXPLAIN of the read ath__qpg_query runs for f. */
+static char* explain_query(PGconn* c, ath_qpg_t* q, const ath_qpg_query_t* f) {
+  char buf[8][32];
+  const char* v[8];
+  int n;
+  char* sql = ath__qpg_query_sql(q, f, buf, v, &n);
+  return explain_sql(c, sql, n, v);
 }
 
 static void plan_uses(PGconn* c, ath_qpg_t* q, const ath_qpg_query_t* f, const char* index) {
@@ -1334,15 +1340,7 @@ TEST_IMPL(db_pg_queue_counts) {
   ath__qpg_counts_free(&n);
   (void)b;
   /* the plan: no sequential scan of tasks */
-  char* sql = ath__qpg_counts_sql(q);
-  ath_buf_t e = {0};
-  ath__buf_lit(&e, "EXPLAIN (FORMAT JSON) ");
-  ath__buf_append(&e, sql, strlen(sql));
-  free(sql);
-  PGresult* r = PQexec(c, e.data);
-  ath__buf_free(&e);
-  ASSERT_EQ(PGRES_TUPLES_OK, PQresultStatus(r));
-  const char* plan = PQgetvalue(r, 0, 0);
+  char* plan = explain_sql(c, ath__qpg_counts_sql(q), 0, NULL);
   if (strstr(plan, "tasks_due") == NULL || strstr(plan, "tasks_leased") == NULL)
     fprintf(stderr, "%s\n", plan);
   ASSERT_NOT_NULL(strstr(plan, "tasks_due"));
@@ -1353,7 +1351,7 @@ TEST_IMPL(db_pg_queue_counts) {
     ASSERT_NOT_NULL(rel);
     ASSERT(strncmp(rel + 18, "tasks\"", 6) != 0);
   }
-  PQclear(r);
+  free(plan);
   PQfinish(c);
   ath__qpg_close(q);
   return 0;
