@@ -524,13 +524,39 @@ void ath_task_snapshot_free(ath_task_info_t* info) {
  * any other. Reads take a connection of their own, never the world lock. */
 
 static ath_task_t* task_from_row(ath_world_t* w, const ath_row_t* r, ath_task_t* parent);
+static int64_t stored_tasks(ath_world_t* w, const ath_store_query_t* q, ath_task_t** out,
+                            ath_task_t* const* listed, size_t nlisted);
 static ath_task_t* row_parent(ath_world_t* w, const ath_row_t* r);
 
 typedef struct {
   ath_world_t* w;
   ath_task_t** out;
   int64_t n, cap;
+  ath_task_t* const* listed; /* by hash: tasks a RAM scan listed, whose rows are skipped */
+  size_t nlisted;
 } rows_t;
+
+static int by_hash(const void* a, const void* b) {
+  uint64_t x = (*(ath_task_t* const*)a)->hash, y = (*(ath_task_t* const*)b)->hash;
+  return x < y ? -1 : x > y;
+}
+
+/* Whether a[0..n) (sorted by hash) holds a task with id `id`. */
+static int listed_has(ath_task_t* const* a, size_t n, const char* id) {
+  uint64_t h = ath__hash_str(id);
+  size_t lo = 0, hi = n;
+  while (lo < hi) { /* the first with hash >= h */
+    size_t mid = lo + (hi - lo) / 2;
+    if (a[mid]->hash < h)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  for (; lo < n && a[lo]->hash == h; lo++)
+    if (strcmp(a[lo]->id, id) == 0)
+      return 1;
+  return 0;
+}
 
 /* PostgreSQL backend (lock held): t is a proxy of a row that other nodes
  * run or ran, so the row is at least as new as t, and reads take the row.
@@ -544,7 +570,7 @@ static int row_is_newer(const ath_world_t* w, const ath_task_t* t) {
  * is newer, or the same). */
 static int collect_row(void* ud, const ath_row_t* r) {
   rows_t* c = ud;
-  if (c->n == c->cap)
+  if (c->n == c->cap || (c->listed != NULL && listed_has(c->listed, c->nlisted, r->id)))
     return 0;
   uv_mutex_lock(&c->w->lock);
   ath_task_t* held = ath__table_get(c->w, r->id, ath__hash_str(r->id));
@@ -562,7 +588,13 @@ static int collect_row(void* ud, const ath_row_t* r) {
 /* Stored tasks matching q (at most q->limit, fewer when RAM has some of
  * them), as new references in out. Returns the count or an ATH_E*. */
 int64_t ath__stored_tasks(ath_world_t* w, const ath_store_query_t* q, ath_task_t** out) {
-  rows_t c = {w, out, 0, q->limit};
+  return stored_tasks(w, q, out, NULL, 0);
+}
+
+/* ath__stored_tasks, skipping the rows of listed[0..nlisted) (sorted by hash). */
+static int64_t stored_tasks(ath_world_t* w, const ath_store_query_t* q, ath_task_t** out,
+                            ath_task_t* const* listed, size_t nlisted) {
+  rows_t c = {w, out, 0, q->limit, listed, nlisted};
   char err[256];
   int rc = w->svt->query(w->reads, q, collect_row, &c, err, sizeof(err));
   if (rc != 0) {
@@ -592,7 +624,7 @@ void ath__release_all(ath_task_t** a, size_t n) {
  * failure to read (logged). */
 static int find_stored(ath_world_t* w, const char* id, ath_task_t** out) {
   *out = NULL;
-  rows_t c = {w, out, 0, 1};
+  rows_t c = {w, out, 0, 1, NULL, 0};
   char err[256];
   int rc = w->svt->get(w->reads, id, find_row, &c, err, sizeof(err));
   if (rc == 0 || rc == ATH_ENOTFOUND)
@@ -1586,10 +1618,18 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
      * holds the first `want` of the others. */
     ath_store_query_t q = {f->status_mask, f->name, f->parent_id, f->since, f->until,
                            (int64_t)(want + shadowed), 0, 0};
-    if ((stored = malloc((want + shadowed) * sizeof(*stored))) == NULL)
+    /* a task RAM listed is not listed again from its row, even if its
+     * insert's answer (its row's created_at) arrived in between */
+    ath_task_t** listed = malloc((n ? n : 1) * sizeof(*listed));
+    if (listed != NULL) {
+      memcpy(listed, all, n * sizeof(*listed));
+      qsort(listed, n, sizeof(*listed), by_hash);
+    }
+    if (listed == NULL || (stored = malloc((want + shadowed) * sizeof(*stored))) == NULL)
       ns = ATH_ENOMEM;
     else
-      ns = ath__stored_tasks(w, &q, stored);
+      ns = stored_tasks(w, &q, stored, listed, n);
+    free(listed);
     if (ns < 0) {
       for (size_t i = 0; i < n; i++)
         ath_task_release(all[i]);

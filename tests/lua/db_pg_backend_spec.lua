@@ -405,6 +405,30 @@ describe("athena.PostgresBackend", function()
     assert.is_true(mine:cancel())
   end)
 
+  it("lists a task once while its insert is in flight (hybrid): RAM and the row merge", function()
+    local sch = schema()
+    local w = athena.World.new { backend = athena.PostgresBackend.new { url = URL, schema = sch },
+      persistence = "hybrid", modules = { "dist_jobs" }, taskQueues = { dist = { workers = 0 } } }
+    w:register(table.unpack(jobs.all))
+    w:start()
+    worlds[#worlds + 1] = w
+    local ids, n = {}, 0
+    for round = 1, 40 do -- each round races the inserts' answers with the read
+      local h = w:execute("dist.noop", round)
+      ids[h.id] = true
+      n = n + 1
+      local seen = {}
+      for _, x in ipairs(w:queryTasks { limit = 1000 }) do
+        assert.is_nil(seen[x.id], "listed twice: " .. x.id)
+        seen[x.id] = true
+      end
+      for id in pairs(ids) do assert.is_true(seen[id], "not listed: " .. id) end
+    end
+    S.eventually(function() return scalar(("select count(*) as n from %s.tasks"):format(sch)) == n end, WAIT,
+      "the inserts to commit")
+    assert.equals(n, #w:queryTasks { limit = 1000, status = "pending" })
+  end)
+
   it("keeps dead letters in the database: any node lists, requeues and purges them", function()
     local sch = schema()
     local a = world(sch, { serve = true })
