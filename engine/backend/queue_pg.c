@@ -1506,7 +1506,7 @@ char* ath__qpg_query_sql(const ath_qpg_t* q, const ath_qpg_query_t* f, char buf[
   if (f->status_mask != 0) {
     size_t k = 0;
     buf[*n][k++] = '{';
-    for (int st = 0; st < 16; st++)
+    for (int st = 0; st <= 9; st++) /* ath_status_t: "{0,1,...,9}" fits */
       if (f->status_mask & (1u << st))
         k += (size_t)snprintf(buf[*n] + k, 32 - k, "%s%d", k > 1 ? "," : "", st);
     snprintf(buf[*n] + k, 32 - k, "}");
