@@ -577,7 +577,10 @@ static int prometheus(h2o_req_t* req, ath_world_t* w) {
            "athena_run_seconds{quantile=\"0.5\"} %.6f\nathena_run_seconds{quantile=\"0.95\"} %.6f\n"
            "athena_run_seconds{quantile=\"0.99\"} %.6f\n",
        m.run_p50 / 1000, m.run_p95 / 1000, m.run_p99 / 1000);
-  ath__world_cluster_prom(w, &b); /* the PostgreSQL backend's */
+  /* the PostgreSQL backend: this node's series carry node="<nodeId>", then
+   * the cluster's gauges (the same on every node) follow */
+  ath__world_node_labels(w, &b);
+  ath__world_cluster_prom(w, &b);
   respond(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
   ath__buf_free(&b);
   return 0;

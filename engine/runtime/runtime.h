@@ -248,5 +248,9 @@ int ath__world_cluster(ath_world_t* w, char** json, char* err, size_t errlen);
 /* The same counts as Prometheus gauges (athena_node_info,
  * athena_cluster_*) appended to b; nothing without the backend. */
 void ath__world_cluster_prom(ath_world_t* w, ath_buf_t* b);
+/* PostgreSQL backend: adds node="<nodeId>" (escaped) as the first label of
+ * every sample line in b (Prometheus text), so each node's own series can
+ * be told apart; nothing without the backend. 0 or ATH_ENOMEM (b as it was). */
+int ath__world_node_labels(ath_world_t* w, ath_buf_t* b);
 
 #endif

@@ -1431,6 +1431,42 @@ static void prom_line(ath_buf_t* b, const char* name, const char* label, const c
   ath__buf_append(b, t, (size_t)n);
 }
 
+int ath__world_node_labels(ath_world_t* w, ath_buf_t* b) {
+  struct ath_dq_s* dq = w->dq;
+  if (dq == NULL || b->data == NULL)
+    return 0;
+  ath_buf_t label = {0}, out = {0};
+  ath__buf_lit(&label, "node=\"");
+  prom_label(&label, dq->node_id);
+  ath__buf_lit(&label, "\"");
+  if (label.data == NULL)
+    return ATH_ENOMEM;
+  for (const char* p = b->data; p < b->data + b->len;) {
+    const char* end = memchr(p, '\n', (size_t)(b->data + b->len - p));
+    size_t len = end ? (size_t)(end - p) + 1 : (size_t)(b->data + b->len - p);
+    size_t name = strcspn(p, "{ \n");
+    if (*p == '#' || name >= len || (p[name] != '{' && p[name] != ' ')) {
+      ath__buf_append(&out, p, len); /* a comment, or not a sample */
+    } else {
+      ath__buf_append(&out, p, name);
+      ath__buf_lit(&out, "{");
+      ath__buf_append(&out, label.data, label.len);
+      if (p[name] == '{') /* name{a="b"} v -> name{node="n",a="b"} v */
+        ath__buf_lit(&out, ",");
+      else
+        ath__buf_lit(&out, "}");
+      ath__buf_append(&out, p + name + (p[name] == '{'), len - name - (p[name] == '{'));
+    }
+    p += len;
+  }
+  ath__buf_free(&label);
+  if (out.data == NULL)
+    return ATH_ENOMEM;
+  ath__buf_free(b);
+  *b = out;
+  return 0;
+}
+
 void ath__world_cluster_prom(ath_world_t* w, ath_buf_t* b) {
   struct ath_dq_s* dq = w->dq;
   if (dq == NULL)

@@ -530,6 +530,16 @@ describe("athena.PostgresBackend", function()
     assert.matches('athena_cluster_tasks{state="scheduled"} 1', res.body)
     assert.matches('athena_cluster_queue_scheduled{queue="dist"} 1', res.body)
     assert.matches("athena_cluster_nodes 3", res.body)
+    -- this node's own series carry its node label; the cluster's do not
+    local node = 'node="ctl%-' .. sch .. '%-1"'
+    assert.matches("\nathena_uptime_seconds{" .. node .. "} %d", res.body)
+    assert.matches('\nathena_tasks{' .. node .. ',state="queued"} %d', res.body)
+    assert.matches('\nathena_queue_depth{' .. node .. ',queue="default"} 0\n', res.body)
+    for line in res.body:gmatch("[^\n]+") do
+      if not line:find("^#") and not line:find("^athena_cluster_") then
+        assert.truthy(line:find(node), line)
+      end
+    end
     res = assert(athena.http.request { url = url .. "/api/nodes" })
     assert.equals(200, res.status)
     local ns = athena.json.decode(res.body)
