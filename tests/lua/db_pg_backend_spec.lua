@@ -387,6 +387,11 @@ describe("athena.PostgresBackend", function()
     local none, err = b:query("nosuch")
     assert.is_nil(none)
     assert.equals("ENOTFOUND", err.code)
+    -- the node running it lists it once, as it knows it (leased here: RAM is newer than the row)
+    local running = a:queryTasks { status = "running" }
+    assert.equals(1, #running)
+    assert.equals("long-q", running[1].id)
+    assert.equals(7, #a:queryTasks())
     -- a proxy this node holds (its own execute) is listed as its row says, once
     local mine = b:execute("dist.sleep", { ms = 20000 }, { id = "long-b" })
     S.eventually(function() return #b:queryTasks { status = "running", name = "dist.sleep" } == 2 end, WAIT,
