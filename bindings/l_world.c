@@ -819,6 +819,13 @@ static int world_metrics(lua_State* L) {
   }
   lua_setfield(L, -2, "queues");
   lua_remove(L, -2); /* the queue figures' box */
+  /* cluster: the PostgreSQL backend's counts, from the database */
+  char* json = NULL;
+  char err[512];
+  int rc = ath__world_cluster(w, &json, err, sizeof(err));
+  if (rc == 0 && ath__json_decode(L, json, strlen(json)) == 0) /* else absent (the failure is logged) */
+    lua_setfield(L, -2, "cluster");
+  free(json);
   return 1;
 }
 

@@ -1664,6 +1664,198 @@ int ath__qpg_nodes(ath_qpg_t* q, char** json) {
   return *json ? 0 : ATH_ENOMEM;
 }
 
+/* ------------------------------------------------------------ cluster reads, dead letters */
+
+/* Appends " AND <cond>$<k><cast>" for the next parameter (its text in
+ * buf[k-1]). */
+static void q_param(ath_buf_t* b, const char* cond, const char* cast, char buf[8][32],
+                    const char** v, int* n, const char* val) {
+  char t[16];
+  ath__buf_append(b, cond, strlen(cond));
+  ath__buf_append(b, t, (size_t)snprintf(t, sizeof(t), "$%d", *n + 1));
+  ath__buf_append(b, cast, strlen(cast));
+  v[*n] = val != NULL ? val : buf[*n];
+  (*n)++;
+}
+
+char* ath__qpg_query_sql(const ath_qpg_t* q, const ath_qpg_query_t* f, char buf[8][32],
+                         const char** v, int* n) {
+  ath_buf_t b = {0};
+  *n = 0;
+  ath__buf_lit(&b, "SELECT " TASK_COLS("t") ", t.result, t.completed_at FROM {S}.tasks t WHERE true");
+  if (f->status_mask != 0) {
+    size_t k = 0;
+    buf[*n][k++] = '{';
+    for (int st = 0; st <= 9; st++) /* ath_status_t: "{0,1,...,9}" fits */
+      if (f->status_mask & (1u << st))
+        k += (size_t)snprintf(buf[*n] + k, 32 - k, "%s%d", k > 1 ? "," : "", st);
+    snprintf(buf[*n] + k, 32 - k, "}");
+    q_param(&b, " AND t.status = ANY(", "::smallint[])", buf, v, n, NULL);
+  }
+  if (f->name != NULL)
+    q_param(&b, " AND t.name = ", "", buf, v, n, f->name);
+  if (f->parent_id != NULL)
+    q_param(&b, " AND t.parent_id = ", "", buf, v, n, f->parent_id);
+  if (f->since != 0) {
+    snprintf(buf[*n], 32, "%" PRId64, f->since);
+    q_param(&b, " AND t.created_at >= ", "::bigint", buf, v, n, NULL);
+  }
+  if (f->until != 0) {
+    snprintf(buf[*n], 32, "%" PRId64, f->until);
+    q_param(&b, " AND t.created_at <= ", "::bigint", buf, v, n, NULL);
+  }
+  if (f->by_seq && f->after_seq > 0) {
+    snprintf(buf[*n], 32, "%" PRId64, f->after_seq);
+    q_param(&b, " AND t.seq > ", "::bigint", buf, v, n, NULL);
+  }
+  const char* order = f->by_seq ? " ORDER BY t.seq" : " ORDER BY t.created_at DESC, t.id COLLATE \"C\"";
+  ath__buf_append(&b, order, strlen(order));
+  snprintf(buf[*n], 32, "%" PRId64, f->limit > 0 ? f->limit : 1);
+  q_param(&b, " LIMIT ", "::bigint", buf, v, n, NULL);
+  if (b.data == NULL)
+    return NULL;
+  char* sql = subst(b.data, q->qschema);
+  ath__buf_free(&b);
+  return sql;
+}
+
+int ath__qpg_query(ath_qpg_t* q, const ath_qpg_query_t* f, ath_qpg_tasks_t* out) {
+  memset(out, 0, sizeof(*out));
+  q->err[0] = q->sqlstate[0] = '\0';
+  char buf[8][32];
+  const char* v[8];
+  int n;
+  char* sql = ath__qpg_query_sql(q, f, buf, v, &n);
+  if (sql == NULL)
+    return ATH_ENOMEM;
+  PGresult* r = exec1(q, sql, n, v);
+  free(sql);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK)
+    return res_err(q, r);
+  return decode_tasks(r, out);
+}
+
+/* Requeue (T15) and purge of a dead letter: the row lock makes two nodes'
+ * calls on one task take turns; the second finds it no longer quarantined. */
+static const char* const REQUEUE_SQL =
+  "WITH t AS (SELECT seq, status FROM {S}.tasks WHERE id = $1 FOR UPDATE),"
+  " u AS (UPDATE {S}.tasks x SET status = 0, attempt = 0, error = NULL, result = NULL,"
+  "   completed_at = NULL, due_at = NULL, close_by = NULL, lease = NULL, cancel_at = NULL,"
+  "   rescues = 0, notify = true, ready_at = {S}.now_ms()"
+  "   FROM t WHERE x.seq = t.seq AND t.status = 8"
+  "   RETURNING x.seq, x.queue, x.priority, x.ready_at),"
+  " r AS (INSERT INTO {S}.ready SELECT seq, queue, priority, ready_at FROM u"
+  "   ON CONFLICT (seq) DO NOTHING RETURNING queue),"
+  " n AS (" NOTIFY_READY("r", "$2") ")"
+  " SELECT t.seq, t.status, (SELECT count(*) FROM u), (SELECT count(*) FROM n) FROM t";
+static const char* const PURGE_SQL =
+  "WITH t AS (SELECT seq, status FROM {S}.tasks WHERE id = $1 FOR UPDATE),"
+  " d AS (DELETE FROM {S}.tasks x USING t WHERE x.seq = t.seq AND t.status = 8 RETURNING x.seq),"
+  " h AS (DELETE FROM {S}.history h USING d WHERE h.task_seq = d.seq),"
+  " r AS (DELETE FROM {S}.ready r USING d WHERE r.seq = d.seq)"
+  " SELECT t.seq, t.status, (SELECT count(*) FROM d) FROM t";
+
+static int dead_letter(ath_qpg_t* q, const char* tmpl, const char* id, int64_t* seq, int* status,
+                       int* how) {
+  q->err[0] = q->sqlstate[0] = '\0';
+  *seq = 0;
+  *status = -1;
+  *how = -1;
+  char* sql = subst2(tmpl, q->qschema, q->suffix);
+  if (sql == NULL)
+    return ATH_ENOMEM;
+  const char* v[2] = {id, q->notify ? "t" : "f"};
+  PGresult* r = exec1(q, sql, tmpl == REQUEUE_SQL ? 2 : 1, v);
+  free(sql);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK)
+    return res_err(q, r);
+  if (PQntuples(r) == 1) {
+    *seq = get_i64(r, 0, 0);
+    *status = (int)get_i64(r, 0, 1);
+    *how = get_i64(r, 0, 2) > 0;
+  }
+  PQclear(r);
+  return 0;
+}
+
+int ath__qpg_requeue(ath_qpg_t* q, const char* id, int64_t* seq, int* status, int* how) {
+  return dead_letter(q, REQUEUE_SQL, id, seq, status, how);
+}
+
+int ath__qpg_purge(ath_qpg_t* q, const char* id, int64_t* seq, int* status, int* how) {
+  return dead_letter(q, PURGE_SQL, id, seq, status, how);
+}
+
+/* ------------------------------------------------------------ cluster counts */
+
+static const char* const COUNTS_SQL =
+  "WITH c AS (SELECT queue, sum(q)::bigint AS depth, min(o) AS oldest, sum(s)::bigint AS scheduled,"
+  "   sum(r)::bigint AS running FROM ("
+  "     SELECT queue, 1 AS q, ready_at AS o, 0 AS s, 0 AS r FROM {S}.ready"
+  "     UNION ALL SELECT queue, 0, NULL, 1, 0 FROM {S}.tasks WHERE due_at IS NOT NULL"
+  "     UNION ALL SELECT queue, 0, NULL, 0, 1 FROM {S}.tasks WHERE lease IS NOT NULL AND status = 2"
+  "   ) x GROUP BY queue)"
+  " SELECT c.queue, c.depth, greatest({S}.now_ms() - c.oldest, 0), c.scheduled, c.running,"
+  "   (SELECT count(*) FROM {S}.nodes WHERE NOT leader AND expires_at > {S}.now_ms()),"
+  "   (SELECT node_id FROM {S}.nodes WHERE leader AND expires_at > {S}.now_ms()"
+  "     ORDER BY incarnation DESC LIMIT 1)"
+  " FROM (SELECT 1) one LEFT JOIN c ON true ORDER BY c.queue COLLATE \"C\"";
+
+void ath__qpg_counts_free(ath_qpg_counts_t* c) {
+  if (c == NULL)
+    return;
+  for (size_t i = 0; i < c->nqueues; i++)
+    free(c->queues[i].queue);
+  free(c->queues);
+  free(c->leader);
+  memset(c, 0, sizeof(*c));
+}
+
+char* ath__qpg_counts_sql(const ath_qpg_t* q) {
+  return subst(COUNTS_SQL, q->qschema);
+}
+
+int ath__qpg_counts(ath_qpg_t* q, ath_qpg_counts_t* out) {
+  memset(out, 0, sizeof(*out));
+  q->err[0] = q->sqlstate[0] = '\0';
+  char* sql = ath__qpg_counts_sql(q);
+  if (sql == NULL)
+    return ATH_ENOMEM;
+  PGresult* r = exec1(q, sql, 0, NULL);
+  free(sql);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK)
+    return res_err(q, r);
+  int n = PQntuples(r), rc = 0;
+  if (n > 0 && (out->queues = calloc((size_t)n, sizeof(*out->queues))) == NULL)
+    rc = ATH_ENOMEM;
+  for (int i = 0; rc == 0 && i < n; i++) {
+    out->nodes = get_i64(r, i, 5);
+    const char* leader = get_str(r, i, 6);
+    if (i == 0 && leader != NULL && (out->leader = ath__memdup(leader, strlen(leader))) == NULL)
+      rc = ATH_ENOMEM;
+    const char* name = get_str(r, i, 0);
+    if (name == NULL)
+      continue; /* no queue holds anything */
+    ath_qpg_qcount_t* c = &out->queues[out->nqueues];
+    if ((c->queue = ath__memdup(name, strlen(name))) == NULL) {
+      rc = ATH_ENOMEM;
+      break;
+    }
+    out->nqueues++;
+    c->depth = get_i64(r, i, 1);
+    c->oldest_age_ms = c->depth > 0 ? get_i64(r, i, 2) : 0;
+    c->scheduled = get_i64(r, i, 3);
+    c->running = get_i64(r, i, 4);
+    out->queued += c->depth;
+    out->scheduled += c->scheduled;
+    out->running += c->running;
+  }
+  PQclear(r);
+  if (rc != 0)
+    ath__qpg_counts_free(out);
+  return rc;
+}
+
 /* ------------------------------------------------------------ LISTEN */
 
 int ath__qpg_listen(ath_qpg_t* q, const char* const* channels) {

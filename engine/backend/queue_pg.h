@@ -337,6 +337,67 @@ int ath__qpg_leased(ath_qpg_t* q, int64_t lease, ath_qpg_tasks_t* out);
  * queues, slots, leader. */
 int ath__qpg_nodes(ath_qpg_t* q, char** json);
 
+/* ------------------------------------------------------------ cluster reads, dead letters */
+
+/* A read of task rows (world:queryTasks, children): every filter set is
+ * applied; the rows come in its order, at most `limit`. */
+typedef struct {
+  unsigned status_mask;  /* 1 << status of the statuses wanted; 0: any */
+  const char* name;      /* exact task name, or NULL */
+  const char* parent_id; /* owning workflow, or NULL */
+  int64_t since, until;  /* inclusive bounds on created_at; 0: none */
+  int64_t limit;         /* > 0 */
+  int by_seq;            /* 1: seq order (creation), after after_seq; 0: newest first
+                          * (created_at DESC, id) */
+  int64_t after_seq;
+} ath_qpg_query_t;
+
+/* The rows f selects, with result and completed_at. One statement built
+ * from the filters given (parameters bound, never spliced), not prepared:
+ * each read gets a plan for its own filters. Newest first walks
+ * tasks_created; parent_id reads tasks_parent; by_seq alone reads the
+ * primary key (docs/backend-postgres.md, "Cluster reads"). */
+int ath__qpg_query(ath_qpg_t* q, const ath_qpg_query_t* f, ath_qpg_tasks_t* out);
+/* The SQL ath__qpg_query runs for f (malloc'd) and its parameters' text in
+ * v[0..*n) (pointing into `buf`, 8 x 32 bytes): for EXPLAIN checks. */
+char* ath__qpg_query_sql(const ath_qpg_t* q, const ath_qpg_query_t* f, char buf[8][32],
+                         const char** v, int* n);
+/* Dead letters (status 8), from any node; each one statement under a row
+ * lock on task `id`. *how: 1 done, 0 refused (the row is not quarantined:
+ * *status says what it is), -1 no such row. *seq: the row's seq.
+ * requeue: pending again with attempt 0 and no error or result, ready now
+ * (ready_at = now), notify set (its end is announced), NOTIFY athena_ready.
+ * purge: the row and its history are deleted (the id may be reused). */
+int ath__qpg_requeue(ath_qpg_t* q, const char* id, int64_t* seq, int* status, int* how);
+int ath__qpg_purge(ath_qpg_t* q, const char* id, int64_t* seq, int* status, int* how);
+
+/* ------------------------------------------------------------ cluster counts */
+
+/* What the cluster holds now, per queue (getMetrics().cluster, /metrics). */
+typedef struct {
+  char* queue;
+  int64_t depth;         /* in ready */
+  int64_t oldest_age_ms; /* of the oldest in ready (database clock), 0: none */
+  int64_t scheduled;     /* waiting for a time: scheduled, retrying (due_at) */
+  int64_t running;       /* leased and running (claimed by a node: running or buffered there) */
+} ath_qpg_qcount_t;
+
+typedef struct {
+  int64_t queued, scheduled, running; /* sums over the queues */
+  int64_t nodes;                      /* worker nodes whose lease is alive */
+  char* leader;                       /* nodeId of the live leader, NULL: none */
+  ath_qpg_qcount_t* queues;           /* by name */
+  size_t nqueues;
+} ath_qpg_counts_t;
+
+/* One statement: counts of ready (ready_order), tasks_due and
+ * tasks_leased, grouped by queue, and the live nodes and leader; never a
+ * scan of the tasks table. */
+int ath__qpg_counts(ath_qpg_t* q, ath_qpg_counts_t* out);
+/* Its SQL (malloc'd), for EXPLAIN checks. */
+char* ath__qpg_counts_sql(const ath_qpg_t* q);
+void ath__qpg_counts_free(ath_qpg_counts_t* c);
+
 /* ------------------------------------------------------------ notifications */
 
 /* LISTENs to the NULL-terminated channels (athena_ready, athena_done, ...). */

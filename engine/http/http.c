@@ -423,7 +423,16 @@ static int api_metrics(h2o_req_t* req, ath_world_t* w) {
   }
   putf(&b, "},\"latency\":{\"queueWait\":{\"p50\":%.3f,\"p95\":%.3f,\"p99\":%.3f},", m.wait_p50, m.wait_p95,
        m.wait_p99);
-  putf(&b, "\"run\":{\"p50\":%.3f,\"p95\":%.3f,\"p99\":%.3f}}}", m.run_p50, m.run_p95, m.run_p99);
+  putf(&b, "\"run\":{\"p50\":%.3f,\"p95\":%.3f,\"p99\":%.3f}}", m.run_p50, m.run_p95, m.run_p99);
+  char* cluster = NULL;
+  char err[256];
+  if (ath__world_cluster(w, &cluster, err, sizeof(err)) == 0) /* the PostgreSQL backend */
+  {
+    put(&b, ",");
+    put_raw(&b, "cluster", cluster, strlen(cluster));
+  }
+  free(cluster);
+  put(&b, "}");
   return respond_json(req, 200, "OK", &b);
 }
 
@@ -499,6 +508,21 @@ static int api_schedules(h2o_req_t* req, ath_world_t* w) {
   return respond_json(req, 200, "OK", &b);
 }
 
+/* The PostgreSQL backend's nodes (world:getNodes()); 404 without it. */
+static int api_nodes(h2o_req_t* req, ath_world_t* w) {
+  char* json = NULL;
+  char err[512];
+  int rc = ath__world_nodes(w, &json, err, sizeof(err));
+  if (rc == ATH_EINVAL)
+    return respond_error(req, 404, "Not Found", ATH_ENOTFOUND, "no such route (nodes need the PostgreSQL backend)");
+  if (rc != 0)
+    return respond_error(req, 503, "Service Unavailable", rc, "the database did not answer");
+  ath_buf_t b = {0};
+  put(&b, json);
+  free(json);
+  return respond_json(req, 200, "OK", &b);
+}
+
 /* Prometheus text exposition format 0.0.4 of SEMANTICS §14.1. */
 static int prometheus(h2o_req_t* req, ath_world_t* w) {
   ath_queue_info_t qs[64];
@@ -553,6 +577,10 @@ static int prometheus(h2o_req_t* req, ath_world_t* w) {
            "athena_run_seconds{quantile=\"0.5\"} %.6f\nathena_run_seconds{quantile=\"0.95\"} %.6f\n"
            "athena_run_seconds{quantile=\"0.99\"} %.6f\n",
        m.run_p50 / 1000, m.run_p95 / 1000, m.run_p99 / 1000);
+  /* the PostgreSQL backend: this node's series carry node="<nodeId>", then
+   * the cluster's gauges (the same on every node) follow */
+  ath__world_node_labels(w, &b);
+  ath__world_cluster_prom(w, &b);
   respond(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
   ath__buf_free(&b);
   return 0;
@@ -936,6 +964,8 @@ static int on_req(h2o_handler_t* self, h2o_req_t* req) {
       return api_workers(req, w);
     if (IS("/api/schedules") && get)
       return api_schedules(req, w);
+    if (IS("/api/nodes") && get)
+      return api_nodes(req, w);
     if (IS("/api/tasks") && get)
       return api_tasks(req, w);
     if (n > 11 && memcmp(p, "/api/tasks/", 11) == 0 && req->path.len > 11 &&

@@ -240,5 +240,17 @@ int ath__store_lock(const char* dir, int* fd_out, char* err, size_t errlen);
 /* The PostgreSQL backend's nodes (storage/store_pg.c) as a JSON array
  * (malloc'd); ATH_EINVAL without that backend. Thread: any. */
 int ath__world_nodes(ath_world_t* w, char** json, char* err, size_t errlen);
+/* The PostgreSQL backend's cluster counts (getMetrics().cluster) as a JSON
+ * object (malloc'd), read from the database at most once a second (then
+ * cached); ATH_EINVAL without that backend, ATH_ESTORE when the read
+ * failed (logged). Thread: any. */
+int ath__world_cluster(ath_world_t* w, char** json, char* err, size_t errlen);
+/* The same counts as Prometheus gauges (athena_node_info,
+ * athena_cluster_*) appended to b; nothing without the backend. */
+void ath__world_cluster_prom(ath_world_t* w, ath_buf_t* b);
+/* PostgreSQL backend: adds node="<nodeId>" (escaped) as the first label of
+ * every sample line in b (Prometheus text), so each node's own series can
+ * be told apart; nothing without the backend. 0 or ATH_ENOMEM (b as it was). */
+int ath__world_node_labels(ath_world_t* w, ath_buf_t* b);
 
 #endif

@@ -371,7 +371,9 @@ void ath__world_term_free(ath_task_t* dead) {
 }
 
 void ath__term_push(ath_world_t* w, ath_task_t* t) {
-  if (t->in_term || t->status == ATH_QUARANTINED)
+  /* dead letters stay in RAM, except on the PostgreSQL backend: their row
+   * is the cluster's truth (getQuarantined reads it) */
+  if (t->in_term || (t->status == ATH_QUARANTINED && w->dq == NULL))
     return;
   ath__list_append(&w->term, t);
   t->in_term = 1;
@@ -522,22 +524,57 @@ void ath_task_snapshot_free(ath_task_info_t* info) {
  * any other. Reads take a connection of their own, never the world lock. */
 
 static ath_task_t* task_from_row(ath_world_t* w, const ath_row_t* r, ath_task_t* parent);
+static int64_t stored_tasks(ath_world_t* w, const ath_store_query_t* q, ath_task_t** out,
+                            ath_task_t* const* listed, size_t nlisted);
 static ath_task_t* row_parent(ath_world_t* w, const ath_row_t* r);
 
 typedef struct {
   ath_world_t* w;
   ath_task_t** out;
   int64_t n, cap;
+  ath_task_t* const* listed; /* by hash: tasks a RAM scan listed, whose rows are skipped */
+  size_t nlisted;
 } rows_t;
+
+static int by_hash(const void* a, const void* b) {
+  uint64_t x = (*(ath_task_t* const*)a)->hash, y = (*(ath_task_t* const*)b)->hash;
+  return x < y ? -1 : x > y;
+}
+
+/* Whether a[0..n) (sorted by hash) holds a task with id `id`. */
+static int listed_has(ath_task_t* const* a, size_t n, const char* id) {
+  uint64_t h = ath__hash_str(id);
+  size_t lo = 0, hi = n;
+  while (lo < hi) { /* the first with hash >= h */
+    size_t mid = lo + (hi - lo) / 2;
+    if (a[mid]->hash < h)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  for (; lo < n && a[lo]->hash == h; lo++)
+    if (strcmp(a[lo]->id, id) == 0)
+      return 1;
+  return 0;
+}
+
+/* PostgreSQL backend (lock held): t is a proxy of a row that other nodes
+ * run or ran, so the row is at least as new as t, and reads take the row.
+ * Any other task in RAM (leased here, or its insert not committed yet) is
+ * newer than its row. */
+static int row_is_newer(const ath_world_t* w, const ath_task_t* t) {
+  return w->dq != NULL && t->remote && t->dq_seq > 0;
+}
 
 /* ath_row_cb: appends the row's task, unless RAM has it (its state there
  * is newer, or the same). */
 static int collect_row(void* ud, const ath_row_t* r) {
   rows_t* c = ud;
-  if (c->n == c->cap)
+  if (c->n == c->cap || (c->listed != NULL && listed_has(c->listed, c->nlisted, r->id)))
     return 0;
   uv_mutex_lock(&c->w->lock);
-  int in_ram = ath__table_get(c->w, r->id, ath__hash_str(r->id)) != NULL;
+  ath_task_t* held = ath__table_get(c->w, r->id, ath__hash_str(r->id));
+  int in_ram = held != NULL && !row_is_newer(c->w, held);
   uv_mutex_unlock(&c->w->lock);
   if (in_ram)
     return 0;
@@ -551,7 +588,13 @@ static int collect_row(void* ud, const ath_row_t* r) {
 /* Stored tasks matching q (at most q->limit, fewer when RAM has some of
  * them), as new references in out. Returns the count or an ATH_E*. */
 int64_t ath__stored_tasks(ath_world_t* w, const ath_store_query_t* q, ath_task_t** out) {
-  rows_t c = {w, out, 0, q->limit};
+  return stored_tasks(w, q, out, NULL, 0);
+}
+
+/* ath__stored_tasks, skipping the rows of listed[0..nlisted) (sorted by hash). */
+static int64_t stored_tasks(ath_world_t* w, const ath_store_query_t* q, ath_task_t** out,
+                            ath_task_t* const* listed, size_t nlisted) {
+  rows_t c = {w, out, 0, q->limit, listed, nlisted};
   char err[256];
   int rc = w->svt->query(w->reads, q, collect_row, &c, err, sizeof(err));
   if (rc != 0) {
@@ -581,7 +624,7 @@ void ath__release_all(ath_task_t** a, size_t n) {
  * failure to read (logged). */
 static int find_stored(ath_world_t* w, const char* id, ath_task_t** out) {
   *out = NULL;
-  rows_t c = {w, out, 0, 1};
+  rows_t c = {w, out, 0, 1, NULL, 0};
   char err[256];
   int rc = w->svt->get(w->reads, id, find_row, &c, err, sizeof(err));
   if (rc == 0 || rc == ATH_ENOTFOUND)
@@ -1429,11 +1472,63 @@ int ath_world_cancel(ath_world_t* w, ath_task_t* t) {
   return accepted;
 }
 
+/* PostgreSQL backend: a dead letter's requeue or purge goes through its
+ * row, which any node may change (storage/store_pg.c); then what this node
+ * holds of the task follows. A requeued task's object (the one in the
+ * table, else t) becomes a proxy of the row, so its handles wait for the
+ * new run; a purged one leaves the table. */
+static int dq_dead_letter(ath_world_t* w, ath_task_t* t, int purge) {
+  int64_t seq = 0;
+  int how = 0;
+  uv_mutex_lock(&w->lock);
+  int running = w->state == ATH_W_STARTED;
+  uv_mutex_unlock(&w->lock);
+  if (!running && !purge)
+    return ATH_ESHUTDOWN;
+  int rc = ath__dq_dead_letter(w, t->id, purge, &seq, &how);
+  if (rc != 0 || how != 1)
+    return rc != 0 ? rc : how < 0 ? ATH_ENOTFOUND : ATH_EINVAL;
+  ath_task_t* drop = NULL;
+  uv_mutex_lock(&w->lock);
+  ath_task_t* held = ath__table_get(w, t->id, t->hash);
+  ath_task_t* x = held != NULL ? held : t;
+  if (purge) {
+    if (held != NULL && ATH_IS_TERMINAL(held->status)) {
+      ath__table_unlink(w, held);
+      drop = held; /* the table's reference */
+    }
+  } else if (ATH_IS_TERMINAL(x->status)) {
+    term_unlink(w, x);
+    x->status = ATH_PENDING;
+    x->attempt = 0;
+    x->err_code = 0;
+    free(x->error);
+    free(x->result);
+    x->error = x->result = NULL;
+    x->error_len = x->result_len = 0;
+    x->completed_at = 0;
+    x->ready_at = ath__wall(w);
+    if (x == held) { /* a proxy again */
+      x->remote = 1;
+      x->dq_attempt = 0;
+      x->dq_seq = seq;
+      ath__dq_watch(w, seq);
+    } else {
+      x->seq = (uint64_t)seq; /* dq_watch reads the row's seq there */
+      dq_watch(w, x);
+    }
+  }
+  uv_mutex_unlock(&w->lock);
+  if (drop != NULL)
+    ath_task_release(drop);
+  return 0;
+}
+
 int ath_world_requeue(ath_world_t* w, ath_task_t* t) {
   ath_worker_t* wake[MAX_WORKERS];
   int nwake = 0;
   if (w->dq != NULL)
-    return ATH_ENOSYS; /* not on the PostgreSQL backend yet */
+    return dq_dead_letter(w, t, 0);
   uv_mutex_lock(&w->lock);
   if (t->status != ATH_QUARANTINED || w->state != ATH_W_STARTED || t->def->ghost) {
     uv_mutex_unlock(&w->lock);
@@ -1462,7 +1557,7 @@ int ath_world_requeue(ath_world_t* w, ath_task_t* t) {
 
 int ath_world_purge(ath_world_t* w, ath_task_t* t) {
   if (w->dq != NULL)
-    return ATH_ENOSYS; /* not on the PostgreSQL backend yet */
+    return dq_dead_letter(w, t, 1);
   uv_mutex_lock(&w->lock);
   if (t->status != ATH_QUARANTINED) {
     uv_mutex_unlock(&w->lock);
@@ -1494,9 +1589,12 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
     uv_mutex_unlock(&w->lock);
     return ATH_ENOMEM;
   }
-  size_t n = 0;
+  size_t n = 0, shadowed = 0; /* shadowed: RAM's tasks whose row is older */
   for (size_t i = 0; i < w->table_cap; i++) {
     for (ath_task_t* t = w->table[i]; t; t = t->hnext) {
+      if (row_is_newer(w, t))
+        continue; /* read from the database below */
+      shadowed += w->dq != NULL && t->dq_seq != 0; /* has a row, or its insert is in flight */
       if (f->parent_id && (t->parent == NULL || strcmp(t->parent->id, f->parent_id) != 0))
         continue;
       if (f->status_mask && !(f->status_mask & (1u << t->status)))
@@ -1519,7 +1617,36 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
   ath_task_t** stored = NULL;
   int64_t ns = 0;
   unsigned mask = (f->status_mask ? f->status_mask : ~0u) & STORED_MASK;
-  if (w->reads != NULL && mask != 0) {
+  if (w->dq != NULL) {
+    /* PostgreSQL: every task of the cluster has a row, in any state: one
+     * read of them all. The rows of tasks RAM holds newer are skipped
+     * (collect_row), so `shadowed` more are asked for: what is left still
+     * holds the first `want` of the others. */
+    ath_store_query_t q = {f->status_mask, f->name, f->parent_id, f->since, f->until,
+                           (int64_t)(want + shadowed), 0, 0};
+    /* a task RAM listed is not listed again from its row, even if its
+     * insert's answer (its row's created_at) arrived in between */
+    ath_task_t** listed = malloc((n ? n : 1) * sizeof(*listed));
+    if (listed != NULL) {
+      memcpy(listed, all, n * sizeof(*listed));
+      qsort(listed, n, sizeof(*listed), by_hash);
+    }
+    if (listed == NULL || (stored = malloc((want + shadowed) * sizeof(*stored))) == NULL)
+      ns = ATH_ENOMEM;
+    else
+      ns = stored_tasks(w, &q, stored, listed, n);
+    free(listed);
+    if (ns < 0) {
+      for (size_t i = 0; i < n; i++)
+        ath_task_release(all[i]);
+      free(all);
+      free(stored);
+      return (int)ns;
+    }
+    qsort(stored, (size_t)ns, sizeof(*stored), newer_first);
+    while ((size_t)ns > want)
+      ath_task_release(stored[--ns]);
+  } else if (w->reads != NULL && mask != 0) {
     /* One read per status: each walks the (status, created_at) index in
      * order and stops after `want` rows, where one read of several
      * statuses would sort every matching row. */

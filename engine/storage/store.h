@@ -138,6 +138,10 @@ int ath__pgsched_list(ath_world_t* w, ath_schedule_info_t** out, size_t* n);
  * next one (0: none). 0, or the provider's error (the next pass retries). */
 int ath__pgsched_fire(ath_world_t* w, struct ath_qpg_s* ldr, int catch_up, uint64_t* next_ns);
 
+/* A dead letter's requeue (purge = 0) or purge through its row, from any
+ * node (lock not held): *how = 1 done, 0 the row is not quarantined, -1 no
+ * such row; *seq is the row's. Returns 0 or ATH_ESTORE (logged). */
+int ath__dq_dead_letter(ath_world_t* w, const char* id, int purge, int64_t* seq, int* how);
 /* world.c: the local task of a row this node claimed: the proxy in the
  * table, or a new one built from r (marked remote, in the table) — a new
  * reference, or NULL when out of memory. Lock not held. */

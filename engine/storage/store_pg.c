@@ -41,6 +41,7 @@
 #define RESCUE_LIMIT 500   /* rows per rescue pass */
 #define WATCH_POLL 5000    /* watched proxies re-read per poll */
 #define RETRY_NS 100000000u
+#define COUNTS_TTL_NS 1000000000u /* scrapes and dashboards read the counts at most once a second */
 /* The last call on q failed because its connection broke. */
 #define PQSTATUS_BAD(q) (strncmp(ath__qpg_sqlstate(q), "08", 2) == 0)
 
@@ -87,6 +88,10 @@ struct ath_dq_s {
   uv_thread_t lis_thread;
   int lis_pipe[2];
   int lis_started;
+  /* getMetrics().cluster, /metrics: the cluster's counts, read at most
+   * every COUNTS_TTL_NS (guarded by rd_lock) */
+  ath_qpg_counts_t counts;
+  uint64_t counts_ns; /* monotonic time of the read, 0: none yet */
 };
 
 /* ------------------------------------------------------------ seq set */
@@ -620,6 +625,7 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
     ath_task_t* t = c.ins_t[i];
     const ath_qpg_inserted_t* r = &c.inserted[i];
     t->dq_seq = r->seq;
+    t->created_at = r->created_at; /* the row's (the database clock): queries merge on it */
     if (!r->created && r->existing_name && strcmp(r->existing_name, t->def->name) != 0) {
       int out; /* the id names another activity's task: execute answers EINVAL */
       ath__set_error(t, ATH_EINVAL, "id in use by another activity");
@@ -1108,10 +1114,28 @@ static int pg_get(void* s, const char* id, ath_row_cb cb, void* ud, char* err, s
   return rc;
 }
 
+/* Every status, not only the finished ones: the database is the cluster's
+ * truth, and world.c merges what this node holds newer (ath_world_query_tasks). */
 static int pg_query(void* s, const ath_store_query_t* q, ath_row_cb cb, void* ud, char* err,
                     size_t errlen) {
-  (void)s, (void)q, (void)cb, (void)ud, (void)err, (void)errlen;
-  return 0; /* phase 1: queryTasks lists what this node holds in RAM */
+  struct ath_dq_s* dq = (struct ath_dq_s*)s;
+  ath_qpg_query_t f = {q->status_mask, q->name, q->parent_id, q->since, q->until, q->limit,
+                       q->by_seq, (int64_t)q->after_seq};
+  ath_qpg_tasks_t rows;
+  uv_mutex_lock(&dq->rd_lock);
+  int rc = ath__qpg_query(dq->rd, &f, &rows);
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__qpg_reset(dq->rd) == 0)
+    rc = ath__qpg_query(dq->rd, &f, &rows);
+  if (rc != 0)
+    snprintf(err, errlen, "PostgreSQL: %s", ath__qpg_errmsg(dq->rd));
+  uv_mutex_unlock(&dq->rd_lock);
+  for (size_t i = 0; rc == 0 && i < rows.n; i++) {
+    ath_row_t row;
+    row_of(&rows.rows[i], &row);
+    rc = cb(ud, &row);
+  }
+  ath__qpg_tasks_free(&rows);
+  return rc;
 }
 
 static void dq_free(struct ath_dq_s* dq) {
@@ -1129,6 +1153,7 @@ static void dq_free(struct ath_dq_s* dq) {
   free(dq->cancels);
   free(dq->watch.slots);
   free(dq->early.slots);
+  ath__qpg_counts_free(&dq->counts);
   free(dq);
 }
 
@@ -1310,6 +1335,224 @@ ath_qpg_t* ath__dq_reader(ath_world_t* w) {
 
 void ath__dq_reader_done(ath_world_t* w) {
   uv_mutex_unlock(&w->dq->rd_lock);
+}
+
+int ath__dq_dead_letter(ath_world_t* w, const char* id, int purge, int64_t* seq, int* how) {
+  struct ath_dq_s* dq = w->dq;
+  int status;
+  int (*op)(ath_qpg_t*, const char*, int64_t*, int*, int*) = purge ? ath__qpg_purge : ath__qpg_requeue;
+  uv_mutex_lock(&dq->rd_lock);
+  int rc = op(dq->rd, id, seq, &status, how);
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__qpg_reset(dq->rd) == 0)
+    rc = op(dq->rd, id, seq, &status, how);
+  if (rc != 0)
+    ath__logf(w, ATH_LOG_WARN, NULL, 0, "%s of %s failed: PostgreSQL: %s", purge ? "purge" : "requeue", id,
+              ath__qpg_errmsg(dq->rd));
+  uv_mutex_unlock(&dq->rd_lock);
+  if (rc == 0 && *how == 1 && !purge) { /* this node may serve its queue: claim now */
+    uv_mutex_lock(&w->lock);
+    want_all(w, dq);
+    uv_cond_signal(&w->store_cond);
+    uv_mutex_unlock(&w->lock);
+  }
+  return rc;
+}
+
+/* ------------------------------------------------------------ cluster counts */
+
+/* Brings the cached counts up to date (rd_lock held): 0, or the read's
+ * error with the cache left as it was. */
+static int counts_fresh(struct ath_dq_s* dq, char* err, size_t errlen) {
+  uint64_t now = uv_hrtime();
+  if (dq->counts_ns != 0 && now - dq->counts_ns < COUNTS_TTL_NS)
+    return 0;
+  ath_qpg_counts_t c;
+  int rc = ath__qpg_counts(dq->rd, &c);
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__qpg_reset(dq->rd) == 0)
+    rc = ath__qpg_counts(dq->rd, &c);
+  if (rc != 0) {
+    snprintf(err, errlen, "PostgreSQL: %s", ath__qpg_errmsg(dq->rd));
+    return rc;
+  }
+  ath__qpg_counts_free(&dq->counts);
+  dq->counts = c;
+  dq->counts_ns = now;
+  return 0;
+}
+
+static void json_field(ath_buf_t* b, const char* key, int64_t v, int first) {
+  ath__buf_append(b, first ? "\"" : ",\"", first ? 1 : 2);
+  ath__buf_append(b, key, strlen(key));
+  ath__buf_lit(b, "\":");
+  ath__buf_i64(b, v);
+}
+
+int ath__world_cluster(ath_world_t* w, char** json, char* err, size_t errlen) {
+  struct ath_dq_s* dq = w->dq;
+  *json = NULL;
+  if (dq == NULL) {
+    snprintf(err, errlen, "%s", "cluster counts need the PostgreSQL backend");
+    return ATH_EINVAL;
+  }
+  ath_buf_t b = {0};
+  uv_mutex_lock(&dq->rd_lock);
+  int rc = counts_fresh(dq, err, errlen);
+  if (rc == 0) {
+    const ath_qpg_counts_t* c = &dq->counts;
+    ath__buf_lit(&b, "{\"node\":");
+    ath__buf_json_str(&b, dq->node_id);
+    ath__buf_lit(&b, ",\"leader\":");
+    if (c->leader != NULL)
+      ath__buf_json_str(&b, c->leader);
+    else
+      ath__buf_lit(&b, "null");
+    json_field(&b, "nodes", c->nodes, 0);
+    ath__buf_lit(&b, ",\"tasks\":{");
+    json_field(&b, "queued", c->queued, 1);
+    json_field(&b, "scheduled", c->scheduled, 0);
+    json_field(&b, "running", c->running, 0);
+    ath__buf_lit(&b, "},\"queues\":{");
+    for (size_t i = 0; i < c->nqueues; i++) {
+      const ath_qpg_qcount_t* x = &c->queues[i];
+      if (i > 0)
+        ath__buf_lit(&b, ",");
+      ath__buf_json_str(&b, x->queue);
+      ath__buf_lit(&b, ":{");
+      json_field(&b, "depth", x->depth, 1);
+      json_field(&b, "oldestAgeMs", x->oldest_age_ms, 0);
+      json_field(&b, "scheduled", x->scheduled, 0);
+      json_field(&b, "running", x->running, 0);
+      ath__buf_lit(&b, "}");
+    }
+    ath__buf_lit(&b, "}}");
+  }
+  uv_mutex_unlock(&dq->rd_lock);
+  if (rc == 0 && b.data == NULL) {
+    snprintf(err, errlen, "%s", "out of memory");
+    rc = ATH_ENOMEM;
+  }
+  if (rc != 0) {
+    ath__buf_free(&b);
+    ath__logf(w, ATH_LOG_WARN, NULL, 0, "reading the cluster's counts failed: %s", err);
+  } else {
+    *json = b.data;
+  }
+  return rc;
+}
+
+/* A Prometheus label value: \, " and newline escaped. */
+static void prom_label(ath_buf_t* b, const char* s) {
+  for (const char* p = s; *p; p++) {
+    const char* e = *p == '\\' ? "\\\\" : *p == '"' ? "\\\"" : *p == '\n' ? "\\n" : NULL;
+    if (e != NULL)
+      ath__buf_append(b, e, 2);
+    else
+      ath__buf_append(b, p, 1);
+  }
+}
+
+/* name{label="value"} v (v / 1000 with 3 decimals when `ms`). */
+static void prom_line(ath_buf_t* b, const char* name, const char* label, const char* value,
+                      int64_t v, int ms) {
+  ath__buf_append(b, name, strlen(name));
+  if (label != NULL) {
+    ath__buf_lit(b, "{");
+    ath__buf_append(b, label, strlen(label));
+    ath__buf_lit(b, "=\"");
+    prom_label(b, value);
+    ath__buf_lit(b, "\"}");
+  }
+  char t[32];
+  int n = ms ? snprintf(t, sizeof(t), " %.3f\n", (double)v / 1000) : snprintf(t, sizeof(t), " %" PRId64 "\n", v);
+  ath__buf_append(b, t, (size_t)n);
+}
+
+int ath__world_node_labels(ath_world_t* w, ath_buf_t* b) {
+  struct ath_dq_s* dq = w->dq;
+  if (dq == NULL || b->data == NULL)
+    return 0;
+  ath_buf_t label = {0}, out = {0};
+  ath__buf_lit(&label, "node=\"");
+  prom_label(&label, dq->node_id);
+  ath__buf_lit(&label, "\"");
+  if (label.data == NULL)
+    return ATH_ENOMEM;
+  for (const char* p = b->data; p < b->data + b->len;) {
+    const char* end = memchr(p, '\n', (size_t)(b->data + b->len - p));
+    size_t len = end ? (size_t)(end - p) + 1 : (size_t)(b->data + b->len - p);
+    size_t name = strcspn(p, "{ \n");
+    if (*p == '#' || name >= len || (p[name] != '{' && p[name] != ' ')) {
+      ath__buf_append(&out, p, len); /* a comment, or not a sample */
+    } else {
+      ath__buf_append(&out, p, name);
+      ath__buf_lit(&out, "{");
+      ath__buf_append(&out, label.data, label.len);
+      if (p[name] == '{') /* name{a="b"} v -> name{node="n",a="b"} v */
+        ath__buf_lit(&out, ",");
+      else
+        ath__buf_lit(&out, "}");
+      ath__buf_append(&out, p + name + (p[name] == '{'), len - name - (p[name] == '{'));
+    }
+    p += len;
+  }
+  ath__buf_free(&label);
+  if (out.data == NULL)
+    return ATH_ENOMEM;
+  ath__buf_free(b);
+  *b = out;
+  return 0;
+}
+
+void ath__world_cluster_prom(ath_world_t* w, ath_buf_t* b) {
+  struct ath_dq_s* dq = w->dq;
+  if (dq == NULL)
+    return;
+  char err[256];
+  uv_mutex_lock(&dq->rd_lock);
+  int rc = counts_fresh(dq, err, sizeof(err));
+  /* who this node is, so per-node series can be told apart */
+  ath__buf_lit(b, "# HELP athena_node_info This node of the PostgreSQL cluster (value 1).\n"
+                  "# TYPE athena_node_info gauge\n");
+  prom_line(b, "athena_node_info", "node", dq->node_id, 1, 0);
+  if (rc != 0) {
+    uv_mutex_unlock(&dq->rd_lock);
+    ath__logf(w, ATH_LOG_WARN, NULL, 0, "reading the cluster's counts failed: %s", err);
+    return;
+  }
+  const ath_qpg_counts_t* c = &dq->counts;
+  ath__buf_lit(b, "# HELP athena_cluster_nodes Worker nodes whose lease is alive (the database).\n"
+                  "# TYPE athena_cluster_nodes gauge\n");
+  prom_line(b, "athena_cluster_nodes", NULL, NULL, c->nodes, 0);
+  ath__buf_lit(b, "# HELP athena_cluster_leader The live leader (value 1), from the database.\n"
+                  "# TYPE athena_cluster_leader gauge\n");
+  if (c->leader != NULL)
+    prom_line(b, "athena_cluster_leader", "node", c->leader, 1, 0);
+  ath__buf_lit(b, "# HELP athena_cluster_tasks Tasks by state across the cluster (the database; the same on"
+                  " every node).\n# TYPE athena_cluster_tasks gauge\n");
+  prom_line(b, "athena_cluster_tasks", "state", "queued", c->queued, 0);
+  prom_line(b, "athena_cluster_tasks", "state", "scheduled", c->scheduled, 0);
+  prom_line(b, "athena_cluster_tasks", "state", "running", c->running, 0);
+  static const char* const names[4] = {"athena_cluster_queue_depth", "athena_cluster_queue_scheduled",
+                                       "athena_cluster_queue_running", "athena_cluster_queue_oldest_age_seconds"};
+  static const char* const helps[4] = {"Ready tasks per queue across the cluster.",
+                                       "Tasks waiting for a time per queue across the cluster.",
+                                       "Running tasks per queue across the cluster.",
+                                       "Age of the oldest ready task per queue across the cluster."};
+  for (int k = 0; k < 4; k++) {
+    ath__buf_lit(b, "# HELP ");
+    ath__buf_append(b, names[k], strlen(names[k]));
+    ath__buf_lit(b, " ");
+    ath__buf_append(b, helps[k], strlen(helps[k]));
+    ath__buf_lit(b, "\n# TYPE ");
+    ath__buf_append(b, names[k], strlen(names[k]));
+    ath__buf_lit(b, " gauge\n");
+    for (size_t i = 0; i < c->nqueues; i++) {
+      const ath_qpg_qcount_t* x = &c->queues[i];
+      int64_t v = k == 0 ? x->depth : k == 1 ? x->scheduled : k == 2 ? x->running : x->oldest_age_ms;
+      prom_line(b, names[k], "queue", x->queue, v, k == 3);
+    }
+  }
+  uv_mutex_unlock(&dq->rd_lock);
 }
 
 int ath__world_nodes(ath_world_t* w, char** json, char* err, size_t errlen) {

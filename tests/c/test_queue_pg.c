@@ -1229,3 +1229,274 @@ TEST_IMPL(db_pg_queue_sched) {
   ath__qpg_close(q);
   return 0;
 }
+
+/* ------------------------------------------------------------ cluster reads, dead letters */
+
+/* EXPLAIN of `sql` (taken: freed here) with parameters v[0..n), as JSON
+ * text (freed by the caller). */
+static char* explain_sql(PGconn* c, char* sql, int n, const char* const* v) {
+  ASSERT_NOT_NULL(sql);
+  ath_buf_t b = {0};
+  ath__buf_lit(&b, "EXPLAIN (FORMAT JSON) ");
+  ath__buf_append(&b, sql, strlen(sql));
+  free(sql);
+  PGresult* r = PQexecParams(c, b.data, n, NULL, v, NULL, NULL, 0);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK)
+    fprintf(stderr, "%s: %s\n", b.data, PQresultErrorMessage(r));
+  ath__buf_free(&b);
+  ASSERT_EQ(PGRES_TUPLES_OK, PQresultStatus(r));
+  char* plan = strdup(PQgetvalue(r, 0, 0));
+  PQclear(r);
+  return plan;
+}
+
+/* EXPLAIN of the read ath__qpg_query runs for f. */
+static char* explain_query(PGconn* c, ath_qpg_t* q, const ath_qpg_query_t* f) {
+  char buf[8][32];
+  const char* v[8];
+  int n;
+  char* sql = ath__qpg_query_sql(q, f, buf, v, &n);
+  return explain_sql(c, sql, n, v);
+}
+
+static void plan_uses(PGconn* c, ath_qpg_t* q, const ath_qpg_query_t* f, const char* index) {
+  char* plan = explain_query(c, q, f);
+  if (strstr(plan, index) == NULL)
+    fprintf(stderr, "expected %s in:\n%s\n", index, plan);
+  ASSERT_NOT_NULL(strstr(plan, index));
+  free(plan);
+}
+
+/* queryTasks' read (world:queryTasks, children on the PostgreSQL backend):
+ * on 50,000 seeded rows (pairs share a created_at), every filter, the
+ * newest-first order with ties by id, paging by seq, and the index each
+ * read walks (EXPLAIN): tasks_created newest first, tasks_parent for a
+ * workflow's tasks, the primary key in seq order; a LIMIT bounds each. */
+TEST_IMPL(db_pg_queue_query) {
+  ath_qpg_t* q = fresh("qpg_query");
+  PGconn* c = admin();
+  sql_ok(c, "INSERT INTO qpg_query.tasks (id, name, kind, queue, status, max_attempts, strategy,"
+            " created_at, scheduled_at, ready_at, parent_id, input, result)"
+            " SELECT 't' || i, CASE WHEN i % 2 = 0 THEN 'even' ELSE 'odd' END, 0, 'default',"
+            " CASE WHEN i % 10 = 0 THEN 8 WHEN i % 3 = 0 THEN 5 ELSE 2 END, 3, 0, i / 2, i / 2, i / 2,"
+            " CASE WHEN i % 1000 = 0 THEN 'wf' END, '{}', CASE WHEN i % 3 = 0 THEN '\"r' || i || '\"' END"
+            " FROM generate_series(1, 50000) i;"
+            " ANALYZE qpg_query.tasks");
+  ath_qpg_tasks_t t;
+  /* newest first; equal created_at by id ("C" order) */
+  ath_qpg_query_t f = {.limit = 5};
+  ASSERT_OK(ath__qpg_query(q, &f, &t));
+  ASSERT_EQ(5, t.n);
+  const char* want[] = {"t50000", "t49998", "t49999", "t49996", "t49997"};
+  for (int i = 0; i < 5; i++)
+    ASSERT_STR_EQ(want[i], t.rows[i].id);
+  ASSERT_EQ(25000, t.rows[0].created_at);
+  ASSERT_STR_EQ("even", t.rows[0].name);
+  ASSERT_EQ(8, t.rows[0].status);
+  ath__qpg_tasks_free(&t);
+  /* status: every quarantined row, and only those; results come back */
+  f = (ath_qpg_query_t){.status_mask = 1u << 8, .limit = 10000};
+  ASSERT_OK(ath__qpg_query(q, &f, &t));
+  ASSERT_EQ(5000, t.n);
+  for (size_t i = 0; i < t.n; i++)
+    ASSERT_EQ(8, t.rows[i].status);
+  ath__qpg_tasks_free(&t);
+  f = (ath_qpg_query_t){.status_mask = (1u << 5) | (1u << 8), .limit = 3};
+  ASSERT_OK(ath__qpg_query(q, &f, &t));
+  ASSERT_EQ(3, t.n);
+  ASSERT_STR_EQ("t50000", t.rows[0].id); /* 8 */
+  ASSERT_STR_EQ("t49998", t.rows[1].id); /* 5 */
+  ASSERT_STR_EQ("\"r49998\"", t.rows[1].result);
+  ASSERT_STR_EQ("t49995", t.rows[2].id); /* 5 (49994 is running) */
+  ath__qpg_tasks_free(&t);
+  /* name, since, until (inclusive) */
+  f = (ath_qpg_query_t){.name = "odd", .since = 100, .until = 102, .limit = 100};
+  ASSERT_OK(ath__qpg_query(q, &f, &t));
+  ASSERT_EQ(3, t.n); /* t205, t203, t201 */
+  ASSERT_STR_EQ("t205", t.rows[0].id);
+  ASSERT_STR_EQ("t201", t.rows[2].id);
+  ath__qpg_tasks_free(&t);
+  f = (ath_qpg_query_t){.name = "nosuch", .limit = 100};
+  ASSERT_OK(ath__qpg_query(q, &f, &t));
+  ASSERT_EQ(0, t.n);
+  ath__qpg_tasks_free(&t);
+  /* a workflow's tasks in seq order, paged */
+  f = (ath_qpg_query_t){.parent_id = "wf", .by_seq = 1, .limit = 30};
+  ASSERT_OK(ath__qpg_query(q, &f, &t));
+  ASSERT_EQ(30, t.n);
+  ASSERT_STR_EQ("t1000", t.rows[0].id);
+  int64_t after = t.rows[29].seq;
+  ath__qpg_tasks_free(&t);
+  f.after_seq = after;
+  ASSERT_OK(ath__qpg_query(q, &f, &t));
+  ASSERT_EQ(20, t.n);
+  ASSERT_STR_EQ("t31000", t.rows[0].id);
+  ath__qpg_tasks_free(&t);
+  /* the plans */
+  plan_uses(c, q, &(ath_qpg_query_t){.limit = 100}, "tasks_created");
+  plan_uses(c, q, &(ath_qpg_query_t){.status_mask = 1u << 5, .name = "odd", .limit = 100}, "tasks_created");
+  plan_uses(c, q, &(ath_qpg_query_t){.parent_id = "wf", .limit = 100}, "tasks_parent");
+  plan_uses(c, q, &(ath_qpg_query_t){.parent_id = "wf", .by_seq = 1, .after_seq = 5, .limit = 100},
+            "tasks_parent");
+  plan_uses(c, q, &(ath_qpg_query_t){.by_seq = 1, .after_seq = 40000, .limit = 100}, "tasks_pkey");
+  PQfinish(c);
+  ath__qpg_close(q);
+  return 0;
+}
+
+/* Dead letters from any connection: requeue makes a quarantined row
+ * pending again (attempt 0, no error or result, in ready, athena_ready
+ * sent) and refuses anything else; purge deletes it with its history; an
+ * unknown id is told apart. */
+TEST_IMPL(db_pg_queue_dead_letters) {
+  ath_qpg_t* q = fresh("qpg_dead");
+  ath_qpg_t* other = open_q("qpg_dead");
+  ath_qpg_t* l = open_q("qpg_dead");
+  const char* ch[] = {"athena_ready", NULL};
+  ASSERT_OK(ath__qpg_listen(l, ch));
+  PGconn* c = admin();
+  ath_qpg_lease_t a = node(q, "a");
+  insert_many(q, "d", 2);
+  heard_t h = {0};
+  hear(l, &h, 1); /* the insert's */
+  ath_qpg_tasks_t t;
+  ASSERT_OK(ath__qpg_claim(q, a.incarnation, "default", 2, &t));
+  ASSERT_EQ(2, t.n);
+  ath_qpg_outcome_t o[2] = {
+    {.seq = t.rows[0].seq, .attempt = 1, .status = ATH_QUARANTINED, .error = "{\"code\":\"E\"}"},
+    {.seq = t.rows[1].seq, .attempt = 1, .status = ATH_QUARANTINED, .error = "{\"code\":\"E\"}"},
+  };
+  int64_t s0 = t.rows[0].seq;
+  ath__qpg_tasks_free(&t);
+  uint8_t ap[2];
+  ASSERT_OK(ath__qpg_finish(q, a.incarnation, o, 2, ap));
+  ASSERT(ap[0] && ap[1]);
+  sql_ok(c, "INSERT INTO qpg_dead.history SELECT seq, 1, '{}' FROM qpg_dead.tasks WHERE id = 'd1'");
+  int64_t seq;
+  int status, how;
+  ASSERT_OK(ath__qpg_requeue(other, "nosuch", &seq, &status, &how));
+  ASSERT_EQ(-1, how);
+  ASSERT_OK(ath__qpg_purge(other, "nosuch", &seq, &status, &how));
+  ASSERT_EQ(-1, how);
+  ASSERT_OK(ath__qpg_requeue(other, "d0", &seq, &status, &how));
+  ASSERT_EQ(1, how);
+  ASSERT_EQ(s0, seq);
+  ASSERT_EQ(ATH_QUARANTINED, status);
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_dead.tasks WHERE id = 'd0' AND status = 0"
+                          " AND attempt = 0 AND error IS NULL AND result IS NULL AND completed_at IS NULL"
+                          " AND lease IS NULL AND notify"));
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_dead.ready"));
+  h.n = 0;
+  hear(l, &h, 1);
+  ASSERT_EQ(1, h.n);
+  ASSERT_STR_EQ("default", h.got[0]);
+  /* once more: no longer quarantined, refused and unchanged */
+  ASSERT_OK(ath__qpg_requeue(q, "d0", &seq, &status, &how));
+  ASSERT_EQ(0, how);
+  ASSERT_EQ(ATH_PENDING, status);
+  ASSERT_OK(ath__qpg_purge(q, "d0", &seq, &status, &how));
+  ASSERT_EQ(0, how);
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_dead.ready"));
+  /* it runs again as attempt 1 */
+  ASSERT_OK(ath__qpg_claim(q, a.incarnation, "default", 5, &t));
+  ASSERT_EQ(1, t.n);
+  ASSERT_EQ(1, t.rows[0].attempt);
+  ath__qpg_tasks_free(&t);
+  /* purge: the row and its history go; the id can be inserted again */
+  ASSERT_OK(ath__qpg_purge(other, "d1", &seq, &status, &how));
+  ASSERT_EQ(1, how);
+  ASSERT_EQ(0, sql_int(c, "SELECT count(*) FROM qpg_dead.tasks WHERE id = 'd1'"));
+  ASSERT_EQ(0, sql_int(c, "SELECT count(*) FROM qpg_dead.history"));
+  ASSERT_OK(ath__qpg_purge(other, "d1", &seq, &status, &how));
+  ASSERT_EQ(-1, how);
+  ASSERT_OK(ath__qpg_requeue(other, "d1", &seq, &status, &how));
+  ASSERT_EQ(-1, how);
+  ath_qpg_insert_t again[2] = {task_row("d0", "default", 0, "{}"), task_row("d1", "default", 0, "{}")};
+  ath_qpg_inserted_t got[2];
+  ASSERT_OK(ath__qpg_insert(q, again, 2, got));
+  ASSERT_EQ(0, got[0].created); /* requeued, still there */
+  ASSERT_EQ(1, got[1].created); /* purged: the id is free */
+  ath__qpg_inserted_clear(got, 2);
+  PQfinish(c);
+  ath__qpg_close(l);
+  ath__qpg_close(other);
+  ath__qpg_close(q);
+  return 0;
+}
+
+/* The cluster's counts (getMetrics().cluster): per queue, ready entries
+ * with the oldest's age, tasks waiting for a time, leased running tasks;
+ * the live worker nodes and leader. On 50,000 finished rows the plan reads
+ * tasks only through tasks_due and tasks_leased, never a scan of it. */
+TEST_IMPL(db_pg_queue_counts) {
+  ath_qpg_t* q = fresh("qpg_counts");
+  PGconn* c = admin();
+  ath_qpg_counts_t n;
+  ASSERT_OK(ath__qpg_counts(q, &n)); /* empty: no queue, no node */
+  ASSERT_EQ(0, n.nqueues);
+  ASSERT_EQ(0, n.nodes);
+  ASSERT_NULL(n.leader);
+  ath__qpg_counts_free(&n);
+  sql_ok(c, "INSERT INTO qpg_counts.tasks (id, name, kind, queue, status, max_attempts, strategy,"
+            " created_at, scheduled_at, ready_at, completed_at, input)"
+            " SELECT 'f' || i, 'noop', 0, 'default', 5, 3, 0, i, i, i, i, '{}'"
+            " FROM generate_series(1, 50000) i; ANALYZE qpg_counts.tasks");
+  ath_qpg_lease_t a = node(q, "a");
+  ath_qpg_lease_t b = node(q, "b");
+  sql_ok(c, "UPDATE qpg_counts.nodes SET expires_at = 0 WHERE node_id = 'b'"); /* b is dead */
+  ath_qpg_insert_t rows[5] = {task_row("1", "a", 0, "{}"), task_row("2", "a", 0, "{}"),
+                              task_row("3", "a", 0, "{}"), task_row("4", "b", 0, "{}"),
+                              task_row("5", "b", 0, "{}")};
+  rows[4].delay_ms = 600000; /* scheduled */
+  ath_qpg_inserted_t ins[5];
+  ASSERT_OK(ath__qpg_insert(q, rows, 5, ins));
+  ath__qpg_inserted_clear(ins, 5);
+  ath_qpg_tasks_t t;
+  ASSERT_OK(ath__qpg_claim(q, a.incarnation, "a", 1, &t)); /* one of a running */
+  ASSERT_EQ(1, t.n);
+  ath__qpg_tasks_free(&t);
+  sql_ok(c, "UPDATE qpg_counts.ready SET ready_at = ready_at - 5000 WHERE queue = 'b'");
+  ASSERT_OK(ath__qpg_counts(q, &n));
+  ASSERT_EQ(2, n.nqueues);
+  ASSERT_STR_EQ("a", n.queues[0].queue);
+  ASSERT_EQ(2, n.queues[0].depth);
+  ASSERT_EQ(1, n.queues[0].running);
+  ASSERT_EQ(0, n.queues[0].scheduled);
+  ASSERT_STR_EQ("b", n.queues[1].queue);
+  ASSERT_EQ(1, n.queues[1].depth);
+  ASSERT_EQ(1, n.queues[1].scheduled);
+  ASSERT_GE(n.queues[1].oldest_age_ms, 5000);
+  ASSERT_EQ(3, n.queued);
+  ASSERT_EQ(1, n.scheduled);
+  ASSERT_EQ(1, n.running);
+  ASSERT_EQ(1, n.nodes); /* b expired */
+  ASSERT_NULL(n.leader);
+  ath__qpg_counts_free(&n);
+  /* a leader's control incarnation names the leader */
+  const char* queues[] = {NULL};
+  ath_qpg_node_t ln = {.node_id = "a", .host = "test", .pid = 1, .queues = queues, .ttl_ms = 600000,
+                       .interval_ms = 5000, .leader = 1};
+  ath_qpg_lease_t ll;
+  ASSERT_OK(ath__qpg_node_register(q, &ln, 0, &ll));
+  ASSERT_OK(ath__qpg_counts(q, &n));
+  ASSERT_STR_EQ("a", n.leader);
+  ASSERT_EQ(1, n.nodes);
+  ath__qpg_counts_free(&n);
+  (void)b;
+  /* the plan: no sequential scan of tasks */
+  char* plan = explain_sql(c, ath__qpg_counts_sql(q), 0, NULL);
+  if (strstr(plan, "tasks_due") == NULL || strstr(plan, "tasks_leased") == NULL)
+    fprintf(stderr, "%s\n", plan);
+  ASSERT_NOT_NULL(strstr(plan, "tasks_due"));
+  ASSERT_NOT_NULL(strstr(plan, "tasks_leased"));
+  /* every "Seq Scan" is of ready or nodes, never tasks */
+  for (const char* p = strstr(plan, "\"Seq Scan\""); p != NULL; p = strstr(p + 1, "\"Seq Scan\"")) {
+    const char* rel = strstr(p, "\"Relation Name\": \"");
+    ASSERT_NOT_NULL(rel);
+    ASSERT(strncmp(rel + 18, "tasks\"", 6) != 0);
+  }
+  free(plan);
+  PQfinish(c);
+  ath__qpg_close(q);
+  return 0;
+}

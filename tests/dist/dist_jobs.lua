@@ -50,5 +50,16 @@ M.flaky = athena.activity("dist.flaky", function(ctx, x)
   return ctx.attempt
 end, OPTS)
 
-M.all = { M.noop, M.sleep, M.flaky }
+--- dist.dead{flag = path} -> "alive": a dead letter (quarantined after its one
+--- attempt) while no file `flag` exists
+M.dead = athena.activity("dist.dead", function(ctx, x)
+  log("start", ctx)
+  local f = io.open(x.flag, "r")
+  log("end", ctx)
+  if f == nil then error("no file " .. x.flag) end
+  f:close()
+  return "alive"
+end, { taskQueue = "dist", retry = { maxAttempts = 1 }, failureStrategy = "quarantine" })
+
+M.all = { M.noop, M.sleep, M.flaky, M.dead }
 return M

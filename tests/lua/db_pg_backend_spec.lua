@@ -338,6 +338,240 @@ describe("athena.PostgresBackend", function()
     assert.equals(0, scalar(("select count(*) as n from %s.ready"):format(sch)))
   end)
 
+  it("lists the cluster's tasks from the database: queryTasks and query on a node that holds none", function()
+    local sch = schema()
+    local a = world(sch, { serve = true })
+    local b = world(sch) -- serves nothing: every task below is another node's
+    local hs = a:executeMany("dist.noop", { 1, 2, 3, 4, 5 })
+    for i, h in ipairs(hs) do assert.equals(i, h:result(WAIT)) end
+    local f = a:execute("dist.flaky", {}, { id = "flaky-1" })
+    assert.equals(2, f:result(WAIT))
+    local long = a:execute("dist.sleep", { ms = 20000 }, { id = "long-q" })
+    S.eventually(function() return a:query("long-q").status == "running" end, WAIT, "long-q to run")
+    -- every state, newest first (createdAt descending, then id), as the rows hold them
+    local all = b:queryTasks()
+    assert.equals(7, #all)
+    assert.equals("long-q", all[1].id)
+    assert.equals("running", all[1].status)
+    for i = 2, #all do
+      local x, y = all[i - 1], all[i]
+      assert.is_true(x.createdAt > y.createdAt or (x.createdAt == y.createdAt and x.id < y.id))
+    end
+    local done = b:queryTasks { status = "completed" }
+    assert.equals(6, #done)
+    local flaky = b:queryTasks { name = "dist.flaky" }
+    assert.equals(1, #flaky)
+    assert.equals("flaky-1", flaky[1].id)
+    assert.equals(2, flaky[1].attempt)
+    assert.equals(2, flaky[1].result)
+    assert.equals(1, #b:queryTasks { status = { "running", "failed" } })
+    -- limit / offset page through the same order
+    local p1, p2 = b:queryTasks { limit = 3 }, b:queryTasks { limit = 3, offset = 3 }
+    assert.equals(3, #p1)
+    assert.equals(3, #p2)
+    for i = 1, 3 do
+      assert.equals(all[i].id, p1[i].id)
+      assert.equals(all[i + 3].id, p2[i].id)
+    end
+    -- since / until bound createdAt, inclusive
+    local t0 = all[#all].createdAt
+    assert.equals(#all, #b:queryTasks { since = t0 })
+    assert.equals(0, #b:queryTasks { ["until"] = t0 - 1 })
+    assert.equals(1, #b:queryTasks { since = all[1].createdAt, name = "dist.sleep" })
+    assert.equals(0, #b:queryTasks { name = "nosuch" })
+    -- query(id) of another node's task reads its row
+    assert.equals("running", b:query("long-q").status)
+    assert.equals(5, b:query(hs[5].id).result)
+    local none, err = b:query("nosuch")
+    assert.is_nil(none)
+    assert.equals("ENOTFOUND", err.code)
+    -- the node running it lists it once, as it knows it (leased here: RAM is newer than the row)
+    local running = a:queryTasks { status = "running" }
+    assert.equals(1, #running)
+    assert.equals("long-q", running[1].id)
+    assert.equals(7, #a:queryTasks())
+    -- a proxy this node holds (its own execute) is listed as its row says, once
+    local mine = b:execute("dist.sleep", { ms = 20000 }, { id = "long-b" })
+    S.eventually(function() return #b:queryTasks { status = "running", name = "dist.sleep" } == 2 end, WAIT,
+      "long-b to run on a")
+    local n = 0
+    for _, x in ipairs(b:queryTasks()) do n = n + (x.id == "long-b" and 1 or 0) end
+    assert.equals(1, n)
+    -- bad filters raise EINVAL
+    S.raises("EINVAL", b.queryTasks, b, { status = "nosuch" })
+    S.raises("EINVAL", b.queryTasks, b, { limit = 0 })
+    S.raises("EINVAL", b.queryTasks, b, { limit = 1001 })
+    S.raises("EINVAL", b.queryTasks, b, { offset = -1 })
+    S.raises("EINVAL", b.queryTasks, b, { since = "yesterday" })
+    S.raises("EINVAL", b.queryTasks, b, { nosuch = 1 })
+    assert.is_true(long:cancel())
+    assert.is_true(mine:cancel())
+  end)
+
+  it("lists a task once while its insert is in flight (hybrid): RAM and the row merge", function()
+    local sch = schema()
+    local w = athena.World.new { backend = athena.PostgresBackend.new { url = URL, schema = sch },
+      persistence = "hybrid", modules = { "dist_jobs" }, taskQueues = { dist = { workers = 0 } } }
+    w:register(table.unpack(jobs.all))
+    w:start()
+    worlds[#worlds + 1] = w
+    local ids, n = {}, 0
+    for round = 1, 40 do -- each round races the inserts' answers with the read
+      local h = w:execute("dist.noop", round)
+      ids[h.id] = true
+      n = n + 1
+      local seen = {}
+      for _, x in ipairs(w:queryTasks { limit = 1000 }) do
+        assert.is_nil(seen[x.id], "listed twice: " .. x.id)
+        seen[x.id] = true
+      end
+      for id in pairs(ids) do assert.is_true(seen[id], "not listed: " .. id) end
+    end
+    S.eventually(function() return scalar(("select count(*) as n from %s.tasks"):format(sch)) == n end, WAIT,
+      "the inserts to commit")
+    assert.equals(n, #w:queryTasks { limit = 1000, status = "pending" })
+  end)
+
+  it("keeps dead letters in the database: any node lists, requeues and purges them", function()
+    local sch = schema()
+    local a = world(sch, { serve = true })
+    local b = world(sch)
+    local flag = os.tmpname()
+    os.remove(flag)
+    tmp[#tmp + 1] = flag
+    local d1 = a:execute("dist.dead", { flag = flag }, { id = "dead-1" })
+    local d2 = a:execute("dist.dead", { flag = flag }, { id = "dead-2" })
+    local r, e = d1:result(WAIT)
+    assert.is_nil(r)
+    assert.truthy(e)
+    assert.equals("quarantined", d1:status())
+    d2:result(WAIT)
+    assert.equals(8, scalar(("select status from %s.tasks where id = 'dead-1'"):format(sch)))
+    -- listed from the row on both nodes (a status filter is ignored)
+    for _, w in ipairs({ a, b }) do
+      local q = w:getQuarantined { status = "completed" }
+      assert.equals(2, #q)
+      assert.equals("dead-2", q[1].id)
+      assert.equals("quarantined", q[2].status)
+    end
+    assert.equals(1, #b:getQuarantined { limit = 1, offset = 1 })
+    -- wrong inputs
+    local ok, err = b:requeue("nosuch")
+    assert.is_nil(ok)
+    assert.equals("ENOTFOUND", err.code)
+    ok, err = b:purge("nosuch")
+    assert.equals("ENOTFOUND", err.code)
+    local live = a:execute("dist.noop", 1, { id = "live-1" })
+    live:result(WAIT)
+    ok, err = b:requeue("live-1")
+    assert.equals("EINVAL", err.code)
+    ok, err = b:purge("live-1")
+    assert.equals("EINVAL", err.code)
+    assert.equals(5, scalar(("select status from %s.tasks where id = 'live-1'"):format(sch)))
+    -- requeue from the node that does not run it: pending, attempt 0, ready again; a runs it
+    assert(io.open(flag, "w")):close()
+    assert.is_true(b:requeue("dead-1"))
+    S.eventually(function() return b:query("dead-1").status == "completed" end, WAIT, "dead-1 to run again")
+    assert.equals("alive", b:query("dead-1").result)
+    local row = admin:query(("select status, attempt, error from %s.tasks where id = 'dead-1'"):format(sch))[1]
+    assert.equals(5, row.status)
+    assert.equals(1, row.attempt)
+    assert.equals("alive", a:query("dead-1").result)
+    ok, err = a:requeue("dead-1") -- no longer a dead letter
+    assert.equals("EINVAL", err.code)
+    -- purge from the other node: the row goes, the id is free again
+    assert.is_true(b:purge("dead-2"))
+    assert.equals(0, scalar(("select count(*) as n from %s.tasks where id = 'dead-2'"):format(sch)))
+    ok, err = a:query("dead-2")
+    assert.equals("ENOTFOUND", err.code)
+    ok, err = b:purge("dead-2")
+    assert.equals("ENOTFOUND", err.code)
+    assert.equals(0, #a:getQuarantined())
+    assert.equals("alive", a:execute("dist.dead", { flag = flag }, { id = "dead-2" }):result(WAIT))
+  end)
+
+  it("counts the cluster from the database: getMetrics().cluster, /api/metrics and /metrics", function()
+    local sch = schema()
+    local a = world(sch) -- neither serves queue dist: what they execute stays queued
+    local b = world(sch)
+    a:executeMany("dist.noop", { 1, 2, 3, 4 })
+    b:execute("dist.noop", 5)
+    b:execute("dist.noop", 6, { delay = 600000 })
+    local c = b:getMetrics().cluster
+    assert.equals(5, c.tasks.queued)
+    assert.equals(1, c.tasks.scheduled)
+    assert.equals(0, c.tasks.running)
+    assert.equals(5, c.queues.dist.depth)
+    assert.equals(1, c.queues.dist.scheduled)
+    assert.is_true(c.queues.dist.oldestAgeMs >= 0)
+    assert.equals(2, c.nodes)
+    assert.equals("ctl-" .. sch .. "-1", c.node)
+    local names = { ["ctl-" .. sch .. "-0"] = true, ["ctl-" .. sch .. "-1"] = true }
+    assert.is_true(names[c.leader], tostring(c.leader))
+    -- the same on the other node; its own queue figures stay this node's
+    local ca = a:getMetrics()
+    assert.equals("ctl-" .. sch .. "-0", ca.cluster.node)
+    assert.equals(0, ca.queues.default.depth)
+    -- a node that serves the queue runs them: counted as running, then gone
+    local s = world(sch, { serve = true })
+    local long = s:execute("dist.sleep", { ms = 20000 })
+    S.eventually(function()
+      local x = b:getMetrics().cluster -- at most a second old
+      return x.tasks.queued == 0 and x.tasks.running == 1 and x.nodes == 3
+    end, WAIT, "the queue to drain and the sleeper to run")
+    -- the operations surface
+    local url = b:serve { port = 0, metrics = true, dashboard = true }.url
+    local res = assert(athena.http.request { url = url .. "/api/metrics" })
+    assert.equals(200, res.status)
+    local m = athena.json.decode(res.body)
+    assert.equals(1, m.cluster.tasks.running)
+    assert.equals(1, m.cluster.tasks.scheduled)
+    res = assert(athena.http.request { url = url .. "/metrics" })
+    assert.equals(200, res.status)
+    assert.matches('athena_node_info{node="ctl%-' .. sch .. '%-1"} 1', res.body)
+    assert.matches('athena_cluster_tasks{state="running"} 1', res.body)
+    assert.matches('athena_cluster_tasks{state="scheduled"} 1', res.body)
+    assert.matches('athena_cluster_queue_scheduled{queue="dist"} 1', res.body)
+    assert.matches("athena_cluster_nodes 3", res.body)
+    -- this node's own series carry its node label; the cluster's do not
+    local node = 'node="ctl%-' .. sch .. '%-1"'
+    assert.matches("\nathena_uptime_seconds{" .. node .. "} %d", res.body)
+    assert.matches('\nathena_tasks{' .. node .. ',state="queued"} %d', res.body)
+    assert.matches('\nathena_queue_depth{' .. node .. ',queue="default"} 0\n', res.body)
+    for line in res.body:gmatch("[^\n]+") do
+      if not line:find("^#") and not line:find("^athena_cluster_") then
+        assert.truthy(line:find(node), line)
+      end
+    end
+    res = assert(athena.http.request { url = url .. "/api/nodes" })
+    assert.equals(200, res.status)
+    local ns = athena.json.decode(res.body)
+    assert.equals(3, #ns)
+    assert.equals(#b:getNodes(), #ns)
+    res = assert(athena.http.request { url = url .. "/api/tasks?status=running" })
+    assert.equals(200, res.status)
+    local ts = athena.json.decode(res.body)
+    assert.equals(1, #ts)
+    assert.equals(long.id, ts[1].id)
+    assert.is_true(long:cancel())
+    -- a node id cannot forge exposition lines: label values are escaped
+    local evil = athena.World.new { backend = athena.PostgresBackend.new { url = URL, schema = sch,
+      nodeId = 'e"} 1\nathena_forged 1\\' }, taskQueues = { dist = { workers = 0 } } }
+    evil:start()
+    worlds[#worlds + 1] = evil
+    res = assert(athena.http.request { url = evil:serve { port = 0, metrics = true }.url .. "/metrics" })
+    assert.equals(200, res.status)
+    assert.truthy(res.body:find('athena_node_info{node="e\\"} 1\\nathena_forged 1\\\\"} 1\n', 1, true))
+    assert.is_nil(res.body:find("\nathena_forged", 1, true))
+    -- without the backend there is no cluster
+    local plain = athena.World.new { persistence = "memory" }
+    plain:start()
+    assert.is_nil(plain:getMetrics().cluster)
+    res = assert(athena.http.request { url = plain:serve { port = 0, dashboard = true }.url .. "/api/nodes" })
+    assert.equals(404, res.status)
+    plain:shutdown()
+  end)
+
   it("works by polling alone (notify = false)", function()
     local sch = schema()
     local ctl = world(sch, { pollOnly = true })
