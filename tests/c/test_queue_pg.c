@@ -118,16 +118,18 @@ TEST_IMPL(db_pg_queue_migrate) {
   ath_qpg_t* q = fresh("qpg_migrate");
   int ver = -1;
   ASSERT_OK(ath__qpg_migrate(q, &ver));
-  ASSERT_EQ(2, ver);
+  ASSERT_EQ(3, ver);
   PGconn* c = admin();
-  ASSERT_EQ(2, sql_int(c, "SELECT value::int FROM qpg_migrate.meta WHERE key = 'schema_version'"));
-  /* back to what version 1 made: migrating again adds version 2 */
-  sql_ok(c, "DROP INDEX qpg_migrate.schedules_due; ALTER TABLE qpg_migrate.schedules"
-            " DROP COLUMN max_attempts, DROP COLUMN close_after;"
+  ASSERT_EQ(3, sql_int(c, "SELECT value::int FROM qpg_migrate.meta WHERE key = 'schema_version'"));
+  /* back to what version 1 made: migrating again adds versions 2 and 3 */
+  sql_ok(c, "DROP INDEX qpg_migrate.schedules_due; DROP INDEX qpg_migrate.tasks_dead;"
+            " ALTER TABLE qpg_migrate.schedules DROP COLUMN max_attempts, DROP COLUMN close_after;"
             " UPDATE qpg_migrate.meta SET value = '1' WHERE key = 'schema_version'");
   ASSERT_OK(ath__qpg_migrate(q, &ver));
   ASSERT_EQ(1, ver);
-  ASSERT_EQ(2, sql_int(c, "SELECT value::int FROM qpg_migrate.meta WHERE key = 'schema_version'"));
+  ASSERT_EQ(3, sql_int(c, "SELECT value::int FROM qpg_migrate.meta WHERE key = 'schema_version'"));
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM pg_indexes WHERE schemaname = 'qpg_migrate'"
+                          " AND indexname = 'tasks_dead'"));
   ASSERT_EQ(2, sql_int(c, "SELECT count(*) FROM information_schema.columns WHERE table_schema ="
                           " 'qpg_migrate' AND table_name = 'schedules'"
                           " AND column_name IN ('max_attempts', 'close_after')"));
@@ -1336,6 +1338,8 @@ TEST_IMPL(db_pg_queue_query) {
   plan_uses(c, q, &(ath_qpg_query_t){.limit = 100}, "tasks_created");
   plan_uses(c, q, &(ath_qpg_query_t){.status_mask = 1u << 5, .name = "odd", .limit = 100}, "tasks_created");
   plan_uses(c, q, &(ath_qpg_query_t){.parent_id = "wf", .limit = 100}, "tasks_parent");
+  /* getQuarantined: the dead letters' own partial index (version 3) */
+  plan_uses(c, q, &(ath_qpg_query_t){.status_mask = 1u << 8, .limit = 100}, "tasks_dead");
   plan_uses(c, q, &(ath_qpg_query_t){.parent_id = "wf", .by_seq = 1, .after_seq = 5, .limit = 100},
             "tasks_parent");
   plan_uses(c, q, &(ath_qpg_query_t){.by_seq = 1, .after_seq = 40000, .limit = 100}, "tasks_pkey");
