@@ -250,7 +250,7 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
     rc = migrate(s->db, err, errlen);
   if (rc == 0) {
     /* The columns that change after the insert: ?3, ?4, ?12-?15 and ?17-?21
-     * (write_row binds these for both statements). */
+     * (bind_row binds these for the update and the upsert). */
 #define CHANGING_COLUMNS                                                                   \
   "status=?3, attempt=?4, started_at=?13, completed_at=?14, worker_id=?15, ready_at=?12,"  \
   " result=?17, error=CASE WHEN ?21 THEN error ELSE ?18 END, heartbeat=?19, last_heartbeat=?20"
