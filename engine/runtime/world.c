@@ -302,8 +302,9 @@ ath_task_t* ath__table_get(ath_world_t* w, const char* id, uint64_t hash) {
   return NULL;
 }
 
-static void table_put(ath_world_t* w, ath_task_t* t) {
-  size_t b = ath__hash_id(t->id) & (w->table_cap - 1);
+/* h: ath__hash_id(t->id), which the caller has (the record keeps no hash) */
+static void table_put(ath_world_t* w, ath_task_t* t, uint64_t h) {
+  size_t b = h & (w->table_cap - 1);
   t->hnext = w->table[b];
   w->table[b] = t;
   w->ntasks++;
@@ -330,9 +331,8 @@ static void term_unlink(ath_world_t* w, ath_task_t* t) {
   w->nterm--;
 }
 
-void ath__table_unlink(ath_world_t* w, ath_task_t* t) {
-  for (ath_task_t** p = &w->table[ath__hash_id(t->id) & (w->table_cap - 1)]; *p;
-       p = &(*p)->hnext) {
+static void table_unlink_h(ath_world_t* w, ath_task_t* t, uint64_t h) {
+  for (ath_task_t** p = &w->table[h & (w->table_cap - 1)]; *p; p = &(*p)->hnext) {
     if (*p == t) {
       *p = t->hnext;
       w->ntasks--;
@@ -343,6 +343,10 @@ void ath__table_unlink(ath_world_t* w, ath_task_t* t) {
     }
   }
   term_unlink(w, t);
+}
+
+void ath__table_unlink(ath_world_t* w, ath_task_t* t) {
+  table_unlink_h(w, t, ath__hash_id(t->id));
 }
 
 /* Takes the terminal tasks that must leave RAM out of the table, chained
@@ -359,8 +363,9 @@ ath_task_t* ath__world_term_trim(ath_world_t* w) {
     if (memory ? w->nterm <= w->cfg.retain_terminal
                : w->reads == NULL || t->dirty || ath__task_gen(w, t) > w->committed_gen)
       break;
-    ath__table_unlink(w, t);
-    w->evicted_hash[w->nevicted++ % ATH_EVICTED_RING] = ath__hash_id(t->id);
+    uint64_t h = ath__hash_id(t->id);
+    table_unlink_h(w, t, h);
+    w->evicted_hash[w->nevicted++ % ATH_EVICTED_RING] = h;
     t->hnext = dead;
     dead = t;
   }
@@ -680,7 +685,7 @@ static void dq_watch(ath_world_t* w, ath_task_t* t) {
   t->seq = w->next_seq++;
   ath__dq_watch(w, x->dq_seq);
   ath_task_retain(t);
-  table_put(w, t);
+  table_put(w, t, ath__hash_id(t->id));
 }
 
 int ath_world_find(ath_world_t* w, const char* id, ath_task_t** out) {
@@ -754,7 +759,9 @@ static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
   *gen_out = 0;
   ath_exec_opts_t none = {0};
   ath_task_t* one[1]; /* a single execute (a workflow's step) allocates no list */
+  uint64_t one_h[1];
   ath_task_t** tasks = NULL;
+  uint64_t* hashes = NULL; /* tasks[i]'s ath__hash_id, in the same block */
   ath_task_t** stored = NULL; /* the tasks of explicit ids found in the store */
   ath_call_t* call = NULL; /* per-call limits, checked once; each task gets its copy */
   size_t made = 0;
@@ -792,11 +799,12 @@ static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
   ath_task_t* known = by != NULL && by->current != NULL ? by->current->task : NULL;
   uint64_t parent_hash = opts->parent_id && known == NULL ? ath__hash_id(opts->parent_id) : 0;
   size_t namelen = strlen(name);
-  tasks = n <= 1 ? one : malloc(n * sizeof(*tasks));
+  tasks = n <= 1 ? one : malloc(n * (sizeof(*tasks) + sizeof(*hashes)));
   if (tasks == NULL) {
     rc = ATH_ENOMEM;
     goto fail;
   }
+  hashes = n <= 1 ? one_h : (uint64_t*)(tasks + n);
   int64_t now = ath__wall(w);
   uint64_t mono = ath__mono(w);
   for (made = 0; made < n; made++) {
@@ -895,7 +903,7 @@ relock:
    * whole or not at all. */
   ath_task_t* first = NULL; /* a single task's lookup, for the loop below */
   for (size_t i = 0; i < n; i++) {
-    uint64_t h = ath__hash_id(tasks[i]->id);
+    uint64_t h = hashes[i] = ath__hash_id(tasks[i]->id);
     ath_task_t* old = first = ath__table_get(w, tasks[i]->id, h);
     if (old == NULL && stored != NULL && stored[i] == NULL && evicted_since(w, evicted0, h)) {
       /* Rare: look again (reads take the lock themselves), then check all
@@ -949,7 +957,8 @@ relock:
   for (size_t i = 0; i < n; i++) {
     ath_task_t* t = tasks[i];
     /* (a batch looks again: an earlier task of it may have the same id) */
-    ath_task_t* old = n == 1 ? first : ath__table_get(w, t->id, ath__hash_id(t->id));
+    uint64_t h = hashes[i];
+    ath_task_t* old = n == 1 ? first : ath__table_get(w, t->id, h);
     if (old == NULL && stored != NULL && stored[i] != NULL) {
       old = stored[i]; /* its reference is handed over */
       stored[i] = NULL;
@@ -970,7 +979,7 @@ relock:
       ath_task_retain(parent);
       ath__task_xr(t)->parent = parent; /* made above: parent_id is set */
     }
-    table_put(w, t);
+    table_put(w, t, h);
     if (w->dq != NULL) { /* PostgreSQL: a proxy, its row inserted by the backend loop */
       t->remote = 1;
       t->status = opts->delay_ms > 0 ? ATH_SCHEDULED : ATH_PENDING;
@@ -1891,7 +1900,7 @@ ath_task_t* ath__world_adopt_row(ath_world_t* w, const ath_row_t* r) {
     t->remote = 1;
     t->seq = w->next_seq++;
     ath_task_retain(t); /* the table's */
-    table_put(w, t);
+    table_put(w, t, h);
   }
   uv_mutex_unlock(&w->lock);
   if (made != NULL)
@@ -1917,7 +1926,7 @@ int ath__world_recover_row(void* ud, const ath_row_t* r) {
     task_free(t);
     return ATH_ENOMEM;
   }
-  table_put(w, t);
+  table_put(w, t, ath__hash_id(t->id));
   int64_t now = ath__wall(w);
   uint64_t mono = ath__mono(w);
   int rc = 0;
