@@ -201,6 +201,9 @@ static int64_t queue_claimed(ath_world_t* w, ath_task_t* t, int attempt, int64_t
 
 int ath__dq_discard(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake) {
   w->dq->n_lost++;
+  /* the interrupt of the fenced attempt (fence_running) is not the task's:
+   * a cancel accepted for the task is in its row, and a claim reads it */
+  atomic_store(&t->cancel_ns, 0);
   ath__logf(w, ATH_LOG_WARN, NULL, 0, "outcome of %s discarded: this node's lease was lost", t->id);
   if (t->dq_claimed > 0) { /* claimed again meanwhile: that attempt runs now */
     int attempt = t->dq_claimed;
@@ -765,10 +768,24 @@ static int apply_cancels(ath_world_t* w, const int64_t* seqs, size_t n, ath_work
 
 /* ------------------------------------------------------------ lease, leader, poll */
 
+/* t's attempt is no longer this node's (lock held): its outcome will be
+ * discarded, and a handler running it is interrupted as a cancel does
+ * (its next yield point raises ECANCELED; past cancelGrace, the count hook
+ * does), so it stops instead of running on for nothing. */
+static int fence_running(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake) {
+  t->dq_attempt = -1;
+  if (t->wk == NULL)
+    return nwake;
+  if (atomic_load(&t->cancel_ns) == 0)
+    atomic_store(&t->cancel_ns, ath__mono(w));
+  return ath__wake_runner(t, wake, nwake);
+}
+
 /* The lease was lost (lock held): nothing buffered here may start (the rows
- * go to the rescue), and what runs finishes with its outcome discarded. */
-static void self_fence(ath_world_t* w, struct ath_dq_s* dq) {
-  int64_t held = 0;
+ * go to the rescue), and what runs is interrupted, its outcome discarded.
+ * Returns the new nwake. */
+static int self_fence(ath_world_t* w, struct ath_dq_s* dq, ath_worker_t** wake, int nwake) {
+  int64_t held = 0, stopped = 0;
   for (size_t b = 0; b < w->table_cap; b++) {
     for (ath_task_t* t = w->table[b]; t != NULL; t = t->hnext) {
       if (t->dq_claimed > 0) { /* a claim under the incarnation lost now: the rescue's */
@@ -783,14 +800,17 @@ static void self_fence(ath_world_t* w, struct ath_dq_s* dq) {
         t->remote = 1;
         t->dq_attempt = 0;
       } else {
-        t->dq_attempt = -1;
+        stopped += t->wk != NULL;
+        nwake = fence_running(w, t, wake, nwake);
       }
     }
   }
   ath__logf(w, ATH_LOG_WARN, NULL, 0,
             "node lease lost (incarnation %" PRId64 "): stopped claiming; %" PRId64
-            " leased task(s) left to the rescue, their outcomes are discarded",
-            dq->incarnation, held);
+            " leased task(s) left to the rescue, their outcomes are discarded; %" PRId64
+            " running attempt(s) interrupted",
+            dq->incarnation, held, stopped);
+  return nwake;
 }
 
 static void node_desc(struct ath_dq_s* dq, ath_world_t* w, ath_qpg_node_t* n, int leader) {
@@ -824,10 +844,12 @@ static void beat(ath_world_t* w, struct ath_dq_s* dq) {
     }
     if (rc != ATH_EWORKERLOST && !ath__qpg_lease_fenced(&dq->lease, uv_hrtime()))
       return;
+    ath_worker_t* wake[MAX_WORKERS];
     uv_mutex_lock(&w->lock);
-    self_fence(w, dq);
+    int nwake = self_fence(w, dq, wake, 0);
     dq->incarnation = 0; /* claims nothing until registered again */
     uv_mutex_unlock(&w->lock);
+    ath__wake_all(wake, nwake);
     dq->lease.lost = 1;
   }
   ath_qpg_node_t n;

@@ -234,13 +234,13 @@ describe("athena.PostgresBackend", function()
     once_each({ la, lb })
   end)
 
-  it("fences a paused node: its late outcomes are discarded, the rescue's stand", function()
+  it("fences a paused node: its stale attempts never end, the rescue's outcomes stand", function()
     local sch = schema()
     local ctl = world(sch)
-    local _, la = node(sch, "a", { DIST_CONC = "4" })
-    local pb, lb = node(sch, "b", { DIST_CONC = "4" })
+    local _, la = node(sch, "a", { DIST_CONC = "4", DIST_WORKERS = "1" })
+    local pb, lb = node(sch, "b", { DIST_CONC = "4", DIST_WORKERS = "1" })
     local inputs = {}
-    for i = 1, 16 do inputs[i] = { ms = 1000 } end
+    for i = 1, 8 do inputs[i] = { ms = 4000 } end
     local hs = ctl:executeMany("dist.sleep", inputs)
     S.eventually(function() return #lines(lb) >= 2 end, WAIT, "node b to run tasks")
     os.execute("kill -STOP " .. pb)
@@ -248,8 +248,17 @@ describe("athena.PostgresBackend", function()
     S.eventually(function()
       return scalar(("select count(*) as n from %s.tasks where rescues > 0"):format(sch)) > 0
     end, WAIT, "b's tasks to be rescued")
+    -- what b runs as it is paused (each had seconds left)
+    local cut = {}
+    for _, l in ipairs(lines(lb)) do
+      if l.what == "start" then cut[l.id] = true elseif l.what == "end" then cut[l.id] = nil end
+    end
+    assert.is_not_nil(next(cut))
     os.execute("kill -CONT " .. pb)
     for _, h in ipairs(hs) do assert.is_nil(select(2, h:result(WAIT))) end
+    for _, l in ipairs(lines(lb)) do -- b's stale attempts would be long over by now
+      assert.is_false(cut[l.id] == true and l.attempt == 1 and l.what == "end", "b ended " .. l.id)
+    end
     -- every rescued task's recorded outcome is its last attempt's (a later
     -- one than b's first), never b's discarded one
     local ran = once_each({ la, lb })
@@ -281,6 +290,32 @@ describe("athena.PostgresBackend", function()
     assert.equals(2, h:query().attempt) -- attempt 1 ended after the loss: discarded
     assert.equals(2, scalar(("select attempt from %s.tasks where id = $1"):format(sch), h.id))
     assert.equals(1, scalar(("select rescues from %s.tasks where id = $1"):format(sch), h.id))
+  end)
+
+  it("interrupts the running attempts of a node whose lease was lost, as a cancel does", function()
+    local sch = schema()
+    local ctl = world(sch) -- the leader
+    local _, lb = node(sch, "b", { DIST_CONC = "4", DIST_WORKERS = "1" })
+    local inputs = {}
+    for i = 1, 4 do inputs[i] = { ms = 6000 } end
+    local hs = ctl:executeMany("dist.sleep", inputs)
+    S.eventually(function() return #lines(lb) >= 4 end, WAIT, "node b to run the tasks")
+    -- b keeps running, but the database declares its lease lost (a partition
+    -- would): its next renewal finds out
+    assert(admin:exec(("update %s.nodes set expires_at = 0 where node_id = 'b'"):format(sch)))
+    S.eventually(function()
+      local n = 0
+      for _, l in ipairs(lines(lb)) do n = n + ((l.what == "stop" and l.attempt == 1) and 1 or 0) end
+      return n == 4
+    end, 4000, "b to interrupt its four attempts (each had seconds left)")
+    -- the rescue's attempt 2 runs (on b, registered again) and stands
+    for _, h in ipairs(hs) do
+      assert.equals("b", (h:result(WAIT)))
+      assert.equals(2, h:query().attempt)
+    end
+    for _, l in ipairs(lines(lb)) do
+      assert.is_false(l.what == "end" and l.attempt == 1, "attempt 1 ran to its end: " .. l.id)
+    end
   end)
 
   it("cancels from another node and wakes result() on every node", function()
