@@ -112,6 +112,7 @@ enum {
   ST_CANCELLED,
   ST_NODES,
   ST_LEASED,
+  ST_HEARTBEAT,
   ST_COUNT
 };
 
@@ -333,6 +334,15 @@ static const char* const STMTS[ST_COUNT] = {
     " AND status < 5",
   /* One incarnation's leases (by the lease index: no join here, §4.3). */
   [ST_LEASED] = "SELECT " TASK_COLS("t") " FROM {S}.tasks t WHERE t.lease = $1 ORDER BY t.seq",
+  /* ctx:heartbeat details of attempts this node leases, fenced as a finish
+   * (the same planner rule: the fence is not indexable, §4.3). */
+  [ST_HEARTBEAT] =
+    "WITH h AS (SELECT * FROM unnest($2::bigint[], $3::int[], $4::text[], $5::bigint[])"
+    "   WITH ORDINALITY AS h(seq, attempt, hb, at, i)),"
+    " u AS (UPDATE {S}.tasks t SET hb = h.hb, last_hb = h.at FROM h"
+    "   WHERE t.seq = h.seq AND t.lease IS NOT DISTINCT FROM $1 AND t.attempt = h.attempt"
+    "     AND t.status = 2 RETURNING t.seq)"
+    " SELECT h.seq, u.seq IS NOT NULL FROM h LEFT JOIN u ON u.seq = h.seq ORDER BY h.i",
   [ST_NODES] =
     "SELECT coalesce(json_agg(json_build_object('nodeId', n.node_id,"
     "   'incarnation', n.incarnation, 'host', n.host, 'pid', n.pid, 'startedAt', n.started_at,"
@@ -953,13 +963,37 @@ static int send_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, 
   return rc;
 }
 
-static int read_finish(ath_qpg_t* q, size_t n, uint8_t* applied) {
+
+static int send_beats(ath_qpg_t* q, int64_t lease, const ath_qpg_beat_t* b, size_t n) {
+  params_t p;
+  const char* v[5];
+  char lease_s[24];
+  snprintf(lease_s, sizeof(lease_s), "%" PRId64, lease);
+  params_init(&p, 4);
+  for (size_t i = 0; i < n; i++) {
+    arr_int(&p, 0, b[i].seq);
+    arr_int(&p, 1, b[i].attempt);
+    arr_str(&p, 2, b[i].details);
+    arr_int(&p, 3, b[i].at);
+  }
+  v[0] = lease_s;
+  int rc = params_done(&p, v + 1);
+  if (rc == 0)
+    rc = pl_send(q, ST_HEARTBEAT, 5, v);
+  params_free(&p);
+  return rc;
+}
+
+/* The per-row answer of a finish or a heartbeat: column 1 says applied. */
+static int read_applied(ath_qpg_t* q, size_t n, uint8_t* applied, const char* what) {
   PGresult* r;
   int rc = pl_rows(q, &r);
   if (rc < 0)
     return rc;
   if ((size_t)PQntuples(r) != n) {
-    set_err(q, "finish: row count mismatch", "");
+    char msg[64];
+    snprintf(msg, sizeof(msg), "%s: row count mismatch", what);
+    set_err(q, msg, "");
     PQclear(r);
     return ATH_ESTORE;
   }
@@ -995,12 +1029,15 @@ int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c) {
     if (c->claims[i].queue == NULL || c->claims[i].n <= 0)
       return ATH_EINVAL;
   }
-  int writes = c->n_inserts > 0 || c->n_outcomes > 0;
+  int writes = c->n_inserts > 0 || c->n_outcomes > 0 || c->n_beats > 0;
   int rc = pl_begin(q);
   if (rc < 0)
     return rc;
-  /* send: [insert][finish] sync, then [claim] sync per claim (one_commit:
-   * a single sync at the end) */
+  /* send: [heartbeat][insert][finish] sync, then [claim] sync per claim
+   * (one_commit: a single sync at the end); an attempt's last heartbeat
+   * goes before its finish, which ends the lease it is fenced by */
+  if (c->n_beats > 0 && (rc = send_beats(q, c->lease, c->beats, c->n_beats)) < 0)
+    return pl_end(q, rc);
   if (c->n_inserts > 0 && (rc = send_insert(q, c->inserts, c->n_inserts)) < 0)
     return pl_end(q, rc);
   if (c->n_outcomes > 0 && (rc = send_finish(q, c->lease, c->outcomes, c->n_outcomes)) < 0)
@@ -1015,9 +1052,11 @@ int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c) {
   if ((c->one_commit && (rc = pl_sync(q)) < 0) || (rc = pl_flush(q)) < 0)
     return pl_end(q, rc);
   /* one round trip: the results come back in order */
+  if (c->n_beats > 0 && (rc = read_applied(q, c->n_beats, c->beat_applied, "heartbeat")) < 0)
+    return pl_end(q, rc);
   if (c->n_inserts > 0 && (rc = read_insert(q, c->n_inserts, c->inserted)) < 0)
     return pl_end(q, rc);
-  if (c->n_outcomes > 0 && (rc = read_finish(q, c->n_outcomes, c->applied)) < 0)
+  if (c->n_outcomes > 0 && (rc = read_applied(q, c->n_outcomes, c->applied, "finish")) < 0)
     goto fail_writes;
   if (writes && !c->one_commit) {
     if ((rc = read_sync(q)) < 0)

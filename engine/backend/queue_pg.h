@@ -134,6 +134,16 @@ typedef struct {
   int worker_id;
 } ath_qpg_outcome_t;
 
+/* The latest ctx:heartbeat of an attempt a node leases (details and time),
+ * fenced by (seq, lease, attempt) and a running row: the next attempt, on
+ * any node, starts from them (ctx.lastHeartbeat). */
+typedef struct {
+  int64_t seq;
+  int attempt;
+  const char* details; /* JSON text or NULL (a heartbeat without details) */
+  int64_t at;          /* wall ms of the heartbeat */
+} ath_qpg_beat_t;
+
 /* A claimed (or rescued) task. Strings point into the result and live until
  * ath__qpg_tasks_free; NULL for SQL NULL. */
 typedef struct {
@@ -170,8 +180,8 @@ typedef struct {
 } ath_qpg_claim_t;
 
 /* One cycle of the backend loop in one round trip (libpq pipeline mode):
- * inserts and finishes commit together (one transaction, with the NOTIFYs of
- * what they made ready), then each claim commits on its own; with
+ * heartbeats, inserts and finishes commit together (one transaction, with
+ * the NOTIFYs of what they made ready), then each claim commits on its own; with
  * one_commit, everything is one transaction (one commit per cycle). A
  * failing part aborts what follows it. On error, `committed` says whether
  * the write part committed (then `inserted` / `applied` are valid and
@@ -179,6 +189,10 @@ typedef struct {
  * free: a claim that committed before a later one failed keeps its rows
  * (they are leased); others are empty. Any part may be empty. */
 typedef struct {
+  const ath_qpg_beat_t* beats;    /* written first (before the finishes) */
+  size_t n_beats;
+  uint8_t* beat_applied;          /* n_beats flags: 0 = fenced out (the attempt is
+                                   * not this lease's, or no longer running) */
   const ath_qpg_insert_t* inserts;
   size_t n_inserts;
   ath_qpg_inserted_t* inserted;   /* n_inserts rows, in input order */

@@ -465,6 +465,7 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
   info->last_heartbeat = t->last_hb;
   info->heartbeat = ath__memdup(t->hb, t->hb_len);
   info->heartbeat_len = t->hb ? t->hb_len : 0;
+  int lost_hb = t->hb != NULL && info->heartbeat == NULL; /* none: a heartbeat without details */
   info->created_at = t->created_at;
   info->scheduled_at = t->scheduled_at;
   info->started_at = t->started_at;
@@ -499,7 +500,7 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
   info->error = error;
   info->error_len = error_len;
   if (!info->input || (terminal && t->result && !info->result) ||
-      (info->last_heartbeat && !info->heartbeat) || lost_error) {
+      lost_hb || lost_error) {
     ath_task_snapshot_free(info);
     return ATH_ENOMEM;
   }

@@ -81,6 +81,11 @@ struct ath_dq_s {
   int64_t* cancels;        /* athena_cancel seqs leased here */
   size_t ncancel, cancel_cap;
   seqset_t watch;
+  ath_task_t** beats;      /* running attempts whose heartbeat is not written
+                            * yet (references), one each (beat_set: their
+                            * seqs); written with the next lease renewal */
+  size_t nbeats, beats_cap;
+  seqset_t beat_set;
   seqset_t early;          /* athena_done seqs not watched (yet): an end heard before
                             * this node's own insert answer was read; cleared past 65536 */
   int64_t n_lost, n_rescued, n_claimed, n_notified;
@@ -332,6 +337,10 @@ static int claim_size(ath_world_t* w, struct ath_dq_s* dq, int qi) {
 }
 
 typedef struct {
+  ath_qpg_beat_t* beats;
+  char** beat_hb; /* copies */
+  uint8_t* beat_applied;
+  size_t nbeats;
   ath_qpg_insert_t* ins;
   ath_task_t** ins_t;
   ath_qpg_inserted_t* inserted;
@@ -350,6 +359,11 @@ typedef struct {
 static void cycle_free(cycle_t* c) {
   for (size_t i = 0; i < c->nouts; i++)
     free(c->out_err[i]);
+  for (size_t i = 0; i < c->nbeats; i++)
+    free(c->beat_hb[i]);
+  free(c->beats);
+  free(c->beat_hb);
+  free(c->beat_applied);
   for (size_t i = 0; i < c->nclaims; i++)
     ath__qpg_tasks_free(&c->claimed[i]);
   if (c->inserted != NULL)
@@ -374,7 +388,11 @@ static int cycle_alloc(cycle_t* c, size_t n) {
   c->out_t = calloc(k, sizeof(*c->out_t));
   c->out_err = calloc(k, sizeof(*c->out_err));
   c->applied = calloc(k, 1);
-  if (!c->ins || !c->ins_t || !c->inserted || !c->outs || !c->out_t || !c->out_err || !c->applied) {
+  c->beats = calloc(k, sizeof(*c->beats));
+  c->beat_hb = calloc(k, sizeof(*c->beat_hb));
+  c->beat_applied = calloc(k, 1);
+  if (!c->ins || !c->ins_t || !c->inserted || !c->outs || !c->out_t || !c->out_err || !c->applied ||
+      !c->beats || !c->beat_hb || !c->beat_applied) {
     cycle_free(c);
     return ATH_ENOMEM;
   }
@@ -393,6 +411,42 @@ static void add_outcome(cycle_t* c, ath_task_t* t, int status, int64_t now) {
   o->error = c->out_err[c->nouts];
   o->worker_id = t->worker_id;
   c->out_t[c->nouts++] = t;
+}
+
+/* t heartbeat during the attempt it runs now (or ran last). */
+static int beat_this_attempt(const ath_task_t* t) {
+  return t->last_hb > 0 && t->last_hb >= t->started_at;
+}
+
+/* Adds the heartbeat of the attempt t leases to c (lock held): it goes
+ * before the attempt's finish in the same transaction. */
+static void add_beat(cycle_t* c, const ath_task_t* t) {
+  ath_qpg_beat_t* b = &c->beats[c->nbeats];
+  c->beat_hb[c->nbeats] = t->hb != NULL ? ath__memdup(t->hb, t->hb_len) : NULL;
+  b->seq = t->dq_seq;
+  b->attempt = t->dq_attempt;
+  b->details = c->beat_hb[c->nbeats];
+  b->at = t->last_hb;
+  c->nbeats++;
+}
+
+/* Keeps running t for the next lease renewal's heartbeat write (lock
+ * held): one write per task per heartbeatInterval, whatever its rate. */
+static void defer_beat(struct ath_dq_s* dq, ath_task_t* t) {
+  if (seq_has(&dq->beat_set, t->dq_seq))
+    return;
+  if (dq->nbeats == dq->beats_cap) {
+    size_t cap = dq->beats_cap ? dq->beats_cap * 2 : 64;
+    ath_task_t** b = realloc(dq->beats, cap * sizeof(*b));
+    if (b == NULL)
+      return; /* its next heartbeat tries again */
+    dq->beats = b;
+    dq->beats_cap = cap;
+  }
+  if (seq_add(&dq->beat_set, t->dq_seq) != 0)
+    return;
+  ath_task_retain(t);
+  dq->beats[dq->nbeats++] = t;
 }
 
 /* Sorts the changed tasks of a batch into inserts and finishes (lock held);
@@ -420,9 +474,13 @@ static void classify(ath_world_t* w, struct ath_dq_s* dq, ath_task_t** batch, si
       t->dq_seq = -1;
       c->ins_t[c->nins++] = t;
     } else if (t->dq_attempt > 0 && t->remote) { /* handed back unrun: T14 */
+      if (beat_this_attempt(t))
+        add_beat(c, t);
       add_outcome(c, t, ATH_PENDING, now);
       t->dq_attempt = 0;
     } else if (t->dq_attempt > 0 && ended) {
+      if (beat_this_attempt(t))
+        add_beat(c, t);
       add_outcome(c, t, t->status, now);
       t->dq_attempt = 0;
       t->remote = t->status == ATH_RETRYING; /* its row waits; any node runs it next */
@@ -437,6 +495,8 @@ static void classify(ath_world_t* w, struct ath_dq_s* dq, ath_task_t** batch, si
         t->dq_attempt = 0;
         t->remote = 1;
       }
+    } else if (t->dq_attempt > 0 && t->status == ATH_RUNNING && beat_this_attempt(t)) {
+      defer_beat(dq, t);
     }
   }
 }
@@ -464,6 +524,24 @@ static void row_of(const ath_qpg_task_t* r, ath_row_t* row) {
   row->result_len = r->result ? strlen(r->result) : 0;
   row->error = r->error;
   row->error_len = r->error ? strlen(r->error) : 0;
+  row->hb = r->hb;
+  row->hb_len = r->hb ? strlen(r->hb) : 0;
+  row->last_hb = r->last_hb > 0 ? r->last_hb : 0;
+}
+
+/* Takes the heartbeat of row r when it is newer than what t holds (lock
+ * held): an attempt another node ran left it, and the next attempt's
+ * ctx.lastHeartbeat and every query show it. */
+static void take_beat(ath_task_t* t, const ath_qpg_task_t* r) {
+  if (r->last_hb <= t->last_hb)
+    return;
+  char* hb = r->hb != NULL ? ath__memdup(r->hb, strlen(r->hb)) : NULL;
+  if (r->hb != NULL && hb == NULL)
+    return; /* out of memory: what it has stands */
+  free(t->hb);
+  t->hb = hb;
+  t->hb_len = hb != NULL ? (uint32_t)strlen(hb) : 0;
+  t->last_hb = r->last_hb;
 }
 
 /* Makes claimed rows local tasks (lock not held on entry or exit). */
@@ -488,6 +566,7 @@ static void adopt_claims(ath_world_t* w, struct ath_dq_s* dq, cycle_t* c) {
       }
       seq_del(&dq->watch, r->seq);
       t->dq_seq = r->seq;
+      take_beat(t, r);
       if (t->wk != NULL || t->dq_attempt < 0) {
         /* an attempt fenced by a lost lease still runs on this very task:
          * the new one starts once it ended (ath__dq_discard) */
@@ -585,10 +664,11 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
   }
   int64_t lease = dq->incarnation;
   uv_mutex_unlock(&w->lock);
-  ath_qpg_cycle_t pc = {.inserts = c.ins, .n_inserts = c.nins, .inserted = c.inserted,
+  ath_qpg_cycle_t pc = {.beats = c.beats, .n_beats = c.nbeats, .beat_applied = c.beat_applied,
+                        .inserts = c.ins, .n_inserts = c.nins, .inserted = c.inserted,
                         .outcomes = c.outs, .n_outcomes = c.nouts, .applied = c.applied,
                         .lease = lease, .claims = c.claims, .n_claims = c.nclaims, .one_commit = 1};
-  int rc = c.nins + c.nouts + c.nclaims > 0 ? ath__qpg_cycle(dq->wr, &pc) : 0;
+  int rc = c.nbeats + c.nins + c.nouts + c.nclaims > 0 ? ath__qpg_cycle(dq->wr, &pc) : 0;
   if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->wr) && ath__qpg_reset(dq->wr) == 0) {
     /* the connection broke (a restart, a terminated session): once more on a
      * new one. Inserts are idempotent and finishes fenced; claims that may
@@ -675,6 +755,7 @@ static int sync_proxy(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r, at
   t->attempt = r->attempt;
   if (r->started_at > 0)
     t->started_at = r->started_at;
+  take_beat(t, r);
   if (r->error != NULL) {
     char* e = ath__memdup(r->error, strlen(r->error));
     if (e != NULL) {
@@ -831,6 +912,60 @@ static void healthy(ath_world_t* w) {
   w->store_fault = 0;
 }
 
+/* Writes the heartbeats deferred since the last renewal, in one statement
+ * (lock not held). A row that refuses one is not this node's attempt any
+ * more (rescued elsewhere): the handler still running it is interrupted. */
+static void flush_beats(ath_world_t* w, struct ath_dq_s* dq) {
+  uv_mutex_lock(&w->lock);
+  ath_task_t** ts = dq->beats;
+  size_t n = dq->nbeats;
+  int64_t lease = dq->incarnation;
+  if (n == 0 || lease <= 0) {
+    uv_mutex_unlock(&w->lock);
+    return;
+  }
+  dq->beats = NULL;
+  dq->nbeats = dq->beats_cap = 0;
+  memset(dq->beat_set.slots, 0, dq->beat_set.cap * sizeof(*dq->beat_set.slots));
+  dq->beat_set.n = 0;
+  cycle_t c;
+  int made = cycle_alloc(&c, n) == 0;
+  ath_task_t** bt = made ? calloc(n, sizeof(*bt)) : NULL;
+  for (size_t i = 0; bt != NULL && i < n; i++) {
+    ath_task_t* t = ts[i];
+    if (t->dq_attempt > 0 && !t->remote && t->status == ATH_RUNNING) {
+      bt[c.nbeats] = t;
+      add_beat(&c, t);
+    }
+  }
+  uv_mutex_unlock(&w->lock);
+  if (bt != NULL && c.nbeats > 0) {
+    ath_qpg_cycle_t pc = {.beats = c.beats, .n_beats = c.nbeats, .beat_applied = c.beat_applied, .lease = lease};
+    int rc = ath__qpg_cycle(dq->wr, &pc);
+    ath_worker_t* wake[MAX_WORKERS];
+    int nwake = 0;
+    uv_mutex_lock(&w->lock);
+    for (size_t i = 0; i < c.nbeats; i++) {
+      ath_task_t* t = bt[i];
+      if (rc != 0) { /* written with the next renewal */
+        defer_beat(dq, t);
+      } else if (!c.beat_applied[i] && t->dq_attempt == c.beats[i].attempt && !t->remote) {
+        ath__logf(w, ATH_LOG_WARN, NULL, 0, "attempt %d of %s is no longer this node's (rescued): interrupted",
+                  t->dq_attempt, t->id);
+        nwake = fence_running(w, t, wake, nwake);
+      }
+    }
+    uv_mutex_unlock(&w->lock);
+    ath__wake_all(wake, nwake);
+  }
+  for (size_t i = 0; i < n; i++)
+    ath_task_release(ts[i]);
+  free(ts);
+  free(bt);
+  if (made)
+    cycle_free(&c);
+}
+
 /* Renews the lease; registers a new incarnation after a loss (lock not held). */
 static void beat(ath_world_t* w, struct ath_dq_s* dq) {
   if (!dq->lease.lost) {
@@ -842,6 +977,8 @@ static void beat(ath_world_t* w, struct ath_dq_s* dq) {
       healthy(w);
       uv_mutex_unlock(&w->lock);
     }
+    if (rc == 0)
+      flush_beats(w, dq);
     if (rc != ATH_EWORKERLOST && !ath__qpg_lease_fenced(&dq->lease, uv_hrtime()))
       return;
     ath_worker_t* wake[MAX_WORKERS];
@@ -1175,6 +1312,10 @@ static void dq_free(struct ath_dq_s* dq) {
   free(dq->cancels);
   free(dq->watch.slots);
   free(dq->early.slots);
+  for (size_t i = 0; i < dq->nbeats; i++)
+    ath_task_release(dq->beats[i]);
+  free(dq->beats);
+  free(dq->beat_set.slots);
   ath__qpg_counts_free(&dq->counts);
   free(dq);
 }

@@ -69,5 +69,18 @@ M.dead = athena.activity("dist.dead", function(ctx, x)
   return "alive"
 end, { taskQueue = "dist", retry = { maxAttempts = 1 }, failureStrategy = "quarantine" })
 
-M.all = { M.noop, M.sleep, M.flaky, M.dead }
+--- dist.count{n, ms} -> {from, node}: counts to n, a step every ms, heartbeating
+--- each step as a checkpoint; an attempt resumes from ctx.lastHeartbeat
+M.count = athena.activity("dist.count", function(ctx, x)
+  log("start", ctx)
+  local from = ctx.lastHeartbeat and ctx.lastHeartbeat.i or 0
+  for i = from + 1, x.n do
+    athena.sleep(x.ms)
+    ctx:heartbeat({ i = i })
+  end
+  log("end", ctx)
+  return { from = from, node = node }
+end, OPTS)
+
+M.all = { M.noop, M.sleep, M.flaky, M.dead, M.count }
 return M

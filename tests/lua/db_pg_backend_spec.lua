@@ -318,6 +318,36 @@ describe("athena.PostgresBackend", function()
     end
   end)
 
+  it("keeps heartbeat details in the row: any node reads them, a retry elsewhere resumes from them", function()
+    local sch = schema()
+    local ctl = world(sch) -- the leader; serves nothing
+    local pb, lb = node(sch, "b")
+    local h = ctl:execute("dist.count", { n = 200, ms = 25 })
+    -- b's checkpoints reach the row with its lease renewals (every 500 ms),
+    -- while it runs, and the controller, which never ran the task, reads them
+    local seen
+    S.eventually(function()
+      local q = ctl:query(h.id)
+      seen = q.heartbeatDetails and q.heartbeatDetails.i
+      return seen ~= nil and seen >= 10 and q.lastHeartbeat ~= nil and q.status == "running"
+    end, WAIT, "b's checkpoints in the row")
+    assert.is_true(seen < 200)
+    os.execute("kill -9 " .. pb)
+    S.eventually(function() return not alive(pb) end, WAIT, "node b to die")
+    local row = assert(admin:query(("select hb from %s.tasks where id = $1"):format(sch), h.id))[1]
+    local last = athena.json.decode(row.hb).i
+    assert.is_true(last >= seen)
+    local _, la = node(sch, "a") -- the retry runs here, after the rescue
+    local r, err = h:result(WAIT)
+    assert.is_nil(err)
+    assert.equals("a", r.node)
+    assert.equals(last, r.from) -- resumed from b's last written checkpoint
+    assert.equals(2, h:query().attempt)
+    assert.equals(200, h:query().heartbeatDetails.i)
+    assert.equals(1, #lines(la) // 2) -- one start, one end: attempt 2
+    assert.equals(2, lines(la)[1].attempt)
+  end)
+
   it("cancels from another node and wakes result() on every node", function()
     local sch = schema()
     local ctl = world(sch)
