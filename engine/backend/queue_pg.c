@@ -11,6 +11,7 @@
 #include <inttypes.h>
 #include <libpq-fe.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -373,6 +374,7 @@ struct ath_qpg_s {
   int head, tail;
   char err[512];
   char sqlstate[6];
+  _Atomic int64_t retries; /* transactions run again after 40P01 / 40001 */
 };
 
 static void set_err(ath_qpg_t* q, const char* msg, const char* state) {
@@ -403,6 +405,24 @@ static int res_err(ath_qpg_t* q, PGresult* r) {
 }
 
 const char* ath__qpg_errmsg(const ath_qpg_t* q) { return q->err; }
+int64_t ath__qpg_retries(const ath_qpg_t* q) { return atomic_load(&((ath_qpg_t*)q)->retries); }
+
+#define RETRY_MAX 5 /* runs of one transaction after its first */
+
+/* Whether the transaction that just failed goes again: it lost a deadlock
+ * (40P01) or a serialization conflict (40001), so the server rolled all of
+ * it back, and it has not used up RETRY_MAX. Then sleeps a jittered
+ * 1-2 x 2^k ms first, so the transactions that collided do not collide
+ * again in step. */
+static int retry_conflict(ath_qpg_t* q, int rc, int k) {
+  if (rc != ATH_ESTORE || k >= RETRY_MAX ||
+      (strcmp(q->sqlstate, "40P01") != 0 && strcmp(q->sqlstate, "40001") != 0))
+    return 0;
+  atomic_fetch_add(&q->retries, 1);
+  double ms = (double)(1 << k) * (1.0 + ath__random01());
+  usleep((useconds_t)(ms * 1000));
+  return 1;
+}
 const char* ath__qpg_sqlstate(const ath_qpg_t* q) { return q->sqlstate; }
 int ath__qpg_socket(const ath_qpg_t* q) { return PQstatus(q->conn) == CONNECTION_OK ? PQsocket(q->conn) : -1; }
 
@@ -1021,7 +1041,7 @@ static int read_sync(ath_qpg_t* q) {
   return 0;
 }
 
-int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c) {
+static int cycle_once(ath_qpg_t* q, ath_qpg_cycle_t* c) {
   q->err[0] = q->sqlstate[0] = '\0';
   c->committed = 0;
   for (size_t i = 0; i < c->n_claims; i++) {
@@ -1088,6 +1108,16 @@ fail_writes:
   return pl_end(q, rc);
 }
 
+/* A cycle that failed with nothing of it committed (its claims too: one
+ * commit, or none) runs again on a deadlock or serialization conflict. */
+int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c) {
+  int rc, k = 0;
+  while ((rc = cycle_once(q, c)) < 0 && !c->committed && (c->one_commit || c->n_claims == 0) &&
+         retry_conflict(q, rc, k))
+    k++;
+  return rc;
+}
+
 int ath__qpg_insert(ath_qpg_t* q, const ath_qpg_insert_t* rows, size_t n, ath_qpg_inserted_t* out) {
   ath_qpg_cycle_t c = {.inserts = rows, .n_inserts = n, .inserted = out};
   return n == 0 ? 0 : ath__qpg_cycle(q, &c);
@@ -1107,7 +1137,7 @@ int ath__qpg_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, siz
 
 /* Runs one prepared statement in its own pipeline (one transaction) and
  * returns its rows. */
-static int run1(ath_qpg_t* q, int st, int n, const char* const* v, PGresult** out) {
+static int run1_once(ath_qpg_t* q, int st, int n, const char* const* v, PGresult** out) {
   q->err[0] = q->sqlstate[0] = '\0';
   int rc = pl_begin(q);
   if (rc < 0)
@@ -1120,6 +1150,14 @@ static int run1(ath_qpg_t* q, int st, int n, const char* const* v, PGresult** ou
     PQclear(*out);
     *out = NULL;
   }
+  return rc;
+}
+
+/* run1_once, again after a deadlock or a serialization conflict. */
+static int run1(ath_qpg_t* q, int st, int n, const char* const* v, PGresult** out) {
+  int rc, k = 0;
+  while ((rc = run1_once(q, st, n, v, out)) < 0 && retry_conflict(q, rc, k))
+    k++;
   return rc;
 }
 

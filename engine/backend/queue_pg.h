@@ -207,6 +207,12 @@ typedef struct {
 } ath_qpg_cycle_t;
 
 int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c);
+/* Transactions this connection ran again because they lost a deadlock
+ * (SQLSTATE 40P01) or a serialization conflict (40001): a cycle that
+ * committed nothing (one_commit, or no claims) and every single-statement
+ * call go again, at most 5 more times, after a jittered 1-2 x 2^k ms; the
+ * error surfaces after that. Any thread may read it. */
+int64_t ath__qpg_retries(const ath_qpg_t* q);
 /* One-part cycles. */
 int ath__qpg_insert(ath_qpg_t* q, const ath_qpg_insert_t* rows, size_t n, ath_qpg_inserted_t* out);
 int ath__qpg_claim(ath_qpg_t* q, int64_t lease, const char* queue, int n, ath_qpg_tasks_t* out);

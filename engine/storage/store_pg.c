@@ -1361,13 +1361,15 @@ void ath__pgstore_stopped(ath_world_t* w) {
     ath__qpg_node_release(dq->ldr, &dq->llease);
     ath__qpg_leader_resign(dq->ldr);
   }
+  int64_t retries = ath__qpg_retries(dq->wr) + ath__qpg_retries(dq->ldr) + ath__qpg_retries(dq->rd);
   ath__qpg_close(dq->wr);
   ath__qpg_close(dq->ldr);
   ath__qpg_close(dq->lis);
   dq->wr = dq->ldr = dq->lis = NULL;
-  ath_log_field_t f[4] = {ATH_LOG_FINT("claimed", dq->n_claimed), ATH_LOG_FINT("lost", dq->n_lost),
-                          ATH_LOG_FINT("rescued", dq->n_rescued), ATH_LOG_FINT("notifications", dq->n_notified)};
-  ath__logf(w, ATH_LOG_INFO, f, 4, "PostgreSQL backend stopped");
+  ath_log_field_t f[5] = {ATH_LOG_FINT("claimed", dq->n_claimed), ATH_LOG_FINT("lost", dq->n_lost),
+                          ATH_LOG_FINT("rescued", dq->n_rescued), ATH_LOG_FINT("notifications", dq->n_notified),
+                          ATH_LOG_FINT("conflict_retries", retries)};
+  ath__logf(w, ATH_LOG_INFO, f, 5, "PostgreSQL backend stopped");
 }
 
 int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
