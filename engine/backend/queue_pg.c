@@ -114,6 +114,7 @@ enum {
   ST_NODES,
   ST_LEASED,
   ST_HEARTBEAT,
+  ST_TAKEOVER,
   ST_COUNT
 };
 
@@ -344,6 +345,17 @@ static const char* const STMTS[ST_COUNT] = {
     "   WHERE t.seq = h.seq AND t.lease IS NOT DISTINCT FROM $1 AND t.attempt = h.attempt"
     "     AND t.status = 2 RETURNING t.seq)"
     " SELECT h.seq, u.seq IS NOT NULL FROM h LEFT JOIN u ON u.seq = h.seq ORDER BY h.i",
+  /* A node (re)started as incarnation $2 of nodeId $1: its earlier
+   * incarnations expire now (a still running one can claim and renew no
+   * more) and their leases pass to $2, as a rescue's (rescues + 1). FOR
+   * UPDATE waits for a leader rescuing the same rows, then skips them. */
+  [ST_TAKEOVER] =
+    "WITH prev AS (UPDATE {S}.nodes SET expires_at = 0"
+    "   WHERE node_id = $1 AND incarnation < $2 RETURNING incarnation),"
+    " t AS (SELECT seq FROM {S}.tasks WHERE lease IN (SELECT incarnation FROM prev) FOR UPDATE),"
+    " x AS (UPDATE {S}.tasks x SET lease = $2, rescues = x.rescues + 1"
+    "   FROM t WHERE x.seq = t.seq RETURNING x.*)"
+    " SELECT " TASK_COLS("x") " FROM x ORDER BY x.seq",
   [ST_NODES] =
     "SELECT coalesce(json_agg(json_build_object('nodeId', n.node_id,"
     "   'incarnation', n.incarnation, 'host', n.host, 'pid', n.pid, 'startedAt', n.started_at,"
@@ -1219,6 +1231,16 @@ int ath__qpg_rescue(ath_qpg_t* q, int64_t leader, int limit, int64_t grace_ms,
 }
 
 /* ------------------------------------------------------------ node lease */
+
+int ath__qpg_take_over(ath_qpg_t* q, const char* node_id, int64_t incarnation, ath_qpg_tasks_t* out) {
+  char inc_s[24];
+  snprintf(inc_s, sizeof(inc_s), "%" PRId64, incarnation);
+  const char* v[2] = {node_id, inc_s};
+  PGresult* r = NULL;
+  memset(out, 0, sizeof(*out));
+  int rc = run1(q, ST_TAKEOVER, 2, v, &r);
+  return rc < 0 ? rc : decode_tasks(r, out);
+}
 
 int ath__qpg_node_register(ath_qpg_t* q, const ath_qpg_node_t* n, uint64_t now_ns,
                            ath_qpg_lease_t* lease) {

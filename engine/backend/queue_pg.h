@@ -238,6 +238,14 @@ int ath__qpg_stage(ath_qpg_t* q, const int64_t* seqs, size_t n, int64_t late_ms,
 int ath__qpg_rescue(ath_qpg_t* q, int64_t leader, int limit, int64_t grace_ms,
                     ath_qpg_tasks_t* out);
 
+/* Same-nodeId recovery (distributed.md §3.8): incarnation `incarnation`
+ * of `node_id` just registered; every earlier incarnation of that nodeId
+ * expires now (fenced: a process still running under one claims and renews
+ * no more, and its finishes no longer match) and the tasks they leased
+ * pass to `incarnation` (rescues + 1), returned for the caller to decide
+ * (EWORKERLOST, per policy) and finish under `incarnation`. */
+int ath__qpg_take_over(ath_qpg_t* q, const char* node_id, int64_t incarnation, ath_qpg_tasks_t* out);
+
 /* ------------------------------------------------------------ leader */
 
 /* Tries the leader lock (session advisory lock on this connection);

@@ -1004,7 +1004,7 @@ static void beat(ath_world_t* w, struct ath_dq_s* dq) {
 }
 
 /* The EWORKERLOST decision for a rescued attempt (SEMANTICS §12.3, §7.3). */
-static void rescue_decide(ath_world_t* w, struct ath_dq_s* dq, const ath_qpg_task_t* r,
+static void rescue_decide(ath_world_t* w, const char* why, const ath_qpg_task_t* r,
                           ath_qpg_outcome_t* o, char* err, size_t errlen) {
   const ath_def_t* def = NULL;
   for (int i = 0; i < w->ndefs; i++) /* immutable once started */
@@ -1014,8 +1014,7 @@ static void rescue_decide(ath_world_t* w, struct ath_dq_s* dq, const ath_qpg_tas
   for (char** nr = def ? def->non_retryable : NULL; nr && *nr && !final; nr++)
     final = strcmp(*nr, "EWORKERLOST") == 0;
   snprintf(err, errlen,
-           "{\"code\":\"EWORKERLOST\",\"message\":\"its node was declared lost (no heartbeat)\","
-           "\"retryable\":true,\"attempt\":%d}",
+           "{\"code\":\"EWORKERLOST\",\"message\":\"%s\",\"retryable\":true,\"attempt\":%d}", why,
            r->attempt);
   memset(o, 0, sizeof(*o));
   o->seq = r->seq;
@@ -1027,7 +1026,29 @@ static void rescue_decide(ath_world_t* w, struct ath_dq_s* dq, const ath_qpg_tas
     o->status = ATH_RETRYING;
     o->delay_ms = ath__backoff_ms(&def->a, r->attempt);
   }
-  (void)dq;
+}
+
+/* Decides each rescued row (EWORKERLOST, `why`) and writes the outcomes
+ * under `lease`, which holds them now (lock not held). Returns how many
+ * were written, or -1. */
+static int64_t rescue_rows(ath_world_t* w, ath_qpg_t* q, int64_t lease, const ath_qpg_tasks_t* rows,
+                           const char* why) {
+  if (rows->n == 0)
+    return 0;
+  ath_qpg_outcome_t* o = calloc(rows->n, sizeof(*o));
+  char(*errs)[192] = calloc(rows->n, sizeof(*errs));
+  uint8_t* applied = calloc(rows->n, 1);
+  int64_t done = -1;
+  if (o && errs && applied) {
+    for (size_t i = 0; i < rows->n; i++)
+      rescue_decide(w, why, &rows->rows[i], &o[i], errs[i], sizeof(errs[i]));
+    if (ath__qpg_finish(q, lease, o, rows->n, applied) == 0)
+      done = (int64_t)rows->n;
+  }
+  free(o);
+  free(errs);
+  free(applied);
+  return done;
 }
 
 /* The leader's duties (lock not held): take or keep the lock, rescue the
@@ -1061,24 +1082,12 @@ static void lead(ath_world_t* w, struct ath_dq_s* dq) {
   ath_qpg_tasks_t rows;
   int64_t grace = 10 * w->cfg.heartbeat_timeout_ms;
   if (ath__qpg_rescue(dq->ldr, dq->llease.incarnation, RESCUE_LIMIT, grace, &rows) == 0) {
-    if (rows.n > 0) {
-      ath_qpg_outcome_t* o = calloc(rows.n, sizeof(*o));
-      char(*errs)[192] = calloc(rows.n, sizeof(*errs));
-      uint8_t* applied = calloc(rows.n, 1);
-      if (o && errs && applied) {
-        for (size_t i = 0; i < rows.n; i++)
-          rescue_decide(w, dq, &rows.rows[i], &o[i], errs[i], sizeof(errs[i]));
-        if (ath__qpg_finish(dq->ldr, dq->llease.incarnation, o, rows.n, applied) == 0) {
-          uv_mutex_lock(&w->lock);
-          dq->n_rescued += (int64_t)rows.n;
-          uv_mutex_unlock(&w->lock);
-          ath_log_field_t f[1] = {ATH_LOG_FINT("tasks", (int64_t)rows.n)};
-          ath__logf(w, ATH_LOG_WARN, f, 1, "rescued the tasks of expired nodes (EWORKERLOST)");
-        }
-      }
-      free(o);
-      free(errs);
-      free(applied);
+    if (rescue_rows(w, dq->ldr, dq->llease.incarnation, &rows, "its node was declared lost (no heartbeat)") > 0) {
+      uv_mutex_lock(&w->lock);
+      dq->n_rescued += (int64_t)rows.n;
+      uv_mutex_unlock(&w->lock);
+      ath_log_field_t f[1] = {ATH_LOG_FINT("tasks", (int64_t)rows.n)};
+      ath__logf(w, ATH_LOG_WARN, f, 1, "rescued the tasks of expired nodes (EWORKERLOST)");
     }
     ath__qpg_tasks_free(&rows);
   }
@@ -1372,6 +1381,27 @@ void ath__pgstore_stopped(ath_world_t* w) {
   ath__logf(w, ATH_LOG_INFO, f, 5, "PostgreSQL backend stopped");
 }
 
+/* At start, as the new incarnation (lock not held): the tasks an earlier
+ * incarnation of this nodeId still leases (a crash, a kill -9) are this
+ * node's to rescue now, not after heartbeatTimeout (distributed.md §3.8);
+ * that incarnation is fenced in the same statement. */
+static int take_over(ath_world_t* w, struct ath_dq_s* dq) {
+  ath_qpg_tasks_t rows;
+  int rc = ath__qpg_take_over(dq->wr, dq->node_id, dq->lease.incarnation, &rows);
+  if (rc != 0)
+    return rc;
+  int64_t n = rescue_rows(w, dq->wr, dq->lease.incarnation, &rows, "its node restarted");
+  ath__qpg_tasks_free(&rows);
+  if (n < 0)
+    return ATH_ESTORE;
+  dq->n_rescued += n;
+  if (n > 0) {
+    ath_log_field_t f[1] = {ATH_LOG_FINT("tasks", n)};
+    ath__logf(w, ATH_LOG_WARN, f, 1, "recovered the running tasks of this node's previous run (EWORKERLOST)");
+  }
+  return 0;
+}
+
 int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
   struct ath_dq_s* dq = calloc(1, sizeof(*dq));
   if (dq == NULL)
@@ -1413,6 +1443,9 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
   node_desc(dq, w, &n, 0);
   if (rc == 0 && (rc = ath__qpg_node_register(dq->wr, &n, uv_hrtime(), &dq->lease)) != 0)
     snprintf(err, errlen, "PostgreSQL backend: registering node %s: %s", dq->node_id, ath__qpg_errmsg(dq->wr));
+  if (rc == 0 && (rc = take_over(w, dq)) != 0)
+    snprintf(err, errlen, "PostgreSQL backend: recovering node %s's earlier tasks: %s", dq->node_id,
+             ath__qpg_errmsg(dq->wr));
   if (rc == 0 && dq->lis != NULL && pipe(dq->lis_pipe) != 0) {
     snprintf(err, errlen, "cannot make a pipe: %s", strerror(errno));
     rc = ATH_ENOMEM;

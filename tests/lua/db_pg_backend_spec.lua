@@ -348,6 +348,37 @@ describe("athena.PostgresBackend", function()
     assert.equals(2, lines(la)[1].attempt)
   end)
 
+  it("a node restarted with the same nodeId rescues its previous run's tasks at once, fenced", function()
+    local sch = schema()
+    local ctl = world(sch) -- the leader: it would rescue them only when b's lease expires (60 s)
+    local slow = { DIST_CONC = "2", DIST_WORKERS = "1", DIST_HB = "500", DIST_HBT = "60000" }
+    local pb, lb = node(sch, "b", slow)
+    local hs = ctl:executeMany("dist.sleep", { { ms = 30000 }, { ms = 30000 } })
+    S.eventually(function() return #lines(lb) >= 2 end, WAIT, "node b to run both")
+    os.execute("kill -9 " .. pb)
+    S.eventually(function() return not alive(pb) end, WAIT, "node b to die")
+    local old = assert(admin:query(("select incarnation from %s.nodes where node_id = 'b'"):format(sch)))[1].incarnation
+    local _, lb2 = node(sch, "b", slow) -- the same nodeId: it takes over at start
+    S.eventually(function()
+      local starts = 0
+      for _, l in ipairs(lines(lb2)) do starts = starts + ((l.what == "start" and l.attempt == 2) and 1 or 0) end
+      return starts == 2
+    end, 10000, "the restarted b to run both again as attempt 2")
+    for _, h in ipairs(hs) do
+      local row = assert(admin:query(("select attempt, rescues, error from %s.tasks where id = $1"):format(sch), h.id))[1]
+      assert.equals(2, row.attempt)
+      assert.equals(1, row.rescues)
+      assert.truthy(row.error:find("EWORKERLOST", 1, true))
+      assert.truthy(row.error:find("its node restarted", 1, true))
+    end
+    -- the previous incarnation is fenced: expired, so it can claim and renew no more
+    assert.equals(0, scalar(("select count(*) as n from %s.nodes where incarnation = $1 and expires_at > 0"):format(sch), old))
+    for _, n in ipairs(ctl:getNodes()) do
+      if n.incarnation == old then assert.is_false(n.alive) end
+    end
+    for _, h in ipairs(hs) do assert.is_true(h:cancel()) end
+  end)
+
   it("cancels from another node and wakes result() on every node", function()
     local sch = schema()
     local ctl = world(sch)
