@@ -76,6 +76,7 @@ struct ath_dq_s {
   int* full;               /* per queue index: the last claim was full (prefetch) */
   int64_t stage_at;        /* wall ms a retry or delay this node wrote is due, 0: none */
   int sched_scan;          /* athena_sched heard: the leader looks at the schedules again */
+  int lead_now;            /* athena_leader heard (the leader resigned): try the lock at once */
   int64_t* done;           /* athena_done seqs to look up */
   size_t ndone, done_cap;
   int64_t* cancels;        /* athena_cancel seqs leased here */
@@ -267,6 +268,8 @@ static void heard(const char* channel, const char* payload, void* ud) {
     }
   } else if (strcmp(channel, "athena_sched") == 0) {
     dq->sched_scan = 1;
+  } else if (strcmp(channel, "athena_leader") == 0) {
+    dq->lead_now = 1;
   } else if (strcmp(channel, "athena_cancel") == 0) {
     char* end;
     int64_t inc = strtoll(payload, &end, 10);
@@ -276,7 +279,7 @@ static void heard(const char* channel, const char* payload, void* ud) {
 }
 
 static const char* const CHANNELS[] = {"athena_ready", "athena_done", "athena_cancel", "athena_sched",
-                                       NULL};
+                                       "athena_leader", NULL};
 
 static void listener_main(void* arg) {
   struct ath_dq_s* dq = arg;
@@ -1158,6 +1161,9 @@ static void backend_main(void* arg) {
     uint64_t now = uv_hrtime();
     int stopping = w->store_stop;
     int do_sched = dq->leader && (dq->sched_scan || (dq->sched_at_ns != 0 && now >= dq->sched_at_ns));
+    if (dq->lead_now && !dq->leader) /* a resigning leader: the next try is now */
+      next_lead = now;
+    dq->lead_now = 0;
     if (!stopping && (now >= next_beat || now >= next_lead || now >= next_poll || dq->ndone > 0 ||
                       dq->ncancel > 0 || do_sched || (dq->stage_at != 0 && ath__wall(w) >= dq->stage_at))) {
       int do_beat = now >= next_beat, do_lead = now >= next_lead, do_poll = now >= next_poll;

@@ -379,6 +379,31 @@ describe("athena.PostgresBackend", function()
     for _, h in ipairs(hs) do assert.is_true(h:cancel()) end
   end)
 
+  it("a node takes the lead at once when the leader resigns (NOTIFY athena_leader)", function()
+    local sch = schema()
+    local function member(id) -- tries the leader lock every 10 s (heartbeatInterval)
+      local w = athena.World.new { backend = athena.PostgresBackend.new { url = URL, nodeId = id, schema = sch },
+        modules = { "dist_jobs" }, taskQueues = { dist = { workers = 0 } },
+        heartbeatInterval = 10000, heartbeatTimeout = 30000 }
+      w:register(table.unpack(jobs.all))
+      w:start()
+      worlds[#worlds + 1] = w
+      return w
+    end
+    local function leads(w, id)
+      for _, n in ipairs(w:getNodes()) do
+        if n.nodeId == id and n.alive and n.leader then return true end
+      end
+      return false
+    end
+    local a = member("lead-a")
+    S.eventually(function() return leads(a, "lead-a") end, WAIT, "a to lead")
+    local b = member("lead-b") -- its first try fails: its next one is 10 s later
+    assert.is_false(leads(b, "lead-b"))
+    a:shutdown() -- resigns: NOTIFY athena_leader
+    S.eventually(function() return leads(b, "lead-b") end, 3000, "b to take the lead at once")
+  end)
+
   it("cancels from another node and wakes result() on every node", function()
     local sch = schema()
     local ctl = world(sch)
