@@ -1552,8 +1552,8 @@ int ath__qpg_schedule_put(ath_qpg_t* q, const ath_qpg_schedule_t* s, int* change
   return sched_count(q, ST_SCHED_PUT, 16, v, changed);
 }
 
-int ath__qpg_schedule_fire(ath_qpg_t* q, const ath_qpg_fire_t* f, int* advanced, int* created,
-                           int* skipped) {
+/* Sends ST_SCHED_FIRE for f into the open pipeline. */
+static int send_fire(ath_qpg_t* q, const ath_qpg_fire_t* f) {
   char expect_s[24], at_s[24], next_s[24], skip_s[24];
   const char* next_v;
   snprintf(expect_s, sizeof(expect_s), "%" PRId64, f->expect);
@@ -1562,17 +1562,60 @@ int ath__qpg_schedule_fire(ath_qpg_t* q, const ath_qpg_fire_t* f, int* advanced,
   snprintf(skip_s, sizeof(skip_s), "%" PRId64, f->skip);
   const char* v[7] = {f->id, expect_s, at_s, next_v, f->fire ? "t" : "f", skip_s,
                       q->notify ? "t" : "f"};
-  PGresult* r = NULL;
-  int rc = run1(q, ST_SCHED_FIRE, 7, v, &r);
+  return pl_send(q, ST_SCHED_FIRE, 7, v); /* libpq copies the values */
+}
+
+static int fire_many_once(ath_qpg_t* q, const ath_qpg_fire_t* f, size_t n, ath_qpg_fired_t* out) {
+  q->err[0] = q->sqlstate[0] = '\0';
+  int rc = pl_begin(q);
+  if (rc < 0)
+    return rc;
+  for (size_t i = 0; i < n; i++)
+    if ((rc = send_fire(q, &f[i])) < 0)
+      return pl_end(q, rc);
+  if ((rc = pl_sync(q)) < 0 || (rc = pl_flush(q)) < 0)
+    return pl_end(q, rc);
+  for (size_t i = 0; i < n; i++) {
+    PGresult* r;
+    if ((rc = pl_rows(q, &r)) < 0)
+      return pl_end(q, rc);
+    out[i].advanced = (int)get_i64(r, 0, 0);
+    out[i].created = (int)get_i64(r, 0, 1);
+    out[i].skipped = (int)get_i64(r, 0, 2);
+    PQclear(r);
+  }
+  rc = read_sync(q);
+  return pl_end(q, rc);
+}
+
+int ath__qpg_schedule_fire_many(ath_qpg_t* q, const ath_qpg_fire_t* f, size_t n, ath_qpg_fired_t* out) {
+  memset(out, 0, n * sizeof(*out));
+  if (n == 0)
+    return 0;
+  if (n > ATH_QPG_FIRE_MAX) {
+    set_err(q, "too many occurrences in one fire", "");
+    return ATH_EINVAL;
+  }
+  int rc, k = 0;
+  while ((rc = fire_many_once(q, f, n, out)) < 0 && retry_conflict(q, rc, k))
+    k++;
+  if (rc < 0)
+    memset(out, 0, n * sizeof(*out)); /* rolled back: none of it happened */
+  return rc;
+}
+
+int ath__qpg_schedule_fire(ath_qpg_t* q, const ath_qpg_fire_t* f, int* advanced, int* created,
+                           int* skipped) {
+  ath_qpg_fired_t o;
+  int rc = ath__qpg_schedule_fire_many(q, f, 1, &o);
   if (rc == 0) {
     if (advanced != NULL)
-      *advanced = (int)get_i64(r, 0, 0);
+      *advanced = o.advanced;
     if (created != NULL)
-      *created = (int)get_i64(r, 0, 1);
+      *created = o.created;
     if (skipped != NULL)
-      *skipped = (int)get_i64(r, 0, 2);
+      *skipped = o.skipped;
   }
-  PQclear(r);
   return rc;
 }
 

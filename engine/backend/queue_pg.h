@@ -300,6 +300,22 @@ typedef struct {
 int ath__qpg_schedule_fire(ath_qpg_t* q, const ath_qpg_fire_t* f, int* advanced, int* created,
                            int* skipped);
 
+/* What one fire did (the three answers of ath__qpg_schedule_fire). */
+typedef struct {
+  int advanced, created, skipped;
+} ath_qpg_fired_t;
+
+#define ATH_QPG_FIRE_MAX 200 /* occurrences per ath__qpg_schedule_fire_many */
+
+/* The fires f[0..n) (n <= ATH_QPG_FIRE_MAX), in order, in one transaction
+ * and one round trip (one pipeline, one commit): each is the statement of
+ * ath__qpg_schedule_fire and sees the ones before it, so a schedule's
+ * caught-up occurrences chain their compare-and-sets (each expects the
+ * previous one's next). out[i] is fire i's answer. On error nothing of it
+ * happened (out zeroed); a deadlock or serialization conflict runs it again
+ * (as every single statement: ath__qpg_retries). */
+int ath__qpg_schedule_fire_many(ath_qpg_t* q, const ath_qpg_fire_t* f, size_t n, ath_qpg_fired_t* out);
+
 /* A stored schedule. Strings point into the result (NULL for SQL NULL);
  * times -1 for NULL. */
 typedef struct {
