@@ -492,12 +492,12 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
   info->failure_strategy = t->strategy;
   info->ready_at = t->ready_at;
   const ath_task_x_t* x = ath__task_xr(t);
-  if (x != NULL && x->hb != NULL) {
+  int lost_hb = 0; /* out of memory copying the details (none: a heartbeat without them) */
+  if (x != NULL) {
     info->last_heartbeat = x->last_hb;
     info->heartbeat = ath__memdup(x->hb, x->hb_len);
-    info->heartbeat_len = info->heartbeat ? x->hb_len : 0;
-  } else if (x != NULL) {
-    info->last_heartbeat = x->last_hb;
+    info->heartbeat_len = x->hb ? x->hb_len : 0;
+    lost_hb = x->hb != NULL && info->heartbeat == NULL;
   }
   info->created_at = t->created_at;
   info->scheduled_at = t->scheduled_at;
@@ -534,7 +534,7 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
   info->error = error;
   info->error_len = error_len;
   if (!info->input || (terminal && t->result && !info->result) ||
-      (info->last_heartbeat && !info->heartbeat) || lost_error) {
+      lost_hb || lost_error) {
     ath_task_snapshot_free(info);
     return ATH_ENOMEM;
   }
