@@ -1161,6 +1161,8 @@ static void pg_done(ath_db_t* db, void* ud) {
     rc = ath__db_res_rows(r, sink_row, &sk, &e);
   ath__db_res_free(r);
   answer_end(k->t->s, k->job, plan, &sk, rc, &e, rc != 0 ? plan->stmts[0].sql : NULL, 0, -1, NULL);
+  if (k->t->hl == NULL) /* the thread stops: its loop must end */
+    ath__db_unwatch(db);
   task_done(&k->work, 0);
 }
 
@@ -1171,6 +1173,7 @@ static void task_start(ath_gwtask_t* k) {
     ath_db_value_t small[32];
     ath_db_value_t* v = params_of(st, small, 32);
     ath_db_error_t e;
+    ath__db_keep_watch(k->c->db); /* one poll handle per connection, not per statement */
     int started = v != NULL && ath__db_exec_async(k->c->db, &k->t->loop, st->sql, v, (int)st->nparams, pg_done,
                                                   k, &e) == 0;
     if (v != small)
@@ -1180,11 +1183,20 @@ static void task_start(ath_gwtask_t* k) {
     /* not started (out of memory, the connection failed at once): the
      * pool's way, which connects again */
   }
+  if (k->c->db != NULL) /* a pool thread uses it next: not watched from here */
+    ath__db_unwatch(k->c->db);
   int rc = uv_queue_work(&k->t->loop, &k->work, task_work, task_done);
   if (rc != 0) { /* never fails on a live loop; answered at once if it did */
     ath__gwjob_error(k->job, 500, "internal_error", "the request could not be scheduled", NULL);
     task_done(&k->work, 0);
   }
+}
+
+void ath__gwt_unwatch(ath_gwt_t* t) {
+  for (int i = 0; i < t->s->cfg.ndbs; i++)
+    for (ath_gwconn_t* c = t->idle[i]; c != NULL; c = c->next)
+      if (c->db != NULL)
+        ath__db_unwatch(c->db);
 }
 
 static void task_done(uv_work_t* w, int status) {

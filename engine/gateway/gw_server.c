@@ -65,6 +65,7 @@ static void on_wake(uv_async_t* h) {
     if (t->hl != NULL)
       ath__http_loop_close(t->hl); /* it frees itself once its connections closed */
     t->hl = NULL;
+    ath__gwt_unwatch(t);
     uv_close((uv_handle_t*)&t->wake, NULL);
   }
 }
