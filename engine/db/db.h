@@ -185,6 +185,9 @@ int ath__db_busy(const ath_db_t* db);
  * loop's thread before the connection is used anywhere else (blocking
  * calls, another loop) and before that loop ends. No-op for SQLite. */
 void ath__db_keep_watch(ath_db_t* db);
+/* Process-wide SQLite settings (no allocation statistics); called before
+ * every first use of SQLite in the process, by anyone who opens it. Thread: any. */
+void ath__sqlite_setup(void);
 void ath__db_unwatch(ath_db_t* db);
 
 /* -------------------------------------------------------------- results */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sqlite3.h>
 #include "athena.h"
 #include "db.h"
 #include "util.h"
@@ -92,6 +93,23 @@ TEST_IMPL(db_redaction) {
   ASSERT_EQ(ATH_DB_EINVAL, ath__db_new("postgres://u:secret@h/db?bogus=1", &db, &e));
   ASSERT_NULL(strstr(e.message, "secret"));
   ASSERT_NULL(db);
+  return 0;
+}
+
+/* The process's SQLite counts no allocations (ath__sqlite_setup, done
+ * by the first connect): its statistics mutex was the gateway threads'
+ * most contended lock. */
+TEST_IMPL(db_sqlite_no_memstatus) {
+  ath_db_t* db = NULL;
+  ath_db_error_t e;
+  ath_db_res_t* r = NULL;
+  ASSERT_OK(ath__db_new("sqlite::memory:", &db, &e));
+  ASSERT_OK(ath__db_exec(db, "create table t(x); insert into t values (randomblob(100000)); select * from t",
+                         NULL, 0, &r, &e));
+  ASSERT_EQ(1, ath__db_res_nrows(r));
+  ath__db_res_free(r);
+  ASSERT_EQ(0, sqlite3_memory_used());
+  ath__db_free(db);
   return 0;
 }
 
