@@ -1221,6 +1221,8 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
     rc = ath__hook_start(w->cfg.webhook_url, sink,
                          w->cfg.webhook_events ? w->cfg.webhook_events : (1u << ATH_EV_COUNT) - 1, w->log,
                          &w->hook, err, errlen);
+  if (rc == 0)
+    rc = ath__watch_start(w, err, errlen);
   for (int i = 0; i < w->nqueues && rc == 0; i++) {
     ath_queue_t* q = w->queues[i];
     int n = i == 0 ? w->cfg.min_workers : q->workers;
@@ -1242,6 +1244,7 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
   }
   if (rc != 0) {
     stop_workers(w);
+    ath__watch_stop(w);
     ath__store_stop(w);
     ath__hook_stop(w->hook);
     w->hook = NULL;
@@ -1343,6 +1346,7 @@ int ath_world_shutdown(ath_world_t* w, int64_t timeout_ms, int* drained, int* re
   ath__wake_blocked(w, NULL); /* result() waiters get ESHUTDOWN */
   uv_mutex_unlock(&w->lock);
   stop_workers(w);
+  ath__watch_stop(w);
   stop_engine(w);
   uv_mutex_lock(&w->lock);
   int left = unfinished_locked(w);
@@ -1391,6 +1395,7 @@ void ath_world_free(ath_world_t* w) {
     uv_thread_join(&wk->thread);
     wk->joined = 1;
   }
+  ath__watch_free(w); /* no worker thread is left to leave it */
   free(w->workers);
   for (int i = 0; i < w->nretired; i++)
     ath__worker_free(w->retired[i]);
