@@ -125,6 +125,11 @@ typedef struct {
   struct ath_task_s** kids;
   uint32_t nkids, kids_cap, kids_lo;
   int kids_lost;
+  /* Its id was generated here (not recovered) and no task outside its
+   * steps took an id under it: its next step's id <id>/<run>/<seq>, which
+   * its history shows it never started, cannot be in the store, so
+   * ctx:run does not look there (execute in world.c). */
+  int fresh;
 } ath_wf_t;
 
 /* workflow.c: history events. ath__wfev_new copies `len` bytes of json
