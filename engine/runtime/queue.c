@@ -58,6 +58,27 @@ int ath__queue_push(ath_queue_t* q, ath_task_t* t) {
   return 0;
 }
 
+int ath__queue_unpop(ath_queue_t* q, ath_task_t* t) {
+  ath_bucket_t* b = bucket_for(q, t->priority);
+  if (b == NULL)
+    return ATH_ENOMEM;
+  /* it was at the head when taken: walk from there */
+  ath_task_t* before = b->head;
+  while (before != NULL && ready_before(before, t))
+    before = before->qnext;
+  t->qnext = before;
+  t->qprev = before ? before->qprev : b->tail;
+  if (t->qprev)
+    t->qprev->qnext = t;
+  else
+    b->head = t;
+  if (before)
+    before->qprev = t;
+  else
+    b->tail = t;
+  return 0;
+}
+
 void ath__list_append(ath_bucket_t* b, ath_task_t* t) {
   t->qnext = NULL;
   t->qprev = b->tail;
