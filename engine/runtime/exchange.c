@@ -390,24 +390,34 @@ static int give_back(ath_world_t* w, ath_task_t* t, xchg_t* x) {
 
 /* Settles wk's tasks claimed ahead (lock held): the ones it started are
  * published as started (T4, at the time they started), the others go back
- * to their queue in their place, so that every exchange claims again in
- * priority order (a task of a higher priority that came meanwhile waits
- * for one batch at most). Returns how many went back. */
+ * to their queue in their place (the last first: each goes to the head),
+ * so that every exchange claims again in priority order (a task of a
+ * higher priority that came meanwhile waits for one batch at most). The
+ * next batch is twice this one when all of it started, else as many as
+ * did (at least one): claiming more than a window holds only to give
+ * them back is work for nothing. Returns how many went back. */
 static int settle_prefetch(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
-  int back = 0;
+  int back = 0, started = 0, left = 0;
   if (atomic_load(&wk->lost))
     wk->npre = 0; /* the monitor settled them (ath__prefetch_lost) */
   for (int i = 0; i < wk->npre; i++) {
     ath_prefetch_t* e = &wk->pre[i];
-    int st = atomic_load_explicit(&e->state, memory_order_acquire);
-    if (st == ATH_PRE_GONE)
-      continue; /* cancelled meanwhile: it never ran */
-    if (st == ATH_PRE_STARTED) {
+    if (atomic_load_explicit(&e->state, memory_order_acquire) == ATH_PRE_STARTED) {
       e->task->queue->depth--;
       start_claimed(w, wk, e->task, e->started_at, e->start_mono, &x->wake_engine);
-    } else {
-      back += give_back(w, e->task, x);
+      started++;
     }
+  }
+  for (int i = wk->npre - 1; i >= 0; i--) {
+    ath_prefetch_t* e = &wk->pre[i];
+    if (atomic_load_explicit(&e->state, memory_order_acquire) == ATH_PRE_READY) {
+      back += give_back(w, e->task, x);
+      left++;
+    }
+  }
+  if (wk->npre > 0) {
+    int next = left == 0 ? 2 * wk->ahead : started;
+    wk->ahead = next < 1 ? 1 : next > ATH_PREFETCH_MAX ? ATH_PREFETCH_MAX : next;
   }
   x->settled += wk->npre;
   wk->npre = wk->pre_next = 0;
@@ -424,7 +434,7 @@ static int serving(const ath_world_t* w, const ath_queue_t* q) {
 
 /* Claims ready activities of wk's queue ahead of its free slots (lock
  * held), `depth` being the queue's depth before this exchange claimed
- * `claimed` of them: up to ATH_PREFETCH_MAX, and no more than its fair
+ * `claimed` of them: up to wk->ahead, and no more than its fair
  * share of the depth over the queue's workers, so one worker does not hoard
  * a small backlog while others idle. They stay pending (T4 happens when
  * the worker starts one), counted in the depth. Workflows are not claimed
@@ -436,7 +446,7 @@ static void claim_ahead(ath_world_t* w, ath_worker_t* wk, int64_t depth, int cla
     return;
   int nw = serving(w, q);
   int64_t share = (depth + (nw > 1 ? nw : 1) - 1) / (nw > 1 ? nw : 1) - claimed;
-  while (wk->npre < share && wk->npre < ATH_PREFETCH_MAX) {
+  while (wk->npre < share && wk->npre < wk->ahead) {
     ath_task_t* t = ath__queue_pop(q);
     if (t == NULL)
       break;

@@ -514,6 +514,7 @@ struct ath_worker_s {
    * (worker thread only). */
   ath_prefetch_t pre[ATH_PREFETCH_MAX];
   int npre, pre_next;
+  int ahead;             /* how many the next exchange may claim ahead */
   uint64_t exchanged_ns; /* uv_hrtime() of its latest exchange (worker thread) */
   int may_flush;         /* a task's own code runs: its count hook may publish */
   /* Read by any thread: */

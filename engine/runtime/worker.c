@@ -1655,6 +1655,7 @@ int ath__worker_spawn(ath_world_t* w, ath_queue_t* q, int wait, ath_worker_t** o
   wk->no_waiter = !wait;
   wk->queue = q;
   wk->concurrency = q->concurrency;
+  wk->ahead = ATH_PREFETCH_MAX;
   /* an exchange publishes the starts of the tasks it claimed ahead before
    * their outcomes: they are all listed in between */
   wk->running_tasks = calloc(wk->concurrency + ATH_PREFETCH_MAX, sizeof(ath_task_t*));
