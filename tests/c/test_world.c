@@ -26,6 +26,10 @@ static const char* jobs_lua =
   "end)\n"
   "local n = 0\n"
   "athena.activity('seq', function() n = n + 1 return n end)\n"
+  "athena.activity('stuck', function(ctx, input)\n"
+  "  local f = io.open(input.mark, 'w') f:close()\n"
+  "  os.execute('sleep ' .. input.s)\n" /* blocks in C: no count hook, no beat */
+  "end)\n"
   "athena.activity('gate', function(ctx, input)\n"
   "  local f = io.open(input.mark, 'w') f:close()\n"
   "  while true do local o = io.open(input.open) if o then o:close() break end end\n"
@@ -761,7 +765,14 @@ static ath_world_t* prefetch_world(int workers, uint64_t window_ns) {
   ath_world_t* w = new_world(workers, NULL);
   ASSERT_OK(reg(w, "seq", NULL, 0));
   ASSERT_OK(reg(w, "gate", NULL, 0));
+  ath_activity_t a;
+  ath_activity_init(&a, "stuck");
+  a.has_retry = 1;
+  a.max_attempts = 1; /* lost once, it fails: no second stuck attempt */
+  ASSERT_OK(ath_world_register(w, &a));
   w->prefetch_window_ns = window_ns;
+  w->cfg.heartbeat_interval_ms = 50; /* for world_prefetch_lost_gives_back */
+  w->cfg.heartbeat_timeout_ms = 300;
   char err[512];
   ASSERT_OK(ath_world_start(w, err, sizeof(err)));
   return w;
@@ -974,6 +985,38 @@ TEST_IMPL(world_prefetch_long_task_gives_back) {
   ath_task_release(b0);
   ath_task_release(g);
   ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
+
+/* A worker declared lost (stuck in a C call) gives the tasks it claimed
+ * ahead back to the queue: its replacement runs them while it is still
+ * stuck (before, nothing would: they were the lost worker's). */
+TEST_IMPL(world_prefetch_lost_gives_back) {
+  ath_world_t* w = prefetch_world(1, NO_WINDOW);
+  ath_task_t* g0 = gate(w, 0);
+  await_gate(0);
+  char mark[300], json[400];
+  gate_path(mark, sizeof(mark), "mark", 1);
+  snprintf(json, sizeof(json), "{\"mark\":\"%s\",\"s\":3}", mark);
+  ath_task_t* stuck;
+  ASSERT_OK(exec1(w, "stuck", json, &stuck));
+  ath_task_t* b[3];
+  for (int i = 0; i < 3; i++)
+    b[i] = seq_task(w, 0);
+  open_gate(0); /* the worker claims `stuck` and b[] ahead */
+  await_gate(1);
+  uint64_t t0 = uv_hrtime();
+  for (int i = 0; i < 3; i++) {
+    ASSERT_OK(ath_world_wait(w, b[i], 10000));
+    ASSERT_EQ(1 + i, seq_rank(w, b[i])); /* in order, on the replacement's fresh state */
+    ath_task_release(b[i]);
+  }
+  ASSERT_LT(uv_hrtime() - t0, 2500000000ull); /* while `stuck` still sleeps (3 s) */
+  ath_task_release(stuck);
+  ath_task_release(g0);
+  ASSERT_OK(ath_world_shutdown(w, 0, NULL, NULL, NULL));
   ath_world_free(w);
   remove_module();
   return 0;
