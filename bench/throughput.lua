@@ -87,7 +87,7 @@ local t2 = clock()
 hs = nil
 collectgarbage()
 local many = N / (t2 - t0)
-print(string.format("executeMany: %d tasks in %.3f s: %.0f tasks/s (enqueue %.0f/s)",
+print(string.format("executeMany (concurrency 1): %d tasks in %.3f s: %.0f tasks/s (enqueue %.0f/s)",
   N, t2 - t0, many, N / (t1 - t0)))
 print(string.format("  metrics cost, median of 3 interleaved runs each: %.0f tasks/s with, %.0f without (%.2fx)",
   METRICS_WITH, METRICS_WITHOUT, METRICS_WITH / METRICS_WITHOUT))

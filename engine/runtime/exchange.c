@@ -252,11 +252,26 @@ ath_worker_t* ath__worker_by_id(ath_world_t* w, int id) {
   return NULL;
 }
 
+/* Takes a task claimed ahead back from its worker (lock held): 1 when it
+ * had not started it (it never will), 0 when it had (it runs). */
+static int take_prefetched(ath_task_t* t) {
+  ath_prefetch_t* e = &t->wk->pre[t->run_pos];
+  int ready = ATH_PRE_READY;
+  if (!atomic_compare_exchange_strong_explicit(&e->state, &ready, ATH_PRE_GONE, memory_order_acq_rel,
+                                               memory_order_acquire))
+    return 0;
+  t->queue->depth--;
+  t->wk = NULL;
+  return 1;
+}
+
 /* Takes a waiting workflow (or any task not in a slot) out of its queue or
  * heap. Returns 0, or -1 when it is in a slot. */
 int ath__unqueue(ath_world_t* w, ath_task_t* t) {
   if (t->remote)
     return 0; /* a proxy of a shared row: in no queue or heap here */
+  if (t->wk != NULL && t->status == ATH_PENDING) /* claimed ahead by a worker */
+    return take_prefetched(t) ? 0 : -1;
   int where = t->wf ? t->wf->where : ATH_WF_SLOT;
   if (t->wf && where == ATH_WF_HOME) {
     /* its home still serves (a worker that stops or is lost hands its
@@ -308,16 +323,176 @@ int ath__cancel_locked(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t*
   return ath__wake_runner(t, wake, nwake); /* its worker interrupts it */
 }
 
-int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
-                        int max, int* stop, ath_waiter_t** inbox, ath_vtimer_t** fired) {
-  ath_worker_t* wake[MAX_WORKERS];
-  int nwake = 0, ended = 0, n = 0, wake_engine = 0;
-  int64_t now = ath__wall(w);
-  uint64_t mono = ath__mono(w);
-  ath_queue_t* q = wk->queue;
+/* What one critical section of a worker's collects (lock held). */
+typedef struct {
+  ath_worker_t** wake;   /* MAX_WORKERS of them */
+  int nwake, wake_engine;
+  int ended;             /* attempts published */
+  int settled;           /* tasks claimed ahead that it settled */
+  int64_t now;           /* wall ms, read before the lock */
+  uint64_t mono;
+} xchg_t;
 
-  uv_mutex_lock(&w->lock);
-  int nout = wk->noutcomes; /* their held tasks are seen to after the claims */
+/* T4 (lock held): t leaves the queue for one of wk's slots, started at
+ * wall `now` and monotonic `mono`. */
+static void start_claimed(ath_world_t* w, ath_worker_t* wk, ath_task_t* t, int64_t now,
+                          uint64_t mono, int* wake_engine) {
+  if (t->wf != NULL && t->wf->resuming) {
+    t->wf->resuming = 0; /* the run goes on: same state, same attempt */
+  } else {
+    t->status = ATH_RUNNING;
+    t->attempt++; /* counted before it runs, so a crash still uses a try */
+    /* `now` was read before the lock: a task enqueued meanwhile must not
+     * start before it was created */
+    t->started_at = now < t->created_at ? t->created_at : now;
+    t->start_mono = mono;
+    if (t->wf != NULL && ath__task_limits(t)->timeout_ms > 0) { /* the run's limit, parked time too */
+      ath_task_x_t* x = ath__task_xr(t); /* a workflow has one from the start */
+      x->exp_mono = ath__after(mono, ath__task_limits(t)->timeout_ms);
+      if (x->exp_idx == UINT32_MAX ? ath__heap_push(&w->expiry, x) == 0 : (ath__heap_fix(&w->expiry, x), 1))
+        *wake_engine |= w->expiry.items[0] == x;
+    }
+  }
+  if (t->wf != NULL)
+    ath__wf_claimed(t);
+  t->worker_id = wk->id;
+  t->wk = wk;
+  ath__store_mark(w, t);
+  t->run_pos = wk->running;
+  wk->running_tasks[wk->running++] = t;
+  wk->queue->running++;
+  w->n_running++;
+  if (!w->cfg.no_metrics)
+    ath__lat_add(&w->lat_wait, mono > t->ready_mono ? (double)(mono - t->ready_mono) / 1e6 : 0, now);
+}
+
+/* A task that waited past its scheduleToClose fails where it is (§6.2;
+ * lock held). Returns whether it did. */
+static int expired_waiting(ath_world_t* w, ath_task_t* t, xchg_t* x) {
+  int64_t stc = ath__task_limits(t)->schedule_to_close_ms;
+  if (stc <= 0 || x->now < t->scheduled_at + stc)
+    return 0;
+  ath__set_error(t, ATH_ETIMEDOUT, "scheduleToClose expired before the task could run");
+  x->nwake = ath__finish_task(w, t, t->strategy == ATH_STRATEGY_QUARANTINE ? ATH_QUARANTINED : ATH_FAILED,
+                              x->now, x->wake, x->nwake);
+  return 1;
+}
+
+/* Puts a task claimed ahead back in its queue, in its place (lock held).
+ * Returns 1, or 0 when it could not be (out of memory: it fails). */
+static int give_back(ath_world_t* w, ath_task_t* t, xchg_t* x) {
+  t->wk = NULL;
+  if (ath__queue_unpop(t->queue, t) == 0)
+    return 1;
+  t->queue->depth--;
+  ath__set_error(t, ATH_ENOMEM, "out of memory putting the task back in its queue");
+  x->nwake = ath__finish_task(w, t, ATH_FAILED, x->now, x->wake, x->nwake);
+  return 0;
+}
+
+/* Settles wk's tasks claimed ahead (lock held): the ones it started are
+ * published as started (T4, at the time they started), the others go back
+ * to their queue in their place (the last first: each goes to the head),
+ * so that every exchange claims again in priority order (a task of a
+ * higher priority that came meanwhile waits for one batch at most). The
+ * next batch is twice this one when all of it started, else as many as
+ * did (at least one): claiming more than a window holds only to give
+ * them back is work for nothing. Returns how many went back. */
+static int settle_prefetch(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
+  int back = 0, started = 0, left = 0;
+  if (atomic_load(&wk->lost))
+    wk->npre = 0; /* the monitor settled them (ath__prefetch_lost) */
+  for (int i = 0; i < wk->npre; i++) {
+    ath_prefetch_t* e = &wk->pre[i];
+    if (atomic_load_explicit(&e->state, memory_order_acquire) == ATH_PRE_STARTED) {
+      e->task->queue->depth--;
+      start_claimed(w, wk, e->task, e->started_at, e->start_mono, &x->wake_engine);
+      started++;
+    }
+  }
+  for (int i = wk->npre - 1; i >= 0; i--) {
+    ath_prefetch_t* e = &wk->pre[i];
+    if (atomic_load_explicit(&e->state, memory_order_acquire) == ATH_PRE_READY) {
+      back += give_back(w, e->task, x);
+      left++;
+    }
+  }
+  if (wk->npre > 0) {
+    int next = left == 0 ? 2 * wk->ahead : started;
+    wk->ahead = next < 1 ? 1 : next > ATH_PREFETCH_MAX ? ATH_PREFETCH_MAX : next;
+  }
+  x->settled += wk->npre;
+  wk->npre = wk->pre_next = 0;
+  return back;
+}
+
+/* The workers of q that may claim (lock held). */
+static int serving(const ath_world_t* w, const ath_queue_t* q) {
+  int n = 0;
+  for (int i = 0; i < w->nworkers; i++)
+    n += w->workers[i]->queue == q && !w->workers[i]->stop && w->workers[i]->state == ATH_WK_RUNNING;
+  return n;
+}
+
+/* Claims ready activities of wk's queue ahead of its free slots (lock
+ * held), `depth` being the queue's depth before this exchange claimed
+ * `claimed` of them: up to wk->ahead, and no more than its fair
+ * share of the depth over the queue's workers, so one worker does not hoard
+ * a small backlog while others idle. They stay pending (T4 happens when
+ * the worker starts one), counted in the depth. Workflows are not claimed
+ * ahead (their claim hands them history), nor tasks of the PostgreSQL
+ * backend (it claims its own batch from the database). */
+static void claim_ahead(ath_world_t* w, ath_worker_t* wk, int64_t depth, int claimed, xchg_t* x) {
+  ath_queue_t* q = wk->queue;
+  if (w->dq != NULL || wk->resumes.head != NULL || depth <= claimed)
+    return;
+  int nw = serving(w, q);
+  int64_t share = (depth + (nw > 1 ? nw : 1) - 1) / (nw > 1 ? nw : 1) - claimed;
+  while (wk->npre < share && wk->npre < wk->ahead) {
+    ath_task_t* t = ath__queue_pop(q);
+    if (t == NULL)
+      break;
+    if (expired_waiting(w, t, x))
+      continue;
+    if (t->wf != NULL) {
+      if (ath__queue_unpop(q, t) == 0)
+        q->depth++;
+      else
+        give_back(w, t, x); /* q->depth is already one less */
+      break;
+    }
+    q->depth++; /* still pending: counted until it starts */
+    ath_prefetch_t* e = &wk->pre[wk->npre];
+    e->task = t;
+    atomic_store_explicit(&e->state, ATH_PRE_READY, memory_order_relaxed);
+    t->wk = wk;
+    t->run_pos = wk->npre++;
+  }
+}
+
+/* Claims up to `max` ready tasks of wk's queue into its slots (lock held)
+ * and, when they fill them, more ahead. Returns how many went to slots. */
+static int claim(ath_world_t* w, ath_worker_t* wk, ath_task_t** out, int max, xchg_t* x) {
+  ath_queue_t* q = wk->queue;
+  int64_t depth = q->depth;
+  int n = 0;
+  while (n < max) {
+    ath_task_t* t = wk->resumes.head != NULL ? ath__wf_pop_home(wk) : ath__queue_pop(q);
+    if (t == NULL)
+      break;
+    if (expired_waiting(w, t, x))
+      continue;
+    start_claimed(w, wk, t, x->now, x->mono, &x->wake_engine);
+    out[n++] = t;
+  }
+  if (n == max && max > 0)
+    claim_ahead(w, wk, depth, n, x);
+  return n;
+}
+
+/* Publishes wk's outcomes (lock held). */
+static void publish(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
+  ath_queue_t* q = wk->queue;
   if (atomic_load(&wk->lost)) { /* declared lost: its tasks were failed and moved on */
     for (int i = 0; i < wk->noutcomes; i++) {
       ath_outcome_t* o = &wk->outcomes[i];
@@ -339,11 +514,11 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
     last->run_pos = t->run_pos;
     w->n_running--;
     t->wk = NULL;
-    ended++;
+    x->ended++;
     if (!w->cfg.no_metrics)
-      ath__lat_add(&w->lat_run, (double)(mono - t->start_mono) / 1e6, now);
+      ath__lat_add(&w->lat_run, (double)(x->mono - t->start_mono) / 1e6, x->now);
     if (ath__task_dq_attempt(t) < 0) { /* PostgreSQL: this node's lease was lost meanwhile */
-      nwake = ath__dq_discard(w, t, wake, nwake);
+      x->nwake = ath__dq_discard(w, t, x->wake, x->nwake);
       continue;
     }
     if (o->status == ATH_COMPLETED)
@@ -363,13 +538,13 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
       w->requeued++;
       if (w->draining && ath__hold_workflow(w, t) == 0)
         continue; /* claimed again, it would only be refused again */
-      nwake = ath__wf_resume(w, t, wake, nwake);
+      x->nwake = ath__wf_resume(w, t, x->wake, x->nwake);
       continue;
     }
     if (o->status == ATH_PENDING) { /* interrupted by shutdown: T14 */
       t->attempt--;
-      t->ready_at = now;
-      t->ready_mono = mono;
+      t->ready_at = x->now;
+      t->ready_mono = x->mono;
       w->requeued++;
       if (ath__make_ready(w, t) == 0)
         continue;
@@ -387,107 +562,137 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
         t->error = wf->forced_err;
         t->error_len = wf->forced_err_len;
         wf->forced_err = NULL;
-        nwake = ath__finish_task(w, t, ATH_FAILED, now, wake, nwake);
+        x->nwake = ath__finish_task(w, t, ATH_FAILED, x->now, x->wake, x->nwake);
         continue;
       }
       if (o->park_kind != ATH_PARK_NONE && o->status == ATH_RUNNING) {
         if (atomic_load(&t->cancel_ns) != 0) { /* cancelled as it parked */
           if (o->park_task != NULL)
             ath_task_release(o->park_task);
-          nwake = ath__finish_task(w, t, ATH_CANCELLED, now, wake, nwake);
+          x->nwake = ath__finish_task(w, t, ATH_CANCELLED, x->now, x->wake, x->nwake);
           continue;
         }
-        nwake = ath__wf_park(w, t, o, now, mono, wake, nwake, &wake_engine);
+        x->nwake = ath__wf_park(w, t, o, x->now, x->mono, x->wake, x->nwake, &x->wake_engine);
         continue;
       }
       if (t->status == ATH_COMPENSATING) { /* the compensation segment ended (§9.5) */
         t->err_code = o->err_code;
-        nwake = ath__finish_task(w, t, o->err_code == ATH_ECOMPENSATED ? ATH_COMPENSATED : ATH_FAILED,
-                            now, wake, nwake);
+        x->nwake = ath__finish_task(w, t, o->err_code == ATH_ECOMPENSATED ? ATH_COMPENSATED : ATH_FAILED,
+                            x->now, x->wake, x->nwake);
         continue;
       }
     }
     t->err_code = o->err_code;
     if (o->status == ATH_FAILED)
-      nwake = ath__attempt_failed(w, t, o, now, mono, wake, nwake, &wake_engine);
+      x->nwake = ath__attempt_failed(w, t, o, x->now, x->mono, x->wake, x->nwake, &x->wake_engine);
     else
-      nwake = ath__finish_task(w, t, o->status, now, wake, nwake);
+      x->nwake = ath__finish_task(w, t, o->status, x->now, x->wake, x->nwake);
   }
   wk->noutcomes = 0;
   if (w->state == ATH_W_STOPPING) /* attempts that ended during the shutdown */
-    w->drained += ended - (w->requeued - requeued_before);
+    w->drained += x->ended - (w->requeued - requeued_before);
 
-  if (!wk->stop && (w->state == ATH_W_STARTED || w->draining)) {
-    while (n < max) {
-      ath_task_t* t = wk->resumes.head != NULL ? ath__wf_pop_home(wk) : ath__queue_pop(q);
-      if (t == NULL)
-        break;
-      int64_t stc = ath__task_limits(t)->schedule_to_close_ms;
-      if (stc > 0 && now >= t->scheduled_at + stc) {
-        /* expired while waiting: it fails where it is (§6.2) */
-        ath__set_error(t, ATH_ETIMEDOUT, "scheduleToClose expired before the task could run");
-        nwake = ath__finish_task(w, t, t->strategy == ATH_STRATEGY_QUARANTINE ? ATH_QUARANTINED : ATH_FAILED,
-                            now, wake, nwake);
-        continue;
-      }
-      if (t->wf != NULL && t->wf->resuming) {
-        t->wf->resuming = 0; /* the run goes on: same state, same attempt */
-      } else {
-        t->status = ATH_RUNNING;
-        t->attempt++; /* counted before it runs, so a crash still uses a try */
-        /* `now` was read before the lock: a task enqueued meanwhile must not
-         * start before it was created */
-        t->started_at = now < t->created_at ? t->created_at : now;
-        t->start_mono = mono;
-        if (t->wf != NULL && ath__task_limits(t)->timeout_ms > 0) { /* the run's limit, parked time too */
-          ath_task_x_t* x = ath__task_xr(t); /* a workflow has one from the start */
-          x->exp_mono = ath__after(mono, ath__task_limits(t)->timeout_ms);
-          if (x->exp_idx == UINT32_MAX ? ath__heap_push(&w->expiry, x) == 0 : (ath__heap_fix(&w->expiry, x), 1))
-            wake_engine |= w->expiry.items[0] == x;
-        }
-      }
-      if (t->wf != NULL)
-        ath__wf_claimed(t);
-      t->worker_id = wk->id;
-      t->wk = wk;
-      ath__store_mark(w, t);
-      t->run_pos = wk->running + n;
-      wk->running_tasks[t->run_pos] = t;
-      if (!w->cfg.no_metrics)
-        ath__lat_add(&w->lat_wait, mono > t->ready_mono ? (double)(mono - t->ready_mono) / 1e6 : 0, now);
-      out[n++] = t;
-    }
-    q->running += n;
-    wk->running += n;
-    w->n_running += n;
-  }
+}
+
+/* Wakes a worker for each task a segment started for this worker to claim
+ * that it did not (others came first, no free slot, stopping): another
+ * worker may (lock held). `nout` outcomes were published. */
+static void release_held(ath_world_t* w, ath_worker_t* wk, int nout, xchg_t* x) {
   for (int i = 0; i < nout; i++) {
-    /* a task a segment started for this worker to claim: if it did not
-     * (others came first, no free slot, stopping), another worker may */
     ath_task_t* h = wk->outcomes[i].held;
     if (h == NULL)
       continue;
     wk->outcomes[i].held = NULL;
-    if (h->status == ATH_PENDING && nwake < MAX_WORKERS)
-      nwake += ath__pick_sleepers(w, h->queue, 1, wake + nwake, MAX_WORKERS - nwake);
+    if (h->status == ATH_PENDING && x->nwake < MAX_WORKERS)
+      x->nwake += ath__pick_sleepers(w, h->queue, 1, x->wake + x->nwake, MAX_WORKERS - x->nwake);
     ath_task_release(h);
   }
+}
+
+/* Wakes sleeping workers of wk's queue for `n` tasks that went back to it
+ * (lock held). */
+static void wake_for(ath_world_t* w, ath_worker_t* wk, int n, xchg_t* x) {
+  if (n > 0 && x->nwake < MAX_WORKERS)
+    x->nwake += ath__pick_sleepers(w, wk->queue, n, x->wake + x->nwake, MAX_WORKERS - x->nwake);
+}
+
+/* The end of a worker's critical section: the shutdown hears of attempts
+ * that ended or tasks that left the worker, terminal tasks past the
+ * retention leave RAM, workers and the engine are woken. Unlocks. */
+static void xchg_end(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
+  if ((x->ended || x->settled) && w->cond_waiters > 0)
+    uv_cond_broadcast(&w->cond);
+  ath_task_t* dead = x->ended ? ath__world_term_trim(w) : NULL;
+  uv_mutex_unlock(&w->lock);
+  wk->exchanged_ns = uv_hrtime();
+  ath__world_term_free(dead);
+  ath__wake_all(x->wake, x->nwake);
+  if (x->wake_engine)
+    uv_async_send(&w->easync);
+}
+
+int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
+                        int max, int* stop, ath_waiter_t** inbox, ath_vtimer_t** fired) {
+  ath_worker_t* wake[MAX_WORKERS];
+  xchg_t x = {wake, 0, 0, 0, 0, ath__wall(w), ath__mono(w)};
+  int n = 0;
+  uv_mutex_lock(&w->lock);
+  int nout = wk->noutcomes; /* their held tasks are seen to after the claims */
+  int back = settle_prefetch(w, wk, &x); /* first: its outcomes may be theirs */
+  publish(w, wk, &x);
+  if (!wk->stop && (w->state == ATH_W_STARTED || w->draining))
+    n = claim(w, wk, out, max, &x);
+  if (n < max || wk->stop)
+    wake_for(w, wk, back, &x); /* it may not have taken them again */
+  release_held(w, wk, nout, &x);
   if (wk->resumes.head != NULL && (wk->stop || !ath__home_open(w, wk)))
-    nwake = ath__wf_unhome(w, wk, wake, nwake); /* no more segments here */
+    x.nwake = ath__wf_unhome(w, wk, x.wake, x.nwake); /* no more segments here */
   wk->wants_work = !wk->stop && wk->running < wk->concurrency;
   *stop = wk->stop && wk->running == 0;
   *inbox = wk->inbox;
   wk->inbox = NULL;
   *fired = wk->fired;
   wk->fired = NULL;
-  if (ended && w->cond_waiters > 0)
-    uv_cond_broadcast(&w->cond);
-  ath_task_t* dead = ended ? ath__world_term_trim(w) : NULL;
-  uv_mutex_unlock(&w->lock);
-  ath__world_term_free(dead);
-  ath__wake_all(wake, nwake);
-  if (wake_engine)
-    uv_async_send(&w->easync);
+  xchg_end(w, wk, &x);
+  return n;
+}
+
+void ath__world_flush(ath_world_t* w, ath_worker_t* wk) {
+  ath_worker_t* wake[MAX_WORKERS];
+  xchg_t x = {wake, 0, 0, 0, 0, ath__wall(w), ath__mono(w)};
+  uv_mutex_lock(&w->lock);
+  int nout = wk->noutcomes;
+  wake_for(w, wk, settle_prefetch(w, wk, &x), &x);
+  publish(w, wk, &x);
+  release_held(w, wk, nout, &x);
+  xchg_end(w, wk, &x);
+}
+
+/* The monitor declared wk lost (lock held): the tasks it claimed ahead
+ * and had not started go back to their queue; one it started is published
+ * as running, so that it fails with the others. Returns the new nwake. */
+int ath__prefetch_lost(ath_world_t* w, ath_worker_t* wk, ath_worker_t** wake, int nwake) {
+  xchg_t x = {wake, nwake, 0, 0, 0, ath__wall(w), ath__mono(w)};
+  int back = 0;
+  for (int i = 0; i < wk->npre; i++) {
+    ath_prefetch_t* e = &wk->pre[i];
+    int st = ATH_PRE_READY;
+    if (atomic_compare_exchange_strong_explicit(&e->state, &st, ATH_PRE_GONE, memory_order_acq_rel,
+                                                memory_order_acquire)) {
+      back += give_back(w, e->task, &x);
+    } else if (st == ATH_PRE_STARTED) { /* it runs there: the monitor fails it as it fails the others */
+      e->task->queue->depth--;
+      start_claimed(w, wk, e->task, e->started_at, e->start_mono, &x.wake_engine);
+    }
+  }
+  wake_for(w, wk, back, &x);
+  return x.nwake; /* wk->npre is its own: its next exchange clears it */
+}
+
+int64_t ath__prefetched(const ath_world_t* w) {
+  int64_t n = 0;
+  for (int i = 0; i < w->nworkers; i++)
+    n += w->workers[i]->npre;
   return n;
 }
 

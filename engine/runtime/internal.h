@@ -390,6 +390,9 @@ int ath__queue_push(ath_queue_t* q, ath_task_t* t);
  * when the first one is unborn (file mode: a task runs only once its
  * enqueue is committed; the store thread wakes the queue's workers then). */
 ath_task_t* ath__queue_pop(ath_queue_t* q);
+/* Puts a task taken by ath__queue_pop back in its place (near the head),
+ * leaving the depth as it is. */
+int ath__queue_unpop(ath_queue_t* q, ath_task_t* t);
 void ath__queue_remove(ath_queue_t* q, ath_task_t* t);
 void ath__queue_free(ath_queue_t* q);
 
@@ -423,6 +426,9 @@ struct ath_slot_s {
   lua_KFunction wait_k;  /* continuation of that wait */
   int wait_timed_out;    /* the last result wait ended by its timeout */
   ath_task_t* task;      /* NULL when free */
+  int attempt;           /* the attempt it runs (a task started from the
+                          * prefetch counts it in t->attempt only once its
+                          * start is published) */
   lua_State* co;         /* the task's coroutine, anchored at co_ref */
   int co_ref;
   int wait;              /* ATH_WAIT_* */
@@ -472,6 +478,23 @@ struct ath_waiter_s {
 };
 
 enum { ATH_WK_STARTING = 0, ATH_WK_RUNNING, ATH_WK_STOPPING, ATH_WK_STOPPED };
+
+/* A task a worker claimed ahead of a free slot (exchange.c): it stays
+ * pending, counted in its queue's depth, with t->wk set and t->run_pos its
+ * index here, until the worker starts it without the lock (READY ->
+ * STARTED, then published at its next exchange) or someone under the lock
+ * takes it back (READY -> GONE: a cancel, a lost worker). The state is the
+ * only field two threads race on: whoever moves it from READY owns the
+ * task. */
+enum { ATH_PRE_READY = 0, ATH_PRE_STARTED, ATH_PRE_GONE };
+typedef struct {
+  ath_task_t* task;
+  atomic_int state;      /* ATH_PRE_* */
+  int64_t started_at;    /* STARTED: wall ms and monotonic ns of the start, */
+  uint64_t start_mono;   /* written before the state (read after it) */
+} ath_prefetch_t;
+#define ATH_PREFETCH_MAX 32 /* tasks claimed ahead per exchange */
+#define ATH_PREFETCH_WINDOW_NS 100000u /* see ath_world_s.prefetch_window_ns */
 
 /* A completed attempt waiting to be published under the world lock. */
 typedef struct {
@@ -558,6 +581,14 @@ struct ath_worker_s {
   ath_bucket_t resumes;  /* workflows whose coroutine it caches, due to resume
                           * here (counted in its queue's depth) */
   int64_t tasks_completed, tasks_failed;
+  /* Tasks claimed ahead, pre[0..npre) (written in its exchanges, under the
+   * lock; each entry's state is atomic); pre_next: the next to start
+   * (worker thread only). */
+  ath_prefetch_t pre[ATH_PREFETCH_MAX];
+  int npre, pre_next;
+  int ahead;             /* how many the next exchange may claim ahead */
+  uint64_t exchanged_ns; /* uv_hrtime() of its latest exchange (worker thread) */
+  int may_flush;         /* a task's own code runs: its count hook may publish */
   /* Read by any thread: */
   atomic_llong last_heartbeat;
   atomic_llong memory_kb;
@@ -658,6 +689,10 @@ struct ath_world_s {
   /* Shutdown: while `draining`, workers still claim queued tasks (and a
    * workflow's steps are still accepted); then the results. */
   int draining;
+  /* How long after its exchange a worker may still start tasks it claimed
+   * ahead, and after which the count hook of a task still running publishes
+   * what ended before it and gives those back (tests lengthen it). */
+  uint64_t prefetch_window_ns;
   struct ath_task_s** held; /* workflows a shutdown refused a command: queued when it ends */
   ath_buf_t evbuf;       /* scratch for the outcome events workflows record (workflow.c) */
   int nheld, held_cap;
@@ -786,6 +821,10 @@ void ath__world_set_start_hook(ath_world_t* w, void (*fn)(ath_world_t* w));
  * the worker should stop. */
 int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
                         int max, int* stop, ath_waiter_t** inbox, ath_vtimer_t** fired);
+/* Publishes the worker's outcomes and the starts of tasks it claimed ahead,
+ * and gives back those it has not started, claiming nothing (a task of its
+ * runs long: its count hook calls this). */
+void ath__world_flush(ath_world_t* w, ath_worker_t* wk);
 /* Registers `slot` as waiting for `t` to end. Returns 1 if registered, 0 if
  * `t` is already terminal (nothing registered). */
 int ath__world_await(ath_world_t* w, ath_task_t* t, ath_slot_t* slot);
@@ -872,6 +911,8 @@ void ath__set_error(ath_task_t* t, int code, const char* message);
 int ath__unqueue(ath_world_t* w, ath_task_t* t);
 void ath__wake_blocked(ath_world_t* w, const ath_task_t* t);
 int ath__wake_runner(ath_task_t* t, ath_worker_t** wake, int nwake);
+int ath__prefetch_lost(ath_world_t* w, ath_worker_t* wk, ath_worker_t** wake, int nwake);
+int64_t ath__prefetched(const ath_world_t* w);
 /* retry.c */
 int64_t ath__backoff_ms(const ath_activity_t* a, int n);
 int ath__attempt_failed(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o, int64_t now, uint64_t mono, ath_worker_t** wake, int nwake, int* wake_engine);

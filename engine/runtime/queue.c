@@ -37,13 +37,8 @@ static ath_bucket_t* bucket_for(ath_queue_t* q, int priority) {
   return &nb[lo];
 }
 
-int ath__queue_push(ath_queue_t* q, ath_task_t* t) {
-  ath_bucket_t* b = bucket_for(q, t->priority);
-  if (b == NULL)
-    return ATH_ENOMEM;
-  ath_task_t* after = b->tail;
-  while (after != NULL && ready_before(t, after))
-    after = after->qprev;
+/* Links t into b after `after` (NULL: at the head). */
+static void insert_after(ath_bucket_t* b, ath_task_t* t, ath_task_t* after) {
   t->qprev = after;
   t->qnext = after ? after->qnext : b->head;
   if (t->qnext)
@@ -54,7 +49,29 @@ int ath__queue_push(ath_queue_t* q, ath_task_t* t) {
     after->qnext = t;
   else
     b->head = t;
+}
+
+int ath__queue_push(ath_queue_t* q, ath_task_t* t) {
+  ath_bucket_t* b = bucket_for(q, t->priority);
+  if (b == NULL)
+    return ATH_ENOMEM;
+  ath_task_t* after = b->tail;
+  while (after != NULL && ready_before(t, after))
+    after = after->qprev;
+  insert_after(b, t, after);
   q->depth++;
+  return 0;
+}
+
+int ath__queue_unpop(ath_queue_t* q, ath_task_t* t) {
+  ath_bucket_t* b = bucket_for(q, t->priority);
+  if (b == NULL)
+    return ATH_ENOMEM;
+  /* it was at the head when taken: walk from there */
+  ath_task_t* before = b->head;
+  while (before != NULL && ready_before(before, t))
+    before = before->qnext;
+  insert_after(b, t, before ? before->qprev : b->tail);
   return 0;
 }
 

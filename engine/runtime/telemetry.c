@@ -184,7 +184,8 @@ static void autoscale(ath_world_t* w) {
       want = 1;
     for (int i = w->nworkers - 1; i >= 0 && nretire < want; i--) { /* newest first */
       ath_worker_t* wk = w->workers[i];
-      if (wk->queue == q && !wk->stop && wk->state == ATH_WK_RUNNING && wk->running == 0) {
+      if (wk->queue == q && !wk->stop && wk->state == ATH_WK_RUNNING && wk->running == 0 &&
+          wk->npre == 0) { /* none claimed ahead either: truly idle */
         wk->stop = 1; /* stopping at once; claims nothing more */
         wk->wants_work = 0;
         retire[nretire++] = wk;
@@ -241,6 +242,7 @@ static void monitor(ath_world_t* w) {
     wk->stop = 1;
     wk->wants_work = 0;
     nwake = ath__wf_unhome(w, wk, wake, nwake); /* its cached workflows replay elsewhere */
+    nwake = ath__prefetch_lost(w, wk, wake, nwake); /* before its running tasks are failed */
     ath_buf_t ev = {0}; /* worker.lost {workerId, tasks = [ids]} */
     char head[48];
     int hn = snprintf(head, sizeof(head), "{\"workerId\":\"worker-%d\",\"tasks\":[", wk->id);

@@ -69,7 +69,7 @@ int ath__task_log_context(lua_State* L, ath_task_log_t* out) {
   out->log = wk->w->log;
   out->id = t->id;
   out->name = t->def->name;
-  out->attempt = t->attempt;
+  out->attempt = s->attempt;
   out->worker_id = wk->id;
   return 0;
 }
@@ -173,6 +173,10 @@ static void task_hook(lua_State* co, lua_Debug* ar) {
   unsigned ticks = atomic_fetch_add_explicit(&wk->ticks, 1, memory_order_relaxed);
   if (co == s->co || (ticks & 63) == 0)
     atomic_store_explicit(&wk->last_heartbeat, ath__now_ms(), memory_order_relaxed);
+  if (wk->may_flush && (wk->noutcomes > 0 || wk->npre > 0) &&
+      uv_hrtime() - wk->exchanged_ns >= wk->w->prefetch_window_ns)
+    ath__world_flush(wk->w, wk); /* this task runs long: what ended before it, and
+                                  * what it claimed ahead, must not wait for it */
   int code = due_code(s);
   if (code == 0) {
     hook_rest(co, co == s->co);
@@ -689,7 +693,7 @@ static int task_main(lua_State* co) {
   lua_setfield(co, -2, "id");
   lua_pushstring(co, t->def->name);
   lua_setfield(co, -2, "name");
-  lua_pushinteger(co, t->attempt);
+  lua_pushinteger(co, (*(ath_worker_t**)lua_getextraspace(co))->current->attempt);
   lua_setfield(co, -2, "attempt");
   const ath_task_t* parent = ath__task_parent(t);
   if (parent != NULL) {
@@ -823,14 +827,15 @@ static int error_is_final(ath_worker_t* wk, ath_task_t* t, lua_State* L, int64_t
 /* [-1, +0, -] Pops the error value on top of L's stack, normalises it
  * (SEMANTICS §1.2) with athena.errors.normalize and records the failed
  * attempt's outcome with the error stored as t's error JSON. */
-static void fail_attempt(ath_worker_t* wk, ath_task_t* t, lua_State* L,
-                         const char* traceback) {
+static void fail_attempt(ath_slot_t* s, lua_State* L, const char* traceback) {
+  ath_worker_t* wk = s->wk;
+  ath_task_t* t = s->task;
   int code = ATH_EHANDLER;
   int top = lua_gettop(L) - 1;
   lua_rawgeti(L, LUA_REGISTRYINDEX, wk->normalize_ref);
   lua_insert(L, -2);
   lua_pushstring(L, traceback);
-  lua_pushinteger(L, t->attempt);
+  lua_pushinteger(L, s->attempt);
   if (ath__vm_call(L, 3, 1) != LUA_OK) {
     /* The normaliser itself failed (out of memory): keep the failure. */
     lua_settop(L, top);
@@ -871,14 +876,14 @@ static void fail_attempt(ath_worker_t* wk, ath_task_t* t, lua_State* L,
 }
 
 /* [-0, +0, m] Fails the attempt with an engine error value. */
-static void fail_with(ath_worker_t* wk, ath_task_t* t, int code, const char* message) {
-  lua_State* L = wk->L;
+static void fail_with(ath_slot_t* s, int code, const char* message) {
+  lua_State* L = s->wk->L;
   push_interrupt(L, code);
   if (message != NULL) {
     lua_pushstring(L, message);
     lua_setfield(L, -2, "message");
   }
-  fail_attempt(wk, t, L, NULL);
+  fail_attempt(s, L, NULL);
 }
 
 static void stop_wait(ath_slot_t* s) {
@@ -1069,7 +1074,7 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     add_outcome(wk, t, ATH_PENDING, 0); /* back to the queue, not counted */
   } else if (irq != 0) {
     /* a deadline: the interrupting code wins */
-    fail_with(wk, t, irq == SCOPE_TIMEOUT ? ATH_ETIMEDOUT : irq, NULL);
+    fail_with(s, irq == SCOPE_TIMEOUT ? ATH_ETIMEDOUT : irq, NULL);
   } else if (st == LUA_YIELD && s->wait == ATH_WAIT_PARK) {
     add_outcome(wk, t, ATH_RUNNING, 0);
     ath_outcome_t* o = &wk->outcomes[wk->noutcomes - 1];
@@ -1087,7 +1092,7 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     if (nres >= 2 && lua_isnil(co, base) && !lua_isnil(co, base + 1)) {
       lua_pushvalue(co, base + 1);
       lua_xmove(co, L, 1);
-      fail_attempt(wk, t, L, NULL);
+      fail_attempt(s, L, NULL);
     } else {
       char err[256];
       if (nres == 0)
@@ -1105,20 +1110,20 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
         add_outcome(wk, t, ATH_COMPLETED, 0);
       } else {
         /* A result that cannot cross threads fails the attempt, not retried. */
-        fail_with(wk, t, rc == 0 ? ATH_ENOMEM : ATH_EINVAL,
+        fail_with(s, rc == 0 ? ATH_ENOMEM : ATH_EINVAL,
                   rc == 0 ? "out of memory storing the result" : err);
         wk->outcomes[wk->noutcomes - 1].final = 1;
       }
     }
   } else if (st == LUA_ERRMEM) {
-    fail_with(wk, t, ATH_ENOMEM, "the task's worker state reached its memoryLimit");
+    fail_with(s, ATH_ENOMEM, "the task's worker state reached its memoryLimit");
     wk->outcomes[wk->noutcomes - 1].final = 1;
   } else {
     const char* msg = lua_type(co, -1) == LUA_TSTRING ? lua_tostring(co, -1) : NULL;
     luaL_traceback(L, co, msg, 0);
     lua_xmove(co, L, 1); /* error value above the traceback */
     const char* tb = lua_tostring(L, -2);
-    fail_attempt(wk, t, L, tb);
+    fail_attempt(s, L, tb);
     lua_pop(L, 1); /* the traceback */
   }
   if (s->nrec > 0)
@@ -1164,7 +1169,9 @@ static void resume_slot(ath_slot_t* s, int nargs) {
   atomic_store_explicit(&wk->lua_runs, atomic_load_explicit(&wk->lua_runs, memory_order_relaxed) + 1,
                         memory_order_relaxed);
   atomic_store_explicit(&wk->lua_co, s->co, memory_order_relaxed);
+  wk->may_flush = 1;
   int st = ath__vm_resume(s->co, wk->L, nargs, &nres);
+  wk->may_flush = 0;
   atomic_store_explicit(&wk->lua_co, NULL, memory_order_relaxed);
   wk->current = NULL;
   if (st == LUA_YIELD) {
@@ -1224,12 +1231,14 @@ static void deadline_cb(ath_slot_t* s) {
   }
 }
 
-static void start_task(ath_worker_t* wk, ath_task_t* t) {
+/* Starts attempt `attempt` of t in a free slot. */
+static void start_task(ath_worker_t* wk, ath_task_t* t, int attempt) {
   ath_slot_t* s = &wk->slots[wk->free_slots[--wk->nfree]];
   lua_State* co = s->co;
   const ath_activity_t* a = ath__task_limits(t);
   uint64_t now = ath__mono(s->wk->w);
   s->task = t;
+  s->attempt = attempt;
   /* a workflow's timeout limits its run, parked time included (§3) */
   s->deadline[0] = t->wf == NULL ? ath__after(now, a->timeout_ms)
                    : a->timeout_ms ? ath__after(t->start_mono, a->timeout_ms) : 0;
@@ -1295,6 +1304,30 @@ static void start_task(ath_worker_t* wk, ath_task_t* t) {
   resume_slot(s, 4);
   if (s->task == t && s->wait != ATH_WAIT_NONE)
     arm_deadline(s); /* it waits: its deadlines need the loop's timer now */
+}
+
+/* Starts tasks claimed ahead while a slot is free, within the window
+ * after the exchange (their starts and outcomes are published at the
+ * next one). A task taken back meanwhile (a cancel) is skipped: it never
+ * runs. Returns how many it started. */
+static int start_prefetched(ath_worker_t* wk) {
+  ath_world_t* w = wk->w;
+  int n = 0;
+  while (wk->pre_next < wk->npre && wk->nfree > 0 &&
+         atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed) == 0 &&
+         uv_hrtime() - wk->exchanged_ns < w->prefetch_window_ns) {
+    ath_prefetch_t* e = &wk->pre[wk->pre_next++];
+    e->started_at = ath__wall(w);
+    e->start_mono = ath__mono(w);
+    int ready = ATH_PRE_READY;
+    if (!atomic_compare_exchange_strong_explicit(&e->state, &ready, ATH_PRE_STARTED,
+                                                 memory_order_acq_rel, memory_order_acquire))
+      continue;
+    /* nobody changes its attempt while it is claimed ahead */
+    start_task(wk, e->task, e->task->attempt + 1);
+    n++;
+  }
+  return n;
 }
 
 /* Resumes slots waiting at a yield point that have an interrupt due:
@@ -1436,11 +1469,12 @@ static void pump(ath_worker_t* wk) {
       in = next;
     }
     for (int i = 0; i < n; i++)
-      start_task(wk, claimed[i]);
+      start_task(wk, claimed[i], claimed[i]->attempt);
     if (atomic_load_explicit(&wk->interrupt_all, memory_order_relaxed) ||
         atomic_exchange_explicit(&wk->poke, 0, memory_order_relaxed))
       interrupt_waits(wk);
-    if (n == 0 && had == 0 && delivered == 0 && wk->noutcomes == 0)
+    int ahead = start_prefetched(wk);
+    if (n == 0 && had == 0 && delivered == 0 && wk->noutcomes == 0 && ahead == 0 && wk->npre == 0)
       break;
     if (uv_hrtime() >= until) {
       if (!stop)
@@ -1575,7 +1609,9 @@ static int bind_handlers(ath_worker_t* wk) {
 static int setup_slots(ath_worker_t* wk) {
   wk->slots = calloc(wk->concurrency, sizeof(ath_slot_t));
   wk->free_slots = calloc(wk->concurrency, sizeof(int));
-  wk->outcomes = calloc(wk->concurrency, sizeof(ath_outcome_t));
+  /* between two exchanges, the tasks in slots at the first and those
+   * started from its claims ahead end */
+  wk->outcomes = calloc(wk->concurrency + ATH_PREFETCH_MAX, sizeof(ath_outcome_t));
   if (!wk->slots || !wk->free_slots || !wk->outcomes)
     return fail_start(wk, ATH_ENOMEM, "%s", "out of memory");
   for (int i = 0; i < wk->concurrency; i++) {
@@ -1716,7 +1752,10 @@ int ath__worker_spawn(ath_world_t* w, ath_queue_t* q, int wait, ath_worker_t** o
   wk->no_waiter = !wait;
   wk->queue = q;
   wk->concurrency = q->concurrency;
-  wk->running_tasks = calloc(wk->concurrency, sizeof(ath_task_t*));
+  wk->ahead = ATH_PREFETCH_MAX;
+  /* an exchange publishes the starts of the tasks it claimed ahead before
+   * their outcomes: they are all listed in between */
+  wk->running_tasks = calloc(wk->concurrency + ATH_PREFETCH_MAX, sizeof(ath_task_t*));
   if (wk->running_tasks == NULL) {
     free(wk);
     return UV_ENOMEM;
@@ -1774,7 +1813,7 @@ void ath__worker_free(ath_worker_t* wk) {
     ath_task_release(wk->running_tasks[k]);
   for (int i = 0; wk->slots != NULL && i < wk->concurrency; i++)
     ath__wfev_release_all(wk->slots[i].rec, wk->slots[i].nrec);
-  for (int i = 0; wk->outcomes != NULL && i < wk->concurrency; i++)
+  for (int i = 0; wk->outcomes != NULL && i < wk->concurrency + ATH_PREFETCH_MAX; i++)
     free(wk->outcomes[i].evs); /* empty: each exchange published them */
   free(wk->slots);
   free(wk->outcomes);

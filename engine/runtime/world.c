@@ -188,6 +188,10 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   w->vtimers = (ath_heap_t)ATH_HEAP_INIT(ath__vtimer_less, ath_vtimer_t, heap_idx);
   w->expiry = (ath_heap_t)ATH_HEAP_INIT(expiry_less, ath_task_x_t, exp_idx);
   w->manual = cfg->manual_clock != 0;
+  w->prefetch_window_ns = ATH_PREFETCH_WINDOW_NS;
+  const char* window = getenv("ATHENA_TEST_PREFETCH_WINDOW_US"); /* valgrind runs 50x slower */
+  if (window != NULL && atoll(window) > 0)
+    w->prefetch_window_ns = (uint64_t)atoll(window) * 1000u;
   w->vbase_wall = ath__now_ms();
   w->vbase_mono = uv_hrtime();
   atomic_init(&w->vmono, w->vbase_mono);
@@ -1156,14 +1160,8 @@ void ath__engine_tick(ath_world_t* w) {
         nwake = ath__wf_run_timed_out(w, t, wake, nwake);
       continue;
     }
-    if (t->status == ATH_RUNNING || ATH_IS_TERMINAL(t->status))
-      continue;
-    if (t->status == ATH_PENDING) {
-      ath__queue_remove(t->queue, t);
-    } else if (t->heap_idx != UINT32_MAX) {
-      ath__heap_remove(&w->delayed, t);
-      w->n_scheduled--;
-    }
+    if (t->status == ATH_RUNNING || ATH_IS_TERMINAL(t->status) || ath__unqueue(w, t) != 0)
+      continue; /* ath__unqueue: a worker started it from its claims ahead */
     ath__set_error(t, ATH_ETIMEDOUT, "scheduleToClose expired while the task waited");
     nwake = ath__finish_task(w, t, t->strategy == ATH_STRATEGY_QUARANTINE ? ATH_QUARANTINED : ATH_FAILED,
                         ath__wall(w), wake, nwake);
@@ -1397,7 +1395,7 @@ int ath_world_shutdown(ath_world_t* w, int64_t timeout_ms, int* drained, int* re
   w->draining = timeout_ms > 0;
   uint64_t deadline = ath__mono_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u;
   w->cond_waiters++;
-  while (w->n_running > 0 || (w->draining && queued_locked(w) > 0)) {
+  while (w->n_running > 0 || ath__prefetched(w) > 0 || (w->draining && queued_locked(w) > 0)) {
     uint64_t now = ath__mono_ns();
     if (now >= deadline)
       break;
@@ -1408,16 +1406,16 @@ int ath_world_shutdown(ath_world_t* w, int64_t timeout_ms, int* drained, int* re
     if (!ATH_IS_TERMINAL(w->held[i]->status))
       ath__wf_resume(w, w->held[i], NULL, 0);
   w->nheld = 0;
-  if (w->n_running > 0) {
+  if (w->n_running > 0 || ath__prefetched(w) > 0) {
     /* Past the deadline: interrupt what still runs; each attempt returns
-     * to pending, not counted (T14). */
+     * to pending, not counted (T14). Tasks claimed ahead go back unstarted. */
     for (int i = 0; i < w->nworkers; i++)
       atomic_store(&w->workers[i]->interrupt_all, ATH_ESHUTDOWN);
     uv_mutex_unlock(&w->lock);
     for (int i = 0; i < w->nworkers; i++)
       ath__worker_wake(w->workers[i]);
     uv_mutex_lock(&w->lock);
-    while (w->n_running > 0)
+    while (w->n_running > 0 || ath__prefetched(w) > 0)
       uv_cond_wait(&w->cond, &w->lock);
   }
   w->cond_waiters--;

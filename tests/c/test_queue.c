@@ -61,6 +61,37 @@ TEST_IMPL(queue_ready_time_orders_within_priority) {
   return 0;
 }
 
+/* Tasks taken and put back (a worker's claims ahead it did not start)
+ * go back in their place, whatever order they are put back in and
+ * whatever arrived meanwhile; the depth is left as it is. */
+TEST_IMPL(queue_unpop_restores_order) {
+  ath_queue_t q = {0};
+  ath_task_t* ts[6];
+  for (int i = 0; i < 6; i++) {
+    ts[i] = mk(i % 2 ? 5 : 0, 100 + i, (uint64_t)i);
+    ASSERT_OK(ath__queue_push(&q, ts[i]));
+  }
+  ath_task_t* taken[4];
+  for (int i = 0; i < 4; i++)
+    taken[i] = ath__queue_pop(&q); /* 1, 3, 5, 0 */
+  ath_task_t* late = mk(5, 200, 6);
+  ASSERT_OK(ath__queue_push(&q, late));
+  ASSERT_OK(ath__queue_unpop(&q, taken[3]));
+  ASSERT_OK(ath__queue_unpop(&q, taken[0]));
+  ASSERT_OK(ath__queue_unpop(&q, taken[2]));
+  ASSERT_OK(ath__queue_unpop(&q, taken[1]));
+  ASSERT_EQ(6 - 4 + 1, q.depth); /* unchanged by the unpops */
+  int expect[] = {1, 3, 5, 6, 0, 2, 4};
+  for (int i = 0; i < 7; i++)
+    ASSERT_EQ((int64_t)expect[i], (int64_t)ath__queue_pop(&q)->seq);
+  ASSERT_NULL(ath__queue_pop(&q));
+  for (int i = 0; i < 6; i++)
+    free(ts[i]);
+  free(late);
+  free(q.buckets);
+  return 0;
+}
+
 TEST_IMPL(queue_remove) {
   ath_queue_t q = {0};
   ath_task_t* ts[5];

@@ -24,6 +24,17 @@ static const char* jobs_lua =
   "  for i = 1, input.n do sum = sum + ctx:run('echo', i) end\n"
   "  return sum\n"
   "end)\n"
+  "local n = 0\n"
+  "athena.activity('seq', function() n = n + 1 return n end)\n"
+  "athena.activity('stuck', function(ctx, input)\n"
+  "  local f = io.open(input.mark, 'w') f:close()\n"
+  "  os.execute('sleep ' .. input.s)\n" /* blocks in C: no count hook, no beat */
+  "end)\n"
+  "athena.activity('gate', function(ctx, input)\n"
+  "  local f = io.open(input.mark, 'w') f:close()\n"
+  "  while true do local o = io.open(input.open) if o then o:close() break end end\n"
+  "  return n\n"
+  "end)\n"
   "athena.workflow('fan', function(ctx, input)\n"
   "  for i = 1, input.n do ctx:executeChild('echo', i) end\n"
   "  return ctx:run('nap', { ms = 60000 })\n"
@@ -677,5 +688,336 @@ TEST_IMPL(db_pg_world_schedule_payload) {
   ASSERT_EQ(ATH_ENOTFOUND, ath_world_schedule_delete(w, "s"));
   ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
   ath_world_free(w);
+  return 0;
+}
+
+/* ------------------------------------------------------ claims ahead */
+
+/* Paths of gate `i`: its handler creates `mark` when it starts and runs
+ * (in Lua, never yielding) until `open` exists. */
+static void gate_path(char* out, size_t cap, const char* what, int i) {
+  snprintf(out, cap, "%s/%s-%d", module_dir, what, i);
+}
+
+static char* gate_json(int i, int open, size_t* len) {
+  char mark[300], o[300], json[700];
+  gate_path(mark, sizeof(mark), "mark", i);
+  gate_path(o, sizeof(o), "open", open);
+  snprintf(json, sizeof(json), "{\"mark\":\"%s\",\"open\":\"%s\"}", mark, o);
+  return dup_json(json, len);
+}
+
+static ath_task_t* gate(ath_world_t* w, int i) {
+  size_t len;
+  char* p = gate_json(i, i, &len);
+  char err[256];
+  ath_task_t* t;
+  ASSERT_OK(ath_world_execute(w, "gate", 1, &p, &len, NULL, NULL, &t, err, sizeof(err)));
+  return t;
+}
+
+static int gate_started(int i) {
+  char mark[300];
+  gate_path(mark, sizeof(mark), "mark", i);
+  return access(mark, F_OK) == 0;
+}
+
+/* Waits (deadline 10 s) until gate i runs. */
+static void await_gate(int i) {
+  uint64_t deadline = uv_hrtime() + 10000000000ull;
+  while (!gate_started(i)) {
+    ASSERT(uv_hrtime() < deadline);
+    uv_sleep(1); /* polls the file its handler creates */
+  }
+}
+
+static void open_gate(int i) {
+  char o[300];
+  gate_path(o, sizeof(o), "open", i);
+  FILE* f = fopen(o, "w");
+  ASSERT_NOT_NULL(f);
+  fclose(f);
+}
+
+static ath_task_t* seq_task(ath_world_t* w, int priority) {
+  size_t len;
+  char* p = dup_json("null", &len);
+  char err[256];
+  ath_exec_opts_t o = {0};
+  o.has_priority = 1;
+  o.priority = priority;
+  ath_task_t* t;
+  ASSERT_OK(ath_world_execute(w, "seq", 1, &p, &len, NULL, &o, &t, err, sizeof(err)));
+  return t;
+}
+
+/* Its result: the task's rank among the 'seq' tasks its worker ran. */
+static int64_t seq_rank(ath_world_t* w, ath_task_t* t) {
+  ASSERT_OK(ath_world_wait(w, t, 10000));
+  ASSERT_EQ(ATH_COMPLETED, ath_task_status(w, t));
+  ath_task_end_t end;
+  ath__task_end(t, &end);
+  return strtoll(end.result, NULL, 10);
+}
+
+static ath_world_t* prefetch_world(int workers, uint64_t window_ns) {
+  write_module();
+  ath_world_t* w = new_world(workers, NULL);
+  ASSERT_OK(reg(w, "seq", NULL, 0));
+  ASSERT_OK(reg(w, "gate", NULL, 0));
+  ath_activity_t a;
+  ath_activity_init(&a, "stuck");
+  a.has_retry = 1;
+  a.max_attempts = 1; /* lost once, it fails: no second stuck attempt */
+  ASSERT_OK(ath_world_register(w, &a));
+  w->prefetch_window_ns = window_ns;
+  w->cfg.heartbeat_interval_ms = 50; /* for world_prefetch_lost_gives_back */
+  w->cfg.heartbeat_timeout_ms = 300;
+  char err[512];
+  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  return w;
+}
+
+/* The world's one worker runs gate 1 with tasks b[0..n) claimed ahead
+ * behind it (they came while gate 0 held it, and gate 1 before them). */
+static ath_task_t* hold_claimed_ahead(ath_world_t* w, ath_task_t** b, int n) {
+  ath_task_t* g0 = gate(w, 0);
+  await_gate(0);
+  ath_task_t* g1 = gate(w, 1);
+  for (int i = 0; i < n; i++)
+    b[i] = seq_task(w, 0);
+  open_gate(0);
+  await_gate(1);
+  uv_mutex_lock(&w->lock);
+  for (int i = 0; i < n; i++)
+    ASSERT(b[i]->wk == w->workers[0]); /* claimed ahead... */
+  uv_mutex_unlock(&w->lock);
+  for (int i = 0; i < n; i++)
+    ASSERT_EQ(ATH_PENDING, ath_task_status(w, b[i])); /* ...and pending: not started */
+  ath_task_release(g0);
+  return g1;
+}
+
+#define NO_WINDOW (UINT64_MAX / 2) /* starts from the claims ahead never wait for an exchange */
+
+/* A task a worker claimed ahead but has not started is cancelled at once
+ * (T12) and never runs: the worker skips it. */
+TEST_IMPL(world_prefetch_cancel_unstarted) {
+  ath_world_t* w = prefetch_world(1, NO_WINDOW);
+  ath_task_t* b[3];
+  ath_task_t* g1 = hold_claimed_ahead(w, b, 3);
+  ASSERT_EQ(1, ath_world_cancel(w, b[1]));
+  ASSERT_EQ(ATH_CANCELLED, ath_task_status(w, b[1]));
+  open_gate(1);
+  ASSERT_EQ(1, seq_rank(w, b[0]));
+  ASSERT_EQ(2, seq_rank(w, b[2])); /* b[1] never ran */
+  ath_task_info_t info;
+  ASSERT_OK(ath_task_snapshot(w, b[1], &info));
+  ASSERT_EQ(ATH_CANCELLED, info.status);
+  ASSERT_EQ(0, info.attempt);
+  ath_task_snapshot_free(&info);
+  ath_metrics_t m = {0};
+  ath_world_metrics(w, &m);
+  ASSERT_EQ(1, m.cancelled);
+  for (int i = 0; i < 3; i++)
+    ath_task_release(b[i]);
+  ath_task_release(g1);
+  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
+
+/* A shutdown past its deadline gives the tasks claimed ahead back to
+ * their queue unstarted, attempt not counted, and the worker starts none
+ * of them once interrupted. */
+TEST_IMPL(world_prefetch_shutdown_gives_back) {
+  ath_world_t* w = prefetch_world(1, NO_WINDOW);
+  ath_task_t* b[3];
+  ath_task_t* g1 = hold_claimed_ahead(w, b, 3);
+  int drained, requeued, abandoned;
+  ASSERT_OK(ath_world_shutdown(w, 0, &drained, &requeued, &abandoned));
+  ASSERT_EQ(1, requeued); /* gate 1, interrupted */
+  ASSERT_EQ(4, abandoned);
+  for (int i = 0; i < 3; i++) {
+    ath_task_info_t info;
+    ASSERT_OK(ath_task_snapshot(w, b[i], &info));
+    ASSERT_EQ(ATH_PENDING, info.status);
+    ASSERT_EQ(0, info.attempt);
+    ath_task_snapshot_free(&info);
+    ASSERT(b[i]->wk == NULL); /* back in the queue */
+    ath_task_release(b[i]);
+  }
+  ath_metrics_t m = {0};
+  ath_world_metrics(w, &m);
+  ASSERT_EQ(4, m.queued);
+  ASSERT_EQ(1, m.completed); /* gate 0 only */
+  ath_task_release(g1);
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
+
+/* Two idle workers and a backlog of four long tasks: each claims its fair
+ * share (two: one to run, one ahead), not one of them all while the other
+ * idles. A task shown running is running: two are, two are pending. */
+TEST_IMPL(world_prefetch_fair_share) {
+  ath_world_t* w = prefetch_world(2, NO_WINDOW);
+  for (int ready = 0; !ready; uv_sleep(1)) { /* both idle, asking for work (first pass done) */
+    uv_mutex_lock(&w->lock);
+    ready = w->nworkers == 2 && w->workers[0]->wants_work && w->workers[1]->wants_work;
+    uv_mutex_unlock(&w->lock);
+  }
+  char* p[4];
+  size_t len[4];
+  for (int i = 0; i < 4; i++)
+    p[i] = gate_json(i, 9, &len[i]);
+  ath_task_t* t[4];
+  char err[256];
+  ASSERT_OK(ath_world_execute(w, "gate", 4, p, len, NULL, NULL, t, err, sizeof(err)));
+  uint64_t deadline = uv_hrtime() + 10000000000ull;
+  for (int started = 0; started < 2; uv_sleep(1)) { /* polls the gates' files */
+    ASSERT(uv_hrtime() < deadline);
+    started = 0;
+    for (int i = 0; i < 4; i++)
+      started += gate_started(i);
+  }
+  int running = 0, pending = 0;
+  for (int i = 0; i < 4; i++) {
+    ath_status_t st = ath_task_status(w, t[i]);
+    running += st == ATH_RUNNING;
+    pending += st == ATH_PENDING;
+    ASSERT_EQ(st == ATH_RUNNING, gate_started(i));
+  }
+  ASSERT_EQ(2, running);
+  ASSERT_EQ(2, pending);
+  open_gate(9);
+  int by[2] = {0, 0};
+  for (int i = 0; i < 4; i++) {
+    ASSERT_OK(ath_world_wait(w, t[i], 10000));
+    ath_task_info_t info;
+    ASSERT_OK(ath_task_snapshot(w, t[i], &info));
+    ASSERT_EQ(ATH_COMPLETED, info.status);
+    by[info.worker_id == w->workers[0]->id ? 0 : 1]++;
+    ath_task_snapshot_free(&info);
+    ath_task_release(t[i]);
+  }
+  ASSERT_EQ(2, by[0]);
+  ASSERT_EQ(2, by[1]);
+  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
+
+/* At concurrency 1 a batch claimed ahead runs in the queue's order:
+ * priority, then FIFO. A task of a higher priority that arrives after a
+ * claim waits for that batch (ATH_PREFETCH_MAX tasks) and no more. */
+TEST_IMPL(world_prefetch_order) {
+  ath_world_t* w = prefetch_world(1, NO_WINDOW);
+  ath_task_t* g0 = gate(w, 0);
+  await_gate(0);
+  ath_task_t *lo[5], *hi[5];
+  for (int i = 0; i < 5; i++) {
+    lo[i] = seq_task(w, 0);
+    hi[i] = seq_task(w, 5);
+  }
+  open_gate(0);
+  for (int i = 0; i < 5; i++) {
+    ASSERT_EQ(1 + i, seq_rank(w, hi[i]));
+    ASSERT_EQ(6 + i, seq_rank(w, lo[i]));
+    ath_task_release(lo[i]);
+    ath_task_release(hi[i]);
+  }
+  /* gate 2 and 40 tasks claimed in one batch, a high one after it */
+  enum { N = 40 };
+  ath_task_t* g1 = gate(w, 1);
+  await_gate(1);
+  ath_task_t* g2 = gate(w, 2);
+  static ath_task_t* late[N];
+  for (int i = 0; i < N; i++)
+    late[i] = seq_task(w, 0);
+  open_gate(1);
+  await_gate(2);
+  ath_task_t* h = seq_task(w, 5);
+  open_gate(2);
+  ASSERT_EQ(10 + ATH_PREFETCH_MAX + 1, seq_rank(w, h));
+  for (int i = 0; i < N; i++) {
+    ASSERT_EQ(10 + i + 1 + (i >= ATH_PREFETCH_MAX), seq_rank(w, late[i]));
+    ath_task_release(late[i]);
+  }
+  ath_task_release(h);
+  ath_task_release(g0);
+  ath_task_release(g1);
+  ath_task_release(g2);
+  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
+
+/* A task that runs long does not hold the tasks its worker claimed ahead
+ * of it: its count hook gives them back once the window after the
+ * exchange has passed, and the other worker runs them meanwhile. */
+TEST_IMPL(world_prefetch_long_task_gives_back) {
+  ath_world_t* w = prefetch_world(2, ATH_PREFETCH_WINDOW_NS);
+  ath_task_t* a0 = gate(w, 0);
+  await_gate(0);
+  ath_task_t* b0 = gate(w, 1);
+  await_gate(1); /* each worker runs a gate */
+  ath_task_t* g = gate(w, 2);
+  ath_task_t* s[3];
+  for (int i = 0; i < 3; i++)
+    s[i] = seq_task(w, 0);
+  open_gate(0); /* its worker claims gate 2 and s[0] ahead (its share of 4 over 2) */
+  await_gate(2);
+  open_gate(1); /* the other worker runs s[1], s[2] and, given back, s[0] */
+  for (int i = 0; i < 3; i++) {
+    ASSERT_OK(ath_world_wait(w, s[i], 5000));
+    ASSERT_EQ(ATH_COMPLETED, ath_task_status(w, s[i]));
+  }
+  ASSERT_EQ(ATH_RUNNING, ath_task_status(w, g)); /* still held by gate 2 */
+  open_gate(2);
+  ASSERT_OK(ath_world_wait(w, g, 10000));
+  for (int i = 0; i < 3; i++)
+    ath_task_release(s[i]);
+  ath_task_release(a0);
+  ath_task_release(b0);
+  ath_task_release(g);
+  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
+
+/* A worker declared lost (stuck in a C call) gives the tasks it claimed
+ * ahead back to the queue: its replacement runs them while it is still
+ * stuck (before, nothing would: they were the lost worker's). */
+TEST_IMPL(world_prefetch_lost_gives_back) {
+  ath_world_t* w = prefetch_world(1, NO_WINDOW);
+  ath_task_t* g0 = gate(w, 0);
+  await_gate(0);
+  char mark[300], json[400];
+  gate_path(mark, sizeof(mark), "mark", 1);
+  snprintf(json, sizeof(json), "{\"mark\":\"%s\",\"s\":3}", mark);
+  ath_task_t* stuck;
+  ASSERT_OK(exec1(w, "stuck", json, &stuck));
+  ath_task_t* b[3];
+  for (int i = 0; i < 3; i++)
+    b[i] = seq_task(w, 0);
+  open_gate(0); /* the worker claims `stuck` and b[] ahead */
+  await_gate(1);
+  uint64_t t0 = uv_hrtime();
+  for (int i = 0; i < 3; i++) {
+    ASSERT_OK(ath_world_wait(w, b[i], 10000));
+    ASSERT_EQ(1 + i, seq_rank(w, b[i])); /* in order, on the replacement's fresh state */
+    ath_task_release(b[i]);
+  }
+  ASSERT_LT(uv_hrtime() - t0, 2500000000ull); /* while `stuck` still sleeps (3 s) */
+  ath_task_release(stuck);
+  ath_task_release(g0);
+  ASSERT_OK(ath_world_shutdown(w, 0, NULL, NULL, NULL));
+  ath_world_free(w);
+  remove_module();
   return 0;
 }
