@@ -76,11 +76,17 @@ struct ath_dq_s {
   int* full;               /* per queue index: the last claim was full (prefetch) */
   int64_t stage_at;        /* wall ms a retry or delay this node wrote is due, 0: none */
   int sched_scan;          /* athena_sched heard: the leader looks at the schedules again */
+  int lead_now;            /* athena_leader heard (the leader resigned): try the lock at once */
   int64_t* done;           /* athena_done seqs to look up */
   size_t ndone, done_cap;
   int64_t* cancels;        /* athena_cancel seqs leased here */
   size_t ncancel, cancel_cap;
   seqset_t watch;
+  ath_task_t** beats;      /* running attempts whose heartbeat is not written
+                            * yet (references), one each (beat_set: their
+                            * seqs); written with the next lease renewal */
+  size_t nbeats, beats_cap;
+  seqset_t beat_set;
   seqset_t early;          /* athena_done seqs not watched (yet): an end heard before
                             * this node's own insert answer was read; cleared past 65536 */
   int64_t n_lost, n_rescued, n_claimed, n_notified;
@@ -201,6 +207,9 @@ static int64_t queue_claimed(ath_world_t* w, ath_task_t* t, int attempt, int64_t
 
 int ath__dq_discard(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake) {
   w->dq->n_lost++;
+  /* the interrupt of the fenced attempt (fence_running) is not the task's:
+   * a cancel accepted for the task is in its row, and a claim reads it */
+  atomic_store(&t->cancel_ns, 0);
   ath__logf(w, ATH_LOG_WARN, NULL, 0, "outcome of %s discarded: this node's lease was lost", t->id);
   if (ath__task_dq(t)->dq_claimed > 0) { /* claimed again meanwhile: that attempt runs now */
     int attempt = ath__task_dq(t)->dq_claimed;
@@ -259,6 +268,8 @@ static void heard(const char* channel, const char* payload, void* ud) {
     }
   } else if (strcmp(channel, "athena_sched") == 0) {
     dq->sched_scan = 1;
+  } else if (strcmp(channel, "athena_leader") == 0) {
+    dq->lead_now = 1;
   } else if (strcmp(channel, "athena_cancel") == 0) {
     char* end;
     int64_t inc = strtoll(payload, &end, 10);
@@ -268,7 +279,7 @@ static void heard(const char* channel, const char* payload, void* ud) {
 }
 
 static const char* const CHANNELS[] = {"athena_ready", "athena_done", "athena_cancel", "athena_sched",
-                                       NULL};
+                                       "athena_leader", NULL};
 
 static void listener_main(void* arg) {
   struct ath_dq_s* dq = arg;
@@ -329,6 +340,10 @@ static int claim_size(ath_world_t* w, struct ath_dq_s* dq, int qi) {
 }
 
 typedef struct {
+  ath_qpg_beat_t* beats;
+  char** beat_hb; /* copies */
+  uint8_t* beat_applied;
+  size_t nbeats;
   ath_qpg_insert_t* ins;
   ath_task_t** ins_t;
   ath_qpg_inserted_t* inserted;
@@ -347,6 +362,11 @@ typedef struct {
 static void cycle_free(cycle_t* c) {
   for (size_t i = 0; i < c->nouts; i++)
     free(c->out_err[i]);
+  for (size_t i = 0; i < c->nbeats; i++)
+    free(c->beat_hb[i]);
+  free(c->beats);
+  free(c->beat_hb);
+  free(c->beat_applied);
   for (size_t i = 0; i < c->nclaims; i++)
     ath__qpg_tasks_free(&c->claimed[i]);
   if (c->inserted != NULL)
@@ -371,7 +391,11 @@ static int cycle_alloc(cycle_t* c, size_t n) {
   c->out_t = calloc(k, sizeof(*c->out_t));
   c->out_err = calloc(k, sizeof(*c->out_err));
   c->applied = calloc(k, 1);
-  if (!c->ins || !c->ins_t || !c->inserted || !c->outs || !c->out_t || !c->out_err || !c->applied) {
+  c->beats = calloc(k, sizeof(*c->beats));
+  c->beat_hb = calloc(k, sizeof(*c->beat_hb));
+  c->beat_applied = calloc(k, 1);
+  if (!c->ins || !c->ins_t || !c->inserted || !c->outs || !c->out_t || !c->out_err || !c->applied ||
+      !c->beats || !c->beat_hb || !c->beat_applied) {
     cycle_free(c);
     return ATH_ENOMEM;
   }
@@ -390,6 +414,44 @@ static void add_outcome(cycle_t* c, ath_task_t* t, int status, int64_t now) {
   o->error = c->out_err[c->nouts];
   o->worker_id = t->worker_id;
   c->out_t[c->nouts++] = t;
+}
+
+/* t heartbeat during the attempt it runs now (or ran last). */
+static int beat_this_attempt(const ath_task_t* t) {
+  const ath_task_x_t* x = ath__task_dq(t);
+  return x->last_hb > 0 && x->last_hb >= t->started_at;
+}
+
+/* Adds the heartbeat of the attempt t leases to c (lock held): it goes
+ * before the attempt's finish in the same transaction. */
+static void add_beat(cycle_t* c, const ath_task_t* t) {
+  ath_qpg_beat_t* b = &c->beats[c->nbeats];
+  const ath_task_x_t* x = ath__task_dq(t);
+  c->beat_hb[c->nbeats] = x->hb != NULL ? ath__memdup(x->hb, x->hb_len) : NULL;
+  b->seq = ath__task_dq(t)->dq_seq;
+  b->attempt = ath__task_dq(t)->dq_attempt;
+  b->details = c->beat_hb[c->nbeats];
+  b->at = x->last_hb;
+  c->nbeats++;
+}
+
+/* Keeps running t for the next lease renewal's heartbeat write (lock
+ * held): one write per task per heartbeatInterval, whatever its rate. */
+static void defer_beat(struct ath_dq_s* dq, ath_task_t* t) {
+  if (seq_has(&dq->beat_set, ath__task_dq(t)->dq_seq))
+    return;
+  if (dq->nbeats == dq->beats_cap) {
+    size_t cap = dq->beats_cap ? dq->beats_cap * 2 : 64;
+    ath_task_t** b = realloc(dq->beats, cap * sizeof(*b));
+    if (b == NULL)
+      return; /* its next heartbeat tries again */
+    dq->beats = b;
+    dq->beats_cap = cap;
+  }
+  if (seq_add(&dq->beat_set, ath__task_dq(t)->dq_seq) != 0)
+    return;
+  ath_task_retain(t);
+  dq->beats[dq->nbeats++] = t;
 }
 
 /* Sorts the changed tasks of a batch into inserts and finishes (lock held);
@@ -417,9 +479,13 @@ static void classify(ath_world_t* w, struct ath_dq_s* dq, ath_task_t** batch, si
       ath__task_dq(t)->dq_seq = -1;
       c->ins_t[c->nins++] = t;
     } else if (ath__task_dq(t)->dq_attempt > 0 && t->remote) { /* handed back unrun: T14 */
+      if (beat_this_attempt(t))
+        add_beat(c, t);
       add_outcome(c, t, ATH_PENDING, now);
       ath__task_dq(t)->dq_attempt = 0;
     } else if (ath__task_dq(t)->dq_attempt > 0 && ended) {
+      if (beat_this_attempt(t))
+        add_beat(c, t);
       add_outcome(c, t, t->status, now);
       ath__task_dq(t)->dq_attempt = 0;
       t->remote = t->status == ATH_RETRYING; /* its row waits; any node runs it next */
@@ -434,6 +500,8 @@ static void classify(ath_world_t* w, struct ath_dq_s* dq, ath_task_t** batch, si
         ath__task_dq(t)->dq_attempt = 0;
         t->remote = 1;
       }
+    } else if (ath__task_dq(t)->dq_attempt > 0 && t->status == ATH_RUNNING && beat_this_attempt(t)) {
+      defer_beat(dq, t);
     }
   }
 }
@@ -461,6 +529,25 @@ static void row_of(const ath_qpg_task_t* r, ath_row_t* row) {
   row->result_len = r->result ? strlen(r->result) : 0;
   row->error = r->error;
   row->error_len = r->error ? strlen(r->error) : 0;
+  row->hb = r->hb;
+  row->hb_len = r->hb ? strlen(r->hb) : 0;
+  row->last_hb = r->last_hb > 0 ? r->last_hb : 0;
+}
+
+/* Takes the heartbeat of row r when it is newer than what t holds (lock
+ * held): an attempt another node ran left it, and the next attempt's
+ * ctx.lastHeartbeat and every query show it. */
+static void take_beat(ath_task_t* t, const ath_qpg_task_t* r) {
+  ath_task_x_t* x = ath__task_dq(t);
+  if (r->last_hb <= x->last_hb)
+    return;
+  char* hb = r->hb != NULL ? ath__memdup(r->hb, strlen(r->hb)) : NULL;
+  if (r->hb != NULL && hb == NULL)
+    return; /* out of memory: what it has stands */
+  free(x->hb);
+  x->hb = hb;
+  x->hb_len = hb != NULL ? (uint32_t)strlen(hb) : 0;
+  x->last_hb = r->last_hb;
 }
 
 /* Makes claimed rows local tasks (lock not held on entry or exit). */
@@ -485,6 +572,7 @@ static void adopt_claims(ath_world_t* w, struct ath_dq_s* dq, cycle_t* c) {
       }
       seq_del(&dq->watch, r->seq);
       ath__task_dq(t)->dq_seq = r->seq;
+      take_beat(t, r);
       if (t->wk != NULL || ath__task_dq(t)->dq_attempt < 0) {
         /* an attempt fenced by a lost lease still runs on this very task:
          * the new one starts once it ended (ath__dq_discard) */
@@ -582,10 +670,11 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
   }
   int64_t lease = dq->incarnation;
   uv_mutex_unlock(&w->lock);
-  ath_qpg_cycle_t pc = {.inserts = c.ins, .n_inserts = c.nins, .inserted = c.inserted,
+  ath_qpg_cycle_t pc = {.beats = c.beats, .n_beats = c.nbeats, .beat_applied = c.beat_applied,
+                        .inserts = c.ins, .n_inserts = c.nins, .inserted = c.inserted,
                         .outcomes = c.outs, .n_outcomes = c.nouts, .applied = c.applied,
                         .lease = lease, .claims = c.claims, .n_claims = c.nclaims, .one_commit = 1};
-  int rc = c.nins + c.nouts + c.nclaims > 0 ? ath__qpg_cycle(dq->wr, &pc) : 0;
+  int rc = c.nbeats + c.nins + c.nouts + c.nclaims > 0 ? ath__qpg_cycle(dq->wr, &pc) : 0;
   if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->wr) && ath__qpg_reset(dq->wr) == 0) {
     /* the connection broke (a restart, a terminated session): once more on a
      * new one. Inserts are idempotent and finishes fenced; claims that may
@@ -672,6 +761,7 @@ static int sync_proxy(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r, at
   t->attempt = r->attempt;
   if (r->started_at > 0)
     t->started_at = r->started_at;
+  take_beat(t, r);
   if (r->error != NULL) {
     char* e = ath__memdup(r->error, strlen(r->error));
     if (e != NULL) {
@@ -765,10 +855,24 @@ static int apply_cancels(ath_world_t* w, const int64_t* seqs, size_t n, ath_work
 
 /* ------------------------------------------------------------ lease, leader, poll */
 
+/* t's attempt is no longer this node's (lock held): its outcome will be
+ * discarded, and a handler running it is interrupted as a cancel does
+ * (its next yield point raises ECANCELED; past cancelGrace, the count hook
+ * does), so it stops instead of running on for nothing. */
+static int fence_running(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake) {
+  ath__task_dq(t)->dq_attempt = -1;
+  if (t->wk == NULL)
+    return nwake;
+  if (atomic_load(&t->cancel_ns) == 0)
+    atomic_store(&t->cancel_ns, ath__mono(w));
+  return ath__wake_runner(t, wake, nwake);
+}
+
 /* The lease was lost (lock held): nothing buffered here may start (the rows
- * go to the rescue), and what runs finishes with its outcome discarded. */
-static void self_fence(ath_world_t* w, struct ath_dq_s* dq) {
-  int64_t held = 0;
+ * go to the rescue), and what runs is interrupted, its outcome discarded.
+ * Returns the new nwake. */
+static int self_fence(ath_world_t* w, struct ath_dq_s* dq, ath_worker_t** wake, int nwake) {
+  int64_t held = 0, stopped = 0;
   for (size_t b = 0; b < w->table_cap; b++) {
     for (ath_task_t* t = w->table[b]; t != NULL; t = t->hnext) {
       if (ath__task_dq(t)->dq_claimed > 0) { /* a claim under the incarnation lost now: the rescue's */
@@ -783,14 +887,17 @@ static void self_fence(ath_world_t* w, struct ath_dq_s* dq) {
         t->remote = 1;
         ath__task_dq(t)->dq_attempt = 0;
       } else {
-        ath__task_dq(t)->dq_attempt = -1;
+        stopped += t->wk != NULL;
+        nwake = fence_running(w, t, wake, nwake);
       }
     }
   }
   ath__logf(w, ATH_LOG_WARN, NULL, 0,
             "node lease lost (incarnation %" PRId64 "): stopped claiming; %" PRId64
-            " leased task(s) left to the rescue, their outcomes are discarded",
-            dq->incarnation, held);
+            " leased task(s) left to the rescue, their outcomes are discarded; %" PRId64
+            " running attempt(s) interrupted",
+            dq->incarnation, held, stopped);
+  return nwake;
 }
 
 static void node_desc(struct ath_dq_s* dq, ath_world_t* w, ath_qpg_node_t* n, int leader) {
@@ -811,6 +918,60 @@ static void healthy(ath_world_t* w) {
   w->store_fault = 0;
 }
 
+/* Writes the heartbeats deferred since the last renewal, in one statement
+ * (lock not held). A row that refuses one is not this node's attempt any
+ * more (rescued elsewhere): the handler still running it is interrupted. */
+static void flush_beats(ath_world_t* w, struct ath_dq_s* dq) {
+  uv_mutex_lock(&w->lock);
+  ath_task_t** ts = dq->beats;
+  size_t n = dq->nbeats;
+  int64_t lease = dq->incarnation;
+  if (n == 0 || lease <= 0) {
+    uv_mutex_unlock(&w->lock);
+    return;
+  }
+  dq->beats = NULL;
+  dq->nbeats = dq->beats_cap = 0;
+  memset(dq->beat_set.slots, 0, dq->beat_set.cap * sizeof(*dq->beat_set.slots));
+  dq->beat_set.n = 0;
+  cycle_t c;
+  int made = cycle_alloc(&c, n) == 0;
+  ath_task_t** bt = made ? calloc(n, sizeof(*bt)) : NULL;
+  for (size_t i = 0; bt != NULL && i < n; i++) {
+    ath_task_t* t = ts[i];
+    if (ath__task_dq(t)->dq_attempt > 0 && !t->remote && t->status == ATH_RUNNING) {
+      bt[c.nbeats] = t;
+      add_beat(&c, t);
+    }
+  }
+  uv_mutex_unlock(&w->lock);
+  if (bt != NULL && c.nbeats > 0) {
+    ath_qpg_cycle_t pc = {.beats = c.beats, .n_beats = c.nbeats, .beat_applied = c.beat_applied, .lease = lease};
+    int rc = ath__qpg_cycle(dq->wr, &pc);
+    ath_worker_t* wake[MAX_WORKERS];
+    int nwake = 0;
+    uv_mutex_lock(&w->lock);
+    for (size_t i = 0; i < c.nbeats; i++) {
+      ath_task_t* t = bt[i];
+      if (rc != 0) { /* written with the next renewal */
+        defer_beat(dq, t);
+      } else if (!c.beat_applied[i] && ath__task_dq(t)->dq_attempt == c.beats[i].attempt && !t->remote) {
+        ath__logf(w, ATH_LOG_WARN, NULL, 0, "attempt %d of %s is no longer this node's (rescued): interrupted",
+                  ath__task_dq(t)->dq_attempt, t->id);
+        nwake = fence_running(w, t, wake, nwake);
+      }
+    }
+    uv_mutex_unlock(&w->lock);
+    ath__wake_all(wake, nwake);
+  }
+  for (size_t i = 0; i < n; i++)
+    ath_task_release(ts[i]);
+  free(ts);
+  free(bt);
+  if (made)
+    cycle_free(&c);
+}
+
 /* Renews the lease; registers a new incarnation after a loss (lock not held). */
 static void beat(ath_world_t* w, struct ath_dq_s* dq) {
   if (!dq->lease.lost) {
@@ -822,12 +983,16 @@ static void beat(ath_world_t* w, struct ath_dq_s* dq) {
       healthy(w);
       uv_mutex_unlock(&w->lock);
     }
+    if (rc == 0)
+      flush_beats(w, dq);
     if (rc != ATH_EWORKERLOST && !ath__qpg_lease_fenced(&dq->lease, uv_hrtime()))
       return;
+    ath_worker_t* wake[MAX_WORKERS];
     uv_mutex_lock(&w->lock);
-    self_fence(w, dq);
+    int nwake = self_fence(w, dq, wake, 0);
     dq->incarnation = 0; /* claims nothing until registered again */
     uv_mutex_unlock(&w->lock);
+    ath__wake_all(wake, nwake);
     dq->lease.lost = 1;
   }
   ath_qpg_node_t n;
@@ -845,7 +1010,7 @@ static void beat(ath_world_t* w, struct ath_dq_s* dq) {
 }
 
 /* The EWORKERLOST decision for a rescued attempt (SEMANTICS §12.3, §7.3). */
-static void rescue_decide(ath_world_t* w, struct ath_dq_s* dq, const ath_qpg_task_t* r,
+static void rescue_decide(ath_world_t* w, const char* why, const ath_qpg_task_t* r,
                           ath_qpg_outcome_t* o, char* err, size_t errlen) {
   const ath_def_t* def = NULL;
   for (int i = 0; i < w->ndefs; i++) /* immutable once started */
@@ -855,8 +1020,7 @@ static void rescue_decide(ath_world_t* w, struct ath_dq_s* dq, const ath_qpg_tas
   for (char** nr = def ? def->non_retryable : NULL; nr && *nr && !final; nr++)
     final = strcmp(*nr, "EWORKERLOST") == 0;
   snprintf(err, errlen,
-           "{\"code\":\"EWORKERLOST\",\"message\":\"its node was declared lost (no heartbeat)\","
-           "\"retryable\":true,\"attempt\":%d}",
+           "{\"code\":\"EWORKERLOST\",\"message\":\"%s\",\"retryable\":true,\"attempt\":%d}", why,
            r->attempt);
   memset(o, 0, sizeof(*o));
   o->seq = r->seq;
@@ -868,7 +1032,29 @@ static void rescue_decide(ath_world_t* w, struct ath_dq_s* dq, const ath_qpg_tas
     o->status = ATH_RETRYING;
     o->delay_ms = ath__backoff_ms(&def->a, r->attempt);
   }
-  (void)dq;
+}
+
+/* Decides each rescued row (EWORKERLOST, `why`) and writes the outcomes
+ * under `lease`, which holds them now (lock not held). Returns how many
+ * were written, or -1. */
+static int64_t rescue_rows(ath_world_t* w, ath_qpg_t* q, int64_t lease, const ath_qpg_tasks_t* rows,
+                           const char* why) {
+  if (rows->n == 0)
+    return 0;
+  ath_qpg_outcome_t* o = calloc(rows->n, sizeof(*o));
+  char(*errs)[192] = calloc(rows->n, sizeof(*errs));
+  uint8_t* applied = calloc(rows->n, 1);
+  int64_t done = -1;
+  if (o && errs && applied) {
+    for (size_t i = 0; i < rows->n; i++)
+      rescue_decide(w, why, &rows->rows[i], &o[i], errs[i], sizeof(errs[i]));
+    if (ath__qpg_finish(q, lease, o, rows->n, applied) == 0)
+      done = (int64_t)rows->n;
+  }
+  free(o);
+  free(errs);
+  free(applied);
+  return done;
 }
 
 /* The leader's duties (lock not held): take or keep the lock, rescue the
@@ -902,24 +1088,12 @@ static void lead(ath_world_t* w, struct ath_dq_s* dq) {
   ath_qpg_tasks_t rows;
   int64_t grace = 10 * w->cfg.heartbeat_timeout_ms;
   if (ath__qpg_rescue(dq->ldr, dq->llease.incarnation, RESCUE_LIMIT, grace, &rows) == 0) {
-    if (rows.n > 0) {
-      ath_qpg_outcome_t* o = calloc(rows.n, sizeof(*o));
-      char(*errs)[192] = calloc(rows.n, sizeof(*errs));
-      uint8_t* applied = calloc(rows.n, 1);
-      if (o && errs && applied) {
-        for (size_t i = 0; i < rows.n; i++)
-          rescue_decide(w, dq, &rows.rows[i], &o[i], errs[i], sizeof(errs[i]));
-        if (ath__qpg_finish(dq->ldr, dq->llease.incarnation, o, rows.n, applied) == 0) {
-          uv_mutex_lock(&w->lock);
-          dq->n_rescued += (int64_t)rows.n;
-          uv_mutex_unlock(&w->lock);
-          ath_log_field_t f[1] = {ATH_LOG_FINT("tasks", (int64_t)rows.n)};
-          ath__logf(w, ATH_LOG_WARN, f, 1, "rescued the tasks of expired nodes (EWORKERLOST)");
-        }
-      }
-      free(o);
-      free(errs);
-      free(applied);
+    if (rescue_rows(w, dq->ldr, dq->llease.incarnation, &rows, "its node was declared lost (no heartbeat)") > 0) {
+      uv_mutex_lock(&w->lock);
+      dq->n_rescued += (int64_t)rows.n;
+      uv_mutex_unlock(&w->lock);
+      ath_log_field_t f[1] = {ATH_LOG_FINT("tasks", (int64_t)rows.n)};
+      ath__logf(w, ATH_LOG_WARN, f, 1, "rescued the tasks of expired nodes (EWORKERLOST)");
     }
     ath__qpg_tasks_free(&rows);
   }
@@ -990,6 +1164,9 @@ static void backend_main(void* arg) {
     uint64_t now = uv_hrtime();
     int stopping = w->store_stop;
     int do_sched = dq->leader && (dq->sched_scan || (dq->sched_at_ns != 0 && now >= dq->sched_at_ns));
+    if (dq->lead_now && !dq->leader) /* a resigning leader: the next try is now */
+      next_lead = now;
+    dq->lead_now = 0;
     if (!stopping && (now >= next_beat || now >= next_lead || now >= next_poll || dq->ndone > 0 ||
                       dq->ncancel > 0 || do_sched || (dq->stage_at != 0 && ath__wall(w) >= dq->stage_at))) {
       int do_beat = now >= next_beat, do_lead = now >= next_lead, do_poll = now >= next_poll;
@@ -1153,6 +1330,10 @@ static void dq_free(struct ath_dq_s* dq) {
   free(dq->cancels);
   free(dq->watch.slots);
   free(dq->early.slots);
+  for (size_t i = 0; i < dq->nbeats; i++)
+    ath_task_release(dq->beats[i]);
+  free(dq->beats);
+  free(dq->beat_set.slots);
   ath__qpg_counts_free(&dq->counts);
   free(dq);
 }
@@ -1198,13 +1379,36 @@ void ath__pgstore_stopped(ath_world_t* w) {
     ath__qpg_node_release(dq->ldr, &dq->llease);
     ath__qpg_leader_resign(dq->ldr);
   }
+  int64_t retries = ath__qpg_retries(dq->wr) + ath__qpg_retries(dq->ldr) + ath__qpg_retries(dq->rd);
   ath__qpg_close(dq->wr);
   ath__qpg_close(dq->ldr);
   ath__qpg_close(dq->lis);
   dq->wr = dq->ldr = dq->lis = NULL;
-  ath_log_field_t f[4] = {ATH_LOG_FINT("claimed", dq->n_claimed), ATH_LOG_FINT("lost", dq->n_lost),
-                          ATH_LOG_FINT("rescued", dq->n_rescued), ATH_LOG_FINT("notifications", dq->n_notified)};
-  ath__logf(w, ATH_LOG_INFO, f, 4, "PostgreSQL backend stopped");
+  ath_log_field_t f[5] = {ATH_LOG_FINT("claimed", dq->n_claimed), ATH_LOG_FINT("lost", dq->n_lost),
+                          ATH_LOG_FINT("rescued", dq->n_rescued), ATH_LOG_FINT("notifications", dq->n_notified),
+                          ATH_LOG_FINT("conflict_retries", retries)};
+  ath__logf(w, ATH_LOG_INFO, f, 5, "PostgreSQL backend stopped");
+}
+
+/* At start, as the new incarnation (lock not held): the tasks an earlier
+ * incarnation of this nodeId still leases (a crash, a kill -9) are this
+ * node's to rescue now, not after heartbeatTimeout (distributed.md §3.8);
+ * that incarnation is fenced in the same statement. */
+static int take_over(ath_world_t* w, struct ath_dq_s* dq) {
+  ath_qpg_tasks_t rows;
+  int rc = ath__qpg_take_over(dq->wr, dq->node_id, dq->lease.incarnation, &rows);
+  if (rc != 0)
+    return rc;
+  int64_t n = rescue_rows(w, dq->wr, dq->lease.incarnation, &rows, "its node restarted");
+  ath__qpg_tasks_free(&rows);
+  if (n < 0)
+    return ATH_ESTORE;
+  dq->n_rescued += n;
+  if (n > 0) {
+    ath_log_field_t f[1] = {ATH_LOG_FINT("tasks", n)};
+    ath__logf(w, ATH_LOG_WARN, f, 1, "recovered the running tasks of this node's previous run (EWORKERLOST)");
+  }
+  return 0;
 }
 
 int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
@@ -1248,6 +1452,9 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
   node_desc(dq, w, &n, 0);
   if (rc == 0 && (rc = ath__qpg_node_register(dq->wr, &n, uv_hrtime(), &dq->lease)) != 0)
     snprintf(err, errlen, "PostgreSQL backend: registering node %s: %s", dq->node_id, ath__qpg_errmsg(dq->wr));
+  if (rc == 0 && (rc = take_over(w, dq)) != 0)
+    snprintf(err, errlen, "PostgreSQL backend: recovering node %s's earlier tasks: %s", dq->node_id,
+             ath__qpg_errmsg(dq->wr));
   if (rc == 0 && dq->lis != NULL && pipe(dq->lis_pipe) != 0) {
     snprintf(err, errlen, "cannot make a pipe: %s", strerror(errno));
     rc = ATH_ENOMEM;
