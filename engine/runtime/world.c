@@ -701,7 +701,7 @@ static void unfresh_workflows(ath_world_t* w, const char* id) {
       continue; /* out of memory: then the whole world looks in the store */
     memcpy(prefix, id, len);
     prefix[len] = '\0';
-    ath_task_t* t = ath__table_get(w, prefix, ath__hash_str(prefix));
+    ath_task_t* t = ath__table_get(w, prefix, ath__hash_id(prefix));
     if (t != NULL && t->wf != NULL)
       t->wf->fresh = 0;
     if (prefix != small)
