@@ -1946,6 +1946,34 @@ static const char* const COUNTS_SQL =
   "     ORDER BY incarnation DESC LIMIT 1)"
   " FROM (SELECT 1) one LEFT JOIN c ON true ORDER BY c.queue COLLATE \"C\"";
 
+/* What ended in the last $1 ms (tasks_done) and how long those waited
+ * from ready to their claim: the cluster's throughput and pickup latency,
+ * from the rows, whichever node ran them. */
+static const char* const RATES_SQL =
+  "SELECT count(*), percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP"
+  "   (ORDER BY greatest(started_at - ready_at, 0))::text"
+  " FROM {S}.tasks WHERE completed_at >= {S}.now_ms() - $1 AND started_at IS NOT NULL";
+
+/* Reads the window's figures into c (the percentiles stay 0 when nothing ended). */
+static int read_rates(ath_qpg_t* q, ath_qpg_counts_t* c) {
+  char* sql = subst(RATES_SQL, q->qschema);
+  if (sql == NULL)
+    return ATH_ENOMEM;
+  char win_s[24];
+  snprintf(win_s, sizeof(win_s), "%d", ATH_QPG_RATE_WINDOW_MS);
+  const char* v[1] = {win_s};
+  PGresult* r = exec1(q, sql, 1, v);
+  free(sql);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK)
+    return res_err(q, r);
+  c->completed_window = get_i64(r, 0, 0);
+  const char* p = get_str(r, 0, 1); /* "{p50,p95,p99}" */
+  if (p != NULL)
+    sscanf(p, "{%lf,%lf,%lf}", &c->start_latency_ms[0], &c->start_latency_ms[1], &c->start_latency_ms[2]);
+  PQclear(r);
+  return 0;
+}
+
 void ath__qpg_counts_free(ath_qpg_counts_t* c) {
   if (c == NULL)
     return;
@@ -1996,6 +2024,8 @@ int ath__qpg_counts(ath_qpg_t* q, ath_qpg_counts_t* out) {
     out->running += c->running;
   }
   PQclear(r);
+  if (rc == 0)
+    rc = read_rates(q, out);
   if (rc != 0)
     ath__qpg_counts_free(out);
   return rc;

@@ -1615,6 +1615,14 @@ int ath__world_cluster(ath_world_t* w, char** json, char* err, size_t errlen) {
     json_field(&b, "queued", c->queued, 1);
     json_field(&b, "scheduled", c->scheduled, 0);
     json_field(&b, "running", c->running, 0);
+    ath__buf_lit(&b, "},\"throughput\":{");
+    json_field(&b, "windowMs", ATH_QPG_RATE_WINDOW_MS, 1);
+    json_field(&b, "completed", c->completed_window, 0);
+    char t[160];
+    int tn = snprintf(t, sizeof(t), ",\"perSecond\":%.1f},\"startLatencyMs\":{\"p50\":%.1f,\"p95\":%.1f,\"p99\":%.1f",
+                      (double)c->completed_window * 1000.0 / ATH_QPG_RATE_WINDOW_MS, c->start_latency_ms[0],
+                      c->start_latency_ms[1], c->start_latency_ms[2]);
+    ath__buf_append(&b, t, (size_t)tn);
     ath__buf_lit(&b, "},\"queues\":{");
     for (size_t i = 0; i < c->nqueues; i++) {
       const ath_qpg_qcount_t* x = &c->queues[i];
@@ -1707,6 +1715,25 @@ int ath__world_node_labels(ath_world_t* w, ath_buf_t* b) {
   return 0;
 }
 
+/* The cluster's throughput and pickup latency over the rate window. */
+static void cluster_rates_prom(ath_buf_t* b, const ath_qpg_counts_t* c) {
+  char t[512];
+  int n = snprintf(t, sizeof(t),
+                   "# HELP athena_cluster_completed_per_second Tasks that ended per second across the cluster,"
+                   " over the last %d s (the database).\n# TYPE athena_cluster_completed_per_second gauge\n"
+                   "athena_cluster_completed_per_second %.1f\n"
+                   "# HELP athena_cluster_start_latency_seconds How long the tasks that ended in that window waited"
+                   " from ready to a node's claim.\n# TYPE athena_cluster_start_latency_seconds gauge\n",
+                   ATH_QPG_RATE_WINDOW_MS / 1000, (double)c->completed_window * 1000.0 / ATH_QPG_RATE_WINDOW_MS);
+  ath__buf_append(b, t, (size_t)n);
+  static const char* const q[3] = {"0.5", "0.95", "0.99"};
+  for (int i = 0; i < 3; i++) {
+    n = snprintf(t, sizeof(t), "athena_cluster_start_latency_seconds{quantile=\"%s\"} %.4f\n", q[i],
+                 c->start_latency_ms[i] / 1000.0);
+    ath__buf_append(b, t, (size_t)n);
+  }
+}
+
 void ath__world_cluster_prom(ath_world_t* w, ath_buf_t* b) {
   struct ath_dq_s* dq = w->dq;
   if (dq == NULL)
@@ -1736,6 +1763,7 @@ void ath__world_cluster_prom(ath_world_t* w, ath_buf_t* b) {
   prom_line(b, "athena_cluster_tasks", "state", "queued", c->queued, 0);
   prom_line(b, "athena_cluster_tasks", "state", "scheduled", c->scheduled, 0);
   prom_line(b, "athena_cluster_tasks", "state", "running", c->running, 0);
+  cluster_rates_prom(b, c);
   static const char* const names[4] = {"athena_cluster_queue_depth", "athena_cluster_queue_scheduled",
                                        "athena_cluster_queue_running", "athena_cluster_queue_oldest_age_seconds"};
   static const char* const helps[4] = {"Ready tasks per queue across the cluster.",
