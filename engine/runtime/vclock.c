@@ -54,7 +54,7 @@ static uint64_t next_event(ath_world_t* w) {
   ath_vtimer_t* vt = ath__heap_peek(&w->vtimers);
   if (vt != NULL && vt->due < next)
     next = vt->due;
-  ath_task_t* e = ath__heap_peek(&w->expiry);
+  ath_task_x_t* e = ath__heap_peek(&w->expiry);
   if (e != NULL && e->exp_mono < next)
     next = e->exp_mono;
   ath_sched_t* s = ath__heap_peek(&w->sheap);

@@ -586,8 +586,9 @@ static int workflow_main(lua_State* co, ath_task_t* t) {
   else
     lua_pushnil(co);
   lua_pushinteger(co, t->strategy);
-  if (t->parent != NULL)
-    lua_pushstring(co, t->parent->id);
+  const ath_task_t* parent = ath__task_parent(t);
+  if (parent != NULL)
+    lua_pushstring(co, parent->id);
   else
     lua_pushnil(co);
   ath__vm_callk(co, 8, LUA_MULTRET, task_k);
@@ -606,8 +607,9 @@ static int task_main(lua_State* co) {
   lua_setfield(co, -2, "name");
   lua_pushinteger(co, t->attempt);
   lua_setfield(co, -2, "attempt");
-  if (t->parent != NULL) {
-    lua_pushstring(co, t->parent->id);
+  const ath_task_t* parent = ath__task_parent(t);
+  if (parent != NULL) {
+    lua_pushstring(co, parent->id);
     lua_setfield(co, -2, "workflowId");
   }
   if (t->wf != NULL) {
@@ -1197,8 +1199,9 @@ static void start_task(ath_worker_t* wk, ath_task_t* t) {
   lua_pushcfunction(co, task_main);
   lua_rawgeti(co, LUA_REGISTRYINDEX, wk->handlers[t->def - wk->w->defs]);
   lua_pushlightuserdata(co, t);
-  lua_pushlightuserdata(co, t->hb);
-  lua_pushinteger(co, (lua_Integer)t->hb_len);
+  const ath_task_x_t* x = ath__task_xr(t);
+  lua_pushlightuserdata(co, x != NULL ? x->hb : NULL);
+  lua_pushinteger(co, x != NULL ? (lua_Integer)x->hb_len : 0);
   resume_slot(s, 4);
   if (s->task == t && s->wait != ATH_WAIT_NONE)
     arm_deadline(s); /* it waits: its deadlines need the loop's timer now */

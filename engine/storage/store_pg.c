@@ -191,7 +191,7 @@ void ath__dq_watch(ath_world_t* w, int64_t seq) {
  * (lock held): it waits for a worker, whose claim counts the attempt.
  * Returns how many were queued (0: no memory; t is handed back). */
 static int64_t queue_claimed(ath_world_t* w, ath_task_t* t, int attempt, int64_t ready_at) {
-  t->dq_attempt = attempt;
+  ath__task_dq(t)->dq_attempt = attempt;
   t->remote = 0;
   t->unborn = 0;
   t->attempt = attempt - 1;
@@ -211,17 +211,17 @@ int ath__dq_discard(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwak
    * a cancel accepted for the task is in its row, and a claim reads it */
   atomic_store(&t->cancel_ns, 0);
   ath__logf(w, ATH_LOG_WARN, NULL, 0, "outcome of %s discarded: this node's lease was lost", t->id);
-  if (t->dq_claimed > 0) { /* claimed again meanwhile: that attempt runs now */
-    int attempt = t->dq_claimed;
-    t->dq_claimed = 0;
+  if (ath__task_dq(t)->dq_claimed > 0) { /* claimed again meanwhile: that attempt runs now */
+    int attempt = ath__task_dq(t)->dq_claimed;
+    ath__task_dq(t)->dq_claimed = 0;
     if (queue_claimed(w, t, attempt, t->ready_at) > 0 && nwake < MAX_WORKERS)
       nwake += ath__pick_sleepers(w, t->queue, 1, wake + nwake, MAX_WORKERS - nwake);
     return nwake;
   }
-  t->dq_attempt = 0;
+  ath__task_dq(t)->dq_attempt = 0;
   t->remote = 1;
   t->status = ATH_RUNNING; /* as far as this node knows; its row tells the rest */
-  ath__dq_watch(w, t->dq_seq);
+  ath__dq_watch(w, ath__task_dq(t)->dq_seq);
   return nwake;
 }
 
@@ -405,8 +405,8 @@ static int cycle_alloc(cycle_t* c, size_t n) {
 /* Adds t's outcome (lock held): the attempt it leases, ended as it is now. */
 static void add_outcome(cycle_t* c, ath_task_t* t, int status, int64_t now) {
   ath_qpg_outcome_t* o = &c->outs[c->nouts];
-  o->seq = t->dq_seq;
-  o->attempt = t->dq_attempt;
+  o->seq = ath__task_dq(t)->dq_seq;
+  o->attempt = ath__task_dq(t)->dq_attempt;
   o->status = status;
   o->delay_ms = status == ATH_RETRYING ? t->ready_at - now : 0;
   o->result = status == ATH_COMPLETED ? t->result : NULL;
@@ -418,25 +418,28 @@ static void add_outcome(cycle_t* c, ath_task_t* t, int status, int64_t now) {
 
 /* t heartbeat during the attempt it runs now (or ran last). */
 static int beat_this_attempt(const ath_task_t* t) {
-  return t->last_hb > 0 && t->last_hb >= t->started_at;
+  const ath_task_x_t* x = ath__task_dq(t);
+  return x->last_hb > 0 && x->last_hb >= t->started_at;
 }
 
 /* Adds the heartbeat of the attempt t leases to c (lock held): it goes
  * before the attempt's finish in the same transaction. */
 static void add_beat(cycle_t* c, const ath_task_t* t) {
+  const ath_task_x_t* x = ath__task_dq(t);
   ath_qpg_beat_t* b = &c->beats[c->nbeats];
-  c->beat_hb[c->nbeats] = t->hb != NULL ? ath__memdup(t->hb, t->hb_len) : NULL;
-  b->seq = t->dq_seq;
-  b->attempt = t->dq_attempt;
+  c->beat_hb[c->nbeats] = x->hb != NULL ? ath__memdup(x->hb, x->hb_len) : NULL;
+  b->seq = x->dq_seq;
+  b->attempt = x->dq_attempt;
   b->details = c->beat_hb[c->nbeats];
-  b->at = t->last_hb;
+  b->at = x->last_hb;
   c->nbeats++;
 }
 
 /* Keeps running t for the next lease renewal's heartbeat write (lock
  * held): one write per task per heartbeatInterval, whatever its rate. */
 static void defer_beat(struct ath_dq_s* dq, ath_task_t* t) {
-  if (seq_has(&dq->beat_set, t->dq_seq))
+  int64_t seq = ath__task_dq(t)->dq_seq;
+  if (seq_has(&dq->beat_set, seq))
     return;
   if (dq->nbeats == dq->beats_cap) {
     size_t cap = dq->beats_cap ? dq->beats_cap * 2 : 64;
@@ -446,7 +449,7 @@ static void defer_beat(struct ath_dq_s* dq, ath_task_t* t) {
     dq->beats = b;
     dq->beats_cap = cap;
   }
-  if (seq_add(&dq->beat_set, t->dq_seq) != 0)
+  if (seq_add(&dq->beat_set, seq) != 0)
     return;
   ath_task_retain(t);
   dq->beats[dq->nbeats++] = t;
@@ -462,7 +465,7 @@ static void classify(ath_world_t* w, struct ath_dq_s* dq, ath_task_t** batch, si
     if (t->withdrawn || t->purged)
       continue;
     int ended = ATH_IS_TERMINAL(t->status) || t->status == ATH_RETRYING;
-    if (t->remote && t->dq_seq == 0) {
+    if (t->remote && ath__task_dq(t)->dq_seq == 0) {
       ath_qpg_insert_t* x = &c->ins[c->nins];
       x->id = t->id;
       x->name = t->def->name;
@@ -474,31 +477,31 @@ static void classify(ath_world_t* w, struct ath_dq_s* dq, ath_task_t** batch, si
       x->delay_ms = t->scheduled_at - t->created_at;
       x->close_after_ms = ath__task_limits(t)->schedule_to_close_ms;
       x->notify = 1;
-      t->dq_seq = -1;
+      ath__task_dq(t)->dq_seq = -1;
       c->ins_t[c->nins++] = t;
-    } else if (t->dq_attempt > 0 && t->remote) { /* handed back unrun: T14 */
+    } else if (ath__task_dq(t)->dq_attempt > 0 && t->remote) { /* handed back unrun: T14 */
       if (beat_this_attempt(t))
         add_beat(c, t);
       add_outcome(c, t, ATH_PENDING, now);
-      t->dq_attempt = 0;
-    } else if (t->dq_attempt > 0 && ended) {
+      ath__task_dq(t)->dq_attempt = 0;
+    } else if (ath__task_dq(t)->dq_attempt > 0 && ended) {
       if (beat_this_attempt(t))
         add_beat(c, t);
       add_outcome(c, t, t->status, now);
-      t->dq_attempt = 0;
+      ath__task_dq(t)->dq_attempt = 0;
       t->remote = t->status == ATH_RETRYING; /* its row waits; any node runs it next */
-    } else if (t->dq_attempt < 0 && ended) { /* the lease was lost: discarded */
+    } else if (ath__task_dq(t)->dq_attempt < 0 && ended) { /* the lease was lost: discarded */
       dq->n_lost++;
-      t->dq_attempt = 0;
+      ath__task_dq(t)->dq_attempt = 0;
       t->remote = t->status == ATH_RETRYING;
-      if (t->dq_claimed > 0) { /* claimed again meanwhile (ended by the worker monitor): back, unrun */
-        t->dq_attempt = t->dq_claimed;
-        t->dq_claimed = 0;
+      if (ath__task_dq(t)->dq_claimed > 0) { /* claimed again meanwhile (ended by the worker monitor): back, unrun */
+        ath__task_dq(t)->dq_attempt = ath__task_dq(t)->dq_claimed;
+        ath__task_dq(t)->dq_claimed = 0;
         add_outcome(c, t, ATH_PENDING, now);
-        t->dq_attempt = 0;
+        ath__task_dq(t)->dq_attempt = 0;
         t->remote = 1;
       }
-    } else if (t->dq_attempt > 0 && t->status == ATH_RUNNING && beat_this_attempt(t)) {
+    } else if (ath__task_dq(t)->dq_attempt > 0 && t->status == ATH_RUNNING && beat_this_attempt(t)) {
       defer_beat(dq, t);
     }
   }
@@ -536,15 +539,16 @@ static void row_of(const ath_qpg_task_t* r, ath_row_t* row) {
  * held): an attempt another node ran left it, and the next attempt's
  * ctx.lastHeartbeat and every query show it. */
 static void take_beat(ath_task_t* t, const ath_qpg_task_t* r) {
-  if (r->last_hb <= t->last_hb)
+  ath_task_x_t* x = ath__task_dq(t);
+  if (r->last_hb <= x->last_hb)
     return;
   char* hb = r->hb != NULL ? ath__memdup(r->hb, strlen(r->hb)) : NULL;
   if (r->hb != NULL && hb == NULL)
     return; /* out of memory: what it has stands */
-  free(t->hb);
-  t->hb = hb;
-  t->hb_len = hb != NULL ? (uint32_t)strlen(hb) : 0;
-  t->last_hb = r->last_hb;
+  free(x->hb);
+  x->hb = hb;
+  x->hb_len = hb != NULL ? (uint32_t)strlen(hb) : 0;
+  x->last_hb = r->last_hb;
 }
 
 /* Makes claimed rows local tasks (lock not held on entry or exit). */
@@ -568,17 +572,17 @@ static void adopt_claims(ath_world_t* w, struct ath_dq_s* dq, cycle_t* c) {
         continue;
       }
       seq_del(&dq->watch, r->seq);
-      t->dq_seq = r->seq;
+      ath__task_dq(t)->dq_seq = r->seq;
       take_beat(t, r);
-      if (t->wk != NULL || t->dq_attempt < 0) {
+      if (t->wk != NULL || ath__task_dq(t)->dq_attempt < 0) {
         /* an attempt fenced by a lost lease still runs on this very task:
          * the new one starts once it ended (ath__dq_discard) */
-        t->dq_claimed = r->attempt;
+        ath__task_dq(t)->dq_claimed = r->attempt;
         uv_mutex_unlock(&w->lock);
         ath_task_release(t);
         continue;
       }
-      t->dq_attempt = r->attempt;
+      ath__task_dq(t)->dq_attempt = r->attempt;
       if (ATH_IS_TERMINAL(t->status)) { /* cannot happen: a row ended is never ready */
         t->remote = 1; /* handed back */
         ath__store_mark(w, t);
@@ -620,8 +624,8 @@ static void audit_leases(ath_world_t* w, struct ath_dq_s* dq) {
   uv_mutex_lock(&w->lock);
   for (size_t i = 0; o && applied && i < rows.n; i++) {
     const ath_qpg_task_t* r = &rows.rows[i];
-    ath_task_t* t = ath__table_get(w, r->id, ath__hash_str(r->id));
-    if (t != NULL && t->dq_seq == r->seq && t->dq_attempt == r->attempt)
+    ath_task_t* t = ath__table_get(w, r->id, ath__hash_id(r->id));
+    if (t != NULL && ath__task_dq(t)->dq_seq == r->seq && ath__task_dq(t)->dq_attempt == r->attempt)
       continue; /* held here */
     o[n].seq = r->seq;
     o[n].attempt = r->attempt;
@@ -687,10 +691,10 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
   if (rc != 0) {
     /* nothing committed: the writes go again, as before the cycle */
     for (size_t i = 0; i < c.nins; i++)
-      c.ins_t[i]->dq_seq = 0;
+      ath__task_dq(c.ins_t[i])->dq_seq = 0;
     for (size_t i = 0; i < c.nouts; i++) {
       ath_task_t* t = c.out_t[i];
-      t->dq_attempt = c.outs[i].attempt;
+      ath__task_dq(t)->dq_attempt = c.outs[i].attempt;
       if (c.outs[i].status == ATH_RETRYING)
         t->remote = 0;
     }
@@ -710,7 +714,7 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
   for (size_t i = 0; i < c.nins; i++) {
     ath_task_t* t = c.ins_t[i];
     const ath_qpg_inserted_t* r = &c.inserted[i];
-    t->dq_seq = r->seq;
+    ath__task_dq(t)->dq_seq = r->seq;
     t->created_at = r->created_at; /* the row's (the database clock): queries merge on it */
     if (!r->created && r->existing_name && strcmp(r->existing_name, t->def->name) != 0) {
       int out; /* the id names another activity's task: execute answers EINVAL */
@@ -784,7 +788,7 @@ void ath__dq_refresh(ath_world_t* w, ath_task_t* t) {
   if (dq == NULL)
     return;
   uv_mutex_lock(&w->lock);
-  int64_t seq = t->remote && !ATH_IS_TERMINAL(t->status) ? t->dq_seq : 0;
+  int64_t seq = t->remote && !ATH_IS_TERMINAL(t->status) ? ath__task_dq(t)->dq_seq : 0;
   uv_mutex_unlock(&w->lock);
   if (seq <= 0)
     return;
@@ -818,7 +822,7 @@ static void read_ended(ath_world_t* w, struct ath_dq_s* dq, const int64_t* seqs,
   for (size_t i = 0; i < rows.n; i++) {
     const ath_qpg_task_t* r = &rows.rows[i];
     seq_del(&dq->watch, r->seq);
-    ath_task_t* t = ath__table_get(w, r->id, ath__hash_str(r->id));
+    ath_task_t* t = ath__table_get(w, r->id, ath__hash_id(r->id));
     if (t != NULL)
       nwake = sync_proxy(w, t, r, wake, nwake);
   }
@@ -836,10 +840,10 @@ static int apply_cancels(ath_world_t* w, const int64_t* seqs, size_t n, ath_work
   int64_t now = ath__wall(w);
   for (size_t b = 0; b < w->table_cap; b++) {
     for (ath_task_t* t = w->table[b]; t != NULL; t = t->hnext) {
-      if (t->dq_attempt <= 0 || t->remote)
+      if (ath__task_dq(t)->dq_attempt <= 0 || t->remote)
         continue;
       for (size_t i = 0; i < n; i++) {
-        if (seqs[i] == t->dq_seq) {
+        if (seqs[i] == ath__task_dq(t)->dq_seq) {
           int accepted;
           nwake = ath__cancel_locked(w, t, now, wake, nwake, &accepted);
           break;
@@ -857,7 +861,7 @@ static int apply_cancels(ath_world_t* w, const int64_t* seqs, size_t n, ath_work
  * (its next yield point raises ECANCELED; past cancelGrace, the count hook
  * does), so it stops instead of running on for nothing. */
 static int fence_running(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake) {
-  t->dq_attempt = -1;
+  ath__task_dq(t)->dq_attempt = -1;
   if (t->wk == NULL)
     return nwake;
   if (atomic_load(&t->cancel_ns) == 0)
@@ -872,17 +876,17 @@ static int self_fence(ath_world_t* w, struct ath_dq_s* dq, ath_worker_t** wake, 
   int64_t held = 0, stopped = 0;
   for (size_t b = 0; b < w->table_cap; b++) {
     for (ath_task_t* t = w->table[b]; t != NULL; t = t->hnext) {
-      if (t->dq_claimed > 0) { /* a claim under the incarnation lost now: the rescue's */
-        t->dq_claimed = 0;
+      if (ath__task_dq(t)->dq_claimed > 0) { /* a claim under the incarnation lost now: the rescue's */
+        ath__task_dq(t)->dq_claimed = 0;
         held++;
       }
-      if (t->dq_attempt <= 0)
+      if (ath__task_dq(t)->dq_attempt <= 0)
         continue;
       held++;
       if (t->status == ATH_PENDING && !t->remote) { /* buffered */
         ath__queue_remove(t->queue, t);
         t->remote = 1;
-        t->dq_attempt = 0;
+        ath__task_dq(t)->dq_attempt = 0;
       } else {
         stopped += t->wk != NULL;
         nwake = fence_running(w, t, wake, nwake);
@@ -936,7 +940,7 @@ static void flush_beats(ath_world_t* w, struct ath_dq_s* dq) {
   ath_task_t** bt = made ? calloc(n, sizeof(*bt)) : NULL;
   for (size_t i = 0; bt != NULL && i < n; i++) {
     ath_task_t* t = ts[i];
-    if (t->dq_attempt > 0 && !t->remote && t->status == ATH_RUNNING) {
+    if (ath__task_dq(t)->dq_attempt > 0 && !t->remote && t->status == ATH_RUNNING) {
       bt[c.nbeats] = t;
       add_beat(&c, t);
     }
@@ -952,9 +956,9 @@ static void flush_beats(ath_world_t* w, struct ath_dq_s* dq) {
       ath_task_t* t = bt[i];
       if (rc != 0) { /* written with the next renewal */
         defer_beat(dq, t);
-      } else if (!c.beat_applied[i] && t->dq_attempt == c.beats[i].attempt && !t->remote) {
+      } else if (!c.beat_applied[i] && ath__task_dq(t)->dq_attempt == c.beats[i].attempt && !t->remote) {
         ath__logf(w, ATH_LOG_WARN, NULL, 0, "attempt %d of %s is no longer this node's (rescued): interrupted",
-                  t->dq_attempt, t->id);
+                  c.beats[i].attempt, t->id);
         nwake = fence_running(w, t, wake, nwake);
       }
     }
@@ -1497,11 +1501,11 @@ int ath__dq_cancel(ath_world_t* w, ath_task_t* t) {
   struct ath_dq_s* dq = w->dq;
   uv_mutex_lock(&w->lock);
   /* its insert has not committed yet (hybrid): wait for it */
-  while (t->dq_seq <= 0 && !t->withdrawn && w->store != NULL && !ATH_IS_TERMINAL(t->status)) {
+  while (ath__task_dq(t)->dq_seq <= 0 && !t->withdrawn && w->store != NULL && !ATH_IS_TERMINAL(t->status)) {
     uv_cond_signal(&w->store_cond);
     uv_cond_wait(&w->cond, &w->lock);
   }
-  int64_t seq = t->dq_seq;
+  int64_t seq = ath__task_dq(t)->dq_seq;
   int ended = ATH_IS_TERMINAL(t->status);
   uv_mutex_unlock(&w->lock);
   if (ended || seq <= 0)

@@ -50,5 +50,6 @@ void ath__uuid7(char out[37]);
 double ath__random01(void);
 /* FNV-1a over a NUL-terminated string. */
 uint64_t ath__hash_str(const char* s);
+uint64_t ath__hash_id(const char* s); /* in-process tables: faster */
 
 #endif
