@@ -971,11 +971,24 @@ static int read_insert(ath_qpg_t* q, size_t n, ath_qpg_inserted_t* out) {
   return rc;
 }
 
-static int send_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, size_t n) {
-  params_t p;
-  const char* v[9];
+/* Sends statement st fenced by `lease` ($1), the arrays of p ($2...) and,
+ * with `notify`, this connection's notify flag last; frees p. */
+static int send_fenced(ath_qpg_t* q, int st, int64_t lease, params_t* p, int notify) {
+  const char* v[16];
   char lease_s[24];
   snprintf(lease_s, sizeof(lease_s), "%" PRId64, lease);
+  v[0] = lease_s;
+  int rc = params_done(p, v + 1), n = p->n + 1;
+  if (notify)
+    v[n++] = q->notify ? "t" : "f";
+  if (rc == 0)
+    rc = pl_send(q, st, n, v); /* libpq copies the values */
+  params_free(p);
+  return rc;
+}
+
+static int send_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, size_t n) {
+  params_t p;
   params_init(&p, 7);
   for (size_t i = 0; i < n; i++) {
     arr_int(&p, 0, o[i].seq);
@@ -986,21 +999,11 @@ static int send_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, 
     arr_str(&p, 5, o[i].error);
     arr_int(&p, 6, o[i].worker_id);
   }
-  v[0] = lease_s;
-  int rc = params_done(&p, v + 1);
-  v[8] = q->notify ? "t" : "f";
-  if (rc == 0)
-    rc = pl_send(q, ST_FINISH, 9, v);
-  params_free(&p);
-  return rc;
+  return send_fenced(q, ST_FINISH, lease, &p, 1);
 }
-
 
 static int send_beats(ath_qpg_t* q, int64_t lease, const ath_qpg_beat_t* b, size_t n) {
   params_t p;
-  const char* v[5];
-  char lease_s[24];
-  snprintf(lease_s, sizeof(lease_s), "%" PRId64, lease);
   params_init(&p, 4);
   for (size_t i = 0; i < n; i++) {
     arr_int(&p, 0, b[i].seq);
@@ -1008,12 +1011,7 @@ static int send_beats(ath_qpg_t* q, int64_t lease, const ath_qpg_beat_t* b, size
     arr_str(&p, 2, b[i].details);
     arr_int(&p, 3, b[i].at);
   }
-  v[0] = lease_s;
-  int rc = params_done(&p, v + 1);
-  if (rc == 0)
-    rc = pl_send(q, ST_HEARTBEAT, 5, v);
-  params_free(&p);
-  return rc;
+  return send_fenced(q, ST_HEARTBEAT, lease, &p, 0);
 }
 
 /* The per-row answer of a finish or a heartbeat: column 1 says applied. */
