@@ -416,7 +416,7 @@ static void add_outcome(cycle_t* c, ath_task_t* t, int status, int64_t now) {
   c->out_t[c->nouts++] = t;
 }
 
-/* t heartbeat during the attempt it runs now (or ran last). */
+/* Whether t sent a heartbeat during the attempt it runs now (or ran last). */
 static int beat_this_attempt(const ath_task_t* t) {
   const ath_task_x_t* x = ath__task_dq(t);
   return x->last_hb > 0 && x->last_hb >= t->started_at;
