@@ -125,6 +125,11 @@ typedef struct {
   struct ath_task_s** kids;
   uint32_t nkids, kids_cap, kids_lo;
   int kids_lost;
+  /* Its id was generated here (not recovered) and no task outside its
+   * steps took an id under it: its next step's id <id>/<run>/<seq>, which
+   * its history shows it never started, cannot be in the store, so
+   * ctx:run does not look there (execute in world.c). */
+  int fresh;
 } ath_wf_t;
 
 /* workflow.c: history events. ath__wfev_new copies `len` bytes of json
@@ -489,6 +494,16 @@ typedef struct {
   struct ath_task_s* held;
 } ath_outcome_t;
 
+/* A worker as the watchdog sees it (watchdog.c; under its lock). */
+typedef struct {
+  struct ath_worker_s *next, *prev; /* the watchdog's list */
+  pthread_t tid;         /* the worker's thread (it registers itself) */
+  unsigned runs;         /* lua_runs at the last look */
+  unsigned ticks;        /* the hook's ticks at the last kick */
+  unsigned waits;        /* looks since the last kick, its hook not run */
+  int kicked;            /* kicked in this run of Lua */
+} ath_watch_entry_t;
+
 struct ath_worker_s {
   ath_world_t* w;
   size_t mem_used;       /* bytes in L's heap */
@@ -553,6 +568,10 @@ struct ath_worker_s {
   int no_waiter;         /* started off the engine loop's path: posts nothing */
   int nlost_refs;        /* declared lost: running_tasks[0..n) hold references */
   atomic_int interrupt_all; /* ATH_E* to raise in every running task */
+  /* For the watchdog's kicks (watchdog.c), written by the worker: */
+  _Atomic(lua_State*) lua_co; /* the task coroutine being resumed, or NULL */
+  atomic_uint lua_runs;  /* resumes of task coroutines: one that lasts keeps it */
+  ath_watch_entry_t watch;
 };
 
 #define MAX_WORKERS 1024 /* per world */
@@ -651,6 +670,7 @@ struct ath_world_s {
   atomic_ullong vmono;   /* monotonic ns now; wall time follows from it */
   ath_heap_t vtimers;    /* workers' timers (ath_vtimer_t) by due time */
   ath_hook_t* hook;      /* webhooks, or NULL */
+  struct ath_watch_s* watch; /* the watchdog (watchdog.c), from start to free */
   struct ath_gws_s* gws; /* the gateway served (owned by its HTTP server), or NULL */
   ath_log_t* log;        /* the world's logger (SEMANTICS §14.2) */
   /* HTTP servers (http.c), created and stopped on the engine thread. */
@@ -732,6 +752,20 @@ void ath__worker_free(ath_worker_t* wk);
 /* Wakes the workers a critical section collected into wks[0..n) (lock not
  * held; see wakes_held). */
 void ath__wake_all(ath_worker_t** wks, int n);
+
+/* watchdog.c: a thread per world that kicks workers whose task runs Lua
+ * for long, so its hook checks the deadlines (see there). Start before the
+ * first worker; stop once the workers are joined; free with the world. */
+int ath__watch_start(ath_world_t* w, char* err, size_t errlen);
+void ath__watch_stop(ath_world_t* w);
+void ath__watch_free(ath_world_t* w);
+/* A worker joins (on its thread, before any task) and leaves (before its
+ * thread ends). */
+void ath__watch_add(ath_world_t* w, ath_worker_t* wk);
+void ath__watch_remove(ath_world_t* w, ath_worker_t* wk);
+/* worker.c: the kick's signal handler, on wk's thread: sets the count hook
+ * on the task coroutine it resumes, if any. Async-signal-safe. */
+void ath__worker_kicked(ath_worker_t* wk);
 
 /* Logs an engine message (printf-style) at `level` with optional fields.
  * Thread: any; never blocks on I/O. Call without the world lock held when

@@ -88,7 +88,8 @@ static int fire_vtimers(ath_world_t* w, uint64_t now, ath_worker_t** wake, int n
 
 /* Waits until no worker has work from this step: each is asleep in its
  * loop with nothing pending, or has been running the same Lua code for two
- * hook intervals (code that does not yield cannot be waited for). */
+ * runs of its hook (the watchdog sets it every 10-20 ms): code that does
+ * not yield cannot be waited for. */
 static void settle(ath_world_t* w) {
   unsigned ticks[MAX_WORKERS];
   int quiet_rounds = 0;

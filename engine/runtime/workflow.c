@@ -283,9 +283,9 @@ int ath__ev_int(ath_buf_t* b, const char* key, int64_t v) {
 
 /* Adds "key":json (null when json is NULL). */
 void ath__ev_raw(ath_buf_t* b, const char* key, const char* json, size_t len) {
-  char tmp[64];
-  int n = snprintf(tmp, sizeof(tmp), ",\"%s\":", key);
-  ath__buf_append(b, tmp, (size_t)n);
+  ath__buf_lit(b, ",\""); /* no printf: every step records events */
+  ath__buf_append(b, key, strlen(key));
+  ath__buf_lit(b, "\":");
   if (json != NULL)
     ath__buf_append(b, json, len);
   else

@@ -492,14 +492,13 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
   info->failure_strategy = t->strategy;
   info->ready_at = t->ready_at;
   const ath_task_x_t* x = ath__task_xr(t);
-  if (x != NULL && x->hb != NULL) {
+  int lost_hb = 0; /* out of memory copying the details (none: a heartbeat without them) */
+  if (x != NULL) {
     info->last_heartbeat = x->last_hb;
     info->heartbeat = ath__memdup(x->hb, x->hb_len);
-    info->heartbeat_len = info->heartbeat ? x->hb_len : 0;
-  } else if (x != NULL) {
-    info->last_heartbeat = x->last_hb;
+    info->heartbeat_len = x->hb ? x->hb_len : 0;
+    lost_hb = x->hb != NULL && info->heartbeat == NULL;
   }
-  int lost_hb = x != NULL && x->hb != NULL && info->heartbeat == NULL; /* out of memory */
   info->created_at = t->created_at;
   info->scheduled_at = t->scheduled_at;
   info->started_at = t->started_at;
@@ -670,6 +669,40 @@ static int evicted_since(const ath_world_t* w, uint64_t since, uint64_t h) {
     if (w->evicted_hash[i % ATH_EVICTED_RING] == h)
       return 1;
   return 0;
+}
+
+/* Looks in the store for tasks[0..n) (explicit ids: each may name a task
+ * that finished and left RAM), without the lock. nevicted is read first:
+ * a task that leaves RAM meanwhile shows in the ring (evicted_since). */
+static int look_stored(ath_world_t* w, ath_task_t** tasks, size_t n, ath_task_t*** stored,
+                       uint64_t* evicted0) {
+  if ((*stored = calloc(n ? n : 1, sizeof(**stored))) == NULL)
+    return ATH_ENOMEM;
+  uv_mutex_lock(&w->lock);
+  *evicted0 = w->nevicted;
+  uv_mutex_unlock(&w->lock);
+  for (size_t i = 0; i < n; i++)
+    find_stored(w, tasks[i]->id, &(*stored)[i]);
+  return 0;
+}
+
+/* An explicit id that is not a workflow's step (lock held): a workflow
+ * whose id it extends ("<id>/...") is no longer fresh (ath_wf_t). */
+static void unfresh_workflows(ath_world_t* w, const char* id) {
+  char small[256];
+  for (const char* p = strchr(id, '/'); p != NULL; p = strchr(p + 1, '/')) {
+    size_t len = (size_t)(p - id);
+    char* prefix = len < sizeof(small) ? small : malloc(len + 1);
+    if (prefix == NULL)
+      continue; /* out of memory: then the whole world looks in the store */
+    memcpy(prefix, id, len);
+    prefix[len] = '\0';
+    ath_task_t* t = ath__table_get(w, prefix, ath__hash_str(prefix));
+    if (t != NULL && t->wf != NULL)
+      t->wf->fresh = 0;
+    if (prefix != small)
+      free(prefix);
+  }
 }
 
 /* PostgreSQL backend (lock held): a task read from the database that has not
@@ -869,24 +902,20 @@ static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
     }
     if (lim->schedule_to_close_ms)
       x->exp_mono = ath__after(t->ready_mono, lim->schedule_to_close_ms);
+    if (t->wf != NULL)
+      t->wf->fresh = given == NULL;
     tasks[made] = t;
   }
 
   /* With a store, an explicit id may name a task that finished and left
    * RAM: look there first, without the lock. Under the lock, a task that
-   * left RAM since then shows in the ring of evicted ids. */
+   * left RAM since then shows in the ring of evicted ids. Not for the step
+   * of a fresh workflow (checked again under the lock). */
   uint64_t evicted0 = 0;
-  if (w->reads != NULL && (ids != NULL || opts->id != NULL)) {
-    if ((stored = calloc(n ? n : 1, sizeof(*stored))) == NULL) {
-      rc = ATH_ENOMEM;
-      goto fail;
-    }
-    uv_mutex_lock(&w->lock);
-    evicted0 = w->nevicted;
-    uv_mutex_unlock(&w->lock);
-    for (size_t i = 0; i < n; i++)
-      find_stored(w, tasks[i]->id, &stored[i]);
-  }
+  int fresh_step = by != NULL && known != NULL && known->wf != NULL;
+  if (w->reads != NULL && (ids != NULL || opts->id != NULL) && !fresh_step &&
+      (rc = look_stored(w, tasks, n, &stored, &evicted0)) != 0)
+    goto fail;
 
   ath_worker_t* wake[MAX_WORKERS];
   int nwake = 0, wake_engine = 0;
@@ -899,6 +928,13 @@ relock:
     ath__set_err(err, errlen, "%s", w->state == ATH_W_NEW ? "execute before start()" : "world is shutting down");
     uv_mutex_unlock(&w->lock);
     goto fail;
+  }
+  if (fresh_step && w->reads != NULL && !known->wf->fresh) {
+    fresh_step = 0; /* an id under it was taken meanwhile: look after all */
+    uv_mutex_unlock(&w->lock);
+    if ((rc = look_stored(w, tasks, n, &stored, &evicted0)) != 0)
+      goto fail;
+    goto relock;
   }
   /* Check every explicit id before changing anything, so a batch goes in
    * whole or not at all. */
@@ -924,6 +960,8 @@ relock:
       goto fail;
     }
   }
+  for (size_t i = 0; by == NULL && (ids != NULL || opts->id != NULL) && i < n; i++)
+    unfresh_workflows(w, tasks[i]->id);
   ath_task_t* parent = NULL;
   if (opts->parent_id != NULL &&
       ((parent = known ? known : ath__table_get(w, opts->parent_id, parent_hash)) == NULL ||
@@ -1263,6 +1301,8 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
     rc = ath__hook_start(w->cfg.webhook_url, sink,
                          w->cfg.webhook_events ? w->cfg.webhook_events : (1u << ATH_EV_COUNT) - 1, w->log,
                          &w->hook, err, errlen);
+  if (rc == 0)
+    rc = ath__watch_start(w, err, errlen);
   for (int i = 0; i < w->nqueues && rc == 0; i++) {
     ath_queue_t* q = w->queues[i];
     int n = i == 0 ? w->cfg.min_workers : q->workers;
@@ -1284,6 +1324,7 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
   }
   if (rc != 0) {
     stop_workers(w);
+    ath__watch_stop(w);
     ath__store_stop(w);
     ath__hook_stop(w->hook);
     w->hook = NULL;
@@ -1385,6 +1426,7 @@ int ath_world_shutdown(ath_world_t* w, int64_t timeout_ms, int* drained, int* re
   ath__wake_blocked(w, NULL); /* result() waiters get ESHUTDOWN */
   uv_mutex_unlock(&w->lock);
   stop_workers(w);
+  ath__watch_stop(w);
   stop_engine(w);
   uv_mutex_lock(&w->lock);
   int left = unfinished_locked(w);
@@ -1433,6 +1475,7 @@ void ath_world_free(ath_world_t* w) {
     uv_thread_join(&wk->thread);
     wk->joined = 1;
   }
+  ath__watch_free(w); /* no worker thread is left to leave it */
   free(w->workers);
   for (int i = 0; i < w->nretired; i++)
     ath__worker_free(w->retired[i]);
