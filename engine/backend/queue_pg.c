@@ -971,11 +971,24 @@ static int read_insert(ath_qpg_t* q, size_t n, ath_qpg_inserted_t* out) {
   return rc;
 }
 
-static int send_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, size_t n) {
-  params_t p;
-  const char* v[9];
+/* Sends statement st fenced by `lease` ($1), the arrays of p ($2...) and,
+ * with `notify`, this connection's notify flag last; frees p. */
+static int send_fenced(ath_qpg_t* q, int st, int64_t lease, params_t* p, int notify) {
+  const char* v[16];
   char lease_s[24];
   snprintf(lease_s, sizeof(lease_s), "%" PRId64, lease);
+  v[0] = lease_s;
+  int rc = params_done(p, v + 1), n = p->n + 1;
+  if (notify)
+    v[n++] = q->notify ? "t" : "f";
+  if (rc == 0)
+    rc = pl_send(q, st, n, v); /* libpq copies the values */
+  params_free(p);
+  return rc;
+}
+
+static int send_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, size_t n) {
+  params_t p;
   params_init(&p, 7);
   for (size_t i = 0; i < n; i++) {
     arr_int(&p, 0, o[i].seq);
@@ -986,21 +999,11 @@ static int send_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, 
     arr_str(&p, 5, o[i].error);
     arr_int(&p, 6, o[i].worker_id);
   }
-  v[0] = lease_s;
-  int rc = params_done(&p, v + 1);
-  v[8] = q->notify ? "t" : "f";
-  if (rc == 0)
-    rc = pl_send(q, ST_FINISH, 9, v);
-  params_free(&p);
-  return rc;
+  return send_fenced(q, ST_FINISH, lease, &p, 1);
 }
-
 
 static int send_beats(ath_qpg_t* q, int64_t lease, const ath_qpg_beat_t* b, size_t n) {
   params_t p;
-  const char* v[5];
-  char lease_s[24];
-  snprintf(lease_s, sizeof(lease_s), "%" PRId64, lease);
   params_init(&p, 4);
   for (size_t i = 0; i < n; i++) {
     arr_int(&p, 0, b[i].seq);
@@ -1008,12 +1011,7 @@ static int send_beats(ath_qpg_t* q, int64_t lease, const ath_qpg_beat_t* b, size
     arr_str(&p, 2, b[i].details);
     arr_int(&p, 3, b[i].at);
   }
-  v[0] = lease_s;
-  int rc = params_done(&p, v + 1);
-  if (rc == 0)
-    rc = pl_send(q, ST_HEARTBEAT, 5, v);
-  params_free(&p);
-  return rc;
+  return send_fenced(q, ST_HEARTBEAT, lease, &p, 0);
 }
 
 /* The per-row answer of a finish or a heartbeat: column 1 says applied. */
@@ -1946,6 +1944,34 @@ static const char* const COUNTS_SQL =
   "     ORDER BY incarnation DESC LIMIT 1)"
   " FROM (SELECT 1) one LEFT JOIN c ON true ORDER BY c.queue COLLATE \"C\"";
 
+/* What ended in the last $1 ms (tasks_done) and how long those waited
+ * from ready to their claim: the cluster's throughput and pickup latency,
+ * from the rows, whichever node ran them. */
+static const char* const RATES_SQL =
+  "SELECT count(*), percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP"
+  "   (ORDER BY greatest(started_at - ready_at, 0))::text"
+  " FROM {S}.tasks WHERE completed_at >= {S}.now_ms() - $1 AND started_at IS NOT NULL";
+
+/* Reads the window's figures into c (the percentiles stay 0 when nothing ended). */
+static int read_rates(ath_qpg_t* q, ath_qpg_counts_t* c) {
+  char* sql = subst(RATES_SQL, q->qschema);
+  if (sql == NULL)
+    return ATH_ENOMEM;
+  char win_s[24];
+  snprintf(win_s, sizeof(win_s), "%d", ATH_QPG_RATE_WINDOW_MS);
+  const char* v[1] = {win_s};
+  PGresult* r = exec1(q, sql, 1, v);
+  free(sql);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK)
+    return res_err(q, r);
+  c->completed_window = get_i64(r, 0, 0);
+  const char* p = get_str(r, 0, 1); /* "{p50,p95,p99}" */
+  if (p != NULL)
+    sscanf(p, "{%lf,%lf,%lf}", &c->start_latency_ms[0], &c->start_latency_ms[1], &c->start_latency_ms[2]);
+  PQclear(r);
+  return 0;
+}
+
 void ath__qpg_counts_free(ath_qpg_counts_t* c) {
   if (c == NULL)
     return;
@@ -1996,6 +2022,8 @@ int ath__qpg_counts(ath_qpg_t* q, ath_qpg_counts_t* out) {
     out->running += c->running;
   }
   PQclear(r);
+  if (rc == 0)
+    rc = read_rates(q, out);
   if (rc != 0)
     ath__qpg_counts_free(out);
   return rc;

@@ -430,13 +430,20 @@ typedef struct {
   int64_t queued, scheduled, running; /* sums over the queues */
   int64_t nodes;                      /* worker nodes whose lease is alive */
   char* leader;                       /* nodeId of the live leader, NULL: none */
+  int64_t completed_window;           /* tasks ended in the last ATH_QPG_RATE_WINDOW_MS */
+  double start_latency_ms[3];         /* of those: ready -> claim, p50 / p95 / p99 (0: none) */
   ath_qpg_qcount_t* queues;           /* by name */
   size_t nqueues;
 } ath_qpg_counts_t;
 
+#define ATH_QPG_RATE_WINDOW_MS 10000
+
 /* One statement: counts of ready (ready_order), tasks_due and
  * tasks_leased, grouped by queue, and the live nodes and leader; never a
- * scan of the tasks table. */
+ * scan of the tasks table. A second one reads the tasks that ended in the
+ * last ATH_QPG_RATE_WINDOW_MS through tasks_done (completed_at): their
+ * number and the percentiles of started_at - ready_at (how long a ready
+ * task waited for a node's claim). */
 int ath__qpg_counts(ath_qpg_t* q, ath_qpg_counts_t* out);
 /* Its SQL (malloc'd), for EXPLAIN checks. */
 char* ath__qpg_counts_sql(const ath_qpg_t* q);

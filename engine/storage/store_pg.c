@@ -416,7 +416,7 @@ static void add_outcome(cycle_t* c, ath_task_t* t, int status, int64_t now) {
   c->out_t[c->nouts++] = t;
 }
 
-/* t heartbeat during the attempt it runs now (or ran last). */
+/* Whether t sent a heartbeat during the attempt it runs now (or ran last). */
 static int beat_this_attempt(const ath_task_t* t) {
   const ath_task_x_t* x = ath__task_dq(t);
   return x->last_hb > 0 && x->last_hb >= t->started_at;
@@ -425,11 +425,11 @@ static int beat_this_attempt(const ath_task_t* t) {
 /* Adds the heartbeat of the attempt t leases to c (lock held): it goes
  * before the attempt's finish in the same transaction. */
 static void add_beat(cycle_t* c, const ath_task_t* t) {
-  ath_qpg_beat_t* b = &c->beats[c->nbeats];
   const ath_task_x_t* x = ath__task_dq(t);
+  ath_qpg_beat_t* b = &c->beats[c->nbeats];
   c->beat_hb[c->nbeats] = x->hb != NULL ? ath__memdup(x->hb, x->hb_len) : NULL;
-  b->seq = ath__task_dq(t)->dq_seq;
-  b->attempt = ath__task_dq(t)->dq_attempt;
+  b->seq = x->dq_seq;
+  b->attempt = x->dq_attempt;
   b->details = c->beat_hb[c->nbeats];
   b->at = x->last_hb;
   c->nbeats++;
@@ -438,7 +438,8 @@ static void add_beat(cycle_t* c, const ath_task_t* t) {
 /* Keeps running t for the next lease renewal's heartbeat write (lock
  * held): one write per task per heartbeatInterval, whatever its rate. */
 static void defer_beat(struct ath_dq_s* dq, ath_task_t* t) {
-  if (seq_has(&dq->beat_set, ath__task_dq(t)->dq_seq))
+  int64_t seq = ath__task_dq(t)->dq_seq;
+  if (seq_has(&dq->beat_set, seq))
     return;
   if (dq->nbeats == dq->beats_cap) {
     size_t cap = dq->beats_cap ? dq->beats_cap * 2 : 64;
@@ -448,7 +449,7 @@ static void defer_beat(struct ath_dq_s* dq, ath_task_t* t) {
     dq->beats = b;
     dq->beats_cap = cap;
   }
-  if (seq_add(&dq->beat_set, ath__task_dq(t)->dq_seq) != 0)
+  if (seq_add(&dq->beat_set, seq) != 0)
     return;
   ath_task_retain(t);
   dq->beats[dq->nbeats++] = t;
@@ -957,7 +958,7 @@ static void flush_beats(ath_world_t* w, struct ath_dq_s* dq) {
         defer_beat(dq, t);
       } else if (!c.beat_applied[i] && ath__task_dq(t)->dq_attempt == c.beats[i].attempt && !t->remote) {
         ath__logf(w, ATH_LOG_WARN, NULL, 0, "attempt %d of %s is no longer this node's (rescued): interrupted",
-                  ath__task_dq(t)->dq_attempt, t->id);
+                  c.beats[i].attempt, t->id);
         nwake = fence_running(w, t, wake, nwake);
       }
     }
@@ -1618,6 +1619,14 @@ int ath__world_cluster(ath_world_t* w, char** json, char* err, size_t errlen) {
     json_field(&b, "queued", c->queued, 1);
     json_field(&b, "scheduled", c->scheduled, 0);
     json_field(&b, "running", c->running, 0);
+    ath__buf_lit(&b, "},\"throughput\":{");
+    json_field(&b, "windowMs", ATH_QPG_RATE_WINDOW_MS, 1);
+    json_field(&b, "completed", c->completed_window, 0);
+    char t[160];
+    int tn = snprintf(t, sizeof(t), ",\"perSecond\":%.1f},\"startLatencyMs\":{\"p50\":%.1f,\"p95\":%.1f,\"p99\":%.1f",
+                      (double)c->completed_window * 1000.0 / ATH_QPG_RATE_WINDOW_MS, c->start_latency_ms[0],
+                      c->start_latency_ms[1], c->start_latency_ms[2]);
+    ath__buf_append(&b, t, (size_t)tn);
     ath__buf_lit(&b, "},\"queues\":{");
     for (size_t i = 0; i < c->nqueues; i++) {
       const ath_qpg_qcount_t* x = &c->queues[i];
@@ -1710,6 +1719,25 @@ int ath__world_node_labels(ath_world_t* w, ath_buf_t* b) {
   return 0;
 }
 
+/* The cluster's throughput and pickup latency over the rate window. */
+static void cluster_rates_prom(ath_buf_t* b, const ath_qpg_counts_t* c) {
+  char t[512];
+  int n = snprintf(t, sizeof(t),
+                   "# HELP athena_cluster_completed_per_second Tasks that ended per second across the cluster,"
+                   " over the last %d s (the database).\n# TYPE athena_cluster_completed_per_second gauge\n"
+                   "athena_cluster_completed_per_second %.1f\n"
+                   "# HELP athena_cluster_start_latency_seconds How long the tasks that ended in that window waited"
+                   " from ready to a node's claim.\n# TYPE athena_cluster_start_latency_seconds gauge\n",
+                   ATH_QPG_RATE_WINDOW_MS / 1000, (double)c->completed_window * 1000.0 / ATH_QPG_RATE_WINDOW_MS);
+  ath__buf_append(b, t, (size_t)n);
+  static const char* const q[3] = {"0.5", "0.95", "0.99"};
+  for (int i = 0; i < 3; i++) {
+    n = snprintf(t, sizeof(t), "athena_cluster_start_latency_seconds{quantile=\"%s\"} %.4f\n", q[i],
+                 c->start_latency_ms[i] / 1000.0);
+    ath__buf_append(b, t, (size_t)n);
+  }
+}
+
 void ath__world_cluster_prom(ath_world_t* w, ath_buf_t* b) {
   struct ath_dq_s* dq = w->dq;
   if (dq == NULL)
@@ -1739,6 +1767,7 @@ void ath__world_cluster_prom(ath_world_t* w, ath_buf_t* b) {
   prom_line(b, "athena_cluster_tasks", "state", "queued", c->queued, 0);
   prom_line(b, "athena_cluster_tasks", "state", "scheduled", c->scheduled, 0);
   prom_line(b, "athena_cluster_tasks", "state", "running", c->running, 0);
+  cluster_rates_prom(b, c);
   static const char* const names[4] = {"athena_cluster_queue_depth", "athena_cluster_queue_scheduled",
                                        "athena_cluster_queue_running", "athena_cluster_queue_oldest_age_seconds"};
   static const char* const helps[4] = {"Ready tasks per queue across the cluster.",

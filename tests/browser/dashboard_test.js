@@ -218,6 +218,26 @@ describe('Athena dashboard (assets/dashboard.html) against the mock server', { t
     await page.setViewportSize({ width: 1440, height: 900 });
   });
 
+  it('shows the cluster\'s nodes only on the PostgreSQL backend', async () => {
+    assert.ok(await page.isHidden('#nodes-section'), 'no nodes panel without a cluster');
+    assert.ok(!mock.requests.some((r) => r.url === '/api/nodes'), 'no /api/nodes request without a cluster');
+    mock.setCluster(true);
+    await page.waitForFunction(() => document.querySelectorAll('#nodes-table tbody tr[data-key]').length === 2);
+    assert.ok(await page.isVisible('#nodes-section'));
+    const nodes = await tableTexts('nodes-table');
+    assert.deepEqual(nodes.map((n) => n.key), ['7', '9']);
+    assert.equal(nodes[0].cells[0], 'node-a');
+    assert.match(nodes[0].cells[1], /leader/);
+    assert.equal(nodes[1].cells[0], 'node-<b>'); // as text
+    assert.match(nodes[1].cells[1], /lost/);
+    assert.equal(nodes[0].cells[4], 'default, emails');
+    const hint = await page.textContent('#nodes-hint');
+    assert.match(hint, /1,235 tasks\/s over 10 s/);
+    assert.match(hint, /p50 4 ms, p99 17 ms/);
+    assert.match(hint, /leader node-a/);
+    mock.setCluster(false);
+  });
+
   it('opens task details from a task id', async () => {
     const id = 'task-dl-1';
     await page.click(`#deadletters-table button.linklike[data-task-id="${id}"]`);

@@ -14,6 +14,7 @@
 //   const { createMockServer } = require('./mock_server');
 //   const mock = createMockServer();
 //   const port = await mock.start(0);      // ephemeral port on 127.0.0.1
+//   mock.setCluster(true); // the PostgreSQL backend's metrics.cluster and /api/nodes
 //   mock.setMode(m);  // 'normal'; 'hang': accept, never answer; 'error': every
 //                     // API call answers 500; 'unhealthy': /healthz answers 503
 //   await mock.stop();                     // closes every connection
@@ -251,7 +252,24 @@ function createMockServer(options = {}) {
         queueWait: { p50: +latency.qw50.toFixed(3), p95: +latency.qw95.toFixed(3), p99: +latency.qw99.toFixed(3) },
         run: { p50: +latency.run50.toFixed(3), p95: +latency.run95.toFixed(3), p99: +latency.run99.toFixed(3) },
       },
+      ...(clustered ? { cluster: clusterView() } : {}),
     };
+  }
+  // The PostgreSQL backend's part (setCluster(true)): getMetrics().cluster and /api/nodes.
+  let clustered = false;
+  function clusterView() {
+    return { node: 'node-a', leader: 'node-a', nodes: 2, tasks: { queued: 3, scheduled: 1, running: 2 },
+      throughput: { windowMs: 10000, completed: 12345, perSecond: 1234.5 }, startLatencyMs: { p50: 4.2, p95: 9.8, p99: 17.3 },
+      queues: {} };
+  }
+  function nodesView() {
+    const now = Date.now();
+    return [
+      { nodeId: 'node-a', incarnation: 7, host: 'host-1', pid: 4242, startedAt: now - 3600000, beatAt: now - 400,
+        expiresAt: now + 29600, alive: true, queues: ['default', 'emails'], slots: 32, leader: true },
+      { nodeId: 'node-<b>', incarnation: 9, host: 'host-2', pid: 77, startedAt: now - 60000, beatAt: now - 45000,
+        expiresAt: now - 15000, alive: false, queues: ['default'], slots: 16, leader: false },
+    ];
   }
   function workersView() {
     return workers.map((w) => ({
@@ -333,6 +351,7 @@ function createMockServer(options = {}) {
     if (p === '/api/metrics' && req.method === 'GET') return json(res, 200, metrics());
     if (p === '/api/workers' && req.method === 'GET') return json(res, 200, workersView());
     if (p === '/api/schedules' && req.method === 'GET') return json(res, 200, schedulesView());
+    if (p === '/api/nodes' && req.method === 'GET') return json(res, 200, nodesView()); /* asked only with a cluster */
     if (p === '/api/tasks' && req.method === 'GET') {
       const status = url.searchParams.get('status');
       const name = url.searchParams.get('name');
@@ -416,6 +435,7 @@ function createMockServer(options = {}) {
       if (m !== 'hang') { for (const r of hung) { try { r.destroy(); } catch (e) { /* gone */ } } hung.clear(); }
     },
     setKey(k) { opsKey = k; },
+    setCluster(on) { clustered = on; },
     get port() { return port; },
     get url() { return `http://127.0.0.1:${port}/`; },
     getTask: (id) => tasks.get(id) && taskView(tasks.get(id)),

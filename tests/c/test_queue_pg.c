@@ -883,20 +883,28 @@ TEST_IMPL(db_pg_queue_notify) {
 
 /* ------------------------------------------------------------ cycle */
 
+/* A fresh schema with n (<= 8) tasks "<prefix><i>" claimed by a node (*l):
+ * their completed outcomes (attempt 1, result 1) in o. */
+static ath_qpg_t* claimed(const char* schema, const char* prefix, int n, ath_qpg_lease_t* l,
+                          ath_qpg_outcome_t* o) {
+  ath_qpg_t* q = fresh(schema);
+  *l = node(q, "n");
+  insert_many(q, prefix, n);
+  ath_qpg_tasks_t t;
+  ASSERT_OK(ath__qpg_claim(q, l->incarnation, "default", n, &t));
+  ASSERT_EQ(n, t.n);
+  for (int i = 0; i < n; i++)
+    o[i] = (ath_qpg_outcome_t){.seq = t.rows[i].seq, .attempt = 1, .status = ATH_COMPLETED, .result = "1"};
+  ath__qpg_tasks_free(&t);
+  return q;
+}
+
 /* One pipelined cycle: inserts and finishes commit together, then two
  * claims; a cycle whose insert fails commits none of its finishes. */
 TEST_IMPL(db_pg_queue_cycle) {
-  ath_qpg_t* q = fresh("qpg_cycle");
-  ath_qpg_lease_t n = node(q, "n");
-  insert_many(q, "c", 3);
-  ath_qpg_tasks_t t;
-  ASSERT_OK(ath__qpg_claim(q, n.incarnation, "default", 3, &t));
-  ASSERT_EQ(3, t.n);
+  ath_qpg_lease_t n;
   ath_qpg_outcome_t o[3];
-  for (int i = 0; i < 3; i++)
-    o[i] = (ath_qpg_outcome_t){.seq = t.rows[i].seq, .attempt = 1, .status = ATH_COMPLETED,
-                               .result = "1"};
-  ath__qpg_tasks_free(&t);
+  ath_qpg_t* q = claimed("qpg_cycle", "c", 3, &n, o);
   /* a bad insert (invalid UTF-8) with a good finish: neither commits */
   ath_qpg_insert_t bad = task_row("bad", "default", 0, "\"\xff\"");
   ath_qpg_inserted_t ins[2];
@@ -1528,16 +1536,11 @@ static void* deadlock_finish(void* p) {
  * runs first and PostgreSQL rolls it back (40P01); it runs again once the
  * other session committed, and both outcomes apply. */
 TEST_IMPL(db_pg_queue_deadlock_retry) {
-  ath_qpg_t* q = fresh("qpg_deadlock");
-  ath_qpg_lease_t l = node(q, "a");
-  insert_many(q, "d", 2);
-  ath_qpg_tasks_t got;
-  ASSERT_OK(ath__qpg_claim(q, l.incarnation, "default", 2, &got));
-  ASSERT_EQ(2, got.n);
-  deadlock_arg_t a = {.q = q, .lease = l.incarnation};
-  for (int i = 0; i < 2; i++)
-    a.o[i] = (ath_qpg_outcome_t){.seq = got.rows[i].seq, .attempt = 1, .status = 5, .result = "1"};
-  ath__qpg_tasks_free(&got);
+  ath_qpg_lease_t l;
+  deadlock_arg_t a = {0};
+  ath_qpg_t* q = claimed("qpg_deadlock", "d", 2, &l, a.o);
+  a.q = q;
+  a.lease = l.incarnation;
   PGconn* other = admin();
   PGconn* watch = admin();
   char sql[256];

@@ -640,6 +640,16 @@ describe("athena.PostgresBackend", function()
       local x = b:getMetrics().cluster -- at most a second old
       return x.tasks.queued == 0 and x.tasks.running == 1 and x.nodes == 3
     end, WAIT, "the queue to drain and the sleeper to run")
+    -- throughput and pickup latency from the rows, over the last 10 s: the
+    -- five that waited for a node serving their queue ended
+    local x = S.eventually(function()
+      local m = b:getMetrics().cluster
+      return m.throughput.completed == 5 and m
+    end, WAIT, "the five to be counted")
+    assert.equals(10000, x.throughput.windowMs)
+    assert.equals(0.5, x.throughput.perSecond)
+    assert.is_true(x.startLatencyMs.p50 >= 50, tostring(x.startLatencyMs.p50)) -- queued before s started
+    assert.is_true(x.startLatencyMs.p99 >= x.startLatencyMs.p95 and x.startLatencyMs.p95 >= x.startLatencyMs.p50)
     -- the operations surface
     local url = b:serve { port = 0, metrics = true, dashboard = true }.url
     local res = assert(athena.http.request { url = url .. "/api/metrics" })
@@ -654,6 +664,8 @@ describe("athena.PostgresBackend", function()
     assert.matches('athena_cluster_tasks{state="scheduled"} 1', res.body)
     assert.matches('athena_cluster_queue_scheduled{queue="dist"} 1', res.body)
     assert.matches("athena_cluster_nodes 3", res.body)
+    assert.matches("\nathena_cluster_completed_per_second 0%.5\n", res.body)
+    assert.matches('\nathena_cluster_start_latency_seconds{quantile="0.99"} %d', res.body)
     -- this node's own series carry its node label; the cluster's do not
     local node = 'node="ctl%-' .. sch .. '%-1"'
     assert.matches("\nathena_uptime_seconds{" .. node .. "} %d", res.body)
