@@ -35,6 +35,7 @@
 #include "internal.h"
 #include "store.h"
 #include "queue_pg.h"
+#include "wf_pg.h"
 
 #define MAX_CLAIM 500      /* rows per claim */
 #define MIN_PREFETCH 32    /* after a full claim (§3.5) */
@@ -342,6 +343,7 @@ typedef struct {
   ath_qpg_tasks_t claimed[64];
   int claim_q[64];
   size_t nclaims;
+  ath_wfpg_t wf; /* workflows: history appends, parks, requeues (wf_pg.c) */
 } cycle_t;
 
 static void cycle_free(cycle_t* c) {
@@ -358,6 +360,7 @@ static void cycle_free(cycle_t* c) {
   free(c->out_t);
   free(c->out_err);
   free(c->applied);
+  ath__wfpg_free(&c->wf);
   memset(c, 0, sizeof(*c));
 }
 
@@ -371,7 +374,8 @@ static int cycle_alloc(cycle_t* c, size_t n) {
   c->out_t = calloc(k, sizeof(*c->out_t));
   c->out_err = calloc(k, sizeof(*c->out_err));
   c->applied = calloc(k, 1);
-  if (!c->ins || !c->ins_t || !c->inserted || !c->outs || !c->out_t || !c->out_err || !c->applied) {
+  if (!c->ins || !c->ins_t || !c->inserted || !c->outs || !c->out_t || !c->out_err || !c->applied ||
+      ath__wfpg_alloc(&c->wf, n) != 0) {
     cycle_free(c);
     return ATH_ENOMEM;
   }
@@ -402,12 +406,16 @@ static void classify(ath_world_t* w, struct ath_dq_s* dq, ath_task_t** batch, si
     if (t->withdrawn || t->purged)
       continue;
     int ended = ATH_IS_TERMINAL(t->status) || t->status == ATH_RETRYING;
+    if (ath__wfpg_take(w, &c->wf, t, now))
+      continue; /* a workflow segment that parked: its history and its park */
     if (t->remote && t->dq_seq == 0) {
       ath_qpg_insert_t* x = &c->ins[c->nins];
       x->id = t->id;
       x->name = t->def->name;
       x->queue = t->queue->name;
       x->input = t->input; /* NUL-terminated: inline, or a JSON encoder's buffer */
+      x->kind = t->wf != NULL;
+      x->parent_id = t->parent != NULL ? t->parent->id : NULL; /* its end wakes the workflow's row */
       x->priority = t->priority;
       x->max_attempts = t->max_attempts;
       x->strategy = t->strategy;
@@ -505,7 +513,8 @@ static void adopt_claims(ath_world_t* w, struct ath_dq_s* dq, cycle_t* c) {
       } else {
         if (r->cancel_at >= 0 && atomic_load(&t->cancel_ns) == 0)
           atomic_store(&t->cancel_ns, ath__mono(w));
-        pushed += queue_claimed(w, t, r->attempt, r->ready_at);
+        int wf = t->wf != NULL ? ath__wfpg_claimed(w, t, r) : -1; /* a resumption: queued there */
+        pushed += wf >= 0 ? wf : queue_claimed(w, t, r->attempt, r->ready_at);
       }
       uv_mutex_unlock(&w->lock);
       ath_task_release(t);
@@ -585,7 +594,8 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
   ath_qpg_cycle_t pc = {.inserts = c.ins, .n_inserts = c.nins, .inserted = c.inserted,
                         .outcomes = c.outs, .n_outcomes = c.nouts, .applied = c.applied,
                         .lease = lease, .claims = c.claims, .n_claims = c.nclaims, .one_commit = 1};
-  int rc = c.nins + c.nouts + c.nclaims > 0 ? ath__qpg_cycle(dq->wr, &pc) : 0;
+  ath__wfpg_fill(&c.wf, &pc);
+  int rc = c.nins + c.nouts + c.nclaims + c.wf.napps + c.wf.nparks + c.wf.nreqs > 0 ? ath__qpg_cycle(dq->wr, &pc) : 0;
   if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->wr) && ath__qpg_reset(dq->wr) == 0) {
     /* the connection broke (a restart, a terminated session): once more on a
      * new one. Inserts are idempotent and finishes fenced; claims that may
@@ -610,6 +620,7 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
     }
     for (size_t i = 0; i < c.nclaims; i++)
       dq->more[c.claim_q[i]] = 1;
+    ath__wfpg_undo(&c.wf);
     char err[256];
     snprintf(err, sizeof(err), "PostgreSQL: %s", ath__qpg_errmsg(dq->wr));
     ath__store_failed(w, ATH_ESTORE, err, batch, n);
@@ -649,6 +660,7 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
       dq->stage_at = t->ready_at;
     }
   }
+  ath__wfpg_done(w, &c.wf, &dq->stage_at, &dq->n_lost);
   for (size_t i = 0; i < c.nclaims; i++) {
     int qi = c.claim_q[i];
     dq->full[qi] = (int)c.claimed[i].n >= asked[i];
@@ -902,6 +914,11 @@ static void lead(ath_world_t* w, struct ath_dq_s* dq) {
   ath_qpg_tasks_t rows;
   int64_t grace = 10 * w->cfg.heartbeat_timeout_ms;
   if (ath__qpg_rescue(dq->ldr, dq->llease.incarnation, RESCUE_LIMIT, grace, &rows) == 0) {
+    int segs = ath__wfpg_rescue(dq->ldr, dq->llease.incarnation, &rows); /* resumed elsewhere */
+    if (segs > 0) {
+      ath_log_field_t f[1] = {ATH_LOG_FINT("workflows", segs)};
+      ath__logf(w, ATH_LOG_WARN, f, 1, "workflow segments of expired nodes requeued (same run)");
+    }
     if (rows.n > 0) {
       ath_qpg_outcome_t* o = calloc(rows.n, sizeof(*o));
       char(*errs)[192] = calloc(rows.n, sizeof(*errs));
