@@ -150,6 +150,8 @@ void ath__wfpg_done(ath_world_t* w, ath_wfpg_t* b, int64_t* stage_at, int64_t* l
     if (!b->parked[i]) {
       (*lost)++;
       ath__logf(w, ATH_LOG_WARN, NULL, 0, "park of workflow %s discarded: its lease was lost", t->id);
+    } else if (t->dq_attempt > 0) {
+      continue; /* ready again at once and claimed back by this very cycle: it runs here */
     } else if (b->parks[i].wait_kind == ATH_PARK_TIMER && (*stage_at == 0 || t->ready_at < *stage_at)) {
       *stage_at = t->ready_at; /* this node stages its own timers (the leader sweeps late ones) */
     }
