@@ -155,7 +155,10 @@ void ath__wfpg_done(ath_world_t* w, ath_wfpg_t* b, int64_t* stage_at, int64_t* l
     } else if (b->parks[i].wait_kind == ATH_PARK_TIMER && (*stage_at == 0 || t->ready_at < *stage_at)) {
       *stage_at = t->ready_at; /* this node stages its own timers (the leader sweeps late ones) */
     }
-    /* a proxy of its row from now on: any node resumes it */
+    /* a proxy of its row from now on: any node resumes it (the run's
+     * timeout is not kept across parks on this backend: docs) */
+    if (t->exp_idx != UINT32_MAX)
+      ath__heap_remove(&w->expiry, t);
     if (t->wf->wait_task != NULL) {
       ath_task_release(t->wf->wait_task);
       t->wf->wait_task = NULL;
