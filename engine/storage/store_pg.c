@@ -45,6 +45,9 @@
 #define COUNTS_TTL_NS 1000000000u /* scrapes and dashboards read the counts at most once a second */
 /* The last call on q failed because its connection broke. */
 #define PQSTATUS_BAD(q) (strncmp(ath__qpg_sqlstate(q), "08", 2) == 0)
+/* ... because of a deadlock or a serialization failure (nothing committed). */
+#define SERIALIZATION_FAILED(q) \
+  (strcmp(ath__qpg_sqlstate(q), "40P01") == 0 || strcmp(ath__qpg_sqlstate(q), "40001") == 0)
 
 /* A set of int64 (the seqs of proxies whose end this node waits to hear),
  * open addressing, linear probing, 0 = empty. */
@@ -601,6 +604,13 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
      * new one. Inserts are idempotent and finishes fenced; claims that may
      * have committed unanswered go back first. */
     audit_leases(w, dq);
+    for (size_t i = 0; i < c.nclaims; i++)
+      ath__qpg_tasks_free(&c.claimed[i]);
+    rc = ath__qpg_cycle(dq->wr, &pc);
+  }
+  for (int k = 0; k < 3 && rc == ATH_ESTORE && SERIALIZATION_FAILED(dq->wr); k++) {
+    /* nodes finishing each other's workflows' children lock those parents'
+     * rows in no set order (the finish's wake): the loser goes again */
     for (size_t i = 0; i < c.nclaims; i++)
       ath__qpg_tasks_free(&c.claimed[i]);
     rc = ath__qpg_cycle(dq->wr, &pc);
