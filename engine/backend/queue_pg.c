@@ -1012,11 +1012,25 @@ static int read_insert(ath_qpg_t* q, size_t n, ath_qpg_inserted_t* out) {
   return rc;
 }
 
-static int send_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, size_t n) {
-  params_t p;
-  const char* v[9];
+/* Sends statement st with $1 = lease, the arrays of p, and (with_notify)
+ * the connection's notify flag last; frees p. */
+static int send_leased(ath_qpg_t* q, int st, int64_t lease, params_t* p, int with_notify) {
+  const char* v[14];
   char lease_s[24];
   snprintf(lease_s, sizeof(lease_s), "%" PRId64, lease);
+  v[0] = lease_s;
+  int rc = params_done(p, v + 1);
+  int n = p->n + 1;
+  if (with_notify)
+    v[n++] = q->notify ? "t" : "f";
+  if (rc == 0)
+    rc = pl_send(q, st, n, v); /* libpq copies the values */
+  params_free(p);
+  return rc;
+}
+
+static int send_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, size_t n) {
+  params_t p;
   params_init(&p, 7);
   for (size_t i = 0; i < n; i++) {
     arr_int(&p, 0, o[i].seq);
@@ -1027,13 +1041,7 @@ static int send_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, 
     arr_str(&p, 5, o[i].error);
     arr_int(&p, 6, o[i].worker_id);
   }
-  v[0] = lease_s;
-  int rc = params_done(&p, v + 1);
-  v[8] = q->notify ? "t" : "f";
-  if (rc == 0)
-    rc = pl_send(q, ST_FINISH, 9, v);
-  params_free(&p);
-  return rc;
+  return send_leased(q, ST_FINISH, lease, &p, 1);
 }
 
 static int read_finish(ath_qpg_t* q, size_t n, uint8_t* applied) {
@@ -1064,9 +1072,6 @@ static int send_claim(ath_qpg_t* q, int64_t lease, const ath_qpg_claim_t* c) {
 
 static int send_appends(ath_qpg_t* q, int64_t lease, const ath_qpg_append_t* a, size_t n) {
   params_t p;
-  const char* v[4];
-  char lease_s[24];
-  snprintf(lease_s, sizeof(lease_s), "%" PRId64, lease);
   params_init(&p, 3);
   for (size_t i = 0; i < n; i++) {
     for (size_t k = 0; k < a[i].n; k++) {
@@ -1075,12 +1080,7 @@ static int send_appends(ath_qpg_t* q, int64_t lease, const ath_qpg_append_t* a, 
       arr_str(&p, 2, a[i].events[k]);
     }
   }
-  v[0] = lease_s;
-  int rc = params_done(&p, v + 1);
-  if (rc == 0)
-    rc = pl_send(q, ST_WF_APPEND, 4, v);
-  params_free(&p);
-  return rc;
+  return send_leased(q, ST_WF_APPEND, lease, &p, 0);
 }
 
 /* Reads the applied flags of a statement answering (seq, applied) per
@@ -1102,9 +1102,6 @@ static int read_appended(ath_qpg_t* q, const ath_qpg_append_t* a, size_t n, uint
 
 static int send_parks(ath_qpg_t* q, int64_t lease, const ath_qpg_park_t* o, size_t n) {
   params_t p;
-  const char* v[11];
-  char lease_s[24];
-  snprintf(lease_s, sizeof(lease_s), "%" PRId64, lease);
   params_init(&p, 9);
   for (size_t i = 0; i < n; i++) {
     arr_int(&p, 0, o[i].seq);
@@ -1117,30 +1114,15 @@ static int send_parks(ath_qpg_t* q, int64_t lease, const ath_qpg_park_t* o, size
     arr_int(&p, 7, o[i].delay_ms);
     arr_int(&p, 8, o[i].wake_seen);
   }
-  v[0] = lease_s;
-  int rc = params_done(&p, v + 1);
-  v[10] = q->notify ? "t" : "f";
-  if (rc == 0)
-    rc = pl_send(q, ST_WF_PARK, 11, v);
-  params_free(&p);
-  return rc;
+  return send_leased(q, ST_WF_PARK, lease, &p, 1);
 }
 
 static int send_requeues(ath_qpg_t* q, int64_t lease, const int64_t* seqs, size_t n) {
   params_t p;
-  const char* v[3];
-  char lease_s[24];
-  snprintf(lease_s, sizeof(lease_s), "%" PRId64, lease);
   params_init(&p, 1);
   for (size_t i = 0; i < n; i++)
     arr_int(&p, 0, seqs[i]);
-  v[0] = lease_s;
-  int rc = params_done(&p, v + 1);
-  v[2] = q->notify ? "t" : "f";
-  if (rc == 0)
-    rc = pl_send(q, ST_WF_REQUEUE, 3, v);
-  params_free(&p);
-  return rc;
+  return send_leased(q, ST_WF_REQUEUE, lease, &p, 1);
 }
 
 /* Reads a requeue's answer (fenced rows are simply not requeued). */

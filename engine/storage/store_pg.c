@@ -684,6 +684,15 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
 
 /* ------------------------------------------------------------ results of other nodes */
 
+void ath__dq_take_error(ath_task_t* t, const char* error) {
+  char* e = error != NULL ? ath__memdup(error, strlen(error)) : NULL;
+  if (e != NULL) {
+    free(t->error);
+    t->error = e;
+    t->error_len = (uint32_t)strlen(e);
+  }
+}
+
 /* Brings remote proxy t up to its row r (lock held): its state, attempt
  * and error; a row that ended ends the proxy (its waiters wake). Returns
  * the new nwake. */
@@ -694,14 +703,7 @@ static int sync_proxy(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r, at
   t->attempt = r->attempt;
   if (r->started_at > 0)
     t->started_at = r->started_at;
-  if (r->error != NULL) {
-    char* e = ath__memdup(r->error, strlen(r->error));
-    if (e != NULL) {
-      free(t->error);
-      t->error = e;
-      t->error_len = (uint32_t)strlen(e);
-    }
-  }
+  ath__dq_take_error(t, r->error);
   if (!ATH_IS_TERMINAL(r->status)) {
     t->status = (ath_status_t)r->status;
     return nwake;

@@ -202,14 +202,7 @@ int ath__wfpg_claimed(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r) {
   t->unborn = 0;
   t->attempt = r->attempt;
   t->status = (ath_status_t)r->status;
-  if (r->error != NULL) {
-    char* e = ath__memdup(r->error, strlen(r->error));
-    if (e != NULL) {
-      free(t->error);
-      t->error = e;
-      t->error_len = (uint32_t)strlen(e);
-    }
-  }
+  ath__dq_take_error(t, r->error); /* a compensating run's failure */
   if (r->wait_kind != ATH_PARK_NONE)
     ath__wf_record_row(w, t, r->wait_kind, r->wait_seq, r->wait_status, r->wait_result, r->wait_error);
   wf->resuming = 1;
