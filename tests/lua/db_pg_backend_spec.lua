@@ -142,8 +142,7 @@ describe("athena.PostgresBackend", function()
     local sch = schema()
     local w = athena.World.new { backend = athena.PostgresBackend.new { url = URL, schema = sch },
       modules = { "dist_jobs" }, taskQueues = { dist = { workers = 1 } } }
-    w:register(athena.workflow("bk.wf", function() return 1 end))
-    w:register(table.unpack(jobs.all))
+    w:register(table.unpack(jobs.all)) -- dist.saga among them: a workflow
     w:start()
     worlds[#worlds + 1] = w
     w:shutdown()
