@@ -1,7 +1,8 @@
 /* The PostgreSQL backend (docs/backend-postgres.md; design in
  * ../shared/design/distributed.md §3.5-3.8, §3.12): several athena
  * processes share one queue in a PostgreSQL schema through the provider of
- * engine/backend/queue_pg.c. Phase 1: activities only.
+ * engine/backend/queue_pg.c: activities here; the writes and claims of
+ * workflow segments in storage/wf_pg.c.
  *
  * The store thread becomes the backend loop. It keeps the store's
  * dirty-list and generation machinery (store.c), so `file` acknowledgments
@@ -598,7 +599,8 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
                         .outcomes = c.outs, .n_outcomes = c.nouts, .applied = c.applied,
                         .lease = lease, .claims = c.claims, .n_claims = c.nclaims, .one_commit = 1};
   ath__wfpg_fill(&c.wf, &pc);
-  int rc = c.nins + c.nouts + c.nclaims + c.wf.napps + c.wf.nparks + c.wf.nreqs > 0 ? ath__qpg_cycle(dq->wr, &pc) : 0;
+  size_t parts = c.nins + c.nouts + c.nclaims + c.wf.napps + c.wf.nparks + c.wf.nreqs;
+  int rc = parts > 0 ? ath__qpg_cycle(dq->wr, &pc) : 0;
   if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->wr) && ath__qpg_reset(dq->wr) == 0) {
     /* the connection broke (a restart, a terminated session): once more on a
      * new one. Inserts are idempotent and finishes fenced; claims that may
