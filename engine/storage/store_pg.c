@@ -410,7 +410,7 @@ static void classify(ath_world_t* w, struct ath_dq_s* dq, ath_task_t** batch, si
     if (t->withdrawn || t->purged)
       continue;
     int ended = ATH_IS_TERMINAL(t->status) || t->status == ATH_RETRYING;
-    if (ath__wfpg_take(w, &c->wf, t, now))
+    if (ath__wfpg_take(&c->wf, t, now))
       continue; /* a workflow segment that parked: its history and its park */
     if (t->remote && t->dq_seq == 0) {
       ath_qpg_insert_t* x = &c->ins[c->nins];

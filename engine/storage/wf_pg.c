@@ -91,8 +91,7 @@ static void add_park(ath_wfpg_t* b, ath_task_t* t, int64_t now) {
   t->dq_attempt = 0; /* given back with the park; restored if the cycle fails */
 }
 
-int ath__wfpg_take(ath_world_t* w, ath_wfpg_t* b, ath_task_t* t, int64_t now) {
-  (void)w;
+int ath__wfpg_take(ath_wfpg_t* b, ath_task_t* t, int64_t now) {
   ath_wf_t* wf = t->wf;
   if (wf == NULL || t->dq_attempt <= 0 || t->dq_seq <= 0)
     return 0;

@@ -42,7 +42,7 @@ void ath__wfpg_free(ath_wfpg_t* b);
  * history events and, when its segment parked (or a resumption was handed
  * back unrun), its park (requeue). Returns 1 when that is all t needs
  * (no finish), 0 when the caller classifies it as any task. */
-int ath__wfpg_take(ath_world_t* w, ath_wfpg_t* b, ath_task_t* t, int64_t now);
+int ath__wfpg_take(ath_wfpg_t* b, ath_task_t* t, int64_t now);
 /* Points the cycle at the writes. */
 void ath__wfpg_fill(ath_wfpg_t* b, ath_qpg_cycle_t* c);
 /* The cycle failed: nothing was written, the writes go again. */
