@@ -7,8 +7,9 @@
  * each. The store's is made when the world opens its store and used by the
  * starting thread (load), then the store thread (persist), then the one
  * that closes the world. The sink's is made on the event thread at the
- * first event; the authorizer's at the first request, and the HTTP threads
- * take turns on it. Functions cannot cross states, so they come either as
+ * first event; the authorizer's, one per HTTP thread (each gateway thread,
+ * the engine's), at that thread's first request, so that the threads never
+ * wait for each other's authorize calls. Functions cannot cross states, so they come either as
  * a module each state requires, or as bytecode (string.dump) of functions
  * without upvalues, which init.lua checks. Every call runs under a time
  * limit (a count hook, re-armed so a pcall cannot swallow it) and each
@@ -26,13 +27,14 @@ typedef struct lbackend_s lbackend_t;
 
 /* One of the backend's Lua states: the store's (persist, load), the event
  * sink's (stream) or the authorizer's (authorize). */
-typedef struct {
+typedef struct bstate_s {
   lbackend_t* b;
   lua_State* L;
   size_t mem_used;
   uint64_t deadline;      /* ns, of the call running; 0: none */
   int fn_ref[4];          /* persist, load, stream, authorize (LUA_NOREF: absent) */
   int info_ref;           /* {dir, config}: the functions' last argument */
+  struct bstate_s* next;  /* the authorizer's states: every thread's */
 } bstate_t;
 
 struct lbackend_s {
@@ -50,8 +52,10 @@ struct lbackend_s {
   size_t mem_limit;       /* per state */
   int64_t limit_ms;       /* what one call may take before it is interrupted */
   bstate_t store, stream;
-  bstate_t auth;          /* authorize's, used by any HTTP thread under auth_lock */
-  uv_mutex_t auth_lock;
+  uv_key_t auth_key;      /* the calling thread's authorize state (bstate_t*) */
+  int has_key;
+  bstate_t* auth;         /* every thread's authorize state, freed with the backend */
+  uv_mutex_t auth_lock;   /* guards the list */
 };
 
 enum { FN_PERSIST = 0, FN_LOAD, FN_STREAM, FN_AUTHORIZE, NFN };
@@ -629,12 +633,35 @@ static int push_request(lua_State* L) {
   return 1;
 }
 
-/* authorize(request, info) -> true | false [, reason], in a state of its
- * own made at the first request; HTTP threads take turns on it. Anything
- * but a boolean, an error or a timeout denies (fail closed). */
-static int authorize_locked(lbackend_t* b, const ath_auth_request_t* r, char* why, size_t whylen) {
-  bstate_t* s = &b->auth;
-  if (s->L == NULL && state_open(b, s, 1u << FN_AUTHORIZE, why, whylen) != 0)
+/* The calling thread's authorize state, made at its first request (again
+ * after a failure to make it); NULL with why set when it cannot be. */
+static bstate_t* thread_state(lbackend_t* b, char* why, size_t whylen) {
+  bstate_t* s = uv_key_get(&b->auth_key);
+  if (s != NULL)
+    return s;
+  if ((s = calloc(1, sizeof(*s))) == NULL) {
+    snprintf(why, whylen, "%s", "out of memory");
+    return NULL;
+  }
+  if (state_open(b, s, 1u << FN_AUTHORIZE, why, whylen) != 0) {
+    free(s);
+    return NULL;
+  }
+  uv_mutex_lock(&b->auth_lock);
+  s->next = b->auth;
+  b->auth = s;
+  uv_mutex_unlock(&b->auth_lock);
+  uv_key_set(&b->auth_key, s);
+  return s;
+}
+
+/* authorize(request, info) -> true | false [, reason], in the calling
+ * thread's own state. Anything but a boolean, an error or a timeout
+ * denies (fail closed). */
+static int b_authorize(void* ud, const ath_auth_request_t* r, char* why, size_t whylen) {
+  lbackend_t* b = ud;
+  bstate_t* s = thread_state(b, why, whylen);
+  if (s == NULL)
     return ATH_EINVAL;
   lua_State* L = s->L;
   lua_pushcfunction(L, push_request);
@@ -658,14 +685,6 @@ static int authorize_locked(lbackend_t* b, const ath_auth_request_t* r, char* wh
     rc = 0;
   }
   lua_pop(L, 2);
-  return rc;
-}
-
-static int b_authorize(void* ud, const ath_auth_request_t* r, char* why, size_t whylen) {
-  lbackend_t* b = ud;
-  uv_mutex_lock(&b->auth_lock);
-  int rc = authorize_locked(b, r, why, whylen);
-  uv_mutex_unlock(&b->auth_lock);
   return rc;
 }
 
@@ -702,9 +721,15 @@ ath_store_provider_t* lath_backend_provider(lua_State* L, int idx, size_t mem_li
     b->chunk[i] = opt_dup(L, idx, fn_name[i], &b->chunk_len[i]);
   b->authz.size = sizeof(b->authz);
   b->authz.ud = b;
-  if (b->module != NULL || b->chunk[FN_AUTHORIZE] != NULL)
-    b->authz.authorize = b_authorize;
   uv_mutex_init(&b->auth_lock);
+  if (b->module != NULL || b->chunk[FN_AUTHORIZE] != NULL) {
+    if (uv_key_create(&b->auth_key) != 0) { /* no thread key left: no backend, never one without its checks */
+      lath_backend_free(&b->p);
+      return NULL;
+    }
+    b->has_key = 1;
+    b->authz.authorize = b_authorize;
+  }
   b->sink.size = sizeof(b->sink);
   b->sink.ud = b;
   b->sink.close = b_sink_close;
@@ -743,7 +768,13 @@ void lath_backend_free(ath_store_provider_t* p) {
   lbackend_t* b = p->ud;
   state_close(&b->store);
   state_close(&b->stream);
-  state_close(&b->auth);
+  for (bstate_t *s = b->auth, *next; s != NULL; s = next) {
+    next = s->next;
+    state_close(s);
+    free(s);
+  }
+  if (b->has_key)
+    uv_key_delete(&b->auth_key);
   uv_mutex_destroy(&b->auth_lock);
   free(b->module);
   for (int i = 0; i < NFN; i++)

@@ -142,6 +142,24 @@ static int wf_park(lua_State* L) {
   return ath__task_park(L, kind, seq, x, 0);
 }
 
+/* Writes the step's id <workflowId>/<run>/<seq> into buf[0..cap), NUL
+ * ended; NULL when it does not fit. No printf: it runs at every step. */
+static const char* step_id(char* buf, size_t cap, const char* wfid, lua_Integer run, lua_Integer seq) {
+  char tail[48];
+  char* end = tail + sizeof(tail);
+  char* p = ath__fmt_i64(end, seq);
+  *--p = '/';
+  p = ath__fmt_i64(p, run);
+  *--p = '/';
+  size_t idlen = strlen(wfid), taillen = (size_t)(end - p);
+  if (idlen + taillen >= cap)
+    return NULL;
+  memcpy(buf, wfid, idlen);
+  memcpy(buf + idlen, p, taillen);
+  buf[idlen + taillen] = '\0';
+  return buf;
+}
+
 /* core.wfRun(name, payload, run, seq, taskQueue, priority, failureStrategy,
  * limits) -> historyLength, event, others: ctx:run's command in one call, in
  * memory and hybrid modes (file mode takes wfSpawn, wfAppend and wfPark,
@@ -165,8 +183,9 @@ static int wf_run(lua_State* L) {
   ath_buf_t lim = {0};
   spawn_opts(L, 5, t, &o, &lim);
   char idbuf[160]; /* most ids: no string for it */
-  int idlen = snprintf(idbuf, sizeof(idbuf), "%s/%lld/%lld", ath_task_id(t), (long long)run, (long long)seq);
-  o.id = idlen < (int)sizeof(idbuf) ? idbuf : lua_pushfstring(L, "%s/%I/%I", ath_task_id(t), run, seq);
+  o.id = step_id(idbuf, sizeof(idbuf), ath_task_id(t), run, seq);
+  if (o.id == NULL)
+    o.id = lua_pushfstring(L, "%s/%I/%I", ath_task_id(t), run, seq);
   char* payload = ath__memdup(json, len);
   if (payload == NULL) {
     ath__buf_free(&lim);

@@ -11,6 +11,7 @@
 #include <inttypes.h>
 #include <libpq-fe.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,6 +122,8 @@ enum {
   ST_CANCELLED,
   ST_NODES,
   ST_LEASED,
+  ST_HEARTBEAT,
+  ST_TAKEOVER,
   ST_WF_APPEND,
   ST_WF_PARK,
   ST_WF_REQUEUE,
@@ -361,6 +364,26 @@ static const char* const STMTS[ST_COUNT] = {
     " AND status < 5",
   /* One incarnation's leases (by the lease index: no join here, §4.3). */
   [ST_LEASED] = "SELECT " TASK_COLS("t") " FROM {S}.tasks t WHERE t.lease = $1 ORDER BY t.seq",
+  /* ctx:heartbeat details of attempts this node leases, fenced as a finish
+   * (the same planner rule: the fence is not indexable, §4.3). */
+  [ST_HEARTBEAT] =
+    "WITH h AS (SELECT * FROM unnest($2::bigint[], $3::int[], $4::text[], $5::bigint[])"
+    "   WITH ORDINALITY AS h(seq, attempt, hb, at, i)),"
+    " u AS (UPDATE {S}.tasks t SET hb = h.hb, last_hb = h.at FROM h"
+    "   WHERE t.seq = h.seq AND t.lease IS NOT DISTINCT FROM $1 AND t.attempt = h.attempt"
+    "     AND t.status = 2 RETURNING t.seq)"
+    " SELECT h.seq, u.seq IS NOT NULL FROM h LEFT JOIN u ON u.seq = h.seq ORDER BY h.i",
+  /* A node (re)started as incarnation $2 of nodeId $1: its earlier
+   * incarnations expire now (a still running one can claim and renew no
+   * more) and their leases pass to $2, as a rescue's (rescues + 1). FOR
+   * UPDATE waits for a leader rescuing the same rows, then skips them. */
+  [ST_TAKEOVER] =
+    "WITH prev AS (UPDATE {S}.nodes SET expires_at = 0"
+    "   WHERE node_id = $1 AND incarnation < $2 RETURNING incarnation),"
+    " t AS (SELECT seq FROM {S}.tasks WHERE lease IN (SELECT incarnation FROM prev) FOR UPDATE),"
+    " x AS (UPDATE {S}.tasks x SET lease = $2, rescues = x.rescues + 1"
+    "   FROM t WHERE x.seq = t.seq RETURNING x.*)"
+    " SELECT " TASK_COLS("x") " FROM x ORDER BY x.seq",
   [ST_NODES] =
     "SELECT coalesce(json_agg(json_build_object('nodeId', n.node_id,"
     "   'incarnation', n.incarnation, 'host', n.host, 'pid', n.pid, 'startedAt', n.started_at,"
@@ -439,6 +462,7 @@ struct ath_qpg_s {
   int head, tail;
   char err[512];
   char sqlstate[6];
+  _Atomic int64_t retries; /* transactions run again after 40P01 / 40001 */
 };
 
 static void set_err(ath_qpg_t* q, const char* msg, const char* state) {
@@ -469,6 +493,24 @@ static int res_err(ath_qpg_t* q, PGresult* r) {
 }
 
 const char* ath__qpg_errmsg(const ath_qpg_t* q) { return q->err; }
+int64_t ath__qpg_retries(const ath_qpg_t* q) { return atomic_load(&((ath_qpg_t*)q)->retries); }
+
+#define RETRY_MAX 5 /* runs of one transaction after its first */
+
+/* Whether the transaction that just failed goes again: it lost a deadlock
+ * (40P01) or a serialization conflict (40001), so the server rolled all of
+ * it back, and it has not used up RETRY_MAX. Then sleeps a jittered
+ * 1-2 x 2^k ms first, so the transactions that collided do not collide
+ * again in step. */
+static int retry_conflict(ath_qpg_t* q, int rc, int k) {
+  if (rc != ATH_ESTORE || k >= RETRY_MAX ||
+      (strcmp(q->sqlstate, "40P01") != 0 && strcmp(q->sqlstate, "40001") != 0))
+    return 0;
+  atomic_fetch_add(&q->retries, 1);
+  double ms = (double)(1 << k) * (1.0 + ath__random01());
+  usleep((useconds_t)(ms * 1000));
+  return 1;
+}
 const char* ath__qpg_sqlstate(const ath_qpg_t* q) { return q->sqlstate; }
 int ath__qpg_socket(const ath_qpg_t* q) { return PQstatus(q->conn) == CONNECTION_OK ? PQsocket(q->conn) : -1; }
 
@@ -1044,13 +1086,29 @@ static int send_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, 
   return send_leased(q, ST_FINISH, lease, &p, 1);
 }
 
-static int read_finish(ath_qpg_t* q, size_t n, uint8_t* applied) {
+
+static int send_beats(ath_qpg_t* q, int64_t lease, const ath_qpg_beat_t* b, size_t n) {
+  params_t p;
+  params_init(&p, 4);
+  for (size_t i = 0; i < n; i++) {
+    arr_int(&p, 0, b[i].seq);
+    arr_int(&p, 1, b[i].attempt);
+    arr_str(&p, 2, b[i].details);
+    arr_int(&p, 3, b[i].at);
+  }
+  return send_leased(q, ST_HEARTBEAT, lease, &p, 0);
+}
+
+/* The per-row answer of a finish, a heartbeat or a park: column 1 says applied. */
+static int read_applied(ath_qpg_t* q, size_t n, uint8_t* applied, const char* what) {
   PGresult* r;
   int rc = pl_rows(q, &r);
   if (rc < 0)
     return rc;
   if ((size_t)PQntuples(r) != n) {
-    set_err(q, "finish: row count mismatch", "");
+    char msg[64];
+    snprintf(msg, sizeof(msg), "%s: row count mismatch", what);
+    set_err(q, msg, "");
     PQclear(r);
     return ATH_ESTORE;
   }
@@ -1148,7 +1206,7 @@ static int read_sync(ath_qpg_t* q) {
   return 0;
 }
 
-int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c) {
+static int cycle_once(ath_qpg_t* q, ath_qpg_cycle_t* c) {
   q->err[0] = q->sqlstate[0] = '\0';
   c->committed = 0;
   for (size_t i = 0; i < c->n_claims; i++) {
@@ -1156,13 +1214,17 @@ int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c) {
     if (c->claims[i].queue == NULL || c->claims[i].n <= 0)
       return ATH_EINVAL;
   }
-  int writes = c->n_inserts > 0 || c->n_outcomes > 0 || c->n_appends > 0 || c->n_parks > 0 ||
-               c->n_requeues > 0;
+  int writes = c->n_inserts > 0 || c->n_outcomes > 0 || c->n_beats > 0 || c->n_appends > 0 ||
+               c->n_parks > 0 || c->n_requeues > 0;
   int rc = pl_begin(q);
   if (rc < 0)
     return rc;
-  /* send: [insert][append][finish][park][requeue] sync, then [claim] sync
-   * per claim (one_commit: a single sync at the end) */
+  /* send: [heartbeat][insert][append][finish][park][requeue] sync, then
+   * [claim] sync per claim (one_commit: a single sync at the end); an
+   * attempt's last heartbeat goes before its finish, which ends the lease
+   * it is fenced by */
+  if (c->n_beats > 0 && (rc = send_beats(q, c->lease, c->beats, c->n_beats)) < 0)
+    return pl_end(q, rc);
   if (c->n_inserts > 0 && (rc = send_insert(q, c->inserts, c->n_inserts)) < 0)
     return pl_end(q, rc);
   if (c->n_appends > 0 && (rc = send_appends(q, c->lease, c->appends, c->n_appends)) < 0)
@@ -1183,13 +1245,15 @@ int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c) {
   if ((c->one_commit && (rc = pl_sync(q)) < 0) || (rc = pl_flush(q)) < 0)
     return pl_end(q, rc);
   /* one round trip: the results come back in order */
+  if (c->n_beats > 0 && (rc = read_applied(q, c->n_beats, c->beat_applied, "heartbeat")) < 0)
+    return pl_end(q, rc);
   if (c->n_inserts > 0 && (rc = read_insert(q, c->n_inserts, c->inserted)) < 0)
     return pl_end(q, rc);
   if (c->n_appends > 0 && (rc = read_appended(q, c->appends, c->n_appends, c->appended)) < 0)
     goto fail_writes;
-  if (c->n_outcomes > 0 && (rc = read_finish(q, c->n_outcomes, c->applied)) < 0)
+  if (c->n_outcomes > 0 && (rc = read_applied(q, c->n_outcomes, c->applied, "finish")) < 0)
     goto fail_writes;
-  if (c->n_parks > 0 && (rc = read_finish(q, c->n_parks, c->parked)) < 0)
+  if (c->n_parks > 0 && (rc = read_applied(q, c->n_parks, c->parked, "park")) < 0)
     goto fail_writes;
   if (c->n_requeues > 0 && (rc = read_requeued(q)) < 0)
     goto fail_writes;
@@ -1223,6 +1287,16 @@ fail_writes:
   return pl_end(q, rc);
 }
 
+/* A cycle that failed with nothing of it committed (its claims too: one
+ * commit, or none) runs again on a deadlock or serialization conflict. */
+int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c) {
+  int rc, k = 0;
+  while ((rc = cycle_once(q, c)) < 0 && !c->committed && (c->one_commit || c->n_claims == 0) &&
+         retry_conflict(q, rc, k))
+    k++;
+  return rc;
+}
+
 int ath__qpg_insert(ath_qpg_t* q, const ath_qpg_insert_t* rows, size_t n, ath_qpg_inserted_t* out) {
   ath_qpg_cycle_t c = {.inserts = rows, .n_inserts = n, .inserted = out};
   return n == 0 ? 0 : ath__qpg_cycle(q, &c);
@@ -1242,7 +1316,7 @@ int ath__qpg_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, siz
 
 /* Runs one prepared statement in its own pipeline (one transaction) and
  * returns its rows. */
-static int run1(ath_qpg_t* q, int st, int n, const char* const* v, PGresult** out) {
+static int run1_once(ath_qpg_t* q, int st, int n, const char* const* v, PGresult** out) {
   q->err[0] = q->sqlstate[0] = '\0';
   int rc = pl_begin(q);
   if (rc < 0)
@@ -1255,6 +1329,14 @@ static int run1(ath_qpg_t* q, int st, int n, const char* const* v, PGresult** ou
     PQclear(*out);
     *out = NULL;
   }
+  return rc;
+}
+
+/* run1_once, again after a deadlock or a serialization conflict. */
+static int run1(ath_qpg_t* q, int st, int n, const char* const* v, PGresult** out) {
+  int rc, k = 0;
+  while ((rc = run1_once(q, st, n, v, out)) < 0 && retry_conflict(q, rc, k))
+    k++;
   return rc;
 }
 
@@ -1316,6 +1398,16 @@ int ath__qpg_rescue(ath_qpg_t* q, int64_t leader, int limit, int64_t grace_ms,
 }
 
 /* ------------------------------------------------------------ node lease */
+
+int ath__qpg_take_over(ath_qpg_t* q, const char* node_id, int64_t incarnation, ath_qpg_tasks_t* out) {
+  char inc_s[24];
+  snprintf(inc_s, sizeof(inc_s), "%" PRId64, incarnation);
+  const char* v[2] = {node_id, inc_s};
+  PGresult* r = NULL;
+  memset(out, 0, sizeof(*out));
+  int rc = run1(q, ST_TAKEOVER, 2, v, &r);
+  return rc < 0 ? rc : decode_tasks(r, out);
+}
 
 int ath__qpg_node_register(ath_qpg_t* q, const ath_qpg_node_t* n, uint64_t now_ns,
                            ath_qpg_lease_t* lease) {
@@ -1627,8 +1719,8 @@ int ath__qpg_schedule_put(ath_qpg_t* q, const ath_qpg_schedule_t* s, int* change
   return sched_count(q, ST_SCHED_PUT, 16, v, changed);
 }
 
-int ath__qpg_schedule_fire(ath_qpg_t* q, const ath_qpg_fire_t* f, int* advanced, int* created,
-                           int* skipped) {
+/* Sends ST_SCHED_FIRE for f into the open pipeline. */
+static int send_fire(ath_qpg_t* q, const ath_qpg_fire_t* f) {
   char expect_s[24], at_s[24], next_s[24], skip_s[24];
   const char* next_v;
   snprintf(expect_s, sizeof(expect_s), "%" PRId64, f->expect);
@@ -1637,17 +1729,60 @@ int ath__qpg_schedule_fire(ath_qpg_t* q, const ath_qpg_fire_t* f, int* advanced,
   snprintf(skip_s, sizeof(skip_s), "%" PRId64, f->skip);
   const char* v[7] = {f->id, expect_s, at_s, next_v, f->fire ? "t" : "f", skip_s,
                       q->notify ? "t" : "f"};
-  PGresult* r = NULL;
-  int rc = run1(q, ST_SCHED_FIRE, 7, v, &r);
+  return pl_send(q, ST_SCHED_FIRE, 7, v); /* libpq copies the values */
+}
+
+static int fire_many_once(ath_qpg_t* q, const ath_qpg_fire_t* f, size_t n, ath_qpg_fired_t* out) {
+  q->err[0] = q->sqlstate[0] = '\0';
+  int rc = pl_begin(q);
+  if (rc < 0)
+    return rc;
+  for (size_t i = 0; i < n; i++)
+    if ((rc = send_fire(q, &f[i])) < 0)
+      return pl_end(q, rc);
+  if ((rc = pl_sync(q)) < 0 || (rc = pl_flush(q)) < 0)
+    return pl_end(q, rc);
+  for (size_t i = 0; i < n; i++) {
+    PGresult* r;
+    if ((rc = pl_rows(q, &r)) < 0)
+      return pl_end(q, rc);
+    out[i].advanced = (int)get_i64(r, 0, 0);
+    out[i].created = (int)get_i64(r, 0, 1);
+    out[i].skipped = (int)get_i64(r, 0, 2);
+    PQclear(r);
+  }
+  rc = read_sync(q);
+  return pl_end(q, rc);
+}
+
+int ath__qpg_schedule_fire_many(ath_qpg_t* q, const ath_qpg_fire_t* f, size_t n, ath_qpg_fired_t* out) {
+  memset(out, 0, n * sizeof(*out));
+  if (n == 0)
+    return 0;
+  if (n > ATH_QPG_FIRE_MAX) {
+    set_err(q, "too many occurrences in one fire", "");
+    return ATH_EINVAL;
+  }
+  int rc, k = 0;
+  while ((rc = fire_many_once(q, f, n, out)) < 0 && retry_conflict(q, rc, k))
+    k++;
+  if (rc < 0)
+    memset(out, 0, n * sizeof(*out)); /* rolled back: none of it happened */
+  return rc;
+}
+
+int ath__qpg_schedule_fire(ath_qpg_t* q, const ath_qpg_fire_t* f, int* advanced, int* created,
+                           int* skipped) {
+  ath_qpg_fired_t o;
+  int rc = ath__qpg_schedule_fire_many(q, f, 1, &o);
   if (rc == 0) {
     if (advanced != NULL)
-      *advanced = (int)get_i64(r, 0, 0);
+      *advanced = o.advanced;
     if (created != NULL)
-      *created = (int)get_i64(r, 0, 1);
+      *created = o.created;
     if (skipped != NULL)
-      *skipped = (int)get_i64(r, 0, 2);
+      *skipped = o.skipped;
   }
-  PQclear(r);
   return rc;
 }
 

@@ -134,6 +134,16 @@ typedef struct {
   int worker_id;
 } ath_qpg_outcome_t;
 
+/* The latest ctx:heartbeat of an attempt a node leases (details and time),
+ * fenced by (seq, lease, attempt) and a running row: the next attempt, on
+ * any node, starts from them (ctx.lastHeartbeat). */
+typedef struct {
+  int64_t seq;
+  int attempt;
+  const char* details; /* JSON text or NULL (a heartbeat without details) */
+  int64_t at;          /* wall ms of the heartbeat */
+} ath_qpg_beat_t;
+
 /* A claimed (or rescued) task. Strings point into the result and live until
  * ath__qpg_tasks_free; NULL for SQL NULL. */
 typedef struct {
@@ -206,8 +216,8 @@ typedef struct {
 } ath_qpg_claim_t;
 
 /* One cycle of the backend loop in one round trip (libpq pipeline mode):
- * inserts and finishes commit together (one transaction, with the NOTIFYs of
- * what they made ready), then each claim commits on its own; with
+ * heartbeats, inserts and finishes commit together (one transaction, with
+ * the NOTIFYs of what they made ready), then each claim commits on its own; with
  * one_commit, everything is one transaction (one commit per cycle). A
  * failing part aborts what follows it. On error, `committed` says whether
  * the write part committed (then `inserted` / `applied` are valid and
@@ -215,6 +225,10 @@ typedef struct {
  * free: a claim that committed before a later one failed keeps its rows
  * (they are leased); others are empty. Any part may be empty. */
 typedef struct {
+  const ath_qpg_beat_t* beats;    /* written first (before the finishes) */
+  size_t n_beats;
+  uint8_t* beat_applied;          /* n_beats flags: 0 = fenced out (the attempt is
+                                   * not this lease's, or no longer running) */
   const ath_qpg_insert_t* inserts;
   size_t n_inserts;
   ath_qpg_inserted_t* inserted;   /* n_inserts rows, in input order */
@@ -239,6 +253,12 @@ typedef struct {
 } ath_qpg_cycle_t;
 
 int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c);
+/* Transactions this connection ran again because they lost a deadlock
+ * (SQLSTATE 40P01) or a serialization conflict (40001): a cycle that
+ * committed nothing (one_commit, or no claims) and every single-statement
+ * call go again, at most 5 more times, after a jittered 1-2 x 2^k ms; the
+ * error surfaces after that. Any thread may read it. */
+int64_t ath__qpg_retries(const ath_qpg_t* q);
 /* One-part cycles. */
 int ath__qpg_insert(ath_qpg_t* q, const ath_qpg_insert_t* rows, size_t n, ath_qpg_inserted_t* out);
 int ath__qpg_claim(ath_qpg_t* q, int64_t lease, const char* queue, int n, ath_qpg_tasks_t* out);
@@ -268,6 +288,14 @@ int ath__qpg_stage(ath_qpg_t* q, const int64_t* seqs, size_t n, int64_t late_ms,
  * than grace_ms that lease nothing. On error nothing is the caller's. */
 int ath__qpg_rescue(ath_qpg_t* q, int64_t leader, int limit, int64_t grace_ms,
                     ath_qpg_tasks_t* out);
+
+/* Same-nodeId recovery (distributed.md §3.8): incarnation `incarnation`
+ * of `node_id` just registered; every earlier incarnation of that nodeId
+ * expires now (fenced: a process still running under one claims and renews
+ * no more, and its finishes no longer match) and the tasks they leased
+ * pass to `incarnation` (rescues + 1), returned for the caller to decide
+ * (EWORKERLOST, per policy) and finish under `incarnation`. */
+int ath__qpg_take_over(ath_qpg_t* q, const char* node_id, int64_t incarnation, ath_qpg_tasks_t* out);
 
 /* ------------------------------------------------------------ leader */
 
@@ -322,6 +350,22 @@ typedef struct {
  * the task; *skipped: overlap skipped it (each may be NULL). */
 int ath__qpg_schedule_fire(ath_qpg_t* q, const ath_qpg_fire_t* f, int* advanced, int* created,
                            int* skipped);
+
+/* What one fire did (the three answers of ath__qpg_schedule_fire). */
+typedef struct {
+  int advanced, created, skipped;
+} ath_qpg_fired_t;
+
+#define ATH_QPG_FIRE_MAX 200 /* occurrences per ath__qpg_schedule_fire_many */
+
+/* The fires f[0..n) (n <= ATH_QPG_FIRE_MAX), in order, in one transaction
+ * and one round trip (one pipeline, one commit): each is the statement of
+ * ath__qpg_schedule_fire and sees the ones before it, so a schedule's
+ * caught-up occurrences chain their compare-and-sets (each expects the
+ * previous one's next). out[i] is fire i's answer. On error nothing of it
+ * happened (out zeroed); a deadlock or serialization conflict runs it again
+ * (as every single statement: ath__qpg_retries). */
+int ath__qpg_schedule_fire_many(ath_qpg_t* q, const ath_qpg_fire_t* f, size_t n, ath_qpg_fired_t* out);
 
 /* A stored schedule. Strings point into the result (NULL for SQL NULL);
  * times -1 for NULL. */

@@ -177,6 +177,18 @@ int ath__db_async_result(ath_db_t* db, ath_db_res_t** out, ath_db_error_t* err);
 void ath__db_abort(ath_db_t* db);
 /* Whether a statement is in flight. */
 int ath__db_busy(const ath_db_t* db);
+/* PostgreSQL: keeps the loop's watch on the connection's socket from one
+ * ath__db_exec_async to the next (a poll handle made and closed per
+ * statement cost its allocation and two epoll_ctl calls); while no
+ * statement runs it only notices the server closing the connection (it is
+ * then dropped, as a lost one). The owner calls ath__db_unwatch on the
+ * loop's thread before the connection is used anywhere else (blocking
+ * calls, another loop) and before that loop ends. No-op for SQLite. */
+void ath__db_keep_watch(ath_db_t* db);
+/* Process-wide SQLite settings (no allocation statistics); called before
+ * every first use of SQLite in the process, by anyone who opens it. Thread: any. */
+void ath__sqlite_setup(void);
+void ath__db_unwatch(ath_db_t* db);
 
 /* -------------------------------------------------------------- results */
 
@@ -243,6 +255,7 @@ struct ath_db_s {
   struct ath_db_stmts_s* stmts; /* SQLite: prepared statements kept by SQL text */
   struct ath_db_pgstmts_s* pgstmts; /* PostgreSQL: statements prepared on this session */
   struct ath_db_sqop_s* sqop;   /* SQLite: the statement on the thread pool, or NULL */
+  int keep_watch;        /* PostgreSQL: ath__db_keep_watch */
 };
 typedef struct ath_db_sqop_s ath_db_sqop_t;
 int ath__db_sqlite_busy(const ath_db_t* db);

@@ -38,6 +38,7 @@ typedef struct {
   uv_poll_t poll;
   ath_db_t* db;          /* NULL once the statement is abandoned */
   int fd;
+  int events;            /* what it watches (UV_*), 0 when stopped */
 } pgpoll_t;
 
 enum { OP_CONNECT = 1, OP_FLUSH, OP_READ, OP_DONE };
@@ -558,13 +559,15 @@ static void on_poll(uv_poll_t* h, int status, int events);
  * may close its socket and open another (one host or address after the
  * next), possibly with the same number, which a libuv handle that still
  * has the old one registered would not follow: each connecting step gets
- * a fresh handle. Returns 0 or a libuv error. */
+ * a fresh handle. A handle kept from the last statement (keep_watch) that
+ * already watches `events` is left alone: uv_poll_start registers the
+ * socket with epoll again. Returns 0 or a libuv error. */
 static int watch(ath_db_t* db, int events) {
   op_t* op = db->op;
   int fd = PQsocket(db->pg);
   if (fd < 0)
     return UV_EBADF;
-  if (op->pp != NULL && (op->pp->fd != fd || op->phase == OP_CONNECT))
+  if (op->pp != NULL && (op->pp->fd != fd || op->phase == OP_CONNECT || op->pp->poll.loop != op->loop))
     unwatch(op);
   if (op->pp == NULL) {
     pgpoll_t* pp = calloc(1, sizeof(*pp));
@@ -580,7 +583,11 @@ static int watch(ath_db_t* db, int events) {
     pp->fd = fd;
     op->pp = pp;
   }
-  return uv_poll_start(&op->pp->poll, events, on_poll);
+  if (op->pp->events == events)
+    return 0;
+  int rc = uv_poll_start(&op->pp->poll, events, on_poll);
+  op->pp->events = rc == 0 ? events : 0;
+  return rc;
 }
 
 static void free_op_data(op_t* op) {
@@ -598,7 +605,8 @@ static void free_op_data(op_t* op) {
  * (last: it may start the next statement). */
 static void complete(ath_db_t* db, int rc) {
   op_t* op = db->op;
-  unwatch(op);
+  if (!db->keep_watch || db->pg == NULL || watch(db, UV_READABLE) != 0)
+    unwatch(op);
   op->rc = rc;
   op->phase = OP_DONE;
   free_op_data(op);
@@ -744,13 +752,21 @@ static void on_poll(uv_poll_t* h, int status, int events) {
   if (db == NULL || db->op == NULL || db->op->pp != pp)
     return; /* abandoned */
   op_t* op = db->op;
+  if (op->phase == OP_DONE) { /* a kept watch between statements */
+    if (status < 0 || !PQconsumeInput(db->pg) || PQstatus(db->pg) == CONNECTION_BAD) {
+      unwatch(op); /* the server closed it: dropped, the next statement connects */
+      ath__db_pg_disconnect(db);
+    }
+    return;
+  }
   if (status < 0) {
     /* A socket error (the server reset the connection) stops the handle
      * in libuv. libpq may need more than one read to see the end (the
      * server's last message, then the reset): watch on, and let libpq's
      * own reads and writes find out what happened. */
-    uv_poll_start(&pp->poll, op->phase == OP_READ ? UV_READABLE : UV_READABLE | UV_WRITABLE,
-                  on_poll);
+    pp->events = op->phase == OP_READ ? UV_READABLE : UV_READABLE | UV_WRITABLE;
+    if (uv_poll_start(&pp->poll, pp->events, on_poll) != 0)
+      pp->events = 0;
     events = UV_READABLE | UV_WRITABLE;
   }
   if (op->phase == OP_CONNECT) {
@@ -806,7 +822,9 @@ int ath__db_exec_async(ath_db_t* db, uv_loop_t* loop, const char* sql,
   }
   op_t* op = db->op;
   ath__db_res_free(op->out); /* an outcome nobody took */
+  pgpoll_t* kept = op->pp;
   memset(op, 0, sizeof(*op));
+  op->pp = kept;
   op->phase = OP_DONE; /* until it is under way */
   if ((op->sql = prepare_sql(sql, n, err)) == NULL)
     return err->code;
@@ -857,6 +875,15 @@ int ath__db_exec_async(ath_db_t* db, uv_loop_t* loop, const char* sql,
   return rc;
 }
 
+void ath__db_keep_watch(ath_db_t* db) {
+  db->keep_watch = 1;
+}
+
+void ath__db_unwatch(ath_db_t* db) {
+  if (db->kind == ATH_DB_PG && db->op != NULL && db->op->phase == OP_DONE)
+    unwatch(db->op);
+}
+
 int ath__db_async_result(ath_db_t* db, ath_db_res_t** out, ath_db_error_t* err) {
   if (db->kind == ATH_DB_SQLITE)
     return ath__db_sqlite_async_result(db, out, err);
@@ -881,8 +908,8 @@ void ath__db_abort(ath_db_t* db) {
   op_t* op = db->op;
   if (op == NULL)
     return;
+  unwatch(op);
   if (op->phase != OP_DONE) {
-    unwatch(op);
     if (db->pg != NULL && PQstatus(db->pg) == CONNECTION_OK &&
         PQtransactionStatus(db->pg) == PQTRANS_ACTIVE) {
       /* stop the server's work (a short blocking exchange on a new socket);

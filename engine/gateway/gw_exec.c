@@ -64,14 +64,14 @@ static void put_value(ath_buf_t* b, const ath_db_value_t* v, const ath_gw_column
   ath_gw_kind_t kind = col ? col->kind : ATH_GW_KIND_OTHER;
   switch (v->type) {
     case ATH_DB_NULL:
-      ath__buf_lit(b, "null");
+      ath__buf_putlit(b, "null");
       return;
     case ATH_DB_BOOL:
-      ath__buf_append(b, v->i ? "true" : "false", v->i ? 4 : 5);
+      ath__buf_put(b, v->i ? "true" : "false", v->i ? 4 : 5);
       return;
     case ATH_DB_INT:
       if (kind == ATH_GW_KIND_BOOLEAN && (v->i == 0 || v->i == 1)) {
-        ath__buf_append(b, v->i ? "true" : "false", v->i ? 4 : 5);
+        ath__buf_put(b, v->i ? "true" : "false", v->i ? 4 : 5);
       } else { /* by hand: snprintf was a tenth of an answer's cost */
         int safe = v->i >= -MAX_SAFE_INT && v->i <= MAX_SAFE_INT;
         char* e = tmp + sizeof(tmp);
@@ -87,25 +87,25 @@ static void put_value(ath_buf_t* b, const ath_db_value_t* v, const ath_gw_column
           *--p = '-';
         if (!safe)
           *--p = '"';
-        ath__buf_append(b, p, (size_t)(e - p));
+        ath__buf_put(b, p, (size_t)(e - p));
       }
       return;
     case ATH_DB_FLOAT:
       if (isnan(v->d))
-        ath__buf_lit(b, "\"NaN\"");
+        ath__buf_putlit(b, "\"NaN\"");
       else if (isinf(v->d))
-        ath__buf_append(b, v->d > 0 ? "\"Infinity\"" : "\"-Infinity\"", v->d > 0 ? 10 : 11);
+        ath__buf_put(b, v->d > 0 ? "\"Infinity\"" : "\"-Infinity\"", v->d > 0 ? 10 : 11);
       else
-        ath__buf_append(b, tmp, ath__json_fmt_float(tmp, sizeof(tmp), v->d));
+        ath__buf_put(b, tmp, ath__json_fmt_float(tmp, sizeof(tmp), v->d));
       return;
     case ATH_DB_BLOB: {
-      ath__buf_lit(b, "\"\\\\x");
+      ath__buf_putlit(b, "\"\\\\x");
       for (size_t i = 0; i < v->len; i++) {
         unsigned char c = (unsigned char)v->s[i];
         char h[2] = {hex[c >> 4], hex[c & 15]};
-        ath__buf_append(b, h, 2);
+        ath__buf_put(b, h, 2);
       }
-      ath__buf_lit(b, "\"");
+      ath__buf_putlit(b, "\"");
       return;
     }
     case ATH_DB_JSON: {
@@ -115,7 +115,7 @@ static void put_value(ath_buf_t* b, const ath_db_value_t* v, const ath_gw_column
         ath_gw_buf_t g = {0};
         ath__gj_write(&g, doc->root);
         if (!g.oom && g.data)
-          ath__buf_append(b, g.data, g.len);
+          ath__buf_put(b, g.data, g.len);
         else
           ath__json_put_text(b, v->s, v->len);
         ath__gw_buf_free(&g);
@@ -180,20 +180,20 @@ static int sink_row(void* ud, const ath_db_value_t* row, int n) {
   static const ath_db_value_t null = {ATH_DB_NULL, 0, 0, NULL, 0};
   if (k->full != NULL) {
     ath_buf_t* b = k->full;
-    ath__buf_append(b, k->firstfull ? "{" : ",{", k->firstfull ? 1 : 2);
+    ath__buf_put(b, k->firstfull ? "{" : ",{", k->firstfull ? 1 : 2);
     k->firstfull = 0;
     for (int c = 0; c < n && (size_t)c < p->nrow_cols; c++) {
       if (c > 0)
-        ath__buf_lit(b, ",");
+        ath__buf_putlit(b, ",");
       ath__buf_json_str(b, p->row_cols[c].name);
-      ath__buf_lit(b, ":");
+      ath__buf_putlit(b, ":");
       put_value(b, &row[c], p->row_cols[c].column);
     }
-    ath__buf_lit(b, "}");
+    ath__buf_putlit(b, "}");
   }
   if (k->data != NULL) {
     ath_buf_t* b = k->data;
-    ath__buf_append(b, k->first ? "{" : ",{", k->first ? 1 : 2);
+    ath__buf_put(b, k->first ? "{" : ",{", k->first ? 1 : 2);
     k->first = 0;
     int any = 0;
     for (size_t c = 0; c < k->ncols; c++) {
@@ -201,17 +201,17 @@ static int sink_row(void* ud, const ath_db_value_t* row, int n) {
       if (v->type == ATH_DB_NULL && p->strip_nulls)
         continue;
       if (any)
-        ath__buf_lit(b, ",");
+        ath__buf_putlit(b, ",");
       any = 1;
       if (k->keys.data != NULL) {
-        ath__buf_append(b, k->keys.data + k->key_at[c], k->key_at[c + 1] - k->key_at[c]);
+        ath__buf_put(b, k->keys.data + k->key_at[c], k->key_at[c + 1] - k->key_at[c]);
       } else { /* out of memory for them: one at a time */
         ath__buf_json_str(b, p->cols[c].name);
-        ath__buf_lit(b, ":");
+        ath__buf_putlit(b, ":");
       }
       put_value(b, v, p->cols[c].column);
     }
-    ath__buf_lit(b, "}");
+    ath__buf_putlit(b, "}");
     k->nrows++;
   }
   return 0;
@@ -1161,6 +1161,8 @@ static void pg_done(ath_db_t* db, void* ud) {
     rc = ath__db_res_rows(r, sink_row, &sk, &e);
   ath__db_res_free(r);
   answer_end(k->t->s, k->job, plan, &sk, rc, &e, rc != 0 ? plan->stmts[0].sql : NULL, 0, -1, NULL);
+  if (k->t->hl == NULL) /* the thread stops: its loop must end */
+    ath__db_unwatch(db);
   task_done(&k->work, 0);
 }
 
@@ -1171,6 +1173,7 @@ static void task_start(ath_gwtask_t* k) {
     ath_db_value_t small[32];
     ath_db_value_t* v = params_of(st, small, 32);
     ath_db_error_t e;
+    ath__db_keep_watch(k->c->db); /* one poll handle per connection, not per statement */
     int started = v != NULL && ath__db_exec_async(k->c->db, &k->t->loop, st->sql, v, (int)st->nparams, pg_done,
                                                   k, &e) == 0;
     if (v != small)
@@ -1180,11 +1183,20 @@ static void task_start(ath_gwtask_t* k) {
     /* not started (out of memory, the connection failed at once): the
      * pool's way, which connects again */
   }
+  if (k->c->db != NULL) /* a pool thread uses it next: not watched from here */
+    ath__db_unwatch(k->c->db);
   int rc = uv_queue_work(&k->t->loop, &k->work, task_work, task_done);
   if (rc != 0) { /* never fails on a live loop; answered at once if it did */
     ath__gwjob_error(k->job, 500, "internal_error", "the request could not be scheduled", NULL);
     task_done(&k->work, 0);
   }
+}
+
+void ath__gwt_unwatch(ath_gwt_t* t) {
+  for (int i = 0; i < t->s->cfg.ndbs; i++)
+    for (ath_gwconn_t* c = t->idle[i]; c != NULL; c = c->next)
+      if (c->db != NULL)
+        ath__db_unwatch(c->db);
 }
 
 static void task_done(uv_work_t* w, int status) {

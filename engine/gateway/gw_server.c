@@ -65,6 +65,7 @@ static void on_wake(uv_async_t* h) {
     if (t->hl != NULL)
       ath__http_loop_close(t->hl); /* it frees itself once its connections closed */
     t->hl = NULL;
+    ath__gwt_unwatch(t);
     uv_close((uv_handle_t*)&t->wake, NULL);
   }
 }
@@ -717,11 +718,20 @@ int ath__gws_auth_failure(ath_gws_t* s, const char* ip) {
   return wait;
 }
 
-/* Takes a token from the bucket `name` (made with rate and burst when
- * new): 0, or the seconds to wait. */
-static int take(ath_gws_t* s, const char* name, double rate, double burst) {
+/* The request's rate limits (§6.9) under one lock: the address's bucket
+ * (`ipname`), then the key's when the key is known, or the address's
+ * failed-key count when `failed`. Returns 0, or the seconds to wait
+ * (answer 429). */
+static int limit(ath_gws_t* s, const char* ipname, const char* ip, const ath_gws_key_t* key, int failed) {
   uv_mutex_lock(&s->lim_mu);
-  int wait = spend(bucket(&s->lim, name, rate, burst), 1);
+  int wait = spend(bucket(&s->lim, ipname, s->cfg.ip_rate, s->cfg.ip_burst), 1);
+  if (wait == 0 && failed) {
+    wait = ath__gw_auth_failure(&s->lim, ip, s->cfg.auth_fail_per_min);
+  } else if (wait == 0 && key != NULL) {
+    char kname[96];
+    snprintf(kname, sizeof(kname), "k:%s", key->name);
+    wait = spend(bucket(&s->lim, kname, s->cfg.key_rate, s->cfg.key_burst), 1);
+  }
   uv_mutex_unlock(&s->lim_mu);
   return wait;
 }
@@ -1086,31 +1096,28 @@ int ath__gws_handle(ath_gws_t* s, ath_gwt_t* t, h2o_req_t* req) {
     base.op = routes[r].op;
   }
 
-  /* who is asking (§2, §6.3, §6.9) */
+  /* who is asking (§2, §6.3, §6.9): the key is checked first (it has no
+   * side effect) so that the limits take one lock */
   ath__gws_client_ip(s, req, base.ip, sizeof(base.ip));
   char bname[96];
   client_bucket("i:", base.ip, bname, sizeof(bname));
-  int wait = take(s, bname, s->cfg.ip_rate, s->cfg.ip_burst);
-  if (wait)
+  int k = -1, found = 0, failed = 0;
+  if (base.kind == ATH_GWJ_OP) {
+    found = ath__gws_authenticate(s->cfg.keys, s->cfg.nkeys, req, &k);
+    failed = found <= 0 && !(found == 0 && s->cfg.anonymous);
+  }
+  const ath_gws_key_t* key = found > 0 ? &s->cfg.keys[k] : NULL;
+  int wait = limit(s, bname, base.ip, key, failed);
+  if (wait) /* failed keys lock the address out; valid keys from it still work */
     return limited(req, &base, wait);
   if (base.kind == ATH_GWJ_OP) {
-    int k = -1;
-    int found = ath__gws_authenticate(s->cfg.keys, s->cfg.nkeys, req, &k);
-    if (found <= 0 && !(found == 0 && s->cfg.anonymous)) {
-      /* failed keys lock the address out; valid keys from it still work */
-      if ((wait = ath__gws_auth_failure(s, base.ip)) != 0)
-        return limited(req, &base, wait);
+    if (failed) {
       drop_body(req);
       return answer_error(req, &base, 401, found == 0 ? "auth_required" : "invalid_key",
                           found == 0 ? "an API key is required" : "the API key is not valid", NULL, NULL);
     }
-    base.key = found > 0 ? &s->cfg.keys[k] : NULL;
+    base.key = key;
     base.rights = base.key ? base.key->rights : s->cfg.anon_rights;
-    if (base.key != NULL) {
-      snprintf(bname, sizeof(bname), "k:%s", base.key->name);
-      if ((wait = take(s, bname, s->cfg.key_rate, s->cfg.key_burst)) != 0)
-        return limited(req, &base, wait);
-    }
     if (!(base.rights & ATH_GW_OP_BIT(base.op)))
       return answer_error(req, &base, 403, "forbidden", "this key may not use this operation", NULL, NULL);
     char why[512];

@@ -224,6 +224,9 @@ void ath__gws_finish(ath_gwjob_t* job);
  * policies). Called on that thread. */
 int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen);
 void ath__gwt_close(ath_gwt_t* t);
+/* On t's thread, as it stops: its idle connections' sockets are no longer
+ * watched from its loop (ath__db_keep_watch), so that the loop ends. */
+void ath__gwt_unwatch(ath_gwt_t* t);
 
 /* [-0, +1, m] Pushes request-body value `v` as a policy's `req.payload`
  * sees it: objects and arrays as tables (the last duplicate key wins, as in

@@ -83,8 +83,9 @@ void ath__wake_blocked(ath_world_t* w, const ath_task_t* t) {
 }
 
 static int deliver_waiters(ath_task_t* t, ath_worker_t** wake, int nwake) {
-  ath_waiter_t* wt = t->waiters;
-  t->waiters = NULL;
+  ath_task_x_t* x = ath__task_xr(t);
+  ath_waiter_t* wt = x->waiters; /* the caller saw some */
+  x->waiters = NULL;
   while (wt != NULL) {
     ath_waiter_t* next = wt->next;
     wt->task = t;
@@ -109,8 +110,8 @@ void ath__emit_task(ath_world_t* w, ath_task_t* t, int kind, int64_t now) {
 static int end_store(ath_world_t* w, const ath_term_ev_t* ev, ath_worker_t** wake, int nwake) {
   (void)wake;
   ath__store_mark(w, ev->t);
-  if (ev->t->exp_idx != UINT32_MAX)
-    ath__heap_remove(&w->expiry, ev->t);
+  if (ath__task_exp_idx(ev->t) != UINT32_MAX)
+    ath__heap_remove(&w->expiry, ath__task_xr(ev->t));
   return nwake;
 }
 
@@ -126,7 +127,7 @@ static int end_webhooks(ath_world_t* w, const ath_term_ev_t* ev, ath_worker_t** 
 }
 
 static int end_waiters(ath_world_t* w, const ath_term_ev_t* ev, ath_worker_t** wake, int nwake) {
-  if (ev->t->waiters != NULL)
+  if (ath__task_waiters(ev->t) != NULL)
     nwake = deliver_waiters(ev->t, wake, nwake);
   if (w->bwaiters != NULL)
     ath__wake_blocked(w, ev->t);
@@ -136,7 +137,7 @@ static int end_waiters(ath_world_t* w, const ath_term_ev_t* ev, ath_worker_t** w
 }
 
 static int end_workflow(ath_world_t* w, const ath_term_ev_t* ev, ath_worker_t** wake, int nwake) {
-  if (ev->t->wf != NULL || ev->t->parent != NULL)
+  if (ev->t->wf != NULL || ath__task_parent(ev->t) != NULL)
     nwake = ath__wf_terminal(w, ev->t, ev->now, wake, nwake);
   return nwake;
 }
@@ -182,7 +183,7 @@ int ath__finish_remote(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t n
 int ath__world_withdraw(ath_world_t* w, ath_task_t* t, int code, ath_worker_t** wake,
                         int nwake, int* withdrawn) {
   *withdrawn = 0;
-  if (!t->unborn || t->withdrawn || t->parent != NULL)
+  if (!t->unborn || t->withdrawn || ath__task_parent(t) != NULL)
     return nwake;
   *withdrawn = 1;
   if (t->status == ATH_PENDING && nwake < MAX_WORKERS) /* the born tasks behind it */
@@ -192,14 +193,14 @@ int ath__world_withdraw(ath_world_t* w, ath_task_t* t, int code, ath_worker_t** 
     ath__set_error(t, code, "its enqueue could not be stored");
     t->status = ATH_FAILED;
   }
-  if (t->exp_idx != UINT32_MAX)
-    ath__heap_remove(&w->expiry, t);
-  int listed = ath__table_get(w, t->id, t->hash) == t;
+  if (ath__task_exp_idx(t) != UINT32_MAX)
+    ath__heap_remove(&w->expiry, ath__task_xr(t));
+  int listed = ath__table_get(w, t->id, ath__hash_id(t->id)) == t;
   ath__table_unlink(w, t);
   t->withdrawn = 1;
   t->purged = 1; /* its row is deleted, should a failed commit have stored it */
   t->err_code = code;
-  if (t->waiters != NULL)
+  if (ath__task_waiters(t) != NULL)
     nwake = deliver_waiters(t, wake, nwake);
   if (w->bwaiters != NULL)
     ath__wake_blocked(w, t);
@@ -341,7 +342,7 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
     ended++;
     if (!w->cfg.no_metrics)
       ath__lat_add(&w->lat_run, (double)(mono - t->start_mono) / 1e6, now);
-    if (t->dq_attempt < 0) { /* PostgreSQL: this node's lease was lost meanwhile */
+    if (ath__task_dq_attempt(t) < 0) { /* PostgreSQL: this node's lease was lost meanwhile */
       nwake = ath__dq_discard(w, t, wake, nwake);
       continue;
     }
@@ -439,9 +440,10 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
         t->started_at = now < t->created_at ? t->created_at : now;
         t->start_mono = mono;
         if (t->wf != NULL && ath__task_limits(t)->timeout_ms > 0) { /* the run's limit, parked time too */
-          t->exp_mono = ath__after(mono, ath__task_limits(t)->timeout_ms);
-          if (t->exp_idx == UINT32_MAX ? ath__heap_push(&w->expiry, t) == 0 : (ath__heap_fix(&w->expiry, t), 1))
-            wake_engine |= w->expiry.items[0] == t;
+          ath_task_x_t* x = ath__task_xr(t); /* a workflow has one from the start */
+          x->exp_mono = ath__after(mono, ath__task_limits(t)->timeout_ms);
+          if (x->exp_idx == UINT32_MAX ? ath__heap_push(&w->expiry, x) == 0 : (ath__heap_fix(&w->expiry, x), 1))
+            wake_engine |= w->expiry.items[0] == x;
         }
       }
       if (t->wf != NULL)
@@ -495,14 +497,15 @@ int ath__world_await(ath_world_t* w, ath_task_t* t, ath_slot_t* slot) {
     uv_mutex_unlock(&w->lock);
     return 0;
   }
-  ath_waiter_t* wt = calloc(1, sizeof(*wt));
+  ath_task_x_t* x = ath__task_x(t);
+  ath_waiter_t* wt = x != NULL ? calloc(1, sizeof(*wt)) : NULL;
   if (wt == NULL) {
     uv_mutex_unlock(&w->lock);
     return ATH_ENOMEM;
   }
   wt->slot = slot;
-  wt->next = t->waiters;
-  t->waiters = wt;
+  wt->next = x->waiters;
+  x->waiters = wt;
   uv_mutex_unlock(&w->lock);
   return 1;
 }
@@ -511,7 +514,7 @@ uint64_t ath__world_commit_gen(ath_world_t* w, const ath_task_t* t) {
   if (w->cfg.persistence != ATH_PERSIST_FILE)
     return 0;
   uv_mutex_lock(&w->lock);
-  uint64_t gen = t->dirty_gen;
+  uint64_t gen = ath__task_gen(w, t);
   uv_mutex_unlock(&w->lock);
   return gen;
 }
@@ -549,7 +552,7 @@ int ath_world_wait(ath_world_t* w, ath_task_t* t, int64_t timeout_ms) {
     }
   }
   if (rc == 0)
-    ath__store_wait(w, t->dirty_gen); /* file: the outcome is on disk */
+    ath__store_wait(w, ath__task_gen(w, t)); /* file: the outcome is on disk */
   uv_mutex_unlock(&w->lock);
   uv_cond_destroy(&me.cond);
   return rc;
@@ -557,7 +560,8 @@ int ath_world_wait(ath_world_t* w, ath_task_t* t, int64_t timeout_ms) {
 
 void ath__world_unawait(ath_world_t* w, ath_task_t* t, ath_slot_t* slot) {
   uv_mutex_lock(&w->lock);
-  for (ath_waiter_t** p = &t->waiters; *p; p = &(*p)->next) {
+  ath_task_x_t* x = ath__task_xr(t);
+  for (ath_waiter_t** p = x != NULL ? &x->waiters : NULL; p != NULL && *p; p = &(*p)->next) {
     if ((*p)->slot == slot) {
       ath_waiter_t* wt = *p;
       *p = wt->next;

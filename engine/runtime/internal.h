@@ -126,6 +126,11 @@ typedef struct {
   struct ath_task_s** kids;
   uint32_t nkids, kids_cap, kids_lo;
   int kids_lost;
+  /* Its id was generated here (not recovered) and no task outside its
+   * steps took an id under it: its next step's id <id>/<run>/<seq>, which
+   * its history shows it never started, cannot be in the store, so
+   * ctx:run does not look there (execute in world.c). */
+  int fresh;
 } ath_wf_t;
 
 /* workflow.c: history events. ath__wfev_new copies `len` bytes of json
@@ -196,10 +201,37 @@ typedef struct {
  * ATH_EINVAL (not such an object) or ATH_ENOMEM. Thread: any. */
 int ath__call_new(const ath_activity_t* def, const char* json, size_t len, ath_call_t** out);
 
+/* The rare parts of a task, in a record of their own made when one is first
+ * needed (issue 15: a million queued tasks are a million task records, and
+ * most tasks never have a heartbeat, a waiter, per-call limits, a parent, a
+ * scheduleToClose deadline or a PostgreSQL lease). Made under the world lock,
+ * or before the task is published, and freed with the task; its fields are
+ * guarded like the task's (parent and call are immutable once set). */
+typedef struct {
+  struct ath_task_s* task; /* whose they are */
+  struct ath_task_s* parent; /* owning workflow (a reference), or NULL */
+  ath_call_t* call;      /* per-call limits (owned), NULL: the definition's */
+  ath_waiter_t* waiters; /* worker slots parked in handle:result() */
+  char* hb;              /* its latest heartbeat details (JSON), owned, or NULL */
+  int64_t last_hb;       /* wall ms of the latest heartbeat */
+  uint64_t exp_mono;     /* scheduleToClose deadline, monotonic ns */
+  uint32_t exp_idx;      /* index in the expiry heap, UINT32_MAX if absent */
+  uint32_t hb_len;
+  int dq_attempt;        /* PostgreSQL backend: the attempt this node leases
+                          * (0: none; -1: the lease was lost, its outcome is
+                          * discarded) */
+  int dq_claimed;        /* PostgreSQL backend: an attempt claimed while a
+                          * fenced one still ran here (0: none); it starts
+                          * once that one ends */
+  int64_t dq_seq;        /* PostgreSQL backend: the row's seq (0: not
+                          * inserted; -1: its insert is in flight) */
+} ath_task_x_t;
+
 /* A task lives from execute() until the world is freed (or, later, pruned).
  * Every field below `refs` is guarded by the world lock, except the
- * immutable ones (id, def, input, seq, created_at) and result/error, which
- * are written once before the task turns terminal and never change after. */
+ * immutable ones (id, def, input, seq, created_at, x's parent and call) and
+ * result/error, which are written once before the task turns terminal and
+ * never change after. */
 /* Inputs up to this many bytes are kept in the task's own allocation. */
 #define ATH_INLINE_INPUT 64
 
@@ -208,13 +240,13 @@ struct ath_task_s {
   int attempt;
   int priority;
   int worker_id;
-  int err_code;          /* ATH_E* of the last failure, 0 if none */
   int max_attempts;      /* effective (§7.2) */
   int run_pos;           /* index in its worker's running list */
-  /* The state and the flags share one word (a million queued tasks are a
-   * million records: issue 15's memory target). */
-  ath_status_t status : 8;
-  ath_strategy_t strategy : 8; /* effective (§8) */
+  /* The state, the flags and the error code share one word: the record is
+   * kept to 208 bytes so that, with its id and a small input, a queued task
+   * is one 272-byte malloc chunk (issue 15's memory target). */
+  ath_status_t status : 4;
+  ath_strategy_t strategy : 4; /* effective (§8) */
   unsigned dirty : 1;    /* in the store's pending list */
   unsigned purged : 1;   /* deleted: the store deletes its row */
   unsigned in_term : 1;  /* in the world's list of recent terminal tasks */
@@ -227,19 +259,16 @@ struct ath_task_s {
                           * one): the store updates the row, not inserts it */
   unsigned remote : 1;   /* PostgreSQL backend: a proxy of a row this node
                           * does not lease (in no queue or heap here) */
-  int dq_attempt;        /* PostgreSQL backend: the attempt this node leases
-                          * (0: none; -1: the lease was lost, its outcome is
-                          * discarded) */
-  int dq_claimed;        /* PostgreSQL backend: an attempt claimed while a
-                          * fenced one still ran here (0: none); it starts
-                          * once that one ends */
-  int64_t dq_seq;        /* PostgreSQL backend: the row's seq (0: not
-                          * inserted; -1: its insert is in flight) */
+  int err_code : 16;     /* ATH_E* of the last failure, 0 if none */
+  uint32_t heap_idx;     /* index in the delay heap, UINT32_MAX if absent */
+  /* Store generation of its latest change, its low 32 bits: a generation
+   * is never ahead of the world's, so ath__task_gen rebuilds it from
+   * w->gen. */
+  uint32_t dirty_gen;
+  /* lengths: 32 bits (payloads are far below 4 GiB) */
+  uint32_t input_len, result_len, error_len;
   ath_worker_t* wk;      /* the worker running it, while running */
   atomic_ullong cancel_ns; /* monotonic ns the cancel was accepted, 0 if none */
-  int64_t last_hb;       /* wall ms of the latest heartbeat */
-  char* hb;              /* its details (JSON), owned, or NULL */
-  uint64_t dirty_gen;    /* store generation of its latest change */
   ath_def_t* def;
   ath_queue_t* queue;
   uint64_t seq;          /* creation order: the last tie-breaker */
@@ -249,23 +278,55 @@ struct ath_task_s {
   uint64_t start_mono;   /* monotonic ns of the current attempt's start */
   ath_task_t* qprev;     /* ready list of its priority bucket; once terminal, */
   ath_task_t* qnext;     /* the world's list of recent terminal tasks */
-  uint32_t heap_idx;     /* index in the delay heap, UINT32_MAX if absent */
-  uint32_t exp_idx;      /* index in the expiry heap, UINT32_MAX if absent */
-  uint64_t exp_mono;     /* scheduleToClose deadline, monotonic ns */
   ath_task_t* hnext;     /* hash chain */
-  ath_waiter_t* waiters; /* worker slots parked in handle:result() */
-  struct ath_task_s* parent; /* owning workflow (a reference), or NULL */
   ath_wf_t* wf;          /* workflow state, NULL for an activity */
-  ath_call_t* call;      /* per-call limits (owned), NULL: the definition's */
+  /* the rare parts, or NULL: read it with ath__task_xr (any thread) */
+  _Atomic(ath_task_x_t*) x;
   char* input;           /* JSON, owned (or inline: input_inline) */
   char* result;          /* JSON, owned, NULL until completed */
   char* error;           /* JSON error value, owned, NULL if none */
-  /* their lengths: 32 bits keep a million queued tasks in a smaller
-   * malloc size class (payloads are far below 4 GiB) */
-  uint32_t input_len, result_len, error_len, hb_len;
-  uint64_t hash;
   char id[];             /* NUL-terminated */
 };
+
+/* t's rare parts, or NULL when it has none yet (any thread: the record is
+ * published once, with release order, and never moves). */
+static inline ath_task_x_t* ath__task_xr(const ath_task_t* t) {
+  return atomic_load_explicit(&((ath_task_t*)t)->x, memory_order_acquire);
+}
+/* t's rare parts, made when missing (world lock held, or t unpublished);
+ * NULL when out of memory. */
+ath_task_x_t* ath__task_x(ath_task_t* t);
+static inline ath_task_t* ath__task_parent(const ath_task_t* t) {
+  const ath_task_x_t* x = ath__task_xr(t);
+  return x != NULL ? x->parent : NULL;
+}
+static inline ath_waiter_t* ath__task_waiters(const ath_task_t* t) {
+  const ath_task_x_t* x = ath__task_xr(t);
+  return x != NULL ? x->waiters : NULL;
+}
+static inline uint32_t ath__task_exp_idx(const ath_task_t* t) {
+  const ath_task_x_t* x = ath__task_xr(t);
+  return x != NULL ? x->exp_idx : UINT32_MAX;
+}
+static inline int ath__task_dq_attempt(const ath_task_t* t) {
+  const ath_task_x_t* x = ath__task_xr(t);
+  return x != NULL ? x->dq_attempt : 0;
+}
+static inline int64_t ath__task_dq_seq(const ath_task_t* t) {
+  const ath_task_x_t* x = ath__task_xr(t);
+  return x != NULL ? x->dq_seq : 0;
+}
+/* The lease fields of a task of a PostgreSQL world, which has its rare
+ * parts from the start (execute, adoption of a row, a watched row). */
+static inline ath_task_x_t* ath__task_dq(const ath_task_t* t) {
+  return ath__task_xr(t);
+}
+/* The store generation of t's latest change (dirty_gen widened; storage/
+ * store.c). World lock held. */
+uint64_t ath__task_gen(const ath_world_t* w, const ath_task_t* t);
+#if UINTPTR_MAX == UINT64_MAX
+_Static_assert(sizeof(struct ath_task_s) <= 208, "a queued task must stay in a 272-byte chunk");
+#endif
 
 /* The limits that apply to t: its call's, else its definition's. */
 /* The effective failure strategy and attempts of a task of def with limits
@@ -274,7 +335,8 @@ void ath__task_policy(const ath_world_t* w, const ath_def_t* def, const ath_acti
                       ath_strategy_t asked, ath_strategy_t* strategy, int* max_attempts);
 
 static inline const ath_activity_t* ath__task_limits(const ath_task_t* t) {
-  return t->call != NULL ? &t->call->a : &t->def->a;
+  const ath_task_x_t* x = ath__task_xr(t);
+  return x != NULL && x->call != NULL ? &x->call->a : &t->def->a;
 }
 
 /* One priority level of a queue: ready tasks in (ready_at, seq) order. */
@@ -433,6 +495,16 @@ typedef struct {
   struct ath_task_s* held;
 } ath_outcome_t;
 
+/* A worker as the watchdog sees it (watchdog.c; under its lock). */
+typedef struct {
+  struct ath_worker_s *next, *prev; /* the watchdog's list */
+  pthread_t tid;         /* the worker's thread (it registers itself) */
+  unsigned runs;         /* lua_runs at the last look */
+  unsigned ticks;        /* the hook's ticks at the last kick */
+  unsigned waits;        /* looks since the last kick, its hook not run */
+  int kicked;            /* kicked in this run of Lua */
+} ath_watch_entry_t;
+
 struct ath_worker_s {
   ath_world_t* w;
   size_t mem_used;       /* bytes in L's heap */
@@ -497,6 +569,10 @@ struct ath_worker_s {
   int no_waiter;         /* started off the engine loop's path: posts nothing */
   int nlost_refs;        /* declared lost: running_tasks[0..n) hold references */
   atomic_int interrupt_all; /* ATH_E* to raise in every running task */
+  /* For the watchdog's kicks (watchdog.c), written by the worker: */
+  _Atomic(lua_State*) lua_co; /* the task coroutine being resumed, or NULL */
+  atomic_uint lua_runs;  /* resumes of task coroutines: one that lasts keeps it */
+  ath_watch_entry_t watch;
 };
 
 #define MAX_WORKERS 1024 /* per world */
@@ -595,6 +671,7 @@ struct ath_world_s {
   atomic_ullong vmono;   /* monotonic ns now; wall time follows from it */
   ath_heap_t vtimers;    /* workers' timers (ath_vtimer_t) by due time */
   ath_hook_t* hook;      /* webhooks, or NULL */
+  struct ath_watch_s* watch; /* the watchdog (watchdog.c), from start to free */
   struct ath_gws_s* gws; /* the gateway served (owned by its HTTP server), or NULL */
   ath_log_t* log;        /* the world's logger (SEMANTICS §14.2) */
   /* HTTP servers (http.c), created and stopped on the engine thread. */
@@ -676,6 +753,20 @@ void ath__worker_free(ath_worker_t* wk);
 /* Wakes the workers a critical section collected into wks[0..n) (lock not
  * held; see wakes_held). */
 void ath__wake_all(ath_worker_t** wks, int n);
+
+/* watchdog.c: a thread per world that kicks workers whose task runs Lua
+ * for long, so its hook checks the deadlines (see there). Start before the
+ * first worker; stop once the workers are joined; free with the world. */
+int ath__watch_start(ath_world_t* w, char* err, size_t errlen);
+void ath__watch_stop(ath_world_t* w);
+void ath__watch_free(ath_world_t* w);
+/* A worker joins (on its thread, before any task) and leaves (before its
+ * thread ends). */
+void ath__watch_add(ath_world_t* w, ath_worker_t* wk);
+void ath__watch_remove(ath_world_t* w, ath_worker_t* wk);
+/* worker.c: the kick's signal handler, on wk's thread: sets the count hook
+ * on the task coroutine it resumes, if any. Async-signal-safe. */
+void ath__worker_kicked(ath_worker_t* wk);
 
 /* Logs an engine message (printf-style) at `level` with optional fields.
  * Thread: any; never blocks on I/O. Call without the world lock held when

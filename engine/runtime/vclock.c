@@ -54,7 +54,7 @@ static uint64_t next_event(ath_world_t* w) {
   ath_vtimer_t* vt = ath__heap_peek(&w->vtimers);
   if (vt != NULL && vt->due < next)
     next = vt->due;
-  ath_task_t* e = ath__heap_peek(&w->expiry);
+  ath_task_x_t* e = ath__heap_peek(&w->expiry);
   if (e != NULL && e->exp_mono < next)
     next = e->exp_mono;
   ath_sched_t* s = ath__heap_peek(&w->sheap);
@@ -88,7 +88,8 @@ static int fire_vtimers(ath_world_t* w, uint64_t now, ath_worker_t** wake, int n
 
 /* Waits until no worker has work from this step: each is asleep in its
  * loop with nothing pending, or has been running the same Lua code for two
- * hook intervals (code that does not yield cannot be waited for). */
+ * runs of its hook (the watchdog sets it every 10-20 ms): code that does
+ * not yield cannot be waited for. */
 static void settle(ath_world_t* w) {
   unsigned ticks[MAX_WORKERS];
   int quiet_rounds = 0;

@@ -130,8 +130,9 @@ static int task_body(ath_event_t* e) {
   ath__buf_append(&b, tmp, (size_t)n);
   ath__buf_json_str(&b, t->queue->name);
   ath__buf_lit(&b, ",\"parentId\":");
-  if (t->parent != NULL)
-    ath__buf_json_str(&b, t->parent->id);
+  const ath_task_t* parent = ath__task_parent(t);
+  if (parent != NULL)
+    ath__buf_json_str(&b, parent->id);
   else
     ath__buf_lit(&b, "null");
   if (e->error != NULL) {

@@ -19,7 +19,23 @@ const char ath__defs_key = 0;
 static const char worker_key = 0;
 static const char defs_end_key = 0; /* sentinel raised by world:start() */
 
+/* The count hook's interval on coroutines that a task creates. A task's own
+ * coroutine runs without a hook until the watchdog kicks it (watchdog.c),
+ * except under ThreadSanitizer, which holds an asynchronous signal until
+ * the thread calls a function it intercepts (a pure-Lua loop never does):
+ * there every task coroutine keeps the count hook, and the kicks still
+ * come (late). */
 #define HOOK_COUNT 1000
+#if defined(__SANITIZE_THREAD__)
+#define TASK_HOOK_ALWAYS 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TASK_HOOK_ALWAYS 1
+#endif
+#endif
+#ifndef TASK_HOOK_ALWAYS
+#define TASK_HOOK_ALWAYS 0
+#endif
 
 /* An interrupt that only ends a scope (withRetry's attempt), not the task:
  * raised as ETIMEDOUT. */
@@ -127,22 +143,41 @@ static int due_code(ath_slot_t* s) {
   return code;
 }
 
-/* The count hook of every task coroutine (and coroutines they create, which
- * inherit it). Running Lua never lets the worker's loop turn, so the hook
- * checks the deadlines itself, and the cancel grace; once an interrupt is
- * due it raises it, again and again if user code catches it. */
+static void task_hook(lua_State* co, lua_Debug* ar);
+
+/* Sets co's hook as it is while nothing is due: none on a task's own
+ * coroutine (`own`: the watchdog's kick sets it again), every HOOK_COUNT
+ * instructions on one the task created (nothing would kick it). */
+static void hook_rest(lua_State* co, int own) {
+  if (own && !TASK_HOOK_ALWAYS)
+    lua_sethook(co, NULL, 0, 0);
+  else if (lua_gethook(co) != task_hook || lua_gethookcount(co) != HOOK_COUNT)
+    lua_sethook(co, task_hook, LUA_MASKCOUNT, HOOK_COUNT);
+}
+
+/* The hook of task coroutines, set by the watchdog's kick (and every
+ * HOOK_COUNT instructions on coroutines a task creates). Running Lua never
+ * lets the worker's loop turn, so the hook checks the deadlines itself, and
+ * the cancel grace; once an interrupt is due it raises it, again and again
+ * if user code catches it; if none is, it goes back to rest. */
 static void task_hook(lua_State* co, lua_Debug* ar) {
   (void)ar;
   ath_worker_t* wk = *(ath_worker_t**)lua_getextraspace(co);
   ath_slot_t* s = wk->current;
-  if (s == NULL)
+  if (s == NULL) {
+    hook_rest(co, 0); /* a stale kick, or __close handlers of a cached coroutine */
     return;
-  /* a busy handler is alive: beat from here too, now and then */
-  if ((atomic_fetch_add_explicit(&wk->ticks, 1, memory_order_relaxed) & 63) == 0)
+  }
+  /* a busy handler is alive: beat from here too (a kick is one every
+   * WATCH_MS at most; a created coroutine's hook runs far more often) */
+  unsigned ticks = atomic_fetch_add_explicit(&wk->ticks, 1, memory_order_relaxed);
+  if (co == s->co || (ticks & 63) == 0)
     atomic_store_explicit(&wk->last_heartbeat, ath__now_ms(), memory_order_relaxed);
   int code = due_code(s);
-  if (code == 0)
+  if (code == 0) {
+    hook_rest(co, co == s->co);
     return;
+  }
   if (co == s->co && lua_isyieldable(co) && code != SCOPE_TIMEOUT) {
     /* Stop the task where it stands: the worker closes the suspended
      * coroutine (running its __close handlers, under this hook). No error
@@ -158,6 +193,55 @@ static void task_hook(lua_State* co, lua_Debug* ar) {
   lua_sethook(co, task_hook, LUA_MASKCOUNT, 1);
   push_interrupt(co, code);
   lua_error(co);
+}
+
+void ath__worker_kicked(ath_worker_t* wk) {
+  lua_State* co = atomic_load_explicit(&wk->lua_co, memory_order_relaxed);
+  if (co != NULL)
+    lua_sethook(co, task_hook, LUA_MASKCOUNT, 1);
+}
+
+/* coroutine.create of worker states: as Lua's, plus the count hook on a
+ * coroutine created while a task runs. Lua copies the creator's hook into a
+ * new coroutine, and a task's own has none: a kick reaches only the
+ * coroutine the worker resumes, not one nested in it, so a nested one
+ * checks by itself. */
+static int task_cocreate(lua_State* L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_State* co = lua_newthread(L);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  if ((*(ath_worker_t**)lua_getextraspace(L))->current != NULL)
+    hook_rest(co, 0);
+  return 1;
+}
+
+/* coroutine.wrap likewise: Lua's wrapper function (upvalue 1) around it. */
+static int task_cowrap(lua_State* L) {
+  task_cocreate(L);
+  lua_pushcclosure(L, lua_tocfunction(L, lua_upvalueindex(1)), 1);
+  return 1;
+}
+
+/* [-0, +0, e] Puts task_cocreate and task_cowrap into the coroutine table. */
+static void hook_coroutines(lua_State* L) {
+  if (lua_getglobal(L, "coroutine") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_getfield(L, -1, "wrap"); /* one call of Lua's, for its wrapper function */
+  lua_pushcfunction(L, task_cocreate);
+  ath__vm_callk(L, 1, 1, NULL);
+  lua_CFunction auxwrap = lua_tocfunction(L, -1);
+  lua_pop(L, 1);
+  if (auxwrap == NULL)
+    luaL_error(L, "coroutine.wrap does not return a C closure");
+  lua_pushcfunction(L, auxwrap);
+  lua_pushcclosure(L, task_cowrap, 1);
+  lua_setfield(L, -2, "wrap");
+  lua_pushcfunction(L, task_cocreate);
+  lua_setfield(L, -2, "create");
+  lua_pop(L, 1);
 }
 
 /* Returns the slot whose own coroutine is L, or NULL. */
@@ -586,8 +670,9 @@ static int workflow_main(lua_State* co, ath_task_t* t) {
   else
     lua_pushnil(co);
   lua_pushinteger(co, t->strategy);
-  if (t->parent != NULL)
-    lua_pushstring(co, t->parent->id);
+  const ath_task_t* parent = ath__task_parent(t);
+  if (parent != NULL)
+    lua_pushstring(co, parent->id);
   else
     lua_pushnil(co);
   ath__vm_callk(co, 8, LUA_MULTRET, task_k);
@@ -606,8 +691,9 @@ static int task_main(lua_State* co) {
   lua_setfield(co, -2, "name");
   lua_pushinteger(co, t->attempt);
   lua_setfield(co, -2, "attempt");
-  if (t->parent != NULL) {
-    lua_pushstring(co, t->parent->id);
+  const ath_task_t* parent = ath__task_parent(t);
+  if (parent != NULL) {
+    lua_pushstring(co, parent->id);
     lua_setfield(co, -2, "workflowId");
   }
   if (t->wf != NULL) {
@@ -827,7 +913,7 @@ static void new_coroutine(ath_slot_t* s) {
     return;
   }
   s->co = lua_newthread(L);
-  lua_sethook(s->co, task_hook, LUA_MASKCOUNT, HOOK_COUNT);
+  hook_rest(s->co, 1);
   s->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
@@ -1043,7 +1129,7 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     new_coroutine(s); /* the parked one went to the cache */
   } else if (st == LUA_OK) {
     lua_settop(co, 0); /* the coroutine is reusable for the next task */
-    lua_sethook(co, task_hook, LUA_MASKCOUNT, HOOK_COUNT); /* undo an interrupt's */
+    hook_rest(co, 1); /* undo an interrupt's, or a kick's */
   } else {
     /* A coroutine that died of an error, or that the hook stopped, is
      * closed and replaced, not reused: after an error from the hook, Lua
@@ -1074,7 +1160,12 @@ static void resume_slot(ath_slot_t* s, int nargs) {
   ath_worker_t* wk = s->wk;
   int nres = 0;
   wk->current = s;
+  /* published for the watchdog: a resume that lasts gets kicked */
+  atomic_store_explicit(&wk->lua_runs, atomic_load_explicit(&wk->lua_runs, memory_order_relaxed) + 1,
+                        memory_order_relaxed);
+  atomic_store_explicit(&wk->lua_co, s->co, memory_order_relaxed);
   int st = ath__vm_resume(s->co, wk->L, nargs, &nres);
+  atomic_store_explicit(&wk->lua_co, NULL, memory_order_relaxed);
   wk->current = NULL;
   if (st == LUA_YIELD) {
     if (s->wait == ATH_WAIT_PARK) { /* a workflow segment ended: the slot is free */
@@ -1095,8 +1186,8 @@ static void resume_slot(ath_slot_t* s, int nargs) {
 
 static void deadline_cb(ath_slot_t* s);
 
-/* The earliest of the slot's deadlines (UINT64_MAX: none): what the count
- * hook checks while the task runs. */
+/* The earliest of the slot's deadlines (UINT64_MAX: none): what the hook
+ * checks while the task runs. */
 static uint64_t next_deadline(ath_slot_t* s) {
   uint64_t next = UINT64_MAX;
   for (int i = 0; i < 4; i++)
@@ -1148,8 +1239,9 @@ static void start_task(ath_worker_t* wk, ath_task_t* t) {
     int64_t left = t->scheduled_at + a->schedule_to_close_ms - ath__wall(wk->w);
     s->deadline[2] = ath__after(now, left > 0 ? left : 0);
   }
-  /* While the task runs, the count hook checks the deadlines; the timer is
-   * armed only if it stops at a yield point (most tasks end first, and a
+  /* While the task runs, its hook checks the deadlines (once the watchdog
+   * sees it run for long, or it ends: finish_slot); the timer is armed only
+   * if it stops at a yield point (most tasks end first, and a
    * timer armed and stopped per task costs two clock reads and two heap
    * operations on the loop). */
   next_deadline(s);
@@ -1197,8 +1289,9 @@ static void start_task(ath_worker_t* wk, ath_task_t* t) {
   lua_pushcfunction(co, task_main);
   lua_rawgeti(co, LUA_REGISTRYINDEX, wk->handlers[t->def - wk->w->defs]);
   lua_pushlightuserdata(co, t);
-  lua_pushlightuserdata(co, t->hb);
-  lua_pushinteger(co, (lua_Integer)t->hb_len);
+  const ath_task_x_t* x = ath__task_xr(t);
+  lua_pushlightuserdata(co, x != NULL ? x->hb : NULL);
+  lua_pushinteger(co, x != NULL ? (lua_Integer)x->hb_len : 0);
   resume_slot(s, 4);
   if (s->task == t && s->wait != ATH_WAIT_NONE)
     arm_deadline(s); /* it waits: its deadlines need the loop's timer now */
@@ -1259,7 +1352,7 @@ int ath__task_scope_pop(lua_State* L, uint64_t prev) {
               (irq == 0 && s->deadline[3] && ath__mono(s->wk->w) >= s->deadline[3]);
   if (fired) {
     atomic_store_explicit(&s->interrupt, 0, memory_order_relaxed);
-    lua_sethook(L, task_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    hook_rest(L, 1); /* raising on every instruction no more */
   }
   s->deadline[3] = prev;
   arm_deadline(s);
@@ -1540,12 +1633,14 @@ static void beat_cb(uv_timer_t* h) {
 
 static int protected_open(lua_State* L) {
   ath__runtime_hooks()->open_state(L);
+  hook_coroutines(L);
   return 0;
 }
 
 static void worker_main(void* arg) {
   ath_worker_t* wk = arg;
   ath_world_t* w = wk->w;
+  ath__watch_add(w, wk);
   wk->mem_limit = w->cfg.memory_limit;
   lua_State* L = lua_newstate(limited_alloc, wk);
   wk->L = L;
@@ -1587,6 +1682,7 @@ static void worker_main(void* arg) {
     if (L)
       lua_close(L);
     wk->L = NULL;
+    ath__watch_remove(w, wk);
     atomic_store(&wk->exited, 1);
     if (!wk->no_waiter)
       uv_sem_post(&w->ready);
@@ -1608,6 +1704,7 @@ static void worker_main(void* arg) {
   uv_mutex_lock(&w->lock);
   wk->state = ATH_WK_STOPPED;
   uv_mutex_unlock(&w->lock);
+  ath__watch_remove(w, wk);
   atomic_store(&wk->exited, 1); /* nothing of the world is touched after this */
 }
 

@@ -283,9 +283,9 @@ int ath__ev_int(ath_buf_t* b, const char* key, int64_t v) {
 
 /* Adds "key":json (null when json is NULL). */
 void ath__ev_raw(ath_buf_t* b, const char* key, const char* json, size_t len) {
-  char tmp[64];
-  int n = snprintf(tmp, sizeof(tmp), ",\"%s\":", key);
-  ath__buf_append(b, tmp, (size_t)n);
+  ath__buf_lit(b, ",\""); /* no printf: every step records events */
+  ath__buf_append(b, key, strlen(key));
+  ath__buf_lit(b, "\":");
   if (json != NULL)
     ath__buf_append(b, json, len);
   else
@@ -496,7 +496,7 @@ static int cancel_children(ath_world_t* w, ath_task_t* t, const ath_task_t* keep
     for (size_t b = 0; b < w->table_cap; b++) {
       for (ath_task_t* c = w->table[b]; c != NULL; c = c->hnext) {
         int accepted;
-        if (c->parent == t && c != keep && !ATH_IS_TERMINAL(c->status) && !c->remote)
+        if (ath__task_parent(c) == t && c != keep && !ATH_IS_TERMINAL(c->status) && !c->remote)
           nwake = ath__cancel_locked(w, c, now, wake, nwake, &accepted);
       }
     }
@@ -564,7 +564,7 @@ int ath__wf_terminal(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** 
     if (t->status == ATH_CANCELLED || t->wf->forced)
       nwake = cancel_children(w, t, NULL, now, wake, nwake);
   }
-  ath_task_t* p = t->parent;
+  ath_task_t* p = ath__task_parent(t);
   if (p == NULL || ATH_IS_TERMINAL(p->status) || p->wf->forced || w->dq != NULL)
     return nwake; /* PostgreSQL: the finish statement wakes the parent's row */
   if (t->status == ATH_FAILED && t->strategy == ATH_STRATEGY_CASCADE && p->status != ATH_COMPENSATING)
@@ -684,7 +684,7 @@ static int older_first(const void* a, const void* b) {
  * (as when t's list is incomplete). */
 static int ram_children(ath_world_t* w, const ath_task_t* t, uint64_t after, ath_task_t*** out) {
   uv_mutex_lock(&w->lock);
-  ath_task_t* in_table = ath__table_get(w, t->id, t->hash);
+  ath_task_t* in_table = ath__table_get(w, t->id, ath__hash_id(t->id));
   ath_wf_t* wf = in_table == t && t->wf != NULL && !t->wf->kids_lost ? t->wf : NULL;
   size_t cap = wf != NULL ? wf->nkids - wf->kids_lo : 64, n = 0;
   ath_task_t** a = malloc((cap ? cap : 1) * sizeof(*a));
@@ -700,8 +700,8 @@ static int ram_children(ath_world_t* w, const ath_task_t* t, uint64_t after, ath
     w->kid_scans++;
     for (size_t b = 0; b < w->table_cap && a != NULL; b++) {
       for (ath_task_t* c = w->table[b]; c != NULL; c = c->hnext) {
-        if (c->seq <= after || c->parent == NULL ||
-            (c->parent != t && strcmp(c->parent->id, t->id) != 0))
+        const ath_task_t* cp = ath__task_parent(c);
+        if (c->seq <= after || cp == NULL || (cp != t && strcmp(cp->id, t->id) != 0))
           continue;
         if (n == cap) {
           ath_task_t** g = realloc(a, cap * 2 * sizeof(*a));

@@ -95,9 +95,11 @@ static int find_def(ath_world_t* w, const char* name) {
   return -1;
 }
 
+/* The expiry heap holds tasks' rare parts (ath_task_x_t, whose exp_idx
+ * it keeps): only tasks with a scheduleToClose deadline have one there. */
 static int expiry_less(const void* a, const void* b) {
-  const ath_task_t* x = a;
-  const ath_task_t* y = b;
+  const ath_task_x_t* x = a;
+  const ath_task_x_t* y = b;
   return x->exp_mono < y->exp_mono;
 }
 
@@ -186,7 +188,7 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   w->next_worker_id = 1;
   w->delayed = (ath_heap_t)ATH_HEAP_INIT(ath__task_ready_less, ath_task_t, heap_idx);
   w->vtimers = (ath_heap_t)ATH_HEAP_INIT(ath__vtimer_less, ath_vtimer_t, heap_idx);
-  w->expiry = (ath_heap_t)ATH_HEAP_INIT(expiry_less, ath_task_t, exp_idx);
+  w->expiry = (ath_heap_t)ATH_HEAP_INIT(expiry_less, ath_task_x_t, exp_idx);
   w->manual = cfg->manual_clock != 0;
   w->vbase_wall = ath__now_ms();
   w->vbase_mono = uv_hrtime();
@@ -281,7 +283,7 @@ static int table_grow(ath_world_t* w) {
     ath_task_t* e = w->table[i];
     while (e != NULL) {
       ath_task_t* next = e->hnext;
-      size_t b = e->hash & (cap - 1);
+      size_t b = ath__hash_id(e->id) & (cap - 1);
       e->hnext = t[b];
       t[b] = e;
       e = next;
@@ -295,18 +297,20 @@ static int table_grow(ath_world_t* w) {
 
 ath_task_t* ath__table_get(ath_world_t* w, const char* id, uint64_t hash) {
   for (ath_task_t* e = w->table[hash & (w->table_cap - 1)]; e; e = e->hnext)
-    if (e->hash == hash && strcmp(e->id, id) == 0)
+    if (strcmp(e->id, id) == 0)
       return e;
   return NULL;
 }
 
-static void table_put(ath_world_t* w, ath_task_t* t) {
-  size_t b = t->hash & (w->table_cap - 1);
+/* h: ath__hash_id(t->id), which the caller has (the record keeps no hash) */
+static void table_put(ath_world_t* w, ath_task_t* t, uint64_t h) {
+  size_t b = h & (w->table_cap - 1);
   t->hnext = w->table[b];
   w->table[b] = t;
   w->ntasks++;
-  if (t->parent != NULL && t->parent->wf != NULL)
-    ath__wf_kid_add(t->parent->wf, t);
+  ath_task_t* parent = ath__task_parent(t);
+  if (parent != NULL && parent->wf != NULL)
+    ath__wf_kid_add(parent->wf, t);
 }
 
 /* ------------------------------------------------- recent terminal tasks
@@ -327,17 +331,22 @@ static void term_unlink(ath_world_t* w, ath_task_t* t) {
   w->nterm--;
 }
 
-void ath__table_unlink(ath_world_t* w, ath_task_t* t) {
-  for (ath_task_t** p = &w->table[t->hash & (w->table_cap - 1)]; *p; p = &(*p)->hnext) {
+static void table_unlink_h(ath_world_t* w, ath_task_t* t, uint64_t h) {
+  for (ath_task_t** p = &w->table[h & (w->table_cap - 1)]; *p; p = &(*p)->hnext) {
     if (*p == t) {
       *p = t->hnext;
       w->ntasks--;
-      if (t->parent != NULL && t->parent->wf != NULL)
-        ath__wf_kid_remove(t->parent->wf, t);
+      ath_task_t* parent = ath__task_parent(t);
+      if (parent != NULL && parent->wf != NULL)
+        ath__wf_kid_remove(parent->wf, t);
       break;
     }
   }
   term_unlink(w, t);
+}
+
+void ath__table_unlink(ath_world_t* w, ath_task_t* t) {
+  table_unlink_h(w, t, ath__hash_id(t->id));
 }
 
 /* Takes the terminal tasks that must leave RAM out of the table, chained
@@ -352,10 +361,11 @@ ath_task_t* ath__world_term_trim(ath_world_t* w) {
   int memory = w->cfg.persistence == ATH_PERSIST_MEMORY || w->reads == NULL;
   for (ath_task_t* t = w->term.head; t != NULL; t = w->term.head) {
     if (memory ? w->nterm <= w->cfg.retain_terminal
-               : w->reads == NULL || t->dirty || t->dirty_gen > w->committed_gen)
+               : w->reads == NULL || t->dirty || ath__task_gen(w, t) > w->committed_gen)
       break;
-    ath__table_unlink(w, t);
-    w->evicted_hash[w->nevicted++ % ATH_EVICTED_RING] = t->hash;
+    uint64_t h = ath__hash_id(t->id);
+    table_unlink_h(w, t, h);
+    w->evicted_hash[w->nevicted++ % ATH_EVICTED_RING] = h;
     t->hnext = dead;
     dead = t;
   }
@@ -388,16 +398,35 @@ static void table_remove(ath_world_t* w, ath_task_t* t) {
   ath__store_mark(w, t);
 }
 
+ath_task_x_t* ath__task_x(ath_task_t* t) {
+  ath_task_x_t* x = ath__task_xr(t);
+  if (x != NULL)
+    return x;
+  if ((x = calloc(1, sizeof(*x))) == NULL)
+    return NULL;
+  x->task = t;
+  x->exp_idx = UINT32_MAX;
+  atomic_store_explicit(&t->x, x, memory_order_release);
+  return x;
+}
+
+static void task_x_free(ath_task_x_t* x) {
+  if (x == NULL)
+    return;
+  free(x->call);
+  if (x->parent != NULL)
+    ath_task_release(x->parent);
+  free(x->hb);
+  free(x);
+}
+
 static void task_free(ath_task_t* t) {
-  free(t->call);
   if (t->wf != NULL) {
     if (t->wf->wait_task != NULL)
       ath_task_release(t->wf->wait_task);
     ath__wf_free(t->wf);
   }
-  if (t->parent != NULL)
-    ath_task_release(t->parent);
-  free(t->hb);
+  task_x_free(ath__task_xr(t));
   if (!t->input_inline)
     free(t->input);
   free(t->result);
@@ -462,9 +491,14 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
   info->max_attempts = t->max_attempts;
   info->failure_strategy = t->strategy;
   info->ready_at = t->ready_at;
-  info->last_heartbeat = t->last_hb;
-  info->heartbeat = ath__memdup(t->hb, t->hb_len);
-  info->heartbeat_len = t->hb ? t->hb_len : 0;
+  const ath_task_x_t* x = ath__task_xr(t);
+  int lost_hb = 0; /* out of memory copying the details (none: a heartbeat without them) */
+  if (x != NULL) {
+    info->last_heartbeat = x->last_hb;
+    info->heartbeat = ath__memdup(x->hb, x->hb_len);
+    info->heartbeat_len = x->hb ? x->hb_len : 0;
+    lost_hb = x->hb != NULL && info->heartbeat == NULL;
+  }
   info->created_at = t->created_at;
   info->scheduled_at = t->scheduled_at;
   info->started_at = t->started_at;
@@ -484,8 +518,9 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
     lost_error |= info->history == NULL;
   }
   ath__wfev_release_all(evs, evs != NULL ? nev : 0);
-  if (t->parent != NULL) { /* immutable */
-    info->parent_id = ath__memdup(t->parent->id, strlen(t->parent->id));
+  const ath_task_t* parent = ath__task_parent(t); /* immutable */
+  if (parent != NULL) {
+    info->parent_id = ath__memdup(parent->id, strlen(parent->id));
     lost_error |= info->parent_id == NULL;
   }
   /* Input never changes; result and error are written before the task turns
@@ -499,7 +534,7 @@ int ath_task_snapshot(ath_world_t* w, const ath_task_t* t, ath_task_info_t* info
   info->error = error;
   info->error_len = error_len;
   if (!info->input || (terminal && t->result && !info->result) ||
-      (info->last_heartbeat && !info->heartbeat) || lost_error) {
+      lost_hb || lost_error) {
     ath_task_snapshot_free(info);
     return ATH_ENOMEM;
   }
@@ -536,26 +571,17 @@ typedef struct {
   size_t nlisted;
 } rows_t;
 
-static int by_hash(const void* a, const void* b) {
-  uint64_t x = (*(ath_task_t* const*)a)->hash, y = (*(ath_task_t* const*)b)->hash;
-  return x < y ? -1 : x > y;
+static int by_id(const void* a, const void* b) {
+  return strcmp((*(ath_task_t* const*)a)->id, (*(ath_task_t* const*)b)->id);
 }
 
-/* Whether a[0..n) (sorted by hash) holds a task with id `id`. */
+static int id_cmp(const void* key, const void* e) {
+  return strcmp(key, (*(ath_task_t* const*)e)->id);
+}
+
+/* Whether a[0..n) (sorted by id) holds a task with id `id`. */
 static int listed_has(ath_task_t* const* a, size_t n, const char* id) {
-  uint64_t h = ath__hash_str(id);
-  size_t lo = 0, hi = n;
-  while (lo < hi) { /* the first with hash >= h */
-    size_t mid = lo + (hi - lo) / 2;
-    if (a[mid]->hash < h)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  for (; lo < n && a[lo]->hash == h; lo++)
-    if (strcmp(a[lo]->id, id) == 0)
-      return 1;
-  return 0;
+  return n > 0 && bsearch(id, a, n, sizeof(*a), id_cmp) != NULL;
 }
 
 /* PostgreSQL backend (lock held): t is a proxy of a row that other nodes
@@ -563,7 +589,7 @@ static int listed_has(ath_task_t* const* a, size_t n, const char* id) {
  * Any other task in RAM (leased here, or its insert not committed yet) is
  * newer than its row. */
 static int row_is_newer(const ath_world_t* w, const ath_task_t* t) {
-  return w->dq != NULL && t->remote && t->dq_seq > 0;
+  return w->dq != NULL && t->remote && ath__task_dq_seq(t) > 0;
 }
 
 /* ath_row_cb: appends the row's task, unless RAM has it (its state there
@@ -573,7 +599,7 @@ static int collect_row(void* ud, const ath_row_t* r) {
   if (c->n == c->cap || (c->listed != NULL && listed_has(c->listed, c->nlisted, r->id)))
     return 0;
   uv_mutex_lock(&c->w->lock);
-  ath_task_t* held = ath__table_get(c->w, r->id, ath__hash_str(r->id));
+  ath_task_t* held = ath__table_get(c->w, r->id, ath__hash_id(r->id));
   int in_ram = held != NULL && !row_is_newer(c->w, held);
   uv_mutex_unlock(&c->w->lock);
   if (in_ram)
@@ -645,24 +671,59 @@ static int evicted_since(const ath_world_t* w, uint64_t since, uint64_t h) {
   return 0;
 }
 
+/* Looks in the store for tasks[0..n) (explicit ids: each may name a task
+ * that finished and left RAM), without the lock. nevicted is read first:
+ * a task that leaves RAM meanwhile shows in the ring (evicted_since). */
+static int look_stored(ath_world_t* w, ath_task_t** tasks, size_t n, ath_task_t*** stored,
+                       uint64_t* evicted0) {
+  if ((*stored = calloc(n ? n : 1, sizeof(**stored))) == NULL)
+    return ATH_ENOMEM;
+  uv_mutex_lock(&w->lock);
+  *evicted0 = w->nevicted;
+  uv_mutex_unlock(&w->lock);
+  for (size_t i = 0; i < n; i++)
+    find_stored(w, tasks[i]->id, &(*stored)[i]);
+  return 0;
+}
+
+/* An explicit id that is not a workflow's step (lock held): a workflow
+ * whose id it extends ("<id>/...") is no longer fresh (ath_wf_t). */
+static void unfresh_workflows(ath_world_t* w, const char* id) {
+  char small[256];
+  for (const char* p = strchr(id, '/'); p != NULL; p = strchr(p + 1, '/')) {
+    size_t len = (size_t)(p - id);
+    char* prefix = len < sizeof(small) ? small : malloc(len + 1);
+    if (prefix == NULL)
+      continue; /* out of memory: then the whole world looks in the store */
+    memcpy(prefix, id, len);
+    prefix[len] = '\0';
+    ath_task_t* t = ath__table_get(w, prefix, ath__hash_str(prefix));
+    if (t != NULL && t->wf != NULL)
+      t->wf->fresh = 0;
+    if (prefix != small)
+      free(prefix);
+  }
+}
+
 /* PostgreSQL backend (lock held): a task read from the database that has not
  * ended joins the table as a remote proxy (a new reference), so its waiters
  * hear when it ends (storage/store_pg.c). */
 static void dq_watch(ath_world_t* w, ath_task_t* t) {
   if (w->dq == NULL || ATH_IS_TERMINAL(t->status) || t->remote)
     return;
-  if (w->ntasks + 1 > w->table_cap && table_grow(w) != 0)
+  ath_task_x_t* x;
+  if ((w->ntasks + 1 > w->table_cap && table_grow(w) != 0) || (x = ath__task_x(t)) == NULL)
     return; /* stays a snapshot: result() then waits for the poll */
   t->remote = 1;
-  t->dq_seq = (int64_t)t->seq; /* the row's seq, as read */
+  x->dq_seq = (int64_t)t->seq; /* the row's seq, as read */
   t->seq = w->next_seq++;
-  ath__dq_watch(w, t->dq_seq);
+  ath__dq_watch(w, x->dq_seq);
   ath_task_retain(t);
-  table_put(w, t);
+  table_put(w, t, ath__hash_id(t->id));
 }
 
 int ath_world_find(ath_world_t* w, const char* id, ath_task_t** out) {
-  uint64_t h = ath__hash_str(id);
+  uint64_t h = ath__hash_id(id);
   uv_mutex_lock(&w->lock);
   ath_task_t* t = ath__table_get(w, id, h);
   if (t != NULL)
@@ -732,7 +793,9 @@ static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
   *gen_out = 0;
   ath_exec_opts_t none = {0};
   ath_task_t* one[1]; /* a single execute (a workflow's step) allocates no list */
+  uint64_t one_h[1];
   ath_task_t** tasks = NULL;
+  uint64_t* hashes = NULL; /* tasks[i]'s ath__hash_id, in the same block */
   ath_task_t** stored = NULL; /* the tasks of explicit ids found in the store */
   ath_call_t* call = NULL; /* per-call limits, checked once; each task gets its copy */
   size_t made = 0;
@@ -776,13 +839,14 @@ static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
   }
   /* a step's parent is the workflow its worker runs: no lookup by id */
   ath_task_t* known = by != NULL && by->current != NULL ? by->current->task : NULL;
-  uint64_t parent_hash = opts->parent_id && known == NULL ? ath__hash_str(opts->parent_id) : 0;
+  uint64_t parent_hash = opts->parent_id && known == NULL ? ath__hash_id(opts->parent_id) : 0;
   size_t namelen = strlen(name);
-  tasks = n <= 1 ? one : malloc(n * sizeof(*tasks));
+  tasks = n <= 1 ? one : malloc(n * (sizeof(*tasks) + sizeof(*hashes)));
   if (tasks == NULL) {
     rc = ATH_ENOMEM;
     goto fail;
   }
+  hashes = n <= 1 ? one_h : (uint64_t*)(tasks + n);
   int64_t now = ath__wall(w);
   uint64_t mono = ath__mono(w);
   for (made = 0; made < n; made++) {
@@ -810,7 +874,6 @@ static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
       ath__uuid7(t->id + namelen + 1); /* time-ordered: the store's id index appends */
     }
     atomic_init(&t->refs, 2); /* the table's and the caller's */
-    t->hash = ath__hash_str(t->id);
     t->def = def;
     t->queue = q;
     t->priority = prio;
@@ -830,33 +893,37 @@ static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
     t->created_at = now;
     t->scheduled_at = t->ready_at = now + opts->delay_ms;
     t->ready_mono = ath__after(mono, opts->delay_ms);
-    t->heap_idx = t->exp_idx = UINT32_MAX;
-    t->exp_mono = lim->schedule_to_close_ms ? ath__after(t->ready_mono, lim->schedule_to_close_ms) : 0;
+    t->heap_idx = UINT32_MAX;
+    /* the rare parts: made now for a deadline, per-call limits or a parent
+     * (before the task is published, so workers read them unlocked) */
+    ath_task_x_t* x = NULL;
     if ((def->a.workflow && (t->wf = calloc(1, sizeof(*t->wf))) == NULL) ||
-        (call != NULL && ath__call_new(&def->a, call->json, call->json_len, &t->call) != 0)) {
+        ((w->dq != NULL || def->a.workflow || lim->schedule_to_close_ms || call != NULL ||
+          opts->parent_id != NULL) &&
+         (x = ath__task_x(t)) == NULL) ||
+        (call != NULL && ath__call_new(&def->a, call->json, call->json_len, &x->call) != 0)) {
+      task_x_free(x);
       free(t->wf);
       free(t);
       rc = ATH_ENOMEM;
       goto fail;
     }
+    if (lim->schedule_to_close_ms)
+      x->exp_mono = ath__after(t->ready_mono, lim->schedule_to_close_ms);
+    if (t->wf != NULL)
+      t->wf->fresh = given == NULL;
     tasks[made] = t;
   }
 
   /* With a store, an explicit id may name a task that finished and left
    * RAM: look there first, without the lock. Under the lock, a task that
-   * left RAM since then shows in the ring of evicted ids. */
+   * left RAM since then shows in the ring of evicted ids. Not for the step
+   * of a fresh workflow (checked again under the lock). */
   uint64_t evicted0 = 0;
-  if (w->reads != NULL && (ids != NULL || opts->id != NULL)) {
-    if ((stored = calloc(n ? n : 1, sizeof(*stored))) == NULL) {
-      rc = ATH_ENOMEM;
-      goto fail;
-    }
-    uv_mutex_lock(&w->lock);
-    evicted0 = w->nevicted;
-    uv_mutex_unlock(&w->lock);
-    for (size_t i = 0; i < n; i++)
-      find_stored(w, tasks[i]->id, &stored[i]);
-  }
+  int fresh_step = by != NULL && known != NULL && known->wf != NULL;
+  if (w->reads != NULL && (ids != NULL || opts->id != NULL) && !fresh_step &&
+      (rc = look_stored(w, tasks, n, &stored, &evicted0)) != 0)
+    goto fail;
 
   ath_worker_t* wake[MAX_WORKERS];
   int nwake = 0, wake_engine = 0;
@@ -870,13 +937,20 @@ relock:
     uv_mutex_unlock(&w->lock);
     goto fail;
   }
+  if (fresh_step && w->reads != NULL && !known->wf->fresh) {
+    fresh_step = 0; /* an id under it was taken meanwhile: look after all */
+    uv_mutex_unlock(&w->lock);
+    if ((rc = look_stored(w, tasks, n, &stored, &evicted0)) != 0)
+      goto fail;
+    goto relock;
+  }
   /* Check every explicit id before changing anything, so a batch goes in
    * whole or not at all. */
   ath_task_t* first = NULL; /* a single task's lookup, for the loop below */
   for (size_t i = 0; i < n; i++) {
-    ath_task_t* old = first = ath__table_get(w, tasks[i]->id, tasks[i]->hash);
-    if (old == NULL && stored != NULL && stored[i] == NULL &&
-        evicted_since(w, evicted0, tasks[i]->hash)) {
+    uint64_t h = hashes[i] = ath__hash_id(tasks[i]->id);
+    ath_task_t* old = first = ath__table_get(w, tasks[i]->id, h);
+    if (old == NULL && stored != NULL && stored[i] == NULL && evicted_since(w, evicted0, h)) {
       /* Rare: look again (reads take the lock themselves), then check all
        * over; evictions from now on are caught the same way. */
       evicted0 = w->nevicted;
@@ -894,6 +968,8 @@ relock:
       goto fail;
     }
   }
+  for (size_t i = 0; by == NULL && (ids != NULL || opts->id != NULL) && i < n; i++)
+    unfresh_workflows(w, tasks[i]->id);
   ath_task_t* parent = NULL;
   if (opts->parent_id != NULL &&
       ((parent = known ? known : ath__table_get(w, opts->parent_id, parent_hash)) == NULL ||
@@ -928,7 +1004,8 @@ relock:
   for (size_t i = 0; i < n; i++) {
     ath_task_t* t = tasks[i];
     /* (a batch looks again: an earlier task of it may have the same id) */
-    ath_task_t* old = n == 1 ? first : ath__table_get(w, t->id, t->hash);
+    uint64_t h = hashes[i];
+    ath_task_t* old = n == 1 ? first : ath__table_get(w, t->id, h);
     if (old == NULL && stored != NULL && stored[i] != NULL) {
       old = stored[i]; /* its reference is handed over */
       stored[i] = NULL;
@@ -947,9 +1024,9 @@ relock:
     t->unborn = unborn;
     if (parent != NULL) {
       ath_task_retain(parent);
-      t->parent = parent;
+      ath__task_xr(t)->parent = parent; /* made above: parent_id is set */
     }
-    table_put(w, t);
+    table_put(w, t, h);
     if (w->dq != NULL) { /* PostgreSQL: a proxy, its row inserted by the backend loop */
       t->remote = 1;
       t->status = opts->delay_ms > 0 ? ATH_SCHEDULED : ATH_PENDING;
@@ -957,8 +1034,9 @@ relock:
       out[i] = t;
       continue;
     }
-    if (t->exp_mono && ath__heap_push(&w->expiry, t) == 0)
-      wake_engine |= w->expiry.items[0] == t;
+    ath_task_x_t* x = ath__task_xr(t);
+    if (x != NULL && x->exp_mono && ath__heap_push(&w->expiry, x) == 0)
+      wake_engine |= w->expiry.items[0] == x;
     int qrc;
     if (opts->delay_ms > 0) {
       t->status = ATH_SCHEDULED;
@@ -1006,7 +1084,7 @@ fail:
       if (!tasks[i]->input_inline)
         free(tasks[i]->input);
       free(tasks[i]->wf);
-      free(tasks[i]->call);
+      task_x_free(ath__task_xr(tasks[i]));
       free(tasks[i]);
     }
   }
@@ -1077,8 +1155,10 @@ void ath__engine_tick(ath_world_t* w) {
   /* scheduleToClose of tasks still waiting: they fail where they are
    * (running ones are stopped by their worker's deadline); and the run
    * limit of workflows parked between segments */
-  while ((t = ath__heap_peek(&w->expiry)) != NULL && t->exp_mono <= now) {
-    ath__heap_remove(&w->expiry, t);
+  ath_task_x_t* x;
+  while ((x = ath__heap_peek(&w->expiry)) != NULL && x->exp_mono <= now) {
+    ath__heap_remove(&w->expiry, x);
+    t = x->task;
     if (t->wf != NULL) { /* in a slot, the segment's deadline stops it */
       if (t->status == ATH_RUNNING && t->wf->where != ATH_WF_SLOT)
         nwake = ath__wf_run_timed_out(w, t, wake, nwake);
@@ -1099,8 +1179,8 @@ void ath__engine_tick(ath_world_t* w) {
   /* after both loops: a timed-out workflow may wait for a retry now */
   if ((t = ath__heap_peek(&w->delayed)) != NULL)
     next = t->ready_mono;
-  if ((t = ath__heap_peek(&w->expiry)) != NULL && (next == 0 || t->exp_mono < next))
-    next = t->exp_mono;
+  if ((x = ath__heap_peek(&w->expiry)) != NULL && (next == 0 || x->exp_mono < next))
+    next = x->exp_mono;
   ath_task_t* dead = ath__world_term_trim(w);
   uv_mutex_unlock(&w->lock);
   ath__world_term_free(dead);
@@ -1229,6 +1309,8 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
     rc = ath__hook_start(w->cfg.webhook_url, sink,
                          w->cfg.webhook_events ? w->cfg.webhook_events : (1u << ATH_EV_COUNT) - 1, w->log,
                          &w->hook, err, errlen);
+  if (rc == 0)
+    rc = ath__watch_start(w, err, errlen);
   for (int i = 0; i < w->nqueues && rc == 0; i++) {
     ath_queue_t* q = w->queues[i];
     int n = i == 0 ? w->cfg.min_workers : q->workers;
@@ -1250,6 +1332,7 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
   }
   if (rc != 0) {
     stop_workers(w);
+    ath__watch_stop(w);
     ath__store_stop(w);
     ath__hook_stop(w->hook);
     w->hook = NULL;
@@ -1351,6 +1434,7 @@ int ath_world_shutdown(ath_world_t* w, int64_t timeout_ms, int* drained, int* re
   ath__wake_blocked(w, NULL); /* result() waiters get ESHUTDOWN */
   uv_mutex_unlock(&w->lock);
   stop_workers(w);
+  ath__watch_stop(w);
   stop_engine(w);
   uv_mutex_lock(&w->lock);
   int left = unfinished_locked(w);
@@ -1399,6 +1483,7 @@ void ath_world_free(ath_world_t* w) {
     uv_thread_join(&wk->thread);
     wk->joined = 1;
   }
+  ath__watch_free(w); /* no worker thread is left to leave it */
   free(w->workers);
   for (int i = 0; i < w->nretired; i++)
     ath__worker_free(w->retired[i]);
@@ -1410,12 +1495,14 @@ void ath_world_free(ath_world_t* w) {
       ath_task_t* t = w->table[i];
       while (t != NULL) {
         ath_task_t* next = t->hnext;
-        for (ath_waiter_t* wt = t->waiters; wt;) {
+        ath_task_x_t* x = ath__task_xr(t);
+        for (ath_waiter_t* wt = x != NULL ? x->waiters : NULL; wt;) {
           ath_waiter_t* n = wt->next;
           free(wt);
           wt = n;
         }
-        t->waiters = NULL;
+        if (x != NULL)
+          x->waiters = NULL;
         ath_task_release(t);
         t = next;
       }
@@ -1498,7 +1585,7 @@ static int dq_dead_letter(ath_world_t* w, ath_task_t* t, int purge) {
     return rc != 0 ? rc : how < 0 ? ATH_ENOTFOUND : ATH_EINVAL;
   ath_task_t* drop = NULL;
   uv_mutex_lock(&w->lock);
-  ath_task_t* held = ath__table_get(w, t->id, t->hash);
+  ath_task_t* held = ath__table_get(w, t->id, ath__hash_id(t->id));
   ath_task_t* x = held != NULL ? held : t;
   if (purge) {
     if (held != NULL && ATH_IS_TERMINAL(held->status)) {
@@ -1506,6 +1593,11 @@ static int dq_dead_letter(ath_world_t* w, ath_task_t* t, int purge) {
       drop = held; /* the table's reference */
     }
   } else if (ATH_IS_TERMINAL(x->status)) {
+    ath_task_x_t* rx = x == held ? ath__task_x(x) : NULL; /* a proxy's row seq */
+    if (x == held && rx == NULL) {
+      uv_mutex_unlock(&w->lock);
+      return ATH_ENOMEM;
+    }
     term_unlink(w, x);
     x->status = ATH_PENDING;
     x->attempt = 0;
@@ -1518,8 +1610,8 @@ static int dq_dead_letter(ath_world_t* w, ath_task_t* t, int purge) {
     x->ready_at = ath__wall(w);
     if (x == held) { /* a proxy again */
       x->remote = 1;
-      x->dq_attempt = 0;
-      x->dq_seq = seq;
+      rx->dq_attempt = 0;
+      rx->dq_seq = seq;
       ath__dq_watch(w, seq);
     } else {
       x->seq = (uint64_t)seq; /* dq_watch reads the row's seq there */
@@ -1557,7 +1649,7 @@ int ath_world_requeue(ath_world_t* w, ath_task_t* t) {
     return ATH_ENOMEM;
   }
   nwake = ath__pick_sleepers(w, t->queue, 1, wake, MAX_WORKERS);
-  ath__store_wait(w, t->dirty_gen);
+  ath__store_wait(w, ath__task_gen(w, t));
   uv_mutex_unlock(&w->lock);
   ath__wake_all(wake, nwake);
   return 0;
@@ -1572,7 +1664,7 @@ int ath_world_purge(ath_world_t* w, ath_task_t* t) {
     return ATH_EINVAL;
   }
   table_remove(w, t);
-  ath__store_wait(w, t->dirty_gen);
+  ath__store_wait(w, ath__task_gen(w, t));
   uv_mutex_unlock(&w->lock);
   ath_task_release(t); /* the table's reference */
   return 0;
@@ -1602,8 +1694,9 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
     for (ath_task_t* t = w->table[i]; t; t = t->hnext) {
       if (row_is_newer(w, t))
         continue; /* read from the database below */
-      shadowed += w->dq != NULL && t->dq_seq != 0; /* has a row, or its insert is in flight */
-      if (f->parent_id && (t->parent == NULL || strcmp(t->parent->id, f->parent_id) != 0))
+      shadowed += w->dq != NULL && ath__task_dq_seq(t) != 0; /* has a row, or its insert is in flight */
+      const ath_task_t* parent = ath__task_parent(t);
+      if (f->parent_id && (parent == NULL || strcmp(parent->id, f->parent_id) != 0))
         continue;
       if (f->status_mask && !(f->status_mask & (1u << t->status)))
         continue;
@@ -1637,7 +1730,7 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
     ath_task_t** listed = malloc((n ? n : 1) * sizeof(*listed));
     if (listed != NULL) {
       memcpy(listed, all, n * sizeof(*listed));
-      qsort(listed, n, sizeof(*listed), by_hash);
+      qsort(listed, n, sizeof(*listed), by_id);
     }
     if (listed == NULL || (stored = malloc((want + shadowed) * sizeof(*stored))) == NULL)
       ns = ATH_ENOMEM;
@@ -1710,12 +1803,18 @@ void ath__world_heartbeat(ath_world_t* w, ath_task_t* t, const char* json, size_
   char* copy = json ? ath__memdup(json, len) : NULL;
   int64_t now = ath__wall(w);
   uv_mutex_lock(&w->lock);
-  if (json == NULL || copy != NULL) { /* out of memory: keep the old details */
-    free(t->hb);
-    t->hb = copy;
-    t->hb_len = copy ? len : 0;
+  ath_task_x_t* x = ath__task_x(t);
+  if (x == NULL) { /* out of memory: the heartbeat is lost, the task runs on */
+    uv_mutex_unlock(&w->lock);
+    free(copy);
+    return;
   }
-  t->last_hb = now;
+  if (json == NULL || copy != NULL) { /* out of memory: keep the old details */
+    free(x->hb);
+    x->hb = copy;
+    x->hb_len = copy ? len : 0;
+  }
+  x->last_hb = now;
   ath__store_mark(w, t);
   uv_mutex_unlock(&w->lock);
 }
@@ -1758,20 +1857,28 @@ static ath_task_t* task_from_row(ath_world_t* w, const ath_row_t* r, ath_task_t*
     goto nomem;
   memcpy(t->id, r->id, idlen + 1);
   atomic_init(&t->refs, 1);
-  t->parent = parent;
-  parent = NULL;
-  t->hash = ath__hash_str(t->id);
-  t->heap_idx = t->exp_idx = UINT32_MAX;
+  t->heap_idx = UINT32_MAX;
   t->stored = 1;
+  /* the rare parts, only when the row has one of them (or leases: every
+   * task of a PostgreSQL world has them, see ath__task_dq) */
+  ath_task_x_t* x = NULL;
+  if ((w->dq != NULL || parent != NULL || r->hb != NULL || r->call != NULL || r->last_hb != 0) &&
+      (x = ath__task_x(t)) == NULL)
+    goto nomem;
+  if (x != NULL) {
+    x->parent = parent;
+    parent = NULL;
+    x->last_hb = r->last_hb;
+    x->hb = ath__memdup(r->hb, r->hb_len);
+    x->hb_len = r->hb ? r->hb_len : 0;
+  }
   t->input = ath__memdup(r->input, r->input_len);
   t->input_len = r->input_len;
   t->result = ath__memdup(r->result, r->result_len);
   t->result_len = r->result ? r->result_len : 0;
   t->error = ath__memdup(r->error, r->error_len);
   t->error_len = r->error ? r->error_len : 0;
-  t->hb = ath__memdup(r->hb, r->hb_len);
-  t->hb_len = r->hb ? r->hb_len : 0;
-  if (t->input == NULL || (r->result && !t->result) || (r->error && !t->error) || (r->hb && !t->hb))
+  if (t->input == NULL || (r->result && !t->result) || (r->error && !t->error) || (r->hb && !x->hb))
     goto nomem;
   uv_mutex_lock(&w->lock);
   t->def = recovered_def(w, r->name);
@@ -1779,14 +1886,14 @@ static ath_task_t* task_from_row(ath_world_t* w, const ath_row_t* r, ath_task_t*
   uv_mutex_unlock(&w->lock);
   if (t->def == NULL)
     goto nomem;
-  if (t->def->a.workflow && !t->def->ghost) {
-    if ((t->wf = calloc(1, sizeof(*t->wf))) == NULL ||
+  if (t->def->a.workflow && !t->def->ghost) { /* a workflow has rare parts */
+    if ((t->wf = calloc(1, sizeof(*t->wf))) == NULL || (x = ath__task_x(t)) == NULL ||
         (r->history && ath__wf_load(t->wf, r->history, r->history_len) != 0))
       goto nomem;
   }
   /* limits that do not parse (written by a newer build?) leave the definition's */
   if (r->call != NULL && !t->def->ghost &&
-      ath__call_new(&t->def->a, r->call, r->call_len, &t->call) == ATH_ENOMEM)
+      ath__call_new(&t->def->a, r->call, r->call_len, &x->call) == ATH_ENOMEM)
     goto nomem;
   t->queue = t->def->ghost ? w->queues[0] : q ? q : t->def->queue;
   t->status = (ath_status_t)r->status;
@@ -1801,7 +1908,6 @@ static ath_task_t* task_from_row(ath_world_t* w, const ath_row_t* r, ath_task_t*
   t->ready_at = r->ready_at;
   t->started_at = r->started_at;
   t->completed_at = r->completed_at;
-  t->last_hb = r->last_hb;
   return t;
 nomem:
   if (parent != NULL)
@@ -1823,7 +1929,7 @@ static ath_task_t* row_parent(ath_world_t* w, const ath_row_t* r) {
 }
 
 ath_task_t* ath__world_adopt_row(ath_world_t* w, const ath_row_t* r) {
-  uint64_t h = ath__hash_str(r->id);
+  uint64_t h = ath__hash_id(r->id);
   uv_mutex_lock(&w->lock);
   ath_task_t* t = ath__table_get(w, r->id, h);
   if (t != NULL) {
@@ -1846,7 +1952,7 @@ ath_task_t* ath__world_adopt_row(ath_world_t* w, const ath_row_t* r) {
     t->remote = 1;
     t->seq = w->next_seq++;
     ath_task_retain(t); /* the table's */
-    table_put(w, t);
+    table_put(w, t, h);
   }
   uv_mutex_unlock(&w->lock);
   if (made != NULL)
@@ -1872,15 +1978,16 @@ int ath__world_recover_row(void* ud, const ath_row_t* r) {
     task_free(t);
     return ATH_ENOMEM;
   }
-  table_put(w, t);
+  table_put(w, t, ath__hash_id(t->id));
   int64_t now = ath__wall(w);
   uint64_t mono = ath__mono(w);
   int rc = 0;
   int64_t stc = ath__task_limits(t)->schedule_to_close_ms;
-  if (stc && !ATH_IS_TERMINAL(t->status)) {
+  ath_task_x_t* x;
+  if (stc && !ATH_IS_TERMINAL(t->status) && (x = ath__task_x(t)) != NULL) {
     int64_t left = t->scheduled_at + stc - now;
-    t->exp_mono = ath__after(mono, left);
-    ath__heap_push(&w->expiry, t);
+    x->exp_mono = ath__after(mono, left);
+    ath__heap_push(&w->expiry, x);
   }
   if (ATH_IS_TERMINAL(t->status)) {
     w->n_recovered[3]++;

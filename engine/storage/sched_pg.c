@@ -6,9 +6,10 @@
  * (synchronously, from the calling thread); each change NOTIFYs
  * athena_sched. Only the leader fires: on its backend thread and its
  * leader connection (so a leader whose session died cannot fire), it scans
- * the earliest armed rows (the schedules_due index), fires what is due, one
- * transaction per occurrence (compare-and-set on next_ms + the task
- * "<id>@<t>" ON CONFLICT DO NOTHING: two leaders still make one task), and
+ * the earliest armed rows (the schedules_due index), fires what is due, all
+ * of a pass in one transaction and round trip (per occurrence a
+ * compare-and-set on next_ms + the task "<id>@<t>" ON CONFLICT DO NOTHING:
+ * two leaders still make one task), and
  * sleeps until the next occurrence, an athena_sched notification or the
  * poll. Its first pass after taking the lock catches up per catchUp what
  * came due while no node led. Times are the database's clock. */
@@ -202,36 +203,51 @@ int ath__pgsched_list(ath_world_t* w, ath_schedule_info_t** out, size_t* n) {
 
 /* ------------------------------------------------------------ the leader */
 
-/* Fires one occurrence; *moved = 0 when the row was not where we read it
- * (another leader fired it, or it changed): stop there. */
-static int fire_one(ath_world_t* w, ath_qpg_t* ldr, const ath_qpg_fire_t* f, int* moved) {
-  int created = 0, skipped = 0;
-  int rc = ath__qpg_schedule_fire(ldr, f, moved, &created, &skipped);
-  if (rc != 0) {
-    ath__logf(w, ATH_LOG_WARN, NULL, 0, "firing schedule %s failed: PostgreSQL: %s", f->id, ath__qpg_errmsg(ldr));
-    return rc;
-  }
-  if (created) {
+/* The occurrences a pass fires, written ATH_QPG_FIRE_MAX at a time in one
+ * transaction and round trip (ath__qpg_schedule_fire_many). */
+typedef struct {
+  ath_qpg_fire_t f[ATH_QPG_FIRE_MAX];
+  ath_qpg_fired_t out[ATH_QPG_FIRE_MAX];
+  size_t n;
+} batch_t;
+
+/* Writes the batch; the fires that made a task are told to the world. */
+static int flush(ath_world_t* w, ath_qpg_t* ldr, batch_t* b) {
+  int rc = ath__qpg_schedule_fire_many(ldr, b->f, b->n, b->out);
+  if (rc != 0)
+    ath__logf(w, ATH_LOG_WARN, NULL, 0, "firing %zu schedule occurrence(s) failed: PostgreSQL: %s", b->n,
+              ath__qpg_errmsg(ldr));
+  uv_mutex_lock(&w->lock);
+  for (size_t i = 0; rc == 0 && i < b->n; i++) {
+    if (!b->out[i].created)
+      continue;
     char task_id[600];
-    snprintf(task_id, sizeof(task_id), "%s@%" PRId64, f->id, f->at);
-    uv_mutex_lock(&w->lock);
-    ath__sched_fired(w, f->id, task_id, f->at);
-    uv_mutex_unlock(&w->lock);
+    snprintf(task_id, sizeof(task_id), "%s@%" PRId64, b->f[i].id, b->f[i].at);
+    ath__sched_fired(w, b->f[i].id, task_id, b->f[i].at);
   }
-  return 0;
+  uv_mutex_unlock(&w->lock);
+  b->n = 0;
+  return rc;
 }
 
-/* Fires what is due of row r at database time now (see ath__pgsched_fire). */
-static int fire_row(ath_world_t* w, ath_qpg_t* ldr, const ath_qpg_sched_row_t* r, int64_t now,
+/* Adds one occurrence (its strings must live until the batch is flushed). */
+static int add_fire(ath_world_t* w, ath_qpg_t* ldr, batch_t* b, const ath_qpg_fire_t* f) {
+  b->f[b->n++] = *f;
+  return b->n == ATH_QPG_FIRE_MAX ? flush(w, ldr, b) : 0;
+}
+
+/* Adds what is due of row r at database time now (see ath__pgsched_fire).
+ * A schedule's caught-up occurrences chain: each expects the next_ms the
+ * one before it leaves, so if another leader moved the row, none fires. */
+static int fire_row(ath_world_t* w, ath_qpg_t* ldr, batch_t* b, const ath_qpg_sched_row_t* r, int64_t now,
                     int catch_up, int64_t* occ) {
   ath_qpg_fire_t f = {.id = r->id, .expect = r->next_ms, .at = r->next_ms, .fire = 1};
-  int moved = 0;
   if (r->cron == NULL) /* a one-off: its task, and the row goes */
-    return fire_one(w, ldr, &f, &moved);
+    return add_fire(w, ldr, b, &f);
   ath_cron_t c;
   if (ath__cron_parse(r->cron, &c, NULL, 0) != 0) { /* not ours to fire: disarmed, never busy */
     f.fire = 0;
-    return fire_one(w, ldr, &f, &moved);
+    return add_fire(w, ldr, b, &f);
   }
   /* in steady state every due occurrence fires, in order (as the local
    * timer does); the first pass after taking the lead applies catchUp */
@@ -241,7 +257,7 @@ static int fire_row(ath_world_t* w, ath_qpg_t* ldr, const ath_qpg_sched_row_t* r
   if (n == 0) { /* catchUp "none": to the first occurrence after now, nothing fired */
     f.fire = 0;
     f.next = next_after(r->cron, r->local_tz, 0, now);
-    return fire_one(w, ldr, &f, &moved);
+    return add_fire(w, ldr, b, &f);
   }
   if (dropped > 0)
     ath__logf(w, ATH_LOG_WARN, NULL, 0, "schedule %s missed %lld runs; the oldest %lld are skipped", r->id,
@@ -250,8 +266,8 @@ static int fire_row(ath_world_t* w, ath_qpg_t* ldr, const ath_qpg_sched_row_t* r
   for (size_t i = 0; i < n; i++) {
     f.at = occ[i];
     f.next = next_after(r->cron, r->local_tz, 0, occ[i]);
-    int rc = fire_one(w, ldr, &f, &moved);
-    if (rc != 0 || !moved)
+    int rc = add_fire(w, ldr, b, &f);
+    if (rc != 0)
       return rc;
     f.expect = f.next;
     f.skip = 0;
@@ -261,8 +277,12 @@ static int fire_row(ath_world_t* w, ath_qpg_t* ldr, const ath_qpg_sched_row_t* r
 
 int ath__pgsched_fire(ath_world_t* w, ath_qpg_t* ldr, int catch_up, uint64_t* next_ns) {
   int64_t* occ = malloc(ATH_MAX_CATCH_UP * sizeof(*occ));
-  if (occ == NULL)
+  batch_t* b = calloc(1, sizeof(*b));
+  if (occ == NULL || b == NULL) {
+    free(occ);
+    free(b);
     return ATH_ENOMEM;
+  }
   int rc = 0;
   for (int more = 1; more && rc == 0;) {
     ath_qpg_scheds_t rows;
@@ -277,11 +297,15 @@ int ath__pgsched_fire(ath_world_t* w, ath_qpg_t* ldr, int catch_up, uint64_t* ne
         *next_ns = mono + (uint64_t)(r->next_ms - rows.now + 1) * 1000000u;
         break;
       }
-      rc = fire_row(w, ldr, r, rows.now, catch_up, occ);
+      rc = fire_row(w, ldr, b, r, rows.now, catch_up, occ);
     }
+    if (rc == 0 && b->n > 0)
+      rc = flush(w, ldr, b); /* before the rows its fires point into go */
+    b->n = 0;
     more = i == SCAN_LIMIT; /* all of them were due: there may be more */
     ath__qpg_scheds_free(&rows);
   }
   free(occ);
+  free(b);
   return rc;
 }

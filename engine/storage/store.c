@@ -26,10 +26,22 @@
 #include "internal.h"
 #include "store.h"
 
+uint64_t ath__task_gen(const ath_world_t* w, const ath_task_t* t) {
+  /* A task's generation is the world's or older, or one newer: a failed
+   * commit reopens its generation (w->gen--) after changes made during it
+   * took the next one. Else the distance back from w->gen: a task unchanged
+   * for 2^32 generations reads as newer by a multiple of 2^32, still no
+   * newer than w->gen (at worst a wait for the next commit). */
+  uint32_t ahead = t->dirty_gen - (uint32_t)w->gen;
+  if (ahead <= 16)
+    return w->gen + ahead;
+  return w->gen - (uint32_t)((uint32_t)w->gen - t->dirty_gen);
+}
+
 void ath__store_mark(ath_world_t* w, ath_task_t* t) {
   if (w->store == NULL)
     return;
-  t->dirty_gen = w->gen;
+  t->dirty_gen = (uint32_t)w->gen;
   if (!t->dirty) {
     if (w->ndirty == w->dirty_cap) {
       size_t cap = w->dirty_cap ? w->dirty_cap * 2 : 1024;
@@ -241,7 +253,8 @@ static int snapshot(ath_task_t* t, ath_row_t* r, ath_wfev_t*** held) {
   r->ready_at = t->ready_at;
   r->started_at = t->started_at;
   r->completed_at = t->completed_at;
-  r->last_hb = t->last_hb;
+  const ath_task_x_t* x = ath__task_xr(t);
+  r->last_hb = x != NULL ? x->last_hb : 0;
   r->input = t->input;
   r->input_len = t->input_len;
   r->deleted = t->purged;
@@ -257,15 +270,15 @@ static int snapshot(ath_task_t* t, ath_row_t* r, ath_wfev_t*** held) {
       return ATH_ENOMEM;
     r->error_len = t->error_len;
   }
-  if (t->hb != NULL) {
-    if ((r->hb = ath__memdup(t->hb, t->hb_len)) == NULL)
+  if (x != NULL && x->hb != NULL) {
+    if ((r->hb = ath__memdup(x->hb, x->hb_len)) == NULL)
       goto nomem;
-    r->hb_len = t->hb_len;
+    r->hb_len = x->hb_len;
   }
-  r->parent_id = t->parent ? t->parent->id : NULL; /* immutable, outlives the row */
-  if (t->call != NULL) { /* immutable, as long as the task */
-    r->call = t->call->json;
-    r->call_len = t->call->json_len;
+  r->parent_id = x != NULL && x->parent ? x->parent->id : NULL; /* immutable, outlives the row */
+  if (x != NULL && x->call != NULL) { /* immutable, as long as the task */
+    r->call = x->call->json;
+    r->call_len = x->call->json_len;
   }
   if (t->wf != NULL && t->wf->stored_n < t->wf->nev) { /* only the new events, by reference */
     r->ev_from = t->wf->stored_n;

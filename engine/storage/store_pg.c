@@ -46,9 +46,6 @@
 #define COUNTS_TTL_NS 1000000000u /* scrapes and dashboards read the counts at most once a second */
 /* The last call on q failed because its connection broke. */
 #define PQSTATUS_BAD(q) (strncmp(ath__qpg_sqlstate(q), "08", 2) == 0)
-/* ... because of a deadlock or a serialization failure (nothing committed). */
-#define SERIALIZATION_FAILED(q) \
-  (strcmp(ath__qpg_sqlstate(q), "40P01") == 0 || strcmp(ath__qpg_sqlstate(q), "40001") == 0)
 
 /* A set of int64 (the seqs of proxies whose end this node waits to hear),
  * open addressing, linear probing, 0 = empty. */
@@ -81,11 +78,17 @@ struct ath_dq_s {
   int* full;               /* per queue index: the last claim was full (prefetch) */
   int64_t stage_at;        /* wall ms a retry or delay this node wrote is due, 0: none */
   int sched_scan;          /* athena_sched heard: the leader looks at the schedules again */
+  int lead_now;            /* athena_leader heard (the leader resigned): try the lock at once */
   int64_t* done;           /* athena_done seqs to look up */
   size_t ndone, done_cap;
   int64_t* cancels;        /* athena_cancel seqs leased here */
   size_t ncancel, cancel_cap;
   seqset_t watch;
+  ath_task_t** beats;      /* running attempts whose heartbeat is not written
+                            * yet (references), one each (beat_set: their
+                            * seqs); written with the next lease renewal */
+  size_t nbeats, beats_cap;
+  seqset_t beat_set;
   seqset_t early;          /* athena_done seqs not watched (yet): an end heard before
                             * this node's own insert answer was read; cleared past 65536 */
   int64_t n_lost, n_rescued, n_claimed, n_notified;
@@ -190,7 +193,7 @@ void ath__dq_watch(ath_world_t* w, int64_t seq) {
  * (lock held): it waits for a worker, whose claim counts the attempt.
  * Returns how many were queued (0: no memory; t is handed back). */
 static int64_t queue_claimed(ath_world_t* w, ath_task_t* t, int attempt, int64_t ready_at) {
-  t->dq_attempt = attempt;
+  ath__task_dq(t)->dq_attempt = attempt;
   t->remote = 0;
   t->unborn = 0;
   t->attempt = attempt - 1;
@@ -206,18 +209,21 @@ static int64_t queue_claimed(ath_world_t* w, ath_task_t* t, int attempt, int64_t
 
 int ath__dq_discard(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake) {
   w->dq->n_lost++;
+  /* the interrupt of the fenced attempt (fence_running) is not the task's:
+   * a cancel accepted for the task is in its row, and a claim reads it */
+  atomic_store(&t->cancel_ns, 0);
   ath__logf(w, ATH_LOG_WARN, NULL, 0, "outcome of %s discarded: this node's lease was lost", t->id);
-  if (t->dq_claimed > 0) { /* claimed again meanwhile: that attempt runs now */
-    int attempt = t->dq_claimed;
-    t->dq_claimed = 0;
+  if (ath__task_dq(t)->dq_claimed > 0) { /* claimed again meanwhile: that attempt runs now */
+    int attempt = ath__task_dq(t)->dq_claimed;
+    ath__task_dq(t)->dq_claimed = 0;
     if (queue_claimed(w, t, attempt, t->ready_at) > 0 && nwake < MAX_WORKERS)
       nwake += ath__pick_sleepers(w, t->queue, 1, wake + nwake, MAX_WORKERS - nwake);
     return nwake;
   }
-  t->dq_attempt = 0;
+  ath__task_dq(t)->dq_attempt = 0;
   t->remote = 1;
   t->status = ATH_RUNNING; /* as far as this node knows; its row tells the rest */
-  ath__dq_watch(w, t->dq_seq);
+  ath__dq_watch(w, ath__task_dq(t)->dq_seq);
   return nwake;
 }
 
@@ -264,6 +270,8 @@ static void heard(const char* channel, const char* payload, void* ud) {
     }
   } else if (strcmp(channel, "athena_sched") == 0) {
     dq->sched_scan = 1;
+  } else if (strcmp(channel, "athena_leader") == 0) {
+    dq->lead_now = 1;
   } else if (strcmp(channel, "athena_cancel") == 0) {
     char* end;
     int64_t inc = strtoll(payload, &end, 10);
@@ -273,7 +281,7 @@ static void heard(const char* channel, const char* payload, void* ud) {
 }
 
 static const char* const CHANNELS[] = {"athena_ready", "athena_done", "athena_cancel", "athena_sched",
-                                       NULL};
+                                       "athena_leader", NULL};
 
 static void listener_main(void* arg) {
   struct ath_dq_s* dq = arg;
@@ -334,6 +342,10 @@ static int claim_size(ath_world_t* w, struct ath_dq_s* dq, int qi) {
 }
 
 typedef struct {
+  ath_qpg_beat_t* beats;
+  char** beat_hb; /* copies */
+  uint8_t* beat_applied;
+  size_t nbeats;
   ath_qpg_insert_t* ins;
   ath_task_t** ins_t;
   ath_qpg_inserted_t* inserted;
@@ -353,6 +365,11 @@ typedef struct {
 static void cycle_free(cycle_t* c) {
   for (size_t i = 0; i < c->nouts; i++)
     free(c->out_err[i]);
+  for (size_t i = 0; i < c->nbeats; i++)
+    free(c->beat_hb[i]);
+  free(c->beats);
+  free(c->beat_hb);
+  free(c->beat_applied);
   for (size_t i = 0; i < c->nclaims; i++)
     ath__qpg_tasks_free(&c->claimed[i]);
   if (c->inserted != NULL)
@@ -378,8 +395,11 @@ static int cycle_alloc(cycle_t* c, size_t n) {
   c->out_t = calloc(k, sizeof(*c->out_t));
   c->out_err = calloc(k, sizeof(*c->out_err));
   c->applied = calloc(k, 1);
+  c->beats = calloc(k, sizeof(*c->beats));
+  c->beat_hb = calloc(k, sizeof(*c->beat_hb));
+  c->beat_applied = calloc(k, 1);
   if (!c->ins || !c->ins_t || !c->inserted || !c->outs || !c->out_t || !c->out_err || !c->applied ||
-      ath__wfpg_alloc(&c->wf, n) != 0) {
+      !c->beats || !c->beat_hb || !c->beat_applied || ath__wfpg_alloc(&c->wf, n) != 0) {
     cycle_free(c);
     return ATH_ENOMEM;
   }
@@ -389,8 +409,8 @@ static int cycle_alloc(cycle_t* c, size_t n) {
 /* Adds t's outcome (lock held): the attempt it leases, ended as it is now. */
 static void add_outcome(cycle_t* c, ath_task_t* t, int status, int64_t now) {
   ath_qpg_outcome_t* o = &c->outs[c->nouts];
-  o->seq = t->dq_seq;
-  o->attempt = t->dq_attempt;
+  o->seq = ath__task_dq(t)->dq_seq;
+  o->attempt = ath__task_dq(t)->dq_attempt;
   o->status = status;
   o->delay_ms = status == ATH_RETRYING ? t->ready_at - now : 0;
   o->result = status == ATH_COMPLETED ? t->result : NULL;
@@ -398,6 +418,44 @@ static void add_outcome(cycle_t* c, ath_task_t* t, int status, int64_t now) {
   o->error = c->out_err[c->nouts];
   o->worker_id = t->worker_id;
   c->out_t[c->nouts++] = t;
+}
+
+/* t heartbeat during the attempt it runs now (or ran last). */
+static int beat_this_attempt(const ath_task_t* t) {
+  const ath_task_x_t* x = ath__task_dq(t);
+  return x->last_hb > 0 && x->last_hb >= t->started_at;
+}
+
+/* Adds the heartbeat of the attempt t leases to c (lock held): it goes
+ * before the attempt's finish in the same transaction. */
+static void add_beat(cycle_t* c, const ath_task_t* t) {
+  ath_qpg_beat_t* b = &c->beats[c->nbeats];
+  const ath_task_x_t* x = ath__task_dq(t);
+  c->beat_hb[c->nbeats] = x->hb != NULL ? ath__memdup(x->hb, x->hb_len) : NULL;
+  b->seq = ath__task_dq(t)->dq_seq;
+  b->attempt = ath__task_dq(t)->dq_attempt;
+  b->details = c->beat_hb[c->nbeats];
+  b->at = x->last_hb;
+  c->nbeats++;
+}
+
+/* Keeps running t for the next lease renewal's heartbeat write (lock
+ * held): one write per task per heartbeatInterval, whatever its rate. */
+static void defer_beat(struct ath_dq_s* dq, ath_task_t* t) {
+  if (seq_has(&dq->beat_set, ath__task_dq(t)->dq_seq))
+    return;
+  if (dq->nbeats == dq->beats_cap) {
+    size_t cap = dq->beats_cap ? dq->beats_cap * 2 : 64;
+    ath_task_t** b = realloc(dq->beats, cap * sizeof(*b));
+    if (b == NULL)
+      return; /* its next heartbeat tries again */
+    dq->beats = b;
+    dq->beats_cap = cap;
+  }
+  if (seq_add(&dq->beat_set, ath__task_dq(t)->dq_seq) != 0)
+    return;
+  ath_task_retain(t);
+  dq->beats[dq->nbeats++] = t;
 }
 
 /* Sorts the changed tasks of a batch into inserts and finishes (lock held);
@@ -412,40 +470,47 @@ static void classify(ath_world_t* w, struct ath_dq_s* dq, ath_task_t** batch, si
     int ended = ATH_IS_TERMINAL(t->status) || t->status == ATH_RETRYING;
     if (ath__wfpg_take(&c->wf, t, now))
       continue; /* a workflow segment that parked: its history and its park */
-    if (t->remote && t->dq_seq == 0) {
+    if (t->remote && ath__task_dq(t)->dq_seq == 0) {
       ath_qpg_insert_t* x = &c->ins[c->nins];
       x->id = t->id;
       x->name = t->def->name;
       x->queue = t->queue->name;
       x->input = t->input; /* NUL-terminated: inline, or a JSON encoder's buffer */
       x->kind = t->wf != NULL;
-      x->parent_id = t->parent != NULL ? t->parent->id : NULL; /* its end wakes the workflow's row */
+      ath_task_t* parent = ath__task_parent(t);
+      x->parent_id = parent != NULL ? parent->id : NULL; /* its end wakes the workflow's row */
       x->priority = t->priority;
       x->max_attempts = t->max_attempts;
       x->strategy = t->strategy;
       x->delay_ms = t->scheduled_at - t->created_at;
       x->close_after_ms = ath__task_limits(t)->schedule_to_close_ms;
       x->notify = 1;
-      t->dq_seq = -1;
+      ath__task_dq(t)->dq_seq = -1;
       c->ins_t[c->nins++] = t;
-    } else if (t->dq_attempt > 0 && t->remote) { /* handed back unrun: T14 */
+    } else if (ath__task_dq(t)->dq_attempt > 0 && t->remote) { /* handed back unrun: T14 */
+      if (beat_this_attempt(t))
+        add_beat(c, t);
       add_outcome(c, t, ATH_PENDING, now);
-      t->dq_attempt = 0;
-    } else if (t->dq_attempt > 0 && ended) {
+      ath__task_dq(t)->dq_attempt = 0;
+    } else if (ath__task_dq(t)->dq_attempt > 0 && ended) {
+      if (beat_this_attempt(t))
+        add_beat(c, t);
       add_outcome(c, t, t->status, now);
-      t->dq_attempt = 0;
+      ath__task_dq(t)->dq_attempt = 0;
       t->remote = t->status == ATH_RETRYING; /* its row waits; any node runs it next */
-    } else if (t->dq_attempt < 0 && ended) { /* the lease was lost: discarded */
+    } else if (ath__task_dq(t)->dq_attempt < 0 && ended) { /* the lease was lost: discarded */
       dq->n_lost++;
-      t->dq_attempt = 0;
+      ath__task_dq(t)->dq_attempt = 0;
       t->remote = t->status == ATH_RETRYING;
-      if (t->dq_claimed > 0) { /* claimed again meanwhile (ended by the worker monitor): back, unrun */
-        t->dq_attempt = t->dq_claimed;
-        t->dq_claimed = 0;
+      if (ath__task_dq(t)->dq_claimed > 0) { /* claimed again meanwhile (ended by the worker monitor): back, unrun */
+        ath__task_dq(t)->dq_attempt = ath__task_dq(t)->dq_claimed;
+        ath__task_dq(t)->dq_claimed = 0;
         add_outcome(c, t, ATH_PENDING, now);
-        t->dq_attempt = 0;
+        ath__task_dq(t)->dq_attempt = 0;
         t->remote = 1;
       }
+    } else if (ath__task_dq(t)->dq_attempt > 0 && t->status == ATH_RUNNING && beat_this_attempt(t)) {
+      defer_beat(dq, t);
     }
   }
 }
@@ -473,6 +538,25 @@ static void row_of(const ath_qpg_task_t* r, ath_row_t* row) {
   row->result_len = r->result ? strlen(r->result) : 0;
   row->error = r->error;
   row->error_len = r->error ? strlen(r->error) : 0;
+  row->hb = r->hb;
+  row->hb_len = r->hb ? strlen(r->hb) : 0;
+  row->last_hb = r->last_hb > 0 ? r->last_hb : 0;
+}
+
+/* Takes the heartbeat of row r when it is newer than what t holds (lock
+ * held): an attempt another node ran left it, and the next attempt's
+ * ctx.lastHeartbeat and every query show it. */
+static void take_beat(ath_task_t* t, const ath_qpg_task_t* r) {
+  ath_task_x_t* x = ath__task_dq(t);
+  if (r->last_hb <= x->last_hb)
+    return;
+  char* hb = r->hb != NULL ? ath__memdup(r->hb, strlen(r->hb)) : NULL;
+  if (r->hb != NULL && hb == NULL)
+    return; /* out of memory: what it has stands */
+  free(x->hb);
+  x->hb = hb;
+  x->hb_len = hb != NULL ? (uint32_t)strlen(hb) : 0;
+  x->last_hb = r->last_hb;
 }
 
 /* Makes claimed rows local tasks (lock not held on entry or exit). */
@@ -496,16 +580,17 @@ static void adopt_claims(ath_world_t* w, struct ath_dq_s* dq, cycle_t* c) {
         continue;
       }
       seq_del(&dq->watch, r->seq);
-      t->dq_seq = r->seq;
-      if (t->wk != NULL || t->dq_attempt < 0) {
+      ath__task_dq(t)->dq_seq = r->seq;
+      take_beat(t, r);
+      if (t->wk != NULL || ath__task_dq(t)->dq_attempt < 0) {
         /* an attempt fenced by a lost lease still runs on this very task:
          * the new one starts once it ended (ath__dq_discard) */
-        t->dq_claimed = r->attempt;
+        ath__task_dq(t)->dq_claimed = r->attempt;
         uv_mutex_unlock(&w->lock);
         ath_task_release(t);
         continue;
       }
-      t->dq_attempt = r->attempt;
+      ath__task_dq(t)->dq_attempt = r->attempt;
       if (ATH_IS_TERMINAL(t->status)) { /* cannot happen: a row ended is never ready */
         t->remote = 1; /* handed back */
         ath__store_mark(w, t);
@@ -548,8 +633,8 @@ static void audit_leases(ath_world_t* w, struct ath_dq_s* dq) {
   uv_mutex_lock(&w->lock);
   for (size_t i = 0; o && applied && i < rows.n; i++) {
     const ath_qpg_task_t* r = &rows.rows[i];
-    ath_task_t* t = ath__table_get(w, r->id, ath__hash_str(r->id));
-    if (t != NULL && t->dq_seq == r->seq && t->dq_attempt == r->attempt)
+    ath_task_t* t = ath__table_get(w, r->id, ath__hash_id(r->id));
+    if (t != NULL && ath__task_dq(t)->dq_seq == r->seq && ath__task_dq(t)->dq_attempt == r->attempt)
       continue; /* held here */
     o[n].seq = r->seq;
     o[n].attempt = r->attempt;
@@ -595,11 +680,12 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
   }
   int64_t lease = dq->incarnation;
   uv_mutex_unlock(&w->lock);
-  ath_qpg_cycle_t pc = {.inserts = c.ins, .n_inserts = c.nins, .inserted = c.inserted,
+  ath_qpg_cycle_t pc = {.beats = c.beats, .n_beats = c.nbeats, .beat_applied = c.beat_applied,
+                        .inserts = c.ins, .n_inserts = c.nins, .inserted = c.inserted,
                         .outcomes = c.outs, .n_outcomes = c.nouts, .applied = c.applied,
                         .lease = lease, .claims = c.claims, .n_claims = c.nclaims, .one_commit = 1};
   ath__wfpg_fill(&c.wf, &pc);
-  size_t parts = c.nins + c.nouts + c.nclaims + c.wf.napps + c.wf.nparks + c.wf.nreqs;
+  size_t parts = c.nbeats + c.nins + c.nouts + c.nclaims + c.wf.napps + c.wf.nparks + c.wf.nreqs;
   int rc = parts > 0 ? ath__qpg_cycle(dq->wr, &pc) : 0;
   if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->wr) && ath__qpg_reset(dq->wr) == 0) {
     /* the connection broke (a restart, a terminated session): once more on a
@@ -610,23 +696,16 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
       ath__qpg_tasks_free(&c.claimed[i]);
     rc = ath__qpg_cycle(dq->wr, &pc);
   }
-  for (int k = 0; k < 3 && rc == ATH_ESTORE && SERIALIZATION_FAILED(dq->wr); k++) {
-    /* nodes finishing each other's workflows' children lock those parents'
-     * rows in no set order (the finish's wake): the loser goes again */
-    for (size_t i = 0; i < c.nclaims; i++)
-      ath__qpg_tasks_free(&c.claimed[i]);
-    rc = ath__qpg_cycle(dq->wr, &pc);
-  }
   if (rc == 0 && c.nclaims > 0)
     adopt_claims(w, dq, &c);
   uv_mutex_lock(&w->lock);
   if (rc != 0) {
     /* nothing committed: the writes go again, as before the cycle */
     for (size_t i = 0; i < c.nins; i++)
-      c.ins_t[i]->dq_seq = 0;
+      ath__task_dq(c.ins_t[i])->dq_seq = 0;
     for (size_t i = 0; i < c.nouts; i++) {
       ath_task_t* t = c.out_t[i];
-      t->dq_attempt = c.outs[i].attempt;
+      ath__task_dq(t)->dq_attempt = c.outs[i].attempt;
       if (c.outs[i].status == ATH_RETRYING)
         t->remote = 0;
     }
@@ -647,7 +726,7 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
   for (size_t i = 0; i < c.nins; i++) {
     ath_task_t* t = c.ins_t[i];
     const ath_qpg_inserted_t* r = &c.inserted[i];
-    t->dq_seq = r->seq;
+    ath__task_dq(t)->dq_seq = r->seq;
     t->created_at = r->created_at; /* the row's (the database clock): queries merge on it */
     if (!r->created && r->existing_name && strcmp(r->existing_name, t->def->name) != 0) {
       int out; /* the id names another activity's task: execute answers EINVAL */
@@ -705,6 +784,7 @@ static int sync_proxy(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r, at
   t->attempt = r->attempt;
   if (r->started_at > 0)
     t->started_at = r->started_at;
+  take_beat(t, r);
   ath__dq_take_error(t, r->error);
   if (!ATH_IS_TERMINAL(r->status)) {
     t->status = (ath_status_t)r->status;
@@ -723,7 +803,7 @@ void ath__dq_refresh(ath_world_t* w, ath_task_t* t) {
   if (dq == NULL)
     return;
   uv_mutex_lock(&w->lock);
-  int64_t seq = t->remote && !ATH_IS_TERMINAL(t->status) ? t->dq_seq : 0;
+  int64_t seq = t->remote && !ATH_IS_TERMINAL(t->status) ? ath__task_dq(t)->dq_seq : 0;
   uv_mutex_unlock(&w->lock);
   if (seq <= 0)
     return;
@@ -757,7 +837,7 @@ static void read_ended(ath_world_t* w, struct ath_dq_s* dq, const int64_t* seqs,
   for (size_t i = 0; i < rows.n; i++) {
     const ath_qpg_task_t* r = &rows.rows[i];
     seq_del(&dq->watch, r->seq);
-    ath_task_t* t = ath__table_get(w, r->id, ath__hash_str(r->id));
+    ath_task_t* t = ath__table_get(w, r->id, ath__hash_id(r->id));
     if (t != NULL)
       nwake = sync_proxy(w, t, r, wake, nwake);
   }
@@ -775,10 +855,10 @@ static int apply_cancels(ath_world_t* w, const int64_t* seqs, size_t n, ath_work
   int64_t now = ath__wall(w);
   for (size_t b = 0; b < w->table_cap; b++) {
     for (ath_task_t* t = w->table[b]; t != NULL; t = t->hnext) {
-      if (t->dq_attempt <= 0 || t->remote)
+      if (ath__task_dq(t)->dq_attempt <= 0 || t->remote)
         continue;
       for (size_t i = 0; i < n; i++) {
-        if (seqs[i] == t->dq_seq) {
+        if (seqs[i] == ath__task_dq(t)->dq_seq) {
           int accepted;
           nwake = ath__cancel_locked(w, t, now, wake, nwake, &accepted);
           break;
@@ -791,32 +871,49 @@ static int apply_cancels(ath_world_t* w, const int64_t* seqs, size_t n, ath_work
 
 /* ------------------------------------------------------------ lease, leader, poll */
 
+/* t's attempt is no longer this node's (lock held): its outcome will be
+ * discarded, and a handler running it is interrupted as a cancel does
+ * (its next yield point raises ECANCELED; past cancelGrace, the count hook
+ * does), so it stops instead of running on for nothing. */
+static int fence_running(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake) {
+  ath__task_dq(t)->dq_attempt = -1;
+  if (t->wk == NULL)
+    return nwake;
+  if (atomic_load(&t->cancel_ns) == 0)
+    atomic_store(&t->cancel_ns, ath__mono(w));
+  return ath__wake_runner(t, wake, nwake);
+}
+
 /* The lease was lost (lock held): nothing buffered here may start (the rows
- * go to the rescue), and what runs finishes with its outcome discarded. */
-static void self_fence(ath_world_t* w, struct ath_dq_s* dq) {
-  int64_t held = 0;
+ * go to the rescue), and what runs is interrupted, its outcome discarded.
+ * Returns the new nwake. */
+static int self_fence(ath_world_t* w, struct ath_dq_s* dq, ath_worker_t** wake, int nwake) {
+  int64_t held = 0, stopped = 0;
   for (size_t b = 0; b < w->table_cap; b++) {
     for (ath_task_t* t = w->table[b]; t != NULL; t = t->hnext) {
-      if (t->dq_claimed > 0) { /* a claim under the incarnation lost now: the rescue's */
-        t->dq_claimed = 0;
+      if (ath__task_dq(t)->dq_claimed > 0) { /* a claim under the incarnation lost now: the rescue's */
+        ath__task_dq(t)->dq_claimed = 0;
         held++;
       }
-      if (t->dq_attempt <= 0)
+      if (ath__task_dq(t)->dq_attempt <= 0)
         continue;
       held++;
       if (t->status == ATH_PENDING && !t->remote) { /* buffered */
         ath__queue_remove(t->queue, t);
         t->remote = 1;
-        t->dq_attempt = 0;
+        ath__task_dq(t)->dq_attempt = 0;
       } else {
-        t->dq_attempt = -1;
+        stopped += t->wk != NULL;
+        nwake = fence_running(w, t, wake, nwake);
       }
     }
   }
   ath__logf(w, ATH_LOG_WARN, NULL, 0,
             "node lease lost (incarnation %" PRId64 "): stopped claiming; %" PRId64
-            " leased task(s) left to the rescue, their outcomes are discarded",
-            dq->incarnation, held);
+            " leased task(s) left to the rescue, their outcomes are discarded; %" PRId64
+            " running attempt(s) interrupted",
+            dq->incarnation, held, stopped);
+  return nwake;
 }
 
 static void node_desc(struct ath_dq_s* dq, ath_world_t* w, ath_qpg_node_t* n, int leader) {
@@ -837,6 +934,60 @@ static void healthy(ath_world_t* w) {
   w->store_fault = 0;
 }
 
+/* Writes the heartbeats deferred since the last renewal, in one statement
+ * (lock not held). A row that refuses one is not this node's attempt any
+ * more (rescued elsewhere): the handler still running it is interrupted. */
+static void flush_beats(ath_world_t* w, struct ath_dq_s* dq) {
+  uv_mutex_lock(&w->lock);
+  ath_task_t** ts = dq->beats;
+  size_t n = dq->nbeats;
+  int64_t lease = dq->incarnation;
+  if (n == 0 || lease <= 0) {
+    uv_mutex_unlock(&w->lock);
+    return;
+  }
+  dq->beats = NULL;
+  dq->nbeats = dq->beats_cap = 0;
+  memset(dq->beat_set.slots, 0, dq->beat_set.cap * sizeof(*dq->beat_set.slots));
+  dq->beat_set.n = 0;
+  cycle_t c;
+  int made = cycle_alloc(&c, n) == 0;
+  ath_task_t** bt = made ? calloc(n, sizeof(*bt)) : NULL;
+  for (size_t i = 0; bt != NULL && i < n; i++) {
+    ath_task_t* t = ts[i];
+    if (ath__task_dq(t)->dq_attempt > 0 && !t->remote && t->status == ATH_RUNNING) {
+      bt[c.nbeats] = t;
+      add_beat(&c, t);
+    }
+  }
+  uv_mutex_unlock(&w->lock);
+  if (bt != NULL && c.nbeats > 0) {
+    ath_qpg_cycle_t pc = {.beats = c.beats, .n_beats = c.nbeats, .beat_applied = c.beat_applied, .lease = lease};
+    int rc = ath__qpg_cycle(dq->wr, &pc);
+    ath_worker_t* wake[MAX_WORKERS];
+    int nwake = 0;
+    uv_mutex_lock(&w->lock);
+    for (size_t i = 0; i < c.nbeats; i++) {
+      ath_task_t* t = bt[i];
+      if (rc != 0) { /* written with the next renewal */
+        defer_beat(dq, t);
+      } else if (!c.beat_applied[i] && ath__task_dq(t)->dq_attempt == c.beats[i].attempt && !t->remote) {
+        ath__logf(w, ATH_LOG_WARN, NULL, 0, "attempt %d of %s is no longer this node's (rescued): interrupted",
+                  ath__task_dq(t)->dq_attempt, t->id);
+        nwake = fence_running(w, t, wake, nwake);
+      }
+    }
+    uv_mutex_unlock(&w->lock);
+    ath__wake_all(wake, nwake);
+  }
+  for (size_t i = 0; i < n; i++)
+    ath_task_release(ts[i]);
+  free(ts);
+  free(bt);
+  if (made)
+    cycle_free(&c);
+}
+
 /* Renews the lease; registers a new incarnation after a loss (lock not held). */
 static void beat(ath_world_t* w, struct ath_dq_s* dq) {
   if (!dq->lease.lost) {
@@ -848,12 +999,16 @@ static void beat(ath_world_t* w, struct ath_dq_s* dq) {
       healthy(w);
       uv_mutex_unlock(&w->lock);
     }
+    if (rc == 0)
+      flush_beats(w, dq);
     if (rc != ATH_EWORKERLOST && !ath__qpg_lease_fenced(&dq->lease, uv_hrtime()))
       return;
+    ath_worker_t* wake[MAX_WORKERS];
     uv_mutex_lock(&w->lock);
-    self_fence(w, dq);
+    int nwake = self_fence(w, dq, wake, 0);
     dq->incarnation = 0; /* claims nothing until registered again */
     uv_mutex_unlock(&w->lock);
+    ath__wake_all(wake, nwake);
     dq->lease.lost = 1;
   }
   ath_qpg_node_t n;
@@ -871,7 +1026,7 @@ static void beat(ath_world_t* w, struct ath_dq_s* dq) {
 }
 
 /* The EWORKERLOST decision for a rescued attempt (SEMANTICS §12.3, §7.3). */
-static void rescue_decide(ath_world_t* w, struct ath_dq_s* dq, const ath_qpg_task_t* r,
+static void rescue_decide(ath_world_t* w, const char* why, const ath_qpg_task_t* r,
                           ath_qpg_outcome_t* o, char* err, size_t errlen) {
   const ath_def_t* def = NULL;
   for (int i = 0; i < w->ndefs; i++) /* immutable once started */
@@ -881,8 +1036,7 @@ static void rescue_decide(ath_world_t* w, struct ath_dq_s* dq, const ath_qpg_tas
   for (char** nr = def ? def->non_retryable : NULL; nr && *nr && !final; nr++)
     final = strcmp(*nr, "EWORKERLOST") == 0;
   snprintf(err, errlen,
-           "{\"code\":\"EWORKERLOST\",\"message\":\"its node was declared lost (no heartbeat)\","
-           "\"retryable\":true,\"attempt\":%d}",
+           "{\"code\":\"EWORKERLOST\",\"message\":\"%s\",\"retryable\":true,\"attempt\":%d}", why,
            r->attempt);
   memset(o, 0, sizeof(*o));
   o->seq = r->seq;
@@ -894,7 +1048,34 @@ static void rescue_decide(ath_world_t* w, struct ath_dq_s* dq, const ath_qpg_tas
     o->status = ATH_RETRYING;
     o->delay_ms = ath__backoff_ms(&def->a, r->attempt);
   }
-  (void)dq;
+}
+
+/* Decides each rescued row (EWORKERLOST, `why`) and writes the outcomes
+ * under `lease`, which holds them now (lock not held). Returns how many
+ * were written, or -1. */
+static int64_t rescue_rows(ath_world_t* w, ath_qpg_t* q, int64_t lease, ath_qpg_tasks_t* rows,
+                           const char* why) {
+  int segs = ath__wfpg_rescue(q, lease, rows); /* they leave rows: resumed on any node */
+  if (segs > 0) {
+    ath_log_field_t f[2] = {ATH_LOG_FINT("workflows", segs), ATH_LOG_FSTR("why", why)};
+    ath__logf(w, ATH_LOG_WARN, f, 2, "workflow segments of lost nodes requeued (same run)");
+  }
+  if (rows->n == 0)
+    return 0;
+  ath_qpg_outcome_t* o = calloc(rows->n, sizeof(*o));
+  char(*errs)[192] = calloc(rows->n, sizeof(*errs));
+  uint8_t* applied = calloc(rows->n, 1);
+  int64_t done = -1;
+  if (o && errs && applied) {
+    for (size_t i = 0; i < rows->n; i++)
+      rescue_decide(w, why, &rows->rows[i], &o[i], errs[i], sizeof(errs[i]));
+    if (ath__qpg_finish(q, lease, o, rows->n, applied) == 0)
+      done = (int64_t)rows->n;
+  }
+  free(o);
+  free(errs);
+  free(applied);
+  return done;
 }
 
 /* The leader's duties (lock not held): take or keep the lock, rescue the
@@ -928,29 +1109,12 @@ static void lead(ath_world_t* w, struct ath_dq_s* dq) {
   ath_qpg_tasks_t rows;
   int64_t grace = 10 * w->cfg.heartbeat_timeout_ms;
   if (ath__qpg_rescue(dq->ldr, dq->llease.incarnation, RESCUE_LIMIT, grace, &rows) == 0) {
-    int segs = ath__wfpg_rescue(dq->ldr, dq->llease.incarnation, &rows); /* resumed elsewhere */
-    if (segs > 0) {
-      ath_log_field_t f[1] = {ATH_LOG_FINT("workflows", segs)};
-      ath__logf(w, ATH_LOG_WARN, f, 1, "workflow segments of expired nodes requeued (same run)");
-    }
-    if (rows.n > 0) {
-      ath_qpg_outcome_t* o = calloc(rows.n, sizeof(*o));
-      char(*errs)[192] = calloc(rows.n, sizeof(*errs));
-      uint8_t* applied = calloc(rows.n, 1);
-      if (o && errs && applied) {
-        for (size_t i = 0; i < rows.n; i++)
-          rescue_decide(w, dq, &rows.rows[i], &o[i], errs[i], sizeof(errs[i]));
-        if (ath__qpg_finish(dq->ldr, dq->llease.incarnation, o, rows.n, applied) == 0) {
-          uv_mutex_lock(&w->lock);
-          dq->n_rescued += (int64_t)rows.n;
-          uv_mutex_unlock(&w->lock);
-          ath_log_field_t f[1] = {ATH_LOG_FINT("tasks", (int64_t)rows.n)};
-          ath__logf(w, ATH_LOG_WARN, f, 1, "rescued the tasks of expired nodes (EWORKERLOST)");
-        }
-      }
-      free(o);
-      free(errs);
-      free(applied);
+    if (rescue_rows(w, dq->ldr, dq->llease.incarnation, &rows, "its node was declared lost (no heartbeat)") > 0) {
+      uv_mutex_lock(&w->lock);
+      dq->n_rescued += (int64_t)rows.n;
+      uv_mutex_unlock(&w->lock);
+      ath_log_field_t f[1] = {ATH_LOG_FINT("tasks", (int64_t)rows.n)};
+      ath__logf(w, ATH_LOG_WARN, f, 1, "rescued the tasks of expired nodes (EWORKERLOST)");
     }
     ath__qpg_tasks_free(&rows);
   }
@@ -1021,6 +1185,9 @@ static void backend_main(void* arg) {
     uint64_t now = uv_hrtime();
     int stopping = w->store_stop;
     int do_sched = dq->leader && (dq->sched_scan || (dq->sched_at_ns != 0 && now >= dq->sched_at_ns));
+    if (dq->lead_now && !dq->leader) /* a resigning leader: the next try is now */
+      next_lead = now;
+    dq->lead_now = 0;
     if (!stopping && (now >= next_beat || now >= next_lead || now >= next_poll || dq->ndone > 0 ||
                       dq->ncancel > 0 || do_sched || (dq->stage_at != 0 && ath__wall(w) >= dq->stage_at))) {
       int do_beat = now >= next_beat, do_lead = now >= next_lead, do_poll = now >= next_poll;
@@ -1184,6 +1351,10 @@ static void dq_free(struct ath_dq_s* dq) {
   free(dq->cancels);
   free(dq->watch.slots);
   free(dq->early.slots);
+  for (size_t i = 0; i < dq->nbeats; i++)
+    ath_task_release(dq->beats[i]);
+  free(dq->beats);
+  free(dq->beat_set.slots);
   ath__qpg_counts_free(&dq->counts);
   free(dq);
 }
@@ -1229,13 +1400,36 @@ void ath__pgstore_stopped(ath_world_t* w) {
     ath__qpg_node_release(dq->ldr, &dq->llease);
     ath__qpg_leader_resign(dq->ldr);
   }
+  int64_t retries = ath__qpg_retries(dq->wr) + ath__qpg_retries(dq->ldr) + ath__qpg_retries(dq->rd);
   ath__qpg_close(dq->wr);
   ath__qpg_close(dq->ldr);
   ath__qpg_close(dq->lis);
   dq->wr = dq->ldr = dq->lis = NULL;
-  ath_log_field_t f[4] = {ATH_LOG_FINT("claimed", dq->n_claimed), ATH_LOG_FINT("lost", dq->n_lost),
-                          ATH_LOG_FINT("rescued", dq->n_rescued), ATH_LOG_FINT("notifications", dq->n_notified)};
-  ath__logf(w, ATH_LOG_INFO, f, 4, "PostgreSQL backend stopped");
+  ath_log_field_t f[5] = {ATH_LOG_FINT("claimed", dq->n_claimed), ATH_LOG_FINT("lost", dq->n_lost),
+                          ATH_LOG_FINT("rescued", dq->n_rescued), ATH_LOG_FINT("notifications", dq->n_notified),
+                          ATH_LOG_FINT("conflict_retries", retries)};
+  ath__logf(w, ATH_LOG_INFO, f, 5, "PostgreSQL backend stopped");
+}
+
+/* At start, as the new incarnation (lock not held): the tasks an earlier
+ * incarnation of this nodeId still leases (a crash, a kill -9) are this
+ * node's to rescue now, not after heartbeatTimeout (distributed.md §3.8);
+ * that incarnation is fenced in the same statement. */
+static int take_over(ath_world_t* w, struct ath_dq_s* dq) {
+  ath_qpg_tasks_t rows;
+  int rc = ath__qpg_take_over(dq->wr, dq->node_id, dq->lease.incarnation, &rows);
+  if (rc != 0)
+    return rc;
+  int64_t n = rescue_rows(w, dq->wr, dq->lease.incarnation, &rows, "its node restarted");
+  ath__qpg_tasks_free(&rows);
+  if (n < 0)
+    return ATH_ESTORE;
+  dq->n_rescued += n;
+  if (n > 0) {
+    ath_log_field_t f[1] = {ATH_LOG_FINT("tasks", n)};
+    ath__logf(w, ATH_LOG_WARN, f, 1, "recovered the running tasks of this node's previous run (EWORKERLOST)");
+  }
+  return 0;
 }
 
 int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
@@ -1279,6 +1473,9 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
   node_desc(dq, w, &n, 0);
   if (rc == 0 && (rc = ath__qpg_node_register(dq->wr, &n, uv_hrtime(), &dq->lease)) != 0)
     snprintf(err, errlen, "PostgreSQL backend: registering node %s: %s", dq->node_id, ath__qpg_errmsg(dq->wr));
+  if (rc == 0 && (rc = take_over(w, dq)) != 0)
+    snprintf(err, errlen, "PostgreSQL backend: recovering node %s's earlier tasks: %s", dq->node_id,
+             ath__qpg_errmsg(dq->wr));
   if (rc == 0 && dq->lis != NULL && pipe(dq->lis_pipe) != 0) {
     snprintf(err, errlen, "cannot make a pipe: %s", strerror(errno));
     rc = ATH_ENOMEM;
@@ -1324,11 +1521,11 @@ int ath__dq_cancel(ath_world_t* w, ath_task_t* t) {
   struct ath_dq_s* dq = w->dq;
   uv_mutex_lock(&w->lock);
   /* its insert has not committed yet (hybrid): wait for it */
-  while (t->dq_seq <= 0 && !t->withdrawn && w->store != NULL && !ATH_IS_TERMINAL(t->status)) {
+  while (ath__task_dq(t)->dq_seq <= 0 && !t->withdrawn && w->store != NULL && !ATH_IS_TERMINAL(t->status)) {
     uv_cond_signal(&w->store_cond);
     uv_cond_wait(&w->cond, &w->lock);
   }
-  int64_t seq = t->dq_seq;
+  int64_t seq = ath__task_dq(t)->dq_seq;
   int ended = ATH_IS_TERMINAL(t->status);
   uv_mutex_unlock(&w->lock);
   if (ended || seq <= 0)

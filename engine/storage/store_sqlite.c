@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sqlite3.h>
+#include "db.h"
 #include "internal.h"
 #include "store.h"
 
@@ -231,6 +232,7 @@ static int migrate(sqlite3* db, char* err, size_t errlen) {
 /* Opens s->db on s->path and makes it ready to write: pragmas, schema,
  * statements. */
 static int connect_db(ath_store_t* s, char* err, size_t errlen) {
+  ath__sqlite_setup(); /* before SQLite's first use in the process */
   int rc = sqlite3_open_v2(s->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                            NULL);
   if (rc != SQLITE_OK)

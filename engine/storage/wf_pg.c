@@ -61,7 +61,7 @@ static void add_append(ath_wfpg_t* b, ath_task_t* t) {
   for (size_t i = 0; i < n; i++)
     texts[i] = evs[i]->json;
   ath_qpg_append_t* a = &b->apps[b->napps];
-  a->seq = t->dq_seq;
+  a->seq = ath__task_dq(t)->dq_seq;
   a->from = (int)wf->stored_n;
   a->events = texts;
   a->n = n;
@@ -73,10 +73,11 @@ static void add_append(ath_wfpg_t* b, ath_task_t* t) {
 /* The park of t's segment (wf->where parked or timer). */
 static void add_park(ath_wfpg_t* b, ath_task_t* t, int64_t now) {
   ath_wf_t* wf = t->wf;
+  ath_task_x_t* x = ath__task_dq(t);
   ath_qpg_park_t* p = &b->parks[b->nparks];
   memset(p, 0, sizeof(*p));
-  p->seq = t->dq_seq;
-  p->attempt = t->dq_attempt;
+  p->seq = x->dq_seq;
+  p->attempt = x->dq_attempt;
   p->status = t->status;
   /* a compensating run carries the failure it compensates */
   if (t->status == ATH_COMPENSATING && t->error != NULL)
@@ -88,21 +89,22 @@ static void add_park(ath_wfpg_t* b, ath_task_t* t, int64_t now) {
   p->delay_ms = wf->where == ATH_WF_TIMER ? t->ready_at - now : 0;
   p->wake_seen = wf->dq_wake;
   b->park_t[b->nparks++] = t;
-  t->dq_attempt = 0; /* given back with the park; restored if the cycle fails */
+  x->dq_attempt = 0; /* given back with the park; restored if the cycle fails */
 }
 
 int ath__wfpg_take(ath_wfpg_t* b, ath_task_t* t, int64_t now) {
   ath_wf_t* wf = t->wf;
-  if (wf == NULL || t->dq_attempt <= 0 || t->dq_seq <= 0)
+  ath_task_x_t* x = ath__task_dq(t);
+  if (wf == NULL || x == NULL || x->dq_attempt <= 0 || x->dq_seq <= 0)
     return 0;
   if (wf->nev > wf->stored_n)
     add_append(b, t);
   int waiting = t->status == ATH_RUNNING || t->status == ATH_COMPENSATING;
   if (t->remote && wf->resuming) { /* a resumption handed back unrun: same run, same state */
-    b->req_attempt[b->nreqs] = t->dq_attempt;
-    b->reqs[b->nreqs] = t->dq_seq;
+    b->req_attempt[b->nreqs] = x->dq_attempt;
+    b->reqs[b->nreqs] = x->dq_seq;
     b->req_t[b->nreqs++] = t;
-    t->dq_attempt = 0;
+    x->dq_attempt = 0;
     return 1;
   }
   if (!t->remote && waiting && t->wk == NULL &&
@@ -131,9 +133,9 @@ void ath__wfpg_undo(ath_wfpg_t* b) {
       wf->stored_n = (uint32_t)b->apps[i].from;
   }
   for (size_t i = 0; i < b->nparks; i++)
-    b->park_t[i]->dq_attempt = b->parks[i].attempt;
+    ath__task_dq(b->park_t[i])->dq_attempt = b->parks[i].attempt;
   for (size_t i = 0; i < b->nreqs; i++)
-    b->req_t[i]->dq_attempt = b->req_attempt[i];
+    ath__task_dq(b->req_t[i])->dq_attempt = b->req_attempt[i];
 }
 
 void ath__wfpg_done(ath_world_t* w, ath_wfpg_t* b, int64_t* stage_at, int64_t* lost) {
@@ -146,25 +148,26 @@ void ath__wfpg_done(ath_world_t* w, ath_wfpg_t* b, int64_t* stage_at, int64_t* l
   }
   for (size_t i = 0; i < b->nparks; i++) {
     ath_task_t* t = b->park_t[i];
+    ath_task_x_t* x = ath__task_dq(t);
     if (!b->parked[i]) {
       (*lost)++;
       ath__logf(w, ATH_LOG_WARN, NULL, 0, "park of workflow %s discarded: its lease was lost", t->id);
-    } else if (t->dq_attempt > 0) {
+    } else if (x->dq_attempt > 0) {
       continue; /* ready again at once and claimed back by this very cycle: it runs here */
     } else if (b->parks[i].wait_kind == ATH_PARK_TIMER && (*stage_at == 0 || t->ready_at < *stage_at)) {
       *stage_at = t->ready_at; /* this node stages its own timers (the leader sweeps late ones) */
     }
     /* a proxy of its row from now on: any node resumes it (the run's
      * timeout is not kept across parks on this backend: docs) */
-    if (t->exp_idx != UINT32_MAX)
-      ath__heap_remove(&w->expiry, t);
+    if (x->exp_idx != UINT32_MAX)
+      ath__heap_remove(&w->expiry, x);
     if (t->wf->wait_task != NULL) {
       ath_task_release(t->wf->wait_task);
       t->wf->wait_task = NULL;
     }
     t->remote = 1;
     if (!ATH_IS_TERMINAL(t->status))
-      ath__dq_watch(w, t->dq_seq);
+      ath__dq_watch(w, x->dq_seq);
   }
 }
 
@@ -196,7 +199,7 @@ int ath__wfpg_claimed(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r) {
     return -1;
   }
   /* the same run goes on, in its state (running or compensating) */
-  t->dq_attempt = r->attempt;
+  ath__task_dq(t)->dq_attempt = r->attempt;
   t->remote = 0;
   t->unborn = 0;
   t->attempt = r->attempt;

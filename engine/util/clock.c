@@ -1,6 +1,7 @@
 /* Clocks, ids and hashing. */
 #include <stdatomic.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/random.h>
 #include <time.h>
 #include <uv.h>
@@ -111,6 +112,27 @@ uint64_t ath__hash_str(const char* s) {
     h ^= (unsigned char)*s;
     h *= 1099511628211ull;
   }
+  return h;
+}
+
+/* The task table's hash: eight bytes a step (a task id is ~42 bytes, and
+ * the table hashes one on every insert, lookup and removal), finished with
+ * murmur3's mixer so the low bits a power-of-two table uses are spread.
+ * In-process only: names shared between nodes use ath__hash_str. */
+uint64_t ath__hash_id(const char* s) {
+  size_t len = strlen(s);
+  uint64_t h = 0x9e3779b97f4a7c15ull ^ len, w;
+  for (; len >= 8; s += 8, len -= 8) {
+    memcpy(&w, s, 8);
+    h = (h ^ w) * 0xff51afd7ed558ccdull;
+    h ^= h >> 29;
+  }
+  w = 0;
+  memcpy(&w, s, len);
+  h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
   return h;
 }
 

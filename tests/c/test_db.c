@@ -7,8 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sqlite3.h>
 #include "athena.h"
 #include "db.h"
+#include "util.h"
 #include "task.h"
 
 static void rewrites(const char* in, const char* want, int want_n) {
@@ -91,6 +93,23 @@ TEST_IMPL(db_redaction) {
   ASSERT_EQ(ATH_DB_EINVAL, ath__db_new("postgres://u:secret@h/db?bogus=1", &db, &e));
   ASSERT_NULL(strstr(e.message, "secret"));
   ASSERT_NULL(db);
+  return 0;
+}
+
+/* The process's SQLite counts no allocations (ath__sqlite_setup, done
+ * by the first connect): its statistics mutex was the gateway threads'
+ * most contended lock. */
+TEST_IMPL(db_sqlite_no_memstatus) {
+  ath_db_t* db = NULL;
+  ath_db_error_t e;
+  ath_db_res_t* r = NULL;
+  ASSERT_OK(ath__db_new("sqlite::memory:", &db, &e));
+  ASSERT_OK(ath__db_exec(db, "create table t(x); insert into t values (randomblob(100000)); select * from t",
+                         NULL, 0, &r, &e));
+  ASSERT_EQ(1, ath__db_res_nrows(r));
+  ath__db_res_free(r);
+  ASSERT_EQ(0, sqlite3_memory_used());
+  ath__db_free(db);
   return 0;
 }
 
@@ -301,6 +320,109 @@ TEST_IMPL(db_pg_async_prepared) {
   ASSERT_OK(ath__db_exec(db, "drop table reshaped_async", NULL, 0, &r, &e));
   ath__db_res_free(r);
   ath__db_free(db);
+  ASSERT_OK(uv_loop_close(&loop));
+  return 0;
+}
+
+/* The loop's poll handles that are open and watching: how many, and
+ * the last one seen. */
+typedef struct {
+  int n;
+  uv_handle_t* h;
+} polls_t;
+
+static void count_poll(uv_handle_t* h, void* arg) {
+  polls_t* p = arg;
+  if (h->type == UV_POLL && !uv_is_closing(h) && uv_is_active(h)) {
+    p->n++;
+    p->h = h;
+  }
+}
+
+static polls_t polls(uv_loop_t* loop) {
+  polls_t p = {0, NULL};
+  uv_walk(loop, count_poll, &p);
+  return p;
+}
+
+static void tick(uv_timer_t* t) {
+  (void)t; /* only wakes the loop, so that a deadline is checked */
+}
+
+/* Turns the loop until done(db, want) or 5 s passed; returns done's last
+ * answer. A ticking timer keeps a wait without events from blocking. */
+static int turn_until(uv_loop_t* loop, ath_db_t* db, int (*done)(ath_db_t*, int), int want) {
+  uv_timer_t t;
+  uv_timer_init(loop, &t);
+  uv_timer_start(&t, tick, 50, 50);
+  uint64_t end = ath__mono_ns() + 5000000000u;
+  int ok;
+  while (!(ok = done(db, want)) && ath__mono_ns() < end)
+    uv_run(loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t*)&t, NULL);
+  uv_run(loop, UV_RUN_NOWAIT); /* the timer's close */
+  return ok;
+}
+
+static int answered(ath_db_t* db, int want) {
+  (void)db;
+  return async_done >= want;
+}
+
+static int dropped(ath_db_t* db, int want) {
+  (void)want;
+  return !ath__db_connected(db);
+}
+
+/* ath__db_keep_watch: one poll handle per connection, kept from one
+ * statement to the next; a server that closes the idle connection is
+ * noticed (dropped, the next statement connects again); ath__db_unwatch
+ * lets the loop end. */
+TEST_IMPL(db_pg_async_kept_watch) {
+  uv_loop_t loop;
+  ASSERT_OK(uv_loop_init(&loop));
+  ath_db_t *db = NULL, *admin = NULL;
+  ath_db_error_t e;
+  ath_db_res_t* r = NULL;
+  ath_db_value_t v;
+  ASSERT_OK(ath__db_new(test_pg_url(), &db, &e));
+  ASSERT_OK(ath__db_new(test_pg_url(), &admin, &e));
+  ath__db_keep_watch(db);
+  async_done = 0;
+  ASSERT_OK(ath__db_exec_async(db, &loop, "select pg_backend_pid()", NULL, 0, async_cb, (void*)(intptr_t)42, &e));
+  ASSERT(turn_until(&loop, db, answered, 1));
+  ASSERT_OK(ath__db_async_result(db, &r, &e));
+  ASSERT_OK(ath__db_res_value(r, 0, 0, &v));
+  ath_db_value_t pid = {.type = ATH_DB_INT, .i = v.i};
+  ath__db_res_free(r);
+  polls_t first = polls(&loop);
+  ASSERT_EQ(1, first.n); /* still watched between statements */
+  ath_db_value_t p = {.type = ATH_DB_INT, .i = 5};
+  ASSERT_OK(ath__db_exec_async(db, &loop, "select ?::int + 1", &p, 1, async_cb, (void*)(intptr_t)42, &e));
+  ASSERT(turn_until(&loop, db, answered, 2));
+  ASSERT_OK(ath__db_async_result(db, &r, &e));
+  ASSERT_OK(ath__db_res_value(r, 0, 0, &v));
+  ASSERT_EQ(6, v.i);
+  ath__db_res_free(r);
+  polls_t second = polls(&loop);
+  ASSERT_EQ(1, second.n);
+  ASSERT(first.h == second.h); /* the same handle */
+  /* the server ends the idle session: the watch notices, the connection
+   * is dropped and no longer watched */
+  ASSERT_OK(ath__db_exec(admin, "select pg_terminate_backend(?)", &pid, 1, &r, &e));
+  ath__db_res_free(r);
+  ASSERT(turn_until(&loop, db, dropped, 0));
+  ASSERT_EQ(0, polls(&loop).n);
+  /* the next statement connects again, on the loop */
+  ASSERT_OK(ath__db_exec_async(db, &loop, "select ?::int + 1", &p, 1, async_cb, (void*)(intptr_t)42, &e));
+  ASSERT(turn_until(&loop, db, answered, 3));
+  ASSERT_OK(ath__db_async_result(db, &r, &e));
+  ath__db_res_free(r);
+  ASSERT_EQ(1, polls(&loop).n);
+  ath__db_unwatch(db); /* nothing left watching: the loop ends */
+  ASSERT_OK(uv_run(&loop, UV_RUN_DEFAULT));
+  ath__db_free(db);
+  ath__db_free(admin);
   ASSERT_OK(uv_loop_close(&loop));
   return 0;
 }

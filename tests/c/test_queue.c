@@ -111,3 +111,33 @@ TEST_IMPL(heap_order_and_remove) {
   ath__heap_free(&h);
   return 0;
 }
+
+/* A task keeps the low 32 bits of its store generation (issue 15: the
+ * record's size); ath__task_gen widens them against the world's. */
+TEST_IMPL(task_gen_widens_32_bits) {
+  ath_world_t* w = calloc(1, sizeof(*w));
+  ath_task_t* t = mk(0, 0, 0);
+  ASSERT(w != NULL && t != NULL);
+  uint64_t gens[] = {1, 4294967295u, 4294967296u, 4294967297u, 3 * 4294967296ull + 7};
+  for (size_t i = 0; i < sizeof(gens) / sizeof(gens[0]); i++) {
+    uint64_t g = gens[i];
+    w->gen = g;
+    t->dirty_gen = (uint32_t)g; /* marked in the open generation */
+    ASSERT_EQ(g, ath__task_gen(w, t));
+    w->gen = g + 1000; /* committed long ago (across a 2^32 boundary too) */
+    ASSERT_EQ(g, ath__task_gen(w, t));
+    w->gen = g - 1; /* a failed commit reopened the generation before it */
+    ASSERT_EQ(g, ath__task_gen(w, t));
+  }
+  /* unchanged for more than 2^32 generations: no newer than the world's,
+   * or (when its low bits fall just past the world's) at most 16 newer:
+   * at worst a wait for the next commits, never a wait for ever */
+  w->gen = 5ull << 32;
+  t->dirty_gen = 100;
+  ASSERT(ath__task_gen(w, t) <= w->gen);
+  t->dirty_gen = 1;
+  ASSERT(ath__task_gen(w, t) <= w->gen + 16);
+  free(t);
+  free(w);
+  return 0;
+}

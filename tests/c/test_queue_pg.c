@@ -3,6 +3,7 @@
  * dropped first. Times the tests need are set in the rows directly (no
  * sleeps); waits for events poll the socket with a deadline. */
 #include <libpq-fe.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -1517,6 +1518,68 @@ TEST_IMPL(db_pg_queue_counts) {
   }
   free(plan);
   PQfinish(c);
+  ath__qpg_close(q);
+  return 0;
+}
+
+/* ------------------------------------------------------------ deadlock retry */
+
+typedef struct {
+  ath_qpg_t* q;
+  int64_t lease;
+  ath_qpg_outcome_t o[2];
+  uint8_t applied[2];
+  int rc;
+} deadlock_arg_t;
+
+static void* deadlock_finish(void* p) {
+  deadlock_arg_t* a = p;
+  a->rc = ath__qpg_finish(a->q, a->lease, a->o, 2, a->applied);
+  return NULL;
+}
+
+/* Two sessions lock two rows in opposite orders: the finish locks row 1
+ * (its batch's order) and waits for row 2, which another session holds and
+ * which then wants row 1. The finish waited first, so its deadlock check
+ * runs first and PostgreSQL rolls it back (40P01); it runs again once the
+ * other session committed, and both outcomes apply. */
+TEST_IMPL(db_pg_queue_deadlock_retry) {
+  ath_qpg_t* q = fresh("qpg_deadlock");
+  ath_qpg_lease_t l = node(q, "a");
+  insert_many(q, "d", 2);
+  ath_qpg_tasks_t got;
+  ASSERT_OK(ath__qpg_claim(q, l.incarnation, "default", 2, &got));
+  ASSERT_EQ(2, got.n);
+  deadlock_arg_t a = {.q = q, .lease = l.incarnation};
+  for (int i = 0; i < 2; i++)
+    a.o[i] = (ath_qpg_outcome_t){.seq = got.rows[i].seq, .attempt = 1, .status = 5, .result = "1"};
+  ath__qpg_tasks_free(&got);
+  PGconn* other = admin();
+  PGconn* watch = admin();
+  char sql[256];
+  sql_ok(other, "BEGIN");
+  snprintf(sql, sizeof(sql), "SELECT 1 FROM qpg_deadlock.tasks WHERE seq = %" PRId64 " FOR UPDATE", a.o[1].seq);
+  sql_ok(other, sql);
+  pthread_t th;
+  ASSERT_OK(pthread_create(&th, NULL, deadlock_finish, &a));
+  /* the finish holds row 1 and waits for row 2 */
+  uint64_t deadline = ath__mono_ns() + 10000000000ull;
+  while (sql_int(watch, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND datname = current_database()") != 1)
+    ASSERT_LT(ath__mono_ns(), deadline);
+  snprintf(sql, sizeof(sql), "UPDATE qpg_deadlock.tasks SET priority = 1 WHERE seq = %" PRId64, a.o[0].seq);
+  sql_ok(other, sql); /* granted once the finish is rolled back */
+  sql_ok(other, "COMMIT");
+  ASSERT_OK(pthread_join(th, NULL));
+  if (a.rc != 0)
+    fprintf(stderr, "finish: %s (%s)\n", ath__qpg_errmsg(q), ath__qpg_sqlstate(q));
+  ASSERT_OK(a.rc);
+  ASSERT_EQ(1, a.applied[0]);
+  ASSERT_EQ(1, a.applied[1]);
+  ASSERT_GE(ath__qpg_retries(q), 1);
+  ASSERT_EQ(2, sql_int(watch, "SELECT count(*) FROM qpg_deadlock.tasks WHERE status = 5 AND lease IS NULL"));
+  PQfinish(other);
+  PQfinish(watch);
   ath__qpg_close(q);
   return 0;
 }

@@ -1,6 +1,7 @@
 -- Activities of the distributed tests (scripts/dist-test, tests/lua/db_pg_backend_spec.lua),
 -- all on task queue "dist". Every run appends "start <id> <attempt> <node>" when it starts
--- and "end <id> <attempt> <node>" when it returns to $DIST_LOG.<node> (when DIST_LOG is
+-- and "end <id> <attempt> <node>" when it returns (dist.sleep: "stop ..." when it is
+-- interrupted) to $DIST_LOG.<node> (when DIST_LOG is
 -- set): one write(2) per line in append mode, so a kill -9 loses no line written.
 local athena = require "athena"
 
@@ -27,13 +28,20 @@ M.noop = athena.activity("dist.noop", function(ctx, x)
   return x
 end, OPTS)
 
---- dist.sleep{ms} -> node: sleeps ms (a yield point every 50 ms)
+--- dist.sleep{ms} -> node: sleeps ms (a yield point every 50 ms); logs
+--- "stop" instead of "end" when interrupted (a cancel, a fenced node)
 M.sleep = athena.activity("dist.sleep", function(ctx, x)
   log("start", ctx)
-  local left = x.ms
-  while left > 0 do
-    athena.sleep(left > 50 and 50 or left)
-    left = left - 50
+  local ok, err = pcall(function()
+    local left = x.ms
+    while left > 0 do
+      athena.sleep(left > 50 and 50 or left)
+      left = left - 50
+    end
+  end)
+  if not ok then
+    log("stop", ctx)
+    error(err, 0)
   end
   log("end", ctx)
   return node
@@ -60,6 +68,20 @@ M.dead = athena.activity("dist.dead", function(ctx, x)
   f:close()
   return "alive"
 end, { taskQueue = "dist", retry = { maxAttempts = 1 }, failureStrategy = "quarantine" })
+
+--- dist.count{n, ms} -> {from, node}: counts to n, a step every ms, heartbeating
+--- each step as a checkpoint; an attempt resumes from ctx.lastHeartbeat
+M.count = athena.activity("dist.count", function(ctx, x)
+  log("start", ctx)
+  local from = ctx.lastHeartbeat and ctx.lastHeartbeat.i or 0
+  for i = from + 1, x.n do
+    athena.sleep(x.ms)
+    ctx:heartbeat({ i = i })
+  end
+  log("end", ctx)
+  return { from = from, node = node }
+end, OPTS)
+
 
 -- The saga of tests/dist/saga.lua (workflows on any node): 5 steps, each registering its
 -- undo once it completed; a step given `fail` = its number fails for good (ESTEP), and the
@@ -97,5 +119,5 @@ M.saga = athena.workflow("dist.saga", function(ctx, o)
   return out
 end, { taskQueue = "dist", failureStrategy = "compensate", retry = { maxAttempts = 1 } })
 
-M.all = { M.noop, M.sleep, M.flaky, M.dead, M.step, M.undo, M.saga }
+M.all = { M.noop, M.sleep, M.flaky, M.dead, M.count, M.step, M.undo, M.saga }
 return M

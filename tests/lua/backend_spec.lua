@@ -474,4 +474,48 @@ describe("athena.Backend's authorize", function()
     assert.matches("only reader may fetch", res.body)
     assert.equals(401, fetch("nobody").status) -- the keys come first: authorize is not asked
   end)
+
+  -- Connections go to the gateway threads in turn, so two opened one after
+  -- the other are answered by two threads: each asks authorize in a state
+  -- of its own (no thread waits for another's call), which its globals show.
+  it("runs in one state per gateway thread", function()
+    local dir = S.tmpname()
+    os.execute("mkdir -p " .. dir)
+    local dburl = "sqlite:" .. dir .. "/g.db"
+    local db = assert(athena.db.open(dburl))
+    assert(db:exec("CREATE TABLE t(id INTEGER PRIMARY KEY)"))
+    db:close()
+    local _, url = serving(function(r)
+      if r.surface ~= "gateway" then return true end
+      state_id = state_id or tostring({}) -- luacheck: ignore (a global of this state)
+      calls = (calls or 0) + 1 -- luacheck: ignore
+      return false, state_id .. " call " .. calls
+    end, nil, { db = dburl, threads = 2, keys = { k = { name = "k", rights = "*" } }, tables = { "t" } })
+    local py = S.tmpname()
+    local f = assert(io.open(py, "w"))
+    f:write([[
+import http.client, sys, json
+port = int(sys.argv[1])
+conns = [http.client.HTTPConnection("127.0.0.1", port) for _ in range(2)]
+for c in conns: c.connect()
+for c in conns + conns:
+    c.request("POST", "/gateway/fetch", body='{"table_name":"t"}', headers={"apikey": "k"})
+    r = c.getresponse()
+    print(r.status, json.loads(r.read())["error"])
+]])
+    f:close()
+    local p = assert(io.popen("python3 " .. py .. " " .. url:match(":(%d+)$") .. " 2>&1"))
+    local out = p:read("a")
+    p:close()
+    os.remove(py)
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.equals(4, #lines, out)
+    local a, b = lines[1]:match("^403 (table: %S+) call 1$"), lines[2]:match("^403 (table: %S+) call 1$")
+    assert.is_truthy(a, out)
+    assert.is_truthy(b, out)
+    assert.are_not.equals(a, b) -- two states, each at its first call
+    assert.equals("403 " .. a .. " call 2", lines[3])
+    assert.equals("403 " .. b .. " call 2", lines[4])
+  end)
 end)

@@ -116,21 +116,24 @@ describe("cancel", function()
     assert.is_true(rep.sawAt - t0 < 300)
   end)
 
-  it("a spinning pure-Lua task is stopped after cancelGrace (200 ms)", function()
-    local w = U.world { cancelGrace = 200 }
-    local wid = w:getWorkers()[1].id
-    local h = w:execute("sem.spinForever")
-    U.wait_status(h, "running", 2000)
-    local t0 = athena.now()
-    assert.is_true(h:cancel())
-    assert.equals("running", h:status()) -- T13: cancelled once the attempt stopped
-    assert_cancelled(h, 3000)
-    local elapsed = athena.now() - t0
-    assert.is_true(elapsed >= 180, "stopped after " .. elapsed .. " ms, before the grace")
-    assert.is_true(elapsed < 1500, "stopped after " .. elapsed .. " ms")
-    assert.equals("after", U.result(w:execute("sem.echo", "after"), 2000).input)
-    assert.equals(wid, w:getWorkers()[1].id)
-  end)
+  for _, nested in ipairs { false, true } do
+    it("a spinning pure-Lua task is stopped after cancelGrace (200 ms)" ..
+       (nested and ", in a coroutine of its own under pcall" or ""), function()
+      local w = U.world { cancelGrace = 200 }
+      local wid = w:getWorkers()[1].id
+      local h = w:execute("sem.spinForever", { nested = nested })
+      U.wait_status(h, "running", 2000)
+      local t0 = athena.now()
+      assert.is_true(h:cancel())
+      assert.equals("running", h:status()) -- T13: cancelled once the attempt stopped
+      assert_cancelled(h, 3000)
+      local elapsed = athena.now() - t0
+      assert.is_true(elapsed >= 180, "stopped after " .. elapsed .. " ms, before the grace")
+      assert.is_true(elapsed < 1500, "stopped after " .. elapsed .. " ms")
+      assert.equals("after", U.result(w:execute("sem.echo", "after"), 2000).input)
+      assert.equals(wid, w:getWorkers()[1].id)
+    end)
+  end
 
   it("a value returned after the cancel is discarded", function()
     local w = U.world()

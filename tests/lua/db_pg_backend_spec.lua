@@ -231,13 +231,13 @@ describe("athena.PostgresBackend", function()
     once_each({ la, lb })
   end)
 
-  it("fences a paused node: its late outcomes are discarded, the rescue's stand", function()
+  it("fences a paused node: its stale attempts never end, the rescue's outcomes stand", function()
     local sch = schema()
     local ctl = world(sch)
-    local _, la = node(sch, "a", { DIST_CONC = "4" })
-    local pb, lb = node(sch, "b", { DIST_CONC = "4" })
+    local _, la = node(sch, "a", { DIST_CONC = "4", DIST_WORKERS = "1" })
+    local pb, lb = node(sch, "b", { DIST_CONC = "4", DIST_WORKERS = "1" })
     local inputs = {}
-    for i = 1, 16 do inputs[i] = { ms = 1000 } end
+    for i = 1, 8 do inputs[i] = { ms = 4000 } end
     local hs = ctl:executeMany("dist.sleep", inputs)
     S.eventually(function() return #lines(lb) >= 2 end, WAIT, "node b to run tasks")
     os.execute("kill -STOP " .. pb)
@@ -245,8 +245,17 @@ describe("athena.PostgresBackend", function()
     S.eventually(function()
       return scalar(("select count(*) as n from %s.tasks where rescues > 0"):format(sch)) > 0
     end, WAIT, "b's tasks to be rescued")
+    -- what b runs as it is paused (each had seconds left)
+    local cut = {}
+    for _, l in ipairs(lines(lb)) do
+      if l.what == "start" then cut[l.id] = true elseif l.what == "end" then cut[l.id] = nil end
+    end
+    assert.is_not_nil(next(cut))
     os.execute("kill -CONT " .. pb)
     for _, h in ipairs(hs) do assert.is_nil(select(2, h:result(WAIT))) end
+    for _, l in ipairs(lines(lb)) do -- b's stale attempts would be long over by now
+      assert.is_false(cut[l.id] == true and l.attempt == 1 and l.what == "end", "b ended " .. l.id)
+    end
     -- every rescued task's recorded outcome is its last attempt's (a later
     -- one than b's first), never b's discarded one
     local ran = once_each({ la, lb })
@@ -278,6 +287,118 @@ describe("athena.PostgresBackend", function()
     assert.equals(2, h:query().attempt) -- attempt 1 ended after the loss: discarded
     assert.equals(2, scalar(("select attempt from %s.tasks where id = $1"):format(sch), h.id))
     assert.equals(1, scalar(("select rescues from %s.tasks where id = $1"):format(sch), h.id))
+  end)
+
+  it("interrupts the running attempts of a node whose lease was lost, as a cancel does", function()
+    local sch = schema()
+    local ctl = world(sch) -- the leader
+    local _, lb = node(sch, "b", { DIST_CONC = "4", DIST_WORKERS = "1" })
+    local inputs = {}
+    for i = 1, 4 do inputs[i] = { ms = 6000 } end
+    local hs = ctl:executeMany("dist.sleep", inputs)
+    S.eventually(function() return #lines(lb) >= 4 end, WAIT, "node b to run the tasks")
+    -- b keeps running, but the database declares its lease lost (a partition
+    -- would): its next renewal finds out
+    assert(admin:exec(("update %s.nodes set expires_at = 0 where node_id = 'b'"):format(sch)))
+    S.eventually(function()
+      local n = 0
+      for _, l in ipairs(lines(lb)) do n = n + ((l.what == "stop" and l.attempt == 1) and 1 or 0) end
+      return n == 4
+    end, 4000, "b to interrupt its four attempts (each had seconds left)")
+    -- the rescue's attempt 2 runs (on b, registered again) and stands
+    for _, h in ipairs(hs) do
+      assert.equals("b", (h:result(WAIT)))
+      assert.equals(2, h:query().attempt)
+    end
+    for _, l in ipairs(lines(lb)) do
+      assert.is_false(l.what == "end" and l.attempt == 1, "attempt 1 ran to its end: " .. l.id)
+    end
+  end)
+
+  it("keeps heartbeat details in the row: any node reads them, a retry elsewhere resumes from them", function()
+    local sch = schema()
+    local ctl = world(sch) -- the leader; serves nothing
+    local pb, lb = node(sch, "b")
+    local h = ctl:execute("dist.count", { n = 200, ms = 25 })
+    -- b's checkpoints reach the row with its lease renewals (every 500 ms),
+    -- while it runs, and the controller, which never ran the task, reads them
+    local seen
+    S.eventually(function()
+      local q = ctl:query(h.id)
+      seen = q.heartbeatDetails and q.heartbeatDetails.i
+      return seen ~= nil and seen >= 10 and q.lastHeartbeat ~= nil and q.status == "running"
+    end, WAIT, "b's checkpoints in the row")
+    assert.is_true(seen < 200)
+    os.execute("kill -9 " .. pb)
+    S.eventually(function() return not alive(pb) end, WAIT, "node b to die")
+    local row = assert(admin:query(("select hb from %s.tasks where id = $1"):format(sch), h.id))[1]
+    local last = athena.json.decode(row.hb).i
+    assert.is_true(last >= seen)
+    local _, la = node(sch, "a") -- the retry runs here, after the rescue
+    local r, err = h:result(WAIT)
+    assert.is_nil(err)
+    assert.equals("a", r.node)
+    assert.equals(last, r.from) -- resumed from b's last written checkpoint
+    assert.equals(2, h:query().attempt)
+    assert.equals(200, h:query().heartbeatDetails.i)
+    assert.equals(1, #lines(la) // 2) -- one start, one end: attempt 2
+    assert.equals(2, lines(la)[1].attempt)
+  end)
+
+  it("a node restarted with the same nodeId rescues its previous run's tasks at once, fenced", function()
+    local sch = schema()
+    local ctl = world(sch) -- the leader: it would rescue them only when b's lease expires (60 s)
+    local slow = { DIST_CONC = "2", DIST_WORKERS = "1", DIST_HB = "500", DIST_HBT = "60000" }
+    local pb, lb = node(sch, "b", slow)
+    local hs = ctl:executeMany("dist.sleep", { { ms = 30000 }, { ms = 30000 } })
+    S.eventually(function() return #lines(lb) >= 2 end, WAIT, "node b to run both")
+    os.execute("kill -9 " .. pb)
+    S.eventually(function() return not alive(pb) end, WAIT, "node b to die")
+    local old = assert(admin:query(("select incarnation from %s.nodes where node_id = 'b'"):format(sch)))[1].incarnation
+    local _, lb2 = node(sch, "b", slow) -- the same nodeId: it takes over at start
+    S.eventually(function()
+      local starts = 0
+      for _, l in ipairs(lines(lb2)) do starts = starts + ((l.what == "start" and l.attempt == 2) and 1 or 0) end
+      return starts == 2
+    end, 10000, "the restarted b to run both again as attempt 2")
+    for _, h in ipairs(hs) do
+      local row = assert(admin:query(("select attempt, rescues, error from %s.tasks where id = $1"):format(sch), h.id))[1]
+      assert.equals(2, row.attempt)
+      assert.equals(1, row.rescues)
+      assert.truthy(row.error:find("EWORKERLOST", 1, true))
+      assert.truthy(row.error:find("its node restarted", 1, true))
+    end
+    -- the previous incarnation is fenced: expired, so it can claim and renew no more
+    assert.equals(0, scalar(("select count(*) as n from %s.nodes where incarnation = $1 and expires_at > 0"):format(sch), old))
+    for _, n in ipairs(ctl:getNodes()) do
+      if n.incarnation == old then assert.is_false(n.alive) end
+    end
+    for _, h in ipairs(hs) do assert.is_true(h:cancel()) end
+  end)
+
+  it("a node takes the lead at once when the leader resigns (NOTIFY athena_leader)", function()
+    local sch = schema()
+    local function member(id) -- tries the leader lock every 10 s (heartbeatInterval)
+      local w = athena.World.new { backend = athena.PostgresBackend.new { url = URL, nodeId = id, schema = sch },
+        modules = { "dist_jobs" }, taskQueues = { dist = { workers = 0 } },
+        heartbeatInterval = 10000, heartbeatTimeout = 30000 }
+      w:register(table.unpack(jobs.all))
+      w:start()
+      worlds[#worlds + 1] = w
+      return w
+    end
+    local function leads(w, id)
+      for _, n in ipairs(w:getNodes()) do
+        if n.nodeId == id and n.alive and n.leader then return true end
+      end
+      return false
+    end
+    local a = member("lead-a")
+    S.eventually(function() return leads(a, "lead-a") end, WAIT, "a to lead")
+    local b = member("lead-b") -- its first try fails: its next one is 10 s later
+    assert.is_false(leads(b, "lead-b"))
+    a:shutdown() -- resigns: NOTIFY athena_leader
+    S.eventually(function() return leads(b, "lead-b") end, 3000, "b to take the lead at once")
   end)
 
   it("cancels from another node and wakes result() on every node", function()

@@ -246,5 +246,10 @@ describe("schedules on the PostgreSQL backend", function()
     for t = base, base + 4000, 1000 do assert.is_false(has(one, t), "one fired " .. t) end
     assert.truthy(one[1] >= base + 5000) -- only the latest missed one
     assert.truthy(by_id(b, "all").totalExecutions >= 6)
+    -- the catch-up pass fired all of them (both schedules, every missed
+    -- second) in one transaction: the rows share the inserting xid
+    assert.equals(1, scalar(("select count(distinct xmin::text) as n from %s.tasks"
+      .. " where id in ('all@%d', 'all@%d', 'all@%d', 'one@%d')"):format(sch, base, base + 1000, base + 5000,
+        one[1])))
   end)
 end)

@@ -495,6 +495,29 @@ print(" ".join([fetch(a, "wrong"), fetch(b, "wrong"), fetch(a, "wrong"), fetch(b
     assert.equals("401 401 401 429 429 200 200", lines[1])
   end)
 
+  -- The address's and the key's token buckets, taken under one lock with
+  -- the failed-key count: each limit holds on its own, a refusal by the
+  -- address's bucket is no failed key, and a key's bucket is the key's
+  -- whatever address it comes from.
+  it("the address's and the key's buckets each refuse past their burst, with Retry-After", function()
+    local s = served { authFailures = 100, ip = { rate = 0.001, burst = 3 }, key = { rate = 100000, burst = 100000 } }
+    for _ = 1, 3 do assert.equals(200, (fetch(s.url, "10.5.5.5", "GW"))) end
+    local st, data, hd = fetch(s.url, "10.5.5.5", "GW")
+    assert.equals(429, st)
+    assert.equals("rate_limited", data.code)
+    assert.is_truthy(tonumber(hd["retry-after"]) >= 1)
+    assert.equals(429, (fetch(s.url, "10.5.5.5", "wrong"))) -- limited before its key counts
+    assert.equals(200, (fetch(s.url, "10.5.5.6", "GW"))) -- another address has its own
+
+    local k = served { authFailures = 100, ip = { rate = 1000, burst = 1000 }, key = { rate = 0.001, burst = 2 } }
+    assert.equals(200, (fetch(k.url, "10.6.6.1", "GW")))
+    assert.equals(200, (fetch(k.url, "10.6.6.2", "GW")))
+    st, data = fetch(k.url, "10.6.6.3", "GW") -- the key's third request, from a third address
+    assert.equals(429, st)
+    assert.equals("rate_limited", data.code)
+    assert.equals(401, (fetch(k.url, "10.6.6.3", "wrong"))) -- an unknown key is no key's bucket
+  end)
+
   it("valid keys keep working from a locked-out address; failed ones stay locked out", function()
     local s = served()
     lock_out(s.url, "10.3.3.3")

@@ -79,6 +79,19 @@ describe("heartbeat", function()
     U.result(h)
   end)
 
+  it("a heartbeat without details: query() shows its time and no details", function()
+    local w = U.world()
+    local h = w:execute("sem.beater", { every = 20, total = 300, bare = true })
+    local q = U.wait_until(function()
+      local ok, s = pcall(h.query, h) -- raised ENOMEM ("not enough memory") here
+      assert(ok, s)
+      return s.lastHeartbeat ~= nil and s
+    end, 2000, "lastHeartbeat")
+    assert.is_nil(q.heartbeatDetails)
+    assert.equals("integer", math.type(q.lastHeartbeat))
+    U.result(h)
+  end)
+
   describe("ctx:heartbeat with details that are not a payload raises EINVAL in the task", function()
     for _, kind in ipairs { "function", "nested" } do
       it(kind, function()

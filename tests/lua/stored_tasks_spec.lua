@@ -98,6 +98,21 @@ for _, mode in ipairs { "file", "hybrid" } do
       assert.matches("in use by st.echo", err.message, 1, true)
     end)
 
+    -- ctx:run skips the store when the workflow's id is its own (generated
+    -- here, not recovered): unless another task took an id under it
+    it("a task that took a workflow step's id and left RAM is that step, as in execute", function()
+      local w = started(mode, S.tmpname(), { taskQueues = { solo = { workers = 1 }, default = { concurrency = 4 } } })
+      local go = S.tmpname()
+      local h = w:execute("st.gatedflow", { go = go, v = "step" })
+      S.eventually(function() return #w:query(h.id).children == 1 end, S.WAIT, "step 1")
+      assert.equals("mine", S.result(w:execute("st.echo", "mine", { id = h.id .. "/1/2" })))
+      settled(w, 2) -- the workflow and its step 1
+      io.open(go, "w"):close()
+      assert.equals("mine", S.result(h)) -- step 2 was handed the stored task
+      assert.equals(1, #w:queryTasks { name = "st.echo", limit = 10 })
+      assert.equals("ok", w:execute("st.echo", "ok"):result(S.WAIT)) -- the store takes writes
+    end)
+
     it("a workflow's finished children are listed from the store", function()
       local w = started(mode, S.tmpname())
       local h = w:execute("st.flow", { n = 4 })

@@ -11,7 +11,7 @@ describe("timeout", function()
   end)
 
   describe("a pure-Lua endless loop with timeout 100 ms", function()
-    for _, mode in ipairs { "plain", "pcall", "nested", "xpcall" } do
+    for _, mode in ipairs { "plain", "pcall", "nested", "xpcall", "coroutine" } do
       it("fails ETIMEDOUT, retryable, and the worker runs the next task (" .. mode .. ")", function()
         local w = U.world()
         local wid = w:getWorkers()[1].id
