@@ -315,8 +315,6 @@ static int world_register(lua_State* L) {
     }
   }
   int rc = ath_world_register(lw->w, &a);
-  if (rc == ATH_ENOSYS)
-    return ath__raise(L, rc, "cannot register workflow %s: workflows are not supported on the PostgreSQL backend yet", name);
   if (rc != 0)
     return ath__raise(L, rc, "cannot register %s", name);
   return 0;

@@ -97,8 +97,14 @@ set_tests_properties(dist.kill_leader PROPERTIES ENVIRONMENT "ATHENA_PG_URL_FILE
 add_test(NAME dist.cron_kill_leader COMMAND ${PROJECT_SOURCE_DIR}/scripts/dist-test $<TARGET_FILE:athena>)
 set_tests_properties(dist.cron_kill_leader PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED pg
   ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url;DIST_SCENARIO=cron;DIST_CRON=1;DIST_HB=2000;DIST_HBT=12000")
-set_tests_properties(dist.kill9 dist.kill_leader dist.poll_only dist.cron_kill_leader lua.db_pg_backend
-  lua.gc.db_pg_backend lua.db_pg_schedules lua.gc.db_pg_schedules PROPERTIES RESOURCE_LOCK pg_nodes)
+# Workflows and sagas on any node: 60 sagas, node b killed holding workflow
+# segments (tests/dist/saga.lua).
+add_test(NAME dist.saga_kill9 COMMAND ${PROJECT_SOURCE_DIR}/scripts/dist-test $<TARGET_FILE:athena>)
+set_tests_properties(dist.saga_kill9 PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED pg
+  ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url;DIST_SCENARIO=saga")
+set_tests_properties(dist.kill9 dist.kill_leader dist.poll_only dist.cron_kill_leader dist.saga_kill9
+  lua.db_pg_backend lua.gc.db_pg_backend lua.db_pg_schedules lua.gc.db_pg_schedules lua.db_pg_workflows
+  lua.gc.db_pg_workflows PROPERTIES RESOURCE_LOCK pg_nodes)
 set_tests_properties(dist.kill9 PROPERTIES ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url")
 set_tests_properties(dist.poll_only PROPERTIES
   ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url;DIST_NOTIFY=0;DIST_KILL=0;DIST_TASKS=2000")

@@ -74,6 +74,15 @@ static const char* const MIGRATIONS[ATH_QPG_SCHEMA_VERSION] = {
   /* 3: dead letters (status 8) listed newest first without a scan of the
    * task table: getQuarantined over 1M rows 47 ms -> 0.04 ms */
   "CREATE INDEX tasks_dead ON {S}.tasks (created_at DESC, id COLLATE \"C\") WHERE status = 8;",
+  /* 4: workflows on any node (distributed.md §3.11). Histories keyed by
+   * (workflow id, seq), appended by the node holding the lease; version
+   * 1's table keyed by the task's seq goes (workflows were refused before
+   * this version: it can only hold rows written by hand, which move). */
+  "CREATE TABLE {S}.workflow_events (workflow_id text NOT NULL, seq int NOT NULL,"
+  "  event text NOT NULL, PRIMARY KEY (workflow_id, seq));"
+  "INSERT INTO {S}.workflow_events SELECT t.id, h.n, h.event"
+  "  FROM {S}.history h JOIN {S}.tasks t ON t.seq = h.task_seq;"
+  "DROP TABLE {S}.history;",
 };
 
 /* ------------------------------------------------------------ statements */
@@ -115,6 +124,9 @@ enum {
   ST_LEASED,
   ST_HEARTBEAT,
   ST_TAKEOVER,
+  ST_WF_APPEND,
+  ST_WF_PARK,
+  ST_WF_REQUEUE,
   ST_COUNT
 };
 
@@ -160,10 +172,15 @@ static const char* const STMTS[ST_COUNT] = {
     "   started_at = CASE WHEN t.wf_where = 2 THEN t.started_at ELSE {S}.now_ms() END,"
     "   wf_where = CASE WHEN t.kind = 1 THEN 0 END"
     "   FROM d WHERE t.seq = d.seq RETURNING t.*)"
+    /* a workflow's history (events joined by ATH_STORE_EVENT_SEP, chr(30))
+     * and the outcome of what its last park waits for */
     " SELECT was.resumed, " TASK_COLS("u") ","
-    "   CASE WHEN u.kind = 1 THEN (SELECT string_agg(h.event, ',' ORDER BY h.n)"
-    "     FROM {S}.history h WHERE h.task_seq = u.seq) END AS history"
-    " FROM u JOIN was USING (seq) ORDER BY u.priority DESC, u.ready_at, u.seq",
+    "   CASE WHEN u.kind = 1 THEN (SELECT string_agg(h.event, chr(30) ORDER BY h.seq)"
+    "     FROM {S}.workflow_events h WHERE h.workflow_id = u.id) END AS history,"
+    "   u.wait_kind, u.wait_seq, u.wait_task, w.status AS wait_status, w.result AS wait_result,"
+    "   w.error AS wait_error"
+    " FROM u JOIN was USING (seq) LEFT JOIN {S}.tasks w ON w.id = u.wait_task"
+    " ORDER BY u.priority DESC, u.ready_at, u.seq",
   /* The fence is written `IS NOT DISTINCT FROM` so the planner cannot drive
    * the join from tasks_leased (§4.3). */
   [ST_FINISH] =
@@ -180,14 +197,25 @@ static const char* const STMTS[ST_COUNT] = {
     "   close_by = CASE WHEN o.status >= 5 THEN NULL ELSE t.close_by END,"
     "   lease = NULL, worker_id = o.worker_id, wf_where = NULL"
     "   FROM o WHERE t.seq = o.seq AND t.lease IS NOT DISTINCT FROM $1 AND t.attempt = o.attempt"
-    "   RETURNING t.seq, t.status, t.notify, t.queue, t.priority, t.ready_at),"
+    "   RETURNING t.seq, t.status, t.notify, t.queue, t.priority, t.ready_at, t.parent_id),"
     " r AS (INSERT INTO {S}.ready (seq, queue, priority, ready_at)"
     "   SELECT seq, queue, priority, ready_at FROM f WHERE status = 0"
+    "   ON CONFLICT (seq) DO NOTHING RETURNING queue),"
+    /* a task that ended wakes its workflow (§3.11): wake + 1, and a parked
+     * one is ready again (a running one sees the bump when it parks) */
+    " p AS (UPDATE {S}.tasks pt SET wake = pt.wake + 1,"
+    "   wf_where = CASE WHEN pt.wf_where = 1 THEN 2 ELSE pt.wf_where END"
+    "   FROM (SELECT DISTINCT parent_id FROM f WHERE status >= 5 AND parent_id IS NOT NULL) k"
+    "   WHERE pt.id = k.parent_id AND pt.completed_at IS NULL AND pt.seq NOT IN (SELECT seq FROM f)"
+    "   RETURNING pt.seq, pt.queue, pt.priority, pt.wf_where, pt.lease),"
+    " pr AS (INSERT INTO {S}.ready (seq, queue, priority, ready_at)"
+    "   SELECT seq, queue, priority, {S}.now_ms() FROM p WHERE wf_where = 2 AND lease IS NULL"
     "   ON CONFLICT (seq) DO NOTHING RETURNING queue),"
     " n AS (SELECT pg_notify('athena_done{H}', string_agg(seq::text, ','))"
     "   FROM (SELECT seq, (row_number() OVER ()) / 350 AS g FROM f WHERE notify AND status >= 5) x"
     "   WHERE $9 GROUP BY g"
-    "   UNION ALL " NOTIFY_READY("r", "$9") ")"
+    "   UNION ALL " NOTIFY_READY("r", "$9")
+    "   UNION ALL " NOTIFY_READY("pr", "$9") ")"
     " SELECT o.seq, f.seq IS NOT NULL, (SELECT count(*) FROM n)"
     " FROM o LEFT JOIN f ON f.seq = o.seq ORDER BY o.i",
 #define STAGE_TAIL(flag)                                                                   \
@@ -364,6 +392,54 @@ static const char* const STMTS[ST_COUNT] = {
     "   'leader', EXISTS (SELECT 1 FROM {S}.nodes l WHERE l.leader AND l.node_id = n.node_id"
     "     AND l.pid = n.pid AND l.expires_at > {S}.now_ms()))"
     "   ORDER BY n.incarnation), '[]')::text FROM {S}.nodes n WHERE NOT n.leader",
+  /* Workflows (§3.11). History appends: per workflow, fenced by the lease
+   * and the count stored so far (a mismatch means someone else wrote:
+   * impossible while the lease holds, checked anyway). An append also
+   * clears the park state: the outcome the claim returned is recorded now,
+   * so a claim after a rescue does not record it again. */
+  [ST_WF_APPEND] =
+    "WITH e AS (SELECT * FROM unnest($2::bigint[], $3::int[], $4::text[]) AS e(seq, n, ev)),"
+    " k AS (SELECT seq, min(n) AS lo, count(*)::int AS cnt FROM e GROUP BY seq),"
+    " t AS (UPDATE {S}.tasks t SET hist_n = t.hist_n + k.cnt, wait_kind = NULL, wait_seq = NULL,"
+    "   wait_task = NULL"
+    "   FROM k WHERE t.seq = k.seq AND t.lease IS NOT DISTINCT FROM $1 AND t.hist_n = k.lo"
+    "   RETURNING t.seq, t.id),"
+    " i AS (INSERT INTO {S}.workflow_events (workflow_id, seq, event)"
+    "   SELECT t.id, e.n, e.ev FROM e JOIN t USING (seq) RETURNING 1)"
+    " SELECT k.seq, t.seq IS NOT NULL, (SELECT count(*) FROM i) FROM k LEFT JOIN t USING (seq)",
+  /* Park: the row leaves its lease (wf_where 1 parked, 3 timer) or, when
+   * the awaited task ended already or a child woke it since the claim
+   * ($10 = the wake the claim returned), is ready again at once (2). Either
+   * the park sees the child's end, or the child's finish sees the park:
+   * both lock this row. */
+  [ST_WF_PARK] =
+    "WITH o AS (SELECT * FROM unnest($2::bigint[], $3::int[], $4::smallint[], $5::text[],"
+    "   $6::smallint[], $7::text[], $8::bigint[], $9::bigint[], $10::int[]) WITH ORDINALITY"
+    "   AS o(seq, attempt, status, error, kind, task, wseq, delay, seen, i)),"
+    " p AS (UPDATE {S}.tasks t SET status = o.status, error = coalesce(o.error, t.error),"
+    "   wait_kind = o.kind, wait_task = o.task, wait_seq = o.wseq, lease = NULL,"
+    "   wf_where = CASE WHEN o.kind = 4 THEN 3"
+    "     WHEN t.wake > o.seen OR EXISTS (SELECT 1 FROM {S}.tasks x WHERE x.id = o.task"
+    "       AND x.status >= 5) THEN 2 ELSE 1 END,"
+    "   due_at = CASE WHEN o.kind = 4 THEN {S}.now_ms() + greatest(o.delay, 0) END,"
+    "   ready_at = {S}.now_ms() + CASE WHEN o.kind = 4 THEN greatest(o.delay, 0) ELSE 0 END"
+    "   FROM o WHERE t.seq = o.seq AND t.lease IS NOT DISTINCT FROM $1 AND t.attempt = o.attempt"
+    "   RETURNING t.seq, t.queue, t.priority, t.ready_at, t.wf_where),"
+    " r AS (INSERT INTO {S}.ready SELECT seq, queue, priority, ready_at FROM p WHERE wf_where = 2"
+    "   ON CONFLICT (seq) DO NOTHING RETURNING queue),"
+    " n AS (" NOTIFY_READY("r", "$11") ")"
+    " SELECT o.seq, p.seq IS NOT NULL, (SELECT count(*) FROM n)"
+    " FROM o LEFT JOIN p ON p.seq = o.seq ORDER BY o.i",
+  /* Segments back to ready as resumptions of the same run (a rescue, a
+   * resumption handed back unrun): state and attempt kept. */
+  [ST_WF_REQUEUE] =
+    "WITH u AS (UPDATE {S}.tasks t SET lease = NULL, wf_where = 2, ready_at = {S}.now_ms()"
+    "   WHERE t.seq = ANY($2::bigint[]) AND t.lease IS NOT DISTINCT FROM $1 AND t.kind = 1"
+    "   RETURNING t.seq, t.queue, t.priority, t.ready_at),"
+    " r AS (INSERT INTO {S}.ready SELECT seq, queue, priority, ready_at FROM u"
+    "   ON CONFLICT (seq) DO NOTHING RETURNING queue),"
+    " n AS (" NOTIFY_READY("r", "$3") ")"
+    " SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM n)",
 };
 
 /* ------------------------------------------------------------ connection */
@@ -873,7 +949,8 @@ static int decode_tasks(PGresult* r, ath_qpg_tasks_t* out) {
   COL(max_attempts); COL(strategy); COL(rescues); COL(wake); COL(hist_n); COL(resumed);
   COL(created_at); COL(ready_at); COL(started_at); COL(close_by); COL(cancel_at); COL(last_hb);
   COL(parent_id); COL(input); COL(error); COL(hb); COL(history); COL(result); COL(completed_at);
-  COL(scheduled_at);
+  COL(scheduled_at); COL(wait_kind); COL(wait_seq); COL(wait_task); COL(wait_status);
+  COL(wait_result); COL(wait_error);
 #undef COL
   for (int i = 0; i < n; i++) {
     ath_qpg_task_t* t = &out->rows[i];
@@ -905,6 +982,12 @@ static int decode_tasks(PGresult* r, ath_qpg_tasks_t* out) {
     t->result = get_str(r, i, c_result);
     t->completed_at = get_i64(r, i, c_completed_at);
     t->scheduled_at = get_i64(r, i, c_scheduled_at);
+    t->wait_kind = c_wait_kind >= 0 && !PQgetisnull(r, i, c_wait_kind) ? (int)get_i64(r, i, c_wait_kind) : 0;
+    t->wait_seq = get_i64(r, i, c_wait_seq);
+    t->wait_task = get_str(r, i, c_wait_task);
+    t->wait_status = (int)get_i64(r, i, c_wait_status);
+    t->wait_result = get_str(r, i, c_wait_result);
+    t->wait_error = get_str(r, i, c_wait_error);
   }
   out->n = (size_t)n;
   out->res_ = r;
@@ -1014,7 +1097,7 @@ static int send_beats(ath_qpg_t* q, int64_t lease, const ath_qpg_beat_t* b, size
   return send_fenced(q, ST_HEARTBEAT, lease, &p, 0);
 }
 
-/* The per-row answer of a finish or a heartbeat: column 1 says applied. */
+/* The per-row answer of a finish, a heartbeat or a park: column 1 says applied. */
 static int read_applied(ath_qpg_t* q, size_t n, uint8_t* applied, const char* what) {
   PGresult* r;
   int rc = pl_rows(q, &r);
@@ -1041,6 +1124,76 @@ static int send_claim(ath_qpg_t* q, int64_t lease, const ath_qpg_claim_t* c) {
   return pl_send(q, ST_CLAIM, 3, v);
 }
 
+/* ------------------------------------------------------------ workflows (§3.11) */
+
+static int send_appends(ath_qpg_t* q, int64_t lease, const ath_qpg_append_t* a, size_t n) {
+  params_t p;
+  params_init(&p, 3);
+  for (size_t i = 0; i < n; i++) {
+    for (size_t k = 0; k < a[i].n; k++) {
+      arr_int(&p, 0, a[i].seq);
+      arr_int(&p, 1, a[i].from + (int64_t)k);
+      arr_str(&p, 2, a[i].events[k]);
+    }
+  }
+  return send_fenced(q, ST_WF_APPEND, lease, &p, 0);
+}
+
+/* Reads the applied flags of a statement answering (seq, applied) per
+ * input row: appends answer per distinct seq, in no order. */
+static int read_appended(ath_qpg_t* q, const ath_qpg_append_t* a, size_t n, uint8_t* applied) {
+  PGresult* r;
+  int rc = pl_rows(q, &r);
+  if (rc < 0)
+    return rc;
+  for (size_t i = 0; i < n; i++) {
+    applied[i] = 0;
+    for (int k = 0; k < PQntuples(r); k++)
+      if (get_i64(r, k, 0) == a[i].seq)
+        applied[i] = (uint8_t)get_bool(r, k, 1);
+  }
+  PQclear(r);
+  return 0;
+}
+
+static int send_parks(ath_qpg_t* q, int64_t lease, const ath_qpg_park_t* o, size_t n) {
+  params_t p;
+  params_init(&p, 9);
+  for (size_t i = 0; i < n; i++) {
+    arr_int(&p, 0, o[i].seq);
+    arr_int(&p, 1, o[i].attempt);
+    arr_int(&p, 2, o[i].status);
+    arr_str(&p, 3, o[i].error);
+    arr_int(&p, 4, o[i].wait_kind);
+    arr_str(&p, 5, o[i].wait_task);
+    arr_int(&p, 6, o[i].wait_seq);
+    arr_int(&p, 7, o[i].delay_ms);
+    arr_int(&p, 8, o[i].wake_seen);
+  }
+  return send_fenced(q, ST_WF_PARK, lease, &p, 1);
+}
+
+static int send_requeues(ath_qpg_t* q, int64_t lease, const int64_t* seqs, size_t n) {
+  params_t p;
+  params_init(&p, 1);
+  for (size_t i = 0; i < n; i++)
+    arr_int(&p, 0, seqs[i]);
+  return send_fenced(q, ST_WF_REQUEUE, lease, &p, 1);
+}
+
+/* Reads a requeue's answer (fenced rows are simply not requeued). */
+static int read_requeued(ath_qpg_t* q) {
+  PGresult* r;
+  int rc = pl_rows(q, &r);
+  PQclear(r);
+  return rc;
+}
+
+int ath__qpg_wf_requeue(ath_qpg_t* q, int64_t lease, const int64_t* seqs, size_t n) {
+  ath_qpg_cycle_t c = {.lease = lease, .requeues = seqs, .n_requeues = n};
+  return n == 0 ? 0 : ath__qpg_cycle(q, &c);
+}
+
 /* Reads a commit point: 0 when its transaction committed. */
 static int read_sync(ath_qpg_t* q) {
   int kind;
@@ -1059,18 +1212,26 @@ static int cycle_once(ath_qpg_t* q, ath_qpg_cycle_t* c) {
     if (c->claims[i].queue == NULL || c->claims[i].n <= 0)
       return ATH_EINVAL;
   }
-  int writes = c->n_inserts > 0 || c->n_outcomes > 0 || c->n_beats > 0;
+  int writes = c->n_inserts > 0 || c->n_outcomes > 0 || c->n_beats > 0 || c->n_appends > 0 ||
+               c->n_parks > 0 || c->n_requeues > 0;
   int rc = pl_begin(q);
   if (rc < 0)
     return rc;
-  /* send: [heartbeat][insert][finish] sync, then [claim] sync per claim
-   * (one_commit: a single sync at the end); an attempt's last heartbeat
-   * goes before its finish, which ends the lease it is fenced by */
+  /* send: [heartbeat][insert][append][finish][park][requeue] sync, then
+   * [claim] sync per claim (one_commit: a single sync at the end); an
+   * attempt's last heartbeat goes before its finish, which ends the lease
+   * it is fenced by */
   if (c->n_beats > 0 && (rc = send_beats(q, c->lease, c->beats, c->n_beats)) < 0)
     return pl_end(q, rc);
   if (c->n_inserts > 0 && (rc = send_insert(q, c->inserts, c->n_inserts)) < 0)
     return pl_end(q, rc);
+  if (c->n_appends > 0 && (rc = send_appends(q, c->lease, c->appends, c->n_appends)) < 0)
+    return pl_end(q, rc);
   if (c->n_outcomes > 0 && (rc = send_finish(q, c->lease, c->outcomes, c->n_outcomes)) < 0)
+    return pl_end(q, rc);
+  if (c->n_parks > 0 && (rc = send_parks(q, c->lease, c->parks, c->n_parks)) < 0)
+    return pl_end(q, rc);
+  if (c->n_requeues > 0 && (rc = send_requeues(q, c->lease, c->requeues, c->n_requeues)) < 0)
     return pl_end(q, rc);
   if (writes && !c->one_commit && (rc = pl_sync(q)) < 0)
     return pl_end(q, rc);
@@ -1086,7 +1247,13 @@ static int cycle_once(ath_qpg_t* q, ath_qpg_cycle_t* c) {
     return pl_end(q, rc);
   if (c->n_inserts > 0 && (rc = read_insert(q, c->n_inserts, c->inserted)) < 0)
     return pl_end(q, rc);
+  if (c->n_appends > 0 && (rc = read_appended(q, c->appends, c->n_appends, c->appended)) < 0)
+    goto fail_writes;
   if (c->n_outcomes > 0 && (rc = read_applied(q, c->n_outcomes, c->applied, "finish")) < 0)
+    goto fail_writes;
+  if (c->n_parks > 0 && (rc = read_applied(q, c->n_parks, c->parked, "park")) < 0)
+    goto fail_writes;
+  if (c->n_requeues > 0 && (rc = read_requeued(q)) < 0)
     goto fail_writes;
   if (writes && !c->one_commit) {
     if ((rc = read_sync(q)) < 0)
@@ -1894,7 +2061,7 @@ static const char* const REQUEUE_SQL =
 static const char* const PURGE_SQL =
   "WITH t AS (SELECT seq, status FROM {S}.tasks WHERE id = $1 FOR UPDATE),"
   " d AS (DELETE FROM {S}.tasks x USING t WHERE x.seq = t.seq AND t.status = 8 RETURNING x.seq),"
-  " h AS (DELETE FROM {S}.history h USING d WHERE h.task_seq = d.seq),"
+  " h AS (DELETE FROM {S}.workflow_events h WHERE h.workflow_id = $1 AND EXISTS (SELECT 1 FROM d)),"
   " r AS (DELETE FROM {S}.ready r USING d WHERE r.seq = d.seq)"
   " SELECT t.seq, t.status, (SELECT count(*) FROM d) FROM t";
 

@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 /* The schema version this build creates and understands. */
-#define ATH_QPG_SCHEMA_VERSION 3
+#define ATH_QPG_SCHEMA_VERSION 4
 /* Advisory lock keys (first int; the second is hashtext(<schema>)). */
 #define ATH_QPG_LOCK_LEADER 1096042062  /* session lock: the leader */
 #define ATH_QPG_LOCK_MIGRATE 1096042063 /* transaction lock: migrations */
@@ -162,6 +162,14 @@ typedef struct {
   const char* result;  /* reads only (ath__qpg_read, ath__qpg_get) */
   int64_t completed_at; /* reads only; -1: NULL */
   int64_t scheduled_at;
+  /* claims of a workflow: what its last park waits for (wait_kind 0: none;
+   * ath_qpg_park_t's kinds) and, when that is a task, its row's outcome
+   * (wait_status -1: no such row) */
+  int wait_kind, wait_status;
+  int64_t wait_seq;
+  const char* wait_task;
+  const char* wait_result;
+  const char* wait_error;
 } ath_qpg_task_t;
 
 typedef struct {
@@ -172,6 +180,34 @@ typedef struct {
 
 void ath__qpg_tasks_free(ath_qpg_tasks_t* t);
 void ath__qpg_inserted_clear(ath_qpg_inserted_t* r, size_t n);
+
+/* Workflows (distributed.md §3.11): events appended to a history, fenced
+ * by the lease and the count stored so far (events[i] becomes event
+ * from + i of workflow `seq`). */
+typedef struct {
+  int64_t seq;
+  int from;                  /* the events the row holds already (hist_n) */
+  const char* const* events; /* JSON texts */
+  size_t n;
+} ath_qpg_append_t;
+
+/* A workflow segment parked: the row leaves its lease and waits for task
+ * wait_task (kinds 1 activity, 2 child, 3 compensation) or for delay_ms
+ * (kind 4, a timer: staged like a retry). It is made ready at once when
+ * the awaited task already ended or any child ended since the claim that
+ * returned `wake_seen` (no lost wake-up). status/error: the run's state
+ * (running or compensating, with the failure it compensates). */
+typedef struct {
+  int64_t seq;
+  int attempt;
+  int status;
+  const char* error;     /* NULL: unchanged */
+  int wait_kind;
+  const char* wait_task; /* kinds 1-3 */
+  int64_t wait_seq;
+  int64_t delay_ms;      /* kind 4 */
+  int wake_seen;
+} ath_qpg_park_t;
 
 typedef struct {
   const char* queue;
@@ -204,6 +240,16 @@ typedef struct {
   size_t n_claims;
   int one_commit;                 /* claims in the writes' transaction */
   int committed;                  /* out: the inserts and finishes committed */
+  /* workflows: appends go before the finishes, parks and requeues after */
+  const ath_qpg_append_t* appends;
+  size_t n_appends;
+  uint8_t* appended;              /* n_appends flags: 0 = fenced out */
+  const ath_qpg_park_t* parks;
+  size_t n_parks;
+  uint8_t* parked;                /* n_parks flags: 0 = fenced out */
+  const int64_t* requeues;        /* workflow segments leased by `lease`, back
+                                   * to ready as resumptions (same run) */
+  size_t n_requeues;
 } ath_qpg_cycle_t;
 
 int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c);
@@ -218,6 +264,11 @@ int ath__qpg_insert(ath_qpg_t* q, const ath_qpg_insert_t* rows, size_t n, ath_qp
 int ath__qpg_claim(ath_qpg_t* q, int64_t lease, const char* queue, int n, ath_qpg_tasks_t* out);
 int ath__qpg_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, size_t n,
                     uint8_t* applied);
+
+/* Workflow segments leased by `lease` back to ready as resumptions of
+ * the same run (state and attempt kept): the rescue's, after ath__qpg_rescue
+ * took them. */
+int ath__qpg_wf_requeue(ath_qpg_t* q, int64_t lease, const int64_t* seqs, size_t n);
 
 /* Makes due, unleased tasks (scheduled / retrying) ready again, keeping
  * their ready_at: by seq (the node that armed the timer), or every task due

@@ -115,6 +115,7 @@ typedef struct {
   int wait_kind;         /* ATH_PARK_*, while parked or on a timer */
   int64_t wait_seq;      /* the awaited command (a compensation's index) */
   struct ath_task_s* wait_task; /* parked on this task's outcome (a reference) */
+  int dq_wake;           /* PostgreSQL: the row's wake count at the claim */
   int forced;            /* a cascade failed it while a segment ran */
   char* forced_err;      /* the error it ends with then (JSON), owned */
   size_t forced_err_len;
@@ -933,6 +934,11 @@ void ath__ev_raw(ath_buf_t* b, const char* key, const char* json, size_t len);
 int ath__hold_workflow(ath_world_t* w, ath_task_t* t);
 int ath__home_open(const ath_world_t* w, const ath_worker_t* wk);
 void ath__wf_claimed(ath_task_t* t);
+/* PostgreSQL: a resumed claim of workflow t brought the outcome of what
+ * its last park waited for (command `seq` of ATH_PARK_* `kind`): records
+ * timer.fired, or the task's outcome when `status` is terminal (lock held). */
+void ath__wf_record_row(ath_world_t* w, ath_task_t* t, int kind, int64_t seq, int status,
+                        const char* result, const char* error);
 void ath__wf_publish(ath_world_t* w, ath_task_t* t, ath_outcome_t* o);
 void ath__wf_cancel_requested(ath_world_t* w, ath_task_t* t, int64_t now);
 int ath__wf_park(ath_world_t* w, ath_task_t* t, ath_outcome_t* o, int64_t now, uint64_t mono, ath_worker_t** wake, int nwake, int* wake_engine);

@@ -667,13 +667,19 @@ static int workflow_main(lua_State* co, ath_task_t* t) {
   free(hist);
   if (rc != 0)
     lua_error(co);
-  /* the state and error are stable: only this segment changes them now */
-  lua_pushboolean(co, t->status == ATH_COMPENSATING);
-  if (t->status == ATH_COMPENSATING && t->error != NULL)
+  /* the state and error are stable: only this segment changes them now;
+   * the state shares its word with flags the store thread clears (dirty),
+   * so it is read under the lock */
+  uv_mutex_lock(&wk->w->lock);
+  int compensating = t->status == ATH_COMPENSATING;
+  int strategy = t->strategy;
+  uv_mutex_unlock(&wk->w->lock);
+  lua_pushboolean(co, compensating);
+  if (compensating && t->error != NULL)
     push_decoded(co, t->error, t->error_len);
   else
     lua_pushnil(co);
-  lua_pushinteger(co, t->strategy);
+  lua_pushinteger(co, strategy);
   const ath_task_t* parent = ath__task_parent(t);
   if (parent != NULL)
     lua_pushstring(co, parent->id);

@@ -496,7 +496,7 @@ static int cancel_children(ath_world_t* w, ath_task_t* t, const ath_task_t* keep
     for (size_t b = 0; b < w->table_cap; b++) {
       for (ath_task_t* c = w->table[b]; c != NULL; c = c->hnext) {
         int accepted;
-        if (ath__task_parent(c) == t && c != keep && !ATH_IS_TERMINAL(c->status))
+        if (ath__task_parent(c) == t && c != keep && !ATH_IS_TERMINAL(c->status) && !c->remote)
           nwake = ath__cancel_locked(w, c, now, wake, nwake, &accepted);
       }
     }
@@ -506,7 +506,7 @@ static int cancel_children(ath_world_t* w, ath_task_t* t, const ath_task_t* keep
   for (uint32_t i = wf->kids_lo; i < wf->nkids; i++) {
     ath_task_t* c = wf->kids[i];
     int accepted;
-    if (c != NULL && c != keep && !ATH_IS_TERMINAL(c->status))
+    if (c != NULL && c != keep && !ATH_IS_TERMINAL(c->status) && !c->remote) /* a proxy: its row's */
       nwake = ath__cancel_locked(w, c, now, wake, nwake, &accepted);
   }
   return nwake;
@@ -565,8 +565,8 @@ int ath__wf_terminal(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** 
       nwake = cancel_children(w, t, NULL, now, wake, nwake);
   }
   ath_task_t* p = ath__task_parent(t);
-  if (p == NULL || ATH_IS_TERMINAL(p->status) || p->wf->forced)
-    return nwake;
+  if (p == NULL || ATH_IS_TERMINAL(p->status) || p->wf->forced || w->dq != NULL)
+    return nwake; /* PostgreSQL: the finish statement wakes the parent's row */
   if (t->status == ATH_FAILED && t->strategy == ATH_STRATEGY_CASCADE && p->status != ATH_COMPENSATING)
     return wf_cascade(w, p, t, now, wake, nwake);
   if (p->wf->wait_task == t && p->wf->where == ATH_WF_PARKED) {
@@ -590,6 +590,8 @@ int ath__wf_park(ath_world_t* w, ath_task_t* t, ath_outcome_t* o, int64_t now, u
     if (o->park_at > now) {
       wf->where = ATH_WF_TIMER;
       t->ready_at = o->park_at;
+      if (w->dq != NULL)
+        return nwake; /* PostgreSQL: the park statement makes its row due */
       t->ready_mono = ath__after(mono, o->park_at - now);
       if (ath__heap_push(&w->delayed, t) == 0) {
         w->n_scheduled++;
@@ -613,6 +615,30 @@ int ath__wf_park(ath_world_t* w, ath_task_t* t, ath_outcome_t* o, int64_t now, u
   wf->where = ATH_WF_PARKED;
   wf->wait_task = x; /* the outcome's reference */
   return nwake;
+}
+
+void ath__wf_record_row(ath_world_t* w, ath_task_t* t, int kind, int64_t seq, int status,
+                        const char* result, const char* error) {
+  ath_wf_t* wf = t->wf;
+  int64_t now = ath__wall(w);
+  wf->wait_kind = kind;
+  wf->wait_seq = seq;
+  if (kind == ATH_PARK_TIMER) {
+    ath_buf_t b = {0};
+    ath__ev_begin(&b, t, "timer.fired", now);
+    ath__ev_int(&b, "seq", seq);
+    ath__wf_push_buf(w, t, &b);
+  } else if (ATH_IS_TERMINAL(status)) {
+    ath_task_t x; /* the awaited task as its row says (wf_record reads no more) */
+    memset(&x, 0, sizeof(x));
+    x.status = (ath_status_t)status;
+    x.result = (char*)result;
+    x.result_len = result ? (uint32_t)strlen(result) : 0;
+    x.error = (char*)error;
+    x.error_len = error ? (uint32_t)strlen(error) : 0;
+    wf_record(w, t, &x, now);
+  }
+  wf->wait_kind = ATH_PARK_NONE;
 }
 
 /* A segment of workflow t was claimed (lock held). */

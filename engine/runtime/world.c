@@ -163,6 +163,8 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   w->cfg.backend_url = xstrdup(cfg->backend_url);
   w->cfg.backend_schema = xstrdup(cfg->backend_schema);
   w->cfg.node_id = xstrdup(cfg->node_id);
+  if (cfg->backend_url != NULL) /* a parked workflow leaves the node: every segment replays */
+    w->cfg.workflow_cache = 0;
   w->modules = ath__strv_dup(cfg->modules);
   w->script_args = ath__strv_dup(cfg->script_args);
   w->cfg.modules = (const char* const*)w->modules;
@@ -247,8 +249,6 @@ int ath_world_register(ath_world_t* w, const ath_activity_t* a) {
       !(a->multiplier >= 1) || (int)a->failure_strategy < ATH_STRATEGY_DEFAULT ||
       a->failure_strategy > ATH_STRATEGY_QUARANTINE)
     return ATH_EINVAL;
-  if (a->workflow && w->cfg.backend_url != NULL)
-    return ATH_ENOSYS; /* phase 1 of the PostgreSQL backend: activities only */
   ath_queue_t* q = find_queue(w, a->task_queue ? a->task_queue : "default");
   if (q == NULL)
     return ATH_EINVAL;
@@ -833,6 +833,14 @@ static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
   ath_strategy_t strategy;
   int max_attempts;
   ath__task_policy(w, def, lim, opts->failure_strategy, &strategy, &max_attempts);
+  if (w->dq != NULL && opts->parent_id != NULL && (def->a.workflow || strategy == ATH_STRATEGY_CASCADE)) {
+    /* not yet on the PostgreSQL backend: a parent there is woken through
+     * its row, which neither a child's run nor a cascade drives yet */
+    ath__set_err(err, errlen, "%s on the PostgreSQL backend are not supported yet",
+                 def->a.workflow ? "child workflows" : "steps with failureStrategy cascade");
+    rc = ATH_ENOSYS;
+    goto fail;
+  }
   /* a step's parent is the workflow its worker runs: no lookup by id */
   ath_task_t* known = by != NULL && by->current != NULL ? by->current->task : NULL;
   uint64_t parent_hash = opts->parent_id && known == NULL ? ath__hash_id(opts->parent_id) : 0;

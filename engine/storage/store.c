@@ -357,7 +357,8 @@ void ath__store_failed(ath_world_t* w, int rc, const char* err, ath_task_t** bat
     nwake = ath__world_withdraw(w, w->dirty[i], rc, wake, nwake, &out);
   for (size_t i = 0; i < n; i++) {
     nwake = ath__world_withdraw(w, batch[i], rc, wake, nwake, &out);
-    if (batch[i]->wf != NULL) /* its events go again (the insert ignores those that made it) */
+    if (batch[i]->wf != NULL && w->dq == NULL) /* its events go again (the insert ignores those
+                                                * that made it; PostgreSQL appends from its count) */
       batch[i]->wf->stored_n = 0;
     ath__store_mark(w, batch[i]); /* written (or deleted) by the next attempt */
     ath_task_release(batch[i]);

@@ -107,6 +107,8 @@ void ath__pgstore_stopped(ath_world_t* w);
  * discarded, the task becomes a proxy of its row (the rescue decides), or
  * runs the attempt this node claimed meanwhile. Returns the new nwake. */
 int ath__dq_discard(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake);
+/* t's error becomes a copy of its row's (NULL, or out of memory: kept). */
+void ath__dq_take_error(ath_task_t* t, const char* error);
 /* A proxy's row (seq) whose end this node waits to hear of (lock held). */
 void ath__dq_watch(ath_world_t* w, int64_t seq);
 /* Reads the row of remote proxy t and brings the proxy up to it (lock not

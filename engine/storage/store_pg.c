@@ -1,7 +1,8 @@
 /* The PostgreSQL backend (docs/backend-postgres.md; design in
  * ../shared/design/distributed.md §3.5-3.8, §3.12): several athena
  * processes share one queue in a PostgreSQL schema through the provider of
- * engine/backend/queue_pg.c. Phase 1: activities only.
+ * engine/backend/queue_pg.c: activities here; the writes and claims of
+ * workflow segments in storage/wf_pg.c.
  *
  * The store thread becomes the backend loop. It keeps the store's
  * dirty-list and generation machinery (store.c), so `file` acknowledgments
@@ -35,6 +36,7 @@
 #include "internal.h"
 #include "store.h"
 #include "queue_pg.h"
+#include "wf_pg.h"
 
 #define MAX_CLAIM 500      /* rows per claim */
 #define MIN_PREFETCH 32    /* after a full claim (§3.5) */
@@ -357,6 +359,7 @@ typedef struct {
   ath_qpg_tasks_t claimed[64];
   int claim_q[64];
   size_t nclaims;
+  ath_wfpg_t wf; /* workflows: history appends, parks, requeues (wf_pg.c) */
 } cycle_t;
 
 static void cycle_free(cycle_t* c) {
@@ -378,6 +381,7 @@ static void cycle_free(cycle_t* c) {
   free(c->out_t);
   free(c->out_err);
   free(c->applied);
+  ath__wfpg_free(&c->wf);
   memset(c, 0, sizeof(*c));
 }
 
@@ -395,7 +399,7 @@ static int cycle_alloc(cycle_t* c, size_t n) {
   c->beat_hb = calloc(k, sizeof(*c->beat_hb));
   c->beat_applied = calloc(k, 1);
   if (!c->ins || !c->ins_t || !c->inserted || !c->outs || !c->out_t || !c->out_err || !c->applied ||
-      !c->beats || !c->beat_hb || !c->beat_applied) {
+      !c->beats || !c->beat_hb || !c->beat_applied || ath__wfpg_alloc(&c->wf, n) != 0) {
     cycle_free(c);
     return ATH_ENOMEM;
   }
@@ -465,12 +469,17 @@ static void classify(ath_world_t* w, struct ath_dq_s* dq, ath_task_t** batch, si
     if (t->withdrawn || t->purged)
       continue;
     int ended = ATH_IS_TERMINAL(t->status) || t->status == ATH_RETRYING;
+    if (ath__wfpg_take(&c->wf, t, now))
+      continue; /* a workflow segment that parked: its history and its park */
     if (t->remote && ath__task_dq(t)->dq_seq == 0) {
       ath_qpg_insert_t* x = &c->ins[c->nins];
       x->id = t->id;
       x->name = t->def->name;
       x->queue = t->queue->name;
       x->input = t->input; /* NUL-terminated: inline, or a JSON encoder's buffer */
+      x->kind = t->wf != NULL;
+      ath_task_t* parent = ath__task_parent(t);
+      x->parent_id = parent != NULL ? parent->id : NULL; /* its end wakes the workflow's row */
       x->priority = t->priority;
       x->max_attempts = t->max_attempts;
       x->strategy = t->strategy;
@@ -594,7 +603,8 @@ static void adopt_claims(ath_world_t* w, struct ath_dq_s* dq, cycle_t* c) {
       } else {
         if (r->cancel_at >= 0 && atomic_load(&t->cancel_ns) == 0)
           atomic_store(&t->cancel_ns, ath__mono(w));
-        pushed += queue_claimed(w, t, r->attempt, r->ready_at);
+        int wf = t->wf != NULL ? ath__wfpg_claimed(w, t, r) : -1; /* a resumption: queued there */
+        pushed += wf >= 0 ? wf : queue_claimed(w, t, r->attempt, r->ready_at);
       }
       uv_mutex_unlock(&w->lock);
       ath_task_release(t);
@@ -675,7 +685,9 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
                         .inserts = c.ins, .n_inserts = c.nins, .inserted = c.inserted,
                         .outcomes = c.outs, .n_outcomes = c.nouts, .applied = c.applied,
                         .lease = lease, .claims = c.claims, .n_claims = c.nclaims, .one_commit = 1};
-  int rc = c.nbeats + c.nins + c.nouts + c.nclaims > 0 ? ath__qpg_cycle(dq->wr, &pc) : 0;
+  ath__wfpg_fill(&c.wf, &pc);
+  size_t parts = c.nbeats + c.nins + c.nouts + c.nclaims + c.wf.napps + c.wf.nparks + c.wf.nreqs;
+  int rc = parts > 0 ? ath__qpg_cycle(dq->wr, &pc) : 0;
   if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->wr) && ath__qpg_reset(dq->wr) == 0) {
     /* the connection broke (a restart, a terminated session): once more on a
      * new one. Inserts are idempotent and finishes fenced; claims that may
@@ -700,6 +712,7 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
     }
     for (size_t i = 0; i < c.nclaims; i++)
       dq->more[c.claim_q[i]] = 1;
+    ath__wfpg_undo(&c.wf);
     char err[256];
     snprintf(err, sizeof(err), "PostgreSQL: %s", ath__qpg_errmsg(dq->wr));
     ath__store_failed(w, ATH_ESTORE, err, batch, n);
@@ -739,6 +752,7 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
       dq->stage_at = t->ready_at;
     }
   }
+  ath__wfpg_done(w, &c.wf, &dq->stage_at, &dq->n_lost);
   for (size_t i = 0; i < c.nclaims; i++) {
     int qi = c.claim_q[i];
     dq->full[qi] = (int)c.claimed[i].n >= asked[i];
@@ -752,6 +766,15 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
 
 /* ------------------------------------------------------------ results of other nodes */
 
+void ath__dq_take_error(ath_task_t* t, const char* error) {
+  char* e = error != NULL ? ath__memdup(error, strlen(error)) : NULL;
+  if (e != NULL) {
+    free(t->error);
+    t->error = e;
+    t->error_len = (uint32_t)strlen(e);
+  }
+}
+
 /* Brings remote proxy t up to its row r (lock held): its state, attempt
  * and error; a row that ended ends the proxy (its waiters wake). Returns
  * the new nwake. */
@@ -763,14 +786,7 @@ static int sync_proxy(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r, at
   if (r->started_at > 0)
     t->started_at = r->started_at;
   take_beat(t, r);
-  if (r->error != NULL) {
-    char* e = ath__memdup(r->error, strlen(r->error));
-    if (e != NULL) {
-      free(t->error);
-      t->error = e;
-      t->error_len = (uint32_t)strlen(e);
-    }
-  }
+  ath__dq_take_error(t, r->error);
   if (!ATH_IS_TERMINAL(r->status)) {
     t->status = (ath_status_t)r->status;
     return nwake;
@@ -1038,8 +1054,13 @@ static void rescue_decide(ath_world_t* w, const char* why, const ath_qpg_task_t*
 /* Decides each rescued row (EWORKERLOST, `why`) and writes the outcomes
  * under `lease`, which holds them now (lock not held). Returns how many
  * were written, or -1. */
-static int64_t rescue_rows(ath_world_t* w, ath_qpg_t* q, int64_t lease, const ath_qpg_tasks_t* rows,
+static int64_t rescue_rows(ath_world_t* w, ath_qpg_t* q, int64_t lease, ath_qpg_tasks_t* rows,
                            const char* why) {
+  int segs = ath__wfpg_rescue(q, lease, rows); /* they leave rows: resumed on any node */
+  if (segs > 0) {
+    ath_log_field_t f[2] = {ATH_LOG_FINT("workflows", segs), ATH_LOG_FSTR("why", why)};
+    ath__logf(w, ATH_LOG_WARN, f, 2, "workflow segments of lost nodes requeued (same run)");
+  }
   if (rows->n == 0)
     return 0;
   ath_qpg_outcome_t* o = calloc(rows->n, sizeof(*o));

@@ -111,24 +111,40 @@ static void insert_many(ath_qpg_t* q, const char* prefix, int n) {
 
 /* ------------------------------------------------------------ schema */
 
-/* Migrations: a fresh schema gets version 2 (and meta says so), a second
- * run finds it done, a version 1 schema is brought to 2 (schedule columns
- * and index), a newer version and a foreign schema are refused, and a name
- * that needs quoting works. */
+/* Migrations: a fresh schema gets version 4 (and meta says so), a second
+ * run finds it done, a version 1 schema is brought to 4 (schedule columns
+ * and index, the dead-letter index, workflow_events with version 1's
+ * history rows moved in), a newer version and a foreign schema are
+ * refused, and a name that needs quoting works. */
 TEST_IMPL(db_pg_queue_migrate) {
   ath_qpg_t* q = fresh("qpg_migrate");
   int ver = -1;
   ASSERT_OK(ath__qpg_migrate(q, &ver));
-  ASSERT_EQ(3, ver);
+  ASSERT_EQ(4, ver);
   PGconn* c = admin();
-  ASSERT_EQ(3, sql_int(c, "SELECT value::int FROM qpg_migrate.meta WHERE key = 'schema_version'"));
-  /* back to what version 1 made: migrating again adds versions 2 and 3 */
+  ASSERT_EQ(4, sql_int(c, "SELECT value::int FROM qpg_migrate.meta WHERE key = 'schema_version'"));
+  /* back to what version 1 made (its history table keyed by the task's seq,
+   * with an event in it): migrating again adds versions 2, 3 and 4 */
+  ath_qpg_insert_t wrow = task_row("wf1", "default", 0, "{}");
+  wrow.kind = 1;
+  ath_qpg_inserted_t wout;
+  ASSERT_OK(ath__qpg_insert(q, &wrow, 1, &wout));
   sql_ok(c, "DROP INDEX qpg_migrate.schedules_due; DROP INDEX qpg_migrate.tasks_dead;"
             " ALTER TABLE qpg_migrate.schedules DROP COLUMN max_attempts, DROP COLUMN close_after;"
+            " DROP TABLE qpg_migrate.workflow_events;"
+            " CREATE TABLE qpg_migrate.history (task_seq bigint NOT NULL, n int NOT NULL,"
+            "   event text NOT NULL, PRIMARY KEY (task_seq, n));"
+            " INSERT INTO qpg_migrate.history SELECT seq, 0, '{\"type\":\"workflow.started\"}'"
+            "   FROM qpg_migrate.tasks WHERE id = 'wf1';"
             " UPDATE qpg_migrate.meta SET value = '1' WHERE key = 'schema_version'");
   ASSERT_OK(ath__qpg_migrate(q, &ver));
   ASSERT_EQ(1, ver);
-  ASSERT_EQ(3, sql_int(c, "SELECT value::int FROM qpg_migrate.meta WHERE key = 'schema_version'"));
+  ASSERT_EQ(4, sql_int(c, "SELECT value::int FROM qpg_migrate.meta WHERE key = 'schema_version'"));
+  /* version 4: the event moved to workflow_events under the workflow's id */
+  ASSERT_EQ(0, sql_int(c, "SELECT count(*) FROM pg_tables WHERE schemaname = 'qpg_migrate'"
+                          " AND tablename = 'history'"));
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_migrate.workflow_events WHERE workflow_id = 'wf1'"
+                          " AND seq = 0 AND event = '{\"type\":\"workflow.started\"}'"));
   ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM pg_indexes WHERE schemaname = 'qpg_migrate'"
                           " AND indexname = 'tasks_dead'"));
   ASSERT_EQ(2, sql_int(c, "SELECT count(*) FROM information_schema.columns WHERE table_schema ="
@@ -1384,7 +1400,7 @@ TEST_IMPL(db_pg_queue_dead_letters) {
   uint8_t ap[2];
   ASSERT_OK(ath__qpg_finish(q, a.incarnation, o, 2, ap));
   ASSERT(ap[0] && ap[1]);
-  sql_ok(c, "INSERT INTO qpg_dead.history SELECT seq, 1, '{}' FROM qpg_dead.tasks WHERE id = 'd1'");
+  sql_ok(c, "INSERT INTO qpg_dead.workflow_events VALUES ('d1', 1, '{}')");
   int64_t seq;
   int status, how;
   ASSERT_OK(ath__qpg_requeue(other, "nosuch", &seq, &status, &how));
@@ -1419,7 +1435,7 @@ TEST_IMPL(db_pg_queue_dead_letters) {
   ASSERT_OK(ath__qpg_purge(other, "d1", &seq, &status, &how));
   ASSERT_EQ(1, how);
   ASSERT_EQ(0, sql_int(c, "SELECT count(*) FROM qpg_dead.tasks WHERE id = 'd1'"));
-  ASSERT_EQ(0, sql_int(c, "SELECT count(*) FROM qpg_dead.history"));
+  ASSERT_EQ(0, sql_int(c, "SELECT count(*) FROM qpg_dead.workflow_events"));
   ASSERT_OK(ath__qpg_purge(other, "d1", &seq, &status, &how));
   ASSERT_EQ(-1, how);
   ASSERT_OK(ath__qpg_requeue(other, "d1", &seq, &status, &how));

@@ -82,5 +82,42 @@ M.count = athena.activity("dist.count", function(ctx, x)
   return { from = from, node = node }
 end, OPTS)
 
-M.all = { M.noop, M.sleep, M.flaky, M.dead, M.count }
+
+-- The saga of tests/dist/saga.lua (workflows on any node): 5 steps, each registering its
+-- undo once it completed; a step given `fail` = its number fails for good (ESTEP), and the
+-- steps completed before it are undone in reverse order.
+local STEP = { taskQueue = "dist", retry = { maxAttempts = 5, initialInterval = "10ms", maxInterval = "100ms",
+  nonRetryable = { "ESTEP" } } }
+
+--- dist.step{n, ms, fail} -> "step <n>": sleeps ms (yield points), fails when n == fail
+M.step = athena.activity("dist.step", function(ctx, x)
+  log("start", ctx)
+  local left = x.ms or 0
+  while left > 0 do
+    athena.sleep(left > 50 and 50 or left)
+    left = left - 50
+  end
+  log("end", ctx)
+  if x.n == x.fail then error({ code = "ESTEP", message = "step " .. x.n .. " failed" }) end
+  return "step " .. x.n
+end, STEP)
+
+--- dist.undo{n} -> "undo <n>": a compensation
+M.undo = athena.activity("dist.undo", function(ctx, x)
+  log("start", ctx)
+  log("end", ctx)
+  return "undo " .. x.n
+end, STEP)
+
+--- dist.saga{ms, fail} -> {"step 1", ..., "step 5"}, or compensated (ECOMPENSATED)
+M.saga = athena.workflow("dist.saga", function(ctx, o)
+  local out = {}
+  for n = 1, 5 do
+    out[n] = ctx:run("dist.step", { n = n, ms = o.ms, fail = o.fail })
+    ctx:addCompensation("dist.undo", { n = n })
+  end
+  return out
+end, { taskQueue = "dist", failureStrategy = "compensate", retry = { maxAttempts = 1 } })
+
+M.all = { M.noop, M.sleep, M.flaky, M.dead, M.count, M.step, M.undo, M.saga }
 return M

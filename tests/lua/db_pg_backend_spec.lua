@@ -138,14 +138,11 @@ describe("athena.PostgresBackend", function()
     assert.is_nil(err.message:find(password, 1, true))
   end)
 
-  it("refuses workflows (not on this backend yet) with a clear error", function()
+  it("registers workflows (they run on this backend: db_pg_workflows_spec)", function()
     local sch = schema()
     local w = athena.World.new { backend = athena.PostgresBackend.new { url = URL, schema = sch },
       modules = { "dist_jobs" }, taskQueues = { dist = { workers = 1 } } }
-    local wf = athena.workflow("bk.wf", function() return 1 end)
-    local err = S.raises("ENOSYS", w.register, w, wf)
-    assert.truthy(err.message:find("workflows are not supported on the PostgreSQL backend", 1, true))
-    w:register(table.unpack(jobs.all))
+    w:register(table.unpack(jobs.all)) -- dist.saga among them: a workflow
     w:start()
     worlds[#worlds + 1] = w
     w:shutdown()

@@ -71,15 +71,13 @@ teardown(function()
 end)
 
 describe("schedules on the PostgreSQL backend", function()
-  it("validates as a local world does; workflows are still refused", function()
+  it("validates as a local world does", function()
     local sch = schema()
     local w = athena.World.new { backend = athena.PostgresBackend.new { url = URL, schema = sch },
       modules = { "dist_jobs" }, taskQueues = { dist = { workers = 0 } } }
     w:register(table.unpack(jobs.all))
     local err = S.raises("EINVAL", w.schedule, w, "early", "dist.noop", {}, "* * * * *")
     assert.truthy(err.message:find("before start", 1, true))
-    local err2 = S.raises("ENOSYS", w.register, w, athena.workflow("sc.wf", function() return 1 end))
-    assert.truthy(err2.message:find("workflows are not supported", 1, true))
     w:start()
     worlds[#worlds + 1] = w
     S.raises("ENOTFOUND", w.schedule, w, "a", "no.such", {}, "* * * * *")

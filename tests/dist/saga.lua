@@ -1,0 +1,158 @@
+-- The saga scenario of scripts/dist-test (DIST_SCENARIO=saga): workflows and sagas continue
+-- on any node. The controller (serving no queue) executes DIST_SAGAS sagas (dist.saga of
+-- tests/dist/dist_jobs.lua; every third one fails at step 4 and is compensated), kill -9s the
+-- node running a workflow segment (DIST_KILL, default b: once it holds one) and checks, from the
+-- nodes' activity logs and the database:
+--  * every saga ended as designed: completed with its 5 steps, or compensated (ECOMPENSATED)
+--    with undo 3, 2, 1 started in that order, each compensation once;
+--  * each (task, attempt) ran once across the logs, the rows' attempts match the logs;
+--  * no completed step ran again: every saga ran one run (attempt 1), its steps are the ids of
+--    that run, each step's history has one outcome event per command;
+--  * steps of one saga ran on several nodes; the killed node's segments were rescued and
+--    finished elsewhere; nothing is left ready or leased.
+-- Environment: as tests/dist/control.lua, plus DIST_SAGAS (60) and DIST_STEP_MS (100).
+local athena = require "athena"
+local jobs = require "dist_jobs"
+local env = os.getenv
+
+local N = tonumber(env("DIST_SAGAS") or "60")
+local MS = tonumber(env("DIST_STEP_MS") or "100")
+local SCHEMA = assert(env("DIST_SCHEMA"))
+local KILL = env("DIST_KILL")
+local failed = 0
+local function fail(fmt, ...)
+  failed = failed + 1
+  print("FAIL " .. fmt:format(...))
+end
+
+local w = athena.World.new {
+  backend = athena.PostgresBackend.new { url = env("ATHENA_PG_URL"), nodeId = "ctl", schema = SCHEMA,
+    pollInterval = 200 },
+  modules = { "dist_jobs" }, minWorkers = 1, maxWorkers = 1, taskQueues = { dist = { workers = 0 } },
+  heartbeatInterval = 500, heartbeatTimeout = 3000, persistence = "file",
+}
+w:register(table.unpack(jobs.all))
+w:start()
+local db = assert(athena.db.open(env("ATHENA_PG_URL")))
+local function rows(sql, ...)
+  return assert(db:query((sql:gsub("{S}", SCHEMA)), ...))
+end
+local function scalar(sql, ...)
+  local _, v = next(rows(sql, ...)[1])
+  return v
+end
+
+local t0 = athena.now()
+local handles, failing = {}, {}
+for i = 1, N do
+  local f = i % 3 == 0 and 4 or nil
+  handles[i] = w:execute("dist.saga", { ms = MS, fail = f })
+  failing[i] = f ~= nil
+end
+
+-- the node to kill, once it holds a workflow segment (a leased workflow row)
+local KILL_PID, KILL_NODE
+if KILL then
+  for _, n in ipairs(w:getNodes()) do
+    if n.alive and n.nodeId == KILL then KILL_NODE, KILL_PID = n.nodeId, n.pid end
+  end
+  if KILL_PID == nil then fail("no live node %s to kill", KILL) end
+  local deadline = athena.now() + 20000
+  local held = 0
+  while KILL_PID and held == 0 and athena.now() < deadline do
+    held = scalar("select count(*) as n from {S}.tasks t join {S}.nodes n on n.incarnation = t.lease" ..
+      " where n.node_id = $1 and t.kind = 1", KILL_NODE)
+  end
+  if held == 0 then fail("node %s never held a workflow segment", tostring(KILL_NODE)) end
+  os.execute("kill -9 " .. KILL_PID)
+  print(("killed node %s (pid %s) holding %d workflow segment(s) at %d ms"):format(KILL_NODE, KILL_PID, held,
+    athena.now() - t0))
+end
+
+for i, h in ipairs(handles) do
+  local r, err = h:result(tonumber(env("DIST_WAIT") or "120000"))
+  if failing[i] then
+    if r ~= nil or not err or err.code ~= "ECOMPENSATED" then
+      fail("saga %s: expected ECOMPENSATED, got %s %s", h.id, tostring(r), tostring(err))
+    end
+  elseif err or type(r) ~= "table" or #r ~= 5 or r[5] ~= "step 5" then
+    fail("saga %s: %s", h.id, tostring(err or r))
+  end
+end
+local t_end = athena.now()
+
+-- each (task, attempt) once across the logs; who ran what
+local starts, node_of, last, order = {}, {}, {}, {}
+for name in (env("DIST_NODES") or "a,b,c"):gmatch("[^,]+") do
+  local f = io.open(env("DIST_LOG") .. "." .. name)
+  for line in (f and f:lines() or function() end) do
+    local what, id, attempt = line:match("^(%a+) (%S+) (%d+)")
+    attempt = tonumber(attempt)
+    if what == "start" then
+      local k = id .. "#" .. attempt
+      if starts[k] then fail("%s ran twice (%s and %s)", k, starts[k], name) end
+      starts[k] = name
+      node_of[id] = node_of[id] or {}
+      node_of[id][name] = true
+      if (last[id] or 0) < attempt then last[id] = attempt end
+      order[#order + 1] = id
+    end
+  end
+  if f then f:close() end
+end
+
+local multi, rescued_wf = 0, 0
+for i, h in ipairs(handles) do
+  local wf = rows("select status, attempt, rescues from {S}.tasks where id = $1", h.id)[1]
+  if wf.attempt ~= 1 then fail("saga %s ran %d runs (a completed step would run again)", h.id, wf.attempt) end
+  if wf.rescues > 0 then rescued_wf = rescued_wf + 1 end
+  local want = failing[i] and 9 or 5
+  if wf.status ~= want then fail("saga %s: status %d, expected %d", h.id, wf.status, want) end
+  -- its tasks: the steps of run 1 and (failing) undo 3, 2, 1
+  local kids = rows("select id, name, attempt, status from {S}.tasks where parent_id = $1 order by seq", h.id)
+  local nodes, steps, undos = {}, 0, 0
+  for _, k in ipairs(kids) do
+    if last[k.id] ~= k.attempt then
+      fail("%s: attempt %s in the row, %s in the logs", k.id, k.attempt, tostring(last[k.id]))
+    end
+    for n in pairs(node_of[k.id] or {}) do nodes[n] = true end
+    if k.name == "dist.step" then
+      steps = steps + 1
+      if not k.id:match("^" .. h.id:gsub("%p", "%%%0") .. "/1/%d+$") then fail("step %s is not of run 1", k.id) end
+    else
+      undos = undos + 1
+    end
+  end
+  if steps ~= (failing[i] and 4 or 5) or undos ~= (failing[i] and 3 or 0) then
+    fail("saga %s: %d steps and %d compensations", h.id, steps, undos)
+  end
+  local n = 0
+  for _ in pairs(nodes) do n = n + 1 end
+  if n >= 2 then multi = multi + 1 end
+  -- one outcome per command in its history; compensations started in reverse order
+  local hist = rows("select event from {S}.workflow_events where workflow_id = $1 order by seq", h.id)
+  local outcomes, comps = {}, {}
+  for _, e in ipairs(hist) do
+    local ev = athena.json.decode(e.event)
+    if ev.type == "activity.completed" or ev.type == "activity.failed" then
+      if outcomes[ev.seq] then fail("saga %s: command %d has two outcomes", h.id, ev.seq) end
+      outcomes[ev.seq] = true
+    elseif ev.type == "compensation.started" then
+      comps[#comps + 1] = ev.index
+    end
+  end
+  if failing[i] and table.concat(comps, ",") ~= "3,2,1" then
+    fail("saga %s: compensations started in order %s", h.id, table.concat(comps, ","))
+  end
+end
+if multi == 0 then fail("no saga had its steps run on two nodes or more") end
+if KILL_PID and rescued_wf == 0 then fail("no workflow segment of the killed node was rescued") end
+local ready = scalar("select count(*) as n from {S}.ready")
+local leased = scalar("select count(*) as n from {S}.tasks where lease is not null")
+if ready ~= 0 or leased ~= 0 then fail("%d ready and %d leased rows left", ready, leased) end
+print(("sagas %d (%d compensated): all results in %d ms; %d ran steps on >= 2 nodes; %d rescued workflows")
+  :format(N, N // 3, t_end - t0, multi, rescued_wf))
+db:close()
+w:shutdown()
+print(failed == 0 and "PASS" or ("FAILED: %d"):format(failed))
+os.exit(failed == 0 and 0 or 1)
