@@ -972,31 +972,40 @@ static void answer_end(ath_gws_t* s, ath_gwjob_t* job, const ath_gw_plan_t* plan
       ath__buf_free(rows);
     return;
   }
-  static const char* const verbs[] = {"Fetched", "Inserted", "Updated", "Deleted"};
+  static const char* const verbs[] = {"Fetched ", "Inserted ", "Updated ", "Deleted "};
   int64_t affected = changes;
-  char head[160];
-  int n = snprintf(head, sizeof(head), "{\"status\":\"success\",\"message\":\"%s %lld rows\",\"data\":[",
-                   verbs[job->op], (long long)(job->op == ATH_GW_FETCH ? (plan->head ? 0 : k->nrows) : affected));
+  /* by hand: snprintf was a tenth of what a fetch spends outside SQLite */
+  static const char open[] = "{\"status\":\"success\",\"message\":\"", rows_at[] = " rows\",\"data\":[";
+  char head[HEAD_ROOM], num[24];
+  const char* v = verbs[job->op];
+  char* digits = ath__fmt_i64(num + sizeof(num),
+                              job->op == ATH_GW_FETCH ? (plan->head ? 0 : k->nrows) : affected);
+  size_t vlen = strlen(v), dlen = (size_t)(num + sizeof(num) - digits);
+  size_t n = sizeof(open) - 1 + vlen + dlen + sizeof(rows_at) - 1; /* < 80: fits HEAD_ROOM */
+  memcpy(head, open, sizeof(open) - 1);
+  memcpy(head + sizeof(open) - 1, v, vlen);
+  memcpy(head + sizeof(open) - 1 + vlen, digits, dlen);
+  memcpy(head + n - (sizeof(rows_at) - 1), rows_at, sizeof(rows_at) - 1);
   ath_buf_t* b = &job->out;
-  if (b->data == NULL || n >= HEAD_ROOM) {
+  if (b->data == NULL) {
     ath__gwjob_error(job, 500, "internal_error", "out of memory", NULL);
     if (rows != NULL)
       ath__buf_free(rows);
     return;
   }
-  job->out_off = HEAD_ROOM - (size_t)n;
-  memcpy(b->data + job->out_off, head, (size_t)n);
-  ath__buf_lit(b, "]");
-  if (job->op == ATH_GW_FETCH) {
-    if (count >= 0)
-      n = snprintf(head, sizeof(head), ",\"count\":%lld}", (long long)count);
-    else
-      n = snprintf(head, sizeof(head), ",\"count\":null}");
+  job->out_off = HEAD_ROOM - n;
+  memcpy(b->data + job->out_off, head, n);
+  ath__buf_putlit(b, "],\"count\":");
+  if (job->op == ATH_GW_FETCH && count < 0) {
+    ath__buf_putlit(b, "null}");
   } else {
-    n = snprintf(head, sizeof(head), ",\"count\":%lld,\"affected_rows\":%lld}", (long long)affected,
-                 (long long)affected);
+    ath__buf_i64(b, job->op == ATH_GW_FETCH ? count : affected);
+    if (job->op != ATH_GW_FETCH) {
+      ath__buf_putlit(b, ",\"affected_rows\":");
+      ath__buf_i64(b, affected);
+    }
+    ath__buf_putlit(b, "}");
   }
-  ath__buf_append(b, head, (size_t)n);
   job->status = 200;
   if (plan->limit_lowered)
     job->limit_header = plan->limit;

@@ -673,6 +673,16 @@ static int spend(bucket_t* b, int take) {
   return wait < 1 ? 1 : wait;
 }
 
+/* out = a then b, cut to cap - 1 bytes (no snprintf on every request). */
+static void join(char* out, size_t cap, const char* a, const char* b) {
+  size_t na = strlen(a), nb = strlen(b);
+  na = na < cap - 1 ? na : cap - 1;
+  nb = nb < cap - 1 - na ? nb : cap - 1 - na;
+  memcpy(out, a, na);
+  memcpy(out + na, b, nb);
+  out[na + nb] = '\0';
+}
+
 /* The bucket name of a client address: IPv6 addresses by their /64 (one
  * host is handed a whole /64), IPv4 (mapped or not) as they are. */
 static void client_bucket(const char* kind, const char* ip, char* out, size_t cap) {
@@ -690,7 +700,7 @@ static void client_bucket(const char* kind, const char* ip, char* out, size_t ca
     snprintf(out, cap, "%s%s/64", kind, text);
     return;
   }
-  snprintf(out, cap, "%s%s", kind, ip);
+  join(out, cap, kind, ip);
 }
 
 void ath__gw_limiter_free(ath_gw_limiter_t* l) {
@@ -729,7 +739,7 @@ static int limit(ath_gws_t* s, const char* ipname, const char* ip, const ath_gws
     wait = ath__gw_auth_failure(&s->lim, ip, s->cfg.auth_fail_per_min);
   } else if (wait == 0 && key != NULL) {
     char kname[96];
-    snprintf(kname, sizeof(kname), "k:%s", key->name);
+    join(kname, sizeof(kname), "k:", key->name);
     wait = spend(bucket(&s->lim, kname, s->cfg.key_rate, s->cfg.key_burst), 1);
   }
   uv_mutex_unlock(&s->lim_mu);
@@ -762,6 +772,26 @@ static int method_is(h2o_req_t* req, const char* m) {
   return h2o_memis(req->method.base, req->method.len, m, strlen(m));
 }
 
+/* a.b.c.d by hand (cap >= 16): uv_ip4_name's snprintf was as costly as
+ * the rest of the request's routing. */
+static void ip4_text(const struct in_addr* in, char* out, size_t cap) {
+  const unsigned char* a = (const unsigned char*)in;
+  char* p = out;
+  if (cap < INET_ADDRSTRLEN) {
+    out[0] = '\0';
+    return;
+  }
+  for (int i = 0; i < 4; i++) {
+    unsigned v = a[i];
+    if (v >= 100)
+      *p++ = (char)('0' + v / 100);
+    if (v >= 10)
+      *p++ = (char)('0' + v / 10 % 10);
+    *p++ = (char)('0' + v % 10);
+    *p++ = i < 3 ? '.' : '\0';
+  }
+}
+
 /* The client's address: the socket peer, or the nearest untrusted entry
  * of X-Forwarded-For when the peer is a trusted proxy (§6.9). */
 void ath__gws_client_ip(const ath_gws_t* s, h2o_req_t* req, char* out, size_t cap) {
@@ -770,7 +800,7 @@ void ath__gws_client_ip(const ath_gws_t* s, h2o_req_t* req, char* out, size_t ca
   socklen_t len = req->conn->callbacks->get_peername(req->conn, (struct sockaddr*)&sa);
   if (len > 0) {
     if (sa.ss_family == AF_INET)
-      uv_ip4_name((struct sockaddr_in*)&sa, out, cap);
+      ip4_text(&((struct sockaddr_in*)&sa)->sin_addr, out, cap);
     else if (sa.ss_family == AF_INET6)
       uv_ip6_name((struct sockaddr_in6*)&sa, out, cap);
   }

@@ -452,13 +452,19 @@ describe("athena.Backend's authorize", function()
     assert.matches("out of memory", res.body)
   end)
 
-  it("decides on gateway requests after the key checks", function()
+  --- A SQLite database with an empty table t; returns its URL.
+  local function table_t()
     local dir = S.tmpname()
     os.execute("mkdir -p " .. dir)
     local dburl = "sqlite:" .. dir .. "/g.db"
     local db = assert(athena.db.open(dburl))
     assert(db:exec("CREATE TABLE t(id INTEGER PRIMARY KEY)"))
     db:close()
+    return dburl
+  end
+
+  it("decides on gateway requests after the key checks", function()
+    local dburl = table_t()
     local _, url = serving(function(r)
       if r.surface ~= "gateway" then return true end
       return r.operation == "fetch" and r.key == "reader", "only reader may fetch"
@@ -479,12 +485,7 @@ describe("athena.Backend's authorize", function()
   -- the other are answered by two threads: each asks authorize in a state
   -- of its own (no thread waits for another's call), which its globals show.
   it("runs in one state per gateway thread", function()
-    local dir = S.tmpname()
-    os.execute("mkdir -p " .. dir)
-    local dburl = "sqlite:" .. dir .. "/g.db"
-    local db = assert(athena.db.open(dburl))
-    assert(db:exec("CREATE TABLE t(id INTEGER PRIMARY KEY)"))
-    db:close()
+    local dburl = table_t()
     local _, url = serving(function(r)
       if r.surface ~= "gateway" then return true end
       state_id = state_id or tostring({}) -- luacheck: ignore (a global of this state)
