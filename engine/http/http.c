@@ -524,8 +524,7 @@ static int api_nodes(h2o_req_t* req, ath_world_t* w) {
 }
 
 /* Prometheus text exposition format 0.0.4 of SEMANTICS §14.1. */
-
-static void prometheus_now(h2o_req_t* req, ath_world_t* w) {
+static int prometheus(h2o_req_t* req, ath_world_t* w) {
   ath_queue_info_t qs[64];
   ath_metrics_t m;
   metrics_of(w, &m, qs, 64);
@@ -584,62 +583,6 @@ static void prometheus_now(h2o_req_t* req, ath_world_t* w) {
   ath__world_cluster_prom(w, &b);
   respond(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
   ath__buf_free(&b);
-}
-
-/* A scrape that waits for the PostgreSQL backend's cluster counts: they
- * are read on libuv's pool while the HTTP thread serves its other
- * connections, and the scrape is answered when they are in (nobody's if
- * its client left). */
-typedef struct scrape_ref_s scrape_ref_t;
-typedef struct {
-  uv_work_t work;
-  ath_world_t* w;
-  h2o_req_t* req;            /* NULL once the client went away */
-  scrape_ref_t* ref;         /* in req's pool: valid while req is */
-} scrape_t;
-
-struct scrape_ref_s {
-  scrape_t* scrape;
-};
-
-static void scrape_gone(void* p) {
-  scrape_ref_t* r = p;
-  if (r->scrape != NULL)
-    r->scrape->req = NULL;
-}
-
-static void scrape_work(uv_work_t* wk) {
-  ath__world_cluster_refresh(((scrape_t*)wk->data)->w);
-}
-
-static void scrape_done(uv_work_t* wk, int status) {
-  (void)status;
-  scrape_t* k = wk->data;
-  if (k->req != NULL) {
-    k->ref->scrape = NULL;
-    prometheus_now(k->req, k->w);
-  }
-  free(k);
-}
-
-static int prometheus(h2o_req_t* req, ath_world_t* w) {
-  if (ath__world_cluster_due(w)) { /* counts over a second old, or none yet */
-    scrape_t* k = malloc(sizeof(*k));
-    scrape_ref_t* ref = k != NULL ? h2o_mem_alloc_shared(&req->pool, sizeof(*ref), scrape_gone) : NULL;
-    if (ref != NULL) {
-      k->w = w;
-      k->req = req;
-      k->ref = ref;
-      k->work.data = k;
-      ref->scrape = k;
-      if (uv_queue_work(req->conn->ctx->loop, &k->work, scrape_work, scrape_done) == 0)
-        return 0;
-      ref->scrape = NULL;
-    }
-    free(k);
-    ath__world_cluster_refresh(w); /* out of memory: read here */
-  }
-  prometheus_now(req, w);
   return 0;
 }
 

@@ -246,15 +246,8 @@ int ath__world_nodes(ath_world_t* w, char** json, char* err, size_t errlen);
  * failed (logged). Thread: any. */
 int ath__world_cluster(ath_world_t* w, char** json, char* err, size_t errlen);
 /* The same counts as Prometheus gauges (athena_node_info,
- * athena_cluster_*) appended to b; nothing without the backend. From the
- * cache as it is (never the database, so a scrape never waits for it on
- * an HTTP thread; none before the first read): its caller, when
- * ath__world_cluster_due says they are over a second old or missing (1
- * once, until the refresh has run), reads them with
- * ath__world_cluster_refresh (blocking) off that thread first. */
+ * athena_cluster_*) appended to b; nothing without the backend. */
 void ath__world_cluster_prom(ath_world_t* w, ath_buf_t* b);
-int ath__world_cluster_due(ath_world_t* w);
-void ath__world_cluster_refresh(ath_world_t* w);
 /* PostgreSQL backend: adds node="<nodeId>" (escaped) as the first label of
  * every sample line in b (Prometheus text), so each node's own series can
  * be told apart; nothing without the backend. 0 or ATH_ENOMEM (b as it was). */

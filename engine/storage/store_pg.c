@@ -97,13 +97,9 @@ struct ath_dq_s {
   int lis_pipe[2];
   int lis_started;
   /* getMetrics().cluster, /metrics: the cluster's counts, read at most
-   * every COUNTS_TTL_NS (written under rd_lock and counts_mu, read under
-   * either); /metrics reads them under counts_mu alone, so that a scrape
-   * never waits for the database (ath__world_cluster_due) */
+   * every COUNTS_TTL_NS (guarded by rd_lock) */
   ath_qpg_counts_t counts;
   uint64_t counts_ns; /* monotonic time of the read, 0: none yet */
-  uv_mutex_t counts_mu;
-  int refreshing;     /* a refresh off the request path is under way (counts_mu) */
 };
 
 /* ------------------------------------------------------------ seq set */
@@ -1349,7 +1345,6 @@ static void dq_free(struct ath_dq_s* dq) {
   ath__qpg_close(dq->lis);
   ath__qpg_close(dq->rd);
   uv_mutex_destroy(&dq->rd_lock);
-  uv_mutex_destroy(&dq->counts_mu);
   free(dq->queue_names);
   free(dq->more);
   free(dq->full);
@@ -1445,7 +1440,6 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
   dq->w = w;
   dq->notify = !w->cfg.backend_poll_only;
   uv_mutex_init(&dq->rd_lock);
-  uv_mutex_init(&dq->counts_mu);
   dq->lis_pipe[0] = dq->lis_pipe[1] = -1;
   char host[200] = "localhost";
   gethostname(host, sizeof(host) - 1);
@@ -1609,35 +1603,10 @@ static int counts_fresh(struct ath_dq_s* dq, char* err, size_t errlen) {
     snprintf(err, errlen, "PostgreSQL: %s", ath__qpg_errmsg(dq->rd));
     return rc;
   }
-  uv_mutex_lock(&dq->counts_mu);
   ath__qpg_counts_free(&dq->counts);
   dq->counts = c;
   dq->counts_ns = now;
-  uv_mutex_unlock(&dq->counts_mu);
   return 0;
-}
-
-int ath__world_cluster_due(ath_world_t* w) {
-  struct ath_dq_s* dq = w->dq;
-  if (dq == NULL)
-    return 0;
-  uv_mutex_lock(&dq->counts_mu);
-  int due = !dq->refreshing && (dq->counts_ns == 0 || uv_hrtime() - dq->counts_ns >= COUNTS_TTL_NS);
-  dq->refreshing |= due;
-  uv_mutex_unlock(&dq->counts_mu);
-  return due;
-}
-
-void ath__world_cluster_refresh(ath_world_t* w) {
-  struct ath_dq_s* dq = w->dq;
-  char err[256];
-  uv_mutex_lock(&dq->rd_lock);
-  if (counts_fresh(dq, err, sizeof(err)) != 0)
-    ath__logf(w, ATH_LOG_WARN, NULL, 0, "reading the cluster's counts failed: %s", err);
-  uv_mutex_unlock(&dq->rd_lock);
-  uv_mutex_lock(&dq->counts_mu);
-  dq->refreshing = 0;
-  uv_mutex_unlock(&dq->counts_mu);
 }
 
 static void json_field(ath_buf_t* b, const char* key, int64_t v, int first) {
@@ -1794,13 +1763,16 @@ void ath__world_cluster_prom(ath_world_t* w, ath_buf_t* b) {
   struct ath_dq_s* dq = w->dq;
   if (dq == NULL)
     return;
-  uv_mutex_lock(&dq->counts_mu); /* never the database: see ath__world_cluster_due */
+  char err[256];
+  uv_mutex_lock(&dq->rd_lock);
+  int rc = counts_fresh(dq, err, sizeof(err));
   /* who this node is, so per-node series can be told apart */
   ath__buf_lit(b, "# HELP athena_node_info This node of the PostgreSQL cluster (value 1).\n"
                   "# TYPE athena_node_info gauge\n");
   prom_line(b, "athena_node_info", "node", dq->node_id, 1, 0);
-  if (dq->counts_ns == 0) { /* never read (the failure was logged) */
-    uv_mutex_unlock(&dq->counts_mu);
+  if (rc != 0) {
+    uv_mutex_unlock(&dq->rd_lock);
+    ath__logf(w, ATH_LOG_WARN, NULL, 0, "reading the cluster's counts failed: %s", err);
     return;
   }
   const ath_qpg_counts_t* c = &dq->counts;
@@ -1837,7 +1809,7 @@ void ath__world_cluster_prom(ath_world_t* w, ath_buf_t* b) {
       prom_line(b, names[k], "queue", x->queue, v, k == 3);
     }
   }
-  uv_mutex_unlock(&dq->counts_mu);
+  uv_mutex_unlock(&dq->rd_lock);
 }
 
 int ath__world_nodes(ath_world_t* w, char** json, char* err, size_t errlen) {

@@ -702,42 +702,6 @@ describe("athena.PostgresBackend", function()
     plain:shutdown()
   end)
 
-  -- The counts a scrape shows are read on libuv's pool while the HTTP
-  -- thread goes on serving: a database that does not answer (its nodes
-  -- table locked) holds up the scrape, not the /healthz next to it.
-  it("/metrics reads the cluster's counts off the HTTP thread", function()
-    local sch = schema()
-    local b = world(sch)
-    local url = b:serve { port = 0, metrics = true }.url
-    local res = assert(athena.http.request { url = url .. "/metrics" })
-    assert.matches("athena_cluster_nodes 1", res.body)
-    local t0 = athena.now()
-    local locker = assert(athena.db.open(URL))
-    assert(locker:exec("BEGIN"))
-    assert(locker:exec("LOCK TABLE " .. sch .. ".nodes IN ACCESS EXCLUSIVE MODE"))
-    local out = S.tmpname()
-    local ok, err = pcall(function() -- the lock is released whatever fails
-      S.eventually(function() return athena.now() - t0 > 1100 end, 5000, "the counts to be over a second old")
-      os.execute(("curl -s -m 30 -o %s %s/metrics &"):format(q(out), q(url)))
-      S.eventually(function()
-        return scalar([[SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
-          AND query LIKE '%sum(q)::bigint AS depth%' AND query LIKE $1]], '%"' .. sch .. '".nodes%') > 0
-      end, WAIT, "the scrape's count query to wait for the lock")
-      local ms, r = S.timed(athena.http.request, { url = url .. "/healthz", timeout = "3s" })
-      assert.equals(200, r[1] and r[1].status, tostring(r[2]))
-      assert.is_true(ms < 1000, ms .. " ms")
-      assert.is_falsy((S.readfile(out) or ""):find("athena_cluster")) -- the scrape still waits
-    end)
-    assert(locker:exec("COMMIT"))
-    locker:close()
-    assert(ok, err)
-    local body = S.eventually(function()
-      local t = S.readfile(out)
-      return t and t:find("athena_cluster_nodes") and t
-    end, WAIT, "the scrape's answer")
-    assert.matches("athena_cluster_nodes 1", body)
-  end)
-
   it("works by polling alone (notify = false)", function()
     local sch = schema()
     local ctl = world(sch, { pollOnly = true })
