@@ -440,7 +440,8 @@ static int serving(const ath_world_t* w, const ath_queue_t* q) {
  * share of the depth over the queue's workers, so one worker does not hoard
  * a small backlog while others idle. They stay pending (T4 happens when
  * the worker starts one), counted in the depth. Workflows are not claimed
- * ahead (their claim hands them history), nor tasks of the PostgreSQL
+ * ahead (their claim hands them history), nor their steps' tasks (a step
+ * runs on its workflow's worker when it comes next), nor tasks of the PostgreSQL
  * backend (it claims its own batch from the database). */
 static void claim_ahead(ath_world_t* w, ath_worker_t* wk, int64_t depth, int claimed, xchg_t* x) {
   ath_queue_t* q = wk->queue;
@@ -454,7 +455,7 @@ static void claim_ahead(ath_world_t* w, ath_worker_t* wk, int64_t depth, int cla
       break;
     if (expired_waiting(w, t, x))
       continue;
-    if (t->wf != NULL) {
+    if (t->wf != NULL || ath__task_parent(t) != NULL) { /* a step goes to its workflow's worker */
       if (ath__queue_unpop(q, t) == 0)
         q->depth++;
       else
