@@ -8,6 +8,7 @@
 #error "bindings include runtime.h, never internal.h"
 #endif
 
+#include <assert.h>
 #include <stdint.h>
 #include <stddef.h>
 #include <lua.h>
@@ -296,6 +297,9 @@ static inline ath_task_x_t* ath__task_xr(const ath_task_t* t) {
 /* t's rare parts, made when missing (world lock held, or t unpublished);
  * NULL when out of memory. */
 ath_task_x_t* ath__task_x(ath_task_t* t);
+/* Tests: while positive, making a side record fails as out of memory and
+ * counts down (tests/c/test_world.c: the callers' out-of-memory paths). */
+extern atomic_int ath__fault_task_x;
 static inline ath_task_t* ath__task_parent(const ath_task_t* t) {
   const ath_task_x_t* x = ath__task_xr(t);
   return x != NULL ? x->parent : NULL;
@@ -317,9 +321,12 @@ static inline int64_t ath__task_dq_seq(const ath_task_t* t) {
   return x != NULL ? x->dq_seq : 0;
 }
 /* The lease fields of a task of a PostgreSQL world, which has its rare
- * parts from the start (execute, adoption of a row, a watched row). */
+ * parts from the start (execute, adoption of a row, a watched row): the
+ * sanitizer builds (no NDEBUG) check that every creation path kept it so. */
 static inline ath_task_x_t* ath__task_dq(const ath_task_t* t) {
-  return ath__task_xr(t);
+  ath_task_x_t* x = ath__task_xr(t);
+  assert(x != NULL && "a task of a PostgreSQL world has its rare parts");
+  return x;
 }
 /* The store generation of t's latest change (dirty_gen widened; storage/
  * store.c). World lock held. */

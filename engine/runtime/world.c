@@ -402,10 +402,15 @@ static void table_remove(ath_world_t* w, ath_task_t* t) {
   ath__store_mark(w, t);
 }
 
+atomic_int ath__fault_task_x;
+
 ath_task_x_t* ath__task_x(ath_task_t* t) {
   ath_task_x_t* x = ath__task_xr(t);
   if (x != NULL)
     return x;
+  if (atomic_load_explicit(&ath__fault_task_x, memory_order_relaxed) > 0 &&
+      atomic_fetch_sub_explicit(&ath__fault_task_x, 1, memory_order_relaxed) > 0)
+    return NULL;
   if ((x = calloc(1, sizeof(*x))) == NULL)
     return NULL;
   x->task = t;

@@ -35,6 +35,11 @@ static const char* jobs_lua =
   "  while true do local o = io.open(input.open) if o then o:close() break end end\n"
   "  return n\n"
   "end)\n"
+  "athena.activity('await', function(ctx, input)\n"
+  "  local h = athena.World.new():execute('nap', { ms = input.ms })\n"
+  "  local ok, err = pcall(h.result, h)\n"
+  "  return ok and 'waited' or tostring(err)\n"
+  "end)\n"
   "athena.workflow('fan', function(ctx, input)\n"
   "  for i = 1, input.n do ctx:executeChild('echo', i) end\n"
   "  return ctx:run('nap', { ms = 60000 })\n"
@@ -455,6 +460,61 @@ TEST_IMPL(world_waiters_per_task) {
   uv_mutex_unlock(&w->lock);
   ASSERT(napper_wakes <= 3);
   ath_task_release(napper);
+  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
+
+/* Out of memory making a task's side record (ath__task_x, the fault hook):
+ * a heartbeat is dropped and the task runs on; a handle's result() inside
+ * a task raises a clear error; neither loses or leaks anything (ASan), and
+ * the same calls work once memory is back (two workers: the awaited nap
+ * needs the one the waiter does not hold). */
+TEST_IMPL(world_task_x_out_of_memory) {
+  write_module();
+  ath_world_t* w = new_world(2, NULL);
+  ASSERT_OK(reg(w, "echo", NULL, 0));
+  ASSERT_OK(reg(w, "nap", NULL, 0));
+  ASSERT_OK(reg(w, "await", NULL, 0));
+  char err[512];
+  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  ath_task_t* nap;
+  ASSERT_OK(exec1(w, "nap", "{\"ms\":60000}", &nap));
+  while (ath_task_status(w, nap) != ATH_RUNNING)
+    uv_sleep(1); /* polls a state no event announces; bounded by the test timeout */
+  atomic_store(&ath__fault_task_x, 1);
+  ath__world_heartbeat(w, nap, "{\"at\":1}", 8);
+  ASSERT_EQ(0, atomic_load(&ath__fault_task_x)); /* the heartbeat asked for one */
+  ASSERT(ath__task_xr(nap) == NULL);            /* and kept nothing */
+  ASSERT_EQ(ATH_RUNNING, ath_task_status(w, nap));
+  ath__world_heartbeat(w, nap, "{\"at\":2}", 8);
+  uv_mutex_lock(&w->lock);
+  ASSERT_NOT_NULL(ath__task_xr(nap));
+  ASSERT_EQ(8, (int)ath__task_xr(nap)->hb_len);
+  ASSERT_OK(memcmp(ath__task_xr(nap)->hb, "{\"at\":2}", 8));
+  uv_mutex_unlock(&w->lock);
+  ASSERT(ath_world_cancel(w, nap));
+  ASSERT_OK(ath_world_wait(w, nap, 10000));
+  ath_task_release(nap);
+
+  /* the awaited nap makes no side record of its own (memory mode, no
+   * limits): the one that fails is the waiter's */
+  ath_task_t* t;
+  atomic_store(&ath__fault_task_x, 1);
+  ASSERT_OK(exec1(w, "await", "{\"ms\":200}", &t));
+  ASSERT_OK(ath_world_wait(w, t, 10000));
+  ASSERT_EQ(0, atomic_load(&ath__fault_task_x));
+  ASSERT_EQ(ATH_COMPLETED, ath_task_status(w, t));
+  ath_task_end_t end;
+  ath__task_end(t, &end);
+  ASSERT_NOT_NULL(strstr(end.result, "cannot wait: out of memory"));
+  ath_task_release(t);
+  ASSERT_OK(exec1(w, "await", "{\"ms\":1}", &t));
+  ASSERT_OK(ath_world_wait(w, t, 10000));
+  ath__task_end(t, &end);
+  ASSERT_STR_EQ("\"waited\"", end.result);
+  ath_task_release(t);
   ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
   ath_world_free(w);
   remove_module();
