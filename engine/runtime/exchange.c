@@ -96,10 +96,14 @@ static int deliver_waiters(ath_task_t* t, ath_worker_t** wake, int nwake) {
 }
 
 /* Records a task event for the webhooks (lock held): the task and its
- * state, no JSON; the webhook thread writes the body. */
+ * state, no JSON; the webhook thread writes the body. Inside a worker's
+ * exchange it is queued once the exchange unlocks (xchg_end). */
 void ath__emit_task(ath_world_t* w, ath_task_t* t, int kind, int64_t now) {
   int err = t->error != NULL && t->status != ATH_COMPLETED;
-  ath__hook_emit_task(w->hook, kind, now, t, err ? t->error : NULL, err ? t->error_len : 0);
+  if (w->hook_held != NULL)
+    ath__hook_hold_task(w->hook, w->hook_held, kind, now, t, err ? t->error : NULL, err ? t->error_len : 0);
+  else
+    ath__hook_emit_task(w->hook, kind, now, t, err ? t->error : NULL, err ? t->error_len : 0);
 }
 
 /* The end of a task (lock held): finishing it records one terminal event,
@@ -331,6 +335,7 @@ typedef struct {
   int settled;           /* tasks claimed ahead that it settled */
   int64_t now;           /* wall ms, read before the lock */
   uint64_t mono;
+  ath_event_t* held;     /* its webhook events, queued once it unlocks */
 } xchg_t;
 
 /* T4 (lock held): t leaves the queue for one of wk's slots, started at
@@ -624,8 +629,14 @@ static void xchg_end(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
   if ((x->ended || x->settled) && w->cond_waiters > 0)
     uv_cond_broadcast(&w->cond);
   ath_task_t* dead = x->ended ? ath__world_term_trim(w) : NULL;
+  /* Events are held only by a worker not declared lost, which shutdown
+   * joins before it stops the webhooks: the hook outlives the post. */
+  ath_hook_t* hook = x->held != NULL ? w->hook : NULL;
+  w->hook_held = NULL;
   uv_mutex_unlock(&w->lock);
   wk->exchanged_ns = uv_hrtime();
+  if (hook != NULL)
+    ath__hook_post(hook, x->held);
   ath__world_term_free(dead);
   ath__wake_all(x->wake, x->nwake);
   if (x->wake_engine)
@@ -635,9 +646,10 @@ static void xchg_end(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
 int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
                         int max, int* stop, ath_waiter_t** inbox, ath_vtimer_t** fired) {
   ath_worker_t* wake[MAX_WORKERS];
-  xchg_t x = {wake, 0, 0, 0, 0, ath__wall(w), ath__mono(w)};
+  xchg_t x = {wake, 0, 0, 0, 0, ath__wall(w), ath__mono(w), NULL};
   int n = 0;
   uv_mutex_lock(&w->lock);
+  w->hook_held = atomic_load(&wk->lost) ? NULL : &x.held; /* see xchg_end */
   int nout = wk->noutcomes; /* their held tasks are seen to after the claims */
   int back = settle_prefetch(w, wk, &x); /* first: its outcomes may be theirs */
   publish(w, wk, &x);
@@ -660,8 +672,9 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
 
 void ath__world_flush(ath_world_t* w, ath_worker_t* wk) {
   ath_worker_t* wake[MAX_WORKERS];
-  xchg_t x = {wake, 0, 0, 0, 0, ath__wall(w), ath__mono(w)};
+  xchg_t x = {wake, 0, 0, 0, 0, ath__wall(w), ath__mono(w), NULL};
   uv_mutex_lock(&w->lock);
+  w->hook_held = atomic_load(&wk->lost) ? NULL : &x.held; /* see xchg_end */
   int nout = wk->noutcomes;
   wake_for(w, wk, settle_prefetch(w, wk, &x), &x);
   publish(w, wk, &x);
@@ -673,7 +686,7 @@ void ath__world_flush(ath_world_t* w, ath_worker_t* wk) {
  * and had not started go back to their queue; one it started is published
  * as running, so that it fails with the others. Returns the new nwake. */
 int ath__prefetch_lost(ath_world_t* w, ath_worker_t* wk, ath_worker_t** wake, int nwake) {
-  xchg_t x = {wake, nwake, 0, 0, 0, ath__wall(w), ath__mono(w)};
+  xchg_t x = {wake, nwake, 0, 0, 0, ath__wall(w), ath__mono(w), NULL};
   int back = 0;
   for (int i = 0; i < wk->npre; i++) {
     ath_prefetch_t* e = &wk->pre[i];

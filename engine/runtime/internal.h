@@ -34,6 +34,7 @@ typedef struct ath_store_provider_s ath_store_vt_t; /* athena.h: ath_store_provi
 typedef struct ath_sched_s ath_sched_t;
 typedef struct ath_http_s ath_http_t;
 typedef struct ath_hook_s ath_hook_t;
+typedef struct ath_event_s ath_event_t; /* a webhook event (webhook.c) */
 
 /* A world:serve() request, carried out on the engine thread. */
 typedef struct {
@@ -713,6 +714,9 @@ struct ath_world_s {
   atomic_ullong vmono;   /* monotonic ns now; wall time follows from it */
   ath_heap_t vtimers;    /* workers' timers (ath_vtimer_t) by due time */
   ath_hook_t* hook;      /* webhooks, or NULL */
+  /* While a worker's exchange holds the lock: where its task events go,
+   * queued once it unlocks (NULL: queued at once). */
+  ath_event_t** hook_held;
   struct ath_watch_s* watch; /* the watchdog (watchdog.c), from start to free */
   struct ath_gws_s* gws; /* the gateway served (owned by its HTTP server), or NULL */
   ath_log_t* log;        /* the world's logger (SEMANTICS §14.2) */
@@ -986,6 +990,17 @@ void ath__hook_emit(ath_hook_t* h, int kind, int64_t at, const char* data, size_
  * error recorded now). */
 void ath__hook_emit_task(ath_hook_t* h, int kind, int64_t at, ath_task_t* t, const char* error,
                          size_t error_len);
+/* The same event, made now (lock held is fine) but kept on the caller's
+ * list `held` rather than queued, so that a critical section queues its
+ * events once it has let go of the world lock, with ath__hook_post (the
+ * outbox's mutex is then never taken inside the world lock). */
+void ath__hook_hold_task(ath_hook_t* h, ath_event_t** held, int kind, int64_t at, ath_task_t* t,
+                         const char* error, size_t error_len);
+/* Queues the events ath__hook_hold_task kept on `held`, in the order they
+ * were made. Thread: any, no lock held. */
+void ath__hook_post(ath_hook_t* h, ath_event_t* held);
+/* The outbox's mutex (tests: to hold it while a worker publishes). */
+uv_mutex_t* ath__hook_outbox_lock(ath_hook_t* h);
 int ath__hook_wants(const ath_hook_t* h, int kind);
 /* Delivers what is due within a short grace, then stops and frees. */
 void ath__hook_stop(ath_hook_t* h);

@@ -23,7 +23,6 @@ static const char* const event_names[] = {
   "task.cancelled", "schedule.fired", "worker.lost",
 };
 
-typedef struct ath_event_s ath_event_t;
 struct ath_event_s {
   ath_event_t* next;
   int kind;
@@ -145,23 +144,33 @@ static int task_body(ath_event_t* e) {
   return rc;
 }
 
-/* Queues e, dropping the oldest event when the outbox is full. */
+/* Queues the events of the list `e` (linked through next, in order),
+ * dropping the oldest events past the outbox bound, with one wake-up of
+ * the webhook thread. */
 static void outbox_add(ath_hook_t* h, ath_event_t* e) {
-  ath_event_t* drop = NULL;
+  ath_event_t* drops = NULL;
   uv_mutex_lock(&h->lock);
-  if (h->n >= ATH_HOOK_MAX) { /* the oldest goes */
-    drop = h->head;
-    h->head = drop->next;
-    if (h->head == NULL)
-      h->tail = NULL;
-    h->n--;
+  while (e != NULL) {
+    ath_event_t* next = e->next;
+    if (h->n >= ATH_HOOK_MAX) { /* the oldest goes */
+      ath_event_t* drop = h->head;
+      h->head = drop->next;
+      if (h->head == NULL)
+        h->tail = NULL;
+      h->n--;
+      drop->next = drops;
+      drops = drop;
+    }
+    outbox_push(h, e);
+    e = next;
   }
-  outbox_push(h, e);
   uv_cond_signal(&h->cond);
   uv_mutex_unlock(&h->lock);
-  if (drop != NULL) {
+  while (drops != NULL) {
+    ath_event_t* next = drops->next;
     atomic_fetch_add(&h->dropped, 1);
-    event_free(drop);
+    event_free(drops);
+    drops = next;
   }
 }
 
@@ -191,24 +200,58 @@ void ath__hook_emit(ath_hook_t* h, int kind, int64_t at, const char* data, size_
   outbox_add(h, e);
 }
 
-void ath__hook_emit_task(ath_hook_t* h, int kind, int64_t at, ath_task_t* t, const char* error,
-                         size_t error_len) {
+/* A task event (no JSON: see ath_event_s), or NULL when not wanted or
+ * out of memory (counted as dropped). */
+static ath_event_t* task_event(ath_hook_t* h, int kind, int64_t at, ath_task_t* t, const char* error,
+                               size_t error_len) {
   if (!ath__hook_wants(h, kind))
-    return;
+    return NULL;
   ath_event_t* e = event_new(h, kind, at);
   if (e == NULL)
-    return;
+    return NULL;
   if (error != NULL && (e->error = ath__memdup(error, error_len)) == NULL) {
     atomic_fetch_add(&h->dropped, 1);
     free(e);
-    return;
+    return NULL;
   }
   e->error_len = error_len;
   e->status = t->status;
   e->attempt = t->attempt;
   ath_task_retain(t);
   e->task = t;
-  outbox_add(h, e);
+  return e;
+}
+
+void ath__hook_emit_task(ath_hook_t* h, int kind, int64_t at, ath_task_t* t, const char* error,
+                         size_t error_len) {
+  ath_event_t* e = task_event(h, kind, at, t, error, error_len);
+  if (e != NULL)
+    outbox_add(h, e);
+}
+
+void ath__hook_hold_task(ath_hook_t* h, ath_event_t** held, int kind, int64_t at, ath_task_t* t,
+                         const char* error, size_t error_len) {
+  ath_event_t* e = task_event(h, kind, at, t, error, error_len);
+  if (e != NULL) { /* newest first: ath__hook_post turns the list around */
+    e->next = *held;
+    *held = e;
+  }
+}
+
+void ath__hook_post(ath_hook_t* h, ath_event_t* held) {
+  ath_event_t* in_order = NULL;
+  while (held != NULL) {
+    ath_event_t* next = held->next;
+    held->next = in_order;
+    in_order = held;
+    held = next;
+  }
+  if (in_order != NULL)
+    outbox_add(h, in_order);
+}
+
+uv_mutex_t* ath__hook_outbox_lock(ath_hook_t* h) {
+  return &h->lock;
 }
 
 static size_t discard(char* p, size_t size, size_t n, void* ud) {

@@ -922,6 +922,7 @@ static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
     if (t->wf != NULL)
       t->wf->fresh = given == NULL;
     tasks[made] = t;
+    hashes[made] = ath__hash_id(t->id); /* before the lock: it is held for less */
   }
 
   /* With a store, an explicit id may name a task that finished and left
@@ -954,10 +955,12 @@ relock:
     goto relock;
   }
   /* Check every explicit id before changing anything, so a batch goes in
-   * whole or not at all. */
+   * whole or not at all. Generated ids are new (a uuid7 each): a batch of
+   * them looks nothing up under the lock. */
+  int named = ids != NULL || opts->id != NULL;
   ath_task_t* first = NULL; /* a single task's lookup, for the loop below */
-  for (size_t i = 0; i < n; i++) {
-    uint64_t h = hashes[i] = ath__hash_id(tasks[i]->id);
+  for (size_t i = 0; named && i < n; i++) {
+    uint64_t h = hashes[i];
     ath_task_t* old = first = ath__table_get(w, tasks[i]->id, h);
     if (old == NULL && stored != NULL && stored[i] == NULL && evicted_since(w, evicted0, h)) {
       /* Rare: look again (reads take the lock themselves), then check all
@@ -1014,7 +1017,7 @@ relock:
     ath_task_t* t = tasks[i];
     /* (a batch looks again: an earlier task of it may have the same id) */
     uint64_t h = hashes[i];
-    ath_task_t* old = n == 1 ? first : ath__table_get(w, t->id, h);
+    ath_task_t* old = !named ? NULL : n == 1 ? first : ath__table_get(w, t->id, h);
     if (old == NULL && stored != NULL && stored[i] != NULL) {
       old = stored[i]; /* its reference is handed over */
       stored[i] = NULL;

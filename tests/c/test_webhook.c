@@ -280,3 +280,42 @@ TEST_IMPL(webhook_unreachable_never_blocks) {
   uv_mutex_destroy(&mu);
   return 0;
 }
+
+/* A worker's exchange queues its webhook events once it has let go of the
+ * world lock (issue 15: no webhook building under a shared lock). With the
+ * outbox's mutex held here, a task still ends and the world lock stays
+ * free; before, the worker took that mutex inside the world lock and kept
+ * the world locked until this test let go. */
+TEST_IMPL(webhook_outbox_outside_world_lock) {
+  uv_thread_t th;
+  nhits = requests = refuse_first = 0;
+  start_receiver(&th);
+  ath_world_t* w = webhook_world(1u << ATH_EV_TASK_COMPLETED);
+  uv_mutex_t* outbox = ath__hook_outbox_lock(w->hook);
+  uv_mutex_lock(outbox);
+  size_t len = 1;
+  char* p = malloc(2);
+  memcpy(p, "1", 2);
+  ath_task_t* t;
+  char err[256];
+  ASSERT_OK(ath_world_execute(w, "ok", 1, &p, &len, NULL, NULL, &t, err, sizeof(err)));
+  /* try the world lock (never block on it: a worker may hold it while it
+   * waits for the outbox) until the task shows completed, deadline 5 s */
+  uint64_t deadline = uv_hrtime() + 5000000000ull;
+  int ended = 0;
+  while (!ended && uv_hrtime() < deadline) {
+    if (uv_mutex_trylock(&w->lock) == 0) {
+      ended = t->status == ATH_COMPLETED;
+      uv_mutex_unlock(&w->lock);
+    }
+    if (!ended)
+      uv_sleep(1); /* polls the lock, which announces nothing */
+  }
+  uv_mutex_unlock(outbox);
+  ASSERT(ended);
+  ASSERT_EQ(1, wait_hits(1, 10000)); /* the event still goes out */
+  ASSERT_STR_EQ("task.completed", hits[0].event);
+  ath_task_release(t);
+  finish(w, &th);
+  return 0;
+}
