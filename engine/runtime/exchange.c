@@ -98,6 +98,8 @@ static int deliver_waiters(ath_task_t* t, ath_worker_t** wake, int nwake) {
 /* Records a task event for the webhooks (lock held): the task and its
  * state, no JSON; the webhook thread writes the body. */
 void ath__emit_task(ath_world_t* w, ath_task_t* t, int kind, int64_t now) {
+  if (w->cfg.backend_url != NULL)
+    return; /* the PostgreSQL backend: sent once the fenced write committed (store_pg.c) */
   int err = t->error != NULL && t->status != ATH_COMPLETED;
   ath__hook_emit_task(w->hook, kind, now, t, err ? t->error : NULL, err ? t->error_len : 0);
 }

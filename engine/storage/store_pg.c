@@ -100,6 +100,11 @@ struct ath_dq_s {
    * every COUNTS_TTL_NS (guarded by rd_lock) */
   ath_qpg_counts_t counts;
   uint64_t counts_ns; /* monotonic time of the read, 0: none yet */
+  /* webhooks: outbox rows delivered (or given up) by the webhook thread,
+   * deleted with the next lease renewal (guarded by hook_lock) */
+  uv_mutex_t hook_lock;
+  int64_t* hooks_done;
+  size_t nhooks_done, hooks_done_cap;
 };
 
 /* ------------------------------------------------------------ seq set */
@@ -341,6 +346,93 @@ static int claim_size(ath_world_t* w, struct ath_dq_s* dq, int qi) {
   return (int)(n > MAX_CLAIM ? MAX_CLAIM : n);
 }
 
+/* The webhook events of a batch of finishes (SEMANTICS §15): written before
+ * the commit, stored in the outbox in the finishes' transaction, queued for
+ * delivery once it committed, and only for the finishes that applied. */
+typedef struct {
+  ath_qpg_hook_t* ev;
+  char (*delivery)[37];
+  size_t* len;
+  int64_t* ids; /* outbox rows, 0: its finish was fenced out */
+  size_t n;
+} hooks_t;
+
+static void hooks_free(hooks_t* h) {
+  for (size_t i = 0; h->ev != NULL && i < h->n; i++)
+    free((char*)h->ev[i].body);
+  free(h->ev);
+  free(h->delivery);
+  free(h->len);
+  free(h->ids);
+  memset(h, 0, sizeof(*h));
+}
+
+static int hooks_alloc(hooks_t* h, size_t n) {
+  memset(h, 0, sizeof(*h));
+  size_t k = n ? n : 1;
+  h->ev = calloc(k, sizeof(*h->ev));
+  h->delivery = calloc(k, sizeof(*h->delivery));
+  h->len = calloc(k, sizeof(*h->len));
+  h->ids = calloc(k, sizeof(*h->ids));
+  if (!h->ev || !h->delivery || !h->len || !h->ids) {
+    hooks_free(h);
+    return ATH_ENOMEM;
+  }
+  return 0;
+}
+
+/* The event of a finish with `status`, or -1 when none is configured for it. */
+static int hook_kind(const ath_world_t* w, int status) {
+  int kind = status == ATH_COMPLETED                               ? ATH_EV_TASK_COMPLETED
+             : status == ATH_FAILED || status == ATH_COMPENSATED ? ATH_EV_TASK_FAILED
+             : status == ATH_RETRYING                              ? ATH_EV_TASK_RETRYING
+             : status == ATH_QUARANTINED                           ? ATH_EV_TASK_QUARANTINED
+             : status == ATH_CANCELLED                             ? ATH_EV_TASK_CANCELLED
+                                                                   : -1;
+  unsigned mask = w->cfg.webhook_events ? w->cfg.webhook_events : (1u << ATH_EV_COUNT) - 1;
+  return w->cfg.webhook_url != NULL && kind >= 0 && (mask & (1u << kind)) ? kind : -1;
+}
+
+/* Adds the event of the finish of `seq` (its fields in f) when one is
+ * configured; an event that cannot be written is dropped (logged once by
+ * the caller's counters: none here, out of memory). */
+static void hooks_add(ath_world_t* w, hooks_t* h, int64_t seq, const ath_hook_task_t* f) {
+  int kind = hook_kind(w, f->status);
+  if (kind < 0)
+    return;
+  ath_qpg_hook_t* e = &h->ev[h->n];
+  char* body;
+  int64_t at = ath__wall(w);
+  if (ath__hook_task_event(kind, at, f, h->delivery[h->n], &body, &h->len[h->n]) != 0)
+    return;
+  e->seq = seq;
+  e->status = f->status;
+  e->attempt = f->attempt;
+  e->kind = kind;
+  e->delivery = h->delivery[h->n];
+  e->at = at;
+  e->body = body;
+  h->n++;
+}
+
+/* The webhooks, once the world started them (lock held; until then events
+ * stay in the outbox for the poll's adoption). */
+static ath_hook_t* live_hook(ath_world_t* w) {
+  return w->state != ATH_W_NEW ? w->hook : NULL;
+}
+
+/* Queues the stored events for delivery (lock held). */
+static void hooks_send(ath_world_t* w, hooks_t* h) {
+  ath_hook_t* hook = live_hook(w);
+  for (size_t i = 0; hook != NULL && i < h->n; i++) {
+    if (h->ids[i] <= 0)
+      continue; /* fenced out: the node whose write applied sends it */
+    ath__hook_emit_stored(hook, h->ev[i].kind, h->delivery[i], h->ev[i].at, (char*)h->ev[i].body, h->len[i],
+                          h->ids[i]);
+    h->ev[i].body = NULL;
+  }
+}
+
 typedef struct {
   ath_qpg_beat_t* beats;
   char** beat_hb; /* copies */
@@ -360,6 +452,7 @@ typedef struct {
   int claim_q[64];
   size_t nclaims;
   ath_wfpg_t wf; /* workflows: history appends, parks, requeues (wf_pg.c) */
+  hooks_t hooks; /* webhook events of the finishes */
 } cycle_t;
 
 static void cycle_free(cycle_t* c) {
@@ -382,6 +475,7 @@ static void cycle_free(cycle_t* c) {
   free(c->out_err);
   free(c->applied);
   ath__wfpg_free(&c->wf);
+  hooks_free(&c->hooks);
   memset(c, 0, sizeof(*c));
 }
 
@@ -399,7 +493,8 @@ static int cycle_alloc(cycle_t* c, size_t n) {
   c->beat_hb = calloc(k, sizeof(*c->beat_hb));
   c->beat_applied = calloc(k, 1);
   if (!c->ins || !c->ins_t || !c->inserted || !c->outs || !c->out_t || !c->out_err || !c->applied ||
-      !c->beats || !c->beat_hb || !c->beat_applied || ath__wfpg_alloc(&c->wf, n) != 0) {
+      !c->beats || !c->beat_hb || !c->beat_applied || ath__wfpg_alloc(&c->wf, n) != 0 ||
+      hooks_alloc(&c->hooks, n) != 0) {
     cycle_free(c);
     return ATH_ENOMEM;
   }
@@ -418,6 +513,15 @@ static void add_outcome(cycle_t* c, ath_task_t* t, int status, int64_t now) {
   o->error = c->out_err[c->nouts];
   o->worker_id = t->worker_id;
   c->out_t[c->nouts++] = t;
+}
+
+/* Adds the webhook event of t's finish, the last outcome added (lock held). */
+static void add_hook(ath_world_t* w, cycle_t* c, const ath_task_t* t) {
+  const ath_qpg_outcome_t* o = &c->outs[c->nouts - 1];
+  const ath_task_t* parent = ath__task_parent(t);
+  ath_hook_task_t f = {t->id, t->def->name, t->queue->name, parent ? parent->id : NULL, t->wf != NULL,
+                       o->status, o->attempt, o->error, o->error ? strlen(o->error) : 0};
+  hooks_add(w, &c->hooks, o->seq, &f);
 }
 
 /* Whether t sent a heartbeat during the attempt it runs now (or ran last). */
@@ -497,6 +601,7 @@ static void classify(ath_world_t* w, struct ath_dq_s* dq, ath_task_t** batch, si
       if (beat_this_attempt(t))
         add_beat(c, t);
       add_outcome(c, t, t->status, now);
+      add_hook(w, c, t);
       ath__task_dq(t)->dq_attempt = 0;
       t->remote = t->status == ATH_RETRYING; /* its row waits; any node runs it next */
     } else if (ath__task_dq(t)->dq_attempt < 0 && ended) { /* the lease was lost: discarded */
@@ -684,7 +789,8 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
   ath_qpg_cycle_t pc = {.beats = c.beats, .n_beats = c.nbeats, .beat_applied = c.beat_applied,
                         .inserts = c.ins, .n_inserts = c.nins, .inserted = c.inserted,
                         .outcomes = c.outs, .n_outcomes = c.nouts, .applied = c.applied,
-                        .lease = lease, .claims = c.claims, .n_claims = c.nclaims, .one_commit = 1};
+                        .lease = lease, .claims = c.claims, .n_claims = c.nclaims, .one_commit = 1,
+                        .hooks = c.hooks.ev, .n_hooks = c.hooks.n, .hook_ids = c.hooks.ids};
   ath__wfpg_fill(&c.wf, &pc);
   size_t parts = c.nbeats + c.nins + c.nouts + c.nclaims + c.wf.napps + c.wf.nparks + c.wf.nreqs;
   int rc = parts > 0 ? ath__qpg_cycle(dq->wr, &pc) : 0;
@@ -753,6 +859,7 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
     }
   }
   ath__wfpg_done(w, &c.wf, &dq->stage_at, &dq->n_lost);
+  hooks_send(w, &c.hooks);
   for (size_t i = 0; i < c.nclaims; i++) {
     int qi = c.claim_q[i];
     dq->full[qi] = (int)c.claimed[i].n >= asked[i];
@@ -1066,12 +1173,30 @@ static int64_t rescue_rows(ath_world_t* w, ath_qpg_t* q, int64_t lease, ath_qpg_
   ath_qpg_outcome_t* o = calloc(rows->n, sizeof(*o));
   char(*errs)[192] = calloc(rows->n, sizeof(*errs));
   uint8_t* applied = calloc(rows->n, 1);
+  hooks_t h;
   int64_t done = -1;
-  if (o && errs && applied) {
-    for (size_t i = 0; i < rows->n; i++)
-      rescue_decide(w, why, &rows->rows[i], &o[i], errs[i], sizeof(errs[i]));
-    if (ath__qpg_finish(q, lease, o, rows->n, applied) == 0)
+  if (o && errs && applied && hooks_alloc(&h, rows->n) == 0) {
+    for (size_t i = 0; i < rows->n; i++) {
+      const ath_qpg_task_t* r = &rows->rows[i];
+      rescue_decide(w, why, r, &o[i], errs[i], sizeof(errs[i]));
+      ath_hook_task_t f = {r->id, r->name, r->queue, r->parent_id, r->kind == 1, o[i].status, o[i].attempt,
+                           errs[i], strlen(errs[i])};
+      hooks_add(w, &h, r->seq, &f);
+    }
+    uv_mutex_lock(&w->lock);
+    int live = live_hook(w) != NULL;
+    uv_mutex_unlock(&w->lock);
+    /* before the webhooks started (the restart's take-over): no owner, the
+     * next poll of any node adopts them */
+    ath_qpg_cycle_t c = {.outcomes = o, .n_outcomes = rows->n, .applied = applied, .lease = lease,
+                         .hooks = h.ev, .n_hooks = h.n, .hook_ids = h.ids, .hook_owner = live ? 0 : -1};
+    if (ath__qpg_cycle(q, &c) == 0) {
       done = (int64_t)rows->n;
+      uv_mutex_lock(&w->lock);
+      hooks_send(w, &h);
+      uv_mutex_unlock(&w->lock);
+    }
+    hooks_free(&h);
   }
   free(o);
   free(errs);
@@ -1123,6 +1248,64 @@ static void lead(ath_world_t* w, struct ath_dq_s* dq) {
   ath__qpg_vacuum_ready(dq->ldr); /* the claims' dead entries (distributed.md §3.9) */
 }
 
+/* The webhook thread delivered (or gave up) outbox row `id` (under the
+ * hook's lock; never the world lock: the world lock is held around emits). */
+static void hook_done(void* ud, int64_t id) {
+  struct ath_dq_s* dq = ud;
+  uv_mutex_lock(&dq->hook_lock);
+  if (dq->nhooks_done == dq->hooks_done_cap) {
+    size_t cap = dq->hooks_done_cap ? dq->hooks_done_cap * 2 : 64;
+    int64_t* a = realloc(dq->hooks_done, cap * sizeof(*a));
+    if (a != NULL) {
+      dq->hooks_done = a;
+      dq->hooks_done_cap = cap;
+    }
+  }
+  if (dq->nhooks_done < dq->hooks_done_cap) /* else it is sent again after this node's end */
+    dq->hooks_done[dq->nhooks_done++] = id;
+  uv_mutex_unlock(&dq->hook_lock);
+}
+
+/* Deletes the delivered outbox rows (lock not held); on failure they wait
+ * for the next try. */
+static void flush_hooks_done(struct ath_dq_s* dq) {
+  uv_mutex_lock(&dq->hook_lock);
+  int64_t* ids = dq->hooks_done;
+  size_t n = dq->nhooks_done;
+  dq->hooks_done = NULL;
+  dq->nhooks_done = dq->hooks_done_cap = 0;
+  uv_mutex_unlock(&dq->hook_lock);
+  if (n > 0 && ath__qpg_hooks_done(dq->wr, ids, n) != 0) {
+    for (size_t i = 0; i < n; i++)
+      hook_done(dq, ids[i]);
+  }
+  free(ids);
+}
+
+/* Sends the outbox rows no live node owns (lock not held): events of a node
+ * killed between its commit and their delivery, or stopped before it. */
+static void adopt_hooks(ath_world_t* w, struct ath_dq_s* dq, int64_t inc) {
+  uv_mutex_lock(&w->lock);
+  ath_hook_t* hook = live_hook(w);
+  uv_mutex_unlock(&w->lock);
+  ath_qpg_outbox_t* rows;
+  size_t n;
+  if (hook == NULL || inc <= 0 || ath__qpg_hooks_adopt(dq->wr, inc, 1000, &rows, &n) != 0)
+    return;
+  if (n > 0)
+    ath__logf(w, ATH_LOG_INFO, NULL, 0, "sending %zu webhook event(s) of stopped or lost nodes", n);
+  for (size_t i = 0; i < n; i++) {
+    if (ath__hook_wants(hook, rows[i].kind)) {
+      ath__hook_emit_stored(hook, rows[i].kind, rows[i].delivery, rows[i].at, rows[i].body,
+                            strlen(rows[i].body), rows[i].id);
+      rows[i].body = NULL;
+    } else {
+      hook_done(dq, rows[i].id); /* this node's webhookEvents leave it out */
+    }
+  }
+  ath__qpg_outbox_free(rows, n);
+}
+
 /* The poll (lock not held): stage what is due, re-read watched proxies. */
 static void poll_once(ath_world_t* w, struct ath_dq_s* dq) {
   ath__qpg_stage(dq->wr, NULL, 0, 0, 1000, NULL);
@@ -1143,6 +1326,8 @@ static void poll_once(ath_world_t* w, struct ath_dq_s* dq) {
   uv_mutex_unlock(&w->lock);
   read_ended(w, dq, seqs, n);
   free(seqs);
+  if (w->cfg.webhook_url != NULL)
+    adopt_hooks(w, dq, inc);
   int64_t* cs = NULL;
   size_t nc = 0;
   if (inc > 0 && ath__qpg_cancelled(dq->wr, inc, &cs, &nc) == 0 && nc > 0) {
@@ -1181,8 +1366,13 @@ static void backend_main(void* arg) {
   uint64_t beat_ns = (uint64_t)w->cfg.heartbeat_interval_ms * 1000000u;
   uint64_t flush_ns = (uint64_t)w->cfg.flush_interval_ms * 1000000u;
   uint64_t next_poll = uv_hrtime(), next_beat = uv_hrtime() + beat_ns, next_lead = uv_hrtime();
+  int hook_cb = 0;
   uv_mutex_lock(&w->lock);
   for (;;) {
+    if (!hook_cb && live_hook(w) != NULL) { /* the webhooks start after this thread */
+      ath__hook_on_done(w->hook, hook_done, dq);
+      hook_cb = 1;
+    }
     uint64_t now = uv_hrtime();
     int stopping = w->store_stop;
     int do_sched = dq->leader && (dq->sched_scan || (dq->sched_at_ns != 0 && now >= dq->sched_at_ns));
@@ -1208,6 +1398,7 @@ static void backend_main(void* arg) {
       uv_mutex_unlock(&w->lock);
       ath__wake_all(wake, nwake);
       if (do_beat) {
+        flush_hooks_done(dq);
         beat(w, dq);
         next_beat = uv_hrtime() + beat_ns;
       }
@@ -1345,6 +1536,8 @@ static void dq_free(struct ath_dq_s* dq) {
   ath__qpg_close(dq->lis);
   ath__qpg_close(dq->rd);
   uv_mutex_destroy(&dq->rd_lock);
+  uv_mutex_destroy(&dq->hook_lock);
+  free(dq->hooks_done);
   free(dq->queue_names);
   free(dq->more);
   free(dq->full);
@@ -1395,6 +1588,8 @@ void ath__pgstore_stopped(ath_world_t* w) {
   if (dq == NULL)
     return;
   stop_listener(dq);
+  ath__hook_on_done(w->hook, NULL, NULL); /* later deliveries are sent again by another node */
+  flush_hooks_done(dq);
   if (dq->incarnation > 0)
     ath__qpg_node_release(dq->wr, &dq->lease);
   if (dq->leader) {
@@ -1440,6 +1635,7 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
   dq->w = w;
   dq->notify = !w->cfg.backend_poll_only;
   uv_mutex_init(&dq->rd_lock);
+  uv_mutex_init(&dq->hook_lock);
   dq->lis_pipe[0] = dq->lis_pipe[1] = -1;
   char host[200] = "localhost";
   gethostname(host, sizeof(host) - 1);
