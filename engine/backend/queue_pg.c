@@ -492,6 +492,7 @@ struct ath_qpg_s {
   char err[512];
   char sqlstate[6];
   _Atomic int64_t retries; /* transactions run again after 40P01 / 40001 */
+  char* node_lock;      /* the nodeId whose lock this session holds, or NULL */
 };
 
 static void set_err(ath_qpg_t* q, const char* msg, const char* state) {
@@ -680,6 +681,30 @@ const char* ath__qpg_statement(const ath_qpg_t* q, const char* name) {
   return NULL;
 }
 
+/* One try of the node's session lock (keyed by schema and nodeId). */
+static int node_lock_try(ath_qpg_t* q, const char* node_id, int* held) {
+  char key_s[16];
+  snprintf(key_s, sizeof(key_s), "%d", ATH_QPG_LOCK_NODE);
+  const char* v[3] = {q->schema, node_id, key_s};
+  q->err[0] = q->sqlstate[0] = '\0';
+  PGresult* r = exec1(q, "SELECT pg_try_advisory_lock(hashtextextended($1 || '/' || $2, $3::bigint))", 3, v);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK)
+    return res_err(q, r);
+  *held = PQgetvalue(r, 0, 0)[0] == 't';
+  PQclear(r);
+  return 0;
+}
+
+int ath__qpg_node_lock(ath_qpg_t* q, const char* node_id, int* held) {
+  *held = 0;
+  if (q->node_lock != NULL) /* session locks stack: never take it twice */
+    return strcmp(q->node_lock, node_id) == 0 ? (*held = 1, 0) : ATH_EINVAL;
+  int rc = node_lock_try(q, node_id, held);
+  if (rc == 0 && *held && (q->node_lock = strdup(node_id)) == NULL)
+    return ATH_ENOMEM;
+  return rc;
+}
+
 int ath__qpg_reset(ath_qpg_t* q) {
   q->err[0] = q->sqlstate[0] = '\0';
   q->prepared = 0;
@@ -690,6 +715,14 @@ int ath__qpg_reset(ath_qpg_t* q) {
   int rc = session_setup(q);
   if (rc == 0 && PQsetnonblocking(q->conn, 1) != 0)
     rc = conn_err(q);
+  int held = 0;
+  if (rc == 0 && q->node_lock != NULL && (rc = node_lock_try(q, q->node_lock, &held)) == 0 && !held) {
+    /* the old session's lock went with it, and a live process took it */
+    char msg[400];
+    snprintf(msg, sizeof(msg), "nodeId %s is held by another live process", q->node_lock);
+    set_err(q, msg, "");
+    rc = ATH_EBUSY;
+  }
   return rc;
 }
 
@@ -701,6 +734,7 @@ void ath__qpg_close(ath_qpg_t* q) {
     free(q->sql[i]);
   free(q->schema);
   free(q->qschema);
+  free(q->node_lock);
   free(q);
 }
 

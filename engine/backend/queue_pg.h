@@ -27,6 +27,8 @@
 /* Advisory lock keys (first int; the second is hashtext(<schema>)). */
 #define ATH_QPG_LOCK_LEADER 1096042062  /* session lock: the leader */
 #define ATH_QPG_LOCK_MIGRATE 1096042063 /* transaction lock: migrations */
+#define ATH_QPG_LOCK_NODE 1096042064    /* session lock: one live process per nodeId
+                                         * (the seed of a 64-bit hash of schema/nodeId) */
 
 typedef struct ath_qpg_s ath_qpg_t;
 
@@ -455,6 +457,13 @@ int ath__qpg_cancelled(ath_qpg_t* q, int64_t lease, int64_t** seqs, size_t* n);
 /* The rows `lease` holds (after a lost connection: a claim may have
  * committed without its answer arriving). */
 int ath__qpg_leased(ath_qpg_t* q, int64_t lease, ath_qpg_tasks_t* out);
+/* Takes the session lock of `node_id` in this schema (*held = 0: another
+ * live session holds it: a second process with the same nodeId). Held for
+ * the session's life: it frees when the process dies (its connection
+ * closes); ath__qpg_reset takes it again on the new session and fails with
+ * ATH_EBUSY when another process took it meanwhile. */
+int ath__qpg_node_lock(ath_qpg_t* q, const char* node_id, int* held);
+
 /* Outbox rows delivered (or given up): deleted. */
 int ath__qpg_hooks_done(ath_qpg_t* q, const int64_t* ids, size_t n);
 /* Up to `limit` outbox rows whose owner is no live incarnation (a node

@@ -1628,6 +1628,33 @@ static int take_over(ath_world_t* w, struct ath_dq_s* dq) {
   return 0;
 }
 
+/* One live process per nodeId (distributed.md §6.2 item 8): the writer's
+ * session holds the node's lock for its life. A process killed a moment ago
+ * may still hold it while the server notices its closed connection: tried
+ * for up to 2 s, then ATH_EBUSY. A live holder (even a stopped one: its
+ * session stays open) keeps it. */
+static int node_lock(struct ath_dq_s* dq, char* err, size_t errlen) {
+  uint64_t until = uv_hrtime() + 2000000000u;
+  for (;;) {
+    int held = 0;
+    int rc = ath__qpg_node_lock(dq->wr, dq->node_id, &held);
+    if (rc != 0) {
+      snprintf(err, errlen, "PostgreSQL backend: locking node %s: %s", dq->node_id, ath__qpg_errmsg(dq->wr));
+      return rc;
+    }
+    if (held)
+      return 0;
+    if (uv_hrtime() >= until) {
+      snprintf(err, errlen,
+               "PostgreSQL backend: nodeId %s is in use by another live process on this schema (give each "
+               "process its own nodeId; a crashed process's lock frees when its session ends)",
+               dq->node_id);
+      return ATH_EBUSY;
+    }
+    uv_sleep(50);
+  }
+}
+
 int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
   struct ath_dq_s* dq = calloc(1, sizeof(*dq));
   if (dq == NULL)
@@ -1666,6 +1693,8 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
     snprintf(err, errlen, "PostgreSQL backend: %s", ath__qpg_errmsg(dq->wr));
   if (rc == 0 && dq->lis != NULL && (rc = ath__qpg_listen(dq->lis, CHANNELS)) != 0)
     snprintf(err, errlen, "PostgreSQL backend: LISTEN: %s", ath__qpg_errmsg(dq->lis));
+  if (rc == 0)
+    rc = node_lock(dq, err, errlen);
   ath_qpg_node_t n;
   node_desc(dq, w, &n, 0);
   if (rc == 0 && (rc = ath__qpg_node_register(dq->wr, &n, uv_hrtime(), &dq->lease)) != 0)
@@ -1683,7 +1712,7 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
       close(dq->lis_pipe[1]);
     }
     dq_free(dq);
-    return rc == ATH_EINVAL ? rc : ATH_ESTORE;
+    return rc == ATH_EINVAL || rc == ATH_EBUSY ? rc : ATH_ESTORE;
   }
   dq->incarnation = dq->lease.incarnation;
   uv_cond_init(&w->store_cond);

@@ -376,6 +376,36 @@ describe("athena.PostgresBackend", function()
     for _, h in ipairs(hs) do assert.is_true(h:cancel()) end
   end)
 
+  it("refuses a second live process with the same nodeId (EBUSY), even a stopped one's", function()
+    local sch = schema()
+    local pb, lb = node(sch, "b", { DIST_CONC = "2", DIST_WORKERS = "1" })
+    local function second()
+      local w = athena.World.new { backend = athena.PostgresBackend.new { url = URL, nodeId = "b", schema = sch },
+        modules = { "dist_jobs" }, taskQueues = { dist = { workers = 1 } } }
+      w:register(table.unpack(jobs.all))
+      return S.raises("EBUSY", w.start, w)
+    end
+    local inc = scalar(("select incarnation from %s.nodes where node_id = 'b' and not leader"):format(sch))
+    local err = second()
+    assert.truthy(err.message:find("nodeId b is in use by another live process", 1, true), err.message)
+    -- b was neither taken over nor fenced: one incarnation, the same, live
+    local function b_rows()
+      return assert(admin:query(("select incarnation, expires_at > %s.now_ms() as live from %s.nodes"
+        .. " where node_id = 'b' and not leader"):format(sch, sch)))
+    end
+    assert.same({ { incarnation = inc, live = true } }, b_rows())
+    os.execute("kill -STOP " .. pb) -- paused, not dead: its session (and lock) stay
+    local ok, e2 = pcall(second)
+    local taken = scalar(("select count(*) as n from %s.nodes where node_id = 'b' and expires_at = 0"):format(sch))
+    os.execute("kill -CONT " .. pb)
+    assert(ok, e2)
+    assert.truthy(e2.message:find("nodeId b", 1, true))
+    assert.equals(0, taken) -- not taken over (a take-over expires the rows to 0)
+    local h = world(sch):execute("dist.noop", { n = 1 })
+    assert.same({ n = 1 }, (h:result(WAIT)))
+    assert.equals("b", lines(lb)[1].node)
+  end)
+
   it("a node takes the lead at once when the leader resigns (NOTIFY athena_leader)", function()
     local sch = schema()
     local function member(id) -- tries the leader lock every 10 s (heartbeatInterval)
