@@ -102,6 +102,7 @@ struct ath_dq_s {
   uint64_t counts_ns; /* monotonic time of the read, 0: none yet */
   /* webhooks: outbox rows delivered (or given up) by the webhook thread,
    * deleted with the next lease renewal (guarded by hook_lock) */
+  _Atomic int64_t retries_closed; /* conflict retries, once the connections closed */
   uv_mutex_t hook_lock;
   int64_t* hooks_done;
   size_t nhooks_done, hooks_done_cap;
@@ -1583,6 +1584,21 @@ static void stop_listener(struct ath_dq_s* dq) {
 
 /* After the backend thread ended (ath__store_stop): give up the lease and
  * the leader lock, stop listening. The reader stays for the world's reads. */
+/* The conflict retries of this node's connections (their counters are atomic). */
+static int64_t conn_retries(struct ath_dq_s* dq) {
+  return ath__qpg_retries(dq->wr) + ath__qpg_retries(dq->ldr) + ath__qpg_retries(dq->rd);
+}
+
+int64_t ath__world_db_retries(ath_world_t* w) {
+  struct ath_dq_s* dq = w->dq;
+  if (dq == NULL)
+    return -1;
+  uv_mutex_lock(&dq->rd_lock); /* the writer and leader close at stop under it */
+  int64_t n = dq->wr != NULL ? conn_retries(dq) : atomic_load(&dq->retries_closed);
+  uv_mutex_unlock(&dq->rd_lock);
+  return n;
+}
+
 void ath__pgstore_stopped(ath_world_t* w) {
   struct ath_dq_s* dq = w->dq;
   if (dq == NULL)
@@ -1596,11 +1612,14 @@ void ath__pgstore_stopped(ath_world_t* w) {
     ath__qpg_node_release(dq->ldr, &dq->llease);
     ath__qpg_leader_resign(dq->ldr);
   }
-  int64_t retries = ath__qpg_retries(dq->wr) + ath__qpg_retries(dq->ldr) + ath__qpg_retries(dq->rd);
+  uv_mutex_lock(&dq->rd_lock); /* ath__world_db_retries reads them under it */
+  int64_t retries = conn_retries(dq);
+  atomic_store(&dq->retries_closed, retries); /* the connections go: their counts stay */
   ath__qpg_close(dq->wr);
   ath__qpg_close(dq->ldr);
   ath__qpg_close(dq->lis);
   dq->wr = dq->ldr = dq->lis = NULL;
+  uv_mutex_unlock(&dq->rd_lock);
   ath_log_field_t f[5] = {ATH_LOG_FINT("claimed", dq->n_claimed), ATH_LOG_FINT("lost", dq->n_lost),
                           ATH_LOG_FINT("rescued", dq->n_rescued), ATH_LOG_FINT("notifications", dq->n_notified),
                           ATH_LOG_FINT("conflict_retries", retries)};
@@ -1933,6 +1952,13 @@ int ath__world_node_labels(ath_world_t* w, ath_buf_t* b) {
   struct ath_dq_s* dq = w->dq;
   if (dq == NULL || b->data == NULL)
     return 0;
+  char line[320]; /* this node's own series of the backend, labelled below like the others */
+  int n = snprintf(line, sizeof(line),
+                   "# HELP athena_db_retries_total Transactions run again after a deadlock (40P01) or a"
+                   " serialization conflict (40001).\n# TYPE athena_db_retries_total counter\n"
+                   "athena_db_retries_total %" PRId64 "\n",
+                   ath__world_db_retries(w));
+  ath__buf_append(b, line, (size_t)n);
   ath_buf_t label = {0}, out = {0};
   ath__buf_lit(&label, "node=\"");
   prom_label(&label, dq->node_id);

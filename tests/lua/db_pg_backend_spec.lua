@@ -732,6 +732,51 @@ describe("athena.PostgresBackend", function()
     plain:shutdown()
   end)
 
+  it("counts its transactions run again after a deadlock: getMetrics().db.retries, athena_db_retries_total", function()
+    local sch = schema()
+    local w = athena.World.new {
+      backend = athena.PostgresBackend.new { url = URL, nodeId = "dl-" .. sch, schema = sch, pollInterval = 200 },
+      modules = { "dist_jobs" }, minWorkers = 1, maxWorkers = 1, taskQueues = { dist = { workers = 1, concurrency = 8 } },
+      heartbeatInterval = 1000, heartbeatTimeout = 60000, -- its backend thread waits on locks here: no fencing
+      persistence = "file",
+    }
+    w:register(table.unpack(jobs.all))
+    w:start()
+    worlds[#worlds + 1] = w
+    assert.equals(0, w:getMetrics().db.retries)
+    local hs = w:executeMany("dist.sleep", { { ms = 2000 }, { ms = 3000 }, { ms = 4000 } })
+    local rows = {}
+    for i, h in ipairs(hs) do
+      rows[i] = ("select 1 from %s.tasks where id = '%s' for update"):format(sch, h.id)
+    end
+    S.eventually(function() return hs[3]:status() == "running" end, WAIT, "the three to run")
+    -- A holds t0's row (its finish waits: t1 and t2 end meanwhile, one cycle
+    -- later together, t1 first); B holds t2's
+    local a, b = assert(athena.db.open(URL)), assert(athena.db.open(URL))
+    assert(a:exec("begin")); assert(a:query(rows[1]))
+    assert(b:exec("begin")); assert(b:query(rows[3]))
+    assert.equals("running", hs[1]:status(), "t0 ended before its row was locked: the machine is too slow")
+    S.eventually(function() return hs[2]:status() == "completed" and hs[3]:status() == "completed" end, WAIT,
+      "t1 and t2 to end")
+    assert(a:exec("commit")) -- the next cycle finishes t1 (locked) and waits for t2 (B)
+    local waiting = ("select count(*) as n from pg_stat_activity where wait_event_type = 'Lock'"
+      .. " and datname = current_database()")
+    S.eventually(function() return scalar(waiting) == 1 end, WAIT, "the cycle to wait for t2's row")
+    -- B now wants t1, which the waiting cycle holds: a deadlock; the cycle
+    -- waited first, so it is the one rolled back (40P01), and runs again
+    assert(b:exec(("update %s.tasks set priority = 1 where id = '%s'"):format(sch, hs[2].id)))
+    assert(b:exec("commit"))
+    a:close(); b:close()
+    for _, h in ipairs(hs) do assert.is_nil(select(2, h:result(WAIT))) end
+    local n = w:getMetrics().db.retries
+    assert.is_true(n >= 1, tostring(n))
+    local url = w:serve { port = 0, metrics = true }.url
+    local res = assert(athena.http.request { url = url .. "/metrics" })
+    assert.matches("# TYPE athena_db_retries_total counter\n", res.body)
+    local got = tonumber(res.body:match('\nathena_db_retries_total{node="dl%-' .. sch .. '"} (%d+)\n'))
+    assert.is_true(got ~= nil and got >= n, res.body)
+  end)
+
   it("works by polling alone (notify = false)", function()
     local sch = schema()
     local ctl = world(sch, { pollOnly = true })
