@@ -417,7 +417,7 @@ static const char* const STMTS[ST_COUNT] = {
     "SELECT coalesce(json_agg(json_build_object('nodeId', n.node_id,"
     "   'incarnation', n.incarnation, 'host', n.host, 'pid', n.pid, 'startedAt', n.started_at,"
     "   'beatAt', n.beat_at, 'expiresAt', n.expires_at, 'alive', n.expires_at > {S}.now_ms(),"
-    "   'queues', n.queues, 'slots', n.slots,"
+    "   'queues', n.queues, 'slots', n.slots, 'metrics', n.metrics::json,"
     "   'leader', EXISTS (SELECT 1 FROM {S}.nodes l WHERE l.leader AND l.node_id = n.node_id"
     "     AND l.pid = n.pid AND l.expires_at > {S}.now_ms()))"
     "   ORDER BY n.incarnation), '[]')::text FROM {S}.nodes n WHERE NOT n.leader",

@@ -108,6 +108,8 @@ struct ath_dq_s {
   size_t nhooks_done, hooks_done_cap;
 };
 
+static int64_t conn_retries(struct ath_dq_s* dq);
+
 /* ------------------------------------------------------------ seq set */
 
 static size_t seq_slot(const seqset_t* s, int64_t v) {
@@ -1098,9 +1100,27 @@ static void flush_beats(ath_world_t* w, struct ath_dq_s* dq) {
 }
 
 /* Renews the lease; registers a new incarnation after a loss (lock not held). */
+/* This node's figures for its `nodes` row (§3.14), written with each lease
+ * renewal (the same UPDATE: no statement of its own). Lock not held. */
+static void node_metrics(ath_world_t* w, char* out, size_t len) {
+  ath_queue_info_t qs[1];
+  ath_metrics_t m = {.queues = qs, .queues_cap = 1};
+  ath_world_metrics(w, &m);
+  snprintf(out, len,
+           "{\"at\":%" PRId64 ",\"tasks\":{\"queued\":%" PRId64 ",\"running\":%" PRId64 ",\"completed\":%" PRId64
+           ",\"failed\":%" PRId64 ",\"retried\":%" PRId64 ",\"cancelled\":%" PRId64 ",\"quarantined\":%" PRId64
+           "},\"throughput\":{\"perSecond\":%" PRId64 ",\"perMinute\":%" PRId64 "},\"workers\":{\"total\":%d"
+           ",\"busy\":%d},\"workload\":%.4f,\"dbRetries\":%" PRId64 "}",
+           ath__wall(w), (int64_t)m.queued, (int64_t)m.running, (int64_t)m.completed, (int64_t)m.failed,
+           (int64_t)m.retried, (int64_t)m.cancelled, (int64_t)m.quarantined, (int64_t)m.per_second,
+           (int64_t)m.per_minute, m.workers_total, m.workers_busy, m.workload, conn_retries(w->dq));
+}
+
 static void beat(ath_world_t* w, struct ath_dq_s* dq) {
   if (!dq->lease.lost) {
-    int rc = ath__qpg_node_renew(dq->wr, &dq->lease, uv_hrtime(), NULL);
+    char metrics[640];
+    node_metrics(w, metrics, sizeof(metrics));
+    int rc = ath__qpg_node_renew(dq->wr, &dq->lease, uv_hrtime(), metrics);
     if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->wr))
       ath__qpg_reset(dq->wr);
     if (rc == 0 && w->store_fault != 0) {

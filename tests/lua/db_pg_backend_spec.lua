@@ -175,6 +175,39 @@ describe("athena.PostgresBackend", function()
     assert.equals(0, scalar(("select count(*) as n from %s.tasks where lease is not null"):format(sch)))
   end)
 
+  it("writes each node's own figures into its nodes row with its lease renewal: getNodes()[i].metrics", function()
+    local sch = schema()
+    local ctl = world(sch) -- serves nothing
+    node(sch, "b", { DIST_CONC = "4", DIST_WORKERS = "1" })
+    local hs = ctl:executeMany("dist.noop", { 1, 2, 3 })
+    for _, h in ipairs(hs) do assert.is_nil(select(2, h:result(WAIT))) end
+    assert.equals(2, (ctl:execute("dist.flaky", {}):result(WAIT)))
+    local function by_node()
+      local out = {}
+      for _, n in ipairs(ctl:getNodes()) do out[n.nodeId] = n end
+      return out
+    end
+    -- within a heartbeatInterval (500 ms here) of b's last end, read on another node
+    local b = S.eventually(function()
+      local n = by_node().b
+      return n and n.metrics and n.metrics.tasks.completed == 4 and n
+    end, WAIT, "b's row to count its 4 completions")
+    local m = b.metrics
+    assert.same({ queued = 0, running = 0, completed = 4, failed = 0, retried = 1, cancelled = 0, quarantined = 0 },
+      m.tasks)
+    assert.is_true(m.throughput.perMinute >= 4, tostring(m.throughput.perMinute))
+    assert.equals(2, m.workers.total) -- the default queue's and dist's
+    assert.equals("integer", math.type(m.at))
+    assert.is_true(m.at <= b.beatAt + 1000 and m.at >= b.startedAt, m.at .. " " .. b.beatAt)
+    assert.equals(0, m.dbRetries)
+    -- the node that ran nothing says so
+    local c = S.eventually(function()
+      local n = by_node()["ctl-" .. sch .. "-0"]
+      return n and n.metrics and n
+    end, WAIT, "ctl's metrics")
+    assert.equals(0, c.metrics.tasks.completed)
+  end)
+
   it("shares one queue between processes: each (task, attempt) runs once, on both nodes", function()
     local sch = schema()
     local ctl = world(sch)
