@@ -180,9 +180,20 @@ describe("webhooks on the PostgreSQL backend", function()
     assert.equals("retrying", r.status)
     assert.equals("first attempt fails", r.error.message)
     assert.equals(1, #by["task.completed#2"])
+    -- a task no node claimed, cancelled by the node that asks: that node tells
+    local later = ctl:execute("dist.noop", {}, { delay = 600000 })
+    assert.is_true(later:cancel())
+    local c = S.eventually(function()
+      for _, x in ipairs(hits()) do
+        if x.body.data.id == later.id then return x end
+      end
+    end, WAIT, "task.cancelled")
+    assert.equals("/ctl", c.path)
+    assert.equals("task.cancelled", c.event)
+    assert.equals("cancelled", c.body.data.status)
     S.eventually(function() return scalar(("select count(*) as n from %s.outbox"):format(sch)) == 0 end, WAIT,
       "the outbox to empty (deleted with the next lease renewal)")
-    assert.equals(5, #hits()) -- each event once, none from the executing node
+    assert.equals(6, #hits()) -- each event once, none from the executing node
   end)
 
   it("a fenced-out node sends nothing for its discarded outcome; the rescue's events are sent", function()
