@@ -1811,10 +1811,11 @@ int ath__dq_cancel(ath_world_t* w, ath_task_t* t) {
       seq_del(&dq->watch, seq);
       t->err_code = ATH_ECANCELED;
       nwake = ath__finish_remote(w, t, ATH_CANCELLED, ath__wall(w), wake, 0);
-      /* no node ran it: this node's statement ended it, this node tells (after
-       * its commit, from memory: at most once, unlike a finish's events) */
-      ath__hook_emit_task(live_hook(w), ATH_EV_TASK_CANCELLED, ath__wall(w), t, t->error, t->error ? t->error_len : 0);
     }
+    /* no node ran it: this node's statement ended it (its proxy may have
+     * heard so first, through athena_done), so this node tells, after the
+     * commit, from memory: at most once, unlike a finish's events */
+    ath__hook_emit_task(live_hook(w), ATH_EV_TASK_CANCELLED, ath__wall(w), t, t->error, t->error ? t->error_len : 0);
     uv_mutex_unlock(&w->lock);
     ath__wake_all(wake, nwake);
   }
