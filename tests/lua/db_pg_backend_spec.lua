@@ -767,8 +767,12 @@ describe("athena.PostgresBackend", function()
 
   it("counts its transactions run again after a deadlock: getMetrics().db.retries, athena_db_retries_total", function()
     local sch = schema()
+    -- the world's sessions check for a deadlock 3 s into a wait (B's, 60 s):
+    -- its check then runs after B waits too, so the world is the one rolled
+    -- back, however slow this machine (PostgreSQL checks once per wait)
     local w = athena.World.new {
-      backend = athena.PostgresBackend.new { url = URL, nodeId = "dl-" .. sch, schema = sch, pollInterval = 200 },
+      backend = athena.PostgresBackend.new { url = URL .. "?options=-c%20deadlock_timeout%3D3s", nodeId = "dl-" .. sch,
+        schema = sch, pollInterval = 200 },
       modules = { "dist_jobs" }, minWorkers = 1, maxWorkers = 1, taskQueues = { dist = { workers = 1, concurrency = 8 } },
       heartbeatInterval = 1000, heartbeatTimeout = 60000, -- its backend thread waits on locks here: no fencing
       persistence = "file",
@@ -787,6 +791,7 @@ describe("athena.PostgresBackend", function()
     -- later together, t1 first); B holds t2's
     local a, b = assert(athena.db.open(URL)), assert(athena.db.open(URL))
     assert(a:exec("begin")); assert(a:query(rows[1]))
+    assert(b:exec("set deadlock_timeout = '60s'"))
     assert(b:exec("begin")); assert(b:query(rows[3]))
     assert.equals("running", hs[1]:status(), "t0 ended before its row was locked: the machine is too slow")
     S.eventually(function() return hs[2]:status() == "completed" and hs[3]:status() == "completed" end, WAIT,
@@ -795,8 +800,8 @@ describe("athena.PostgresBackend", function()
     local waiting = ("select count(*) as n from pg_stat_activity where wait_event_type = 'Lock'"
       .. " and datname = current_database()")
     S.eventually(function() return scalar(waiting) == 1 end, WAIT, "the cycle to wait for t2's row")
-    -- B now wants t1, which the waiting cycle holds: a deadlock; the cycle
-    -- waited first, so it is the one rolled back (40P01), and runs again
+    -- B now wants t1, which the waiting cycle holds: a deadlock; the cycle's
+    -- check runs first, so it is the one rolled back (40P01), and runs again
     assert(b:exec(("update %s.tasks set priority = 1 where id = '%s'"):format(sch, hs[2].id)))
     assert(b:exec("commit"))
     a:close(); b:close()
