@@ -817,6 +817,12 @@ static int world_metrics(lua_State* L) {
   }
   lua_setfield(L, -2, "queues");
   lua_remove(L, -2); /* the queue figures' box */
+  int64_t retries = ath__world_db_retries(w); /* the PostgreSQL backend: this node's */
+  if (retries >= 0) {
+    lua_createtable(L, 0, 1);
+    set_int(L, "retries", retries);
+    lua_setfield(L, -2, "db");
+  }
   /* cluster: the PostgreSQL backend's counts, from the database */
   char* json = NULL;
   char err[512];

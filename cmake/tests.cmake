@@ -104,7 +104,7 @@ set_tests_properties(dist.saga_kill9 PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED pg
   ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url;DIST_SCENARIO=saga")
 set_tests_properties(dist.kill9 dist.kill_leader dist.poll_only dist.cron_kill_leader dist.saga_kill9
   lua.db_pg_backend lua.gc.db_pg_backend lua.db_pg_schedules lua.gc.db_pg_schedules lua.db_pg_workflows
-  lua.gc.db_pg_workflows PROPERTIES RESOURCE_LOCK pg_nodes)
+  lua.gc.db_pg_workflows lua.db_pg_webhooks lua.gc.db_pg_webhooks PROPERTIES RESOURCE_LOCK pg_nodes)
 set_tests_properties(dist.kill9 PROPERTIES ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url")
 set_tests_properties(dist.poll_only PROPERTIES
   ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url;DIST_NOTIFY=0;DIST_KILL=0;DIST_TASKS=2000")

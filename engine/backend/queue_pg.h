@@ -23,10 +23,12 @@
 #include <stdint.h>
 
 /* The schema version this build creates and understands. */
-#define ATH_QPG_SCHEMA_VERSION 4
+#define ATH_QPG_SCHEMA_VERSION 5
 /* Advisory lock keys (first int; the second is hashtext(<schema>)). */
 #define ATH_QPG_LOCK_LEADER 1096042062  /* session lock: the leader */
 #define ATH_QPG_LOCK_MIGRATE 1096042063 /* transaction lock: migrations */
+#define ATH_QPG_LOCK_NODE 1096042064    /* session lock: one live process per nodeId
+                                         * (the seed of a 64-bit hash of schema/nodeId) */
 
 typedef struct ath_qpg_s ath_qpg_t;
 
@@ -215,6 +217,26 @@ typedef struct {
   ath_qpg_tasks_t* out;   /* receives the rows */
 } ath_qpg_claim_t;
 
+/* A webhook event of a finish in the same cycle: stored in the outbox only
+ * when that finish applied (the row was written by this transaction with
+ * this status and attempt), so a fenced-out node never sends it. */
+typedef struct ath_qpg_hook_s {
+  int64_t seq;          /* the finished task */
+  int status, attempt;  /* what its finish writes */
+  int kind;             /* the engine's event kind (ATH_EV_*) */
+  const char* delivery; /* the delivery id (X-Athena-Delivery) */
+  int64_t at;           /* wall ms of the event */
+  const char* body;     /* the whole JSON body */
+} ath_qpg_hook_t;
+
+/* An outbox row handed to this node (ath__qpg_hooks_adopt). */
+typedef struct {
+  int64_t id, at;
+  int kind;
+  char* delivery;
+  char* body;
+} ath_qpg_outbox_t;
+
 /* One cycle of the backend loop in one round trip (libpq pipeline mode):
  * heartbeats, inserts and finishes commit together (one transaction, with
  * the NOTIFYs of what they made ready), then each claim commits on its own; with
@@ -250,6 +272,14 @@ typedef struct {
   const int64_t* requeues;        /* workflow segments leased by `lease`, back
                                    * to ready as resumptions (same run) */
   size_t n_requeues;
+  /* webhook events of this cycle's finishes, stored in the outbox in the
+   * same transaction (at-least-once delivery across a crash) */
+  const struct ath_qpg_hook_s* hooks;
+  size_t n_hooks;
+  int64_t* hook_ids;              /* n_hooks: the outbox row's id, 0 when its
+                                   * finish was fenced out (never sent) */
+  int64_t hook_owner;             /* the rows' owner; 0: lease; -1: none (the
+                                   * next adoption by any node sends them) */
 } ath_qpg_cycle_t;
 
 int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c);
@@ -427,6 +457,22 @@ int ath__qpg_cancelled(ath_qpg_t* q, int64_t lease, int64_t** seqs, size_t* n);
 /* The rows `lease` holds (after a lost connection: a claim may have
  * committed without its answer arriving). */
 int ath__qpg_leased(ath_qpg_t* q, int64_t lease, ath_qpg_tasks_t* out);
+/* Takes the session lock of `node_id` in this schema (*held = 0: another
+ * live session holds it: a second process with the same nodeId). Held for
+ * the session's life: it frees when the process dies (its connection
+ * closes); ath__qpg_reset takes it again on the new session and fails with
+ * ATH_EBUSY when another process took it meanwhile. */
+int ath__qpg_node_lock(ath_qpg_t* q, const char* node_id, int* held);
+
+/* Outbox rows delivered (or given up): deleted. */
+int ath__qpg_hooks_done(ath_qpg_t* q, const int64_t* ids, size_t n);
+/* Up to `limit` outbox rows whose owner is no live incarnation (a node
+ * killed between its commit and its delivery, or stopped before it) become
+ * `owner`'s, oldest first; *out (malloc'd, *n rows) to free with
+ * ath__qpg_outbox_free. */
+int ath__qpg_hooks_adopt(ath_qpg_t* q, int64_t owner, int limit, ath_qpg_outbox_t** out, size_t* n);
+void ath__qpg_outbox_free(ath_qpg_outbox_t* rows, size_t n);
+
 /* The live and expired worker nodes as a JSON array (malloc'd text):
  * nodeId, incarnation, host, pid, startedAt, beatAt, expiresAt, alive,
  * queues, slots, leader. */

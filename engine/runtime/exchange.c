@@ -99,6 +99,8 @@ static int deliver_waiters(ath_task_t* t, ath_worker_t** wake, int nwake) {
  * state, no JSON; the webhook thread writes the body. Inside a worker's
  * exchange it is queued once the exchange unlocks (xchg_end). */
 void ath__emit_task(ath_world_t* w, ath_task_t* t, int kind, int64_t now) {
+  if (w->cfg.backend_url != NULL)
+    return; /* the PostgreSQL backend: sent once the fenced write committed (store_pg.c) */
   int err = t->error != NULL && t->status != ATH_COMPLETED;
   if (w->hook_held != NULL)
     ath__hook_hold_task(w->hook, w->hook_held, kind, now, t, err ? t->error : NULL, err ? t->error_len : 0);

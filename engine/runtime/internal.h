@@ -1008,6 +1008,25 @@ void ath__hook_stop(ath_hook_t* h);
 int ath__hook_event(const char* name);
 uint64_t ath__hook_dropped(const ath_hook_t* h);
 uint64_t ath__hook_delivered(const ath_hook_t* h);
+/* A task event's fields, for a body written before the event is queued
+ * (the PostgreSQL backend stores it in its outbox first). */
+typedef struct {
+  const char *id, *name, *queue, *parent_id;
+  int workflow, status, attempt;
+  const char* error; /* JSON, or NULL */
+  size_t error_len;
+} ath_hook_task_t;
+/* Writes the whole body of a task event with a new delivery id into
+ * *body (malloc'd, *len bytes). Returns 0 or ATH_ENOMEM. */
+int ath__hook_task_event(int kind, int64_t at, const ath_hook_task_t* f, char delivery[37], char** body,
+                         size_t* len);
+/* Queues an event whose body is written (owned from here on); `key` > 0 is
+ * passed to the done callback once it was delivered or given up. */
+void ath__hook_emit_stored(ath_hook_t* h, int kind, const char* delivery, int64_t at, char* body,
+                           size_t len, int64_t key);
+/* Sets (fn) or clears (NULL) the done callback: it runs on the webhook
+ * thread under the hook's lock, so after a clear it never runs again. */
+void ath__hook_on_done(ath_hook_t* h, void (*fn)(void* ud, int64_t key), void* ud);
 
 /* lua_vm.c ---------------------------------------------------------------- */
 

@@ -252,5 +252,9 @@ void ath__world_cluster_prom(ath_world_t* w, ath_buf_t* b);
  * every sample line in b (Prometheus text), so each node's own series can
  * be told apart; nothing without the backend. 0 or ATH_ENOMEM (b as it was). */
 int ath__world_node_labels(ath_world_t* w, ath_buf_t* b);
+/* The PostgreSQL backend: transactions this node ran again after a
+ * deadlock (40P01) or a serialization conflict (40001) since its start, or
+ * -1 without the backend. Any thread. */
+int64_t ath__world_db_retries(ath_world_t* w);
 
 #endif

@@ -40,6 +40,7 @@ struct ath_event_s {
   int attempt;
   char* error;           /* the error value's JSON (a copy), or NULL */
   size_t error_len;
+  int64_t key;           /* > 0: the done callback's (an outbox row) */
 };
 
 struct ath_hook_s {
@@ -57,6 +58,8 @@ struct ath_hook_s {
   atomic_ullong dropped; /* outbox full, or out of attempts */
   ath_log_t* log;
   atomic_ullong delivered;
+  void (*done)(void* ud, int64_t key); /* under lock */
+  void* done_ud;
 };
 
 int ath__hook_event(const char* name) {
@@ -113,34 +116,58 @@ static int event_body(ath_event_t* e, const char* data, size_t len) {
   return 0;
 }
 
-/* A task event's body (SEMANTICS §15: the task's id, name, kind, status,
- * attempt, queue, parent and error), on the webhook thread: the fields read
- * from the task never change once it exists; the others were recorded. */
-static int task_body(ath_event_t* e) {
-  const ath_task_t* t = e->task;
-  ath_buf_t b = {0};
-  ath__buf_lit(&b, "{\"id\":");
-  ath__buf_json_str(&b, t->id);
-  ath__buf_lit(&b, ",\"name\":");
-  ath__buf_json_str(&b, t->def->name);
+/* A task event's data (SEMANTICS §15: the task's id, name, kind, status,
+ * attempt, queue, parent and error). */
+static int task_data(ath_buf_t* b, const ath_hook_task_t* f) {
+  ath__buf_lit(b, "{\"id\":");
+  ath__buf_json_str(b, f->id);
+  ath__buf_lit(b, ",\"name\":");
+  ath__buf_json_str(b, f->name);
   char tmp[160];
   int n = snprintf(tmp, sizeof(tmp), ",\"kind\":\"%s\",\"status\":\"%s\",\"attempt\":%d,\"taskQueue\":",
-                   t->wf ? "workflow" : "activity", ath_status_name(e->status), e->attempt);
-  ath__buf_append(&b, tmp, (size_t)n);
-  ath__buf_json_str(&b, t->queue->name);
-  ath__buf_lit(&b, ",\"parentId\":");
-  const ath_task_t* parent = ath__task_parent(t);
-  if (parent != NULL)
-    ath__buf_json_str(&b, parent->id);
+                   f->workflow ? "workflow" : "activity", ath_status_name((ath_status_t)f->status), f->attempt);
+  ath__buf_append(b, tmp, (size_t)n);
+  ath__buf_json_str(b, f->queue);
+  ath__buf_lit(b, ",\"parentId\":");
+  if (f->parent_id != NULL)
+    ath__buf_json_str(b, f->parent_id);
   else
-    ath__buf_lit(&b, "null");
-  if (e->error != NULL) {
-    ath__buf_lit(&b, ",\"error\":");
-    ath__buf_append(&b, e->error, e->error_len);
+    ath__buf_lit(b, "null");
+  if (f->error != NULL) {
+    ath__buf_lit(b, ",\"error\":");
+    ath__buf_append(b, f->error, f->error_len);
   }
-  ath__buf_lit(&b, "}");
-  int rc = b.data != NULL ? event_body(e, b.data, b.len) : ATH_ENOMEM;
+  ath__buf_lit(b, "}");
+  return b->data != NULL ? 0 : ATH_ENOMEM;
+}
+
+/* A task event's body, on the webhook thread: the fields read from the
+ * task never change once it exists; the others were recorded. */
+static int task_body(ath_event_t* e) {
+  const ath_task_t* t = e->task;
+  const ath_task_t* parent = ath__task_parent(t);
+  ath_hook_task_t f = {t->id, t->def->name, t->queue->name, parent ? parent->id : NULL,
+                       t->wf != NULL, e->status, e->attempt, e->error, e->error_len};
+  ath_buf_t b = {0};
+  int rc = task_data(&b, &f);
+  if (rc == 0)
+    rc = event_body(e, b.data, b.len);
   ath__buf_free(&b);
+  return rc;
+}
+
+int ath__hook_task_event(int kind, int64_t at, const ath_hook_task_t* f, char delivery[37], char** body,
+                         size_t* len) {
+  ath_event_t e = {.kind = kind, .at = at};
+  ath__uuid4(e.id);
+  ath_buf_t b = {0};
+  int rc = task_data(&b, f);
+  if (rc == 0)
+    rc = event_body(&e, b.data, b.len);
+  ath__buf_free(&b);
+  memcpy(delivery, e.id, sizeof(e.id));
+  *body = e.body;
+  *len = e.len;
   return rc;
 }
 
@@ -254,6 +281,29 @@ uv_mutex_t* ath__hook_outbox_lock(ath_hook_t* h) {
   return &h->lock;
 }
 
+void ath__hook_emit_stored(ath_hook_t* h, int kind, const char* delivery, int64_t at, char* body,
+                           size_t len, int64_t key) {
+  ath_event_t* e = h != NULL ? event_new(h, kind, at) : NULL;
+  if (e == NULL) {
+    free(body);
+    return;
+  }
+  snprintf(e->id, sizeof(e->id), "%s", delivery);
+  e->body = body;
+  e->len = len;
+  e->key = key;
+  outbox_add(h, e);
+}
+
+void ath__hook_on_done(ath_hook_t* h, void (*fn)(void* ud, int64_t key), void* ud) {
+  if (h == NULL)
+    return;
+  uv_mutex_lock(&h->lock);
+  h->done = fn;
+  h->done_ud = ud;
+  uv_mutex_unlock(&h->lock);
+}
+
 static size_t discard(char* p, size_t size, size_t n, void* ud) {
   (void)p;
   (void)ud;
@@ -332,6 +382,12 @@ static void hook_main(void* arg) {
     int ok = h->sink != NULL ? h->sink->deliver(h->sink->ud, e->body, e->len, why, sizeof(why)) == 0
                              : c != NULL && deliver(c, h->url, e);
     e->attempts++;
+    if ((ok || e->attempts >= ATH_HOOK_ATTEMPTS) && e->key > 0) {
+      uv_mutex_lock(&h->lock);
+      if (h->done != NULL)
+        h->done(h->done_ud, e->key); /* its outbox row goes */
+      uv_mutex_unlock(&h->lock);
+    }
     if (ok) {
       atomic_fetch_add(&h->delivered, 1);
       event_free(e);

@@ -100,7 +100,15 @@ struct ath_dq_s {
    * every COUNTS_TTL_NS (guarded by rd_lock) */
   ath_qpg_counts_t counts;
   uint64_t counts_ns; /* monotonic time of the read, 0: none yet */
+  /* webhooks: outbox rows delivered (or given up) by the webhook thread,
+   * deleted with the next lease renewal (guarded by hook_lock) */
+  _Atomic int64_t retries_closed; /* conflict retries, once the connections closed */
+  uv_mutex_t hook_lock;
+  int64_t* hooks_done;
+  size_t nhooks_done, hooks_done_cap;
 };
+
+static int64_t conn_retries(struct ath_dq_s* dq);
 
 /* ------------------------------------------------------------ seq set */
 
@@ -341,6 +349,93 @@ static int claim_size(ath_world_t* w, struct ath_dq_s* dq, int qi) {
   return (int)(n > MAX_CLAIM ? MAX_CLAIM : n);
 }
 
+/* The webhook events of a batch of finishes (SEMANTICS §15): written before
+ * the commit, stored in the outbox in the finishes' transaction, queued for
+ * delivery once it committed, and only for the finishes that applied. */
+typedef struct {
+  ath_qpg_hook_t* ev;
+  char (*delivery)[37];
+  size_t* len;
+  int64_t* ids; /* outbox rows, 0: its finish was fenced out */
+  size_t n;
+} hooks_t;
+
+static void hooks_free(hooks_t* h) {
+  for (size_t i = 0; h->ev != NULL && i < h->n; i++)
+    free((char*)h->ev[i].body);
+  free(h->ev);
+  free(h->delivery);
+  free(h->len);
+  free(h->ids);
+  memset(h, 0, sizeof(*h));
+}
+
+static int hooks_alloc(hooks_t* h, size_t n) {
+  memset(h, 0, sizeof(*h));
+  size_t k = n ? n : 1;
+  h->ev = calloc(k, sizeof(*h->ev));
+  h->delivery = calloc(k, sizeof(*h->delivery));
+  h->len = calloc(k, sizeof(*h->len));
+  h->ids = calloc(k, sizeof(*h->ids));
+  if (!h->ev || !h->delivery || !h->len || !h->ids) {
+    hooks_free(h);
+    return ATH_ENOMEM;
+  }
+  return 0;
+}
+
+/* The event of a finish with `status`, or -1 when none is configured for it. */
+static int hook_kind(const ath_world_t* w, int status) {
+  int kind = status == ATH_COMPLETED                               ? ATH_EV_TASK_COMPLETED
+             : status == ATH_FAILED || status == ATH_COMPENSATED ? ATH_EV_TASK_FAILED
+             : status == ATH_RETRYING                              ? ATH_EV_TASK_RETRYING
+             : status == ATH_QUARANTINED                           ? ATH_EV_TASK_QUARANTINED
+             : status == ATH_CANCELLED                             ? ATH_EV_TASK_CANCELLED
+                                                                   : -1;
+  unsigned mask = w->cfg.webhook_events ? w->cfg.webhook_events : (1u << ATH_EV_COUNT) - 1;
+  return w->cfg.webhook_url != NULL && kind >= 0 && (mask & (1u << kind)) ? kind : -1;
+}
+
+/* Adds the event of the finish of `seq` (its fields in f) when one is
+ * configured; an event that cannot be written is dropped (logged once by
+ * the caller's counters: none here, out of memory). */
+static void hooks_add(ath_world_t* w, hooks_t* h, int64_t seq, const ath_hook_task_t* f) {
+  int kind = hook_kind(w, f->status);
+  if (kind < 0)
+    return;
+  ath_qpg_hook_t* e = &h->ev[h->n];
+  char* body;
+  int64_t at = ath__wall(w);
+  if (ath__hook_task_event(kind, at, f, h->delivery[h->n], &body, &h->len[h->n]) != 0)
+    return;
+  e->seq = seq;
+  e->status = f->status;
+  e->attempt = f->attempt;
+  e->kind = kind;
+  e->delivery = h->delivery[h->n];
+  e->at = at;
+  e->body = body;
+  h->n++;
+}
+
+/* The webhooks, once the world started them (lock held; until then events
+ * stay in the outbox for the poll's adoption). */
+static ath_hook_t* live_hook(ath_world_t* w) {
+  return w->state != ATH_W_NEW ? w->hook : NULL;
+}
+
+/* Queues the stored events for delivery (lock held). */
+static void hooks_send(ath_world_t* w, hooks_t* h) {
+  ath_hook_t* hook = live_hook(w);
+  for (size_t i = 0; hook != NULL && i < h->n; i++) {
+    if (h->ids[i] <= 0)
+      continue; /* fenced out: the node whose write applied sends it */
+    ath__hook_emit_stored(hook, h->ev[i].kind, h->delivery[i], h->ev[i].at, (char*)h->ev[i].body, h->len[i],
+                          h->ids[i]);
+    h->ev[i].body = NULL;
+  }
+}
+
 typedef struct {
   ath_qpg_beat_t* beats;
   char** beat_hb; /* copies */
@@ -360,6 +455,7 @@ typedef struct {
   int claim_q[64];
   size_t nclaims;
   ath_wfpg_t wf; /* workflows: history appends, parks, requeues (wf_pg.c) */
+  hooks_t hooks; /* webhook events of the finishes */
 } cycle_t;
 
 static void cycle_free(cycle_t* c) {
@@ -382,6 +478,7 @@ static void cycle_free(cycle_t* c) {
   free(c->out_err);
   free(c->applied);
   ath__wfpg_free(&c->wf);
+  hooks_free(&c->hooks);
   memset(c, 0, sizeof(*c));
 }
 
@@ -399,7 +496,8 @@ static int cycle_alloc(cycle_t* c, size_t n) {
   c->beat_hb = calloc(k, sizeof(*c->beat_hb));
   c->beat_applied = calloc(k, 1);
   if (!c->ins || !c->ins_t || !c->inserted || !c->outs || !c->out_t || !c->out_err || !c->applied ||
-      !c->beats || !c->beat_hb || !c->beat_applied || ath__wfpg_alloc(&c->wf, n) != 0) {
+      !c->beats || !c->beat_hb || !c->beat_applied || ath__wfpg_alloc(&c->wf, n) != 0 ||
+      hooks_alloc(&c->hooks, n) != 0) {
     cycle_free(c);
     return ATH_ENOMEM;
   }
@@ -418,6 +516,15 @@ static void add_outcome(cycle_t* c, ath_task_t* t, int status, int64_t now) {
   o->error = c->out_err[c->nouts];
   o->worker_id = t->worker_id;
   c->out_t[c->nouts++] = t;
+}
+
+/* Adds the webhook event of t's finish, the last outcome added (lock held). */
+static void add_hook(ath_world_t* w, cycle_t* c, const ath_task_t* t) {
+  const ath_qpg_outcome_t* o = &c->outs[c->nouts - 1];
+  const ath_task_t* parent = ath__task_parent(t);
+  ath_hook_task_t f = {t->id, t->def->name, t->queue->name, parent ? parent->id : NULL, t->wf != NULL,
+                       o->status, o->attempt, o->error, o->error ? strlen(o->error) : 0};
+  hooks_add(w, &c->hooks, o->seq, &f);
 }
 
 /* Whether t sent a heartbeat during the attempt it runs now (or ran last). */
@@ -497,6 +604,7 @@ static void classify(ath_world_t* w, struct ath_dq_s* dq, ath_task_t** batch, si
       if (beat_this_attempt(t))
         add_beat(c, t);
       add_outcome(c, t, t->status, now);
+      add_hook(w, c, t);
       ath__task_dq(t)->dq_attempt = 0;
       t->remote = t->status == ATH_RETRYING; /* its row waits; any node runs it next */
     } else if (ath__task_dq(t)->dq_attempt < 0 && ended) { /* the lease was lost: discarded */
@@ -684,7 +792,8 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
   ath_qpg_cycle_t pc = {.beats = c.beats, .n_beats = c.nbeats, .beat_applied = c.beat_applied,
                         .inserts = c.ins, .n_inserts = c.nins, .inserted = c.inserted,
                         .outcomes = c.outs, .n_outcomes = c.nouts, .applied = c.applied,
-                        .lease = lease, .claims = c.claims, .n_claims = c.nclaims, .one_commit = 1};
+                        .lease = lease, .claims = c.claims, .n_claims = c.nclaims, .one_commit = 1,
+                        .hooks = c.hooks.ev, .n_hooks = c.hooks.n, .hook_ids = c.hooks.ids};
   ath__wfpg_fill(&c.wf, &pc);
   size_t parts = c.nbeats + c.nins + c.nouts + c.nclaims + c.wf.napps + c.wf.nparks + c.wf.nreqs;
   int rc = parts > 0 ? ath__qpg_cycle(dq->wr, &pc) : 0;
@@ -753,6 +862,7 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
     }
   }
   ath__wfpg_done(w, &c.wf, &dq->stage_at, &dq->n_lost);
+  hooks_send(w, &c.hooks);
   for (size_t i = 0; i < c.nclaims; i++) {
     int qi = c.claim_q[i];
     dq->full[qi] = (int)c.claimed[i].n >= asked[i];
@@ -990,9 +1100,27 @@ static void flush_beats(ath_world_t* w, struct ath_dq_s* dq) {
 }
 
 /* Renews the lease; registers a new incarnation after a loss (lock not held). */
+/* This node's figures for its `nodes` row (§3.14), written with each lease
+ * renewal (the same UPDATE: no statement of its own). Lock not held. */
+static void node_metrics(ath_world_t* w, char* out, size_t len) {
+  ath_queue_info_t qs[1];
+  ath_metrics_t m = {.queues = qs, .queues_cap = 1};
+  ath_world_metrics(w, &m);
+  snprintf(out, len,
+           "{\"at\":%" PRId64 ",\"tasks\":{\"queued\":%" PRId64 ",\"running\":%" PRId64 ",\"completed\":%" PRId64
+           ",\"failed\":%" PRId64 ",\"retried\":%" PRId64 ",\"cancelled\":%" PRId64 ",\"quarantined\":%" PRId64
+           "},\"throughput\":{\"perSecond\":%" PRId64 ",\"perMinute\":%" PRId64 "},\"workers\":{\"total\":%d"
+           ",\"busy\":%d},\"workload\":%.4f,\"dbRetries\":%" PRId64 "}",
+           ath__wall(w), (int64_t)m.queued, (int64_t)m.running, (int64_t)m.completed, (int64_t)m.failed,
+           (int64_t)m.retried, (int64_t)m.cancelled, (int64_t)m.quarantined, (int64_t)m.per_second,
+           (int64_t)m.per_minute, m.workers_total, m.workers_busy, m.workload, conn_retries(w->dq));
+}
+
 static void beat(ath_world_t* w, struct ath_dq_s* dq) {
   if (!dq->lease.lost) {
-    int rc = ath__qpg_node_renew(dq->wr, &dq->lease, uv_hrtime(), NULL);
+    char metrics[640];
+    node_metrics(w, metrics, sizeof(metrics));
+    int rc = ath__qpg_node_renew(dq->wr, &dq->lease, uv_hrtime(), metrics);
     if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->wr))
       ath__qpg_reset(dq->wr);
     if (rc == 0 && w->store_fault != 0) {
@@ -1066,12 +1194,30 @@ static int64_t rescue_rows(ath_world_t* w, ath_qpg_t* q, int64_t lease, ath_qpg_
   ath_qpg_outcome_t* o = calloc(rows->n, sizeof(*o));
   char(*errs)[192] = calloc(rows->n, sizeof(*errs));
   uint8_t* applied = calloc(rows->n, 1);
+  hooks_t h;
   int64_t done = -1;
-  if (o && errs && applied) {
-    for (size_t i = 0; i < rows->n; i++)
-      rescue_decide(w, why, &rows->rows[i], &o[i], errs[i], sizeof(errs[i]));
-    if (ath__qpg_finish(q, lease, o, rows->n, applied) == 0)
+  if (o && errs && applied && hooks_alloc(&h, rows->n) == 0) {
+    for (size_t i = 0; i < rows->n; i++) {
+      const ath_qpg_task_t* r = &rows->rows[i];
+      rescue_decide(w, why, r, &o[i], errs[i], sizeof(errs[i]));
+      ath_hook_task_t f = {r->id, r->name, r->queue, r->parent_id, r->kind == 1, o[i].status, o[i].attempt,
+                           errs[i], strlen(errs[i])};
+      hooks_add(w, &h, r->seq, &f);
+    }
+    uv_mutex_lock(&w->lock);
+    int live = live_hook(w) != NULL;
+    uv_mutex_unlock(&w->lock);
+    /* before the webhooks started (the restart's take-over): no owner, the
+     * next poll of any node adopts them */
+    ath_qpg_cycle_t c = {.outcomes = o, .n_outcomes = rows->n, .applied = applied, .lease = lease,
+                         .hooks = h.ev, .n_hooks = h.n, .hook_ids = h.ids, .hook_owner = live ? 0 : -1};
+    if (ath__qpg_cycle(q, &c) == 0) {
       done = (int64_t)rows->n;
+      uv_mutex_lock(&w->lock);
+      hooks_send(w, &h);
+      uv_mutex_unlock(&w->lock);
+    }
+    hooks_free(&h);
   }
   free(o);
   free(errs);
@@ -1123,6 +1269,64 @@ static void lead(ath_world_t* w, struct ath_dq_s* dq) {
   ath__qpg_vacuum_ready(dq->ldr); /* the claims' dead entries (distributed.md §3.9) */
 }
 
+/* The webhook thread delivered (or gave up) outbox row `id` (under the
+ * hook's lock; never the world lock: the world lock is held around emits). */
+static void hook_done(void* ud, int64_t id) {
+  struct ath_dq_s* dq = ud;
+  uv_mutex_lock(&dq->hook_lock);
+  if (dq->nhooks_done == dq->hooks_done_cap) {
+    size_t cap = dq->hooks_done_cap ? dq->hooks_done_cap * 2 : 64;
+    int64_t* a = realloc(dq->hooks_done, cap * sizeof(*a));
+    if (a != NULL) {
+      dq->hooks_done = a;
+      dq->hooks_done_cap = cap;
+    }
+  }
+  if (dq->nhooks_done < dq->hooks_done_cap) /* else it is sent again after this node's end */
+    dq->hooks_done[dq->nhooks_done++] = id;
+  uv_mutex_unlock(&dq->hook_lock);
+}
+
+/* Deletes the delivered outbox rows (lock not held); on failure they wait
+ * for the next try. */
+static void flush_hooks_done(struct ath_dq_s* dq) {
+  uv_mutex_lock(&dq->hook_lock);
+  int64_t* ids = dq->hooks_done;
+  size_t n = dq->nhooks_done;
+  dq->hooks_done = NULL;
+  dq->nhooks_done = dq->hooks_done_cap = 0;
+  uv_mutex_unlock(&dq->hook_lock);
+  if (n > 0 && ath__qpg_hooks_done(dq->wr, ids, n) != 0) {
+    for (size_t i = 0; i < n; i++)
+      hook_done(dq, ids[i]);
+  }
+  free(ids);
+}
+
+/* Sends the outbox rows no live node owns (lock not held): events of a node
+ * killed between its commit and their delivery, or stopped before it. */
+static void adopt_hooks(ath_world_t* w, struct ath_dq_s* dq, int64_t inc) {
+  uv_mutex_lock(&w->lock);
+  ath_hook_t* hook = live_hook(w);
+  uv_mutex_unlock(&w->lock);
+  ath_qpg_outbox_t* rows;
+  size_t n;
+  if (hook == NULL || inc <= 0 || ath__qpg_hooks_adopt(dq->wr, inc, 1000, &rows, &n) != 0)
+    return;
+  if (n > 0)
+    ath__logf(w, ATH_LOG_INFO, NULL, 0, "sending %zu webhook event(s) of stopped or lost nodes", n);
+  for (size_t i = 0; i < n; i++) {
+    if (ath__hook_wants(hook, rows[i].kind)) {
+      ath__hook_emit_stored(hook, rows[i].kind, rows[i].delivery, rows[i].at, rows[i].body,
+                            strlen(rows[i].body), rows[i].id);
+      rows[i].body = NULL;
+    } else {
+      hook_done(dq, rows[i].id); /* this node's webhookEvents leave it out */
+    }
+  }
+  ath__qpg_outbox_free(rows, n);
+}
+
 /* The poll (lock not held): stage what is due, re-read watched proxies. */
 static void poll_once(ath_world_t* w, struct ath_dq_s* dq) {
   ath__qpg_stage(dq->wr, NULL, 0, 0, 1000, NULL);
@@ -1143,6 +1347,8 @@ static void poll_once(ath_world_t* w, struct ath_dq_s* dq) {
   uv_mutex_unlock(&w->lock);
   read_ended(w, dq, seqs, n);
   free(seqs);
+  if (w->cfg.webhook_url != NULL)
+    adopt_hooks(w, dq, inc);
   int64_t* cs = NULL;
   size_t nc = 0;
   if (inc > 0 && ath__qpg_cancelled(dq->wr, inc, &cs, &nc) == 0 && nc > 0) {
@@ -1181,8 +1387,13 @@ static void backend_main(void* arg) {
   uint64_t beat_ns = (uint64_t)w->cfg.heartbeat_interval_ms * 1000000u;
   uint64_t flush_ns = (uint64_t)w->cfg.flush_interval_ms * 1000000u;
   uint64_t next_poll = uv_hrtime(), next_beat = uv_hrtime() + beat_ns, next_lead = uv_hrtime();
+  int hook_cb = 0;
   uv_mutex_lock(&w->lock);
   for (;;) {
+    if (!hook_cb && live_hook(w) != NULL) { /* the webhooks start after this thread */
+      ath__hook_on_done(w->hook, hook_done, dq);
+      hook_cb = 1;
+    }
     uint64_t now = uv_hrtime();
     int stopping = w->store_stop;
     int do_sched = dq->leader && (dq->sched_scan || (dq->sched_at_ns != 0 && now >= dq->sched_at_ns));
@@ -1208,6 +1419,7 @@ static void backend_main(void* arg) {
       uv_mutex_unlock(&w->lock);
       ath__wake_all(wake, nwake);
       if (do_beat) {
+        flush_hooks_done(dq);
         beat(w, dq);
         next_beat = uv_hrtime() + beat_ns;
       }
@@ -1345,6 +1557,8 @@ static void dq_free(struct ath_dq_s* dq) {
   ath__qpg_close(dq->lis);
   ath__qpg_close(dq->rd);
   uv_mutex_destroy(&dq->rd_lock);
+  uv_mutex_destroy(&dq->hook_lock);
+  free(dq->hooks_done);
   free(dq->queue_names);
   free(dq->more);
   free(dq->full);
@@ -1390,22 +1604,42 @@ static void stop_listener(struct ath_dq_s* dq) {
 
 /* After the backend thread ended (ath__store_stop): give up the lease and
  * the leader lock, stop listening. The reader stays for the world's reads. */
+/* The conflict retries of this node's connections (their counters are atomic). */
+static int64_t conn_retries(struct ath_dq_s* dq) {
+  return ath__qpg_retries(dq->wr) + ath__qpg_retries(dq->ldr) + ath__qpg_retries(dq->rd);
+}
+
+int64_t ath__world_db_retries(ath_world_t* w) {
+  struct ath_dq_s* dq = w->dq;
+  if (dq == NULL)
+    return -1;
+  uv_mutex_lock(&dq->rd_lock); /* the writer and leader close at stop under it */
+  int64_t n = dq->wr != NULL ? conn_retries(dq) : atomic_load(&dq->retries_closed);
+  uv_mutex_unlock(&dq->rd_lock);
+  return n;
+}
+
 void ath__pgstore_stopped(ath_world_t* w) {
   struct ath_dq_s* dq = w->dq;
   if (dq == NULL)
     return;
   stop_listener(dq);
+  ath__hook_on_done(w->hook, NULL, NULL); /* later deliveries are sent again by another node */
+  flush_hooks_done(dq);
   if (dq->incarnation > 0)
     ath__qpg_node_release(dq->wr, &dq->lease);
   if (dq->leader) {
     ath__qpg_node_release(dq->ldr, &dq->llease);
     ath__qpg_leader_resign(dq->ldr);
   }
-  int64_t retries = ath__qpg_retries(dq->wr) + ath__qpg_retries(dq->ldr) + ath__qpg_retries(dq->rd);
+  uv_mutex_lock(&dq->rd_lock); /* ath__world_db_retries reads them under it */
+  int64_t retries = conn_retries(dq);
+  atomic_store(&dq->retries_closed, retries); /* the connections go: their counts stay */
   ath__qpg_close(dq->wr);
   ath__qpg_close(dq->ldr);
   ath__qpg_close(dq->lis);
   dq->wr = dq->ldr = dq->lis = NULL;
+  uv_mutex_unlock(&dq->rd_lock);
   ath_log_field_t f[5] = {ATH_LOG_FINT("claimed", dq->n_claimed), ATH_LOG_FINT("lost", dq->n_lost),
                           ATH_LOG_FINT("rescued", dq->n_rescued), ATH_LOG_FINT("notifications", dq->n_notified),
                           ATH_LOG_FINT("conflict_retries", retries)};
@@ -1433,6 +1667,33 @@ static int take_over(ath_world_t* w, struct ath_dq_s* dq) {
   return 0;
 }
 
+/* One live process per nodeId (distributed.md §6.2 item 8): the writer's
+ * session holds the node's lock for its life. A process killed a moment ago
+ * may still hold it while the server notices its closed connection: tried
+ * for up to 2 s, then ATH_EBUSY. A live holder (even a stopped one: its
+ * session stays open) keeps it. */
+static int node_lock(struct ath_dq_s* dq, char* err, size_t errlen) {
+  uint64_t until = uv_hrtime() + 2000000000u;
+  for (;;) {
+    int held = 0;
+    int rc = ath__qpg_node_lock(dq->wr, dq->node_id, &held);
+    if (rc != 0) {
+      snprintf(err, errlen, "PostgreSQL backend: locking node %s: %s", dq->node_id, ath__qpg_errmsg(dq->wr));
+      return rc;
+    }
+    if (held)
+      return 0;
+    if (uv_hrtime() >= until) {
+      snprintf(err, errlen,
+               "PostgreSQL backend: nodeId %s is in use by another live process on this schema (give each "
+               "process its own nodeId; a crashed process's lock frees when its session ends)",
+               dq->node_id);
+      return ATH_EBUSY;
+    }
+    uv_sleep(50);
+  }
+}
+
 int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
   struct ath_dq_s* dq = calloc(1, sizeof(*dq));
   if (dq == NULL)
@@ -1440,6 +1701,7 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
   dq->w = w;
   dq->notify = !w->cfg.backend_poll_only;
   uv_mutex_init(&dq->rd_lock);
+  uv_mutex_init(&dq->hook_lock);
   dq->lis_pipe[0] = dq->lis_pipe[1] = -1;
   char host[200] = "localhost";
   gethostname(host, sizeof(host) - 1);
@@ -1470,6 +1732,8 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
     snprintf(err, errlen, "PostgreSQL backend: %s", ath__qpg_errmsg(dq->wr));
   if (rc == 0 && dq->lis != NULL && (rc = ath__qpg_listen(dq->lis, CHANNELS)) != 0)
     snprintf(err, errlen, "PostgreSQL backend: LISTEN: %s", ath__qpg_errmsg(dq->lis));
+  if (rc == 0)
+    rc = node_lock(dq, err, errlen);
   ath_qpg_node_t n;
   node_desc(dq, w, &n, 0);
   if (rc == 0 && (rc = ath__qpg_node_register(dq->wr, &n, uv_hrtime(), &dq->lease)) != 0)
@@ -1487,7 +1751,7 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
       close(dq->lis_pipe[1]);
     }
     dq_free(dq);
-    return rc == ATH_EINVAL ? rc : ATH_ESTORE;
+    return rc == ATH_EINVAL || rc == ATH_EBUSY ? rc : ATH_ESTORE;
   }
   dq->incarnation = dq->lease.incarnation;
   uv_cond_init(&w->store_cond);
@@ -1548,6 +1812,10 @@ int ath__dq_cancel(ath_world_t* w, ath_task_t* t) {
       t->err_code = ATH_ECANCELED;
       nwake = ath__finish_remote(w, t, ATH_CANCELLED, ath__wall(w), wake, 0);
     }
+    /* no node ran it: this node's statement ended it (its proxy may have
+     * heard so first, through athena_done), so this node tells, after the
+     * commit, from memory: at most once, unlike a finish's events */
+    ath__hook_emit_task(live_hook(w), ATH_EV_TASK_CANCELLED, ath__wall(w), t, t->error, t->error ? t->error_len : 0);
     uv_mutex_unlock(&w->lock);
     ath__wake_all(wake, nwake);
   }
@@ -1708,6 +1976,13 @@ int ath__world_node_labels(ath_world_t* w, ath_buf_t* b) {
   struct ath_dq_s* dq = w->dq;
   if (dq == NULL || b->data == NULL)
     return 0;
+  char line[320]; /* this node's own series of the backend, labelled below like the others */
+  int n = snprintf(line, sizeof(line),
+                   "# HELP athena_db_retries_total Transactions run again after a deadlock (40P01) or a"
+                   " serialization conflict (40001).\n# TYPE athena_db_retries_total counter\n"
+                   "athena_db_retries_total %" PRId64 "\n",
+                   ath__world_db_retries(w));
+  ath__buf_append(b, line, (size_t)n);
   ath_buf_t label = {0}, out = {0};
   ath__buf_lit(&label, "node=\"");
   prom_label(&label, dq->node_id);

@@ -220,18 +220,8 @@ LocalBackend.__index = LocalBackend
 M.LocalBackend = LocalBackend
 local BACKEND_KEYS = { path = true, webhookUrl = true, webhookEvents = true }
 
---- athena.LocalBackend.new{path, webhookUrl, webhookEvents} (SEMANTICS §15)
-function LocalBackend.new(opts)
-  if opts ~= nil and type(opts) ~= "table" then argerror(1, "new", "table", opts) end
-  opts = opts or {}
-  local b = { events = 0 }
-  for k in pairs(opts) do
-    if not BACKEND_KEYS[k] then invalid("unknown option %s", tostring(k)) end
-  end
-  if opts.path ~= nil then
-    if type(opts.path) ~= "string" or opts.path == "" then invalid("invalid path: %s (a non-empty string)", show(opts.path)) end
-    b.path = opts.path
-  end
+-- webhookUrl and webhookEvents of a backend's options, checked into b
+local function webhook_options(opts, b)
   if opts.webhookUrl ~= nil then
     if type(opts.webhookUrl) ~= "string" or not opts.webhookUrl:match("^https?://[^%s]+$") then
       invalid("invalid webhookUrl: %s (an http:// or https:// URL)", show(opts.webhookUrl))
@@ -250,6 +240,21 @@ function LocalBackend.new(opts)
     end
     if b.events == 0 then invalid("invalid webhookEvents: {} (name at least one event)") end
   end
+end
+
+--- athena.LocalBackend.new{path, webhookUrl, webhookEvents} (SEMANTICS §15)
+function LocalBackend.new(opts)
+  if opts ~= nil and type(opts) ~= "table" then argerror(1, "new", "table", opts) end
+  opts = opts or {}
+  local b = { events = 0 }
+  for k in pairs(opts) do
+    if not BACKEND_KEYS[k] then invalid("unknown option %s", tostring(k)) end
+  end
+  if opts.path ~= nil then
+    if type(opts.path) ~= "string" or opts.path == "" then invalid("invalid path: %s (a non-empty string)", show(opts.path)) end
+    b.path = opts.path
+  end
+  webhook_options(opts, b)
   return setmetatable(b, LocalBackend)
 end
 
@@ -311,23 +316,25 @@ function Backend.new(opts)
   return setmetatable(b, Backend)
 end
 
--- athena.PostgresBackend.new{ url, nodeId, schema, pollInterval, notify }:
+-- athena.PostgresBackend.new{ url, nodeId, schema, pollInterval, notify, webhookUrl, webhookEvents }:
 -- several processes share one queue in PostgreSQL (docs/backend-postgres.md).
 local PostgresBackend = { __name = "athena.PostgresBackend" }
 PostgresBackend.__index = PostgresBackend
 M.PostgresBackend = PostgresBackend
-local PG_KEYS = { url = true, nodeId = true, schema = true, pollInterval = true, notify = true }
+local PG_KEYS = { url = true, nodeId = true, schema = true, pollInterval = true, notify = true,
+  webhookUrl = true, webhookEvents = true }
 
 function PostgresBackend.new(opts)
   if type(opts) ~= "table" then argerror(1, "new", "table", opts) end
   for k in pairs(opts) do
-    if not PG_KEYS[k] then invalid("unknown option %s (PostgresBackend takes url, nodeId, schema, pollInterval, notify)", tostring(k)) end
+    if not PG_KEYS[k] then invalid("unknown option %s (PostgresBackend takes url, nodeId, schema, pollInterval, notify, webhookUrl, webhookEvents)", tostring(k)) end
   end
   if type(opts.url) ~= "string" or not (opts.url:match("^postgres://") or opts.url:match("^postgresql://")) then
     invalid("invalid url: %s (postgres://user:password@host:port/database)",
       type(opts.url) == "string" and "not a postgres:// URL" or show(opts.url))
   end
-  local b = { url = opts.url }
+  local b = { url = opts.url, events = 0 }
+  webhook_options(opts, b)
   for _, k in ipairs({ "nodeId", "schema" }) do
     local v = opts[k]
     if v ~= nil then
@@ -484,7 +491,7 @@ local function check_config(config)
     if getmetatable(b) ~= LocalBackend and getmetatable(b) ~= Backend then
       invalid("invalid backend: %s (the backends are: athena.LocalBackend.new{ path, webhookUrl, webhookEvents }, " ..
         "athena.Backend.new{ module } or { persist, load }, " ..
-        "athena.PostgresBackend.new{ url, nodeId, schema, pollInterval, notify }; a plain table is not one)",
+        "athena.PostgresBackend.new{ url, nodeId, schema, pollInterval, notify, webhookUrl, webhookEvents }; a plain table is not one)",
         type(b) == "table" and "a plain table" or show(b))
     end
     if b.path and config.persistencePath and b.path ~= config.persistencePath then

@@ -111,18 +111,18 @@ static void insert_many(ath_qpg_t* q, const char* prefix, int n) {
 
 /* ------------------------------------------------------------ schema */
 
-/* Migrations: a fresh schema gets version 4 (and meta says so), a second
- * run finds it done, a version 1 schema is brought to 4 (schedule columns
+/* Migrations: a fresh schema gets version 5 (and meta says so), a second
+ * run finds it done, a version 1 schema is brought to 5 (schedule columns
  * and index, the dead-letter index, workflow_events with version 1's
- * history rows moved in), a newer version and a foreign schema are
+ * history rows moved in, the outbox), a newer version and a foreign schema are
  * refused, and a name that needs quoting works. */
 TEST_IMPL(db_pg_queue_migrate) {
   ath_qpg_t* q = fresh("qpg_migrate");
   int ver = -1;
   ASSERT_OK(ath__qpg_migrate(q, &ver));
-  ASSERT_EQ(4, ver);
+  ASSERT_EQ(ATH_QPG_SCHEMA_VERSION, ver);
   PGconn* c = admin();
-  ASSERT_EQ(4, sql_int(c, "SELECT value::int FROM qpg_migrate.meta WHERE key = 'schema_version'"));
+  ASSERT_EQ(ATH_QPG_SCHEMA_VERSION, sql_int(c, "SELECT value::int FROM qpg_migrate.meta WHERE key = 'schema_version'"));
   /* back to what version 1 made (its history table keyed by the task's seq,
    * with an event in it): migrating again adds versions 2, 3 and 4 */
   ath_qpg_insert_t wrow = task_row("wf1", "default", 0, "{}");
@@ -131,7 +131,7 @@ TEST_IMPL(db_pg_queue_migrate) {
   ASSERT_OK(ath__qpg_insert(q, &wrow, 1, &wout));
   sql_ok(c, "DROP INDEX qpg_migrate.schedules_due; DROP INDEX qpg_migrate.tasks_dead;"
             " ALTER TABLE qpg_migrate.schedules DROP COLUMN max_attempts, DROP COLUMN close_after;"
-            " DROP TABLE qpg_migrate.workflow_events;"
+            " DROP TABLE qpg_migrate.workflow_events; DROP TABLE qpg_migrate.outbox;"
             " CREATE TABLE qpg_migrate.history (task_seq bigint NOT NULL, n int NOT NULL,"
             "   event text NOT NULL, PRIMARY KEY (task_seq, n));"
             " INSERT INTO qpg_migrate.history SELECT seq, 0, '{\"type\":\"workflow.started\"}'"
@@ -139,7 +139,7 @@ TEST_IMPL(db_pg_queue_migrate) {
             " UPDATE qpg_migrate.meta SET value = '1' WHERE key = 'schema_version'");
   ASSERT_OK(ath__qpg_migrate(q, &ver));
   ASSERT_EQ(1, ver);
-  ASSERT_EQ(4, sql_int(c, "SELECT value::int FROM qpg_migrate.meta WHERE key = 'schema_version'"));
+  ASSERT_EQ(ATH_QPG_SCHEMA_VERSION, sql_int(c, "SELECT value::int FROM qpg_migrate.meta WHERE key = 'schema_version'"));
   /* version 4: the event moved to workflow_events under the workflow's id */
   ASSERT_EQ(0, sql_int(c, "SELECT count(*) FROM pg_tables WHERE schemaname = 'qpg_migrate'"
                           " AND tablename = 'history'"));
@@ -152,6 +152,9 @@ TEST_IMPL(db_pg_queue_migrate) {
                           " AND column_name IN ('max_attempts', 'close_after')"));
   ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM pg_indexes WHERE schemaname = 'qpg_migrate'"
                           " AND indexname = 'schedules_due'"));
+  /* version 5: the webhook outbox */
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM pg_tables WHERE schemaname = 'qpg_migrate'"
+                          " AND tablename = 'outbox'"));
   ASSERT_EQ(0, sql_int(c, "SELECT count(*) FROM information_schema.columns WHERE table_schema ="
                           " 'qpg_migrate' AND data_type = 'jsonb'"));
   sql_ok(c, "UPDATE qpg_migrate.meta SET value = '99' WHERE key = 'schema_version'");
@@ -412,6 +415,83 @@ TEST_IMPL(db_pg_queue_fencing) {
  * (not a live node's), the dead node's renew reports the loss and its late
  * finish is refused, the leader's EWORKERLOST retry applies, and the task
  * runs again elsewhere as attempt 2. The dead node's row is reaped. */
+/* The webhook outbox (docs/backend-postgres.md, Webhooks): an event is
+ * stored only when its finish in the same transaction applied (a fenced-out
+ * finish stores none, whatever its lease or attempt), rows of a live owner
+ * are not adopted, those of an expired or absent owner are (once), and done
+ * deletes them; an event without a finish in its cycle is EINVAL. */
+TEST_IMPL(db_pg_queue_outbox) {
+  ath_qpg_t* q = fresh("qpg_outbox");
+  ath_qpg_lease_t a = node(q, "a");
+  ath_qpg_lease_t b = node(q, "b");
+  insert_many(q, "o", 3);
+  ath_qpg_tasks_t t;
+  ASSERT_OK(ath__qpg_claim(q, a.incarnation, "default", 3, &t));
+  ASSERT_EQ(3, t.n);
+  int64_t s[3] = {t.rows[0].seq, t.rows[1].seq, t.rows[2].seq};
+  ath__qpg_tasks_free(&t);
+  ath_qpg_outcome_t o[3] = {
+    {.seq = s[0], .attempt = 1, .status = ATH_COMPLETED, .result = "1"},
+    {.seq = s[1], .attempt = 2, .status = ATH_COMPLETED, .result = "1"}, /* wrong attempt */
+    {.seq = s[2], .attempt = 1, .status = ATH_RETRYING, .error = "{}"},
+  };
+  ath_qpg_hook_t h[3] = {
+    {.seq = s[0], .status = ATH_COMPLETED, .attempt = 1, .kind = 0, .delivery = "d0", .at = 7, .body = "{\"n\":0}"},
+    {.seq = s[1], .status = ATH_COMPLETED, .attempt = 2, .kind = 0, .delivery = "d1", .at = 7, .body = "{\"n\":1}"},
+    {.seq = s[2], .status = ATH_RETRYING, .attempt = 1, .kind = 2, .delivery = "d2", .at = 7, .body = "{\"n\":2}"},
+  };
+  uint8_t ap[3];
+  int64_t ids[3];
+  ath_qpg_cycle_t c = {.outcomes = o, .n_outcomes = 3, .applied = ap, .lease = a.incarnation,
+                       .hooks = h, .n_hooks = 3, .hook_ids = ids};
+  ASSERT_OK(ath__qpg_cycle(q, &c));
+  ASSERT(ap[0] && !ap[1] && ap[2]);
+  ASSERT(ids[0] > 0 && ids[1] == 0 && ids[2] > 0);
+  /* s[0] again under b's lease: fenced out, though the row has the status,
+   * attempt and no lease the event says (another transaction wrote it) */
+  ath_qpg_outcome_t ob = {.seq = s[0], .attempt = 1, .status = ATH_COMPLETED, .result = "2"};
+  ath_qpg_hook_t hb = {.seq = s[0], .status = ATH_COMPLETED, .attempt = 1, .kind = 0, .delivery = "db", .at = 7,
+                       .body = "{}"};
+  int64_t idb = -1;
+  ath_qpg_cycle_t cb = {.outcomes = &ob, .n_outcomes = 1, .applied = ap, .lease = b.incarnation,
+                        .hooks = &hb, .n_hooks = 1, .hook_ids = &idb};
+  ASSERT_OK(ath__qpg_cycle(q, &cb));
+  ASSERT_EQ(0, ap[0]);
+  ASSERT_EQ(0, idb);
+  ath_qpg_cycle_t bad = {.lease = a.incarnation, .hooks = &hb, .n_hooks = 1, .hook_ids = &idb};
+  ASSERT_EQ(ATH_EINVAL, ath__qpg_cycle(q, &bad));
+  PGconn* pc = admin();
+  ASSERT_EQ(2, sql_int(pc, "SELECT count(*) FROM qpg_outbox.outbox"));
+  /* a's rows while a lives: nobody adopts them */
+  ath_qpg_outbox_t* rows;
+  size_t n;
+  ASSERT_OK(ath__qpg_hooks_adopt(q, b.incarnation, 10, &rows, &n));
+  ASSERT_EQ(0, n);
+  sql_ok(pc, "UPDATE qpg_outbox.nodes SET expires_at = 0 WHERE node_id = 'a'");
+  ASSERT_OK(ath__qpg_hooks_adopt(q, b.incarnation, 10, &rows, &n));
+  ASSERT_EQ(2, n);
+  ASSERT_EQ(ids[0], rows[0].id);
+  ASSERT_EQ(0, rows[0].kind);
+  ASSERT_STR_EQ("d0", rows[0].delivery);
+  ASSERT_EQ(7, rows[0].at);
+  ASSERT_STR_EQ("{\"n\":0}", rows[0].body);
+  ASSERT_EQ(2, rows[1].kind);
+  ASSERT_STR_EQ("d2", rows[1].delivery);
+  ath__qpg_outbox_free(rows, n);
+  ASSERT_OK(ath__qpg_hooks_adopt(q, b.incarnation, 10, &rows, &n)); /* b owns them now */
+  ASSERT_EQ(0, n);
+  ASSERT_OK(ath__qpg_hooks_done(q, ids, 1));
+  ASSERT_EQ(1, sql_int(pc, "SELECT count(*) FROM qpg_outbox.outbox"));
+  /* an owner that is no node at all (-1: stored before the webhooks started) */
+  sql_ok(pc, "UPDATE qpg_outbox.outbox SET owner = -1");
+  ASSERT_OK(ath__qpg_hooks_adopt(q, b.incarnation, 10, &rows, &n));
+  ASSERT_EQ(1, n);
+  ath__qpg_outbox_free(rows, n);
+  PQfinish(pc);
+  ath__qpg_close(q);
+  return 0;
+}
+
 TEST_IMPL(db_pg_queue_rescue) {
   ath_qpg_t* q = fresh("qpg_rescue");
   ath_qpg_t* qa = open_q("qpg_rescue");

@@ -5,7 +5,7 @@
 -- DIST_WORKERS (2), DIST_POLL (pollInterval ms, 200), DIST_NOTIFY ("0":
 -- poll only), DIST_HB / DIST_HBT (heartbeatInterval / heartbeatTimeout ms,
 -- 500 / 3000), DIST_CRON ("1": registers the schedules of tests/dist/cron.lua,
--- the same definitions on every node). Prints "started" once it claims.
+-- the same definitions on every node), DIST_WEBHOOK (a webhookUrl). Prints "started" once it claims.
 local athena = require "athena"
 local core = require "athena.core"
 local jobs = require "dist_jobs"
@@ -15,7 +15,7 @@ local w = athena.World.new {
   backend = athena.PostgresBackend.new {
     url = assert(env("ATHENA_PG_URL"), "ATHENA_PG_URL"), nodeId = env("DIST_NODE"),
     schema = env("DIST_SCHEMA"), pollInterval = tonumber(env("DIST_POLL") or "200"),
-    notify = env("DIST_NOTIFY") ~= "0",
+    notify = env("DIST_NOTIFY") ~= "0", webhookUrl = env("DIST_WEBHOOK"),
   },
   modules = { "dist_jobs" }, minWorkers = 1, maxWorkers = 1,
   taskQueues = { dist = { workers = tonumber(env("DIST_WORKERS") or "2"), concurrency = tonumber(env("DIST_CONC") or "16") } },

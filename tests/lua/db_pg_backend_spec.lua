@@ -175,6 +175,39 @@ describe("athena.PostgresBackend", function()
     assert.equals(0, scalar(("select count(*) as n from %s.tasks where lease is not null"):format(sch)))
   end)
 
+  it("writes each node's own figures into its nodes row with its lease renewal: getNodes()[i].metrics", function()
+    local sch = schema()
+    local ctl = world(sch) -- serves nothing
+    node(sch, "b", { DIST_CONC = "4", DIST_WORKERS = "1" })
+    local hs = ctl:executeMany("dist.noop", { 1, 2, 3 })
+    for _, h in ipairs(hs) do assert.is_nil(select(2, h:result(WAIT))) end
+    assert.equals(2, (ctl:execute("dist.flaky", {}):result(WAIT)))
+    local function by_node()
+      local out = {}
+      for _, n in ipairs(ctl:getNodes()) do out[n.nodeId] = n end
+      return out
+    end
+    -- within a heartbeatInterval (500 ms here) of b's last end, read on another node
+    local b = S.eventually(function()
+      local n = by_node().b
+      return n and n.metrics and n.metrics.tasks.completed == 4 and n
+    end, WAIT, "b's row to count its 4 completions")
+    local m = b.metrics
+    assert.same({ queued = 0, running = 0, completed = 4, failed = 0, retried = 1, cancelled = 0, quarantined = 0 },
+      m.tasks)
+    assert.is_true(m.throughput.perMinute >= 4, tostring(m.throughput.perMinute))
+    assert.equals(2, m.workers.total) -- the default queue's and dist's
+    assert.equals("integer", math.type(m.at))
+    assert.is_true(m.at <= b.beatAt + 1000 and m.at >= b.startedAt, m.at .. " " .. b.beatAt)
+    assert.equals(0, m.dbRetries)
+    -- the node that ran nothing says so
+    local c = S.eventually(function()
+      local n = by_node()["ctl-" .. sch .. "-0"]
+      return n and n.metrics and n
+    end, WAIT, "ctl's metrics")
+    assert.equals(0, c.metrics.tasks.completed)
+  end)
+
   it("shares one queue between processes: each (task, attempt) runs once, on both nodes", function()
     local sch = schema()
     local ctl = world(sch)
@@ -374,6 +407,36 @@ describe("athena.PostgresBackend", function()
       if n.incarnation == old then assert.is_false(n.alive) end
     end
     for _, h in ipairs(hs) do assert.is_true(h:cancel()) end
+  end)
+
+  it("refuses a second live process with the same nodeId (EBUSY), even a stopped one's", function()
+    local sch = schema()
+    local pb, lb = node(sch, "b", { DIST_CONC = "2", DIST_WORKERS = "1" })
+    local function second()
+      local w = athena.World.new { backend = athena.PostgresBackend.new { url = URL, nodeId = "b", schema = sch },
+        modules = { "dist_jobs" }, taskQueues = { dist = { workers = 1 } } }
+      w:register(table.unpack(jobs.all))
+      return S.raises("EBUSY", w.start, w)
+    end
+    local inc = scalar(("select incarnation from %s.nodes where node_id = 'b' and not leader"):format(sch))
+    local err = second()
+    assert.truthy(err.message:find("nodeId b is in use by another live process", 1, true), err.message)
+    -- b was neither taken over nor fenced: one incarnation, the same, live
+    local function b_rows()
+      return assert(admin:query(("select incarnation, expires_at > %s.now_ms() as live from %s.nodes"
+        .. " where node_id = 'b' and not leader"):format(sch, sch)))
+    end
+    assert.same({ { incarnation = inc, live = true } }, b_rows())
+    os.execute("kill -STOP " .. pb) -- paused, not dead: its session (and lock) stay
+    local ok, e2 = pcall(second)
+    local taken = scalar(("select count(*) as n from %s.nodes where node_id = 'b' and expires_at = 0"):format(sch))
+    os.execute("kill -CONT " .. pb)
+    assert(ok, e2)
+    assert.truthy(e2.message:find("nodeId b", 1, true))
+    assert.equals(0, taken) -- not taken over (a take-over expires the rows to 0)
+    local h = world(sch):execute("dist.noop", { n = 1 })
+    assert.same({ n = 1 }, (h:result(WAIT)))
+    assert.equals("b", lines(lb)[1].node)
   end)
 
   it("a node takes the lead at once when the leader resigns (NOTIFY athena_leader)", function()
@@ -700,6 +763,56 @@ describe("athena.PostgresBackend", function()
     res = assert(athena.http.request { url = plain:serve { port = 0, dashboard = true }.url .. "/api/nodes" })
     assert.equals(404, res.status)
     plain:shutdown()
+  end)
+
+  it("counts its transactions run again after a deadlock: getMetrics().db.retries, athena_db_retries_total", function()
+    local sch = schema()
+    -- the world's sessions check for a deadlock 3 s into a wait (B's, 60 s):
+    -- its check then runs after B waits too, so the world is the one rolled
+    -- back, however slow this machine (PostgreSQL checks once per wait)
+    local w = athena.World.new {
+      backend = athena.PostgresBackend.new { url = URL .. "?options=-c%20deadlock_timeout%3D3s", nodeId = "dl-" .. sch,
+        schema = sch, pollInterval = 200 },
+      modules = { "dist_jobs" }, minWorkers = 1, maxWorkers = 1, taskQueues = { dist = { workers = 1, concurrency = 8 } },
+      heartbeatInterval = 1000, heartbeatTimeout = 60000, -- its backend thread waits on locks here: no fencing
+      persistence = "file",
+    }
+    w:register(table.unpack(jobs.all))
+    w:start()
+    worlds[#worlds + 1] = w
+    assert.equals(0, w:getMetrics().db.retries)
+    local hs = w:executeMany("dist.sleep", { { ms = 2000 }, { ms = 3000 }, { ms = 4000 } })
+    local rows = {}
+    for i, h in ipairs(hs) do
+      rows[i] = ("select 1 from %s.tasks where id = '%s' for update"):format(sch, h.id)
+    end
+    S.eventually(function() return hs[3]:status() == "running" end, WAIT, "the three to run")
+    -- A holds t0's row (its finish waits: t1 and t2 end meanwhile, one cycle
+    -- later together, t1 first); B holds t2's
+    local a, b = assert(athena.db.open(URL)), assert(athena.db.open(URL))
+    assert(a:exec("begin")); assert(a:query(rows[1]))
+    assert(b:exec("set deadlock_timeout = '60s'"))
+    assert(b:exec("begin")); assert(b:query(rows[3]))
+    assert.equals("running", hs[1]:status(), "t0 ended before its row was locked: the machine is too slow")
+    S.eventually(function() return hs[2]:status() == "completed" and hs[3]:status() == "completed" end, WAIT,
+      "t1 and t2 to end")
+    assert(a:exec("commit")) -- the next cycle finishes t1 (locked) and waits for t2 (B)
+    local waiting = ("select count(*) as n from pg_stat_activity where wait_event_type = 'Lock'"
+      .. " and datname = current_database()")
+    S.eventually(function() return scalar(waiting) == 1 end, WAIT, "the cycle to wait for t2's row")
+    -- B now wants t1, which the waiting cycle holds: a deadlock; the cycle's
+    -- check runs first, so it is the one rolled back (40P01), and runs again
+    assert(b:exec(("update %s.tasks set priority = 1 where id = '%s'"):format(sch, hs[2].id)))
+    assert(b:exec("commit"))
+    a:close(); b:close()
+    for _, h in ipairs(hs) do assert.is_nil(select(2, h:result(WAIT))) end
+    local n = w:getMetrics().db.retries
+    assert.is_true(n >= 1, tostring(n))
+    local url = w:serve { port = 0, metrics = true }.url
+    local res = assert(athena.http.request { url = url .. "/metrics" })
+    assert.matches("# TYPE athena_db_retries_total counter\n", res.body)
+    local got = tonumber(res.body:match('\nathena_db_retries_total{node="dl%-' .. sch .. '"} (%d+)\n'))
+    assert.is_true(got ~= nil and got >= n, res.body)
   end)
 
   it("works by polling alone (notify = false)", function()
