@@ -254,6 +254,13 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
    * random ids otherwise read their pages back from the OS on each commit. */
   if (rc == 0)
     rc = exec(s->db, "PRAGMA cache_size=-65536", err, errlen);
+  /* A multi-row insert keeps a statement journal of the pages it changes
+   * that the transaction had changed before (to undo itself alone): past
+   * 64 KiB SQLite spilled it to a temporary file on disk, ~8 KB of writes
+   * per workflow step in a large hybrid commit, many times what the commit
+   * itself writes. In memory it is a copy, freed with the statement. */
+  if (rc == 0)
+    rc = exec(s->db, "PRAGMA temp_store=MEMORY", err, errlen);
   if (rc == 0)
     rc = migrate(s->db, err, errlen);
   if (rc == 0) {
