@@ -138,12 +138,12 @@ static int exec(sqlite3* db, const char* sql, char* err, size_t errlen) {
 #define EVENT_INSERT "INSERT OR IGNORE INTO workflow_events (task_seq, n, event) VALUES "
 
 /* Writes into sql an INSERT of `rows` task rows, then `tail`. */
-static void insert_sql(char* sql, size_t cap, int rows, const char* tail) {
+static void insert_sql(char* sql, size_t cap, const char* verb, int rows, const char* tail) {
   size_t n = (size_t)snprintf(sql, cap,
-                              "INSERT INTO tasks (id, name, status, attempt, max_attempts, strategy,"
+                              "%s INTO tasks (id, name, status, attempt, max_attempts, strategy,"
                               " priority, queue, seq, created_at, scheduled_at, ready_at, started_at,"
                               " completed_at, worker_id, input, result, error, heartbeat, last_heartbeat,"
-                              " parent_id, history, call) VALUES ");
+                              " parent_id, history, call) VALUES ", verb);
   for (int k = 0; k < rows && n < cap; k++) {
     int o = k * ROW_PARAMS;
     n += (size_t)snprintf(sql + n, cap - n, "%s(", k ? "," : "");
@@ -254,13 +254,6 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
    * random ids otherwise read their pages back from the OS on each commit. */
   if (rc == 0)
     rc = exec(s->db, "PRAGMA cache_size=-65536", err, errlen);
-  /* A multi-row insert keeps a statement journal of the pages it changes
-   * that the transaction had changed before (to undo itself alone): past
-   * 64 KiB SQLite spilled it to a temporary file on disk, ~8 KB of writes
-   * per workflow step in a large hybrid commit, many times what the commit
-   * itself writes. In memory it is a copy, freed with the statement. */
-  if (rc == 0)
-    rc = exec(s->db, "PRAGMA temp_store=MEMORY", err, errlen);
   if (rc == 0)
     rc = migrate(s->db, err, errlen);
   if (rc == 0) {
@@ -270,14 +263,20 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
   "status=?3, attempt=?4, started_at=?13, completed_at=?14, worker_id=?15, ready_at=?12,"  \
   " result=?17, error=CASE WHEN ?21 THEN error ELSE ?18 END, heartbeat=?19, last_heartbeat=?20"
     char sql[ROWS_PER_INSERT * 160 + 512];
-    insert_sql(sql, sizeof(sql), 1, " ON CONFLICT(seq) DO UPDATE SET " CHANGING_COLUMNS);
+    insert_sql(sql, sizeof(sql), "INSERT", 1, " ON CONFLICT(seq) DO UPDATE SET " CHANGING_COLUMNS);
     int prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->upsert, NULL);
     if (prc == SQLITE_OK) {
-      insert_sql(sql, sizeof(sql), 1, "");
+      insert_sql(sql, sizeof(sql), "INSERT", 1, "");
       prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->insert, NULL);
     }
     if (prc == SQLITE_OK) {
-      insert_sql(sql, sizeof(sql), ROWS_PER_INSERT, "");
+      /* OR IGNORE: a multi-row statement that may abort halfway keeps a
+       * statement journal of the pages it changes that its transaction had
+       * changed before, spilled past 64 KiB to a temporary file: in a large
+       * hybrid commit ~8 KB written per workflow step, many times the
+       * commit's own writes. One that cannot abort needs none; the rows it
+       * skips are counted and written one by one (store_write). */
+      insert_sql(sql, sizeof(sql), "INSERT OR IGNORE", ROWS_PER_INSERT, "");
       prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->insert_many, NULL);
     }
     if (prc == SQLITE_OK)
@@ -538,15 +537,16 @@ static int store_write(void* self, const ath_row_t* rows, size_t n, const ath_sr
       for (size_t k = 0; k < run; k++)
         bind_row(s, s->insert_many, (int)k * ROW_PARAMS, &rows[i + k]);
       int src = step(s->insert_many);
-      if (src == 0) {
+      if (src == 0 && sqlite3_changes(s->db) == ROWS_PER_INSERT) {
         i += run;
         continue;
       }
-      if ((src & 0xff) != SQLITE_CONSTRAINT) {
+      if (src != 0) {
         rc = write_fault(s->db, src, err, errlen, "cannot write a task");
         break;
       }
-      /* one of them is there after all (see write_row): row by row */
+      /* it skipped one that is there after all (see write_row): row by row
+       * (the upsert writes again those it inserted) */
     }
     for (size_t end = i + (run ? run : 1); rc == 0 && i < end; i++) {
       int src = write_row(s, &rows[i]);

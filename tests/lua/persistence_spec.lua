@@ -784,5 +784,28 @@ describe("persistence", function()
       end, 2000, "the hybrid commit")
       assert.is_true(athena.now() - t0 < 1000, "commit took " .. (athena.now() - t0) .. " ms")
     end)
+
+    -- A commit that failed after reaching the WAL leaves rows its retry
+    -- inserts again. The 32-row insert skips rows that are there (OR IGNORE:
+    -- no statement journal), and such a batch is then written row by row,
+    -- the upsert bringing each up to date. Stand-ins in the file play the
+    -- rows of such a commit: the same tasks, still pending.
+    it("a batch of new rows that meets rows already in the file brings them up to date", function()
+      local path = tmppath()
+      local w = started("hybrid", path, { flushInterval = "1h" }) -- one commit: at shutdown
+      local db = path .. "/athena.db"
+      local old = {}
+      for i = 1, 40 do -- the seqs the 40 tasks below get in a fresh store: 0..39
+        old[i] = ("(%d, 'over-%d', 'st.echo', 0, 0, 1, 0, 0, 'default', 0, 0, 0, '%d')"):format(i - 1, i, i)
+      end
+      sql(db, "INSERT INTO tasks (seq, id, name, status, attempt, max_attempts, strategy, priority,"
+        .. " queue, created_at, scheduled_at, ready_at, input) VALUES " .. table.concat(old, ","))
+      local hs = {}
+      for i = 1, 40 do hs[i] = w:execute("st.echo", i, { id = "over-" .. i }) end
+      for i = 1, 40 do assert.equals(i, result(hs[i])) end
+      w:shutdown()
+      assert.equals("40|40|40", sql(db, "SELECT count(*), sum(status = 5), sum(result = input)"
+        .. " FROM tasks WHERE id LIKE 'over-%'"))
+    end)
   end)
 end)
