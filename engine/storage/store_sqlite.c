@@ -30,6 +30,7 @@ struct ath_store_s {
   sqlite3_stmt* supsert;
   sqlite3_stmt* sdel;
   sqlite3_stmt* event;   /* appends one workflow event */
+  sqlite3_stmt* events;  /* appends EVENTS_PER_INSERT workflow events */
   /* Idle read connections, taken by one reader at a time. */
   uv_mutex_t rlock;
   reader_t* idle[MAX_READERS];
@@ -130,14 +131,19 @@ static int exec(sqlite3* db, const char* sql, char* err, size_t errlen) {
  * setup on the table and its indexes) is then paid once per run. */
 #define ROW_PARAMS 24
 #define ROWS_PER_INSERT 32
+/* Workflow events go EVENTS_PER_INSERT to a statement, whichever rows they
+ * belong to (a workflow step appends two): per event, a statement of its
+ * own cost about as much as the row it writes. */
+#define EVENTS_PER_INSERT 32
+#define EVENT_INSERT "INSERT OR IGNORE INTO workflow_events (task_seq, n, event) VALUES "
 
 /* Writes into sql an INSERT of `rows` task rows, then `tail`. */
-static void insert_sql(char* sql, size_t cap, int rows, const char* tail) {
+static void insert_sql(char* sql, size_t cap, const char* verb, int rows, const char* tail) {
   size_t n = (size_t)snprintf(sql, cap,
-                              "INSERT INTO tasks (id, name, status, attempt, max_attempts, strategy,"
+                              "%s INTO tasks (id, name, status, attempt, max_attempts, strategy,"
                               " priority, queue, seq, created_at, scheduled_at, ready_at, started_at,"
                               " completed_at, worker_id, input, result, error, heartbeat, last_heartbeat,"
-                              " parent_id, history, call) VALUES ");
+                              " parent_id, history, call) VALUES ", verb);
   for (int k = 0; k < rows && n < cap; k++) {
     int o = k * ROW_PARAMS;
     n += (size_t)snprintf(sql + n, cap - n, "%s(", k ? "," : "");
@@ -257,14 +263,20 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
   "status=?3, attempt=?4, started_at=?13, completed_at=?14, worker_id=?15, ready_at=?12,"  \
   " result=?17, error=CASE WHEN ?21 THEN error ELSE ?18 END, heartbeat=?19, last_heartbeat=?20"
     char sql[ROWS_PER_INSERT * 160 + 512];
-    insert_sql(sql, sizeof(sql), 1, " ON CONFLICT(seq) DO UPDATE SET " CHANGING_COLUMNS);
+    insert_sql(sql, sizeof(sql), "INSERT", 1, " ON CONFLICT(seq) DO UPDATE SET " CHANGING_COLUMNS);
     int prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->upsert, NULL);
     if (prc == SQLITE_OK) {
-      insert_sql(sql, sizeof(sql), 1, "");
+      insert_sql(sql, sizeof(sql), "INSERT", 1, "");
       prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->insert, NULL);
     }
     if (prc == SQLITE_OK) {
-      insert_sql(sql, sizeof(sql), ROWS_PER_INSERT, "");
+      /* OR IGNORE: a multi-row statement that may abort halfway keeps a
+       * statement journal of the pages it changes that its transaction had
+       * changed before, spilled past 64 KiB to a temporary file: in a large
+       * hybrid commit ~8 KB written per workflow step, many times the
+       * commit's own writes. One that cannot abort needs none; the rows it
+       * skips are counted and written one by one (store_write). */
+      insert_sql(sql, sizeof(sql), "INSERT OR IGNORE", ROWS_PER_INSERT, "");
       prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->insert_many, NULL);
     }
     if (prc == SQLITE_OK)
@@ -285,9 +297,14 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
       prc = sqlite3_prepare_v3(s->db, "DELETE FROM schedules WHERE id = ?1", -1,
                                SQLITE_PREPARE_PERSISTENT, &s->sdel, NULL);
     if (prc == SQLITE_OK) /* OR IGNORE: a batch written again after a failed commit */
-      prc = sqlite3_prepare_v3(s->db,
-                               "INSERT OR IGNORE INTO workflow_events (task_seq, n, event) VALUES (?1,?2,?3)",
-                               -1, SQLITE_PREPARE_PERSISTENT, &s->event, NULL);
+      prc = sqlite3_prepare_v3(s->db, EVENT_INSERT "(?1,?2,?3)", -1, SQLITE_PREPARE_PERSISTENT,
+                               &s->event, NULL);
+    if (prc == SQLITE_OK) {
+      size_t n = (size_t)snprintf(sql, sizeof(sql), "%s", EVENT_INSERT);
+      for (int k = 0; k < EVENTS_PER_INSERT; k++)
+        n += (size_t)snprintf(sql + n, sizeof(sql) - n, "%s(?,?,?)", k ? "," : "");
+      prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->events, NULL);
+    }
     if (prc != SQLITE_OK)
       rc = fail(s->db, prc, err, errlen, "cannot prepare statements");
   }
@@ -304,8 +321,10 @@ static void disconnect_db(ath_store_t* s) {
   sqlite3_finalize(s->supsert);
   sqlite3_finalize(s->sdel);
   sqlite3_finalize(s->event);
+  sqlite3_finalize(s->events);
   sqlite3_close(s->db);
   s->upsert = s->insert = s->insert_many = s->update = s->del = s->supsert = s->sdel = s->event = NULL;
+  s->events = NULL;
   s->db = NULL;
 }
 
@@ -392,9 +411,9 @@ static int step_row(ath_store_t* s, sqlite3_stmt* st, const ath_row_t* r) {
   return step(st);
 }
 
-/* A row no commit wrote yet, with no events to append after it. */
+/* A row no commit wrote yet (its events are appended after the rows). */
 static int is_new_row(const ath_row_t* r) {
-  return !r->deleted && !r->stored && r->nevents == 0;
+  return !r->deleted && !r->stored;
 }
 
 static int write_row(ath_store_t* s, const ath_row_t* r) {
@@ -414,18 +433,41 @@ static int write_row(ath_store_t* s, const ath_row_t* r) {
     if ((rc & 0xff) == SQLITE_CONSTRAINT) /* extended codes are on */
       rc = step_row(s, s->upsert, r);
   }
-  if (rc != 0)
-    return rc;
-  for (size_t i = 0; i < r->nevents && !r->deleted; i++) { /* the new events only */
-    sqlite3_bind_int64(s->event, 1, (sqlite3_int64)r->seq);
-    sqlite3_bind_int64(s->event, 2, (sqlite3_int64)r->ev_from + (sqlite3_int64)i);
-    sqlite3_bind_text(s->event, 3, r->events[i], (int)r->event_lens[i], SQLITE_STATIC);
-    rc = sqlite3_step(s->event);
-    sqlite3_reset(s->event);
-    if (rc != SQLITE_DONE)
-      return rc;
+  return rc;
+}
+
+/* Binds event i of r to `st` from parameter off + 1 on. */
+static void bind_event(sqlite3_stmt* st, int off, const ath_row_t* r, size_t i) {
+  sqlite3_bind_int64(st, off + 1, (sqlite3_int64)r->seq);
+  sqlite3_bind_int64(st, off + 2, (sqlite3_int64)r->ev_from + (sqlite3_int64)i);
+  sqlite3_bind_text(st, off + 3, r->events[i], (int)r->event_lens[i], SQLITE_STATIC);
+}
+
+/* Appends the new events of rows[0..n) (those of a deleted row go with
+ * it), EVENTS_PER_INSERT to a statement and the rest one by one. */
+static int write_events(ath_store_t* s, const ath_row_t* rows, size_t n) {
+  struct {
+    const ath_row_t* r;
+    size_t i;
+  } run[EVENTS_PER_INSERT];
+  int k = 0, rc = 0;
+  for (size_t j = 0; j < n && rc == 0; j++) {
+    for (size_t i = 0; i < rows[j].nevents && !rows[j].deleted && rc == 0; i++) {
+      run[k].r = &rows[j];
+      run[k].i = i;
+      if (++k < EVENTS_PER_INSERT)
+        continue;
+      for (k = 0; k < EVENTS_PER_INSERT; k++)
+        bind_event(s->events, k * 3, run[k].r, run[k].i);
+      k = 0;
+      rc = step(s->events);
+    }
   }
-  return 0;
+  for (int e = 0; e < k && rc == 0; e++) {
+    bind_event(s->event, 0, run[e].r, run[e].i);
+    rc = step(s->event);
+  }
+  return rc;
 }
 
 static int write_srow(ath_store_t* s, const ath_srow_t* r) {
@@ -495,21 +537,27 @@ static int store_write(void* self, const ath_row_t* rows, size_t n, const ath_sr
       for (size_t k = 0; k < run; k++)
         bind_row(s, s->insert_many, (int)k * ROW_PARAMS, &rows[i + k]);
       int src = step(s->insert_many);
-      if (src == 0) {
+      if (src == 0 && sqlite3_changes(s->db) == ROWS_PER_INSERT) {
         i += run;
         continue;
       }
-      if ((src & 0xff) != SQLITE_CONSTRAINT) {
+      if (src != 0) {
         rc = write_fault(s->db, src, err, errlen, "cannot write a task");
         break;
       }
-      /* one of them is there after all (see write_row): row by row */
+      /* it skipped one that is there after all (see write_row): row by row
+       * (the upsert writes again those it inserted) */
     }
     for (size_t end = i + (run ? run : 1); rc == 0 && i < end; i++) {
       int src = write_row(s, &rows[i]);
       if (src != 0)
         rc = write_fault(s->db, src, err, errlen, "cannot write a task");
     }
+  }
+  if (rc == 0) {
+    int src = write_events(s, rows, n);
+    if (src != 0)
+      rc = write_fault(s->db, src, err, errlen, "cannot write a workflow event");
   }
   if (rc == 0)
     rc = write_exec(s, "COMMIT", err, errlen);

@@ -43,7 +43,8 @@ static const char* jobs_lua =
   "athena.workflow('fan', function(ctx, input)\n"
   "  for i = 1, input.n do ctx:executeChild('echo', i) end\n"
   "  return ctx:run('nap', { ms = 60000 })\n"
-  "end)\n";
+  "end)\n"
+  "athena.workflow('idle', function(ctx, input) ctx:sleep(input.ms) end)\n";
 
 static void write_module(void) {
   snprintf(module_dir, sizeof(module_dir), "/tmp/athena-ctest-%d", (int)getpid());
@@ -825,6 +826,7 @@ static ath_world_t* prefetch_world(int workers, uint64_t window_ns) {
   ath_world_t* w = new_world(workers, NULL);
   ASSERT_OK(reg(w, "seq", NULL, 0));
   ASSERT_OK(reg(w, "gate", NULL, 0));
+  ASSERT_OK(reg_workflow(w, "idle"));
   ath_activity_t a;
   ath_activity_init(&a, "stuck");
   a.has_retry = 1;
@@ -964,6 +966,57 @@ TEST_IMPL(world_prefetch_fair_share) {
   }
   ASSERT_EQ(2, by[0]);
   ASSERT_EQ(2, by[1]);
+  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
+
+/* A workflow step's activity (a task with a parent workflow) is never
+ * claimed ahead: it runs on its workflow's worker when that one comes to
+ * it (commit a901fac; claimed ahead by another worker, the step raced its
+ * workflow's resumption, which lua.gc.workflow caught under ASan only). With
+ * one worker held by gate 0, gate 1 is queued, then a task of workflow
+ * 'idle' (parked on a timer), then a plain one: the exchange that claims
+ * gate 1 into the free slot claims ahead from the queue, and stops at the
+ * step's task, which stays unclaimed. */
+TEST_IMPL(world_prefetch_skips_step) {
+  ath_world_t* w = prefetch_world(1, NO_WINDOW);
+  ath_task_t* wf;
+  ASSERT_OK(exec1(w, "idle", "{\"ms\":600000}", &wf));
+  for (int parked = 0; !parked; uv_sleep(1)) { /* polls the workflow's first segment */
+    uv_mutex_lock(&w->lock);
+    parked = wf->wf != NULL && wf->wf->where == ATH_WF_TIMER;
+    uv_mutex_unlock(&w->lock);
+  }
+  ath_task_t* g0 = gate(w, 0);
+  await_gate(0);
+  ath_task_t* g1 = gate(w, 1);
+  size_t len;
+  char* p = dup_json("null", &len);
+  char err[256];
+  ath_exec_opts_t o = {0};
+  o.parent_id = ath_task_id(wf);
+  ath_task_t* step;
+  ASSERT_OK(ath_world_execute(w, "seq", 1, &p, &len, NULL, &o, &step, err, sizeof(err)));
+  ath_task_t* plain = seq_task(w, 0);
+  open_gate(0);
+  await_gate(1);
+  uv_mutex_lock(&w->lock);
+  ASSERT(step->wk == NULL); /* not claimed ahead... */
+  ASSERT_EQ(ATH_PENDING, step->status);
+  ASSERT(ath__task_parent(step) == wf);
+  uv_mutex_unlock(&w->lock);
+  open_gate(1);
+  ASSERT_EQ(1, seq_rank(w, step)); /* ...and run next, in its turn */
+  ASSERT_EQ(2, seq_rank(w, plain));
+  ASSERT_EQ(1, ath_world_cancel(w, wf));
+  ASSERT_OK(ath_world_wait(w, wf, 10000));
+  ath_task_release(step);
+  ath_task_release(plain);
+  ath_task_release(wf);
+  ath_task_release(g0);
+  ath_task_release(g1);
   ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
   ath_world_free(w);
   remove_module();

@@ -656,12 +656,22 @@ describe("persistence", function()
 
       it("workflow histories are appended one row per event, never rewritten; a purge takes them along", function()
         local path = tmppath()
-        local w = started(mode, path)
+        -- hybrid: one commit, at shutdown, holds every event (the store
+        -- writes them 32 to a statement, across workflows, and the rest one by one)
+        local w = started(mode, path, mode == "hybrid" and { flushInterval = "1h" } or nil)
         local h = w:execute("st.flow", { n = 3 }, { id = "wf-ev" })
+        local h2 = w:execute("st.flow", { n = 20 }, { id = "wf-ev2" })
         assert.equals(6, result(h))
-        local n = #h:query().history
+        assert.equals(210, result(h2))
+        local n, n2 = #h:query().history, #h2:query().history
         w:shutdown()
         local db = path .. "/athena.db"
+        local seq2 = sql(db, "SELECT seq FROM tasks WHERE id = 'wf-ev2'")
+        assert.equals(("%d|0|%d"):format(n2, n2 - 1),
+          sql(db, "SELECT count(*), min(n), max(n) FROM workflow_events WHERE task_seq = " .. seq2))
+        local w2 = started(mode, path)
+        assert.same(h2:query().history, w2:query("wf-ev2").history)
+        w2:shutdown()
         local seq = sql(db, "SELECT seq FROM tasks WHERE id = 'wf-ev'")
         assert.equals(tostring(n), sql(db, "SELECT count(*) FROM workflow_events WHERE task_seq = " .. seq))
         assert.equals("0", sql(db, "SELECT count(*) FROM tasks WHERE history IS NOT NULL"))
@@ -773,6 +783,29 @@ describe("persistence", function()
         return sql(db, "SELECT status FROM tasks WHERE id = 'hy-1'") == "5"
       end, 2000, "the hybrid commit")
       assert.is_true(athena.now() - t0 < 1000, "commit took " .. (athena.now() - t0) .. " ms")
+    end)
+
+    -- A commit that failed after reaching the WAL leaves rows its retry
+    -- inserts again. The 32-row insert skips rows that are there (OR IGNORE:
+    -- no statement journal), and such a batch is then written row by row,
+    -- the upsert bringing each up to date. Stand-ins in the file play the
+    -- rows of such a commit: the same tasks, still pending.
+    it("a batch of new rows that meets rows already in the file brings them up to date", function()
+      local path = tmppath()
+      local w = started("hybrid", path, { flushInterval = "1h" }) -- one commit: at shutdown
+      local db = path .. "/athena.db"
+      local old = {}
+      for i = 1, 40 do -- the seqs the 40 tasks below get in a fresh store: 0..39
+        old[i] = ("(%d, 'over-%d', 'st.echo', 0, 0, 1, 0, 0, 'default', 0, 0, 0, '%d')"):format(i - 1, i, i)
+      end
+      sql(db, "INSERT INTO tasks (seq, id, name, status, attempt, max_attempts, strategy, priority,"
+        .. " queue, created_at, scheduled_at, ready_at, input) VALUES " .. table.concat(old, ","))
+      local hs = {}
+      for i = 1, 40 do hs[i] = w:execute("st.echo", i, { id = "over-" .. i }) end
+      for i = 1, 40 do assert.equals(i, result(hs[i])) end
+      w:shutdown()
+      assert.equals("40|40|40", sql(db, "SELECT count(*), sum(status = 5), sum(result = input)"
+        .. " FROM tasks WHERE id LIKE 'over-%'"))
     end)
   end)
 end)
