@@ -127,6 +127,7 @@ enum {
   ST_WF_APPEND,
   ST_WF_PARK,
   ST_WF_REQUEUE,
+  ST_WF_KIDS,
   ST_COUNT
 };
 
@@ -184,6 +185,7 @@ static const char* const STMTS[ST_COUNT] = {
     " ORDER BY u.priority DESC, u.ready_at, u.seq",
   /* The fence is written `IS NOT DISTINCT FROM` so the planner cannot drive
    * the join from tasks_leased (§4.3). */
+#define CASCADES "(k.cas AND pt.status <> 4 AND pt.wait_kind IS DISTINCT FROM 5)"
   [ST_FINISH] =
     "WITH o AS (SELECT * FROM unnest($2::bigint[], $3::int[], $4::smallint[], $5::bigint[],"
     "   $6::text[], $7::text[], $8::int[]) WITH ORDINALITY"
@@ -198,15 +200,26 @@ static const char* const STMTS[ST_COUNT] = {
     "   close_by = CASE WHEN o.status >= 5 THEN NULL ELSE t.close_by END,"
     "   lease = NULL, worker_id = o.worker_id, wf_where = NULL"
     "   FROM o WHERE t.seq = o.seq AND t.lease IS NOT DISTINCT FROM $1 AND t.attempt = o.attempt"
-    "   RETURNING t.seq, t.status, t.notify, t.queue, t.priority, t.ready_at, t.parent_id),"
+    "   RETURNING t.seq, t.id, t.status, t.strategy, t.notify, t.queue, t.priority, t.ready_at,"
+    "     t.parent_id),"
     " r AS (INSERT INTO {S}.ready (seq, queue, priority, ready_at)"
     "   SELECT seq, queue, priority, ready_at FROM f WHERE status = 0"
     "   ON CONFLICT (seq) DO NOTHING RETURNING queue),"
     /* a task that ended wakes its workflow (§3.11): wake + 1, and a parked
-     * one is ready again (a running one sees the bump when it parks) */
+     * one is ready again (a running one sees the bump when it parks). One
+     * that failed under cascade (§8) marks it (wait_kind 5, wait_task: the
+     * child; the first such child stays), unless it compensates: an
+     * unleased one is ready at once (off its timer or its retry's delay),
+     * and whoever claims it fails it (storage/wf_pg.c) */
     " p AS (UPDATE {S}.tasks pt SET wake = pt.wake + 1,"
-    "   wf_where = CASE WHEN pt.wf_where = 1 THEN 2 ELSE pt.wf_where END"
-    "   FROM (SELECT DISTINCT parent_id FROM f WHERE status >= 5 AND parent_id IS NOT NULL) k"
+    "   wait_kind = CASE WHEN " CASCADES " THEN 5 ELSE pt.wait_kind END,"
+    "   wait_task = CASE WHEN " CASCADES " THEN k.cid ELSE pt.wait_task END,"
+    "   due_at = CASE WHEN " CASCADES " AND pt.lease IS NULL THEN NULL ELSE pt.due_at END,"
+    "   wf_where = CASE WHEN pt.wf_where = 1 OR (" CASCADES " AND pt.lease IS NULL) THEN 2"
+    "     ELSE pt.wf_where END"
+    "   FROM (SELECT DISTINCT ON (parent_id) parent_id, id AS cid, status = 6 AND strategy = 2 AS cas"
+    "     FROM f WHERE status >= 5 AND parent_id IS NOT NULL"
+    "     ORDER BY parent_id, status = 6 AND strategy = 2 DESC) k"
     "   WHERE pt.id = k.parent_id AND pt.completed_at IS NULL AND pt.seq NOT IN (SELECT seq FROM f)"
     "   RETURNING pt.seq, pt.queue, pt.priority, pt.wf_where, pt.lease),"
     " pr AS (INSERT INTO {S}.ready (seq, queue, priority, ready_at)"
@@ -340,24 +353,43 @@ static const char* const STMTS[ST_COUNT] = {
     "SELECT " TASK_COLS("t") ", t.result, t.completed_at FROM {S}.tasks t"
     " WHERE t.seq = ANY($1::bigint[]) AND ($2 OR t.status >= 5) ORDER BY t.seq",
   [ST_GET] =
-    "SELECT " TASK_COLS("t") ", t.result, t.completed_at FROM {S}.tasks t"
-    " WHERE t.id = $1",
+    "SELECT " TASK_COLS("t") ", t.result, t.completed_at,"
+    "   CASE WHEN t.kind = 1 THEN (SELECT string_agg(h.event, chr(30) ORDER BY h.seq)"
+    "     FROM {S}.workflow_events h WHERE h.workflow_id = t.id) END AS history"
+    " FROM {S}.tasks t WHERE t.id = $1",
   /* Cancel (an activity): at once when nobody leases it (T12), else the
    * lease holder hears athena_cancel '<incarnation>:<seq>' (T13). */
+  /* A parked workflow (unleased, running) gets cancel_at and is ready at
+   * once: whoever claims it cancels it there, with its history (§6.3). */
+#define CANCEL_TAIL                                                                         \
+  " simple AS (UPDATE {S}.tasks x SET status = 7, completed_at = {S}.now_ms(),"             \
+  "   cancel_at = {S}.now_ms(), due_at = NULL, close_by = NULL"                             \
+  "   FROM t WHERE x.seq = t.seq AND t.status IN (0, 1, 3) AND t.lease IS NULL"             \
+  "   RETURNING x.seq, x.notify),"                                                          \
+  " unready AS (DELETE FROM {S}.ready r USING simple s WHERE r.seq = s.seq),"               \
+  " flagged AS (UPDATE {S}.tasks x SET cancel_at = coalesce(x.cancel_at, {S}.now_ms())"     \
+  "   FROM t WHERE x.seq = t.seq AND t.lease IS NOT NULL AND t.status IN (0, 1, 2, 3)"      \
+  "   RETURNING x.seq, x.lease),"                                                           \
+  " parked AS (UPDATE {S}.tasks x SET cancel_at = coalesce(x.cancel_at, {S}.now_ms()),"     \
+  "   wf_where = 2, due_at = NULL, ready_at = {S}.now_ms()"                                 \
+  "   FROM t WHERE x.seq = t.seq AND t.lease IS NULL AND t.status = 2 AND x.kind = 1"       \
+  "   RETURNING x.seq, x.queue, x.priority, x.ready_at),"                                   \
+  " pr AS (INSERT INTO {S}.ready SELECT seq, queue, priority, ready_at FROM parked"         \
+  "   ON CONFLICT (seq) DO NOTHING RETURNING queue),"                                       \
+  " n AS (SELECT pg_notify('athena_cancel{H}', lease || ':' || seq) FROM flagged WHERE $2"  \
+  "   UNION ALL SELECT pg_notify('athena_done{H}', seq::text) FROM simple WHERE notify AND $2" \
+  "   UNION ALL " NOTIFY_READY("pr", "$2") ")"
   [ST_CANCEL] =
-    "WITH t AS (SELECT seq, status, lease, notify FROM {S}.tasks WHERE seq = $1 FOR UPDATE),"
-    " simple AS (UPDATE {S}.tasks x SET status = 7, completed_at = {S}.now_ms(),"
-    "   cancel_at = {S}.now_ms(), due_at = NULL, close_by = NULL"
-    "   FROM t WHERE x.seq = t.seq AND t.status IN (0, 1, 3) AND t.lease IS NULL"
-    "   RETURNING x.seq, x.notify),"
-    " unready AS (DELETE FROM {S}.ready r USING simple s WHERE r.seq = s.seq),"
-    " flagged AS (UPDATE {S}.tasks x SET cancel_at = coalesce(x.cancel_at, {S}.now_ms())"
-    "   FROM t WHERE x.seq = t.seq AND t.lease IS NOT NULL AND t.status IN (0, 1, 2, 3)"
-    "   RETURNING x.seq, x.lease),"
-    " n AS (SELECT pg_notify('athena_cancel{H}', lease || ':' || seq) FROM flagged WHERE $2"
-    "   UNION ALL SELECT pg_notify('athena_done{H}', seq::text) FROM simple WHERE notify AND $2)"
+    "WITH t AS (SELECT seq, status, lease FROM {S}.tasks WHERE seq = $1 FOR UPDATE)," CANCEL_TAIL
     " SELECT CASE WHEN EXISTS (SELECT 1 FROM simple) THEN 1"
-    "   WHEN EXISTS (SELECT 1 FROM flagged) THEN 2 ELSE 0 END, (SELECT count(*) FROM n)",
+    "   WHEN EXISTS (SELECT 1 FROM flagged UNION ALL SELECT 1 FROM parked) THEN 2 ELSE 0 END,"
+    "   (SELECT count(*) FROM n)",
+  /* The children of workflows that ended cancelled or by a cascade (§8),
+   * cancelled as ST_CANCEL does (their own children follow when they end) */
+  [ST_WF_KIDS] =
+    "WITH t AS (SELECT c.seq, c.status, c.lease FROM {S}.tasks c JOIN {S}.tasks p ON c.parent_id = p.id"
+    "   WHERE p.seq = ANY($1::bigint[]) AND p.status >= 5 AND c.status < 5 FOR UPDATE OF c),"
+    CANCEL_TAIL " SELECT (SELECT count(*) FROM t), (SELECT count(*) FROM n)",
   /* Cancels accepted for tasks this incarnation leases (the poll's catch-up). */
   [ST_CANCELLED] =
     "SELECT seq FROM {S}.tasks WHERE lease IS NOT DISTINCT FROM $1 AND cancel_at IS NOT NULL"
@@ -397,11 +429,15 @@ static const char* const STMTS[ST_COUNT] = {
    * impossible while the lease holds, checked anyway). An append also
    * clears the park state: the outcome the claim returned is recorded now,
    * so a claim after a rescue does not record it again. */
+  /* the park state, unless a child's cascade marked the row (kept) */
+#define KEEP_CASCADE(kind, task, seq)                                                   \
+  " wait_kind = CASE WHEN t.wait_kind = 5 THEN 5 ELSE " kind " END,"                   \
+  " wait_task = CASE WHEN t.wait_kind = 5 THEN t.wait_task ELSE " task " END,"         \
+  " wait_seq = CASE WHEN t.wait_kind = 5 THEN t.wait_seq ELSE " seq " END"
   [ST_WF_APPEND] =
     "WITH e AS (SELECT * FROM unnest($2::bigint[], $3::int[], $4::text[]) AS e(seq, n, ev)),"
     " k AS (SELECT seq, min(n) AS lo, count(*)::int AS cnt FROM e GROUP BY seq),"
-    " t AS (UPDATE {S}.tasks t SET hist_n = t.hist_n + k.cnt, wait_kind = NULL, wait_seq = NULL,"
-    "   wait_task = NULL"
+    " t AS (UPDATE {S}.tasks t SET hist_n = t.hist_n + k.cnt," KEEP_CASCADE("NULL", "NULL", "NULL")
     "   FROM k WHERE t.seq = k.seq AND t.lease IS NOT DISTINCT FROM $1 AND t.hist_n = k.lo"
     "   RETURNING t.seq, t.id),"
     " i AS (INSERT INTO {S}.workflow_events (workflow_id, seq, event)"
@@ -417,12 +453,14 @@ static const char* const STMTS[ST_COUNT] = {
     "   $6::smallint[], $7::text[], $8::bigint[], $9::bigint[], $10::int[]) WITH ORDINALITY"
     "   AS o(seq, attempt, status, error, kind, task, wseq, delay, seen, i)),"
     " p AS (UPDATE {S}.tasks t SET status = o.status, error = coalesce(o.error, t.error),"
-    "   wait_kind = o.kind, wait_task = o.task, wait_seq = o.wseq, lease = NULL,"
-    "   wf_where = CASE WHEN o.kind = 4 THEN 3"
+    "  " KEEP_CASCADE("o.kind", "o.task", "o.wseq") ", lease = NULL,"
+    "   wf_where = CASE WHEN t.wait_kind = 5 THEN 2 WHEN o.kind = 4 THEN 3"
     "     WHEN t.wake > o.seen OR EXISTS (SELECT 1 FROM {S}.tasks x WHERE x.id = o.task"
     "       AND x.status >= 5) THEN 2 ELSE 1 END,"
-    "   due_at = CASE WHEN o.kind = 4 THEN {S}.now_ms() + greatest(o.delay, 0) END,"
-    "   ready_at = {S}.now_ms() + CASE WHEN o.kind = 4 THEN greatest(o.delay, 0) ELSE 0 END"
+    "   due_at = CASE WHEN o.kind = 4 AND t.wait_kind IS DISTINCT FROM 5"
+    "     THEN {S}.now_ms() + greatest(o.delay, 0) END,"
+    "   ready_at = {S}.now_ms() + CASE WHEN o.kind = 4 AND t.wait_kind IS DISTINCT FROM 5"
+    "     THEN greatest(o.delay, 0) ELSE 0 END"
     "   FROM o WHERE t.seq = o.seq AND t.lease IS NOT DISTINCT FROM $1 AND t.attempt = o.attempt"
     "   RETURNING t.seq, t.queue, t.priority, t.ready_at, t.wf_where),"
     " r AS (INSERT INTO {S}.ready SELECT seq, queue, priority, ready_at FROM p WHERE wf_where = 2"
@@ -1189,6 +1227,21 @@ static int read_requeued(ath_qpg_t* q) {
   return rc;
 }
 
+/* The children of workflows seqs[0..n) (ended), cancelled (ST_WF_KIDS). */
+static int send_kids(ath_qpg_t* q, const int64_t* seqs, size_t n) {
+  params_t p;
+  params_init(&p, 1);
+  for (size_t i = 0; i < n; i++)
+    arr_int(&p, 0, seqs[i]);
+  const char* v[2];
+  int rc = params_done(&p, v);
+  v[1] = q->notify ? "t" : "f";
+  if (rc == 0)
+    rc = pl_send(q, ST_WF_KIDS, 2, v);
+  params_free(&p);
+  return rc;
+}
+
 int ath__qpg_wf_requeue(ath_qpg_t* q, int64_t lease, const int64_t* seqs, size_t n) {
   ath_qpg_cycle_t c = {.lease = lease, .requeues = seqs, .n_requeues = n};
   return n == 0 ? 0 : ath__qpg_cycle(q, &c);
@@ -1213,11 +1266,11 @@ static int cycle_once(ath_qpg_t* q, ath_qpg_cycle_t* c) {
       return ATH_EINVAL;
   }
   int writes = c->n_inserts > 0 || c->n_outcomes > 0 || c->n_beats > 0 || c->n_appends > 0 ||
-               c->n_parks > 0 || c->n_requeues > 0;
+               c->n_parks > 0 || c->n_requeues > 0 || c->n_kids > 0;
   int rc = pl_begin(q);
   if (rc < 0)
     return rc;
-  /* send: [heartbeat][insert][append][finish][park][requeue] sync, then
+  /* send: [heartbeat][insert][append][finish][park][requeue][kids] sync, then
    * [claim] sync per claim (one_commit: a single sync at the end); an
    * attempt's last heartbeat goes before its finish, which ends the lease
    * it is fenced by */
@@ -1232,6 +1285,8 @@ static int cycle_once(ath_qpg_t* q, ath_qpg_cycle_t* c) {
   if (c->n_parks > 0 && (rc = send_parks(q, c->lease, c->parks, c->n_parks)) < 0)
     return pl_end(q, rc);
   if (c->n_requeues > 0 && (rc = send_requeues(q, c->lease, c->requeues, c->n_requeues)) < 0)
+    return pl_end(q, rc);
+  if (c->n_kids > 0 && (rc = send_kids(q, c->kids, c->n_kids)) < 0)
     return pl_end(q, rc);
   if (writes && !c->one_commit && (rc = pl_sync(q)) < 0)
     return pl_end(q, rc);
@@ -1254,6 +1309,8 @@ static int cycle_once(ath_qpg_t* q, ath_qpg_cycle_t* c) {
   if (c->n_parks > 0 && (rc = read_applied(q, c->n_parks, c->parked, "park")) < 0)
     goto fail_writes;
   if (c->n_requeues > 0 && (rc = read_requeued(q)) < 0)
+    goto fail_writes;
+  if (c->n_kids > 0 && (rc = read_requeued(q)) < 0)
     goto fail_writes;
   if (writes && !c->one_commit) {
     if ((rc = read_sync(q)) < 0)

@@ -191,6 +191,10 @@ typedef struct {
   size_t n;
 } ath_qpg_append_t;
 
+/* The row's wait_kind after a child failed under cascade (§8): wait_task
+ * names that child, and whoever claims the workflow fails it. */
+#define ATH_QPG_WAIT_CASCADE 5
+
 /* A workflow segment parked: the row leaves its lease and waits for task
  * wait_task (kinds 1 activity, 2 child, 3 compensation) or for delay_ms
  * (kind 4, a timer: staged like a retry). It is made ready at once when
@@ -250,6 +254,12 @@ typedef struct {
   const int64_t* requeues;        /* workflow segments leased by `lease`, back
                                    * to ready as resumptions (same run) */
   size_t n_requeues;
+  const int64_t* kids;            /* workflows that ended cancelled or by a
+                                   * cascade (finished before, in this cycle or
+                                   * earlier): their unfinished children are
+                                   * cancelled (a parked child workflow is made
+                                   * ready with cancel_at, for its claimer) */
+  size_t n_kids;
 } ath_qpg_cycle_t;
 
 int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c);
@@ -416,10 +426,11 @@ int ath__qpg_vacuum_ready(ath_qpg_t* q);
 int ath__qpg_read(ath_qpg_t* q, const int64_t* seqs, size_t n, int ended_only, ath_qpg_tasks_t* out);
 /* Task `id`'s row (out->n = 0 when there is none). */
 int ath__qpg_get(ath_qpg_t* q, const char* id, ath_qpg_tasks_t* out);
-/* Cancels task `seq` (an activity): *how = 1 cancelled at once (nobody
- * leased it: T12), 2 accepted (its lease holder is told through
- * athena_cancel '<incarnation>:<seq>' and ends it, T13), 0 refused (it had
- * ended, or no such row). */
+/* Cancels task `seq`: *how = 1 cancelled at once (nobody leased it: T12),
+ * 2 accepted (its lease holder is told through athena_cancel
+ * '<incarnation>:<seq>' and ends it, T13; a parked workflow gets cancel_at
+ * and is made ready, and the node claiming it cancels it), 0 refused (it
+ * had ended, it compensates, or no such row). */
 int ath__qpg_cancel(ath_qpg_t* q, int64_t seq, int* how);
 /* The seqs of unfinished tasks `lease` holds whose cancel was accepted
  * (malloc'd, *n of them): the poll's catch-up for a missed athena_cancel. */

@@ -542,6 +542,9 @@ static void row_of(const ath_qpg_task_t* r, ath_row_t* row) {
   row->hb = r->hb;
   row->hb_len = r->hb ? strlen(r->hb) : 0;
   row->last_hb = r->last_hb > 0 ? r->last_hb : 0;
+  row->parent_id = r->parent_id;
+  row->history = r->history; /* read by id: a workflow's events */
+  row->history_len = r->history ? strlen(r->history) : 0;
 }
 
 /* Takes the heartbeat of row r when it is newer than what t holds (lock
@@ -573,6 +576,7 @@ static void adopt_claims(ath_world_t* w, struct ath_dq_s* dq, cycle_t* c) {
       ath_row_t row;
       row_of(r, &row);
       row.status = ATH_PENDING; /* claimed, not started: the worker's claim counts the attempt */
+      row.history = NULL; /* a workflow takes it in ath__wfpg_claimed */
       row.attempt = r->attempt - 1;
       ath_task_t* t = ath__world_adopt_row(w, &row);
       uv_mutex_lock(&w->lock);
@@ -603,7 +607,7 @@ static void adopt_claims(ath_world_t* w, struct ath_dq_s* dq, cycle_t* c) {
       } else {
         if (r->cancel_at >= 0 && atomic_load(&t->cancel_ns) == 0)
           atomic_store(&t->cancel_ns, ath__mono(w));
-        int wf = t->wf != NULL ? ath__wfpg_claimed(w, t, r) : -1; /* a resumption: queued there */
+        int wf = t->wf != NULL ? ath__wfpg_claimed(w, t, r, wake, &nwake) : -1; /* a resumption: queued there */
         pushed += wf >= 0 ? wf : queue_claimed(w, t, r->attempt, r->ready_at);
       }
       uv_mutex_unlock(&w->lock);
