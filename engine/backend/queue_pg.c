@@ -99,6 +99,16 @@ static const char* const MIGRATIONS[ATH_QPG_SCHEMA_VERSION] = {
 #define NOTIFY_READY(cte, flag) \
   "SELECT pg_notify('athena_ready{H}', q) FROM (SELECT DISTINCT queue AS q FROM " cte ") x WHERE " flag
 
+/* A claimed row u: a workflow's history (events joined by
+ * ATH_STORE_EVENT_SEP, chr(30)) and the outcome of what its last park
+ * waits for (w: the awaited task, joined by the caller). */
+#define CLAIMED_COLS                                                                    \
+  TASK_COLS("u") ","                                                                    \
+  "   CASE WHEN u.kind = 1 THEN (SELECT string_agg(h.event, chr(30) ORDER BY h.seq)"    \
+  "     FROM {S}.workflow_events h WHERE h.workflow_id = u.id) END AS history,"         \
+  "   u.wait_kind, u.wait_seq, u.wait_task, w.status AS wait_status, w.result AS wait_result," \
+  "   w.error AS wait_error FROM u"
+
 enum {
   ST_INSERT,
   ST_CLAIM,
@@ -128,6 +138,7 @@ enum {
   ST_WF_PARK,
   ST_WF_REQUEUE,
   ST_WF_KIDS,
+  ST_WF_TAKE,
   ST_COUNT
 };
 
@@ -174,14 +185,7 @@ static const char* const STMTS[ST_COUNT] = {
     "   started_at = CASE WHEN t.wf_where = 2 THEN t.started_at ELSE {S}.now_ms() END,"
     "   wf_where = CASE WHEN t.kind = 1 THEN 0 END"
     "   FROM d WHERE t.seq = d.seq RETURNING t.*)"
-    /* a workflow's history (events joined by ATH_STORE_EVENT_SEP, chr(30))
-     * and the outcome of what its last park waits for */
-    " SELECT was.resumed, " TASK_COLS("u") ","
-    "   CASE WHEN u.kind = 1 THEN (SELECT string_agg(h.event, chr(30) ORDER BY h.seq)"
-    "     FROM {S}.workflow_events h WHERE h.workflow_id = u.id) END AS history,"
-    "   u.wait_kind, u.wait_seq, u.wait_task, w.status AS wait_status, w.result AS wait_result,"
-    "   w.error AS wait_error"
-    " FROM u JOIN was USING (seq) LEFT JOIN {S}.tasks w ON w.id = u.wait_task"
+    " SELECT was.resumed, " CLAIMED_COLS " JOIN was USING (seq) LEFT JOIN {S}.tasks w ON w.id = u.wait_task"
     " ORDER BY u.priority DESC, u.ready_at, u.seq",
   /* The fence is written `IS NOT DISTINCT FROM` so the planner cannot drive
    * the join from tasks_leased (§4.3). */
@@ -381,8 +385,8 @@ static const char* const STMTS[ST_COUNT] = {
   "   UNION ALL " NOTIFY_READY("pr", "$2") ")"
   [ST_CANCEL] =
     "WITH t AS (SELECT seq, status, lease FROM {S}.tasks WHERE seq = $1 FOR UPDATE)," CANCEL_TAIL
-    " SELECT CASE WHEN EXISTS (SELECT 1 FROM simple) THEN 1"
-    "   WHEN EXISTS (SELECT 1 FROM flagged UNION ALL SELECT 1 FROM parked) THEN 2 ELSE 0 END,"
+    " SELECT CASE WHEN EXISTS (SELECT 1 FROM simple) THEN 1 WHEN EXISTS (SELECT 1 FROM flagged) THEN 2"
+    "   WHEN EXISTS (SELECT 1 FROM parked) THEN 3 ELSE 0 END,"
     "   (SELECT count(*) FROM n)",
   /* The children of workflows that ended cancelled or by a cascade (§8),
    * cancelled as ST_CANCEL does (their own children follow when they end) */
@@ -390,6 +394,20 @@ static const char* const STMTS[ST_COUNT] = {
     "WITH t AS (SELECT c.seq, c.status, c.lease FROM {S}.tasks c JOIN {S}.tasks p ON c.parent_id = p.id"
     "   WHERE p.seq = ANY($1::bigint[]) AND p.status >= 5 AND c.status < 5 FOR UPDATE OF c),"
     CANCEL_TAIL " SELECT (SELECT count(*) FROM t), (SELECT count(*) FROM n)",
+  /* Parked workflows whose cancel was accepted (ready, with cancel_at),
+   * by seq ($2) or by parent seq ($3), leased to $1 without a slot: the
+   * caller cancels them at once (a claim would wait for a free slot) */
+  [ST_WF_TAKE] =
+    "WITH c AS MATERIALIZED (SELECT t.seq FROM {S}.tasks t"
+    "   WHERE (t.seq = ANY($2::bigint[]) OR t.parent_id IN (SELECT p.id FROM {S}.tasks p"
+    "       WHERE p.seq = ANY($3::bigint[])))"
+    "     AND t.kind = 1 AND t.status = 2 AND t.lease IS NULL AND t.wf_where = 2"
+    "     AND t.cancel_at IS NOT NULL"
+    "     AND EXISTS (SELECT 1 FROM {S}.nodes WHERE incarnation = $1 AND expires_at > {S}.now_ms())"
+    "   FOR UPDATE OF t SKIP LOCKED),"
+    " d AS (DELETE FROM {S}.ready r USING c WHERE r.seq = c.seq),"
+    " u AS (UPDATE {S}.tasks t SET lease = $1, wf_where = 0 FROM c WHERE t.seq = c.seq RETURNING t.*)"
+    " SELECT true AS resumed, " CLAIMED_COLS " LEFT JOIN {S}.tasks w ON w.id = u.wait_task",
   /* Cancels accepted for tasks this incarnation leases (the poll's catch-up). */
   [ST_CANCELLED] =
     "SELECT seq FROM {S}.tasks WHERE lease IS NOT DISTINCT FROM $1 AND cancel_at IS NOT NULL"
@@ -1985,6 +2003,25 @@ int ath__qpg_cancel(ath_qpg_t* q, int64_t seq, int* how) {
   *how = PQntuples(r) > 0 ? (int)get_i64(r, 0, 0) : 0;
   PQclear(r);
   return 0;
+}
+
+int ath__qpg_wf_take(ath_qpg_t* q, int64_t lease, const int64_t* seqs, size_t n, int by_parent,
+                     ath_qpg_tasks_t* out) {
+  memset(out, 0, sizeof(*out));
+  params_t p;
+  params_init(&p, 2);
+  for (size_t i = 0; i < n; i++)
+    arr_int(&p, by_parent ? 1 : 0, seqs[i]);
+  const char* v[3];
+  char lease_s[24];
+  snprintf(lease_s, sizeof(lease_s), "%" PRId64, lease);
+  v[0] = lease_s;
+  int rc = params_done(&p, v + 1);
+  PGresult* r = NULL;
+  if (rc == 0)
+    rc = run1(q, ST_WF_TAKE, 3, v, &r);
+  params_free(&p);
+  return rc < 0 ? rc : decode_tasks(r, out);
 }
 
 int ath__qpg_cancelled(ath_qpg_t* q, int64_t lease, int64_t** seqs, size_t* n) {

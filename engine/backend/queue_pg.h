@@ -428,13 +428,20 @@ int ath__qpg_read(ath_qpg_t* q, const int64_t* seqs, size_t n, int ended_only, a
 int ath__qpg_get(ath_qpg_t* q, const char* id, ath_qpg_tasks_t* out);
 /* Cancels task `seq`: *how = 1 cancelled at once (nobody leased it: T12),
  * 2 accepted (its lease holder is told through athena_cancel
- * '<incarnation>:<seq>' and ends it, T13; a parked workflow gets cancel_at
- * and is made ready, and the node claiming it cancels it), 0 refused (it
- * had ended, it compensates, or no such row). */
+ * '<incarnation>:<seq>' and ends it, T13), 3 accepted for a parked
+ * workflow (it gets cancel_at and is made ready: ath__qpg_wf_take, or
+ * whoever claims it, cancels it), 0 refused (it had ended, it
+ * compensates, or no such row). */
 int ath__qpg_cancel(ath_qpg_t* q, int64_t seq, int* how);
 /* The seqs of unfinished tasks `lease` holds whose cancel was accepted
  * (malloc'd, *n of them): the poll's catch-up for a missed athena_cancel. */
 int ath__qpg_cancelled(ath_qpg_t* q, int64_t lease, int64_t** seqs, size_t* n);
+/* Leases to `lease` (a live incarnation) the parked workflows whose cancel
+ * was accepted, seqs[0..n) or (by_parent) the children of those: rows as
+ * a claim returns them (resumed, with history), for the caller to cancel
+ * at once, needing no free slot. Rows someone claimed first are theirs. */
+int ath__qpg_wf_take(ath_qpg_t* q, int64_t lease, const int64_t* seqs, size_t n, int by_parent,
+                     ath_qpg_tasks_t* out);
 /* The rows `lease` holds (after a lost connection: a claim may have
  * committed without its answer arriving). */
 int ath__qpg_leased(ath_qpg_t* q, int64_t lease, ath_qpg_tasks_t* out);
