@@ -119,5 +119,27 @@ M.saga = athena.workflow("dist.saga", function(ctx, o)
   return out
 end, { taskQueue = "dist", failureStrategy = "compensate", retry = { maxAttempts = 1 } })
 
-M.all = { M.noop, M.sleep, M.flaky, M.dead, M.count, M.step, M.undo, M.saga }
+-- The families of tests/dist/children.lua (child workflows on any node): a parent starts two
+-- child workflows of 3 steps each and waits for both. Each returns the node its last segment ran
+-- on (the node's name, not a command: replays on other nodes may differ) and ctx.parentId.
+local FAMILY = { taskQueue = "dist", retry = { maxAttempts = 1 } }
+
+--- dist.kid{k, ms} -> {parent, node, steps}
+M.kid = athena.workflow("dist.kid", function(ctx, o)
+  local steps = {}
+  for n = 1, 3 do steps[n] = ctx:run("dist.step", { n = o.k * 10 + n, ms = o.ms }) end
+  return { parent = ctx.parentId, node = node, steps = steps }
+end, FAMILY)
+
+--- dist.family{ms} -> {node, kids = {kid 1, kid 2}}
+M.family = athena.workflow("dist.family", function(ctx, o)
+  local a = ctx:executeChild("dist.kid", { k = 1, ms = o.ms })
+  local b = ctx:executeChild("dist.kid", { k = 2, ms = o.ms })
+  local ra, ea = a:result()
+  local rb, eb = b:result()
+  if ea or eb then error(ea or eb) end
+  return { node = node, kids = { ra, rb } }
+end, FAMILY)
+
+M.all = { M.noop, M.sleep, M.flaky, M.dead, M.count, M.step, M.undo, M.saga, M.kid, M.family }
 return M
