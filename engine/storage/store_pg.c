@@ -1565,6 +1565,17 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
   return 0;
 }
 
+/* Workflow `seq` was cancelled in its row (no node held it): its children
+ * are cancelled as if it had ended here (lock not held). */
+static void cancel_children(ath_world_t* w, struct ath_dq_s* dq, int64_t seq) {
+  ath_qpg_cycle_t c = {.kids = &seq, .n_kids = 1};
+  uv_mutex_lock(&dq->rd_lock);
+  int rc = ath__qpg_cycle(dq->rd, &c);
+  uv_mutex_unlock(&dq->rd_lock);
+  if (rc == 0)
+    take_cancelled(w, dq->rd, &dq->rd_lock, &seq, 1, 1);
+}
+
 int ath__dq_cancel(ath_world_t* w, ath_task_t* t) {
   struct ath_dq_s* dq = w->dq;
   uv_mutex_lock(&w->lock);
@@ -1588,6 +1599,8 @@ int ath__dq_cancel(ath_world_t* w, ath_task_t* t) {
     return 0;
   if (how == 3) /* a parked workflow: cancelled here at once */
     take_cancelled(w, dq->rd, &dq->rd_lock, &seq, 1, 0);
+  if (how == 1 && t->wf != NULL) /* a workflow between runs: the children of its last run too */
+    cancel_children(w, dq, seq);
   if (how == 1) { /* cancelled at once: its waiters here hear it now */
     ath_worker_t* wake[MAX_WORKERS];
     uv_mutex_lock(&w->lock);
