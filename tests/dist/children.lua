@@ -12,58 +12,27 @@
 --    rescued and finished elsewhere; nothing is left ready or leased.
 -- Environment: as tests/dist/control.lua, plus DIST_FAMILIES (30) and DIST_STEP_MS (100).
 local athena = require "athena"
-local jobs = require "dist_jobs"
+local C = require "dist_ctl"
 local env = os.getenv
 
 local N = tonumber(env("DIST_FAMILIES") or "30")
 local MS = tonumber(env("DIST_STEP_MS") or "100")
-local SCHEMA = assert(env("DIST_SCHEMA"))
 local KILL = env("DIST_KILL")
-local failed = 0
-local function fail(fmt, ...)
-  failed = failed + 1
-  print("FAIL " .. fmt:format(...))
-end
-
-local w = athena.World.new {
-  backend = athena.PostgresBackend.new { url = env("ATHENA_PG_URL"), nodeId = "ctl", schema = SCHEMA,
-    pollInterval = 200 },
-  modules = { "dist_jobs" }, minWorkers = 1, maxWorkers = 1, taskQueues = { dist = { workers = 0 } },
-  heartbeatInterval = 500, heartbeatTimeout = 3000, persistence = "file",
-}
-w:register(table.unpack(jobs.all))
-w:start()
-local db = assert(athena.db.open(env("ATHENA_PG_URL")))
-local function rows(sql, ...)
-  return assert(db:query((sql:gsub("{S}", SCHEMA)), ...))
-end
-local function scalar(sql, ...)
-  local _, v = next(rows(sql, ...)[1])
-  return v
-end
+local fail, rows = C.fail, C.rows
+local w = C.world()
 
 local t0 = athena.now()
 local handles = {}
 for i = 1, N do handles[i] = w:execute("dist.family", { ms = MS }) end
 
--- the node to kill, once it holds a child workflow's segment (a leased workflow row with a parent)
-local HELD_SQL = "select count(*) as n from {S}.tasks t join {S}.nodes n on n.incarnation = t.lease" ..
-  " where n.node_id = $1 and t.kind = 1 and t.parent_id is not null"
-local KILL_PID, KILL_NODE, KILL_HELD
+-- the node to kill, once it holds a child workflow's segment (a leased workflow row with a
+-- parent); what it still held when it died (a segment it parked meanwhile gave its lease back)
+local LEASED = "select count(*) as n from {S}.tasks t join {S}.nodes n on n.incarnation = t.lease" ..
+  " where n.node_id = $1 and t.kind = 1"
+local KILL_PID, KILL_HELD
 if KILL then
-  for _, n in ipairs(w:getNodes()) do
-    if n.alive and n.nodeId == KILL then KILL_NODE, KILL_PID = n.nodeId, n.pid end
-  end
-  if KILL_PID == nil then fail("no live node %s to kill", KILL) end
-  local deadline = athena.now() + 20000
-  local held = 0
-  while KILL_PID and held == 0 and athena.now() < deadline do held = scalar(HELD_SQL, KILL_NODE) end
-  if held == 0 then fail("node %s never held a child workflow's segment", tostring(KILL_NODE)) end
-  os.execute("kill -9 " .. KILL_PID)
-  -- what it still held when it died (a segment it parked meanwhile gave its lease back)
-  KILL_HELD = scalar("select count(*) as n from {S}.tasks t join {S}.nodes n on n.incarnation = t.lease" ..
-    " where n.node_id = $1 and t.kind = 1", KILL_NODE)
-  print(("killed node %s (pid %s) holding %d workflow segment(s) at %d ms"):format(KILL_NODE, KILL_PID,
+  KILL_PID, KILL_HELD = C.kill_holding(w, KILL, LEASED .. " and t.parent_id is not null", LEASED)
+  print(("killed node %s (pid %s) holding %d workflow segment(s) at %d ms"):format(KILL, tostring(KILL_PID),
     KILL_HELD, athena.now() - t0))
 end
 
@@ -78,21 +47,7 @@ end
 local t_end = athena.now()
 
 -- each (task, attempt) once across the logs
-local starts, last = {}, {}
-for name in (env("DIST_NODES") or "a,b,c"):gmatch("[^,]+") do
-  local f = io.open(env("DIST_LOG") .. "." .. name)
-  for line in (f and f:lines() or function() end) do
-    local what, id, attempt = line:match("^(%a+) (%S+) (%d+)")
-    attempt = tonumber(attempt)
-    if what == "start" then
-      local k = id .. "#" .. attempt
-      if starts[k] then fail("%s ran twice (%s and %s)", k, starts[k], name) end
-      starts[k] = name
-      if (last[id] or 0) < attempt then last[id] = attempt end
-    end
-  end
-  if f then f:close() end
-end
+local last = C.starts()
 
 -- one run, its steps of run 1, one outcome per command
 local function check_workflow(id, want_children, want_kind)
@@ -144,12 +99,6 @@ if apart == 0 then fail("no child ended on another node than its parent") end
 if KILL_PID and KILL_HELD > 0 and rescued == 0 then
   fail("the killed node held %d workflow segment(s) and none was rescued", KILL_HELD)
 end
-local ready = scalar("select count(*) as n from {S}.ready")
-local leased = scalar("select count(*) as n from {S}.tasks where lease is not null")
-if ready ~= 0 or leased ~= 0 then fail("%d ready and %d leased rows left", ready, leased) end
 print(("families %d (%d child workflows): all results in %d ms; %d children ended on another node than" ..
   " their parent; %d rescued workflow segments"):format(N, 2 * N, t_end - t0, apart, rescued))
-db:close()
-w:shutdown()
-print(failed == 0 and "PASS" or ("FAILED: %d"):format(failed))
-os.exit(failed == 0 and 0 or 1)
+C.finish(w)

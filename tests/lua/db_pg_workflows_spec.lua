@@ -7,7 +7,6 @@
 local athena = require "athena"
 local S = require "fixtures.support"
 local wf = require "fixtures.wf_jobs"
-local tree = require "fixtures.wf_pg_jobs"
 
 local URL = S.pg_database("athena_wf_spec")
 local admin = assert(athena.db.open(URL))
@@ -19,11 +18,10 @@ local function world()
   local sch = "wf" .. schemas
   local w = athena.World.new {
     backend = athena.PostgresBackend.new { url = URL, nodeId = "wf-" .. sch, schema = sch, pollInterval = 200 },
-    modules = { "fixtures.wf_jobs", "fixtures.wf_pg_jobs" }, minWorkers = 2, maxWorkers = 2,
+    modules = { "fixtures.wf_jobs" }, minWorkers = 2, maxWorkers = 2,
     heartbeatInterval = 500, heartbeatTimeout = 3000, persistence = "file",
   }
   w:register(wf.all())
-  w:register(tree.all())
   w:start()
   worlds[#worlds + 1] = w
   return w, sch
@@ -33,10 +31,9 @@ end
 local function sqlite_world()
   local w = athena.World.new {
     persistence = "file", persistencePath = S.tmpname(),
-    modules = { "fixtures.wf_jobs", "fixtures.wf_pg_jobs" }, minWorkers = 2, maxWorkers = 2,
+    modules = { "fixtures.wf_jobs" }, minWorkers = 2, maxWorkers = 2,
   }
   w:register(wf.all())
-  w:register(tree.all())
   w:start()
   worlds[#worlds + 1] = w
   return w
