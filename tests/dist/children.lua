@@ -3,11 +3,14 @@
 -- tests/dist/dist_jobs.lua: two child workflows dist.kid of 3 steps each), kill -9s node
 -- DIST_KILL (default b) once it holds a child workflow's segment, and checks, from the nodes'
 -- activity logs, the results and the database:
---  * every parent completed with both children's results, and each child saw its parent as
+--  * every other parent completed with both children's results, and each child saw its parent as
 --    ctx.parentId on whichever node it ran;
 --  * each (task, attempt) ran once across the logs, the rows' attempts match the logs;
 --  * every parent and child ran one run (attempt 1) and its steps are the ids of that run, one
 --    outcome event per command in its history (no completed step ran again);
+--  * every 5th family is a cascade (a step of its first child fails under cascade): the family
+--    and that child failed with the step's error, run 1, everything of it ended, and some
+--    cascade cancelled its family's other child;
 --  * some child ended on another node than its parent; the killed node's segments were
 --    rescued and finished elsewhere; nothing is left ready or leased.
 -- Environment: as tests/dist/control.lua, plus DIST_FAMILIES (30) and DIST_STEP_MS (100).
@@ -23,7 +26,11 @@ local w = C.world()
 
 local t0 = athena.now()
 local handles = {}
-for i = 1, N do handles[i] = w:execute("dist.family", { ms = MS }) end
+local cascade = {} -- every 5th family: a step of its first child fails under cascade
+for i = 1, N do
+  cascade[i] = i % 5 == 0
+  handles[i] = w:execute("dist.family", { ms = MS, cascade = cascade[i] })
+end
 
 -- the node to kill, once it holds a child workflow's segment (a leased workflow row with a
 -- parent); what it still held when it died (a segment it parked meanwhile gave its lease back)
@@ -40,7 +47,11 @@ local results = {}
 for i, h in ipairs(handles) do
   local r, err = h:result(tonumber(env("DIST_WAIT") or "120000"))
   results[i] = r
-  if err or type(r) ~= "table" or type(r.kids) ~= "table" or #r.kids ~= 2 then
+  if cascade[i] then
+    if r ~= nil or not err or err.code ~= "ESTEP" then
+      fail("family %s: expected ESTEP (cascade), got %s %s", h.id, tostring(r), tostring(err and err.code))
+    end
+  elseif err or type(r) ~= "table" or type(r.kids) ~= "table" or #r.kids ~= 2 then
     fail("family %s: %s", h.id, err and (tostring(err.code) .. " " .. tostring(err.message)) or tostring(r))
   end
 end
@@ -80,9 +91,33 @@ local function check_workflow(id, want_children, want_kind)
   return row.rescues
 end
 
+-- a cascade: the family and its first child failed with the step's error (no re-run), the
+-- second child ended (cancelled, unless it completed first), nothing of it runs on
+local cancelled = 0
+local function check_cascade(id)
+  local st = {}
+  for _, t in ipairs(rows("select id, status, attempt, error from {S}.tasks where id = $1 or id like $2", id,
+    id .. "/%")) do
+    st[t.id] = t
+    if t.status < 5 then fail("%s (cascade of %s): status %d", t.id, id, t.status) end
+  end
+  for _, k in ipairs { id, id .. "/1/1" } do
+    local t = st[k]
+    if not t or t.status ~= 6 or t.attempt ~= 1 or not tostring(t.error):find("ESTEP", 1, true) then
+      fail("%s: not failed by the cascade (%s)", k, t and t.status or "no row")
+    end
+  end
+  local sib = st[id .. "/1/2"]
+  if sib and sib.status == 7 then cancelled = cancelled + 1 end
+end
+
 local apart, rescued = 0, 0
 for i, h in ipairs(handles) do
   local r = results[i]
+  if cascade[i] then
+    check_cascade(h.id)
+    goto next
+  end
   rescued = rescued + check_workflow(h.id, 2, 1)
   local kids = rows("select id from {S}.tasks where parent_id = $1 order by seq", h.id)
   for k, kid in ipairs(kids) do
@@ -94,11 +129,14 @@ for i, h in ipairs(handles) do
       if kr.node ~= r.node then apart = apart + 1 end
     end
   end
+  ::next::
 end
+if cancelled == 0 then fail("no cascade cancelled its family's other child") end
 if apart == 0 then fail("no child ended on another node than its parent") end
 if KILL_PID and KILL_HELD > 0 and rescued == 0 then
   fail("the killed node held %d workflow segment(s) and none was rescued", KILL_HELD)
 end
-print(("families %d (%d child workflows): all results in %d ms; %d children ended on another node than" ..
-  " their parent; %d rescued workflow segments"):format(N, 2 * N, t_end - t0, apart, rescued))
+print(("families %d (%d child workflows, %d cascades cancelling %d children): all results in %d ms; %d" ..
+  " children ended on another node than their parent; %d rescued workflow segments")
+  :format(N, 2 * N, N // 5, cancelled, t_end - t0, apart, rescued))
 C.finish(w)

@@ -124,17 +124,22 @@ end, { taskQueue = "dist", failureStrategy = "compensate", retry = { maxAttempts
 -- on (the node's name, not a command: replays on other nodes may differ) and ctx.parentId.
 local FAMILY = { taskQueue = "dist", retry = { maxAttempts = 1 } }
 
---- dist.kid{k, ms} -> {parent, node, steps}
+--- dist.kid{k, ms, fail} -> {parent, node, steps}; its step `fail` fails under cascade (ESTEP)
 M.kid = athena.workflow("dist.kid", function(ctx, o)
   local steps = {}
-  for n = 1, 3 do steps[n] = ctx:run("dist.step", { n = o.k * 10 + n, ms = o.ms }) end
+  for n = 1, 3 do
+    local i = o.k * 10 + n
+    steps[n] = ctx:run("dist.step", { n = i, ms = o.ms, fail = o.fail }, i == o.fail and { failureStrategy = "cascade" } or nil)
+  end
   return { parent = ctx.parentId, node = node, steps = steps }
 end, FAMILY)
 
---- dist.family{ms} -> {node, kids = {kid 1, kid 2}}
+--- dist.family{ms, cascade} -> {node, kids = {kid 1, kid 2}}; cascade: kid 1's step 2 fails
+--- under cascade, which fails kid 1 (under cascade too), then the family, and cancels kid 2
 M.family = athena.workflow("dist.family", function(ctx, o)
-  local a = ctx:executeChild("dist.kid", { k = 1, ms = o.ms })
-  local b = ctx:executeChild("dist.kid", { k = 2, ms = o.ms })
+  local opts = o.cascade and { failureStrategy = "cascade" } or nil
+  local a = ctx:executeChild("dist.kid", { k = 1, ms = o.ms, fail = o.cascade and 12 or nil }, opts)
+  local b = ctx:executeChild("dist.kid", { k = 2, ms = o.cascade and o.ms * 3 or o.ms }, opts)
   local ra, ea = a:result()
   local rb, eb = b:result()
   if ea or eb then error(ea or eb) end
