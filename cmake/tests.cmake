@@ -102,9 +102,14 @@ set_tests_properties(dist.cron_kill_leader PROPERTIES TIMEOUT 300 FIXTURES_REQUI
 add_test(NAME dist.saga_kill9 COMMAND ${PROJECT_SOURCE_DIR}/scripts/dist-test $<TARGET_FILE:athena>)
 set_tests_properties(dist.saga_kill9 PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED pg
   ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url;DIST_SCENARIO=saga")
+# Child workflows on any node: 30 parents of 2 child workflows each, node b
+# killed holding a child's segment (tests/dist/children.lua).
+add_test(NAME dist.children_kill9 COMMAND ${PROJECT_SOURCE_DIR}/scripts/dist-test $<TARGET_FILE:athena>)
+set_tests_properties(dist.children_kill9 PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED pg
+  ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url;DIST_SCENARIO=children")
 set_tests_properties(dist.kill9 dist.kill_leader dist.poll_only dist.cron_kill_leader dist.saga_kill9
-  lua.db_pg_backend lua.gc.db_pg_backend lua.db_pg_schedules lua.gc.db_pg_schedules lua.db_pg_workflows
-  lua.gc.db_pg_workflows lua.db_pg_webhooks lua.gc.db_pg_webhooks PROPERTIES RESOURCE_LOCK pg_nodes)
+  dist.children_kill9 lua.db_pg_backend lua.gc.db_pg_backend lua.db_pg_schedules lua.gc.db_pg_schedules
+  lua.db_pg_workflows lua.gc.db_pg_workflows lua.db_pg_webhooks lua.gc.db_pg_webhooks PROPERTIES RESOURCE_LOCK pg_nodes)
 set_tests_properties(dist.kill9 PROPERTIES ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url")
 set_tests_properties(dist.poll_only PROPERTIES
   ENVIRONMENT "ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url;DIST_NOTIFY=0;DIST_KILL=0;DIST_TASKS=2000")

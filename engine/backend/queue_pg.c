@@ -105,6 +105,16 @@ static const char* const MIGRATIONS[ATH_QPG_SCHEMA_VERSION] = {
 #define NOTIFY_READY(cte, flag) \
   "SELECT pg_notify('athena_ready{H}', q) FROM (SELECT DISTINCT queue AS q FROM " cte ") x WHERE " flag
 
+/* A claimed row u: a workflow's history (events joined by
+ * ATH_STORE_EVENT_SEP, chr(30)) and the outcome of what its last park
+ * waits for (w: the awaited task, joined by the caller). */
+#define CLAIMED_COLS                                                                    \
+  TASK_COLS("u") ","                                                                    \
+  "   CASE WHEN u.kind = 1 THEN (SELECT string_agg(h.event, chr(30) ORDER BY h.seq)"    \
+  "     FROM {S}.workflow_events h WHERE h.workflow_id = u.id) END AS history,"         \
+  "   u.wait_kind, u.wait_seq, u.wait_task, w.status AS wait_status, w.result AS wait_result," \
+  "   w.error AS wait_error FROM u"
+
 enum {
   ST_INSERT,
   ST_CLAIM,
@@ -136,6 +146,8 @@ enum {
   ST_HOOK_ADD,
   ST_HOOK_DONE,
   ST_HOOK_ADOPT,
+  ST_WF_KIDS,
+  ST_WF_TAKE,
   ST_COUNT
 };
 
@@ -182,17 +194,11 @@ static const char* const STMTS[ST_COUNT] = {
     "   started_at = CASE WHEN t.wf_where = 2 THEN t.started_at ELSE {S}.now_ms() END,"
     "   wf_where = CASE WHEN t.kind = 1 THEN 0 END"
     "   FROM d WHERE t.seq = d.seq RETURNING t.*)"
-    /* a workflow's history (events joined by ATH_STORE_EVENT_SEP, chr(30))
-     * and the outcome of what its last park waits for */
-    " SELECT was.resumed, " TASK_COLS("u") ","
-    "   CASE WHEN u.kind = 1 THEN (SELECT string_agg(h.event, chr(30) ORDER BY h.seq)"
-    "     FROM {S}.workflow_events h WHERE h.workflow_id = u.id) END AS history,"
-    "   u.wait_kind, u.wait_seq, u.wait_task, w.status AS wait_status, w.result AS wait_result,"
-    "   w.error AS wait_error"
-    " FROM u JOIN was USING (seq) LEFT JOIN {S}.tasks w ON w.id = u.wait_task"
+    " SELECT was.resumed, " CLAIMED_COLS " JOIN was USING (seq) LEFT JOIN {S}.tasks w ON w.id = u.wait_task"
     " ORDER BY u.priority DESC, u.ready_at, u.seq",
   /* The fence is written `IS NOT DISTINCT FROM` so the planner cannot drive
    * the join from tasks_leased (§4.3). */
+#define CASCADES "(k.cas AND pt.status <> 4 AND pt.wait_kind IS DISTINCT FROM 5)"
   [ST_FINISH] =
     "WITH o AS (SELECT * FROM unnest($2::bigint[], $3::int[], $4::smallint[], $5::bigint[],"
     "   $6::text[], $7::text[], $8::int[]) WITH ORDINALITY"
@@ -207,15 +213,26 @@ static const char* const STMTS[ST_COUNT] = {
     "   close_by = CASE WHEN o.status >= 5 THEN NULL ELSE t.close_by END,"
     "   lease = NULL, worker_id = o.worker_id, wf_where = NULL"
     "   FROM o WHERE t.seq = o.seq AND t.lease IS NOT DISTINCT FROM $1 AND t.attempt = o.attempt"
-    "   RETURNING t.seq, t.status, t.notify, t.queue, t.priority, t.ready_at, t.parent_id),"
+    "   RETURNING t.seq, t.id, t.status, t.strategy, t.notify, t.queue, t.priority, t.ready_at,"
+    "     t.parent_id),"
     " r AS (INSERT INTO {S}.ready (seq, queue, priority, ready_at)"
     "   SELECT seq, queue, priority, ready_at FROM f WHERE status = 0"
     "   ON CONFLICT (seq) DO NOTHING RETURNING queue),"
     /* a task that ended wakes its workflow (§3.11): wake + 1, and a parked
-     * one is ready again (a running one sees the bump when it parks) */
+     * one is ready again (a running one sees the bump when it parks). One
+     * that failed under cascade (§8) marks it (wait_kind 5, wait_task: the
+     * child; the first such child stays), unless it compensates: an
+     * unleased one is ready at once (off its timer or its retry's delay),
+     * and whoever claims it fails it (storage/wf_pg.c) */
     " p AS (UPDATE {S}.tasks pt SET wake = pt.wake + 1,"
-    "   wf_where = CASE WHEN pt.wf_where = 1 THEN 2 ELSE pt.wf_where END"
-    "   FROM (SELECT DISTINCT parent_id FROM f WHERE status >= 5 AND parent_id IS NOT NULL) k"
+    "   wait_kind = CASE WHEN " CASCADES " THEN 5 ELSE pt.wait_kind END,"
+    "   wait_task = CASE WHEN " CASCADES " THEN k.cid ELSE pt.wait_task END,"
+    "   due_at = CASE WHEN " CASCADES " AND pt.lease IS NULL THEN NULL ELSE pt.due_at END,"
+    "   wf_where = CASE WHEN pt.wf_where = 1 OR (" CASCADES " AND pt.lease IS NULL) THEN 2"
+    "     ELSE pt.wf_where END"
+    "   FROM (SELECT DISTINCT ON (parent_id) parent_id, id AS cid, status = 6 AND strategy = 2 AS cas"
+    "     FROM f WHERE status >= 5 AND parent_id IS NOT NULL"
+    "     ORDER BY parent_id, status = 6 AND strategy = 2 DESC) k"
     "   WHERE pt.id = k.parent_id AND pt.completed_at IS NULL AND pt.seq NOT IN (SELECT seq FROM f)"
     "   RETURNING pt.seq, pt.queue, pt.priority, pt.wf_where, pt.lease),"
     " pr AS (INSERT INTO {S}.ready (seq, queue, priority, ready_at)"
@@ -351,24 +368,57 @@ static const char* const STMTS[ST_COUNT] = {
     "SELECT " TASK_COLS("t") ", t.result, t.completed_at FROM {S}.tasks t"
     " WHERE t.seq = ANY($1::bigint[]) AND ($2 OR t.status >= 5) ORDER BY t.seq",
   [ST_GET] =
-    "SELECT " TASK_COLS("t") ", t.result, t.completed_at FROM {S}.tasks t"
-    " WHERE t.id = $1",
+    "SELECT " TASK_COLS("t") ", t.result, t.completed_at,"
+    "   CASE WHEN t.kind = 1 THEN (SELECT string_agg(h.event, chr(30) ORDER BY h.seq)"
+    "     FROM {S}.workflow_events h WHERE h.workflow_id = t.id) END AS history"
+    " FROM {S}.tasks t WHERE t.id = $1",
   /* Cancel (an activity): at once when nobody leases it (T12), else the
    * lease holder hears athena_cancel '<incarnation>:<seq>' (T13). */
+  /* A parked workflow (unleased, running) gets cancel_at and is ready at
+   * once: whoever claims it cancels it there, with its history (§6.3). */
+#define CANCEL_TAIL                                                                         \
+  " simple AS (UPDATE {S}.tasks x SET status = 7, completed_at = {S}.now_ms(),"             \
+  "   cancel_at = {S}.now_ms(), due_at = NULL, close_by = NULL"                             \
+  "   FROM t WHERE x.seq = t.seq AND t.status IN (0, 1, 3) AND t.lease IS NULL"             \
+  "   RETURNING x.seq, x.notify),"                                                          \
+  " unready AS (DELETE FROM {S}.ready r USING simple s WHERE r.seq = s.seq),"               \
+  " flagged AS (UPDATE {S}.tasks x SET cancel_at = coalesce(x.cancel_at, {S}.now_ms())"     \
+  "   FROM t WHERE x.seq = t.seq AND t.lease IS NOT NULL AND t.status IN (0, 1, 2, 3)"      \
+  "   RETURNING x.seq, x.lease),"                                                           \
+  " parked AS (UPDATE {S}.tasks x SET cancel_at = coalesce(x.cancel_at, {S}.now_ms()),"     \
+  "   wf_where = 2, due_at = NULL, ready_at = {S}.now_ms()"                                 \
+  "   FROM t WHERE x.seq = t.seq AND t.lease IS NULL AND t.status = 2 AND x.kind = 1"       \
+  "   RETURNING x.seq, x.queue, x.priority, x.ready_at),"                                   \
+  " pr AS (INSERT INTO {S}.ready SELECT seq, queue, priority, ready_at FROM parked"         \
+  "   ON CONFLICT (seq) DO NOTHING RETURNING queue),"                                       \
+  " n AS (SELECT pg_notify('athena_cancel{H}', lease || ':' || seq) FROM flagged WHERE $2"  \
+  "   UNION ALL SELECT pg_notify('athena_done{H}', seq::text) FROM simple WHERE notify AND $2" \
+  "   UNION ALL " NOTIFY_READY("pr", "$2") ")"
   [ST_CANCEL] =
-    "WITH t AS (SELECT seq, status, lease, notify FROM {S}.tasks WHERE seq = $1 FOR UPDATE),"
-    " simple AS (UPDATE {S}.tasks x SET status = 7, completed_at = {S}.now_ms(),"
-    "   cancel_at = {S}.now_ms(), due_at = NULL, close_by = NULL"
-    "   FROM t WHERE x.seq = t.seq AND t.status IN (0, 1, 3) AND t.lease IS NULL"
-    "   RETURNING x.seq, x.notify),"
-    " unready AS (DELETE FROM {S}.ready r USING simple s WHERE r.seq = s.seq),"
-    " flagged AS (UPDATE {S}.tasks x SET cancel_at = coalesce(x.cancel_at, {S}.now_ms())"
-    "   FROM t WHERE x.seq = t.seq AND t.lease IS NOT NULL AND t.status IN (0, 1, 2, 3)"
-    "   RETURNING x.seq, x.lease),"
-    " n AS (SELECT pg_notify('athena_cancel{H}', lease || ':' || seq) FROM flagged WHERE $2"
-    "   UNION ALL SELECT pg_notify('athena_done{H}', seq::text) FROM simple WHERE notify AND $2)"
-    " SELECT CASE WHEN EXISTS (SELECT 1 FROM simple) THEN 1"
-    "   WHEN EXISTS (SELECT 1 FROM flagged) THEN 2 ELSE 0 END, (SELECT count(*) FROM n)",
+    "WITH t AS (SELECT seq, status, lease FROM {S}.tasks WHERE seq = $1 FOR UPDATE)," CANCEL_TAIL
+    " SELECT CASE WHEN EXISTS (SELECT 1 FROM simple) THEN 1 WHEN EXISTS (SELECT 1 FROM flagged) THEN 2"
+    "   WHEN EXISTS (SELECT 1 FROM parked) THEN 3 ELSE 0 END,"
+    "   (SELECT count(*) FROM n)",
+  /* The children of workflows that ended cancelled or by a cascade (§8),
+   * cancelled as ST_CANCEL does (their own children follow when they end) */
+  [ST_WF_KIDS] =
+    "WITH t AS (SELECT c.seq, c.status, c.lease FROM {S}.tasks c JOIN {S}.tasks p ON c.parent_id = p.id"
+    "   WHERE p.seq = ANY($1::bigint[]) AND p.status >= 5 AND c.status < 5 FOR UPDATE OF c),"
+    CANCEL_TAIL " SELECT (SELECT count(*) FROM t), (SELECT count(*) FROM n)",
+  /* Parked workflows whose cancel was accepted (ready, with cancel_at),
+   * by seq ($2) or by parent seq ($3), leased to $1 without a slot: the
+   * caller cancels them at once (a claim would wait for a free slot) */
+  [ST_WF_TAKE] =
+    "WITH c AS MATERIALIZED (SELECT t.seq FROM {S}.tasks t"
+    "   WHERE (t.seq = ANY($2::bigint[]) OR t.parent_id IN (SELECT p.id FROM {S}.tasks p"
+    "       WHERE p.seq = ANY($3::bigint[])))"
+    "     AND t.kind = 1 AND t.status = 2 AND t.lease IS NULL AND t.wf_where = 2"
+    "     AND t.cancel_at IS NOT NULL"
+    "     AND EXISTS (SELECT 1 FROM {S}.nodes WHERE incarnation = $1 AND expires_at > {S}.now_ms())"
+    "   FOR UPDATE OF t SKIP LOCKED),"
+    " d AS (DELETE FROM {S}.ready r USING c WHERE r.seq = c.seq),"
+    " u AS (UPDATE {S}.tasks t SET lease = $1, wf_where = 0 FROM c WHERE t.seq = c.seq RETURNING t.*)"
+    " SELECT true AS resumed, " CLAIMED_COLS " LEFT JOIN {S}.tasks w ON w.id = u.wait_task",
   /* Cancels accepted for tasks this incarnation leases (the poll's catch-up),
    * by the lease index (`IS NOT DISTINCT FROM` here read the whole table:
    * 45 ms per poll per node with 150,000 rows, bench/distributed.sh). */
@@ -430,11 +480,15 @@ static const char* const STMTS[ST_COUNT] = {
    * impossible while the lease holds, checked anyway). An append also
    * clears the park state: the outcome the claim returned is recorded now,
    * so a claim after a rescue does not record it again. */
+  /* the park state, unless a child's cascade marked the row (kept) */
+#define KEEP_CASCADE(kind, task, seq)                                                   \
+  " wait_kind = CASE WHEN t.wait_kind = 5 THEN 5 ELSE " kind " END,"                   \
+  " wait_task = CASE WHEN t.wait_kind = 5 THEN t.wait_task ELSE " task " END,"         \
+  " wait_seq = CASE WHEN t.wait_kind = 5 THEN t.wait_seq ELSE " seq " END"
   [ST_WF_APPEND] =
     "WITH e AS (SELECT * FROM unnest($2::bigint[], $3::int[], $4::text[]) AS e(seq, n, ev)),"
     " k AS (SELECT seq, min(n) AS lo, count(*)::int AS cnt FROM e GROUP BY seq),"
-    " t AS (UPDATE {S}.tasks t SET hist_n = t.hist_n + k.cnt, wait_kind = NULL, wait_seq = NULL,"
-    "   wait_task = NULL"
+    " t AS (UPDATE {S}.tasks t SET hist_n = t.hist_n + k.cnt," KEEP_CASCADE("NULL", "NULL", "NULL")
     "   FROM k WHERE t.seq = k.seq AND t.lease IS NOT DISTINCT FROM $1 AND t.hist_n = k.lo"
     "   RETURNING t.seq, t.id),"
     " i AS (INSERT INTO {S}.workflow_events (workflow_id, seq, event)"
@@ -450,12 +504,14 @@ static const char* const STMTS[ST_COUNT] = {
     "   $6::smallint[], $7::text[], $8::bigint[], $9::bigint[], $10::int[]) WITH ORDINALITY"
     "   AS o(seq, attempt, status, error, kind, task, wseq, delay, seen, i)),"
     " p AS (UPDATE {S}.tasks t SET status = o.status, error = coalesce(o.error, t.error),"
-    "   wait_kind = o.kind, wait_task = o.task, wait_seq = o.wseq, lease = NULL,"
-    "   wf_where = CASE WHEN o.kind = 4 THEN 3"
+    "  " KEEP_CASCADE("o.kind", "o.task", "o.wseq") ", lease = NULL,"
+    "   wf_where = CASE WHEN t.wait_kind = 5 THEN 2 WHEN o.kind = 4 THEN 3"
     "     WHEN t.wake > o.seen OR EXISTS (SELECT 1 FROM {S}.tasks x WHERE x.id = o.task"
     "       AND x.status >= 5) THEN 2 ELSE 1 END,"
-    "   due_at = CASE WHEN o.kind = 4 THEN {S}.now_ms() + greatest(o.delay, 0) END,"
-    "   ready_at = {S}.now_ms() + CASE WHEN o.kind = 4 THEN greatest(o.delay, 0) ELSE 0 END"
+    "   due_at = CASE WHEN o.kind = 4 AND t.wait_kind IS DISTINCT FROM 5"
+    "     THEN {S}.now_ms() + greatest(o.delay, 0) END,"
+    "   ready_at = {S}.now_ms() + CASE WHEN o.kind = 4 AND t.wait_kind IS DISTINCT FROM 5"
+    "     THEN greatest(o.delay, 0) ELSE 0 END"
     "   FROM o WHERE t.seq = o.seq AND t.lease IS NOT DISTINCT FROM $1 AND t.attempt = o.attempt"
     "   RETURNING t.seq, t.queue, t.priority, t.ready_at, t.wf_where),"
     " r AS (INSERT INTO {S}.ready SELECT seq, queue, priority, ready_at FROM p WHERE wf_where = 2"
@@ -1288,6 +1344,21 @@ static int read_requeued(ath_qpg_t* q) {
   return rc;
 }
 
+/* The children of workflows seqs[0..n) (ended), cancelled (ST_WF_KIDS). */
+static int send_kids(ath_qpg_t* q, const int64_t* seqs, size_t n) {
+  params_t p;
+  params_init(&p, 1);
+  for (size_t i = 0; i < n; i++)
+    arr_int(&p, 0, seqs[i]);
+  const char* v[2];
+  int rc = params_done(&p, v);
+  v[1] = q->notify ? "t" : "f";
+  if (rc == 0)
+    rc = pl_send(q, ST_WF_KIDS, 2, v);
+  params_free(&p);
+  return rc;
+}
+
 int ath__qpg_wf_requeue(ath_qpg_t* q, int64_t lease, const int64_t* seqs, size_t n) {
   ath_qpg_cycle_t c = {.lease = lease, .requeues = seqs, .n_requeues = n};
   return n == 0 ? 0 : ath__qpg_cycle(q, &c);
@@ -1312,13 +1383,13 @@ static int cycle_once(ath_qpg_t* q, ath_qpg_cycle_t* c) {
       return ATH_EINVAL;
   }
   int writes = c->n_inserts > 0 || c->n_outcomes > 0 || c->n_beats > 0 || c->n_appends > 0 ||
-               c->n_parks > 0 || c->n_requeues > 0;
+               c->n_parks > 0 || c->n_requeues > 0 || c->n_kids > 0;
   if (c->n_hooks > 0 && c->n_outcomes == 0)
     return ATH_EINVAL; /* an event belongs to a finish of its cycle */
   int rc = pl_begin(q);
   if (rc < 0)
     return rc;
-  /* send: [heartbeat][insert][append][finish][park][requeue] sync, then
+  /* send: [heartbeat][insert][append][finish][park][requeue][kids] sync, then
    * [claim] sync per claim (one_commit: a single sync at the end); an
    * attempt's last heartbeat goes before its finish, which ends the lease
    * it is fenced by */
@@ -1336,6 +1407,8 @@ static int cycle_once(ath_qpg_t* q, ath_qpg_cycle_t* c) {
   if (c->n_parks > 0 && (rc = send_parks(q, c->lease, c->parks, c->n_parks)) < 0)
     return pl_end(q, rc);
   if (c->n_requeues > 0 && (rc = send_requeues(q, c->lease, c->requeues, c->n_requeues)) < 0)
+    return pl_end(q, rc);
+  if (c->n_kids > 0 && (rc = send_kids(q, c->kids, c->n_kids)) < 0)
     return pl_end(q, rc);
   if (writes && !c->one_commit && (rc = pl_sync(q)) < 0)
     return pl_end(q, rc);
@@ -1360,6 +1433,8 @@ static int cycle_once(ath_qpg_t* q, ath_qpg_cycle_t* c) {
   if (c->n_parks > 0 && (rc = read_applied(q, c->n_parks, c->parked, "park")) < 0)
     goto fail_writes;
   if (c->n_requeues > 0 && (rc = read_requeued(q)) < 0)
+    goto fail_writes;
+  if (c->n_kids > 0 && (rc = read_requeued(q)) < 0)
     goto fail_writes;
   if (writes && !c->one_commit) {
     if ((rc = read_sync(q)) < 0)
@@ -2034,6 +2109,25 @@ int ath__qpg_cancel(ath_qpg_t* q, int64_t seq, int* how) {
   *how = PQntuples(r) > 0 ? (int)get_i64(r, 0, 0) : 0;
   PQclear(r);
   return 0;
+}
+
+int ath__qpg_wf_take(ath_qpg_t* q, int64_t lease, const int64_t* seqs, size_t n, int by_parent,
+                     ath_qpg_tasks_t* out) {
+  memset(out, 0, sizeof(*out));
+  params_t p;
+  params_init(&p, 2);
+  for (size_t i = 0; i < n; i++)
+    arr_int(&p, by_parent ? 1 : 0, seqs[i]);
+  const char* v[3];
+  char lease_s[24];
+  snprintf(lease_s, sizeof(lease_s), "%" PRId64, lease);
+  v[0] = lease_s;
+  int rc = params_done(&p, v + 1);
+  PGresult* r = NULL;
+  if (rc == 0)
+    rc = run1(q, ST_WF_TAKE, 3, v, &r);
+  params_free(&p);
+  return rc < 0 ? rc : decode_tasks(r, out);
 }
 
 int ath__qpg_cancelled(ath_qpg_t* q, int64_t lease, int64_t** seqs, size_t* n) {

@@ -193,6 +193,10 @@ typedef struct {
   size_t n;
 } ath_qpg_append_t;
 
+/* The row's wait_kind after a child failed under cascade (§8): wait_task
+ * names that child, and whoever claims the workflow fails it. */
+#define ATH_QPG_WAIT_CASCADE 5
+
 /* A workflow segment parked: the row leaves its lease and waits for task
  * wait_task (kinds 1 activity, 2 child, 3 compensation) or for delay_ms
  * (kind 4, a timer: staged like a retry). It is made ready at once when
@@ -280,6 +284,12 @@ typedef struct {
                                    * finish was fenced out (never sent) */
   int64_t hook_owner;             /* the rows' owner; 0: lease; -1: none (the
                                    * next adoption by any node sends them) */
+  const int64_t* kids;            /* workflows that ended cancelled or by a
+                                   * cascade (finished before, in this cycle or
+                                   * earlier): their unfinished children are
+                                   * cancelled (a parked child workflow is made
+                                   * ready with cancel_at, for its claimer) */
+  size_t n_kids;
 } ath_qpg_cycle_t;
 
 int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c);
@@ -446,14 +456,22 @@ int ath__qpg_vacuum_ready(ath_qpg_t* q);
 int ath__qpg_read(ath_qpg_t* q, const int64_t* seqs, size_t n, int ended_only, ath_qpg_tasks_t* out);
 /* Task `id`'s row (out->n = 0 when there is none). */
 int ath__qpg_get(ath_qpg_t* q, const char* id, ath_qpg_tasks_t* out);
-/* Cancels task `seq` (an activity): *how = 1 cancelled at once (nobody
- * leased it: T12), 2 accepted (its lease holder is told through
- * athena_cancel '<incarnation>:<seq>' and ends it, T13), 0 refused (it had
- * ended, or no such row). */
+/* Cancels task `seq`: *how = 1 cancelled at once (nobody leased it: T12),
+ * 2 accepted (its lease holder is told through athena_cancel
+ * '<incarnation>:<seq>' and ends it, T13), 3 accepted for a parked
+ * workflow (it gets cancel_at and is made ready: ath__qpg_wf_take, or
+ * whoever claims it, cancels it), 0 refused (it had ended, it
+ * compensates, or no such row). */
 int ath__qpg_cancel(ath_qpg_t* q, int64_t seq, int* how);
 /* The seqs of unfinished tasks `lease` holds whose cancel was accepted
  * (malloc'd, *n of them): the poll's catch-up for a missed athena_cancel. */
 int ath__qpg_cancelled(ath_qpg_t* q, int64_t lease, int64_t** seqs, size_t* n);
+/* Leases to `lease` (a live incarnation) the parked workflows whose cancel
+ * was accepted, seqs[0..n) or (by_parent) the children of those: rows as
+ * a claim returns them (resumed, with history), for the caller to cancel
+ * at once, needing no free slot. Rows someone claimed first are theirs. */
+int ath__qpg_wf_take(ath_qpg_t* q, int64_t lease, const int64_t* seqs, size_t n, int by_parent,
+                     ath_qpg_tasks_t* out);
 /* The rows `lease` holds (after a lost connection: a claim may have
  * committed without its answer arriving). */
 int ath__qpg_leased(ath_qpg_t* q, int64_t lease, ath_qpg_tasks_t* out);

@@ -950,6 +950,11 @@ void ath__wf_claimed(ath_task_t* t);
  * timer.fired, or the task's outcome when `status` is terminal (lock held). */
 void ath__wf_record_row(ath_world_t* w, ath_task_t* t, int kind, int64_t seq, int status,
                         const char* result, const char* error);
+/* PostgreSQL: a claim of workflow t found that a child failed under
+ * cascade with `error` (its row's JSON, or NULL): t fails with it, its
+ * other children are cancelled (§8). Returns the new nwake (lock held). */
+int ath__wf_cascade_row(ath_world_t* w, ath_task_t* t, const char* error, ath_worker_t** wake,
+                        int nwake);
 void ath__wf_publish(ath_world_t* w, ath_task_t* t, ath_outcome_t* o);
 void ath__wf_cancel_requested(ath_world_t* w, ath_task_t* t, int64_t now);
 int ath__wf_park(ath_world_t* w, ath_task_t* t, ath_outcome_t* o, int64_t now, uint64_t mono, ath_worker_t** wake, int nwake, int* wake_engine);

@@ -565,8 +565,8 @@ int ath__wf_terminal(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** 
       nwake = cancel_children(w, t, NULL, now, wake, nwake);
   }
   ath_task_t* p = ath__task_parent(t);
-  if (p == NULL || ATH_IS_TERMINAL(p->status) || p->wf->forced || w->dq != NULL)
-    return nwake; /* PostgreSQL: the finish statement wakes the parent's row */
+  if (p == NULL || w->dq != NULL || ATH_IS_TERMINAL(p->status) || p->wf->forced)
+    return nwake; /* PostgreSQL: the finish statement wakes (or marks) the parent's row */
   if (t->status == ATH_FAILED && t->strategy == ATH_STRATEGY_CASCADE && p->status != ATH_COMPENSATING)
     return wf_cascade(w, p, t, now, wake, nwake);
   if (p->wf->wait_task == t && p->wf->where == ATH_WF_PARKED) {
@@ -615,6 +615,19 @@ int ath__wf_park(ath_world_t* w, ath_task_t* t, ath_outcome_t* o, int64_t now, u
   wf->where = ATH_WF_PARKED;
   wf->wait_task = x; /* the outcome's reference */
   return nwake;
+}
+
+int ath__wf_cascade_row(ath_world_t* w, ath_task_t* t, const char* error, ath_worker_t** wake,
+                        int nwake) {
+  ath_task_t x; /* the failed child as its row says (wf_cascade reads no more) */
+  memset(&x, 0, sizeof(x));
+  x.status = ATH_FAILED;
+  x.error = (char*)error;
+  x.error_len = error ? (uint32_t)strlen(error) : 0;
+  x.err_code = ATH_EHANDLER;
+  t->wf->where = ATH_WF_PARKED; /* in no queue: it fails where it is */
+  t->status = ATH_RUNNING;
+  return wf_cascade(w, t, &x, ath__wall(w), wake, nwake);
 }
 
 void ath__wf_record_row(ath_world_t* w, ath_task_t* t, int kind, int64_t seq, int status,

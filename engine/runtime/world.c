@@ -838,14 +838,6 @@ static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
   ath_strategy_t strategy;
   int max_attempts;
   ath__task_policy(w, def, lim, opts->failure_strategy, &strategy, &max_attempts);
-  if (w->dq != NULL && opts->parent_id != NULL && (def->a.workflow || strategy == ATH_STRATEGY_CASCADE)) {
-    /* not yet on the PostgreSQL backend: a parent there is woken through
-     * its row, which neither a child's run nor a cascade drives yet */
-    ath__set_err(err, errlen, "%s on the PostgreSQL backend are not supported yet",
-                 def->a.workflow ? "child workflows" : "steps with failureStrategy cascade");
-    rc = ATH_ENOSYS;
-    goto fail;
-  }
   /* a step's parent is the workflow its worker runs: no lookup by id */
   ath_task_t* known = by != NULL && by->current != NULL ? by->current->task : NULL;
   uint64_t parent_hash = opts->parent_id && known == NULL ? ath__hash_id(opts->parent_id) : 0;
@@ -1934,6 +1926,27 @@ static ath_task_t* row_parent(ath_world_t* w, const ath_row_t* r) {
   return p;
 }
 
+/* The parent of a row this node claimed (r->parent_id): the task in RAM,
+ * or else a bare record of its id (no definition, state or history), which
+ * is all a claimed task reads of its parent on this backend: ctx.workflowId,
+ * ctx.parentId, query().parentId. A new reference, or NULL. */
+static ath_task_t* adopted_parent(ath_world_t* w, const ath_row_t* r) {
+  if (r->parent_id == NULL)
+    return NULL;
+  uv_mutex_lock(&w->lock);
+  ath_task_t* p = ath__table_get(w, r->parent_id, ath__hash_id(r->parent_id));
+  if (p != NULL)
+    ath_task_retain(p);
+  uv_mutex_unlock(&w->lock);
+  size_t n = strlen(r->parent_id);
+  if (p == NULL && (p = calloc(1, sizeof(*p) + n + 1)) != NULL) {
+    memcpy(p->id, r->parent_id, n + 1);
+    atomic_init(&p->refs, 1);
+    p->heap_idx = UINT32_MAX;
+  }
+  return p;
+}
+
 ath_task_t* ath__world_adopt_row(ath_world_t* w, const ath_row_t* r) {
   uint64_t h = ath__hash_id(r->id);
   uv_mutex_lock(&w->lock);
@@ -1944,7 +1957,7 @@ ath_task_t* ath__world_adopt_row(ath_world_t* w, const ath_row_t* r) {
     return t;
   }
   uv_mutex_unlock(&w->lock);
-  ath_task_t* made = task_from_row(w, r, NULL);
+  ath_task_t* made = task_from_row(w, r, adopted_parent(w, r));
   if (made == NULL)
     return NULL;
   uv_mutex_lock(&w->lock);

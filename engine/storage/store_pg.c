@@ -650,6 +650,9 @@ static void row_of(const ath_qpg_task_t* r, ath_row_t* row) {
   row->hb = r->hb;
   row->hb_len = r->hb ? strlen(r->hb) : 0;
   row->last_hb = r->last_hb > 0 ? r->last_hb : 0;
+  row->parent_id = r->parent_id;
+  row->history = r->history; /* read by id: a workflow's events */
+  row->history_len = r->history ? strlen(r->history) : 0;
 }
 
 /* Takes the heartbeat of row r when it is newer than what t holds (lock
@@ -668,61 +671,95 @@ static void take_beat(ath_task_t* t, const ath_qpg_task_t* r) {
   x->last_hb = r->last_hb;
 }
 
-/* Makes claimed rows local tasks (lock not held on entry or exit). */
+/* Makes claimed rows local tasks (lock not held on entry or exit).
+ * Returns how many were queued. */
+static int64_t adopt_rows(ath_world_t* w, struct ath_dq_s* dq, const ath_qpg_tasks_t* rows,
+                          ath_worker_t** wake, int* nwake) {
+  int64_t pushed = 0;
+  for (size_t i = 0; i < rows->n; i++) {
+    const ath_qpg_task_t* r = &rows->rows[i];
+    ath_row_t row;
+    row_of(r, &row);
+    row.status = ATH_PENDING; /* claimed, not started: the worker's claim counts the attempt */
+    row.attempt = r->attempt - 1;
+    row.history = NULL; /* a workflow takes it in ath__wfpg_claimed */
+    ath_task_t* t = ath__world_adopt_row(w, &row);
+    uv_mutex_lock(&w->lock);
+    if (t == NULL) { /* no memory: the row stays leased, rescued when this node ends */
+      uv_mutex_unlock(&w->lock);
+      continue;
+    }
+    seq_del(&dq->watch, r->seq);
+    ath__task_dq(t)->dq_seq = r->seq;
+    take_beat(t, r);
+    if (t->wk != NULL || ath__task_dq(t)->dq_attempt < 0) {
+      /* an attempt fenced by a lost lease still runs on this very task:
+       * the new one starts once it ended (ath__dq_discard) */
+      ath__task_dq(t)->dq_claimed = r->attempt;
+      uv_mutex_unlock(&w->lock);
+      ath_task_release(t);
+      continue;
+    }
+    ath__task_dq(t)->dq_attempt = r->attempt;
+    if (ATH_IS_TERMINAL(t->status)) { /* cannot happen: a row ended is never ready */
+      t->remote = 1; /* handed back */
+      ath__store_mark(w, t);
+    } else if (t->def->ghost) { /* no activity of that name here: it fails, as at recovery */
+      t->remote = 0;
+      t->attempt = r->attempt;
+      ath__set_error(t, ATH_ENOTFOUND, "no activity with this name is registered on this node");
+      *nwake = ath__finish_task(w, t, ATH_FAILED, ath__wall(w), wake, *nwake);
+    } else {
+      if (r->cancel_at >= 0 && atomic_load(&t->cancel_ns) == 0)
+        atomic_store(&t->cancel_ns, ath__mono(w));
+      int wf = t->wf != NULL ? ath__wfpg_claimed(w, t, r, wake, nwake) : -1; /* a resumption: queued there */
+      pushed += wf >= 0 ? wf : queue_claimed(w, t, r->attempt, r->ready_at);
+    }
+    uv_mutex_unlock(&w->lock);
+    ath_task_release(t);
+  }
+  return pushed;
+}
+
 static void adopt_claims(ath_world_t* w, struct ath_dq_s* dq, cycle_t* c) {
   ath_worker_t* wake[MAX_WORKERS];
   int nwake = 0;
   for (size_t k = 0; k < c->nclaims; k++) {
-    ath_qpg_tasks_t* rows = &c->claimed[k];
     ath_queue_t* q = w->queues[c->claim_q[k]];
-    int64_t pushed = 0;
-    for (size_t i = 0; i < rows->n; i++) {
-      const ath_qpg_task_t* r = &rows->rows[i];
-      ath_row_t row;
-      row_of(r, &row);
-      row.status = ATH_PENDING; /* claimed, not started: the worker's claim counts the attempt */
-      row.attempt = r->attempt - 1;
-      ath_task_t* t = ath__world_adopt_row(w, &row);
-      uv_mutex_lock(&w->lock);
-      if (t == NULL) { /* no memory: the row stays leased, rescued when this node ends */
-        uv_mutex_unlock(&w->lock);
-        continue;
-      }
-      seq_del(&dq->watch, r->seq);
-      ath__task_dq(t)->dq_seq = r->seq;
-      take_beat(t, r);
-      if (t->wk != NULL || ath__task_dq(t)->dq_attempt < 0) {
-        /* an attempt fenced by a lost lease still runs on this very task:
-         * the new one starts once it ended (ath__dq_discard) */
-        ath__task_dq(t)->dq_claimed = r->attempt;
-        uv_mutex_unlock(&w->lock);
-        ath_task_release(t);
-        continue;
-      }
-      ath__task_dq(t)->dq_attempt = r->attempt;
-      if (ATH_IS_TERMINAL(t->status)) { /* cannot happen: a row ended is never ready */
-        t->remote = 1; /* handed back */
-        ath__store_mark(w, t);
-      } else if (t->def->ghost) { /* no activity of that name here: it fails, as at recovery */
-        t->remote = 0;
-        t->attempt = r->attempt;
-        ath__set_error(t, ATH_ENOTFOUND, "no activity with this name is registered on this node");
-        nwake = ath__finish_task(w, t, ATH_FAILED, ath__wall(w), wake, nwake);
-      } else {
-        if (r->cancel_at >= 0 && atomic_load(&t->cancel_ns) == 0)
-          atomic_store(&t->cancel_ns, ath__mono(w));
-        int wf = t->wf != NULL ? ath__wfpg_claimed(w, t, r) : -1; /* a resumption: queued there */
-        pushed += wf >= 0 ? wf : queue_claimed(w, t, r->attempt, r->ready_at);
-      }
-      uv_mutex_unlock(&w->lock);
-      ath_task_release(t);
-    }
-    dq->n_claimed += (int64_t)rows->n;
+    int64_t pushed = adopt_rows(w, dq, &c->claimed[k], wake, &nwake);
+    dq->n_claimed += (int64_t)c->claimed[k].n;
     uv_mutex_lock(&w->lock);
     nwake += ath__pick_sleepers(w, q, pushed, wake + nwake, MAX_WORKERS - nwake);
     uv_mutex_unlock(&w->lock);
   }
   ath__wake_all(wake, nwake);
+}
+
+/* Parked workflows whose cancel was accepted (seqs[0..n), or the children
+ * of those): leased here at once, with no free slot needed, and cancelled
+ * through the claim's path (lock not held; q: a connection used under
+ * `qlock`, or this thread's when NULL). */
+static void take_cancelled(ath_world_t* w, ath_qpg_t* q, uv_mutex_t* qlock, const int64_t* seqs, size_t n,
+                           int by_parent) {
+  struct ath_dq_s* dq = w->dq;
+  uv_mutex_lock(&w->lock);
+  int64_t lease = dq->incarnation;
+  uv_mutex_unlock(&w->lock);
+  ath_qpg_tasks_t rows;
+  if (n == 0 || lease <= 0)
+    return;
+  if (qlock != NULL)
+    uv_mutex_lock(qlock);
+  int rc = ath__qpg_wf_take(q, lease, seqs, n, by_parent, &rows);
+  if (qlock != NULL)
+    uv_mutex_unlock(qlock);
+  if (rc != 0)
+    return; /* a claim of the ready rows cancels them */
+  ath_worker_t* wake[MAX_WORKERS];
+  int nwake = 0;
+  adopt_rows(w, dq, &rows, wake, &nwake);
+  ath__wake_all(wake, nwake);
+  ath__qpg_tasks_free(&rows);
 }
 
 /* After the writer's connection broke in a cycle (lock not held): a claim
@@ -868,9 +905,19 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
     dq->full[qi] = (int)c.claimed[i].n >= asked[i];
     dq->more[qi] |= dq->full[qi]; /* a deep queue: claim again as slots free */
   }
+  int64_t* kids = c.wf.nkids > 0 ? c.wf.kids : NULL; /* kept: their parked children are taken now */
+  size_t nkids = c.wf.nkids;
+  if (kids != NULL)
+    c.wf.kids = NULL;
   cycle_free(&c);
   ath__store_committed(w, gen, batch, n, wake, nwake); /* drops the batch's references */
   free(batch);
+  if (kids != NULL) {
+    uv_mutex_unlock(&w->lock);
+    take_cancelled(w, dq->wr, NULL, kids, nkids, 1);
+    uv_mutex_lock(&w->lock);
+    free(kids);
+  }
   return 0;
 }
 
@@ -1782,6 +1829,17 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
   return 0;
 }
 
+/* Workflow `seq` was cancelled in its row (no node held it): its children
+ * are cancelled as if it had ended here (lock not held). */
+static void cancel_children(ath_world_t* w, struct ath_dq_s* dq, int64_t seq) {
+  ath_qpg_cycle_t c = {.kids = &seq, .n_kids = 1};
+  uv_mutex_lock(&dq->rd_lock);
+  int rc = ath__qpg_cycle(dq->rd, &c);
+  uv_mutex_unlock(&dq->rd_lock);
+  if (rc == 0)
+    take_cancelled(w, dq->rd, &dq->rd_lock, &seq, 1, 1);
+}
+
 int ath__dq_cancel(ath_world_t* w, ath_task_t* t) {
   struct ath_dq_s* dq = w->dq;
   uv_mutex_lock(&w->lock);
@@ -1803,6 +1861,10 @@ int ath__dq_cancel(ath_world_t* w, ath_task_t* t) {
   uv_mutex_unlock(&dq->rd_lock);
   if (rc != 0)
     return 0;
+  if (how == 3) /* a parked workflow: cancelled here at once */
+    take_cancelled(w, dq->rd, &dq->rd_lock, &seq, 1, 0);
+  if (how == 1 && t->wf != NULL) /* a workflow between runs: the children of its last run too */
+    cancel_children(w, dq, seq);
   if (how == 1) { /* cancelled at once: its waiters here hear it now */
     ath_worker_t* wake[MAX_WORKERS];
     uv_mutex_lock(&w->lock);

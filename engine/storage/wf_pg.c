@@ -19,7 +19,8 @@ int ath__wfpg_alloc(ath_wfpg_t* b, size_t n) {
   b->reqs = calloc(k, sizeof(*b->reqs));
   b->req_t = calloc(k, sizeof(*b->req_t));
   b->req_attempt = calloc(k, sizeof(*b->req_attempt));
-  if (!b->apps || !b->app_t || !b->app_evs || !b->appended || !b->parks || !b->park_t ||
+  b->kids = calloc(k, sizeof(*b->kids));
+  if (!b->kids || !b->apps || !b->app_t || !b->app_evs || !b->appended || !b->parks || !b->park_t ||
       !b->park_err || !b->parked || !b->reqs || !b->req_t || !b->req_attempt) {
     ath__wfpg_free(b);
     return ATH_ENOMEM;
@@ -45,6 +46,7 @@ void ath__wfpg_free(ath_wfpg_t* b) {
   free(b->reqs);
   free(b->req_t);
   free(b->req_attempt);
+  free(b->kids);
   memset(b, 0, sizeof(*b));
 }
 
@@ -99,6 +101,9 @@ int ath__wfpg_take(ath_wfpg_t* b, ath_task_t* t, int64_t now) {
     return 0;
   if (wf->nev > wf->stored_n)
     add_append(b, t);
+  /* ended cancelled or by a cascade: its children, wherever they run, too */
+  if (t->status == ATH_CANCELLED || (t->status == ATH_FAILED && wf->forced))
+    b->kids[b->nkids++] = x->dq_seq;
   int waiting = t->status == ATH_RUNNING || t->status == ATH_COMPENSATING;
   if (t->remote && wf->resuming) { /* a resumption handed back unrun: same run, same state */
     b->req_attempt[b->nreqs] = x->dq_attempt;
@@ -124,6 +129,8 @@ void ath__wfpg_fill(ath_wfpg_t* b, ath_qpg_cycle_t* c) {
   c->parked = b->parked;
   c->requeues = b->reqs;
   c->n_requeues = b->nreqs;
+  c->kids = b->kids;
+  c->n_kids = b->nkids;
 }
 
 void ath__wfpg_undo(ath_wfpg_t* b) {
@@ -180,7 +187,30 @@ static int reload_history(ath_wf_t* wf, const char* text) {
   return text != NULL ? ath__wf_load(wf, text, strlen(text)) : 0;
 }
 
-int ath__wfpg_claimed(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r) {
+/* Claimed workflow t (set up as a resumption of its run) is not to run:
+ * a child failed under cascade (its row's mark), or a cancel was accepted
+ * while it was parked. It ends here, with its history, as in one process.
+ * Returns 0 (not queued), or -1 when it goes on after all (a cancel, which
+ * a compensating run refuses). */
+static int stop_claimed(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r, ath_worker_t** wake,
+                        int* nwake) {
+  t->wf->resuming = 0;
+  if (r->wait_kind == ATH_QPG_WAIT_CASCADE) {
+    *nwake = ath__wf_cascade_row(w, t, r->wait_error, wake, *nwake);
+    return 0;
+  }
+  int accepted;
+  t->wf->where = ATH_WF_PARKED;
+  *nwake = ath__cancel_locked(w, t, ath__wall(w), wake, *nwake, &accepted);
+  if (accepted)
+    return 0;
+  atomic_store(&t->cancel_ns, 0);
+  t->wf->resuming = 1;
+  return -1;
+}
+
+int ath__wfpg_claimed(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r, ath_worker_t** wake,
+                      int* nwake) {
   ath_wf_t* wf = t->wf;
   wf->dq_wake = r->wake;
   wf->home = 0;
@@ -194,7 +224,8 @@ int ath__wfpg_claimed(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r) {
     ath__store_mark(w, t);
     return 0;
   }
-  if (!r->resumed) {
+  int stop = r->wait_kind == ATH_QPG_WAIT_CASCADE || (r->resumed && r->cancel_at >= 0);
+  if (!r->resumed && !stop) {
     wf->resuming = 0;
     return -1;
   }
@@ -205,7 +236,9 @@ int ath__wfpg_claimed(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r) {
   t->attempt = r->attempt;
   t->status = (ath_status_t)r->status;
   ath__dq_take_error(t, r->error); /* a compensating run's failure */
-  if (r->wait_kind != ATH_PARK_NONE)
+  if (stop && stop_claimed(w, t, r, wake, nwake) == 0)
+    return 0;
+  if (r->wait_kind != ATH_PARK_NONE && r->wait_kind != ATH_QPG_WAIT_CASCADE)
     ath__wf_record_row(w, t, r->wait_kind, r->wait_seq, r->wait_status, r->wait_result, r->wait_error);
   wf->resuming = 1;
   wf->where = ATH_WF_QUEUED;

@@ -33,6 +33,8 @@ typedef struct {
   ath_task_t** req_t;
   int* req_attempt;
   size_t nreqs;
+  int64_t* kids; /* workflows that ended cancelled or by a cascade: their children are cancelled */
+  size_t nkids;
 } ath_wfpg_t;
 
 /* Room for the writes of n changed tasks. 0 or ATH_ENOMEM. */
@@ -55,9 +57,12 @@ void ath__wfpg_done(ath_world_t* w, ath_wfpg_t* b, int64_t* stage_at, int64_t* l
 /* Claimed row r is workflow t: its history is the row's, its wake count
  * remembered. A resumption (r->resumed) goes on in the same run: the
  * outcome the claim brought is recorded and it is queued here; returns 1
- * when queued, 0 when it could not be (handed back). Returns -1 for a
- * new run (the caller queues it as any claimed task). */
-int ath__wfpg_claimed(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r);
+ * when queued, 0 when it could not be (handed back). A row a child's
+ * cascade marked fails here, and a resumption whose cancel was accepted
+ * is cancelled here (both with their history; 0, *nwake updated). Returns
+ * -1 for a new run (the caller queues it as any claimed task). */
+int ath__wfpg_claimed(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r, ath_worker_t** wake,
+                      int* nwake);
 
 /* The leader's rescue took rows (lock not held): the workflow segments
  * among them (running or compensating, rescued at most 3 times) go back

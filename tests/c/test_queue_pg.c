@@ -1666,3 +1666,117 @@ TEST_IMPL(db_pg_queue_deadlock_retry) {
   ath__qpg_close(q);
   return 0;
 }
+
+/* ------------------------------------------------------------ workflows */
+
+/* Parks claimed workflow `seq` (attempt 1, state `status`) waiting for
+ * task `task` (wait_kind 1), or on a timer an hour away (task NULL). */
+static void park(ath_qpg_t* q, int64_t lease, int64_t seq, int status, const char* task) {
+  ath_qpg_park_t p = {.seq = seq, .attempt = 1, .status = status, .wait_kind = task ? 1 : 4,
+                      .wait_task = task, .wait_seq = 1, .delay_ms = task ? 0 : 3600000};
+  uint8_t parked = 0;
+  ath_qpg_cycle_t c = {.lease = lease, .parks = &p, .n_parks = 1, .parked = &parked};
+  ASSERT_OK(ath__qpg_cycle(q, &c));
+  ASSERT_EQ(1, parked);
+}
+
+/* Claims one row of queue `queue` under `lease`: its seq. */
+static int64_t claim1(ath_qpg_t* q, int64_t lease, const char* queue) {
+  ath_qpg_tasks_t t;
+  ASSERT_OK(ath__qpg_claim(q, lease, queue, 1, &t));
+  ASSERT_EQ(1, t.n);
+  int64_t seq = t.rows[0].seq;
+  ath__qpg_tasks_free(&t);
+  return seq;
+}
+
+/* Cascade (SEMANTICS §8) in the rows: a task failing under cascade marks
+ * its parent (the first such child stays; a compensating parent is only
+ * woken), which is ready at once and claimed with the child's error; the
+ * end of a cascaded workflow cancels its children, a parked child
+ * workflow through ath__qpg_wf_take (no slot), as a parked workflow's own
+ * cancel does. */
+TEST_IMPL(db_pg_queue_wf_cascade) {
+  ath_qpg_t* q = fresh("qpg_wfc");
+  ath_qpg_lease_t a = node(q, "a");
+  PGconn* c = admin();
+  ath_qpg_insert_t rows[6];
+  ath_qpg_inserted_t out[6];
+  const char* ids[6] = {"p", "c1", "c2", "s", "p2", "c3"};
+  const char* parents[6] = {NULL, "p", "p", "p", NULL, "p2"};
+  for (int i = 0; i < 6; i++) {
+    rows[i] = task_row(ids[i], i == 0 ? "default" : i == 4 ? "wf2" : "kids", 0, "{}");
+    rows[i].parent_id = parents[i];
+    rows[i].kind = i == 0 || i == 3 || i == 4;
+    rows[i].strategy = i == 1 || i == 2 || i == 5 ? ATH_STRATEGY_CASCADE : ATH_STRATEGY_RETRY;
+  }
+  ASSERT_OK(ath__qpg_insert(q, rows, 6, out));
+  int64_t p = claim1(q, a.incarnation, "default"), p2 = claim1(q, a.incarnation, "wf2");
+  park(q, a.incarnation, p, ATH_RUNNING, "c1");
+  park(q, a.incarnation, p2, ATH_COMPENSATING, "c3");
+  int64_t k[4];
+  for (int i = 0; i < 4; i++)
+    k[i] = claim1(q, a.incarnation, "kids"); /* c1, c2, s, c3 */
+  park(q, a.incarnation, k[2], ATH_RUNNING, NULL); /* s sleeps an hour */
+  /* c2 fails under cascade (p waits for c1): p is marked and ready */
+  uint8_t ap[2];
+  ath_qpg_outcome_t f2 = {.seq = k[1], .attempt = 1, .status = ATH_FAILED, .error = "{\"code\":\"E2\"}"};
+  ASSERT_OK(ath__qpg_finish(q, a.incarnation, &f2, 1, ap));
+  ASSERT_EQ(1, ap[0]);
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_wfc.tasks WHERE id = 'p' AND wait_kind = 5"
+                          " AND wait_task = 'c2' AND wf_where = 2 AND lease IS NULL"));
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_wfc.ready r JOIN qpg_wfc.tasks t USING (seq)"
+                          " WHERE t.id = 'p'"));
+  /* c1 and c3 fail too: p keeps c2; p2 compensates, so it is only woken */
+  ath_qpg_outcome_t f13[2] = {{.seq = k[0], .attempt = 1, .status = ATH_FAILED, .error = "{\"code\":\"E1\"}"},
+                              {.seq = k[3], .attempt = 1, .status = ATH_FAILED, .error = "{\"code\":\"E3\"}"}};
+  ASSERT_OK(ath__qpg_finish(q, a.incarnation, f13, 2, ap));
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_wfc.tasks WHERE id = 'p' AND wait_task = 'c2'"));
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_wfc.tasks WHERE id = 'p2' AND wait_kind = 1"
+                          " AND wf_where = 2"));
+  /* the claim of p brings the mark and c2's error */
+  ath_qpg_tasks_t t;
+  ASSERT_OK(ath__qpg_claim(q, a.incarnation, "default", 5, &t));
+  ASSERT_EQ(1, t.n);
+  ASSERT_EQ(1, t.rows[0].resumed);
+  ASSERT_EQ(ATH_QPG_WAIT_CASCADE, t.rows[0].wait_kind);
+  ASSERT_STR_EQ("{\"code\":\"E2\"}", t.rows[0].wait_error);
+  ath__qpg_tasks_free(&t);
+  /* p fails; its children go in the same cycle: s, parked, gets cancel_at
+   * and is ready, then leased to a by ath__qpg_wf_take (by parent) */
+  ath_qpg_outcome_t fp = {.seq = p, .attempt = 1, .status = ATH_FAILED, .error = "{\"code\":\"E2\"}"};
+  ath_qpg_cycle_t cy = {.lease = a.incarnation, .outcomes = &fp, .n_outcomes = 1, .applied = ap,
+                        .kids = &p, .n_kids = 1};
+  ASSERT_OK(ath__qpg_cycle(q, &cy));
+  ASSERT_EQ(1, ap[0]);
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_wfc.tasks WHERE id = 's' AND cancel_at IS NOT NULL"
+                          " AND wf_where = 2 AND due_at IS NULL AND lease IS NULL"));
+  ASSERT_OK(ath__qpg_wf_take(q, a.incarnation, &p, 1, 1, &t));
+  ASSERT_EQ(1, t.n);
+  ASSERT_STR_EQ("s", t.rows[0].id);
+  ASSERT_EQ(1, t.rows[0].resumed);
+  ASSERT_GE(t.rows[0].cancel_at, 0);
+  ath__qpg_tasks_free(&t);
+  ASSERT_EQ(0, sql_int(c, "SELECT count(*) FROM qpg_wfc.ready r JOIN qpg_wfc.tasks t USING (seq)"
+                          " WHERE t.id = 's'"));
+  ASSERT_EQ(a.incarnation, sql_int(c, "SELECT lease FROM qpg_wfc.tasks WHERE id = 's'"));
+  /* cancel of a parked workflow: answer 3, ready with cancel_at, taken by seq */
+  int64_t p2s = p2;
+  int how = 0;
+  ASSERT_OK(ath__qpg_cancel(q, p2s, &how));
+  ASSERT_EQ(0, how); /* p2 compensates: refused */
+  ath_qpg_tasks_t t2;
+  ASSERT_OK(ath__qpg_claim(q, a.incarnation, "wf2", 5, &t2)); /* p2 resumes (woken by c3) */
+  ASSERT_EQ(1, t2.n);
+  ath__qpg_tasks_free(&t2);
+  park(q, a.incarnation, p2, ATH_RUNNING, "nothing");
+  ASSERT_OK(ath__qpg_cancel(q, p2s, &how));
+  ASSERT_EQ(3, how);
+  ASSERT_OK(ath__qpg_wf_take(q, a.incarnation, &p2s, 1, 0, &t2));
+  ASSERT_EQ(1, t2.n);
+  ASSERT_STR_EQ("p2", t2.rows[0].id);
+  ath__qpg_tasks_free(&t2);
+  PQfinish(c);
+  ath__qpg_close(q);
+  return 0;
+}

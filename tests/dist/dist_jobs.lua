@@ -119,5 +119,32 @@ M.saga = athena.workflow("dist.saga", function(ctx, o)
   return out
 end, { taskQueue = "dist", failureStrategy = "compensate", retry = { maxAttempts = 1 } })
 
-M.all = { M.noop, M.sleep, M.flaky, M.dead, M.count, M.step, M.undo, M.saga }
+-- The families of tests/dist/children.lua (child workflows on any node): a parent starts two
+-- child workflows of 3 steps each and waits for both. Each returns the node its last segment ran
+-- on (the node's name, not a command: replays on other nodes may differ) and ctx.parentId.
+local FAMILY = { taskQueue = "dist", retry = { maxAttempts = 1 } }
+
+--- dist.kid{k, ms, fail} -> {parent, node, steps}; its step `fail` fails under cascade (ESTEP)
+M.kid = athena.workflow("dist.kid", function(ctx, o)
+  local steps = {}
+  for n = 1, 3 do
+    local i = o.k * 10 + n
+    steps[n] = ctx:run("dist.step", { n = i, ms = o.ms, fail = o.fail }, i == o.fail and { failureStrategy = "cascade" } or nil)
+  end
+  return { parent = ctx.parentId, node = node, steps = steps }
+end, FAMILY)
+
+--- dist.family{ms, cascade} -> {node, kids = {kid 1, kid 2}}; cascade: kid 1's step 2 fails
+--- under cascade, which fails kid 1 (under cascade too), then the family, and cancels kid 2
+M.family = athena.workflow("dist.family", function(ctx, o)
+  local opts = o.cascade and { failureStrategy = "cascade" } or nil
+  local a = ctx:executeChild("dist.kid", { k = 1, ms = o.ms, fail = o.cascade and 12 or nil }, opts)
+  local b = ctx:executeChild("dist.kid", { k = 2, ms = o.cascade and o.ms * 3 or o.ms }, opts)
+  local ra, ea = a:result()
+  local rb, eb = b:result()
+  if ea or eb then error(ea or eb) end
+  return { node = node, kids = { ra, rb } }
+end, FAMILY)
+
+M.all = { M.noop, M.sleep, M.flaky, M.dead, M.count, M.step, M.undo, M.saga, M.kid, M.family }
 return M

@@ -12,35 +12,14 @@
 --    finished elsewhere; nothing is left ready or leased.
 -- Environment: as tests/dist/control.lua, plus DIST_SAGAS (60) and DIST_STEP_MS (100).
 local athena = require "athena"
-local jobs = require "dist_jobs"
+local C = require "dist_ctl"
 local env = os.getenv
 
 local N = tonumber(env("DIST_SAGAS") or "60")
 local MS = tonumber(env("DIST_STEP_MS") or "100")
-local SCHEMA = assert(env("DIST_SCHEMA"))
 local KILL = env("DIST_KILL")
-local failed = 0
-local function fail(fmt, ...)
-  failed = failed + 1
-  print("FAIL " .. fmt:format(...))
-end
-
-local w = athena.World.new {
-  backend = athena.PostgresBackend.new { url = env("ATHENA_PG_URL"), nodeId = "ctl", schema = SCHEMA,
-    pollInterval = 200 },
-  modules = { "dist_jobs" }, minWorkers = 1, maxWorkers = 1, taskQueues = { dist = { workers = 0 } },
-  heartbeatInterval = 500, heartbeatTimeout = 3000, persistence = "file",
-}
-w:register(table.unpack(jobs.all))
-w:start()
-local db = assert(athena.db.open(env("ATHENA_PG_URL")))
-local function rows(sql, ...)
-  return assert(db:query((sql:gsub("{S}", SCHEMA)), ...))
-end
-local function scalar(sql, ...)
-  local _, v = next(rows(sql, ...)[1])
-  return v
-end
+local fail, rows = C.fail, C.rows
+local w = C.world()
 
 local t0 = athena.now()
 local handles, failing = {}, {}
@@ -50,28 +29,16 @@ for i = 1, N do
   failing[i] = f ~= nil
 end
 
--- the node to kill, once it holds a workflow segment (a leased workflow row)
-local KILL_PID, KILL_NODE, KILL_HELD
+-- the node to kill, once it holds a workflow segment (a leased workflow row); what it still
+-- held when it died (it may have parked them meanwhile, giving the leases back): only those
+-- need the rescue
+local KILL_PID, KILL_HELD
 if KILL then
-  for _, n in ipairs(w:getNodes()) do
-    if n.alive and n.nodeId == KILL then KILL_NODE, KILL_PID = n.nodeId, n.pid end
-  end
-  if KILL_PID == nil then fail("no live node %s to kill", KILL) end
-  local deadline = athena.now() + 20000
-  local held = 0
-  while KILL_PID and held == 0 and athena.now() < deadline do
-    held = scalar("select count(*) as n from {S}.tasks t join {S}.nodes n on n.incarnation = t.lease" ..
-      " where n.node_id = $1 and t.kind = 1", KILL_NODE)
-  end
-  if held == 0 then fail("node %s never held a workflow segment", tostring(KILL_NODE)) end
-  os.execute("kill -9 " .. KILL_PID)
-  -- what it still held when it died (it may have parked them meanwhile,
-  -- giving the leases back): only those need the rescue
-  held = scalar("select count(*) as n from {S}.tasks t join {S}.nodes n on n.incarnation = t.lease" ..
-    " where n.node_id = $1 and t.kind = 1", KILL_NODE)
-  KILL_HELD = held
-  print(("killed node %s (pid %s) holding %d workflow segment(s) at %d ms"):format(KILL_NODE, KILL_PID, held,
-    athena.now() - t0))
+  local leased = "select count(*) as n from {S}.tasks t join {S}.nodes n on n.incarnation = t.lease" ..
+    " where n.node_id = $1 and t.kind = 1"
+  KILL_PID, KILL_HELD = C.kill_holding(w, KILL, leased, leased)
+  print(("killed node %s (pid %s) holding %d workflow segment(s) at %d ms"):format(KILL, tostring(KILL_PID),
+    KILL_HELD, athena.now() - t0))
 end
 
 for i, h in ipairs(handles) do
@@ -87,24 +54,7 @@ end
 local t_end = athena.now()
 
 -- each (task, attempt) once across the logs; who ran what
-local starts, node_of, last, order = {}, {}, {}, {}
-for name in (env("DIST_NODES") or "a,b,c"):gmatch("[^,]+") do
-  local f = io.open(env("DIST_LOG") .. "." .. name)
-  for line in (f and f:lines() or function() end) do
-    local what, id, attempt = line:match("^(%a+) (%S+) (%d+)")
-    attempt = tonumber(attempt)
-    if what == "start" then
-      local k = id .. "#" .. attempt
-      if starts[k] then fail("%s ran twice (%s and %s)", k, starts[k], name) end
-      starts[k] = name
-      node_of[id] = node_of[id] or {}
-      node_of[id][name] = true
-      if (last[id] or 0) < attempt then last[id] = attempt end
-      order[#order + 1] = id
-    end
-  end
-  if f then f:close() end
-end
+local last, node_of = C.starts()
 
 local multi, rescued_wf = 0, 0
 for i, h in ipairs(handles) do
@@ -154,12 +104,6 @@ if multi == 0 then fail("no saga had its steps run on two nodes or more") end
 if KILL_PID and KILL_HELD > 0 and rescued_wf == 0 then
   fail("the killed node held %d workflow segment(s) and none was rescued", KILL_HELD)
 end
-local ready = scalar("select count(*) as n from {S}.ready")
-local leased = scalar("select count(*) as n from {S}.tasks where lease is not null")
-if ready ~= 0 or leased ~= 0 then fail("%d ready and %d leased rows left", ready, leased) end
 print(("sagas %d (%d compensated): all results in %d ms; %d ran steps on >= 2 nodes; %d rescued workflows")
   :format(N, N // 3, t_end - t0, multi, rescued_wf))
-db:close()
-w:shutdown()
-print(failed == 0 and "PASS" or ("FAILED: %d"):format(failed))
-os.exit(failed == 0 and 0 or 1)
+C.finish(w)

@@ -27,6 +27,61 @@ local function world()
   return w, sch
 end
 
+-- The same workflows on a SQLite world (file persistence): the reference.
+local function sqlite_world()
+  local w = athena.World.new {
+    persistence = "file", persistencePath = S.tmpname(),
+    modules = { "fixtures.wf_jobs" }, minWorkers = 2, maxWorkers = 2,
+  }
+  w:register(wf.all())
+  w:start()
+  worlds[#worlds + 1] = w
+  return w
+end
+
+-- v without what differs between two runs of the same workflows (times, run ids).
+local function norm(v) -- (and the temporary files of its input)
+  if type(v) ~= "table" then return v end
+  local out = {}
+  for k, x in pairs(v) do
+    if k ~= "at" and k ~= "runId" and k ~= "startedAt" and k ~= "log" and k ~= "gate" then
+      out[k] = type(x) == "string" and x:match("^%x+%-%x+%-%x+%-%x+%-%x+$") and "<uuid>" or norm(x)
+    end
+  end
+  return out
+end
+
+-- Task id and everything it owns, once all of it ended: {id = {name, status,
+-- result, error, history, parentId, attempt}}, normalized.
+local function tree_of(w, id, out)
+  out = out or {}
+  local q = S.eventually(function()
+    local q = w:query(id)
+    return q and q.completedAt and q
+  end, nil, id .. " to end")
+  out[id] = norm { name = q.name, status = q.status, result = q.result, error = q.error, history = q.history,
+    parentId = q.parentId, attempt = q.attempt }
+  for _, c in ipairs(q.children or {}) do tree_of(w, c, out) end
+  return out
+end
+
+-- Runs start(w) on a SQLite world and on a PostgreSQL one: the same result
+-- (or error) and the same tasks, states and histories. Returns the
+-- PostgreSQL world's tree and schema.
+local function same_as_sqlite(start)
+  local out = {}
+  for i, w in ipairs { sqlite_world(), (world()) } do
+    local h = start(w)
+    local r, err = S.result(h)
+    out[i] = { r = norm(r), err = norm(err), tree = tree_of(w, h.id) }
+  end
+  assert.same(out[1].r, out[2].r)
+  assert.same(out[1].err, out[2].err)
+  if os.getenv("DBG") then print(athena.json.encode(out[1].tree)) print(athena.json.encode(out[2].tree)) end
+  assert.same(out[1].tree, out[2].tree)
+  return out[2], "wf" .. schemas
+end
+
 local function sql(sch, q, ...)
   return assert(admin:query((q:gsub("{S}", sch)), ...))
 end
@@ -60,10 +115,13 @@ local function same_history(sch, h)
   assert.equals(#rows, sql(sch, "select hist_n from {S}.tasks where id = $1", h.id)[1].hist_n)
 end
 
--- Nothing left leased or ready once everything ended.
+-- Nothing left leased or ready once everything ended (the rows of tasks
+-- ended in RAM are written by the next cycles).
 local function settled(sch)
-  assert.equals(0, sql(sch, "select count(*) as n from {S}.tasks where lease is not null")[1].n)
-  assert.equals(0, sql(sch, "select count(*) as n from {S}.ready")[1].n)
+  S.eventually(function()
+    return sql(sch, "select count(*) as n from {S}.tasks where lease is not null")[1].n == 0
+      and sql(sch, "select count(*) as n from {S}.ready")[1].n == 0
+  end, nil, "no row leased or ready")
 end
 
 describe("workflows on the PostgreSQL backend", function()
@@ -145,27 +203,71 @@ describe("workflows on the PostgreSQL backend", function()
     settled(sch)
   end)
 
-  it("wrong inputs still give clear errors; what is not built yet is ENOSYS", function()
+  it("wrong inputs still give clear errors", function()
     local w, sch = world()
     local r, err = S.result(w:execute("wf.badcalls"))
     assert.is_nil(err)
     assert.same({ "EINVAL", "ENOTFOUND", "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EINVAL",
       "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EINVAL" }, r)
-    -- a child workflow: its parent fails with ENOSYS, not retried
-    local h = w:execute("wf.mid", {})
-    r, err = S.result(h)
-    assert.is_nil(r)
-    assert.equals("ENOSYS", err.code)
-    assert.matches("child workflows on the PostgreSQL backend are not supported yet", err.message, 1, true)
-    assert.equals(1, h:query().attempt)
-    -- a step under cascade
-    r, err = S.result(w:execute("wf.cascadeStep"))
-    assert.is_nil(err)
-    assert.equals("ENOSYS", r.code)
-    assert.matches("cascade on the PostgreSQL backend are not supported yet", r.message, 1, true)
     -- an unknown workflow name, bad input
     S.raises("ENOTFOUND", w.execute, w, "wf.nosuch", {})
     S.raises("EINVAL", w.execute, w, "wf.order", { f = print })
+    settled(sch)
+  end)
+
+  it("child workflows two levels deep and a re-run child: results and histories as on SQLite", function()
+    local n = 0
+    local got, sch = same_as_sqlite(function(w)
+      n = n + 1
+      return w:execute("tree.top", { gate = S.tmpname() }, { id = "top" })
+    end)
+    local r = got.r
+    assert.same({ "reserve ok 11", "top/1/1", "top/1/1" }, { r.m1.a.r, r.m1.a.parent, r.m1.a.meta })
+    assert.equals("top", r.m1.parent)
+    assert.equals("reserve ok 22", r.m2.b.r)
+    assert.equals("ok", r.rerun) -- the child's second run
+    assert.equals(2, got.tree["top/1/3"].attempt)
+    assert.equals("workflow.retrying", got.tree["top/1/3"].history[6].type)
+    -- top, 2 mids, 4 leaves, the re-run child and every step: each once
+    local kinds = {}
+    for id, t in pairs(got.tree) do kinds[t.name] = (kinds[t.name] or 0) + 1 end
+    assert.same({ ["tree.top"] = 1, ["tree.mid"] = 2, ["tree.leaf"] = 4, ["wf.rerun"] = 1, ["wf.reserve"] = 4,
+      ["wf.charge"] = 3, ["wf.flaky"] = 2 }, kinds)
+    -- a child workflow's row names its parent
+    assert.equals("top/1/1", sql(sch, "select parent_id from {S}.tasks where id = 'top/1/1/1/1'")[1].parent_id)
+    settled(sch)
+  end)
+
+  it("a step under cascade fails its workflow, whose parked child is cancelled; a cascade child passes it up", function()
+    for _, name in ipairs { "tree.cascade", "tree.cascadeChild" } do
+      local got, sch = same_as_sqlite(function(w)
+        local log, gate = S.tmpname(), S.tmpname()
+        local h = w:execute(name, { log = log, gate = gate }, { id = "c" })
+        -- the sibling parked on its step: then the step fails
+        S.eventually(function() return #lines(log) == 1 end, nil, "the sibling's step to start")
+        local f = assert(io.open(gate, "w"))
+        f:close()
+        return h
+      end)
+      assert.equals("EGATED", got.err.code)
+      local root = name == "tree.cascade" and "c" or "c/1/1"
+      assert.equals("failed", got.tree[root].status)
+      assert.equals("cancelled", got.tree[root .. "/1/1"].status) -- the sibling child workflow
+      assert.equals("cancelled", got.tree[root .. "/1/1/1/1"].status) -- its step
+      local h = got.tree[root].history
+      assert.same({ "workflow.started", "child.started", "activity.scheduled", "workflow.failed" }, types(h))
+      settled(sch)
+    end
+  end)
+
+  it("cancel of a parked workflow is accepted; it and its children end cancelled, as on SQLite", function()
+    local _, sch = same_as_sqlite(function(w)
+      local log = S.tmpname()
+      local h = w:execute("wf.hold", { log = log }, { id = "hold" })
+      S.eventually(function() return #lines(log) == 2 end, nil, "both slow steps to start")
+      assert.is_true(h:cancel())
+      return h
+    end)
     settled(sch)
   end)
 end)
