@@ -246,7 +246,11 @@ static ath_db_t* conn(ath_gws_t* s, ath_gwconn_t* c, int i, ath_db_error_t* err)
        * wrote, and with the writers on connections of their own that is
        * after every write (unmapping, faulting in again, TLB shoot-downs:
        * a mix of fetches and inserts served 20 % fewer requests with it, and
-       * fetches alone gained nothing from it) */
+       * fetches alone gained nothing from it). Measured again with group
+       * commit, a map on the reading connections only: 0.9 pread a mix
+       * request instead of 14, but 1.5 page faults, and the first touch of
+       * each page after a remap took 29 % of the server's samples on this
+       * (paravirtualized) machine; no gain */
       snprintf(sql, sizeof(sql), "%s", "PRAGMA case_sensitive_like = ON; PRAGMA cache_size = -16384");
     } else {
       /* the session's limit, so that one statement needs no transaction */
