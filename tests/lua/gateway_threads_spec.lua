@@ -83,6 +83,24 @@ local function wal_commits(path)
   return n
 end
 
+-- Runs shell command `cmd` (a probe) while connection db holds the write
+-- lock: the probe prints a line, the lock is let go, the probe is told so
+-- on its standard input and prints a second line. Returns both lines.
+local function while_locked(db, dir, cmd)
+  assert(db:exec("BEGIN IMMEDIATE")) -- the write lock, held by another connection
+  local fifo = dir .. "/go"
+  os.execute("mkfifo '" .. fifo .. "'")
+  local p = assert(io.popen(cmd .. " < '" .. fifo .. "'"))
+  local go = assert(io.open(fifo, "w")) -- opens once the probe has the other end
+  local first = p:read("l")
+  assert(db:exec("COMMIT"))
+  go:write("\n")
+  go:close()
+  local second = p:read("l")
+  p:close()
+  return first, second
+end
+
 describe("gateway threads", function()
   after_each(function()
     S.cleanup()
@@ -105,17 +123,7 @@ describe("gateway threads", function()
     local f = assert(io.open(py, "w"))
     f:write(SCRIPT)
     f:close()
-    assert(db:exec("BEGIN IMMEDIATE")) -- the write lock, held by another connection
-    local fifo = dir .. "/go"
-    os.execute("mkfifo '" .. fifo .. "'")
-    local p = assert(io.popen("python3 '" .. py .. "' " .. s.url:match(":(%d+)$") .. " < '" .. fifo .. "'"))
-    local go = assert(io.open(fifo, "w")) -- opens once python has the other end
-    local fetches = p:read("l")
-    assert(db:exec("COMMIT"))
-    go:write("\n")
-    go:close()
-    local insert = p:read("l")
-    p:close()
+    local fetches, insert = while_locked(db, dir, "python3 '" .. py .. "' " .. s.url:match(":(%d+)$"))
     assert.equals("200 200 200 200 200", fetches)
     assert.matches("^200 .*Inserted 1 rows", insert)
     assert.equals(2, #assert(db:query("SELECT id FROM items")))
@@ -150,18 +158,8 @@ describe("gateway threads", function()
     f:write(table.concat(bodies, "\n"))
     f:close()
     local commits = wal_commits(path .. "-wal")
-    assert(db:exec("BEGIN IMMEDIATE")) -- the write lock, held by another connection
-    local fifo = dir .. "/go"
-    os.execute("mkfifo '" .. fifo .. "'")
-    local p = assert(io.popen("python3 '" .. py .. "' " .. s.url:match(":(%d+)$") .. " '" .. lines .. "' < '" ..
-      fifo .. "'"))
-    local go = assert(io.open(fifo, "w"))
-    local fetch = p:read("l")
-    assert(db:exec("COMMIT"))
-    go:write("\n")
-    go:close()
-    local inserts = p:read("l")
-    p:close()
+    local fetch, inserts = while_locked(db, dir, "python3 '" .. py .. "' " .. s.url:match(":(%d+)$") .. " '" ..
+      lines .. "'")
     assert.equals("200 200", fetch)
     local ids = S.ids(assert(db:query("SELECT id FROM items ORDER BY id")))
     commits = wal_commits(path .. "-wal") - commits
