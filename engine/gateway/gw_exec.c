@@ -350,11 +350,13 @@ int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen) {
   for (int i = 0; i < s->cfg.ndbs; i++) {
     ath_db_error_t e;
     conn(s, &t->conns[i], i, &e);
-    /* SQLite's mutations run off the loop on a connection of their own,
-     * opened now for the same reason (writers take turns anyway: one) */
+    /* SQLite's mutations run off the loop, one group at a time per
+     * thread (c is the thread's turn), on the process's writer connection
+     * (s->wconns), opened now by the first thread for the same reason */
     ath_gwconn_t* c;
     if (ath__db_url_kind(s->cfg.db_urls[i]) == ATH_DB_SQLITE && (c = calloc(1, sizeof(*c))) != NULL) {
-      conn(s, c, i, &e);
+      if (t->index == 0)
+        conn(s, &s->wconns[i], i, &e);
       t->idle[i] = c;
       t->nmade[i] = 1;
     }
@@ -1176,20 +1178,26 @@ static int group_pass(ath_gws_t* s, ath_gwconn_t* c, ath_db_t* db, const char* b
  * and one sync for all, each answered only once that commit is in, and
  * each in a savepoint, so that one that fails fails alone. */
 static void execute_group(ath_gws_t* s, ath_gwconn_t* c, run_t** runs, prep_t** preps, size_t n) {
-  ath_db_t* db = group_db(s, c, runs, n);
-  if (db == NULL)
-    return;
   const ath_gwjob_t* job = runs[0]->job;
   const ath_gw_plan_t* plan = &runs[0]->plan;
-  int pg = ath__db_kind(db) == ATH_DB_PG;
+  int pg = ath__db_url_kind(s->cfg.db_urls[job->db]) == ATH_DB_PG;
   int fetch = job->op == ATH_GW_FETCH;
+  /* SQLite writers of this process take turns here, not in the busy
+   * handler, on the one connection they share (see wconns) */
+  int writer = !pg && !fetch;
+  if (writer) {
+    uv_mutex_lock(&s->writers[job->db]);
+    c = &s->wconns[job->db];
+  }
+  ath_db_t* db = group_db(s, c, runs, n);
+  if (db == NULL) {
+    if (writer)
+      uv_mutex_unlock(&s->writers[job->db]);
+    return;
+  }
   const char* begin = fetch && n == 1 && plan->nstmts <= 1 && !plan->has_count ? NULL
                       : pg || fetch                                               ? "BEGIN"
                                                                                   : "BEGIN IMMEDIATE";
-  /* SQLite writers of this process take turns here, not in the busy handler */
-  int writer = !pg && !fetch;
-  if (writer)
-    uv_mutex_lock(&s->writers[job->db]);
   while (group_pass(s, c, db, begin, runs, n)) {
     for (size_t i = 0; i < n; i++)
       if (runs[i]->rc == -1)
@@ -1246,8 +1254,9 @@ static void run_health(ath_gwt_t* t, ath_gwjob_t* job) {
  * the other writers). Its HTTP side stays on the gateway thread, which
  * answers it when the pool is done. Each gateway thread keeps at most
  * OFF_LOOP_CONNS such connections per PostgreSQL database (opened on first
- * use) and one per SQLite database (opened at start; writers take turns
- * anyway); more requests wait for one in order. SQLite mutations that
+ * use) and one turn per SQLite database (its mutations then run on the
+ * process's writer connection, s->wconns); more requests wait for one in
+ * order. SQLite mutations that
  * waited together run together, up to GROUP_MAX in one transaction
  * (execute_group). SQLite reads run where they are. */
 #define OFF_LOOP_CONNS 4
