@@ -155,6 +155,10 @@ static void free_server(ath_gws_t* s) {
   for (int i = 0; s->writers && i < s->cfg.ndbs; i++)
     uv_mutex_destroy(&s->writers[i]);
   free(s->writers);
+  for (int i = 0; s->wconns && i < s->cfg.ndbs; i++)
+    if (s->wconns[i].db != NULL)
+      ath__db_free(s->wconns[i].db);
+  free(s->wconns);
   free(s->threads);
   ath__gw_limiter_free(&s->lim);
   ath__gws_config_free(&s->cfg);
@@ -240,7 +244,8 @@ int ath__gws_new(ath_world_t* w, ath_gws_config_t* cfg, ath_gws_t** out, char* e
   s->cats = calloc((size_t)s->cfg.ndbs, sizeof(*s->cats));
   s->threads = calloc((size_t)n, sizeof(*s->threads));
   s->writers = calloc((size_t)s->cfg.ndbs, sizeof(*s->writers));
-  if (s->cats == NULL || s->threads == NULL || s->writers == NULL) {
+  s->wconns = calloc((size_t)s->cfg.ndbs, sizeof(*s->wconns));
+  if (s->cats == NULL || s->threads == NULL || s->writers == NULL || s->wconns == NULL) {
     free(s->writers);
     s->writers = NULL;
     free_server(s);

@@ -330,6 +330,11 @@ struct ath_gws_s {
   ath_gws_cat_t** cats;      /* current catalog per database (atomic pointers) */
   unsigned cat_gen;          /* counts refreshes (atomic): plan caches empty */
   uv_mutex_t* writers;       /* per database: SQLite writers take turns */
+  /* per database: the SQLite connection every thread's mutations run on,
+   * under writers[i]. One for the process: a connection drops its whole
+   * page cache when it finds that another one committed, and writers of
+   * their own would do so at each other's commits */
+  ath_gwconn_t* wconns;
   ath_gwt_t* threads;
   int nthreads;
   uv_mutex_t lim_mu;         /* guards lim */

@@ -28,6 +28,79 @@ r = a.getresponse()
 print(r.status, r.read().decode(), flush=True)
 ]]
 
+-- Group commit: insert A (the first line of the file argv[2], one body a
+-- line) waits for the write lock the test holds; the other inserts arrive
+-- meanwhile on connections of their own; a fetch on one more connection
+-- after A, and after the others, is answered once they were read. Prints
+-- the fetches' statuses, then (once
+-- the test let the lock go) each insert's status and error code.
+local GROUP_SCRIPT = [[
+import http.client, json, sys
+port = int(sys.argv[1])
+bodies = open(sys.argv[2]).read().splitlines()
+h = {"Content-Type": "application/json", "apikey": "K"}
+conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(len(bodies) + 1)]
+for c in conns: c.connect()
+def fetch():  # answered after what was sent before it was read
+    conns[-1].request("POST", "/gateway/fetch", body='{"table_name":"items"}', headers=h)
+    r = conns[-1].getresponse(); r.read()
+    return str(r.status)
+got = []
+for c, body in zip(conns, bodies):
+    c.request("PUT", "/gateway/insert", body=body, headers=h)
+    if c is conns[0]:
+        got.append(fetch())  # A first, alone
+got.append(fetch())
+print(" ".join(got), flush=True)
+sys.stdin.readline()  # the test has let the lock go
+out = []
+for c in conns[:-1]:
+    r = c.getresponse()
+    out.append("%d:%s" % (r.status, json.loads(r.read()).get("code", "-")))
+print(" ".join(out), flush=True)
+]]
+
+-- Commits in a WAL file: frames of the current salt whose header gives
+-- the database size after a commit (sqlite.org/fileformat2.html#walformat).
+local function wal_commits(path)
+  local wal = S.readfile(path) or ""
+  if #wal < 32 then
+    return 0
+  end
+  local page = string.unpack(">I4", wal, 9)
+  local salt1, salt2 = string.unpack(">I4I4", wal, 17)
+  local n, at = 0, 33
+  while at + 24 + page - 1 <= #wal do
+    local _, size, s1, s2 = string.unpack(">I4I4I4I4", wal, at)
+    if s1 ~= salt1 or s2 ~= salt2 then
+      break
+    end
+    if size ~= 0 then
+      n = n + 1
+    end
+    at = at + 24 + page
+  end
+  return n
+end
+
+-- Runs shell command `cmd` (a probe) while connection db holds the write
+-- lock: the probe prints a line, the lock is let go, the probe is told so
+-- on its standard input and prints a second line. Returns both lines.
+local function while_locked(db, dir, cmd)
+  assert(db:exec("BEGIN IMMEDIATE")) -- the write lock, held by another connection
+  local fifo = dir .. "/go"
+  os.execute("mkfifo '" .. fifo .. "'")
+  local p = assert(io.popen(cmd .. " < '" .. fifo .. "'"))
+  local go = assert(io.open(fifo, "w")) -- opens once the probe has the other end
+  local first = p:read("l")
+  assert(db:exec("COMMIT"))
+  go:write("\n")
+  go:close()
+  local second = p:read("l")
+  p:close()
+  return first, second
+end
+
 describe("gateway threads", function()
   after_each(function()
     S.cleanup()
@@ -50,21 +123,74 @@ describe("gateway threads", function()
     local f = assert(io.open(py, "w"))
     f:write(SCRIPT)
     f:close()
-    assert(db:exec("BEGIN IMMEDIATE")) -- the write lock, held by another connection
-    local fifo = dir .. "/go"
-    os.execute("mkfifo '" .. fifo .. "'")
-    local p = assert(io.popen("python3 '" .. py .. "' " .. s.url:match(":(%d+)$") .. " < '" .. fifo .. "'"))
-    local go = assert(io.open(fifo, "w")) -- opens once python has the other end
-    local fetches = p:read("l")
-    assert(db:exec("COMMIT"))
-    go:write("\n")
-    go:close()
-    local insert = p:read("l")
-    p:close()
+    local fetches, insert = while_locked(db, dir, "python3 '" .. py .. "' " .. s.url:match(":(%d+)$"))
     assert.equals("200 200 200 200 200", fetches)
     assert.matches("^200 .*Inserted 1 rows", insert)
     assert.equals(2, #assert(db:query("SELECT id FROM items")))
     db:close()
+  end)
+
+  -- Serves items(id, name) holding row 1 (plus `schema`) with one gateway
+  -- thread, sends GROUP_SCRIPT's inserts while the write lock is held;
+  -- returns the inserts' outcomes, the ids then stored and the commits
+  -- the inserts made.
+  local function group(bodies, gateway, schema)
+    local dir = S.tmpname()
+    os.execute("mkdir -p '" .. dir .. "'")
+    local path = dir .. "/t.db"
+    local url = "sqlite:" .. path
+    local db = assert(athena.db.open(url))
+    assert(db:query("PRAGMA journal_mode = WAL"))
+    assert(db:exec("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT)"))
+    assert(db:exec("INSERT INTO items VALUES (1, 'one')"))
+    if schema then
+      assert(db:exec(schema))
+    end
+    local w = S.world {}
+    w:start()
+    gateway.db, gateway.keys, gateway.tables, gateway.threads = url, { K = { rights = "*" } }, { "items" }, 1
+    local s = w:serve { port = 0, gateway = gateway }
+    local py, lines = dir .. "/probe.py", dir .. "/bodies"
+    local f = assert(io.open(py, "w"))
+    f:write(GROUP_SCRIPT)
+    f:close()
+    f = assert(io.open(lines, "w"))
+    f:write(table.concat(bodies, "\n"))
+    f:close()
+    local commits = wal_commits(path .. "-wal")
+    local fetch, inserts = while_locked(db, dir, "python3 '" .. py .. "' " .. s.url:match(":(%d+)$") .. " '" ..
+      lines .. "'")
+    assert.equals("200 200", fetch)
+    local ids = S.ids(assert(db:query("SELECT id FROM items ORDER BY id")))
+    commits = wal_commits(path .. "-wal") - commits
+    db:close()
+    return inserts, ids, commits
+  end
+
+  it("commit the mutations that waited together in one transaction, one failing alone", function()
+    -- B is two statements (rows of different key sets), the second a duplicate key
+    local inserts, ids, commits = group({ '{"table_name":"items","insert_body":{"id":2}}',
+      '{"table_name":"items","insert_body":[{"id":5,"name":"x"},{"id":1}]}',
+      '{"table_name":"items","insert_body":{"id":3}}', '{"table_name":"items","insert_body":{"id":4}}' }, {})
+    -- B's duplicate undid its first row too; A, C and D are in
+    assert.equals("200:- 409:unique_violation 200:- 200:-", inserts)
+    assert.same({ 1, 2, 3, 4 }, ids)
+    -- A alone (it found the connection free), then B, C and D together
+    assert.equals(2, commits)
+  end)
+
+  it("run a group again when a statement timeout took its transaction", function()
+    -- SQLite rolls the whole transaction back when it interrupts a write:
+    -- C, run before B in the same group, must be run again, and D after it
+    local slow = [[CREATE TRIGGER slow AFTER INSERT ON items WHEN new.name = 'slow' BEGIN
+      SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c);
+    END]]
+    local inserts, ids, commits = group({ '{"table_name":"items","insert_body":{"id":2}}',
+      '{"table_name":"items","insert_body":{"id":3}}', '{"table_name":"items","insert_body":{"id":5,"name":"slow"}}',
+      '{"table_name":"items","insert_body":{"id":4}}' }, { limits = { statementTimeout = "200ms" } }, slow)
+    assert.equals("200:- 200:- 504:statement_timeout 200:-", inserts)
+    assert.same({ 1, 2, 3, 4 }, ids)
+    assert.equals(2, commits)
   end)
 
   it("are 1 to 64 (one HTTP loop each)", function()
