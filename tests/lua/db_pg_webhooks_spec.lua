@@ -45,7 +45,8 @@ local function receiver()
   local script, portf, log = dir .. "/hook.py", dir .. "/port", dir .. "/hits"
   local f = assert(io.open(script, "w"))
   f:write([[
-import http.server, json, os, sys
+import http.server, json, os, signal, sys
+signal.alarm(120)  # outlives no spec that lost it (SIGALRM ends the process)
 portf, log = sys.argv[1], sys.argv[2]
 class H(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
@@ -68,7 +69,7 @@ s.serve_forever()
 ]])
   f:close()
   assert(os.execute("command -v python3 >/dev/null"), "python3 is needed for the webhook receiver")
-  local p = io.popen(("env -u LD_PRELOAD timeout 120 python3 %s %s %s >/dev/null 2>&1 & echo $!"):format(
+  local p = io.popen(("env -u LD_PRELOAD python3 %s %s %s >/dev/null 2>&1 & echo $!"):format(
     q(script), q(portf), q(log)))
   pids[#pids + 1] = tonumber(p:read("l"))
   p:close()
