@@ -139,11 +139,14 @@ describe('Athena dashboard (assets/dashboard.html) against the mock server', { t
     // workers: ids, colored status badges, running count "n / concurrency", memory
     const workers = await tableTexts('workers-table');
     assert.deepEqual(workers.map((w) => w.key), mock.workers().map((w) => w.id));
-    const badges = await page.$$eval('#workers-table tbody .badge', (bs) => bs.map((b) => [b.textContent, b.className]));
+    // one snapshot of text, class and colour: the table is redrawn on every poll,
+    // and two separate queries could straddle a redraw
+    const badges = await page.$$eval('#workers-table tbody .badge',
+      (bs) => bs.map((b) => [b.textContent, b.className, getComputedStyle(b).backgroundColor]));
     assert.ok(badges.some(([t, c]) => t === 'stopping' && /warn/.test(c)), 'worker-5 shows a "stopping" badge');
     assert.ok(badges.every(([t]) => ['idle', 'busy', 'stopping', 'stopped'].includes(t)));
-    const bgColors = new Set(await page.$$eval('#workers-table tbody .badge', (bs) => bs.map((b) => getComputedStyle(b).backgroundColor)));
-    assert.ok(bgColors.size >= 2, 'badges are colored by status');
+    const bgColors = new Set(badges.map(([, , bg]) => bg));
+    assert.ok(bgColors.size >= 2, `badges are colored by status (${JSON.stringify(badges)})`);
     const w1 = workers.find((w) => w.key === 'worker-3');
     assert.match(w1.cells[3], /^\d+ \/ 4/);
     assert.match(w1.cells[6], /MB|KB/);
