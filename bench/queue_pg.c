@@ -61,15 +61,15 @@ static double setup(void) {
   ath_qpg_t* q = connect_q();
   if (ath__qpg_migrate(q, NULL) != 0)
     die("migrate", q);
-  ath_qpg_insert_t* rows = calloc(1000, sizeof(*rows));
-  ath_qpg_inserted_t* out = calloc(1000, sizeof(*out));
+  ath_queue_insert_t* rows = calloc(1000, sizeof(*rows));
+  ath_queue_inserted_t* out = calloc(1000, sizeof(*out));
   char(*ids)[24] = calloc(1000, 24);
   uint64_t t0 = ath__mono_ns();
   for (int base = 0; base < n_tasks; base += 1000) {
     int k = n_tasks - base < 1000 ? n_tasks - base : 1000;
     for (int i = 0; i < k; i++) {
       snprintf(ids[i], 24, "b%d", base + i);
-      rows[i] = (ath_qpg_insert_t){.id = ids[i], .name = "noop", .queue = "default",
+      rows[i] = (ath_queue_insert_t){.id = ids[i], .name = "noop", .queue = "default",
                                    .input = "{}", .max_attempts = 3};
     }
     if (ath__qpg_insert(q, rows, (size_t)k, out) != 0)
@@ -93,21 +93,21 @@ static void* host(void* arg) {
   host_t* h = arg;
   ath_qpg_t* q = connect_q();
   const char* queues[] = {"default", NULL};
-  ath_qpg_node_t n = {.node_id = "bench", .queues = queues, .slots = batch, .ttl_ms = 30000,
+  ath_queue_node_t n = {.node_id = "bench", .queues = queues, .slots = batch, .ttl_ms = 30000,
                       .interval_ms = 5000};
-  ath_qpg_lease_t lease;
+  ath_queue_lease_t lease;
   if (ath__qpg_node_register(q, &n, ath__mono_ns(), &lease) != 0)
     die("register", q);
-  ath_qpg_outcome_t* o = calloc((size_t)batch, sizeof(*o));
+  ath_queue_outcome_t* o = calloc((size_t)batch, sizeof(*o));
   uint8_t* applied = calloc((size_t)batch, 1);
   size_t pending = 0;
   pthread_barrier_wait(h->start);
   for (;;) {
-    ath_qpg_tasks_t t;
-    ath_qpg_claim_t cl = {.queue = "default", .n = batch, .out = &t};
+    ath_queue_tasks_t t;
+    ath_queue_claim_t cl = {.queue = "default", .n = batch, .out = &t};
     int rc;
     if (h->mode < 2) {
-      ath_qpg_cycle_t c = {.outcomes = o, .n_outcomes = pending, .applied = applied,
+      ath_queue_cycle_t c = {.outcomes = o, .n_outcomes = pending, .applied = applied,
                            .lease = lease.incarnation, .claims = &cl, .n_claims = 1,
                            .one_commit = h->mode == 1};
       rc = ath__qpg_cycle(q, &c);
@@ -124,7 +124,7 @@ static void* host(void* arg) {
     }
     pending = t.n;
     for (size_t i = 0; i < t.n; i++)
-      o[i] = (ath_qpg_outcome_t){.seq = t.rows[i].seq, .attempt = t.rows[i].attempt,
+      o[i] = (ath_queue_outcome_t){.seq = t.rows[i].seq, .attempt = t.rows[i].attempt,
                                  .status = ATH_COMPLETED, .result = "null"};
     ath__qpg_tasks_free(&t);
     if (pending == 0)

@@ -93,7 +93,7 @@ static const char* const MIGRATIONS[ATH_QPG_SCHEMA_VERSION] = {
 
 /* ------------------------------------------------------------ statements */
 
-/* The columns ath_qpg_task_t is decoded from (by name; absent ones stay
+/* The columns ath_queue_task_t is decoded from (by name; absent ones stay
  * at their defaults). */
 #define TASK_COLS(t)                                                                           \
   t ".seq, " t ".id, " t ".name, " t ".kind, " t ".queue, " t ".status, " t ".priority, " t \
@@ -536,6 +536,7 @@ static const char* const STMTS[ST_COUNT] = {
 enum { IT_PREP, IT_QUERY, IT_SYNC };
 
 struct ath_qpg_s {
+  ath_queue_conn_t base; /* first: the engine reaches the provider from it */
   PGconn* conn;
   char* schema;         /* as given (the lock key hashes it) */
   char* qschema;        /* quoted as an identifier */
@@ -683,6 +684,7 @@ int ath__qpg_open(const char* conninfo, const char* schema, int notify, ath_qpg_
   ath_qpg_t* q = calloc(1, sizeof(*q));
   if (q == NULL)
     return ATH_ENOMEM;
+  q->base.provider = ath_postgres_queue();
   q->notify = notify != 0;
   q->schema = ath__memdup(schema, strlen(schema));
   q->conn = PQconnectdb(conninfo);
@@ -1044,7 +1046,7 @@ static int get_bool(const PGresult* r, int row, int col) {
 
 /* ------------------------------------------------------------ rows */
 
-void ath__qpg_tasks_free(ath_qpg_tasks_t* t) {
+void ath__qpg_tasks_free(ath_queue_tasks_t* t) {
   if (t == NULL)
     return;
   free(t->rows);
@@ -1052,7 +1054,7 @@ void ath__qpg_tasks_free(ath_qpg_tasks_t* t) {
   memset(t, 0, sizeof(*t));
 }
 
-void ath__qpg_inserted_clear(ath_qpg_inserted_t* r, size_t n) {
+void ath__qpg_inserted_clear(ath_queue_inserted_t* r, size_t n) {
   for (size_t i = 0; i < n; i++) {
     free(r[i].existing_name);
     r[i].existing_name = NULL;
@@ -1060,7 +1062,7 @@ void ath__qpg_inserted_clear(ath_qpg_inserted_t* r, size_t n) {
 }
 
 /* Decodes task rows by column name; takes the result. */
-static int decode_tasks(PGresult* r, ath_qpg_tasks_t* out) {
+static int decode_tasks(PGresult* r, ath_queue_tasks_t* out) {
   memset(out, 0, sizeof(*out));
   int n = PQntuples(r);
   if (n > 0 && (out->rows = calloc((size_t)n, sizeof(*out->rows))) == NULL) {
@@ -1076,7 +1078,7 @@ static int decode_tasks(PGresult* r, ath_qpg_tasks_t* out) {
   COL(wait_result); COL(wait_error);
 #undef COL
   for (int i = 0; i < n; i++) {
-    ath_qpg_task_t* t = &out->rows[i];
+    ath_queue_task_t* t = &out->rows[i];
     t->seq = get_i64(r, i, c_seq);
     t->id = get_str(r, i, c_id);
     t->name = get_str(r, i, c_name);
@@ -1119,12 +1121,12 @@ static int decode_tasks(PGresult* r, ath_qpg_tasks_t* out) {
 
 /* ------------------------------------------------------------ cycle */
 
-static int send_insert(ath_qpg_t* q, const ath_qpg_insert_t* rows, size_t n) {
+static int send_insert(ath_qpg_t* q, const ath_queue_insert_t* rows, size_t n) {
   params_t p;
   const char* v[13];
   params_init(&p, 12);
   for (size_t i = 0; i < n; i++) {
-    const ath_qpg_insert_t* x = &rows[i];
+    const ath_queue_insert_t* x = &rows[i];
     if (x->id == NULL || x->name == NULL || x->queue == NULL || x->input == NULL) {
       params_free(&p);
       set_err(q, "insert: id, name, queue and input are required", "");
@@ -1151,7 +1153,7 @@ static int send_insert(ath_qpg_t* q, const ath_qpg_insert_t* rows, size_t n) {
   return rc;
 }
 
-static int read_insert(ath_qpg_t* q, size_t n, ath_qpg_inserted_t* out) {
+static int read_insert(ath_qpg_t* q, size_t n, ath_queue_inserted_t* out) {
   PGresult* r;
   int rc = pl_rows(q, &r);
   if (rc < 0)
@@ -1193,7 +1195,7 @@ static int send_fenced(ath_qpg_t* q, int st, int64_t lease, params_t* p, int not
   return rc;
 }
 
-static int send_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, size_t n) {
+static int send_finish(ath_qpg_t* q, int64_t lease, const ath_queue_outcome_t* o, size_t n) {
   params_t p;
   params_init(&p, 7);
   for (size_t i = 0; i < n; i++) {
@@ -1208,7 +1210,7 @@ static int send_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, 
   return send_fenced(q, ST_FINISH, lease, &p, 1);
 }
 
-static int send_beats(ath_qpg_t* q, int64_t lease, const ath_qpg_beat_t* b, size_t n) {
+static int send_beats(ath_qpg_t* q, int64_t lease, const ath_queue_beat_t* b, size_t n) {
   params_t p;
   params_init(&p, 4);
   for (size_t i = 0; i < n; i++) {
@@ -1239,7 +1241,7 @@ static int read_applied(ath_qpg_t* q, size_t n, uint8_t* applied, const char* wh
   return 0;
 }
 
-static int send_hooks(ath_qpg_t* q, int64_t lease, const ath_qpg_hook_t* h, size_t n) {
+static int send_hooks(ath_qpg_t* q, int64_t lease, const ath_queue_hook_t* h, size_t n) {
   params_t p;
   params_init(&p, 7);
   for (size_t i = 0; i < n; i++) {
@@ -1271,7 +1273,7 @@ static int read_hooks(ath_qpg_t* q, size_t n, int64_t* ids) {
   return 0;
 }
 
-static int send_claim(ath_qpg_t* q, int64_t lease, const ath_qpg_claim_t* c) {
+static int send_claim(ath_qpg_t* q, int64_t lease, const ath_queue_claim_t* c) {
   char n_s[16], lease_s[24];
   snprintf(n_s, sizeof(n_s), "%d", c->n);
   snprintf(lease_s, sizeof(lease_s), "%" PRId64, lease);
@@ -1281,7 +1283,7 @@ static int send_claim(ath_qpg_t* q, int64_t lease, const ath_qpg_claim_t* c) {
 
 /* ------------------------------------------------------------ workflows (§3.11) */
 
-static int send_appends(ath_qpg_t* q, int64_t lease, const ath_qpg_append_t* a, size_t n) {
+static int send_appends(ath_qpg_t* q, int64_t lease, const ath_queue_append_t* a, size_t n) {
   params_t p;
   params_init(&p, 3);
   for (size_t i = 0; i < n; i++) {
@@ -1296,7 +1298,7 @@ static int send_appends(ath_qpg_t* q, int64_t lease, const ath_qpg_append_t* a, 
 
 /* Reads the applied flags of a statement answering (seq, applied) per
  * input row: appends answer per distinct seq, in no order. */
-static int read_appended(ath_qpg_t* q, const ath_qpg_append_t* a, size_t n, uint8_t* applied) {
+static int read_appended(ath_qpg_t* q, const ath_queue_append_t* a, size_t n, uint8_t* applied) {
   PGresult* r;
   int rc = pl_rows(q, &r);
   if (rc < 0)
@@ -1311,7 +1313,7 @@ static int read_appended(ath_qpg_t* q, const ath_qpg_append_t* a, size_t n, uint
   return 0;
 }
 
-static int send_parks(ath_qpg_t* q, int64_t lease, const ath_qpg_park_t* o, size_t n) {
+static int send_parks(ath_qpg_t* q, int64_t lease, const ath_queue_park_t* o, size_t n) {
   params_t p;
   params_init(&p, 9);
   for (size_t i = 0; i < n; i++) {
@@ -1360,7 +1362,7 @@ static int send_kids(ath_qpg_t* q, const int64_t* seqs, size_t n) {
 }
 
 int ath__qpg_wf_requeue(ath_qpg_t* q, int64_t lease, const int64_t* seqs, size_t n) {
-  ath_qpg_cycle_t c = {.lease = lease, .requeues = seqs, .n_requeues = n};
+  ath_queue_cycle_t c = {.lease = lease, .requeues = seqs, .n_requeues = n};
   return n == 0 ? 0 : ath__qpg_cycle(q, &c);
 }
 
@@ -1374,7 +1376,7 @@ static int read_sync(ath_qpg_t* q) {
   return 0;
 }
 
-static int cycle_once(ath_qpg_t* q, ath_qpg_cycle_t* c) {
+static int cycle_once(ath_qpg_t* q, ath_queue_cycle_t* c) {
   q->err[0] = q->sqlstate[0] = '\0';
   c->committed = 0;
   for (size_t i = 0; i < c->n_claims; i++) {
@@ -1468,7 +1470,7 @@ fail_writes:
 
 /* A cycle that failed with nothing of it committed (its claims too: one
  * commit, or none) runs again on a deadlock or serialization conflict. */
-int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c) {
+int ath__qpg_cycle(ath_qpg_t* q, ath_queue_cycle_t* c) {
   int rc, k = 0;
   while ((rc = cycle_once(q, c)) < 0 && !c->committed && (c->one_commit || c->n_claims == 0) &&
          retry_conflict(q, rc, k))
@@ -1476,20 +1478,20 @@ int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c) {
   return rc;
 }
 
-int ath__qpg_insert(ath_qpg_t* q, const ath_qpg_insert_t* rows, size_t n, ath_qpg_inserted_t* out) {
-  ath_qpg_cycle_t c = {.inserts = rows, .n_inserts = n, .inserted = out};
+int ath__qpg_insert(ath_qpg_t* q, const ath_queue_insert_t* rows, size_t n, ath_queue_inserted_t* out) {
+  ath_queue_cycle_t c = {.inserts = rows, .n_inserts = n, .inserted = out};
   return n == 0 ? 0 : ath__qpg_cycle(q, &c);
 }
 
-int ath__qpg_claim(ath_qpg_t* q, int64_t lease, const char* queue, int n, ath_qpg_tasks_t* out) {
-  ath_qpg_claim_t cl = {.queue = queue, .n = n, .out = out};
-  ath_qpg_cycle_t c = {.lease = lease, .claims = &cl, .n_claims = 1};
+int ath__qpg_claim(ath_qpg_t* q, int64_t lease, const char* queue, int n, ath_queue_tasks_t* out) {
+  ath_queue_claim_t cl = {.queue = queue, .n = n, .out = out};
+  ath_queue_cycle_t c = {.lease = lease, .claims = &cl, .n_claims = 1};
   return ath__qpg_cycle(q, &c);
 }
 
-int ath__qpg_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, size_t n,
+int ath__qpg_finish(ath_qpg_t* q, int64_t lease, const ath_queue_outcome_t* o, size_t n,
                     uint8_t* applied) {
-  ath_qpg_cycle_t c = {.outcomes = o, .n_outcomes = n, .applied = applied, .lease = lease};
+  ath_queue_cycle_t c = {.outcomes = o, .n_outcomes = n, .applied = applied, .lease = lease};
   return n == 0 ? 0 : ath__qpg_cycle(q, &c);
 }
 
@@ -1549,7 +1551,7 @@ int ath__qpg_stage(ath_qpg_t* q, const int64_t* seqs, size_t n, int64_t late_ms,
 }
 
 int ath__qpg_rescue(ath_qpg_t* q, int64_t leader, int limit, int64_t grace_ms,
-                    ath_qpg_tasks_t* out) {
+                    ath_queue_tasks_t* out) {
   char leader_s[24], limit_s[16], grace_s[24];
   snprintf(leader_s, sizeof(leader_s), "%" PRId64, leader);
   snprintf(limit_s, sizeof(limit_s), "%d", limit);
@@ -1578,7 +1580,7 @@ int ath__qpg_rescue(ath_qpg_t* q, int64_t leader, int limit, int64_t grace_ms,
 
 /* ------------------------------------------------------------ node lease */
 
-int ath__qpg_take_over(ath_qpg_t* q, const char* node_id, int64_t incarnation, ath_qpg_tasks_t* out) {
+int ath__qpg_take_over(ath_qpg_t* q, const char* node_id, int64_t incarnation, ath_queue_tasks_t* out) {
   char inc_s[24];
   snprintf(inc_s, sizeof(inc_s), "%" PRId64, incarnation);
   const char* v[2] = {node_id, inc_s};
@@ -1588,8 +1590,8 @@ int ath__qpg_take_over(ath_qpg_t* q, const char* node_id, int64_t incarnation, a
   return rc < 0 ? rc : decode_tasks(r, out);
 }
 
-int ath__qpg_node_register(ath_qpg_t* q, const ath_qpg_node_t* n, uint64_t now_ns,
-                           ath_qpg_lease_t* lease) {
+int ath__qpg_node_register(ath_qpg_t* q, const ath_queue_node_t* n, uint64_t now_ns,
+                           ath_queue_lease_t* lease) {
   if (n->node_id == NULL || n->ttl_ms <= 0 || n->interval_ms <= 0)
     return ATH_EINVAL;
   char host[256] = "";
@@ -1625,7 +1627,7 @@ int ath__qpg_node_register(ath_qpg_t* q, const ath_qpg_node_t* n, uint64_t now_n
   return 0;
 }
 
-int ath__qpg_node_renew(ath_qpg_t* q, ath_qpg_lease_t* lease, uint64_t now_ns, const char* metrics) {
+int ath__qpg_node_renew(ath_qpg_t* q, ath_queue_lease_t* lease, uint64_t now_ns, const char* metrics) {
   char inc_s[24], ttl_s[24];
   snprintf(inc_s, sizeof(inc_s), "%" PRId64, lease->incarnation);
   snprintf(ttl_s, sizeof(ttl_s), "%" PRId64, lease->ttl_ms);
@@ -1646,19 +1648,7 @@ int ath__qpg_node_renew(ath_qpg_t* q, ath_qpg_lease_t* lease, uint64_t now_ns, c
   return 0;
 }
 
-int ath__qpg_lease_fenced(const ath_qpg_lease_t* lease, uint64_t now_ns) {
-  if (lease->lost)
-    return 1;
-  int64_t margin = 2 * lease->interval_ms;
-  if (margin < 5000)
-    margin = 5000;
-  if (margin > lease->ttl_ms / 2)
-    margin = lease->ttl_ms / 2;
-  uint64_t deadline = lease->renewed_ns + (uint64_t)(lease->ttl_ms - margin) * 1000000u;
-  return now_ns >= deadline;
-}
-
-int ath__qpg_node_release(ath_qpg_t* q, ath_qpg_lease_t* lease) {
+int ath__qpg_node_release(ath_qpg_t* q, ath_queue_lease_t* lease) {
   char inc_s[24];
   snprintf(inc_s, sizeof(inc_s), "%" PRId64, lease->incarnation);
   const char* v[1] = {inc_s};
@@ -1880,7 +1870,7 @@ static void i64_or_null(char* buf, size_t len, int64_t v, const char** out) {
   *out = v >= 0 ? buf : NULL;
 }
 
-int ath__qpg_schedule_put(ath_qpg_t* q, const ath_qpg_schedule_t* s, int* changed) {
+int ath__qpg_schedule_put(ath_qpg_t* q, const ath_queue_schedule_t* s, int* changed) {
   if (s->id == NULL || s->name == NULL || s->input == NULL || s->definition == NULL)
     return ATH_EINVAL;
   char once_s[24], catch_s[8], prio_s[16], strat_s[16], max_s[16], close_s[24], next_s[24];
@@ -1899,7 +1889,7 @@ int ath__qpg_schedule_put(ath_qpg_t* q, const ath_qpg_schedule_t* s, int* change
 }
 
 /* Sends ST_SCHED_FIRE for f into the open pipeline. */
-static int send_fire(ath_qpg_t* q, const ath_qpg_fire_t* f) {
+static int send_fire(ath_qpg_t* q, const ath_queue_fire_t* f) {
   char expect_s[24], at_s[24], next_s[24], skip_s[24];
   const char* next_v;
   snprintf(expect_s, sizeof(expect_s), "%" PRId64, f->expect);
@@ -1911,7 +1901,7 @@ static int send_fire(ath_qpg_t* q, const ath_qpg_fire_t* f) {
   return pl_send(q, ST_SCHED_FIRE, 7, v); /* libpq copies the values */
 }
 
-static int fire_many_once(ath_qpg_t* q, const ath_qpg_fire_t* f, size_t n, ath_qpg_fired_t* out) {
+static int fire_many_once(ath_qpg_t* q, const ath_queue_fire_t* f, size_t n, ath_queue_fired_t* out) {
   q->err[0] = q->sqlstate[0] = '\0';
   int rc = pl_begin(q);
   if (rc < 0)
@@ -1934,11 +1924,11 @@ static int fire_many_once(ath_qpg_t* q, const ath_qpg_fire_t* f, size_t n, ath_q
   return pl_end(q, rc);
 }
 
-int ath__qpg_schedule_fire_many(ath_qpg_t* q, const ath_qpg_fire_t* f, size_t n, ath_qpg_fired_t* out) {
+int ath__qpg_schedule_fire_many(ath_qpg_t* q, const ath_queue_fire_t* f, size_t n, ath_queue_fired_t* out) {
   memset(out, 0, n * sizeof(*out));
   if (n == 0)
     return 0;
-  if (n > ATH_QPG_FIRE_MAX) {
+  if (n > ATH_QUEUE_FIRE_MAX) {
     set_err(q, "too many occurrences in one fire", "");
     return ATH_EINVAL;
   }
@@ -1950,9 +1940,9 @@ int ath__qpg_schedule_fire_many(ath_qpg_t* q, const ath_qpg_fire_t* f, size_t n,
   return rc;
 }
 
-int ath__qpg_schedule_fire(ath_qpg_t* q, const ath_qpg_fire_t* f, int* advanced, int* created,
+int ath__qpg_schedule_fire(ath_qpg_t* q, const ath_queue_fire_t* f, int* advanced, int* created,
                            int* skipped) {
-  ath_qpg_fired_t o;
+  ath_queue_fired_t o;
   int rc = ath__qpg_schedule_fire_many(q, f, 1, &o);
   if (rc == 0) {
     if (advanced != NULL)
@@ -1966,7 +1956,7 @@ int ath__qpg_schedule_fire(ath_qpg_t* q, const ath_qpg_fire_t* f, int* advanced,
 }
 
 /* Decodes schedule rows (SCHED_COLS, now); takes the result. */
-static int decode_scheds(PGresult* r, ath_qpg_scheds_t* out) {
+static int decode_scheds(PGresult* r, ath_queue_scheds_t* out) {
   memset(out, 0, sizeof(*out));
   int n = PQntuples(r);
   if (n > 0 && (out->rows = calloc((size_t)n, sizeof(*out->rows))) == NULL) {
@@ -1974,7 +1964,7 @@ static int decode_scheds(PGresult* r, ath_qpg_scheds_t* out) {
     return ATH_ENOMEM;
   }
   for (int i = 0; i < n; i++) {
-    ath_qpg_sched_row_t* s = &out->rows[i];
+    ath_queue_sched_row_t* s = &out->rows[i];
     s->id = get_str(r, i, 0);
     s->name = get_str(r, i, 1);
     s->input = get_str(r, i, 2);
@@ -2001,7 +1991,7 @@ static int decode_scheds(PGresult* r, ath_qpg_scheds_t* out) {
   return 0;
 }
 
-void ath__qpg_scheds_free(ath_qpg_scheds_t* s) {
+void ath__qpg_scheds_free(ath_queue_scheds_t* s) {
   if (s == NULL)
     return;
   free(s->rows);
@@ -2009,7 +1999,7 @@ void ath__qpg_scheds_free(ath_qpg_scheds_t* s) {
   memset(s, 0, sizeof(*s));
 }
 
-int ath__qpg_schedules(ath_qpg_t* q, const char* id, ath_qpg_scheds_t* out) {
+int ath__qpg_schedules(ath_qpg_t* q, const char* id, ath_queue_scheds_t* out) {
   memset(out, 0, sizeof(*out));
   const char* v[1] = {id};
   PGresult* r = NULL;
@@ -2017,7 +2007,7 @@ int ath__qpg_schedules(ath_qpg_t* q, const char* id, ath_qpg_scheds_t* out) {
   return rc < 0 ? rc : decode_scheds(r, out);
 }
 
-int ath__qpg_schedules_due(ath_qpg_t* q, int limit, ath_qpg_scheds_t* out) {
+int ath__qpg_schedules_due(ath_qpg_t* q, int limit, ath_queue_scheds_t* out) {
   memset(out, 0, sizeof(*out));
   char limit_s[16];
   snprintf(limit_s, sizeof(limit_s), "%d", limit);
@@ -2074,7 +2064,7 @@ int ath__qpg_vacuum_ready(ath_qpg_t* q) {
 
 /* ------------------------------------------------------------ reads */
 
-int ath__qpg_read(ath_qpg_t* q, const int64_t* seqs, size_t n, int ended_only, ath_qpg_tasks_t* out) {
+int ath__qpg_read(ath_qpg_t* q, const int64_t* seqs, size_t n, int ended_only, ath_queue_tasks_t* out) {
   memset(out, 0, sizeof(*out));
   params_t p;
   const char* v[2];
@@ -2090,7 +2080,7 @@ int ath__qpg_read(ath_qpg_t* q, const int64_t* seqs, size_t n, int ended_only, a
   return rc < 0 ? rc : decode_tasks(r, out);
 }
 
-int ath__qpg_get(ath_qpg_t* q, const char* id, ath_qpg_tasks_t* out) {
+int ath__qpg_get(ath_qpg_t* q, const char* id, ath_queue_tasks_t* out) {
   memset(out, 0, sizeof(*out));
   const char* v[1] = {id};
   PGresult* r = NULL;
@@ -2112,7 +2102,7 @@ int ath__qpg_cancel(ath_qpg_t* q, int64_t seq, int* how) {
 }
 
 int ath__qpg_wf_take(ath_qpg_t* q, int64_t lease, const int64_t* seqs, size_t n, int by_parent,
-                     ath_qpg_tasks_t* out) {
+                     ath_queue_tasks_t* out) {
   memset(out, 0, sizeof(*out));
   params_t p;
   params_init(&p, 2);
@@ -2152,7 +2142,7 @@ int ath__qpg_cancelled(ath_qpg_t* q, int64_t lease, int64_t** seqs, size_t* n) {
   return 0;
 }
 
-int ath__qpg_leased(ath_qpg_t* q, int64_t lease, ath_qpg_tasks_t* out) {
+int ath__qpg_leased(ath_qpg_t* q, int64_t lease, ath_queue_tasks_t* out) {
   char inc_s[24];
   snprintf(inc_s, sizeof(inc_s), "%" PRId64, lease);
   const char* v[1] = {inc_s};
@@ -2179,7 +2169,7 @@ int ath__qpg_hooks_done(ath_qpg_t* q, const int64_t* ids, size_t n) {
   return rc < 0 ? rc : 0;
 }
 
-void ath__qpg_outbox_free(ath_qpg_outbox_t* rows, size_t n) {
+void ath__qpg_outbox_free(ath_queue_outbox_t* rows, size_t n) {
   for (size_t i = 0; rows != NULL && i < n; i++) {
     free(rows[i].delivery);
     free(rows[i].body);
@@ -2192,7 +2182,7 @@ static char* dup_col(const PGresult* r, int row, int col) {
   return s != NULL ? ath__memdup(s, strlen(s)) : NULL;
 }
 
-int ath__qpg_hooks_adopt(ath_qpg_t* q, int64_t owner, int limit, ath_qpg_outbox_t** out, size_t* n) {
+int ath__qpg_hooks_adopt(ath_qpg_t* q, int64_t owner, int limit, ath_queue_outbox_t** out, size_t* n) {
   *out = NULL;
   *n = 0;
   char owner_s[24], limit_s[16];
@@ -2204,7 +2194,7 @@ int ath__qpg_hooks_adopt(ath_qpg_t* q, int64_t owner, int limit, ath_qpg_outbox_
   if (rc < 0)
     return rc;
   size_t rows = (size_t)PQntuples(r);
-  ath_qpg_outbox_t* o = rows ? calloc(rows, sizeof(*o)) : NULL;
+  ath_queue_outbox_t* o = rows ? calloc(rows, sizeof(*o)) : NULL;
   for (size_t i = 0; o != NULL && i < rows; i++) {
     o[i].id = get_i64(r, (int)i, 0);
     o[i].kind = (int)get_i64(r, (int)i, 1);
@@ -2250,7 +2240,7 @@ static void q_param(ath_buf_t* b, const char* cond, const char* cast, char buf[8
   (*n)++;
 }
 
-char* ath__qpg_query_sql(const ath_qpg_t* q, const ath_qpg_query_t* f, char buf[8][32],
+char* ath__qpg_query_sql(const ath_qpg_t* q, const ath_queue_query_t* f, char buf[8][32],
                          const char** v, int* n) {
   ath_buf_t b = {0};
   *n = 0;
@@ -2291,7 +2281,7 @@ char* ath__qpg_query_sql(const ath_qpg_t* q, const ath_qpg_query_t* f, char buf[
   return sql;
 }
 
-int ath__qpg_query(ath_qpg_t* q, const ath_qpg_query_t* f, ath_qpg_tasks_t* out) {
+int ath__qpg_query(ath_qpg_t* q, const ath_queue_query_t* f, ath_queue_tasks_t* out) {
   memset(out, 0, sizeof(*out));
   q->err[0] = q->sqlstate[0] = '\0';
   char buf[8][32];
@@ -2382,12 +2372,12 @@ static const char* const RATES_SQL =
   " FROM {S}.tasks WHERE completed_at >= {S}.now_ms() - $1 AND started_at IS NOT NULL";
 
 /* Reads the window's figures into c (the percentiles stay 0 when nothing ended). */
-static int read_rates(ath_qpg_t* q, ath_qpg_counts_t* c) {
+static int read_rates(ath_qpg_t* q, ath_queue_counts_t* c) {
   char* sql = subst(RATES_SQL, q->qschema);
   if (sql == NULL)
     return ATH_ENOMEM;
   char win_s[24];
-  snprintf(win_s, sizeof(win_s), "%d", ATH_QPG_RATE_WINDOW_MS);
+  snprintf(win_s, sizeof(win_s), "%d", ATH_QUEUE_RATE_WINDOW_MS);
   const char* v[1] = {win_s};
   PGresult* r = exec1(q, sql, 1, v);
   free(sql);
@@ -2401,7 +2391,7 @@ static int read_rates(ath_qpg_t* q, ath_qpg_counts_t* c) {
   return 0;
 }
 
-void ath__qpg_counts_free(ath_qpg_counts_t* c) {
+void ath__qpg_counts_free(ath_queue_counts_t* c) {
   if (c == NULL)
     return;
   for (size_t i = 0; i < c->nqueues; i++)
@@ -2415,7 +2405,7 @@ char* ath__qpg_counts_sql(const ath_qpg_t* q) {
   return subst(COUNTS_SQL, q->qschema);
 }
 
-int ath__qpg_counts(ath_qpg_t* q, ath_qpg_counts_t* out) {
+int ath__qpg_counts(ath_qpg_t* q, ath_queue_counts_t* out) {
   memset(out, 0, sizeof(*out));
   q->err[0] = q->sqlstate[0] = '\0';
   char* sql = ath__qpg_counts_sql(q);
@@ -2436,7 +2426,7 @@ int ath__qpg_counts(ath_qpg_t* q, ath_qpg_counts_t* out) {
     const char* name = get_str(r, i, 0);
     if (name == NULL)
       continue; /* no queue holds anything */
-    ath_qpg_qcount_t* c = &out->queues[out->nqueues];
+    ath_queue_qcount_t* c = &out->queues[out->nqueues];
     if ((c->queue = ath__memdup(name, strlen(name))) == NULL) {
       rc = ATH_ENOMEM;
       break;
@@ -2482,7 +2472,7 @@ int ath__qpg_listen(ath_qpg_t* q, const char* const* channels) {
   return 0;
 }
 
-int ath__qpg_notifies(ath_qpg_t* q, ath_qpg_notify_cb cb, void* ud) {
+int ath__qpg_notifies(ath_qpg_t* q, ath_queue_notify_cb cb, void* ud) {
   if (PQconsumeInput(q->conn) == 0)
     return conn_err(q);
   int n = 0;
@@ -2497,4 +2487,177 @@ int ath__qpg_notifies(ath_qpg_t* q, ath_qpg_notify_cb cb, void* ud) {
     n++;
   }
   return n;
+}
+
+/* ------------------------------------------------------------ the provider */
+
+/* The public operations (athena.h "Queue providers") over the functions
+ * above: a connection is the ath_qpg_t whose first member it is. */
+#define PG(c) ((ath_qpg_t*)(c))
+#define CPG(c) ((const ath_qpg_t*)(c))
+
+static int v_open(void* ud, const char* location, const char* schema, int notify, ath_queue_conn_t** out,
+                  char* err, size_t errlen) {
+  (void)ud;
+  ath_qpg_t* q = NULL;
+  int rc = ath__qpg_open(location, schema, notify, &q, err, errlen);
+  *out = q != NULL ? &q->base : NULL;
+  return rc;
+}
+static int v_reset(ath_queue_conn_t* c) { return ath__qpg_reset(PG(c)); }
+static void v_close(ath_queue_conn_t* c) { ath__qpg_close(PG(c)); }
+static const char* v_errmsg(const ath_queue_conn_t* c) { return ath__qpg_errmsg(CPG(c)); }
+static const char* v_sqlstate(const ath_queue_conn_t* c) { return ath__qpg_sqlstate(CPG(c)); }
+static int v_migrate(ath_queue_conn_t* c, int* version) { return ath__qpg_migrate(PG(c), version); }
+static int v_node_register(ath_queue_conn_t* c, const ath_queue_node_t* n, uint64_t now_ns,
+                           ath_queue_lease_t* lease) {
+  return ath__qpg_node_register(PG(c), n, now_ns, lease);
+}
+static int v_node_renew(ath_queue_conn_t* c, ath_queue_lease_t* lease, uint64_t now_ns, const char* metrics) {
+  return ath__qpg_node_renew(PG(c), lease, now_ns, metrics);
+}
+static int v_node_release(ath_queue_conn_t* c, ath_queue_lease_t* lease) {
+  return ath__qpg_node_release(PG(c), lease);
+}
+static int v_node_lock(ath_queue_conn_t* c, const char* node_id, int* held) {
+  return ath__qpg_node_lock(PG(c), node_id, held);
+}
+static int v_cycle(ath_queue_conn_t* c, ath_queue_cycle_t* x) { return ath__qpg_cycle(PG(c), x); }
+static int v_stage(ath_queue_conn_t* c, const int64_t* seqs, size_t n, int64_t late_ms, int limit,
+                   int* staged) {
+  return ath__qpg_stage(PG(c), seqs, n, late_ms, limit, staged);
+}
+static int v_rescue(ath_queue_conn_t* c, int64_t leader, int limit, int64_t grace_ms, ath_queue_tasks_t* out) {
+  return ath__qpg_rescue(PG(c), leader, limit, grace_ms, out);
+}
+static int v_take_over(ath_queue_conn_t* c, const char* node_id, int64_t incarnation, ath_queue_tasks_t* out) {
+  return ath__qpg_take_over(PG(c), node_id, incarnation, out);
+}
+static int v_leased(ath_queue_conn_t* c, int64_t lease, ath_queue_tasks_t* out) {
+  return ath__qpg_leased(PG(c), lease, out);
+}
+static int v_leader_try(ath_queue_conn_t* c, int* held) { return ath__qpg_leader_try(PG(c), held); }
+static int v_leader_resign(ath_queue_conn_t* c) { return ath__qpg_leader_resign(PG(c)); }
+static int v_now(ath_queue_conn_t* c, int64_t* now) { return ath__qpg_now(PG(c), now); }
+static int v_read(ath_queue_conn_t* c, const int64_t* seqs, size_t n, int ended_only, ath_queue_tasks_t* out) {
+  return ath__qpg_read(PG(c), seqs, n, ended_only, out);
+}
+static int v_get(ath_queue_conn_t* c, const char* id, ath_queue_tasks_t* out) {
+  return ath__qpg_get(PG(c), id, out);
+}
+static int v_cancel(ath_queue_conn_t* c, int64_t seq, int* how) { return ath__qpg_cancel(PG(c), seq, how); }
+static int v_cancelled(ath_queue_conn_t* c, int64_t lease, int64_t** seqs, size_t* n) {
+  return ath__qpg_cancelled(PG(c), lease, seqs, n);
+}
+static int v_query(ath_queue_conn_t* c, const ath_queue_query_t* f, ath_queue_tasks_t* out) {
+  return ath__qpg_query(PG(c), f, out);
+}
+static int v_requeue(ath_queue_conn_t* c, const char* id, int64_t* seq, int* status, int* how) {
+  return ath__qpg_requeue(PG(c), id, seq, status, how);
+}
+static int v_purge(ath_queue_conn_t* c, const char* id, int64_t* seq, int* status, int* how) {
+  return ath__qpg_purge(PG(c), id, seq, status, how);
+}
+static int v_listen(ath_queue_conn_t* c, const char* const* channels) {
+  return ath__qpg_listen(PG(c), channels);
+}
+static int v_notifies(ath_queue_conn_t* c, ath_queue_notify_cb cb, void* ud) {
+  return ath__qpg_notifies(PG(c), cb, ud);
+}
+static int v_socket(const ath_queue_conn_t* c) { return ath__qpg_socket(CPG(c)); }
+static int v_wf_requeue(ath_queue_conn_t* c, int64_t lease, const int64_t* seqs, size_t n) {
+  return ath__qpg_wf_requeue(PG(c), lease, seqs, n);
+}
+static int v_wf_take(ath_queue_conn_t* c, int64_t lease, const int64_t* seqs, size_t n, int by_parent,
+                     ath_queue_tasks_t* out) {
+  return ath__qpg_wf_take(PG(c), lease, seqs, n, by_parent, out);
+}
+static int v_schedule_put(ath_queue_conn_t* c, const ath_queue_schedule_t* s, int* changed) {
+  return ath__qpg_schedule_put(PG(c), s, changed);
+}
+static int v_schedule_fire_many(ath_queue_conn_t* c, const ath_queue_fire_t* f, size_t n,
+                                ath_queue_fired_t* out) {
+  return ath__qpg_schedule_fire_many(PG(c), f, n, out);
+}
+static int v_schedules(ath_queue_conn_t* c, const char* id, ath_queue_scheds_t* out) {
+  return ath__qpg_schedules(PG(c), id, out);
+}
+static int v_schedules_due(ath_queue_conn_t* c, int limit, ath_queue_scheds_t* out) {
+  return ath__qpg_schedules_due(PG(c), limit, out);
+}
+static int v_schedule_pause(ath_queue_conn_t* c, const char* id, int* found) {
+  return ath__qpg_schedule_pause(PG(c), id, found);
+}
+static int v_schedule_resume(ath_queue_conn_t* c, const char* id, int64_t next_ms, int* resumed) {
+  return ath__qpg_schedule_resume(PG(c), id, next_ms, resumed);
+}
+static int v_schedule_delete(ath_queue_conn_t* c, const char* id, int* found) {
+  return ath__qpg_schedule_delete(PG(c), id, found);
+}
+static int v_hooks_done(ath_queue_conn_t* c, const int64_t* ids, size_t n) {
+  return ath__qpg_hooks_done(PG(c), ids, n);
+}
+static int v_hooks_adopt(ath_queue_conn_t* c, int64_t owner, int limit, ath_queue_outbox_t** out, size_t* n) {
+  return ath__qpg_hooks_adopt(PG(c), owner, limit, out, n);
+}
+static int v_counts(ath_queue_conn_t* c, ath_queue_counts_t* out) { return ath__qpg_counts(PG(c), out); }
+static int v_nodes(ath_queue_conn_t* c, char** json) { return ath__qpg_nodes(PG(c), json); }
+static int v_maintain(ath_queue_conn_t* c) { return ath__qpg_vacuum_ready(PG(c)); }
+static int64_t v_retries(const ath_queue_conn_t* c) { return ath__qpg_retries(CPG(c)); }
+
+static const ath_queue_provider_t pg_provider = {
+    .size = sizeof(ath_queue_provider_t),
+    .name = "postgres",
+    .open = v_open,
+    .reset = v_reset,
+    .close = v_close,
+    .errmsg = v_errmsg,
+    .sqlstate = v_sqlstate,
+    .migrate = v_migrate,
+    .node_register = v_node_register,
+    .node_renew = v_node_renew,
+    .node_release = v_node_release,
+    .node_lock = v_node_lock,
+    .cycle = v_cycle,
+    .stage = v_stage,
+    .rescue = v_rescue,
+    .take_over = v_take_over,
+    .leased = v_leased,
+    .leader_try = v_leader_try,
+    .leader_resign = v_leader_resign,
+    .now = v_now,
+    .read = v_read,
+    .get = v_get,
+    .cancel = v_cancel,
+    .cancelled = v_cancelled,
+    .tasks_free = ath__qpg_tasks_free,
+    .inserted_clear = ath__qpg_inserted_clear,
+    .query = v_query,
+    .requeue = v_requeue,
+    .purge = v_purge,
+    .listen = v_listen,
+    .notifies = v_notifies,
+    .socket = v_socket,
+    .wf_requeue = v_wf_requeue,
+    .wf_take = v_wf_take,
+    .schedule_put = v_schedule_put,
+    .schedule_fire_many = v_schedule_fire_many,
+    .schedules = v_schedules,
+    .schedules_due = v_schedules_due,
+    .schedule_pause = v_schedule_pause,
+    .schedule_resume = v_schedule_resume,
+    .schedule_delete = v_schedule_delete,
+    .scheds_free = ath__qpg_scheds_free,
+    .hooks_done = v_hooks_done,
+    .hooks_adopt = v_hooks_adopt,
+    .outbox_free = ath__qpg_outbox_free,
+    .counts = v_counts,
+    .counts_free = ath__qpg_counts_free,
+    .nodes = v_nodes,
+    .maintain = v_maintain,
+    .retries = v_retries,
+};
+
+const ath_queue_provider_t* ath_postgres_queue(void) {
+  return &pg_provider;
 }

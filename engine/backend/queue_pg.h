@@ -21,6 +21,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "athena.h"
 
 /* The schema version this build creates and understands. */
 #define ATH_QPG_SCHEMA_VERSION 5
@@ -60,239 +61,26 @@ int ath__qpg_migrate(ath_qpg_t* q, int* version);
 
 /* ------------------------------------------------------------ node lease */
 
-typedef struct {
-  const char* node_id;       /* configured nodeId */
-  const char* host;          /* NULL: gethostname */
-  int pid;                   /* 0: getpid() */
-  const char* const* queues; /* NULL-terminated; the queues it claims */
-  int slots;
-  int64_t ttl_ms;      /* heartbeatTimeout: the lease lasts this long per renew */
-  int64_t interval_ms; /* heartbeatInterval: how often the owner renews */
-  int leader;          /* the leader's control incarnation (not listed as a node) */
-} ath_qpg_node_t;
-
-/* A node's lease as its owner tracks it. Monotonic times (ns) come from the
- * caller so tests can pass their own. */
-typedef struct {
-  int64_t incarnation;  /* tasks.lease of everything this node holds */
-  int64_t ttl_ms, interval_ms;
-  uint64_t renewed_ns;  /* monotonic time at which the last successful renew was sent */
-  int64_t expires_at;   /* database time the lease lasts until */
-  int lost;             /* the database said it expired: fenced for good */
-} ath_qpg_lease_t;
-
 /* Registers a new incarnation (an identity column: every start gets a new
  * one, never reused in the schema) valid for ttl_ms from now; now_ns is
  * the caller's monotonic clock. */
-int ath__qpg_node_register(ath_qpg_t* q, const ath_qpg_node_t* n, uint64_t now_ns,
-                           ath_qpg_lease_t* lease);
+int ath__qpg_node_register(ath_qpg_t* q, const ath_queue_node_t* n, uint64_t now_ns,
+                           ath_queue_lease_t* lease);
 /* Renews the lease (one UPDATE; `metrics` JSON text or NULL is stored with
  * it). ATH_EWORKERLOST when the row had already expired or is gone (the
  * node must fence itself and register again: lease->lost = 1); ATH_ESTORE
  * when the database did not answer (the lease keeps its old deadline). */
-int ath__qpg_node_renew(ath_qpg_t* q, ath_qpg_lease_t* lease, uint64_t now_ns, const char* metrics);
-/* 1 when the owner must stop claiming and interrupt its attempts: the
- * database declared the lease lost, or no renew succeeded for
- * ttl - margin, margin = min(max(2 * interval, 5 s), ttl / 2) (§3.8). */
-int ath__qpg_lease_fenced(const ath_qpg_lease_t* lease, uint64_t now_ns);
+int ath__qpg_node_renew(ath_qpg_t* q, ath_queue_lease_t* lease, uint64_t now_ns, const char* metrics);
 /* Releases the lease at shutdown: the row expires now (the leader rescues
  * whatever it still leases) and is deleted when it leases nothing. */
-int ath__qpg_node_release(ath_qpg_t* q, ath_qpg_lease_t* lease);
+int ath__qpg_node_release(ath_qpg_t* q, ath_queue_lease_t* lease);
 
 /* ------------------------------------------------------------ tasks */
 
-/* Statuses are ath_status_t (0 pending, 1 scheduled, 2 running, 3 retrying,
- * 5 completed, 6 failed, 7 cancelled, 8 quarantined, ...). */
-typedef struct {
-  const char* id;        /* unique; an existing id is not inserted again */
-  const char* name;
-  const char* queue;
-  const char* input;     /* JSON text, stored verbatim */
-  const char* parent_id; /* NULL: none */
-  int kind;              /* 0 activity, 1 workflow */
-  int priority, max_attempts, strategy;
-  int64_t delay_ms;       /* > 0: scheduled (due later), else ready now */
-  int64_t close_after_ms; /* > 0: scheduleToClose */
-  int notify;             /* NOTIFY athena_done when it ends */
-} ath_qpg_insert_t;
+void ath__qpg_tasks_free(ath_queue_tasks_t* t);
+void ath__qpg_inserted_clear(ath_queue_inserted_t* r, size_t n);
 
-typedef struct {
-  int64_t seq;
-  int created;         /* 0: the id existed (idempotent insert) */
-  int64_t created_at;
-  char* existing_name; /* created == 0: the existing task's name (malloc'd) */
-} ath_qpg_inserted_t;
-
-/* One attempt's outcome, fenced by (seq, lease, attempt). */
-typedef struct {
-  int64_t seq;
-  int attempt;         /* the claimed attempt */
-  int status;          /* >= 5 terminal; 3 retrying / 1 scheduled: due after
-                          delay_ms (then ath__qpg_stage); 0: returned unrun
-                          (attempt not counted, back in ready) */
-  int64_t delay_ms;
-  const char* result;  /* JSON text or NULL */
-  const char* error;   /* JSON text or NULL (keeps the previous error) */
-  int worker_id;
-} ath_qpg_outcome_t;
-
-/* The latest ctx:heartbeat of an attempt a node leases (details and time),
- * fenced by (seq, lease, attempt) and a running row: the next attempt, on
- * any node, starts from them (ctx.lastHeartbeat). */
-typedef struct {
-  int64_t seq;
-  int attempt;
-  const char* details; /* JSON text or NULL (a heartbeat without details) */
-  int64_t at;          /* wall ms of the heartbeat */
-} ath_qpg_beat_t;
-
-/* A claimed (or rescued) task. Strings point into the result and live until
- * ath__qpg_tasks_free; NULL for SQL NULL. */
-typedef struct {
-  int64_t seq;
-  const char* id;
-  const char* name;
-  const char* queue;
-  int kind, status, priority, attempt, max_attempts, strategy, rescues, wake, hist_n;
-  int resumed; /* a workflow resumption (attempt unchanged) */
-  int64_t created_at, ready_at, started_at, close_by, cancel_at, last_hb; /* -1: NULL */
-  const char* parent_id;
-  const char* input;
-  const char* error;
-  const char* hb;
-  const char* history; /* workflows: the events, comma-joined */
-  const char* result;  /* reads only (ath__qpg_read, ath__qpg_get) */
-  int64_t completed_at; /* reads only; -1: NULL */
-  int64_t scheduled_at;
-  /* claims of a workflow: what its last park waits for (wait_kind 0: none;
-   * ath_qpg_park_t's kinds) and, when that is a task, its row's outcome
-   * (wait_status -1: no such row) */
-  int wait_kind, wait_status;
-  int64_t wait_seq;
-  const char* wait_task;
-  const char* wait_result;
-  const char* wait_error;
-} ath_qpg_task_t;
-
-typedef struct {
-  ath_qpg_task_t* rows;
-  size_t n;
-  void* res_; /* private */
-} ath_qpg_tasks_t;
-
-void ath__qpg_tasks_free(ath_qpg_tasks_t* t);
-void ath__qpg_inserted_clear(ath_qpg_inserted_t* r, size_t n);
-
-/* Workflows (distributed.md §3.11): events appended to a history, fenced
- * by the lease and the count stored so far (events[i] becomes event
- * from + i of workflow `seq`). */
-typedef struct {
-  int64_t seq;
-  int from;                  /* the events the row holds already (hist_n) */
-  const char* const* events; /* JSON texts */
-  size_t n;
-} ath_qpg_append_t;
-
-/* The row's wait_kind after a child failed under cascade (§8): wait_task
- * names that child, and whoever claims the workflow fails it. */
-#define ATH_QPG_WAIT_CASCADE 5
-
-/* A workflow segment parked: the row leaves its lease and waits for task
- * wait_task (kinds 1 activity, 2 child, 3 compensation) or for delay_ms
- * (kind 4, a timer: staged like a retry). It is made ready at once when
- * the awaited task already ended or any child ended since the claim that
- * returned `wake_seen` (no lost wake-up). status/error: the run's state
- * (running or compensating, with the failure it compensates). */
-typedef struct {
-  int64_t seq;
-  int attempt;
-  int status;
-  const char* error;     /* NULL: unchanged */
-  int wait_kind;
-  const char* wait_task; /* kinds 1-3 */
-  int64_t wait_seq;
-  int64_t delay_ms;      /* kind 4 */
-  int wake_seen;
-} ath_qpg_park_t;
-
-typedef struct {
-  const char* queue;
-  int n;                  /* at most this many, priority DESC, ready_at, seq */
-  ath_qpg_tasks_t* out;   /* receives the rows */
-} ath_qpg_claim_t;
-
-/* A webhook event of a finish in the same cycle: stored in the outbox only
- * when that finish applied (the row was written by this transaction with
- * this status and attempt), so a fenced-out node never sends it. */
-typedef struct ath_qpg_hook_s {
-  int64_t seq;          /* the finished task */
-  int status, attempt;  /* what its finish writes */
-  int kind;             /* the engine's event kind (ATH_EV_*) */
-  const char* delivery; /* the delivery id (X-Athena-Delivery) */
-  int64_t at;           /* wall ms of the event */
-  const char* body;     /* the whole JSON body */
-} ath_qpg_hook_t;
-
-/* An outbox row handed to this node (ath__qpg_hooks_adopt). */
-typedef struct {
-  int64_t id, at;
-  int kind;
-  char* delivery;
-  char* body;
-} ath_qpg_outbox_t;
-
-/* One cycle of the backend loop in one round trip (libpq pipeline mode):
- * heartbeats, inserts and finishes commit together (one transaction, with
- * the NOTIFYs of what they made ready), then each claim commits on its own; with
- * one_commit, everything is one transaction (one commit per cycle). A
- * failing part aborts what follows it. On error, `committed` says whether
- * the write part committed (then `inserted` / `applied` are valid and
- * inserted must still be cleared). Claim outputs are always the caller's to
- * free: a claim that committed before a later one failed keeps its rows
- * (they are leased); others are empty. Any part may be empty. */
-typedef struct {
-  const ath_qpg_beat_t* beats;    /* written first (before the finishes) */
-  size_t n_beats;
-  uint8_t* beat_applied;          /* n_beats flags: 0 = fenced out (the attempt is
-                                   * not this lease's, or no longer running) */
-  const ath_qpg_insert_t* inserts;
-  size_t n_inserts;
-  ath_qpg_inserted_t* inserted;   /* n_inserts rows, in input order */
-  const ath_qpg_outcome_t* outcomes;
-  size_t n_outcomes;
-  uint8_t* applied;               /* n_outcomes flags: 0 = fenced out, discard */
-  int64_t lease;                  /* the incarnation claiming and finishing */
-  const ath_qpg_claim_t* claims;
-  size_t n_claims;
-  int one_commit;                 /* claims in the writes' transaction */
-  int committed;                  /* out: the inserts and finishes committed */
-  /* workflows: appends go before the finishes, parks and requeues after */
-  const ath_qpg_append_t* appends;
-  size_t n_appends;
-  uint8_t* appended;              /* n_appends flags: 0 = fenced out */
-  const ath_qpg_park_t* parks;
-  size_t n_parks;
-  uint8_t* parked;                /* n_parks flags: 0 = fenced out */
-  const int64_t* requeues;        /* workflow segments leased by `lease`, back
-                                   * to ready as resumptions (same run) */
-  size_t n_requeues;
-  /* webhook events of this cycle's finishes, stored in the outbox in the
-   * same transaction (at-least-once delivery across a crash) */
-  const struct ath_qpg_hook_s* hooks;
-  size_t n_hooks;
-  int64_t* hook_ids;              /* n_hooks: the outbox row's id, 0 when its
-                                   * finish was fenced out (never sent) */
-  int64_t hook_owner;             /* the rows' owner; 0: lease; -1: none (the
-                                   * next adoption by any node sends them) */
-  const int64_t* kids;            /* workflows that ended cancelled or by a
-                                   * cascade (finished before, in this cycle or
-                                   * earlier): their unfinished children are
-                                   * cancelled (a parked child workflow is made
-                                   * ready with cancel_at, for its claimer) */
-  size_t n_kids;
-} ath_qpg_cycle_t;
-
-int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c);
+int ath__qpg_cycle(ath_qpg_t* q, ath_queue_cycle_t* c);
 /* Transactions this connection ran again because they lost a deadlock
  * (SQLSTATE 40P01) or a serialization conflict (40001): a cycle that
  * committed nothing (one_commit, or no claims) and every single-statement
@@ -300,9 +88,9 @@ int ath__qpg_cycle(ath_qpg_t* q, ath_qpg_cycle_t* c);
  * error surfaces after that. Any thread may read it. */
 int64_t ath__qpg_retries(const ath_qpg_t* q);
 /* One-part cycles. */
-int ath__qpg_insert(ath_qpg_t* q, const ath_qpg_insert_t* rows, size_t n, ath_qpg_inserted_t* out);
-int ath__qpg_claim(ath_qpg_t* q, int64_t lease, const char* queue, int n, ath_qpg_tasks_t* out);
-int ath__qpg_finish(ath_qpg_t* q, int64_t lease, const ath_qpg_outcome_t* o, size_t n,
+int ath__qpg_insert(ath_qpg_t* q, const ath_queue_insert_t* rows, size_t n, ath_queue_inserted_t* out);
+int ath__qpg_claim(ath_qpg_t* q, int64_t lease, const char* queue, int n, ath_queue_tasks_t* out);
+int ath__qpg_finish(ath_qpg_t* q, int64_t lease, const ath_queue_outcome_t* o, size_t n,
                     uint8_t* applied);
 
 /* Workflow segments leased by `lease` back to ready as resumptions of
@@ -327,7 +115,7 @@ int ath__qpg_stage(ath_qpg_t* q, const int64_t* seqs, size_t n, int64_t late_ms,
  * without counting another rescue. Also deletes node rows expired for more
  * than grace_ms that lease nothing. On error nothing is the caller's. */
 int ath__qpg_rescue(ath_qpg_t* q, int64_t leader, int limit, int64_t grace_ms,
-                    ath_qpg_tasks_t* out);
+                    ath_queue_tasks_t* out);
 
 /* Same-nodeId recovery (distributed.md §3.8): incarnation `incarnation`
  * of `node_id` just registered; every earlier incarnation of that nodeId
@@ -335,7 +123,7 @@ int ath__qpg_rescue(ath_qpg_t* q, int64_t leader, int limit, int64_t grace_ms,
  * no more, and its finishes no longer match) and the tasks they leased
  * pass to `incarnation` (rescues + 1), returned for the caller to decide
  * (EWORKERLOST, per policy) and finish under `incarnation`. */
-int ath__qpg_take_over(ath_qpg_t* q, const char* node_id, int64_t incarnation, ath_qpg_tasks_t* out);
+int ath__qpg_take_over(ath_qpg_t* q, const char* node_id, int64_t incarnation, ath_queue_tasks_t* out);
 
 /* ------------------------------------------------------------ leader */
 
@@ -349,37 +137,11 @@ int ath__qpg_leader_resign(ath_qpg_t* q);
 
 /* ------------------------------------------------------------ schedules */
 
-/* A schedule as a node registers it (distributed.md §3.10). The task
- * fields are the effective ones (what the fired task gets). */
-typedef struct {
-  const char* id;
-  const char* name;
-  const char* input;      /* JSON text */
-  const char* cron;       /* NULL: one-off at once_at */
-  const char* queue;      /* the task queue of its tasks */
-  const char* definition; /* hash of what defines it: unchanged = left alone */
-  int64_t once_at;
-  int64_t next_ms;        /* the first occurrence (0: none) */
-  int local_tz, catch_up, overlap_skip;
-  int priority, strategy, max_attempts;
-  int64_t close_after_ms; /* > 0: scheduleToClose of its tasks */
-} ath_qpg_schedule_t;
-
 /* Upserts a schedule and NOTIFYs athena_sched '<id>' when it changed;
  * *changed = 1 when it was created or its definition changed (then it is
  * replaced: unpaused, next_ms the given one, counters kept), 0 when the
  * row was left alone (same definition: pause, next_ms and counters stay). */
-int ath__qpg_schedule_put(ath_qpg_t* q, const ath_qpg_schedule_t* s, int* changed);
-
-/* One occurrence of a schedule (the leader's fire). */
-typedef struct {
-  const char* id;
-  int64_t expect; /* the row's next_ms now: the compare-and-set key */
-  int64_t at;     /* the occurrence fired: task "<id>@<at>" (one-off: "<id>") */
-  int64_t next;   /* next_ms afterwards (0: none left; a one-off's row is deleted) */
-  int fire;       /* 0: only advance (catch-up "none") */
-  int64_t skip;   /* added to skipped (occurrences dropped by catch-up "all") */
-} ath_qpg_fire_t;
+int ath__qpg_schedule_put(ath_qpg_t* q, const ath_queue_schedule_t* s, int* changed);
 
 /* Fires occurrence f->at exactly once cluster-wide, in one transaction:
  * advances next_ms from f->expect to f->next (compare-and-set; a paused row
@@ -388,51 +150,24 @@ typedef struct {
  * occurrence whose last task has not ended advances without a task
  * (skipped + 1). *advanced: this call moved the row; *created: it inserted
  * the task; *skipped: overlap skipped it (each may be NULL). */
-int ath__qpg_schedule_fire(ath_qpg_t* q, const ath_qpg_fire_t* f, int* advanced, int* created,
+int ath__qpg_schedule_fire(ath_qpg_t* q, const ath_queue_fire_t* f, int* advanced, int* created,
                            int* skipped);
 
-/* What one fire did (the three answers of ath__qpg_schedule_fire). */
-typedef struct {
-  int advanced, created, skipped;
-} ath_qpg_fired_t;
-
-#define ATH_QPG_FIRE_MAX 200 /* occurrences per ath__qpg_schedule_fire_many */
-
-/* The fires f[0..n) (n <= ATH_QPG_FIRE_MAX), in order, in one transaction
+/* The fires f[0..n) (n <= ATH_QUEUE_FIRE_MAX), in order, in one transaction
  * and one round trip (one pipeline, one commit): each is the statement of
  * ath__qpg_schedule_fire and sees the ones before it, so a schedule's
  * caught-up occurrences chain their compare-and-sets (each expects the
  * previous one's next). out[i] is fire i's answer. On error nothing of it
  * happened (out zeroed); a deadlock or serialization conflict runs it again
  * (as every single statement: ath__qpg_retries). */
-int ath__qpg_schedule_fire_many(ath_qpg_t* q, const ath_qpg_fire_t* f, size_t n, ath_qpg_fired_t* out);
+int ath__qpg_schedule_fire_many(ath_qpg_t* q, const ath_queue_fire_t* f, size_t n, ath_queue_fired_t* out);
 
-/* A stored schedule. Strings point into the result (NULL for SQL NULL);
- * times -1 for NULL. */
-typedef struct {
-  const char* id;
-  const char* name;
-  const char* input;
-  const char* cron;
-  const char* queue;
-  const char* last_task;
-  int64_t once_at, next_ms, last_ms, total, skipped, close_after_ms;
-  int local_tz, catch_up, overlap_skip, paused, priority, strategy, max_attempts;
-} ath_qpg_sched_row_t;
-
-typedef struct {
-  ath_qpg_sched_row_t* rows;
-  size_t n;
-  int64_t now; /* the database's time of the read (-1 when no row) */
-  void* res_;  /* private */
-} ath_qpg_scheds_t;
-
-void ath__qpg_scheds_free(ath_qpg_scheds_t* s);
+void ath__qpg_scheds_free(ath_queue_scheds_t* s);
 /* Every schedule by id (id NULL), or the one named. */
-int ath__qpg_schedules(ath_qpg_t* q, const char* id, ath_qpg_scheds_t* out);
+int ath__qpg_schedules(ath_qpg_t* q, const char* id, ath_queue_scheds_t* out);
 /* The leader's scan: the `limit` unpaused schedules with the earliest
  * next_ms, due or not (the first not due tells when to look again). */
-int ath__qpg_schedules_due(ath_qpg_t* q, int limit, ath_qpg_scheds_t* out);
+int ath__qpg_schedules_due(ath_qpg_t* q, int limit, ath_queue_scheds_t* out);
 /* Pause (next_ms NULL: nothing fires), resume (next_ms = the given next
  * occurrence; *resumed 0 when it was not paused), delete; each NOTIFYs
  * athena_sched when it changed a row. *found / *resumed: rows changed. */
@@ -453,9 +188,9 @@ int ath__qpg_vacuum_ready(ath_qpg_t* q);
 /* ------------------------------------------------------------ reads, cancel */
 
 /* The rows of seqs[0..n) (all, or only those that ended), by seq. */
-int ath__qpg_read(ath_qpg_t* q, const int64_t* seqs, size_t n, int ended_only, ath_qpg_tasks_t* out);
+int ath__qpg_read(ath_qpg_t* q, const int64_t* seqs, size_t n, int ended_only, ath_queue_tasks_t* out);
 /* Task `id`'s row (out->n = 0 when there is none). */
-int ath__qpg_get(ath_qpg_t* q, const char* id, ath_qpg_tasks_t* out);
+int ath__qpg_get(ath_qpg_t* q, const char* id, ath_queue_tasks_t* out);
 /* Cancels task `seq`: *how = 1 cancelled at once (nobody leased it: T12),
  * 2 accepted (its lease holder is told through athena_cancel
  * '<incarnation>:<seq>' and ends it, T13), 3 accepted for a parked
@@ -471,10 +206,10 @@ int ath__qpg_cancelled(ath_qpg_t* q, int64_t lease, int64_t** seqs, size_t* n);
  * a claim returns them (resumed, with history), for the caller to cancel
  * at once, needing no free slot. Rows someone claimed first are theirs. */
 int ath__qpg_wf_take(ath_qpg_t* q, int64_t lease, const int64_t* seqs, size_t n, int by_parent,
-                     ath_qpg_tasks_t* out);
+                     ath_queue_tasks_t* out);
 /* The rows `lease` holds (after a lost connection: a claim may have
  * committed without its answer arriving). */
-int ath__qpg_leased(ath_qpg_t* q, int64_t lease, ath_qpg_tasks_t* out);
+int ath__qpg_leased(ath_qpg_t* q, int64_t lease, ath_queue_tasks_t* out);
 /* Takes the session lock of `node_id` in this schema (*held = 0: another
  * live session holds it: a second process with the same nodeId). Held for
  * the session's life: it frees when the process dies (its connection
@@ -488,8 +223,8 @@ int ath__qpg_hooks_done(ath_qpg_t* q, const int64_t* ids, size_t n);
  * killed between its commit and its delivery, or stopped before it) become
  * `owner`'s, oldest first; *out (malloc'd, *n rows) to free with
  * ath__qpg_outbox_free. */
-int ath__qpg_hooks_adopt(ath_qpg_t* q, int64_t owner, int limit, ath_qpg_outbox_t** out, size_t* n);
-void ath__qpg_outbox_free(ath_qpg_outbox_t* rows, size_t n);
+int ath__qpg_hooks_adopt(ath_qpg_t* q, int64_t owner, int limit, ath_queue_outbox_t** out, size_t* n);
+void ath__qpg_outbox_free(ath_queue_outbox_t* rows, size_t n);
 
 /* The live and expired worker nodes as a JSON array (malloc'd text):
  * nodeId, incarnation, host, pid, startedAt, beatAt, expiresAt, alive,
@@ -498,28 +233,15 @@ int ath__qpg_nodes(ath_qpg_t* q, char** json);
 
 /* ------------------------------------------------------------ cluster reads, dead letters */
 
-/* A read of task rows (world:queryTasks, children): every filter set is
- * applied; the rows come in its order, at most `limit`. */
-typedef struct {
-  unsigned status_mask;  /* 1 << status of the statuses wanted; 0: any */
-  const char* name;      /* exact task name, or NULL */
-  const char* parent_id; /* owning workflow, or NULL */
-  int64_t since, until;  /* inclusive bounds on created_at; 0: none */
-  int64_t limit;         /* > 0 */
-  int by_seq;            /* 1: seq order (creation), after after_seq; 0: newest first
-                          * (created_at DESC, id) */
-  int64_t after_seq;
-} ath_qpg_query_t;
-
 /* The rows f selects, with result and completed_at. One statement built
  * from the filters given (parameters bound, never spliced), not prepared:
  * each read gets a plan for its own filters. Newest first walks
  * tasks_created; parent_id reads tasks_parent; by_seq alone reads the
  * primary key (docs/backend-postgres.md, "Cluster reads"). */
-int ath__qpg_query(ath_qpg_t* q, const ath_qpg_query_t* f, ath_qpg_tasks_t* out);
+int ath__qpg_query(ath_qpg_t* q, const ath_queue_query_t* f, ath_queue_tasks_t* out);
 /* The SQL ath__qpg_query runs for f (malloc'd) and its parameters' text in
  * v[0..*n) (pointing into `buf`, 8 x 32 bytes): for EXPLAIN checks. */
-char* ath__qpg_query_sql(const ath_qpg_t* q, const ath_qpg_query_t* f, char buf[8][32],
+char* ath__qpg_query_sql(const ath_qpg_t* q, const ath_queue_query_t* f, char buf[8][32],
                          const char** v, int* n);
 /* Dead letters (status 8), from any node; each one statement under a row
  * lock on task `id`. *how: 1 done, 0 refused (the row is not quarantined:
@@ -532,45 +254,23 @@ int ath__qpg_purge(ath_qpg_t* q, const char* id, int64_t* seq, int* status, int*
 
 /* ------------------------------------------------------------ cluster counts */
 
-/* What the cluster holds now, per queue (getMetrics().cluster, /metrics). */
-typedef struct {
-  char* queue;
-  int64_t depth;         /* in ready */
-  int64_t oldest_age_ms; /* of the oldest in ready (database clock), 0: none */
-  int64_t scheduled;     /* waiting for a time: scheduled, retrying (due_at) */
-  int64_t running;       /* leased and running (claimed by a node: running or buffered there) */
-} ath_qpg_qcount_t;
-
-typedef struct {
-  int64_t queued, scheduled, running; /* sums over the queues */
-  int64_t nodes;                      /* worker nodes whose lease is alive */
-  char* leader;                       /* nodeId of the live leader, NULL: none */
-  int64_t completed_window;           /* tasks ended in the last ATH_QPG_RATE_WINDOW_MS */
-  double start_latency_ms[3];         /* of those: ready -> claim, p50 / p95 / p99 (0: none) */
-  ath_qpg_qcount_t* queues;           /* by name */
-  size_t nqueues;
-} ath_qpg_counts_t;
-
-#define ATH_QPG_RATE_WINDOW_MS 10000
-
 /* One statement: counts of ready (ready_order), tasks_due and
  * tasks_leased, grouped by queue, and the live nodes and leader; never a
  * scan of the tasks table. A second one reads the tasks that ended in the
- * last ATH_QPG_RATE_WINDOW_MS through tasks_done (completed_at): their
+ * last ATH_QUEUE_RATE_WINDOW_MS through tasks_done (completed_at): their
  * number and the percentiles of started_at - ready_at (how long a ready
  * task waited for a node's claim). */
-int ath__qpg_counts(ath_qpg_t* q, ath_qpg_counts_t* out);
+int ath__qpg_counts(ath_qpg_t* q, ath_queue_counts_t* out);
 /* Its SQL (malloc'd), for EXPLAIN checks. */
 char* ath__qpg_counts_sql(const ath_qpg_t* q);
-void ath__qpg_counts_free(ath_qpg_counts_t* c);
+void ath__qpg_counts_free(ath_queue_counts_t* c);
 
 /* ------------------------------------------------------------ notifications */
 
 /* LISTENs to the NULL-terminated channels (athena_ready, athena_done, ...). */
 int ath__qpg_listen(ath_qpg_t* q, const char* const* channels);
-typedef void (*ath_qpg_notify_cb)(const char* channel, const char* payload, void* ud);
 /* Reads what the socket has without blocking and calls cb per notification.
  * Returns how many, or ATH_ESTORE when the connection broke. */
-int ath__qpg_notifies(ath_qpg_t* q, ath_qpg_notify_cb cb, void* ud);
+int ath__qpg_notifies(ath_qpg_t* q, ath_queue_notify_cb cb, void* ud);
 
 #endif

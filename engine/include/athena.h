@@ -85,6 +85,8 @@ typedef struct ath_task_s ath_task_t;
 typedef struct ath_world_config_s ath_world_config_t;
 typedef struct ath_exec_opts_s ath_exec_opts_t;
 typedef struct ath_store_provider_s ath_store_provider_t;
+typedef struct ath_queue_provider_s ath_queue_provider_t;
+typedef struct ath_queue_conn_s ath_queue_conn_t;
 typedef struct ath_event_sink_s ath_event_sink_t;
 typedef struct ath_authorizer_s ath_authorizer_t;
 
@@ -183,11 +185,16 @@ struct ath_world_config_s {
   const ath_authorizer_t* authorizer;
   /* The PostgreSQL backend (docs/backend-postgres.md): several processes
    * share one queue in a PostgreSQL schema. NULL: none (the local store). */
-  const char* backend_url;    /* postgres://... or a libpq conninfo */
+  const char* backend_url;    /* postgres://... or a libpq conninfo; with `queue`,
+                               * the location that provider opens */
   const char* backend_schema; /* NULL: "athena" */
   const char* node_id;        /* NULL: "<hostname>:<pid>" */
   int64_t poll_interval_ms;   /* claims and result checks without NOTIFY (1000) */
   int backend_poll_only;      /* 1: send and use no NOTIFY (poll only) */
+  /* The shared queue's provider (the queue providers section below);
+   * NULL: ath_postgres_queue(). Needs backend_url. Borrowed: it must
+   * outlive the world. */
+  const ath_queue_provider_t* queue;
 };
 
 enum { ATH_PERSIST_MEMORY = 0, ATH_PERSIST_FILE, ATH_PERSIST_HYBRID };
@@ -638,6 +645,451 @@ struct ath_store_provider_s {
 
 /* The built-in SQLite store (<persistencePath>/athena.db), the default. */
 ATH_EXTERN const ath_store_provider_t* ath_sqlite_store(void);
+
+/* ---------------------------------------------------------- queue providers */
+
+/* A queue provider holds a queue that several athena processes (nodes)
+ * share: tasks are inserted there, and each node claims rows under a lease,
+ * runs them and writes their outcomes back, fenced, so a node that lost its
+ * lease can change nothing (SEMANTICS across hosts; the PostgreSQL backend,
+ * docs/backend-postgres.md, is one: ath_postgres_queue()). A host passes one
+ * as ath_world_config_t.queue with backend_url, the location its open gets.
+ * The engine drives it from its backend loop (docs/c-api.md "Queue
+ * providers" lists what each operation must guarantee): the store thread
+ * batches inserts, outcomes, heartbeats and claims into one `cycle`; the
+ * leader's connection rescues expired nodes' tasks and fires schedules;
+ * reads serve handle:result(), queryTasks and cancel from any node.
+ *
+ * Rows and lists below are plain structs; strings a provider returns live
+ * until the matching *_free call. Times are epoch milliseconds of the
+ * provider's clock (`now`), shared by every node. Statuses are
+ * ath_status_t. */
+
+typedef struct {
+  const char* node_id;       /* configured nodeId */
+  const char* host;          /* NULL: gethostname */
+  int pid;                   /* 0: getpid() */
+  const char* const* queues; /* NULL-terminated; the queues it claims */
+  int slots;
+  int64_t ttl_ms;      /* heartbeatTimeout: the lease lasts this long per renew */
+  int64_t interval_ms; /* heartbeatInterval: how often the owner renews */
+  int leader;          /* the leader's control incarnation (not listed as a node) */
+} ath_queue_node_t;
+
+/* A node's lease as its owner tracks it. Monotonic times (ns) come from the
+ * caller so tests can pass their own. */
+typedef struct {
+  int64_t incarnation;  /* tasks.lease of everything this node holds */
+  int64_t ttl_ms, interval_ms;
+  uint64_t renewed_ns;  /* monotonic time at which the last successful renew was sent */
+  int64_t expires_at;   /* database time the lease lasts until */
+  int lost;             /* the database said it expired: fenced for good */
+} ath_queue_lease_t;
+
+/* Statuses are ath_status_t (0 pending, 1 scheduled, 2 running, 3 retrying,
+ * 5 completed, 6 failed, 7 cancelled, 8 quarantined, ...). */
+typedef struct {
+  const char* id;        /* unique; an existing id is not inserted again */
+  const char* name;
+  const char* queue;
+  const char* input;     /* JSON text, stored verbatim */
+  const char* parent_id; /* NULL: none */
+  int kind;              /* 0 activity, 1 workflow */
+  int priority, max_attempts, strategy;
+  int64_t delay_ms;       /* > 0: scheduled (due later), else ready now */
+  int64_t close_after_ms; /* > 0: scheduleToClose */
+  int notify;             /* NOTIFY athena_done when it ends */
+} ath_queue_insert_t;
+
+typedef struct {
+  int64_t seq;
+  int created;         /* 0: the id existed (idempotent insert) */
+  int64_t created_at;
+  char* existing_name; /* created == 0: the existing task's name (malloc'd) */
+} ath_queue_inserted_t;
+
+/* One attempt's outcome, fenced by (seq, lease, attempt). */
+typedef struct {
+  int64_t seq;
+  int attempt;         /* the claimed attempt */
+  int status;          /* >= 5 terminal; 3 retrying / 1 scheduled: due after
+                          delay_ms (then stage); 0: returned unrun
+                          (attempt not counted, back in ready) */
+  int64_t delay_ms;
+  const char* result;  /* JSON text or NULL */
+  const char* error;   /* JSON text or NULL (keeps the previous error) */
+  int worker_id;
+} ath_queue_outcome_t;
+
+/* The latest ctx:heartbeat of an attempt a node leases (details and time),
+ * fenced by (seq, lease, attempt) and a running row: the next attempt, on
+ * any node, starts from them (ctx.lastHeartbeat). */
+typedef struct {
+  int64_t seq;
+  int attempt;
+  const char* details; /* JSON text or NULL (a heartbeat without details) */
+  int64_t at;          /* wall ms of the heartbeat */
+} ath_queue_beat_t;
+
+/* A claimed (or rescued) task. Strings point into the result and live until
+ * tasks_free; NULL for SQL NULL. */
+typedef struct {
+  int64_t seq;
+  const char* id;
+  const char* name;
+  const char* queue;
+  int kind, status, priority, attempt, max_attempts, strategy, rescues, wake, hist_n;
+  int resumed; /* a workflow resumption (attempt unchanged) */
+  int64_t created_at, ready_at, started_at, close_by, cancel_at, last_hb; /* -1: NULL */
+  const char* parent_id;
+  const char* input;
+  const char* error;
+  const char* hb;
+  const char* history; /* workflows: the events, comma-joined */
+  const char* result;  /* reads only (read, get) */
+  int64_t completed_at; /* reads only; -1: NULL */
+  int64_t scheduled_at;
+  /* claims of a workflow: what its last park waits for (wait_kind 0: none;
+   * ath_queue_park_t's kinds) and, when that is a task, its row's outcome
+   * (wait_status -1: no such row) */
+  int wait_kind, wait_status;
+  int64_t wait_seq;
+  const char* wait_task;
+  const char* wait_result;
+  const char* wait_error;
+} ath_queue_task_t;
+
+typedef struct {
+  ath_queue_task_t* rows;
+  size_t n;
+  void* res_; /* private */
+} ath_queue_tasks_t;
+
+/* Workflows (distributed.md §3.11): events appended to a history, fenced
+ * by the lease and the count stored so far (events[i] becomes event
+ * from + i of workflow `seq`). */
+typedef struct {
+  int64_t seq;
+  int from;                  /* the events the row holds already (hist_n) */
+  const char* const* events; /* JSON texts */
+  size_t n;
+} ath_queue_append_t;
+
+/* The row's wait_kind after a child failed under cascade (§8): wait_task
+ * names that child, and whoever claims the workflow fails it. */
+#define ATH_QUEUE_WAIT_CASCADE 5
+
+/* A workflow segment parked: the row leaves its lease and waits for task
+ * wait_task (kinds 1 activity, 2 child, 3 compensation) or for delay_ms
+ * (kind 4, a timer: staged like a retry). It is made ready at once when
+ * the awaited task already ended or any child ended since the claim that
+ * returned `wake_seen` (no lost wake-up). status/error: the run's state
+ * (running or compensating, with the failure it compensates). */
+typedef struct {
+  int64_t seq;
+  int attempt;
+  int status;
+  const char* error;     /* NULL: unchanged */
+  int wait_kind;
+  const char* wait_task; /* kinds 1-3 */
+  int64_t wait_seq;
+  int64_t delay_ms;      /* kind 4 */
+  int wake_seen;
+} ath_queue_park_t;
+
+typedef struct {
+  const char* queue;
+  int n;                  /* at most this many, priority DESC, ready_at, seq */
+  ath_queue_tasks_t* out;   /* receives the rows */
+} ath_queue_claim_t;
+
+/* A webhook event of a finish in the same cycle: stored in the outbox only
+ * when that finish applied (the row was written by this transaction with
+ * this status and attempt), so a fenced-out node never sends it. */
+typedef struct ath_queue_hook_s {
+  int64_t seq;          /* the finished task */
+  int status, attempt;  /* what its finish writes */
+  int kind;             /* the engine's event kind (ATH_EV_*) */
+  const char* delivery; /* the delivery id (X-Athena-Delivery) */
+  int64_t at;           /* wall ms of the event */
+  const char* body;     /* the whole JSON body */
+} ath_queue_hook_t;
+
+/* An outbox row handed to this node (hooks_adopt). */
+typedef struct {
+  int64_t id, at;
+  int kind;
+  char* delivery;
+  char* body;
+} ath_queue_outbox_t;
+
+/* One cycle of the backend loop in one round trip (libpq pipeline mode):
+ * heartbeats, inserts and finishes commit together (one transaction, with
+ * the NOTIFYs of what they made ready), then each claim commits on its own; with
+ * one_commit, everything is one transaction (one commit per cycle). A
+ * failing part aborts what follows it. On error, `committed` says whether
+ * the write part committed (then `inserted` / `applied` are valid and
+ * inserted must still be cleared). Claim outputs are always the caller's to
+ * free: a claim that committed before a later one failed keeps its rows
+ * (they are leased); others are empty. Any part may be empty. */
+typedef struct {
+  const ath_queue_beat_t* beats;    /* written first (before the finishes) */
+  size_t n_beats;
+  uint8_t* beat_applied;          /* n_beats flags: 0 = fenced out (the attempt is
+                                   * not this lease's, or no longer running) */
+  const ath_queue_insert_t* inserts;
+  size_t n_inserts;
+  ath_queue_inserted_t* inserted;   /* n_inserts rows, in input order */
+  const ath_queue_outcome_t* outcomes;
+  size_t n_outcomes;
+  uint8_t* applied;               /* n_outcomes flags: 0 = fenced out, discard */
+  int64_t lease;                  /* the incarnation claiming and finishing */
+  const ath_queue_claim_t* claims;
+  size_t n_claims;
+  int one_commit;                 /* claims in the writes' transaction */
+  int committed;                  /* out: the inserts and finishes committed */
+  /* workflows: appends go before the finishes, parks and requeues after */
+  const ath_queue_append_t* appends;
+  size_t n_appends;
+  uint8_t* appended;              /* n_appends flags: 0 = fenced out */
+  const ath_queue_park_t* parks;
+  size_t n_parks;
+  uint8_t* parked;                /* n_parks flags: 0 = fenced out */
+  const int64_t* requeues;        /* workflow segments leased by `lease`, back
+                                   * to ready as resumptions (same run) */
+  size_t n_requeues;
+  /* webhook events of this cycle's finishes, stored in the outbox in the
+   * same transaction (at-least-once delivery across a crash) */
+  const struct ath_queue_hook_s* hooks;
+  size_t n_hooks;
+  int64_t* hook_ids;              /* n_hooks: the outbox row's id, 0 when its
+                                   * finish was fenced out (never sent) */
+  int64_t hook_owner;             /* the rows' owner; 0: lease; -1: none (the
+                                   * next adoption by any node sends them) */
+  const int64_t* kids;            /* workflows that ended cancelled or by a
+                                   * cascade (finished before, in this cycle or
+                                   * earlier): their unfinished children are
+                                   * cancelled (a parked child workflow is made
+                                   * ready with cancel_at, for its claimer) */
+  size_t n_kids;
+} ath_queue_cycle_t;
+
+/* A schedule as a node registers it (distributed.md §3.10). The task
+ * fields are the effective ones (what the fired task gets). */
+typedef struct {
+  const char* id;
+  const char* name;
+  const char* input;      /* JSON text */
+  const char* cron;       /* NULL: one-off at once_at */
+  const char* queue;      /* the task queue of its tasks */
+  const char* definition; /* hash of what defines it: unchanged = left alone */
+  int64_t once_at;
+  int64_t next_ms;        /* the first occurrence (0: none) */
+  int local_tz, catch_up, overlap_skip;
+  int priority, strategy, max_attempts;
+  int64_t close_after_ms; /* > 0: scheduleToClose of its tasks */
+} ath_queue_schedule_t;
+
+/* One occurrence of a schedule (the leader's fire). */
+typedef struct {
+  const char* id;
+  int64_t expect; /* the row's next_ms now: the compare-and-set key */
+  int64_t at;     /* the occurrence fired: task "<id>@<at>" (one-off: "<id>") */
+  int64_t next;   /* next_ms afterwards (0: none left; a one-off's row is deleted) */
+  int fire;       /* 0: only advance (catch-up "none") */
+  int64_t skip;   /* added to skipped (occurrences dropped by catch-up "all") */
+} ath_queue_fire_t;
+
+/* What one fire did (the three answers of a fire). */
+typedef struct {
+  int advanced, created, skipped;
+} ath_queue_fired_t;
+
+#define ATH_QUEUE_FIRE_MAX 200 /* occurrences per schedule_fire_many call */
+
+/* A stored schedule. Strings point into the result (NULL for SQL NULL);
+ * times -1 for NULL. */
+typedef struct {
+  const char* id;
+  const char* name;
+  const char* input;
+  const char* cron;
+  const char* queue;
+  const char* last_task;
+  int64_t once_at, next_ms, last_ms, total, skipped, close_after_ms;
+  int local_tz, catch_up, overlap_skip, paused, priority, strategy, max_attempts;
+} ath_queue_sched_row_t;
+
+typedef struct {
+  ath_queue_sched_row_t* rows;
+  size_t n;
+  int64_t now; /* the database's time of the read (-1 when no row) */
+  void* res_;  /* private */
+} ath_queue_scheds_t;
+
+/* A read of task rows (world:queryTasks, children): every filter set is
+ * applied; the rows come in its order, at most `limit`. */
+typedef struct {
+  unsigned status_mask;  /* 1 << status of the statuses wanted; 0: any */
+  const char* name;      /* exact task name, or NULL */
+  const char* parent_id; /* owning workflow, or NULL */
+  int64_t since, until;  /* inclusive bounds on created_at; 0: none */
+  int64_t limit;         /* > 0 */
+  int by_seq;            /* 1: seq order (creation), after after_seq; 0: newest first
+                          * (created_at DESC, id) */
+  int64_t after_seq;
+} ath_queue_query_t;
+
+/* What the cluster holds now, per queue (getMetrics().cluster, /metrics). */
+typedef struct {
+  char* queue;
+  int64_t depth;         /* in ready */
+  int64_t oldest_age_ms; /* of the oldest in ready (database clock), 0: none */
+  int64_t scheduled;     /* waiting for a time: scheduled, retrying (due_at) */
+  int64_t running;       /* leased and running (claimed by a node: running or buffered there) */
+} ath_queue_qcount_t;
+
+typedef struct {
+  int64_t queued, scheduled, running; /* sums over the queues */
+  int64_t nodes;                      /* worker nodes whose lease is alive */
+  char* leader;                       /* nodeId of the live leader, NULL: none */
+  int64_t completed_window;           /* tasks ended in the last ATH_QUEUE_RATE_WINDOW_MS */
+  double start_latency_ms[3];         /* of those: ready -> claim, p50 / p95 / p99 (0: none) */
+  ath_queue_qcount_t* queues;           /* by name */
+  size_t nqueues;
+} ath_queue_counts_t;
+
+#define ATH_QUEUE_RATE_WINDOW_MS 10000
+
+/* A notification heard on a connection (notifies). */
+typedef void (*ath_queue_notify_cb)(const char* channel, const char* payload, void* ud);
+
+/* A connection: each provider's own struct starts with this one (as
+ * sqlite3_file starts every VFS's file), so the engine finds the
+ * operations from any connection it opened. One thread uses a connection
+ * at a time; the engine opens several (its backend loop's writer, the
+ * leader's, a listener, a reader for other threads). */
+struct ath_queue_conn_s {
+  const ath_queue_provider_t* provider;
+};
+
+/* The provider. Fill with zeros, set size = sizeof(ath_queue_provider_t)
+ * (fields added later go at the end; the engine reads only what size
+ * covers), then the operations. Every operation but notifies may block its
+ * thread (a network round trip). Errors: 0, or an ATH_E* code (ATH_ESTORE:
+ * the store refused or the connection broke; errmsg and sqlstate tell
+ * which; a sqlstate starting with "08" means the connection broke and
+ * `reset` is called before its next use). Operations marked optional may
+ * be NULL: the feature named is then unavailable (ATH_ENOSYS) or skipped. */
+struct ath_queue_provider_s {
+  size_t size;
+  const char* name; /* for logs and errors: "postgres" */
+  void* ud;         /* passed to open */
+  /* --- connections (required) */
+  /* Opens a connection to `location` (backend_url) in namespace `schema`
+   * (NULL: the provider's default); notify = 0: send no notifications (a
+   * poll-only cluster). Sets *out (a struct starting with
+   * ath_queue_conn_t, provider set) or returns an error with *out NULL. */
+  int (*open)(void* ud, const char* location, const char* schema, int notify, ath_queue_conn_t** out,
+              char* err, size_t errlen);
+  /* Reconnects after a broken connection (sqlstate "08..."); session state
+   * (listens, the leader and node locks) must be taken again by the engine,
+   * except the node lock, which reset takes again itself (ATH_EBUSY: another
+   * process took it meanwhile). */
+  int (*reset)(ath_queue_conn_t* c);
+  void (*close)(ath_queue_conn_t* c); /* NULL ok; ends its locks and listens */
+  const char* (*errmsg)(const ath_queue_conn_t* c);  /* the last error, "" none */
+  const char* (*sqlstate)(const ath_queue_conn_t* c);/* its code, "" none */
+  /* Optional: brings the store to the provider's current layout (every
+   * node calls it at start; concurrent callers must be safe). *version:
+   * the layout found before (0: none). */
+  int (*migrate)(ath_queue_conn_t* c, int* version);
+  /* --- the node lease (required) */
+  /* A new incarnation of n, unique forever, leased for n->ttl_ms. */
+  int (*node_register)(ath_queue_conn_t* c, const ath_queue_node_t* n, uint64_t now_ns,
+                       ath_queue_lease_t* lease);
+  /* Renews the lease (metrics: JSON text or NULL, kept with it);
+   * ATH_EWORKERLOST when it had expired (lease->lost = 1). */
+  int (*node_renew)(ath_queue_conn_t* c, ath_queue_lease_t* lease, uint64_t now_ns, const char* metrics);
+  /* At shutdown: the lease expires now. */
+  int (*node_release)(ath_queue_conn_t* c, ath_queue_lease_t* lease);
+  /* Optional: a session lock of node_id (*held = 0: another live process
+   * has that nodeId; the engine then fails with ATH_EBUSY). */
+  int (*node_lock)(ath_queue_conn_t* c, const char* node_id, int* held);
+  /* --- the work (required) */
+  /* One batch: heartbeats, inserts and outcomes (fenced by seq, lease and
+   * attempt; applied[i] = 0 for a fenced-out one), then claims (rows
+   * leased to c->lease, highest priority, then ready_at, then seq), as
+   * ath_queue_cycle_t says. Workflow parts (appends, parks, requeues,
+   * kids) come only with `workflows`; hooks only with hooks_adopt. */
+  int (*cycle)(ath_queue_conn_t* c, ath_queue_cycle_t* x);
+  /* Makes due delayed and retrying rows ready: seqs[0..n), or (seqs NULL)
+   * every row due for more than late_ms, at most limit. */
+  int (*stage)(ath_queue_conn_t* c, const int64_t* seqs, size_t n, int64_t late_ms, int limit,
+               int* staged);
+  /* The leader's: leases to `leader` the rows of expired incarnations (at
+   * most limit; rescues + 1), returned for the engine to decide and finish
+   * through cycle; forgets nodes expired for more than grace_ms. */
+  int (*rescue)(ath_queue_conn_t* c, int64_t leader, int limit, int64_t grace_ms, ath_queue_tasks_t* out);
+  /* A new incarnation of node_id takes the rows of its earlier ones. */
+  int (*take_over)(ath_queue_conn_t* c, const char* node_id, int64_t incarnation, ath_queue_tasks_t* out);
+  /* The rows `lease` holds (after a lost answer). */
+  int (*leased)(ath_queue_conn_t* c, int64_t lease, ath_queue_tasks_t* out);
+  /* The leader lock (*held = 1 when this connection holds it), and giving
+   * it up (optional: NULL closes the connection instead). */
+  int (*leader_try)(ath_queue_conn_t* c, int* held);
+  int (*leader_resign)(ath_queue_conn_t* c);
+  int (*now)(ath_queue_conn_t* c, int64_t* now); /* the shared clock */
+  /* --- reads and cancel (required) */
+  int (*read)(ath_queue_conn_t* c, const int64_t* seqs, size_t n, int ended_only, ath_queue_tasks_t* out);
+  int (*get)(ath_queue_conn_t* c, const char* id, ath_queue_tasks_t* out);
+  /* *how: 1 cancelled now (unleased), 2 accepted (the holder hears of it
+   * through `cancelled`), 3 accepted for a parked workflow, 0 refused. */
+  int (*cancel)(ath_queue_conn_t* c, int64_t seq, int* how);
+  int (*cancelled)(ath_queue_conn_t* c, int64_t lease, int64_t** seqs, size_t* n); /* malloc'd */
+  void (*tasks_free)(ath_queue_tasks_t* t);
+  void (*inserted_clear)(ath_queue_inserted_t* r, size_t n);
+  /* Optional: world:queryTasks across the cluster, dead letters. */
+  int (*query)(ath_queue_conn_t* c, const ath_queue_query_t* f, ath_queue_tasks_t* out);
+  int (*requeue)(ath_queue_conn_t* c, const char* id, int64_t* seq, int* status, int* how);
+  int (*purge)(ath_queue_conn_t* c, const char* id, int64_t* seq, int* status, int* how);
+  /* --- optional groups */
+  /* Notifications (NULL: poll only). listen subscribes; notifies reads
+   * without blocking; socket is what the engine polls (-1: broken). */
+  int (*listen)(ath_queue_conn_t* c, const char* const* channels);
+  int (*notifies)(ath_queue_conn_t* c, ath_queue_notify_cb cb, void* ud);
+  int (*socket)(const ath_queue_conn_t* c);
+  /* Workflows across nodes (NULL: workflows are refused with ATH_ENOSYS). */
+  int (*wf_requeue)(ath_queue_conn_t* c, int64_t lease, const int64_t* seqs, size_t n);
+  int (*wf_take)(ath_queue_conn_t* c, int64_t lease, const int64_t* seqs, size_t n, int by_parent,
+                 ath_queue_tasks_t* out);
+  /* Schedules fired once cluster-wide (NULL: schedules are refused). */
+  int (*schedule_put)(ath_queue_conn_t* c, const ath_queue_schedule_t* s, int* changed);
+  int (*schedule_fire_many)(ath_queue_conn_t* c, const ath_queue_fire_t* f, size_t n, ath_queue_fired_t* out);
+  int (*schedules)(ath_queue_conn_t* c, const char* id, ath_queue_scheds_t* out);
+  int (*schedules_due)(ath_queue_conn_t* c, int limit, ath_queue_scheds_t* out);
+  int (*schedule_pause)(ath_queue_conn_t* c, const char* id, int* found);
+  int (*schedule_resume)(ath_queue_conn_t* c, const char* id, int64_t next_ms, int* resumed);
+  int (*schedule_delete)(ath_queue_conn_t* c, const char* id, int* found);
+  void (*scheds_free)(ath_queue_scheds_t* s);
+  /* Webhooks stored with their finish, delivered at least once (NULL:
+   * sent from memory, at most once). */
+  int (*hooks_done)(ath_queue_conn_t* c, const int64_t* ids, size_t n);
+  int (*hooks_adopt)(ath_queue_conn_t* c, int64_t owner, int limit, ath_queue_outbox_t** out, size_t* n);
+  void (*outbox_free)(ath_queue_outbox_t* rows, size_t n);
+  /* Cluster views (NULL: getMetrics().cluster and getNodes are empty). */
+  int (*counts)(ath_queue_conn_t* c, ath_queue_counts_t* out);
+  void (*counts_free)(ath_queue_counts_t* out);
+  int (*nodes)(ath_queue_conn_t* c, char** json); /* a JSON array, malloc'd */
+  /* Housekeeping the leader runs every few seconds (NULL: none), and the
+   * transactions run again after a conflict (NULL: 0). */
+  int (*maintain)(ath_queue_conn_t* c);
+  int64_t (*retries)(const ath_queue_conn_t* c);
+};
+
+/* The PostgreSQL queue provider (docs/backend-postgres.md): what
+ * backend_url = "postgres://..." uses when ath_world_config_t.queue is NULL. */
+ATH_EXTERN const ath_queue_provider_t* ath_postgres_queue(void);
 
 /* -------------------------------------------------------------- event sinks */
 

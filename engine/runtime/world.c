@@ -130,6 +130,14 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
     ath__set_err(err, errlen, "%s", serr);
     return ATH_EINVAL;
   }
+  if (cfg->queue != NULL && cfg->backend_url == NULL) {
+    ath__set_err(err, errlen, "%s", "invalid backend: a queue provider needs backend_url (the location it opens)");
+    return ATH_EINVAL;
+  }
+  if (cfg->backend_url != NULL && ath__dq_check(cfg, serr, sizeof(serr)) != 0) {
+    ath__set_err(err, errlen, "%s", serr);
+    return ATH_EINVAL;
+  }
   if (cfg->backend_url != NULL && cfg->store != NULL) {
     ath__set_err(err, errlen, "%s", "invalid backend: a store provider and the PostgreSQL backend are exclusive");
     return ATH_EINVAL;
@@ -819,6 +827,12 @@ static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
   }
   ath_def_t* def = &w->defs[di];
   ath_queue_t* q = def->queue;
+  if (def->a.workflow && w->dq != NULL && !ath__dq_workflows(w)) {
+    ath__set_err(err, errlen, "the queue provider %s runs no workflows (it has no wf_requeue, wf_take)",
+                 ath__dq_provider(w)->name ? ath__dq_provider(w)->name : "(unnamed)");
+    rc = ATH_ENOSYS;
+    goto fail;
+  }
   if (opts->task_queue != NULL && (q = find_queue(w, opts->task_queue)) == NULL) {
     ath__set_err(err, errlen, "unknown task queue %s", opts->task_queue);
     rc = ATH_EINVAL;

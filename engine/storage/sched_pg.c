@@ -19,25 +19,26 @@
 #include <string.h>
 #include "internal.h"
 #include "store.h"
-#include "queue_pg.h"
+#include "queue.h"
 
 #define SCAN_LIMIT 100 /* armed rows per scan */
 
 /* The call failed because the connection broke, and a reconnect worked:
  * worth once more (every schedule statement is safe to repeat). */
-static int again(ath_qpg_t* q, int rc) {
-  return rc == ATH_ESTORE && strncmp(ath__qpg_sqlstate(q), "08", 2) == 0 && ath__qpg_reset(q) == 0;
+#define QP (ath__dq_provider(w))
+static int again(ath_queue_conn_t* q, int rc) {
+  return rc == ATH_ESTORE && strncmp(ath__q_sqlstate(q), "08", 2) == 0 && ath__q_reset(q) == 0;
 }
 
-static int store_err(ath_qpg_t* q, int rc, char* err, size_t errlen) {
+static int store_err(ath_queue_conn_t* q, int rc, char* err, size_t errlen) {
   if (rc == ATH_ESTORE && err != NULL)
-    snprintf(err, errlen, "PostgreSQL: %s", ath__qpg_errmsg(q));
+    snprintf(err, errlen, "PostgreSQL: %s", ath__q_errmsg(q));
   return rc;
 }
 
 /* The definition hash: every field of s that shapes its tasks, each as
  * <length>:<bytes> (unambiguous), hashed to 16 hex digits. */
-static int definition(const ath_qpg_schedule_t* s, char out[17]) {
+static int definition(const ath_queue_schedule_t* s, char out[17]) {
   ath_buf_t b = {0};
   const char* strs[4] = {s->name, s->input, s->cron ? s->cron : "", s->queue ? s->queue : ""};
   char num[160];
@@ -71,6 +72,10 @@ static int64_t next_after(const char* cron, int local_tz, int64_t once_at, int64
 /* ------------------------------------------------------------ any node */
 
 int ath__pgsched_put(ath_world_t* w, const ath_sched_t* s, char* err, size_t errlen) {
+  if (!ath__q_can_schedules(QP)) {
+    snprintf(err, errlen, "the queue provider %s keeps no schedules", QP->name ? QP->name : "(unnamed)");
+    return ATH_ENOSYS;
+  }
   uv_mutex_lock(&w->lock);
   int state = w->state;
   uv_mutex_unlock(&w->lock);
@@ -84,7 +89,7 @@ int ath__pgsched_put(ath_world_t* w, const ath_sched_t* s, char* err, size_t err
   char* input = ath__memdup(s->input, s->input_len); /* a C host's payload need not end in NUL */
   if (input == NULL)
     return ATH_ENOMEM;
-  ath_qpg_schedule_t row = {
+  ath_queue_schedule_t row = {
     .id = s->id, .name = s->def->name, .input = input, .cron = s->cron_expr,
     .queue = s->queue_name ? s->queue_name : s->def->queue->name, .once_at = s->once_at,
     .local_tz = s->o.local_tz, .catch_up = s->o.catch_up, .overlap_skip = s->o.overlap_skip,
@@ -96,21 +101,21 @@ int ath__pgsched_put(ath_world_t* w, const ath_sched_t* s, char* err, size_t err
     return ATH_ENOMEM;
   }
   row.definition = def;
-  ath_qpg_t* rd = ath__dq_reader(w);
+  ath_queue_conn_t* rd = ath__dq_reader(w);
   if (rd == NULL) {
     free(input);
     snprintf(err, errlen, "%s", "world is shutting down");
     return ATH_ESHUTDOWN;
   }
   int64_t now = 0;
-  int rc = ath__qpg_now(rd, &now);
+  int rc = ath__q_now(rd, &now);
   if (again(rd, rc))
-    rc = ath__qpg_now(rd, &now);
+    rc = ath__q_now(rd, &now);
   if (rc == 0) {
     row.next_ms = s->cron_expr ? next_after(s->cron_expr, s->o.local_tz, 0, now) : s->once_at;
-    rc = ath__qpg_schedule_put(rd, &row, NULL);
+    rc = ath__q_schedule_put(rd, &row, NULL);
     if (again(rd, rc))
-      rc = ath__qpg_schedule_put(rd, &row, NULL);
+      rc = ath__q_schedule_put(rd, &row, NULL);
   }
   rc = store_err(rd, rc, err, errlen);
   ath__dq_reader_done(w);
@@ -119,40 +124,44 @@ int ath__pgsched_put(ath_world_t* w, const ath_sched_t* s, char* err, size_t err
 }
 
 int ath__pgsched_pause(ath_world_t* w, const char* id, int paused) {
-  ath_qpg_t* rd = ath__dq_reader(w);
+  if (!ath__q_can_schedules(QP))
+    return ATH_ENOTFOUND; /* none could be made */
+  ath_queue_conn_t* rd = ath__dq_reader(w);
   int rc = 0, found = 0;
   if (paused) {
-    rc = ath__qpg_schedule_pause(rd, id, &found);
+    rc = ath__q_schedule_pause(rd, id, &found);
     if (again(rd, rc))
-      rc = ath__qpg_schedule_pause(rd, id, &found);
+      rc = ath__q_schedule_pause(rd, id, &found);
   } else { /* the next occurrence after now: what came due while paused is skipped */
-    ath_qpg_scheds_t rows;
-    rc = ath__qpg_schedules(rd, id, &rows);
+    ath_queue_scheds_t rows;
+    rc = ath__q_schedules(rd, id, &rows);
     if (again(rd, rc))
-      rc = ath__qpg_schedules(rd, id, &rows);
+      rc = ath__q_schedules(rd, id, &rows);
     if (rc == 0) {
-      const ath_qpg_sched_row_t* r = rows.n == 1 ? &rows.rows[0] : NULL;
+      const ath_queue_sched_row_t* r = rows.n == 1 ? &rows.rows[0] : NULL;
       found = r != NULL;
       if (r != NULL && r->paused)
-        rc = ath__qpg_schedule_resume(rd, id, next_after(r->cron, r->local_tz, r->once_at, rows.now), NULL);
-      ath__qpg_scheds_free(&rows);
+        rc = ath__q_schedule_resume(rd, id, next_after(r->cron, r->local_tz, r->once_at, rows.now), NULL);
+      ath__q_scheds_free(QP, &rows);
     }
   }
   if (rc != 0)
     ath__logf(w, ATH_LOG_WARN, NULL, 0, "%s of schedule %s failed: PostgreSQL: %s",
-              paused ? "pause" : "resume", id, ath__qpg_errmsg(rd));
+              paused ? "pause" : "resume", id, ath__q_errmsg(rd));
   ath__dq_reader_done(w);
   return rc != 0 ? rc : found ? 0 : ATH_ENOTFOUND;
 }
 
 int ath__pgsched_delete(ath_world_t* w, const char* id) {
-  ath_qpg_t* rd = ath__dq_reader(w);
+  if (!ath__q_can_schedules(QP))
+    return ATH_ENOTFOUND;
+  ath_queue_conn_t* rd = ath__dq_reader(w);
   int found = 0;
-  int rc = ath__qpg_schedule_delete(rd, id, &found);
+  int rc = ath__q_schedule_delete(rd, id, &found);
   if (again(rd, rc))
-    rc = ath__qpg_schedule_delete(rd, id, &found);
+    rc = ath__q_schedule_delete(rd, id, &found);
   if (rc != 0)
-    ath__logf(w, ATH_LOG_WARN, NULL, 0, "delete of schedule %s failed: PostgreSQL: %s", id, ath__qpg_errmsg(rd));
+    ath__logf(w, ATH_LOG_WARN, NULL, 0, "delete of schedule %s failed: PostgreSQL: %s", id, ath__q_errmsg(rd));
   ath__dq_reader_done(w);
   return rc != 0 ? rc : found ? 0 : ATH_ENOTFOUND;
 }
@@ -160,13 +169,15 @@ int ath__pgsched_delete(ath_world_t* w, const char* id) {
 int ath__pgsched_list(ath_world_t* w, ath_schedule_info_t** out, size_t* n) {
   *out = NULL;
   *n = 0;
-  ath_qpg_t* rd = ath__dq_reader(w);
-  ath_qpg_scheds_t rows;
-  int rc = ath__qpg_schedules(rd, NULL, &rows);
+  if (!ath__q_can_schedules(QP))
+    return 0;
+  ath_queue_conn_t* rd = ath__dq_reader(w);
+  ath_queue_scheds_t rows;
+  int rc = ath__q_schedules(rd, NULL, &rows);
   if (again(rd, rc))
-    rc = ath__qpg_schedules(rd, NULL, &rows);
+    rc = ath__q_schedules(rd, NULL, &rows);
   if (rc != 0)
-    ath__logf(w, ATH_LOG_WARN, NULL, 0, "getSchedules failed: PostgreSQL: %s", ath__qpg_errmsg(rd));
+    ath__logf(w, ATH_LOG_WARN, NULL, 0, "getSchedules failed: PostgreSQL: %s", ath__q_errmsg(rd));
   ath__dq_reader_done(w);
   if (rc != 0)
     return rc;
@@ -174,7 +185,7 @@ int ath__pgsched_list(ath_world_t* w, ath_schedule_info_t** out, size_t* n) {
   rc = a ? 0 : ATH_ENOMEM;
   size_t k = 0;
   for (; rc == 0 && k < rows.n; k++) { /* by id, as the statement orders them */
-    const ath_qpg_sched_row_t* r = &rows.rows[k];
+    const ath_queue_sched_row_t* r = &rows.rows[k];
     ath_schedule_info_t* o = &a[k];
     o->id = strdup(r->id);
     o->name = strdup(r->name);
@@ -191,7 +202,7 @@ int ath__pgsched_list(ath_world_t* w, ath_schedule_info_t** out, size_t* n) {
     if (!o->id || !o->name || !o->input || (r->cron && !o->cron))
       rc = ATH_ENOMEM;
   }
-  ath__qpg_scheds_free(&rows);
+  ath__q_scheds_free(QP, &rows);
   if (rc != 0) {
     ath_schedules_free(a, k);
     return rc;
@@ -203,20 +214,20 @@ int ath__pgsched_list(ath_world_t* w, ath_schedule_info_t** out, size_t* n) {
 
 /* ------------------------------------------------------------ the leader */
 
-/* The occurrences a pass fires, written ATH_QPG_FIRE_MAX at a time in one
+/* The occurrences a pass fires, written ATH_QUEUE_FIRE_MAX at a time in one
  * transaction and round trip (ath__qpg_schedule_fire_many). */
 typedef struct {
-  ath_qpg_fire_t f[ATH_QPG_FIRE_MAX];
-  ath_qpg_fired_t out[ATH_QPG_FIRE_MAX];
+  ath_queue_fire_t f[ATH_QUEUE_FIRE_MAX];
+  ath_queue_fired_t out[ATH_QUEUE_FIRE_MAX];
   size_t n;
 } batch_t;
 
 /* Writes the batch; the fires that made a task are told to the world. */
-static int flush(ath_world_t* w, ath_qpg_t* ldr, batch_t* b) {
-  int rc = ath__qpg_schedule_fire_many(ldr, b->f, b->n, b->out);
+static int flush(ath_world_t* w, ath_queue_conn_t* ldr, batch_t* b) {
+  int rc = ath__q_schedule_fire_many(ldr, b->f, b->n, b->out);
   if (rc != 0)
     ath__logf(w, ATH_LOG_WARN, NULL, 0, "firing %zu schedule occurrence(s) failed: PostgreSQL: %s", b->n,
-              ath__qpg_errmsg(ldr));
+              ath__q_errmsg(ldr));
   uv_mutex_lock(&w->lock);
   for (size_t i = 0; rc == 0 && i < b->n; i++) {
     if (!b->out[i].created)
@@ -231,17 +242,17 @@ static int flush(ath_world_t* w, ath_qpg_t* ldr, batch_t* b) {
 }
 
 /* Adds one occurrence (its strings must live until the batch is flushed). */
-static int add_fire(ath_world_t* w, ath_qpg_t* ldr, batch_t* b, const ath_qpg_fire_t* f) {
+static int add_fire(ath_world_t* w, ath_queue_conn_t* ldr, batch_t* b, const ath_queue_fire_t* f) {
   b->f[b->n++] = *f;
-  return b->n == ATH_QPG_FIRE_MAX ? flush(w, ldr, b) : 0;
+  return b->n == ATH_QUEUE_FIRE_MAX ? flush(w, ldr, b) : 0;
 }
 
 /* Adds what is due of row r at database time now (see ath__pgsched_fire).
  * A schedule's caught-up occurrences chain: each expects the next_ms the
  * one before it leaves, so if another leader moved the row, none fires. */
-static int fire_row(ath_world_t* w, ath_qpg_t* ldr, batch_t* b, const ath_qpg_sched_row_t* r, int64_t now,
+static int fire_row(ath_world_t* w, ath_queue_conn_t* ldr, batch_t* b, const ath_queue_sched_row_t* r, int64_t now,
                     int catch_up, int64_t* occ) {
-  ath_qpg_fire_t f = {.id = r->id, .expect = r->next_ms, .at = r->next_ms, .fire = 1};
+  ath_queue_fire_t f = {.id = r->id, .expect = r->next_ms, .at = r->next_ms, .fire = 1};
   if (r->cron == NULL) /* a one-off: its task, and the row goes */
     return add_fire(w, ldr, b, &f);
   ath_cron_t c;
@@ -275,7 +286,11 @@ static int fire_row(ath_world_t* w, ath_qpg_t* ldr, batch_t* b, const ath_qpg_sc
   return 0;
 }
 
-int ath__pgsched_fire(ath_world_t* w, ath_qpg_t* ldr, int catch_up, uint64_t* next_ns) {
+int ath__pgsched_fire(ath_world_t* w, ath_queue_conn_t* ldr, int catch_up, uint64_t* next_ns) {
+  if (!ath__q_can_schedules(QP)) {
+    *next_ns = 0;
+    return 0;
+  }
   int64_t* occ = malloc(ATH_MAX_CATCH_UP * sizeof(*occ));
   batch_t* b = calloc(1, sizeof(*b));
   if (occ == NULL || b == NULL) {
@@ -285,14 +300,14 @@ int ath__pgsched_fire(ath_world_t* w, ath_qpg_t* ldr, int catch_up, uint64_t* ne
   }
   int rc = 0;
   for (int more = 1; more && rc == 0;) {
-    ath_qpg_scheds_t rows;
-    if ((rc = ath__qpg_schedules_due(ldr, SCAN_LIMIT, &rows)) != 0)
+    ath_queue_scheds_t rows;
+    if ((rc = ath__q_schedules_due(ldr, SCAN_LIMIT, &rows)) != 0)
       break;
     uint64_t mono = uv_hrtime();
     *next_ns = 0;
     size_t i = 0;
     for (; i < rows.n && rc == 0; i++) {
-      const ath_qpg_sched_row_t* r = &rows.rows[i];
+      const ath_queue_sched_row_t* r = &rows.rows[i];
       if (r->next_ms > rows.now) { /* the earliest not due: sleep until then (+1 ms: it is due by then) */
         *next_ns = mono + (uint64_t)(r->next_ms - rows.now + 1) * 1000000u;
         break;
@@ -303,7 +318,7 @@ int ath__pgsched_fire(ath_world_t* w, ath_qpg_t* ldr, int catch_up, uint64_t* ne
       rc = flush(w, ldr, b); /* before the rows its fires point into go */
     b->n = 0;
     more = i == SCAN_LIMIT; /* all of them were due: there may be more */
-    ath__qpg_scheds_free(&rows);
+    ath__q_scheds_free(QP, &rows);
   }
   free(occ);
   free(b);

@@ -25,6 +25,9 @@ extern const ath_store_vt_t ath__sqlite_store;
 /* Checks a world config's store provider (ath_world_new): ATH_EINVAL with
  * the reason in err, or 0. */
 int ath__store_check(const ath_world_config_t* cfg, char* err, size_t errlen);
+/* Whether cfg's queue provider (cfg->queue, or PostgreSQL's) can serve it:
+ * the required operations, and an outbox when webhooks are on. */
+int ath__dq_check(const ath_world_config_t* cfg, char* err, size_t errlen);
 int ath__store_start(ath_world_t* w, char* err, size_t errlen);
 /* Final commit, stops the store thread and drops the lock file; the store
  * stays open for reads until ath__store_free (from ath_world_free). */
@@ -120,7 +123,11 @@ void ath__dq_refresh(ath_world_t* w, ath_task_t* t);
 int ath__dq_cancel(ath_world_t* w, ath_task_t* t);
 /* The reader connection for control threads (lock not held), under its
  * mutex until ath__dq_reader_done; NULL without the backend. */
-struct ath_qpg_s* ath__dq_reader(ath_world_t* w);
+struct ath_queue_conn_s* ath__dq_reader(ath_world_t* w);
+/* The world's queue provider (cfg.queue, or PostgreSQL's). */
+const ath_queue_provider_t* ath__dq_provider(ath_world_t* w);
+/* Whether it runs workflows across nodes (wf_requeue and wf_take). */
+int ath__dq_workflows(ath_world_t* w);
 void ath__dq_reader_done(ath_world_t* w);
 
 /* sched_pg.c: schedules on the PostgreSQL backend (rows in the schema,
@@ -138,7 +145,7 @@ int ath__pgsched_list(ath_world_t* w, ath_schedule_info_t** out, size_t* n);
  * occurrence (catch_up: the first pass after taking the lock, missed
  * occurrences per catchUp) and sets *next_ns to the monotonic time of the
  * next one (0: none). 0, or the provider's error (the next pass retries). */
-int ath__pgsched_fire(ath_world_t* w, struct ath_qpg_s* ldr, int catch_up, uint64_t* next_ns);
+int ath__pgsched_fire(ath_world_t* w, struct ath_queue_conn_s* ldr, int catch_up, uint64_t* next_ns);
 
 /* A dead letter's requeue (purge = 0) or purge through its row, from any
  * node (lock not held): *how = 1 done, 0 the row is not quarantined, -1 no

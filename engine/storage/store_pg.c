@@ -35,7 +35,7 @@
 #include <unistd.h>
 #include "internal.h"
 #include "store.h"
-#include "queue_pg.h"
+#include "queue.h"
 #include "wf_pg.h"
 
 #define MAX_CLAIM 500      /* rows per claim */
@@ -45,7 +45,12 @@
 #define RETRY_NS 100000000u
 #define COUNTS_TTL_NS 1000000000u /* scrapes and dashboards read the counts at most once a second */
 /* The last call on q failed because its connection broke. */
-#define PQSTATUS_BAD(q) (strncmp(ath__qpg_sqlstate(q), "08", 2) == 0)
+#define PQSTATUS_BAD(q) (strncmp(ath__q_sqlstate(q), "08", 2) == 0)
+/* The world's queue provider (cfg.queue, or PostgreSQL's); QP where w is in scope. */
+static const ath_queue_provider_t* provider_of(const ath_world_t* w) {
+  return w->cfg.queue != NULL ? w->cfg.queue : ath_postgres_queue();
+}
+#define QP (provider_of(w))
 
 /* A set of int64 (the seqs of proxies whose end this node waits to hear),
  * open addressing, linear probing, 0 = empty. */
@@ -57,17 +62,18 @@ typedef struct {
 
 struct ath_dq_s {
   ath_world_t* w;
-  ath_qpg_t* wr;  /* the backend thread's: cycles, lease, stage, reads */
-  ath_qpg_t* ldr; /* the leader's (backend thread) */
-  ath_qpg_t* lis; /* the listener thread's, NULL: poll only */
-  ath_qpg_t* rd;  /* reads from any thread, under rd_lock */
+  const ath_queue_provider_t* qp; /* cfg.queue, or PostgreSQL's */
+  ath_queue_conn_t* wr;  /* the backend thread's: cycles, lease, stage, reads */
+  ath_queue_conn_t* ldr; /* the leader's (backend thread) */
+  ath_queue_conn_t* lis; /* the listener thread's, NULL: poll only */
+  ath_queue_conn_t* rd;  /* reads from any thread, under rd_lock */
   uv_mutex_t rd_lock;
   int notify;
   char node_id[256];
   const char** queue_names; /* served queues, NULL-terminated */
   int slots;
-  ath_qpg_lease_t lease;   /* backend thread */
-  ath_qpg_lease_t llease;  /* the leader's control incarnation, when leader */
+  ath_queue_lease_t lease;   /* backend thread */
+  ath_queue_lease_t llease;  /* the leader's control incarnation, when leader */
   int leader;
   int sched_catchup;       /* the leader's next schedule pass catches up (sched_pg.c) */
   uint64_t sched_at_ns;    /* monotonic time of the next due occurrence, 0: none */
@@ -98,7 +104,7 @@ struct ath_dq_s {
   int lis_started;
   /* getMetrics().cluster, /metrics: the cluster's counts, read at most
    * every COUNTS_TTL_NS (guarded by rd_lock) */
-  ath_qpg_counts_t counts;
+  ath_queue_counts_t counts;
   uint64_t counts_ns; /* monotonic time of the read, 0: none yet */
   /* webhooks: outbox rows delivered (or given up) by the webhook thread,
    * deleted with the next lease renewal (guarded by hook_lock) */
@@ -296,14 +302,14 @@ static void listener_main(void* arg) {
   ath_world_t* w = dq->w;
   int broken = 0;
   for (;;) {
-    struct pollfd p[2] = {{ath__qpg_socket(dq->lis), POLLIN, 0}, {dq->lis_pipe[0], POLLIN, 0}};
+    struct pollfd p[2] = {{ath__q_socket(dq->lis), POLLIN, 0}, {dq->lis_pipe[0], POLLIN, 0}};
     int r = poll(p, 2, broken ? 1000 : -1);
     if (r < 0 && errno != EINTR)
       break;
     if (p[1].revents)
       break; /* stop */
     if (broken || p[0].fd < 0) { /* reconnect; meanwhile the poll carries on */
-      broken = ath__qpg_reset(dq->lis) != 0 || ath__qpg_listen(dq->lis, CHANNELS) != 0;
+      broken = ath__q_reset(dq->lis) != 0 || ath__q_listen(dq->lis, CHANNELS) != 0;
       if (!broken) {
         uv_mutex_lock(&w->lock);
         want_all(w, dq); /* what was missed: claimed at once */
@@ -315,14 +321,14 @@ static void listener_main(void* arg) {
     if (!(p[0].revents & (POLLIN | POLLERR | POLLHUP)))
       continue;
     uv_mutex_lock(&w->lock);
-    int n = ath__qpg_notifies(dq->lis, heard, dq);
+    int n = ath__q_notifies(dq->lis, heard, dq);
     if (n > 0)
       uv_cond_signal(&w->store_cond);
     uv_mutex_unlock(&w->lock);
     if (n < 0) {
       broken = 1;
       ath__logf(w, ATH_LOG_WARN, NULL, 0, "PostgreSQL listener lost its connection (polling meanwhile): %s",
-                ath__qpg_errmsg(dq->lis));
+                ath__q_errmsg(dq->lis));
     }
   }
 }
@@ -353,7 +359,7 @@ static int claim_size(ath_world_t* w, struct ath_dq_s* dq, int qi) {
  * the commit, stored in the outbox in the finishes' transaction, queued for
  * delivery once it committed, and only for the finishes that applied. */
 typedef struct {
-  ath_qpg_hook_t* ev;
+  ath_queue_hook_t* ev;
   char (*delivery)[37];
   size_t* len;
   int64_t* ids; /* outbox rows, 0: its finish was fenced out */
@@ -403,7 +409,7 @@ static void hooks_add(ath_world_t* w, hooks_t* h, int64_t seq, const ath_hook_ta
   int kind = hook_kind(w, f->status);
   if (kind < 0)
     return;
-  ath_qpg_hook_t* e = &h->ev[h->n];
+  ath_queue_hook_t* e = &h->ev[h->n];
   char* body;
   int64_t at = ath__wall(w);
   if (ath__hook_task_event(kind, at, f, h->delivery[h->n], &body, &h->len[h->n]) != 0)
@@ -437,21 +443,22 @@ static void hooks_send(ath_world_t* w, hooks_t* h) {
 }
 
 typedef struct {
-  ath_qpg_beat_t* beats;
+  const ath_queue_provider_t* qp; /* frees what its claims and inserts hold */
+  ath_queue_beat_t* beats;
   char** beat_hb; /* copies */
   uint8_t* beat_applied;
   size_t nbeats;
-  ath_qpg_insert_t* ins;
+  ath_queue_insert_t* ins;
   ath_task_t** ins_t;
-  ath_qpg_inserted_t* inserted;
+  ath_queue_inserted_t* inserted;
   size_t nins;
-  ath_qpg_outcome_t* outs;
+  ath_queue_outcome_t* outs;
   ath_task_t** out_t;
   char** out_err; /* copies */
   uint8_t* applied;
   size_t nouts;
-  ath_qpg_claim_t claims[64];
-  ath_qpg_tasks_t claimed[64];
+  ath_queue_claim_t claims[64];
+  ath_queue_tasks_t claimed[64];
   int claim_q[64];
   size_t nclaims;
   ath_wfpg_t wf; /* workflows: history appends, parks, requeues (wf_pg.c) */
@@ -467,9 +474,9 @@ static void cycle_free(cycle_t* c) {
   free(c->beat_hb);
   free(c->beat_applied);
   for (size_t i = 0; i < c->nclaims; i++)
-    ath__qpg_tasks_free(&c->claimed[i]);
+    ath__q_tasks_free(c->qp, &c->claimed[i]);
   if (c->inserted != NULL)
-    ath__qpg_inserted_clear(c->inserted, c->nins);
+    ath__q_inserted_clear(c->qp, c->inserted, c->nins);
   free(c->ins);
   free(c->ins_t);
   free(c->inserted);
@@ -482,8 +489,9 @@ static void cycle_free(cycle_t* c) {
   memset(c, 0, sizeof(*c));
 }
 
-static int cycle_alloc(cycle_t* c, size_t n) {
+static int cycle_alloc(cycle_t* c, size_t n, const ath_queue_provider_t* qp) {
   memset(c, 0, sizeof(*c));
+  c->qp = qp;
   size_t k = n ? n : 1;
   c->ins = calloc(k, sizeof(*c->ins));
   c->ins_t = calloc(k, sizeof(*c->ins_t));
@@ -499,6 +507,7 @@ static int cycle_alloc(cycle_t* c, size_t n) {
       !c->beats || !c->beat_hb || !c->beat_applied || ath__wfpg_alloc(&c->wf, n) != 0 ||
       hooks_alloc(&c->hooks, n) != 0) {
     cycle_free(c);
+    c->qp = qp;
     return ATH_ENOMEM;
   }
   return 0;
@@ -506,7 +515,7 @@ static int cycle_alloc(cycle_t* c, size_t n) {
 
 /* Adds t's outcome (lock held): the attempt it leases, ended as it is now. */
 static void add_outcome(cycle_t* c, ath_task_t* t, int status, int64_t now) {
-  ath_qpg_outcome_t* o = &c->outs[c->nouts];
+  ath_queue_outcome_t* o = &c->outs[c->nouts];
   o->seq = ath__task_dq(t)->dq_seq;
   o->attempt = ath__task_dq(t)->dq_attempt;
   o->status = status;
@@ -520,7 +529,7 @@ static void add_outcome(cycle_t* c, ath_task_t* t, int status, int64_t now) {
 
 /* Adds the webhook event of t's finish, the last outcome added (lock held). */
 static void add_hook(ath_world_t* w, cycle_t* c, const ath_task_t* t) {
-  const ath_qpg_outcome_t* o = &c->outs[c->nouts - 1];
+  const ath_queue_outcome_t* o = &c->outs[c->nouts - 1];
   const ath_task_t* parent = ath__task_parent(t);
   ath_hook_task_t f = {t->id, t->def->name, t->queue->name, parent ? parent->id : NULL, t->wf != NULL,
                        o->status, o->attempt, o->error, o->error ? strlen(o->error) : 0};
@@ -537,7 +546,7 @@ static int beat_this_attempt(const ath_task_t* t) {
  * before the attempt's finish in the same transaction. */
 static void add_beat(cycle_t* c, const ath_task_t* t) {
   const ath_task_x_t* x = ath__task_dq(t);
-  ath_qpg_beat_t* b = &c->beats[c->nbeats];
+  ath_queue_beat_t* b = &c->beats[c->nbeats];
   c->beat_hb[c->nbeats] = x->hb != NULL ? ath__memdup(x->hb, x->hb_len) : NULL;
   b->seq = x->dq_seq;
   b->attempt = x->dq_attempt;
@@ -579,7 +588,7 @@ static void classify(ath_world_t* w, struct ath_dq_s* dq, ath_task_t** batch, si
     if (ath__wfpg_take(&c->wf, t, now))
       continue; /* a workflow segment that parked: its history and its park */
     if (t->remote && ath__task_dq(t)->dq_seq == 0) {
-      ath_qpg_insert_t* x = &c->ins[c->nins];
+      ath_queue_insert_t* x = &c->ins[c->nins];
       x->id = t->id;
       x->name = t->def->name;
       x->queue = t->queue->name;
@@ -625,7 +634,7 @@ static void classify(ath_world_t* w, struct ath_dq_s* dq, ath_task_t** batch, si
 }
 
 /* The store row of a database row (strings borrowed from r). */
-static void row_of(const ath_qpg_task_t* r, ath_row_t* row) {
+static void row_of(const ath_queue_task_t* r, ath_row_t* row) {
   memset(row, 0, sizeof(*row));
   row->id = r->id;
   row->name = r->name;
@@ -658,7 +667,7 @@ static void row_of(const ath_qpg_task_t* r, ath_row_t* row) {
 /* Takes the heartbeat of row r when it is newer than what t holds (lock
  * held): an attempt another node ran left it, and the next attempt's
  * ctx.lastHeartbeat and every query show it. */
-static void take_beat(ath_task_t* t, const ath_qpg_task_t* r) {
+static void take_beat(ath_task_t* t, const ath_queue_task_t* r) {
   ath_task_x_t* x = ath__task_dq(t);
   if (r->last_hb <= x->last_hb)
     return;
@@ -673,11 +682,11 @@ static void take_beat(ath_task_t* t, const ath_qpg_task_t* r) {
 
 /* Makes claimed rows local tasks (lock not held on entry or exit).
  * Returns how many were queued. */
-static int64_t adopt_rows(ath_world_t* w, struct ath_dq_s* dq, const ath_qpg_tasks_t* rows,
+static int64_t adopt_rows(ath_world_t* w, struct ath_dq_s* dq, const ath_queue_tasks_t* rows,
                           ath_worker_t** wake, int* nwake) {
   int64_t pushed = 0;
   for (size_t i = 0; i < rows->n; i++) {
-    const ath_qpg_task_t* r = &rows->rows[i];
+    const ath_queue_task_t* r = &rows->rows[i];
     ath_row_t row;
     row_of(r, &row);
     row.status = ATH_PENDING; /* claimed, not started: the worker's claim counts the attempt */
@@ -739,18 +748,18 @@ static void adopt_claims(ath_world_t* w, struct ath_dq_s* dq, cycle_t* c) {
  * of those): leased here at once, with no free slot needed, and cancelled
  * through the claim's path (lock not held; q: a connection used under
  * `qlock`, or this thread's when NULL). */
-static void take_cancelled(ath_world_t* w, ath_qpg_t* q, uv_mutex_t* qlock, const int64_t* seqs, size_t n,
+static void take_cancelled(ath_world_t* w, ath_queue_conn_t* q, uv_mutex_t* qlock, const int64_t* seqs, size_t n,
                            int by_parent) {
   struct ath_dq_s* dq = w->dq;
   uv_mutex_lock(&w->lock);
   int64_t lease = dq->incarnation;
   uv_mutex_unlock(&w->lock);
-  ath_qpg_tasks_t rows;
+  ath_queue_tasks_t rows;
   if (n == 0 || lease <= 0)
     return;
   if (qlock != NULL)
     uv_mutex_lock(qlock);
-  int rc = ath__qpg_wf_take(q, lease, seqs, n, by_parent, &rows);
+  int rc = ath__q_wf_take(q, lease, seqs, n, by_parent, &rows);
   if (qlock != NULL)
     uv_mutex_unlock(qlock);
   if (rc != 0)
@@ -759,7 +768,7 @@ static void take_cancelled(ath_world_t* w, ath_qpg_t* q, uv_mutex_t* qlock, cons
   int nwake = 0;
   adopt_rows(w, dq, &rows, wake, &nwake);
   ath__wake_all(wake, nwake);
-  ath__qpg_tasks_free(&rows);
+  ath__q_tasks_free(QP, &rows);
 }
 
 /* After the writer's connection broke in a cycle (lock not held): a claim
@@ -767,18 +776,18 @@ static void take_cancelled(ath_world_t* w, ath_qpg_t* q, uv_mutex_t* qlock, cons
  * this live incarnation that no task here holds (nobody would ever rescue
  * them). They go back unrun (T14). */
 static void audit_leases(ath_world_t* w, struct ath_dq_s* dq) {
-  ath_qpg_tasks_t rows;
+  ath_queue_tasks_t rows;
   uv_mutex_lock(&w->lock);
   int64_t inc = dq->incarnation;
   uv_mutex_unlock(&w->lock);
-  if (inc <= 0 || ath__qpg_leased(dq->wr, inc, &rows) != 0)
+  if (inc <= 0 || ath__q_leased(dq->wr, inc, &rows) != 0)
     return;
-  ath_qpg_outcome_t* o = calloc(rows.n ? rows.n : 1, sizeof(*o));
+  ath_queue_outcome_t* o = calloc(rows.n ? rows.n : 1, sizeof(*o));
   uint8_t* applied = calloc(rows.n ? rows.n : 1, 1);
   size_t n = 0;
   uv_mutex_lock(&w->lock);
   for (size_t i = 0; o && applied && i < rows.n; i++) {
-    const ath_qpg_task_t* r = &rows.rows[i];
+    const ath_queue_task_t* r = &rows.rows[i];
     ath_task_t* t = ath__table_get(w, r->id, ath__hash_id(r->id));
     if (t != NULL && ath__task_dq(t)->dq_seq == r->seq && ath__task_dq(t)->dq_attempt == r->attempt)
       continue; /* held here */
@@ -788,11 +797,11 @@ static void audit_leases(ath_world_t* w, struct ath_dq_s* dq) {
     n++;
   }
   uv_mutex_unlock(&w->lock);
-  if (n > 0 && ath__qpg_finish(dq->wr, inc, o, n, applied) == 0)
+  if (n > 0 && ath__q_finish(dq->wr, inc, o, n, applied) == 0)
     ath__logf(w, ATH_LOG_WARN, NULL, 0, "%zu task(s) claimed by a cycle whose answer was lost went back unrun", n);
   free(o);
   free(applied);
-  ath__qpg_tasks_free(&rows);
+  ath__q_tasks_free(QP, &rows);
 }
 
 /* One cycle (lock held on entry and exit). Returns 0, or the provider's
@@ -804,7 +813,7 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
   w->ndirty = w->dirty_cap = 0;
   uint64_t gen = w->gen++;
   cycle_t c;
-  if (cycle_alloc(&c, n) != 0) {
+  if (cycle_alloc(&c, n, w->dq->qp) != 0) {
     ath__store_failed(w, ATH_ENOMEM, "out of memory preparing a commit", batch, n);
     w->gen--;
     free(batch);
@@ -826,22 +835,22 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
   }
   int64_t lease = dq->incarnation;
   uv_mutex_unlock(&w->lock);
-  ath_qpg_cycle_t pc = {.beats = c.beats, .n_beats = c.nbeats, .beat_applied = c.beat_applied,
+  ath_queue_cycle_t pc = {.beats = c.beats, .n_beats = c.nbeats, .beat_applied = c.beat_applied,
                         .inserts = c.ins, .n_inserts = c.nins, .inserted = c.inserted,
                         .outcomes = c.outs, .n_outcomes = c.nouts, .applied = c.applied,
                         .lease = lease, .claims = c.claims, .n_claims = c.nclaims, .one_commit = 1,
                         .hooks = c.hooks.ev, .n_hooks = c.hooks.n, .hook_ids = c.hooks.ids};
   ath__wfpg_fill(&c.wf, &pc);
   size_t parts = c.nbeats + c.nins + c.nouts + c.nclaims + c.wf.napps + c.wf.nparks + c.wf.nreqs;
-  int rc = parts > 0 ? ath__qpg_cycle(dq->wr, &pc) : 0;
-  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->wr) && ath__qpg_reset(dq->wr) == 0) {
+  int rc = parts > 0 ? ath__q_cycle(dq->wr, &pc) : 0;
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->wr) && ath__q_reset(dq->wr) == 0) {
     /* the connection broke (a restart, a terminated session): once more on a
      * new one. Inserts are idempotent and finishes fenced; claims that may
      * have committed unanswered go back first. */
     audit_leases(w, dq);
     for (size_t i = 0; i < c.nclaims; i++)
-      ath__qpg_tasks_free(&c.claimed[i]);
-    rc = ath__qpg_cycle(dq->wr, &pc);
+      ath__q_tasks_free(QP, &c.claimed[i]);
+    rc = ath__q_cycle(dq->wr, &pc);
   }
   if (rc == 0 && c.nclaims > 0)
     adopt_claims(w, dq, &c);
@@ -860,7 +869,7 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
       dq->more[c.claim_q[i]] = 1;
     ath__wfpg_undo(&c.wf);
     char err[256];
-    snprintf(err, sizeof(err), "PostgreSQL: %s", ath__qpg_errmsg(dq->wr));
+    snprintf(err, sizeof(err), "PostgreSQL: %s", ath__q_errmsg(dq->wr));
     ath__store_failed(w, ATH_ESTORE, err, batch, n);
     w->gen--;
     free(batch);
@@ -872,7 +881,7 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
   int nwake = 0;
   for (size_t i = 0; i < c.nins; i++) {
     ath_task_t* t = c.ins_t[i];
-    const ath_qpg_inserted_t* r = &c.inserted[i];
+    const ath_queue_inserted_t* r = &c.inserted[i];
     ath__task_dq(t)->dq_seq = r->seq;
     t->created_at = r->created_at; /* the row's (the database clock): queries merge on it */
     if (!r->created && r->existing_name && strcmp(r->existing_name, t->def->name) != 0) {
@@ -935,7 +944,7 @@ void ath__dq_take_error(ath_task_t* t, const char* error) {
 /* Brings remote proxy t up to its row r (lock held): its state, attempt
  * and error; a row that ended ends the proxy (its waiters wake). Returns
  * the new nwake. */
-static int sync_proxy(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r, ath_worker_t** wake,
+static int sync_proxy(ath_world_t* w, ath_task_t* t, const ath_queue_task_t* r, ath_worker_t** wake,
                       int nwake) {
   if (!t->remote || ATH_IS_TERMINAL(t->status))
     return nwake;
@@ -965,11 +974,11 @@ void ath__dq_refresh(ath_world_t* w, ath_task_t* t) {
   uv_mutex_unlock(&w->lock);
   if (seq <= 0)
     return;
-  ath_qpg_tasks_t rows;
+  ath_queue_tasks_t rows;
   uv_mutex_lock(&dq->rd_lock);
-  int rc = ath__qpg_read(dq->rd, &seq, 1, 0, &rows);
-  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__qpg_reset(dq->rd) == 0)
-    rc = ath__qpg_read(dq->rd, &seq, 1, 0, &rows);
+  int rc = ath__q_read(dq->rd, &seq, 1, 0, &rows);
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__q_reset(dq->rd) == 0)
+    rc = ath__q_read(dq->rd, &seq, 1, 0, &rows);
   uv_mutex_unlock(&dq->rd_lock);
   if (rc != 0)
     return; /* what this node knows stands */
@@ -980,20 +989,20 @@ void ath__dq_refresh(ath_world_t* w, ath_task_t* t) {
     nwake = sync_proxy(w, t, &rows.rows[0], wake, 0);
   uv_mutex_unlock(&w->lock);
   ath__wake_all(wake, nwake);
-  ath__qpg_tasks_free(&rows);
+  ath__q_tasks_free(QP, &rows);
 }
 
 /* Reads the rows of seqs[0..n) that ended and ends their local proxies
  * (lock not held). */
 static void read_ended(ath_world_t* w, struct ath_dq_s* dq, const int64_t* seqs, size_t n) {
-  ath_qpg_tasks_t rows;
-  if (n == 0 || ath__qpg_read(dq->wr, seqs, n, 1, &rows) != 0)
+  ath_queue_tasks_t rows;
+  if (n == 0 || ath__q_read(dq->wr, seqs, n, 1, &rows) != 0)
     return;
   ath_worker_t* wake[MAX_WORKERS];
   int nwake = 0;
   uv_mutex_lock(&w->lock);
   for (size_t i = 0; i < rows.n; i++) {
-    const ath_qpg_task_t* r = &rows.rows[i];
+    const ath_queue_task_t* r = &rows.rows[i];
     seq_del(&dq->watch, r->seq);
     ath_task_t* t = ath__table_get(w, r->id, ath__hash_id(r->id));
     if (t != NULL)
@@ -1003,7 +1012,7 @@ static void read_ended(ath_world_t* w, struct ath_dq_s* dq, const int64_t* seqs,
   uv_mutex_unlock(&w->lock);
   ath__world_term_free(dead);
   ath__wake_all(wake, nwake);
-  ath__qpg_tasks_free(&rows);
+  ath__q_tasks_free(QP, &rows);
 }
 
 /* Cancels accepted elsewhere for tasks this node leases (lock held). */
@@ -1074,7 +1083,7 @@ static int self_fence(ath_world_t* w, struct ath_dq_s* dq, ath_worker_t** wake, 
   return nwake;
 }
 
-static void node_desc(struct ath_dq_s* dq, ath_world_t* w, ath_qpg_node_t* n, int leader) {
+static void node_desc(struct ath_dq_s* dq, ath_world_t* w, ath_queue_node_t* n, int leader) {
   memset(n, 0, sizeof(*n));
   n->node_id = dq->node_id;
   n->queues = leader ? NULL : dq->queue_names;
@@ -1109,7 +1118,7 @@ static void flush_beats(ath_world_t* w, struct ath_dq_s* dq) {
   memset(dq->beat_set.slots, 0, dq->beat_set.cap * sizeof(*dq->beat_set.slots));
   dq->beat_set.n = 0;
   cycle_t c;
-  int made = cycle_alloc(&c, n) == 0;
+  int made = cycle_alloc(&c, n, w->dq->qp) == 0;
   ath_task_t** bt = made ? calloc(n, sizeof(*bt)) : NULL;
   for (size_t i = 0; bt != NULL && i < n; i++) {
     ath_task_t* t = ts[i];
@@ -1120,8 +1129,8 @@ static void flush_beats(ath_world_t* w, struct ath_dq_s* dq) {
   }
   uv_mutex_unlock(&w->lock);
   if (bt != NULL && c.nbeats > 0) {
-    ath_qpg_cycle_t pc = {.beats = c.beats, .n_beats = c.nbeats, .beat_applied = c.beat_applied, .lease = lease};
-    int rc = ath__qpg_cycle(dq->wr, &pc);
+    ath_queue_cycle_t pc = {.beats = c.beats, .n_beats = c.nbeats, .beat_applied = c.beat_applied, .lease = lease};
+    int rc = ath__q_cycle(dq->wr, &pc);
     ath_worker_t* wake[MAX_WORKERS];
     int nwake = 0;
     uv_mutex_lock(&w->lock);
@@ -1167,9 +1176,9 @@ static void beat(ath_world_t* w, struct ath_dq_s* dq) {
   if (!dq->lease.lost) {
     char metrics[640];
     node_metrics(w, metrics, sizeof(metrics));
-    int rc = ath__qpg_node_renew(dq->wr, &dq->lease, uv_hrtime(), metrics);
+    int rc = ath__q_node_renew(dq->wr, &dq->lease, uv_hrtime(), metrics);
     if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->wr))
-      ath__qpg_reset(dq->wr);
+      ath__q_reset(dq->wr);
     if (rc == 0 && w->store_fault != 0) {
       uv_mutex_lock(&w->lock);
       healthy(w);
@@ -1177,7 +1186,7 @@ static void beat(ath_world_t* w, struct ath_dq_s* dq) {
     }
     if (rc == 0)
       flush_beats(w, dq);
-    if (rc != ATH_EWORKERLOST && !ath__qpg_lease_fenced(&dq->lease, uv_hrtime()))
+    if (rc != ATH_EWORKERLOST && !ath__q_lease_fenced(&dq->lease, uv_hrtime()))
       return;
     ath_worker_t* wake[MAX_WORKERS];
     uv_mutex_lock(&w->lock);
@@ -1187,10 +1196,10 @@ static void beat(ath_world_t* w, struct ath_dq_s* dq) {
     ath__wake_all(wake, nwake);
     dq->lease.lost = 1;
   }
-  ath_qpg_node_t n;
+  ath_queue_node_t n;
   node_desc(dq, w, &n, 0);
-  ath_qpg_lease_t nl;
-  if (ath__qpg_node_register(dq->wr, &n, uv_hrtime(), &nl) == 0) {
+  ath_queue_lease_t nl;
+  if (ath__q_node_register(dq->wr, &n, uv_hrtime(), &nl) == 0) {
     uv_mutex_lock(&w->lock);
     dq->lease = nl;
     dq->incarnation = nl.incarnation;
@@ -1202,8 +1211,8 @@ static void beat(ath_world_t* w, struct ath_dq_s* dq) {
 }
 
 /* The EWORKERLOST decision for a rescued attempt (SEMANTICS §12.3, §7.3). */
-static void rescue_decide(ath_world_t* w, const char* why, const ath_qpg_task_t* r,
-                          ath_qpg_outcome_t* o, char* err, size_t errlen) {
+static void rescue_decide(ath_world_t* w, const char* why, const ath_queue_task_t* r,
+                          ath_queue_outcome_t* o, char* err, size_t errlen) {
   const ath_def_t* def = NULL;
   for (int i = 0; i < w->ndefs; i++) /* immutable once started */
     if (strcmp(w->defs[i].name, r->name) == 0)
@@ -1229,7 +1238,7 @@ static void rescue_decide(ath_world_t* w, const char* why, const ath_qpg_task_t*
 /* Decides each rescued row (EWORKERLOST, `why`) and writes the outcomes
  * under `lease`, which holds them now (lock not held). Returns how many
  * were written, or -1. */
-static int64_t rescue_rows(ath_world_t* w, ath_qpg_t* q, int64_t lease, ath_qpg_tasks_t* rows,
+static int64_t rescue_rows(ath_world_t* w, ath_queue_conn_t* q, int64_t lease, ath_queue_tasks_t* rows,
                            const char* why) {
   int segs = ath__wfpg_rescue(q, lease, rows); /* they leave rows: resumed on any node */
   if (segs > 0) {
@@ -1238,14 +1247,14 @@ static int64_t rescue_rows(ath_world_t* w, ath_qpg_t* q, int64_t lease, ath_qpg_
   }
   if (rows->n == 0)
     return 0;
-  ath_qpg_outcome_t* o = calloc(rows->n, sizeof(*o));
+  ath_queue_outcome_t* o = calloc(rows->n, sizeof(*o));
   char(*errs)[192] = calloc(rows->n, sizeof(*errs));
   uint8_t* applied = calloc(rows->n, 1);
   hooks_t h;
   int64_t done = -1;
   if (o && errs && applied && hooks_alloc(&h, rows->n) == 0) {
     for (size_t i = 0; i < rows->n; i++) {
-      const ath_qpg_task_t* r = &rows->rows[i];
+      const ath_queue_task_t* r = &rows->rows[i];
       rescue_decide(w, why, r, &o[i], errs[i], sizeof(errs[i]));
       ath_hook_task_t f = {r->id, r->name, r->queue, r->parent_id, r->kind == 1, o[i].status, o[i].attempt,
                            errs[i], strlen(errs[i])};
@@ -1256,9 +1265,9 @@ static int64_t rescue_rows(ath_world_t* w, ath_qpg_t* q, int64_t lease, ath_qpg_
     uv_mutex_unlock(&w->lock);
     /* before the webhooks started (the restart's take-over): no owner, the
      * next poll of any node adopts them */
-    ath_qpg_cycle_t c = {.outcomes = o, .n_outcomes = rows->n, .applied = applied, .lease = lease,
+    ath_queue_cycle_t c = {.outcomes = o, .n_outcomes = rows->n, .applied = applied, .lease = lease,
                          .hooks = h.ev, .n_hooks = h.n, .hook_ids = h.ids, .hook_owner = live ? 0 : -1};
-    if (ath__qpg_cycle(q, &c) == 0) {
+    if (ath__q_cycle(q, &c) == 0) {
       done = (int64_t)rows->n;
       uv_mutex_lock(&w->lock);
       hooks_send(w, &h);
@@ -1276,11 +1285,11 @@ static int64_t rescue_rows(ath_world_t* w, ath_qpg_t* q, int64_t lease, ath_qpg_
  * tasks of expired nodes, stage what is late. */
 static void lead(ath_world_t* w, struct ath_dq_s* dq) {
   int held = 0;
-  if (ath__qpg_leader_try(dq->ldr, &held) != 0) {
+  if (ath__q_leader_try(dq->ldr, &held) != 0) {
     if (dq->leader)
-      ath__logf(w, ATH_LOG_WARN, NULL, 0, "leader connection failed, stepping down: %s", ath__qpg_errmsg(dq->ldr));
+      ath__logf(w, ATH_LOG_WARN, NULL, 0, "leader connection failed, stepping down: %s", ath__q_errmsg(dq->ldr));
     dq->leader = 0;
-    ath__qpg_reset(dq->ldr);
+    ath__q_reset(dq->ldr);
     return;
   }
   if (!held) {
@@ -1289,10 +1298,10 @@ static void lead(ath_world_t* w, struct ath_dq_s* dq) {
   }
   uint64_t now = uv_hrtime();
   if (!dq->leader || dq->llease.lost ||
-      ath__qpg_node_renew(dq->ldr, &dq->llease, now, NULL) != 0) {
-    ath_qpg_node_t n;
+      ath__q_node_renew(dq->ldr, &dq->llease, now, NULL) != 0) {
+    ath_queue_node_t n;
     node_desc(dq, w, &n, 1);
-    if (ath__qpg_node_register(dq->ldr, &n, now, &dq->llease) != 0)
+    if (ath__q_node_register(dq->ldr, &n, now, &dq->llease) != 0)
       return;
     if (!dq->leader) {
       ath__logf(w, ATH_LOG_INFO, NULL, 0, "node %s is the leader", dq->node_id);
@@ -1300,9 +1309,9 @@ static void lead(ath_world_t* w, struct ath_dq_s* dq) {
     }
     dq->leader = 1;
   }
-  ath_qpg_tasks_t rows;
+  ath_queue_tasks_t rows;
   int64_t grace = 10 * w->cfg.heartbeat_timeout_ms;
-  if (ath__qpg_rescue(dq->ldr, dq->llease.incarnation, RESCUE_LIMIT, grace, &rows) == 0) {
+  if (ath__q_rescue(dq->ldr, dq->llease.incarnation, RESCUE_LIMIT, grace, &rows) == 0) {
     if (rescue_rows(w, dq->ldr, dq->llease.incarnation, &rows, "its node was declared lost (no heartbeat)") > 0) {
       uv_mutex_lock(&w->lock);
       dq->n_rescued += (int64_t)rows.n;
@@ -1310,10 +1319,10 @@ static void lead(ath_world_t* w, struct ath_dq_s* dq) {
       ath_log_field_t f[1] = {ATH_LOG_FINT("tasks", (int64_t)rows.n)};
       ath__logf(w, ATH_LOG_WARN, f, 1, "rescued the tasks of expired nodes (EWORKERLOST)");
     }
-    ath__qpg_tasks_free(&rows);
+    ath__q_tasks_free(QP, &rows);
   }
-  ath__qpg_stage(dq->ldr, NULL, 0, 1000, 1000, NULL); /* late: their node died */
-  ath__qpg_vacuum_ready(dq->ldr); /* the claims' dead entries (distributed.md §3.9) */
+  ath__q_stage(dq->ldr, NULL, 0, 1000, 1000, NULL); /* late: their node died */
+  ath__q_vacuum_ready(dq->ldr); /* the claims' dead entries (distributed.md §3.9) */
 }
 
 /* The webhook thread delivered (or gave up) outbox row `id` (under the
@@ -1343,7 +1352,7 @@ static void flush_hooks_done(struct ath_dq_s* dq) {
   dq->hooks_done = NULL;
   dq->nhooks_done = dq->hooks_done_cap = 0;
   uv_mutex_unlock(&dq->hook_lock);
-  if (n > 0 && ath__qpg_hooks_done(dq->wr, ids, n) != 0) {
+  if (n > 0 && ath__q_hooks_done(dq->wr, ids, n) != 0) {
     for (size_t i = 0; i < n; i++)
       hook_done(dq, ids[i]);
   }
@@ -1356,9 +1365,9 @@ static void adopt_hooks(ath_world_t* w, struct ath_dq_s* dq, int64_t inc) {
   uv_mutex_lock(&w->lock);
   ath_hook_t* hook = live_hook(w);
   uv_mutex_unlock(&w->lock);
-  ath_qpg_outbox_t* rows;
+  ath_queue_outbox_t* rows;
   size_t n;
-  if (hook == NULL || inc <= 0 || ath__qpg_hooks_adopt(dq->wr, inc, 1000, &rows, &n) != 0)
+  if (hook == NULL || inc <= 0 || ath__q_hooks_adopt(dq->wr, inc, 1000, &rows, &n) != 0)
     return;
   if (n > 0)
     ath__logf(w, ATH_LOG_INFO, NULL, 0, "sending %zu webhook event(s) of stopped or lost nodes", n);
@@ -1371,12 +1380,12 @@ static void adopt_hooks(ath_world_t* w, struct ath_dq_s* dq, int64_t inc) {
       hook_done(dq, rows[i].id); /* this node's webhookEvents leave it out */
     }
   }
-  ath__qpg_outbox_free(rows, n);
+  ath__q_outbox_free(dq->qp, rows, n);
 }
 
 /* The poll (lock not held): stage what is due, re-read watched proxies. */
 static void poll_once(ath_world_t* w, struct ath_dq_s* dq) {
-  ath__qpg_stage(dq->wr, NULL, 0, 0, 1000, NULL);
+  ath__q_stage(dq->wr, NULL, 0, 0, 1000, NULL);
   int64_t* seqs = NULL;
   size_t n = 0;
   uv_mutex_lock(&w->lock);
@@ -1398,7 +1407,7 @@ static void poll_once(ath_world_t* w, struct ath_dq_s* dq) {
     adopt_hooks(w, dq, inc);
   int64_t* cs = NULL;
   size_t nc = 0;
-  if (inc > 0 && ath__qpg_cancelled(dq->wr, inc, &cs, &nc) == 0 && nc > 0) {
+  if (inc > 0 && ath__q_cancelled(dq->wr, inc, &cs, &nc) == 0 && nc > 0) {
     ath_worker_t* wake[MAX_WORKERS];
     uv_mutex_lock(&w->lock);
     int nwake = apply_cancels(w, cs, nc, wake, 0);
@@ -1478,7 +1487,7 @@ static void backend_main(void* arg) {
         poll_once(w, dq);
         next_poll = uv_hrtime() + jittered(poll_ns);
       } else if (do_stage) {
-        ath__qpg_stage(dq->wr, NULL, 0, 0, 1000, NULL);
+        ath__q_stage(dq->wr, NULL, 0, 0, 1000, NULL);
       }
       /* the schedules: when one is due, on athena_sched, at the poll (the
        * correctness path), and at once on taking the lead (catch-up; a
@@ -1511,7 +1520,7 @@ static void backend_main(void* arg) {
       if (rc != 0) {
         if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->wr)) { /* reconnect; the database takes writes again */
           uv_mutex_unlock(&w->lock);
-          int ok = ath__qpg_reset(dq->wr) == 0;
+          int ok = ath__q_reset(dq->wr) == 0;
           if (ok)
             audit_leases(w, dq);
           uv_mutex_lock(&w->lock);
@@ -1551,24 +1560,24 @@ static void backend_main(void* arg) {
 
 static int pg_get(void* s, const char* id, ath_row_cb cb, void* ud, char* err, size_t errlen) {
   struct ath_dq_s* dq = (struct ath_dq_s*)s;
-  ath_qpg_tasks_t rows;
+  ath_queue_tasks_t rows;
   uv_mutex_lock(&dq->rd_lock);
-  int rc = ath__qpg_get(dq->rd, id, &rows);
-  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__qpg_reset(dq->rd) == 0)
-    rc = ath__qpg_get(dq->rd, id, &rows);
+  int rc = ath__q_get(dq->rd, id, &rows);
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__q_reset(dq->rd) == 0)
+    rc = ath__q_get(dq->rd, id, &rows);
   if (rc != 0)
-    snprintf(err, errlen, "PostgreSQL: %s", ath__qpg_errmsg(dq->rd));
+    snprintf(err, errlen, "PostgreSQL: %s", ath__q_errmsg(dq->rd));
   uv_mutex_unlock(&dq->rd_lock);
   if (rc != 0)
     return rc;
   if (rows.n == 0) {
-    ath__qpg_tasks_free(&rows);
+    ath__q_tasks_free(dq->qp, &rows);
     return ATH_ENOTFOUND;
   }
   ath_row_t row;
   row_of(&rows.rows[0], &row);
   rc = cb(ud, &row);
-  ath__qpg_tasks_free(&rows);
+  ath__q_tasks_free(dq->qp, &rows);
   return rc;
 }
 
@@ -1577,32 +1586,32 @@ static int pg_get(void* s, const char* id, ath_row_cb cb, void* ud, char* err, s
 static int pg_query(void* s, const ath_store_query_t* q, ath_row_cb cb, void* ud, char* err,
                     size_t errlen) {
   struct ath_dq_s* dq = (struct ath_dq_s*)s;
-  ath_qpg_query_t f = {q->status_mask, q->name, q->parent_id, q->since, q->until, q->limit,
+  ath_queue_query_t f = {q->status_mask, q->name, q->parent_id, q->since, q->until, q->limit,
                        q->by_seq, (int64_t)q->after_seq};
-  ath_qpg_tasks_t rows;
+  ath_queue_tasks_t rows;
   uv_mutex_lock(&dq->rd_lock);
-  int rc = ath__qpg_query(dq->rd, &f, &rows);
-  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__qpg_reset(dq->rd) == 0)
-    rc = ath__qpg_query(dq->rd, &f, &rows);
+  int rc = ath__q_query(dq->rd, &f, &rows);
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__q_reset(dq->rd) == 0)
+    rc = ath__q_query(dq->rd, &f, &rows);
   if (rc != 0)
-    snprintf(err, errlen, "PostgreSQL: %s", ath__qpg_errmsg(dq->rd));
+    snprintf(err, errlen, "PostgreSQL: %s", ath__q_errmsg(dq->rd));
   uv_mutex_unlock(&dq->rd_lock);
   for (size_t i = 0; rc == 0 && i < rows.n; i++) {
     ath_row_t row;
     row_of(&rows.rows[i], &row);
     rc = cb(ud, &row);
   }
-  ath__qpg_tasks_free(&rows);
+  ath__q_tasks_free(dq->qp, &rows);
   return rc;
 }
 
 static void dq_free(struct ath_dq_s* dq) {
   if (dq == NULL)
     return;
-  ath__qpg_close(dq->wr);
-  ath__qpg_close(dq->ldr);
-  ath__qpg_close(dq->lis);
-  ath__qpg_close(dq->rd);
+  ath__q_close(dq->wr);
+  ath__q_close(dq->ldr);
+  ath__q_close(dq->lis);
+  ath__q_close(dq->rd);
   uv_mutex_destroy(&dq->rd_lock);
   uv_mutex_destroy(&dq->hook_lock);
   free(dq->hooks_done);
@@ -1617,7 +1626,7 @@ static void dq_free(struct ath_dq_s* dq) {
     ath_task_release(dq->beats[i]);
   free(dq->beats);
   free(dq->beat_set.slots);
-  ath__qpg_counts_free(&dq->counts);
+  ath__q_counts_free(dq->qp, &dq->counts);
   free(dq);
 }
 
@@ -1634,8 +1643,28 @@ static const ath_store_vt_t pg_reads = {
 
 /* ------------------------------------------------------------ start, stop */
 
-static int open_conn(ath_world_t* w, int notify, ath_qpg_t** out, char* err, size_t errlen) {
-  return ath__qpg_open(w->cfg.backend_url, w->cfg.backend_schema, notify, out, err, errlen);
+int ath__dq_check(const ath_world_config_t* cfg, char* err, size_t errlen) {
+  const ath_queue_provider_t* p = cfg->queue != NULL ? cfg->queue : ath_postgres_queue();
+  int rc = ath__q_check(p, err, errlen);
+  if (rc == 0 && cfg->webhook_url != NULL && !ath__q_can_outbox(p)) {
+    snprintf(err, errlen, "invalid backend: webhooks need the queue provider's outbox (%s has no hooks_done, "
+             "hooks_adopt, outbox_free)", p->name ? p->name : "(unnamed)");
+    rc = ATH_EINVAL;
+  }
+  return rc;
+}
+
+const ath_queue_provider_t* ath__dq_provider(ath_world_t* w) {
+  return provider_of(w);
+}
+
+int ath__dq_workflows(ath_world_t* w) {
+  return ath__q_can_workflows(provider_of(w));
+}
+
+static int open_conn(ath_world_t* w, int notify, ath_queue_conn_t** out, char* err, size_t errlen) {
+  const ath_queue_provider_t* p = provider_of(w);
+  return p->open(p->ud, w->cfg.backend_url, w->cfg.backend_schema, notify, out, err, errlen);
 }
 
 static void stop_listener(struct ath_dq_s* dq) {
@@ -1653,7 +1682,7 @@ static void stop_listener(struct ath_dq_s* dq) {
  * the leader lock, stop listening. The reader stays for the world's reads. */
 /* The conflict retries of this node's connections (their counters are atomic). */
 static int64_t conn_retries(struct ath_dq_s* dq) {
-  return ath__qpg_retries(dq->wr) + ath__qpg_retries(dq->ldr) + ath__qpg_retries(dq->rd);
+  return ath__q_retries(dq->wr) + ath__q_retries(dq->ldr) + ath__q_retries(dq->rd);
 }
 
 int64_t ath__world_db_retries(ath_world_t* w) {
@@ -1674,17 +1703,17 @@ void ath__pgstore_stopped(ath_world_t* w) {
   ath__hook_on_done(w->hook, NULL, NULL); /* later deliveries are sent again by another node */
   flush_hooks_done(dq);
   if (dq->incarnation > 0)
-    ath__qpg_node_release(dq->wr, &dq->lease);
+    ath__q_node_release(dq->wr, &dq->lease);
   if (dq->leader) {
-    ath__qpg_node_release(dq->ldr, &dq->llease);
-    ath__qpg_leader_resign(dq->ldr);
+    ath__q_node_release(dq->ldr, &dq->llease);
+    ath__q_leader_resign(dq->ldr);
   }
   uv_mutex_lock(&dq->rd_lock); /* ath__world_db_retries reads them under it */
   int64_t retries = conn_retries(dq);
   atomic_store(&dq->retries_closed, retries); /* the connections go: their counts stay */
-  ath__qpg_close(dq->wr);
-  ath__qpg_close(dq->ldr);
-  ath__qpg_close(dq->lis);
+  ath__q_close(dq->wr);
+  ath__q_close(dq->ldr);
+  ath__q_close(dq->lis);
   dq->wr = dq->ldr = dq->lis = NULL;
   uv_mutex_unlock(&dq->rd_lock);
   ath_log_field_t f[5] = {ATH_LOG_FINT("claimed", dq->n_claimed), ATH_LOG_FINT("lost", dq->n_lost),
@@ -1698,12 +1727,12 @@ void ath__pgstore_stopped(ath_world_t* w) {
  * node's to rescue now, not after heartbeatTimeout (distributed.md §3.8);
  * that incarnation is fenced in the same statement. */
 static int take_over(ath_world_t* w, struct ath_dq_s* dq) {
-  ath_qpg_tasks_t rows;
-  int rc = ath__qpg_take_over(dq->wr, dq->node_id, dq->lease.incarnation, &rows);
+  ath_queue_tasks_t rows;
+  int rc = ath__q_take_over(dq->wr, dq->node_id, dq->lease.incarnation, &rows);
   if (rc != 0)
     return rc;
   int64_t n = rescue_rows(w, dq->wr, dq->lease.incarnation, &rows, "its node restarted");
-  ath__qpg_tasks_free(&rows);
+  ath__q_tasks_free(QP, &rows);
   if (n < 0)
     return ATH_ESTORE;
   dq->n_rescued += n;
@@ -1723,9 +1752,9 @@ static int node_lock(struct ath_dq_s* dq, char* err, size_t errlen) {
   uint64_t until = uv_hrtime() + 2000000000u;
   for (;;) {
     int held = 0;
-    int rc = ath__qpg_node_lock(dq->wr, dq->node_id, &held);
+    int rc = ath__q_node_lock(dq->wr, dq->node_id, &held);
     if (rc != 0) {
-      snprintf(err, errlen, "PostgreSQL backend: locking node %s: %s", dq->node_id, ath__qpg_errmsg(dq->wr));
+      snprintf(err, errlen, "PostgreSQL backend: locking node %s: %s", dq->node_id, ath__q_errmsg(dq->wr));
       return rc;
     }
     if (held)
@@ -1746,7 +1775,8 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
   if (dq == NULL)
     return ATH_ENOMEM;
   dq->w = w;
-  dq->notify = !w->cfg.backend_poll_only;
+  dq->qp = provider_of(w);
+  dq->notify = !w->cfg.backend_poll_only && ath__q_can_notify(dq->qp);
   uv_mutex_init(&dq->rd_lock);
   uv_mutex_init(&dq->hook_lock);
   dq->lis_pipe[0] = dq->lis_pipe[1] = -1;
@@ -1775,19 +1805,19 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
     rc = open_conn(w, dq->notify, &dq->rd, err, errlen);
   if (rc == 0 && dq->notify)
     rc = open_conn(w, 0, &dq->lis, err, errlen);
-  if (rc == 0 && (rc = ath__qpg_migrate(dq->wr, NULL)) != 0)
-    snprintf(err, errlen, "PostgreSQL backend: %s", ath__qpg_errmsg(dq->wr));
-  if (rc == 0 && dq->lis != NULL && (rc = ath__qpg_listen(dq->lis, CHANNELS)) != 0)
-    snprintf(err, errlen, "PostgreSQL backend: LISTEN: %s", ath__qpg_errmsg(dq->lis));
+  if (rc == 0 && (rc = ath__q_migrate(dq->wr, NULL)) != 0)
+    snprintf(err, errlen, "PostgreSQL backend: %s", ath__q_errmsg(dq->wr));
+  if (rc == 0 && dq->lis != NULL && (rc = ath__q_listen(dq->lis, CHANNELS)) != 0)
+    snprintf(err, errlen, "PostgreSQL backend: LISTEN: %s", ath__q_errmsg(dq->lis));
   if (rc == 0)
     rc = node_lock(dq, err, errlen);
-  ath_qpg_node_t n;
+  ath_queue_node_t n;
   node_desc(dq, w, &n, 0);
-  if (rc == 0 && (rc = ath__qpg_node_register(dq->wr, &n, uv_hrtime(), &dq->lease)) != 0)
-    snprintf(err, errlen, "PostgreSQL backend: registering node %s: %s", dq->node_id, ath__qpg_errmsg(dq->wr));
+  if (rc == 0 && (rc = ath__q_node_register(dq->wr, &n, uv_hrtime(), &dq->lease)) != 0)
+    snprintf(err, errlen, "PostgreSQL backend: registering node %s: %s", dq->node_id, ath__q_errmsg(dq->wr));
   if (rc == 0 && (rc = take_over(w, dq)) != 0)
     snprintf(err, errlen, "PostgreSQL backend: recovering node %s's earlier tasks: %s", dq->node_id,
-             ath__qpg_errmsg(dq->wr));
+             ath__q_errmsg(dq->wr));
   if (rc == 0 && dq->lis != NULL && pipe(dq->lis_pipe) != 0) {
     snprintf(err, errlen, "cannot make a pipe: %s", strerror(errno));
     rc = ATH_ENOMEM;
@@ -1832,9 +1862,9 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
 /* Workflow `seq` was cancelled in its row (no node held it): its children
  * are cancelled as if it had ended here (lock not held). */
 static void cancel_children(ath_world_t* w, struct ath_dq_s* dq, int64_t seq) {
-  ath_qpg_cycle_t c = {.kids = &seq, .n_kids = 1};
+  ath_queue_cycle_t c = {.kids = &seq, .n_kids = 1};
   uv_mutex_lock(&dq->rd_lock);
-  int rc = ath__qpg_cycle(dq->rd, &c);
+  int rc = ath__q_cycle(dq->rd, &c);
   uv_mutex_unlock(&dq->rd_lock);
   if (rc == 0)
     take_cancelled(w, dq->rd, &dq->rd_lock, &seq, 1, 1);
@@ -1855,9 +1885,9 @@ int ath__dq_cancel(ath_world_t* w, ath_task_t* t) {
     return 0;
   int how = 0;
   uv_mutex_lock(&dq->rd_lock);
-  int rc = ath__qpg_cancel(dq->rd, seq, &how);
-  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__qpg_reset(dq->rd) == 0)
-    rc = ath__qpg_cancel(dq->rd, seq, &how);
+  int rc = ath__q_cancel(dq->rd, seq, &how);
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__q_reset(dq->rd) == 0)
+    rc = ath__q_cancel(dq->rd, seq, &how);
   uv_mutex_unlock(&dq->rd_lock);
   if (rc != 0)
     return 0;
@@ -1884,7 +1914,7 @@ int ath__dq_cancel(ath_world_t* w, ath_task_t* t) {
   return how != 0;
 }
 
-ath_qpg_t* ath__dq_reader(ath_world_t* w) {
+ath_queue_conn_t* ath__dq_reader(ath_world_t* w) {
   struct ath_dq_s* dq = w->dq;
   if (dq == NULL)
     return NULL;
@@ -1899,14 +1929,14 @@ void ath__dq_reader_done(ath_world_t* w) {
 int ath__dq_dead_letter(ath_world_t* w, const char* id, int purge, int64_t* seq, int* how) {
   struct ath_dq_s* dq = w->dq;
   int status;
-  int (*op)(ath_qpg_t*, const char*, int64_t*, int*, int*) = purge ? ath__qpg_purge : ath__qpg_requeue;
+  int (*op)(ath_queue_conn_t*, const char*, int64_t*, int*, int*) = purge ? ath__q_purge : ath__q_requeue;
   uv_mutex_lock(&dq->rd_lock);
   int rc = op(dq->rd, id, seq, &status, how);
-  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__qpg_reset(dq->rd) == 0)
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__q_reset(dq->rd) == 0)
     rc = op(dq->rd, id, seq, &status, how);
   if (rc != 0)
     ath__logf(w, ATH_LOG_WARN, NULL, 0, "%s of %s failed: PostgreSQL: %s", purge ? "purge" : "requeue", id,
-              ath__qpg_errmsg(dq->rd));
+              ath__q_errmsg(dq->rd));
   uv_mutex_unlock(&dq->rd_lock);
   if (rc == 0 && *how == 1 && !purge) { /* this node may serve its queue: claim now */
     uv_mutex_lock(&w->lock);
@@ -1925,15 +1955,15 @@ static int counts_fresh(struct ath_dq_s* dq, char* err, size_t errlen) {
   uint64_t now = uv_hrtime();
   if (dq->counts_ns != 0 && now - dq->counts_ns < COUNTS_TTL_NS)
     return 0;
-  ath_qpg_counts_t c;
-  int rc = ath__qpg_counts(dq->rd, &c);
-  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__qpg_reset(dq->rd) == 0)
-    rc = ath__qpg_counts(dq->rd, &c);
+  ath_queue_counts_t c;
+  int rc = ath__q_counts(dq->rd, &c);
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__q_reset(dq->rd) == 0)
+    rc = ath__q_counts(dq->rd, &c);
   if (rc != 0) {
-    snprintf(err, errlen, "PostgreSQL: %s", ath__qpg_errmsg(dq->rd));
+    snprintf(err, errlen, "PostgreSQL: %s", ath__q_errmsg(dq->rd));
     return rc;
   }
-  ath__qpg_counts_free(&dq->counts);
+  ath__q_counts_free(dq->qp, &dq->counts);
   dq->counts = c;
   dq->counts_ns = now;
   return 0;
@@ -1957,7 +1987,7 @@ int ath__world_cluster(ath_world_t* w, char** json, char* err, size_t errlen) {
   uv_mutex_lock(&dq->rd_lock);
   int rc = counts_fresh(dq, err, errlen);
   if (rc == 0) {
-    const ath_qpg_counts_t* c = &dq->counts;
+    const ath_queue_counts_t* c = &dq->counts;
     ath__buf_lit(&b, "{\"node\":");
     ath__buf_json_str(&b, dq->node_id);
     ath__buf_lit(&b, ",\"leader\":");
@@ -1971,16 +2001,16 @@ int ath__world_cluster(ath_world_t* w, char** json, char* err, size_t errlen) {
     json_field(&b, "scheduled", c->scheduled, 0);
     json_field(&b, "running", c->running, 0);
     ath__buf_lit(&b, "},\"throughput\":{");
-    json_field(&b, "windowMs", ATH_QPG_RATE_WINDOW_MS, 1);
+    json_field(&b, "windowMs", ATH_QUEUE_RATE_WINDOW_MS, 1);
     json_field(&b, "completed", c->completed_window, 0);
     char t[160];
     int tn = snprintf(t, sizeof(t), ",\"perSecond\":%.1f},\"startLatencyMs\":{\"p50\":%.1f,\"p95\":%.1f,\"p99\":%.1f",
-                      (double)c->completed_window * 1000.0 / ATH_QPG_RATE_WINDOW_MS, c->start_latency_ms[0],
+                      (double)c->completed_window * 1000.0 / ATH_QUEUE_RATE_WINDOW_MS, c->start_latency_ms[0],
                       c->start_latency_ms[1], c->start_latency_ms[2]);
     ath__buf_append(&b, t, (size_t)tn);
     ath__buf_lit(&b, "},\"queues\":{");
     for (size_t i = 0; i < c->nqueues; i++) {
-      const ath_qpg_qcount_t* x = &c->queues[i];
+      const ath_queue_qcount_t* x = &c->queues[i];
       if (i > 0)
         ath__buf_lit(&b, ",");
       ath__buf_json_str(&b, x->queue);
@@ -2078,7 +2108,7 @@ int ath__world_node_labels(ath_world_t* w, ath_buf_t* b) {
 }
 
 /* The cluster's throughput and pickup latency over the rate window. */
-static void cluster_rates_prom(ath_buf_t* b, const ath_qpg_counts_t* c) {
+static void cluster_rates_prom(ath_buf_t* b, const ath_queue_counts_t* c) {
   char t[512];
   int n = snprintf(t, sizeof(t),
                    "# HELP athena_cluster_completed_per_second Tasks that ended per second across the cluster,"
@@ -2086,7 +2116,7 @@ static void cluster_rates_prom(ath_buf_t* b, const ath_qpg_counts_t* c) {
                    "athena_cluster_completed_per_second %.1f\n"
                    "# HELP athena_cluster_start_latency_seconds How long the tasks that ended in that window waited"
                    " from ready to a node's claim.\n# TYPE athena_cluster_start_latency_seconds gauge\n",
-                   ATH_QPG_RATE_WINDOW_MS / 1000, (double)c->completed_window * 1000.0 / ATH_QPG_RATE_WINDOW_MS);
+                   ATH_QUEUE_RATE_WINDOW_MS / 1000, (double)c->completed_window * 1000.0 / ATH_QUEUE_RATE_WINDOW_MS);
   ath__buf_append(b, t, (size_t)n);
   static const char* const q[3] = {"0.5", "0.95", "0.99"};
   for (int i = 0; i < 3; i++) {
@@ -2112,7 +2142,7 @@ void ath__world_cluster_prom(ath_world_t* w, ath_buf_t* b) {
     ath__logf(w, ATH_LOG_WARN, NULL, 0, "reading the cluster's counts failed: %s", err);
     return;
   }
-  const ath_qpg_counts_t* c = &dq->counts;
+  const ath_queue_counts_t* c = &dq->counts;
   ath__buf_lit(b, "# HELP athena_cluster_nodes Worker nodes whose lease is alive (the database).\n"
                   "# TYPE athena_cluster_nodes gauge\n");
   prom_line(b, "athena_cluster_nodes", NULL, NULL, c->nodes, 0);
@@ -2141,7 +2171,7 @@ void ath__world_cluster_prom(ath_world_t* w, ath_buf_t* b) {
     ath__buf_append(b, names[k], strlen(names[k]));
     ath__buf_lit(b, " gauge\n");
     for (size_t i = 0; i < c->nqueues; i++) {
-      const ath_qpg_qcount_t* x = &c->queues[i];
+      const ath_queue_qcount_t* x = &c->queues[i];
       int64_t v = k == 0 ? x->depth : k == 1 ? x->scheduled : k == 2 ? x->running : x->oldest_age_ms;
       prom_line(b, names[k], "queue", x->queue, v, k == 3);
     }
@@ -2157,11 +2187,11 @@ int ath__world_nodes(ath_world_t* w, char** json, char* err, size_t errlen) {
     return ATH_EINVAL;
   }
   uv_mutex_lock(&dq->rd_lock);
-  int rc = ath__qpg_nodes(dq->rd, json);
-  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__qpg_reset(dq->rd) == 0)
-    rc = ath__qpg_nodes(dq->rd, json);
+  int rc = ath__q_nodes(dq->rd, json);
+  if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__q_reset(dq->rd) == 0)
+    rc = ath__q_nodes(dq->rd, json);
   if (rc != 0)
-    snprintf(err, errlen, "PostgreSQL: %s", ath__qpg_errmsg(dq->rd));
+    snprintf(err, errlen, "PostgreSQL: %s", ath__q_errmsg(dq->rd));
   uv_mutex_unlock(&dq->rd_lock);
   return rc;
 }

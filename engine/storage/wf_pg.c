@@ -62,7 +62,7 @@ static void add_append(ath_wfpg_t* b, ath_task_t* t) {
   }
   for (size_t i = 0; i < n; i++)
     texts[i] = evs[i]->json;
-  ath_qpg_append_t* a = &b->apps[b->napps];
+  ath_queue_append_t* a = &b->apps[b->napps];
   a->seq = ath__task_dq(t)->dq_seq;
   a->from = (int)wf->stored_n;
   a->events = texts;
@@ -76,7 +76,7 @@ static void add_append(ath_wfpg_t* b, ath_task_t* t) {
 static void add_park(ath_wfpg_t* b, ath_task_t* t, int64_t now) {
   ath_wf_t* wf = t->wf;
   ath_task_x_t* x = ath__task_dq(t);
-  ath_qpg_park_t* p = &b->parks[b->nparks];
+  ath_queue_park_t* p = &b->parks[b->nparks];
   memset(p, 0, sizeof(*p));
   p->seq = x->dq_seq;
   p->attempt = x->dq_attempt;
@@ -120,7 +120,7 @@ int ath__wfpg_take(ath_wfpg_t* b, ath_task_t* t, int64_t now) {
   return 0;
 }
 
-void ath__wfpg_fill(ath_wfpg_t* b, ath_qpg_cycle_t* c) {
+void ath__wfpg_fill(ath_wfpg_t* b, ath_queue_cycle_t* c) {
   c->appends = b->apps;
   c->n_appends = b->napps;
   c->appended = b->appended;
@@ -192,10 +192,10 @@ static int reload_history(ath_wf_t* wf, const char* text) {
  * while it was parked. It ends here, with its history, as in one process.
  * Returns 0 (not queued), or -1 when it goes on after all (a cancel, which
  * a compensating run refuses). */
-static int stop_claimed(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r, ath_worker_t** wake,
+static int stop_claimed(ath_world_t* w, ath_task_t* t, const ath_queue_task_t* r, ath_worker_t** wake,
                         int* nwake) {
   t->wf->resuming = 0;
-  if (r->wait_kind == ATH_QPG_WAIT_CASCADE) {
+  if (r->wait_kind == ATH_QUEUE_WAIT_CASCADE) {
     *nwake = ath__wf_cascade_row(w, t, r->wait_error, wake, *nwake);
     return 0;
   }
@@ -209,7 +209,7 @@ static int stop_claimed(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r, 
   return -1;
 }
 
-int ath__wfpg_claimed(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r, ath_worker_t** wake,
+int ath__wfpg_claimed(ath_world_t* w, ath_task_t* t, const ath_queue_task_t* r, ath_worker_t** wake,
                       int* nwake) {
   ath_wf_t* wf = t->wf;
   wf->dq_wake = r->wake;
@@ -224,7 +224,7 @@ int ath__wfpg_claimed(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r, at
     ath__store_mark(w, t);
     return 0;
   }
-  int stop = r->wait_kind == ATH_QPG_WAIT_CASCADE || (r->resumed && r->cancel_at >= 0);
+  int stop = r->wait_kind == ATH_QUEUE_WAIT_CASCADE || (r->resumed && r->cancel_at >= 0);
   if (!r->resumed && !stop) {
     wf->resuming = 0;
     return -1;
@@ -238,7 +238,7 @@ int ath__wfpg_claimed(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r, at
   ath__dq_take_error(t, r->error); /* a compensating run's failure */
   if (stop && stop_claimed(w, t, r, wake, nwake) == 0)
     return 0;
-  if (r->wait_kind != ATH_PARK_NONE && r->wait_kind != ATH_QPG_WAIT_CASCADE)
+  if (r->wait_kind != ATH_PARK_NONE && r->wait_kind != ATH_QUEUE_WAIT_CASCADE)
     ath__wf_record_row(w, t, r->wait_kind, r->wait_seq, r->wait_status, r->wait_result, r->wait_error);
   wf->resuming = 1;
   wf->where = ATH_WF_QUEUED;
@@ -252,13 +252,13 @@ int ath__wfpg_claimed(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r, at
   return 0;
 }
 
-int ath__wfpg_rescue(ath_qpg_t* q, int64_t lease, ath_qpg_tasks_t* rows) {
+int ath__wfpg_rescue(ath_queue_conn_t* q, int64_t lease, ath_queue_tasks_t* rows) {
   int64_t* seqs = malloc((rows->n ? rows->n : 1) * sizeof(*seqs));
   if (seqs == NULL)
     return -1;
   size_t n = 0, keep = 0;
   for (size_t i = 0; i < rows->n; i++) {
-    const ath_qpg_task_t* r = &rows->rows[i];
+    const ath_queue_task_t* r = &rows->rows[i];
     int segment = r->kind == 1 && (r->status == ATH_RUNNING || r->status == ATH_COMPENSATING);
     if (segment && r->rescues <= 3) /* a segment that killed its host 3 times fails instead */
       seqs[n++] = r->seq;
@@ -266,7 +266,7 @@ int ath__wfpg_rescue(ath_qpg_t* q, int64_t lease, ath_qpg_tasks_t* rows) {
       rows->rows[keep++] = *r;
   }
   rows->n = keep;
-  int rc = ath__qpg_wf_requeue(q, lease, seqs, n);
+  int rc = ath__q_wf_requeue(q, lease, seqs, n);
   free(seqs);
   return rc == 0 ? (int)n : -1;
 }

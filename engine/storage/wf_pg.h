@@ -15,16 +15,16 @@
 #define ATHENA_WF_PG_H
 
 #include "internal.h"
-#include "queue_pg.h"
+#include "queue.h"
 
 /* The workflow writes of one cycle. */
 typedef struct {
-  ath_qpg_append_t* apps;
+  ath_queue_append_t* apps;
   ath_task_t** app_t;
   ath_wfev_t*** app_evs; /* the appended events, retained until the cycle ends */
   size_t napps;
   uint8_t* appended;
-  ath_qpg_park_t* parks;
+  ath_queue_park_t* parks;
   ath_task_t** park_t;
   char** park_err; /* copies of the errors the parks carry */
   size_t nparks;
@@ -46,7 +46,7 @@ void ath__wfpg_free(ath_wfpg_t* b);
  * (no finish), 0 when the caller classifies it as any task. */
 int ath__wfpg_take(ath_wfpg_t* b, ath_task_t* t, int64_t now);
 /* Points the cycle at the writes. */
-void ath__wfpg_fill(ath_wfpg_t* b, ath_qpg_cycle_t* c);
+void ath__wfpg_fill(ath_wfpg_t* b, ath_queue_cycle_t* c);
 /* The cycle failed: nothing was written, the writes go again. */
 void ath__wfpg_undo(ath_wfpg_t* b);
 /* The cycle committed: parked workflows become proxies of their rows
@@ -61,7 +61,7 @@ void ath__wfpg_done(ath_world_t* w, ath_wfpg_t* b, int64_t* stage_at, int64_t* l
  * cascade marked fails here, and a resumption whose cancel was accepted
  * is cancelled here (both with their history; 0, *nwake updated). Returns
  * -1 for a new run (the caller queues it as any claimed task). */
-int ath__wfpg_claimed(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r, ath_worker_t** wake,
+int ath__wfpg_claimed(ath_world_t* w, ath_task_t* t, const ath_queue_task_t* r, ath_worker_t** wake,
                       int* nwake);
 
 /* The leader's rescue took rows (lock not held): the workflow segments
@@ -70,6 +70,6 @@ int ath__wfpg_claimed(ath_world_t* w, ath_task_t* t, const ath_qpg_task_t* r, at
  * they leave `rows`, which keeps the others (EWORKERLOST attempts).
  * Returns how many were requeued, or -1 when the database failed (the
  * rows stay under the control lease: the next pass takes them again). */
-int ath__wfpg_rescue(ath_qpg_t* q, int64_t lease, ath_qpg_tasks_t* rows);
+int ath__wfpg_rescue(ath_queue_conn_t* q, int64_t lease, ath_queue_tasks_t* rows);
 
 #endif

@@ -56,3 +56,14 @@ int store_fixture_world(const store_fixture_t* f, int mode, const char* const* n
   *out = rc == 0 ? w : NULL;
   return rc;
 }
+
+char* store_fixture_dup(const char* p, size_t n) {
+  if (p == NULL)
+    return NULL;
+  char* c = malloc(n + 1);
+  if (c == NULL)
+    abort();
+  memcpy(c, p, n);
+  c[n] = '\0';
+  return c;
+}

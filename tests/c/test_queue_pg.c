@@ -13,6 +13,7 @@
 
 #include "athena.h"
 #include "queue_pg.h"
+#include "queue.h"
 #include "task.h"
 #include "util.h"
 
@@ -71,18 +72,18 @@ static ath_qpg_t* open_q(const char* schema) {
   return q;
 }
 
-static ath_qpg_insert_t task_row(const char* id, const char* queue, int priority, const char* input) {
-  ath_qpg_insert_t r = {.id = id, .name = "noop", .queue = queue, .input = input,
+static ath_queue_insert_t task_row(const char* id, const char* queue, int priority, const char* input) {
+  ath_queue_insert_t r = {.id = id, .name = "noop", .queue = queue, .input = input,
                         .priority = priority, .max_attempts = 3};
   return r;
 }
 
 /* Registers a node with a long lease (tests expire it by hand). */
-static ath_qpg_lease_t node(ath_qpg_t* q, const char* id) {
+static ath_queue_lease_t node(ath_qpg_t* q, const char* id) {
   const char* queues[] = {"default", NULL};
-  ath_qpg_node_t n = {.node_id = id, .host = "test", .pid = 1, .queues = queues, .slots = 4,
+  ath_queue_node_t n = {.node_id = id, .host = "test", .pid = 1, .queues = queues, .slots = 4,
                       .ttl_ms = 600000, .interval_ms = 5000};
-  ath_qpg_lease_t l;
+  ath_queue_lease_t l;
   ASSERT_OK(ath__qpg_node_register(q, &n, 0, &l));
   ASSERT_GT(l.incarnation, 0);
   return l;
@@ -90,8 +91,8 @@ static ath_qpg_lease_t node(ath_qpg_t* q, const char* id) {
 
 /* Inserts `n` tasks "<prefix><i>" into queue default, 1000 per statement. */
 static void insert_many(ath_qpg_t* q, const char* prefix, int n) {
-  ath_qpg_insert_t* rows = calloc(1000, sizeof(*rows));
-  ath_qpg_inserted_t* out = calloc(1000, sizeof(*out));
+  ath_queue_insert_t* rows = calloc(1000, sizeof(*rows));
+  ath_queue_inserted_t* out = calloc(1000, sizeof(*out));
   char(*ids)[32] = calloc(1000, 32);
   ASSERT(rows && out && ids);
   for (int base = 0; base < n; base += 1000) {
@@ -125,9 +126,9 @@ TEST_IMPL(db_pg_queue_migrate) {
   ASSERT_EQ(ATH_QPG_SCHEMA_VERSION, sql_int(c, "SELECT value::int FROM qpg_migrate.meta WHERE key = 'schema_version'"));
   /* back to what version 1 made (its history table keyed by the task's seq,
    * with an event in it): migrating again adds versions 2, 3 and 4 */
-  ath_qpg_insert_t wrow = task_row("wf1", "default", 0, "{}");
+  ath_queue_insert_t wrow = task_row("wf1", "default", 0, "{}");
   wrow.kind = 1;
-  ath_qpg_inserted_t wout;
+  ath_queue_inserted_t wout;
   ASSERT_OK(ath__qpg_insert(q, &wrow, 1, &wout));
   sql_ok(c, "DROP INDEX qpg_migrate.schedules_due; DROP INDEX qpg_migrate.tasks_dead;"
             " ALTER TABLE qpg_migrate.schedules DROP COLUMN max_attempts, DROP COLUMN close_after;"
@@ -176,12 +177,12 @@ TEST_IMPL(db_pg_queue_migrate) {
   q = open_q("we\"ird; s'x");
   ASSERT_OK(ath__qpg_migrate(q, &ver));
   ASSERT_EQ(0, ver);
-  ath_qpg_insert_t row = task_row("t1", "default", 0, "{}");
-  ath_qpg_inserted_t out;
+  ath_queue_insert_t row = task_row("t1", "default", 0, "{}");
+  ath_queue_inserted_t out;
   ASSERT_OK(ath__qpg_insert(q, &row, 1, &out));
   ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM \"we\"\"ird; s'x\".tasks"));
-  ath_qpg_lease_t l = node(q, "n");
-  ath_qpg_tasks_t t;
+  ath_queue_lease_t l = node(q, "n");
+  ath_queue_tasks_t t;
   ASSERT_OK(ath__qpg_claim(q, l.incarnation, "default", 1, &t));
   ASSERT_EQ(1, t.n);
   ath__qpg_tasks_free(&t);
@@ -209,12 +210,12 @@ typedef struct {
 static void* claimer(void* arg) {
   claimer_t* c = arg;
   ath_qpg_t* q = open_q(c->schema);
-  ath_qpg_lease_t l = node(q, "claimer");
-  ath_qpg_outcome_t o[100];
+  ath_queue_lease_t l = node(q, "claimer");
+  ath_queue_outcome_t o[100];
   uint8_t applied[100];
   pthread_barrier_wait(c->start);
   for (;;) {
-    ath_qpg_tasks_t t;
+    ath_queue_tasks_t t;
     ASSERT_OK(ath__qpg_claim(q, l.incarnation, "default", 100, &t));
     if (t.n == 0) {
       ath__qpg_tasks_free(&t);
@@ -224,7 +225,7 @@ static void* claimer(void* arg) {
       ASSERT_EQ(1, t.rows[i].attempt);
       ASSERT_EQ(ATH_RUNNING, t.rows[i].status);
       c->seqs[c->n++] = t.rows[i].seq;
-      o[i] = (ath_qpg_outcome_t){.seq = t.rows[i].seq, .attempt = t.rows[i].attempt,
+      o[i] = (ath_queue_outcome_t){.seq = t.rows[i].seq, .attempt = t.rows[i].attempt,
                                  .status = ATH_COMPLETED, .result = "true"};
     }
     ASSERT_OK(ath__qpg_finish(q, l.incarnation, o, t.n, applied));
@@ -281,14 +282,14 @@ TEST_IMPL(db_pg_queue_exactly_once) {
  * are not claimable until staged. */
 TEST_IMPL(db_pg_queue_order) {
   ath_qpg_t* q = fresh("qpg_order");
-  ath_qpg_lease_t l = node(q, "n");
-  ath_qpg_insert_t rows[6] = {
+  ath_queue_lease_t l = node(q, "n");
+  ath_queue_insert_t rows[6] = {
     task_row("a", "default", 0, "{}"), task_row("b", "default", 0, "{}"),
     task_row("c", "default", 0, "{}"), task_row("d", "default", 5, "{}"),
     task_row("e", "default", -1, "{}"), task_row("later", "default", 9, "{}"),
   };
   rows[5].delay_ms = 3600000;
-  ath_qpg_inserted_t out[6];
+  ath_queue_inserted_t out[6];
   ASSERT_OK(ath__qpg_insert(q, rows, 6, out));
   PGconn* c = admin();
   /* b became ready before a (same priority) */
@@ -296,7 +297,7 @@ TEST_IMPL(db_pg_queue_order) {
             " UPDATE qpg_order.ready r SET ready_at = t.ready_at FROM qpg_order.tasks t"
             " WHERE t.seq = r.seq AND t.id = 'b'");
   ASSERT_EQ(1, sql_int(c, "SELECT status FROM qpg_order.tasks WHERE id = 'later'"));
-  ath_qpg_tasks_t t;
+  ath_queue_tasks_t t;
   /* the selection follows the order (one at a time), and a batch comes
    * back in it */
   const char* want[] = {"d", "b", "a", "c", "e"};
@@ -325,7 +326,7 @@ TEST_IMPL(db_pg_queue_order) {
   ASSERT_STR_EQ("later", t.rows[0].id);
   /* a retry re-staged an hour ahead: due (and ready_at) in the future, not
    * stageable until then */
-  ath_qpg_outcome_t retry = {.seq = t.rows[0].seq, .attempt = 1, .status = ATH_RETRYING,
+  ath_queue_outcome_t retry = {.seq = t.rows[0].seq, .attempt = 1, .status = ATH_RETRYING,
                              .delay_ms = 3600000};
   uint8_t ap;
   ASSERT_OK(ath__qpg_finish(q, l.incarnation, &retry, 1, &ap));
@@ -347,30 +348,30 @@ TEST_IMPL(db_pg_queue_order) {
  * row and in input order; a retry (status 3) comes back as attempt 2. */
 TEST_IMPL(db_pg_queue_fencing) {
   ath_qpg_t* q = fresh("qpg_fence");
-  ath_qpg_lease_t a = node(q, "a");
-  ath_qpg_lease_t b = node(q, "b");
+  ath_queue_lease_t a = node(q, "a");
+  ath_queue_lease_t b = node(q, "b");
   insert_many(q, "f", 2);
-  ath_qpg_tasks_t t;
+  ath_queue_tasks_t t;
   ASSERT_OK(ath__qpg_claim(q, a.incarnation, "default", 2, &t));
   ASSERT_EQ(2, t.n);
   int64_t s0 = t.rows[0].seq, s1 = t.rows[1].seq;
   ath__qpg_tasks_free(&t);
   uint8_t ap[3];
-  ath_qpg_outcome_t stale[2] = {
+  ath_queue_outcome_t stale[2] = {
     {.seq = s0, .attempt = 2, .status = ATH_COMPLETED, .result = "1"}, /* wrong attempt */
     {.seq = s0, .attempt = 0, .status = ATH_COMPLETED, .result = "1"},
   };
   ASSERT_OK(ath__qpg_finish(q, a.incarnation, stale, 2, ap));
   ASSERT_EQ(0, ap[0]);
   ASSERT_EQ(0, ap[1]);
-  ath_qpg_outcome_t other = {.seq = s0, .attempt = 1, .status = ATH_COMPLETED, .result = "2"};
+  ath_queue_outcome_t other = {.seq = s0, .attempt = 1, .status = ATH_COMPLETED, .result = "2"};
   ASSERT_OK(ath__qpg_finish(q, b.incarnation, &other, 1, ap)); /* not b's lease */
   ASSERT_EQ(0, ap[0]);
   PGconn* c = admin();
   ASSERT_EQ(2, sql_int(c, "SELECT count(*) FROM qpg_fence.tasks WHERE status = 2 AND result IS NULL"));
   /* the holder: s1 retries (due now), s0 completes; an unknown seq in the
    * middle is refused without disturbing its neighbours */
-  ath_qpg_outcome_t mine[3] = {
+  ath_queue_outcome_t mine[3] = {
     {.seq = s1, .attempt = 1, .status = ATH_RETRYING, .error = "{\"code\":\"EHANDLER\"}"},
     {.seq = 999999, .attempt = 1, .status = ATH_COMPLETED},
     {.seq = s0, .attempt = 1, .status = ATH_COMPLETED, .result = "3"},
@@ -392,11 +393,11 @@ TEST_IMPL(db_pg_queue_fencing) {
   ASSERT_EQ(2, t.rows[0].attempt);
   ASSERT_STR_EQ("{\"code\":\"EHANDLER\"}", t.rows[0].error);
   /* a's late outcome for attempt 1 no longer applies */
-  ath_qpg_outcome_t late = {.seq = s1, .attempt = 1, .status = ATH_COMPLETED};
+  ath_queue_outcome_t late = {.seq = s1, .attempt = 1, .status = ATH_COMPLETED};
   ASSERT_OK(ath__qpg_finish(q, a.incarnation, &late, 1, ap));
   ASSERT_EQ(0, ap[0]);
   /* returned unrun (T14): attempt not counted, ready again */
-  ath_qpg_outcome_t back = {.seq = s1, .attempt = 2, .status = ATH_PENDING};
+  ath_queue_outcome_t back = {.seq = s1, .attempt = 2, .status = ATH_PENDING};
   ASSERT_OK(ath__qpg_finish(q, b.incarnation, &back, 1, ap));
   ASSERT_EQ(1, ap[0]);
   ath__qpg_tasks_free(&t);
@@ -422,48 +423,48 @@ TEST_IMPL(db_pg_queue_fencing) {
  * deletes them; an event without a finish in its cycle is EINVAL. */
 TEST_IMPL(db_pg_queue_outbox) {
   ath_qpg_t* q = fresh("qpg_outbox");
-  ath_qpg_lease_t a = node(q, "a");
-  ath_qpg_lease_t b = node(q, "b");
+  ath_queue_lease_t a = node(q, "a");
+  ath_queue_lease_t b = node(q, "b");
   insert_many(q, "o", 3);
-  ath_qpg_tasks_t t;
+  ath_queue_tasks_t t;
   ASSERT_OK(ath__qpg_claim(q, a.incarnation, "default", 3, &t));
   ASSERT_EQ(3, t.n);
   int64_t s[3] = {t.rows[0].seq, t.rows[1].seq, t.rows[2].seq};
   ath__qpg_tasks_free(&t);
-  ath_qpg_outcome_t o[3] = {
+  ath_queue_outcome_t o[3] = {
     {.seq = s[0], .attempt = 1, .status = ATH_COMPLETED, .result = "1"},
     {.seq = s[1], .attempt = 2, .status = ATH_COMPLETED, .result = "1"}, /* wrong attempt */
     {.seq = s[2], .attempt = 1, .status = ATH_RETRYING, .error = "{}"},
   };
-  ath_qpg_hook_t h[3] = {
+  ath_queue_hook_t h[3] = {
     {.seq = s[0], .status = ATH_COMPLETED, .attempt = 1, .kind = 0, .delivery = "d0", .at = 7, .body = "{\"n\":0}"},
     {.seq = s[1], .status = ATH_COMPLETED, .attempt = 2, .kind = 0, .delivery = "d1", .at = 7, .body = "{\"n\":1}"},
     {.seq = s[2], .status = ATH_RETRYING, .attempt = 1, .kind = 2, .delivery = "d2", .at = 7, .body = "{\"n\":2}"},
   };
   uint8_t ap[3];
   int64_t ids[3];
-  ath_qpg_cycle_t c = {.outcomes = o, .n_outcomes = 3, .applied = ap, .lease = a.incarnation,
+  ath_queue_cycle_t c = {.outcomes = o, .n_outcomes = 3, .applied = ap, .lease = a.incarnation,
                        .hooks = h, .n_hooks = 3, .hook_ids = ids};
   ASSERT_OK(ath__qpg_cycle(q, &c));
   ASSERT(ap[0] && !ap[1] && ap[2]);
   ASSERT(ids[0] > 0 && ids[1] == 0 && ids[2] > 0);
   /* s[0] again under b's lease: fenced out, though the row has the status,
    * attempt and no lease the event says (another transaction wrote it) */
-  ath_qpg_outcome_t ob = {.seq = s[0], .attempt = 1, .status = ATH_COMPLETED, .result = "2"};
-  ath_qpg_hook_t hb = {.seq = s[0], .status = ATH_COMPLETED, .attempt = 1, .kind = 0, .delivery = "db", .at = 7,
+  ath_queue_outcome_t ob = {.seq = s[0], .attempt = 1, .status = ATH_COMPLETED, .result = "2"};
+  ath_queue_hook_t hb = {.seq = s[0], .status = ATH_COMPLETED, .attempt = 1, .kind = 0, .delivery = "db", .at = 7,
                        .body = "{}"};
   int64_t idb = -1;
-  ath_qpg_cycle_t cb = {.outcomes = &ob, .n_outcomes = 1, .applied = ap, .lease = b.incarnation,
+  ath_queue_cycle_t cb = {.outcomes = &ob, .n_outcomes = 1, .applied = ap, .lease = b.incarnation,
                         .hooks = &hb, .n_hooks = 1, .hook_ids = &idb};
   ASSERT_OK(ath__qpg_cycle(q, &cb));
   ASSERT_EQ(0, ap[0]);
   ASSERT_EQ(0, idb);
-  ath_qpg_cycle_t bad = {.lease = a.incarnation, .hooks = &hb, .n_hooks = 1, .hook_ids = &idb};
+  ath_queue_cycle_t bad = {.lease = a.incarnation, .hooks = &hb, .n_hooks = 1, .hook_ids = &idb};
   ASSERT_EQ(ATH_EINVAL, ath__qpg_cycle(q, &bad));
   PGconn* pc = admin();
   ASSERT_EQ(2, sql_int(pc, "SELECT count(*) FROM qpg_outbox.outbox"));
   /* a's rows while a lives: nobody adopts them */
-  ath_qpg_outbox_t* rows;
+  ath_queue_outbox_t* rows;
   size_t n;
   ASSERT_OK(ath__qpg_hooks_adopt(q, b.incarnation, 10, &rows, &n));
   ASSERT_EQ(0, n);
@@ -495,11 +496,11 @@ TEST_IMPL(db_pg_queue_outbox) {
 TEST_IMPL(db_pg_queue_rescue) {
   ath_qpg_t* q = fresh("qpg_rescue");
   ath_qpg_t* qa = open_q("qpg_rescue");
-  ath_qpg_lease_t a = node(qa, "a");
-  ath_qpg_lease_t b = node(q, "b");
-  ath_qpg_lease_t leader = node(q, "leader");
+  ath_queue_lease_t a = node(qa, "a");
+  ath_queue_lease_t b = node(q, "b");
+  ath_queue_lease_t leader = node(q, "leader");
   insert_many(q, "r", 5); /* one stays ready */
-  ath_qpg_tasks_t t;
+  ath_queue_tasks_t t;
   ASSERT_OK(ath__qpg_claim(qa, a.incarnation, "default", 3, &t));
   ASSERT_EQ(3, t.n);
   int64_t dead_seq = t.rows[0].seq;
@@ -508,7 +509,7 @@ TEST_IMPL(db_pg_queue_rescue) {
   ASSERT_EQ(1, t.n);
   int64_t live_seq = t.rows[0].seq;
   ath__qpg_tasks_free(&t);
-  ath_qpg_tasks_t none;
+  ath_queue_tasks_t none;
   ASSERT_OK(ath__qpg_rescue(q, leader.incarnation, 100, 0, &none)); /* nobody dead yet */
   ASSERT_EQ(0, none.n);
   ath__qpg_tasks_free(&none);
@@ -520,7 +521,7 @@ TEST_IMPL(db_pg_queue_rescue) {
   ASSERT_OK(ath__qpg_claim(qa, a.incarnation, "default", 10, &t)); /* expired: claims nothing */
   ASSERT_EQ(0, t.n);
   ath__qpg_tasks_free(&t);
-  ath_qpg_tasks_t r;
+  ath_queue_tasks_t r;
   ASSERT_OK(ath__qpg_rescue(q, leader.incarnation, 100, 0, &r));
   ASSERT_EQ(3, r.n);
   for (size_t i = 0; i < r.n; i++) {
@@ -537,7 +538,7 @@ TEST_IMPL(db_pg_queue_rescue) {
   ASSERT_EQ(0, sql_int(c, sql));
   /* a second pass before the leader wrote anything: the same rows again
    * (its own open control leases), not counted as another rescue */
-  ath_qpg_tasks_t again;
+  ath_queue_tasks_t again;
   ASSERT_OK(ath__qpg_rescue(q, leader.incarnation, 100, 0, &again));
   ASSERT_EQ(3, again.n);
   for (size_t i = 0; i < again.n; i++) {
@@ -548,15 +549,15 @@ TEST_IMPL(db_pg_queue_rescue) {
   /* a comes back: its renew says lost, its outcome is discarded */
   ASSERT_EQ(ATH_EWORKERLOST, ath__qpg_node_renew(qa, &a, 1, NULL));
   ASSERT(a.lost);
-  ASSERT(ath__qpg_lease_fenced(&a, 1));
-  ath_qpg_outcome_t late = {.seq = dead_seq, .attempt = 1, .status = ATH_COMPLETED, .result = "1"};
+  ASSERT(ath__q_lease_fenced(&a, 1));
+  ath_queue_outcome_t late = {.seq = dead_seq, .attempt = 1, .status = ATH_COMPLETED, .result = "1"};
   uint8_t ap[3];
   ASSERT_OK(ath__qpg_finish(qa, a.incarnation, &late, 1, ap));
   ASSERT_EQ(0, ap[0]);
   /* the leader's decision: EWORKERLOST, retried now */
-  ath_qpg_outcome_t lost[3];
+  ath_queue_outcome_t lost[3];
   for (size_t i = 0; i < 3; i++)
-    lost[i] = (ath_qpg_outcome_t){.seq = r.rows[i].seq, .attempt = r.rows[i].attempt,
+    lost[i] = (ath_queue_outcome_t){.seq = r.rows[i].seq, .attempt = r.rows[i].attempt,
                                   .status = ATH_RETRYING,
                                   .error = "{\"code\":\"EWORKERLOST\"}"};
   ath__qpg_tasks_free(&r);
@@ -587,19 +588,19 @@ TEST_IMPL(db_pg_queue_rescue) {
 TEST_IMPL(db_pg_queue_lease) {
   ath_qpg_t* q = fresh("qpg_lease");
   const char* queues[] = {"default", "db", NULL};
-  ath_qpg_node_t n = {.node_id = "n", .queues = queues, .slots = 8, .ttl_ms = 3000, .interval_ms = 500};
+  ath_queue_node_t n = {.node_id = "n", .queues = queues, .slots = 8, .ttl_ms = 3000, .interval_ms = 500};
   const uint64_t ms = 1000000;
-  ath_qpg_lease_t l;
+  ath_queue_lease_t l;
   ASSERT_OK(ath__qpg_node_register(q, &n, 1000 * ms, &l));
   PGconn* c = admin();
   ASSERT_EQ(2, sql_int(c, "SELECT cardinality(queues) FROM qpg_lease.nodes"));
   ASSERT_EQ(3000, sql_int(c, "SELECT expires_at - beat_at FROM qpg_lease.nodes"));
   /* margin = min(max(2 * 500, 5000), 3000 / 2) = 1500 ms */
-  ASSERT(!ath__qpg_lease_fenced(&l, 2499 * ms));
-  ASSERT(ath__qpg_lease_fenced(&l, 2500 * ms));
+  ASSERT(!ath__q_lease_fenced(&l, 2499 * ms));
+  ASSERT(ath__q_lease_fenced(&l, 2500 * ms));
   ASSERT_OK(ath__qpg_node_renew(q, &l, 2000 * ms, "{\"done\":1}"));
-  ASSERT(!ath__qpg_lease_fenced(&l, 3499 * ms));
-  ASSERT(ath__qpg_lease_fenced(&l, 3500 * ms));
+  ASSERT(!ath__q_lease_fenced(&l, 3499 * ms));
+  ASSERT(ath__q_lease_fenced(&l, 3500 * ms));
   ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_lease.nodes WHERE metrics = '{\"done\":1}'"));
   /* the connection is killed: the renew fails, the deadline stays */
   char sql[200];
@@ -613,19 +614,19 @@ TEST_IMPL(db_pg_queue_lease) {
             " WHERE application_name = 'qpg_lease_victim'");
   ASSERT_EQ(ATH_ESTORE, ath__qpg_node_renew(q, &l, 3000 * ms, NULL));
   ASSERT(!l.lost);
-  ASSERT(!ath__qpg_lease_fenced(&l, 3499 * ms));
-  ASSERT(ath__qpg_lease_fenced(&l, 3500 * ms));
+  ASSERT(!ath__q_lease_fenced(&l, 3499 * ms));
+  ASSERT(ath__q_lease_fenced(&l, 3500 * ms));
   ASSERT_STR_EQ("08006", ath__qpg_sqlstate(q));
   ASSERT_OK(ath__qpg_reset(q)); /* reconnected, statements prepared again */
   ASSERT_OK(ath__qpg_node_renew(q, &l, 3400 * ms, NULL));
-  ASSERT(!ath__qpg_lease_fenced(&l, 4899 * ms));
+  ASSERT(!ath__q_lease_fenced(&l, 4899 * ms));
   /* expired while the row stays (nobody reaped it): the renew refuses */
   snprintf(sql, sizeof(sql), "UPDATE qpg_lease.nodes SET expires_at = qpg_lease.now_ms() - 1"
                              " WHERE incarnation = %" PRId64, l.incarnation);
   sql_ok(c, sql);
   ASSERT_EQ(ATH_EWORKERLOST, ath__qpg_node_renew(q, &l, 3500 * ms, NULL));
   ASSERT(l.lost);
-  ASSERT(ath__qpg_lease_fenced(&l, 3500 * ms));
+  ASSERT(ath__q_lease_fenced(&l, 3500 * ms));
   snprintf(sql, sizeof(sql), "SELECT expires_at < qpg_lease.now_ms() FROM qpg_lease.nodes"
                              " WHERE incarnation = %" PRId64, l.incarnation);
   /* the row is still there, still expired */
@@ -635,7 +636,7 @@ TEST_IMPL(db_pg_queue_lease) {
   ath__qpg_close(q);
   /* release: the row goes when it leases nothing */
   q = open_q("qpg_lease");
-  ath_qpg_lease_t m;
+  ath_queue_lease_t m;
   ASSERT_OK(ath__qpg_node_register(q, &n, 0, &m));
   ASSERT_OK(ath__qpg_node_release(q, &m));
   snprintf(sql, sizeof(sql), "SELECT count(*) FROM qpg_lease.nodes WHERE incarnation = %" PRId64,
@@ -653,16 +654,16 @@ TEST_IMPL(db_pg_queue_lease) {
  * existing seq and name, in the same batch as a new id. */
 TEST_IMPL(db_pg_queue_idempotent) {
   ath_qpg_t* q = fresh("qpg_idem");
-  ath_qpg_insert_t first = task_row("order-1", "default", 0, "{\"n\":1}");
-  ath_qpg_inserted_t o1;
+  ath_queue_insert_t first = task_row("order-1", "default", 0, "{\"n\":1}");
+  ath_queue_inserted_t o1;
   ASSERT_OK(ath__qpg_insert(q, &first, 1, &o1));
   ASSERT(o1.created);
   ASSERT_NULL(o1.existing_name);
-  ath_qpg_insert_t again[3] = {task_row("order-2", "default", 0, "{}"),
+  ath_queue_insert_t again[3] = {task_row("order-2", "default", 0, "{}"),
                                task_row("order-1", "default", 0, "{\"n\":2}"),
                                task_row("order-3", "other", 0, "{}")};
   again[1].name = "charge";
-  ath_qpg_inserted_t o2[3];
+  ath_queue_inserted_t o2[3];
   ASSERT_OK(ath__qpg_insert(q, again, 3, o2));
   ASSERT(o2[0].created);
   ASSERT(!o2[1].created);
@@ -685,7 +686,7 @@ TEST_IMPL(db_pg_queue_idempotent) {
  * claim, result and error through the finish). */
 TEST_IMPL(db_pg_queue_payload) {
   ath_qpg_t* q = fresh("qpg_payload");
-  ath_qpg_lease_t l = node(q, "n");
+  ath_queue_lease_t l = node(q, "n");
   const char* inputs[] = {
     "{\"a\":2.0,\"b\":-0.0,\"c\":12345678901234567890}",
     "{\"a\":1,\"a\":2.50,\"big\":1.5e300}",
@@ -694,21 +695,21 @@ TEST_IMPL(db_pg_queue_payload) {
     "",
   };
   enum { N = sizeof(inputs) / sizeof(inputs[0]) };
-  ath_qpg_insert_t rows[N];
+  ath_queue_insert_t rows[N];
   char ids[N][8];
   for (int i = 0; i < N; i++) {
     snprintf(ids[i], sizeof(ids[i]), "p%d", i);
     rows[i] = task_row(ids[i], "default", N - i, inputs[i]); /* claimed in input order */
   }
-  ath_qpg_inserted_t out[N];
+  ath_queue_inserted_t out[N];
   ASSERT_OK(ath__qpg_insert(q, rows, N, out));
-  ath_qpg_tasks_t t;
+  ath_queue_tasks_t t;
   ASSERT_OK(ath__qpg_claim(q, l.incarnation, "default", N, &t));
   ASSERT_EQ(N, t.n);
-  ath_qpg_outcome_t o[N];
+  ath_queue_outcome_t o[N];
   for (int i = 0; i < N; i++) {
     ASSERT_STR_EQ(inputs[i], t.rows[i].input);
-    o[i] = (ath_qpg_outcome_t){.seq = t.rows[i].seq, .attempt = 1, .status = ATH_COMPLETED,
+    o[i] = (ath_queue_outcome_t){.seq = t.rows[i].seq, .attempt = 1, .status = ATH_COMPLETED,
                                .result = inputs[i], .error = i == 0 ? inputs[1] : NULL};
   }
   uint8_t ap[N];
@@ -813,7 +814,7 @@ typedef struct {
 static void* firer(void* arg) {
   firer_t* f = arg;
   ath_qpg_t* q = open_q(f->schema);
-  ath_qpg_fire_t one = {.id = "tick", .expect = 60000, .at = 60000, .next = 120000, .fire = 1};
+  ath_queue_fire_t one = {.id = "tick", .expect = 60000, .at = 60000, .next = 120000, .fire = 1};
   pthread_barrier_wait(f->start);
   ASSERT_OK(ath__qpg_schedule_fire(q, &one, &f->advanced, &f->created, NULL));
   ath__qpg_close(q);
@@ -826,7 +827,7 @@ static void* firer(void* arg) {
  * creates nothing. Re-registering an unchanged schedule keeps it. */
 TEST_IMPL(db_pg_queue_cron_once) {
   ath_qpg_t* q = fresh("qpg_cron");
-  ath_qpg_schedule_t s = {.id = "tick", .name = "noop", .input = "{\"t\":1.0}", .cron = "* * * * *",
+  ath_queue_schedule_t s = {.id = "tick", .name = "noop", .input = "{\"t\":1.0}", .cron = "* * * * *",
                           .queue = "default", .definition = "h1", .next_ms = 60000,
                           .max_attempts = 3, .close_after_ms = 5000};
   int changed;
@@ -857,7 +858,7 @@ TEST_IMPL(db_pg_queue_cron_once) {
                                " AND last_ms = 60000 AND last_task = 'tick@60000'"));
   /* the second guard: CAS passes again (next_ms put back), no second task */
   sql_ok(c, "UPDATE qpg_cron.schedules SET next_ms = 60000");
-  ath_qpg_fire_t again = {.id = "tick", .expect = 60000, .at = 60000, .next = 120000, .fire = 1};
+  ath_queue_fire_t again = {.id = "tick", .expect = 60000, .at = 60000, .next = 120000, .fire = 1};
   int adv, cre;
   ASSERT_OK(ath__qpg_schedule_fire(q, &again, &adv, &cre, NULL));
   ASSERT_EQ(1, adv);
@@ -916,14 +917,14 @@ TEST_IMPL(db_pg_queue_notify) {
   ASSERT_OK(ath__qpg_listen(l, ch));
   heard_t h = {0};
   ASSERT_EQ(0, ath__qpg_notifies(l, heard, &h)); /* nothing yet, and no blocking */
-  ath_qpg_insert_t rows[4] = {task_row("1", "a", 0, "{}"), task_row("2", "a", 0, "{}"),
+  ath_queue_insert_t rows[4] = {task_row("1", "a", 0, "{}"), task_row("2", "a", 0, "{}"),
                               task_row("3", "b", 0, "{}"), task_row("4", "late", 0, "{}")};
   rows[3].delay_ms = 3600000;
-  ath_qpg_inserted_t out[4];
+  ath_queue_inserted_t out[4];
   ASSERT_OK(ath__qpg_insert(q, rows, 4, out));
-  ath_qpg_insert_t z = task_row("5", "z", 0, "{}");
+  ath_queue_insert_t z = task_row("5", "z", 0, "{}");
   ASSERT_OK(ath__qpg_insert(quiet, &z, 1, out));
-  ath_qpg_insert_t marker = task_row("6", "marker", 0, "{}");
+  ath_queue_insert_t marker = task_row("6", "marker", 0, "{}");
   ASSERT_OK(ath__qpg_insert(q, &marker, 1, out));
   hear(l, &h, 3);
   ASSERT_EQ(3, h.n);
@@ -932,11 +933,11 @@ TEST_IMPL(db_pg_queue_notify) {
   ASSERT_STR_EQ("b", h.got[1 - a]);
   ASSERT_STR_EQ("marker", h.got[2]);
   /* a retried-now task staged, and a returned one, notify their queue */
-  ath_qpg_lease_t n = node(q, "n");
-  ath_qpg_tasks_t t;
+  ath_queue_lease_t n = node(q, "n");
+  ath_queue_tasks_t t;
   ASSERT_OK(ath__qpg_claim(q, n.incarnation, "a", 2, &t));
   ASSERT_EQ(2, t.n);
-  ath_qpg_outcome_t o[2] = {{.seq = t.rows[0].seq, .attempt = 1, .status = ATH_RETRYING},
+  ath_queue_outcome_t o[2] = {{.seq = t.rows[0].seq, .attempt = 1, .status = ATH_RETRYING},
                             {.seq = t.rows[1].seq, .attempt = 1, .status = ATH_COMPLETED}};
   uint8_t ap[2];
   ASSERT_OK(ath__qpg_finish(q, n.incarnation, o, 2, ap)); /* nothing ready yet */
@@ -947,7 +948,7 @@ TEST_IMPL(db_pg_queue_notify) {
   ASSERT_OK(ath__qpg_insert(q, &marker, 1, out)); /* existing id: nothing ready, no notify */
   ASSERT(!out[0].created);
   ath__qpg_inserted_clear(out, 1);
-  ath_qpg_insert_t m2 = task_row("7", "marker", 0, "{}");
+  ath_queue_insert_t m2 = task_row("7", "marker", 0, "{}");
   ASSERT_OK(ath__qpg_insert(q, &m2, 1, out));
   hear(l, &h, 5);
   ASSERT_EQ(5, h.n);
@@ -955,13 +956,13 @@ TEST_IMPL(db_pg_queue_notify) {
   ASSERT_STR_EQ("marker", h.got[4]);
   /* a watched task (notify = 1) that ends: athena_done with its seq; the
    * unwatched ones above sent none */
-  ath_qpg_insert_t w[2] = {task_row("w1", "w", 0, "{}"), task_row("w2", "w", 0, "{}")};
+  ath_queue_insert_t w[2] = {task_row("w1", "w", 0, "{}"), task_row("w2", "w", 0, "{}")};
   w[0].notify = 1;
-  ath_qpg_inserted_t wo[2];
+  ath_queue_inserted_t wo[2];
   ASSERT_OK(ath__qpg_insert(q, w, 2, wo));
   ASSERT_OK(ath__qpg_claim(q, n.incarnation, "w", 2, &t));
   ASSERT_EQ(2, t.n);
-  ath_qpg_outcome_t wf[2] = {{.seq = t.rows[0].seq, .attempt = 1, .status = ATH_COMPLETED},
+  ath_queue_outcome_t wf[2] = {{.seq = t.rows[0].seq, .attempt = 1, .status = ATH_COMPLETED},
                              {.seq = t.rows[1].seq, .attempt = 1, .status = ATH_FAILED}};
   ath__qpg_tasks_free(&t);
   ASSERT_OK(ath__qpg_finish(q, n.incarnation, wf, 2, ap));
@@ -981,16 +982,16 @@ TEST_IMPL(db_pg_queue_notify) {
 
 /* A fresh schema with n (<= 8) tasks "<prefix><i>" claimed by a node (*l):
  * their completed outcomes (attempt 1, result 1) in o. */
-static ath_qpg_t* claimed(const char* schema, const char* prefix, int n, ath_qpg_lease_t* l,
-                          ath_qpg_outcome_t* o) {
+static ath_qpg_t* claimed(const char* schema, const char* prefix, int n, ath_queue_lease_t* l,
+                          ath_queue_outcome_t* o) {
   ath_qpg_t* q = fresh(schema);
   *l = node(q, "n");
   insert_many(q, prefix, n);
-  ath_qpg_tasks_t t;
+  ath_queue_tasks_t t;
   ASSERT_OK(ath__qpg_claim(q, l->incarnation, "default", n, &t));
   ASSERT_EQ(n, t.n);
   for (int i = 0; i < n; i++)
-    o[i] = (ath_qpg_outcome_t){.seq = t.rows[i].seq, .attempt = 1, .status = ATH_COMPLETED, .result = "1"};
+    o[i] = (ath_queue_outcome_t){.seq = t.rows[i].seq, .attempt = 1, .status = ATH_COMPLETED, .result = "1"};
   ath__qpg_tasks_free(&t);
   return q;
 }
@@ -998,17 +999,17 @@ static ath_qpg_t* claimed(const char* schema, const char* prefix, int n, ath_qpg
 /* One pipelined cycle: inserts and finishes commit together, then two
  * claims; a cycle whose insert fails commits none of its finishes. */
 TEST_IMPL(db_pg_queue_cycle) {
-  ath_qpg_lease_t n;
-  ath_qpg_outcome_t o[3];
+  ath_queue_lease_t n;
+  ath_queue_outcome_t o[3];
   ath_qpg_t* q = claimed("qpg_cycle", "c", 3, &n, o);
   /* a bad insert (invalid UTF-8) with a good finish: neither commits */
-  ath_qpg_insert_t bad = task_row("bad", "default", 0, "\"\xff\"");
-  ath_qpg_inserted_t ins[2];
+  ath_queue_insert_t bad = task_row("bad", "default", 0, "\"\xff\"");
+  ath_queue_inserted_t ins[2];
   uint8_t ap[3] = {9, 9, 9};
-  ath_qpg_tasks_t got[2];
-  ath_qpg_claim_t cl[2] = {{.queue = "default", .n = 10, .out = &got[0]},
+  ath_queue_tasks_t got[2];
+  ath_queue_claim_t cl[2] = {{.queue = "default", .n = 10, .out = &got[0]},
                            {.queue = "other", .n = 10, .out = &got[1]}};
-  ath_qpg_cycle_t c = {.inserts = &bad, .n_inserts = 1, .inserted = ins, .outcomes = o,
+  ath_queue_cycle_t c = {.inserts = &bad, .n_inserts = 1, .inserted = ins, .outcomes = o,
                        .n_outcomes = 1, .applied = ap, .lease = n.incarnation, .claims = cl,
                        .n_claims = 2};
   ASSERT_EQ(ATH_ESTORE, ath__qpg_cycle(q, &c));
@@ -1018,7 +1019,7 @@ TEST_IMPL(db_pg_queue_cycle) {
   PGconn* a = admin();
   ASSERT_EQ(0, sql_int(a, "SELECT count(*) FROM qpg_cycle.tasks WHERE status = 5"));
   /* the connection still works: a full cycle */
-  ath_qpg_insert_t rows[2] = {task_row("x", "default", 0, "{}"), task_row("y", "other", 0, "{}")};
+  ath_queue_insert_t rows[2] = {task_row("x", "default", 0, "{}"), task_row("y", "other", 0, "{}")};
   c.inserts = rows;
   c.n_inserts = 2;
   c.n_outcomes = 3;
@@ -1035,9 +1036,9 @@ TEST_IMPL(db_pg_queue_cycle) {
   ASSERT_EQ(3, sql_int(a, "SELECT count(*) FROM qpg_cycle.tasks WHERE status = 5"));
   ASSERT_EQ(2, sql_int(a, "SELECT count(*) FROM qpg_cycle.tasks WHERE status = 2"));
   /* one_commit: a failing insert takes the claims of its cycle back too */
-  ath_qpg_insert_t more[2] = {task_row("z1", "default", 0, "{}"), task_row("z2", "default", 0, "{}")};
+  ath_queue_insert_t more[2] = {task_row("z1", "default", 0, "{}"), task_row("z2", "default", 0, "{}")};
   ASSERT_OK(ath__qpg_insert(q, more, 2, ins));
-  ath_qpg_cycle_t one = {.inserts = &bad, .n_inserts = 1, .inserted = ins, .lease = n.incarnation,
+  ath_queue_cycle_t one = {.inserts = &bad, .n_inserts = 1, .inserted = ins, .lease = n.incarnation,
                          .claims = cl, .n_claims = 1, .one_commit = 1};
   ASSERT_EQ(ATH_ESTORE, ath__qpg_cycle(q, &one));
   ASSERT(!one.committed);
@@ -1061,15 +1062,15 @@ TEST_IMPL(db_pg_queue_cycle) {
  * whole cycle, "prepared statement already exists"). */
 TEST_IMPL(db_pg_queue_prepare_once) {
   ath_qpg_t* q = fresh("qpg_prep");
-  ath_qpg_lease_t n = node(q, "n");
+  ath_queue_lease_t n = node(q, "n");
   ath__qpg_close(q);
   q = open_q("qpg_prep"); /* a new connection: nothing prepared on it */
-  ath_qpg_insert_t rows[2] = {task_row("x", "default", 0, "{}"), task_row("y", "other", 0, "{}")};
-  ath_qpg_inserted_t ins[2];
-  ath_qpg_tasks_t got[2];
-  ath_qpg_claim_t cl[2] = {{.queue = "default", .n = 10, .out = &got[0]},
+  ath_queue_insert_t rows[2] = {task_row("x", "default", 0, "{}"), task_row("y", "other", 0, "{}")};
+  ath_queue_inserted_t ins[2];
+  ath_queue_tasks_t got[2];
+  ath_queue_claim_t cl[2] = {{.queue = "default", .n = 10, .out = &got[0]},
                            {.queue = "other", .n = 10, .out = &got[1]}};
-  ath_qpg_cycle_t c = {.inserts = rows, .n_inserts = 2, .inserted = ins, .lease = n.incarnation,
+  ath_queue_cycle_t c = {.inserts = rows, .n_inserts = 2, .inserted = ins, .lease = n.incarnation,
                        .claims = cl, .n_claims = 2, .one_commit = 1};
   ASSERT_OK(ath__qpg_cycle(q, &c));
   ASSERT_EQ(1, got[0].n);
@@ -1169,14 +1170,14 @@ TEST_IMPL(db_pg_queue_plans) {
 TEST_IMPL(db_pg_queue_big_cycle) {
   enum { BIG = 20000 };
   ath_qpg_t* q = fresh("qpg_big");
-  ath_qpg_lease_t l = node(q, "n");
+  ath_queue_lease_t l = node(q, "n");
   insert_many(q, "old", BIG);
-  ath_qpg_tasks_t claimed;
+  ath_queue_tasks_t claimed;
   ASSERT_OK(ath__qpg_claim(q, l.incarnation, "default", BIG, &claimed));
   ASSERT_EQ(BIG, claimed.n);
-  ath_qpg_insert_t* rows = calloc(BIG, sizeof(*rows));
-  ath_qpg_inserted_t* ins = calloc(BIG, sizeof(*ins));
-  ath_qpg_outcome_t* o = calloc(BIG, sizeof(*o));
+  ath_queue_insert_t* rows = calloc(BIG, sizeof(*rows));
+  ath_queue_inserted_t* ins = calloc(BIG, sizeof(*ins));
+  ath_queue_outcome_t* o = calloc(BIG, sizeof(*o));
   uint8_t* ap = calloc(BIG, 1);
   char(*ids)[16] = calloc(BIG, 16);
   ASSERT(rows && ins && o && ap && ids);
@@ -1184,12 +1185,12 @@ TEST_IMPL(db_pg_queue_big_cycle) {
   for (int i = 0; i < BIG; i++) {
     snprintf(ids[i], 16, "new%d", i);
     rows[i] = task_row(ids[i], "default", 0, "{\"pad\":\"................................................................................................................................................................................\"}");
-    o[i] = (ath_qpg_outcome_t){.seq = claimed.rows[i].seq, .attempt = 1, .status = ATH_COMPLETED,
+    o[i] = (ath_queue_outcome_t){.seq = claimed.rows[i].seq, .attempt = 1, .status = ATH_COMPLETED,
                                .result = rows[i].input};
   }
-  ath_qpg_tasks_t got;
-  ath_qpg_claim_t cl = {.queue = "default", .n = BIG, .out = &got};
-  ath_qpg_cycle_t c = {.inserts = rows, .n_inserts = BIG, .inserted = ins, .outcomes = o,
+  ath_queue_tasks_t got;
+  ath_queue_claim_t cl = {.queue = "default", .n = BIG, .out = &got};
+  ath_queue_cycle_t c = {.inserts = rows, .n_inserts = BIG, .inserted = ins, .outcomes = o,
                        .n_outcomes = BIG, .applied = ap, .lease = l.incarnation, .claims = &cl,
                        .n_claims = 1};
   ASSERT_OK(ath__qpg_cycle(q, &c));
@@ -1230,7 +1231,7 @@ TEST_IMPL(db_pg_queue_sched) {
   int64_t now;
   ASSERT_OK(ath__qpg_now(q, &now));
   ASSERT_GT(now, 1700000000000LL);
-  ath_qpg_schedule_t s = {.id = "b", .name = "noop", .input = "[1]", .cron = "*/5 * * * * *",
+  ath_queue_schedule_t s = {.id = "b", .name = "noop", .input = "[1]", .cron = "*/5 * * * * *",
                           .queue = "q1", .definition = "d", .next_ms = 5000, .catch_up = 2,
                           .overlap_skip = 1, .priority = 7, .strategy = 1, .max_attempts = 2};
   int k;
@@ -1238,16 +1239,16 @@ TEST_IMPL(db_pg_queue_sched) {
   ASSERT_EQ(1, k);
   ASSERT_OK(ath__qpg_schedule_put(q, &s, &k)); /* unchanged: no NOTIFY */
   ASSERT_EQ(0, k);
-  ath_qpg_schedule_t o = {.id = "a-once", .name = "noop", .input = "{}", .queue = "q1",
+  ath_queue_schedule_t o = {.id = "a-once", .name = "noop", .input = "{}", .queue = "q1",
                           .definition = "o", .once_at = 7000, .next_ms = 7000, .catch_up = 1};
   ASSERT_OK(ath__qpg_schedule_put(q, &o, &k));
-  ath_qpg_scheds_t rows;
+  ath_queue_scheds_t rows;
   ASSERT_OK(ath__qpg_schedules(q, NULL, &rows));
   ASSERT_EQ(2, rows.n);
   ASSERT_STR_EQ("a-once", rows.rows[0].id);
   ASSERT(rows.rows[0].cron == NULL);
   ASSERT_EQ(7000, rows.rows[0].once_at);
-  const ath_qpg_sched_row_t* b = &rows.rows[1];
+  const ath_queue_sched_row_t* b = &rows.rows[1];
   ASSERT_STR_EQ("*/5 * * * * *", b->cron);
   ASSERT_STR_EQ("[1]", b->input);
   ASSERT_STR_EQ("q1", b->queue);
@@ -1267,7 +1268,7 @@ TEST_IMPL(db_pg_queue_sched) {
   /* paused: the fire's CAS does not match; resume only a paused row */
   ASSERT_OK(ath__qpg_schedule_pause(q, "b", &k));
   ASSERT_EQ(1, k);
-  ath_qpg_fire_t f = {.id = "b", .expect = 5000, .at = 5000, .next = 10000, .fire = 1};
+  ath_queue_fire_t f = {.id = "b", .expect = 5000, .at = 5000, .next = 10000, .fire = 1};
   int adv, cre, skp;
   ASSERT_OK(ath__qpg_schedule_fire(q, &f, &adv, &cre, &skp));
   ASSERT_EQ(0, adv);
@@ -1288,26 +1289,26 @@ TEST_IMPL(db_pg_queue_sched) {
   ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_sched.tasks WHERE id = 'b@5000' AND queue = 'q1'"
                           " AND priority = 7 AND strategy = 1 AND max_attempts = 2 AND input = '[1]'"
                           " AND close_by IS NULL"));
-  f = (ath_qpg_fire_t){.id = "b", .expect = 10000, .at = 10000, .next = 15000, .fire = 1};
+  f = (ath_queue_fire_t){.id = "b", .expect = 10000, .at = 10000, .next = 15000, .fire = 1};
   ASSERT_OK(ath__qpg_schedule_fire(q, &f, &adv, &cre, &skp));
   ASSERT_EQ(1, adv);
   ASSERT_EQ(0, cre);
   ASSERT_EQ(1, skp);
   sql_ok(c, "UPDATE qpg_sched.tasks SET status = 5 WHERE id = 'b@5000'");
   /* catch-up: advance only (none), and an "all" fire that dropped 3 */
-  f = (ath_qpg_fire_t){.id = "b", .expect = 15000, .at = 15000, .next = 30000, .fire = 0};
+  f = (ath_queue_fire_t){.id = "b", .expect = 15000, .at = 15000, .next = 30000, .fire = 0};
   ASSERT_OK(ath__qpg_schedule_fire(q, &f, &adv, &cre, &skp));
   ASSERT_EQ(1, adv);
   ASSERT_EQ(0, cre);
   ASSERT_EQ(0, skp);
-  f = (ath_qpg_fire_t){.id = "b", .expect = 30000, .at = 45000, .next = 50000, .fire = 1, .skip = 3};
+  f = (ath_queue_fire_t){.id = "b", .expect = 30000, .at = 45000, .next = 50000, .fire = 1, .skip = 3};
   ASSERT_OK(ath__qpg_schedule_fire(q, &f, &adv, &cre, &skp));
   ASSERT_EQ(1, cre);
   ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_sched.schedules WHERE id = 'b' AND total = 2"
                           " AND skipped = 4 AND last_ms = 45000 AND next_ms = 50000"
                           " AND last_task = 'b@45000'"));
   /* a one-off: its own id, the row goes */
-  f = (ath_qpg_fire_t){.id = "a-once", .expect = 7000, .at = 7000, .fire = 1};
+  f = (ath_queue_fire_t){.id = "a-once", .expect = 7000, .at = 7000, .fire = 1};
   ASSERT_OK(ath__qpg_schedule_fire(q, &f, &adv, &cre, &skp));
   ASSERT_EQ(1, adv);
   ASSERT_EQ(1, cre);
@@ -1315,7 +1316,7 @@ TEST_IMPL(db_pg_queue_sched) {
   ASSERT_EQ(0, sql_int(c, "SELECT count(*) FROM qpg_sched.schedules WHERE id = 'a-once'"));
   ASSERT_EQ(3, sql_int(c, "SELECT count(*) FROM qpg_sched.ready"));
   /* no row left to fire: the cron ends (next NULL) */
-  f = (ath_qpg_fire_t){.id = "b", .expect = 50000, .at = 50000, .next = 0, .fire = 1};
+  f = (ath_queue_fire_t){.id = "b", .expect = 50000, .at = 50000, .next = 0, .fire = 1};
   ASSERT_OK(ath__qpg_schedule_fire(q, &f, &adv, &cre, &skp));
   ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_sched.schedules WHERE id = 'b' AND next_ms IS NULL"));
   ASSERT_OK(ath__qpg_schedule_delete(q, "b", &k));
@@ -1358,7 +1359,7 @@ static char* explain_sql(PGconn* c, char* sql, int n, const char* const* v) {
 }
 
 /* EXPLAIN of the read ath__qpg_query runs for f. */
-static char* explain_query(PGconn* c, ath_qpg_t* q, const ath_qpg_query_t* f) {
+static char* explain_query(PGconn* c, ath_qpg_t* q, const ath_queue_query_t* f) {
   char buf[8][32];
   const char* v[8];
   int n;
@@ -1366,7 +1367,7 @@ static char* explain_query(PGconn* c, ath_qpg_t* q, const ath_qpg_query_t* f) {
   return explain_sql(c, sql, n, v);
 }
 
-static void plan_uses(PGconn* c, ath_qpg_t* q, const ath_qpg_query_t* f, const char* index) {
+static void plan_uses(PGconn* c, ath_qpg_t* q, const ath_queue_query_t* f, const char* index) {
   char* plan = explain_query(c, q, f);
   if (strstr(plan, index) == NULL)
     fprintf(stderr, "expected %s in:\n%s\n", index, plan);
@@ -1389,9 +1390,9 @@ TEST_IMPL(db_pg_queue_query) {
             " CASE WHEN i % 1000 = 0 THEN 'wf' END, '{}', CASE WHEN i % 3 = 0 THEN '\"r' || i || '\"' END"
             " FROM generate_series(1, 50000) i;"
             " ANALYZE qpg_query.tasks");
-  ath_qpg_tasks_t t;
+  ath_queue_tasks_t t;
   /* newest first; equal created_at by id ("C" order) */
-  ath_qpg_query_t f = {.limit = 5};
+  ath_queue_query_t f = {.limit = 5};
   ASSERT_OK(ath__qpg_query(q, &f, &t));
   ASSERT_EQ(5, t.n);
   const char* want[] = {"t50000", "t49998", "t49999", "t49996", "t49997"};
@@ -1402,13 +1403,13 @@ TEST_IMPL(db_pg_queue_query) {
   ASSERT_EQ(8, t.rows[0].status);
   ath__qpg_tasks_free(&t);
   /* status: every quarantined row, and only those; results come back */
-  f = (ath_qpg_query_t){.status_mask = 1u << 8, .limit = 10000};
+  f = (ath_queue_query_t){.status_mask = 1u << 8, .limit = 10000};
   ASSERT_OK(ath__qpg_query(q, &f, &t));
   ASSERT_EQ(5000, t.n);
   for (size_t i = 0; i < t.n; i++)
     ASSERT_EQ(8, t.rows[i].status);
   ath__qpg_tasks_free(&t);
-  f = (ath_qpg_query_t){.status_mask = (1u << 5) | (1u << 8), .limit = 3};
+  f = (ath_queue_query_t){.status_mask = (1u << 5) | (1u << 8), .limit = 3};
   ASSERT_OK(ath__qpg_query(q, &f, &t));
   ASSERT_EQ(3, t.n);
   ASSERT_STR_EQ("t50000", t.rows[0].id); /* 8 */
@@ -1417,18 +1418,18 @@ TEST_IMPL(db_pg_queue_query) {
   ASSERT_STR_EQ("t49995", t.rows[2].id); /* 5 (49994 is running) */
   ath__qpg_tasks_free(&t);
   /* name, since, until (inclusive) */
-  f = (ath_qpg_query_t){.name = "odd", .since = 100, .until = 102, .limit = 100};
+  f = (ath_queue_query_t){.name = "odd", .since = 100, .until = 102, .limit = 100};
   ASSERT_OK(ath__qpg_query(q, &f, &t));
   ASSERT_EQ(3, t.n); /* t205, t203, t201 */
   ASSERT_STR_EQ("t205", t.rows[0].id);
   ASSERT_STR_EQ("t201", t.rows[2].id);
   ath__qpg_tasks_free(&t);
-  f = (ath_qpg_query_t){.name = "nosuch", .limit = 100};
+  f = (ath_queue_query_t){.name = "nosuch", .limit = 100};
   ASSERT_OK(ath__qpg_query(q, &f, &t));
   ASSERT_EQ(0, t.n);
   ath__qpg_tasks_free(&t);
   /* a workflow's tasks in seq order, paged */
-  f = (ath_qpg_query_t){.parent_id = "wf", .by_seq = 1, .limit = 30};
+  f = (ath_queue_query_t){.parent_id = "wf", .by_seq = 1, .limit = 30};
   ASSERT_OK(ath__qpg_query(q, &f, &t));
   ASSERT_EQ(30, t.n);
   ASSERT_STR_EQ("t1000", t.rows[0].id);
@@ -1440,14 +1441,14 @@ TEST_IMPL(db_pg_queue_query) {
   ASSERT_STR_EQ("t31000", t.rows[0].id);
   ath__qpg_tasks_free(&t);
   /* the plans */
-  plan_uses(c, q, &(ath_qpg_query_t){.limit = 100}, "tasks_created");
-  plan_uses(c, q, &(ath_qpg_query_t){.status_mask = 1u << 5, .name = "odd", .limit = 100}, "tasks_created");
-  plan_uses(c, q, &(ath_qpg_query_t){.parent_id = "wf", .limit = 100}, "tasks_parent");
+  plan_uses(c, q, &(ath_queue_query_t){.limit = 100}, "tasks_created");
+  plan_uses(c, q, &(ath_queue_query_t){.status_mask = 1u << 5, .name = "odd", .limit = 100}, "tasks_created");
+  plan_uses(c, q, &(ath_queue_query_t){.parent_id = "wf", .limit = 100}, "tasks_parent");
   /* getQuarantined: the dead letters' own partial index (version 3) */
-  plan_uses(c, q, &(ath_qpg_query_t){.status_mask = 1u << 8, .limit = 100}, "tasks_dead");
-  plan_uses(c, q, &(ath_qpg_query_t){.parent_id = "wf", .by_seq = 1, .after_seq = 5, .limit = 100},
+  plan_uses(c, q, &(ath_queue_query_t){.status_mask = 1u << 8, .limit = 100}, "tasks_dead");
+  plan_uses(c, q, &(ath_queue_query_t){.parent_id = "wf", .by_seq = 1, .after_seq = 5, .limit = 100},
             "tasks_parent");
-  plan_uses(c, q, &(ath_qpg_query_t){.by_seq = 1, .after_seq = 40000, .limit = 100}, "tasks_pkey");
+  plan_uses(c, q, &(ath_queue_query_t){.by_seq = 1, .after_seq = 40000, .limit = 100}, "tasks_pkey");
   PQfinish(c);
   ath__qpg_close(q);
   return 0;
@@ -1464,14 +1465,14 @@ TEST_IMPL(db_pg_queue_dead_letters) {
   const char* ch[] = {"athena_ready", NULL};
   ASSERT_OK(ath__qpg_listen(l, ch));
   PGconn* c = admin();
-  ath_qpg_lease_t a = node(q, "a");
+  ath_queue_lease_t a = node(q, "a");
   insert_many(q, "d", 2);
   heard_t h = {0};
   hear(l, &h, 1); /* the insert's */
-  ath_qpg_tasks_t t;
+  ath_queue_tasks_t t;
   ASSERT_OK(ath__qpg_claim(q, a.incarnation, "default", 2, &t));
   ASSERT_EQ(2, t.n);
-  ath_qpg_outcome_t o[2] = {
+  ath_queue_outcome_t o[2] = {
     {.seq = t.rows[0].seq, .attempt = 1, .status = ATH_QUARANTINED, .error = "{\"code\":\"E\"}"},
     {.seq = t.rows[1].seq, .attempt = 1, .status = ATH_QUARANTINED, .error = "{\"code\":\"E\"}"},
   };
@@ -1520,8 +1521,8 @@ TEST_IMPL(db_pg_queue_dead_letters) {
   ASSERT_EQ(-1, how);
   ASSERT_OK(ath__qpg_requeue(other, "d1", &seq, &status, &how));
   ASSERT_EQ(-1, how);
-  ath_qpg_insert_t again[2] = {task_row("d0", "default", 0, "{}"), task_row("d1", "default", 0, "{}")};
-  ath_qpg_inserted_t got[2];
+  ath_queue_insert_t again[2] = {task_row("d0", "default", 0, "{}"), task_row("d1", "default", 0, "{}")};
+  ath_queue_inserted_t got[2];
   ASSERT_OK(ath__qpg_insert(q, again, 2, got));
   ASSERT_EQ(0, got[0].created); /* requeued, still there */
   ASSERT_EQ(1, got[1].created); /* purged: the id is free */
@@ -1540,7 +1541,7 @@ TEST_IMPL(db_pg_queue_dead_letters) {
 TEST_IMPL(db_pg_queue_counts) {
   ath_qpg_t* q = fresh("qpg_counts");
   PGconn* c = admin();
-  ath_qpg_counts_t n;
+  ath_queue_counts_t n;
   ASSERT_OK(ath__qpg_counts(q, &n)); /* empty: no queue, no node */
   ASSERT_EQ(0, n.nqueues);
   ASSERT_EQ(0, n.nodes);
@@ -1550,17 +1551,17 @@ TEST_IMPL(db_pg_queue_counts) {
             " created_at, scheduled_at, ready_at, completed_at, input)"
             " SELECT 'f' || i, 'noop', 0, 'default', 5, 3, 0, i, i, i, i, '{}'"
             " FROM generate_series(1, 50000) i; ANALYZE qpg_counts.tasks");
-  ath_qpg_lease_t a = node(q, "a");
-  ath_qpg_lease_t b = node(q, "b");
+  ath_queue_lease_t a = node(q, "a");
+  ath_queue_lease_t b = node(q, "b");
   sql_ok(c, "UPDATE qpg_counts.nodes SET expires_at = 0 WHERE node_id = 'b'"); /* b is dead */
-  ath_qpg_insert_t rows[5] = {task_row("1", "a", 0, "{}"), task_row("2", "a", 0, "{}"),
+  ath_queue_insert_t rows[5] = {task_row("1", "a", 0, "{}"), task_row("2", "a", 0, "{}"),
                               task_row("3", "a", 0, "{}"), task_row("4", "b", 0, "{}"),
                               task_row("5", "b", 0, "{}")};
   rows[4].delay_ms = 600000; /* scheduled */
-  ath_qpg_inserted_t ins[5];
+  ath_queue_inserted_t ins[5];
   ASSERT_OK(ath__qpg_insert(q, rows, 5, ins));
   ath__qpg_inserted_clear(ins, 5);
-  ath_qpg_tasks_t t;
+  ath_queue_tasks_t t;
   ASSERT_OK(ath__qpg_claim(q, a.incarnation, "a", 1, &t)); /* one of a running */
   ASSERT_EQ(1, t.n);
   ath__qpg_tasks_free(&t);
@@ -1583,9 +1584,9 @@ TEST_IMPL(db_pg_queue_counts) {
   ath__qpg_counts_free(&n);
   /* a leader's control incarnation names the leader */
   const char* queues[] = {NULL};
-  ath_qpg_node_t ln = {.node_id = "a", .host = "test", .pid = 1, .queues = queues, .ttl_ms = 600000,
+  ath_queue_node_t ln = {.node_id = "a", .host = "test", .pid = 1, .queues = queues, .ttl_ms = 600000,
                        .interval_ms = 5000, .leader = 1};
-  ath_qpg_lease_t ll;
+  ath_queue_lease_t ll;
   ASSERT_OK(ath__qpg_node_register(q, &ln, 0, &ll));
   ASSERT_OK(ath__qpg_counts(q, &n));
   ASSERT_STR_EQ("a", n.leader);
@@ -1615,7 +1616,7 @@ TEST_IMPL(db_pg_queue_counts) {
 typedef struct {
   ath_qpg_t* q;
   int64_t lease;
-  ath_qpg_outcome_t o[2];
+  ath_queue_outcome_t o[2];
   uint8_t applied[2];
   int rc;
 } deadlock_arg_t;
@@ -1632,7 +1633,7 @@ static void* deadlock_finish(void* p) {
  * runs first and PostgreSQL rolls it back (40P01); it runs again once the
  * other session committed, and both outcomes apply. */
 TEST_IMPL(db_pg_queue_deadlock_retry) {
-  ath_qpg_lease_t l;
+  ath_queue_lease_t l;
   deadlock_arg_t a = {0};
   ath_qpg_t* q = claimed("qpg_deadlock", "d", 2, &l, a.o);
   a.q = q;
@@ -1672,17 +1673,17 @@ TEST_IMPL(db_pg_queue_deadlock_retry) {
 /* Parks claimed workflow `seq` (attempt 1, state `status`) waiting for
  * task `task` (wait_kind 1), or on a timer an hour away (task NULL). */
 static void park(ath_qpg_t* q, int64_t lease, int64_t seq, int status, const char* task) {
-  ath_qpg_park_t p = {.seq = seq, .attempt = 1, .status = status, .wait_kind = task ? 1 : 4,
+  ath_queue_park_t p = {.seq = seq, .attempt = 1, .status = status, .wait_kind = task ? 1 : 4,
                       .wait_task = task, .wait_seq = 1, .delay_ms = task ? 0 : 3600000};
   uint8_t parked = 0;
-  ath_qpg_cycle_t c = {.lease = lease, .parks = &p, .n_parks = 1, .parked = &parked};
+  ath_queue_cycle_t c = {.lease = lease, .parks = &p, .n_parks = 1, .parked = &parked};
   ASSERT_OK(ath__qpg_cycle(q, &c));
   ASSERT_EQ(1, parked);
 }
 
 /* Claims one row of queue `queue` under `lease`: its seq. */
 static int64_t claim1(ath_qpg_t* q, int64_t lease, const char* queue) {
-  ath_qpg_tasks_t t;
+  ath_queue_tasks_t t;
   ASSERT_OK(ath__qpg_claim(q, lease, queue, 1, &t));
   ASSERT_EQ(1, t.n);
   int64_t seq = t.rows[0].seq;
@@ -1698,10 +1699,10 @@ static int64_t claim1(ath_qpg_t* q, int64_t lease, const char* queue) {
  * cancel does. */
 TEST_IMPL(db_pg_queue_wf_cascade) {
   ath_qpg_t* q = fresh("qpg_wfc");
-  ath_qpg_lease_t a = node(q, "a");
+  ath_queue_lease_t a = node(q, "a");
   PGconn* c = admin();
-  ath_qpg_insert_t rows[6];
-  ath_qpg_inserted_t out[6];
+  ath_queue_insert_t rows[6];
+  ath_queue_inserted_t out[6];
   const char* ids[6] = {"p", "c1", "c2", "s", "p2", "c3"};
   const char* parents[6] = {NULL, "p", "p", "p", NULL, "p2"};
   for (int i = 0; i < 6; i++) {
@@ -1720,7 +1721,7 @@ TEST_IMPL(db_pg_queue_wf_cascade) {
   park(q, a.incarnation, k[2], ATH_RUNNING, NULL); /* s sleeps an hour */
   /* c2 fails under cascade (p waits for c1): p is marked and ready */
   uint8_t ap[2];
-  ath_qpg_outcome_t f2 = {.seq = k[1], .attempt = 1, .status = ATH_FAILED, .error = "{\"code\":\"E2\"}"};
+  ath_queue_outcome_t f2 = {.seq = k[1], .attempt = 1, .status = ATH_FAILED, .error = "{\"code\":\"E2\"}"};
   ASSERT_OK(ath__qpg_finish(q, a.incarnation, &f2, 1, ap));
   ASSERT_EQ(1, ap[0]);
   ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_wfc.tasks WHERE id = 'p' AND wait_kind = 5"
@@ -1728,24 +1729,24 @@ TEST_IMPL(db_pg_queue_wf_cascade) {
   ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_wfc.ready r JOIN qpg_wfc.tasks t USING (seq)"
                           " WHERE t.id = 'p'"));
   /* c1 and c3 fail too: p keeps c2; p2 compensates, so it is only woken */
-  ath_qpg_outcome_t f13[2] = {{.seq = k[0], .attempt = 1, .status = ATH_FAILED, .error = "{\"code\":\"E1\"}"},
+  ath_queue_outcome_t f13[2] = {{.seq = k[0], .attempt = 1, .status = ATH_FAILED, .error = "{\"code\":\"E1\"}"},
                               {.seq = k[3], .attempt = 1, .status = ATH_FAILED, .error = "{\"code\":\"E3\"}"}};
   ASSERT_OK(ath__qpg_finish(q, a.incarnation, f13, 2, ap));
   ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_wfc.tasks WHERE id = 'p' AND wait_task = 'c2'"));
   ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM qpg_wfc.tasks WHERE id = 'p2' AND wait_kind = 1"
                           " AND wf_where = 2"));
   /* the claim of p brings the mark and c2's error */
-  ath_qpg_tasks_t t;
+  ath_queue_tasks_t t;
   ASSERT_OK(ath__qpg_claim(q, a.incarnation, "default", 5, &t));
   ASSERT_EQ(1, t.n);
   ASSERT_EQ(1, t.rows[0].resumed);
-  ASSERT_EQ(ATH_QPG_WAIT_CASCADE, t.rows[0].wait_kind);
+  ASSERT_EQ(ATH_QUEUE_WAIT_CASCADE, t.rows[0].wait_kind);
   ASSERT_STR_EQ("{\"code\":\"E2\"}", t.rows[0].wait_error);
   ath__qpg_tasks_free(&t);
   /* p fails; its children go in the same cycle: s, parked, gets cancel_at
    * and is ready, then leased to a by ath__qpg_wf_take (by parent) */
-  ath_qpg_outcome_t fp = {.seq = p, .attempt = 1, .status = ATH_FAILED, .error = "{\"code\":\"E2\"}"};
-  ath_qpg_cycle_t cy = {.lease = a.incarnation, .outcomes = &fp, .n_outcomes = 1, .applied = ap,
+  ath_queue_outcome_t fp = {.seq = p, .attempt = 1, .status = ATH_FAILED, .error = "{\"code\":\"E2\"}"};
+  ath_queue_cycle_t cy = {.lease = a.incarnation, .outcomes = &fp, .n_outcomes = 1, .applied = ap,
                         .kids = &p, .n_kids = 1};
   ASSERT_OK(ath__qpg_cycle(q, &cy));
   ASSERT_EQ(1, ap[0]);
@@ -1765,7 +1766,7 @@ TEST_IMPL(db_pg_queue_wf_cascade) {
   int how = 0;
   ASSERT_OK(ath__qpg_cancel(q, p2s, &how));
   ASSERT_EQ(0, how); /* p2 compensates: refused */
-  ath_qpg_tasks_t t2;
+  ath_queue_tasks_t t2;
   ASSERT_OK(ath__qpg_claim(q, a.incarnation, "wf2", 5, &t2)); /* p2 resumes (woken by c3) */
   ASSERT_EQ(1, t2.n);
   ath__qpg_tasks_free(&t2);

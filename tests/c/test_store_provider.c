@@ -39,15 +39,7 @@ typedef struct {
 
 static mem_disk_t disk;
 
-static char* dup_n(const char* p, size_t n) {
-  if (p == NULL)
-    return NULL;
-  char* c = malloc(n + 1);
-  ASSERT_NOT_NULL(c);
-  memcpy(c, p, n);
-  c[n] = '\0';
-  return c;
-}
+#define dup_n store_fixture_dup
 
 static char* dup_s(const char* p) {
   return p ? dup_n(p, strlen(p)) : NULL;
