@@ -14,6 +14,11 @@
 
 #define ATH_Q(c) ((c)->provider)
 
+/* The provider's name for messages ("PostgreSQL"). */
+static inline const char* ath__q_name(const ath_queue_provider_t* p) {
+  return p->name != NULL ? p->name : "queue provider";
+}
+
 static inline const char* ath__q_errmsg(const ath_queue_conn_t* c) { return ATH_Q(c)->errmsg(c); }
 static inline const char* ath__q_sqlstate(const ath_queue_conn_t* c) { return ATH_Q(c)->sqlstate(c); }
 static inline int ath__q_reset(ath_queue_conn_t* c) { return ATH_Q(c)->reset(c); }
@@ -246,7 +251,7 @@ static inline int ath__q_check(const ath_queue_provider_t* p, char* err, size_t 
                                              : NULL;
   if (missing == NULL)
     return 0;
-  snprintf(err, errlen, "invalid queue provider %s: %s is required", p->name ? p->name : "(unnamed)", missing);
+  snprintf(err, errlen, "invalid queue provider %s: %s is required", ath__q_name(p), missing);
   return ATH_EINVAL;
 }
 

@@ -2607,7 +2607,7 @@ static int64_t v_retries(const ath_queue_conn_t* c) { return ath__qpg_retries(CP
 
 static const ath_queue_provider_t pg_provider = {
     .size = sizeof(ath_queue_provider_t),
-    .name = "postgres",
+    .name = "PostgreSQL",
     .open = v_open,
     .reset = v_reset,
     .close = v_close,

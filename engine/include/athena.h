@@ -1017,11 +1017,14 @@ struct ath_queue_provider_s {
    * has that nodeId; the engine then fails with ATH_EBUSY). */
   int (*node_lock)(ath_queue_conn_t* c, const char* node_id, int* held);
   /* --- the work (required) */
-  /* One batch: heartbeats, inserts and outcomes (fenced by seq, lease and
-   * attempt; applied[i] = 0 for a fenced-out one), then claims (rows
-   * leased to c->lease, highest priority, then ready_at, then seq), as
-   * ath_queue_cycle_t says. Workflow parts (appends, parks, requeues,
-   * kids) come only with `workflows`; hooks only with hooks_adopt. */
+  /* One batch, as ath_queue_cycle_t says: heartbeats, inserts (an id that
+   * exists is not inserted again) and outcomes, each fenced by (seq,
+   * x->lease, attempt) on a running row (applied[i] = 0: fenced out,
+   * changed nothing), then the claims (unleased, unfinished, due rows of
+   * the queue, highest priority, then ready_at, then seq, leased to
+   * x->lease with attempt + 1). Workflow parts (appends, parks, requeues,
+   * kids) come only with wf_requeue/wf_take set, hooks only with the
+   * outbox group. */
   int (*cycle)(ath_queue_conn_t* c, ath_queue_cycle_t* x);
   /* Makes due delayed and retrying rows ready: seqs[0..n), or (seqs NULL)
    * every row due for more than late_ms, at most limit. */

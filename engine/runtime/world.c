@@ -827,12 +827,8 @@ static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
   }
   ath_def_t* def = &w->defs[di];
   ath_queue_t* q = def->queue;
-  if (def->a.workflow && w->dq != NULL && !ath__dq_workflows(w)) {
-    ath__set_err(err, errlen, "the queue provider %s runs no workflows (it has no wf_requeue, wf_take)",
-                 ath__dq_provider(w)->name ? ath__dq_provider(w)->name : "(unnamed)");
-    rc = ATH_ENOSYS;
+  if (def->a.workflow && w->dq != NULL && (rc = ath__dq_workflows(w, err, errlen)) != 0)
     goto fail;
-  }
   if (opts->task_queue != NULL && (q = find_queue(w, opts->task_queue)) == NULL) {
     ath__set_err(err, errlen, "unknown task queue %s", opts->task_queue);
     rc = ATH_EINVAL;

@@ -32,7 +32,7 @@ static int again(ath_queue_conn_t* q, int rc) {
 
 static int store_err(ath_queue_conn_t* q, int rc, char* err, size_t errlen) {
   if (rc == ATH_ESTORE && err != NULL)
-    snprintf(err, errlen, "PostgreSQL: %s", ath__q_errmsg(q));
+    snprintf(err, errlen, "%s: %s", ath__q_name(ATH_Q(q)), ath__q_errmsg(q));
   return rc;
 }
 
@@ -73,7 +73,7 @@ static int64_t next_after(const char* cron, int local_tz, int64_t once_at, int64
 
 int ath__pgsched_put(ath_world_t* w, const ath_sched_t* s, char* err, size_t errlen) {
   if (!ath__q_can_schedules(QP)) {
-    snprintf(err, errlen, "the queue provider %s keeps no schedules", QP->name ? QP->name : "(unnamed)");
+    snprintf(err, errlen, "the queue provider %s keeps no schedules", ath__q_name(QP));
     return ATH_ENOSYS;
   }
   uv_mutex_lock(&w->lock);
@@ -215,7 +215,7 @@ int ath__pgsched_list(ath_world_t* w, ath_schedule_info_t** out, size_t* n) {
 /* ------------------------------------------------------------ the leader */
 
 /* The occurrences a pass fires, written ATH_QUEUE_FIRE_MAX at a time in one
- * transaction and round trip (ath__qpg_schedule_fire_many). */
+ * transaction and round trip (the provider's schedule_fire_many). */
 typedef struct {
   ath_queue_fire_t f[ATH_QUEUE_FIRE_MAX];
   ath_queue_fired_t out[ATH_QUEUE_FIRE_MAX];

@@ -126,8 +126,9 @@ int ath__dq_cancel(ath_world_t* w, ath_task_t* t);
 struct ath_queue_conn_s* ath__dq_reader(ath_world_t* w);
 /* The world's queue provider (cfg.queue, or PostgreSQL's). */
 const ath_queue_provider_t* ath__dq_provider(ath_world_t* w);
-/* Whether it runs workflows across nodes (wf_requeue and wf_take). */
-int ath__dq_workflows(ath_world_t* w);
+/* 0 when it runs workflows across nodes (wf_requeue and wf_take), else
+ * ATH_ENOSYS with the reason in err. */
+int ath__dq_workflows(ath_world_t* w, char* err, size_t errlen);
 void ath__dq_reader_done(ath_world_t* w);
 
 /* sched_pg.c: schedules on the PostgreSQL backend (rows in the schema,

@@ -1,8 +1,10 @@
-/* The PostgreSQL backend (docs/backend-postgres.md; design in
+/* The shared-queue backend (docs/backend-postgres.md; design in
  * ../shared/design/distributed.md §3.5-3.8, §3.12): several athena
- * processes share one queue in a PostgreSQL schema through the provider of
- * engine/backend/queue_pg.c: activities here; the writes and claims of
- * workflow segments in storage/wf_pg.c.
+ * processes share one queue through a queue provider (athena.h "Queue
+ * providers"; calls in backend/queue.h): PostgreSQL's
+ * (engine/backend/queue_pg.c) unless the host passed its own.
+ * Activities here; the writes and claims of workflow segments in
+ * storage/wf_pg.c, schedules in storage/sched_pg.c.
  *
  * The store thread becomes the backend loop. It keeps the store's
  * dirty-list and generation machinery (store.c), so `file` acknowledgments
@@ -13,7 +15,7 @@
  *  - a leased task handed back unrun (remote again): a T14 finish;
  *  - anything else (a claim by a worker, a heartbeat): nothing to write.
  * One cycle sends inserts, finishes and a claim per hungry queue in one
- * round trip and one transaction (ath__qpg_cycle, one_commit). Claimed
+ * round trip and one transaction (the provider's cycle, one_commit). Claimed
  * rows become local tasks in the queue buckets, where workers take them as
  * ever (ath__world_exchange); nothing on the worker path touches the
  * network.
@@ -327,7 +329,7 @@ static void listener_main(void* arg) {
     uv_mutex_unlock(&w->lock);
     if (n < 0) {
       broken = 1;
-      ath__logf(w, ATH_LOG_WARN, NULL, 0, "PostgreSQL listener lost its connection (polling meanwhile): %s",
+      ath__logf(w, ATH_LOG_WARN, NULL, 0, "%s listener lost its connection (polling meanwhile): %s", ath__q_name(QP),
                 ath__q_errmsg(dq->lis));
     }
   }
@@ -869,7 +871,7 @@ static int run_cycle(ath_world_t* w, struct ath_dq_s* dq, int claiming) {
       dq->more[c.claim_q[i]] = 1;
     ath__wfpg_undo(&c.wf);
     char err[256];
-    snprintf(err, sizeof(err), "PostgreSQL: %s", ath__q_errmsg(dq->wr));
+    snprintf(err, sizeof(err), "%s: %s", ath__q_name(QP), ath__q_errmsg(dq->wr));
     ath__store_failed(w, ATH_ESTORE, err, batch, n);
     w->gen--;
     free(batch);
@@ -1566,7 +1568,7 @@ static int pg_get(void* s, const char* id, ath_row_cb cb, void* ud, char* err, s
   if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__q_reset(dq->rd) == 0)
     rc = ath__q_get(dq->rd, id, &rows);
   if (rc != 0)
-    snprintf(err, errlen, "PostgreSQL: %s", ath__q_errmsg(dq->rd));
+    snprintf(err, errlen, "%s: %s", ath__q_name(dq->qp), ath__q_errmsg(dq->rd));
   uv_mutex_unlock(&dq->rd_lock);
   if (rc != 0)
     return rc;
@@ -1594,7 +1596,7 @@ static int pg_query(void* s, const ath_store_query_t* q, ath_row_cb cb, void* ud
   if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__q_reset(dq->rd) == 0)
     rc = ath__q_query(dq->rd, &f, &rows);
   if (rc != 0)
-    snprintf(err, errlen, "PostgreSQL: %s", ath__q_errmsg(dq->rd));
+    snprintf(err, errlen, "%s: %s", ath__q_name(dq->qp), ath__q_errmsg(dq->rd));
   uv_mutex_unlock(&dq->rd_lock);
   for (size_t i = 0; rc == 0 && i < rows.n; i++) {
     ath_row_t row;
@@ -1648,7 +1650,7 @@ int ath__dq_check(const ath_world_config_t* cfg, char* err, size_t errlen) {
   int rc = ath__q_check(p, err, errlen);
   if (rc == 0 && cfg->webhook_url != NULL && !ath__q_can_outbox(p)) {
     snprintf(err, errlen, "invalid backend: webhooks need the queue provider's outbox (%s has no hooks_done, "
-             "hooks_adopt, outbox_free)", p->name ? p->name : "(unnamed)");
+             "hooks_adopt, outbox_free)", ath__q_name(p));
     rc = ATH_EINVAL;
   }
   return rc;
@@ -1658,8 +1660,13 @@ const ath_queue_provider_t* ath__dq_provider(ath_world_t* w) {
   return provider_of(w);
 }
 
-int ath__dq_workflows(ath_world_t* w) {
-  return ath__q_can_workflows(provider_of(w));
+int ath__dq_workflows(ath_world_t* w, char* err, size_t errlen) {
+  if (ath__q_can_workflows(QP))
+    return 0;
+  if (err != NULL && errlen > 0)
+    snprintf(err, errlen, "the queue provider %s runs no workflows (it has no wf_requeue, wf_take)",
+             ath__q_name(QP));
+  return ATH_ENOSYS;
 }
 
 static int open_conn(ath_world_t* w, int notify, ath_queue_conn_t** out, char* err, size_t errlen) {
@@ -1719,7 +1726,7 @@ void ath__pgstore_stopped(ath_world_t* w) {
   ath_log_field_t f[5] = {ATH_LOG_FINT("claimed", dq->n_claimed), ATH_LOG_FINT("lost", dq->n_lost),
                           ATH_LOG_FINT("rescued", dq->n_rescued), ATH_LOG_FINT("notifications", dq->n_notified),
                           ATH_LOG_FINT("conflict_retries", retries)};
-  ath__logf(w, ATH_LOG_INFO, f, 5, "PostgreSQL backend stopped");
+  ath__logf(w, ATH_LOG_INFO, f, 5, "%s backend stopped", ath__q_name(QP));
 }
 
 /* At start, as the new incarnation (lock not held): the tasks an earlier
@@ -1754,7 +1761,7 @@ static int node_lock(struct ath_dq_s* dq, char* err, size_t errlen) {
     int held = 0;
     int rc = ath__q_node_lock(dq->wr, dq->node_id, &held);
     if (rc != 0) {
-      snprintf(err, errlen, "PostgreSQL backend: locking node %s: %s", dq->node_id, ath__q_errmsg(dq->wr));
+      snprintf(err, errlen, "%s backend: locking node %s: %s", ath__q_name(dq->qp), dq->node_id, ath__q_errmsg(dq->wr));
       return rc;
     }
     if (held)
@@ -1806,17 +1813,17 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
   if (rc == 0 && dq->notify)
     rc = open_conn(w, 0, &dq->lis, err, errlen);
   if (rc == 0 && (rc = ath__q_migrate(dq->wr, NULL)) != 0)
-    snprintf(err, errlen, "PostgreSQL backend: %s", ath__q_errmsg(dq->wr));
+    snprintf(err, errlen, "%s backend: %s", ath__q_name(QP), ath__q_errmsg(dq->wr));
   if (rc == 0 && dq->lis != NULL && (rc = ath__q_listen(dq->lis, CHANNELS)) != 0)
-    snprintf(err, errlen, "PostgreSQL backend: LISTEN: %s", ath__q_errmsg(dq->lis));
+    snprintf(err, errlen, "%s backend: LISTEN: %s", ath__q_name(QP), ath__q_errmsg(dq->lis));
   if (rc == 0)
     rc = node_lock(dq, err, errlen);
   ath_queue_node_t n;
   node_desc(dq, w, &n, 0);
   if (rc == 0 && (rc = ath__q_node_register(dq->wr, &n, uv_hrtime(), &dq->lease)) != 0)
-    snprintf(err, errlen, "PostgreSQL backend: registering node %s: %s", dq->node_id, ath__q_errmsg(dq->wr));
+    snprintf(err, errlen, "%s backend: registering node %s: %s", ath__q_name(QP), dq->node_id, ath__q_errmsg(dq->wr));
   if (rc == 0 && (rc = take_over(w, dq)) != 0)
-    snprintf(err, errlen, "PostgreSQL backend: recovering node %s's earlier tasks: %s", dq->node_id,
+    snprintf(err, errlen, "%s backend: recovering node %s's earlier tasks: %s", ath__q_name(QP), dq->node_id,
              ath__q_errmsg(dq->wr));
   if (rc == 0 && dq->lis != NULL && pipe(dq->lis_pipe) != 0) {
     snprintf(err, errlen, "cannot make a pipe: %s", strerror(errno));
@@ -1855,7 +1862,7 @@ int ath__pgstore_start(ath_world_t* w, char* err, size_t errlen) {
   }
   ath_log_field_t f[3] = {ATH_LOG_FSTR("node", dq->node_id), ATH_LOG_FINT("incarnation", dq->incarnation),
                           ATH_LOG_FSTR("schema", w->cfg.backend_schema ? w->cfg.backend_schema : "athena")};
-  ath__logf(w, ATH_LOG_INFO, f, 3, "PostgreSQL backend started");
+  ath__logf(w, ATH_LOG_INFO, f, 3, "%s backend started", ath__q_name(QP));
   return 0;
 }
 
@@ -1960,7 +1967,7 @@ static int counts_fresh(struct ath_dq_s* dq, char* err, size_t errlen) {
   if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__q_reset(dq->rd) == 0)
     rc = ath__q_counts(dq->rd, &c);
   if (rc != 0) {
-    snprintf(err, errlen, "PostgreSQL: %s", ath__q_errmsg(dq->rd));
+    snprintf(err, errlen, "%s: %s", ath__q_name(dq->qp), ath__q_errmsg(dq->rd));
     return rc;
   }
   ath__q_counts_free(dq->qp, &dq->counts);
@@ -2191,7 +2198,7 @@ int ath__world_nodes(ath_world_t* w, char** json, char* err, size_t errlen) {
   if (rc == ATH_ESTORE && PQSTATUS_BAD(dq->rd) && ath__q_reset(dq->rd) == 0)
     rc = ath__q_nodes(dq->rd, json);
   if (rc != 0)
-    snprintf(err, errlen, "PostgreSQL: %s", ath__q_errmsg(dq->rd));
+    snprintf(err, errlen, "%s: %s", ath__q_name(QP), ath__q_errmsg(dq->rd));
   uv_mutex_unlock(&dq->rd_lock);
   return rc;
 }
