@@ -49,6 +49,10 @@ int store_fixture_world(const store_fixture_t* f, int mode, const char* const* n
     ath_activity_init(&a, names[i]);
     rc = ath_world_register(w, &a);
   }
+  return store_fixture_start(w, rc, out, err, errlen);
+}
+
+int store_fixture_start(ath_world_t* w, int rc, ath_world_t** out, char* err, size_t errlen) {
   if (rc == 0)
     rc = ath_world_start(w, err, errlen);
   if (rc != 0 && w != NULL)

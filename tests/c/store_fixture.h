@@ -23,6 +23,9 @@ void store_fixture_teardown(const store_fixture_t* f);
 int store_fixture_world(const store_fixture_t* f, int mode, const char* const* names, size_t n,
                         ath_world_t** out, char* err, size_t errlen);
 
+/* Starts w (made and defined by the caller, rc its result so far): on
+ * any failure w is freed and *out NULL. Returns the first error. */
+int store_fixture_start(ath_world_t* w, int rc, ath_world_t** out, char* err, size_t errlen);
 /* A NUL-terminated malloc'd copy of p[0..n) (NULL for NULL); aborts the
  * process when out of memory. */
 char* store_fixture_dup(const char* p, size_t n);

@@ -630,12 +630,7 @@ static int open_node(const ath_queue_provider_t* p, const char* location, const 
     a.initial_interval_ms = 10;
     rc = ath_world_register(w, &a);
   }
-  if (rc == 0)
-    rc = ath_world_start(w, err, errlen);
-  if (rc != 0 && w != NULL)
-    ath_world_free(w);
-  *out = rc == 0 ? w : NULL;
-  return rc;
+  return store_fixture_start(w, rc, out, err, errlen);
 }
 
 static int exec_one(ath_world_t* w, const char* name, const char* json, const char* id, int64_t delay_ms,

@@ -242,12 +242,7 @@ static int open_world(const ath_store_provider_t* p, int persistence, int manual
     ath_activity_init(&a, "echo");
     rc = ath_world_register(w, &a);
   }
-  if (rc == 0)
-    rc = ath_world_start(w, err, errlen);
-  if (rc != 0 && w != NULL)
-    ath_world_free(w);
-  *out = rc == 0 ? w : NULL;
-  return rc;
+  return store_fixture_start(w, rc, out, err, errlen);
 }
 
 static int exec_echo(ath_world_t* w, const char* json, const char* id, int64_t delay_ms,
