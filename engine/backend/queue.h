@@ -207,6 +207,17 @@ static inline int ath__q_vacuum_ready(ath_queue_conn_t* c) {
 static inline int64_t ath__q_retries(const ath_queue_conn_t* c) {
   return ATH_Q(c)->retries != NULL ? ATH_Q(c)->retries(c) : 0;
 }
+static inline int ath__q_expire(ath_queue_conn_t* c, int64_t leader, int limit, ath_queue_tasks_t* out) {
+  if (ATH_Q(c)->expire == NULL) {
+    memset(out, 0, sizeof(*out));
+    return 0;
+  }
+  return ATH_Q(c)->expire(c, leader, limit, out);
+}
+static inline int ath__q_prune(ath_queue_conn_t* c, int64_t retention_ms, int limit, int* deleted) {
+  *deleted = 0;
+  return ATH_Q(c)->prune != NULL ? ATH_Q(c)->prune(c, retention_ms, limit, deleted) : 0;
+}
 /* 1 when the owner must stop claiming and interrupt its attempts: the
  * provider declared the lease lost, or no renew succeeded for
  * ttl - margin, margin = min(max(2 * interval, 5 s), ttl / 2)

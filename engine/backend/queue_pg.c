@@ -148,6 +148,8 @@ enum {
   ST_HOOK_ADOPT,
   ST_WF_KIDS,
   ST_WF_TAKE,
+  ST_EXPIRE,
+  ST_PRUNE,
   ST_COUNT
 };
 
@@ -274,6 +276,25 @@ static const char* const STMTS[ST_COUNT] = {
     "   rescues = x.rescues + CASE WHEN x.lease = $1 THEN 0 ELSE 1 END"
     "   FROM t WHERE x.seq = t.seq RETURNING x.*)"
     " SELECT " TASK_COLS("x") " FROM x ORDER BY x.seq",
+  /* scheduleToClose of activities nobody leases (queued, delayed, waiting
+   * for a retry): the leader takes them, out of ready, to fail them with
+   * ETIMEDOUT through a finish (which wakes parents, notifies, stores
+   * webhooks). tasks_close orders them. */
+  [ST_EXPIRE] =
+    "WITH e AS (SELECT seq FROM {S}.tasks WHERE close_by <= {S}.now_ms() AND lease IS NULL"
+    "   AND completed_at IS NULL AND kind = 0 ORDER BY close_by LIMIT $2 FOR UPDATE SKIP LOCKED),"
+    " d AS (DELETE FROM {S}.ready r USING e WHERE r.seq = e.seq),"
+    " x AS (UPDATE {S}.tasks x SET lease = $1, due_at = NULL FROM e WHERE x.seq = e.seq RETURNING x.*)"
+    " SELECT " TASK_COLS("x") " FROM x ORDER BY x.seq",
+  /* Retention (SEMANTICS §13): finished tasks, dead letters aside, and
+   * their history, completed more than $1 ms ago; oldest first by
+   * tasks_done. */
+  [ST_PRUNE] =
+    "WITH p AS (SELECT seq FROM {S}.tasks WHERE completed_at < {S}.now_ms() - $1 AND status <> 8"
+    "   AND lease IS NULL ORDER BY completed_at LIMIT $2 FOR UPDATE SKIP LOCKED),"
+    " d AS (DELETE FROM {S}.tasks t USING p WHERE t.seq = p.seq RETURNING t.id),"
+    " h AS (DELETE FROM {S}.workflow_events e USING d WHERE e.workflow_id = d.id)"
+    " SELECT count(*) FROM d",
   [ST_REAP] =
     "DELETE FROM {S}.nodes n WHERE n.expires_at < {S}.now_ms() - $1"
     " AND NOT EXISTS (SELECT 1 FROM {S}.tasks t WHERE t.lease = n.incarnation)",
@@ -1578,6 +1599,32 @@ int ath__qpg_rescue(ath_qpg_t* q, int64_t leader, int limit, int64_t grace_ms,
   return 0;
 }
 
+int ath__qpg_expire(ath_qpg_t* q, int64_t leader, int limit, ath_queue_tasks_t* out) {
+  char leader_s[24], limit_s[16];
+  snprintf(leader_s, sizeof(leader_s), "%" PRId64, leader);
+  snprintf(limit_s, sizeof(limit_s), "%d", limit);
+  const char* v[2] = {leader_s, limit_s};
+  PGresult* r = NULL;
+  memset(out, 0, sizeof(*out));
+  int rc = run1(q, ST_EXPIRE, 2, v, &r);
+  return rc < 0 ? rc : decode_tasks(r, out);
+}
+
+int ath__qpg_prune(ath_qpg_t* q, int64_t retention_ms, int limit, int* deleted) {
+  char ret_s[24], limit_s[16];
+  snprintf(ret_s, sizeof(ret_s), "%" PRId64, retention_ms);
+  snprintf(limit_s, sizeof(limit_s), "%d", limit);
+  const char* v[2] = {ret_s, limit_s};
+  PGresult* r = NULL;
+  int rc = run1(q, ST_PRUNE, 2, v, &r);
+  if (rc < 0)
+    return rc;
+  if (deleted != NULL)
+    *deleted = PQntuples(r) == 1 ? atoi(PQgetvalue(r, 0, 0)) : 0;
+  PQclear(r);
+  return 0;
+}
+
 /* ------------------------------------------------------------ node lease */
 
 int ath__qpg_take_over(ath_qpg_t* q, const char* node_id, int64_t incarnation, ath_queue_tasks_t* out) {
@@ -2603,6 +2650,12 @@ static int v_hooks_adopt(ath_queue_conn_t* c, int64_t owner, int limit, ath_queu
 static int v_counts(ath_queue_conn_t* c, ath_queue_counts_t* out) { return ath__qpg_counts(PG(c), out); }
 static int v_nodes(ath_queue_conn_t* c, char** json) { return ath__qpg_nodes(PG(c), json); }
 static int v_maintain(ath_queue_conn_t* c) { return ath__qpg_vacuum_ready(PG(c)); }
+static int v_expire(ath_queue_conn_t* c, int64_t leader, int limit, ath_queue_tasks_t* out) {
+  return ath__qpg_expire(PG(c), leader, limit, out);
+}
+static int v_prune(ath_queue_conn_t* c, int64_t retention_ms, int limit, int* deleted) {
+  return ath__qpg_prune(PG(c), retention_ms, limit, deleted);
+}
 static int64_t v_retries(const ath_queue_conn_t* c) { return ath__qpg_retries(CPG(c)); }
 
 static const ath_queue_provider_t pg_provider = {
@@ -2656,6 +2709,8 @@ static const ath_queue_provider_t pg_provider = {
     .nodes = v_nodes,
     .maintain = v_maintain,
     .retries = v_retries,
+    .expire = v_expire,
+    .prune = v_prune,
 };
 
 const ath_queue_provider_t* ath_postgres_queue(void) {

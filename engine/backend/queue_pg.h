@@ -117,6 +117,16 @@ int ath__qpg_stage(ath_qpg_t* q, const int64_t* seqs, size_t n, int64_t late_ms,
 int ath__qpg_rescue(ath_qpg_t* q, int64_t leader, int limit, int64_t grace_ms,
                     ath_queue_tasks_t* out);
 
+/* scheduleToClose (leader): leases to `leader` at most `limit` activities
+ * past their close_by that nobody leases (queued, delayed or waiting for a
+ * retry; out of ready), for the caller to fail (ETIMEDOUT) with a finish
+ * under `leader`. */
+int ath__qpg_expire(ath_qpg_t* q, int64_t leader, int limit, ath_queue_tasks_t* out);
+/* Retention (leader): deletes at most `limit` unleased finished tasks (dead
+ * letters kept) completed more than retention_ms ago by the database's
+ * clock, with their history; *deleted (may be NULL) gets the count. */
+int ath__qpg_prune(ath_qpg_t* q, int64_t retention_ms, int limit, int* deleted);
+
 /* Same-nodeId recovery (distributed.md §3.8): incarnation `incarnation`
  * of `node_id` just registered; every earlier incarnation of that nodeId
  * expires now (fenced: a process still running under one claims and renews

@@ -1088,6 +1088,17 @@ struct ath_queue_provider_s {
    * transactions run again after a conflict (NULL: 0). */
   int (*maintain)(ath_queue_conn_t* c);
   int64_t (*retries)(const ath_queue_conn_t* c);
+  /* Optional (NULL: scheduleToClose is enforced only on claimed tasks):
+   * the leader's; leases to `leader` at most `limit` activities past their
+   * scheduleToClose deadline that nobody leases (queued, delayed, waiting
+   * for a retry; no longer claimable), for the engine to fail with
+   * ETIMEDOUT through cycle. */
+  int (*expire)(ath_queue_conn_t* c, int64_t leader, int limit, ath_queue_tasks_t* out);
+  /* Optional (NULL: finished tasks are kept): the leader's retention pass;
+   * deletes at most `limit` unleased finished tasks, dead letters aside,
+   * completed more than retention_ms ago (the shared clock), and their
+   * history; *deleted gets the count. */
+  int (*prune)(ath_queue_conn_t* c, int64_t retention_ms, int limit, int* deleted);
 };
 
 /* The PostgreSQL queue provider (docs/backend-postgres.md): what

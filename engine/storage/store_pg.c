@@ -43,6 +43,8 @@
 #define MAX_CLAIM 500      /* rows per claim */
 #define MIN_PREFETCH 32    /* after a full claim (§3.5) */
 #define RESCUE_LIMIT 500   /* rows per rescue pass */
+#define PRUNE_LIMIT 1000   /* rows per retention statement */
+#define PRUNE_NS 60000000000u /* a retention pass a minute */
 #define WATCH_POLL 5000    /* watched proxies re-read per poll */
 #define RETRY_NS 100000000u
 #define COUNTS_TTL_NS 1000000000u /* scrapes and dashboards read the counts at most once a second */
@@ -78,6 +80,7 @@ struct ath_dq_s {
   ath_queue_lease_t llease;  /* the leader's control incarnation, when leader */
   int leader;
   int sched_catchup;       /* the leader's next schedule pass catches up (sched_pg.c) */
+  uint64_t prune_ns;       /* monotonic time of the leader's next retention pass, 0: at once */
   uint64_t sched_at_ns;    /* monotonic time of the next due occurrence, 0: none */
   /* Guarded by the world lock: */
   int64_t incarnation;     /* the claiming incarnation (the listener reads it) */
@@ -1240,13 +1243,28 @@ static void rescue_decide(ath_world_t* w, const char* why, const ath_queue_task_
 /* Decides each rescued row (EWORKERLOST, `why`) and writes the outcomes
  * under `lease`, which holds them now (lock not held). Returns how many
  * were written, or -1. */
-static int64_t rescue_rows(ath_world_t* w, ath_queue_conn_t* q, int64_t lease, ath_queue_tasks_t* rows,
-                           const char* why) {
-  int segs = ath__wfpg_rescue(q, lease, rows); /* they leave rows: resumed on any node */
-  if (segs > 0) {
-    ath_log_field_t f[2] = {ATH_LOG_FINT("workflows", segs), ATH_LOG_FSTR("why", why)};
-    ath__logf(w, ATH_LOG_WARN, f, 2, "workflow segments of lost nodes requeued (same run)");
-  }
+/* A leased activity past its scheduleToClose deadline that never ran out
+ * its time here: failed (or quarantined) with ETIMEDOUT, as a waiting
+ * local task is (world.c), whatever attempts are left. */
+static void expire_decide(ath_world_t* w, const char* why, const ath_queue_task_t* r, ath_queue_outcome_t* o,
+                          char* err, size_t errlen) {
+  (void)w;
+  snprintf(err, errlen, "{\"code\":\"ETIMEDOUT\",\"message\":\"%s\",\"retryable\":true,\"attempt\":%d}", why,
+           r->attempt);
+  memset(o, 0, sizeof(*o));
+  o->seq = r->seq;
+  o->attempt = r->attempt;
+  o->error = err;
+  o->status = r->strategy == ATH_STRATEGY_QUARANTINE ? ATH_QUARANTINED : ATH_FAILED;
+}
+
+typedef void (*decide_fn)(ath_world_t* w, const char* why, const ath_queue_task_t* r, ath_queue_outcome_t* o,
+                          char* err, size_t errlen);
+
+/* Finishes rows leased to `lease` as `decide` says, with their webhooks:
+ * the count written, or -1. */
+static int64_t finish_rows(ath_world_t* w, ath_queue_conn_t* q, int64_t lease, ath_queue_tasks_t* rows,
+                           const char* why, decide_fn decide) {
   if (rows->n == 0)
     return 0;
   ath_queue_outcome_t* o = calloc(rows->n, sizeof(*o));
@@ -1257,7 +1275,7 @@ static int64_t rescue_rows(ath_world_t* w, ath_queue_conn_t* q, int64_t lease, a
   if (o && errs && applied && hooks_alloc(&h, rows->n) == 0) {
     for (size_t i = 0; i < rows->n; i++) {
       const ath_queue_task_t* r = &rows->rows[i];
-      rescue_decide(w, why, r, &o[i], errs[i], sizeof(errs[i]));
+      decide(w, why, r, &o[i], errs[i], sizeof(errs[i]));
       ath_hook_task_t f = {r->id, r->name, r->queue, r->parent_id, r->kind == 1, o[i].status, o[i].attempt,
                            errs[i], strlen(errs[i])};
       hooks_add(w, &h, r->seq, &f);
@@ -1283,8 +1301,44 @@ static int64_t rescue_rows(ath_world_t* w, ath_queue_conn_t* q, int64_t lease, a
   return done;
 }
 
+/* Rows rescued from dead nodes (rescue, take-over): workflow segments go
+ * back to ready as resumptions, activities fail with EWORKERLOST, retried
+ * per policy. */
+static int64_t rescue_rows(ath_world_t* w, ath_queue_conn_t* q, int64_t lease, ath_queue_tasks_t* rows,
+                           const char* why) {
+  int segs = ath__wfpg_rescue(q, lease, rows); /* they leave rows: resumed on any node */
+  if (segs > 0) {
+    ath_log_field_t f[2] = {ATH_LOG_FINT("workflows", segs), ATH_LOG_FSTR("why", why)};
+    ath__logf(w, ATH_LOG_WARN, f, 2, "workflow segments of lost nodes requeued (same run)");
+  }
+  return finish_rows(w, q, lease, rows, why, rescue_decide);
+}
+
 /* The leader's duties (lock not held): take or keep the lock, rescue the
  * tasks of expired nodes, stage what is late. */
+/* Retention (the leader, every PRUNE_NS): finished tasks older than
+ * cfg.retention_ms leave the database, PRUNE_LIMIT per statement, at
+ * most 10 statements a pass (the next pass goes on). */
+static void retain(ath_world_t* w, struct ath_dq_s* dq) {
+  uint64_t now = uv_hrtime();
+  if (dq->prune_ns != 0 && now < dq->prune_ns)
+    return;
+  dq->prune_ns = now + PRUNE_NS;
+  int64_t total = 0;
+  for (int pass = 0, n = PRUNE_LIMIT; pass < 10 && n == PRUNE_LIMIT; pass++) {
+    if (ath__q_prune(dq->ldr, w->cfg.retention_ms, PRUNE_LIMIT, &n) != 0) {
+      ath__logf(w, ATH_LOG_WARN, NULL, 0, "retention pass failed: %s: %s", ath__q_name(dq->qp),
+                ath__q_errmsg(dq->ldr));
+      break;
+    }
+    total += n;
+  }
+  if (total > 0) {
+    ath_log_field_t f[1] = {ATH_LOG_FINT("tasks", total)};
+    ath__logf(w, ATH_LOG_INFO, f, 1, "retention: finished tasks deleted");
+  }
+}
+
 static void lead(ath_world_t* w, struct ath_dq_s* dq) {
   int held = 0;
   if (ath__q_leader_try(dq->ldr, &held) != 0) {
@@ -1323,8 +1377,18 @@ static void lead(ath_world_t* w, struct ath_dq_s* dq) {
     }
     ath__q_tasks_free(QP, &rows);
   }
+  if (ath__q_expire(dq->ldr, dq->llease.incarnation, RESCUE_LIMIT, &rows) == 0) {
+    int64_t n = finish_rows(w, dq->ldr, dq->llease.incarnation, &rows,
+                            "scheduleToClose expired while the task waited", expire_decide);
+    if (n > 0) {
+      ath_log_field_t f[1] = {ATH_LOG_FINT("tasks", n)};
+      ath__logf(w, ATH_LOG_INFO, f, 1, "failed waiting tasks past their scheduleToClose (ETIMEDOUT)");
+    }
+    ath__q_tasks_free(QP, &rows);
+  }
   ath__q_stage(dq->ldr, NULL, 0, 1000, 1000, NULL); /* late: their node died */
   ath__q_vacuum_ready(dq->ldr); /* the claims' dead entries (distributed.md §3.9) */
+  retain(w, dq);
 }
 
 /* The webhook thread delivered (or gave up) outbox row `id` (under the

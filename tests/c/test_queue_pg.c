@@ -1781,3 +1781,76 @@ TEST_IMPL(db_pg_queue_wf_cascade) {
   ath__qpg_close(q);
   return 0;
 }
+
+/* scheduleToClose of waiting tasks (the leader's expire): a ready, a
+ * delayed and a retrying task past close_by are leased to the leader and
+ * leave ready; a claimed one, a finished one and one not yet due stay;
+ * the leader's finish (ETIMEDOUT) applies. Retention (prune): finished
+ * tasks older than the window go with their history, dead letters and
+ * recent or unfinished ones stay, at most `limit` a statement. */
+TEST_IMPL(db_pg_queue_expire_prune) {
+  ath_qpg_t* q = fresh("qpg_expire");
+  ath_queue_lease_t a = node(q, "a");
+  ath_queue_lease_t leader = node(q, "leader");
+  insert_many(q, "e", 6); /* e0..e5, seqs 1..6 */
+  PGconn* c = admin();
+  ath_queue_tasks_t t;
+  ASSERT_OK(ath__qpg_claim(q, a.incarnation, "default", 2, &t)); /* e0, e1: a runs them */
+  ASSERT_EQ(2, t.n);
+  ath_queue_outcome_t done = {.seq = t.rows[1].seq, .attempt = 1, .status = ATH_COMPLETED, .result = "1"};
+  ath_queue_outcome_t retry = {.seq = t.rows[0].seq, .attempt = 1, .status = ATH_RETRYING, .delay_ms = 3600000,
+                               .error = "{\"code\":\"EHANDLER\"}"};
+  uint8_t ap[2];
+  ASSERT_OK(ath__qpg_finish(q, a.incarnation, &done, 1, ap));
+  ASSERT_OK(ath__qpg_finish(q, a.incarnation, &retry, 1, ap));
+  ath__qpg_tasks_free(&t);
+  ASSERT_OK(ath__qpg_claim(q, a.incarnation, "default", 1, &t)); /* e2: running on a */
+  ASSERT_EQ(1, t.n);
+  int64_t running = t.rows[0].seq;
+  ath__qpg_tasks_free(&t);
+  /* past close_by: e0 (retrying), e1 (completed), e2 (running), e3 (ready),
+   * e4 (delayed); e5 has no deadline */
+  sql_ok(c, "UPDATE qpg_expire.tasks SET close_by = qpg_expire.now_ms() - 1 WHERE id IN ('e0','e1','e2','e3','e4')");
+  sql_ok(c, "UPDATE qpg_expire.tasks SET status = 1, due_at = qpg_expire.now_ms() + 3600000 WHERE id = 'e4'");
+  sql_ok(c, "DELETE FROM qpg_expire.ready WHERE seq = (SELECT seq FROM qpg_expire.tasks WHERE id = 'e4')");
+  ath_queue_tasks_t x;
+  ASSERT_OK(ath__qpg_expire(q, leader.incarnation, 100, &x));
+  ASSERT_EQ(3, x.n); /* e0, e3, e4 */
+  ath_queue_outcome_t o[3];
+  for (size_t i = 0; i < x.n; i++) {
+    ASSERT(x.rows[i].seq != running);
+    ASSERT(strcmp(x.rows[i].id, "e0") == 0 || strcmp(x.rows[i].id, "e3") == 0 || strcmp(x.rows[i].id, "e4") == 0);
+    o[i] = (ath_queue_outcome_t){.seq = x.rows[i].seq, .attempt = x.rows[i].attempt, .status = ATH_FAILED,
+                                 .error = "{\"code\":\"ETIMEDOUT\"}"};
+  }
+  ASSERT_EQ(0, sql_int(c, "SELECT count(*) FROM qpg_expire.ready r JOIN qpg_expire.tasks t USING (seq)"
+                          " WHERE t.id IN ('e0','e3','e4')"));
+  ASSERT_OK(ath__qpg_expire(q, leader.incarnation, 100, &t)); /* leased now: not again */
+  ASSERT_EQ(0, t.n);
+  ath__qpg_tasks_free(&t);
+  uint8_t ok3[3];
+  ASSERT_OK(ath__qpg_finish(q, leader.incarnation, o, 3, ok3));
+  ASSERT(ok3[0] && ok3[1] && ok3[2]);
+  ath__qpg_tasks_free(&x);
+  ASSERT_EQ(3, sql_int(c, "SELECT count(*) FROM qpg_expire.tasks WHERE status = 6 AND error LIKE '%ETIMEDOUT%'"
+                          " AND completed_at IS NOT NULL AND close_by IS NULL"));
+  ASSERT_EQ(2, sql_int(c, "SELECT status FROM qpg_expire.tasks WHERE id = 'e2'")); /* a still runs it */
+  /* retention: e1 and the three failed ones finished "2 days ago"; e0 has
+   * history; a dead letter that old stays; e5 (ready) stays */
+  sql_ok(c, "UPDATE qpg_expire.tasks SET completed_at = completed_at - 172800000 WHERE completed_at IS NOT NULL");
+  sql_ok(c, "INSERT INTO qpg_expire.workflow_events (workflow_id, seq, event) VALUES ('e0', 0, '{}')");
+  sql_ok(c, "UPDATE qpg_expire.tasks SET status = 8 WHERE id = 'e4'");
+  int deleted = -1;
+  ASSERT_OK(ath__qpg_prune(q, 259200000, 100, &deleted)); /* 3 days: none that old */
+  ASSERT_EQ(0, deleted);
+  ASSERT_OK(ath__qpg_prune(q, 86400000, 2, &deleted)); /* 1 day, 2 a statement */
+  ASSERT_EQ(2, deleted);
+  ASSERT_OK(ath__qpg_prune(q, 86400000, 2, &deleted));
+  ASSERT_EQ(1, deleted);
+  ASSERT_EQ(3, sql_int(c, "SELECT count(*) FROM qpg_expire.tasks")); /* e2, e4 (dead letter), e5 */
+  ASSERT_EQ(3, sql_int(c, "SELECT count(*) FROM qpg_expire.tasks WHERE id IN ('e2','e4','e5')"));
+  ASSERT_EQ(0, sql_int(c, "SELECT count(*) FROM qpg_expire.workflow_events"));
+  PQfinish(c);
+  ath__qpg_close(q);
+  return 0;
+}

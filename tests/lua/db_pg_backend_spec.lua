@@ -34,8 +34,10 @@ local function world(sch, extra)
     taskQueues = { dist = { workers = extra and extra.serve and 1 or 0, concurrency = 8 } },
     heartbeatInterval = 500, heartbeatTimeout = 3000, persistence = "file", -- result() once committed
   }
+  if extra and extra.closing then cfg.taskQueues["dist.closing"] = { workers = 0 } end
   local w = athena.World.new(cfg)
   w:register(table.unpack(jobs.all))
+  if extra and extra.closing then w:register(jobs.closing) end
   w:start()
   worlds[#worlds + 1] = w
   return w
@@ -173,6 +175,20 @@ describe("athena.PostgresBackend", function()
     assert.is_true(nodes[1].leader)
     w:shutdown()
     assert.equals(0, scalar(("select count(*) as n from %s.tasks where lease is not null"):format(sch)))
+  end)
+
+  it("fails a task nobody claims at its scheduleToClose (the leader's sweep), from the row", function()
+    local sch = schema()
+    local w = world(sch, { closing = true })
+    local h = w:execute("dist.closing", 1) -- no node serves dist.closing
+    local ok, v, e = pcall(h.result, h, WAIT) -- raises, or nil, err under strategy "ignore"
+    local err = ok and e or v
+    assert.is_nil(ok and v or nil)
+    assert.equals("ETIMEDOUT", err.code)
+    assert.matches("scheduleToClose", err.message)
+    assert.equals("failed", h:status())
+    assert.equals(6, scalar(("select status from %s.tasks where id = $1"):format(sch), h.id))
+    assert.equals(0, scalar(("select count(*) as n from %s.ready"):format(sch)))
   end)
 
   it("writes each node's own figures into its nodes row with its lease renewal: getNodes()[i].metrics", function()
