@@ -89,6 +89,9 @@ static const char* const MIGRATIONS[ATH_QPG_SCHEMA_VERSION] = {
   "CREATE TABLE {S}.outbox (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
   "  owner bigint NOT NULL, task_seq bigint NOT NULL, kind smallint NOT NULL,"
   "  delivery text NOT NULL, at bigint NOT NULL, body text NOT NULL);",
+  /* 6: a task's per-call limits (ctx:run's timeout, retry, scheduleToClose,
+   * heartbeatTimeout as JSON), so the node that claims it applies them */
+  "ALTER TABLE {S}.tasks ADD COLUMN call text;",
 };
 
 /* ------------------------------------------------------------ statements */
@@ -99,7 +102,7 @@ static const char* const MIGRATIONS[ATH_QPG_SCHEMA_VERSION] = {
   t ".seq, " t ".id, " t ".name, " t ".kind, " t ".queue, " t ".status, " t ".priority, " t \
   ".attempt, " t ".max_attempts, " t ".strategy, " t ".rescues, " t ".wake, " t ".hist_n, " t \
   ".created_at, " t ".ready_at, " t ".started_at, " t ".close_by, " t ".cancel_at, " t        \
-  ".last_hb, " t ".parent_id, " t ".input, " t ".error, " t ".hb, " t ".scheduled_at"
+  ".last_hb, " t ".parent_id, " t ".input, " t ".error, " t ".hb, " t ".scheduled_at, " t ".call"
 
 /* What a commit made ready: one NOTIFY athena_ready per queue ($n = notify). */
 #define NOTIFY_READY(cte, flag) \
@@ -159,18 +162,19 @@ static const char* const STMTS[ST_COUNT] = {
   [ST_INSERT] =
     "WITH spec AS (SELECT * FROM unnest($1::text[], $2::text[], $3::smallint[], $4::text[],"
     "   $5::int[], $6::int[], $7::smallint[], $8::bigint[], $9::bigint[], $10::text[],"
-    "   $11::text[], $12::boolean[]) WITH ORDINALITY"
+    "   $11::text[], $12::boolean[], $14::text[]) WITH ORDINALITY"
     "   AS s(id, name, kind, queue, priority, max_attempts, strategy, delay, close_after,"
-    "        input, parent_id, notify, i)),"
+    "        input, parent_id, notify, call, i)),"
     " nw AS (SELECT {S}.now_ms() AS ms)," /* one instant: close_by = created_at + close_after */
     " ins AS (INSERT INTO {S}.tasks (id, name, kind, queue, status, priority, max_attempts,"
-    "   strategy, created_at, scheduled_at, ready_at, due_at, close_by, input, parent_id, notify)"
+    "   strategy, created_at, scheduled_at, ready_at, due_at, close_by, input, parent_id, notify,"
+    "   call)"
     "   SELECT s.id, s.name, s.kind, s.queue, CASE WHEN s.delay > 0 THEN 1 ELSE 0 END,"
     "     s.priority, s.max_attempts, s.strategy, nw.ms,"
     "     nw.ms + greatest(s.delay, 0), nw.ms + greatest(s.delay, 0),"
     "     CASE WHEN s.delay > 0 THEN nw.ms + s.delay END,"
     "     CASE WHEN s.close_after > 0 THEN nw.ms + greatest(s.delay, 0) + s.close_after END,"
-    "     s.input, s.parent_id, s.notify"
+    "     s.input, s.parent_id, s.notify, s.call"
     "   FROM spec s, nw ORDER BY s.i ON CONFLICT (id) DO NOTHING"
     "   RETURNING seq, id, queue, priority, ready_at, status, created_at),"
     " rdy AS (INSERT INTO {S}.ready SELECT seq, queue, priority, ready_at FROM ins"
@@ -1096,7 +1100,7 @@ static int decode_tasks(PGresult* r, ath_queue_tasks_t* out) {
   COL(created_at); COL(ready_at); COL(started_at); COL(close_by); COL(cancel_at); COL(last_hb);
   COL(parent_id); COL(input); COL(error); COL(hb); COL(history); COL(result); COL(completed_at);
   COL(scheduled_at); COL(wait_kind); COL(wait_seq); COL(wait_task); COL(wait_status);
-  COL(wait_result); COL(wait_error);
+  COL(wait_result); COL(wait_error); COL(call);
 #undef COL
   for (int i = 0; i < n; i++) {
     ath_queue_task_t* t = &out->rows[i];
@@ -1124,6 +1128,7 @@ static int decode_tasks(PGresult* r, ath_queue_tasks_t* out) {
     t->input = get_str(r, i, c_input);
     t->error = get_str(r, i, c_error);
     t->hb = get_str(r, i, c_hb);
+    t->call = get_str(r, i, c_call);
     t->history = get_str(r, i, c_history);
     t->result = get_str(r, i, c_result);
     t->completed_at = get_i64(r, i, c_completed_at);
@@ -1144,8 +1149,8 @@ static int decode_tasks(PGresult* r, ath_queue_tasks_t* out) {
 
 static int send_insert(ath_qpg_t* q, const ath_queue_insert_t* rows, size_t n) {
   params_t p;
-  const char* v[13];
-  params_init(&p, 12);
+  const char* v[14];
+  params_init(&p, 13);
   for (size_t i = 0; i < n; i++) {
     const ath_queue_insert_t* x = &rows[i];
     if (x->id == NULL || x->name == NULL || x->queue == NULL || x->input == NULL) {
@@ -1165,11 +1170,13 @@ static int send_insert(ath_qpg_t* q, const ath_queue_insert_t* rows, size_t n) {
     arr_str(&p, 9, x->input);
     arr_str(&p, 10, x->parent_id);
     arr_str(&p, 11, x->notify ? "t" : "f");
+    arr_str(&p, 12, x->call);
   }
   int rc = params_done(&p, v);
+  v[13] = v[12]; /* $14: the calls; $13: the NOTIFY flag */
   v[12] = q->notify ? "t" : "f";
   if (rc == 0)
-    rc = pl_send(q, ST_INSERT, 13, v); /* libpq copies the values */
+    rc = pl_send(q, ST_INSERT, 14, v); /* libpq copies the values */
   params_free(&p);
   return rc;
 }

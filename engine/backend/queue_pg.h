@@ -24,7 +24,7 @@
 #include "athena.h"
 
 /* The schema version this build creates and understands. */
-#define ATH_QPG_SCHEMA_VERSION 5
+#define ATH_QPG_SCHEMA_VERSION 6
 /* Advisory lock keys (first int; the second is hashtext(<schema>)). */
 #define ATH_QPG_LOCK_LEADER 1096042062  /* session lock: the leader */
 #define ATH_QPG_LOCK_MIGRATE 1096042063 /* transaction lock: migrations */

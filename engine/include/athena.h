@@ -699,6 +699,8 @@ typedef struct {
   int64_t delay_ms;       /* > 0: scheduled (due later), else ready now */
   int64_t close_after_ms; /* > 0: scheduleToClose */
   int notify;             /* NOTIFY athena_done when it ends */
+  const char* call;       /* per-call limits (ctx:run's, JSON as
+                           * ath_store_task_t.call), or NULL */
 } ath_queue_insert_t;
 
 typedef struct {
@@ -745,7 +747,8 @@ typedef struct {
   const char* input;
   const char* error;
   const char* hb;
-  const char* history; /* workflows: the events, comma-joined */
+  const char* history; /* workflows: the events, separated by ATH_STORE_EVENT_SEP */
+  const char* call;    /* per-call limits (JSON), NULL: the definition's */
   const char* result;  /* reads only (read, get) */
   int64_t completed_at; /* reads only; -1: NULL */
   int64_t scheduled_at;

@@ -606,6 +606,8 @@ static void classify(ath_world_t* w, struct ath_dq_s* dq, ath_task_t** batch, si
       x->strategy = t->strategy;
       x->delay_ms = t->scheduled_at - t->created_at;
       x->close_after_ms = ath__task_limits(t)->schedule_to_close_ms;
+      const ath_task_x_t* tx = ath__task_xr(t);
+      x->call = tx != NULL && tx->call != NULL ? tx->call->json : NULL; /* immutable, as long as t */
       x->notify = 1;
       ath__task_dq(t)->dq_seq = -1;
       c->ins_t[c->nins++] = t;
@@ -667,6 +669,8 @@ static void row_of(const ath_queue_task_t* r, ath_row_t* row) {
   row->parent_id = r->parent_id;
   row->history = r->history; /* read by id: a workflow's events */
   row->history_len = r->history ? strlen(r->history) : 0;
+  row->call = r->call;
+  row->call_len = r->call ? strlen(r->call) : 0;
 }
 
 /* Takes the heartbeat of row r when it is newer than what t holds (lock

@@ -112,8 +112,8 @@ static void insert_many(ath_qpg_t* q, const char* prefix, int n) {
 
 /* ------------------------------------------------------------ schema */
 
-/* Migrations: a fresh schema gets version 5 (and meta says so), a second
- * run finds it done, a version 1 schema is brought to 5 (schedule columns
+/* Migrations: a fresh schema gets version 6 (and meta says so), a second
+ * run finds it done, a version 1 schema is brought to 6 (schedule columns
  * and index, the dead-letter index, workflow_events with version 1's
  * history rows moved in, the outbox), a newer version and a foreign schema are
  * refused, and a name that needs quoting works. */
@@ -125,7 +125,7 @@ TEST_IMPL(db_pg_queue_migrate) {
   PGconn* c = admin();
   ASSERT_EQ(ATH_QPG_SCHEMA_VERSION, sql_int(c, "SELECT value::int FROM qpg_migrate.meta WHERE key = 'schema_version'"));
   /* back to what version 1 made (its history table keyed by the task's seq,
-   * with an event in it): migrating again adds versions 2, 3 and 4 */
+   * with an event in it): migrating again adds versions 2 to 6 */
   ath_queue_insert_t wrow = task_row("wf1", "default", 0, "{}");
   wrow.kind = 1;
   ath_queue_inserted_t wout;
@@ -133,6 +133,7 @@ TEST_IMPL(db_pg_queue_migrate) {
   sql_ok(c, "DROP INDEX qpg_migrate.schedules_due; DROP INDEX qpg_migrate.tasks_dead;"
             " ALTER TABLE qpg_migrate.schedules DROP COLUMN max_attempts, DROP COLUMN close_after;"
             " DROP TABLE qpg_migrate.workflow_events; DROP TABLE qpg_migrate.outbox;"
+            " ALTER TABLE qpg_migrate.tasks DROP COLUMN call;"
             " CREATE TABLE qpg_migrate.history (task_seq bigint NOT NULL, n int NOT NULL,"
             "   event text NOT NULL, PRIMARY KEY (task_seq, n));"
             " INSERT INTO qpg_migrate.history SELECT seq, 0, '{\"type\":\"workflow.started\"}'"
@@ -156,6 +157,9 @@ TEST_IMPL(db_pg_queue_migrate) {
   /* version 5: the webhook outbox */
   ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM pg_tables WHERE schemaname = 'qpg_migrate'"
                           " AND tablename = 'outbox'"));
+  /* version 6: per-call limits in the row */
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM information_schema.columns WHERE table_schema ="
+                          " 'qpg_migrate' AND table_name = 'tasks' AND column_name = 'call'"));
   ASSERT_EQ(0, sql_int(c, "SELECT count(*) FROM information_schema.columns WHERE table_schema ="
                           " 'qpg_migrate' AND data_type = 'jsonb'"));
   sql_ok(c, "UPDATE qpg_migrate.meta SET value = '99' WHERE key = 'schema_version'");
@@ -1793,6 +1797,16 @@ TEST_IMPL(db_pg_queue_expire_prune) {
   ath_queue_lease_t a = node(q, "a");
   ath_queue_lease_t leader = node(q, "leader");
   insert_many(q, "e", 6); /* e0..e5, seqs 1..6 */
+  /* a row carries its per-call limits to whoever claims it */
+  ath_queue_insert_t lim = task_row("limited", "limits", 0, "{}");
+  lim.call = "{\"timeout\":100}";
+  ath_queue_inserted_t lim_out;
+  ASSERT_OK(ath__qpg_insert(q, &lim, 1, &lim_out));
+  ath_queue_tasks_t lt;
+  ASSERT_OK(ath__qpg_claim(q, a.incarnation, "limits", 5, &lt));
+  ASSERT_EQ(1, lt.n);
+  ASSERT_STR_EQ("{\"timeout\":100}", lt.rows[0].call);
+  ath__qpg_tasks_free(&lt);
   PGconn* c = admin();
   ath_queue_tasks_t t;
   ASSERT_OK(ath__qpg_claim(q, a.incarnation, "default", 2, &t)); /* e0, e1: a runs them */
@@ -1847,7 +1861,7 @@ TEST_IMPL(db_pg_queue_expire_prune) {
   ASSERT_EQ(2, deleted);
   ASSERT_OK(ath__qpg_prune(q, 86400000, 2, &deleted));
   ASSERT_EQ(1, deleted);
-  ASSERT_EQ(3, sql_int(c, "SELECT count(*) FROM qpg_expire.tasks")); /* e2, e4 (dead letter), e5 */
+  ASSERT_EQ(4, sql_int(c, "SELECT count(*) FROM qpg_expire.tasks")); /* e2, e4 (dead letter), e5, limited */
   ASSERT_EQ(3, sql_int(c, "SELECT count(*) FROM qpg_expire.tasks WHERE id IN ('e2','e4','e5')"));
   ASSERT_EQ(0, sql_int(c, "SELECT count(*) FROM qpg_expire.workflow_events"));
   PQfinish(c);

@@ -23,7 +23,7 @@
 
 typedef struct {
   int64_t seq, lease;
-  char *id, *name, *queue, *input, *parent_id, *result, *error, *hb;
+  char *id, *name, *queue, *input, *parent_id, *result, *error, *hb, *call;
   int kind, status, priority, attempt, max_attempts, strategy, rescues, cancel;
   int64_t created_at, ready_at, started_at, completed_at, last_hb, close_by;
   int runs; /* attempts claimed, by anyone */
@@ -74,6 +74,7 @@ static void row_clear(mq_row_t* r) {
   free(r->result);
   free(r->error);
   free(r->hb);
+  free(r->call);
   memset(r, 0, sizeof(*r));
 }
 
@@ -136,6 +137,7 @@ static void row_out(const mq_row_t* r, ath_queue_task_t* o) {
   o->error = sdup(r->error);
   o->hb = sdup(r->hb);
   o->result = sdup(r->result);
+  o->call = sdup(r->call);
   o->wait_status = -1;
 }
 
@@ -159,6 +161,7 @@ static void mq_tasks_free(ath_queue_tasks_t* t) {
     free((char*)o->error);
     free((char*)o->hb);
     free((char*)o->result);
+    free((char*)o->call);
   }
   free(t->rows);
   memset(t, 0, sizeof(*t));
@@ -313,6 +316,7 @@ static int insert_row(const ath_queue_insert_t* in, ath_queue_inserted_t* out, i
   r->queue = strdup(in->queue);
   r->input = sdup(in->input);
   r->parent_id = sdup(in->parent_id);
+  r->call = sdup(in->call);
   r->kind = in->kind;
   r->priority = in->priority;
   r->max_attempts = in->max_attempts;

@@ -260,6 +260,43 @@ describe("workflows on the PostgreSQL backend", function()
     end
   end)
 
+  it("a step run by another node keeps ctx:run's per-call limits (the row carries them)", function()
+    -- node a runs the workflow (queue wfq), node b its step (queue other):
+    -- b never saw the call, it reads the limits from the step's row
+    local function node(name, serves)
+      local w = athena.World.new {
+        backend = athena.PostgresBackend.new { url = URL, nodeId = name .. "-wf" .. (schemas + 1), schema = "wf" .. (schemas + 1),
+          pollInterval = 200 },
+        modules = { "fixtures.wf_jobs" }, minWorkers = 1, maxWorkers = 1,
+        taskQueues = { wfq = { workers = serves == "wfq" and 1 or 0 }, other = { workers = serves == "other" and 1 or 0 } },
+        heartbeatInterval = 500, heartbeatTimeout = 3000, persistence = "file",
+      }
+      w:register(wf.all())
+      w:start()
+      worlds[#worlds + 1] = w
+      return w
+    end
+    local a = node("a", "wfq")
+    local b = node("b", "other")
+    schemas = schemas + 1
+    local log = S.tmpname()
+    -- wf.slow's definition: 1 attempt, the default 5-minute timeout
+    local h = a:execute("wf.limits", { name = "wf.slow", input = { ms = 60000, log = log },
+      opts = { timeout = "100ms", retry = { maxAttempts = 2, initialInterval = 1 }, taskQueue = "other" } },
+      { taskQueue = "wfq" })
+    local r, err = S.result(h)
+    assert.is_nil(err)
+    assert.equals("ETIMEDOUT", r.code)
+    assert.equals(2, r.attempt)
+    local step = sql("wf" .. schemas, "select call, attempt from {S}.tasks where parent_id = $1", h.id)
+    assert.equals(1, #step)
+    assert.equals(2, step[1].attempt)
+    assert.equals(100, athena.json.decode(step[1].call).timeout)
+    local starts = 0 -- both attempts on b (a serves no "other"), each cut at 100 ms
+    for _, l in ipairs(lines(log)) do starts = starts + (l:match("^slow start") and 1 or 0) end
+    assert.equals(2, starts)
+  end)
+
   it("cancel of a parked workflow is accepted; it and its children end cancelled, as on SQLite", function()
     local _, sch = same_as_sqlite(function(w)
       local log = S.tmpname()
