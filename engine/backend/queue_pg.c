@@ -90,8 +90,10 @@ static const char* const MIGRATIONS[ATH_QPG_SCHEMA_VERSION] = {
   "  owner bigint NOT NULL, task_seq bigint NOT NULL, kind smallint NOT NULL,"
   "  delivery text NOT NULL, at bigint NOT NULL, body text NOT NULL);",
   /* 6: a task's per-call limits (ctx:run's timeout, retry, scheduleToClose,
-   * heartbeatTimeout as JSON), so the node that claims it applies them */
-  "ALTER TABLE {S}.tasks ADD COLUMN call text;",
+   * heartbeatTimeout as JSON), so the node that claims it applies them; a
+   * parked workflow run's deadline (its timeout counts parked time) */
+  "ALTER TABLE {S}.tasks ADD COLUMN call text, ADD COLUMN run_by bigint;"
+  "CREATE INDEX tasks_run_by ON {S}.tasks (run_by) WHERE run_by IS NOT NULL;",
 };
 
 /* ------------------------------------------------------------ statements */
@@ -152,6 +154,7 @@ enum {
   ST_WF_KIDS,
   ST_WF_TAKE,
   ST_EXPIRE,
+  ST_RUN_TIMEOUT,
   ST_PRUNE,
   ST_COUNT
 };
@@ -217,6 +220,7 @@ static const char* const STMTS[ST_COUNT] = {
     "     ELSE t.ready_at END,"
     "   completed_at = CASE WHEN o.status >= 5 THEN {S}.now_ms() END,"
     "   close_by = CASE WHEN o.status >= 5 THEN NULL ELSE t.close_by END,"
+    "   run_by = CASE WHEN o.status >= 5 THEN NULL ELSE t.run_by END,"
     "   lease = NULL, worker_id = o.worker_id, wf_where = NULL"
     "   FROM o WHERE t.seq = o.seq AND t.lease IS NOT DISTINCT FROM $1 AND t.attempt = o.attempt"
     "   RETURNING t.seq, t.id, t.status, t.strategy, t.notify, t.queue, t.priority, t.ready_at,"
@@ -290,6 +294,20 @@ static const char* const STMTS[ST_COUNT] = {
     " d AS (DELETE FROM {S}.ready r USING e WHERE r.seq = e.seq),"
     " x AS (UPDATE {S}.tasks x SET lease = $1, due_at = NULL FROM e WHERE x.seq = e.seq RETURNING x.*)"
     " SELECT " TASK_COLS("x") " FROM x ORDER BY x.seq",
+  /* A parked workflow run past its deadline (run_by: the run's timeout,
+   * parked time counted) is made ready, marked (wait_kind 6): whoever
+   * claims it times the run out. */
+  [ST_RUN_TIMEOUT] =
+    "WITH e AS (SELECT seq FROM {S}.tasks WHERE run_by <= {S}.now_ms() AND lease IS NULL"
+    "   AND kind = 1 AND status = 2 AND wf_where IN (1, 3) ORDER BY run_by LIMIT $1"
+    "   FOR UPDATE SKIP LOCKED),"
+    " u AS (UPDATE {S}.tasks t SET wf_where = 2, wait_kind = 6, due_at = NULL, run_by = NULL,"
+    "   ready_at = {S}.now_ms() FROM e WHERE t.seq = e.seq"
+    "   RETURNING t.seq, t.queue, t.priority, t.ready_at),"
+    " r AS (INSERT INTO {S}.ready SELECT seq, queue, priority, ready_at FROM u"
+    "   ON CONFLICT (seq) DO NOTHING RETURNING queue),"
+    " n AS (" NOTIFY_READY("r", "$2") ")"
+    " SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM n)",
   /* Retention (SEMANTICS §13): finished tasks, dead letters aside, and
    * their history, completed more than $1 ms ago; oldest first by
    * tasks_done. */
@@ -526,9 +544,10 @@ static const char* const STMTS[ST_COUNT] = {
    * both lock this row. */
   [ST_WF_PARK] =
     "WITH o AS (SELECT * FROM unnest($2::bigint[], $3::int[], $4::smallint[], $5::text[],"
-    "   $6::smallint[], $7::text[], $8::bigint[], $9::bigint[], $10::int[]) WITH ORDINALITY"
-    "   AS o(seq, attempt, status, error, kind, task, wseq, delay, seen, i)),"
+    "   $6::smallint[], $7::text[], $8::bigint[], $9::bigint[], $10::int[], $11::bigint[])"
+    "   WITH ORDINALITY AS o(seq, attempt, status, error, kind, task, wseq, delay, seen, run_by, i)),"
     " p AS (UPDATE {S}.tasks t SET status = o.status, error = coalesce(o.error, t.error),"
+    "   run_by = nullif(o.run_by, 0),"
     "  " KEEP_CASCADE("o.kind", "o.task", "o.wseq") ", lease = NULL,"
     "   wf_where = CASE WHEN t.wait_kind = 5 THEN 2 WHEN o.kind = 4 THEN 3"
     "     WHEN t.wake > o.seen OR EXISTS (SELECT 1 FROM {S}.tasks x WHERE x.id = o.task"
@@ -541,7 +560,7 @@ static const char* const STMTS[ST_COUNT] = {
     "   RETURNING t.seq, t.queue, t.priority, t.ready_at, t.wf_where),"
     " r AS (INSERT INTO {S}.ready SELECT seq, queue, priority, ready_at FROM p WHERE wf_where = 2"
     "   ON CONFLICT (seq) DO NOTHING RETURNING queue),"
-    " n AS (" NOTIFY_READY("r", "$11") ")"
+    " n AS (" NOTIFY_READY("r", "$12") ")"
     " SELECT o.seq, p.seq IS NOT NULL, (SELECT count(*) FROM n)"
     " FROM o LEFT JOIN p ON p.seq = o.seq ORDER BY o.i",
   /* Segments back to ready as resumptions of the same run (a rescue, a
@@ -1343,7 +1362,7 @@ static int read_appended(ath_qpg_t* q, const ath_queue_append_t* a, size_t n, ui
 
 static int send_parks(ath_qpg_t* q, int64_t lease, const ath_queue_park_t* o, size_t n) {
   params_t p;
-  params_init(&p, 9);
+  params_init(&p, 10);
   for (size_t i = 0; i < n; i++) {
     arr_int(&p, 0, o[i].seq);
     arr_int(&p, 1, o[i].attempt);
@@ -1354,6 +1373,7 @@ static int send_parks(ath_qpg_t* q, int64_t lease, const ath_queue_park_t* o, si
     arr_int(&p, 6, o[i].wait_seq);
     arr_int(&p, 7, o[i].delay_ms);
     arr_int(&p, 8, o[i].wake_seen);
+    arr_int(&p, 9, o[i].run_by);
   }
   return send_fenced(q, ST_WF_PARK, lease, &p, 1);
 }
@@ -1611,9 +1631,14 @@ int ath__qpg_expire(ath_qpg_t* q, int64_t leader, int limit, ath_queue_tasks_t* 
   snprintf(leader_s, sizeof(leader_s), "%" PRId64, leader);
   snprintf(limit_s, sizeof(limit_s), "%d", limit);
   const char* v[2] = {leader_s, limit_s};
+  const char* tv[2] = {limit_s, q->notify ? "t" : "f"};
   PGresult* r = NULL;
   memset(out, 0, sizeof(*out));
-  int rc = run1(q, ST_EXPIRE, 2, v, &r);
+  int rc = run1(q, ST_RUN_TIMEOUT, 2, tv, &r);
+  PQclear(r);
+  r = NULL;
+  if (rc >= 0)
+    rc = run1(q, ST_EXPIRE, 2, v, &r);
   return rc < 0 ? rc : decode_tasks(r, out);
 }
 

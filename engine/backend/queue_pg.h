@@ -117,10 +117,12 @@ int ath__qpg_stage(ath_qpg_t* q, const int64_t* seqs, size_t n, int64_t late_ms,
 int ath__qpg_rescue(ath_qpg_t* q, int64_t leader, int limit, int64_t grace_ms,
                     ath_queue_tasks_t* out);
 
-/* scheduleToClose (leader): leases to `leader` at most `limit` activities
- * past their close_by that nobody leases (queued, delayed or waiting for a
- * retry; out of ready), for the caller to fail (ETIMEDOUT) with a finish
- * under `leader`. */
+/* Deadlines (leader): first, at most `limit` parked workflow runs past
+ * their run_by are made ready, marked (wait_kind ATH_QUEUE_WAIT_TIMEOUT:
+ * their claimer times the run out); then leases to `leader` at most
+ * `limit` activities past their close_by (scheduleToClose) that nobody
+ * leases (queued, delayed or waiting for a retry; out of ready), for the
+ * caller to fail (ETIMEDOUT) with a finish under `leader`. */
 int ath__qpg_expire(ath_qpg_t* q, int64_t leader, int limit, ath_queue_tasks_t* out);
 /* Retention (leader): deletes at most `limit` unleased finished tasks (dead
  * letters kept) completed more than retention_ms ago by the database's

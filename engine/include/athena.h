@@ -781,6 +781,9 @@ typedef struct {
 /* The row's wait_kind after a child failed under cascade (§8): wait_task
  * names that child, and whoever claims the workflow fails it. */
 #define ATH_QUEUE_WAIT_CASCADE 5
+/* ... and after its run's deadline passed while parked (park.run_by): its
+ * claimer times the run out (ETIMEDOUT, then its strategy). */
+#define ATH_QUEUE_WAIT_TIMEOUT 6
 
 /* A workflow segment parked: the row leaves its lease and waits for task
  * wait_task (kinds 1 activity, 2 child, 3 compensation) or for delay_ms
@@ -798,6 +801,9 @@ typedef struct {
   int64_t wait_seq;
   int64_t delay_ms;      /* kind 4 */
   int wake_seen;
+  int64_t run_by;        /* wall ms the run's timeout ends, parked time
+                          * counted (0: none): past it, `expire` makes the
+                          * row ready, marked ATH_QUEUE_WAIT_TIMEOUT */
 } ath_queue_park_t;
 
 typedef struct {
@@ -1091,8 +1097,10 @@ struct ath_queue_provider_s {
    * transactions run again after a conflict (NULL: 0). */
   int (*maintain)(ath_queue_conn_t* c);
   int64_t (*retries)(const ath_queue_conn_t* c);
-  /* Optional (NULL: scheduleToClose is enforced only on claimed tasks):
-   * the leader's; leases to `leader` at most `limit` activities past their
+  /* Optional (NULL: scheduleToClose and a workflow run's timeout are
+   * enforced only on claimed tasks): the leader's; makes parked workflow
+   * runs past their park's run_by ready, marked ATH_QUEUE_WAIT_TIMEOUT,
+   * and leases to `leader` at most `limit` activities past their
    * scheduleToClose deadline that nobody leases (queued, delayed, waiting
    * for a retry; no longer claimable), for the engine to fail with
    * ETIMEDOUT through cycle. */

@@ -72,6 +72,17 @@ static void add_append(ath_wfpg_t* b, ath_task_t* t) {
   wf->stored_n = wf->nev;
 }
 
+/* The wall time (ms) at which t's run exceeds its timeout, parked time
+ * counted (the run started at start_mono), or 0 when it has none. */
+static int64_t run_deadline(const ath_task_t* t, int64_t now) {
+  int64_t lim = ath__task_limits(t)->timeout_ms;
+  if (lim <= 0 || t->start_mono == 0)
+    return 0;
+  /* uv_hrtime: a world on a shared queue has no manual clock */
+  int64_t ran = (int64_t)((uv_hrtime() - t->start_mono) / 1000000u);
+  return now + lim - ran;
+}
+
 /* The park of t's segment (wf->where parked or timer). */
 static void add_park(ath_wfpg_t* b, ath_task_t* t, int64_t now) {
   ath_wf_t* wf = t->wf;
@@ -90,6 +101,7 @@ static void add_park(ath_wfpg_t* b, ath_task_t* t, int64_t now) {
   p->wait_seq = wf->wait_seq;
   p->delay_ms = wf->where == ATH_WF_TIMER ? t->ready_at - now : 0;
   p->wake_seen = wf->dq_wake;
+  p->run_by = run_deadline(t, now);
   b->park_t[b->nparks++] = t;
   x->dq_attempt = 0; /* given back with the park; restored if the cycle fails */
 }
@@ -229,6 +241,26 @@ int ath__wfpg_claimed(ath_world_t* w, ath_task_t* t, const ath_queue_task_t* r, 
     wf->resuming = 0;
     return -1;
   }
+  /* the run began at the row's started_at (any node's): its timeout
+   * counts from there, parked time included (exchange.c start_claimed) */
+  if (r->started_at > 0) {
+    int64_t ago = ath__wall(w) - r->started_at;
+    uint64_t mono = ath__mono(w);
+    t->start_mono = ago <= 0 ? mono : (uint64_t)ago * 1000000u < mono ? mono - (uint64_t)ago * 1000000u : 1;
+    t->started_at = r->started_at;
+  }
+  if (r->wait_kind == ATH_QUEUE_WAIT_TIMEOUT && r->status == ATH_RUNNING && !stop) {
+    /* parked past its deadline: the leader made it ready to end the run */
+    ath__task_dq(t)->dq_attempt = r->attempt;
+    t->remote = 0;
+    t->unborn = 0;
+    t->attempt = r->attempt;
+    t->status = ATH_RUNNING;
+    wf->resuming = 0;
+    wf->where = ATH_WF_PARKED;
+    *nwake = ath__wf_run_timed_out(w, t, wake, *nwake);
+    return 0;
+  }
   /* the same run goes on, in its state (running or compensating) */
   ath__task_dq(t)->dq_attempt = r->attempt;
   t->remote = 0;
@@ -238,7 +270,8 @@ int ath__wfpg_claimed(ath_world_t* w, ath_task_t* t, const ath_queue_task_t* r, 
   ath__dq_take_error(t, r->error); /* a compensating run's failure */
   if (stop && stop_claimed(w, t, r, wake, nwake) == 0)
     return 0;
-  if (r->wait_kind != ATH_PARK_NONE && r->wait_kind != ATH_QUEUE_WAIT_CASCADE)
+  if (r->wait_kind != ATH_PARK_NONE && r->wait_kind != ATH_QUEUE_WAIT_CASCADE &&
+      r->wait_kind != ATH_QUEUE_WAIT_TIMEOUT)
     ath__wf_record_row(w, t, r->wait_kind, r->wait_seq, r->wait_status, r->wait_result, r->wait_error);
   wf->resuming = 1;
   wf->where = ATH_WF_QUEUED;

@@ -133,7 +133,7 @@ TEST_IMPL(db_pg_queue_migrate) {
   sql_ok(c, "DROP INDEX qpg_migrate.schedules_due; DROP INDEX qpg_migrate.tasks_dead;"
             " ALTER TABLE qpg_migrate.schedules DROP COLUMN max_attempts, DROP COLUMN close_after;"
             " DROP TABLE qpg_migrate.workflow_events; DROP TABLE qpg_migrate.outbox;"
-            " ALTER TABLE qpg_migrate.tasks DROP COLUMN call;"
+            " ALTER TABLE qpg_migrate.tasks DROP COLUMN call, DROP COLUMN run_by;"
             " CREATE TABLE qpg_migrate.history (task_seq bigint NOT NULL, n int NOT NULL,"
             "   event text NOT NULL, PRIMARY KEY (task_seq, n));"
             " INSERT INTO qpg_migrate.history SELECT seq, 0, '{\"type\":\"workflow.started\"}'"
@@ -157,9 +157,11 @@ TEST_IMPL(db_pg_queue_migrate) {
   /* version 5: the webhook outbox */
   ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM pg_tables WHERE schemaname = 'qpg_migrate'"
                           " AND tablename = 'outbox'"));
-  /* version 6: per-call limits in the row */
-  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM information_schema.columns WHERE table_schema ="
-                          " 'qpg_migrate' AND table_name = 'tasks' AND column_name = 'call'"));
+  /* version 6: per-call limits and a parked run's deadline in the row */
+  ASSERT_EQ(2, sql_int(c, "SELECT count(*) FROM information_schema.columns WHERE table_schema ="
+                          " 'qpg_migrate' AND table_name = 'tasks' AND column_name IN ('call', 'run_by')"));
+  ASSERT_EQ(1, sql_int(c, "SELECT count(*) FROM pg_indexes WHERE schemaname = 'qpg_migrate'"
+                          " AND indexname = 'tasks_run_by'"));
   ASSERT_EQ(0, sql_int(c, "SELECT count(*) FROM information_schema.columns WHERE table_schema ="
                           " 'qpg_migrate' AND data_type = 'jsonb'"));
   sql_ok(c, "UPDATE qpg_migrate.meta SET value = '99' WHERE key = 'schema_version'");

@@ -19,6 +19,7 @@ local function world()
   local w = athena.World.new {
     backend = athena.PostgresBackend.new { url = URL, nodeId = "wf-" .. sch, schema = sch, pollInterval = 200 },
     modules = { "fixtures.wf_jobs" }, minWorkers = 2, maxWorkers = 2,
+    taskQueues = { nobody = { workers = 0 } },
     heartbeatInterval = 500, heartbeatTimeout = 3000, persistence = "file",
   }
   w:register(wf.all())
@@ -258,6 +259,36 @@ describe("workflows on the PostgreSQL backend", function()
       assert.same({ "workflow.started", "child.started", "activity.scheduled", "workflow.failed" }, types(h))
       settled(sch)
     end
+  end)
+
+  it("a run's timeout counts parked time: a run parked past it ends ETIMEDOUT on another node", function()
+    local a, sch = world()
+    local h = a:execute("wf.deadline", { queue = "nobody" })
+    S.eventually(function()
+      return sql(sch, "select wf_where from {S}.tasks where id = $1", h.id)[1].wf_where == 1
+    end, nil, "the run to park")
+    assert.is_true(sql(sch, "select run_by > started_at as armed from {S}.tasks where id = $1", h.id)[1].armed)
+    a:shutdown() -- nobody holds the run now: only the leader's sweep can end it
+    local b = athena.World.new {
+      backend = athena.PostgresBackend.new { url = URL, nodeId = "b-" .. sch, schema = sch, pollInterval = 200 },
+      modules = { "fixtures.wf_jobs" }, minWorkers = 1, maxWorkers = 1, taskQueues = { nobody = { workers = 0 } },
+      heartbeatInterval = 500, heartbeatTimeout = 3000, persistence = "file",
+    }
+    b:register(wf.all())
+    b:start()
+    worlds[#worlds + 1] = b
+    local q = S.eventually(function()
+      local q = b:query(h.id)
+      return q and q.completedAt and q
+    end, nil, "the run to time out")
+    assert.equals("failed", q.status)
+    assert.equals("ETIMEDOUT", q.error.code)
+    assert.matches("exceeded its timeout", q.error.message)
+    local row = S.eventually(function() -- the outcome's cycle writes the row
+      local row = sql(sch, "select status, run_by is null as cleared from {S}.tasks where id = $1", h.id)[1]
+      return row.status == 6 and row
+    end, nil, "the row to end failed")
+    assert.is_true(row.cleared)
   end)
 
   it("a step run by another node keeps ctx:run's per-call limits (the row carries them)", function()
