@@ -82,6 +82,20 @@ endforeach()
 
 
 
+# Specs that make sense against the PostgreSQL backend run on it too: every
+# world they make through fixtures/support.lua or sem_util.lua (without the
+# manual clock) gets the shared queue in its own schema (lua.pg.<spec>).
+# Others assert what differs there by design (docs/backend-postgres.md
+# "Limits": this node's task counters, handle snapshots after a requeue).
+foreach(name failure withretry heartbeat)
+  add_test(NAME lua.pg.${name}
+    COMMAND lua5.4 /usr/bin/busted --helper=${PROJECT_SOURCE_DIR}/tests/lua/helper.lua
+            -o utfTerminal ${PROJECT_SOURCE_DIR}/tests/lua/${name}_spec.lua
+    WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+  set_tests_properties(lua.pg.${name} PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED pg RESOURCE_LOCK pg_nodes
+    ENVIRONMENT "${LUA_ENV};ATHENA_TEST_GC=normal;ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url;ATHENA_TEST_BACKEND=postgres;ATHENA_TEST_SPEC=${name}")
+endforeach()
+
 # The PostgreSQL backend across processes (scripts/dist-test, fixture "pg"):
 # 3 nodes and a controller; a kill -9 of a node mid-run, of the leader, then
 # poll-only without one.
