@@ -635,6 +635,7 @@ static void xchg_end(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
    * joins before it stops the webhooks: the hook outlives the post. */
   ath_hook_t* hook = x->held != NULL ? w->hook : NULL;
   w->hook_held = NULL;
+  w->counting = NULL;
   uv_mutex_unlock(&w->lock);
   wk->exchanged_ns = uv_hrtime();
   if (hook != NULL)
@@ -645,13 +646,23 @@ static void xchg_end(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
     uv_async_send(&w->easync);
 }
 
+/* The start of a worker's critical section (lock held): its task events
+ * are held until it unlocks (xchg_end), and its terminal events bump its
+ * own counters. A worker declared lost is off the list, its counts folded
+ * into the world's (unlist_worker): what it still ends counts there. */
+static void xchg_begin(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
+  int lost = atomic_load(&wk->lost);
+  w->hook_held = lost ? NULL : &x->held;
+  w->counting = lost ? NULL : &wk->counts;
+}
+
 int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
                         int max, int* stop, ath_waiter_t** inbox, ath_vtimer_t** fired) {
   ath_worker_t* wake[MAX_WORKERS];
   xchg_t x = {wake, 0, 0, 0, 0, ath__wall(w), ath__mono(w), NULL};
   int n = 0;
   uv_mutex_lock(&w->lock);
-  w->hook_held = atomic_load(&wk->lost) ? NULL : &x.held; /* see xchg_end */
+  xchg_begin(w, wk, &x);
   int nout = wk->noutcomes; /* their held tasks are seen to after the claims */
   int back = settle_prefetch(w, wk, &x); /* first: its outcomes may be theirs */
   publish(w, wk, &x);
@@ -676,7 +687,7 @@ void ath__world_flush(ath_world_t* w, ath_worker_t* wk) {
   ath_worker_t* wake[MAX_WORKERS];
   xchg_t x = {wake, 0, 0, 0, 0, ath__wall(w), ath__mono(w), NULL};
   uv_mutex_lock(&w->lock);
-  w->hook_held = atomic_load(&wk->lost) ? NULL : &x.held; /* see xchg_end */
+  xchg_begin(w, wk, &x);
   int nout = wk->noutcomes;
   wake_for(w, wk, settle_prefetch(w, wk, &x), &x);
   publish(w, wk, &x);

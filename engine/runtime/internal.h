@@ -526,6 +526,17 @@ typedef struct {
   struct ath_task_s* held;
 } ath_outcome_t;
 
+/* Task counters (SEMANTICS §14.1). Each worker has its own set, bumped by
+ * the terminal events of its own exchanges (the world lock held by that
+ * exchange: no other thread writes it), so that workers finishing tasks do
+ * not write one shared cache line; the world has one more for the events
+ * of other threads (cancels, the engine, the monitor) and for the sums of
+ * workers that left the list. Read under the lock, summed
+ * (ath__counts_sum). */
+typedef struct {
+  int64_t completed, failed, retried, cancelled, quarantined;
+} ath_counts_t;
+
 /* A worker as the watchdog sees it (watchdog.c; under its lock). */
 typedef struct {
   struct ath_worker_s *next, *prev; /* the watchdog's list */
@@ -590,6 +601,11 @@ struct ath_worker_s {
   ath_bucket_t resumes;  /* workflows whose coroutine it caches, due to resume
                           * here (counted in its queue's depth) */
   int64_t tasks_completed, tasks_failed;
+  /* The world's task counters this worker's exchanges bumped (see
+   * ath_counts_t), on cache lines of their own. */
+  char counts_pad[64];
+  ath_counts_t counts;
+  char counts_end[64];
   /* Tasks claimed ahead, pre[0..npre) (written in its exchanges, under the
    * lock; each entry's state is atomic); pre_next: the next to start
    * (worker thread only). */
@@ -688,7 +704,10 @@ struct ath_world_s {
   int engine_stop;
   /* Counters (SEMANTICS §14.1). */
   int64_t started_at;
-  int64_t n_completed, n_failed, n_retried, n_cancelled, n_quarantined;
+  ath_counts_t counts;    /* see ath_counts_t */
+  /* While a worker's exchange holds the lock: its counters, which the
+   * terminal events bump (NULL: `counts`). */
+  ath_counts_t* counting;
   int64_t n_scheduled, n_running;
   int64_t tput[3600];     /* completions per wall second, ring by second */
   int64_t tput_sec;       /* the second tput[tput_sec % 3600] counts */
@@ -935,6 +954,11 @@ void ath__lat_add(ath_lat_ring_t* r, double ms, int64_t at);
 void ath__monitor_cb(uv_timer_t* h);
 void ath__scale_cb(uv_timer_t* h);
 void ath__tput_add(ath_world_t* w, int64_t now_ms);
+/* The counters the current holder of the lock bumps (lock held). */
+static inline ath_counts_t* ath__counts(ath_world_t* w) {
+  return w->counting != NULL ? w->counting : &w->counts;
+}
+void ath__counts_sum(const ath_world_t* w, ath_counts_t* out);
 int ath__telemetry_on_end(ath_world_t* w, const ath_term_ev_t* ev, ath_worker_t** wake, int nwake);
 /* vclock.c */
 int ath__vtimer_less(const void* a, const void* b);

@@ -60,23 +60,39 @@ void ath__tput_add(ath_world_t* w, int64_t now_ms) {
  * throughput rings for completions. */
 int ath__telemetry_on_end(ath_world_t* w, const ath_term_ev_t* ev, ath_worker_t** wake, int nwake) {
   (void)wake;
+  ath_counts_t* c = ath__counts(w);
   switch (ev->st) {
     case ATH_COMPLETED:
-      w->n_completed++;
+      c->completed++;
       if (!w->cfg.no_metrics)
         ath__tput_add(w, ev->now);
       break;
     case ATH_CANCELLED:
-      w->n_cancelled++;
+      c->cancelled++;
       break;
     case ATH_QUARANTINED:
-      w->n_quarantined++;
+      c->quarantined++;
       break;
     default:
-      w->n_failed++;
+      c->failed++;
       break;
   }
   return nwake;
+}
+
+static void counts_add(ath_counts_t* to, const ath_counts_t* c) {
+  to->completed += c->completed;
+  to->failed += c->failed;
+  to->retried += c->retried;
+  to->cancelled += c->cancelled;
+  to->quarantined += c->quarantined;
+}
+
+/* The world's counters: its own plus every listed worker's (lock held). */
+void ath__counts_sum(const ath_world_t* w, ath_counts_t* out) {
+  *out = w->counts;
+  for (int i = 0; i < w->nworkers; i++)
+    counts_add(out, &w->workers[i]->counts);
 }
 
 /* Appends wk to the list *v of *n workers. Returns 0, or -1 when out of
@@ -100,6 +116,10 @@ static void unlist_worker(ath_world_t* w, ath_worker_t* wk) {
       break;
     }
   }
+  /* what it counted stays counted; a lost worker's exchanges count no
+   * more (ath__world_exchange) */
+  counts_add(&w->counts, &wk->counts);
+  memset(&wk->counts, 0, sizeof(wk->counts));
   if (atomic_load(&wk->lost))
     keep_worker(&w->retired, &w->nretired, wk);
   else
@@ -405,12 +425,14 @@ void ath_world_metrics(ath_world_t* w, ath_metrics_t* m) {
     m->queued += w->queues[i]->depth;
   m->scheduled = w->n_scheduled;
   m->running = w->n_running;
-  m->completed = w->n_completed;
+  ath_counts_t c;
+  ath__counts_sum(w, &c);
+  m->completed = c.completed;
   m->resident = (int64_t)w->ntasks;
-  m->failed = w->n_failed;
-  m->retried = w->n_retried;
-  m->cancelled = w->n_cancelled;
-  m->quarantined = w->n_quarantined;
+  m->failed = c.failed;
+  m->retried = c.retried;
+  m->cancelled = c.cancelled;
+  m->quarantined = c.quarantined;
   /* Throughput over windows that end now: the current, partial slot and
    * the whole slots before it (10 tenths of a second, 60 or 3600 seconds),
    * so a window spans at most its length and a burst shows at once. */

@@ -1058,7 +1058,7 @@ relock:
       t->status = ATH_FAILED;
       t->err_code = ATH_ENOMEM;
       t->completed_at = now;
-      w->n_failed++;
+      ath__counts(w)->failed++;
     }
     out[i] = t;
   }
@@ -1150,7 +1150,7 @@ void ath__engine_tick(ath_world_t* w) {
       t->status = ATH_FAILED;
       t->err_code = ATH_ENOMEM;
       t->completed_at = ath__wall(w);
-      w->n_failed++;
+      ath__counts(w)->failed++;
       continue;
     }
     if (nwake < MAX_WORKERS)
