@@ -35,6 +35,7 @@ typedef struct ath_sched_s ath_sched_t;
 typedef struct ath_http_s ath_http_t;
 typedef struct ath_hook_s ath_hook_t;
 typedef struct ath_event_s ath_event_t; /* a webhook event (webhook.c) */
+typedef struct ath_xhold_s ath_xhold_t; /* an exchange's held events (exchange.c) */
 
 /* A world:serve() request, carried out on the engine thread. */
 typedef struct {
@@ -450,6 +451,7 @@ struct ath_slot_s {
   uint64_t deadline[4];  /* monotonic ns: timeout, heartbeat, scheduleToClose,
                           * and a scoped one (withRetry's per-attempt timeout); 0: none */
   uint64_t next_deadline;/* the earliest of them, UINT64_MAX if none */
+  uint64_t started_mono; /* monotonic ns the attempt started in this slot */
   atomic_int interrupt;  /* ATH_E* to raise in the task, 0 for none */
   /* A workflow segment that parked (ATH_WAIT_PARK): what it waits for. */
   int park_kind;         /* ATH_PARK_* */
@@ -524,6 +526,9 @@ typedef struct {
   /* The slot's `held` task (a reference): the exchange wakes a worker for
    * it unless it claims it itself. */
   struct ath_task_s* held;
+  uint64_t started_mono; /* the slot's start of the attempt */
+  int sampled;           /* its run time (and completion) were recorded
+                          * before the exchange took the lock */
 } ath_outcome_t;
 
 /* Task counters (SEMANTICS §14.1). Each worker has its own set, bumped by
@@ -709,6 +714,13 @@ struct ath_world_s {
    * terminal events bump (NULL: `counts`). */
   ath_counts_t* counting;
   int64_t n_scheduled, n_running;
+  /* The latency and throughput rings below are guarded by tel_lock, not
+   * the world lock: a worker records its outcomes' samples before its
+   * exchange takes the world lock and its claims' after (exchange.c). It
+   * may be taken with the world lock held, never the other way round. */
+  uv_mutex_t tel_lock;
+  const struct ath_task_s* precounted; /* lock held: the task whose completion the
+                          * exchange that ends it counted in the rings already */
   int64_t tput[3600];     /* completions per wall second, ring by second */
   int64_t tput_sec;       /* the second tput[tput_sec % 3600] counts */
   int64_t tput_ds[20];    /* completions per 100 ms, ring by tenth (perSecond) */
@@ -735,7 +747,7 @@ struct ath_world_s {
   ath_hook_t* hook;      /* webhooks, or NULL */
   /* While a worker's exchange holds the lock: where its task events go,
    * queued once it unlocks (NULL: queued at once). */
-  ath_event_t** hook_held;
+  struct ath_xhold_s* hook_held;
   struct ath_watch_s* watch; /* the watchdog (watchdog.c), from start to free */
   struct ath_gws_s* gws; /* the gateway served (owned by its HTTP server), or NULL */
   ath_log_t* log;        /* the world's logger (SEMANTICS §14.2) */
@@ -954,6 +966,7 @@ void ath__lat_add(ath_lat_ring_t* r, double ms, int64_t at);
 void ath__monitor_cb(uv_timer_t* h);
 void ath__scale_cb(uv_timer_t* h);
 void ath__tput_add(ath_world_t* w, int64_t now_ms);
+void ath__tput_undo(ath_world_t* w, int64_t now_ms);
 /* The counters the current holder of the lock bumps (lock held). */
 static inline ath_counts_t* ath__counts(ath_world_t* w) {
   return w->counting != NULL ? w->counting : &w->counts;
@@ -1025,6 +1038,13 @@ void ath__hook_emit_task(ath_hook_t* h, int kind, int64_t at, ath_task_t* t, con
  * outbox's mutex is then never taken inside the world lock). */
 void ath__hook_hold_task(ath_hook_t* h, ath_event_t** held, int kind, int64_t at, ath_task_t* t,
                          const char* error, size_t error_len);
+/* The same, made with no lock held from the state the task had when the
+ * event happened (status, attempt; no error) and a reference to it, which
+ * the event takes over (released if it cannot be made). */
+void ath__hook_hold_ref(ath_hook_t* h, ath_event_t** held, int kind, int64_t at, ath_task_t* t,
+                        ath_status_t status, int attempt);
+/* Puts an event made by either on `held`, as they do. */
+void ath__hook_push(ath_event_t** held, ath_event_t* e);
 /* Queues the events ath__hook_hold_task kept on `held`, in the order they
  * were made. Thread: any, no lock held. */
 void ath__hook_post(ath_hook_t* h, ath_event_t* held);
