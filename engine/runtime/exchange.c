@@ -21,6 +21,8 @@
 int ath__pick_sleepers(ath_world_t* w, ath_queue_t* q, int64_t n,
                          ath_worker_t** out, int cap) {
   int k = 0;
+  if (q->wanting == 0)
+    return 0; /* all busy: the usual case under load looks at no worker */
   /* idle workers first: one running a task cannot start another until
    * that task yields (SEMANTICS §5.2: the fewest running wins) */
   for (int pass = 0; pass < 2; pass++) {
@@ -28,7 +30,7 @@ int ath__pick_sleepers(ath_world_t* w, ath_queue_t* q, int64_t n,
       ath_worker_t* wk = w->workers[i];
       if (wk->queue == q && wk->wants_work && wk->state != ATH_WK_STOPPED &&
           (pass == 1 || wk->running == 0)) {
-        wk->wants_work = 0;
+        ath__set_wants(wk, 0);
         atomic_fetch_add_explicit(&wk->wakes_held, 1, memory_order_relaxed);
         out[k++] = wk;
       }
@@ -803,7 +805,7 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
   release_held(w, wk, nout, &x);
   if (wk->resumes.head != NULL && (wk->stop || !ath__home_open(w, wk)))
     x.nwake = ath__wf_unhome(w, wk, x.wake, x.nwake); /* no more segments here */
-  wk->wants_work = !wk->stop && wk->running < wk->concurrency;
+  ath__set_wants(wk, !wk->stop && wk->running < wk->concurrency);
   *stop = wk->stop && wk->running == 0;
   *inbox = wk->inbox;
   wk->inbox = NULL;

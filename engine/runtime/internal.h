@@ -363,6 +363,8 @@ struct ath_queue_s {
   int nbuckets;
   int64_t depth;         /* ready tasks */
   int64_t running;       /* tasks holding slots */
+  int wanting;           /* its workers with wants_work set (ath__set_wants):
+                          * with none, an enqueue looks at no worker */
 };
 
 /* An indexed binary min-heap: each element keeps its position in a
@@ -599,7 +601,8 @@ struct ath_worker_s {
   /* Guarded by the world lock: */
   int running;           /* slots in use */
   ath_task_t** running_tasks; /* the `running` tasks, for getWorkers() */
-  int wants_work;        /* asleep with a free slot: enqueuers wake it */
+  int wants_work;        /* asleep with a free slot: enqueuers wake it
+                          * (written by ath__set_wants only) */
   int stop;              /* asked to stop once its slots are empty */
   int state;             /* ATH_WK_* */
   ath_waiter_t* inbox;   /* parked slots whose awaited task finished */
@@ -949,6 +952,11 @@ int ath__finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t now
  * and retention here hear of it (no counters, webhooks or store write). */
 int ath__finish_remote(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t now, ath_worker_t** wake, int nwake);
 int ath__make_ready(ath_world_t* w, ath_task_t* t);
+/* Sets wk->wants_work, counted in its queue's `wanting` (lock held). */
+static inline void ath__set_wants(ath_worker_t* wk, int on) {
+  wk->queue->wanting += (on != 0) - (wk->wants_work != 0);
+  wk->wants_work = on != 0;
+}
 int ath__pick_sleepers(ath_world_t* w, ath_queue_t* q, int64_t n, ath_worker_t** out, int cap);
 void ath__set_error(ath_task_t* t, int code, const char* message);
 int ath__unqueue(ath_world_t* w, ath_task_t* t);

@@ -219,7 +219,7 @@ static void autoscale(ath_world_t* w) {
       if (wk->queue == q && !wk->stop && wk->state == ATH_WK_RUNNING && wk->running == 0 &&
           wk->npre == 0) { /* none claimed ahead either: truly idle */
         wk->stop = 1; /* stopping at once; claims nothing more */
-        wk->wants_work = 0;
+        ath__set_wants(wk, 0);
         retire[nretire++] = wk;
       }
     }
@@ -272,7 +272,7 @@ static void monitor(ath_world_t* w) {
       continue;
     atomic_store(&wk->lost, 1);
     wk->stop = 1;
-    wk->wants_work = 0;
+    ath__set_wants(wk, 0);
     nwake = ath__wf_unhome(w, wk, wake, nwake); /* its cached workflows replay elsewhere */
     nwake = ath__prefetch_lost(w, wk, wake, nwake); /* before its running tasks are failed */
     ath_buf_t ev = {0}; /* worker.lost {workerId, tasks = [ids]} */
