@@ -546,17 +546,14 @@ static void await_workers(ath_world_t* w, int want, const char* what) {
   }
 }
 
-/* A pool that grows and shrinks for a long time keeps nothing of the
- * workers it retired: no loop (an epoll and an event fd each), no struct.
- * Before, each retired worker's loop stayed open until the world was
- * freed: the process ran out of descriptors after enough cycles. */
-TEST_IMPL(world_autoscale_frees_retired) {
-  write_module();
+/* A started memory world of 1 to `max` workers, scaled every 20 ms, with
+ * "nap" registered. */
+static ath_world_t* scaling_world(int max) {
   static const char* const mods[] = {"ctjobs", NULL};
   ath_world_config_t cfg;
   ath_world_config_init(&cfg);
   cfg.min_workers = 1;
-  cfg.max_workers = 4;
+  cfg.max_workers = max;
   cfg.scale_interval_ms = 20;
   cfg.persistence = ATH_PERSIST_MEMORY;
   cfg.modules = mods;
@@ -566,6 +563,16 @@ TEST_IMPL(world_autoscale_frees_retired) {
   ASSERT_OK(ath_world_new(&cfg, &w, err, sizeof(err)));
   ASSERT_OK(reg(w, "nap", NULL, 0));
   ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  return w;
+}
+
+/* A pool that grows and shrinks for a long time keeps nothing of the
+ * workers it retired: no loop (an epoll and an event fd each), no struct.
+ * Before, each retired worker's loop stayed open until the world was
+ * freed: the process ran out of descriptors after enough cycles. */
+TEST_IMPL(world_autoscale_frees_retired) {
+  write_module();
+  ath_world_t* w = scaling_world(4);
   int fds_after_first = 0;
   enum { CYCLES = 20, TASKS = 8 };
   for (int c = 0; c < CYCLES; c++) {
@@ -1170,20 +1177,7 @@ static void await_wanting(ath_world_t* w, int want, const char* what) {
  * at no worker): exactly, through claims, retirements and wakes. */
 TEST_IMPL(world_queue_counts_wanting) {
   write_module();
-  static const char* const mods[] = {"ctjobs", NULL};
-  ath_world_config_t cfg;
-  ath_world_config_init(&cfg);
-  cfg.min_workers = 1;
-  cfg.max_workers = 3;
-  cfg.scale_interval_ms = 20;
-  cfg.persistence = ATH_PERSIST_MEMORY;
-  cfg.modules = mods;
-  cfg.lua_path = lua_path;
-  ath_world_t* w = NULL;
-  char err[512];
-  ASSERT_OK(ath_world_new(&cfg, &w, err, sizeof(err)));
-  ASSERT_OK(reg(w, "nap", NULL, 0));
-  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  ath_world_t* w = scaling_world(3);
   await_wanting(w, 1, "idle");
   enum { TASKS = 6 };
   ath_task_t* ts[TASKS];
