@@ -21,6 +21,8 @@
 int ath__pick_sleepers(ath_world_t* w, ath_queue_t* q, int64_t n,
                          ath_worker_t** out, int cap) {
   int k = 0;
+  if (q->wanting == 0)
+    return 0; /* all busy: the usual case under load looks at no worker */
   /* idle workers first: one running a task cannot start another until
    * that task yields (SEMANTICS §5.2: the fewest running wins) */
   for (int pass = 0; pass < 2; pass++) {
@@ -28,7 +30,7 @@ int ath__pick_sleepers(ath_world_t* w, ath_queue_t* q, int64_t n,
       ath_worker_t* wk = w->workers[i];
       if (wk->queue == q && wk->wants_work && wk->state != ATH_WK_STOPPED &&
           (pass == 1 || wk->running == 0)) {
-        wk->wants_work = 0;
+        ath__set_wants(wk, 0);
         atomic_fetch_add_explicit(&wk->wakes_held, 1, memory_order_relaxed);
         out[k++] = wk;
       }
@@ -95,15 +97,68 @@ static int deliver_waiters(ath_task_t* t, ath_worker_t** wake, int nwake) {
   return nwake;
 }
 
+/* The task events of a worker's exchange (w->hook_held), in order. One
+ * without an error is only noted under the lock (a reference to the task
+ * and the state it had) and made once the exchange unlocks; one with an
+ * error is made at once (its error is copied while nobody changes it). */
+#define XCHG_EVS 64
+typedef struct {
+  ath_event_t* made;     /* made under the lock, or NULL */
+  ath_task_t* task;      /* else: a reference, and its state then */
+  int kind, attempt;
+  ath_status_t status;
+  int64_t at;
+} xchg_ev_t;
+struct ath_xhold_s {
+  int n;
+  xchg_ev_t ev[XCHG_EVS];
+  ath_event_t* held;     /* the events made from them, newest first */
+};
+
+/* Makes the events noted in h, in order, onto h->held (lock held or not). */
+static void evs_make(ath_hook_t* hook, ath_xhold_t* h) {
+  for (int i = 0; i < h->n; i++) {
+    xchg_ev_t* e = &h->ev[i];
+    if (e->made != NULL) {
+      ath__hook_push(&h->held, e->made);
+    } else {
+      ath__hook_hold_ref(hook, &h->held, e->kind, e->at, e->task, e->status, e->attempt);
+    }
+  }
+  h->n = 0;
+}
+
+static void hold_event(ath_world_t* w, ath_task_t* t, int kind, int64_t now, int err) {
+  ath_xhold_t* h = w->hook_held;
+  if (!ath__hook_wants(w->hook, kind))
+    return;
+  if (h->n == XCHG_EVS)
+    evs_make(w->hook, h); /* full: the ones before it are made now */
+  xchg_ev_t* e = &h->ev[h->n];
+  e->made = NULL;
+  if (err) {
+    ath__hook_hold_task(w->hook, &e->made, kind, now, t, t->error, t->error_len);
+    h->n += e->made != NULL;
+    return;
+  }
+  ath_task_retain(t);
+  e->task = t;
+  e->kind = kind;
+  e->status = t->status;
+  e->attempt = t->attempt;
+  e->at = now;
+  h->n++;
+}
+
 /* Records a task event for the webhooks (lock held): the task and its
  * state, no JSON; the webhook thread writes the body. Inside a worker's
- * exchange it is queued once the exchange unlocks (xchg_end). */
+ * exchange it is made and queued once the exchange unlocks (xchg_end). */
 void ath__emit_task(ath_world_t* w, ath_task_t* t, int kind, int64_t now) {
-  if (w->cfg.backend_url != NULL)
+  if (w->hook == NULL || w->cfg.backend_url != NULL)
     return; /* the PostgreSQL backend: sent once the fenced write committed (store_pg.c) */
   int err = t->error != NULL && t->status != ATH_COMPLETED;
   if (w->hook_held != NULL)
-    ath__hook_hold_task(w->hook, w->hook_held, kind, now, t, err ? t->error : NULL, err ? t->error_len : 0);
+    hold_event(w, t, kind, now, err);
   else
     ath__hook_emit_task(w->hook, kind, now, t, err ? t->error : NULL, err ? t->error_len : 0);
 }
@@ -329,6 +384,10 @@ int ath__cancel_locked(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t*
   return ath__wake_runner(t, wake, nwake); /* its worker interrupts it */
 }
 
+/* Queue waits one exchange may sample: its claims and the starts of the
+ * tasks it had claimed ahead. */
+#define XCHG_WAITS (256 + ATH_PREFETCH_MAX)
+
 /* What one critical section of a worker's collects (lock held). */
 typedef struct {
   ath_worker_t** wake;   /* MAX_WORKERS of them */
@@ -337,13 +396,45 @@ typedef struct {
   int settled;           /* tasks claimed ahead that it settled */
   int64_t now;           /* wall ms, read before the lock */
   uint64_t mono;
-  ath_event_t* held;     /* its webhook events, queued once it unlocks */
+  ath_xhold_t hold;      /* its webhook events, made and queued once it unlocks */
+  int nwaits;            /* queue waits of its starts (ms), recorded once it unlocks */
+  float waits[XCHG_WAITS];
 } xchg_t;
+
+/* Field by field: the samples' array is written before it is read. */
+static void xchg_init(xchg_t* x, ath_world_t* w, ath_worker_t** wake, int nwake) {
+  x->wake = wake;
+  x->nwake = nwake;
+  x->wake_engine = x->ended = x->settled = x->nwaits = 0;
+  x->now = ath__wall(w);
+  x->mono = ath__mono(w);
+  x->hold.n = 0;
+  x->hold.held = NULL;
+}
+
+/* Records the queue waits x sampled (tel_lock taken here; the world lock
+ * may be held). */
+static void waits_flush(ath_world_t* w, xchg_t* x) {
+  if (x->nwaits == 0)
+    return;
+  uv_mutex_lock(&w->tel_lock);
+  for (int i = 0; i < x->nwaits; i++)
+    ath__lat_add(&w->lat_wait, x->waits[i], x->now);
+  uv_mutex_unlock(&w->tel_lock);
+  x->nwaits = 0;
+}
+
+/* A sample of one ring taken alone (tel_lock taken here). */
+static void lat_add1(ath_world_t* w, ath_lat_ring_t* r, double ms, int64_t at) {
+  uv_mutex_lock(&w->tel_lock);
+  ath__lat_add(r, ms, at);
+  uv_mutex_unlock(&w->tel_lock);
+}
 
 /* T4 (lock held): t leaves the queue for one of wk's slots, started at
  * wall `now` and monotonic `mono`. */
 static void start_claimed(ath_world_t* w, ath_worker_t* wk, ath_task_t* t, int64_t now,
-                          uint64_t mono, int* wake_engine) {
+                          uint64_t mono, xchg_t* xc) {
   if (t->wf != NULL && t->wf->resuming) {
     t->wf->resuming = 0; /* the run goes on: same state, same attempt */
   } else {
@@ -357,7 +448,7 @@ static void start_claimed(ath_world_t* w, ath_worker_t* wk, ath_task_t* t, int64
       ath_task_x_t* x = ath__task_xr(t); /* a workflow has one from the start */
       x->exp_mono = ath__after(mono, ath__task_limits(t)->timeout_ms);
       if (x->exp_idx == UINT32_MAX ? ath__heap_push(&w->expiry, x) == 0 : (ath__heap_fix(&w->expiry, x), 1))
-        *wake_engine |= w->expiry.items[0] == x;
+        xc->wake_engine |= w->expiry.items[0] == x;
     }
   }
   if (t->wf != NULL)
@@ -369,8 +460,11 @@ static void start_claimed(ath_world_t* w, ath_worker_t* wk, ath_task_t* t, int64
   wk->running_tasks[wk->running++] = t;
   wk->queue->running++;
   w->n_running++;
-  if (!w->cfg.no_metrics)
-    ath__lat_add(&w->lat_wait, mono > t->ready_mono ? (double)(mono - t->ready_mono) / 1e6 : 0, now);
+  if (!w->cfg.no_metrics) { /* recorded once the exchange unlocks */
+    if (xc->nwaits == XCHG_WAITS)
+      waits_flush(w, xc);
+    xc->waits[xc->nwaits++] = mono > t->ready_mono ? (float)((double)(mono - t->ready_mono) / 1e6) : 0;
+  }
 }
 
 /* A task that waited past its scheduleToClose fails where it is (§6.2;
@@ -413,7 +507,7 @@ static int settle_prefetch(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
     ath_prefetch_t* e = &wk->pre[i];
     if (atomic_load_explicit(&e->state, memory_order_acquire) == ATH_PRE_STARTED) {
       e->task->queue->depth--;
-      start_claimed(w, wk, e->task, e->started_at, e->start_mono, &x->wake_engine);
+      start_claimed(w, wk, e->task, e->started_at, e->start_mono, x);
       started++;
     }
   }
@@ -490,7 +584,7 @@ static int claim(ath_world_t* w, ath_worker_t* wk, ath_task_t** out, int max, xc
       break;
     if (expired_waiting(w, t, x))
       continue;
-    start_claimed(w, wk, t, x->now, x->mono, &x->wake_engine);
+    start_claimed(w, wk, t, x->now, x->mono, x);
     out[n++] = t;
   }
   if (n == max && max > 0)
@@ -504,6 +598,11 @@ static void publish(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
   if (atomic_load(&wk->lost)) { /* declared lost: its tasks were failed and moved on */
     for (int i = 0; i < wk->noutcomes; i++) {
       ath_outcome_t* o = &wk->outcomes[i];
+      if (o->sampled && o->status == ATH_COMPLETED) { /* lost after sample_outcomes looked */
+        uv_mutex_lock(&w->tel_lock);
+        ath__tput_undo(w, x->now);
+        uv_mutex_unlock(&w->tel_lock);
+      }
       if (o->park_task != NULL)
         ath_task_release(o->park_task);
       for (uint32_t k = 0; k < o->nevs; k++)
@@ -523,8 +622,9 @@ static void publish(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
     w->n_running--;
     t->wk = NULL;
     x->ended++;
-    if (!w->cfg.no_metrics)
-      ath__lat_add(&w->lat_run, (double)(x->mono - t->start_mono) / 1e6, x->now);
+    if (!w->cfg.no_metrics && !o->sampled) /* a workflow's run spans its segments */
+      lat_add1(w, &w->lat_run, x->mono > t->start_mono ? (double)(x->mono - t->start_mono) / 1e6 : 0,
+               x->now);
     if (ath__task_dq_attempt(t) < 0) { /* PostgreSQL: this node's lease was lost meanwhile */
       x->nwake = ath__dq_discard(w, t, x->wake, x->nwake);
       continue;
@@ -591,10 +691,13 @@ static void publish(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
       }
     }
     t->err_code = o->err_code;
-    if (o->status == ATH_FAILED)
+    if (o->status == ATH_FAILED) {
       x->nwake = ath__attempt_failed(w, t, o, x->now, x->mono, x->wake, x->nwake, &x->wake_engine);
-    else
+    } else {
+      w->precounted = o->sampled ? t : NULL; /* its completion is in the rings */
       x->nwake = ath__finish_task(w, t, o->status, x->now, x->wake, x->nwake);
+      w->precounted = NULL;
+    }
   }
   wk->noutcomes = 0;
   if (w->state == ATH_W_STOPPING) /* attempts that ended during the shutdown */
@@ -633,25 +736,65 @@ static void xchg_end(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
   ath_task_t* dead = x->ended ? ath__world_term_trim(w) : NULL;
   /* Events are held only by a worker not declared lost, which shutdown
    * joins before it stops the webhooks: the hook outlives the post. */
-  ath_hook_t* hook = x->held != NULL ? w->hook : NULL;
+  ath_hook_t* hook = x->hold.n > 0 || x->hold.held != NULL ? w->hook : NULL;
   w->hook_held = NULL;
+  w->counting = NULL;
   uv_mutex_unlock(&w->lock);
   wk->exchanged_ns = uv_hrtime();
-  if (hook != NULL)
-    ath__hook_post(hook, x->held);
+  waits_flush(w, x);
+  if (hook != NULL) {
+    evs_make(hook, &x->hold);
+    ath__hook_post(hook, x->hold.held);
+  }
   ath__world_term_free(dead);
   ath__wake_all(x->wake, x->nwake);
   if (x->wake_engine)
     uv_async_send(&w->easync);
 }
 
+/* Before a worker's critical section: the run time of each attempt it
+ * publishes, and the completion of each task that is not a workflow's, go
+ * into the telemetry rings under their own lock, not the world's. Done
+ * first, they read right once the outcome is visible. A workflow
+ * segment's (its run spans segments; a parked one goes on) and the
+ * PostgreSQL backend's (a lost lease voids the outcome) are recorded under
+ * the world lock, as the ends of other threads are. */
+static void sample_outcomes(ath_world_t* w, ath_worker_t* wk, const xchg_t* x) {
+  if (wk->noutcomes == 0 || w->cfg.no_metrics || w->dq != NULL || atomic_load(&wk->lost))
+    return;
+  uv_mutex_lock(&w->tel_lock);
+  for (int i = 0; i < wk->noutcomes; i++) {
+    ath_outcome_t* o = &wk->outcomes[i];
+    if (o->task->wf != NULL)
+      continue;
+    o->sampled = 1;
+    ath__lat_add(&w->lat_run, x->mono > o->started_mono ? (double)(x->mono - o->started_mono) / 1e6 : 0,
+                 x->now);
+    if (o->status == ATH_COMPLETED) /* it ends completed: publish() */
+      ath__tput_add(w, x->now);
+  }
+  uv_mutex_unlock(&w->tel_lock);
+}
+
+/* The start of a worker's critical section (lock held): its task events
+ * are held until it unlocks (xchg_end), and its terminal events bump its
+ * own counters. A worker declared lost is off the list, its counts folded
+ * into the world's (unlist_worker): what it still ends counts there. */
+static void xchg_begin(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
+  int lost = atomic_load(&wk->lost);
+  w->hook_held = lost ? NULL : &x->hold;
+  w->counting = lost ? NULL : &wk->counts;
+}
+
 int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
                         int max, int* stop, ath_waiter_t** inbox, ath_vtimer_t** fired) {
   ath_worker_t* wake[MAX_WORKERS];
-  xchg_t x = {wake, 0, 0, 0, 0, ath__wall(w), ath__mono(w), NULL};
+  xchg_t x;
+  xchg_init(&x, w, wake, 0);
   int n = 0;
+  sample_outcomes(w, wk, &x);
   uv_mutex_lock(&w->lock);
-  w->hook_held = atomic_load(&wk->lost) ? NULL : &x.held; /* see xchg_end */
+  xchg_begin(w, wk, &x);
   int nout = wk->noutcomes; /* their held tasks are seen to after the claims */
   int back = settle_prefetch(w, wk, &x); /* first: its outcomes may be theirs */
   publish(w, wk, &x);
@@ -662,7 +805,7 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
   release_held(w, wk, nout, &x);
   if (wk->resumes.head != NULL && (wk->stop || !ath__home_open(w, wk)))
     x.nwake = ath__wf_unhome(w, wk, x.wake, x.nwake); /* no more segments here */
-  wk->wants_work = !wk->stop && wk->running < wk->concurrency;
+  ath__set_wants(wk, !wk->stop && wk->running < wk->concurrency);
   *stop = wk->stop && wk->running == 0;
   *inbox = wk->inbox;
   wk->inbox = NULL;
@@ -674,9 +817,11 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
 
 void ath__world_flush(ath_world_t* w, ath_worker_t* wk) {
   ath_worker_t* wake[MAX_WORKERS];
-  xchg_t x = {wake, 0, 0, 0, 0, ath__wall(w), ath__mono(w), NULL};
+  xchg_t x;
+  xchg_init(&x, w, wake, 0);
+  sample_outcomes(w, wk, &x);
   uv_mutex_lock(&w->lock);
-  w->hook_held = atomic_load(&wk->lost) ? NULL : &x.held; /* see xchg_end */
+  xchg_begin(w, wk, &x);
   int nout = wk->noutcomes;
   wake_for(w, wk, settle_prefetch(w, wk, &x), &x);
   publish(w, wk, &x);
@@ -688,7 +833,8 @@ void ath__world_flush(ath_world_t* w, ath_worker_t* wk) {
  * and had not started go back to their queue; one it started is published
  * as running, so that it fails with the others. Returns the new nwake. */
 int ath__prefetch_lost(ath_world_t* w, ath_worker_t* wk, ath_worker_t** wake, int nwake) {
-  xchg_t x = {wake, nwake, 0, 0, 0, ath__wall(w), ath__mono(w), NULL};
+  xchg_t x;
+  xchg_init(&x, w, wake, nwake);
   int back = 0;
   for (int i = 0; i < wk->npre; i++) {
     ath_prefetch_t* e = &wk->pre[i];
@@ -698,10 +844,11 @@ int ath__prefetch_lost(ath_world_t* w, ath_worker_t* wk, ath_worker_t** wake, in
       back += give_back(w, e->task, &x);
     } else if (st == ATH_PRE_STARTED) { /* it runs there: the monitor fails it as it fails the others */
       e->task->queue->depth--;
-      start_claimed(w, wk, e->task, e->started_at, e->start_mono, &x.wake_engine);
+      start_claimed(w, wk, e->task, e->started_at, e->start_mono, &x);
     }
   }
   wake_for(w, wk, back, &x);
+  waits_flush(w, &x);
   return x.nwake; /* wk->npre is its own: its next exchange clears it */
 }
 

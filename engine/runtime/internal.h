@@ -35,6 +35,7 @@ typedef struct ath_sched_s ath_sched_t;
 typedef struct ath_http_s ath_http_t;
 typedef struct ath_hook_s ath_hook_t;
 typedef struct ath_event_s ath_event_t; /* a webhook event (webhook.c) */
+typedef struct ath_xhold_s ath_xhold_t; /* an exchange's held events (exchange.c) */
 
 /* A world:serve() request, carried out on the engine thread. */
 typedef struct {
@@ -362,6 +363,8 @@ struct ath_queue_s {
   int nbuckets;
   int64_t depth;         /* ready tasks */
   int64_t running;       /* tasks holding slots */
+  int wanting;           /* its workers with wants_work set (ath__set_wants):
+                          * with none, an enqueue looks at no worker */
 };
 
 /* An indexed binary min-heap: each element keeps its position in a
@@ -450,6 +453,7 @@ struct ath_slot_s {
   uint64_t deadline[4];  /* monotonic ns: timeout, heartbeat, scheduleToClose,
                           * and a scoped one (withRetry's per-attempt timeout); 0: none */
   uint64_t next_deadline;/* the earliest of them, UINT64_MAX if none */
+  uint64_t started_mono; /* monotonic ns the attempt started in this slot */
   atomic_int interrupt;  /* ATH_E* to raise in the task, 0 for none */
   /* A workflow segment that parked (ATH_WAIT_PARK): what it waits for. */
   int park_kind;         /* ATH_PARK_* */
@@ -524,7 +528,21 @@ typedef struct {
   /* The slot's `held` task (a reference): the exchange wakes a worker for
    * it unless it claims it itself. */
   struct ath_task_s* held;
+  uint64_t started_mono; /* the slot's start of the attempt */
+  int sampled;           /* its run time (and completion) were recorded
+                          * before the exchange took the lock */
 } ath_outcome_t;
+
+/* Task counters (SEMANTICS §14.1). Each worker has its own set, bumped by
+ * the terminal events of its own exchanges (the world lock held by that
+ * exchange: no other thread writes it), so that workers finishing tasks do
+ * not write one shared cache line; the world has one more for the events
+ * of other threads (cancels, the engine, the monitor) and for the sums of
+ * workers that left the list. Read under the lock, summed
+ * (ath__counts_sum). */
+typedef struct {
+  int64_t completed, failed, retried, cancelled, quarantined;
+} ath_counts_t;
 
 /* A worker as the watchdog sees it (watchdog.c; under its lock). */
 typedef struct {
@@ -583,13 +601,19 @@ struct ath_worker_s {
   /* Guarded by the world lock: */
   int running;           /* slots in use */
   ath_task_t** running_tasks; /* the `running` tasks, for getWorkers() */
-  int wants_work;        /* asleep with a free slot: enqueuers wake it */
+  int wants_work;        /* asleep with a free slot: enqueuers wake it
+                          * (written by ath__set_wants only) */
   int stop;              /* asked to stop once its slots are empty */
   int state;             /* ATH_WK_* */
   ath_waiter_t* inbox;   /* parked slots whose awaited task finished */
   ath_bucket_t resumes;  /* workflows whose coroutine it caches, due to resume
                           * here (counted in its queue's depth) */
   int64_t tasks_completed, tasks_failed;
+  /* The world's task counters this worker's exchanges bumped (see
+   * ath_counts_t), on cache lines of their own. */
+  char counts_pad[64];
+  ath_counts_t counts;
+  char counts_end[64];
   /* Tasks claimed ahead, pre[0..npre) (written in its exchanges, under the
    * lock; each entry's state is atomic); pre_next: the next to start
    * (worker thread only). */
@@ -688,8 +712,18 @@ struct ath_world_s {
   int engine_stop;
   /* Counters (SEMANTICS §14.1). */
   int64_t started_at;
-  int64_t n_completed, n_failed, n_retried, n_cancelled, n_quarantined;
+  ath_counts_t counts;    /* see ath_counts_t */
+  /* While a worker's exchange holds the lock: its counters, which the
+   * terminal events bump (NULL: `counts`). */
+  ath_counts_t* counting;
   int64_t n_scheduled, n_running;
+  /* The latency and throughput rings below are guarded by tel_lock, not
+   * the world lock: a worker records its outcomes' samples before its
+   * exchange takes the world lock and its claims' after (exchange.c). It
+   * may be taken with the world lock held, never the other way round. */
+  uv_mutex_t tel_lock;
+  const struct ath_task_s* precounted; /* lock held: the task whose completion the
+                          * exchange that ends it counted in the rings already */
   int64_t tput[3600];     /* completions per wall second, ring by second */
   int64_t tput_sec;       /* the second tput[tput_sec % 3600] counts */
   int64_t tput_ds[20];    /* completions per 100 ms, ring by tenth (perSecond) */
@@ -716,7 +750,7 @@ struct ath_world_s {
   ath_hook_t* hook;      /* webhooks, or NULL */
   /* While a worker's exchange holds the lock: where its task events go,
    * queued once it unlocks (NULL: queued at once). */
-  ath_event_t** hook_held;
+  struct ath_xhold_s* hook_held;
   struct ath_watch_s* watch; /* the watchdog (watchdog.c), from start to free */
   struct ath_gws_s* gws; /* the gateway served (owned by its HTTP server), or NULL */
   ath_log_t* log;        /* the world's logger (SEMANTICS §14.2) */
@@ -918,6 +952,11 @@ int ath__finish_task(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t now
  * and retention here hear of it (no counters, webhooks or store write). */
 int ath__finish_remote(ath_world_t* w, ath_task_t* t, ath_status_t st, int64_t now, ath_worker_t** wake, int nwake);
 int ath__make_ready(ath_world_t* w, ath_task_t* t);
+/* Sets wk->wants_work, counted in its queue's `wanting` (lock held). */
+static inline void ath__set_wants(ath_worker_t* wk, int on) {
+  wk->queue->wanting += (on != 0) - (wk->wants_work != 0);
+  wk->wants_work = on != 0;
+}
 int ath__pick_sleepers(ath_world_t* w, ath_queue_t* q, int64_t n, ath_worker_t** out, int cap);
 void ath__set_error(ath_task_t* t, int code, const char* message);
 int ath__unqueue(ath_world_t* w, ath_task_t* t);
@@ -935,6 +974,12 @@ void ath__lat_add(ath_lat_ring_t* r, double ms, int64_t at);
 void ath__monitor_cb(uv_timer_t* h);
 void ath__scale_cb(uv_timer_t* h);
 void ath__tput_add(ath_world_t* w, int64_t now_ms);
+void ath__tput_undo(ath_world_t* w, int64_t now_ms);
+/* The counters the current holder of the lock bumps (lock held). */
+static inline ath_counts_t* ath__counts(ath_world_t* w) {
+  return w->counting != NULL ? w->counting : &w->counts;
+}
+void ath__counts_sum(const ath_world_t* w, ath_counts_t* out);
 int ath__telemetry_on_end(ath_world_t* w, const ath_term_ev_t* ev, ath_worker_t** wake, int nwake);
 /* vclock.c */
 int ath__vtimer_less(const void* a, const void* b);
@@ -1001,6 +1046,13 @@ void ath__hook_emit_task(ath_hook_t* h, int kind, int64_t at, ath_task_t* t, con
  * outbox's mutex is then never taken inside the world lock). */
 void ath__hook_hold_task(ath_hook_t* h, ath_event_t** held, int kind, int64_t at, ath_task_t* t,
                          const char* error, size_t error_len);
+/* The same, made with no lock held from the state the task had when the
+ * event happened (status, attempt; no error) and a reference to it, which
+ * the event takes over (released if it cannot be made). */
+void ath__hook_hold_ref(ath_hook_t* h, ath_event_t** held, int kind, int64_t at, ath_task_t* t,
+                        ath_status_t status, int attempt);
+/* Puts an event made by either on `held`, as they do. */
+void ath__hook_push(ath_event_t** held, ath_event_t* e);
 /* Queues the events ath__hook_hold_task kept on `held`, in the order they
  * were made. Thread: any, no lock held. */
 void ath__hook_post(ath_hook_t* h, ath_event_t* held);

@@ -51,7 +51,7 @@ int ath__retry_task(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o,
   t->ready_at = now + delay;
   t->ready_mono = ath__after(mono, delay);
   if (w->dq != NULL) { /* PostgreSQL: the row waits (due_at), any node runs it next */
-    w->n_retried++;
+    ath__counts(w)->retried++;
     ath__store_mark(w, t);
     ath__emit_task(w, t, ATH_EV_TASK_RETRYING, now);
     return 0;
@@ -59,7 +59,7 @@ int ath__retry_task(ath_world_t* w, ath_task_t* t, const ath_outcome_t* o,
   if (ath__heap_push(&w->delayed, t) != 0)
     return -1;
   w->n_scheduled++;
-  w->n_retried++;
+  ath__counts(w)->retried++;
   ath__store_mark(w, t);
   ath__emit_task(w, t, ATH_EV_TASK_RETRYING, now);
   *wake_engine |= w->delayed.items[0] == t;

@@ -50,33 +50,61 @@ static int64_t rate_sum(const int64_t* r, int64_t n, int64_t last, int64_t slot,
   return sum;
 }
 
-/* Counts a completion for the throughput figures (lock held). */
+/* Counts a completion for the throughput figures (tel_lock held). */
 void ath__tput_add(ath_world_t* w, int64_t now_ms) {
   rate_add(w->tput, 3600, &w->tput_sec, now_ms / 1000);
   rate_add(w->tput_ds, 20, &w->tput_dsec, now_ms / 100);
+}
+
+/* Takes back a completion ath__tput_add counted at `now_ms` (tel_lock
+ * held), unless its slots have gone by. */
+void ath__tput_undo(ath_world_t* w, int64_t now_ms) {
+  if (w->tput_sec == now_ms / 1000 && w->tput[w->tput_sec % 3600] > 0)
+    w->tput[w->tput_sec % 3600]--;
+  if (w->tput_dsec == now_ms / 100 && w->tput_ds[w->tput_dsec % 20] > 0)
+    w->tput_ds[w->tput_dsec % 20]--;
 }
 
 /* The terminal event's counters (lock held): one per end state, and the
  * throughput rings for completions. */
 int ath__telemetry_on_end(ath_world_t* w, const ath_term_ev_t* ev, ath_worker_t** wake, int nwake) {
   (void)wake;
+  ath_counts_t* c = ath__counts(w);
   switch (ev->st) {
     case ATH_COMPLETED:
-      w->n_completed++;
-      if (!w->cfg.no_metrics)
+      c->completed++;
+      if (!w->cfg.no_metrics && ev->t != w->precounted) {
+        uv_mutex_lock(&w->tel_lock);
         ath__tput_add(w, ev->now);
+        uv_mutex_unlock(&w->tel_lock);
+      }
       break;
     case ATH_CANCELLED:
-      w->n_cancelled++;
+      c->cancelled++;
       break;
     case ATH_QUARANTINED:
-      w->n_quarantined++;
+      c->quarantined++;
       break;
     default:
-      w->n_failed++;
+      c->failed++;
       break;
   }
   return nwake;
+}
+
+static void counts_add(ath_counts_t* to, const ath_counts_t* c) {
+  to->completed += c->completed;
+  to->failed += c->failed;
+  to->retried += c->retried;
+  to->cancelled += c->cancelled;
+  to->quarantined += c->quarantined;
+}
+
+/* The world's counters: its own plus every listed worker's (lock held). */
+void ath__counts_sum(const ath_world_t* w, ath_counts_t* out) {
+  *out = w->counts;
+  for (int i = 0; i < w->nworkers; i++)
+    counts_add(out, &w->workers[i]->counts);
 }
 
 /* Appends wk to the list *v of *n workers. Returns 0, or -1 when out of
@@ -100,6 +128,10 @@ static void unlist_worker(ath_world_t* w, ath_worker_t* wk) {
       break;
     }
   }
+  /* what it counted stays counted; a lost worker's exchanges count no
+   * more (ath__world_exchange) */
+  counts_add(&w->counts, &wk->counts);
+  memset(&wk->counts, 0, sizeof(wk->counts));
   if (atomic_load(&wk->lost))
     keep_worker(&w->retired, &w->nretired, wk);
   else
@@ -187,7 +219,7 @@ static void autoscale(ath_world_t* w) {
       if (wk->queue == q && !wk->stop && wk->state == ATH_WK_RUNNING && wk->running == 0 &&
           wk->npre == 0) { /* none claimed ahead either: truly idle */
         wk->stop = 1; /* stopping at once; claims nothing more */
-        wk->wants_work = 0;
+        ath__set_wants(wk, 0);
         retire[nretire++] = wk;
       }
     }
@@ -240,7 +272,7 @@ static void monitor(ath_world_t* w) {
       continue;
     atomic_store(&wk->lost, 1);
     wk->stop = 1;
-    wk->wants_work = 0;
+    ath__set_wants(wk, 0);
     nwake = ath__wf_unhome(w, wk, wake, nwake); /* its cached workflows replay elsewhere */
     nwake = ath__prefetch_lost(w, wk, wake, nwake); /* before its running tasks are failed */
     ath_buf_t ev = {0}; /* worker.lost {workerId, tasks = [ids]} */
@@ -336,14 +368,18 @@ static int cmp_float(const void* a, const void* b) {
   return (x > y) - (x < y);
 }
 
-/* Nearest-rank percentiles over the last five minutes of samples. */
-static void percentiles(const ath_lat_ring_t* r, int64_t now, double* p50,
-                        double* p95, double* p99) {
-  static _Thread_local float buf[ATH_LAT_SAMPLES];
+/* The samples of the last five minutes into buf (tel_lock held). */
+static uint32_t recent(const ath_lat_ring_t* r, int64_t now, float* buf) {
   uint32_t n = 0;
   for (uint32_t i = 0; i < r->len; i++)
     if (now - r->at[i] <= 300000)
       buf[n++] = r->ms[i];
+  return n;
+}
+
+/* Nearest-rank percentiles of buf[0..n) (no lock: the sort is the long
+ * part of reading metrics). */
+static void percentiles(float* buf, uint32_t n, double* p50, double* p95, double* p99) {
   *p50 = *p95 = *p99 = 0;
   if (n == 0)
     return;
@@ -405,21 +441,28 @@ void ath_world_metrics(ath_world_t* w, ath_metrics_t* m) {
     m->queued += w->queues[i]->depth;
   m->scheduled = w->n_scheduled;
   m->running = w->n_running;
-  m->completed = w->n_completed;
+  ath_counts_t c;
+  ath__counts_sum(w, &c);
+  m->completed = c.completed;
   m->resident = (int64_t)w->ntasks;
-  m->failed = w->n_failed;
-  m->retried = w->n_retried;
-  m->cancelled = w->n_cancelled;
-  m->quarantined = w->n_quarantined;
+  m->failed = c.failed;
+  m->retried = c.retried;
+  m->cancelled = c.cancelled;
+  m->quarantined = c.quarantined;
+  uv_mutex_unlock(&w->lock);
+  static _Thread_local float waits[ATH_LAT_SAMPLES], runs[ATH_LAT_SAMPLES];
+  uv_mutex_lock(&w->tel_lock);
   /* Throughput over windows that end now: the current, partial slot and
    * the whole slots before it (10 tenths of a second, 60 or 3600 seconds),
    * so a window spans at most its length and a burst shows at once. */
   m->per_second = rate_sum(w->tput_ds, 20, w->tput_dsec, now / 100, 10);
   m->per_minute = rate_sum(w->tput, 3600, w->tput_sec, now / 1000, 60);
   m->per_hour = rate_sum(w->tput, 3600, w->tput_sec, now / 1000, 3600);
-  percentiles(&w->lat_wait, now, &m->wait_p50, &m->wait_p95, &m->wait_p99);
-  percentiles(&w->lat_run, now, &m->run_p50, &m->run_p95, &m->run_p99);
-  uv_mutex_unlock(&w->lock);
+  uint32_t nwaits = recent(&w->lat_wait, now, waits);
+  uint32_t nruns = recent(&w->lat_run, now, runs);
+  uv_mutex_unlock(&w->tel_lock);
+  percentiles(waits, nwaits, &m->wait_p50, &m->wait_p95, &m->wait_p99);
+  percentiles(runs, nruns, &m->run_p50, &m->run_p95, &m->run_p99);
 }
 
 int ath_world_workers(ath_world_t* w, ath_worker_info_t* out, int cap) {

@@ -256,13 +256,29 @@ void ath__hook_emit_task(ath_hook_t* h, int kind, int64_t at, ath_task_t* t, con
     outbox_add(h, e);
 }
 
+void ath__hook_push(ath_event_t** held, ath_event_t* e) {
+  e->next = *held;
+  *held = e;
+}
+
 void ath__hook_hold_task(ath_hook_t* h, ath_event_t** held, int kind, int64_t at, ath_task_t* t,
                          const char* error, size_t error_len) {
   ath_event_t* e = task_event(h, kind, at, t, error, error_len);
-  if (e != NULL) { /* newest first: ath__hook_post turns the list around */
-    e->next = *held;
-    *held = e;
+  if (e != NULL) /* newest first: ath__hook_post turns the list around */
+    ath__hook_push(held, e);
+}
+
+void ath__hook_hold_ref(ath_hook_t* h, ath_event_t** held, int kind, int64_t at, ath_task_t* t,
+                        ath_status_t status, int attempt) {
+  ath_event_t* e = event_new(h, kind, at);
+  if (e == NULL) {
+    ath_task_release(t);
+    return;
   }
+  e->status = status;
+  e->attempt = attempt;
+  e->task = t;
+  ath__hook_push(held, e);
 }
 
 void ath__hook_post(ath_hook_t* h, ath_event_t* held) {

@@ -1143,6 +1143,7 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
   if (s->nrec > 0)
     hand_events(s, &wk->outcomes[wk->noutcomes - 1]);
   wk->outcomes[wk->noutcomes - 1].held = s->held;
+  wk->outcomes[wk->noutcomes - 1].started_mono = s->started_mono;
   s->held = NULL;
   if (cached) {
     new_coroutine(s); /* the parked one went to the cache */
@@ -1253,6 +1254,7 @@ static void start_task(ath_worker_t* wk, ath_task_t* t, int attempt) {
   uint64_t now = ath__mono(s->wk->w);
   s->task = t;
   s->attempt = attempt;
+  s->started_mono = now;
   /* a workflow's timeout limits its run, parked time included (§3) */
   s->deadline[0] = t->wf == NULL ? ath__after(now, a->timeout_ms)
                    : a->timeout_ms ? ath__after(t->start_mono, a->timeout_ms) : 0;

@@ -434,7 +434,7 @@ int ath__wf_resume(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake
     ath__list_append(&home->resumes, t);
     t->queue->depth++;
     if (home->wants_work) {
-      home->wants_work = 0;
+      ath__set_wants(home, 0);
       nwake = ath__add_wake(wake, nwake, home);
     }
     return nwake;

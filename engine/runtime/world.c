@@ -158,6 +158,7 @@ int ath_world_new(const ath_world_config_t* cfg, ath_world_t** out, char* err,
   if (w == NULL)
     return ATH_ENOMEM;
   uv_mutex_init(&w->lock);
+  uv_mutex_init(&w->tel_lock);
   uv_cond_init(&w->cond);
   uv_sem_init(&w->ready, 0);
   w->cfg = *cfg;
@@ -1068,7 +1069,7 @@ relock:
       t->status = ATH_FAILED;
       t->err_code = ATH_ENOMEM;
       t->completed_at = now;
-      w->n_failed++;
+      ath__counts(w)->failed++;
     }
     out[i] = t;
   }
@@ -1160,7 +1161,7 @@ void ath__engine_tick(ath_world_t* w) {
       t->status = ATH_FAILED;
       t->err_code = ATH_ENOMEM;
       t->completed_at = ath__wall(w);
-      w->n_failed++;
+      ath__counts(w)->failed++;
       continue;
     }
     if (nwake < MAX_WORKERS)
@@ -1355,8 +1356,10 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
   uv_mutex_lock(&w->lock);
   w->state = ATH_W_STARTED;
   w->started_at = ath__wall(w);
+  uv_mutex_lock(&w->tel_lock);
   w->tput_sec = w->started_at / 1000;
   w->tput_dsec = w->started_at / 100;
+  uv_mutex_unlock(&w->tel_lock);
   uv_mutex_unlock(&w->lock);
   /* Only now: the engine's first tick arms the timers of recovered delayed
    * tasks and schedules, and the scheduler neither fires nor re-arms before
@@ -1550,6 +1553,7 @@ void ath_world_free(ath_world_t* w) {
   ath__strv_free(w->script_args);
   ath__store_free(w);
   uv_mutex_destroy(&w->lock);
+  uv_mutex_destroy(&w->tel_lock);
   uv_cond_destroy(&w->cond);
   uv_sem_destroy(&w->ready);
   free(w);

@@ -546,17 +546,14 @@ static void await_workers(ath_world_t* w, int want, const char* what) {
   }
 }
 
-/* A pool that grows and shrinks for a long time keeps nothing of the
- * workers it retired: no loop (an epoll and an event fd each), no struct.
- * Before, each retired worker's loop stayed open until the world was
- * freed: the process ran out of descriptors after enough cycles. */
-TEST_IMPL(world_autoscale_frees_retired) {
-  write_module();
+/* A started memory world of 1 to `max` workers, scaled every 20 ms, with
+ * "nap" registered. */
+static ath_world_t* scaling_world(int max) {
   static const char* const mods[] = {"ctjobs", NULL};
   ath_world_config_t cfg;
   ath_world_config_init(&cfg);
   cfg.min_workers = 1;
-  cfg.max_workers = 4;
+  cfg.max_workers = max;
   cfg.scale_interval_ms = 20;
   cfg.persistence = ATH_PERSIST_MEMORY;
   cfg.modules = mods;
@@ -566,6 +563,16 @@ TEST_IMPL(world_autoscale_frees_retired) {
   ASSERT_OK(ath_world_new(&cfg, &w, err, sizeof(err)));
   ASSERT_OK(reg(w, "nap", NULL, 0));
   ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  return w;
+}
+
+/* A pool that grows and shrinks for a long time keeps nothing of the
+ * workers it retired: no loop (an epoll and an event fd each), no struct.
+ * Before, each retired worker's loop stayed open until the world was
+ * freed: the process ran out of descriptors after enough cycles. */
+TEST_IMPL(world_autoscale_frees_retired) {
+  write_module();
+  ath_world_t* w = scaling_world(4);
   int fds_after_first = 0;
   enum { CYCLES = 20, TASKS = 8 };
   for (int c = 0; c < CYCLES; c++) {
@@ -1130,6 +1137,65 @@ TEST_IMPL(world_prefetch_lost_gives_back) {
   ath_task_release(stuck);
   ath_task_release(g0);
   ASSERT_OK(ath_world_shutdown(w, 0, NULL, NULL, NULL));
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
+
+/* Workers of the default queue with wants_work set, and its `wanting`
+ * count (lock held). */
+static void wanting(ath_world_t* w, int* listed, int* counted) {
+  uv_mutex_lock(&w->lock);
+  *listed = 0;
+  for (int i = 0; i < w->nworkers; i++)
+    *listed += w->workers[i]->queue == w->queues[0] && w->workers[i]->wants_work;
+  *counted = w->queues[0]->wanting;
+  uv_mutex_unlock(&w->lock);
+}
+
+/* Waits until `want` workers of the default queue wait for work, checking
+ * on the way that the queue's count always matches the workers' flags. */
+static void await_wanting(ath_world_t* w, int want, const char* what) {
+  uint64_t deadline = uv_hrtime() + 10000000000ull;
+  for (;;) {
+    int listed, counted;
+    wanting(w, &listed, &counted);
+    if (listed != counted)
+      fprintf(stderr, "%s: %d workers want work, the queue counts %d\n", what, listed, counted);
+    ASSERT_EQ(listed, counted);
+    if (listed == want)
+      return;
+    if (uv_hrtime() > deadline) {
+      fprintf(stderr, "%s: %d workers want work, want %d\n", what, listed, want);
+      ASSERT(0);
+    }
+    uv_sleep(2); /* a worker sets its flag as it goes to sleep, announcing nothing */
+  }
+}
+
+/* A queue counts its workers waiting for work (an enqueue with none looks
+ * at no worker): exactly, through claims, retirements and wakes. */
+TEST_IMPL(world_queue_counts_wanting) {
+  write_module();
+  ath_world_t* w = scaling_world(3);
+  await_wanting(w, 1, "idle");
+  enum { TASKS = 6 };
+  ath_task_t* ts[TASKS];
+  for (int i = 0; i < TASKS; i++)
+    ASSERT_OK(exec1(w, "nap", "{\"ms\":100}", &ts[i]));
+  await_workers(w, 3, "the pool grows");
+  for (int i = 0; i < TASKS; i++) {
+    ASSERT_OK(ath_world_wait(w, ts[i], 10000));
+    ath_task_release(ts[i]);
+  }
+  await_workers(w, 1, "the pool shrinks back");
+  await_wanting(w, 1, "idle again, after retirements");
+  ath_task_t* t;
+  ASSERT_OK(exec1(w, "nap", "{\"ms\":1}", &t)); /* the one sleeper is woken */
+  ASSERT_OK(ath_world_wait(w, t, 10000));
+  ath_task_release(t);
+  await_wanting(w, 1, "after a wake");
+  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
   ath_world_free(w);
   remove_module();
   return 0;

@@ -219,6 +219,40 @@ return { nap = athena.activity("fl.nap", function(_, input) athena.sleep(input.m
     assert.is_true(gap >= 95, "retired " .. gap .. " ms after adding; two intervals are 100 ms")
   end)
 
+  it("keeps the counts of retired workers: getMetrics() stays exact after they leave", function()
+    local dir = tmpdir()
+    local w = world { minWorkers = 1, maxWorkers = 3, scaleInterval = 50 }
+    local gate = w:execute("tele.gate", { file = dir .. "/open" }) -- worker-1's one slot: load 1
+    wait_until(function()
+      local l, set = ids(w)
+      return #l >= 2 and set[l[2]].status == "idle"
+    end, WAIT, "the autoscaler to add a worker that serves")
+    -- worker-1 is busy: these end on the added workers, which count them
+    local hs = {}
+    for i = 1, 30 do hs[#hs + 1] = w:execute("tele.echo", i) end
+    for _ = 1, 5 do hs[#hs + 1] = w:execute("tele.fail") end
+    for _ = 1, 5 do hs[#hs + 1] = w:execute("tele.flaky") end
+    hs[#hs + 1] = w:execute("tele.marker", { file = dir .. "/none" }, { failureStrategy = "quarantine" })
+    local held = w:execute("tele.gate", { file = dir .. "/never" })
+    wait_until(function() return held:status() == "running" end, WAIT, "the second gate to run")
+    w:cancel(held.id)
+    for _, h in ipairs(hs) do S.await(w, h.id) end
+    S.await(w, held.id)
+    local first = w:getWorkers()[1].id
+    local elsewhere = 0
+    for _, h in ipairs(hs) do elsewhere = elsewhere + (h:query().workerId ~= first and 1 or 0) end
+    assert.equals(#hs, elsewhere)
+    touch(dir .. "/open")
+    result(gate)
+    wait_until(function() return #w:getWorkers() == 1 end, WAIT, "the added workers to retire")
+    local m = w:getMetrics().tasks
+    assert.same({ completed = 36, failed = 5, retried = 5, cancelled = 1, quarantined = 1 },
+      { completed = m.completed, failed = m.failed, retried = m.retried, cancelled = m.cancelled,
+        quarantined = m.quarantined })
+    -- the one worker left ran only the gate
+    assert.equals(1, w:getWorkers()[1].tasksCompleted)
+  end)
+
   it("a workflow parked on a worker that retires resumes on another one", function()
     local dir = tmpdir()
     local w = world { minWorkers = 1, maxWorkers = 2, scaleInterval = 20 }

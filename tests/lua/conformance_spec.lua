@@ -179,6 +179,23 @@ describe("issue 14 bugs", function()
     end)
   end)
 
+  it("getMetrics() counts each completion once, whichever worker ends it: tasks, workflows, steps", function()
+    -- 4 workers of 4 slots. A worker counts the completions of plain tasks (steps too) before
+    -- its exchange takes the world lock, a workflow's under it: none twice, none missed
+    local w = world { minWorkers = 4, maxWorkers = 4, clock = "manual",
+      taskQueues = { default = { concurrency = 4 } } }
+    local inputs = {}
+    for i = 1, 400 do inputs[i] = i end
+    local hs = w:executeMany("echo", inputs)
+    for i = 1, 20 do hs[#hs + 1] = w:execute("conf.parent", i) end
+    for _, h in ipairs(hs) do S.result(h) end
+    local m = w:getMetrics()
+    local total = 400 + 20 + 2 * 20 -- each workflow ran two steps
+    assert.equals(total, m.tasks.completed)
+    assert.equals(total, m.throughput.perSecond)
+    assert.equals(total, m.throughput.perMinute)
+  end)
+
   it("getMetrics().throughput counts the current second: right after a burst of N, perMinute >= N", function()
     local w = world { minWorkers = 2, clock = "manual" } -- time stands still: the burst is in one second
     local n = 40
