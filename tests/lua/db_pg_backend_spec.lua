@@ -797,7 +797,9 @@ describe("athena.PostgresBackend", function()
     w:start()
     worlds[#worlds + 1] = w
     assert.equals(0, w:getMetrics().db.retries)
-    local hs = w:executeMany("dist.sleep", { { ms = 2000 }, { ms = 3000 }, { ms = 4000 } })
+    -- t1 ends 2 s after t0, so t0's finish is waiting on A's lock before t1
+    -- ends, even on a loaded machine (1 s was too little at load 5)
+    local hs = w:executeMany("dist.sleep", { { ms = 2000 }, { ms = 4000 }, { ms = 5000 } })
     local rows = {}
     for i, h in ipairs(hs) do
       rows[i] = ("select 1 from %s.tasks where id = '%s' for update"):format(sch, h.id)
