@@ -512,8 +512,8 @@ ATH_EXTERN void ath_schedules_free(ath_schedule_info_t* s, size_t n);
  * journal (SEMANTICS §13). The built-in SQLite store is one; a host passes
  * its own as ath_world_config_t.store. The queue itself stays in the
  * engine's memory: a provider journals what happens to it and gives it
- * back at start; it does not claim or hand out tasks (the shared-queue
- * operations are the PostgreSQL backend's, docs/backend-postgres.md).
+ * back at start; it does not claim or hand out tasks (a queue shared by
+ * several processes is a queue provider's: the queue providers section).
  * docs/c-api.md "Store providers" walks through one. */
 
 /* One task's stored state. Strings are borrowed for the call (persist) or
