@@ -695,7 +695,8 @@ static void publish(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
       x->nwake = ath__attempt_failed(w, t, o, x->now, x->mono, x->wake, x->nwake, &x->wake_engine);
     } else {
       w->precounted = o->sampled ? t : NULL; /* its completion is in the rings */
-      x->nwake = ath__finish_task(w, t, o->status, x->now, x->wake, x->nwake);
+      int64_t ended = o->ended_at != 0 && o->ended_at <= x->now ? o->ended_at : x->now;
+      x->nwake = ath__finish_task(w, t, o->status, ended, x->wake, x->nwake);
       w->precounted = NULL;
     }
   }

@@ -529,6 +529,9 @@ typedef struct {
    * it unless it claims it itself. */
   struct ath_task_s* held;
   uint64_t started_mono; /* the slot's start of the attempt */
+  int64_t ended_at;      /* wall ms the slot ended it: its completedAt (the
+                          * exchange may come after the worker started the
+                          * next task, which must not seem to start first) */
   int sampled;           /* its run time (and completion) were recorded
                           * before the exchange took the lock */
 } ath_outcome_t;

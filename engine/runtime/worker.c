@@ -1144,6 +1144,7 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     hand_events(s, &wk->outcomes[wk->noutcomes - 1]);
   wk->outcomes[wk->noutcomes - 1].held = s->held;
   wk->outcomes[wk->noutcomes - 1].started_mono = s->started_mono;
+  wk->outcomes[wk->noutcomes - 1].ended_at = ath__wall(wk->w);
   s->held = NULL;
   if (cached) {
     new_coroutine(s); /* the parked one went to the cache */
