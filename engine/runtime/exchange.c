@@ -572,12 +572,50 @@ static void claim_ahead(ath_world_t* w, ath_worker_t* wk, int64_t depth, int cla
   }
 }
 
-/* Claims up to `max` ready tasks of wk's queue into its slots (lock held)
- * and, when they fill them, more ahead. Returns how many went to slots. */
-static int claim(ath_world_t* w, ath_worker_t* wk, ath_task_t** out, int max, xchg_t* x) {
+/* Whether no task of a higher priority than t waits in t's queue (lock
+ * held). */
+static int first_in_priority(const ath_queue_t* q, const ath_task_t* t) {
+  for (int i = 0; i < q->nbuckets && q->buckets[i].priority > t->priority; i++)
+    if (q->buckets[i].head != NULL)
+      return 0;
+  return 1;
+}
+
+/* Eager dispatch of workflow steps (lock held): the step activity a
+ * segment of wk's started just before it parked (outcomes[0..nout)'s held
+ * tasks) goes straight to a free slot of wk, ahead of older tasks of the
+ * same priority, as Temporal dispatches an activity eagerly to the worker
+ * whose workflow task scheduled it. The step runs where its workflow runs
+ * anyway; taking it now rather than at its turn in the queue keeps the
+ * workflow's coroutine and history hot in this worker's caches, so that
+ * a step costs about what a task costs (issue 17) however deep the queue
+ * is. A task of a higher priority waiting keeps the queue's order.
+ * Returns how many went to slots. */
+static int claim_held(ath_world_t* w, ath_worker_t* wk, int nout, ath_task_t** out, int max,
+                      xchg_t* x) {
+  ath_queue_t* q = wk->queue;
+  int n = 0;
+  for (int i = 0; i < nout && n < max; i++) {
+    ath_task_t* h = wk->outcomes[i].held;
+    if (h == NULL || h->status != ATH_PENDING || h->wk != NULL || h->unborn || h->remote ||
+        h->queue != q || !first_in_priority(q, h))
+      continue; /* not in the queue (taken, claimed ahead, cancelled) or not first */
+    ath__queue_remove(q, h);
+    if (expired_waiting(w, h, x))
+      continue;
+    start_claimed(w, wk, h, x->now, x->mono, x);
+    out[n++] = h;
+  }
+  return n;
+}
+
+/* Claims up to `max` ready tasks of wk's queue into its slots (lock held):
+ * the steps its segments just started first (claim_held), and, when they
+ * fill them, more ahead. Returns how many went to slots. */
+static int claim(ath_world_t* w, ath_worker_t* wk, int nout, ath_task_t** out, int max, xchg_t* x) {
   ath_queue_t* q = wk->queue;
   int64_t depth = q->depth;
-  int n = 0;
+  int n = claim_held(w, wk, nout, out, max, x);
   while (n < max) {
     ath_task_t* t = wk->resumes.head != NULL ? ath__wf_pop_home(wk) : ath__queue_pop(q);
     if (t == NULL)
@@ -800,7 +838,7 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
   int back = settle_prefetch(w, wk, &x); /* first: its outcomes may be theirs */
   publish(w, wk, &x);
   if (!wk->stop && (w->state == ATH_W_STARTED || w->draining))
-    n = claim(w, wk, out, max, &x);
+    n = claim(w, wk, nout, out, max, &x);
   if (n < max || wk->stop)
     wake_for(w, wk, back, &x); /* it may not have taken them again */
   release_held(w, wk, nout, &x);

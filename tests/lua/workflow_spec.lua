@@ -454,6 +454,33 @@ describe("workflows", function()
       assert.same(types(h0:query().history), types(h:query().history))
     end)
 
+    it("a step goes ahead of older tasks of its priority (eager dispatch), not ahead of a higher priority", function()
+      for _, prio in ipairs { false, -1 } do
+        -- one slot, held by a gate while the queue fills
+        local w = world { minWorkers = 1, maxWorkers = 1, taskQueues = { default = { concurrency = 1 } } }
+        local gate = tmpname()
+        local g = w:execute("tree.gated", { gate = gate })
+        S.eventually(function() return g:query().status == "running" end, S.WAIT, "the gate to hold the slot")
+        local h = w:execute("wf.ordinals", { n = 3, priority = prio or nil })
+        local inputs = {}
+        for i = 1, 500 do inputs[i] = i end
+        local older = w:executeMany("wf.ordinal", inputs)
+        local f = assert(io.open(gate, "w"))
+        f:close()
+        local r, err = S.result(h)
+        assert.is_nil(err)
+        for i = 1, 3 do
+          if prio then -- below the queue's 500 tasks of priority 0: after them all
+            assert.is_true(r[i] > 500, "step " .. i .. " ran " .. r[i] .. "th")
+          else -- at most the batches claimed ahead before each park ran first
+            assert.is_true(r[i] < 250, "step " .. i .. " ran " .. r[i] .. "th")
+          end
+        end
+        assert.is_nil(select(2, S.result(older[500])))
+        w:shutdown()
+      end
+    end)
+
     it("cancelling the workflow while its step runs on its worker cancels the step; nothing is recorded after", function()
       local w = world()
       local log = tmpname()
