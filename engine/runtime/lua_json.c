@@ -799,6 +799,48 @@ int ath__json_decode(lua_State* L, const char* json, size_t len) {
   return ath__json_decode_nulls(L, json, len, 0);
 }
 
+/* [-0, +(0|1), m] The common top-level scalars without a parser: an
+ * integer of at most 18 digits (no sign, exponent or leading zero to
+ * interpret), true, false, and a string with no escape (the caller checked
+ * its UTF-8). Pushes the value the parse would give and returns 1, or
+ * pushes nothing and returns 0 for anything else. A task's input and a
+ * step's result are often just that, and a parser costs ~1,500
+ * instructions to set up. */
+static int decode_scalar(lua_State* L, const char* json, size_t len) {
+  if (len == 0)
+    return 0;
+  if (json[0] == '"') {
+    if (len < 2 || json[len - 1] != '"')
+      return 0;
+    for (size_t i = 1; i < len - 1; i++) {
+      unsigned char c = (unsigned char)json[i];
+      if (c == '"' || c == '\\' || c < 0x20)
+        return 0;
+    }
+    lua_pushlstring(L, json + 1, len - 2);
+    return 1;
+  }
+  if (len == 4 && memcmp(json, "true", 4) == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (len == 5 && memcmp(json, "false", 5) == 0) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  size_t i = json[0] == '-';
+  if (len - i == 0 || len - i > 18 || (json[i] == '0' && len - i > 1))
+    return 0;
+  lua_Integer v = 0;
+  for (; i < len; i++) {
+    if (json[i] < '0' || json[i] > '9')
+      return 0;
+    v = v * 10 + (json[i] - '0');
+  }
+  lua_pushinteger(L, json[0] == '-' ? -v : v);
+  return 1;
+}
+
 int ath__json_decode_nulls(lua_State* L, const char* json, size_t len, int keep_nulls) {
   int base = lua_gettop(L);
   json_dec_t* d;
@@ -814,6 +856,8 @@ int ath__json_decode_nulls(lua_State* L, const char* json, size_t len, int keep_
     lua_pushfstring(L, "invalid JSON at byte %I: invalid UTF-8 or a lone surrogate escape", (lua_Integer)at);
     return ATH_EINVAL;
   }
+  if (decode_scalar(L, json, len))
+    return 0;
   lua_pushnil(L); /* base + 1: the result */
   d = dec_box(L); /* base + 2: keeps the box alive during the parse */
   d->L = L;
