@@ -166,7 +166,9 @@ static const char* step_id(char* buf, size_t cap, const char* wfid, lua_Integer 
  * each durable before the next): starts `name` with `payload` (its JSON,
  * checked) as the workflow's task <workflowId>/<run>/<seq> with the
  * options as wfSpawn's, records activity.scheduled{seq, name, taskId,
- * limits} and parks on the task (returns as wfPark). */
+ * limits} and parks on the task. Returns as wfPark, or, when the activity
+ * completed and nothing else happened meanwhile, historyLength, true and
+ * its result. */
 static int wf_run(lua_State* L) {
   ath_task_t* t = check_workflow(L);
   if (ath__worker_durable(ath__worker_of(L)))
@@ -205,7 +207,7 @@ static int wf_run(lua_State* L) {
   ath__buf_free(&lim);
   if (rc != 0)
     return ath__raise(L, rc, "%s", err[0] ? err : ath_strerror(rc));
-  return ath__task_park(L, ATH_PARK_ACTIVITY, seq, x, 0);
+  return ath__task_park_step(L, seq, x);
 }
 
 /* core.wfDurable() -> whether each workflow command must be committed

@@ -609,21 +609,45 @@ static int claim_held(ath_world_t* w, ath_worker_t* wk, int nout, ath_task_t** o
   return n;
 }
 
+/* Whether t is the step a segment running on another worker than wk
+ * started, which that worker takes when it publishes the park (lock
+ * held): until then no other worker claims it. A lost worker's reservation
+ * does not hold. */
+static int reserved_elsewhere(const ath_worker_t* wk, const ath_task_t* t) {
+  const ath_task_t* p = t->wf == NULL ? ath__task_parent(t) : NULL;
+  return p != NULL && p->wf != NULL && p->wf->held_step == t && p->wf->where == ATH_WF_SLOT &&
+         p->status == ATH_RUNNING && p->wk != NULL && p->wk != wk && !atomic_load(&p->wk->lost);
+}
+
 /* Claims up to `max` ready tasks of wk's queue into its slots (lock held):
  * the steps its segments just started first (claim_held), and, when they
- * fill them, more ahead. Returns how many went to slots. */
+ * fill them, more ahead. Steps reserved for another worker keep their
+ * place in the queue. Returns how many went to slots. */
 static int claim(ath_world_t* w, ath_worker_t* wk, int nout, ath_task_t** out, int max, xchg_t* x) {
   ath_queue_t* q = wk->queue;
   int64_t depth = q->depth;
+  ath_task_t* kept[8];
+  int nkept = 0;
   int n = claim_held(w, wk, nout, out, max, x);
   while (n < max) {
-    ath_task_t* t = wk->resumes.head != NULL ? ath__wf_pop_home(wk) : ath__queue_pop(q);
+    int home = wk->resumes.head != NULL;
+    ath_task_t* t = home ? ath__wf_pop_home(wk) : ath__queue_pop(q);
     if (t == NULL)
       break;
+    if (!home && reserved_elsewhere(wk, t)) {
+      kept[nkept++] = t;
+      if (nkept == (int)(sizeof(kept) / sizeof(kept[0])))
+        break;
+      continue;
+    }
     if (expired_waiting(w, t, x))
       continue;
     start_claimed(w, wk, t, x->now, x->mono, x);
     out[n++] = t;
+  }
+  while (nkept > 0) { /* back in their places (popped from there: no allocation) */
+    ath__queue_unpop(q, kept[--nkept]);
+    q->depth++;
   }
   if (n == max && max > 0)
     claim_ahead(w, wk, depth, n, x);
@@ -659,6 +683,8 @@ static void publish(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
     last->run_pos = t->run_pos;
     w->n_running--;
     t->wk = NULL;
+    if (t->wf != NULL)
+      t->wf->held_step = NULL; /* its park is published: see claim_held */
     x->ended++;
     if (!w->cfg.no_metrics && !o->sampled) /* a workflow's run spans its segments */
       lat_add1(w, &w->lat_run, x->mono > t->start_mono ? (double)(x->mono - t->start_mono) / 1e6 : 0,

@@ -114,6 +114,11 @@ typedef struct {
                           * that worker still serves; 0: none. An id, not a
                           * pointer: a retired worker is freed. */
   int where;             /* ATH_WF_* */
+  /* The step (ctx:run) its running segment started on its worker's queue
+   * (identity only): no other worker claims it before the segment's park
+   * is published, so that the exchange publishing it hands it to this
+   * workflow's worker (eager dispatch, exchange.c). */
+  const struct ath_task_s* held_step;
   int resuming;          /* the next claim continues the run: no new attempt */
   int wait_kind;         /* ATH_PARK_*, while parked or on a timer */
   int64_t wait_seq;      /* the awaited command (a compensation's index) */

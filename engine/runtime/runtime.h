@@ -137,6 +137,10 @@ ath_task_t* ath__task_workflow(lua_State* L);
  * takes over; or, for ATH_PARK_TIMER, wall time `at`). Raises the task's
  * interrupt instead when one is due. Does not return. */
 int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t at);
+/* ath__task_park on activity step t (ctx:run's wfRun): when its coroutine
+ * stays cached and resumes with only the step's completion, the park
+ * returns the history's length, true and the step's result. */
+int ath__task_park_step(lua_State* L, int64_t seq, ath_task_t* t);
 /* The task the running workflow segment started last (wfSpawn keeps it,
  * taking over the reference `t`), so that parking on it needs no lookup;
  * ath__task_spawned returns it (the reference) if its id is `id`, else

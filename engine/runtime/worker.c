@@ -509,6 +509,13 @@ static int push_outcome(lua_State* L, const ath_wf_outev_t* m) {
   return 0;
 }
 
+/* What a cached coroutine's park returns when it resumes (park_k's
+ * context): the history's length and the new events as tables (and a list
+ * of the others) — or, for ath__task_park_step when the one new event is
+ * its activity's completion, the length, true and the result alone, since
+ * ctx:run needs nothing else of it. */
+enum { PARK_EVENTS = 0, PARK_VALUE = 1 };
+
 /* Continuation of a park whose coroutine stayed cached (wf_cache.c): the
  * next segment resumed it with the history's new events (an array of
  * ath_wfev_t references, which the resumer keeps until this returns), their
@@ -518,13 +525,19 @@ static int push_outcome(lua_State* L, const ath_wf_outev_t* m) {
  * the others. */
 static int park_k(lua_State* L, int status, lua_KContext ctx) {
   (void)status;
-  (void)ctx;
   ath_wfev_t* const* evs = lua_touserdata(L, -4);
   int n = (int)lua_tointeger(L, -3);
   lua_Integer total = lua_tointeger(L, -2);
   const ath_wf_outev_t* out = lua_touserdata(L, -1);
   lua_settop(L, 0);
   lua_pushinteger(L, total);
+  if (ctx == PARK_VALUE && n == 1 && out != NULL && out->key != NULL &&
+      strcmp(out->type, "activity.completed") == 0) {
+    lua_pushboolean(L, 1); /* the step's result alone: no event table */
+    if (ath__json_decode(L, out->ev->json + out->voff, out->vlen) != 0)
+      return luaL_error(L, "workflow resumed without its new events");
+    return 3;
+  }
   if (n > 1)
     lua_createtable(L, n - 1, 0);
   for (int i = 0; i < n; i++) {
@@ -539,7 +552,7 @@ static int park_k(lua_State* L, int status, lua_KContext ctx) {
   return n == 0 ? 1 : n == 1 ? 2 : 3;
 }
 
-int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t at) {
+static int park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t at, lua_KContext how) {
   ath_slot_t* s = task_slot(L);
   if (s == NULL || s->task->wf == NULL) {
     if (t != NULL)
@@ -562,7 +575,15 @@ int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t a
   s->park_task = t;
   s->park_at = at;
   s->wait = ATH_WAIT_PARK;
-  return lua_yieldk(L, 0, 0, park_k);
+  return lua_yieldk(L, 0, how, park_k);
+}
+
+int ath__task_park(lua_State* L, int kind, int64_t seq, ath_task_t* t, int64_t at) {
+  return park(L, kind, seq, t, at, PARK_EVENTS);
+}
+
+int ath__task_park_step(lua_State* L, int64_t seq, ath_task_t* t) {
+  return park(L, ATH_PARK_ACTIVITY, seq, t, 0, PARK_VALUE);
 }
 
 int ath__task_wf_scheduled(lua_State* L, ath_task_t* t, int64_t seq, const char* name,

@@ -1074,8 +1074,13 @@ relock:
     out[i] = t;
   }
   int held = by != NULL && by->queue == q; /* see above */
+  if (held && fresh_step && n == 1 && out[0]->status == ATH_PENDING)
+    known->wf->held_step = out[0]; /* its park's exchange takes it on `by` */
   nwake = unborn || held ? 0 : ath__pick_sleepers(w, q, ready, wake, MAX_WORKERS); /* unborn: once committed */
   uint64_t gen = w->gen;
+  /* hybrid: the store keeps up (read here, under the lock: no second
+   * lock for every execute when it does) */
+  int behind = w->cfg.persistence == ATH_PERSIST_HYBRID && w->ndirty >= ATH_HYBRID_BACKLOG;
   uv_mutex_unlock(&w->lock);
   ath__wake_all(wake, nwake);
   if (wake_engine)
@@ -1086,7 +1091,7 @@ relock:
   ath__release_all(stored, n);
   if (w->cfg.persistence == ATH_PERSIST_FILE) { /* acknowledged once durable */
     *gen_out = gen;
-  } else if (w->cfg.persistence == ATH_PERSIST_HYBRID) { /* the store keeps up */
+  } else if (behind) {
     uv_mutex_lock(&w->lock);
     ath__store_throttle(w);
     uv_mutex_unlock(&w->lock);

@@ -218,7 +218,13 @@ function Ctx:run(name, input, opts)
       record(self, { type = "activity.scheduled", seq = seq, name = name, taskId = id, limits = limits })
       park(self, "activity", seq, id)
     else -- the three in one call; the event travels with the park
-      resumed(self, core.wfRun(name, payload, self._run, seq, opts.taskQueue, opts.priority, strategy, limits))
+      local total, ev, more = core.wfRun(name, payload, self._run, seq, opts.taskQueue, opts.priority, strategy,
+        limits)
+      if ev == true then -- it completed, and that is all that happened: its result alone
+        self._historyLength = total
+        return more
+      end
+      resumed(self, total, ev, more)
     end
     done = ix.done[seq] or awaited(self, nil, seq)
   end

@@ -481,6 +481,25 @@ describe("workflows", function()
       end
     end)
 
+    it("no other worker takes a step before its workflow's park is published, however busy the queue", function()
+      -- the other worker keeps claiming: the test enqueues a task whenever
+      -- it sleeps, and each claim takes what is ready, up to 4
+      local w = world { taskQueues = { default = { concurrency = 4 } } }
+      local h = w:execute("wf.steps", { n = 200 })
+      local feed = 0
+      while h:status() ~= "completed" and h:status() ~= "failed" do
+        w:execute("wf.ordinal", feed)
+        feed = feed + 1
+      end
+      local r, err = S.result(h)
+      assert.is_nil(err)
+      assert.equals(200, select(2, r:gsub("charge ok", "")))
+      local home, steps = workers(w, h)
+      local away = 0
+      for i = 1, 200 do away = away + (steps[i] ~= home and 1 or 0) end
+      assert.equals(0, away, "steps run by another worker while " .. feed .. " tasks were fed")
+    end)
+
     it("cancelling the workflow while its step runs on its worker cancels the step; nothing is recorded after", function()
       local w = world()
       local log = tmpname()
