@@ -593,15 +593,15 @@ int ath__task_wf_scheduled(lua_State* L, ath_task_t* t, int64_t seq, const char*
   b->len = 0;
   int rc = ath__ev_begin(b, t, "activity.scheduled", ath__wall(wk->w));
   rc |= ath__ev_int(b, "seq", seq);
-  rc |= ath__buf_lit(b, ",\"name\":");
+  rc |= ath__buf_putlit(b, ",\"name\":");
   rc |= ath__json_put_text(b, name, strlen(name));
-  rc |= ath__buf_lit(b, ",\"taskId\":");
+  rc |= ath__buf_putlit(b, ",\"taskId\":");
   rc |= ath__json_put_text(b, task_id, strlen(task_id));
   if (limits != NULL) {
-    rc |= ath__buf_lit(b, ",\"limits\":");
-    rc |= ath__buf_append(b, limits, limits_len);
+    rc |= ath__buf_putlit(b, ",\"limits\":");
+    rc |= ath__buf_put(b, limits, limits_len);
   }
-  rc |= ath__buf_lit(b, "}");
+  rc |= ath__buf_putlit(b, "}");
   return rc != 0 ? ATH_ENOMEM : ath__task_wf_record(L, t, b->data, b->len, gen);
 }
 

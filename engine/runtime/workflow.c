@@ -266,30 +266,30 @@ ath_wfev_t** ath__world_wf_events(ath_world_t* w, ath_task_t* t, uint32_t from, 
 /* Starts an event {"type":..,"at":..,"run":..; ath__wf_push_buf closes it.
  * These return 0, or ATH_ENOMEM when a piece could not be appended. */
 int ath__ev_begin(ath_buf_t* b, const ath_task_t* t, const char* type, int64_t now) {
-  int rc = ath__buf_lit(b, "{\"type\":\"");
-  rc |= ath__buf_append(b, type, strlen(type));
-  rc |= ath__buf_lit(b, "\",\"at\":");
+  int rc = ath__buf_putlit(b, "{\"type\":\"");
+  rc |= ath__buf_put(b, type, strlen(type));
+  rc |= ath__buf_putlit(b, "\",\"at\":");
   rc |= ath__buf_i64(b, now);
-  rc |= ath__buf_lit(b, ",\"run\":");
+  rc |= ath__buf_putlit(b, ",\"run\":");
   return rc | ath__buf_i64(b, t->attempt);
 }
 
 int ath__ev_int(ath_buf_t* b, const char* key, int64_t v) {
-  int rc = ath__buf_lit(b, ",\"");
-  rc |= ath__buf_append(b, key, strlen(key));
-  rc |= ath__buf_lit(b, "\":");
+  int rc = ath__buf_putlit(b, ",\"");
+  rc |= ath__buf_put(b, key, strlen(key));
+  rc |= ath__buf_putlit(b, "\":");
   return rc | ath__buf_i64(b, v);
 }
 
 /* Adds "key":json (null when json is NULL). */
 void ath__ev_raw(ath_buf_t* b, const char* key, const char* json, size_t len) {
-  ath__buf_lit(b, ",\""); /* no printf: every step records events */
-  ath__buf_append(b, key, strlen(key));
-  ath__buf_lit(b, "\":");
+  ath__buf_putlit(b, ",\""); /* no printf: every step records events */
+  ath__buf_put(b, key, strlen(key));
+  ath__buf_putlit(b, "\":");
   if (json != NULL)
-    ath__buf_append(b, json, len);
+    ath__buf_put(b, json, len);
   else
-    ath__buf_lit(b, "null");
+    ath__buf_putlit(b, "null");
 }
 
 /* Closes the event in b and appends it to t's history (b keeps its memory). */

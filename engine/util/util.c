@@ -61,7 +61,7 @@ char* ath__fmt_i64(char* end, int64_t v) {
 int ath__buf_i64(ath_buf_t* b, int64_t v) {
   char num[24];
   char* p = ath__fmt_i64(num + sizeof(num), v);
-  return ath__buf_append(b, p, (size_t)(num + sizeof(num) - p));
+  return ath__buf_put(b, p, (size_t)(num + sizeof(num) - p));
 }
 
 int ath__buf_append(ath_buf_t* b, const char* s, size_t n) {
