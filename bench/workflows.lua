@@ -11,7 +11,12 @@
 --   a 1000-step workflow's per-step time within 1.5x of the 5-step one
 -- Each figure also gets its CPU time per step (os.clock: the whole
 -- process, every thread): on a shared, loaded machine wall-clock rates
--- swing by 2-3x between runs, CPU per step much less.
+-- swing by 2-3x between runs, CPU per step much less. In hybrid mode the
+-- step/activity ratio is judged to the last commit (the clock stops after
+-- the shutdown that commits what the store holds): 20,000 plain no-ops
+-- return their results in ~30 ms, before the store's first group commit
+-- (flushInterval 50 ms), so to the last result their rate leaves out the
+-- store's work, which the longer workflow runs pay during theirs.
 -- WFCACHE=<n> sets workflowCache (default: the world's, 10000 per worker).
 -- STEP=now|sleep makes each step ctx:now() (a recorded marker) or
 -- ctx:sleep(0) (a park and resume, no activity) instead of ctx:run, to see
@@ -47,20 +52,28 @@ local function world(mode)
   return w
 end
 
--- steps/s of STEPS plain activities, and CPU us per step
+-- The end of a timed run: steps/s to the last result and CPU us per step
+-- then, and steps/s to the last commit (the shutdown commits what the
+-- store still holds: in hybrid mode a short run's results come back before
+-- its first group commit, so only this rate counts the store's work).
+local function finish(w, steps, t0, c0)
+  local dt, dc = clock() - t0, os.clock() - c0
+  w:shutdown()
+  return steps / dt, dc * 1e6 / steps, steps / (clock() - t0)
+end
+
+-- steps/s of STEPS plain activities (see finish)
 local function activities(mode)
   local w = world(mode)
   local inputs = {}
   for i = 1, STEPS do inputs[i] = i end
   local t0, c0 = clock(), os.clock()
   for _, h in ipairs(w:executeMany("noop", inputs)) do assert(h:result()) end
-  local dt, dc = clock() - t0, os.clock() - c0
-  w:shutdown()
-  return STEPS / dt, dc * 1e6 / STEPS
+  return finish(w, STEPS, t0, c0)
 end
 
--- steps/s of STEPS // len workflows of len steps, all started at once,
--- and CPU us per step
+-- steps/s of STEPS // len workflows of len steps, all started at once
+-- (see finish)
 local function workflows(mode, len)
   local w = world(mode)
   local n = STEPS // len
@@ -69,20 +82,20 @@ local function workflows(mode, len)
   local t0, c0 = clock(), os.clock()
   local want = len * (len + 1) // 2
   for _, h in ipairs(w:executeMany("chain", inputs)) do assert(h:result(600000) == want) end
-  local dt, dc = clock() - t0, os.clock() - c0
-  w:shutdown()
-  return n * len / dt, dc * 1e6 / (n * len)
+  return finish(w, n * len, t0, c0)
 end
 
--- the best rate and the least CPU per step of REPS runs
+-- the best rate, the least CPU per step and the best rate to the last
+-- commit of REPS runs
 local function best(fn, ...)
-  local b, c = 0, math.huge
+  local b, c, d = 0, math.huge, 0
   for _ = 1, REPS do
-    local v, cpu = fn(...)
+    local v, cpu, durable = fn(...)
     if v > b then b = v end
     if cpu < c then c = cpu end
+    if durable > d then d = durable end
   end
-  return b, c
+  return b, c, d
 end
 
 local function verdict(ok) return ok and "met" or "NOT met" end
@@ -100,9 +113,9 @@ if athena.isWorker() then return end
 print(string.format("workflows: %d steps per run, best of %d, workflowCache = %s", STEPS, REPS,
   CACHE and tostring(CACHE) or "default"))
 for _, mode in ipairs { "memory", "hybrid" } do
-  local base, cbase = best(activities, mode)
+  local base, cbase, dbase = best(activities, mode)
   local s5, c5 = best(workflows, mode, 5)
-  local s100, c100 = best(workflows, mode, 100)
+  local s100, c100, d100 = best(workflows, mode, 100)
   local s1000, c1000 = best(workflows, mode, 1000)
   print(string.format("%-7s plain activities %8.0f/s | steps/s: 5-step %7.0f, 100-step %7.0f, 1000-step %7.0f",
     mode .. ":", base, s5, s100, s1000))
@@ -110,8 +123,14 @@ for _, mode in ipairs { "memory", "hybrid" } do
     cbase, c5, c100, c1000))
   print(string.format("        100-step / 5-step steps/s        = %.2fx (target >= 0.8: %s; CPU per step: %.2fx)",
     s100 / s5, verdict(s100 / s5 >= 0.8), c5 / c100))
-  print(string.format("        100-step step / plain activity   = %.2fx (target >= 0.3: %s; CPU per step: %.2fx)",
-    s100 / base, verdict(s100 / base >= 0.3), cbase / c100))
+  if mode == "memory" then
+    print(string.format("        100-step step / plain activity   = %.2fx (target >= 0.3: %s; CPU per step: %.2fx)",
+      s100 / base, verdict(s100 / base >= 0.3), cbase / c100))
+  else -- the store's work counted in both (see finish)
+    print(string.format("        100-step step / plain activity   = %.2fx to the last result, %.2fx to the last commit"
+      .. " (%.0f vs %.0f steps/s; target >= 0.3: %s; CPU per step to the last result: %.2fx)",
+      s100 / base, d100 / dbase, d100, dbase, verdict(d100 / dbase >= 0.3), cbase / c100))
+  end
   print(string.format("        1000-step per-step time / 5-step = %.2fx (%.1f vs %.1f us; target <= 1.5: %s; CPU: %.2fx)",
     s5 / s1000, 1e6 / s1000, 1e6 / s5, verdict(s5 / s1000 <= 1.5), c1000 / c5))
 end
