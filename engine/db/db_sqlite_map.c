@@ -66,7 +66,9 @@ static sqlite3_io_methods methods[3]; /* by the unix file's iVersion - 1 */
 static uv_mutex_t maps_mu;
 static map_t* maps;
 static struct sigaction old_bus;
-static _Thread_local sigjmp_buf* copying; /* set while copying from a map */
+/* set while copying from a map; volatile: memcpy reads no global, and the
+ * stores around it would otherwise be dropped as dead */
+static _Thread_local sigjmp_buf* volatile copying;
 
 static void on_sigbus(int sig, siginfo_t* si, void* uc) {
   if (copying != NULL)
@@ -91,7 +93,9 @@ static int copy_from(map_t* m, void* buf, int amt, int64_t off) {
     return 0;
   }
   copying = &jb;
+  atomic_signal_fence(memory_order_seq_cst); /* the copy stays between the two stores */
   memcpy(buf, m->base + off, (size_t)amt);
+  atomic_signal_fence(memory_order_seq_cst);
   copying = NULL;
   return 1;
 }
