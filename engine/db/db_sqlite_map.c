@@ -1,6 +1,6 @@
 /* Mapped reads: a VFS over SQLite's own (unix) one whose main database
- * files are read by copying from one read-only shared mapping of the file
- * per process instead of a pread system call per page.
+ * and WAL files are read by copying from one read-only shared mapping of
+ * the file per process instead of a pread system call per page.
  *
  * Why: in WAL mode a connection drops its whole page cache whenever it
  * finds that another connection committed, and the gateway's readers see
@@ -198,7 +198,8 @@ static int m_unfetch(sqlite3_file* f, sqlite3_int64 off, void* p) {
 
 /* The process's map of the file at path, if the file SQLite just opened
  * is the one the path names now (fd is ours, opened before SQLite's: a
- * file renamed in between shows another inode and gets no map). */
+ * file renamed in between shows another inode and gets no map; a file
+ * that SQLite's open created, such as a first WAL, gets none either). */
 static map_t* map_for(const char* path, int fd) {
   struct stat a, b;
   if (fstat(fd, &a) != 0 || stat(path, &b) != 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino ||
@@ -235,7 +236,7 @@ static int m_open(sqlite3_vfs* v, sqlite3_filename name, sqlite3_file* f, int fl
   memset(p, 0, sizeof(*p));
   p->real = (sqlite3_file*)(p + 1);
   int fd = -1;
-  if ((flags & SQLITE_OPEN_MAIN_DB) && name != NULL)
+  if ((flags & (SQLITE_OPEN_MAIN_DB | SQLITE_OPEN_WAL)) && name != NULL)
     fd = open(name, O_RDONLY | O_CLOEXEC);
   int rc = unix_vfs->xOpen(unix_vfs, name, p->real, flags, out_flags);
   const sqlite3_io_methods* rm = p->real->pMethods;
