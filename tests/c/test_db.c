@@ -2,6 +2,7 @@
  * rewrite, error mapping and redaction, and SQLite through typed
  * parameters and cells. (PostgreSQL runs in tests/lua/db_pg_spec.lua,
  * which has the server fixture.) */
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -237,6 +238,70 @@ TEST_IMPL(db_sqlite_mapped_reads) {
   ath__db_free(rd);
   ath__db_free(w);
   ASSERT(!mapped(path)); /* the last connection took the map with it */
+  char side[160];
+  const char* ends[] = {"", "-wal", "-shm"};
+  for (int i = 0; i < 3; i++) {
+    snprintf(side, sizeof(side), "%s%s", path, ends[i]);
+    unlink(side);
+  }
+  ASSERT_OK(rmdir(dir));
+  return 0;
+}
+
+typedef struct {
+  const char* url;
+  int rounds;
+  atomic_int done;
+} writer_arg_t;
+
+/* Inserts rows 2..rounds+1, one commit each, a checkpoint every tenth. */
+static void map_writer(void* ud) {
+  writer_arg_t* a = ud;
+  ath_db_t* w = NULL;
+  ath_db_error_t e;
+  ASSERT_OK(ath__db_new(a->url, &w, &e));
+  for (int i = 2; i <= a->rounds + 1; i++) {
+    char sql[96];
+    snprintf(sql, sizeof(sql), "insert into t values (%d, %d, 'x')", i, i);
+    exec_ok(w, sql);
+    if (i % 10 == 0)
+      exec_ok(w, "pragma wal_checkpoint(passive)");
+  }
+  ath__db_free(w);
+  atomic_store(&a->done, 1);
+}
+
+/* The count of t's rows 1..n holding v = id, or -1 if the rows read are
+ * not whole (their sum says). */
+static int64_t whole_rows(ath_db_t* db) {
+  return one_int(db, "select case when sum(v) = count(*) * (count(*) + 1) / 2 then count(*) else -1 end from t");
+}
+
+/* A reader on one thread while a writer commits and checkpoints on
+ * another, both through the one map of the file: the reader's counts only
+ * grow, each with the sum that goes with it, and end at the writer's. */
+TEST_IMPL(db_sqlite_mapped_reads_threads) {
+  char dir[] = "/tmp/athena-dbmapt-XXXXXX", path[128], url[160];
+  ASSERT_NOT_NULL(mkdtemp(dir));
+  snprintf(path, sizeof(path), "%s/m.db", dir);
+  snprintf(url, sizeof(url), "sqlite:%s", path);
+  ath_db_t* rd = NULL;
+  ath_db_error_t e;
+  ASSERT_OK(ath__db_new(url, &rd, &e));
+  exec_ok(rd, "pragma journal_mode = wal; create table t(id integer primary key, v integer, pad text);"
+              "insert into t values (1, 1, 'x')");
+  writer_arg_t a = {url, 300, 0};
+  uv_thread_t th;
+  ASSERT_OK(uv_thread_create(&th, map_writer, &a));
+  int64_t last = 1, n;
+  while (!atomic_load(&a.done)) {
+    n = whole_rows(rd);
+    ASSERT_GE(n, last);
+    last = n;
+  }
+  ASSERT_OK(uv_thread_join(&th));
+  ASSERT_EQ(a.rounds + 1, whole_rows(rd));
+  ath__db_free(rd);
   char side[160];
   const char* ends[] = {"", "-wal", "-shm"};
   for (int i = 0; i < 3; i++) {
