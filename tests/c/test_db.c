@@ -202,6 +202,17 @@ static int mapped(const char* path) {
   return found;
 }
 
+/* Removes the database at path, its WAL and index, and then dir. */
+static void remove_db(const char* dir, const char* path) {
+  char side[160];
+  const char* ends[] = {"", "-wal", "-shm"};
+  for (int i = 0; i < 3; i++) {
+    snprintf(side, sizeof(side), "%s%s", path, ends[i]);
+    unlink(side);
+  }
+  ASSERT_OK(rmdir(dir));
+}
+
 /* Reads of a database file come from the process's map of it (db_sqlite_map.c):
  * a connection sees what another one wrote and checkpointed into the file,
  * and a file cut short behind SQLite's back is an error on the read that
@@ -238,13 +249,7 @@ TEST_IMPL(db_sqlite_mapped_reads) {
   ath__db_free(rd);
   ath__db_free(w);
   ASSERT(!mapped(path)); /* the last connection took the map with it */
-  char side[160];
-  const char* ends[] = {"", "-wal", "-shm"};
-  for (int i = 0; i < 3; i++) {
-    snprintf(side, sizeof(side), "%s%s", path, ends[i]);
-    unlink(side);
-  }
-  ASSERT_OK(rmdir(dir));
+  remove_db(dir, path);
   return 0;
 }
 
@@ -302,13 +307,7 @@ TEST_IMPL(db_sqlite_mapped_reads_threads) {
   ASSERT_OK(uv_thread_join(&th));
   ASSERT_EQ(a.rounds + 1, whole_rows(rd));
   ath__db_free(rd);
-  char side[160];
-  const char* ends[] = {"", "-wal", "-shm"};
-  for (int i = 0; i < 3; i++) {
-    snprintf(side, sizeof(side), "%s%s", path, ends[i]);
-    unlink(side);
-  }
-  ASSERT_OK(rmdir(dir));
+  remove_db(dir, path);
   return 0;
 }
 
