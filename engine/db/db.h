@@ -188,6 +188,10 @@ void ath__db_keep_watch(ath_db_t* db);
 /* Process-wide SQLite settings (no allocation statistics); called before
  * every first use of SQLite in the process, by anyone who opens it. Thread: any. */
 void ath__sqlite_setup(void);
+/* The name of the VFS that reads main database files from a mapping shared
+ * by the process's connections (db_sqlite_map.c), or NULL (SQLite's
+ * default VFS then). */
+const char* ath__sqlite_map_vfs(void);
 void ath__db_unwatch(ath_db_t* db);
 
 /* -------------------------------------------------------------- results */

@@ -83,7 +83,7 @@ int ath__db_sqlite_connect(ath_db_t* db, ath_db_error_t* err) {
   int rc = sqlite3_open_v2(path, &sq,
                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI |
                              SQLITE_OPEN_NOMUTEX,
-                           NULL);
+                           ath__sqlite_map_vfs());
   if (rc != SQLITE_OK) {
     /* the path is the user's own, but the message stays path-free */
     ath__db_seterr(err, ATH_DB_ECONNLOST, code_name(rc, (char[32]){0}, 32),

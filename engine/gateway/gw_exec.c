@@ -250,7 +250,9 @@ static ath_db_t* conn(ath_gws_t* s, ath_gwconn_t* c, int i, ath_db_error_t* err)
        * commit, a map on the reading connections only: 0.9 pread a mix
        * request instead of 14, but 1.5 page faults, and the first touch of
        * each page after a remap took 29 % of the server's samples on this
-       * (paravirtualized) machine; no gain */
+       * (paravirtualized) machine; no gain. The pages of a dropped cache
+       * are copied from the process's one map of the file instead, which
+       * no commit unmaps (db_sqlite_map.c) */
       snprintf(sql, sizeof(sql), "%s", "PRAGMA case_sensitive_like = ON; PRAGMA cache_size = -16384");
     } else {
       /* the session's limit, so that one statement needs no transaction */

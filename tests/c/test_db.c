@@ -2,10 +2,12 @@
  * rewrite, error mapping and redaction, and SQLite through typed
  * parameters and cells. (PostgreSQL runs in tests/lua/db_pg_spec.lua,
  * which has the server fixture.) */
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <sqlite3.h>
 #include "athena.h"
@@ -160,6 +162,152 @@ TEST_IMPL(db_sqlite) {
   ASSERT_STR_EQ("SQLITE_ERROR", e.sqlstate);
   ASSERT_EQ(ATH_DB_EINVAL, ath__db_exec(db, "select ?", NULL, 0, &r, &e));
   ath__db_free(db);
+  return 0;
+}
+
+/* Runs sql on db; fails the test on an error. */
+static void exec_ok(ath_db_t* db, const char* sql) {
+  ath_db_error_t e;
+  ath_db_res_t* r = NULL;
+  int rc = ath__db_exec(db, sql, NULL, 0, &r, &e);
+  if (rc != 0)
+    fprintf(stderr, "%s: %s\n", sql, e.message);
+  ASSERT_OK(rc);
+  ath__db_res_free(r);
+}
+
+/* The one integer sql selects, on db. */
+static int64_t one_int(ath_db_t* db, const char* sql) {
+  ath_db_error_t e;
+  ath_db_res_t* r = NULL;
+  ath_db_value_t v;
+  ASSERT_OK(ath__db_exec(db, sql, NULL, 0, &r, &e));
+  ASSERT_OK(ath__db_res_value(r, 0, 0, &v));
+  ath__db_res_free(r);
+  return v.i;
+}
+
+/* Whether the process maps the file at path (/proc/self/maps). */
+static int mapped(const char* path) {
+  FILE* f = fopen("/proc/self/maps", "r");
+  char line[4096];
+  int found = 0;
+  ASSERT_NOT_NULL(f);
+  while (!found && fgets(line, sizeof(line), f) != NULL) {
+    line[strcspn(line, "\n")] = '\0';
+    size_t n = strlen(line), k = strlen(path);
+    found = n >= k && strcmp(line + n - k, path) == 0;
+  }
+  fclose(f);
+  return found;
+}
+
+/* Removes the database at path, its WAL and index, and then dir. */
+static void remove_db(const char* dir, const char* path) {
+  char side[160];
+  const char* ends[] = {"", "-wal", "-shm"};
+  for (int i = 0; i < 3; i++) {
+    snprintf(side, sizeof(side), "%s%s", path, ends[i]);
+    unlink(side);
+  }
+  ASSERT_OK(rmdir(dir));
+}
+
+/* Reads of a database file come from the process's map of it (db_sqlite_map.c):
+ * a connection sees what another one wrote and checkpointed into the file,
+ * and a file cut short behind SQLite's back is an error on the read that
+ * needs the missing pages, not a crash (SIGBUS on the map). */
+TEST_IMPL(db_sqlite_mapped_reads) {
+  char dir[] = "/tmp/athena-dbmap-XXXXXX", path[128], url[160];
+  ASSERT_NOT_NULL(mkdtemp(dir));
+  snprintf(path, sizeof(path), "%s/m.db", dir);
+  snprintf(url, sizeof(url), "sqlite:%s", path);
+  ath_db_t *w = NULL, *rd = NULL;
+  ath_db_error_t e;
+  ASSERT_OK(ath__db_new(url, &w, &e));
+  exec_ok(w, "pragma journal_mode = wal; create table t(id integer primary key, v integer, pad text);"
+             "with recursive s(i) as (select 1 union all select i + 1 from s where i < 2000)"
+             " insert into t select i, i, printf('%0100d', i) from s;"
+             "pragma wal_checkpoint(truncate)");
+  ASSERT_OK(ath__db_new(url, &rd, &e));
+  ASSERT_EQ(2001000, one_int(rd, "select sum(v) from t"));
+  ASSERT(mapped(path));
+  /* in the file (checkpointed), not only in the WAL: read from the map */
+  exec_ok(w, "update t set v = v + 1; pragma wal_checkpoint(truncate)");
+  ASSERT_EQ(2003000, one_int(rd, "select sum(v) from t"));
+  /* written and in the WAL: the reader's cache goes, its pages come again */
+  exec_ok(w, "update t set v = 0 where id = 1");
+  ASSERT_EQ(2002998, one_int(rd, "select sum(v) from t"));
+  /* cut to two pages behind SQLite's back while the WAL is not empty (no
+   * size check at the next read), then a commit: the reader's next scan
+   * wants pages past the end */
+  ASSERT_OK(truncate(path, 8192));
+  exec_ok(w, "update t set v = 1 where id = 1");
+  ath_db_res_t* r = NULL;
+  ASSERT(ath__db_exec(rd, "select sum(length(pad)) from t", NULL, 0, &r, &e) != 0);
+  ath__db_res_free(r);
+  ath__db_free(rd);
+  ath__db_free(w);
+  ASSERT(!mapped(path)); /* the last connection took the map with it */
+  remove_db(dir, path);
+  return 0;
+}
+
+typedef struct {
+  const char* url;
+  int rounds;
+  atomic_int done;
+} writer_arg_t;
+
+/* Inserts rows 2..rounds+1, one commit each, a checkpoint every tenth. */
+static void map_writer(void* ud) {
+  writer_arg_t* a = ud;
+  ath_db_t* w = NULL;
+  ath_db_error_t e;
+  ASSERT_OK(ath__db_new(a->url, &w, &e));
+  for (int i = 2; i <= a->rounds + 1; i++) {
+    char sql[96];
+    snprintf(sql, sizeof(sql), "insert into t values (%d, %d, 'x')", i, i);
+    exec_ok(w, sql);
+    if (i % 10 == 0)
+      exec_ok(w, "pragma wal_checkpoint(passive)");
+  }
+  ath__db_free(w);
+  atomic_store(&a->done, 1);
+}
+
+/* The count of t's rows 1..n holding v = id, or -1 if the rows read are
+ * not whole (their sum says). */
+static int64_t whole_rows(ath_db_t* db) {
+  return one_int(db, "select case when sum(v) = count(*) * (count(*) + 1) / 2 then count(*) else -1 end from t");
+}
+
+/* A reader on one thread while a writer commits and checkpoints on
+ * another, both through the one map of the file: the reader's counts only
+ * grow, each with the sum that goes with it, and end at the writer's. */
+TEST_IMPL(db_sqlite_mapped_reads_threads) {
+  char dir[] = "/tmp/athena-dbmapt-XXXXXX", path[128], url[160];
+  ASSERT_NOT_NULL(mkdtemp(dir));
+  snprintf(path, sizeof(path), "%s/m.db", dir);
+  snprintf(url, sizeof(url), "sqlite:%s", path);
+  ath_db_t* rd = NULL;
+  ath_db_error_t e;
+  ASSERT_OK(ath__db_new(url, &rd, &e));
+  exec_ok(rd, "pragma journal_mode = wal; create table t(id integer primary key, v integer, pad text);"
+              "insert into t values (1, 1, 'x')");
+  writer_arg_t a = {url, 300, 0};
+  uv_thread_t th;
+  ASSERT_OK(uv_thread_create(&th, map_writer, &a));
+  int64_t last = 1, n;
+  while (!atomic_load(&a.done)) {
+    n = whole_rows(rd);
+    ASSERT_GE(n, last);
+    last = n;
+  }
+  ASSERT_OK(uv_thread_join(&th));
+  ASSERT_EQ(a.rounds + 1, whole_rows(rd));
+  ath__db_free(rd);
+  remove_db(dir, path);
   return 0;
 }
 
