@@ -103,9 +103,10 @@ local function verdict(ok) return ok and "met" or "NOT met" end
 local ONLY = os.getenv("ONLY") -- e.g. "memory:5": one figure (profiling)
 if ONLY then
   local mode, len = ONLY:match("^(%a+):(%d+)$")
-  local v, cpu
-  if tonumber(len) == 0 then v, cpu = activities(mode) else v, cpu = workflows(mode, tonumber(len)) end
-  print(string.format("%s: %.0f steps/s, %.1f us CPU per step", ONLY, v, cpu))
+  local v, cpu, durable
+  if tonumber(len) == 0 then v, cpu, durable = activities(mode) else v, cpu, durable = workflows(mode, tonumber(len)) end
+  print(string.format("%s: %.0f steps/s, %.1f us CPU per step, %.0f steps/s to the last commit", ONLY, v, cpu,
+    durable))
   os.execute("rm -rf " .. dir)
   return
 end
