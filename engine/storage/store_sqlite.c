@@ -25,6 +25,7 @@ struct ath_store_s {
   sqlite3_stmt* upsert;
   sqlite3_stmt* insert;  /* a new row (the upsert when it turns out not to be) */
   sqlite3_stmt* insert_many; /* ROWS_PER_INSERT new rows in one statement */
+  sqlite3_stmt* replace_many; /* ROWS_PER_INSERT rows written before, whole */
   sqlite3_stmt* update;  /* a row a commit wrote before: what changes */
   sqlite3_stmt* del;
   sqlite3_stmt* supsert;
@@ -279,6 +280,16 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
       insert_sql(sql, sizeof(sql), "INSERT OR IGNORE", ROWS_PER_INSERT, "");
       prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->insert_many, NULL);
     }
+    if (prc == SQLITE_OK) {
+      /* Rows a commit wrote before, written again whole: per row, a third
+       * of the update's cost (which reads the old row's columns and is a
+       * statement of its own). A REPLACE deletes the old row without
+       * firing tasks_events (recursive_triggers is off), so a workflow's
+       * events stay. It may abort, so it keeps a statement journal: of its
+       * few pages, in memory (under SQLite's 64 KiB spill). */
+      insert_sql(sql, sizeof(sql), "REPLACE", ROWS_PER_INSERT, "");
+      prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->replace_many, NULL);
+    }
     if (prc == SQLITE_OK)
       prc = sqlite3_prepare_v3(s->db, "UPDATE tasks SET " CHANGING_COLUMNS " WHERE seq = ?9", -1,
                                SQLITE_PREPARE_PERSISTENT, &s->update, NULL);
@@ -316,6 +327,7 @@ static void disconnect_db(ath_store_t* s) {
   sqlite3_finalize(s->upsert);
   sqlite3_finalize(s->insert);
   sqlite3_finalize(s->insert_many);
+  sqlite3_finalize(s->replace_many);
   sqlite3_finalize(s->update);
   sqlite3_finalize(s->del);
   sqlite3_finalize(s->supsert);
@@ -324,7 +336,7 @@ static void disconnect_db(ath_store_t* s) {
   sqlite3_finalize(s->events);
   sqlite3_close(s->db);
   s->upsert = s->insert = s->insert_many = s->update = s->del = s->supsert = s->sdel = s->event = NULL;
-  s->events = NULL;
+  s->events = s->replace_many = NULL;
   s->db = NULL;
 }
 
@@ -414,6 +426,21 @@ static int step_row(ath_store_t* s, sqlite3_stmt* st, const ath_row_t* r) {
 /* A row no commit wrote yet (its events are appended after the rows). */
 static int is_new_row(const ath_row_t* r) {
   return !r->deleted && !r->stored;
+}
+
+/* A row a commit wrote before whose every column this one writes (a
+ * running task's error is its worker's: the update keeps the stored one). */
+static int is_whole_row(const ath_row_t* r) {
+  return !r->deleted && r->stored && !r->keep_error;
+}
+
+/* How many of rows[0..n), up to a statement's worth, `is` holds for in a
+ * row from the first. */
+static size_t run_of(const ath_row_t* rows, size_t n, int (*is)(const ath_row_t*)) {
+  size_t k = 0;
+  while (k < ROWS_PER_INSERT && k < n && is(&rows[k]))
+    k++;
+  return k;
 }
 
 static int write_row(ath_store_t* s, const ath_row_t* r) {
@@ -530,14 +557,18 @@ static int store_write(void* self, const ath_row_t* rows, size_t n, const ath_sr
       rc = write_fault(s->db, src, err, errlen, "cannot write a schedule");
   }
   for (size_t i = 0; rc == 0 && i < n;) {
-    size_t run = 0; /* new rows from i on, up to a statement's worth */
-    while (run < ROWS_PER_INSERT && i + run < n && is_new_row(&rows[i + run]))
-      run++;
+    /* new rows from i on, or else rows written before, by the statement's worth */
+    sqlite3_stmt* many = s->insert_many;
+    size_t run = run_of(rows + i, n - i, is_new_row);
+    if (run == 0) {
+      many = s->replace_many;
+      run = run_of(rows + i, n - i, is_whole_row);
+    }
     if (run == ROWS_PER_INSERT) {
       for (size_t k = 0; k < run; k++)
-        bind_row(s, s->insert_many, (int)k * ROW_PARAMS, &rows[i + k]);
-      int src = step(s->insert_many);
-      if (src == 0 && sqlite3_changes(s->db) == ROWS_PER_INSERT) {
+        bind_row(s, many, (int)k * ROW_PARAMS, &rows[i + k]);
+      int src = step(many);
+      if (src == 0 && sqlite3_changes(s->db) == ROWS_PER_INSERT) { /* a REPLACE writes them all */
         i += run;
         continue;
       }
