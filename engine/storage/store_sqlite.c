@@ -255,6 +255,14 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
    * random ids otherwise read their pages back from the OS on each commit. */
   if (rc == 0)
     rc = exec(s->db, "PRAGMA cache_size=-65536", err, errlen);
+  /* The multi-row REPLACE (replace_many) keeps a statement journal of the
+   * pages it changes: in memory, not in a temporary file created for each
+   * commit (this SQLite's default, TEMP_STORE=1, spills it there). And the
+   * rows it replaces keep their workflow events only while a REPLACE's
+   * delete fires no trigger: recursive_triggers off, whatever the build's
+   * default. */
+  if (rc == 0)
+    rc = exec(s->db, "PRAGMA temp_store=MEMORY; PRAGMA recursive_triggers=OFF", err, errlen);
   if (rc == 0)
     rc = migrate(s->db, err, errlen);
   if (rc == 0) {
@@ -281,12 +289,11 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
       prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->insert_many, NULL);
     }
     if (prc == SQLITE_OK) {
-      /* Rows a commit wrote before, written again whole: per row, a third
-       * of the update's cost (which reads the old row's columns and is a
-       * statement of its own). A REPLACE deletes the old row without
+      /* Rows a commit wrote before, written again whole: per row, two
+       * thirds of the update's cost (which reads the old row's columns and
+       * is a statement of its own). A REPLACE deletes the old row without
        * firing tasks_events (recursive_triggers is off), so a workflow's
-       * events stay. It may abort, so it keeps a statement journal: of its
-       * few pages, in memory (under SQLite's 64 KiB spill). */
+       * events stay. */
       insert_sql(sql, sizeof(sql), "REPLACE", ROWS_PER_INSERT, "");
       prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->replace_many, NULL);
     }
