@@ -14,6 +14,33 @@
 const int ath__store_schema_version = SCHEMA_VERSION;
 #define MAX_READERS 8
 
+/* Each task row binds ROW_PARAMS parameters, numbered from 1 (row k's
+ * from k * ROW_PARAMS + 1): ?1 id, ?2 name, ?3 status, ?4 attempt,
+ * ?5 max_attempts, ?6 strategy, ?7 priority, ?8 queue, ?9 seq, ?10
+ * created_at, ?11 scheduled_at, ?12 ready_at, ?13 started_at, ?14
+ * completed_at, ?15 worker_id, ?16 input, ?17 result, ?18 error, ?19
+ * heartbeat, ?20 last_heartbeat, ?21 keep_error (the update's), ?22
+ * parent_id, ?24 call. New rows are inserted ROWS_PER_INSERT to a
+ * statement when they come in such runs: a statement's fixed cost (cursor
+ * setup on the table and its indexes) is then paid once per run. */
+#define ROW_PARAMS 24
+#define ROWS_PER_INSERT 32
+
+/* What the parameters of a multi-row statement hold. SQLite keeps
+ * bindings across sqlite3_reset, and a row mostly repeats what the same
+ * place held in the statement before (its activity, queue, status,
+ * attempts, the columns it leaves NULL): binding those again was half of
+ * the ~22 binds a row, which took a fifth of the store thread's
+ * instructions. A text is the same value when its pointer and length are
+ * (SQLITE_STATIC: SQLite reads it when the statement runs). */
+enum { PARAM_UNKNOWN, PARAM_NULL, PARAM_INT, PARAM_TEXT };
+#define MANY_PARAMS (ROWS_PER_INSERT * ROW_PARAMS + 1)
+typedef struct {
+  const void* p[MANY_PARAMS]; /* a text's pointer */
+  int64_t v[MANY_PARAMS];     /* an int's value, a text's length */
+  uint8_t kind[MANY_PARAMS];  /* PARAM_* */
+} params_t;
+
 /* A read-only connection, with its lookup by id prepared. */
 typedef struct {
   sqlite3* db;
@@ -26,6 +53,7 @@ struct ath_store_s {
   sqlite3_stmt* insert;  /* a new row (the upsert when it turns out not to be) */
   sqlite3_stmt* insert_many; /* ROWS_PER_INSERT new rows in one statement */
   sqlite3_stmt* replace_many; /* ROWS_PER_INSERT rows written before, whole */
+  params_t many_held, replace_held; /* what their parameters hold */
   sqlite3_stmt* update;  /* a row a commit wrote before: what changes */
   sqlite3_stmt* del;
   sqlite3_stmt* supsert;
@@ -121,17 +149,6 @@ static int exec(sqlite3* db, const char* sql, char* err, size_t errlen) {
   return rc == SQLITE_OK ? 0 : fail(db, rc, err, errlen, sql);
 }
 
-/* Each task row binds ROW_PARAMS parameters, numbered from 1 (row k's
- * from k * ROW_PARAMS + 1): ?1 id, ?2 name, ?3 status, ?4 attempt,
- * ?5 max_attempts, ?6 strategy, ?7 priority, ?8 queue, ?9 seq, ?10
- * created_at, ?11 scheduled_at, ?12 ready_at, ?13 started_at, ?14
- * completed_at, ?15 worker_id, ?16 input, ?17 result, ?18 error, ?19
- * heartbeat, ?20 last_heartbeat, ?21 keep_error (the update's), ?22
- * parent_id, ?24 call. New rows are inserted ROWS_PER_INSERT to a
- * statement when they come in such runs: a statement's fixed cost (cursor
- * setup on the table and its indexes) is then paid once per run. */
-#define ROW_PARAMS 24
-#define ROWS_PER_INSERT 32
 /* Workflow events go EVENTS_PER_INSERT to a statement, whichever rows they
  * belong to (a workflow step appends two): per event, a statement of its
  * own cost about as much as the row it writes. */
@@ -344,6 +361,8 @@ static void disconnect_db(ath_store_t* s) {
   sqlite3_close(s->db);
   s->upsert = s->insert = s->insert_many = s->update = s->del = s->supsert = s->sdel = s->event = NULL;
   s->events = s->replace_many = NULL;
+  memset(&s->many_held, 0, sizeof(s->many_held)); /* the next statements hold nothing */
+  memset(&s->replace_held, 0, sizeof(s->replace_held));
   s->db = NULL;
 }
 
@@ -384,38 +403,79 @@ static void bind_ms(sqlite3_stmt* st, int i, int64_t v) {
     sqlite3_bind_int64(st, i, v);
 }
 
+/* A task row's parameter binds: to `st`, skipping those `held` (NULL:
+ * none kept) says it holds already. */
+typedef struct {
+  sqlite3_stmt* st;
+  params_t* held;
+} binder_t;
+
+/* Whether parameter i holds (kind, p, v) already; if not, it will. */
+static int holds(binder_t* b, int i, int kind, const void* p, int64_t v) {
+  params_t* h = b->held;
+  if (h == NULL)
+    return 0;
+  if (h->kind[i] == kind && h->v[i] == v && h->p[i] == p)
+    return 1;
+  h->kind[i] = (uint8_t)kind;
+  h->v[i] = v;
+  h->p[i] = p;
+  return 0;
+}
+
+static void put_int(binder_t* b, int i, int64_t v) {
+  if (!holds(b, i, PARAM_INT, NULL, v))
+    sqlite3_bind_int64(b->st, i, v);
+}
+
+/* An epoch-ms column: NULL when 0. */
+static void put_ms(binder_t* b, int i, int64_t v) {
+  if (v == 0 ? !holds(b, i, PARAM_NULL, NULL, 0) : !holds(b, i, PARAM_INT, NULL, v))
+    bind_ms(b->st, i, v);
+}
+
+static void put_text(binder_t* b, int i, const char* p, size_t n) {
+  if (p == NULL ? !holds(b, i, PARAM_NULL, NULL, 0) : !holds(b, i, PARAM_TEXT, p, (int64_t)n))
+    bind_text(b->st, i, p, n);
+}
+
+static void put_str(binder_t* b, int i, const char* p) {
+  put_text(b, i, p, p ? strlen(p) : 0);
+}
+
 /* Binds r's values to `st` from parameter off + 1 on (each row has
  * ROW_PARAMS): the upsert and the inserts every column, the update only
  * those that change after the insert, the delete the seq. */
 static void bind_row(ath_store_t* s, sqlite3_stmt* st, int off, const ath_row_t* r) {
-  sqlite3_bind_int64(st, off + 9, (sqlite3_int64)r->seq);
+  binder_t b = { st, st == s->insert_many ? &s->many_held : st == s->replace_many ? &s->replace_held : NULL };
+  put_int(&b, off + 9, (int64_t)r->seq);
   if (st == s->del)
     return;
-  sqlite3_bind_int(st, off + 3, r->status);
-  sqlite3_bind_int(st, off + 4, r->attempt);
-  sqlite3_bind_int64(st, off + 12, r->ready_at);
-  bind_ms(st, off + 13, r->started_at);
-  bind_ms(st, off + 14, r->completed_at);
-  sqlite3_bind_int(st, off + 15, r->worker_id);
-  bind_text(st, off + 17, r->result, r->result_len);
-  bind_text(st, off + 18, r->error, r->error_len);
-  bind_text(st, off + 19, r->hb, r->hb_len);
-  bind_ms(st, off + 20, r->last_hb);
+  put_int(&b, off + 3, r->status);
+  put_int(&b, off + 4, r->attempt);
+  put_int(&b, off + 12, r->ready_at);
+  put_ms(&b, off + 13, r->started_at);
+  put_ms(&b, off + 14, r->completed_at);
+  put_int(&b, off + 15, r->worker_id);
+  put_text(&b, off + 17, r->result, r->result_len);
+  put_text(&b, off + 18, r->error, r->error_len);
+  put_text(&b, off + 19, r->hb, r->hb_len);
+  put_ms(&b, off + 20, r->last_hb);
   if (st == s->update || st == s->upsert)
-    sqlite3_bind_int(st, off + 21, r->keep_error);
+    put_int(&b, off + 21, r->keep_error);
   if (st == s->update)
     return;
-  sqlite3_bind_text(st, off + 1, r->id, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, off + 2, r->name, -1, SQLITE_STATIC);
-  sqlite3_bind_int(st, off + 5, r->max_attempts);
-  sqlite3_bind_int(st, off + 6, r->strategy);
-  sqlite3_bind_int(st, off + 7, r->priority);
-  sqlite3_bind_text(st, off + 8, r->queue, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, off + 10, r->created_at);
-  sqlite3_bind_int64(st, off + 11, r->scheduled_at);
-  bind_text(st, off + 16, r->input, r->input_len);
-  bind_text(st, off + 22, r->parent_id, r->parent_id ? strlen(r->parent_id) : 0);
-  bind_text(st, off + 24, r->call, r->call_len);
+  put_str(&b, off + 1, r->id);
+  put_str(&b, off + 2, r->name);
+  put_int(&b, off + 5, r->max_attempts);
+  put_int(&b, off + 6, r->strategy);
+  put_int(&b, off + 7, r->priority);
+  put_str(&b, off + 8, r->queue);
+  put_int(&b, off + 10, r->created_at);
+  put_int(&b, off + 11, r->scheduled_at);
+  put_text(&b, off + 16, r->input, r->input_len);
+  put_str(&b, off + 22, r->parent_id);
+  put_text(&b, off + 24, r->call, r->call_len);
 }
 
 static int step(sqlite3_stmt* st) {

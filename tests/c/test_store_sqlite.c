@@ -2,7 +2,10 @@
  * its vtable: rows a commit wrote before are written again in runs of a
  * statement's worth (a multi-row REPLACE), the rest one by one; whichever
  * way a row went, it reads back as the last commit left it, with its
- * workflow events, after the store is closed and opened again. */
+ * workflow events, after the store is closed and opened again. A multi-row
+ * statement binds only what changed since it last ran: a text at the same
+ * address is read when the statement runs, so a buffer reused with new
+ * content (a freed and reallocated error, say) is written as it is now. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,16 +16,21 @@
 /* More than two statements' worth of rows (32 each), cut into runs of
  * every length by the rows that go one by one (KEEP and GONE). */
 #define NROWS 80
+#define LATE 32 /* new rows of a third commit, their inputs in reused buffers */
 #define KEEP 3  /* running when written again: the stored error stays */
 #define GONE 40 /* deleted by the second commit */
 #define WF 5    /* a workflow's row, with events in both commits */
 
 typedef struct {
-  int seen[NROWS];
+  int seen[NROWS + LATE];
   int bad;
 } check_t;
 
-static char ids[NROWS][32], results[NROWS][32];
+static char ids[NROWS + LATE][32], results[NROWS][32], inputs[NROWS][16];
+
+static void input_of(char* buf, int i) {
+  snprintf(buf, 16, "{\"i\":%03d}", i % 1000); /* 9 bytes */
+}
 
 static void row_at(ath_store_task_t* r, int i) {
   memset(r, 0, sizeof(*r));
@@ -34,8 +42,8 @@ static void row_at(ath_store_task_t* r, int i) {
   r->max_attempts = 1;
   r->seq = (uint64_t)i + 1;
   r->created_at = r->scheduled_at = r->ready_at = 1000 + i;
-  r->input = "{\"i\":1}";
-  r->input_len = strlen(r->input);
+  r->input = inputs[i % NROWS];
+  r->input_len = 9;
 }
 
 static const char* const events1[] = {"{\"type\":\"workflow.started\"}", "{\"type\":\"activity.scheduled\"}"};
@@ -47,11 +55,20 @@ static const size_t lens2[] = {29};
 static int check_row(void* ud, const ath_store_task_t* r) {
   check_t* c = ud;
   int i = (int)r->seq - 1;
-  if (i < 0 || i >= NROWS || i == GONE || c->seen[i]++ || strcmp(r->id, ids[i]) != 0 ||
-      strcmp(r->name, "echo") != 0 || r->input_len != 7 || memcmp(r->input, "{\"i\":1}", 7) != 0 ||
+  char input[16];
+  input_of(input, i);
+  if (i < 0 || i >= NROWS + LATE || i == GONE || c->seen[i]++ || strcmp(r->id, ids[i]) != 0 ||
+      strcmp(r->name, "echo") != 0 || r->input_len != 9 || memcmp(r->input, input, 9) != 0 ||
       r->created_at != 1000 + i) {
     fprintf(stderr, "row seq %llu is not the one written\n", (unsigned long long)r->seq);
     c->bad++;
+    return 0;
+  }
+  if (i >= NROWS) {
+    if (r->status != ATH_PENDING || r->result != NULL) {
+      fprintf(stderr, "new row %d is not pending\n", i);
+      c->bad++;
+    }
     return 0;
   }
   if (i == KEEP) {
@@ -101,8 +118,10 @@ TEST_IMPL(store_sqlite_rewrites_whole_rows) {
   char err[256];
   ASSERT_OK(p->open(p->ud, dir, &st, err, sizeof(err)));
   static ath_store_task_t rows[NROWS];
-  for (int i = 0; i < NROWS; i++) /* the enqueues */
+  for (int i = 0; i < NROWS; i++) { /* the enqueues */
+    input_of(inputs[i], i);
     row_at(&rows[i], i);
+  }
   rows[KEEP].error = "\"e3\""; /* a retry's error, kept while it runs again */
   rows[KEEP].error_len = 4;
   rows[WF].events = events1;
@@ -131,6 +150,14 @@ TEST_IMPL(store_sqlite_rewrites_whole_rows) {
   rows[WF].nevents = 1;
   rows[WF].ev_from = 2;
   ASSERT_OK(p->persist(st, rows, NROWS, NULL, 0, err, sizeof(err)));
+  /* New rows whose inputs are at the addresses the last insert of many
+   * rows had (rows 32..63), with other content. */
+  for (int i = NROWS; i < NROWS + LATE; i++) {
+    row_at(&rows[i - NROWS], i);
+    rows[i - NROWS].input = inputs[32 + i - NROWS];
+    input_of(inputs[32 + i - NROWS], i);
+  }
+  ASSERT_OK(p->persist(st, rows, LATE, NULL, 0, err, sizeof(err)));
   p->close(st);
 
   ASSERT_OK(p->open(p->ud, dir, &st, err, sizeof(err))); /* a restart */
@@ -138,7 +165,7 @@ TEST_IMPL(store_sqlite_rewrites_whole_rows) {
   memset(&c, 0, sizeof(c));
   ASSERT_OK(p->load(st, check_row, no_sched, &c, err, sizeof(err)));
   ASSERT_EQ(0, c.bad);
-  for (int i = 0; i < NROWS; i++)
+  for (int i = 0; i < NROWS + LATE; i++)
     ASSERT_EQ(i == GONE ? 0 : 1, c.seen[i]);
   uint64_t seq = 0; /* the id index holds the rows written again */
   ASSERT_OK(p->get(st, "echo-050", found, &seq, err, sizeof(err)));
