@@ -401,11 +401,11 @@ static void store_healthy(ath_world_t* w, int* reopened) {
 
 /* What the store thread keeps from one commit to the next: the rows of
  * a commit's snapshot, and the array the producers fill next (the last
- * batch's). Allocated anew for each commit, they cost the hybrid store
- * thread more than a third of its time: a 65,536-task batch is 16 MB of
- * rows, and fresh memory is a page fault per 4 KB, and the producers grew
+ * batch's). Allocated anew for each commit they cost the hybrid store
+ * thread about a tenth of its time (perf): a 45,000-task batch is 11 MB of
+ * rows, fresh memory is a page fault per 4 KB, and the producers grew
  * their array again from nothing, copying it under the world lock. Let go
- * after KEEP_NS without a commit, and rows shrink back after a burst. */
+ * after KEEP_NS without a commit; rows shrink back after a burst. */
 typedef struct {
   ath_row_t* rows;
   ath_wfev_t*** held;
