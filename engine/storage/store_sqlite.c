@@ -272,16 +272,17 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
    * random ids otherwise read their pages back from the OS on each commit. */
   if (rc == 0)
     rc = exec(s->db, "PRAGMA cache_size=-65536", err, errlen);
-  /* The multi-row REPLACE (replace_many) keeps a statement journal of the
-   * pages it changes: in memory, not in a temporary file created for each
-   * commit (this SQLite's default, TEMP_STORE=1, spills it there). And the
-   * rows it replaces keep their workflow events only while a REPLACE's
-   * delete fires no trigger: recursive_triggers off, whatever the build's
-   * default. */
-  if (rc == 0)
-    rc = exec(s->db, "PRAGMA temp_store=MEMORY; PRAGMA recursive_triggers=OFF", err, errlen);
   if (rc == 0)
     rc = migrate(s->db, err, errlen);
+  /* The multi-row REPLACE (replace_many) keeps a statement journal of the
+   * few pages it changes: in memory, not in a temporary file created for
+   * each commit (this SQLite's default, TEMP_STORE=1, spills it there past
+   * 64 KiB). Set after the migrations, whose statements over every row may
+   * journal the whole table. And the rows a REPLACE writes keep their
+   * workflow events only while its delete fires no trigger:
+   * recursive_triggers off, whatever the build's default. */
+  if (rc == 0)
+    rc = exec(s->db, "PRAGMA temp_store=MEMORY; PRAGMA recursive_triggers=OFF", err, errlen);
   if (rc == 0) {
     /* The columns that change after the insert: ?3, ?4, ?12-?15 and ?17-?21
      * (bind_row binds these for the update and the upsert). */
