@@ -317,19 +317,30 @@ static void row_free(ath_row_t* r, ath_wfev_t** held) {
   ath__wfev_release_all(held, r->nevents);
 }
 
+/* Finished tasks taken out of RAM under one hold of the lock. */
+#define TRIM_PIECE 1024
+
 void ath__store_committed(ath_world_t* w, uint64_t gen, ath_task_t* const* batch, size_t n,
                           ath_worker_t** wake, int nwake) {
   w->committed_gen = gen;
   uv_cond_broadcast(&w->cond); /* file-mode acknowledgments, throttled producers */
-  ath_task_t* dead = ath__world_term_trim(w); /* committed: they leave RAM */
   if (w->commit_waiters != NULL)
     nwake = deliver_commits(w, wake, nwake);
   nwake = ath__world_born(w, batch, n, wake, nwake); /* their tasks may run now */
+  /* Committed, finished tasks leave RAM, a piece at a time, letting the
+   * lock go in between: all 60,000 of a hybrid batch at once held it for
+   * up to 44 ms while producers and workers waited. */
+  ath_task_t* dead = ath__world_term_trim_n(w, TRIM_PIECE);
   uv_mutex_unlock(&w->lock);
   ath__wake_all(wake, nwake);
-  ath__world_term_free(dead);
   for (size_t i = 0; i < n; i++)
     ath_task_release(batch[i]);
+  while (dead != NULL) {
+    ath__world_term_free(dead);
+    uv_mutex_lock(&w->lock);
+    dead = ath__world_term_trim_n(w, TRIM_PIECE);
+    uv_mutex_unlock(&w->lock);
+  }
   uv_mutex_lock(&w->lock);
 }
 
