@@ -779,9 +779,6 @@ struct ath_world_s {
   size_t nsdirty, sdirty_cap;
   uint64_t gen;          /* generation being collected */
   uint64_t committed_gen;/* every change up to this one is on disk */
-  int store_pieces;      /* the batch in flight was snapshotted piece by piece
-                          * (store.c): a change made in between may be in it,
-                          * marked nowhere, until it commits or fails */
   int store_stop;
   int store_ok;          /* the last commit succeeded (/healthz) */
   int store_fault;       /* degraded: the code execute gets (ATH_ENOSPC,

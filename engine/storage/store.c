@@ -128,7 +128,7 @@ static void srow_free(ath_srow_t* r) {
  * there is nothing to wait for. */
 static int must_wait(const ath_world_t* w, uint64_t gen) {
   return w->store != NULL && w->cfg.persistence == ATH_PERSIST_FILE && w->committed_gen < gen &&
-         !(gen >= w->gen && w->ndirty == 0 && w->nsdirty == 0 && !w->store_pieces) &&
+         !(gen >= w->gen && w->ndirty == 0 && w->nsdirty == 0) &&
          !(w->store_stop && w->ndirty == 0 && w->nsdirty == 0);
 }
 
@@ -427,7 +427,6 @@ typedef struct {
 } bufs_t;
 
 #define KEEP_NS 1000000000u
-#define SNAPSHOT_PIECE 1024 /* rows snapshotted under one hold of the lock */
 #define KEEP_ROWS 16384 /* rows kept however small the batches are */
 
 /* Room for n rows in b; 0 or ATH_ENOMEM. */
@@ -536,27 +535,14 @@ static void store_main(void* arg) {
     ath_row_t* rows = bufs.rows;
     ath_wfev_t*** held = bufs.held;
     size_t made = 0, smade = 0;
+    for (; rc == 0 && made < n; made++)
+      rc = snapshot(batch[made], &rows[made], &held[made]);
     for (; rc == 0 && smade < sn; smade++)
       rc = sched_snapshot(sbatch[smade], &srows[smade]);
+    for (size_t i = 0; i < n; i++)
+      batch[i]->dirty = 0;
     for (size_t i = 0; i < sn; i++)
       sbatch[i]->dirty = 0;
-    /* The rows, a piece at a time, letting the lock go in between: one
-     * hybrid batch of 45,000 tasks held it 10-50 ms, while every producer
-     * and worker waited. A task changed in between is snapshotted as it is
-     * then if its piece is still to come (it stays marked, in no list: see
-     * must_wait), else marked anew for the next commit. */
-    w->store_pieces = n > SNAPSHOT_PIECE;
-    for (size_t i = 0; i < n;) {
-      size_t end = n - i > SNAPSHOT_PIECE ? i + SNAPSHOT_PIECE : n;
-      for (; rc == 0 && made < end; made++)
-        rc = snapshot(batch[made], &rows[made], &held[made]);
-      for (; i < end; i++)
-        batch[i]->dirty = 0;
-      if (i < n) {
-        uv_mutex_unlock(&w->lock);
-        uv_mutex_lock(&w->lock);
-      }
-    }
     uv_mutex_unlock(&w->lock);
     if (w->commit_delay_ms > 0) /* tests: a slow disk */
       uv_sleep((unsigned)w->commit_delay_ms);
@@ -574,7 +560,6 @@ static void store_main(void* arg) {
       srow_free(&srows[i]);
     free(srows);
     uv_mutex_lock(&w->lock);
-    w->store_pieces = 0;
     if (rc != 0) {
       /* Keep the changes and try again: nothing acknowledged is dropped;
        * what was not acknowledged yet is withdrawn. */

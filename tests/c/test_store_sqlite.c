@@ -1,5 +1,5 @@
-/* The store's writes. The SQLite provider (engine/storage/store_sqlite.c),
- * through its vtable: rows a commit wrote before are written again in runs of a
+/* The SQLite store provider's writes (engine/storage/store_sqlite.c), through
+ * its vtable: rows a commit wrote before are written again in runs of a
  * statement's worth (a multi-row REPLACE), the rest one by one; whichever
  * way a row went, it reads back as the last commit left it, with its
  * workflow events, after the store is closed and opened again. A multi-row
@@ -10,11 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <uv.h>
 #include "athena.h"
-#include "internal.h"
-#include "store.h"
-#include "store_fixture.h"
 #include "task.h"
 
 /* More than two statements' worth of rows (32 each), cut into runs of
@@ -179,42 +175,5 @@ TEST_IMPL(store_sqlite_rewrites_whole_rows) {
   char cmd[128];
   snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
   ASSERT_OK(system(cmd));
-  return 0;
-}
-
-/* The store thread snapshots a large batch a piece at a time, letting the
- * world lock go in between (store.c): a change made then to a task whose
- * piece is still to come is written by that batch's commit but marked in
- * no list. So while such a batch is in flight, a file-mode acknowledgment
- * of the open generation waits for its commit even with nothing marked;
- * otherwise it does not wait at all. */
-TEST_IMPL(store_pieces_hold_acks) {
-  store_fixture_t fx;
-  store_fixture_setup(&fx, "pieces", "pcjobs",
-                      "require('athena').activity('echo', function(ctx, input) return input end)\n");
-  static const char* const names[] = {"echo"};
-  ath_world_t* w;
-  char err[512];
-  ASSERT_OK(store_fixture_world(&fx, ATH_PERSIST_FILE, names, 1, &w, err, sizeof(err)));
-  ath_slot_t* slot = calloc(1, 4096); /* only its address is used: a waiter's key */
-  ASSERT_NOT_NULL(slot);
-  uv_mutex_lock(&w->lock);
-  uint64_t gen = w->gen;
-  ASSERT_EQ(0, w->ndirty);
-  uv_mutex_unlock(&w->lock);
-  ASSERT_EQ(0, ath__store_await(w, gen, NULL, slot)); /* nothing marked: no wait */
-  uv_mutex_lock(&w->lock);
-  w->store_pieces = 1; /* as between two pieces of a batch */
-  uv_mutex_unlock(&w->lock);
-  ASSERT_EQ(1, ath__store_await(w, gen, NULL, slot)); /* waits for that commit */
-  ath__store_unawait(w, slot);
-  uv_mutex_lock(&w->lock);
-  w->store_pieces = 0;
-  uv_mutex_unlock(&w->lock);
-  free(slot);
-  int drained, requeued;
-  ASSERT_OK(ath_world_shutdown(w, 5000, &drained, &requeued, NULL));
-  ath_world_free(w);
-  store_fixture_teardown(&fx);
   return 0;
 }
