@@ -369,10 +369,14 @@ void ath__table_unlink(ath_world_t* w, ath_task_t* t) {
  * memory mode the oldest beyond retain_terminal go; with a store, every
  * task whose final state is committed (no newer change pending). */
 ath_task_t* ath__world_term_trim(ath_world_t* w) {
+  return ath__world_term_trim_n(w, SIZE_MAX);
+}
+
+ath_task_t* ath__world_term_trim_n(ath_world_t* w, size_t max) {
   ath_task_t* dead = NULL;
   /* a store without reads (get/query) keeps them as memory mode does */
   int memory = w->cfg.persistence == ATH_PERSIST_MEMORY || w->reads == NULL;
-  for (ath_task_t* t = w->term.head; t != NULL; t = w->term.head) {
+  for (ath_task_t* t = w->term.head; t != NULL && max > 0; t = w->term.head, max--) {
     if (memory ? w->nterm <= w->cfg.retain_terminal
                : w->reads == NULL || t->dirty || ath__task_gen(w, t) > w->committed_gen)
       break;

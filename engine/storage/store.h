@@ -82,6 +82,8 @@ int ath__world_recover_row(void* ud, const ath_row_t* r);
 /* Takes out of RAM the terminal tasks that must leave it (lock held),
  * chained through hnext; ath__world_term_free drops them after unlocking. */
 ath_task_t* ath__world_term_trim(ath_world_t* w);
+/* The same, at most `max` of them. */
+ath_task_t* ath__world_term_trim_n(ath_world_t* w, size_t max);
 void ath__world_term_free(ath_task_t* dead);
 void ath__world_recovered(ath_world_t* w);
 /* Rebuilds one stored schedule, applying its catchUp (an ath_srow_cb). */

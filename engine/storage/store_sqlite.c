@@ -14,6 +14,33 @@
 const int ath__store_schema_version = SCHEMA_VERSION;
 #define MAX_READERS 8
 
+/* Each task row binds ROW_PARAMS parameters, numbered from 1 (row k's
+ * from k * ROW_PARAMS + 1): ?1 id, ?2 name, ?3 status, ?4 attempt,
+ * ?5 max_attempts, ?6 strategy, ?7 priority, ?8 queue, ?9 seq, ?10
+ * created_at, ?11 scheduled_at, ?12 ready_at, ?13 started_at, ?14
+ * completed_at, ?15 worker_id, ?16 input, ?17 result, ?18 error, ?19
+ * heartbeat, ?20 last_heartbeat, ?21 keep_error (the update's), ?22
+ * parent_id, ?24 call. New rows are inserted ROWS_PER_INSERT to a
+ * statement when they come in such runs: a statement's fixed cost (cursor
+ * setup on the table and its indexes) is then paid once per run. */
+#define ROW_PARAMS 24
+#define ROWS_PER_INSERT 32
+
+/* What the parameters of a multi-row statement hold. SQLite keeps
+ * bindings across sqlite3_reset, and a row mostly repeats what the same
+ * place held in the statement before (its activity, queue, status,
+ * attempts, the columns it leaves NULL): binding those again was half of
+ * the ~22 binds a row, which took a fifth of the store thread's
+ * instructions. A text is the same value when its pointer and length are
+ * (SQLITE_STATIC: SQLite reads it when the statement runs). */
+enum { PARAM_UNKNOWN, PARAM_NULL, PARAM_INT, PARAM_TEXT };
+#define MANY_PARAMS (ROWS_PER_INSERT * ROW_PARAMS + 1)
+typedef struct {
+  const void* p[MANY_PARAMS]; /* a text's pointer */
+  int64_t v[MANY_PARAMS];     /* an int's value, a text's length */
+  uint8_t kind[MANY_PARAMS];  /* PARAM_* */
+} params_t;
+
 /* A read-only connection, with its lookup by id prepared. */
 typedef struct {
   sqlite3* db;
@@ -25,6 +52,8 @@ struct ath_store_s {
   sqlite3_stmt* upsert;
   sqlite3_stmt* insert;  /* a new row (the upsert when it turns out not to be) */
   sqlite3_stmt* insert_many; /* ROWS_PER_INSERT new rows in one statement */
+  sqlite3_stmt* replace_many; /* ROWS_PER_INSERT rows written before, whole */
+  params_t many_held, replace_held; /* what their parameters hold */
   sqlite3_stmt* update;  /* a row a commit wrote before: what changes */
   sqlite3_stmt* del;
   sqlite3_stmt* supsert;
@@ -120,17 +149,6 @@ static int exec(sqlite3* db, const char* sql, char* err, size_t errlen) {
   return rc == SQLITE_OK ? 0 : fail(db, rc, err, errlen, sql);
 }
 
-/* Each task row binds ROW_PARAMS parameters, numbered from 1 (row k's
- * from k * ROW_PARAMS + 1): ?1 id, ?2 name, ?3 status, ?4 attempt,
- * ?5 max_attempts, ?6 strategy, ?7 priority, ?8 queue, ?9 seq, ?10
- * created_at, ?11 scheduled_at, ?12 ready_at, ?13 started_at, ?14
- * completed_at, ?15 worker_id, ?16 input, ?17 result, ?18 error, ?19
- * heartbeat, ?20 last_heartbeat, ?21 keep_error (the update's), ?22
- * parent_id, ?24 call. New rows are inserted ROWS_PER_INSERT to a
- * statement when they come in such runs: a statement's fixed cost (cursor
- * setup on the table and its indexes) is then paid once per run. */
-#define ROW_PARAMS 24
-#define ROWS_PER_INSERT 32
 /* Workflow events go EVENTS_PER_INSERT to a statement, whichever rows they
  * belong to (a workflow step appends two): per event, a statement of its
  * own cost about as much as the row it writes. */
@@ -256,6 +274,15 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
     rc = exec(s->db, "PRAGMA cache_size=-65536", err, errlen);
   if (rc == 0)
     rc = migrate(s->db, err, errlen);
+  /* The multi-row REPLACE (replace_many) keeps a statement journal of the
+   * few pages it changes: in memory, not in a temporary file created for
+   * each commit (this SQLite's default, TEMP_STORE=1, spills it there past
+   * 64 KiB). Set after the migrations, whose statements over every row may
+   * journal the whole table. And the rows a REPLACE writes keep their
+   * workflow events only while its delete fires no trigger:
+   * recursive_triggers off, whatever the build's default. */
+  if (rc == 0)
+    rc = exec(s->db, "PRAGMA temp_store=MEMORY; PRAGMA recursive_triggers=OFF", err, errlen);
   if (rc == 0) {
     /* The columns that change after the insert: ?3, ?4, ?12-?15 and ?17-?21
      * (bind_row binds these for the update and the upsert). */
@@ -278,6 +305,15 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
        * skips are counted and written one by one (store_write). */
       insert_sql(sql, sizeof(sql), "INSERT OR IGNORE", ROWS_PER_INSERT, "");
       prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->insert_many, NULL);
+    }
+    if (prc == SQLITE_OK) {
+      /* Rows a commit wrote before, written again whole: per row, two
+       * thirds of the update's cost (which reads the old row's columns and
+       * is a statement of its own). A REPLACE deletes the old row without
+       * firing tasks_events (recursive_triggers is off), so a workflow's
+       * events stay. */
+      insert_sql(sql, sizeof(sql), "REPLACE", ROWS_PER_INSERT, "");
+      prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->replace_many, NULL);
     }
     if (prc == SQLITE_OK)
       prc = sqlite3_prepare_v3(s->db, "UPDATE tasks SET " CHANGING_COLUMNS " WHERE seq = ?9", -1,
@@ -316,6 +352,7 @@ static void disconnect_db(ath_store_t* s) {
   sqlite3_finalize(s->upsert);
   sqlite3_finalize(s->insert);
   sqlite3_finalize(s->insert_many);
+  sqlite3_finalize(s->replace_many);
   sqlite3_finalize(s->update);
   sqlite3_finalize(s->del);
   sqlite3_finalize(s->supsert);
@@ -324,7 +361,9 @@ static void disconnect_db(ath_store_t* s) {
   sqlite3_finalize(s->events);
   sqlite3_close(s->db);
   s->upsert = s->insert = s->insert_many = s->update = s->del = s->supsert = s->sdel = s->event = NULL;
-  s->events = NULL;
+  s->events = s->replace_many = NULL;
+  memset(&s->many_held, 0, sizeof(s->many_held)); /* the next statements hold nothing */
+  memset(&s->replace_held, 0, sizeof(s->replace_held));
   s->db = NULL;
 }
 
@@ -365,38 +404,79 @@ static void bind_ms(sqlite3_stmt* st, int i, int64_t v) {
     sqlite3_bind_int64(st, i, v);
 }
 
+/* A task row's parameter binds: to `st`, skipping those `held` (NULL:
+ * none kept) says it holds already. */
+typedef struct {
+  sqlite3_stmt* st;
+  params_t* held;
+} binder_t;
+
+/* Whether parameter i holds (kind, p, v) already; if not, it will. */
+static int holds(binder_t* b, int i, int kind, const void* p, int64_t v) {
+  params_t* h = b->held;
+  if (h == NULL)
+    return 0;
+  if (h->kind[i] == kind && h->v[i] == v && h->p[i] == p)
+    return 1;
+  h->kind[i] = (uint8_t)kind;
+  h->v[i] = v;
+  h->p[i] = p;
+  return 0;
+}
+
+static void put_int(binder_t* b, int i, int64_t v) {
+  if (!holds(b, i, PARAM_INT, NULL, v))
+    sqlite3_bind_int64(b->st, i, v);
+}
+
+/* An epoch-ms column: NULL when 0. */
+static void put_ms(binder_t* b, int i, int64_t v) {
+  if (v == 0 ? !holds(b, i, PARAM_NULL, NULL, 0) : !holds(b, i, PARAM_INT, NULL, v))
+    bind_ms(b->st, i, v);
+}
+
+static void put_text(binder_t* b, int i, const char* p, size_t n) {
+  if (p == NULL ? !holds(b, i, PARAM_NULL, NULL, 0) : !holds(b, i, PARAM_TEXT, p, (int64_t)n))
+    bind_text(b->st, i, p, n);
+}
+
+static void put_str(binder_t* b, int i, const char* p) {
+  put_text(b, i, p, p ? strlen(p) : 0);
+}
+
 /* Binds r's values to `st` from parameter off + 1 on (each row has
  * ROW_PARAMS): the upsert and the inserts every column, the update only
  * those that change after the insert, the delete the seq. */
 static void bind_row(ath_store_t* s, sqlite3_stmt* st, int off, const ath_row_t* r) {
-  sqlite3_bind_int64(st, off + 9, (sqlite3_int64)r->seq);
+  binder_t b = { st, st == s->insert_many ? &s->many_held : st == s->replace_many ? &s->replace_held : NULL };
+  put_int(&b, off + 9, (int64_t)r->seq);
   if (st == s->del)
     return;
-  sqlite3_bind_int(st, off + 3, r->status);
-  sqlite3_bind_int(st, off + 4, r->attempt);
-  sqlite3_bind_int64(st, off + 12, r->ready_at);
-  bind_ms(st, off + 13, r->started_at);
-  bind_ms(st, off + 14, r->completed_at);
-  sqlite3_bind_int(st, off + 15, r->worker_id);
-  bind_text(st, off + 17, r->result, r->result_len);
-  bind_text(st, off + 18, r->error, r->error_len);
-  bind_text(st, off + 19, r->hb, r->hb_len);
-  bind_ms(st, off + 20, r->last_hb);
+  put_int(&b, off + 3, r->status);
+  put_int(&b, off + 4, r->attempt);
+  put_int(&b, off + 12, r->ready_at);
+  put_ms(&b, off + 13, r->started_at);
+  put_ms(&b, off + 14, r->completed_at);
+  put_int(&b, off + 15, r->worker_id);
+  put_text(&b, off + 17, r->result, r->result_len);
+  put_text(&b, off + 18, r->error, r->error_len);
+  put_text(&b, off + 19, r->hb, r->hb_len);
+  put_ms(&b, off + 20, r->last_hb);
   if (st == s->update || st == s->upsert)
-    sqlite3_bind_int(st, off + 21, r->keep_error);
+    put_int(&b, off + 21, r->keep_error);
   if (st == s->update)
     return;
-  sqlite3_bind_text(st, off + 1, r->id, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, off + 2, r->name, -1, SQLITE_STATIC);
-  sqlite3_bind_int(st, off + 5, r->max_attempts);
-  sqlite3_bind_int(st, off + 6, r->strategy);
-  sqlite3_bind_int(st, off + 7, r->priority);
-  sqlite3_bind_text(st, off + 8, r->queue, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, off + 10, r->created_at);
-  sqlite3_bind_int64(st, off + 11, r->scheduled_at);
-  bind_text(st, off + 16, r->input, r->input_len);
-  bind_text(st, off + 22, r->parent_id, r->parent_id ? strlen(r->parent_id) : 0);
-  bind_text(st, off + 24, r->call, r->call_len);
+  put_str(&b, off + 1, r->id);
+  put_str(&b, off + 2, r->name);
+  put_int(&b, off + 5, r->max_attempts);
+  put_int(&b, off + 6, r->strategy);
+  put_int(&b, off + 7, r->priority);
+  put_str(&b, off + 8, r->queue);
+  put_int(&b, off + 10, r->created_at);
+  put_int(&b, off + 11, r->scheduled_at);
+  put_text(&b, off + 16, r->input, r->input_len);
+  put_str(&b, off + 22, r->parent_id);
+  put_text(&b, off + 24, r->call, r->call_len);
 }
 
 static int step(sqlite3_stmt* st) {
@@ -414,6 +494,21 @@ static int step_row(ath_store_t* s, sqlite3_stmt* st, const ath_row_t* r) {
 /* A row no commit wrote yet (its events are appended after the rows). */
 static int is_new_row(const ath_row_t* r) {
   return !r->deleted && !r->stored;
+}
+
+/* A row a commit wrote before whose every column this one writes (a
+ * running task's error is its worker's: the update keeps the stored one). */
+static int is_whole_row(const ath_row_t* r) {
+  return !r->deleted && r->stored && !r->keep_error;
+}
+
+/* How many of rows[0..n), up to a statement's worth, `is` holds for in a
+ * row from the first. */
+static size_t run_of(const ath_row_t* rows, size_t n, int (*is)(const ath_row_t*)) {
+  size_t k = 0;
+  while (k < ROWS_PER_INSERT && k < n && is(&rows[k]))
+    k++;
+  return k;
 }
 
 static int write_row(ath_store_t* s, const ath_row_t* r) {
@@ -530,14 +625,18 @@ static int store_write(void* self, const ath_row_t* rows, size_t n, const ath_sr
       rc = write_fault(s->db, src, err, errlen, "cannot write a schedule");
   }
   for (size_t i = 0; rc == 0 && i < n;) {
-    size_t run = 0; /* new rows from i on, up to a statement's worth */
-    while (run < ROWS_PER_INSERT && i + run < n && is_new_row(&rows[i + run]))
-      run++;
+    /* new rows from i on, or else rows written before, by the statement's worth */
+    sqlite3_stmt* many = s->insert_many;
+    size_t run = run_of(rows + i, n - i, is_new_row);
+    if (run == 0) {
+      many = s->replace_many;
+      run = run_of(rows + i, n - i, is_whole_row);
+    }
     if (run == ROWS_PER_INSERT) {
       for (size_t k = 0; k < run; k++)
-        bind_row(s, s->insert_many, (int)k * ROW_PARAMS, &rows[i + k]);
-      int src = step(s->insert_many);
-      if (src == 0 && sqlite3_changes(s->db) == ROWS_PER_INSERT) {
+        bind_row(s, many, (int)k * ROW_PARAMS, &rows[i + k]);
+      int src = step(many);
+      if (src == 0 && sqlite3_changes(s->db) == ROWS_PER_INSERT) { /* a REPLACE writes them all */
         i += run;
         continue;
       }

@@ -39,6 +39,19 @@ for _, mode in ipairs { "file", "hybrid" } do
       S.cleanup_files()
     end)
 
+    it("a commit of thousands of finished tasks takes them all out of RAM", function()
+      -- the store thread drops them 1,024 at a time (store.c, TRIM_PIECE);
+      -- hybrid: one commit holds them all (flushInterval outlasts the run)
+      local w = started(mode, S.tmpname(), { flushInterval = 2000 })
+      local inputs = {}
+      for i = 1, 3000 do inputs[i] = { v = i } end
+      local hs = w:executeMany("st.echo", inputs)
+      for i = 1, #hs, 500 do assert.same({ v = i }, S.result(hs[i])) end
+      S.result(hs[#hs])
+      settled(w, 0)
+      assert.same({ v = 2999 }, assert(w:query(hs[2999].id)).result)
+    end)
+
     it("a finished task leaves RAM once committed; query reads it back, the same", function()
       local w = started(mode, S.tmpname())
       local h = w:execute("st.echo", { v = 7 })
