@@ -42,6 +42,19 @@ function M.scalar(sql, ...)
   return v
 end
 
+-- Waits until the count `sql` is 0, at most `ms`: what ends after the results the controller
+-- waited for (a cancel reaches a running task on its node and lands once its attempt stopped,
+-- SEMANTICS T13). Returns the last count (0 unless the deadline passed).
+function M.drained(ms, sql, ...)
+  local deadline = athena.now() + ms
+  local n = M.scalar(sql, ...)
+  while n ~= 0 and athena.now() < deadline do
+    athena.sleep(20)
+    n = M.scalar(sql, ...)
+  end
+  return n
+end
+
 -- kill -9s live node `name` of w's cluster once `held_sql` (a count, $1 = the
 -- node id) is above 0, waiting at most 20 s; then returns its pid and what
 -- `left_sql` counts for it (what it still held when it died).

@@ -153,5 +153,20 @@ M.closing = athena.activity("dist.closing", function(ctx, x)
   return x
 end, { taskQueue = "dist.closing", scheduleToClose = "300ms" })
 
+--- dist.gate{path} -> node: returns once file `path` exists (not in M.all: a test that opens
+--- its gates registers it; fails after 60 s): a test orders the ends of its tasks by events,
+--- not by time
+M.gate = athena.activity("dist.gate", function(ctx, x)
+  local deadline = athena.now() + 60000
+  local f = io.open(x.path)
+  while f == nil do
+    if athena.now() >= deadline then error("gate " .. x.path .. " never opened") end
+    athena.sleep(10)
+    f = io.open(x.path)
+  end
+  f:close()
+  return node
+end, { taskQueue = "dist", retry = { maxAttempts = 1 } })
+
 M.all = { M.noop, M.sleep, M.flaky, M.dead, M.count, M.step, M.undo, M.saga, M.kid, M.family }
 return M

@@ -784,8 +784,8 @@ describe("athena.PostgresBackend", function()
   it("counts its transactions run again after a deadlock: getMetrics().db.retries, athena_db_retries_total", function()
     local sch = schema()
     -- the world's sessions check for a deadlock 3 s into a wait (B's, 60 s):
-    -- its check then runs after B waits too, so the world is the one rolled
-    -- back, however slow this machine (PostgreSQL checks once per wait)
+    -- its check then runs after B waits too (B asks at once, below), so the
+    -- world is the one rolled back (PostgreSQL checks once per wait)
     local w = athena.World.new {
       backend = athena.PostgresBackend.new { url = URL .. "?options=-c%20deadlock_timeout%3D3s", nodeId = "dl-" .. sch,
         schema = sch, pollInterval = 200 },
@@ -794,30 +794,48 @@ describe("athena.PostgresBackend", function()
       persistence = "file",
     }
     w:register(table.unpack(jobs.all))
+    w:register(jobs.gate)
     w:start()
     worlds[#worlds + 1] = w
     assert.equals(0, w:getMetrics().db.retries)
-    -- t1 ends 2 s after t0, so t0's finish is waiting on A's lock before t1
-    -- ends, even on a loaded machine (1 s was too little at load 5)
-    local hs = w:executeMany("dist.sleep", { { ms = 2000 }, { ms = 4000 }, { ms = 5000 } })
+    -- t0, t1 and t2 each end when the test opens its gate (a file): in the
+    -- order below, whatever the machine's load
+    local gates = {}
+    for i = 1, 3 do
+      gates[i] = { path = os.tmpname() }
+      os.remove(gates[i].path)
+      tmp[#tmp + 1] = gates[i].path
+    end
+    local function open_gate(i) assert(io.open(gates[i].path, "w")):close() end
+    local hs = w:executeMany("dist.gate", gates)
     local rows = {}
     for i, h in ipairs(hs) do
       rows[i] = ("select 1 from %s.tasks where id = '%s' for update"):format(sch, h.id)
     end
-    S.eventually(function() return hs[3]:status() == "running" end, WAIT, "the three to run")
-    -- A holds t0's row (its finish waits: t1 and t2 end meanwhile, one cycle
-    -- later together, t1 first); B holds t2's
+    S.eventually(function() return hs[1]:status() == "running" and hs[2]:status() == "running"
+      and hs[3]:status() == "running" end, WAIT, "the three to run")
+    -- A holds t0's row, B t2's
     local a, b = assert(athena.db.open(URL)), assert(athena.db.open(URL))
-    assert(a:exec("begin")); assert(a:query(rows[1]))
     assert(b:exec("set deadlock_timeout = '60s'"))
+    local function pid(c) return assert(c:query("select pg_backend_pid() as pid"))[1].pid end
+    local pa, pb = pid(a), pid(b)
+    assert(a:exec("begin")); assert(a:query(rows[1]))
     assert(b:exec("begin")); assert(b:query(rows[3]))
-    assert.equals("running", hs[1]:status(), "t0 ended before its row was locked: the machine is too slow")
-    S.eventually(function() return hs[2]:status() == "completed" and hs[3]:status() == "completed" end, WAIT,
-      "t1 and t2 to end")
+    -- the session of the world's cycle that waits for `holder` (its pid)
+    local function world_waits_for(holder)
+      return scalar(("select count(*) as n from pg_stat_activity where wait_event_type = 'Lock'"
+        .. " and datname = current_database() and %d = any(pg_blocking_pids(pid))"):format(holder)) == 1
+    end
+    -- t0 ends: its finish waits for A; t1, then t2, end meanwhile (the next
+    -- cycle finishes both, t1 first)
+    open_gate(1)
+    S.eventually(function() return world_waits_for(pa) end, WAIT, "t0's finish to wait for A")
+    open_gate(2)
+    S.eventually(function() return hs[2]:status() == "completed" end, WAIT, "t1 to end")
+    open_gate(3)
+    S.eventually(function() return hs[3]:status() == "completed" end, WAIT, "t2 to end")
     assert(a:exec("commit")) -- the next cycle finishes t1 (locked) and waits for t2 (B)
-    local waiting = ("select count(*) as n from pg_stat_activity where wait_event_type = 'Lock'"
-      .. " and datname = current_database()")
-    S.eventually(function() return scalar(waiting) == 1 end, WAIT, "the cycle to wait for t2's row")
+    S.eventually(function() return world_waits_for(pb) end, WAIT, "the cycle to wait for t2's row (B)")
     -- B now wants t1, which the waiting cycle holds: a deadlock; the cycle's
     -- check runs first, so it is the one rolled back (40P01), and runs again
     assert(b:exec(("update %s.tasks set priority = 1 where id = '%s'"):format(sch, hs[2].id)))
