@@ -139,10 +139,12 @@ describe('Athena dashboard (assets/dashboard.html) against the mock server', { t
     // workers: ids, colored status badges, running count "n / concurrency", memory
     const workers = await tableTexts('workers-table');
     assert.deepEqual(workers.map((w) => w.key), mock.workers().map((w) => w.id));
-    // one snapshot of text, class and colour: the table is redrawn on every poll,
-    // and two separate queries could straddle a redraw
-    const badges = await page.$$eval('#workers-table tbody .badge',
-      (bs) => bs.map((b) => [b.textContent, b.className, getComputedStyle(b).backgroundColor]));
+    // one snapshot of text, class and colour, taken in one task of the page: the
+    // table is redrawn on every poll, and $$eval queries the elements and runs its
+    // function in two steps, so a redraw between them left detached badges, whose
+    // computed colour is '' (seen in CI: all five badges with colour '')
+    const badges = await page.evaluate(() => Array.from(document.querySelectorAll('#workers-table tbody .badge'),
+      (b) => [b.textContent, b.className, getComputedStyle(b).backgroundColor]));
     assert.ok(badges.some(([t, c]) => t === 'stopping' && /warn/.test(c)), 'worker-5 shows a "stopping" badge');
     assert.ok(badges.every(([t]) => ['idle', 'busy', 'stopping', 'stopped'].includes(t)));
     const bgColors = new Set(badges.map(([, , bg]) => bg));
