@@ -86,17 +86,30 @@ static int fire_vtimers(ath_world_t* w, uint64_t now, ath_worker_t** wake, int n
   return nwake;
 }
 
+/* File mode: a task enqueued since the last commit is unborn (no worker
+ * claims it, so no worker is busy with it) until the store commits it.
+ * Waits for the commit of every change made so far, for at most a second
+ * (a failing store retries for as long as it fails); returns whether it
+ * had to wait. */
+static int store_caught_up(ath_world_t* w) {
+  uv_mutex_lock(&w->lock);
+  int waited = ath__store_wait_for(w, w->gen, 1000000000u);
+  uv_mutex_unlock(&w->lock);
+  return waited;
+}
+
 /* Waits until no worker has work from this step: each is asleep in its
  * loop with nothing pending, or has been running the same Lua code for two
  * runs of its hook (the watchdog sets it every 10-20 ms): code that does
- * not yield cannot be waited for. */
+ * not yield cannot be waited for; and in file mode the store has committed
+ * what was enqueued. */
 static void settle(ath_world_t* w) {
   unsigned ticks[MAX_WORKERS];
   int quiet_rounds = 0;
   for (int i = 0; i < w->nworkers && i < MAX_WORKERS; i++)
     ticks[i] = atomic_load(&w->workers[i]->ticks);
   while (quiet_rounds < 2) {
-    int quiet = 1;
+    int quiet = !store_caught_up(w);
     for (int i = 0; i < w->nworkers && i < MAX_WORKERS; i++) {
       ath_worker_t* wk = w->workers[i];
       if (wk->state != ATH_WK_RUNNING)

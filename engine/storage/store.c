@@ -137,6 +137,14 @@ void ath__store_wait(ath_world_t* w, uint64_t gen) {
     uv_cond_wait(&w->cond, &w->lock);
 }
 
+int ath__store_wait_for(ath_world_t* w, uint64_t gen, uint64_t timeout_ns) {
+  uint64_t until = uv_hrtime() + timeout_ns;
+  int waited = 0;
+  for (uint64_t now; must_wait(w, gen) && (now = uv_hrtime()) < until; waited = 1)
+    uv_cond_timedwait(&w->cond, &w->lock, until - now);
+  return waited;
+}
+
 ath_task_t* ath__store_unborn(ath_task_t* const* tasks, size_t n) {
   for (size_t i = 0; i < n; i++)
     if (tasks[i] != NULL && (tasks[i]->unborn || tasks[i]->withdrawn))

@@ -74,6 +74,9 @@ int ath__waiter_deliver(ath_waiter_t* wt, ath_worker_t** wake, int nwake);
 /* Waits (lock held) until everything marked up to generation `gen` is
  * committed, in file mode; returns at once otherwise. */
 void ath__store_wait(ath_world_t* w, uint64_t gen);
+/* ath__store_wait for at most timeout_ns (lock held); returns whether it
+ * had to wait. */
+int ath__store_wait_for(ath_world_t* w, uint64_t gen, uint64_t timeout_ns);
 /* Drops terminal tasks past the world's retention (lock not held). */
 void ath__world_prune(ath_world_t* w);
 /* Recovery (world.c): rebuilds one stored task in memory (an ath_row_cb;
