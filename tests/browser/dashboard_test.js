@@ -351,10 +351,13 @@ describe('Athena dashboard (assets/dashboard.html) against the mock server', { t
     await page.goto(mock.url + '#key=' + encodeURIComponent('s3cret key'), { waitUntil: 'load' });
     await page.waitForFunction(() => document.getElementById('banner').hidden, null, { timeout: 8000 });
     assert.equal(await page.evaluate(() => location.hash), '', 'the key leaves the address bar');
-    const since = mock.requests.length;
+    // wait for a request the poll sends and its answer (the banner is hidden
+    // already, so waiting for that returned before the poll's requests came)
+    const t0 = Date.now();
+    const sent = page.waitForRequest((r) => new URL(r.url()).pathname.startsWith('/api/'), { timeout: 4000 });
     await page.evaluate(() => window.athenaDashboard.pollNow());
-    await page.waitForFunction(() => document.getElementById('banner').hidden, null, { timeout: 4000 });
-    const api = mock.requests.slice(since).filter((r) => r.url.startsWith('/api/'));
+    await (await sent).response();
+    const api = mock.requests.filter((r) => r.at >= t0 && r.url.startsWith('/api/'));
     assert.ok(api.length > 0);
     assert.ok(api.every((r) => r.authorization === 'Bearer s3cret key'), 'every /api request carries the key');
     // a reload keeps it (sessionStorage), and a mutation carries it with its JSON type
