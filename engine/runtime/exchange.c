@@ -3,6 +3,7 @@
  * waiters, workflows and retention), waking workers and waiters. Runs
  * with the world lock held unless noted. */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <signal.h>
@@ -451,8 +452,10 @@ static void start_claimed(ath_world_t* w, ath_worker_t* wk, ath_task_t* t, int64
         xc->wake_engine |= w->expiry.items[0] == x;
     }
   }
-  if (t->wf != NULL)
+  if (t->wf != NULL) {
     ath__wf_claimed(t);
+    ath__wf_count_on(w, t, wk);
+  }
   t->worker_id = wk->id;
   t->wk = wk;
   ath__store_mark(w, t);
@@ -619,6 +622,69 @@ static int reserved_elsewhere(const ath_worker_t* wk, const ath_task_t* t) {
          p->status == ATH_RUNNING && p->wk != NULL && p->wk != wk && !atomic_load(&p->wk->lost);
 }
 
+/* Balance of workflows over a queue's workers (lock held). A workflow
+ * stays on the worker that starts it: its coroutine is cached there and
+ * every segment resumes there. When one worker's segments park at once it
+ * has free slots at once, and without a check it would start the whole
+ * backlog of new workflows while the others are busy with theirs, then
+ * run them alone (200 workflows of 100 steps over 2 workers of 64 slots
+ * split 128/72, one worker idle for the last third of the run). So an
+ * exchange of a worker that has tasks running starts new workflows only up
+ * to the smaller of two shares over the queue's serving workers: of all
+ * its workflows (running on workers, counted by ath__wf_count_on, and
+ * new), less those wk runs; and of the new ones alone (a worker whose
+ * batch ends first does not take all of the next one). For the rest it
+ * wakes a sleeping worker. Once some have been left waiting for
+ * BALANCE_WAIT_NS the next exchange starts them anyway: a busy or stuck
+ * worker delays none for longer, and a worker with nothing running never
+ * leaves one. *share: what this exchange may still start (INT64_MIN: not
+ * counted yet). */
+#define BALANCE_WAIT_NS 10000000u
+
+void ath__wf_count_on(ath_world_t* w, ath_task_t* t, ath_worker_t* wk) {
+  ath_wf_t* wf = t->wf;
+  int id = wk != NULL ? wk->id : 0;
+  if (wf->counted_on == id)
+    return;
+  for (int i = 0; wf->counted_on != 0 && i < w->nworkers; i++)
+    if (w->workers[i]->id == wf->counted_on)
+      w->workers[i]->nwf--;
+  wf->counted_on = id;
+  if (wk != NULL)
+    wk->nwf++;
+}
+
+static int64_t wf_share(const ath_world_t* w, const ath_worker_t* wk) {
+  int64_t fresh = wk->queue->new_wf + 1, all = fresh; /* +1: the one popped */
+  int nw = 0;
+  for (int i = 0; i < w->nworkers; i++) {
+    const ath_worker_t* o = w->workers[i];
+    if (o->queue == wk->queue && !o->stop && o->state == ATH_WK_RUNNING && !atomic_load(&o->lost)) {
+      all += o->nwf;
+      nw++;
+    }
+  }
+  if (nw <= 1)
+    return INT64_MAX;
+  int64_t of_all = (all + nw - 1) / nw - wk->nwf, of_new = (fresh + nw - 1) / nw;
+  return of_all < of_new ? of_all : of_new;
+}
+
+static int leave_to_others(ath_world_t* w, ath_worker_t* wk, xchg_t* x, int64_t* share) {
+  ath_queue_t* q = wk->queue;
+  if (*share == INT64_MIN)
+    *share = wf_share(w, wk);
+  if (*share > 0 || wk->running == 0 || (q->left_mono != 0 && x->mono >= q->left_mono + BALANCE_WAIT_NS)) {
+    if ((*share)-- > 0 || q->new_wf == 0)
+      q->left_mono = 0; /* (a start past the wait leaves it: all of them go) */
+    return 0;
+  }
+  if (q->left_mono == 0)
+    q->left_mono = x->mono;
+  x->nwake += ath__pick_sleepers(w, q, 1, x->wake + x->nwake, MAX_WORKERS - x->nwake);
+  return 1;
+}
+
 /* Claims up to `max` ready tasks of wk's queue into its slots (lock held):
  * the steps its segments just started first (claim_held), and, when they
  * fill them, more ahead. Steps reserved for another worker keep their
@@ -628,6 +694,7 @@ static int claim(ath_world_t* w, ath_worker_t* wk, int nout, ath_task_t** out, i
   int64_t depth = q->depth;
   ath_task_t* kept[8];
   int nkept = 0;
+  int64_t share = INT64_MIN; /* leave_to_others' */
   int n = claim_held(w, wk, nout, out, max, x);
   while (n < max) {
     int home = wk->resumes.head != NULL;
@@ -636,6 +703,12 @@ static int claim(ath_world_t* w, ath_worker_t* wk, int nout, ath_task_t** out, i
       break;
     if (!home && reserved_elsewhere(wk, t)) {
       kept[nkept++] = t;
+      if (nkept == (int)(sizeof(kept) / sizeof(kept[0])))
+        break;
+      continue;
+    }
+    if (!home && t->wf != NULL && !t->wf->resuming && leave_to_others(w, wk, x, &share)) {
+      kept[nkept++] = t; /* the tasks behind it are not held up */
       if (nkept == (int)(sizeof(kept) / sizeof(kept[0])))
         break;
       continue;

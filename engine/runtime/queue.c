@@ -51,6 +51,12 @@ static void insert_after(ath_bucket_t* b, ath_task_t* t, ath_task_t* after) {
     b->head = t;
 }
 
+/* Counts the workflows no worker started yet in and out of q->new_wf. */
+static void count_new(ath_queue_t* q, const ath_task_t* t, int d) {
+  if (t->wf != NULL && !t->wf->resuming)
+    q->new_wf += d;
+}
+
 int ath__queue_push(ath_queue_t* q, ath_task_t* t) {
   ath_bucket_t* b = bucket_for(q, t->priority);
   if (b == NULL)
@@ -60,6 +66,7 @@ int ath__queue_push(ath_queue_t* q, ath_task_t* t) {
     after = after->qprev;
   insert_after(b, t, after);
   q->depth++;
+  count_new(q, t, 1);
   return 0;
 }
 
@@ -72,6 +79,7 @@ int ath__queue_unpop(ath_queue_t* q, ath_task_t* t) {
   while (before != NULL && ready_before(before, t))
     before = before->qnext;
   insert_after(b, t, before ? before->qprev : b->tail);
+  count_new(q, t, 1);
   return 0;
 }
 
@@ -105,6 +113,7 @@ ath_task_t* ath__queue_pop(ath_queue_t* q) {
     if (t != NULL) {
       ath__list_unlink(&q->buckets[i], t);
       q->depth--;
+      count_new(q, t, -1);
       return t;
     }
   }
@@ -116,6 +125,7 @@ void ath__queue_remove(ath_queue_t* q, ath_task_t* t) {
     if (q->buckets[i].priority == t->priority) {
       ath__list_unlink(&q->buckets[i], t);
       q->depth--;
+      count_new(q, t, -1);
       return;
     }
   }

@@ -112,6 +112,38 @@ TEST_IMPL(queue_remove) {
   return 0;
 }
 
+/* A queue counts the workflows in it that no worker started yet (claim's
+ * balance in exchange.c): a resumption or an activity is not one. */
+TEST_IMPL(queue_counts_new_workflows) {
+  ath_queue_t q = {0};
+  ath_wf_t wfs[3] = {{0}};
+  ath_task_t* ts[4];
+  for (int i = 0; i < 4; i++)
+    ts[i] = mk(0, i, (uint64_t)i);
+  ts[0]->wf = &wfs[0];
+  ts[1]->wf = &wfs[1];
+  ts[2]->wf = &wfs[2];
+  wfs[2].resuming = 1; /* parked, due to go on: not new */
+  for (int i = 0; i < 4; i++)
+    ASSERT_OK(ath__queue_push(&q, ts[i]));
+  ASSERT_EQ(2, q.new_wf);
+  ASSERT(ath__queue_pop(&q) == ts[0]);
+  ASSERT_EQ(1, q.new_wf);
+  ASSERT_OK(ath__queue_unpop(&q, ts[0]));
+  ASSERT_EQ(2, q.new_wf);
+  ath__queue_remove(&q, ts[1]);
+  ASSERT_EQ(1, q.new_wf);
+  ath__queue_remove(&q, ts[2]);
+  ASSERT_EQ(1, q.new_wf);
+  ASSERT(ath__queue_pop(&q) == ts[0]);
+  ASSERT(ath__queue_pop(&q) == ts[3]);
+  ASSERT_EQ(0, q.new_wf);
+  for (int i = 0; i < 4; i++)
+    free(ts[i]);
+  free(q.buckets);
+  return 0;
+}
+
 TEST_IMPL(heap_order_and_remove) {
   enum { N = 2000 };
   ath_heap_t h = ATH_HEAP_INIT(ath__task_ready_less, ath_task_t, heap_idx);

@@ -489,6 +489,32 @@ describe("workflows", function()
       end
     end)
 
+    it("workflows started together are shared out over the queue's workers, not all taken by the first", function()
+      -- 8 slots each, room for all 8 on one worker; each workflow's step
+      -- holds a slot (its sleep never ends: the clock is manual, and a
+      -- workflow left for another worker is never taken past the wait)
+      local w = world { clock = "manual", taskQueues = { default = { concurrency = 8 } } }
+      local inputs = {}
+      for i = 1, 8 do inputs[i] = { tag = i } end
+      local hs = w:executeMany("wf.slowwf", inputs)
+      local per = {}
+      S.eventually(function()
+        per = {}
+        for _, h in ipairs(hs) do
+          local q = h:query()
+          local step = q.children[1] and w:query(q.children[1])
+          if not (step and step.status == "running" and q.workerId) then return false end
+          per[q.workerId] = (per[q.workerId] or 0) + 1
+        end
+        return true
+      end, S.WAIT, "every workflow's step to run")
+      local counts = {}
+      for _, n in pairs(per) do counts[#counts + 1] = n end
+      table.sort(counts)
+      assert.same({ 4, 4 }, counts)
+      w:shutdown { timeout = 0 }
+    end)
+
     it("no other worker takes a step before its workflow's park is published, however busy the queue", function()
       -- the other worker keeps claiming: the test enqueues a task whenever
       -- it sleeps, and each claim takes what is ready, up to 4
