@@ -452,10 +452,8 @@ static void start_claimed(ath_world_t* w, ath_worker_t* wk, ath_task_t* t, int64
         xc->wake_engine |= w->expiry.items[0] == x;
     }
   }
-  if (t->wf != NULL) {
+  if (t->wf != NULL)
     ath__wf_claimed(t);
-    ath__wf_count_on(w, t, wk);
-  }
   t->worker_id = wk->id;
   t->wk = wk;
   ath__store_mark(w, t);
@@ -624,65 +622,42 @@ static int reserved_elsewhere(const ath_worker_t* wk, const ath_task_t* t) {
 
 /* Balance of workflows over a queue's workers (lock held). A workflow
  * stays on the worker that starts it: its coroutine is cached there and
- * every segment resumes there. When one worker's segments park at once it
- * has free slots at once, and without a check it would start the whole
- * backlog of new workflows while the others are busy with theirs, then
- * run them alone (200 workflows of 100 steps over 2 workers of 64 slots
- * split 128/72, one worker idle for the last third of the run). So an
- * exchange of a worker that has tasks running starts new workflows only up
- * to the smaller of two shares over the queue's serving workers: of all
- * its workflows (running on workers, counted by ath__wf_count_on, and
- * new), less those wk runs; and of the new ones alone (a worker whose
- * batch ends first does not take all of the next one). For the rest it
- * wakes a sleeping worker. Once some have been left waiting for
- * BALANCE_WAIT_NS the next exchange starts them anyway: a busy or stuck
- * worker delays none for longer, and a worker with nothing running never
- * leaves one. *share: what this exchange may still start (INT64_MIN: not
- * counted yet). */
+ * every segment resumes there. When one worker's batch of workflows ends
+ * first, its slots free at once, and without a check it would start the
+ * whole next batch while the others finish theirs, then run it alone (200
+ * workflows of 100 steps over 2 workers of 64 slots split 128/72, one
+ * worker idle for the last third of the run). So new workflows are dealt
+ * in rounds: in each, every serving worker of the queue takes its turn
+ * once, at its next exchange, busy or not (new workflows go ahead of its
+ * cached ones' resumptions then), up to an even share of those waiting
+ * over the workers yet to take theirs; a worker that has had its turn
+ * leaves the rest to the others, waking one that sleeps. A worker with
+ * nothing running always takes, and a round that has not ended after
+ * BALANCE_WAIT_NS ends then: a stuck worker (the monitor declares it lost
+ * later) delays none for longer. Returns how many this exchange may start:
+ * 0 when wk had its turn in this round. */
 #define BALANCE_WAIT_NS 10000000u
 
-void ath__wf_count_on(ath_world_t* w, ath_task_t* t, ath_worker_t* wk) {
-  ath_wf_t* wf = t->wf;
-  int id = wk != NULL ? wk->id : 0;
-  if (wf->counted_on == id)
-    return;
-  for (int i = 0; wf->counted_on != 0 && i < w->nworkers; i++)
-    if (w->workers[i]->id == wf->counted_on)
-      w->workers[i]->nwf--;
-  wf->counted_on = id;
-  if (wk != NULL)
-    wk->nwf++;
-}
-
-static int64_t wf_share(const ath_world_t* w, const ath_worker_t* wk) {
-  int64_t fresh = wk->queue->new_wf + 1, all = fresh; /* +1: the one popped */
-  int nw = 0;
-  for (int i = 0; i < w->nworkers; i++) {
-    const ath_worker_t* o = w->workers[i];
-    if (o->queue == wk->queue && !o->stop && o->state == ATH_WK_RUNNING && !atomic_load(&o->lost)) {
-      all += o->nwf;
-      nw++;
-    }
-  }
+static int64_t new_wf_share(ath_world_t* w, ath_worker_t* wk, const xchg_t* x) {
+  ath_queue_t* q = wk->queue;
+  int nw = serving(w, q);
   if (nw <= 1)
     return INT64_MAX;
-  int64_t of_all = (all + nw - 1) / nw - wk->nwf, of_new = (fresh + nw - 1) / nw;
-  return of_all < of_new ? of_all : of_new;
-}
-
-static int leave_to_others(ath_world_t* w, ath_worker_t* wk, xchg_t* x, int64_t* share) {
-  ath_queue_t* q = wk->queue;
-  if (*share == INT64_MIN)
-    *share = wf_share(w, wk);
-  if (*share > 0 || wk->running == 0 || (q->left_mono != 0 && x->mono >= q->left_mono + BALANCE_WAIT_NS)) {
-    if ((*share)-- > 0 || q->new_wf == 0)
-      q->left_mono = 0; /* (a start past the wait leaves it: all of them go) */
-    return 0;
+  if (q->round_takers > 0 && x->mono >= q->round_mono + BALANCE_WAIT_NS) {
+    q->round++;
+    q->round_takers = 0;
   }
-  if (q->left_mono == 0)
-    q->left_mono = x->mono;
-  x->nwake += ath__pick_sleepers(w, q, 1, x->wake + x->nwake, MAX_WORKERS - x->nwake);
-  return 1;
+  if (wk->turn == q->round + 1)
+    return 0;
+  int yet = nw - q->round_takers > 1 ? nw - q->round_takers : 1;
+  wk->turn = q->round + 1;
+  if (q->round_takers++ == 0)
+    q->round_mono = x->mono;
+  if (q->round_takers >= nw) {
+    q->round++;
+    q->round_takers = 0;
+  }
+  return (q->new_wf + yet - 1) / yet;
 }
 
 /* Claims up to `max` ready tasks of wk's queue into its slots (lock held):
@@ -694,10 +669,12 @@ static int claim(ath_world_t* w, ath_worker_t* wk, int nout, ath_task_t** out, i
   int64_t depth = q->depth;
   ath_task_t* kept[8];
   int nkept = 0;
-  int64_t share = INT64_MIN; /* leave_to_others' */
+  int64_t share = -1; /* new workflows it may start (new_wf_share; -1: not asked) */
   int n = claim_held(w, wk, nout, out, max, x);
   while (n < max) {
-    int home = wk->resumes.head != NULL;
+    if (share < 0 && q->new_wf > 0)
+      share = new_wf_share(w, wk, x);
+    int home = wk->resumes.head != NULL && share <= 0;
     ath_task_t* t = home ? ath__wf_pop_home(wk) : ath__queue_pop(q);
     if (t == NULL)
       break;
@@ -707,8 +684,10 @@ static int claim(ath_world_t* w, ath_worker_t* wk, int nout, ath_task_t** out, i
         break;
       continue;
     }
-    if (!home && t->wf != NULL && !t->wf->resuming && leave_to_others(w, wk, x, &share)) {
-      kept[nkept++] = t; /* the tasks behind it are not held up */
+    if (!home && t->wf != NULL && !t->wf->resuming && share-- <= 0 && wk->running > 0) {
+      /* its turn is over: left to the others (the tasks behind it are not) */
+      x->nwake += ath__pick_sleepers(w, q, 1, x->wake + x->nwake, MAX_WORKERS - x->nwake);
+      kept[nkept++] = t;
       if (nkept == (int)(sizeof(kept) / sizeof(kept[0])))
         break;
       continue;

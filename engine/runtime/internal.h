@@ -139,7 +139,6 @@ typedef struct {
    * its history shows it never started, cannot be in the store, so
    * ctx:run does not look there (execute in world.c). */
   int fresh;
-  int counted_on;        /* id of the worker whose nwf counts it (0: none) */
 } ath_wf_t;
 
 /* workflow.c: history events. ath__wfev_new copies `len` bytes of json
@@ -371,10 +370,11 @@ struct ath_queue_s {
   int64_t running;       /* tasks holding slots */
   int wanting;           /* its workers with wants_work set (ath__set_wants):
                           * with none, an enqueue looks at no worker */
+  /* Claim's balance of new workflows over its workers (exchange.c): */
   int64_t new_wf;        /* workflows in it that no worker started yet */
-  uint64_t left_mono;    /* since when claims have left some of them to
-                          * other workers (0: none left); both for claim's
-                          * balance (exchange.c) */
+  uint64_t round;        /* the round of turns at taking them */
+  int round_takers;      /* workers that had their turn in this round */
+  uint64_t round_mono;   /* when its first turn was taken */
 };
 
 /* An indexed binary min-heap: each element keeps its position in a
@@ -622,8 +622,8 @@ struct ath_worker_s {
   ath_bucket_t resumes;  /* workflows whose coroutine it caches, due to resume
                           * here (counted in its queue's depth) */
   int64_t tasks_completed, tasks_failed;
-  int nwf;               /* workflows it started or took over that have not
-                          * ended or moved (ath__wf_count_on): claim's balance */
+  uint64_t turn;         /* 1 + the last round of new workflows it took its
+                          * turn in (claim's balance, exchange.c) */
   /* The world's task counters this worker's exchanges bumped (see
    * ath_counts_t), on cache lines of their own. */
   char counts_pad[64];
@@ -1005,9 +1005,6 @@ void ath__ev_raw(ath_buf_t* b, const char* key, const char* json, size_t len);
 int ath__hold_workflow(ath_world_t* w, ath_task_t* t);
 int ath__home_open(const ath_world_t* w, const ath_worker_t* wk);
 void ath__wf_claimed(ath_task_t* t);
-/* exchange.c: workflow t runs on wk from now on (NULL: it ended), for the
- * balance of workflows over workers (lock held) */
-void ath__wf_count_on(ath_world_t* w, ath_task_t* t, ath_worker_t* wk);
 /* PostgreSQL: a resumed claim of workflow t brought the outcome of what
  * its last park waited for (command `seq` of ATH_PARK_* `kind`): records
  * timer.fired, or the task's outcome when `status` is terminal (lock held). */

@@ -545,7 +545,6 @@ static int wf_cascade(ath_world_t* w, ath_task_t* t, ath_task_t* x, int64_t now,
  * cancel or cascade, and its parent (an awaited outcome or a cascade). */
 int ath__wf_terminal(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** wake, int nwake) {
   if (t->wf != NULL) {
-    ath__wf_count_on(w, t, NULL); /* no worker runs it any more */
     flush_cancel(w, t); /* a lost worker's segment never published */
     static const char* const names[] = {
       [ATH_COMPLETED] = "workflow.completed", [ATH_FAILED] = "workflow.failed",
