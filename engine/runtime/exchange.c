@@ -722,6 +722,8 @@ static void publish(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
       for (uint32_t k = 0; k < o->nevs; k++)
         ath__wfev_release(o->evs[k]);
       o->nevs = 0;
+      ath__wfev_release(o->done);
+      o->done = NULL;
     }
     wk->noutcomes = 0;
   }
@@ -729,6 +731,13 @@ static void publish(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
   for (int i = 0; i < wk->noutcomes; i++) {
     ath_outcome_t* o = &wk->outcomes[i];
     ath_task_t* t = o->task;
+    if (o->done != NULL) { /* kept for its workflow's record of it (wf_record) */
+      ath_task_x_t* tx = ath__task_xr(t);
+      ath__wfev_release(tx != NULL ? tx->done : o->done);
+      if (tx != NULL)
+        tx->done = o->done;
+      o->done = NULL;
+    }
     q->running--;
     ath_task_t* last = wk->running_tasks[--wk->running];
     wk->running_tasks[t->run_pos] = last;

@@ -64,7 +64,7 @@ enum { ATH_WF_SLOT = 0, ATH_WF_PARKED, ATH_WF_QUEUED, ATH_WF_TIMER,
 /* One history event: a JSON object, immutable once made, shared by
  * reference between the workflow, the store and workers (so the history is
  * never copied under the world lock). */
-typedef struct {
+typedef struct ath_wfev_s {
   atomic_int refs;
   uint32_t len;
   char json[];           /* NUL-terminated */
@@ -149,6 +149,12 @@ typedef struct {
  * stored history) into a new workflow's list. */
 #define ATH_WFEV_SEP ATH_STORE_EVENT_SEP /* never in JSON text: controls are escaped */
 ath_wfev_t* ath__wfev_new(const char* json, size_t len);
+/* The activity.completed event of t, a workflow's activity that completed
+ * at `at`, built without the world lock by the worker that ran it, all but
+ * its run and seq, which the exchange appends in place once it knows the
+ * workflow waits for it (wf_record); NULL when out of memory. Thread: the
+ * worker that ran t. */
+ath_wfev_t* ath__wf_done_new(const struct ath_task_s* t, int64_t at);
 void ath__wfev_retain(ath_wfev_t* e);
 void ath__wfev_release(ath_wfev_t* e);
 void ath__wfev_release_all(ath_wfev_t** evs, size_t n); /* and frees evs */
@@ -233,6 +239,10 @@ typedef struct {
                           * once that one ends */
   int64_t dq_seq;        /* PostgreSQL backend: the row's seq (0: not
                           * inserted; -1: its insert is in flight) */
+  struct ath_wfev_s* done; /* a workflow's activity that completed: its
+                          * activity.completed event, built by the worker
+                          * that ran it, until the workflow records it
+                          * (ath__wf_done_new) */
 } ath_task_x_t;
 
 /* A task lives from execute() until the world is freed (or, later, pruned).
@@ -544,6 +554,8 @@ typedef struct {
                           * next task, which must not seem to start first) */
   int sampled;           /* its run time (and completion) were recorded
                           * before the exchange took the lock */
+  ath_wfev_t* done;      /* completed, with a parent workflow: the event
+                          * it records (ath__wf_done_new), or NULL */
 } ath_outcome_t;
 
 /* Task counters (SEMANTICS §14.1). Each worker has its own set, bumped by

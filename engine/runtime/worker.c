@@ -1165,7 +1165,10 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     hand_events(s, &wk->outcomes[wk->noutcomes - 1]);
   wk->outcomes[wk->noutcomes - 1].held = s->held;
   wk->outcomes[wk->noutcomes - 1].started_mono = s->started_mono;
-  wk->outcomes[wk->noutcomes - 1].ended_at = ath__wall(wk->w);
+  ath_outcome_t* last = &wk->outcomes[wk->noutcomes - 1];
+  last->ended_at = ath__wall(wk->w);
+  if (last->status == ATH_COMPLETED && t->wf == NULL && ath__task_parent(t) != NULL)
+    last->done = ath__wf_done_new(t, last->ended_at); /* NULL: built under the lock */
   s->held = NULL;
   if (cached) {
     new_coroutine(s); /* the parked one went to the cache */

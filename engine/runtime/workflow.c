@@ -151,6 +151,55 @@ ath_wfev_t* ath__wfev_new(const char* json, size_t len) {
   return e;
 }
 
+/* Room after a prebuilt completion for ,"run":<int>,"seq":<int64>} */
+#define DONE_TAIL (sizeof(",\"run\":-2147483648,\"seq\":-9223372036854775808}"))
+
+/* Writes v in decimal at p; returns the end. */
+static char* put_i64(char* p, int64_t v) {
+  char num[24];
+  char* s = ath__fmt_i64(num + sizeof(num), v);
+  size_t n = (size_t)(num + sizeof(num) - s);
+  memcpy(p, s, n);
+  return p + n;
+}
+
+ath_wfev_t* ath__wf_done_new(const ath_task_t* t, int64_t at) {
+  static const char head[] = "{\"type\":\"activity.completed\",\"at\":";
+  char num[24];
+  size_t nlen = (size_t)(put_i64(num, at) - num);
+  size_t rlen = t->result != NULL ? t->result_len : 4;
+  size_t len = sizeof(head) - 1 + nlen + sizeof(",\"result\":") - 1 + rlen;
+  if (rlen > UINT32_MAX - 1 - DONE_TAIL - 64)
+    return NULL;
+  ath_wfev_t* e = malloc(sizeof(*e) + len + DONE_TAIL);
+  if (e == NULL)
+    return NULL;
+  atomic_init(&e->refs, 1);
+  char* p = e->json;
+  memcpy(p, head, sizeof(head) - 1);
+  p += sizeof(head) - 1;
+  memcpy(p, num, nlen);
+  p += nlen;
+  memcpy(p, ",\"result\":", sizeof(",\"result\":") - 1);
+  p += sizeof(",\"result\":") - 1;
+  memcpy(p, t->result != NULL ? t->result : "null", rlen);
+  e->len = (uint32_t)len;
+  e->json[len] = '\0';
+  return e;
+}
+
+/* Completes a prebuilt completion with its run and seq (see above). */
+static void done_finish(ath_wfev_t* e, int run, int64_t seq) {
+  char* p = e->json + e->len;
+  memcpy(p, ",\"run\":", 7);
+  p = put_i64(p + 7, run);
+  memcpy(p, ",\"seq\":", 7);
+  p = put_i64(p + 7, seq);
+  *p++ = '}';
+  *p = '\0';
+  e->len = (uint32_t)(p - e->json);
+}
+
 void ath__wfev_retain(ath_wfev_t* e) {
   atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
 }
@@ -384,6 +433,26 @@ static void wf_record(ath_world_t* w, ath_task_t* t, const ath_task_t* x, int64_
   int ok = x->status == ATH_COMPLETED;
   ath_wf_outev_t m = {.type = types[kind][ok], .run = t->attempt, .index = kind == ATH_PARK_COMP,
                       .seq = wf->wait_seq, .at = now};
+  ath_task_x_t* xx = ath__task_xr(x);
+  if (xx != NULL && xx->done != NULL) {
+    ath_wfev_t* e = xx->done; /* the worker that ran x built it: no copy here */
+    xx->done = NULL;
+    if (ok && kind == ATH_PARK_ACTIVITY) {
+      const char* r = strstr(e->json, ",\"result\":"); /* after its type and time */
+      m.key = "result";
+      m.voff = (uint32_t)(r - e->json) + 10;
+      m.vlen = e->len - m.voff;
+      done_finish(e, t->attempt, wf->wait_seq);
+      wf->last_out.ev = NULL;
+      if (ath__wf_push(wf, e) == 0) {
+        ath__store_mark(w, t);
+        m.ev = e;
+        wf->last_out = m;
+      }
+      return;
+    }
+    ath__wfev_release(e); /* a compensation's outcome: built below */
+  }
   ath_buf_t* b = &w->evbuf; /* one per step: the world's scratch, not a new buffer */
   b->len = 0;
   ath__ev_begin(b, t, m.type, now);

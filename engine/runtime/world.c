@@ -438,6 +438,7 @@ static void task_x_free(ath_task_x_t* x) {
   free(x->call);
   if (x->parent != NULL)
     ath_task_release(x->parent);
+  ath__wfev_release(x->done);
   free(x->hb);
   free(x);
 }
