@@ -149,11 +149,12 @@ typedef struct {
  * stored history) into a new workflow's list. */
 #define ATH_WFEV_SEP ATH_STORE_EVENT_SEP /* never in JSON text: controls are escaped */
 ath_wfev_t* ath__wfev_new(const char* json, size_t len);
-/* The activity.completed event of t, a workflow's activity that completed
- * at `at`, built without the world lock by the worker that ran it, all but
- * its run and seq, which the exchange appends in place once it knows the
- * workflow waits for it (wf_record); NULL when out of memory. Thread: the
- * worker that ran t. */
+/* The event the parent workflow of t records when t completes at `at`
+ * (activity.completed, or child.completed when t is a workflow), built
+ * without the world lock by the worker that ran t, all but its run and
+ * seq, which the exchange appends in place once it knows the parent waits
+ * for it (wf_record); NULL when out of memory. Thread: the worker that ran
+ * t. */
 ath_wfev_t* ath__wf_done_new(const struct ath_task_s* t, int64_t at);
 void ath__wfev_retain(ath_wfev_t* e);
 void ath__wfev_release(ath_wfev_t* e);
@@ -239,9 +240,9 @@ typedef struct {
                           * once that one ends */
   int64_t dq_seq;        /* PostgreSQL backend: the row's seq (0: not
                           * inserted; -1: its insert is in flight) */
-  struct ath_wfev_s* done; /* a workflow's activity that completed: its
-                          * activity.completed event, built by the worker
-                          * that ran it, until the workflow records it
+  struct ath_wfev_s* done; /* completed with a parent workflow: the event
+                          * its parent records, built by the worker that
+                          * ran it, until the parent records it
                           * (ath__wf_done_new) */
 } ath_task_x_t;
 

@@ -1167,7 +1167,7 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
   wk->outcomes[wk->noutcomes - 1].started_mono = s->started_mono;
   ath_outcome_t* last = &wk->outcomes[wk->noutcomes - 1];
   last->ended_at = ath__wall(wk->w);
-  if (last->status == ATH_COMPLETED && t->wf == NULL && ath__task_parent(t) != NULL)
+  if (last->status == ATH_COMPLETED && ath__task_parent(t) != NULL)
     last->done = ath__wf_done_new(t, last->ended_at); /* NULL: built under the lock */
   s->held = NULL;
   if (cached) {

@@ -164,11 +164,15 @@ static char* put_i64(char* p, int64_t v) {
 }
 
 ath_wfev_t* ath__wf_done_new(const ath_task_t* t, int64_t at) {
-  static const char head[] = "{\"type\":\"activity.completed\",\"at\":";
+  /* a child workflow's parent records child.completed (the same length) */
+  static const char act[] = "{\"type\":\"activity.completed\",\"at\":";
+  static const char child[] = "{\"type\":\"child.completed\",\"at\":";
+  const char* head = t->wf != NULL ? child : act;
+  size_t hlen = t->wf != NULL ? sizeof(child) - 1 : sizeof(act) - 1;
   char num[24];
   size_t nlen = (size_t)(put_i64(num, at) - num);
   size_t rlen = t->result != NULL ? t->result_len : 4;
-  size_t len = sizeof(head) - 1 + nlen + sizeof(",\"result\":") - 1 + rlen;
+  size_t len = hlen + nlen + sizeof(",\"result\":") - 1 + rlen;
   if (rlen > UINT32_MAX - 1 - DONE_TAIL - 64)
     return NULL;
   ath_wfev_t* e = malloc(sizeof(*e) + len + DONE_TAIL);
@@ -176,8 +180,8 @@ ath_wfev_t* ath__wf_done_new(const ath_task_t* t, int64_t at) {
     return NULL;
   atomic_init(&e->refs, 1);
   char* p = e->json;
-  memcpy(p, head, sizeof(head) - 1);
-  p += sizeof(head) - 1;
+  memcpy(p, head, hlen);
+  p += hlen;
   memcpy(p, num, nlen);
   p += nlen;
   memcpy(p, ",\"result\":", sizeof(",\"result\":") - 1);
@@ -437,7 +441,7 @@ static void wf_record(ath_world_t* w, ath_task_t* t, const ath_task_t* x, int64_
   if (xx != NULL && xx->done != NULL) {
     ath_wfev_t* e = xx->done; /* the worker that ran x built it: no copy here */
     xx->done = NULL;
-    if (ok && kind == ATH_PARK_ACTIVITY) {
+    if (ok && kind == (x->wf != NULL ? ATH_PARK_CHILD : ATH_PARK_ACTIVITY)) {
       const char* r = strstr(e->json, ",\"result\":"); /* after its type and time */
       m.key = "result";
       m.voff = (uint32_t)(r - e->json) + 10;
@@ -451,7 +455,7 @@ static void wf_record(ath_world_t* w, ath_task_t* t, const ath_task_t* x, int64_
       }
       return;
     }
-    ath__wfev_release(e); /* a compensation's outcome: built below */
+    ath__wfev_release(e); /* a compensation's outcome, or a failure: built below */
   }
   ath_buf_t* b = &w->evbuf; /* one per step: the world's scratch, not a new buffer */
   b->len = 0;

@@ -166,6 +166,16 @@ describe("workflows", function()
     assert.equals(2, #runIds)
     assert.are_not.equal(runIds[1], runIds[2])
     assert.equals(runIds[2], r[3])
+    -- each outcome is recorded with the run and command it answers (the
+    -- activity's worker builds a completion, the exchange adds both)
+    local outcomes = {}
+    for _, ev in ipairs(h:query().history) do
+      if ev.type == "activity.completed" or ev.type == "activity.failed" then
+        outcomes[#outcomes + 1] = { ev.type, ev.run, ev.seq, ev.result or ev.error.code }
+      end
+    end
+    assert.same({ { "activity.completed", 1, 1, "charge ok 1" }, { "activity.failed", 1, 2, "EFLAKY" },
+      { "activity.completed", 2, 2, "ok" } }, outcomes)
   end)
 
   it("cascade across three levels: the leaf's failure fails mid and top, siblings are cancelled", function()
