@@ -723,7 +723,8 @@ static void publish(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
         ath__wfev_release(o->evs[k]);
       o->nevs = 0;
       ath__wfev_release(o->done);
-      o->done = NULL;
+      ath__wfev_release(o->ended);
+      o->done = o->ended = NULL;
     }
     wk->noutcomes = 0;
   }
@@ -737,6 +738,11 @@ static void publish(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
       if (tx != NULL)
         tx->done = o->done;
       o->done = NULL;
+    }
+    if (o->ended != NULL) { /* for ath__wf_terminal */
+      ath__wfev_release(t->wf->ended);
+      t->wf->ended = o->ended;
+      o->ended = NULL;
     }
     q->running--;
     ath_task_t* last = wk->running_tasks[--wk->running];

@@ -139,6 +139,8 @@ typedef struct {
    * its history shows it never started, cannot be in the store, so
    * ctx:run does not look there (execute in world.c). */
   int fresh;
+  struct ath_wfev_s* ended; /* its workflow.completed, built by the worker of
+                          * its last segment, until recorded (ath__wf_ended_new) */
 } ath_wf_t;
 
 /* workflow.c: history events. ath__wfev_new copies `len` bytes of json
@@ -156,6 +158,9 @@ ath_wfev_t* ath__wfev_new(const char* json, size_t len);
  * for it (wf_record); NULL when out of memory. Thread: the worker that ran
  * t. */
 ath_wfev_t* ath__wf_done_new(const struct ath_task_s* t, int64_t at);
+/* The workflow.completed event of workflow t, completed at `at`, built the
+ * same way, whole; NULL when out of memory. */
+ath_wfev_t* ath__wf_ended_new(const struct ath_task_s* t, int64_t at);
 void ath__wfev_retain(ath_wfev_t* e);
 void ath__wfev_release(ath_wfev_t* e);
 void ath__wfev_release_all(ath_wfev_t** evs, size_t n); /* and frees evs */
@@ -557,6 +562,8 @@ typedef struct {
                           * before the exchange took the lock */
   ath_wfev_t* done;      /* completed, with a parent workflow: the event
                           * it records (ath__wf_done_new), or NULL */
+  ath_wfev_t* ended;     /* a workflow that completed: its own last event
+                          * (ath__wf_ended_new), or NULL */
 } ath_outcome_t;
 
 /* Task counters (SEMANTICS §14.1). Each worker has its own set, bumped by

@@ -1169,6 +1169,8 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
   last->ended_at = ath__wall(wk->w);
   if (last->status == ATH_COMPLETED && ath__task_parent(t) != NULL)
     last->done = ath__wf_done_new(t, last->ended_at); /* NULL: built under the lock */
+  if (last->status == ATH_COMPLETED && t->wf != NULL)
+    last->ended = ath__wf_ended_new(t, last->ended_at);
   s->held = NULL;
   if (cached) {
     new_coroutine(s); /* the parked one went to the cache */

@@ -163,45 +163,53 @@ static char* put_i64(char* p, int64_t v) {
   return p + n;
 }
 
-ath_wfev_t* ath__wf_done_new(const ath_task_t* t, int64_t at) {
-  /* a child workflow's parent records child.completed (the same length) */
-  static const char act[] = "{\"type\":\"activity.completed\",\"at\":";
-  static const char child[] = "{\"type\":\"child.completed\",\"at\":";
-  const char* head = t->wf != NULL ? child : act;
-  size_t hlen = t->wf != NULL ? sizeof(child) - 1 : sizeof(act) - 1;
-  char num[24];
-  size_t nlen = (size_t)(put_i64(num, at) - num);
-  size_t rlen = t->result != NULL ? t->result_len : 4;
-  size_t len = hlen + nlen + sizeof(",\"result\":") - 1 + rlen;
-  if (rlen > UINT32_MAX - 1 - DONE_TAIL - 64)
+/* {"type":"<type>","at":<at>,"result":<t's result> with room for DONE_TAIL
+ * more bytes: the outcome events of a completed task, built off the lock
+ * and finished by done_finish. */
+static ath_wfev_t* outcome_new(const char* type, const ath_task_t* t, int64_t at) {
+  size_t tlen = strlen(type), rlen = t->result != NULL ? t->result_len : 4;
+  if (rlen > UINT32_MAX - 1 - DONE_TAIL - 128)
     return NULL;
-  ath_wfev_t* e = malloc(sizeof(*e) + len + DONE_TAIL);
+  ath_wfev_t* e = malloc(sizeof(*e) + 64 + tlen + rlen + DONE_TAIL);
   if (e == NULL)
     return NULL;
   atomic_init(&e->refs, 1);
   char* p = e->json;
-  memcpy(p, head, hlen);
-  p += hlen;
-  memcpy(p, num, nlen);
-  p += nlen;
-  memcpy(p, ",\"result\":", sizeof(",\"result\":") - 1);
-  p += sizeof(",\"result\":") - 1;
-  memcpy(p, t->result != NULL ? t->result : "null", rlen);
-  e->len = (uint32_t)len;
-  e->json[len] = '\0';
+  memcpy(p, "{\"type\":\"", 9);
+  memcpy(p += 9, type, tlen);
+  memcpy(p += tlen, "\",\"at\":", 7);
+  p = put_i64(p + 7, at);
+  memcpy(p, ",\"result\":", 10);
+  memcpy(p += 10, t->result != NULL ? t->result : "null", rlen);
+  p += rlen;
+  *p = '\0';
+  e->len = (uint32_t)(p - e->json);
   return e;
 }
 
-/* Completes a prebuilt completion with its run and seq (see above). */
+/* Completes an outcome event with its run and, when seq >= 0, seq. */
 static void done_finish(ath_wfev_t* e, int run, int64_t seq) {
   char* p = e->json + e->len;
   memcpy(p, ",\"run\":", 7);
   p = put_i64(p + 7, run);
-  memcpy(p, ",\"seq\":", 7);
-  p = put_i64(p + 7, seq);
+  if (seq >= 0) {
+    memcpy(p, ",\"seq\":", 7);
+    p = put_i64(p + 7, seq);
+  }
   *p++ = '}';
   *p = '\0';
   e->len = (uint32_t)(p - e->json);
+}
+
+ath_wfev_t* ath__wf_done_new(const ath_task_t* t, int64_t at) {
+  return outcome_new(t->wf != NULL ? "child.completed" : "activity.completed", t, at);
+}
+
+ath_wfev_t* ath__wf_ended_new(const ath_task_t* t, int64_t at) {
+  ath_wfev_t* e = outcome_new("workflow.completed", t, at);
+  if (e != NULL)
+    done_finish(e, t->attempt, -1);
+  return e;
 }
 
 void ath__wfev_retain(ath_wfev_t* e) {
@@ -297,6 +305,7 @@ void ath__wf_free(ath_wf_t* wf) {
   free(wf->ev);
   free(wf->kids);
   free(wf->forced_err);
+  ath__wfev_release(wf->ended);
   free(wf);
 }
 
@@ -623,13 +632,21 @@ int ath__wf_terminal(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** 
       [ATH_COMPLETED] = "workflow.completed", [ATH_FAILED] = "workflow.failed",
       [ATH_CANCELLED] = "workflow.cancelled", [ATH_QUARANTINED] = "workflow.failed",
       [ATH_COMPENSATED] = "workflow.compensated"};
-    ath_buf_t b = {0};
-    ath__ev_begin(&b, t, names[t->status], now);
-    if (t->status == ATH_COMPLETED)
-      ath__ev_raw(&b, "result", t->result, t->result_len);
-    else if (t->status != ATH_CANCELLED)
-      ath__ev_raw(&b, "error", t->error, t->error_len);
-    ath__wf_push_buf(w, t, &b);
+    ath_wfev_t* ended = t->wf->ended;
+    t->wf->ended = NULL;
+    if (t->status == ATH_COMPLETED && ended != NULL) { /* its worker built it: no copy here */
+      if (ath__wf_push(t->wf, ended) == 0)
+        ath__store_mark(w, t);
+    } else {
+      ath__wfev_release(ended);
+      ath_buf_t b = {0};
+      ath__ev_begin(&b, t, names[t->status], now);
+      if (t->status == ATH_COMPLETED)
+        ath__ev_raw(&b, "result", t->result, t->result_len);
+      else if (t->status != ATH_CANCELLED)
+        ath__ev_raw(&b, "error", t->error, t->error_len);
+      ath__wf_push_buf(w, t, &b);
+    }
     if (t->wf->wait_task != NULL) {
       ath_task_release(t->wf->wait_task);
       t->wf->wait_task = NULL;
