@@ -643,8 +643,8 @@ static int64_t new_wf_share(ath_world_t* w, ath_worker_t* wk, const xchg_t* x) {
   int nw = serving(w, q);
   if (nw <= 1)
     return INT64_MAX;
-  if (q->round_takers > 0 && x->mono >= q->round_mono + BALANCE_WAIT_NS) {
-    q->round++;
+  if (q->round_takers >= nw || (q->round_takers > 0 && x->mono >= q->round_mono + BALANCE_WAIT_NS)) {
+    q->round++; /* all had their turn (a worker retired meanwhile), or waited enough */
     q->round_takers = 0;
   }
   if (wk->turn == q->round + 1)
