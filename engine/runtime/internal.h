@@ -284,7 +284,10 @@ struct ath_task_s {
   uint64_t ready_mono;   /* monotonic ns of ready_at, for delay timers */
   int64_t created_at, scheduled_at, started_at, completed_at;
   uint64_t start_mono;   /* monotonic ns of the current attempt's start */
-  ath_task_t* qprev;     /* ready list of its priority bucket; once terminal, */
+  union {
+    ath_task_t* qprev;   /* ready list of its priority bucket; once terminal, */
+    uint64_t sub_hash;   /* in a submit list (ath_subq_t): its id's hash */
+  };
   ath_task_t* qnext;     /* the world's list of recent terminal tasks */
   ath_task_t* hnext;     /* hash chain */
   ath_wf_t* wf;          /* workflow state, NULL for an activity */

@@ -333,8 +333,10 @@ static void table_put(ath_world_t* w, ath_task_t* t, uint64_t h) {
  * path of execute does: numbered now, so that it follows whatever the
  * world numbered before (one submitter's tasks keep its order). */
 static void drain_one(ath_world_t* w, ath_task_t* t) {
+  uint64_t h = t->sub_hash; /* hashed by its submitter, before any lock */
+  t->qprev = NULL;
   t->seq = w->next_seq++;
-  table_put(w, t, ath__hash_id(t->id));
+  table_put(w, t, h);
   if (ath__make_ready(w, t) != 0) { /* no memory for the queue's index: fails visibly */
     t->status = ATH_FAILED;
     t->err_code = ATH_ENOMEM;
@@ -841,35 +843,41 @@ void ath__task_policy(const ath_world_t* w, const ath_def_t* def, const ath_acti
                                                           : 1;
 }
 
-/* The common execute without the world lock (ath_subq_t): tasks[0..n)
- * of generated ids, ready now, with no parent, per-call limits or
- * deadline, in a world without a file store or PostgreSQL, go to their
- * queue's submit list; the sleepers listed there are woken. Returns 0
- * (out[] set), or -1 when they take the locked path (then nothing
- * changed: a closed queue, a degraded store, or another kind). */
-static int submit_fast(ath_world_t* w, ath_queue_t* q, ath_task_t** tasks, size_t n,
-                       const char* const* ids, const ath_worker_t* by, const ath_exec_opts_t* o, const ath_activity_t* lim,
-                       const ath_call_t* call, ath_task_t** out) {
-  if (n == 0 || by != NULL || ids != NULL || o->id != NULL || o->delay_ms != 0 ||
-      o->parent_id != NULL || call != NULL || lim->schedule_to_close_ms != 0 || w->dq != NULL ||
-      w->cfg.persistence == ATH_PERSIST_FILE || atomic_load(&w->store_fault) != 0)
-    return -1;
-  for (size_t i = 0; i < n; i++)
+/* Whether an execute of n tasks may skip the world lock (ath_subq_t):
+ * generated ids, ready now, no parent, per-call limits or deadline, not a
+ * workflow's step, in a world without a file store (unborn until
+ * committed), PostgreSQL or a degraded store. */
+static int submits_unlocked(const ath_world_t* w, size_t n, const char* const* ids,
+                            const ath_worker_t* by, const ath_exec_opts_t* o,
+                            const ath_activity_t* lim, const ath_call_t* call) {
+  return n > 0 && by == NULL && ids == NULL && o->id == NULL && o->delay_ms == 0 &&
+         o->parent_id == NULL && call == NULL && lim->schedule_to_close_ms == 0 && w->dq == NULL &&
+         w->cfg.persistence != ATH_PERSIST_FILE && atomic_load(&w->store_fault) == 0;
+}
+
+/* Puts tasks[0..n) (hashes[i]: tasks[i]'s id hash) on q's submit list and
+ * wakes the sleepers listed there. Returns 0 (out[] set), or -1 when q is
+ * closed (then nothing changed: the locked path says why). */
+static int submit_unlocked(ath_world_t* w, ath_queue_t* q, ath_task_t** tasks,
+                           const uint64_t* hashes, size_t n, ath_task_t** out) {
+  for (size_t i = 0; i < n; i++) {
     tasks[i]->qnext = i + 1 < n ? tasks[i + 1] : NULL;
+    tasks[i]->sub_hash = hashes[i];
+  }
   ath_worker_t* wake[MAX_WORKERS];
   int nwake;
   if (ath__sub_append(w, q, tasks[0], tasks[n - 1], (int64_t)n, wake, MAX_WORKERS, &nwake) != 0) {
     for (size_t i = 0; i < n; i++)
-      tasks[i]->qnext = NULL;
-    return -1; /* closed: the locked path says why */
+      tasks[i]->qnext = tasks[i]->qprev = NULL;
+    return -1;
   }
-  /* the caller's references; the lists' (the table's) are in refs already */
   for (size_t i = 0; i < n; i++)
-    out[i] = tasks[i];
+    out[i] = tasks[i]; /* the caller's references (refs counts the table's too) */
   ath__wake_all(wake, nwake);
   if (w->cfg.persistence == ATH_PERSIST_HYBRID &&
       atomic_load_explicit(&w->submitted, memory_order_relaxed) +
-              atomic_load_explicit(&w->dirty_hint, memory_order_relaxed) >= ATH_HYBRID_BACKLOG) {
+              atomic_load_explicit(&w->dirty_hint, memory_order_relaxed) >=
+          ATH_HYBRID_BACKLOG) {
     uv_mutex_lock(&w->lock); /* the store is behind: wait for it as the locked path does */
     ath__submits_drain(w);
     ath__store_throttle(w);
@@ -1007,7 +1015,8 @@ static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
     hashes[made] = ath__hash_id(t->id); /* before the lock: it is held for less */
   }
 
-  if (submit_fast(w, q, tasks, n, ids, by, opts, lim, call, out) == 0) {
+  if (submits_unlocked(w, n, ids, by, opts, lim, call) &&
+      submit_unlocked(w, q, tasks, hashes, n, out) == 0) {
     if (tasks != one)
       free(tasks);
     return 0;
