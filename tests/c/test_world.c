@@ -1206,6 +1206,14 @@ TEST_IMPL(world_queue_counts_wanting) {
  * queue's submit list without the world lock; the world lock's holders
  * drain the lists first (ath_subq_t). */
 
+/* Shuts w down, frees it and removes the test module. */
+static int end_world(ath_world_t* w) {
+  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
+
 enum { SUBMITTERS = 3, PER_SUBMITTER = 600, SUBMIT_BATCH = 10 };
 static ath_world_t* submit_world;
 static ath_task_t* submitted_tasks[SUBMITTERS][PER_SUBMITTER];
@@ -1275,10 +1283,7 @@ TEST_IMPL(world_submit_threads_fifo) {
   ASSERT_EQ(N, m.completed);
   ASSERT_EQ(0, m.queued);
   ASSERT_EQ(N, m.resident);
-  ASSERT_OK(ath_world_shutdown(submit_world, 5000, NULL, NULL, NULL));
-  ath_world_free(submit_world);
-  remove_module();
-  return 0;
+  return end_world(submit_world);
 }
 
 static uv_mutex_t held_mu;
@@ -1335,10 +1340,7 @@ TEST_IMPL(world_submit_beside_world_lock) {
   }
   uv_cond_destroy(&held_cv);
   uv_mutex_destroy(&held_mu);
-  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
-  ath_world_free(w);
-  remove_module();
-  return 0;
+  return end_world(w);
 }
 
 static int64_t submits_pending(ath_world_t* w) {
@@ -1373,10 +1375,7 @@ TEST_IMPL(world_submit_cancel_undrained) {
   for (int i = 0; i < 3; i++)
     ath_task_release(b[i]);
   ath_task_release(g0);
-  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
-  ath_world_free(w);
-  remove_module();
-  return 0;
+  return end_world(w);
 }
 
 /* A shutdown right after an execute drains the submit lists first: the
@@ -1444,8 +1443,5 @@ TEST_IMPL(world_submit_hybrid_stored) {
     ath_task_release(b[i]);
   }
   ath_task_release(g0);
-  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
-  ath_world_free(w);
-  remove_module();
-  return 0;
+  return end_world(w);
 }
