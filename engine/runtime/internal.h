@@ -364,8 +364,9 @@ typedef struct {
 } ath_bucket_t;
 
 /* The submit side of a queue (issue 15). An execute of the common kind
- * (generated ids, no delay, parent or per-call limits, memory or hybrid,
- * in-process) links its prepared tasks here under `lock` alone, never the
+ * (generated ids; no delay, parent, per-call limits or scheduleToClose;
+ * memory or hybrid, not PostgreSQL: submits_unlocked in world.c) links
+ * its prepared tasks here under `lock` alone, never the
  * world lock, and wakes sleepers listed here; whoever next needs the
  * world's consistent view (a claim, a lookup, a query, metrics, a cancel,
  * shutdown, the store) moves them into the table, the ready queue and the
