@@ -8,6 +8,7 @@
 #include <uv.h>
 #include "athena.h"
 #include "internal.h"
+#include "store.h"
 #include "task.h"
 
 static char module_dir[256];
@@ -1401,11 +1402,11 @@ TEST_IMPL(world_submit_shutdown_drains) {
   return 0;
 }
 
-/* hybrid: the store thread drains the submit lists too, so a task that no
- * claim took yet (the one worker is held by gate 0) is committed. */
-TEST_IMPL(world_submit_hybrid_stored) {
+/* A started hybrid world of one worker, with 'seq' and 'gate', its store
+ * in the test's directory. */
+static ath_world_t* hybrid_world(void) {
   write_module();
-  char dir[300];
+  static char dir[300];
   snprintf(dir, sizeof(dir), "%s/hybrid", module_dir);
   static const char* const mods[] = {"ctjobs", NULL};
   ath_world_config_t cfg;
@@ -1422,6 +1423,13 @@ TEST_IMPL(world_submit_hybrid_stored) {
   ASSERT_OK(reg(w, "seq", NULL, 0));
   ASSERT_OK(reg(w, "gate", NULL, 0));
   ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  return w;
+}
+
+/* hybrid: the store thread drains the submit lists too, so a task that no
+ * claim took yet (the one worker is held by gate 0) is committed. */
+TEST_IMPL(world_submit_hybrid_stored) {
+  ath_world_t* w = hybrid_world();
   ath_task_t* g0 = gate(w, 0);
   await_gate(0);
   enum { K = 5 };
@@ -1442,6 +1450,42 @@ TEST_IMPL(world_submit_hybrid_stored) {
     ASSERT_EQ(i + 1, seq_rank(w, b[i]));
     ath_task_release(b[i]);
   }
+  ath_task_release(g0);
+  return end_world(w);
+}
+
+/* hybrid: submissions that skip the world lock still wait for a store that
+ * is behind (ATH_HYBRID_BACKLOG changes not committed), as the locked path
+ * does: with commits slowed down and no task running, each executeMany
+ * returns with fewer than the bound plus its own batch in the submit lists
+ * and the store's list together. */
+TEST_IMPL(world_submit_hybrid_backlog) {
+  ASSERT_OK(setenv("ATHENA_TEST_COMMIT_DELAY_MS", "1500", 1));
+  ath_world_t* w = hybrid_world();
+  ASSERT_OK(unsetenv("ATHENA_TEST_COMMIT_DELAY_MS"));
+  ath_task_t* g0 = gate(w, 0);
+  await_gate(0);
+  enum { BATCH = 5000, BATCHES = 20 };
+  static char* payloads[BATCH];
+  static size_t lens[BATCH];
+  static ath_task_t* ts[BATCH];
+  for (int b = 0; b < BATCHES; b++) {
+    for (int i = 0; i < BATCH; i++)
+      payloads[i] = dup_json("null", &lens[i]);
+    char err[256];
+    ASSERT_OK(ath_world_execute(w, "seq", BATCH, payloads, lens, NULL, NULL, ts, err, sizeof(err)));
+    uv_mutex_lock(&w->lock);
+    int64_t behind = atomic_load(&w->submitted) + (int64_t)w->ndirty;
+    uv_mutex_unlock(&w->lock);
+    ASSERT_LT(behind, ATH_HYBRID_BACKLOG + BATCH);
+    for (int i = 0; i < BATCH - 1; i++)
+      ath_task_release(ts[i]);
+    if (b < BATCHES - 1)
+      ath_task_release(ts[BATCH - 1]);
+  }
+  open_gate(0);
+  ASSERT_EQ(BATCHES * BATCH, seq_rank(w, ts[BATCH - 1])); /* the last one runs last */
+  ath_task_release(ts[BATCH - 1]);
   ath_task_release(g0);
   return end_world(w);
 }
