@@ -927,6 +927,7 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
   sample_outcomes(w, wk, &x);
   uv_mutex_lock(&w->lock);
   xchg_begin(w, wk, &x);
+  ath__submits_drain(w); /* the claims see what was submitted */
   int nout = wk->noutcomes; /* their held tasks are seen to after the claims */
   int back = settle_prefetch(w, wk, &x); /* first: its outcomes may be theirs */
   publish(w, wk, &x);
@@ -938,6 +939,10 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
   if (wk->resumes.head != NULL && (wk->stop || !ath__home_open(w, wk)))
     x.nwake = ath__wf_unhome(w, wk, x.wake, x.nwake); /* no more segments here */
   ath__set_wants(wk, !wk->stop && wk->running < wk->concurrency);
+  /* asleep with a free slot: submitters wake it (ath_subq_t); one that
+   * appended since the drain above is seen now, and it passes again */
+  if (wk->wants_work && ath__sub_listen(wk, wk->running == 0))
+    x.nwake = ath__add_wake(x.wake, x.nwake, wk);
   *stop = wk->stop && wk->running == 0;
   *inbox = wk->inbox;
   wk->inbox = NULL;

@@ -300,7 +300,10 @@ struct ath_task_s {
   uint64_t ready_mono;   /* monotonic ns of ready_at, for delay timers */
   int64_t created_at, scheduled_at, started_at, completed_at;
   uint64_t start_mono;   /* monotonic ns of the current attempt's start */
-  ath_task_t* qprev;     /* ready list of its priority bucket; once terminal, */
+  union {
+    ath_task_t* qprev;   /* ready list of its priority bucket; once terminal, */
+    uint64_t sub_hash;   /* in a submit list (ath_subq_t): its id's hash */
+  };
   ath_task_t* qnext;     /* the world's list of recent terminal tasks */
   ath_task_t* hnext;     /* hash chain */
   ath_wf_t* wf;          /* workflow state, NULL for an activity */
@@ -376,6 +379,26 @@ typedef struct {
   ath_task_t* tail;
 } ath_bucket_t;
 
+/* The submit side of a queue (issue 15). An execute of the common kind
+ * (generated ids; no delay, parent, per-call limits or scheduleToClose;
+ * memory or hybrid, not PostgreSQL: submits_unlocked in world.c) links
+ * its prepared tasks here under `lock` alone, never the
+ * world lock, and wakes sleepers listed here; whoever next needs the
+ * world's consistent view (a claim, a lookup, a query, metrics, a cancel,
+ * shutdown, the store) moves them into the table, the ready queue and the
+ * store's list first (ath__submits_drain, world lock held), numbering them
+ * then. Lock order: the world lock, then this one; never the reverse. */
+typedef struct {
+  uv_mutex_t lock;
+  int open;              /* started and not shutting down: appends go in */
+  ath_task_t* head;      /* submitted tasks, oldest first, through qnext */
+  ath_task_t* tail;
+  int64_t n;
+  /* Its workers asleep with a free slot (idle ones first), through
+   * sleep_next: an append pops as many as it brings tasks and wakes them. */
+  ath_worker_t* sleepers;
+} ath_subq_t;
+
 struct ath_queue_s {
   char name[65];
   int workers;           /* fixed pool size; the default queue uses min/max */
@@ -391,6 +414,7 @@ struct ath_queue_s {
   uint64_t round;        /* the round of turns at taking them */
   int round_takers;      /* workers that had their turn in this round */
   uint64_t round_mono;   /* when its first turn was taken */
+  ath_subq_t sub;        /* submissions not drained yet (own lock) */
 };
 
 /* An indexed binary min-heap: each element keeps its position in a
@@ -433,6 +457,23 @@ ath_task_t* ath__queue_pop(ath_queue_t* q);
 int ath__queue_unpop(ath_queue_t* q, ath_task_t* t);
 void ath__queue_remove(ath_queue_t* q, ath_task_t* t);
 void ath__queue_free(ath_queue_t* q);
+
+/* The submit side (ath_subq_t); each takes q->sub.lock itself. */
+int ath__sub_init(ath_queue_t* q);
+void ath__sub_set_open(ath_queue_t* q, int open);
+/* Appends tasks head..tail (n of them, linked through qnext) unless the
+ * queue is closed (returns ATH_ESHUTDOWN: nothing appended); pops up to n
+ * sleepers into wake[0..cap), counted in wakes_held (the caller wakes them
+ * with ath__wake_all), and sets *nwake. */
+int ath__sub_append(ath_world_t* w, ath_queue_t* q, ath_task_t* head, ath_task_t* tail, int64_t n,
+                    ath_worker_t** wake, int cap, int* nwake);
+/* Takes the queue's submitted tasks (NULL if none), their count in *n. */
+ath_task_t* ath__sub_take(ath_world_t* w, ath_queue_t* q, int64_t* n);
+/* wk sleeps with a free slot (world lock held): lists it among its queue's
+ * sleepers, unless submissions wait there (returns 1: it must not sleep). */
+int ath__sub_listen(ath_worker_t* wk, int idle);
+/* Takes wk off its queue's sleepers if it is listed (any lock or none). */
+void ath__sub_unlisten(ath_worker_t* wk);
 
 /* A worker timer on the manual clock: due in the world's vtimers heap, then
  * handed to its worker, which runs the slot's callback. */
@@ -671,6 +712,10 @@ struct ath_worker_s {
   _Atomic(lua_State*) lua_co; /* the task coroutine being resumed, or NULL */
   atomic_uint lua_runs;  /* resumes of task coroutines: one that lasts keeps it */
   ath_watch_entry_t watch;
+  /* In its queue's sleepers (ath_subq_t): guarded by that queue's sub
+   * lock; `listed` is read without it too (ath__sub_listen). */
+  ath_worker_t* sleep_next;
+  atomic_int listed;
 };
 
 #define MAX_WORKERS 1024 /* per world */
@@ -725,6 +770,12 @@ struct ath_world_s {
   int nghosts;
   int64_t n_recovered[4];/* pending, scheduled, requeued after a crash, terminal */
   uint64_t next_seq;
+  /* Tasks in the queues' submit lists (ath_subq_t), changed under their
+   * locks: 0 lets ath__submits_drain return at once. */
+  atomic_llong submitted;
+  /* hybrid: ndirty as the latest drain left it, for submitters that do not
+   * take the world lock to see whether the store is behind */
+  atomic_llong dirty_hint;
   /* Delayed tasks and the engine loop that makes them ready. */
   ath_heap_t delayed;
   ath_heap_t expiry;     /* tasks with a scheduleToClose, by deadline */
@@ -813,7 +864,7 @@ struct ath_world_s {
   uint64_t committed_gen;/* every change up to this one is on disk */
   int store_stop;
   int store_ok;          /* the last commit succeeded (/healthz) */
-  int store_fault;       /* degraded: the code execute gets (ATH_ENOSPC,
+  atomic_int store_fault;/* degraded: the code execute gets (ATH_ENOSPC,
                           * ATH_EIO, ...) until a commit succeeds again */
   int store_broken;      /* the file failed quick_check after an I/O error:
                           * no more writes until a restart */
@@ -991,6 +1042,8 @@ int ath__make_ready(ath_world_t* w, ath_task_t* t);
 static inline void ath__set_wants(ath_worker_t* wk, int on) {
   wk->queue->wanting += (on != 0) - (wk->wants_work != 0);
   wk->wants_work = on != 0;
+  if (!on && atomic_load_explicit(&wk->listed, memory_order_relaxed))
+    ath__sub_unlisten(wk); /* a submitter no longer wakes it */
 }
 int ath__pick_sleepers(ath_world_t* w, ath_queue_t* q, int64_t n, ath_worker_t** out, int cap);
 void ath__set_error(ath_task_t* t, int code, const char* message);
@@ -1051,7 +1104,11 @@ int ath__world_execute_by(ath_worker_t* wk, const char* name, char* payload, siz
 void ath__engine_tick(ath_world_t* w);
 void ath__release_all(ath_task_t** a, size_t n);
 void ath__set_err(char* err, size_t errlen, const char* fmt, const char* a);
+/* The task of this id in the table (submissions drained first), or NULL. */
 ath_task_t* ath__table_get(ath_world_t* w, const char* id, uint64_t hash);
+/* Moves the tasks of every queue's submit list into the table, the ready
+ * queues and the store's list (lock held); see ath_subq_t. */
+void ath__submits_drain(ath_world_t* w);
 void ath__table_unlink(ath_world_t* w, ath_task_t* t);
 void ath__term_push(ath_world_t* w, ath_task_t* t);
 

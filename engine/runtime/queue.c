@@ -132,8 +132,104 @@ void ath__queue_remove(ath_queue_t* q, ath_task_t* t) {
 }
 
 void ath__queue_free(ath_queue_t* q) {
+  uv_mutex_destroy(&q->sub.lock);
   free(q->buckets);
   free(q);
+}
+
+/* ---------------------------------------------------------- submissions
+ *
+ * A queue's submit list and sleepers (ath_subq_t), under the queue's own
+ * lock: an execute appends and wakes without the world lock; the world
+ * lock's holders drain (ath__submits_drain). A worker going to sleep with
+ * a free slot lists itself (its exchange, world lock held) after checking,
+ * under this lock, that nothing was appended since its drain: so either
+ * the worker sees the append or the appender sees the worker. */
+
+int ath__sub_init(ath_queue_t* q) {
+  return uv_mutex_init(&q->sub.lock) == 0 ? 0 : ATH_ENOMEM;
+}
+
+void ath__sub_set_open(ath_queue_t* q, int open) {
+  uv_mutex_lock(&q->sub.lock);
+  q->sub.open = open;
+  uv_mutex_unlock(&q->sub.lock);
+}
+
+int ath__sub_append(ath_world_t* w, ath_queue_t* q, ath_task_t* head, ath_task_t* tail, int64_t n,
+                    ath_worker_t** wake, int cap, int* nwake) {
+  ath_subq_t* s = &q->sub;
+  int k = 0;
+  uv_mutex_lock(&s->lock);
+  if (!s->open) {
+    uv_mutex_unlock(&s->lock);
+    *nwake = 0;
+    return ATH_ESHUTDOWN;
+  }
+  tail->qnext = NULL;
+  if (s->tail != NULL)
+    s->tail->qnext = head;
+  else
+    s->head = head;
+  s->tail = tail;
+  s->n += n;
+  atomic_fetch_add_explicit(&w->submitted, n, memory_order_release);
+  while (s->sleepers != NULL && k < cap && k < n) {
+    ath_worker_t* wk = s->sleepers;
+    s->sleepers = wk->sleep_next;
+    wk->sleep_next = NULL;
+    atomic_store_explicit(&wk->listed, 0, memory_order_relaxed);
+    /* listed: not stopped, and not freed while a wake holds it */
+    atomic_fetch_add_explicit(&wk->wakes_held, 1, memory_order_relaxed);
+    wake[k++] = wk;
+  }
+  uv_mutex_unlock(&s->lock);
+  *nwake = k;
+  return 0;
+}
+
+ath_task_t* ath__sub_take(ath_world_t* w, ath_queue_t* q, int64_t* n) {
+  ath_subq_t* s = &q->sub;
+  uv_mutex_lock(&s->lock);
+  ath_task_t* head = s->head;
+  *n = s->n;
+  s->head = s->tail = NULL;
+  s->n = 0;
+  atomic_fetch_sub_explicit(&w->submitted, *n, memory_order_relaxed);
+  uv_mutex_unlock(&s->lock);
+  return head;
+}
+
+int ath__sub_listen(ath_worker_t* wk, int idle) {
+  if (atomic_load_explicit(&wk->listed, memory_order_relaxed))
+    return 0; /* listed since before its drain: any append since popped it */
+  ath_subq_t* s = &wk->queue->sub;
+  uv_mutex_lock(&s->lock);
+  int pending = s->head != NULL;
+  if (!pending) {
+    ath_worker_t** p = &s->sleepers;
+    while (!idle && *p != NULL) /* idle workers first (SEMANTICS §5.2) */
+      p = &(*p)->sleep_next;
+    wk->sleep_next = *p;
+    *p = wk;
+    atomic_store_explicit(&wk->listed, 1, memory_order_relaxed);
+  }
+  uv_mutex_unlock(&s->lock);
+  return pending;
+}
+
+void ath__sub_unlisten(ath_worker_t* wk) {
+  ath_subq_t* s = &wk->queue->sub;
+  uv_mutex_lock(&s->lock);
+  for (ath_worker_t** p = &s->sleepers; *p != NULL; p = &(*p)->sleep_next) {
+    if (*p == wk) {
+      *p = wk->sleep_next;
+      wk->sleep_next = NULL;
+      break;
+    }
+  }
+  atomic_store_explicit(&wk->listed, 0, memory_order_relaxed);
+  uv_mutex_unlock(&s->lock);
 }
 
 /* ---------------------------------------------------------------- heap */

@@ -408,6 +408,7 @@ void ath_world_metrics(ath_world_t* w, ath_metrics_t* m) {
   m->queues_cap = cap;
   int64_t now = ath__wall(w);
   uv_mutex_lock(&w->lock);
+  ath__submits_drain(w); /* depth and resident count what was submitted */
   m->nqueues = w->nqueues;
   for (int i = 0; i < w->nqueues && i < cap; i++) {
     ath_queue_t* q = w->queues[i];

@@ -1783,6 +1783,7 @@ static void worker_main(void* arg) {
   ath__buf_free(&wk->buf);
   uv_mutex_lock(&w->lock);
   wk->state = ATH_WK_STOPPED;
+  ath__sub_unlisten(wk); /* no submitter wakes it any more (its loop closes) */
   uv_mutex_unlock(&w->lock);
   ath__watch_remove(w, wk);
   atomic_store(&wk->exited, 1); /* nothing of the world is touched after this */

@@ -73,8 +73,10 @@ static int valid_queue_name(const char* s) {
 
 static ath_queue_t* queue_new(const char* name, int workers, int concurrency) {
   ath_queue_t* q = calloc(1, sizeof(*q));
-  if (q == NULL)
+  if (q == NULL || ath__sub_init(q) != 0) {
+    free(q);
     return NULL;
+  }
   snprintf(q->name, sizeof(q->name), "%s", name);
   q->workers = workers;
   q->concurrency = concurrency;
@@ -309,6 +311,7 @@ static int table_grow(ath_world_t* w) {
 }
 
 ath_task_t* ath__table_get(ath_world_t* w, const char* id, uint64_t hash) {
+  ath__submits_drain(w); /* a lookup right after an execute finds its task */
   for (ath_task_t* e = w->table[hash & (w->table_cap - 1)]; e; e = e->hnext)
     if (strcmp(e->id, id) == 0)
       return e;
@@ -324,6 +327,42 @@ static void table_put(ath_world_t* w, ath_task_t* t, uint64_t h) {
   ath_task_t* parent = ath__task_parent(t);
   if (parent != NULL && parent->wf != NULL)
     ath__wf_kid_add(parent->wf, t);
+}
+
+/* Moves a drained submission into the world (lock held), as the locked
+ * path of execute does: numbered now, so that it follows whatever the
+ * world numbered before (one submitter's tasks keep its order). */
+static void drain_one(ath_world_t* w, ath_task_t* t) {
+  uint64_t h = t->sub_hash; /* hashed by its submitter, before any lock */
+  t->qprev = NULL;
+  t->seq = w->next_seq++;
+  table_put(w, t, h);
+  if (ath__make_ready(w, t) != 0) { /* no memory for the queue's index: fails visibly */
+    t->status = ATH_FAILED;
+    t->err_code = ATH_ENOMEM;
+    t->completed_at = ath__wall(w);
+    ath__counts(w)->failed++;
+  }
+}
+
+void ath__submits_drain(ath_world_t* w) {
+  if (atomic_load_explicit(&w->submitted, memory_order_acquire) == 0)
+    return;
+  for (int i = 0; i < w->nqueues; i++) {
+    int64_t n;
+    ath_task_t* t = ath__sub_take(w, w->queues[i], &n);
+    /* no memory to grow: the chains get longer, nothing is lost */
+    while (t != NULL && w->ntasks + (size_t)n > w->table_cap && table_grow(w) == 0)
+      ;
+    while (t != NULL) {
+      ath_task_t* next = t->qnext;
+      t->qnext = NULL;
+      drain_one(w, t);
+      t = next;
+    }
+  }
+  if (w->cfg.persistence == ATH_PERSIST_HYBRID)
+    atomic_store_explicit(&w->dirty_hint, (long long)w->ndirty, memory_order_relaxed);
 }
 
 /* ------------------------------------------------- recent terminal tasks
@@ -805,6 +844,50 @@ void ath__task_policy(const ath_world_t* w, const ath_def_t* def, const ath_acti
                                                           : 1;
 }
 
+/* Whether an execute of n tasks may skip the world lock (ath_subq_t):
+ * generated ids, ready now, no parent, per-call limits or deadline, not a
+ * workflow's step, in a world without a file store (unborn until
+ * committed), PostgreSQL or a degraded store. */
+static int submits_unlocked(const ath_world_t* w, size_t n, const char* const* ids,
+                            const ath_worker_t* by, const ath_exec_opts_t* o,
+                            const ath_activity_t* lim, const ath_call_t* call) {
+  return n > 0 && by == NULL && ids == NULL && o->id == NULL && o->delay_ms == 0 &&
+         o->parent_id == NULL && call == NULL && lim->schedule_to_close_ms == 0 && w->dq == NULL &&
+         w->cfg.persistence != ATH_PERSIST_FILE && atomic_load(&w->store_fault) == 0;
+}
+
+/* Puts tasks[0..n) (hashes[i]: tasks[i]'s id hash) on q's submit list and
+ * wakes the sleepers listed there. Returns 0 (out[] set), or -1 when q is
+ * closed (then nothing changed: the locked path says why). */
+static int submit_unlocked(ath_world_t* w, ath_queue_t* q, ath_task_t** tasks,
+                           const uint64_t* hashes, size_t n, ath_task_t** out) {
+  for (size_t i = 0; i < n; i++) {
+    tasks[i]->qnext = i + 1 < n ? tasks[i + 1] : NULL;
+    tasks[i]->sub_hash = hashes[i];
+  }
+  ath_worker_t* wake[MAX_WORKERS];
+  int nwake;
+  if (ath__sub_append(w, q, tasks[0], tasks[n - 1], (int64_t)n, wake, MAX_WORKERS, &nwake) != 0) {
+    for (size_t i = 0; i < n; i++)
+      tasks[i]->qnext = tasks[i]->qprev = NULL;
+    return -1;
+  }
+  for (size_t i = 0; i < n; i++)
+    out[i] = tasks[i]; /* the caller's references (refs counts the table's too) */
+  ath__wake_all(wake, nwake);
+  if (w->cfg.persistence == ATH_PERSIST_HYBRID &&
+      atomic_load_explicit(&w->submitted, memory_order_relaxed) +
+              atomic_load_explicit(&w->dirty_hint, memory_order_relaxed) >=
+          ATH_HYBRID_BACKLOG) {
+    uv_mutex_lock(&w->lock); /* the store is behind: wait for it as the locked path does */
+    ath__submits_drain(w);
+    ath__store_throttle(w);
+    atomic_store_explicit(&w->dirty_hint, (long long)w->ndirty, memory_order_relaxed);
+    uv_mutex_unlock(&w->lock);
+  }
+  return 0;
+}
+
 /* `by`: the worker whose workflow segment starts the tasks and parks next;
  * when they are in its queue, no sleeping worker is woken for them here:
  * the exchange that publishes the park claims them on `by` when they come
@@ -933,6 +1016,13 @@ static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
     hashes[made] = ath__hash_id(t->id); /* before the lock: it is held for less */
   }
 
+  if (submits_unlocked(w, n, ids, by, opts, lim, call) &&
+      submit_unlocked(w, q, tasks, hashes, n, out) == 0) {
+    if (tasks != one)
+      free(tasks);
+    return 0;
+  }
+
   /* With a store, an explicit id may name a task that finished and left
    * RAM: look there first, without the lock. Under the lock, a task that
    * left RAM since then shows in the ring of evicted ids. Not for the step
@@ -947,6 +1037,7 @@ static int execute(ath_world_t* w, const char* name, size_t n, char** payloads,
   int nwake = 0, wake_engine = 0;
 relock:
   uv_mutex_lock(&w->lock);
+  ath__submits_drain(w); /* numbered after what the submit lists hold */
   /* While shutdown drains the queues, runs under way still take their
    * steps (a workflow's activities and children); nothing else gets in. */
   if (w->state != ATH_W_STARTED && !(w->draining && opts->parent_id != NULL)) {
@@ -1365,6 +1456,8 @@ int ath_world_start(ath_world_t* w, char* err, size_t errlen) {
     w->start_hook(w);
   uv_mutex_lock(&w->lock);
   w->state = ATH_W_STARTED;
+  for (int i = 0; i < w->nqueues; i++)
+    ath__sub_set_open(w->queues[i], 1); /* executes may skip the world lock from now on */
   w->started_at = ath__wall(w);
   uv_mutex_lock(&w->tel_lock);
   w->tput_sec = w->started_at / 1000;
@@ -1423,6 +1516,9 @@ int ath_world_shutdown(ath_world_t* w, int64_t timeout_ms, int* drained, int* re
    * workers go on with what is queued until the queues are empty or the
    * deadline passes. Delayed tasks are not waited for. */
   w->state = ATH_W_STOPPING;
+  for (int i = 0; i < w->nqueues; i++)
+    ath__sub_set_open(w->queues[i], 0); /* what got in is drained, nothing more gets in */
+  ath__submits_drain(w);
   w->draining = timeout_ms > 0;
   uint64_t deadline = ath__mono_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u;
   w->cond_waiters++;
@@ -1578,6 +1674,7 @@ int ath_world_cancel(ath_world_t* w, ath_task_t* t) {
   if (w->dq != NULL && t->remote)
     return ath__dq_cancel(w, t); /* its row decides (storage/store_pg.c) */
   uv_mutex_lock(&w->lock);
+  ath__submits_drain(w); /* t may still be in a submit list, not its queue */
   int accepted;
   nwake = ath__cancel_locked(w, t, now, wake, nwake, &accepted);
   if (accepted)
@@ -1706,6 +1803,7 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
   /* From RAM: a scan of the tasks there (the live ones, and finished ones
    * not yet committed or, in memory mode, retained). */
   uv_mutex_lock(&w->lock);
+  ath__submits_drain(w);
   ath_task_t** all = malloc((w->ntasks ? w->ntasks : 1) * sizeof(*all));
   if (all == NULL) {
     uv_mutex_unlock(&w->lock);

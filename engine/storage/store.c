@@ -491,6 +491,7 @@ static void store_main(void* arg) {
         ath__logf(w, ATH_LOG_WARN, NULL, 0, "store retention pass failed: %s", err);
       uv_mutex_lock(&w->lock);
     }
+    ath__submits_drain(w); /* hybrid: submissions no claim drained yet get stored too */
     if (w->ndirty == 0 && w->nsdirty == 0) {
       if (w->store_stop)
         break;

@@ -8,6 +8,7 @@
 #include <uv.h>
 #include "athena.h"
 #include "internal.h"
+#include "store.h"
 #include "task.h"
 
 static char module_dir[256];
@@ -1199,4 +1200,292 @@ TEST_IMPL(world_queue_counts_wanting) {
   ath_world_free(w);
   remove_module();
   return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * The submit side (issue 15): an execute of generated ids goes to its
+ * queue's submit list without the world lock; the world lock's holders
+ * drain the lists first (ath_subq_t). */
+
+/* Shuts w down, frees it and removes the test module. */
+static int end_world(ath_world_t* w) {
+  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
+
+enum { SUBMITTERS = 3, PER_SUBMITTER = 600, SUBMIT_BATCH = 10 };
+static ath_world_t* submit_world;
+static ath_task_t* submitted_tasks[SUBMITTERS][PER_SUBMITTER];
+
+/* Submits PER_SUBMITTER 'seq' tasks in batches, alternating priorities 0
+ * and 1, and looks each one up by id as soon as its execute returns. */
+static void fifo_submitter(void* arg) {
+  int id = (int)(intptr_t)arg;
+  for (int i = 0; i < PER_SUBMITTER; i += SUBMIT_BATCH) {
+    char* payloads[SUBMIT_BATCH];
+    size_t lens[SUBMIT_BATCH];
+    for (int k = 0; k < SUBMIT_BATCH; k++)
+      payloads[k] = dup_json("null", &lens[k]);
+    ath_exec_opts_t o = {0};
+    o.has_priority = 1;
+    o.priority = (i / SUBMIT_BATCH) % 2;
+    char err[256];
+    ath_task_t** ts = &submitted_tasks[id][i];
+    ASSERT_OK(ath_world_execute(submit_world, "seq", SUBMIT_BATCH, payloads, lens, NULL, &o, ts, err,
+                                sizeof(err)));
+    for (int k = 0; k < SUBMIT_BATCH; k++) {
+      ath_task_t* found = NULL;
+      ASSERT_OK(ath_world_find(submit_world, ath_task_id(ts[k]), &found));
+      ASSERT(found == ts[k]);
+      ath_task_release(found);
+    }
+  }
+}
+
+/* Several threads submit while the one worker claims: every task runs
+ * exactly once, each submitter's tasks of one priority run in the order
+ * it submitted them, a lookup by id finds a task as soon as its execute
+ * returns, and the counts add up. */
+TEST_IMPL(world_submit_threads_fifo) {
+  write_module();
+  submit_world = new_world(1, NULL); /* one Lua state: 'seq' numbers every run */
+  ASSERT_OK(reg(submit_world, "seq", NULL, 0));
+  char err[512];
+  ASSERT_OK(ath_world_start(submit_world, err, sizeof(err)));
+  uv_thread_t th[SUBMITTERS];
+  for (int i = 0; i < SUBMITTERS; i++)
+    ASSERT_OK(uv_thread_create(&th[i], fifo_submitter, (void*)(intptr_t)i));
+  for (int i = 0; i < SUBMITTERS; i++)
+    ASSERT_OK(uv_thread_join(&th[i]));
+  enum { N = SUBMITTERS * PER_SUBMITTER };
+  static char ran[N + 1];
+  memset(ran, 0, sizeof(ran));
+  for (int s = 0; s < SUBMITTERS; s++) {
+    int64_t last[2] = {0, 0};
+    for (int i = 0; i < PER_SUBMITTER; i++) {
+      int64_t rank = seq_rank(submit_world, submitted_tasks[s][i]);
+      ASSERT(rank >= 1 && rank <= N);
+      ASSERT_EQ(0, ran[rank]); /* no two tasks ran as the same run */
+      ran[rank] = 1;
+      int prio = (i / SUBMIT_BATCH) % 2;
+      ASSERT_GT(rank, last[prio]); /* FIFO within a priority */
+      last[prio] = rank;
+      ath_task_info_t info;
+      ASSERT_OK(ath_task_snapshot(submit_world, submitted_tasks[s][i], &info));
+      ASSERT_EQ(1, info.attempt); /* once */
+      ath_task_snapshot_free(&info);
+      ath_task_release(submitted_tasks[s][i]);
+    }
+  }
+  ath_metrics_t m = {0};
+  ath_world_metrics(submit_world, &m);
+  ASSERT_EQ(N, m.completed);
+  ASSERT_EQ(0, m.queued);
+  ASSERT_EQ(N, m.resident);
+  return end_world(submit_world);
+}
+
+static uv_mutex_t held_mu;
+static uv_cond_t held_cv;
+static int held_done, held_rc;
+static ath_task_t* held_tasks[4];
+
+/* Submits one task and a batch of three, then says so. */
+static void submit_beside_lock(void* arg) {
+  ath_world_t* w = arg;
+  int rc = exec1(w, "echo", "7", &held_tasks[0]);
+  char* payloads[3];
+  size_t lens[3];
+  for (int k = 0; k < 3; k++)
+    payloads[k] = dup_json("8", &lens[k]);
+  char err[256];
+  if (rc == 0)
+    rc = ath_world_execute(w, "echo", 3, payloads, lens, NULL, NULL, held_tasks + 1, err, sizeof(err));
+  uv_mutex_lock(&held_mu);
+  held_done = 1;
+  held_rc = rc;
+  uv_cond_signal(&held_cv);
+  uv_mutex_unlock(&held_mu);
+}
+
+/* An execute completes while another thread holds the world lock: it
+ * waits for no one but its queue's own short lock. */
+TEST_IMPL(world_submit_beside_world_lock) {
+  write_module();
+  ath_world_t* w = new_world(1, NULL);
+  ASSERT_OK(reg(w, "echo", NULL, 0));
+  char err[512];
+  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  ASSERT_OK(uv_mutex_init(&held_mu));
+  ASSERT_OK(uv_cond_init(&held_cv));
+  held_done = 0;
+  uv_thread_t th;
+  uv_mutex_lock(&w->lock);
+  ASSERT_OK(uv_thread_create(&th, submit_beside_lock, w));
+  uint64_t deadline = uv_hrtime() + 5000000000ull;
+  uv_mutex_lock(&held_mu);
+  for (uint64_t now; !held_done && (now = uv_hrtime()) < deadline;)
+    uv_cond_timedwait(&held_cv, &held_mu, deadline - now);
+  int done = held_done;
+  uv_mutex_unlock(&held_mu);
+  uv_mutex_unlock(&w->lock); /* then asserted: a failure here leaves nobody stuck */
+  ASSERT_OK(uv_thread_join(&th));
+  ASSERT(done);
+  ASSERT_OK(held_rc);
+  for (int i = 0; i < 4; i++) {
+    ASSERT_OK(ath_world_wait(w, held_tasks[i], 10000));
+    ASSERT_EQ(ATH_COMPLETED, ath_task_status(w, held_tasks[i]));
+    ath_task_release(held_tasks[i]);
+  }
+  uv_cond_destroy(&held_cv);
+  uv_mutex_destroy(&held_mu);
+  return end_world(w);
+}
+
+static int64_t submits_pending(ath_world_t* w) {
+  return atomic_load(&w->submitted);
+}
+
+/* A cancel of a task still in its queue's submit list (its one worker is
+ * held by gate 0, so no claim drained it) takes it out: it never runs,
+ * the tasks around it run in their order. */
+TEST_IMPL(world_submit_cancel_undrained) {
+  ath_world_t* w = prefetch_world(1, NO_WINDOW);
+  ath_task_t* g0 = gate(w, 0);
+  await_gate(0);
+  ath_task_t* b[3];
+  for (int i = 0; i < 3; i++)
+    b[i] = seq_task(w, 0);
+  ASSERT_EQ(3, submits_pending(w)); /* not drained: the worker is in gate 0 */
+  ASSERT_EQ(1, ath_world_cancel(w, b[1]));
+  ASSERT_EQ(0, submits_pending(w));
+  ASSERT_EQ(ATH_CANCELLED, ath_task_status(w, b[1]));
+  open_gate(0);
+  ASSERT_EQ(1, seq_rank(w, b[0]));
+  ASSERT_EQ(2, seq_rank(w, b[2])); /* b[1] never ran */
+  ath_task_info_t info;
+  ASSERT_OK(ath_task_snapshot(w, b[1], &info));
+  ASSERT_EQ(0, info.attempt);
+  ath_task_snapshot_free(&info);
+  ath_metrics_t m = {0};
+  ath_world_metrics(w, &m);
+  ASSERT_EQ(1, m.cancelled);
+  ASSERT_EQ(3, m.completed); /* gate 0, b[0], b[2] */
+  for (int i = 0; i < 3; i++)
+    ath_task_release(b[i]);
+  ath_task_release(g0);
+  return end_world(w);
+}
+
+/* A shutdown right after an execute drains the submit lists first: the
+ * tasks count as queued, and the shutdown runs them (not abandoned),
+ * however soon it comes after the execute. */
+TEST_IMPL(world_submit_shutdown_drains) {
+  write_module();
+  for (int round = 0; round < 30; round++) {
+    ath_world_t* w = new_world(1, NULL);
+    ASSERT_OK(reg(w, "echo", NULL, 0));
+    char err[512];
+    ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+    ath_task_t* t;
+    ASSERT_OK(exec1(w, "echo", "1", &t));
+    int abandoned = -1;
+    ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, &abandoned));
+    ASSERT_EQ(ATH_COMPLETED, ath_task_status(w, t));
+    ASSERT_EQ(0, abandoned);
+    ath_task_release(t);
+    ath_world_free(w);
+  }
+  remove_module();
+  return 0;
+}
+
+/* A started hybrid world of one worker, with 'seq' and 'gate', its store
+ * in the test's directory. */
+static ath_world_t* hybrid_world(void) {
+  write_module();
+  static char dir[300];
+  snprintf(dir, sizeof(dir), "%s/hybrid", module_dir);
+  static const char* const mods[] = {"ctjobs", NULL};
+  ath_world_config_t cfg;
+  ath_world_config_init(&cfg);
+  cfg.min_workers = cfg.max_workers = 1;
+  cfg.persistence = ATH_PERSIST_HYBRID;
+  cfg.persistence_path = dir;
+  cfg.flush_interval_ms = 10;
+  cfg.modules = mods;
+  cfg.lua_path = lua_path;
+  ath_world_t* w = NULL;
+  char err[512];
+  ASSERT_OK(ath_world_new(&cfg, &w, err, sizeof(err)));
+  ASSERT_OK(reg(w, "seq", NULL, 0));
+  ASSERT_OK(reg(w, "gate", NULL, 0));
+  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  return w;
+}
+
+/* hybrid: the store thread drains the submit lists too, so a task that no
+ * claim took yet (the one worker is held by gate 0) is committed. */
+TEST_IMPL(world_submit_hybrid_stored) {
+  ath_world_t* w = hybrid_world();
+  ath_task_t* g0 = gate(w, 0);
+  await_gate(0);
+  enum { K = 5 };
+  ath_task_t* b[K];
+  for (int i = 0; i < K; i++)
+    b[i] = seq_task(w, 0);
+  uint64_t deadline = uv_hrtime() + 10000000000ull;
+  for (int stored = 0; stored < K; uv_sleep(1)) { /* polls the commits' flags */
+    ASSERT(uv_hrtime() < deadline);
+    stored = 0;
+    uv_mutex_lock(&w->lock);
+    for (int i = 0; i < K; i++)
+      stored += b[i]->stored && b[i]->status == ATH_PENDING; /* committed, not claimed */
+    uv_mutex_unlock(&w->lock);
+  }
+  open_gate(0);
+  for (int i = 0; i < K; i++) {
+    ASSERT_EQ(i + 1, seq_rank(w, b[i]));
+    ath_task_release(b[i]);
+  }
+  ath_task_release(g0);
+  return end_world(w);
+}
+
+/* hybrid: submissions that skip the world lock still wait for a store that
+ * is behind (ATH_HYBRID_BACKLOG changes not committed), as the locked path
+ * does: with commits slowed down and no task running, each executeMany
+ * returns with fewer than the bound plus its own batch in the submit lists
+ * and the store's list together. */
+TEST_IMPL(world_submit_hybrid_backlog) {
+  ASSERT_OK(setenv("ATHENA_TEST_COMMIT_DELAY_MS", "1500", 1));
+  ath_world_t* w = hybrid_world();
+  ASSERT_OK(unsetenv("ATHENA_TEST_COMMIT_DELAY_MS"));
+  ath_task_t* g0 = gate(w, 0);
+  await_gate(0);
+  enum { BATCH = 5000, BATCHES = 20 };
+  static char* payloads[BATCH];
+  static size_t lens[BATCH];
+  static ath_task_t* ts[BATCH];
+  for (int b = 0; b < BATCHES; b++) {
+    for (int i = 0; i < BATCH; i++)
+      payloads[i] = dup_json("null", &lens[i]);
+    char err[256];
+    ASSERT_OK(ath_world_execute(w, "seq", BATCH, payloads, lens, NULL, NULL, ts, err, sizeof(err)));
+    uv_mutex_lock(&w->lock);
+    int64_t behind = atomic_load(&w->submitted) + (int64_t)w->ndirty;
+    uv_mutex_unlock(&w->lock);
+    ASSERT_LT(behind, ATH_HYBRID_BACKLOG + BATCH);
+    for (int i = 0; i < BATCH - 1; i++)
+      ath_task_release(ts[i]);
+    if (b < BATCHES - 1)
+      ath_task_release(ts[BATCH - 1]);
+  }
+  open_gate(0);
+  ASSERT_EQ(BATCHES * BATCH, seq_rank(w, ts[BATCH - 1])); /* the last one runs last */
+  ath_task_release(ts[BATCH - 1]);
+  ath_task_release(g0);
+  return end_world(w);
 }
