@@ -627,16 +627,31 @@ static int reserved_elsewhere(const ath_worker_t* wk, const ath_task_t* t) {
  * whole next batch while the others finish theirs, then run it alone (200
  * workflows of 100 steps over 2 workers of 64 slots split 128/72, one
  * worker idle for the last third of the run). So new workflows are dealt
- * in rounds: in each, every serving worker of the queue takes its turn
- * once, at its next exchange, busy or not (new workflows go ahead of its
- * cached ones' resumptions then), up to an even share of those waiting
- * over the workers yet to take theirs; a worker that has had its turn
+ * in rounds: in each, every serving worker of the queue has one turn, in
+ * which it may start up to an even share of the new workflows waiting
+ * when its turn began over the workers yet to have theirs (its allowance,
+ * taken over as many exchanges as its free slots need); past it, a worker
  * leaves the rest to the others, waking one that sleeps. A worker with
- * nothing running always takes, and a round that has not ended after
- * BALANCE_WAIT_NS ends then: a stuck worker (the monitor declares it lost
- * later) delays none for longer. Returns how many this exchange may start:
- * 0 when wk had its turn in this round. */
-#define BALANCE_WAIT_NS 10000000u
+ * nothing running always takes, so does one when no other will claim soon
+ * (another_will_claim), and a round that has not ended BALANCE_WAIT_NS after
+ * its first turn ends then: a busy or stuck worker holds none back for
+ * longer. Returns what wk may still start in this round. */
+#define BALANCE_WAIT_NS 50000000u
+
+/* Whether another serving worker of wk's queue will claim soon: it has a
+ * free slot (asleep, a wake reaches it; in a pass, it exchanges again) or
+ * it exchanged within BALANCE_WAIT_NS (busy with tasks that end, so its
+ * slots free up). When none will, wk takes the workflow rather than leave
+ * it to workers whose tasks may hold them for a long time. */
+static int another_will_claim(const ath_world_t* w, const ath_worker_t* wk, const xchg_t* x) {
+  for (int i = 0; i < w->nworkers; i++) {
+    const ath_worker_t* o = w->workers[i];
+    if (o != wk && o->queue == wk->queue && !o->stop && o->state == ATH_WK_RUNNING &&
+        !atomic_load(&o->lost) && (o->running < o->concurrency || x->mono < o->xchg_mono + BALANCE_WAIT_NS))
+      return 1;
+  }
+  return 0;
+}
 
 static int64_t new_wf_share(ath_world_t* w, ath_worker_t* wk, const xchg_t* x) {
   ath_queue_t* q = wk->queue;
@@ -648,16 +663,17 @@ static int64_t new_wf_share(ath_world_t* w, ath_worker_t* wk, const xchg_t* x) {
     q->round_takers = 0;
   }
   if (wk->turn == q->round + 1)
-    return 0;
+    return wk->allowance;
   int yet = nw - q->round_takers > 1 ? nw - q->round_takers : 1;
   wk->turn = q->round + 1;
+  wk->allowance = (q->new_wf + 1 + yet - 1) / yet; /* +1: the one just popped (at least 1) */
   if (q->round_takers++ == 0)
     q->round_mono = x->mono;
   if (q->round_takers >= nw) {
     q->round++;
     q->round_takers = 0;
   }
-  return (q->new_wf + yet - 1) / yet;
+  return wk->allowance;
 }
 
 /* Claims up to `max` ready tasks of wk's queue into its slots (lock held):
@@ -672,9 +688,7 @@ static int claim(ath_world_t* w, ath_worker_t* wk, int nout, ath_task_t** out, i
   int64_t share = -1; /* new workflows it may start (new_wf_share; -1: not asked) */
   int n = claim_held(w, wk, nout, out, max, x);
   while (n < max) {
-    if (share < 0 && q->new_wf > 0)
-      share = new_wf_share(w, wk, x);
-    int home = wk->resumes.head != NULL && share <= 0;
+    int home = wk->resumes.head != NULL;
     ath_task_t* t = home ? ath__wf_pop_home(wk) : ath__queue_pop(q);
     if (t == NULL)
       break;
@@ -684,19 +698,27 @@ static int claim(ath_world_t* w, ath_worker_t* wk, int nout, ath_task_t** out, i
         break;
       continue;
     }
-    if (!home && t->wf != NULL && !t->wf->resuming && share-- <= 0 && wk->running > 0) {
-      /* its turn is over: left to the others (the tasks behind it are not) */
-      x->nwake += ath__pick_sleepers(w, q, 1, x->wake + x->nwake, MAX_WORKERS - x->nwake);
-      kept[nkept++] = t;
-      if (nkept == (int)(sizeof(kept) / sizeof(kept[0])))
-        break;
-      continue;
+    if (!home && t->wf != NULL && !t->wf->resuming) { /* a new workflow: its turn? */
+      if (share < 0)
+        share = new_wf_share(w, wk, x);
+      if (share > 0) {
+        share--;
+      } else if (wk->running > 0 && another_will_claim(w, wk, x)) {
+        /* past its allowance: left to the others (the tasks behind it are not) */
+        x->nwake += ath__pick_sleepers(w, q, 1, x->wake + x->nwake, MAX_WORKERS - x->nwake);
+        kept[nkept++] = t;
+        if (nkept == (int)(sizeof(kept) / sizeof(kept[0])))
+          break;
+        continue;
+      }
     }
     if (expired_waiting(w, t, x))
       continue;
     start_claimed(w, wk, t, x->now, x->mono, x);
     out[n++] = t;
   }
+  if (share >= 0)
+    wk->allowance = share;
   while (nkept > 0) { /* back in their places (popped from there: no allocation) */
     ath__queue_unpop(q, kept[--nkept]);
     q->depth++;
@@ -914,6 +936,7 @@ static void sample_outcomes(ath_world_t* w, ath_worker_t* wk, const xchg_t* x) {
  * into the world's (unlist_worker): what it still ends counts there. */
 static void xchg_begin(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
   int lost = atomic_load(&wk->lost);
+  wk->xchg_mono = x->mono;
   w->hook_held = lost ? NULL : &x->hold;
   w->counting = lost ? NULL : &wk->counts;
 }

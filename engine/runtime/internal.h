@@ -683,8 +683,11 @@ struct ath_worker_s {
   ath_bucket_t resumes;  /* workflows whose coroutine it caches, due to resume
                           * here (counted in its queue's depth) */
   int64_t tasks_completed, tasks_failed;
-  uint64_t turn;         /* 1 + the last round of new workflows it took its
-                          * turn in (claim's balance, exchange.c) */
+  uint64_t turn;         /* 1 + the last round of new workflows it had its
+                          * turn in, and what it may still start in it
+                          * (claim's balance, exchange.c) */
+  int64_t allowance;
+  uint64_t xchg_mono;    /* the clock at its latest exchange (lock held) */
   /* The world's task counters this worker's exchanges bumped (see
    * ath_counts_t), on cache lines of their own. */
   char counts_pad[64];
