@@ -257,8 +257,10 @@ static int migrate(sqlite3* db, char* err, size_t errlen) {
  * statements. */
 static int connect_db(ath_store_t* s, char* err, size_t errlen) {
   ath__sqlite_setup(); /* before SQLite's first use in the process */
+  /* the store's VFS gathers the writes of a commit (SQLite's default VFS
+   * when it is not there) */
   int rc = sqlite3_open_v2(s->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                           NULL);
+                           ath__sqlite_store_vfs());
   if (rc != SQLITE_OK)
     return fail(s->db, rc, err, errlen, s->path);
   sqlite3_extended_result_codes(s->db, 1); /* a full disk and I/O errors apart (store_fault) */
