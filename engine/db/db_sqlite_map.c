@@ -563,9 +563,14 @@ static void setup_once(void) {
     3, m_close, m_read, m_write, m_truncate, m_sync, m_file_size, m_lock, m_unlock, m_check_lock,
     m_fcntl, m_sector, m_devchar, m_shm_map, m_shm_lock, m_shm_barrier, m_shm_unmap, m_fetch, m_unfetch,
   };
+  sqlite3_io_methods gio = {
+    3, g_close, g_read, g_write, g_truncate, g_sync, g_file_size, g_lock, g_unlock, g_check_lock,
+    g_fcntl, m_sector, m_devchar, m_shm_map, g_shm_lock, g_shm_barrier, m_shm_unmap, g_fetch, m_unfetch,
+  };
   for (int i = 0; i < 3; i++) {
     methods[i] = io;
-    methods[i].iVersion = i + 1;
+    gmethods[i] = gio;
+    methods[i].iVersion = gmethods[i].iVersion = i + 1;
   }
   vfs = (sqlite3_vfs){
     base_vfs->iVersion < 3 ? 2 : 3, /* 3: the base VFS's system calls too */
@@ -582,22 +587,6 @@ static void setup_once(void) {
     return;
   if (sqlite3_vfs_register(&vfs, 0) == SQLITE_OK)
     registered = MAP_VFS;
-  for (int i = 0; i < 3; i++) {
-    gmethods[i] = methods[i];
-    gmethods[i].xClose = g_close;
-    gmethods[i].xRead = g_read;
-    gmethods[i].xWrite = g_write;
-    gmethods[i].xTruncate = g_truncate;
-    gmethods[i].xSync = g_sync;
-    gmethods[i].xFileSize = g_file_size;
-    gmethods[i].xLock = g_lock;
-    gmethods[i].xUnlock = g_unlock;
-    gmethods[i].xCheckReservedLock = g_check_lock;
-    gmethods[i].xFileControl = g_fcntl;
-    gmethods[i].xShmLock = g_shm_lock;
-    gmethods[i].xShmBarrier = g_shm_barrier;
-    gmethods[i].xFetch = g_fetch;
-  }
   svfs = vfs;
   svfs.zName = STORE_VFS;
   svfs.xOpen = s_open;

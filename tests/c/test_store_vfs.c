@@ -61,6 +61,17 @@ static void exec_ok(sqlite3* db, const char* sql) {
   }
 }
 
+/* A new database through the store's VFS: WAL mode, synchronous `sync`,
+ * no automatic checkpoint, the table t. */
+static sqlite3* new_store_db(const char* sync) {
+  sqlite3* db = open_db(1);
+  char sql[256];
+  snprintf(sql, sizeof(sql), "PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; PRAGMA wal_autocheckpoint=0;"
+           " CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)", sync);
+  exec_ok(db, sql);
+  return db;
+}
+
 static sqlite3_stmt* prepare(sqlite3* db, const char* sql) {
   sqlite3_stmt* st = NULL;
   if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
@@ -123,11 +134,10 @@ static void assert_rows(sqlite3* db, int n) {
 
 TEST_IMPL(store_vfs_gathers_writes) {
   setup();
-  sqlite3* db = open_db(1);
+  sqlite3* db = new_store_db("FULL");
   /* a page cache of 8 pages: the transaction spills pages to the WAL and
    * reads them back while they may still be in the buffer */
-  exec_ok(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=8;"
-              " PRAGMA wal_autocheckpoint=0; CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)");
+  exec_ok(db, "PRAGMA cache_size=8");
   int64_t ops = faultvfs_ops();
   exec_ok(db, "BEGIN");
   insert_rows(db, 0, ROWS);
@@ -150,11 +160,9 @@ TEST_IMPL(store_vfs_gathers_writes) {
 
 TEST_IMPL(store_vfs_readers_see_commits) {
   setup();
-  sqlite3* db = open_db(1);
   /* no sync at all: only the index's barrier writes a commit's frames out
    * before other connections learn of them */
-  exec_ok(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF; PRAGMA wal_autocheckpoint=0;"
-              " CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)");
+  sqlite3* db = new_store_db("OFF");
   sqlite3* reader = open_db(0);
   int64_t ops = faultvfs_ops();
   int commits = 0;
@@ -176,9 +184,7 @@ TEST_IMPL(store_vfs_readers_see_commits) {
 
 TEST_IMPL(store_vfs_failed_flush_reported) {
   setup();
-  sqlite3* db = open_db(1);
-  exec_ok(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0;"
-              " CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)");
+  sqlite3* db = new_store_db("FULL");
   /* a few pages: the checkpoint's writes to the database all fit in the
    * buffer, so it is a file control SQLite does not check
    * (SQLITE_FCNTL_CKPT_DONE) that writes them out, and fails: the
