@@ -71,7 +71,7 @@ typedef struct {
 
 static sqlite3_vfs vfs;
 static sqlite3_vfs* base_vfs;
-static sqlite3_io_methods methods[3]; /* by the unix file's iVersion - 1 */
+static sqlite3_io_methods methods[3]; /* by the base file's iVersion - 1 */
 static uv_mutex_t maps_mu;
 static map_t* maps;
 static struct sigaction old_bus;
