@@ -192,6 +192,10 @@ void ath__sqlite_setup(void);
  * by the process's connections (db_sqlite_map.c), or NULL (SQLite's
  * default VFS then). */
 const char* ath__sqlite_map_vfs(void);
+/* The name of the VFS of the store's writer: its writes to the database
+ * and WAL are gathered into fewer, larger ones (db_sqlite_map.c), or NULL
+ * (SQLite's default VFS then). */
+const char* ath__sqlite_store_vfs(void);
 void ath__db_unwatch(ath_db_t* db);
 
 /* -------------------------------------------------------------- results */
