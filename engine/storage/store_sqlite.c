@@ -10,7 +10,7 @@
 #include "internal.h"
 #include "store.h"
 
-#define SCHEMA_VERSION 8
+#define SCHEMA_VERSION 7
 const int ath__store_schema_version = SCHEMA_VERSION;
 #define MAX_READERS 8
 
@@ -59,10 +59,7 @@ struct ath_store_s {
   sqlite3_stmt* supsert;
   sqlite3_stmt* sdel;
   sqlite3_stmt* event;   /* appends one workflow event */
-  sqlite3_stmt* events;  /* appends EVENTS_PER_INSERT rows of workflow events */
-  sqlite3_stmt* events_del; /* a task's stored events */
-  char* evbuf;           /* a commit's events, joined by row (write_events) */
-  size_t evcap;
+  sqlite3_stmt* events;  /* appends EVENTS_PER_INSERT workflow events */
   /* Idle read connections, taken by one reader at a time. */
   uv_mutex_t rlock;
   reader_t* idle[MAX_READERS];
@@ -140,12 +137,6 @@ static const char* const migrations[SCHEMA_VERSION] = {
   "CREATE INDEX tasks_id ON tasks (id) WHERE " TERMINAL_ROW ";"
   "CREATE INDEX tasks_status ON tasks (status, created_at) WHERE " TERMINAL_ROW ";"
   "CREATE INDEX tasks_parent ON tasks (parent_id, seq) WHERE parent_id IS NOT NULL AND " TERMINAL_ROW ";",
-  /* 7 -> 8: a row of workflow_events holds the events one commit added to
-   * a workflow, joined by char(30) and numbered by the first (write_events);
-   * reads joined rows that way already. Nothing in the file changes, but a
-   * build that wrote a row per event must not write to it: it would add
-   * again, one by one, events that a row holds. */
-  "",
 };
 
 static int fail(sqlite3* db, int rc, char* err, size_t errlen, const char* what) {
@@ -158,8 +149,8 @@ static int exec(sqlite3* db, const char* sql, char* err, size_t errlen) {
   return rc == SQLITE_OK ? 0 : fail(db, rc, err, errlen, sql);
 }
 
-/* Rows of workflow events (write_events) go EVENTS_PER_INSERT to a
- * statement, whichever tasks they belong to: per row, a statement of its
+/* Workflow events go EVENTS_PER_INSERT to a statement, whichever rows they
+ * belong to (a workflow step appends two): per event, a statement of its
  * own cost about as much as the row it writes. */
 #define EVENTS_PER_INSERT 32
 #define EVENT_INSERT "INSERT OR IGNORE INTO workflow_events (task_seq, n, event) VALUES "
@@ -210,7 +201,6 @@ static void store_close(void* self) {
     reader_close(s->idle[i]);
   uv_mutex_destroy(&s->rlock);
   disconnect_db(s);
-  free(s->evbuf);
   free(s);
 }
 
@@ -353,9 +343,6 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
         n += (size_t)snprintf(sql + n, sizeof(sql) - n, "%s(?,?,?)", k ? "," : "");
       prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->events, NULL);
     }
-    if (prc == SQLITE_OK)
-      prc = sqlite3_prepare_v3(s->db, "DELETE FROM workflow_events WHERE task_seq = ?1", -1,
-                               SQLITE_PREPARE_PERSISTENT, &s->events_del, NULL);
     if (prc != SQLITE_OK)
       rc = fail(s->db, prc, err, errlen, "cannot prepare statements");
   }
@@ -374,10 +361,9 @@ static void disconnect_db(ath_store_t* s) {
   sqlite3_finalize(s->sdel);
   sqlite3_finalize(s->event);
   sqlite3_finalize(s->events);
-  sqlite3_finalize(s->events_del);
   sqlite3_close(s->db);
   s->upsert = s->insert = s->insert_many = s->update = s->del = s->supsert = s->sdel = s->event = NULL;
-  s->events = s->replace_many = s->events_del = NULL;
+  s->events = s->replace_many = NULL;
   memset(&s->many_held, 0, sizeof(s->many_held)); /* the next statements hold nothing */
   memset(&s->replace_held, 0, sizeof(s->replace_held));
   s->db = NULL;
@@ -547,92 +533,35 @@ static int write_row(ath_store_t* s, const ath_row_t* r) {
   return rc;
 }
 
-/* The events of a commit's row go into one row of workflow_events,
- * numbered by the first (ev_from) and joined by ATH_STORE_EVENT_SEP, as
- * the reads join rows (TASK_COLUMNS): a workflow step appends two events,
- * and a row for each cost about as much as the step's own task row (a
- * seek into a table keyed by workflow, whose rows a commit adds all over
- * it). A row whose events start from the first (a workflow's first
- * commit, or all of them again after a failed commit) replaces whatever
- * is stored. */
-typedef struct {
-  int64_t seq, n;
-  const char* text;
-  size_t len;
-} ev_run_t;
-
-/* Binds run[0..k) to `st`, three parameters each. */
-static void bind_events(sqlite3_stmt* st, const ev_run_t* run, int k) {
-  for (int i = 0; i < k; i++) {
-    sqlite3_bind_int64(st, i * 3 + 1, run[i].seq);
-    sqlite3_bind_int64(st, i * 3 + 2, run[i].n);
-    sqlite3_bind_text(st, i * 3 + 3, run[i].text, (int)run[i].len, SQLITE_STATIC);
-  }
-}
-
-/* r's events as one text: the event itself when it is one, else joined in
- * s->evbuf at *at (room made by write_events). */
-static void join_events(ath_store_t* s, const ath_row_t* r, size_t* at, ev_run_t* out) {
-  out->seq = (int64_t)r->seq;
-  out->n = r->ev_from;
-  if (r->nevents == 1) {
-    out->text = r->events[0];
-    out->len = r->event_lens[0];
-    return;
-  }
-  char* p = s->evbuf + *at;
-  out->text = p;
-  for (size_t i = 0; i < r->nevents; i++) {
-    if (i > 0)
-      *p++ = ATH_STORE_EVENT_SEP;
-    memcpy(p, r->events[i], r->event_lens[i]);
-    p += r->event_lens[i];
-  }
-  out->len = (size_t)(p - out->text);
-  *at += out->len;
-}
-
-/* Room in s->evbuf for the joined events of rows[0..n); 0 or SQLITE_NOMEM. */
-static int events_room(ath_store_t* s, const ath_row_t* rows, size_t n) {
-  size_t need = 0;
-  for (size_t j = 0; j < n; j++)
-    for (size_t i = 0; rows[j].nevents > 1 && !rows[j].deleted && i < rows[j].nevents; i++)
-      need += rows[j].event_lens[i] + 1;
-  if (need <= s->evcap)
-    return 0;
-  char* b = realloc(s->evbuf, need);
-  if (b == NULL)
-    return SQLITE_NOMEM;
-  s->evbuf = b;
-  s->evcap = need;
-  return 0;
+/* Binds event i of r to `st` from parameter off + 1 on. */
+static void bind_event(sqlite3_stmt* st, int off, const ath_row_t* r, size_t i) {
+  sqlite3_bind_int64(st, off + 1, (sqlite3_int64)r->seq);
+  sqlite3_bind_int64(st, off + 2, (sqlite3_int64)r->ev_from + (sqlite3_int64)i);
+  sqlite3_bind_text(st, off + 3, r->events[i], (int)r->event_lens[i], SQLITE_STATIC);
 }
 
 /* Appends the new events of rows[0..n) (those of a deleted row go with
- * it), a row of workflow_events per row, EVENTS_PER_INSERT to a statement
- * and the rest one by one. */
+ * it), EVENTS_PER_INSERT to a statement and the rest one by one. */
 static int write_events(ath_store_t* s, const ath_row_t* rows, size_t n) {
-  ev_run_t run[EVENTS_PER_INSERT];
-  size_t at = 0;
-  int k = 0, rc = events_room(s, rows, n);
+  struct {
+    const ath_row_t* r;
+    size_t i;
+  } run[EVENTS_PER_INSERT];
+  int k = 0, rc = 0;
   for (size_t j = 0; j < n && rc == 0; j++) {
-    const ath_row_t* r = &rows[j];
-    if (r->deleted || r->nevents == 0)
-      continue;
-    if (r->ev_from == 0) {
-      sqlite3_bind_int64(s->events_del, 1, (sqlite3_int64)r->seq);
-      if ((rc = step(s->events_del)) != 0)
-        break;
+    for (size_t i = 0; i < rows[j].nevents && !rows[j].deleted && rc == 0; i++) {
+      run[k].r = &rows[j];
+      run[k].i = i;
+      if (++k < EVENTS_PER_INSERT)
+        continue;
+      for (k = 0; k < EVENTS_PER_INSERT; k++)
+        bind_event(s->events, k * 3, run[k].r, run[k].i);
+      k = 0;
+      rc = step(s->events);
     }
-    join_events(s, r, &at, &run[k]);
-    if (++k < EVENTS_PER_INSERT)
-      continue;
-    bind_events(s->events, run, k);
-    k = 0;
-    rc = step(s->events);
   }
   for (int e = 0; e < k && rc == 0; e++) {
-    bind_events(s->event, &run[e], 1);
+    bind_event(s->event, 0, run[e].r, run[e].i);
     rc = step(s->event);
   }
   return rc;
@@ -671,7 +600,7 @@ static int write_fault(sqlite3* db, int rc, char* err, size_t errlen, const char
   fail(db, rc, err, errlen, what);
   if ((rc & 0xff) == SQLITE_FULL)
     return ATH_ENOSPC;
-  if (rc == SQLITE_IOERR_NOMEM || rc == SQLITE_NOMEM)
+  if (rc == SQLITE_IOERR_NOMEM)
     return ATH_ENOMEM;
   if ((rc & 0xff) == SQLITE_IOERR || (rc & 0xff) == SQLITE_CORRUPT || rc == SQLITE_NOTADB)
     return ATH_EIO;

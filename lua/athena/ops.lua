@@ -146,12 +146,11 @@ local function open_store(dir, write)
   return conn
 end
 
--- (a workflow's history: its rows of workflow_events, each one or more
--- events joined by char(30), joined by commas)
+-- (a workflow's history: its rows of workflow_events, joined by commas)
 local TASK_COLUMNS = "seq, id, name, status, attempt, max_attempts, strategy, priority, queue,"
   .. " created_at, scheduled_at, ready_at, started_at, completed_at, worker_id, input, result,"
   .. " error, heartbeat, last_heartbeat, parent_id,"
-  .. " (SELECT group_concat(replace(event, char(30), ','), ',') FROM (SELECT event FROM workflow_events e"
+  .. " (SELECT group_concat(event, ',') FROM (SELECT event FROM workflow_events e"
   .. "  WHERE e.task_seq = tasks.seq ORDER BY e.n)) AS history"
 
 local function value(v)

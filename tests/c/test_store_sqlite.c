@@ -6,7 +6,6 @@
  * statement binds only what changed since it last ran: a text at the same
  * address is read when the statement runs, so a buffer reused with new
  * content (a freed and reallocated error, say) is written as it is now. */
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,74 +171,6 @@ TEST_IMPL(store_sqlite_rewrites_whole_rows) {
   ASSERT_OK(p->get(st, "echo-050", found, &seq, err, sizeof(err)));
   ASSERT_EQ(51, seq);
   ASSERT_EQ(ATH_ENOTFOUND, p->get(st, "echo-040", found, &seq, err, sizeof(err)));
-  p->close(st);
-  char cmd[128];
-  snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-  ASSERT_OK(system(cmd));
-  return 0;
-}
-
-/* A workflow's events, in the rows of workflow_events: a commit's new
- * events of one workflow go into one row, numbered by its first; all of
- * them again from the first (a commit retried after one that failed, which
- * may have reached the file after all) replace what is stored. */
-static const char* const wf_events[] = {"{\"e\":0}", "{\"e\":1}", "{\"e\":2}", "{\"e\":3}",
-                                        "{\"e\":4}", "{\"e\":5}", "{\"e\":6}"};
-static const size_t wf_lens[] = {7, 7, 7, 7, 7, 7, 7};
-
-static int history_of(void* ud, const ath_store_task_t* r) {
-  char* out = ud;
-  snprintf(out, 256, "%.*s", (int)r->history_len, r->history ? r->history : "");
-  return 0;
-}
-
-/* Persists row 0 as a workflow whose events [from, to) are new. */
-static void persist_events(const ath_store_provider_t* p, void* st, int from, int to, int stored) {
-  ath_store_task_t r;
-  row_at(&r, 0);
-  r.stored = stored;
-  r.events = wf_events + from;
-  r.event_lens = wf_lens + from;
-  r.nevents = (size_t)(to - from);
-  r.ev_from = (uint32_t)from;
-  char err[256];
-  ASSERT_OK(p->persist(st, &r, 1, NULL, 0, err, sizeof(err)));
-}
-
-/* How many rows of workflow_events the store in dir holds. */
-static int64_t event_rows(const char* dir) {
-  char path[128];
-  snprintf(path, sizeof(path), "%s/athena.db", dir);
-  sqlite3* db;
-  sqlite3_stmt* st;
-  ASSERT_EQ(SQLITE_OK, sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL));
-  ASSERT_EQ(SQLITE_OK, sqlite3_prepare_v2(db, "SELECT count(*) FROM workflow_events", -1, &st, NULL));
-  ASSERT_EQ(SQLITE_ROW, sqlite3_step(st));
-  int64_t n = sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
-  sqlite3_close(db);
-  return n;
-}
-
-TEST_IMPL(store_sqlite_event_rows) {
-  char dir[] = "/tmp/athena-sqlite-XXXXXX";
-  ASSERT_NOT_NULL(mkdtemp(dir));
-  input_of(inputs[0], 0);
-  const ath_store_provider_t* p = ath_sqlite_store();
-  void* st = NULL;
-  char err[256], history[256];
-  ASSERT_OK(p->open(p->ud, dir, &st, err, sizeof(err)));
-  persist_events(p, st, 0, 2, 0);
-  persist_events(p, st, 2, 3, 1);
-  persist_events(p, st, 3, 6, 1);
-  ASSERT_EQ(3, event_rows(dir)); /* a row per commit */
-  ASSERT_OK(p->load(st, history_of, no_sched, history, err, sizeof(err)));
-  ASSERT_STR_EQ("{\"e\":0}\x1e{\"e\":1}\x1e{\"e\":2}\x1e{\"e\":3}\x1e{\"e\":4}\x1e{\"e\":5}", history);
-  persist_events(p, st, 0, 7, 1); /* all again, one more: once each */
-  ASSERT_EQ(1, event_rows(dir));
-  ASSERT_OK(p->load(st, history_of, no_sched, history, err, sizeof(err)));
-  ASSERT_STR_EQ("{\"e\":0}\x1e{\"e\":1}\x1e{\"e\":2}\x1e{\"e\":3}\x1e{\"e\":4}\x1e{\"e\":5}\x1e{\"e\":6}",
-                history);
   p->close(st);
   char cmd[128];
   snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
