@@ -635,7 +635,8 @@ static int reserved_elsewhere(const ath_worker_t* wk, const ath_task_t* t) {
  * nothing running always takes, so does one when no other will claim soon
  * (another_will_claim), and a round that has not ended BALANCE_WAIT_NS after
  * its first turn ends then: a busy or stuck worker holds none back for
- * longer. Returns what wk may still start in this round. */
+ * longer. With the manual clock a round ends only when every worker had its
+ * turn. */
 #define BALANCE_WAIT_NS 50000000u
 
 /* Whether another serving worker of wk's queue will claim soon: it has a
@@ -653,6 +654,8 @@ static int another_will_claim(const ath_world_t* w, const ath_worker_t* wk, cons
   return 0;
 }
 
+/* What wk may still start of the new workflows in this round (its turn
+ * begins at its first look), t being just popped. */
 static int64_t new_wf_share(ath_world_t* w, ath_worker_t* wk, const xchg_t* x) {
   ath_queue_t* q = wk->queue;
   int nw = serving(w, q);
@@ -666,7 +669,7 @@ static int64_t new_wf_share(ath_world_t* w, ath_worker_t* wk, const xchg_t* x) {
     return wk->allowance;
   int yet = nw - q->round_takers > 1 ? nw - q->round_takers : 1;
   wk->turn = q->round + 1;
-  wk->allowance = (q->new_wf + 1 + yet - 1) / yet; /* +1: the one just popped (at least 1) */
+  wk->allowance = (q->new_wf + 1 + yet - 1) / yet; /* +1: the one popped (so at least 1) */
   if (q->round_takers++ == 0)
     q->round_mono = x->mono;
   if (q->round_takers >= nw) {
