@@ -529,10 +529,14 @@ static int settle_prefetch(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
 }
 
 /* The workers of q that may claim (lock held). */
+static int serves(const ath_worker_t* o, const ath_queue_t* q) {
+  return o->queue == q && !o->stop && o->state == ATH_WK_RUNNING;
+}
+
 static int serving(const ath_world_t* w, const ath_queue_t* q) {
   int n = 0;
   for (int i = 0; i < w->nworkers; i++)
-    n += w->workers[i]->queue == q && !w->workers[i]->stop && w->workers[i]->state == ATH_WK_RUNNING;
+    n += serves(w->workers[i], q);
   return n;
 }
 
@@ -647,8 +651,8 @@ static int reserved_elsewhere(const ath_worker_t* wk, const ath_task_t* t) {
 static int another_will_claim(const ath_world_t* w, const ath_worker_t* wk, const xchg_t* x) {
   for (int i = 0; i < w->nworkers; i++) {
     const ath_worker_t* o = w->workers[i];
-    if (o != wk && o->queue == wk->queue && !o->stop && o->state == ATH_WK_RUNNING &&
-        !atomic_load(&o->lost) && (o->running < o->concurrency || x->mono < o->xchg_mono + BALANCE_WAIT_NS))
+    if (o != wk && serves(o, wk->queue) && !atomic_load(&o->lost) &&
+        (o->running < o->concurrency || x->mono < o->xchg_mono + BALANCE_WAIT_NS))
       return 1;
   }
   return 0;

@@ -451,10 +451,9 @@ static void wf_record(ath_world_t* w, ath_task_t* t, const ath_task_t* x, int64_
     ath_wfev_t* e = xx->done; /* the worker that ran x built it: no copy here */
     xx->done = NULL;
     if (ok && kind == (x->wf != NULL ? ATH_PARK_CHILD : ATH_PARK_ACTIVITY)) {
-      const char* r = strstr(e->json, ",\"result\":"); /* after its type and time */
-      m.key = "result";
-      m.voff = (uint32_t)(r - e->json) + 10;
-      m.vlen = e->len - m.voff;
+      m.key = "result"; /* the event ends with x's result until done_finish */
+      m.vlen = x->result != NULL ? (uint32_t)x->result_len : 4;
+      m.voff = e->len - m.vlen;
       done_finish(e, t->attempt, wf->wait_seq);
       wf->last_out.ev = NULL;
       if (ath__wf_push(wf, e) == 0) {

@@ -437,7 +437,11 @@ describe("workflows", function()
         local r, err = S.result(h)
         assert.is_nil(err)
         local q = h:query()
-        runs[cache] = { r = r, history = types(q.history) }
+        local events = {}
+        for _, ev in ipairs(q.history) do
+          if ev.type == "activity.completed" then events[#events + 1] = { run = ev.run, seq = ev.seq } end
+        end
+        runs[cache] = { r = r, history = types(q.history), events = events }
         assert.equals(20, #lines(log)) -- each step ran once
         if cache > 0 then
           -- nothing woke the other worker for a step: its worker claimed it
@@ -453,6 +457,12 @@ describe("workflows", function()
         assert.equals("activity.scheduled", t[2 * i], i)
         assert.equals("activity.completed", t[2 * i + 1], i)
       end
+      -- each completion names the command it answers and the run (the
+      -- exchange appends both to what the step's worker built)
+      for i, ev in ipairs(runs[1000].events) do
+        assert.same({ run = 1, seq = i }, ev)
+      end
+      assert.equals(20, #runs[1000].events)
     end)
 
     it("a step on another queue goes through it, and resumes the workflow where it is kept", function()
