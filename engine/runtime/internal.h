@@ -266,9 +266,9 @@ struct ath_task_s {
   int worker_id;
   int max_attempts;      /* effective (§7.2) */
   int run_pos;           /* index in its worker's running list */
-  /* The state, the flags and the error code share one word: the record is
-   * kept to 208 bytes so that, with its id and a small input, a queued task
-   * is one 272-byte malloc chunk (issue 15's memory target). */
+  /* The state and the flags share one word with the error code: the
+   * record is kept to 208 bytes so that, with its id and a small input, a
+   * queued task is one 272-byte malloc chunk (issue 15's memory target). */
   ath_status_t status : 4;
   ath_strategy_t strategy : 4; /* effective (§8) */
   unsigned dirty : 1;    /* in the store's pending list */
@@ -283,7 +283,11 @@ struct ath_task_s {
                           * one): the store updates the row, not inserts it */
   unsigned remote : 1;   /* PostgreSQL backend: a proxy of a row this node
                           * does not lease (in no queue or heap here) */
-  int err_code : 16;     /* ATH_E* of the last failure, 0 if none */
+  /* ATH_E* of the last failure, 0 if none. Not a bit-field: it is read
+   * without the lock once the task is terminal (ath__task_end) while the
+   * store thread sets `stored` under it, and a bit-field would share its
+   * memory location with those flags (a data race in C11's terms). */
+  int16_t err_code;
   uint32_t heap_idx;     /* index in the delay heap, UINT32_MAX if absent */
   /* Store generation of its latest change, its low 32 bits: a generation
    * is never ahead of the world's, so ath__task_gen rebuilds it from

@@ -535,6 +535,51 @@ describe("workflows", function()
       w:shutdown { timeout = 0 }
     end)
 
+    it("a worker past its share still starts a new workflow when the other worker's slots are all held", function()
+      -- 3 slots each; 4 sleeps that never end (the clock is manual) hold
+      -- all of one worker's slots and one of the other's. The clock then
+      -- moves past the balance's wait, so the full worker has not claimed
+      -- for longer than it, and no round ends by time after that: only
+      -- the rule "no other worker will claim soon" lets the free worker
+      -- start the second of two new workflows past its share of one.
+      local w = world { clock = "manual", taskQueues = { default = { concurrency = 3 } } }
+      local function per_worker(hs)
+        local per = {}
+        S.eventually(function()
+          per = {}
+          for _, h in ipairs(hs) do
+            local q = h:query()
+            if q.status ~= "running" then return false end
+            per[q.workerId] = (per[q.workerId] or 0) + 1
+          end
+          return true
+        end, S.WAIT, "the sleeps to run")
+        local counts = {}
+        for _, n in pairs(per) do counts[#counts + 1] = n end
+        table.sort(counts)
+        return counts
+      end
+      local split
+      for _ = 1, 5 do -- one worker usually claims 3 of the 4 at once; else again
+        local hs = w:executeMany("wf.slow", { { ms = 600000 }, { ms = 600000 }, { ms = 600000 }, { ms = 600000 } })
+        split = per_worker(hs)
+        if split[1] == 1 and split[2] == 3 then break end
+        for _, h in ipairs(hs) do h:cancel() end
+        for _, h in ipairs(hs) do S.result(h) end
+      end
+      assert.same({ 1, 3 }, split)
+      w:advance(100) -- past the balance's 50 ms
+      local wfs = w:executeMany("wf.slowwf", { { tag = 1 }, { tag = 2 } })
+      S.eventually(function()
+        for _, h in ipairs(wfs) do
+          local step = h:query().children[1]
+          if not (step and w:query(step).status == "running") then return false end
+        end
+        return true
+      end, S.WAIT, "both workflows' steps to run")
+      w:shutdown { timeout = 0 }
+    end)
+
     it("no other worker takes a step before its workflow's park is published, however busy the queue", function()
       -- the other worker keeps claiming: the test enqueues a task whenever
       -- it sleeps, and each claim takes what is ready, up to 4
