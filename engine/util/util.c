@@ -47,12 +47,25 @@ int ath_err_code(const char* name) {
 #define ATH__BUF_MIN 64
 
 char* ath__fmt_i64(char* end, int64_t v) {
+  /* two digits per division: events carry 13-digit times, at every step */
+  static const char pairs[201] = "00010203040506070809101112131415161718192021222324"
+                                 "25262728293031323334353637383940414243444546474849"
+                                 "50515253545556575859606162636465666768697071727374"
+                                 "75767778798081828384858687888990919293949596979899";
   uint64_t u = v < 0 ? 0u - (uint64_t)v : (uint64_t)v;
   char* p = end;
-  do {
-    *--p = (char)('0' + u % 10);
-    u /= 10;
-  } while (u != 0);
+  while (u >= 100) {
+    const char* d = pairs + (u % 100) * 2;
+    u /= 100;
+    *--p = d[1];
+    *--p = d[0];
+  }
+  if (u >= 10) {
+    *--p = pairs[u * 2 + 1];
+    *--p = pairs[u * 2];
+  } else {
+    *--p = (char)('0' + u);
+  }
   if (v < 0)
     *--p = '-';
   return p;

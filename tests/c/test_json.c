@@ -596,6 +596,87 @@ TEST_IMPL(json_escape) {
   return 0;
 }
 
+/* Both string writers (enc_string for Lua strings, ath__json_put_text for
+ * C strings) test 8 bytes at a time for bytes to escape: each such byte,
+ * at every position of strings of 1 to 24 bytes, is escaped exactly as a
+ * byte at a time would (a word test that missed one would copy it raw). */
+TEST_IMPL(json_escape_every_position) {
+  static const struct {
+    const char* raw;
+    const char* esc; /* NULL: enc_string refuses it (not UTF-8) */
+    const char* text; /* ath__json_put_text's */
+  } specials[] = {
+    {"\"", "\\\"", "\\u0022"},   {"\\", "\\\\", "\\u005c"},   {"\x01", "\\u0001", "\\u0001"},
+    {"\x1f", "\\u001f", "\\u001f"}, {"\n", "\\n", "\\u000a"}, {" ", " ", " "},
+    {"\x7f", "\x7f", "\x7f"},   {"!", "!", "!"},     {"#", "#", "#"},
+    {"[", "[", "["},             {"]", "]", "]"},     {"\xC3\xA9", "\xC3\xA9", "\xC3\xA9"},
+    {"\xff", NULL, "\\ufffd"},
+  };
+  lua_State* L = new_state();
+  for (size_t k = 0; k < sizeof specials / sizeof specials[0]; k++) {
+    for (size_t len = 1; len <= 24; len++) {
+      for (size_t pos = 0; pos < len; pos++) {
+        char raw[64], want[128], wtext[128];
+        size_t rl = strlen(specials[k].raw);
+        memset(raw, 'a', pos);
+        memcpy(raw + pos, specials[k].raw, rl);
+        memset(raw + pos + rl, 'z', len - pos - 1);
+        size_t n = len - 1 + rl;
+        raw[n] = '\0';
+        snprintf(wtext, sizeof wtext, "\"%.*s%s%s\"", (int)pos, raw, specials[k].text, raw + pos + rl);
+        ath_buf_t b = {NULL, 0, 0};
+        ASSERT_OK(ath__json_put_text(&b, raw, n));
+        ASSERT_OK(ath__buf_append(&b, "", 1)); /* it writes no NUL */
+        ASSERT_STR_EQ(b.data, wtext);
+        ath__buf_free(&b);
+        lua_pushlstring(L, raw, n);
+        if (specials[k].esc == NULL) {
+          char err[256];
+          ASSERT_EQ(ATH_EINVAL, encode_top(L, &b, err, sizeof err));
+          ath__buf_free(&b);
+          lua_pop(L, 1);
+          continue;
+        }
+        snprintf(want, sizeof want, "\"%.*s%s%s\"", (int)pos, raw, specials[k].esc, raw + pos + rl);
+        lua_setglobal(L, "s");
+        expect_json(L, "return s", want);
+      }
+    }
+  }
+  lua_close(L);
+  return 0;
+}
+
+/* ath__buf_i64 writes two digits per division: every length and both
+ * signs, against printf. */
+TEST_IMPL(json_fmt_i64) {
+  static const int64_t edges[] = {0, 1, 9, 10, 11, 99, 100, 101, 999, 1000, 12345, 1765080000123,
+                                  INT64_MAX, INT64_MIN, INT64_MIN + 1};
+  int64_t v = 1;
+  for (int i = 0; i < 19; i++, v *= 10) { /* 10^i - 1, 10^i, 10^i + 1 */
+    for (int64_t d = -1; d <= 1; d++) {
+      for (int sign = -1; sign <= 1; sign += 2) {
+        char want[32];
+        ath_buf_t b = {NULL, 0, 0};
+        int64_t x = sign * (v + d);
+        snprintf(want, sizeof want, "%lld", (long long)x);
+        ASSERT_OK(ath__buf_i64(&b, x));
+        ASSERT_STR_EQ(b.data, want);
+        ath__buf_free(&b);
+      }
+    }
+  }
+  for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++) {
+    char want[32];
+    ath_buf_t b = {NULL, 0, 0};
+    snprintf(want, sizeof want, "%lld", (long long)edges[i]);
+    ASSERT_OK(ath__buf_i64(&b, edges[i]));
+    ASSERT_STR_EQ(b.data, want);
+    ath__buf_free(&b);
+  }
+  return 0;
+}
+
 TEST_IMPL(json_depth) {
   lua_State* L = new_state();
   ath_buf_t b = {NULL, 0, 0};
