@@ -160,11 +160,14 @@ static const char* step_id(char* buf, size_t cap, const char* wfid, lua_Integer 
   return buf;
 }
 
-/* core.wfRun(name, payload, run, seq, taskQueue, priority, failureStrategy,
- * limits) -> historyLength, event, others: ctx:run's command in one call, in
- * memory and hybrid modes (file mode takes wfSpawn, wfAppend and wfPark,
- * each durable before the next): starts `name` with `payload` (its JSON,
- * checked) as the workflow's task <workflowId>/<run>/<seq> with the
+/* core.wfRun(name, input, run, seq, taskQueue, priority, failureStrategy,
+ * limits, ctx) -> historyLength, event, others: ctx:run's command in one
+ * call, in memory and hybrid modes (file mode takes wfSpawn, wfAppend and
+ * wfPark, each durable before the next): checks and encodes `input` (when
+ * it is not a payload: EINVAL naming "input", with ctx._seq set back to
+ * seq - 1, so that the command numbers after it are file mode's, where
+ * ctx:run encodes before it takes its number), starts `name` with it as the
+ * workflow's task <workflowId>/<run>/<seq> with the
  * options as wfSpawn's, records activity.scheduled{seq, name, taskId,
  * limits} and parks on the task. Returns as wfPark, or, when the activity
  * completed and nothing else happened meanwhile, historyLength, true and
@@ -174,13 +177,12 @@ static int wf_run(lua_State* L) {
   if (ath__worker_durable(ath__worker_of(L)))
     return ath__raise(L, ATH_EINVAL, "%s", "wfRun does not wait for commits: not for file mode");
   const char* name = luaL_checkstring(L, 1);
-  size_t len;
-  const char* json = luaL_checklstring(L, 2, &len);
   lua_Integer run = luaL_checkinteger(L, 3);
   lua_Integer seq = luaL_checkinteger(L, 4);
-  lua_settop(L, 8);
+  luaL_checktype(L, 9, LUA_TTABLE);
+  lua_settop(L, 9);
   lua_pushnil(L); /* no delay */
-  lua_insert(L, 7);
+  lua_insert(L, 7); /* ctx: 10 */
   ath_exec_opts_t o;
   ath_buf_t lim = {0};
   spawn_opts(L, 5, t, &o, &lim);
@@ -188,14 +190,18 @@ static int wf_run(lua_State* L) {
   o.id = step_id(idbuf, sizeof(idbuf), ath_task_id(t), run, seq);
   if (o.id == NULL)
     o.id = lua_pushfstring(L, "%s/%I/%I", ath_task_id(t), run, seq);
-  char* payload = ath__memdup(json, len);
-  if (payload == NULL) {
+  ath_buf_t in = {0}; /* the task takes its memory */
+  char err[256] = "";
+  int rc = ath__json_encode(L, 2, "input", &in, err, sizeof(err));
+  if (rc != 0) {
+    ath__buf_free(&in);
     ath__buf_free(&lim);
-    return ath__raise(L, ATH_ENOMEM, "%s", "not enough memory");
+    lua_pushinteger(L, seq - 1);
+    lua_setfield(L, 10, "_seq");
+    return ath__raise(L, rc, "%s", err);
   }
   ath_task_t* x;
-  char err[256] = "";
-  int rc = ath__task_execute_step(L, name, payload, len, &o, &x, err, sizeof(err));
+  rc = ath__task_execute_step(L, name, in.data, in.len, &o, &x, err, sizeof(err));
   if (rc == 0) {
     uint64_t gen;
     rc = ath__task_wf_scheduled(L, t, seq, name, ath_task_id(x), lim.data, lim.len, &gen);

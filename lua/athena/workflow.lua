@@ -204,22 +204,25 @@ function Ctx:run(name, input, opts)
   local limits = opts ~= NOOPTS and check_limits("ctx:run", name, def, opts) or nil
   local ix, seq = self._ix, self._seq + 1
   local done = ix.done[seq]
+  local durable = self._durable
   -- checked (and encoded) once, when it is issued: not when replayed
-  local payload = done == nil and core.encode(input, "input")
+  -- (core.wfRun checks and encodes it itself, and when it is not a payload
+  -- gives the command number back, as here)
+  local payload = done == nil and durable and core.encode(input, "input")
   self._seq = seq
   local ev = ix.sched[seq] and recorded(self, seq, "activity.scheduled", name)
   local strategy = strategy_of(self, def, opts)
   if done == nil then
     if ev ~= nil and ev.run == self._run then
       park(self, "activity", seq, ev.taskId)
-    elseif self._durable then -- file mode: each command durable before the next
+    elseif durable then -- file mode: each command durable before the next
       local id = string.format("%s/%d/%d", self.workflowId, self._run, seq)
       spawn(self, name, payload, id, opts, strategy, limits, true)
       record(self, { type = "activity.scheduled", seq = seq, name = name, taskId = id, limits = limits })
       park(self, "activity", seq, id)
     else -- the three in one call; the event travels with the park
-      local total, ev, more = core.wfRun(name, payload, self._run, seq, opts.taskQueue, opts.priority, strategy,
-        limits)
+      local total, ev, more = core.wfRun(name, input, self._run, seq, opts.taskQueue, opts.priority, strategy,
+        limits, self)
       if ev == true then -- it completed, and that is all that happened: its result alone
         self._historyLength = total
         return more

@@ -296,6 +296,25 @@ describe("workflows", function()
       "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EINVAL" }, r)
   end)
 
+  it("a ctx:run refused for its input takes no command number, in every persistence mode", function()
+    -- memory and hybrid encode the input in the command's one call, file
+    -- mode before it: the history must number the next command alike, or a
+    -- workflow parked under one mode would not replay under the other
+    for _, mode in ipairs { "memory", "hybrid", "file" } do
+      local w = world { persistence = mode, persistencePath = mode ~= "memory" and tmpname() or nil }
+      local h = w:execute("wf.badinput")
+      local r, err = S.result(h)
+      assert.is_nil(err, mode)
+      assert.same({ "EINVAL", "charge ok 5" }, r, mode)
+      local seqs = {}
+      for _, ev in ipairs(h:query().history) do
+        if ev.seq then seqs[#seqs + 1] = ev.type .. " " .. ev.seq end
+      end
+      assert.same({ "activity.scheduled 1", "activity.completed 1" }, seqs, mode)
+      w:shutdown()
+    end
+  end)
+
   it("children are not capped: query gives the first 1000 and a cursor, world:children pages the rest", function()
     local w = world()
     local h = w:execute("wf.fanout", { n = 1205 })
