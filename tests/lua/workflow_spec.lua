@@ -256,8 +256,9 @@ describe("workflows", function()
     local h = w:execute("wf.hold", { log = log }) -- parks on its child and its activity
     local top = S.eventually(function()
       local q = h:query()
-      return #q.children == 2 and count(log, "slow start own") == 1 and q
-    end, S.WAIT, "the child and the activity to start")
+      return #q.children == 2 and count(log, "slow start own") == 1 and count(log, "slow start sibling") == 1
+        and q
+    end, S.WAIT, "the child, its activity and the workflow's own to start")
     assert.is_true(h:cancel())
     local _, err = S.result(h)
     assert.equals("ECANCELED", err.code)
