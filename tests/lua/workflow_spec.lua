@@ -19,6 +19,25 @@ local function count(path, line)
   return n
 end
 
+-- How many of the tasks of handles hs each worker runs, sorted, once
+-- ready(query) holds for all of them (their workers known).
+local function per_worker(hs, ready, what)
+  local per = {}
+  S.eventually(function()
+    per = {}
+    for _, h in ipairs(hs) do
+      local q = h:query()
+      if not (q.workerId and ready(q)) then return false end
+      per[q.workerId] = (per[q.workerId] or 0) + 1
+    end
+    return true
+  end, S.WAIT, what)
+  local counts = {}
+  for _, n in pairs(per) do counts[#counts + 1] = n end
+  table.sort(counts)
+  return counts
+end
+
 local function types(history)
   local out = {}
   for _, ev in ipairs(history) do out[#out + 1] = ev.type end
@@ -537,20 +556,10 @@ describe("workflows", function()
       local inputs = {}
       for i = 1, 8 do inputs[i] = { tag = i } end
       local hs = w:executeMany("wf.slowwf", inputs)
-      local per = {}
-      S.eventually(function()
-        per = {}
-        for _, h in ipairs(hs) do
-          local q = h:query()
-          local step = q.children[1] and w:query(q.children[1])
-          if not (step and step.status == "running" and q.workerId) then return false end
-          per[q.workerId] = (per[q.workerId] or 0) + 1
-        end
-        return true
-      end, S.WAIT, "every workflow's step to run")
-      local counts = {}
-      for _, n in pairs(per) do counts[#counts + 1] = n end
-      table.sort(counts)
+      local counts = per_worker(hs, function(q)
+        local step = q.children[1] and w:query(q.children[1])
+        return step and step.status == "running"
+      end, "every workflow's step to run")
       assert.same({ 4, 4 }, counts)
       w:shutdown { timeout = 0 }
     end)
@@ -563,26 +572,10 @@ describe("workflows", function()
       -- the rule "no other worker will claim soon" lets the free worker
       -- start the second of two new workflows past its share of one.
       local w = world { clock = "manual", taskQueues = { default = { concurrency = 3 } } }
-      local function per_worker(hs)
-        local per = {}
-        S.eventually(function()
-          per = {}
-          for _, h in ipairs(hs) do
-            local q = h:query()
-            if q.status ~= "running" then return false end
-            per[q.workerId] = (per[q.workerId] or 0) + 1
-          end
-          return true
-        end, S.WAIT, "the sleeps to run")
-        local counts = {}
-        for _, n in pairs(per) do counts[#counts + 1] = n end
-        table.sort(counts)
-        return counts
-      end
       local split
       for _ = 1, 5 do -- one worker usually claims 3 of the 4 at once; else again
         local hs = w:executeMany("wf.slow", { { ms = 600000 }, { ms = 600000 }, { ms = 600000 }, { ms = 600000 } })
-        split = per_worker(hs)
+        split = per_worker(hs, function(q) return q.status == "running" end, "the sleeps to run")
         if split[1] == 1 and split[2] == 3 then break end
         for _, h in ipairs(hs) do h:cancel() end
         for _, h in ipairs(hs) do S.result(h) end
