@@ -616,6 +616,33 @@ describe("persistence", function()
         assert.same(q1.history, w2:query("wf-old").history)
       end)
 
+      it("migrates a version-7 database: a workflow's stored tasks get its seq (parent_seq) and are read by it", function()
+        local path = tmppath()
+        local db = path .. "/athena.db"
+        local w = started(mode, path)
+        assert.equals(6, result(w:execute("st.flow", { n = 3 }, { id = "wf-m7" })))
+        local children = w:query("wf-m7").children
+        assert.equals(3, #children)
+        w:shutdown()
+        -- back to version 7: no parent_seq, tasks_parent on the id
+        sql(db, "DROP INDEX tasks_parent; ALTER TABLE tasks DROP COLUMN parent_seq;"
+          .. " CREATE INDEX tasks_parent ON tasks (parent_id, seq) WHERE parent_id IS NOT NULL AND status >= 5;"
+          .. " PRAGMA user_version = 7;")
+        local w2 = started(mode, path)
+        assert.equals(tostring(schema_version()), sql(db, "PRAGMA user_version"))
+        local seq = sql(db, "SELECT seq FROM tasks WHERE id = 'wf-m7'")
+        assert.equals("3", sql(db, "SELECT count(*) FROM tasks WHERE parent_seq = " .. seq))
+        assert.matches("parent_seq", sql(db, "SELECT sql FROM sqlite_master WHERE name = 'tasks_parent'"))
+        -- the workflow and its tasks left RAM: both reads go to the store
+        assert.same(children, w2:query("wf-m7").children)
+        local listed = {}
+        for _, t in ipairs(w2:queryTasks { parentId = "wf-m7" }) do listed[#listed + 1] = t.id end
+        table.sort(listed)
+        local want = { table.unpack(children) }
+        table.sort(want)
+        assert.same(want, listed)
+      end)
+
       it("a live row is updated in place; one that vanished under the store is written whole again; the read indexes hold finished rows", function()
         local path = tmppath()
         local db = path .. "/athena.db"
