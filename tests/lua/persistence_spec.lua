@@ -616,17 +616,25 @@ describe("persistence", function()
         assert.same(q1.history, w2:query("wf-old").history)
       end)
 
-      it("migrates a version-7 database: a workflow's stored tasks get its seq (parent_seq) and are read by it", function()
+      it("migrates a version-7 database: a workflow's stored tasks get its seq (parent_seq) and are read by it; its events move to a rowid table", function()
         local path = tmppath()
         local db = path .. "/athena.db"
         local w = started(mode, path)
         assert.equals(6, result(w:execute("st.flow", { n = 3 }, { id = "wf-m7" })))
         local children = w:query("wf-m7").children
+        local history = w:query("wf-m7").history
         assert.equals(3, #children)
         w:shutdown()
-        -- back to version 7: no parent_seq, tasks_parent on the id
+        -- back to version 7: no parent_seq, tasks_parent on the id, the
+        -- events keyed by (task_seq, n)
         sql(db, "DROP INDEX tasks_parent; ALTER TABLE tasks DROP COLUMN parent_seq;"
           .. " CREATE INDEX tasks_parent ON tasks (parent_id, seq) WHERE parent_id IS NOT NULL AND status >= 5;"
+          .. " DROP TRIGGER tasks_events; ALTER TABLE workflow_events RENAME TO e8;"
+          .. " CREATE TABLE workflow_events (task_seq INTEGER NOT NULL, n INTEGER NOT NULL,"
+          .. " event TEXT NOT NULL, PRIMARY KEY (task_seq, n)) WITHOUT ROWID;"
+          .. " INSERT INTO workflow_events SELECT task_seq, n, event FROM e8; DROP TABLE e8;"
+          .. " CREATE TRIGGER tasks_events AFTER DELETE ON tasks BEGIN"
+          .. " DELETE FROM workflow_events WHERE task_seq = old.seq; END;"
           .. " PRAGMA user_version = 7;")
         local w2 = started(mode, path)
         assert.equals(tostring(schema_version()), sql(db, "PRAGMA user_version"))
@@ -641,6 +649,13 @@ describe("persistence", function()
         local want = { table.unpack(children) }
         table.sort(want)
         assert.same(want, listed)
+        assert.same(history, w2:query("wf-m7").history)
+        w2:shutdown()
+        assert.is_nil(sql(db, "SELECT sql FROM sqlite_master WHERE name = 'workflow_events'"):find("WITHOUT ROWID"))
+        assert.equals(tostring(#history), sql(db, "SELECT count(*) FROM workflow_events INDEXED BY workflow_events_n"
+          .. " WHERE task_seq = " .. seq))
+        sql(db, "DELETE FROM tasks WHERE id = 'wf-m7'") -- its events go along
+        assert.equals("0", sql(db, "SELECT count(*) FROM workflow_events WHERE task_seq = " .. seq))
       end)
 
       it("a live row is updated in place; one that vanished under the store is written whole again; the read indexes hold finished rows", function()
