@@ -137,26 +137,40 @@ static const char* const migrations[SCHEMA_VERSION] = {
   "CREATE INDEX tasks_id ON tasks (id) WHERE " TERMINAL_ROW ";"
   "CREATE INDEX tasks_status ON tasks (status, created_at) WHERE " TERMINAL_ROW ";"
   "CREATE INDEX tasks_parent ON tasks (parent_id, seq) WHERE parent_id IS NOT NULL AND " TERMINAL_ROW ";",
-  /* 7 -> 8: a workflow's tasks are indexed by its seq (parent_seq), not by
-   * its id: a workflow's steps from many workflows at once land all over
-   * that index, and an entry of two integers instead of a 36-byte uuid
-   * text fills and splits its pages five times less often (the entry was
-   * ~5k of the store thread's ~35k instructions per workflow step).
-   * Existing rows get their workflow's seq: the latest row of that id
-   * created before them, found by an index made for this and dropped.
-   * And workflow_events becomes a table of rowids with a unique index on
-   * (task_seq, n): keyed by (task_seq, n) itself, every event of many
-   * workflows at once was written into the middle of the table, and the
-   * splits of its full pages cost the store thread more than the index's
-   * small entries do where events are appended to the table instead (~1.4k
-   * of ~38k instructions per workflow step). */
-  "ALTER TABLE tasks ADD COLUMN parent_seq INTEGER;"
+  /* 7 -> 8, three changes and one rebuild of tasks:
+   * - tasks without NOT NULL: a multi-row REPLACE that may abort (a NOT
+   *   NULL column without a default does) keeps a statement journal, into
+   *   which SQLite copies (in WAL mode) every page the statement changes,
+   *   and each statement of a finishing batch changes ~32 pages of
+   *   tasks_id (ids are random): ~5k of the store thread's ~30k
+   *   instructions per task in file mode. The engine never writes a NULL
+   *   there, and a read refuses a row without its id, name, queue or input.
+   * - a workflow's tasks are indexed by its seq (parent_seq), not by its
+   *   id: an entry of two integers instead of a 36-byte uuid text costs
+   *   less to place and splits pages less often. Existing rows get their
+   *   workflow's seq: the latest row of that id created before them.
+   * - workflow_events becomes a table of rowids with a unique index on
+   *   (task_seq, n): keyed by (task_seq, n) itself, the events of many
+   *   workflows at once were written into the middle of the table, and the
+   *   splits of its full pages cost more than the index's small entries do
+   *   where events are appended to the table (~1.4k of ~38k instructions
+   *   per workflow step). */
   "CREATE INDEX tasks_migrate8 ON tasks (id, seq);"
-  "UPDATE tasks SET parent_seq = (SELECT max(p.seq) FROM tasks p WHERE p.id = tasks.parent_id"
-  " AND p.seq < tasks.seq) WHERE parent_id IS NOT NULL;"
-  "DROP INDEX tasks_migrate8; DROP INDEX tasks_parent;"
+  "CREATE TABLE tasks8 (seq INTEGER PRIMARY KEY, id TEXT, name TEXT, status INTEGER, attempt INTEGER,"
+  " max_attempts INTEGER, strategy INTEGER, priority INTEGER, queue TEXT, created_at INTEGER,"
+  " scheduled_at INTEGER, ready_at INTEGER, started_at INTEGER, completed_at INTEGER, worker_id INTEGER,"
+  " input TEXT, result TEXT, error TEXT, heartbeat TEXT, last_heartbeat INTEGER, parent_id TEXT,"
+  " history TEXT, call TEXT, parent_seq INTEGER);"
+  "INSERT INTO tasks8 SELECT seq, id, name, status, attempt, max_attempts, strategy, priority, queue,"
+  " created_at, scheduled_at, ready_at, started_at, completed_at, worker_id, input, result, error,"
+  " heartbeat, last_heartbeat, parent_id, history, call,"
+  " (SELECT max(p.seq) FROM tasks p WHERE p.id = t.parent_id AND p.seq < t.seq) FROM tasks t ORDER BY seq;"
+  "DROP TABLE tasks;" /* its indexes and the trigger go along */
+  "ALTER TABLE tasks8 RENAME TO tasks;"
+  "CREATE INDEX tasks_id ON tasks (id) WHERE " TERMINAL_ROW ";"
+  "CREATE INDEX tasks_status ON tasks (status, created_at) WHERE " TERMINAL_ROW ";"
   "CREATE INDEX tasks_parent ON tasks (parent_seq, seq) WHERE parent_seq IS NOT NULL AND " TERMINAL_ROW ";"
-  "DROP TRIGGER tasks_events; ALTER TABLE workflow_events RENAME TO workflow_events7;"
+  "ALTER TABLE workflow_events RENAME TO workflow_events7;"
   "CREATE TABLE workflow_events (task_seq INTEGER NOT NULL, n INTEGER NOT NULL, event TEXT NOT NULL);"
   "CREATE UNIQUE INDEX workflow_events_n ON workflow_events (task_seq, n);"
   "INSERT INTO workflow_events SELECT task_seq, n, event FROM workflow_events7 ORDER BY task_seq, n;"
@@ -302,11 +316,12 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
     rc = exec(s->db, "PRAGMA cache_size=-65536", err, errlen);
   if (rc == 0)
     rc = migrate(s->db, err, errlen);
-  /* The multi-row REPLACE (replace_many) keeps a statement journal of the
-   * few pages it changes: in memory, not in a temporary file created for
-   * each commit (this SQLite's default, TEMP_STORE=1, spills it there past
-   * 64 KiB). Set after the migrations, whose statements over every row may
-   * journal the whole table. And the rows a REPLACE writes keep their
+  /* A statement journal (the single-row statements that may abort keep
+   * one; since version 8 the multi-row REPLACE does not): in memory, not in
+   * a temporary file created for each commit (this SQLite's default,
+   * TEMP_STORE=1, spills it there past 64 KiB). Set after the migrations,
+   * whose statements over every row may journal the whole table. And the
+   * rows a REPLACE writes keep their
    * workflow events only while its delete fires no trigger:
    * recursive_triggers off, whatever the build's default. */
   if (rc == 0)
