@@ -658,6 +658,20 @@ static int write_exec(ath_store_t* s, const char* sql, char* err, size_t errlen)
   return rc == SQLITE_OK ? 0 : write_fault(s->db, rc, err, errlen, sql);
 }
 
+/* 0, or ATH_ESTORE with err set when a row that is written lacks what a
+ * read needs (the table has no NOT NULL to refuse it: version 8). */
+static int check_rows(const ath_row_t* rows, size_t n, char* err, size_t errlen) {
+  for (size_t i = 0; i < n; i++) {
+    const ath_row_t* r = &rows[i];
+    if (!r->deleted && (r->id == NULL || r->name == NULL || r->queue == NULL || r->input == NULL)) {
+      snprintf(err, errlen, "cannot write task seq %llu: it has no id, name, queue or input",
+               (unsigned long long)r->seq);
+      return ATH_ESTORE;
+    }
+  }
+  return 0;
+}
+
 static int store_write(void* self, const ath_row_t* rows, size_t n, const ath_srow_t* srows,
                        size_t sn, char* err, size_t errlen) {
   ath_store_t* s = self;
@@ -665,6 +679,9 @@ static int store_write(void* self, const ath_row_t* rows, size_t n, const ath_sr
     snprintf(err, errlen, "%s", "the database is closed after an I/O error");
     return ATH_EIO;
   }
+  int bad = check_rows(rows, n, err, errlen);
+  if (bad != 0)
+    return bad;
   int rc = write_exec(s, "BEGIN", err, errlen);
   for (size_t i = 0; rc == 0 && i < sn; i++) {
     int src = write_srow(s, &srows[i]);
