@@ -53,6 +53,7 @@ struct ath_store_s {
   sqlite3_stmt* insert;  /* a new row (the upsert when it turns out not to be) */
   sqlite3_stmt* insert_many; /* ROWS_PER_INSERT new rows in one statement */
   sqlite3_stmt* replace_many; /* ROWS_PER_INSERT rows written before, whole */
+  sqlite3_stmt* replace;      /* one of them */
   params_t many_held, replace_held; /* what their parameters hold */
   sqlite3_stmt* update;  /* a row a commit wrote before: what changes */
   sqlite3_stmt* del;
@@ -358,6 +359,10 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
       insert_sql(sql, sizeof(sql), "REPLACE", ROWS_PER_INSERT, "");
       prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->replace_many, NULL);
     }
+    if (prc == SQLITE_OK) {
+      insert_sql(sql, sizeof(sql), "REPLACE", 1, "");
+      prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->replace, NULL);
+    }
     if (prc == SQLITE_OK)
       prc = sqlite3_prepare_v3(s->db, "UPDATE tasks SET " CHANGING_COLUMNS " WHERE seq = ?9", -1,
                                SQLITE_PREPARE_PERSISTENT, &s->update, NULL);
@@ -396,6 +401,7 @@ static void disconnect_db(ath_store_t* s) {
   sqlite3_finalize(s->insert);
   sqlite3_finalize(s->insert_many);
   sqlite3_finalize(s->replace_many);
+  sqlite3_finalize(s->replace);
   sqlite3_finalize(s->update);
   sqlite3_finalize(s->del);
   sqlite3_finalize(s->supsert);
@@ -404,7 +410,7 @@ static void disconnect_db(ath_store_t* s) {
   sqlite3_finalize(s->events);
   sqlite3_close(s->db);
   s->upsert = s->insert = s->insert_many = s->update = s->del = s->supsert = s->sdel = s->event = NULL;
-  s->events = s->replace_many = NULL;
+  s->events = s->replace_many = s->replace = NULL;
   memset(&s->many_held, 0, sizeof(s->many_held)); /* the next statements hold nothing */
   memset(&s->replace_held, 0, sizeof(s->replace_held));
   s->db = NULL;
@@ -549,19 +555,12 @@ static int is_whole_row(const ath_row_t* r) {
   return !r->deleted && r->stored && !r->keep_error;
 }
 
-/* How many of rows[0..n), up to a statement's worth, `is` holds for in a
- * row from the first. */
-static size_t run_of(const ath_row_t* rows, size_t n, int (*is)(const ath_row_t*)) {
-  size_t k = 0;
-  while (k < ROWS_PER_INSERT && k < n && is(&rows[k]))
-    k++;
-  return k;
-}
-
 static int write_row(ath_store_t* s, const ath_row_t* r) {
   int rc;
   if (r->deleted) {
     rc = step_row(s, s->del, r);
+  } else if (is_whole_row(r)) { /* there or not (see replace_many) */
+    rc = step_row(s, s->replace, r);
   } else if (r->stored) {
     /* The update; should the row be gone after all (a file restored from
      * a backup), the upsert writes it whole. */
@@ -672,6 +671,41 @@ static int check_rows(const ath_row_t* rows, size_t n, char* err, size_t errlen)
   return 0;
 }
 
+/* Writes the rows of rows[0..n) that `is` holds for with `many`, the
+ * statement's worth at a time, and what is left (or a statement's worth
+ * one of which is there after all, see write_row) row by row. */
+static int write_many(ath_store_t* s, sqlite3_stmt* many, const ath_row_t* rows, size_t n,
+                      int (*is)(const ath_row_t*), char* err, size_t errlen) {
+  const ath_row_t* run[ROWS_PER_INSERT];
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (is(&rows[i]))
+      run[k++] = &rows[i];
+    if (k < ROWS_PER_INSERT && i + 1 < n)
+      continue;
+    if (k == ROWS_PER_INSERT) {
+      for (size_t j = 0; j < k; j++)
+        bind_row(s, many, (int)j * ROW_PARAMS, run[j]);
+      int src = step(many);
+      if (src != 0)
+        return write_fault(s->db, src, err, errlen, "cannot write a task");
+      if (sqlite3_changes(s->db) == ROWS_PER_INSERT) { /* a REPLACE writes them all */
+        k = 0;
+        continue;
+      }
+      /* it skipped one that is there after all: row by row (the upsert
+       * writes again those it inserted) */
+    }
+    for (size_t j = 0; j < k; j++) {
+      int src = write_row(s, run[j]);
+      if (src != 0)
+        return write_fault(s->db, src, err, errlen, "cannot write a task");
+    }
+    k = 0;
+  }
+  return 0;
+}
+
 static int store_write(void* self, const ath_row_t* rows, size_t n, const ath_srow_t* srows,
                        size_t sn, char* err, size_t errlen) {
   ath_store_t* s = self;
@@ -688,34 +722,20 @@ static int store_write(void* self, const ath_row_t* rows, size_t n, const ath_sr
     if (src != 0)
       rc = write_fault(s->db, src, err, errlen, "cannot write a schedule");
   }
-  for (size_t i = 0; rc == 0 && i < n;) {
-    /* new rows from i on, or else rows written before, by the statement's worth */
-    sqlite3_stmt* many = s->insert_many;
-    size_t run = run_of(rows + i, n - i, is_new_row);
-    if (run == 0) {
-      many = s->replace_many;
-      run = run_of(rows + i, n - i, is_whole_row);
-    }
-    if (run == ROWS_PER_INSERT) {
-      for (size_t k = 0; k < run; k++)
-        bind_row(s, many, (int)k * ROW_PARAMS, &rows[i + k]);
-      int src = step(many);
-      if (src == 0 && sqlite3_changes(s->db) == ROWS_PER_INSERT) { /* a REPLACE writes them all */
-        i += run;
-        continue;
-      }
-      if (src != 0) {
-        rc = write_fault(s->db, src, err, errlen, "cannot write a task");
-        break;
-      }
-      /* it skipped one that is there after all (see write_row): row by row
-       * (the upsert writes again those it inserted) */
-    }
-    for (size_t end = i + (run ? run : 1); rc == 0 && i < end; i++) {
-      int src = write_row(s, &rows[i]);
-      if (src != 0)
-        rc = write_fault(s->db, src, err, errlen, "cannot write a task");
-    }
+  /* Each row once (a commit writes a task once): in any order. The new
+   * rows, then those written before whole, a statement's worth at a time
+   * wherever they are in the group (a running task's row, updated alone,
+   * between them no longer cuts a run short), then the rest. */
+  if (rc == 0)
+    rc = write_many(s, s->insert_many, rows, n, is_new_row, err, errlen);
+  if (rc == 0)
+    rc = write_many(s, s->replace_many, rows, n, is_whole_row, err, errlen);
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    if (is_new_row(&rows[i]) || is_whole_row(&rows[i]))
+      continue;
+    int src = write_row(s, &rows[i]);
+    if (src != 0)
+      rc = write_fault(s->db, src, err, errlen, "cannot write a task");
   }
   if (rc == 0) {
     int src = write_events(s, rows, n);
