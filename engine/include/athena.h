@@ -551,6 +551,7 @@ typedef struct {
   int stored;               /* persist: an earlier persist wrote this task (an
                              * update, not an insert; a hint: the row may be
                              * gone, as after a restore from a backup) */
+  uint64_t parent_seq;      /* persist: the owning workflow's seq (with parent_id) */
 } ath_store_task_t;
 
 #define ATH_STORE_EVENT_SEP '\x1e'
@@ -583,6 +584,9 @@ typedef struct {
   int by_seq;            /* 1: creation order; 0: newest first (created_at
                           * descending, then id) */
   uint64_t after_seq;    /* by_seq: only tasks created after this one; 0: any */
+  int has_parent_seq;    /* 1: parent_seq is parent_id's seq (the engine knows
+                          * it: the workflow is in RAM); 0: look it up */
+  uint64_t parent_seq;
 } ath_store_query_t;
 
 /* The provider. Fill with zeros, set `size` to sizeof(ath_store_provider_t)

@@ -836,7 +836,7 @@ int ath_world_children_after(ath_world_t* w, const ath_task_t* t, uint64_t after
   ath_task_t** stored = NULL;
   int64_t ns = 0;
   if (w->reads != NULL) { /* finished ones that left RAM (read with no lock) */
-    ath_store_query_t q = {STORED_MASK, NULL, t->id, 0, 0, cap, 1, after};
+    ath_store_query_t q = {STORED_MASK, NULL, t->id, 0, 0, cap, 1, after, 1, t->seq};
     stored = malloc((size_t)cap * sizeof(*stored));
     ns = stored != NULL ? ath__stored_tasks(w, &q, stored) : 0;
     ns = ns < 0 ? 0 : ns;

@@ -1810,6 +1810,10 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
     return ATH_ENOMEM;
   }
   size_t n = 0, shadowed = 0; /* shadowed: RAM's tasks whose row is older */
+  /* a workflow in RAM: the store finds its tasks by its seq */
+  const ath_task_t* wf = f->parent_id ? ath__table_get(w, f->parent_id, ath__hash_id(f->parent_id)) : NULL;
+  uint64_t parent_seq = wf != NULL ? wf->seq : 0;
+  int has_parent_seq = wf != NULL;
   for (size_t i = 0; i < w->table_cap; i++) {
     for (ath_task_t* t = w->table[i]; t; t = t->hnext) {
       if (row_is_newer(w, t))
@@ -1844,7 +1848,7 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
      * (collect_row), so `shadowed` more are asked for: what is left still
      * holds the first `want` of the others. */
     ath_store_query_t q = {f->status_mask, f->name, f->parent_id, f->since, f->until,
-                           (int64_t)(want + shadowed), 0, 0};
+                           (int64_t)(want + shadowed), 0, 0, 0, 0};
     /* a task RAM listed is not listed again from its row, even if its
      * insert's answer (its row's created_at) arrived in between */
     ath_task_t** listed = malloc((n ? n : 1) * sizeof(*listed));
@@ -1877,7 +1881,8 @@ int ath_world_query_tasks(ath_world_t* w, const ath_task_filter_t* f, ath_task_t
     for (int st = ATH_COMPLETED; st < 32 && rc == 0; st++) {
       if (!(mask & (1u << st)))
         continue;
-      ath_store_query_t q = {1u << st, f->name, f->parent_id, f->since, f->until, (int64_t)want, 0, 0};
+      ath_store_query_t q = {1u << st, f->name, f->parent_id, f->since, f->until, (int64_t)want, 0, 0,
+                             has_parent_seq, parent_seq};
       int64_t got = ath__stored_tasks(w, &q, stored + ns);
       if (got < 0)
         rc = got;

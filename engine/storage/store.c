@@ -284,6 +284,7 @@ static int snapshot(ath_task_t* t, ath_row_t* r, ath_wfev_t*** held) {
     r->hb_len = x->hb_len;
   }
   r->parent_id = x != NULL && x->parent ? x->parent->id : NULL; /* immutable, outlives the row */
+  r->parent_seq = x != NULL && x->parent ? x->parent->seq : 0;
   if (x != NULL && x->call != NULL) { /* immutable, as long as the task */
     r->call = x->call->json;
     r->call_len = x->call->json_len;

@@ -10,7 +10,7 @@
 #include "internal.h"
 #include "store.h"
 
-#define SCHEMA_VERSION 7
+#define SCHEMA_VERSION 8
 const int ath__store_schema_version = SCHEMA_VERSION;
 #define MAX_READERS 8
 
@@ -20,7 +20,7 @@ const int ath__store_schema_version = SCHEMA_VERSION;
  * created_at, ?11 scheduled_at, ?12 ready_at, ?13 started_at, ?14
  * completed_at, ?15 worker_id, ?16 input, ?17 result, ?18 error, ?19
  * heartbeat, ?20 last_heartbeat, ?21 keep_error (the update's), ?22
- * parent_id, ?24 call. New rows are inserted ROWS_PER_INSERT to a
+ * parent_id, ?23 parent_seq, ?24 call. New rows are inserted ROWS_PER_INSERT to a
  * statement when they come in such runs: a statement's fixed cost (cursor
  * setup on the table and its indexes) is then paid once per run. */
 #define ROW_PARAMS 24
@@ -53,6 +53,7 @@ struct ath_store_s {
   sqlite3_stmt* insert;  /* a new row (the upsert when it turns out not to be) */
   sqlite3_stmt* insert_many; /* ROWS_PER_INSERT new rows in one statement */
   sqlite3_stmt* replace_many; /* ROWS_PER_INSERT rows written before, whole */
+  sqlite3_stmt* replace;      /* one of them */
   params_t many_held, replace_held; /* what their parameters hold */
   sqlite3_stmt* update;  /* a row a commit wrote before: what changes */
   sqlite3_stmt* del;
@@ -137,6 +138,48 @@ static const char* const migrations[SCHEMA_VERSION] = {
   "CREATE INDEX tasks_id ON tasks (id) WHERE " TERMINAL_ROW ";"
   "CREATE INDEX tasks_status ON tasks (status, created_at) WHERE " TERMINAL_ROW ";"
   "CREATE INDEX tasks_parent ON tasks (parent_id, seq) WHERE parent_id IS NOT NULL AND " TERMINAL_ROW ";",
+  /* 7 -> 8, three changes and one rebuild of tasks:
+   * - tasks without NOT NULL: a multi-row REPLACE that may abort (a NOT
+   *   NULL column without a default does) keeps a statement journal, into
+   *   which SQLite copies (in WAL mode) every page the statement changes,
+   *   and each statement of a finishing batch changes ~32 pages of
+   *   tasks_id (ids are random): ~4.6k of ~29k instructions per task in
+   *   the provider alone, batches of 1,000 enqueued then finished (less in
+   *   the engine's commits, whose groups vary). The engine never writes a
+   *   NULL there (check_rows), and a read refuses a row without its id,
+   *   name, queue or input.
+   * - a workflow's tasks are indexed by its seq (parent_seq), not by its
+   *   id: an entry of two integers instead of a 36-byte uuid text costs
+   *   less to place and splits pages less often. Existing rows get their
+   *   workflow's seq: the latest row of that id created before them.
+   * - workflow_events becomes a table of rowids with a unique index on
+   *   (task_seq, n): keyed by (task_seq, n) itself, the events of many
+   *   workflows at once were written into the middle of the table, and the
+   *   splits of its full pages cost more than the index's small entries do
+   *   where events are appended to the table (~1.4k of ~38k instructions
+   *   per workflow step). */
+  "CREATE INDEX tasks_migrate8 ON tasks (id, seq);"
+  "CREATE TABLE tasks8 (seq INTEGER PRIMARY KEY, id TEXT, name TEXT, status INTEGER, attempt INTEGER,"
+  " max_attempts INTEGER, strategy INTEGER, priority INTEGER, queue TEXT, created_at INTEGER,"
+  " scheduled_at INTEGER, ready_at INTEGER, started_at INTEGER, completed_at INTEGER, worker_id INTEGER,"
+  " input TEXT, result TEXT, error TEXT, heartbeat TEXT, last_heartbeat INTEGER, parent_id TEXT,"
+  " history TEXT, call TEXT, parent_seq INTEGER);"
+  "INSERT INTO tasks8 SELECT seq, id, name, status, attempt, max_attempts, strategy, priority, queue,"
+  " created_at, scheduled_at, ready_at, started_at, completed_at, worker_id, input, result, error,"
+  " heartbeat, last_heartbeat, parent_id, history, call,"
+  " (SELECT max(p.seq) FROM tasks p WHERE p.id = t.parent_id AND p.seq < t.seq) FROM tasks t ORDER BY seq;"
+  "DROP TABLE tasks;" /* its indexes and the trigger go along */
+  "ALTER TABLE tasks8 RENAME TO tasks;"
+  "CREATE INDEX tasks_id ON tasks (id) WHERE " TERMINAL_ROW ";"
+  "CREATE INDEX tasks_status ON tasks (status, created_at) WHERE " TERMINAL_ROW ";"
+  "CREATE INDEX tasks_parent ON tasks (parent_seq, seq) WHERE parent_seq IS NOT NULL AND " TERMINAL_ROW ";"
+  "ALTER TABLE workflow_events RENAME TO workflow_events7;"
+  "CREATE TABLE workflow_events (task_seq INTEGER NOT NULL, n INTEGER NOT NULL, event TEXT NOT NULL);"
+  "CREATE UNIQUE INDEX workflow_events_n ON workflow_events (task_seq, n);"
+  "INSERT INTO workflow_events SELECT task_seq, n, event FROM workflow_events7 ORDER BY task_seq, n;"
+  "DROP TABLE workflow_events7;"
+  "CREATE TRIGGER tasks_events AFTER DELETE ON tasks BEGIN"
+  " DELETE FROM workflow_events WHERE task_seq = old.seq; END;",
 };
 
 static int fail(sqlite3* db, int rc, char* err, size_t errlen, const char* what) {
@@ -161,14 +204,14 @@ static void insert_sql(char* sql, size_t cap, const char* verb, int rows, const 
                               "%s INTO tasks (id, name, status, attempt, max_attempts, strategy,"
                               " priority, queue, seq, created_at, scheduled_at, ready_at, started_at,"
                               " completed_at, worker_id, input, result, error, heartbeat, last_heartbeat,"
-                              " parent_id, history, call) VALUES ", verb);
+                              " parent_id, history, call, parent_seq) VALUES ", verb);
   for (int k = 0; k < rows && n < cap; k++) {
     int o = k * ROW_PARAMS;
     n += (size_t)snprintf(sql + n, cap - n, "%s(", k ? "," : "");
     for (int i = 1; i <= 20 && n < cap; i++)
       n += (size_t)snprintf(sql + n, cap - n, "?%d,", o + i);
     if (n < cap)
-      n += (size_t)snprintf(sql + n, cap - n, "?%d,NULL,?%d)", o + 22, o + 24);
+      n += (size_t)snprintf(sql + n, cap - n, "?%d,NULL,?%d,?%d)", o + 22, o + 24, o + 23);
   }
   if (n < cap)
     snprintf(sql + n, cap - n, "%s", tail);
@@ -276,11 +319,12 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
     rc = exec(s->db, "PRAGMA cache_size=-65536", err, errlen);
   if (rc == 0)
     rc = migrate(s->db, err, errlen);
-  /* The multi-row REPLACE (replace_many) keeps a statement journal of the
-   * few pages it changes: in memory, not in a temporary file created for
-   * each commit (this SQLite's default, TEMP_STORE=1, spills it there past
-   * 64 KiB). Set after the migrations, whose statements over every row may
-   * journal the whole table. And the rows a REPLACE writes keep their
+  /* A statement journal (the single-row statements that may abort keep
+   * one; since version 8 the multi-row REPLACE does not): in memory, not in
+   * a temporary file created for each commit (this SQLite's default,
+   * TEMP_STORE=1, spills it there past 64 KiB). Set after the migrations,
+   * whose statements over every row may journal the whole table. And the
+   * rows a REPLACE writes keep their
    * workflow events only while its delete fires no trigger:
    * recursive_triggers off, whatever the build's default. */
   if (rc == 0)
@@ -316,6 +360,10 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
        * events stay. */
       insert_sql(sql, sizeof(sql), "REPLACE", ROWS_PER_INSERT, "");
       prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->replace_many, NULL);
+    }
+    if (prc == SQLITE_OK) {
+      insert_sql(sql, sizeof(sql), "REPLACE", 1, "");
+      prc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->replace, NULL);
     }
     if (prc == SQLITE_OK)
       prc = sqlite3_prepare_v3(s->db, "UPDATE tasks SET " CHANGING_COLUMNS " WHERE seq = ?9", -1,
@@ -355,6 +403,7 @@ static void disconnect_db(ath_store_t* s) {
   sqlite3_finalize(s->insert);
   sqlite3_finalize(s->insert_many);
   sqlite3_finalize(s->replace_many);
+  sqlite3_finalize(s->replace);
   sqlite3_finalize(s->update);
   sqlite3_finalize(s->del);
   sqlite3_finalize(s->supsert);
@@ -363,7 +412,7 @@ static void disconnect_db(ath_store_t* s) {
   sqlite3_finalize(s->events);
   sqlite3_close(s->db);
   s->upsert = s->insert = s->insert_many = s->update = s->del = s->supsert = s->sdel = s->event = NULL;
-  s->events = s->replace_many = NULL;
+  s->events = s->replace_many = s->replace = NULL;
   memset(&s->many_held, 0, sizeof(s->many_held)); /* the next statements hold nothing */
   memset(&s->replace_held, 0, sizeof(s->replace_held));
   s->db = NULL;
@@ -478,6 +527,10 @@ static void bind_row(ath_store_t* s, sqlite3_stmt* st, int off, const ath_row_t*
   put_int(&b, off + 11, r->scheduled_at);
   put_text(&b, off + 16, r->input, r->input_len);
   put_str(&b, off + 22, r->parent_id);
+  if (r->parent_id != NULL)
+    put_int(&b, off + 23, (int64_t)r->parent_seq);
+  else
+    put_text(&b, off + 23, NULL, 0);
   put_text(&b, off + 24, r->call, r->call_len);
 }
 
@@ -504,19 +557,12 @@ static int is_whole_row(const ath_row_t* r) {
   return !r->deleted && r->stored && !r->keep_error;
 }
 
-/* How many of rows[0..n), up to a statement's worth, `is` holds for in a
- * row from the first. */
-static size_t run_of(const ath_row_t* rows, size_t n, int (*is)(const ath_row_t*)) {
-  size_t k = 0;
-  while (k < ROWS_PER_INSERT && k < n && is(&rows[k]))
-    k++;
-  return k;
-}
-
 static int write_row(ath_store_t* s, const ath_row_t* r) {
   int rc;
   if (r->deleted) {
     rc = step_row(s, s->del, r);
+  } else if (is_whole_row(r)) { /* there or not (see replace_many) */
+    rc = step_row(s, s->replace, r);
   } else if (r->stored) {
     /* The update; should the row be gone after all (a file restored from
      * a backup), the upsert writes it whole. */
@@ -613,6 +659,55 @@ static int write_exec(ath_store_t* s, const char* sql, char* err, size_t errlen)
   return rc == SQLITE_OK ? 0 : write_fault(s->db, rc, err, errlen, sql);
 }
 
+/* 0, or ATH_ESTORE with err set when a row that is written lacks what a
+ * read needs (the table has no NOT NULL to refuse it: version 8). */
+static int check_rows(const ath_row_t* rows, size_t n, char* err, size_t errlen) {
+  for (size_t i = 0; i < n; i++) {
+    const ath_row_t* r = &rows[i];
+    if (!r->deleted && (r->id == NULL || r->name == NULL || r->queue == NULL || r->input == NULL)) {
+      snprintf(err, errlen, "cannot write task seq %llu: it has no id, name, queue or input",
+               (unsigned long long)r->seq);
+      return ATH_ESTORE;
+    }
+  }
+  return 0;
+}
+
+/* Writes the rows of rows[0..n) that `is` holds for with `many`, the
+ * statement's worth at a time, and what is left (or a statement's worth
+ * one of which is there after all, see write_row) row by row. */
+static int write_many(ath_store_t* s, sqlite3_stmt* many, const ath_row_t* rows, size_t n,
+                      int (*is)(const ath_row_t*), char* err, size_t errlen) {
+  const ath_row_t* run[ROWS_PER_INSERT];
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (is(&rows[i]))
+      run[k++] = &rows[i];
+    if (k < ROWS_PER_INSERT && i + 1 < n)
+      continue;
+    if (k == ROWS_PER_INSERT) {
+      for (size_t j = 0; j < k; j++)
+        bind_row(s, many, (int)j * ROW_PARAMS, run[j]);
+      int src = step(many);
+      if (src != 0)
+        return write_fault(s->db, src, err, errlen, "cannot write a task");
+      if (sqlite3_changes(s->db) == ROWS_PER_INSERT) { /* a REPLACE writes them all */
+        k = 0;
+        continue;
+      }
+      /* it skipped one that is there after all: row by row (the upsert
+       * writes again those it inserted) */
+    }
+    for (size_t j = 0; j < k; j++) {
+      int src = write_row(s, run[j]);
+      if (src != 0)
+        return write_fault(s->db, src, err, errlen, "cannot write a task");
+    }
+    k = 0;
+  }
+  return 0;
+}
+
 static int store_write(void* self, const ath_row_t* rows, size_t n, const ath_srow_t* srows,
                        size_t sn, char* err, size_t errlen) {
   ath_store_t* s = self;
@@ -620,40 +715,29 @@ static int store_write(void* self, const ath_row_t* rows, size_t n, const ath_sr
     snprintf(err, errlen, "%s", "the database is closed after an I/O error");
     return ATH_EIO;
   }
+  int bad = check_rows(rows, n, err, errlen);
+  if (bad != 0)
+    return bad;
   int rc = write_exec(s, "BEGIN", err, errlen);
   for (size_t i = 0; rc == 0 && i < sn; i++) {
     int src = write_srow(s, &srows[i]);
     if (src != 0)
       rc = write_fault(s->db, src, err, errlen, "cannot write a schedule");
   }
-  for (size_t i = 0; rc == 0 && i < n;) {
-    /* new rows from i on, or else rows written before, by the statement's worth */
-    sqlite3_stmt* many = s->insert_many;
-    size_t run = run_of(rows + i, n - i, is_new_row);
-    if (run == 0) {
-      many = s->replace_many;
-      run = run_of(rows + i, n - i, is_whole_row);
-    }
-    if (run == ROWS_PER_INSERT) {
-      for (size_t k = 0; k < run; k++)
-        bind_row(s, many, (int)k * ROW_PARAMS, &rows[i + k]);
-      int src = step(many);
-      if (src == 0 && sqlite3_changes(s->db) == ROWS_PER_INSERT) { /* a REPLACE writes them all */
-        i += run;
-        continue;
-      }
-      if (src != 0) {
-        rc = write_fault(s->db, src, err, errlen, "cannot write a task");
-        break;
-      }
-      /* it skipped one that is there after all (see write_row): row by row
-       * (the upsert writes again those it inserted) */
-    }
-    for (size_t end = i + (run ? run : 1); rc == 0 && i < end; i++) {
-      int src = write_row(s, &rows[i]);
-      if (src != 0)
-        rc = write_fault(s->db, src, err, errlen, "cannot write a task");
-    }
+  /* Each row once (a commit writes a task once): in any order. The new
+   * rows, then those written before whole, a statement's worth at a time
+   * wherever they are in the group (a running task's row, updated alone,
+   * between them no longer cuts a run short), then the rest. */
+  if (rc == 0)
+    rc = write_many(s, s->insert_many, rows, n, is_new_row, err, errlen);
+  if (rc == 0)
+    rc = write_many(s, s->replace_many, rows, n, is_whole_row, err, errlen);
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    if (is_new_row(&rows[i]) || is_whole_row(&rows[i]))
+      continue;
+    int src = write_row(s, &rows[i]);
+    if (src != 0)
+      rc = write_fault(s->db, src, err, errlen, "cannot write a task");
   }
   if (rc == 0) {
     int src = write_events(s, rows, n);
@@ -824,9 +908,31 @@ static int store_get(void* self, const char* id, ath_row_cb cb, void* ud, char* 
   return rc != 0 ? rc : found ? 0 : ATH_ENOTFOUND;
 }
 
+/* Whether the finished workflow `id` is stored: then *seq is its (latest)
+ * row's. */
+static int stored_seq(reader_t* r, const char* id, uint64_t* seq) {
+  sqlite3_stmt* st;
+  if (sqlite3_prepare_v2(r->db, "SELECT seq FROM tasks WHERE id = ?1 AND " TERMINAL_ROW " ORDER BY seq DESC LIMIT 1",
+                         -1, &st, NULL) != SQLITE_OK)
+    return 0;
+  sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+  int found = sqlite3_step(st) == SQLITE_ROW;
+  *seq = found ? (uint64_t)sqlite3_column_int64(st, 0) : 0;
+  sqlite3_finalize(st);
+  return found;
+}
+
 static int store_query(void* self, const ath_store_query_t* q, ath_row_cb cb, void* ud,
                        char* err, size_t errlen) {
   ath_store_t* s = self;
+  reader_t* r = reader_take(s, err, errlen);
+  if (r == NULL)
+    return ATH_ESTORE;
+  /* A workflow's tasks by its seq (tasks_parent); by its id, row by row,
+   * only when its seq is not found (its row was pruned, or migrated from
+   * before version 8 without it). */
+  uint64_t parent_seq = q->parent_seq;
+  int by_parent_seq = q->parent_id != NULL && (q->has_parent_seq || stored_seq(r, q->parent_id, &parent_seq));
   char sql[1024];
   size_t n = (size_t)snprintf(sql, sizeof(sql), "SELECT " TASK_COLUMNS " FROM tasks WHERE " TERMINAL_ROW);
   if (q->status_mask) {
@@ -843,7 +949,7 @@ static int store_query(void* self, const ath_store_query_t* q, ath_row_cb cb, vo
   if (q->name)
     n += (size_t)snprintf(sql + n, sizeof(sql) - n, " AND name = ?1");
   if (q->parent_id)
-    n += (size_t)snprintf(sql + n, sizeof(sql) - n, " AND parent_id = ?2");
+    n += (size_t)snprintf(sql + n, sizeof(sql) - n, by_parent_seq ? " AND parent_seq = ?7" : " AND parent_id = ?2");
   if (q->since)
     n += (size_t)snprintf(sql + n, sizeof(sql) - n, " AND created_at >= ?3");
   if (q->until)
@@ -852,9 +958,6 @@ static int store_query(void* self, const ath_store_query_t* q, ath_row_cb cb, vo
     n += (size_t)snprintf(sql + n, sizeof(sql) - n, " AND seq > ?6");
   snprintf(sql + n, sizeof(sql) - n, "%s LIMIT ?5",
            q->by_seq ? " ORDER BY seq" : " ORDER BY created_at DESC, id");
-  reader_t* r = reader_take(s, err, errlen);
-  if (r == NULL)
-    return ATH_ESTORE;
   sqlite3_stmt* st;
   int rc = sqlite3_prepare_v2(r->db, sql, -1, &st, NULL);
   if (rc != SQLITE_OK) {
@@ -870,6 +973,7 @@ static int store_query(void* self, const ath_store_query_t* q, ath_row_cb cb, vo
   sqlite3_bind_int64(st, 4, q->until);
   sqlite3_bind_int64(st, 5, q->limit);
   sqlite3_bind_int64(st, 6, (sqlite3_int64)q->after_seq);
+  sqlite3_bind_int64(st, 7, (sqlite3_int64)parent_seq);
   int64_t count = 0;
   rc = each_row(r->db, st, cb, ud, &count, err, errlen);
   sqlite3_finalize(st);

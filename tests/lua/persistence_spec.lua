@@ -616,6 +616,62 @@ describe("persistence", function()
         assert.same(q1.history, w2:query("wf-old").history)
       end)
 
+      it("migrates a version-7 database: tasks lose NOT NULL, a workflow's stored tasks get its seq (parent_seq) and are read by it, its events move to a rowid table", function()
+        local path = tmppath()
+        local db = path .. "/athena.db"
+        local w = started(mode, path)
+        assert.equals(6, result(w:execute("st.flow", { n = 3 }, { id = "wf-m7" })))
+        local children = w:query("wf-m7").children
+        local history = w:query("wf-m7").history
+        assert.equals(3, #children)
+        w:shutdown()
+        -- back to version 7: tasks with NOT NULL columns and no parent_seq,
+        -- tasks_parent on the id, the events keyed by (task_seq, n)
+        sql(db, "CREATE TABLE t7 (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, name TEXT NOT NULL,"
+          .. " status INTEGER NOT NULL, attempt INTEGER NOT NULL, max_attempts INTEGER NOT NULL,"
+          .. " strategy INTEGER NOT NULL, priority INTEGER NOT NULL, queue TEXT NOT NULL,"
+          .. " created_at INTEGER NOT NULL, scheduled_at INTEGER NOT NULL, ready_at INTEGER NOT NULL,"
+          .. " started_at INTEGER, completed_at INTEGER, worker_id INTEGER, input TEXT NOT NULL, result TEXT,"
+          .. " error TEXT, heartbeat TEXT, last_heartbeat INTEGER, parent_id TEXT, history TEXT, call TEXT);"
+          .. " INSERT INTO t7 SELECT seq, id, name, status, attempt, max_attempts, strategy, priority, queue,"
+          .. " created_at, scheduled_at, ready_at, started_at, completed_at, worker_id, input, result, error,"
+          .. " heartbeat, last_heartbeat, parent_id, history, call FROM tasks;"
+          .. " DROP TABLE tasks; ALTER TABLE t7 RENAME TO tasks;"
+          .. " CREATE INDEX tasks_id ON tasks (id) WHERE status >= 5;"
+          .. " CREATE INDEX tasks_status ON tasks (status, created_at) WHERE status >= 5;"
+          .. " CREATE INDEX tasks_parent ON tasks (parent_id, seq) WHERE parent_id IS NOT NULL AND status >= 5;"
+          .. " ALTER TABLE workflow_events RENAME TO e8;"
+          .. " CREATE TABLE workflow_events (task_seq INTEGER NOT NULL, n INTEGER NOT NULL,"
+          .. " event TEXT NOT NULL, PRIMARY KEY (task_seq, n)) WITHOUT ROWID;"
+          .. " INSERT INTO workflow_events SELECT task_seq, n, event FROM e8; DROP TABLE e8;"
+          .. " CREATE TRIGGER tasks_events AFTER DELETE ON tasks BEGIN"
+          .. " DELETE FROM workflow_events WHERE task_seq = old.seq; END;"
+          .. " PRAGMA user_version = 7;")
+        assert.equals("12", sql(db, "SELECT count(*) FROM pragma_table_info('tasks') WHERE \"notnull\""))
+        local w2 = started(mode, path)
+        assert.equals(tostring(schema_version()), sql(db, "PRAGMA user_version"))
+        local seq = sql(db, "SELECT seq FROM tasks WHERE id = 'wf-m7'")
+        assert.equals("3", sql(db, "SELECT count(*) FROM tasks WHERE parent_seq = " .. seq))
+        assert.matches("parent_seq", sql(db, "SELECT sql FROM sqlite_master WHERE name = 'tasks_parent'"))
+        -- no NOT NULL left (a multi-row REPLACE that may abort keeps a statement journal)
+        assert.equals("0", sql(db, "SELECT count(*) FROM pragma_table_info('tasks') WHERE \"notnull\""))
+        -- the workflow and its tasks left RAM: both reads go to the store
+        assert.same(children, w2:query("wf-m7").children)
+        local listed = {}
+        for _, t in ipairs(w2:queryTasks { parentId = "wf-m7" }) do listed[#listed + 1] = t.id end
+        table.sort(listed)
+        local want = { table.unpack(children) }
+        table.sort(want)
+        assert.same(want, listed)
+        assert.same(history, w2:query("wf-m7").history)
+        w2:shutdown()
+        assert.is_nil(sql(db, "SELECT sql FROM sqlite_master WHERE name = 'workflow_events'"):find("WITHOUT ROWID"))
+        assert.equals(tostring(#history), sql(db, "SELECT count(*) FROM workflow_events INDEXED BY workflow_events_n"
+          .. " WHERE task_seq = " .. seq))
+        sql(db, "DELETE FROM tasks WHERE id = 'wf-m7'") -- its events go along
+        assert.equals("0", sql(db, "SELECT count(*) FROM workflow_events WHERE task_seq = " .. seq))
+      end)
+
       it("a live row is updated in place; one that vanished under the store is written whole again; the read indexes hold finished rows", function()
         local path = tmppath()
         local db = path .. "/athena.db"
