@@ -888,13 +888,53 @@ static void wake_for(ath_world_t* w, ath_worker_t* wk, int n, xchg_t* x) {
     x->nwake += ath__pick_sleepers(w, wk->queue, n, x->wake + x->nwake, MAX_WORKERS - x->nwake);
 }
 
+/* Evicted tasks are freed by the worker that ran them, when it is busy
+ * (lock held). A task's record, result and events mostly come from that
+ * worker's malloc arena (a workflow's steps run where it runs), and a free
+ * into another thread's arena takes that arena's lock, which its owner
+ * holds meanwhile for its own allocations: with one arena for all threads,
+ * bench/workflows.lua's 100-step rate halves. A worker that has not
+ * exchanged lately (idle: it may not exchange again for long), or that has
+ * ROUTE_MAX waiting, is not given more. Returns the tasks wk frees now: its
+ * own, those others left it, and those of unlisted workers. */
+#define ROUTE_MAX 4096
+#define ROUTE_IDLE_NS 10000000u
+
+static ath_task_t* route_dead(ath_world_t* w, ath_worker_t* wk, ath_task_t* dead, const xchg_t* x) {
+  ath_task_t* mine = wk->dead;
+  wk->dead = NULL;
+  wk->ndead = 0;
+  if (w->dead_orphans != NULL) {
+    ath_task_t* t = w->dead_orphans;
+    while (t->hnext != NULL)
+      t = t->hnext;
+    t->hnext = mine;
+    mine = w->dead_orphans;
+    w->dead_orphans = NULL;
+  }
+  while (dead != NULL) {
+    ath_task_t* next = dead->hnext;
+    ath_worker_t* o = dead->worker_id != wk->id ? ath__worker_by_id(w, dead->worker_id) : NULL;
+    if (o != NULL && o->ndead < ROUTE_MAX && x->mono < o->xchg_mono + ROUTE_IDLE_NS) {
+      dead->hnext = o->dead;
+      o->dead = dead;
+      o->ndead++;
+    } else {
+      dead->hnext = mine;
+      mine = dead;
+    }
+    dead = next;
+  }
+  return mine;
+}
+
 /* The end of a worker's critical section: the shutdown hears of attempts
  * that ended or tasks that left the worker, terminal tasks past the
  * retention leave RAM, workers and the engine are woken. Unlocks. */
 static void xchg_end(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
   if ((x->ended || x->settled) && w->cond_waiters > 0)
     uv_cond_broadcast(&w->cond);
-  ath_task_t* dead = x->ended ? ath__world_term_trim(w) : NULL;
+  ath_task_t* dead = route_dead(w, wk, x->ended ? ath__world_term_trim(w) : NULL, x);
   /* Events are held only by a worker not declared lost, which shutdown
    * joins before it stops the webhooks: the hook outlives the post. */
   ath_hook_t* hook = x->hold.n > 0 || x->hold.held != NULL ? w->hook : NULL;

@@ -692,6 +692,10 @@ struct ath_worker_s {
                           * (claim's balance, exchange.c) */
   int64_t allowance;
   uint64_t xchg_mono;    /* the clock at its latest exchange (lock held) */
+  /* Evicted tasks it ran, left by other workers for it to free (lock
+   * held; exchange.c, route_dead), chained through hnext. */
+  ath_task_t* dead;
+  unsigned ndead;
   /* The world's task counters this worker's exchanges bumped (see
    * ath_counts_t), on cache lines of their own. */
   char counts_pad[64];
@@ -764,6 +768,7 @@ struct ath_world_s {
   size_t table_cap, ntasks;
   /* Terminal tasks still in RAM (dead letters aside), oldest first. */
   ath_bucket_t term;
+  ath_task_t* dead_orphans; /* unlisted workers' `dead` (lock held) */
   int64_t nterm;
   uint64_t nevicted;     /* tasks that left RAM so far */
   ath_waiter_t* commit_waiters; /* slots waiting for a commit (file mode) */

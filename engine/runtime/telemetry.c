@@ -132,6 +132,13 @@ static void unlist_worker(ath_world_t* w, ath_worker_t* wk) {
    * more (ath__world_exchange) */
   counts_add(&w->counts, &wk->counts);
   memset(&wk->counts, 0, sizeof(wk->counts));
+  while (wk->dead != NULL) { /* the next exchange frees them */
+    ath_task_t* t = wk->dead;
+    wk->dead = t->hnext;
+    t->hnext = w->dead_orphans;
+    w->dead_orphans = t;
+  }
+  wk->ndead = 0;
   if (atomic_load(&wk->lost))
     keep_worker(&w->retired, &w->nretired, wk);
   else

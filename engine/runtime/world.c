@@ -1577,11 +1577,15 @@ void ath_world_free(ath_world_t* w) {
     return;
   if (w->state == ATH_W_STARTED)
     ath_world_shutdown(w, 30000, NULL, NULL, NULL);
-  for (int i = 0; i < w->nworkers; i++)
+  for (int i = 0; i < w->nworkers; i++) {
+    ath__worker_join(w->workers[i]); /* no exchange of its own is left */
+    ath__world_term_free(w->workers[i]->dead);
     ath__worker_free(w->workers[i]);
+  }
   for (int i = 0; i < w->ngrave; i++)
     ath__worker_free(w->graveyard[i]);
   free(w->graveyard);
+  ath__world_term_free(w->dead_orphans);
   /* A lost worker's thread may still come back from the C call it was
    * stuck in, and then touches the world on its way out: wait for it a
    * while; if it is still stuck, the world's memory is left to it. */
