@@ -653,7 +653,9 @@ TEST_IMPL(json_fmt_i64) {
   static const int64_t edges[] = {0, 1, 9, 10, 11, 99, 100, 101, 999, 1000, 12345, 1765080000123,
                                   INT64_MAX, INT64_MIN, INT64_MIN + 1};
   int64_t v = 1;
-  for (int i = 0; i < 19; i++, v *= 10) { /* 10^i - 1, 10^i, 10^i + 1 */
+  for (int i = 0; i < 19; i++) { /* 10^i - 1, 10^i, 10^i + 1 */
+    if (i > 0)
+      v *= 10; /* 10^18 at most: no overflow */
     for (int64_t d = -1; d <= 1; d++) {
       for (int sign = -1; sign <= 1; sign += 2) {
         char want[32];
