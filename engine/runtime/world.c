@@ -1585,7 +1585,6 @@ void ath_world_free(ath_world_t* w) {
   for (int i = 0; i < w->ngrave; i++)
     ath__worker_free(w->graveyard[i]);
   free(w->graveyard);
-  ath__world_term_free(w->dead_orphans);
   /* A lost worker's thread may still come back from the C call it was
    * stuck in, and then touches the world on its way out: wait for it a
    * while; if it is still stuck, the world's memory is left to it. */
@@ -1605,6 +1604,8 @@ void ath_world_free(ath_world_t* w) {
     wk->joined = 1;
   }
   ath__watch_free(w); /* no worker thread is left to leave it */
+  ath__world_term_free(w->dead_orphans); /* nor to take them (exchange.c, route_dead) */
+  w->dead_orphans = NULL;
   free(w->workers);
   for (int i = 0; i < w->nretired; i++)
     ath__worker_free(w->retired[i]);
