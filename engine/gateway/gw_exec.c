@@ -76,15 +76,9 @@ static void put_value(ath_buf_t* b, const ath_db_value_t* v, const ath_gw_column
         int safe = v->i >= -MAX_SAFE_INT && v->i <= MAX_SAFE_INT;
         char* e = tmp + sizeof(tmp);
         char* p = e;
-        uint64_t u = v->i < 0 ? 0 - (uint64_t)v->i : (uint64_t)v->i;
         if (!safe)
           *--p = '"';
-        do {
-          *--p = (char)('0' + u % 10);
-          u /= 10;
-        } while (u != 0);
-        if (v->i < 0)
-          *--p = '-';
+        p = ath__fmt_i64(p, v->i);
         if (!safe)
           *--p = '"';
         ath__buf_put(b, p, (size_t)(e - p));

@@ -528,11 +528,12 @@ static int settle_prefetch(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
   return back;
 }
 
-/* The workers of q that may claim (lock held). */
+/* Whether worker o may claim from q (lock held). */
 static int serves(const ath_worker_t* o, const ath_queue_t* q) {
   return o->queue == q && !o->stop && o->state == ATH_WK_RUNNING;
 }
 
+/* The workers of q that may claim (lock held). */
 static int serving(const ath_world_t* w, const ath_queue_t* q) {
   int n = 0;
   for (int i = 0; i < w->nworkers; i++)
@@ -904,13 +905,11 @@ static ath_task_t* route_dead(ath_world_t* w, ath_worker_t* wk, ath_task_t* dead
   ath_task_t* mine = wk->dead;
   wk->dead = NULL;
   wk->ndead = 0;
-  if (w->dead_orphans != NULL) {
+  while (w->dead_orphans != NULL) { /* rare: a worker left the list holding some */
     ath_task_t* t = w->dead_orphans;
-    while (t->hnext != NULL)
-      t = t->hnext;
+    w->dead_orphans = t->hnext;
     t->hnext = mine;
-    mine = w->dead_orphans;
-    w->dead_orphans = NULL;
+    mine = t;
   }
   while (dead != NULL) {
     ath_task_t* next = dead->hnext;

@@ -188,17 +188,23 @@ static void producer(void* arg) {
   free(ts);
 }
 
+/* Runs fn(i) on n threads at once, i = 0..n-1, and joins them. */
+static void run_threads(int n, uv_thread_cb fn) {
+  uv_thread_t th[16];
+  ASSERT(n <= 16);
+  for (int i = 0; i < n; i++)
+    ASSERT_OK(uv_thread_create(&th[i], fn, (void*)(intptr_t)i));
+  for (int i = 0; i < n; i++)
+    ASSERT_OK(uv_thread_join(&th[i]));
+}
+
 TEST_IMPL(world_contention) {
   write_module();
   shared_world = new_world(2, NULL);
   ASSERT_OK(reg(shared_world, "echo", NULL, 0));
   char err[512];
   ASSERT_OK(ath_world_start(shared_world, err, sizeof(err)));
-  uv_thread_t th[PRODUCERS];
-  for (int i = 0; i < PRODUCERS; i++)
-    ASSERT_OK(uv_thread_create(&th[i], producer, (void*)(intptr_t)i));
-  for (int i = 0; i < PRODUCERS; i++)
-    ASSERT_OK(uv_thread_join(&th[i]));
+  run_threads(PRODUCERS, producer);
   ath_metrics_t m = {0};
   ath_world_metrics(shared_world, &m);
   ASSERT_EQ(PRODUCERS * PER_PRODUCER, m.completed);
@@ -1291,11 +1297,7 @@ TEST_IMPL(world_submit_threads_fifo) {
   ASSERT_OK(reg(submit_world, "seq", NULL, 0));
   char err[512];
   ASSERT_OK(ath_world_start(submit_world, err, sizeof(err)));
-  uv_thread_t th[SUBMITTERS];
-  for (int i = 0; i < SUBMITTERS; i++)
-    ASSERT_OK(uv_thread_create(&th[i], fifo_submitter, (void*)(intptr_t)i));
-  for (int i = 0; i < SUBMITTERS; i++)
-    ASSERT_OK(uv_thread_join(&th[i]));
+  run_threads(SUBMITTERS, fifo_submitter);
   enum { N = SUBMITTERS * PER_SUBMITTER };
   static char ran[N + 1];
   memset(ran, 0, sizeof(ran));
