@@ -98,6 +98,17 @@ static int reg_workflow(ath_world_t* w, const char* name) {
   return ath_world_register(w, &a);
 }
 
+/* A started memory world of `workers` workers with activity `name`
+ * registered (the test module written). */
+static ath_world_t* started_world(int workers, const char* name) {
+  write_module();
+  ath_world_t* w = new_world(workers, NULL);
+  ASSERT_OK(reg(w, name, NULL, 0));
+  char err[512];
+  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  return w;
+}
+
 static char* dup_json(const char* s, size_t* len) {
   *len = strlen(s);
   char* p = malloc(*len + 1);
@@ -113,11 +124,7 @@ static int exec1(ath_world_t* w, const char* name, const char* json, ath_task_t*
 }
 
 TEST_IMPL(world_roundtrip) {
-  write_module();
-  ath_world_t* w = new_world(2, NULL);
-  ASSERT_OK(reg(w, "echo", NULL, 0));
-  char err[512];
-  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  ath_world_t* w = started_world(2, "echo");
   enum { N = 1000 };
   static ath_task_t* ts[N];
   for (int i = 0; i < N; i++) {
@@ -199,11 +206,7 @@ static void run_threads(int n, uv_thread_cb fn) {
 }
 
 TEST_IMPL(world_contention) {
-  write_module();
-  shared_world = new_world(2, NULL);
-  ASSERT_OK(reg(shared_world, "echo", NULL, 0));
-  char err[512];
-  ASSERT_OK(ath_world_start(shared_world, err, sizeof(err)));
+  shared_world = started_world(2, "echo");
   run_threads(PRODUCERS, producer);
   ath_metrics_t m = {0};
   ath_world_metrics(shared_world, &m);
@@ -913,6 +916,21 @@ static ath_task_t* hold_claimed_ahead(ath_world_t* w, ath_task_t** b, int n) {
 
 #define NO_WINDOW (UINT64_MAX / 2) /* starts from the claims ahead never wait for an exchange */
 
+/* Of b[0..3) (seq tasks), the middle one was cancelled before it ran: the
+ * others ran first and second, it never did, and it is the one cancel. */
+static void assert_middle_never_ran(ath_world_t* w, ath_task_t* const* b) {
+  ASSERT_EQ(1, seq_rank(w, b[0]));
+  ASSERT_EQ(2, seq_rank(w, b[2]));
+  ath_task_info_t info;
+  ASSERT_OK(ath_task_snapshot(w, b[1], &info));
+  ASSERT_EQ(ATH_CANCELLED, info.status);
+  ASSERT_EQ(0, info.attempt);
+  ath_task_snapshot_free(&info);
+  ath_metrics_t m = {0};
+  ath_world_metrics(w, &m);
+  ASSERT_EQ(1, m.cancelled);
+}
+
 /* A task a worker claimed ahead but has not started is cancelled at once
  * (T12) and never runs: the worker skips it. */
 TEST_IMPL(world_prefetch_cancel_unstarted) {
@@ -922,16 +940,7 @@ TEST_IMPL(world_prefetch_cancel_unstarted) {
   ASSERT_EQ(1, ath_world_cancel(w, b[1]));
   ASSERT_EQ(ATH_CANCELLED, ath_task_status(w, b[1]));
   open_gate(1);
-  ASSERT_EQ(1, seq_rank(w, b[0]));
-  ASSERT_EQ(2, seq_rank(w, b[2])); /* b[1] never ran */
-  ath_task_info_t info;
-  ASSERT_OK(ath_task_snapshot(w, b[1], &info));
-  ASSERT_EQ(ATH_CANCELLED, info.status);
-  ASSERT_EQ(0, info.attempt);
-  ath_task_snapshot_free(&info);
-  ath_metrics_t m = {0};
-  ath_world_metrics(w, &m);
-  ASSERT_EQ(1, m.cancelled);
+  assert_middle_never_ran(w, b);
   for (int i = 0; i < 3; i++)
     ath_task_release(b[i]);
   ath_task_release(g1);
@@ -1292,11 +1301,7 @@ static void fifo_submitter(void* arg) {
  * it submitted them, a lookup by id finds a task as soon as its execute
  * returns, and the counts add up. */
 TEST_IMPL(world_submit_threads_fifo) {
-  write_module();
-  submit_world = new_world(1, NULL); /* one Lua state: 'seq' numbers every run */
-  ASSERT_OK(reg(submit_world, "seq", NULL, 0));
-  char err[512];
-  ASSERT_OK(ath_world_start(submit_world, err, sizeof(err)));
+  submit_world = started_world(1, "seq"); /* one Lua state: 'seq' numbers every run */
   run_threads(SUBMITTERS, fifo_submitter);
   enum { N = SUBMITTERS * PER_SUBMITTER };
   static char ran[N + 1];
@@ -1352,11 +1357,7 @@ static void submit_beside_lock(void* arg) {
 /* An execute completes while another thread holds the world lock: it
  * waits for no one but its queue's own short lock. */
 TEST_IMPL(world_submit_beside_world_lock) {
-  write_module();
-  ath_world_t* w = new_world(1, NULL);
-  ASSERT_OK(reg(w, "echo", NULL, 0));
-  char err[512];
-  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  ath_world_t* w = started_world(1, "echo");
   ASSERT_OK(uv_mutex_init(&held_mu));
   ASSERT_OK(uv_cond_init(&held_cv));
   held_done = 0;
@@ -1402,15 +1403,9 @@ TEST_IMPL(world_submit_cancel_undrained) {
   ASSERT_EQ(0, submits_pending(w));
   ASSERT_EQ(ATH_CANCELLED, ath_task_status(w, b[1]));
   open_gate(0);
-  ASSERT_EQ(1, seq_rank(w, b[0]));
-  ASSERT_EQ(2, seq_rank(w, b[2])); /* b[1] never ran */
-  ath_task_info_t info;
-  ASSERT_OK(ath_task_snapshot(w, b[1], &info));
-  ASSERT_EQ(0, info.attempt);
-  ath_task_snapshot_free(&info);
+  assert_middle_never_ran(w, b);
   ath_metrics_t m = {0};
   ath_world_metrics(w, &m);
-  ASSERT_EQ(1, m.cancelled);
   ASSERT_EQ(3, m.completed); /* gate 0, b[0], b[2] */
   for (int i = 0; i < 3; i++)
     ath_task_release(b[i]);
