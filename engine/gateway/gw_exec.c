@@ -1114,8 +1114,8 @@ static ath_db_t* group_db(ath_gws_t* s, ath_gwconn_t* c, run_t** runs, size_t n)
  * with it (SQLite rolls back the whole transaction on an interrupt, a
  * full disk, an I/O error): what ran before it is undone too, and the
  * caller runs the others again. */
-static int group_pass(ath_gws_t* s, ath_gwconn_t* c, ath_db_t* db, const char* begin, run_t** runs,
-                      size_t n) {
+static int group_pass(ath_gws_t* s, ath_gwconn_t* c, ath_db_t* db, const char* begin, int reads,
+                      run_t** runs, size_t n) {
   ath_db_error_t e;
   memset(&e, 0, sizeof(e));
   int rc = 0;
@@ -1125,7 +1125,9 @@ static int group_pass(ath_gws_t* s, ath_gwconn_t* c, ath_db_t* db, const char* b
     c->deadline = 0;
   }
   const char* at = begin; /* the statement that failed the whole group */
-  int several = n > 1;
+  /* reads change nothing to undo: no savepoints, and a read that fails
+   * fails alone */
+  int several = n > 1 && !reads;
   for (size_t i = 0; rc == 0 && i < n; i++) {
     run_t* r = runs[i];
     if (r->rc != 0)
@@ -1134,7 +1136,7 @@ static int group_pass(ath_gws_t* s, ath_gwconn_t* c, ath_db_t* db, const char* b
       break;
     run_body(s, c, db, r);
     if (!several)
-      break;
+      continue;
     if (r->rc != 0 && simple(db, "ROLLBACK TO gw_request", &e) != 0) {
       /* no such savepoint: the transaction is gone; those before r are
        * undone and run again (r's own failure is its answer) */
@@ -1150,6 +1152,17 @@ static int group_pass(ath_gws_t* s, ath_gwconn_t* c, ath_db_t* db, const char* b
   }
   if (begin == NULL)
     return 0;
+  if (reads) { /* what they read is their answer: the end of the
+                * transaction (gone already after some errors) changes none */
+    ath_db_error_t e2;
+    if (rc != 0 || simple(db, "COMMIT", &e2) != 0)
+      simple(db, "ROLLBACK", &e2);
+    if (rc != 0) /* BEGIN failed: none ran */
+      for (size_t i = 0; i < n; i++)
+        if (runs[i]->rc == 0)
+          run_fail(runs[i], rc, &e, at);
+    return 0;
+  }
   int any = 0;
   for (size_t i = 0; i < n; i++)
     any |= runs[i]->rc == 0;
@@ -1169,10 +1182,11 @@ static int group_pass(ath_gws_t* s, ath_gwconn_t* c, ath_db_t* db, const char* b
 /* The second half, on the gateway thread or (off the loop) a pool
  * thread: the requests' plans on connection c, and each envelope written
  * from its statements' rows into its job->out. One request runs in one
- * transaction (a lone SELECT is one by itself). Several are SQLite
+ * transaction (a lone SELECT is one by itself). Several are either SQLite
  * mutations that waited for c together (group commit): one transaction
  * and one sync for all, each answered only once that commit is in, and
- * each in a savepoint, so that one that fails fails alone. */
+ * each in a savepoint, so that one that fails fails alone; or SQLite
+ * fetches read in one pass of the thread's loop: one read transaction. */
 static void execute_group(ath_gws_t* s, ath_gwconn_t* c, run_t** runs, prep_t** preps, size_t n) {
   const ath_gwjob_t* job = runs[0]->job;
   const ath_gw_plan_t* plan = &runs[0]->plan;
@@ -1194,7 +1208,7 @@ static void execute_group(ath_gws_t* s, ath_gwconn_t* c, run_t** runs, prep_t** 
   const char* begin = fetch && n == 1 && plan->nstmts <= 1 && !plan->has_count ? NULL
                       : pg || fetch                                               ? "BEGIN"
                                                                                   : "BEGIN IMMEDIATE";
-  while (group_pass(s, c, db, begin, runs, n)) {
+  while (group_pass(s, c, db, begin, fetch, runs, n)) {
     for (size_t i = 0; i < n; i++)
       if (runs[i]->rc == -1)
         run_start(runs[i], runs[i]->job, preps[i]);
@@ -1272,9 +1286,8 @@ static int off_loop(const ath_gws_t* s, const ath_gwjob_t* job) {
   return job->op != ATH_GW_FETCH || ath__db_url_kind(s->cfg.db_urls[job->db]) == ATH_DB_PG;
 }
 
-/* k and the tasks after it in its group (the first has the connection). */
-static void task_work(uv_work_t* w) {
-  ath_gwtask_t* k = w->data;
+/* Runs k and the tasks after it as one group on k's connection. */
+static void run_tasks(ath_gwtask_t* k) {
   run_t* runs[GROUP_MAX];
   prep_t* preps[GROUP_MAX];
   size_t n = 0;
@@ -1284,6 +1297,23 @@ static void task_work(uv_work_t* w) {
     preps[n] = &m->p;
   }
   execute_group(k->t->s, k->c, runs, preps, n);
+}
+
+/* Answers k and the tasks after it, and frees them. */
+static void finish_tasks(ath_gwtask_t* k) {
+  for (ath_gwtask_t* m = k; m != NULL;) {
+    ath_gwtask_t* next = m->next;
+    prep_free(&m->p);
+    if (m->job->out.data == NULL) /* out of memory on the way */
+      ath__gwjob_error(m->job, 500, "internal_error", "out of memory", NULL);
+    ath__gws_finish(m->job);
+    free(m);
+    m = next;
+  }
+}
+
+static void task_work(uv_work_t* w) {
+  run_tasks(w->data);
 }
 
 static void task_done(uv_work_t* w, int status);
@@ -1351,15 +1381,14 @@ void ath__gwt_unwatch(ath_gwt_t* t) {
         ath__db_unwatch(c->db);
 }
 
-/* The waiting task that gets connection c of database i next, with (on
- * SQLite) every other one waiting for i after it, up to GROUP_MAX, as its
- * group; NULL when none waits. */
-static ath_gwtask_t* next_group(ath_gwt_t* t, int i) {
-  int sqlite = ath__db_url_kind(t->s->cfg.db_urls[i]) == ATH_DB_SQLITE;
+/* Takes the first task of database i out of *list, with every other one
+ * of i after it, up to max, as its group (linked through next, in their
+ * order); NULL when none is for i. */
+static ath_gwtask_t* take_group(ath_gwtask_t** list, int i, size_t max) {
   ath_gwtask_t *first = NULL, **tail = &first;
   size_t n = 0;
-  ath_gwtask_t** q = &t->waiting;
-  while (*q != NULL && n < (sqlite ? GROUP_MAX : 1)) {
+  ath_gwtask_t** q = list;
+  while (*q != NULL && n < max) {
     ath_gwtask_t* m = *q;
     if (m->job->db != i) {
       q = &m->next;
@@ -1374,21 +1403,20 @@ static ath_gwtask_t* next_group(ath_gwt_t* t, int i) {
   return first;
 }
 
+/* The waiting task that gets connection c of database i next, with (on
+ * SQLite) every other one waiting for i after it as its group. */
+static ath_gwtask_t* next_group(ath_gwt_t* t, int i) {
+  int sqlite = ath__db_url_kind(t->s->cfg.db_urls[i]) == ATH_DB_SQLITE;
+  return take_group(&t->waiting, i, sqlite ? GROUP_MAX : 1);
+}
+
 static void task_done(uv_work_t* w, int status) {
   (void)status;
   ath_gwtask_t* k = w->data;
   ath_gwt_t* t = k->t;
   int i = k->job->db;
   ath_gwconn_t* c = k->c;
-  for (ath_gwtask_t* m = k; m != NULL;) {
-    ath_gwtask_t* next = m->next;
-    prep_free(&m->p);
-    if (m->job->out.data == NULL) /* out of memory on the way */
-      ath__gwjob_error(m->job, 500, "internal_error", "out of memory", NULL);
-    ath__gws_finish(m->job);
-    free(m);
-    m = next;
-  }
+  finish_tasks(k);
   /* the connection: to the next requests waiting for one, else spare */
   ath_gwtask_t* next = next_group(t, i);
   if (next != NULL) {
@@ -1444,13 +1472,88 @@ static int go_off_loop(ath_gwt_t* t, ath_gwjob_t* job, prep_t* p, struct st_h2o_
   return 0;
 }
 
+/* ------------------------------------------------- fetches of one pass
+ *
+ * A SQLite fetch does not run when its request is read: it waits, held,
+ * for the end of the loop's pass (the check phase, once every socket that
+ * was ready has been read), and the fetches of the pass then run together
+ * in one read transaction on the thread's connection. One instead of one
+ * each: SQLite takes and drops its WAL read lock (under a mutex the
+ * process's connections share, with an fcntl when no other connection
+ * holds that lock) and reads the file's size, and the gateway checks that
+ * the file was not moved, once per pass instead of once per fetch. Each
+ * fetch of the pass was read before the transaction begins, so it still
+ * sees every write answered before it was sent. */
+
+static void batch_run(uv_check_t* h) {
+  ath_gwt_t* t = h->data;
+  while (t->batch != NULL) { /* an answer may bring a pipelined request in */
+    ath_gwtask_t* all = t->batch;
+    t->batch = NULL;
+    t->batch_tail = &t->batch;
+    while (all != NULL) {
+      ath_gwtask_t* k = take_group(&all, all->job->db, GROUP_MAX);
+      run_tasks(k);
+      finish_tasks(k);
+    }
+  }
+  uv_idle_stop(&t->batch_idle);
+}
+
+static void batch_idle(uv_idle_t* h) {
+  (void)h; /* only there so that the poll does not block: batch_run answers */
+}
+
+/* Holds job until the end of this pass; 0, or -1 (not batching, out of
+ * memory: it then runs now). */
+static int defer_fetch(ath_gwt_t* t, ath_gwjob_t* job, prep_t* p, struct st_h2o_req_t* req) {
+  if (!t->batching)
+    return -1;
+  ath_gwtask_t* k = calloc(1, sizeof(*k));
+  ath_gwjob_t* held = k != NULL ? ath__gws_hold(job, req) : NULL;
+  if (held == NULL) {
+    free(k);
+    return -1;
+  }
+  k->t = t;
+  k->job = held;
+  k->p = *p;
+  k->c = &t->conns[job->db];
+  if (t->batch == NULL) /* read in a phase before the poll, it must not wait for one */
+    uv_idle_start(&t->batch_idle, batch_idle);
+  *t->batch_tail = k;
+  t->batch_tail = &k->next;
+  return 0;
+}
+
+void ath__gwt_batch_init(ath_gwt_t* t) {
+  t->batch = NULL;
+  t->batch_tail = &t->batch;
+  uv_check_init(&t->loop, &t->batch_check); /* both always succeed */
+  uv_idle_init(&t->loop, &t->batch_idle);
+  t->batch_check.data = t->batch_idle.data = t;
+  uv_check_start(&t->batch_check, batch_run);
+  uv_unref((uv_handle_t*)&t->batch_check); /* it does not keep the loop running */
+  t->batching = 1;
+}
+
+void ath__gwt_batch_close(ath_gwt_t* t) {
+  if (!t->batching)
+    return;
+  batch_run(&t->batch_check);
+  t->batching = 0; /* fetches from now on run at once */
+  uv_close((uv_handle_t*)&t->batch_check, NULL);
+  uv_close((uv_handle_t*)&t->batch_idle, NULL);
+}
+
 int ath__gwt_run(ath_gwt_t* t, ath_gwjob_t* job, struct st_h2o_req_t* req) {
   if (job->kind == ATH_GWJ_HEALTH) {
     run_health(t, job);
   } else {
     prep_t p;
     if (prepare(t, job, &p) == 0) {
-      if (req != NULL && off_loop(t->s, job) && go_off_loop(t, job, &p, req) == 0)
+      if (req != NULL &&
+          (off_loop(t->s, job) ? go_off_loop(t, job, &p, req) : defer_fetch(t, job, &p, req)) == 0)
         return 1;
       execute(t->s, &t->conns[job->db], job, &p);
     }

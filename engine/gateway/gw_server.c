@@ -62,6 +62,7 @@ static void on_wake(uv_async_t* h) {
     uv_cond_broadcast(&s->cond);
     uv_mutex_unlock(&s->mu);
   } else if (cmd == GWT_STOP) {
+    ath__gwt_batch_close(t); /* the fetches it holds are answered first */
     if (t->hl != NULL)
       ath__http_loop_close(t->hl); /* it frees itself once its connections closed */
     t->hl = NULL;
@@ -87,6 +88,8 @@ static void thread_main(void* arg) {
   if (rc == 0 && (rc = uv_async_init(&t->loop, &t->wake, on_wake)) != 0)
     uv_loop_close(&t->loop);
   t->wake.data = t;
+  if (rc == 0)
+    ath__gwt_batch_init(t);
   uv_mutex_lock(&s->mu);
   s->ready++; /* ath__gws_new waits for every thread's connections */
   t->looping = rc == 0;

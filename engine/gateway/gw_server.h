@@ -210,9 +210,15 @@ enum { ATH_GWJ_OP = 0, ATH_GWJ_HEALTH };
 
 /* Runs one job on gateway thread t (gw_exec.c): returns 0 with the
  * answer in job, or 1 when its statements went off the loop (PostgreSQL,
- * SQLite mutations; req not NULL): job was then taken over
- * (ath__gws_hold) and is answered later on t's loop (ath__gws_finish). */
+ * SQLite mutations) or wait for the end of the loop's pass (SQLite
+ * fetches), req not NULL: job was then taken over (ath__gws_hold) and is
+ * answered later on t's loop (ath__gws_finish). */
 int ath__gwt_run(ath_gwt_t* t, ath_gwjob_t* job, struct st_h2o_req_t* req);
+/* On t's thread, once its loop is set up: fetches are batched from then
+ * on (without it, each runs at once). ath__gwt_batch_close answers what
+ * waits and closes the handles (the loop then ends once the rest has). */
+void ath__gwt_batch_init(ath_gwt_t* t);
+void ath__gwt_batch_close(ath_gwt_t* t);
 /* gw_server.c: a heap copy of job that takes over what it owns (job keeps
  * nothing to free), answered on req when it is done unless the client
  * went away first. NULL when out of memory (job unchanged). */
@@ -315,6 +321,14 @@ struct ath_gwt_s {
   ath_gwconn_t** idle;       /* per database: idle off-loop connections */
   int* nmade;                /* per database: off-loop connections made */
   ath_gwtask_t* waiting;     /* off-loop requests waiting for a connection */
+  /* SQLite fetches read in this pass of the loop, answered at its end
+   * (the check phase) together, in one read transaction (gw_exec.c,
+   * "Fetches of one pass") */
+  ath_gwtask_t* batch;
+  ath_gwtask_t** batch_tail;
+  uv_check_t batch_check;
+  uv_idle_t batch_idle;      /* active while one waits: the poll does not block */
+  int batching;              /* the two handles are set up */
   uint64_t deadline;         /* the running policy's, monotonic ns */
   size_t heap;               /* bytes in L's heap (policy_alloc) */
   ath_gwpc_t* plans;         /* plans by request shape, or NULL */

@@ -134,6 +134,28 @@ for k in range(1, 31):
 print("done", flush=True)
 ]]
 
+-- Fetches read in one pass of a thread's loop: one request on each of 8
+-- connections, all sent before any answer is read, the fourth of view
+-- `bad` (an error when its row is read); then a second round the same
+-- way. Prints each answer's status and row count.
+local PASS_SCRIPT = [[
+import http.client, json, sys
+port = int(sys.argv[1])
+h = {"Content-Type": "application/json", "apikey": "K"}
+conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(8)]
+for c in conns: c.connect()
+for rnd in range(2):
+    for i, c in enumerate(conns):
+        table = "bad" if i == 3 else "items"
+        c.request("POST", "/gateway/fetch", body=json.dumps({"table_name": table}), headers=h)
+    got = []
+    for c in conns:
+        r = c.getresponse()
+        out = json.loads(r.read())
+        got.append("%d:%d" % (r.status, len(out.get("data") or [])))
+    print(" ".join(got), flush=True)
+]]
+
 describe("gateway threads", function()
   after_each(function()
     S.cleanup()
@@ -248,6 +270,31 @@ describe("gateway threads", function()
     local out = p:read("a")
     p:close()
     assert.equals("done\n", out)
+  end)
+
+  it("answer the fetches read in one pass of the loop each with its own rows, one failing alone", function()
+    local dir = S.tmpname()
+    os.execute("mkdir -p '" .. dir .. "'")
+    local url = "sqlite:" .. dir .. "/t.db"
+    local db = assert(athena.db.open(url))
+    assert(db:query("PRAGMA journal_mode = WAL"))
+    assert(db:exec("CREATE TABLE items(id INTEGER PRIMARY KEY)"))
+    assert(db:exec("INSERT INTO items VALUES (1), (2), (3)"))
+    assert(db:exec("CREATE VIEW bad AS SELECT json_extract('not json', '$') AS v"))
+    db:close()
+    local w = S.world {}
+    w:start()
+    local s = w:serve { port = 0, gateway = { db = url, keys = { K = { rights = "*" } }, tables = { "items", "bad" },
+      threads = 1 } }
+    local py = dir .. "/probe.py"
+    local f = assert(io.open(py, "w"))
+    f:write(PASS_SCRIPT)
+    f:close()
+    local p = assert(io.popen("python3 '" .. py .. "' " .. s.url:match(":(%d+)$") .. " 2>&1"))
+    local out = p:read("a")
+    p:close()
+    local round = "200:3 200:3 200:3 500:0 200:3 200:3 200:3 200:3"
+    assert.equals(round .. "\n" .. round .. "\n", out)
   end)
 
   it("are 1 to 64 (one HTTP loop each)", function()
