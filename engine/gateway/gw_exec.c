@@ -1306,7 +1306,7 @@ static void finish_tasks(ath_gwtask_t* k) {
     prep_free(&m->p);
     if (m->job->out.data == NULL) /* out of memory on the way */
       ath__gwjob_error(m->job, 500, "internal_error", "out of memory", NULL);
-    ath__gws_finish(m->job);
+    ath__gws_finish(m->t, m->job);
     free(m);
     m = next;
   }

@@ -100,7 +100,8 @@ static void thread_main(void* arg) {
     uv_run(&t->loop, UV_RUN_DEFAULT); /* until GWT_STOP closed everything */
     uv_loop_close(&t->loop);
   }
-  ath__buf_free(&t->spare);
+  while (t->nspare > 0)
+    ath__buf_free(&t->spare[--t->nspare]);
   ath__gwt_close(t);
 }
 
@@ -497,11 +498,31 @@ ath_gwjob_t* ath__gws_hold(ath_gwjob_t* job, h2o_req_t* req) {
   return j;
 }
 
-void ath__gws_finish(ath_gwjob_t* j) {
+/* An emptied answer buffer kept by t, or an empty one. */
+static ath_buf_t take_spare(ath_gwt_t* t) {
+  if (t->nspare == 0)
+    return (ath_buf_t){0};
+  ath_buf_t b = t->spare[--t->nspare];
+  b.len = 0;
+  return b;
+}
+
+/* Keeps b's memory for t's next answers (b is left empty). */
+static void keep_spare(ath_gwt_t* t, ath_buf_t* b) {
+  size_t n = sizeof(t->spare) / sizeof(t->spare[0]);
+  if (b->data != NULL && b->cap <= ((size_t)1 << 20) && (size_t)t->nspare < n)
+    t->spare[t->nspare++] = *b; /* (a large answer's buffer is not kept) */
+  else
+    ath__buf_free(b);
+  memset(b, 0, sizeof(*b));
+}
+
+void ath__gws_finish(ath_gwt_t* t, ath_gwjob_t* j) {
   if (j->req != NULL) {
     ((gw_ref_t*)j->ref)->job = NULL;
-    send_job(j->req, j);
+    send_job(j->req, j); /* h2o copied the answer */
   }
+  keep_spare(t, &j->out);
   job_free(j);
 }
 
@@ -1200,15 +1221,11 @@ int ath__gws_handle(ath_gws_t* s, ath_gwt_t* t, h2o_req_t* req) {
       if ((vn = header(req, hints[i], v, sizeof(v))) > 0)
         j->hint[i] = dupz(v, vn);
   }
-  j->out = t->spare; /* the last answer's buffer, emptied */
-  j->out.len = 0;
-  memset(&t->spare, 0, sizeof(t->spare));
+  j->out = take_spare(t);
   if (ath__gwt_run(t, j, req) != 0)
-    return 1; /* off the loop: answered when done (j's parts were taken over) */
+    return 1; /* held: answered when done (j's parts were taken over) */
   send_job(req, j); /* h2o copied the answer: its buffer serves the next one */
-  t->spare = j->out;
-  if (t->spare.cap > ((size_t)1 << 20)) /* a large answer's buffer is not kept */
-    ath__buf_free(&t->spare);
+  keep_spare(t, &j->out);
   free(j->owned_body);
   free(j->event);
   for (int i = 0; i < 3; i++)

@@ -223,9 +223,9 @@ void ath__gwt_batch_close(ath_gwt_t* t);
  * nothing to free), answered on req when it is done unless the client
  * went away first. NULL when out of memory (job unchanged). */
 ath_gwjob_t* ath__gws_hold(ath_gwjob_t* job, struct st_h2o_req_t* req);
-/* gw_server.c, on the job's gateway thread: answers a held job (if its
- * client is still there) and frees it. */
-void ath__gws_finish(ath_gwjob_t* job);
+/* gw_server.c, on the job's gateway thread t: answers a held job (if its
+ * client is still there) and frees it, keeping its buffer for t's next. */
+void ath__gws_finish(ath_gwt_t* t, ath_gwjob_t* job);
 /* Creates and frees a thread's private state (its Lua state loads the
  * policies). Called on that thread. */
 int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen);
@@ -312,7 +312,10 @@ struct ath_gwt_s {
   int opened;                /* 1 open, -1 failed (under s->mu) */
   ath_http_t* http;          /* the listener GWT_OPEN serves */
   struct ath_http_loop_s* hl; /* this thread's HTTP loop, or NULL */
-  ath_buf_t spare;           /* an answer buffer kept between requests */
+  /* answer buffers kept between requests (a fetch's grows to a few KiB:
+   * the next answer is written without growing one again) */
+  ath_buf_t spare[64];
+  int nspare;
   lua_State* L;              /* policies */
   int policy_ref;            /* the global policy, or LUA_NOREF */
   int tables_ref;            /* table name -> policy function */
