@@ -1114,8 +1114,8 @@ static ath_db_t* group_db(ath_gws_t* s, ath_gwconn_t* c, run_t** runs, size_t n)
  * with it (SQLite rolls back the whole transaction on an interrupt, a
  * full disk, an I/O error): what ran before it is undone too, and the
  * caller runs the others again. */
-static int group_pass(ath_gws_t* s, ath_gwconn_t* c, ath_db_t* db, const char* begin, int reads,
-                      run_t** runs, size_t n) {
+static int group_pass(ath_gws_t* s, ath_gwconn_t* c, ath_db_t* db, const char* begin, run_t** runs,
+                      size_t n) {
   ath_db_error_t e;
   memset(&e, 0, sizeof(e));
   int rc = 0;
@@ -1125,9 +1125,7 @@ static int group_pass(ath_gws_t* s, ath_gwconn_t* c, ath_db_t* db, const char* b
     c->deadline = 0;
   }
   const char* at = begin; /* the statement that failed the whole group */
-  /* reads change nothing to undo: no savepoints, and a read that fails
-   * fails alone */
-  int several = n > 1 && !reads;
+  int several = n > 1;
   for (size_t i = 0; rc == 0 && i < n; i++) {
     run_t* r = runs[i];
     if (r->rc != 0)
@@ -1136,7 +1134,7 @@ static int group_pass(ath_gws_t* s, ath_gwconn_t* c, ath_db_t* db, const char* b
       break;
     run_body(s, c, db, r);
     if (!several)
-      continue;
+      break;
     if (r->rc != 0 && simple(db, "ROLLBACK TO gw_request", &e) != 0) {
       /* no such savepoint: the transaction is gone; those before r are
        * undone and run again (r's own failure is its answer) */
@@ -1152,17 +1150,6 @@ static int group_pass(ath_gws_t* s, ath_gwconn_t* c, ath_db_t* db, const char* b
   }
   if (begin == NULL)
     return 0;
-  if (reads) { /* what they read is their answer: the end of the
-                * transaction (gone already after some errors) changes none */
-    ath_db_error_t e2;
-    if (rc != 0 || simple(db, "COMMIT", &e2) != 0)
-      simple(db, "ROLLBACK", &e2);
-    if (rc != 0) /* BEGIN failed: none ran */
-      for (size_t i = 0; i < n; i++)
-        if (runs[i]->rc == 0)
-          run_fail(runs[i], rc, &e, at);
-    return 0;
-  }
   int any = 0;
   for (size_t i = 0; i < n; i++)
     any |= runs[i]->rc == 0;
@@ -1182,11 +1169,10 @@ static int group_pass(ath_gws_t* s, ath_gwconn_t* c, ath_db_t* db, const char* b
 /* The second half, on the gateway thread or (off the loop) a pool
  * thread: the requests' plans on connection c, and each envelope written
  * from its statements' rows into its job->out. One request runs in one
- * transaction (a lone SELECT is one by itself). Several are either SQLite
+ * transaction (a lone SELECT is one by itself). Several are SQLite
  * mutations that waited for c together (group commit): one transaction
  * and one sync for all, each answered only once that commit is in, and
- * each in a savepoint, so that one that fails fails alone; or SQLite
- * fetches read in one pass of the thread's loop: one read transaction. */
+ * each in a savepoint, so that one that fails fails alone. */
 static void execute_group(ath_gws_t* s, ath_gwconn_t* c, run_t** runs, prep_t** preps, size_t n) {
   const ath_gwjob_t* job = runs[0]->job;
   const ath_gw_plan_t* plan = &runs[0]->plan;
@@ -1208,7 +1194,7 @@ static void execute_group(ath_gws_t* s, ath_gwconn_t* c, run_t** runs, prep_t** 
   const char* begin = fetch && n == 1 && plan->nstmts <= 1 && !plan->has_count ? NULL
                       : pg || fetch                                               ? "BEGIN"
                                                                                   : "BEGIN IMMEDIATE";
-  while (group_pass(s, c, db, begin, fetch, runs, n)) {
+  while (group_pass(s, c, db, begin, runs, n)) {
     for (size_t i = 0; i < n; i++)
       if (runs[i]->rc == -1)
         run_start(runs[i], runs[i]->job, preps[i]);
@@ -1485,17 +1471,53 @@ static int go_off_loop(ath_gwt_t* t, ath_gwjob_t* job, prep_t* p, struct st_h2o_
  * fetch of the pass was read before the transaction begins, so it still
  * sees every write answered before it was sent. */
 
+/* The fetches of one pass on one database (k and those after it): one
+ * read transaction, each fetch answered as soon as its rows are written.
+ * One that fails fails alone (reads leave nothing to undo). An error may
+ * have ended the transaction: the next fetches then get a new one (its
+ * snapshot is still taken after they were read). */
+static void batch_reads(ath_gwtask_t* k) {
+  if (k->next == NULL) { /* alone: a SELECT is its own transaction */
+    run_tasks(k);
+    finish_tasks(k);
+    return;
+  }
+  ath_gws_t* s = k->t->s;
+  ath_gwconn_t* c = k->c;
+  run_t* runs[GROUP_MAX];
+  size_t n = 0;
+  for (ath_gwtask_t* m = k; m != NULL; m = m->next) {
+    run_start(&m->run, m->job, &m->p);
+    runs[n++] = &m->run;
+  }
+  ath_db_t* db = group_db(s, c, runs, n); /* NULL: each answered why */
+  ath_db_error_t e;
+  int open = db != NULL && simple(db, "BEGIN", &e) == 0;
+  for (ath_gwtask_t* m = k; m != NULL;) {
+    ath_gwtask_t* next = m->next;
+    run_t* r = &m->run;
+    if (db != NULL) {
+      run_body(s, c, db, r);
+      answer_end(s, r->job, &r->plan, &r->k, r->rc, &r->e, r->failed_sql, r->changes, r->count, NULL);
+      if (r->rc != 0 && open) /* refused while the transaction stands */
+        simple(db, "BEGIN", &e);
+    }
+    m->next = NULL;
+    finish_tasks(m);
+    m = next;
+  }
+  if (open && simple(db, "COMMIT", &e) != 0)
+    simple(db, "ROLLBACK", &e);
+}
+
 static void batch_run(uv_check_t* h) {
   ath_gwt_t* t = h->data;
   while (t->batch != NULL) { /* an answer may bring a pipelined request in */
     ath_gwtask_t* all = t->batch;
     t->batch = NULL;
     t->batch_tail = &t->batch;
-    while (all != NULL) {
-      ath_gwtask_t* k = take_group(&all, all->job->db, GROUP_MAX);
-      run_tasks(k);
-      finish_tasks(k);
-    }
+    while (all != NULL)
+      batch_reads(take_group(&all, all->job->db, GROUP_MAX));
   }
   uv_idle_stop(&t->batch_idle);
 }
