@@ -156,6 +156,38 @@ for rnd in range(2):
     print(" ".join(got), flush=True)
 ]]
 
+-- A fresh directory holding t.db in WAL mode, made by the statements
+-- given; returns the directory, the file's path and a connection to it.
+local function wal_db(...)
+  local dir = S.tmpname()
+  os.execute("mkdir -p '" .. dir .. "'")
+  local path = dir .. "/t.db"
+  local db = assert(athena.db.open("sqlite:" .. path))
+  assert(db:query("PRAGMA journal_mode = WAL"))
+  for _, sql in ipairs { ... } do
+    assert(db:exec(sql))
+  end
+  return dir, path, db
+end
+
+-- The shell command running Python `script` (written to dir) against
+-- server s, followed by `args`.
+local function probe(dir, script, s, args)
+  local py = dir .. "/probe.py"
+  local f = assert(io.open(py, "w"))
+  f:write(script)
+  f:close()
+  return "python3 '" .. py .. "' " .. s.url:match(":(%d+)$") .. (args and " " .. args or "")
+end
+
+-- What the command prints (its standard error too).
+local function output(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1"))
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
 describe("gateway threads", function()
   after_each(function()
     S.cleanup()
@@ -163,22 +195,12 @@ describe("gateway threads", function()
   end)
 
   it("serve a thread's other connections while its mutation waits for the write lock", function()
-    local dir = S.tmpname()
-    os.execute("mkdir -p '" .. dir .. "'")
-    local url = "sqlite:" .. dir .. "/t.db"
-    local db = assert(athena.db.open(url))
-    assert(db:query("PRAGMA journal_mode = WAL"))
-    assert(db:exec("CREATE TABLE items(id INTEGER PRIMARY KEY)"))
-    assert(db:exec("INSERT INTO items VALUES (1)"))
+    local dir, path, db = wal_db("CREATE TABLE items(id INTEGER PRIMARY KEY)", "INSERT INTO items VALUES (1)")
     local w = S.world {}
     w:start()
-    local s = w:serve { port = 0, gateway = { db = url, keys = { K = { rights = "*" } }, tables = { "items" },
-      threads = 1 } }
-    local py = dir .. "/probe.py"
-    local f = assert(io.open(py, "w"))
-    f:write(SCRIPT)
-    f:close()
-    local fetches, insert = while_locked(db, dir, "python3 '" .. py .. "' " .. s.url:match(":(%d+)$"))
+    local s = w:serve { port = 0, gateway = { db = "sqlite:" .. path, keys = { K = { rights = "*" } },
+      tables = { "items" }, threads = 1 } }
+    local fetches, insert = while_locked(db, dir, probe(dir, SCRIPT, s))
     assert.equals("200 200 200 200 200", fetches)
     assert.matches("^200 .*Inserted 1 rows", insert)
     assert.equals(2, #assert(db:query("SELECT id FROM items")))
@@ -190,31 +212,19 @@ describe("gateway threads", function()
   -- returns the inserts' outcomes, the ids then stored and the commits
   -- the inserts made.
   local function group(bodies, gateway, schema)
-    local dir = S.tmpname()
-    os.execute("mkdir -p '" .. dir .. "'")
-    local path = dir .. "/t.db"
-    local url = "sqlite:" .. path
-    local db = assert(athena.db.open(url))
-    assert(db:query("PRAGMA journal_mode = WAL"))
-    assert(db:exec("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT)"))
-    assert(db:exec("INSERT INTO items VALUES (1, 'one')"))
-    if schema then
-      assert(db:exec(schema))
-    end
+    local dir, path, db = wal_db("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT)",
+      "INSERT INTO items VALUES (1, 'one')", schema)
     local w = S.world {}
     w:start()
-    gateway.db, gateway.keys, gateway.tables, gateway.threads = url, { K = { rights = "*" } }, { "items" }, 1
+    gateway.db, gateway.keys, gateway.tables, gateway.threads = "sqlite:" .. path, { K = { rights = "*" } },
+      { "items" }, 1
     local s = w:serve { port = 0, gateway = gateway }
-    local py, lines = dir .. "/probe.py", dir .. "/bodies"
-    local f = assert(io.open(py, "w"))
-    f:write(GROUP_SCRIPT)
-    f:close()
-    f = assert(io.open(lines, "w"))
+    local lines = dir .. "/bodies"
+    local f = assert(io.open(lines, "w"))
     f:write(table.concat(bodies, "\n"))
     f:close()
     local commits = wal_commits(path .. "-wal")
-    local fetch, inserts = while_locked(db, dir, "python3 '" .. py .. "' " .. s.url:match(":(%d+)$") .. " '" ..
-      lines .. "'")
+    local fetch, inserts = while_locked(db, dir, probe(dir, GROUP_SCRIPT, s, "'" .. lines .. "'"))
     assert.equals("200 200", fetch)
     local ids = S.ids(assert(db:query("SELECT id FROM items ORDER BY id")))
     commits = wal_commits(path .. "-wal") - commits
@@ -249,50 +259,26 @@ describe("gateway threads", function()
   end)
 
   it("answer a fetch with every write answered before it, on any thread, after commits and checkpoints", function()
-    local dir = S.tmpname()
-    os.execute("mkdir -p '" .. dir .. "'")
-    local path = dir .. "/t.db"
-    local db = assert(athena.db.open("sqlite:" .. path))
-    assert(db:query("PRAGMA journal_mode = WAL"))
-    assert(db:exec("CREATE TABLE items(id INTEGER PRIMARY KEY, v INTEGER)"))
-    assert(db:exec("INSERT INTO items VALUES (1, 0)"))
+    local dir, path, db = wal_db("CREATE TABLE items(id INTEGER PRIMARY KEY, v INTEGER)",
+      "INSERT INTO items VALUES (1, 0)")
     db:close()
     local w = S.world {}
     w:start()
     local s = w:serve { port = 0, gateway = { db = "sqlite:" .. path, keys = { K = { rights = "*" } },
       tables = { "items" }, threads = 2,
       rateLimits = { key = { rate = 1e6, burst = 1e6 }, ip = { rate = 1e6, burst = 1e6 } } } }
-    local py = dir .. "/probe.py"
-    local f = assert(io.open(py, "w"))
-    f:write(CONSISTENCY_SCRIPT)
-    f:close()
-    local p = assert(io.popen("python3 '" .. py .. "' " .. s.url:match(":(%d+)$") .. " '" .. path .. "' 2>&1"))
-    local out = p:read("a")
-    p:close()
-    assert.equals("done\n", out)
+    assert.equals("done\n", output(probe(dir, CONSISTENCY_SCRIPT, s, "'" .. path .. "'")))
   end)
 
   it("answer the fetches read in one pass of the loop each with its own rows, one failing alone", function()
-    local dir = S.tmpname()
-    os.execute("mkdir -p '" .. dir .. "'")
-    local url = "sqlite:" .. dir .. "/t.db"
-    local db = assert(athena.db.open(url))
-    assert(db:query("PRAGMA journal_mode = WAL"))
-    assert(db:exec("CREATE TABLE items(id INTEGER PRIMARY KEY)"))
-    assert(db:exec("INSERT INTO items VALUES (1), (2), (3)"))
-    assert(db:exec("CREATE VIEW bad AS SELECT json_extract('not json', '$') AS v"))
+    local dir, path, db = wal_db("CREATE TABLE items(id INTEGER PRIMARY KEY)",
+      "INSERT INTO items VALUES (1), (2), (3)", "CREATE VIEW bad AS SELECT json_extract('not json', '$') AS v")
     db:close()
     local w = S.world {}
     w:start()
-    local s = w:serve { port = 0, gateway = { db = url, keys = { K = { rights = "*" } }, tables = { "items", "bad" },
-      threads = 1 } }
-    local py = dir .. "/probe.py"
-    local f = assert(io.open(py, "w"))
-    f:write(PASS_SCRIPT)
-    f:close()
-    local p = assert(io.popen("python3 '" .. py .. "' " .. s.url:match(":(%d+)$") .. " 2>&1"))
-    local out = p:read("a")
-    p:close()
+    local s = w:serve { port = 0, gateway = { db = "sqlite:" .. path, keys = { K = { rights = "*" } },
+      tables = { "items", "bad" }, threads = 1 } }
+    local out = output(probe(dir, PASS_SCRIPT, s))
     local round = "200:3 200:3 200:3 500:0 200:3 200:3 200:3 200:3"
     assert.equals(round .. "\n" .. round .. "\n", out)
   end)
