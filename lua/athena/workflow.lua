@@ -217,7 +217,7 @@ function Ctx:run(name, input, opts)
   local payload = done == nil and durable and core.encode(input, "input")
   self._seq = seq
   local ev = ix.sched[seq] and recorded(self, seq, "activity.scheduled", name)
-  local strategy = strategy_of(self, def, opts)
+  local strategy = opts.failureStrategy or def.options.failureStrategy or self._strategy -- strategy_of, inline
   if done == nil then
     if ev ~= nil and ev.run == self._run then
       park(self, "activity", seq, ev.taskId)
