@@ -198,9 +198,15 @@ end
 --- ctx:run(name, input, opts): runs `name` through the queue and returns
 -- its result; its error is raised (returned as nil, err under `ignore`).
 function Ctx:run(name, input, opts)
-  local def
-  def, opts = check_call("ctx:run", name, opts, LIMITS)
-  -- (the hot path of a workflow: a step calls as few functions as it can)
+  -- (the hot path of a workflow: a step calls as few functions as it can;
+  -- a call without options checks only that name is defined, which a
+  -- name that is not a string never is: check_call then says why)
+  local def = opts == nil and (defs or definitions())[name] or nil
+  if def ~= nil then
+    opts = NOOPTS
+  else
+    def, opts = check_call("ctx:run", name, opts, LIMITS)
+  end
   local limits = opts ~= NOOPTS and check_limits("ctx:run", name, def, opts) or nil
   local ix, seq = self._ix, self._seq + 1
   local done = ix.done[seq]
@@ -211,7 +217,7 @@ function Ctx:run(name, input, opts)
   local payload = done == nil and durable and core.encode(input, "input")
   self._seq = seq
   local ev = ix.sched[seq] and recorded(self, seq, "activity.scheduled", name)
-  local strategy = strategy_of(self, def, opts)
+  local strategy = opts.failureStrategy or def.options.failureStrategy or self._strategy -- strategy_of, inline
   if done == nil then
     if ev ~= nil and ev.run == self._run then
       park(self, "activity", seq, ev.taskId)
