@@ -839,6 +839,9 @@ struct ath_world_s {
   int nheld, held_cap;
   int drained, requeued, abandoned;
   void (*start_hook)(ath_world_t* w); /* tests only: see ath__world_set_start_hook */
+  /* tests only: called by the store thread once it grew its batch memory
+   * for `rows` (store.c bufs_prefault), set under the lock */
+  void (*store_grow_hook)(ath_world_t* w, size_t rows);
   /* The manual clock (clock = "manual"): time moves only in advance(). */
   int manual;
   int64_t vbase_wall;    /* epoch ms when the manual clock was made */

@@ -1488,6 +1488,62 @@ TEST_IMPL(world_submit_hybrid_stored) {
   return end_world(w);
 }
 
+/* The store grows its batch memory (and faults it in) without the world
+ * lock: a burst's first batch of 65,000 rows held the lock 50 ms faulting
+ * it in. The probe, on the store thread, takes the lock: that fails for
+ * as long as its own thread holds it (others let go within the deadline). */
+static atomic_int grow_calls, grow_under_lock;
+static size_t grow_rows;
+
+static void grow_probe(ath_world_t* w, size_t rows) {
+  uint64_t deadline = uv_hrtime() + 2000000000ull;
+  int got = 0;
+  while (!got && uv_hrtime() < deadline) {
+    got = uv_mutex_trylock(&w->lock) == 0;
+    if (got)
+      uv_mutex_unlock(&w->lock);
+    else
+      uv_sleep(1);
+  }
+  if (!got)
+    atomic_fetch_add(&grow_under_lock, 1);
+  grow_rows = rows > grow_rows ? rows : grow_rows;
+  atomic_fetch_add(&grow_calls, 1);
+}
+
+TEST_IMPL(world_store_grows_batch_memory_unlocked) {
+  ath_world_t* w = hybrid_world();
+  uv_mutex_lock(&w->lock);
+  w->store_grow_hook = grow_probe;
+  uv_mutex_unlock(&w->lock);
+  ath_task_t* g0 = gate(w, 0); /* nothing else runs: the batch grows */
+  await_gate(0);
+  enum { N = 5000 };
+  static char* payloads[N];
+  static size_t lens[N];
+  static ath_task_t* ts[N];
+  for (int i = 0; i < N; i++)
+    payloads[i] = dup_json("null", &lens[i]);
+  char err[256];
+  ASSERT_OK(ath_world_execute(w, "seq", N, payloads, lens, NULL, NULL, ts, err, sizeof(err)));
+  uint64_t deadline = uv_hrtime() + 10000000000ull;
+  for (int stored = 0; !stored; uv_sleep(1)) { /* polls the commit's flag */
+    ASSERT(uv_hrtime() < deadline);
+    uv_mutex_lock(&w->lock);
+    stored = ts[N - 1]->stored;
+    uv_mutex_unlock(&w->lock);
+  }
+  open_gate(0);
+  for (int i = 0; i < N; i++)
+    ath_task_release(ts[i]);
+  ath_task_release(g0);
+  ASSERT_OK(end_world(w));
+  ASSERT_GE(atomic_load(&grow_calls), 1);
+  ASSERT_GE(grow_rows, (size_t)N); /* the batch of N grew it */
+  ASSERT_EQ(0, atomic_load(&grow_under_lock));
+  return 0;
+}
+
 /* hybrid: submissions that skip the world lock still wait for a store that
  * is behind (ATH_HYBRID_BACKLOG changes not committed), as the locked path
  * does: with commits slowed down and no task running, each executeMany
