@@ -169,6 +169,28 @@ int ath__db_exec_async(ath_db_t* db, uv_loop_t* loop, const char* sql,
                        ath_db_error_t* err);
 /* After cb: the outcome, as ath__db_exec returns it. */
 int ath__db_async_result(ath_db_t* db, ath_db_res_t** out, ath_db_error_t* err);
+/* One statement of a pipeline, and what is told of its outcome: rc 0 and
+ * res (the callee frees it), or an ATH_DB_E* code and err. */
+typedef struct {
+  const char* sql;
+  const ath_db_value_t* params;
+  int n;
+  void* ud;                    /* given back to `each` */
+} ath_db_stmt_t;
+typedef void (*ath_db_each_cb)(ath_db_t* db, void* ud, int rc, ath_db_res_t* res, const ath_db_error_t* err);
+/* PostgreSQL, on a connection that is up (ath__db_connected): sends the n
+ * statements at once in libpq's pipeline mode, with one sync after the
+ * last, so that the server reads them in one go and answers them in one
+ * go; then `each(db, st[i].ud, ...)` runs for each, in order, as soon as
+ * its outcome is in, and `done(db, ud)` after the last. Each succeeds or
+ * fails alone, as if it ran by itself: those the server skipped after
+ * another one's error are sent again, and so is one whose prepared
+ * statement the schema changed under (once). The SQL and parameters are
+ * copied. Returns 0, or a failure found before any wait (EBUSY, ENOMEM,
+ * not connected, a bad parameter count) with err set, and then no
+ * callback runs. ath__db_async_result is not used with it. */
+int ath__db_pipeline_async(ath_db_t* db, uv_loop_t* loop, const ath_db_stmt_t* st, int n, ath_db_each_cb each,
+                           ath_db_cb done, void* ud, ath_db_error_t* err);
 /* Gives up on the statement in flight; cb never runs. PostgreSQL: asks
  * the server to cancel it and drops the connection (so no half-read reply
  * can confuse the next statement, which connects again). SQLite: interrupts

@@ -61,6 +61,7 @@ typedef struct ath_db_async_s {
   int rc;                /* outcome, once OP_DONE */
   ath_db_res_t* out;
   ath_db_error_t err;
+  struct pipe_s* pipe;   /* a pipeline's statements (ath__db_pipeline_async), or NULL */
 } op_t;
 
 /* --------------------------------------------------------------- errors */
@@ -590,6 +591,9 @@ static int watch(ath_db_t* db, int events) {
   return rc;
 }
 
+static void pipe_end(ath_db_t* db, int rc);
+static void read_pipe(ath_db_t* db);
+
 static void free_op_data(op_t* op) {
   free(op->sql);
   op->sql = NULL;
@@ -605,6 +609,8 @@ static void free_op_data(op_t* op) {
  * (last: it may start the next statement). */
 static void complete(ath_db_t* db, int rc) {
   op_t* op = db->op;
+  if (op->pipe != NULL)
+    pipe_end(db, rc);
   if (!db->keep_watch || db->pg == NULL || watch(db, UV_READABLE) != 0)
     unwatch(op);
   op->rc = rc;
@@ -802,8 +808,12 @@ static void on_poll(uv_poll_t* h, int status, int events) {
     if (watch(db, UV_READABLE) != 0)
       return complete_lost(db, "cannot poll the connection");
   }
-  if (op->phase == OP_READ && (events & UV_READABLE))
-    read_results(db);
+  if (op->phase == OP_READ && (events & UV_READABLE)) {
+    if (op->pipe != NULL)
+      read_pipe(db);
+    else
+      read_results(db);
+  }
 }
 
 int ath__db_exec_async(ath_db_t* db, uv_loop_t* loop, const char* sql,
@@ -875,6 +885,317 @@ int ath__db_exec_async(ath_db_t* db, uv_loop_t* loop, const char* sql,
   return rc;
 }
 
+/* ------------------------------------------------------------- pipelines
+ *
+ * ath__db_pipeline_async: the statements go out in rounds. A round sends
+ * every statement still to run (a PREPARE first for one whose SQL has no
+ * prepared statement yet and a free slot for it) and one sync, and reads
+ * their results in the same order: each statement's results, then a NULL,
+ * and the sync's PGRES_PIPELINE_SYNC last. After an error the server skips
+ * the rest of the round (PGRES_PIPELINE_ABORTED): those go in the next
+ * round, so that each fails only on its own error. */
+
+enum { PS_WAIT = 0, PS_SENT, PS_DONE };
+
+typedef struct {
+  char* sql;             /* rewritten; values, lengths, formats as in op_t */
+  char** values;
+  int* lengths;
+  int* formats;
+  int n;
+  void* ud;
+  int state;             /* PS_* */
+  int slot;              /* its PREPARE went in this round, into this slot, or -1 */
+  int again;             /* may be prepared again once */
+  int skip;              /* this round's results are not its outcome (told, or sent again) */
+  PGresult* res;         /* the result kept from this round (the first error, else the last) */
+} pitem_t;
+
+typedef struct pipe_s {
+  ath_db_each_cb each;
+  int n;
+  int cur;               /* the statement whose results are read, n once all are */
+  int in_prep;           /* they are those of its PREPARE */
+  pitem_t item[];
+} pipe_t;
+
+static void pitem_tell(ath_db_t* db, pitem_t* m, int rc, ath_db_res_t* res, const ath_db_error_t* err) {
+  m->state = PS_DONE;
+  db->op->pipe->each(db, m->ud, rc, res, err);
+}
+
+/* The next sent statement from i on, or n. */
+static int next_sent(const pipe_t* p, int i) {
+  while (i < p->n && p->item[i].state != PS_SENT)
+    i++;
+  return i;
+}
+
+/* Sends a round: every statement waiting, then the sync. Returns 0, or
+ * -1 when the connection failed (op->err set, dropped). */
+static int send_round(ath_db_t* db) {
+  op_t* op = db->op;
+  pipe_t* p = op->pipe;
+  struct ath_db_pgstmts_s* c = db->pgstmts;
+  if (c == NULL && (c = db->pgstmts = calloc(1, sizeof(*c))) == NULL) {
+    conn_fail(db, ATH_ENOMEM, "out of memory", &op->err);
+    return -1;
+  }
+  int ok = 1;
+  for (int i = 0; i < p->n && ok; i++) {
+    pitem_t* m = &p->item[i];
+    if (m->state != PS_WAIT)
+      continue;
+    m->state = PS_SENT;
+    m->skip = 0;
+    m->slot = -1;
+    int at = -1, free_slot = -1;
+    for (int j = 0; j < PG_STMTS && at < 0; j++) {
+      if (c->slot[j].sql != NULL && strcmp(c->slot[j].sql, m->sql) == 0)
+        at = j;
+      else if (c->slot[j].sql == NULL && free_slot < 0)
+        free_slot = j;
+    }
+    if (at < 0 && free_slot >= 0 && (c->slot[free_slot].sql = strdup(m->sql)) != NULL) {
+      pgstmt_t* v = &c->slot[free_slot];
+      snprintf(v->name, sizeof(v->name), "ath_%llu", (unsigned long long)++c->serial);
+      m->slot = at = free_slot;
+      ok = PQsendPrepare(db->pg, v->name, m->sql, m->n, NULL);
+    }
+    if (!ok)
+      break;
+    if (at >= 0) {
+      c->slot[at].used = ++c->tick;
+      ok = PQsendQueryPrepared(db->pg, c->slot[at].name, m->n, (const char* const*)m->values, m->lengths,
+                               m->formats, 0);
+    } else {
+      ok = PQsendQueryParams(db->pg, m->sql, m->n, NULL, (const char* const*)m->values, m->lengths, m->formats,
+                             0);
+    }
+  }
+  int rc = ok && PQpipelineSync(db->pg) ? PQflush(db->pg) : -1;
+  if (rc < 0 || watch(db, rc == 0 ? UV_READABLE : UV_READABLE | UV_WRITABLE) != 0) {
+    const char* m = PQerrorMessage(db->pg);
+    conn_fail(db, ATH_DB_ECONNLOST, m && *m ? m : "cannot poll the connection", &op->err);
+    unwatch(op);
+    ath__db_pg_disconnect(db);
+    return -1;
+  }
+  op->phase = rc == 0 ? OP_READ : OP_FLUSH;
+  p->cur = next_sent(p, 0);
+  p->in_prep = p->cur < p->n && p->item[p->cur].slot >= 0;
+  return 0;
+}
+
+/* Forgets every prepared statement of this SQL. */
+static void drop_sql(ath_db_t* db, const char* sql) {
+  for (int i = 0; db->pgstmts != NULL && i < PG_STMTS; i++)
+    if (db->pgstmts->slot[i].sql != NULL && strcmp(db->pgstmts->slot[i].sql, sql) == 0)
+      drop_slot(db, i);
+}
+
+/* The current statement's unit (its PREPARE, or itself) has ended with
+ * `last` (taken). */
+static void unit_end(ath_db_t* db, pitem_t* m, PGresult* last) {
+  pipe_t* p = db->op->pipe;
+  ExecStatusType st = last != NULL ? PQresultStatus(last) : PGRES_FATAL_ERROR;
+  if (p->in_prep) {
+    p->in_prep = 0;
+    if (st == PGRES_COMMAND_OK) { /* prepared: the statement itself next */
+      PQclear(last);
+      return;
+    }
+    drop_slot(db, m->slot); /* its PREPARE failed: the error is the statement's */
+    m->skip = 1;
+    if (st == PGRES_PIPELINE_ABORTED) {
+      m->state = PS_WAIT;
+      PQclear(last);
+    } else {
+      ath_db_res_t* out = NULL;
+      ath_db_error_t err;
+      memset(&err, 0, sizeof(err));
+      int rc = finish_result(db, last, &out, &err);
+      ath__db_res_free(out);
+      pitem_tell(db, m, rc != 0 ? rc : ATH_DB_EDB, NULL, &err);
+    }
+    return;
+  }
+  if (m->skip) { /* skipped by the server after its own PREPARE's error */
+    PQclear(last);
+  } else if (st == PGRES_PIPELINE_ABORTED) {
+    m->state = PS_WAIT;
+    PQclear(last);
+  } else {
+    const char* state = last != NULL ? PQresultErrorField(last, PG_DIAG_SQLSTATE) : NULL;
+    if (state != NULL && (strcmp(state, "0A000") == 0 || strcmp(state, "26000") == 0)) {
+      drop_sql(db, m->sql); /* the schema changed under its prepared statement */
+      if (m->again) {
+        m->again = 0;
+        m->state = PS_WAIT;
+        PQclear(last);
+        last = NULL;
+      }
+    }
+    if (last != NULL) {
+      ath_db_res_t* out = NULL;
+      ath_db_error_t err;
+      memset(&err, 0, sizeof(err));
+      int rc = finish_result(db, last, &out, &err);
+      pitem_tell(db, m, rc, out, &err);
+    }
+  }
+  p->cur = next_sent(p, p->cur + 1);
+  p->in_prep = p->cur < p->n && p->item[p->cur].slot >= 0;
+}
+
+/* Reads what arrived; a round ends at its sync, and the pipeline once no
+ * statement waits. */
+static void read_pipe(ath_db_t* db) {
+  op_t* op = db->op;
+  pipe_t* p = op->pipe;
+  if (!PQconsumeInput(db->pg))
+    return complete_lost(db, "connection lost");
+  while (!PQisBusy(db->pg)) {
+    PGresult* res = PQgetResult(db->pg);
+    if (p->cur >= p->n) { /* every statement read: the sync */
+      if (res == NULL)
+        continue; /* none comes without one */
+      int sync = PQresultStatus(res) == PGRES_PIPELINE_SYNC;
+      PQclear(res);
+      if (!sync)
+        return complete_lost(db, "unexpected result in a pipeline");
+      if (next_sent(p, 0) < p->n)
+        return complete_lost(db, "a pipeline's result is missing");
+      int waiting = 0;
+      for (int i = 0; i < p->n; i++)
+        waiting |= p->item[i].state == PS_WAIT;
+      if (waiting) { /* skipped after an error: another round */
+        if (send_round(db) != 0)
+          return complete(db, ATH_DB_ECONNLOST);
+        if (op->phase == OP_FLUSH)
+          return;
+        continue;
+      }
+      if (!PQexitPipelineMode(db->pg))
+        return complete_lost(db, "cannot leave pipeline mode");
+      return complete(db, 0);
+    }
+    pitem_t* m = &p->item[p->cur];
+    if (res == NULL) {
+      PGresult* last = m->res;
+      m->res = NULL;
+      unit_end(db, m, last);
+      if (db->pg == NULL) /* the error said the connection is gone */
+        return complete(db, ATH_DB_ECONNLOST);
+      continue;
+    }
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH || st == PGRES_PIPELINE_SYNC) {
+      PQclear(res);
+      return complete_lost(db, "unexpected result in a pipeline");
+    }
+    if (m->res != NULL && PQresultStatus(m->res) == PGRES_FATAL_ERROR) {
+      PQclear(res); /* keep the first error, else the last result */
+    } else {
+      PQclear(m->res);
+      m->res = res;
+    }
+  }
+}
+
+/* Ends the pipeline: statements not told yet get rc with op->err. */
+static void pipe_end(ath_db_t* db, int rc) {
+  op_t* op = db->op;
+  pipe_t* p = op->pipe;
+  for (int i = 0; i < p->n; i++) {
+    pitem_t* m = &p->item[i];
+    if (m->res != NULL)
+      PQclear(m->res);
+    if (m->state != PS_DONE) {
+      if (rc == 0) /* cannot be: told as lost */
+        conn_fail(db, ATH_DB_ECONNLOST, "the statement was not answered", &op->err);
+      pitem_tell(db, m, rc != 0 ? rc : ATH_DB_ECONNLOST, NULL, &op->err);
+    }
+    free(m->sql);
+    free(m->values);
+  }
+  op->pipe = NULL;
+  free(p);
+}
+
+/* Frees a pipeline that never started, or was given up: nobody is told. */
+static void pipe_free(pipe_t* p) {
+  for (int i = 0; p != NULL && i < p->n; i++) {
+    if (p->item[i].res != NULL)
+      PQclear(p->item[i].res);
+    free(p->item[i].sql);
+    free(p->item[i].values);
+  }
+  free(p);
+}
+
+int ath__db_pipeline_async(ath_db_t* db, uv_loop_t* loop, const ath_db_stmt_t* st, int n, ath_db_each_cb each,
+                           ath_db_cb done, void* ud, ath_db_error_t* err) {
+  if (db->kind != ATH_DB_PG || db->pg == NULL || PQstatus(db->pg) != CONNECTION_OK || n <= 0) {
+    ath__db_seterr(err, ATH_DB_EINVAL, NULL, "a pipeline needs a PostgreSQL connection that is up", NULL, NULL);
+    return ATH_DB_EINVAL;
+  }
+  if (ath__db_busy(db)) {
+    ath__db_seterr(err, ATH_DB_EBUSY, NULL, "another statement is in flight on this connection", NULL, NULL);
+    return ATH_DB_EBUSY;
+  }
+  if (db->op == NULL && (db->op = calloc(1, sizeof(op_t))) == NULL) {
+    conn_fail(db, ATH_ENOMEM, "out of memory", err);
+    return ATH_ENOMEM;
+  }
+  pipe_t* p = calloc(1, sizeof(*p) + (size_t)n * sizeof(pitem_t));
+  if (p == NULL) {
+    conn_fail(db, ATH_ENOMEM, "out of memory", err);
+    return ATH_ENOMEM;
+  }
+  p->each = each;
+  p->n = n;
+  for (int i = 0; i < n; i++) {
+    pitem_t* m = &p->item[i];
+    m->ud = st[i].ud;
+    m->n = st[i].n;
+    m->again = 1;
+    m->slot = -1;
+    if ((m->sql = prepare_sql(st[i].sql, st[i].n, err)) == NULL ||
+        (m->values = pg_params(st[i].params, st[i].n, &m->lengths, &m->formats)) == NULL) {
+      if (m->sql != NULL)
+        conn_fail(db, ATH_ENOMEM, "out of memory", err);
+      pipe_free(p);
+      return err->code;
+    }
+  }
+  op_t* op = db->op;
+  ath__db_res_free(op->out); /* an outcome nobody took */
+  pgpoll_t* kept = op->pp;
+  memset(op, 0, sizeof(*op));
+  op->pp = kept;
+  op->loop = loop;
+  op->cb = done;
+  op->ud = ud;
+  op->slot = -1;
+  PQsetnonblocking(db->pg, 1);
+  if (!PQenterPipelineMode(db->pg)) {
+    pipe_free(p);
+    op->phase = OP_DONE;
+    conn_fail(db, ATH_DB_EDB, PQerrorMessage(db->pg), err);
+    return ATH_DB_EDB;
+  }
+  op->pipe = p;
+  if (send_round(db) != 0) {
+    *err = op->err;
+    pipe_free(p);
+    op->pipe = NULL;
+    op->phase = OP_DONE;
+    return ATH_DB_ECONNLOST;
+  }
+  return 0;
+}
+
 void ath__db_keep_watch(ath_db_t* db) {
   db->keep_watch = 1;
 }
@@ -924,6 +1245,7 @@ void ath__db_abort(ath_db_t* db) {
     ath__db_pg_disconnect(db);
     free_op_data(op);
   }
+  pipe_free(op->pipe);
   ath__db_res_free(op->out);
   free(op);
   db->op = NULL;

@@ -333,11 +333,12 @@ int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen) {
   }
   t->conns = calloc((size_t)s->cfg.ndbs, sizeof(*t->conns));
   t->idle = calloc((size_t)s->cfg.ndbs, sizeof(*t->idle));
-  t->nmade = calloc((size_t)s->cfg.ndbs, sizeof(int));
+  t->nmade = calloc(2 * (size_t)s->cfg.ndbs, sizeof(int));
   if (t->conns == NULL || t->idle == NULL || t->nmade == NULL) {
     snprintf(err, errlen, "%s", "out of memory");
     return ATH_ENOMEM;
   }
+  t->nreads = t->nmade + s->cfg.ndbs;
   t->plans = ath__gwpc_new(PLAN_CACHE); /* NULL: every request compiles */
   /* connections now, while the files are the ones just introspected: a
    * file deleted later is then noticed (ath__db_file_moved) instead of
@@ -1257,6 +1258,10 @@ static void run_health(ath_gwt_t* t, ath_gwjob_t* job) {
  * (execute_group). SQLite reads run where they are. */
 #define OFF_LOOP_CONNS 4
 #define GROUP_MAX 64
+/* Of those, PostgreSQL reads on the loop use at most this many at once:
+ * more reads wait, and go together in the next pipeline (fewer, larger
+ * pipelines cost the server less per read) */
+#define PG_READ_CONNS 2
 
 struct ath_gwtask_s {
   uv_work_t work;
@@ -1264,6 +1269,8 @@ struct ath_gwtask_s {
   ath_gwjob_t* job;          /* held by gw_server.c until answered */
   prep_t p;
   ath_gwconn_t* c;
+  int db;                    /* job->db (the job is gone once answered) */
+  int reading;               /* counted in t->nreads */
   ath_gwtask_t* next;        /* waiting for a connection, then: the group's next */
   run_t run;                 /* as a member of a group */
 };
@@ -1285,14 +1292,22 @@ static void run_tasks(ath_gwtask_t* k) {
   execute_group(k->t->s, k->c, runs, preps, n);
 }
 
+/* Sends m's answer (unless sent already). */
+static void finish_task(ath_gwtask_t* m) {
+  if (m->job == NULL)
+    return;
+  prep_free(&m->p);
+  if (m->job->out.data == NULL) /* out of memory on the way */
+    ath__gwjob_error(m->job, 500, "internal_error", "out of memory", NULL);
+  ath__gws_finish(m->t, m->job);
+  m->job = NULL;
+}
+
 /* Answers k and the tasks after it, and frees them. */
 static void finish_tasks(ath_gwtask_t* k) {
   for (ath_gwtask_t* m = k; m != NULL;) {
     ath_gwtask_t* next = m->next;
-    prep_free(&m->p);
-    if (m->job->out.data == NULL) /* out of memory on the way */
-      ath__gwjob_error(m->job, 500, "internal_error", "out of memory", NULL);
-    ath__gws_finish(m->t, m->job);
+    finish_task(m);
     free(m);
     m = next;
   }
@@ -1304,39 +1319,118 @@ static void task_work(uv_work_t* w) {
 
 static void task_done(uv_work_t* w, int status);
 
+/* A fetch of one statement, which PostgreSQL may run on the loop. */
+static int read_plan(const ath_gwjob_t* job, const prep_t* p) {
+  return job->op == ATH_GW_FETCH && p->plan.nstmts == 1 && !p->plan.has_count;
+}
+
+static int one_read(const ath_gwtask_t* k) {
+  return read_plan(k->job, &k->p);
+}
+
 /* A PostgreSQL read of one statement on a connection that is set up runs
  * on the thread's own loop: libpq non-blocking (ath__db_exec_async, the
- * session's prepared statement of the SQL), answered in pg_done. A
- * connection to open (which blocks), a transaction, several statements
- * and writes go to the pool. */
+ * session's prepared statement of the SQL), answered in pg_done. Such
+ * reads that waited for a connection together go in one pipeline
+ * (pg_pipeline). A connection to open (which blocks), a transaction,
+ * several statements and writes go to the pool. */
 static int on_loop(const ath_gwtask_t* k) {
-  const ath_gw_plan_t* p = &k->p.plan;
   const ath_gwconn_t* c = k->c;
-  return k->job->op == ATH_GW_FETCH && p->nstmts == 1 && !p->has_count && c->db != NULL && c->prepared &&
-         ath__db_kind(c->db) == ATH_DB_PG && ath__db_connected(c->db);
+  return one_read(k) && c->db != NULL && c->prepared && ath__db_kind(c->db) == ATH_DB_PG &&
+         ath__db_connected(c->db);
+}
+
+/* Answers k's read from its statement's outcome (r is freed). */
+static void pg_answer(ath_gwtask_t* k, int rc, ath_db_res_t* r, ath_db_error_t* e) {
+  const ath_gw_plan_t* plan = &k->p.plan;
+  sink_t sk;
+  answer_start(k->job, plan, &sk, NULL);
+  if (rc == 0)
+    rc = ath__db_res_rows(r, sink_row, &sk, e);
+  ath__db_res_free(r);
+  answer_end(k->t->s, k->job, plan, &sk, rc, e, rc != 0 ? plan->stmts[0].sql : NULL, 0, -1, NULL);
 }
 
 static void pg_done(ath_db_t* db, void* ud) {
   ath_gwtask_t* k = ud;
-  const ath_gw_plan_t* plan = &k->p.plan;
   ath_db_res_t* r = NULL;
   ath_db_error_t e;
   memset(&e, 0, sizeof(e));
-  sink_t sk;
-  answer_start(k->job, plan, &sk, NULL);
   int rc = ath__db_async_result(db, &r, &e);
-  if (rc == 0)
-    rc = ath__db_res_rows(r, sink_row, &sk, &e);
-  ath__db_res_free(r);
-  answer_end(k->t->s, k->job, plan, &sk, rc, &e, rc != 0 ? plan->stmts[0].sql : NULL, 0, -1, NULL);
+  pg_answer(k, rc, r, &e);
   if (k->t->hl == NULL) /* the thread stops: its loop must end */
     ath__db_unwatch(db);
   task_done(&k->work, 0);
 }
 
+/* A pipeline's read has its outcome: answered at once. */
+static void pg_each(ath_db_t* db, void* ud, int rc, ath_db_res_t* res, const ath_db_error_t* err) {
+  (void)db;
+  ath_gwtask_t* m = ud;
+  ath_db_error_t e = *err;
+  pg_answer(m, rc, res, &e);
+  finish_task(m);
+}
+
+static void pg_pipeline_done(ath_db_t* db, void* ud) {
+  ath_gwtask_t* k = ud;
+  if (k->t->hl == NULL)
+    ath__db_unwatch(db);
+  task_done(&k->work, 0);
+}
+
+/* Sends k and the reads after it in one pipeline; 0, or -1 (not sent). */
+static int pg_pipeline(ath_gwtask_t* k) {
+  ath_db_stmt_t st[GROUP_MAX];
+  size_t n = 0, nparams = 0;
+  for (ath_gwtask_t* m = k; m != NULL; m = m->next)
+    nparams += m->p.plan.stmts[0].nparams;
+  ath_db_value_t small[256];
+  ath_db_value_t* v = nparams <= 256 ? small : calloc(nparams, sizeof(*v));
+  if (v == NULL)
+    return -1;
+  ath_db_value_t* at = v;
+  for (ath_gwtask_t* m = k; m != NULL; m = m->next, n++) {
+    const ath_gw_stmt_t* s = &m->p.plan.stmts[0];
+    st[n].sql = s->sql;
+    st[n].params = params_of(s, at, s->nparams); /* fits: never NULL */
+    st[n].n = (int)s->nparams;
+    st[n].ud = m;
+    at += s->nparams;
+  }
+  ath_db_error_t e;
+  ath__db_keep_watch(k->c->db);
+  int rc = ath__db_pipeline_async(k->c->db, &k->t->loop, st, (int)n, pg_each, pg_pipeline_done, k, &e);
+  if (v != small)
+    free(v);
+  return rc == 0 ? 0 : -1;
+}
+
+/* Puts the tasks after k back in front of the waiting ones. */
+static void wait_again(ath_gwtask_t* k) {
+  ath_gwtask_t* rest = k->next;
+  if (rest == NULL)
+    return;
+  k->next = NULL;
+  ath_gwtask_t* last = rest;
+  while (last->next != NULL)
+    last = last->next;
+  last->next = k->t->waiting;
+  k->t->waiting = rest;
+}
+
 static void task_start(ath_gwtask_t* k) {
   k->work.data = k;
   if (on_loop(k)) {
+    k->reading = 1;
+    k->t->nreads[k->db]++;
+  }
+  if (k->next != NULL && ath__db_url_kind(k->t->s->cfg.db_urls[k->db]) == ATH_DB_PG) {
+    if (k->reading && pg_pipeline(k) == 0)
+      return;
+    wait_again(k); /* not sent: one at a time */
+  }
+  if (k->reading) {
     const ath_gw_stmt_t* st = &k->p.plan.stmts[0];
     ath_db_value_t small[32];
     ath_db_value_t* v = params_of(st, small, 32);
@@ -1368,15 +1462,15 @@ void ath__gwt_unwatch(ath_gwt_t* t) {
 }
 
 /* Takes the first task of database i out of *list, with every other one
- * of i after it, up to max, as its group (linked through next, in their
- * order); NULL when none is for i. */
-static ath_gwtask_t* take_group(ath_gwtask_t** list, int i, size_t max) {
+ * of i after it (only reads of one statement if `reads`), up to max, as
+ * its group (linked through next, in their order); NULL when none is for i. */
+static ath_gwtask_t* take_group(ath_gwtask_t** list, int i, size_t max, int reads) {
   ath_gwtask_t *first = NULL, **tail = &first;
   size_t n = 0;
   ath_gwtask_t** q = list;
   while (*q != NULL && n < max) {
     ath_gwtask_t* m = *q;
-    if (m->job->db != i) {
+    if (m->db != i || (reads && !one_read(m))) {
       q = &m->next;
       continue;
     }
@@ -1389,19 +1483,26 @@ static ath_gwtask_t* take_group(ath_gwtask_t** list, int i, size_t max) {
   return first;
 }
 
-/* The waiting task that gets connection c of database i next, with (on
- * SQLite) every other one waiting for i after it as its group. */
+/* The waiting task that gets connection c of database i next, with as its
+ * group every other one waiting for i after it on SQLite, and on
+ * PostgreSQL, when it is a read of one statement, the other such reads. */
 static ath_gwtask_t* next_group(ath_gwt_t* t, int i) {
-  int sqlite = ath__db_url_kind(t->s->cfg.db_urls[i]) == ATH_DB_SQLITE;
-  return take_group(&t->waiting, i, sqlite ? GROUP_MAX : 1);
+  if (ath__db_url_kind(t->s->cfg.db_urls[i]) == ATH_DB_SQLITE)
+    return take_group(&t->waiting, i, GROUP_MAX, 0);
+  ath_gwtask_t* k = take_group(&t->waiting, i, 1, 0);
+  if (k != NULL && one_read(k))
+    k->next = take_group(&t->waiting, i, GROUP_MAX - 1, 1);
+  return k;
 }
 
 static void task_done(uv_work_t* w, int status) {
   (void)status;
   ath_gwtask_t* k = w->data;
   ath_gwt_t* t = k->t;
-  int i = k->job->db;
+  int i = k->db;
   ath_gwconn_t* c = k->c;
+  if (k->reading)
+    t->nreads[i]--;
   finish_tasks(k);
   /* the connection: to the next requests waiting for one, else spare */
   ath_gwtask_t* next = next_group(t, i);
@@ -1420,7 +1521,9 @@ static int go_off_loop(ath_gwt_t* t, ath_gwjob_t* job, prep_t* p, struct st_h2o_
   int i = job->db;
   ath_gwconn_t* c = t->idle[i];
   int fresh = 0;
-  if (ath__db_url_kind(t->s->cfg.db_urls[i]) == ATH_DB_SQLITE) {
+  if (t->nreads[i] >= PG_READ_CONNS && read_plan(job, p)) {
+    c = NULL; /* waits for the next pipeline */
+  } else if (ath__db_url_kind(t->s->cfg.db_urls[i]) == ATH_DB_SQLITE) {
     if (t->nmade[i] == 0)
       return -1; /* never opened late: the file may be gone (see ath__gwt_init) */
   } else if (c == NULL && t->nmade[i] < OFF_LOOP_CONNS) {
@@ -1445,6 +1548,7 @@ static int go_off_loop(ath_gwt_t* t, ath_gwjob_t* job, prep_t* p, struct st_h2o_
     t->idle[i] = c->next;
   k->t = t;
   k->job = held;
+  k->db = job->db;
   k->p = *p;
   k->c = c;
   if (c != NULL) {
@@ -1517,7 +1621,7 @@ static void batch_run(uv_check_t* h) {
     t->batch = NULL;
     t->batch_tail = &t->batch;
     while (all != NULL)
-      batch_reads(take_group(&all, all->job->db, GROUP_MAX));
+      batch_reads(take_group(&all, all->db, GROUP_MAX, 0));
   }
   uv_idle_stop(&t->batch_idle);
 }
@@ -1539,6 +1643,7 @@ static int defer_fetch(ath_gwt_t* t, ath_gwjob_t* job, prep_t* p, struct st_h2o_
   }
   k->t = t;
   k->job = held;
+  k->db = job->db;
   k->p = *p;
   k->c = &t->conns[job->db];
   if (t->batch == NULL) /* read in a phase before the poll, it must not wait for one */

@@ -620,3 +620,133 @@ TEST_IMPL(db_pg_async) {
   ASSERT_OK(uv_loop_close(&loop));
   return 0;
 }
+
+/* What a pipeline told: each statement's rc, first value and SQLSTATE
+ * (by its ud, an index), the order they were told in, and whether `done`
+ * ran (with how many told before it). */
+static struct {
+  int n;
+  int order[16];
+  int rc[16];
+  int64_t v[16];
+  char sqlstate[16][6];
+  int done;
+} piped;
+
+static void pipe_each(ath_db_t* db, void* ud, int rc, ath_db_res_t* res, const ath_db_error_t* err) {
+  (void)db;
+  int i = (int)(intptr_t)ud;
+  ath_db_value_t v = {.type = ATH_DB_NULL};
+  piped.order[piped.n++] = i;
+  piped.rc[i] = rc;
+  piped.v[i] = -1;
+  if (rc == 0 && ath__db_res_value(res, 0, 0, &v) == 0)
+    piped.v[i] = v.type == ATH_DB_INT ? v.i : v.type == ATH_DB_TEXT ? atoll(v.s) : -1;
+  if (rc != 0)
+    memcpy(piped.sqlstate[i], err->sqlstate, 5); /* five characters, or NULs */
+  ath__db_res_free(res);
+}
+
+static void pipe_done(ath_db_t* db, void* ud) {
+  (void)db;
+  ASSERT_EQ((intptr_t)ud, 42);
+  piped.done = 1 + piped.n;
+}
+
+/* Runs the n statements (ud = their index) in one pipeline to its end. */
+static int run_pipeline(uv_loop_t* loop, ath_db_t* db, ath_db_stmt_t* st, int n) {
+  ath_db_error_t e;
+  memset(&piped, 0, sizeof(piped));
+  for (int i = 0; i < n; i++)
+    st[i].ud = (void*)(intptr_t)i;
+  int rc = ath__db_pipeline_async(db, loop, st, n, pipe_each, pipe_done, (void*)(intptr_t)42, &e);
+  if (rc != 0)
+    return rc;
+  ASSERT(ath__db_busy(db));
+  ASSERT_EQ(ATH_DB_EBUSY, ath__db_exec_async(db, loop, "select 1", NULL, 0, async_cb, NULL, &e));
+  ASSERT_EQ(ATH_DB_EBUSY, ath__db_pipeline_async(db, loop, st, n, pipe_each, pipe_done, NULL, &e));
+  uv_run(loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(n + 1, piped.done); /* after every statement was told */
+  for (int i = 0; i < n; i++)
+    ASSERT_EQ(i, piped.order[i]); /* in order, each once */
+  return 0;
+}
+
+/* ath__db_pipeline_async: statements sent together, each told its own
+ * outcome in order: one that fails fails alone (those the server skipped
+ * after it are sent again), a PREPARE that fails is its statement's error,
+ * statements of one SQL share one prepared statement (prepared in the same
+ * pipeline), a schema change under it is prepared again, the connection
+ * leaves pipeline mode (a blocking statement works after), one that is
+ * lost tells every statement; not connected: refused, nothing told. */
+TEST_IMPL(db_pg_pipeline) {
+  uv_loop_t loop;
+  ASSERT_OK(uv_loop_init(&loop));
+  ath_db_t* db = NULL;
+  ath_db_error_t e;
+  ath_db_res_t* r = NULL;
+  ASSERT_OK(ath__db_new(test_pg_url(), &db, &e));
+  ath_db_value_t one = {.type = ATH_DB_INT, .i = 1}, two = {.type = ATH_DB_INT, .i = 2},
+                 three = {.type = ATH_DB_INT, .i = 3}, big = {.type = ATH_DB_INT, .i = 41};
+  ath_db_stmt_t st[8] = {{"select 1", NULL, 0, NULL}};
+  /* not connected yet: refused, nothing told */
+  memset(&piped, 0, sizeof(piped));
+  ASSERT_EQ(ATH_DB_EINVAL, ath__db_pipeline_async(db, &loop, st, 1, pipe_each, pipe_done, NULL, &e));
+  ASSERT_EQ(0, piped.n);
+  ASSERT_OK(ath__db_exec(db, "drop table if exists piped; create table piped (id int primary key, v int); "
+                             "insert into piped values (1, 7), (2, 8)",
+                         NULL, 0, &r, &e));
+  ath__db_res_free(r);
+  const char* q = "select v from piped where id = ?";
+  st[0] = (ath_db_stmt_t){q, &one, 1, NULL};
+  st[1] = (ath_db_stmt_t){q, &two, 1, NULL};
+  st[2] = (ath_db_stmt_t){"select 1 / (?::int - 3)", &three, 1, NULL}; /* division by zero */
+  st[3] = (ath_db_stmt_t){q, &one, 1, NULL};                             /* skipped, sent again */
+  st[4] = (ath_db_stmt_t){"select nope from piped where id = ?", &one, 1, NULL};
+  st[5] = (ath_db_stmt_t){"select ?::int + 1", &big, 1, NULL};
+  st[6] = (ath_db_stmt_t){"select 5", NULL, 0, NULL};
+  ASSERT_OK(run_pipeline(&loop, db, st, 7));
+  ASSERT_OK(piped.rc[0]);
+  ASSERT_EQ(7, piped.v[0]);
+  ASSERT_OK(piped.rc[1]);
+  ASSERT_EQ(8, piped.v[1]);
+  ASSERT_NE(0, piped.rc[2]);
+  ASSERT_STR_EQ("22012", piped.sqlstate[2]);
+  ASSERT_OK(piped.rc[3]);
+  ASSERT_EQ(7, piped.v[3]);
+  ASSERT_EQ(ATH_DB_ESYNTAX, piped.rc[4]);
+  ASSERT_STR_EQ("42703", piped.sqlstate[4]);
+  ASSERT_OK(piped.rc[5]);
+  ASSERT_EQ(42, piped.v[5]);
+  ASSERT_OK(piped.rc[6]);
+  ASSERT_EQ(5, piped.v[6]);
+  ASSERT_EQ(1, prepared_count(db, "%from piped where id%")); /* one for q; none for the failed one */
+  ASSERT_EQ(0, prepared_count(db, "%nope%"));
+  /* out of pipeline mode: a blocking statement on the same session */
+  ASSERT_OK(ath__db_exec(db, q, &two, 1, &r, &e));
+  ath__db_res_free(r);
+  /* the column changes type under the prepared statement: both prepared
+   * again and answered */
+  ASSERT_OK(ath__db_exec(db, "alter table piped alter column v type text", NULL, 0, &r, &e));
+  ath__db_res_free(r);
+  st[0] = (ath_db_stmt_t){q, &one, 1, NULL};
+  st[1] = (ath_db_stmt_t){q, &two, 1, NULL};
+  ASSERT_OK(run_pipeline(&loop, db, st, 2));
+  ASSERT_OK(piped.rc[0]);
+  ASSERT_EQ(7, piped.v[0]);
+  ASSERT_OK(piped.rc[1]);
+  ASSERT_EQ(8, piped.v[1]);
+  /* the session ends under it: every statement told, the connection dropped */
+  st[0] = (ath_db_stmt_t){"select pg_terminate_backend(pg_backend_pid())", NULL, 0, NULL};
+  st[1] = (ath_db_stmt_t){q, &one, 1, NULL};
+  ASSERT_OK(run_pipeline(&loop, db, st, 2));
+  ASSERT_EQ(ATH_DB_ECONNLOST, piped.rc[0]);
+  ASSERT_EQ(ATH_DB_ECONNLOST, piped.rc[1]);
+  ASSERT(!ath__db_connected(db));
+  ASSERT(!ath__db_busy(db));
+  ASSERT_OK(ath__db_exec(db, "drop table piped", NULL, 0, &r, &e)); /* connects again */
+  ath__db_res_free(r);
+  ath__db_free(db);
+  ASSERT_OK(uv_loop_close(&loop));
+  return 0;
+}
