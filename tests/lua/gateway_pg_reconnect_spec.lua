@@ -78,3 +78,55 @@ describe("gateway on PostgreSQL, reconnected", function()
     assert.is_true(timeouts >= 8, "timeouts after the reconnects: " .. timeouts)
   end)
 end)
+
+-- Reads sent at once on 16 connections to one gateway thread, before any
+-- answer is read: past the connections a thread reads on, they wait and
+-- go together in one pipeline (ath__db_pipeline_async). The sixth and the
+-- eleventh read view `bad` (division by zero when a row is read): each
+-- fails alone, the others have their rows. Three rounds; prints each
+-- answer's status and row count.
+local TOGETHER = [[
+import http.client, json, sys
+port = int(sys.argv[1])
+h = {"Content-Type": "application/json", "apikey": "K"}
+conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(16)]
+for c in conns: c.connect()
+for rnd in range(3):
+    for i, c in enumerate(conns):
+        table = "bad" if i in (5, 10) else "fast"
+        c.request("POST", "/gateway/fetch", body=json.dumps({"table_name": table}), headers=h)
+    got = []
+    for c in conns:
+        r = c.getresponse()
+        out = json.loads(r.read())
+        got.append("%d:%d" % (r.status, len(out.get("data") or [])))
+    print(" ".join(got), flush=True)
+]]
+
+describe("gateway on PostgreSQL, reads sent together", function()
+  it("answers each with its own rows, one failing alone", function()
+    local db = assert(athena.db.open(URL))
+    assert(db:exec("DROP VIEW IF EXISTS bad; DROP VIEW IF EXISTS slow; DROP TABLE IF EXISTS fast"))
+    assert(db:exec("CREATE TABLE fast(id bigint PRIMARY KEY, v text)"))
+    assert(db:exec("INSERT INTO fast VALUES (1, 'a'), (2, 'b'), (3, 'c')"))
+    assert(db:exec("CREATE VIEW bad AS SELECT id, (1 / (id - id))::text AS v FROM fast"))
+    local world = S.world {}
+    world:start()
+    local s = world:serve { port = 0, gateway = { db = URL, keys = { K = { rights = "*" } },
+      tables = { "fast", "bad" }, threads = 1 } }
+    local py = S.tmpname()
+    local f = assert(io.open(py, "w"))
+    f:write(TOGETHER)
+    f:close()
+    local p = assert(io.popen("python3 '" .. py .. "' " .. s.url:match(":(%d+)$") .. " 2>&1"))
+    local out = p:read("a")
+    p:close()
+    local want = {}
+    for i = 0, 15 do want[#want + 1] = (i == 5 or i == 10) and "400:0" or "200:3" end
+    local round = table.concat(want, " ") .. "\n"
+    assert.equals(round .. round .. round, out)
+    S.cleanup()
+    db:close()
+    S.cleanup_files()
+  end)
+end)
