@@ -31,6 +31,7 @@
 #   BENCH_CONNECTIONS=64 BENCH_WRK_THREADS=2   wrk -c / -t
 #   BENCH_ROWS=100000                           rows, a multiple of 25
 #   BENCH_WARMUP=2                              seconds of fetch before the runs
+#                                               (and before the PostgreSQL ones)
 #   BENCH_RUNS="healthz ping fetch mix insert"  which runs, in this order
 #   BENCH_PG=1                                  add the pgfetch run (needs
 #                                               PostgreSQL, scripts/bootstrap --test)
@@ -243,6 +244,10 @@ SQL
   stop_server
   start_server "$pgurl" pgserver
   echo "  pgfetch: PostgreSQL $("$psql" --version | awk '{print $3}') (scripts/pg-test), server pid $spid at $base"
+  if [ "$warmup" -gt 0 ]; then # the gateway's connections open (SCRAM) and prepare before the runs
+    wrk -t"$wthreads" -c"$conns" -d"${warmup}s" -s "$here/gateway.lua" "$base" -- fetch "$cats" "$key" >/dev/null 2>&1 ||
+      die "PostgreSQL warm-up run failed"
+  fi
   run pgping get /ping
   run pgfetch fetch ""
   runs="$runs pgping pgfetch"

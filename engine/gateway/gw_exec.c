@@ -334,7 +334,8 @@ int ath__gwt_init(ath_gwt_t* t, char* err, size_t errlen) {
   t->conns = calloc((size_t)s->cfg.ndbs, sizeof(*t->conns));
   t->idle = calloc((size_t)s->cfg.ndbs, sizeof(*t->idle));
   t->nmade = calloc(2 * (size_t)s->cfg.ndbs, sizeof(int));
-  if (t->conns == NULL || t->idle == NULL || t->nmade == NULL) {
+  t->read_at = calloc((size_t)s->cfg.ndbs, sizeof(uint64_t));
+  if (t->conns == NULL || t->idle == NULL || t->nmade == NULL || t->read_at == NULL) {
     snprintf(err, errlen, "%s", "out of memory");
     return ATH_ENOMEM;
   }
@@ -425,6 +426,7 @@ void ath__gwt_close(ath_gwt_t* t) {
   free(t->conns);
   free(t->idle);
   free(t->nmade);
+  free(t->read_at);
 }
 
 /* [-0, +1, m] A read-only view of table at idx (the policy's payload). */
@@ -1258,10 +1260,12 @@ static void run_health(ath_gwt_t* t, ath_gwjob_t* job) {
  * (execute_group). SQLite reads run where they are. */
 #define OFF_LOOP_CONNS 4
 #define GROUP_MAX 64
-/* Of those, PostgreSQL reads on the loop use at most this many at once:
- * more reads wait, and go together in the next pipeline (fewer, larger
- * pipelines cost the server less per read) */
-#define PG_READ_CONNS 2
+/* Of those, PostgreSQL reads use this many at once: more reads wait, and
+ * go together in the next pipeline (fewer, larger pipelines cost the
+ * server less per read), unless the last read started PG_READ_WAIT_MS ago
+ * or more (a slow statement: they take another connection then) */
+#define PG_READ_CONNS 1
+#define PG_READ_WAIT_MS 10
 
 struct ath_gwtask_s {
   uv_work_t work;
@@ -1270,7 +1274,7 @@ struct ath_gwtask_s {
   prep_t p;
   ath_gwconn_t* c;
   int db;                    /* job->db (the job is gone once answered) */
-  int reading;               /* counted in t->nreads */
+  int reading;               /* a PostgreSQL read, counted in t->nreads */
   ath_gwtask_t* next;        /* waiting for a connection, then: the group's next */
   run_t run;                 /* as a member of a group */
 };
@@ -1421,16 +1425,18 @@ static void wait_again(ath_gwtask_t* k) {
 
 static void task_start(ath_gwtask_t* k) {
   k->work.data = k;
-  if (on_loop(k)) {
+  int pg = ath__db_url_kind(k->t->s->cfg.db_urls[k->db]) == ATH_DB_PG;
+  if (pg && one_read(k) && !k->reading) { /* on the loop, or connecting first */
     k->reading = 1;
     k->t->nreads[k->db]++;
+    k->t->read_at[k->db] = uv_now(&k->t->loop);
   }
-  if (k->next != NULL && ath__db_url_kind(k->t->s->cfg.db_urls[k->db]) == ATH_DB_PG) {
-    if (k->reading && pg_pipeline(k) == 0)
+  if (k->next != NULL && pg) {
+    if (on_loop(k) && pg_pipeline(k) == 0)
       return;
     wait_again(k); /* not sent: one at a time */
   }
-  if (k->reading) {
+  if (on_loop(k)) {
     const ath_gw_stmt_t* st = &k->p.plan.stmts[0];
     ath_db_value_t small[32];
     ath_db_value_t* v = params_of(st, small, 32);
@@ -1515,15 +1521,26 @@ static void task_done(uv_work_t* w, int status) {
   }
 }
 
+/* Appends k to the tasks waiting for a connection. */
+static void wait_last(ath_gwt_t* t, ath_gwtask_t* k) {
+  ath_gwtask_t** q = &t->waiting;
+  while (*q != NULL)
+    q = &(*q)->next;
+  *q = k;
+}
+
 /* Starts job's second half off the loop; 0, or -1 (out of memory: it
- * then runs here). */
+ * then runs here). A connection it finds serves the tasks waiting first:
+ * k then waits, last, and the connection takes the first group. */
 static int go_off_loop(ath_gwt_t* t, ath_gwjob_t* job, prep_t* p, struct st_h2o_req_t* req) {
   int i = job->db;
   ath_gwconn_t* c = t->idle[i];
   int fresh = 0;
-  if (t->nreads[i] >= PG_READ_CONNS && read_plan(job, p)) {
+  int pg = ath__db_url_kind(t->s->cfg.db_urls[i]) == ATH_DB_PG;
+  if (pg && read_plan(job, p) && t->nreads[i] >= PG_READ_CONNS &&
+      uv_now(&t->loop) - t->read_at[i] < PG_READ_WAIT_MS) {
     c = NULL; /* waits for the next pipeline */
-  } else if (ath__db_url_kind(t->s->cfg.db_urls[i]) == ATH_DB_SQLITE) {
+  } else if (!pg) {
     if (t->nmade[i] == 0)
       return -1; /* never opened late: the file may be gone (see ath__gwt_init) */
   } else if (c == NULL && t->nmade[i] < OFF_LOOP_CONNS) {
@@ -1550,14 +1567,11 @@ static int go_off_loop(ath_gwt_t* t, ath_gwjob_t* job, prep_t* p, struct st_h2o_
   k->job = held;
   k->db = job->db;
   k->p = *p;
-  k->c = c;
+  wait_last(t, k); /* in order, after the others */
   if (c != NULL) {
+    k = next_group(t, i);
+    k->c = c;
     task_start(k);
-  } else { /* every connection busy: in order, after the others */
-    ath_gwtask_t** q = &t->waiting;
-    while (*q != NULL)
-      q = &(*q)->next;
-    *q = k;
   }
   return 0;
 }

@@ -323,7 +323,8 @@ struct ath_gwt_s {
   ath_gwconn_t* conns;       /* per database: the thread's own connection */
   ath_gwconn_t** idle;       /* per database: idle off-loop connections */
   int* nmade;                /* per database: off-loop connections made */
-  int* nreads;               /* per database: connections running reads on the loop */
+  int* nreads;               /* per database: connections running PostgreSQL reads */
+  uint64_t* read_at;         /* per database: when the last of those started (uv_now) */
   ath_gwtask_t* waiting;     /* off-loop requests waiting for a connection */
   /* SQLite fetches read in this pass of the loop, answered at its end
    * (the check phase) together, in one read transaction (gw_exec.c,

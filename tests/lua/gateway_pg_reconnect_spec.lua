@@ -129,4 +129,35 @@ describe("gateway on PostgreSQL, reads sent together", function()
     db:close()
     S.cleanup_files()
   end)
+
+  it("lets a read take another connection when the one in flight is slow", function()
+    local db = assert(athena.db.open(URL))
+    assert(db:exec("DROP VIEW IF EXISTS bad; DROP VIEW IF EXISTS slow; DROP VIEW IF EXISTS sleepy; " ..
+      "DROP TABLE IF EXISTS fast"))
+    assert(db:exec("CREATE TABLE fast(id bigint PRIMARY KEY, v text)"))
+    assert(db:exec("INSERT INTO fast VALUES (1, 'a'), (2, 'b'), (3, 'c')"))
+    assert(db:exec("CREATE VIEW sleepy AS SELECT id, pg_sleep(3)::text AS s FROM fast WHERE id = 1"))
+    local world = S.world {}
+    world:start()
+    local base = world:serve { port = 0, gateway = { db = URL, keys = { K = { rights = "*" } },
+      tables = { "fast", "sleepy" }, threads = 1 } }.url
+    assert.equals(200, (call(base, { table_name = "fast" }))) -- a connection set up
+    local slow = assert(io.popen("curl -s -o /dev/null -w '%{http_code}' -X POST -H 'apikey: K' " ..
+      "-H 'Content-Type: application/json' -d '{\"table_name\":\"sleepy\"}' " .. base .. "/gateway/fetch"))
+    -- the slow read has run for a while: reads no longer wait for it
+    local running = "SELECT count(*) AS n FROM pg_stat_activity WHERE query LIKE '%sleepy%' " ..
+      "AND query NOT LIKE '%pg_stat_activity%' AND state = 'active'"
+    S.eventually(function()
+      return assert(db:query(running .. " AND now() - query_start > interval '50 milliseconds'"))[1].n == 1
+    end, 5000, "the slow read to run")
+    local st, data = call(base, { table_name = "fast" })
+    assert.equals(200, st)
+    assert.equals(3, #data.data)
+    assert.equals(1, assert(db:query(running))[1].n) -- answered while the slow one still runs
+    assert.equals("200", slow:read("a"))
+    slow:close()
+    S.cleanup()
+    db:close()
+    S.cleanup_files()
+  end)
 end)
