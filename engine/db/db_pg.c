@@ -634,6 +634,29 @@ static void complete_lost(ath_db_t* db, const char* msg) {
  * PREPARE into a free slot (then, once that is read, the statement: see
  * read_results); without a free slot, unprepared. Keeps the SQL and values
  * until the statement ends. */
+/* The slot of the session's prepared statement of sql (*prepare 0), or a
+ * free one claimed and named for it, to PREPARE first (*prepare 1), or -1
+ * (none free, out of memory: it runs unprepared). */
+static int stmt_slot(struct ath_db_pgstmts_s* c, const char* sql, int* prepare) {
+  int at = -1, free_slot = -1;
+  *prepare = 0;
+  for (int i = 0; i < PG_STMTS && at < 0; i++) {
+    if (c->slot[i].sql != NULL && strcmp(c->slot[i].sql, sql) == 0)
+      at = i;
+    else if (c->slot[i].sql == NULL && free_slot < 0)
+      free_slot = i;
+  }
+  if (at < 0 && free_slot >= 0 && (c->slot[free_slot].sql = strdup(sql)) != NULL) {
+    snprintf(c->slot[free_slot].name, sizeof(c->slot[free_slot].name), "ath_%llu",
+             (unsigned long long)++c->serial);
+    at = free_slot;
+    *prepare = 1;
+  }
+  if (at >= 0)
+    c->slot[at].used = ++c->tick;
+  return at;
+}
+
 static int send_op(ath_db_t* db) {
   op_t* op = db->op;
   struct ath_db_pgstmts_s* c = db->pgstmts;
@@ -642,25 +665,14 @@ static int send_op(ath_db_t* db) {
     return PQsendQuery(db->pg, op->sql);
   if (c == NULL && (c = db->pgstmts = calloc(1, sizeof(*c))) == NULL)
     return 0;
-  int at = -1, free_slot = -1;
-  for (int i = 0; i < PG_STMTS && at < 0; i++) {
-    if (c->slot[i].sql != NULL && strcmp(c->slot[i].sql, op->sql) == 0)
-      at = i;
-    else if (c->slot[i].sql == NULL && free_slot < 0)
-      free_slot = i;
+  int prepare, at = stmt_slot(c, op->sql, &prepare);
+  if (prepare) {
+    op->slot = at;
+    return PQsendPrepare(db->pg, c->slot[at].name, op->sql, op->n, NULL);
   }
-  if (at >= 0) {
-    c->slot[at].used = ++c->tick;
+  if (at >= 0)
     return PQsendQueryPrepared(db->pg, c->slot[at].name, op->n, (const char* const*)op->values, op->lengths,
                                op->formats, 0);
-  }
-  if (free_slot >= 0 && (c->slot[free_slot].sql = strdup(op->sql)) != NULL) {
-    pgstmt_t* v = &c->slot[free_slot];
-    snprintf(v->name, sizeof(v->name), "ath_%llu", (unsigned long long)++c->serial);
-    v->used = ++c->tick;
-    op->slot = free_slot;
-    return PQsendPrepare(db->pg, v->name, op->sql, op->n, NULL);
-  }
   return PQsendQueryParams(db->pg, op->sql, op->n, NULL, (const char* const*)op->values, op->lengths,
                            op->formats, 0);
 }
@@ -948,24 +960,11 @@ static int send_round(ath_db_t* db) {
       continue;
     m->state = PS_SENT;
     m->skip = 0;
-    m->slot = -1;
-    int at = -1, free_slot = -1;
-    for (int j = 0; j < PG_STMTS && at < 0; j++) {
-      if (c->slot[j].sql != NULL && strcmp(c->slot[j].sql, m->sql) == 0)
-        at = j;
-      else if (c->slot[j].sql == NULL && free_slot < 0)
-        free_slot = j;
-    }
-    if (at < 0 && free_slot >= 0 && (c->slot[free_slot].sql = strdup(m->sql)) != NULL) {
-      pgstmt_t* v = &c->slot[free_slot];
-      snprintf(v->name, sizeof(v->name), "ath_%llu", (unsigned long long)++c->serial);
-      m->slot = at = free_slot;
-      ok = PQsendPrepare(db->pg, v->name, m->sql, m->n, NULL);
-    }
-    if (!ok)
+    int prepare, at = stmt_slot(c, m->sql, &prepare);
+    m->slot = prepare ? at : -1;
+    if (prepare && !(ok = PQsendPrepare(db->pg, c->slot[at].name, m->sql, m->n, NULL)))
       break;
     if (at >= 0) {
-      c->slot[at].used = ++c->tick;
       ok = PQsendQueryPrepared(db->pg, c->slot[at].name, m->n, (const char* const*)m->values, m->lengths,
                                m->formats, 0);
     } else {

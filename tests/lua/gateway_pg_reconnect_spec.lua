@@ -79,46 +79,28 @@ describe("gateway on PostgreSQL, reconnected", function()
   end)
 end)
 
--- Reads sent at once on 16 connections to one gateway thread, before any
--- answer is read: past the connections a thread reads on, they wait and
--- go together in one pipeline (ath__db_pipeline_async). The sixth and the
--- eleventh read view `bad` (division by zero when a row is read): each
--- fails alone, the others have their rows. Three rounds; prints each
--- answer's status and row count.
-local TOGETHER = [[
-import http.client, json, sys
-port = int(sys.argv[1])
-h = {"Content-Type": "application/json", "apikey": "K"}
-conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(16)]
-for c in conns: c.connect()
-for rnd in range(3):
-    for i, c in enumerate(conns):
-        table = "bad" if i in (5, 10) else "fast"
-        c.request("POST", "/gateway/fetch", body=json.dumps({"table_name": table}), headers=h)
-    got = []
-    for c in conns:
-        r = c.getresponse()
-        out = json.loads(r.read())
-        got.append("%d:%d" % (r.status, len(out.get("data") or [])))
-    print(" ".join(got), flush=True)
-]]
-
 describe("gateway on PostgreSQL, reads sent together", function()
-  it("answers each with its own rows, one failing alone", function()
+  -- Table fast (rows 1, 2, 3) and view `name` AS `select`, served by one
+  -- gateway thread; returns a connection to the database and the URL.
+  local function serve_view(name, select)
     local db = assert(athena.db.open(URL))
-    assert(db:exec("DROP VIEW IF EXISTS bad; DROP VIEW IF EXISTS slow; DROP TABLE IF EXISTS fast"))
+    assert(db:exec("DROP VIEW IF EXISTS bad; DROP VIEW IF EXISTS slow; DROP VIEW IF EXISTS sleepy; " ..
+      "DROP TABLE IF EXISTS fast"))
     assert(db:exec("CREATE TABLE fast(id bigint PRIMARY KEY, v text)"))
     assert(db:exec("INSERT INTO fast VALUES (1, 'a'), (2, 'b'), (3, 'c')"))
-    assert(db:exec("CREATE VIEW bad AS SELECT id, (1 / (id - id))::text AS v FROM fast"))
+    assert(db:exec("CREATE VIEW " .. name .. " AS " .. select))
     local world = S.world {}
     world:start()
-    local s = world:serve { port = 0, gateway = { db = URL, keys = { K = { rights = "*" } },
-      tables = { "fast", "bad" }, threads = 1 } }
-    local py = S.tmpname()
-    local f = assert(io.open(py, "w"))
-    f:write(TOGETHER)
-    f:close()
-    local p = assert(io.popen("python3 '" .. py .. "' " .. s.url:match(":(%d+)$") .. " 2>&1"))
+    return db, world:serve { port = 0, gateway = { db = URL, keys = { K = { rights = "*" } },
+      tables = { "fast", name }, threads = 1 } }.url
+  end
+
+  it("answers each with its own rows, one failing alone", function()
+    local db, base = serve_view("bad", "SELECT id, (1 / (id - id))::text AS v FROM fast")
+    -- 16 connections, 3 rounds; the sixth and the eleventh of view `bad`
+    -- (division by zero when a row is read)
+    local p = assert(io.popen("python3 '" .. os.getenv("ATHENA_SRC") .. "/tests/lua/fixtures/together.py' " ..
+      base:match(":(%d+)$") .. " 16 3 fast bad 5,10 2>&1"))
     local out = p:read("a")
     p:close()
     local want = {}
@@ -131,16 +113,7 @@ describe("gateway on PostgreSQL, reads sent together", function()
   end)
 
   it("lets a read take another connection when the one in flight is slow", function()
-    local db = assert(athena.db.open(URL))
-    assert(db:exec("DROP VIEW IF EXISTS bad; DROP VIEW IF EXISTS slow; DROP VIEW IF EXISTS sleepy; " ..
-      "DROP TABLE IF EXISTS fast"))
-    assert(db:exec("CREATE TABLE fast(id bigint PRIMARY KEY, v text)"))
-    assert(db:exec("INSERT INTO fast VALUES (1, 'a'), (2, 'b'), (3, 'c')"))
-    assert(db:exec("CREATE VIEW sleepy AS SELECT id, pg_sleep(3)::text AS s FROM fast WHERE id = 1"))
-    local world = S.world {}
-    world:start()
-    local base = world:serve { port = 0, gateway = { db = URL, keys = { K = { rights = "*" } },
-      tables = { "fast", "sleepy" }, threads = 1 } }.url
+    local db, base = serve_view("sleepy", "SELECT id, pg_sleep(3)::text AS s FROM fast WHERE id = 1")
     assert.equals(200, (call(base, { table_name = "fast" }))) -- a connection set up
     -- (curl hangs at start under the sanitizers' LD_PRELOAD: it runs without)
     local slow = assert(io.popen("env -u LD_PRELOAD curl -s --max-time 60 -o /dev/null -w '%{http_code}' " ..
