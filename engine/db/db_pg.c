@@ -1054,11 +1054,14 @@ static void read_pipe(ath_db_t* db) {
   pipe_t* p = op->pipe;
   if (!PQconsumeInput(db->pg))
     return complete_lost(db, "connection lost");
+  int nulls = 0;
   while (!PQisBusy(db->pg)) {
     PGresult* res = PQgetResult(db->pg);
     if (p->cur >= p->n) { /* every statement read: the sync */
+      if (res == NULL && ++nulls > 1) /* out of step with libpq: never spin */
+        return complete_lost(db, "a pipeline's sync is missing");
       if (res == NULL)
-        continue; /* none comes without one */
+        continue;
       int sync = PQresultStatus(res) == PGRES_PIPELINE_SYNC;
       PQclear(res);
       if (!sync)
