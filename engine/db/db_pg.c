@@ -1087,8 +1087,10 @@ static void read_pipe(ath_db_t* db) {
       PGresult* last = m->res;
       m->res = NULL;
       unit_end(db, m, last);
-      if (db->pg == NULL) /* the error said the connection is gone */
+      if (db->pg == NULL) { /* the error said the connection is gone: the rest are told so */
+        conn_fail(db, ATH_DB_ECONNLOST, "the connection was lost in a pipeline", &op->err);
         return complete(db, ATH_DB_ECONNLOST);
+      }
       continue;
     }
     ExecStatusType st = PQresultStatus(res);

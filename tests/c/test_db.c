@@ -630,6 +630,7 @@ static struct {
   int rc[16];
   int64_t v[16];
   char sqlstate[16][6];
+  char msg[16][64];
   int done;
 } piped;
 
@@ -644,6 +645,8 @@ static void pipe_each(ath_db_t* db, void* ud, int rc, ath_db_res_t* res, const a
     piped.v[i] = v.type == ATH_DB_INT ? v.i : v.type == ATH_DB_TEXT ? atoll(v.s) : -1;
   if (rc != 0)
     memcpy(piped.sqlstate[i], err->sqlstate, 5); /* five characters, or NULs */
+  if (rc != 0)
+    snprintf(piped.msg[i], sizeof(piped.msg[i]), "%.63s", err->message);
   ath__db_res_free(res);
 }
 
@@ -742,6 +745,7 @@ TEST_IMPL(db_pg_pipeline) {
   ASSERT_OK(run_pipeline(&loop, db, st, 2));
   ASSERT_EQ(ATH_DB_ECONNLOST, piped.rc[0]);
   ASSERT_EQ(ATH_DB_ECONNLOST, piped.rc[1]);
+  ASSERT(piped.msg[1][0] != '\0'); /* told why */
   ASSERT(!ath__db_connected(db));
   ASSERT(!ath__db_busy(db));
   ASSERT_OK(ath__db_exec(db, "drop table piped", NULL, 0, &r, &e)); /* connects again */
