@@ -739,7 +739,11 @@ TEST_IMPL(world_workflow_step_stays_on_its_worker) {
   uv_mutex_unlock(&w->lock);
   ASSERT_EQ(101, home_done); /* the 100 steps and the workflow */
   ASSERT_EQ(0, other_done);
-  ASSERT_EQ(0, other_wakes); /* the workflow's execute woke workers[0], both being idle */
+  /* The workflow's own execute woke one of the two idle workers: the other
+   * one when the worker it woke was beaten to the claim by a pass the home
+   * worker still had due (the start wakes both "to claim"; seen once under
+   * ASan). No step woke it: before, each of the 100 did. */
+  ASSERT_LE(other_wakes, 1);
   ath_task_release(t);
   ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
   ath_world_free(w);
