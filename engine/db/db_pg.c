@@ -1140,7 +1140,11 @@ static void pipe_free(pipe_t* p) {
 
 int ath__db_pipeline_async(ath_db_t* db, uv_loop_t* loop, const ath_db_stmt_t* st, int n, ath_db_each_cb each,
                            ath_db_cb done, void* ud, ath_db_error_t* err) {
-  if (db->kind != ATH_DB_PG || db->pg == NULL || PQstatus(db->pg) != CONNECTION_OK || n <= 0) {
+  if (n <= 0) {
+    ath__db_seterr(err, ATH_DB_EINVAL, NULL, "a pipeline needs at least one statement", NULL, NULL);
+    return ATH_DB_EINVAL;
+  }
+  if (db->kind != ATH_DB_PG || db->pg == NULL || PQstatus(db->pg) != CONNECTION_OK) {
     ath__db_seterr(err, ATH_DB_EINVAL, NULL, "a pipeline needs a PostgreSQL connection that is up", NULL, NULL);
     return ATH_DB_EINVAL;
   }
@@ -1148,9 +1152,12 @@ int ath__db_pipeline_async(ath_db_t* db, uv_loop_t* loop, const ath_db_stmt_t* s
     ath__db_seterr(err, ATH_DB_EBUSY, NULL, "another statement is in flight on this connection", NULL, NULL);
     return ATH_DB_EBUSY;
   }
-  if (db->op == NULL && (db->op = calloc(1, sizeof(op_t))) == NULL) {
-    conn_fail(db, ATH_ENOMEM, "out of memory", err);
-    return ATH_ENOMEM;
+  if (db->op == NULL) {
+    if ((db->op = calloc(1, sizeof(op_t))) == NULL) {
+      conn_fail(db, ATH_ENOMEM, "out of memory", err);
+      return ATH_ENOMEM;
+    }
+    db->op->phase = OP_DONE; /* idle until the pipeline is under way */
   }
   pipe_t* p = calloc(1, sizeof(*p) + (size_t)n * sizeof(pitem_t));
   if (p == NULL) {

@@ -700,6 +700,15 @@ TEST_IMPL(db_pg_pipeline) {
                              "insert into piped values (1, 7), (2, 8)",
                          NULL, 0, &r, &e));
   ath__db_res_free(r);
+  /* refused before anything is sent, nothing told, the connection not
+   * left busy: no statement, a placeholder count that does not match */
+  ASSERT_EQ(ATH_DB_EINVAL, ath__db_pipeline_async(db, &loop, st, 0, pipe_each, pipe_done, NULL, &e));
+  st[0] = (ath_db_stmt_t){"select 1", NULL, 0, NULL};
+  st[1] = (ath_db_stmt_t){"select ?, ?", &one, 1, NULL};
+  ASSERT_EQ(ATH_DB_EINVAL, ath__db_pipeline_async(db, &loop, st, 2, pipe_each, pipe_done, NULL, &e));
+  ASSERT(strstr(e.message, "2 placeholders, 1 value given") != NULL);
+  ASSERT_EQ(0, piped.n);
+  ASSERT(!ath__db_busy(db));
   const char* q = "select v from piped where id = ?";
   st[0] = (ath_db_stmt_t){q, &one, 1, NULL};
   st[1] = (ath_db_stmt_t){q, &two, 1, NULL};
