@@ -736,9 +736,12 @@ static int claim(ath_world_t* w, ath_worker_t* wk, int nout, ath_task_t** out, i
   return n;
 }
 
-/* Publishes wk's outcomes (lock held). */
-static void publish(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
+/* Publishes wk's outcomes (lock held). With keep_held, the outcomes of
+ * segments that started a step are not: they stay, in order, for wk's
+ * next exchange (see ath__world_flush). */
+static void publish(ath_world_t* w, ath_worker_t* wk, xchg_t* x, int keep_held) {
   ath_queue_t* q = wk->queue;
+  int nkeep = 0;
   if (atomic_load(&wk->lost)) { /* declared lost: its tasks were failed and moved on */
     for (int i = 0; i < wk->noutcomes; i++) {
       ath_outcome_t* o = &wk->outcomes[i];
@@ -761,6 +764,12 @@ static void publish(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
   int requeued_before = w->requeued;
   for (int i = 0; i < wk->noutcomes; i++) {
     ath_outcome_t* o = &wk->outcomes[i];
+    if (keep_held && o->held != NULL) { /* moved down over the ones published */
+      if (nkeep != i)
+        wk->outcomes[nkeep] = *o;
+      nkeep++;
+      continue;
+    }
     ath_task_t* t = o->task;
     if (o->done != NULL) { /* kept for its workflow's record of it (wf_record) */
       ath_task_x_t* tx = ath__task_xr(t);
@@ -861,7 +870,7 @@ static void publish(ath_world_t* w, ath_worker_t* wk, xchg_t* x) {
       w->precounted = NULL;
     }
   }
-  wk->noutcomes = 0;
+  wk->noutcomes = nkeep;
   if (w->state == ATH_W_STOPPING) /* attempts that ended during the shutdown */
     w->drained += x->ended - (w->requeued - requeued_before);
 
@@ -999,7 +1008,7 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
   ath__submits_drain(w); /* the claims see what was submitted */
   int nout = wk->noutcomes; /* their held tasks are seen to after the claims */
   int back = settle_prefetch(w, wk, &x); /* first: its outcomes may be theirs */
-  publish(w, wk, &x);
+  publish(w, wk, &x, 0);
   if (!wk->stop && (w->state == ATH_W_STARTED || w->draining))
     n = claim(w, wk, nout, out, max, &x);
   if (n < max || wk->stop)
@@ -1021,6 +1030,16 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
   return n;
 }
 
+/* A task of wk runs long (its hook, lock not held): what ended before it
+ * is published, and what wk claimed ahead goes back, so that neither waits
+ * for it. A segment that started a step is the exception: published, its
+ * park would leave the step in the queue for any worker, while the
+ * workflow resumes here once it ends (its coroutine is cached here, and
+ * this worker resumes nothing before the long task yields anyway). Kept,
+ * the park is published by wk's next exchange, which claims the step
+ * (claim_held), and until then no other worker takes it
+ * (reserved_elsewhere). Under load a trivial task is preempted for long
+ * enough to be flushed, and a step then ran on the other worker. */
 void ath__world_flush(ath_world_t* w, ath_worker_t* wk) {
   ath_worker_t* wake[MAX_WORKERS];
   xchg_t x;
@@ -1029,9 +1048,11 @@ void ath__world_flush(ath_world_t* w, ath_worker_t* wk) {
   uv_mutex_lock(&w->lock);
   xchg_begin(w, wk, &x);
   int nout = wk->noutcomes;
+  int keep = !atomic_load(&wk->lost); /* lost: its outcomes are dropped, steps and all */
   wake_for(w, wk, settle_prefetch(w, wk, &x), &x);
-  publish(w, wk, &x);
-  release_held(w, wk, nout, &x);
+  publish(w, wk, &x, keep);
+  if (!keep) /* kept, the published ones hold no step */
+    release_held(w, wk, nout, &x);
   xchg_end(w, wk, &x);
 }
 

@@ -616,6 +616,34 @@ describe("workflows", function()
         table.concat(where))
     end)
 
+    it("a step stays reserved for its workflow's worker while that worker runs a long task after the park", function()
+      -- Worker X spins in wf.cpu. Worker Y spins too, shorter, while a
+      -- workflow and a third wf.cpu are queued: Y's next exchange claims
+      -- both, runs the segment (it parks, its step started), then spins.
+      -- A task that runs long has what ended before it published (the
+      -- watchdog's hook), and X, done first, claims again. The step must
+      -- wait for Y: before, the park was published with the rest and X ran
+      -- the step.
+      local w = world { taskQueues = { default = { concurrency = 2 } } }
+      local running = function(h) return function() return h:status() == "running" end end
+      local x = w:execute("wf.cpu", { ms = 1200 })
+      S.eventually(running(x), S.WAIT, "one worker to spin")
+      local y = w:execute("wf.cpu", { ms = 400 })
+      S.eventually(running(y), S.WAIT, "the other worker to spin")
+      local h = w:execute("wf.one", { log = tmpname() })
+      local after = w:execute("wf.cpu", { ms = 2000 })
+      local r, err = S.result(h)
+      assert.is_nil(err)
+      assert.equals("charge ok 1", r)
+      local q = h:query()
+      local wx, wy = w:query(x.id).workerId, w:query(y.id).workerId
+      assert.are_not.equal(wx, wy)
+      assert.equals(wy, q.workerId) -- the workflow and the long task went to Y together
+      assert.equals(wy, w:query(after.id).workerId)
+      assert.equals(wy, w:query(q.children[1]).workerId, "the step ran on the worker that was free first")
+      assert.equals(1200, (S.result(x)))
+    end)
+
     it("cancelling the workflow while its step runs on its worker cancels the step; nothing is recorded after", function()
       local w = world()
       local log = tmpname()
