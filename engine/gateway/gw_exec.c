@@ -1194,9 +1194,16 @@ static void execute_group(ath_gws_t* s, ath_gwconn_t* c, run_t** runs, prep_t** 
       uv_mutex_unlock(&s->writers[job->db]);
     return;
   }
+  /* PostgreSQL reads share one snapshot (its default, read committed,
+   * takes one per statement: a fetch's count could include rows its page
+   * did not see) */
+  int reads = 1;
+  for (size_t i = 0; i < n; i++)
+    reads &= runs[i]->job->op == ATH_GW_FETCH;
   const char* begin = fetch && n == 1 && plan->nstmts <= 1 && !plan->has_count ? NULL
-                      : pg || fetch                                               ? "BEGIN"
-                                                                                  : "BEGIN IMMEDIATE";
+                      : pg && reads ? "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+                      : pg || fetch ? "BEGIN"
+                                    : "BEGIN IMMEDIATE";
   while (group_pass(s, c, db, begin, runs, n)) {
     for (size_t i = 0; i < n; i++)
       if (runs[i]->rc == -1)
