@@ -1,7 +1,8 @@
 -- Durability benchmark (issue 4): athena bench/durable.lua [N]
 -- The throughput run of bench/throughput.lua (N no-op tasks, 2 workers,
 -- executeMany) in memory, hybrid and file modes, with the ratio to memory
--- (ONLY=<mode>: that mode alone, see below); then a bulk enqueue of
+-- (ONLY=<mode>: that mode alone; with ROUNDS=<n>, n rounds in its one
+-- world: see below); then a bulk enqueue of
 -- 1,000,000 tasks in file mode and the time a new world takes to recover
 -- them.
 local athena = require "athena"
@@ -22,15 +23,12 @@ local function fresh()
   if not athena.isWorker() then os.execute("rm -rf " .. dir) end
 end
 
-local function run(mode)
-  fresh()
-  local w = athena.World.new{ persistence = mode, persistencePath = dir, minWorkers = 2, maxWorkers = 2 }
-  w:register(noop)
-  w:start()
+-- One timed round of N tasks in world w: tasks/s to the last result.
+local function round(w)
   local inputs = {}
   for i = 1, N do inputs[i] = { i = i } end
-  -- the previous mode's handles are garbage now: collect them here, not
-  -- inside this mode's timed run
+  -- the previous round's (or mode's) handles are garbage now: collect them
+  -- here, not inside this round
   collectgarbage()
   local t0 = clock()
   local hs = {}
@@ -40,17 +38,46 @@ local function run(mode)
     for _, h in ipairs(w:executeMany("noop", b)) do hs[#hs + 1] = h end
   end
   for i = 1, #hs do assert(hs[i]:result()) end
-  local dt = clock() - t0
+  return N / (clock() - t0)
+end
+
+-- tasks/s of each of `rounds` rounds (default 1) in one world of `mode`
+local function run(mode, rounds)
+  fresh()
+  local w = athena.World.new{ persistence = mode, persistencePath = dir, minWorkers = 2, maxWorkers = 2 }
+  w:register(noop)
+  w:start()
+  local rates = {}
+  for r = 1, rounds or 1 do rates[r] = round(w) end
   w:shutdown()
-  return N / dt
+  return rates[1], rates
 end
 
 -- ONLY=hybrid (or file, memory) runs that mode alone, as the process's
 -- first world: a second hybrid world in one process runs at ~0.55x of the
 -- first (README, "Performance"), so the default sequence understates it.
+-- ROUNDS=<n> (with ONLY) runs n rounds of N tasks in that one world and
+-- prints each round's rate: the first pays for a cold heap (the process's
+-- memory faulted in page by page) and an empty database; the later ones show
+-- the steady state, and whether the cost per task stays flat as the run
+-- and the database grow.
 local only = os.getenv("ONLY")
 if only then
-  print(string.format("%-7s %8.0f tasks/s (the process's first world)", only .. ":", run(only)))
+  local rounds = tonumber(os.getenv("ROUNDS")) or 1
+  local first, rates = run(only, rounds)
+  if rounds == 1 then
+    print(string.format("%-7s %8.0f tasks/s (the process's first world)", only .. ":", first))
+  else
+    -- rounds 2..n as one run: tasks over time (a round may leave work
+    -- to the store that the next one pays for)
+    local secs, shown = 0, {}
+    for r = 1, rounds do
+      shown[r] = string.format("%.0f", rates[r])
+      if r > 1 then secs = secs + N / rates[r] end
+    end
+    print(string.format("%-7s %d rounds of %d tasks in one world: %s tasks/s; rounds 2-%d together %.0f tasks/s",
+      only .. ":", rounds, N, table.concat(shown, " / "), rounds, (rounds - 1) * N / secs))
+  end
   os.exit(0)
 end
 local base = run("memory")
