@@ -45,7 +45,13 @@ static const char* jobs_lua =
   "  for i = 1, input.n do ctx:executeChild('echo', i) end\n"
   "  return ctx:run('nap', { ms = 60000 })\n"
   "end)\n"
-  "athena.workflow('idle', function(ctx, input) ctx:sleep(input.ms) end)\n";
+  "athena.workflow('idle', function(ctx, input) ctx:sleep(input.ms) end)\n"
+  "athena.activity('spin', function(ctx, input)\n" /* busy, never yields */
+  "  local deadline = athena.now() + input.ms\n"
+  "  while athena.now() < deadline do end\n"
+  "  return input.ms\n"
+  "end)\n"
+  "athena.workflow('onestep', function(ctx, input) return ctx:run('echo', 7) end)\n";
 
 static void write_module(void) {
   snprintf(module_dir, sizeof(module_dir), "/tmp/athena-ctest-%d", (int)getpid());
@@ -745,6 +751,75 @@ TEST_IMPL(world_workflow_step_stays_on_its_worker) {
    * ASan). No step woke it: before, each of the 100 did. */
   ASSERT_LE(other_wakes, 1);
   ath_task_release(t);
+  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
+
+/* Waits until t runs, for at most 10 s. */
+static void wait_running(ath_world_t* w, ath_task_t* t) {
+  uint64_t deadline = uv_hrtime() + 10000000000u;
+  while (ath_task_status(w, t) != ATH_RUNNING) {
+    ASSERT(uv_hrtime() < deadline);
+    uv_sleep(1);
+  }
+}
+
+/* The attempts that worker `id` completed. */
+static int64_t completed_by(ath_world_t* w, int id) {
+  int64_t n = -1;
+  uv_mutex_lock(&w->lock);
+  for (int i = 0; i < w->nworkers; i++)
+    if (w->workers[i]->id == id)
+      n = w->workers[i]->tasks_completed;
+  uv_mutex_unlock(&w->lock);
+  return n;
+}
+
+/* A long task that follows a workflow's park in its worker's pass: the
+ * watchdog's hook publishes what the worker ended before it
+ * (ath__world_flush), but not that park, so the step it started stays
+ * reserved for the worker, whose next exchange claims it. Worker X spins
+ * 1.2 s; worker Y spins 0.4 s while the workflow and a 2 s spin are
+ * queued, then claims both in one exchange. Before, the flush published
+ * the park and X, free first, ran the step. */
+TEST_IMPL(world_flush_keeps_a_step_reserved) {
+  write_module();
+  ath_world_t* w = new_world(1, NULL);
+  ASSERT_OK(ath_world_add_queue(w, "pair", 2, 2));
+  ASSERT_OK(reg(w, "spin", "pair", 0));
+  ASSERT_OK(reg(w, "echo", "pair", 0));
+  ath_activity_t a;
+  ath_activity_init(&a, "onestep");
+  a.workflow = 1;
+  a.task_queue = "pair";
+  ASSERT_OK(ath_world_register(w, &a));
+  char err[512];
+  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  ath_task_t *x, *y, *h, *after;
+  ASSERT_OK(exec1(w, "spin", "{\"ms\":1200}", &x));
+  wait_running(w, x);
+  ASSERT_OK(exec1(w, "spin", "{\"ms\":400}", &y));
+  wait_running(w, y);
+  ASSERT_OK(exec1(w, "onestep", "null", &h));
+  ASSERT_OK(exec1(w, "spin", "{\"ms\":2000}", &after));
+  ASSERT_OK(ath_world_wait(w, h, 10000));
+  ASSERT_EQ(ATH_COMPLETED, ath_task_status(w, h));
+  ASSERT_OK(ath_world_wait(w, after, 10000));
+  ASSERT_OK(ath_world_wait(w, x, 10000));
+  uv_mutex_lock(&w->lock);
+  int wx = x->worker_id, wy = y->worker_id, wh = h->worker_id, wa = after->worker_id;
+  uv_mutex_unlock(&w->lock);
+  ASSERT_NE(wx, wy);
+  ASSERT_EQ(wy, wh);
+  ASSERT_EQ(wy, wa);
+  ASSERT_EQ(1, completed_by(w, wx)); /* its spin, not the step */
+  ASSERT_EQ(4, completed_by(w, wy)); /* a spin, the workflow, its step, the long spin */
+  ath_task_release(x);
+  ath_task_release(y);
+  ath_task_release(h);
+  ath_task_release(after);
   ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
   ath_world_free(w);
   remove_module();
