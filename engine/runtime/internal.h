@@ -872,11 +872,15 @@ struct ath_world_s {
   uv_thread_t store_thread;
   uv_cond_t store_cond;  /* wakes the store thread */
   ath_task_t** dirty;    /* changed tasks, each holding a reference */
+  uint64_t* dirty_ns;    /* hybrid: when each one's oldest change not yet
+                          * written was made (uv_hrtime; ascending); room
+                          * for dirty_cap */
   size_t ndirty, dirty_cap;
   ath_sched_t** sdirty;  /* changed schedules, each holding a reference */
   size_t nsdirty, sdirty_cap;
   uint64_t gen;          /* generation being collected */
   uint64_t committed_gen;/* every change up to this one is on disk */
+  uint64_t store_rows;   /* task rows the commits wrote (tests) */
   int store_stop;
   int store_ok;          /* the last commit succeeded (/healthz) */
   atomic_int store_fault;/* degraded: the code execute gets (ATH_ENOSPC,

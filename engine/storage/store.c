@@ -39,6 +39,12 @@ uint64_t ath__task_gen(const ath_world_t* w, const ath_task_t* t) {
   return w->gen - (uint32_t)((uint32_t)w->gen - t->dirty_gen);
 }
 
+/* Hybrid mode writes a change when it falls due, not at the first commit
+ * after it (store_main): whether w does. */
+static int defers(const ath_world_t* w) {
+  return w->cfg.persistence == ATH_PERSIST_HYBRID && w->dq == NULL;
+}
+
 void ath__store_mark(ath_world_t* w, ath_task_t* t) {
   if (w->store == NULL)
     return;
@@ -46,7 +52,10 @@ void ath__store_mark(ath_world_t* w, ath_task_t* t) {
   if (!t->dirty) {
     if (w->ndirty == w->dirty_cap) {
       size_t cap = w->dirty_cap ? w->dirty_cap * 2 : 1024;
-      ath_task_t** d = realloc(w->dirty, cap * sizeof(*d));
+      uint64_t* ns = realloc(w->dirty_ns, cap * sizeof(*ns));
+      if (ns != NULL)
+        w->dirty_ns = ns;
+      ath_task_t** d = ns != NULL ? realloc(w->dirty, cap * sizeof(*d)) : NULL;
       if (d == NULL) {
         /* Cannot queue the write: say so where /healthz looks; the next
          * change of this task retries. A new task runs unstored rather
@@ -61,6 +70,7 @@ void ath__store_mark(ath_world_t* w, ath_task_t* t) {
     }
     t->dirty = 1;
     ath_task_retain(t);
+    w->dirty_ns[w->ndirty] = defers(w) ? uv_hrtime() : 0;
     w->dirty[w->ndirty++] = t;
   }
   if (w->cfg.persistence == ATH_PERSIST_FILE || w->dq != NULL) /* PostgreSQL: hybrid too */
@@ -432,6 +442,7 @@ typedef struct {
   ath_wfev_t*** held;
   size_t cap;
   ath_task_t** spare;
+  uint64_t* spare_ns;   /* its dirty_ns */
   size_t spare_cap;
   uint64_t used_ns; /* the last commit's time */
 } bufs_t;
@@ -498,12 +509,51 @@ static void bufs_release(bufs_t* b, ath_world_t* w) {
   free(b->rows);
   free(b->held);
   free(b->spare);
+  free(b->spare_ns);
   memset(b, 0, sizeof(*b));
   if (w != NULL && w->ndirty == 0) {
     free(w->dirty);
+    free(w->dirty_ns);
     w->dirty = NULL;
+    w->dirty_ns = NULL;
     w->dirty_cap = 0;
   }
+}
+
+/* Hybrid (lock held): of batch[0..n), the changes this commit need not
+ * write stay dirty, moved in order into the producers' array (empty: just
+ * swapped in): those of tasks not finished whose oldest change not yet
+ * written is younger than `age` ns. A later commit writes them before
+ * they fall due, and a task that finishes meanwhile is written once,
+ * finished, instead of queued and then again. Returns how many are left to
+ * write, moved down in batch (all of them when there is no memory to
+ * keep the others). */
+static size_t keep_young(ath_world_t* w, ath_task_t** batch, const uint64_t* batch_ns, size_t n,
+                         uint64_t age) {
+  if (w->dirty_cap < n) {
+    size_t cap = n < 1024 ? 1024 : n;
+    uint64_t* ns = realloc(w->dirty_ns, cap * sizeof(*ns));
+    if (ns == NULL)
+      return n;
+    w->dirty_ns = ns;
+    ath_task_t** d = realloc(w->dirty, cap * sizeof(*d));
+    if (d == NULL)
+      return n;
+    w->dirty = d;
+    w->dirty_cap = cap;
+  }
+  uint64_t now = uv_hrtime();
+  size_t write = 0;
+  for (size_t i = 0; i < n; i++) {
+    ath_task_t* t = batch[i];
+    if (!ATH_IS_TERMINAL(t->status) && !t->purged && now - batch_ns[i] < age) {
+      w->dirty_ns[w->ndirty] = batch_ns[i];
+      w->dirty[w->ndirty++] = t;
+    } else {
+      batch[write++] = t;
+    }
+  }
+  return write;
 }
 
 static void store_main(void* arg) {
@@ -563,8 +613,24 @@ static void store_main(void* arg) {
         bufs_release(&bufs, w);
       continue;
     }
-    if (!file && !w->store_stop && w->ndirty < ATH_HYBRID_BACKLOG) /* hybrid: one commit per flushInterval */
-      uv_cond_timedwait(&w->store_cond, &w->lock, flush_ns);
+    /* Hybrid: a change must be in a commit that starts within
+     * flushInterval of it (SEMANTICS §13.1). A commit starts when the
+     * oldest change waiting has waited DUE of the interval (the rest is
+     * slack for this thread's wake-up), or at once past the backlog, and
+     * writes the finished tasks and the changes that have waited WRITE of
+     * it; the younger ones wait for a later commit (keep_young). So the
+     * commits of a steady load are half an interval apart or more, at most
+     * two per interval (each syncs the WAL), and a task queued and finished
+     * within WRITE of the interval is written once. */
+    uint64_t due_ns = flush_ns - flush_ns / 8, write_ns = flush_ns / 8 * 3;
+    int defer = defers(w) && !w->store_stop && w->store_fault == 0;
+    if (!file && !w->store_stop && w->ndirty < ATH_HYBRID_BACKLOG) {
+      uint64_t waited = defer && w->ndirty > 0 ? uv_hrtime() - w->dirty_ns[0] : 0;
+      uint64_t due = defer ? due_ns : flush_ns;
+      if (waited < due)
+        uv_cond_timedwait(&w->store_cond, &w->lock, due - waited);
+      defer = defers(w) && !w->store_stop && w->store_fault == 0;
+    }
     if (w->ndirty > bufs.cap) { /* rows to grow: faulted in without the lock */
       size_t want = w->ndirty;
       void (*hook)(ath_world_t*, size_t) = w->store_grow_hook;
@@ -575,12 +641,32 @@ static void store_main(void* arg) {
       uv_mutex_lock(&w->lock);
     }
     ath_task_t** batch = w->dirty;
+    uint64_t* batch_ns = w->dirty_ns;
     size_t n = w->ndirty, batch_cap = w->dirty_cap;
     w->dirty = bufs.spare; /* the producers fill the last batch's array */
+    w->dirty_ns = bufs.spare_ns;
     w->dirty_cap = bufs.spare_cap;
     w->ndirty = 0;
     bufs.spare = NULL;
+    bufs.spare_ns = NULL;
     bufs.spare_cap = 0;
+    if (defer && n > 0)
+      n = keep_young(w, batch, batch_ns, n, write_ns);
+    if (n == 0 && w->nsdirty == 0) {
+      /* nothing due: wait until the oldest change is; past the backlog,
+       * producers wait for tasks to finish and be written: look again
+       * after an eighth of the interval */
+      bufs.spare = batch;
+      bufs.spare_ns = batch_ns;
+      bufs.spare_cap = batch_cap;
+      uint64_t waited = w->ndirty > 0 ? uv_hrtime() - w->dirty_ns[0] : 0;
+      uint64_t wait = waited < write_ns ? write_ns - waited : 0;
+      if (w->ndirty >= ATH_HYBRID_BACKLOG && wait > flush_ns / 8)
+        wait = flush_ns / 8;
+      if (wait > 0)
+        uv_cond_timedwait(&w->store_cond, &w->lock, wait);
+      continue;
+    }
     ath_sched_t** sbatch = w->sdirty;
     size_t sn = w->nsdirty;
     w->sdirty = NULL;
@@ -631,14 +717,18 @@ static void store_main(void* arg) {
         uv_cond_timedwait(&w->store_cond, &w->lock, until - now);
       if (w->store_stop && !w->store_ok) {
         free(batch);
+        free(batch_ns);
         free(sbatch);
         break; /* shutting down with a store that keeps failing */
       }
       free(batch); /* its tasks were marked again, in the producers' array */
+      free(batch_ns);
       batch = NULL;
+      batch_ns = NULL;
       batch_cap = 0;
     } else {
       store_healthy(w, &reopened);
+      w->store_rows += n;
       for (size_t i = 0; i < n; i++)
         batch[i]->stored = 1;
       ath_worker_t* wake[MAX_WORKERS];
@@ -649,6 +739,7 @@ static void store_main(void* arg) {
       uv_mutex_lock(&w->lock);
     }
     bufs.spare = batch; /* the producers' array after the next swap */
+    bufs.spare_ns = batch_ns;
     bufs.spare_cap = batch_cap;
     free(sbatch);
   }
@@ -813,7 +904,9 @@ void ath__store_stop(ath_world_t* w) {
     ath_task_release(w->dirty[i]);
   }
   free(w->dirty);
+  free(w->dirty_ns);
   w->dirty = NULL;
+  w->dirty_ns = NULL;
   w->ndirty = w->dirty_cap = 0;
   for (size_t i = 0; i < w->nsdirty; i++) {
     w->sdirty[i]->dirty = 0;

@@ -1628,6 +1628,53 @@ TEST_IMPL(world_store_grows_batch_memory_unlocked) {
  * does: with commits slowed down and no task running, each executeMany
  * returns with fewer than the bound plus its own batch in the submit lists
  * and the store's list together. */
+/* hybrid: a change is written when it falls due (half of flushInterval
+ * after it was made), or once its task has finished, not at the first
+ * commit after it. 70,000 quick tasks in one call, past the backlog bound
+ * (a commit at once), with flushInterval 10 s: every task finishes long
+ * before it falls due, so each row is written once, finished. Before, the
+ * backlog's commit wrote them queued and a later one again. */
+TEST_IMPL(world_hybrid_writes_a_quick_task_once) {
+  write_module();
+  char dir[300];
+  snprintf(dir, sizeof(dir), "%s/hybrid-once", module_dir);
+  static const char* const mods[] = {"ctjobs", NULL};
+  ath_world_config_t cfg;
+  ath_world_config_init(&cfg);
+  cfg.min_workers = cfg.max_workers = 2;
+  cfg.persistence = ATH_PERSIST_HYBRID;
+  cfg.persistence_path = dir;
+  cfg.flush_interval_ms = 10000;
+  cfg.modules = mods;
+  cfg.lua_path = lua_path;
+  ath_world_t* w = NULL;
+  char err[512];
+  ASSERT_OK(ath_world_new(&cfg, &w, err, sizeof(err)));
+  ASSERT_OK(reg(w, "echo", NULL, 0));
+  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
+  enum { N = 70000 };
+  _Static_assert(N > ATH_HYBRID_BACKLOG, "past the backlog bound");
+  static char* payloads[N];
+  static size_t lens[N];
+  static ath_task_t* ts[N];
+  for (int i = 0; i < N; i++)
+    payloads[i] = dup_json("1", &lens[i]);
+  ASSERT_OK(ath_world_execute(w, "echo", N, payloads, lens, NULL, NULL, ts, err, sizeof(err)));
+  for (int i = 0; i < N; i++) {
+    ASSERT_OK(ath_world_wait(w, ts[i], 60000));
+    ASSERT_EQ(ATH_COMPLETED, ath_task_status(w, ts[i]));
+    ath_task_release(ts[i]);
+  }
+  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL)); /* the last commit */
+  uv_mutex_lock(&w->lock);
+  uint64_t rows = w->store_rows;
+  uv_mutex_unlock(&w->lock);
+  ASSERT_EQ(N, rows);
+  ath_world_free(w);
+  remove_module();
+  return 0;
+}
+
 TEST_IMPL(world_submit_hybrid_backlog) {
   ASSERT_OK(setenv("ATHENA_TEST_COMMIT_DELAY_MS", "1500", 1));
   ath_world_t* w = hybrid_world();
