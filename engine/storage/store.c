@@ -608,7 +608,9 @@ static void store_main(void* arg) {
       if (file && !keeps)
         uv_cond_wait(&w->store_cond, &w->lock);
       else
-        uv_cond_timedwait(&w->store_cond, &w->lock, file ? KEEP_NS : flush_ns);
+        /* hybrid: looks every ⅞ interval (a change is not signalled), so
+         * that one made while it waits is still written in time */
+        uv_cond_timedwait(&w->store_cond, &w->lock, file ? KEEP_NS : flush_ns - flush_ns / 8);
       if (keeps && w->ndirty == 0 && w->nsdirty == 0 && uv_hrtime() - bufs.used_ns >= KEEP_NS)
         bufs_release(&bufs, w);
       continue;
