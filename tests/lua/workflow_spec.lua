@@ -200,7 +200,14 @@ describe("workflows", function()
   it("cascade across three levels: the leaf's failure fails mid and top, siblings are cancelled", function()
     local w = world()
     local log = tmpname()
-    local h = w:execute("wf.top", { log = log })
+    local gate = tmpname() -- made once the sibling runs
+    local h = w:execute("wf.top", { log = log, gate = gate })
+    -- the leaf's activity fails once top's other child runs its activity
+    -- (else, under load, the cascade could cancel that child before it
+    -- started one)
+    S.eventually(function() return count(log, "slow start sibling") == 1 end, S.WAIT, "the sibling's activity to run")
+    local f = assert(io.open(gate, "w"))
+    f:close()
     local _, err = S.result(h)
     assert.equals("EBOOM", err.code)
     assert.equals("failed", h:status())
