@@ -757,6 +757,8 @@ TEST_IMPL(world_workflow_step_stays_on_its_worker) {
   return 0;
 }
 
+static int end_world(ath_world_t* w);
+
 /* Waits until t runs, for at most 10 s. */
 static void wait_running(ath_world_t* w, ath_task_t* t) {
   uint64_t deadline = uv_hrtime() + 10000000000u;
@@ -820,10 +822,7 @@ TEST_IMPL(world_flush_keeps_a_step_reserved) {
   ath_task_release(y);
   ath_task_release(h);
   ath_task_release(after);
-  ASSERT_OK(ath_world_shutdown(w, 5000, NULL, NULL, NULL));
-  ath_world_free(w);
-  remove_module();
-  return 0;
+  return end_world(w);
 }
 
 /* A C host that starts a world without installing the Lua runtime gets a
@@ -1515,28 +1514,35 @@ TEST_IMPL(world_submit_shutdown_drains) {
   return 0;
 }
 
-/* A started hybrid world of one worker, with 'seq' and 'gate', its store
- * in the test's directory. */
-static ath_world_t* hybrid_world(void) {
+/* A started hybrid world of `workers` workers and flushInterval
+ * `flush_ms`, with activities names[0..] (NULL-terminated), its store in
+ * the test's directory. */
+static ath_world_t* hybrid_world_of(int workers, int64_t flush_ms, const char* const* names) {
   write_module();
   static char dir[300];
   snprintf(dir, sizeof(dir), "%s/hybrid", module_dir);
   static const char* const mods[] = {"ctjobs", NULL};
   ath_world_config_t cfg;
   ath_world_config_init(&cfg);
-  cfg.min_workers = cfg.max_workers = 1;
+  cfg.min_workers = cfg.max_workers = workers;
   cfg.persistence = ATH_PERSIST_HYBRID;
   cfg.persistence_path = dir;
-  cfg.flush_interval_ms = 10;
+  cfg.flush_interval_ms = flush_ms;
   cfg.modules = mods;
   cfg.lua_path = lua_path;
   ath_world_t* w = NULL;
   char err[512];
   ASSERT_OK(ath_world_new(&cfg, &w, err, sizeof(err)));
-  ASSERT_OK(reg(w, "seq", NULL, 0));
-  ASSERT_OK(reg(w, "gate", NULL, 0));
+  for (; *names != NULL; names++)
+    ASSERT_OK(reg(w, *names, NULL, 0));
   ASSERT_OK(ath_world_start(w, err, sizeof(err)));
   return w;
+}
+
+/* One worker with 'seq' and 'gate', flushInterval 10 ms. */
+static ath_world_t* hybrid_world(void) {
+  static const char* const names[] = {"seq", "gate", NULL};
+  return hybrid_world_of(1, 10, names);
 }
 
 /* hybrid: the store thread drains the submit lists too, so a task that no
@@ -1635,23 +1641,9 @@ TEST_IMPL(world_store_grows_batch_memory_unlocked) {
  * before it falls due, so each row is written once, finished. Before, the
  * backlog's commit wrote them queued and a later one again. */
 TEST_IMPL(world_hybrid_writes_a_quick_task_once) {
-  write_module();
-  char dir[300];
-  snprintf(dir, sizeof(dir), "%s/hybrid-once", module_dir);
-  static const char* const mods[] = {"ctjobs", NULL};
-  ath_world_config_t cfg;
-  ath_world_config_init(&cfg);
-  cfg.min_workers = cfg.max_workers = 2;
-  cfg.persistence = ATH_PERSIST_HYBRID;
-  cfg.persistence_path = dir;
-  cfg.flush_interval_ms = 10000;
-  cfg.modules = mods;
-  cfg.lua_path = lua_path;
-  ath_world_t* w = NULL;
+  static const char* const names[] = {"echo", NULL};
+  ath_world_t* w = hybrid_world_of(2, 10000, names);
   char err[512];
-  ASSERT_OK(ath_world_new(&cfg, &w, err, sizeof(err)));
-  ASSERT_OK(reg(w, "echo", NULL, 0));
-  ASSERT_OK(ath_world_start(w, err, sizeof(err)));
   enum { N = 70000 };
   _Static_assert(N > ATH_HYBRID_BACKLOG, "past the backlog bound");
   static char* payloads[N];
