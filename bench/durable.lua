@@ -63,7 +63,7 @@ end
 -- and the database grow.
 local only = os.getenv("ONLY")
 if only then
-  local rounds = tonumber(os.getenv("ROUNDS")) or 1
+  local rounds = math.max(1, math.floor(tonumber(os.getenv("ROUNDS")) or 1))
   local first, rates = run(only, rounds)
   if rounds == 1 then
     print(string.format("%-7s %8.0f tasks/s (the process's first world)", only .. ":", first))

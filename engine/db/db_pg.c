@@ -629,11 +629,6 @@ static void complete_lost(ath_db_t* db, const char* msg) {
   complete(db, ATH_DB_ECONNLOST);
 }
 
-/* Sends what the statement needs next: with parameters, like the blocking
- * path, the session's prepared statement of that SQL text, or first its
- * PREPARE into a free slot (then, once that is read, the statement: see
- * read_results); without a free slot, unprepared. Keeps the SQL and values
- * until the statement ends. */
 /* The slot of the session's prepared statement of sql (*prepare 0), or a
  * free one claimed and named for it, to PREPARE first (*prepare 1), or -1
  * (none free, out of memory: it runs unprepared). */
@@ -657,6 +652,11 @@ static int stmt_slot(struct ath_db_pgstmts_s* c, const char* sql, int* prepare) 
   return at;
 }
 
+/* Sends what the statement needs next: with parameters, like the blocking
+ * path, the session's prepared statement of that SQL text, or first its
+ * PREPARE into a free slot (then, once that is read, the statement: see
+ * read_results); without a free slot, unprepared. Keeps the SQL and values
+ * until the statement ends. */
 static int send_op(ath_db_t* db) {
   op_t* op = db->op;
   struct ath_db_pgstmts_s* c = db->pgstmts;
@@ -1058,10 +1058,11 @@ static void read_pipe(ath_db_t* db) {
   while (!PQisBusy(db->pg)) {
     PGresult* res = PQgetResult(db->pg);
     if (p->cur >= p->n) { /* every statement read: the sync */
-      if (res == NULL && ++nulls > 1) /* out of step with libpq: never spin */
-        return complete_lost(db, "a pipeline's sync is missing");
-      if (res == NULL)
+      if (res == NULL) { /* a second one: out of step with libpq, never spin */
+        if (++nulls > 1)
+          return complete_lost(db, "a pipeline's sync is missing");
         continue;
+      }
       int sync = PQresultStatus(res) == PGRES_PIPELINE_SYNC;
       PQclear(res);
       if (!sync)
