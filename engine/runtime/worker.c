@@ -1723,8 +1723,15 @@ static void worker_main(void* arg) {
   wk->mem_limit = w->cfg.memory_limit;
   lua_State* L = lua_newstate(limited_alloc, wk);
   wk->L = L;
-  if (L != NULL)
+  if (L != NULL) {
     lua_atpanic(L, panic);
+    /* Generational collection: a task's garbage (its ctx, input, result,
+     * a workflow step's events) dies young, while the handlers, the
+     * modules and the parked workflows the cache keeps live long. A young
+     * collection visits only what is new; measured, it takes about a
+     * tenth off a workflow step's CPU (bench/workflows.lua). */
+    lua_gc(L, LUA_GCGEN, 0, 0);
+  }
   int ok = 0;
   if (L == NULL) {
     fail_start(wk, ATH_ENOMEM, "%s", "cannot create a Lua state");
