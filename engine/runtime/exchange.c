@@ -876,6 +876,42 @@ static void publish(ath_world_t* w, ath_worker_t* wk, xchg_t* x, int keep_held) 
 
 }
 
+/* Puts the steps that wk's segments deferred (ath__world_execute_by) into
+ * the world (lock held), before their parks are published. A park whose
+ * step is in the world already (a lost worker's segment started it) waits
+ * for that task; when a caller took the step's id meanwhile, the workflow
+ * fails with EINVAL (the caller keeps its task). A lost worker's are
+ * dropped with its outcomes. */
+static void enter_steps(ath_world_t* w, ath_worker_t* wk, int nout, xchg_t* x, int* behind) {
+  for (int i = 0; i < nout; i++) {
+    ath_outcome_t* o = &wk->outcomes[i];
+    ath_task_t* t = o->held;
+    if (t == NULL || o->held_evicted0 == ATH_NOT_DEFERRED)
+      continue;
+    ath_task_t* in = ath__world_step_enter(w, t, o->held_evicted0, &x->wake_engine, behind);
+    if (in == t)
+      continue;
+    if (in != NULL)
+      ath_task_retain(in);
+    o->held = in;
+    if (o->park_task == t) {
+      ath_task_release(t);
+      if (in != NULL)
+        ath_task_retain(in);
+      o->park_task = in;
+    }
+    ath_task_release(t); /* the outcome's held reference: it never entered */
+    if (in != NULL)
+      continue;
+    o->park_kind = ATH_PARK_NONE;
+    o->status = ATH_FAILED;
+    o->final = 1;
+    ath__wfev_release(o->ended);
+    o->ended = NULL;
+    ath__set_error(o->task, ATH_EINVAL, "another task took the id of its step meanwhile");
+  }
+}
+
 /* Wakes a worker for each task a segment started for this worker to claim
  * that it did not (others came first, no free slot, stopping): another
  * worker may (lock held). `nout` outcomes were published. */
@@ -1008,6 +1044,9 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
   ath__submits_drain(w); /* the claims see what was submitted */
   int nout = wk->noutcomes; /* their held tasks are seen to after the claims */
   int back = settle_prefetch(w, wk, &x); /* first: its outcomes may be theirs */
+  int behind = 0; /* hybrid: the store is at its backlog bound */
+  if (!atomic_load(&wk->lost))
+    enter_steps(w, wk, nout, &x, &behind);
   publish(w, wk, &x, 0);
   if (!wk->stop && (w->state == ATH_W_STARTED || w->draining))
     n = claim(w, wk, nout, out, max, &x);
@@ -1027,6 +1066,11 @@ int ath__world_exchange(ath_world_t* w, ath_worker_t* wk, ath_task_t** out,
   *fired = wk->fired;
   wk->fired = NULL;
   xchg_end(w, wk, &x);
+  if (behind) { /* the steps it put in wait for the store, as execute's tasks do */
+    uv_mutex_lock(&w->lock);
+    ath__store_throttle(w);
+    uv_mutex_unlock(&w->lock);
+  }
   return n;
 }
 

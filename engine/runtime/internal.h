@@ -138,7 +138,7 @@ typedef struct {
    * steps took an id under it: its next step's id <id>/<run>/<seq>, which
    * its history shows it never started, cannot be in the store, so
    * ctx:run does not look there (execute in world.c). */
-  int fresh;
+  atomic_int fresh;      /* read unlocked by its worker's ctx:run (execute) */
   struct ath_wfev_s* ended; /* its workflow.completed, built by the worker of
                           * its last segment, until recorded (ath__wf_ended_new) */
 } ath_wf_t;
@@ -539,8 +539,11 @@ struct ath_slot_s {
   ath_wfev_t** rec;
   uint32_t nrec, rec_cap;
   /* The task the segment started without waking a worker (a reference;
-   * ath__world_execute_step), handed to its outcome. */
+   * ath__world_execute_step), handed to its outcome; held_evicted0 is
+   * ATH_NOT_DEFERRED, or, when it is deferred, w->nevicted as its execute
+   * read it. */
   struct ath_task_s* held;
+  uint64_t held_evicted0;
 };
 
 /* A thread blocked in ath_world_wait on one task. */
@@ -596,9 +599,11 @@ typedef struct {
    * array stays with the outcome entry from one use to the next. */
   ath_wfev_t** evs;
   uint32_t nevs, evs_cap;
-  /* The slot's `held` task (a reference): the exchange wakes a worker for
-   * it unless it claims it itself. */
+  /* The slot's `held` task (a reference) and held_evicted0: the exchange
+   * puts it into the world when it is deferred (enter_steps), and wakes a
+   * worker for it unless it claims it itself. */
   struct ath_task_s* held;
+  uint64_t held_evicted0;
   uint64_t started_mono; /* the slot's start of the attempt */
   int64_t ended_at;      /* wall ms the slot ended it: its completedAt (the
                           * exchange may come after the worker started the
@@ -770,7 +775,9 @@ struct ath_world_s {
   ath_bucket_t term;
   ath_task_t* dead_orphans; /* unlisted workers' `dead` (lock held) */
   int64_t nterm;
-  uint64_t nevicted;     /* tasks that left RAM so far */
+  /* Tasks that left RAM so far: written under the lock, read without it
+   * by a step that enters the world later (ath__world_step_enter). */
+  atomic_uint_fast64_t nevicted;
   ath_waiter_t* commit_waiters; /* slots waiting for a commit (file mode) */
   uint64_t evicted_hash[ATH_EVICTED_RING]; /* id hashes of the latest of them */
   int64_t prune_before;  /* a retention pass the store thread owes, or 0 */
@@ -1118,8 +1125,23 @@ int ath__wf_terminal(ath_world_t* w, ath_task_t* t, int64_t now, ath_worker_t** 
 int ath__wf_timer_fired(ath_world_t* w, ath_task_t* t, ath_worker_t** wake, int nwake);
 int ath__wf_unhome(ath_world_t* w, ath_worker_t* wk, ath_worker_t** wake, int nwake);
 /* world.c */
+/* *evicted0: when the step is deferred (not in the world yet: the exchange
+ * that publishes the segment puts it in, ath__world_step_enter),
+ * w->nevicted as it was; otherwise ATH_NOT_DEFERRED. */
+#define ATH_NOT_DEFERRED UINT64_MAX
 int ath__world_execute_by(ath_worker_t* wk, const char* name, char* payload, size_t len,
-                          const ath_exec_opts_t* opts, ath_task_t** out, char* err, size_t errlen);
+                          const ath_exec_opts_t* opts, ath_task_t** out, uint64_t* evicted0, char* err,
+                          size_t errlen);
+/* Puts step t, deferred by its workflow's execute, into the world (lock
+ * held) as execute's locked part would have: numbered, in the table and
+ * its workflow's list, ready in its queue. Returns t; or the same step
+ * already under its id, which a segment of a worker since lost started
+ * (t stays out: the caller binds the park to that one); or NULL when the
+ * id is another task's, or may be one that left RAM since evicted0 (t
+ * stays out: the workflow fails with EINVAL). *behind: the hybrid store
+ * is at its backlog bound. */
+ath_task_t* ath__world_step_enter(ath_world_t* w, ath_task_t* t, uint64_t evicted0, int* wake_engine,
+                                  int* behind);
 void ath__engine_tick(ath_world_t* w);
 void ath__release_all(ath_task_t** a, size_t n);
 void ath__set_err(char* err, size_t errlen, const char* fmt, const char* a);

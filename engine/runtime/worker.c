@@ -613,10 +613,12 @@ int ath__task_execute_step(lua_State* L, const char* name, char* payload, size_t
     uint64_t gen;
     return ath__world_execute(wk->w, name, 1, &payload, &len, NULL, opts, out, &gen, err, errlen);
   }
-  int rc = ath__world_execute_by(wk, name, payload, len, opts, out, err, errlen);
+  uint64_t evicted0;
+  int rc = ath__world_execute_by(wk, name, payload, len, opts, out, &evicted0, err, errlen);
   if (rc == 0) {
     ath_task_retain(*out);
     s->held = *out;
+    s->held_evicted0 = evicted0;
   }
   return rc;
 }
@@ -1082,7 +1084,8 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
     drop_park(s);
     add_outcome(wk, t, ATH_FAILED, ATH_EWORKERLOST);
     hand_events(s, &wk->outcomes[wk->noutcomes - 1]); /* the exchange drops them */
-    wk->outcomes[wk->noutcomes - 1].held = s->held;
+    wk->outcomes[wk->noutcomes - 1].held = s->held; /* deferred: it never enters */
+    wk->outcomes[wk->noutcomes - 1].held_evicted0 = s->held_evicted0;
     s->held = NULL;
     lua_settop(co, 0);
     luaL_unref(L, LUA_REGISTRYINDEX, s->co_ref);
@@ -1164,6 +1167,7 @@ static void finish_slot(ath_slot_t* s, int st, int nres) {
   if (s->nrec > 0)
     hand_events(s, &wk->outcomes[wk->noutcomes - 1]);
   wk->outcomes[wk->noutcomes - 1].held = s->held;
+  wk->outcomes[wk->noutcomes - 1].held_evicted0 = s->held_evicted0;
   wk->outcomes[wk->noutcomes - 1].started_mono = s->started_mono;
   ath_outcome_t* last = &wk->outcomes[wk->noutcomes - 1];
   last->ended_at = ath__wall(wk->w);

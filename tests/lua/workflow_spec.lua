@@ -651,6 +651,48 @@ describe("workflows", function()
       assert.equals(1200, (S.result(x)))
     end)
 
+    -- A step enters the world in the exchange that publishes its
+    -- segment's park, not in ctx:run (one critical section per step). One
+    -- worker of two slots: it holds (wf.gated) while a workflow and a
+    -- second wf.gated are queued; released, its exchange claims both, runs
+    -- the segment (it parks, its step made), then holds again, so its next
+    -- exchange waits. Meanwhile a caller takes the step's id.
+    local function step_id_taken(take)
+      local w = world { minWorkers = 1, maxWorkers = 1, taskQueues = { default = { concurrency = 2 } } }
+      local f0, r0, f1, r1 = tmpname(), tmpname(), tmpname(), tmpname()
+      local y = w:execute("wf.gated", { started = f0, release = r0 })
+      S.eventually(function() return S.readfile(f0) ~= nil end, S.WAIT, "the worker to hold")
+      local log = tmpname()
+      local h = w:execute("wf.one", { log = log })
+      local after = w:execute("wf.gated", { started = f1, release = r1 })
+      assert(io.open(r0, "w")):close()
+      S.eventually(function() return S.readfile(f1) ~= nil end, S.WAIT, "the worker to hold again")
+      local id = h.id .. "/1/1"
+      local none = w:query(id)
+      assert.is_nil(none, "the step is not in the world before its segment's exchange")
+      local taken = take(w, id, log)
+      assert(io.open(r1, "w")):close()
+      assert.equals("held", (S.result(y)))
+      assert.equals("held", (S.result(after)))
+      return h, taken, log
+    end
+
+    it("a step whose id a caller took meanwhile fails its workflow with EINVAL; the caller's task runs", function()
+      for _, take in ipairs {
+        function(w, id, log) return w:execute("wf.charge", { order = 7, log = log }, { id = id }) end,
+        function(w, id) return w:execute("wf.note", { tag = "mine" }, { id = id }) end,
+      } do
+        local h, taken = step_id_taken(take)
+        local r = S.result(taken)
+        assert.is_true(r == "charge ok 7" or r == "mine")
+        local _, err = S.result(h)
+        assert.equals("EINVAL", err.code)
+        assert.matches("another task took the id of its step meanwhile", err.message, 1, true)
+        assert.is_false(err.retryable)
+        assert.same({}, h:query().children, "the caller's task is not the workflow's")
+      end
+    end)
+
     it("cancelling the workflow while its step runs on its worker cancels the step; nothing is recorded after", function()
       local w = world()
       local log = tmpname()
