@@ -908,7 +908,7 @@ static void enter_steps(ath_world_t* w, ath_worker_t* wk, int nout, xchg_t* x, i
     o->final = 1;
     ath__wfev_release(o->ended);
     o->ended = NULL;
-    ath__set_error(o->task, ATH_EINVAL, "another task took the id of its step meanwhile");
+    ath__set_error(o->task, ATH_EINVAL, "the id of its step is in use by a task of another owner");
   }
 }
 

@@ -1130,6 +1130,20 @@ relock:
     uv_mutex_unlock(&w->lock);
     goto fail;
   }
+  /* A workflow's step or child under an id another task holds (a caller
+   * took it): that task's outcome would never resume the workflow, which
+   * would wait for it forever. Refused, as another activity's is. */
+  for (size_t i = 0; parent != NULL && named && i < n; i++) {
+    ath_task_t* old = n == 1 ? first : ath__table_get(w, tasks[i]->id, hashes[i]);
+    if (old == NULL && stored != NULL)
+      old = stored[i];
+    if (old != NULL && ath__task_parent(old) != parent) {
+      ath__set_err(err, errlen, "id %s is in use by a task of another owner", old->id);
+      rc = ATH_EINVAL;
+      uv_mutex_unlock(&w->lock);
+      goto fail;
+    }
+  }
   /* A degraded store refuses new work up front (the enqueues it held when
    * the commit failed were withdrawn); a workflow's steps still get in and
    * wait for the store (SEMANTICS §13, docs/operations.md). */

@@ -687,9 +687,29 @@ describe("workflows", function()
         assert.is_true(r == "charge ok 7" or r == "mine")
         local _, err = S.result(h)
         assert.equals("EINVAL", err.code)
-        assert.matches("another task took the id of its step meanwhile", err.message, 1, true)
+        assert.matches("the id of its step is in use by a task of another owner", err.message, 1, true)
         assert.is_false(err.retryable)
         assert.same({}, h:query().children, "the caller's task is not the workflow's")
+      end
+    end)
+
+    it("a step whose id a caller took before it started fails its workflow with EINVAL, not a wait forever", function()
+      -- memory: the step is deferred, the exchange refuses it; hybrid: the
+      -- caller's id makes the workflow look in the store, so ctx:run takes
+      -- the lock itself and execute refuses it
+      for _, mode in ipairs { "memory", "hybrid" } do
+        local w = world { persistence = mode, persistencePath = tmpname() }
+        local gate, log = tmpname(), tmpname()
+        local h = w:execute("wf.gated2", { gate = gate, log = log })
+        S.eventually(function() return #h:query().children == 1 end, S.WAIT, "the first step to start")
+        local taken = w:execute("wf.charge", { order = 9, log = log }, { id = h.id .. "/1/2" })
+        assert.equals("charge ok 9", (S.result(taken)))
+        assert(io.open(gate, "w")):close()
+        local _, err = S.result(h)
+        assert.equals("EINVAL", err.code)
+        assert.matches("is in use by a task of another owner", err.message, 1, true)
+        assert.same({ "charge 9" }, lines(log))
+        w:shutdown()
       end
     end)
 
