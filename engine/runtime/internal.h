@@ -1134,12 +1134,14 @@ int ath__world_execute_by(ath_worker_t* wk, const char* name, char* payload, siz
                           size_t errlen);
 /* Puts step t, deferred by its workflow's execute, into the world (lock
  * held) as execute's locked part would have: numbered, in the table and
- * its workflow's list, ready in its queue. Returns t; or the same step
- * already under its id, which a segment of a worker since lost started
- * (t stays out: the caller binds the park to that one); or NULL when the
- * id is another task's, or may be one that left RAM since evicted0 (t
- * stays out: the workflow fails with EINVAL). *behind: the hybrid store
- * is at its backlog bound. */
+ * its workflow's list, ready in its queue. Returns t; or the task of the
+ * same activity under its id that execute would have handed over (the
+ * workflow's own, which a segment of a worker since lost started, or a
+ * finished one) (t stays out: the caller binds the park to that one); or
+ * NULL when the id is another activity's, an unfinished task of another
+ * owner's, or may be a task that left RAM since evicted0 (t stays out:
+ * the workflow fails with EINVAL). *behind: the hybrid store is at its
+ * backlog bound. */
 ath_task_t* ath__world_step_enter(ath_world_t* w, ath_task_t* t, uint64_t evicted0, int* wake_engine,
                                   int* behind);
 void ath__engine_tick(ath_world_t* w);

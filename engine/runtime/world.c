@@ -1130,14 +1130,16 @@ relock:
     uv_mutex_unlock(&w->lock);
     goto fail;
   }
-  /* A workflow's step or child under an id another task holds (a caller
-   * took it): that task's outcome would never resume the workflow, which
-   * would wait for it forever. Refused, as another activity's is. */
+  /* A workflow's step or child under an id that an unfinished task of
+   * another owner holds (a caller took it): its outcome would never
+   * resume the workflow, which would wait for it forever. Refused, as
+   * another activity's is. A finished one is the step (its outcome is
+   * recorded at once). */
   for (size_t i = 0; parent != NULL && named && i < n; i++) {
     ath_task_t* old = n == 1 ? first : ath__table_get(w, tasks[i]->id, hashes[i]);
     if (old == NULL && stored != NULL)
       old = stored[i];
-    if (old != NULL && ath__task_parent(old) != parent) {
+    if (old != NULL && ath__task_parent(old) != parent && !ATH_IS_TERMINAL(old->status)) {
       ath__set_err(err, errlen, "id %s is in use by a task of another owner", old->id);
       rc = ATH_EINVAL;
       uv_mutex_unlock(&w->lock);
@@ -1280,10 +1282,16 @@ ath_task_t* ath__world_step_enter(ath_world_t* w, ath_task_t* t, uint64_t evicte
                                   int* behind) {
   uint64_t h = t->sub_hash;
   ath_task_t* old = ath__table_get(w, t->id, h);
-  if (old != NULL) /* a lost worker's segment started it, or a caller took the id */
-    return old->def == t->def && ath__task_parent(old) == ath__task_parent(t) ? old : NULL;
+  if (old != NULL) /* a lost worker's segment started it, or a caller took the id (execute) */
+    return old->def == t->def && (ath__task_parent(old) == ath__task_parent(t) || ATH_IS_TERMINAL(old->status))
+               ? old
+               : NULL;
+  /* A caller took an id under the workflow's meanwhile and that task left
+   * RAM (ran, committed, evicted) before this exchange: maybe this id. It
+   * cannot be looked up in the store under the lock, so the step is
+   * refused, where execute would have handed the stored task over. */
   if (w->reads != NULL && !ath__task_parent(t)->wf->fresh && evicted_since(w, evicted0, h))
-    return NULL; /* a caller took an id under the workflow's meanwhile: maybe this one */
+    return NULL;
   t->seq = w->next_seq++;
   if (w->ntasks + 1 > w->table_cap)
     (void)table_grow(w); /* out of memory: its chains grow longer */
