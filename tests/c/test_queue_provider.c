@@ -374,11 +374,14 @@ static int mq_cycle(ath_queue_conn_t* c, ath_queue_cycle_t* x) {
   }
   x->committed = rc == 0;
   uv_cond_broadcast(&Q(c)->changed);
+  /* an expired incarnation claims nothing, as PostgreSQL's claim refuses
+   * it (docs/backend-postgres.md): what it took would only be rescued */
+  int live = alive(x->lease, now);
   for (size_t k = 0; rc == 0 && k < x->n_claims; k++) {
     const ath_queue_claim_t* cl = &x->claims[k];
     memset(cl->out, 0, sizeof(*cl->out));
     mq_row_t* r;
-    while (rc == 0 && (int)cl->out->n < cl->n && (r = next_ready(cl->queue, now)) != NULL) {
+    while (rc == 0 && live && (int)cl->out->n < cl->n && (r = next_ready(cl->queue, now)) != NULL) {
       r->lease = x->lease;
       r->attempt++;
       r->status = ATH_RUNNING;
