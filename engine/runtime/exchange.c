@@ -905,6 +905,7 @@ static void enter_steps(ath_world_t* w, ath_worker_t* wk, int nout, xchg_t* x, i
       continue;
     o->park_kind = ATH_PARK_NONE;
     o->status = ATH_FAILED;
+    o->err_code = ATH_EINVAL;
     o->final = 1;
     ath__wfev_release(o->ended);
     o->ended = NULL;
