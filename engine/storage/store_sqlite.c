@@ -309,6 +309,17 @@ static int connect_db(ath_store_t* s, char* err, size_t errlen) {
   sqlite3_extended_result_codes(s->db, 1); /* a full disk and I/O errors apart (store_fault) */
   sqlite3_busy_timeout(s->db, 5000);
   rc = check_file(s->db, err, errlen); /* before anything writes to it */
+  /* A new file gets 16 KiB pages (SQLite's default is 4): a workflow's
+   * steps enter tasks_id, tasks_parent and workflow_events_n where their
+   * workflow's entries are, at as many places in each index as workflows
+   * run, and the pages that fill there split (balance_nonroot: 18 % of
+   * the store's instructions with 200 workflows of 100 steps). Larger
+   * pages split less often and a commit writes fewer WAL frames: the
+   * commit of 20,000 such steps took ~15 % less time, of 20,000 plain tasks
+   * ~5 % less (stop 32). An existing file keeps its own size: SQLite
+   * changes it only by VACUUM, which WAL mode refuses. */
+  if (rc == 0)
+    rc = exec(s->db, "PRAGMA page_size=16384", err, errlen);
   if (rc == 0)
     rc = exec(s->db, "PRAGMA journal_mode=WAL", err, errlen);
   if (rc == 0)
