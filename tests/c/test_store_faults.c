@@ -440,13 +440,19 @@ TEST_IMPL(store_fault_check_fails_stops) {
   sqlite3* db;
   ASSERT_EQ(SQLITE_OK, sqlite3_open(db_path, &db));
   ASSERT_EQ(SQLITE_OK, sqlite3_exec(db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL));
+  sqlite3_stmt* st;
+  ASSERT_EQ(SQLITE_OK, sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st, NULL));
+  ASSERT_EQ(SQLITE_ROW, sqlite3_step(st));
+  long page = (long)sqlite3_column_int64(st, 0); /* the store's files: 16 KiB */
+  sqlite3_finalize(st);
   sqlite3_close(db);
+  ASSERT(page >= 512 && page <= 65536);
   FILE* f = fopen(db_path, "r+b");
   ASSERT_NOT_NULL(f);
-  char junk[4096];
+  static char junk[65536];
   memset(junk, 0x5a, sizeof(junk));
-  ASSERT_OK(fseek(f, 4096, SEEK_SET));
-  ASSERT_EQ(1, fwrite(junk, sizeof(junk), 1, f));
+  ASSERT_OK(fseek(f, page, SEEK_SET));
+  ASSERT_EQ(1, fwrite(junk, (size_t)page, 1, f));
   fclose(f);
 
   faultvfs_fail_syncs(SQLITE_IOERR_FSYNC);
