@@ -891,6 +891,12 @@ static int submit_unlocked(ath_world_t* w, ath_queue_t* q, ath_task_t** tasks,
   return 0;
 }
 
+/* Whether the hybrid store has ATH_HYBRID_BACKLOG changes to write (lock
+ * held): whoever made them then waits for it (ath__store_throttle). */
+static int store_behind(const ath_world_t* w) {
+  return w->cfg.persistence == ATH_PERSIST_HYBRID && w->ndirty >= ATH_HYBRID_BACKLOG;
+}
+
 /* No memory for the queue's index (lock held): t is in the table already,
  * so it fails visibly rather than vanishing. */
 static void fail_unqueued(ath_world_t* w, ath_task_t* t, int64_t now) {
@@ -1226,7 +1232,7 @@ relock:
   uint64_t gen = w->gen;
   /* hybrid: the store keeps up (read here, under the lock: no second
    * lock for every execute when it does) */
-  int behind = w->cfg.persistence == ATH_PERSIST_HYBRID && w->ndirty >= ATH_HYBRID_BACKLOG;
+  int behind = store_behind(w);
   uv_mutex_unlock(&w->lock);
   ath__wake_all(wake, nwake);
   if (wake_engine)
@@ -1302,7 +1308,7 @@ ath_task_t* ath__world_step_enter(ath_world_t* w, ath_task_t* t, uint64_t evicte
     *wake_engine |= w->expiry.items[0] == x;
   if (ath__make_ready(w, t) != 0)
     fail_unqueued(w, t, t->created_at);
-  *behind |= w->cfg.persistence == ATH_PERSIST_HYBRID && w->ndirty >= ATH_HYBRID_BACKLOG;
+  *behind |= store_behind(w);
   return t;
 }
 

@@ -1629,14 +1629,10 @@ TEST_IMPL(world_store_grows_batch_memory_unlocked) {
   return 0;
 }
 
-/* hybrid: submissions that skip the world lock still wait for a store that
- * is behind (ATH_HYBRID_BACKLOG changes not committed), as the locked path
- * does: with commits slowed down and no task running, each executeMany
- * returns with fewer than the bound plus its own batch in the submit lists
- * and the store's list together. */
-/* hybrid: a change is written when it falls due (half of flushInterval
- * after it was made), or once its task has finished, not at the first
- * commit after it. 70,000 quick tasks in one call, past the backlog bound
+/* hybrid: a change is written when it falls due (a commit starts once the
+ * oldest change has waited 7/8 of flushInterval and writes those that
+ * waited 3/8), or once its task has finished, not at the first commit
+ * after it. 70,000 quick tasks in one call, past the backlog bound
  * (a commit at once), with flushInterval 10 s: every task finishes long
  * before it falls due, so each row is written once, finished. Before, the
  * backlog's commit wrote them queued and a later one again. */
@@ -1667,6 +1663,11 @@ TEST_IMPL(world_hybrid_writes_a_quick_task_once) {
   return 0;
 }
 
+/* hybrid: submissions that skip the world lock still wait for a store that
+ * is behind (ATH_HYBRID_BACKLOG changes not committed), as the locked path
+ * does: with commits slowed down and no task running, each executeMany
+ * returns with fewer than the bound plus its own batch in the submit lists
+ * and the store's list together. */
 TEST_IMPL(world_submit_hybrid_backlog) {
   ASSERT_OK(setenv("ATHENA_TEST_COMMIT_DELAY_MS", "1500", 1));
   ath_world_t* w = hybrid_world();

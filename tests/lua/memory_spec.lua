@@ -44,6 +44,11 @@ describe("memoryLimit", function()
     assert.equals("ok", U.result(w:execute("sem.echo", "ok")).input)
   end)
 
+  it("worker states collect garbage generationally (a task's garbage dies young)", function()
+    local w = U.world {}
+    assert.equals("generational", U.result(w:execute("sem.gcmode")))
+  end)
+
   describe("bad values raise EINVAL", function()
     local bad = { "32mb", "1.5MB", "32 MB", "32", "MB", "0MB", "-1MB", "32TB", 1000, 0, -1, 1048576.5,
       true, {} }
