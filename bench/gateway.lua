@@ -2,13 +2,14 @@
 --   wrk -s bench/gateway.lua http://127.0.0.1:P/healthz -- get
 --   wrk -s bench/gateway.lua http://127.0.0.1:P -- fetch CATS KEY
 --   wrk -s bench/gateway.lua http://127.0.0.1:P -- mix CATS KEY INSERT_PERCENT
+--   wrk -s bench/gateway.lua http://127.0.0.1:P -- fetch CATS KEY 0 LIMIT
 -- get: GET of the URL's path. fetch: POST /gateway/fetch of the 25 rows of a
--- random `cat` (indexed). mix: INSERT_PERCENT % PUT /gateway/insert, the
+-- random `cat` (indexed), or of its first LIMIT rows. mix: INSERT_PERCENT % PUT /gateway/insert, the
 -- rest fetches (100 = inserts only). Every run goes through request() and
 -- response(), so wrk's own cost is alike across runs.
 --
 -- response() checks each answer: a fetch counts as good only if it is a 200
--- whose envelope says "Fetched 25 rows", an insert only if it is a 200 saying
+-- whose envelope says "Fetched 25 rows" (LIMIT rows with a LIMIT), an insert only if it is a 200 saying
 -- "Inserted 1 rows". Inserts carry an `x-request-id: ins-N` (the server echoes
 -- it, GATEWAY §1) so that answers can be told apart; fetches carry none, so
 -- the server generates their ids as it would for a real client.
@@ -23,7 +24,7 @@ function setup(thread)
   threads[nthreads] = thread
 end
 
-local mode, cats, pct, plain, fetch_headers, insert_headers
+local mode, cats, pct, limit, fetched, plain, fetch_headers, insert_headers
 local n = 0
 
 function init(args)
@@ -31,6 +32,8 @@ function init(args)
   cats = tonumber(args[2]) or 4000
   local key = args[3] or "K"
   pct = tonumber(args[4]) or 0
+  limit = tonumber(args[5]) or 25
+  fetched = '"Fetched ' .. limit .. ' rows"'
   math.randomseed(os.time() * 100 + (tid or 0))
   -- counters, read by done() through thread:get
   get_ok, get_bad = 0, 0
@@ -55,7 +58,7 @@ function request()
       '{"table_name":"items","insert_body":{"cat":' .. cat .. ',"name":"bench ' .. n .. '","price":1.5}}')
   end
   return wrk.format("POST", "/gateway/fetch", fetch_headers,
-    '{"table_name":"items","conditions":[{"operator":"eq","column":"cat","value":' .. cat .. '}],"limit":25}')
+    '{"table_name":"items","conditions":[{"operator":"eq","column":"cat","value":' .. cat .. '}],"limit":' .. limit .. '}')
 end
 
 local find = string.find
@@ -73,7 +76,7 @@ function response(status, headers, body)
     else insert_wrong = insert_wrong + 1 end
   else
     if status ~= 200 then fetch_non200 = fetch_non200 + 1
-    elseif find(body, '"Fetched 25 rows"', 1, true) then fetch_ok = fetch_ok + 1
+    elseif find(body, fetched, 1, true) then fetch_ok = fetch_ok + 1
     else fetch_wrong = fetch_wrong + 1 end
   end
 end

@@ -12,6 +12,8 @@
 #   ping     GET /ping, the gateway's keep-alive plain answer (a baseline
 #            without the reconnects)
 #   fetch    POST /gateway/fetch, 25 rows by the indexed `cat`, random cat
+#   fetch1   the same fetch with limit 1: one row, one table seek (with
+#            fetch, it splits a fetch's cost into the request's and the rows')
 #   mix      90 % fetch / 10 % PUT /gateway/insert
 #   insert   PUT /gateway/insert only
 #   pgfetch  (BENCH_PG=1) the fetch again, on PostgreSQL: a throwaway server
@@ -223,9 +225,10 @@ for r in $runs; do
         echo "  perf data of the fetch run: $BENCH_PERF (recording slows the server: its fetch figures are low)"
       fi
       ;;
+    fetch1) run fetch1 fetch "" 0 1 ;;
     mix) run mix mix "" "$ins_pct" ;;
     insert) run insert mix "" 100 ;;
-    *) die "unknown run $r (healthz ping fetch mix insert)" ;;
+    *) die "unknown run $r (healthz ping fetch fetch1 mix insert)" ;;
   esac
 done
 
@@ -274,9 +277,9 @@ for r in $runs; do
     "${R[$r.p50_ms]}" "${R[$r.p99_ms]}" "${R[$r.max_ms]}" "$non200" "$wrong" "${R[$r.sock_errors]}" \
     "${R[$r.srv_cores]}/${R[$r.wrk_cores]}/${R[$r.rest_cores]}" "$us" "${R[$r.statuses]}"
   case $r in
-    fetch | mix | insert | pgfetch)
+    fetch | fetch1 | mix | insert | pgfetch)
       if [ "${R[$r.fetch_non200]}" -gt 0 ] || [ "${R[$r.fetch_wrong]}" -gt 0 ]; then
-        echo "  FAIL: $r: ${R[$r.fetch_non200]} fetch answers not 200, ${R[$r.fetch_wrong]} 200s without 25 rows" >&2
+        echo "  FAIL: $r: ${R[$r.fetch_non200]} fetch answers not 200, ${R[$r.fetch_wrong]} 200s without their rows" >&2
         fail=1
       fi
       if [ "$r" = mix ] && { [ "${R[$r.insert_non200]}" -gt 0 ] || [ "${R[$r.insert_wrong]}" -gt 0 ]; }; then
@@ -289,7 +292,7 @@ for r in $runs; do
       elif [ "${R[$r.sock_errors]}" -gt 0 ]; then
         echo "  $r: ${R[$r.sock_errors]} requests failed (socket error, or no answer in 5 s)"
       fi
-      case $r in fetch | pgfetch) ;; *)
+      case $r in fetch | fetch1 | pgfetch) ;; *)
         echo "  $r: inserts ${R[$r.insert_ok]} ok, ${R[$r.insert_non200]} not 200; fetches ${R[$r.fetch_ok]} ok" ;;
       esac
       ;;
