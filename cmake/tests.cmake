@@ -72,8 +72,10 @@ foreach(spec ${LUA_SPECS})
       COMMAND lua5.4 /usr/bin/busted --helper=${PROJECT_SOURCE_DIR}/tests/lua/helper.lua
               -o utfTerminal ${spec}
       WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+    # ATHENA_TEST_STACKS: a spec still running 20 s before its timeout prints
+    # its threads' stacks (tests/lua/helper.lua)
     set_tests_properties(${tname} PROPERTIES TIMEOUT 300
-      ENVIRONMENT "${LUA_ENV};ATHENA_TEST_GC=${mode};ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url")
+      ENVIRONMENT "${LUA_ENV};ATHENA_TEST_GC=${mode};ATHENA_TEST_STACKS=280;ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url")
     if(name MATCHES "^(db_pg|gateway_pg)")
       set_tests_properties(${tname} PROPERTIES FIXTURES_REQUIRED pg)
     endif()
@@ -93,7 +95,7 @@ foreach(name failure withretry heartbeat)
             -o utfTerminal ${PROJECT_SOURCE_DIR}/tests/lua/${name}_spec.lua
     WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
   set_tests_properties(lua.pg.${name} PROPERTIES TIMEOUT 300 FIXTURES_REQUIRED pg RESOURCE_LOCK pg_nodes
-    ENVIRONMENT "${LUA_ENV};ATHENA_TEST_GC=normal;ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url;ATHENA_TEST_BACKEND=postgres;ATHENA_TEST_SPEC=${name}")
+    ENVIRONMENT "${LUA_ENV};ATHENA_TEST_GC=normal;ATHENA_TEST_STACKS=280;ATHENA_PG_URL_FILE=${PG_TEST_DIR}/url;ATHENA_TEST_BACKEND=postgres;ATHENA_TEST_SPEC=${name}")
 endforeach()
 
 # The PostgreSQL backend across processes (scripts/dist-test, fixture "pg"):
