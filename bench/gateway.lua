@@ -4,15 +4,15 @@
 --   wrk -s bench/gateway.lua http://127.0.0.1:P -- mix CATS KEY INSERT_PERCENT
 --   wrk -s bench/gateway.lua http://127.0.0.1:P -- fetch CATS KEY 0 LIMIT
 -- get: GET of the URL's path. fetch: POST /gateway/fetch of the 25 rows of a
--- random `cat` (indexed), or of its first LIMIT rows. mix: INSERT_PERCENT % PUT /gateway/insert, the
--- rest fetches (100 = inserts only). Every run goes through request() and
--- response(), so wrk's own cost is alike across runs.
+-- random `cat` (indexed), or of its first LIMIT rows. mix: INSERT_PERCENT %
+-- PUT /gateway/insert, the rest fetches (100 = inserts only). Every run goes
+-- through request() and response(), so wrk's own cost is alike across runs.
 --
 -- response() checks each answer: a fetch counts as good only if it is a 200
--- whose envelope says "Fetched 25 rows" (LIMIT rows with a LIMIT), an insert only if it is a 200 saying
--- "Inserted 1 rows". Inserts carry an `x-request-id: ins-N` (the server echoes
--- it, GATEWAY §1) so that answers can be told apart; fetches carry none, so
--- the server generates their ids as it would for a real client.
+-- whose envelope says "Fetched 25 rows" (LIMIT rows), an insert only if it is
+-- a 200 saying "Inserted 1 rows". Inserts carry an `x-request-id: ins-N` (the
+-- server echoes it, GATEWAY §1) so that answers can be told apart; fetches
+-- carry none, so the server generates their ids as it would for a real client.
 -- done() prints one line `RESULT k=v ...` that gateway.sh parses.
 
 local threads = {}
